@@ -1,0 +1,62 @@
+"""Budget arithmetic: periods, budget lines and the fit test. Pure; money in integer micro-dollars.
+
+A request reserves its worst-case cost against every budget line that applies to it (the user's
+day, the workspace's month). Periods are calendar periods in UTC. A limit of 0 means no cap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+__all__ = ["BudgetLine", "Period", "budget_lines", "fits", "period_window", "usd_to_micros"]
+
+Period = Literal["day", "month"]
+
+MICROS_PER_USD = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetLine:
+    """One budget a request counts against: a store key, its cap and what to tell the user."""
+
+    key: str
+    limit: int  # micro-dollars; 0 = no cap
+    scope: str  # "user daily" / "workspace monthly": words for the refusal message
+    resets_at: float
+
+
+def usd_to_micros(usd: float | str) -> int:
+    """Convert a configured USD amount to integer micro-dollars, exactly for decimal strings."""
+    from decimal import ROUND_HALF_UP, Decimal
+
+    return int((Decimal(str(usd)) * MICROS_PER_USD).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def period_window(now: float, period: Period) -> tuple[str, float]:
+    """The period containing ``now`` as (label, reset timestamp): ('2026-11-27', …) or ('2026-11', …)."""
+    t = datetime.fromtimestamp(now, UTC)
+    if period == "day":
+        start = t.replace(hour=0, minute=0, second=0, microsecond=0)
+        return start.strftime("%Y-%m-%d"), (start + timedelta(days=1)).timestamp()
+    start = t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    nxt = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+    return start.strftime("%Y-%m"), nxt.timestamp()
+
+
+def budget_lines(
+    workspace_id: str, user_id: str, now: float, *, user_daily: int, workspace_monthly: int
+) -> list[BudgetLine]:
+    """The budget lines a request from ``user_id`` in ``workspace_id`` counts against at ``now``."""
+    day, day_reset = period_window(now, "day")
+    month, month_reset = period_window(now, "month")
+    return [
+        BudgetLine(f"user:{user_id}:day:{day}", user_daily, "daily", day_reset),
+        BudgetLine(f"workspace:month:{month}", workspace_monthly, "workspace monthly", month_reset),
+    ]
+
+
+def fits(spent: int, reserved: int, amount: int, limit: int) -> bool:
+    """Does ``amount`` more fit under ``limit`` given what is spent and reserved? 0 = no cap."""
+    return limit <= 0 or spent + reserved + amount <= limit

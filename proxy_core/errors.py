@@ -1,0 +1,124 @@
+"""Penny's one exception tree.
+
+Everything proxy_core raises on purpose is a ``PennyError``. Lower-level errors (openai, redis,
+sqlite3, pydantic) are translated exactly once, at the boundary that talks to them, with
+``raise Mapped(...) from exc`` so the original stays on ``__cause__``::
+
+    PennyError
+    ├── ConfigurationError        bad or missing settings, unknown model or store scheme
+    ├── StoreError                the store (SQLite file, Redis) cannot be reached or failed
+    ├── Refused                   Penny decided not to call upstream; nothing was charged
+    │   ├── RateLimited           a per-user bucket is empty; ``retry_after`` seconds
+    │   ├── BudgetExceeded        a budget would be exceeded; ``scope``, ``limit``, ``spent``, ``resets_at``
+    │   ├── CircuitOpen           upstream is failing; ``retry_after`` seconds
+    │   └── RequestInFlight       the same request ID is being answered elsewhere
+    └── UpstreamError             the LLM provider failed after retries, or refused the request
+        └── UpstreamRejected      the request itself is bad (400/401/403/404/422): never retried
+
+Messages are written for the person who will read them (a Slack user or an operator) and never
+contain secrets.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = [
+    "BudgetExceeded",
+    "CircuitOpen",
+    "ConfigurationError",
+    "PennyError",
+    "Refused",
+    "RateLimited",
+    "RequestInFlight",
+    "StoreError",
+    "UpstreamError",
+    "UpstreamRejected",
+]
+
+
+class PennyError(Exception):
+    """Base class of every error Penny raises on purpose."""
+
+
+class ConfigurationError(PennyError):
+    """Settings are missing or invalid; the message names every problem."""
+
+
+class StoreError(PennyError):
+    """The store failed or cannot be reached. Nothing was charged."""
+
+
+class Refused(PennyError):
+    """Penny refused the call before it reached upstream. Nothing was charged."""
+
+
+class RateLimited(Refused):
+    """The caller's token bucket cannot cover this request yet."""
+
+    def __init__(self, retry_after: float, *, limit: str = "requests") -> None:
+        self.retry_after = max(0.0, retry_after)
+        self.limit = limit
+        super().__init__(f"Rate limit reached ({limit}); try again in {format_wait(self.retry_after)}.")
+
+
+class BudgetExceeded(Refused):
+    """The request does not fit in a budget. Amounts are integer micro-dollars."""
+
+    def __init__(self, scope: str, limit: int, spent: int, resets_at: float) -> None:
+        self.scope = scope
+        self.limit = limit
+        self.spent = spent
+        self.resets_at = resets_at
+        super().__init__(
+            f"The {scope} budget of ${limit / 1_000_000:.2f} is used up "
+            f"(${spent / 1_000_000:.4f} spent or reserved); it resets at "
+            f"{_utc(resets_at)}."
+        )
+
+
+class CircuitOpen(Refused):
+    """The breaker is open: upstream has been failing, so Penny fails fast."""
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = max(0.0, retry_after)
+        super().__init__(
+            f"The LLM provider is having trouble; Penny is pausing calls for "
+            f"{format_wait(self.retry_after)}."
+        )
+
+
+class RequestInFlight(Refused):
+    """Another worker is answering the same request ID right now."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        super().__init__(f"Request {request_id} is already being answered.")
+
+
+class UpstreamError(PennyError):
+    """The provider failed (after retries). Nothing was charged for it."""
+
+    def __init__(self, message: str, *, status: int | None = None, attempts: int = 1) -> None:
+        self.status = status
+        self.attempts = attempts
+        super().__init__(message)
+
+
+class UpstreamRejected(UpstreamError):
+    """The provider rejected the request itself (400/401/403/404/422); retrying cannot help."""
+
+
+def format_wait(seconds: float) -> str:
+    """Say a wait the way a person would: '12s', '3 min', '2 h'."""
+    if seconds < 60:
+        return f"{max(1, math.ceil(seconds))}s"
+    if seconds < 3600:
+        return f"{math.ceil(seconds / 60)} min"
+    return f"{math.ceil(seconds / 3600)} h"
+
+
+def _utc(ts: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -1,0 +1,42 @@
+"""Backends for Penny's shared state, chosen by URL: ``sqlite:///path`` or ``redis://host:port/db``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from proxy_core.clock import Clock
+from proxy_core.errors import ConfigurationError
+from proxy_core.stores.base import Store
+
+__all__ = ["Store", "store_from_url"]
+
+
+def _sqlite(url: str, clock: Clock | None, timeout_s: float) -> Store:
+    from proxy_core.stores.sqlite import SqliteStore
+
+    return SqliteStore.from_url(url, clock=clock, timeout_s=timeout_s)
+
+
+def _redis(url: str, clock: Clock | None, timeout_s: float) -> Store:
+    from proxy_core.stores.redis import RedisStore
+
+    return RedisStore.from_url(url, clock=clock, timeout_s=timeout_s)
+
+
+_SCHEMES: dict[str, Callable[[str, Clock | None, float], Store]] = {
+    "sqlite": _sqlite,
+    "redis": _redis,
+    "rediss": _redis,
+    "unix": _redis,
+}
+
+
+def store_from_url(url: str, *, clock: Clock | None = None, timeout_s: float = 2.0) -> Store:
+    """Open the store named by ``url``. ``clock`` overrides the store's own clock (tests only)."""
+    scheme = urlsplit(url).scheme
+    factory = _SCHEMES.get(scheme)
+    if factory is None:
+        known = ", ".join(f"{s}://" for s in _SCHEMES)
+        raise ConfigurationError(f"PENNY_STORE_URL: unknown store scheme {scheme!r} in {url!r}; use one of {known}")
+    return factory(url, clock, timeout_s)

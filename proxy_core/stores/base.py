@@ -1,0 +1,250 @@
+"""The store contract: what every backend (SQLite, Redis) must do, atomically and durably.
+
+Stores hold all state that must survive a restart or be shared by replicas: idempotency claims,
+token buckets, budget counters and reservations, breaker state, the exact-match cache and the
+ledger. They decide nothing: the arithmetic lives in ``limiter``, ``budget`` and ``breaker``; a
+store applies it atomically with its own clock (injected wall clock for SQLite, Redis ``TIME`` for
+Redis unless a clock is injected for tests).
+
+Every method raises :class:`~proxy_core.errors.StoreError` (never a driver exception) when the
+backend fails or cannot be reached, within the store's timeout.
+
+All keys a request touches are scoped by ``workspace_id`` so that, on Redis, one request's keys
+share a cluster slot (``{w:<workspace>}`` hash tag) and can be changed by one script.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from proxy_core.breaker import BreakerPolicy, BreakerState, Permit
+from proxy_core.budget import BudgetLine
+from proxy_core.limiter import Bucket
+
+__all__ = [
+    "BucketSpec",
+    "BudgetDecision",
+    "Claim",
+    "LedgerEntry",
+    "LimitDecision",
+    "Store",
+    "UsageSummary",
+    "UsageTotals",
+]
+
+CacheStatus = Literal["miss", "exact", "semantic", "bypass"]
+Kind = Literal["chat", "embedding"]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The outcome of claiming a request ID.
+
+    ``claimed``: this caller owns the request and must ``complete_request`` or ``release_request``.
+    ``in_flight``: another caller owns it and has not finished. ``done``: it finished; ``result``
+    is the JSON text recorded by ``complete_request``.
+    """
+
+    state: Literal["claimed", "in_flight", "done"]
+    result: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BucketSpec:
+    """Take ``cost`` tokens from the bucket stored at ``key`` (scoped by workspace)."""
+
+    key: str
+    bucket: Bucket
+    cost: float
+
+
+@dataclass(frozen=True, slots=True)
+class LimitDecision:
+    allowed: bool
+    retry_after: float  # seconds until the blocking bucket can cover its cost; 0 when allowed
+    remaining: tuple[float, ...]  # tokens left in each bucket after this decision
+    blocking: int | None  # index into the specs of the bucket that refused
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetDecision:
+    """``ok`` or the first line that would be exceeded, with what is spent + reserved on it."""
+
+    ok: bool
+    line: BudgetLine | None = None
+    spent: int = 0  # micro-dollars spent on that line
+    reserved: int = 0  # micro-dollars reserved on that line by other in-flight requests
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One settled call. Money in integer micro-dollars; ``day`` is the UTC date of ``ts``."""
+
+    request_id: str
+    ts: float
+    day: str
+    workspace_id: str
+    user_id: str
+    model: str
+    kind: Kind
+    prompt_tokens: int
+    cached_prompt_tokens: int
+    completion_tokens: int
+    cost_micros: int
+    saved_micros: int
+    cache_status: CacheStatus
+    latency_ms: int
+    attempts: int
+
+
+@dataclass(slots=True)
+class UsageTotals:
+    requests: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_micros: int = 0
+    saved_micros: int = 0
+
+    def add(self, e: LedgerEntry) -> None:
+        self.requests += 1
+        self.cache_hits += e.cache_status in ("exact", "semantic")
+        self.prompt_tokens += e.prompt_tokens
+        self.cached_prompt_tokens += e.cached_prompt_tokens
+        self.completion_tokens += e.completion_tokens
+        self.cost_micros += e.cost_micros
+        self.saved_micros += e.saved_micros
+
+    @property
+    def hit_rate(self) -> float:
+        return self.cache_hits / self.requests if self.requests else 0.0
+
+
+@dataclass(slots=True)
+class UsageSummary:
+    """Ledger totals over a range of days, overall and broken down by user, model and day."""
+
+    totals: UsageTotals = field(default_factory=UsageTotals)
+    by_user: dict[str, UsageTotals] = field(default_factory=dict)
+    by_model: dict[str, UsageTotals] = field(default_factory=dict)
+    by_day: dict[str, UsageTotals] = field(default_factory=dict)
+
+    def add(self, e: LedgerEntry) -> None:
+        self.totals.add(e)
+        self.by_user.setdefault(e.user_id, UsageTotals()).add(e)
+        self.by_model.setdefault(e.model, UsageTotals()).add(e)
+        self.by_day.setdefault(e.day, UsageTotals()).add(e)
+
+
+class Store(ABC):
+    """A backend for Penny's shared state. Thread-safe; may be shared by many processes."""
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @abstractmethod
+    def now(self) -> float:
+        """The store's clock, in epoch seconds (shared state is timed by it, not by the caller)."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise StoreError unless the backend answers."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    # -- idempotency ---------------------------------------------------------------------
+    @abstractmethod
+    def claim_request(self, workspace_id: str, request_id: str, ttl_s: float) -> Claim:
+        """Claim ``request_id`` for ``ttl_s`` seconds (a crashed owner's claim expires then)."""
+
+    @abstractmethod
+    def complete_request(self, workspace_id: str, request_id: str, result: str, ttl_s: float) -> None:
+        """Record the finished result (JSON text) of a claimed request; kept ``ttl_s`` seconds."""
+
+    @abstractmethod
+    def release_request(self, workspace_id: str, request_id: str) -> None:
+        """Give up a claim without a result (the call failed), so a retry may run it again."""
+
+    # -- rate limiting -------------------------------------------------------------------
+    @abstractmethod
+    def take_tokens(self, workspace_id: str, specs: Sequence[BucketSpec]) -> LimitDecision:
+        """Atomically debit every bucket or none (``limiter.take``). A cost of 0 only peeks."""
+
+    # -- budgets -------------------------------------------------------------------------
+    @abstractmethod
+    def reserve(
+        self,
+        workspace_id: str,
+        reservation_id: str,
+        lines: Sequence[BudgetLine],
+        amount: int,
+        ttl_s: float,
+    ) -> BudgetDecision:
+        """Atomically reserve ``amount`` on every line if it fits under each capped line.
+
+        Reservations older than their ``ttl_s`` (left by a crashed process) no longer count and
+        are purged. Uncapped lines (limit 0) still record the reservation. Nothing is written when
+        any line refuses.
+        """
+
+    @abstractmethod
+    def release(self, workspace_id: str, reservation_id: str, lines: Sequence[BudgetLine]) -> None:
+        """Drop a reservation without spending (the call failed or was refused later)."""
+
+    @abstractmethod
+    def settle(
+        self,
+        entry: LedgerEntry,
+        *,
+        reservation_id: str | None,
+        lines: Sequence[BudgetLine],
+        result: str | None,
+        result_ttl_s: float,
+    ) -> bool:
+        """Atomically: drop the reservation, add ``entry.cost_micros`` to every line, append the
+        ledger entry, and complete the request with ``result`` (if given).
+
+        Idempotent by ``entry.request_id``: if the ledger already holds it, nothing changes and
+        the call returns False. Returns True when the entry was written.
+        """
+
+    @abstractmethod
+    def spent(self, workspace_id: str, line: BudgetLine) -> tuple[int, int]:
+        """(spent, reserved) micro-dollars on ``line`` now."""
+
+    # -- circuit breaker -----------------------------------------------------------------
+    @abstractmethod
+    def breaker_acquire(self, name: str, policy: BreakerPolicy) -> Permit:
+        """Apply ``breaker.acquire`` atomically at the store's clock."""
+
+    @abstractmethod
+    def breaker_record(self, name: str, policy: BreakerPolicy, *, success: bool) -> BreakerState:
+        """Apply ``breaker.record`` atomically at the store's clock; returns the new state."""
+
+    @abstractmethod
+    def breaker_state(self, name: str) -> BreakerState: ...
+
+    # -- exact cache ---------------------------------------------------------------------
+    @abstractmethod
+    def cache_get(self, scope: str, key: str) -> str | None:
+        """The cached value (JSON text) for ``key`` within ``scope``, unless expired."""
+
+    @abstractmethod
+    def cache_put(self, scope: str, key: str, value: str, ttl_s: float) -> None: ...
+
+    @abstractmethod
+    def cache_delete(self, scope: str, key: str | None = None) -> int:
+        """Delete one key, or the whole scope when ``key`` is None; returns how many went."""
+
+    # -- ledger --------------------------------------------------------------------------
+    @abstractmethod
+    def ledger_entry(self, workspace_id: str, request_id: str) -> LedgerEntry | None: ...
+
+    @abstractmethod
+    def usage(
+        self, workspace_id: str, first_day: str, last_day: str, user_id: str | None = None
+    ) -> UsageSummary:
+        """Totals over the UTC days ``first_day``..``last_day`` (inclusive, 'YYYY-MM-DD')."""
