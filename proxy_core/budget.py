@@ -41,7 +41,10 @@ def period_window(now: float, period: Period) -> tuple[str, float]:
         start = t.replace(hour=0, minute=0, second=0, microsecond=0)
         return start.strftime("%Y-%m-%d"), (start + timedelta(days=1)).timestamp()
     start = t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    nxt = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+    if start.month == 12:
+        nxt = start.replace(year=start.year + 1, month=1)
+    else:
+        nxt = start.replace(month=start.month + 1)
     return start.strftime("%Y-%m"), nxt.timestamp()
 
 

@@ -22,14 +22,15 @@ contain secrets.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 __all__ = [
     "BudgetExceeded",
     "CircuitOpen",
     "ConfigurationError",
     "PennyError",
-    "Refused",
     "RateLimited",
+    "Refused",
     "RequestInFlight",
     "StoreError",
     "UpstreamError",
@@ -96,11 +97,29 @@ class RequestInFlight(Refused):
         super().__init__(f"Request {request_id} is already being answered.")
 
 
-class UpstreamError(PennyError):
-    """The provider failed (after retries). Nothing was charged for it."""
+UpstreamKind = Literal["status", "timeout", "connection", "malformed"]
 
-    def __init__(self, message: str, *, status: int | None = None, attempts: int = 1) -> None:
+
+class UpstreamError(PennyError):
+    """The provider failed (after retries). Nothing was charged for it.
+
+    ``kind`` says how: an HTTP ``status``, a ``timeout``, a ``connection`` failure, or a
+    ``malformed`` response. ``retry_after`` is the provider's hint (Retry-After or
+    retry-after-ms), in seconds, when it gave one. ``attempts`` is how many calls were made.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: UpstreamKind = "status",
+        status: int | None = None,
+        retry_after: float | None = None,
+        attempts: int = 1,
+    ) -> None:
+        self.kind = kind
         self.status = status
+        self.retry_after = retry_after
         self.attempts = attempts
         super().__init__(message)
 

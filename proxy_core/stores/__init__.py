@@ -38,5 +38,6 @@ def store_from_url(url: str, *, clock: Clock | None = None, timeout_s: float = 2
     factory = _SCHEMES.get(scheme)
     if factory is None:
         known = ", ".join(f"{s}://" for s in _SCHEMES)
-        raise ConfigurationError(f"PENNY_STORE_URL: unknown store scheme {scheme!r} in {url!r}; use one of {known}")
+        # The URL itself is not echoed: it may carry a password.
+        raise ConfigurationError(f"PENNY_STORE_URL: unknown store scheme {scheme!r}; use one of {known}")
     return factory(url, clock, timeout_s)
