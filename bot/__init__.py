@@ -1,0 +1,1 @@
+"""Penny's Slack bot, docs retrieval and the penny CLI."""

@@ -1,0 +1,1 @@
+"""proxy_core: the per-user LLM cost-control engine behind Penny."""
