@@ -10,11 +10,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-__all__ = ["BudgetLine", "Period", "budget_lines", "fits", "period_window", "usd_to_micros"]
+__all__ = ["BudgetLine", "Period", "budget_lines", "fits", "period_window"]
 
 Period = Literal["day", "month"]
-
-MICROS_PER_USD = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,13 +25,6 @@ class BudgetLine:
     resets_at: float
 
 
-def usd_to_micros(usd: float | str) -> int:
-    """Convert a configured USD amount to integer micro-dollars, exactly for decimal strings."""
-    from decimal import ROUND_HALF_UP, Decimal
-
-    return int((Decimal(str(usd)) * MICROS_PER_USD).quantize(Decimal(1), rounding=ROUND_HALF_UP))
-
-
 def period_window(now: float, period: Period) -> tuple[str, float]:
     """The period containing ``now`` as (label, reset timestamp): ('2026-11-27', …) or ('2026-11', …)."""
     t = datetime.fromtimestamp(now, UTC)
@@ -41,10 +32,7 @@ def period_window(now: float, period: Period) -> tuple[str, float]:
         start = t.replace(hour=0, minute=0, second=0, microsecond=0)
         return start.strftime("%Y-%m-%d"), (start + timedelta(days=1)).timestamp()
     start = t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    if start.month == 12:
-        nxt = start.replace(year=start.year + 1, month=1)
-    else:
-        nxt = start.replace(month=start.month + 1)
+    nxt = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
     return start.strftime("%Y-%m"), nxt.timestamp()
 
 

@@ -1,0 +1,149 @@
+"""``make bench``: Penny's performance targets, measured and printed as a table.
+
+Numbers are medians of one run on whatever machine runs it; this is not a test and asserts nothing.
+Redis rows need a Redis at ``PENNY_BENCH_REDIS_URL`` (default redis://127.0.0.1:6379/0); they are
+skipped with a note when it does not answer.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from proxy_core.gateway import Gateway
+from proxy_core.limiter import Bucket
+from proxy_core.settings import PennySettings
+from proxy_core.stores import store_from_url
+from proxy_core.stores.base import BucketSpec, Store
+from proxy_core.upstream import ChatResponse, EmbedResponse
+
+REDIS_URL = os.environ.get("PENNY_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@dataclass
+class Row:
+    name: str
+    store: str
+    value: str
+    target: str
+
+
+class ZeroLatencyUpstream:
+    """An upstream that answers instantly, so timings are the gateway's own overhead."""
+
+    def chat(self, *, model: str, messages: Sequence[Any], max_tokens: int,
+             temperature: float | None = None, extra: dict[str, Any] | None = None) -> ChatResponse:
+        return ChatResponse(content="ok", model=model, prompt_tokens=20, cached_prompt_tokens=0,
+                            completion_tokens=2, finish_reason="stop")
+
+    def embed(self, *, model: str, inputs: list[str], dimensions: int | None = None) -> EmbedResponse:
+        return EmbedResponse(vectors=[[0.0] * 8 for _ in inputs], model=model, prompt_tokens=len(inputs))
+
+
+def _stores(tmp: Path) -> list[tuple[str, Callable[[], Store]]]:
+    out: list[tuple[str, Callable[[], Store]]] = [
+        ("sqlite", lambda: store_from_url(f"sqlite:///{tmp / f'bench-{uuid.uuid4().hex[:6]}.db'}"))
+    ]
+    try:
+        import redis
+
+        redis.Redis.from_url(REDIS_URL, socket_timeout=0.5).ping()
+    except Exception as exc:
+        print(f"(redis rows skipped: {type(exc).__name__} at {REDIS_URL.split('@')[-1]})", file=sys.stderr)
+        return out
+
+    def make_redis() -> Store:
+        from proxy_core.stores.redis import RedisStore
+
+        return RedisStore.from_url(REDIS_URL, namespace=f"penny-bench-{uuid.uuid4().hex[:8]}")
+
+    out.append(("redis", make_redis))
+    return out
+
+
+def _cleanup(store: Store) -> None:
+    delete = getattr(store, "delete_namespace", None)
+    if delete is not None:
+        delete()
+    store.close()
+
+
+def bench_limiter(make: Callable[[], Store], seconds: float = 1.5) -> float:
+    """Limiter decisions per second from one client (one thread)."""
+    store = make()
+    try:
+        spec = [BucketSpec("user:U1:requests", Bucket(rate=1e9, burst=1e9), 1)]
+        n = 0
+        end = time.perf_counter() + seconds
+        start = time.perf_counter()
+        while time.perf_counter() < end:
+            store.take_tokens("W1", spec)
+            n += 1
+        return n / (time.perf_counter() - start)
+    finally:
+        _cleanup(store)
+
+
+def bench_gateway(make: Callable[[], Store], n: int = 2000) -> tuple[list[float], list[float]]:
+    """Latencies (s) of gateway misses and exact-cache hits against a zero-latency upstream."""
+    store = make()
+    settings = PennySettings(requests_per_minute=0, tokens_per_minute=0, user_daily_budget_usd=100,
+                             workspace_monthly_budget_usd=10_000)
+    gw = Gateway(settings, store=store, upstream=ZeroLatencyUpstream())
+    try:
+        misses: list[float] = []
+        for i in range(n):
+            t = time.perf_counter()
+            gw.chat(user_id="U1", workspace_id="W1", request_id=f"m{i}",
+                    messages=[{"role": "user", "content": f"question number {i}"}])
+            misses.append(time.perf_counter() - t)
+        hits: list[float] = []
+        for i in range(n):
+            t = time.perf_counter()
+            r = gw.chat(user_id="U1", workspace_id="W1", request_id=f"h{i}",
+                        messages=[{"role": "user", "content": f"question number {i % 100}"}])
+            hits.append(time.perf_counter() - t)
+            assert r.cache_status == "exact"
+        return misses, hits
+    finally:
+        _cleanup(store)
+
+
+def _pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p * len(xs)))]
+
+
+def main() -> int:
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as d:
+        for name, make in _stores(Path(d)):
+            rate = bench_limiter(make)
+            rows.append(Row("limiter decisions/s (1 client)", name, f"{rate:,.0f}",
+                            "≥ 5,000 on Redis" if name == "redis" else ""))
+            misses, hits = bench_gateway(make)
+            rows.append(Row("gateway miss overhead p50 / p95", name,
+                            f"{statistics.median(misses) * 1e3:.3f} / {_pct(misses, 0.95) * 1e3:.3f} ms",
+                            "p50 ≤ 2 ms on Redis" if name == "redis" else ""))
+            rows.append(Row("exact-cache hit p50 / p95", name,
+                            f"{statistics.median(hits) * 1e3:.3f} / {_pct(hits, 0.95) * 1e3:.3f} ms",
+                            "p50 ≤ 0.5 ms"))
+    widths = [max(len(getattr(r, f)) for r in rows) for f in ("name", "store", "value")]
+    head = ("measure", "store", "result", "target")
+    print(f"| {head[0]:{widths[0]}} | {head[1]:{widths[1]}} | {head[2]:{widths[2]}} | {head[3]} |")
+    print(f"|{'-' * (widths[0] + 2)}|{'-' * (widths[1] + 2)}|{'-' * (widths[2] + 2)}|---|")
+    for r in rows:
+        print(f"| {r.name:{widths[0]}} | {r.store:{widths[1]}} | {r.value:{widths[2]}} | {r.target} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,257 @@
+"""The ``penny`` command line.
+
+Every command goes through the same :class:`~proxy_core.gateway.Gateway` the Slack bot will use.
+Configuration problems print one clear message naming each bad setting and exit with status 2,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+from typing import TextIO
+
+from proxy_core.errors import ConfigurationError, PennyError, Refused, StoreError, UpstreamError
+from proxy_core.gateway import Gateway
+from proxy_core.log import configure_logging
+from proxy_core.metrics import serve_metrics
+from proxy_core.prices import PriceTable
+from proxy_core.results import ChatResult
+from proxy_core.settings import PennySettings, load_settings
+from proxy_core.stores import store_from_url
+from proxy_core.stores.base import UsageSummary, UsageTotals
+
+__all__ = ["main"]
+
+LOCAL_WORKSPACE = "local"
+SYSTEM_PROMPT = "You are Penny, a concise and accurate assistant for a team's internal docs."
+
+
+def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stdin: TextIO | None = None) -> int:
+    out = stdout or sys.stdout
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+        configure_logging(settings.log_level, json=settings.log_json)
+        command: Callable[[argparse.Namespace, PennySettings, TextIO, TextIO], int] = args.func
+        return command(args, settings, out, stdin or sys.stdin)
+    except ConfigurationError as exc:
+        print(f"penny: configuration error\n{exc}", file=sys.stderr)
+        return 2
+    except StoreError as exc:
+        print(f"penny: store error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="penny", description="Penny: a docs bot that keeps its LLM bill in check.")
+    sub = p.add_subparsers(required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="start Penny (for now: a terminal chat through the gateway)")
+    _who(run)
+    run.set_defaults(func=_cmd_run)
+
+    ask = sub.add_parser("ask", help="ask one question through the gateway and print the answer and its cost")
+    ask.add_argument("question")
+    ask.add_argument("--fresh", action="store_true", help="skip the cache and ask the LLM")
+    _who(ask)
+    ask.set_defaults(func=_cmd_ask)
+
+    usage = sub.add_parser("usage", help="spend, tokens and cache savings from the ledger")
+    _who(usage)
+    usage.add_argument("--all-users", action="store_true", help="workspace totals instead of one user")
+    usage.add_argument("--days", type=int, default=0, help="the last N days instead of today and this month")
+    usage.add_argument("--json", action="store_true", help="print JSON")
+    usage.set_defaults(func=_cmd_usage)
+
+    check = sub.add_parser("check", help="validate settings, prices and the store, and say what is missing")
+    check.set_defaults(func=_cmd_check)
+
+    prices = sub.add_parser("prices", help="list the price table in use")
+    prices.set_defaults(func=_cmd_prices)
+    return p
+
+
+def _who(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--user", default=f"cli:{getpass.getuser()}", help="the user to act as (default: cli:<login>)")
+    p.add_argument("--workspace", default=LOCAL_WORKSPACE, help="the workspace (default: local)")
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+
+def _cmd_check(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
+    prices = PriceTable.load(settings.price_file)
+    prices.price_for(settings.chat_model)
+    prices.price_for(settings.embedding_model)
+    store = store_from_url(settings.store_url, timeout_s=settings.store_timeout_s)
+    try:
+        store.ping()
+    finally:
+        store.close()
+    print(f"store       {store_kind(settings.store_url)} ok", file=out)
+    print(f"chat model  {settings.chat_model} (priced)", file=out)
+    print(f"embeddings  {settings.embedding_model} (priced)", file=out)
+    if settings.openai_api_key is None:
+        print("OPENAI_API_KEY is not set: Penny cannot call the LLM. Get a key at "
+              "https://platform.openai.com/api-keys and put it in .env.", file=out)
+        return 2
+    print("OPENAI_API_KEY is set", file=out)
+    return 0
+
+
+def _cmd_prices(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
+    table = PriceTable.load(settings.price_file)
+    print(f"price table {table.version} (USD per 1M tokens)", file=out)
+    for name, price in sorted(table.models.items()):
+        print(f"  {name:28} {price.describe()}", file=out)
+    return 0
+
+
+def _cmd_ask(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
+    gateway = _gateway(settings)
+    try:
+        return _ask(gateway, args.question, args.user, args.workspace, out, fresh=args.fresh)
+    finally:
+        gateway.close()
+
+
+def _cmd_run(args: argparse.Namespace, settings: PennySettings, out: TextIO, stdin: TextIO) -> int:
+    gateway = _gateway(settings)
+    if settings.metrics_port:
+        serve_metrics(gateway.metrics, settings.metrics_port)
+        print(f"metrics on http://127.0.0.1:{settings.metrics_port}/metrics", file=out)
+    print("Penny (terminal chat; the Slack bot is not built yet). Ask a question, or an empty line to quit.",
+          file=out)
+    try:
+        while True:
+            print("you> ", end="", file=out, flush=True)
+            line = stdin.readline()
+            if not line or not line.strip():
+                return 0
+            _ask(gateway, line.strip(), args.user, args.workspace, out, fresh=False)
+    finally:
+        gateway.close()
+
+
+def _cmd_usage(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
+    store = store_from_url(settings.store_url, timeout_s=settings.store_timeout_s)
+    try:
+        user = None if args.all_users else args.user
+        today = datetime.now(UTC).date()
+        if args.days > 0:
+            periods = {f"last {args.days} days": (today - timedelta(days=args.days - 1), today)}
+        else:
+            periods = {"today": (today, today), "this month": (today.replace(day=1), today)}
+        report = {
+            label: store.usage(args.workspace, first.isoformat(), last.isoformat(), user)
+            for label, (first, last) in periods.items()
+        }
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps({k: _summary_json(v) for k, v in report.items()}, indent=2), file=out)
+        return 0
+    who = "all users" if user is None else user
+    for label, summary in report.items():
+        print(f"{label} — {who} in {args.workspace}", file=out)
+        print("  " + _totals_line(summary.totals), file=out)
+        for model, t in sorted(summary.by_model.items()):
+            print(f"  {model:24} {_totals_line(t)}", file=out)
+        if user is None:
+            for uid, t in sorted(summary.by_user.items(), key=lambda kv: -kv[1].cost_micros):
+                print(f"  user {uid:19} {_totals_line(t)}", file=out)
+    return 0
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _gateway(settings: PennySettings) -> Gateway:
+    if settings.openai_api_key is None:
+        raise ConfigurationError(
+            "OPENAI_API_KEY: not set. Penny needs it to call the LLM; get one at "
+            "https://platform.openai.com/api-keys and put OPENAI_API_KEY=... in .env "
+            "(OPENAI_BASE_URL points Penny at any OpenAI-compatible server)."
+        )
+    return Gateway.from_settings(settings)
+
+
+def _ask(gateway: Gateway, question: str, user: str, workspace: str, out: TextIO, *, fresh: bool) -> int:
+    try:
+        result = gateway.chat(
+            user_id=user,
+            workspace_id=workspace,
+            request_id=f"cli:{uuid.uuid4().hex}",
+            messages=[{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}],
+            use_cache=not fresh,
+        )
+    except Refused as exc:
+        print(f"penny> {exc}", file=out)
+        return 1
+    except UpstreamError as exc:
+        print(f"penny> The LLM call failed: {exc} Nothing was charged.", file=out)
+        return 1
+    except PennyError:
+        raise
+    print(f"penny> {result.content}", file=out)
+    print(f"       {cost_line(result)}", file=out)
+    return 0
+
+
+def cost_line(result: ChatResult) -> str:
+    """The small context line under an answer: model, tokens and cost, or what the cache saved."""
+    if result.cache_status in ("exact", "semantic"):
+        how = "same question" if result.cache_status == "exact" else f"similar question, {result.similarity:.2f}"
+        return f"cached ({how}), saved {format_usd(result.saved_micros)}"
+    tokens = result.prompt_tokens + result.completion_tokens
+    return f"{result.model} · {tokens:,} tokens · {format_usd(result.cost_micros)}"
+
+
+def format_usd(micros: int) -> str:
+    """Money as a person reads it: $3.40, $0.0012, $0.000034, $0."""
+    if micros == 0:
+        return "$0"
+    if micros >= 1_000_000:
+        return f"${micros / 1_000_000:,.2f}"
+    places = 4 if micros >= 100 else 6
+    text = f"{micros / 1_000_000:.{places}f}".rstrip("0")
+    if len(text.split(".")[1]) < 2:
+        text = f"{micros / 1_000_000:.2f}"
+    return "$" + text
+
+
+def store_kind(url: str) -> str:
+    return url.split(":", 1)[0]
+
+
+def _totals_line(t: UsageTotals) -> str:
+    return (
+        f"{t.requests} requests · {t.prompt_tokens + t.completion_tokens:,} tokens · "
+        f"{format_usd(t.cost_micros)} spent · cache {t.hit_rate:.0%} hits, saved {format_usd(t.saved_micros)}"
+    )
+
+
+def _summary_json(s: UsageSummary) -> dict[str, object]:
+    def tot(t: UsageTotals) -> dict[str, object]:
+        return {**asdict(t), "hit_rate": t.hit_rate}
+
+    return {
+        "totals": tot(s.totals),
+        "by_user": {k: tot(v) for k, v in s.by_user.items()},
+        "by_model": {k: tot(v) for k, v in s.by_model.items()},
+        "by_day": {k: tot(v) for k, v in s.by_day.items()},
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

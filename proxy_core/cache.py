@@ -1,0 +1,146 @@
+"""The cache step of the gateway: scope, normalised questions and the hit decision.
+
+An answer is only ever served inside the scope it was made in. The scope is a filter, never text
+glued onto a prompt: the model, a hash of the system prompt, conversation so far and generation
+parameters, a context fingerprint the caller supplies (for the bot: the docs index version and the
+passages the answer rests on) and a tenant scope (workspace, channel or user).
+
+This module holds the exact-match layer. The gateway talks to any :class:`CacheLayer`, so a
+semantic layer plugs in without reshaping the pipeline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal, Protocol
+
+from proxy_core.stores.base import Store
+
+__all__ = [
+    "CacheDecision",
+    "CacheLayer",
+    "CacheScope",
+    "CachedAnswer",
+    "ExactCache",
+    "normalize_question",
+]
+
+Status = Literal["exact", "semantic", "miss", "bypass"]
+
+_SPACE = re.compile(r"\s+")
+_EDGE_PUNCT = re.compile(r"^[\s\W_]+|[\s\W_]+$")
+
+
+def normalize_question(text: str) -> str:
+    """The form under which two questions count as the same text.
+
+    Unicode-compatibility folding, case folding, collapsed white space, and no punctuation at the
+    ends ("How do I deploy?" == "how do i deploy"). Inner punctuation is kept: it can carry meaning
+    ("v1.2", "C++").
+    """
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return _EDGE_PUNCT.sub("", _SPACE.sub(" ", folded))
+
+
+@dataclass(frozen=True, slots=True)
+class CacheScope:
+    """Everything besides the question that must match for an answer to be reusable."""
+
+    model: str
+    params: str  # hash of system prompt, earlier turns and generation parameters
+    context: str  # caller-supplied fingerprint (docs index version + passages)
+    tenant: str  # "w:<workspace>", "c:<workspace>/<channel>" or "u:<workspace>/<user>"
+
+    @classmethod
+    def for_chat(
+        cls,
+        *,
+        model: str,
+        messages: Sequence[Mapping[str, object]],
+        params: Mapping[str, object],
+        context: str,
+        tenant: str,
+    ) -> CacheScope:
+        """Scope of a chat request whose last message is the question being asked."""
+        prior = [dict(m) for m in messages[:-1]]
+        blob = json.dumps({"prior": prior, "params": dict(params)}, sort_keys=True, default=str)
+        return cls(model, _digest(blob), context, tenant)
+
+    def id(self) -> str:
+        return _digest(f"{self.model}\x00{self.params}\x00{self.context}\x00{self.tenant}")
+
+
+@dataclass(frozen=True, slots=True)
+class CachedAnswer:
+    """A stored answer and what it cost to make (so a hit can record the money it saved)."""
+
+    entry_id: str
+    content: str
+    model: str
+    prompt_tokens: int
+    cached_prompt_tokens: int
+    completion_tokens: int
+    cost_micros: int
+    created_at: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> CachedAnswer:
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True, slots=True)
+class CacheDecision:
+    """What the cache decided and why (for logs, metrics and the bot's footer)."""
+
+    status: Status
+    reason: str
+    answer: CachedAnswer | None = None
+    similarity: float | None = None
+
+    @property
+    def hit(self) -> bool:
+        return self.answer is not None
+
+
+class CacheLayer(Protocol):
+    def lookup(self, scope: CacheScope, question: str) -> CacheDecision: ...
+
+    def put(self, scope: CacheScope, question: str, answer: CachedAnswer) -> None: ...
+
+    def invalidate(self, scope: CacheScope, question: str | None = None) -> int: ...
+
+
+class ExactCache:
+    """Exact match on the normalised question within the scope, stored in the shared store."""
+
+    def __init__(self, store: Store, *, ttl_s: float) -> None:
+        self._store = store
+        self._ttl_s = ttl_s
+
+    def lookup(self, scope: CacheScope, question: str) -> CacheDecision:
+        raw = self._store.cache_get(scope.id(), _key(question))
+        if raw is None:
+            return CacheDecision("miss", "no exact match")
+        return CacheDecision("exact", "exact match", CachedAnswer.from_json(raw), 1.0)
+
+    def put(self, scope: CacheScope, question: str, answer: CachedAnswer) -> None:
+        self._store.cache_put(scope.id(), _key(question), answer.to_json(), self._ttl_s)
+
+    def invalidate(self, scope: CacheScope, question: str | None = None) -> int:
+        return self._store.cache_delete(scope.id(), None if question is None else _key(question))
+
+
+def _key(question: str) -> str:
+    return _digest(normalize_question(question))
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()

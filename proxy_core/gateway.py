@@ -1,0 +1,634 @@
+"""The gateway: the one path every LLM call takes.
+
+Pipeline, in order (each step may end the request; nothing is charged unless upstream answered):
+
+1. **Idempotency** — a request ID already settled returns its recorded result; one in flight is
+   waited for (``inflight_wait_s``) and then refused. One request ID never makes two upstream
+   calls or two ledger entries.
+2. **Cache** — a hit is served before the limiter, the budget and the breaker: it costs $0 and
+   records the money it saved. Users out of budget, or during an outage, still get known answers.
+3. **Rate limit** — per-user token buckets for requests and LLM tokens.
+4. **Budget** — the worst-case cost is reserved against the user's day and the workspace's month.
+5. **Circuit breaker** — checked before every attempt; shared through the store.
+6. **Upstream with retries** — one attempt at a time through the openai SDK; every failed attempt
+   that signals an outage feeds the breaker.
+7. **Settle** — the real cost replaces the reservation, the ledger gets one entry, the result is
+   recorded under the request ID, and the answer is cached.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
+
+from proxy_core import budget as budget_math
+from proxy_core.breaker import BreakerPolicy, BreakerState, Permit
+from proxy_core.cache import CachedAnswer, CacheDecision, CacheLayer, CacheScope, ExactCache
+from proxy_core.clock import Clock, Sleep
+from proxy_core.errors import (
+    BudgetExceeded,
+    CircuitOpen,
+    ConfigurationError,
+    PennyError,
+    RateLimited,
+    Refused,
+    RequestInFlight,
+    StoreError,
+    UpstreamError,
+)
+from proxy_core.limiter import Bucket
+from proxy_core.log import get_logger
+from proxy_core.metrics import BREAKER_STATES, Metrics
+from proxy_core.prices import ModelPrice, PriceTable, chat_cost, embedding_cost
+from proxy_core.results import CacheStatus, ChatResult, EmbeddingResult
+from proxy_core.retry import RetryPolicy, call_with_retries, counts_against_breaker
+from proxy_core.settings import PennySettings
+from proxy_core.stores import store_from_url
+from proxy_core.stores.base import BucketSpec, LedgerEntry, Store, UsageSummary
+from proxy_core.tokens import estimate_chat_tokens, estimate_text_tokens
+from proxy_core.upstream import ChatResponse, EmbedResponse, OpenAIUpstream
+
+__all__ = ["Gateway", "Upstream"]
+
+T = TypeVar("T")
+R = TypeVar("R", ChatResult, EmbeddingResult)
+
+Message = Mapping[str, Any]
+
+
+class Upstream(Protocol):
+    """One attempt at the provider; failures are already translated to ``UpstreamError``."""
+
+    def chat(
+        self,
+        *,
+        model: str,
+        messages: Sequence[Message],
+        max_tokens: int,
+        temperature: float | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> ChatResponse: ...
+
+    def embed(self, *, model: str, inputs: list[str], dimensions: int | None = None) -> EmbedResponse: ...
+
+
+class Gateway:
+    """Runs every chat completion and embedding through Penny's cost controls.
+
+    Thread-safe: one instance serves every Slack worker thread. ``clock`` is monotonic (latency,
+    waits), ``wall`` is epoch time (ledger timestamps, budget periods), ``sleep`` waits.
+    """
+
+    def __init__(
+        self,
+        settings: PennySettings,
+        *,
+        store: Store,
+        upstream: Upstream,
+        prices: PriceTable | None = None,
+        cache: CacheLayer | None = None,
+        metrics: Metrics | None = None,
+        clock: Clock = time.monotonic,
+        wall: Clock = time.time,
+        sleep: Sleep = time.sleep,
+        rand: Callable[[], float] = random.random,
+        breaker_name: str = "openai",
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.upstream = upstream
+        self.prices = prices if prices is not None else PriceTable.load(settings.price_file)
+        # Refuse to start with a model we cannot price: it would otherwise be billed as $0.
+        self._chat_price = self.prices.price_for(settings.chat_model)
+        self._embed_price = self.prices.price_for(settings.embedding_model)
+        self.cache: CacheLayer | None = cache
+        if self.cache is None and settings.cache_enabled:
+            self.cache = ExactCache(store, ttl_s=settings.cache_ttl_s)
+        self.metrics = metrics if metrics is not None else Metrics()
+        self._clock = clock
+        self._wall = wall
+        self._sleep = sleep
+        self._rand = rand
+        self._breaker_name = breaker_name
+        self._breaker = BreakerPolicy(
+            failure_threshold=settings.breaker_failure_threshold,
+            failure_ratio=settings.breaker_failure_ratio,
+            min_calls=settings.breaker_min_calls,
+            window_s=settings.breaker_window_s,
+            cooldown_s=settings.breaker_cooldown_s,
+            probe_timeout_s=settings.request_timeout_s * 2,
+        )
+        self._retry = RetryPolicy(
+            max_attempts=settings.retry_max_attempts,
+            base_s=settings.retry_base_s,
+            cap_s=settings.retry_cap_s,
+            max_retry_after_s=settings.retry_max_wait_s,
+            deadline_s=settings.retry_deadline_s,
+        )
+        # A claim must outlive the longest the pipeline can take, or a retry could run it twice.
+        self._claim_ttl_s = settings.retry_deadline_s + settings.request_timeout_s + 30.0
+        self._log = get_logger()
+
+    @classmethod
+    def from_settings(
+        cls, settings: PennySettings, *, upstream: Upstream | None = None, **kwargs: Any
+    ) -> Gateway:
+        """Open the configured store and provider. Raises ConfigurationError naming what is missing."""
+        if upstream is None:
+            key = settings.openai_api_key
+            upstream = OpenAIUpstream(
+                api_key=key.get_secret_value() if key is not None else None,
+                base_url=settings.openai_base_url,
+                timeout_s=settings.request_timeout_s,
+            )
+        store = store_from_url(settings.store_url, timeout_s=settings.store_timeout_s)
+        try:
+            return cls(settings, store=store, upstream=upstream, **kwargs)
+        except BaseException:
+            store.close()
+            raise
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- public entry points -----------------------------------------------------------------
+
+    def chat(
+        self,
+        *,
+        user_id: str,
+        workspace_id: str,
+        request_id: str,
+        messages: Sequence[Message],
+        model: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        context: str = "",
+        channel_id: str | None = None,
+        use_cache: bool = True,
+    ) -> ChatResult:
+        """Answer a chat completion for ``user_id`` in ``workspace_id``.
+
+        ``request_id`` makes the call idempotent (the bot passes the Slack event ID). ``context``
+        is the cache's context fingerprint; ``use_cache=False`` asks upstream even if an answer is
+        cached (the fresh answer then replaces it).
+        """
+        if not messages:
+            raise ValueError("messages must not be empty")
+        model = model or self.settings.chat_model
+        price = self._price(model)
+        max_tokens = max_tokens or self.settings.max_output_tokens
+        return self._idempotent(
+            "chat",
+            workspace_id,
+            request_id,
+            ChatResult.from_json,
+            lambda: self._chat(
+                user_id, workspace_id, request_id, messages, model, price, max_tokens, temperature,
+                context, channel_id, use_cache,
+            ),
+        )
+
+    def embed(
+        self,
+        *,
+        user_id: str,
+        workspace_id: str,
+        request_id: str,
+        inputs: Sequence[str],
+        model: str | None = None,
+        dimensions: int | None = None,
+    ) -> EmbeddingResult:
+        """Embed ``inputs`` for ``user_id``, billed as embedding spend."""
+        if not inputs:
+            raise ValueError("inputs must not be empty")
+        model = model or self.settings.embedding_model
+        price = self._price(model)
+        return self._idempotent(
+            "embedding",
+            workspace_id,
+            request_id,
+            EmbeddingResult.from_json,
+            lambda: self._embed(user_id, workspace_id, request_id, list(inputs), model, price, dimensions),
+        )
+
+    def usage(
+        self, workspace_id: str, first_day: str, last_day: str, user_id: str | None = None
+    ) -> UsageSummary:
+        return self.store.usage(workspace_id, first_day, last_day, user_id)
+
+    # -- the pipeline ---------------------------------------------------------------------------
+
+    def _idempotent(
+        self,
+        kind: str,
+        workspace_id: str,
+        request_id: str,
+        parse: Callable[[str], R],
+        run: Callable[[], R],
+    ) -> R:
+        log = self._log.bind(request_id=request_id, kind=kind)
+        replay = self._claim(workspace_id, request_id, parse)
+        if replay is not None:
+            self.metrics.requests.labels(kind, "replayed", "none").inc()
+            log.info("request_replayed")
+            return replay
+        try:
+            return run()
+        except BaseException as exc:
+            try:
+                self.store.release_request(workspace_id, request_id)
+            except StoreError:
+                log.warning("claim_release_failed")  # the claim expires by its TTL
+            outcome = _outcome(exc)
+            self.metrics.requests.labels(kind, outcome, "none").inc()
+            log.info("request_failed", outcome=outcome, error=str(exc))
+            raise
+
+    def _claim(self, workspace_id: str, request_id: str, parse: Callable[[str], R]) -> R | None:
+        deadline = self._clock() + self.settings.inflight_wait_s
+        delay = 0.05
+        while True:
+            claim = self.store.claim_request(workspace_id, request_id, self._claim_ttl_s)
+            if claim.state == "claimed":
+                return None
+            if claim.state == "done" and claim.result is not None:
+                return parse(claim.result)
+            if self._clock() >= deadline:
+                raise RequestInFlight(request_id)
+            self._sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _chat(
+        self,
+        user_id: str,
+        workspace_id: str,
+        request_id: str,
+        messages: Sequence[Message],
+        model: str,
+        price: ModelPrice,
+        max_tokens: int,
+        temperature: float | None,
+        context: str,
+        channel_id: str | None,
+        use_cache: bool,
+    ) -> ChatResult:
+        started = self._clock()
+        question = messages[-1].get("content")
+        scope: CacheScope | None = None
+        decision = CacheDecision("bypass", "cache off")
+        if self.cache is not None and isinstance(question, str) and messages[-1].get("role") == "user":
+            scope = CacheScope.for_chat(
+                model=model,
+                messages=messages,
+                params={"max_tokens": max_tokens, "temperature": temperature},
+                context=context,
+                tenant=self._tenant(workspace_id, channel_id, user_id),
+            )
+            if use_cache:
+                decision = self.cache.lookup(scope, question)
+                if decision.answer is not None:
+                    return self._serve_hit(user_id, workspace_id, request_id, decision, decision.answer, started)
+            else:
+                decision = CacheDecision("bypass", "fresh answer requested")
+
+        estimated = estimate_chat_tokens(messages)
+        self._take_limits(workspace_id, user_id, tokens=estimated + max_tokens)
+        worst = chat_cost(price, estimated, 0, max_tokens)
+        lines = self._reserve(workspace_id, user_id, request_id, worst)
+
+        def attempt() -> ChatResponse:
+            return self.upstream.chat(model=model, messages=messages, max_tokens=max_tokens, temperature=temperature)
+
+        try:
+            resp, attempts = self._call_upstream("chat", attempt)
+        except BaseException:
+            self._release_reservation(workspace_id, request_id, lines)
+            raise
+        billed = self._billing_price(resp.model, price)
+        cost = chat_cost(billed, resp.prompt_tokens, resp.cached_prompt_tokens, resp.completion_tokens)
+        latency_ms = self._ms_since(started)
+        result = ChatResult(
+            request_id=request_id,
+            content=resp.content,
+            model=resp.model,
+            prompt_tokens=resp.prompt_tokens,
+            cached_prompt_tokens=resp.cached_prompt_tokens,
+            completion_tokens=resp.completion_tokens,
+            cost_micros=cost,
+            saved_micros=0,
+            cache_status="miss" if decision.status == "miss" else "bypass",
+            cache_reason=decision.reason,
+            similarity=decision.similarity,
+            cache_entry_id=request_id if scope is not None else None,
+            latency_ms=latency_ms,
+            attempts=attempts,
+            finish_reason=resp.finish_reason,
+        )
+        self._settle(
+            self._entry(request_id, workspace_id, user_id, resp.model, "chat", result.cache_status,
+                        resp.prompt_tokens, resp.cached_prompt_tokens, resp.completion_tokens,
+                        cost, 0, latency_ms, attempts),
+            request_id,
+            lines,
+            result.to_json(),
+        )
+        self._count_spend("chat", resp.model, cost, resp.prompt_tokens, resp.cached_prompt_tokens,
+                          resp.completion_tokens)
+        self.metrics.requests.labels("chat", "ok", result.cache_status).inc()
+        # A truncated or empty answer is not worth serving again.
+        if scope is not None and isinstance(question, str) and resp.content and resp.finish_reason in (None, "stop"):
+            answer = CachedAnswer(
+                entry_id=request_id,
+                content=resp.content,
+                model=resp.model,
+                prompt_tokens=resp.prompt_tokens,
+                cached_prompt_tokens=resp.cached_prompt_tokens,
+                completion_tokens=resp.completion_tokens,
+                cost_micros=cost,
+                created_at=self._wall(),
+            )
+            try:
+                self.cache.put(scope, question, answer)  # type: ignore[union-attr]
+            except StoreError as exc:
+                self._log.warning("cache_put_failed", request_id=request_id, error=str(exc))
+        self._log.info(
+            "chat_answered", request_id=request_id, model=resp.model, cost_micros=cost,
+            cache=result.cache_status, attempts=attempts, latency_ms=latency_ms,
+        )
+        return result
+
+    def _serve_hit(
+        self,
+        user_id: str,
+        workspace_id: str,
+        request_id: str,
+        decision: CacheDecision,
+        answer: CachedAnswer,
+        started: float,
+    ) -> ChatResult:
+        status: CacheStatus = "semantic" if decision.status == "semantic" else "exact"
+        latency_ms = self._ms_since(started)
+        result = ChatResult(
+            request_id=request_id,
+            content=answer.content,
+            model=answer.model,
+            prompt_tokens=0,
+            cached_prompt_tokens=0,
+            completion_tokens=0,
+            cost_micros=0,
+            saved_micros=answer.cost_micros,
+            cache_status=status,
+            cache_reason=decision.reason,
+            similarity=decision.similarity,
+            cache_entry_id=answer.entry_id,
+            latency_ms=latency_ms,
+            attempts=0,
+            finish_reason="stop",
+        )
+        entry = self._entry(request_id, workspace_id, user_id, answer.model, "chat", status,
+                            0, 0, 0, 0, answer.cost_micros, latency_ms, 0)
+        self._settle(entry, None, (), result.to_json())
+        self.metrics.saved.labels("chat").inc(answer.cost_micros)
+        self.metrics.requests.labels("chat", "ok", status).inc()
+        self._log.info("chat_cache_hit", request_id=request_id, cache=status, reason=decision.reason,
+                       saved_micros=answer.cost_micros)
+        return result
+
+    def _embed(
+        self,
+        user_id: str,
+        workspace_id: str,
+        request_id: str,
+        inputs: list[str],
+        model: str,
+        price: ModelPrice,
+        dimensions: int | None,
+    ) -> EmbeddingResult:
+        started = self._clock()
+        estimated = sum(estimate_text_tokens(t) for t in inputs)
+        self._take_limits(workspace_id, user_id, tokens=estimated)
+        lines = self._reserve(workspace_id, user_id, request_id, embedding_cost(price, estimated))
+
+        def attempt() -> EmbedResponse:
+            return self.upstream.embed(model=model, inputs=inputs, dimensions=dimensions)
+
+        try:
+            resp, attempts = self._call_upstream("embedding", attempt)
+        except BaseException:
+            self._release_reservation(workspace_id, request_id, lines)
+            raise
+        cost = embedding_cost(self._billing_price(resp.model, price), resp.prompt_tokens)
+        latency_ms = self._ms_since(started)
+        result = EmbeddingResult(
+            request_id=request_id,
+            vectors=resp.vectors,
+            model=resp.model,
+            prompt_tokens=resp.prompt_tokens,
+            cost_micros=cost,
+            latency_ms=latency_ms,
+            attempts=attempts,
+        )
+        self._settle(
+            self._entry(request_id, workspace_id, user_id, resp.model, "embedding", "bypass",
+                        resp.prompt_tokens, 0, 0, cost, 0, latency_ms, attempts),
+            request_id,
+            lines,
+            result.to_json(),
+        )
+        self._count_spend("embedding", resp.model, cost, resp.prompt_tokens, 0, 0)
+        self.metrics.requests.labels("embedding", "ok", "bypass").inc()
+        self._log.info("embedding_done", request_id=request_id, model=resp.model, inputs=len(inputs),
+                       cost_micros=cost, attempts=attempts)
+        return result
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    def _take_limits(self, workspace_id: str, user_id: str, *, tokens: int) -> None:
+        limits = self.settings.limits_for(user_id)
+        specs: list[BucketSpec] = []
+        names: list[str] = []
+        if limits.requests_per_minute > 0:
+            specs.append(BucketSpec(f"user:{user_id}:requests",
+                                    Bucket.per_minute(limits.requests_per_minute, limits.request_burst), 1))
+            names.append("requests")
+        if limits.tokens_per_minute > 0:
+            specs.append(BucketSpec(f"user:{user_id}:tokens",
+                                    Bucket.per_minute(limits.tokens_per_minute, limits.token_burst), tokens))
+            names.append("tokens")
+        if not specs:
+            return
+        decision = self.store.take_tokens(workspace_id, specs)
+        if not decision.allowed:
+            which = names[decision.blocking or 0]
+            self.metrics.refusals.labels(f"rate_limit_{which}").inc()
+            raise RateLimited(decision.retry_after, limit=which)
+
+    def _reserve(
+        self, workspace_id: str, user_id: str, reservation_id: str, amount: int
+    ) -> list[budget_math.BudgetLine]:
+        lines = budget_math.budget_lines(
+            workspace_id,
+            user_id,
+            self._wall(),
+            user_daily=self.settings.user_daily_budget_micros(user_id),
+            workspace_monthly=self.settings.workspace_monthly_budget_micros(),
+        )
+        decision = self.store.reserve(workspace_id, reservation_id, lines, amount, self._claim_ttl_s)
+        if not decision.ok:
+            line = decision.line
+            assert line is not None
+            self.metrics.refusals.labels("budget_" + line.scope.split()[0]).inc()
+            raise BudgetExceeded(line.scope, line.limit, decision.spent + decision.reserved, line.resets_at)
+        return lines
+
+    def _release_reservation(
+        self, workspace_id: str, reservation_id: str, lines: Sequence[budget_math.BudgetLine]
+    ) -> None:
+        try:
+            self.store.release(workspace_id, reservation_id, lines)
+        except StoreError:
+            self._log.warning("reservation_release_failed", request_id=reservation_id)  # it expires
+
+    def _call_upstream(self, kind: str, attempt: Callable[[], T]) -> tuple[T, int]:
+        started = self._clock()
+
+        def guarded() -> T:
+            permit = self._acquire_breaker()
+            if not permit.allowed:
+                self.metrics.refusals.labels("breaker").inc()
+                raise CircuitOpen(permit.retry_after)
+            value = attempt()
+            self._record_breaker(success=True)
+            return value
+
+        def on_failure(exc: BaseException) -> None:
+            if not isinstance(exc, UpstreamError):
+                return
+            # An error caused by the request itself still proves upstream is alive.
+            outage = counts_against_breaker(exc)
+            state = self._record_breaker(success=not outage)
+            if outage:
+                self.metrics.upstream_failures.labels(kind, exc.kind if exc.status is None else str(exc.status)).inc()
+            if state is not None and state.state == "open":
+                # Do not wait out a backoff only to be refused by the breaker this failure opened.
+                self.metrics.refusals.labels("breaker").inc()
+                raise CircuitOpen(self._breaker.cooldown_s) from exc
+
+        value, attempts = call_with_retries(
+            guarded, self._retry, clock=self._clock, sleep=self._sleep, rand=self._rand, on_failure=on_failure
+        )
+        self.metrics.upstream_latency.labels(kind).observe(max(0.0, self._clock() - started))
+        return value, attempts
+
+    def _acquire_breaker(self) -> Permit:
+        permit = self.store.breaker_acquire(self._breaker_name, self._breaker)
+        self.metrics.breaker_state.set(BREAKER_STATES[permit.state])
+        return permit
+
+    def _record_breaker(self, *, success: bool) -> BreakerState | None:
+        try:
+            state = self.store.breaker_record(self._breaker_name, self._breaker, success=success)
+        except StoreError as exc:
+            self._log.warning("breaker_record_failed", error=str(exc))
+            return None
+        if state.state == "open" and not success:
+            self._log.warning("breaker_open", cooldown_s=self._breaker.cooldown_s)
+        self.metrics.breaker_state.set(BREAKER_STATES[state.state])
+        return state
+
+    def _settle(
+        self,
+        entry: LedgerEntry,
+        reservation_id: str | None,
+        lines: Sequence[budget_math.BudgetLine],
+        result: str,
+    ) -> None:
+        # Upstream has answered and been paid: the answer must reach the user even if the store is
+        # briefly unavailable. Try a few times, then log the full entry for reconciliation.
+        for attempt in range(3):
+            try:
+                self.store.settle(
+                    entry, reservation_id=reservation_id, lines=lines, result=result,
+                    result_ttl_s=self.settings.idempotency_ttl_s,
+                )
+                return
+            except StoreError as exc:
+                if attempt == 2:
+                    self._log.error("ledger_write_failed", error=str(exc), **_entry_fields(entry))
+                    return
+                self._sleep(0.05 * (attempt + 1))
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _price(self, model: str) -> ModelPrice:
+        if model == self.settings.chat_model:
+            return self._chat_price
+        if model == self.settings.embedding_model:
+            return self._embed_price
+        return self.prices.price_for(model)
+
+    def _billing_price(self, returned_model: str, requested: ModelPrice) -> ModelPrice:
+        """Bill what upstream says it ran (a dated snapshot), falling back to what was asked for."""
+        try:
+            return self.prices.price_for(returned_model)
+        except ConfigurationError:
+            return requested
+
+    def _tenant(self, workspace_id: str, channel_id: str | None, user_id: str) -> str:
+        scope = self.settings.cache_scope
+        if scope == "user":
+            return f"u:{workspace_id}/{user_id}"
+        if scope == "channel" and channel_id:
+            return f"c:{workspace_id}/{channel_id}"
+        return f"w:{workspace_id}"
+
+    def _entry(
+        self, request_id: str, workspace_id: str, user_id: str, model: str, kind: Any, cache: Any,
+        prompt: int, cached: int, completion: int, cost: int, saved: int, latency_ms: int, attempts: int,
+    ) -> LedgerEntry:
+        ts = self._wall()
+        return LedgerEntry(
+            request_id=request_id, ts=ts, day=budget_math.period_window(ts, "day")[0],
+            workspace_id=workspace_id, user_id=user_id, model=model, kind=kind,
+            prompt_tokens=prompt, cached_prompt_tokens=cached, completion_tokens=completion,
+            cost_micros=cost, saved_micros=saved, cache_status=cache, latency_ms=latency_ms,
+            attempts=attempts,
+        )
+
+    def _count_spend(self, kind: str, model: str, cost: int, prompt: int, cached: int, completion: int) -> None:
+        self.metrics.spent.labels(kind, model).inc(cost)
+        self.metrics.tokens.labels(kind, "prompt").inc(prompt)
+        self.metrics.tokens.labels(kind, "cached_prompt").inc(cached)
+        self.metrics.tokens.labels(kind, "completion").inc(completion)
+
+    def _ms_since(self, started: float) -> int:
+        return max(0, round((self._clock() - started) * 1000))
+
+
+def _outcome(exc: BaseException) -> str:
+    if isinstance(exc, RateLimited):
+        return "rate_limited"
+    if isinstance(exc, BudgetExceeded):
+        return "over_budget"
+    if isinstance(exc, CircuitOpen):
+        return "circuit_open"
+    if isinstance(exc, RequestInFlight):
+        return "in_flight"
+    if isinstance(exc, Refused):
+        return "refused"
+    if isinstance(exc, UpstreamError):
+        return "upstream_error"
+    if isinstance(exc, StoreError):
+        return "store_error"
+    if isinstance(exc, PennyError):
+        return "error"
+    return "crash"
+
+
+def _entry_fields(entry: LedgerEntry) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(entry)

@@ -1,0 +1,61 @@
+"""What the gateway returns: the answer plus everything it cost, as plain serialisable records.
+
+Results are stored as JSON under their request ID, so a repeated request ID gets back exactly the
+result of the first one (``replayed=True``) without a second upstream call or ledger entry.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from typing import Literal
+
+__all__ = ["ChatResult", "EmbeddingResult"]
+
+CacheStatus = Literal["miss", "exact", "semantic", "bypass"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    request_id: str
+    content: str
+    model: str
+    prompt_tokens: int
+    cached_prompt_tokens: int
+    completion_tokens: int
+    cost_micros: int  # what this request cost: 0 on a cache hit
+    saved_micros: int  # what a cache hit saved: the cost of the answer it replaced
+    cache_status: CacheStatus
+    cache_reason: str
+    similarity: float | None
+    cache_entry_id: str | None
+    latency_ms: int
+    attempts: int
+    finish_reason: str | None = None
+    replayed: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> ChatResult:
+        return replace(cls(**json.loads(text)), replayed=True)
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingResult:
+    request_id: str
+    vectors: list[list[float]]
+    model: str
+    prompt_tokens: int
+    cost_micros: int
+    latency_ms: int
+    attempts: int
+    replayed: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> EmbeddingResult:
+        return replace(cls(**json.loads(text)), replayed=True)

@@ -1,0 +1,292 @@
+"""Penny's settings, from ``PENNY_*`` environment variables and an optional ``.env`` file.
+
+Every field is named by its environment variable in error messages (``PENNY_REQUESTS_PER_MINUTE``;
+the OpenAI client's own ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL`` have no prefix).
+:func:`load_settings` reports every bad field at once as one
+:class:`~proxy_core.errors.ConfigurationError`, and never echoes a value: the API key is a
+:class:`~pydantic.SecretStr`, and the password of a store URL is masked in ``repr``.
+
+Money is configured in USD as decimals and used as integer micro-dollars (:func:`micros`). A
+budget or rate of 0 means "no cap".
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from proxy_core.errors import ConfigurationError
+
+__all__ = ["ENV_PREFIX", "LimitOverride", "Limits", "PennySettings", "env_var", "load_settings", "micros"]
+
+ENV_PREFIX = "PENNY_"
+MICROS_PER_USD = 1_000_000
+
+Usd = Annotated[Decimal, Field(ge=0, decimal_places=6)]
+Rate = Annotated[float, Field(ge=0)]
+Seconds = Annotated[float, Field(ge=0)]
+PositiveSeconds = Annotated[float, Field(gt=0)]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+def micros(usd: Decimal) -> int:
+    """USD as integer micro-dollars, exactly; ``ValueError`` if it has a fraction of a micro-dollar."""
+    amount = Decimal(usd) * MICROS_PER_USD
+    if not amount.is_finite() or amount != amount.to_integral_value():
+        raise ValueError(f"{usd} USD is not a whole number of micro-dollars")
+    return int(amount)
+
+
+class LimitOverride(BaseModel):
+    """One user's rate limits; a field left out falls back to the global setting."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+
+    requests_per_minute: Rate | None = None
+    request_burst: Annotated[float, Field(ge=1)] | None = None
+    tokens_per_minute: Rate | None = None
+    token_burst: Annotated[float, Field(gt=0)] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The rate limits that apply to one user. A per-minute rate of 0 means unlimited."""
+
+    requests_per_minute: float
+    request_burst: float
+    tokens_per_minute: float
+    token_burst: float
+
+
+class PennySettings(BaseSettings):
+    """All of Penny's knobs. Build with :func:`load_settings` to get one readable error."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        allow_inf_nan=False,
+        hide_input_in_errors=True,
+        validate_default=True,
+    )
+
+    # -- state and models ------------------------------------------------------------------------
+    store_url: str = Field(
+        "sqlite:///penny.db", description="Where shared state lives: sqlite:///path or redis://host:port/db."
+    )
+    store_timeout_s: PositiveSeconds = Field(2.0, description="Seconds before a store call fails.")
+    chat_model: str = Field("gpt-4.1-mini", min_length=1, description="Chat model used to answer.")
+    embedding_model: str = Field(
+        "text-embedding-3-small", min_length=1, description="Embedding model used for retrieval."
+    )
+    max_output_tokens: int = Field(800, ge=1, description="Cap on completion tokens per answer.")
+    request_timeout_s: PositiveSeconds = Field(
+        30.0, description="Seconds before one upstream call times out."
+    )
+    openai_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key"),
+        description="OpenAI API key (OPENAI_API_KEY); only commands that call OpenAI need it.",
+    )
+    openai_base_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("OPENAI_BASE_URL", "openai_base_url"),
+        description="Alternative OpenAI-compatible endpoint (OPENAI_BASE_URL).",
+    )
+    price_file: Path | None = Field(
+        None, description="JSON file of extra or changed model prices, merged over the shipped table."
+    )
+
+    # -- budgets ---------------------------------------------------------------------------------
+    user_daily_budget_usd: Usd = Field(Decimal(0), description="Per-user daily budget in USD; 0 = no cap.")
+    workspace_monthly_budget_usd: Usd = Field(
+        Decimal(0), description="Whole-workspace monthly budget in USD; 0 = no cap."
+    )
+    user_budget_overrides: Annotated[dict[str, Usd], NoDecode] = Field(
+        default_factory=dict, description='Per-user daily budgets in USD, as JSON: {"U123": "5.00"}.'
+    )
+    cache_scope: Literal["workspace", "channel", "user"] = Field(
+        "workspace", description="Who shares cached answers: the workspace, a channel, or only the user."
+    )
+
+    # -- rate limits -----------------------------------------------------------------------------
+    requests_per_minute: Rate = Field(20.0, description="Requests per user per minute; 0 = unlimited.")
+    request_burst: float = Field(10.0, ge=1, description="Requests a user may make at once.")
+    tokens_per_minute: Rate = Field(200_000.0, description="Tokens per user per minute; 0 = unlimited.")
+    token_burst: float | None = Field(
+        None, gt=0, description="Tokens a user may use at once; unset = one minute's worth."
+    )
+    user_limit_overrides: Annotated[dict[str, LimitOverride], NoDecode] = Field(
+        default_factory=dict,
+        description='Per-user rate limits as JSON: {"U123": {"requests_per_minute": 60}}.',
+    )
+
+    # -- retries and breaker ---------------------------------------------------------------------
+    retry_max_attempts: int = Field(4, ge=1, description="Upstream attempts per call, the first included.")
+    retry_base_s: Seconds = Field(0.5, description="First backoff delay in seconds (doubles each retry).")
+    retry_cap_s: Seconds = Field(8.0, description="Longest backoff delay in seconds.")
+    retry_max_wait_s: Seconds = Field(20.0, description="Longest Retry-After Penny will honour, in seconds.")
+    retry_deadline_s: PositiveSeconds = Field(60.0, description="Total seconds one call may spend retrying.")
+    breaker_failure_threshold: int = Field(5, ge=1, description="Consecutive failures that open the breaker.")
+    breaker_failure_ratio: float = Field(
+        0.5, gt=0, le=1, description="Failure ratio in the window that opens the breaker."
+    )
+    breaker_min_calls: int = Field(20, ge=1, description="Calls in the window before the ratio counts.")
+    breaker_window_s: PositiveSeconds = Field(
+        60.0, description="Seconds of history the failure ratio covers."
+    )
+    breaker_cooldown_s: PositiveSeconds = Field(30.0, description="Seconds the breaker stays open.")
+
+    # -- cache and idempotency -------------------------------------------------------------------
+    cache_enabled: bool = Field(True, description="Answer repeated questions from the exact-match cache.")
+    cache_ttl_s: PositiveSeconds = Field(86_400.0, description="Seconds a cached answer stays valid.")
+    idempotency_ttl_s: PositiveSeconds = Field(86_400.0, description="Seconds a request ID is remembered.")
+    inflight_wait_s: Seconds = Field(
+        30.0, description="Seconds to wait for a duplicate request being answered elsewhere."
+    )
+
+    # -- operations ------------------------------------------------------------------------------
+    metrics_port: int = Field(0, ge=0, le=65_535, description="Port for Prometheus metrics; 0 = off.")
+    log_level: LogLevel = Field("INFO", description="Least severe log level written.")
+    log_json: bool = Field(False, description="Write logs as JSON lines instead of console text.")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("price_file")
+    @classmethod
+    def _price_file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"price file {value} does not exist or is not a file")
+        return value
+
+    @field_validator("user_budget_overrides", "user_limit_overrides", mode="before")
+    @classmethod
+    def _json_object(cls, value: object) -> object:
+        # Decoded here rather than by the settings source, so bad JSON is reported with every
+        # other bad field instead of aborting on its own.
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return {}
+        try:
+            decoded = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(decoded, dict):
+            raise ValueError('must be a JSON object like {"U123": ...}')
+        return decoded
+
+    @field_validator("openai_base_url", "openai_api_key", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # OPENAI_API_KEY= (empty) in a .env file means "not set", not an empty key.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PennySettings:
+        if self.retry_cap_s < self.retry_base_s:
+            raise ValueError(
+                f"{ENV_PREFIX}RETRY_CAP_S ({self.retry_cap_s}) is below {ENV_PREFIX}RETRY_BASE_S "
+                f"({self.retry_base_s})"
+            )
+        return self
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def user_daily_budget_micros(self, user_id: str) -> int:
+        """The daily budget of ``user_id`` in micro-dollars (an override, else the default); 0 = none."""
+        return micros(self.user_budget_overrides.get(user_id, self.user_daily_budget_usd))
+
+    def workspace_monthly_budget_micros(self) -> int:
+        """The workspace's monthly budget in micro-dollars; 0 = none."""
+        return micros(self.workspace_monthly_budget_usd)
+
+    def limits_for(self, user_id: str) -> Limits:
+        """The rate limits of ``user_id``: its override's fields where given, else the globals.
+
+        An unset token burst is one minute's worth of the user's own token rate.
+        """
+        override = self.user_limit_overrides.get(user_id) or LimitOverride()
+        rpm = _first(override.requests_per_minute, self.requests_per_minute)
+        tpm = _first(override.tokens_per_minute, self.tokens_per_minute)
+        return Limits(
+            requests_per_minute=rpm,
+            request_burst=_first(override.request_burst, self.request_burst),
+            tokens_per_minute=tpm,
+            token_burst=_first(override.token_burst, self.token_burst, tpm),
+        )
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, (_mask_url_password(value) if name == "store_url" else value)
+
+
+def load_settings(**overrides: Any) -> PennySettings:
+    """Settings from the environment and ``.env``, with ``overrides`` (field names) on top.
+
+    Raises one :class:`ConfigurationError` naming every bad field by its environment variable.
+    """
+    try:
+        return PennySettings(**overrides)
+    except ValidationError as exc:
+        problems = [_describe(error) for error in exc.errors(include_input=False, include_url=False)]
+        raise ConfigurationError("Invalid settings:\n" + "\n".join(f"  {p}" for p in problems)) from exc
+
+
+def env_var(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    info = PennySettings.model_fields.get(field)
+    alias = info.validation_alias if info is not None else None
+    if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
+        return alias.choices[0]
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def _describe(error: Any) -> str:
+    loc = tuple(error.get("loc", ()))
+    message = str(error.get("msg", "invalid"))
+    message = message.removeprefix("Value error, ")
+    if not loc:
+        return message
+    head, rest = str(loc[0]), [str(part) for part in loc[1:]]
+    name = head if head.isupper() else env_var(head)
+    where = f"{name} [{'.'.join(rest)}]" if rest else name
+    return f"{where}: {message}"
+
+
+def _first(*values: float | None) -> float:
+    for value in values:
+        if value is not None:
+            return value
+    raise ValueError("no value")  # unreachable: the last candidate is never None
+
+
+def _mask_url_password(url: object) -> object:
+    if not isinstance(url, str):
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    _, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))

@@ -1,0 +1,91 @@
+-- Circuit breaker transitions of proxy_core/breaker.py (acquire / record), at the store clock.
+-- KEYS[1]: the breaker, a HASH with the fields of BreakerState (missing = closed, all zero).
+-- ARGV[3]: 'acquire' or 'record', ARGV[4]: '1' if the recorded call succeeded; then the policy:
+-- failure_threshold, failure_ratio, min_calls, window_s, cooldown_s, probe_timeout_s.
+-- acquire returns {allowed, probe, retry_after, state}; record returns the new state, fields in
+-- BreakerState order.
+local now = clock()
+local op, success = ARGV[3], ARGV[4] == '1'
+local failure_threshold, failure_ratio = tonumber(ARGV[5]), tonumber(ARGV[6])
+local min_calls, window_s = tonumber(ARGV[7]), tonumber(ARGV[8])
+local cooldown_s, probe_timeout_s = tonumber(ARGV[9]), tonumber(ARGV[10])
+
+local FIELDS = {'state', 'consecutive_failures', 'window_start', 'window_calls', 'window_failures',
+                'opened_at', 'probe_deadline'}
+local raw = redis.call('HMGET', KEYS[1], unpack(FIELDS))
+local s = {state = raw[1] or 'closed'}
+for i = 2, #FIELDS do
+  s[FIELDS[i]] = tonumber(raw[i]) or 0
+end
+
+local function fresh(state, at)
+  return {state = state, consecutive_failures = 0, window_start = at, window_calls = 0,
+          window_failures = 0, opened_at = state == 'open' and at or 0, probe_deadline = 0}
+end
+
+local function save(state)
+  local args = {}
+  for _, f in ipairs(FIELDS) do
+    args[#args + 1] = f
+    args[#args + 1] = f == 'state' and state.state or num(state[f])
+  end
+  redis.call('HSET', KEYS[1], unpack(args))
+end
+
+local function reply(state)
+  local out = {}
+  for _, f in ipairs(FIELDS) do
+    out[#out + 1] = f == 'state' and state.state or num(state[f])
+  end
+  return out
+end
+
+if op == 'acquire' then
+  if s.state == 'closed' then
+    return {1, 0, '0', 'closed'}
+  end
+  if s.state == 'open' then
+    local reopen = s.opened_at + cooldown_s
+    if now < reopen then
+      return {0, 0, num(reopen - now), 'open'}
+    end
+    s.state = 'half_open'
+    s.probe_deadline = now + probe_timeout_s
+    save(s)
+    return {1, 1, '0', 'half_open'}
+  end
+  -- half_open: one probe at a time; a probe whose caller vanished stops counting at its deadline.
+  if now < s.probe_deadline then
+    return {0, 0, num(s.probe_deadline - now), 'half_open'}
+  end
+  s.probe_deadline = now + probe_timeout_s
+  save(s)
+  return {1, 1, '0', 'half_open'}
+end
+
+-- record
+if s.state == 'half_open' then
+  s = fresh(success and 'closed' or 'open', now)
+  save(s)
+  return reply(s)
+end
+if s.state == 'open' then
+  -- A late report from a call admitted before the breaker opened changes nothing.
+  return reply(s)
+end
+if now - s.window_start >= window_s then
+  s.window_start, s.window_calls, s.window_failures = now, 0, 0
+end
+s.window_calls = s.window_calls + 1
+if success then
+  s.consecutive_failures = 0
+else
+  s.window_failures = s.window_failures + 1
+  s.consecutive_failures = s.consecutive_failures + 1
+  if s.consecutive_failures >= failure_threshold
+      or (s.window_calls >= min_calls and s.window_failures >= failure_ratio * s.window_calls) then
+    s = fresh('open', now)
+  end
+end
+save(s)
+return reply(s)

@@ -1,0 +1,573 @@
+"""The SQLite store: Penny's shared state in one local file, safe across threads and processes.
+
+Each thread gets its own connection. The file runs in WAL mode so readers never block the writer,
+and every read-modify-write runs in one ``BEGIN IMMEDIATE`` transaction, which takes the file's
+write lock up front: concurrent writers (threads or processes) queue for up to ``timeout_s`` instead
+of interleaving. The decisions themselves come from the pure policies in ``limiter``, ``budget`` and
+``breaker``; this module only loads state, applies them and writes the result back.
+
+Every ``sqlite3`` (and filesystem) error is translated here, once, into :class:`StoreError`.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import fields
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from proxy_core import breaker, budget, limiter
+from proxy_core.breaker import BreakerPolicy, BreakerState, Permit
+from proxy_core.budget import BudgetLine
+from proxy_core.clock import Clock, wall
+from proxy_core.errors import ConfigurationError, StoreError
+from proxy_core.limiter import BucketState
+from proxy_core.stores.base import (
+    BucketSpec,
+    BudgetDecision,
+    Claim,
+    LedgerEntry,
+    LimitDecision,
+    Store,
+    UsageSummary,
+    UsageTotals,
+)
+
+__all__ = ["SCHEMA_VERSION", "SqliteStore"]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    workspace_id TEXT NOT NULL,
+    request_id   TEXT NOT NULL,
+    state        TEXT NOT NULL CHECK (state IN ('claimed', 'done')),
+    result       TEXT,
+    expires_at   REAL NOT NULL,
+    PRIMARY KEY (workspace_id, request_id)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS buckets (
+    workspace_id TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    tokens       REAL NOT NULL,
+    updated      REAL NOT NULL,
+    PRIMARY KEY (workspace_id, key)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS budget_spent (
+    workspace_id TEXT NOT NULL,
+    line_key     TEXT NOT NULL,
+    spent        INTEGER NOT NULL,
+    PRIMARY KEY (workspace_id, line_key)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS budget_reservations (
+    workspace_id   TEXT NOT NULL,
+    line_key       TEXT NOT NULL,
+    reservation_id TEXT NOT NULL,
+    amount         INTEGER NOT NULL,
+    expires_at     REAL NOT NULL,
+    PRIMARY KEY (workspace_id, line_key, reservation_id)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS breakers (
+    name                 TEXT PRIMARY KEY,
+    state                TEXT NOT NULL CHECK (state IN ('closed', 'open', 'half_open')),
+    consecutive_failures INTEGER NOT NULL,
+    window_start         REAL NOT NULL,
+    window_calls         INTEGER NOT NULL,
+    window_failures      INTEGER NOT NULL,
+    opened_at            REAL NOT NULL,
+    probe_deadline       REAL NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS cache (
+    scope      TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (scope, key)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS ledger (
+    workspace_id         TEXT NOT NULL,
+    request_id           TEXT NOT NULL,
+    ts                   REAL NOT NULL,
+    day                  TEXT NOT NULL,
+    user_id              TEXT NOT NULL,
+    model                TEXT NOT NULL,
+    kind                 TEXT NOT NULL,
+    prompt_tokens        INTEGER NOT NULL,
+    cached_prompt_tokens INTEGER NOT NULL,
+    completion_tokens    INTEGER NOT NULL,
+    cost_micros          INTEGER NOT NULL,
+    saved_micros         INTEGER NOT NULL,
+    cache_status         TEXT NOT NULL,
+    latency_ms           INTEGER NOT NULL,
+    attempts             INTEGER NOT NULL,
+    PRIMARY KEY (workspace_id, request_id)
+) WITHOUT ROWID;
+
+CREATE INDEX IF NOT EXISTS ledger_workspace_day ON ledger (workspace_id, day);
+CREATE INDEX IF NOT EXISTS ledger_workspace_user_day ON ledger (workspace_id, user_id, day);
+"""
+
+# Column order of both tables follows the dataclass fields, so rows map straight onto them.
+_LEDGER_COLUMNS = tuple(f.name for f in fields(LedgerEntry))
+_INSERT_LEDGER = (
+    "INSERT INTO ledger (request_id, ts, day, workspace_id, user_id, model, kind, prompt_tokens, "
+    "cached_prompt_tokens, completion_tokens, cost_micros, saved_micros, cache_status, latency_ms, "
+    "attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SELECT_LEDGER = (
+    "SELECT request_id, ts, day, workspace_id, user_id, model, kind, prompt_tokens, "
+    "cached_prompt_tokens, completion_tokens, cost_micros, saved_micros, cache_status, latency_ms, "
+    "attempts FROM ledger WHERE workspace_id = ? AND request_id = ?"
+)
+_SELECT_BREAKER = (
+    "SELECT state, consecutive_failures, window_start, window_calls, window_failures, opened_at, "
+    "probe_deadline FROM breakers WHERE name = ?"
+)
+_SAVE_BREAKER = (
+    "INSERT OR REPLACE INTO breakers (name, state, consecutive_failures, window_start, window_calls, "
+    "window_failures, opened_at, probe_deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_BREAKER_COLUMNS = tuple(f.name for f in fields(BreakerState))
+
+
+class _Connection(sqlite3.Connection):
+    """A plain connection that can be weakly referenced, so ``close()`` can reach every thread's."""
+
+
+class SqliteStore(Store):
+    """:class:`Store` on a SQLite file. The directory and file are created on first use."""
+
+    def __init__(self, path: str | Path, *, clock: Clock | None = None, timeout_s: float = 2.0) -> None:
+        self.path = Path(path)
+        self.timeout_s = timeout_s
+        self._clock: Clock = clock if clock is not None else wall
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        self._schema_ready = False
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str, *, clock: Clock | None = None, timeout_s: float = 2.0) -> SqliteStore:
+        """Open ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``."""
+        parts = urlsplit(url)
+        if parts.scheme != "sqlite":
+            raise ConfigurationError(
+                f"PENNY_STORE_URL: expected a sqlite:// URL, got scheme {parts.scheme!r}"
+            )
+        if parts.netloc or parts.query or parts.fragment:
+            raise ConfigurationError(
+                "PENNY_STORE_URL: a sqlite URL is just a file path: sqlite:///relative/penny.db "
+                "or sqlite:////absolute/penny.db (no host, no options)"
+            )
+        path = unquote(parts.path[1:]) if parts.path.startswith("/") else ""
+        if not path or path == ":memory:" or path.endswith("/"):
+            raise ConfigurationError(
+                "PENNY_STORE_URL: the sqlite URL needs a database file path, "
+                "e.g. sqlite:///data/penny.db (in-memory databases cannot be shared)"
+            )
+        return cls(path, clock=clock, timeout_s=timeout_s)
+
+    # -- connections and transactions ------------------------------------------------------
+    def _connect(self) -> _Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # ``timeout`` is SQLite's busy timeout: how long a writer waits for the file's write lock.
+        # Autocommit mode (isolation_level=None): transactions are opened explicitly below.
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self.timeout_s,
+            isolation_level=None,
+            check_same_thread=False,  # used by one thread only, but close() may run on another
+            factory=_Connection,
+        )
+        try:
+            conn.execute("PRAGMA synchronous=NORMAL")
+            if not self._schema_ready:
+                self._prepare_file(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _prepare_file(self, conn: sqlite3.Connection) -> None:
+        """Switch the file to WAL (a lasting property of the file) and create the schema, once."""
+        with self._lock:
+            if self._schema_ready:
+                return
+            self._enable_wal(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+                if version > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"SQLite store {self.path}: schema version {version} is newer than this Penny "
+                        f"understands ({SCHEMA_VERSION}); upgrade Penny or use another file"
+                    )
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                if version < SCHEMA_VERSION:
+                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+            self._schema_ready = True
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        # Changing the journal mode does not wait on SQLite's busy handler: when another process
+        # is opening the same new file at this moment it fails at once with "locked", so retry
+        # here until the store's timeout.
+        deadline = time.monotonic() + self.timeout_s
+        while str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreError(f"SQLite store {self.path} is closed")
+        pid = os.getpid()
+        held: tuple[int, _Connection] | None = getattr(self._local, "conn", None)
+        # A connection inherited through fork() belongs to the parent; the child opens its own.
+        if held is not None and held[0] == pid:
+            return held[1]
+        conn = self._connect()
+        self._local.conn = (pid, conn)
+        with self._lock:
+            self._connections.add(conn)
+        return conn
+
+    @contextmanager
+    def _translate(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite store {self.path}: cannot {action}: {self._explain(exc)}") from exc
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise StoreError(f"SQLite store {self.path}: cannot {action}: {reason}") from exc
+
+    def _explain(self, exc: sqlite3.Error) -> str:
+        text = str(exc) or type(exc).__name__
+        if "unable to open" in text or "readonly" in text:
+            return f"{text} (does the directory exist and is it writable?)"
+        if "locked" in text or "busy" in text:
+            return f"{text} (another writer held it for more than {self.timeout_s:g}s)"
+        return text
+
+    @contextmanager
+    def _write(self, action: str) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction: committed when the block ends, rolled back on error."""
+        with self._translate(action):
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                _rollback(conn)
+                raise
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def _read(self, action: str) -> Iterator[sqlite3.Connection]:
+        with self._translate(action):
+            yield self._conn()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def now(self) -> float:
+        return self._clock()
+
+    def ping(self) -> None:
+        with self._read("open the database") as conn:
+            conn.execute("SELECT 1").fetchone()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            connections = list(self._connections)
+            self._connections.clear()
+        for conn in connections:
+            # Closing is best effort; the OS reclaims the file handle anyway.
+            with suppress(sqlite3.Error):
+                conn.close()
+
+    # -- idempotency ---------------------------------------------------------------------
+    def claim_request(self, workspace_id: str, request_id: str, ttl_s: float) -> Claim:
+        with self._write("claim a request") as conn:
+            now = self.now()
+            row = conn.execute(
+                "SELECT state, result, expires_at FROM requests WHERE workspace_id = ? AND request_id = ?",
+                (workspace_id, request_id),
+            ).fetchone()
+            if row is not None and now < row[2]:
+                return Claim("done", row[1]) if row[0] == "done" else Claim("in_flight")
+            conn.execute(
+                "INSERT OR REPLACE INTO requests (workspace_id, request_id, state, result, expires_at) "
+                "VALUES (?, ?, 'claimed', NULL, ?)",
+                (workspace_id, request_id, now + ttl_s),
+            )
+        return Claim("claimed")
+
+    def complete_request(self, workspace_id: str, request_id: str, result: str, ttl_s: float) -> None:
+        with self._write("record a request's result") as conn:
+            _complete(conn, workspace_id, request_id, result, self.now() + ttl_s)
+
+    def release_request(self, workspace_id: str, request_id: str) -> None:
+        with self._write("release a request") as conn:
+            conn.execute(
+                "DELETE FROM requests WHERE workspace_id = ? AND request_id = ? AND state = 'claimed'",
+                (workspace_id, request_id),
+            )
+
+    # -- rate limiting -------------------------------------------------------------------
+    def take_tokens(self, workspace_id: str, specs: Sequence[BucketSpec]) -> LimitDecision:
+        if not specs:
+            return LimitDecision(True, 0.0, (), None)
+        with self._write("take rate-limit tokens") as conn:
+            now = self.now()
+            states: list[BucketState | None] = []
+            for spec in specs:
+                row = conn.execute(
+                    "SELECT tokens, updated FROM buckets WHERE workspace_id = ? AND key = ?",
+                    (workspace_id, spec.key),
+                ).fetchone()
+                states.append(None if row is None else BucketState(float(row[0]), float(row[1])))
+            taken = limiter.take([s.bucket for s in specs], states, [s.cost for s in specs], now)
+            # A refusal or a pure peek debits nothing, so there is nothing worth writing.
+            if taken.allowed and any(s.cost > 0 for s in specs):
+                conn.executemany(
+                    "INSERT INTO buckets (workspace_id, key, tokens, updated) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (workspace_id, key) DO UPDATE "
+                    "SET tokens = excluded.tokens, updated = excluded.updated",
+                    [
+                        (workspace_id, spec.key, state.tokens, state.updated)
+                        for spec, state in zip(specs, taken.states, strict=True)
+                    ],
+                )
+        return LimitDecision(taken.allowed, taken.retry_after, taken.remaining, taken.blocking)
+
+    # -- budgets -------------------------------------------------------------------------
+    def reserve(
+        self,
+        workspace_id: str,
+        reservation_id: str,
+        lines: Sequence[BudgetLine],
+        amount: int,
+        ttl_s: float,
+    ) -> BudgetDecision:
+        with self._write("reserve budget") as conn:
+            now = self.now()
+            conn.executemany(
+                "DELETE FROM budget_reservations WHERE workspace_id = ? AND line_key = ? AND expires_at <= ?",
+                [(workspace_id, line.key, now) for line in lines],
+            )
+            for line in lines:
+                spent, reserved = _line_totals(conn, workspace_id, line.key, now, exclude=reservation_id)
+                if not budget.fits(spent, reserved, amount, line.limit):
+                    return BudgetDecision(False, line, spent, reserved)
+            conn.executemany(
+                "INSERT OR REPLACE INTO budget_reservations "
+                "(workspace_id, line_key, reservation_id, amount, expires_at) VALUES (?, ?, ?, ?, ?)",
+                [(workspace_id, line.key, reservation_id, amount, now + ttl_s) for line in lines],
+            )
+        return BudgetDecision(True)
+
+    def release(self, workspace_id: str, reservation_id: str, lines: Sequence[BudgetLine]) -> None:
+        with self._write("release a budget reservation") as conn:
+            _drop_reservation(conn, workspace_id, reservation_id, lines)
+
+    def settle(
+        self,
+        entry: LedgerEntry,
+        *,
+        reservation_id: str | None,
+        lines: Sequence[BudgetLine],
+        result: str | None,
+        result_ttl_s: float,
+    ) -> bool:
+        with self._write("settle a request") as conn:
+            seen = conn.execute(
+                "SELECT 1 FROM ledger WHERE workspace_id = ? AND request_id = ?",
+                (entry.workspace_id, entry.request_id),
+            ).fetchone()
+            if seen is not None:
+                return False
+            if reservation_id is not None:
+                _drop_reservation(conn, entry.workspace_id, reservation_id, lines)
+            conn.executemany(
+                "INSERT INTO budget_spent (workspace_id, line_key, spent) VALUES (?, ?, ?) "
+                "ON CONFLICT (workspace_id, line_key) DO UPDATE SET spent = spent + excluded.spent",
+                [(entry.workspace_id, line.key, entry.cost_micros) for line in lines],
+            )
+            conn.execute(_INSERT_LEDGER, tuple(getattr(entry, column) for column in _LEDGER_COLUMNS))
+            if result is not None:
+                _complete(conn, entry.workspace_id, entry.request_id, result, self.now() + result_ttl_s)
+        return True
+
+    def spent(self, workspace_id: str, line: BudgetLine) -> tuple[int, int]:
+        with self._read("read a budget") as conn:
+            return _line_totals(conn, workspace_id, line.key, self.now(), exclude=None)
+
+    # -- circuit breaker -----------------------------------------------------------------
+    def breaker_acquire(self, name: str, policy: BreakerPolicy) -> Permit:
+        with self._write("check the circuit breaker") as conn:
+            state = _load_breaker(conn, name)
+            new_state, permit = breaker.acquire(state, policy, self.now())
+            if new_state != state:
+                _save_breaker(conn, name, new_state)
+        return permit
+
+    def breaker_record(self, name: str, policy: BreakerPolicy, *, success: bool) -> BreakerState:
+        with self._write("record a circuit-breaker outcome") as conn:
+            state = _load_breaker(conn, name)
+            new_state = breaker.record(state, policy, self.now(), success=success)
+            if new_state != state:
+                _save_breaker(conn, name, new_state)
+        return new_state
+
+    def breaker_state(self, name: str) -> BreakerState:
+        with self._read("read the circuit breaker") as conn:
+            return _load_breaker(conn, name)
+
+    # -- exact cache ---------------------------------------------------------------------
+    def cache_get(self, scope: str, key: str) -> str | None:
+        with self._read("read the cache") as conn:
+            row = conn.execute(
+                "SELECT value FROM cache WHERE scope = ? AND key = ? AND expires_at > ?",
+                (scope, key, self.now()),
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def cache_put(self, scope: str, key: str, value: str, ttl_s: float) -> None:
+        with self._write("write the cache") as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO cache (scope, key, value, expires_at) VALUES (?, ?, ?, ?)",
+                (scope, key, value, self.now() + ttl_s),
+            )
+
+    def cache_delete(self, scope: str, key: str | None = None) -> int:
+        with self._write("delete from the cache") as conn:
+            # Only live entries count as deleted; expired ones were already gone as far as callers
+            # know. ``?2 IS NULL`` makes one statement serve both a key and the whole scope.
+            live = conn.execute(
+                "DELETE FROM cache WHERE scope = ?1 AND (?2 IS NULL OR key = ?2) AND expires_at > ?3",
+                (scope, key, self.now()),
+            ).rowcount
+            conn.execute("DELETE FROM cache WHERE scope = ?1 AND (?2 IS NULL OR key = ?2)", (scope, key))
+        return int(live)
+
+    # -- ledger --------------------------------------------------------------------------
+    def ledger_entry(self, workspace_id: str, request_id: str) -> LedgerEntry | None:
+        with self._read("read the ledger") as conn:
+            row = conn.execute(_SELECT_LEDGER, (workspace_id, request_id)).fetchone()
+        return None if row is None else LedgerEntry(*row)
+
+    def usage(
+        self, workspace_id: str, first_day: str, last_day: str, user_id: str | None = None
+    ) -> UsageSummary:
+        query = (
+            "SELECT user_id, model, day, COUNT(*), "
+            "SUM(cache_status IN ('exact', 'semantic')), SUM(prompt_tokens), SUM(cached_prompt_tokens), "
+            "SUM(completion_tokens), SUM(cost_micros), SUM(saved_micros) "
+            "FROM ledger WHERE workspace_id = ? AND day BETWEEN ? AND ?"
+        )
+        params: tuple[str, ...] = (workspace_id, first_day, last_day)
+        if user_id is not None:
+            query += " AND user_id = ?"
+            params += (user_id,)
+        with self._read("summarise the ledger") as conn:
+            groups = conn.execute(query + " GROUP BY user_id, model, day", params).fetchall()
+        summary = UsageSummary()
+        for user, model, day, requests, hits, prompt, cached, completion, cost, saved in groups:
+            group = UsageTotals(
+                requests=int(requests),
+                cache_hits=int(hits),
+                prompt_tokens=int(prompt),
+                cached_prompt_tokens=int(cached),
+                completion_tokens=int(completion),
+                cost_micros=int(cost),
+                saved_micros=int(saved),
+            )
+            for totals in (
+                summary.totals,
+                summary.by_user.setdefault(user, UsageTotals()),
+                summary.by_model.setdefault(model, UsageTotals()),
+                summary.by_day.setdefault(day, UsageTotals()),
+            ):
+                _merge(totals, group)
+        return summary
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    # The original error is the one worth reporting; SQLite rolls back on its own anyway.
+    if conn.in_transaction:
+        with suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+def _complete(
+    conn: sqlite3.Connection, workspace_id: str, request_id: str, result: str, expires_at: float
+) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO requests (workspace_id, request_id, state, result, expires_at) "
+        "VALUES (?, ?, 'done', ?, ?)",
+        (workspace_id, request_id, result, expires_at),
+    )
+
+
+def _line_totals(
+    conn: sqlite3.Connection, workspace_id: str, line_key: str, now: float, *, exclude: str | None
+) -> tuple[int, int]:
+    """(spent, live reserved) on one line, leaving out the reservation ``exclude`` if given."""
+    row = conn.execute(
+        "SELECT "
+        "(SELECT spent FROM budget_spent WHERE workspace_id = ?1 AND line_key = ?2), "
+        "(SELECT SUM(amount) FROM budget_reservations WHERE workspace_id = ?1 AND line_key = ?2 "
+        " AND expires_at > ?3 AND reservation_id IS NOT ?4)",
+        (workspace_id, line_key, now, exclude),
+    ).fetchone()
+    return int(row[0] or 0), int(row[1] or 0)
+
+
+def _drop_reservation(
+    conn: sqlite3.Connection, workspace_id: str, reservation_id: str, lines: Sequence[BudgetLine]
+) -> None:
+    conn.executemany(
+        "DELETE FROM budget_reservations WHERE workspace_id = ? AND line_key = ? AND reservation_id = ?",
+        [(workspace_id, line.key, reservation_id) for line in lines],
+    )
+
+
+def _load_breaker(conn: sqlite3.Connection, name: str) -> BreakerState:
+    row = conn.execute(_SELECT_BREAKER, (name,)).fetchone()
+    return BreakerState() if row is None else BreakerState(*row)
+
+
+def _save_breaker(conn: sqlite3.Connection, name: str, state: BreakerState) -> None:
+    conn.execute(_SAVE_BREAKER, (name, *(getattr(state, column) for column in _BREAKER_COLUMNS)))
+
+
+def _merge(into: UsageTotals, group: UsageTotals) -> None:
+    into.requests += group.requests
+    into.cache_hits += group.cache_hits
+    into.prompt_tokens += group.prompt_tokens
+    into.cached_prompt_tokens += group.cached_prompt_tokens
+    into.completion_tokens += group.completion_tokens
+    into.cost_micros += group.cost_micros
+    into.saved_micros += group.saved_micros

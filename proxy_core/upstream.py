@@ -1,0 +1,344 @@
+"""One attempt at the OpenAI API, with every failure translated once into Penny's error tree.
+
+The SDK's own retries are off (``max_retries=0``): :mod:`proxy_core.retry` decides whether to try
+again, so each method here makes exactly one HTTP request. Failures map as follows::
+
+    400/401/403/404/422          -> UpstreamRejected (never retried; the message says what to fix)
+    429 insufficient_quota       -> UpstreamRejected (out of credit: retrying cannot help)
+    any other status             -> UpstreamError(kind="status", status, retry_after)
+    openai.APITimeoutError       -> UpstreamError(kind="timeout")
+    openai.APIConnectionError    -> UpstreamError(kind="connection")
+    unreadable / incomplete 200  -> UpstreamError(kind="malformed")   (missing usage included:
+                                                                         we could not bill it)
+
+``retry_after`` comes from ``retry-after-ms`` (milliseconds) or ``Retry-After`` (seconds or an HTTP
+date). Messages are meant for a Slack user or an operator and never contain the API key.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import openai
+from openai.types import CreateEmbeddingResponse
+from openai.types.chat import ChatCompletion
+
+from proxy_core.clock import Clock, wall
+from proxy_core.errors import ConfigurationError, UpstreamError, UpstreamRejected
+
+__all__ = ["ChatResponse", "EmbedResponse", "OpenAIUpstream", "parse_retry_after"]
+
+REJECTED_STATUSES = frozenset({400, 401, 403, 404, 422})
+
+# Provider messages can quote (masked) keys; never pass anything key-shaped on.
+_KEY_LIKE = re.compile(r"\b(?:sk|rk|pk|sess)-[A-Za-z0-9_\-*.]{4,}")
+_MAX_DETAIL = 300
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResponse:
+    content: str
+    model: str  # as returned, e.g. a dated snapshot such as "gpt-4o-mini-2024-07-18"
+    prompt_tokens: int
+    cached_prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedResponse:
+    vectors: list[list[float]]  # in input order
+    model: str
+    prompt_tokens: int
+
+
+class _Malformed(Exception):
+    """A 200 response we cannot use; carries a short reason."""
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
+    """The provider's wait hint in seconds: ``retry-after-ms``, else ``Retry-After`` (seconds or date).
+
+    ``now`` is wall time, used for the HTTP-date form. Returns None when there is no usable hint.
+    """
+    lowered = {name.lower(): value for name, value in headers.items()}
+    millis = _finite_non_negative(lowered.get("retry-after-ms"))
+    if millis is not None:
+        return millis / 1000.0
+    raw = lowered.get("retry-after")
+    if raw is None:
+        return None
+    seconds = _finite_non_negative(raw)
+    if seconds is not None:
+        return seconds
+    try:
+        when = parsedate_to_datetime(raw.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # "-0000" or no zone: RFC 9110 dates are GMT
+        from datetime import UTC
+
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
+
+
+def _finite_non_negative(raw: str | None) -> float | None:
+    if raw is None:
+        return None
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+class OpenAIUpstream:
+    """The OpenAI API, one HTTP attempt per call. Thread-safe (the SDK client is)."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None,
+        base_url: str | None,
+        timeout_s: float,
+        client: openai.OpenAI | None = None,
+        wall_clock: Clock = wall,
+    ) -> None:
+        self._timeout_s = timeout_s
+        self._wall_clock = wall_clock
+        if client is not None:
+            self._client = client
+            self._secrets = tuple(s for s in (api_key, client.api_key) if s)
+            return
+        self._secrets = tuple(s for s in (api_key,) if s)
+        if not api_key or not api_key.strip():
+            raise ConfigurationError(
+                "OPENAI_API_KEY is not set: Penny needs an OpenAI API key to answer questions."
+            )
+        try:
+            self._client = openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout_s)
+        except openai.OpenAIError as exc:
+            raise ConfigurationError(f"Could not set up the OpenAI client ({type(exc).__name__}).") from exc
+
+    def close(self) -> None:
+        self._client.close()
+
+    def chat(
+        self,
+        *,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        max_tokens: int,
+        temperature: float | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> ChatResponse:
+        """One chat completion. ``max_tokens`` is sent as ``max_completion_tokens``."""
+        kwargs: dict[str, Any] = {}
+        if temperature is not None:
+            kwargs["temperature"] = temperature
+        try:
+            raw = self._client.chat.completions.with_raw_response.create(
+                model=model,
+                messages=list(messages),  # type: ignore[arg-type]
+                max_completion_tokens=max_tokens,
+                extra_body=extra or None,
+                **kwargs,
+            )
+        except openai.OpenAIError as exc:
+            raise self._request_error(exc, model) from exc
+        try:
+            return _chat_response(raw.parse())
+        except (_Malformed, ValueError, openai.OpenAIError) as exc:
+            raise self._malformed(exc, model) from exc
+
+    def embed(self, *, model: str, inputs: list[str], dimensions: int | None = None) -> EmbedResponse:
+        """Embed ``inputs`` in one request; vectors come back in input order."""
+        kwargs: dict[str, Any] = {}
+        if dimensions is not None:
+            kwargs["dimensions"] = dimensions
+        try:
+            raw = self._client.embeddings.with_raw_response.create(model=model, input=inputs, **kwargs)
+        except openai.OpenAIError as exc:
+            raise self._request_error(exc, model) from exc
+        try:
+            return _embed_response(raw.parse(), len(inputs), dimensions)
+        except (_Malformed, ValueError, openai.OpenAIError) as exc:
+            raise self._malformed(exc, model) from exc
+
+    # -- translation -------------------------------------------------------------------------
+
+    def _malformed(self, exc: Exception, model: str) -> UpstreamError:
+        # Undecodable JSON, bad base64 vectors and schema mismatches all surface while parsing.
+        reason = str(exc) if isinstance(exc, _Malformed) else "unreadable body"
+        return UpstreamError(
+            f"The LLM provider sent a response Penny could not use for {model} ({reason}).",
+            kind="malformed",
+        )
+
+    def _request_error(self, exc: openai.OpenAIError, model: str) -> UpstreamError:
+        """The Penny error for an SDK failure while sending the request or receiving the answer."""
+        if isinstance(exc, openai.APIStatusError):
+            return self._status_error(exc, model)
+        if isinstance(exc, openai.APITimeoutError):
+            return UpstreamError(
+                f"The LLM provider did not answer within {self._timeout_s:g}s.", kind="timeout"
+            )
+        if isinstance(exc, openai.APIConnectionError):
+            return UpstreamError("Could not reach the LLM provider.", kind="connection")
+        if isinstance(exc, openai.APIResponseValidationError):
+            return self._malformed(exc, model)
+        return UpstreamRejected(
+            f"The OpenAI client refused the request ({type(exc).__name__}); check Penny's OpenAI settings."
+        )
+
+    def _status_error(self, exc: openai.APIStatusError, model: str) -> UpstreamError:
+        status = exc.status_code
+        detail = self._provider_detail(exc.body)
+        suffix = f": {detail}" if detail else "."
+        if status in REJECTED_STATUSES:
+            if status == 401:
+                message = "The LLM provider rejected Penny's API key (HTTP 401); check OPENAI_API_KEY."
+            elif status == 403:
+                message = (
+                    "The LLM provider refused access (HTTP 403); check that OPENAI_API_KEY's "
+                    f"project may use {model}."
+                )
+            elif status == 404:
+                message = (
+                    f"The LLM provider does not know the model {model!r} (HTTP 404); "
+                    f"check the model name{suffix}"
+                )
+            else:
+                message = f"The LLM provider rejected the request (HTTP {status}){suffix}"
+            return UpstreamRejected(message, kind="status", status=status)
+        if status == 429 and "insufficient_quota" in (exc.code, exc.type):
+            # Out of credit: retrying cannot help until someone pays, so do not retry.
+            return UpstreamRejected(
+                "The OpenAI account behind OPENAI_API_KEY is out of credit or over its quota "
+                "(HTTP 429 insufficient_quota); check the account's billing.",
+                kind="status",
+                status=429,
+            )
+        retry_after = parse_retry_after(exc.response.headers, self._wall_clock())
+        if status == 429:
+            message = f"The LLM provider is rate-limiting Penny (HTTP 429){suffix}"
+        elif status >= 500:
+            message = f"The LLM provider is having trouble (HTTP {status})."
+        else:
+            message = f"The LLM provider returned HTTP {status}{suffix}"
+        return UpstreamError(message, kind="status", status=status, retry_after=retry_after)
+
+    def _provider_detail(self, body: object) -> str:
+        """The provider's own error message, shortened and scrubbed of anything key-like."""
+        error = body.get("error", body) if isinstance(body, dict) else None
+        message = error.get("message") if isinstance(error, dict) else None
+        if not isinstance(message, str):
+            return ""
+        for secret in self._secrets:
+            message = message.replace(secret, "[redacted]")
+        message = _KEY_LIKE.sub("[redacted]", message).strip()
+        if len(message) > _MAX_DETAIL:
+            message = message[: _MAX_DETAIL - 1] + "…"
+        return message
+
+
+# -- response extraction: the SDK does not validate (non-strict), so check every field we use ---
+
+
+def _chat_response(completion: object) -> ChatResponse:
+    if not isinstance(completion, ChatCompletion):
+        raise _Malformed("not a chat completion")
+    choices = completion.choices
+    if not isinstance(choices, list) or not choices:
+        raise _Malformed("no choices")
+    choice = choices[0]
+    message = getattr(choice, "message", None)
+    if message is None:
+        raise _Malformed("no message")
+    finish_reason = getattr(choice, "finish_reason", None)
+    if finish_reason is not None and not isinstance(finish_reason, str):
+        raise _Malformed("bad finish_reason")
+    content = getattr(message, "content", None)
+    if content is None:
+        refusal = getattr(message, "refusal", None)
+        if isinstance(refusal, str):
+            content = refusal
+        elif finish_reason in ("length", "content_filter"):
+            content = ""  # the model produced nothing visible, but the call is real and billable
+        else:
+            raise _Malformed("no content")
+    if not isinstance(content, str):
+        raise _Malformed("bad content")
+    model = completion.model
+    if not isinstance(model, str) or not model:
+        raise _Malformed("no model")
+    usage = completion.usage
+    if usage is None:
+        raise _Malformed("no usage")
+    prompt_tokens = _count(getattr(usage, "prompt_tokens", None), "prompt_tokens")
+    completion_tokens = _count(getattr(usage, "completion_tokens", None), "completion_tokens")
+    details = getattr(usage, "prompt_tokens_details", None)
+    cached_raw = getattr(details, "cached_tokens", None) if details is not None else None
+    cached = 0 if cached_raw is None else _count(cached_raw, "cached_tokens")
+    if cached > prompt_tokens:
+        raise _Malformed("cached_tokens exceed prompt_tokens")
+    return ChatResponse(
+        content=content,
+        model=model,
+        prompt_tokens=prompt_tokens,
+        cached_prompt_tokens=cached,
+        completion_tokens=completion_tokens,
+        finish_reason=finish_reason,
+    )
+
+
+def _embed_response(result: object, expected: int, dimensions: int | None) -> EmbedResponse:
+    if not isinstance(result, CreateEmbeddingResponse):
+        raise _Malformed("not an embedding response")
+    data = result.data
+    if not isinstance(data, list) or len(data) != expected:
+        raise _Malformed("wrong number of embeddings")
+    by_index: dict[int, list[float]] = {}
+    for position, item in enumerate(data):
+        index = getattr(item, "index", position)
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < expected:
+            raise _Malformed("bad embedding index")
+        vector = _vector(getattr(item, "embedding", None))
+        if dimensions is not None and len(vector) != dimensions:
+            raise _Malformed("wrong embedding dimensions")
+        by_index[index] = vector
+    if len(by_index) != expected:
+        raise _Malformed("duplicate embedding index")
+    model = result.model
+    if not isinstance(model, str) or not model:
+        raise _Malformed("no model")
+    usage = result.usage
+    if usage is None:
+        raise _Malformed("no usage")
+    prompt_tokens = _count(getattr(usage, "prompt_tokens", None), "prompt_tokens")
+    return EmbedResponse(
+        vectors=[by_index[i] for i in range(expected)], model=model, prompt_tokens=prompt_tokens
+    )
+
+
+def _vector(raw: object) -> list[float]:
+    if not isinstance(raw, list) or not raw:
+        raise _Malformed("bad embedding")
+    values: Iterable[object] = raw
+    vector: list[float] = []
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise _Malformed("bad embedding value")
+        vector.append(float(value))
+    return vector
+
+
+def _count(raw: object, name: str) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+        raise _Malformed(f"bad {name}")
+    return raw

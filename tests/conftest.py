@@ -1,0 +1,119 @@
+"""Shared fixtures: a manual clock, and the stores the contract suite runs against.
+
+``store`` is parametrised over every backend; both share the test's :class:`ManualClock`, so tests
+move time with ``clock.advance(...)``. Redis runs against the real server at ``PENNY_TEST_REDIS_URL``
+(default ``redis://127.0.0.1:6379/0``) inside a private key namespace that is deleted afterwards;
+without a server those tests skip, or fail under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+
+from proxy_core.clock import ManualClock
+from proxy_core.stores.base import Store
+from proxy_core.stores.sqlite import SqliteStore
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def sqlite_path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "penny.db"
+
+
+@pytest.fixture
+def sqlite_store(sqlite_path: Path, clock: ManualClock) -> Iterator[SqliteStore]:
+    store = SqliteStore(sqlite_path, clock=clock)
+    yield store
+    store.close()
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    url = os.environ.get("PENNY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    if not _redis_answers(url):
+        message = "Redis does not answer at PENNY_TEST_REDIS_URL (default redis://127.0.0.1:6379/0)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return url
+
+
+@pytest.fixture
+def redis_namespace() -> str:
+    return f"penny-test-{uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def redis_store(redis_url: str, redis_namespace: str, clock: ManualClock) -> Iterator[Store]:
+    from proxy_core.stores.redis import RedisStore
+
+    store = RedisStore.from_url(redis_url, clock=clock, namespace=redis_namespace)
+    yield store
+    store.close()
+    # A fresh client cleans up, so a test may close (or break) its own store.
+    cleanup = RedisStore.from_url(redis_url, clock=clock, namespace=redis_namespace)
+    try:
+        cleanup.delete_namespace()
+    finally:
+        cleanup.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def store(request: pytest.FixtureRequest) -> Store:
+    """Each backend in turn, on a fresh database / namespace."""
+    backend: str = request.param
+    result: Store = request.getfixturevalue(f"{backend}_store")
+    return result
+
+
+@pytest.fixture
+def open_twin(
+    request: pytest.FixtureRequest, store: Store, clock: ManualClock
+) -> Iterator[Callable[[], Store]]:
+    """Open another store instance on the same backend data as ``store`` (same file / namespace).
+
+    Stands in for a second process or replica; every twin opened is closed after the test.
+    """
+    backend = request.node.callspec.params["store"]
+    opened: list[Store] = []
+
+    def open_() -> Store:
+        twin: Store
+        if backend == "sqlite":
+            twin = SqliteStore(request.getfixturevalue("sqlite_path"), clock=clock)
+        else:
+            from proxy_core.stores.redis import RedisStore
+
+            twin = RedisStore.from_url(
+                request.getfixturevalue("redis_url"),
+                clock=clock,
+                namespace=request.getfixturevalue("redis_namespace"),
+            )
+        opened.append(twin)
+        return twin
+
+    yield open_
+    for twin in opened:
+        twin.close()

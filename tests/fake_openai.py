@@ -1,0 +1,564 @@
+"""A fake OpenAI API on loopback, for tests that drive the real SDK over real HTTP.
+
+Usage::
+
+    with FakeOpenAI() as fake:
+        client = openai.OpenAI(api_key="sk-test", base_url=fake.base_url, max_retries=0)
+        fake.script(Fault.status(429, retry_after="2"), Fault.status(503), Fault.ok())
+        ...
+        assert fake.count("chat") == 3
+
+Endpoints: ``POST /v1/chat/completions`` and ``POST /v1/embeddings``; anything else is a 404.
+
+Answers are deterministic:
+
+- chat content is ``answer(body)`` when an ``answer`` callable or string was given, else
+  ``"Answer to: <last user message>"``. If ``max_completion_tokens`` (or ``max_tokens``) is smaller
+  than the answer, it is cut to that many tokens and ``finish_reason`` is ``"length"``.
+- tokens are counted with :func:`count_tokens` (whitespace-separated words). ``prompt_tokens`` is
+  the sum over messages of ``count_tokens(content) + 3``, plus 3; ``completion_tokens`` counts the
+  answer; ``cached_tokens`` is 0. Each can be overridden per call with ``Fault.ok(...)``.
+- the ``model`` echoed is the request's, unless ``chat_model`` / ``embed_model`` (e.g. a dated
+  snapshot) or ``Fault.ok(model=...)`` says otherwise.
+- embeddings are bag-of-words vectors: each lower-cased word gets a pseudo-random unit-normal vector
+  seeded by the SHA-256 of the word; a text's vector is their normalised sum. The same text always
+  gives the same vector, texts sharing most words are close (cosine), unrelated texts are nearly
+  orthogonal. ``set_embedding(text, vector)`` pins a vector. ``dimensions`` is honoured (default
+  ``embed_dimensions``, 1536). ``encoding_format`` ``"float"`` and ``"base64"`` (little-endian
+  float32, what the SDK asks for by default) are both served.
+
+Faults, in order of precedence:
+
+1. a persistent fault set with :meth:`FakeOpenAI.fail_all` answers every request until
+   :meth:`FakeOpenAI.clear`;
+2. scripted faults (:meth:`FakeOpenAI.script`) are consumed one per request, in order. A script
+   given for one endpoint (``endpoint="chat"`` or ``"embeddings"``) is consumed only by that
+   endpoint; the shared script (the default, ``endpoint="any"``) is consumed by any request whose
+   own endpoint script is empty;
+3. otherwise the request succeeds.
+
+Every request is counted and recorded (headers and JSON body) before its fault is applied, so
+``count`` is exactly the number of HTTP calls that reached the server. Recorded headers hide the
+``Authorization`` value in their ``repr`` so assertion output never prints a key. The server prints
+nothing. It is thread-safe; delayed responses wake up early when the server stops.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import math
+import random
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Literal, cast
+
+__all__ = ["FakeOpenAI", "Fault", "RecordedRequest", "count_tokens", "fake_embedding"]
+
+Endpoint = Literal["chat", "embeddings"]
+ScriptTarget = Literal["chat", "embeddings", "any"]
+FaultKind = Literal["ok", "status", "garbage", "json", "drop"]
+
+_PATHS: dict[str, Endpoint] = {"/v1/chat/completions": "chat", "/v1/embeddings": "embeddings"}
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "permission_denied",
+    404: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_exceeded",
+}
+
+
+def count_tokens(text: str) -> int:
+    """The fake's tokenizer: whitespace-separated words."""
+    return len(text.split())
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What the fake does with one request. Build with the static constructors."""
+
+    kind: FaultKind = "ok"
+    delay_s: float = 0.0
+    status_code: int = 200
+    headers: tuple[tuple[str, str], ...] = ()
+    message: str | None = None
+    error_code: str | None = None  # the JSON error's "code" (and "type"), e.g. "insufficient_quota"
+    body: bytes | None = None
+    json_body: object = None
+    content_type: str = "application/json"
+    # "ok" overrides (None: computed from the request)
+    content: str | None = None
+    model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+    finish_reason: str | None = None
+    include_usage: bool = True
+
+    @staticmethod
+    def ok(
+        *,
+        content: str | None = None,
+        model: str | None = None,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+        cached_tokens: int | None = None,
+        finish_reason: str | None = None,
+        include_usage: bool = True,
+        delay_s: float = 0.0,
+    ) -> Fault:
+        """A normal answer, with any field overridden (``include_usage=False`` drops ``usage``)."""
+        return Fault(
+            kind="ok",
+            content=content,
+            model=model,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cached_tokens=cached_tokens,
+            finish_reason=finish_reason,
+            include_usage=include_usage,
+            delay_s=delay_s,
+        )
+
+    @staticmethod
+    def status(
+        code: int,
+        *,
+        retry_after: str | None = None,
+        retry_after_ms: str | None = None,
+        message: str | None = None,
+        error_code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        delay_s: float = 0.0,
+    ) -> Fault:
+        """An HTTP error with an OpenAI-style JSON error body and optional retry hints."""
+        extra = dict(headers or {})
+        if retry_after is not None:
+            extra["Retry-After"] = retry_after
+        if retry_after_ms is not None:
+            extra["retry-after-ms"] = retry_after_ms
+        return Fault(
+            kind="status",
+            status_code=code,
+            headers=tuple(extra.items()),
+            message=message,
+            error_code=error_code,
+            delay_s=delay_s,
+        )
+
+    @staticmethod
+    def delay(seconds: float) -> Fault:
+        """Wait ``seconds`` (interruptible by ``stop``), then answer normally."""
+        return Fault(kind="ok", delay_s=seconds)
+
+    @staticmethod
+    def garbage(
+        body: bytes = b'{"id": "chatcmpl-broken", "choi', content_type: str = "application/json"
+    ) -> Fault:
+        """A 200 whose body is not valid JSON (by default truncated JSON labelled as JSON)."""
+        return Fault(kind="garbage", body=body, content_type=content_type)
+
+    @staticmethod
+    def json(body: object, *, status: int = 200) -> Fault:
+        """Any JSON body, e.g. a 200 missing fields."""
+        return Fault(kind="json", json_body=body, status_code=status)
+
+    @staticmethod
+    def drop(*, delay_s: float = 0.0) -> Fault:
+        """Read the request, then close the connection without any response."""
+        return Fault(kind="drop", delay_s=delay_s)
+
+
+class _RedactedHeaders(dict[str, str]):
+    """Header dict whose repr hides credentials (pytest prints reprs on failed asserts)."""
+
+    def __repr__(self) -> str:
+        shown = {
+            k: ("<redacted>" if k.lower() in ("authorization", "api-key") else v) for k, v in self.items()
+        }
+        return repr(shown)
+
+    def get_ci(self, name: str) -> str | None:
+        """Case-insensitive lookup."""
+        lowered = name.lower()
+        for key, value in self.items():
+            if key.lower() == lowered:
+                return value
+        return None
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    endpoint: Endpoint | None
+    method: str
+    path: str
+    headers: _RedactedHeaders
+    body: Any  # decoded JSON, or None when the body was not JSON
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get_ci(name)
+
+
+@lru_cache(maxsize=4096)
+def _word_vector(word: str, dims: int) -> tuple[float, ...]:
+    seed = int.from_bytes(hashlib.sha256(word.encode()).digest()[:8], "big")
+    rng = random.Random(seed)
+    return tuple(rng.gauss(0.0, 1.0) for _ in range(dims))
+
+
+def fake_embedding(text: str, dims: int = 1536) -> list[float]:
+    """The fake's deterministic unit vector for ``text`` (see the module docstring)."""
+    words = [w.strip(".,;:!?\"'()[]{}").lower() for w in text.split()]
+    words = [w for w in words if w] or [text]
+    total = [0.0] * dims
+    for word in words:
+        for i, x in enumerate(_word_vector(word, dims)):
+            total[i] += x
+    norm = math.sqrt(sum(x * x for x in total)) or 1.0
+    return [x / norm for x in total]
+
+
+@dataclass
+class _State:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    requests: list[RecordedRequest] = field(default_factory=list)
+    scripts: dict[ScriptTarget, deque[Fault]] = field(
+        default_factory=lambda: {"chat": deque(), "embeddings": deque(), "any": deque()}
+    )
+    persistent: Fault | None = None
+
+
+class FakeOpenAI:
+    """A loopback OpenAI server; see the module docstring. Use as a context manager."""
+
+    def __init__(
+        self,
+        *,
+        answer: str | Callable[[dict[str, Any]], str] | None = None,
+        chat_model: str | None = None,
+        embed_model: str | None = None,
+        embed_dimensions: int = 1536,
+    ) -> None:
+        self.answer = answer
+        self.chat_model = chat_model
+        self.embed_model = embed_model
+        self.embed_dimensions = embed_dimensions
+        self._state = _State()
+        self._overrides: dict[str, list[float]] = {}
+        self._stopping = threading.Event()
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.fake = self
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> FakeOpenAI:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._server.server_close()
+
+    def __enter__(self) -> FakeOpenAI:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    # -- scripting ---------------------------------------------------------------------------
+
+    def script(self, *faults: Fault, endpoint: ScriptTarget = "any") -> None:
+        """Queue ``faults``, one per request, after anything already queued for ``endpoint``."""
+        with self._state.lock:
+            self._state.scripts[endpoint].extend(faults)
+
+    def fail_all(self, fault: Fault | int) -> None:
+        """Answer every request with ``fault`` (a status code means ``Fault.status(code)``) until cleared."""
+        with self._state.lock:
+            self._state.persistent = Fault.status(fault) if isinstance(fault, int) else fault
+
+    def clear(self) -> None:
+        """Drop the persistent fault and every queued script."""
+        with self._state.lock:
+            self._state.persistent = None
+            for queue in self._state.scripts.values():
+                queue.clear()
+
+    def reset(self) -> None:
+        """``clear`` and forget recorded requests."""
+        self.clear()
+        with self._state.lock:
+            self._state.requests.clear()
+
+    def pending(self, endpoint: ScriptTarget = "any") -> int:
+        """Scripted faults not consumed yet."""
+        with self._state.lock:
+            return len(self._state.scripts[endpoint])
+
+    def set_embedding(self, text: str, vector: list[float]) -> None:
+        """Always answer ``vector`` for exactly ``text`` (it must match the requested dimensions)."""
+        with self._state.lock:
+            self._overrides[text] = list(vector)
+
+    # -- inspection --------------------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._state.lock:
+            return list(self._state.requests)
+
+    def requests_to(self, endpoint: Endpoint) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.endpoint == endpoint]
+
+    def count(self, endpoint: Endpoint | None = None) -> int:
+        """HTTP calls received, for one endpoint or in total."""
+        with self._state.lock:
+            return sum(1 for r in self._state.requests if endpoint is None or r.endpoint == endpoint)
+
+    def last(self, endpoint: Endpoint) -> RecordedRequest:
+        found = self.requests_to(endpoint)
+        if not found:
+            raise AssertionError(f"no request to {endpoint}")
+        return found[-1]
+
+    # -- request handling (server threads) ---------------------------------------------------
+
+    def _record_and_pick(self, request: RecordedRequest) -> Fault:
+        with self._state.lock:
+            self._state.requests.append(request)
+            if self._state.persistent is not None:
+                return self._state.persistent
+            if request.endpoint is not None:
+                own = self._state.scripts[request.endpoint]
+                if own:
+                    return own.popleft()
+            shared = self._state.scripts["any"]
+            return shared.popleft() if shared else Fault.ok()
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; False when the server is stopping."""
+        if seconds <= 0:
+            return not self._stopping.is_set()
+        return not self._stopping.wait(seconds)
+
+    def _chat_body(self, request: dict[str, Any], fault: Fault) -> dict[str, Any]:
+        messages = request.get("messages") or []
+        if fault.content is not None:
+            content = fault.content
+        elif callable(self.answer):
+            content = self.answer(request)
+        elif isinstance(self.answer, str):
+            content = self.answer
+        else:
+            content = f"Answer to: {_last_user_message(messages)}"
+        finish_reason = fault.finish_reason or "stop"
+        limit = request.get("max_completion_tokens", request.get("max_tokens"))
+        if fault.content is None and isinstance(limit, int) and count_tokens(content) > limit:
+            content = " ".join(content.split()[:limit])
+            finish_reason = fault.finish_reason or "length"
+        prompt = fault.prompt_tokens
+        if prompt is None:
+            prompt = 3 + sum(
+                count_tokens(_text_of(m.get("content"))) + 3 for m in messages if isinstance(m, dict)
+            )
+        completion = fault.completion_tokens if fault.completion_tokens is not None else count_tokens(content)
+        body: dict[str, Any] = {
+            "id": f"chatcmpl-fake{self.count():06d}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": fault.model or self.chat_model or request.get("model") or "gpt-fake",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": finish_reason,
+                }
+            ],
+            "system_fingerprint": "fp_fake",
+        }
+        if fault.include_usage:
+            body["usage"] = {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+                "prompt_tokens_details": {"cached_tokens": fault.cached_tokens or 0, "audio_tokens": 0},
+                "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+            }
+        return body
+
+    def _embeddings_body(self, request: dict[str, Any], fault: Fault) -> dict[str, Any] | tuple[int, str]:
+        raw = request.get("input")
+        inputs: list[str]
+        if isinstance(raw, str):
+            inputs = [raw]
+        elif isinstance(raw, list) and raw:
+            inputs = [item if isinstance(item, str) else json.dumps(item) for item in raw]
+        else:
+            return 400, "'input' must be a non-empty string or array"
+        dims = request.get("dimensions", self.embed_dimensions)
+        if not isinstance(dims, int) or dims < 1:
+            return 400, "'dimensions' must be a positive integer"
+        encoding = request.get("encoding_format", "float")
+        if encoding not in ("float", "base64"):
+            return 400, "'encoding_format' must be 'float' or 'base64'"
+        with self._state.lock:
+            overrides = dict(self._overrides)
+        data = []
+        for index, text in enumerate(inputs):
+            vector = overrides.get(text) or fake_embedding(text, dims)
+            embedding: object = vector
+            if encoding == "base64":
+                embedding = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
+        prompt = fault.prompt_tokens
+        if prompt is None:
+            prompt = sum(max(1, count_tokens(t)) for t in inputs)
+        body: dict[str, Any] = {
+            "object": "list",
+            "data": data,
+            "model": fault.model or self.embed_model or request.get("model") or "text-embedding-fake",
+        }
+        if fault.include_usage:
+            body["usage"] = {"prompt_tokens": prompt, "total_tokens": prompt}
+        return body
+
+
+def _text_of(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def _last_user_message(messages: list[Any]) -> str:
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return _text_of(message.get("content"))
+    return ""
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    fake: FakeOpenAI
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that timed out and hung up makes our late write fail; that is expected.
+        return
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return  # print nothing (requests carry credentials)
+
+    def do_GET(self) -> None:
+        self._read_body()
+        self._send_json(404, _error_body(404, f"Unknown path {self.path}"))
+
+    def do_POST(self) -> None:
+        fake = self.server.fake
+        raw = self._read_body()
+        path = self.path.split("?", 1)[0]
+        endpoint = _PATHS.get(path)
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        headers = _RedactedHeaders({k: v for k, v in self.headers.items()})
+        fault = fake._record_and_pick(RecordedRequest(endpoint, "POST", path, headers, body))
+        if not fake._wait(fault.delay_s):
+            self._drop()
+            return
+        if fault.kind == "drop":
+            self._drop()
+        elif fault.kind == "status":
+            message = fault.message or f"Fake upstream error {fault.status_code}"
+            self._send_json(
+                fault.status_code, _error_body(fault.status_code, message, fault.error_code), fault.headers
+            )
+        elif fault.kind == "garbage":
+            self._send_raw(200, fault.body or b"", fault.content_type)
+        elif fault.kind == "json":
+            self._send_json(fault.status_code, fault.json_body)
+        elif endpoint is None:
+            self._send_json(404, _error_body(404, f"Unknown path {path}"))
+        elif not isinstance(body, dict):
+            self._send_json(400, _error_body(400, "Request body must be a JSON object"))
+        elif endpoint == "chat":
+            self._send_json(200, fake._chat_body(cast(dict[str, Any], body), fault))
+        else:
+            result = fake._embeddings_body(cast(dict[str, Any], body), fault)
+            if isinstance(result, tuple):
+                self._send_json(result[0], _error_body(result[0], result[1]))
+            else:
+                self._send_json(200, result)
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _drop(self) -> None:
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _send_json(self, status: int, body: object, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        self._send_raw(status, json.dumps(body).encode(), "application/json", headers)
+
+    def _send_raw(
+        self, status: int, payload: bytes, content_type: str, headers: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(payload)))
+            self.send_header("x-request-id", "req_fake")
+            for name, value in headers:
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
+            self.wfile.flush()
+        except OSError:
+            self.close_connection = True
+
+
+def _error_body(status: int, message: str, code: str | None = None) -> dict[str, Any]:
+    default_type = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": code or default_type, "param": None, "code": code}}

@@ -1,0 +1,401 @@
+"""The gateway pipeline end to end: the real openai SDK over HTTP to the fake server, real stores.
+
+Every test runs against SQLite and Redis (the ``store`` fixture) with a manual clock: sleeps are
+recorded, never waited.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import structlog
+from prometheus_client import CollectorRegistry
+
+from proxy_core.clock import ManualClock
+from proxy_core.errors import (
+    BudgetExceeded,
+    CircuitOpen,
+    ConfigurationError,
+    RateLimited,
+    RequestInFlight,
+    StoreError,
+    UpstreamError,
+    UpstreamRejected,
+)
+from proxy_core.gateway import Gateway
+from proxy_core.metrics import Metrics
+from proxy_core.prices import PriceTable, chat_cost
+from proxy_core.settings import PennySettings
+from proxy_core.stores import store_from_url
+from proxy_core.stores.base import Store
+from proxy_core.upstream import OpenAIUpstream
+from tests.fake_openai import FakeOpenAI, Fault
+
+API_KEY = "sk-test-0123456789abcdef"
+DAY = "2026-01-01"  # ManualClock starts at 2026-01-01T00:00:00Z
+
+GatewayFactory = Callable[..., Gateway]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+def make_gateway(store: Store, clock: ManualClock, fake: FakeOpenAI) -> GatewayFactory:
+    def make(store_: Store | None = None, **overrides: Any) -> Gateway:
+        params: dict[str, Any] = {
+            "openai_api_key": API_KEY,
+            "openai_base_url": fake.base_url,
+            "request_timeout_s": 2.0,
+            "requests_per_minute": 0,
+            "tokens_per_minute": 0,
+        }
+        params.update(overrides)
+        settings = PennySettings(**params)
+        upstream = OpenAIUpstream(api_key=API_KEY, base_url=fake.base_url, timeout_s=settings.request_timeout_s)
+        return Gateway(
+            settings,
+            store=store_ or store,
+            upstream=upstream,
+            metrics=Metrics(CollectorRegistry()),
+            clock=clock,
+            wall=clock,
+            sleep=clock.sleep,
+            rand=lambda: 0.5,
+        )
+
+    return make
+
+
+def ask(gw: Gateway, question: str, request_id: str, *, user: str = "U1", workspace: str = "W1",
+        system: str = "You are Penny.", **kw: Any) -> Any:
+    return gw.chat(
+        user_id=user,
+        workspace_id=workspace,
+        request_id=request_id,
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
+        **kw,
+    )
+
+
+def test_miss_is_billed_exactly_and_recorded_in_the_ledger(make_gateway: GatewayFactory, fake: FakeOpenAI,
+                                                          store: Store) -> None:
+    fake.script(Fault.ok(prompt_tokens=1234, cached_tokens=200, completion_tokens=56))
+    gw = make_gateway(chat_model="gpt-4o-mini")
+    result = ask(gw, "How do I deploy?", "ev1")
+    # gpt-4o-mini: 1034 × $0.15 + 200 × $0.075 + 56 × $0.60 per 1M = 155.1 + 15 + 33.6 = 203.7 → 204 µ$
+    assert result.cost_micros == 204
+    assert (result.prompt_tokens, result.cached_prompt_tokens, result.completion_tokens) == (1234, 200, 56)
+    assert result.cache_status == "miss" and result.attempts == 1
+    entry = store.ledger_entry("W1", "ev1")
+    assert entry is not None
+    assert (entry.cost_micros, entry.kind, entry.user_id, entry.cache_status) == (204, "chat", "U1", "miss")
+    usage = gw.usage("W1", DAY, DAY)
+    assert usage.totals.cost_micros == 204 and usage.by_user["U1"].requests == 1
+
+
+def test_exact_hit_costs_nothing_records_savings_and_skips_upstream(make_gateway: GatewayFactory,
+                                                                   fake: FakeOpenAI) -> None:
+    gw = make_gateway()
+    first = ask(gw, "How do I deploy?", "ev1")
+    second = ask(gw, "  how do I DEPLOY ", "ev2")
+    assert fake.count("chat") == 1
+    assert second.cache_status == "exact" and second.content == first.content
+    assert second.cost_micros == 0 and second.saved_micros == first.cost_micros > 0
+    usage = gw.usage("W1", DAY, DAY)
+    assert usage.totals.requests == 2 and usage.totals.cache_hits == 1
+    assert usage.totals.cost_micros == first.cost_micros
+    assert usage.totals.saved_micros == first.cost_micros
+
+
+def test_cache_never_crosses_workspaces_system_prompts_or_models(make_gateway: GatewayFactory,
+                                                                 fake: FakeOpenAI) -> None:
+    gw = make_gateway()
+    ask(gw, "How do I deploy?", "a")
+    assert ask(gw, "How do I deploy?", "b", workspace="W2").cache_status == "miss"
+    assert ask(gw, "How do I deploy?", "c", system="You are a pirate.").cache_status == "miss"
+    assert ask(gw, "How do I deploy?", "d", model="gpt-4o-mini").cache_status == "miss"
+    assert ask(gw, "How do I deploy?", "e", context="docs-v2").cache_status == "miss"
+    assert fake.count("chat") == 5
+
+
+def test_fresh_answer_bypasses_and_replaces_the_cached_one(make_gateway: GatewayFactory,
+                                                          fake: FakeOpenAI) -> None:
+    gw = make_gateway()
+    ask(gw, "How do I deploy?", "a")
+    fake.script(Fault.ok(content="A better answer."))
+    fresh = ask(gw, "How do I deploy?", "b", use_cache=False)
+    assert fresh.cache_status == "bypass" and fresh.cost_micros > 0
+    again = ask(gw, "How do I deploy?", "c")
+    assert again.cache_status == "exact" and again.content == "A better answer."
+    assert fake.count("chat") == 2
+
+
+def test_repeated_request_id_gives_one_call_and_one_ledger_entry(make_gateway: GatewayFactory,
+                                                                 fake: FakeOpenAI, store: Store) -> None:
+    gw = make_gateway(cache_enabled=False)
+    first = ask(gw, "Where are the logs?", "Ev123")
+    again = ask(gw, "Where are the logs?", "Ev123")
+    assert fake.count("chat") == 1
+    assert again.replayed and not first.replayed
+    assert again.content == first.content and again.cost_micros == first.cost_micros
+    assert gw.usage("W1", DAY, DAY).totals.requests == 1
+
+
+def test_concurrent_duplicates_make_one_upstream_call(make_gateway: GatewayFactory, fake: FakeOpenAI,
+                                                      clock: ManualClock) -> None:
+    fake.script(Fault.ok(delay_s=0.3))
+    gw = make_gateway(cache_enabled=False)
+    results: list[Any] = []
+    errors: list[BaseException] = []
+
+    def deliver() -> None:
+        try:
+            results.append(ask(gw, "Where are the logs?", "EvDup"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=deliver) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert fake.count("chat") == 1
+    # Waiters poll with the manual clock's sleep; each either got the replay or gave up waiting.
+    assert len(results) + len(errors) == 3
+    assert all(isinstance(e, RequestInFlight) for e in errors)
+    assert sum(not r.replayed for r in results) == 1
+
+
+def test_in_flight_request_is_refused_after_waiting(make_gateway: GatewayFactory, store: Store,
+                                                    clock: ManualClock) -> None:
+    gw = make_gateway(inflight_wait_s=5.0)
+    assert store.claim_request("W1", "busy", 300).state == "claimed"
+    with pytest.raises(RequestInFlight):
+        ask(gw, "q", "busy")
+    assert 5.0 <= sum(clock.sleeps) < 7.0
+
+
+def test_rate_limit_tells_exactly_when_to_retry(make_gateway: GatewayFactory, clock: ManualClock,
+                                               fake: FakeOpenAI) -> None:
+    gw = make_gateway(requests_per_minute=6, request_burst=2, cache_enabled=False)
+    ask(gw, "q1", "r1")
+    ask(gw, "q2", "r2")
+    with pytest.raises(RateLimited) as info:
+        ask(gw, "q3", "r3")
+    assert info.value.limit == "requests"
+    assert info.value.retry_after == pytest.approx(10.0)  # one token at 6/min
+    assert "10s" in str(info.value)
+    clock.advance(10.0)
+    ask(gw, "q3", "r3")
+    assert fake.count("chat") == 3
+    # Another user has a bucket of their own.
+    ask(gw, "q4", "r4", user="U2")
+
+
+def test_cache_hits_are_served_when_rate_limited_or_out_of_budget(make_gateway: GatewayFactory,
+                                                                  fake: FakeOpenAI) -> None:
+    gw = make_gateway(requests_per_minute=1, request_burst=1, user_daily_budget_usd="0.002")
+    ask(gw, "What is the refund policy?", "a")
+    with pytest.raises((RateLimited, BudgetExceeded)):
+        ask(gw, "Something new", "b")
+    hit = ask(gw, "What is the refund policy?", "c")
+    assert hit.cache_status == "exact" and hit.cost_micros == 0
+
+
+def test_budget_refusal_names_scope_limit_and_reset(make_gateway: GatewayFactory, fake: FakeOpenAI,
+                                                    store: Store) -> None:
+    gw = make_gateway(user_daily_budget_usd="0.001", max_output_tokens=800)
+    # gpt-4.1-mini worst case: 800 output tokens × $1.60/1M = 1280 µ$ > 1000 µ$ cap.
+    with pytest.raises(BudgetExceeded) as info:
+        ask(gw, "hello", "b1")
+    err = info.value
+    assert err.scope == "daily" and err.limit == 1000 and err.spent == 0
+    assert err.resets_at == 1_767_225_600.0 + 86_400
+    assert "2026-01-02 00:00 UTC" in str(err)
+    assert fake.count("chat") == 0
+    assert store.ledger_entry("W1", "b1") is None
+
+
+def test_workspace_monthly_budget_is_shared_by_users(make_gateway: GatewayFactory, fake: FakeOpenAI) -> None:
+    # Each call reserves its worst case (≈20 prompt tokens × $0.40 + 100 × $1.60 per 1M ≈ 170 µ$)
+    # and settles about that much, so a $0.001 month admits five or so calls, whoever asks.
+    gw = make_gateway(workspace_monthly_budget_usd="0.001", max_output_tokens=100, cache_enabled=False)
+    fake.script(*[Fault.ok(completion_tokens=100) for _ in range(10)])
+    refusals: list[BudgetExceeded] = []
+    for i in range(10):
+        try:
+            ask(gw, f"question {i}", f"w{i}", user=f"U{i}")
+        except BudgetExceeded as exc:
+            refusals.append(exc)
+    assert refusals
+    assert {e.scope for e in refusals} == {"workspace monthly"}
+    assert gw.usage("W1", DAY, DAY).totals.cost_micros <= 1000
+
+
+def test_fifty_concurrent_calls_never_settle_above_the_budget(make_gateway: GatewayFactory, fake: FakeOpenAI,
+                                                              store: Store) -> None:
+    gw = make_gateway(user_daily_budget_usd="0.01", max_output_tokens=800, cache_enabled=False)
+    ok: list[Any] = []
+    refused: list[BaseException] = []
+    lock = threading.Lock()
+
+    def call(i: int) -> None:
+        try:
+            r = ask(gw, f"question {i}", f"c{i}")
+            with lock:
+                ok.append(r)
+        except BudgetExceeded as exc:
+            with lock:
+                refused.append(exc)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(ok) + len(refused) == 50 and ok and refused
+    usage = gw.usage("W1", DAY, DAY)
+    assert usage.totals.cost_micros == sum(r.cost_micros for r in ok) <= 10_000
+    assert usage.totals.requests == len(ok) == fake.count("chat")
+
+
+def test_retry_after_is_honoured_and_every_attempt_recorded(make_gateway: GatewayFactory, fake: FakeOpenAI,
+                                                            clock: ManualClock) -> None:
+    fake.script(Fault.status(429, retry_after="2"), Fault.status(503), Fault.ok())
+    gw = make_gateway()
+    result = ask(gw, "q", "r")
+    assert result.attempts == 3
+    assert fake.count("chat") == 3
+    assert clock.sleeps[0] == 2.0  # Retry-After, not the backoff
+    assert len(clock.sleeps) == 2
+
+
+def test_bad_request_is_not_retried_and_nothing_is_charged(make_gateway: GatewayFactory, fake: FakeOpenAI,
+                                                           store: Store) -> None:
+    fake.script(Fault.status(400))
+    gw = make_gateway(user_daily_budget_usd="1")
+    with pytest.raises(UpstreamRejected):
+        ask(gw, "q", "bad")
+    assert fake.count("chat") == 1
+    assert store.ledger_entry("W1", "bad") is None
+    line = _user_day_line(gw)
+    assert store.spent("W1", line) == (0, 0)  # the reservation was released
+    # The request ID can be tried again once the cause is fixed.
+    ask(gw, "q", "bad")
+    assert fake.count("chat") == 2
+
+
+def test_upstream_outage_opens_the_breaker_for_every_replica(make_gateway: GatewayFactory, fake: FakeOpenAI,
+                                                             open_twin: Callable[[], Store],
+                                                             clock: ManualClock) -> None:
+    fake.fail_all(503)
+    gw = make_gateway(retry_max_attempts=1, breaker_cooldown_s=30)
+    for i in range(4):
+        with pytest.raises(UpstreamError):
+            ask(gw, f"q{i}", f"f{i}")
+    with pytest.raises(CircuitOpen):  # the fifth failure opens it
+        ask(gw, "q4", "f4")
+    assert fake.count("chat") == 5
+    # A second gateway (another replica) on the same store fails fast without calling upstream.
+    other = make_gateway(open_twin(), retry_max_attempts=1, breaker_cooldown_s=30)
+    with pytest.raises(CircuitOpen) as info:
+        ask(other, "q-new", "f-new")
+    assert info.value.retry_after == pytest.approx(30.0)
+    assert fake.count("chat") == 5
+    # After the cooldown one probe goes through; its success closes the breaker for everyone.
+    fake.clear()
+    clock.advance(30.0)
+    ask(other, "q-new", "f-new")
+    ask(gw, "q-again", "f-again")
+    assert fake.count("chat") == 7
+
+
+def test_retries_feed_the_breaker_and_stop_when_it_opens(make_gateway: GatewayFactory, fake: FakeOpenAI,
+                                                         clock: ManualClock) -> None:
+    fake.fail_all(500)
+    gw = make_gateway(retry_max_attempts=10, breaker_failure_threshold=3)
+    with pytest.raises(CircuitOpen):
+        ask(gw, "q", "r")
+    assert fake.count("chat") == 3
+
+
+def test_embeddings_are_billed_as_embedding_spend(make_gateway: GatewayFactory, fake: FakeOpenAI,
+                                                  store: Store) -> None:
+    gw = make_gateway(embedding_model="text-embedding-3-small")
+    result = gw.embed(user_id="U1", workspace_id="W1", request_id="e1", inputs=["alpha beta", "gamma"],
+                      dimensions=64)
+    assert len(result.vectors) == 2 and len(result.vectors[0]) == 64
+    entry = store.ledger_entry("W1", "e1")
+    assert entry is not None and entry.kind == "embedding"
+    price = PriceTable.load(None).price_for("text-embedding-3-small")
+    assert entry.cost_micros == result.cost_micros > 0
+    assert result.cost_micros == -(-result.prompt_tokens * price.input // 1_000_000)
+    again = gw.embed(user_id="U1", workspace_id="W1", request_id="e1", inputs=["alpha beta", "gamma"],
+                     dimensions=64)
+    assert again.replayed and fake.count("embeddings") == 1
+
+
+def test_unknown_model_is_refused_at_start_up(store: Store) -> None:
+    settings = PennySettings(openai_api_key=API_KEY, chat_model="gpt-imaginary-9")
+    with pytest.raises(ConfigurationError) as info:
+        Gateway(settings, store=store, upstream=OpenAIUpstream(api_key=API_KEY, base_url=None, timeout_s=1))
+    assert "gpt-imaginary-9" in str(info.value) and "PENNY_PRICE_FILE" in str(info.value)
+
+
+def test_unreachable_store_is_a_clear_store_error(fake: FakeOpenAI) -> None:
+    settings = PennySettings(openai_api_key=API_KEY)
+    store = store_from_url("redis://127.0.0.1:1/0", timeout_s=0.2)
+    gw = Gateway(settings, store=store, upstream=OpenAIUpstream(api_key=API_KEY, base_url=fake.base_url, timeout_s=1))
+    with pytest.raises(StoreError):
+        ask(gw, "q", "r")
+    assert fake.count() == 0
+
+
+def test_metrics_count_outcomes_money_and_never_identities(make_gateway: GatewayFactory,
+                                                           fake: FakeOpenAI) -> None:
+    gw = make_gateway(requests_per_minute=60, request_burst=1)
+    first = ask(gw, "q", "m1")
+    ask(gw, "q", "m2")
+    with pytest.raises(RateLimited):
+        ask(gw, "other", "m3")
+    reg = gw.metrics.registry
+    assert reg.get_sample_value("penny_requests_total", {"kind": "chat", "outcome": "ok", "cache": "miss"}) == 1
+    assert reg.get_sample_value("penny_requests_total", {"kind": "chat", "outcome": "ok", "cache": "exact"}) == 1
+    assert reg.get_sample_value("penny_refusals_total", {"reason": "rate_limit_requests"}) == 1
+    assert reg.get_sample_value("penny_saved_microdollars_total", {"kind": "chat"}) == first.cost_micros
+    exposition = "\n".join(
+        f"{s.name}{s.labels}" for metric in reg.collect() for s in metric.samples
+    )
+    for secret in ("U1", "W1", "m1", API_KEY):
+        assert secret not in exposition
+
+
+def test_log_events_carry_the_request_id_and_no_secret(make_gateway: GatewayFactory, fake: FakeOpenAI) -> None:
+    gw = make_gateway()
+    with structlog.testing.capture_logs() as logs:
+        ask(gw, "q", "L1")
+        ask(gw, "q", "L2")
+        fake.script(Fault.status(401))
+        with pytest.raises(UpstreamRejected):
+            ask(gw, "other", "L3")
+    assert {e["request_id"] for e in logs} >= {"L1", "L2", "L3"}
+    assert API_KEY not in repr(logs)
+
+
+def _user_day_line(gw: Gateway) -> Any:
+    from proxy_core.budget import budget_lines
+
+    return budget_lines("W1", "U1", 1_767_225_600.0, user_daily=1, workspace_monthly=0)[0]
+
+
+def test_price_fixture_matches_hand_arithmetic() -> None:
+    price = PriceTable.load(None).price_for("gpt-4.1-mini")
+    # $0.40 in, $0.10 cached, $1.60 out per 1M: 1000×0.40 + 500×0.10 + 250×1.60 = 400 + 50 + 400 = 850 µ$
+    assert chat_cost(price, 1500, 500, 250) == 850

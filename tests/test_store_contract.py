@@ -1,0 +1,783 @@
+"""The store contract, run against every backend (``store`` is parametrised in conftest).
+
+Time moves only through the shared ManualClock. Concurrency tests use real threads: what they test
+is the backend's atomicity, not the pure policies (those are in test_policies.py). SQLite-only
+details (URL parsing, schema version, file locking, several processes) are at the end.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from proxy_core.breaker import BreakerPolicy, BreakerState
+from proxy_core.budget import BudgetLine, budget_lines
+from proxy_core.clock import ManualClock
+from proxy_core.errors import ConfigurationError, StoreError
+from proxy_core.limiter import Bucket
+from proxy_core.stores import store_from_url
+from proxy_core.stores.base import (
+    BucketSpec,
+    BudgetDecision,
+    CacheStatus,
+    Claim,
+    Kind,
+    LedgerEntry,
+    Store,
+    UsageSummary,
+    UsageTotals,
+)
+from proxy_core.stores.sqlite import SCHEMA_VERSION, SqliteStore
+
+WS = "T01"
+OTHER_WS = "T02"
+DAY1 = "2026-01-01"  # ManualClock starts at 2026-01-01T00:00:00Z
+DAY2 = "2026-01-02"
+
+
+def run_threads(n: int, work: Callable[[int], object]) -> list[object]:
+    """Run ``work(i)`` on ``n`` real threads released together; re-raise the first failure."""
+    barrier = threading.Barrier(n)
+
+    def start(i: int) -> object:
+        barrier.wait()
+        return work(i)
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(start, range(n)))
+
+
+# -- idempotency --------------------------------------------------------------------------
+
+
+def test_first_claim_owns_the_request_and_others_see_it_in_flight(store: Store) -> None:
+    assert store.claim_request(WS, "r1", ttl_s=60) == Claim("claimed")
+    assert store.claim_request(WS, "r1", ttl_s=60) == Claim("in_flight")
+
+
+def test_completed_request_returns_its_result_until_it_expires(store: Store, clock: ManualClock) -> None:
+    store.claim_request(WS, "r1", ttl_s=60)
+    store.complete_request(WS, "r1", '{"answer": 42}', ttl_s=600)
+
+    clock.advance(599)
+    assert store.claim_request(WS, "r1", ttl_s=60) == Claim("done", '{"answer": 42}')
+    clock.advance(2)
+    assert store.claim_request(WS, "r1", ttl_s=60) == Claim("claimed")
+
+
+def test_claim_of_a_crashed_owner_expires(store: Store, clock: ManualClock) -> None:
+    store.claim_request(WS, "r1", ttl_s=30)
+    clock.advance(29)
+    assert store.claim_request(WS, "r1", ttl_s=30).state == "in_flight"
+    clock.advance(2)
+    assert store.claim_request(WS, "r1", ttl_s=30).state == "claimed"
+
+
+def test_release_lets_a_retry_claim_again(store: Store) -> None:
+    store.claim_request(WS, "r1", ttl_s=60)
+    store.release_request(WS, "r1")
+    assert store.claim_request(WS, "r1", ttl_s=60).state == "claimed"
+
+
+def test_claims_are_scoped_by_workspace(store: Store) -> None:
+    store.claim_request(WS, "r1", ttl_s=60)
+    store.complete_request(WS, "r1", "{}", ttl_s=60)
+    assert store.claim_request(OTHER_WS, "r1", ttl_s=60).state == "claimed"
+    assert store.claim_request(WS, "r2", ttl_s=60).state == "claimed"
+
+
+def test_only_one_of_many_concurrent_claims_wins(store: Store) -> None:
+    claims = run_threads(20, lambda _: store.claim_request(WS, "r1", ttl_s=60))
+    assert [c for c in claims if isinstance(c, Claim) and c.state == "claimed"] == [Claim("claimed")]
+
+
+# -- rate limiting ------------------------------------------------------------------------
+
+# Rates are powers of two so the refill arithmetic is exact in floating point.
+REQUESTS = Bucket(rate=1.0, burst=5.0)
+TOKENS = Bucket(rate=0.25, burst=2.0)
+
+
+def both(cost_requests: float = 1, cost_tokens: float = 1, user: str = "U1") -> list[BucketSpec]:
+    return [
+        BucketSpec(f"user:{user}:requests", REQUESTS, cost_requests),
+        BucketSpec(f"user:{user}:tokens", TOKENS, cost_tokens),
+    ]
+
+
+def test_take_debits_every_bucket(store: Store) -> None:
+    decision = store.take_tokens(WS, both())
+    assert decision.allowed
+    assert decision.retry_after == 0
+    assert decision.blocking is None
+    assert decision.remaining == pytest.approx((4.0, 1.0))
+
+
+def test_take_is_all_or_nothing(store: Store) -> None:
+    store.take_tokens(WS, both())
+    store.take_tokens(WS, both())
+
+    refused = store.take_tokens(WS, both())
+    assert not refused.allowed
+    assert refused.blocking == 1
+    assert refused.retry_after == pytest.approx(4.0)  # 1 token at 0.25/s
+    assert refused.remaining == pytest.approx((3.0, 0.0))
+    # The requests bucket had room, but was not debited because the tokens bucket refused.
+    assert store.take_tokens(WS, both(0, 0)).remaining == pytest.approx((3.0, 0.0))
+
+
+def test_retry_after_is_exact_and_refill_follows_the_clock(store: Store, clock: ManualClock) -> None:
+    store.take_tokens(WS, both(cost_tokens=2))
+    clock.advance(1)
+    refused = store.take_tokens(WS, both(cost_tokens=1))
+    assert not refused.allowed
+    assert refused.retry_after == pytest.approx(3.0)  # has 0.25, needs 1, at 0.25/s
+    assert refused.remaining == pytest.approx((5.0, 0.25))  # requests bucket refilled to its burst
+
+    clock.advance(3)
+    allowed = store.take_tokens(WS, both(cost_tokens=1))
+    assert allowed.allowed
+    assert allowed.remaining == pytest.approx((4.0, 0.0))
+
+
+def test_buckets_never_fill_beyond_their_burst(store: Store, clock: ManualClock) -> None:
+    store.take_tokens(WS, both())
+    clock.advance(3600)
+    assert store.take_tokens(WS, both(0, 0)).remaining == pytest.approx((5.0, 2.0))
+
+
+def test_cost_zero_only_peeks(store: Store) -> None:
+    store.take_tokens(WS, both(cost_requests=2, cost_tokens=0))
+    for _ in range(3):
+        peek = store.take_tokens(WS, both(0, 0))
+        assert peek.allowed
+        assert peek.remaining == pytest.approx((3.0, 2.0))
+    assert store.take_tokens(WS, both(cost_requests=3, cost_tokens=0)).allowed
+    assert not store.take_tokens(WS, both(cost_requests=1, cost_tokens=0)).allowed
+
+
+def test_cost_above_burst_needs_a_full_bucket(store: Store, clock: ManualClock) -> None:
+    big = [BucketSpec("user:U1:tokens", TOKENS, 100)]
+    assert store.take_tokens(WS, big).allowed
+    refused = store.take_tokens(WS, big)
+    assert not refused.allowed
+    assert refused.retry_after == pytest.approx(8.0)  # the whole burst of 2 at 0.25/s
+    clock.advance(8)
+    assert store.take_tokens(WS, big).allowed
+
+
+def test_buckets_are_isolated_by_workspace_and_key(store: Store) -> None:
+    store.take_tokens(WS, both(cost_tokens=2, user="U1"))
+    assert not store.take_tokens(WS, both(user="U1")).allowed
+    assert store.take_tokens(WS, both(user="U2")).remaining == pytest.approx((4.0, 1.0))
+    assert store.take_tokens(OTHER_WS, both(user="U1")).remaining == pytest.approx((4.0, 1.0))
+
+
+def test_concurrent_takes_never_overdraw(store: Store) -> None:
+    spec = [BucketSpec("user:U1:requests", Bucket(rate=1 / 1024, burst=20.0), 1)]
+    decisions = run_threads(50, lambda _: store.take_tokens(WS, spec).allowed)
+    assert decisions.count(True) == 20
+
+
+# -- budgets ------------------------------------------------------------------------------
+
+
+def lines_for(store: Store, *, user_daily: int, workspace_monthly: int, user: str = "U1") -> list[BudgetLine]:
+    return budget_lines(WS, user, store.now(), user_daily=user_daily, workspace_monthly=workspace_monthly)
+
+
+def ledger_entry(
+    request_id: str,
+    *,
+    workspace_id: str = WS,
+    user_id: str = "U1",
+    model: str = "gpt-4o-mini",
+    day: str = DAY1,
+    kind: Kind = "chat",
+    cache_status: CacheStatus = "miss",
+    prompt_tokens: int = 0,
+    cached_prompt_tokens: int = 0,
+    completion_tokens: int = 0,
+    cost_micros: int = 0,
+    saved_micros: int = 0,
+) -> LedgerEntry:
+    midnight = {"2025-12-31": -86_400.0, DAY1: 0.0, DAY2: 86_400.0, "2026-01-03": 172_800.0}[day]
+    return LedgerEntry(
+        request_id=request_id,
+        ts=1_767_225_600.0 + midnight + 3_723.25,
+        day=day,
+        workspace_id=workspace_id,
+        user_id=user_id,
+        model=model,
+        kind=kind,
+        prompt_tokens=prompt_tokens,
+        cached_prompt_tokens=cached_prompt_tokens,
+        completion_tokens=completion_tokens,
+        cost_micros=cost_micros,
+        saved_micros=saved_micros,
+        cache_status=cache_status,
+        latency_ms=812,
+        attempts=1,
+    )
+
+
+def settle(
+    store: Store, entry: LedgerEntry, lines: list[BudgetLine], reservation_id: str | None = None
+) -> bool:
+    return store.settle(entry, reservation_id=reservation_id, lines=lines, result=None, result_ttl_s=60)
+
+
+def test_reservation_counts_on_every_line(store: Store) -> None:
+    lines = lines_for(store, user_daily=1_000, workspace_monthly=10_000)
+    assert store.reserve(WS, "res1", lines, 300, ttl_s=60) == BudgetDecision(True)
+    assert [store.spent(WS, line) for line in lines] == [(0, 300), (0, 300)]
+
+
+def test_refusal_names_the_first_failing_line_and_writes_nothing(store: Store) -> None:
+    lines = lines_for(store, user_daily=1_000, workspace_monthly=500)
+    assert store.reserve(WS, "res1", lines, 400, ttl_s=60).ok
+
+    refused = store.reserve(WS, "res2", lines, 200, ttl_s=60)
+    assert refused == BudgetDecision(False, lines[1], spent=0, reserved=400)
+    assert [store.spent(WS, line) for line in lines] == [(0, 400), (0, 400)]
+
+    tight_user = lines_for(store, user_daily=300, workspace_monthly=500)
+    assert store.reserve(WS, "res3", tight_user, 301, ttl_s=60) == BudgetDecision(
+        False, tight_user[0], spent=0, reserved=400
+    )
+
+
+def test_refusal_reports_spent_and_reserved_separately(store: Store) -> None:
+    lines = lines_for(store, user_daily=1_000, workspace_monthly=0)
+    settle(store, ledger_entry("done1", cost_micros=250), lines)
+    assert store.reserve(WS, "res1", lines, 600, ttl_s=60).ok
+
+    assert store.reserve(WS, "res2", lines, 151, ttl_s=60) == BudgetDecision(
+        False, lines[0], spent=250, reserved=600
+    )
+    assert store.reserve(WS, "res3", lines, 150, ttl_s=60).ok  # exactly at the cap fits
+
+
+def test_uncapped_lines_still_record_reservations(store: Store) -> None:
+    lines = lines_for(store, user_daily=0, workspace_monthly=0)
+    assert store.reserve(WS, "res1", lines, 10**12, ttl_s=60).ok
+    assert store.spent(WS, lines[1]) == (0, 10**12)
+
+
+def test_reservations_of_a_crashed_process_expire(store: Store, clock: ManualClock) -> None:
+    lines = lines_for(store, user_daily=1_000, workspace_monthly=0)
+    store.reserve(WS, "res1", lines, 800, ttl_s=30)
+    assert not store.reserve(WS, "res2", lines, 300, ttl_s=30).ok
+
+    clock.advance(31)
+    assert store.spent(WS, lines[0]) == (0, 0)
+    assert store.reserve(WS, "res2", lines, 300, ttl_s=30).ok
+    assert store.spent(WS, lines[0]) == (0, 300)
+
+
+def test_release_drops_a_reservation(store: Store) -> None:
+    lines = lines_for(store, user_daily=1_000, workspace_monthly=0)
+    store.reserve(WS, "res1", lines, 1_000, ttl_s=60)
+    store.release(WS, "res1", lines)
+    assert store.spent(WS, lines[0]) == (0, 0)
+    assert store.reserve(WS, "res2", lines, 1_000, ttl_s=60).ok
+
+
+def test_budgets_are_scoped_by_workspace(store: Store) -> None:
+    lines = lines_for(store, user_daily=1_000, workspace_monthly=0)
+    store.reserve(WS, "res1", lines, 1_000, ttl_s=60)
+    assert store.reserve(OTHER_WS, "res1", lines, 1_000, ttl_s=60).ok
+    assert store.spent(OTHER_WS, lines[0]) == (0, 1_000)
+
+
+def test_settle_spends_once_and_completes_the_request(store: Store) -> None:
+    lines = lines_for(store, user_daily=1_000, workspace_monthly=5_000)
+    store.claim_request(WS, "req1", ttl_s=60)
+    store.reserve(WS, "req1", lines, 500, ttl_s=60)
+    entry = ledger_entry("req1", cost_micros=320, prompt_tokens=1_200, completion_tokens=80)
+
+    assert store.settle(entry, reservation_id="req1", lines=lines, result='{"text": "hi"}', result_ttl_s=600)
+    assert [store.spent(WS, line) for line in lines] == [(320, 0), (320, 0)]
+    assert store.ledger_entry(WS, "req1") == entry
+    assert store.claim_request(WS, "req1", ttl_s=60) == Claim("done", '{"text": "hi"}')
+
+    again = store.settle(entry, reservation_id="req1", lines=lines, result='{"text": "hi"}', result_ttl_s=600)
+    assert again is False
+    assert [store.spent(WS, line) for line in lines] == [(320, 0), (320, 0)]
+    assert store.usage(WS, DAY1, DAY1).totals.requests == 1
+
+
+def test_settle_without_reservation_or_result(store: Store) -> None:
+    lines = lines_for(store, user_daily=1_000, workspace_monthly=0)
+    assert settle(store, ledger_entry("req1", cost_micros=70), lines)
+    assert settle(store, ledger_entry("req2", cost_micros=30), lines)
+    assert store.spent(WS, lines[0]) == (100, 0)
+    assert store.claim_request(WS, "req1", ttl_s=60).state == "claimed"  # no result was recorded
+
+
+def test_concurrent_reservations_never_exceed_the_cap(store: Store) -> None:
+    lines = lines_for(store, user_daily=0, workspace_monthly=100)
+    decisions = run_threads(50, lambda i: store.reserve(WS, f"res{i}", lines, 10, ttl_s=60).ok)
+    assert decisions.count(True) == 10
+    assert store.spent(WS, lines[1]) == (0, 100)
+    assert store.spent(WS, lines[0]) == (0, 100)
+
+
+def test_concurrent_settles_of_one_request_count_once(store: Store) -> None:
+    lines = lines_for(store, user_daily=0, workspace_monthly=0)
+    entry = ledger_entry("req1", cost_micros=999)
+    written = run_threads(20, lambda _: settle(store, entry, lines))
+    assert written.count(True) == 1
+    assert store.spent(WS, lines[0]) == (999, 0)
+
+
+# -- circuit breaker ----------------------------------------------------------------------
+
+POLICY = BreakerPolicy(failure_threshold=5, failure_ratio=0.5, min_calls=20, window_s=60, cooldown_s=30)
+
+
+def fail(store: Store, times: int, name: str = "openai", policy: BreakerPolicy = POLICY) -> BreakerState:
+    state = store.breaker_state(name)
+    for _ in range(times):
+        state = store.breaker_record(name, policy, success=False)
+    return state
+
+
+def test_breaker_starts_closed(store: Store) -> None:
+    assert store.breaker_state("openai") == BreakerState()
+    permit = store.breaker_acquire("openai", POLICY)
+    assert (permit.allowed, permit.probe, permit.state) == (True, False, "closed")
+
+
+def test_breaker_opens_after_five_consecutive_failures(store: Store, clock: ManualClock) -> None:
+    assert fail(store, 4).state == "closed"
+    assert store.breaker_acquire("openai", POLICY).allowed
+
+    opened = fail(store, 1)
+    assert opened.state == "open"
+    assert opened.opened_at == clock()
+    assert store.breaker_state("openai") == opened
+
+    refused = store.breaker_acquire("openai", POLICY)
+    assert (refused.allowed, refused.state) == (False, "open")
+    assert refused.retry_after == pytest.approx(30)
+    clock.advance(10)
+    assert store.breaker_acquire("openai", POLICY).retry_after == pytest.approx(20)
+
+
+def test_a_success_resets_the_consecutive_count(store: Store) -> None:
+    fail(store, 4)
+    store.breaker_record("openai", POLICY, success=True)
+    assert fail(store, 4).state == "closed"
+
+
+def test_after_cooldown_a_single_probe_goes_through(store: Store, clock: ManualClock) -> None:
+    fail(store, 5)
+    clock.advance(30)
+    probe = store.breaker_acquire("openai", POLICY)
+    assert (probe.allowed, probe.probe, probe.state) == (True, True, "half_open")
+
+    other = store.breaker_acquire("openai", POLICY)
+    assert (other.allowed, other.state) == (False, "half_open")
+    assert other.retry_after == pytest.approx(POLICY.probe_timeout_s)
+
+
+def test_probe_success_closes_the_breaker(store: Store, clock: ManualClock) -> None:
+    fail(store, 5)
+    clock.advance(30)
+    store.breaker_acquire("openai", POLICY)
+    assert store.breaker_record("openai", POLICY, success=True).state == "closed"
+    permit = store.breaker_acquire("openai", POLICY)
+    assert (permit.allowed, permit.probe) == (True, False)
+
+
+def test_probe_failure_reopens_for_another_cooldown(store: Store, clock: ManualClock) -> None:
+    fail(store, 5)
+    clock.advance(30)
+    store.breaker_acquire("openai", POLICY)
+    reopened = store.breaker_record("openai", POLICY, success=False)
+    assert (reopened.state, reopened.opened_at) == ("open", clock())
+    assert store.breaker_acquire("openai", POLICY).retry_after == pytest.approx(30)
+
+
+def test_a_vanished_probe_stops_blocking_after_its_timeout(store: Store, clock: ManualClock) -> None:
+    fail(store, 5)
+    clock.advance(30)
+    store.breaker_acquire("openai", POLICY)
+    clock.advance(POLICY.probe_timeout_s)
+    assert store.breaker_acquire("openai", POLICY).probe
+
+
+def test_breaker_trips_on_failure_ratio(store: Store) -> None:
+    policy = BreakerPolicy(failure_threshold=100, failure_ratio=0.5, min_calls=10, window_s=60)
+    for _ in range(4):
+        store.breaker_record("openai", policy, success=True)
+        store.breaker_record("openai", policy, success=False)
+    store.breaker_record("openai", policy, success=True)
+    assert store.breaker_state("openai").state == "closed"  # 4 failures in 9 calls, under min_calls
+    assert store.breaker_record("openai", policy, success=False).state == "open"  # 5 of 10
+
+
+def test_breakers_are_isolated_by_name(store: Store) -> None:
+    fail(store, 5, name="openai")
+    assert store.breaker_state("anthropic") == BreakerState()
+    assert store.breaker_acquire("anthropic", POLICY).allowed
+
+
+def test_two_store_instances_share_one_breaker(
+    store: Store, open_twin: Callable[[], Store], clock: ManualClock
+) -> None:
+    twin = open_twin()
+    fail(store, 5)
+    assert twin.breaker_state("openai").state == "open"
+    assert not twin.breaker_acquire("openai", POLICY).allowed
+
+    clock.advance(30)
+    assert twin.breaker_acquire("openai", POLICY).probe
+    assert not store.breaker_acquire("openai", POLICY).allowed  # one probe across replicas
+    twin.breaker_record("openai", POLICY, success=True)
+    assert store.breaker_state("openai").state == "closed"
+
+
+def test_concurrent_acquires_admit_one_probe(store: Store, clock: ManualClock) -> None:
+    fail(store, 5)
+    clock.advance(30)
+    permits = run_threads(20, lambda _: store.breaker_acquire("openai", POLICY).probe)
+    assert permits.count(True) == 1
+
+
+# -- exact cache --------------------------------------------------------------------------
+
+
+def test_cache_miss_put_hit_overwrite(store: Store) -> None:
+    assert store.cache_get("answers", "k1") is None
+    store.cache_put("answers", "k1", '{"v": 1}', ttl_s=60)
+    assert store.cache_get("answers", "k1") == '{"v": 1}'
+    store.cache_put("answers", "k1", '{"v": 2}', ttl_s=60)
+    assert store.cache_get("answers", "k1") == '{"v": 2}'
+
+
+def test_cache_entries_expire(store: Store, clock: ManualClock) -> None:
+    store.cache_put("answers", "k1", "v", ttl_s=60)
+    clock.advance(59)
+    assert store.cache_get("answers", "k1") == "v"
+    clock.advance(2)
+    assert store.cache_get("answers", "k1") is None
+
+
+def test_cache_delete_one_key(store: Store) -> None:
+    store.cache_put("answers", "k1", "v1", ttl_s=60)
+    store.cache_put("answers", "k2", "v2", ttl_s=60)
+    assert store.cache_delete("answers", "k1") == 1
+    assert store.cache_get("answers", "k1") is None
+    assert store.cache_get("answers", "k2") == "v2"
+    assert store.cache_delete("answers", "k1") == 0
+
+
+def test_cache_delete_a_whole_scope(store: Store) -> None:
+    store.cache_put("answers", "k1", "v1", ttl_s=60)
+    store.cache_put("answers", "k2", "v2", ttl_s=60)
+    store.cache_put("embeddings", "k1", "e1", ttl_s=60)
+    assert store.cache_delete("answers") == 2
+    assert store.cache_get("answers", "k2") is None
+    assert store.cache_get("embeddings", "k1") == "e1"
+    assert store.cache_delete("answers") == 0
+
+
+def test_cache_scopes_are_isolated(store: Store) -> None:
+    store.cache_put("T01:answers", "k", "one", ttl_s=60)
+    store.cache_put("T02:answers", "k", "two", ttl_s=60)
+    assert store.cache_get("T01:answers", "k") == "one"
+    assert store.cache_get("T02:answers", "k") == "two"
+
+
+# -- ledger -------------------------------------------------------------------------------
+
+
+def test_ledger_entry_round_trips_exactly(store: Store) -> None:
+    entry = ledger_entry(
+        "req1",
+        kind="embedding",
+        cache_status="semantic",
+        prompt_tokens=123,
+        cached_prompt_tokens=64,
+        completion_tokens=7,
+        cost_micros=1_234_567,
+        saved_micros=89,
+    )
+    settle(store, entry, [])
+    assert store.ledger_entry(WS, "req1") == entry
+    assert store.ledger_entry(WS, "nope") is None
+    assert store.ledger_entry(OTHER_WS, "req1") is None
+
+
+def totals(
+    requests: int, hits: int, prompt: int, cached: int, completion: int, cost: int, saved: int
+) -> UsageTotals:
+    return UsageTotals(requests, hits, prompt, cached, completion, cost, saved)
+
+
+@pytest.fixture
+def team_month(store: Store) -> Store:
+    """Five entries in range for WS, one a day before it and one in another workspace."""
+    for entry in [
+        ledger_entry("e1", prompt_tokens=100, completion_tokens=50, cost_micros=1_000),
+        ledger_entry("e2", cache_status="exact", saved_micros=900),
+        ledger_entry(
+            "e3", user_id="U2", model="gpt-4o", cache_status="semantic", cost_micros=20, saved_micros=5_000
+        ),
+        ledger_entry(
+            "e4",
+            user_id="U2",
+            model="gpt-4o",
+            day=DAY2,
+            prompt_tokens=400,
+            cached_prompt_tokens=200,
+            completion_tokens=100,
+            cost_micros=3_000,
+        ),
+        ledger_entry(
+            "e5",
+            model="text-embedding-3-small",
+            kind="embedding",
+            day=DAY2,
+            cache_status="bypass",
+            prompt_tokens=30,
+            cost_micros=1,
+        ),
+        ledger_entry("e6", day="2025-12-31", prompt_tokens=9, cost_micros=7_777),
+        ledger_entry("e7", workspace_id=OTHER_WS, prompt_tokens=9, cost_micros=5_555),
+    ]:
+        assert settle(store, entry, [])
+    return store
+
+
+def test_usage_adds_up_by_user_model_and_day(team_month: Store) -> None:
+    usage = team_month.usage(WS, DAY1, DAY2)
+    assert usage == UsageSummary(
+        totals=totals(5, 2, 530, 200, 150, 4_021, 5_900),
+        by_user={
+            "U1": totals(3, 1, 130, 0, 50, 1_001, 900),
+            "U2": totals(2, 1, 400, 200, 100, 3_020, 5_000),
+        },
+        by_model={
+            "gpt-4o-mini": totals(2, 1, 100, 0, 50, 1_000, 900),
+            "gpt-4o": totals(2, 1, 400, 200, 100, 3_020, 5_000),
+            "text-embedding-3-small": totals(1, 0, 30, 0, 0, 1, 0),
+        },
+        by_day={
+            DAY1: totals(3, 2, 100, 0, 50, 1_020, 5_900),
+            DAY2: totals(2, 0, 430, 200, 100, 3_001, 0),
+        },
+    )
+    assert usage.totals.hit_rate == pytest.approx(0.4)
+
+
+def test_usage_for_one_user(team_month: Store) -> None:
+    usage = team_month.usage(WS, DAY1, DAY2, user_id="U2")
+    assert usage.totals == totals(2, 1, 400, 200, 100, 3_020, 5_000)
+    assert set(usage.by_user) == {"U2"}
+    assert set(usage.by_model) == {"gpt-4o"}
+
+
+def test_usage_day_range_is_inclusive(team_month: Store) -> None:
+    assert set(team_month.usage(WS, DAY2, DAY2).by_day) == {DAY2}
+    assert team_month.usage(WS, "2025-12-31", DAY1).totals.cost_micros == 7_777 + 1_020
+    assert team_month.usage(WS, "2026-02-01", "2026-02-28") == UsageSummary()
+    assert team_month.usage(OTHER_WS, DAY1, DAY2).totals.cost_micros == 5_555
+
+
+# -- durability ---------------------------------------------------------------------------
+
+
+def test_state_survives_closing_and_reopening(
+    store: Store, open_twin: Callable[[], Store], clock: ManualClock
+) -> None:
+    lines = lines_for(store, user_daily=1_000, workspace_monthly=0)
+    store.reserve(WS, "res1", lines, 100, ttl_s=600)
+    store.claim_request(WS, "req1", ttl_s=600)
+    settle(store, ledger_entry("req0", cost_micros=400), lines)
+    store.complete_request(WS, "req0", '{"ok": true}', ttl_s=600)
+    store.take_tokens(WS, both(cost_tokens=2))
+    fail(store, 5)
+    store.cache_put("answers", "k", "v", ttl_s=600)
+    store.close()
+
+    again = open_twin()
+    assert again.spent(WS, lines[0]) == (400, 100)
+    assert again.claim_request(WS, "req1", ttl_s=600).state == "in_flight"
+    assert again.claim_request(WS, "req0", ttl_s=600) == Claim("done", '{"ok": true}')
+    assert again.usage(WS, DAY1, DAY1).totals.cost_micros == 400
+    assert again.take_tokens(WS, both(0, 0)).remaining == pytest.approx((4.0, 0.0))
+    assert again.breaker_state("openai").state == "open"
+    assert again.cache_get("answers", "k") == "v"
+
+
+# -- unreachable backends -----------------------------------------------------------------
+
+SECRET = "s3cret-pw"
+
+OPERATIONS: dict[str, Callable[[Store], object]] = {
+    "ping": lambda s: s.ping(),
+    "claim": lambda s: s.claim_request(WS, "r1", 60),
+    "take": lambda s: s.take_tokens(WS, both()),
+    "reserve": lambda s: s.reserve(WS, "r1", [], 1, 60),
+    "settle": lambda s: settle(s, ledger_entry("r1"), []),
+    "spent": lambda s: s.spent(WS, BudgetLine("k", 0, "daily", 0.0)),
+    "breaker": lambda s: s.breaker_acquire("openai", POLICY),
+    "cache": lambda s: s.cache_get("answers", "k"),
+    "usage": lambda s: s.usage(WS, DAY1, DAY2),
+}
+
+
+def open_unreachable(backend: str, tmp_path: Path) -> Store:
+    if backend == "sqlite":
+        blocker = tmp_path / "not-a-directory"
+        blocker.write_text("a file where the store's directory should be")
+        return SqliteStore(blocker / "penny.db", timeout_s=0.5)
+    from proxy_core.stores.redis import RedisStore
+
+    return RedisStore.from_url(f"redis://:{SECRET}@127.0.0.1:1/0", timeout_s=0.5)
+
+
+@pytest.mark.parametrize("operation", list(OPERATIONS))
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_unreachable_backend_raises_store_error_quickly(backend: str, operation: str, tmp_path: Path) -> None:
+    started = time.monotonic()
+
+    def attempt() -> None:
+        # Opening may already fail (a client that connects eagerly); either way it is a StoreError.
+        unreachable = open_unreachable(backend, tmp_path)
+        try:
+            OPERATIONS[operation](unreachable)
+        finally:
+            unreachable.close()
+
+    with pytest.raises(StoreError) as raised:
+        attempt()
+
+    assert time.monotonic() - started < 5
+    message = str(raised.value)
+    assert message
+    assert SECRET not in message
+    assert "Traceback" not in message
+
+
+# -- SQLite specifics ---------------------------------------------------------------------
+
+
+def test_sqlite_creates_directory_and_file_on_first_use(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "penny.db"
+    store = SqliteStore(path)
+    assert not path.parent.exists()
+    store.ping()
+    store.close()
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    raw.close()
+
+
+def test_sqlite_uses_the_wall_clock_by_default(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "penny.db")
+    assert abs(store.now() - time.time()) < 5
+    store.close()
+
+
+def test_sqlite_from_url_relative_and_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    relative = SqliteStore.from_url("sqlite:///data/penny.db")
+    assert relative.path == Path("data/penny.db")
+    relative.ping()
+    relative.close()
+    assert (tmp_path / "data" / "penny.db").exists()
+
+    absolute = store_from_url(f"sqlite:///{tmp_path}/abs.db")
+    assert isinstance(absolute, SqliteStore)
+    assert absolute.path == tmp_path / "abs.db"
+    absolute.close()
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite://", "sqlite:///", "sqlite:///:memory:", "sqlite://host/penny.db", "sqlite:///data/"]
+)
+def test_sqlite_url_without_a_file_path_is_a_configuration_error(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="sqlite"):
+        SqliteStore.from_url(url)
+
+
+def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "penny.db"
+    raw = sqlite3.connect(path)
+    raw.execute("PRAGMA user_version = 99")
+    raw.close()
+    store = SqliteStore(path)
+    with pytest.raises(StoreError, match="newer"):
+        store.ping()
+    store.close()
+
+
+def test_sqlite_reopening_keeps_the_schema_and_data(tmp_path: Path, clock: ManualClock) -> None:
+    for expected in (1, 2, 3):
+        store = SqliteStore(tmp_path / "penny.db", clock=clock)
+        assert settle(store, ledger_entry(f"r{expected}"), [])
+        assert store.usage(WS, DAY1, DAY1).totals.requests == expected
+        store.close()
+
+
+def test_sqlite_a_locked_file_is_a_store_error_after_the_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "penny.db"
+    store = SqliteStore(path, timeout_s=0.2)
+    store.ping()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="locked"):
+            store.cache_put("answers", "k", "v", ttl_s=60)
+        assert 0.15 < time.monotonic() - started < 3
+        assert store.cache_get("answers", "k") is None  # readers are not blocked by the writer (WAL)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    store.cache_put("answers", "k", "v", ttl_s=60)
+    store.close()
+
+
+def test_sqlite_a_closed_store_raises_store_error(sqlite_store: SqliteStore) -> None:
+    sqlite_store.ping()
+    sqlite_store.close()
+    with pytest.raises(StoreError, match="closed"):
+        sqlite_store.ping()
+
+
+JAN_1 = 1_767_225_600.0
+
+
+def _reserve_in_a_process(path: str, worker: int) -> int:
+    store = SqliteStore(path, clock=lambda: JAN_1, timeout_s=10)
+    lines = budget_lines(WS, "U1", JAN_1, user_daily=0, workspace_monthly=500)
+    granted = sum(store.reserve(WS, f"w{worker}-{i}", lines, 10, ttl_s=600).ok for i in range(30))
+    store.close()
+    return granted
+
+
+@pytest.mark.slow
+def test_sqlite_reservations_from_several_processes_never_exceed_the_cap(tmp_path: Path) -> None:
+    import multiprocessing
+
+    path = tmp_path / "penny.db"
+    SqliteStore(path).ping()
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        granted = pool.starmap(_reserve_in_a_process, [(str(path), worker) for worker in range(4)])
+    assert sum(granted) == 50
+    store = SqliteStore(path, clock=lambda: JAN_1)
+    lines = budget_lines(WS, "U1", JAN_1, user_daily=0, workspace_monthly=500)
+    assert store.spent(WS, lines[1]) == (0, 500)
+    store.close()

@@ -1,0 +1,498 @@
+"""OpenAIUpstream against the fake server: the real SDK over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import base64
+import math
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from email.utils import formatdate
+
+import openai
+import pytest
+
+from proxy_core.errors import ConfigurationError, UpstreamError, UpstreamRejected
+from proxy_core.upstream import ChatResponse, OpenAIUpstream, parse_retry_after
+from tests.fake_openai import FakeOpenAI, Fault, count_tokens, fake_embedding
+
+API_KEY = "sk-test-penny-0123456789abcdef"
+MESSAGES = [
+    {"role": "system", "content": "You answer questions about our docs."},
+    {"role": "user", "content": "How do I rotate the signing key?"},
+]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+def upstream(fake: FakeOpenAI) -> Iterator[OpenAIUpstream]:
+    up = OpenAIUpstream(api_key=API_KEY, base_url=fake.base_url, timeout_s=2.0)
+    yield up
+    up.close()
+
+
+def ask(up: OpenAIUpstream, **kwargs: object) -> ChatResponse:
+    return up.chat(model="gpt-4o-mini", messages=MESSAGES, max_tokens=200, **kwargs)  # type: ignore[arg-type]
+
+
+def chat_error(up: OpenAIUpstream) -> UpstreamError:
+    with pytest.raises(UpstreamError) as info:
+        ask(up)
+    return info.value
+
+
+# -- success ---------------------------------------------------------------------------------
+
+
+def test_chat_success_reports_content_and_usage(fake: FakeOpenAI, upstream: OpenAIUpstream) -> None:
+    response = ask(upstream)
+
+    assert response.content == "Answer to: How do I rotate the signing key?"
+    assert response.model == "gpt-4o-mini"
+    assert response.finish_reason == "stop"
+    assert response.completion_tokens == count_tokens(response.content)
+    assert response.prompt_tokens == 3 + sum(count_tokens(m["content"]) + 3 for m in MESSAGES)
+    assert response.cached_prompt_tokens == 0
+    assert fake.count("chat") == 1
+
+
+def test_chat_usage_with_cached_tokens(fake: FakeOpenAI, upstream: OpenAIUpstream) -> None:
+    fake.script(
+        Fault.ok(
+            content="Use `penny keys rotate`.", prompt_tokens=1200, completion_tokens=9, cached_tokens=1024
+        )
+    )
+
+    response = ask(upstream)
+
+    assert response == ChatResponse(
+        content="Use `penny keys rotate`.",
+        model="gpt-4o-mini",
+        prompt_tokens=1200,
+        cached_prompt_tokens=1024,
+        completion_tokens=9,
+        finish_reason="stop",
+    )
+
+
+def test_dated_model_name_is_passed_through(fake: FakeOpenAI, upstream: OpenAIUpstream) -> None:
+    fake.chat_model = "gpt-4o-mini-2024-07-18"
+
+    assert ask(upstream).model == "gpt-4o-mini-2024-07-18"
+
+
+def test_request_uses_max_completion_tokens_bearer_key_and_no_sdk_retries(
+    fake: FakeOpenAI, upstream: OpenAIUpstream
+) -> None:
+    upstream.chat(
+        model="gpt-4o-mini", messages=MESSAGES, max_tokens=77, temperature=0.2, extra={"user": "penny-U123"}
+    )
+
+    sent = fake.last("chat")
+    assert sent.header("Authorization") == f"Bearer {API_KEY}"
+    assert sent.header("x-stainless-retry-count") == "0"
+    assert sent.body["max_completion_tokens"] == 77
+    assert "max_tokens" not in sent.body
+    assert sent.body["temperature"] == 0.2
+    assert sent.body["user"] == "penny-U123"
+    assert sent.body["messages"] == MESSAGES
+    assert API_KEY not in repr(sent)  # the recorder never prints the key
+
+
+def test_temperature_is_omitted_unless_given(fake: FakeOpenAI, upstream: OpenAIUpstream) -> None:
+    ask(upstream)
+
+    assert "temperature" not in fake.last("chat").body
+
+
+def test_length_finish_reason_is_reported(fake: FakeOpenAI, upstream: OpenAIUpstream) -> None:
+    response = upstream.chat(model="gpt-4o-mini", messages=MESSAGES, max_tokens=3)
+
+    assert response.finish_reason == "length"
+    assert response.completion_tokens == 3
+
+
+# -- status errors ---------------------------------------------------------------------------
+
+
+def test_429_with_retry_after_seconds(fake: FakeOpenAI, upstream: OpenAIUpstream) -> None:
+    fake.script(Fault.status(429, retry_after="2", message="Rate limit reached for requests"))
+
+    err = chat_error(upstream)
+
+    assert type(err) is UpstreamError
+    assert (err.kind, err.status, err.retry_after) == ("status", 429, 2.0)
+    assert "429" in str(err)
+    assert fake.count("chat") == 1
+
+
+def test_429_with_retry_after_ms_is_preferred(fake: FakeOpenAI, upstream: OpenAIUpstream) -> None:
+    fake.script(Fault.status(429, retry_after_ms="1500", retry_after="9"))
+
+    err = chat_error(upstream)
+
+    assert (err.kind, err.status, err.retry_after) == ("status", 429, 1.5)
+
+
+def test_429_with_retry_after_http_date(fake: FakeOpenAI) -> None:
+    now = 1_767_225_600.0
+    up = OpenAIUpstream(api_key=API_KEY, base_url=fake.base_url, timeout_s=2.0, wall_clock=lambda: now)
+    fake.script(Fault.status(429, retry_after=formatdate(now + 7, usegmt=True)))
+
+    err = chat_error(up)
+
+    assert err.retry_after == 7.0
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_server_errors(fake: FakeOpenAI, upstream: OpenAIUpstream, status: int) -> None:
+    fake.script(Fault.status(status))
+
+    err = chat_error(upstream)
+
+    assert type(err) is UpstreamError
+    assert (err.kind, err.status, err.retry_after) == ("status", status, None)
+    assert fake.count("chat") == 1
+
+
+def test_503_keeps_its_retry_after(fake: FakeOpenAI, upstream: OpenAIUpstream) -> None:
+    fake.script(Fault.status(503, retry_after="4"))
+
+    assert chat_error(upstream).retry_after == 4.0
+
+
+@pytest.mark.parametrize(
+    ("status", "hint"),
+    [
+        (400, "rejected the request"),
+        (401, "OPENAI_API_KEY"),
+        (403, "OPENAI_API_KEY"),
+        (404, "model name"),
+        (422, "rejected the request"),
+    ],
+)
+def test_request_errors_are_rejected_with_a_fix(
+    fake: FakeOpenAI, upstream: OpenAIUpstream, status: int, hint: str
+) -> None:
+    # OpenAI quotes (part of) the key in some messages; it must not reach ours.
+    fake.script(
+        Fault.status(status, message=f"Incorrect API key provided: {API_KEY}. Also sk-other-key-123456.")
+    )
+
+    err = chat_error(upstream)
+
+    assert isinstance(err, UpstreamRejected)
+    assert err.status == status
+    assert hint in str(err)
+    assert API_KEY not in str(err)
+    assert "sk-other" not in str(err)
+    assert fake.count("chat") == 1
+
+
+def test_429_out_of_quota_is_rejected(fake: FakeOpenAI, upstream: OpenAIUpstream) -> None:
+    fake.script(
+        Fault.status(429, error_code="insufficient_quota", message="You exceeded your current quota.")
+    )
+
+    err = chat_error(upstream)
+
+    assert isinstance(err, UpstreamRejected)
+    assert err.status == 429
+    assert "billing" in str(err)
+
+
+def test_404_names_the_model(fake: FakeOpenAI, upstream: OpenAIUpstream) -> None:
+    fake.script(
+        Fault.status(404, message="The model `gpt-9` does not exist or you do not have access to it.")
+    )
+
+    with pytest.raises(UpstreamRejected) as info:
+        upstream.chat(model="gpt-9", messages=MESSAGES, max_tokens=10)
+
+    assert "'gpt-9'" in str(info.value)
+    assert "does not exist" in str(info.value)
+
+
+def test_400_passes_on_the_providers_reason(fake: FakeOpenAI, upstream: OpenAIUpstream) -> None:
+    fake.script(Fault.status(400, message="max_completion_tokens is too large: 999999."))
+
+    assert "max_completion_tokens is too large" in str(chat_error(upstream))
+
+
+# -- transport failures ----------------------------------------------------------------------
+
+
+def test_timeout(fake: FakeOpenAI) -> None:
+    up = OpenAIUpstream(api_key=API_KEY, base_url=fake.base_url, timeout_s=0.2)
+    fake.script(Fault.delay(0.6))
+
+    started = time.monotonic()
+    err = chat_error(up)
+
+    assert time.monotonic() - started < 0.6
+    assert type(err) is UpstreamError
+    assert (err.kind, err.status) == ("timeout", None)
+    assert "0.2s" in str(err)
+    assert fake.count("chat") == 1
+
+
+def test_dropped_connection(fake: FakeOpenAI, upstream: OpenAIUpstream) -> None:
+    fake.script(Fault.drop())
+
+    err = chat_error(upstream)
+
+    assert (err.kind, err.status) == ("connection", None)
+    assert fake.count("chat") == 1
+
+
+def test_nothing_listening() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    up = OpenAIUpstream(api_key=API_KEY, base_url=f"http://127.0.0.1:{port}/v1", timeout_s=1.0)
+
+    err = chat_error(up)
+
+    assert err.kind == "connection"
+
+
+# -- malformed 200s --------------------------------------------------------------------------
+
+
+def test_garbage_json(fake: FakeOpenAI, upstream: OpenAIUpstream) -> None:
+    fake.script(Fault.garbage())
+
+    err = chat_error(upstream)
+
+    assert type(err) is UpstreamError
+    assert (err.kind, err.status) == ("malformed", None)
+    assert fake.count("chat") == 1
+
+
+def test_non_json_body(fake: FakeOpenAI, upstream: OpenAIUpstream) -> None:
+    fake.script(Fault.garbage(b"<html>Bad gateway</html>", content_type="text/html"))
+
+    assert chat_error(upstream).kind == "malformed"
+
+
+def test_missing_usage_is_malformed(fake: FakeOpenAI, upstream: OpenAIUpstream) -> None:
+    fake.script(Fault.ok(include_usage=False))
+
+    err = chat_error(upstream)
+
+    assert err.kind == "malformed"
+    assert "usage" in str(err)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"id": "x", "object": "chat.completion", "model": "m", "choices": []},
+        {"id": "x", "object": "chat.completion", "model": "m", "choices": [{"index": 0}]},
+        {"id": "x", "model": "m", "choices": [{"message": {"content": 42}}], "usage": {}},
+        {
+            "model": "m",
+            "choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": "ten", "completion_tokens": 1},
+        },
+        {
+            "choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+        },
+        [1, 2, 3],
+    ],
+)
+def test_missing_or_mistyped_fields_are_malformed(
+    fake: FakeOpenAI, upstream: OpenAIUpstream, body: object
+) -> None:
+    fake.script(Fault.json(body))
+
+    assert chat_error(upstream).kind == "malformed"
+
+
+# -- embeddings ------------------------------------------------------------------------------
+
+
+def test_embeddings_keep_input_order_and_dimensions(fake: FakeOpenAI, upstream: OpenAIUpstream) -> None:
+    texts = ["rotate the signing key", "billing limits", "rotate the signing key please"]
+
+    result = upstream.embed(model="text-embedding-3-small", inputs=texts, dimensions=64)
+
+    assert result.model == "text-embedding-3-small"
+    assert result.prompt_tokens == sum(count_tokens(t) for t in texts)
+    assert [len(v) for v in result.vectors] == [64, 64, 64]
+    for text, vector in zip(texts, result.vectors, strict=True):
+        assert vector == pytest.approx(fake_embedding(text, 64), abs=1e-6)  # float32 on the wire
+    sent = fake.last("embeddings").body
+    assert sent["input"] == texts
+    assert sent["dimensions"] == 64
+
+
+def test_embeddings_default_dimensions(fake: FakeOpenAI, upstream: OpenAIUpstream) -> None:
+    result = upstream.embed(model="text-embedding-3-small", inputs=["hello"])
+
+    assert len(result.vectors[0]) == 1536
+    assert "dimensions" not in fake.last("embeddings").body
+
+
+def test_fake_embeddings_are_deterministic_and_meaningful() -> None:
+    a = fake_embedding("How do I rotate the signing key?", 256)
+    b = fake_embedding("how do i rotate the signing key", 256)
+    c = fake_embedding("What is the weather in Lisbon", 256)
+
+    def cos(x: list[float], y: list[float]) -> float:
+        return sum(p * q for p, q in zip(x, y, strict=True))
+
+    assert a == fake_embedding("How do I rotate the signing key?", 256)
+    assert math.isclose(cos(a, a), 1.0)
+    assert cos(a, b) > 0.99
+    assert abs(cos(a, c)) < 0.5
+
+
+def test_fake_serves_float_and_base64(fake: FakeOpenAI) -> None:
+    client = openai.OpenAI(api_key=API_KEY, base_url=fake.base_url, max_retries=0)
+    floats = client.embeddings.create(model="m", input="x y", dimensions=4, encoding_format="float")
+    b64 = client.embeddings.create(model="m", input="x y", dimensions=4, encoding_format="base64")
+    client.close()
+
+    assert floats.data[0].embedding == fake_embedding("x y", 4)
+    raw = base64.b64decode(b64.data[0].embedding)  # type: ignore[arg-type]
+    assert list(struct.unpack("<4f", raw)) == pytest.approx(fake_embedding("x y", 4), abs=1e-6)
+
+
+def test_pinned_embedding(fake: FakeOpenAI, upstream: OpenAIUpstream) -> None:
+    fake.set_embedding("pinned", [0.6, 0.8])
+
+    assert upstream.embed(model="m", inputs=["pinned"], dimensions=2).vectors[0] == pytest.approx(
+        [0.6, 0.8], abs=1e-6
+    )
+
+
+def test_embedding_faults(fake: FakeOpenAI, upstream: OpenAIUpstream) -> None:
+    fake.script(Fault.status(503), Fault.garbage(), Fault.ok(include_usage=False), endpoint="embeddings")
+
+    kinds = []
+    for _ in range(3):
+        with pytest.raises(UpstreamError) as info:
+            upstream.embed(model="m", inputs=["a"])
+        kinds.append((info.value.kind, info.value.status))
+
+    assert kinds == [("status", 503), ("malformed", None), ("malformed", None)]
+    assert fake.count("embeddings") == 3
+
+
+def test_embedding_count_mismatch_is_malformed(fake: FakeOpenAI, upstream: OpenAIUpstream) -> None:
+    one = {"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}
+    fake.script(Fault.json({"object": "list", "data": [one], "model": "m", "usage": {"prompt_tokens": 2}}))
+
+    with pytest.raises(UpstreamError) as info:
+        upstream.embed(model="m", inputs=["a", "b"])
+
+    assert info.value.kind == "malformed"
+
+
+def test_embeddings_reordered_by_index(fake: FakeOpenAI, upstream: OpenAIUpstream) -> None:
+    data = [
+        {"object": "embedding", "index": 1, "embedding": [0.0, 1.0]},
+        {"object": "embedding", "index": 0, "embedding": [1.0, 0.0]},
+    ]
+    fake.script(Fault.json({"object": "list", "data": data, "model": "m", "usage": {"prompt_tokens": 2}}))
+
+    assert upstream.embed(model="m", inputs=["a", "b"]).vectors == [[1.0, 0.0], [0.0, 1.0]]
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", [None, "", "   "])
+def test_missing_api_key_is_a_configuration_error(key: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env-should-not-be-used")
+    with pytest.raises(ConfigurationError, match="OPENAI_API_KEY"):
+        OpenAIUpstream(api_key=key, base_url=None, timeout_s=5.0)
+
+
+def test_injected_client_needs_no_key_and_its_key_is_still_redacted(fake: FakeOpenAI) -> None:
+    client = openai.OpenAI(api_key=API_KEY, base_url=fake.base_url, max_retries=0)
+    up = OpenAIUpstream(api_key=None, base_url=None, timeout_s=5.0, client=client)
+    fake.script(Fault.status(400, message=f"bad key {API_KEY}"))
+
+    with pytest.raises(UpstreamRejected) as info:
+        ask(up)
+    assert API_KEY not in str(info.value)
+    assert ask(up).content.startswith("Answer to:")
+    up.close()
+
+
+# -- pure helpers and the fake itself --------------------------------------------------------
+
+
+def test_parse_retry_after() -> None:
+    now = 1_767_225_600.0
+    assert parse_retry_after({"retry-after": "3"}, now) == 3.0
+    assert parse_retry_after({"Retry-After": "3"}, now) == 3.0
+    assert parse_retry_after({"retry-after": "0.25"}, now) == 0.25
+    assert parse_retry_after({"retry-after-ms": "250", "retry-after": "3"}, now) == 0.25
+    assert parse_retry_after({"retry-after-ms": "nope", "retry-after": "3"}, now) == 3.0
+    assert parse_retry_after({"retry-after": formatdate(now + 30, usegmt=True)}, now) == 30.0
+    assert parse_retry_after({"retry-after": formatdate(now - 30, usegmt=True)}, now) == 0.0
+    assert parse_retry_after({"retry-after": "soon"}, now) is None
+    assert parse_retry_after({"retry-after": "-1"}, now) is None
+    assert parse_retry_after({"retry-after": "inf"}, now) is None
+    assert parse_retry_after({}, now) is None
+
+
+def test_fake_scripts_per_endpoint_then_shared(fake: FakeOpenAI, upstream: OpenAIUpstream) -> None:
+    fake.script(Fault.status(502), endpoint="embeddings")
+    fake.script(Fault.status(500))
+
+    with pytest.raises(UpstreamError) as emb:
+        upstream.embed(model="m", inputs=["a"])
+    with pytest.raises(UpstreamError) as chat:
+        ask(upstream)
+
+    assert (emb.value.status, chat.value.status) == (502, 500)
+    ask(upstream)  # the scripts are used up
+    assert fake.pending() == 0
+
+
+def test_fake_fail_all_until_cleared(fake: FakeOpenAI, upstream: OpenAIUpstream) -> None:
+    fake.fail_all(503)
+    for _ in range(3):
+        assert chat_error(upstream).status == 503
+
+    fake.clear()
+
+    assert ask(upstream).content
+    assert fake.count("chat") == 4
+
+
+def test_fake_stops_promptly_with_a_delayed_request_in_flight() -> None:
+    server = FakeOpenAI().start()
+    server.script(Fault.delay(30))
+    up = OpenAIUpstream(api_key=API_KEY, base_url=server.base_url, timeout_s=5.0)
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            ask(up)
+        except UpstreamError as exc:
+            errors.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    while server.count("chat") == 0:
+        time.sleep(0.01)
+    started = time.monotonic()
+    server.stop()
+    caller.join(timeout=5)
+
+    assert time.monotonic() - started < 1.0
+    assert not caller.is_alive()
+    assert [type(e) for e in errors] == [UpstreamError]
