@@ -71,6 +71,20 @@ _LEDGER_FIELDS = tuple(f.name for f in fields(LedgerEntry))
 _LEDGER_INTS = frozenset(f.name for f in fields(LedgerEntry) if f.type in ("int", int))
 _BREAKER_FIELDS = tuple(f.name for f in fields(BreakerState))
 _METRICS = tuple(f.name for f in fields(UsageTotals))
+_SCRIPTS = (
+    "claim_request",
+    "complete_request",
+    "release_request",
+    "take_tokens",
+    "reserve",
+    "release",
+    "settle",
+    "spent",
+    "breaker",
+    "cache_get",
+    "cache_put",
+    "cache_delete",
+)
 
 
 def _load_script(name: str) -> str:
@@ -120,7 +134,9 @@ class RedisStore(Store):
         self._ns = namespace
         password = client.connection_pool.connection_kwargs.get("password")
         self._secrets = [str(password)] if password else []
-        self._scripts: dict[str, Script] = {}
+        # Registering only hashes the text; each script is sent to the server on its first EVALSHA
+        # miss (and again after a SCRIPT FLUSH or a failover to a server that never saw it).
+        self._scripts: dict[str, Script] = {name: client.register_script(_load_script(name)) for name in _SCRIPTS}
 
     @classmethod
     def from_url(
@@ -147,7 +163,7 @@ class RedisStore(Store):
         store = cls(client, clock=clock, namespace=namespace)
         password = urlsplit(url).password
         if password:
-            store._secrets += [password, unquote(password)]
+            store._secrets = list({*store._secrets, password, unquote(password)})
         return store
 
     # -- plumbing --------------------------------------------------------------------------
@@ -158,9 +174,7 @@ class RedisStore(Store):
         return text
 
     def _run(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
-        script = self._scripts.get(name)
-        if script is None:
-            script = self._scripts[name] = self._client.register_script(_load_script(name))
+        script = self._scripts[name]
         if self._clock is None:
             head: list[str | int] = ["", 0]
         else:
@@ -211,9 +225,7 @@ class RedisStore(Store):
     @_translated("delete the namespace")
     def delete_namespace(self) -> int:
         """Delete every key of this store's namespace (tests); returns how many went."""
-        return self._unlink_matching(
-            _glob_escape(self._ns) + ":*", lambda keys: int(self._client.unlink(*keys))
-        )
+        return self._unlink_matching(_glob_escape(self._ns) + ":*", lambda keys: int(self._client.unlink(*keys)))
 
     # -- idempotency ---------------------------------------------------------------------
     @_translated("claim a request")
@@ -342,9 +354,7 @@ class RedisStore(Store):
     @_translated("check the circuit breaker")
     def breaker_acquire(self, name: str, policy: BreakerPolicy) -> Permit:
         allowed, probe, retry_after, state = self._breaker(name, policy, "acquire", False)
-        return Permit(
-            bool(int(allowed)), bool(int(probe)), float(_text(retry_after)), cast(Any, _text(state))
-        )
+        return Permit(bool(int(allowed)), bool(int(probe)), float(_text(retry_after)), cast(Any, _text(state)))
 
     @_translated("record a circuit-breaker outcome")
     def breaker_record(self, name: str, policy: BreakerPolicy, *, success: bool) -> BreakerState:
@@ -388,9 +398,7 @@ class RedisStore(Store):
         return LedgerEntry(**values)
 
     @_translated("summarise the ledger")
-    def usage(
-        self, workspace_id: str, first_day: str, last_day: str, user_id: str | None = None
-    ) -> UsageSummary:
+    def usage(self, workspace_id: str, first_day: str, last_day: str, user_id: str | None = None) -> UsageSummary:
         days = list(_days(first_day, last_day))
         ws = self._ws(workspace_id)
         pipe = self._client.pipeline(transaction=False)

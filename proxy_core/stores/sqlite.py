@@ -164,9 +164,7 @@ class SqliteStore(Store):
         """Open ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``."""
         parts = urlsplit(url)
         if parts.scheme != "sqlite":
-            raise ConfigurationError(
-                f"PENNY_STORE_URL: expected a sqlite:// URL, got scheme {parts.scheme!r}"
-            )
+            raise ConfigurationError(f"PENNY_STORE_URL: expected a sqlite:// URL, got scheme {parts.scheme!r}")
         if parts.netloc or parts.query or parts.fragment:
             raise ConfigurationError(
                 "PENNY_STORE_URL: a sqlite URL is just a file path: sqlite:///relative/penny.db "
@@ -230,10 +228,14 @@ class SqliteStore(Store):
         # Changing the journal mode does not wait on SQLite's busy handler: when another process
         # is opening the same new file at this moment it fails at once with "locked", so retry
         # here until the store's timeout.
+        if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+            return
         deadline = time.monotonic() + self.timeout_s
-        while str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+        while True:
             try:
-                conn.execute("PRAGMA journal_mode=WAL")
+                # A filesystem without WAL support answers with another mode; it still works.
+                conn.execute("PRAGMA journal_mode=WAL").fetchone()
+                return
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() >= deadline:
                     raise
@@ -478,9 +480,7 @@ class SqliteStore(Store):
             row = conn.execute(_SELECT_LEDGER, (workspace_id, request_id)).fetchone()
         return None if row is None else LedgerEntry(*row)
 
-    def usage(
-        self, workspace_id: str, first_day: str, last_day: str, user_id: str | None = None
-    ) -> UsageSummary:
+    def usage(self, workspace_id: str, first_day: str, last_day: str, user_id: str | None = None) -> UsageSummary:
         query = (
             "SELECT user_id, model, day, COUNT(*), "
             "SUM(cache_status IN ('exact', 'semantic')), SUM(prompt_tokens), SUM(cached_prompt_tokens), "
@@ -521,9 +521,7 @@ def _rollback(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
 
 
-def _complete(
-    conn: sqlite3.Connection, workspace_id: str, request_id: str, result: str, expires_at: float
-) -> None:
+def _complete(conn: sqlite3.Connection, workspace_id: str, request_id: str, result: str, expires_at: float) -> None:
     conn.execute(
         "INSERT OR REPLACE INTO requests (workspace_id, request_id, state, result, expires_at) "
         "VALUES (?, ?, 'done', ?, ?)",
