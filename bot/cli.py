@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 import uuid
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ from proxy_core.errors import ConfigurationError, PennyError, Refused, StoreErro
 from proxy_core.gateway import Gateway
 from proxy_core.log import configure_logging
 from proxy_core.metrics import serve_metrics
+from proxy_core.money import format_usd
 from proxy_core.prices import PriceTable
 from proxy_core.results import ChatResult
 from proxy_core.settings import PennySettings, load_settings
@@ -39,9 +41,18 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
-        configure_logging(settings.log_level, json=settings.log_json)
+        # A terminal user reads answers, not INFO events, unless they asked for a log level.
+        level = settings.log_level if "log_level" in settings.model_fields_set else "WARNING"
+        configure_logging(level, json=settings.log_json)
         command: Callable[[argparse.Namespace, PennySettings, TextIO, TextIO], int] = args.func
-        return command(args, settings, out, stdin or sys.stdin)
+        code = command(args, settings, out, stdin or sys.stdin)
+        out.flush()  # a closed pipe must show up here, not in the interpreter's flush at exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`penny prices | head -1`): stop quietly, as the Python docs' "Note on
+        # SIGPIPE" advises, pointing the stream at devnull so the interpreter's last flush cannot fail.
+        _discard_output(out)
+        return 1
     except ConfigurationError as exc:
         print(f"penny: configuration error\n{exc}", file=sys.stderr)
         return 2
@@ -82,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _who(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--user", default=f"cli:{getpass.getuser()}", help="the user to act as (default: cli:<login>)")
+    p.add_argument("--user", default=f"cli:{_login()}", help="the user to act as (default: cli:<login>)")
     p.add_argument("--workspace", default=LOCAL_WORKSPACE, help="the workspace (default: local)")
 
 
@@ -128,7 +139,13 @@ def _cmd_ask(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in
 def _cmd_run(args: argparse.Namespace, settings: PennySettings, out: TextIO, stdin: TextIO) -> int:
     gateway = _gateway(settings)
     if settings.metrics_port:
-        serve_metrics(gateway.metrics, settings.metrics_port)
+        try:
+            serve_metrics(gateway.metrics, settings.metrics_port)
+        except OSError as exc:
+            gateway.close()
+            raise ConfigurationError(
+                f"PENNY_METRICS_PORT: cannot serve metrics on 127.0.0.1:{settings.metrics_port} ({exc.strerror})"
+            ) from exc
         print(f"metrics on http://127.0.0.1:{settings.metrics_port}/metrics", file=out)
     print("Penny (terminal chat; the Slack bot is not built yet). Ask a question, or an empty line to quit.",
           file=out)
@@ -176,6 +193,27 @@ def _cmd_usage(args: argparse.Namespace, settings: PennySettings, out: TextIO, _
 # -- helpers -------------------------------------------------------------------------------------
 
 
+def _login() -> str:
+    # getpass fails when no login variable is set and the uid has no passwd entry (containers run
+    # with an arbitrary uid); that must not stop every command.
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "local"
+
+
+def _discard_output(stream: TextIO) -> None:
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):  # not backed by a file descriptor: nothing will flush to a pipe
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
 def _gateway(settings: PennySettings) -> Gateway:
     if settings.openai_api_key is None:
         raise ConfigurationError(
@@ -215,19 +253,6 @@ def cost_line(result: ChatResult) -> str:
         return f"cached ({how}), saved {format_usd(result.saved_micros)}"
     tokens = result.prompt_tokens + result.completion_tokens
     return f"{result.model} · {tokens:,} tokens · {format_usd(result.cost_micros)}"
-
-
-def format_usd(micros: int) -> str:
-    """Money as a person reads it: $3.40, $0.0012, $0.000034, $0."""
-    if micros == 0:
-        return "$0"
-    if micros >= 1_000_000:
-        return f"${micros / 1_000_000:,.2f}"
-    places = 4 if micros >= 100 else 6
-    text = f"{micros / 1_000_000:.{places}f}".rstrip("0")
-    if len(text.split(".")[1]) < 2:
-        text = f"{micros / 1_000_000:.2f}"
-    return "$" + text
 
 
 def store_kind(url: str) -> str:

@@ -71,10 +71,11 @@ class BudgetExceeded(Refused):
         self.limit = limit
         self.spent = spent
         self.resets_at = resets_at
+        from proxy_core.money import format_usd
+
         super().__init__(
-            f"The {scope} budget of ${limit / 1_000_000:.2f} is used up "
-            f"(${spent / 1_000_000:.4f} spent or reserved); it resets at "
-            f"{_utc(resets_at)}."
+            f"The {scope} budget of {format_usd(limit)} is used up "
+            f"({format_usd(spent)} spent or reserved); it resets at {_utc(resets_at)}."
         )
 
 

@@ -33,6 +33,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from proxy_core.errors import ConfigurationError
+from proxy_core.stores import unknown_scheme_message
 
 __all__ = ["ENV_PREFIX", "LimitOverride", "Limits", "PennySettings", "env_var", "load_settings", "micros"]
 
@@ -173,6 +174,14 @@ class PennySettings(BaseSettings):
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
         return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("store_url")
+    @classmethod
+    def _known_store(cls, value: str) -> str:
+        problem = unknown_scheme_message(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @field_validator("price_file")
     @classmethod

@@ -89,9 +89,7 @@ def store(request: pytest.FixtureRequest) -> Store:
 
 
 @pytest.fixture
-def open_twin(
-    request: pytest.FixtureRequest, store: Store, clock: ManualClock
-) -> Iterator[Callable[[], Store]]:
+def open_twin(request: pytest.FixtureRequest, store: Store, clock: ManualClock) -> Iterator[Callable[[], Store]]:
     """Open another store instance on the same backend data as ``store`` (same file / namespace).
 
     Stands in for a second process or replica; every twin opened is closed after the test.

@@ -227,9 +227,7 @@ def ledger_entry(
     )
 
 
-def settle(
-    store: Store, entry: LedgerEntry, lines: list[BudgetLine], reservation_id: str | None = None
-) -> bool:
+def settle(store: Store, entry: LedgerEntry, lines: list[BudgetLine], reservation_id: str | None = None) -> bool:
     return store.settle(entry, reservation_id=reservation_id, lines=lines, result=None, result_ttl_s=60)
 
 
@@ -258,9 +256,7 @@ def test_refusal_reports_spent_and_reserved_separately(store: Store) -> None:
     settle(store, ledger_entry("done1", cost_micros=250), lines)
     assert store.reserve(WS, "res1", lines, 600, ttl_s=60).ok
 
-    assert store.reserve(WS, "res2", lines, 151, ttl_s=60) == BudgetDecision(
-        False, lines[0], spent=250, reserved=600
-    )
+    assert store.reserve(WS, "res2", lines, 151, ttl_s=60) == BudgetDecision(False, lines[0], spent=250, reserved=600)
     assert store.reserve(WS, "res3", lines, 150, ttl_s=60).ok  # exactly at the cap fits
 
 
@@ -517,9 +513,7 @@ def test_ledger_entry_round_trips_exactly(store: Store) -> None:
     assert store.ledger_entry(OTHER_WS, "req1") is None
 
 
-def totals(
-    requests: int, hits: int, prompt: int, cached: int, completion: int, cost: int, saved: int
-) -> UsageTotals:
+def totals(requests: int, hits: int, prompt: int, cached: int, completion: int, cost: int, saved: int) -> UsageTotals:
     return UsageTotals(requests, hits, prompt, cached, completion, cost, saved)
 
 
@@ -529,9 +523,7 @@ def team_month(store: Store) -> Store:
     for entry in [
         ledger_entry("e1", prompt_tokens=100, completion_tokens=50, cost_micros=1_000),
         ledger_entry("e2", cache_status="exact", saved_micros=900),
-        ledger_entry(
-            "e3", user_id="U2", model="gpt-4o", cache_status="semantic", cost_micros=20, saved_micros=5_000
-        ),
+        ledger_entry("e3", user_id="U2", model="gpt-4o", cache_status="semantic", cost_micros=20, saved_micros=5_000),
         ledger_entry(
             "e4",
             user_id="U2",
@@ -596,9 +588,7 @@ def test_usage_day_range_is_inclusive(team_month: Store) -> None:
 # -- durability ---------------------------------------------------------------------------
 
 
-def test_state_survives_closing_and_reopening(
-    store: Store, open_twin: Callable[[], Store], clock: ManualClock
-) -> None:
+def test_state_survives_closing_and_reopening(store: Store, open_twin: Callable[[], Store], clock: ManualClock) -> None:
     lines = lines_for(store, user_daily=1_000, workspace_monthly=0)
     store.reserve(WS, "res1", lines, 100, ttl_s=600)
     store.claim_request(WS, "req1", ttl_s=600)

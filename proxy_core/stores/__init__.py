@@ -9,7 +9,7 @@ from proxy_core.clock import Clock
 from proxy_core.errors import ConfigurationError
 from proxy_core.stores.base import Store
 
-__all__ = ["Store", "store_from_url"]
+__all__ = ["STORE_SCHEMES", "Store", "store_from_url", "unknown_scheme_message"]
 
 
 def _sqlite(url: str, clock: Clock | None, timeout_s: float) -> Store:
@@ -32,12 +32,21 @@ _SCHEMES: dict[str, Callable[[str, Clock | None, float], Store]] = {
 }
 
 
+STORE_SCHEMES = tuple(_SCHEMES)
+
+
+def unknown_scheme_message(url: str) -> str | None:
+    """Why ``url`` names no known store, or None. The URL itself is not echoed: it may carry a password."""
+    scheme = urlsplit(url).scheme
+    if scheme in _SCHEMES:
+        return None
+    known = ", ".join(f"{s}://" for s in _SCHEMES)
+    return f"unknown store scheme {scheme!r}; use one of {known}"
+
+
 def store_from_url(url: str, *, clock: Clock | None = None, timeout_s: float = 2.0) -> Store:
     """Open the store named by ``url``. ``clock`` overrides the store's own clock (tests only)."""
-    scheme = urlsplit(url).scheme
-    factory = _SCHEMES.get(scheme)
+    factory = _SCHEMES.get(urlsplit(url).scheme)
     if factory is None:
-        known = ", ".join(f"{s}://" for s in _SCHEMES)
-        # The URL itself is not echoed: it may carry a password.
-        raise ConfigurationError(f"PENNY_STORE_URL: unknown store scheme {scheme!r}; use one of {known}")
+        raise ConfigurationError(f"PENNY_STORE_URL: {unknown_scheme_message(url)}")
     return factory(url, clock, timeout_s)

@@ -1,0 +1,31 @@
+"""Money as people read it. Amounts are integer micro-dollars; formatting never goes through a float."""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal
+
+__all__ = ["MICROS_PER_USD", "format_usd"]
+
+MICROS_PER_USD = 1_000_000
+
+
+def format_usd(micros: int) -> str:
+    """Money as a person reads it: $3.40, $0.0012, $0.000034, $0.
+
+    Rounded half up in decimal: micro-dollars are exact, so no float may decide a digit.
+    """
+    if micros == 0:
+        return "$0"
+    sign = "-" if micros < 0 else ""
+    size = abs(micros)
+    amount = Decimal(size).scaleb(-6)
+    if size >= 1_000_000:
+        return f"{sign}${_round(amount, 2):,f}"
+    text = f"{_round(amount, 4 if size >= 100 else 6):f}".rstrip("0")
+    if len(text.split(".")[1]) < 2:
+        text = f"{_round(amount, 2):f}"
+    return f"{sign}${text}"
+
+
+def _round(amount: Decimal, places: int) -> Decimal:
+    return amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)

@@ -1,0 +1,370 @@
+"""The ``penny`` command line, end to end: real settings from the environment and ``.env``, a real
+SQLite file, and the fake OpenAI server over loopback HTTP.
+
+Every test runs in its own empty directory with every ``PENNY_*`` / ``OPENAI_*`` variable cleared,
+so neither the developer's shell nor a stray ``.env`` can leak in.
+"""
+
+from __future__ import annotations
+
+import getpass
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import structlog
+
+from bot.cli import main
+from proxy_core.money import format_usd
+from proxy_core.stores import store_from_url
+from proxy_core.stores.base import UsageSummary
+from tests.fake_openai import FakeOpenAI
+
+REPO = Path(__file__).resolve().parents[1]
+SECRET_KEY = "sk-test-DoNotEchoMe-0123456789"
+QUESTION = "How do I deploy?"
+WORKSPACE = "local"
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An empty working directory, no Penny/OpenAI variables, and a SQLite store in tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.upper().startswith(("PENNY_", "OPENAI_")):
+            monkeypatch.delenv(name)
+    url = f"sqlite:///{tmp_path / 'penny.db'}"
+    monkeypatch.setenv("PENNY_STORE_URL", url)
+    yield url
+    # main() points structlog at this test's captured stderr; do not leave that to other tests.
+    structlog.reset_defaults()
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as server:
+        monkeypatch.setenv("OPENAI_API_KEY", SECRET_KEY)
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        yield server
+
+
+def penny(*argv: str, stdin: str = "") -> tuple[int, str]:
+    out = io.StringIO()
+    code = main(list(argv), stdout=out, stdin=io.StringIO(stdin))
+    return code, out.getvalue()
+
+
+def ledger(store_url: str, user: str | None = None) -> UsageSummary:
+    """Today's (UTC) usage straight from the store the CLI wrote to."""
+    today = datetime.now(UTC).date().isoformat()
+    store = store_from_url(store_url)
+    try:
+        return store.usage(WORKSPACE, today, today, user)
+    finally:
+        store.close()
+
+
+# -- check ---------------------------------------------------------------------------------------
+
+
+def test_check_without_api_key_exits_2_and_says_where_to_get_one() -> None:
+    code, out = penny("check")
+    assert code == 2
+    assert "store       sqlite ok" in out
+    assert "OPENAI_API_KEY is not set" in out
+    assert "https://platform.openai.com/api-keys" in out
+
+
+def test_check_with_api_key_exits_0(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET_KEY)
+    code, out = penny("check")
+    assert code == 0
+    assert "OPENAI_API_KEY is set" in out
+    assert "gpt-4.1-mini (priced)" in out
+    assert SECRET_KEY not in out
+
+
+def test_check_reads_the_key_from_dotenv(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(f"OPENAI_API_KEY={SECRET_KEY}\n")
+    code, out = penny("check")
+    assert code == 0
+    assert "OPENAI_API_KEY is set" in out
+
+
+def test_empty_key_in_dotenv_counts_as_missing(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("OPENAI_API_KEY=\n")
+    code, out = penny("check")
+    assert code == 2
+    assert "OPENAI_API_KEY is not set" in out
+
+
+# -- configuration errors ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [["check"], ["ask", QUESTION], ["usage"], ["prices"], ["run"]])
+def test_invalid_settings_name_each_variable_in_one_message(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET_KEY)
+    monkeypatch.setenv("PENNY_REQUESTS_PER_MINUTE", "-1")
+    monkeypatch.setenv("PENNY_STORE_URL", "ftp://admin:hunter2@x")
+    code, out = penny(*argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert out == ""
+    assert err.count("penny: configuration error") == 1
+    assert "PENNY_REQUESTS_PER_MINUTE" in err
+    assert "PENNY_STORE_URL: unknown store scheme 'ftp'" in err
+    assert "Traceback" not in err
+    for secret in (SECRET_KEY, "hunter2"):
+        assert secret not in err
+
+
+def test_bad_store_scheme_in_dotenv_is_reported_with_the_other_problems(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("PENNY_STORE_URL")
+    (tmp_path / ".env").write_text("PENNY_STORE_URL=ftp://x\nPENNY_MAX_OUTPUT_TOKENS=0\n")
+    code, _ = penny("check")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "PENNY_MAX_OUTPUT_TOKENS" in err
+    assert "PENNY_STORE_URL" in err
+
+
+def test_only_a_bad_store_scheme_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PENNY_STORE_URL", "ftp://x")
+    code, _ = penny("check")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("PENNY_STORE_URL") == 1
+    assert "Traceback" not in err
+
+
+def test_ask_without_api_key_is_a_configuration_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = penny("ask", QUESTION)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert out == ""
+    assert "OPENAI_API_KEY" in err
+    assert "https://platform.openai.com/api-keys" in err
+
+
+# -- ask -----------------------------------------------------------------------------------------
+
+
+def test_ask_prints_answer_and_cost_then_serves_the_cache(fake: FakeOpenAI, isolated: str) -> None:
+    code, out = penny("ask", QUESTION, "--user", "U1")
+    assert code == 0
+    answer, cost = out.splitlines()
+    assert answer == f"penny> Answer to: {QUESTION}"
+    spent = ledger(isolated, "U1").totals
+    assert spent.cost_micros > 0
+    tokens = spent.prompt_tokens + spent.completion_tokens
+    assert cost.strip() == f"gpt-4.1-mini · {tokens:,} tokens · {format_usd(spent.cost_micros)}"
+    assert "$" in cost
+
+    code, out = penny("ask", QUESTION, "--user", "U1")
+    assert code == 0
+    assert out.splitlines() == [
+        f"penny> Answer to: {QUESTION}",
+        f"       cached (same question), saved {format_usd(spent.cost_micros)}",
+    ]
+    assert fake.count("chat") == 1
+
+    code, out = penny("ask", QUESTION, "--user", "U1", "--fresh")
+    assert code == 0
+    assert "cached" not in out
+    assert "gpt-4.1-mini ·" in out
+    assert fake.count("chat") == 2
+
+
+def test_budget_refusal_exits_1_and_sends_nothing_upstream(
+    fake: FakeOpenAI, isolated: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PENNY_USER_DAILY_BUDGET_USD", "0.000001")
+    code, out = penny("ask", QUESTION, "--user", "U1")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert out.startswith("penny> The daily budget of ")
+    assert "is used up" in out
+    assert "Traceback" not in err
+    assert fake.count() == 0
+    assert ledger(isolated).totals.requests == 0
+
+
+def test_upstream_failure_exits_1_and_charges_nothing(
+    fake: FakeOpenAI, isolated: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PENNY_RETRY_MAX_ATTEMPTS", "1")
+    fake.fail_all(503)
+    code, out = penny("ask", QUESTION)
+    captured = capsys.readouterr()
+    assert code == 1
+    assert out.startswith("penny> The LLM call failed:")
+    assert "Nothing was charged" in out
+    assert "Traceback" not in captured.err
+    assert SECRET_KEY not in out + captured.err
+    assert fake.count("chat") == 1
+    assert ledger(isolated).totals.cost_micros == 0
+
+
+# -- usage ---------------------------------------------------------------------------------------
+
+
+def test_usage_json_matches_the_ledger(fake: FakeOpenAI, isolated: str) -> None:
+    assert penny("ask", QUESTION, "--user", "alice")[0] == 0
+    assert penny("ask", QUESTION, "--user", "bob")[0] == 0  # the workspace shares the cache
+    assert fake.count("chat") == 1
+
+    code, out = penny("usage", "--json", "--user", "alice")
+    assert code == 0
+    report = json.loads(out)
+    assert set(report) == {"today", "this month"}
+    alice = ledger(isolated, "alice").totals
+    today = report["today"]["totals"]
+    assert (today["requests"], today["cost_micros"], today["saved_micros"]) == (
+        alice.requests, alice.cost_micros, alice.saved_micros,
+    )
+    assert (alice.requests, alice.saved_micros) == (1, 0)
+    assert set(report["today"]["by_user"]) == {"alice"}
+
+    code, out = penny("usage", "--json", "--all-users")
+    assert code == 0
+    report = json.loads(out)
+    every = ledger(isolated)
+    assert every.totals.requests == 2
+    assert every.totals.saved_micros == every.totals.cost_micros > 0
+    for label in ("today", "this month"):
+        totals = report[label]["totals"]
+        assert (totals["requests"], totals["cost_micros"], totals["saved_micros"]) == (
+            every.totals.requests, every.totals.cost_micros, every.totals.saved_micros,
+        )
+        assert totals["hit_rate"] == 0.5
+        by_user = report[label]["by_user"]
+        assert set(by_user) == {"alice", "bob"}
+        for user, row in by_user.items():
+            expected = every.by_user[user]
+            assert (row["requests"], row["cost_micros"], row["saved_micros"]) == (
+                expected.requests, expected.cost_micros, expected.saved_micros,
+            )
+
+
+def test_usage_text_shows_dollar_totals(fake: FakeOpenAI, isolated: str) -> None:
+    assert penny("ask", QUESTION, "--user", "alice")[0] == 0
+    assert penny("ask", QUESTION, "--user", "alice")[0] == 0
+    spent = ledger(isolated, "alice").totals
+
+    code, out = penny("usage", "--user", "alice")
+    assert code == 0
+    assert "today — alice in local" in out
+    assert f"2 requests · {spent.prompt_tokens + spent.completion_tokens:,} tokens" in out
+    assert f"{format_usd(spent.cost_micros)} spent · cache 50% hits, saved {format_usd(spent.saved_micros)}" in out
+
+    code, out = penny("usage", "--all-users", "--days", "7")
+    assert code == 0
+    assert "last 7 days — all users in local" in out
+    assert "user alice" in out
+
+
+def test_usage_on_an_empty_ledger_is_zero() -> None:
+    code, out = penny("usage", "--user", "nobody")
+    assert code == 0
+    assert "0 requests · 0 tokens · $0 spent · cache 0% hits, saved $0" in out
+
+
+# -- run, prices ---------------------------------------------------------------------------------
+
+
+def test_run_answers_each_line_until_an_empty_one(fake: FakeOpenAI) -> None:
+    code, out = penny("run", stdin=f"{QUESTION}\n\nnever asked\n")
+    assert code == 0
+    assert out.count("penny> ") == 1
+    assert f"penny> Answer to: {QUESTION}" in out
+    assert fake.count("chat") == 1
+
+
+def test_run_stops_at_end_of_input(fake: FakeOpenAI) -> None:
+    code, out = penny("run", stdin=QUESTION)
+    assert code == 0
+    assert f"penny> Answer to: {QUESTION}" in out
+    assert fake.count("chat") == 1
+
+
+def test_prices_lists_the_default_model() -> None:
+    code, out = penny("prices")
+    assert code == 0
+    assert out.startswith("price table ")
+    assert any(line.split()[:1] == ["gpt-4.1-mini"] for line in out.splitlines())
+
+
+def test_default_user_survives_a_missing_login(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_login() -> str:
+        raise OSError("no login name")  # what getpass does for a uid without a passwd entry
+
+    monkeypatch.setattr(getpass, "getuser", no_login)
+    code, out = penny("usage")
+    assert code == 0
+    assert "today — cli:local in local" in out
+
+
+# -- a closed stdout pipe --------------------------------------------------------------------------
+
+
+def test_closed_pipe_ends_quietly_in_process() -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with open(write_end, "w", buffering=1) as out:  # line-buffered: the first line hits the pipe
+        assert main(["prices"], stdout=out) == 1
+    # Closing flushed whatever was left into devnull instead of raising.
+
+
+def test_closed_pipe_ends_quietly_as_a_program(tmp_path: Path) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # like `penny prices | head -0`: nobody will read
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # output stays buffered
+    env["PYTHONPATH"] = str(REPO)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "bot.cli", "prices"],
+            stdout=write_end, stderr=subprocess.PIPE, cwd=tmp_path, env=env, timeout=60, check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 1
+    assert proc.stderr == b""
+
+
+# -- formatting ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("micros", "text"),
+    [
+        (0, "$0"),
+        (1200, "$0.0012"),
+        (34, "$0.000034"),
+        (3_400_000, "$3.40"),
+        (15_500, "$0.0155"),
+        (500_000, "$0.50"),
+        (1_234_567_890, "$1,234.57"),
+        (1, "$0.000001"),
+        (99, "$0.000099"),
+        (100, "$0.0001"),
+        (150, "$0.0002"),  # half up, the same at every size
+        (250, "$0.0003"),
+        (999_999, "$1.00"),
+        (1_005_000, "$1.01"),
+        (-3_400_000, "-$3.40"),
+    ],
+)
+def test_format_usd(micros: int, text: str) -> None:
+    assert format_usd(micros) == text
