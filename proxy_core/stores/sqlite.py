@@ -261,14 +261,17 @@ class SqliteStore(Store):
             yield
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite store {self.path}: cannot {action}: {self._explain(exc)}") from exc
-        except OSError as exc:
+        except OSError as exc:  # creating the parent directory
             reason = exc.strerror or type(exc).__name__
-            raise StoreError(f"SQLite store {self.path}: cannot {action}: {reason}") from exc
+            where = f" (at {exc.filename})" if exc.filename else ""
+            raise StoreError(
+                f"SQLite store {self.path}: cannot {action}: cannot create its directory: {reason}{where}"
+            ) from exc
 
     def _explain(self, exc: sqlite3.Error) -> str:
         text = str(exc) or type(exc).__name__
         if "unable to open" in text or "readonly" in text:
-            return f"{text} (does the directory exist and is it writable?)"
+            return f"{text} (the path must name a file in a writable directory)"
         if "locked" in text or "busy" in text:
             return f"{text} (another writer held it for more than {self.timeout_s:g}s)"
         return text
@@ -281,10 +284,11 @@ class SqliteStore(Store):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                conn.execute("COMMIT")
             except BaseException:
+                # Also after a failed COMMIT, so the connection is not left inside a transaction.
                 _rollback(conn)
                 raise
-            conn.execute("COMMIT")
 
     @contextmanager
     def _read(self, action: str) -> Iterator[sqlite3.Connection]:
