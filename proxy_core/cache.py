@@ -17,7 +17,7 @@ import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from proxy_core.stores.base import Store
 
@@ -104,6 +104,7 @@ class CacheDecision:
     reason: str
     answer: CachedAnswer | None = None
     similarity: float | None = None
+    vector: Any = None  # the question's embedding, reused when the fresh answer is stored
 
     @property
     def hit(self) -> bool:
@@ -113,7 +114,9 @@ class CacheDecision:
 class CacheLayer(Protocol):
     def lookup(self, scope: CacheScope, question: str) -> CacheDecision: ...
 
-    def put(self, scope: CacheScope, question: str, answer: CachedAnswer) -> None: ...
+    def put(
+        self, scope: CacheScope, question: str, answer: CachedAnswer, decision: CacheDecision | None = None
+    ) -> None: ...
 
     def invalidate(self, scope: CacheScope, question: str | None = None) -> int: ...
 
@@ -131,7 +134,9 @@ class ExactCache:
             return CacheDecision("miss", "no exact match")
         return CacheDecision("exact", "exact match", CachedAnswer.from_json(raw), 1.0)
 
-    def put(self, scope: CacheScope, question: str, answer: CachedAnswer) -> None:
+    def put(
+        self, scope: CacheScope, question: str, answer: CachedAnswer, decision: CacheDecision | None = None
+    ) -> None:
         self._store.cache_put(scope.id(), _key(question), answer.to_json(), self._ttl_s)
 
     def invalidate(self, scope: CacheScope, question: str | None = None) -> int:

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import random
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any, Protocol, TypeVar
 
 from proxy_core import budget as budget_math
@@ -51,6 +53,10 @@ from proxy_core.tokens import estimate_chat_tokens, estimate_text_tokens
 from proxy_core.upstream import ChatResponse, EmbedResponse, OpenAIUpstream
 
 __all__ = ["Gateway", "Upstream"]
+
+# Who the current chat call is for (user, workspace, request ID): the semantic cache's billed
+# embedder reads it, so a question's embedding is charged to the person who asked it.
+_CALLER: ContextVar[tuple[str, str, str] | None] = ContextVar("penny_caller", default=None)
 
 T = TypeVar("T")
 R = TypeVar("R", ChatResult, EmbeddingResult)
@@ -103,12 +109,12 @@ class Gateway:
         # Refuse to start with a model we cannot price: it would otherwise be billed as $0.
         self._chat_price = self.prices.price_for(settings.chat_model)
         self._embed_price = self.prices.price_for(settings.embedding_model)
-        self.cache: CacheLayer | None = cache
-        if self.cache is None and settings.cache_enabled:
-            self.cache = ExactCache(store, ttl_s=settings.cache_ttl_s)
-        self.metrics = metrics if metrics is not None else Metrics()
         self._clock = clock
         self._wall = wall
+        self.cache: CacheLayer | None = cache
+        if self.cache is None and settings.cache_enabled:
+            self.cache = self._default_cache()
+        self.metrics = metrics if metrics is not None else Metrics()
         self._sleep = sleep
         self._rand = rand
         self._breaker_name = breaker_name
@@ -151,7 +157,54 @@ class Gateway:
             raise
 
     def close(self) -> None:
+        close_cache = getattr(self.cache, "close", None)
+        if close_cache is not None:
+            close_cache()
         self.store.close()
+
+    def _default_cache(self) -> CacheLayer:
+        s = self.settings
+        if not s.semantic_cache:
+            return ExactCache(self.store, ttl_s=s.cache_ttl_s)
+        from proxy_core.semantic.decision import default_threshold
+        from proxy_core.semantic.embedders import embedder_from_spec
+        from proxy_core.semantic.guard import NearMissGuard
+        from proxy_core.semantic.layer import SemanticCache
+
+        embedder = embedder_from_spec(s.embedder, openai_embed_fn=self._billed_embed)
+        if s.embedder.startswith("openai:"):
+            self.prices.price_for(s.embedder.split(":", 1)[1].split("?", 1)[0])  # priced, or refuse to start
+        cache = SemanticCache(
+            self.store,
+            embedder,
+            ttl_s=s.cache_ttl_s,
+            max_entries=s.cache_max_entries,
+            threshold=s.cache_threshold if s.cache_threshold is not None else default_threshold(embedder.name),
+            guard=NearMissGuard() if s.cache_guard else None,
+            top_k=s.cache_top_k,
+            clock=self._wall,
+        )
+        cache.start()
+        return cache
+
+    def _billed_embed(self, texts: list[str], *, model: str, dimensions: int | None) -> list[list[float]]:
+        """Embeddings for the semantic cache, billed to whoever is asking (or to Penny itself)."""
+        caller = _CALLER.get()
+        if caller is None:
+            user, workspace, request_id = "penny", "penny", f"penny:embed:{uuid.uuid4().hex}"
+        else:
+            user, workspace, request_id = caller[0], caller[1], f"{caller[2]}:question-embedding"
+        result = self.embed(user_id=user, workspace_id=workspace, request_id=request_id, inputs=texts,
+                            model=model, dimensions=dimensions)
+        return result.vectors
+
+    def invalidate_cache_entry(self, entry_id: str) -> bool:
+        """Forget one cached answer everywhere (a 👎 on it). False if it was not cached."""
+        from proxy_core.semantic.layer import SemanticCache
+
+        if isinstance(self.cache, SemanticCache):
+            return self.cache.invalidate_entry(entry_id)
+        return False
 
     # -- public entry points -----------------------------------------------------------------
 
@@ -276,6 +329,28 @@ class Gateway:
         use_cache: bool,
     ) -> ChatResult:
         started = self._clock()
+        token = _CALLER.set((user_id, workspace_id, request_id))
+        try:
+            return self._chat_steps(user_id, workspace_id, request_id, messages, model, price, max_tokens,
+                                    temperature, context, channel_id, use_cache, started)
+        finally:
+            _CALLER.reset(token)
+
+    def _chat_steps(
+        self,
+        user_id: str,
+        workspace_id: str,
+        request_id: str,
+        messages: Sequence[Message],
+        model: str,
+        price: ModelPrice,
+        max_tokens: int,
+        temperature: float | None,
+        context: str,
+        channel_id: str | None,
+        use_cache: bool,
+        started: float,
+    ) -> ChatResult:
         question = messages[-1].get("content")
         scope: CacheScope | None = None
         decision = CacheDecision("bypass", "cache off")
@@ -351,7 +426,7 @@ class Gateway:
                 created_at=self._wall(),
             )
             try:
-                self.cache.put(scope, question, answer)  # type: ignore[union-attr]
+                self.cache.put(scope, question, answer, decision)  # type: ignore[union-attr]
             except StoreError as exc:
                 self._log.warning("cache_put_failed", request_id=request_id, error=str(exc))
         self._log.info(

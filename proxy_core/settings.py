@@ -160,6 +160,17 @@ class PennySettings(BaseSettings):
     # -- cache and idempotency -------------------------------------------------------------------
     cache_enabled: bool = Field(True, description="Answer repeated questions from the exact-match cache.")
     cache_ttl_s: PositiveSeconds = Field(86_400.0, description="Seconds a cached answer stays valid.")
+    semantic_cache: bool = Field(True, description="Also serve rephrasings of cached questions (else exact only).")
+    embedder: str = Field(
+        "local:wordllama", min_length=1,
+        description="Embeds questions for the semantic cache: local:wordllama or openai:<model>[?dimensions=N].",
+    )
+    cache_threshold: float | None = Field(
+        None, gt=0, le=1, description="Cosine similarity a rephrasing needs; unset = the embedder's measured default."
+    )
+    cache_guard: bool = Field(True, description="Reject near misses (negation, numbers, entities, antonyms...).")
+    cache_max_entries: int = Field(100_000, ge=0, description="Cached answers kept; least recently used go first.")
+    cache_top_k: int = Field(4, ge=1, le=50, description="Nearest cached questions the guard examines.")
     idempotency_ttl_s: PositiveSeconds = Field(86_400.0, description="Seconds a request ID is remembered.")
     inflight_wait_s: Seconds = Field(
         30.0, description="Seconds to wait for a duplicate request being answered elsewhere."

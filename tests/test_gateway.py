@@ -47,7 +47,9 @@ def fake() -> Iterator[FakeOpenAI]:
 
 
 @pytest.fixture
-def make_gateway(store: Store, clock: ManualClock, fake: FakeOpenAI) -> GatewayFactory:
+def make_gateway(store: Store, clock: ManualClock, fake: FakeOpenAI) -> Iterator[GatewayFactory]:
+    made: list[Gateway] = []
+
     def make(store_: Store | None = None, **overrides: Any) -> Gateway:
         params: dict[str, Any] = {
             "openai_api_key": API_KEY,
@@ -59,7 +61,7 @@ def make_gateway(store: Store, clock: ManualClock, fake: FakeOpenAI) -> GatewayF
         params.update(overrides)
         settings = PennySettings(**params)
         upstream = OpenAIUpstream(api_key=API_KEY, base_url=fake.base_url, timeout_s=settings.request_timeout_s)
-        return Gateway(
+        gw = Gateway(
             settings,
             store=store_ or store,
             upstream=upstream,
@@ -69,8 +71,14 @@ def make_gateway(store: Store, clock: ManualClock, fake: FakeOpenAI) -> GatewayF
             sleep=clock.sleep,
             rand=lambda: 0.5,
         )
+        made.append(gw)
+        return gw
 
-    return make
+    yield make
+    for gw in made:  # stop cache sync threads; the store fixture closes the store
+        close = getattr(gw.cache, "close", None)
+        if close is not None:
+            close()
 
 
 def ask(gw: Gateway, question: str, request_id: str, *, user: str = "U1", workspace: str = "W1",
@@ -353,9 +361,12 @@ def test_unreachable_store_is_a_clear_store_error(fake: FakeOpenAI) -> None:
     settings = PennySettings(openai_api_key=API_KEY)
     store = store_from_url("redis://127.0.0.1:1/0", timeout_s=0.2)
     gw = Gateway(settings, store=store, upstream=OpenAIUpstream(api_key=API_KEY, base_url=fake.base_url, timeout_s=1))
-    with pytest.raises(StoreError):
-        ask(gw, "q", "r")
-    assert fake.count() == 0
+    try:
+        with pytest.raises(StoreError):
+            ask(gw, "q", "r")
+        assert fake.count() == 0
+    finally:
+        gw.close()
 
 
 def test_metrics_count_outcomes_money_and_never_identities(make_gateway: GatewayFactory,

@@ -52,7 +52,7 @@ DEFAULT_THRESHOLD: dict[str, float] = {
     "openai:all-MiniLM-L6-v2": 0.75,
 }
 FALLBACK_THRESHOLD = 0.80
-DEFAULT_SWEEP = tuple(round(0.60 + 0.02 * i, 2) for i in range(20))  # 0.60 … 0.98
+DEFAULT_SWEEP = tuple(round(0.50 + 0.02 * i, 2) for i in range(25))  # 0.50 … 0.98
 
 
 def default_threshold(embedder_name: str) -> float:

@@ -30,10 +30,12 @@ import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
+
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["Analysis", "GuardSettings", "NearMissGuard", "Verdict", "WordVectors", "stem"]
+__all__ = ["Analysis", "GuardSettings", "NearMissGuard", "Verdict", "Word", "WordVectors", "antonymous", "stem"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,16 +43,22 @@ class GuardSettings:
     """Which checks run and how strict they are. Defaults come from bench/QUALITY.md."""
 
     negation: bool = True
-    numbers: bool = True
+    numbers: bool = True  # numbers, amounts, dates, versions, periods and codes (2FA, Q3, v2)
+    question_type: bool = True  # why / when / where / who must agree
+    modality: bool = True  # advice (should, ought to) vs ability or fact (can, do, will)
     antonyms: bool = True
+    roles: bool = True  # "miles to km" vs "km to miles"
     entities: bool = True
     unmatched_words: bool = True
-    # Cosine between two words' vectors from which one counts as the other's counterpart; None
-    # turns word vectors off (only same stem and abbreviations match).
-    word_similarity: float | None = 0.5
-    # Words whose WordLlama vector is shorter than this carry little meaning ("some", "really")
-    # and never count as unmatched; 0 turns this off and leaves only the stop-word list.
-    light_word_norm: float = 6.0
+    # Cosine between two words' vectors from which a leftover word counts as the other's
+    # counterpart; None turns word vectors off (only same stem and abbreviations match).
+    word_similarity: float | None = 0.3
+    # Match a leftover word against every word of the other question, not only its leftovers.
+    similar_to_any: bool = True
+    # Below this Dice overlap of the two token sets the pair is a rewording, not a minimal pair,
+    # and words without a literal counterpart are expected: only the other checks apply. None:
+    # every content word always needs a counterpart.
+    rewording_overlap: float | None = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +73,9 @@ class Verdict:
 
 
 @dataclass(frozen=True, slots=True)
-class _Word:
+class Word:
+    """A content word or entity of a question."""
+
     surface: str  # as written
     lower: str
     stem: str
@@ -78,48 +88,29 @@ class Analysis:
 
     question: str
     negated: bool
-    quantities: frozenset[str]  # normalised: "30", "q1", "monday", "week:-1", "per:month", "v2"
-    words: tuple[_Word, ...]  # content words and entities, in order
+    quantities: dict[str, str]  # normalised value ("num:30", "period:q1") -> as written ("30", "Q1")
+    asks: frozenset[str]  # specific question types: why, when, where, who
+    advice: bool  # asks what one should do
+    roles: frozenset[tuple[str, str]]  # (directional preposition, stem of its object)
+    words: tuple[Word, ...]  # content words and entities, in order
     lowers: frozenset[str]  # every token lower-cased, function words included
     stems: frozenset[str]  # stems of every token
+    initials: str  # first letters of the content words, to find acronyms quickly
     vectors: NDArray[np.float32] | None = field(default=None, repr=False)  # one unit row per word
-
-    @property
-    def content(self) -> tuple[str, ...]:
-        return tuple(w.lower for w in self.words)
 
 
 # -- word lists (closed classes only; open-class behaviour comes from rules and vectors) ---------
 
 _NEGATIONS = frozenset(
-    "not n't no never without none nobody nothing nowhere neither nor cannot".split()
+    ["not", "n't", "no", "never", "without", "none", "nobody", "nothing", "nowhere", "neither", "nor", "cannot"]
 )
 # Function words and question scaffolding. Never counted as content.
 _STOP = frozenset(
-    """
-    a an the this that these those there here it its it's itself they them their theirs
-    i me my mine myself we us our ours ourselves you your yours yourself yourselves
-    he him his himself she her hers herself one's someone somebody anyone anybody everyone
-    is am are was were be been being do does did doing done have has had having
-    can could shall should will would may might must ought need needs needed
-    what whats which who whom whose when where why how whether if then than so such
-    and or but as of at by for from in into onto on off over under to up down out with
-    about above across after against along among around before behind below beneath beside
-    between beyond during except inside near outside per since through throughout till toward
-    towards until upon via within
-    some any all each every both either few many much more most other another same own
-    very really quite just only also too even still yet already again ever
-    please thanks thank hi hello hey ok okay
-    way ways thing things stuff something anything everything lot lots kind sort type
-    get gets got getting make makes made making let lets go goes going gone went
-    know tell explain find show help want like
-    possible allowed able best good better
-    s t d ll m re ve
-    """.split()
+    ["a", "an", "the", "this", "that", "these", "those", "there", "here", "it", "its", "it's", "itself", "they", "them", "their", "theirs", "i", "me", "my", "mine", "myself", "we", "us", "our", "ours", "ourselves", "you", "your", "yours", "yourself", "yourselves", "he", "him", "his", "himself", "she", "her", "hers", "herself", "one's", "someone", "somebody", "anyone", "anybody", "everyone", "is", "am", "are", "was", "were", "be", "been", "being", "do", "does", "did", "doing", "done", "have", "has", "had", "having", "can", "could", "shall", "should", "will", "would", "may", "might", "must", "ought", "need", "needs", "needed", "what", "whats", "which", "who", "whom", "whose", "when", "where", "why", "how", "whether", "if", "then", "than", "so", "such", "and", "or", "but", "as", "of", "at", "by", "for", "from", "in", "into", "onto", "on", "off", "over", "under", "to", "up", "down", "out", "with", "about", "above", "across", "after", "against", "along", "among", "around", "before", "behind", "below", "beneath", "beside", "between", "beyond", "during", "except", "inside", "near", "outside", "per", "since", "through", "throughout", "till", "toward", "towards", "until", "upon", "via", "within", "some", "any", "all", "each", "every", "both", "either", "few", "many", "much", "more", "most", "other", "another", "same", "own", "very", "really", "quite", "just", "only", "also", "too", "even", "still", "yet", "already", "again", "ever", "please", "thanks", "thank", "hi", "hello", "hey", "ok", "okay", "way", "ways", "thing", "things", "stuff", "something", "anything", "everything", "lot", "lots", "kind", "sort", "type", "get", "gets", "got", "getting", "make", "makes", "made", "making", "let", "lets", "go", "goes", "going", "gone", "went", "know", "tell", "explain", "find", "show", "help", "want", "like", "possible", "allowed", "able", "best", "good", "better", "one", "ones", "s", "t", "d", "ll", "m", "re", "ve"]
 ) - _NEGATIONS
 # Verbs/nouns that frame a question rather than say what it is about ("how do refunds work",
 # "what's the refund policy", "what are the steps to …").
-_FRAME = frozenset("work works working policy policies process procedure procedures rule rules step steps".split())
+_FRAME = frozenset(["work", "works", "working", "policy", "policies", "process", "procedure", "procedures", "rule", "rules", "step", "steps"])
 
 _NUMBER_WORDS = {
     "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
@@ -156,11 +147,16 @@ _UNITS = {
 _RELATIVE = {"last": -1, "previous": -1, "past": -1, "prior": -1, "this": 0, "current": 0, "next": 1,
              "coming": 1, "upcoming": 1, "following": 1}  # fmt: skip
 _PERIODIC = {
-    "hourly": "per:hour", "daily": "per:day", "nightly": "per:day", "weekly": "per:week",
-    "biweekly": "per:fortnight", "fortnightly": "per:fortnight", "monthly": "per:month",
-    "quarterly": "per:quarter", "yearly": "per:year", "annually": "per:year", "annual": "per:year",
+    "hourly": "per-hour", "daily": "per-day", "nightly": "per-day", "weekly": "per-week",
+    "biweekly": "per-fortnight", "fortnightly": "per-fortnight", "monthly": "per-month",
+    "quarterly": "per-quarter", "yearly": "per-year", "annually": "per-year", "annual": "per-year",
 }  # fmt: skip
-_PER = frozenset({"per", "every", "each", "a", "an"})
+# Specific question types; "what", "which" and "how" ask for anything and do not count.
+_ASKS = {"why": "why", "when": "when", "where": "where", "who": "who", "whom": "who", "whose": "whose"}
+_WH = frozenset({"how", "what", "which", "why", "when", "where", "who", "whom", "whose"})
+_ADVICE = frozenset({"should", "ought", "shall", "shouldn't"})
+# Prepositions whose object plays a role that must not move: "convert km to miles".
+_DIRECTIONAL = frozenset({"to", "from", "into", "against", "than", "toward", "towards", "onto"})
 
 # Opposites that morphology cannot see. Symmetric; compared on stems.
 _ANTONYM_PAIRS = [
@@ -201,7 +197,7 @@ _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'"})
 _TOKEN = re.compile(
     r"[$€£¥]?\d[\d,]*(?:\.\d+)*[a-z%]*"  # 30, 1,000, $5, 3.11, 2nd, 30s, 5gb, 50%
     r"|[a-z]+\d[a-z\d]*(?:\.\d+)*"  # v2, q3, python3, ipv6, fy24, v1.2
-    r"|[a-z][a-z+#]*(?:[.-][a-z]+)*(?:'[a-z]+)?",  # words, c++, c#, node.js, e-mail, don't
+    r"|[a-z][a-z+#]*(?:\.[a-z]+)*(?:-[a-z]+)*(?:'[a-z]+)?",  # words, c++, c#, node.js, e-mail, don't
     re.IGNORECASE,
 )
 _SENTENCE_END = re.compile(r"[.?!:;]\s+")
@@ -209,8 +205,13 @@ _CONTRACTIONS = {"can't": ("can", "not"), "won't": ("will", "not"), "shan't": ("
 _NUM_TOKEN = re.compile(r"^[$€£¥]?(\d[\d,]*(?:\.\d+)*)([a-z%]*)$")
 _CODE_TOKEN = re.compile(r"^([a-z]+)(\d[a-z\d]*(?:\.\d+)*)$")
 _ORDINAL_SUFFIX = frozenset({"st", "nd", "rd", "th"})
+# Suffixes that keep "30s", "5gb", "2nd" an amount; any other letters make a code ("2fa").
+_NUMBER_SUFFIXES = _ORDINAL_SUFFIX | frozenset(
+    ["s", "ms", "sec", "secs", "min", "mins", "h", "hr", "hrs", "d", "k", "m", "b", "bn", "x", "px", "pt", "gb", "mb", "kb", "tb", "g", "kg", "km", "mi", "am", "pm", "%", "usd", "eur"] + [""]
+)
 
 
+@lru_cache(maxsize=65_536)
 def stem(word: str) -> str:
     """A light English stemmer: plural, -ing/-ed, -ation/-ment, final e, doubled consonant.
 
@@ -240,32 +241,51 @@ def stem(word: str) -> str:
     return w
 
 
-_ANTONYMS: frozenset[tuple[str, str]] = frozenset(
-    pair for a, b in _ANTONYM_PAIRS for pair in ((stem(a), stem(b)), (stem(b), stem(a)))
-)
+_ANTONYMS: dict[str, set[str]] = {}
+for _x, _y in _ANTONYM_PAIRS:
+    for _f, _g in ((_x, _y), (_y, _x)):
+        _ANTONYMS.setdefault(_f, set()).update((_g, stem(_g)))
+        _ANTONYMS.setdefault(stem(_f), set()).update((_g, stem(_g)))
+
+
+@lru_cache(maxsize=65_536)
+def _forms(word: str) -> frozenset[str]:
+    return frozenset((word, stem(word)))
+
+
+@lru_cache(maxsize=65_536)
+def _opposites(word: str) -> frozenset[str]:
+    """Every form an opposite of ``word`` could take: listed antonyms, the word with a negating
+    prefix added or removed (lock/unlock), and prefix or suffix swaps (include/exclude,
+    enable/disable, useful/useless)."""
+    out: set[str] = set()
+    for f in _forms(word):
+        out |= _ANTONYMS.get(f, set())
+        for p in _PREFIX_NEGATION:
+            if len(f) >= 4:
+                out.add(p + f)
+            if f.startswith(p) and len(f) - len(p) >= 4:
+                out.add(f[len(p) :])
+        for p, q, shortest in _PREFIX_SWAPS:
+            for x, y in ((p, q), (q, p)):
+                if f.startswith(x) and len(f) - len(x) >= shortest:
+                    out.add(y + f[len(x) :])
+        for p, q in _SUFFIX_SWAPS:
+            for x, y in ((p, q), (q, p)):
+                if f.endswith(x) and len(f) - len(x) >= 3:
+                    out.add(f[: -len(x)] + y)
+    out.discard(word)
+    return frozenset(out)
 
 
 def antonymous(a: str, b: str) -> bool:
     """Whether two (lower-case) words are opposites, by the list or by their morphology."""
     if a == b:
         return False
-    sa, sb = stem(a), stem(b)
-    if (sa, sb) in _ANTONYMS or (a, b) in _ANTONYMS:
-        return True
-    for x, y in ((sa, sb), (sb, sa)):
-        for p in _PREFIX_NEGATION:
-            if y == p + x and len(x) >= 4 or y == p + "-" + x and len(x) >= 3:
-                return True
-        for p, q, shortest in _PREFIX_SWAPS:
-            if x.startswith(p) and y.startswith(q) and x[len(p) :] == y[len(q) :] and len(x) - len(p) >= shortest:
-                return True
-    for x, y in ((a, b), (b, a)):
-        for p, q in _SUFFIX_SWAPS:
-            if x.endswith(p) and y.endswith(q) and x[: -len(p)] == y[: -len(q)] and len(x) - len(p) >= 3:
-                return True
-    return False
+    return not (_opposites(a).isdisjoint(_forms(b)) and _opposites(b).isdisjoint(_forms(a)))
 
 
+@lru_cache(maxsize=65_536)
 def _abbreviates(short: str, long: str) -> bool:
     """``short`` is a clipping (prod → production, config → configuration) or a consonant
     abbreviation (db → database, pwd → password, mgmt → management) of ``long``."""
@@ -277,6 +297,33 @@ def _abbreviates(short: str, long: str) -> bool:
         it = iter(long)
         return all(ch in it for ch in short)
     return False
+
+
+_DERIVED_SUFFIXES = ("n", "an", "ian", "ese", "ish", "i", "ean")
+
+
+@lru_cache(maxsize=65_536)
+def _variant(a: str, b: str) -> bool:
+    """Spelling variants of one word: a typo in a long word (Zuckerberg/Zuckerburg) or a
+    place and its people (India/Indian, China/Chinese)."""
+    if a[0] != b[0]:
+        return False
+    short, long = sorted((a, b), key=len)
+    if len(short) >= 8 and len(long) - len(short) <= 1 and _one_edit(short, long):
+        return True
+    if len(short) >= 4:
+        stem_len = len(short) - 1 if short.endswith(("a", "e", "y")) else len(short)
+        if long.startswith(short[:stem_len]) and long[stem_len:] in _DERIVED_SUFFIXES:
+            return True
+    return False
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """``b`` is ``a`` with one letter changed, added or two neighbours swapped (len(a) <= len(b))."""
+    if len(a) == len(b):
+        diff = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
+    return any(b[:i] + b[i + 1 :] == a for i in range(len(b)))
 
 
 def _acronym_of(short: str, words: Sequence[str]) -> str | None:
@@ -292,66 +339,58 @@ def _acronym_of(short: str, words: Sequence[str]) -> str | None:
 
 
 class WordVectors:
-    """Unit vectors and raw lengths of single words, computed once per word (bounded LRU).
+    """Unit vectors of single words, computed once per word (bounded LRU, thread-safe)."""
 
-    ``raw_fn`` returns un-normalised vectors: with static embeddings such as WordLlama a word's
-    vector length says how much it weighs in a sentence ("the" ≈ 1.6, "budget" ≈ 18).
-    """
-
-    def __init__(
-        self, raw_fn: Callable[[list[str]], NDArray[np.float32]], *, dims: int, max_words: int = 50_000
-    ) -> None:
-        self._raw_fn = raw_fn
+    def __init__(self, embed: Callable[[list[str]], NDArray[np.float32]], *, dims: int, max_words: int = 50_000) -> None:
+        self._embed = embed
         self.dims = dims
         self._max = max_words
-        self._cache: OrderedDict[str, tuple[NDArray[np.float32], float]] = OrderedDict()
+        self._cache: OrderedDict[str, NDArray[np.float32]] = OrderedDict()
         self._lock = threading.Lock()
 
     @classmethod
     def wordllama(cls, dims: int = 256) -> WordVectors:
+        """Word vectors from the bundled WordLlama model (local, no network)."""
         from proxy_core.semantic.embedders import WordLlamaEmbedder
 
         embedder = WordLlamaEmbedder(dims)
-        return cls(embedder.embed_raw, dims=dims)
+        return cls(embedder.embed, dims=dims)
 
-    def lookup(self, words: Sequence[str]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-        """(unit vectors, raw lengths) of ``words``, one row each."""
+    def lookup(self, words: Sequence[str]) -> NDArray[np.float32]:
+        """One unit row per word."""
+        if not words:
+            return np.zeros((0, self.dims), np.float32)
         with self._lock:
             found = {w: self._cache[w] for w in words if w in self._cache}
         missing = [w for w in dict.fromkeys(words) if w not in found]
         if missing:
-            raw = np.asarray(self._raw_fn(missing), dtype=np.float32)
-            norms = np.linalg.norm(raw, axis=1)
-            units = np.divide(raw, norms[:, None], out=np.zeros_like(raw), where=norms[:, None] > 0)
+            rows = np.asarray(self._embed(missing), dtype=np.float32)
             with self._lock:
-                for w, v, n in zip(missing, units, norms, strict=True):
-                    found[w] = self._cache[w] = (v, float(n))
+                for w, v in zip(missing, rows, strict=True):
+                    found[w] = self._cache[w] = v
                 while len(self._cache) > self._max:
                     self._cache.popitem(last=False)
-        if not words:
-            return np.zeros((0, self.dims), np.float32), np.zeros(0, np.float32)
-        return (
-            np.stack([found[w][0] for w in words]),
-            np.array([found[w][1] for w in words], dtype=np.float32),
-        )
+        return np.stack([found[w] for w in words])
 
 
 class NearMissGuard:
-    """Decides whether a cached question's answer may serve a new, similar question."""
+    """Decides whether a cached question's answer may serve a new, similar question.
+
+    ``word_vectors`` defaults to the bundled WordLlama model whatever embedder the cache uses;
+    pass ``None`` with ``word_similarity=None`` to run on word forms alone.
+    """
 
     def __init__(
         self,
         settings: GuardSettings | None = None,
         *,
         word_vectors: WordVectors | None = None,
-        light_words: Iterable[str] = (),
         max_memo: int = 20_000,
     ) -> None:
         self.settings = settings or GuardSettings()
-        if word_vectors is None and (self.settings.word_similarity is not None or self.settings.light_word_norm > 0):
+        if word_vectors is None and self.settings.word_similarity is not None:
             word_vectors = WordVectors.wordllama()
-        self._vectors = word_vectors
-        self._light = frozenset(w.lower() for w in light_words)
+        self._vectors = word_vectors if self.settings.word_similarity is not None else None
         self._memo: OrderedDict[str, Analysis] = OrderedDict()
         self._memo_max = max_memo
         self._lock = threading.Lock()
@@ -359,6 +398,7 @@ class NearMissGuard:
     # -- public API --------------------------------------------------------------------------------
 
     def check(self, cached_q: str, new_q: str) -> Verdict:
+        """May the answer cached for ``cached_q`` serve ``new_q``?"""
         return self.check_analysed(self.analyse(cached_q), self.analyse(new_q))
 
     def analyse(self, question: str) -> Analysis:
@@ -376,115 +416,194 @@ class NearMissGuard:
         return analysis
 
     def check_analysed(self, cached: Analysis, new: Analysis) -> Verdict:
+        """:meth:`check` on two analyses (the cached one can be stored with its entry)."""
         s = self.settings
         if s.negation and cached.negated != new.negated:
             return Verdict(False, "negation differs")
-        if s.numbers and cached.quantities != new.quantities:
-            left = " ".join(sorted(cached.quantities - new.quantities)) or "(none)"
-            right = " ".join(sorted(new.quantities - cached.quantities)) or "(none)"
-            return Verdict(False, f"number differs: {left} vs {right}")
+        if s.numbers and cached.quantities.keys() != new.quantities.keys():
+            return Verdict(False, _quantity_reason(cached.quantities, new.quantities))
+        if s.question_type and cached.asks != new.asks:
+            left = "/".join(sorted(cached.asks - new.asks)) or "(any)"
+            right = "/".join(sorted(new.asks - cached.asks)) or "(any)"
+            return Verdict(False, f"question type differs: {left} vs {right}")
+        if s.modality and cached.advice != new.advice:
+            return Verdict(False, "modality differs: should vs " + ("can/do" if cached.advice else "can/do").strip())
         if s.antonyms:
-            only_c = cached.lowers - new.lowers
-            only_n = new.lowers - cached.lowers
-            if only_c and only_n:
-                for a in sorted(only_c):
-                    for b in sorted(only_n):
-                        if antonymous(a, b):
-                            return Verdict(False, f"antonym: {a}/{b}")
-        unmatched_c = self._unmatched(cached, new)
-        unmatched_n = self._unmatched(new, cached)
+            pair = _antonym_pair(cached.lowers - new.lowers, new.lowers - cached.lowers)
+            if pair:
+                return Verdict(False, f"antonym: {pair[0]}/{pair[1]}")
+        if s.roles:
+            swap = _role_swap(cached, new)
+            if swap:
+                return Verdict(False, f"roles differ: {swap}")
+        if not (s.entities or s.unmatched_words):
+            return Verdict(True, "no near-miss found")
+        left, right = self._align(cached, new)
         if s.entities:
-            ents_c = [w for w in unmatched_c if cached.words[w].entity]
-            ents_n = [w for w in unmatched_n if new.words[w].entity]
-            if ents_c or ents_n:
-                left = cached.words[ents_c[0]].surface if ents_c else "(none)"
-                right = new.words[ents_n[0]].surface if ents_n else "(none)"
-                if ents_c and not ents_n and unmatched_n:
-                    right = new.words[unmatched_n[0]].surface
-                if ents_n and not ents_c and unmatched_c:
-                    left = cached.words[unmatched_c[0]].surface
-                return Verdict(False, f"entity differs: {left} vs {right}")
-        if s.unmatched_words:
-            if unmatched_c and unmatched_n:
-                return Verdict(
-                    False,
-                    f"word differs: {cached.words[unmatched_c[0]].lower} vs {new.words[unmatched_n[0]].lower}",
-                )
-            if unmatched_c or unmatched_n:
-                word = cached.words[unmatched_c[0]] if unmatched_c else new.words[unmatched_n[0]]
-                return Verdict(False, f"unmatched word: {word.lower}")
+            ents_l = [cached.words[i].surface for i in left if cached.words[i].entity]
+            ents_r = [new.words[i].surface for i in right if new.words[i].entity]
+            if ents_l or ents_r:
+                a = (ents_l or [cached.words[i].surface for i in left] or ["(none)"])[0]
+                b = (ents_r or [new.words[i].surface for i in right] or ["(none)"])[0]
+                return Verdict(False, f"entity differs: {a} vs {b}")
+        if s.rewording_overlap is not None and _overlap(cached, new) < s.rewording_overlap:
+            return Verdict(True, "reworded; no near-miss found")
+        if s.unmatched_words and (left or right):
+            if left and right:
+                return Verdict(False, f"word differs: {cached.words[left[0]].lower} vs {new.words[right[0]].lower}")
+            word = cached.words[left[0]] if left else new.words[right[0]]
+            return Verdict(False, f"unmatched word: {word.lower}")
         return Verdict(True, "no near-miss found")
 
     # -- matching ----------------------------------------------------------------------------------
 
-    def _unmatched(self, a: Analysis, b: Analysis) -> list[int]:
-        """Indexes of ``a``'s words with no counterpart in ``b``."""
-        out: list[int] = []
-        b_words = [w.lower for w in b.words]
-        a_words = [w.lower for w in a.words]
-        # words of ``a`` inside a phrase that ``b`` abbreviates (pull request ↔ PR)
-        b_spelled = {part for x in b_words for part in (_acronym_of(x, a_words) or "").split()}
-        for i, w in enumerate(a.words):
-            if w.lower in b.lowers or w.stem in b.stems:
-                continue
-            if any(_abbreviates(w.lower, x) or _abbreviates(x, w.lower) for x in b_words):
-                continue
-            if w.lower in b_spelled or (len(w.lower) <= 6 and _acronym_of(w.lower, b_words)):
-                continue
-            out.append(i)
-        if not out:
-            return out
+    def _align(self, a: Analysis, b: Analysis) -> tuple[list[int], list[int]]:
+        """Indexes of the words of ``a`` and of ``b`` that have no counterpart in the other.
+
+        Word forms first (same word or stem, abbreviation, acronym); then word vectors, only
+        between the words still left on both sides, so a word already accounted for cannot
+        absorb another ("x-files season" vs "season").
+        """
+        left = _lexical_leftovers(a, b)
+        right = _lexical_leftovers(b, a)
         threshold = self.settings.word_similarity
-        if threshold is None or a.vectors is None or b.vectors is None or len(b.words) == 0:
-            return out
-        sims = a.vectors[out] @ b.vectors.T
-        kept: list[int] = []
-        for row, i in enumerate(out):
-            best = int(np.argmax(sims[row]))
-            if sims[row, best] >= threshold and not (
-                self.settings.antonyms and antonymous(a.words[i].lower, b.words[best].lower)
-            ):
-                continue
-            kept.append(i)
-        return kept
+        if not (left or right) or threshold is None or a.vectors is None or b.vectors is None:
+            return left, right
+        if self.settings.similar_to_any:
+            return self._similar_leftovers(a, b, left), self._similar_leftovers(b, a, right)
+        if not (left and right):
+            return left, right
+        sims = a.vectors[left] @ b.vectors[right].T
+        matched_l: set[int] = set()
+        matched_r: set[int] = set()
+        for x, y in zip(*np.nonzero(sims >= threshold), strict=True):
+            wa, wb = a.words[left[x]], b.words[right[y]]
+            if (wa.entity and wb.entity) or antonymous(wa.lower, wb.lower):
+                continue  # Berlin ~ Toronto and enable ~ disable are similar, not the same
+            matched_l.add(int(x))
+            matched_r.add(int(y))
+        return (
+            [i for k, i in enumerate(left) if k not in matched_l],
+            [j for k, j in enumerate(right) if k not in matched_r],
+        )
+
+    def _similar_leftovers(self, a: Analysis, b: Analysis, left: list[int]) -> list[int]:
+        """``left`` words of ``a`` with no similar word anywhere in ``b`` (two different names
+        are never the same thing, however similar; nor are opposites)."""
+        threshold = self.settings.word_similarity
+        if not left or not b.words or threshold is None or a.vectors is None or b.vectors is None:
+            return left
+        hits = (a.vectors[left] @ b.vectors.T) >= threshold
+        b_entities = np.fromiter((w.entity for w in b.words), dtype=bool, count=len(b.words))
+        out: list[int] = []
+        for k, i in enumerate(left):
+            row = hits[k] & ~b_entities if a.words[i].entity else hits[k]
+            cols = np.flatnonzero(row)
+            if not any(not antonymous(a.words[i].lower, b.words[j].lower) for j in cols):
+                out.append(i)
+        return out
 
     # -- analysis ----------------------------------------------------------------------------------
 
     def _analyse(self, question: str) -> Analysis:
-        tokens, starts = _tokenise(question)
+        tokens, starts, joined = _tokenise(question)
         lowers = [t.lower() for t in tokens]
-        negated = False
-        quantities: set[str] = set()
-        consumed: set[int] = set()
-        for i, low in enumerate(lowers):
-            if low in _NEGATIONS:
-                negated = True
-                consumed.add(i)
-        _quantities(tokens, lowers, starts, quantities, consumed)
-        words: list[_Word] = []
+        shouting = sum(t.isupper() for t in tokens) > 0.6 * max(1, len(tokens))
+        consumed = {i for i, low in enumerate(lowers) if low in _NEGATIONS}
+        quantities = _quantities(tokens, lowers, starts, consumed)
+        words: list[Word] = []
         for i, (tok, low) in enumerate(zip(tokens, lowers, strict=True)):
-            if i in consumed or low in _STOP or low in _FRAME or low in self._light or not low[0].isalpha():
+            if i in consumed or len(low) < 2 or not low[0].isalpha():
                 continue
-            if len(low) == 1:
+            caps = tok.isupper() and not shouting  # "US", "IT" are names, not pronouns
+            if (low in _STOP or low in _FRAME) and not caps:
                 continue
-            entity = _is_entity(tok, i in starts)
-            words.append(_Word(tok, low, stem(low), entity))
+            words.append(Word(tok, low, stem(low), not shouting and _is_entity(tok, i in starts)))
         vectors = None
         if self._vectors is not None and words:
-            vectors, norms = self._vectors.lookup([w.surface if w.entity else w.lower for w in words])
-            if self.settings.light_word_norm > 0:
-                keep = [k for k, n in enumerate(norms) if n >= self.settings.light_word_norm or words[k].entity]
-                words = [words[k] for k in keep]
-                vectors = vectors[keep]
+            vectors = self._vectors.lookup([w.surface if w.entity else w.lower for w in words])
         return Analysis(
             question=question,
-            negated=negated,
-            quantities=frozenset(quantities),
+            negated=any(low in _NEGATIONS for low in lowers),
+            quantities=quantities,
+            asks=frozenset(_ASKS[low] for low in lowers if low in _ASKS),
+            advice=any(low in _ADVICE for low in lowers) and not any(low in _WH for low in lowers),
+            roles=_roles(lowers),
             words=tuple(words),
-            lowers=frozenset(lowers),
-            stems=frozenset(stem(x) for x in lowers),
+            lowers=frozenset(lowers) | joined,
+            stems=frozenset(stem(x) for x in lowers) | joined,
+            initials="".join(w.lower[0] for w in words),
             vectors=vectors,
         )
+
+
+def _lexical_leftovers(a: Analysis, b: Analysis) -> list[int]:
+    """Indexes of ``a``'s words that no word form of ``b`` accounts for."""
+    b_words = [w.lower for w in b.words]
+    a_words = [w.lower for w in a.words]
+    # words of ``a`` inside a phrase whose initials ``b`` uses (pull request ↔ PR)
+    spelled: set[str] = set()
+    for x in b_words:
+        if 2 <= len(x) <= 6 and x in a.initials:
+            spelled.update((_acronym_of(x, a_words) or "").split())
+    out: list[int] = []
+    for i, w in enumerate(a.words):
+        if w.lower in b.lowers or w.stem in b.stems or w.lower in spelled:
+            continue
+        if any(_abbreviates(w.lower, x) or _abbreviates(x, w.lower) or _variant(w.lower, x) for x in b_words):
+            continue
+        if 2 <= len(w.lower) <= 6 and w.lower in b.initials and _acronym_of(w.lower, b_words):
+            continue
+        out.append(i)
+    return out
+
+
+def _overlap(a: Analysis, b: Analysis) -> float:
+    """Dice overlap of the two questions' token sets, function words included: high for a
+    minimal pair ("production logs" / "staging logs"), low for a rewording."""
+    return 2 * len(a.lowers & b.lowers) / max(1, len(a.lowers) + len(b.lowers))
+
+
+def _antonym_pair(only_a: Iterable[str], only_b: Iterable[str]) -> tuple[str, str] | None:
+    right = sorted(only_b)
+    for x in sorted(only_a):
+        for y in right:
+            if antonymous(x, y):
+                return x, y
+    return None
+
+
+def _role_swap(a: Analysis, b: Analysis) -> str | None:
+    """A directional preposition whose object moved ("km to miles" vs "miles to km")."""
+    for prep in sorted({p for p, _ in a.roles} & {p for p, _ in b.roles}):
+        objs_a = {o for p, o in a.roles if p == prep}
+        objs_b = {o for p, o in b.roles if p == prep}
+        if objs_a.isdisjoint(objs_b) and objs_a <= b.stems and objs_b <= a.stems:
+            return f"{prep} {min(objs_a)} vs {prep} {min(objs_b)}"
+    return None
+
+
+def _roles(lowers: Sequence[str]) -> frozenset[tuple[str, str]]:
+    out: set[tuple[str, str]] = set()
+    for i, low in enumerate(lowers):
+        if low not in _DIRECTIONAL:
+            continue
+        for obj in lowers[i + 1 : i + 4]:
+            if obj in _DIRECTIONAL:
+                break
+            if obj not in _STOP and obj[0].isalnum():
+                out.add((low, stem(obj)))
+                break
+    return frozenset(out)
+
+
+def _quantity_reason(a: dict[str, str], b: dict[str, str]) -> str:
+    only_a = sorted(k for k in a if k not in b)
+    only_b = sorted(k for k in b if k not in a)
+    kind = (only_a or only_b)[0].split(":", 1)[0]
+    left = " ".join(a[k] for k in only_a if k.startswith(kind + ":")) or "(none)"
+    right = " ".join(b[k] for k in only_b if k.startswith(kind + ":")) or "(none)"
+    return f"{kind} differs: {left} vs {right}"
 
 
 def _is_entity(token: str, sentence_start: bool) -> bool:
@@ -498,23 +617,30 @@ def _is_entity(token: str, sentence_start: bool) -> bool:
     return token[0].isupper() and not sentence_start
 
 
-def _tokenise(question: str) -> tuple[list[str], set[int]]:
-    """Tokens as written (contractions split) and the indexes that start a sentence."""
+def _tokenise(question: str) -> tuple[list[str], set[int], set[str]]:
+    """Tokens as written (contractions and hyphenated words split), the indexes that start a
+    sentence, and hyphenated words joined ("e-mail" → "email") to match either spelling."""
     text = unicodedata.normalize("NFKC", question).translate(_APOSTROPHES)
     tokens: list[str] = []
     starts: set[int] = set()
+    joined: set[str] = set()
     for sentence in _SENTENCE_END.split(text):
         first = True
         for match in _TOKEN.finditer(sentence):
-            tok = match.group(0).rstrip(".-")
+            tok = match.group(0).rstrip(".-,")
             low = tok.lower()
+            parts: tuple[str, ...]
             if low in _CONTRACTIONS:
-                parts: tuple[str, ...] = _CONTRACTIONS[low]
+                parts = _CONTRACTIONS[low]
             elif low.endswith("n't"):
                 parts = (tok[:-3], "n't")
             elif "'" in tok:
                 head, _, tail = tok.partition("'")
-                parts = (head,) if tail in ("s", "d", "ll", "m", "re", "ve") else (head + tail,)
+                parts = (head,) if tail.lower() in ("s", "d", "ll", "m", "re", "ve") else (head + tail,)
+            elif "-" in tok and tok[0].isalpha():
+                pieces = tok.split("-")
+                joined.add("".join(pieces).lower())
+                parts = tuple(p for p in pieces if len(p) > 1)
             else:
                 parts = (tok,)
             for part in parts:
@@ -524,75 +650,82 @@ def _tokenise(question: str) -> tuple[list[str], set[int]]:
                     starts.add(len(tokens))
                     first = False
                 tokens.append(part)
-    return tokens, starts
+    return tokens, starts, joined
 
 
 def _number(text: str) -> str:
-    value = float(text.replace(",", ""))
+    """"1,000" → "1000", "2.50" → "2.5"; dotted versions ("4.4.4") stay as written."""
+    plain = text.replace(",", "")
+    try:
+        value = float(plain)
+    except ValueError:
+        return plain
     return str(int(value)) if value.is_integer() else repr(value)
 
 
-def _quantities(
-    tokens: Sequence[str], lowers: Sequence[str], starts: set[int], out: set[str], consumed: set[int]
-) -> None:
-    """Numbers, dates, versions and periods, normalised, into ``out``; their tokens into ``consumed``."""
+def _quantities(tokens: Sequence[str], lowers: Sequence[str], starts: set[int], consumed: set[int]) -> dict[str, str]:
+    """Numbers, dates, versions, periods and codes: normalised value -> as written.
+
+    Their tokens are added to ``consumed`` so they are not also compared as words.
+    """
+    out: dict[str, str] = {}
     n = len(lowers)
+
+    def take(key: str, *idx: int) -> None:
+        out.setdefault(key, " ".join(tokens[j] for j in idx))
+        consumed.update(idx)
+
     for i, low in enumerate(lowers):
         if i in consumed:
             continue
         nxt = lowers[i + 1] if i + 1 < n else ""
         unit = _UNITS.get(stem(nxt)) if nxt else None
         num = _NUM_TOKEN.match(low)
-        if num:
+        if num and num.group(2) in _NUMBER_SUFFIXES:
             value, suffix = num.groups()
             if suffix in _ORDINAL_SUFFIX and unit in ("quarter", "half"):
-                out.add(f"{unit[0]}{_number(value)}")
-                consumed.update((i, i + 1))
-                continue
-            out.add(_number(value))
-            consumed.add(i)
+                take(f"period:{unit[0]}{_number(value)}", i, i + 1)
+            else:
+                take(f"{'version' if value.count('.') > 1 else 'number'}:{_number(value)}", i)
             continue
         code = _CODE_TOKEN.match(low)
-        if code:
-            head, digits = code.groups()
-            out.add(digits if head in ("v", "ver", "version") else low)
-            consumed.add(i)
+        if num or code:
+            if code and code.group(1) in ("v", "ver", "version"):
+                take(f"version:{_number(code.group(2))}", i)
+            elif code and code.group(1) in ("q", "h") and code.group(2).isdigit():
+                take(f"period:{low}", i)
+            else:
+                take(f"code:{low}", i)  # 2fa, python3, ipv6, fy24
+            continue
+        if len(low) == 1 and low.isalpha() and low not in "ai":
+            take(f"code:{low}", i)  # "Plan B", "letter v", "Measure E"
             continue
         if low in _NUMBER_WORDS:
             if low == "one" and (nxt in ("of", "") or (i > 0 and lowers[i - 1] in _STOP)):
                 continue
-            out.add(_number(str(_NUMBER_WORDS[low])))
-            consumed.add(i)
+            take(f"number:{_number(str(_NUMBER_WORDS[low]))}", i)
             continue
-        if low in _ORDINALS and unit in ("quarter",) or (low in _ORDINALS and nxt == "half"):
+        if low in _ORDINALS and (unit == "quarter" or nxt == "half"):
             q = "q" if unit == "quarter" else "h"
-            out.add(f"{q}{_ORDINALS[low]}" if _ORDINALS[low] > 0 else f"{q}:last")
-            consumed.update((i, i + 1))
+            take(f"period:{q}{_ORDINALS[low] if _ORDINALS[low] > 0 else 'last'}", i, i + 1)
             continue
-        if low in _RELATIVE and unit is not None and (low != "this" or unit != "second"):
-            out.add(f"{unit}:{_RELATIVE[low]:+d}")
-            consumed.update((i, i + 1))
+        if low in _RELATIVE and unit is not None and not (low == "this" and unit == "second"):
+            take(f"period:{unit}{_RELATIVE[low]:+d}", i, i + 1)
             continue
-        if low in _PER and unit is not None and i + 1 < n and lowers[i + 1] == nxt and (low != "a" or i > 0):
-            if low in ("per", "every", "each"):
-                out.add(f"per:{unit}")
-                consumed.update((i, i + 1))
+        if low in ("per", "every", "each") and unit is not None:
+            take(f"period:per-{unit}", i, i + 1)
             continue
         if low in _PERIODIC:
-            out.add(_PERIODIC[low])
-            consumed.add(i)
+            take(f"period:{_PERIODIC[low]}", i)
             continue
         if low in _DAY_WORDS:
-            out.add(_DAY_WORDS[low])
-            consumed.add(i)
+            take(f"date:{_DAY_WORDS[low]}", i)
             continue
-        day = _WEEKDAYS.get(stem(low)) or _WEEKDAYS.get(low)
+        day = _WEEKDAYS.get(low) or _WEEKDAYS.get(stem(low))
         if day:
-            out.add(day)
-            consumed.add(i)
+            take(f"date:{day}", i)
             continue
         month = _MONTHS.get(low)
         if month and (low not in _AMBIGUOUS_MONTHS or (tokens[i][0].isupper() and i not in starts)):
-            out.add(month)
-            consumed.add(i)
-            continue
+            take(f"date:{month}", i)
+    return out

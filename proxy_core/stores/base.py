@@ -16,7 +16,7 @@ share a cluster slot (``{w:<workspace>}`` hash tag) and can be changed by one sc
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -30,6 +30,9 @@ __all__ = [
     "Claim",
     "LedgerEntry",
     "LimitDecision",
+    "SemanticChange",
+    "SemanticChanges",
+    "SemanticEntry",
     "Store",
     "UsageSummary",
     "UsageTotals",
@@ -140,6 +143,48 @@ class UsageSummary:
         self.by_day.setdefault(e.day, UsageTotals()).add(e)
 
 
+@dataclass(frozen=True, slots=True)
+class SemanticEntry:
+    """One cached answer of the semantic cache.
+
+    ``vector`` is the question's embedding as little-endian float32 bytes, L2-normalised. ``answer``
+    is the CachedAnswer JSON; it may be ``""`` where a method says it loads entries without answers
+    (the in-process index needs only id, scope, question, vector and expiry).
+    """
+
+    entry_id: str
+    scope: str  # CacheScope.id(): only entries of the same scope may ever be served
+    context: str  # the caller's context fingerprint, for invalidation by context prefix
+    question: str
+    vector: bytes
+    answer: str
+    created_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SemanticChange:
+    """One event of the semantic cache's change log, which replicas tail to keep their index in sync.
+
+    ``put`` carries the entry (without its answer); ``delete`` carries the entry id and scope.
+    """
+
+    op: Literal["put", "delete"]
+    entry_id: str
+    scope: str
+    entry: SemanticEntry | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SemanticChanges:
+    """A batch of changes after a cursor. ``reset`` means the cursor fell out of the retained log (or
+    the log was lost): the caller must reload everything with ``semantic_scan``."""
+
+    cursor: str
+    changes: tuple[SemanticChange, ...] = ()
+    reset: bool = False
+
+
 class Store(ABC):
     """A backend for Penny's shared state. Thread-safe; may be shared by many processes."""
 
@@ -248,3 +293,42 @@ class Store(ABC):
         self, workspace_id: str, first_day: str, last_day: str, user_id: str | None = None
     ) -> UsageSummary:
         """Totals over the UTC days ``first_day``..``last_day`` (inclusive, 'YYYY-MM-DD')."""
+
+    # -- semantic cache ----------------------------------------------------------------------
+    # Entries are shared by every replica; each replica keeps an in-process vector index, loaded
+    # with ``semantic_scan`` at start-up and kept in sync by tailing ``semantic_changes``. Every
+    # mutation below appends to the change log in the same atomic step as the mutation.
+
+    @abstractmethod
+    def semantic_put(self, entry: SemanticEntry, *, max_entries: int) -> list[str]:
+        """Store (or replace) ``entry`` as the most recently used one, then evict least recently
+        used entries while more than ``max_entries`` remain (0 = no cap). Returns evicted ids."""
+
+    @abstractmethod
+    def semantic_get(self, entry_id: str, *, touch: bool = True) -> SemanticEntry | None:
+        """The entry, with its answer, unless missing or expired by the store's clock. ``touch``
+        marks it most recently used (a served hit)."""
+
+    @abstractmethod
+    def semantic_delete(self, entry_ids: Sequence[str]) -> int:
+        """Delete these entries; returns how many existed."""
+
+    @abstractmethod
+    def semantic_delete_where(
+        self, *, context_prefix: str | None = None, expired: bool = False
+    ) -> list[str]:
+        """Delete entries whose context starts with ``context_prefix`` (``""`` = every entry), or,
+        with ``expired=True``, those past ``expires_at`` by the store's clock. Returns deleted ids."""
+
+    @abstractmethod
+    def semantic_scan(self, *, batch: int = 1000) -> Iterator[SemanticEntry]:
+        """Every live entry, without answers (``answer == ""``), in batches (start-up load)."""
+
+    @abstractmethod
+    def semantic_changes(self, cursor: str | None, *, block_s: float = 0.0, limit: int = 1000) -> SemanticChanges:
+        """Changes after ``cursor``, waiting up to ``block_s`` for one. ``cursor=None`` returns the
+        current head with no changes: take it before ``semantic_scan`` so nothing is missed."""
+
+    @abstractmethod
+    def semantic_count(self) -> int:
+        """How many entries are stored (expired ones not yet deleted included)."""

@@ -17,9 +17,18 @@ Key layout (``<ns>`` is the namespace, ``penny`` by default)::
     <ns>:{w:<workspace>}:usage:<day>:user:<user>   HASH   the day's totals of one user, per model
     <ns>:breaker:{<name>}                          HASH   breaker state
     <ns>:cache:{<scope>}:<key>                     HASH   cache entry (expires)
+    <ns>:{sem}:records                             HASH   semantic entry id -> entry without answer
+    <ns>:{sem}:answers                             HASH   semantic entry id -> answer
+    <ns>:{sem}:last-used                           ZSET   semantic entry id -> last use (LRU order)
+    <ns>:{sem}:expires                             ZSET   semantic entry id -> expires_at
+    <ns>:{sem}:contexts                            ZSET   context + NUL NUL + entry id (prefix index)
+    <ns>:{sem}:log                                 STREAM semantic change log (trimmed, MAXLEN ~)
 
 The ``{w:<workspace>}`` hash tag puts every key one request touches in one cluster slot. Budget
-line keys carry their period, and expire a few days after it resets.
+line keys carry their period, and expire a few days after it resets. The semantic cache's keys
+share the ``{sem}`` tag so one script can change them all; they have no TTL: entries leave by
+LRU eviction (``max_entries``) or ``semantic_delete_where``. Their values are binary (vectors), so
+those commands read replies undecoded.
 
 Every redis-py error is translated here, once, into :class:`StoreError`.
 """
@@ -27,6 +36,9 @@ Every redis-py error is translated here, once, into :class:`StoreError`.
 from __future__ import annotations
 
 import functools
+import re
+import struct
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import astuple, fields
 from datetime import date, timedelta
@@ -36,8 +48,9 @@ from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.client import NEVER_DECODE
 from redis.commands.core import Script
-from redis.exceptions import RedisClusterException
+from redis.exceptions import NoScriptError, RedisClusterException
 from redis.retry import Retry
 
 from proxy_core.breaker import BreakerPolicy, BreakerState, Permit
@@ -50,12 +63,15 @@ from proxy_core.stores.base import (
     Claim,
     LedgerEntry,
     LimitDecision,
+    SemanticChange,
+    SemanticChanges,
+    SemanticEntry,
     Store,
     UsageSummary,
     UsageTotals,
 )
 
-__all__ = ["RedisStore"]
+__all__ = ["SEMANTIC_LOG_RETAIN", "RedisStore"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -66,6 +82,25 @@ KEEP_AFTER_RESET_S = 3 * 86400
 # by its own time, never forgets a key before the injected clock says so.
 _INJECTED_CLOCK_SLACK_MS = 60_000
 _SCAN_BATCH = 500
+# How many change-log events are kept (at least; MAXLEN ~) for replicas that fall behind. A put
+# event carries the entry's vector, so this bounds the log's memory too (~1.6 kB each at 384 dims).
+SEMANTIC_LOG_RETAIN = 10_000
+# Entries deleted per script call, so a mass delete never blocks the server for long.
+_SEMANTIC_DELETE_BATCH = 1000
+_SEMANTIC_SCRIPTS = (
+    "semantic_put",
+    "semantic_get",
+    "semantic_delete",
+    "semantic_delete_where",
+    "semantic_changes",
+)
+_SEMANTIC_KEYS = ("records", "answers", "last-used", "expires", "contexts", "log")
+# A record (the entry without id and answer): created_at, expires_at, then length-prefixed scope,
+# context and question, then the vector to the end. Lua reads its head with struct.unpack.
+_RECORD_HEAD = struct.Struct("<ddI")
+_LENGTH = struct.Struct("<I")
+_STREAM_ID = re.compile(r"[0-9]+-[0-9]+")
+_RAW: dict[str, Any] = {NEVER_DECODE: []}  # execute_command option: return the reply undecoded
 
 _LEDGER_FIELDS = tuple(f.name for f in fields(LedgerEntry))
 _LEDGER_INTS = frozenset(f.name for f in fields(LedgerEntry) if f.type in ("int", int))
@@ -90,6 +125,11 @@ _SCRIPTS = (
 def _load_script(name: str) -> str:
     lua = resources.files("proxy_core.stores") / "lua"
     return (lua / "_common.lua").read_text("utf-8") + "\n" + (lua / f"{name}.lua").read_text("utf-8")
+
+
+def _load_semantic_script(name: str) -> str:
+    lua = resources.files("proxy_core.stores") / "lua"
+    return "\n".join((lua / part).read_text("utf-8") for part in ("_common.lua", "_semantic.lua", f"{name}.lua"))
 
 
 def _glob_escape(text: str) -> str:
@@ -126,9 +166,18 @@ def _translated(action: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
 class RedisStore(Store):
     """:class:`Store` on Redis (redis-py, sync). Thread-safe: redis-py pools connections."""
 
-    def __init__(self, client: redis.Redis, *, clock: Clock | None = None, namespace: str = "penny") -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        clock: Clock | None = None,
+        namespace: str = "penny",
+        semantic_log_retain: int = SEMANTIC_LOG_RETAIN,
+    ) -> None:
         if not namespace or any(c in namespace for c in "{}"):
             raise ConfigurationError("Redis store: the namespace must be non-empty, without '{' or '}'")
+        if semantic_log_retain < 1:
+            raise ConfigurationError("Redis store: semantic_log_retain must be at least 1")
         self._client = client
         self._clock = clock
         self._ns = namespace
@@ -137,10 +186,21 @@ class RedisStore(Store):
         # Registering only hashes the text; each script is sent to the server on its first EVALSHA
         # miss (and again after a SCRIPT FLUSH or a failover to a server that never saw it).
         self._scripts: dict[str, Script] = {name: client.register_script(_load_script(name)) for name in _SCRIPTS}
+        self._semantic_retain = semantic_log_retain
+        self._semantic_keys = [f"{namespace}:{{sem}}:{name}" for name in _SEMANTIC_KEYS]
+        self._semantic_scripts: dict[str, Script] = {
+            name: client.register_script(_load_semantic_script(name)) for name in _SEMANTIC_SCRIPTS
+        }
 
     @classmethod
     def from_url(
-        cls, url: str, *, clock: Clock | None = None, timeout_s: float = 2.0, namespace: str = "penny"
+        cls,
+        url: str,
+        *,
+        clock: Clock | None = None,
+        timeout_s: float = 2.0,
+        namespace: str = "penny",
+        semantic_log_retain: int = SEMANTIC_LOG_RETAIN,
     ) -> RedisStore:
         """Connect to ``redis://[:password@]host:port/db`` (or ``rediss://``, ``unix://``)."""
         try:
@@ -160,7 +220,7 @@ class RedisStore(Store):
             raise ConfigurationError(
                 "PENNY_STORE_URL: not a valid Redis URL; expected redis://[:password@]host:port/db"
             ) from exc
-        store = cls(client, clock=clock, namespace=namespace)
+        store = cls(client, clock=clock, namespace=namespace, semantic_log_retain=semantic_log_retain)
         password = urlsplit(url).password
         if password:
             store._secrets = list({*store._secrets, password, unquote(password)})
@@ -175,11 +235,28 @@ class RedisStore(Store):
 
     def _run(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         script = self._scripts[name]
+        return script(keys=list(keys), args=[*self._clock_args(), *args])
+
+    def _clock_args(self) -> list[str | int]:
         if self._clock is None:
-            head: list[str | int] = ["", 0]
-        else:
-            head = [_num(self._clock()), _INJECTED_CLOCK_SLACK_MS]
-        return script(keys=list(keys), args=[*head, *args])
+            return ["", 0]
+        return [_num(self._clock()), _INJECTED_CLOCK_SLACK_MS]
+
+    def _run_semantic(self, name: str, args: Sequence[str | bytes | int]) -> Any:
+        """Run a semantic script on the semantic keys; its reply comes back undecoded (bytes)."""
+        script = self._semantic_scripts[name]
+        keys = self._semantic_keys
+        command = [len(keys), *keys, *self._clock_args(), self._semantic_retain, *args]
+        # Script.__call__ would decode the reply, so this is its EVALSHA-then-reload, undecoded.
+        try:
+            return self._raw("EVALSHA", script.sha, *command)
+        except NoScriptError:
+            script.sha = self._client.script_load(script.script)
+            return self._raw("EVALSHA", script.sha, *command)
+
+    def _raw(self, *command: str | bytes | int) -> Any:
+        """Run one command and return its reply undecoded (the semantic cache's values are binary)."""
+        return self._client.execute_command(*command, **_RAW)  # type: ignore[no-untyped-call]
 
     def _ws(self, workspace_id: str) -> str:
         return f"{self._ns}:{{w:{workspace_id}}}"
@@ -416,6 +493,104 @@ class RedisStore(Store):
                     _merge(summary.by_user.setdefault(user_id, UsageTotals()), day_totals)
         return summary
 
+    # -- semantic cache ------------------------------------------------------------------
+    @_translated("store a semantic-cache entry")
+    def semantic_put(self, entry: SemanticEntry, *, max_entries: int) -> list[str]:
+        if max_entries < 0:
+            raise ValueError("max_entries must be 0 (no cap) or more")
+        evicted = self._run_semantic("semantic_put", [entry.entry_id, _pack_record(entry), entry.answer, max_entries])
+        return [_text(entry_id) for entry_id in evicted]
+
+    @_translated("read a semantic-cache entry")
+    def semantic_get(self, entry_id: str, *, touch: bool = True) -> SemanticEntry | None:
+        reply = self._run_semantic("semantic_get", [entry_id, "1" if touch else "0"])
+        if reply is None:
+            return None
+        record, answer = reply
+        return _unpack_record(entry_id, record, "" if answer is None else _text(answer))
+
+    @_translated("delete semantic-cache entries")
+    def semantic_delete(self, entry_ids: Sequence[str]) -> int:
+        existed = 0
+        for start in range(0, len(entry_ids), _SEMANTIC_DELETE_BATCH):
+            batch = list(entry_ids[start : start + _SEMANTIC_DELETE_BATCH])
+            existed += int(self._run_semantic("semantic_delete", batch))
+        return existed
+
+    @_translated("delete semantic-cache entries")
+    def semantic_delete_where(self, *, context_prefix: str | None = None, expired: bool = False) -> list[str]:
+        if expired == (context_prefix is not None):  # both or neither
+            raise ValueError("semantic_delete_where: give either context_prefix or expired=True")
+        args = ["expired", ""] if expired else ["prefix", context_prefix or ""]
+        deleted: list[str] = []
+        while True:
+            looked_at, ids = self._run_semantic("semantic_delete_where", [*args, _SEMANTIC_DELETE_BATCH])
+            deleted += [_text(entry_id) for entry_id in ids]
+            if int(looked_at) < _SEMANTIC_DELETE_BATCH:
+                return deleted
+
+    def semantic_scan(self, *, batch: int = 1000) -> Iterator[SemanticEntry]:
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
+        return self._scan_semantic(batch)
+
+    def _scan_semantic(self, batch: int) -> Iterator[SemanticEntry]:
+        # HSCAN returns every entry present throughout the scan at least once (entries changed
+        # meanwhile may be missed or come twice: the caller replays the log from the cursor it
+        # took before scanning). ``seen`` drops the repeats.
+        now = self.now()
+        seen: set[bytes] = set()
+        cursor = 0
+        while True:
+            cursor, page = self._scan_semantic_page(cursor, batch)
+            for raw_id, record in page.items():
+                if raw_id in seen:
+                    continue
+                seen.add(raw_id)
+                if _RECORD_HEAD.unpack_from(record)[1] > now:
+                    yield _unpack_record(raw_id.decode("utf-8"), record, "")
+            if cursor == 0:
+                return
+
+    @_translated("load the semantic cache")
+    def _scan_semantic_page(self, cursor: int, batch: int) -> tuple[int, dict[bytes, bytes]]:
+        next_cursor, page = self._raw("HSCAN", self._semantic_keys[0], cursor, "COUNT", batch)
+        return int(next_cursor), page
+
+    @_translated("read the semantic change log")
+    def semantic_changes(self, cursor: str | None, *, block_s: float = 0.0, limit: int = 1000) -> SemanticChanges:
+        if cursor is not None and not _STREAM_ID.fullmatch(cursor):
+            raise ValueError(f"not a cursor of the Redis semantic change log: {cursor!r}")
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        changes = self._read_semantic_log(cursor, limit)
+        if cursor is None or changes.changes or changes.reset or block_s <= 0:
+            return changes
+        self._wait_for_semantic_log(cursor, block_s)
+        return self._read_semantic_log(cursor, limit)
+
+    def _read_semantic_log(self, cursor: str | None, limit: int) -> SemanticChanges:
+        reset, head, events = self._run_semantic("semantic_changes", [cursor or "", limit])
+        if cursor is None or int(reset):
+            return SemanticChanges(_text(head), reset=bool(int(reset)))
+        changes = tuple(_logged_change(fields) for _, fields in events)
+        return SemanticChanges(_text(events[-1][0]) if events else cursor, changes)
+
+    def _wait_for_semantic_log(self, cursor: str, block_s: float) -> None:
+        """Wait (XREAD BLOCK on a pooled connection of its own) until an event follows ``cursor``,
+        at most ``block_s``. Each wait stays within the socket timeout, so it never trips it."""
+        socket_timeout = self._client.connection_pool.connection_kwargs.get("socket_timeout")
+        deadline = time.monotonic() + block_s
+        while (remaining := deadline - time.monotonic()) > 0:
+            wait = remaining if socket_timeout is None else min(remaining, float(socket_timeout) / 2)
+            # BLOCK 0 would mean forever: always at least 1 ms.
+            block_ms = max(1, int(wait * 1000))
+            if self._raw("XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS", self._semantic_keys[5], cursor):
+                return
+
+    @_translated("count semantic-cache entries")
+    def semantic_count(self) -> int:
+        return int(self._client.hlen(self._semantic_keys[0]))
 
 def _days(first_day: str, last_day: str) -> Iterator[str]:
     try:
@@ -483,3 +658,44 @@ def _breaker_state(raw: Mapping[Any, Any]) -> BreakerState:
         else:
             values[name] = float(text)
     return BreakerState(**values)
+
+
+def _pack_record(entry: SemanticEntry) -> bytes:
+    """The entry without its id and answer, as stored in the records hash and logged with a put."""
+    scope, context, question = (text.encode("utf-8") for text in (entry.scope, entry.context, entry.question))
+    return b"".join(
+        (
+            _RECORD_HEAD.pack(entry.created_at, entry.expires_at, len(scope)),
+            scope,
+            _LENGTH.pack(len(context)),
+            context,
+            _LENGTH.pack(len(question)),
+            question,
+            bytes(entry.vector),
+        )
+    )
+
+
+def _unpack_record(entry_id: str, record: bytes, answer: str) -> SemanticEntry:
+    created_at, expires_at, length = _RECORD_HEAD.unpack_from(record)
+    at = _RECORD_HEAD.size + length
+    scope = record[_RECORD_HEAD.size : at].decode("utf-8")
+    context, at = _length_prefixed(record, at)
+    question, at = _length_prefixed(record, at)
+    return SemanticEntry(entry_id, scope, context, question, record[at:], answer, created_at, expires_at)
+
+
+def _length_prefixed(record: bytes, at: int) -> tuple[str, int]:
+    """The text whose uint32 length starts at ``at``, and the offset just after it."""
+    (length,) = _LENGTH.unpack_from(record, at)
+    start = at + _LENGTH.size
+    return record[start : start + length].decode("utf-8"), start + length
+
+
+def _logged_change(fields: Sequence[bytes]) -> SemanticChange:
+    """One change-log event: flat field/value pairs op, id, scope (and record for a put)."""
+    event = dict(zip(fields[::2], fields[1::2], strict=True))
+    entry_id, scope = event[b"id"].decode("utf-8"), event[b"scope"].decode("utf-8")
+    if event[b"op"] == b"delete":
+        return SemanticChange("delete", entry_id, scope)
+    return SemanticChange("put", entry_id, scope, _unpack_record(entry_id, event[b"record"], ""))

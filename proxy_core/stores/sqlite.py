@@ -12,6 +12,7 @@ Every ``sqlite3`` (and filesystem) error is translated here, once, into :class:`
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -20,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from proxy_core import breaker, budget, limiter
@@ -34,14 +36,24 @@ from proxy_core.stores.base import (
     Claim,
     LedgerEntry,
     LimitDecision,
+    SemanticChange,
+    SemanticChanges,
+    SemanticEntry,
     Store,
     UsageSummary,
     UsageTotals,
 )
 
-__all__ = ["SCHEMA_VERSION", "SqliteStore"]
+__all__ = ["SCHEMA_VERSION", "SEMANTIC_LOG_RETAIN", "SqliteStore"]
 
-SCHEMA_VERSION = 1
+# Version 2 added the semantic cache (semantic_entries, semantic_log). Every statement of _SCHEMA is
+# idempotent, so opening an older file simply creates what it lacks and bumps user_version.
+SCHEMA_VERSION = 2
+
+# How many change-log events are kept for replicas that fall behind; one further back reloads.
+SEMANTIC_LOG_RETAIN = 10_000
+# How often a blocking ``semantic_changes`` looks at the log again (replicas share one machine).
+_CHANGES_POLL_S = 0.05
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -117,6 +129,39 @@ CREATE TABLE IF NOT EXISTS ledger (
 
 CREATE INDEX IF NOT EXISTS ledger_workspace_day ON ledger (workspace_id, day);
 CREATE INDEX IF NOT EXISTS ledger_workspace_user_day ON ledger (workspace_id, user_id, day);
+
+-- Large columns come last so a scan that skips the answer never reads its overflow pages.
+-- last_used: integer microseconds of the store clock, strictly increasing (the LRU order).
+CREATE TABLE IF NOT EXISTS semantic_entries (
+    entry_id   TEXT NOT NULL UNIQUE,
+    scope      TEXT NOT NULL,
+    context    TEXT NOT NULL,
+    question   TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    last_used  INTEGER NOT NULL,
+    vector     BLOB NOT NULL,
+    answer     TEXT NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS semantic_entries_last_used ON semantic_entries (last_used);
+CREATE INDEX IF NOT EXISTS semantic_entries_expires_at ON semantic_entries (expires_at);
+CREATE INDEX IF NOT EXISTS semantic_entries_context ON semantic_entries (context);
+
+-- The change log replicas tail, trimmed to the last ``semantic_log_retain`` events. A put carries
+-- the entry without its answer, a delete only entry_id and scope. (No semicolons in these
+-- comments: _prepare_file splits the schema on them.)
+CREATE TABLE IF NOT EXISTS semantic_log (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    op         TEXT NOT NULL CHECK (op IN ('put', 'delete')),
+    entry_id   TEXT NOT NULL,
+    scope      TEXT NOT NULL,
+    context    TEXT,
+    question   TEXT,
+    created_at REAL,
+    expires_at REAL,
+    vector     BLOB
+)
 """
 
 # Column order of both tables follows the dataclass fields, so rows map straight onto them.
@@ -141,6 +186,20 @@ _SAVE_BREAKER = (
 )
 _BREAKER_COLUMNS = tuple(f.name for f in fields(BreakerState))
 
+_UPSERT_SEMANTIC = (
+    "INSERT INTO semantic_entries (entry_id, scope, context, question, created_at, expires_at, last_used, "
+    "vector, answer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (entry_id) DO UPDATE SET scope = excluded.scope, context = excluded.context, "
+    "question = excluded.question, created_at = excluded.created_at, expires_at = excluded.expires_at, "
+    "last_used = excluded.last_used, vector = excluded.vector, answer = excluded.answer"
+)
+_LOG_PUT = (
+    "INSERT INTO semantic_log (op, entry_id, scope, context, question, created_at, expires_at, vector) "
+    "VALUES ('put', ?, ?, ?, ?, ?, ?, ?)"
+)
+_LOG_DELETE = "INSERT INTO semantic_log (op, entry_id, scope) VALUES ('delete', ?, ?)"
+_LOG_CURSOR = re.compile(r"[0-9]+")
+
 
 class _Connection(sqlite3.Connection):
     """A plain connection that can be weakly referenced, so ``close()`` can reach every thread's."""
@@ -149,18 +208,36 @@ class _Connection(sqlite3.Connection):
 class SqliteStore(Store):
     """:class:`Store` on a SQLite file. The directory and file are created on first use."""
 
-    def __init__(self, path: str | Path, *, clock: Clock | None = None, timeout_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        clock: Clock | None = None,
+        timeout_s: float = 2.0,
+        semantic_log_retain: int = SEMANTIC_LOG_RETAIN,
+    ) -> None:
+        if semantic_log_retain < 1:
+            raise ConfigurationError("SQLite store: semantic_log_retain must be at least 1")
         self.path = Path(path)
         self.timeout_s = timeout_s
+        self.semantic_log_retain = semantic_log_retain
         self._clock: Clock = clock if clock is not None else wall
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._writer = threading.Lock()
         self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._schema_ready = False
         self._closed = False
 
     @classmethod
-    def from_url(cls, url: str, *, clock: Clock | None = None, timeout_s: float = 2.0) -> SqliteStore:
+    def from_url(
+        cls,
+        url: str,
+        *,
+        clock: Clock | None = None,
+        timeout_s: float = 2.0,
+        semantic_log_retain: int = SEMANTIC_LOG_RETAIN,
+    ) -> SqliteStore:
         """Open ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``."""
         parts = urlsplit(url)
         if parts.scheme != "sqlite":
@@ -176,7 +253,7 @@ class SqliteStore(Store):
                 "PENNY_STORE_URL: the sqlite URL needs a database file path, "
                 "e.g. sqlite:///data/penny.db (in-memory databases cannot be shared)"
             )
-        return cls(path, clock=clock, timeout_s=timeout_s)
+        return cls(path, clock=clock, timeout_s=timeout_s, semantic_log_retain=semantic_log_retain)
 
     # -- connections and transactions ------------------------------------------------------
     def _connect(self) -> _Connection:
@@ -279,21 +356,42 @@ class SqliteStore(Store):
     @contextmanager
     def _write(self, action: str) -> Iterator[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE`` transaction: committed when the block ends, rolled back on error."""
-        with self._translate(action):
-            conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                # Also after a failed COMMIT, so the connection is not left inside a transaction.
-                _rollback(conn)
-                raise
+        # Writers of this process queue on a lock instead of racing in SQLite's busy handler, whose
+        # sleep-and-retry loop starves some threads under contention (50 threads, one budget).
+        if not self._writer.acquire(timeout=self.timeout_s):
+            raise StoreError(f"SQLite store {self.path}: cannot {action}: other writers held it for more than "
+                             f"{self.timeout_s:g}s")
+        try:
+            with self._translate(action):
+                conn = self._conn()
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    # Also after a failed COMMIT, so the connection is not left inside a transaction.
+                    _rollback(conn)
+                    raise
+        finally:
+            self._writer.release()
 
     @contextmanager
     def _read(self, action: str) -> Iterator[sqlite3.Connection]:
         with self._translate(action):
             yield self._conn()
+
+    @contextmanager
+    def _snapshot(self, action: str) -> Iterator[sqlite3.Connection]:
+        """Several reads of one consistent state (a deferred read transaction; WAL: never blocks)."""
+        with self._translate(action):
+            conn = self._conn()
+            conn.execute("BEGIN")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
 
     # -- lifecycle -------------------------------------------------------------------------
     def now(self) -> float:
@@ -517,6 +615,168 @@ class SqliteStore(Store):
                 _merge(totals, group)
         return summary
 
+    # -- semantic cache ------------------------------------------------------------------
+    def semantic_put(self, entry: SemanticEntry, *, max_entries: int) -> list[str]:
+        if max_entries < 0:
+            raise ValueError("max_entries must be 0 (no cap) or more")
+        with self._write("store a semantic-cache entry") as conn:
+            conn.execute(
+                _UPSERT_SEMANTIC,
+                (
+                    entry.entry_id,
+                    entry.scope,
+                    entry.context,
+                    entry.question,
+                    entry.created_at,
+                    entry.expires_at,
+                    _next_use(conn, self.now()),
+                    bytes(entry.vector),
+                    entry.answer,
+                ),
+            )
+            conn.execute(
+                _LOG_PUT,
+                (
+                    entry.entry_id,
+                    entry.scope,
+                    entry.context,
+                    entry.question,
+                    entry.created_at,
+                    entry.expires_at,
+                    bytes(entry.vector),
+                ),
+            )
+            evicted: list[tuple[str, str]] = []
+            if max_entries:
+                excess = int(conn.execute("SELECT COUNT(*) FROM semantic_entries").fetchone()[0]) - max_entries
+                if excess > 0:
+                    evicted = conn.execute(
+                        "SELECT entry_id, scope FROM semantic_entries ORDER BY last_used LIMIT ?", (excess,)
+                    ).fetchall()
+                    conn.executemany("DELETE FROM semantic_entries WHERE entry_id = ?", [(i,) for i, _ in evicted])
+                    conn.executemany(_LOG_DELETE, evicted)
+            self._trim_log(conn)
+        return [entry_id for entry_id, _ in evicted]
+
+    def semantic_get(self, entry_id: str, *, touch: bool = True) -> SemanticEntry | None:
+        query = (
+            "SELECT entry_id, scope, context, question, vector, answer, created_at, expires_at "
+            "FROM semantic_entries WHERE entry_id = ? AND expires_at > ?"
+        )
+        if not touch:
+            with self._read("read a semantic-cache entry") as conn:
+                row = conn.execute(query, (entry_id, self.now())).fetchone()
+            return None if row is None else SemanticEntry(*row)
+        with self._write("read a semantic-cache entry") as conn:
+            now = self.now()
+            row = conn.execute(query, (entry_id, now)).fetchone()
+            if row is not None:
+                conn.execute(
+                    "UPDATE semantic_entries SET last_used = ? WHERE entry_id = ?", (_next_use(conn, now), entry_id)
+                )
+        return None if row is None else SemanticEntry(*row)
+
+    def semantic_delete(self, entry_ids: Sequence[str]) -> int:
+        with self._write("delete semantic-cache entries") as conn:
+            gone: list[tuple[str, str]] = []
+            for entry_id in dict.fromkeys(entry_ids):
+                row = conn.execute("SELECT scope FROM semantic_entries WHERE entry_id = ?", (entry_id,)).fetchone()
+                if row is not None:
+                    gone.append((entry_id, row[0]))
+            conn.executemany("DELETE FROM semantic_entries WHERE entry_id = ?", [(i,) for i, _ in gone])
+            conn.executemany(_LOG_DELETE, gone)
+            self._trim_log(conn)
+        return len(gone)
+
+    def semantic_delete_where(self, *, context_prefix: str | None = None, expired: bool = False) -> list[str]:
+        if expired == (context_prefix is not None):  # both or neither
+            raise ValueError("semantic_delete_where: give either context_prefix or expired=True")
+        with self._write("delete semantic-cache entries") as conn:
+            params: tuple[float | str | bytes, ...]
+            if expired:
+                where, params = "expires_at <= ?", (self.now(),)
+            elif context_prefix:
+                # Every text starting with the prefix sorts between it and the prefix followed by a
+                # 0xFF byte, which UTF-8 never contains: an exact range the context index serves.
+                where = "context >= ? AND context < CAST(? AS TEXT)"
+                params = (context_prefix, context_prefix.encode("utf-8") + b"\xff")
+            else:
+                where, params = "1", ()
+            # ``where`` is one of the fixed texts above; values travel as parameters.
+            gone = conn.execute(f"SELECT entry_id, scope FROM semantic_entries WHERE {where}", params).fetchall()  # noqa: S608
+            conn.execute(f"DELETE FROM semantic_entries WHERE {where}", params)  # noqa: S608
+            conn.executemany(_LOG_DELETE, gone)
+            self._trim_log(conn)
+        return [entry_id for entry_id, _ in gone]
+
+    def semantic_scan(self, *, batch: int = 1000) -> Iterator[SemanticEntry]:
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
+        return self._scan_semantic(batch)
+
+    def _scan_semantic(self, batch: int) -> Iterator[SemanticEntry]:
+        # Each batch is its own short read, so a slow consumer holds no transaction open. Entries
+        # changed meanwhile may be seen old or new: the caller replays the log from the cursor it
+        # took before scanning, which converges either way.
+        now: float | None = None
+        after = 0
+        while True:
+            with self._read("load the semantic cache") as conn:
+                if now is None:
+                    now = self.now()
+                rows = conn.execute(
+                    "SELECT rowid, entry_id, scope, context, question, vector, created_at, expires_at "
+                    "FROM semantic_entries WHERE rowid > ? AND expires_at > ? ORDER BY rowid LIMIT ?",
+                    (after, now, batch),
+                ).fetchall()
+            for _, entry_id, scope, context, question, vector, created_at, expires_at in rows:
+                yield SemanticEntry(entry_id, scope, context, question, vector, "", created_at, expires_at)
+            if len(rows) < batch:
+                return
+            after = rows[-1][0]
+
+    def semantic_changes(self, cursor: str | None, *, block_s: float = 0.0, limit: int = 1000) -> SemanticChanges:
+        if cursor is None:
+            with self._read("read the semantic change log") as conn:
+                return SemanticChanges(str(_log_head(conn)))
+        if not _LOG_CURSOR.fullmatch(cursor):
+            raise ValueError(f"not a cursor of the SQLite semantic change log: {cursor!r}")
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        after = int(cursor)
+        # Replicas on one machine share the file, so polling it is cheap; the sleep is real time
+        # on purpose (a wait for another process, not a window of the store's clock).
+        deadline = time.monotonic() + block_s
+        while True:
+            changes = self._changes_after(after, limit)
+            remaining = deadline - time.monotonic()
+            if changes.changes or changes.reset or remaining <= 0:
+                return changes
+            time.sleep(min(_CHANGES_POLL_S, remaining))
+
+    def semantic_count(self) -> int:
+        with self._read("count semantic-cache entries") as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM semantic_entries").fetchone()[0])
+
+    def _changes_after(self, after: int, limit: int) -> SemanticChanges:
+        with self._snapshot("read the semantic change log") as conn:
+            head = _log_head(conn)
+            first = conn.execute("SELECT MIN(id) FROM semantic_log").fetchone()[0]
+            trimmed_through = head if first is None else int(first) - 1
+            # A cursor past the head comes from another (replaced) file; one before the trim point
+            # missed events. Either way the caller must reload.
+            if after > head or after < trimmed_through:
+                return SemanticChanges(str(head), reset=True)
+            rows = conn.execute(
+                "SELECT id, op, entry_id, scope, context, question, vector, created_at, expires_at "
+                "FROM semantic_log WHERE id > ? ORDER BY id LIMIT ?",
+                (after, limit),
+            ).fetchall()
+        changes = tuple(_logged_change(row) for row in rows)
+        return SemanticChanges(str(rows[-1][0]) if rows else str(after), changes)
+
+    def _trim_log(self, conn: sqlite3.Connection) -> None:
+        conn.execute("DELETE FROM semantic_log WHERE id <= ?", (_log_head(conn) - self.semantic_log_retain,))
 
 def _rollback(conn: sqlite3.Connection) -> None:
     # The original error is the one worth reporting; SQLite rolls back on its own anyway.
@@ -573,3 +833,26 @@ def _merge(into: UsageTotals, group: UsageTotals) -> None:
     into.completion_tokens += group.completion_tokens
     into.cost_micros += group.cost_micros
     into.saved_micros += group.saved_micros
+
+
+def _next_use(conn: sqlite3.Connection, now: float) -> int:
+    """The store clock in integer microseconds, nudged past the last use so LRU order has no ties."""
+    last = conn.execute("SELECT MAX(last_used) FROM semantic_entries").fetchone()[0]
+    now_us = int(now * 1_000_000)
+    return now_us if last is None or now_us > last else int(last) + 1
+
+
+def _log_head(conn: sqlite3.Connection) -> int:
+    """The id of the newest change-log event ever written (0 before the first)."""
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'semantic_log'").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+
+def _logged_change(row: tuple[Any, ...]) -> SemanticChange:
+    """One semantic_log row (id, op, entry_id, scope, then the entry's columns for a put)."""
+    _, op, entry_id, scope, context, question, vector, created_at, expires_at = row
+    if op == "delete":
+        return SemanticChange("delete", entry_id, scope)
+    entry = SemanticEntry(entry_id, scope, context, question, vector, "", created_at, expires_at)
+    return SemanticChange("put", entry_id, scope, entry)

@@ -1,0 +1,282 @@
+"""The semantic cache: a :class:`~proxy_core.cache.CacheLayer` that also catches rephrasings.
+
+Entries live in the store, shared by every replica; each replica keeps an in-process
+:class:`VectorIndex` of them (no answers, just what the decision needs). At start-up it takes the
+change log's head, loads every entry, then a daemon thread tails the log so an entry stored by one
+replica is a hit on another within about a second — without scanning keys on the request path.
+
+A lookup: exact match on the normalised question within the scope (no embedding needed), else the
+nearest cached questions of the scope, judged by :func:`~proxy_core.semantic.decision.decide` with
+the near-miss guard. The answer is fetched from the store only for a hit, which also marks the
+entry recently used (LRU eviction keeps the store under ``max_entries``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+
+import numpy as np
+
+from proxy_core.cache import CachedAnswer, CacheDecision, CacheScope, normalize_question
+from proxy_core.clock import Clock
+from proxy_core.errors import PennyError, StoreError
+from proxy_core.log import get_logger
+from proxy_core.semantic.decision import Candidate, decide
+from proxy_core.semantic.embedders import Embedder
+from proxy_core.semantic.guard import NearMissGuard
+from proxy_core.semantic.index import F32, IndexedEntry, VectorIndex
+from proxy_core.stores.base import SemanticChange, SemanticEntry, Store
+
+__all__ = ["SemanticCache"]
+
+
+class SemanticCache:
+    """Exact + semantic answer cache, scoped, guarded, shared through the store."""
+
+    def __init__(
+        self,
+        store: Store,
+        embedder: Embedder,
+        *,
+        ttl_s: float,
+        max_entries: int,
+        threshold: float,
+        guard: NearMissGuard | None,
+        top_k: int = 4,
+        clock: Clock = time.time,
+        sync_block_s: float = 1.0,
+        sweep_every_s: float = 60.0,
+        ivf_min: int = 20_000,
+    ) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self.threshold = threshold
+        self.guard = guard
+        self.top_k = top_k
+        self.index = VectorIndex(embedder.dims, ivf_min=ivf_min)
+        self._clock = clock
+        self._sync_block_s = sync_block_s
+        self._sweep_every_s = sweep_every_s
+        self._cursor: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._sync_lock = threading.Lock()
+        self._log = get_logger()
+        # Vectors of different embedders are not comparable: each embedder gets scopes of its own.
+        self._tag = hashlib.blake2b(embedder.name.encode(), digest_size=4).hexdigest()
+
+    def scope_id(self, scope: CacheScope) -> str:
+        return f"{scope.id()}.{self._tag}"
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def load(self) -> int:
+        """(Re)load every entry from the store; returns how many. Changes made meanwhile are kept:
+        the log's head is taken first and replayed from by :meth:`sync_once`."""
+        with self._sync_lock:
+            head = self.store.semantic_changes(None).cursor
+            self.index.clear()
+            rows: list[tuple[str, str, str, str, str, float]] = []
+            vectors: list[F32] = []
+            count = 0
+            for entry in self.store.semantic_scan():
+                vector = self._vector_of(entry)
+                if vector is None:
+                    continue
+                rows.append(_row(entry))
+                vectors.append(vector)
+                if len(rows) >= 5000:
+                    count += self._flush(rows, vectors)
+            count += self._flush(rows, vectors)
+            self._cursor = head
+            return count
+
+    def start(self) -> None:
+        """Load, then follow other replicas' changes from a daemon thread. If the store is down,
+        the thread keeps trying to load; until then lookups simply miss."""
+        try:
+            self.load()
+        except StoreError as exc:
+            self._log.warning("cache_load_failed", error=str(exc))
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._follow, name="penny-cache-sync", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Stop following changes. The thread leaves after its current read (≤ ``sync_block_s``)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=0.2)
+            self._thread = None
+
+    def sync_once(self, block_s: float = 0.0) -> int:
+        """Apply the store's changes since the last sync; returns how many were applied."""
+        if self._cursor is None:  # never loaded (the store was down at start-up)
+            return self.load()
+        with self._sync_lock:
+            batch = self.store.semantic_changes(self._cursor, block_s=block_s)
+            if batch.reset:
+                self._log.warning("cache_sync_reset")
+                reload = True
+            else:
+                reload = False
+                for change in batch.changes:
+                    self._apply(change)
+                self._cursor = batch.cursor
+        if reload:
+            return self.load()
+        return len(batch.changes)
+
+    def _follow(self) -> None:
+        next_sweep = self._clock() + self._sweep_every_s
+        while not self._stop.is_set():
+            try:
+                self.sync_once(self._sync_block_s)
+                if self._clock() >= next_sweep:
+                    next_sweep = self._clock() + self._sweep_every_s
+                    self.store.semantic_delete_where(expired=True)
+            except StoreError as exc:
+                if self._stop.is_set():  # the store was closed under us on shutdown
+                    return
+                self._log.warning("cache_sync_failed", error=str(exc))
+                self._stop.wait(1.0)
+            except Exception as exc:  # never let the sync thread die silently
+                self._log.error("cache_sync_crashed", error=repr(exc))
+                self._stop.wait(1.0)
+
+    # -- the CacheLayer protocol ------------------------------------------------------------------
+
+    def lookup(self, scope: CacheScope, question: str) -> CacheDecision:
+        now = self._clock()
+        sid = self.scope_id(scope)
+        same = self.index.exact(sid, normalize_question(question), now)
+        if same is not None:
+            answer = self._fetch(same)
+            if answer is not None:
+                return CacheDecision("exact", "exact match", answer, 1.0)
+        try:
+            vector = self.embedder.embed([question])[0]
+        except PennyError as exc:
+            # With a billed embedder the user may be out of budget: exact hits still work.
+            return CacheDecision("miss", f"semantic lookup unavailable ({type(exc).__name__})")
+        found = self.index.nearest(sid, vector, self.top_k, now)
+        decision = decide(
+            question,
+            [Candidate(e.question, sim, e) for e, sim in found],
+            threshold=self.threshold,
+            guard=self.guard,
+        )
+        if decision.payload is not None:
+            answer = self._fetch(decision.payload)
+            if answer is not None:
+                return CacheDecision(decision.status, decision.reason, answer, decision.similarity, vector=vector)
+            return CacheDecision("miss", "matched entry expired or was invalidated", vector=vector)
+        return CacheDecision("miss", decision.reason, None, decision.similarity, vector=vector)
+
+    def put(
+        self, scope: CacheScope, question: str, answer: CachedAnswer, decision: CacheDecision | None = None
+    ) -> None:
+        vector = decision.vector if decision is not None and decision.vector is not None else None
+        if vector is None:
+            vector = self.embedder.embed([question])[0]
+        now = self._clock()
+        entry = SemanticEntry(
+            entry_id=answer.entry_id,
+            scope=self.scope_id(scope),
+            context=scope.context,
+            question=question,
+            vector=np.asarray(vector, dtype="<f4").tobytes(),
+            answer=answer.to_json(),
+            created_at=now,
+            expires_at=now + self.ttl_s,
+        )
+        evicted = self.store.semantic_put(entry, max_entries=self.max_entries)
+        self.index.upsert(
+            entry_id=entry.entry_id, scope=entry.scope, context=entry.context, question=question,
+            normalized=normalize_question(question), vector=np.asarray(vector, dtype=np.float32),
+            expires_at=entry.expires_at,
+        )
+        for entry_id in evicted:
+            self.index.remove(entry_id)
+
+    def invalidate(self, scope: CacheScope, question: str | None = None) -> int:
+        sid = self.scope_id(scope)
+        wanted = None if question is None else normalize_question(question)
+        ids = [
+            e.entry_id
+            for e in self.index.entries()
+            if e.scope == sid and (wanted is None or e.normalized == wanted)
+        ]
+        return self._delete(ids)
+
+    # -- invalidation beyond one scope --------------------------------------------------------------
+
+    def invalidate_entry(self, entry_id: str) -> bool:
+        """Forget one entry (the bot's 👎 button): gone for every replica at once."""
+        return self._delete([entry_id]) > 0
+
+    def invalidate_context(self, prefix: str) -> int:
+        """Forget every entry whose context fingerprint starts with ``prefix`` (a docs re-index)."""
+        ids = self.store.semantic_delete_where(context_prefix=prefix)
+        for entry_id in ids:
+            self.index.remove(entry_id)
+        return len(ids)
+
+    def clear(self) -> int:
+        return self.invalidate_context("")
+
+    # -- helpers ------------------------------------------------------------------------------------
+
+    def _fetch(self, entry: IndexedEntry) -> CachedAnswer | None:
+        stored = self.store.semantic_get(entry.entry_id, touch=True)
+        if stored is None or not stored.answer:
+            self.index.remove(entry.entry_id)
+            return None
+        return CachedAnswer.from_json(stored.answer)
+
+    def _delete(self, ids: list[str]) -> int:
+        if not ids:
+            return 0
+        removed = self.store.semantic_delete(ids)
+        for entry_id in ids:
+            self.index.remove(entry_id)
+        return removed
+
+    def _apply(self, change: SemanticChange) -> None:
+        if change.op == "delete":
+            self.index.remove(change.entry_id)
+            return
+        entry = change.entry
+        if entry is None:
+            return
+        vector = self._vector_of(entry)
+        if vector is not None:
+            rows, vectors = [_row(entry)], [vector]
+            self._flush(rows, vectors)
+
+    def _vector_of(self, entry: SemanticEntry) -> F32 | None:
+        vector = np.frombuffer(entry.vector, dtype="<f4")
+        if vector.shape != (self.index.dims,):
+            # Written with another embedder (PENNY_EMBEDDER changed): unusable here, skip it.
+            return None
+        return vector.astype(np.float32, copy=False)
+
+    def _flush(self, rows: list[tuple[str, str, str, str, str, float]], vectors: list[F32]) -> int:
+        if not rows:
+            return 0
+        self.index.upsert_many(list(rows), np.stack(vectors))
+        n = len(rows)
+        rows.clear()
+        vectors.clear()
+        return n
+
+
+def _row(entry: SemanticEntry) -> tuple[str, str, str, str, str, float]:
+    return (entry.entry_id, entry.scope, entry.context, entry.question, normalize_question(entry.question),
+            entry.expires_at)
+

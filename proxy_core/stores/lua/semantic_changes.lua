@@ -1,0 +1,48 @@
+-- Up to ARGV[5] change-log events after the cursor ARGV[4] (a stream id; '' = just the head).
+-- Returns {reset (1/0), head, events}. reset = 1 when events after the cursor are gone (trimmed)
+-- or the cursor belongs to a log that was lost (deleted, flushed, recreated): the caller reloads.
+local cursor, limit = ARGV[4], tonumber(ARGV[5])
+
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+
+local function before(a, b)
+  local a_ms, a_seq = parse(a)
+  local b_ms, b_seq = parse(b)
+  return a_ms < b_ms or (a_ms == b_ms and a_seq < b_seq)
+end
+
+if redis.call('EXISTS', LOG) == 0 then
+  -- Nothing was ever logged, or the log was lost under a cursor that points into it.
+  return {(cursor ~= '' and cursor ~= '0-0') and 1 or 0, '0-0', {}}
+end
+
+local raw, info = redis.call('XINFO', 'STREAM', LOG), {}
+for i = 1, #raw, 2 do
+  info[raw[i]] = raw[i + 1]
+end
+local head = info['last-generated-id']
+if cursor == '' then
+  return {0, head, {}}
+end
+
+local first = info['first-entry'] and info['first-entry'][1]
+local trimmed = info['max-deleted-entry-id']
+local reset
+if before(head, cursor) then
+  reset = true -- the cursor is from a newer log than this one
+elseif trimmed then
+  -- Redis >= 7.0 says what trimming removed: reset when it removed events after the cursor, or
+  -- when the cursor's own event was never removed yet is not here (a recreated log).
+  reset = before(cursor, trimmed)
+    or (cursor ~= '0-0' and before(trimmed, cursor) and (not first or before(cursor, first)))
+else
+  -- Older servers: reset whenever the log no longer reaches back to the cursor.
+  reset = first and before(cursor, first)
+end
+if reset then
+  return {1, head, {}}
+end
+return {0, head, redis.call('XRANGE', LOG, '(' .. cursor, '+', 'COUNT', limit)}

@@ -1,0 +1,34 @@
+-- Delete up to ARGV[6] entries, logging each: with ARGV[4] = 'prefix', those whose context starts
+-- with ARGV[5] ('' = every entry); with ARGV[4] = 'expired', those with expires_at <= now.
+-- Returns {how many index entries were looked at, {deleted ids}}; fewer than ARGV[6] looked at
+-- means none are left.
+local mode, prefix, limit = ARGV[4], ARGV[5], tonumber(ARGV[6])
+local deleted = {}
+
+if mode == 'expired' then
+  local due = redis.call('ZRANGEBYSCORE', EXPIRIES, '-inf', num(clock()), 'LIMIT', 0, limit)
+  for _, id in ipairs(due) do
+    if remove(id) then
+      deleted[#deleted + 1] = id
+    end
+    -- An index entry without its record would otherwise come back forever.
+    redis.call('ZREM', EXPIRIES, id)
+  end
+  return {#due, deleted}
+end
+
+-- Members starting with the escaped prefix sort from it up to it followed by byte 255, which
+-- neither UTF-8 nor the escaping ever produces.
+local low, high = '-', '+'
+if prefix ~= '' then
+  low, high = '[' .. escape(prefix), '(' .. escape(prefix) .. '\255'
+end
+local matching = redis.call('ZRANGEBYLEX', CONTEXTS, low, high, 'LIMIT', 0, limit)
+for _, member in ipairs(matching) do
+  local id = string.sub(member, string.find(member, '\0\0', 1, true) + 2)
+  if remove(id) then
+    deleted[#deleted + 1] = id
+  end
+  redis.call('ZREM', CONTEXTS, member)
+end
+return {#matching, deleted}

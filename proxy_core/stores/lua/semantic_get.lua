@@ -1,0 +1,15 @@
+-- An entry with its answer unless missing or expired (expires_at <= now); ARGV[5] = '1' also
+-- marks it most recently used. ARGV[4]: entry id. Returns {record, answer} or nil.
+local id = ARGV[4]
+local record = redis.call('HGET', RECORDS, id)
+if not record then
+  return false
+end
+local _, _, expires_at = record_head(record)
+if expires_at <= clock() then
+  return false
+end
+if ARGV[5] == '1' then
+  redis.call('ZADD', LAST_USED, 'XX', next_use(), id)
+end
+return {record, redis.call('HGET', ANSWERS, id)}

@@ -1,0 +1,31 @@
+-- Store (or replace) an entry as the most recently used, then evict least recently used entries
+-- while more than max_entries remain. Each step is logged: the put (record, no answer), then one
+-- delete per eviction.
+-- ARGV[4]: entry id, ARGV[5]: record, ARGV[6]: answer, ARGV[7]: max_entries (0 = no cap).
+-- Returns the evicted ids, least recently used first.
+local id, record, max_entries = ARGV[4], ARGV[5], tonumber(ARGV[7])
+
+local old = redis.call('HGET', RECORDS, id)
+if old then
+  local _, old_context = record_head(old)
+  redis.call('ZREM', CONTEXTS, context_member(old_context, id))
+end
+local scope, context, expires_at = record_head(record)
+redis.call('HSET', RECORDS, id, record)
+redis.call('HSET', ANSWERS, id, ARGV[6])
+redis.call('ZADD', LAST_USED, next_use(), id)
+redis.call('ZADD', EXPIRIES, num(expires_at), id)
+redis.call('ZADD', CONTEXTS, 0, context_member(context, id))
+log('op', 'put', 'id', id, 'scope', scope, 'record', record)
+
+local evicted = {}
+if max_entries > 0 then
+  local excess = redis.call('HLEN', RECORDS) - max_entries
+  if excess > 0 then
+    for _, victim in ipairs(redis.call('ZRANGE', LAST_USED, 0, excess - 1)) do
+      remove(victim)
+      evicted[#evicted + 1] = victim
+    end
+  end
+end
+return evicted

@@ -1,0 +1,300 @@
+"""The semantic cache through the real gateway: scope isolation, the guard, TTL, LRU eviction,
+invalidation, and cross-replica visibility. Real stores, the bundled WordLlama embedder, the fake
+OpenAI server over HTTP, a manual clock."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from proxy_core.cache import CacheScope
+from proxy_core.clock import ManualClock
+from proxy_core.gateway import Gateway
+from proxy_core.metrics import Metrics
+from proxy_core.semantic.index import ScopeIndex, VectorIndex
+from proxy_core.semantic.layer import SemanticCache
+from proxy_core.settings import PennySettings
+from proxy_core.stores.base import Store
+from proxy_core.upstream import OpenAIUpstream
+from tests.fake_openai import FakeOpenAI
+
+API_KEY = "sk-test-semantic-0123456789"
+DAY = "2026-01-01"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+def make_gateway(store: Store, clock: ManualClock, fake: FakeOpenAI) -> Iterator[Callable[..., Gateway]]:
+    made: list[Gateway] = []
+
+    def make(store_: Store | None = None, **overrides: Any) -> Gateway:
+        params: dict[str, Any] = {
+            "openai_api_key": API_KEY,
+            "requests_per_minute": 0,
+            "tokens_per_minute": 0,
+            "embedder": "local:wordllama",
+        }
+        params.update(overrides)
+        settings = PennySettings(**params)
+        gw = Gateway(
+            settings,
+            store=store_ or store,
+            upstream=OpenAIUpstream(api_key=API_KEY, base_url=fake.base_url, timeout_s=2.0),
+            metrics=Metrics(CollectorRegistry()),
+            clock=clock,
+            wall=clock,
+            sleep=clock.sleep,
+        )
+        made.append(gw)
+        return gw
+
+    yield make
+    for gw in made:
+        assert isinstance(gw.cache, SemanticCache)
+        gw.cache.close()
+
+
+_ids = iter(range(1_000_000))
+
+
+def ask(gw: Gateway, question: str, *, user: str = "U1", workspace: str = "W1", system: str = "You are Penny.",
+        **kw: Any) -> Any:
+    return gw.chat(
+        user_id=user,
+        workspace_id=workspace,
+        request_id=f"r{next(_ids)}",
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
+        **kw,
+    )
+
+
+def test_a_rephrasing_is_a_semantic_hit_that_costs_nothing(make_gateway: Callable[..., Gateway],
+                                                           fake: FakeOpenAI) -> None:
+    gw = make_gateway()
+    first = ask(gw, "Where are the production logs?")
+    hit = ask(gw, "Where can I find the production logs?")
+    assert fake.count("chat") == 1
+    assert hit.cache_status == "semantic"
+    assert hit.similarity is not None and hit.similarity >= 0.5
+    assert hit.cost_micros == 0 and hit.saved_micros == first.cost_micros > 0
+    assert hit.content == first.content
+    usage = gw.usage("W1", DAY, DAY)
+    assert usage.totals.cache_hits == 1 and usage.totals.saved_micros == first.cost_micros
+
+
+@pytest.mark.parametrize(
+    ("cached", "asked"),
+    [
+        ("How do I enable 2FA?", "How do I disable 2FA?"),
+        ("Where are the production logs?", "Where are the staging logs?"),
+        ("What's the price?", "What's the price after discount?"),
+        ("Is lunch provided on Fridays?", "Is lunch not provided on Fridays?"),
+        ("What's the budget for team offsites in Q1?", "What's the budget for team offsites in Q3?"),
+    ],
+)
+def test_near_misses_are_never_served(make_gateway: Callable[..., Gateway], fake: FakeOpenAI,
+                                      cached: str, asked: str) -> None:
+    gw = make_gateway(cache_threshold=0.5)  # a low bar: the guard alone must refuse these
+    ask(gw, cached)
+    result = ask(gw, asked)
+    assert result.cache_status == "miss"
+    assert fake.count("chat") == 2
+    assert result.cache_reason.startswith(("rejected", "below threshold"))
+
+
+def test_no_hit_crosses_workspaces_channels_system_prompts_or_contexts(make_gateway: Callable[..., Gateway],
+                                                                       fake: FakeOpenAI) -> None:
+    gw = make_gateway(cache_scope="channel")
+    ask(gw, "How do I deploy?", channel_id="C1")
+    assert ask(gw, "How do I deploy?", channel_id="C1").cache_status == "exact"
+    assert ask(gw, "How do I deploy?", channel_id="C2").cache_status == "miss"
+    assert ask(gw, "How do I deploy?", workspace="W2", channel_id="C1").cache_status == "miss"
+    assert ask(gw, "How do I deploy?", channel_id="C1", system="Be brief.").cache_status == "miss"
+    assert ask(gw, "How do I deploy?", channel_id="C1", context="docs:v2").cache_status == "miss"
+    assert fake.count("chat") == 5
+
+
+def test_follow_up_turns_are_scoped_by_the_conversation(make_gateway: Callable[..., Gateway],
+                                                        fake: FakeOpenAI) -> None:
+    gw = make_gateway()
+
+    def follow_up(earlier: str) -> Any:
+        return gw.chat(user_id="U1", workspace_id="W1", request_id=f"f{next(_ids)}", messages=[
+            {"role": "user", "content": earlier},
+            {"role": "assistant", "content": "..."},
+            {"role": "user", "content": "And how long does it take?"},
+        ])
+
+    follow_up("How do I request a refund?")
+    assert follow_up("How do I renew my passport?").cache_status == "miss"
+    assert follow_up("How do I request a refund?").cache_status == "exact"
+
+
+def test_entries_expire_after_the_ttl(make_gateway: Callable[..., Gateway], clock: ManualClock,
+                                      fake: FakeOpenAI) -> None:
+    gw = make_gateway(cache_ttl_s=3600)
+    ask(gw, "How do I deploy?")
+    clock.advance(3599)
+    assert ask(gw, "How do I deploy?").cache_status == "exact"
+    clock.advance(2)
+    assert ask(gw, "How do I deploy?").cache_status == "miss"
+    assert fake.count("chat") == 2
+
+
+def test_least_recently_used_entries_are_evicted(make_gateway: Callable[..., Gateway], clock: ManualClock,
+                                                 store: Store) -> None:
+    gw = make_gateway(cache_max_entries=2)
+    ask(gw, "How do I deploy the API?")
+    clock.advance(1)
+    ask(gw, "Who approves vacation requests?")
+    clock.advance(1)
+    ask(gw, "How do I deploy the API?")  # a hit: now the most recently used
+    clock.advance(1)
+    ask(gw, "Where is the office wifi password?")  # evicts the vacation question
+    assert store.semantic_count() == 2
+    assert len(gw.cache.index) == 2  # type: ignore[union-attr,arg-type]
+    assert ask(gw, "How do I deploy the API?").cache_status == "exact"
+    assert ask(gw, "Who approves vacation requests?").cache_status == "miss"
+
+
+def test_invalidation_by_entry_context_and_all(make_gateway: Callable[..., Gateway], fake: FakeOpenAI) -> None:
+    gw = make_gateway()
+    first = ask(gw, "How do I deploy?", context="docs:v1|page-a")
+    ask(gw, "Who approves vacation requests?", context="docs:v1|page-b")
+    ask(gw, "Where is the wifi password?", context="docs:v2|page-c")
+    assert gw.invalidate_cache_entry(first.cache_entry_id)
+    assert not gw.invalidate_cache_entry(first.cache_entry_id)
+    assert ask(gw, "How do I deploy?", context="docs:v1|page-a").cache_status == "miss"
+    cache = gw.cache
+    assert isinstance(cache, SemanticCache)
+    assert cache.invalidate_context("docs:v1|") == 2  # the re-asked deploy question and vacation
+    assert ask(gw, "Who approves vacation requests?", context="docs:v1|page-b").cache_status == "miss"
+    assert ask(gw, "Where is the wifi password?", context="docs:v2|page-c").cache_status == "exact"
+    assert cache.clear() >= 2
+    assert ask(gw, "Where is the wifi password?", context="docs:v2|page-c").cache_status == "miss"
+
+
+def test_a_fresh_answer_replaces_the_cached_one(make_gateway: Callable[..., Gateway], fake: FakeOpenAI) -> None:
+    from tests.fake_openai import Fault
+
+    gw = make_gateway()
+    ask(gw, "How do I deploy?")
+    fake.script(Fault.ok(content="Use the new pipeline."))
+    ask(gw, "How do I deploy?", use_cache=False)
+    again = ask(gw, "How do I deploy?")
+    assert again.cache_status == "exact" and again.content == "Use the new pipeline."
+
+
+@pytest.mark.redis
+def test_an_entry_stored_by_one_replica_is_a_hit_on_another_within_a_second(
+    redis_url: str, redis_namespace: str, fake: FakeOpenAI
+) -> None:
+    from proxy_core.stores.redis import RedisStore
+
+    def replica() -> Gateway:
+        settings = PennySettings(openai_api_key=API_KEY, requests_per_minute=0, tokens_per_minute=0)
+        store = RedisStore.from_url(redis_url, namespace=redis_namespace)
+        return Gateway(settings, store=store, metrics=Metrics(CollectorRegistry()),
+                       upstream=OpenAIUpstream(api_key=API_KEY, base_url=fake.base_url, timeout_s=2.0))
+
+    a, b = replica(), replica()
+    try:
+        stored = a.chat(user_id="U1", workspace_id="W1", request_id="x1",
+                        messages=[{"role": "user", "content": "How do I rotate the API keys?"}])
+        cache_b = b.cache
+        assert isinstance(cache_b, SemanticCache)
+        # B's sync thread tails the change log; poll its in-process index (no store scan).
+        deadline = time.monotonic() + 1.0
+        while cache_b.index.get(stored.request_id) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert cache_b.index.get(stored.request_id) is not None, "not visible on the other replica within 1 s"
+        hit = b.chat(user_id="U2", workspace_id="W1", request_id="x2",
+                     messages=[{"role": "user", "content": "How can I rotate our API keys?"}])
+        assert hit.cache_status in ("exact", "semantic")
+        assert fake.count("chat") == 1
+        # An invalidation on B reaches A the same way.
+        assert b.invalidate_cache_entry(stored.request_id)
+        cache_a = a.cache
+        assert isinstance(cache_a, SemanticCache)
+        deadline = time.monotonic() + 1.0
+        while cache_a.index.get(stored.request_id) is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert cache_a.index.get(stored.request_id) is None
+    finally:
+        for gw in (a, b):
+            gw.close()
+        cleanup = RedisStore.from_url(redis_url, namespace=redis_namespace)
+        cleanup.delete_namespace()
+        cleanup.close()
+
+
+def test_a_restarted_replica_loads_the_shared_entries(make_gateway: Callable[..., Gateway],
+                                                      open_twin: Callable[[], Store], fake: FakeOpenAI) -> None:
+    ask(make_gateway(), "How do I rotate the API keys?")
+    later = make_gateway(open_twin())
+    assert ask(later, "How do I rotate the API keys?").cache_status == "exact"
+    assert fake.count("chat") == 1
+
+
+# -- the index itself ---------------------------------------------------------------------------------
+
+
+def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    m = rng.standard_normal((n, d)).astype(np.float32)
+    return m / np.linalg.norm(m, axis=1, keepdims=True)
+
+
+def test_scope_index_exact_search_matches_brute_force() -> None:
+    rng = np.random.default_rng(1)
+    vectors = _unit(rng, 500, 32)
+    index = ScopeIndex(32)
+    index.add_many(range(500), vectors)
+    for label in (3, 100, 250):
+        index.remove(label)
+    keep = [i for i in range(500) if i not in (3, 100, 250)]
+    for q in _unit(rng, 20, 32):
+        expected = [keep[i] for i in np.argsort(-(vectors[keep] @ q))[:5]]
+        assert [label for label, _ in index.search(q, 5)] == expected
+
+
+def test_scope_index_clusters_when_large_and_still_finds_near_duplicates() -> None:
+    rng = np.random.default_rng(2)
+    vectors = _unit(rng, 3000, 32)
+    index = ScopeIndex(32, ivf_min=1000, nprobe=8)
+    index.add_many(range(3000), vectors)
+    assert index.clustered
+    noisy = vectors[:200] + 0.05 * rng.standard_normal((200, 32)).astype(np.float32)
+    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+    found = sum(index.search(q, 1)[0][0] == i for i, q in enumerate(noisy))
+    assert found >= 195
+    index.remove(0)
+    assert all(label != 0 for label, _ in index.search(vectors[0], 5))
+
+
+def test_vector_index_never_returns_another_scope_or_an_expired_entry() -> None:
+    index = VectorIndex(4)
+    v = np.array([1, 0, 0, 0], dtype=np.float32)
+    index.upsert(entry_id="a", scope="s1", context="", question="q", normalized="q", vector=v, expires_at=100.0)
+    index.upsert(entry_id="b", scope="s2", context="", question="q", normalized="q", vector=v, expires_at=100.0)
+    assert [e.entry_id for e, _ in index.nearest("s1", v, 5, now=50.0)] == ["a"]
+    assert index.nearest("s1", v, 5, now=100.0) == []
+    assert index.exact("s2", "q", now=50.0) is not None and index.exact("s3", "q", now=50.0) is None
+
+
+def test_cache_scope_is_a_filter_not_text() -> None:
+    a = CacheScope.for_chat(model="m", messages=[{"role": "user", "content": "x"}], params={}, context="c",
+                            tenant="w:W1")
+    b = CacheScope.for_chat(model="m", messages=[{"role": "user", "content": "y"}], params={}, context="c",
+                            tenant="w:W1")
+    assert a.id() == b.id()  # the question itself is not part of the scope
+    assert a.id() != CacheScope(a.model, a.params, a.context, "w:W2").id()
