@@ -87,6 +87,20 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate settings, prices and the store, and say what is missing")
     check.set_defaults(func=_cmd_check)
 
+    cache = sub.add_parser("cache", help="the answer cache: measure its hit decision, inspect, clear")
+    cache_sub = cache.add_subparsers(required=True, metavar="ACTION")
+    ev = cache_sub.add_parser("eval", help="run the hit decision over labelled pairs (JSON Lines of a, b, label)")
+    ev.add_argument("file")
+    ev.add_argument("--threshold", type=float, default=None, help="similarity threshold (default: configured)")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    _who(ev)
+    ev.set_defaults(func=_cmd_cache_eval)
+    stats = cache_sub.add_parser("stats", help="how many answers are cached")
+    stats.set_defaults(func=_cmd_cache_stats)
+    clear = cache_sub.add_parser("clear", help="forget cached answers (all, or by context prefix)")
+    clear.add_argument("--context", default="", help="only entries whose context starts with this")
+    clear.set_defaults(func=_cmd_cache_clear)
+
     prices = sub.add_parser("prices", help="list the price table in use")
     prices.set_defaults(func=_cmd_prices)
     return p
@@ -117,6 +131,61 @@ def _cmd_check(args: argparse.Namespace, settings: PennySettings, out: TextIO, _
               "https://platform.openai.com/api-keys and put it in .env.", file=out)
         return 2
     print("OPENAI_API_KEY is set", file=out)
+    return 0
+
+
+def _cmd_cache_eval(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
+    from proxy_core.semantic.decision import default_threshold, evaluate, format_report, load_pairs
+    from proxy_core.semantic.embedders import embedder_from_spec
+    from proxy_core.semantic.guard import NearMissGuard
+
+    try:
+        pairs = load_pairs(args.file)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {args.file}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from exc
+    if args.threshold is not None and not 0 < args.threshold <= 1:
+        raise ConfigurationError("--threshold must be in (0, 1]")
+    gateway: Gateway | None = None
+    try:
+        if settings.embedder.startswith("openai:"):
+            # The same billed path as production: these embeddings cost money and are recorded.
+            gateway = _gateway(settings)
+            embedder = embedder_from_spec(
+                settings.embedder, openai_embed_fn=gateway.embed_fn(args.user, args.workspace)
+            )
+        else:
+            embedder = embedder_from_spec(settings.embedder)
+        threshold = args.threshold or settings.cache_threshold or default_threshold(embedder.name)
+        report = evaluate(pairs, embedder, threshold=threshold, guard=NearMissGuard() if settings.cache_guard else None)
+    finally:
+        if gateway is not None:
+            gateway.close()
+    print(report.to_json() if args.json else format_report(report), file=out)
+    return 0
+
+
+def _cmd_cache_stats(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
+    store = store_from_url(settings.store_url, timeout_s=settings.store_timeout_s)
+    try:
+        count = store.semantic_count()
+    finally:
+        store.close()
+    mode = "semantic" if settings.semantic_cache else "exact only"
+    print(f"{count:,} cached answers · {mode} · embedder {settings.embedder} · "
+          f"max {settings.cache_max_entries:,} · ttl {settings.cache_ttl_s:g}s", file=out)
+    return 0
+
+
+def _cmd_cache_clear(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
+    store = store_from_url(settings.store_url, timeout_s=settings.store_timeout_s)
+    try:
+        gone = store.semantic_delete_where(context_prefix=args.context)
+    finally:
+        store.close()
+    what = f"with context starting {args.context!r}" if args.context else "in total"
+    print(f"removed {len(gone):,} cached answers {what}; every replica drops them within a second", file=out)
     return 0
 
 

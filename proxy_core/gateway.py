@@ -198,6 +198,17 @@ class Gateway:
                             model=model, dimensions=dimensions)
         return result.vectors
 
+    def embed_fn(self, user_id: str, workspace_id: str) -> Callable[..., list[list[float]]]:
+        """An OpenAI-style embed function billed to ``user_id`` (for tools such as ``penny cache eval``)."""
+
+        def embed(texts: list[str], *, model: str, dimensions: int | None) -> list[list[float]]:
+            result = self.embed(user_id=user_id, workspace_id=workspace_id,
+                                request_id=f"{user_id}:embed:{uuid.uuid4().hex}", inputs=texts,
+                                model=model, dimensions=dimensions)
+            return result.vectors
+
+        return embed
+
     def invalidate_cache_entry(self, entry_id: str) -> bool:
         """Forget one cached answer everywhere (a 👎 on it). False if it was not cached."""
         from proxy_core.semantic.layer import SemanticCache

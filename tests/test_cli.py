@@ -368,3 +368,61 @@ def test_closed_pipe_ends_quietly_as_a_program(tmp_path: Path) -> None:
 )
 def test_format_usd(micros: int, text: str) -> None:
     assert format_usd(micros) == text
+
+
+# -- cache ---------------------------------------------------------------------------------------
+
+PAIRS = [
+    {"a": "How do I start the dev server?", "b": "How do I stop the dev server?", "label": 0},
+    {"a": "Where are the production logs?", "b": "Where can I find the production logs?", "label": 1},
+    {"a": "How do I deploy?", "b": "how do I deploy", "label": 1},
+    {"a": "Is lunch provided on Fridays?", "b": "Is lunch not provided on Fridays?", "label": 0},
+]
+
+
+def _pairs_file(tmp_path: Path) -> Path:
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(p) for p in PAIRS) + "\n")
+    return path
+
+
+def test_cache_eval_reports_the_production_decision_on_labelled_pairs(tmp_path: Path) -> None:
+    code, out = penny("cache", "eval", str(_pairs_file(tmp_path)), "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert (report["pairs"], report["positives"], report["negatives"]) == (4, 2, 2)
+    assert report["false_hits"] == 0  # stop/start and the negation are refused
+    assert report["true_hits"] == 2 and report["recall"] == 1.0 and report["precision"] == 1.0
+    code, text = penny("cache", "eval", str(_pairs_file(tmp_path)), "--threshold", "0.99")
+    assert code == 0 and "penny: cos >= 0.99 + guard" in text
+
+
+def test_cache_eval_with_an_openai_embedder_is_billed_through_the_gateway(tmp_path: Path, fake: FakeOpenAI,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          isolated: str) -> None:
+    monkeypatch.setenv("PENNY_EMBEDDER", "openai:text-embedding-3-small?dimensions=64")
+    code, out = penny("cache", "eval", str(_pairs_file(tmp_path)), "--json", "--user", "evaluator")
+    assert code == 0, out
+    assert json.loads(out)["pairs"] == 4
+    assert fake.count("embeddings") >= 1
+    spent = ledger(isolated, "evaluator")
+    assert spent.totals.requests >= 1 and spent.by_model["text-embedding-3-small"].cost_micros > 0
+
+
+def test_cache_eval_rejects_a_bad_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"a": "x"}\n')
+    assert penny("cache", "eval", str(bad))[0] == 2
+    assert penny("cache", "eval", str(tmp_path / "missing.jsonl"))[0] == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_cache_stats_and_clear(fake: FakeOpenAI) -> None:
+    assert penny("ask", QUESTION)[0] == 0
+    code, out = penny("cache", "stats")
+    assert code == 0 and out.startswith("1 cached answers")
+    code, out = penny("cache", "clear")
+    assert code == 0 and "removed 1 cached answers" in out
+    assert penny("cache", "stats")[1].startswith("0 cached answers")
+    penny("ask", QUESTION)
+    assert fake.count("chat") == 2

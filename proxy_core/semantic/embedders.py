@@ -41,9 +41,7 @@ __all__ = [
 ]
 
 ENV_VAR = "PENNY_EMBEDDER"
-ACCEPTED_FORMS = (
-    "local:wordllama, local:wordllama?dims=64|128|256, openai:<model>, openai:<model>?dimensions=<n>"
-)
+ACCEPTED_FORMS = "local:wordllama, local:wordllama?dims=64|128|256, openai:<model>, openai:<model>?dimensions=<n>"
 
 Vectors = NDArray[np.float32]
 
@@ -77,7 +75,9 @@ def normalize_rows(vectors: NDArray[Any]) -> Vectors:
     if out.ndim != 2:
         raise ValueError(f"expected a 2-d array of vectors, got shape {out.shape}")
     norms = np.linalg.norm(out, axis=1, keepdims=True)
-    return np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)
+    unit: Vectors = np.zeros_like(out)
+    np.divide(out, norms, out=unit, where=norms > 0)
+    return unit
 
 
 # -- WordLlama -------------------------------------------------------------------------------------
@@ -239,9 +239,7 @@ def openai_sdk_embed_fn(client: OpenAI) -> OpenAIEmbedFn:
             else:
                 response = client.embeddings.create(model=model, input=texts, dimensions=dimensions)
         except openai.APIStatusError as exc:
-            raise UpstreamError(
-                f"embeddings call failed with HTTP {exc.status_code}", status=exc.status_code
-            ) from exc
+            raise UpstreamError(f"embeddings call failed with HTTP {exc.status_code}", status=exc.status_code) from exc
         except openai.APITimeoutError as exc:
             raise UpstreamError("embeddings call timed out", kind="timeout") from exc
         except openai.APIConnectionError as exc:
@@ -277,8 +275,8 @@ def embedder_from_spec(spec: str, *, openai_embed_fn: OpenAIEmbedFn | None = Non
     if scheme == "openai" and target:
         _only(spec, params, {"dimensions"})
         asked = _int_param(spec, params, "dimensions")
-        dims = asked if asked is not None else _OPENAI_DIMS.get(target)
-        if dims is None:
+        size = asked if asked is not None else _OPENAI_DIMS.get(target)
+        if size is None:
             raise _bad_spec(spec, f"Penny does not know the size of {target!r}; add ?dimensions=<n>")
         if openai_embed_fn is None:
             raise ConfigurationError(f"{ENV_VAR}={spec} needs an OpenAI embeddings client, and none was given.")
@@ -288,7 +286,7 @@ def embedder_from_spec(spec: str, *, openai_embed_fn: OpenAIEmbedFn | None = Non
         def embed_fn(texts: list[str]) -> list[list[float]]:
             return call(texts, model=model, dimensions=asked)
 
-        return OpenAICompatibleEmbedder(spec.strip(), dims, embed_fn)
+        return OpenAICompatibleEmbedder(spec.strip(), size, embed_fn)
 
     raise _bad_spec(spec, "unknown embedder")
 

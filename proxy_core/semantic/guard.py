@@ -4,22 +4,28 @@ Sentence embeddings score "How do I enable 2FA?" and "How do I disable 2FA?" as 
 so a similarity threshold alone serves wrong answers. The guard compares the two questions word
 by word and rejects when they differ in something that changes the answer:
 
-1. negation (not, n't, never, no, without, …);
-2. numbers, amounts, dates, versions and periods (digits, number words, Q3, v2, weekdays,
-   months, "last week", "monthly", …), compared as normalised values;
-3. an antonym: a compact list of opposites plus morphology (un-/dis-/in-/de-/non- prefixes,
+1. negation (not, n't, never, no, without, non-, …);
+2. numbers, amounts, dates, versions, periods and codes (digits, number words, "first quarter" =
+   Q1, v2, weekdays, months, "last week", "monthly", 2FA, "Plan B"), compared as normalised values;
+3. the kind of question: why / when / where / who, and advice ("should I …?") vs fact;
+4. an antonym: a compact list of opposites plus morphology (un-/dis-/in-/de-/non- prefixes,
    in/ex, en/dis, in/de, up/down swaps, -ful/-less), so lock/unlock and include/exclude need no
-   entry;
-4. a named entity or code (capitalised mid-sentence, ALLCAPS, CamelCase) with no counterpart:
-   same word, same stem, abbreviation (prod/production, DB/database) or acronym (PR/pull
-   request) — never mere similarity, since Berlin and Toronto are "similar";
-5. a content word with no counterpart in the other question: same stem, abbreviation, or a
-   near-synonym by word-vector cosine (WordLlama embeds single words; cohyponyms such as
-   production/staging score near zero while synonyms such as buy/purchase score high).
+   entry; and swapped roles ("km to miles" vs "miles to km");
+5. a named entity or code (capitalised mid-sentence, ALLCAPS, CamelCase) with no counterpart:
+   same word or stem, spelling variant, clipping (prod/production), abbreviation (DB/database) or
+   acronym (PR/pull request) — never mere similarity, since Berlin and Toronto are "similar";
+6. a content word with no counterpart: as above, or a near-synonym by word-vector cosine
+   (WordLlama embeds single words; cohyponyms such as production/staging score near zero while
+   buy/purchase score high).
+
+Rule 6 is for minimal pairs — two questions that share most of their words, where the one word
+that differs is the point ("production logs" / "staging logs"). When the questions share less
+than half their words (Dice overlap of the token sets below ``rewording_overlap``) the new one is
+a rewording, and a word without a literal counterpart is expected; rules 1–5 still apply.
 
 Question scaffolding ("how do I", "what is the best way to", "can you") and function words never
 count. :meth:`NearMissGuard.analyse` does the per-question work once (cache it with the entry);
-:meth:`NearMissGuard.check_analysed` compares two analyses in a few microseconds.
+:meth:`NearMissGuard.check_analysed` compares two analyses in tens of microseconds.
 """
 
 from __future__ import annotations
@@ -101,16 +107,37 @@ class Analysis:
 
 # -- word lists (closed classes only; open-class behaviour comes from rules and vectors) ---------
 
-_NEGATIONS = frozenset(
-    ["not", "n't", "no", "never", "without", "none", "nobody", "nothing", "nowhere", "neither", "nor", "cannot"]
-)
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+_NEGATIONS = _words("not n't no never without none nobody nothing nowhere neither nor cannot non")
 # Function words and question scaffolding. Never counted as content.
-_STOP = frozenset(
-    ["a", "an", "the", "this", "that", "these", "those", "there", "here", "it", "its", "it's", "itself", "they", "them", "their", "theirs", "i", "me", "my", "mine", "myself", "we", "us", "our", "ours", "ourselves", "you", "your", "yours", "yourself", "yourselves", "he", "him", "his", "himself", "she", "her", "hers", "herself", "one's", "someone", "somebody", "anyone", "anybody", "everyone", "is", "am", "are", "was", "were", "be", "been", "being", "do", "does", "did", "doing", "done", "have", "has", "had", "having", "can", "could", "shall", "should", "will", "would", "may", "might", "must", "ought", "need", "needs", "needed", "what", "whats", "which", "who", "whom", "whose", "when", "where", "why", "how", "whether", "if", "then", "than", "so", "such", "and", "or", "but", "as", "of", "at", "by", "for", "from", "in", "into", "onto", "on", "off", "over", "under", "to", "up", "down", "out", "with", "about", "above", "across", "after", "against", "along", "among", "around", "before", "behind", "below", "beneath", "beside", "between", "beyond", "during", "except", "inside", "near", "outside", "per", "since", "through", "throughout", "till", "toward", "towards", "until", "upon", "via", "within", "some", "any", "all", "each", "every", "both", "either", "few", "many", "much", "more", "most", "other", "another", "same", "own", "very", "really", "quite", "just", "only", "also", "too", "even", "still", "yet", "already", "again", "ever", "please", "thanks", "thank", "hi", "hello", "hey", "ok", "okay", "way", "ways", "thing", "things", "stuff", "something", "anything", "everything", "lot", "lots", "kind", "sort", "type", "get", "gets", "got", "getting", "make", "makes", "made", "making", "let", "lets", "go", "goes", "going", "gone", "went", "know", "tell", "explain", "find", "show", "help", "want", "like", "possible", "allowed", "able", "best", "good", "better", "one", "ones", "s", "t", "d", "ll", "m", "re", "ve"]
-) - _NEGATIONS
+_STOP = (
+    _words(
+        """
+    a an the this that these those there here it its it's itself they them their theirs i me my
+    mine myself we us our ours ourselves you your yours yourself yourselves he him his himself
+    she her hers herself one's someone somebody anyone anybody everyone is am are was were be
+    been being do does did doing done have has had having can could shall should will would may
+    might must ought need needs needed what whats which who whom whose when where why how
+    whether if then than so such and or but as of at by for from in into onto on off over under
+    to up down out with about above across after against along among around before behind below
+    beneath beside between beyond during except inside near outside per since through throughout
+    till toward towards until upon via within some any all each every both either few many much
+    more most other another same own very really quite just only also too even still yet already
+    again ever please thanks thank hi hello hey ok okay way ways thing things stuff something
+    anything everything lot lots kind sort type get gets got getting make makes made making let
+    lets go goes going gone went know tell explain find show help want like possible allowed
+    able best good better one ones s t d ll m re ve
+    """
+    )
+    - _NEGATIONS
+)
 # Verbs/nouns that frame a question rather than say what it is about ("how do refunds work",
 # "what's the refund policy", "what are the steps to …").
-_FRAME = frozenset(["work", "works", "working", "policy", "policies", "process", "procedure", "procedures", "rule", "rules", "step", "steps"])
+_FRAME = _words("work works working policy policies process procedure procedures rule rules step steps")
 
 _NUMBER_WORDS = {
     "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
@@ -160,7 +187,7 @@ _DIRECTIONAL = frozenset({"to", "from", "into", "against", "than", "toward", "to
 
 # Opposites that morphology cannot see. Symmetric; compared on stems.
 _ANTONYM_PAIRS = [
-    ("start", "stop"), ("start", "end"), ("begin", "end"), ("open", "close"), ("open", "shut"),
+    ("start", "stop"), ("run", "stop"), ("start", "end"), ("begin", "end"), ("open", "close"), ("open", "shut"),
     ("grant", "revoke"), ("add", "remove"), ("add", "delete"), ("create", "delete"), ("create", "destroy"),
     ("allow", "deny"), ("allow", "block"), ("allow", "forbid"), ("accept", "reject"), ("accept", "decline"),
     ("approve", "reject"), ("approve", "deny"), ("permit", "forbid"), ("include", "omit"),
@@ -206,8 +233,10 @@ _NUM_TOKEN = re.compile(r"^[$€£¥]?(\d[\d,]*(?:\.\d+)*)([a-z%]*)$")
 _CODE_TOKEN = re.compile(r"^([a-z]+)(\d[a-z\d]*(?:\.\d+)*)$")
 _ORDINAL_SUFFIX = frozenset({"st", "nd", "rd", "th"})
 # Suffixes that keep "30s", "5gb", "2nd" an amount; any other letters make a code ("2fa").
-_NUMBER_SUFFIXES = _ORDINAL_SUFFIX | frozenset(
-    ["s", "ms", "sec", "secs", "min", "mins", "h", "hr", "hrs", "d", "k", "m", "b", "bn", "x", "px", "pt", "gb", "mb", "kb", "tb", "g", "kg", "km", "mi", "am", "pm", "%", "usd", "eur"] + [""]
+_NUMBER_SUFFIXES = (
+    _ORDINAL_SUFFIX
+    | {""}
+    | _words("s ms sec secs min mins h hr hrs d k m b bn x px pt gb mb kb tb g kg km mi am pm % usd eur")
 )
 
 
@@ -322,7 +351,10 @@ def _one_edit(a: str, b: str) -> bool:
     """``b`` is ``a`` with one letter changed, added or two neighbours swapped (len(a) <= len(b))."""
     if len(a) == len(b):
         diff = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
-        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
+        if len(diff) == 1:
+            return True
+        i, j = [*diff, 0, 0][:2]
+        return len(diff) == 2 and j == i + 1 and a[i] == b[j] and a[j] == b[i]
     return any(b[:i] + b[i + 1 :] == a for i in range(len(b)))
 
 
@@ -341,7 +373,9 @@ def _acronym_of(short: str, words: Sequence[str]) -> str | None:
 class WordVectors:
     """Unit vectors of single words, computed once per word (bounded LRU, thread-safe)."""
 
-    def __init__(self, embed: Callable[[list[str]], NDArray[np.float32]], *, dims: int, max_words: int = 50_000) -> None:
+    def __init__(
+        self, embed: Callable[[list[str]], NDArray[np.float32]], *, dims: int, max_words: int = 50_000
+    ) -> None:
         self._embed = embed
         self.dims = dims
         self._max = max_words
@@ -423,11 +457,12 @@ class NearMissGuard:
         if s.numbers and cached.quantities.keys() != new.quantities.keys():
             return Verdict(False, _quantity_reason(cached.quantities, new.quantities))
         if s.question_type and cached.asks != new.asks:
-            left = "/".join(sorted(cached.asks - new.asks)) or "(any)"
-            right = "/".join(sorted(new.asks - cached.asks)) or "(any)"
-            return Verdict(False, f"question type differs: {left} vs {right}")
+            asked_c = "/".join(sorted(cached.asks - new.asks)) or "(any)"
+            asked_n = "/".join(sorted(new.asks - cached.asks)) or "(any)"
+            return Verdict(False, f"question type differs: {asked_c} vs {asked_n}")
         if s.modality and cached.advice != new.advice:
-            return Verdict(False, "modality differs: should vs " + ("can/do" if cached.advice else "can/do").strip())
+            mood_c, mood_n = ("should", "can/do") if cached.advice else ("can/do", "should")
+            return Verdict(False, f"modality differs: {mood_c} vs {mood_n}")
         if s.antonyms:
             pair = _antonym_pair(cached.lowers - new.lowers, new.lowers - cached.lowers)
             if pair:
@@ -654,7 +689,7 @@ def _tokenise(question: str) -> tuple[list[str], set[int], set[str]]:
 
 
 def _number(text: str) -> str:
-    """"1,000" → "1000", "2.50" → "2.5"; dotted versions ("4.4.4") stay as written."""
+    """ "1,000" → "1000", "2.50" → "2.5"; dotted versions ("4.4.4") stay as written."""
     plain = text.replace(",", "")
     try:
         value = float(plain)

@@ -15,8 +15,9 @@ microseconds, so contention is not a concern at a Slack bot's request rates.
 from __future__ import annotations
 
 import math
+import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,7 +70,7 @@ class _Block:
 class ScopeIndex:
     """The vectors of one scope: exact while small, inverted-file once large."""
 
-    def __init__(self, dims: int, *, ivf_min: int = 20_000, nprobe: int = 16, seed: int = 0) -> None:
+    def __init__(self, dims: int, *, ivf_min: int = 5_000, nprobe: int = 8, seed: int = 0) -> None:
         self.dims = dims
         self.ivf_min = ivf_min
         self.nprobe = nprobe
@@ -94,19 +95,20 @@ class ScopeIndex:
         self._where[label] = (block, row)
         n = len(self._where)
         if n >= self.ivf_min and (self._centroids is None or n >= 4 * self._clustered_n):
-            self._cluster()
+            self._cluster(*self._all())
 
-    def add_many(self, labels: Iterable[int], vectors: F32) -> None:
-        """Bulk insert (start-up load): one clustering at the end instead of one per threshold."""
-        saved, self.ivf_min = self.ivf_min, 1 << 62
-        try:
-            for label, vector in zip(labels, vectors, strict=True):
-                self.add(label, vector)
-        finally:
-            self.ivf_min = saved
-        n = len(self._where)
-        if n >= self.ivf_min and (self._centroids is None or n >= 4 * self._clustered_n):
-            self._cluster()
+    def add_many(self, labels: Sequence[int], vectors: F32) -> None:
+        """Bulk insert (start-up load). A scope that ends up large is clustered once, straight from
+        ``vectors``, instead of growing one block row by row: that keeps peak memory near 2× the data."""
+        if self._centroids is None and len(self._where) + len(labels) >= self.ivf_min:
+            if self._where:
+                old = self._blocks[0]
+                labels = [*(int(x) for x in old.labels[: old.n]), *labels]
+                vectors = np.concatenate([old.vectors(), vectors])
+            self._cluster(np.asarray(labels, dtype=np.int64), vectors)
+            return
+        for label, vector in zip(labels, vectors, strict=True):
+            self.add(label, vector)
 
     def remove(self, label: int) -> bool:
         loc = self._where.pop(label, None)
@@ -137,9 +139,11 @@ class ScopeIndex:
         top = top[np.argsort(-scores[top])]
         return [(int(labels[i]), float(scores[i])) for i in top]
 
-    def _cluster(self) -> None:
-        labels = np.concatenate([b.labels[: b.n] for b in self._blocks])
-        vectors = np.concatenate([b.vectors() for b in self._blocks])
+    def _all(self) -> tuple[npt.NDArray[np.int64], F32]:
+        return (np.concatenate([b.labels[: b.n] for b in self._blocks]),
+                np.concatenate([b.vectors() for b in self._blocks]))
+
+    def _cluster(self, labels: npt.NDArray[np.int64], vectors: F32) -> None:
         n = len(labels)
         nlist = max(1, int(math.sqrt(n)))
         centroids = _kmeans(vectors, nlist, self._rng)
@@ -184,14 +188,14 @@ class IndexedEntry:
     scope: str
     context: str
     question: str
-    normalized: str
+    key: int  # hash of the normalised question: exact matches without keeping a second string
     expires_at: float
 
 
 class VectorIndex:
     """Every scope's vectors plus per-scope exact lookup by normalised question."""
 
-    def __init__(self, dims: int, *, ivf_min: int = 20_000, nprobe: int = 16) -> None:
+    def __init__(self, dims: int, *, ivf_min: int = 5_000, nprobe: int = 8) -> None:
         self.dims = dims
         self._ivf_min = ivf_min
         self._nprobe = nprobe
@@ -199,7 +203,7 @@ class VectorIndex:
         self._scopes: dict[str, ScopeIndex] = {}
         self._entries: dict[int, IndexedEntry] = {}
         self._labels: dict[str, int] = {}  # entry_id -> label
-        self._exact: dict[tuple[str, str], int] = {}  # (scope, normalized question) -> label
+        self._exact: dict[tuple[str, int], int] = {}  # (scope, hash of normalised question) -> label
         self._next_label = 0
 
     def __len__(self) -> int:
@@ -221,9 +225,12 @@ class VectorIndex:
                 self._remove(entry_id)
                 label = self._next_label
                 self._next_label += 1
-                self._entries[label] = IndexedEntry(label, entry_id, scope, context, question, normalized, expires_at)
+                # Many entries share a scope and a context: keep one copy of each string.
+                scope, context = sys.intern(scope), sys.intern(context)
+                entry = IndexedEntry(label, entry_id, scope, context, question, hash(normalized), expires_at)
+                self._entries[label] = entry
                 self._labels[entry_id] = label
-                self._exact[(scope, normalized)] = label
+                self._exact[(scope, entry.key)] = label
                 labels, positions = by_scope.setdefault(scope, ([], []))
                 labels.append(label)
                 positions.append(i)
@@ -251,7 +258,7 @@ class VectorIndex:
 
     def exact(self, scope: str, normalized: str, now: float) -> IndexedEntry | None:
         with self._lock:
-            label = self._exact.get((scope, normalized))
+            label = self._exact.get((scope, hash(normalized)))
             entry = None if label is None else self._entries[label]
             return entry if entry is not None and entry.expires_at > now else None
 
@@ -275,8 +282,8 @@ class VectorIndex:
         if label is None:
             return None
         entry = self._entries.pop(label)
-        if self._exact.get((entry.scope, entry.normalized)) == label:
-            del self._exact[(entry.scope, entry.normalized)]
+        if self._exact.get((entry.scope, entry.key)) == label:
+            del self._exact[(entry.scope, entry.key)]
         index = self._scopes[entry.scope]
         index.remove(label)
         if not len(index):

@@ -46,9 +46,9 @@ class SemanticCache:
         guard: NearMissGuard | None,
         top_k: int = 4,
         clock: Clock = time.time,
-        sync_block_s: float = 1.0,
+        sync_block_s: float = 0.25,
         sweep_every_s: float = 60.0,
-        ivf_min: int = 20_000,
+        ivf_min: int = 5_000,
     ) -> None:
         self.store = store
         self.embedder = embedder
@@ -79,21 +79,22 @@ class SemanticCache:
         the log's head is taken first and replayed from by :meth:`sync_once`."""
         with self._sync_lock:
             head = self.store.semantic_changes(None).cursor
-            self.index.clear()
+            # One matrix sized from the store's count, handed to the index in one piece: loading
+            # 100k entries then costs about twice their vectors at the peak, not a growth series.
+            matrix = np.empty((max(1, self.store.semantic_count()), self.index.dims), dtype=np.float32)
             rows: list[tuple[str, str, str, str, str, float]] = []
-            vectors: list[F32] = []
-            count = 0
             for entry in self.store.semantic_scan():
                 vector = self._vector_of(entry)
                 if vector is None:
                     continue
+                if len(rows) == len(matrix):
+                    matrix = np.concatenate([matrix, np.empty_like(matrix)])
+                matrix[len(rows)] = vector
                 rows.append(_row(entry))
-                vectors.append(vector)
-                if len(rows) >= 5000:
-                    count += self._flush(rows, vectors)
-            count += self._flush(rows, vectors)
+            self.index.clear()
+            self.index.upsert_many(rows, matrix[: len(rows)])
             self._cursor = head
-            return count
+            return len(rows)
 
     def start(self) -> None:
         """Load, then follow other replicas' changes from a daemon thread. If the store is down,
@@ -108,10 +109,11 @@ class SemanticCache:
             self._thread.start()
 
     def close(self) -> None:
-        """Stop following changes. The thread leaves after its current read (≤ ``sync_block_s``)."""
+        """Stop following changes and wait for the thread to leave (after its current read, at
+        most ``sync_block_s``), so the store can be closed safely afterwards."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=0.2)
+            self._thread.join(timeout=self._sync_block_s + 5.0)
             self._thread = None
 
     def sync_once(self, block_s: float = 0.0) -> int:
@@ -196,6 +198,8 @@ class SemanticCache:
             expires_at=now + self.ttl_s,
         )
         evicted = self.store.semantic_put(entry, max_entries=self.max_entries)
+        if self.guard is not None:
+            self.guard.analyse(question)  # memoised: later lookups that find this entry skip it
         self.index.upsert(
             entry_id=entry.entry_id, scope=entry.scope, context=entry.context, question=question,
             normalized=normalize_question(question), vector=np.asarray(vector, dtype=np.float32),
@@ -206,11 +210,11 @@ class SemanticCache:
 
     def invalidate(self, scope: CacheScope, question: str | None = None) -> int:
         sid = self.scope_id(scope)
-        wanted = None if question is None else normalize_question(question)
+        wanted = None if question is None else hash(normalize_question(question))
         ids = [
             e.entry_id
             for e in self.index.entries()
-            if e.scope == sid and (wanted is None or e.normalized == wanted)
+            if e.scope == sid and (wanted is None or e.key == wanted)
         ]
         return self._delete(ids)
 
@@ -252,12 +256,9 @@ class SemanticCache:
             self.index.remove(change.entry_id)
             return
         entry = change.entry
-        if entry is None:
-            return
-        vector = self._vector_of(entry)
-        if vector is not None:
-            rows, vectors = [_row(entry)], [vector]
-            self._flush(rows, vectors)
+        vector = None if entry is None else self._vector_of(entry)
+        if entry is not None and vector is not None:
+            self.index.upsert_many([_row(entry)], vector[None, :])
 
     def _vector_of(self, entry: SemanticEntry) -> F32 | None:
         vector = np.frombuffer(entry.vector, dtype="<f4")
@@ -265,15 +266,6 @@ class SemanticCache:
             # Written with another embedder (PENNY_EMBEDDER changed): unusable here, skip it.
             return None
         return vector.astype(np.float32, copy=False)
-
-    def _flush(self, rows: list[tuple[str, str, str, str, str, float]], vectors: list[F32]) -> int:
-        if not rows:
-            return 0
-        self.index.upsert_many(list(rows), np.stack(vectors))
-        n = len(rows)
-        rows.clear()
-        vectors.clear()
-        return n
 
 
 def _row(entry: SemanticEntry) -> tuple[str, str, str, str, str, float]:

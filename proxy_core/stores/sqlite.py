@@ -202,7 +202,12 @@ _LOG_CURSOR = re.compile(r"[0-9]+")
 
 
 class _Connection(sqlite3.Connection):
-    """A plain connection that can be weakly referenced, so ``close()`` can reach every thread's."""
+    """A connection that can be weakly referenced, so ``close()`` can reach every thread's, and
+    that says when it is in use: closing one mid-query from another thread crashes sqlite3."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.in_use = threading.RLock()
 
 
 class SqliteStore(Store):
@@ -318,7 +323,7 @@ class SqliteStore(Store):
                     raise
                 time.sleep(0.01)
 
-    def _conn(self) -> sqlite3.Connection:
+    def _conn(self) -> _Connection:
         if self._closed:
             raise StoreError(f"SQLite store {self.path} is closed")
         pid = os.getpid()
@@ -362,8 +367,7 @@ class SqliteStore(Store):
             raise StoreError(f"SQLite store {self.path}: cannot {action}: other writers held it for more than "
                              f"{self.timeout_s:g}s")
         try:
-            with self._translate(action):
-                conn = self._conn()
+            with self._translate(action), self._using() as conn:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield conn
@@ -377,14 +381,21 @@ class SqliteStore(Store):
 
     @contextmanager
     def _read(self, action: str) -> Iterator[sqlite3.Connection]:
-        with self._translate(action):
-            yield self._conn()
+        with self._translate(action), self._using() as conn:
+            yield conn
+
+    @contextmanager
+    def _using(self) -> Iterator[_Connection]:
+        conn = self._conn()
+        with conn.in_use:
+            if self._closed:  # closed while we waited: the connection may be gone
+                raise StoreError(f"SQLite store {self.path} is closed")
+            yield conn
 
     @contextmanager
     def _snapshot(self, action: str) -> Iterator[sqlite3.Connection]:
         """Several reads of one consistent state (a deferred read transaction; WAL: never blocks)."""
-        with self._translate(action):
-            conn = self._conn()
+        with self._translate(action), self._using() as conn:
             conn.execute("BEGIN")
             try:
                 yield conn
@@ -407,9 +418,15 @@ class SqliteStore(Store):
             connections = list(self._connections)
             self._connections.clear()
         for conn in connections:
-            # Closing is best effort; the OS reclaims the file handle anyway.
-            with suppress(sqlite3.Error):
-                conn.close()
+            # Wait for a query in flight on another thread; one that does not end in time is left
+            # open (the OS reclaims the handle) rather than closed under it.
+            if not conn.in_use.acquire(timeout=self.timeout_s):
+                continue
+            try:
+                with suppress(sqlite3.Error):
+                    conn.close()
+            finally:
+                conn.in_use.release()
 
     # -- idempotency ---------------------------------------------------------------------
     def claim_request(self, workspace_id: str, request_id: str, ttl_s: float) -> Claim:

@@ -1,0 +1,232 @@
+"""The near-miss guard: one case per rule, paraphrases that must pass, settings, speed."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from proxy_core.semantic.guard import GuardSettings, NearMissGuard, antonymous, stem
+
+
+@pytest.fixture(scope="module")
+def guard() -> NearMissGuard:
+    return NearMissGuard()
+
+
+def reason(guard: NearMissGuard, cached: str, new: str) -> str:
+    verdict = guard.check(cached, new)
+    assert not verdict.ok, f"expected a rejection for {cached!r} / {new!r}"
+    return verdict.reason
+
+
+# -- rules ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cached", "new"),
+    [
+        ("Is lunch provided on Fridays?", "Is lunch not provided on Fridays?"),
+        ("Can I use ChatGPT with customer data?", "Can I use ChatGPT without customer data?"),
+        ("Do we support SSO?", "Don't we support SSO?"),
+        ("Can I expense a taxi?", "Can't I expense a taxi?"),
+        ("Is the office ever closed?", "Is the office never closed?"),
+        ("Can I donate to a profit org?", "Can I donate to a non-profit org?"),
+    ],
+)
+def test_negation(guard: NearMissGuard, cached: str, new: str) -> None:
+    assert reason(guard, cached, new) == "negation differs"
+
+
+@pytest.mark.parametrize(
+    ("cached", "new", "expected"),
+    [
+        ("What's the timeout for API calls, 30 seconds?", "What's the timeout for API calls, 60 seconds?",
+         "number differs: 30 vs 60"),
+        ("Can I expense $50 for lunch?", "Can I expense $500 for lunch?", "number differs: $50 vs $500"),
+        ("Do we get two monitors?", "Do we get three monitors?", "number differs: two vs three"),
+        ("How do I install Python 3.11?", "How do I install Python 3.12?", "number differs: 3.11 vs 3.12"),
+        ("How do I upgrade to v2?", "How do I upgrade to v3?", "version differs: v2 vs v3"),
+        ("Is the office open on Monday?", "Is the office open on Friday?", "date differs: Monday vs Friday"),
+        ("Is the deadline in March?", "Is the deadline in April?", "date differs: March vs April"),
+        ("Did the deploy fail yesterday?", "Did the deploy fail today?", "date differs: yesterday vs today"),
+        ("What's the budget for team offsites in Q1?", "What's the budget for team offsites in Q3?",
+         "period differs: Q1 vs Q3"),
+        ("What shipped last week?", "What shipped this week?", "period differs: last week vs this week"),
+        ("Is the backup weekly?", "Is the backup monthly?", "period differs: weekly vs monthly"),
+        ("How do I set up 2FA?", "How do I set up SSO?", "code differs: 2FA vs (none)"),
+        ("What's in Plan B?", "What's in Plan C?", "code differs: B vs C"),
+    ],
+)  # fmt: skip
+def test_numbers_dates_versions_periods(guard: NearMissGuard, cached: str, new: str, expected: str) -> None:
+    assert reason(guard, cached, new) == expected
+
+
+def test_equal_amounts_written_differently_match(guard: NearMissGuard) -> None:
+    assert guard.check("Can I expense $1,000?", "Can I expense $1000?").ok
+    assert guard.check("What's the budget for Q1?", "What's the budget for the first quarter?").ok
+    assert guard.check("How do I upgrade to v2?", "How do I upgrade to version 2?").ok is False  # "version" unmatched
+    assert guard.analyse("upgrade to v2").quantities.keys() == guard.analyse("upgrade to V2").quantities.keys()
+
+
+@pytest.mark.parametrize(
+    ("cached", "new", "expected"),
+    [
+        ("Is a visa required for the Berlin office?", "Is a visa required for the Toronto office?",
+         "entity differs: Berlin vs Toronto"),
+        ("How do I join the iOS release train?", "How do I join the Android release train?",
+         "entity differs: iOS vs Android"),
+        ("What's the memory limit for a worker?", "What's the CPU limit for a worker?",
+         "entity differs: memory vs CPU"),
+        ("How do I deploy to AWS?", "How do I deploy to GCP?", "entity differs: AWS vs GCP"),
+    ],
+)  # fmt: skip
+def test_entities(guard: NearMissGuard, cached: str, new: str, expected: str) -> None:
+    assert reason(guard, cached, new) == expected
+
+
+@pytest.mark.parametrize(
+    ("cached", "new", "pair"),
+    [
+        ("How do I start the dev server?", "How do I stop the dev server?", "start/stop"),  # list
+        ("How do I grant admin rights?", "How do I revoke admin rights?", "grant/revoke"),  # list
+        ("How do I enable 2FA?", "How do I disable 2FA?", "disable/enable"),  # en-/dis-
+        ("How do I lock my laptop?", "How do I unlock my laptop?", "lock/unlock"),  # un-
+        ("How do I install the VPN client?", "How do I uninstall the VPN client?", "install/uninstall"),
+        ("Is this token valid?", "Is this token invalid?", "invalid/valid"),  # in-
+        ("What's included in the Starter plan?", "What's excluded from the Starter plan?", "excluded/included"),
+        ("How do I increase my disk quota?", "How do I decrease my disk quota?", "decrease/increase"),
+        ("How do I import contacts?", "How do I export contacts?", "export/import"),
+        ("What's the max upload size?", "What's the min upload size?", "max/min"),
+        ("Is the door open?", "Is the door closed?", "closed/open"),
+        ("How do I encrypt a file?", "How do I decrypt a file?", "decrypt/encrypt"),  # en-/de-
+        ("How do I log in?", "How do I log out?", "in/out"),
+    ],
+)
+def test_antonyms(guard: NearMissGuard, cached: str, new: str, pair: str) -> None:
+    got = reason(guard, cached, new)
+    assert got.startswith("antonym: ")
+    assert sorted(got.removeprefix("antonym: ").split("/")) == sorted(pair.split("/"))
+
+
+def test_antonym_morphology_without_a_list() -> None:
+    opposites = [
+        ("activate", "deactivate"), ("connect", "disconnect"), ("mount", "unmount"), ("useful", "useless"),
+        ("inbound", "outbound"), ("upload", "download"), ("overpaid", "underpaid"), ("legal", "illegal"),
+    ]  # fmt: skip
+    for a, b in opposites:
+        assert antonymous(a, b) and antonymous(b, a), (a, b)
+    for a, b in [("deploy", "deploy"), ("server", "service"), ("refund", "refunds"), ("production", "prod")]:
+        assert not antonymous(a, b), (a, b)
+
+
+def test_roles_swapped(guard: NearMissGuard) -> None:
+    got = reason(guard, "How do I convert kilometers to miles?", "How do I convert miles to kilometers?")
+    assert got.startswith("roles differ: to ")
+    assert guard.check("Can I move from Paris to Berlin?", "Can I move to Berlin from Paris?").ok
+
+
+def test_question_type_and_modality(guard: NearMissGuard) -> None:
+    assert reason(guard, "When were digital cameras invented?", "Why were digital cameras invented?") == (
+        "question type differs: when vs why"
+    )
+    assert reason(guard, "Can I merge my own pull request?", "Should I merge my own pull request?") == (
+        "modality differs: can/do vs should"
+    )
+    assert guard.check("How do I get a job in Germany?", "How should I get a job in Germany?").ok
+
+
+@pytest.mark.parametrize(
+    ("cached", "new", "expected"),
+    [
+        ("What's the price?", "What's the price after discount?", "unmatched word: discount"),
+        ("Where are the production logs?", "Where are the staging logs?", "word differs: production vs staging"),
+        ("Which database does the orders service use?", "Which database does the inventory service use?",
+         "word differs: orders vs inventory"),
+        ("How do I reset my password?", "How do I reset my password on the kiosk?", "unmatched word: kiosk"),
+        ("Can I merge my own pull request?", "Can I approve my own pull request?", "word differs: merge vs approve"),
+    ],
+)  # fmt: skip
+def test_content_word_without_counterpart(guard: NearMissGuard, cached: str, new: str, expected: str) -> None:
+    assert reason(guard, cached, new) == expected
+
+
+# -- paraphrases that must pass ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cached", "new"),
+    [
+        ("Where are the production logs?", "Where can I find prod logs?"),  # clipping
+        ("How do I deploy to production?", "How can I deploy to prod?"),
+        ("How do refunds work?", "What's the refund policy?"),  # frame words, same stem
+        ("Which database does the orders service use?", "Which DB does the orders service use?"),  # abbreviation
+        ("Can I merge my own pull request?", "Can I merge my own PR?"),  # acronym
+        ("How do I change my e-mail address?", "How do I change my email address?"),  # hyphenation
+        ("What does Mark Zuckerberg eat for lunch?", "What does Mark Zuckerburg eat for lunch?"),  # typo
+        ("How do I reset my password?", "how do i reset my password"),
+        ("How do I buy a laptop?", "How do I purchase a laptop?"),  # near-synonym by word vectors
+        ("What is the budget for Q1?", "What is the budget for the first quarter?"),
+        ("How do I start the dev server?", "What's the command to run the development server?"),  # rewording
+        ("Is lunch provided on Fridays?", "Do we get free lunch on Friday?"),  # rewording
+    ],
+)
+def test_paraphrases_pass(guard: NearMissGuard, cached: str, new: str) -> None:
+    verdict = guard.check(cached, new)
+    assert verdict.ok, verdict.reason
+
+
+# -- settings, analysis, speed ----------------------------------------------------------------------
+
+
+def test_checks_can_be_switched_off() -> None:
+    relaxed = NearMissGuard(GuardSettings(negation=False, word_similarity=None))
+    assert relaxed.check("Is lunch provided on Fridays?", "Is lunch not provided on Fridays?").ok
+    no_numbers = NearMissGuard(GuardSettings(numbers=False, word_similarity=None))
+    assert no_numbers.check("Timeout 30 seconds?", "Timeout 60 seconds?").ok
+    no_words = NearMissGuard(GuardSettings(unmatched_words=False, word_similarity=None))
+    assert no_words.check("What's the price?", "What's the price after discount?").ok
+
+
+def test_guard_without_word_vectors_still_catches_near_misses() -> None:
+    forms_only = NearMissGuard(GuardSettings(word_similarity=None))
+    assert not forms_only.check("How do I enable 2FA?", "How do I disable 2FA?").ok
+    assert forms_only.check("Where are the production logs?", "Where are the prod logs?").ok
+    assert forms_only.analyse("How do I deploy?").vectors is None
+
+
+def test_analysis_is_memoised_and_reusable(guard: NearMissGuard) -> None:
+    a = guard.analyse("How do I rotate the API key?")
+    assert guard.analyse("How do I rotate the API key?") is a
+    assert [w.lower for w in a.words] == ["rotate", "api", "key"]
+    assert [w.entity for w in a.words] == [False, True, False]
+    b = guard.analyse("How can I rotate the API key?")
+    assert guard.check_analysed(a, b).ok
+    assert bool(guard.check_analysed(a, b)) is True
+
+
+def test_stem_makes_forms_meet() -> None:
+    assert stem("refunds") == stem("refund")
+    assert stem("provided") == stem("provide") == stem("providing")
+    assert stem("Fridays") == stem("friday")
+    assert stem("deployment") == stem("deploy")
+    assert stem("configuration") == stem("configure")
+
+
+def test_check_is_fast(guard: NearMissGuard) -> None:
+    pairs = [
+        ("How do I enable 2FA?", "How do I disable 2FA?"),
+        ("Where are the production logs?", "Where can I find prod logs?"),
+        ("What's the budget for team offsites in Q1?", "How much can we spend on a team offsite in the first quarter?"),
+        ("How do refunds work?", "What's the refund policy?"),
+    ]
+    analysed = [(guard.analyse(a), guard.analyse(b)) for a, b in pairs]
+    for a, b in analysed:
+        guard.check_analysed(a, b)
+    n = 500
+    t0 = time.perf_counter()
+    for _ in range(n):
+        for a, b in analysed:
+            guard.check_analysed(a, b)
+    per_check_us = (time.perf_counter() - t0) / (n * len(analysed)) * 1e6
+    assert per_check_us < 500  # ~15 µs here; generous for slow CI machines
