@@ -127,7 +127,8 @@ def main() -> int:
     configure_logging("WARNING")  # one log line per request would be measured too
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as d:
-        for name, make in _stores(Path(d)):
+        stores = _stores(Path(d))
+        for name, make in stores:
             rate = bench_limiter(make)
             rows.append(Row("limiter decisions/s (1 client)", name, f"{rate:,.0f}",
                             "≥ 5,000 on Redis" if name == "redis" else ""))
@@ -144,6 +145,12 @@ def main() -> int:
     print(f"|{'-' * (widths[0] + 2)}|{'-' * (widths[1] + 2)}|{'-' * (widths[2] + 2)}|---|")
     for r in rows:
         print(f"| {r.name:{widths[0]}} | {r.store:{widths[1]}} | {r.value:{widths[2]}} | {r.target} |")
+    print()
+    from bench import semantic
+
+    with tempfile.TemporaryDirectory() as d:
+        by_name = dict(_stores(Path(d)))
+        semantic.print_table(semantic.run(by_name["sqlite"], by_name.get("redis")))
     return 0
 
 

@@ -244,16 +244,20 @@ class Gateway:
         model = model or self.settings.chat_model
         price = self._price(model)
         max_tokens = max_tokens or self.settings.max_output_tokens
-        return self._idempotent(
-            "chat",
-            workspace_id,
-            request_id,
-            ChatResult.from_json,
-            lambda: self._chat(
-                user_id, workspace_id, request_id, messages, model, price, max_tokens, temperature,
-                context, channel_id, use_cache,
-            ),
-        )
+        token = _CALLER.set((user_id, workspace_id, request_id))
+        try:
+            return self._idempotent(
+                "chat",
+                workspace_id,
+                request_id,
+                ChatResult.from_json,
+                lambda: self._chat(
+                    user_id, workspace_id, request_id, messages, model, price, max_tokens, temperature,
+                    context, channel_id, use_cache,
+                ),
+            )
+        finally:
+            _CALLER.reset(token)
 
     def embed(
         self,
@@ -340,28 +344,6 @@ class Gateway:
         use_cache: bool,
     ) -> ChatResult:
         started = self._clock()
-        token = _CALLER.set((user_id, workspace_id, request_id))
-        try:
-            return self._chat_steps(user_id, workspace_id, request_id, messages, model, price, max_tokens,
-                                    temperature, context, channel_id, use_cache, started)
-        finally:
-            _CALLER.reset(token)
-
-    def _chat_steps(
-        self,
-        user_id: str,
-        workspace_id: str,
-        request_id: str,
-        messages: Sequence[Message],
-        model: str,
-        price: ModelPrice,
-        max_tokens: int,
-        temperature: float | None,
-        context: str,
-        channel_id: str | None,
-        use_cache: bool,
-        started: float,
-    ) -> ChatResult:
         question = messages[-1].get("content")
         scope: CacheScope | None = None
         decision = CacheDecision("bypass", "cache off")

@@ -299,6 +299,10 @@ class RedisStore(Store):
     def close(self) -> None:
         self._client.close()
 
+    @property
+    def namespace(self) -> str:
+        return self._ns
+
     @_translated("delete the namespace")
     def delete_namespace(self) -> int:
         """Delete every key of this store's namespace (tests); returns how many went."""
