@@ -198,8 +198,6 @@ class SemanticCache:
             expires_at=now + self.ttl_s,
         )
         evicted = self.store.semantic_put(entry, max_entries=self.max_entries)
-        if self.guard is not None:
-            self.guard.analyse(question)  # memoised: later lookups that find this entry skip it
         self.index.upsert(
             entry_id=entry.entry_id, scope=entry.scope, context=entry.context, question=question,
             normalized=normalize_question(question), vector=np.asarray(vector, dtype=np.float32),
