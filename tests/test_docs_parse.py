@@ -1,0 +1,660 @@
+"""bot.docs.parse: headings per format, anchors and paths, chunk sizes and overlap, hashes, walking."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import random
+from pathlib import Path
+
+import pytest
+import structlog
+
+from bot.docs import (
+    MAX_FILE_BYTES,
+    Document,
+    Passage,
+    chunk,
+    parse_document,
+    passage_hash,
+    slugify,
+    walk,
+)
+from proxy_core.tokens import estimate_text_tokens
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "docs"
+
+
+def parse(tmp_path: Path, name: str, content: str | bytes) -> Document:
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, str):
+        path.write_text(content, encoding="utf-8")
+    else:
+        path.write_bytes(content)
+    return parse_document(path, tmp_path)
+
+
+def paths(doc: Document) -> list[tuple[str, ...]]:
+    return [section.heading_path for section in doc.sections]
+
+
+def body(doc: Document, heading: str) -> str:
+    return next(section.text for section in doc.sections if section.heading_path[-1] == heading)
+
+
+def assert_offsets(doc: Document, passages: list[Passage] | None = None) -> None:
+    for section in doc.sections:
+        assert doc.text[section.char_start : section.char_end] == section.text
+    for index, passage in enumerate(passages or []):
+        assert passage.index == index
+        assert doc.text[passage.char_start : passage.char_end] == passage.text
+        assert passage.text == passage.text.strip() and passage.text
+
+
+# --------------------------------------------------------------------------------------------
+# Markdown
+
+MARKDOWN = """\
+---
+title: Front matter title
+tags: [money]
+---
+# Expenses
+
+Intro with a [link](https://example.com/policy) and **bold**, *emphasis* and `inline code`.
+
+## Meals
+
+Up to €40 a day.
+
+```python
+# not a heading
+x = 1  # comment
+```
+
+~~~
+## not a heading either
+~~~
+
+### Dinner ##
+
+Receipts needed.
+
+Travel
+------
+
+Setext level two.
+
+    # indented code, not a heading
+
+#hashtag is not a heading either
+
+Appendix
+========
+
+Setext level one.
+"""
+
+
+def test_markdown_headings_paths_and_code_fences(tmp_path: Path) -> None:
+    doc = parse(tmp_path, "policies/expenses.md", MARKDOWN)
+    assert doc.doc_path == "policies/expenses.md"
+    assert doc.title == "Expenses"  # the first H1 beats the front matter
+    assert paths(doc) == [
+        ("Expenses",),
+        ("Expenses", "Meals"),
+        ("Expenses", "Meals", "Dinner"),
+        ("Expenses", "Travel"),
+        ("Expenses", "Appendix"),  # a second H1 still hangs under the page title
+    ]
+    assert [s.anchor for s in doc.sections] == ["expenses", "meals", "dinner", "travel", "appendix"]
+    meals = body(doc, "Meals")
+    assert "```python\n# not a heading\nx = 1  # comment\n```" in meals
+    assert "~~~\n## not a heading either\n~~~" in meals
+    travel = body(doc, "Travel")
+    assert "    # indented code, not a heading" in travel
+    assert "#hashtag is not a heading either" in travel
+    assert "title:" not in doc.text and "tags:" not in doc.text
+    assert_offsets(doc)
+
+
+def test_markdown_inline_markup_becomes_text_but_keeps_urls(tmp_path: Path) -> None:
+    doc = parse(
+        tmp_path,
+        "a.md",
+        "# A\n\n"
+        "See [the policy](https://example.com/a_b_c) and [the\nform][form], [Meals](#meals), <https://x.example/y>.\n"
+        "![diagram](img/d.png) <kbd>Ctrl</kbd>+<kbd>C</kbd> &amp; &lt;tag&gt; \\*not emphasis\\* ~~old~~ __strong__\n"
+        "- [ ] a task\n"
+        "- item with `*args` and snake_case_name\n\n"
+        "| Plan | Price |\n|------|------:|\n| Team | $10 |\n\n"
+        "---\n\n"
+        "[form]: https://forms.example/expense\n",
+    )
+    text = doc.sections[0].text
+    assert "See the policy (https://example.com/a_b_c) and the\nform (https://forms.example/expense), Meals," in text
+    assert "https://x.example/y." in text
+    assert "diagram Ctrl+C & <tag> *not emphasis* old strong" in text
+    assert "- [ ] a task\n- item with `*args` and snake_case_name" in text
+    assert "| Plan | Price |\n| Team | $10 |" in text  # the alignment row is dropped
+    assert "---" not in text and "[form]:" not in text
+
+
+def test_markdown_heading_details(tmp_path: Path) -> None:
+    doc = parse(
+        tmp_path,
+        "travel-policy.md",
+        "## Use `tw deploy` *now* #\n\nA.\n\n## [Linked](x.md) heading {#custom-id}\n\nB.\n\n"
+        "## Use tw deploy now\n\nC.\n\n#\n\nD.\n",
+    )
+    assert doc.title == "Travel policy"  # no H1: from the file name
+    assert paths(doc) == [
+        ("Travel policy", "Use tw deploy now"),
+        ("Travel policy", "Linked heading"),
+        ("Travel policy", "Use tw deploy now"),
+    ]
+    assert [s.anchor for s in doc.sections] == ["use-tw-deploy-now", "custom-id", "use-tw-deploy-now-1"]
+    assert body(doc, "Linked heading") == "B."
+
+
+def test_markdown_setext_needs_a_paragraph_and_front_matter_title(tmp_path: Path) -> None:
+    doc = parse(tmp_path, "x.md", '---\ntitle: "Handbook"\n---\nIntro.\n\n---\n\n- item\n---\n\nMore.\n')
+    assert doc.title == "Handbook"  # no H1: the front matter's title
+    assert paths(doc) == [("Handbook",)]  # neither `---` after a blank line nor under a list item is a heading
+    assert doc.sections[0].anchor == ""
+    assert doc.sections[0].text == "Intro.\n\n- item\n\nMore."
+
+
+def test_unclosed_fence_runs_to_the_end(tmp_path: Path) -> None:
+    doc = parse(tmp_path, "x.md", "# T\n\n```\n# inside\n\n## still inside\n")
+    assert paths(doc) == [("T",)]
+    assert "## still inside" in doc.sections[0].text
+
+
+# --------------------------------------------------------------------------------------------
+# reStructuredText
+
+RST = """\
+.. _top:
+
+===============
+ Travel policy
+===============
+
+Intro paragraph with a `link <https://travel.example>`_, ``literal``, :ref:`Meals <meals-label>`
+and *emphasis*.
+
+.. toctree::
+   :maxdepth: 2
+
+   flights
+
+.. This is a comment
+   spanning two lines.
+
+Booking
+=======
+
+.. note:: Book early.
+
+   Prices rise.
+
+Example::
+
+    tw book --from BER --to YYZ
+
+.. code-block:: python
+   :linenos:
+
+   # a comment, not a title
+   print("hi")
+
+.. image:: map.png
+   :alt: Map
+
+Hotels
+------
+
+Caps apply.
+
+Per diems
+~~~~~~~~~
+
+Rates.
+
+Visas
+=====
+
+Ask People.
+"""
+
+
+def test_rst_titles_levels_and_overline(tmp_path: Path) -> None:
+    doc = parse(tmp_path, "travel.rst", RST)
+    assert doc.title == "Travel policy"
+    assert paths(doc) == [
+        ("Travel policy",),
+        ("Travel policy", "Booking"),
+        ("Travel policy", "Booking", "Hotels"),
+        ("Travel policy", "Booking", "Hotels", "Per diems"),
+        ("Travel policy", "Visas"),
+    ]
+    assert [s.anchor for s in doc.sections] == ["travel-policy", "booking", "hotels", "per-diems", "visas"]
+    assert_offsets(doc)
+
+
+def test_rst_directives_and_inline_markup(tmp_path: Path) -> None:
+    doc = parse(tmp_path, "travel.rst", RST)
+    intro = doc.sections[0].text
+    assert intro == (
+        "Intro paragraph with a link (https://travel.example), `literal`, Meals\nand emphasis."
+    )  # the target, the toctree and the comment are gone
+    booking = body(doc, "Booking")
+    assert "Note: Book early.\n\nPrices rise." in booking
+    assert "Example:\n\n```\ntw book --from BER --to YYZ\n```" in booking
+    assert '```python\n# a comment, not a title\nprint("hi")\n```' in booking
+    assert "linenos" not in booking and "map.png" not in booking
+
+
+def test_rst_short_underline_and_transition(tmp_path: Path) -> None:
+    doc = parse(tmp_path, "x.rst", "Title\n=====\n\nA long line of text\n--\n\nText.\n\n----------\n\nMore.\n")
+    assert paths(doc) == [("Title",)]
+    assert doc.sections[0].text == "A long line of text\n--\n\nText.\n\nMore."
+
+
+# --------------------------------------------------------------------------------------------
+# HTML
+
+HTML = """\
+<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>Offices – Handbook</title>
+<style>h2 { color: red }</style><script>var x = "<h2>not a heading</h2>";</script></head>
+<body>
+<nav><h2>Menu</h2><ul><li><a href="/">Home</a></li></ul></nav>
+<h1>Offices</h1>
+<p>Our offices &amp; <em>hubs</em>,&nbsp;with <a href="https://maps.example/b">maps</a>
+and an <a href="#berlin">in-page link</a>.</p>
+<h2 id="berlin-office">Berlin <span>office</span> &amp; <code>HQ</code></h2>
+<ul><li>Desks: 40</li><li>Opening hours
+ <ul><li>weekdays</li></ul></li></ul>
+<ol><li>First</li><li>Second</li></ol>
+<pre><code>make   dev
+  # indented, kept
+</code></pre>
+<table><tr><th>City</th><th>Cap</th></tr><tr><td>Berlin</td><td>&euro;150</td></tr></table>
+<h3>Parking<a class="headerlink" href="#parking-spots" title="Permalink">¶</a></h3>
+<p>Two spots.</p>
+<h2>Toronto</h2>
+<div>Downtown.<br>Near Union.</div>
+</body></html>
+"""
+
+
+def test_html_headings_nesting_entities_and_dropped_elements(tmp_path: Path) -> None:
+    doc = parse(tmp_path, "offices.html", HTML)
+    assert doc.title == "Offices"  # the h1 beats <title>
+    assert paths(doc) == [
+        ("Offices",),
+        ("Offices", "Berlin office & HQ"),
+        ("Offices", "Berlin office & HQ", "Parking"),
+        ("Offices", "Toronto"),
+    ]
+    assert [s.anchor for s in doc.sections] == ["offices", "berlin-office", "parking-spots", "toronto"]
+    assert doc.sections[0].text == "Our offices & hubs, with maps (https://maps.example/b) and an in-page link."
+    for dropped in ("Menu", "Home", "color", "not a heading", "var x"):
+        assert dropped not in doc.text
+    berlin = body(doc, "Berlin office & HQ")
+    assert berlin == (
+        "- Desks: 40\n- Opening hours\n- weekdays\n\n1. First\n2. Second\n\n"
+        "```\nmake   dev\n  # indented, kept\n```\n\n"
+        "City | Cap\nBerlin | €150"
+    )
+    assert body(doc, "Toronto") == "Downtown.\nNear Union."
+    assert_offsets(doc)
+
+
+def test_html_title_fallback_and_declared_charset(tmp_path: Path) -> None:
+    raw = '<html><head><meta charset="iso-8859-1"><title>Caf\xe9 rules</title></head><body><p>Cr\xe8me.</p>'
+    doc = parse(tmp_path, "cafe.htm", raw.encode("latin-1"))
+    assert doc.title == "Café rules"
+    assert doc.sections[0].heading_path == ("Café rules",)
+    assert doc.sections[0].text == "Crème."
+
+
+def test_html_unclosed_heading_does_not_swallow_the_page(tmp_path: Path) -> None:
+    doc = parse(tmp_path, "x.html", "<h1>Title<p>Body text.</p><h2></h2><p>More.</p>")
+    assert doc.title == "Title"
+    assert paths(doc) == [("Title",)]  # the empty h2 is no heading
+    assert doc.sections[0].text == "Body text.\n\nMore."
+
+
+# --------------------------------------------------------------------------------------------
+# Plain text
+
+
+def test_txt_heading_heuristics(tmp_path: Path) -> None:
+    doc = parse(
+        tmp_path,
+        "notes/onboarding.txt",
+        "ONBOARDING GUIDE\n\nWelcome aboard.\n\nFirst Week Plan\n\nMeet your buddy.\n\n"
+        "Equipment:\n\nA laptop.\n\nthis short line is lowercase\n\nNot a heading.\n\nSo is this sentence.\n\n"
+        "Another Title Case Line\nwith a second line right after it.\n\nEnd of the Day\n\nGo home.\n",
+    )
+    assert doc.title == "ONBOARDING GUIDE"  # a heading on the first line is the title
+    assert paths(doc) == [
+        ("ONBOARDING GUIDE",),
+        ("ONBOARDING GUIDE", "First Week Plan"),
+        ("ONBOARDING GUIDE", "First Week Plan", "Equipment"),  # the second style seen nests
+        ("ONBOARDING GUIDE", "End of the Day"),  # Title Case again: back to the first style's level
+    ]
+    equipment = body(doc, "Equipment")
+    assert "this short line is lowercase" in equipment and "So is this sentence." in equipment
+    assert "Another Title Case Line\nwith a second line" in equipment
+    assert [s.anchor for s in doc.sections][1:] == ["first-week-plan", "equipment", "end-of-the-day"]
+
+
+def test_txt_underlined_headings_win_and_paragraphs_are_dedented(tmp_path: Path) -> None:
+    doc = parse(
+        tmp_path,
+        "probation.txt",
+        "Probation\n=========\n\nIntro.\n\nCheck-ins\n---------\n\nYour manager schedules these:\n\n"
+        "  Day 30    How is it going?\n  Day 60    Concerns.\n",
+    )
+    assert paths(doc) == [("Probation",), ("Probation", "Check-ins")]  # the lead-in line is not a heading
+    assert body(doc, "Check-ins") == "Your manager schedules these:\n\nDay 30    How is it going?\nDay 60    Concerns."
+
+
+def test_txt_without_headings_is_one_section(tmp_path: Path) -> None:
+    doc = parse(tmp_path, "team/README.txt", "just some notes\nabout the team.\n\nand more notes.\n")
+    assert doc.title == "Team"  # a README is named after its folder
+    assert paths(doc) == [("Team",)]
+    assert doc.sections[0].text == "just some notes\nabout the team.\n\nand more notes."
+
+
+# --------------------------------------------------------------------------------------------
+# Encodings, hashes, anchors
+
+
+def test_non_utf8_and_odd_bytes_never_crash(tmp_path: Path) -> None:
+    latin = parse(tmp_path, "latin.md", "# Caf\xe9\n\nCr\xe8me br\xfbl\xe9e.\n".encode("latin-1"))
+    assert latin.title == "Caf\ufffd"
+    assert "Cr\ufffdme" in latin.sections[0].text
+    utf16 = parse(tmp_path, "wide.txt", "Hello There\n\nWide text.\n".encode("utf-16"))
+    assert utf16.title == "Hello There" and utf16.sections[0].text == "Wide text."
+    bom = parse(tmp_path, "bom.rst", b"\xef\xbb\xbfTitle\n=====\n\nBody\r\nline two\rthree\x00\x07.\n")
+    assert bom.title == "Title" and bom.sections[0].text == "Body\nline two\nthree."
+    junk = bytes(random.Random(7).randrange(256) for _ in range(5000))
+    for name in ("junk.md", "junk.rst", "junk.html", "junk.txt"):
+        doc = parse(tmp_path, name, junk)
+        assert_offsets(doc, chunk(doc))
+
+
+def test_content_hashes_are_stable_and_follow_changes(tmp_path: Path) -> None:
+    source = "# Expenses\n\nIntro text for the page.\n\n## Meals\n\nUp to 40 a day.\n\n## Hotels\n\nUp to 150.\n"
+    first, again = parse(tmp_path, "a.md", source), parse(tmp_path, "a.md", source)
+    assert first.content_hash == again.content_hash == hashlib.sha256(source.encode()).hexdigest()
+    before, same = chunk(first, min_tokens=0), chunk(again, min_tokens=0)
+    assert [p.content_hash for p in before] == [p.content_hash for p in same]
+    assert len({p.content_hash for p in before}) == len(before) == 3
+
+    changed = parse(tmp_path, "a.md", source.replace("Up to 40", "Up to 45"))
+    after = chunk(changed, min_tokens=0)
+    assert changed.content_hash != first.content_hash
+    assert [b.content_hash == a.content_hash for b, a in zip(before, after, strict=True)] == [True, False, True]
+
+    moved = chunk(parse(tmp_path, "b.md", source), min_tokens=0)
+    assert all(m.content_hash != b.content_hash for m, b in zip(moved, before, strict=True))
+    assert passage_hash("a.md", ("A", "B"), "t") != passage_hash("a.md", ("A",), "t")
+    assert before[1].content_hash == passage_hash("a.md", ("Expenses", "Meals"), "Up to 40 a day.")
+
+
+@pytest.mark.parametrize(
+    ("heading", "anchor"),
+    [
+        ("Meals & Drinks!", "meals--drinks"),
+        ("Café au lait", "café-au-lait"),
+        ("API v2.0 (beta)", "api-v20-beta"),
+        ("snake_case and kebab-case", "snake_case-and-kebab-case"),
+        ("  Trim Me  ", "trim-me"),
+    ],
+)
+def test_slugify_is_github_style(heading: str, anchor: str) -> None:
+    assert slugify(heading) == anchor
+
+
+# --------------------------------------------------------------------------------------------
+# Chunking
+
+_WORDS = [
+    "the", "policy", "covers", "meals", "travel", "hotels", "receipts", "approval", "manager", "budget", "limit",
+    "team", "office", "reimbursement", "within", "days", "and", "of", "for", "to", "a", "is", "are", "with", "by",
+    "on",
+]  # fmt: skip
+
+
+def _prose(rng: random.Random, sentences: int) -> str:
+    return " ".join(
+        " ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 18))).capitalize() + "." for _ in range(sentences)
+    )
+
+
+def _long_markdown(rng: random.Random, paragraphs: int) -> str:
+    return "# Handbook\n\n## Long\n\n" + "\n\n".join(_prose(rng, rng.randint(1, 5)) for _ in range(paragraphs)) + "\n"
+
+
+def assert_split_well(doc: Document, passages: list[Passage], max_tokens: int, overlap_tokens: int) -> None:
+    assert_offsets(doc, passages)
+    assert all(estimate_text_tokens(p.text) <= max_tokens for p in passages)
+    for earlier, later in itertools.pairwise(passages):
+        if earlier.heading_path == later.heading_path:
+            assert later.char_start > earlier.char_start and later.char_end > earlier.char_end
+            assert not doc.text[earlier.char_end : later.char_start].strip()  # nothing skipped but spaces
+            if overlap_tokens:
+                overlap = doc.text[later.char_start : earlier.char_end]
+                assert overlap and estimate_text_tokens(overlap) <= overlap_tokens
+    covered = [False] * len(doc.text)
+    for passage in passages:
+        covered[passage.char_start : passage.char_end] = [True] * (passage.char_end - passage.char_start)
+    for section in doc.sections:  # every character of every section is in some passage
+        assert all(covered[i] or doc.text[i].isspace() for i in range(section.char_start, section.char_end))
+
+
+def test_short_sections_are_one_passage_each(tmp_path: Path) -> None:
+    doc = parse(tmp_path, "a.md", "# Expenses\n\n" + _prose(random.Random(1), 4) + "\n\n## Meals\n\n"
+                + _prose(random.Random(2), 4) + "\n")  # fmt: skip
+    passages = chunk(doc)
+    assert [p.heading_path for p in passages] == [("Expenses",), ("Expenses", "Meals")]
+    assert [p.text for p in passages] == [s.text for s in doc.sections]
+    assert passages[1].anchor == "meals" and passages[1].title == "Expenses" and passages[1].doc_path == "a.md"
+    assert passages[1].embedding_text() == f"Expenses › Meals\n\n{passages[1].text}"
+    assert_offsets(doc, passages)
+
+
+def test_long_section_splits_at_paragraphs_with_overlap(tmp_path: Path) -> None:
+    doc = parse(tmp_path, "a.md", _long_markdown(random.Random(3), 60))
+    passages = chunk(doc, max_tokens=200, overlap_tokens=40)
+    assert len(passages) > 5
+    assert_split_well(doc, passages, 200, 40)
+    assert {p.heading_path for p in passages} == {("Handbook", "Long")}
+    assert {p.anchor for p in passages} == {"long"}
+    # pieces end at paragraph ends, and fill at least half the limit
+    assert all(doc.text[p.char_end : p.char_end + 2] in ("\n\n", "") for p in passages)
+    assert all(2 * estimate_text_tokens(p.text) >= 200 for p in passages[:-1])
+    # the overlap is a real one: close to the requested size, not a word or two
+    overlaps = [estimate_text_tokens(doc.text[b.char_start : a.char_end]) for a, b in itertools.pairwise(passages)]
+    assert min(overlaps) >= 10 and sum(overlaps) / len(overlaps) >= 20
+
+
+def test_paragraph_without_breaks_splits_at_sentences_then_words(tmp_path: Path) -> None:
+    rng = random.Random(4)
+    doc = parse(tmp_path, "a.md", "# T\n\n" + _prose(rng, 80) + "\n")
+    passages = chunk(doc, max_tokens=120, overlap_tokens=40)
+    assert_split_well(doc, passages, 120, 40)
+    assert all(p.text.endswith(".") for p in passages)
+    starts = [p.text[0].isupper() for p in passages]
+    assert sum(starts) >= 0.8 * len(starts)  # overlaps start at a sentence when one keeps half the overlap
+
+    words = parse(tmp_path, "b.md", "# T\n\n" + " ".join(rng.choice(_WORDS) for _ in range(3000)) + "\n")
+    passages = chunk(words, max_tokens=100, overlap_tokens=10)
+    assert len(passages) > 10
+    assert_split_well(words, passages, 100, 10)
+
+
+def test_a_giant_word_is_cut_without_breaking_the_limit(tmp_path: Path) -> None:
+    doc = parse(tmp_path, "a.txt", "Q4\n\nkey: " + "a1B2c3D4" * 2000 + " end\n")
+    passages = chunk(doc, max_tokens=64, overlap_tokens=16)
+    assert len(passages) > 50
+    assert_offsets(doc, passages)
+    assert all(estimate_text_tokens(p.text) <= 64 for p in passages)
+    assert passages[-1].text.endswith("end")
+
+
+def test_zero_overlap_gives_disjoint_pieces(tmp_path: Path) -> None:
+    doc = parse(tmp_path, "a.md", _long_markdown(random.Random(5), 40))
+    passages = chunk(doc, max_tokens=150, overlap_tokens=0)
+    assert_split_well(doc, passages, 150, 0)
+    assert all(b.char_start > a.char_end for a, b in itertools.pairwise(passages))
+
+
+def test_tiny_sections_merge_into_the_previous_passage(tmp_path: Path) -> None:
+    rng = random.Random(6)
+    long_intro = _prose(rng, 6)
+    doc = parse(
+        tmp_path,
+        "a.md",
+        f"# Page\n\nTiny first.\n\n## Big\n\n{long_intro}\n\n## Small\n\nJust this.\n\n### Smaller\n\nAnd this.\n\n"
+        f"## Huge\n\n{_prose(rng, 30)}\n\n## Tail\n\nEnd.\n",
+    )
+    passages = chunk(doc, max_tokens=300, overlap_tokens=30)
+    assert_offsets(doc, passages)
+    assert passages[0].text == "Tiny first."  # nothing before it to join
+    assert passages[1].heading_path == ("Page", "Big")
+    assert passages[1].text == f"{long_intro}\n\nSmall\n\nJust this.\n\nSmaller\n\nAnd this."  # headings kept
+    huge = [p for p in passages if p.heading_path == ("Page", "Huge")]
+    assert len(huge) >= 2  # "Tail" joined the last piece of "Huge" only if that still fits
+    tail = passages[-1]
+    assert tail.text.endswith("End.")
+    assert estimate_text_tokens(tail.text) <= 300
+
+    separate = chunk(doc, max_tokens=300, overlap_tokens=30, min_tokens=0)
+    assert [p.heading_path[-1] for p in separate][:5] == ["Page", "Big", "Small", "Smaller", "Huge"]
+
+
+def test_tiny_section_stays_alone_when_joining_would_overflow(tmp_path: Path) -> None:
+    big = _prose(random.Random(8), 12)
+    doc = parse(tmp_path, "a.md", f"# P\n\n## Big\n\n{big}\n\n## Small\n\nJust this.\n")
+    limit = estimate_text_tokens(big) + 2
+    passages = chunk(doc, max_tokens=limit, overlap_tokens=10)
+    assert [p.heading_path[-1] for p in passages] == ["Big", "Small"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_documents_keep_every_invariant(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    blocks = ["# Random page"]
+    for index in range(rng.randint(3, 12)):
+        blocks.append("#" * rng.randint(2, 4) + f" Section {index}")
+        for _ in range(rng.randint(0, 8)):
+            kind = rng.random()
+            if kind < 0.6:
+                blocks.append(_prose(rng, rng.randint(1, 8)))
+            elif kind < 0.8:
+                blocks.append("\n".join(f"- {_prose(rng, 1)}" for _ in range(rng.randint(1, 6))))
+            else:
+                blocks.append("```\n" + "\n".join(f"    call({i}, '{rng.choice(_WORDS)}')" for i in range(9)) + "\n```")
+    doc = parse(tmp_path, "r.md", "\n\n".join(blocks) + "\n")
+    max_tokens = rng.choice([40, 90, 350])
+    overlap = rng.choice([0, max_tokens // 8, max_tokens // 2])
+    assert_split_well(doc, chunk(doc, max_tokens=max_tokens, overlap_tokens=overlap), max_tokens, overlap)
+
+
+def test_chunk_rejects_unworkable_limits(tmp_path: Path) -> None:
+    doc = parse(tmp_path, "a.md", "# A\n\nText.\n")
+    with pytest.raises(ValueError, match="max_tokens"):
+        chunk(doc, max_tokens=4)
+    with pytest.raises(ValueError, match="overlap_tokens"):
+        chunk(doc, max_tokens=100, overlap_tokens=60)
+    with pytest.raises(ValueError, match="overlap_tokens"):
+        chunk(doc, overlap_tokens=-1)
+    assert chunk(parse(tmp_path, "empty.md", "# Only a title\n")) == []
+
+
+def test_unsupported_suffix_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unsupported"):
+        parse(tmp_path, "a.pdf", b"%PDF")
+
+
+# --------------------------------------------------------------------------------------------
+# Walking
+
+
+def touch(path: Path, content: str = "# Doc\n\nText.\n") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content)
+
+
+def test_walk_lists_supported_files_sorted_and_skips_the_rest(tmp_path: Path) -> None:
+    for name in (
+        "b.md", "a.rst", "Guide.MD", "c.txt", "d.html", "e.htm", "f.markdown", "sub/z.md", "sub/deeper/y.txt",
+        ".hidden.md", ".git/config.md", ".venv/lib/x.md", "node_modules/pkg/readme.md", "sub/__pycache__/m.txt",
+        "image.png", "notes.pdf", "script.py",
+    ):  # fmt: skip
+        touch(tmp_path / name)
+    found = [p.relative_to(tmp_path).as_posix() for p in walk(tmp_path)]
+    assert found == sorted(found, key=lambda name: Path(name).parts)
+    assert set(found) == {
+        "Guide.MD", "a.rst", "b.md", "c.txt", "d.html", "e.htm", "f.markdown", "sub/deeper/y.txt", "sub/z.md",
+    }  # fmt: skip
+
+
+def test_walk_skips_large_files_and_logs_them(tmp_path: Path) -> None:
+    touch(tmp_path / "ok.md")
+    with (tmp_path / "dump.txt").open("wb") as handle:
+        handle.truncate(MAX_FILE_BYTES + 1)  # sparse: instant, no 2 MB written
+    with structlog.testing.capture_logs() as logs:
+        found = list(walk(tmp_path))
+    assert found == [tmp_path / "ok.md"]
+    assert {"event": "docs_file_skipped", "path": "dump.txt", "reason": "too_large",
+            "size": MAX_FILE_BYTES + 1, "log_level": "warning"} in logs  # fmt: skip
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
+def test_walk_survives_symlink_loops_and_walks_aliases_once(tmp_path: Path) -> None:
+    touch(tmp_path / "docs" / "a.md")
+    touch(tmp_path / "docs" / "sub" / "b.md")
+    touch(tmp_path / "elsewhere" / "c.md")
+    (tmp_path / "docs" / "sub" / "loop").symlink_to(tmp_path / "docs", target_is_directory=True)
+    (tmp_path / "docs" / "alias").symlink_to(tmp_path / "docs" / "sub", target_is_directory=True)
+    (tmp_path / "docs" / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "docs" / "broken.md").symlink_to(tmp_path / "missing.md")
+    found = [p.relative_to(tmp_path / "docs").as_posix() for p in walk(tmp_path / "docs")]
+    assert found == ["a.md", "alias/b.md", "linked/c.md"]  # "alias" sorts before "sub": the alias is walked
+    doc = parse_document(tmp_path / "docs" / "linked" / "c.md", tmp_path / "docs")
+    assert doc.doc_path == "linked/c.md"
+
+
+def test_walk_refuses_a_file_or_missing_root(tmp_path: Path) -> None:
+    touch(tmp_path / "a.md")
+    with pytest.raises(NotADirectoryError):
+        walk(tmp_path / "a.md")
+    with pytest.raises(NotADirectoryError):
+        walk(tmp_path / "missing")
+
+
+# --------------------------------------------------------------------------------------------
+# The sample handbook
+
+
+@pytest.mark.skipif(not EXAMPLES.is_dir(), reason="no examples/docs")
+def test_every_example_document_parses_into_passages() -> None:
+    files = list(walk(EXAMPLES))
+    assert files
+    for path in files:
+        doc = parse_document(path, EXAMPLES)
+        passages = chunk(doc)
+        assert passages, doc.doc_path
+        assert_offsets(doc, passages)
+        assert all(estimate_text_tokens(p.text) <= 350 for p in passages), doc.doc_path
+        assert all(p.heading_path[0] == doc.title for p in passages), doc.doc_path
