@@ -1,0 +1,501 @@
+"""A fake Slack Web API on loopback, for tests that drive the real slack_sdk / Bolt over real HTTP.
+
+Usage::
+
+    with FakeSlack() as fake:
+        client = WebClient(base_url=fake.base_url, token="xoxb-test")
+        fake.rate_limit("chat.postMessage", retry_after=0)
+        ...
+        fake.wait_for("chat.postMessage", 2)
+        assert fake.last("chat.postMessage").params["channel"] == "C1"
+
+``base_url`` is ``http://127.0.0.1:PORT/``. The server answers POST (and GET) on ``/api/<method>``
+and on ``/<method>`` (what ``WebClient(base_url=fake.base_url)`` requests); any other path is
+recorded too, with the path as its method name (e.g. a ``response_url`` pointed here).
+
+Bodies may be form-encoded, multipart or JSON (the SDK sends all three); query-string parameters
+are merged in. Every call is recorded (with the status it got) before its answer is sent, so
+``count`` is exactly the number of HTTP requests that reached the server, 429s included. Recorded
+headers and params hide the token in their ``repr`` so assertion output never prints one.
+
+Answers (``{"ok": true, ...}``):
+
+- ``auth.test``: ``team_id``, ``user_id`` (``UPENNY``), ``bot_id``, ``url``, ``team``, ``user``;
+- ``chat.postMessage``: a ``ts`` unique per call, ``channel`` and the ``message`` as posted;
+- ``chat.postEphemeral``: ``message_ts``; ``chat.update`` / ``chat.delete``: ``channel``, ``ts``;
+- ``views.publish``: the ``view``; ``users.info``: a user, ``is_admin`` only for configured admins;
+- ``conversations.replies``: the messages set with :meth:`FakeSlack.set_replies` (else none);
+- anything else (``reactions.add``, ``assistant.threads.setStatus``, …): ``{"ok": true}``.
+
+Faults are scripted per method and consumed one per call, in order: :meth:`FakeSlack.rate_limit`
+(HTTP 429 with ``Retry-After``), :meth:`FakeSlack.fail` (``{"ok": false, "error": ...}``, HTTP
+200 like Slack, or another status). :meth:`FakeSlack.respond` overrides a method's answer for
+good. The server prints nothing and is thread-safe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email.parser
+import email.policy
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+__all__ = ["FakeSlack", "SlackCall", "SlackFault"]
+
+_SECRET_HEADERS = frozenset({"authorization", "cookie"})
+_SECRET_PARAMS = frozenset({"token", "client_secret", "refresh_token"})
+
+Responder = Callable[["SlackCall"], Mapping[str, Any]]
+
+
+class _RedactedHeaders(dict[str, str]):
+    """Header dict whose repr hides credentials (pytest prints reprs on failed asserts)."""
+
+    def __repr__(self) -> str:
+        return repr({k: ("<redacted>" if k.lower() in _SECRET_HEADERS else v) for k, v in self.items()})
+
+    def get_ci(self, name: str) -> str | None:
+        lowered = name.lower()
+        for key, value in self.items():
+            if key.lower() == lowered:
+                return value
+        return None
+
+
+class _RedactedParams(dict[str, Any]):
+    """Params dict whose repr hides a token sent in the body."""
+
+    def __repr__(self) -> str:
+        return repr({k: ("<redacted>" if k in _SECRET_PARAMS else v) for k, v in self.items()})
+
+
+@dataclass(frozen=True, repr=False)
+class SlackCall:
+    """One request the fake received. ``params`` are the decoded body and query parameters."""
+
+    method: str
+    params: _RedactedParams
+    headers: _RedactedHeaders
+    http_method: str
+    path: str
+    at: float  # time.monotonic() when it arrived
+    status: int = 200  # what the fake answered (filled in before the response is sent)
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get_ci(name)
+
+    @property
+    def token(self) -> str | None:
+        """The token the caller sent (``Authorization: Bearer …`` or a ``token`` param)."""
+        auth = self.header("Authorization") or ""
+        if auth.startswith("Bearer "):
+            return auth[len("Bearer ") :]
+        value = self.params.get("token")
+        return value if isinstance(value, str) else None
+
+    def json_param(self, name: str) -> Any:
+        """A parameter that carries JSON (``blocks``, ``view``…), decoded whichever way it was sent."""
+        value = self.params.get(name)
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                return value
+        return value
+
+    @property
+    def blocks(self) -> list[dict[str, Any]]:
+        value = self.json_param("blocks")
+        return value if isinstance(value, list) else []
+
+    def __repr__(self) -> str:
+        return f"SlackCall({self.method!r}, params={self.params!r}, status={self.status})"
+
+
+@dataclass(frozen=True)
+class SlackFault:
+    """What the fake answers instead of success for one call."""
+
+    status: int = 200
+    body: Mapping[str, Any] = field(default_factory=lambda: {"ok": False, "error": "internal_error"})
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class _State:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    changed: threading.Condition = field(init=False)
+    calls: list[SlackCall] = field(default_factory=list)
+    faults: dict[str, deque[SlackFault]] = field(default_factory=dict)
+    responders: dict[str, Responder] = field(default_factory=dict)
+    replies: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
+    admins: set[str] = field(default_factory=set)
+    next_ts: int = 0
+
+    def __post_init__(self) -> None:
+        self.changed = threading.Condition(self.lock)
+
+
+class FakeSlack:
+    """A loopback Slack Web API; see the module docstring. Use as a context manager."""
+
+    def __init__(
+        self,
+        *,
+        team_id: str = "T0PENNY",
+        team: str = "Penny Test",
+        bot_id: str = "B0PENNY",
+        bot_user_id: str = "UPENNY",
+        bot_name: str = "penny",
+        admins: Iterable[str] = (),
+        first_ts: int = 1_700_000_000,
+    ) -> None:
+        self.team_id = team_id
+        self.team = team
+        self.bot_id = bot_id
+        self.bot_user_id = bot_user_id
+        self.bot_name = bot_name
+        self._first_ts = first_ts
+        self._state = _State()
+        self._state.admins.update(admins)
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.fake = self
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> FakeSlack:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._server.server_close()
+
+    def __enter__(self) -> FakeSlack:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    @property
+    def workspace_url(self) -> str:
+        return f"https://{self.team.lower().replace(' ', '-')}.slack.com/"
+
+    # -- scripting ---------------------------------------------------------------------------
+
+    def rate_limit(self, method: str, *, retry_after: int = 1, times: int = 1) -> None:
+        """Answer the next ``times`` calls to ``method`` with HTTP 429 and ``Retry-After``."""
+        fault = SlackFault(429, {"ok": False, "error": "ratelimited"}, (("Retry-After", str(retry_after)),))
+        self._script(method, fault, times)
+
+    def fail(self, method: str, error: str = "internal_error", *, times: int = 1, status: int = 200) -> None:
+        """Answer the next ``times`` calls to ``method`` with ``{"ok": false, "error": error}``."""
+        self._script(method, SlackFault(status, {"ok": False, "error": error}), times)
+
+    def script(self, method: str, *faults: SlackFault) -> None:
+        """Queue arbitrary faults for ``method``, one per call."""
+        with self._state.lock:
+            self._state.faults.setdefault(method, deque()).extend(faults)
+
+    def _script(self, method: str, fault: SlackFault, times: int) -> None:
+        self.script(method, *([fault] * times))
+
+    def respond(self, method: str, answer: Mapping[str, Any] | Responder) -> None:
+        """Always answer ``method`` with ``answer`` (a body, or a callable of the call), until ``reset``."""
+        if callable(answer):
+            responder: Responder = answer
+        else:
+            body = dict(answer)
+
+            def responder(_call: SlackCall) -> Mapping[str, Any]:
+                return body
+
+        with self._state.lock:
+            self._state.responders[method] = responder
+
+    def set_replies(self, channel: str, thread_ts: str, messages: Iterable[Mapping[str, Any]]) -> None:
+        """What ``conversations.replies`` returns for this thread."""
+        with self._state.lock:
+            self._state.replies[(channel, thread_ts)] = [dict(m) for m in messages]
+
+    def set_user(self, user_id: str, **fields: Any) -> None:
+        """Extra or overriding fields of ``users.info`` for ``user_id`` (e.g. ``tz``, ``real_name``)."""
+        with self._state.lock:
+            self._state.users.setdefault(user_id, {}).update(fields)
+
+    def set_admin(self, user_id: str, admin: bool = True) -> None:
+        with self._state.lock:
+            if admin:
+                self._state.admins.add(user_id)
+            else:
+                self._state.admins.discard(user_id)
+
+    def pending(self, method: str) -> int:
+        """Scripted faults for ``method`` not consumed yet."""
+        with self._state.lock:
+            return len(self._state.faults.get(method, ()))
+
+    def reset(self) -> None:
+        """Forget calls, faults, responders and configured replies/users (admins stay)."""
+        with self._state.lock:
+            self._state.calls.clear()
+            self._state.faults.clear()
+            self._state.responders.clear()
+            self._state.replies.clear()
+            self._state.users.clear()
+
+    # -- inspection --------------------------------------------------------------------------
+
+    def calls(self, method: str | None = None) -> list[SlackCall]:
+        with self._state.lock:
+            return [c for c in self._state.calls if method is None or c.method == method]
+
+    def count(self, method: str | None = None) -> int:
+        return len(self.calls(method))
+
+    def last(self, method: str) -> SlackCall:
+        found = self.calls(method)
+        if not found:
+            raise AssertionError(f"no call to {method}; calls so far: {self._summary()}")
+        return found[-1]
+
+    def wait_for(self, method: str, count: int = 1, timeout: float = 5.0) -> list[SlackCall]:
+        """Block until ``method`` has been called ``count`` times (returns as soon as it has);
+        the calls so far. Raises AssertionError after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._state.changed:
+            while True:
+                found = [c for c in self._state.calls if c.method == method]
+                if len(found) >= count:
+                    return found
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._state.changed.wait(remaining)
+        raise AssertionError(
+            f"waited {timeout}s for {count} call(s) to {method}, got {len(found)}; calls so far: {self._summary()}"
+        )
+
+    def _summary(self) -> str:
+        with self._state.lock:
+            return ", ".join(c.method for c in self._state.calls) or "none"
+
+    # -- request handling (server threads) ---------------------------------------------------
+
+    def _record(self, call: SlackCall) -> tuple[int, Mapping[str, Any], tuple[tuple[str, str], ...]]:
+        """Record ``call`` and decide the answer: (status, body, headers)."""
+        with self._state.changed:
+            faults = self._state.faults.get(call.method)
+            fault = faults.popleft() if faults else None
+            responder = self._state.responders.get(call.method)
+            self._state.next_ts += 1
+            serial = self._state.next_ts
+        if fault is not None:
+            status, body, headers = fault.status, fault.body, fault.headers
+        elif responder is not None:
+            status, body, headers = 200, responder(call), ()
+        else:
+            status, body, headers = 200, self._answer(call, serial), ()
+        with self._state.changed:
+            self._state.calls.append(dataclasses.replace(call, status=status))
+            self._state.changed.notify_all()
+        return status, body, headers
+
+    def _ts(self, serial: int) -> str:
+        return f"{self._first_ts + serial}.{serial:06d}"
+
+    def _answer(self, call: SlackCall, serial: int) -> dict[str, Any]:
+        p = call.params
+        method = call.method
+        if method == "auth.test":
+            return {
+                "ok": True,
+                "url": self.workspace_url,
+                "team": self.team,
+                "user": self.bot_name,
+                "team_id": self.team_id,
+                "user_id": self.bot_user_id,
+                "bot_id": self.bot_id,
+                "is_enterprise_install": False,
+            }
+        if method == "chat.postMessage":
+            ts = self._ts(serial)
+            return {"ok": True, "channel": p.get("channel"), "ts": ts, "message": self._message(call, ts)}
+        if method == "chat.postEphemeral":
+            return {"ok": True, "message_ts": self._ts(serial)}
+        if method == "chat.update":
+            updated = str(p.get("ts"))
+            message = self._message(call, updated)
+            return {
+                "ok": True,
+                "channel": p.get("channel"),
+                "ts": updated,
+                "text": p.get("text", ""),
+                "message": message,
+            }
+        if method == "chat.delete":
+            return {"ok": True, "channel": p.get("channel"), "ts": p.get("ts")}
+        if method == "views.publish":
+            view = call.json_param("view")
+            view = dict(view) if isinstance(view, dict) else {}
+            view.setdefault("type", "home")
+            view.update({"id": f"V{serial:08d}", "team_id": self.team_id, "app_id": "A0PENNY"})
+            return {"ok": True, "view": view}
+        if method == "users.info":
+            return {"ok": True, "user": self._user(str(p.get("user", "")))}
+        if method == "conversations.replies":
+            with self._state.lock:
+                messages = list(self._state.replies.get((str(p.get("channel")), str(p.get("ts"))), []))
+            return {"ok": True, "messages": messages, "has_more": False, "response_metadata": {"next_cursor": ""}}
+        return {"ok": True}
+
+    def _message(self, call: SlackCall, ts: str) -> dict[str, Any]:
+        message: dict[str, Any] = {
+            "type": "message",
+            "user": self.bot_user_id,
+            "bot_id": self.bot_id,
+            "team": self.team_id,
+            "text": call.params.get("text", ""),
+            "ts": ts,
+        }
+        if call.blocks:
+            message["blocks"] = call.blocks
+        thread_ts = call.params.get("thread_ts")
+        if thread_ts:
+            message["thread_ts"] = thread_ts
+        return message
+
+    def _user(self, user_id: str) -> dict[str, Any]:
+        with self._state.lock:
+            extra = dict(self._state.users.get(user_id, {}))
+            admin = user_id in self._state.admins
+        user: dict[str, Any] = {
+            "id": user_id,
+            "team_id": self.team_id,
+            "name": user_id.lower(),
+            "real_name": f"User {user_id}",
+            "deleted": False,
+            "is_admin": admin,
+            "is_owner": False,
+            "is_bot": user_id == self.bot_user_id,
+            "tz": "UTC",
+            "tz_offset": 0,
+            "profile": {"display_name": user_id.lower(), "real_name": f"User {user_id}"},
+        }
+        user.update(extra)
+        return user
+
+
+def _parse_body(content_type: str, raw: bytes) -> dict[str, Any]:
+    kind = content_type.split(";", 1)[0].strip().lower()
+    if not raw:
+        return {}
+    if kind == "application/json":
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return {}
+        return body if isinstance(body, dict) else {"_body": body}
+    if kind == "multipart/form-data":
+        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+            b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + raw
+        )
+        fields: dict[str, Any] = {}
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            if not isinstance(name, str):
+                continue
+            payload = part.get_payload(decode=True)
+            data = payload if isinstance(payload, bytes) else b""
+            fields[name] = data if part.get_filename() else data.decode("utf-8", "replace")
+        return fields
+    return _flatten(parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True))
+
+
+def _flatten(query: dict[str, list[str]]) -> dict[str, Any]:
+    return {k: v[0] if len(v) == 1 else v for k, v in query.items()}
+
+
+def _method_of(path: str) -> str:
+    if path.startswith("/api/"):
+        return path[len("/api/") :]
+    return path.lstrip("/")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    fake: FakeSlack
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        return  # a client that hung up early is not the test's concern
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return  # print nothing (requests carry tokens)
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def _handle(self, http_method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length > 0 else b""
+        parts = urlsplit(self.path)
+        params = _RedactedParams(_flatten(parse_qs(parts.query, keep_blank_values=True)))
+        params.update(_parse_body(self.headers.get("Content-Type", ""), raw))
+        call = SlackCall(
+            method=_method_of(parts.path),
+            params=params,
+            headers=_RedactedHeaders(dict(self.headers.items())),
+            http_method=http_method,
+            path=parts.path,
+            at=time.monotonic(),
+        )
+        status, body, headers = self.server.fake._record(call)
+        payload = json.dumps(body).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(payload)))
+            for name, value in headers:
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
+            self.wfile.flush()
+        except OSError:
+            self.close_connection = True
