@@ -178,6 +178,35 @@ class PennySettings(BaseSettings):
 
     # -- operations ------------------------------------------------------------------------------
     metrics_port: int = Field(0, ge=0, le=65_535, description="Port for Prometheus metrics; 0 = off.")
+
+    # -- Slack and docs (the bot) ------------------------------------------------------------------
+    slack_bot_token: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("SLACK_BOT_TOKEN", "slack_bot_token"),
+        description="Bot token xoxb-… (SLACK_BOT_TOKEN), from the app's OAuth & Permissions page.",
+    )
+    slack_app_token: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("SLACK_APP_TOKEN", "slack_app_token"),
+        description="App-level token xapp-… with connections:write (SLACK_APP_TOKEN), for Socket Mode.",
+    )
+    slack_signing_secret: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("SLACK_SIGNING_SECRET", "slack_signing_secret"),
+        description="Signing secret (SLACK_SIGNING_SECRET), for HTTP mode.",
+    )
+    slack_api_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("SLACK_API_URL", "slack_api_url"),
+        description="Override of the Slack Web API base URL (SLACK_API_URL).",
+    )
+    admin_user_ids: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Slack user IDs allowed to see team-wide spend, comma-separated."
+    )
+    docs_dir: Path = Field(Path("examples/docs"), description="The docs folder Penny answers from.")
+    docs_base_url: str | None = Field(
+        None, description="Base URL that turns a doc path into a link in citations (e.g. a repo or wiki)."
+    )
     log_level: LogLevel = Field("INFO", description="Least severe log level written.")
     log_json: bool = Field(False, description="Write logs as JSON lines instead of console text.")
 
@@ -218,7 +247,17 @@ class PennySettings(BaseSettings):
             raise ValueError('must be a JSON object like {"U123": ...}')
         return decoded
 
-    @field_validator("openai_base_url", "openai_api_key", mode="before")
+    @field_validator("admin_user_ids", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator(
+        "openai_base_url", "openai_api_key", "slack_bot_token", "slack_app_token", "slack_signing_secret",
+        "slack_api_url", mode="before",
+    )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         # OPENAI_API_KEY= (empty) in a .env file means "not set", not an empty key.
