@@ -103,6 +103,10 @@ def _parser() -> argparse.ArgumentParser:
 
     prices = sub.add_parser("prices", help="list the price table in use")
     prices.set_defaults(func=_cmd_prices)
+
+    index = sub.add_parser("index", help="index a docs folder into the store (only changed passages are embedded)")
+    index.add_argument("dir", metavar="DIR", help="the docs folder (Markdown, reStructuredText, HTML, text)")
+    index.set_defaults(func=_cmd_index)
     return p
 
 
@@ -187,6 +191,46 @@ def _cmd_cache_clear(args: argparse.Namespace, settings: PennySettings, out: Tex
     what = f"with context starting {args.context!r}" if args.context else "in total"
     print(f"removed {len(gone):,} cached answers {what}; every replica drops them within a second", file=out)
     return 0
+
+
+def _cmd_index(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
+    from pathlib import Path
+
+    from bot.docs.index import DocsIndexer
+    from proxy_core.semantic.embedders import embedder_from_spec
+
+    root = Path(args.dir)
+    if not root.is_dir():
+        raise ConfigurationError(f"penny index: {args.dir} is not a directory")
+    if settings.embedder.startswith("openai:"):
+        raise ConfigurationError(
+            f"PENNY_EMBEDDER={settings.embedder} is not supported yet by penny index; "
+            "use local:wordllama (the default) for now"
+        )
+    embedder = embedder_from_spec(settings.embedder)
+    store = store_from_url(settings.store_url, timeout_s=settings.store_timeout_s)
+    try:
+        report = DocsIndexer(store, embedder.embed, embedder_name=embedder.name).index(
+            root, progress=_progress_bar(sys.stderr)
+        )
+    finally:
+        store.close()
+    print(f"indexed {report.files:,} files · {report.passages:,} passages · {report.embedded:,} embedded · "
+          f"{report.removed:,} removed · version {report.version} · {report.seconds:.2f}s", file=out)
+    return 0
+
+
+def _progress_bar(stream: TextIO, width: int = 30) -> Callable[[int, int], None]:
+    """An in-place ``[####....] 12/25 files`` line, ended with a newline when done."""
+
+    def show(done: int, total: int) -> None:
+        filled = width * done // total if total else width
+        stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} files")
+        if done >= total:
+            stream.write("\n")
+        stream.flush()
+
+    return show
 
 
 def _cmd_prices(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:

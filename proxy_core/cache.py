@@ -22,6 +22,7 @@ from typing import Any, Literal, Protocol
 from proxy_core.stores.base import Store
 
 __all__ = [
+    "CacheAs",
     "CacheDecision",
     "CacheLayer",
     "CacheScope",
@@ -71,8 +72,28 @@ class CacheScope:
         blob = json.dumps({"prior": prior, "params": dict(params)}, sort_keys=True, default=str)
         return cls(model, _digest(blob), context, tenant)
 
+    @classmethod
+    def for_question(
+        cls, *, model: str, prompt: str, params: Mapping[str, object], context: str, tenant: str
+    ) -> CacheScope:
+        """Scope of a standalone question whose messages carry more than it (retrieved passages):
+        ``prompt`` names what else the answer depends on (template version, earlier turns), and
+        ``context`` which passages; the passages' text itself stays out, so paraphrases that
+        retrieve the same top passage share a scope."""
+        blob = json.dumps({"prompt": prompt, "params": dict(params)}, sort_keys=True, default=str)
+        return cls(model, _digest(blob), context, tenant)
+
     def id(self) -> str:
         return _digest(f"{self.model}\x00{self.params}\x00{self.context}\x00{self.tenant}")
+
+
+@dataclass(frozen=True, slots=True)
+class CacheAs:
+    """Cache a chat call under ``question`` (not its last message) and ``prompt`` (see
+    :meth:`CacheScope.for_question`)."""
+
+    question: str
+    prompt: str = ""
 
 
 @dataclass(frozen=True, slots=True)

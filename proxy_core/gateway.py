@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar
 
 from proxy_core import budget as budget_math
 from proxy_core.breaker import BreakerPolicy, BreakerState, Permit
-from proxy_core.cache import CachedAnswer, CacheDecision, CacheLayer, CacheScope, ExactCache
+from proxy_core.cache import CacheAs, CachedAnswer, CacheDecision, CacheLayer, CacheScope, ExactCache
 from proxy_core.clock import Clock, Sleep
 from proxy_core.errors import (
     BudgetExceeded,
@@ -232,12 +232,14 @@ class Gateway:
         context: str = "",
         channel_id: str | None = None,
         use_cache: bool = True,
+        cache_as: CacheAs | None = None,
     ) -> ChatResult:
         """Answer a chat completion for ``user_id`` in ``workspace_id``.
 
         ``request_id`` makes the call idempotent (the bot passes the Slack event ID). ``context``
         is the cache's context fingerprint; ``use_cache=False`` asks upstream even if an answer is
-        cached (the fresh answer then replaces it).
+        cached (the fresh answer then replaces it). ``cache_as`` caches under a standalone question
+        when the messages carry more than it (the bot's retrieved passages).
         """
         if not messages:
             raise ValueError("messages must not be empty")
@@ -253,7 +255,7 @@ class Gateway:
                 ChatResult.from_json,
                 lambda: self._chat(
                     user_id, workspace_id, request_id, messages, model, price, max_tokens, temperature,
-                    context, channel_id, use_cache,
+                    context, channel_id, use_cache, cache_as,
                 ),
             )
         finally:
@@ -342,19 +344,22 @@ class Gateway:
         context: str,
         channel_id: str | None,
         use_cache: bool,
+        cache_as: CacheAs | None,
     ) -> ChatResult:
         started = self._clock()
-        question = messages[-1].get("content")
+        question = messages[-1].get("content") if cache_as is None else cache_as.question
         scope: CacheScope | None = None
         decision = CacheDecision("bypass", "cache off")
-        if self.cache is not None and isinstance(question, str) and messages[-1].get("role") == "user":
-            scope = CacheScope.for_chat(
-                model=model,
-                messages=messages,
-                params={"max_tokens": max_tokens, "temperature": temperature},
-                context=context,
-                tenant=self._tenant(workspace_id, channel_id, user_id),
-            )
+        params = {"max_tokens": max_tokens, "temperature": temperature}
+        tenant = self._tenant(workspace_id, channel_id, user_id)
+        if self.cache is None:
+            pass
+        elif cache_as is not None:
+            scope = CacheScope.for_question(model=model, prompt=cache_as.prompt, params=params, context=context,
+                                            tenant=tenant)
+        elif isinstance(question, str) and messages[-1].get("role") == "user":
+            scope = CacheScope.for_chat(model=model, messages=messages, params=params, context=context, tenant=tenant)
+        if self.cache is not None and scope is not None and isinstance(question, str):
             if use_cache:
                 decision = self.cache.lookup(scope, question)
                 if decision.answer is not None:

@@ -16,7 +16,7 @@ share a cluster slot (``{w:<workspace>}`` hash tag) and can be changed by one sc
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -332,3 +332,23 @@ class Store(ABC):
     @abstractmethod
     def semantic_count(self) -> int:
         """How many entries are stored (expired ones not yet deleted included)."""
+
+    # -- blobs -------------------------------------------------------------------------------
+    # A small generic key -> bytes space shared by every replica (the docs index lives here). Keys
+    # are plain strings; callers group them by prefix. Values are opaque bytes, never expiring.
+
+    @abstractmethod
+    def blob_get(self, key: str) -> bytes | None:
+        """The bytes stored at ``key``, or None."""
+
+    @abstractmethod
+    def blob_put_many(self, items: Mapping[str, bytes], delete: Sequence[str] = ()) -> None:
+        """Atomically delete the ``delete`` keys and store every item: readers see all or nothing.
+
+        A key both deleted and put ends up holding its new value.
+        """
+
+    @abstractmethod
+    def blob_scan(self, prefix: str) -> Iterator[tuple[str, bytes]]:
+        """Every (key, bytes) whose key starts with ``prefix`` (``""`` = all), in batches, in no
+        promised order. Not a snapshot: keys changed during the scan may be seen old or new."""

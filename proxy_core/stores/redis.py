@@ -23,6 +23,7 @@ Key layout (``<ns>`` is the namespace, ``penny`` by default)::
     <ns>:{sem}:expires                             ZSET   semantic entry id -> expires_at
     <ns>:{sem}:contexts                            ZSET   context + NUL NUL + entry id (prefix index)
     <ns>:{sem}:log                                 STREAM semantic change log (trimmed, MAXLEN ~)
+    <ns>:{blob}:values                             HASH   blob key -> bytes (the docs index)
 
 The ``{w:<workspace>}`` hash tag puts every key one request touches in one cluster slot. Budget
 line keys carry their period, and expire a few days after it resets. The semantic cache's keys
@@ -188,6 +189,7 @@ class RedisStore(Store):
         self._scripts: dict[str, Script] = {name: client.register_script(_load_script(name)) for name in _SCRIPTS}
         self._semantic_retain = semantic_log_retain
         self._semantic_keys = [f"{namespace}:{{sem}}:{name}" for name in _SEMANTIC_KEYS]
+        self._blob_key = f"{namespace}:{{blob}}:values"
         self._semantic_scripts: dict[str, Script] = {
             name: client.register_script(_load_semantic_script(name)) for name in _SEMANTIC_SCRIPTS
         }
@@ -591,6 +593,47 @@ class RedisStore(Store):
             block_ms = max(1, int(wait * 1000))
             if self._raw("XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS", self._semantic_keys[5], cursor):
                 return
+
+    # -- blobs -------------------------------------------------------------------------------
+    # One hash holds every blob, so a batch of puts and deletes is one MULTI/EXEC (no read, so no
+    # script is needed for atomicity) and a prefix scan is an HSCAN with MATCH.
+    @_translated("read a blob")
+    def blob_get(self, key: str) -> bytes | None:
+        value = self._raw("HGET", self._blob_key, key)
+        return None if value is None else bytes(value)
+
+    @_translated("write blobs")
+    def blob_put_many(self, items: Mapping[str, bytes], delete: Sequence[str] = ()) -> None:
+        if not items and not delete:
+            return
+        pipe = self._client.pipeline(transaction=True)
+        if delete:
+            pipe.hdel(self._blob_key, *delete)
+        if items:
+            pipe.hset(self._blob_key, mapping=cast(Mapping[Any, Any], items))
+        pipe.execute()
+
+    def blob_scan(self, prefix: str) -> Iterator[tuple[str, bytes]]:
+        return self._scan_blobs(prefix)
+
+    def _scan_blobs(self, prefix: str) -> Iterator[tuple[str, bytes]]:
+        # HSCAN may return a field twice (the hash was resized meanwhile): ``seen`` drops repeats.
+        seen: set[bytes] = set()
+        cursor = 0
+        match = _glob_escape(prefix) + "*"
+        while True:
+            cursor, page = self._scan_blob_page(cursor, match)
+            for raw_key, value in page.items():
+                if raw_key not in seen:
+                    seen.add(raw_key)
+                    yield raw_key.decode("utf-8"), bytes(value)
+            if cursor == 0:
+                return
+
+    @_translated("scan blobs")
+    def _scan_blob_page(self, cursor: int, match: str) -> tuple[int, dict[bytes, bytes]]:
+        next_cursor, page = self._raw("HSCAN", self._blob_key, cursor, "MATCH", match, "COUNT", _SCAN_BATCH)
+        return int(next_cursor), page
 
     @_translated("count semantic-cache entries")
     def semantic_count(self) -> int:

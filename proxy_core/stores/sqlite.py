@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import fields
 from pathlib import Path
@@ -46,9 +46,10 @@ from proxy_core.stores.base import (
 
 __all__ = ["SCHEMA_VERSION", "SEMANTIC_LOG_RETAIN", "SqliteStore"]
 
-# Version 2 added the semantic cache (semantic_entries, semantic_log). Every statement of _SCHEMA is
-# idempotent, so opening an older file simply creates what it lacks and bumps user_version.
-SCHEMA_VERSION = 2
+# Version 2 added the semantic cache (semantic_entries, semantic_log), version 3 the blobs table.
+# Every statement of _SCHEMA is idempotent, so opening an older file simply creates what it lacks
+# and bumps user_version.
+SCHEMA_VERSION = 3
 
 # How many change-log events are kept for replicas that fall behind; one further back reloads.
 SEMANTIC_LOG_RETAIN = 10_000
@@ -161,7 +162,13 @@ CREATE TABLE IF NOT EXISTS semantic_log (
     created_at REAL,
     expires_at REAL,
     vector     BLOB
-)
+);
+
+-- Opaque values shared by replicas (the docs index), grouped by key prefix.
+CREATE TABLE IF NOT EXISTS blobs (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+) WITHOUT ROWID
 """
 
 # Column order of both tables follows the dataclass fields, so rows map straight onto them.
@@ -199,6 +206,7 @@ _LOG_PUT = (
 )
 _LOG_DELETE = "INSERT INTO semantic_log (op, entry_id, scope) VALUES ('delete', ?, ?)"
 _LOG_CURSOR = re.compile(r"[0-9]+")
+_BLOB_SCAN_BATCH = 256
 
 
 class _Connection(sqlite3.Connection):
@@ -775,6 +783,41 @@ class SqliteStore(Store):
         with self._read("count semantic-cache entries") as conn:
             return int(conn.execute("SELECT COUNT(*) FROM semantic_entries").fetchone()[0])
 
+    # -- blobs -------------------------------------------------------------------------------
+    def blob_get(self, key: str) -> bytes | None:
+        with self._read("read a blob") as conn:
+            row = conn.execute("SELECT value FROM blobs WHERE key = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def blob_put_many(self, items: Mapping[str, bytes], delete: Sequence[str] = ()) -> None:
+        with self._write("write blobs") as conn:
+            conn.executemany("DELETE FROM blobs WHERE key = ?", [(key,) for key in delete])
+            conn.executemany(
+                "INSERT OR REPLACE INTO blobs (key, value) VALUES (?, ?)",
+                [(key, sqlite3.Binary(value)) for key, value in items.items()],
+            )
+
+    def blob_scan(self, prefix: str) -> Iterator[tuple[str, bytes]]:
+        return self._scan_blobs(prefix, _BLOB_SCAN_BATCH)
+
+    def _scan_blobs(self, prefix: str, batch: int) -> Iterator[tuple[str, bytes]]:
+        # Keys compare as UTF-8 bytes (BINARY collation), which orders like code points, so the
+        # prefix is the key range [prefix, _prefix_end(prefix)) and each batch resumes after the last key.
+        end = _prefix_end(prefix)
+        after: str | None = None
+        while True:
+            with self._read("scan blobs") as conn:
+                rows = conn.execute(
+                    "SELECT key, value FROM blobs WHERE key >= ? AND (? IS NULL OR key > ?) "
+                    "AND (? IS NULL OR key < ?) ORDER BY key LIMIT ?",
+                    (prefix, after, after, end, end, batch),
+                ).fetchall()
+            for key, value in rows:
+                yield key, bytes(value)
+            if len(rows) < batch:
+                return
+            after = rows[-1][0]
+
     def _changes_after(self, after: int, limit: int) -> SemanticChanges:
         with self._snapshot("read the semantic change log") as conn:
             head = _log_head(conn)
@@ -794,6 +837,16 @@ class SqliteStore(Store):
 
     def _trim_log(self, conn: sqlite3.Connection) -> None:
         conn.execute("DELETE FROM semantic_log WHERE id <= ?", (_log_head(conn) - self.semantic_log_retain,))
+
+def _prefix_end(prefix: str) -> str | None:
+    """The least string above every string starting with ``prefix`` (None: no bound, ``""``)."""
+    chars = list(prefix.rstrip("\U0010ffff"))
+    if not chars:
+        return None
+    code = ord(chars[-1]) + 1
+    chars[-1] = chr(0xE000 if 0xD800 <= code <= 0xDFFF else code)  # surrogates cannot be stored
+    return "".join(chars)
+
 
 def _rollback(conn: sqlite3.Connection) -> None:
     # The original error is the one worth reporting; SQLite rolls back on its own anyway.

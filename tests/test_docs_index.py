@@ -1,0 +1,296 @@
+"""The docs index: the stores' blob contract, incremental indexing shared through the store,
+hybrid retrieval on the sample handbook, and ``penny index``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import structlog
+from numpy.typing import NDArray
+
+from bot.cli import main
+from bot.docs.index import EMBED_BATCH, DocsIndex, DocsIndexer, IndexSnapshot
+from bot.docs.retrieve import NO_MATCH_THRESHOLD, Retriever, search, tokenize
+from proxy_core.clock import ManualClock
+from proxy_core.semantic.embedders import WordLlamaEmbedder, embedder_from_spec
+from proxy_core.stores.base import Store
+from proxy_core.stores.sqlite import SCHEMA_VERSION, SqliteStore
+
+ROOT = Path(__file__).resolve().parent.parent
+HANDBOOK = ROOT / "examples" / "docs"
+QUESTIONS = ROOT / "examples" / "questions.jsonl"
+
+
+@pytest.fixture(scope="module")
+def embedder() -> WordLlamaEmbedder:
+    model = embedder_from_spec("local:wordllama")
+    assert isinstance(model, WordLlamaEmbedder)
+    return model
+
+
+class CountingEmbed:
+    """The real embedder, recording every batch it was asked for."""
+
+    def __init__(self, embedder: WordLlamaEmbedder) -> None:
+        self.embedder = embedder
+        self.batches: list[list[str]] = []
+
+    def __call__(self, texts: list[str]) -> NDArray[np.float32]:
+        self.batches.append(list(texts))
+        return self.embedder.embed(texts)
+
+    @property
+    def texts(self) -> list[str]:
+        return [text for batch in self.batches for text in batch]
+
+    def reset(self) -> None:
+        self.batches.clear()
+
+
+# -- the blob contract, on every store ----------------------------------------------------------
+
+
+def test_blob_get_put_delete(store: Store) -> None:
+    assert store.blob_get("docs:missing") is None
+    store.blob_put_many({"docs:a": b"\x00\x01binary\xff", "docs:b": b"", "other:c": "ü".encode()})
+    assert store.blob_get("docs:a") == b"\x00\x01binary\xff"
+    assert store.blob_get("docs:b") == b""
+    store.blob_put_many({"docs:a": b"new", "docs:d": b"d"}, delete=["docs:b", "docs:a", "docs:never"])
+    assert store.blob_get("docs:a") == b"new"  # deleted and put: the put wins
+    assert store.blob_get("docs:b") is None
+    assert dict(store.blob_scan("docs:")) == {"docs:a": b"new", "docs:d": b"d"}
+    store.blob_put_many({})  # nothing to do is fine
+
+
+def test_blob_scan_by_prefix_pages_through_everything(store: Store) -> None:
+    many = {f"ix:vec:{i:04d}": i.to_bytes(4, "little") for i in range(700)}
+    store.blob_put_many({**many, "ix:manifest": b"m", "ix;after": b"x", "iw:before": b"y", "ix*[?]:odd": b"z"})
+    assert dict(store.blob_scan("ix:vec:")) == many
+    assert dict(store.blob_scan("ix*[?]:")) == {"ix*[?]:odd": b"z"}  # glob characters are literal
+    assert {key for key, _ in store.blob_scan("ix")} == {*many, "ix:manifest", "ix;after", "ix*[?]:odd"}
+    assert len(dict(store.blob_scan(""))) == len(many) + 4
+    assert list(store.blob_scan("nothing:")) == []
+
+
+def test_blob_writes_are_seen_by_another_instance(store: Store, open_twin: Callable[[], Store]) -> None:
+    twin = open_twin()
+    store.blob_put_many({"k:1": b"one", "k:2": b"two"})
+    assert dict(twin.blob_scan("k:")) == {"k:1": b"one", "k:2": b"two"}
+    twin.blob_put_many({}, delete=["k:1"])
+    assert store.blob_get("k:1") is None
+
+
+def test_sqlite_a_version_2_file_gains_the_blobs_table(tmp_path: Path, clock: ManualClock) -> None:
+    path = tmp_path / "penny.db"
+    raw = sqlite3.connect(path)
+    raw.execute("CREATE TABLE cache (scope TEXT, key TEXT, value TEXT, expires_at REAL, PRIMARY KEY (scope, key))")
+    raw.execute("PRAGMA user_version = 2")
+    raw.commit()
+    raw.close()
+    store = SqliteStore(path, clock=clock)
+    store.blob_put_many({"a": b"1"})
+    assert store.blob_get("a") == b"1"
+    store.close()
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    raw.close()
+
+
+# -- incremental indexing -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def docs(tmp_path: Path) -> Path:
+    """A copy of a few handbook pages, free to edit."""
+    root = tmp_path / "docs"
+    for page in ("company-overview.md", "policies/expenses.md", "policies/travel.rst", "people/offices.html"):
+        (root / page).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(HANDBOOK / page, root / page)
+    return root
+
+
+def passages_of(index: DocsIndex, doc_path: str) -> list[str]:
+    return [p.text for p in index.snapshot.passages if p.doc_path == doc_path]
+
+
+def test_indexing_embeds_only_what_changed(store: Store, docs: Path, embedder: WordLlamaEmbedder) -> None:
+    embed = CountingEmbed(embedder)
+    indexer = DocsIndexer(store, embed, embedder_name=embedder.name)
+    seen: list[tuple[int, int]] = []
+
+    first = indexer.index(docs, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert first.files == 4 and first.version == 1 and first.removed == 0
+    assert first.embedded == first.passages == len(embed.texts) > 4
+    assert all(len(batch) <= EMBED_BATCH for batch in embed.batches)
+    loaded = DocsIndex.load(store)
+    assert loaded.version == 1 and len(loaded) == first.passages and loaded.embedder == embedder.name
+    assert loaded.snapshot.matrix.shape == (first.passages, embedder.dims)
+    assert np.allclose(np.linalg.norm(loaded.snapshot.matrix, axis=1), 1.0, atol=1e-5)
+
+    embed.reset()
+    again = indexer.index(docs)
+    assert (again.embedded, again.removed, again.version, again.passages) == (0, 0, 1, first.passages)
+    assert embed.batches == []
+
+    # Edit one section of one page: only that passage is embedded again.
+    expenses = docs / "policies" / "expenses.md"
+    before = passages_of(loaded, "policies/expenses.md")
+    target = next(text for text in before if "gym" in text.lower())
+    edited = target.replace("gym", "climbing gym", 1)
+    expenses.write_text(expenses.read_text("utf-8").replace(target, edited), "utf-8")
+    embed.reset()
+    changed = indexer.index(docs)
+    assert changed.version == 2
+    assert changed.embedded == 1 and changed.removed == 1 and changed.passages == first.passages
+    assert "climbing gym" in embed.texts[0]
+    assert loaded.refresh_if_changed() is True
+    assert loaded.version == 2
+    assert edited in passages_of(loaded, "policies/expenses.md")
+    assert target not in passages_of(loaded, "policies/expenses.md")
+    assert loaded.refresh_if_changed() is False
+
+    # Delete a page: its passages go, nothing is embedded.
+    gone = len(passages_of(loaded, "people/offices.html"))
+    (docs / "people" / "offices.html").unlink()
+    embed.reset()
+    deleted = indexer.index(docs)
+    assert (deleted.files, deleted.embedded, deleted.removed, deleted.version) == (3, 0, gone, 3)
+    assert loaded.refresh_if_changed() is True
+    assert passages_of(loaded, "people/offices.html") == []
+    assert len(loaded) == first.passages - gone
+    assert not list(store.blob_scan("docs:doc:people/"))
+
+
+def test_a_new_embedder_re_embeds_everything(store: Store, docs: Path, embedder: WordLlamaEmbedder) -> None:
+    DocsIndexer(store, embedder.embed, embedder_name=embedder.name).index(docs)
+    small = embedder_from_spec("local:wordllama?dims=64")
+    report = DocsIndexer(store, small.embed, embedder_name=small.name).index(docs)
+    assert report.embedded == report.passages and report.version == 2 and report.removed == 0
+    index = DocsIndex.load(store)
+    assert index.embedder == small.name and index.snapshot.matrix.shape == (report.passages, 64)
+
+
+def test_every_replica_serves_the_same_index(
+    store: Store, open_twin: Callable[[], Store], docs: Path, embedder: WordLlamaEmbedder
+) -> None:
+    empty = DocsIndex.load(open_twin())
+    assert empty.version == 0 and len(empty) == 0
+    assert search(empty.snapshot, "anything", np.zeros(embedder.dims, dtype=np.float32)) == []
+
+    DocsIndexer(store, embedder.embed, embedder_name=embedder.name).index(docs)
+    assert empty.refresh_if_changed() is True
+    assert empty.version == 1 and len(empty) == len(DocsIndex.load(store))
+    retriever = Retriever(empty, embedder.embed)
+    assert retriever.search("can I expense my gym membership")[0].passage.doc_path == "policies/expenses.md"
+
+
+# -- retrieval on the handbook ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def handbook(tmp_path_factory: pytest.TempPathFactory, embedder: WordLlamaEmbedder) -> Iterator[IndexSnapshot]:
+    store = SqliteStore(tmp_path_factory.mktemp("handbook") / "penny.db")
+    DocsIndexer(store, embedder.embed, embedder_name=embedder.name).index(HANDBOOK)
+    yield DocsIndex.load(store).snapshot
+    store.close()
+
+
+def test_tokenizer_lowercases_stems_and_drops_stop_words() -> None:
+    assert tokenize("What are the Refunds policies for deployed services?") == ["refund", "policy", "deploy", "service"]
+
+
+@pytest.mark.parametrize(
+    ("question", "page"),
+    [
+        ("who owns the dispatch engine?", "company-overview.md"),
+        ("can I expense my gym membership", "policies/expenses.md"),
+        ("how long are production logs kept?", "engineering/logs-and-observability.md"),
+        ("does starter include route optimization", "pricing/plans.md"),
+        ("can i transfer from the berlin office to toronto", "people/offices.html"),
+    ],
+)
+def test_the_right_page_ranks_first(
+    handbook: IndexSnapshot, embedder: WordLlamaEmbedder, question: str, page: str
+) -> None:
+    hits = search(handbook, question, embedder.embed([question])[0], k=5)
+    assert hits[0].passage.doc_path == page
+    assert all(0.0 <= h.score <= 1.0 for h in hits)
+    assert hits[0].score >= NO_MATCH_THRESHOLD
+    assert [h.bm25 for h in hits] and all(-1.0 <= h.cosine <= 1.0 for h in hits)
+
+
+@pytest.mark.parametrize("question", ["What's the capital of Peru?", "Write me a poem about cats"])
+def test_off_topic_questions_fall_under_the_threshold(
+    handbook: IndexSnapshot, embedder: WordLlamaEmbedder, question: str
+) -> None:
+    hits = search(handbook, question, embedder.embed([question])[0], k=10)
+    assert max(h.score for h in hits) < NO_MATCH_THRESHOLD
+
+
+def test_hybrid_hit_at_3_on_the_handbook(handbook: IndexSnapshot, embedder: WordLlamaEmbedder) -> None:
+    questions: list[dict[str, Any]] = [json.loads(line) for line in QUESTIONS.read_text("utf-8").splitlines()]
+    vectors = embedder.embed([q["question"] for q in questions])
+    hits = 0
+    for question, vector in zip(questions, vectors, strict=True):
+        found = search(handbook, question["question"], vector, k=20)
+        pages = list(dict.fromkeys(h.passage.doc_path for h in found))
+        hits += question["page"] in pages[:3]
+    assert hits / len(questions) >= 0.9
+
+
+def test_bm25_mode_needs_no_vector(handbook: IndexSnapshot) -> None:
+    hits = search(handbook, "who owns the dispatch engine?", None, k=3, mode="bm25")
+    assert hits[0].passage.doc_path == "company-overview.md"
+    assert all(h.cosine == 0.0 and h.bm25 > 0 for h in hits)
+    with pytest.raises(ValueError, match="embedding"):
+        search(handbook, "gdpr", None, mode="hybrid")
+
+
+# -- penny index ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty working directory, no Penny/OpenAI variables, and a SQLite store in tmp_path."""
+    for name in list(os.environ):
+        if name.upper().startswith(("PENNY_", "OPENAI_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "penny.db"
+    monkeypatch.setenv("PENNY_STORE_URL", f"sqlite:///{db}")
+    yield db
+    # main() points structlog at this test's captured stderr; do not leave that to other tests.
+    structlog.reset_defaults()
+
+
+def test_penny_index(cli_env: Path, docs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["index", str(docs)]) == 0
+    captured = capsys.readouterr()
+    assert "indexed 4 files" in captured.out and "version 1" in captured.out
+    assert "4/4 files" in captured.err and "\r[" in captured.err
+    assert main(["index", str(docs)]) == 0
+    assert "0 embedded" in capsys.readouterr().out
+    store = SqliteStore(cli_env)
+    try:
+        assert DocsIndex.load(store).version == 1
+    finally:
+        store.close()
+
+
+def test_penny_index_refuses_what_it_cannot_do(
+    cli_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["index", str(tmp_path / "nowhere")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    monkeypatch.setenv("PENNY_EMBEDDER", "openai:text-embedding-3-small")
+    assert main(["index", str(tmp_path)]) == 2
+    assert "not supported yet by penny index" in capsys.readouterr().err
