@@ -18,13 +18,13 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
-from proxy_core.errors import ConfigurationError, PennyError, Refused, StoreError, UpstreamError
+from bot.answer_types import Question
+from proxy_core.errors import ConfigurationError, StoreError
 from proxy_core.gateway import Gateway
 from proxy_core.log import configure_logging
 from proxy_core.metrics import serve_metrics
 from proxy_core.money import format_usd
 from proxy_core.prices import PriceTable
-from proxy_core.results import ChatResult
 from proxy_core.settings import PennySettings, load_settings
 from proxy_core.stores import store_from_url
 from proxy_core.stores.base import UsageSummary, UsageTotals
@@ -32,7 +32,6 @@ from proxy_core.stores.base import UsageSummary, UsageTotals
 __all__ = ["main"]
 
 LOCAL_WORKSPACE = "local"
-SYSTEM_PROMPT = "You are Penny, a concise and accurate assistant for a team's internal docs."
 
 
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stdin: TextIO | None = None) -> int:
@@ -67,11 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="penny", description="Penny: a docs bot that keeps its LLM bill in check.")
     sub = p.add_subparsers(required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="start Penny (for now: a terminal chat through the gateway)")
+    run = sub.add_parser("run", help="start Penny in Slack (Socket Mode, or --http), or a terminal chat")
+    run.add_argument("--http", action="store_true", help="serve /slack/events over HTTP instead of Socket Mode")
+    run.add_argument("--port", type=int, default=3000, help="HTTP port with --http (default 3000)")
     _who(run)
     run.set_defaults(func=_cmd_run)
 
-    ask = sub.add_parser("ask", help="ask one question through the gateway and print the answer and its cost")
+    ask = sub.add_parser("ask", help="ask the docs one question: the answer, its sources and its cost")
     ask.add_argument("question")
     ask.add_argument("--fresh", action="store_true", help="skip the cache and ask the LLM")
     _who(ask)
@@ -196,8 +197,7 @@ def _cmd_cache_clear(args: argparse.Namespace, settings: PennySettings, out: Tex
 def _cmd_index(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
     from pathlib import Path
 
-    from bot.docs.index import DocsIndexer
-    from proxy_core.semantic.embedders import embedder_from_spec
+    from bot.service import index_docs
 
     root = Path(args.dir)
     if not root.is_dir():
@@ -207,12 +207,9 @@ def _cmd_index(args: argparse.Namespace, settings: PennySettings, out: TextIO, _
             f"PENNY_EMBEDDER={settings.embedder} is not supported yet by penny index; "
             "use local:wordllama (the default) for now"
         )
-    embedder = embedder_from_spec(settings.embedder)
     store = store_from_url(settings.store_url, timeout_s=settings.store_timeout_s)
     try:
-        report = DocsIndexer(store, embedder.embed, embedder_name=embedder.name).index(
-            root, progress=_progress_bar(sys.stderr)
-        )
+        report = index_docs(settings, store, root, progress=_progress_bar(sys.stderr))
     finally:
         store.close()
     print(f"indexed {report.files:,} files · {report.passages:,} passages · {report.embedded:,} embedded · "
@@ -242,35 +239,37 @@ def _cmd_prices(args: argparse.Namespace, settings: PennySettings, out: TextIO, 
 
 
 def _cmd_ask(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
-    gateway = _gateway(settings)
-    try:
-        return _ask(gateway, args.question, args.user, args.workspace, out, fresh=args.fresh)
-    finally:
-        gateway.close()
+    with _Session(settings) as session:
+        return session.ask(args.question, args.user, args.workspace, out, fresh=args.fresh)
 
 
 def _cmd_run(args: argparse.Namespace, settings: PennySettings, out: TextIO, stdin: TextIO) -> int:
-    gateway = _gateway(settings)
-    if settings.metrics_port:
-        try:
-            serve_metrics(gateway.metrics, settings.metrics_port)
-        except OSError as exc:
-            gateway.close()
-            raise ConfigurationError(
-                f"PENNY_METRICS_PORT: cannot serve metrics on 127.0.0.1:{settings.metrics_port} ({exc.strerror})"
-            ) from exc
-        print(f"metrics on http://127.0.0.1:{settings.metrics_port}/metrics", file=out)
-    print("Penny (terminal chat; the Slack bot is not built yet). Ask a question, or an empty line to quit.",
-          file=out)
-    try:
+    with _Session(settings) as session:
+        if session.gateway is not None and settings.metrics_port:
+            try:
+                serve_metrics(session.gateway.metrics, settings.metrics_port)
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"PENNY_METRICS_PORT: cannot serve metrics on 127.0.0.1:{settings.metrics_port} ({exc.strerror})"
+                ) from exc
+            print(f"metrics on http://127.0.0.1:{settings.metrics_port}/metrics", file=out)
+        missing = _missing_slack_settings(settings, http=args.http)
+        if not missing:
+            return _run_slack(session, settings, args, out)
+        print("Slack is not configured, so Penny starts a terminal chat instead. To run it in Slack, set:",
+              file=out)
+        for line in missing:
+            print(f"  {line}", file=out)
+        if session.gateway is None:
+            print("OPENAI_API_KEY is not set: answers are extractive (the best passages, $0). Get a key at "
+                  "https://platform.openai.com/api-keys.", file=out)
+        print("Ask a question about the docs, or an empty line to quit.", file=out)
         while True:
             print("you> ", end="", file=out, flush=True)
             line = stdin.readline()
             if not line or not line.strip():
                 return 0
-            _ask(gateway, line.strip(), args.user, args.workspace, out, fresh=False)
-    finally:
-        gateway.close()
+            session.ask(line.strip(), args.user, args.workspace, out, fresh=False)
 
 
 def _cmd_usage(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
@@ -337,35 +336,67 @@ def _gateway(settings: PennySettings) -> Gateway:
     return Gateway.from_settings(settings)
 
 
-def _ask(gateway: Gateway, question: str, user: str, workspace: str, out: TextIO, *, fresh: bool) -> int:
-    try:
-        result = gateway.chat(
-            user_id=user,
-            workspace_id=workspace,
-            request_id=f"cli:{uuid.uuid4().hex}",
-            messages=[{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}],
-            use_cache=not fresh,
-        )
-    except Refused as exc:
-        print(f"penny> {exc}", file=out)
-        return 1
-    except UpstreamError as exc:
-        print(f"penny> The LLM call failed: {exc} Nothing was charged.", file=out)
-        return 1
-    except PennyError:
-        raise
-    print(f"penny> {result.content}", file=out)
-    print(f"       {cost_line(result)}", file=out)
-    return 0
+class _Session:
+    """The answering service over the configured store, indexing the docs folder first if the
+    shared index is empty; with no OpenAI key, answers are extractive."""
+
+    def __init__(self, settings: PennySettings) -> None:
+        from bot.docs.index import DocsIndex
+        from bot.service import index_docs, open_answer_service
+
+        self.gateway = Gateway.from_settings(settings) if settings.openai_api_key is not None else None
+        self.store = self.gateway.store if self.gateway is not None else store_from_url(
+            settings.store_url, timeout_s=settings.store_timeout_s)
+        try:
+            if DocsIndex.load(self.store).version == 0:
+                print(f"indexing {settings.docs_dir} (first run) …", file=sys.stderr)
+                index_docs(settings, self.store, settings.docs_dir, progress=_progress_bar(sys.stderr))
+            self.service = open_answer_service(settings, self.store, self.gateway)
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> _Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.gateway is not None:
+            self.gateway.close()
+        else:
+            self.store.close()
+
+    def ask(self, question: str, user: str, workspace: str, out: TextIO, *, fresh: bool) -> int:
+        answer = self.service.answer(Question(question, user, workspace, f"cli:{uuid.uuid4().hex}", fresh=fresh))
+        print(f"penny> {answer.text}", file=out)
+        for c in answer.citations:
+            where = c.url or c.path
+            label = f"{c.title} › {c.section}" if c.section else c.title
+            print(f"       [{c.number}] {label} — {where}", file=out)
+        if answer.footer:
+            print(f"       {answer.footer}", file=out)
+        return 1 if answer.kind in ("refused", "error") else 0
 
 
-def cost_line(result: ChatResult) -> str:
-    """The small context line under an answer: model, tokens and cost, or what the cache saved."""
-    if result.cache_status in ("exact", "semantic"):
-        how = "same question" if result.cache_status == "exact" else f"similar question, {result.similarity:.2f}"
-        return f"cached ({how}), saved {format_usd(result.saved_micros)}"
-    tokens = result.prompt_tokens + result.completion_tokens
-    return f"{result.model} · {tokens:,} tokens · {format_usd(result.cost_micros)}"
+def _missing_slack_settings(settings: PennySettings, *, http: bool) -> list[str]:
+    where = "(Slack app settings: https://api.slack.com/apps → your app"
+    missing = []
+    if settings.slack_bot_token is None:
+        missing.append(f"SLACK_BOT_TOKEN=xoxb-…  {where} → OAuth & Permissions)")
+    if http and settings.slack_signing_secret is None:
+        missing.append(f"SLACK_SIGNING_SECRET=…  {where} → Basic Information → Signing Secret)")
+    if not http and settings.slack_app_token is None:
+        missing.append(f"SLACK_APP_TOKEN=xapp-…  {where} → Basic Information → App-Level Tokens, "
+                       "scope connections:write)")
+    return missing
+
+
+def _run_slack(session: _Session, settings: PennySettings, args: argparse.Namespace, out: TextIO) -> int:
+    from bot.slack.runner import run_slack
+
+    return run_slack(session.service, session.store, settings, http=args.http, port=args.port, out=out)
 
 
 def store_kind(url: str) -> str:
