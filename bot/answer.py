@@ -17,7 +17,7 @@ import hashlib
 import re
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from bot.answer_types import Answer, Citation, Question
 from bot.docs.index import DocsIndex
@@ -40,7 +40,9 @@ from proxy_core.money import format_usd
 from proxy_core.results import ChatResult
 from proxy_core.tokens import estimate_text_tokens
 
-__all__ = ["PROMPT_VERSION", "AnswerService", "cost_line"]
+__all__ = ["PROMPT_VERSION", "AnswerService", "Fingerprint", "cost_line"]
+
+Fingerprint = Literal["top", "top3", "version"]
 
 PROMPT_VERSION = "penny-docs-1"  # bump when the prompt changes: cached answers of the old one stop matching
 MAX_QUESTION_CHARS = 4000
@@ -73,6 +75,7 @@ class AnswerService:
         top_k: int = 5,
         refresh_every_s: float = 5.0,
         clock: Clock = time.monotonic,
+        fingerprint: Fingerprint = "top",
     ) -> None:
         self.index = index
         self.retriever = retriever
@@ -83,6 +86,7 @@ class AnswerService:
         self._refresh_every_s = refresh_every_s
         self._clock = clock
         self._next_refresh = 0.0
+        self.fingerprint: Fingerprint = fingerprint
         self._log = get_logger()
 
     def answer(self, question: Question) -> Answer:
@@ -113,7 +117,7 @@ class AnswerService:
                 request_id=question.request_id,
                 channel_id=question.channel_id,
                 messages=self._messages(text, hits, question.history),
-                context=f"docs:v{self.index.version}|{hits[0].passage.content_hash[:16]}",
+                context=self._context(hits),
                 cache_as=CacheAs(text, f"{PROMPT_VERSION}|{_digest(question.history)}"),
                 use_cache=not question.fresh,
             )
@@ -132,6 +136,19 @@ class AnswerService:
         )
 
     # -- steps ------------------------------------------------------------------------------------
+
+    def _context(self, hits: list[Hit]) -> str:
+        """The cache's context fingerprint: always the index version (a re-index invalidates), plus
+        the top passage by default — rephrasings that land on the same passage share an answer.
+        ``top3`` (the set of the best three) is stricter; ``version`` alone is looser (measured in
+        bench/bot.py)."""
+        if self.fingerprint == "version":
+            tail = ""
+        elif self.fingerprint == "top3":
+            tail = ",".join(sorted(h.passage.content_hash[:16] for h in hits[:3]))
+        else:
+            tail = hits[0].passage.content_hash[:16]
+        return f"docs:v{self.index.version}|{tail}"
 
     def _refresh(self) -> None:
         now = self._clock()

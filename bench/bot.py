@@ -1,0 +1,91 @@
+"""Bot benchmarks: how the cache's context fingerprint changes hit rates on the example handbook.
+
+For each fingerprint (top passage — the default —, the set of the top three passages, and the docs
+version alone) a fresh store indexes ``examples/docs`` and a zero-latency fake OpenAI answers:
+
+- paraphrase hits: ask each original question of ``examples/paraphrases.jsonl``, then its two
+  paraphrases; a cached answer to a paraphrase is a hit we want;
+- false hits: for pairs of questions in ``examples/questions.jsonl`` about *different sections of the
+  same page* (different answers), ask one then the other in a fresh workspace; a cached answer to the
+  second is a false hit.
+
+``.venv/bin/python -m bench.bot``. Prints a table; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from bot.answer import AnswerService, Fingerprint
+from bot.answer_types import Question
+from bot.service import index_docs, open_answer_service
+from proxy_core.gateway import Gateway
+from proxy_core.log import configure_logging
+from proxy_core.metrics import Metrics
+from proxy_core.settings import PennySettings
+from proxy_core.stores import store_from_url
+from proxy_core.upstream import OpenAIUpstream
+from tests.fake_openai import FakeOpenAI
+
+ROOT = Path(__file__).resolve().parents[1] / "examples"
+_ids = itertools.count()
+
+
+def _load(name: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (ROOT / name).read_text().splitlines() if line.strip()]
+
+
+def _ask(service: AnswerService, text: str, workspace: str) -> bool:
+    answer = service.answer(Question(text, "U1", workspace, f"b{next(_ids)}"))
+    return answer.cached
+
+
+def measure(fingerprint: Fingerprint, fake: FakeOpenAI) -> tuple[str, str, str]:
+    with tempfile.TemporaryDirectory() as d:
+        settings = PennySettings(openai_api_key="sk-bench-0000000000", requests_per_minute=0, tokens_per_minute=0)
+        store = store_from_url(f"sqlite:///{d}/bench.db")
+        index_docs(settings, store, ROOT / "docs")
+        gateway = Gateway(settings, store=store, metrics=Metrics(CollectorRegistry()),
+                          upstream=OpenAIUpstream(api_key="sk-bench-0000000000", base_url=fake.base_url, timeout_s=5))
+        try:
+            service = open_answer_service(settings, store, gateway)
+            service.fingerprint = fingerprint
+            paraphrases = _load("paraphrases.jsonl")
+            hits = 0
+            for n, (original, group) in enumerate(itertools.groupby(paraphrases, key=lambda p: p["paraphrase_of"])):
+                workspace = f"P{n}"
+                _ask(service, original, workspace)
+                hits += sum(_ask(service, p["question"], workspace) for p in group)
+            questions = _load("questions.jsonl")
+            pairs = [(a, b) for a, b in itertools.combinations(questions, 2)
+                     if a["page"] == b["page"] and a["section"] != b["section"]][:80]
+            false = 0
+            for n, (a, b) in enumerate(pairs):
+                _ask(service, a["question"], f"F{n}")
+                false += _ask(service, b["question"], f"F{n}")
+        finally:
+            gateway.close()
+    return fingerprint, f"{hits}/{len(paraphrases)} ({hits / len(paraphrases):.0%})", \
+        f"{false}/{len(pairs)} ({false / len(pairs):.0%})"
+
+
+def main() -> None:
+    configure_logging("WARNING")
+    rows = []
+    with FakeOpenAI() as fake:
+        for fingerprint in ("top", "top3", "version"):
+            rows.append(measure(fingerprint, fake))  # type: ignore[arg-type]
+    print("| context fingerprint | paraphrases served from cache | false hits (other section, same page) |")
+    print("|---|---|---|")
+    for name, hits, false in rows:
+        print(f"| {name} | {hits} | {false} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,621 @@
+"""Penny's Slack app (Bolt for Python): thin listeners that parse an event, ask the answering
+service, and post what :mod:`bot.slack.render` builds.
+
+What it answers:
+
+- an ``app_mention`` in a channel, in the thread of the mention;
+- a ``message`` in a DM (top level or in a DM thread);
+- a ``message`` in a channel thread Penny has already posted in, without a mention. Penny
+  remembers the threads it posted in through the store (``cache_put`` under
+  :data:`THREADS_SCOPE`, for :data:`THREAD_TTL_S`), so an unrelated thread reply costs no Slack
+  call; for a thread it knows, one ``conversations.replies`` call fetches the earlier turns, which
+  go to the service as ``history`` (at most :data:`HISTORY_TURNS` turns / :data:`HISTORY_TOKENS`
+  tokens).
+
+Every event is handled once: its event ID is claimed in the store (``slack:<event_id>``) before
+anything runs, so Slack's retries and duplicate deliveries never answer twice; the event ID is also
+the question's ``request_id``, on which the gateway dedupes charges. A mention arrives twice (as
+``app_mention`` and as ``message``) under different event IDs; the ``message`` copy is dropped
+because it mentions Penny.
+
+Answers and ``no_match`` replies are posted in the thread; refusals and errors go to the asker
+alone (``chat.postEphemeral``). While the service works, the user's message carries an ``eyes``
+reaction. Every Web API call goes through a client with the SDK's retry handlers for Slack's rate
+limits (HTTP 429, honouring ``Retry-After``) and for connection errors.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from slack_bolt import Ack, App, BoltContext, Respond
+from slack_sdk import WebClient
+from slack_sdk.http_retry import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
+
+from bot.answer_types import Answer, Answerer, Question
+from bot.slack.render import (
+    ACTION_FEEDBACK_DOWN,
+    ACTION_FEEDBACK_UP,
+    MAX_BLOCKS,
+    MESSAGE_BLOCKS_TEXT_BUDGET,
+    AnswerView,
+    Block,
+    CitationTuple,
+    answer_blocks,
+    blocks_text_length,
+    fallback_text,
+    message_text,
+    refusal_blocks,
+)
+from proxy_core.errors import StoreError
+from proxy_core.log import get_logger
+from proxy_core.stores.base import Store
+from proxy_core.tokens import estimate_text_tokens
+
+__all__ = [
+    "ACTION_FRESH_ANSWER",
+    "BOT_EVENTS",
+    "BOT_SCOPES",
+    "FRESH_BLOCK_PREFIX",
+    "HELP_TEXT",
+    "MAX_QUESTION_CHARS",
+    "FeedbackCallback",
+    "SlackSettings",
+    "build_app",
+    "make_client",
+    "run_http",
+    "run_socket_mode",
+    "socket_mode_handler",
+]
+
+ACTION_FRESH_ANSWER: Final = "penny_fresh_answer"
+FRESH_BLOCK_PREFIX: Final = "penny_fresh:"  # + the thread_ts to answer in ("" for none)
+REACTION: Final = "eyes"
+
+MAX_QUESTION_CHARS: Final = 4000
+HISTORY_TURNS: Final = 10
+HISTORY_TOKENS: Final = 2000
+REPLIES_PAGE: Final = 200  # one conversations.replies page; longer threads keep their first 200
+
+EVENT_CLAIM_TTL_S: Final = 15 * 60.0  # Slack's last retry comes ~5 minutes after the first delivery
+EVENT_DONE_TTL_S: Final = 24 * 3600.0
+THREAD_TTL_S: Final = 7 * 24 * 3600.0
+ANSWER_TTL_S: Final = 7 * 24 * 3600.0
+THREADS_SCOPE: Final = "slack:threads"  # channel:thread_ts → Penny posted there
+ANSWERS_SCOPE: Final = "slack:answers"  # channel:ts of an answer → its question, for 👎 → fresh answer
+
+HELP_TEXT: Final = (
+    "Hi! Ask me a question about the team's docs, e.g. `@Penny how do I rotate the API key?` "
+    "I answer in a thread, with links to the pages I used. Reply in the thread to follow up."
+)
+TRUNCATED_NOTE: Final = f":scissors: Your message was long, so I read only its first {MAX_QUESTION_CHARS:,} characters."
+FAILED_TEXT: Final = "Something went wrong on my side. Please try again in a minute."
+
+# The Slack events and scopes the manifest must declare (tests hold manifest.yml to these).
+BOT_EVENTS: Final = ("app_mention", "message.im", "message.channels", "message.groups", "app_home_opened")
+BOT_SCOPES: Final[Mapping[str, str]] = {
+    "app_mentions:read": "app_mention events",
+    "chat:write": "chat.postMessage, chat.postEphemeral",
+    "channels:history": "message.channels events; conversations.replies in public channels",
+    "groups:history": "message.groups events; conversations.replies in private channels",
+    "im:history": "message.im events; conversations.replies in DMs",
+    "mpim:history": "conversations.replies for a mention in a group DM",
+    "reactions:write": "reactions.add / reactions.remove (the eyes reaction while working)",
+    "commands": "the /cost slash command",
+}
+
+# Subtypes that are still a person writing (a reply also sent to the channel, a message with a file).
+_USER_SUBTYPES: Final = frozenset({"thread_broadcast", "file_share"})
+_MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
+
+FeedbackCallback = Callable[[str, str, bool], None]  # (user_id, entry_id, up)
+
+_log = get_logger()
+
+
+@dataclass(frozen=True, slots=True)
+class SlackSettings:
+    """How Penny talks to Slack. Tokens and the signing secret never appear in a repr."""
+
+    bot_token: str = field(repr=False)
+    signing_secret: str = field(repr=False)
+    app_token: str | None = field(default=None, repr=False)  # xapp-…, for Socket Mode
+    api_url: str | None = None  # overrides the Web API base URL (SLACK_API_URL)
+    admin_user_ids: frozenset[str] = frozenset()
+
+
+def make_client(settings: SlackSettings) -> WebClient:
+    """A WebClient that retries Slack's rate limits (honouring ``Retry-After``) and connection errors."""
+    handlers = [RateLimitErrorRetryHandler(max_retry_count=2), ConnectionErrorRetryHandler(max_retry_count=2)]
+    if settings.api_url:
+        base_url = settings.api_url if settings.api_url.endswith("/") else settings.api_url + "/"
+        return WebClient(token=settings.bot_token, base_url=base_url, retry_handlers=handlers)
+    return WebClient(token=settings.bot_token, retry_handlers=handlers)
+
+
+def build_app(
+    *,
+    answerer: Answerer,
+    store: Store,
+    settings: SlackSettings,
+    client: WebClient | None = None,
+    on_feedback: FeedbackCallback | None = None,
+    listener_executor: Executor | None = None,
+) -> App:
+    """Penny's Bolt app. ``client`` defaults to :func:`make_client`; ``on_feedback`` gets 👍/👎 clicks.
+
+    Listeners run after the ack, on ``listener_executor`` (Bolt's own thread pool by default; tests
+    pass theirs so they can wait for every listener to finish).
+    """
+    web_client = client if client is not None else make_client(settings)
+    # The bot's own IDs come from auth.test on the first request (Bolt caches it), not at start-up.
+    app = App(
+        client=web_client,
+        signing_secret=settings.signing_secret,
+        token_verification_enabled=False,
+        listener_executor=listener_executor,
+    )
+    penny = _Penny(answerer=answerer, store=store, on_feedback=on_feedback)
+    app.event("app_mention")(penny.on_mention)
+    app.event("message")(penny.on_message)
+    app.event("app_home_opened")(penny.on_home_opened)
+    app.action(ACTION_FEEDBACK_UP)(penny.on_feedback_up)
+    app.action(ACTION_FEEDBACK_DOWN)(penny.on_feedback_down)
+    app.action(ACTION_FRESH_ANSWER)(penny.on_fresh_answer)
+    app.error(penny.on_error)
+    return app
+
+
+def socket_mode_handler(app: App, app_token: str) -> Any:
+    """The Socket Mode handler for ``app`` (not connected yet)."""
+    from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+    return SocketModeHandler(app, app_token, web_client=app.client)
+
+
+def run_socket_mode(app: App, app_token: str) -> None:
+    """Serve ``app`` over Socket Mode (blocks)."""
+    socket_mode_handler(app, app_token).start()
+
+
+def run_http(app: App, port: int) -> None:
+    """Serve ``app`` over HTTP at ``/slack/events`` (blocks; Bolt's built-in server)."""
+    app.start(port=port, path="/slack/events")
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing helpers (pure)
+
+
+def strip_mentions(text: str, bot_user_id: str | None) -> str:
+    """``text`` without mentions of the bot (others stay), whitespace collapsed at the ends."""
+    if not bot_user_id:
+        return text.strip()
+    return _MENTION.sub(lambda m: "" if m.group(1) == bot_user_id else m.group(0), text).strip()
+
+
+def clip_question(text: str, limit: int = MAX_QUESTION_CHARS) -> tuple[str, bool]:
+    """(text cut to ``limit`` characters, whether it was cut)."""
+    if len(text) <= limit:
+        return text, False
+    return text[:limit], True
+
+
+def _ts_key(ts: str) -> tuple[int, int]:
+    seconds, _, micros = ts.partition(".")
+    try:
+        return int(seconds), int(micros or 0)
+    except ValueError:
+        return 0, 0
+
+
+def thread_history(
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    before_ts: str,
+    bot_user_id: str | None,
+    bot_id: str | None,
+    max_turns: int = HISTORY_TURNS,
+    max_tokens: int = HISTORY_TOKENS,
+) -> tuple[tuple[str, str], ...]:
+    """The turns of a thread before ``before_ts``, oldest first, as (role, text), keeping the newest
+    that fit ``max_turns`` and ``max_tokens``. Penny's messages are ``assistant``; other bots and
+    system messages are left out."""
+    turns: list[tuple[str, str]] = []
+    for message in messages:
+        ts = str(message.get("ts", ""))
+        if _ts_key(ts) >= _ts_key(before_ts):
+            continue
+        subtype = message.get("subtype")
+        penny = (bot_id is not None and message.get("bot_id") == bot_id) or (
+            bot_user_id is not None and message.get("user") == bot_user_id
+        )
+        if not penny and (message.get("bot_id") or (subtype is not None and subtype not in _USER_SUBTYPES)):
+            continue
+        text = strip_mentions(str(message.get("text") or ""), bot_user_id)
+        if text:
+            turns.append(("assistant" if penny else "user", text))
+    kept: list[tuple[str, str]] = []
+    total = 0
+    for role, text in reversed(turns[-max_turns:]):
+        tokens = estimate_text_tokens(text)
+        if total + tokens > max_tokens:
+            if not kept:  # the newest turn alone is too long: keep its start
+                cut = max(1, len(text) * max_tokens // max(tokens, 1))
+                kept.append((role, text[:cut]))
+            break
+        kept.append((role, text))
+        total += tokens
+    return tuple(reversed(kept))
+
+
+def _view_citations(answer: Answer) -> tuple[CitationTuple, ...]:
+    return tuple((c.number, c.title, c.section, c.url, c.path) for c in answer.citations)
+
+
+def _doc_links(answer: Answer) -> list[tuple[str, str]]:
+    return [(c.title + (f" › {c.section}" if c.section else ""), c.url or c.path) for c in answer.citations]
+
+
+def _context_block(text: str) -> Block:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}
+
+
+def _with_note(blocks: list[Block], note: str | None) -> list[Block]:
+    """``blocks`` with a context note on top, when it fits Slack's limits."""
+    if not note:
+        return blocks
+    noted = [_context_block(note), *blocks]
+    if len(noted) <= MAX_BLOCKS and blocks_text_length(noted) <= MESSAGE_BLOCKS_TEXT_BUDGET:
+        return noted
+    return blocks
+
+
+def fresh_answer_blocks(question: str, thread_ts: str | None) -> list[Block]:
+    """The ephemeral offer after 👎 on a cached answer: a button that asks again, bypassing the cache."""
+    return [
+        {
+            "type": "section",
+            "text": {"type": "mrkdwn", "text": "That answer came from the cache. Want me to work it out afresh?"},
+        },
+        {
+            "type": "actions",
+            "block_id": FRESH_BLOCK_PREFIX + (thread_ts or ""),
+            "elements": [
+                {
+                    "type": "button",
+                    "text": {"type": "plain_text", "text": "Get a fresh answer"},
+                    "action_id": ACTION_FRESH_ANSWER,
+                    "value": question[:2000],
+                }
+            ],
+        },
+    ]
+
+
+def home_view() -> dict[str, Any]:
+    return {
+        "type": "home",
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": "*Penny* answers questions about the team's docs."}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": HELP_TEXT}},
+            _context_block("DM me, or mention me in a channel. `/cost` shows what the answers cost."),
+        ],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Listeners
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where one question came from and where its answer goes."""
+
+    workspace_id: str
+    channel: str
+    user: str
+    message_ts: str | None  # the user's message (for the reaction); None for a button click
+    thread_ts: str | None  # the thread to answer in; None = top level (a DM)
+
+
+class _Penny:
+    def __init__(self, *, answerer: Answerer, store: Store, on_feedback: FeedbackCallback | None) -> None:
+        self.answerer = answerer
+        self.store = store
+        self.on_feedback = on_feedback
+
+    # -- events --------------------------------------------------------------------------
+
+    def on_mention(self, body: dict[str, Any], event: dict[str, Any], context: BoltContext, client: WebClient) -> None:
+        try:
+            if event.get("bot_id") or self._from_penny(event, context):
+                return
+            ts = str(event.get("ts", ""))
+            thread_ts = str(event.get("thread_ts") or ts)
+            self._handle(body, event, context, client, thread_ts=thread_ts, with_history=thread_ts != ts)
+        except Exception as exc:
+            _log.exception("slack.mention_failed", event_id=body.get("event_id"), error=exc)
+
+    def on_message(self, body: dict[str, Any], event: dict[str, Any], context: BoltContext, client: WebClient) -> None:
+        try:
+            subtype = event.get("subtype")
+            if (subtype is not None and subtype not in _USER_SUBTYPES) or event.get("bot_id"):
+                return
+            if not event.get("user") or self._from_penny(event, context):
+                return
+            ts = str(event.get("ts", ""))
+            thread_ts = event.get("thread_ts")
+            in_thread = bool(thread_ts) and thread_ts != ts
+            if event.get("channel_type") == "im":
+                self._handle(
+                    body,
+                    event,
+                    context,
+                    client,
+                    thread_ts=str(thread_ts) if in_thread else None,
+                    with_history=in_thread,
+                )
+                return
+            if not in_thread:
+                return  # a channel message without a mention is not for Penny
+            mentioned = set(_MENTION.findall(str(event.get("text", ""))))
+            if context.bot_user_id in mentioned:
+                return  # the app_mention copy of this message answers it
+            if mentioned:
+                return  # addressed to someone else in the thread
+            workspace = self._workspace(body, context)
+            if not self._knows_thread(workspace, str(event.get("channel", "")), str(thread_ts)):
+                return
+            self._handle(body, event, context, client, thread_ts=str(thread_ts), with_history=True)
+        except Exception as exc:
+            _log.exception("slack.message_failed", event_id=body.get("event_id"), error=exc)
+
+    def on_home_opened(self, event: dict[str, Any], client: WebClient) -> None:
+        if event.get("tab") != "home" or not event.get("user"):
+            return
+        try:
+            client.views_publish(user_id=str(event["user"]), view=home_view())
+        except Exception as exc:
+            _log.warning("slack.home_failed", error=exc)
+
+    # -- actions -------------------------------------------------------------------------
+
+    def on_feedback_up(self, ack: Ack, body: dict[str, Any], client: WebClient) -> None:
+        ack()
+        self._feedback(body, client, up=True)
+
+    def on_feedback_down(self, ack: Ack, body: dict[str, Any], client: WebClient) -> None:
+        ack()
+        self._feedback(body, client, up=False)
+
+    def on_fresh_answer(self, ack: Ack, body: dict[str, Any], client: WebClient, respond: Respond) -> None:
+        ack()
+        try:
+            action = body["actions"][0]
+            question = str(action.get("value") or "").strip()
+            block_id = str(action.get("block_id", ""))
+            thread_ts = block_id[len(FRESH_BLOCK_PREFIX) :] if block_id.startswith(FRESH_BLOCK_PREFIX) else ""
+            user = str(body["user"]["id"])
+            channel = str((body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id"))
+            workspace = str((body.get("team") or {}).get("id") or body["user"].get("team_id") or "")
+            request_id = "slack:fresh:" + str(action.get("action_ts") or body.get("trigger_id"))
+            if not question or not self._claim(workspace, request_id):
+                return
+            try:
+                if body.get("response_url"):
+                    try:
+                        respond(delete_original=True)  # the offer is used up
+                    except Exception as exc:
+                        _log.warning("slack.fresh_offer_delete_failed", error=exc)
+                target = _Target(workspace, channel, user, None, thread_ts or None)
+                self._ask(client, target, question, request_id=request_id, fresh=True)
+            finally:
+                self._complete(workspace, request_id)
+        except Exception as exc:
+            _log.exception("slack.fresh_answer_failed", error=exc)
+
+    def on_error(self, error: Exception, body: dict[str, Any]) -> None:
+        _log.error("slack.listener_error", event_id=body.get("event_id"), error=error)
+
+    # -- the work ------------------------------------------------------------------------
+
+    def _handle(
+        self,
+        body: dict[str, Any],
+        event: dict[str, Any],
+        context: BoltContext,
+        client: WebClient,
+        *,
+        thread_ts: str | None,
+        with_history: bool,
+    ) -> None:
+        workspace = self._workspace(body, context)
+        event_id = str(body.get("event_id") or "")
+        if not event_id or not event.get("user"):
+            return
+        request_id = "slack:" + event_id
+        if not self._claim(workspace, request_id):
+            return
+        try:
+            target = _Target(workspace, str(event.get("channel", "")), str(event["user"]), str(event["ts"]), thread_ts)
+            text = strip_mentions(str(event.get("text") or ""), context.bot_user_id)
+            if not text:
+                self._post(client, target, [[{"type": "section", "text": {"type": "mrkdwn", "text": HELP_TEXT}}]])
+                return
+            history: tuple[tuple[str, str], ...] = ()
+            if with_history and thread_ts:
+                history = self._history(client, target, thread_ts, context)
+            self._ask(client, target, text, request_id=event_id, history=history)
+        finally:
+            self._complete(workspace, request_id)
+
+    def _ask(
+        self,
+        client: WebClient,
+        target: _Target,
+        text: str,
+        *,
+        request_id: str,
+        history: tuple[tuple[str, str], ...] = (),
+        fresh: bool = False,
+    ) -> None:
+        question_text, truncated = clip_question(text)
+        note = TRUNCATED_NOTE if truncated else None
+        self._react(client, "reactions_add", target)
+        try:
+            question = Question(
+                text=question_text,
+                user_id=target.user,
+                workspace_id=target.workspace_id,
+                request_id=request_id,
+                channel_id=target.channel,
+                history=history,
+                fresh=fresh,
+            )
+            try:
+                answer = self.answerer.answer(question)
+            except Exception as exc:
+                _log.exception("slack.answerer_failed", request_id=request_id, error=exc)
+                answer = Answer(kind="error", text=FAILED_TEXT, refusal="upstream_error")
+            self._deliver(client, target, answer, question_text, note)
+        finally:
+            self._react(client, "reactions_remove", target)
+
+    def _deliver(self, client: WebClient, target: _Target, answer: Answer, question: str, note: str | None) -> None:
+        if answer.kind in ("refused", "error"):
+            kind = answer.refusal or "upstream_error"
+            blocks = _with_note(refusal_blocks(kind, answer.text, _doc_links(answer)), note)
+            kwargs: dict[str, Any] = {"thread_ts": target.thread_ts} if target.thread_ts else {}
+            client.chat_postEphemeral(
+                channel=target.channel, user=target.user, blocks=blocks, text=message_text(blocks), **kwargs
+            )
+            return
+        if answer.kind == "no_match":
+            messages = [refusal_blocks("no_match", answer.text, _doc_links(answer))]
+            texts = [message_text(messages[0])]
+        else:
+            view = AnswerView(
+                text=answer.text,
+                citations=_view_citations(answer),
+                footer=answer.footer,
+                entry_id=answer.entry_id,
+                cached=answer.cached,
+            )
+            messages = answer_blocks(view)
+            texts = [fallback_text(answer.text)] if len(messages) == 1 else [message_text(m) for m in messages]
+        messages[0] = _with_note(messages[0], note)
+        last_ts = self._post(client, target, messages, texts)
+        if answer.entry_id is not None and last_ts:
+            record = {"question": question, "cached": answer.cached, "thread_ts": target.thread_ts or ""}
+            self._remember(ANSWERS_SCOPE, f"{target.workspace_id}:{target.channel}:{last_ts}", json.dumps(record))
+
+    def _post(
+        self, client: WebClient, target: _Target, messages: list[list[Block]], texts: Sequence[str] | None = None
+    ) -> str | None:
+        """Post ``messages`` in order (in the thread, if any); the last message's ts."""
+        last_ts: str | None = None
+        for index, blocks in enumerate(messages):
+            text = texts[index] if texts is not None and index < len(texts) else message_text(blocks)
+            kwargs: dict[str, Any] = {"thread_ts": target.thread_ts} if target.thread_ts else {}
+            response = client.chat_postMessage(
+                channel=target.channel, blocks=blocks, text=text, unfurl_links=False, unfurl_media=False, **kwargs
+            )
+            last_ts = str(response.get("ts") or "") or None
+        if target.thread_ts:
+            self._remember(THREADS_SCOPE, f"{target.workspace_id}:{target.channel}:{target.thread_ts}", "1")
+        return last_ts
+
+    def _feedback(self, body: dict[str, Any], client: WebClient, *, up: bool) -> None:
+        try:
+            action = body["actions"][0]
+            entry_id = str(action.get("value") or "")
+            user = str(body["user"]["id"])
+            if self.on_feedback is not None and entry_id:
+                try:
+                    self.on_feedback(user, entry_id, up)
+                except Exception as exc:  # losing a vote must not lose the fresh-answer offer
+                    _log.exception("slack.feedback_callback_failed", error=exc)
+            if up:
+                return
+            channel = str((body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id"))
+            message_ts = str((body.get("container") or {}).get("message_ts") or (body.get("message") or {}).get("ts"))
+            workspace = str((body.get("team") or {}).get("id") or body["user"].get("team_id") or "")
+            raw = self.store.cache_get(ANSWERS_SCOPE, f"{workspace}:{channel}:{message_ts}")
+            record = json.loads(raw) if raw else None
+            if not isinstance(record, dict) or not record.get("cached") or not record.get("question"):
+                return
+            thread_ts = str(record.get("thread_ts") or "")
+            blocks = fresh_answer_blocks(str(record["question"]), thread_ts or None)
+            kwargs: dict[str, Any] = {"thread_ts": thread_ts} if thread_ts else {}
+            client.chat_postEphemeral(channel=channel, user=user, blocks=blocks, text=message_text(blocks), **kwargs)
+        except Exception as exc:
+            _log.exception("slack.feedback_failed", error=exc)
+
+    # -- Slack and store helpers ---------------------------------------------------------
+
+    def _history(
+        self, client: WebClient, target: _Target, thread_ts: str, context: BoltContext
+    ) -> tuple[tuple[str, str], ...]:
+        try:
+            response = client.conversations_replies(channel=target.channel, ts=thread_ts, limit=REPLIES_PAGE)
+        except Exception as exc:
+            _log.warning("slack.replies_failed", channel=target.channel, error=exc)
+            return ()
+        messages = response.get("messages") or []
+        return thread_history(
+            messages,
+            before_ts=target.message_ts or "9999999999.999999",
+            bot_user_id=context.bot_user_id,
+            bot_id=context.bot_id,
+        )
+
+    @staticmethod
+    def _react(client: WebClient, method: str, target: _Target) -> None:
+        if not target.message_ts:
+            return
+        try:
+            getattr(client, method)(channel=target.channel, timestamp=target.message_ts, name=REACTION)
+        except Exception as exc:  # a missing reaction is cosmetic; the answer matters
+            _log.warning("slack.reaction_failed", method=method, error=exc)
+
+    @staticmethod
+    def _from_penny(event: Mapping[str, Any], context: BoltContext) -> bool:
+        return bool(context.bot_user_id) and event.get("user") == context.bot_user_id
+
+    @staticmethod
+    def _workspace(body: Mapping[str, Any], context: BoltContext) -> str:
+        return str(body.get("team_id") or context.team_id or "")
+
+    def _claim(self, workspace: str, request_id: str) -> bool:
+        try:
+            return self.store.claim_request(workspace, request_id, EVENT_CLAIM_TTL_S).state == "claimed"
+        except StoreError as exc:
+            # Without the store nothing can be deduplicated; answering once more beats not answering.
+            _log.warning("slack.claim_failed", request_id=request_id, error=exc)
+            return True
+
+    def _complete(self, workspace: str, request_id: str) -> None:
+        try:
+            self.store.complete_request(workspace, request_id, '{"handled": true}', EVENT_DONE_TTL_S)
+        except StoreError as exc:
+            _log.warning("slack.complete_failed", request_id=request_id, error=exc)
+
+    def _knows_thread(self, workspace: str, channel: str, thread_ts: str) -> bool:
+        try:
+            return self.store.cache_get(THREADS_SCOPE, f"{workspace}:{channel}:{thread_ts}") is not None
+        except StoreError as exc:
+            _log.warning("slack.thread_lookup_failed", error=exc)
+            return False
+
+    def _remember(self, scope: str, key: str, value: str) -> None:
+        ttl = THREAD_TTL_S if scope == THREADS_SCOPE else ANSWER_TTL_S
+        try:
+            self.store.cache_put(scope, key, value, ttl)
+        except StoreError as exc:
+            _log.warning("slack.remember_failed", scope=scope, error=exc)

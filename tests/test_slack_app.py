@@ -1,0 +1,733 @@
+"""Penny's Bolt app end to end over loopback: signed requests go through ``app.dispatch`` and the
+fake Slack Web API records what the app sent back. The answering service is a scripted stand-in
+for the ``Answerer`` protocol; the store is a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+import structlog
+import yaml  # type: ignore[import-untyped]  # PyYAML ships no stubs; types-PyYAML is not installed
+from slack_bolt import App, BoltRequest, BoltResponse
+from slack_sdk.http_retry import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
+from slack_sdk.signature import SignatureVerifier
+
+from bot.answer_types import Answer, Citation, Question
+from bot.slack.app import (
+    ACTION_FRESH_ANSWER,
+    BOT_EVENTS,
+    BOT_SCOPES,
+    HELP_TEXT,
+    MAX_QUESTION_CHARS,
+    SlackSettings,
+    build_app,
+    make_client,
+    socket_mode_handler,
+    strip_mentions,
+    thread_history,
+)
+from bot.slack.render import ACTION_FEEDBACK_DOWN, ACTION_FEEDBACK_UP
+from proxy_core.stores.sqlite import SqliteStore
+from tests.fake_slack import FakeSlack, SlackCall
+
+TOKEN = "xoxb-test-penny-not-a-real-token"
+SECRET = "test-signing-secret-penny"
+TEAM = "T0PENNY"
+BOT_USER = "UPENNY"
+BOT_ID = "B0PENNY"
+MANIFEST = Path(__file__).resolve().parent.parent / "manifest.yml"
+
+DOCS = (
+    Citation(1, "Deploying", "Steps", "ops/deploy.md", "https://docs.example.com/ops/deploy"),
+    Citation(2, "Rollbacks", "", "ops/rollback.md", None),
+)
+ANSWER = Answer(
+    kind="answer",
+    text="Run `make deploy` from the **main** branch [1]. To undo, see [2].",
+    citations=DOCS,
+    footer="gpt-4.1-mini · 412 tokens · $0.0007",
+    entry_id="entry-1",
+    cost_micros=700,
+)
+
+
+class ScriptedAnswerer:
+    """Answers from a script (one prepared Answer per call, the last one repeating) and records
+    every Question. ``raises`` makes a call fail the way a bug in the service would."""
+
+    def __init__(self, *answers: Answer, raises: Exception | None = None) -> None:
+        self.script = list(answers) or [ANSWER]
+        self.raises = raises
+        self.questions: list[Question] = []
+        self._lock = threading.Lock()
+
+    def answer(self, question: Question) -> Answer:
+        with self._lock:
+            self.questions.append(question)
+            index = min(len(self.questions), len(self.script)) - 1
+        if self.raises is not None:
+            raise self.raises
+        return self.script[index]
+
+
+class Harness:
+    """A Penny app wired to the fake Slack, a SQLite store and a scripted answerer."""
+
+    def __init__(self, fake: FakeSlack, store: SqliteStore, answerer: ScriptedAnswerer) -> None:
+        self.fake = fake
+        self.store = store
+        self.answerer = answerer
+        self.feedback: list[tuple[str, str, bool]] = []
+        self.executor = ThreadPoolExecutor(max_workers=4)
+        self.settings = SlackSettings(bot_token=TOKEN, signing_secret=SECRET, api_url=fake.base_url)
+        self.app: App = build_app(
+            answerer=answerer,
+            store=store,
+            settings=self.settings,
+            on_feedback=lambda user, entry, up: self.feedback.append((user, entry, up)),
+            listener_executor=self.executor,
+        )
+        self._serial = 0
+
+    def settle(self) -> None:
+        """Wait until every listener dispatched so far has finished (no more can start)."""
+        self.executor.shutdown(wait=True)
+
+    # -- requests --------------------------------------------------------------------------
+
+    def dispatch(
+        self,
+        body: str,
+        *,
+        content_type: str = "application/json",
+        timestamp: int | None = None,
+        secret: str = SECRET,
+        headers: dict[str, str] | None = None,
+    ) -> BoltResponse:
+        stamp = str(int(time.time()) if timestamp is None else timestamp)
+        signature = SignatureVerifier(secret).generate_signature(timestamp=stamp, body=body)
+        assert signature is not None
+        all_headers: dict[str, str | Sequence[str]] = {
+            "content-type": [content_type],
+            "x-slack-signature": [signature],
+            "x-slack-request-timestamp": [stamp],
+        }
+        for name, value in (headers or {}).items():
+            all_headers[name.lower()] = [value]
+        return self.app.dispatch(BoltRequest(body=body, headers=all_headers))
+
+    def event(self, event: dict[str, Any], *, event_id: str | None = None, **kwargs: Any) -> BoltResponse:
+        if event_id is None:
+            self._serial += 1
+            event_id = f"Ev{self._serial:04d}"
+        return self.dispatch(event_body(event, event_id), **kwargs)
+
+    def action(self, payload: dict[str, Any]) -> BoltResponse:
+        body = urlencode({"payload": json.dumps(payload)})
+        return self.dispatch(body, content_type="application/x-www-form-urlencoded")
+
+
+def event_body(event: dict[str, Any], event_id: str) -> str:
+    return json.dumps(
+        {
+            "token": "legacy-verification-token",
+            "team_id": TEAM,
+            "api_app_id": "A0PENNY",
+            "type": "event_callback",
+            "event_id": event_id,
+            "event_time": 1_700_000_000,
+            "event": event,
+        }
+    )
+
+
+def mention(
+    text: str, *, ts: str = "1700000100.000100", thread_ts: str | None = None, user: str = "U1"
+) -> dict[str, Any]:
+    event = {
+        "type": "app_mention",
+        "user": user,
+        "text": text,
+        "ts": ts,
+        "channel": "C1",
+        "event_ts": ts,
+    }
+    if thread_ts:
+        event["thread_ts"] = thread_ts
+    return event
+
+
+def message(
+    text: str,
+    *,
+    ts: str = "1700000200.000100",
+    channel: str = "C1",
+    channel_type: str = "channel",
+    thread_ts: str | None = None,
+    user: str | None = "U1",
+    **extra: Any,
+) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "type": "message",
+        "text": text,
+        "ts": ts,
+        "channel": channel,
+        "channel_type": channel_type,
+        "event_ts": ts,
+    }
+    if user is not None:
+        event["user"] = user
+    if thread_ts:
+        event["thread_ts"] = thread_ts
+    event.update(extra)
+    return event
+
+
+def block_action(action: dict[str, Any], *, message_ts: str, channel: str = "C1", user: str = "U1") -> dict[str, Any]:
+    return {
+        "type": "block_actions",
+        "team": {"id": TEAM, "domain": "penny-test"},
+        "user": {"id": user, "team_id": TEAM, "username": user.lower()},
+        "api_app_id": "A0PENNY",
+        "token": "legacy-verification-token",
+        "trigger_id": f"trigger-{message_ts}-{action['action_id']}",
+        "container": {"type": "message", "message_ts": message_ts, "channel_id": channel, "is_ephemeral": False},
+        "channel": {"id": channel, "name": "general"},
+        "response_url": "",
+        "actions": [{"type": "button", "action_ts": f"{time.time():.6f}", **action}],
+    }
+
+
+def all_text(blocks: list[dict[str, Any]]) -> str:
+    return json.dumps(blocks, ensure_ascii=False)
+
+
+def methods(fake: FakeSlack) -> list[str]:
+    return [c.method for c in fake.calls() if c.method != "auth.test"]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeSlack]:
+    with FakeSlack(team_id=TEAM, bot_user_id=BOT_USER, bot_id=BOT_ID) as server:
+        yield server
+
+
+@pytest.fixture
+def answerer() -> ScriptedAnswerer:
+    return ScriptedAnswerer()
+
+
+@pytest.fixture
+def penny(fake: FakeSlack, sqlite_store: SqliteStore, answerer: ScriptedAnswerer) -> Iterator[Harness]:
+    harness = Harness(fake, sqlite_store, answerer)
+    yield harness
+    harness.settle()
+
+
+# ---------------------------------------------------------------------------------------------
+# Answers
+
+
+def test_mention_is_answered_in_its_thread_with_sources_and_feedback_buttons(
+    penny: Harness, fake: FakeSlack, answerer: ScriptedAnswerer
+) -> None:
+    response = penny.event(mention("<@UPENNY> how do I deploy?"), event_id="EvMention1")
+    assert response.status == 200
+
+    [posted] = fake.wait_for("chat.postMessage")
+    assert posted.params["channel"] == "C1"
+    assert posted.params["thread_ts"] == "1700000100.000100"
+    text = all_text(posted.blocks)
+    assert "`make deploy`" in text and "*main*" in text
+    assert "*Sources*" in text
+    assert "<https://docs.example.com/ops/deploy|[1] Deploying › Steps>" in text
+    assert "[2] Rollbacks · `ops/rollback.md`" in text
+    assert "$0.0007" in text
+    [buttons] = [b for b in posted.blocks if b["type"] == "actions"]
+    assert [(e["action_id"], e["value"]) for e in buttons["elements"]] == [
+        (ACTION_FEEDBACK_UP, "entry-1"),
+        (ACTION_FEEDBACK_DOWN, "entry-1"),
+    ]
+    assert "make deploy" in posted.params["text"]  # the notification fallback
+
+    [question] = answerer.questions
+    assert question == Question(
+        text="how do I deploy?",
+        user_id="U1",
+        workspace_id=TEAM,
+        request_id="EvMention1",
+        channel_id="C1",
+        history=(),
+        fresh=False,
+    )
+
+
+def test_the_eyes_reaction_is_added_before_the_answer_and_removed_after(penny: Harness, fake: FakeSlack) -> None:
+    penny.event(mention("<@UPENNY> how do I deploy?"))
+    fake.wait_for("reactions.remove")
+    assert methods(fake) == ["reactions.add", "chat.postMessage", "reactions.remove"]
+    for call in (fake.last("reactions.add"), fake.last("reactions.remove")):
+        assert (call.params["channel"], call.params["timestamp"], call.params["name"]) == (
+            "C1",
+            "1700000100.000100",
+            "eyes",
+        )
+
+
+def test_a_thread_follow_up_without_a_mention_is_answered_with_the_thread_as_history(
+    penny: Harness, fake: FakeSlack, answerer: ScriptedAnswerer
+) -> None:
+    root = "1700000100.000100"
+    penny.event(mention("<@UPENNY> how do I deploy?", ts=root))
+    [first] = fake.wait_for("chat.postMessage")
+    fake.wait_for("reactions.remove")  # the thread is remembered once the answer is out
+    fake.set_replies(
+        "C1",
+        root,
+        [
+            {"type": "message", "user": "U1", "text": "<@UPENNY> how do I deploy?", "ts": root},
+            {
+                "type": "message",
+                "user": BOT_USER,
+                "bot_id": BOT_ID,
+                "text": "Run make deploy [1].",
+                "ts": "1700000150.0",
+            },
+            {"type": "message", "user": "U2", "text": "thanks!", "ts": "1700000160.0", "thread_ts": root},
+            {"type": "message", "user": "U1", "text": "and on staging?", "ts": "1700000200.000100", "thread_ts": root},
+        ],
+    )
+    penny.event(message("and on staging?", thread_ts=root), event_id="EvFollow")
+    fake.wait_for("chat.postMessage", 2)
+
+    follow_up = answerer.questions[-1]
+    assert follow_up.text == "and on staging?"
+    assert follow_up.request_id == "EvFollow"
+    assert follow_up.history == (
+        ("user", "how do I deploy?"),
+        ("assistant", "Run make deploy [1]."),
+        ("user", "thanks!"),
+    )
+    replies = fake.last("conversations.replies")
+    assert (replies.params["channel"], replies.params["ts"]) == ("C1", root)
+    assert fake.last("chat.postMessage").params["thread_ts"] == root
+    assert first.params["thread_ts"] == root
+
+
+def test_a_thread_penny_is_not_part_of_is_left_alone(
+    penny: Harness, fake: FakeSlack, answerer: ScriptedAnswerer
+) -> None:
+    penny.event(message("what about staging?", thread_ts="1699999999.000001"))
+    penny.settle()
+    assert answerer.questions == []
+    assert methods(fake) == []  # not even conversations.replies: the store knows Penny's threads
+
+
+def test_a_private_channel_thread_follow_up_is_answered(
+    penny: Harness, fake: FakeSlack, answerer: ScriptedAnswerer
+) -> None:
+    root = "1700000100.000100"
+    penny.event({**mention("<@UPENNY> how do I deploy?", ts=root), "channel": "G1"})
+    fake.wait_for("chat.postMessage")
+    fake.wait_for("reactions.remove")  # the thread is remembered once the answer is out
+    penny.event(message("and rollbacks?", channel="G1", channel_type="group", thread_ts=root))
+    [_, second] = fake.wait_for("chat.postMessage", 2)
+    assert (second.params["channel"], second.params["thread_ts"]) == ("G1", root)
+    assert [q.text for q in answerer.questions] == ["how do I deploy?", "and rollbacks?"]
+
+
+def test_a_direct_message_is_answered(penny: Harness, fake: FakeSlack, answerer: ScriptedAnswerer) -> None:
+    penny.event(message("how do I deploy?", channel="D1", channel_type="im"), event_id="EvDM")
+    [posted] = fake.wait_for("chat.postMessage")
+    assert posted.params["channel"] == "D1"
+    assert "thread_ts" not in posted.params
+    assert "*Sources*" in all_text(posted.blocks)
+    [question] = answerer.questions
+    assert (question.text, question.channel_id, question.request_id, question.history) == (
+        "how do I deploy?",
+        "D1",
+        "EvDM",
+        (),
+    )
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        pytest.param(message("from a bot", channel_type="im", bot_id="B0OTHER", user=None), id="other-bot"),
+        pytest.param(message("bot with user", channel_type="im", bot_id="B0OTHER", user="U9"), id="bot-with-user"),
+        pytest.param(message("myself", channel_type="im", user=BOT_USER), id="penny-by-user"),
+        pytest.param(message("myself", channel_type="im", user=BOT_USER, bot_id=BOT_ID), id="penny-by-bot-id"),
+        pytest.param(mention("<@UPENNY> hi", user=BOT_USER), id="penny-mentions-itself"),
+        pytest.param(
+            message("", channel_type="im", user=None, subtype="message_changed", message={"text": "x", "user": "U1"}),
+            id="edit",
+        ),
+        pytest.param(message("", channel_type="im", user=None, subtype="message_deleted"), id="delete"),
+        pytest.param(message("<@U1> has joined the channel", subtype="channel_join"), id="join"),
+        pytest.param(message("hello", channel_type="im", subtype="bot_message", bot_id="B0OTHER"), id="bot-message"),
+        pytest.param(message("just chatting in the channel"), id="channel-top-level"),
+    ],
+)
+def test_messages_not_for_penny_are_ignored(
+    penny: Harness, fake: FakeSlack, answerer: ScriptedAnswerer, event: dict[str, Any]
+) -> None:
+    assert penny.event(event).status == 200
+    penny.settle()
+    assert answerer.questions == []
+    assert methods(fake) == []
+
+
+def test_in_a_thread_a_mention_is_answered_once_and_a_reply_to_others_not_at_all(
+    penny: Harness, fake: FakeSlack, answerer: ScriptedAnswerer
+) -> None:
+    root = "1700000100.000100"
+    penny.event(mention("<@UPENNY> how do I deploy?", ts=root))
+    fake.wait_for("chat.postMessage")
+    fake.wait_for("reactions.remove")  # the thread is remembered once the answer is out
+    later = "1700000300.000100"
+    # Slack delivers the same message as app_mention and as message, under different event IDs.
+    penny.event(mention("<@UPENNY> and staging?", ts=later, thread_ts=root), event_id="EvAsMention")
+    penny.event(message("<@UPENNY> and staging?", ts=later, thread_ts=root), event_id="EvAsMessage")
+    # A reply in the thread addressed to someone else is not for Penny.
+    penny.event(message("<@U2> can you check staging?", ts="1700000400.0", thread_ts=root), event_id="EvToU2")
+    penny.settle()
+    assert fake.count("chat.postMessage") == 2
+    assert [q.request_id for q in answerer.questions][1:] == ["EvAsMention"]
+
+
+def test_the_same_event_delivered_three_times_is_answered_once(
+    penny: Harness, fake: FakeSlack, answerer: ScriptedAnswerer
+) -> None:
+    event = mention("<@UPENNY> how do I deploy?")
+    assert penny.event(event, event_id="EvDup").status == 200
+    retry = {"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"}
+    assert penny.event(event, event_id="EvDup", headers=retry).status == 200
+    assert penny.event(event, event_id="EvDup", headers={**retry, "X-Slack-Retry-Num": "2"}).status == 200
+    penny.settle()
+    assert fake.count("chat.postMessage") == 1
+    assert fake.count("reactions.add") == 1
+    assert [q.request_id for q in answerer.questions] == ["EvDup"]
+
+
+@pytest.mark.parametrize(
+    ("stamp_offset", "secret"),
+    [pytest.param(0, "forged-secret", id="forged-signature"), pytest.param(-600, SECRET, id="expired-timestamp")],
+)
+def test_unsigned_or_stale_requests_are_rejected(
+    penny: Harness, fake: FakeSlack, answerer: ScriptedAnswerer, stamp_offset: int, secret: str
+) -> None:
+    response = penny.event(
+        mention("<@UPENNY> how do I deploy?"), timestamp=int(time.time()) + stamp_offset, secret=secret
+    )
+    assert response.status == 401
+    penny.settle()
+    assert fake.calls() == []
+    assert answerer.questions == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Refusals, no match, odd input
+
+
+@pytest.mark.parametrize(
+    ("answer", "heading"),
+    [
+        (
+            Answer(
+                kind="refused", text="You're asking fast; try again in 30 s.", refusal="rate_limited", retry_after=30
+            ),
+            "Slow down a little",
+        ),
+        (Answer(kind="refused", text="Your daily budget is spent.", refusal="over_budget"), "The budget is used up"),
+        (
+            Answer(kind="refused", text="The AI service is failing; back soon.", refusal="breaker_open"),
+            "The AI service is having trouble",
+        ),
+        (
+            Answer(kind="refused", text="Already answering this one.", refusal="in_flight"),
+            "Penny can't answer right now",
+        ),
+        (
+            Answer(kind="error", text="The model did not answer.", refusal="upstream_error"),
+            "Penny couldn't get an answer",
+        ),
+        (Answer(kind="error", text="The model did not answer."), "Penny couldn't get an answer"),
+    ],
+    ids=["rate_limited", "over_budget", "breaker_open", "in_flight", "upstream_error", "error-without-reason"],
+)
+def test_a_refusal_goes_to_the_asker_alone_with_the_closest_docs(
+    fake: FakeSlack, sqlite_store: SqliteStore, answer: Answer, heading: str
+) -> None:
+    refused = Answer(
+        kind=answer.kind, text=answer.text, refusal=answer.refusal, retry_after=answer.retry_after, citations=DOCS
+    )
+    penny = Harness(fake, sqlite_store, ScriptedAnswerer(refused))
+    try:
+        penny.event(mention("<@UPENNY> how do I deploy?"))
+        [ephemeral] = fake.wait_for("chat.postEphemeral")
+        fake.wait_for("reactions.remove")
+    finally:
+        penny.settle()
+    assert (ephemeral.params["channel"], ephemeral.params["user"]) == ("C1", "U1")
+    assert ephemeral.params["thread_ts"] == "1700000100.000100"
+    text = all_text(ephemeral.blocks)
+    assert heading in text
+    assert answer.text in text
+    assert "Closest docs" in text and "https://docs.example.com/ops/deploy" in text and "ops/rollback.md" in text
+    assert heading in ephemeral.params["text"]
+    assert fake.count("chat.postMessage") == 0
+
+
+def test_no_match_is_an_ordinary_reply_in_the_thread(fake: FakeSlack, sqlite_store: SqliteStore) -> None:
+    no_match = Answer(kind="no_match", text="I found nothing in the docs about that.", citations=DOCS[:1])
+    penny = Harness(fake, sqlite_store, ScriptedAnswerer(no_match))
+    try:
+        penny.event(mention("<@UPENNY> what's the wifi password?"))
+        [posted] = fake.wait_for("chat.postMessage")
+    finally:
+        penny.settle()
+    assert posted.params["thread_ts"] == "1700000100.000100"
+    text = all_text(posted.blocks)
+    assert "No docs match your question" in text and "I found nothing in the docs" in text
+    assert "https://docs.example.com/ops/deploy" in text
+    assert fake.count("chat.postEphemeral") == 0
+
+
+def test_an_empty_mention_gets_help_without_asking_the_service(
+    penny: Harness, fake: FakeSlack, answerer: ScriptedAnswerer
+) -> None:
+    penny.event(mention("<@UPENNY>   "))
+    [posted] = fake.wait_for("chat.postMessage")
+    penny.settle()
+    assert posted.params["thread_ts"] == "1700000100.000100"
+    assert HELP_TEXT in all_text(posted.blocks)
+    assert answerer.questions == []
+    assert methods(fake) == ["chat.postMessage"]
+
+
+def test_a_40000_character_message_is_truncated_and_the_reply_says_so(
+    penny: Harness, fake: FakeSlack, answerer: ScriptedAnswerer
+) -> None:
+    huge = "why " * 10_000
+    penny.event(mention("<@UPENNY> " + huge))
+    [posted] = fake.wait_for("chat.postMessage")
+    [question] = answerer.questions
+    assert len(question.text) == MAX_QUESTION_CHARS
+    assert huge.strip().startswith(question.text.strip())
+    assert posted.blocks[0]["type"] == "context"
+    assert "read only its first 4,000 characters" in all_text(posted.blocks)
+    assert "*Sources*" in all_text(posted.blocks)
+
+
+def test_a_failing_service_gets_an_apology_and_the_reaction_still_goes(
+    fake: FakeSlack, sqlite_store: SqliteStore
+) -> None:
+    penny = Harness(fake, sqlite_store, ScriptedAnswerer(raises=RuntimeError("a bug in the service")))
+    with structlog.testing.capture_logs() as logs:
+        try:
+            penny.event(mention("<@UPENNY> how do I deploy?"))
+            [ephemeral] = fake.wait_for("chat.postEphemeral")
+            fake.wait_for("reactions.remove")
+        finally:
+            penny.settle()
+    assert "try again" in all_text(ephemeral.blocks)
+    assert methods(fake) == ["reactions.add", "chat.postEphemeral", "reactions.remove"]
+    assert any(entry["event"] == "slack.answerer_failed" for entry in logs)
+
+
+def test_a_429_on_post_message_is_retried_and_the_answer_arrives(penny: Harness, fake: FakeSlack) -> None:
+    fake.rate_limit("chat.postMessage", retry_after=0)
+    penny.event(mention("<@UPENNY> how do I deploy?"))
+    limited, delivered = fake.wait_for("chat.postMessage", 2)
+    assert (limited.status, delivered.status) == (429, 200)
+    assert delivered.blocks == limited.blocks
+    fake.wait_for("reactions.remove")
+
+
+# ---------------------------------------------------------------------------------------------
+# Feedback and fresh answers
+
+
+def _answered(penny: Harness, fake: FakeSlack) -> SlackCall:
+    penny.event(mention("<@UPENNY> how do I deploy?"))
+    [posted] = fake.wait_for("chat.postMessage")
+    return posted
+
+
+def test_thumbs_up_reports_feedback_and_posts_nothing(fake: FakeSlack, sqlite_store: SqliteStore) -> None:
+    penny = Harness(fake, sqlite_store, ScriptedAnswerer(ANSWER))
+    try:
+        _answered(penny, fake)
+        click = {"action_id": ACTION_FEEDBACK_UP, "block_id": "penny_feedback", "value": "entry-1"}
+        assert penny.action(block_action(click, message_ts="1700000001.000001")).status == 200
+    finally:
+        penny.settle()
+    assert penny.feedback == [("U1", "entry-1", True)]
+    assert fake.count("chat.postEphemeral") == 0
+
+
+def test_thumbs_down_on_a_fresh_answer_offers_nothing_more(fake: FakeSlack, sqlite_store: SqliteStore) -> None:
+    penny = Harness(fake, sqlite_store, ScriptedAnswerer(ANSWER))
+    try:
+        answer_ts = _answer_ts(fake)
+        _answered(penny, fake)
+        fake.wait_for("reactions.remove")
+        click = {"action_id": ACTION_FEEDBACK_DOWN, "block_id": "penny_feedback", "value": "entry-1"}
+        assert penny.action(block_action(click, message_ts=answer_ts)).status == 200
+    finally:
+        penny.settle()
+    assert penny.feedback == [("U1", "entry-1", False)]
+    assert fake.count("chat.postEphemeral") == 0
+
+
+ANSWER_TS = "1700000500.000500"
+
+
+def _answer_ts(fake: FakeSlack) -> str:
+    """Pin the ts of every chat.postMessage so a test can click buttons on "that" message."""
+    fake.respond("chat.postMessage", lambda call: {"ok": True, "channel": call.params.get("channel"), "ts": ANSWER_TS})
+    return ANSWER_TS
+
+
+def test_thumbs_down_on_a_cached_answer_offers_a_fresh_one(fake: FakeSlack, sqlite_store: SqliteStore) -> None:
+    cached = Answer(
+        kind="answer",
+        text="Run `make deploy` [1].",
+        citations=DOCS[:1],
+        footer="cached (similar question, 0.97), saved $0.0012",
+        entry_id="entry-7",
+        cached=True,
+    )
+    fresh = Answer(kind="answer", text="Run `make release` now [1].", citations=DOCS[:1], entry_id="entry-8")
+    answerer = ScriptedAnswerer(cached, fresh)
+    penny = Harness(fake, sqlite_store, answerer)
+    try:
+        answer_ts = _answer_ts(fake)
+        _answered(penny, fake)
+        fake.wait_for("reactions.remove")
+        root = "1700000100.000100"
+        down = {"action_id": ACTION_FEEDBACK_DOWN, "block_id": "penny_feedback", "value": "entry-7"}
+        assert penny.action(block_action(down, message_ts=answer_ts)).status == 200
+        [offer] = fake.wait_for("chat.postEphemeral")
+        assert (offer.params["user"], offer.params["channel"], offer.params["thread_ts"]) == ("U1", "C1", root)
+        [actions] = [b for b in offer.blocks if b["type"] == "actions"]
+        [button] = actions["elements"]
+        assert button["action_id"] == ACTION_FRESH_ANSWER
+        assert button["value"] == "how do I deploy?"
+        assert button["text"]["text"] == "Get a fresh answer"
+
+        click = {"action_id": ACTION_FRESH_ANSWER, "block_id": actions["block_id"], "value": button["value"]}
+        payload = block_action(click, message_ts="1700000999.000001")
+        payload["container"]["is_ephemeral"] = True
+        payload["response_url"] = fake.base_url + "respond/ephemeral-offer"
+        assert penny.action(payload).status == 200
+        [_, again] = fake.wait_for("chat.postMessage", 2)
+        fake.wait_for("respond/ephemeral-offer")
+    finally:
+        penny.settle()
+    assert penny.feedback == [("U1", "entry-7", False)]
+    assert again.params["thread_ts"] == root
+    assert "make release" in all_text(again.blocks)
+    first, second = answerer.questions
+    assert (first.fresh, second.fresh) == (False, True)
+    assert second.text == "how do I deploy?" and second.user_id == "U1" and second.channel_id == "C1"
+    assert second.request_id != first.request_id
+    assert fake.last("respond/ephemeral-offer").json_param("delete_original") in (True, "true")
+
+
+# ---------------------------------------------------------------------------------------------
+# App Home, settings, construction
+
+
+def test_app_home_opened_publishes_the_home_tab(penny: Harness, fake: FakeSlack) -> None:
+    penny.event({"type": "app_home_opened", "user": "U1", "channel": "D1", "tab": "home", "event_ts": "1.1"})
+    [published] = fake.wait_for("views.publish")
+    assert published.params["user_id"] == "U1"
+    assert "docs" in json.dumps(published.json_param("view"))
+
+
+def test_settings_hide_secrets_and_the_client_retries_slack_rate_limits(fake: FakeSlack) -> None:
+    settings = SlackSettings(
+        bot_token=TOKEN, signing_secret=SECRET, app_token="xapp-1-secret-app-token", api_url=fake.base_url.rstrip("/")
+    )
+    shown = repr(settings)
+    assert TOKEN not in shown and SECRET not in shown and "xapp-" not in shown
+    client = make_client(settings)
+    assert client.base_url == fake.base_url
+    kinds = {type(h) for h in client.retry_handlers}
+    assert {RateLimitErrorRetryHandler, ConnectionErrorRetryHandler} <= kinds
+    default = make_client(SlackSettings(bot_token=TOKEN, signing_secret=SECRET))
+    assert default.base_url == "https://slack.com/api/"
+
+
+def test_socket_mode_handler_builds_without_connecting(penny: Harness) -> None:
+    handler = socket_mode_handler(penny.app, "xapp-1-not-a-real-token")
+    assert handler.app is penny.app
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers
+
+
+def test_strip_mentions_removes_only_penny() -> None:
+    assert strip_mentions("<@UPENNY> ask <@U2> about <@UPENNY|penny> it", BOT_USER) == "ask <@U2> about  it"
+    assert strip_mentions("  <@UPENNY>  ", BOT_USER) == ""
+
+
+def test_thread_history_keeps_the_newest_turns_within_the_bounds() -> None:
+    messages = [{"user": "U1", "text": f"question {i}", "ts": f"1700000{i:03d}.000000"} for i in range(15)]
+    history = thread_history(messages, before_ts="1700000014.000000", bot_user_id=BOT_USER, bot_id=BOT_ID)
+    assert [text for _, text in history] == [f"question {i}" for i in range(4, 14)]  # 10 turns, oldest first
+
+    long_turns = [{"user": "U1", "text": "word " * 600, "ts": f"1700000{i:03d}.0"} for i in range(3)]
+    bounded = thread_history(long_turns, before_ts="1700000999.0", bot_user_id=BOT_USER, bot_id=BOT_ID, max_tokens=1000)
+    assert len(bounded) == 1  # only the newest fits, cut to the budget
+    assert 0 < len(bounded[0][1]) < len(long_turns[0]["text"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The manifest
+
+
+def test_manifest_declares_exactly_what_the_app_uses() -> None:
+    manifest = yaml.safe_load(MANIFEST.read_text(encoding="utf-8"))
+    features, settings = manifest["features"], manifest["settings"]
+    assert features["bot_user"] == {"display_name": "Penny", "always_online": True}
+    assert features["app_home"]["home_tab_enabled"] is True
+    assert features["app_home"]["messages_tab_enabled"] is True
+    assert features["app_home"]["messages_tab_read_only_enabled"] is False
+    assert [c["command"] for c in features["slash_commands"]] == ["/cost"]
+    assert settings["socket_mode_enabled"] is True
+    assert settings["interactivity"]["is_enabled"] is True
+    assert sorted(settings["event_subscriptions"]["bot_events"]) == sorted(BOT_EVENTS)
+    assert sorted(manifest["oauth_config"]["scopes"]["bot"]) == sorted(BOT_SCOPES)
+
+
+def test_every_subscribed_event_reaches_a_listener(penny: Harness, fake: FakeSlack) -> None:
+    """Each bot event in the manifest is one the app acts on (and none is unhandled: Bolt would 404)."""
+    root = "1700000100.000100"
+    examples = {
+        "app_mention": mention("<@UPENNY> how do I deploy?", ts=root),
+        "message.channels": message("and staging?", thread_ts=root, ts="1700000200.0"),
+        "message.groups": message("and rollbacks?", channel_type="group", thread_ts=root, ts="1700000300.0"),
+        "message.im": message("hello", channel="D1", channel_type="im", ts="1700000400.0"),
+        "app_home_opened": {"type": "app_home_opened", "user": "U1", "channel": "D1", "tab": "home", "event_ts": "1.2"},
+    }
+    assert set(examples) == set(BOT_EVENTS)
+    for name, event in examples.items():
+        assert penny.event(event).status == 200, name
+        if name == "app_mention":
+            fake.wait_for("chat.postMessage")
+            fake.wait_for("reactions.remove")  # the thread is remembered once the answer is out
+    penny.settle()
+    assert fake.count("chat.postMessage") == 4
+    assert fake.count("views.publish") == 1
