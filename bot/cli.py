@@ -396,7 +396,8 @@ def _missing_slack_settings(settings: PennySettings, *, http: bool) -> list[str]
 def _run_slack(session: _Session, settings: PennySettings, args: argparse.Namespace, out: TextIO) -> int:
     from bot.slack.runner import run_slack
 
-    return run_slack(session.service, session.store, settings, http=args.http, port=args.port, out=out)
+    return run_slack(session.service, session.store, session.gateway, settings, http=args.http, port=args.port,
+                     out=out)
 
 
 def store_kind(url: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, TextIO
 
 from bot.answer_types import Answerer
@@ -9,9 +10,15 @@ from proxy_core.settings import PennySettings
 from proxy_core.stores.base import Store
 
 if TYPE_CHECKING:
-    from bot.slack.app import SlackSettings
+    from slack_bolt import App
+    from slack_sdk import WebClient
 
-__all__ = ["run_slack", "slack_settings"]
+    from bot.slack.app import SlackSettings
+    from proxy_core.gateway import Gateway
+
+LISTENER_THREADS = 256
+
+__all__ = ["penny_app", "run_slack", "slack_settings"]
 
 
 def slack_settings(settings: PennySettings) -> SlackSettings:
@@ -29,12 +36,43 @@ def slack_settings(settings: PennySettings) -> SlackSettings:
     )
 
 
-def run_slack(answerer: Answerer, store: Store, settings: PennySettings, *, http: bool, port: int, out: TextIO) -> int:
+def penny_app(
+    answerer: Answerer,
+    store: Store,
+    gateway: Gateway | None,
+    config: SlackSettings,
+    *,
+    client: WebClient | None = None,
+    listener_executor: Executor | None = None,
+) -> App:
+    """The Bolt app wired to the gateway: a 👎 evicts the cached answer it was given on, at once,
+    for every replica. Listeners run on a wide pool: each waits on an LLM call, not on a CPU."""
+    from bot.slack.app import build_app
+
+    def on_feedback(user_id: str, entry_id: str, up: bool) -> None:
+        if not up and gateway is not None:
+            gateway.invalidate_cache_entry(entry_id)
+
+    return build_app(
+        answerer=answerer,
+        store=store,
+        settings=config,
+        client=client,
+        on_feedback=on_feedback,
+        listener_executor=listener_executor or ThreadPoolExecutor(max_workers=LISTENER_THREADS,
+                                                                  thread_name_prefix="penny-slack"),
+    )
+
+
+def run_slack(
+    answerer: Answerer, store: Store, gateway: Gateway | None, settings: PennySettings, *, http: bool, port: int,
+    out: TextIO,
+) -> int:
     """Serve Slack until interrupted. Tokens are never printed."""
-    from bot.slack.app import build_app, run_http, run_socket_mode
+    from bot.slack.app import run_http, run_socket_mode
 
     config = slack_settings(settings)
-    app = build_app(answerer=answerer, store=store, settings=config)
+    app = penny_app(answerer, store, gateway, config)
     if http:
         print(f"Penny is listening for Slack events on http://0.0.0.0:{port}/slack/events", file=out, flush=True)
         run_http(app, port)

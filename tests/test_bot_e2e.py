@@ -1,0 +1,158 @@
+"""The whole bot: signed Slack events into the real Bolt app, the real answering service over the
+example handbook, the real gateway and openai SDK against the fake OpenAI server, and the fake Slack
+Web API recording what Penny posts. Nothing of ours is replaced."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from bot.service import index_docs, open_answer_service
+from bot.slack.app import ACTION_FEEDBACK_DOWN, SlackSettings
+from bot.slack.runner import penny_app
+from proxy_core.gateway import Gateway
+from proxy_core.metrics import Metrics
+from proxy_core.settings import PennySettings
+from proxy_core.stores.sqlite import SqliteStore
+from proxy_core.upstream import OpenAIUpstream
+from tests.fake_openai import FakeOpenAI
+from tests.fake_slack import FakeSlack
+from tests.test_slack_app import SECRET, TEAM, TOKEN, Harness, block_action, mention
+
+DOCS = Path(__file__).resolve().parents[1] / "examples" / "docs"
+KEY = "sk-test-e2e-0123456789abcdef"
+
+
+class Inline(Executor):
+    """Runs each listener as soon as Bolt hands it over (after the ack), so a test reads Slack's
+    state right after dispatch, in order, with no waiting."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+
+class Bot(Harness):
+    """The slack-app harness, but with Penny's real service and gateway behind it."""
+
+    def __init__(self, slack: FakeSlack, store: SqliteStore, gateway: Gateway, settings: PennySettings) -> None:
+        self.fake = slack
+        self.store = store
+        self.gateway = gateway
+        self.settings = SlackSettings(bot_token=TOKEN, signing_secret=SECRET, api_url=slack.base_url)
+        service = open_answer_service(settings, store, gateway)
+        self.app = penny_app(service, store, gateway, self.settings, listener_executor=Inline())
+        self._serial = 0
+
+    def settle(self) -> None:
+        """Listeners already ran inline."""
+
+
+@pytest.fixture
+def openai() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+def slack() -> Iterator[FakeSlack]:
+    with FakeSlack() as server:
+        yield server
+
+
+def make_bot(slack: FakeSlack, openai: FakeOpenAI, tmp_path: Path, **overrides: Any) -> Bot:
+    params: dict[str, Any] = {"openai_api_key": KEY, "requests_per_minute": 0, "tokens_per_minute": 0}
+    params.update(overrides)
+    settings = PennySettings(**params)
+    store = SqliteStore(tmp_path / "penny.db")
+    index_docs(settings, store, DOCS)
+    gateway = Gateway(settings, store=store, metrics=Metrics(CollectorRegistry()),
+                      upstream=OpenAIUpstream(api_key=KEY, base_url=openai.base_url, timeout_s=5.0))
+    return Bot(slack, store, gateway, settings)
+
+
+@pytest.fixture
+def bot(slack: FakeSlack, openai: FakeOpenAI, tmp_path: Path) -> Iterator[Bot]:
+    b = make_bot(slack, openai, tmp_path)
+    yield b
+    b.gateway.close()
+
+
+def _text(call: Any) -> str:
+    return json.dumps(call.params.get("blocks", "")) + str(call.params.get("text", ""))
+
+
+def test_a_mention_gets_a_threaded_answer_with_citations_and_its_cost(bot: Bot, slack: FakeSlack,
+                                                                      openai: FakeOpenAI) -> None:
+    assert bot.event(mention("<@UPENNY> how do I start the dev server?", ts="1700000100.000100")).status == 200
+    bot.settle()
+    posts = slack.calls("chat.postMessage")
+    assert len(posts) == 1
+    post = posts[0]
+    assert post.params["thread_ts"] == "1700000100.000100"
+    body = _text(post)
+    assert "engineering/local-dev-setup.md" in body  # the cited page
+    assert "gpt-4.1-mini" in body and "$" in body  # the cost line
+    assert openai.count("chat") == 1
+    assert slack.count("reactions.add") == 1 and slack.count("reactions.remove") == 1
+
+
+def test_one_event_delivered_three_times_is_answered_and_charged_once(bot: Bot, slack: FakeSlack,
+                                                                      openai: FakeOpenAI) -> None:
+    event = mention("<@UPENNY> where are the production logs?")
+    bot.event(event, event_id="EvSame")
+    bot.event(event, event_id="EvSame", headers={"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"})
+    bot.event(event, event_id="EvSame", headers={"X-Slack-Retry-Num": "2", "X-Slack-Retry-Reason": "http_timeout"})
+    bot.settle()
+    assert slack.count("chat.postMessage") == 1
+    assert openai.count("chat") == 1
+    usage = bot.gateway.usage(TEAM, "2000-01-01", "2100-01-01")
+    assert usage.totals.requests == 1
+
+
+def test_a_question_the_docs_do_not_cover_is_answered_at_no_cost(bot: Bot, slack: FakeSlack,
+                                                                   openai: FakeOpenAI) -> None:
+    bot.event(mention("<@UPENNY> what's the capital of Peru?"))
+    bot.settle()
+    assert "couldn't find this in the docs" in _text(slack.last("chat.postMessage"))
+    assert openai.count() == 0
+
+
+def test_over_budget_is_an_ephemeral_refusal_with_the_reset_time(slack: FakeSlack, openai: FakeOpenAI,
+                                                                  tmp_path: Path) -> None:
+    bot = make_bot(slack, openai, tmp_path, user_daily_budget_usd="0.000001")
+    try:
+        bot.event(mention("<@UPENNY> how do I start the dev server?"))
+        bot.settle()
+        assert slack.count("chat.postMessage") == 0
+        refusal = slack.last("chat.postEphemeral")
+        assert refusal.params["user"] == "U1"
+        assert "resets at" in _text(refusal)
+        assert openai.count() == 0
+    finally:
+        bot.gateway.close()
+
+
+def test_thumbs_down_on_a_cached_answer_evicts_it(bot: Bot, slack: FakeSlack, openai: FakeOpenAI) -> None:
+    bot.event(mention("<@UPENNY> where are the production logs?", ts="1700000100.000100"))
+    bot.event(mention("<@UPENNY> where are the production logs?", ts="1700000300.000100", user="U2"))
+    bot.settle()
+    assert openai.count("chat") == 1  # the second asker got the cached answer
+    cached = slack.calls("chat.postMessage")[-1]
+    buttons = [e for b in json.loads(json.dumps(cached.params["blocks"])) if b["type"] == "actions"
+               for e in b["elements"]]
+    down = next(e for e in buttons if e["action_id"] == ACTION_FEEDBACK_DOWN)
+    bot.action(block_action({**down, "type": "button"}, message_ts="1700000300.000200", user="U2"))
+    bot.event(mention("<@UPENNY> where are the production logs?", ts="1700000500.000100", user="U3"))
+    bot.settle()
+    assert openai.count("chat") == 2  # evicted: the next asker gets a fresh LLM answer
