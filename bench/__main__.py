@@ -154,6 +154,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         by_name = dict(_stores(Path(d)))
         semantic.print_table(semantic.run(by_name["sqlite"], by_name.get("redis")))
+    print()
+    from bench import bot, retrieval
+
+    retrieval.main()
+    print()
+    bot.main()
     return 0
 
 

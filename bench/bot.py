@@ -9,7 +9,11 @@ version alone) a fresh store indexes ``examples/docs`` and a zero-latency fake O
   same page* (different answers), ask one then the other in a fresh workspace; a cached answer to the
   second is a false hit.
 
-``.venv/bin/python -m bench.bot``. Prints a table; asserts nothing.
+And concurrency: 200 questions from 50 users arrive at once as signed Slack events into the real
+Bolt app; the fake OpenAI answers each after 1 s. All should be answered in about 1 s of wall time,
+because nobody waits behind anybody else's LLM call — unlike a bot on Bolt's default five-thread pool.
+
+``.venv/bin/python -m bench.bot``. Prints tables; asserts nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from __future__ import annotations
 import itertools
 import json
 import tempfile
+import time
+import uuid
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +82,56 @@ def measure(fingerprint: Fingerprint, fake: FakeOpenAI) -> tuple[str, str, str]:
         f"{false}/{len(pairs)} ({false / len(pairs):.0%})"
 
 
+def concurrency(questions: int, users: int, executor: Executor | None, label: str,
+                redis_url: str | None = None) -> tuple[str, str, str]:
+    """Wall time until every question has its answer posted in Slack."""
+    from bot.slack.app import SlackSettings
+    from bot.slack.runner import penny_app
+    from tests.fake_openai import Fault
+    from tests.fake_slack import FakeSlack
+    from tests.test_slack_app import SECRET, TOKEN, Harness, mention
+
+    texts = [q["question"] for q in _load("questions.jsonl")]
+    with tempfile.TemporaryDirectory() as d, FakeOpenAI() as fake, FakeSlack() as slack:
+        fake.fail_all(Fault.ok(delay_s=1.0))
+        settings = PennySettings(openai_api_key="sk-bench-0000000000", requests_per_minute=0, tokens_per_minute=0,
+                                 cache_enabled=False)
+        if redis_url is None:
+            store = store_from_url(f"sqlite:///{d}/bench.db")
+        else:
+            from proxy_core.stores.redis import RedisStore
+
+            store = RedisStore.from_url(redis_url, namespace=f"penny-bench-{uuid.uuid4().hex[:8]}")
+        index_docs(settings, store, ROOT / "docs")
+        gateway = Gateway(settings, store=store, metrics=Metrics(CollectorRegistry()),
+                          upstream=OpenAIUpstream(api_key="sk-bench-0000000000", base_url=fake.base_url, timeout_s=30))
+        try:
+            harness = Harness.__new__(Harness)  # the scenario tests' request signing, on Penny's real app
+            harness._serial = 0
+            config = SlackSettings(bot_token=TOKEN, signing_secret=SECRET, api_url=slack.base_url)
+            service = open_answer_service(settings, store, gateway)
+            harness.app = penny_app(service, store, gateway, config, listener_executor=executor)
+            harness.event(mention("<@UPENNY> warm up"))  # auth.test and first-use costs, not measured
+            slack.wait_for("chat.postMessage", 1, timeout=30)
+            started = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=50) as senders:
+                for i in range(questions):
+                    text = f"<@UPENNY> {texts[i % len(texts)]}"
+                    senders.submit(harness.event, mention(text, ts=f"1700001{i:03d}.000100", user=f"U{i % users}"))
+            acked = time.perf_counter() - started
+            slack.wait_for("chat.postMessage", questions + 1, timeout=30 + questions / 5)
+            wall = time.perf_counter() - started
+            if executor is not None:
+                executor.shutdown(wait=True)
+            time.sleep(0.5)  # let the listeners' last bookkeeping finish before the store closes
+        finally:
+            delete = getattr(store, "delete_namespace", None)
+            if delete is not None:
+                delete()
+            gateway.close()
+    return label, f"{questions} from {users} users", f"{wall:.2f} s (all acked after {acked:.2f} s)"
+
+
 def main() -> None:
     configure_logging("WARNING")
     rows = []
@@ -85,6 +142,13 @@ def main() -> None:
     print("|---|---|---|")
     for name, hits, false in rows:
         print(f"| {name} | {hits} | {false} |")
+    print()
+    runs = [concurrency(200, 50, None, "Penny (256 listener threads)"),
+            concurrency(25, 25, ThreadPoolExecutor(max_workers=5), "Bolt's default 5-thread pool")]
+    print("| bot | questions at once (upstream 1 s each) | all answered after |")
+    print("|---|---|---|")
+    for label, load, wall in runs:
+        print(f"| {label} | {load} | {wall} |")
 
 
 if __name__ == "__main__":

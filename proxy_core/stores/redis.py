@@ -203,11 +203,16 @@ class RedisStore(Store):
         timeout_s: float = 2.0,
         namespace: str = "penny",
         semantic_log_retain: int = SEMANTIC_LOG_RETAIN,
+        max_connections: int = 64,
     ) -> RedisStore:
         """Connect to ``redis://[:password@]host:port/db`` (or ``rediss://``, ``unix://``)."""
         try:
-            client = redis.Redis.from_url(
+            # A bot runs a thread per question in flight: they wait (up to the timeout) for one of
+            # a bounded set of connections instead of failing once the pool is full.
+            pool = redis.BlockingConnectionPool.from_url(
                 url,
+                max_connections=max_connections,
+                timeout=timeout_s,
                 socket_timeout=timeout_s,
                 socket_connect_timeout=timeout_s,
                 health_check_interval=30,
@@ -217,6 +222,7 @@ class RedisStore(Store):
                 # its timeout rather than redis-py's default ten backed-off attempts.
                 retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
             )
+            client = redis.Redis(connection_pool=pool)
         except ValueError as exc:
             # The URL is not echoed: it may carry a password.
             raise ConfigurationError(
