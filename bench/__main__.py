@@ -157,7 +157,7 @@ def main() -> int:
     print()
     from bench import bot, retrieval
 
-    retrieval.main()
+    retrieval.main([])
     print()
     bot.main()
     return 0
