@@ -509,7 +509,11 @@ def test_a_trimmed_log_resets_a_stale_cursor(store: Store, open_with_log: Callab
 def test_a_cursor_from_beyond_the_head_resets(store: Store) -> None:
     put(store, "a")
     cursor = store.semantic_changes(None).cursor
-    future = f"{int(cursor.split('-')[0]) + 10**6}-0" if "-" in cursor else str(int(cursor) + 10**6)
+    if "/" in cursor:  # Redis: "<log epoch>/<stream id>"
+        epoch, stream_id = cursor.split("/")
+        future = f"{epoch}/{int(stream_id.split('-')[0]) + 10**6}-0"
+    else:
+        future = str(int(cursor) + 10**6)
     assert store.semantic_changes(future).reset
 
 

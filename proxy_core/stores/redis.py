@@ -95,12 +95,13 @@ _SEMANTIC_SCRIPTS = (
     "semantic_delete_where",
     "semantic_changes",
 )
-_SEMANTIC_KEYS = ("records", "answers", "last-used", "expires", "contexts", "log")
+_SEMANTIC_KEYS = ("records", "answers", "last-used", "expires", "contexts", "log", "epoch")
 # A record (the entry without id and answer): created_at, expires_at, then length-prefixed scope,
 # context and question, then the vector to the end. Lua reads its head with struct.unpack.
 _RECORD_HEAD = struct.Struct("<ddI")
 _LENGTH = struct.Struct("<I")
-_STREAM_ID = re.compile(r"[0-9]+-[0-9]+")
+# A cursor is "<log epoch>/<stream id>": the epoch changes whenever the log is recreated.
+_CURSOR = re.compile(r"(?P<epoch>[0-9.]*)/(?P<id>[0-9]+-[0-9]+)")
 _RAW: dict[str, Any] = {NEVER_DECODE: []}  # execute_command option: return the reply undecoded
 
 _LEDGER_FIELDS = tuple(f.name for f in fields(LedgerEntry))
@@ -571,22 +572,26 @@ class RedisStore(Store):
 
     @_translated("read the semantic change log")
     def semantic_changes(self, cursor: str | None, *, block_s: float = 0.0, limit: int = 1000) -> SemanticChanges:
-        if cursor is not None and not _STREAM_ID.fullmatch(cursor):
+        parsed = None if cursor is None else _CURSOR.fullmatch(cursor)
+        if cursor is not None and parsed is None:
             raise ValueError(f"not a cursor of the Redis semantic change log: {cursor!r}")
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        changes = self._read_semantic_log(cursor, limit)
-        if cursor is None or changes.changes or changes.reset or block_s <= 0:
+        epoch, stream_id = (parsed["epoch"], parsed["id"]) if parsed is not None else ("", None)
+        changes = self._read_semantic_log(epoch, stream_id, limit)
+        if stream_id is None or changes.changes or changes.reset or block_s <= 0:
             return changes
-        self._wait_for_semantic_log(cursor, block_s)
-        return self._read_semantic_log(cursor, limit)
+        self._wait_for_semantic_log(stream_id, block_s)
+        return self._read_semantic_log(epoch, stream_id, limit)
 
-    def _read_semantic_log(self, cursor: str | None, limit: int) -> SemanticChanges:
-        reset, head, events = self._run_semantic("semantic_changes", [cursor or "", limit])
-        if cursor is None or int(reset):
-            return SemanticChanges(_text(head), reset=bool(int(reset)))
+    def _read_semantic_log(self, epoch: str, stream_id: str | None, limit: int) -> SemanticChanges:
+        reset, head, events, current = self._run_semantic("semantic_changes", [stream_id or "", limit, epoch])
+        current = _text(current)
+        if stream_id is None or int(reset):
+            return SemanticChanges(f"{current}/{_text(head)}", reset=bool(int(reset)))
         changes = tuple(_logged_change(fields) for _, fields in events)
-        return SemanticChanges(_text(events[-1][0]) if events else cursor, changes)
+        last = _text(events[-1][0]) if events else stream_id
+        return SemanticChanges(f"{current}/{last}", changes)
 
     def _wait_for_semantic_log(self, cursor: str, block_s: float) -> None:
         """Wait (XREAD BLOCK on a pooled connection of its own) until an event follows ``cursor``,

@@ -7,12 +7,15 @@
 --   KEYS[4] ZSET   entry id -> expires_at
 --   KEYS[5] ZSET   all scores 0; member = escaped context .. '\0\0' .. entry id (prefix index)
 --   KEYS[6] STREAM the change log replicas tail
+--   KEYS[7] STRING the log's epoch: set whenever the log is (re)created, part of every cursor, so a
+--                  cursor into a lost log is always recognised (stream ids alone can repeat)
 -- ARGV[3] is how many log events to keep (XADD MAXLEN ~, so at least that many).
 --
 -- A record is little-endian: created_at, expires_at (doubles), then scope, context and question,
 -- each a uint32 length and UTF-8 bytes, then the vector's bytes to the end.
 
 local RECORDS, ANSWERS, LAST_USED, EXPIRIES, CONTEXTS, LOG = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local EPOCH = KEYS[7]
 local RETAIN = ARGV[3]
 
 -- scope, context, expires_at of a record.
@@ -42,6 +45,9 @@ local function next_use()
 end
 
 local function log(...)
+  if redis.call('EXISTS', LOG) == 0 then
+    redis.call('SET', EPOCH, table.concat(redis.call('TIME'), '.'))
+  end
   redis.call('XADD', LOG, 'MAXLEN', '~', RETAIN, '*', ...)
 end
 

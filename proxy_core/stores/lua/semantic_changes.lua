@@ -1,7 +1,9 @@
--- Up to ARGV[5] change-log events after the cursor ARGV[4] (a stream id; '' = just the head).
--- Returns {reset (1/0), head, events}. reset = 1 when events after the cursor are gone (trimmed)
--- or the cursor belongs to a log that was lost (deleted, flushed, recreated): the caller reloads.
-local cursor, limit = ARGV[4], tonumber(ARGV[5])
+-- Up to ARGV[5] change-log events after the cursor ARGV[4] (a stream id; '' = just the head) of
+-- the log epoch ARGV[6]. Returns {reset (1/0), head, events, epoch}. reset = 1 when events after the
+-- cursor are gone (trimmed) or the cursor belongs to a log that was lost (deleted, flushed,
+-- recreated: another epoch): the caller reloads.
+local cursor, limit, cursor_epoch = ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local epoch = redis.call('GET', EPOCH) or ''
 
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
@@ -16,7 +18,7 @@ end
 
 if redis.call('EXISTS', LOG) == 0 then
   -- Nothing was ever logged, or the log was lost under a cursor that points into it.
-  return {(cursor ~= '' and cursor ~= '0-0') and 1 or 0, '0-0', {}}
+  return {(cursor ~= '' and cursor ~= '0-0') and 1 or 0, '0-0', {}, epoch}
 end
 
 local raw, info = redis.call('XINFO', 'STREAM', LOG), {}
@@ -25,7 +27,10 @@ for i = 1, #raw, 2 do
 end
 local head = info['last-generated-id']
 if cursor == '' then
-  return {0, head, {}}
+  return {0, head, {}, epoch}
+end
+if cursor_epoch ~= epoch and not (cursor == '0-0' and cursor_epoch == '') then
+  return {1, head, {}, epoch} -- a cursor into another life of the log
 end
 
 local first = info['first-entry'] and info['first-entry'][1]
@@ -43,6 +48,6 @@ else
   reset = first and before(cursor, first)
 end
 if reset then
-  return {1, head, {}}
+  return {1, head, {}, epoch}
 end
-return {0, head, redis.call('XRANGE', LOG, '(' .. cursor, '+', 'COUNT', limit)}
+return {0, head, redis.call('XRANGE', LOG, '(' .. cursor, '+', 'COUNT', limit), epoch}
