@@ -681,24 +681,21 @@ class Gateway:
         return max(0, round((self._clock() - started) * 1000))
 
 
+# Most specific first: the label of a failed request in metrics and logs.
+_OUTCOMES: tuple[tuple[type[BaseException], str], ...] = (
+    (RateLimited, "rate_limited"),
+    (BudgetExceeded, "over_budget"),
+    (CircuitOpen, "circuit_open"),
+    (RequestInFlight, "in_flight"),
+    (Refused, "refused"),
+    (UpstreamError, "upstream_error"),
+    (StoreError, "store_error"),
+    (PennyError, "error"),
+)
+
+
 def _outcome(exc: BaseException) -> str:
-    if isinstance(exc, RateLimited):
-        return "rate_limited"
-    if isinstance(exc, BudgetExceeded):
-        return "over_budget"
-    if isinstance(exc, CircuitOpen):
-        return "circuit_open"
-    if isinstance(exc, RequestInFlight):
-        return "in_flight"
-    if isinstance(exc, Refused):
-        return "refused"
-    if isinstance(exc, UpstreamError):
-        return "upstream_error"
-    if isinstance(exc, StoreError):
-        return "store_error"
-    if isinstance(exc, PennyError):
-        return "error"
-    return "crash"
+    return next((label for kind, label in _OUTCOMES if isinstance(exc, kind)), "crash")
 
 
 def _entry_fields(entry: LedgerEntry) -> dict[str, Any]:
