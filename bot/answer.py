@@ -48,6 +48,7 @@ PROMPT_VERSION = "penny-docs-1"  # bump when the prompt changes: cached answers 
 MAX_QUESTION_CHARS = 4000
 HISTORY_TOKENS = 2000
 EXCERPT_CHARS = 700
+EXTRACT_PASSAGES = 3
 
 SYSTEM_PROMPT = """You are Penny, the assistant for this team's internal docs.
 Answer the question using ONLY the numbered passages below. Cite every fact with the number of the
@@ -108,7 +109,7 @@ class AnswerService:
         if truncated:
             note = f"_(Your message was long; I read its first {MAX_QUESTION_CHARS:,} characters.)_\n\n"
         if self.gateway is None:
-            return Answer("extractive", note + self._extract(hits), citations,
+            return Answer("extractive", note + self._extract(hits), citations[:EXTRACT_PASSAGES],
                           "extractive answer: OPENAI_API_KEY is not set · no LLM call · $0")
         try:
             result = self.gateway.chat(
@@ -215,7 +216,7 @@ class AnswerService:
     def _extract(hits: list[Hit]) -> str:
         parts = ["I can't ask the LLM right now (no OPENAI_API_KEY), so here are the passages that best "
                  "match your question:"]
-        for n, hit in enumerate(hits[:3], 1):
+        for n, hit in enumerate(hits[:EXTRACT_PASSAGES], 1):
             body = hit.passage.text.strip()
             if len(body) > EXCERPT_CHARS:
                 body = body[:EXCERPT_CHARS].rsplit(" ", 1)[0] + " …"
