@@ -383,6 +383,9 @@ class Gateway:
         billed = self._billing_price(resp.model, price)
         cost = chat_cost(billed, resp.prompt_tokens, resp.cached_prompt_tokens, resp.completion_tokens)
         latency_ms = self._ms_since(started)
+        # A truncated or empty answer is not worth serving again.
+        cacheable = (scope is not None and isinstance(question, str) and bool(resp.content)
+                     and resp.finish_reason in (None, "stop"))
         result = ChatResult(
             request_id=request_id,
             content=resp.content,
@@ -395,7 +398,7 @@ class Gateway:
             cache_status="miss" if decision.status == "miss" else "bypass",
             cache_reason=decision.reason,
             similarity=decision.similarity,
-            cache_entry_id=request_id if scope is not None else None,
+            cache_entry_id=request_id if cacheable else None,
             latency_ms=latency_ms,
             attempts=attempts,
             finish_reason=resp.finish_reason,
@@ -411,8 +414,7 @@ class Gateway:
         self._count_spend("chat", resp.model, cost, resp.prompt_tokens, resp.cached_prompt_tokens,
                           resp.completion_tokens)
         self.metrics.requests.labels("chat", "ok", result.cache_status).inc()
-        # A truncated or empty answer is not worth serving again.
-        if scope is not None and isinstance(question, str) and resp.content and resp.finish_reason in (None, "stop"):
+        if cacheable and scope is not None and isinstance(question, str):
             answer = CachedAnswer(
                 entry_id=request_id,
                 content=resp.content,
