@@ -294,7 +294,9 @@ class VectorIndex:
                 index = self._scopes.get(scope)
                 if index is None:
                     index = self._scopes[scope] = ScopeIndex(self.dims, ivf_min=self._ivf_min, nprobe=self._nprobe)
-                index.add_many(labels, vectors[positions])
+                # One scope holding every row (a start-up load) takes the matrix itself, not a copy.
+                rows = vectors if len(by_scope) == 1 else vectors[positions]
+                index.add_many(labels, rows)
 
     def remove(self, entry_id: str) -> IndexedEntry | None:
         with self._lock:
