@@ -295,8 +295,7 @@ class VectorIndex:
                 if index is None:
                     index = self._scopes[scope] = ScopeIndex(self.dims, ivf_min=self._ivf_min, nprobe=self._nprobe)
                 # One scope holding every row (a start-up load) takes the matrix itself, not a copy.
-                rows = vectors if len(by_scope) == 1 else vectors[positions]
-                index.add_many(labels, rows)
+                index.add_many(labels, vectors if len(by_scope) == 1 else vectors[positions])
 
     def remove(self, entry_id: str) -> IndexedEntry | None:
         with self._lock:
