@@ -26,6 +26,7 @@ from contextvars import ContextVar
 from typing import Any, Protocol, TypeVar
 
 from proxy_core import budget as budget_math
+from proxy_core.alerts import BudgetAlert, BudgetAlerter
 from proxy_core.breaker import BreakerPolicy, BreakerState, Permit
 from proxy_core.cache import CacheAs, CachedAnswer, CacheDecision, CacheLayer, CacheScope, ExactCache
 from proxy_core.clock import Clock, Sleep
@@ -101,7 +102,10 @@ class Gateway:
         sleep: Sleep = time.sleep,
         rand: Callable[[], float] = random.random,
         breaker_name: str = "openai",
+        on_budget_alert: Callable[[BudgetAlert], None] | None = None,
     ) -> None:
+        """``on_budget_alert`` is called (on the request's thread) once per period for each budget
+        line reaching 50%, 80% and 100%; it must not block for long, and its failures are logged."""
         self.settings = settings
         self.store = store
         self.upstream = upstream
@@ -136,6 +140,8 @@ class Gateway:
         # A claim must outlive the longest the pipeline can take, or a retry could run it twice.
         self._claim_ttl_s = settings.retry_deadline_s + settings.request_timeout_s + 30.0
         self._log = get_logger()
+        self._on_budget_alert = on_budget_alert
+        self._alerter = BudgetAlerter(store) if on_budget_alert is not None else None
 
     @classmethod
     def from_settings(
@@ -403,7 +409,7 @@ class Gateway:
             attempts=attempts,
             finish_reason=resp.finish_reason,
         )
-        self._settle(
+        settled = self._settle(
             self._entry(request_id, workspace_id, user_id, resp.model, "chat", result.cache_status,
                         resp.prompt_tokens, resp.cached_prompt_tokens, resp.completion_tokens,
                         cost, 0, latency_ms, attempts),
@@ -411,6 +417,8 @@ class Gateway:
             lines,
             result.to_json(),
         )
+        if settled:
+            self._budget_alerts(workspace_id, user_id, request_id, lines, cost)
         self._count_spend("chat", resp.model, cost, resp.prompt_tokens, resp.cached_prompt_tokens,
                           resp.completion_tokens)
         self.metrics.requests.labels("chat", "ok", result.cache_status).inc()
@@ -506,13 +514,15 @@ class Gateway:
             latency_ms=latency_ms,
             attempts=attempts,
         )
-        self._settle(
+        settled = self._settle(
             self._entry(request_id, workspace_id, user_id, resp.model, "embedding", "bypass",
                         resp.prompt_tokens, 0, 0, cost, 0, latency_ms, attempts),
             request_id,
             lines,
             result.to_json(),
         )
+        if settled:
+            self._budget_alerts(workspace_id, user_id, request_id, lines, cost)
         self._count_spend("embedding", resp.model, cost, resp.prompt_tokens, 0, 0)
         self.metrics.requests.labels("embedding", "ok", "bypass").inc()
         self._log.info("embedding_done", request_id=request_id, model=resp.model, inputs=len(inputs),
@@ -620,21 +630,44 @@ class Gateway:
         reservation_id: str | None,
         lines: Sequence[budget_math.BudgetLine],
         result: str,
-    ) -> None:
+    ) -> bool:
+        """True when this call wrote the ledger entry (False: already settled, or the store failed)."""
         # Upstream has answered and been paid: the answer must reach the user even if the store is
         # briefly unavailable. Try a few times, then log the full entry for reconciliation.
         for attempt in range(3):
             try:
-                self.store.settle(
+                return self.store.settle(
                     entry, reservation_id=reservation_id, lines=lines, result=result,
                     result_ttl_s=self.settings.idempotency_ttl_s,
                 )
-                return
             except StoreError as exc:
                 if attempt == 2:
                     self._log.error("ledger_write_failed", error=str(exc), **_entry_fields(entry))
-                    return
+                    return False
                 self._sleep(0.05 * (attempt + 1))
+        return False
+
+    def _budget_alerts(
+        self, workspace_id: str, user_id: str, request_id: str,
+        lines: Sequence[budget_math.BudgetLine], cost: int,
+    ) -> None:
+        """Deliver the budget alerts this settled call triggered. Never raises into the request."""
+        if self._alerter is None or self._on_budget_alert is None or cost <= 0:
+            return
+        try:
+            alerts = self._alerter.after_settle(workspace_id, user_id, lines, cost)
+        except Exception as exc:
+            self._log.warning("budget_alert_failed", request_id=request_id, error=str(exc))
+            return
+        for alert in alerts:
+            self._log.info("budget_alert", request_id=request_id, workspace_id=workspace_id,
+                           user_id=alert.user_id, scope=alert.scope, threshold=alert.threshold,
+                           period=alert.period, spent_micros=alert.spent, limit_micros=alert.limit)
+            try:
+                self._on_budget_alert(alert)
+            except Exception as exc:
+                self._log.warning("budget_alert_failed", request_id=request_id, scope=alert.scope,
+                                  threshold=alert.threshold, error=str(exc))
 
     # -- helpers --------------------------------------------------------------------------------
 

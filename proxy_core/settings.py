@@ -203,6 +203,10 @@ class PennySettings(BaseSettings):
     admin_user_ids: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Slack user IDs allowed to see team-wide spend, comma-separated."
     )
+    alert_channel: str | None = Field(
+        None,
+        description="Slack channel ID that gets budget alerts (50%, 80%, 100% of a budget); unset = DM each admin.",
+    )
     docs_dir: Path = Field(Path("examples/docs"), description="The docs folder Penny answers from.")
     docs_base_url: str | None = Field(
         None, description="Base URL that turns a doc path into a link in citations (e.g. a repo or wiki)."
@@ -256,7 +260,7 @@ class PennySettings(BaseSettings):
 
     @field_validator(
         "openai_base_url", "openai_api_key", "slack_bot_token", "slack_app_token", "slack_signing_secret",
-        "slack_api_url", mode="before",
+        "slack_api_url", "alert_channel", mode="before",
     )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
