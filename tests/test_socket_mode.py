@@ -1,0 +1,72 @@
+"""Socket Mode: envelopes handed to Penny's real Socket Mode handler (Bolt's adapter) reach the real
+app and service; Slack's redeliveries (``retry_attempt``) never produce a second answer. Only the
+WebSocket transport is replaced, by a recorder of the acknowledgements Penny sends back."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from slack_sdk.socket_mode.request import SocketModeRequest
+from slack_sdk.socket_mode.response import SocketModeResponse
+
+from bot.slack.app import socket_mode_handler
+from tests.fake_openai import FakeOpenAI
+from tests.fake_slack import FakeSlack
+from tests.test_bot_e2e import Bot, make_bot
+from tests.test_slack_app import event_body, mention
+
+
+class Transport:
+    """Stands in for the WebSocket: records the envelope acknowledgements."""
+
+    def __init__(self) -> None:
+        self.acks: list[SocketModeResponse] = []
+        self.logger = logging.getLogger("tests.socket_mode")
+
+    def send_socket_mode_response(self, response: SocketModeResponse) -> None:
+        self.acks.append(response)
+
+
+@pytest.fixture
+def openai() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+def slack() -> Iterator[FakeSlack]:
+    with FakeSlack() as server:
+        yield server
+
+
+@pytest.fixture
+def bot(slack: FakeSlack, openai: FakeOpenAI, tmp_path: Path) -> Iterator[Bot]:
+    b = make_bot(slack, openai, tmp_path)
+    yield b
+    b.gateway.close()
+
+
+def envelope(event: dict[str, Any], event_id: str, envelope_id: str, retry: int | None = None) -> SocketModeRequest:
+    payload = json.loads(event_body(event, event_id))
+    return SocketModeRequest(type="events_api", envelope_id=envelope_id, payload=payload,
+                             retry_attempt=retry, retry_reason="timeout" if retry else None)
+
+
+def test_a_socket_mode_event_is_acked_and_answered_once(bot: Bot, slack: FakeSlack, openai: FakeOpenAI) -> None:
+    handler = socket_mode_handler(bot.app, "xapp-test-not-a-real-token")
+    transport = Transport()
+    event = mention("<@UPENNY> where are the production logs?", ts="1700000100.000100")
+    handler.handle(transport, envelope(event, "EvSock", "env-1"))
+    handler.handle(transport, envelope(event, "EvSock", "env-2", retry=1))
+    handler.handle(transport, envelope(event, "EvSock", "env-3", retry=2))
+    assert [a.envelope_id for a in transport.acks] == ["env-1", "env-2", "env-3"]  # every delivery acked
+    assert slack.count("chat.postMessage") == 1
+    post = slack.last("chat.postMessage")
+    assert post.params["thread_ts"] == "1700000100.000100"
+    assert "engineering/logs-and-observability.md" in json.dumps(post.params.get("blocks", ""))
+    assert openai.count("chat") == 1
