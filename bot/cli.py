@@ -85,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("--json", action="store_true", help="print JSON")
     usage.set_defaults(func=_cmd_usage)
 
+    cost = sub.add_parser("cost", help="the /cost report in the terminal: spend, budgets, headroom, trend")
+    _who(cost)
+    cost.add_argument("--team", action="store_true", help="the workspace's report (top users, models)")
+    cost.add_argument("--json", action="store_true", help="print one JSON object")
+    cost.set_defaults(func=_cmd_cost)
+
     check = sub.add_parser("check", help="validate settings, prices and the store, and say what is missing")
     check.set_defaults(func=_cmd_check)
 
@@ -299,6 +305,27 @@ def _cmd_usage(args: argparse.Namespace, settings: PennySettings, out: TextIO, _
         if user is None:
             for uid, t in sorted(summary.by_user.items(), key=lambda kv: -kv[1].cost_micros):
                 print(f"  user {uid:19} {_totals_line(t)}", file=out)
+    return 0
+
+
+def _cmd_cost(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
+    import time
+
+    from bot.cost import cost_report, team_report
+    from bot.slack.cost_blocks import blocks_to_text, cost_blocks, team_blocks
+
+    store = store_from_url(settings.store_url, timeout_s=settings.store_timeout_s)
+    try:
+        now = time.time()
+        if args.team:
+            team = team_report(store, settings, args.workspace, now)
+            data, blocks = team.to_json(), team_blocks(team)
+        else:
+            own = cost_report(store, settings, args.workspace, args.user, now)
+            data, blocks = own.to_json(), cost_blocks(own)
+    finally:
+        store.close()
+    print(json.dumps(data, indent=2) if args.json else blocks_to_text(blocks), file=out)
     return 0
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -38,6 +39,14 @@ from slack_sdk import WebClient
 from slack_sdk.http_retry import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 
 from bot.answer_types import Answer, Answerer, Question
+from bot.cost import CostReport, TeamReport, cost_report, is_admin, team_report
+from bot.slack.cost_blocks import (
+    cost_blocks,
+    help_blocks,
+    team_blocks,
+    team_refusal_blocks,
+)
+from bot.slack.cost_blocks import home_view as cost_home_view
 from bot.slack.render import (
     ACTION_FEEDBACK_DOWN,
     ACTION_FEEDBACK_UP,
@@ -54,6 +63,7 @@ from bot.slack.render import (
 )
 from proxy_core.errors import StoreError
 from proxy_core.log import get_logger
+from proxy_core.settings import PennySettings
 from proxy_core.stores.base import Store
 from proxy_core.tokens import estimate_text_tokens
 
@@ -107,6 +117,7 @@ BOT_SCOPES: Final[Mapping[str, str]] = {
     "mpim:history": "conversations.replies for a mention in a group DM",
     "reactions:write": "reactions.add / reactions.remove (the eyes reaction while working)",
     "commands": "the /cost slash command",
+    "users:read": "users.info (is the caller a workspace admin or owner, for /cost team)",
 }
 
 # Subtypes that are still a person writing (a reply also sent to the channel, a message with a file).
@@ -146,11 +157,15 @@ def build_app(
     client: WebClient | None = None,
     on_feedback: FeedbackCallback | None = None,
     listener_executor: Executor | None = None,
+    cost_settings: PennySettings | None = None,
+    wall: Callable[[], float] = time.time,
 ) -> App:
     """Penny's Bolt app. ``client`` defaults to :func:`make_client`; ``on_feedback`` gets 👍/👎 clicks.
 
     Listeners run after the ack, on ``listener_executor`` (Bolt's own thread pool by default; tests
-    pass theirs so they can wait for every listener to finish).
+    pass theirs so they can wait for every listener to finish). ``cost_settings`` gives ``/cost`` and
+    the App Home their budgets, rate limits and admins (defaults: no caps, default limits, only the
+    admins in ``settings``); ``wall`` is the clock that picks today and this month.
     """
     web_client = client if client is not None else make_client(settings)
     # The bot's own IDs come from auth.test on the first request (Bolt caches it), not at start-up.
@@ -160,10 +175,13 @@ def build_app(
         token_verification_enabled=False,
         listener_executor=listener_executor,
     )
-    penny = _Penny(answerer=answerer, store=store, on_feedback=on_feedback)
+    costs = cost_settings if cost_settings is not None else PennySettings.model_construct()
+    admins = _Admins(frozenset(settings.admin_user_ids) | frozenset(costs.admin_user_ids))
+    penny = _Penny(answerer=answerer, store=store, on_feedback=on_feedback, costs=costs, admins=admins, wall=wall)
     app.event("app_mention")(penny.on_mention)
     app.event("message")(penny.on_message)
     app.event("app_home_opened")(penny.on_home_opened)
+    app.command("/cost")(penny.on_cost)
     app.action(ACTION_FEEDBACK_UP)(penny.on_feedback_up)
     app.action(ACTION_FEEDBACK_DOWN)(penny.on_feedback_down)
     app.action(ACTION_FRESH_ANSWER)(penny.on_fresh_answer)
@@ -313,6 +331,13 @@ def home_view() -> dict[str, Any]:
 # Listeners
 
 
+@dataclass(frozen=True, slots=True)
+class _Admins:
+    """Penny's own admins (``PENNY_ADMIN_USER_IDS``), in the shape :func:`bot.cost.is_admin` reads."""
+
+    admin_user_ids: frozenset[str]
+
+
 @dataclass(frozen=True)
 class _Target:
     """Where one question came from and where its answer goes."""
@@ -325,10 +350,22 @@ class _Target:
 
 
 class _Penny:
-    def __init__(self, *, answerer: Answerer, store: Store, on_feedback: FeedbackCallback | None) -> None:
+    def __init__(
+        self,
+        *,
+        answerer: Answerer,
+        store: Store,
+        on_feedback: FeedbackCallback | None,
+        costs: PennySettings,
+        admins: _Admins,
+        wall: Callable[[], float],
+    ) -> None:
         self.answerer = answerer
         self.store = store
         self.on_feedback = on_feedback
+        self.costs = costs
+        self.admins = admins
+        self.wall = wall
 
     # -- events --------------------------------------------------------------------------
 
@@ -376,13 +413,72 @@ class _Penny:
         except Exception as exc:
             _log.exception("slack.message_failed", event_id=body.get("event_id"), error=exc)
 
-    def on_home_opened(self, event: dict[str, Any], client: WebClient) -> None:
+    def on_home_opened(self, body: dict[str, Any], event: dict[str, Any], context: BoltContext,
+                       client: WebClient) -> None:
+        """Publish the viewer's cost dashboard (and the team's, for admins), fresh on every open."""
         if event.get("tab") != "home" or not event.get("user"):
             return
+        user = str(event["user"])
         try:
-            client.views_publish(user_id=str(event["user"]), view=home_view())
+            workspace = self._workspace(body, context)
+            own, team = self._reports(workspace, user, team=self._is_admin(client, user))
+            view = cost_home_view(own, team)
+        except Exception as exc:  # the store is down: the plain home tab still explains Penny
+            _log.warning("slack.home_report_failed", error=exc)
+            view = home_view()
+        try:
+            client.views_publish(user_id=user, view=view)
         except Exception as exc:
             _log.warning("slack.home_failed", error=exc)
+
+    # -- the /cost command ---------------------------------------------------------------
+
+    def on_cost(self, ack: Ack, command: dict[str, Any], respond: Respond, client: WebClient) -> None:
+        """``/cost`` (own numbers), ``/cost team`` (admins), ``/cost help``; ack first, then compute."""
+        ack()
+        user = str(command.get("user_id") or "")
+        workspace = str(command.get("team_id") or "")
+        words = str(command.get("text") or "").strip().lower().split()
+        arg = words[0] if words else ""
+        try:
+            if len(words) > 1 or arg not in ("", "me", "team"):  # help, or anything unknown
+                blocks = help_blocks()
+            elif arg == "team":
+                admin = self._is_admin(client, user)
+                own, team = self._reports(workspace, user, team=admin)
+                blocks = team_blocks(team) if team is not None else team_refusal_blocks(own)
+            else:
+                own, _ = self._reports(workspace, user, team=False)
+                blocks = cost_blocks(own)
+        except Exception as exc:
+            _log.exception("slack.cost_failed", error=exc)
+            blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": FAILED_TEXT}}]
+        try:
+            if command.get("response_url"):
+                respond(blocks=blocks, text=message_text(blocks), response_type="ephemeral")
+            else:
+                client.chat_postEphemeral(
+                    channel=str(command.get("channel_id") or ""), user=user, blocks=blocks, text=message_text(blocks)
+                )
+        except Exception as exc:
+            _log.warning("slack.cost_reply_failed", error=exc)
+
+    def _reports(self, workspace: str, user: str, *, team: bool) -> tuple[CostReport, TeamReport | None]:
+        now = self.wall()
+        own = cost_report(self.store, self.costs, workspace, user, now)
+        return own, team_report(self.store, self.costs, workspace, now) if team else None
+
+    def _is_admin(self, client: WebClient, user: str) -> bool:
+        if not user:
+            return False
+        if is_admin(user, self.admins, None):
+            return True  # a Penny admin: no Slack call needed
+        try:
+            info = client.users_info(user=user).data
+        except Exception as exc:  # unknown means no: nobody sees team spend by accident
+            _log.warning("slack.users_info_failed", error=exc)
+            return False
+        return isinstance(info, dict) and is_admin(user, self.admins, info)
 
     # -- actions -------------------------------------------------------------------------
 

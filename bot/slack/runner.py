@@ -44,9 +44,11 @@ def penny_app(
     *,
     client: WebClient | None = None,
     listener_executor: Executor | None = None,
+    settings: PennySettings | None = None,
 ) -> App:
     """The Bolt app wired to the gateway: a 👎 evicts the cached answer it was given on, at once,
-    for every replica. Listeners run on a wide pool: each waits on an LLM call, not on a CPU."""
+    for every replica. Listeners run on a wide pool: each waits on an LLM call, not on a CPU.
+    ``settings`` gives ``/cost`` and the App Home the budgets, rate limits and admins."""
     from bot.slack.app import build_app
 
     def on_feedback(user_id: str, entry_id: str, up: bool) -> None:
@@ -59,6 +61,7 @@ def penny_app(
         settings=config,
         client=client,
         on_feedback=on_feedback,
+        cost_settings=settings,
         listener_executor=listener_executor or ThreadPoolExecutor(max_workers=LISTENER_THREADS,
                                                                   thread_name_prefix="penny-slack"),
     )
@@ -72,7 +75,7 @@ def run_slack(
     from bot.slack.app import run_http, run_socket_mode
 
     config = slack_settings(settings)
-    app = penny_app(answerer, store, gateway, config)
+    app = penny_app(answerer, store, gateway, config, settings=settings)
     if http:
         print(f"Penny is listening for Slack events on http://0.0.0.0:{port}/slack/events", file=out, flush=True)
         run_http(app, port)

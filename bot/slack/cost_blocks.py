@@ -1,0 +1,205 @@
+"""Block Kit for ``/cost`` and the App Home: pure functions of :mod:`bot.cost` reports.
+
+Every message stays within Slack's limits (at most 50 blocks, section text at most 3,000
+characters). Users appear as ``<@U…>`` mentions, which Slack shows as names to the reader.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from bot.cost import BudgetStatus, CostReport, Headroom, TeamReport, sparkline
+from bot.slack.render import MAX_BLOCKS, SECTION_TEXT_LIMIT, Block
+from proxy_core.money import format_usd
+from proxy_core.stores.base import UsageTotals
+
+__all__ = [
+    "USAGE_TEXT",
+    "blocks_to_text",
+    "cost_blocks",
+    "help_blocks",
+    "home_view",
+    "team_blocks",
+    "team_refusal_blocks",
+]
+
+USAGE_TEXT: Final = (
+    "*`/cost`* — what your questions to Penny cost today and this month, your budget left and your "
+    "rate-limit headroom (only you see it).\n"
+    "*`/cost team`* — the whole workspace: top spenders, models, money saved by the cache "
+    "(workspace admins and Penny admins only).\n"
+    "*`/cost help`* — this message.\n"
+    "The same numbers are on Penny's *Home* tab."
+)
+REFUSAL_TEXT: Final = (
+    ":lock: The team view is for workspace admins and Penny admins. Here are your own numbers."
+)
+_SLACK_ID: Final = re.compile(r"[UW][A-Z0-9]+")
+_MENTION: Final = re.compile(r"<@([A-Z0-9]+)(?:\|[^>]*)?>")
+
+
+def help_blocks() -> list[Block]:
+    return [_section(USAGE_TEXT)]
+
+
+def cost_blocks(report: CostReport) -> list[Block]:
+    """One user's numbers: today, this month, budgets, headroom and the 14-day trend."""
+    blocks: list[Block] = [
+        _header("Your Penny costs"),
+        _section(
+            f"*Today* ({report.day})\n{_totals(report.today)}\n"
+            f"*This month* ({report.month})\n{_totals(report.this_month)}"
+        ),
+        _section(
+            "\n".join(
+                [
+                    _budget_line("Your daily budget", report.user_daily, report.now),
+                    # Without a cap, what the workspace spent is team data: only admins see it.
+                    _budget_line("Workspace monthly budget", report.workspace_monthly, report.now, show_spent=False),
+                    _headroom_line(report.headroom),
+                ]
+            )
+        ),
+        _trend_block(report.trend, report.trend_days),
+    ]
+    return _bounded(blocks)
+
+
+def team_blocks(report: TeamReport) -> list[Block]:
+    """The workspace's numbers, for admins."""
+    blocks: list[Block] = [
+        _header("Team Penny costs"),
+        _section(
+            f"*Today* ({report.day})\n{_totals(report.today)}\n"
+            f"*This month* ({report.month})\n{_totals(report.this_month)}\n"
+            + _budget_line("Workspace monthly budget", report.workspace_monthly, report.now)
+        ),
+    ]
+    if report.top_users:
+        lines = [
+            f"{rank}. {_who(user)} — {format_usd(t.cost_micros)} · {t.requests:,} questions · "
+            f"saved {format_usd(t.saved_micros)}"
+            for rank, (user, t) in enumerate(report.top_users, 1)
+        ]
+        blocks.append(_section("*Top users this month*\n" + "\n".join(lines)))
+    if report.by_model:
+        lines = [
+            f"`{model}` — {format_usd(t.cost_micros)} · {t.requests:,} calls · "
+            f"{t.prompt_tokens + t.completion_tokens:,} tokens"
+            for model, t in report.by_model
+        ]
+        blocks.append(_section("*By model this month*\n" + "\n".join(lines)))
+    blocks.append(_trend_block(report.trend, report.trend_days))
+    return _bounded(blocks)
+
+
+def team_refusal_blocks(own: CostReport) -> list[Block]:
+    """The polite no for ``/cost team`` from a non-admin, followed by their own numbers only."""
+    return _bounded([_section(REFUSAL_TEXT), *cost_blocks(own)])
+
+
+def home_view(own: CostReport, team: TeamReport | None) -> dict[str, Any]:
+    """The App Home: the viewer's dashboard, and the team's for admins."""
+    blocks: list[Block] = [
+        _section("*Penny* answers questions about the team's docs. DM me, or mention me in a channel."),
+        *cost_blocks(own),
+    ]
+    if team is not None:
+        blocks += [{"type": "divider"}, *team_blocks(team)]
+    blocks.append(_context(f"Updated {_when(own.now)} · `/cost help` for the slash command"))
+    return {"type": "home", "blocks": _bounded(blocks)}
+
+
+def blocks_to_text(blocks: Sequence[Block]) -> str:
+    """The readable text of ``blocks`` (for a terminal or a notification), mrkdwn marks removed."""
+    out: list[str] = []
+    for block in blocks:
+        kind = block.get("type")
+        if kind in ("header", "section"):
+            out.append(_plain(str(block["text"]["text"])))
+        elif kind == "context":
+            out.append(" ".join(_plain(str(e.get("text", ""))) for e in block["elements"]))
+        elif kind == "divider":
+            out.append("")
+    return "\n".join(out)
+
+
+# -- pieces ------------------------------------------------------------------------------------
+
+
+def _totals(t: UsageTotals) -> str:
+    tokens = t.prompt_tokens + t.completion_tokens
+    return (
+        f"{t.requests:,} questions · {tokens:,} tokens · *{format_usd(t.cost_micros)}* spent · "
+        f"cache {t.hit_rate:.0%} hits, saved {format_usd(t.saved_micros)}"
+    )
+
+
+def _budget_line(label: str, status: BudgetStatus, now: float, *, show_spent: bool = True) -> str:
+    left = status.left
+    if left is None:
+        return f"*{label}:* no cap" + (f" ({format_usd(status.spent)} spent)" if show_spent else "")
+    return (
+        f"*{label}:* {format_usd(left)} left of {format_usd(status.limit)} · "
+        f"resets {_when(status.resets_at)} (in {_duration(status.resets_at - now)})"
+    )
+
+
+def _headroom_line(h: Headroom) -> str:
+    parts = []
+    if h.requests_left is not None and h.request_burst is not None:
+        parts.append(f"{int(h.requests_left):,} of {int(h.request_burst):,} requests")
+    if h.tokens_left is not None and h.token_burst is not None:
+        parts.append(f"{int(h.tokens_left):,} of {int(h.token_burst):,} tokens")
+    return "*Rate limit now:* " + (" · ".join(parts) if parts else "unlimited")
+
+
+def _trend_block(trend: Sequence[int], days: Sequence[str]) -> Block:
+    first, last = (days[0], days[-1]) if days else ("", "")
+    return _context(
+        f"Last {len(trend)} days `{sparkline(tuple(trend))}` {format_usd(sum(trend))} ({first} → {last})"
+    )
+
+
+def _who(user_id: str) -> str:
+    return f"<@{user_id}>" if _SLACK_ID.fullmatch(user_id) else f"`{user_id}`"
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _duration(seconds: float) -> str:
+    minutes = max(0, int(seconds + 59) // 60)
+    days, rest = divmod(minutes, 24 * 60)
+    hours, mins = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {mins}m"
+    return f"{mins}m"
+
+
+def _header(text: str) -> Block:
+    return {"type": "header", "text": {"type": "plain_text", "text": text[:150]}}
+
+
+def _section(mrkdwn: str) -> Block:
+    if len(mrkdwn) > SECTION_TEXT_LIMIT:
+        mrkdwn = mrkdwn[: SECTION_TEXT_LIMIT - 1] + "…"
+    return {"type": "section", "text": {"type": "mrkdwn", "text": mrkdwn}}
+
+
+def _context(mrkdwn: str) -> Block:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": mrkdwn[:SECTION_TEXT_LIMIT]}]}
+
+
+def _bounded(blocks: list[Block]) -> list[Block]:
+    return blocks[:MAX_BLOCKS]
+
+
+def _plain(mrkdwn: str) -> str:
+    return _MENTION.sub(r"\1", mrkdwn).replace("*", "").replace("`", "")
