@@ -370,8 +370,11 @@ class _Session:
     def __init__(self, settings: PennySettings) -> None:
         from bot.docs.index import DocsIndex
         from bot.service import index_docs, open_answer_service
+        from bot.slack.runner import AlertRelay
 
-        self.gateway = Gateway.from_settings(settings) if settings.openai_api_key is not None else None
+        self.alerts = AlertRelay(settings)
+        self.gateway = (Gateway.from_settings(settings, on_budget_alert=self.alerts)
+                        if settings.openai_api_key is not None else None)
         self.store = self.gateway.store if self.gateway is not None else store_from_url(
             settings.store_url, timeout_s=settings.store_timeout_s)
         try:
@@ -390,6 +393,7 @@ class _Session:
         self.close()
 
     def close(self) -> None:
+        self.alerts.close()
         if self.gateway is not None:
             self.gateway.close()
         else:
@@ -424,7 +428,7 @@ def _run_slack(session: _Session, settings: PennySettings, args: argparse.Namesp
     from bot.slack.runner import run_slack
 
     return run_slack(session.service, session.store, session.gateway, settings, http=args.http, port=args.port,
-                     out=out)
+                     out=out, alerts=session.alerts)
 
 
 def store_kind(url: str) -> str:

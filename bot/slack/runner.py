@@ -14,11 +14,12 @@ if TYPE_CHECKING:
     from slack_sdk import WebClient
 
     from bot.slack.app import SlackSettings
+    from proxy_core.alerts import BudgetAlert
     from proxy_core.gateway import Gateway
 
 LISTENER_THREADS = 256
 
-__all__ = ["penny_app", "run_slack", "slack_settings"]
+__all__ = ["AlertRelay", "penny_app", "run_slack", "slack_settings"]
 
 
 def slack_settings(settings: PennySettings) -> SlackSettings:
@@ -67,15 +68,58 @@ def penny_app(
     )
 
 
+class AlertRelay:
+    """Budget alerts to Slack: a DM to each admin (``PENNY_ADMIN_USER_IDS``), or one post in
+    ``PENNY_ALERT_CHANNEL``. Posts go out from a worker thread, never the asker's request thread;
+    until a Slack client is attached (terminal chat), alerts are only logged."""
+
+    def __init__(self, settings: PennySettings) -> None:
+        self._settings = settings
+        self._client: WebClient | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="penny-alerts")
+
+    def attach(self, client: WebClient) -> None:
+        self._client = client
+
+    def __call__(self, alert: BudgetAlert) -> None:
+        self._pool.submit(self._send, alert)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def _send(self, alert: BudgetAlert) -> None:
+        from slack_sdk.errors import SlackApiError
+
+        from proxy_core.alerts import alert_text
+        from proxy_core.log import get_logger
+
+        log = get_logger()
+        if self._client is None:
+            log.info("budget_alert_not_sent", reason="no Slack client", threshold=alert.threshold, scope=alert.scope)
+            return
+        channel = self._settings.alert_channel
+        targets = [channel] if channel else list(self._settings.admin_user_ids)
+        if not targets:
+            log.warning("budget_alert_not_sent", reason="no PENNY_ADMIN_USER_IDS or PENNY_ALERT_CHANNEL")
+        text = alert_text(alert, mention=True)
+        for target in targets:
+            try:
+                self._client.chat_postMessage(channel=target, text=text)
+            except SlackApiError as exc:
+                log.warning("budget_alert_failed", target=target, error=str(exc.response.get("error")))
+
+
 def run_slack(
     answerer: Answerer, store: Store, gateway: Gateway | None, settings: PennySettings, *, http: bool, port: int,
-    out: TextIO,
+    out: TextIO, alerts: AlertRelay | None = None,
 ) -> int:
     """Serve Slack until interrupted. Tokens are never printed."""
     from bot.slack.app import run_http, run_socket_mode
 
     config = slack_settings(settings)
     app = penny_app(answerer, store, gateway, config, settings=settings)
+    if alerts is not None:
+        alerts.attach(app.client)
     if http:
         print(f"Penny is listening for Slack events on http://0.0.0.0:{port}/slack/events", file=out, flush=True)
         run_http(app, port)
