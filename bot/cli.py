@@ -91,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     cost.add_argument("--json", action="store_true", help="print one JSON object")
     cost.set_defaults(func=_cmd_cost)
 
+    feedback = sub.add_parser("feedback", help="👍/👎 on answers, counted per page and per user")
+    feedback.add_argument("--workspace", default=LOCAL_WORKSPACE, help="the Slack workspace (team) ID")
+    feedback.add_argument("--json", action="store_true", help="print JSON")
+    feedback.set_defaults(func=_cmd_feedback)
+
     check = sub.add_parser("check", help="validate settings, prices and the store, and say what is missing")
     check.set_defaults(func=_cmd_check)
 
@@ -276,6 +281,26 @@ def _cmd_run(args: argparse.Namespace, settings: PennySettings, out: TextIO, std
             if not line or not line.strip():
                 return 0
             session.ask(line.strip(), args.user, args.workspace, out, fresh=False)
+
+
+def _cmd_feedback(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
+    from bot.feedback import feedback_counts
+
+    store = store_from_url(settings.store_url, timeout_s=settings.store_timeout_s)
+    try:
+        counts = feedback_counts(store, args.workspace)
+    finally:
+        store.close()
+    if args.json:
+        print(counts.to_json(), file=out)
+        return 0
+    print(f"feedback in {args.workspace}: 👍 {counts.total.up} · 👎 {counts.total.down}", file=out)
+    for title, table in (("pages", counts.by_page), ("users", counts.by_user)):
+        if table:
+            print(f"  by {title[:-1]}:", file=out)
+        for name, tally in sorted(table.items(), key=lambda kv: (-kv[1].down, kv[0])):
+            print(f"    {name:40} 👍 {tally.up:<4} 👎 {tally.down}", file=out)
+    return 0
 
 
 def _cmd_usage(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:

@@ -455,3 +455,23 @@ def test_cache_stats_and_clear(fake: FakeOpenAI) -> None:
     assert penny("cache", "stats")[1].startswith("0 cached answers")
     penny("ask", QUESTION)
     assert fake.count("chat") == 2
+
+
+def test_feedback_lists_votes_per_page_and_user(isolated: str) -> None:
+    from bot.feedback import record_feedback
+
+    store = store_from_url(isolated)
+    try:
+        record_feedback(store, "T1", "ev1", "U1", up=True, pages=["a.md", "b.md"], at=0.0)
+        record_feedback(store, "T1", "ev1", "U2", up=False, pages=["a.md", "b.md"], at=0.0)
+        record_feedback(store, "T2", "ev9", "U3", up=False, pages=["c.md"], at=0.0)
+    finally:
+        store.close()
+    code, out = penny("feedback", "--workspace", "T1", "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["total"] == {"up": 1, "down": 1}
+    assert report["by_page"] == {"a.md": {"up": 1, "down": 1}, "b.md": {"up": 1, "down": 1}}
+    assert set(report["by_user"]) == {"U1", "U2"}
+    code, out = penny("feedback", "--workspace", "T1")
+    assert code == 0 and "👍 1 · 👎 1" in out and "a.md" in out

@@ -731,3 +731,36 @@ def test_every_subscribed_event_reaches_a_listener(penny: Harness, fake: FakeSla
     penny.settle()
     assert fake.count("chat.postMessage") == 4
     assert fake.count("views.publish") == 1
+
+
+def test_votes_are_stored_with_the_answer_pages_and_counted_per_page_and_user(
+    fake: FakeSlack, sqlite_store: SqliteStore
+) -> None:
+    from bot.feedback import feedback_counts
+
+    penny = Harness(fake, sqlite_store, ScriptedAnswerer(ANSWER))
+    try:
+        answer_ts = _answer_ts(fake)
+        _answered(penny, fake)
+        fake.wait_for("reactions.remove")
+        up = {"action_id": ACTION_FEEDBACK_UP, "block_id": "penny_feedback", "value": "entry-1"}
+        down = {"action_id": ACTION_FEEDBACK_DOWN, "block_id": "penny_feedback", "value": "entry-1"}
+        penny.action(block_action(up, message_ts=answer_ts, user="U1"))
+        penny.action(block_action(down, message_ts=answer_ts, user="U2"))
+    finally:
+        penny.settle()
+    counts = feedback_counts(sqlite_store, TEAM)
+    assert (counts.total.up, counts.total.down) == (1, 1)
+    assert {u: (t.up, t.down) for u, t in counts.by_user.items()} == {"U1": (1, 0), "U2": (0, 1)}
+    pages = {c.path for c in ANSWER.citations}
+    assert {p: (t.up, t.down) for p, t in counts.by_page.items()} == {p: (1, 1) for p in pages}
+
+
+def test_a_second_vote_by_the_same_person_replaces_the_first(sqlite_store: SqliteStore) -> None:
+    from bot.feedback import feedback_counts, record_feedback
+
+    record_feedback(sqlite_store, TEAM, "entry-1", "U1", up=True, pages=["a.md"], at=1.0)
+    record_feedback(sqlite_store, TEAM, "entry-1", "U1", up=False, pages=["a.md"], at=2.0)
+    counts = feedback_counts(sqlite_store, TEAM)
+    assert (counts.total.up, counts.total.down) == (0, 1)
+    assert (counts.by_page["a.md"].up, counts.by_page["a.md"].down) == (0, 1)

@@ -40,6 +40,7 @@ from slack_sdk.http_retry import ConnectionErrorRetryHandler, RateLimitErrorRetr
 
 from bot.answer_types import Answer, Answerer, Question
 from bot.cost import CostReport, TeamReport, cost_report, is_admin, team_report
+from bot.feedback import record_feedback
 from bot.slack.cost_blocks import (
     cost_blocks,
     help_blocks,
@@ -608,7 +609,8 @@ class _Penny:
         messages[0] = _with_note(messages[0], note)
         last_ts = self._post(client, target, messages, texts)
         if answer.entry_id is not None and last_ts:
-            record = {"question": question, "cached": answer.cached, "thread_ts": target.thread_ts or ""}
+            record = {"question": question, "cached": answer.cached, "thread_ts": target.thread_ts or "",
+                      "pages": [c.path for c in answer.citations]}
             self._remember(ANSWERS_SCOPE, f"{target.workspace_id}:{target.channel}:{last_ts}", json.dumps(record))
 
     def _post(
@@ -632,6 +634,17 @@ class _Penny:
             action = body["actions"][0]
             entry_id = str(action.get("value") or "")
             user = str(body["user"]["id"])
+            channel = str((body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id"))
+            message_ts = str((body.get("container") or {}).get("message_ts") or (body.get("message") or {}).get("ts"))
+            workspace = str((body.get("team") or {}).get("id") or body["user"].get("team_id") or "")
+            raw = self.store.cache_get(ANSWERS_SCOPE, f"{workspace}:{channel}:{message_ts}")
+            record = json.loads(raw) if raw else None
+            if entry_id:
+                pages = record.get("pages", []) if isinstance(record, dict) else []
+                try:
+                    record_feedback(self.store, workspace, entry_id, user, up=up, pages=pages, at=self.wall())
+                except StoreError as exc:
+                    _log.warning("slack.feedback_not_stored", error=exc)
             if self.on_feedback is not None and entry_id:
                 try:
                     self.on_feedback(user, entry_id, up)
@@ -639,11 +652,6 @@ class _Penny:
                     _log.exception("slack.feedback_callback_failed", error=exc)
             if up:
                 return
-            channel = str((body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id"))
-            message_ts = str((body.get("container") or {}).get("message_ts") or (body.get("message") or {}).get("ts"))
-            workspace = str((body.get("team") or {}).get("id") or body["user"].get("team_id") or "")
-            raw = self.store.cache_get(ANSWERS_SCOPE, f"{workspace}:{channel}:{message_ts}")
-            record = json.loads(raw) if raw else None
             if not isinstance(record, dict) or not record.get("cached") or not record.get("question"):
                 return
             thread_ts = str(record.get("thread_ts") or "")
