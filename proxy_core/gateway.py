@@ -409,7 +409,7 @@ class Gateway:
             attempts=attempts,
             finish_reason=resp.finish_reason,
         )
-        settled = self._settle(
+        self._settle(
             self._entry(request_id, workspace_id, user_id, resp.model, "chat", result.cache_status,
                         resp.prompt_tokens, resp.cached_prompt_tokens, resp.completion_tokens,
                         cost, 0, latency_ms, attempts),
@@ -417,8 +417,6 @@ class Gateway:
             lines,
             result.to_json(),
         )
-        if settled:
-            self._budget_alerts(workspace_id, user_id, request_id, lines, cost)
         self._count_spend("chat", resp.model, cost, resp.prompt_tokens, resp.cached_prompt_tokens,
                           resp.completion_tokens)
         self.metrics.requests.labels("chat", "ok", result.cache_status).inc()
@@ -514,15 +512,13 @@ class Gateway:
             latency_ms=latency_ms,
             attempts=attempts,
         )
-        settled = self._settle(
+        self._settle(
             self._entry(request_id, workspace_id, user_id, resp.model, "embedding", "bypass",
                         resp.prompt_tokens, 0, 0, cost, 0, latency_ms, attempts),
             request_id,
             lines,
             result.to_json(),
         )
-        if settled:
-            self._budget_alerts(workspace_id, user_id, request_id, lines, cost)
         self._count_spend("embedding", resp.model, cost, resp.prompt_tokens, 0, 0)
         self.metrics.requests.labels("embedding", "ok", "bypass").inc()
         self._log.info("embedding_done", request_id=request_id, model=resp.model, inputs=len(inputs),
@@ -631,12 +627,13 @@ class Gateway:
         lines: Sequence[budget_math.BudgetLine],
         result: str,
     ) -> bool:
-        """True when this call wrote the ledger entry (False: already settled, or the store failed)."""
+        """Write the ledger entry; a billed call that this settle wrote then checks budget alerts.
+        True when this call wrote the entry (False: already settled, or the store failed)."""
         # Upstream has answered and been paid: the answer must reach the user even if the store is
         # briefly unavailable. Try a few times, then log the full entry for reconciliation.
         for attempt in range(3):
             try:
-                return self.store.settle(
+                written = self.store.settle(
                     entry, reservation_id=reservation_id, lines=lines, result=result,
                     result_ttl_s=self.settings.idempotency_ttl_s,
                 )
@@ -645,6 +642,10 @@ class Gateway:
                     self._log.error("ledger_write_failed", error=str(exc), **_entry_fields(entry))
                     return False
                 self._sleep(0.05 * (attempt + 1))
+                continue
+            if written:
+                self._budget_alerts(entry.workspace_id, entry.user_id, entry.request_id, lines, entry.cost_micros)
+            return written
         return False
 
     def _budget_alerts(
