@@ -53,7 +53,7 @@ from proxy_core.stores.base import BucketSpec, LedgerEntry, Store, UsageSummary
 from proxy_core.tokens import estimate_chat_tokens, estimate_text_tokens
 from proxy_core.upstream import ChatResponse, EmbedResponse, OpenAIUpstream
 
-__all__ = ["Gateway", "Upstream"]
+__all__ = ["AnswerStream", "Gateway", "StreamingUpstream", "Upstream"]
 
 # Who the current chat call is for (user, workspace, request ID): the semantic cache's billed
 # embedder reads it, so a question's embedding is charged to the person who asked it.
@@ -79,6 +79,35 @@ class Upstream(Protocol):
     ) -> ChatResponse: ...
 
     def embed(self, *, model: str, inputs: list[str], dimensions: int | None = None) -> EmbedResponse: ...
+
+
+class StreamingUpstream(Upstream, Protocol):
+    """An upstream that can also stream a chat completion: ``on_delta`` gets each piece of the
+    answer's text as it arrives; the return value is the whole response, usage included."""
+
+    def chat_stream(
+        self,
+        *,
+        model: str,
+        messages: Sequence[Message],
+        max_tokens: int,
+        on_delta: Callable[[str], None],
+        temperature: float | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> ChatResponse: ...
+
+
+class AnswerStream(Protocol):
+    """Where a streamed answer goes while upstream writes it (the bot: a Slack message).
+
+    ``delta`` gets each new piece of text. ``restart`` is called before a retry when the failed
+    attempt had already sent text: what was shown so far is void and the answer starts over.
+    Only misses stream; a cache hit or a replay returns the whole answer without touching it.
+    """
+
+    def delta(self, text: str) -> None: ...
+
+    def restart(self) -> None: ...
 
 
 class Gateway:
@@ -239,13 +268,16 @@ class Gateway:
         channel_id: str | None = None,
         use_cache: bool = True,
         cache_as: CacheAs | None = None,
+        stream: AnswerStream | None = None,
     ) -> ChatResult:
         """Answer a chat completion for ``user_id`` in ``workspace_id``.
 
         ``request_id`` makes the call idempotent (the bot passes the Slack event ID). ``context``
         is the cache's context fingerprint; ``use_cache=False`` asks upstream even if an answer is
         cached (the fresh answer then replaces it). ``cache_as`` caches under a standalone question
-        when the messages carry more than it (the bot's retrieved passages).
+        when the messages carry more than it (the bot's retrieved passages). ``stream`` receives
+        the answer's text as upstream writes it, when upstream can stream (a miss only); the
+        result is the same either way.
         """
         if not messages:
             raise ValueError("messages must not be empty")
@@ -261,7 +293,7 @@ class Gateway:
                 ChatResult.from_json,
                 lambda: self._chat(
                     user_id, workspace_id, request_id, messages, model, price, max_tokens, temperature,
-                    context, channel_id, use_cache, cache_as,
+                    context, channel_id, use_cache, cache_as, stream,
                 ),
             )
         finally:
@@ -351,6 +383,7 @@ class Gateway:
         channel_id: str | None,
         use_cache: bool,
         cache_as: CacheAs | None,
+        stream: AnswerStream | None,
     ) -> ChatResult:
         started = self._clock()
         question = messages[-1].get("content") if cache_as is None else cache_as.question
@@ -378,8 +411,7 @@ class Gateway:
         worst = chat_cost(price, estimated, 0, max_tokens)
         lines = self._reserve(workspace_id, user_id, request_id, worst)
 
-        def attempt() -> ChatResponse:
-            return self.upstream.chat(model=model, messages=messages, max_tokens=max_tokens, temperature=temperature)
+        attempt = self._chat_attempt(model, messages, max_tokens, temperature, stream)
 
         try:
             resp, attempts = self._call_upstream("chat", attempt)
@@ -572,6 +604,39 @@ class Gateway:
             self.store.release(workspace_id, reservation_id, lines)
         except StoreError:
             self._log.warning("reservation_release_failed", request_id=reservation_id)  # it expires
+
+    def _chat_attempt(
+        self,
+        model: str,
+        messages: Sequence[Message],
+        max_tokens: int,
+        temperature: float | None,
+        stream: AnswerStream | None,
+    ) -> Callable[[], ChatResponse]:
+        """One upstream attempt at a chat completion, streamed into ``stream`` when both sides can."""
+        chat_stream = getattr(self.upstream, "chat_stream", None)
+        if stream is None or chat_stream is None:
+            return lambda: self.upstream.chat(model=model, messages=messages, max_tokens=max_tokens,
+                                              temperature=temperature)
+        sink = stream
+        shown = False  # whether an earlier attempt already sent text that a retry must void
+
+        def on_delta(text: str) -> None:
+            nonlocal shown
+            if text:
+                shown = True
+                sink.delta(text)
+
+        def attempt() -> ChatResponse:
+            nonlocal shown
+            if shown:
+                shown = False
+                sink.restart()
+            response: ChatResponse = chat_stream(model=model, messages=messages, max_tokens=max_tokens,
+                                                 on_delta=on_delta, temperature=temperature)
+            return response
+
+        return attempt
 
     def _call_upstream(self, kind: str, attempt: Callable[[], T]) -> tuple[T, int]:
         started = self._clock()
