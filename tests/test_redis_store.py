@@ -25,7 +25,7 @@ from proxy_core.clock import ManualClock
 from proxy_core.errors import ConfigurationError, StoreError
 from proxy_core.limiter import Bucket
 from proxy_core.stores import store_from_url
-from proxy_core.stores.base import BucketSpec, LedgerEntry
+from proxy_core.stores.base import BreakerRef, BucketSpec, Claim, LedgerEntry
 from proxy_core.stores.redis import KEEP_AFTER_RESET_S, RedisStore
 
 pytestmark = pytest.mark.redis
@@ -187,6 +187,31 @@ def test_scripts_are_reloaded_after_script_flush(private_server: RedisServer, cl
         assert store.take_tokens(WS, [spec]).remaining == (8.0,)
         assert store.claim_request(WS, "r1", 60).state == "in_flight"
         assert all(client.script_exists(*used))
+    finally:
+        client.close()
+        store.close()
+
+
+def test_pipelined_scripts_are_reloaded_after_script_flush(private_server: RedisServer, clock: ManualClock) -> None:
+    # admit and settle(breaker=...) send several scripts in one round trip; a NOSCRIPT reply for
+    # one of them means it did not run, so it alone is loaded and run again.
+    store = RedisStore.from_url(private_server.url, clock=clock)
+    client = redis.Redis.from_url(private_server.url)
+    policy = BreakerPolicy(failure_threshold=5, failure_ratio=0.5, min_calls=20, window_s=60, cooldown_s=30)
+    ref = BreakerRef("openai", policy)
+    try:
+        client.script_flush()
+        admitted = store.admit(WS, "r1", ttl_s=60, buckets=[], lines=[], amount=1, breaker=ref)
+        assert admitted.state == "admitted"
+        client.script_flush()
+        entry = LedgerEntry(
+            request_id="r1", ts=clock(), day="2026-01-01", workspace_id=WS, user_id="U1", model="m",
+            kind="chat", prompt_tokens=1, cached_prompt_tokens=0, completion_tokens=1, cost_micros=3,
+            saved_micros=0, cache_status="miss", latency_ms=1, attempts=1,
+        )
+        assert store.settle(entry, reservation_id="r1", lines=[], result='"ok"', result_ttl_s=60, breaker=ref)
+        assert store.breaker_state("openai").window_calls == 1
+        assert store.claim_request(WS, "r1", 60) == Claim("done", '"ok"')
     finally:
         client.close()
         store.close()

@@ -178,6 +178,14 @@ def test_a_touched_entry_becomes_most_recently_used(store: Store) -> None:
     assert put(store, "e", max_entries=3) == ["c"]
 
 
+def test_touch_marks_entries_used_in_order_and_skips_missing_ones(store: Store) -> None:
+    put(store, "a", "b", "c", max_entries=3)
+    assert store.semantic_touch(["b", "gone", "a"]) == 2
+    assert put(store, "d", max_entries=3) == ["c"]
+    assert put(store, "e", max_entries=3) == ["b"]
+    assert store.semantic_touch([]) == 0
+
+
 def test_a_read_without_touch_keeps_the_order(store: Store) -> None:
     put(store, "a", "b", "c", max_entries=3)
     assert store.semantic_get("a", touch=False) is not None

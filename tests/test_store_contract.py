@@ -23,6 +23,8 @@ from proxy_core.errors import ConfigurationError, StoreError
 from proxy_core.limiter import Bucket
 from proxy_core.stores import store_from_url
 from proxy_core.stores.base import (
+    Admission,
+    BreakerRef,
     BucketSpec,
     BudgetDecision,
     CacheStatus,
@@ -331,6 +333,152 @@ def test_concurrent_settles_of_one_request_count_once(store: Store) -> None:
     written = run_threads(20, lambda _: settle(store, entry, lines))
     assert written.count(True) == 1
     assert store.spent(WS, lines[0]) == (999, 0)
+
+
+def test_record_hit_claims_settles_and_completes_in_one_step(store: Store) -> None:
+    entry = ledger_entry("hit1", cost_micros=0, saved_micros=120, cache_status="exact")
+    assert store.record_hit(entry, result='{"text": "cached"}', result_ttl_s=600) == Claim("claimed")
+    assert store.ledger_entry(WS, "hit1") == entry
+    assert store.claim_request(WS, "hit1", ttl_s=60) == Claim("done", '{"text": "cached"}')
+    # The same request again is a replay: nothing more is written.
+    assert store.record_hit(entry, result='{"text": "other"}', result_ttl_s=600) == Claim("done", '{"text": "cached"}')
+    assert store.usage(WS, DAY1, DAY1).totals.requests == 1
+
+
+def test_record_hit_leaves_a_request_held_by_someone_else_alone(store: Store) -> None:
+    store.claim_request(WS, "busy", ttl_s=60)
+    entry = ledger_entry("busy", cost_micros=0, saved_micros=5, cache_status="exact")
+    assert store.record_hit(entry, result="{}", result_ttl_s=600) == Claim("in_flight")
+    assert store.ledger_entry(WS, "busy") is None
+
+
+def test_record_hit_of_an_expired_result_does_not_count_twice(store: Store, clock: ManualClock) -> None:
+    entry = ledger_entry("hit1", cost_micros=0, saved_micros=7, cache_status="exact")
+    store.record_hit(entry, result="{}", result_ttl_s=10)
+    clock.advance(11)  # the recorded result is gone, the ledger entry stays
+    assert store.record_hit(entry, result="{}", result_ttl_s=10) == Claim("claimed")
+    assert store.usage(WS, DAY1, DAY1).totals.requests == 1
+
+
+def test_concurrent_record_hits_of_one_request_write_once(store: Store) -> None:
+    entry = ledger_entry("hit1", cost_micros=0, saved_micros=9, cache_status="exact")
+    claims = run_threads(20, lambda i: store.record_hit(entry, result=f'"{i}"', result_ttl_s=600))
+    assert [c.state for c in claims if isinstance(c, Claim)].count("claimed") == 1
+    assert store.usage(WS, DAY1, DAY1).totals.saved_micros == 9
+
+
+# -- admission: claim, limits, budget and breaker in one step -------------------------------
+
+ADMIT_POLICY = BreakerPolicy(failure_threshold=2, failure_ratio=0.5, min_calls=20, window_s=60, cooldown_s=30)
+OPENAI = BreakerRef("openai", ADMIT_POLICY)
+
+
+def admit(
+    store: Store, request_id: str, lines: list[BudgetLine], amount: int, *, rate: float = 1.0, burst: float = 2,
+    breaker: BreakerRef | None = OPENAI, ttl_s: float = 60,
+) -> Admission:
+    buckets = [BucketSpec("user:U1:requests", Bucket(rate=rate, burst=burst), 1)]
+    return store.admit(WS, request_id, ttl_s=ttl_s, buckets=buckets, lines=lines, amount=amount, breaker=breaker)
+
+
+def test_admit_claims_takes_and_reserves(store: Store) -> None:
+    lines = lines_for(store, user_daily=1_000, workspace_monthly=0)
+    admitted = admit(store, "r1", lines, 300)
+    assert admitted.state == "admitted"
+    assert admitted.limit is not None and admitted.limit.remaining == (1.0,)
+    assert admitted.permit is not None and (admitted.permit.allowed, admitted.permit.state) == (True, "closed")
+    assert store.claim_request(WS, "r1", ttl_s=60) == Claim("in_flight")
+    assert store.spent(WS, lines[0]) == (0, 300)
+
+    entry = ledger_entry("r1", cost_micros=120)
+    assert store.settle(entry, reservation_id="r1", lines=lines, result='"ok"', result_ttl_s=600,
+                        breaker=BreakerRef("openai", ADMIT_POLICY))
+    assert store.spent(WS, lines[0]) == (120, 0)
+    assert admit(store, "r1", lines, 300) == Admission("done", result='"ok"')
+
+
+def test_admit_of_a_held_request_takes_nothing(store: Store) -> None:
+    lines = lines_for(store, user_daily=1_000, workspace_monthly=0)
+    assert admit(store, "r1", lines, 300).state == "admitted"
+    assert admit(store, "r1", lines, 300) == Admission("in_flight")
+    assert store.take_tokens(WS, [BucketSpec("user:U1:requests", Bucket(rate=1.0, burst=2), 0)]).remaining == (1.0,)
+    assert store.spent(WS, lines[0]) == (0, 300)
+
+
+def test_admit_refused_by_the_limiter_holds_nothing(store: Store) -> None:
+    lines = lines_for(store, user_daily=1_000, workspace_monthly=0)
+    assert admit(store, "r1", lines, 10).state == "admitted"
+    assert admit(store, "r2", lines, 10).state == "admitted"
+    refused = admit(store, "r3", lines, 10)
+    assert refused.state == "rate_limited"
+    assert refused.limit is not None and refused.limit.retry_after == pytest.approx(1.0)
+    assert store.claim_request(WS, "r3", ttl_s=60) == Claim("claimed")  # no claim was left behind
+    assert store.spent(WS, lines[0]) == (0, 20)
+
+
+def test_admit_refused_by_the_budget_takes_no_tokens(store: Store) -> None:
+    lines = lines_for(store, user_daily=100, workspace_monthly=0)
+    refused = admit(store, "r1", lines, 101)
+    assert refused == Admission("over_budget", budget=BudgetDecision(False, lines[0], spent=0, reserved=0))
+    assert store.take_tokens(WS, [BucketSpec("user:U1:requests", Bucket(rate=1.0, burst=2), 0)]).remaining == (2.0,)
+    assert store.claim_request(WS, "r1", ttl_s=60) == Claim("claimed")
+
+
+def test_admit_refused_by_an_open_breaker_holds_only_the_tokens(store: Store, clock: ManualClock) -> None:
+    lines = lines_for(store, user_daily=1_000, workspace_monthly=0)
+    fail(store, 2, policy=ADMIT_POLICY)
+    refused = admit(store, "r1", lines, 300, burst=5)
+    assert refused.state == "circuit_open"
+    assert refused.permit is not None and refused.permit.retry_after == pytest.approx(30)
+    assert store.spent(WS, lines[0]) == (0, 0)
+    assert store.claim_request(WS, "r1", ttl_s=60) == Claim("claimed")
+    peek = store.take_tokens(WS, [BucketSpec("user:U1:requests", Bucket(rate=1.0, burst=5), 0)])
+    assert peek.remaining == (4.0,)
+
+
+def test_admit_after_the_cooldown_takes_the_single_probe(store: Store, clock: ManualClock) -> None:
+    lines = lines_for(store, user_daily=0, workspace_monthly=0)
+    fail(store, 2, policy=ADMIT_POLICY)
+    clock.advance(30)
+    probe = admit(store, "r1", lines, 1, burst=5)
+    assert probe.state == "admitted"
+    assert probe.permit is not None and (probe.permit.probe, probe.permit.state) == (True, "half_open")
+    other = admit(store, "r2", lines, 1, burst=5)
+    assert other.state == "circuit_open"
+    assert store.spent(WS, lines[0]) == (0, 1)  # only the probe holds a reservation
+
+
+def test_admit_without_buckets_lines_or_breaker(store: Store) -> None:
+    admitted = store.admit(WS, "r1", ttl_s=60, buckets=[], lines=[], amount=5, breaker=None)
+    assert admitted == Admission("admitted")
+    assert store.claim_request(WS, "r1", ttl_s=60) == Claim("in_flight")
+
+
+def test_admission_ttl_frees_a_crashed_request(store: Store, clock: ManualClock) -> None:
+    lines = lines_for(store, user_daily=100, workspace_monthly=0)
+    assert admit(store, "r1", lines, 100, ttl_s=30).state == "admitted"
+    assert admit(store, "r2", lines, 1, ttl_s=30).state == "over_budget"
+    clock.advance(31)
+    assert admit(store, "r1", lines, 100, ttl_s=30).state == "admitted"
+
+
+def test_concurrent_admits_never_exceed_the_budget_or_claim_twice(store: Store) -> None:
+    lines = lines_for(store, user_daily=0, workspace_monthly=100)
+    outcomes = run_threads(
+        40, lambda i: admit(store, f"r{i % 20}", lines, 10, rate=0, burst=1_000).state
+    )
+    assert outcomes.count("admitted") == 10
+    assert store.spent(WS, lines[1]) == (0, 100)
+
+
+def test_settle_records_a_success_on_the_breaker(store: Store) -> None:
+    fail(store, 1, policy=ADMIT_POLICY)
+    assert store.breaker_state("openai").consecutive_failures == 1
+    settle_with = store.settle(ledger_entry("ok1", cost_micros=1), reservation_id=None, lines=[], result=None,
+                               result_ttl_s=60, breaker=BreakerRef("openai", ADMIT_POLICY))
+    assert settle_with
+    state = store.breaker_state("openai")
+    assert (state.consecutive_failures, state.window_calls) == (0, 2)
 
 
 # -- circuit breaker ----------------------------------------------------------------------

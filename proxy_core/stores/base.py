@@ -25,6 +25,8 @@ from proxy_core.budget import BudgetLine
 from proxy_core.limiter import Bucket
 
 __all__ = [
+    "Admission",
+    "BreakerRef",
     "BucketSpec",
     "BudgetDecision",
     "Claim",
@@ -80,6 +82,33 @@ class BudgetDecision:
     line: BudgetLine | None = None
     spent: int = 0  # micro-dollars spent on that line
     reserved: int = 0  # micro-dollars reserved on that line by other in-flight requests
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerRef:
+    """A circuit breaker by name, with the policy its transitions follow."""
+
+    name: str
+    policy: BreakerPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The outcome of :meth:`Store.admit`.
+
+    ``admitted``: the request is claimed, its tokens taken, its cost reserved, and ``permit``
+    lets its first upstream attempt through. ``done`` / ``in_flight``: the request ID is held
+    (``result`` is the recorded JSON when done); nothing was taken. ``rate_limited``: ``limit``
+    says which bucket and when to retry; nothing was taken. ``over_budget``: ``budget`` names the
+    line; nothing was taken. ``circuit_open``: ``permit`` says when to retry; the rate-limit tokens
+    were taken (as if the breaker had been asked last, which it is), nothing else is held.
+    """
+
+    state: Literal["admitted", "done", "in_flight", "rate_limited", "over_budget", "circuit_open"]
+    result: str | None = None
+    limit: LimitDecision | None = None
+    budget: BudgetDecision | None = None
+    permit: Permit | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +242,25 @@ class Store(ABC):
     def release_request(self, workspace_id: str, request_id: str) -> None:
         """Give up a claim without a result (the call failed), so a retry may run it again."""
 
+    @abstractmethod
+    def admit(
+        self,
+        workspace_id: str,
+        request_id: str,
+        *,
+        ttl_s: float,
+        buckets: Sequence[BucketSpec],
+        lines: Sequence[BudgetLine],
+        amount: int,
+        breaker: BreakerRef | None,
+    ) -> Admission:
+        """Everything a request needs before its upstream call, in one step (one round trip on
+        Redis): claim ``request_id`` for ``ttl_s``, take ``buckets`` (``take_tokens``), reserve
+        ``amount`` on ``lines`` under the request ID for ``ttl_s`` (``reserve``), and acquire
+        ``breaker`` (``breaker_acquire``) — in that order, stopping at the first refusal. See
+        :class:`Admission` for what each outcome holds.
+        """
+
     # -- rate limiting -------------------------------------------------------------------
     @abstractmethod
     def take_tokens(self, workspace_id: str, specs: Sequence[BucketSpec]) -> LimitDecision:
@@ -248,13 +296,22 @@ class Store(ABC):
         lines: Sequence[BudgetLine],
         result: str | None,
         result_ttl_s: float,
+        breaker: BreakerRef | None = None,
     ) -> bool:
         """Atomically: drop the reservation, add ``entry.cost_micros`` to every line, append the
         ledger entry, and complete the request with ``result`` (if given).
 
         Idempotent by ``entry.request_id``: if the ledger already holds it, nothing changes and
-        the call returns False. Returns True when the entry was written.
+        the call returns False. Returns True when the entry was written. ``breaker``: also record
+        a successful upstream call on it (``breaker_record``), in the same round trip.
         """
+
+    @abstractmethod
+    def record_hit(self, entry: LedgerEntry, *, result: str, result_ttl_s: float) -> Claim:
+        """Claim, settle and complete a request in one step: a cache hit, which has no upstream
+        call to guard. Returns ``claimed`` when this call recorded ``entry`` and ``result`` (or
+        the ledger already held the entry), else the claim or result that holds the request ID
+        (``in_flight``, ``done``), with nothing written."""
 
     @abstractmethod
     def spent(self, workspace_id: str, line: BudgetLine) -> tuple[int, int]:
@@ -308,6 +365,11 @@ class Store(ABC):
     def semantic_get(self, entry_id: str, *, touch: bool = True) -> SemanticEntry | None:
         """The entry, with its answer, unless missing or expired by the store's clock. ``touch``
         marks it most recently used (a served hit)."""
+
+    @abstractmethod
+    def semantic_touch(self, entry_ids: Sequence[str]) -> int:
+        """Mark these entries most recently used, in order (hits served from a replica's copy of
+        the answer, reported in batches); missing ones are skipped. Returns how many were."""
 
     @abstractmethod
     def semantic_delete(self, entry_ids: Sequence[str]) -> int:

@@ -41,7 +41,7 @@ import re
 import struct
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import astuple, fields
+from dataclasses import fields
 from datetime import date, timedelta
 from importlib import resources
 from typing import Any, Literal, ParamSpec, TypeVar, cast
@@ -59,6 +59,8 @@ from proxy_core.budget import BudgetLine
 from proxy_core.clock import Clock
 from proxy_core.errors import ConfigurationError, StoreError
 from proxy_core.stores.base import (
+    Admission,
+    BreakerRef,
     BucketSpec,
     BudgetDecision,
     Claim,
@@ -91,6 +93,7 @@ _SEMANTIC_DELETE_BATCH = 1000
 _SEMANTIC_SCRIPTS = (
     "semantic_put",
     "semantic_get",
+    "semantic_touch",
     "semantic_delete",
     "semantic_delete_where",
     "semantic_changes",
@@ -109,6 +112,7 @@ _LEDGER_INTS = frozenset(f.name for f in fields(LedgerEntry) if f.type in ("int"
 _BREAKER_FIELDS = tuple(f.name for f in fields(BreakerState))
 _METRICS = tuple(f.name for f in fields(UsageTotals))
 _SCRIPTS = (
+    "admit",
     "claim_request",
     "complete_request",
     "release_request",
@@ -126,7 +130,7 @@ _SCRIPTS = (
 
 def _load_script(name: str) -> str:
     lua = resources.files("proxy_core.stores") / "lua"
-    return (lua / "_common.lua").read_text("utf-8") + "\n" + (lua / f"{name}.lua").read_text("utf-8")
+    return "\n".join((lua / part).read_text("utf-8") for part in ("_common.lua", "_request.lua", f"{name}.lua"))
 
 
 def _load_semantic_script(name: str) -> str:
@@ -246,6 +250,27 @@ class RedisStore(Store):
         script = self._scripts[name]
         return script(keys=list(keys), args=[*self._clock_args(), *args])
 
+    def _pipelined(self, *calls: tuple[str, Sequence[str], Sequence[str | int]]) -> list[Any]:
+        """Run several scripts (name, keys, args) in one round trip; their replies, in order.
+
+        Not a transaction: each script is atomic on its own. A script the server has forgotten
+        (NOSCRIPT: it did not run) is loaded and run again on its own.
+        """
+        pipe = self._client.pipeline(transaction=False)
+        clock = self._clock_args()
+        for name, keys, args in calls:
+            pipe.execute_command(  # type: ignore[no-untyped-call]
+                "EVALSHA", self._scripts[name].sha, len(keys), *keys, *clock, *args
+            )
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        for i, reply in enumerate(replies):
+            if isinstance(reply, NoScriptError):
+                name, keys, args = calls[i]
+                replies[i] = self._run(name, keys, args)
+            elif isinstance(reply, Exception):
+                raise reply
+        return replies
+
     def _clock_args(self) -> list[str | int]:
         if self._clock is None:
             return ["", 0]
@@ -334,23 +359,66 @@ class RedisStore(Store):
     def release_request(self, workspace_id: str, request_id: str) -> None:
         self._run("release_request", [self._request_key(workspace_id, request_id)], [])
 
+    @_translated("admit a request")
+    def admit(
+        self,
+        workspace_id: str,
+        request_id: str,
+        *,
+        ttl_s: float,
+        buckets: Sequence[BucketSpec],
+        lines: Sequence[BudgetLine],
+        amount: int,
+        breaker: BreakerRef | None,
+    ) -> Admission:
+        # One round trip: the breaker is peeked at (read only) beside the admit script, which
+        # claims, takes tokens and reserves atomically. Only when the breaker would grant a probe
+        # (after an outage) or refuses does a second round trip follow.
+        keys = [self._request_key(workspace_id, request_id), *self._bucket_keys(workspace_id, buckets)]
+        args: list[str | int] = [_num(ttl_s), len(buckets), request_id, int(amount), KEEP_AFTER_RESET_S,
+                                 *_bucket_args(buckets)]
+        for line in lines:
+            keys += self._line_keys(workspace_id, line)
+            args += [int(line.limit), _num(line.resets_at)]
+        calls: list[tuple[str, Sequence[str], Sequence[str | int]]] = []
+        if breaker is not None:
+            calls.append(("breaker", [self._breaker_key(breaker.name)], _breaker_args(breaker.policy, "peek", False)))
+        calls.append(("admit", keys, args))
+        *peeked, reply = self._pipelined(*calls)
+        state = _text(reply[0])
+        if state == "done":
+            return Admission("done", result=None if reply[1] is None else _text(reply[1]))
+        if state == "in_flight":
+            return Admission("in_flight")
+        if state == "over_budget":
+            line = lines[int(reply[1]) - 1]
+            return Admission("over_budget", budget=BudgetDecision(False, line, int(reply[2]), int(reply[3])))
+        limit = _limit_decision(reply[1]) if buckets else None
+        if state == "rate_limited":
+            return Admission("rate_limited", limit=limit)
+        if breaker is None:
+            return Admission("admitted", limit=limit)
+        permit = _permit(peeked[0])
+        if int(peeked[0][0]) == 2:  # the breaker would let a probe through: take it for real
+            permit = _permit(self._breaker(breaker.name, breaker.policy, "acquire", False))
+        if not permit.allowed:
+            self._pipelined(
+                ("release_request", [keys[0]], []),
+                ("release", [k for line in lines for k in self._line_keys(workspace_id, line)[1:]], [request_id]),
+            )
+            return Admission("circuit_open", limit=limit, permit=permit)
+        return Admission("admitted", limit=limit, permit=permit)
+
     # -- rate limiting -------------------------------------------------------------------
+    def _bucket_keys(self, workspace_id: str, specs: Sequence[BucketSpec]) -> list[str]:
+        ws = self._ws(workspace_id)
+        return [f"{ws}:bucket:{spec.key}" for spec in specs]
+
     @_translated("take rate-limit tokens")
     def take_tokens(self, workspace_id: str, specs: Sequence[BucketSpec]) -> LimitDecision:
         if not specs:
             return LimitDecision(True, 0.0, (), None)
-        ws = self._ws(workspace_id)
-        args: list[str | int] = []
-        for spec in specs:
-            args += [_num(spec.bucket.rate), _num(spec.bucket.burst), _num(spec.cost)]
-        reply = self._run("take_tokens", [f"{ws}:bucket:{spec.key}" for spec in specs], args)
-        blocking = int(reply[2])
-        return LimitDecision(
-            allowed=bool(int(reply[0])),
-            retry_after=float(_text(reply[1])),
-            remaining=tuple(float(_text(r)) for r in reply[3:]),
-            blocking=None if blocking < 0 else blocking,
-        )
+        return _limit_decision(self._run("take_tokens", self._bucket_keys(workspace_id, specs), _bucket_args(specs)))
 
     # -- budgets -------------------------------------------------------------------------
     @_translated("reserve budget")
@@ -386,7 +454,38 @@ class RedisStore(Store):
         lines: Sequence[BudgetLine],
         result: str | None,
         result_ttl_s: float,
+        breaker: BreakerRef | None = None,
     ) -> bool:
+        keys, args = self._settle_call(entry, reservation_id, lines, result, result_ttl_s, claim=False)
+        if breaker is None:
+            return _text(self._run("settle", keys, args)[0]) == "settled"
+        reply, _ = self._pipelined(
+            ("settle", keys, args),
+            ("breaker", [self._breaker_key(breaker.name)], _breaker_args(breaker.policy, "record", True)),
+        )
+        return _text(reply[0]) == "settled"
+
+    @_translated("record a cache hit")
+    def record_hit(self, entry: LedgerEntry, *, result: str, result_ttl_s: float) -> Claim:
+        keys, args = self._settle_call(entry, None, (), result, result_ttl_s, claim=True)
+        reply = self._run("settle", keys, args)
+        state = _text(reply[0])
+        if state == "done":
+            return Claim("done", None if reply[1] is None else _text(reply[1]))
+        if state == "in_flight":
+            return Claim("in_flight")
+        return Claim("claimed")
+
+    def _settle_call(
+        self,
+        entry: LedgerEntry,
+        reservation_id: str | None,
+        lines: Sequence[BudgetLine],
+        result: str | None,
+        result_ttl_s: float,
+        *,
+        claim: bool,
+    ) -> tuple[list[str], list[str | int]]:
         ws = self._ws(entry.workspace_id)
         keys = [
             f"{ws}:ledger:{entry.request_id}",
@@ -408,13 +507,15 @@ class RedisStore(Store):
             entry.user_id,
             entry.model,
             len(_METRICS),
+            "1" if claim else "0",
         ]
         args += [_num(line.resets_at) for line in lines]
         for metric in _METRICS:
             args += [metric, int(getattr(one, metric))]
-        for name, value in zip(_LEDGER_FIELDS, astuple(entry), strict=True):
+        for name in _LEDGER_FIELDS:
+            value = getattr(entry, name)
             args += [name, _num(value) if name == "ts" else value if isinstance(value, str) else int(value)]
-        return int(self._run("settle", keys, args)) == 1
+        return keys, args
 
     @_translated("read a budget")
     def spent(self, workspace_id: str, line: BudgetLine) -> tuple[int, int]:
@@ -426,25 +527,11 @@ class RedisStore(Store):
         return f"{self._ns}:breaker:{{{name}}}"
 
     def _breaker(self, name: str, policy: BreakerPolicy, op: str, success: bool) -> Any:
-        return self._run(
-            "breaker",
-            [self._breaker_key(name)],
-            [
-                op,
-                "1" if success else "0",
-                int(policy.failure_threshold),
-                _num(policy.failure_ratio),
-                int(policy.min_calls),
-                _num(policy.window_s),
-                _num(policy.cooldown_s),
-                _num(policy.probe_timeout_s),
-            ],
-        )
+        return self._run("breaker", [self._breaker_key(name)], _breaker_args(policy, op, success))
 
     @_translated("check the circuit breaker")
     def breaker_acquire(self, name: str, policy: BreakerPolicy) -> Permit:
-        allowed, probe, retry_after, state = self._breaker(name, policy, "acquire", False)
-        return Permit(bool(int(allowed)), bool(int(probe)), float(_text(retry_after)), cast(Any, _text(state)))
+        return _permit(self._breaker(name, policy, "acquire", False))
 
     @_translated("record a circuit-breaker outcome")
     def breaker_record(self, name: str, policy: BreakerPolicy, *, success: bool) -> BreakerState:
@@ -521,6 +608,14 @@ class RedisStore(Store):
             return None
         record, answer = reply
         return _unpack_record(entry_id, record, "" if answer is None else _text(answer))
+
+    @_translated("mark semantic-cache entries used")
+    def semantic_touch(self, entry_ids: Sequence[str]) -> int:
+        touched = 0
+        for start in range(0, len(entry_ids), _SEMANTIC_DELETE_BATCH):
+            batch = list(entry_ids[start : start + _SEMANTIC_DELETE_BATCH])
+            touched += int(self._run_semantic("semantic_touch", batch))
+        return touched
 
     @_translated("delete semantic-cache entries")
     def semantic_delete(self, entry_ids: Sequence[str]) -> int:
@@ -696,6 +791,41 @@ def _user_day_usage(held: Mapping[str, int], summary: UsageSummary) -> UsageTota
 def _merge(into: UsageTotals, more: UsageTotals) -> None:
     for metric in _METRICS:
         setattr(into, metric, getattr(into, metric) + getattr(more, metric))
+
+
+def _bucket_args(specs: Sequence[BucketSpec]) -> list[str | int]:
+    args: list[str | int] = []
+    for spec in specs:
+        args += [_num(spec.bucket.rate), _num(spec.bucket.burst), _num(spec.cost)]
+    return args
+
+
+def _limit_decision(reply: Sequence[Any]) -> LimitDecision:
+    blocking = int(reply[2])
+    return LimitDecision(
+        allowed=bool(int(reply[0])),
+        retry_after=float(_text(reply[1])),
+        remaining=tuple(float(_text(r)) for r in reply[3:]),
+        blocking=None if blocking < 0 else blocking,
+    )
+
+
+def _breaker_args(policy: BreakerPolicy, op: str, success: bool) -> list[str | int]:
+    return [
+        op,
+        "1" if success else "0",
+        int(policy.failure_threshold),
+        _num(policy.failure_ratio),
+        int(policy.min_calls),
+        _num(policy.window_s),
+        _num(policy.cooldown_s),
+        _num(policy.probe_timeout_s),
+    ]
+
+
+def _permit(reply: Sequence[Any]) -> Permit:
+    allowed, probe, retry_after, state = reply
+    return Permit(int(allowed) == 1, bool(int(probe)), float(_text(retry_after)), cast(Any, _text(state)))
 
 
 def _breaker_state(raw: Mapping[Any, Any]) -> BreakerState:

@@ -31,6 +31,8 @@ from proxy_core.clock import Clock, wall
 from proxy_core.errors import ConfigurationError, StoreError
 from proxy_core.limiter import BucketState
 from proxy_core.stores.base import (
+    Admission,
+    BreakerRef,
     BucketSpec,
     BudgetDecision,
     Claim,
@@ -440,18 +442,45 @@ class SqliteStore(Store):
     def claim_request(self, workspace_id: str, request_id: str, ttl_s: float) -> Claim:
         with self._write("claim a request") as conn:
             now = self.now()
-            row = conn.execute(
-                "SELECT state, result, expires_at FROM requests WHERE workspace_id = ? AND request_id = ?",
-                (workspace_id, request_id),
-            ).fetchone()
-            if row is not None and now < row[2]:
-                return Claim("done", row[1]) if row[0] == "done" else Claim("in_flight")
-            conn.execute(
-                "INSERT OR REPLACE INTO requests (workspace_id, request_id, state, result, expires_at) "
-                "VALUES (?, ?, 'claimed', NULL, ?)",
-                (workspace_id, request_id, now + ttl_s),
-            )
+            held = _held_request(conn, workspace_id, request_id, now)
+            if held is not None:
+                return held
+            _write_claim(conn, workspace_id, request_id, now + ttl_s)
         return Claim("claimed")
+
+    def admit(
+        self,
+        workspace_id: str,
+        request_id: str,
+        *,
+        ttl_s: float,
+        buckets: Sequence[BucketSpec],
+        lines: Sequence[BudgetLine],
+        amount: int,
+        breaker: BreakerRef | None,
+    ) -> Admission:
+        with self._write("admit a request") as conn:
+            now = self.now()
+            held = _held_request(conn, workspace_id, request_id, now)
+            if held is not None:
+                return Admission("done", result=held.result) if held.state == "done" else Admission("in_flight")
+            taken = _take(conn, workspace_id, buckets, now)
+            limit = None if taken is None else LimitDecision(taken.allowed, taken.retry_after, taken.remaining,
+                                                              taken.blocking)
+            if limit is not None and not limit.allowed:
+                return Admission("rate_limited", limit=limit)
+            refusal = _check_budget(conn, workspace_id, request_id, lines, amount, now)
+            if refusal is not None:
+                return Admission("over_budget", budget=refusal)
+            if taken is not None:
+                _write_buckets(conn, workspace_id, buckets, taken)
+            permit = None if breaker is None else _acquire_breaker(conn, breaker, now)
+            if permit is not None and not permit.allowed:
+                # Asked last, the breaker refuses after the tokens are taken; nothing else is held.
+                return Admission("circuit_open", limit=limit, permit=permit)
+            _write_claim(conn, workspace_id, request_id, now + ttl_s)
+            _write_reservation(conn, workspace_id, request_id, lines, amount, now + ttl_s)
+        return Admission("admitted", limit=limit, permit=permit)
 
     def complete_request(self, workspace_id: str, request_id: str, result: str, ttl_s: float) -> None:
         with self._write("record a request's result") as conn:
@@ -469,26 +498,9 @@ class SqliteStore(Store):
         if not specs:
             return LimitDecision(True, 0.0, (), None)
         with self._write("take rate-limit tokens") as conn:
-            now = self.now()
-            states: list[BucketState | None] = []
-            for spec in specs:
-                row = conn.execute(
-                    "SELECT tokens, updated FROM buckets WHERE workspace_id = ? AND key = ?",
-                    (workspace_id, spec.key),
-                ).fetchone()
-                states.append(None if row is None else BucketState(float(row[0]), float(row[1])))
-            taken = limiter.take([s.bucket for s in specs], states, [s.cost for s in specs], now)
-            # A refusal or a pure peek debits nothing, so there is nothing worth writing.
-            if taken.allowed and any(s.cost > 0 for s in specs):
-                conn.executemany(
-                    "INSERT INTO buckets (workspace_id, key, tokens, updated) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (workspace_id, key) DO UPDATE "
-                    "SET tokens = excluded.tokens, updated = excluded.updated",
-                    [
-                        (workspace_id, spec.key, state.tokens, state.updated)
-                        for spec, state in zip(specs, taken.states, strict=True)
-                    ],
-                )
+            taken = _take(conn, workspace_id, specs, self.now())
+            assert taken is not None
+            _write_buckets(conn, workspace_id, specs, taken)
         return LimitDecision(taken.allowed, taken.retry_after, taken.remaining, taken.blocking)
 
     # -- budgets -------------------------------------------------------------------------
@@ -502,19 +514,10 @@ class SqliteStore(Store):
     ) -> BudgetDecision:
         with self._write("reserve budget") as conn:
             now = self.now()
-            conn.executemany(
-                "DELETE FROM budget_reservations WHERE workspace_id = ? AND line_key = ? AND expires_at <= ?",
-                [(workspace_id, line.key, now) for line in lines],
-            )
-            for line in lines:
-                spent, reserved = _line_totals(conn, workspace_id, line.key, now, exclude=reservation_id)
-                if not budget.fits(spent, reserved, amount, line.limit):
-                    return BudgetDecision(False, line, spent, reserved)
-            conn.executemany(
-                "INSERT OR REPLACE INTO budget_reservations "
-                "(workspace_id, line_key, reservation_id, amount, expires_at) VALUES (?, ?, ?, ?, ?)",
-                [(workspace_id, line.key, reservation_id, amount, now + ttl_s) for line in lines],
-            )
+            refusal = _check_budget(conn, workspace_id, reservation_id, lines, amount, now)
+            if refusal is not None:
+                return refusal
+            _write_reservation(conn, workspace_id, reservation_id, lines, amount, now + ttl_s)
         return BudgetDecision(True)
 
     def release(self, workspace_id: str, reservation_id: str, lines: Sequence[BudgetLine]) -> None:
@@ -529,25 +532,22 @@ class SqliteStore(Store):
         lines: Sequence[BudgetLine],
         result: str | None,
         result_ttl_s: float,
+        breaker: BreakerRef | None = None,
     ) -> bool:
         with self._write("settle a request") as conn:
-            seen = conn.execute(
-                "SELECT 1 FROM ledger WHERE workspace_id = ? AND request_id = ?",
-                (entry.workspace_id, entry.request_id),
-            ).fetchone()
-            if seen is not None:
-                return False
-            if reservation_id is not None:
-                _drop_reservation(conn, entry.workspace_id, reservation_id, lines)
-            conn.executemany(
-                "INSERT INTO budget_spent (workspace_id, line_key, spent) VALUES (?, ?, ?) "
-                "ON CONFLICT (workspace_id, line_key) DO UPDATE SET spent = spent + excluded.spent",
-                [(entry.workspace_id, line.key, entry.cost_micros) for line in lines],
-            )
-            conn.execute(_INSERT_LEDGER, tuple(getattr(entry, column) for column in _LEDGER_COLUMNS))
-            if result is not None:
-                _complete(conn, entry.workspace_id, entry.request_id, result, self.now() + result_ttl_s)
-        return True
+            now = self.now()
+            if breaker is not None:
+                _record_breaker(conn, breaker, now, success=True)
+            return _settle(conn, entry, reservation_id, lines, result, now + result_ttl_s)
+
+    def record_hit(self, entry: LedgerEntry, *, result: str, result_ttl_s: float) -> Claim:
+        with self._write("record a cache hit") as conn:
+            now = self.now()
+            held = _held_request(conn, entry.workspace_id, entry.request_id, now)
+            if held is not None:
+                return held
+            _settle(conn, entry, None, (), result, now + result_ttl_s)
+        return Claim("claimed")
 
     def spent(self, workspace_id: str, line: BudgetLine) -> tuple[int, int]:
         with self._read("read a budget") as conn:
@@ -556,19 +556,11 @@ class SqliteStore(Store):
     # -- circuit breaker -----------------------------------------------------------------
     def breaker_acquire(self, name: str, policy: BreakerPolicy) -> Permit:
         with self._write("check the circuit breaker") as conn:
-            state = _load_breaker(conn, name)
-            new_state, permit = breaker.acquire(state, policy, self.now())
-            if new_state != state:
-                _save_breaker(conn, name, new_state)
-        return permit
+            return _acquire_breaker(conn, BreakerRef(name, policy), self.now())
 
     def breaker_record(self, name: str, policy: BreakerPolicy, *, success: bool) -> BreakerState:
         with self._write("record a circuit-breaker outcome") as conn:
-            state = _load_breaker(conn, name)
-            new_state = breaker.record(state, policy, self.now(), success=success)
-            if new_state != state:
-                _save_breaker(conn, name, new_state)
-        return new_state
+            return _record_breaker(conn, BreakerRef(name, policy), self.now(), success=success)
 
     def breaker_state(self, name: str) -> BreakerState:
         with self._read("read the circuit breaker") as conn:
@@ -700,6 +692,16 @@ class SqliteStore(Store):
                     "UPDATE semantic_entries SET last_used = ? WHERE entry_id = ?", (_next_use(conn, now), entry_id)
                 )
         return None if row is None else SemanticEntry(*row)
+
+    def semantic_touch(self, entry_ids: Sequence[str]) -> int:
+        with self._write("mark semantic-cache entries used") as conn:
+            now = self.now()
+            touched = 0
+            for entry_id in entry_ids:
+                touched += conn.execute(
+                    "UPDATE semantic_entries SET last_used = ? WHERE entry_id = ?", (_next_use(conn, now), entry_id)
+                ).rowcount
+        return touched
 
     def semantic_delete(self, entry_ids: Sequence[str]) -> int:
         with self._write("delete semantic-cache entries") as conn:
@@ -853,6 +855,122 @@ def _rollback(conn: sqlite3.Connection) -> None:
     if conn.in_transaction:
         with suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
+
+
+def _held_request(conn: sqlite3.Connection, workspace_id: str, request_id: str, now: float) -> Claim | None:
+    """The live claim or result holding a request ID, or None when it may be claimed."""
+    row = conn.execute(
+        "SELECT state, result, expires_at FROM requests WHERE workspace_id = ? AND request_id = ?",
+        (workspace_id, request_id),
+    ).fetchone()
+    if row is not None and now < row[2]:
+        return Claim("done", row[1]) if row[0] == "done" else Claim("in_flight")
+    return None
+
+
+def _write_claim(conn: sqlite3.Connection, workspace_id: str, request_id: str, expires_at: float) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO requests (workspace_id, request_id, state, result, expires_at) "
+        "VALUES (?, ?, 'claimed', NULL, ?)",
+        (workspace_id, request_id, expires_at),
+    )
+
+
+def _take(
+    conn: sqlite3.Connection, workspace_id: str, specs: Sequence[BucketSpec], now: float
+) -> limiter.TakeResult | None:
+    """``limiter.take`` on the stored buckets (None without buckets); written by _write_buckets."""
+    if not specs:
+        return None
+    states: list[BucketState | None] = []
+    for spec in specs:
+        row = conn.execute(
+            "SELECT tokens, updated FROM buckets WHERE workspace_id = ? AND key = ?", (workspace_id, spec.key)
+        ).fetchone()
+        states.append(None if row is None else BucketState(float(row[0]), float(row[1])))
+    return limiter.take([s.bucket for s in specs], states, [s.cost for s in specs], now)
+
+
+def _write_buckets(
+    conn: sqlite3.Connection, workspace_id: str, specs: Sequence[BucketSpec], taken: limiter.TakeResult
+) -> None:
+    # A refusal or a pure peek debits nothing, so there is nothing worth writing.
+    if not taken.allowed or not any(s.cost > 0 for s in specs):
+        return
+    conn.executemany(
+        "INSERT INTO buckets (workspace_id, key, tokens, updated) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (workspace_id, key) DO UPDATE SET tokens = excluded.tokens, updated = excluded.updated",
+        [
+            (workspace_id, spec.key, state.tokens, state.updated)
+            for spec, state in zip(specs, taken.states, strict=True)
+        ],
+    )
+
+
+def _check_budget(
+    conn: sqlite3.Connection, workspace_id: str, reservation_id: str, lines: Sequence[BudgetLine], amount: int,
+    now: float,
+) -> BudgetDecision | None:
+    """Purge reservations left by crashed processes; None if ``amount`` fits every capped line,
+    else the refusal."""
+    conn.executemany(
+        "DELETE FROM budget_reservations WHERE workspace_id = ? AND line_key = ? AND expires_at <= ?",
+        [(workspace_id, line.key, now) for line in lines],
+    )
+    for line in lines:
+        spent, reserved = _line_totals(conn, workspace_id, line.key, now, exclude=reservation_id)
+        if not budget.fits(spent, reserved, amount, line.limit):
+            return BudgetDecision(False, line, spent, reserved)
+    return None
+
+
+def _write_reservation(
+    conn: sqlite3.Connection, workspace_id: str, reservation_id: str, lines: Sequence[BudgetLine], amount: int,
+    expires_at: float,
+) -> None:
+    conn.executemany(
+        "INSERT OR REPLACE INTO budget_reservations "
+        "(workspace_id, line_key, reservation_id, amount, expires_at) VALUES (?, ?, ?, ?, ?)",
+        [(workspace_id, line.key, reservation_id, amount, expires_at) for line in lines],
+    )
+
+
+def _settle(
+    conn: sqlite3.Connection, entry: LedgerEntry, reservation_id: str | None, lines: Sequence[BudgetLine],
+    result: str | None, result_expires_at: float,
+) -> bool:
+    seen = conn.execute(
+        "SELECT 1 FROM ledger WHERE workspace_id = ? AND request_id = ?", (entry.workspace_id, entry.request_id)
+    ).fetchone()
+    if seen is not None:
+        return False
+    if reservation_id is not None:
+        _drop_reservation(conn, entry.workspace_id, reservation_id, lines)
+    conn.executemany(
+        "INSERT INTO budget_spent (workspace_id, line_key, spent) VALUES (?, ?, ?) "
+        "ON CONFLICT (workspace_id, line_key) DO UPDATE SET spent = spent + excluded.spent",
+        [(entry.workspace_id, line.key, entry.cost_micros) for line in lines],
+    )
+    conn.execute(_INSERT_LEDGER, tuple(getattr(entry, column) for column in _LEDGER_COLUMNS))
+    if result is not None:
+        _complete(conn, entry.workspace_id, entry.request_id, result, result_expires_at)
+    return True
+
+
+def _acquire_breaker(conn: sqlite3.Connection, ref: BreakerRef, now: float) -> Permit:
+    state = _load_breaker(conn, ref.name)
+    new_state, permit = breaker.acquire(state, ref.policy, now)
+    if new_state != state:
+        _save_breaker(conn, ref.name, new_state)
+    return permit
+
+
+def _record_breaker(conn: sqlite3.Connection, ref: BreakerRef, now: float, *, success: bool) -> BreakerState:
+    state = _load_breaker(conn, ref.name)
+    new_state = breaker.record(state, ref.policy, now, success=success)
+    if new_state != state:
+        _save_breaker(conn, ref.name, new_state)
+    return new_state
 
 
 def _complete(conn: sqlite3.Connection, workspace_id: str, request_id: str, result: str, expires_at: float) -> None:

@@ -1,9 +1,10 @@
 -- Circuit breaker transitions of proxy_core/breaker.py (acquire / record), at the store clock.
 -- KEYS[1]: the breaker, a HASH with the fields of BreakerState (missing = closed, all zero).
--- ARGV[3]: 'acquire' or 'record', ARGV[4]: '1' if the recorded call succeeded; then the policy:
+-- ARGV[3]: 'acquire', 'peek' or 'record', ARGV[4]: '1' if the recorded call succeeded; then the policy:
 -- failure_threshold, failure_ratio, min_calls, window_s, cooldown_s, probe_timeout_s.
--- acquire returns {allowed, probe, retry_after, state}; record returns the new state, fields in
--- BreakerState order.
+-- acquire returns {allowed, probe, retry_after, state}; peek returns the same without writing,
+-- except that where acquire would grant a probe it returns allowed = 2 (acquire to get it);
+-- record returns the new state, fields in BreakerState order.
 local now = clock()
 local op, success = ARGV[3], ARGV[4] == '1'
 local failure_threshold, failure_ratio = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -40,7 +41,7 @@ local function reply(state)
   return out
 end
 
-if op == 'acquire' then
+if op == 'acquire' or op == 'peek' then
   if s.state == 'closed' then
     return {1, 0, '0', 'closed'}
   end
@@ -48,6 +49,9 @@ if op == 'acquire' then
     local reopen = s.opened_at + cooldown_s
     if now < reopen then
       return {0, 0, num(reopen - now), 'open'}
+    end
+    if op == 'peek' then
+      return {2, 0, '0', 'open'}
     end
     s.state = 'half_open'
     s.probe_deadline = now + probe_timeout_s
@@ -57,6 +61,9 @@ if op == 'acquire' then
   -- half_open: one probe at a time; a probe whose caller vanished stops counting at its deadline.
   if now < s.probe_deadline then
     return {0, 0, num(s.probe_deadline - now), 'half_open'}
+  end
+  if op == 'peek' then
+    return {2, 0, '0', 'half_open'}
   end
   s.probe_deadline = now + probe_timeout_s
   save(s)

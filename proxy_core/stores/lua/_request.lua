@@ -1,0 +1,145 @@
+-- Prepended (after _common.lua) to the scripts that claim, rate-limit, reserve and settle a
+-- request, so that `admit` can do in one atomic step what claim_request, take_tokens and reserve
+-- do one at a time, with the very same code. Functions only: each reads its keys and arguments
+-- from the tables and offsets it is given, never from fixed positions.
+
+-- The live claim or result on a request, as the caller's reply ({'done', result} or
+-- {'in_flight'}), or nil when the request may be claimed. `key`: the request HASH
+-- {state = claimed|done, result, expires_at}.
+local function held_request(key, now)
+  local held = redis.call('HMGET', key, 'state', 'result', 'expires_at')
+  local expires_at = tonumber(held[3])
+  if held[1] and expires_at and now < expires_at then
+    if held[1] == 'done' then
+      return {'done', held[2]}
+    end
+    return {'in_flight'}
+  end
+  return nil
+end
+
+local function write_claim(key, now, ttl)
+  redis.call('DEL', key)
+  redis.call('HSET', key, 'state', 'claimed', 'expires_at', num(now + ttl))
+  expire_in(key, ttl)
+end
+
+local function write_result(key, now, result, ttl)
+  redis.call('HSET', key, 'state', 'done', 'result', result, 'expires_at', num(now + ttl))
+  expire_in(key, ttl)
+end
+
+-- Token buckets, all or nothing: the arithmetic of proxy_core/limiter.py::take. keys[first ..
+-- first + n - 1] are the buckets (HASH {tokens, updated}); argv[at + 3(i-1) ..] holds rate, burst
+-- and cost of bucket i. Returns the decision; nothing is written until write_buckets.
+local function take_buckets(keys, first, n, argv, at, now)
+  local t = {keys = {}, rate = {}, burst = {}, cost = {}, tokens = {}, updated = {}, retry_after = 0,
+             blocking = -1, debits = false}
+  for i = 1, n do
+    local a = at + (i - 1) * 3
+    t.keys[i] = keys[first + i - 1]
+    t.rate[i], t.burst[i], t.cost[i] = tonumber(argv[a]), tonumber(argv[a + 1]), tonumber(argv[a + 2])
+    local state = redis.call('HMGET', t.keys[i], 'tokens', 'updated')
+    local tokens, updated = tonumber(state[1]), tonumber(state[2])
+    if tokens == nil or updated == nil then
+      -- Never seen (or forgotten once full again): a full bucket.
+      t.tokens[i], t.updated[i] = t.burst[i], now
+    else
+      t.tokens[i] = math.min(t.burst[i], tokens + math.max(0, now - updated) * t.rate[i])
+      t.updated[i] = math.max(now, updated)
+    end
+  end
+  -- A cost above capacity is capped at capacity, so such a request can pass once the bucket is full.
+  for i = 1, n do
+    local need = math.min(t.cost[i], t.burst[i])
+    if t.tokens[i] < need then
+      local wait = math.huge
+      if t.rate[i] > 0 then
+        wait = (need - t.tokens[i]) / t.rate[i]
+      end
+      if wait > t.retry_after then
+        t.retry_after, t.blocking = wait, i - 1
+      end
+    end
+  end
+  if t.blocking < 0 then
+    for i = 1, n do
+      t.tokens[i] = t.tokens[i] - math.min(t.cost[i], t.burst[i])
+      if t.cost[i] > 0 then
+        t.debits = true
+      end
+    end
+  end
+  return t
+end
+
+-- Write an allowing decision. A refusal or a pure peek debits nothing, so it writes nothing.
+local function write_buckets(t)
+  if t.blocking >= 0 or not t.debits then
+    return
+  end
+  for i = 1, #t.keys do
+    redis.call('HSET', t.keys[i], 'tokens', num(t.tokens[i]), 'updated', num(t.updated[i]))
+    if t.rate[i] > 0 then
+      -- Once full again the bucket equals a missing one, so it may be forgotten then.
+      expire_in(t.keys[i], (t.burst[i] - t.tokens[i]) / t.rate[i])
+    else
+      redis.call('PERSIST', t.keys[i])
+    end
+  end
+end
+
+-- {allowed (1/0), retry_after, blocking (0-based; -1 = none), remaining_1, ..., remaining_n}
+local function bucket_reply(t)
+  local reply = {t.blocking < 0 and 1 or 0, num(t.retry_after), t.blocking}
+  for i = 1, #t.keys do
+    reply[#reply + 1] = num(t.tokens[i])
+  end
+  return reply
+end
+
+-- Budget lines: keys[first ..], three per line: spent (STRING, micro-dollars), amounts (HASH
+-- reservation id -> amount), expiries (ZSET reservation id -> expires_at); argv[at + 2(i-1) ..]
+-- holds the line's limit (0 = no cap) and resets_at. Purges reservations left by crashed
+-- processes, then returns nil if `amount` fits under every capped line, else {0, refusing line
+-- (1-based), spent, reserved by others}.
+local function check_budget(keys, first, n, argv, at, id, amount, now)
+  for i = 1, n do
+    local k = first + 3 * (i - 1)
+    local spent_key, amounts, expiries = keys[k], keys[k + 1], keys[k + 2]
+    local stale = redis.call('ZRANGEBYSCORE', expiries, '-inf', num(now))
+    for _, gone in ipairs(stale) do
+      redis.call('HDEL', amounts, gone)
+    end
+    redis.call('ZREMRANGEBYSCORE', expiries, '-inf', num(now))
+
+    local limit = tonumber(argv[at + 2 * (i - 1)])
+    if limit > 0 then
+      local spent = tonumber(redis.call('GET', spent_key)) or 0
+      local reserved = 0
+      for _, held in ipairs(redis.call('HVALS', amounts)) do
+        reserved = reserved + tonumber(held)
+      end
+      -- A retried reservation replaces itself rather than counting twice.
+      reserved = reserved - (tonumber(redis.call('HGET', amounts, id)) or 0)
+      if spent + reserved + amount > limit then
+        return {0, i, spent, reserved}
+      end
+    end
+  end
+  return nil
+end
+
+-- Record the reservation on every line; `keep`: seconds a line's keys outlive its reset.
+local function write_reservation(keys, first, n, argv, at, id, amount_text, ttl, keep, now)
+  for i = 1, n do
+    local k = first + 3 * (i - 1)
+    local amounts, expiries = keys[k + 1], keys[k + 2]
+    local resets_at = tonumber(argv[at + 2 * (i - 1) + 1])
+    redis.call('HSET', amounts, id, amount_text)
+    redis.call('ZADD', expiries, num(now + ttl), id)
+    local keep_for = math.max(resets_at - now + keep, ttl)
+    expire_in(amounts, keep_for)
+    expire_in(expiries, keep_for)
+  end
+end

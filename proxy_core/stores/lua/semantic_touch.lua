@@ -1,0 +1,11 @@
+-- Mark entries most recently used, in the order given (hits a replica served from its own copy of
+-- the answer, reported in batches). ARGV[4 ..]: entry ids; missing ones are skipped.
+-- Returns how many were touched.
+local touched = 0
+for i = 4, #ARGV do
+  if redis.call('HEXISTS', RECORDS, ARGV[i]) == 1 then
+    redis.call('ZADD', LAST_USED, 'XX', next_use(), ARGV[i])
+    touched = touched + 1
+  end
+end
+return touched
