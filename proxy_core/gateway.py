@@ -14,6 +14,11 @@ Pipeline, in order (each step may end the request; nothing is charged unless ups
    that signals an outage feeds the breaker.
 7. **Settle** — the real cost replaces the reservation, the ledger gets one entry, the result is
    recorded under the request ID, and the answer is cached.
+
+The store sees few round trips, because on Redis each costs more than the rest of the pipeline:
+a cache hit is looked up in process and recorded with one ``record_hit`` (claim, ledger and
+result at once); a miss takes one ``admit`` (steps 1, 3, 4 and 5 for its first attempt) and one
+``settle`` (step 7 with the breaker's success), plus the cache's own write.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ from proxy_core.results import CacheStatus, ChatResult, EmbeddingResult
 from proxy_core.retry import RetryPolicy, call_with_retries, counts_against_breaker
 from proxy_core.settings import PennySettings
 from proxy_core.stores import store_from_url
-from proxy_core.stores.base import BucketSpec, LedgerEntry, Store, UsageSummary
+from proxy_core.stores.base import Admission, BreakerRef, BucketSpec, Claim, LedgerEntry, Store, UsageSummary
 from proxy_core.tokens import estimate_chat_tokens, estimate_text_tokens
 from proxy_core.upstream import ChatResponse, EmbedResponse, OpenAIUpstream
 
@@ -110,6 +115,14 @@ class AnswerStream(Protocol):
     def restart(self) -> None: ...
 
 
+class _Held(Exception):
+    """Internal: the request ID is held by an earlier or concurrent call of the same request."""
+
+    def __init__(self, claim: Claim) -> None:
+        super().__init__(claim.state)
+        self.claim = claim
+
+
 class Gateway:
     """Runs every chat completion and embedding through Penny's cost controls.
 
@@ -159,6 +172,7 @@ class Gateway:
             cooldown_s=settings.breaker_cooldown_s,
             probe_timeout_s=settings.request_timeout_s * 2,
         )
+        self._breaker_ref = BreakerRef(breaker_name, self._breaker)
         self._retry = RetryPolicy(
             max_attempts=settings.retry_max_attempts,
             base_s=settings.retry_base_s,
@@ -337,37 +351,36 @@ class Gateway:
         parse: Callable[[str], R],
         run: Callable[[], R],
     ) -> R:
-        log = self._log.bind(request_id=request_id, kind=kind)
-        replay = self._claim(workspace_id, request_id, parse)
-        if replay is not None:
-            self.metrics.requests.labels(kind, "replayed", "none").inc()
-            log.info("request_replayed")
-            return replay
-        try:
-            return run()
-        except BaseException as exc:
-            try:
-                self.store.release_request(workspace_id, request_id)
-            except StoreError:
-                log.warning("claim_release_failed")  # the claim expires by its TTL
-            outcome = _outcome(exc)
-            self.metrics.requests.labels(kind, outcome, "none").inc()
-            log.info("request_failed", outcome=outcome, error=str(exc))
-            raise
-
-    def _claim(self, workspace_id: str, request_id: str, parse: Callable[[str], R]) -> R | None:
-        deadline = self._clock() + self.settings.inflight_wait_s
+        """Run the request unless its ID is held: replay a recorded result, or wait (up to
+        ``inflight_wait_s``) for a concurrent call of it to finish, then refuse."""
+        deadline: float | None = None
         delay = 0.05
         while True:
-            claim = self.store.claim_request(workspace_id, request_id, self._claim_ttl_s)
-            if claim.state == "claimed":
-                return None
-            if claim.state == "done" and claim.result is not None:
-                return parse(claim.result)
-            if self._clock() >= deadline:
-                raise RequestInFlight(request_id)
-            self._sleep(delay)
-            delay = min(delay * 2, 1.0)
+            try:
+                return run()
+            except _Held as held:
+                claim = held.claim
+                if claim.state == "done" and claim.result is not None:
+                    self.metrics.requests.labels(kind, "replayed", "none").inc()
+                    self._log.info("request_replayed", request_id=request_id, kind=kind)
+                    return parse(claim.result)
+                now = self._clock()
+                if deadline is None:
+                    deadline = now + self.settings.inflight_wait_s
+                if now >= deadline:
+                    exc: BaseException = RequestInFlight(request_id)
+                    self._count_failure(kind, request_id, exc)
+                    raise exc from None
+                self._sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except BaseException as exc:
+                self._count_failure(kind, request_id, exc)
+                raise
+
+    def _count_failure(self, kind: str, request_id: str, exc: BaseException) -> None:
+        outcome = _outcome(exc)
+        self.metrics.requests.labels(kind, outcome, "none").inc()
+        self._log.info("request_failed", request_id=request_id, kind=kind, outcome=outcome, error=str(exc))
 
     def _chat(
         self,
@@ -407,16 +420,15 @@ class Gateway:
                 decision = CacheDecision("bypass", "fresh answer requested")
 
         estimated = estimate_chat_tokens(messages)
-        self._take_limits(workspace_id, user_id, tokens=estimated + max_tokens)
         worst = chat_cost(price, estimated, 0, max_tokens)
-        lines = self._reserve(workspace_id, user_id, request_id, worst)
+        lines, permit = self._admit(workspace_id, user_id, request_id, tokens=estimated + max_tokens, amount=worst)
 
         attempt = self._chat_attempt(model, messages, max_tokens, temperature, stream)
 
         try:
-            resp, attempts = self._call_upstream("chat", attempt)
+            resp, attempts = self._call_upstream("chat", attempt, permit)
         except BaseException:
-            self._release_reservation(workspace_id, request_id, lines)
+            self._release(workspace_id, request_id, lines)
             raise
         billed = self._billing_price(resp.model, price)
         cost = chat_cost(billed, resp.prompt_tokens, resp.cached_prompt_tokens, resp.completion_tokens)
@@ -448,6 +460,7 @@ class Gateway:
             request_id,
             lines,
             result.to_json(),
+            upstream_answered=True,
         )
         self._count_spend("chat", resp.model, cost, resp.prompt_tokens, resp.cached_prompt_tokens,
                           resp.completion_tokens)
@@ -503,7 +516,7 @@ class Gateway:
         )
         entry = self._entry(request_id, workspace_id, user_id, answer.model, "chat", status,
                             0, 0, 0, 0, answer.cost_micros, latency_ms, 0)
-        self._settle(entry, None, (), result.to_json())
+        self._record_hit(entry, result.to_json())
         self.metrics.saved.labels("chat").inc(answer.cost_micros)
         self.metrics.requests.labels("chat", "ok", status).inc()
         self._log.info("chat_cache_hit", request_id=request_id, cache=status, reason=decision.reason,
@@ -522,16 +535,16 @@ class Gateway:
     ) -> EmbeddingResult:
         started = self._clock()
         estimated = sum(estimate_text_tokens(t) for t in inputs)
-        self._take_limits(workspace_id, user_id, tokens=estimated)
-        lines = self._reserve(workspace_id, user_id, request_id, embedding_cost(price, estimated))
+        lines, permit = self._admit(workspace_id, user_id, request_id, tokens=estimated,
+                                    amount=embedding_cost(price, estimated))
 
         def attempt() -> EmbedResponse:
             return self.upstream.embed(model=model, inputs=inputs, dimensions=dimensions)
 
         try:
-            resp, attempts = self._call_upstream("embedding", attempt)
+            resp, attempts = self._call_upstream("embedding", attempt, permit)
         except BaseException:
-            self._release_reservation(workspace_id, request_id, lines)
+            self._release(workspace_id, request_id, lines)
             raise
         cost = embedding_cost(self._billing_price(resp.model, price), resp.prompt_tokens)
         latency_ms = self._ms_since(started)
@@ -550,6 +563,7 @@ class Gateway:
             request_id,
             lines,
             result.to_json(),
+            upstream_answered=True,
         )
         self._count_spend("embedding", resp.model, cost, resp.prompt_tokens, 0, 0)
         self.metrics.requests.labels("embedding", "ok", "bypass").inc()
@@ -559,7 +573,11 @@ class Gateway:
 
     # -- steps ----------------------------------------------------------------------------------
 
-    def _take_limits(self, workspace_id: str, user_id: str, *, tokens: int) -> None:
+    def _admit(
+        self, workspace_id: str, user_id: str, request_id: str, *, tokens: int, amount: int
+    ) -> tuple[list[budget_math.BudgetLine], Permit | None]:
+        """Claim the request, take its rate-limit tokens, reserve ``amount`` and ask the breaker,
+        in one store call. Returns the reserved budget lines and the first attempt's permit."""
         limits = self.settings.limits_for(user_id)
         specs: list[BucketSpec] = []
         names: list[str] = []
@@ -571,17 +589,6 @@ class Gateway:
             specs.append(BucketSpec(f"user:{user_id}:tokens",
                                     Bucket.per_minute(limits.tokens_per_minute, limits.token_burst), tokens))
             names.append("tokens")
-        if not specs:
-            return
-        decision = self.store.take_tokens(workspace_id, specs)
-        if not decision.allowed:
-            which = names[decision.blocking or 0]
-            self.metrics.refusals.labels(f"rate_limit_{which}").inc()
-            raise RateLimited(decision.retry_after, limit=which)
-
-    def _reserve(
-        self, workspace_id: str, user_id: str, reservation_id: str, amount: int
-    ) -> list[budget_math.BudgetLine]:
         lines = budget_math.budget_lines(
             workspace_id,
             user_id,
@@ -589,21 +596,44 @@ class Gateway:
             user_daily=self.settings.user_daily_budget_micros(user_id),
             workspace_monthly=self.settings.workspace_monthly_budget_micros(),
         )
-        decision = self.store.reserve(workspace_id, reservation_id, lines, amount, self._claim_ttl_s)
-        if not decision.ok:
+        admission = self.store.admit(workspace_id, request_id, ttl_s=self._claim_ttl_s, buckets=specs, lines=lines,
+                                     amount=amount, breaker=self._breaker_ref)
+        if admission.permit is not None:
+            self.metrics.breaker_state.set(BREAKER_STATES[admission.permit.state])
+        self._refuse_unless_admitted(admission, names)
+        return lines, admission.permit
+
+    def _refuse_unless_admitted(self, admission: Admission, bucket_names: Sequence[str]) -> None:
+        if admission.state == "admitted":
+            return
+        if admission.state in ("done", "in_flight"):
+            raise _Held(Claim(admission.state, admission.result))
+        if admission.state == "rate_limited":
+            limit = admission.limit
+            assert limit is not None
+            which = bucket_names[limit.blocking or 0]
+            self.metrics.refusals.labels(f"rate_limit_{which}").inc()
+            raise RateLimited(limit.retry_after, limit=which)
+        if admission.state == "over_budget":
+            decision = admission.budget
+            assert decision is not None
+            assert decision.line is not None
             line = decision.line
-            assert line is not None
             self.metrics.refusals.labels("budget_" + line.scope.split()[0]).inc()
             raise BudgetExceeded(line.scope, line.limit, decision.spent + decision.reserved, line.resets_at)
-        return lines
+        permit = admission.permit
+        assert permit is not None
+        self.metrics.refusals.labels("breaker").inc()
+        raise CircuitOpen(permit.retry_after)
 
-    def _release_reservation(
-        self, workspace_id: str, reservation_id: str, lines: Sequence[budget_math.BudgetLine]
-    ) -> None:
+    def _release(self, workspace_id: str, request_id: str, lines: Sequence[budget_math.BudgetLine]) -> None:
+        """Give back an admitted request that was not settled: its reservation and its claim (so a
+        retry may run it again). If the store fails, both expire by their TTL."""
         try:
-            self.store.release(workspace_id, reservation_id, lines)
+            self.store.release(workspace_id, request_id, lines)
+            self.store.release_request(workspace_id, request_id)
         except StoreError:
-            self._log.warning("reservation_release_failed", request_id=reservation_id)  # it expires
+            self._log.warning("release_failed", request_id=request_id)
 
     def _chat_attempt(
         self,
@@ -638,17 +668,18 @@ class Gateway:
 
         return attempt
 
-    def _call_upstream(self, kind: str, attempt: Callable[[], T]) -> tuple[T, int]:
+    def _call_upstream(self, kind: str, attempt: Callable[[], T], first_permit: Permit | None) -> tuple[T, int]:
+        """Attempts with retries; ``first_permit`` is the breaker's answer for the first one (from
+        the admission). A success is recorded on the breaker by the settle that follows."""
         started = self._clock()
+        permits = [first_permit] if first_permit is not None else []
 
         def guarded() -> T:
-            permit = self._acquire_breaker()
+            permit = permits.pop() if permits else self._acquire_breaker()
             if not permit.allowed:
                 self.metrics.refusals.labels("breaker").inc()
                 raise CircuitOpen(permit.retry_after)
-            value = attempt()
-            self._record_breaker(success=True)
-            return value
+            return attempt()
 
         def on_failure(exc: BaseException) -> None:
             if not isinstance(exc, UpstreamError):
@@ -691,9 +722,12 @@ class Gateway:
         reservation_id: str | None,
         lines: Sequence[budget_math.BudgetLine],
         result: str,
+        *,
+        upstream_answered: bool,
     ) -> bool:
-        """Write the ledger entry; a billed call that this settle wrote then checks budget alerts.
-        True when this call wrote the entry (False: already settled, or the store failed)."""
+        """Write the ledger entry (and, when upstream answered, its success on the breaker); a
+        billed call that this settle wrote then checks budget alerts. True when this call wrote
+        the entry (False: already settled, or the store failed)."""
         # Upstream has answered and been paid: the answer must reach the user even if the store is
         # briefly unavailable. Try a few times, then log the full entry for reconciliation.
         for attempt in range(3):
@@ -701,6 +735,7 @@ class Gateway:
                 written = self.store.settle(
                     entry, reservation_id=reservation_id, lines=lines, result=result,
                     result_ttl_s=self.settings.idempotency_ttl_s,
+                    breaker=self._breaker_ref if upstream_answered else None,
                 )
             except StoreError as exc:
                 if attempt == 2:
@@ -712,6 +747,22 @@ class Gateway:
                 self._budget_alerts(entry.workspace_id, entry.user_id, entry.request_id, lines, entry.cost_micros)
             return written
         return False
+
+    def _record_hit(self, entry: LedgerEntry, result: str) -> None:
+        """Claim, settle and complete a cache hit at once; raises _Held if its request ID is held.
+        If the store is down the answer is still served (a hit costs nothing) and the entry logged."""
+        for attempt in range(3):
+            try:
+                claim = self.store.record_hit(entry, result=result, result_ttl_s=self.settings.idempotency_ttl_s)
+            except StoreError as exc:
+                if attempt == 2:
+                    self._log.error("ledger_write_failed", error=str(exc), **_entry_fields(entry))
+                    return
+                self._sleep(0.05 * (attempt + 1))
+                continue
+            if claim.state != "claimed":
+                raise _Held(claim)
+            return
 
     def _budget_alerts(
         self, workspace_id: str, user_id: str, request_id: str,

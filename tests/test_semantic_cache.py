@@ -238,6 +238,37 @@ def test_an_entry_stored_by_one_replica_is_a_hit_on_another_within_a_second(
         cleanup.close()
 
 
+def test_a_replica_stops_serving_its_copy_of_an_answer_another_replica_deleted(
+    make_gateway: Callable[..., Gateway], open_twin: Callable[[], Store], fake: FakeOpenAI
+) -> None:
+    a = make_gateway()
+    first = ask(a, "How do I rotate the API keys?")
+    assert ask(a, "How do I rotate the API keys?").cache_status == "exact"  # served from A's copy
+    b = make_gateway(open_twin())
+    assert b.invalidate_cache_entry(first.request_id)  # a 👎 on another replica
+    cache_a = a.cache
+    assert isinstance(cache_a, SemanticCache)
+    cache_a.sync_once()  # what A's sync thread does as soon as the change log has the delete
+    assert ask(a, "How do I rotate the API keys?").cache_status == "miss"
+    assert fake.count("chat") == 2
+
+
+def test_hits_served_from_a_copy_still_count_as_recent_use_in_the_store(
+    make_gateway: Callable[..., Gateway], open_twin: Callable[[], Store], store: Store
+) -> None:
+    a = make_gateway(cache_max_entries=2)
+    deploy = ask(a, "How do I deploy the API?")
+    vacation = ask(a, "Who approves vacation requests?")
+    assert ask(a, "How do I deploy the API?").cache_status == "exact"  # from A's copy, no store read
+    cache_a = a.cache
+    assert isinstance(cache_a, SemanticCache)
+    cache_a.report_served()  # A's sync thread reports served entries in batches
+    b = make_gateway(open_twin(), cache_max_entries=2)
+    ask(b, "Where is the office wifi password?")  # the store evicts its least recently used entry
+    assert store.semantic_get(vacation.request_id, touch=False) is None
+    assert store.semantic_get(deploy.request_id, touch=False) is not None
+
+
 def test_a_restarted_replica_loads_the_shared_entries(make_gateway: Callable[..., Gateway],
                                                       open_twin: Callable[[], Store], fake: FakeOpenAI) -> None:
     ask(make_gateway(), "How do I rotate the API keys?")

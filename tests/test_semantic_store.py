@@ -186,6 +186,11 @@ def test_touch_marks_entries_used_in_order_and_skips_missing_ones(store: Store) 
     assert store.semantic_touch([]) == 0
 
 
+def test_put_first_marks_the_touched_entries_used(store: Store) -> None:
+    put(store, "a", "b", "c", max_entries=4)
+    assert store.semantic_put(entry(store, "d"), max_entries=3, touched=["a", "gone"]) == ["b"]
+
+
 def test_a_read_without_touch_keeps_the_order(store: Store) -> None:
     put(store, "a", "b", "c", max_entries=3)
     assert store.semantic_get("a", touch=False) is not None
@@ -536,6 +541,7 @@ def test_a_malformed_cursor_is_refused(store: Store, cursor: str) -> None:
 SEMANTIC_OPERATIONS: dict[str, Callable[[Store], object]] = {
     "put": lambda s: s.semantic_put(entry_at(0.0, "a"), max_entries=10),
     "get": lambda s: s.semantic_get("a"),
+    "touch": lambda s: s.semantic_touch(["a"]),
     "delete": lambda s: s.semantic_delete(["a"]),
     "delete_where": lambda s: s.semantic_delete_where(expired=True),
     "scan": lambda s: list(s.semantic_scan()),

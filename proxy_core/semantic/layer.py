@@ -7,8 +7,11 @@ replica is a hit on another within about a second — without scanning keys on t
 
 A lookup: exact match on the normalised question within the scope (no embedding needed), else the
 nearest cached questions of the scope, judged by :func:`~proxy_core.semantic.decision.decide` with
-the near-miss guard. The answer is fetched from the store only for a hit, which also marks the
-entry recently used (LRU eviction keeps the store under ``max_entries``).
+the near-miss guard. The answer is fetched from the store only for a hit, and then kept in a
+bounded in-process copy (``answer_copies``), so a hot answer costs no store round trip: the copy
+goes whenever the entry leaves the index (a delete by any replica arrives through the change log,
+within one round trip of it), and the hits it serves are reported to the store in batches by the
+sync thread, which keeps the store's LRU order (eviction under ``max_entries``) true.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections import OrderedDict
 
 import numpy as np
 
@@ -49,6 +53,7 @@ class SemanticCache:
         sync_block_s: float = 0.25,
         sweep_every_s: float = 60.0,
         ivf_min: int = 5_000,
+        answer_copies: int = 2_048,
     ) -> None:
         self.store = store
         self.embedder = embedder
@@ -65,6 +70,12 @@ class SemanticCache:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sync_lock = threading.Lock()
+        # Answers of recently served or stored entries (LRU, at most answer_copies), and the ids
+        # served from them since the last report to the store.
+        self._answer_copies = answer_copies
+        self._answers: OrderedDict[str, CachedAnswer] = OrderedDict()
+        self._served: dict[str, None] = {}
+        self._answers_lock = threading.Lock()
         self._log = get_logger()
         # Vectors of different embedders are not comparable: each embedder gets scopes of its own.
         self._tag = hashlib.blake2b(embedder.name.encode(), digest_size=4).hexdigest()
@@ -92,6 +103,7 @@ class SemanticCache:
                 matrix[len(rows)] = vector
                 rows.append(_row(entry))
             self.index.clear()
+            self._forget_answers(None)
             self.index.upsert_many(rows, matrix[: len(rows)])
             self._cursor = head
             return len(rows)
@@ -115,9 +127,22 @@ class SemanticCache:
         if self._thread is not None:
             self._thread.join(timeout=self._sync_block_s + 5.0)
             self._thread = None
+        try:
+            self.report_served()
+        except StoreError as exc:
+            self._log.warning("cache_touch_failed", error=str(exc))
+
+    def report_served(self) -> int:
+        """Tell the store which entries were served from in-process answers since the last report
+        (they become most recently used there). Called by the sync thread; returns how many."""
+        with self._answers_lock:
+            served, self._served = list(self._served), {}
+        return self.store.semantic_touch(served) if served else 0
 
     def sync_once(self, block_s: float = 0.0) -> int:
-        """Apply the store's changes since the last sync; returns how many were applied."""
+        """Report served entries, then apply the store's changes since the last sync; returns how
+        many changes were applied."""
+        self.report_served()
         if self._cursor is None:  # never loaded (the store was down at start-up)
             return self.load()
         with self._sync_lock:
@@ -197,14 +222,22 @@ class SemanticCache:
             created_at=now,
             expires_at=now + self.ttl_s,
         )
-        evicted = self.store.semantic_put(entry, max_entries=self.max_entries)
+        with self._answers_lock:
+            served, self._served = list(self._served), {}
+        try:
+            evicted = self.store.semantic_put(entry, max_entries=self.max_entries, touched=served)
+        except BaseException:
+            with self._answers_lock:
+                self._served.update(dict.fromkeys(served))  # report them later
+            raise
         self.index.upsert(
             entry_id=entry.entry_id, scope=entry.scope, context=entry.context, question=question,
             normalized=normalize_question(question), vector=np.asarray(vector, dtype=np.float32),
             expires_at=entry.expires_at,
         )
+        self._keep_answer(answer)
         for entry_id in evicted:
-            self.index.remove(entry_id)
+            self._remove(entry_id)
 
     def invalidate(self, scope: CacheScope, question: str | None = None) -> int:
         sid = self.scope_id(scope)
@@ -226,7 +259,7 @@ class SemanticCache:
         """Forget every entry whose context fingerprint starts with ``prefix`` (a docs re-index)."""
         ids = self.store.semantic_delete_where(context_prefix=prefix)
         for entry_id in ids:
-            self.index.remove(entry_id)
+            self._remove(entry_id)
         return len(ids)
 
     def clear(self) -> int:
@@ -235,25 +268,61 @@ class SemanticCache:
     # -- helpers ------------------------------------------------------------------------------------
 
     def _fetch(self, entry: IndexedEntry) -> CachedAnswer | None:
+        with self._answers_lock:
+            answer = self._answers.get(entry.entry_id)
+            if answer is not None:
+                self._answers.move_to_end(entry.entry_id)
+                self._served[entry.entry_id] = None
+                return answer
         stored = self.store.semantic_get(entry.entry_id, touch=True)
         if stored is None or not stored.answer:
-            self.index.remove(entry.entry_id)
+            self._remove(entry.entry_id)
             return None
-        return CachedAnswer.from_json(stored.answer)
+        answer = CachedAnswer.from_json(stored.answer)
+        if self.index.get(entry.entry_id) is not None:  # not deleted meanwhile
+            self._keep_answer(answer)
+        return answer
+
+    def _keep_answer(self, answer: CachedAnswer) -> None:
+        if self._answer_copies <= 0:
+            return
+        with self._answers_lock:
+            self._answers[answer.entry_id] = answer
+            self._answers.move_to_end(answer.entry_id)
+            while len(self._answers) > self._answer_copies:
+                self._answers.popitem(last=False)
+
+    def _forget_answers(self, entry_id: str | None) -> None:
+        """Drop the in-process answer of ``entry_id`` (None: of every entry)."""
+        with self._answers_lock:
+            if entry_id is None:
+                self._answers.clear()
+            else:
+                self._answers.pop(entry_id, None)
+
+    def _remove(self, entry_id: str) -> None:
+        self.index.remove(entry_id)
+        self._forget_answers(entry_id)
 
     def _delete(self, ids: list[str]) -> int:
         if not ids:
             return 0
         removed = self.store.semantic_delete(ids)
         for entry_id in ids:
-            self.index.remove(entry_id)
+            self._remove(entry_id)
         return removed
 
     def _apply(self, change: SemanticChange) -> None:
         if change.op == "delete":
-            self.index.remove(change.entry_id)
+            self._remove(change.entry_id)
             return
         entry = change.entry
+        known = self.index.get(change.entry_id)
+        if entry is not None and known is not None and (known.expires_at, known.question, known.scope) == (
+            entry.expires_at, entry.question, entry.scope
+        ):
+            return  # this replica's own put, echoed back: already in the index, copy still good
+        self._forget_answers(change.entry_id)  # a replaced entry's kept answer is stale
         vector = None if entry is None else self._vector_of(entry)
         if entry is not None and vector is not None:
             self.index.upsert_many([_row(entry)], vector[None, :])

@@ -357,9 +357,10 @@ class Store(ABC):
     # mutation below appends to the change log in the same atomic step as the mutation.
 
     @abstractmethod
-    def semantic_put(self, entry: SemanticEntry, *, max_entries: int) -> list[str]:
+    def semantic_put(self, entry: SemanticEntry, *, max_entries: int, touched: Sequence[str] = ()) -> list[str]:
         """Store (or replace) ``entry`` as the most recently used one, then evict least recently
-        used entries while more than ``max_entries`` remain (0 = no cap). Returns evicted ids."""
+        used entries while more than ``max_entries`` remain (0 = no cap). Returns evicted ids.
+        ``touched`` are first marked used, as by :meth:`semantic_touch` (hits not reported yet)."""
 
     @abstractmethod
     def semantic_get(self, entry_id: str, *, touch: bool = True) -> SemanticEntry | None:

@@ -595,10 +595,12 @@ class RedisStore(Store):
 
     # -- semantic cache ------------------------------------------------------------------
     @_translated("store a semantic-cache entry")
-    def semantic_put(self, entry: SemanticEntry, *, max_entries: int) -> list[str]:
+    def semantic_put(self, entry: SemanticEntry, *, max_entries: int, touched: Sequence[str] = ()) -> list[str]:
         if max_entries < 0:
             raise ValueError("max_entries must be 0 (no cap) or more")
-        evicted = self._run_semantic("semantic_put", [entry.entry_id, _pack_record(entry), entry.answer, max_entries])
+        evicted = self._run_semantic(
+            "semantic_put", [entry.entry_id, _pack_record(entry), entry.answer, max_entries, *touched]
+        )
         return [_text(entry_id) for entry_id in evicted]
 
     @_translated("read a semantic-cache entry")

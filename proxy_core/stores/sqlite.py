@@ -633,10 +633,11 @@ class SqliteStore(Store):
         return summary
 
     # -- semantic cache ------------------------------------------------------------------
-    def semantic_put(self, entry: SemanticEntry, *, max_entries: int) -> list[str]:
+    def semantic_put(self, entry: SemanticEntry, *, max_entries: int, touched: Sequence[str] = ()) -> list[str]:
         if max_entries < 0:
             raise ValueError("max_entries must be 0 (no cap) or more")
         with self._write("store a semantic-cache entry") as conn:
+            _touch(conn, touched, self.now())
             conn.execute(
                 _UPSERT_SEMANTIC,
                 (
@@ -688,20 +689,12 @@ class SqliteStore(Store):
             now = self.now()
             row = conn.execute(query, (entry_id, now)).fetchone()
             if row is not None:
-                conn.execute(
-                    "UPDATE semantic_entries SET last_used = ? WHERE entry_id = ?", (_next_use(conn, now), entry_id)
-                )
+                _touch(conn, [entry_id], now)
         return None if row is None else SemanticEntry(*row)
 
     def semantic_touch(self, entry_ids: Sequence[str]) -> int:
         with self._write("mark semantic-cache entries used") as conn:
-            now = self.now()
-            touched = 0
-            for entry_id in entry_ids:
-                touched += conn.execute(
-                    "UPDATE semantic_entries SET last_used = ? WHERE entry_id = ?", (_next_use(conn, now), entry_id)
-                ).rowcount
-        return touched
+            return _touch(conn, entry_ids, self.now())
 
     def semantic_delete(self, entry_ids: Sequence[str]) -> int:
         with self._write("delete semantic-cache entries") as conn:
@@ -1028,6 +1021,16 @@ def _next_use(conn: sqlite3.Connection, now: float) -> int:
     last = conn.execute("SELECT MAX(last_used) FROM semantic_entries").fetchone()[0]
     now_us = int(now * 1_000_000)
     return now_us if last is None or now_us > last else int(last) + 1
+
+
+def _touch(conn: sqlite3.Connection, entry_ids: Sequence[str], now: float) -> int:
+    """Mark existing entries most recently used, in order; returns how many existed."""
+    touched = 0
+    for entry_id in entry_ids:
+        touched += conn.execute(
+            "UPDATE semantic_entries SET last_used = ? WHERE entry_id = ?", (_next_use(conn, now), entry_id)
+        ).rowcount
+    return touched
 
 
 def _log_head(conn: sqlite3.Connection) -> int:

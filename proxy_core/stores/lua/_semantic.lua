@@ -66,3 +66,12 @@ local function remove(id)
   log('op', 'delete', 'id', id, 'scope', scope)
   return true
 end
+
+-- Mark an existing entry most recently used; returns 1 if it exists, else 0.
+local function touch(id)
+  if redis.call('HEXISTS', RECORDS, id) == 1 then
+    redis.call('ZADD', LAST_USED, 'XX', next_use(), id)
+    return 1
+  end
+  return 0
+end

@@ -10,6 +10,6 @@ if expires_at <= clock() then
   return false
 end
 if ARGV[5] == '1' then
-  redis.call('ZADD', LAST_USED, 'XX', next_use(), id)
+  touch(id)
 end
 return {record, redis.call('HGET', ANSWERS, id)}

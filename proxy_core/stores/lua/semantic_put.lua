@@ -1,9 +1,13 @@
 -- Store (or replace) an entry as the most recently used, then evict least recently used entries
 -- while more than max_entries remain. Each step is logged: the put (record, no answer), then one
 -- delete per eviction.
--- ARGV[4]: entry id, ARGV[5]: record, ARGV[6]: answer, ARGV[7]: max_entries (0 = no cap).
+-- ARGV[4]: entry id, ARGV[5]: record, ARGV[6]: answer, ARGV[7]: max_entries (0 = no cap);
+-- ARGV[8 ..]: entries to mark used first, in order (hits served since the last report).
 -- Returns the evicted ids, least recently used first.
 local id, record, max_entries = ARGV[4], ARGV[5], tonumber(ARGV[7])
+for i = 8, #ARGV do
+  touch(ARGV[i])
+end
 
 local old = redis.call('HGET', RECORDS, id)
 if old then

@@ -3,9 +3,6 @@
 -- Returns how many were touched.
 local touched = 0
 for i = 4, #ARGV do
-  if redis.call('HEXISTS', RECORDS, ARGV[i]) == 1 then
-    redis.call('ZADD', LAST_USED, 'XX', next_use(), ARGV[i])
-    touched = touched + 1
-  end
+  touched = touched + touch(ARGV[i])
 end
 return touched
