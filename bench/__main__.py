@@ -14,6 +14,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,27 +78,52 @@ def _cleanup(store: Store) -> None:
     store.close()
 
 
-def bench_limiter(make: Callable[[], Store], seconds: float = 1.5) -> float:
-    """Limiter decisions per second from one client (one thread)."""
+def bench_limiter(make: Callable[[], Store], seconds: float = 1.5, threads: int = 1) -> float:
+    """Limiter decisions per second from one client (one store instance) on ``threads`` threads."""
     store = make()
     try:
         spec = [BucketSpec("user:U1:requests", Bucket(rate=1e9, burst=1e9), 1)]
-        n = 0
-        end = time.perf_counter() + seconds
+        counts = [0] * threads
         start = time.perf_counter()
-        while time.perf_counter() < end:
-            store.take_tokens("W1", spec)
-            n += 1
-        return n / (time.perf_counter() - start)
+        end = start + seconds
+
+        def work(i: int) -> None:
+            n = 0
+            while time.perf_counter() < end:
+                store.take_tokens("W1", spec)
+                n += 1
+            counts[i] = n
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(work, range(threads)))
+        return sum(counts) / (time.perf_counter() - start)
     finally:
         _cleanup(store)
 
 
-def bench_gateway(make: Callable[[], Store], n: int = 2000) -> tuple[list[float], list[float]]:
-    """Latencies (s) of gateway misses and exact-cache hits against a zero-latency upstream."""
+def bench_ping(n: int = 3000) -> float:
+    """p50 of a bare redis-py PING: the floor one round trip sets on this machine."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        times: list[float] = []
+        for _ in range(n):
+            t = time.perf_counter()
+            client.ping()
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+    finally:
+        client.close()
+
+
+def bench_gateway(make: Callable[[], Store], n: int = 2000, *, semantic: bool) -> tuple[list[float], list[float]]:
+    """Latencies (s) of gateway misses and exact-cache hits against a zero-latency upstream, with
+    the exact cache alone (``semantic=False``) or the default semantic cache (WordLlama)."""
     store = make()
-    settings = PennySettings(requests_per_minute=0, tokens_per_minute=0, user_daily_budget_usd=100,
-                             workspace_monthly_budget_usd=10_000)
+    # The limiter and both budgets are on (generous), so every step of the pipeline is measured.
+    settings = PennySettings(requests_per_minute=60_000, request_burst=10_000, tokens_per_minute=0,
+                             user_daily_budget_usd=100, workspace_monthly_budget_usd=10_000, semantic_cache=semantic)
     gw = Gateway(settings, store=store, upstream=ZeroLatencyUpstream())
     try:
         misses: list[float] = []
@@ -121,6 +147,10 @@ def bench_gateway(make: Callable[[], Store], n: int = 2000) -> tuple[list[float]
         _cleanup(store)
 
 
+def _ms(xs: list[float]) -> str:
+    return f"{statistics.median(xs) * 1e3:.3f} / {_pct(xs, 0.95) * 1e3:.3f} ms"
+
+
 def _pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(p * len(xs)))]
@@ -132,16 +162,19 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         stores = _stores(Path(d))
         for name, make in stores:
+            if name == "redis":
+                rows.append(Row("PING p50 (one round trip, the floor)", name, f"{bench_ping() * 1e3:.3f} ms", ""))
             rate = bench_limiter(make)
-            rows.append(Row("limiter decisions/s (1 client)", name, f"{rate:,.0f}",
+            rows.append(Row("limiter decisions/s, 1 client, 1 thread", name, f"{rate:,.0f}",
                             "≥ 5,000 on Redis" if name == "redis" else ""))
-            misses, hits = bench_gateway(make)
-            rows.append(Row("gateway miss overhead p50 / p95", name,
-                            f"{statistics.median(misses) * 1e3:.3f} / {_pct(misses, 0.95) * 1e3:.3f} ms",
-                            "p50 ≤ 2 ms on Redis" if name == "redis" else ""))
-            rows.append(Row("exact-cache hit p50 / p95", name,
-                            f"{statistics.median(hits) * 1e3:.3f} / {_pct(hits, 0.95) * 1e3:.3f} ms",
-                            "p50 ≤ 0.5 ms"))
+            rate = bench_limiter(make, threads=4)
+            rows.append(Row("limiter decisions/s, 1 client, 4 threads", name, f"{rate:,.0f}",
+                            "≥ 5,000 on Redis" if name == "redis" else ""))
+            for semantic, label in ((False, "exact cache"), (True, "semantic cache")):
+                misses, hits = bench_gateway(make, semantic=semantic)
+                rows.append(Row(f"miss overhead p50 / p95, {label}", name, _ms(misses),
+                                "p50 ≤ 2 ms on Redis" if name == "redis" else ""))
+                rows.append(Row(f"exact hit p50 / p95, {label}", name, _ms(hits), "p50 ≤ 0.5 ms"))
     widths = [max(len(getattr(r, f)) for r in rows) for f in ("name", "store", "value")]
     head = ("measure", "store", "result", "target")
     print(f"| {head[0]:{widths[0]}} | {head[1]:{widths[1]}} | {head[2]:{widths[2]}} | {head[3]} |")

@@ -750,19 +750,11 @@ class Gateway:
 
     def _record_hit(self, entry: LedgerEntry, result: str) -> None:
         """Claim, settle and complete a cache hit at once; raises _Held if its request ID is held.
-        If the store is down the answer is still served (a hit costs nothing) and the entry logged."""
-        for attempt in range(3):
-            try:
-                claim = self.store.record_hit(entry, result=result, result_ttl_s=self.settings.idempotency_ttl_s)
-            except StoreError as exc:
-                if attempt == 2:
-                    self._log.error("ledger_write_failed", error=str(exc), **_entry_fields(entry))
-                    return
-                self._sleep(0.05 * (attempt + 1))
-                continue
-            if claim.state != "claimed":
-                raise _Held(claim)
-            return
+        A store failure fails the request (as a claim would): without the store a hit could be
+        neither deduplicated nor recorded, and it has cost nothing yet."""
+        claim = self.store.record_hit(entry, result=result, result_ttl_s=self.settings.idempotency_ttl_s)
+        if claim.state != "claimed":
+            raise _Held(claim)
 
     def _budget_alerts(
         self, workspace_id: str, user_id: str, request_id: str,

@@ -14,12 +14,14 @@ from prometheus_client import CollectorRegistry
 
 from proxy_core.cache import CacheScope
 from proxy_core.clock import ManualClock
+from proxy_core.errors import StoreError
 from proxy_core.gateway import Gateway
 from proxy_core.metrics import Metrics
 from proxy_core.semantic.index import ScopeIndex, VectorIndex
 from proxy_core.semantic.layer import SemanticCache
 from proxy_core.settings import PennySettings
 from proxy_core.stores.base import Store
+from proxy_core.stores.sqlite import SqliteStore
 from proxy_core.upstream import OpenAIUpstream
 from tests.fake_openai import FakeOpenAI
 
@@ -267,6 +269,17 @@ def test_hits_served_from_a_copy_still_count_as_recent_use_in_the_store(
     ask(b, "Where is the office wifi password?")  # the store evicts its least recently used entry
     assert store.semantic_get(vacation.request_id, touch=False) is None
     assert store.semantic_get(deploy.request_id, touch=False) is not None
+
+
+def test_a_copy_of_an_answer_is_not_served_while_the_store_is_down(
+    make_gateway: Callable[..., Gateway], sqlite_store: SqliteStore, fake: FakeOpenAI
+) -> None:
+    gw = make_gateway(sqlite_store)
+    ask(gw, "How do I rotate the API keys?")
+    sqlite_store.close()  # the store is gone: a hit could be neither deduplicated nor recorded
+    with pytest.raises(StoreError):
+        ask(gw, "How do I rotate the API keys?")
+    assert fake.count("chat") == 1
 
 
 def test_a_restarted_replica_loads_the_shared_entries(make_gateway: Callable[..., Gateway],
