@@ -186,9 +186,10 @@ def test_touch_marks_entries_used_in_order_and_skips_missing_ones(store: Store) 
     assert store.semantic_touch([]) == 0
 
 
-def test_put_first_marks_the_touched_entries_used(store: Store) -> None:
+def test_put_marks_the_touched_entries_used_after_the_new_one(store: Store) -> None:
     put(store, "a", "b", "c", max_entries=4)
     assert store.semantic_put(entry(store, "d"), max_entries=3, touched=["a", "gone"]) == ["b"]
+    assert store.semantic_put(entry(store, "e"), max_entries=3, touched=["e", "c"]) == ["d"]
 
 
 def test_a_read_without_touch_keeps_the_order(store: Store) -> None:

@@ -12,6 +12,11 @@ bounded in-process copy (``answer_copies``), so a hot answer costs no store roun
 goes whenever the entry leaves the index (a delete by any replica arrives through the change log,
 within one round trip of it), and the hits it serves are reported to the store in batches by the
 sync thread, which keeps the store's LRU order (eviction under ``max_entries``) true.
+
+A put is written behind: this replica's index and copy take the new answer at once (so it is a
+hit here immediately) and a writer thread stores it, so the request does not wait for the write.
+Deletes wait for a write in progress and cancel queued ones, so nothing deleted comes back. A
+write that fails takes the entry out of this replica's index too (it never reached the others).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 import numpy as np
 
@@ -76,6 +82,14 @@ class SemanticCache:
         self._answers: OrderedDict[str, CachedAnswer] = OrderedDict()
         self._served: dict[str, None] = {}
         self._answers_lock = threading.Lock()
+        # Write-behind: entries waiting for the writer thread, in order. The write lock is held by
+        # the writer while it takes and writes one, and by deletes, so they never interleave.
+        self._pending: OrderedDict[str, SemanticEntry] = OrderedDict()
+        self._pending_cv = threading.Condition()
+        self._writing = False
+        self._write_lock = threading.Lock()
+        self._writer: threading.Thread | None = None
+        self._writer_stop = False
         self._log = get_logger()
         # Vectors of different embedders are not comparable: each embedder gets scopes of its own.
         self._tag = hashlib.blake2b(embedder.name.encode(), digest_size=4).hexdigest()
@@ -119,25 +133,60 @@ class SemanticCache:
             self._stop.clear()
             self._thread = threading.Thread(target=self._follow, name="penny-cache-sync", daemon=True)
             self._thread.start()
+        if self._writer is None:
+            self._writer_stop = False
+            self._writer = threading.Thread(target=self._write_behind, name="penny-cache-writer", daemon=True)
+            self._writer.start()
 
     def close(self) -> None:
-        """Stop following changes and wait for the thread to leave (after its current read, at
-        most ``sync_block_s``), so the store can be closed safely afterwards."""
+        """Stop following changes, finish the queued writes, and wait for both threads to leave
+        (the sync thread after its current read, at most ``sync_block_s``), so the store can be
+        closed safely afterwards."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self._sync_block_s + 5.0)
             self._thread = None
+        if self._writer is not None:
+            with self._pending_cv:
+                self._writer_stop = True
+                self._pending_cv.notify_all()
+            self._writer.join(timeout=10.0)
+            self._writer = None
         try:
             self.report_served()
         except StoreError as exc:
             self._log.warning("cache_touch_failed", error=str(exc))
 
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every queued write has reached the store; False if ``timeout_s`` passed first.
+        (Waits for the writer thread, not for time to pass: it returns as soon as the queue drains.)"""
+        deadline = time.monotonic() + timeout_s
+        with self._pending_cv:
+            while self._pending or self._writing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._pending_cv.wait(left)
+        return True
+
     def report_served(self) -> int:
         """Tell the store which entries were served from in-process answers since the last report
-        (they become most recently used there). Called by the sync thread; returns how many."""
-        with self._answers_lock:
-            served, self._served = list(self._served), {}
-        return self.store.semantic_touch(served) if served else 0
+        (they become most recently used there). Called by the sync thread; returns how many.
+
+        A hit came after every put queued before it, so while writes are queued the report waits
+        for the last of them, which carries it (``_store_put``)."""
+        with self._write_lock:
+            with self._pending_cv:
+                if self._pending:
+                    return 0
+            with self._answers_lock:
+                served, self._served = list(self._served), {}
+            try:
+                return self.store.semantic_touch(served) if served else 0
+            except BaseException:
+                with self._answers_lock:
+                    self._served.update(dict.fromkeys(served))  # report them later
+                raise
 
     def sync_once(self, block_s: float = 0.0) -> int:
         """Report served entries, then apply the store's changes since the last sync; returns how
@@ -222,22 +271,72 @@ class SemanticCache:
             created_at=now,
             expires_at=now + self.ttl_s,
         )
-        with self._answers_lock:
-            served, self._served = list(self._served), {}
-        try:
-            evicted = self.store.semantic_put(entry, max_entries=self.max_entries, touched=served)
-        except BaseException:
-            with self._answers_lock:
-                self._served.update(dict.fromkeys(served))  # report them later
-            raise
         self.index.upsert(
             entry_id=entry.entry_id, scope=entry.scope, context=entry.context, question=question,
             normalized=normalize_question(question), vector=np.asarray(vector, dtype=np.float32),
             expires_at=entry.expires_at,
         )
         self._keep_answer(answer)
+        if self._writer is None:  # not started: no writer thread, so write now
+            with self._write_lock:
+                self._store_put(entry)
+            return
+        with self._pending_cv:
+            self._pending[entry.entry_id] = entry
+            self._pending_cv.notify_all()
+
+    def _write_behind(self) -> None:
+        while True:
+            with self._pending_cv:
+                while not self._pending and not self._writer_stop:
+                    self._pending_cv.wait()
+                if not self._pending:
+                    return  # stopped, and every queued write is done
+            with self._write_lock:
+                with self._pending_cv:
+                    if not self._pending:
+                        continue  # a delete cancelled it meanwhile
+                    _, entry = self._pending.popitem(last=False)
+                    self._writing = True
+                try:
+                    self._store_put(entry)
+                except StoreError as exc:
+                    self._log.warning("cache_write_failed", entry_id=entry.entry_id, error=str(exc))
+                except Exception as exc:  # never let the writer die silently
+                    self._log.error("cache_writer_crashed", entry_id=entry.entry_id, error=repr(exc))
+                finally:
+                    with self._pending_cv:
+                        self._writing = False
+                        self._pending_cv.notify_all()
+
+    def _store_put(self, entry: SemanticEntry) -> None:
+        """Write one entry (with the write lock held); the last queued write also reports the hits
+        served since the last report, which came after it. On failure the entry leaves this
+        replica too: it never reached the store, so no other replica has it."""
+        served: list[str] = []
+        with self._pending_cv:
+            last = not self._pending
+        if last:
+            with self._answers_lock:
+                served, self._served = list(self._served), {}
+        try:
+            evicted = self.store.semantic_put(entry, max_entries=self.max_entries, touched=served)
+        except BaseException:
+            with self._answers_lock:
+                self._served.update(dict.fromkeys(served))  # report them later
+            self._remove(entry.entry_id)
+            raise
         for entry_id in evicted:
             self._remove(entry_id)
+
+    def _cancel_pending(self, wanted: Callable[[SemanticEntry], bool]) -> list[str]:
+        """Drop queued writes of entries ``wanted`` says go (call with the write lock held)."""
+        with self._pending_cv:
+            gone = [entry_id for entry_id, entry in self._pending.items() if wanted(entry)]
+            for entry_id in gone:
+                del self._pending[entry_id]
+            self._pending_cv.notify_all()
+        return gone
 
     def invalidate(self, scope: CacheScope, question: str | None = None) -> int:
         sid = self.scope_id(scope)
@@ -257,10 +356,12 @@ class SemanticCache:
 
     def invalidate_context(self, prefix: str) -> int:
         """Forget every entry whose context fingerprint starts with ``prefix`` (a docs re-index)."""
-        ids = self.store.semantic_delete_where(context_prefix=prefix)
-        for entry_id in ids:
+        with self._write_lock:
+            cancelled = self._cancel_pending(lambda entry: entry.context.startswith(prefix))
+            ids = self.store.semantic_delete_where(context_prefix=prefix)
+        for entry_id in [*ids, *cancelled]:
             self._remove(entry_id)
-        return len(ids)
+        return len(ids) + len(cancelled)
 
     def clear(self) -> int:
         return self.invalidate_context("")
@@ -307,10 +408,13 @@ class SemanticCache:
     def _delete(self, ids: list[str]) -> int:
         if not ids:
             return 0
-        removed = self.store.semantic_delete(ids)
+        wanted = set(ids)
+        with self._write_lock:
+            cancelled = self._cancel_pending(lambda entry: entry.entry_id in wanted)
+            removed = self.store.semantic_delete(ids)
         for entry_id in ids:
             self._remove(entry_id)
-        return removed
+        return removed + len(cancelled)
 
     def _apply(self, change: SemanticChange) -> None:
         if change.op == "delete":

@@ -360,7 +360,8 @@ class Store(ABC):
     def semantic_put(self, entry: SemanticEntry, *, max_entries: int, touched: Sequence[str] = ()) -> list[str]:
         """Store (or replace) ``entry`` as the most recently used one, then evict least recently
         used entries while more than ``max_entries`` remain (0 = no cap). Returns evicted ids.
-        ``touched`` are first marked used, as by :meth:`semantic_touch` (hits not reported yet)."""
+        ``touched`` are marked used after the put and before the eviction, as by
+        :meth:`semantic_touch` (hits served since the last report, which came after the put)."""
 
     @abstractmethod
     def semantic_get(self, entry_id: str, *, touch: bool = True) -> SemanticEntry | None:

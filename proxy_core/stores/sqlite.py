@@ -637,7 +637,6 @@ class SqliteStore(Store):
         if max_entries < 0:
             raise ValueError("max_entries must be 0 (no cap) or more")
         with self._write("store a semantic-cache entry") as conn:
-            _touch(conn, touched, self.now())
             conn.execute(
                 _UPSERT_SEMANTIC,
                 (
@@ -664,6 +663,7 @@ class SqliteStore(Store):
                     bytes(entry.vector),
                 ),
             )
+            _touch(conn, touched, self.now())
             evicted: list[tuple[str, str]] = []
             if max_entries:
                 excess = int(conn.execute("SELECT COUNT(*) FROM semantic_entries").fetchone()[0]) - max_entries

@@ -2,12 +2,9 @@
 -- while more than max_entries remain. Each step is logged: the put (record, no answer), then one
 -- delete per eviction.
 -- ARGV[4]: entry id, ARGV[5]: record, ARGV[6]: answer, ARGV[7]: max_entries (0 = no cap);
--- ARGV[8 ..]: entries to mark used first, in order (hits served since the last report).
--- Returns the evicted ids, least recently used first.
+-- ARGV[8 ..]: entries to mark used after the put, in order (hits served since the last report),
+-- before anything is evicted. Returns the evicted ids, least recently used first.
 local id, record, max_entries = ARGV[4], ARGV[5], tonumber(ARGV[7])
-for i = 8, #ARGV do
-  touch(ARGV[i])
-end
 
 local old = redis.call('HGET', RECORDS, id)
 if old then
@@ -21,6 +18,9 @@ redis.call('ZADD', LAST_USED, next_use(), id)
 redis.call('ZADD', EXPIRIES, num(expires_at), id)
 redis.call('ZADD', CONTEXTS, 0, context_member(context, id))
 log('op', 'put', 'id', id, 'scope', scope, 'record', record)
+for i = 8, #ARGV do
+  touch(ARGV[i])
+end
 
 local evicted = {}
 if max_entries > 0 then
