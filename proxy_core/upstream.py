@@ -11,6 +11,11 @@ again, so each method here makes exactly one HTTP request. Failures map as follo
     unreadable / incomplete 200  -> UpstreamError(kind="malformed")   (missing usage included:
                                                                          we could not bill it)
 
+A streamed chat completion (:meth:`OpenAIUpstream.chat_stream`) fails the same way before its first
+byte; once the answer is flowing, a broken stream (dropped connection, unreadable chunk, an error
+event) is ``UpstreamError(kind="connection")`` (``"timeout"`` when it stalled past the timeout), and
+a stream that ends without its usage chunk is ``malformed``, like a 200 without ``usage``.
+
 ``retry_after`` comes from ``retry-after-ms`` (milliseconds) or ``Retry-After`` (seconds or an HTTP
 date). Messages are meant for a Slack user or an operator and never contain the API key.
 """
@@ -19,14 +24,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, cast
 
 import openai
 from openai.types import CreateEmbeddingResponse
-from openai.types.chat import ChatCompletion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
 
 from proxy_core.clock import Clock, wall
 from proxy_core.errors import ConfigurationError, UpstreamError, UpstreamRejected
@@ -156,6 +161,61 @@ class OpenAIUpstream:
         except (_Malformed, ValueError, openai.OpenAIError) as exc:
             raise self._malformed(exc, model) from exc
 
+    def chat_stream(
+        self,
+        *,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        max_tokens: int,
+        on_delta: Callable[[str], None],
+        temperature: float | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> ChatResponse:
+        """One streamed chat completion: ``on_delta`` gets each piece of the answer's text as it
+        arrives; the result is the whole response, usage included (asked for with
+        ``stream_options.include_usage``). A failure after text was sent is still one failed attempt:
+        the caller decides whether to retry and what to do with the text it already showed."""
+        try:
+            stream = self._client.chat.completions.create(
+                model=model,
+                messages=cast("list[ChatCompletionMessageParam]", list(messages)),
+                max_completion_tokens=max_tokens,
+                temperature=openai.omit if temperature is None else temperature,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_body=extra or None,
+            )
+        except openai.OpenAIError as exc:
+            raise self._request_error(exc, model) from exc
+        answer = _StreamedAnswer()
+        for text in self._texts(stream, answer, model):
+            on_delta(text)  # outside the translation: a failing sink is not a failing provider
+        try:
+            return answer.response()
+        except _Malformed as exc:
+            raise self._malformed(exc, model) from exc
+
+    def _texts(self, stream: Iterable[object], answer: _StreamedAnswer, model: str) -> Iterator[str]:
+        """Feed ``stream``'s chunks into ``answer``, yielding the text each adds; failures translated."""
+        try:
+            for chunk in stream:
+                text = answer.add(chunk)
+                if text:
+                    yield text
+        except openai.APITimeoutError as exc:
+            raise self._request_error(exc, model) from exc
+        except (openai.OpenAIError, _Malformed, ValueError) as exc:
+            # The connection dropped mid-body, a chunk was unreadable, or the provider sent an error
+            # event: the answer broke off, and a new attempt can fix that.
+            raise UpstreamError(
+                f"The LLM provider's answer broke off while streaming ({_stream_failure(exc)}).",
+                kind="connection",
+            ) from exc
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+
     def embed(self, *, model: str, inputs: list[str], dimensions: int | None = None) -> EmbedResponse:
         """Embed ``inputs`` in one request; vectors come back in input order."""
         kwargs: dict[str, Any] = {}
@@ -277,7 +337,19 @@ def _chat_response(completion: object) -> ChatResponse:
     model = completion.model
     if not isinstance(model, str) or not model:
         raise _Malformed("no model")
-    usage = completion.usage
+    prompt_tokens, cached, completion_tokens = _chat_usage(completion.usage)
+    return ChatResponse(
+        content=content,
+        model=model,
+        prompt_tokens=prompt_tokens,
+        cached_prompt_tokens=cached,
+        completion_tokens=completion_tokens,
+        finish_reason=finish_reason,
+    )
+
+
+def _chat_usage(usage: object) -> tuple[int, int, int]:
+    """(prompt, cached prompt, completion) tokens of a chat completion's ``usage``."""
     if usage is None:
         raise _Malformed("no usage")
     prompt_tokens = _count(getattr(usage, "prompt_tokens", None), "prompt_tokens")
@@ -287,14 +359,82 @@ def _chat_response(completion: object) -> ChatResponse:
     cached = 0 if cached_raw is None else _count(cached_raw, "cached_tokens")
     if cached > prompt_tokens:
         raise _Malformed("cached_tokens exceed prompt_tokens")
-    return ChatResponse(
-        content=content,
-        model=model,
-        prompt_tokens=prompt_tokens,
-        cached_prompt_tokens=cached,
-        completion_tokens=completion_tokens,
-        finish_reason=finish_reason,
-    )
+    return prompt_tokens, cached, completion_tokens
+
+
+class _StreamedAnswer:
+    """A chat completion put together from its stream's chunks, checked as strictly as
+    :func:`_chat_response` checks a whole one (the SDK does not validate chunks either)."""
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+        self._refusal: list[str] = []
+        self._saw_content = False
+        self._model: str | None = None
+        self._finish_reason: str | None = None
+        self._usage: object = None
+
+    def add(self, chunk: object) -> str:
+        """Take one chunk; the answer text it adds ("" for none)."""
+        if not isinstance(chunk, ChatCompletionChunk):
+            raise _Malformed("not a chat completion chunk")
+        model = chunk.model
+        if isinstance(model, str) and model and self._model is None:
+            self._model = model
+        if chunk.usage is not None:
+            self._usage = chunk.usage
+        choices = chunk.choices
+        if not isinstance(choices, list):
+            raise _Malformed("bad choices")
+        text = ""
+        for choice in choices:
+            if getattr(choice, "index", 0) != 0:
+                continue  # only the first choice is asked for (n=1)
+            finish_reason = getattr(choice, "finish_reason", None)
+            if finish_reason is not None:
+                if not isinstance(finish_reason, str):
+                    raise _Malformed("bad finish_reason")
+                self._finish_reason = finish_reason
+            delta = getattr(choice, "delta", None)
+            content = getattr(delta, "content", None)
+            if content is not None:
+                if not isinstance(content, str):
+                    raise _Malformed("bad content")
+                self._saw_content = True
+                self._parts.append(content)
+                text += content
+            refusal = getattr(delta, "refusal", None)
+            if isinstance(refusal, str):
+                self._refusal.append(refusal)
+        return text
+
+    def response(self) -> ChatResponse:
+        """The whole response, once the stream has ended."""
+        content = "".join(self._parts)
+        if not content and self._refusal:
+            content = "".join(self._refusal)
+        elif not self._saw_content and self._finish_reason not in ("length", "content_filter"):
+            raise _Malformed("no content")
+        if self._model is None:
+            raise _Malformed("no model")
+        prompt_tokens, cached, completion_tokens = _chat_usage(self._usage)  # no usage chunk: not billable
+        return ChatResponse(
+            content=content,
+            model=self._model,
+            prompt_tokens=prompt_tokens,
+            cached_prompt_tokens=cached,
+            completion_tokens=completion_tokens,
+            finish_reason=self._finish_reason,
+        )
+
+
+def _stream_failure(exc: Exception) -> str:
+    """A short, key-free reason a stream broke off."""
+    if isinstance(exc, openai.APIConnectionError):
+        return "connection lost"
+    if isinstance(exc, (_Malformed, ValueError)):
+        return "unreadable chunk"
+    return "the provider reported an error"
 
 
 def _embed_response(result: object, expected: int, dimensions: int | None) -> EmbedResponse:

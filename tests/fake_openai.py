@@ -9,6 +9,8 @@ Usage::
         assert fake.count("chat") == 3
 
 Endpoints: ``POST /v1/chat/completions`` and ``POST /v1/embeddings``; anything else is a 404.
+A chat request with ``"stream": true`` is answered with server-sent events, as OpenAI does (see
+*Streaming* below).
 
 Answers are deterministic:
 
@@ -26,6 +28,17 @@ Answers are deterministic:
   orthogonal. ``set_embedding(text, vector)`` pins a vector. ``dimensions`` is honoured (default
   ``embed_dimensions``, 1536). ``encoding_format`` ``"float"`` and ``"base64"`` (little-endian
   float32, what the SDK asks for by default) are both served.
+
+Streaming: the answer (the same content, model and counts as above, ``Fault.ok`` overrides
+included) goes out as ``data: {chunk}`` events over chunked transfer encoding: a first chunk with
+the assistant role and ``""`` content, one chunk per word (with the whitespace after it), a chunk
+with the ``finish_reason``, then, when the request set ``stream_options.include_usage``, a chunk
+with no choices and the ``usage`` (every earlier chunk then carries ``"usage": null``; ``Fault.ok(
+include_usage=False)`` leaves the usage chunk out), and finally ``data: [DONE]``.
+``Fault.stream_break(after=K, how=...)`` sends the role chunk and ``K`` word chunks and then drops the
+connection mid-body (``"drop"``), sends an unreadable chunk (``"garbage"``) or an error event
+(``"error"``). Every other fault (a status, a delay, a drop before any byte) works as for a plain
+request.
 
 Faults, in order of precedence:
 
@@ -51,6 +64,7 @@ import hashlib
 import json
 import math
 import random
+import re
 import socket
 import struct
 import threading
@@ -63,11 +77,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal, cast
 
-__all__ = ["FakeOpenAI", "Fault", "RecordedRequest", "count_tokens", "fake_embedding"]
+__all__ = ["FakeOpenAI", "Fault", "RecordedRequest", "count_tokens", "fake_embedding", "stream_pieces"]
 
 Endpoint = Literal["chat", "embeddings"]
 ScriptTarget = Literal["chat", "embeddings", "any"]
-FaultKind = Literal["ok", "status", "garbage", "json", "drop"]
+FaultKind = Literal["ok", "status", "garbage", "json", "drop", "stream_break"]
+BreakHow = Literal["drop", "garbage", "error"]
 
 _PATHS: dict[str, Endpoint] = {"/v1/chat/completions": "chat", "/v1/embeddings": "embeddings"}
 
@@ -107,6 +122,9 @@ class Fault:
     cached_tokens: int | None = None
     finish_reason: str | None = None
     include_usage: bool = True
+    # "stream_break": how many word chunks go out before the stream breaks, and how it breaks
+    break_after: int = 0
+    break_how: BreakHow = "drop"
 
     @staticmethod
     def ok(
@@ -180,6 +198,13 @@ class Fault:
     def drop(*, delay_s: float = 0.0) -> Fault:
         """Read the request, then close the connection without any response."""
         return Fault(kind="drop", delay_s=delay_s)
+
+    @staticmethod
+    def stream_break(after: int, *, how: BreakHow = "drop", delay_s: float = 0.0) -> Fault:
+        """A streamed answer that breaks after ``after`` word chunks: the connection drops without
+        ending the body (``"drop"``), an unreadable chunk arrives (``"garbage"``), or an OpenAI
+        error event (``"error"``). A request that does not stream gets :meth:`drop`'s behaviour."""
+        return Fault(kind="stream_break", break_after=after, break_how=how, delay_s=delay_s)
 
 
 class _RedactedHeaders(dict[str, str]):
@@ -419,6 +444,37 @@ class FakeOpenAI:
             }
         return body
 
+    def _chat_events(self, request: dict[str, Any], fault: Fault) -> list[bytes]:
+        """The server-sent events of a streamed chat completion, ``data: [DONE]`` included."""
+        whole = self._chat_body(request, fault)
+        choice = whole["choices"][0]
+        options = request.get("stream_options")
+        with_usage = isinstance(options, dict) and options.get("include_usage") is True
+
+        def chunk(choices: list[dict[str, Any]], usage: object = None) -> bytes:
+            body: dict[str, Any] = {
+                "id": whole["id"],
+                "object": "chat.completion.chunk",
+                "created": whole["created"],
+                "model": whole["model"],
+                "system_fingerprint": whole["system_fingerprint"],
+                "choices": choices,
+            }
+            if with_usage:
+                body["usage"] = usage
+            return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+        def delta(content: dict[str, Any], finish_reason: str | None = None) -> list[dict[str, Any]]:
+            return [{"index": 0, "delta": content, "logprobs": None, "finish_reason": finish_reason}]
+
+        events = [chunk(delta({"role": "assistant", "content": "", "refusal": None}))]
+        events.extend(chunk(delta({"content": piece})) for piece in stream_pieces(choice["message"]["content"]))
+        events.append(chunk(delta({}, choice["finish_reason"])))
+        if with_usage and "usage" in whole:
+            events.append(chunk([], whole["usage"]))
+        events.append(b"data: [DONE]\n\n")
+        return events
+
     def _embeddings_body(self, request: dict[str, Any], fault: Fault) -> dict[str, Any] | tuple[int, str]:
         raw = request.get("input")
         inputs: list[str]
@@ -454,6 +510,11 @@ class FakeOpenAI:
         if fault.include_usage:
             body["usage"] = {"prompt_tokens": prompt, "total_tokens": prompt}
         return body
+
+
+def stream_pieces(content: str) -> list[str]:
+    """How the fake streams ``content``: one piece per word, with the whitespace after it."""
+    return re.findall(r"\s+\S*\s*|\S+\s*", content) if content else []
 
 
 def _text_of(content: object) -> str:
@@ -506,7 +567,8 @@ class _Handler(BaseHTTPRequestHandler):
         if not fake._wait(fault.delay_s):
             self._drop()
             return
-        if fault.kind == "drop":
+        streaming = isinstance(body, dict) and body.get("stream") is True and endpoint == "chat"
+        if fault.kind == "drop" or (fault.kind == "stream_break" and not streaming):
             self._drop()
         elif fault.kind == "status":
             message = fault.message or f"Fake upstream error {fault.status_code}"
@@ -521,6 +583,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(404, _error_body(404, f"Unknown path {path}"))
         elif not isinstance(body, dict):
             self._send_json(400, _error_body(400, "Request body must be a JSON object"))
+        elif streaming:
+            self._send_stream(fake._chat_events(cast(dict[str, Any], body), fault), fault)
         elif endpoint == "chat":
             self._send_json(200, fake._chat_body(cast(dict[str, Any], body), fault))
         else:
@@ -538,6 +602,38 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _send_stream(self, events: list[bytes], fault: Fault) -> None:
+        """Send ``events`` as a 200 ``text/event-stream`` in chunked encoding, one event per chunk,
+        breaking off as ``fault`` says."""
+        if fault.kind == "stream_break":
+            events = events[: 1 + fault.break_after]  # the role chunk, then that many word chunks
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("x-request-id", "req_fake")
+            self.end_headers()
+            for event in events:
+                self._write_chunk(event)
+            if fault.kind == "stream_break":
+                if fault.break_how == "drop":
+                    self._drop()  # mid-body: the client sees an incomplete chunked read
+                    return
+                if fault.break_how == "garbage":
+                    self._write_chunk(b'data: {"id": "chatcmpl-broken", "choi\n\n')
+                else:
+                    error = _error_body(500, "The server had an error while processing your request.")
+                    self._write_chunk(b"data: " + json.dumps(error).encode() + b"\n\n")
+                self._write_chunk(b"data: [DONE]\n\n")
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except OSError:
+            self.close_connection = True
+
+    def _write_chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
 
     def _send_json(self, status: int, body: object, headers: tuple[tuple[str, str], ...] = ()) -> None:
         self._send_raw(status, json.dumps(body).encode(), "application/json", headers)

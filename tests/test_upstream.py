@@ -10,13 +10,16 @@ import threading
 import time
 from collections.abc import Iterator
 from email.utils import formatdate
+from typing import Literal
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from proxy_core.errors import ConfigurationError, UpstreamError, UpstreamRejected
+from proxy_core.retry import is_retryable
 from proxy_core.upstream import ChatResponse, OpenAIUpstream, parse_retry_after
-from tests.fake_openai import FakeOpenAI, Fault, count_tokens, fake_embedding
+from tests.fake_openai import FakeOpenAI, Fault, count_tokens, fake_embedding, stream_pieces
 
 API_KEY = "sk-test-penny-0123456789abcdef"
 MESSAGES = [
@@ -496,3 +499,156 @@ def test_fake_stops_promptly_with_a_delayed_request_in_flight() -> None:
     assert time.monotonic() - started < 1.0
     assert not caller.is_alive()
     assert [type(e) for e in errors] == [UpstreamError]
+
+
+# -- streamed chat completions ---------------------------------------------------------------
+
+
+def ask_streaming(
+    up: OpenAIUpstream, sink: list[str] | None = None, *, temperature: float | None = None
+) -> ChatResponse:
+    deltas = sink if sink is not None else []
+    return up.chat_stream(
+        model="gpt-4o-mini", messages=MESSAGES, max_tokens=200, on_delta=deltas.append, temperature=temperature
+    )
+
+
+def stream_error(up: OpenAIUpstream, sink: list[str] | None = None) -> UpstreamError:
+    with pytest.raises(UpstreamError) as info:
+        ask_streaming(up, sink)
+    return info.value
+
+
+def test_chat_stream_sends_each_piece_then_returns_the_whole_response_with_usage(
+    fake: FakeOpenAI, upstream: OpenAIUpstream
+) -> None:
+    deltas: list[str] = []
+
+    response = ask_streaming(upstream, deltas)
+
+    assert deltas == stream_pieces("Answer to: How do I rotate the signing key?")
+    assert len(deltas) > 3
+    assert response == ask(upstream)  # the same response a plain call gets
+    body = fake.requests_to("chat")[0].body
+    assert body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
+    assert body["max_completion_tokens"] == 200 and "max_tokens" not in body
+    assert "temperature" not in body
+
+
+def test_chat_stream_reports_cached_tokens_model_and_length(fake: FakeOpenAI, upstream: OpenAIUpstream) -> None:
+    fake.script(Fault.ok(content="Use `penny keys rotate`.", prompt_tokens=1200, completion_tokens=9,
+                         cached_tokens=1024, model="gpt-4o-mini-2024-07-18", finish_reason="length"))
+
+    response = ask_streaming(upstream, temperature=0.2)
+
+    assert response == ChatResponse(
+        content="Use `penny keys rotate`.",
+        model="gpt-4o-mini-2024-07-18",
+        prompt_tokens=1200,
+        cached_prompt_tokens=1024,
+        completion_tokens=9,
+        finish_reason="length",
+    )
+    assert fake.last("chat").body["temperature"] == 0.2
+
+
+@pytest.mark.parametrize(
+    ("fault", "kind", "status", "rejected"),
+    [
+        (Fault.status(429, retry_after="2"), "status", 429, False),
+        (Fault.status(503), "status", 503, False),
+        (Fault.status(401), "status", 401, True),
+        (Fault.status(429, error_code="insufficient_quota"), "status", 429, True),
+        (Fault.drop(), "connection", None, False),
+    ],
+)
+def test_chat_stream_failures_before_the_first_byte_are_translated_like_chat(
+    fake: FakeOpenAI, upstream: OpenAIUpstream, fault: Fault, kind: str, status: int | None, rejected: bool
+) -> None:
+    fake.script(fault, fault)
+    deltas: list[str] = []
+
+    streamed = stream_error(upstream, deltas)
+    plain = chat_error(upstream)
+
+    assert (type(streamed), streamed.kind, streamed.status) == (type(plain), kind, status)
+    assert str(streamed) == str(plain)
+    assert streamed.retry_after == plain.retry_after
+    assert isinstance(streamed, UpstreamRejected) is rejected
+    assert deltas == []
+
+
+def test_chat_stream_timeout_before_the_first_byte(fake: FakeOpenAI) -> None:
+    up = OpenAIUpstream(api_key=API_KEY, base_url=fake.base_url, timeout_s=0.2)
+    fake.script(Fault.delay(0.6))
+
+    err = stream_error(up)
+
+    assert (type(err), err.kind) == (UpstreamError, "timeout")
+
+
+@pytest.mark.parametrize("how", ["drop", "garbage", "error"])
+def test_a_stream_that_breaks_midway_is_a_retryable_connection_error(
+    fake: FakeOpenAI, upstream: OpenAIUpstream, how: Literal["drop", "garbage", "error"]
+) -> None:
+    fake.script(Fault.stream_break(3, how=how))
+    deltas: list[str] = []
+
+    err = stream_error(upstream, deltas)
+
+    assert type(err) is UpstreamError
+    assert (err.kind, err.status) == ("connection", None)
+    assert is_retryable(err)
+    assert deltas == ["Answer ", "to: ", "How "]  # what was shown before it broke
+    assert API_KEY not in str(err)
+    assert ask_streaming(upstream).content  # the connection pool is fine afterwards
+
+
+def test_a_stream_without_its_usage_chunk_is_malformed_not_free(fake: FakeOpenAI, upstream: OpenAIUpstream) -> None:
+    fake.script(Fault.ok(include_usage=False))
+    deltas: list[str] = []
+
+    err = stream_error(upstream, deltas)
+
+    assert (type(err), err.kind) == (UpstreamError, "malformed")
+    assert "usage" in str(err)
+    assert "".join(deltas) == "Answer to: How do I rotate the signing key?"
+
+
+def test_a_failing_sink_is_not_an_upstream_error(fake: FakeOpenAI, upstream: OpenAIUpstream) -> None:
+    def sink(text: str) -> None:
+        raise RuntimeError("the terminal went away")
+
+    with pytest.raises(RuntimeError):
+        upstream.chat_stream(model="gpt-4o-mini", messages=MESSAGES, max_tokens=200, on_delta=sink)
+    assert ask_streaming(upstream).content
+
+
+def test_fake_streams_server_sent_events_and_usage_only_when_asked(fake: FakeOpenAI) -> None:
+    client = openai.OpenAI(api_key=API_KEY, base_url=fake.base_url, max_retries=0)
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "How do I rotate the signing key?"}]
+    try:
+        with client.chat.completions.create(model="m", messages=messages, stream=True) as stream:
+            chunks = list(stream)
+        with client.chat.completions.create(
+            model="m", messages=messages, stream=True, stream_options={"include_usage": True}
+        ) as stream:
+            with_usage = list(stream)
+    finally:
+        client.close()
+
+    assert all(c.usage is None for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Answer to: How do I rotate the signing key?"
+    assert [c.choices[0].finish_reason for c in chunks][-1] == "stop"
+    assert len(with_usage) == len(chunks) + 1
+    assert with_usage[-1].choices == [] and with_usage[-1].usage is not None
+    assert with_usage[-1].usage.completion_tokens == count_tokens("Answer to: How do I rotate the signing key?")
+    assert fake.last("chat").header("Authorization") == f"Bearer {API_KEY}"
+
+
+def test_stream_break_on_a_plain_request_drops_the_connection(fake: FakeOpenAI, upstream: OpenAIUpstream) -> None:
+    fake.script(Fault.stream_break(2))
+
+    assert chat_error(upstream).kind == "connection"
