@@ -106,8 +106,11 @@ class AnswerStream(Protocol):
     """Where a streamed answer goes while upstream writes it (the bot: a Slack message).
 
     ``delta`` gets each new piece of text. ``restart`` is called before a retry when the failed
-    attempt had already sent text: what was shown so far is void and the answer starts over.
-    Only misses stream; a cache hit or a replay returns the whole answer without touching it.
+    attempt had already sent text: what was shown so far is void and the answer starts over. When
+    the last attempt fails after sending text, nothing more is called: the caller, which gets the
+    error, clears what was shown. Only misses stream; a cache hit or a replay returns the whole
+    answer without touching it. A stream that raises is dropped for the rest of the answer (the
+    call goes on and is billed as usual): showing progress must never lose a paid-for answer.
     """
 
     def delta(self, text: str) -> None: ...
@@ -648,20 +651,28 @@ class Gateway:
         if stream is None or chat_stream is None:
             return lambda: self.upstream.chat(model=model, messages=messages, max_tokens=max_tokens,
                                               temperature=temperature)
-        sink = stream
+        sink: AnswerStream | None = stream
         shown = False  # whether an earlier attempt already sent text that a retry must void
+
+        def call_sink(method: Callable[..., None], *args: str) -> None:
+            nonlocal sink
+            try:
+                method(*args)
+            except Exception as exc:
+                self._log.warning("answer_stream_failed", error=repr(exc))
+                sink = None
 
         def on_delta(text: str) -> None:
             nonlocal shown
-            if text:
+            if text and sink is not None:
                 shown = True
-                sink.delta(text)
+                call_sink(sink.delta, text)
 
         def attempt() -> ChatResponse:
             nonlocal shown
-            if shown:
+            if shown and sink is not None:
                 shown = False
-                sink.restart()
+                call_sink(sink.restart)
             response: ChatResponse = chat_stream(model=model, messages=messages, max_tokens=max_tokens,
                                                  on_delta=on_delta, temperature=temperature)
             return response
