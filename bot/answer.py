@@ -121,6 +121,7 @@ class AnswerService:
                 context=self._context(hits),
                 cache_as=CacheAs(text, f"{PROMPT_VERSION}|{_digest(question.history)}"),
                 use_cache=not question.fresh,
+                stream=question.stream,
             )
         except PennyError as exc:
             return self._refusal(exc, closest)

@@ -4,12 +4,19 @@ Edges (Slack listeners, CLI commands) parse their input into a :class:`Question`
 :meth:`Answerer.answer`, and render the :class:`Answer`. The service never raises for a failure a
 user can hit: a refusal (rate limit, budget, breaker) or an upstream error comes back as an Answer
 whose ``kind`` says so, with the closest doc links found at $0.
+
+A question may carry an :class:`~proxy_core.gateway.AnswerStream` (``Question.stream``): when the
+answer comes from the LLM (a cache miss), its text is sent there as it is written, before the
+finished Answer comes back. Cached, extractive and no-match answers never touch it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from proxy_core.gateway import AnswerStream
 
 __all__ = ["Answer", "AnswerKind", "Answerer", "Citation", "Question", "Refusal"]
 
@@ -26,6 +33,8 @@ class Question:
     channel_id: str | None = None
     history: tuple[tuple[str, str], ...] = ()  # earlier turns of the thread, oldest first: (role, text)
     fresh: bool = False  # ask the LLM even if an answer is cached ("Get a fresh answer")
+    # where a miss's text goes while the LLM writes it (a Slack message, the terminal); not data
+    stream: AnswerStream | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -425,8 +425,19 @@ class _Session:
             self.store.close()
 
     def ask(self, question: str, user: str, workspace: str, out: TextIO, *, fresh: bool) -> int:
-        answer = self.service.answer(Question(question, user, workspace, f"cli:{uuid.uuid4().hex}", fresh=fresh))
-        print(f"penny> {answer.text}", file=out)
+        stream = _TerminalStream(out)
+        answer = self.service.answer(
+            Question(question, user, workspace, f"cli:{uuid.uuid4().hex}", fresh=fresh, stream=stream)
+        )
+        if not stream.shown:
+            print(f"penny> {answer.text}", file=out)
+        elif answer.kind == "answer" and answer.text.endswith(stream.shown):
+            print(file=out)  # the text is out already; end its line
+            note = answer.text[: -len(stream.shown)].strip()
+            if note:
+                print(f"       {note}", file=out)
+        else:  # it broke off for good: say so under what was shown
+            print(f"\npenny> {answer.text}", file=out)
         for c in answer.citations:
             where = c.url or c.path
             label = f"{c.title} › {c.section}" if c.section else c.title
@@ -434,6 +445,30 @@ class _Session:
         if answer.footer:
             print(f"       {answer.footer}", file=out)
         return 1 if answer.kind in ("refused", "error") else 0
+
+
+class _TerminalStream:
+    """Prints an answer the LLM is writing as it arrives; a retry starts it over on a new line."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self.shown = ""  # the text printed since the last restart
+
+    def delta(self, text: str) -> None:
+        self._write(("penny> " if not self.shown else "") + text)
+        self.shown += text
+
+    def restart(self) -> None:
+        if self.shown:
+            self._write("\n       (the answer broke off; starting over)\n")
+        self.shown = ""
+
+    def _write(self, text: str) -> None:
+        try:
+            self._out.write(text)
+            self._out.flush()
+        except OSError:  # a closed pipe: the answer is still paid for and recorded; printing it fails later
+            pass
 
 
 def _missing_slack_settings(settings: PennySettings, *, http: bool) -> list[str]:

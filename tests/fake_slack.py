@@ -23,6 +23,11 @@ Answers (``{"ok": true, ...}``):
 - ``auth.test``: ``team_id``, ``user_id`` (``UPENNY``), ``bot_id``, ``url``, ``team``, ``user``;
 - ``chat.postMessage``: a ``ts`` unique per call, ``channel`` and the ``message`` as posted;
 - ``chat.postEphemeral``: ``message_ts``; ``chat.update`` / ``chat.delete``: ``channel``, ``ts``;
+- ``chat.startStream``: a new ``ts`` and ``channel``; ``chat.appendStream`` / ``chat.stopStream``:
+  ``channel``, ``ts``. Like Slack, the fake refuses a stream without ``thread_ts``
+  (``invalid_arguments``), one outside a DM (``D…``) without ``recipient_user_id`` /
+  ``recipient_team_id`` (``missing_recipient_…``), and an append or stop to a message that is not
+  streaming (``message_not_in_streaming_state``);
 - ``views.publish``: the ``view``; ``users.info``: a user, ``is_admin`` only for configured admins;
 - ``conversations.replies``: the messages set with :meth:`FakeSlack.set_replies` (else none);
 - anything else (``reactions.add``, ``assistant.threads.setStatus``, …): ``{"ok": true}``.
@@ -31,6 +36,9 @@ Faults are scripted per method and consumed one per call, in order: :meth:`FakeS
 (HTTP 429 with ``Retry-After``), :meth:`FakeSlack.fail` (``{"ok": false, "error": ...}``, HTTP
 200 like Slack, or another status). :meth:`FakeSlack.respond` overrides a method's answer for
 good. The server prints nothing and is thread-safe.
+
+:meth:`FakeSlack.messages` replays the recorded calls into what a channel would show now: posted
+and streamed messages, with appends, stops, updates and deletions applied.
 """
 
 from __future__ import annotations
@@ -89,6 +97,7 @@ class SlackCall:
     path: str
     at: float  # time.monotonic() when it arrived
     status: int = 200  # what the fake answered (filled in before the response is sent)
+    response: Mapping[str, Any] | None = None  # the body it answered (filled in likewise)
 
     def header(self, name: str) -> str | None:
         return self.headers.get_ci(name)
@@ -140,6 +149,7 @@ class _State:
     replies: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
     admins: set[str] = field(default_factory=set)
+    streaming: set[tuple[str, str]] = field(default_factory=set)  # (channel, ts) of open streams
     next_ts: int = 0
 
     def __post_init__(self) -> None:
@@ -264,13 +274,14 @@ class FakeSlack:
             return len(self._state.faults.get(method, ()))
 
     def reset(self) -> None:
-        """Forget calls, faults, responders and configured replies/users (admins stay)."""
+        """Forget calls, faults, responders, open streams and configured replies/users (admins stay)."""
         with self._state.lock:
             self._state.calls.clear()
             self._state.faults.clear()
             self._state.responders.clear()
             self._state.replies.clear()
             self._state.users.clear()
+            self._state.streaming.clear()
 
     # -- inspection --------------------------------------------------------------------------
 
@@ -304,6 +315,38 @@ class FakeSlack:
             f"waited {timeout}s for {count} call(s) to {method}, got {len(found)}; calls so far: {self._summary()}"
         )
 
+    def messages(self, channel: str | None = None) -> list[dict[str, Any]]:
+        """The messages the calls so far left in ``channel`` (every channel if None), oldest
+        first: ``ts``, ``channel``, ``thread_ts``, ``text``, ``blocks``, ``markdown`` (the streamed
+        text) and ``streaming`` (a stream not stopped yet). Failed calls change nothing."""
+        shown: dict[tuple[str, str], dict[str, Any]] = {}
+        for call in self.calls():
+            answer = call.response or {}
+            if call.status != 200 or not answer.get("ok"):
+                continue
+            where = str(call.params.get("channel", ""))
+            key = (where, str(answer.get("ts") or call.params.get("ts") or ""))
+            if call.method in ("chat.postMessage", "chat.startStream"):
+                shown[key] = {
+                    "ts": key[1],
+                    "channel": where,
+                    "thread_ts": call.params.get("thread_ts"),
+                    "text": str(call.params.get("text", "")),
+                    "blocks": call.blocks,
+                    "markdown": str(call.params.get("markdown_text", "")),
+                    "streaming": call.method == "chat.startStream",
+                }
+            elif key in shown and call.method in ("chat.appendStream", "chat.stopStream"):
+                shown[key]["markdown"] += str(call.params.get("markdown_text", ""))
+                if call.method == "chat.stopStream":
+                    shown[key]["streaming"] = False
+                    shown[key]["blocks"] = shown[key]["blocks"] + call.blocks
+            elif key in shown and call.method == "chat.update":
+                shown[key].update(text=str(call.params.get("text", "")), blocks=call.blocks, markdown="")
+            elif call.method == "chat.delete":
+                shown.pop(key, None)
+        return [m for m in shown.values() if channel is None or m["channel"] == channel]
+
     def _summary(self) -> str:
         with self._state.lock:
             return ", ".join(c.method for c in self._state.calls) or "none"
@@ -325,7 +368,7 @@ class FakeSlack:
         else:
             status, body, headers = 200, self._answer(call, serial), ()
         with self._state.changed:
-            self._state.calls.append(dataclasses.replace(call, status=status))
+            self._state.calls.append(dataclasses.replace(call, status=status, response=body))
             self._state.changed.notify_all()
         return status, body, headers
 
@@ -362,7 +405,11 @@ class FakeSlack:
                 "message": message,
             }
         if method == "chat.delete":
+            with self._state.lock:
+                self._state.streaming.discard((str(p.get("channel")), str(p.get("ts"))))
             return {"ok": True, "channel": p.get("channel"), "ts": p.get("ts")}
+        if method in ("chat.startStream", "chat.appendStream", "chat.stopStream"):
+            return self._stream_answer(call, serial)
         if method == "views.publish":
             view = call.json_param("view")
             view = dict(view) if isinstance(view, dict) else {}
@@ -376,6 +423,28 @@ class FakeSlack:
                 messages = list(self._state.replies.get((str(p.get("channel")), str(p.get("ts"))), []))
             return {"ok": True, "messages": messages, "has_more": False, "response_metadata": {"next_cursor": ""}}
         return {"ok": True}
+
+    def _stream_answer(self, call: SlackCall, serial: int) -> dict[str, Any]:
+        p = call.params
+        channel = str(p.get("channel", ""))
+        if call.method == "chat.startStream":
+            if not p.get("thread_ts"):
+                return {"ok": False, "error": "invalid_arguments"}
+            if not channel.startswith("D"):  # Slack needs the recipient outside a DM
+                for name in ("recipient_user_id", "recipient_team_id"):
+                    if not p.get(name):
+                        return {"ok": False, "error": f"missing_{name}"}
+            ts = self._ts(serial)
+            with self._state.lock:
+                self._state.streaming.add((channel, ts))
+            return {"ok": True, "channel": channel, "ts": ts}
+        ts = str(p.get("ts", ""))
+        with self._state.lock:
+            if (channel, ts) not in self._state.streaming:
+                return {"ok": False, "error": "message_not_in_streaming_state"}
+            if call.method == "chat.stopStream":
+                self._state.streaming.discard((channel, ts))
+        return {"ok": True, "channel": channel, "ts": ts}
 
     def _message(self, call: SlackCall, ts: str) -> dict[str, Any]:
         message: dict[str, Any] = {

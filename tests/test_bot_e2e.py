@@ -14,7 +14,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from bot.service import index_docs, open_answer_service
-from bot.slack.app import ACTION_FEEDBACK_DOWN, SlackSettings
+from bot.slack.app import SlackSettings
+from bot.slack.render import ACTION_FEEDBACK_DOWN
 from bot.slack.runner import penny_app
 from proxy_core.gateway import Gateway
 from proxy_core.metrics import Metrics
@@ -96,11 +97,12 @@ def test_a_mention_gets_a_threaded_answer_with_citations_and_its_cost(bot: Bot, 
                                                                       openai: FakeOpenAI) -> None:
     assert bot.event(mention("<@UPENNY> how do I start the dev server?", ts="1700000100.000100")).status == 200
     bot.settle()
-    posts = slack.calls("chat.postMessage")
-    assert len(posts) == 1
-    post = posts[0]
-    assert post.params["thread_ts"] == "1700000100.000100"
-    body = _text(post)
+    shown = slack.messages()  # streamed while written, then replaced by the rendered answer
+    assert len(shown) == 1
+    answer = shown[0]
+    assert answer["thread_ts"] == "1700000100.000100"
+    assert not answer["streaming"]
+    body = json.dumps(answer["blocks"]) + answer["text"]
     assert "engineering/local-dev-setup.md" in body  # the cited page
     assert "gpt-4.1-mini" in body and "$" in body  # the cost line
     assert openai.count("chat") == 1
@@ -114,7 +116,8 @@ def test_one_event_delivered_three_times_is_answered_and_charged_once(bot: Bot, 
     bot.event(event, event_id="EvSame", headers={"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"})
     bot.event(event, event_id="EvSame", headers={"X-Slack-Retry-Num": "2", "X-Slack-Retry-Reason": "http_timeout"})
     bot.settle()
-    assert slack.count("chat.postMessage") == 1
+    assert len(slack.messages()) == 1
+    assert slack.count("chat.startStream") == 1
     assert openai.count("chat") == 1
     usage = bot.gateway.usage(TEAM, "2000-01-01", "2100-01-01")
     assert usage.totals.requests == 1

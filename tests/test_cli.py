@@ -24,7 +24,7 @@ from bot.cli import main
 from proxy_core.money import format_usd
 from proxy_core.stores import store_from_url
 from proxy_core.stores.base import UsageSummary
-from tests.fake_openai import FakeOpenAI
+from tests.fake_openai import FakeOpenAI, Fault
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET_KEY = "sk-test-DoNotEchoMe-0123456789"
@@ -190,6 +190,24 @@ def test_ask_prints_answer_sources_and_cost_then_serves_the_cache(fake: FakeOpen
     assert "cached" not in out
     assert "gpt-4.1-mini ·" in out
     assert fake.count("chat") == 2
+
+
+def test_ask_prints_the_answer_as_it_is_written_and_starts_over_when_it_breaks_off(
+    fake: FakeOpenAI, isolated: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PENNY_RETRY_BASE_S", "0")  # retry at once
+    fake.script(Fault.stream_break(2))  # the first attempt breaks after "Answer to: "
+    code, out = penny("ask", QUESTION, "--user", "U1")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[:3] == [
+        "penny> Answer to: ",
+        "       (the answer broke off; starting over)",
+        f"penny> Answer to: {QUESTION}",
+    ]
+    assert lines[-1].startswith("       gpt-4.1-mini · ")
+    assert fake.count("chat") == 2 and fake.last("chat").body["stream"] is True
+    assert ledger(isolated, "U1").totals.requests == 1
 
 
 def test_a_question_the_docs_do_not_cover_costs_nothing(fake: FakeOpenAI, isolated: str) -> None:

@@ -22,10 +22,19 @@ Answers and ``no_match`` replies are posted in the thread; refusals and errors g
 alone (``chat.postEphemeral``). While the service works, the user's message carries an ``eyes``
 reaction. Every Web API call goes through a client with the SDK's retry handlers for Slack's rate
 limits (HTTP 429, honouring ``Retry-After``) and for connection errors.
+
+An answer the LLM writes (a cache miss) to a question in a thread streams into that thread while it
+is written (:mod:`bot.slack.stream`); once it is done, the streamed message is replaced
+(``chat.update``) by exactly the message a non-streamed answer gets, and the rest of a long answer
+follows as usual. If the answer ends as a refusal or an error, the streamed message is deleted and
+the refusal goes to the asker as before. Streaming is best effort: when a streaming call fails, the
+answer is delivered the non-streamed way, once. A top-level DM answer (no thread) is not streamed:
+Slack streams only replies.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import time
@@ -62,6 +71,8 @@ from bot.slack.render import (
     message_text,
     refusal_blocks,
 )
+from bot.slack.stream import SlackAnswerStream, StreamPacing
+from proxy_core.clock import Clock
 from proxy_core.errors import StoreError
 from proxy_core.log import get_logger
 from proxy_core.settings import PennySettings
@@ -111,7 +122,8 @@ FAILED_TEXT: Final = "Something went wrong on my side. Please try again in a min
 BOT_EVENTS: Final = ("app_mention", "message.im", "message.channels", "message.groups", "app_home_opened")
 BOT_SCOPES: Final[Mapping[str, str]] = {
     "app_mentions:read": "app_mention events",
-    "chat:write": "chat.postMessage, chat.postEphemeral",
+    "chat:write": "chat.postMessage, chat.postEphemeral, chat.update, chat.delete, "
+                  "chat.startStream / appendStream / stopStream (a streamed answer)",
     "channels:history": "message.channels events; conversations.replies in public channels",
     "groups:history": "message.groups events; conversations.replies in private channels",
     "im:history": "message.im events; conversations.replies in DMs",
@@ -126,6 +138,9 @@ _USER_SUBTYPES: Final = frozenset({"thread_broadcast", "file_share"})
 _MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
 
 FeedbackCallback = Callable[[str, str, bool], None]  # (user_id, entry_id, up)
+
+# Streaming errors no later answer can get past: streaming stays off until Penny restarts.
+STREAMING_UNAVAILABLE: Final = frozenset({"unknown_method", "missing_scope", "not_allowed_token_type"})
 
 _log = get_logger()
 
@@ -160,13 +175,16 @@ def build_app(
     listener_executor: Executor | None = None,
     cost_settings: PennySettings | None = None,
     wall: Callable[[], float] = time.time,
+    clock: Clock = time.monotonic,
+    stream_pacing: StreamPacing | None = None,
 ) -> App:
     """Penny's Bolt app. ``client`` defaults to :func:`make_client`; ``on_feedback`` gets 👍/👎 clicks.
 
     Listeners run after the ack, on ``listener_executor`` (Bolt's own thread pool by default; tests
     pass theirs so they can wait for every listener to finish). ``cost_settings`` gives ``/cost`` and
     the App Home their budgets, rate limits and admins (defaults: no caps, default limits, only the
-    admins in ``settings``); ``wall`` is the clock that picks today and this month.
+    admins in ``settings``); ``wall`` is the clock that picks today and this month. ``clock``
+    (monotonic) and ``stream_pacing`` set how often a streamed answer is appended to.
     """
     web_client = client if client is not None else make_client(settings)
     # The bot's own IDs come from auth.test on the first request (Bolt caches it), not at start-up.
@@ -178,7 +196,8 @@ def build_app(
     )
     costs = cost_settings if cost_settings is not None else PennySettings.model_construct()
     admins = _Admins(frozenset(settings.admin_user_ids) | frozenset(costs.admin_user_ids))
-    penny = _Penny(answerer=answerer, store=store, on_feedback=on_feedback, costs=costs, admins=admins, wall=wall)
+    penny = _Penny(answerer=answerer, store=store, on_feedback=on_feedback, costs=costs, admins=admins, wall=wall,
+                   clock=clock, stream_pacing=stream_pacing or StreamPacing())
     app.event("app_mention")(penny.on_mention)
     app.event("message")(penny.on_message)
     app.event("app_home_opened")(penny.on_home_opened)
@@ -360,6 +379,8 @@ class _Penny:
         costs: PennySettings,
         admins: _Admins,
         wall: Callable[[], float],
+        clock: Clock,
+        stream_pacing: StreamPacing,
     ) -> None:
         self.answerer = answerer
         self.store = store
@@ -367,6 +388,9 @@ class _Penny:
         self.costs = costs
         self.admins = admins
         self.wall = wall
+        self.clock = clock
+        self.stream_pacing = stream_pacing
+        self.streaming = True  # off for good after an error in STREAMING_UNAVAILABLE
 
     # -- events --------------------------------------------------------------------------
 
@@ -566,6 +590,7 @@ class _Penny:
         note = TRUNCATED_NOTE if truncated else None
         self._react(client, "reactions_add", target)
         try:
+            stream = self._answer_stream(client, target)
             question = Question(
                 text=question_text,
                 user_id=target.user,
@@ -574,18 +599,62 @@ class _Penny:
                 channel_id=target.channel,
                 history=history,
                 fresh=fresh,
+                stream=stream,
             )
             try:
                 answer = self.answerer.answer(question)
             except Exception as exc:
                 _log.exception("slack.answerer_failed", request_id=request_id, error=exc)
                 answer = Answer(kind="error", text=FAILED_TEXT, refusal="upstream_error")
-            self._deliver(client, target, answer, question_text, note)
+            streamed_ts = self._end_stream(stream)
+            self._deliver(client, target, answer, question_text, note, streamed_ts)
         finally:
             self._react(client, "reactions_remove", target)
 
-    def _deliver(self, client: WebClient, target: _Target, answer: Answer, question: str, note: str | None) -> None:
+    def _answer_stream(self, client: WebClient, target: _Target) -> SlackAnswerStream | None:
+        """Where the answer streams while it is written: its thread (Slack streams only replies)."""
+        if not self.streaming or not target.thread_ts:
+            return None
+        # A throttled streaming call gives up streaming rather than wait and hold the answer back.
+        stream_client = copy.copy(client)
+        stream_client.retry_handlers = [
+            h for h in client.retry_handlers if not isinstance(h, RateLimitErrorRetryHandler)
+        ]
+        return SlackAnswerStream(
+            stream_client,
+            channel=target.channel,
+            thread_ts=target.thread_ts,
+            user_id=target.user,
+            team_id=target.workspace_id,
+            clock=self.clock,
+            pacing=self.stream_pacing,
+        )
+
+    def _end_stream(self, stream: SlackAnswerStream | None) -> str | None:
+        """Close ``stream``; the ts of the message it showed, which the answer must replace."""
+        if stream is None:
+            return None
+        streamed_ts = stream.close()
+        if stream.failure in STREAMING_UNAVAILABLE and self.streaming:
+            self.streaming = False
+            _log.warning("slack.streaming_off", error=stream.failure,
+                         note="answers are posted whole until Penny restarts (streaming needs chat:write)")
+        return streamed_ts
+
+    def _deliver(
+        self,
+        client: WebClient,
+        target: _Target,
+        answer: Answer,
+        question: str,
+        note: str | None,
+        streamed_ts: str | None = None,
+    ) -> None:
+        """Post ``answer``; ``streamed_ts`` is the message it was streamed into, replaced by the
+        answer's first message (or deleted, for a refusal)."""
         if answer.kind in ("refused", "error"):
+            if streamed_ts is not None:
+                self._delete(client, target, streamed_ts)
             kind = answer.refusal or "upstream_error"
             blocks = _with_note(refusal_blocks(kind, answer.text, _doc_links(answer)), note)
             kwargs: dict[str, Any] = {"thread_ts": target.thread_ts} if target.thread_ts else {}
@@ -607,19 +676,29 @@ class _Penny:
             messages = answer_blocks(view)
             texts = [fallback_text(answer.text)] if len(messages) == 1 else [message_text(m) for m in messages]
         messages[0] = _with_note(messages[0], note)
-        last_ts = self._post(client, target, messages, texts)
+        last_ts = self._post(client, target, messages, texts, replace_ts=streamed_ts)
         if answer.entry_id is not None and last_ts:
             record = {"question": question, "cached": answer.cached, "thread_ts": target.thread_ts or "",
                       "pages": [c.path for c in answer.citations]}
             self._remember(ANSWERS_SCOPE, f"{target.workspace_id}:{target.channel}:{last_ts}", json.dumps(record))
 
     def _post(
-        self, client: WebClient, target: _Target, messages: list[list[Block]], texts: Sequence[str] | None = None
+        self,
+        client: WebClient,
+        target: _Target,
+        messages: list[list[Block]],
+        texts: Sequence[str] | None = None,
+        *,
+        replace_ts: str | None = None,
     ) -> str | None:
-        """Post ``messages`` in order (in the thread, if any); the last message's ts."""
+        """Post ``messages`` in order (in the thread, if any); the last message's ts. With
+        ``replace_ts`` (a streamed message), the first message replaces that one instead."""
         last_ts: str | None = None
         for index, blocks in enumerate(messages):
             text = texts[index] if texts is not None and index < len(texts) else message_text(blocks)
+            if index == 0 and replace_ts is not None and self._replace(client, target, replace_ts, blocks, text):
+                last_ts = replace_ts
+                continue
             kwargs: dict[str, Any] = {"thread_ts": target.thread_ts} if target.thread_ts else {}
             response = client.chat_postMessage(
                 channel=target.channel, blocks=blocks, text=text, unfurl_links=False, unfurl_media=False, **kwargs
@@ -628,6 +707,24 @@ class _Penny:
         if target.thread_ts:
             self._remember(THREADS_SCOPE, f"{target.workspace_id}:{target.channel}:{target.thread_ts}", "1")
         return last_ts
+
+    def _replace(self, client: WebClient, target: _Target, ts: str, blocks: list[Block], text: str) -> bool:
+        """Turn the streamed message ``ts`` into the rendered one. False when it could not be
+        updated: it is deleted (as far as Slack lets it be) and the caller posts the answer instead."""
+        try:
+            client.chat_update(channel=target.channel, ts=ts, blocks=blocks, text=text)
+            return True
+        except Exception as exc:
+            _log.warning("slack.stream_update_failed", channel=target.channel, error=exc)
+        self._delete(client, target, ts)
+        return False
+
+    @staticmethod
+    def _delete(client: WebClient, target: _Target, ts: str) -> None:
+        try:
+            client.chat_delete(channel=target.channel, ts=ts)
+        except Exception as exc:  # the partial answer stays; the full one still goes out
+            _log.warning("slack.stream_delete_failed", channel=target.channel, error=exc)
 
     def _feedback(self, body: dict[str, Any], client: WebClient, *, up: bool) -> None:
         try:

@@ -1,0 +1,185 @@
+"""An answer shown in a Slack thread while the LLM writes it (Slack's ``chat.startStream`` /
+``chat.appendStream`` / ``chat.stopStream``).
+
+:class:`SlackAnswerStream` is the :class:`~proxy_core.gateway.AnswerStream` the Slack app hands the
+answering service for a question asked in a thread. The first piece of text starts a streamed reply
+in that thread; later pieces wait in a buffer and go out in one append when :func:`append_due` says
+so (:class:`StreamPacing`: about once a second, sooner when much text is waiting), checked as each
+piece arrives, so nothing sleeps and ``chat.appendStream`` (Tier 4) stays far below Slack's rate
+limits. :meth:`SlackAnswerStream.close` stops the stream with whatever is still waiting; the app
+then replaces the streamed message with the rendered answer (``chat.update``) or deletes it.
+
+Streaming is best effort and never raises: the first Slack call that fails (unknown method, missing
+scope, a conversation that cannot stream, rate limited) ends streaming for this answer; the message
+already shown, if any, is left for the app to replace, and an answer that never started streaming is
+posted the usual way. :attr:`SlackAnswerStream.failure` names what failed. ``restart`` (the gateway
+retrying after text was shown) stops and deletes the streamed message, so the next text starts a
+fresh one; if it cannot be deleted, streaming ends and the final answer replaces that message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from proxy_core.clock import Clock
+from proxy_core.log import get_logger
+
+__all__ = ["MARKDOWN_TEXT_LIMIT", "SlackAnswerStream", "StreamPacing", "append_due", "pieces"]
+
+MARKDOWN_TEXT_LIMIT: Final = 12_000  # markdown_text per chat.startStream / appendStream / stopStream call
+
+_log = get_logger()
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPacing:
+    """When waiting text is appended to a streamed message: once ``interval_s`` has passed since
+    the last append, or as soon as ``burst_chars`` characters are waiting."""
+
+    interval_s: float = 1.0
+    burst_chars: int = 1000
+
+
+def append_due(waiting_chars: int, since_last_s: float, pacing: StreamPacing) -> bool:
+    """Whether ``waiting_chars`` characters, ``since_last_s`` seconds after the last append, go out now."""
+    if waiting_chars <= 0:
+        return False
+    return since_last_s >= pacing.interval_s or waiting_chars >= pacing.burst_chars
+
+
+def pieces(text: str, limit: int = MARKDOWN_TEXT_LIMIT) -> list[str]:
+    """``text`` cut into parts Slack accepts in one ``markdown_text`` (never an empty part)."""
+    return [text[i : i + limit] for i in range(0, len(text), limit)]
+
+
+class SlackAnswerStream:
+    """Streams one answer into ``thread_ts`` of ``channel``, for ``user_id`` of ``team_id``.
+
+    ``client`` should not wait out rate limits (a throttled stream gives up instead of holding the
+    answer back); ``clock`` is monotonic. Not thread-safe: one answer, one thread.
+    """
+
+    def __init__(
+        self,
+        client: WebClient,
+        *,
+        channel: str,
+        thread_ts: str,
+        user_id: str,
+        team_id: str,
+        clock: Clock,
+        pacing: StreamPacing | None = None,
+    ) -> None:
+        self._client = client
+        self._channel = channel
+        self._thread_ts = thread_ts
+        self._user_id = user_id
+        self._team_id = team_id
+        self._clock = clock
+        self._pacing = pacing if pacing is not None else StreamPacing()
+        self._ts: str | None = None  # the streamed message, once started
+        self._open = False  # started and not stopped yet
+        self._waiting: list[str] = []
+        self._waiting_chars = 0
+        self._last_append = 0.0
+        self.failure: str | None = None  # the Slack error that ended streaming (e.g. "missing_scope")
+
+    @property
+    def ts(self) -> str | None:
+        """The streamed message's ts (None while nothing is shown)."""
+        return self._ts
+
+    # -- AnswerStream ----------------------------------------------------------------------------
+
+    def delta(self, text: str) -> None:
+        if not text or self.failure is not None:
+            return
+        self._waiting.append(text)
+        self._waiting_chars += len(text)
+        now = self._clock()
+        if self._ts is None:
+            self._start(now)
+        elif append_due(self._waiting_chars, now - self._last_append, self._pacing):
+            self._append(now)
+
+    def restart(self) -> None:
+        self._take()
+        if self._ts is None:
+            return
+        self._stop(None)
+        if self._call("chat_delete", channel=self._channel, ts=self._ts) is not None:
+            self._ts = None
+        elif self.failure is None:
+            self.failure = "delete_failed"  # keep the message: the final answer replaces it
+
+    # -- the end ---------------------------------------------------------------------------------
+
+    def close(self) -> str | None:
+        """Stop the stream, sending what is still waiting; the ts of the message that was streamed
+        (for the app to replace or delete), or None when nothing was shown."""
+        self._stop(self._take())
+        return self._ts
+
+    # -- Slack calls -----------------------------------------------------------------------------
+
+    def _start(self, now: float) -> None:
+        first, *rest = pieces(self._take())
+        response = self._call(
+            "chat_startStream",
+            channel=self._channel,
+            thread_ts=self._thread_ts,
+            markdown_text=first,
+            # Required outside DMs; Bolt's say_stream sends them everywhere, and so does Penny.
+            recipient_user_id=self._user_id,
+            recipient_team_id=self._team_id,
+        )
+        ts = str(response.get("ts") or "") if response is not None else ""
+        if not ts:
+            if self.failure is None:
+                self.failure = "no_ts"
+            return
+        self._ts, self._open, self._last_append = ts, True, now
+        self._send(rest)
+
+    def _append(self, now: float) -> None:
+        self._send(pieces(self._take()))
+        self._last_append = now
+
+    def _send(self, parts: list[str]) -> None:
+        for part in parts:
+            if self.failure is not None:
+                return
+            self._call("chat_appendStream", channel=self._channel, ts=self._ts, markdown_text=part)
+
+    def _stop(self, text: str | None) -> None:
+        """Stop the stream, if it is open, with ``text`` as its last words (left out after a failure)."""
+        if not self._open:
+            return
+        self._open = False
+        parts = pieces(text) if text and self.failure is None else []
+        self._send(parts[:-1])
+        kwargs = {"markdown_text": parts[-1]} if parts and self.failure is None else {}
+        self._call("chat_stopStream", channel=self._channel, ts=self._ts, **kwargs)
+
+    def _take(self) -> str:
+        text = "".join(self._waiting)
+        self._waiting.clear()
+        self._waiting_chars = 0
+        return text
+
+    def _call(self, method: str, **kwargs: Any) -> Any:
+        """``client.<method>(**kwargs)``; on any failure: log it, remember it, and return None."""
+        try:
+            return getattr(self._client, method)(**kwargs)
+        except SlackApiError as exc:
+            error = str(exc.response.get("error") or f"http_{exc.response.status_code}")
+        except Exception as exc:  # a connection failure: the answer still goes out without streaming
+            error = type(exc).__name__
+        if self.failure is None:
+            self.failure = error
+        _log.warning("slack.stream_failed", method=method, channel=self._channel, error=error)
+        return None

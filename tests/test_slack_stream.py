@@ -1,0 +1,246 @@
+"""SlackAnswerStream over the real slack_sdk WebClient against the fake Slack Web API, on a manual
+clock: when text is started, appended and stopped, and how every failure ends streaming quietly."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from bot.slack.stream import MARKDOWN_TEXT_LIMIT, SlackAnswerStream, StreamPacing, append_due, pieces
+from proxy_core.clock import ManualClock
+from tests.fake_slack import FakeSlack
+
+TOKEN = "xoxb-test-penny-stream"
+THREAD = "1700000100.000100"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeSlack]:
+    with FakeSlack() as server:
+        yield server
+
+
+@pytest.fixture
+def stream(fake: FakeSlack, clock: ManualClock) -> SlackAnswerStream:
+    client = WebClient(token=TOKEN, base_url=fake.base_url, retry_handlers=[])
+    return SlackAnswerStream(client, channel="C1", thread_ts=THREAD, user_id="U1", team_id="T0PENNY", clock=clock)
+
+
+def appended(fake: FakeSlack) -> list[str]:
+    return [str(c.params["markdown_text"]) for c in fake.calls("chat.appendStream")]
+
+
+# -- the pacing policy -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("waiting", "since", "due"),
+    [
+        (0, 5.0, False),  # nothing to send
+        (1, 0.0, False),
+        (999, 0.99, False),
+        (1, 1.0, True),  # the interval has passed
+        (1000, 0.0, True),  # a burst does not wait
+    ],
+)
+def test_append_due(waiting: int, since: float, due: bool) -> None:
+    assert append_due(waiting, since, StreamPacing(interval_s=1.0, burst_chars=1000)) is due
+
+
+def test_pieces_respect_slacks_markdown_limit() -> None:
+    text = "x" * (2 * MARKDOWN_TEXT_LIMIT + 5)
+    assert [len(p) for p in pieces(text)] == [MARKDOWN_TEXT_LIMIT, MARKDOWN_TEXT_LIMIT, 5]
+    assert "".join(pieces(text)) == text
+    assert pieces("") == []
+
+
+# -- streaming -----------------------------------------------------------------------------------
+
+
+def test_the_first_text_starts_a_stream_in_the_thread_for_the_asker(fake: FakeSlack, stream: SlackAnswerStream) -> None:
+    stream.delta("")  # nothing to show yet
+    assert fake.count("chat.startStream") == 0
+
+    stream.delta("Run ")
+
+    start = fake.last("chat.startStream")
+    assert start.params["channel"] == "C1"
+    assert start.params["thread_ts"] == THREAD
+    assert start.params["markdown_text"] == "Run "
+    assert (start.params["recipient_user_id"], start.params["recipient_team_id"]) == ("U1", "T0PENNY")
+    assert stream.ts == start.response["ts"]  # type: ignore[index]
+    assert stream.failure is None
+
+
+def test_text_waits_for_the_interval_then_goes_out_in_one_append(
+    fake: FakeSlack, stream: SlackAnswerStream, clock: ManualClock
+) -> None:
+    stream.delta("Run ")
+    for word in ("`make ", "deploy` ", "from "):
+        clock.advance(0.25)
+        stream.delta(word)
+    assert appended(fake) == []  # 0.75s since the stream started
+
+    clock.advance(0.25)
+    stream.delta("main ")
+    assert appended(fake) == ["`make deploy` from main "]
+
+    clock.advance(0.5)
+    stream.delta("[1].")
+    assert appended(fake) == ["`make deploy` from main "]  # the interval restarts at each append
+
+
+def test_a_burst_of_text_is_appended_without_waiting(fake: FakeSlack, stream: SlackAnswerStream) -> None:
+    stream.delta("Steps:\n")
+    stream.delta("a" * 999)
+    assert appended(fake) == []
+    stream.delta("b")
+    assert appended(fake) == ["a" * 999 + "b"]
+
+
+def test_close_stops_the_stream_with_the_text_still_waiting(fake: FakeSlack, stream: SlackAnswerStream) -> None:
+    for word in ("Run ", "`make ", "deploy`."):
+        stream.delta(word)
+
+    ts = stream.close()
+
+    assert ts is not None and ts == stream.ts
+    assert fake.last("chat.stopStream").params["markdown_text"] == "`make deploy`."
+    [shown] = fake.messages("C1")
+    assert (shown["ts"], shown["markdown"], shown["streaming"]) == (ts, "Run `make deploy`.", False)
+    assert stream.close() == ts and fake.count("chat.stopStream") == 1  # closing twice is harmless
+
+
+def test_close_without_any_text_shows_nothing(fake: FakeSlack, stream: SlackAnswerStream) -> None:
+    assert stream.close() is None
+    assert fake.calls() == []
+
+
+def test_long_text_goes_out_in_pieces_slack_accepts(fake: FakeSlack, stream: SlackAnswerStream) -> None:
+    stream.delta("y" * (MARKDOWN_TEXT_LIMIT + 10))
+    stream.delta("z" * (MARKDOWN_TEXT_LIMIT + 20))  # a burst: sent at once, in two appends
+    stream.close()
+
+    assert len(fake.last("chat.startStream").params["markdown_text"]) == MARKDOWN_TEXT_LIMIT
+    assert [len(t) for t in appended(fake)] == [10, MARKDOWN_TEXT_LIMIT, 20]
+    assert fake.messages()[0]["markdown"] == "y" * (MARKDOWN_TEXT_LIMIT + 10) + "z" * (MARKDOWN_TEXT_LIMIT + 20)
+
+
+# -- restart ---------------------------------------------------------------------------------------
+
+
+def test_restart_removes_what_was_shown_and_the_next_text_starts_afresh(
+    fake: FakeSlack, stream: SlackAnswerStream
+) -> None:
+    stream.delta("Run `make ")
+    first = stream.ts
+    stream.delta("depl")
+    stream.restart()
+
+    assert fake.last("chat.stopStream").params["ts"] == first
+    assert "markdown_text" not in fake.last("chat.stopStream").params  # the void text is not sent
+    assert fake.last("chat.delete").params["ts"] == first
+    assert stream.ts is None and fake.messages() == []
+
+    stream.delta("Run `make deploy`.")
+    ts = stream.close()
+    assert ts is not None and ts != first
+    assert [(m["ts"], m["markdown"]) for m in fake.messages()] == [(ts, "Run `make deploy`.")]
+
+
+def test_restart_before_any_text_does_nothing(fake: FakeSlack, stream: SlackAnswerStream) -> None:
+    stream.restart()
+    assert fake.calls() == []
+
+
+def test_a_restart_that_cannot_delete_ends_streaming_and_keeps_the_message_to_replace(
+    fake: FakeSlack, stream: SlackAnswerStream
+) -> None:
+    stream.delta("Run `make ")
+    first = stream.ts
+    fake.fail("chat.delete", "message_not_found")
+
+    stream.restart()
+    stream.delta("Run `make deploy`.")
+
+    assert stream.failure == "message_not_found"
+    assert fake.count("chat.startStream") == 1  # no second message: the final answer replaces the first
+    assert stream.close() == first
+
+
+# -- failures end streaming quietly --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("error", ["unknown_method", "missing_scope", "channel_type_not_supported"])
+def test_a_stream_slack_refuses_to_start_shows_nothing_and_stops_trying(
+    fake: FakeSlack, stream: SlackAnswerStream, error: str
+) -> None:
+    fake.fail("chat.startStream", error)
+
+    stream.delta("Run ")
+    stream.delta("`make deploy`.")
+
+    assert stream.failure == error
+    assert stream.close() is None
+    assert fake.count("chat.startStream") == 1
+    assert fake.count("chat.appendStream") == fake.count("chat.stopStream") == 0
+
+
+def test_a_rate_limited_start_gives_up_at_once(fake: FakeSlack, stream: SlackAnswerStream) -> None:
+    fake.rate_limit("chat.startStream", retry_after=30)
+
+    stream.delta("Run ")
+
+    assert stream.failure == "ratelimited"
+    assert fake.count("chat.startStream") == 1  # no retry handler for 429s: nothing waited
+
+
+def test_a_failed_append_stops_the_stream_and_keeps_the_message(
+    fake: FakeSlack, stream: SlackAnswerStream, clock: ManualClock
+) -> None:
+    stream.delta("Run ")
+    fake.fail("chat.appendStream", "ratelimited")
+    clock.advance(1.0)
+    stream.delta("`make ")
+    clock.advance(1.0)
+    stream.delta("deploy`.")
+
+    ts = stream.close()
+
+    assert stream.failure == "ratelimited"
+    assert fake.count("chat.appendStream") == 1  # no append after the failure
+    assert ts is not None  # the app replaces it with the answer
+    stop = fake.last("chat.stopStream")
+    assert stop.params["ts"] == ts and "markdown_text" not in stop.params
+    assert fake.messages()[0]["streaming"] is False
+
+
+def test_a_dead_connection_is_a_failure_not_an_exception(clock: ManualClock) -> None:
+    with FakeSlack() as gone:
+        url = gone.base_url
+    client = WebClient(token=TOKEN, base_url=url, retry_handlers=[], timeout=1)
+    stream = SlackAnswerStream(client, channel="C1", thread_ts=THREAD, user_id="U1", team_id="T0PENNY", clock=clock)
+
+    stream.delta("Run ")
+
+    assert stream.failure is not None
+    assert stream.close() is None
+
+
+def test_the_fake_holds_streams_to_slacks_rules(fake: FakeSlack) -> None:
+    client = WebClient(token=TOKEN, base_url=fake.base_url, retry_handlers=[])
+    with pytest.raises(SlackApiError, match="missing_recipient_user_id"):
+        client.chat_startStream(channel="C1", thread_ts=THREAD, markdown_text="x")
+    with pytest.raises(SlackApiError, match="invalid_arguments"):
+        client.chat_startStream(channel="D1", thread_ts="", markdown_text="x")
+
+    dm = client.chat_startStream(channel="D1", thread_ts=THREAD, markdown_text="x")  # a DM needs no recipient
+    ts = str(dm["ts"])
+    assert client.chat_appendStream(channel="D1", ts=ts, markdown_text="y")["ok"]
+    client.chat_stopStream(channel="D1", ts=ts, markdown_text="z")
+    with pytest.raises(SlackApiError, match="message_not_in_streaming_state"):
+        client.chat_appendStream(channel="D1", ts=ts, markdown_text="late")
+    assert [(m["markdown"], m["streaming"]) for m in fake.messages("D1")] == [("xyz", False)]

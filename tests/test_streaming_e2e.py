@@ -1,0 +1,385 @@
+"""Streamed answers end to end: the real gateway and openai SDK against the fake OpenAI server
+streaming server-sent events, and signed Slack events into the real Bolt app with the fake Slack
+Web API recording every stream call. Nothing of ours is replaced; time is a manual clock."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from bot.service import index_docs, open_answer_service
+from bot.slack.app import ANSWERS_SCOPE, THREADS_SCOPE, SlackSettings, build_app
+from bot.slack.render import ACTION_FEEDBACK_DOWN, ACTION_FEEDBACK_UP
+from proxy_core.clock import ManualClock
+from proxy_core.gateway import Gateway
+from proxy_core.metrics import Metrics
+from proxy_core.settings import PennySettings
+from proxy_core.stores.sqlite import SqliteStore
+from proxy_core.upstream import OpenAIUpstream
+from tests.fake_openai import FakeOpenAI, Fault, stream_pieces
+from tests.fake_slack import FakeSlack, SlackCall
+from tests.test_bot_e2e import DOCS, KEY, Inline
+from tests.test_slack_app import SECRET, TEAM, TOKEN, Harness, mention, message
+
+ANSWER = (
+    "To start the dev server, run `make dev` from the repository root [1]. It serves the app on "
+    "port 8000 and reloads whenever a file changes [1]. If that port is taken, set `PORT` to another "
+    "one before you run it [1]."
+)
+QUESTION = "<@UPENNY> how do I start the dev server?"
+ROOT = "1700000100.000100"
+STREAM_METHODS = ("chat.startStream", "chat.appendStream", "chat.stopStream", "chat.update", "chat.delete",
+                  "chat.postMessage", "chat.postEphemeral")
+
+
+class TickingClock(ManualClock):
+    """A manual clock that moves ``step`` seconds each time it is read: the stream's pacing sees
+    time pass between the pieces of an answer while nothing sleeps."""
+
+    def __init__(self, step: float) -> None:
+        super().__init__()
+        self.step = step
+
+    def __call__(self) -> float:
+        now = super().__call__()
+        self.advance(self.step)
+        return now
+
+
+class Sink:
+    """An AnswerStream that records what the gateway sends it."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def delta(self, text: str) -> None:
+        self.events.append(("delta", text))
+
+    def restart(self) -> None:
+        self.events.append(("restart", ""))
+
+    def shown(self) -> str:
+        """The text on screen now: everything since the last restart."""
+        text = ""
+        for kind, piece in self.events:
+            text = "" if kind == "restart" else text + piece
+        return text
+
+
+class StreamingBot(Harness):
+    """Penny's Bolt app over the real service and gateway, its streams paced by a ticking clock."""
+
+    def __init__(self, slack: FakeSlack, openai: FakeOpenAI, path: Path, **overrides: Any) -> None:
+        params: dict[str, Any] = {"openai_api_key": KEY, "requests_per_minute": 0, "tokens_per_minute": 0,
+                                  "docs_base_url": "https://docs.example.com"}
+        params.update(overrides)
+        settings = PennySettings(**params)
+        path.mkdir(parents=True, exist_ok=True)
+        self.fake = slack
+        self.store = SqliteStore(path / "penny.db")
+        index_docs(settings, self.store, DOCS)
+        self.gateway_clock = ManualClock()
+        self.gateway = Gateway(settings, store=self.store, metrics=Metrics(CollectorRegistry()),
+                               upstream=OpenAIUpstream(api_key=KEY, base_url=openai.base_url, timeout_s=5.0),
+                               clock=self.gateway_clock, sleep=self.gateway_clock.sleep, rand=lambda: 0.5)
+        self.settings = SlackSettings(bot_token=TOKEN, signing_secret=SECRET, api_url=slack.base_url)
+        self.app = build_app(answerer=open_answer_service(settings, self.store, self.gateway), store=self.store,
+                             settings=self.settings, listener_executor=Inline(), clock=TickingClock(0.25))
+        self._serial = 0
+
+    def settle(self) -> None:
+        """Listeners already ran inline."""
+
+    def ledger(self) -> int:
+        return self.gateway.usage(TEAM, "2000-01-01", "2100-01-01").totals.requests
+
+
+@pytest.fixture
+def openai() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(answer=ANSWER) as server:
+        yield server
+
+
+@pytest.fixture
+def slack() -> Iterator[FakeSlack]:
+    with FakeSlack() as server:
+        yield server
+
+
+@pytest.fixture
+def make_bot(slack: FakeSlack, openai: FakeOpenAI, tmp_path: Path) -> Iterator[Any]:
+    made: list[StreamingBot] = []
+
+    def make(name: str = "bot", **overrides: Any) -> StreamingBot:
+        bot = StreamingBot(slack, openai, tmp_path / name, **overrides)
+        made.append(bot)
+        return bot
+
+    yield make
+    for bot in made:
+        bot.gateway.close()
+
+
+@pytest.fixture
+def bot(make_bot: Any) -> StreamingBot:
+    made: StreamingBot = make_bot()
+    return made
+
+
+def sent(slack: FakeSlack) -> list[str]:
+    """The message calls Penny made, in order."""
+    return [c.method for c in slack.calls() if c.method in STREAM_METHODS]
+
+
+def streamed_text(slack: FakeSlack, ts: str) -> str:
+    """Everything sent into the stream whose message is ``ts``."""
+    text = ""
+    for call in slack.calls():
+        started = call.method == "chat.startStream" and (call.response or {}).get("ts") == ts
+        continued = call.method in ("chat.appendStream", "chat.stopStream") and call.params.get("ts") == ts
+        if started or continued:
+            text += str(call.params.get("markdown_text", ""))
+    return text
+
+
+def action_ids(call: SlackCall) -> set[str]:
+    return {e.get("action_id") for b in call.blocks if b.get("type") == "actions" for e in b.get("elements", [])}
+
+
+# -- the gateway streams a miss into any AnswerStream ----------------------------------------------
+
+
+def test_a_miss_streams_its_text_and_a_mid_stream_drop_restarts_it_and_is_billed_once(
+    bot: StreamingBot, openai: FakeOpenAI
+) -> None:
+    openai.script(Fault.stream_break(3))  # the first attempt breaks after three words
+    sink = Sink()
+
+    result = bot.gateway.chat(user_id="U1", workspace_id=TEAM, request_id="ev1", stream=sink,
+                              messages=[{"role": "user", "content": "How do I start the dev server?"}])
+
+    pieces = stream_pieces(ANSWER)
+    assert sink.events == ([("delta", p) for p in pieces[:3]] + [("restart", "")]
+                           + [("delta", p) for p in pieces])
+    assert sink.shown() == result.content == ANSWER
+    assert result.attempts == 2 and result.cost_micros > 0
+    assert openai.count("chat") == 2
+    entry = bot.store.ledger_entry(TEAM, "ev1")
+    assert entry is not None and (entry.attempts, entry.cost_micros) == (2, result.cost_micros)
+    assert bot.ledger() == 1
+
+
+class BrokenSink(Sink):
+    """A stream whose display fails after two pieces."""
+
+    def delta(self, text: str) -> None:
+        if len(self.events) == 2:
+            raise RuntimeError("the display went away")
+        super().delta(text)
+
+
+def test_a_stream_that_fails_is_dropped_and_the_answer_is_still_returned_and_billed(
+    bot: StreamingBot, openai: FakeOpenAI
+) -> None:
+    sink = BrokenSink()
+    result = bot.gateway.chat(user_id="U1", workspace_id=TEAM, request_id="ev1", stream=sink,
+                              messages=[{"role": "user", "content": "How do I start the dev server?"}])
+    assert result.content == ANSWER and result.cost_micros > 0
+    assert len(sink.events) == 2  # nothing more was sent to it once it failed
+    assert bot.ledger() == 1
+    assert openai.count("chat") == 1
+
+
+def test_a_cache_hit_does_not_touch_the_stream(bot: StreamingBot, openai: FakeOpenAI) -> None:
+    messages = [{"role": "user", "content": "How do I start the dev server?"}]
+    bot.gateway.chat(user_id="U1", workspace_id=TEAM, request_id="ev1", messages=messages, stream=Sink())
+    sink = Sink()
+
+    hit = bot.gateway.chat(user_id="U2", workspace_id=TEAM, request_id="ev2", messages=messages, stream=sink)
+
+    assert hit.cache_status == "exact" and hit.content == ANSWER
+    assert sink.events == []
+    assert openai.count("chat") == 1
+
+
+# -- Slack -------------------------------------------------------------------------------------------
+
+
+def test_a_threaded_mention_streams_then_becomes_the_rendered_answer(
+    bot: StreamingBot, slack: FakeSlack, openai: FakeOpenAI
+) -> None:
+    bot.event(mention(QUESTION, ts=ROOT))
+
+    calls = sent(slack)
+    assert calls[0] == "chat.startStream" and calls[-2:] == ["chat.stopStream", "chat.update"]
+    assert set(calls[1:-2]) == {"chat.appendStream"} and len(calls[1:-2]) >= 2  # paced, not per word
+    assert len(calls[1:-2]) < len(stream_pieces(ANSWER)) - 1
+    start = slack.last("chat.startStream")
+    assert start.params["thread_ts"] == ROOT
+    assert (start.params["recipient_user_id"], start.params["recipient_team_id"]) == ("U1", TEAM)
+    ts = str(start.response["ts"])  # type: ignore[index]
+    assert streamed_text(slack, ts) == ANSWER  # the LLM's own Markdown, while it was written
+
+    update = slack.last("chat.update")
+    assert update.params["ts"] == ts
+    body = json.dumps(update.blocks)
+    assert "<https://docs.example.com/engineering/local-dev-setup.md" in body  # the citation, as a link
+    assert "gpt-4.1-mini" in body and "tokens" in body and "$" in body  # the cost line
+    assert {ACTION_FEEDBACK_UP, ACTION_FEEDBACK_DOWN} <= action_ids(update)
+    [shown] = slack.messages()
+    assert (shown["ts"], shown["thread_ts"], shown["streaming"]) == (ts, ROOT, False)
+    assert slack.count("chat.postMessage") == 0 and openai.count("chat") == 1
+    assert bot.store.cache_get(ANSWERS_SCOPE, f"{TEAM}:C1:{ts}") is not None  # 👎 finds the question
+    assert bot.store.cache_get(THREADS_SCOPE, f"{TEAM}:C1:{ROOT}") is not None  # follow-ups are heard
+    assert slack.count("reactions.add") == slack.count("reactions.remove") == 1
+
+
+def test_the_final_message_is_the_same_streamed_or_not(make_bot: Any, slack: FakeSlack) -> None:
+    make_bot("streamed").event(mention(QUESTION, ts=ROOT), event_id="EvSame")
+    update = slack.last("chat.update")
+    slack.reset()
+    slack.fail("chat.startStream", "channel_type_not_supported")
+
+    make_bot("posted").event(mention(QUESTION, ts=ROOT), event_id="EvSame")
+
+    post = slack.last("chat.postMessage")
+    assert update.blocks == post.blocks
+    assert update.params["text"] == post.params["text"]
+
+
+def test_a_cache_hit_is_posted_whole_without_streaming(bot: StreamingBot, slack: FakeSlack,
+                                                        openai: FakeOpenAI) -> None:
+    bot.event(mention(QUESTION, ts=ROOT))
+    bot.event(mention(QUESTION, ts="1700000300.000100", user="U2"))
+
+    assert openai.count("chat") == 1
+    assert slack.count("chat.startStream") == 1
+    post = slack.last("chat.postMessage")
+    assert post.params["thread_ts"] == "1700000300.000100"
+    assert "cached" in json.dumps(post.blocks)
+
+
+def test_a_question_the_docs_do_not_cover_is_not_streamed(bot: StreamingBot, slack: FakeSlack) -> None:
+    bot.event(mention("<@UPENNY> what's the capital of Peru?"))
+    assert sent(slack) == ["chat.postMessage"]
+
+
+@pytest.mark.parametrize(("error", "tries_again"), [("channel_type_not_supported", True),
+                                                    ("missing_scope", False), ("unknown_method", False)])
+def test_when_slack_cannot_stream_the_answer_is_posted_once(
+    bot: StreamingBot, slack: FakeSlack, error: str, tries_again: bool
+) -> None:
+    slack.fail("chat.startStream", error)
+
+    bot.event(mention(QUESTION, ts=ROOT))
+
+    assert sent(slack) == ["chat.startStream", "chat.postMessage"]
+    [shown] = slack.messages()
+    assert shown["thread_ts"] == ROOT and "gpt-4.1-mini" in json.dumps(shown["blocks"])
+
+    bot.event(mention("<@UPENNY> where are the production logs?", ts="1700000300.000100"))
+    assert slack.count("chat.startStream") == (2 if tries_again else 1)  # a missing scope stays missing
+    assert len(slack.messages()) == 2
+
+
+def test_a_throttled_stream_is_not_waited_for_and_the_answer_still_arrives(
+    bot: StreamingBot, slack: FakeSlack
+) -> None:
+    slack.rate_limit("chat.appendStream", retry_after=1)
+
+    bot.event(mention(QUESTION, ts=ROOT))
+
+    assert slack.count("chat.appendStream") == 1  # the 429 ended streaming; no retry, no wait
+    assert sent(slack)[-2:] == ["chat.stopStream", "chat.update"]
+    [shown] = slack.messages()
+    assert not shown["streaming"] and "gpt-4.1-mini" in json.dumps(shown["blocks"])
+    assert slack.count("chat.postMessage") == 0
+
+
+def test_when_the_streamed_message_cannot_be_updated_it_is_replaced_by_one_post(
+    bot: StreamingBot, slack: FakeSlack
+) -> None:
+    slack.fail("chat.update", "cant_update_message")
+
+    bot.event(mention(QUESTION, ts=ROOT))
+
+    streamed = str(slack.last("chat.startStream").response["ts"])  # type: ignore[index]
+    assert slack.last("chat.delete").params["ts"] == streamed
+    [shown] = slack.messages()
+    assert shown["ts"] != streamed and shown["thread_ts"] == ROOT
+    assert {ACTION_FEEDBACK_UP, ACTION_FEEDBACK_DOWN} <= action_ids(slack.last("chat.postMessage"))
+    assert bot.store.cache_get(ANSWERS_SCOPE, f"{TEAM}:C1:{shown['ts']}") is not None
+
+
+def test_a_retried_stream_shows_only_the_answer_that_finished(bot: StreamingBot, slack: FakeSlack,
+                                                              openai: FakeOpenAI) -> None:
+    openai.script(Fault.stream_break(5))
+
+    bot.event(mention(QUESTION, ts=ROOT))
+
+    first, second = (str(c.response["ts"]) for c in slack.calls("chat.startStream"))  # type: ignore[index]
+    assert slack.last("chat.delete").params["ts"] == first  # the void text is gone
+    assert slack.last("chat.update").params["ts"] == second
+    assert [m["ts"] for m in slack.messages()] == [second]
+    assert streamed_text(slack, second) == ANSWER
+    assert bot.ledger() == 1
+
+
+def test_an_error_after_streaming_began_leaves_no_streamed_message_and_tells_the_asker(
+    make_bot: Any, slack: FakeSlack, openai: FakeOpenAI
+) -> None:
+    bot = make_bot(retry_max_attempts=2)
+    openai.fail_all(Fault.stream_break(4))
+
+    bot.event(mention(QUESTION, ts=ROOT))
+
+    assert slack.count("chat.startStream") == 2  # one per attempt
+    assert slack.count("chat.delete") == 2  # each removed: by the retry, then by the refusal
+    assert slack.messages("C1") == []
+    assert slack.count("chat.postMessage") == 0
+    refusal = slack.last("chat.postEphemeral")
+    assert (refusal.params["user"], refusal.params["thread_ts"]) == ("U1", ROOT)
+    assert "The LLM call failed" in json.dumps(refusal.blocks)
+    assert bot.ledger() == 0  # nothing was charged
+
+
+def test_a_top_level_dm_is_posted_whole_and_a_dm_thread_streams(bot: StreamingBot, slack: FakeSlack) -> None:
+    bot.event(message("how do I start the dev server?", channel="D1", channel_type="im", ts=ROOT))
+    assert sent(slack) == ["chat.postMessage"]  # Slack streams only replies
+
+    bot.event(message("and how do I deploy to staging?", channel="D1", channel_type="im",
+                      ts="1700000300.000100", thread_ts=ROOT))
+
+    start = slack.last("chat.startStream")
+    assert (start.params["channel"], start.params["thread_ts"]) == ("D1", ROOT)
+    assert sent(slack)[-1] == "chat.update"
+    assert len(slack.messages("D1")) == 2
+
+
+def test_a_long_streamed_answer_updates_the_first_part_and_posts_the_rest(
+    make_bot: Any, slack: FakeSlack, openai: FakeOpenAI
+) -> None:
+    paragraph = ("Run `make dev` from the repository root and wait for the server to report that it "
+                 "listens on port 8000 before you open the browser [1]. ") * 6
+    openai.answer = "\n\n".join([paragraph] * 25)
+    bot = make_bot(max_output_tokens=8000)
+
+    bot.event(mention(QUESTION, ts=ROOT))
+
+    posts = slack.calls("chat.postMessage")
+    assert len(posts) >= 1
+    calls = sent(slack)
+    assert calls.index("chat.update") < calls.index("chat.postMessage")  # the first part stays first
+    streamed = str(slack.last("chat.startStream").response["ts"])  # type: ignore[index]
+    assert slack.last("chat.update").params["ts"] == streamed
+    shown = slack.messages()
+    assert [m["ts"] for m in shown] == [streamed] + [str(p.response["ts"]) for p in posts]  # type: ignore[index]
+    assert all(m["thread_ts"] == ROOT for m in shown)
+    last = str(posts[-1].response["ts"])  # type: ignore[index]
+    assert {ACTION_FEEDBACK_UP, ACTION_FEEDBACK_DOWN} <= action_ids(posts[-1])
+    assert bot.store.cache_get(ANSWERS_SCOPE, f"{TEAM}:C1:{last}") is not None
