@@ -84,7 +84,8 @@ def measure(fingerprint: Fingerprint, fake: FakeOpenAI) -> tuple[str, str, str]:
 
 def concurrency(questions: int, users: int, executor: Executor | None, label: str,
                 redis_url: str | None = None) -> tuple[str, str, str]:
-    """Wall time until every question has its answer posted in Slack."""
+    """Wall time until every question has its final answer in Slack (posted, or streamed and then
+    updated into the rendered answer)."""
     from bot.slack.app import SlackSettings
     from bot.slack.runner import penny_app
     from tests.fake_openai import Fault
@@ -119,7 +120,8 @@ def concurrency(questions: int, users: int, executor: Executor | None, label: st
                     text = f"<@UPENNY> {texts[i % len(texts)]}"
                     senders.submit(harness.event, mention(text, ts=f"1700001{i:03d}.000100", user=f"U{i % users}"))
             acked = time.perf_counter() - started
-            slack.wait_for("chat.postMessage", questions + 1, timeout=30 + questions / 5)
+            # An answer is posted whole, or streamed and then replaced by the rendered one.
+            slack.wait_for(("chat.postMessage", "chat.update"), questions + 1, timeout=30 + questions / 5)
             wall = time.perf_counter() - started
             if executor is not None:
                 executor.shutdown(wait=True)

@@ -535,6 +535,9 @@ def _last_user_message(messages: list[Any]) -> str:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    # socketserver's default backlog is 5: hundreds of clients connecting at once (the concurrency
+    # benchmark) would wait out SYN retransmits (a second each), which a real API never makes them do.
+    request_queue_size = 1024
     fake: FakeOpenAI
 
     def handle_error(self, request: Any, client_address: Any) -> None:

@@ -298,13 +298,14 @@ class FakeSlack:
             raise AssertionError(f"no call to {method}; calls so far: {self._summary()}")
         return found[-1]
 
-    def wait_for(self, method: str, count: int = 1, timeout: float = 5.0) -> list[SlackCall]:
-        """Block until ``method`` has been called ``count`` times (returns as soon as it has);
-        the calls so far. Raises AssertionError after ``timeout`` seconds."""
+    def wait_for(self, method: str | tuple[str, ...], count: int = 1, timeout: float = 5.0) -> list[SlackCall]:
+        """Block until ``method`` (or any of several) has been called ``count`` times (returns as
+        soon as it has); the calls so far. Raises AssertionError after ``timeout`` seconds."""
+        methods = (method,) if isinstance(method, str) else method
         deadline = time.monotonic() + timeout
         with self._state.changed:
             while True:
-                found = [c for c in self._state.calls if c.method == method]
+                found = [c for c in self._state.calls if c.method in methods]
                 if len(found) >= count:
                     return found
                 remaining = deadline - time.monotonic()
@@ -522,6 +523,9 @@ def _method_of(path: str) -> str:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    # socketserver's default backlog is 5: hundreds of clients connecting at once (the concurrency
+    # benchmark) would wait out SYN retransmits (a second each), which a real API never makes them do.
+    request_queue_size = 1024
     fake: FakeSlack
 
     def handle_error(self, request: Any, client_address: Any) -> None:

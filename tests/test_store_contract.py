@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -890,6 +891,50 @@ def test_sqlite_a_locked_file_is_a_store_error_after_the_timeout(tmp_path: Path)
         holder.close()
     store.cache_put("answers", "k", "v", ttl_s=60)
     store.close()
+
+
+def test_sqlite_writers_queueing_behind_many_others_wait_their_turn(tmp_path: Path) -> None:
+    # 40 threads each hold the writer lock briefly; the queue lasts longer than the timeout, but
+    # it keeps moving, so nobody fails (the timeout is for a writer that holds it that long).
+    store = SqliteStore(tmp_path / "penny.db", timeout_s=0.2)
+    store.ping()
+    original = store._translate
+
+    def slow_translate(action: str) -> Any:
+        time.sleep(0.02)  # a writer busy inside its transaction (under load: waiting for the GIL)
+        return original(action)
+
+    store._translate = slow_translate  # type: ignore[method-assign]
+    try:
+        results = run_threads(40, lambda i: store.claim_request(WS, f"r{i}", ttl_s=60).state)
+        assert results == ["claimed"] * 40
+    finally:
+        store.close()
+
+
+def test_sqlite_a_writer_stuck_in_this_process_fails_the_others_after_the_timeout(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "penny.db", timeout_s=0.2)
+    store.ping()
+    release = threading.Event()
+    holding = threading.Event()
+
+    def stuck() -> None:
+        with store._write("hold the lock"):
+            holding.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=stuck)
+    holder.start()
+    try:
+        holding.wait(5)
+        started = time.monotonic()
+        with pytest.raises(StoreError, match=r"more than 0\.2s"):
+            store.claim_request(WS, "r1", ttl_s=60)
+        assert 0.15 < time.monotonic() - started < 3
+    finally:
+        release.set()
+        holder.join()
+        store.close()
 
 
 def test_sqlite_a_closed_store_raises_store_error(sqlite_store: SqliteStore) -> None:

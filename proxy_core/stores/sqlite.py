@@ -239,7 +239,7 @@ class SqliteStore(Store):
         self._clock: Clock = clock if clock is not None else wall
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._writer = threading.Lock()
+        self._writer = _WriterLock()
         self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._schema_ready = False
         self._closed = False
@@ -372,7 +372,8 @@ class SqliteStore(Store):
     def _write(self, action: str) -> Iterator[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE`` transaction: committed when the block ends, rolled back on error."""
         # Writers of this process queue on a lock instead of racing in SQLite's busy handler, whose
-        # sleep-and-retry loop starves some threads under contention (50 threads, one budget).
+        # sleep-and-retry loop starves some threads under contention (50 threads, one budget). The
+        # timeout bounds how long one writer may hold it, not the queue (see _WriterLock).
         if not self._writer.acquire(timeout=self.timeout_s):
             raise StoreError(f"SQLite store {self.path}: cannot {action}: other writers held it for more than "
                              f"{self.timeout_s:g}s")
@@ -841,6 +842,37 @@ def _prefix_end(prefix: str) -> str | None:
     code = ord(chars[-1]) + 1
     chars[-1] = chr(0xE000 if 0xD800 <= code <= 0xDFFF else code)  # surrogates cannot be stored
     return "".join(chars)
+
+
+class _WriterLock:
+    """The writers' lock of one process. ``acquire`` fails only when the lock made no progress for
+    ``timeout`` seconds (one writer held it that long: the file is stuck), not when a thread merely
+    waited behind many others that each held it briefly: hundreds of Slack threads answering at once
+    queue here, and none of them should fail for it. A wait is still capped at ``_MAX_WAIT_S``."""
+
+    _CHECK_S = 0.05
+    _MAX_WAIT_S = 30.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._releases = 0  # bumped on every release: progress
+
+    def acquire(self, timeout: float) -> bool:
+        start = last_progress = time.monotonic()
+        seen = self._releases
+        while not self._lock.acquire(timeout=min(self._CHECK_S, timeout)):
+            now = time.monotonic()
+            if self._releases != seen:
+                seen, last_progress = self._releases, now
+            elif now - last_progress >= timeout:
+                return False
+            if now - start >= max(timeout, self._MAX_WAIT_S):
+                return False
+        return True
+
+    def release(self) -> None:
+        self._releases += 1
+        self._lock.release()
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
