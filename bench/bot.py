@@ -12,6 +12,7 @@ version alone) a fresh store indexes ``examples/docs`` and a zero-latency fake O
 And concurrency: 200 questions from 50 users arrive at once as signed Slack events into the real
 Bolt app; the fake OpenAI answers each after 1 s. All should be answered in about 1 s of wall time,
 because nobody waits behind anybody else's LLM call — unlike a bot on Bolt's default five-thread pool.
+The fake OpenAI and Slack run in processes of their own, as the real ones would be.
 
 ``.venv/bin/python -m bench.bot``. Prints tables; asserts nothing.
 """
@@ -20,10 +21,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import multiprocessing
 import tempfile
 import time
 import uuid
 from concurrent.futures import Executor, ThreadPoolExecutor
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -82,19 +85,76 @@ def measure(fingerprint: Fingerprint, fake: FakeOpenAI) -> tuple[str, str, str]:
         f"{false}/{len(pairs)} ({false / len(pairs):.0%})"
 
 
+def _serve_openai(conn: Connection) -> None:
+    """Child process: a fake OpenAI answering every request after 1 s, until told to stop."""
+    from tests.fake_openai import Fault
+
+    with FakeOpenAI() as fake:
+        fake.fail_all(Fault.ok(delay_s=1.0))
+        conn.send(fake.base_url)
+        conn.recv()
+
+
+def _serve_slack(conn: Connection) -> None:
+    """Child process: a fake Slack Web API. Commands: ("wait", methods, count, timeout) answers
+    with the ``time.monotonic()`` (system-wide) at which ``count`` calls had been made; ("stop",)."""
+    from tests.fake_slack import FakeSlack
+
+    with FakeSlack() as slack:
+        conn.send(slack.base_url)
+        while True:
+            command = conn.recv()
+            if command[0] != "wait":
+                return
+            _, methods, count, timeout = command
+            try:
+                slack.wait_for(tuple(methods), count, timeout=timeout)
+                conn.send(time.monotonic())
+            except AssertionError as exc:
+                conn.send(str(exc)[:500])
+
+
+class _Fakes:
+    """The fake OpenAI and Slack in processes of their own: in the bot's process their threads
+    would compete with it for the GIL, and the benchmark would measure the fakes, not Penny."""
+
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._openai, openai_end = ctx.Pipe()
+        self._slack, slack_end = ctx.Pipe()
+        self._procs = [ctx.Process(target=_serve_openai, args=(openai_end,), daemon=True),
+                       ctx.Process(target=_serve_slack, args=(slack_end,), daemon=True)]
+        for proc in self._procs:
+            proc.start()
+        self.openai_url: str = self._openai.recv()
+        self.slack_url: str = self._slack.recv()
+
+    def answered_at(self, count: int, timeout: float) -> float:
+        """When Slack had ``count`` final answers (posted, or streamed then updated)."""
+        self._slack.send(("wait", ["chat.postMessage", "chat.update"], count, timeout))
+        reply = self._slack.recv()
+        if isinstance(reply, str):
+            raise AssertionError(reply)
+        return float(reply)
+
+    def close(self) -> None:
+        for conn in (self._openai, self._slack):
+            conn.send(("stop",))
+        for proc in self._procs:
+            proc.join(timeout=10)
+
+
 def concurrency(questions: int, users: int, executor: Executor | None, label: str,
                 redis_url: str | None = None) -> tuple[str, str, str]:
     """Wall time until every question has its final answer in Slack (posted, or streamed and then
     updated into the rendered answer)."""
     from bot.slack.app import SlackSettings
     from bot.slack.runner import penny_app
-    from tests.fake_openai import Fault
-    from tests.fake_slack import FakeSlack
     from tests.test_slack_app import SECRET, TOKEN, Harness, mention
 
     texts = [q["question"] for q in _load("questions.jsonl")]
-    with tempfile.TemporaryDirectory() as d, FakeOpenAI() as fake, FakeSlack() as slack:
-        fake.fail_all(Fault.ok(delay_s=1.0))
+    fakes = _Fakes()
+    with tempfile.TemporaryDirectory() as d:
         settings = PennySettings(openai_api_key="sk-bench-0000000000", requests_per_minute=0, tokens_per_minute=0,
                                  cache_enabled=False)
         if redis_url is None:
@@ -105,24 +165,23 @@ def concurrency(questions: int, users: int, executor: Executor | None, label: st
             store = RedisStore.from_url(redis_url, namespace=f"penny-bench-{uuid.uuid4().hex[:8]}")
         index_docs(settings, store, ROOT / "docs")
         gateway = Gateway(settings, store=store, metrics=Metrics(CollectorRegistry()),
-                          upstream=OpenAIUpstream(api_key="sk-bench-0000000000", base_url=fake.base_url, timeout_s=30))
+                          upstream=OpenAIUpstream(api_key="sk-bench-0000000000", base_url=fakes.openai_url,
+                                                  timeout_s=30))
         try:
             harness = Harness.__new__(Harness)  # the scenario tests' request signing, on Penny's real app
             harness._serial = 0
-            config = SlackSettings(bot_token=TOKEN, signing_secret=SECRET, api_url=slack.base_url)
+            config = SlackSettings(bot_token=TOKEN, signing_secret=SECRET, api_url=fakes.slack_url)
             service = open_answer_service(settings, store, gateway)
             harness.app = penny_app(service, store, gateway, config, listener_executor=executor)
             harness.event(mention("<@UPENNY> warm up"))  # auth.test and first-use costs, not measured
-            slack.wait_for("chat.postMessage", 1, timeout=30)
-            started = time.perf_counter()
+            fakes.answered_at(1, timeout=30)
+            started = time.monotonic()
             with ThreadPoolExecutor(max_workers=50) as senders:
                 for i in range(questions):
                     text = f"<@UPENNY> {texts[i % len(texts)]}"
                     senders.submit(harness.event, mention(text, ts=f"1700001{i:03d}.000100", user=f"U{i % users}"))
-            acked = time.perf_counter() - started
-            # An answer is posted whole, or streamed and then replaced by the rendered one.
-            slack.wait_for(("chat.postMessage", "chat.update"), questions + 1, timeout=30 + questions / 5)
-            wall = time.perf_counter() - started
+            acked = time.monotonic() - started
+            wall = fakes.answered_at(questions + 1, timeout=30 + questions / 5) - started
             if executor is not None:
                 executor.shutdown(wait=True)
             time.sleep(0.5)  # let the listeners' last bookkeeping finish before the store closes
@@ -131,6 +190,7 @@ def concurrency(questions: int, users: int, executor: Executor | None, label: st
             if delete is not None:
                 delete()
             gateway.close()
+            fakes.close()
     return label, f"{questions} from {users} users", f"{wall:.2f} s (all acked after {acked:.2f} s)"
 
 

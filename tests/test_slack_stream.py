@@ -26,7 +26,9 @@ def fake() -> Iterator[FakeSlack]:
 @pytest.fixture
 def stream(fake: FakeSlack, clock: ManualClock) -> SlackAnswerStream:
     client = WebClient(token=TOKEN, base_url=fake.base_url, retry_handlers=[])
-    return SlackAnswerStream(client, channel="C1", thread_ts=THREAD, user_id="U1", team_id="T0PENNY", clock=clock)
+    # Streams start with the first text here; the start delay has a test of its own.
+    return SlackAnswerStream(client, channel="C1", thread_ts=THREAD, user_id="U1", team_id="T0PENNY", clock=clock,
+                             pacing=StreamPacing(start_after_s=0))
 
 
 def appended(fake: FakeSlack) -> list[str]:
@@ -73,6 +75,26 @@ def test_the_first_text_starts_a_stream_in_the_thread_for_the_asker(fake: FakeSl
     assert (start.params["recipient_user_id"], start.params["recipient_team_id"]) == ("U1", "T0PENNY")
     assert stream.ts == start.response["ts"]  # type: ignore[index]
     assert stream.failure is None
+
+
+def test_an_answer_written_within_the_start_delay_never_streams(fake: FakeSlack, clock: ManualClock) -> None:
+    client = WebClient(token=TOKEN, base_url=fake.base_url, retry_handlers=[])
+    stream = SlackAnswerStream(client, channel="C1", thread_ts=THREAD, user_id="U1", team_id="T0PENNY",
+                               clock=clock, pacing=StreamPacing(start_after_s=1.0))
+    for word in ("Run ", "`make ", "deploy`."):
+        clock.advance(0.3)
+        stream.delta(word)
+    assert stream.close() is None  # done in 0.6 s: the app posts it whole
+    assert fake.count("chat.startStream") == 0
+
+    slow = SlackAnswerStream(client, channel="C1", thread_ts=THREAD, user_id="U1", team_id="T0PENNY",
+                             clock=clock, pacing=StreamPacing(start_after_s=1.0))
+    for word in ("Run ", "`make ", "deploy` ", "from ", "main."):
+        clock.advance(0.3)
+        slow.delta(word)
+    start = fake.last("chat.startStream")  # 1.2 s after the first text: everything so far at once
+    assert start.params["markdown_text"] == "Run `make deploy` from main."
+    assert slow.close() == slow.ts
 
 
 def test_text_waits_for_the_interval_then_goes_out_in_one_append(
@@ -222,7 +244,8 @@ def test_a_dead_connection_is_a_failure_not_an_exception(clock: ManualClock) -> 
     with FakeSlack() as gone:
         url = gone.base_url
     client = WebClient(token=TOKEN, base_url=url, retry_handlers=[], timeout=1)
-    stream = SlackAnswerStream(client, channel="C1", thread_ts=THREAD, user_id="U1", team_id="T0PENNY", clock=clock)
+    stream = SlackAnswerStream(client, channel="C1", thread_ts=THREAD, user_id="U1", team_id="T0PENNY", clock=clock,
+                               pacing=StreamPacing(start_after_s=0))
 
     stream.delta("Run ")
 

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from bot.service import index_docs, open_answer_service
 from bot.slack.app import ANSWERS_SCOPE, THREADS_SCOPE, SlackSettings, build_app
 from bot.slack.render import ACTION_FEEDBACK_DOWN, ACTION_FEEDBACK_UP
+from bot.slack.stream import StreamPacing
 from proxy_core.clock import ManualClock
 from proxy_core.gateway import Gateway
 from proxy_core.metrics import Metrics
@@ -74,7 +75,8 @@ class Sink:
 class StreamingBot(Harness):
     """Penny's Bolt app over the real service and gateway, its streams paced by a ticking clock."""
 
-    def __init__(self, slack: FakeSlack, openai: FakeOpenAI, path: Path, **overrides: Any) -> None:
+    def __init__(self, slack: FakeSlack, openai: FakeOpenAI, path: Path, pacing: StreamPacing | None = None,
+                 **overrides: Any) -> None:
         params: dict[str, Any] = {"openai_api_key": KEY, "requests_per_minute": 0, "tokens_per_minute": 0,
                                   "docs_base_url": "https://docs.example.com"}
         params.update(overrides)
@@ -88,8 +90,11 @@ class StreamingBot(Harness):
                                upstream=OpenAIUpstream(api_key=KEY, base_url=openai.base_url, timeout_s=5.0),
                                clock=self.gateway_clock, sleep=self.gateway_clock.sleep, rand=lambda: 0.5)
         self.settings = SlackSettings(bot_token=TOKEN, signing_secret=SECRET, api_url=slack.base_url)
+        # Streams start with the first text here (the fake writes an answer in no time); the
+        # default start delay has a test of its own.
         self.app = build_app(answerer=open_answer_service(settings, self.store, self.gateway), store=self.store,
-                             settings=self.settings, listener_executor=Inline(), clock=TickingClock(0.25))
+                             settings=self.settings, listener_executor=Inline(), clock=TickingClock(0.25),
+                             stream_pacing=pacing or StreamPacing(start_after_s=0))
         self._serial = 0
 
     def settle(self) -> None:
@@ -115,8 +120,8 @@ def slack() -> Iterator[FakeSlack]:
 def make_bot(slack: FakeSlack, openai: FakeOpenAI, tmp_path: Path) -> Iterator[Any]:
     made: list[StreamingBot] = []
 
-    def make(name: str = "bot", **overrides: Any) -> StreamingBot:
-        bot = StreamingBot(slack, openai, tmp_path / name, **overrides)
+    def make(name: str = "bot", pacing: StreamPacing | None = None, **overrides: Any) -> StreamingBot:
+        bot = StreamingBot(slack, openai, tmp_path / name, pacing, **overrides)
         made.append(bot)
         return bot
 
@@ -237,6 +242,17 @@ def test_a_threaded_mention_streams_then_becomes_the_rendered_answer(
     assert bot.store.cache_get(ANSWERS_SCOPE, f"{TEAM}:C1:{ts}") is not None  # 👎 finds the question
     assert bot.store.cache_get(THREADS_SCOPE, f"{TEAM}:C1:{ROOT}") is not None  # follow-ups are heard
     assert slack.count("reactions.add") == slack.count("reactions.remove") == 1
+
+
+def test_an_answer_written_within_the_start_delay_is_posted_whole(
+    make_bot: Any, slack: FakeSlack, openai: FakeOpenAI
+) -> None:
+    # The answer's words all arrive well within the start delay (the ticking clock moves 0.25 s a
+    # read), so no stream ever starts: the answer is one chat.postMessage, no streaming calls.
+    bot = make_bot(pacing=StreamPacing(start_after_s=60))
+    bot.event(mention(QUESTION, ts=ROOT))
+    assert sent(slack) == ["chat.postMessage"]
+    assert openai.count("chat") == 1
 
 
 def test_the_final_message_is_the_same_streamed_or_not(make_bot: Any, slack: FakeSlack) -> None:

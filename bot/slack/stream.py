@@ -2,12 +2,14 @@
 ``chat.appendStream`` / ``chat.stopStream``).
 
 :class:`SlackAnswerStream` is the :class:`~proxy_core.gateway.AnswerStream` the Slack app hands the
-answering service for a question asked in a thread. The first piece of text starts a streamed reply
-in that thread; later pieces wait in a buffer and go out in one append when :func:`append_due` says
-so (:class:`StreamPacing`: about once a second, sooner when much text is waiting), checked as each
-piece arrives, so nothing sleeps and ``chat.appendStream`` (Tier 4) stays far below Slack's rate
-limits. :meth:`SlackAnswerStream.close` stops the stream with whatever is still waiting; the app
-then replaces the streamed message with the rendered answer (``chat.update``) or deletes it.
+answering service for a question asked in a thread. Text waits in a buffer; once the answer has
+been coming for a second (or much text is waiting) a streamed reply starts in that thread with it,
+so an answer written faster than that is simply posted whole, with no streaming calls at all. Later
+pieces go out in one append when :func:`append_due` says so (:class:`StreamPacing`: about once a
+second, sooner when much text is waiting), checked as each piece arrives, so nothing sleeps and
+``chat.appendStream`` (Tier 4) stays far below Slack's rate limits. :meth:`SlackAnswerStream.close`
+stops the stream with whatever is still waiting; the app then replaces the streamed message with the
+rendered answer (``chat.update``) or deletes it.
 
 Streaming is best effort and never raises: the first Slack call that fails (unknown method, missing
 scope, a conversation that cannot stream, rate limited) ends streaming for this answer; the message
@@ -37,11 +39,13 @@ _log = get_logger()
 
 @dataclass(frozen=True, slots=True)
 class StreamPacing:
-    """When waiting text is appended to a streamed message: once ``interval_s`` has passed since
-    the last append, or as soon as ``burst_chars`` characters are waiting."""
+    """When a streamed message starts: once text has been waiting ``start_after_s`` (an answer
+    written faster is posted whole); and when waiting text is appended to it: once ``interval_s``
+    has passed since the last append. Either happens at once when ``burst_chars`` are waiting."""
 
     interval_s: float = 1.0
     burst_chars: int = 1000
+    start_after_s: float = 1.0
 
 
 def append_due(waiting_chars: int, since_last_s: float, pacing: StreamPacing) -> bool:
@@ -86,6 +90,7 @@ class SlackAnswerStream:
         self._waiting: list[str] = []
         self._waiting_chars = 0
         self._last_append = 0.0
+        self._first_text: float | None = None  # when the first text arrived
         self.failure: str | None = None  # the Slack error that ended streaming (e.g. "missing_scope")
 
     @property
@@ -102,12 +107,17 @@ class SlackAnswerStream:
         self._waiting_chars += len(text)
         now = self._clock()
         if self._ts is None:
-            self._start(now)
+            if self._first_text is None:
+                self._first_text = now
+            waited = now - self._first_text
+            if waited >= self._pacing.start_after_s or self._waiting_chars >= self._pacing.burst_chars:
+                self._start(now)
         elif append_due(self._waiting_chars, now - self._last_append, self._pacing):
             self._append(now)
 
     def restart(self) -> None:
         self._take()
+        self._first_text = None
         if self._ts is None:
             return
         self._stop(None)
