@@ -98,7 +98,14 @@ class AnswerService:
         truncated = len(text) > MAX_QUESTION_CHARS
         text = text[:MAX_QUESTION_CHARS]
         self._refresh()
-        hits = self.retriever.search(self._search_text(text, question.history), k=self.top_k)
+        search_text = self._search_text(text, question.history)
+        try:
+            hits = self._search(search_text, question)
+        except PennyError as exc:
+            # An openai: embedder's call for the question was refused or failed: the same refusal
+            # as the answer's own call would get, with the closest pages by keywords alone, at $0.
+            return self._refusal(exc, self._closest_pages(self.retriever.search(search_text, k=self.top_k,
+                                                                                  mode="bm25")))
         closest = self._closest_pages(hits)
         if not hits or hits[0].score < self.no_match_threshold:
             best = f" (best match scored {hits[0].score:.2f})" if hits else ""
@@ -138,6 +145,14 @@ class AnswerService:
         )
 
     # -- steps ------------------------------------------------------------------------------------
+
+    def _search(self, text: str, question: Question) -> list[Hit]:
+        """The best passages; a billed question embedding (an ``openai:`` embedder) is charged to
+        the person asking, once per request."""
+        if self.gateway is None:
+            return self.retriever.search(text, k=self.top_k)
+        with self.gateway.billed_to(question.user_id, question.workspace_id, question.request_id):
+            return self.retriever.search(text, k=self.top_k)
 
     def _context(self, hits: list[Hit]) -> str:
         """The cache's context fingerprint: always the index version (a re-index invalidates), plus

@@ -213,16 +213,17 @@ def _cmd_index(args: argparse.Namespace, settings: PennySettings, out: TextIO, _
     root = Path(args.dir)
     if not root.is_dir():
         raise ConfigurationError(f"penny index: {args.dir} is not a directory")
-    if settings.embedder.startswith("openai:"):
-        raise ConfigurationError(
-            f"PENNY_EMBEDDER={settings.embedder} is not supported yet by penny index; "
-            "use local:wordllama (the default) for now"
-        )
-    store = store_from_url(settings.store_url, timeout_s=settings.store_timeout_s)
+    # An openai: embedder embeds through the gateway: metered, in the ledger as penny:index.
+    gateway = _gateway(settings) if settings.embedder.startswith("openai:") else None
+    store = gateway.store if gateway is not None else store_from_url(settings.store_url,
+                                                                     timeout_s=settings.store_timeout_s)
     try:
-        report = index_docs(settings, store, root, progress=_progress_bar(sys.stderr))
+        report = index_docs(settings, store, root, progress=_progress_bar(sys.stderr), gateway=gateway)
     finally:
-        store.close()
+        if gateway is not None:
+            gateway.close()
+        else:
+            store.close()
     print(f"indexed {report.files:,} files · {report.passages:,} passages · {report.embedded:,} embedded · "
           f"{report.removed:,} removed · version {report.version} · {report.seconds:.2f}s", file=out)
     return 0
@@ -405,7 +406,8 @@ class _Session:
         try:
             if DocsIndex.load(self.store).version == 0:
                 print(f"indexing {settings.docs_dir} (first run) …", file=sys.stderr)
-                index_docs(settings, self.store, settings.docs_dir, progress=_progress_bar(sys.stderr))
+                index_docs(settings, self.store, settings.docs_dir, progress=_progress_bar(sys.stderr),
+                           gateway=self.gateway)
             self.service = open_answer_service(settings, self.store, self.gateway)
         except BaseException:
             self.close()

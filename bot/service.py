@@ -12,34 +12,69 @@ from pathlib import Path
 from bot.answer import AnswerService
 from bot.docs.index import DocsIndex, DocsIndexer, IndexReport
 from bot.docs.retrieve import Retriever
-from proxy_core.errors import ConfigurationError
+from proxy_core.errors import ConfigurationError, RateLimited
 from proxy_core.gateway import Gateway
 from proxy_core.log import get_logger
 from proxy_core.semantic.embedders import Embedder, embedder_from_spec
 from proxy_core.settings import PennySettings
 from proxy_core.stores.base import Store
 
-__all__ = ["docs_embedder", "index_docs", "open_answer_service"]
+__all__ = ["INDEX_USER", "docs_embedder", "index_docs", "open_answer_service"]
 
 Progress = Callable[[int, int], None]
 
 
-def docs_embedder(settings: PennySettings) -> Embedder:
-    """The embedder for the docs index: the configured one when it is local."""
-    if settings.embedder.startswith("openai:"):
+# Who pays, in the ledger, for embedding the docs with an ``openai:`` embedder.
+INDEX_USER = "penny:index"
+INDEX_WORKSPACE = "penny"
+
+
+def docs_embedder(settings: PennySettings, gateway: Gateway | None, *, purpose: str = "index") -> Embedder:
+    """The embedder of the docs index. A local one runs in process; an ``openai:`` one calls the
+    API through ``gateway`` (every call metered and in the ledger): ``purpose="index"`` bills the
+    embedding of the docs to ``penny:index``, ``purpose="search"`` bills a question's embedding to
+    the person asking (inside :meth:`Gateway.billed_to`)."""
+    if not settings.embedder.startswith("openai:"):
+        return embedder_from_spec(settings.embedder)
+    if gateway is None:
         raise ConfigurationError(
-            f"PENNY_EMBEDDER={settings.embedder} is not supported yet for the docs index; "
-            "use local:wordllama (the default) for now"
+            f"PENNY_EMBEDDER={settings.embedder} embeds the docs with the OpenAI API, which needs "
+            "OPENAI_API_KEY; set it, or use PENNY_EMBEDDER=local:wordllama (the default, no key needed)"
         )
-    return embedder_from_spec(settings.embedder)
+    if purpose == "search":
+        return embedder_from_spec(settings.embedder, openai_embed_fn=gateway.caller_embed_fn("search-embedding"))
+    return embedder_from_spec(settings.embedder, openai_embed_fn=_waiting_out_rate_limits(
+        gateway.embed_fn(INDEX_USER, INDEX_WORKSPACE), gateway.sleep))
 
 
-def index_docs(settings: PennySettings, store: Store, root: Path, *, progress: Progress | None = None) -> IndexReport:
+def _waiting_out_rate_limits(embed: Callable[..., list[list[float]]], sleep: Callable[[float], None],
+                             attempts: int = 20) -> Callable[..., list[list[float]]]:
+    """Indexing is a batch job: when a batch is rate limited it waits as told and goes on, rather
+    than fail a long run halfway (budgets and other refusals still stop it, with their message)."""
+
+    def embed_patiently(texts: list[str], *, model: str, dimensions: int | None) -> list[list[float]]:
+        for attempt in range(attempts):
+            try:
+                return embed(texts, model=model, dimensions=dimensions)
+            except RateLimited as exc:
+                if attempt == attempts - 1:
+                    raise
+                sleep(exc.retry_after)
+        raise AssertionError("unreachable")
+
+    return embed_patiently
+
+
+def index_docs(
+    settings: PennySettings, store: Store, root: Path, *, progress: Progress | None = None,
+    gateway: Gateway | None = None,
+) -> IndexReport:
     """Bring the shared docs index in line with ``root``. When the version moves, cached answers
-    built on the old docs are dropped from every replica's cache."""
+    built on the old docs are dropped from every replica's cache. ``gateway`` embeds with an
+    ``openai:`` embedder (local embedders need none)."""
     if not root.is_dir():
         raise ConfigurationError(f"PENNY_DOCS_DIR: {root} is not a directory")
-    embedder = docs_embedder(settings)
+    embedder = docs_embedder(settings, gateway)
     before = DocsIndex.load(store).version
     report = DocsIndexer(store, embedder.embed, embedder_name=embedder.name).index(root, progress=progress)
     if report.version != before and before:
@@ -50,6 +85,6 @@ def index_docs(settings: PennySettings, store: Store, root: Path, *, progress: P
 
 def open_answer_service(settings: PennySettings, store: Store, gateway: Gateway | None) -> AnswerService:
     """The answering service over the shared index (``gateway`` None: extractive answers only)."""
-    embedder = docs_embedder(settings)
+    embedder = docs_embedder(settings, gateway, purpose="search")
     index = DocsIndex.load(store)
     return AnswerService(index, Retriever(index, embedder.embed), gateway, docs_base_url=settings.docs_base_url)

@@ -26,7 +26,8 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Protocol, TypeVar
 
@@ -189,6 +190,11 @@ class Gateway:
         self._on_budget_alert = on_budget_alert
         self._alerter = BudgetAlerter(store) if on_budget_alert is not None else None
 
+    @property
+    def sleep(self) -> Sleep:
+        """The gateway's (injected) sleep, for callers that wait as a refusal tells them to."""
+        return self._sleep
+
     @classmethod
     def from_settings(
         cls, settings: PennySettings, *, upstream: Upstream | None = None, **kwargs: Any
@@ -241,14 +247,39 @@ class Gateway:
 
     def _billed_embed(self, texts: list[str], *, model: str, dimensions: int | None) -> list[list[float]]:
         """Embeddings for the semantic cache, billed to whoever is asking (or to Penny itself)."""
+        return self._embed_for_caller("question-embedding", texts, model, dimensions)
+
+    def _embed_for_caller(
+        self, purpose: str, texts: list[str], model: str, dimensions: int | None
+    ) -> list[list[float]]:
         caller = _CALLER.get()
         if caller is None:
             user, workspace, request_id = "penny", "penny", f"penny:embed:{uuid.uuid4().hex}"
         else:
-            user, workspace, request_id = caller[0], caller[1], f"{caller[2]}:question-embedding"
+            # One embedding per purpose per request: a retried request replays it, never pays twice.
+            user, workspace, request_id = caller[0], caller[1], f"{caller[2]}:{purpose}"
         result = self.embed(user_id=user, workspace_id=workspace, request_id=request_id, inputs=texts,
                             model=model, dimensions=dimensions)
         return result.vectors
+
+    @contextmanager
+    def billed_to(self, user_id: str, workspace_id: str, request_id: str) -> Iterator[None]:
+        """Within the block, :meth:`caller_embed_fn` functions bill ``user_id`` for ``request_id``."""
+        token = _CALLER.set((user_id, workspace_id, request_id))
+        try:
+            yield
+        finally:
+            _CALLER.reset(token)
+
+    def caller_embed_fn(self, purpose: str) -> Callable[..., list[list[float]]]:
+        """An OpenAI-style embed function billed to the request of the enclosing :meth:`billed_to`
+        (request ID ``<request>:<purpose>``, so a retry replays it), or to Penny outside one. For one
+        embedding per request and purpose, such as the docs search of a question."""
+
+        def embed(texts: list[str], *, model: str, dimensions: int | None) -> list[list[float]]:
+            return self._embed_for_caller(purpose, texts, model, dimensions)
+
+        return embed
 
     def embed_fn(self, user_id: str, workspace_id: str) -> Callable[..., list[list[float]]]:
         """An OpenAI-style embed function billed to ``user_id`` (for tools such as ``penny cache eval``)."""

@@ -456,6 +456,64 @@ def test_cache_eval_with_an_openai_embedder_is_billed_through_the_gateway(tmp_pa
     assert spent.totals.requests >= 1 and spent.by_model["text-embedding-3-small"].cost_micros > 0
 
 
+def test_an_openai_embedder_indexes_the_docs_and_searches_them_billed_through_the_gateway(
+    fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, isolated: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PENNY_EMBEDDER", "openai:text-embedding-3-small?dimensions=64")
+    code, out = penny("index", str(REPO / "examples" / "docs"))
+    assert code == 0, capsys.readouterr().err
+    assert "embedded" in out and "version 1" in out
+    indexing = fake.count("embeddings")
+    assert indexing >= 3  # the handbook's passages, in batches
+    store = store_from_url(isolated)
+    try:
+        today = datetime.now(UTC).date().isoformat()
+        paid = store.usage("penny", today, today, "penny:index")  # the docs' embeddings, in the ledger
+    finally:
+        store.close()
+    assert paid.totals.requests == indexing and paid.by_model["text-embedding-3-small"].cost_micros > 0
+
+    code, out = penny("ask", "Where are the production logs?", "--user", "asker")
+    assert code == 0
+    assert "logs-and-observability" in out  # found through the API's embeddings (and keywords)
+    asked = ledger(isolated, "asker")
+    assert asked.by_model["text-embedding-3-small"].requests >= 1  # the question's search, billed to its asker
+    assert fake.count("chat") == 1
+
+    # The provider fails the next question's embedding: a clear refusal with the closest pages
+    # (by keywords), nothing charged, no traceback.
+    fake.script(*[Fault.status(400)] * 3, endpoint="embeddings")
+    code, out = penny("ask", "How do I rotate the on-call schedule?", "--user", "asker")
+    assert code == 1  # a refused answer
+    assert "Nothing was charged" in out and "engineering/on-call.md" in out
+    assert fake.count("chat") == 1
+
+
+def test_a_rate_limited_index_batch_waits_as_told_and_goes_on(
+    fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, isolated: str
+) -> None:
+    from bot.service import index_docs
+    from proxy_core.clock import ManualClock
+    from proxy_core.gateway import Gateway
+    from proxy_core.settings import PennySettings
+    from proxy_core.stores.sqlite import SqliteStore
+    from proxy_core.upstream import OpenAIUpstream
+
+    clock = ManualClock()  # the store's clock too: the waits refill the bucket
+    settings = PennySettings(embedder="openai:text-embedding-3-small?dimensions=64", tokens_per_minute=20_000,
+                             token_burst=20_000)
+    store = SqliteStore(Path(isolated.removeprefix("sqlite:///")), clock=clock)
+    gateway = Gateway(settings, store=store, clock=clock, wall=clock, sleep=clock.sleep,
+                      upstream=OpenAIUpstream(api_key=SECRET_KEY, base_url=fake.base_url, timeout_s=5))
+    try:
+        report = index_docs(settings, gateway.store, REPO / "examples" / "docs", gateway=gateway)
+    finally:
+        gateway.close()
+    assert report.passages > 0 and report.embedded == report.passages
+    assert clock.sleeps and all(s > 0 for s in clock.sleeps)  # the limiter's retry_after, waited out
+    assert fake.count("embeddings") >= 2
+
+
 def test_cache_eval_rejects_a_bad_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"a": "x"}\n')
