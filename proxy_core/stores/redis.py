@@ -613,19 +613,18 @@ class RedisStore(Store):
 
     @_translated("mark semantic-cache entries used")
     def semantic_touch(self, entry_ids: Sequence[str]) -> int:
-        touched = 0
-        for start in range(0, len(entry_ids), _SEMANTIC_DELETE_BATCH):
-            batch = list(entry_ids[start : start + _SEMANTIC_DELETE_BATCH])
-            touched += int(self._run_semantic("semantic_touch", batch))
-        return touched
+        return self._per_batch("semantic_touch", entry_ids)
 
     @_translated("delete semantic-cache entries")
     def semantic_delete(self, entry_ids: Sequence[str]) -> int:
-        existed = 0
+        return self._per_batch("semantic_delete", entry_ids)
+
+    def _per_batch(self, script: str, entry_ids: Sequence[str]) -> int:
+        """Run ``script`` over the ids a batch at a time (never one long script); the sum of replies."""
+        total = 0
         for start in range(0, len(entry_ids), _SEMANTIC_DELETE_BATCH):
-            batch = list(entry_ids[start : start + _SEMANTIC_DELETE_BATCH])
-            existed += int(self._run_semantic("semantic_delete", batch))
-        return existed
+            total += int(self._run_semantic(script, list(entry_ids[start : start + _SEMANTIC_DELETE_BATCH])))
+        return total
 
     @_translated("delete semantic-cache entries")
     def semantic_delete_where(self, *, context_prefix: str | None = None, expired: bool = False) -> list[str]:
