@@ -213,8 +213,10 @@ def _cmd_index(args: argparse.Namespace, settings: PennySettings, out: TextIO, _
     root = Path(args.dir)
     if not root.is_dir():
         raise ConfigurationError(f"penny index: {args.dir} is not a directory")
-    # An openai: embedder embeds through the gateway: metered, in the ledger as penny:index.
-    gateway = _gateway(settings) if settings.embedder.startswith("openai:") else None
+    # An openai: embedder embeds through the gateway: metered, in the ledger as penny:index. Indexing
+    # asks no questions, so that gateway needs no answer cache (nor its load and sync threads).
+    gateway = (_gateway(settings.model_copy(update={"cache_enabled": False}))
+               if settings.embedder.startswith("openai:") else None)
     store = gateway.store if gateway is not None else store_from_url(settings.store_url,
                                                                      timeout_s=settings.store_timeout_s)
     try:
