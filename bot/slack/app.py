@@ -38,8 +38,10 @@ import copy
 import json
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -76,7 +78,7 @@ from proxy_core.clock import Clock
 from proxy_core.errors import StoreError
 from proxy_core.log import get_logger
 from proxy_core.settings import PennySettings
-from proxy_core.stores.base import Store
+from proxy_core.stores.base import CacheItem, Store
 from proxy_core.tokens import estimate_text_tokens
 
 __all__ = [
@@ -143,6 +145,19 @@ FeedbackCallback = Callable[[str, str, bool], None]  # (user_id, entry_id, up)
 STREAMING_UNAVAILABLE: Final = frozenset({"unknown_method", "missing_scope", "not_allowed_token_type"})
 
 _log = get_logger()
+
+
+
+@dataclass
+class _Handling:
+    """What the handling of one event leaves for its end (see _Penny._handling): records to store
+    with its completion, and Slack calls to make once that is done (taking the 👀 off)."""
+
+    remembered: list[CacheItem] = field(default_factory=list)
+    then: list[Callable[[], None]] = field(default_factory=list)
+
+
+_HANDLING: ContextVar[_Handling | None] = ContextVar("penny_slack_handling", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -528,7 +543,7 @@ class _Penny:
             request_id = "slack:fresh:" + str(action.get("action_ts") or body.get("trigger_id"))
             if not question or not self._claim(workspace, request_id):
                 return
-            try:
+            with self._handling(workspace, request_id):
                 if body.get("response_url"):
                     try:
                         respond(delete_original=True)  # the offer is used up
@@ -536,8 +551,6 @@ class _Penny:
                         _log.warning("slack.fresh_offer_delete_failed", error=exc)
                 target = _Target(workspace, channel, user, None, thread_ts or None)
                 self._ask(client, target, question, request_id=request_id, fresh=True)
-            finally:
-                self._complete(workspace, request_id)
         except Exception as exc:
             _log.exception("slack.fresh_answer_failed", error=exc)
 
@@ -563,7 +576,7 @@ class _Penny:
         request_id = "slack:" + event_id
         if not self._claim(workspace, request_id):
             return
-        try:
+        with self._handling(workspace, request_id):
             target = _Target(workspace, str(event.get("channel", "")), str(event["user"]), str(event["ts"]), thread_ts)
             text = strip_mentions(str(event.get("text") or ""), context.bot_user_id)
             if not text:
@@ -573,8 +586,6 @@ class _Penny:
             if with_history and thread_ts:
                 history = self._history(client, target, thread_ts, context)
             self._ask(client, target, text, request_id=event_id, history=history)
-        finally:
-            self._complete(workspace, request_id)
 
     def _ask(
         self,
@@ -609,7 +620,11 @@ class _Penny:
             streamed_ts = self._end_stream(stream)
             self._deliver(client, target, answer, question_text, note, streamed_ts)
         finally:
-            self._react(client, "reactions_remove", target)
+            handling = _HANDLING.get()
+            if handling is not None:  # 👀 comes off once everything is stored (see _handling)
+                handling.then.append(lambda: self._react(client, "reactions_remove", target))
+            else:
+                self._react(client, "reactions_remove", target)
 
     def _answer_stream(self, client: WebClient, target: _Target) -> SlackAnswerStream | None:
         """Where the answer streams while it is written: its thread (Slack streams only replies)."""
@@ -801,11 +816,28 @@ class _Penny:
             _log.warning("slack.claim_failed", request_id=request_id, error=exc)
             return True
 
-    def _complete(self, workspace: str, request_id: str) -> None:
+    def _complete(self, workspace: str, request_id: str, remembered: Sequence[CacheItem] = ()) -> None:
+        """Mark the event handled, and store what was remembered while handling it, in one step."""
         try:
-            self.store.complete_request(workspace, request_id, '{"handled": true}', EVENT_DONE_TTL_S)
+            self.store.complete_request(workspace, request_id, '{"handled": true}', EVENT_DONE_TTL_S,
+                                        cache=remembered)
         except StoreError as exc:
             _log.warning("slack.complete_failed", request_id=request_id, error=exc)
+
+    @contextmanager
+    def _handling(self, workspace: str, request_id: str) -> Iterator[None]:
+        """Around the handling of one claimed event: what it remembers (the thread it answered in,
+        the answer it posted) is written with its completion, one store write instead of three;
+        then the 👀 comes off, so a follow-up sent after that always finds the thread known."""
+        handling = _Handling()
+        token = _HANDLING.set(handling)
+        try:
+            yield
+        finally:
+            _HANDLING.reset(token)
+            self._complete(workspace, request_id, handling.remembered)
+            for then in handling.then:
+                then()
 
     def _knows_thread(self, workspace: str, channel: str, thread_ts: str) -> bool:
         try:
@@ -816,6 +848,10 @@ class _Penny:
 
     def _remember(self, scope: str, key: str, value: str) -> None:
         ttl = THREAD_TTL_S if scope == THREADS_SCOPE else ANSWER_TTL_S
+        handling = _HANDLING.get()
+        if handling is not None:  # written with the event's completion
+            handling.remembered.append(CacheItem(scope, key, value, ttl))
+            return
         try:
             self.store.cache_put(scope, key, value, ttl)
         except StoreError as exc:

@@ -29,6 +29,7 @@ __all__ = [
     "BreakerRef",
     "BucketSpec",
     "BudgetDecision",
+    "CacheItem",
     "Claim",
     "LedgerEntry",
     "LimitDecision",
@@ -82,6 +83,16 @@ class BudgetDecision:
     line: BudgetLine | None = None
     spent: int = 0  # micro-dollars spent on that line
     reserved: int = 0  # micro-dollars reserved on that line by other in-flight requests
+
+
+@dataclass(frozen=True, slots=True)
+class CacheItem:
+    """One :meth:`Store.cache_put`, to be done together with something else."""
+
+    scope: str
+    key: str
+    value: str
+    ttl_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,8 +246,12 @@ class Store(ABC):
         """Claim ``request_id`` for ``ttl_s`` seconds (a crashed owner's claim expires then)."""
 
     @abstractmethod
-    def complete_request(self, workspace_id: str, request_id: str, result: str, ttl_s: float) -> None:
-        """Record the finished result (JSON text) of a claimed request; kept ``ttl_s`` seconds."""
+    def complete_request(
+        self, workspace_id: str, request_id: str, result: str, ttl_s: float, *, cache: Sequence[CacheItem] = ()
+    ) -> None:
+        """Record the finished result (JSON text) of a claimed request; kept ``ttl_s`` seconds.
+        ``cache`` entries are stored in the same step (one transaction on SQLite, one round trip
+        on Redis), as :meth:`cache_put` would: what the caller learned while handling it."""
 
     @abstractmethod
     def release_request(self, workspace_id: str, request_id: str) -> None:

@@ -63,6 +63,7 @@ from proxy_core.stores.base import (
     BreakerRef,
     BucketSpec,
     BudgetDecision,
+    CacheItem,
     Claim,
     LedgerEntry,
     LimitDecision,
@@ -352,8 +353,16 @@ class RedisStore(Store):
         return Claim(state)
 
     @_translated("record a request's result")
-    def complete_request(self, workspace_id: str, request_id: str, result: str, ttl_s: float) -> None:
-        self._run("complete_request", [self._request_key(workspace_id, request_id)], [result, _num(ttl_s)])
+    def complete_request(
+        self, workspace_id: str, request_id: str, result: str, ttl_s: float, *, cache: Sequence[CacheItem] = ()
+    ) -> None:
+        complete = ("complete_request", [self._request_key(workspace_id, request_id)], [result, _num(ttl_s)])
+        if not cache:
+            self._run(*complete)
+            return
+        # Cache keys live in their own slots: the same round trip, not the same script.
+        self._pipelined(complete, *(("cache_put", [self._cache_key(item.scope, item.key)],
+                                     [item.value, _num(item.ttl_s)]) for item in cache))
 
     @_translated("release a request")
     def release_request(self, workspace_id: str, request_id: str) -> None:

@@ -35,6 +35,7 @@ from proxy_core.stores.base import (
     BreakerRef,
     BucketSpec,
     BudgetDecision,
+    CacheItem,
     Claim,
     LedgerEntry,
     LimitDecision,
@@ -483,9 +484,14 @@ class SqliteStore(Store):
             _write_reservation(conn, workspace_id, request_id, lines, amount, now + ttl_s)
         return Admission("admitted", limit=limit, permit=permit)
 
-    def complete_request(self, workspace_id: str, request_id: str, result: str, ttl_s: float) -> None:
+    def complete_request(
+        self, workspace_id: str, request_id: str, result: str, ttl_s: float, *, cache: Sequence[CacheItem] = ()
+    ) -> None:
         with self._write("record a request's result") as conn:
-            _complete(conn, workspace_id, request_id, result, self.now() + ttl_s)
+            now = self.now()
+            _complete(conn, workspace_id, request_id, result, now + ttl_s)
+            for item in cache:
+                _cache_put(conn, item, now)
 
     def release_request(self, workspace_id: str, request_id: str) -> None:
         with self._write("release a request") as conn:
@@ -578,10 +584,7 @@ class SqliteStore(Store):
 
     def cache_put(self, scope: str, key: str, value: str, ttl_s: float) -> None:
         with self._write("write the cache") as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO cache (scope, key, value, expires_at) VALUES (?, ?, ?, ?)",
-                (scope, key, value, self.now() + ttl_s),
-            )
+            _cache_put(conn, CacheItem(scope, key, value, ttl_s), self.now())
 
     def cache_delete(self, scope: str, key: str | None = None) -> int:
         with self._write("delete from the cache") as conn:
@@ -848,9 +851,11 @@ class _WriterLock:
     """The writers' lock of one process. ``acquire`` fails only when the lock made no progress for
     ``timeout`` seconds (one writer held it that long: the file is stuck), not when a thread merely
     waited behind many others that each held it briefly: hundreds of Slack threads answering at once
-    queue here, and none of them should fail for it. A wait is still capped at ``_MAX_WAIT_S``."""
+    queue here, and none of them should fail for it. A wait is still capped at ``_MAX_WAIT_S``.
 
-    _CHECK_S = 0.05
+    A waiter sleeps in the lock itself and wakes at most once per ``timeout`` to check for progress:
+    polling more often would have hundreds of waiters taking the GIL from the writer they wait for."""
+
     _MAX_WAIT_S = 30.0
 
     def __init__(self) -> None:
@@ -858,17 +863,15 @@ class _WriterLock:
         self._releases = 0  # bumped on every release: progress
 
     def acquire(self, timeout: float) -> bool:
-        start = last_progress = time.monotonic()
-        seen = self._releases
-        while not self._lock.acquire(timeout=min(self._CHECK_S, timeout)):
-            now = time.monotonic()
-            if self._releases != seen:
-                seen, last_progress = self._releases, now
-            elif now - last_progress >= timeout:
+        start = time.monotonic()
+        while True:
+            seen = self._releases
+            if self._lock.acquire(timeout=timeout):
+                return True
+            if self._releases == seen:  # nobody got through for a whole timeout: stuck
                 return False
-            if now - start >= max(timeout, self._MAX_WAIT_S):
+            if time.monotonic() - start >= max(timeout, self._MAX_WAIT_S):
                 return False
-        return True
 
     def release(self) -> None:
         self._releases += 1
@@ -996,6 +999,13 @@ def _record_breaker(conn: sqlite3.Connection, ref: BreakerRef, now: float, *, su
     if new_state != state:
         _save_breaker(conn, ref.name, new_state)
     return new_state
+
+
+def _cache_put(conn: sqlite3.Connection, item: CacheItem, now: float) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO cache (scope, key, value, expires_at) VALUES (?, ?, ?, ?)",
+        (item.scope, item.key, item.value, now + item.ttl_s),
+    )
 
 
 def _complete(conn: sqlite3.Connection, workspace_id: str, request_id: str, result: str, expires_at: float) -> None:
