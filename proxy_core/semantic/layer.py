@@ -175,6 +175,8 @@ class SemanticCache:
 
         A hit came after every put queued before it, so while writes are queued the report waits
         for the last of them, which carries it (``_store_put``)."""
+        if not self._served:  # the common case, every sync: no lock needed to know it
+            return 0
         with self._write_lock:
             with self._pending_cv:
                 if self._pending:

@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import fields
 from datetime import date, timedelta
 from importlib import resources
-from typing import Any, Literal, ParamSpec, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
 import redis
@@ -347,10 +347,7 @@ class RedisStore(Store):
     @_translated("claim a request")
     def claim_request(self, workspace_id: str, request_id: str, ttl_s: float) -> Claim:
         reply = self._run("claim_request", [self._request_key(workspace_id, request_id)], [_num(ttl_s)])
-        state = cast(Literal["claimed", "in_flight", "done"], _text(reply[0]))
-        if state == "done":
-            return Claim("done", None if reply[1] is None else _text(reply[1]))
-        return Claim(state)
+        return _held(reply) or Claim("claimed")
 
     @_translated("record a request's result")
     def complete_request(
@@ -394,11 +391,10 @@ class RedisStore(Store):
             calls.append(("breaker", [self._breaker_key(breaker.name)], _breaker_args(breaker.policy, "peek", False)))
         calls.append(("admit", keys, args))
         *peeked, reply = self._pipelined(*calls)
+        held = _held(reply)
+        if held is not None:
+            return Admission("done", result=held.result) if held.state == "done" else Admission("in_flight")
         state = _text(reply[0])
-        if state == "done":
-            return Admission("done", result=None if reply[1] is None else _text(reply[1]))
-        if state == "in_flight":
-            return Admission("in_flight")
         if state == "over_budget":
             line = lines[int(reply[1]) - 1]
             return Admission("over_budget", budget=BudgetDecision(False, line, int(reply[2]), int(reply[3])))
@@ -477,13 +473,7 @@ class RedisStore(Store):
     @_translated("record a cache hit")
     def record_hit(self, entry: LedgerEntry, *, result: str, result_ttl_s: float) -> Claim:
         keys, args = self._settle_call(entry, None, (), result, result_ttl_s, claim=True)
-        reply = self._run("settle", keys, args)
-        state = _text(reply[0])
-        if state == "done":
-            return Claim("done", None if reply[1] is None else _text(reply[1]))
-        if state == "in_flight":
-            return Claim("in_flight")
-        return Claim("claimed")
+        return _held(self._run("settle", keys, args)) or Claim("claimed")
 
     def _settle_call(
         self,
@@ -801,6 +791,17 @@ def _user_day_usage(held: Mapping[str, int], summary: UsageSummary) -> UsageTota
 def _merge(into: UsageTotals, more: UsageTotals) -> None:
     for metric in _METRICS:
         setattr(into, metric, getattr(into, metric) + getattr(more, metric))
+
+
+def _held(reply: Sequence[Any]) -> Claim | None:
+    """The claim or result holding a request, from a script's ``{'done', result}`` or
+    ``{'in_flight'}`` reply (held_request in _request.lua); None for any other reply."""
+    state = _text(reply[0])
+    if state == "done":
+        return Claim("done", None if reply[1] is None else _text(reply[1]))
+    if state == "in_flight":
+        return Claim("in_flight")
+    return None
 
 
 def _bucket_args(specs: Sequence[BucketSpec]) -> list[str | int]:
