@@ -27,11 +27,10 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, cast
+from typing import Any
 
 import openai
 from openai.types import CreateEmbeddingResponse
-from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
 
 from proxy_core.clock import Clock, wall
 from proxy_core.errors import ConfigurationError, UpstreamError, UpstreamRejected
@@ -43,6 +42,7 @@ REJECTED_STATUSES = frozenset({400, 401, 403, 404, 422})
 # Provider messages can quote (masked) keys; never pass anything key-shaped on.
 _KEY_LIKE = re.compile(r"\b(?:sk|rk|pk|sess)-[A-Za-z0-9_\-*.]{4,}")
 _MAX_DETAIL = 300
+_CHAT_PATH = "/chat/completions"
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,22 +143,16 @@ class OpenAIUpstream:
         extra: dict[str, Any] | None = None,
     ) -> ChatResponse:
         """One chat completion. ``max_tokens`` is sent as ``max_completion_tokens``."""
-        kwargs: dict[str, Any] = {}
-        if temperature is not None:
-            kwargs["temperature"] = temperature
+        body = _chat_body(model, messages, max_tokens, temperature, extra, stream=False)
         try:
-            raw = self._client.chat.completions.with_raw_response.create(
-                model=model,
-                messages=list(messages),  # type: ignore[arg-type]
-                max_completion_tokens=max_tokens,
-                extra_body=extra or None,
-                **kwargs,
-            )
+            completion = self._client.post(_CHAT_PATH, cast_to=object, body=body)
         except openai.OpenAIError as exc:
             raise self._request_error(exc, model) from exc
+        except ValueError as exc:  # a 200 whose JSON does not parse
+            raise self._malformed(exc, model) from exc
         try:
-            return _chat_response(raw.parse())
-        except (_Malformed, ValueError, openai.OpenAIError) as exc:
+            return _chat_response(completion)
+        except _Malformed as exc:
             raise self._malformed(exc, model) from exc
 
     def chat_stream(
@@ -175,15 +169,10 @@ class OpenAIUpstream:
         arrives; the result is the whole response, usage included (asked for with
         ``stream_options.include_usage``). A failure after text was sent is still one failed attempt:
         the caller decides whether to retry and what to do with the text it already showed."""
+        body = _chat_body(model, messages, max_tokens, temperature, extra, stream=True)
         try:
-            stream = self._client.chat.completions.create(
-                model=model,
-                messages=cast("list[ChatCompletionMessageParam]", list(messages)),
-                max_completion_tokens=max_tokens,
-                temperature=openai.omit if temperature is None else temperature,
-                stream=True,
-                stream_options={"include_usage": True},
-                extra_body=extra or None,
+            stream = self._client.post(
+                _CHAT_PATH, cast_to=object, body=body, stream=True, stream_cls=openai.Stream[object]
             )
         except openai.OpenAIError as exc:
             raise self._request_error(exc, model) from exc
@@ -307,25 +296,50 @@ class OpenAIUpstream:
         return message
 
 
-# -- response extraction: the SDK does not validate (non-strict), so check every field we use ---
+# -- response extraction ---------------------------------------------------------------------
+# Chat completions come back as decoded JSON (``client.post(..., cast_to=object)``), not as the SDK's
+# models: building a pydantic model per streamed chunk was most of the bot's CPU under load
+# (README, Benchmarks). The SDK still sends the request, raises its status, timeout and connection
+# errors and decodes the server-sent events; every field used is checked here.
+
+
+def _chat_body(
+    model: str,
+    messages: Sequence[Mapping[str, Any]],
+    max_tokens: int,
+    temperature: float | None,
+    extra: dict[str, Any] | None,
+    *,
+    stream: bool,
+) -> dict[str, Any]:
+    """The JSON body of a chat completion request, as the API reference spells it."""
+    body: dict[str, Any] = {"model": model, "messages": list(messages), "max_completion_tokens": max_tokens}
+    if temperature is not None:
+        body["temperature"] = temperature
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    if extra:
+        body.update(extra)
+    return body
 
 
 def _chat_response(completion: object) -> ChatResponse:
-    if not isinstance(completion, ChatCompletion):
+    if not isinstance(completion, dict):
         raise _Malformed("not a chat completion")
-    choices = completion.choices
-    if not isinstance(choices, list) or not choices:
+    choices = completion.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise _Malformed("no choices")
     choice = choices[0]
-    message = getattr(choice, "message", None)
-    if message is None:
+    message = choice.get("message")
+    if not isinstance(message, dict):
         raise _Malformed("no message")
-    finish_reason = getattr(choice, "finish_reason", None)
+    finish_reason = choice.get("finish_reason")
     if finish_reason is not None and not isinstance(finish_reason, str):
         raise _Malformed("bad finish_reason")
-    content = getattr(message, "content", None)
+    content = message.get("content")
     if content is None:
-        refusal = getattr(message, "refusal", None)
+        refusal = message.get("refusal")
         if isinstance(refusal, str):
             content = refusal
         elif finish_reason in ("length", "content_filter"):
@@ -334,10 +348,10 @@ def _chat_response(completion: object) -> ChatResponse:
             raise _Malformed("no content")
     if not isinstance(content, str):
         raise _Malformed("bad content")
-    model = completion.model
+    model = completion.get("model")
     if not isinstance(model, str) or not model:
         raise _Malformed("no model")
-    prompt_tokens, cached, completion_tokens = _chat_usage(completion.usage)
+    prompt_tokens, cached, completion_tokens = _chat_usage(completion.get("usage"))
     return ChatResponse(
         content=content,
         model=model,
@@ -352,10 +366,12 @@ def _chat_usage(usage: object) -> tuple[int, int, int]:
     """(prompt, cached prompt, completion) tokens of a chat completion's ``usage``."""
     if usage is None:
         raise _Malformed("no usage")
-    prompt_tokens = _count(getattr(usage, "prompt_tokens", None), "prompt_tokens")
-    completion_tokens = _count(getattr(usage, "completion_tokens", None), "completion_tokens")
-    details = getattr(usage, "prompt_tokens_details", None)
-    cached_raw = getattr(details, "cached_tokens", None) if details is not None else None
+    if not isinstance(usage, dict):
+        raise _Malformed("bad usage")
+    prompt_tokens = _count(usage.get("prompt_tokens"), "prompt_tokens")
+    completion_tokens = _count(usage.get("completion_tokens"), "completion_tokens")
+    details = usage.get("prompt_tokens_details")
+    cached_raw = details.get("cached_tokens") if isinstance(details, dict) else None
     cached = 0 if cached_raw is None else _count(cached_raw, "cached_tokens")
     if cached > prompt_tokens:
         raise _Malformed("cached_tokens exceed prompt_tokens")
@@ -363,8 +379,8 @@ def _chat_usage(usage: object) -> tuple[int, int, int]:
 
 
 class _StreamedAnswer:
-    """A chat completion put together from its stream's chunks, checked as strictly as
-    :func:`_chat_response` checks a whole one (the SDK does not validate chunks either)."""
+    """A chat completion put together from its stream's chunks (decoded JSON), checked as strictly
+    as :func:`_chat_response` checks a whole one."""
 
     def __init__(self) -> None:
         self._parts: list[str] = []
@@ -376,34 +392,41 @@ class _StreamedAnswer:
 
     def add(self, chunk: object) -> str:
         """Take one chunk; the answer text it adds ("" for none)."""
-        if not isinstance(chunk, ChatCompletionChunk):
+        if not isinstance(chunk, dict):
             raise _Malformed("not a chat completion chunk")
-        model = chunk.model
+        model = chunk.get("model")
         if isinstance(model, str) and model and self._model is None:
             self._model = model
-        if chunk.usage is not None:
-            self._usage = chunk.usage
-        choices = chunk.choices
+        usage = chunk.get("usage")
+        if usage is not None:
+            self._usage = usage
+        choices = chunk.get("choices", [])
         if not isinstance(choices, list):
             raise _Malformed("bad choices")
         text = ""
         for choice in choices:
-            if getattr(choice, "index", 0) != 0:
+            if not isinstance(choice, dict):
+                raise _Malformed("bad choice")
+            if choice.get("index", 0) != 0:
                 continue  # only the first choice is asked for (n=1)
-            finish_reason = getattr(choice, "finish_reason", None)
+            finish_reason = choice.get("finish_reason")
             if finish_reason is not None:
                 if not isinstance(finish_reason, str):
                     raise _Malformed("bad finish_reason")
                 self._finish_reason = finish_reason
-            delta = getattr(choice, "delta", None)
-            content = getattr(delta, "content", None)
+            delta = choice.get("delta")
+            if delta is None:
+                continue
+            if not isinstance(delta, dict):
+                raise _Malformed("bad delta")
+            content = delta.get("content")
             if content is not None:
                 if not isinstance(content, str):
                     raise _Malformed("bad content")
                 self._saw_content = True
                 self._parts.append(content)
                 text += content
-            refusal = getattr(delta, "refusal", None)
+            refusal = delta.get("refusal")
             if isinstance(refusal, str):
                 self._refusal.append(refusal)
         return text
