@@ -17,6 +17,7 @@ from bot.service import index_docs, open_answer_service
 from bot.slack.app import SlackSettings
 from bot.slack.render import ACTION_FEEDBACK_DOWN
 from bot.slack.runner import penny_app
+from bot.slack.working import WorkingIndicator
 from proxy_core.gateway import Gateway
 from proxy_core.metrics import Metrics
 from proxy_core.settings import PennySettings
@@ -52,7 +53,8 @@ class Bot(Harness):
         self.gateway = gateway
         self.settings = SlackSettings(bot_token=TOKEN, signing_secret=SECRET, api_url=slack.base_url)
         service = open_answer_service(settings, store, gateway)
-        self.app = penny_app(service, store, gateway, self.settings, listener_executor=Inline())
+        self.app = penny_app(service, store, gateway, self.settings, listener_executor=Inline(),
+                             working=WorkingIndicator(workers=0))
         self._serial = 0
 
     def settle(self) -> None:

@@ -25,6 +25,7 @@ from bot.cost import TREND_DAYS, CostReport, cost_report, is_admin, sparkline, t
 from bot.slack.app import build_app
 from bot.slack.cost_blocks import USAGE_TEXT, cost_blocks, help_blocks, home_view, team_blocks
 from bot.slack.render import MAX_BLOCKS, SECTION_TEXT_LIMIT
+from bot.slack.working import WorkingIndicator
 from proxy_core.budget import budget_lines
 from proxy_core.clock import ManualClock
 from proxy_core.limiter import Bucket
@@ -294,6 +295,7 @@ class CostHarness(Harness):
             listener_executor=self.executor,
             cost_settings=settings,
             wall=lambda: now,
+            working=WorkingIndicator(workers=0),
         )
 
     def slash(self, text: str, *, user: str = "U1", channel: str = "C1", response_url: bool = True) -> BoltResponse:

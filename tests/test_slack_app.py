@@ -35,6 +35,7 @@ from bot.slack.app import (
     thread_history,
 )
 from bot.slack.render import ACTION_FEEDBACK_DOWN, ACTION_FEEDBACK_UP
+from bot.slack.working import WorkingIndicator
 from proxy_core.stores.sqlite import SqliteStore
 from tests.fake_slack import FakeSlack, SlackCall
 
@@ -81,7 +82,8 @@ class ScriptedAnswerer:
 class Harness:
     """A Penny app wired to the fake Slack, a SQLite store and a scripted answerer."""
 
-    def __init__(self, fake: FakeSlack, store: SqliteStore, answerer: ScriptedAnswerer) -> None:
+    def __init__(self, fake: FakeSlack, store: SqliteStore, answerer: ScriptedAnswerer,
+                 working: WorkingIndicator | None = None) -> None:
         self.fake = fake
         self.store = store
         self.answerer = answerer
@@ -94,6 +96,8 @@ class Harness:
             settings=self.settings,
             on_feedback=lambda user, entry, up: self.feedback.append((user, entry, up)),
             listener_executor=self.executor,
+            # 👀 at once and in order by default: these tests read the calls
+            working=working if working is not None else WorkingIndicator(workers=0),
         )
         self._serial = 0
 
@@ -280,6 +284,26 @@ def test_the_eyes_reaction_is_added_before_the_answer_and_removed_after(penny: H
             "1700000100.000100",
             "eyes",
         )
+
+
+def test_an_answer_out_within_the_grace_period_gets_no_eyes_reaction(
+    fake: FakeSlack, sqlite_store: SqliteStore, answerer: ScriptedAnswerer
+) -> None:
+    working = WorkingIndicator(grace_s=60)  # Penny's own indicator; no answer here takes 60 s
+    harness = Harness(fake, sqlite_store, answerer, working=working)
+    harness.event(mention("<@UPENNY> how do I deploy?"))
+    fake.wait_for("chat.postMessage")
+    harness.settle()
+    working.close()
+    assert methods(fake) == ["chat.postMessage"]
+
+
+def test_a_throttled_eyes_reaction_does_not_hold_the_answer_back(penny: Harness, fake: FakeSlack) -> None:
+    fake.rate_limit("reactions.add", retry_after=30)  # reactions.add is Tier 3: a burst reaches it
+    penny.event(mention("<@UPENNY> how do I deploy?"))
+    fake.wait_for("chat.postMessage")  # not 30 s later
+    penny.settle()
+    assert methods(fake) == ["reactions.add", "chat.postMessage"]  # skipped: nothing to take off
 
 
 def test_a_thread_follow_up_without_a_mention_is_answered_with_the_thread_as_history(

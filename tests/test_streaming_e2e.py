@@ -16,6 +16,7 @@ from bot.service import index_docs, open_answer_service
 from bot.slack.app import ANSWERS_SCOPE, THREADS_SCOPE, SlackSettings, build_app
 from bot.slack.render import ACTION_FEEDBACK_DOWN, ACTION_FEEDBACK_UP
 from bot.slack.stream import StreamPacing
+from bot.slack.working import WorkingIndicator
 from proxy_core.clock import ManualClock
 from proxy_core.gateway import Gateway
 from proxy_core.metrics import Metrics
@@ -94,7 +95,8 @@ class StreamingBot(Harness):
         # default start delay has a test of its own.
         self.app = build_app(answerer=open_answer_service(settings, self.store, self.gateway), store=self.store,
                              settings=self.settings, listener_executor=Inline(), clock=TickingClock(0.25),
-                             stream_pacing=pacing or StreamPacing(start_after_s=0))
+                             stream_pacing=pacing or StreamPacing(start_after_s=0),
+                             working=WorkingIndicator(workers=0))
         self._serial = 0
 
     def settle(self) -> None:

@@ -74,6 +74,7 @@ from bot.slack.render import (
     refusal_blocks,
 )
 from bot.slack.stream import SlackAnswerStream, StreamPacing
+from bot.slack.working import Working, WorkingIndicator
 from proxy_core.clock import Clock
 from proxy_core.errors import StoreError
 from proxy_core.log import get_logger
@@ -99,7 +100,6 @@ __all__ = [
 
 ACTION_FRESH_ANSWER: Final = "penny_fresh_answer"
 FRESH_BLOCK_PREFIX: Final = "penny_fresh:"  # + the thread_ts to answer in ("" for none)
-REACTION: Final = "eyes"
 
 MAX_QUESTION_CHARS: Final = 4000
 HISTORY_TURNS: Final = 10
@@ -192,6 +192,7 @@ def build_app(
     wall: Callable[[], float] = time.time,
     clock: Clock = time.monotonic,
     stream_pacing: StreamPacing | None = None,
+    working: WorkingIndicator | None = None,
 ) -> App:
     """Penny's Bolt app. ``client`` defaults to :func:`make_client`; ``on_feedback`` gets 👍/👎 clicks.
 
@@ -199,7 +200,8 @@ def build_app(
     pass theirs so they can wait for every listener to finish). ``cost_settings`` gives ``/cost`` and
     the App Home their budgets, rate limits and admins (defaults: no caps, default limits, only the
     admins in ``settings``); ``wall`` is the clock that picks today and this month. ``clock``
-    (monotonic) and ``stream_pacing`` set how often a streamed answer is appended to.
+    (monotonic) and ``stream_pacing`` set how often a streamed answer is appended to. ``working``
+    puts the 👀 on slow questions (default: after half a second, on threads of its own).
     """
     web_client = client if client is not None else make_client(settings)
     # The bot's own IDs come from auth.test on the first request (Bolt caches it), not at start-up.
@@ -212,7 +214,8 @@ def build_app(
     costs = cost_settings if cost_settings is not None else PennySettings.model_construct()
     admins = _Admins(frozenset(settings.admin_user_ids) | frozenset(costs.admin_user_ids))
     penny = _Penny(answerer=answerer, store=store, on_feedback=on_feedback, costs=costs, admins=admins, wall=wall,
-                   clock=clock, stream_pacing=stream_pacing or StreamPacing())
+                   clock=clock, stream_pacing=stream_pacing or StreamPacing(),
+                   working=working if working is not None else WorkingIndicator())
     app.event("app_mention")(penny.on_mention)
     app.event("message")(penny.on_message)
     app.event("app_home_opened")(penny.on_home_opened)
@@ -396,6 +399,7 @@ class _Penny:
         wall: Callable[[], float],
         clock: Clock,
         stream_pacing: StreamPacing,
+        working: WorkingIndicator,
     ) -> None:
         self.answerer = answerer
         self.store = store
@@ -405,6 +409,7 @@ class _Penny:
         self.wall = wall
         self.clock = clock
         self.stream_pacing = stream_pacing
+        self.working = working
         self.streaming = True  # off for good after an error in STREAMING_UNAVAILABLE
 
     # -- events --------------------------------------------------------------------------
@@ -599,7 +604,7 @@ class _Penny:
     ) -> None:
         question_text, truncated = clip_question(text)
         note = TRUNCATED_NOTE if truncated else None
-        self._react(client, "reactions_add", target)
+        working = self.working.show(client, target.channel, target.message_ts) if target.message_ts else None
         try:
             stream = self._answer_stream(client, target)
             question = Question(
@@ -620,11 +625,17 @@ class _Penny:
             streamed_ts = self._end_stream(stream)
             self._deliver(client, target, answer, question_text, note, streamed_ts)
         finally:
-            handling = _HANDLING.get()
-            if handling is not None:  # 👀 comes off once everything is stored (see _handling)
-                handling.then.append(lambda: self._react(client, "reactions_remove", target))
-            else:
-                self._react(client, "reactions_remove", target)
+            if working is not None:
+                self._after_handling(working)
+
+    @staticmethod
+    def _after_handling(working: Working) -> None:
+        """Take the 👀 off once everything is stored (see :meth:`_handling`), or now."""
+        handling = _HANDLING.get()
+        if handling is not None:
+            handling.then.append(working.done)
+        else:
+            working.done()
 
     def _answer_stream(self, client: WebClient, target: _Target) -> SlackAnswerStream | None:
         """Where the answer streams while it is written: its thread (Slack streams only replies)."""
@@ -790,15 +801,6 @@ class _Penny:
             bot_user_id=context.bot_user_id,
             bot_id=context.bot_id,
         )
-
-    @staticmethod
-    def _react(client: WebClient, method: str, target: _Target) -> None:
-        if not target.message_ts:
-            return
-        try:
-            getattr(client, method)(channel=target.channel, timestamp=target.message_ts, name=REACTION)
-        except Exception as exc:  # a missing reaction is cosmetic; the answer matters
-            _log.warning("slack.reaction_failed", method=method, error=exc)
 
     @staticmethod
     def _from_penny(event: Mapping[str, Any], context: BoltContext) -> bool:

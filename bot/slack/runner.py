@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from slack_sdk import WebClient
 
     from bot.slack.app import SlackSettings
+    from bot.slack.working import WorkingIndicator
     from proxy_core.alerts import BudgetAlert
     from proxy_core.gateway import Gateway
 
@@ -46,10 +47,12 @@ def penny_app(
     client: WebClient | None = None,
     listener_executor: Executor | None = None,
     settings: PennySettings | None = None,
+    working: WorkingIndicator | None = None,
 ) -> App:
     """The Bolt app wired to the gateway: a 👎 evicts the cached answer it was given on, at once,
     for every replica. Listeners run on a wide pool: each waits on an LLM call, not on a CPU.
-    ``settings`` gives ``/cost`` and the App Home the budgets, rate limits and admins."""
+    ``settings`` gives ``/cost`` and the App Home the budgets, rate limits and admins; ``working``
+    puts the 👀 on slow questions (:class:`~bot.slack.working.WorkingIndicator`'s defaults)."""
     from bot.slack.app import build_app
 
     def on_feedback(user_id: str, entry_id: str, up: bool) -> None:
@@ -63,6 +66,7 @@ def penny_app(
         client=client,
         on_feedback=on_feedback,
         cost_settings=settings,
+        working=working,
         listener_executor=listener_executor or ThreadPoolExecutor(max_workers=LISTENER_THREADS,
                                                                   thread_name_prefix="penny-slack"),
     )

@@ -1,0 +1,148 @@
+"""The 👀 while Penny works: only on slow answers, made off the answer's path, and a throttled
+reaction never waited out. Against the fake Slack Web API, through the real slack_sdk client."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+from slack_sdk import WebClient
+
+from bot.slack.app import SlackSettings, make_client
+from bot.slack.working import WorkingIndicator
+from proxy_core.clock import ManualClock
+from tests.fake_slack import FakeSlack, SlackCall
+
+TS = "1700000100.000100"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeSlack]:
+    with FakeSlack() as server:
+        yield server
+
+
+@pytest.fixture
+def client(fake: FakeSlack) -> WebClient:
+    # Penny's own client: it retries Slack's rate limits, as every Slack call Penny makes does.
+    return make_client(SlackSettings(bot_token="xoxb-test-token", signing_secret="s", api_url=fake.base_url))
+
+
+def reactions(fake: FakeSlack) -> list[str]:
+    return [c.method for c in fake.calls() if c.method.startswith("reactions.")]
+
+
+def test_an_answer_out_within_the_grace_period_costs_no_reaction(fake: FakeSlack, client: WebClient) -> None:
+    indicator = WorkingIndicator(grace_s=60, workers=2)
+    working = indicator.show(client, "C1", TS)
+    working.done()
+    indicator.close()
+    assert reactions(fake) == []
+
+
+def test_a_slow_answer_gets_the_reaction_once_the_grace_period_is_over_and_loses_it_after(
+    fake: FakeSlack, client: WebClient
+) -> None:
+    clock = ManualClock()
+    indicator = WorkingIndicator(grace_s=0.5, workers=2, clock=clock)
+    working = indicator.show(client, "C1", TS)
+    clock.advance(0.6)
+    indicator.wake()
+    [add] = fake.wait_for("reactions.add")
+    assert (add.params["channel"], add.params["timestamp"], add.params["name"]) == ("C1", TS, "eyes")
+    working.done()
+    fake.wait_for("reactions.remove")
+    indicator.close()
+    assert reactions(fake) == ["reactions.add", "reactions.remove"]
+    working.done()  # a second done() changes nothing
+    assert reactions(fake) == ["reactions.add", "reactions.remove"]
+
+
+def test_reactions_come_due_in_order_of_their_grace_periods(fake: FakeSlack, client: WebClient) -> None:
+    clock = ManualClock()
+    indicator = WorkingIndicator(grace_s=0.5, workers=1, clock=clock)
+    first = indicator.show(client, "C1", "1.000001")
+    clock.advance(0.3)
+    second = indicator.show(client, "C1", "1.000002")
+    clock.advance(0.3)  # the first is due, the second not yet
+    indicator.wake()
+    fake.wait_for("reactions.add")
+    second.done()  # out before its grace period ended: never shown
+    clock.advance(1)
+    indicator.wake()
+    first.done()
+    fake.wait_for("reactions.remove")
+    indicator.close()
+    assert [(c.method, c.params["timestamp"]) for c in fake.calls()] == [
+        ("reactions.add", "1.000001"), ("reactions.remove", "1.000001")]
+
+
+def test_an_answer_out_while_the_reaction_is_being_added_takes_it_off_after(
+    fake: FakeSlack, client: WebClient
+) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_add(call: SlackCall) -> Mapping[str, Any]:
+        entered.set()
+        release.wait(5)
+        return {"ok": True}
+
+    fake.respond("reactions.add", slow_add)
+    indicator = WorkingIndicator(grace_s=0, workers=2)
+    working = indicator.show(client, "C1", TS)
+    assert entered.wait(5)
+    working.done()  # while reactions.add is still on its way
+    release.set()
+    fake.wait_for("reactions.remove")
+    indicator.close()
+    assert reactions(fake) == ["reactions.add", "reactions.remove"]
+
+
+def test_a_throttled_reaction_is_skipped_not_waited_out(fake: FakeSlack, client: WebClient) -> None:
+    fake.rate_limit("reactions.add", retry_after=1)
+    indicator = WorkingIndicator(grace_s=0, workers=2)
+    working = indicator.show(client, "C1", TS)
+    fake.wait_for("reactions.add")
+    working.done()
+    indicator.close()  # waits for the workers: a retried add would be a second call
+    assert reactions(fake) == ["reactions.add"]  # not retried, and nothing to take off
+
+
+def test_a_throttled_removal_is_retried_so_no_reaction_is_left_behind(fake: FakeSlack, client: WebClient) -> None:
+    fake.rate_limit("reactions.remove", retry_after=0)
+    indicator = WorkingIndicator(grace_s=0, workers=2)
+    working = indicator.show(client, "C1", TS)
+    fake.wait_for("reactions.add")
+    working.done()
+    fake.wait_for("reactions.remove", count=2)
+    indicator.close()
+    assert [c.status for c in fake.calls() if c.method == "reactions.remove"] == [429, 200]
+
+
+def test_closing_cancels_reactions_not_made_yet(fake: FakeSlack, client: WebClient) -> None:
+    indicator = WorkingIndicator(grace_s=60, workers=2)
+    working = indicator.show(client, "C1", TS)
+    indicator.close()
+    working.done()
+    late = indicator.show(client, "C1", "1.000009")
+    late.done()
+    assert reactions(fake) == []
+
+
+def test_without_workers_the_reaction_is_made_at_once_on_the_calling_thread(
+    fake: FakeSlack, client: WebClient
+) -> None:
+    indicator = WorkingIndicator(workers=0)
+    working = indicator.show(client, "C1", TS)
+    assert reactions(fake) == ["reactions.add"]
+    working.done()
+    assert reactions(fake) == ["reactions.add", "reactions.remove"]
+
+
+def test_negative_settings_are_refused() -> None:
+    with pytest.raises(ValueError):
+        WorkingIndicator(grace_s=-1)
+    with pytest.raises(ValueError):
+        WorkingIndicator(workers=-1)
