@@ -6,6 +6,7 @@ day, the workspace's month). Periods are calendar periods in UTC. A limit of 0 m
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -46,6 +47,12 @@ def budget_lines(
         BudgetLine(f"user:{user_id}:day:{day}", user_daily, "daily", day_reset),
         BudgetLine(f"workspace:month:{month}", workspace_monthly, "workspace monthly", month_reset),
     ]
+
+
+def capped(lines: Sequence[BudgetLine]) -> list[BudgetLine]:
+    """The lines with a cap. Only they hold reservations: an uncapped line can refuse nothing, so
+    reserving on it would cost store writes and protect nothing (its spend is still counted)."""
+    return [line for line in lines if line.limit > 0]
 
 
 def fits(spent: int, reserved: int, amount: int, limit: int) -> bool:

@@ -273,10 +273,14 @@ def test_refusal_reports_spent_and_reserved_separately(store: Store) -> None:
     assert store.reserve(WS, "res3", lines, 150, ttl_s=60).ok  # exactly at the cap fits
 
 
-def test_uncapped_lines_still_record_reservations(store: Store) -> None:
-    lines = lines_for(store, user_daily=0, workspace_monthly=0)
-    assert store.reserve(WS, "res1", lines, 10**12, ttl_s=60).ok
-    assert store.spent(WS, lines[1]) == (0, 10**12)
+def test_uncapped_lines_hold_no_reservation_but_count_what_is_spent(store: Store) -> None:
+    lines = lines_for(store, user_daily=2_000, workspace_monthly=0)  # a capped day, an uncapped month
+    assert store.reserve(WS, "res1", lines, 1_500, ttl_s=60).ok
+    assert [store.spent(WS, line) for line in lines] == [(0, 1_500), (0, 0)]  # nothing to protect on the month
+    assert settle(store, ledger_entry("res1", cost_micros=400), lines, reservation_id="res1")
+    assert [store.spent(WS, line) for line in lines] == [(400, 0), (400, 0)]
+    store.release(WS, "res1", lines)  # nothing left to release, on either line
+    assert [store.spent(WS, line) for line in lines] == [(400, 0), (400, 0)]
 
 
 def test_reservations_of_a_crashed_process_expire(store: Store, clock: ManualClock) -> None:
@@ -335,7 +339,7 @@ def test_concurrent_reservations_never_exceed_the_cap(store: Store) -> None:
     decisions = run_threads(50, lambda i: store.reserve(WS, f"res{i}", lines, 10, ttl_s=60).ok)
     assert decisions.count(True) == 10
     assert store.spent(WS, lines[1]) == (0, 100)
-    assert store.spent(WS, lines[0]) == (0, 100)
+    assert store.spent(WS, lines[0]) == (0, 0)  # uncapped: nothing reserved there
 
 
 def test_concurrent_settles_of_one_request_count_once(store: Store) -> None:
@@ -448,7 +452,7 @@ def test_admit_refused_by_an_open_breaker_holds_only_the_tokens(store: Store, cl
 
 
 def test_admit_after_the_cooldown_takes_the_single_probe(store: Store, clock: ManualClock) -> None:
-    lines = lines_for(store, user_daily=0, workspace_monthly=0)
+    lines = lines_for(store, user_daily=1_000, workspace_monthly=0)
     fail(store, 2, policy=ADMIT_POLICY)
     clock.advance(30)
     probe = admit(store, "r1", lines, 1, burst=5)

@@ -294,8 +294,9 @@ class Store(ABC):
         """Atomically reserve ``amount`` on every line if it fits under each capped line.
 
         Reservations older than their ``ttl_s`` (left by a crashed process) no longer count and
-        are purged. Uncapped lines (limit 0) still record the reservation. Nothing is written when
-        any line refuses.
+        are purged. Uncapped lines (limit 0) hold no reservation: they can refuse nothing, and
+        their spend is still counted when the request settles. Nothing is written when any line
+        refuses.
         """
 
     @abstractmethod

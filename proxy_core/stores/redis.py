@@ -55,7 +55,7 @@ from redis.exceptions import NoScriptError, RedisClusterException
 from redis.retry import Retry
 
 from proxy_core.breaker import BreakerPolicy, BreakerState, Permit
-from proxy_core.budget import BudgetLine
+from proxy_core.budget import BudgetLine, capped
 from proxy_core.clock import Clock
 from proxy_core.errors import ConfigurationError, StoreError
 from proxy_core.stores.base import (
@@ -380,6 +380,7 @@ class RedisStore(Store):
         # One round trip: the breaker is peeked at (read only) beside the admit script, which
         # claims, takes tokens and reserves atomically. Only when the breaker would grant a probe
         # (after an outage) or refuses does a second round trip follow.
+        lines = capped(lines)  # only capped lines hold reservations
         keys = [self._request_key(workspace_id, request_id), *self._bucket_keys(workspace_id, buckets)]
         args: list[str | int] = [_num(ttl_s), len(buckets), request_id, int(amount), KEEP_AFTER_RESET_S,
                                  *_bucket_args(buckets)]
@@ -435,6 +436,7 @@ class RedisStore(Store):
         amount: int,
         ttl_s: float,
     ) -> BudgetDecision:
+        lines = capped(lines)  # only capped lines hold reservations
         keys: list[str] = []
         args: list[str | int] = [reservation_id, int(amount), _num(ttl_s), KEEP_AFTER_RESET_S]
         for line in lines:
@@ -447,7 +449,7 @@ class RedisStore(Store):
 
     @_translated("release a budget reservation")
     def release(self, workspace_id: str, reservation_id: str, lines: Sequence[BudgetLine]) -> None:
-        keys = [k for line in lines for k in self._line_keys(workspace_id, line)[1:]]
+        keys = [k for line in capped(lines) for k in self._line_keys(workspace_id, line)[1:]]
         self._run("release", keys, [reservation_id])
 
     @_translated("settle a request")

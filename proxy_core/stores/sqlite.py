@@ -11,6 +11,7 @@ Every ``sqlite3`` (and filesystem) error is translated here, once, into :class:`
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sqlite3
@@ -179,7 +180,7 @@ _LEDGER_COLUMNS = tuple(f.name for f in fields(LedgerEntry))
 _INSERT_LEDGER = (
     "INSERT INTO ledger (request_id, ts, day, workspace_id, user_id, model, kind, prompt_tokens, "
     "cached_prompt_tokens, completion_tokens, cost_micros, saved_micros, cache_status, latency_ms, "
-    "attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (workspace_id, request_id) DO NOTHING"
 )
 _SELECT_LEDGER = (
     "SELECT request_id, ts, day, workspace_id, user_id, model, kind, prompt_tokens, "
@@ -370,8 +371,10 @@ class SqliteStore(Store):
         return text
 
     @contextmanager
-    def _write(self, action: str) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction: committed when the block ends, rolled back on error."""
+    def _write(self, action: str, *, transaction: bool = True) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction: committed when the block ends, rolled back on error.
+        ``transaction=False`` is for a block whose one write is a single statement (atomic alone):
+        it spares the BEGIN and COMMIT, each a release of the GIL while this process's writers queue."""
         # Writers of this process queue on a lock instead of racing in SQLite's busy handler, whose
         # sleep-and-retry loop starves some threads under contention (50 threads, one budget). The
         # timeout bounds how long one writer may hold it, not the queue (see _WriterLock).
@@ -380,6 +383,9 @@ class SqliteStore(Store):
                              f"{self.timeout_s:g}s")
         try:
             with self._translate(action), self._using() as conn:
+                if not transaction:
+                    yield conn
+                    return
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield conn
@@ -442,13 +448,18 @@ class SqliteStore(Store):
 
     # -- idempotency ---------------------------------------------------------------------
     def claim_request(self, workspace_id: str, request_id: str, ttl_s: float) -> Claim:
-        with self._write("claim a request") as conn:
-            now = self.now()
-            held = _held_request(conn, workspace_id, request_id, now)
-            if held is not None:
-                return held
-            _write_claim(conn, workspace_id, request_id, now + ttl_s)
-        return Claim("claimed")
+        # One statement claims a free or expired ID; only when it claims nothing is the holder
+        # read. This process's writers are queued behind the lock, so nobody here can change the
+        # row in between; another process can only move it on (done, expired, released), hence
+        # the loop.
+        with self._write("claim a request", transaction=False) as conn:
+            while True:
+                now = self.now()
+                if conn.execute(_CLAIM, (workspace_id, request_id, now + ttl_s, now)).fetchall():
+                    return Claim("claimed")
+                held = _held_request(conn, workspace_id, request_id, now)
+                if held is not None:
+                    return held
 
     def admit(
         self,
@@ -487,7 +498,7 @@ class SqliteStore(Store):
     def complete_request(
         self, workspace_id: str, request_id: str, result: str, ttl_s: float, *, cache: Sequence[CacheItem] = ()
     ) -> None:
-        with self._write("record a request's result") as conn:
+        with self._write("record a request's result", transaction=bool(cache)) as conn:
             now = self.now()
             _complete(conn, workspace_id, request_id, result, now + ttl_s)
             for item in cache:
@@ -896,6 +907,14 @@ def _held_request(conn: sqlite3.Connection, workspace_id: str, request_id: str, 
     return None
 
 
+# Claims the ID unless a live claim or result holds it; returns a row only when it claimed.
+_CLAIM = (
+    "INSERT INTO requests (workspace_id, request_id, state, result, expires_at) VALUES (?1, ?2, 'claimed', NULL, ?3) "
+    "ON CONFLICT (workspace_id, request_id) DO UPDATE SET state = 'claimed', result = NULL, "
+    "expires_at = excluded.expires_at WHERE requests.expires_at <= ?4 RETURNING 1"
+)
+
+
 def _write_claim(conn: sqlite3.Connection, workspace_id: str, request_id: str, expires_at: float) -> None:
     conn.execute(
         "INSERT OR REPLACE INTO requests (workspace_id, request_id, state, result, expires_at) "
@@ -940,7 +959,10 @@ def _check_budget(
     now: float,
 ) -> BudgetDecision | None:
     """Purge reservations left by crashed processes; None if ``amount`` fits every capped line,
-    else the refusal."""
+    else the refusal. Uncapped lines hold no reservations (see :func:`budget.capped`)."""
+    lines = budget.capped(lines)
+    if not lines:
+        return None
     conn.executemany(
         "DELETE FROM budget_reservations WHERE workspace_id = ? AND line_key = ? AND expires_at <= ?",
         [(workspace_id, line.key, now) for line in lines],
@@ -956,6 +978,9 @@ def _write_reservation(
     conn: sqlite3.Connection, workspace_id: str, reservation_id: str, lines: Sequence[BudgetLine], amount: int,
     expires_at: float,
 ) -> None:
+    lines = budget.capped(lines)
+    if not lines:
+        return
     conn.executemany(
         "INSERT OR REPLACE INTO budget_reservations "
         "(workspace_id, line_key, reservation_id, amount, expires_at) VALUES (?, ?, ?, ?, ?)",
@@ -967,22 +992,27 @@ def _settle(
     conn: sqlite3.Connection, entry: LedgerEntry, reservation_id: str | None, lines: Sequence[BudgetLine],
     result: str | None, result_expires_at: float,
 ) -> bool:
-    seen = conn.execute(
-        "SELECT 1 FROM ledger WHERE workspace_id = ? AND request_id = ?", (entry.workspace_id, entry.request_id)
-    ).fetchone()
-    if seen is not None:
+    # The ledger row decides: one already there means this request was settled before.
+    if conn.execute(_INSERT_LEDGER, tuple(getattr(entry, column) for column in _LEDGER_COLUMNS)).rowcount == 0:
         return False
     if reservation_id is not None:
         _drop_reservation(conn, entry.workspace_id, reservation_id, lines)
-    conn.executemany(
-        "INSERT INTO budget_spent (workspace_id, line_key, spent) VALUES (?, ?, ?) "
-        "ON CONFLICT (workspace_id, line_key) DO UPDATE SET spent = spent + excluded.spent",
-        [(entry.workspace_id, line.key, entry.cost_micros) for line in lines],
-    )
-    conn.execute(_INSERT_LEDGER, tuple(getattr(entry, column) for column in _LEDGER_COLUMNS))
+    if lines:
+        conn.execute(_add_spent(len(lines)),
+                     [value for line in lines for value in (entry.workspace_id, line.key, entry.cost_micros)])
     if result is not None:
         _complete(conn, entry.workspace_id, entry.request_id, result, result_expires_at)
     return True
+
+
+@functools.cache
+def _add_spent(rows: int) -> str:
+    """One statement adding a cost to ``rows`` budget lines (placeholders only: no data in the SQL)."""
+    values = ", ".join(["(?, ?, ?)"] * rows)
+    return (
+        f"INSERT INTO budget_spent (workspace_id, line_key, spent) VALUES {values} "  # noqa: S608
+        "ON CONFLICT (workspace_id, line_key) DO UPDATE SET spent = spent + excluded.spent"
+    )
 
 
 def _acquire_breaker(conn: sqlite3.Connection, ref: BreakerRef, now: float) -> Permit:
@@ -1033,6 +1063,9 @@ def _line_totals(
 def _drop_reservation(
     conn: sqlite3.Connection, workspace_id: str, reservation_id: str, lines: Sequence[BudgetLine]
 ) -> None:
+    lines = budget.capped(lines)
+    if not lines:
+        return
     conn.executemany(
         "DELETE FROM budget_reservations WHERE workspace_id = ? AND line_key = ? AND reservation_id = ?",
         [(workspace_id, line.key, reservation_id) for line in lines],
