@@ -179,7 +179,8 @@ def concurrency(questions: int, users: int, executor: Executor | None, label: st
             with ThreadPoolExecutor(max_workers=50) as senders:
                 for i in range(questions):
                     text = f"<@UPENNY> {texts[i % len(texts)]}"
-                    senders.submit(harness.event, mention(text, ts=f"1700001{i:03d}.000100", user=f"U{i % users}"))
+                    senders.submit(harness.event, mention(text, ts=f"1700001{i:03d}.000100", user=f"U{i % users}"),
+                                   event_id=f"EvBench{i:04d}")  # the harness's own counter is not thread-safe
             acked = time.monotonic() - started
             wall = fakes.answered_at(questions + 1, timeout=30 + questions / 5) - started
             if executor is not None:
