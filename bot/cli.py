@@ -396,7 +396,7 @@ class _Session:
     shared index is empty; with no OpenAI key, answers are extractive."""
 
     def __init__(self, settings: PennySettings) -> None:
-        from bot.docs.index import DocsIndex
+        from bot.docs.index import DocsIndex, IndexConflict
         from bot.service import index_docs, open_answer_service
         from bot.slack.runner import AlertRelay
 
@@ -408,8 +408,11 @@ class _Session:
         try:
             if DocsIndex.load(self.store).version == 0:
                 print(f"indexing {settings.docs_dir} (first run) …", file=sys.stderr)
-                index_docs(settings, self.store, settings.docs_dir, progress=_progress_bar(sys.stderr),
-                           gateway=self.gateway)
+                try:
+                    index_docs(settings, self.store, settings.docs_dir, progress=_progress_bar(sys.stderr),
+                               gateway=self.gateway)
+                except IndexConflict:  # another replica starting beside this one indexed them first
+                    print("another Penny indexed the docs meanwhile; using its index", file=sys.stderr)
             self.service = open_answer_service(settings, self.store, self.gateway)
         except BaseException:
             self.close()

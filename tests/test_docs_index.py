@@ -17,7 +17,7 @@ import structlog
 from numpy.typing import NDArray
 
 from bot.cli import main
-from bot.docs.index import EMBED_BATCH, DocsIndex, DocsIndexer, IndexSnapshot
+from bot.docs.index import EMBED_BATCH, DocsIndex, DocsIndexer, IndexConflict, IndexSnapshot
 from bot.docs.retrieve import NO_MATCH_THRESHOLD, Retriever, search, tokenize
 from proxy_core.clock import ManualClock
 from proxy_core.semantic.embedders import WordLlamaEmbedder, embedder_from_spec
@@ -86,6 +86,17 @@ def test_blob_writes_are_seen_by_another_instance(store: Store, open_twin: Calla
     assert dict(twin.blob_scan("k:")) == {"k:1": b"one", "k:2": b"two"}
     twin.blob_put_many({}, delete=["k:1"])
     assert store.blob_get("k:1") is None
+
+
+def test_a_conditional_blob_write_happens_only_from_the_expected_state(store: Store) -> None:
+    assert store.blob_put_many({"ix:version": b"1", "ix:a": b"a"}, expect=("ix:version", None))
+    # Someone else got there first: nothing of this write lands.
+    assert not store.blob_put_many({"ix:version": b"2", "ix:b": b"b"}, delete=["ix:a"], expect=("ix:version", None))
+    assert dict(store.blob_scan("ix:")) == {"ix:version": b"1", "ix:a": b"a"}
+    assert not store.blob_put_many({"ix:version": b"2"}, expect=("ix:version", b"0"))
+    assert store.blob_put_many({"ix:version": b"2", "ix:b": b"b"}, delete=["ix:a"], expect=("ix:version", b"1"))
+    assert dict(store.blob_scan("ix:")) == {"ix:version": b"2", "ix:b": b"b"}
+    assert store.blob_put_many({}, expect=("ix:version", b"2"))  # a pure check that holds
 
 
 def test_sqlite_a_version_2_file_gains_the_blobs_table(tmp_path: Path, clock: ManualClock) -> None:
@@ -177,6 +188,27 @@ def test_a_new_embedder_re_embeds_everything(store: Store, docs: Path, embedder:
     assert report.embedded == report.passages and report.version == 2 and report.removed == 0
     index = DocsIndex.load(store)
     assert index.embedder == small.name and index.snapshot.matrix.shape == (report.passages, 64)
+
+
+def test_of_two_runs_at_once_the_one_that_finishes_second_writes_nothing(
+    store: Store, open_twin: Callable[[], Store], docs: Path, embedder: WordLlamaEmbedder
+) -> None:
+    other = DocsIndexer(open_twin(), embedder.embed, embedder_name=embedder.name)
+    finished: list[int] = []
+
+    def embed_while_the_other_run_finishes(texts: list[str]) -> NDArray[np.float32]:
+        if not finished:  # the other run starts and ends while this one is embedding
+            (docs / "company-overview.md").unlink()
+            finished.append(other.index(docs).version)
+        return embedder.embed(texts)
+
+    slow = DocsIndexer(store, embed_while_the_other_run_finishes, embedder_name=embedder.name)
+    with pytest.raises(IndexConflict, match="run it again"):
+        slow.index(docs)
+    assert finished == [1]
+    index = DocsIndex.load(store)
+    assert index.version == 1 and passages_of(index, "company-overview.md") == []  # the other run's index
+    assert slow.index(docs).version == 1  # run again: nothing left to change
 
 
 def test_every_replica_serves_the_same_index(

@@ -1,7 +1,9 @@
 """The docs index, shared by every replica through the store's blobs.
 
 :class:`DocsIndexer` (``penny index``) walks a docs folder, parses and chunks it, embeds only the
-passages it has not embedded before, and writes the result in one atomic ``blob_put_many``.
+passages it has not embedded before, and writes the result in one atomic ``blob_put_many``, made
+only if the index's version is still the one it started from: of two runs at once, the one that
+finishes second writes nothing and raises :class:`IndexConflict`.
 :class:`DocsIndex` is a replica's in-process copy: passages, their unit vectors as one matrix, and
 BM25 statistics; ``refresh_if_changed`` reloads it when another process re-indexed.
 
@@ -35,7 +37,9 @@ from proxy_core.errors import StoreError
 from proxy_core.log import get_logger
 from proxy_core.stores.base import Store
 
-__all__ = ["DEFAULT_NAMESPACE", "EMBED_BATCH", "DocsIndex", "DocsIndexer", "IndexReport", "IndexSnapshot"]
+__all__ = [
+    "DEFAULT_NAMESPACE", "EMBED_BATCH", "DocsIndex", "DocsIndexer", "IndexConflict", "IndexReport", "IndexSnapshot"
+]
 
 DEFAULT_NAMESPACE = "docs"
 EMBED_BATCH = 64
@@ -46,6 +50,10 @@ Embed = Callable[[list[str]], NDArray[Any]]
 Progress = Callable[[int, int], None]
 
 _log = get_logger()
+
+
+class IndexConflict(StoreError):
+    """Another run wrote the index while this one was indexing; this run wrote nothing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +179,8 @@ class DocsIndexer:
     def index(self, root: Path, *, progress: Progress | None = None) -> IndexReport:
         """Bring the index in line with the files under ``root``; see the module docstring."""
         started = time.perf_counter()
+        # The version read first: a run that finishes after this one started makes it stale.
+        seen_version = self._store.blob_get(self._keys.version)
         old = _read_manifest(self._store, self._keys)
         reusable = old.docs if old is not None and old.embedder == self._embedder else {}
         reusable_ids = {pid for doc in reusable.values() for pid in doc.passages}
@@ -221,7 +231,11 @@ class DocsIndexer:
             manifest = _Manifest(version, self._embedder, dims, docs)
             puts[self._keys.manifest] = manifest.to_json()
             puts[self._keys.version] = str(version).encode("ascii")
-            self._store.blob_put_many(puts, deletes)
+            if not self._store.blob_put_many(puts, deletes, expect=(self._keys.version, seen_version)):
+                raise IndexConflict(
+                    "the docs index changed while this run was indexing (another `penny index`, or a "
+                    "replica's first-run indexing, finished first); nothing was written: run it again"
+                )
         report = IndexReport(
             files=len(docs),
             passages=len(new_ids),

@@ -422,10 +422,15 @@ class Store(ABC):
         """The bytes stored at ``key``, or None."""
 
     @abstractmethod
-    def blob_put_many(self, items: Mapping[str, bytes], delete: Sequence[str] = ()) -> None:
+    def blob_put_many(
+        self, items: Mapping[str, bytes], delete: Sequence[str] = (), *, expect: tuple[str, bytes | None] | None = None
+    ) -> bool:
         """Atomically delete the ``delete`` keys and store every item: readers see all or nothing.
 
-        A key both deleted and put ends up holding its new value.
+        A key both deleted and put ends up holding its new value. With ``expect=(key, value)``
+        nothing is written unless ``key`` holds ``value`` (None: no value) at that moment, so two
+        writers that started from the same state cannot both write (the docs index's version).
+        Returns whether it wrote.
         """
 
     @abstractmethod

@@ -91,6 +91,8 @@ _SCAN_BATCH = 500
 SEMANTIC_LOG_RETAIN = 10_000
 # Entries deleted per script call, so a mass delete never blocks the server for long.
 _SEMANTIC_DELETE_BATCH = 1000
+_BLOB_WATCH_ATTEMPTS = 20  # optimistic writes of the blobs hash retried when another write raced them
+
 _SEMANTIC_SCRIPTS = (
     "semantic_put",
     "semantic_get",
@@ -711,15 +713,32 @@ class RedisStore(Store):
         return None if value is None else bytes(value)
 
     @_translated("write blobs")
-    def blob_put_many(self, items: Mapping[str, bytes], delete: Sequence[str] = ()) -> None:
-        if not items and not delete:
-            return
-        pipe = self._client.pipeline(transaction=True)
-        if delete:
-            pipe.hdel(self._blob_key, *delete)
-        if items:
-            pipe.hset(self._blob_key, mapping=cast(Mapping[Any, Any], items))
-        pipe.execute()
+    def blob_put_many(
+        self, items: Mapping[str, bytes], delete: Sequence[str] = (), *, expect: tuple[str, bytes | None] | None = None
+    ) -> bool:
+        if expect is None and not items and not delete:
+            return True
+        with self._client.pipeline(transaction=True) as pipe:
+            for _ in range(_BLOB_WATCH_ATTEMPTS):
+                try:
+                    if expect is not None:
+                        # Optimistic: any blob written meanwhile (a feedback vote, say) aborts the
+                        # transaction, and the expected value is looked at again.
+                        pipe.watch(self._blob_key)  # type: ignore[no-untyped-call]
+                        held = pipe.execute_command("HGET", self._blob_key, expect[0], **_RAW)  # type: ignore[no-untyped-call]
+                        if (None if held is None else bytes(held)) != expect[1]:
+                            pipe.unwatch()
+                            return False
+                        pipe.multi()
+                    if delete:
+                        pipe.hdel(self._blob_key, *delete)
+                    if items:
+                        pipe.hset(self._blob_key, mapping=cast(Mapping[Any, Any], items))
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
+        raise StoreError(f"Redis store: cannot write blobs: other writes raced them {_BLOB_WATCH_ATTEMPTS} times")
 
     def blob_scan(self, prefix: str) -> Iterator[tuple[str, bytes]]:
         return self._scan_blobs(prefix)

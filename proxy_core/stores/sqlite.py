@@ -799,13 +799,20 @@ class SqliteStore(Store):
             row = conn.execute("SELECT value FROM blobs WHERE key = ?", (key,)).fetchone()
         return None if row is None else bytes(row[0])
 
-    def blob_put_many(self, items: Mapping[str, bytes], delete: Sequence[str] = ()) -> None:
+    def blob_put_many(
+        self, items: Mapping[str, bytes], delete: Sequence[str] = (), *, expect: tuple[str, bytes | None] | None = None
+    ) -> bool:
         with self._write("write blobs") as conn:
+            if expect is not None:
+                row = conn.execute("SELECT value FROM blobs WHERE key = ?", (expect[0],)).fetchone()
+                if (None if row is None else bytes(row[0])) != expect[1]:
+                    return False
             conn.executemany("DELETE FROM blobs WHERE key = ?", [(key,) for key in delete])
             conn.executemany(
                 "INSERT OR REPLACE INTO blobs (key, value) VALUES (?, ?)",
                 [(key, sqlite3.Binary(value)) for key, value in items.items()],
             )
+        return True
 
     def blob_scan(self, prefix: str) -> Iterator[tuple[str, bytes]]:
         return self._scan_blobs(prefix, _BLOB_SCAN_BATCH)
