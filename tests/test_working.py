@@ -60,6 +60,25 @@ def test_a_slow_answer_gets_the_reaction_once_the_grace_period_is_over_and_loses
     assert reactions(fake) == ["reactions.add", "reactions.remove"]
 
 
+def test_no_reaction_once_the_answer_is_out_even_before_the_handling_is_done(
+    fake: FakeSlack, client: WebClient
+) -> None:
+    clock = ManualClock()
+    indicator = WorkingIndicator(grace_s=0.5, workers=2, clock=clock)
+    working = indicator.show(client, "C1", TS)
+    slow = indicator.show(client, "C1", "1.000002")  # due at the same moment, still unanswered
+    working.answered()  # posted; the event's records are still being stored
+    clock.advance(1)
+    indicator.wake()
+    fake.wait_for("reactions.add")  # the timer has handled both by now
+    working.done()
+    slow.done()
+    fake.wait_for("reactions.remove")
+    indicator.close()
+    assert [(c.method, c.params["timestamp"]) for c in fake.calls()] == [
+        ("reactions.add", "1.000002"), ("reactions.remove", "1.000002")]
+
+
 def test_reactions_come_due_in_order_of_their_grace_periods(fake: FakeSlack, client: WebClient) -> None:
     clock = ManualClock()
     indicator = WorkingIndicator(grace_s=0.5, workers=1, clock=clock)

@@ -624,6 +624,8 @@ class _Penny:
                 answer = Answer(kind="error", text=FAILED_TEXT, refusal="upstream_error")
             streamed_ts = self._end_stream(stream)
             self._deliver(client, target, answer, question_text, note, streamed_ts)
+            if working is not None:
+                working.answered()  # no 👀 from now on, even while the event's records are still stored
         finally:
             if working is not None:
                 self._after_handling(working)

@@ -43,7 +43,8 @@ _State = Literal["pending", "adding", "finishing", "shown", "off"]
 
 
 class Working:
-    """The 👀 of one question. ``done()`` takes it off (or cancels it); calling it again does nothing."""
+    """The 👀 of one question. ``answered()`` says the answer is out: a reaction not made yet is then
+    never made. ``done()`` takes it off (or cancels it); calling either again does nothing."""
 
     def __init__(self, owner: WorkingIndicator, client: WebClient, channel: str, ts: str) -> None:
         self._owner = owner
@@ -51,6 +52,9 @@ class Working:
         self.channel = channel
         self.ts = ts
         self.state: _State = "pending"  # guarded by the owner's lock
+
+    def answered(self) -> None:
+        self._owner._answered(self)
 
     def done(self) -> None:
         self._owner._done(self)
@@ -130,6 +134,11 @@ class WorkingIndicator:
                         working.state = "adding"
                         self._pool.submit(self._add, working)
                 self._lock.wait(self._due[0][0] - now if self._due else None)
+
+    def _answered(self, working: Working) -> None:
+        with self._lock:
+            if working.state == "pending":
+                working.state = "off"  # cancelled: the timer skips it
 
     def _done(self, working: Working) -> None:
         with self._lock:
