@@ -23,6 +23,7 @@ from proxy_core.clock import ManualClock
 from proxy_core.semantic.embedders import WordLlamaEmbedder, embedder_from_spec
 from proxy_core.stores.base import Store
 from proxy_core.stores.sqlite import SCHEMA_VERSION, SqliteStore
+from tests.test_docs_parse import make_pdf
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDBOOK = ROOT / "examples" / "docs"
@@ -209,6 +210,25 @@ def test_of_two_runs_at_once_the_one_that_finishes_second_writes_nothing(
     index = DocsIndex.load(store)
     assert index.version == 1 and passages_of(index, "company-overview.md") == []  # the other run's index
     assert slow.index(docs).version == 1  # run again: nothing left to change
+
+
+def test_pdfs_are_indexed_by_page_and_a_damaged_one_is_skipped(
+    store: Store, docs: Path, embedder: WordLlamaEmbedder
+) -> None:
+    (docs / "security.pdf").write_bytes(make_pdf(
+        [["Badges and visitors", "Wear your office badge where it can be seen, and sign every visitor in at",
+          "the front desk; visitors wear a paper badge and are walked to the exit when they leave."],
+         ["Laptop security", "Encrypt every laptop disk with FileVault or BitLocker before first use, keep",
+          "the operating system updated within a week of each release, and lock the screen when you step away."]],
+        title="Security handbook"))
+    (docs / "broken.pdf").write_bytes(b"%PDF-1.4\nnot really")
+    with structlog.testing.capture_logs() as logs:
+        report = DocsIndexer(store, embedder.embed, embedder_name=embedder.name).index(docs)
+    assert report.files == 5  # the four pages of the fixture and the readable PDF
+    assert any(log.get("path") == "broken.pdf" and log.get("reason") == "unreadable" for log in logs)
+    [hit, *_] = Retriever(DocsIndex.load(store), embedder.embed).search("how do I encrypt my laptop disk")
+    assert (hit.passage.doc_path, hit.passage.anchor, hit.passage.title) == ("security.pdf", "page=2",
+                                                                            "Security handbook")
 
 
 def test_every_replica_serves_the_same_index(

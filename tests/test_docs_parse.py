@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import os
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -583,7 +584,7 @@ def test_chunk_rejects_unworkable_limits(tmp_path: Path) -> None:
 
 def test_unsupported_suffix_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unsupported"):
-        parse(tmp_path, "a.pdf", b"%PDF")
+        parse(tmp_path, "a.docx", b"PK\x03\x04")
 
 
 # --------------------------------------------------------------------------------------------
@@ -599,13 +600,14 @@ def test_walk_lists_supported_files_sorted_and_skips_the_rest(tmp_path: Path) ->
     for name in (
         "b.md", "a.rst", "Guide.MD", "c.txt", "d.html", "e.htm", "f.markdown", "sub/z.md", "sub/deeper/y.txt",
         ".hidden.md", ".git/config.md", ".venv/lib/x.md", "node_modules/pkg/readme.md", "sub/__pycache__/m.txt",
-        "image.png", "notes.pdf", "script.py",
+        "image.png", "notes.pdf", "slides.docx", "script.py",
     ):  # fmt: skip
         touch(tmp_path / name)
     found = [p.relative_to(tmp_path).as_posix() for p in walk(tmp_path)]
     assert found == sorted(found, key=lambda name: Path(name).parts)
     assert set(found) == {
-        "Guide.MD", "a.rst", "b.md", "c.txt", "d.html", "e.htm", "f.markdown", "sub/deeper/y.txt", "sub/z.md",
+        "Guide.MD", "a.rst", "b.md", "c.txt", "d.html", "e.htm", "f.markdown", "notes.pdf", "sub/deeper/y.txt",
+        "sub/z.md",
     }  # fmt: skip
 
 
@@ -658,3 +660,72 @@ def test_every_example_document_parses_into_passages() -> None:
         assert_offsets(doc, passages)
         assert all(estimate_text_tokens(p.text) <= 350 for p in passages), doc.doc_path
         assert all(p.heading_path[0] == doc.title for p in passages), doc.doc_path
+
+
+# --------------------------------------------------------------------------------------------
+# PDF (pypdf, the penny[pdf] extra; in the dev extras so these run in CI)
+
+
+def make_pdf(pages: list[list[str]], title: str | None = None) -> bytes:
+    """A small, valid PDF whose pages show ``pages`` (lines of Helvetica text), written by hand so
+    the tests depend on no PDF writer."""
+    count = len(pages)
+    page_ids = [4 + 2 * i for i in range(count)]
+    info_id = 4 + 2 * count
+    objects: dict[int, bytes] = {
+        1: b"<< /Type /Catalog /Pages 2 0 R >>",
+        2: b"<< /Type /Pages /Kids [" + b" ".join(b"%d 0 R" % i for i in page_ids) + b"] /Count %d >>" % count,
+        3: b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    }
+    for page_id, lines in zip(page_ids, pages, strict=True):
+        shown = b" 0 -16 Td ".join(b"(" + line.encode("latin-1") + b") Tj" for line in lines)
+        stream = b"BT /F1 12 Tf 72 720 Td " + shown + b" ET"
+        objects[page_id] = (b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+                            b"/Resources << /Font << /F1 3 0 R >> >> /Contents %d 0 R >>" % (page_id + 1))
+        objects[page_id + 1] = b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream"
+    objects[info_id] = b"<< /Title (" + title.encode("latin-1") + b") >>" if title else b"<< >>"
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = {}
+    for number in sorted(objects):
+        offsets[number] = len(out)
+        out += b"%d 0 obj\n" % number + objects[number] + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offsets[n] for n in sorted(objects))
+    out += b"trailer\n<< /Size %d /Root 1 0 R /Info %d 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1, info_id, xref)
+    return bytes(out)
+
+
+def test_a_pdf_is_a_section_per_page_titled_from_its_metadata(tmp_path: Path) -> None:
+    pdf = make_pdf([["Security handbook", "Rotate keys every 90 days."], [], ["Report incidents to"
+                    " security@example.com within one hour."]], title="Security Handbook 2026")
+    doc = parse(tmp_path, "policies/security.pdf", pdf)
+    assert doc.title == "Security Handbook 2026"
+    assert paths(doc) == [("Security Handbook 2026", "Page 1"), ("Security Handbook 2026", "Page 3")]  # 2 is blank
+    assert [s.anchor for s in doc.sections] == ["page=1", "page=3"]  # file.pdf#page=3 opens page 3
+    assert "Rotate keys every 90 days." in body(doc, "Page 1")
+    assert "security@example.com within one hour." in body(doc, "Page 3")
+    assert_offsets(doc, chunk(doc))
+    assert doc.content_hash == hashlib.sha256(pdf).hexdigest()
+    untitled = parse(tmp_path, "runbooks/on-call_rota.pdf", make_pdf([["Week 1: Ana"]]))
+    assert untitled.title == "On call rota"
+
+
+def test_a_damaged_or_locked_pdf_is_a_clear_error_not_a_crash(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unreadable PDF"):
+        parse(tmp_path, "broken.pdf", b"%PDF-1.4\nthis is not a PDF body at all")
+    with pytest.raises(ValueError, match="unreadable PDF"):
+        parse(tmp_path, "truncated.pdf", make_pdf([["some text"]])[:60])
+
+
+def test_pdfs_are_walked_only_where_they_can_be_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "a.md").write_text("# A\n\ntext\n")
+    (tmp_path / "b.pdf").write_bytes(make_pdf([["text"]]))
+    assert [p.name for p in walk(tmp_path)] == ["a.md", "b.pdf"]
+    monkeypatch.setitem(sys.modules, "pypdf", None)  # importing it now fails, as without the penny[pdf] extra
+    with structlog.testing.capture_logs() as logs:
+        assert [p.name for p in walk(tmp_path)] == ["a.md"]
+    assert any(log.get("reason") == "no_pdf_support" and "penny[pdf]" in log.get("hint", "") for log in logs)
+    with pytest.raises(ValueError, match=r"pip install 'penny\[pdf\]'"):
+        parse_document(tmp_path / "b.pdf", tmp_path)

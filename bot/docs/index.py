@@ -201,7 +201,7 @@ class DocsIndexer:
                     docs[doc_path] = _DocEntry(document.content_hash, tuple(p.content_hash for p in passages))
                     puts[self._keys.doc(doc_path)] = _doc_blob(passages, document.title)
                     to_embed.update((p.content_hash, p) for p in passages if p.content_hash not in reusable_ids)
-            except OSError as exc:
+            except (OSError, ValueError) as exc:  # unreadable, or a PDF that cannot be read
                 _log.warning("docs_file_skipped", path=doc_path, reason="unreadable", error=str(exc))
                 if doc_path in reusable:  # keep what was indexed rather than drop it on a transient error
                     docs[doc_path] = reusable[doc_path]

@@ -3,9 +3,11 @@
 Three pure steps, each usable on its own:
 
 * :func:`walk` lists the supported files under a docs root: sorted, hidden entries, ``node_modules``,
-  symlink loops and files over :data:`MAX_FILE_BYTES` skipped;
+  symlink loops and files over :data:`MAX_FILE_BYTES` (:data:`MAX_PDF_BYTES` for a PDF) skipped;
 * :func:`parse_document` reads one Markdown, reStructuredText, HTML or plain-text file into a
-  :class:`Document`: its title, its normalised text, and a :class:`Section` per heading;
+  :class:`Document`: its title, its normalised text, and a :class:`Section` per heading. A PDF (with
+  the optional ``penny[pdf]`` extra, pypdf) becomes a section per page, headed "Page N" with the
+  anchor ``page=N``, which PDF viewers open at that page;
 * :func:`chunk` cuts a document's sections into :class:`Passage` objects of at most ``max_tokens``
   (counted with :func:`proxy_core.tokens.estimate_text_tokens`): long sections are split with some
   overlap, tiny ones merged into the passage before them.
@@ -24,6 +26,7 @@ import codecs
 import contextlib
 import hashlib
 import html
+import io
 import json
 import os
 import re
@@ -39,6 +42,7 @@ from proxy_core.tokens import estimate_text_tokens
 
 __all__ = [
     "MAX_FILE_BYTES",
+    "MAX_PDF_BYTES",
     "SUPPORTED_SUFFIXES",
     "Document",
     "Passage",
@@ -46,12 +50,15 @@ __all__ = [
     "chunk",
     "parse_document",
     "passage_hash",
+    "pdf_support",
     "slugify",
     "walk",
 ]
 
 MAX_FILE_BYTES = 2 * 1024 * 1024
 """Files larger than this are skipped by :func:`walk`: they are dumps, not docs."""
+MAX_PDF_BYTES = 32 * 1024 * 1024
+"""The same for PDFs, whose fonts and images make a few pages of text weigh megabytes."""
 
 _FORMATS = {
     ".md": "markdown",
@@ -60,6 +67,7 @@ _FORMATS = {
     ".html": "html",
     ".htm": "html",
     ".txt": "text",
+    ".pdf": "pdf",
 }
 SUPPORTED_SUFFIXES = frozenset(_FORMATS)
 _SKIPPED_DIRS = frozenset({"node_modules", "__pycache__"})
@@ -170,8 +178,13 @@ def walk(root: Path) -> Iterator[Path]:
                     if entry.name not in _SKIPPED_DIRS:
                         visit(path)
                 elif entry.is_file() and path.suffix.lower() in SUPPORTED_SUFFIXES:
+                    pdf = path.suffix.lower() == ".pdf"
+                    if pdf and not pdf_support():
+                        _log.warning("docs_file_skipped", path=rel(path), reason="no_pdf_support",
+                                     hint="pip install 'penny[pdf]'")
+                        continue
                     stat = entry.stat()
-                    if stat.st_size > MAX_FILE_BYTES:
+                    if stat.st_size > (MAX_PDF_BYTES if pdf else MAX_FILE_BYTES):
                         _log.warning("docs_file_skipped", path=rel(path), reason="too_large", size=stat.st_size)
                     elif (stat.st_dev, stat.st_ino) not in seen:
                         seen.add((stat.st_dev, stat.st_ino))
@@ -201,14 +214,19 @@ def parse_document(path: Path, root: Path) -> Document:
     """Parse one supported file under ``root`` (see :data:`SUPPORTED_SUFFIXES`).
 
     Bytes that are not valid UTF-8 are replaced (an HTML file's declared charset is honoured
-    first), so any file parses. Raises ``ValueError`` for an unsupported suffix or a ``path``
-    outside ``root``, and ``OSError`` when the file cannot be read.
+    first), so any text file parses. Raises ``ValueError`` for an unsupported suffix, a ``path``
+    outside ``root`` or a PDF that cannot be read (damaged, password-protected, or no pypdf), and
+    ``OSError`` when the file cannot be read.
     """
     kind = _FORMATS.get(path.suffix.lower())
     if kind is None:
         raise ValueError(f"unsupported document type {path.suffix!r}: {path.name}")
     doc_path = path.relative_to(root).as_posix()
     raw = path.read_bytes()
+    if kind == "pdf":
+        blocks, fallback_title = _parse_pdf(raw)
+        title = fallback_title or _filename_title(doc_path)
+        return _assemble(doc_path, title, blocks, hashlib.sha256(raw).hexdigest())
     text = _decode(raw, html_charset=kind == "html")
     if kind == "markdown":
         blocks, fallback_title = _parse_markdown(text)
@@ -1198,3 +1216,43 @@ def _overlap_start(text: str, start: int, end: int, levels: list[list[int]], ove
     ):
         begin = sentences[nearest]
     return begin
+
+
+# --------------------------------------------------------------------------------------------
+# PDF (optional: pypdf, the ``penny[pdf]`` extra)
+
+
+def pdf_support() -> bool:
+    """Whether PDFs can be read here (pypdf is installed)."""
+    try:
+        import pypdf  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _parse_pdf(raw: bytes) -> tuple[list[_Block], str | None]:
+    """A block per page with text ("Page N", anchor ``page=N``) and the title from the file's
+    metadata. A PDF has no reliable headings: its outline, when there is one, points at pages, not
+    at places in the text."""
+    try:
+        from pypdf import PdfReader
+    except ImportError as exc:
+        raise ValueError("PDF support is not installed: pip install 'penny[pdf]'") from exc
+    try:
+        reader = PdfReader(io.BytesIO(raw))
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise ValueError("the PDF is password-protected")
+        metadata = reader.metadata
+        title = metadata.title if metadata is not None else None
+        pages = [page.extract_text() or "" for page in reader.pages]
+    except ValueError:
+        raise
+    except Exception as exc:  # pypdf raises many types on damaged files; none of them is a crash of ours
+        raise ValueError(f"unreadable PDF ({type(exc).__name__})") from exc
+    blocks = []
+    for number, text in enumerate(pages, start=1):
+        body = _CONTROL_CHARS.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+        if body.strip():
+            blocks.append(_Block(2, f"Page {number}", f"page={number}", body))
+    return blocks, _collapse(title) if isinstance(title, str) and title.strip() else None
