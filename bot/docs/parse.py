@@ -28,6 +28,7 @@ import hashlib
 import html
 import io
 import json
+import logging
 import os
 import re
 import textwrap
@@ -1239,6 +1240,9 @@ def _parse_pdf(raw: bytes) -> tuple[list[_Block], str | None]:
         from pypdf import PdfReader
     except ImportError as exc:
         raise ValueError("PDF support is not installed: pip install 'penny[pdf]'") from exc
+    # pypdf warns on stderr about each flaw it works around; the indexer logs a file it cannot use
+    # once, with its path, which is what an operator needs.
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
     try:
         reader = PdfReader(io.BytesIO(raw))
         if reader.is_encrypted and not reader.decrypt(""):
