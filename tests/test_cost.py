@@ -286,7 +286,8 @@ def test_blocks_stay_within_slack_limits_for_a_big_team(tmp_path: Path, clock: M
 class CostHarness(Harness):
     """The test_slack_app harness, with budgets/admins and a fixed wall clock for the cost views."""
 
-    def __init__(self, fake: FakeSlack, store: SqliteStore, settings: PennySettings, now: float = NOW) -> None:
+    def __init__(self, fake: FakeSlack, store: SqliteStore, settings: PennySettings, now: float = NOW,
+                 clock: ManualClock | None = None) -> None:
         super().__init__(fake, store, ScriptedAnswerer())
         self.app = build_app(
             answerer=self.answerer,
@@ -295,6 +296,7 @@ class CostHarness(Harness):
             listener_executor=self.executor,
             cost_settings=settings,
             wall=lambda: now,
+            clock=clock or time.monotonic,
             working=WorkingIndicator(workers=0),
         )
 
@@ -395,6 +397,36 @@ def test_cost_team_for_a_slack_workspace_admin(fake: FakeSlack, ledger: SqliteSt
     text = _reply(penny, fake)
     assert "Team Penny costs" in text and "<@U1>" in text and "<@U2>" in text
     assert fake.last("users.info").params["user"] == "U3"
+
+
+def _team_view(penny: CostHarness, fake: FakeSlack, user: str) -> bool:
+    """Whether ``/cost team`` from ``user`` showed the team's numbers (one command at a time)."""
+    penny.slash("team", user=user)
+    [reply] = fake.wait_for(f"commands/{TEAM}/{penny._serial}/hook")
+    return "Team Penny costs" in json.dumps(reply.blocks, ensure_ascii=False)
+
+
+def test_a_slack_admin_lookup_is_kept_for_five_minutes(fake: FakeSlack, ledger: SqliteStore) -> None:
+    fake.set_admin("U3")
+    clock = ManualClock()
+    penny = CostHarness(fake, ledger, make_settings(), clock=clock)
+    # An admin and someone who is not, twice each: Slack is asked once about each.
+    assert [_team_view(penny, fake, user) for user in ("U3", "U2", "U3", "U2")] == [True, False, True, False]
+    assert [c.params["user"] for c in fake.calls() if c.method == "users.info"] == ["U3", "U2"]
+    clock.advance(301)
+    assert _team_view(penny, fake, "U3")
+    assert fake.count("users.info") == 3  # asked again once the answer is five minutes old
+    penny.settle()
+
+
+def test_a_failed_admin_lookup_is_not_kept(fake: FakeSlack, ledger: SqliteStore) -> None:
+    fake.set_admin("U3")
+    fake.fail("users.info", "internal_error")
+    penny = _harness(fake, ledger)
+    assert not _team_view(penny, fake, "U3")  # unknown means no
+    assert _team_view(penny, fake, "U3")  # asked again, and an admin
+    assert fake.count("users.info") == 2
+    penny.settle()
 
 
 def test_cost_team_for_anyone_else_is_refused_with_only_their_own_numbers(

@@ -37,6 +37,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
@@ -102,6 +103,8 @@ ACTION_FRESH_ANSWER: Final = "penny_fresh_answer"
 FRESH_BLOCK_PREFIX: Final = "penny_fresh:"  # + the thread_ts to answer in ("" for none)
 
 MAX_QUESTION_CHARS: Final = 4000
+ADMIN_LOOKUP_TTL_S: Final = 300.0  # a users.info answer (admin or not) is trusted this long
+_ADMIN_LOOKUPS_KEPT: Final = 10_000
 HISTORY_TURNS: Final = 10
 HISTORY_TOKENS: Final = 2000
 REPLIES_PAGE: Final = 200  # one conversations.replies page; longer threads keep their first 200
@@ -411,6 +414,10 @@ class _Penny:
         self.stream_pacing = stream_pacing
         self.working = working
         self.streaming = True  # off for good after an error in STREAMING_UNAVAILABLE
+        # (workspace, user) -> (is a Slack admin, known until): every Home open and /cost team
+        # would otherwise ask users.info again.
+        self._slack_admins: dict[tuple[str, str], tuple[bool, float]] = {}
+        self._slack_admins_lock = threading.Lock()
 
     # -- events --------------------------------------------------------------------------
 
@@ -466,7 +473,7 @@ class _Penny:
         user = str(event["user"])
         try:
             workspace = self._workspace(body, context)
-            own, team = self._reports(workspace, user, team=self._is_admin(client, user))
+            own, team = self._reports(workspace, user, team=self._is_admin(client, workspace, user))
             view = cost_home_view(own, team)
         except Exception as exc:  # the store is down: the plain home tab still explains Penny
             _log.warning("slack.home_report_failed", error=exc)
@@ -489,7 +496,7 @@ class _Penny:
             if len(words) > 1 or arg not in ("", "me", "team"):  # help, or anything unknown
                 blocks = help_blocks()
             elif arg == "team":
-                admin = self._is_admin(client, user)
+                admin = self._is_admin(client, workspace, user)
                 own, team = self._reports(workspace, user, team=admin)
                 blocks = team_blocks(team) if team is not None else team_refusal_blocks(own)
             else:
@@ -513,17 +520,31 @@ class _Penny:
         own = cost_report(self.store, self.costs, workspace, user, now)
         return own, team_report(self.store, self.costs, workspace, now) if team else None
 
-    def _is_admin(self, client: WebClient, user: str) -> bool:
+    def _is_admin(self, client: WebClient, workspace: str, user: str) -> bool:
+        """A Penny admin, or a Slack workspace admin or owner (``users.info``, whose answer is kept
+        :data:`ADMIN_LOOKUP_TTL_S`: a demoted admin sees team spend that much longer at most)."""
         if not user:
             return False
         if is_admin(user, self.admins, None):
             return True  # a Penny admin: no Slack call needed
+        key, now = (workspace, user), self.clock()
+        with self._slack_admins_lock:
+            known = self._slack_admins.get(key)
+        if known is not None and now < known[1]:
+            return known[0]
         try:
             info = client.users_info(user=user).data
-        except Exception as exc:  # unknown means no: nobody sees team spend by accident
+        except Exception as exc:  # unknown means no, this time: a failed lookup is not kept
             _log.warning("slack.users_info_failed", error=exc)
             return False
-        return isinstance(info, dict) and is_admin(user, self.admins, info)
+        admin = isinstance(info, dict) and is_admin(user, self.admins, info)
+        with self._slack_admins_lock:
+            if len(self._slack_admins) >= _ADMIN_LOOKUPS_KEPT:
+                self._slack_admins = {k: v for k, v in self._slack_admins.items() if now < v[1]}
+                if len(self._slack_admins) >= _ADMIN_LOOKUPS_KEPT:
+                    self._slack_admins.clear()
+            self._slack_admins[key] = (admin, now + ADMIN_LOOKUP_TTL_S)
+        return admin
 
     # -- actions -------------------------------------------------------------------------
 
