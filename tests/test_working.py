@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from slack_sdk import WebClient
+from slack_sdk.http_retry import builtin_handlers
 
 from bot.slack.app import SlackSettings, make_client
 from bot.slack.working import WorkingIndicator
@@ -129,7 +131,12 @@ def test_a_throttled_reaction_is_skipped_not_waited_out(fake: FakeSlack, client:
     assert reactions(fake) == ["reactions.add"]  # not retried, and nothing to take off
 
 
-def test_a_throttled_removal_is_retried_so_no_reaction_is_left_behind(fake: FakeSlack, client: WebClient) -> None:
+def test_a_throttled_removal_is_retried_so_no_reaction_is_left_behind(
+    fake: FakeSlack, client: WebClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The SDK's handler sleeps Retry-After plus up to 1 s of jitter: recorded here, not waited out.
+    waits: list[float] = []
+    monkeypatch.setattr(builtin_handlers, "time", SimpleNamespace(sleep=waits.append))
     fake.rate_limit("reactions.remove", retry_after=0)
     indicator = WorkingIndicator(grace_s=0, workers=2)
     working = indicator.show(client, "C1", TS)
@@ -138,6 +145,7 @@ def test_a_throttled_removal_is_retried_so_no_reaction_is_left_behind(fake: Fake
     fake.wait_for("reactions.remove", count=2)
     indicator.close()
     assert [c.status for c in fake.calls() if c.method == "reactions.remove"] == [429, 200]
+    assert len(waits) == 1 and 0 <= waits[0] < 1  # Retry-After: 0, honoured once
 
 
 def test_closing_cancels_reactions_not_made_yet(fake: FakeSlack, client: WebClient) -> None:
