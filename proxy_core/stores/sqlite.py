@@ -212,6 +212,11 @@ _LOG_DELETE = "INSERT INTO semantic_log (op, entry_id, scope) VALUES ('delete', 
 _LOG_CURSOR = re.compile(r"[0-9]+")
 _BLOB_SCAN_BATCH = 256
 
+# Columns added to a table after it first shipped: table -> {column: declaration}. CREATE TABLE IF
+# NOT EXISTS leaves an older file's table as it was, so each is added when missing (idempotent,
+# like every statement of _SCHEMA). A new column needs a DEFAULT so existing rows stay valid.
+_ADDED_COLUMNS: dict[str, dict[str, str]] = {}
+
 
 class _Connection(sqlite3.Connection):
     """A connection that can be weakly referenced, so ``close()`` can reach every thread's, and
@@ -310,6 +315,8 @@ class SqliteStore(Store):
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
+                for table, columns in _ADDED_COLUMNS.items():
+                    _add_missing_columns(conn, table, columns)
                 if version < SCHEMA_VERSION:
                     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 conn.execute("COMMIT")
@@ -901,6 +908,13 @@ def _rollback(conn: sqlite3.Connection) -> None:
     if conn.in_transaction:
         with suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
+
+
+def _add_missing_columns(conn: sqlite3.Connection, table: str, columns: Mapping[str, str]) -> None:
+    have = {str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})")}
+    for column, declaration in columns.items():
+        if column not in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
 
 def _held_request(conn: sqlite3.Connection, workspace_id: str, request_id: str, now: float) -> Claim | None:
