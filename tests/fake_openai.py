@@ -44,11 +44,20 @@ Faults, in order of precedence:
 
 1. a persistent fault set with :meth:`FakeOpenAI.fail_all` answers every request until
    :meth:`FakeOpenAI.clear`;
-2. scripted faults (:meth:`FakeOpenAI.script`) are consumed one per request, in order. A script
+2. a rule set with :meth:`FakeOpenAI.decide` — ``rule(request, earlier)``, where ``earlier`` counts
+   the requests before this one with the same body (so a retry can be told from a first attempt) —
+   answers when it returns a fault, until :meth:`FakeOpenAI.clear`;
+3. scripted faults (:meth:`FakeOpenAI.script`) are consumed one per request, in order. A script
    given for one endpoint (``endpoint="chat"`` or ``"embeddings"``) is consumed only by that
    endpoint; the shared script (the default, ``endpoint="any"``) is consumed by any request whose
    own endpoint script is empty;
-3. otherwise the request succeeds.
+4. otherwise the request succeeds.
+
+Concurrency on purpose: :meth:`FakeOpenAI.hold` makes requests to an endpoint wait in a
+:class:`Gate` until a given number of callers have arrived (requests held there, plus callers that
+report with :meth:`Gate.arrive` that they will never get there, e.g. because they were refused),
+then lets them all go at once. "N concurrent calls" then means all N overlap, whatever the
+scheduler does, so a test can assert exactly what that overlap implies.
 
 Every request is counted and recorded (headers and JSON body) before its fault is applied, so
 ``count`` is exactly the number of HTTP calls that reached the server. Recorded headers hide the
@@ -77,7 +86,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal, cast
 
-__all__ = ["FakeOpenAI", "Fault", "RecordedRequest", "count_tokens", "fake_embedding", "stream_pieces"]
+__all__ = [
+    "FakeOpenAI",
+    "Fault",
+    "Gate",
+    "RecordedRequest",
+    "Rule",
+    "count_tokens",
+    "fake_embedding",
+    "stream_pieces",
+]
 
 Endpoint = Literal["chat", "embeddings"]
 ScriptTarget = Literal["chat", "embeddings", "any"]
@@ -207,6 +225,59 @@ class Fault:
         return Fault(kind="stream_break", break_after=after, break_how=how, delay_s=delay_s)
 
 
+class Gate:
+    """Holds requests until ``parties`` callers have arrived, then lets every one of them go.
+
+    A caller arrives by reaching the fake (its request then waits here) or by calling
+    :meth:`arrive` (it will never reach the fake). Once full the gate stays open. A gate still not
+    full after ``timeout_s`` opens anyway and is marked :attr:`broken`, so a test fails on that
+    instead of hanging.
+    """
+
+    def __init__(self, parties: int, *, timeout_s: float = 30.0) -> None:
+        self.parties = parties
+        self.timeout_s = timeout_s
+        self.arrived = 0
+        self.held = 0  # requests that waited here (arrivals that reached the fake)
+        self.broken = False
+        self._open = False
+        self._changed = threading.Condition()
+
+    @property
+    def is_open(self) -> bool:
+        with self._changed:
+            return self._open
+
+    def arrive(self) -> None:
+        """Count a caller that will not reach the fake."""
+        with self._changed:
+            self._count_arrival()
+
+    def open(self) -> None:
+        """Let everything through now (the fake does this when it stops)."""
+        with self._changed:
+            self._open = True
+            self._changed.notify_all()
+
+    def _pass(self) -> None:
+        """Called by the server for a request: wait until the gate is open."""
+        with self._changed:
+            if self._open:
+                return
+            self.held += 1
+            self._count_arrival()
+            if not self._changed.wait_for(lambda: self._open, timeout=self.timeout_s):
+                self.broken = True
+                self._open = True
+                self._changed.notify_all()
+
+    def _count_arrival(self) -> None:
+        self.arrived += 1
+        if self.arrived >= self.parties:
+            self._open = True
+            self._changed.notify_all()
+
+
 class _RedactedHeaders(dict[str, str]):
     """Header dict whose repr hides credentials (pytest prints reprs on failed asserts)."""
 
@@ -256,6 +327,11 @@ def fake_embedding(text: str, dims: int = 1536) -> list[float]:
     return [x / norm for x in total]
 
 
+Rule = Callable[[RecordedRequest, int], Fault | None]
+"""``rule(request, earlier)`` → the fault for ``request``, or None to fall through to the script.
+``earlier`` is the number of earlier requests with the same body."""
+
+
 @dataclass
 class _State:
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -264,6 +340,9 @@ class _State:
         default_factory=lambda: {"chat": deque(), "embeddings": deque(), "any": deque()}
     )
     persistent: Fault | None = None
+    rule: Rule | None = None
+    bodies: dict[str, int] = field(default_factory=dict)  # requests seen per canonical body
+    gates: dict[Endpoint, Gate] = field(default_factory=dict)
 
 
 class FakeOpenAI:
@@ -300,6 +379,10 @@ class FakeOpenAI:
 
     def stop(self) -> None:
         self._stopping.set()
+        with self._state.lock:
+            gates = list(self._state.gates.values())
+        for gate in gates:
+            gate.open()
         if self._thread is not None:
             self._server.shutdown()
             self._thread.join(timeout=5)
@@ -334,18 +417,36 @@ class FakeOpenAI:
         with self._state.lock:
             self._state.persistent = Fault.status(fault) if isinstance(fault, int) else fault
 
+    def decide(self, rule: Rule) -> None:
+        """Answer each request with ``rule(request, earlier)`` when it returns a fault (see the
+        module docstring), until cleared."""
+        with self._state.lock:
+            self._state.rule = rule
+
+    def hold(self, gate: Gate, endpoint: Endpoint = "chat") -> Gate:
+        """Make requests to ``endpoint`` wait in ``gate`` (after being recorded) until it opens."""
+        with self._state.lock:
+            self._state.gates[endpoint] = gate
+        return gate
+
     def clear(self) -> None:
-        """Drop the persistent fault and every queued script."""
+        """Drop the persistent fault, the rule, every queued script, and open and drop the gates."""
         with self._state.lock:
             self._state.persistent = None
+            self._state.rule = None
             for queue in self._state.scripts.values():
                 queue.clear()
+            gates = list(self._state.gates.values())
+            self._state.gates.clear()
+        for gate in gates:
+            gate.open()
 
     def reset(self) -> None:
         """``clear`` and forget recorded requests."""
         self.clear()
         with self._state.lock:
             self._state.requests.clear()
+            self._state.bodies.clear()
 
     def pending(self, endpoint: ScriptTarget = "any") -> int:
         """Scripted faults not consumed yet."""
@@ -381,16 +482,28 @@ class FakeOpenAI:
     # -- request handling (server threads) ---------------------------------------------------
 
     def _record_and_pick(self, request: RecordedRequest) -> Fault:
+        """Record ``request``, pick its fault, then wait in its endpoint's gate if one is set."""
         with self._state.lock:
             self._state.requests.append(request)
-            if self._state.persistent is not None:
-                return self._state.persistent
-            if request.endpoint is not None:
-                own = self._state.scripts[request.endpoint]
-                if own:
-                    return own.popleft()
-            shared = self._state.scripts["any"]
-            return shared.popleft() if shared else Fault.ok()
+            gate = self._state.gates.get(request.endpoint) if request.endpoint is not None else None
+            key = json.dumps(request.body, sort_keys=True)
+            earlier = self._state.bodies.get(key, 0)
+            self._state.bodies[key] = earlier + 1
+            rule = self._state.rule if self._state.persistent is None else None
+        decided = rule(request, earlier) if rule is not None else None
+        with self._state.lock:
+            fault = self._state.persistent or decided or self._next_scripted(request.endpoint)
+        if gate is not None:
+            gate._pass()
+        return fault
+
+    def _next_scripted(self, endpoint: Endpoint | None) -> Fault:
+        if endpoint is not None:
+            own = self._state.scripts[endpoint]
+            if own:
+                return own.popleft()
+        shared = self._state.scripts["any"]
+        return shared.popleft() if shared else Fault.ok()
 
     def _wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds``; False when the server is stopping."""

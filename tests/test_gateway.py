@@ -31,8 +31,9 @@ from proxy_core.prices import PriceTable, chat_cost
 from proxy_core.settings import PennySettings
 from proxy_core.stores import store_from_url
 from proxy_core.stores.base import Store
+from proxy_core.tokens import estimate_chat_tokens
 from proxy_core.upstream import OpenAIUpstream
-from tests.fake_openai import FakeOpenAI, Fault
+from tests.fake_openai import FakeOpenAI, Fault, Gate
 
 API_KEY = "sk-test-0123456789abcdef"
 DAY = "2026-01-01"  # ManualClock starts at 2026-01-01T00:00:00Z
@@ -81,15 +82,14 @@ def make_gateway(store: Store, clock: ManualClock, fake: FakeOpenAI) -> Iterator
             close()
 
 
+def _messages(question: str, system: str = "You are Penny.") -> list[dict[str, str]]:
+    return [{"role": "system", "content": system}, {"role": "user", "content": question}]
+
+
 def ask(gw: Gateway, question: str, request_id: str, *, user: str = "U1", workspace: str = "W1",
         system: str = "You are Penny.", **kw: Any) -> Any:
-    return gw.chat(
-        user_id=user,
-        workspace_id=workspace,
-        request_id=request_id,
-        messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
-        **kw,
-    )
+    return gw.chat(user_id=user, workspace_id=workspace, request_id=request_id,
+                   messages=_messages(question, system), **kw)
 
 
 def test_miss_is_billed_exactly_and_recorded_in_the_ledger(make_gateway: GatewayFactory, fake: FakeOpenAI,
@@ -158,8 +158,10 @@ def test_repeated_request_id_gives_one_call_and_one_ledger_entry(make_gateway: G
 
 def test_concurrent_duplicates_make_one_upstream_call(make_gateway: GatewayFactory, fake: FakeOpenAI,
                                                       clock: ManualClock) -> None:
-    fake.script(Fault.ok(delay_s=0.3))
-    gw = make_gateway(cache_enabled=False)
+    # The first delivery's upstream call is held until the two duplicates have given up waiting
+    # for it (they poll with the manual clock's sleep), so all three overlap on every run.
+    gate = fake.hold(Gate(3))
+    gw = make_gateway(cache_enabled=False, request_timeout_s=30.0)
     results: list[Any] = []
     errors: list[BaseException] = []
 
@@ -168,17 +170,20 @@ def test_concurrent_duplicates_make_one_upstream_call(make_gateway: GatewayFacto
             results.append(ask(gw, "Where are the logs?", "EvDup"))
         except BaseException as exc:
             errors.append(exc)
+            gate.arrive()
 
     threads = [threading.Thread(target=deliver) for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert not gate.broken
     assert fake.count("chat") == 1
-    # Waiters poll with the manual clock's sleep; each either got the replay or gave up waiting.
-    assert len(results) + len(errors) == 3
-    assert all(isinstance(e, RequestInFlight) for e in errors)
-    assert sum(not r.replayed for r in results) == 1
+    assert [type(e) for e in errors] == [RequestInFlight, RequestInFlight]
+    assert [r.replayed for r in results] == [False]
+    # Once it is answered, the same event again is a replay, not a second call.
+    assert ask(gw, "Where are the logs?", "EvDup").replayed
+    assert fake.count("chat") == 1
 
 
 def test_in_flight_request_is_refused_after_waiting(make_gateway: GatewayFactory, store: Store,
@@ -249,29 +254,43 @@ def test_workspace_monthly_budget_is_shared_by_users(make_gateway: GatewayFactor
 
 def test_fifty_concurrent_calls_never_settle_above_the_budget(make_gateway: GatewayFactory, fake: FakeOpenAI,
                                                               store: Store) -> None:
-    gw = make_gateway(user_daily_budget_usd="0.01", max_output_tokens=800, cache_enabled=False)
+    # Every admitted call is held at the fake until all 50 have been admitted or refused, so the
+    # reservations all overlap: exactly as many calls are admitted as worst cases fit the budget.
+    gate = fake.hold(Gate(50))
+    gw = make_gateway(user_daily_budget_usd="0.01", max_output_tokens=800, cache_enabled=False,
+                      request_timeout_s=30.0)
+    questions = [f"question {i:02d}" for i in range(50)]  # all the same length: one worst case
+    worst = {chat_cost(PriceTable.load(None).price_for(gw.settings.chat_model),
+                       estimate_chat_tokens(_messages(q)), 0, 800) for q in questions}
+    assert len(worst) == 1
+    fits = 10_000 // worst.pop()
+    assert 1 < fits < 50
     ok: list[Any] = []
-    refused: list[BaseException] = []
+    refused: list[BudgetExceeded] = []
     lock = threading.Lock()
 
     def call(i: int) -> None:
         try:
-            r = ask(gw, f"question {i}", f"c{i}")
+            r = ask(gw, questions[i], f"c{i}")
             with lock:
                 ok.append(r)
         except BudgetExceeded as exc:
             with lock:
                 refused.append(exc)
+            gate.arrive()
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(50)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(ok) + len(refused) == 50 and ok and refused
+    assert not gate.broken and gate.held == fits
+    assert (len(ok), len(refused)) == (fits, 50 - fits)
+    assert {e.scope for e in refused} == {"daily"}
     usage = gw.usage("W1", DAY, DAY)
     assert usage.totals.cost_micros == sum(r.cost_micros for r in ok) <= 10_000
     assert usage.totals.requests == len(ok) == fake.count("chat")
+    assert store.spent("W1", _user_day_line(gw)) == (usage.totals.cost_micros, 0)  # nothing left reserved
 
 
 def test_retry_after_is_honoured_and_every_attempt_recorded(make_gateway: GatewayFactory, fake: FakeOpenAI,
