@@ -29,7 +29,8 @@ Answers (``{"ok": true, ...}``):
   ``recipient_team_id`` (``missing_recipient_…``), and an append or stop to a message that is not
   streaming (``message_not_in_streaming_state``);
 - ``views.publish``: the ``view``; ``users.info``: a user, ``is_admin`` only for configured admins;
-- ``conversations.replies``: the messages set with :meth:`FakeSlack.set_replies` (else none);
+- ``conversations.replies``: the messages set with :meth:`FakeSlack.set_replies` (else none),
+  paged like Slack by ``limit`` and ``cursor`` (``response_metadata.next_cursor``, ``has_more``);
 - anything else (``reactions.add``, ``assistant.threads.setStatus``, …): ``{"ok": true}``.
 
 Faults are scripted per method and consumed one per call, in order: :meth:`FakeSlack.rate_limit`
@@ -43,6 +44,7 @@ and streamed messages, with appends, stops, updates and deletions applied.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import email.parser
 import email.policy
@@ -422,7 +424,7 @@ class FakeSlack:
         if method == "conversations.replies":
             with self._state.lock:
                 messages = list(self._state.replies.get((str(p.get("channel")), str(p.get("ts"))), []))
-            return {"ok": True, "messages": messages, "has_more": False, "response_metadata": {"next_cursor": ""}}
+            return _replies_page(messages, limit=p.get("limit"), cursor=p.get("cursor"))
         return {"ok": True}
 
     def _stream_answer(self, call: SlackCall, serial: int) -> dict[str, Any]:
@@ -482,6 +484,18 @@ class FakeSlack:
         }
         user.update(extra)
         return user
+
+
+def _replies_page(messages: list[dict[str, Any]], *, limit: Any, cursor: Any) -> dict[str, Any]:
+    """One page of a thread, like Slack: ``limit`` messages (default 1000) from the ``cursor`` on,
+    the root first on the first page only, and ``next_cursor`` (with ``has_more``) while more remain."""
+    size = int(limit) if limit else 1000
+    start = int(base64.b64decode(str(cursor)).decode().removeprefix("offset:")) if cursor else 0
+    end = start + size
+    more = end < len(messages)
+    next_cursor = base64.b64encode(f"offset:{end}".encode()).decode() if more else ""
+    return {"ok": True, "messages": messages[start:end], "has_more": more,
+            "response_metadata": {"next_cursor": next_cursor}}
 
 
 def _parse_body(content_type: str, raw: bytes) -> dict[str, Any]:

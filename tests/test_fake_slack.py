@@ -120,6 +120,20 @@ def test_conversations_replies_per_thread(fake: FakeSlack, client: WebClient) ->
     assert client.conversations_replies(channel="C2", ts="1.1")["messages"] == []
 
 
+def test_conversations_replies_pages_like_slack(fake: FakeSlack, client: WebClient) -> None:
+    thread = [{"type": "message", "user": "U1", "text": f"turn {i}", "ts": f"1.{i + 1}"} for i in range(5)]
+    fake.set_replies("C1", "1.1", thread)
+    first = client.conversations_replies(channel="C1", ts="1.1", limit=2)
+    assert (first["messages"], first["has_more"]) == (thread[:2], True)
+    cursor = first["response_metadata"]["next_cursor"]
+    second = client.conversations_replies(channel="C1", ts="1.1", limit=2, cursor=cursor)
+    assert second["messages"] == thread[2:4]  # no root on a later page
+    last = client.conversations_replies(
+        channel="C1", ts="1.1", limit=2, cursor=second["response_metadata"]["next_cursor"]
+    )
+    assert (last["messages"], last["has_more"], last["response_metadata"]["next_cursor"]) == (thread[4:], False, "")
+
+
 def test_scripted_error_then_success(fake: FakeSlack, client: WebClient) -> None:
     fake.fail("chat.postMessage", "channel_not_found")
     assert fake.pending("chat.postMessage") == 1
