@@ -11,7 +11,8 @@ sqlite3, pydantic) are translated exactly once, at the boundary that talks to th
     │   ├── RateLimited           a per-user bucket is empty; ``retry_after`` seconds
     │   ├── BudgetExceeded        a budget would be exceeded; ``scope``, ``limit``, ``spent``, ``resets_at``
     │   ├── CircuitOpen           upstream is failing; ``retry_after`` seconds
-    │   └── RequestInFlight       the same request ID is being answered elsewhere
+    │   ├── RequestInFlight       the same request ID is being answered elsewhere
+    │   └── RequestInterrupted    an earlier call of this request ID died mid-call; not run again
     └── UpstreamError             the LLM provider failed after retries, or refused the request
         └── UpstreamRejected      the request itself is bad (400/401/403/404/422): never retried
 
@@ -32,6 +33,7 @@ __all__ = [
     "RateLimited",
     "Refused",
     "RequestInFlight",
+    "RequestInterrupted",
     "StoreError",
     "UpstreamError",
     "UpstreamRejected",
@@ -96,6 +98,20 @@ class RequestInFlight(Refused):
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
         super().__init__(f"Request {request_id} is already being answered.")
+
+
+class RequestInterrupted(Refused):
+    """An earlier call of this request ID was admitted and never settled (its process died while
+    the provider was answering). It is charged at its reserved worst case until its real cost
+    arrives, and is not called upstream again under the same ID: that could pay twice for one
+    request. Ask again under a new request ID."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        super().__init__(
+            f"Request {request_id} was interrupted while the provider was answering it, so it is not run "
+            "again under the same ID (that could pay twice); ask again."
+        )
 
 
 UpstreamKind = Literal["status", "timeout", "connection", "malformed"]

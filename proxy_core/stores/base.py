@@ -24,13 +24,19 @@ from proxy_core.breaker import BreakerPolicy, BreakerState, Permit
 from proxy_core.budget import BudgetLine
 from proxy_core.limiter import Bucket
 
+# Seconds an owned claim's reservation keeps counting after the claim expires, so the reaper
+# (every replica runs one) turns it into an unsettled charge before it could lapse.
+REAP_GRACE_S = 600.0
+
 __all__ = [
+    "REAP_GRACE_S",
     "Admission",
     "BreakerRef",
     "BucketSpec",
     "BudgetDecision",
     "CacheItem",
     "Claim",
+    "ClaimOwner",
     "LedgerEntry",
     "LimitDecision",
     "SemanticChange",
@@ -51,10 +57,12 @@ class Claim:
 
     ``claimed``: this caller owns the request and must ``complete_request`` or ``release_request``.
     ``in_flight``: another caller owns it and has not finished. ``done``: it finished; ``result``
-    is the JSON text recorded by ``complete_request``.
+    is the JSON text recorded by ``complete_request``. ``interrupted``: an admitted call of it
+    was never settled or released (its process died mid-call, see :meth:`Store.reap_interrupted`);
+    it is charged at its reserved worst case and is not run again under this ID.
     """
 
-    state: Literal["claimed", "in_flight", "done"]
+    state: Literal["claimed", "in_flight", "done", "interrupted"]
     result: str | None = None
 
 
@@ -104,18 +112,29 @@ class BreakerRef:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimOwner:
+    """Who an admitted request is for, kept with its claim: if the call is never settled, the
+    claim becomes an unsettled ledger entry for ``user_id`` at the reserved amount."""
+
+    user_id: str
+    model: str
+    kind: Kind
+    started_at: float  # epoch seconds; the unsettled entry is dated by it
+
+
+@dataclass(frozen=True, slots=True)
 class Admission:
     """The outcome of :meth:`Store.admit`.
 
     ``admitted``: the request is claimed, its tokens taken, its cost reserved, and ``permit``
-    lets its first upstream attempt through. ``done`` / ``in_flight``: the request ID is held
-    (``result`` is the recorded JSON when done); nothing was taken. ``rate_limited``: ``limit``
+    lets its first upstream attempt through. ``done`` / ``in_flight`` / ``interrupted``: the
+    request ID is held (``result`` is the recorded JSON when done); nothing was taken. ``rate_limited``: ``limit``
     says which bucket and when to retry; nothing was taken. ``over_budget``: ``budget`` names the
     line; nothing was taken. ``circuit_open``: ``permit`` says when to retry; the rate-limit tokens
     were taken (as if the breaker had been asked last, which it is), nothing else is held.
     """
 
-    state: Literal["admitted", "done", "in_flight", "rate_limited", "over_budget", "circuit_open"]
+    state: Literal["admitted", "done", "in_flight", "interrupted", "rate_limited", "over_budget", "circuit_open"]
     result: str | None = None
     limit: LimitDecision | None = None
     budget: BudgetDecision | None = None
@@ -124,7 +143,11 @@ class Admission:
 
 @dataclass(frozen=True, slots=True)
 class LedgerEntry:
-    """One settled call. Money in integer micro-dollars; ``day`` is the UTC date of ``ts``."""
+    """One settled call. Money in integer micro-dollars; ``day`` is the UTC date of ``ts``.
+
+    ``unsettled``: the call was admitted and never settled (its process died mid-call); the entry
+    charges its reserved worst case until the real settle, if it ever arrives, replaces it.
+    """
 
     request_id: str
     ts: float
@@ -141,10 +164,14 @@ class LedgerEntry:
     cache_status: CacheStatus
     latency_ms: int
     attempts: int
+    unsettled: bool = False
 
 
 @dataclass(slots=True)
 class UsageTotals:
+    """Ledger totals. ``cost_micros`` includes unsettled charges (at their worst case);
+    ``unsettled`` / ``unsettled_micros`` say how many of the requests, and how much of the cost, they are."""
+
     requests: int = 0
     cache_hits: int = 0
     prompt_tokens: int = 0
@@ -152,6 +179,8 @@ class UsageTotals:
     completion_tokens: int = 0
     cost_micros: int = 0
     saved_micros: int = 0
+    unsettled: int = 0
+    unsettled_micros: int = 0
 
     def add(self, e: LedgerEntry) -> None:
         self.requests += 1
@@ -161,6 +190,8 @@ class UsageTotals:
         self.completion_tokens += e.completion_tokens
         self.cost_micros += e.cost_micros
         self.saved_micros += e.saved_micros
+        self.unsettled += e.unsettled
+        self.unsettled_micros += e.cost_micros if e.unsettled else 0
 
     @property
     def hit_rate(self) -> float:
@@ -268,12 +299,19 @@ class Store(ABC):
         lines: Sequence[BudgetLine],
         amount: int,
         breaker: BreakerRef | None,
+        owner: ClaimOwner | None = None,
     ) -> Admission:
         """Everything a request needs before its upstream call, in one step (one round trip on
         Redis): claim ``request_id`` for ``ttl_s``, take ``buckets`` (``take_tokens``), reserve
-        ``amount`` on ``lines`` under the request ID for ``ttl_s`` (``reserve``), and acquire
-        ``breaker`` (``breaker_acquire``) — in that order, stopping at the first refusal. See
+        ``amount`` on ``lines`` under the request ID (``reserve``), and acquire ``breaker``
+        (``breaker_acquire``) — in that order, stopping at the first refusal. See
         :class:`Admission` for what each outcome holds.
+
+        With ``owner``, the claim remembers who the call is for, ``amount`` and every line: a
+        claim that expires neither settled nor released is turned into an unsettled charge by
+        :meth:`reap_interrupted`, and until then its reservation keeps counting (it is held for
+        ``ttl_s`` plus :data:`REAP_GRACE_S`). A request ID whose owned claim expired is
+        ``interrupted``: never admitted again.
         """
 
     # -- rate limiting -------------------------------------------------------------------
@@ -318,9 +356,20 @@ class Store(ABC):
         ledger entry, and complete the request with ``result`` (if given).
 
         Idempotent by ``entry.request_id``: if the ledger already holds it, nothing changes and
-        the call returns False. Returns True when the entry was written. ``breaker``: also record
-        a successful upstream call on it (``breaker_record``), in the same round trip.
+        the call returns False. Returns True when the entry was written. An *unsettled* entry
+        (see :meth:`reap_interrupted`) is the exception: the real entry replaces it, and every
+        line's spend moves from the reserved worst case to ``entry.cost_micros``; that returns
+        True too. ``breaker``: also record a successful upstream call on it (``breaker_record``),
+        in the same round trip.
         """
+
+    @abstractmethod
+    def reap_interrupted(self, *, limit: int = 500) -> list[LedgerEntry]:
+        """Turn up to ``limit`` owned claims (see :meth:`admit`) that expired neither settled nor
+        released into unsettled charges: each gets a ledger entry at its reserved amount
+        (``unsettled=True``), that amount is added to every one of its budget lines, its
+        reservation is dropped, and its request ID becomes ``interrupted``. Returns the entries
+        written. Safe to run from every replica at once: each claim is reaped once."""
 
     @abstractmethod
     def record_hit(self, entry: LedgerEntry, *, result: str, result_ttl_s: float) -> Claim:

@@ -7,7 +7,9 @@ The arithmetic is the pure policies' (``limiter``, ``budget``, ``breaker``), res
 
 Key layout (``<ns>`` is the namespace, ``penny`` by default)::
 
-    <ns>:{w:<workspace>}:req:<request id>          HASH   claim or result (expires)
+    <ns>:{w:<workspace>}:req:<request id>          HASH   claim or result (expires); an owned claim
+                                                          also holds its owner JSON, and ``reaped``
+    <ns>:{w:<workspace>}:owned                     ZSET   owned claim id -> claim expiry (the reaper's)
     <ns>:{w:<workspace>}:bucket:<bucket key>       HASH   token bucket (expires once full again)
     <ns>:{w:<workspace>}:spent:<line key>          STRING micro-dollars spent on a budget line
     <ns>:{w:<workspace>}:resv:<line key>           HASH   reservation id -> amount
@@ -41,7 +43,7 @@ import re
 import struct
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import date, timedelta
 from importlib import resources
 from typing import Any, ParamSpec, TypeVar, cast
@@ -59,12 +61,14 @@ from proxy_core.budget import BudgetLine, capped
 from proxy_core.clock import Clock
 from proxy_core.errors import ConfigurationError, StoreError
 from proxy_core.stores.base import (
+    REAP_GRACE_S,
     Admission,
     BreakerRef,
     BucketSpec,
     BudgetDecision,
     CacheItem,
     Claim,
+    ClaimOwner,
     LedgerEntry,
     LimitDecision,
     SemanticChange,
@@ -74,6 +78,8 @@ from proxy_core.stores.base import (
     UsageSummary,
     UsageTotals,
 )
+from proxy_core.stores.claims import owner_json as _owner_json
+from proxy_core.stores.claims import unsettled_charge as _unsettled_charge
 
 __all__ = ["SEMANTIC_LOG_RETAIN", "RedisStore"]
 
@@ -82,6 +88,8 @@ R = TypeVar("R")
 
 # Spent counters and reservations outlive their period by this much (late settles, reports).
 KEEP_AFTER_RESET_S = 3 * 86400
+# How long a reaped request ID stays interrupted (refused) after it was reaped.
+_REAPED_KEEP_S = 86400
 # With an injected clock, real key expiries get this much slack so that Redis, which expires keys
 # by its own time, never forgets a key before the injected clock says so.
 _INJECTED_CLOCK_SLACK_MS = 60_000
@@ -123,6 +131,7 @@ _SCRIPTS = (
     "reserve",
     "release",
     "settle",
+    "unsettle",
     "spent",
     "breaker",
     "cache_get",
@@ -378,14 +387,18 @@ class RedisStore(Store):
         lines: Sequence[BudgetLine],
         amount: int,
         breaker: BreakerRef | None,
+        owner: ClaimOwner | None = None,
     ) -> Admission:
         # One round trip: the breaker is peeked at (read only) beside the admit script, which
         # claims, takes tokens and reserves atomically. Only when the breaker would grant a probe
         # (after an outage) or refuses does a second round trip follow.
+        owner_json = "" if owner is None else _owner_json(owner, amount, lines)
         lines = capped(lines)  # only capped lines hold reservations
-        keys = [self._request_key(workspace_id, request_id), *self._bucket_keys(workspace_id, buckets)]
+        keys = [self._request_key(workspace_id, request_id), self._owned_key(workspace_id),
+                *self._bucket_keys(workspace_id, buckets)]
+        held_for = ttl_s + (REAP_GRACE_S if owner is not None else 0.0)
         args: list[str | int] = [_num(ttl_s), len(buckets), request_id, int(amount), KEEP_AFTER_RESET_S,
-                                 *_bucket_args(buckets)]
+                                 _num(held_for), owner_json, *_bucket_args(buckets)]
         for line in lines:
             keys += self._line_keys(workspace_id, line)
             args += [int(line.limit), _num(line.resets_at)]
@@ -396,7 +409,7 @@ class RedisStore(Store):
         *peeked, reply = self._pipelined(*calls)
         held = _held(reply)
         if held is not None:
-            return Admission("done", result=held.result) if held.state == "done" else Admission("in_flight")
+            return _held_admission(held)
         state = _text(reply[0])
         if state == "over_budget":
             line = lines[int(reply[1]) - 1]
@@ -467,11 +480,17 @@ class RedisStore(Store):
     ) -> bool:
         keys, args = self._settle_call(entry, reservation_id, lines, result, result_ttl_s, claim=False)
         if breaker is None:
-            return _text(self._run("settle", keys, args)[0]) == "settled"
-        reply, _ = self._pipelined(
-            ("settle", keys, args),
-            ("breaker", [self._breaker_key(breaker.name)], _breaker_args(breaker.policy, "record", True)),
-        )
+            reply = self._run("settle", keys, args)
+        else:
+            reply, _ = self._pipelined(
+                ("settle", keys, args),
+                ("breaker", [self._breaker_key(breaker.name)], _breaker_args(breaker.policy, "record", True)),
+            )
+        if _text(reply[0]) == "replace_day":
+            # The unsettled charge it replaces was counted on the day the call started: settle there.
+            entry = replace(entry, day=_text(reply[1]))
+            keys, args = self._settle_call(entry, reservation_id, lines, result, result_ttl_s, claim=False)
+            reply = self._run("settle", keys, args)
         return _text(reply[0]) == "settled"
 
     @_translated("record a cache hit")
@@ -498,8 +517,6 @@ class RedisStore(Store):
         ]
         for line in lines:
             keys += self._line_keys(entry.workspace_id, line)
-        one = UsageTotals()
-        one.add(entry)
         args: list[str | int] = [
             reservation_id or "",
             int(entry.cost_micros),
@@ -511,14 +528,49 @@ class RedisStore(Store):
             entry.model,
             len(_METRICS),
             "1" if claim else "0",
+            entry.day,
         ]
         args += [_num(line.resets_at) for line in lines]
-        for metric in _METRICS:
-            args += [metric, int(getattr(one, metric))]
-        for name in _LEDGER_FIELDS:
-            value = getattr(entry, name)
-            args += [name, _num(value) if name == "ts" else value if isinstance(value, str) else int(value)]
-        return keys, args
+        return keys, args + _usage_and_entry_args(entry)
+
+    def _owned_key(self, workspace_id: str) -> str:
+        return f"{self._ws(workspace_id)}:owned"
+
+    @_translated("charge interrupted calls")
+    def reap_interrupted(self, *, limit: int = 500) -> list[LedgerEntry]:
+        now = self.now()
+        reaped: list[LedgerEntry] = []
+        suffix = ":owned"
+        for raw in self._client.scan_iter(match=_glob_escape(self._ns) + ":{w:*}" + suffix, count=_SCAN_BATCH):
+            index = _text(raw)
+            workspace_id = index[len(self._ns) + 4 : -len(suffix) - 1]
+            due = self._client.zrangebyscore(index, "-inf", _num(now), start=0, num=max(0, limit - len(reaped)))
+            for request_id in map(_text, due):
+                entry = self._unsettle(workspace_id, request_id)
+                if entry is not None:
+                    reaped.append(entry)
+            if len(reaped) >= limit:
+                break
+        return reaped
+
+    def _unsettle(self, workspace_id: str, request_id: str) -> LedgerEntry | None:
+        """Charge one owned claim if it expired unsettled (unsettle.lua decides atomically)."""
+        request_key = self._request_key(workspace_id, request_id)
+        owner = self._client.hget(request_key, "owner")
+        if owner is None:  # settled, released or gone: only the index entry is left
+            self._run("unsettle", [request_key, self._owned_key(workspace_id)], [request_id])
+            return None
+        entry, lines = _unsettled_charge(workspace_id, request_id, _text(owner))
+        ws = self._ws(workspace_id)
+        keys = [request_key, self._owned_key(workspace_id), f"{ws}:ledger:{request_id}", f"{ws}:usage:{entry.day}",
+                f"{ws}:usage:{entry.day}:user:{entry.user_id}"]
+        for line in lines:
+            keys += self._line_keys(workspace_id, line)
+        args: list[str | int] = [request_id, int(entry.cost_micros), KEEP_AFTER_RESET_S, _REAPED_KEEP_S,
+                                 entry.user_id, entry.model, len(_METRICS)]
+        args += [_num(line.resets_at) for line in lines]
+        written = int(self._run("unsettle", keys, args + _usage_and_entry_args(entry)))
+        return entry if written else None
 
     @_translated("read a budget")
     def spent(self, workspace_id: str, line: BudgetLine) -> tuple[int, int]:
@@ -573,8 +625,11 @@ class RedisStore(Store):
         held = {_text(k): _text(v) for k, v in raw.items()}
         values: dict[str, Any] = {}
         for name in _LEDGER_FIELDS:
-            text = held[name]
-            values[name] = float(text) if name == "ts" else int(text) if name in _LEDGER_INTS else text
+            text = held.get(name)
+            if text is None:  # a field added later; the entry was written before it existed
+                continue
+            values[name] = (float(text) if name == "ts" else int(text) if name in _LEDGER_INTS
+                            else text == "1" if name == "unsettled" else text)
         return LedgerEntry(**values)
 
     @_translated("summarise the ledger")
@@ -815,14 +870,36 @@ def _merge(into: UsageTotals, more: UsageTotals) -> None:
 
 
 def _held(reply: Sequence[Any]) -> Claim | None:
-    """The claim or result holding a request, from a script's ``{'done', result}`` or
-    ``{'in_flight'}`` reply (held_request in _request.lua); None for any other reply."""
+    """The claim or result holding a request, from a script's ``{'done', result}``, ``{'in_flight'}``
+    or ``{'interrupted'}`` reply (held_request in _request.lua); None for any other reply."""
     state = _text(reply[0])
     if state == "done":
         return Claim("done", None if reply[1] is None else _text(reply[1]))
     if state == "in_flight":
         return Claim("in_flight")
+    if state == "interrupted":
+        return Claim("interrupted")
     return None
+
+
+def _held_admission(held: Claim) -> Admission:
+    if held.state == "done":
+        return Admission("done", result=held.result)
+    return Admission("interrupted" if held.state == "interrupted" else "in_flight")
+
+
+def _usage_and_entry_args(entry: LedgerEntry) -> list[str | int]:
+    """The entry's metrics (name/value pairs, every UsageTotals field), then its fields (name/value
+    pairs), as settle.lua and unsettle.lua take them after their fixed arguments."""
+    one = UsageTotals()
+    one.add(entry)
+    args: list[str | int] = []
+    for metric in _METRICS:
+        args += [metric, int(getattr(one, metric))]
+    for name in _LEDGER_FIELDS:
+        value = getattr(entry, name)
+        args += [name, _num(value) if name == "ts" else value if isinstance(value, str) else int(value)]
+    return args
 
 
 def _bucket_args(specs: Sequence[BucketSpec]) -> list[str | int]:

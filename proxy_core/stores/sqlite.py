@@ -20,7 +20,7 @@ import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -32,12 +32,14 @@ from proxy_core.clock import Clock, wall
 from proxy_core.errors import ConfigurationError, StoreError
 from proxy_core.limiter import BucketState
 from proxy_core.stores.base import (
+    REAP_GRACE_S,
     Admission,
     BreakerRef,
     BucketSpec,
     BudgetDecision,
     CacheItem,
     Claim,
+    ClaimOwner,
     LedgerEntry,
     LimitDecision,
     SemanticChange,
@@ -47,13 +49,15 @@ from proxy_core.stores.base import (
     UsageSummary,
     UsageTotals,
 )
+from proxy_core.stores.claims import owner_json, unsettled_charge
 
 __all__ = ["SCHEMA_VERSION", "SEMANTIC_LOG_RETAIN", "SqliteStore"]
 
-# Version 2 added the semantic cache (semantic_entries, semantic_log), version 3 the blobs table.
+# Version 2 added the semantic cache (semantic_entries, semantic_log), version 3 the blobs table,
+# version 4 the owned claims (requests.owner, requests.reaped) and unsettled ledger entries.
 # Every statement of _SCHEMA is idempotent, so opening an older file simply creates what it lacks
 # and bumps user_version.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # How many change-log events are kept for replicas that fall behind; one further back reloads.
 SEMANTIC_LOG_RETAIN = 10_000
@@ -180,12 +184,19 @@ _LEDGER_COLUMNS = tuple(f.name for f in fields(LedgerEntry))
 _INSERT_LEDGER = (
     "INSERT INTO ledger (request_id, ts, day, workspace_id, user_id, model, kind, prompt_tokens, "
     "cached_prompt_tokens, completion_tokens, cost_micros, saved_micros, cache_status, latency_ms, "
-    "attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (workspace_id, request_id) DO NOTHING"
+    "attempts, unsettled) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (workspace_id, request_id) DO NOTHING"
+)
+# The real settle of a call that was charged unsettled: the same row, every column replaced.
+_REPLACE_UNSETTLED = (
+    "UPDATE ledger SET ts = ?, day = ?, user_id = ?, model = ?, kind = ?, prompt_tokens = ?, "
+    "cached_prompt_tokens = ?, completion_tokens = ?, cost_micros = ?, saved_micros = ?, cache_status = ?, "
+    "latency_ms = ?, attempts = ?, unsettled = 0 WHERE workspace_id = ? AND request_id = ? AND unsettled = 1"
 )
 _SELECT_LEDGER = (
     "SELECT request_id, ts, day, workspace_id, user_id, model, kind, prompt_tokens, "
     "cached_prompt_tokens, completion_tokens, cost_micros, saved_micros, cache_status, latency_ms, "
-    "attempts FROM ledger WHERE workspace_id = ? AND request_id = ?"
+    "attempts, unsettled FROM ledger WHERE workspace_id = ? AND request_id = ?"
 )
 _SELECT_BREAKER = (
     "SELECT state, consecutive_failures, window_start, window_calls, window_failures, opened_at, "
@@ -215,7 +226,18 @@ _BLOB_SCAN_BATCH = 256
 # Columns added to a table after it first shipped: table -> {column: declaration}. CREATE TABLE IF
 # NOT EXISTS leaves an older file's table as it was, so each is added when missing (idempotent,
 # like every statement of _SCHEMA). A new column needs a DEFAULT so existing rows stay valid.
-_ADDED_COLUMNS: dict[str, dict[str, str]] = {}
+_ADDED_COLUMNS: dict[str, dict[str, str]] = {
+    # owner: JSON {user_id, model, kind, amount, lines: [[key, resets_at], ...], started_at} of a
+    # claim made by admit(owner=...); reaped: 1 once reap_interrupted turned it into a charge.
+    "requests": {"owner": "TEXT", "reaped": "INTEGER NOT NULL DEFAULT 0"},
+    "ledger": {"unsettled": "INTEGER NOT NULL DEFAULT 0"},
+}
+# Statements that need the added columns, run after them.
+_AFTER_COLUMNS = (
+    "CREATE INDEX IF NOT EXISTS requests_owned ON requests (reaped, expires_at) WHERE owner IS NOT NULL",
+)
+# How long a reaped request ID stays ``interrupted`` (refused) after it was reaped.
+_REAPED_KEEP_S = 86400.0
 
 
 class _Connection(sqlite3.Connection):
@@ -317,6 +339,8 @@ class SqliteStore(Store):
                         conn.execute(statement)
                 for table, columns in _ADDED_COLUMNS.items():
                     _add_missing_columns(conn, table, columns)
+                for statement in _AFTER_COLUMNS:
+                    conn.execute(statement)
                 if version < SCHEMA_VERSION:
                     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 conn.execute("COMMIT")
@@ -478,12 +502,13 @@ class SqliteStore(Store):
         lines: Sequence[BudgetLine],
         amount: int,
         breaker: BreakerRef | None,
+        owner: ClaimOwner | None = None,
     ) -> Admission:
         with self._write("admit a request") as conn:
             now = self.now()
             held = _held_request(conn, workspace_id, request_id, now)
             if held is not None:
-                return Admission("done", result=held.result) if held.state == "done" else Admission("in_flight")
+                return _held_admission(held)
             taken = _take(conn, workspace_id, buckets, now)
             limit = None if taken is None else LimitDecision(taken.allowed, taken.retry_after, taken.remaining,
                                                               taken.blocking)
@@ -498,8 +523,10 @@ class SqliteStore(Store):
             if permit is not None and not permit.allowed:
                 # Asked last, the breaker refuses after the tokens are taken; nothing else is held.
                 return Admission("circuit_open", limit=limit, permit=permit)
-            _write_claim(conn, workspace_id, request_id, now + ttl_s)
-            _write_reservation(conn, workspace_id, request_id, lines, amount, now + ttl_s)
+            owned = None if owner is None else owner_json(owner, amount, lines)
+            _write_claim(conn, workspace_id, request_id, now + ttl_s, owned)
+            held_for = ttl_s + (REAP_GRACE_S if owner is not None else 0.0)
+            _write_reservation(conn, workspace_id, request_id, lines, amount, now + held_for)
         return Admission("admitted", limit=limit, permit=permit)
 
     def complete_request(
@@ -513,8 +540,9 @@ class SqliteStore(Store):
 
     def release_request(self, workspace_id: str, request_id: str) -> None:
         with self._write("release a request") as conn:
+            # A reaped claim stays: its unsettled charge is what may have been spent.
             conn.execute(
-                "DELETE FROM requests WHERE workspace_id = ? AND request_id = ? AND state = 'claimed'",
+                "DELETE FROM requests WHERE workspace_id = ? AND request_id = ? AND state = 'claimed' AND reaped = 0",
                 (workspace_id, request_id),
             )
 
@@ -574,6 +602,29 @@ class SqliteStore(Store):
             _settle(conn, entry, None, (), result, now + result_ttl_s)
         return Claim("claimed")
 
+    def reap_interrupted(self, *, limit: int = 500) -> list[LedgerEntry]:
+        with self._write("charge interrupted calls") as conn:
+            now = self.now()
+            rows = conn.execute(
+                "SELECT workspace_id, request_id, owner FROM requests WHERE owner IS NOT NULL AND reaped = 0 "
+                "AND state = 'claimed' AND expires_at <= ? LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            reaped: list[LedgerEntry] = []
+            for workspace_id, request_id, owner in rows:
+                entry, lines = unsettled_charge(workspace_id, request_id, owner)
+                if conn.execute(_INSERT_LEDGER, _ledger_row(entry)).rowcount:
+                    if lines:
+                        conn.execute(_add_spent(len(lines)),
+                                     [v for line in lines for v in (workspace_id, line.key, entry.cost_micros)])
+                    reaped.append(entry)
+                _drop_reservation(conn, workspace_id, request_id, lines)
+                conn.execute(
+                    "UPDATE requests SET reaped = 1, expires_at = ? WHERE workspace_id = ? AND request_id = ?",
+                    (now + _REAPED_KEEP_S, workspace_id, request_id),
+                )
+        return reaped
+
     def spent(self, workspace_id: str, line: BudgetLine) -> tuple[int, int]:
         with self._read("read a budget") as conn:
             return _line_totals(conn, workspace_id, line.key, self.now(), exclude=None)
@@ -619,13 +670,14 @@ class SqliteStore(Store):
     def ledger_entry(self, workspace_id: str, request_id: str) -> LedgerEntry | None:
         with self._read("read the ledger") as conn:
             row = conn.execute(_SELECT_LEDGER, (workspace_id, request_id)).fetchone()
-        return None if row is None else LedgerEntry(*row)
+        return None if row is None else _ledger_entry(row)
 
     def usage(self, workspace_id: str, first_day: str, last_day: str, user_id: str | None = None) -> UsageSummary:
         query = (
             "SELECT user_id, model, day, COUNT(*), "
             "SUM(cache_status IN ('exact', 'semantic')), SUM(prompt_tokens), SUM(cached_prompt_tokens), "
-            "SUM(completion_tokens), SUM(cost_micros), SUM(saved_micros) "
+            "SUM(completion_tokens), SUM(cost_micros), SUM(saved_micros), SUM(unsettled), "
+            "SUM(CASE WHEN unsettled THEN cost_micros ELSE 0 END) "
             "FROM ledger WHERE workspace_id = ? AND day BETWEEN ? AND ?"
         )
         params: tuple[str, ...] = (workspace_id, first_day, last_day)
@@ -635,7 +687,7 @@ class SqliteStore(Store):
         with self._read("summarise the ledger") as conn:
             groups = conn.execute(query + " GROUP BY user_id, model, day", params).fetchall()
         summary = UsageSummary()
-        for user, model, day, requests, hits, prompt, cached, completion, cost, saved in groups:
+        for user, model, day, requests, hits, prompt, cached, completion, cost, saved, unsettled, owed in groups:
             group = UsageTotals(
                 requests=int(requests),
                 cache_hits=int(hits),
@@ -644,6 +696,8 @@ class SqliteStore(Store):
                 completion_tokens=int(completion),
                 cost_micros=int(cost),
                 saved_micros=int(saved),
+                unsettled=int(unsettled),
+                unsettled_micros=int(owed),
             )
             for totals in (
                 summary.totals,
@@ -918,30 +972,57 @@ def _add_missing_columns(conn: sqlite3.Connection, table: str, columns: Mapping[
 
 
 def _held_request(conn: sqlite3.Connection, workspace_id: str, request_id: str, now: float) -> Claim | None:
-    """The live claim or result holding a request ID, or None when it may be claimed."""
+    """The live claim or result holding a request ID, or None when it may be claimed. An owned
+    claim that expired unsettled holds it as ``interrupted`` (reaped or not yet)."""
     row = conn.execute(
-        "SELECT state, result, expires_at FROM requests WHERE workspace_id = ? AND request_id = ?",
+        "SELECT state, result, expires_at, owner, reaped FROM requests WHERE workspace_id = ? AND request_id = ?",
         (workspace_id, request_id),
     ).fetchone()
-    if row is not None and now < row[2]:
-        return Claim("done", row[1]) if row[0] == "done" else Claim("in_flight")
+    if row is None:
+        return None
+    state, result, expires_at, owner, reaped = row
+    if reaped:
+        return Claim("interrupted") if now < expires_at else None
+    if now < expires_at:
+        return Claim("done", result) if state == "done" else Claim("in_flight")
+    if state == "claimed" and owner is not None:
+        return Claim("interrupted")
     return None
 
 
-# Claims the ID unless a live claim or result holds it; returns a row only when it claimed.
+def _held_admission(held: Claim) -> Admission:
+    if held.state == "done":
+        return Admission("done", result=held.result)
+    return Admission("interrupted" if held.state == "interrupted" else "in_flight")
+
+
+# Claims the ID unless a live claim or result, or an interrupted owned claim, holds it; returns a
+# row only when it claimed.
 _CLAIM = (
     "INSERT INTO requests (workspace_id, request_id, state, result, expires_at) VALUES (?1, ?2, 'claimed', NULL, ?3) "
-    "ON CONFLICT (workspace_id, request_id) DO UPDATE SET state = 'claimed', result = NULL, "
-    "expires_at = excluded.expires_at WHERE requests.expires_at <= ?4 RETURNING 1"
+    "ON CONFLICT (workspace_id, request_id) DO UPDATE SET state = 'claimed', result = NULL, owner = NULL, "
+    "reaped = 0, expires_at = excluded.expires_at WHERE requests.expires_at <= ?4 "
+    "AND (requests.owner IS NULL OR requests.reaped = 1) RETURNING 1"
 )
 
 
-def _write_claim(conn: sqlite3.Connection, workspace_id: str, request_id: str, expires_at: float) -> None:
+def _write_claim(
+    conn: sqlite3.Connection, workspace_id: str, request_id: str, expires_at: float, owner: str | None
+) -> None:
     conn.execute(
-        "INSERT OR REPLACE INTO requests (workspace_id, request_id, state, result, expires_at) "
-        "VALUES (?, ?, 'claimed', NULL, ?)",
-        (workspace_id, request_id, expires_at),
+        "INSERT OR REPLACE INTO requests (workspace_id, request_id, state, result, expires_at, owner, reaped) "
+        "VALUES (?, ?, 'claimed', NULL, ?, ?, 0)",
+        (workspace_id, request_id, expires_at, owner),
     )
+
+
+def _ledger_row(entry: LedgerEntry) -> tuple[Any, ...]:
+    return tuple(getattr(entry, column) for column in _LEDGER_COLUMNS)
+
+
+def _ledger_entry(row: Sequence[Any]) -> LedgerEntry:
+    entry = LedgerEntry(*row)
+    return replace(entry, unsettled=bool(entry.unsettled))
 
 
 def _take(
@@ -1013,14 +1094,25 @@ def _settle(
     conn: sqlite3.Connection, entry: LedgerEntry, reservation_id: str | None, lines: Sequence[BudgetLine],
     result: str | None, result_expires_at: float,
 ) -> bool:
-    # The ledger row decides: one already there means this request was settled before.
-    if conn.execute(_INSERT_LEDGER, tuple(getattr(entry, column) for column in _LEDGER_COLUMNS)).rowcount == 0:
-        return False
+    # The ledger row decides: one already there means this request was settled before, unless it
+    # is the unsettled charge of a reaped claim, which the real cost replaces.
+    added = entry.cost_micros
+    if conn.execute(_INSERT_LEDGER, _ledger_row(entry)).rowcount == 0:
+        row = conn.execute("SELECT cost_micros FROM ledger WHERE workspace_id = ? AND request_id = ? AND unsettled = 1",
+                           (entry.workspace_id, entry.request_id)).fetchone()
+        if row is None:
+            return False
+        added -= int(row[0])
+        conn.execute(_REPLACE_UNSETTLED, (
+            entry.ts, entry.day, entry.user_id, entry.model, entry.kind, entry.prompt_tokens,
+            entry.cached_prompt_tokens, entry.completion_tokens, entry.cost_micros, entry.saved_micros,
+            entry.cache_status, entry.latency_ms, entry.attempts, entry.workspace_id, entry.request_id,
+        ))
     if reservation_id is not None:
         _drop_reservation(conn, entry.workspace_id, reservation_id, lines)
-    if lines:
+    if lines and added:
         conn.execute(_add_spent(len(lines)),
-                     [value for line in lines for value in (entry.workspace_id, line.key, entry.cost_micros)])
+                     [value for line in lines for value in (entry.workspace_id, line.key, added)])
     if result is not None:
         _complete(conn, entry.workspace_id, entry.request_id, result, result_expires_at)
     return True
@@ -1110,6 +1202,8 @@ def _merge(into: UsageTotals, group: UsageTotals) -> None:
     into.completion_tokens += group.completion_tokens
     into.cost_micros += group.cost_micros
     into.saved_micros += group.saved_micros
+    into.unsettled += group.unsettled
+    into.unsettled_micros += group.unsettled_micros
 
 
 def _next_use(conn: sqlite3.Connection, now: float) -> int:

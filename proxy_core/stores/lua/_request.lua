@@ -3,30 +3,67 @@
 -- do one at a time, with the very same code. Functions only: each reads its keys and arguments
 -- from the tables and offsets it is given, never from fixed positions.
 
--- The live claim or result on a request, as the caller's reply ({'done', result} or
--- {'in_flight'}), or nil when the request may be claimed. `key`: the request HASH
--- {state = claimed|done, result, expires_at}.
+-- The live claim or result on a request, as the caller's reply ({'done', result},
+-- {'in_flight'} or {'interrupted'}), or nil when the request may be claimed. `key`: the request
+-- HASH {state = claimed|done, result, expires_at, owner, reaped}. An owned claim (admitted with
+-- an owner) that expired unsettled holds its ID as interrupted, before and after it is reaped.
 local function held_request(key, now)
-  local held = redis.call('HMGET', key, 'state', 'result', 'expires_at')
+  local held = redis.call('HMGET', key, 'state', 'result', 'expires_at', 'owner', 'reaped')
   local expires_at = tonumber(held[3])
-  if held[1] and expires_at and now < expires_at then
+  if not held[1] or not expires_at then
+    return nil
+  end
+  if held[5] == '1' then
+    if now < expires_at then
+      return {'interrupted'}
+    end
+    return nil
+  end
+  if now < expires_at then
     if held[1] == 'done' then
       return {'done', held[2]}
     end
     return {'in_flight'}
   end
+  if held[1] == 'claimed' and held[4] then
+    return {'interrupted'}
+  end
   return nil
 end
 
-local function write_claim(key, now, ttl)
+-- `owner` ('' = none): the JSON the reaper needs to charge the claim if it is never settled; an
+-- owned claim outlives its ttl by `keep` seconds so the reaper can find it.
+local function write_claim(key, now, ttl, owner, keep)
   redis.call('DEL', key)
   redis.call('HSET', key, 'state', 'claimed', 'expires_at', num(now + ttl))
-  expire_in(key, ttl)
+  if owner and owner ~= '' then
+    redis.call('HSET', key, 'owner', owner)
+    expire_in(key, ttl + keep)
+  else
+    expire_in(key, ttl)
+  end
 end
 
 local function write_result(key, now, result, ttl)
+  redis.call('HDEL', key, 'owner', 'reaped')
   redis.call('HSET', key, 'state', 'done', 'result', result, 'expires_at', num(now + ttl))
   expire_in(key, ttl)
+end
+
+-- Add one ledger entry's metrics to the day's aggregates: `day_key` (workspace, fields
+-- 't:<metric>', 'u:<metric>:<user>', 'm:<metric>:<model>') and `user_day_key` ('<metric>:<model>').
+-- argv[at ..] holds `n` metric name/value pairs; `sign` is 1 or -1 (taking an entry back out).
+local function add_usage(day_key, user_day_key, user, model, argv, at, n, sign)
+  for i = 0, n - 1 do
+    local metric, value = argv[at + 2 * i], tonumber(argv[at + 2 * i + 1])
+    if value ~= 0 then
+      value = string.format('%d', sign * value)
+      redis.call('HINCRBY', day_key, 't:' .. metric, value)
+      redis.call('HINCRBY', day_key, 'u:' .. metric .. ':' .. user, value)
+      redis.call('HINCRBY', day_key, 'm:' .. metric .. ':' .. model, value)
+      redis.call('HINCRBY', user_day_key, metric .. ':' .. model, value)
+    end
+  end
 end
 
 -- Token buckets, all or nothing: the arithmetic of proxy_core/limiter.py::take. keys[first ..

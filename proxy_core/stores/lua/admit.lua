@@ -1,10 +1,12 @@
 -- Admit a request in one step: claim its ID, take its rate-limit tokens and reserve its worst-case
 -- cost; all or nothing, in that order, so a refused request holds nothing.
--- KEYS[1]: the request HASH; then `buckets` bucket HASHes; then three keys per budget line.
--- ARGV[3]: claim and reservation ttl_s, ARGV[4]: number of buckets, ARGV[5]: reservation id,
--- ARGV[6]: amount, ARGV[7]: seconds a line's keys are kept after its period resets; then rate,
--- burst and cost per bucket; then limit and resets_at per line.
--- Returns {'done', result}, {'in_flight'}, {'rate_limited', <bucket reply>},
+-- KEYS[1]: the request HASH, KEYS[2]: the workspace's owned claims (ZSET request id -> claim
+-- expiry, the reaper's index); then `buckets` bucket HASHes; then three keys per budget line.
+-- ARGV[3]: claim ttl_s, ARGV[4]: number of buckets, ARGV[5]: reservation id, ARGV[6]: amount,
+-- ARGV[7]: seconds a line's keys (and an owned claim) are kept after they expire, ARGV[8]: the
+-- reservation's ttl_s, ARGV[9]: the owner JSON ('' = a plain claim); then rate, burst and cost per
+-- bucket; then limit and resets_at per line.
+-- Returns {'done', result}, {'in_flight'}, {'interrupted'}, {'rate_limited', <bucket reply>},
 -- {'over_budget', line, spent, reserved} or {'admitted', <bucket reply>}.
 local now = clock()
 local held = held_request(KEYS[1], now)
@@ -12,17 +14,22 @@ if held then
   return held
 end
 local ttl, buckets, id, amount = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
-local lines = (#KEYS - 1 - buckets) / 3
-local t = take_buckets(KEYS, 2, buckets, ARGV, 8, now)
+local keep, reservation_ttl, owner = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
+local lines = (#KEYS - 2 - buckets) / 3
+local t = take_buckets(KEYS, 3, buckets, ARGV, 10, now)
 if t.blocking >= 0 then
   return {'rate_limited', bucket_reply(t)}
 end
-local first_line, line_args = 2 + buckets, 8 + 3 * buckets
+local first_line, line_args = 3 + buckets, 10 + 3 * buckets
 local refusal = check_budget(KEYS, first_line, lines, ARGV, line_args, id, amount, now)
 if refusal then
   return {'over_budget', refusal[2], refusal[3], refusal[4]}
 end
-write_claim(KEYS[1], now, ttl)
+write_claim(KEYS[1], now, ttl, owner, keep)
+if owner ~= '' then
+  redis.call('ZADD', KEYS[2], num(now + ttl), id)
+  expire_in(KEYS[2], ttl + keep)
+end
 write_buckets(t)
-write_reservation(KEYS, first_line, lines, ARGV, line_args, id, ARGV[6], ttl, tonumber(ARGV[7]), now)
+write_reservation(KEYS, first_line, lines, ARGV, line_args, id, ARGV[6], reservation_ttl, keep, now)
 return {'admitted', bucket_reply(t)}

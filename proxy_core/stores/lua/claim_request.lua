@@ -6,5 +6,5 @@ local held = held_request(KEYS[1], now)
 if held then
   return held
 end
-write_claim(KEYS[1], now, tonumber(ARGV[3]))
+write_claim(KEYS[1], now, tonumber(ARGV[3]), nil, 0)
 return {'claimed'}

@@ -1,6 +1,8 @@
--- Give up a claim so a retry may run the request again; a recorded result stays.
+-- Give up a claim so a retry may run the request again; a recorded result stays, and so does a
+-- reaped claim (its unsettled charge is what may have been spent).
 -- KEYS[1]: the request HASH.
-if redis.call('HGET', KEYS[1], 'state') == 'claimed' then
+local held = redis.call('HMGET', KEYS[1], 'state', 'reaped')
+if held[1] == 'claimed' and held[2] ~= '1' then
   redis.call('DEL', KEYS[1])
 end
 return 1

@@ -1,16 +1,20 @@
 -- Settle a request, once: drop its reservation, add its cost to every budget line, write the
--- ledger entry and the day's aggregates, and record the result. A second settle changes nothing.
+-- ledger entry and the day's aggregates, and record the result. A second settle changes nothing,
+-- except over an unsettled charge (unsettle.lua), which it replaces: that charge is taken back out
+-- of the aggregates and every line moves by the difference.
 -- KEYS[1]: ledger entry (HASH, durable), KEYS[2]: the request (HASH), KEYS[3]: the workspace's
--- aggregates for the entry's day (HASH, fields 't:<metric>', 'u:<metric>:<user>',
--- 'm:<metric>:<model>'), KEYS[4]: the user's aggregates for that day (HASH, '<metric>:<model>');
--- then three per line: spent (STRING), amounts (HASH), expiries (ZSET).
+-- aggregates for the entry's day (HASH, see add_usage), KEYS[4]: the user's aggregates for that
+-- day (HASH); then three per line: spent (STRING), amounts (HASH), expiries (ZSET).
 -- ARGV[3]: reservation id ('' = none), ARGV[4]: cost_micros, ARGV[5]: '1' if a result is given,
 -- ARGV[6]: result, ARGV[7]: result ttl_s, ARGV[8]: seconds a line's keys are kept after it resets,
 -- ARGV[9]: user id, ARGV[10]: model, ARGV[11]: number of metrics, ARGV[12]: '1' when the request
--- is not claimed yet and must not be held by anyone (a cache hit, claimed and settled at once);
--- then resets_at per line, then metric name/value pairs, then the entry's field/value pairs.
--- Returns {'settled'} when the entry was written, {'seen'} when the ledger already held it, and,
--- when claiming, the live claim or result that holds the request ({'in_flight'}, {'done', result}).
+-- is not claimed yet and must not be held by anyone (a cache hit, claimed and settled at once),
+-- ARGV[13]: the entry's day; then resets_at per line, then metric name/value pairs, then the
+-- entry's field/value pairs.
+-- Returns {'settled'} when the entry was written, {'seen'} when the ledger already held it,
+-- {'replace_day', day} when an unsettled charge to replace is on another day (the caller settles
+-- again with that day), and, when claiming, the live claim or result that holds the request
+-- ({'in_flight'}, {'done', result}, {'interrupted'}).
 local now = clock()
 if ARGV[12] == '1' then
   local held = held_request(KEYS[2], now)
@@ -18,12 +22,22 @@ if ARGV[12] == '1' then
     return held
   end
 end
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return {'seen'}
-end
-local reservation, cost, keep = ARGV[3], ARGV[4], tonumber(ARGV[8])
+local reservation, cost, keep = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[8])
 local user, model, metrics = ARGV[9], ARGV[10], tonumber(ARGV[11])
 local lines = (#KEYS - 4) / 3
+local added = cost
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local old = redis.call('HMGET', KEYS[1], 'unsettled', 'cost_micros', 'day', 'model')
+  if old[1] ~= '1' then
+    return {'seen'}
+  end
+  if old[3] ~= ARGV[13] then
+    return {'replace_day', old[3]}
+  end
+  local charged = {'requests', '1', 'cost_micros', old[2], 'unsettled', '1', 'unsettled_micros', old[2]}
+  add_usage(KEYS[3], KEYS[4], user, old[4], charged, 1, 4, -1)
+  added = cost - tonumber(old[2])
+end
 
 for i = 1, lines do
   local spent_key, amounts, expiries = KEYS[2 + 3 * i], KEYS[3 + 3 * i], KEYS[4 + 3 * i]
@@ -31,21 +45,15 @@ for i = 1, lines do
     redis.call('HDEL', amounts, reservation)
     redis.call('ZREM', expiries, reservation)
   end
-  redis.call('INCRBY', spent_key, cost)
-  expire_in(spent_key, math.max(0, tonumber(ARGV[12 + i]) - now) + keep)
+  if added ~= 0 then
+    redis.call('INCRBY', spent_key, string.format('%d', added))
+  end
+  expire_in(spent_key, math.max(0, tonumber(ARGV[13 + i]) - now) + keep)
 end
 
-local m = 13 + lines
-for _ = 1, metrics do
-  local metric, value = ARGV[m], ARGV[m + 1]
-  if value ~= '0' then
-    redis.call('HINCRBY', KEYS[3], 't:' .. metric, value)
-    redis.call('HINCRBY', KEYS[3], 'u:' .. metric .. ':' .. user, value)
-    redis.call('HINCRBY', KEYS[3], 'm:' .. metric .. ':' .. model, value)
-    redis.call('HINCRBY', KEYS[4], metric .. ':' .. model, value)
-  end
-  m = m + 2
-end
+local m = 14 + lines
+add_usage(KEYS[3], KEYS[4], user, model, ARGV, m, metrics, 1)
+m = m + 2 * metrics
 
 local entry = {}
 for i = m, #ARGV do
