@@ -13,7 +13,14 @@ Pipeline, in order (each step may end the request; nothing is charged unless ups
 6. **Upstream with retries** — one attempt at a time through the openai SDK; every failed attempt
    that signals an outage feeds the breaker.
 7. **Settle** — the real cost replaces the reservation, the ledger gets one entry, the result is
-   recorded under the request ID, and the answer is cached.
+   recorded under the request ID, and the answer is cached. A settle the store does not confirm
+   (down, full, timed out) goes to the durable local spool (``spool.py``) before the answer is
+   returned, and is replayed once the store answers: a paid call always reaches the ledger.
+
+A call whose process dies between admission and settle leaves an owned claim; when it expires,
+the reaper (``reap_interrupted``, run by every gateway's maintenance thread) charges it at its
+reserved worst case as an *unsettled* ledger entry, which a late real settle replaces. Its request
+ID is then refused (``RequestInterrupted``) rather than paid for twice.
 
 The store sees few round trips, because on Redis each costs more than the rest of the pipeline:
 a cache hit is looked up in process and recorded with one ``record_hit`` (claim, ledger and
@@ -24,11 +31,13 @@ result at once); a miss takes one ``admit`` (steps 1, 3, 4 and 5 for its first a
 from __future__ import annotations
 
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from proxy_core import budget as budget_math
@@ -44,6 +53,7 @@ from proxy_core.errors import (
     RateLimited,
     Refused,
     RequestInFlight,
+    RequestInterrupted,
     StoreError,
     UpstreamError,
 )
@@ -54,12 +64,27 @@ from proxy_core.prices import ModelPrice, PriceTable, chat_cost, embedding_cost
 from proxy_core.results import CacheStatus, ChatResult, EmbeddingResult
 from proxy_core.retry import RetryPolicy, call_with_retries, counts_against_breaker
 from proxy_core.settings import PennySettings
+from proxy_core.spool import SettleSpool, SpoolRecord, count_pending
 from proxy_core.stores import store_from_url
-from proxy_core.stores.base import Admission, BreakerRef, BucketSpec, Claim, LedgerEntry, Store, UsageSummary
+from proxy_core.stores.base import (
+    Admission,
+    BreakerRef,
+    BucketSpec,
+    Claim,
+    ClaimOwner,
+    Kind,
+    LedgerEntry,
+    Store,
+    UsageSummary,
+)
 from proxy_core.tokens import estimate_chat_tokens, estimate_text_tokens
 from proxy_core.upstream import ChatResponse, EmbedResponse, OpenAIUpstream
 
-__all__ = ["AnswerStream", "Gateway", "StreamingUpstream", "Upstream"]
+__all__ = ["AnswerStream", "Gateway", "ReplayReport", "StreamingUpstream", "Upstream"]
+
+# A spooled write still pending after this many replay rounds and this long raises the alarm.
+_ALARM_AFTER_ATTEMPTS = 3
+_ALARM_AFTER_S = 60.0
 
 # Who the current chat call is for (user, workspace, request ID): the semantic cache's billed
 # embedder reads it, so a question's embedding is charged to the person who asked it.
@@ -119,6 +144,17 @@ class AnswerStream(Protocol):
     def restart(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class ReplayReport:
+    """What one replay of the spool did: writes ``applied``, writes the store ``already`` had
+    (a timed-out settle that went through after all), and writes still ``pending``."""
+
+    applied: int = 0
+    already: int = 0
+    pending: int = 0
+    error: str | None = None
+
+
 class _Held(Exception):
     """Internal: the request ID is held by an earlier or concurrent call of the same request."""
 
@@ -149,9 +185,15 @@ class Gateway:
         rand: Callable[[], float] = random.random,
         breaker_name: str = "openai",
         on_budget_alert: Callable[[BudgetAlert], None] | None = None,
+        spool: SettleSpool | None = None,
+        maintenance: bool = False,
     ) -> None:
         """``on_budget_alert`` is called (on the request's thread) once per period for each budget
-        line reaching 50%, 80% and 100%; it must not block for long, and its failures are logged."""
+        line reaching 50%, 80% and 100%; it must not block for long, and its failures are logged.
+
+        ``spool`` keeps settles the store did not confirm (default: ``settings.spool_directory()``);
+        spool files left by exited processes are adopted at once. ``maintenance`` starts a daemon
+        thread that replays the spool as soon as the store answers and reaps interrupted calls."""
         self.settings = settings
         self.store = store
         self.upstream = upstream
@@ -189,6 +231,17 @@ class Gateway:
         self._log = get_logger()
         self._on_budget_alert = on_budget_alert
         self._alerter = BudgetAlerter(store) if on_budget_alert is not None else None
+        self.spool = spool if spool is not None else SettleSpool(settings.spool_directory())
+        self._replay_lock = threading.Lock()
+        self._replay_attempts: dict[str, tuple[int, float]] = {}  # record key -> (rounds, first seen)
+        self._alarmed: set[str] = set()
+        try:
+            self.spool.adopt()
+        except OSError as exc:
+            self._log.warning("spool_adopt_failed", path=str(self.spool.directory), error=str(exc))
+        self._maintenance = _Maintenance(self) if maintenance else None
+        if self._maintenance is not None:
+            self._maintenance.start()
 
     @property
     def sleep(self) -> Sleep:
@@ -208,6 +261,7 @@ class Gateway:
                 timeout_s=settings.request_timeout_s,
             )
         store = store_from_url(settings.store_url, timeout_s=settings.store_timeout_s)
+        kwargs.setdefault("maintenance", True)
         try:
             return cls(settings, store=store, upstream=upstream, **kwargs)
         except BaseException:
@@ -215,10 +269,101 @@ class Gateway:
             raise
 
     def close(self) -> None:
+        if self._maintenance is not None:
+            self._maintenance.stop()
         close_cache = getattr(self.cache, "close", None)
         if close_cache is not None:
             close_cache()
+        # Whatever the store has not taken yet stays on disk; the next start (or any other
+        # process, or ``penny ledger replay``) adopts and replays it.
+        self.replay_spool()
+        self.spool.close()
         self.store.close()
+
+    # -- nothing lost ---------------------------------------------------------------------------
+
+    def replay_spool(self) -> ReplayReport:
+        """Apply the spooled writes the store has not confirmed, oldest first, through the same
+        idempotent store calls; stop at the first store failure. Adopts the spool files of exited
+        processes first. Raises the alarm (``ledger_entries_pending``) only for writes still
+        pending after several rounds and a minute."""
+        with self._replay_lock:
+            try:
+                self.spool.adopt()
+            except OSError as exc:
+                self._log.warning("spool_adopt_failed", path=str(self.spool.directory), error=str(exc))
+            applied = already = 0
+            error: str | None = None
+            records = self.spool.pending()
+            for i, record in enumerate(records):
+                try:
+                    written = self._apply(record)
+                except StoreError as exc:
+                    error = str(exc)
+                    self._note_pending(records[i:])
+                    break
+                self.spool.done(record)
+                self._replay_attempts.pop(record.key, None)
+                self._alarmed.discard(record.key)
+                if written:
+                    applied += 1
+                else:
+                    already += 1
+            pending = len(self.spool.pending())
+        self.metrics.spooled.set(pending)
+        if applied or already:
+            self._log.info("spool_replayed", applied=applied, already=already, pending=pending)
+        return ReplayReport(applied=applied, already=already, pending=pending, error=error)
+
+    def pending_ledger_writes(self) -> int:
+        """Spooled writes not yet in the store, across every process sharing this spool directory."""
+        return count_pending(self.spool.directory)
+
+    def reap_interrupted(self) -> list[LedgerEntry]:
+        """Charge calls whose process died mid-call at their reserved worst case (unsettled)."""
+        reaped = self.store.reap_interrupted()
+        for entry in reaped:
+            self._log.warning("call_interrupted_charged", request_id=entry.request_id, user_id=entry.user_id,
+                              workspace_id=entry.workspace_id, cost_micros=entry.cost_micros)
+        return reaped
+
+    def _apply(self, record: SpoolRecord) -> bool:
+        entry = record.entry
+        if record.op == "release":
+            self.store.release(entry.workspace_id, entry.request_id, record.lines)
+            self.store.release_request(entry.workspace_id, entry.request_id)
+            return True
+        written = self.store.settle(entry, reservation_id=record.reservation_id, lines=record.lines,
+                                    result=record.result, result_ttl_s=record.result_ttl_s)
+        if written:
+            self._log.info("ledger_replayed", request_id=entry.request_id, cost_micros=entry.cost_micros)
+            self._budget_alerts(entry.workspace_id, entry.user_id, entry.request_id, record.lines, entry.cost_micros)
+        return written
+
+    def _note_pending(self, records: Sequence[SpoolRecord]) -> None:
+        now = self._clock()
+        for record in records:
+            rounds, first = self._replay_attempts.get(record.key, (0, now))
+            rounds += 1
+            self._replay_attempts[record.key] = (rounds, first)
+            if rounds >= _ALARM_AFTER_ATTEMPTS and now - first >= _ALARM_AFTER_S and record.key not in self._alarmed:
+                self._alarmed.add(record.key)
+                self._log.error("ledger_entries_pending", request_id=record.entry.request_id, op=record.op,
+                                rounds=rounds, pending_s=round(now - first, 1), spool=str(self.spool.directory))
+
+    def _spool(self, record: SpoolRecord, exc: StoreError) -> None:
+        """Keep a write the store did not confirm; the maintenance thread replays it."""
+        try:
+            self.spool.append(record)
+        except OSError as spool_exc:
+            # Neither the store nor the local disk took it: the log line is the last record.
+            self._log.error("ledger_write_failed", error=str(exc), spool_error=str(spool_exc),
+                            op=record.op, **_entry_fields(record.entry))
+            return
+        self.metrics.spooled.inc()
+        self._log.warning("ledger_write_spooled", request_id=record.entry.request_id, op=record.op, error=str(exc))
+        if self._maintenance is not None:
+            self._maintenance.kick()
 
     def _default_cache(self) -> CacheLayer:
         s = self.settings
@@ -398,6 +543,10 @@ class Gateway:
                     self.metrics.requests.labels(kind, "replayed", "none").inc()
                     self._log.info("request_replayed", request_id=request_id, kind=kind)
                     return parse(claim.result)
+                if claim.state == "interrupted":
+                    interrupted: BaseException = RequestInterrupted(request_id)
+                    self._count_failure(kind, request_id, interrupted)
+                    raise interrupted from None
                 now = self._clock()
                 if deadline is None:
                     deadline = now + self.settings.inflight_wait_s
@@ -455,14 +604,15 @@ class Gateway:
 
         estimated = estimate_chat_tokens(messages)
         worst = chat_cost(price, estimated, 0, max_tokens)
-        lines, permit = self._admit(workspace_id, user_id, request_id, tokens=estimated + max_tokens, amount=worst)
+        lines, permit = self._admit(workspace_id, user_id, request_id, tokens=estimated + max_tokens, amount=worst,
+                                    model=model, kind="chat")
 
         attempt = self._chat_attempt(model, messages, max_tokens, temperature, stream)
 
         try:
             resp, attempts = self._call_upstream("chat", attempt, permit)
         except BaseException:
-            self._release(workspace_id, request_id, lines)
+            self._release(workspace_id, user_id, request_id, lines)
             raise
         billed = self._billing_price(resp.model, price)
         cost = chat_cost(billed, resp.prompt_tokens, resp.cached_prompt_tokens, resp.completion_tokens)
@@ -570,7 +720,7 @@ class Gateway:
         started = self._clock()
         estimated = sum(estimate_text_tokens(t) for t in inputs)
         lines, permit = self._admit(workspace_id, user_id, request_id, tokens=estimated,
-                                    amount=embedding_cost(price, estimated))
+                                    amount=embedding_cost(price, estimated), model=model, kind="embedding")
 
         def attempt() -> EmbedResponse:
             return self.upstream.embed(model=model, inputs=inputs, dimensions=dimensions)
@@ -578,7 +728,7 @@ class Gateway:
         try:
             resp, attempts = self._call_upstream("embedding", attempt, permit)
         except BaseException:
-            self._release(workspace_id, request_id, lines)
+            self._release(workspace_id, user_id, request_id, lines)
             raise
         cost = embedding_cost(self._billing_price(resp.model, price), resp.prompt_tokens)
         latency_ms = self._ms_since(started)
@@ -608,7 +758,7 @@ class Gateway:
     # -- steps ----------------------------------------------------------------------------------
 
     def _admit(
-        self, workspace_id: str, user_id: str, request_id: str, *, tokens: int, amount: int
+        self, workspace_id: str, user_id: str, request_id: str, *, tokens: int, amount: int, model: str, kind: Kind
     ) -> tuple[list[budget_math.BudgetLine], Permit | None]:
         """Claim the request, take its rate-limit tokens, reserve ``amount`` and ask the breaker,
         in one store call. Returns the reserved budget lines and the first attempt's permit."""
@@ -623,15 +773,17 @@ class Gateway:
             specs.append(BucketSpec(f"user:{user_id}:tokens",
                                     Bucket.per_minute(limits.tokens_per_minute, limits.token_burst), tokens))
             names.append("tokens")
+        now = self._wall()
         lines = budget_math.budget_lines(
             workspace_id,
             user_id,
-            self._wall(),
+            now,
             user_daily=self.settings.user_daily_budget_micros(user_id),
             workspace_monthly=self.settings.workspace_monthly_budget_micros(),
         )
+        owner = ClaimOwner(user_id=user_id, model=model, kind=kind, started_at=now)
         admission = self.store.admit(workspace_id, request_id, ttl_s=self._claim_ttl_s, buckets=specs, lines=lines,
-                                     amount=amount, breaker=self._breaker_ref)
+                                     amount=amount, breaker=self._breaker_ref, owner=owner)
         if admission.permit is not None:
             self.metrics.breaker_state.set(BREAKER_STATES[admission.permit.state])
         self._refuse_unless_admitted(admission, names)
@@ -640,7 +792,7 @@ class Gateway:
     def _refuse_unless_admitted(self, admission: Admission, bucket_names: Sequence[str]) -> None:
         if admission.state == "admitted":
             return
-        if admission.state in ("done", "in_flight"):
+        if admission.state in ("done", "in_flight", "interrupted"):
             raise _Held(Claim(admission.state, admission.result))
         if admission.state == "rate_limited":
             limit = admission.limit
@@ -660,14 +812,18 @@ class Gateway:
         self.metrics.refusals.labels("breaker").inc()
         raise CircuitOpen(permit.retry_after)
 
-    def _release(self, workspace_id: str, request_id: str, lines: Sequence[budget_math.BudgetLine]) -> None:
+    def _release(
+        self, workspace_id: str, user_id: str, request_id: str, lines: Sequence[budget_math.BudgetLine]
+    ) -> None:
         """Give back an admitted request that was not settled: its reservation and its claim (so a
-        retry may run it again). If the store fails, both expire by their TTL."""
+        retry may run it again). If the store fails, the release is spooled and replayed; should
+        its claim expire first, it is charged as an unsettled call (never an under-count)."""
         try:
             self.store.release(workspace_id, request_id, lines)
             self.store.release_request(workspace_id, request_id)
-        except StoreError:
-            self._log.warning("release_failed", request_id=request_id)
+        except StoreError as exc:
+            entry = self._entry(request_id, workspace_id, user_id, "", "chat", "bypass", 0, 0, 0, 0, 0, 0, 0)
+            self._spool(SpoolRecord("release", entry, tuple(lines), spooled_at=self._wall()), exc)
 
     def _chat_attempt(
         self,
@@ -769,26 +925,25 @@ class Gateway:
     ) -> bool:
         """Write the ledger entry (and, when upstream answered, its success on the breaker); a
         billed call that this settle wrote then checks budget alerts. True when this call wrote
-        the entry (False: already settled, or the store failed)."""
-        # Upstream has answered and been paid: the answer must reach the user even if the store is
-        # briefly unavailable. Try a few times, then log the full entry for reconciliation.
-        for attempt in range(3):
-            try:
-                written = self.store.settle(
-                    entry, reservation_id=reservation_id, lines=lines, result=result,
-                    result_ttl_s=self.settings.idempotency_ttl_s,
-                    breaker=self._breaker_ref if upstream_answered else None,
-                )
-            except StoreError as exc:
-                if attempt == 2:
-                    self._log.error("ledger_write_failed", error=str(exc), **_entry_fields(entry))
-                    return False
-                self._sleep(0.05 * (attempt + 1))
-                continue
-            if written:
-                self._budget_alerts(entry.workspace_id, entry.user_id, entry.request_id, lines, entry.cost_micros)
-            return written
-        return False
+        the entry (False: already settled, or spooled).
+
+        Upstream has answered and been paid, so the answer must reach the user even when the store
+        does not confirm the write (down, full, or timed out, when it may have been applied): the
+        whole settle goes to the durable spool, fsync'd, before this returns, and is replayed by
+        the same idempotent ``settle`` once the store answers."""
+        try:
+            written = self.store.settle(
+                entry, reservation_id=reservation_id, lines=lines, result=result,
+                result_ttl_s=self.settings.idempotency_ttl_s,
+                breaker=self._breaker_ref if upstream_answered else None,
+            )
+        except StoreError as exc:
+            self._spool(SpoolRecord("settle", entry, tuple(lines), reservation_id=reservation_id, result=result,
+                                    result_ttl_s=self.settings.idempotency_ttl_s, spooled_at=self._wall()), exc)
+            return False
+        if written:
+            self._budget_alerts(entry.workspace_id, entry.user_id, entry.request_id, lines, entry.cost_micros)
+        return written
 
     def _record_hit(self, entry: LedgerEntry, result: str) -> None:
         """Claim, settle and complete a cache hit at once; raises _Held if its request ID is held.
@@ -888,3 +1043,51 @@ def _entry_fields(entry: LedgerEntry) -> dict[str, Any]:
     from dataclasses import asdict
 
     return asdict(entry)
+
+
+class _Maintenance:
+    """The gateway's background duties, on one daemon thread: replay the spool as soon as the
+    store answers again (backing off from 0.5 s to 30 s while it does not), and reap interrupted
+    calls every ``reap_every_s``. Real time on purpose: this is the product's own pacing; tests
+    call ``replay_spool`` and ``reap_interrupted`` directly."""
+
+    def __init__(self, gateway: Gateway, *, reap_every_s: float = 30.0) -> None:
+        self._gateway = gateway
+        self._reap_every_s = reap_every_s
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="penny-maintenance", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        log = get_logger()
+        backoff = 0.5
+        next_reap = time.monotonic()
+        while not self._stopping.is_set():
+            wait = self._reap_every_s
+            try:
+                if self._gateway.spool.pending():
+                    report = self._gateway.replay_spool()
+                    if report.pending:
+                        wait, backoff = backoff, min(backoff * 2, 30.0)
+                    else:
+                        backoff = 0.5
+                if time.monotonic() >= next_reap:
+                    next_reap = time.monotonic() + self._reap_every_s
+                    self._gateway.reap_interrupted()
+            except StoreError as exc:
+                log.warning("maintenance_store_unavailable", error=str(exc))
+            except Exception as exc:  # never let the thread die: it is what replays paid calls
+                log.error("maintenance_failed", error=repr(exc))
+            self._wake.wait(min(wait, max(0.0, next_reap - time.monotonic())) if wait else 0.0)
+            self._wake.clear()

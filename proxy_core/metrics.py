@@ -42,6 +42,10 @@ class Metrics:
             "Failed upstream attempts that signal an outage (retried while allowed), by reason.",
             ["kind", "reason"], registry=r,
         )
+        self.spooled = Gauge(
+            "penny_ledger_spooled", "Paid calls' ledger writes waiting in this process's spool for the store.",
+            registry=r,
+        )
         self.breaker_state = Gauge(
             "penny_breaker_state", "Circuit breaker state as last seen: 0 closed, 1 half-open, 2 open.",
             registry=r,

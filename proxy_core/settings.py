@@ -13,12 +13,13 @@ budget or rate of 0 means "no cap".
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import (
     AliasChoices,
@@ -178,6 +179,11 @@ class PennySettings(BaseSettings):
 
     # -- operations ------------------------------------------------------------------------------
     metrics_port: int = Field(0, ge=0, le=65_535, description="Port for Prometheus metrics; 0 = off.")
+    spool_dir: Path | None = Field(
+        None,
+        description="Where paid calls wait when the store cannot take their ledger entry; unset = a penny-spool "
+        "folder beside the SQLite file, or $XDG_STATE_HOME/penny/spool (~/.local/state/penny/spool) with Redis.",
+    )
 
     # -- Slack and docs (the bot) ------------------------------------------------------------------
     slack_bot_token: SecretStr | None = Field(
@@ -213,6 +219,16 @@ class PennySettings(BaseSettings):
     )
     log_level: LogLevel = Field("INFO", description="Least severe log level written.")
     log_json: bool = Field(False, description="Write logs as JSON lines instead of console text.")
+
+    def spool_directory(self) -> Path:
+        """``spool_dir``, or its default for the configured store (see the field)."""
+        if self.spool_dir is not None:
+            return self.spool_dir
+        parts = urlsplit(self.store_url)
+        if parts.scheme == "sqlite" and parts.path.startswith("/") and len(parts.path) > 1:
+            return Path(unquote(parts.path[1:])).parent / "penny-spool"
+        state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(state) / "penny" / "spool"
 
     @field_validator("log_level", mode="before")
     @classmethod
