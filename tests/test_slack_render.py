@@ -105,10 +105,10 @@ def test_tilde_indented_and_unclosed_fences() -> None:
     assert markdown_to_mrkdwn("```\nnever closed **x**") == "```\nnever closed **x**\n```"
 
 
-def test_escaping_and_slack_sequences_pass_through() -> None:
+def test_escaping_and_slack_sequences_show_as_text() -> None:
     assert markdown_to_mrkdwn("a < b > c & d") == "a &lt; b &gt; c &amp; d"
     mentions = "Hi <@U123> in <#C123|general>, <!here> <!channel> <!subteam^S12|@eng> <!date^1392734382^{date}|Feb 18>"
-    assert markdown_to_mrkdwn(mentions) == mentions
+    assert markdown_to_mrkdwn(mentions) == mentions.replace("<", "&lt;").replace(">", "&gt;")
     assert markdown_to_mrkdwn("<b>html</b> <!-- c -->") == "&lt;b&gt;html&lt;/b&gt; &lt;!-- c --&gt;"
     assert markdown_to_mrkdwn("line<br>next") == "line\nnext"
 
@@ -116,24 +116,27 @@ def test_escaping_and_slack_sequences_pass_through() -> None:
 @pytest.mark.parametrize(
     ("markdown", "mrkdwn"),
     [
-        ("See [the docs](https://example.com/a?b=1&c=2).", "See <https://example.com/a?b=1&c=2|the docs>."),
-        ("[Foo](https://en.wikipedia.org/wiki/Foo_(bar)) x", "<https://en.wikipedia.org/wiki/Foo_(bar)|Foo> x"),
-        ('[t](https://x.io/p "Title")', "<https://x.io/p|t>"),
-        ("[t](<https://x.io/a b|c>)", "<https://x.io/a%20b%7Cc|t>"),
-        ("[**Setup** & run](https://x.io)", "<https://x.io|*Setup* &amp; run>"),
-        ("[a > b](https://x.io)", "<https://x.io|a &gt; b>"),
-        ("![diagram](https://x.io/d.png)", "<https://x.io/d.png|diagram>"),
+        ("See [the docs](https://example.com/a?b=1&c=2).", "See the docs (https://example.com/a?b=1&amp;c=2)."),
+        ("[Foo](https://en.wikipedia.org/wiki/Foo_(bar)) x", "Foo (https://en.wikipedia.org/wiki/Foo_(bar)) x"),
+        ('[t](https://x.io/p "Title")', "t (https://x.io/p)"),
+        ("[t](<https://x.io/a b|c>)", "t (https://x.io/a%20b%7Cc)"),
+        ("[**Setup** & run](https://x.io)", "*Setup* &amp; run (https://x.io)"),
+        ("[a > b](https://x.io)", "a &gt; b (https://x.io)"),
+        ("![diagram](https://x.io/d.png)", "diagram (https://x.io/d.png)"),
+        ("[https://x.io](https://x.io)", "https://x.io"),
+        ("[](https://x.io)", "https://x.io"),
         ("[setup](docs/setup.md)", "setup (`docs/setup.md`)"),
-        ("<https://example.com/raw>", "<https://example.com/raw>"),
-        ("<https://example.com|already slack>", "<https://example.com|already slack>"),
+        ("<https://example.com/raw>", "https://example.com/raw"),
+        ("<https://example.com|already slack>", "&lt;https://example.com|already slack&gt;"),
         ("[not a link] (x)", "[not a link] (x)"),
-        ("[`code` label](https://x.io)", "<https://x.io|`code` label>"),
-        ("[a [b] c](https://x.io) and [d](https://y.io)", "<https://x.io|a [b] c> and <https://y.io|d>"),
-        ("[`]` odd](https://x.io)", "<https://x.io|`]` odd>"),
+        ("[`code` label](https://x.io)", "`code` label (https://x.io)"),
+        ("[a [b] c](https://x.io) and [d](https://y.io)", "a [b] c (https://x.io) and d (https://y.io)"),
+        ("[`]` odd](https://x.io)", "`]` odd (https://x.io)"),
         ("[unclosed](https://x.io", "[unclosed](https://x.io"),
     ],
 )
-def test_links(markdown: str, mrkdwn: str) -> None:
+def test_links_show_their_urls(markdown: str, mrkdwn: str) -> None:
+    """A link the model writes is never ``<url|label>``: what a reader clicks is what they read."""
     assert markdown_to_mrkdwn(markdown) == mrkdwn
 
 
@@ -462,7 +465,7 @@ def test_refusal_without_links_and_with_too_many() -> None:
 
 
 def test_fallback_text_converts_and_truncates_cleanly() -> None:
-    assert fallback_text("**Hi** [docs](https://x.io)") == "*Hi* <https://x.io|docs>"
+    assert fallback_text("**Hi** [docs](https://x.io)") == "*Hi* docs (https://x.io)"
     link = "[the docs](https://docs.example.com/page)"
     long_answer = " ".join([link] * 3000) + "\n```\n" + "code\n" * 3000 + "```"
     text = fallback_text(long_answer)

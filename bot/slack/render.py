@@ -3,6 +3,12 @@
 Nothing here talks to Slack; every function maps plain data to strings or block dicts, so the Bolt
 listeners stay thin and all of this is tested without a network.
 
+Text the LLM writes (and doc passages quoted in an extractive answer) cannot ping or phish: ``&``,
+``<`` and ``>`` are always escaped, so ``<!channel>``, ``<@U…>`` or ``<url|label>`` show as text,
+and a link the model writes shows its URL, never hides it behind a label. The only ``<url|label>``
+links in a message are Penny's own (its citations and the closest docs of a refusal).
+:func:`safe_markdown_text` does the same for the standard Markdown a streamed answer carries.
+
 Slack limits used (Slack's Block Kit reference; slack_sdk's block models check the same numbers):
 
 - a section block's ``text``: 3,000 characters (:data:`SECTION_TEXT_LIMIT`);
@@ -45,6 +51,7 @@ __all__ = [
     "markdown_to_mrkdwn",
     "message_text",
     "refusal_blocks",
+    "safe_markdown_text",
     "split_chunks",
     "split_for_slack",
 ]
@@ -78,12 +85,31 @@ def escape_mrkdwn(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+_LINK_TARGET_AFTER_BRACKET = re.compile(r"(?<=\])([(:])")
+
+
+def safe_markdown_text(text: str, *, after: str = "") -> str:
+    """The model's Markdown made safe for a streamed message's ``markdown_text`` (standard Markdown).
+
+    ``&``, ``<`` and ``>`` become entities, as in mrkdwn, so no mention, Slack link, autolink or
+    HTML can be written; and a ``(`` or ``:`` right after ``]`` is backslash-escaped, so
+    ``[label](url)`` and ``[ref]: url`` show as written, the URL visible. Text is streamed in
+    pieces: ``after`` is what was sent just before ``text`` (its last character matters, for a
+    ``]`` that ended the previous piece).
+    """
+    escaped = _LINK_TARGET_AFTER_BRACKET.sub(r"\\\1", escape_mrkdwn(text))
+    if after.endswith("]") and escaped[:1] in ("(", ":"):
+        escaped = "\\" + escaped
+    return escaped
+
+
 _URL_UNSAFE = {" ": "%20", "|": "%7C", "<": "%3C", ">": "%3E", "\n": "", "\t": "%09"}
 _HAS_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 
 
 def _link(url: str, label_mrkdwn: str) -> str:
-    """``<url|label>``; characters that would end the link early are percent-encoded in the URL."""
+    """``<url|label>``, for Penny's own links only; characters that would end the link early are
+    percent-encoded in the URL."""
     safe_url = "".join(_URL_UNSAFE.get(ch, ch) for ch in url.strip())
     if not label_mrkdwn:
         return f"<{safe_url}>"
@@ -94,13 +120,9 @@ def _link(url: str, label_mrkdwn: str) -> str:
 # Markdown → mrkdwn: inline spans
 
 _PUNCTUATION = frozenset(string.punctuation)
-# Slack's own sequences pass through untouched: user/channel/group mentions, special mentions,
-# user groups and dates, optionally with a |label.
-_SLACK_SEQUENCE = re.compile(
-    r"<(?:[@#][UWCGB][A-Z0-9]+|!(?:here|channel|everyone)|!subteam\^[A-Z0-9]+|!date\^[^<>|\n]+)(?:\|[^<>\n]*)?>"
-)
-# Markdown autolinks, which are already Slack syntax, and Slack links written by hand.
-_AUTOLINK = re.compile(r"<(?:https?|mailto|ftp):[^\s<>|]+(?:\|[^<>\n]*)?>")
+# A Markdown autolink, ``<https://…>``: shown as its URL. Anything else in ``<…>`` (Slack's own
+# mentions and ``<url|label>`` links included) is escaped and shows as the text the model wrote.
+_AUTOLINK = re.compile(r"<((?:https?|mailto|ftp):[^\s<>|]+)>")
 _HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 
 
@@ -170,10 +192,10 @@ def _tokenize(text: str, *, bold: str, links: bool) -> list[str | _Delimiter]:
                 plain.append("\n")
                 i = match.end()
                 continue
-            match = (_SLACK_SEQUENCE.match(text, i) or _AUTOLINK.match(text, i)) if links else None
+            match = _AUTOLINK.match(text, i)
             if match:
                 flush()
-                tokens.append(match.group(0))
+                tokens.append(_visible_url(match.group(1)))
                 i = match.end()
                 continue
         if links and (ch == "[" or (ch == "!" and text.startswith("[", i + 1))):
@@ -337,12 +359,24 @@ def _parse_link(text: str, start: int, pairs: _Pairs) -> tuple[str, str, int] | 
 
 
 def _render_link(label: str, url: str, *, bold: str) -> str:
+    """A Markdown link the model wrote, as text: its label, then where it really goes. A label never
+    hides a URL (``[the IT portal](https://evil.example)`` would otherwise look like Penny vouching
+    for it); Slack still makes the visible URL clickable."""
     label_mrkdwn = _inline(label, bold=bold, links=False).strip()
     if not _HAS_SCHEME.match(url):
         # A relative link (a docs path) cannot be clicked in Slack: show it instead.
         shown = escape_mrkdwn(url)
         return f"{label_mrkdwn} (`{shown}`)" if label_mrkdwn else f"`{shown}`"
-    return _link(url, label_mrkdwn)
+    shown = _visible_url(url)
+    if not label_mrkdwn or label.strip() == url.strip():
+        return shown
+    return f"{label_mrkdwn} ({shown})"
+
+
+def _visible_url(url: str) -> str:
+    """``url`` as text a reader sees whole: spaces and ``|<>`` percent-encoded (Slack would end the
+    link it makes of it there), ``&`` escaped."""
+    return escape_mrkdwn("".join(_URL_UNSAFE.get(ch, ch) for ch in url.strip()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,12 +398,14 @@ _TABLE_MARKUP = re.compile(r"\*\*|__|~~|`")
 def markdown_to_mrkdwn(text: str) -> str:
     """Convert the Markdown an LLM writes into Slack mrkdwn.
 
-    Bold, italic, strikethrough, links, headings (a bold line), bullets (``•``), numbered lists,
-    quotes and rules are converted; fenced code keeps its ``` fences (the language tag is dropped)
-    and inline code its backticks, with nothing converted inside either; tables become a code
-    block with aligned columns. ``&``, ``<`` and ``>`` are escaped everywhere, code included:
-    Slack parses ``<…>`` sequences even inside code and shows the entities as the characters.
-    Slack's own ``<@U…>``, ``<#C…>``, ``<!here>`` sequences and ``<https://…>`` links pass through.
+    Bold, italic, strikethrough, headings (a bold line), bullets (``•``), numbered lists, quotes
+    and rules are converted; fenced code keeps its ``` fences (the language tag is dropped) and
+    inline code its backticks, with nothing converted inside either; tables become a code block
+    with aligned columns. A link becomes ``label (url)`` and an autolink its URL: the model's URLs
+    are shown, never hidden behind a label. ``&``, ``<`` and ``>`` are escaped everywhere, code
+    included (Slack parses ``<…>`` sequences even inside code and shows the entities as the
+    characters), so Slack's ``<!channel>``, ``<@U…>``, ``<#C…>``, ``<!subteam^…>`` and
+    ``<url|label>`` written by the model show as text: nothing it writes can ping anyone.
     """
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     out: list[str] = []

@@ -17,6 +17,10 @@ already shown, if any, is left for the app to replace, and an answer that never 
 posted the usual way. :attr:`SlackAnswerStream.failure` names what failed. ``restart`` (the gateway
 retrying after text was shown) stops and deletes the streamed message, so the next text starts a
 fresh one; if it cannot be deleted, streaming ends and the final answer replaces that message.
+
+What goes out is the model's Markdown made safe first (:func:`~bot.slack.render.safe_markdown_text`):
+``&<>`` as entities and no link syntax, so a streamed answer can no more ping a channel or hide a
+URL behind a label than the rendered answer that replaces it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any, Final
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
+from bot.slack.render import safe_markdown_text
 from proxy_core.clock import Clock
 from proxy_core.log import get_logger
 
@@ -56,8 +61,21 @@ def append_due(waiting_chars: int, since_last_s: float, pacing: StreamPacing) ->
 
 
 def pieces(text: str, limit: int = MARKDOWN_TEXT_LIMIT) -> list[str]:
-    """``text`` cut into parts Slack accepts in one ``markdown_text`` (never an empty part)."""
-    return [text[i : i + limit] for i in range(0, len(text), limit)]
+    """``text`` cut into parts Slack accepts in one ``markdown_text`` (never an empty part), never
+    inside an ``&lt;``-style entity or between a backslash and the character it escapes."""
+    parts: list[str] = []
+    start = 0
+    while start < len(text):
+        end = min(start + limit, len(text))
+        if end < len(text):
+            amp = text.rfind("&", max(start + 1, end - 4), end)  # "&amp;" is the longest entity sent
+            if amp >= 0 and ";" not in text[amp:end]:
+                end = amp
+            elif text[end - 1] == "\\" and end - 1 > start:
+                end -= 1
+        parts.append(text[start:end])
+        start = end
+    return parts
 
 
 class SlackAnswerStream:
@@ -91,6 +109,7 @@ class SlackAnswerStream:
         self._waiting_chars = 0
         self._last_append = 0.0
         self._first_text: float | None = None  # when the first text arrived
+        self._sent_tail = ""  # the last character of the model's text taken for the message shown
         self.failure: str | None = None  # the Slack error that ended streaming (e.g. "missing_scope")
 
     @property
@@ -118,6 +137,7 @@ class SlackAnswerStream:
     def restart(self) -> None:
         self._take()
         self._first_text = None
+        self._sent_tail = ""
         if self._ts is None:
             return
         self._stop(None)
@@ -176,10 +196,13 @@ class SlackAnswerStream:
         self._call("chat_stopStream", channel=self._channel, ts=self._ts, **kwargs)
 
     def _take(self) -> str:
+        """The waiting text, made safe to show (see :func:`safe_markdown_text`), and no longer waiting."""
         text = "".join(self._waiting)
         self._waiting.clear()
         self._waiting_chars = 0
-        return text
+        safe = safe_markdown_text(text, after=self._sent_tail)
+        self._sent_tail = text[-1:] or self._sent_tail
+        return safe
 
     def _call(self, method: str, **kwargs: Any) -> Any:
         """``client.<method>(**kwargs)``; on any failure: log it, remember it, and return None."""
