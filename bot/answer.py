@@ -40,9 +40,14 @@ from proxy_core.money import format_usd
 from proxy_core.results import ChatResult
 from proxy_core.tokens import estimate_text_tokens
 
-__all__ = ["PROMPT_VERSION", "AnswerService", "Fingerprint", "cost_line"]
+__all__ = ["PROMPT_VERSION", "STORE_DOWN_TEXT", "AnswerService", "Fingerprint", "cost_line"]
 
 Fingerprint = Literal["top", "top3", "version"]
+
+# What the asker reads when the store (SQLite, Redis) fails, or another error of Penny's does: the
+# detail (a host:port, a driver's message) is for the log, not for Slack.
+STORE_DOWN_TEXT = "Penny's storage is unavailable right now; nothing was charged — try again in a minute."
+_COULD_NOT_ANSWER = "Penny couldn't answer this time; nothing was charged — try again in a minute."
 
 PROMPT_VERSION = "penny-docs-1"  # bump when the prompt changes: cached answers of the old one stop matching
 MAX_QUESTION_CHARS = 4000
@@ -105,7 +110,8 @@ class AnswerService:
             # An openai: embedder's call for the question was refused or failed: the same refusal
             # as the answer's own call would get, with the closest pages by keywords alone, at $0.
             return self._refusal(exc, self._closest_pages(self.retriever.search(search_text, k=self.top_k,
-                                                                                  mode="bm25")))
+                                                                                  mode="bm25")),
+                                 request_id=question.request_id)
         closest = self._closest_pages(hits)
         if not hits or hits[0].score < self.no_match_threshold:
             best = f" (best match scored {hits[0].score:.2f})" if hits else ""
@@ -131,7 +137,7 @@ class AnswerService:
                 stream=question.stream,
             )
         except PennyError as exc:
-            return self._refusal(exc, closest)
+            return self._refusal(exc, closest, request_id=question.request_id)
         used = self._used(result.content, citations)
         return Answer(
             "answer",
@@ -240,7 +246,9 @@ class AnswerService:
             parts.append(f"**[{n}] {_label(hit)}**\n{quoted}")
         return "\n\n".join(parts)
 
-    def _refusal(self, exc: PennyError, closest: tuple[Citation, ...]) -> Answer:
+    def _refusal(self, exc: PennyError, closest: tuple[Citation, ...], *, request_id: str) -> Answer:
+        """What the asker sees instead of an answer. A store failure or an unexpected error is a
+        plain sentence: its detail (a host:port, a driver's message) goes to the log only."""
         see = " Meanwhile, these pages look closest:" if closest else ""
         if isinstance(exc, RateLimited):
             return Answer("refused", f"You're asking faster than your limit allows ({exc.limit} per minute). "
@@ -257,9 +265,11 @@ class AnswerService:
         if isinstance(exc, UpstreamError):
             return Answer("error", f"The LLM call failed: {exc} Nothing was charged.{see}", closest,
                           "nothing was charged", refusal="upstream_error")
-        self._log.error("answer_failed", error=str(exc))
-        return Answer("error", f"Penny could not answer: {exc} Nothing was charged.{see}", closest,
-                      "nothing was charged", refusal="upstream_error")
+        if isinstance(exc, StoreError):
+            self._log.error("answer_store_unavailable", request_id=request_id, error=str(exc))
+            return Answer("error", STORE_DOWN_TEXT + see, closest, "nothing was charged", refusal="store_unavailable")
+        self._log.error("answer_failed", request_id=request_id, error=f"{type(exc).__name__}: {exc}")
+        return Answer("error", _COULD_NOT_ANSWER + see, closest, "nothing was charged", refusal="upstream_error")
 
 
 def cost_line(result: ChatResult) -> str:

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 __all__ = ["Answer", "AnswerKind", "Answerer", "Citation", "Question", "Refusal"]
 
 AnswerKind = Literal["answer", "extractive", "no_match", "refused", "error"]
-Refusal = Literal["rate_limited", "over_budget", "breaker_open", "in_flight", "upstream_error", "invalid"]
+Refusal = Literal["rate_limited", "over_budget", "breaker_open", "in_flight", "upstream_error", "store_unavailable",
+                  "invalid"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -769,13 +769,14 @@ def answer_blocks(answer: AnswerView) -> list[list[Block]]:
 # ---------------------------------------------------------------------------------------------
 # Refusals and fallback text
 
-RefusalKind = Literal["rate_limited", "over_budget", "breaker_open", "upstream_error", "no_match"]
+RefusalKind = Literal["rate_limited", "over_budget", "breaker_open", "upstream_error", "store_unavailable", "no_match"]
 
 _REFUSALS: dict[str, tuple[str, str]] = {
     "rate_limited": (":hourglass_flowing_sand:", "Slow down a little"),
     "over_budget": (":money_with_wings:", "The budget is used up"),
     "breaker_open": (":construction:", "The AI service is having trouble"),
     "upstream_error": (":warning:", "Penny couldn't get an answer"),
+    "store_unavailable": (":warning:", "Penny can't answer right now"),
     "no_match": (":mag:", "No docs match your question"),
 }
 _REFUSAL_DEFAULT = (":warning:", "Penny can't answer right now")
