@@ -782,8 +782,15 @@ class Gateway:
             workspace_monthly=self.settings.workspace_monthly_budget_micros(),
         )
         owner = ClaimOwner(user_id=user_id, model=model, kind=kind, started_at=now)
-        admission = self.store.admit(workspace_id, request_id, ttl_s=self._claim_ttl_s, buckets=specs, lines=lines,
-                                     amount=amount, breaker=self._breaker_ref, owner=owner)
+        try:
+            admission = self.store.admit(workspace_id, request_id, ttl_s=self._claim_ttl_s, buckets=specs,
+                                         lines=lines, amount=amount, breaker=self._breaker_ref, owner=owner)
+        except StoreError as exc:
+            # The admission may have been applied before the store failed (a timeout, a crash before
+            # the reply): nothing goes upstream now, so give back whatever it may hold, or its
+            # claim would later be charged as an interrupted call.
+            self._spool_release(workspace_id, user_id, request_id, lines, exc)
+            raise
         if admission.permit is not None:
             self.metrics.breaker_state.set(BREAKER_STATES[admission.permit.state])
         self._refuse_unless_admitted(admission, names)
@@ -822,8 +829,14 @@ class Gateway:
             self.store.release(workspace_id, request_id, lines)
             self.store.release_request(workspace_id, request_id)
         except StoreError as exc:
-            entry = self._entry(request_id, workspace_id, user_id, "", "chat", "bypass", 0, 0, 0, 0, 0, 0, 0)
-            self._spool(SpoolRecord("release", entry, tuple(lines), spooled_at=self._wall()), exc)
+            self._spool_release(workspace_id, user_id, request_id, lines, exc)
+
+    def _spool_release(
+        self, workspace_id: str, user_id: str, request_id: str, lines: Sequence[budget_math.BudgetLine],
+        exc: StoreError,
+    ) -> None:
+        entry = self._entry(request_id, workspace_id, user_id, "", "chat", "bypass", 0, 0, 0, 0, 0, 0, 0)
+        self._spool(SpoolRecord("release", entry, tuple(lines), spooled_at=self._wall()), exc)
 
     def _chat_attempt(
         self,

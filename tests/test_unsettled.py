@@ -1,0 +1,165 @@
+"""Owned claims and unsettled charges, on every store: a call admitted and never settled (its
+process died mid-call) is charged at its reserved worst case, budgets never count less than may
+have been spent, a late real settle replaces the charge, and the request ID is never run again.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from proxy_core.budget import BudgetLine, budget_lines
+from proxy_core.clock import ManualClock
+from proxy_core.stores.base import REAP_GRACE_S, ClaimOwner, LedgerEntry, Store
+from proxy_core.stores.sqlite import SCHEMA_VERSION, SqliteStore
+
+WS = "T01"
+TTL = 90.0
+AMOUNT = 3_000
+
+
+def lines_at(now: float, *, user_daily: int = 10_000, workspace_monthly: int = 0) -> list[BudgetLine]:
+    # The workspace line is uncapped by default: it holds no reservation, yet is charged.
+    return budget_lines(WS, "U1", now, user_daily=user_daily, workspace_monthly=workspace_monthly)
+
+
+def admit(store: Store, clock: ManualClock, request_id: str, lines: list[BudgetLine], *, owned: bool = True) -> str:
+    owner = ClaimOwner("U1", "gpt-4.1-mini", "chat", clock()) if owned else None
+    admission = store.admit(WS, request_id, ttl_s=TTL, buckets=[], lines=lines, amount=AMOUNT, breaker=None,
+                            owner=owner)
+    return admission.state
+
+
+def real_entry(clock: ManualClock, request_id: str, cost: int) -> LedgerEntry:
+    from proxy_core.budget import period_window
+
+    now = clock()
+    return LedgerEntry(
+        request_id=request_id, ts=now, day=period_window(now, "day")[0], workspace_id=WS, user_id="U1",
+        model="gpt-4.1-mini-2025-04-14", kind="chat", prompt_tokens=120, cached_prompt_tokens=0,
+        completion_tokens=40, cost_micros=cost, saved_micros=0, cache_status="miss", latency_ms=900, attempts=1,
+    )
+
+
+def test_an_expired_owned_claim_is_charged_at_its_worst_case_on_every_line(store: Store, clock: ManualClock) -> None:
+    lines = lines_at(clock())
+    assert admit(store, clock, "r1", lines) == "admitted"
+    assert store.reap_interrupted() == []  # still live: nothing to charge
+    clock.advance(TTL + 1)
+    # Expired but not reaped yet: its reservation still counts, so no budget dips in between.
+    assert store.spent(WS, lines[0]) == (0, AMOUNT)
+    reaped = store.reap_interrupted()
+    assert [(e.request_id, e.cost_micros, e.unsettled, e.user_id) for e in reaped] == [("r1", AMOUNT, True, "U1")]
+    assert store.spent(WS, lines[0]) == (AMOUNT, 0)  # reserved -> spent, same amount
+    assert store.spent(WS, lines[1]) == (AMOUNT, 0)  # the uncapped line is charged too
+    entry = store.ledger_entry(WS, "r1")
+    assert entry is not None and entry.unsettled and entry.cost_micros == AMOUNT and entry.day == "2026-01-01"
+    usage = store.usage(WS, "2026-01-01", "2026-01-01")
+    assert (usage.totals.requests, usage.totals.cost_micros) == (1, AMOUNT)
+    assert (usage.totals.unsettled, usage.totals.unsettled_micros) == (1, AMOUNT)
+    assert store.reap_interrupted() == []  # each claim is reaped once
+
+
+def test_an_interrupted_request_id_is_never_admitted_again(store: Store, clock: ManualClock) -> None:
+    lines = lines_at(clock())
+    admit(store, clock, "r1", lines)
+    clock.advance(TTL + 1)
+    assert admit(store, clock, "r1", lines) == "interrupted"  # before the reaper came by
+    store.reap_interrupted()
+    assert admit(store, clock, "r1", lines) == "interrupted"  # and after
+    store.release_request(WS, "r1")  # a late release from the dead call's process changes nothing
+    assert admit(store, clock, "r1", lines) == "interrupted"
+    assert store.claim_request(WS, "r1", ttl_s=60).state == "interrupted"
+
+
+def test_a_late_real_settle_replaces_the_unsettled_charge(store: Store, clock: ManualClock) -> None:
+    lines = lines_at(clock())
+    admit(store, clock, "r1", lines)
+    clock.advance(TTL + 1)
+    store.reap_interrupted()
+    real = real_entry(clock, "r1", cost=700)
+    assert store.settle(real, reservation_id="r1", lines=lines, result='{"ok": 1}', result_ttl_s=60) is True
+    assert store.spent(WS, lines[0]) == (700, 0)
+    assert store.spent(WS, lines[1]) == (700, 0)
+    entry = store.ledger_entry(WS, "r1")
+    assert entry is not None and not entry.unsettled and entry.cost_micros == 700 and entry.completion_tokens == 40
+    usage = store.usage(WS, "2026-01-01", "2026-01-01")
+    assert (usage.totals.requests, usage.totals.cost_micros, usage.totals.unsettled) == (1, 700, 0)
+    assert usage.totals.unsettled_micros == 0 and usage.totals.completion_tokens == 40
+    assert set(usage.by_model) >= {"gpt-4.1-mini-2025-04-14"}
+    assert usage.by_model.get("gpt-4.1-mini") is None or usage.by_model["gpt-4.1-mini"].requests == 0
+    # The request now replays its result, and a second settle changes nothing.
+    assert admit(store, clock, "r1", lines) == "done"
+    assert store.settle(real, reservation_id="r1", lines=lines, result='{"ok": 1}', result_ttl_s=60) is False
+    assert store.spent(WS, lines[0]) == (700, 0)
+
+
+def test_the_replacing_settle_lands_on_the_day_the_call_was_charged(store: Store, clock: ManualClock) -> None:
+    clock.set(1_767_225_600.0 + 86_400 - 30)  # 23:59:30 on 2026-01-01
+    lines = lines_at(clock())
+    admit(store, clock, "r1", lines)
+    clock.advance(TTL + 1)  # the next day
+    store.reap_interrupted()
+    real = real_entry(clock, "r1", cost=700)
+    assert real.day == "2026-01-02"
+    assert store.settle(real, reservation_id="r1", lines=lines, result=None, result_ttl_s=60) is True
+    both = store.usage(WS, "2026-01-01", "2026-01-02")
+    assert (both.totals.requests, both.totals.cost_micros, both.totals.unsettled) == (1, 700, 0)
+    assert store.spent(WS, lines[0]) == (700, 0)
+
+
+def test_settled_or_released_claims_are_never_charged(store: Store, clock: ManualClock) -> None:
+    lines = lines_at(clock())
+    admit(store, clock, "settled", lines)
+    admit(store, clock, "released", lines)
+    assert store.settle(real_entry(clock, "settled", 500), reservation_id="settled", lines=lines, result="{}",
+                        result_ttl_s=60)
+    store.release(WS, "released", lines)
+    store.release_request(WS, "released")
+    clock.advance(TTL + REAP_GRACE_S + 1)
+    assert store.reap_interrupted() == []
+    assert store.spent(WS, lines[0]) == (500, 0)
+    assert admit(store, clock, "released", lines) == "admitted"  # a released ID may run again
+
+
+def test_plain_claims_expire_free_as_before(store: Store, clock: ManualClock) -> None:
+    lines = lines_at(clock())
+    assert admit(store, clock, "plain", lines, owned=False) == "admitted"
+    clock.advance(TTL + 1)
+    assert store.reap_interrupted() == []
+    assert admit(store, clock, "plain", lines, owned=False) == "admitted"
+
+
+def test_an_owned_reservation_outlives_its_claim_until_reaped(store: Store, clock: ManualClock) -> None:
+    lines = lines_at(clock(), user_daily=AMOUNT + 1_000)
+    admit(store, clock, "r1", lines)
+    clock.advance(TTL + 1)
+    # Nobody reaped yet: the budget still counts the worst case, so this one does not fit.
+    assert admit(store, clock, "r2", lines) == "over_budget"
+    store.reap_interrupted()
+    assert admit(store, clock, "r3", lines) == "over_budget"  # now as spent
+
+
+def test_an_older_sqlite_file_gains_owned_claims_and_unsettled_entries(tmp_path: Path, clock: ManualClock) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as raw:
+        raw.execute("CREATE TABLE requests (workspace_id TEXT NOT NULL, request_id TEXT NOT NULL, "
+                    "state TEXT NOT NULL CHECK (state IN ('claimed', 'done')), result TEXT, expires_at REAL NOT NULL, "
+                    "PRIMARY KEY (workspace_id, request_id)) WITHOUT ROWID")
+        raw.execute("INSERT INTO requests VALUES ('T01', 'old', 'done', '{}', 9e18)")
+        raw.execute("PRAGMA user_version = 3")
+    raw.close()
+    store = SqliteStore(path, clock=clock)
+    try:
+        assert store.claim_request(WS, "old", ttl_s=60).state == "done"
+        lines = lines_at(clock())
+        admit(store, clock, "r1", lines)
+        clock.advance(TTL + 1)
+        assert [e.request_id for e in store.reap_interrupted()] == ["r1"]
+    finally:
+        store.close()
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    raw.close()
+
+
