@@ -26,6 +26,7 @@ from proxy_core.metrics import serve_metrics
 from proxy_core.money import format_usd
 from proxy_core.prices import PriceTable
 from proxy_core.settings import PennySettings, load_settings
+from proxy_core.spool import count_pending
 from proxy_core.stores import store_from_url
 from proxy_core.stores.base import UsageSummary, UsageTotals
 
@@ -99,6 +100,13 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate settings, prices and the store, and say what is missing")
     check.set_defaults(func=_cmd_check)
 
+    ledger = sub.add_parser("ledger", help="the ledger's safety net: paid calls waiting in the spool")
+    ledger_sub = ledger.add_subparsers(required=True, metavar="ACTION")
+    replay = ledger_sub.add_parser(
+        "replay", help="write spooled paid calls to the store now, and charge calls interrupted mid-answer"
+    )
+    replay.set_defaults(func=_cmd_ledger_replay)
+
     cache = sub.add_parser("cache", help="the answer cache: measure its hit decision, inspect, clear")
     cache_sub = cache.add_subparsers(required=True, metavar="ACTION")
     ev = cache_sub.add_parser("eval", help="run the hit decision over labelled pairs (JSON Lines of a, b, label)")
@@ -140,6 +148,13 @@ def _cmd_check(args: argparse.Namespace, settings: PennySettings, out: TextIO, _
     finally:
         store.close()
     print(f"store       {store_kind(settings.store_url)} ok", file=out)
+    spool = settings.spool_directory()
+    pending = count_pending(spool)
+    if pending:
+        print(f"ledger      {pending} paid call(s) waiting in {spool} for the store; "
+              "Penny replays them on its own, or run: penny ledger replay", file=out)
+    else:
+        print(f"ledger      nothing waiting (spool: {spool})", file=out)
     print(f"chat model  {settings.chat_model} (priced)", file=out)
     print(f"embeddings  {settings.embedding_model} (priced)", file=out)
     if settings.openai_api_key is None:
@@ -148,6 +163,31 @@ def _cmd_check(args: argparse.Namespace, settings: PennySettings, out: TextIO, _
         return 2
     print("OPENAI_API_KEY is set", file=out)
     return 0
+
+
+def _cmd_ledger_replay(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
+    """Replay every spool file in the spool directory whose process has exited (this command's
+    own gateway adopts them), then charge interrupted calls. Exit 1 while writes remain pending."""
+    # No answer cache: replaying writes needs none, and the semantic one loads an embedding model.
+    gateway = Gateway.from_settings(settings.model_copy(update={"cache_enabled": False}), maintenance=False)
+    try:
+        report = gateway.replay_spool()
+        reaped = gateway.reap_interrupted() if report.error is None else []
+        print(f"replayed {report.applied} ledger write(s); {report.already} were already in the store; "
+              f"{report.pending} still waiting", file=out)
+        if reaped:
+            worst = sum(entry.cost_micros for entry in reaped)
+            print(f"charged {len(reaped)} interrupted call(s) at their worst case, {format_usd(worst)} in all",
+                  file=out)
+        if report.error is not None:
+            print(f"the store is not taking writes yet: {report.error}", file=out)
+        elsewhere = count_pending(settings.spool_directory()) - report.pending
+        if elsewhere > 0:
+            print(f"{elsewhere} more wait in spool files of running Penny processes, which replay them "
+                  "themselves", file=out)
+    finally:
+        gateway.close()
+    return 1 if report.pending else 0
 
 
 def _cmd_cache_eval(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from proxy_core.budget import BudgetLine, budget_lines
 from proxy_core.limiter import Bucket
 from proxy_core.settings import PennySettings
+from proxy_core.spool import count_pending
 from proxy_core.stores.base import BucketSpec, Store, UsageTotals
 
 __all__ = [
@@ -123,10 +124,13 @@ class TeamReport:
     workspace_monthly: BudgetStatus
     trend_days: tuple[str, ...]
     trend: tuple[int, ...]
+    # Paid calls whose ledger entry waits in this machine's spool for the store (see proxy_core.spool).
+    pending_ledger_writes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
             "workspace_id": self.workspace_id,
+            "pending_ledger_writes": self.pending_ledger_writes,
             "now": self.now,
             "day": self.day,
             "month": self.month,
@@ -217,6 +221,7 @@ def team_report(
         workspace_monthly=_status(store, workspace_id, monthly_line),
         trend_days=trend_days,
         trend=trend,
+        pending_ledger_writes=count_pending(settings.spool_directory()),
     )
 
 

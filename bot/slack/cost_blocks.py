@@ -78,6 +78,9 @@ def team_blocks(report: TeamReport) -> list[Block]:
             + _budget_line("Workspace monthly budget", report.workspace_monthly, report.now)
         ),
     ]
+    notes = _ledger_notes(report)
+    if notes:
+        blocks.append(_section("\n".join(notes)))
     if report.top_users:
         lines = [
             f"{rank}. {_who(user)} — {format_usd(t.cost_micros)} · {t.requests:,} questions · "
@@ -94,6 +97,27 @@ def team_blocks(report: TeamReport) -> list[Block]:
         blocks.append(_section("*By model this month*\n" + "\n".join(lines)))
     blocks.append(_trend_block(report.trend, report.trend_days))
     return _bounded(blocks)
+
+
+def _ledger_notes(report: TeamReport) -> list[str]:
+    """What the numbers above may not show yet: interrupted calls charged at their worst case, and
+    paid calls still on their way to the ledger."""
+    notes = []
+    month = report.this_month
+    if month.unsettled:
+        calls = "call was" if month.unsettled == 1 else "calls were"
+        notes.append(
+            f":warning: {month.unsettled:,} {calls} interrupted while the LLM answered; "
+            f"{format_usd(month.unsettled_micros)} of this month's spend is their worst case, "
+            "until their real cost arrives."
+        )
+    if report.pending_ledger_writes:
+        n = report.pending_ledger_writes
+        notes.append(
+            f":hourglass_flowing_sand: {n:,} paid {'call is' if n == 1 else 'calls are'} waiting for the store "
+            "to record them (kept on disk, not lost); they are not in these numbers yet."
+        )
+    return notes
 
 
 def team_refusal_blocks(own: CostReport) -> list[Block]:

@@ -1,0 +1,112 @@
+"""What an operator sees of the ledger's safety net: ``penny check`` and ``/cost team`` (and its
+terminal twin ``penny cost --team``) count paid calls waiting in the spool, ``penny ledger replay``
+writes them, and interrupted calls show as worst-case charges."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from bot.cli import main
+from bot.cost import team_report
+from bot.slack.cost_blocks import blocks_to_text, team_blocks
+from proxy_core.budget import budget_lines, period_window
+from proxy_core.clock import ManualClock
+from proxy_core.settings import PennySettings
+from proxy_core.spool import SettleSpool, SpoolRecord
+from proxy_core.stores.base import ClaimOwner, LedgerEntry
+from proxy_core.stores.sqlite import SqliteStore
+from tests.redis_server import free_port
+
+WORKSPACE = "local"
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.upper().startswith(("PENNY_", "OPENAI_")):
+            monkeypatch.delenv(name)
+    url = f"sqlite:///{tmp_path / 'penny.db'}"
+    monkeypatch.setenv("PENNY_STORE_URL", url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-ledger-cli")
+    yield url
+    structlog.reset_defaults()
+
+
+def penny(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    return main(list(argv), stdout=out, stdin=io.StringIO()), out.getvalue()
+
+
+def leave_spooled_settle(spool_dir: Path, request_id: str, cost: int) -> None:
+    """A process that spooled a paid call's settle and then died: its file stays, its lock goes."""
+    now = time.time()
+    entry = LedgerEntry(
+        request_id=request_id, ts=now, day=period_window(now, "day")[0], workspace_id=WORKSPACE, user_id="U1",
+        model="gpt-4.1-mini", kind="chat", prompt_tokens=100, cached_prompt_tokens=0, completion_tokens=50,
+        cost_micros=cost, saved_micros=0, cache_status="miss", latency_ms=800, attempts=1,
+    )
+    lines = tuple(budget_lines(WORKSPACE, "U1", now, user_daily=0, workspace_monthly=0))
+    spool = SettleSpool(spool_dir)
+    spool.append(SpoolRecord("settle", entry, lines, reservation_id=request_id, result=None, result_ttl_s=60,
+                             spooled_at=now))
+    assert spool._own is not None
+    spool._own.handle.close()
+
+
+def test_check_and_cost_team_count_waiting_calls_and_replay_writes_them(tmp_path: Path) -> None:
+    spool = tmp_path / "penny-spool"  # the default: beside the SQLite file
+    leave_spooled_settle(spool, "lost-1", 1_234)
+    leave_spooled_settle(spool, "lost-2", 766)
+
+    code, out = penny("check")
+    assert code == 0 and "2 paid call(s) waiting in" in out and "penny ledger replay" in out
+    code, out = penny("cost", "--team")
+    assert "2 paid calls are waiting for the store" in out
+    code, out = penny("cost", "--team", "--json")
+    assert json.loads(out)["pending_ledger_writes"] == 2
+
+    code, out = penny("ledger", "replay")
+    assert code == 0 and "replayed 2 ledger write(s); 0 were already in the store; 0 still waiting" in out
+    code, out = penny("check")
+    assert "ledger      nothing waiting" in out
+    code, out = penny("cost", "--team", "--json")
+    report = json.loads(out)
+    assert report["pending_ledger_writes"] == 0 and report["today"]["cost_micros"] == 2_000
+    assert not list(spool.glob("*.spool"))
+    code, out = penny("ledger", "replay")  # nothing left: a second run changes nothing
+    assert code == 0 and "replayed 0 ledger write(s)" in out
+
+
+def test_replay_with_the_store_down_keeps_the_writes_and_exits_1(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PENNY_STORE_URL", f"redis://127.0.0.1:{free_port()}/0")  # nobody listens there
+    monkeypatch.setenv("PENNY_SPOOL_DIR", str(tmp_path / "spool"))
+    monkeypatch.setenv("PENNY_STORE_TIMEOUT_S", "0.3")
+    leave_spooled_settle(tmp_path / "spool", "lost-1", 500)
+    code, out = penny("ledger", "replay")
+    assert code == 1 and "1 still waiting" in out and "the store is not taking writes yet" in out
+    assert len(list((tmp_path / "spool").glob("*.spool"))) == 1
+
+
+def test_cost_team_shows_interrupted_calls_as_worst_case_charges(tmp_path: Path) -> None:
+    clock = ManualClock(time.time())
+    store = SqliteStore(tmp_path / "penny.db", clock=clock)
+    settings = PennySettings(store_url=f"sqlite:///{tmp_path / 'penny.db'}")
+    lines = budget_lines(WORKSPACE, "U1", time.time(), user_daily=0, workspace_monthly=0)
+    store.admit(WORKSPACE, "cut-short", ttl_s=60, buckets=[], lines=lines, amount=4_200, breaker=None,
+                owner=ClaimOwner("U1", "gpt-4.1-mini", "chat", time.time()))
+    clock.advance(61)  # the worker answering it died: its claim expires unsettled
+    assert len(store.reap_interrupted()) == 1
+    text = blocks_to_text(team_blocks(team_report(store, settings, WORKSPACE, time.time())))
+    store.close()
+    assert "1 call was interrupted while the LLM answered" in text
+    assert "$0.0042 of this month's spend is their worst case" in text
