@@ -10,6 +10,7 @@ Key layout (``<ns>`` is the namespace, ``penny`` by default)::
     <ns>:{w:<workspace>}:req:<request id>          HASH   claim or result (expires); an owned claim
                                                           also holds its owner JSON, and ``reaped``
     <ns>:{w:<workspace>}:owned                     ZSET   owned claim id -> claim expiry (the reaper's)
+    <ns>:owned-workspaces                          SET    workspaces that have an owned-claims index
     <ns>:{w:<workspace>}:bucket:<bucket key>       HASH   token bucket (expires once full again)
     <ns>:{w:<workspace>}:spent:<line key>          STRING micro-dollars spent on a budget line
     <ns>:{w:<workspace>}:resv:<line key>           HASH   reservation id -> amount
@@ -205,6 +206,7 @@ class RedisStore(Store):
         # miss (and again after a SCRIPT FLUSH or a failover to a server that never saw it).
         self._scripts: dict[str, Script] = {name: client.register_script(_load_script(name)) for name in _SCRIPTS}
         self._semantic_retain = semantic_log_retain
+        self._owned_workspaces: set[str] = set()  # registered in <ns>:owned-workspaces by this process
         self._semantic_keys = [f"{namespace}:{{sem}}:{name}" for name in _SEMANTIC_KEYS]
         self._blob_key = f"{namespace}:{{blob}}:values"
         self._semantic_scripts: dict[str, Script] = {
@@ -402,6 +404,10 @@ class RedisStore(Store):
         for line in lines:
             keys += self._line_keys(workspace_id, line)
             args += [int(line.limit), _num(line.resets_at)]
+        if owner is not None and workspace_id not in self._owned_workspaces:
+            # Once per workspace and process, so the reaper finds its index without a SCAN.
+            self._client.sadd(f"{self._ns}:owned-workspaces", workspace_id)
+            self._owned_workspaces.add(workspace_id)
         calls: list[tuple[str, Sequence[str], Sequence[str | int]]] = []
         if breaker is not None:
             calls.append(("breaker", [self._breaker_key(breaker.name)], _breaker_args(breaker.policy, "peek", False)))
@@ -540,10 +546,8 @@ class RedisStore(Store):
     def reap_interrupted(self, *, limit: int = 500) -> list[LedgerEntry]:
         now = self.now()
         reaped: list[LedgerEntry] = []
-        suffix = ":owned"
-        for raw in self._client.scan_iter(match=_glob_escape(self._ns) + ":{w:*}" + suffix, count=_SCAN_BATCH):
-            index = _text(raw)
-            workspace_id = index[len(self._ns) + 4 : -len(suffix) - 1]
+        for workspace_id in sorted(map(_text, self._client.smembers(f"{self._ns}:owned-workspaces"))):
+            index = self._owned_key(workspace_id)
             due = self._client.zrangebyscore(index, "-inf", _num(now), start=0, num=max(0, limit - len(reaped)))
             for request_id in map(_text, due):
                 entry = self._unsettle(workspace_id, request_id)
