@@ -20,6 +20,13 @@ from proxy_core.stores.base import Store
 from proxy_core.stores.sqlite import SqliteStore
 
 
+@pytest.fixture(autouse=True)
+def _spool_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Paid calls a test's store fails to record are spooled under its tmp_path, never in the repo
+    (the default spool sits beside ``penny.db`` in the working directory)."""
+    monkeypatch.setenv("PENNY_SPOOL_DIR", str(tmp_path / "penny-spool"))
+
+
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
