@@ -110,3 +110,13 @@ def test_cost_team_shows_interrupted_calls_as_worst_case_charges(tmp_path: Path)
     store.close()
     assert "1 call was interrupted while the LLM answered" in text
     assert "$0.0042 of this month's spend is their worst case" in text
+
+
+def test_the_spool_sits_beside_the_sqlite_file_or_in_the_state_dir(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    assert PennySettings(store_url="sqlite:///data/penny.db").spool_directory() == Path("data/penny-spool")
+    assert PennySettings(store_url="sqlite:////srv/p.db").spool_directory() == Path("/srv/penny-spool")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    redis = PennySettings(store_url="redis://127.0.0.1:6379/0")
+    assert redis.spool_directory() == tmp_path / "state" / "penny" / "spool"
+    assert PennySettings(store_url="redis://h:1/0", spool_dir=tmp_path / "x").spool_directory() == tmp_path / "x"
