@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
 
-from proxy_core.breaker import BreakerPolicy, BreakerState, Permit, acquire, record
+from proxy_core.breaker import BreakerPolicy, BreakerState, Permit, acquire, cooldown, record, should_open
 from proxy_core.budget import BudgetLine, budget_lines, fits, period_window
 from proxy_core.limiter import Bucket, BucketState, refill, take
 
@@ -158,14 +159,94 @@ def test_probe_outcome_closes_or_reopens() -> None:
     probing, _ = acquire(run(BreakerState(), "FFF"), POLICY, T0 + 30)
     assert record(probing, POLICY, T0 + 31, success=True) == BreakerState(window_start=T0 + 31)
     assert record(probing, POLICY, T0 + 31, success=False) == BreakerState(
-        state="open", opened_at=T0 + 31, window_start=T0 + 31
+        state="open", opened_at=T0 + 31, window_start=T0 + 31, failed_probes=1
     )
 
 
-def test_late_reports_do_not_change_an_open_breaker() -> None:
-    opened = run(BreakerState(), "FFF")
-    assert record(opened, POLICY, T0 + 1, success=True) == opened
-    assert record(opened, POLICY, T0 + 1, success=False) == opened
+def test_each_failed_probe_doubles_the_cooldown_up_to_the_cap() -> None:
+    policy = BreakerPolicy(failure_threshold=1, cooldown_s=30, max_cooldown_s=300)
+    state, now = record(BreakerState(), policy, T0, success=False), T0
+    waits = []
+    for _ in range(6):
+        waits.append(cooldown(state, policy))
+        assert acquire(state, policy, now + 1)[1] == Permit(False, False, waits[-1] - 1, "open")
+        now += waits[-1]
+        state, permit = acquire(state, policy, now)
+        assert permit.probe
+        state = record(state, policy, now, success=False)
+    assert waits == [30, 60, 120, 240, 300, 300]
+    assert state.failed_probes == 6
+    # A successful probe closes the breaker and forgets the backoff: the next opening waits 30 s.
+    state, _ = acquire(state, policy, now + 300)
+    closed = record(state, policy, now + 300, success=True)
+    assert closed == BreakerState(window_start=now + 300)
+    assert cooldown(record(closed, policy, now + 301, success=False), policy) == 30
+
+
+def test_the_cooldown_cap_never_shortens_the_first_cooldown_nor_overflows() -> None:
+    assert cooldown(BreakerState(failed_probes=3), BreakerPolicy(cooldown_s=30, max_cooldown_s=10)) == 30
+    assert cooldown(BreakerState(failed_probes=10_000), BreakerPolicy(cooldown_s=30, max_cooldown_s=300)) == 300
+
+
+# Penny's defaults: 5 in a row, or half of at least 20 calls in a minute.
+DEFAULT = BreakerPolicy()
+
+
+@pytest.mark.parametrize(
+    ("consecutive", "pending", "opens"),
+    [(4, 0, False), (5, 0, True), (5, 5, True), (5, 6, False), (17, 33, False), (25, 25, True), (26, 24, True)],
+)
+def test_a_streak_opens_only_when_it_outnumbers_the_calls_still_in_flight(
+    consecutive: int, pending: int, opens: bool
+) -> None:
+    streak_only = replace(DEFAULT, min_calls=1_000)
+    state = BreakerState(consecutive_failures=consecutive - 1, window_start=T0, window_calls=consecutive - 1,
+                         window_failures=consecutive - 1)
+    after = record(state, streak_only, T0, success=False, pending=pending)
+    assert after.state == ("open" if opens else "closed")
+    assert should_open(streak_only, consecutive=consecutive, calls=consecutive, failures=consecutive,
+                       pending=pending) is opens
+
+
+def test_calls_in_flight_count_as_not_failed_in_the_ratio() -> None:
+    ratio_only = replace(DEFAULT, failure_threshold=1_000)
+    # 10 failures in 20 calls: half, so it opens, unless one more call is still in flight.
+    state = BreakerState(window_start=T0, window_calls=19, window_failures=9)
+    assert record(state, ratio_only, T0, success=False).state == "open"
+    assert record(state, ratio_only, T0, success=False, pending=1).state == "closed"
+    assert not should_open(ratio_only, consecutive=1, calls=19, failures=19, pending=0)  # under min_calls
+    assert should_open(ratio_only, consecutive=1, calls=20, failures=15, pending=10)  # 15 ≥ 0.5 × 30
+
+
+def completions(outcomes: str, in_flight: int, policy: BreakerPolicy = DEFAULT) -> tuple[BreakerState, int]:
+    """Record ``outcomes`` ('S'/'F') in completion order for ``in_flight`` attempts sent at once:
+    each one's ``pending`` is the others not yet recorded. Returns the state and the number of
+    outcomes recorded when it opened (0: it never did)."""
+    state = BreakerState(window_start=T0)
+    for done, outcome in enumerate(outcomes, start=1):
+        state = record(state, policy, T0, success=outcome == "S", pending=in_flight - done)
+        if state.state == "open":
+            return state, done
+    return state, 0
+
+
+def test_a_brownout_with_fast_failures_first_stays_closed() -> None:
+    # 50 questions in flight, 1 in 3 failing fast: the 17 failures complete before any success.
+    state, opened_at = completions("F" * 17 + "S" * 33, in_flight=50)
+    assert opened_at == 0 and state.state == "closed"
+    assert (state.window_calls, state.window_failures, state.consecutive_failures) == (50, 17, 0)
+    # The retries of the 17 (their own 1 in 3 failing) keep it closed too.
+    assert completions("F" * 6 + "S" * 11, in_flight=17)[1] == 0
+
+
+def test_an_outage_opens_at_the_threshold_one_call_at_a_time_and_at_half_of_those_in_flight() -> None:
+    one_by_one = BreakerState()
+    for _ in range(4):
+        one_by_one = record(one_by_one, DEFAULT, T0, success=False)
+    assert one_by_one.state == "closed"
+    assert record(one_by_one, DEFAULT, T0, success=False).state == "open"  # the fifth in a row
+    assert completions("F" * 50, in_flight=50)[1] == 25
+    assert completions("F" * 8, in_flight=8)[1] == 5  # the threshold still applies
 
 
 # -- budget -------------------------------------------------------------------------------

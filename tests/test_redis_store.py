@@ -19,7 +19,7 @@ import redis
 from redis.crc import key_slot
 from redis_server import RedisServer, free_port, redis_server_binary
 
-from proxy_core.breaker import BreakerPolicy
+from proxy_core.breaker import BreakerPolicy, BreakerState
 from proxy_core.budget import BudgetLine, budget_lines
 from proxy_core.clock import ManualClock
 from proxy_core.errors import ConfigurationError, StoreError
@@ -149,6 +149,27 @@ def test_breaker_and_claims_are_timed_by_the_server(
     assert float(raw.hget(key, "expires_at") or 0) == pytest.approx(time.time() + 60, abs=1.0)
     # Without an injected clock the real expiry is the logical one: no slack.
     assert 59_000 < raw.pttl(key) <= 60_000
+
+
+def test_a_breaker_hash_from_before_the_backoff_is_read_and_backs_off(
+    redis_url: str, redis_namespace: str, raw: redis.Redis
+) -> None:
+    # A hash written before failed_probes existed: the missing field reads as 0.
+    clock = ManualClock()
+    store = RedisStore.from_url(redis_url, clock=clock, namespace=redis_namespace)
+    try:
+        raw.hset(f"{redis_namespace}:breaker:{{openai}}", mapping={
+            "state": "open", "consecutive_failures": 0, "window_start": clock(), "window_calls": 0,
+            "window_failures": 0, "opened_at": clock(), "probe_deadline": 0})
+        assert store.breaker_state("openai") == BreakerState(state="open", window_start=clock(), opened_at=clock())
+        policy = BreakerPolicy(cooldown_s=30)
+        clock.advance(30)
+        assert store.breaker_acquire("openai", policy).probe
+        assert store.breaker_record("openai", policy, success=False).failed_probes == 1
+        assert store.breaker_acquire("openai", policy).retry_after == 60
+    finally:
+        store.delete_namespace()
+        store.close()
 
 
 def test_an_injected_clock_pads_real_expiry_but_decides_logically(

@@ -7,16 +7,19 @@ details (URL parsing, schema version, file locking, several processes) are at th
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from proxy_core import breaker
 from proxy_core.breaker import BreakerPolicy, BreakerState
 from proxy_core.budget import BudgetLine, budget_lines
 from proxy_core.clock import ManualClock
@@ -556,13 +559,80 @@ def test_probe_success_closes_the_breaker(store: Store, clock: ManualClock) -> N
     assert (permit.allowed, permit.probe) == (True, False)
 
 
-def test_probe_failure_reopens_for_another_cooldown(store: Store, clock: ManualClock) -> None:
-    fail(store, 5)
-    clock.advance(30)
-    store.breaker_acquire("openai", POLICY)
-    reopened = store.breaker_record("openai", POLICY, success=False)
-    assert (reopened.state, reopened.opened_at) == ("open", clock())
-    assert store.breaker_acquire("openai", POLICY).retry_after == pytest.approx(30)
+def test_each_failed_probe_reopens_for_twice_the_cooldown_up_to_the_cap(
+    store: Store, open_twin: Callable[[], Store], clock: ManualClock
+) -> None:
+    policy = replace(POLICY, max_cooldown_s=100)
+    twin = open_twin()  # another replica sees the same backoff
+    fail(store, 5, policy=policy)
+    waits = []
+    for failed_probes in range(1, 5):
+        wait = store.breaker_acquire("openai", policy).retry_after
+        waits.append(wait)
+        clock.advance(wait)
+        assert store.breaker_acquire("openai", policy).probe
+        reopened = store.breaker_record("openai", policy, success=False)
+        assert (reopened.state, reopened.opened_at, reopened.failed_probes) == ("open", clock(), failed_probes)
+        assert twin.breaker_state("openai") == reopened
+    assert waits == [30, 60, 100, 100]
+    assert twin.breaker_acquire("openai", policy).retry_after == 100
+    # A successful probe closes it and resets the backoff for everyone.
+    clock.advance(100)
+    assert twin.breaker_acquire("openai", policy).probe
+    assert twin.breaker_record("openai", policy, success=True) == BreakerState(window_start=clock())
+    fail(store, 5, policy=policy)
+    assert twin.breaker_acquire("openai", policy).retry_after == 30
+
+
+def test_a_streak_is_weighed_against_the_callers_attempts_in_flight(store: Store) -> None:
+    for pending in (49, 48, 47, 46, 45):
+        state = store.breaker_record("openai", POLICY, success=False, pending=pending)
+    assert (state.state, state.consecutive_failures) == ("closed", 5)  # 5 failures, 45 calls may still succeed
+    for pending in range(44, 25, -1):
+        state = store.breaker_record("openai", POLICY, success=False, pending=pending)
+        assert state.state == "closed"
+    # The 25th failure in a row is as many as the 25 still in flight (and half of all 50).
+    assert store.breaker_record("openai", POLICY, success=False, pending=25).state == "open"
+
+
+def test_calls_in_flight_count_as_not_failed_in_the_ratio(store: Store) -> None:
+    policy = BreakerPolicy(failure_threshold=100, failure_ratio=0.5, min_calls=10, window_s=60)
+    for _ in range(4):
+        store.breaker_record("openai", policy, success=True)
+        store.breaker_record("openai", policy, success=False)
+    store.breaker_record("openai", policy, success=True)
+    assert store.breaker_record("openai", policy, success=False, pending=1).state == "closed"  # 5 of 10 + 1
+    assert store.breaker_record("openai", policy, success=False, pending=0).state == "open"  # 6 of 11
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_store_makes_the_pure_functions_decisions(store: Store, clock: ManualClock, seed: int) -> None:
+    """The same random walk through acquire / record (with pending) / time, applied by the store
+    (SQLite in Python, Redis in Lua) and by ``proxy_core.breaker`` directly, gives the same permits
+    and the same state after every step."""
+    rng = random.Random(seed)
+    policy = BreakerPolicy(failure_threshold=3, failure_ratio=0.5, min_calls=6, window_s=20, cooldown_s=4,
+                           probe_timeout_s=7, max_cooldown_s=20)
+    expected = BreakerState()
+    seen: set[tuple[str, int]] = set()
+    for step in range(400):
+        now = clock()
+        roll = rng.random()
+        if roll < 0.3:
+            expected, want = breaker.acquire(expected, policy, now)
+            got = store.breaker_acquire("openai", policy)
+            assert (got.allowed, got.probe, got.state) == (want.allowed, want.probe, want.state), step
+            assert got.retry_after == pytest.approx(want.retry_after), step
+        elif roll < 0.8:
+            success, pending = rng.random() < 0.4, rng.choice((0, 0, 1, 2, 4, 8))
+            expected = breaker.record(expected, policy, now, success=success, pending=pending)
+            assert store.breaker_record("openai", policy, success=success, pending=pending) == expected, step
+        else:
+            clock.advance(rng.choice((0.5, 1.0, 3.0, 4.0, 9.0)))
+        assert store.breaker_state("openai") == expected, step
+        seen.add((expected.state, min(expected.failed_probes, 2)))
+    # The walk went through every state, and backed off more than once.
+    assert {("closed", 0), ("open", 0), ("half_open", 0), ("open", 2)} <= seen
 
 
 def test_a_vanished_probe_stops_blocking_after_its_timeout(store: Store, clock: ManualClock) -> None:
@@ -867,6 +937,30 @@ def test_sqlite_from_url_relative_and_absolute(tmp_path: Path, monkeypatch: pyte
 def test_sqlite_url_without_a_file_path_is_a_configuration_error(url: str) -> None:
     with pytest.raises(ConfigurationError, match="sqlite"):
         SqliteStore.from_url(url)
+
+
+def test_sqlite_a_breaker_from_before_the_backoff_is_read_and_backs_off(tmp_path: Path, clock: ManualClock) -> None:
+    # A file whose breakers table predates failed_probes: the column is added, old rows read as 0.
+    path = tmp_path / "penny.db"
+    raw = sqlite3.connect(path)
+    raw.execute(
+        "CREATE TABLE breakers (name TEXT PRIMARY KEY, state TEXT NOT NULL CHECK (state IN ('closed', 'open', "
+        "'half_open')), consecutive_failures INTEGER NOT NULL, window_start REAL NOT NULL, window_calls INTEGER "
+        "NOT NULL, window_failures INTEGER NOT NULL, opened_at REAL NOT NULL, probe_deadline REAL NOT NULL) "
+        "WITHOUT ROWID"
+    )
+    raw.execute("INSERT INTO breakers VALUES ('openai', 'open', 0, ?, 0, 0, ?, 0)", (clock(), clock()))
+    raw.commit()
+    raw.close()
+    store = SqliteStore(path, clock=clock)
+    try:
+        assert store.breaker_state("openai") == BreakerState(state="open", window_start=clock(), opened_at=clock())
+        clock.advance(30)
+        assert store.breaker_acquire("openai", POLICY).probe
+        assert store.breaker_record("openai", POLICY, success=False).failed_probes == 1
+        assert store.breaker_acquire("openai", POLICY).retry_after == 60
+    finally:
+        store.close()
 
 
 def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:

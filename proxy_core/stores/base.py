@@ -388,8 +388,9 @@ class Store(ABC):
         """Apply ``breaker.acquire`` atomically at the store's clock."""
 
     @abstractmethod
-    def breaker_record(self, name: str, policy: BreakerPolicy, *, success: bool) -> BreakerState:
-        """Apply ``breaker.record`` atomically at the store's clock; returns the new state."""
+    def breaker_record(self, name: str, policy: BreakerPolicy, *, success: bool, pending: int = 0) -> BreakerState:
+        """Apply ``breaker.record`` atomically at the store's clock; returns the new state.
+        ``pending``: the caller's other upstream attempts still in flight."""
 
     @abstractmethod
     def breaker_state(self, name: str) -> BreakerState: ...

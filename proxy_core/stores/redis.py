@@ -585,16 +585,16 @@ class RedisStore(Store):
     def _breaker_key(self, name: str) -> str:
         return f"{self._ns}:breaker:{{{name}}}"
 
-    def _breaker(self, name: str, policy: BreakerPolicy, op: str, success: bool) -> Any:
-        return self._run("breaker", [self._breaker_key(name)], _breaker_args(policy, op, success))
+    def _breaker(self, name: str, policy: BreakerPolicy, op: str, success: bool, pending: int = 0) -> Any:
+        return self._run("breaker", [self._breaker_key(name)], _breaker_args(policy, op, success, pending))
 
     @_translated("check the circuit breaker")
     def breaker_acquire(self, name: str, policy: BreakerPolicy) -> Permit:
         return _permit(self._breaker(name, policy, "acquire", False))
 
     @_translated("record a circuit-breaker outcome")
-    def breaker_record(self, name: str, policy: BreakerPolicy, *, success: bool) -> BreakerState:
-        reply = self._breaker(name, policy, "record", success)
+    def breaker_record(self, name: str, policy: BreakerPolicy, *, success: bool, pending: int = 0) -> BreakerState:
+        reply = self._breaker(name, policy, "record", success, pending)
         return _breaker_state(dict(zip(_BREAKER_FIELDS, reply, strict=True)))
 
     @_translated("read the circuit breaker")
@@ -923,7 +923,7 @@ def _limit_decision(reply: Sequence[Any]) -> LimitDecision:
     )
 
 
-def _breaker_args(policy: BreakerPolicy, op: str, success: bool) -> list[str | int]:
+def _breaker_args(policy: BreakerPolicy, op: str, success: bool, pending: int = 0) -> list[str | int]:
     return [
         op,
         "1" if success else "0",
@@ -933,6 +933,8 @@ def _breaker_args(policy: BreakerPolicy, op: str, success: bool) -> list[str | i
         _num(policy.window_s),
         _num(policy.cooldown_s),
         _num(policy.probe_timeout_s),
+        _num(policy.max_cooldown_s),
+        int(pending),
     ]
 
 

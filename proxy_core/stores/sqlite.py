@@ -200,11 +200,11 @@ _SELECT_LEDGER = (
 )
 _SELECT_BREAKER = (
     "SELECT state, consecutive_failures, window_start, window_calls, window_failures, opened_at, "
-    "probe_deadline FROM breakers WHERE name = ?"
+    "probe_deadline, failed_probes FROM breakers WHERE name = ?"
 )
 _SAVE_BREAKER = (
     "INSERT OR REPLACE INTO breakers (name, state, consecutive_failures, window_start, window_calls, "
-    "window_failures, opened_at, probe_deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "window_failures, opened_at, probe_deadline, failed_probes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _BREAKER_COLUMNS = tuple(f.name for f in fields(BreakerState))
 
@@ -231,6 +231,7 @@ _ADDED_COLUMNS: dict[str, dict[str, str]] = {
     # claim made by admit(owner=...); reaped: 1 once reap_interrupted turned it into a charge.
     "requests": {"owner": "TEXT", "reaped": "INTEGER NOT NULL DEFAULT 0"},
     "ledger": {"unsettled": "INTEGER NOT NULL DEFAULT 0"},
+    "breakers": {"failed_probes": "INTEGER NOT NULL DEFAULT 0"},
 }
 # Statements that need the added columns, run after them.
 _AFTER_COLUMNS = (
@@ -634,9 +635,9 @@ class SqliteStore(Store):
         with self._write("check the circuit breaker") as conn:
             return _acquire_breaker(conn, BreakerRef(name, policy), self.now())
 
-    def breaker_record(self, name: str, policy: BreakerPolicy, *, success: bool) -> BreakerState:
+    def breaker_record(self, name: str, policy: BreakerPolicy, *, success: bool, pending: int = 0) -> BreakerState:
         with self._write("record a circuit-breaker outcome") as conn:
-            return _record_breaker(conn, BreakerRef(name, policy), self.now(), success=success)
+            return _record_breaker(conn, BreakerRef(name, policy), self.now(), success=success, pending=pending)
 
     def breaker_state(self, name: str) -> BreakerState:
         with self._read("read the circuit breaker") as conn:
@@ -1136,9 +1137,11 @@ def _acquire_breaker(conn: sqlite3.Connection, ref: BreakerRef, now: float) -> P
     return permit
 
 
-def _record_breaker(conn: sqlite3.Connection, ref: BreakerRef, now: float, *, success: bool) -> BreakerState:
+def _record_breaker(
+    conn: sqlite3.Connection, ref: BreakerRef, now: float, *, success: bool, pending: int = 0
+) -> BreakerState:
     state = _load_breaker(conn, ref.name)
-    new_state = breaker.record(state, ref.policy, now, success=success)
+    new_state = breaker.record(state, ref.policy, now, success=success, pending=pending)
     if new_state != state:
         _save_breaker(conn, ref.name, new_state)
     return new_state

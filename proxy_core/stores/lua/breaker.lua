@@ -1,27 +1,41 @@
 -- Circuit breaker transitions of proxy_core/breaker.py (acquire / record), at the store clock.
--- KEYS[1]: the breaker, a HASH with the fields of BreakerState (missing = closed, all zero).
+-- KEYS[1]: the breaker, a HASH with the fields of BreakerState (a missing field is closed / zero).
 -- ARGV[3]: 'acquire', 'peek' or 'record', ARGV[4]: '1' if the recorded call succeeded; then the policy:
--- failure_threshold, failure_ratio, min_calls, window_s, cooldown_s, probe_timeout_s.
+-- failure_threshold, failure_ratio, min_calls, window_s, cooldown_s, probe_timeout_s, max_cooldown_s;
+-- then ARGV[12]: pending, the recording process's other attempts still in flight.
 -- acquire returns {allowed, probe, retry_after, state}; peek returns the same without writing,
 -- except that where acquire would grant a probe it returns allowed = 2 (acquire to get it);
 -- record returns the new state, fields in BreakerState order.
+--
+-- A failure in 'closed' opens the breaker when the streak outnumbers both the threshold and the
+-- pending calls that could still break it, or when, with at least min_calls in the window, the
+-- failures reach failure_ratio of the calls plus the pending ones. Each failed probe doubles the
+-- cooldown (up to max_cooldown_s, see breaker.cooldown); a successful probe closes and resets it.
 local now = clock()
 local op, success = ARGV[3], ARGV[4] == '1'
 local failure_threshold, failure_ratio = tonumber(ARGV[5]), tonumber(ARGV[6])
 local min_calls, window_s = tonumber(ARGV[7]), tonumber(ARGV[8])
 local cooldown_s, probe_timeout_s = tonumber(ARGV[9]), tonumber(ARGV[10])
+local max_cooldown_s, pending = tonumber(ARGV[11]), math.max(0, tonumber(ARGV[12]) or 0)
 
 local FIELDS = {'state', 'consecutive_failures', 'window_start', 'window_calls', 'window_failures',
-                'opened_at', 'probe_deadline'}
+                'opened_at', 'probe_deadline', 'failed_probes'}
 local raw = redis.call('HMGET', KEYS[1], unpack(FIELDS))
 local s = {state = raw[1] or 'closed'}
 for i = 2, #FIELDS do
   s[FIELDS[i]] = tonumber(raw[i]) or 0
 end
 
-local function fresh(state, at)
+local function fresh(state, at, failed_probes)
   return {state = state, consecutive_failures = 0, window_start = at, window_calls = 0,
-          window_failures = 0, opened_at = state == 'open' and at or 0, probe_deadline = 0}
+          window_failures = 0, opened_at = state == 'open' and at or 0, probe_deadline = 0,
+          failed_probes = failed_probes}
+end
+
+-- breaker.cooldown: doubled per failed probe (at most 62 times), capped, never below cooldown_s.
+local function cooldown(state)
+  local doubled = cooldown_s * 2 ^ math.min(state.failed_probes, 62)
+  return math.min(doubled, math.max(cooldown_s, max_cooldown_s))
 end
 
 local function save(state)
@@ -46,7 +60,7 @@ if op == 'acquire' or op == 'peek' then
     return {1, 0, '0', 'closed'}
   end
   if s.state == 'open' then
-    local reopen = s.opened_at + cooldown_s
+    local reopen = s.opened_at + cooldown(s)
     if now < reopen then
       return {0, 0, num(reopen - now), 'open'}
     end
@@ -72,7 +86,7 @@ end
 
 -- record
 if s.state == 'half_open' then
-  s = fresh(success and 'closed' or 'open', now)
+  s = success and fresh('closed', now, 0) or fresh('open', now, s.failed_probes + 1)
   save(s)
   return reply(s)
 end
@@ -89,9 +103,10 @@ if success then
 else
   s.window_failures = s.window_failures + 1
   s.consecutive_failures = s.consecutive_failures + 1
-  if s.consecutive_failures >= failure_threshold
-      or (s.window_calls >= min_calls and s.window_failures >= failure_ratio * s.window_calls) then
-    s = fresh('open', now)
+  local streak = s.consecutive_failures >= failure_threshold and s.consecutive_failures >= pending
+  local ratio = s.window_calls >= min_calls and s.window_failures >= failure_ratio * (s.window_calls + pending)
+  if streak or ratio then
+    s = fresh('open', now, 0)
   end
 end
 save(s)
