@@ -43,6 +43,7 @@ from typing import Any, Protocol, TypeVar
 from proxy_core import budget as budget_math
 from proxy_core.alerts import BudgetAlert, BudgetAlerter
 from proxy_core.breaker import BreakerPolicy, BreakerState, Permit
+from proxy_core.breaker import cooldown as breaker_cooldown
 from proxy_core.cache import CacheAs, CachedAnswer, CacheDecision, CacheLayer, CacheScope, ExactCache
 from proxy_core.clock import Clock, Sleep
 from proxy_core.errors import (
@@ -57,6 +58,7 @@ from proxy_core.errors import (
     StoreError,
     UpstreamError,
 )
+from proxy_core.inflight import Attempt, InFlight
 from proxy_core.limiter import Bucket
 from proxy_core.log import get_logger
 from proxy_core.metrics import BREAKER_STATES, Metrics
@@ -217,7 +219,9 @@ class Gateway:
             window_s=settings.breaker_window_s,
             cooldown_s=settings.breaker_cooldown_s,
             probe_timeout_s=settings.request_timeout_s * 2,
+            max_cooldown_s=settings.breaker_max_cooldown_s,
         )
+        self._in_flight = InFlight()
         self._breaker_ref = BreakerRef(breaker_name, self._breaker)
         self._retry = RetryPolicy(
             max_attempts=settings.retry_max_attempts,
@@ -881,7 +885,8 @@ class Gateway:
 
     def _call_upstream(self, kind: str, attempt: Callable[[], T], first_permit: Permit | None) -> tuple[T, int]:
         """Attempts with retries; ``first_permit`` is the breaker's answer for the first one (from
-        the admission). A success is recorded on the breaker by the settle that follows."""
+        the admission). A failure is recorded on the breaker as it comes back, with the number of
+        this process's other attempts still in flight; a success by the settle that follows."""
         started = self._clock()
         permits = [first_permit] if first_permit is not None else []
 
@@ -890,40 +895,46 @@ class Gateway:
             if not permit.allowed:
                 self.metrics.refusals.labels("breaker").inc()
                 raise CircuitOpen(permit.retry_after)
-            return attempt()
+            with self._in_flight.attempt() as sent:
+                try:
+                    return attempt()
+                except UpstreamError as exc:
+                    self._upstream_failed(kind, exc, sent)
+                    raise
 
-        def on_failure(exc: BaseException) -> None:
-            if not isinstance(exc, UpstreamError):
-                return
-            # An error caused by the request itself still proves upstream is alive.
-            outage = counts_against_breaker(exc)
-            state = self._record_breaker(success=not outage)
-            if outage:
-                self.metrics.upstream_failures.labels(kind, exc.kind if exc.status is None else str(exc.status)).inc()
-            if state is not None and state.state == "open":
-                # Do not wait out a backoff only to be refused by the breaker this failure opened.
-                self.metrics.refusals.labels("breaker").inc()
-                raise CircuitOpen(self._breaker.cooldown_s) from exc
-
-        value, attempts = call_with_retries(
-            guarded, self._retry, clock=self._clock, sleep=self._sleep, rand=self._rand, on_failure=on_failure
-        )
+        value, attempts = call_with_retries(guarded, self._retry, clock=self._clock, sleep=self._sleep, rand=self._rand)
         self.metrics.upstream_latency.labels(kind).observe(max(0.0, self._clock() - started))
         return value, attempts
+
+    def _upstream_failed(self, kind: str, exc: UpstreamError, sent: Attempt) -> None:
+        """Feed a failed attempt to the breaker, weighed against this process's other attempts in
+        flight; raise CircuitOpen if the breaker is open now (do not wait out a backoff only to be
+        refused by it)."""
+        if not counts_against_breaker(exc):
+            self._record_breaker(success=True)  # an error caused by the request proves upstream alive
+            return
+        state = sent.report_failure(lambda pending: self._record_breaker(success=False, pending=pending))
+        self.metrics.upstream_failures.labels(kind, exc.kind if exc.status is None else str(exc.status)).inc()
+        if state is not None and state.state == "open":
+            self.metrics.refusals.labels("breaker").inc()
+            # The whole current cooldown: exact when this failure opened the breaker, a little long
+            # when a call sent before it opened reports late.
+            raise CircuitOpen(breaker_cooldown(state, self._breaker)) from exc
 
     def _acquire_breaker(self) -> Permit:
         permit = self.store.breaker_acquire(self._breaker_name, self._breaker)
         self.metrics.breaker_state.set(BREAKER_STATES[permit.state])
         return permit
 
-    def _record_breaker(self, *, success: bool) -> BreakerState | None:
+    def _record_breaker(self, *, success: bool, pending: int = 0) -> BreakerState | None:
         try:
-            state = self.store.breaker_record(self._breaker_name, self._breaker, success=success)
+            state = self.store.breaker_record(self._breaker_name, self._breaker, success=success, pending=pending)
         except StoreError as exc:
             self._log.warning("breaker_record_failed", error=str(exc))
             return None
         if state.state == "open" and not success:
-            self._log.warning("breaker_open", cooldown_s=self._breaker.cooldown_s)
+            self._log.warning("breaker_open", cooldown_s=breaker_cooldown(state, self._breaker), pending=pending,
+                              failed_probes=state.failed_probes)
         self.metrics.breaker_state.set(BREAKER_STATES[state.state])
         return state
 

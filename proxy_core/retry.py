@@ -12,7 +12,8 @@ The pieces, each testable on its own:
   next sleep would end past ``deadline_s`` (measured with the injected clock, from the start of the
   first attempt), and re-raises the last error.
 
-The gateway uses :func:`call_with_retries`::
+:func:`call_with_retries` is used like this (the gateway feeds its breaker inside ``one_attempt``
+instead, where it still knows the attempt is in flight)::
 
     result, attempts = call_with_retries(
         one_attempt,                     # () -> T: one breaker check + one HTTP call

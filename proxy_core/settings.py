@@ -148,15 +148,24 @@ class PennySettings(BaseSettings):
     retry_cap_s: Seconds = Field(8.0, description="Longest backoff delay in seconds.")
     retry_max_wait_s: Seconds = Field(20.0, description="Longest Retry-After Penny will honour, in seconds.")
     retry_deadline_s: PositiveSeconds = Field(60.0, description="Total seconds one call may spend retrying.")
-    breaker_failure_threshold: int = Field(5, ge=1, description="Consecutive failures that open the breaker.")
+    breaker_failure_threshold: int = Field(
+        5, ge=1,
+        description="Consecutive failures that open the breaker (when they also outnumber the calls still in flight).",
+    )
     breaker_failure_ratio: float = Field(
-        0.5, gt=0, le=1, description="Failure ratio in the window that opens the breaker."
+        0.5, gt=0, le=1,
+        description="Failure ratio in the window that opens the breaker (calls in flight count as not failed).",
     )
     breaker_min_calls: int = Field(20, ge=1, description="Calls in the window before the ratio counts.")
     breaker_window_s: PositiveSeconds = Field(
         60.0, description="Seconds of history the failure ratio covers."
     )
-    breaker_cooldown_s: PositiveSeconds = Field(30.0, description="Seconds the breaker stays open.")
+    breaker_cooldown_s: PositiveSeconds = Field(
+        30.0, description="Seconds the breaker stays open; doubled after each failed probe."
+    )
+    breaker_max_cooldown_s: PositiveSeconds = Field(
+        300.0, description="Longest the breaker stays open after failed probes, in seconds."
+    )
 
     # -- cache and idempotency -------------------------------------------------------------------
     cache_enabled: bool = Field(True, description="Answer repeated questions from the exact-match cache.")

@@ -228,17 +228,17 @@ class Fault:
 class Gate:
     """Holds requests until ``parties`` callers have arrived, then lets every one of them go.
 
-    A caller arrives by reaching the fake (its request then waits here) or by calling
-    :meth:`arrive` (it will never reach the fake). Once full the gate stays open. A gate still not
-    full after ``timeout_s`` opens anyway and is marked :attr:`broken`, so a test fails on that
-    instead of hanging.
+    A caller arrives by reaching the fake (its request then waits here, as any caller of
+    :meth:`wait` does) or by calling :meth:`arrive` (it will never reach the fake). Once full the
+    gate stays open. A gate still not full after ``timeout_s`` opens anyway and is marked
+    :attr:`broken`, so a test fails on that instead of hanging.
     """
 
     def __init__(self, parties: int, *, timeout_s: float = 30.0) -> None:
         self.parties = parties
         self.timeout_s = timeout_s
         self.arrived = 0
-        self.held = 0  # requests that waited here (arrivals that reached the fake)
+        self.held = 0  # callers that waited here (on a held endpoint: requests that reached the fake)
         self.broken = False
         self._open = False
         self._changed = threading.Condition()
@@ -259,8 +259,8 @@ class Gate:
             self._open = True
             self._changed.notify_all()
 
-    def _pass(self) -> None:
-        """Called by the server for a request: wait until the gate is open."""
+    def wait(self) -> None:
+        """Arrive, then wait until the gate is open (what a request to a held endpoint does)."""
         with self._changed:
             if self._open:
                 return
@@ -494,7 +494,7 @@ class FakeOpenAI:
         with self._state.lock:
             fault = self._state.persistent or decided or self._next_scripted(request.endpoint)
         if gate is not None:
-            gate._pass()
+            gate.wait()
         return fault
 
     def _next_scripted(self, endpoint: Endpoint | None) -> Fault:

@@ -14,7 +14,7 @@ import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 
-from proxy_core.clock import ManualClock
+from proxy_core.clock import ManualClock, Sleep
 from proxy_core.errors import (
     BudgetExceeded,
     CircuitOpen,
@@ -33,7 +33,7 @@ from proxy_core.stores import store_from_url
 from proxy_core.stores.base import Store
 from proxy_core.tokens import estimate_chat_tokens
 from proxy_core.upstream import OpenAIUpstream
-from tests.fake_openai import FakeOpenAI, Fault, Gate
+from tests.fake_openai import FakeOpenAI, Fault, Gate, RecordedRequest
 
 API_KEY = "sk-test-0123456789abcdef"
 DAY = "2026-01-01"  # ManualClock starts at 2026-01-01T00:00:00Z
@@ -51,7 +51,7 @@ def fake() -> Iterator[FakeOpenAI]:
 def make_gateway(store: Store, clock: ManualClock, fake: FakeOpenAI) -> Iterator[GatewayFactory]:
     made: list[Gateway] = []
 
-    def make(store_: Store | None = None, **overrides: Any) -> Gateway:
+    def make(store_: Store | None = None, *, sleep: Sleep | None = None, **overrides: Any) -> Gateway:
         params: dict[str, Any] = {
             "openai_api_key": API_KEY,
             "openai_base_url": fake.base_url,
@@ -69,7 +69,7 @@ def make_gateway(store: Store, clock: ManualClock, fake: FakeOpenAI) -> Iterator
             metrics=Metrics(CollectorRegistry()),
             clock=clock,
             wall=clock,
-            sleep=clock.sleep,
+            sleep=sleep or clock.sleep,
             rand=lambda: 0.5,
         )
         made.append(gw)
@@ -351,6 +351,136 @@ def test_retries_feed_the_breaker_and_stop_when_it_opens(make_gateway: GatewayFa
     with pytest.raises(CircuitOpen):
         ask(gw, "q", "r")
     assert fake.count("chat") == 3
+
+
+def run_concurrently(n: int, call: Callable[[int], Any],
+                     on_error: Callable[[], None] | None = None) -> tuple[list[Any], list[BaseException]]:
+    """``call(i)`` for i in range(n) on n threads; the results and the errors, in completion order.
+    ``on_error`` runs on the failing thread."""
+    results: list[Any] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def run(i: int) -> None:
+        try:
+            result = call(i)
+        except BaseException as exc:
+            with lock:
+                errors.append(exc)
+            if on_error is not None:
+                on_error()
+        else:
+            with lock:
+                results.append(result)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, errors
+
+
+def _question_number(request: RecordedRequest) -> int:
+    return int(request.body["messages"][-1]["content"].split()[-1])
+
+
+def test_a_brownout_keeps_the_breaker_closed_and_every_question_answered(
+    make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store, clock: ManualClock
+) -> None:
+    # 1 question in 3 gets a fast 503 on its first attempt; a retry succeeds. Successes take 100 ms,
+    # so all 17 failures come back while the 33 successes are still in flight. The 50 first
+    # attempts are held at the fake until all have arrived, so they overlap on every run.
+    n, failing = 50, len(range(0, 50, 3))
+    gate = fake.hold(Gate(n))
+    fake.decide(lambda request, earlier: Fault.status(503) if earlier == 0 and _question_number(request) % 3 == 0
+                else Fault.ok(delay_s=0.1))
+    gw = make_gateway(cache_enabled=False, request_timeout_s=30.0)
+
+    answers, errors = run_concurrently(n, lambda i: ask(gw, f"brown-out question {i}", f"b{i}"))
+
+    assert errors == [] and len(answers) == n and not gate.broken
+    state = store.breaker_state("openai")
+    assert (state.state, state.window_calls, state.window_failures) == ("closed", n + failing, failing)
+    assert gw.metrics.registry.get_sample_value("penny_refusals_total", {"reason": "breaker"}) is None
+    assert sorted(a.attempts for a in answers) == [1] * (n - failing) + [2] * failing
+    assert clock.sleeps == [0.25] * failing  # each failed question waited one backoff, then retried
+    # Every upstream call is accounted for: one ledger entry per answer, carrying its attempts.
+    usage = gw.usage("W1", DAY, DAY)
+    assert usage.totals.requests == n == fake.count("chat") - failing
+    assert fake.count("chat") == sum(a.attempts for a in answers) == n + failing
+    assert usage.totals.cost_micros == sum(a.cost_micros for a in answers)
+
+
+def test_an_outage_opens_at_the_fifth_failed_attempt_and_failed_probes_back_off(
+    make_gateway: GatewayFactory, fake: FakeOpenAI, clock: ManualClock
+) -> None:
+    fake.fail_all(503)
+    gw = make_gateway(cache_enabled=False, breaker_cooldown_s=30, breaker_max_cooldown_s=100)
+    with pytest.raises(UpstreamError) as gave_up:
+        ask(gw, "q0", "o0")
+    assert gave_up.value.attempts == 4  # four failures in a row: one short of the threshold
+    with pytest.raises(CircuitOpen) as opened:
+        ask(gw, "q1", "o1")  # its first attempt is the fifth failure: no retry after it
+    assert opened.value.retry_after == pytest.approx(30)
+    assert fake.count("chat") == 5
+    refused_for, reopened_for = [], []
+    for i in range(3):
+        with pytest.raises(CircuitOpen) as refused:
+            ask(gw, f"early {i}", f"e{i}")  # refused for the current cooldown; nothing is sent
+        refused_for.append(refused.value.retry_after)
+        clock.advance(refused.value.retry_after)
+        with pytest.raises(CircuitOpen) as probe_failed:
+            ask(gw, f"probe {i}", f"p{i}")  # the one probe fails: open again, for longer
+        reopened_for.append(probe_failed.value.retry_after)
+    assert refused_for == pytest.approx([30, 60, 100])
+    assert reopened_for == pytest.approx([60, 100, 100])
+    assert fake.count("chat") == 5 + 3
+    # Upstream is back: the next probe closes the breaker, and the backoff is forgotten.
+    fake.clear()
+    clock.advance(100)
+    assert ask(gw, "probe 3", "p3").attempts == 1
+    fake.fail_all(503)
+    with pytest.raises(UpstreamError):
+        ask(gw, "q2", "o2")
+    with pytest.raises(CircuitOpen) as opened_again:
+        ask(gw, "q3", "o3")
+    assert opened_again.value.retry_after == pytest.approx(30)
+
+
+def test_an_outage_with_fifty_calls_in_flight_opens_at_half_of_them_and_sends_no_retry(
+    make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store, clock: ManualClock
+) -> None:
+    # All 50 first attempts are in flight before any fails (held at the fake), and no retry goes
+    # out before every first failure has been recorded (the backoff waits at a second gate), as
+    # when upstream fails fast and the backoff is longer than its round trip.
+    n = 50
+    fake.fail_all(503)
+    sent = fake.hold(Gate(n))
+    backoff = Gate(n)
+    slept: set[int] = set()
+
+    def sleep(seconds: float) -> None:
+        clock.sleep(seconds)
+        slept.add(threading.get_ident())
+        backoff.wait()
+
+    def gave_up() -> None:
+        if threading.get_ident() not in slept:
+            backoff.arrive()
+
+    gw = make_gateway(cache_enabled=False, request_timeout_s=30.0, sleep=sleep)
+
+    answers, errors = run_concurrently(n, lambda i: ask(gw, f"outage question {i}", f"o{i}"), on_error=gave_up)
+
+    assert answers == [] and not sent.broken and not backoff.broken
+    assert [type(e) for e in errors] == [CircuitOpen] * n
+    # The k-th failure is weighed against the 50 - k still in flight: the 25th opens the breaker.
+    # The 24 before it each waited a backoff, and their retries were refused, not sent.
+    assert len(clock.sleeps) == backoff.held == 24
+    assert fake.count("chat") == n
+    assert store.breaker_state("openai").state == "open"
+    assert gw.metrics.registry.get_sample_value("penny_refusals_total", {"reason": "breaker"}) == n
 
 
 def test_embeddings_are_billed_as_embedding_spend(make_gateway: GatewayFactory, fake: FakeOpenAI,
