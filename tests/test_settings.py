@@ -51,7 +51,7 @@ def test_defaults() -> None:
     assert (s.retry_max_attempts, s.retry_base_s, s.retry_cap_s) == (4, 0.5, 8.0)
     assert (s.retry_max_wait_s, s.retry_deadline_s) == (20.0, 60.0)
     assert (s.breaker_failure_threshold, s.breaker_failure_ratio, s.breaker_min_calls) == (5, 0.5, 20)
-    assert (s.breaker_window_s, s.breaker_cooldown_s) == (60.0, 30.0)
+    assert (s.breaker_window_s, s.breaker_cooldown_s, s.breaker_max_cooldown_s) == (60.0, 30.0, 300.0)
     assert (s.cache_enabled, s.cache_ttl_s, s.cache_scope) == (True, 86_400, "workspace")
     assert (s.idempotency_ttl_s, s.inflight_wait_s) == (86_400, 30.0)
     assert (s.metrics_port, s.log_level, s.log_json) == (0, "INFO", False)
