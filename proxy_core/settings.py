@@ -36,7 +36,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from proxy_core.errors import ConfigurationError
 from proxy_core.stores import unknown_scheme_message
 
-__all__ = ["ENV_PREFIX", "LimitOverride", "Limits", "PennySettings", "env_var", "load_settings", "micros"]
+__all__ = [
+    "ENV_PREFIX", "LimitOverride", "Limits", "PennySettings", "ThreadReplies", "env_var", "load_settings", "micros",
+]
 
 ENV_PREFIX = "PENNY_"
 MICROS_PER_USD = 1_000_000
@@ -46,6 +48,7 @@ Rate = Annotated[float, Field(ge=0)]
 Seconds = Annotated[float, Field(ge=0)]
 PositiveSeconds = Annotated[float, Field(gt=0)]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+ThreadReplies = Literal["questions", "all", "mentions"]  # what each means: bot/slack/addressing.py
 
 
 def micros(usd: Decimal) -> int:
@@ -215,6 +218,11 @@ class PennySettings(BaseSettings):
         validation_alias=AliasChoices("SLACK_API_URL", "slack_api_url"),
         description="Override of the Slack Web API base URL (SLACK_API_URL).",
     )
+    thread_replies: ThreadReplies = Field(
+        "questions",
+        description="Which replies without a mention Penny answers in a thread she is in: questions (those "
+                    "that ask her something; not thanks, emoji or talk between people), all, or mentions (none).",
+    )
     admin_user_ids: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Slack user IDs allowed to see team-wide spend, comma-separated."
     )
@@ -243,6 +251,11 @@ class PennySettings(BaseSettings):
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
         return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("thread_replies", mode="before")
+    @classmethod
+    def _lower_thread_replies(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("store_url")
     @classmethod
