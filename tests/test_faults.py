@@ -76,12 +76,18 @@ def start_worker(name: str, count: int, env: dict[str, str], *, drain: bool = Tr
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    """Poll a condition another process makes true (bounded); not a wait for a window."""
+def wait_for(condition: Callable[[], bool], workers: Sequence[subprocess.Popen[str]], timeout_s: float = 120.0) -> None:
+    """Poll a condition the workers make true (bounded: a loaded 2-core machine can take a while to
+    start Python processes); not a wait for a window. A worker that exits first fails the test
+    with its own output."""
     deadline = time.monotonic() + timeout_s
     while not condition():
+        for worker in workers:
+            if worker.poll() is not None:
+                out, err = worker.communicate()
+                raise AssertionError(f"a worker exited early ({worker.returncode}):\n{out}\n{err[-3000:]}")
         if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for the fault to take effect")
+            raise AssertionError("timed out waiting for the workers to reach the fault")
         time.sleep(0.01)
 
 
@@ -106,7 +112,7 @@ def test_redis_killed_and_restarted_mid_run_loses_no_paid_call(tmp_path: Path, f
         env = worker_env(server.url, fake, spool)
         workers = [start_worker(f"w{k}", 40, env) for k in range(4)]
         try:
-            wait_for(lambda: fake.count("chat") >= 30)
+            wait_for(lambda: fake.count("chat") >= 30, workers)
             server.kill()  # kill -9 while calls are in flight: their settles cannot reach Redis
             time.sleep(1.0)  # the outage itself lasts a second
             server.start()
@@ -203,7 +209,7 @@ def test_a_worker_killed_mid_call_is_charged_unsettled_and_never_run_twice(tmp_p
         # A short claim: retry deadline + request timeout + 30 s.
         env = worker_env(url, fake, tmp_path / "spool", PENNY_RETRY_DEADLINE_S="5", PENNY_REQUEST_TIMEOUT_S="5")
         worker = start_worker("killed", 1, env, drain=False)
-        wait_for(lambda: fake.count("chat") == 1)
+        wait_for(lambda: fake.count("chat") == 1, [worker])
         worker.send_signal(signal.SIGKILL)
         worker.wait(timeout=30)
         later = time.time() + 300  # five minutes on: the 40 s claim expired; the reaper has not come by
