@@ -243,8 +243,12 @@ def run_socket_mode(app: App, app_token: str) -> None:
 
 
 def run_http(app: App, port: int) -> None:
-    """Serve ``app`` over HTTP at ``/slack/events`` (blocks; Bolt's built-in server)."""
-    app.start(port=port, path="/slack/events")
+    """Serve ``app`` over HTTP at ``/slack/events`` (blocks). Bad input (a non-numeric timestamp,
+    malformed JSON) gets a 4xx before Bolt sees it, never a traceback (:mod:`bot.slack.http_guard`)."""
+    from bot.slack.http_guard import SlackHTTPServer
+
+    with SlackHTTPServer(app, ("0.0.0.0", port), path="/slack/events") as server:  # noqa: S104  # Slack calls in
+        server.serve_forever()
 
 
 # ---------------------------------------------------------------------------------------------
