@@ -1,0 +1,108 @@
+"""The settle spool on its own (proxy_core/spool.py), and the gateway's alarm for writes that stay
+pending: durable records, done marks, adoption of a dead process's file, and a torn last line."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from structlog.testing import capture_logs
+
+from proxy_core.budget import budget_lines
+from proxy_core.clock import ManualClock
+from proxy_core.gateway import Gateway
+from proxy_core.settings import PennySettings
+from proxy_core.spool import SettleSpool, SpoolRecord, count_pending
+from proxy_core.stores.base import LedgerEntry
+from proxy_core.stores.sqlite import SqliteStore
+
+
+def record(request_id: str, cost: int = 100, *, op: str = "settle") -> SpoolRecord:
+    entry = LedgerEntry(
+        request_id=request_id, ts=1_767_225_600.0, day="2026-01-01", workspace_id="T1", user_id="U1",
+        model="gpt-4.1-mini", kind="chat", prompt_tokens=10, cached_prompt_tokens=0, completion_tokens=5,
+        cost_micros=cost, saved_micros=0, cache_status="miss", latency_ms=5, attempts=1,
+    )
+    lines = tuple(budget_lines("T1", "U1", entry.ts, user_daily=1_000, workspace_monthly=0))
+    return SpoolRecord("settle" if op == "settle" else "release", entry, lines, reservation_id=request_id,
+                       result='{"r": 1}', result_ttl_s=60.0, spooled_at=entry.ts)
+
+
+def crash(spool: SettleSpool) -> None:
+    """The process dies: its file and lock are left as they are, nothing is marked."""
+    assert spool._own is not None
+    spool._own.handle.close()
+    spool._own = None
+
+
+def test_records_survive_a_crash_and_done_ones_are_not_replayed(tmp_path: Path) -> None:
+    spool = SettleSpool(tmp_path)
+    for i in range(3):
+        spool.append(record(f"r{i}"))
+    spool.done(record("r1"))
+    assert count_pending(tmp_path) == 2
+    crash(spool)
+    heir = SettleSpool(tmp_path)
+    assert heir.adopt() == 2
+    assert [r.entry.request_id for r in heir.pending()] == ["r0", "r2"]
+    assert heir.pending()[0] == record("r0")  # every field comes back as written
+    for r in heir.pending():
+        heir.done(r)
+    assert not list(tmp_path.glob("*.spool"))  # an adopted file is deleted once empty
+
+
+def test_a_live_process_file_is_never_adopted(tmp_path: Path) -> None:
+    alive = SettleSpool(tmp_path)
+    alive.append(record("mine"))
+    other = SettleSpool(tmp_path)
+    assert other.adopt() == 0 and other.pending() == []
+    alive.done(record("mine"))
+    alive.close()
+    assert not list(tmp_path.glob("*.spool"))
+
+
+def test_a_torn_last_line_and_an_unreadable_line_are_skipped(tmp_path: Path) -> None:
+    spool = SettleSpool(tmp_path)
+    spool.append(record("whole"))
+    assert spool._own is not None
+    path = spool._own.path
+    crash(spool)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write("{not json}\n")
+        handle.write(record("torn").to_json()[:40])  # the process died mid-write: never acknowledged
+    with capture_logs() as logs:
+        heir = SettleSpool(tmp_path)
+        assert heir.adopt() == 1
+    assert [r.entry.request_id for r in heir.pending()] == ["whole"]
+    assert [e["event"] for e in logs].count("spool_line_unreadable") == 1
+
+
+def test_only_writes_pending_for_rounds_and_a_minute_raise_the_alarm(tmp_path: Path) -> None:
+    clock = ManualClock(time.time())
+    store = SqliteStore(tmp_path / "penny.db", clock=clock)
+    settings = PennySettings(store_url=f"sqlite:///{tmp_path / 'penny.db'}")
+    spool = SettleSpool(tmp_path / "spool")
+    gw = Gateway(settings, store=store, upstream=_NoUpstream(), spool=spool, clock=clock, wall=clock)
+    spool.append(record("late", 250))
+    store.close()  # the store is down: every replay round fails
+    with capture_logs() as logs:
+        for _ in range(3):
+            assert gw.replay_spool().pending == 1
+        clock.advance(61)
+        gw.replay_spool()
+        gw.replay_spool()  # raised once per write, not every round
+    assert [e["event"] for e in logs].count("ledger_entries_pending") == 1
+    back = SqliteStore(tmp_path / "penny.db", clock=clock)
+    gw.store = back  # the store is back (same file)
+    assert gw.replay_spool().applied == 1
+    entry = back.ledger_entry("T1", "late")
+    assert entry is not None and entry.cost_micros == 250
+    gw.close()
+
+
+class _NoUpstream:
+    def chat(self, **_: object) -> object:
+        raise AssertionError("no upstream call in this test")
+
+    def embed(self, **_: object) -> object:
+        raise AssertionError("no upstream call in this test")
