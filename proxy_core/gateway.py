@@ -82,7 +82,7 @@ from proxy_core.stores.base import (
 from proxy_core.tokens import estimate_chat_tokens, estimate_text_tokens
 from proxy_core.upstream import ChatResponse, EmbedResponse, OpenAIUpstream
 
-__all__ = ["AnswerStream", "Gateway", "ReplayReport", "StreamingUpstream", "Upstream"]
+__all__ = ["AnswerStream", "ChatRequest", "EmbedRequest", "Gateway", "ReplayReport", "StreamingUpstream", "Upstream"]
 
 # A spooled write still pending after this many replay rounds and this long raises the alarm.
 _ALARM_AFTER_ATTEMPTS = 3
@@ -155,6 +155,57 @@ class ReplayReport:
     already: int = 0
     pending: int = 0
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """One chat completion to run: everything the pipeline needs, built once by :meth:`Gateway.chat`
+    and passed from step to step."""
+
+    user_id: str
+    workspace_id: str
+    request_id: str
+    messages: tuple[Message, ...]
+    model: str
+    price: ModelPrice
+    max_tokens: int
+    temperature: float | None = None
+    context: str = ""
+    channel_id: str | None = None
+    use_cache: bool = True
+    cache_as: CacheAs | None = None
+    stream: AnswerStream | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedRequest:
+    """One embedding call to run, built by :meth:`Gateway.embed`."""
+
+    user_id: str
+    workspace_id: str
+    request_id: str
+    inputs: tuple[str, ...]
+    model: str
+    price: ModelPrice
+    dimensions: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Lookup:
+    """The cache step's outcome: where the question would be cached (None: not cacheable) and the
+    decision, whose ``answer`` is set on a hit."""
+
+    scope: CacheScope | None
+    question: str | None
+    decision: CacheDecision
+
+
+@dataclass(frozen=True, slots=True)
+class _Admitted:
+    """What admission took: the budget lines reserved on, and the first attempt's breaker permit."""
+
+    lines: list[budget_math.BudgetLine]
+    permit: Permit | None
 
 
 class _Held(Exception):
@@ -479,20 +530,16 @@ class Gateway:
         if not messages:
             raise ValueError("messages must not be empty")
         model = model or self.settings.chat_model
-        price = self._price(model)
-        max_tokens = max_tokens or self.settings.max_output_tokens
+        request = ChatRequest(
+            user_id=user_id, workspace_id=workspace_id, request_id=request_id, messages=tuple(messages),
+            model=model, price=self._price(model), max_tokens=max_tokens or self.settings.max_output_tokens,
+            temperature=temperature, context=context, channel_id=channel_id, use_cache=use_cache,
+            cache_as=cache_as, stream=stream,
+        )
         token = _CALLER.set((user_id, workspace_id, request_id))
         try:
-            return self._idempotent(
-                "chat",
-                workspace_id,
-                request_id,
-                ChatResult.from_json,
-                lambda: self._chat(
-                    user_id, workspace_id, request_id, messages, model, price, max_tokens, temperature,
-                    context, channel_id, use_cache, cache_as, stream,
-                ),
-            )
+            return self._idempotent("chat", workspace_id, request_id, ChatResult.from_json,
+                                    lambda: self._chat(request))
         finally:
             _CALLER.reset(token)
 
@@ -510,14 +557,10 @@ class Gateway:
         if not inputs:
             raise ValueError("inputs must not be empty")
         model = model or self.settings.embedding_model
-        price = self._price(model)
-        return self._idempotent(
-            "embedding",
-            workspace_id,
-            request_id,
-            EmbeddingResult.from_json,
-            lambda: self._embed(user_id, workspace_id, request_id, list(inputs), model, price, dimensions),
-        )
+        request = EmbedRequest(user_id=user_id, workspace_id=workspace_id, request_id=request_id,
+                               inputs=tuple(inputs), model=model, price=self._price(model), dimensions=dimensions)
+        return self._idempotent("embedding", workspace_id, request_id, EmbeddingResult.from_json,
+                                lambda: self._embed(request))
 
     def usage(
         self, workspace_id: str, first_day: str, last_day: str, user_id: str | None = None
@@ -569,124 +612,98 @@ class Gateway:
         self.metrics.requests.labels(kind, outcome, "none").inc()
         self._log.info("request_failed", request_id=request_id, kind=kind, outcome=outcome, error=str(exc))
 
-    def _chat(
-        self,
-        user_id: str,
-        workspace_id: str,
-        request_id: str,
-        messages: Sequence[Message],
-        model: str,
-        price: ModelPrice,
-        max_tokens: int,
-        temperature: float | None,
-        context: str,
-        channel_id: str | None,
-        use_cache: bool,
-        cache_as: CacheAs | None,
-        stream: AnswerStream | None,
-    ) -> ChatResult:
+    def _chat(self, req: ChatRequest) -> ChatResult:
+        """A chat completion, step by step; a cache hit ends it at step 1."""
         started = self._clock()
-        question = messages[-1].get("content") if cache_as is None else cache_as.question
-        scope: CacheScope | None = None
-        decision = CacheDecision("bypass", "cache off")
-        params = {"max_tokens": max_tokens, "temperature": temperature}
-        tenant = self._tenant(workspace_id, channel_id, user_id)
-        if self.cache is None:
-            pass
-        elif cache_as is not None:
-            scope = CacheScope.for_question(model=model, prompt=cache_as.prompt, params=params, context=context,
-                                            tenant=tenant)
-        elif isinstance(question, str) and messages[-1].get("role") == "user":
-            scope = CacheScope.for_chat(model=model, messages=messages, params=params, context=context, tenant=tenant)
-        if self.cache is not None and scope is not None and isinstance(question, str):
-            if use_cache:
-                decision = self.cache.lookup(scope, question)
-                if decision.answer is not None:
-                    return self._serve_hit(user_id, workspace_id, request_id, decision, decision.answer, started)
-            else:
-                decision = CacheDecision("bypass", "fresh answer requested")
+        lookup = self._look_up(req)
+        if lookup.decision.answer is not None:
+            return self._serve_hit(req, lookup.decision, lookup.decision.answer, started)
+        estimated = estimate_chat_tokens(req.messages)
+        admitted = self._admit(req, tokens=estimated + req.max_tokens,
+                               amount=chat_cost(req.price, estimated, 0, req.max_tokens))
+        resp, attempts = self._call_or_release(req, admitted, "chat", self._chat_attempt(req))
+        result = self._chat_result(req, resp, attempts, lookup, started)
+        self._settle(self._ledger_entry(req, result, kind="chat"), req.request_id, admitted.lines,
+                     result.to_json(), upstream_answered=True)
+        self._count_spend("chat", result)
+        self.metrics.requests.labels("chat", "ok", result.cache_status).inc()
+        self._remember(req, lookup, result)
+        self._log.info("chat_answered", request_id=req.request_id, model=result.model, cost_micros=result.cost_micros,
+                       cache=result.cache_status, attempts=attempts, latency_ms=result.latency_ms)
+        return result
 
-        estimated = estimate_chat_tokens(messages)
-        worst = chat_cost(price, estimated, 0, max_tokens)
-        lines, permit = self._admit(workspace_id, user_id, request_id, tokens=estimated + max_tokens, amount=worst,
-                                    model=model, kind="chat")
+    def _look_up(self, req: ChatRequest) -> _Lookup:
+        """Step 1, the cache: the question's scope, and the cache's decision on it."""
+        question = req.messages[-1].get("content") if req.cache_as is None else req.cache_as.question
+        if self.cache is None or not isinstance(question, str):
+            return _Lookup(None, None, CacheDecision("bypass", "cache off"))
+        params = {"max_tokens": req.max_tokens, "temperature": req.temperature}
+        tenant = self._tenant(req.workspace_id, req.channel_id, req.user_id)
+        if req.cache_as is not None:
+            scope = CacheScope.for_question(model=req.model, prompt=req.cache_as.prompt, params=params,
+                                            context=req.context, tenant=tenant)
+        elif req.messages[-1].get("role") == "user":
+            scope = CacheScope.for_chat(model=req.model, messages=req.messages, params=params, context=req.context,
+                                        tenant=tenant)
+        else:
+            return _Lookup(None, None, CacheDecision("bypass", "cache off"))
+        if not req.use_cache:
+            return _Lookup(scope, question, CacheDecision("bypass", "fresh answer requested"))
+        return _Lookup(scope, question, self.cache.lookup(scope, question))
 
-        attempt = self._chat_attempt(model, messages, max_tokens, temperature, stream)
-
+    def _call_or_release(self, req: ChatRequest | EmbedRequest, admitted: _Admitted, kind: str,
+                         attempt: Callable[[], T]) -> tuple[T, int]:
+        """Steps 5 and 6: upstream with retries. A call that fails gives back what admit took."""
         try:
-            resp, attempts = self._call_upstream("chat", attempt, permit)
+            return self._call_upstream(kind, attempt, admitted.permit)
         except BaseException:
-            self._release(workspace_id, user_id, request_id, lines)
+            self._release(req, admitted.lines)
             raise
-        billed = self._billing_price(resp.model, price)
-        cost = chat_cost(billed, resp.prompt_tokens, resp.cached_prompt_tokens, resp.completion_tokens)
-        latency_ms = self._ms_since(started)
+
+    def _chat_result(
+        self, req: ChatRequest, resp: ChatResponse, attempts: int, lookup: _Lookup, started: float
+    ) -> ChatResult:
+        """What upstream answered, priced by the model it says it ran."""
+        billed = self._billing_price(resp.model, req.price)
         # A truncated or empty answer is not worth serving again.
-        cacheable = (scope is not None and isinstance(question, str) and bool(resp.content)
-                     and resp.finish_reason in (None, "stop"))
-        result = ChatResult(
-            request_id=request_id,
+        cacheable = lookup.scope is not None and bool(resp.content) and resp.finish_reason in (None, "stop")
+        return ChatResult(
+            request_id=req.request_id,
             content=resp.content,
             model=resp.model,
             prompt_tokens=resp.prompt_tokens,
             cached_prompt_tokens=resp.cached_prompt_tokens,
             completion_tokens=resp.completion_tokens,
-            cost_micros=cost,
+            cost_micros=chat_cost(billed, resp.prompt_tokens, resp.cached_prompt_tokens, resp.completion_tokens),
             saved_micros=0,
-            cache_status="miss" if decision.status == "miss" else "bypass",
-            cache_reason=decision.reason,
-            similarity=decision.similarity,
-            cache_entry_id=request_id if cacheable else None,
-            latency_ms=latency_ms,
+            cache_status="miss" if lookup.decision.status == "miss" else "bypass",
+            cache_reason=lookup.decision.reason,
+            similarity=lookup.decision.similarity,
+            cache_entry_id=req.request_id if cacheable else None,
+            latency_ms=self._ms_since(started),
             attempts=attempts,
             finish_reason=resp.finish_reason,
         )
-        self._settle(
-            self._entry(request_id, workspace_id, user_id, resp.model, "chat", result.cache_status,
-                        resp.prompt_tokens, resp.cached_prompt_tokens, resp.completion_tokens,
-                        cost, 0, latency_ms, attempts),
-            request_id,
-            lines,
-            result.to_json(),
-            upstream_answered=True,
-        )
-        self._count_spend("chat", resp.model, cost, resp.prompt_tokens, resp.cached_prompt_tokens,
-                          resp.completion_tokens)
-        self.metrics.requests.labels("chat", "ok", result.cache_status).inc()
-        if cacheable and scope is not None and isinstance(question, str):
-            answer = CachedAnswer(
-                entry_id=request_id,
-                content=resp.content,
-                model=resp.model,
-                prompt_tokens=resp.prompt_tokens,
-                cached_prompt_tokens=resp.cached_prompt_tokens,
-                completion_tokens=resp.completion_tokens,
-                cost_micros=cost,
-                created_at=self._wall(),
-            )
-            try:
-                self.cache.put(scope, question, answer, decision)  # type: ignore[union-attr]
-            except StoreError as exc:
-                self._log.warning("cache_put_failed", request_id=request_id, error=str(exc))
-        self._log.info(
-            "chat_answered", request_id=request_id, model=resp.model, cost_micros=cost,
-            cache=result.cache_status, attempts=attempts, latency_ms=latency_ms,
-        )
-        return result
 
-    def _serve_hit(
-        self,
-        user_id: str,
-        workspace_id: str,
-        request_id: str,
-        decision: CacheDecision,
-        answer: CachedAnswer,
-        started: float,
-    ) -> ChatResult:
+    def _remember(self, req: ChatRequest, lookup: _Lookup, result: ChatResult) -> None:
+        """The last step: cache the answer (one that may be served again), for the next asker."""
+        if self.cache is None or lookup.scope is None or lookup.question is None or result.cache_entry_id is None:
+            return
+        answer = CachedAnswer(
+            entry_id=result.cache_entry_id, content=result.content, model=result.model,
+            prompt_tokens=result.prompt_tokens, cached_prompt_tokens=result.cached_prompt_tokens,
+            completion_tokens=result.completion_tokens, cost_micros=result.cost_micros, created_at=self._wall(),
+        )
+        try:
+            self.cache.put(lookup.scope, lookup.question, answer, lookup.decision)
+        except StoreError as exc:
+            self._log.warning("cache_put_failed", request_id=req.request_id, error=str(exc))
+
+    def _serve_hit(self, req: ChatRequest, decision: CacheDecision, answer: CachedAnswer,
+                   started: float) -> ChatResult:
         status: CacheStatus = "semantic" if decision.status == "semantic" else "exact"
-        latency_ms = self._ms_since(started)
         result = ChatResult(
-            request_id=request_id,
+            request_id=req.request_id,
             content=answer.content,
             model=answer.model,
             prompt_tokens=0,
@@ -698,74 +715,52 @@ class Gateway:
             cache_reason=decision.reason,
             similarity=decision.similarity,
             cache_entry_id=answer.entry_id,
-            latency_ms=latency_ms,
+            latency_ms=self._ms_since(started),
             attempts=0,
             finish_reason="stop",
         )
-        entry = self._entry(request_id, workspace_id, user_id, answer.model, "chat", status,
-                            0, 0, 0, 0, answer.cost_micros, latency_ms, 0)
-        self._record_hit(entry, result.to_json())
+        self._record_hit(self._ledger_entry(req, result, kind="chat"), result.to_json())
         self.metrics.saved.labels("chat").inc(answer.cost_micros)
         self.metrics.requests.labels("chat", "ok", status).inc()
-        self._log.info("chat_cache_hit", request_id=request_id, cache=status, reason=decision.reason,
+        self._log.info("chat_cache_hit", request_id=req.request_id, cache=status, reason=decision.reason,
                        saved_micros=answer.cost_micros)
         return result
 
-    def _embed(
-        self,
-        user_id: str,
-        workspace_id: str,
-        request_id: str,
-        inputs: list[str],
-        model: str,
-        price: ModelPrice,
-        dimensions: int | None,
-    ) -> EmbeddingResult:
+    def _embed(self, req: EmbedRequest) -> EmbeddingResult:
         started = self._clock()
-        estimated = sum(estimate_text_tokens(t) for t in inputs)
-        lines, permit = self._admit(workspace_id, user_id, request_id, tokens=estimated,
-                                    amount=embedding_cost(price, estimated), model=model, kind="embedding")
+        estimated = sum(estimate_text_tokens(t) for t in req.inputs)
+        admitted = self._admit(req, tokens=estimated, amount=embedding_cost(req.price, estimated))
 
         def attempt() -> EmbedResponse:
-            return self.upstream.embed(model=model, inputs=inputs, dimensions=dimensions)
+            return self.upstream.embed(model=req.model, inputs=list(req.inputs), dimensions=req.dimensions)
 
-        try:
-            resp, attempts = self._call_upstream("embedding", attempt, permit)
-        except BaseException:
-            self._release(workspace_id, user_id, request_id, lines)
-            raise
-        cost = embedding_cost(self._billing_price(resp.model, price), resp.prompt_tokens)
-        latency_ms = self._ms_since(started)
+        resp, attempts = self._call_or_release(req, admitted, "embedding", attempt)
         result = EmbeddingResult(
-            request_id=request_id,
+            request_id=req.request_id,
             vectors=resp.vectors,
             model=resp.model,
             prompt_tokens=resp.prompt_tokens,
-            cost_micros=cost,
-            latency_ms=latency_ms,
+            cost_micros=embedding_cost(self._billing_price(resp.model, req.price), resp.prompt_tokens),
+            latency_ms=self._ms_since(started),
             attempts=attempts,
         )
-        self._settle(
-            self._entry(request_id, workspace_id, user_id, resp.model, "embedding", "bypass",
-                        resp.prompt_tokens, 0, 0, cost, 0, latency_ms, attempts),
-            request_id,
-            lines,
-            result.to_json(),
-            upstream_answered=True,
-        )
-        self._count_spend("embedding", resp.model, cost, resp.prompt_tokens, 0, 0)
+        self._settle(self._ledger_entry(req, result, kind="embedding"), req.request_id, admitted.lines,
+                     result.to_json(), upstream_answered=True)
+        self._count_spend("embedding", result)
         self.metrics.requests.labels("embedding", "ok", "bypass").inc()
-        self._log.info("embedding_done", request_id=request_id, model=resp.model, inputs=len(inputs),
-                       cost_micros=cost, attempts=attempts)
+        self._log.info("embedding_done", request_id=req.request_id, model=resp.model, inputs=len(req.inputs),
+                       cost_micros=result.cost_micros, attempts=attempts)
         return result
 
     # -- steps ----------------------------------------------------------------------------------
 
-    def _admit(
-        self, workspace_id: str, user_id: str, request_id: str, *, tokens: int, amount: int, model: str, kind: Kind
-    ) -> tuple[list[budget_math.BudgetLine], Permit | None]:
-        """Claim the request, take its rate-limit tokens, reserve ``amount`` and ask the breaker,
-        in one store call. Returns the reserved budget lines and the first attempt's permit."""
+    def _admit(self, req: ChatRequest | EmbedRequest, *, tokens: int, amount: int) -> _Admitted:
+        """Steps 1–5 at the store: claim the request, take its rate-limit tokens, reserve ``amount``
+        and ask the breaker, in one store call. Returns the budget lines and the first attempt's
+        permit."""
+        workspace_id, user_id, request_id = req.workspace_id, req.user_id, req.request_id
+        kind: Kind = "chat" if isinstance(req, ChatRequest) else "embedding"
+        model = req.model
         limits = self.settings.limits_for(user_id)
         specs: list[BucketSpec] = []
         names: list[str] = []
@@ -793,12 +788,12 @@ class Gateway:
             # The admission may have been applied before the store failed (a timeout, a crash before
             # the reply): nothing goes upstream now, so give back whatever it may hold, or its
             # claim would later be charged as an interrupted call.
-            self._spool_release(workspace_id, user_id, request_id, lines, exc)
+            self._spool_release(req, lines, exc)
             raise
         if admission.permit is not None:
             self.metrics.breaker_state.set(BREAKER_STATES[admission.permit.state])
         self._refuse_unless_admitted(admission, names)
-        return lines, admission.permit
+        return _Admitted(lines, admission.permit)
 
     def _refuse_unless_admitted(self, admission: Admission, bucket_names: Sequence[str]) -> None:
         if admission.state == "admitted":
@@ -823,39 +818,35 @@ class Gateway:
         self.metrics.refusals.labels("breaker").inc()
         raise CircuitOpen(permit.retry_after)
 
-    def _release(
-        self, workspace_id: str, user_id: str, request_id: str, lines: Sequence[budget_math.BudgetLine]
-    ) -> None:
+    def _release(self, req: ChatRequest | EmbedRequest, lines: Sequence[budget_math.BudgetLine]) -> None:
         """Give back an admitted request that was not settled: its reservation and its claim (so a
         retry may run it again). If the store fails, the release is spooled and replayed; should
         its claim expire first, it is charged as an unsettled call (never an under-count)."""
         try:
-            self.store.release(workspace_id, request_id, lines)
-            self.store.release_request(workspace_id, request_id)
+            self.store.release(req.workspace_id, req.request_id, lines)
+            self.store.release_request(req.workspace_id, req.request_id)
         except StoreError as exc:
-            self._spool_release(workspace_id, user_id, request_id, lines, exc)
+            self._spool_release(req, lines, exc)
 
     def _spool_release(
-        self, workspace_id: str, user_id: str, request_id: str, lines: Sequence[budget_math.BudgetLine],
-        exc: StoreError,
+        self, req: ChatRequest | EmbedRequest, lines: Sequence[budget_math.BudgetLine], exc: StoreError
     ) -> None:
-        entry = self._entry(request_id, workspace_id, user_id, "", "chat", "bypass", 0, 0, 0, 0, 0, 0, 0)
-        self._spool(SpoolRecord("release", entry, tuple(lines), spooled_at=self._wall()), exc)
+        entry = LedgerEntry(
+            request_id=req.request_id, ts=self._wall(), day="", workspace_id=req.workspace_id, user_id=req.user_id,
+            model=req.model, kind="chat" if isinstance(req, ChatRequest) else "embedding", prompt_tokens=0,
+            cached_prompt_tokens=0, completion_tokens=0, cost_micros=0, saved_micros=0, cache_status="bypass",
+            latency_ms=0, attempts=0,
+        )
+        self._spool(SpoolRecord("release", entry, tuple(lines), spooled_at=entry.ts), exc)
 
-    def _chat_attempt(
-        self,
-        model: str,
-        messages: Sequence[Message],
-        max_tokens: int,
-        temperature: float | None,
-        stream: AnswerStream | None,
-    ) -> Callable[[], ChatResponse]:
+    def _chat_attempt(self, req: ChatRequest) -> Callable[[], ChatResponse]:
         """One upstream attempt at a chat completion, streamed into ``stream`` when both sides can."""
+        model, messages, max_tokens, temperature = req.model, req.messages, req.max_tokens, req.temperature
         chat_stream = getattr(self.upstream, "chat_stream", None)
-        if stream is None or chat_stream is None:
+        if req.stream is None or chat_stream is None:
             return lambda: self.upstream.chat(model=model, messages=messages, max_tokens=max_tokens,
                                               temperature=temperature)
-        sink: AnswerStream | None = stream
+        sink: AnswerStream | None = req.stream
         shown = False  # whether an earlier attempt already sent text that a retry must void
 
         def call_sink(method: Callable[..., None], *args: str) -> None:
@@ -1023,24 +1014,29 @@ class Gateway:
             return f"c:{workspace_id}/{channel_id}"
         return f"w:{workspace_id}"
 
-    def _entry(
-        self, request_id: str, workspace_id: str, user_id: str, model: str, kind: Any, cache: Any,
-        prompt: int, cached: int, completion: int, cost: int, saved: int, latency_ms: int, attempts: int,
+    def _ledger_entry(
+        self, req: ChatRequest | EmbedRequest, result: ChatResult | EmbeddingResult, *, kind: Kind
     ) -> LedgerEntry:
+        """The ledger's line for ``result``, dated now."""
         ts = self._wall()
+        chat = result if isinstance(result, ChatResult) else None
         return LedgerEntry(
-            request_id=request_id, ts=ts, day=budget_math.period_window(ts, "day")[0],
-            workspace_id=workspace_id, user_id=user_id, model=model, kind=kind,
-            prompt_tokens=prompt, cached_prompt_tokens=cached, completion_tokens=completion,
-            cost_micros=cost, saved_micros=saved, cache_status=cache, latency_ms=latency_ms,
-            attempts=attempts,
+            request_id=req.request_id, ts=ts, day=budget_math.period_window(ts, "day")[0],
+            workspace_id=req.workspace_id, user_id=req.user_id, model=result.model, kind=kind,
+            prompt_tokens=result.prompt_tokens,
+            cached_prompt_tokens=chat.cached_prompt_tokens if chat else 0,
+            completion_tokens=chat.completion_tokens if chat else 0,
+            cost_micros=result.cost_micros, saved_micros=chat.saved_micros if chat else 0,
+            cache_status=chat.cache_status if chat else "bypass", latency_ms=result.latency_ms,
+            attempts=result.attempts,
         )
 
-    def _count_spend(self, kind: str, model: str, cost: int, prompt: int, cached: int, completion: int) -> None:
-        self.metrics.spent.labels(kind, model).inc(cost)
-        self.metrics.tokens.labels(kind, "prompt").inc(prompt)
-        self.metrics.tokens.labels(kind, "cached_prompt").inc(cached)
-        self.metrics.tokens.labels(kind, "completion").inc(completion)
+    def _count_spend(self, kind: str, result: ChatResult | EmbeddingResult) -> None:
+        chat = result if isinstance(result, ChatResult) else None
+        self.metrics.spent.labels(kind, result.model).inc(result.cost_micros)
+        self.metrics.tokens.labels(kind, "prompt").inc(result.prompt_tokens)
+        self.metrics.tokens.labels(kind, "cached_prompt").inc(chat.cached_prompt_tokens if chat else 0)
+        self.metrics.tokens.labels(kind, "completion").inc(chat.completion_tokens if chat else 0)
 
     def _ms_since(self, started: float) -> int:
         return max(0, round((self._clock() - started) * 1000))
