@@ -14,8 +14,9 @@ Pipeline, in order (each step may end the request; nothing is charged unless ups
    that signals an outage feeds the breaker.
 7. **Settle** — the real cost replaces the reservation, the ledger gets one entry, the result is
    recorded under the request ID, and the answer is cached. A settle the store does not confirm
-   (down, full, timed out) goes to the durable local spool (``spool.py``) before the answer is
-   returned, and is replayed once the store answers: a paid call always reaches the ledger.
+   (down, full, timed out) goes to the ledger's keeper (``keeper.py``), which spools it durably
+   before the answer is returned and replays it once the store answers: a paid call always
+   reaches the ledger.
 
 A call whose process dies between admission and settle leaves an owned claim; when it expires,
 the reaper (``reap_interrupted``, run by every gateway's maintenance thread) charges it at its
@@ -31,7 +32,6 @@ result at once); a miss takes one ``admit`` (steps 1, 3, 4 and 5 for its first a
 from __future__ import annotations
 
 import random
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -59,6 +59,7 @@ from proxy_core.errors import (
     UpstreamError,
 )
 from proxy_core.inflight import Attempt, InFlight
+from proxy_core.keeper import LedgerKeeper, ReplayReport
 from proxy_core.limiter import Bucket
 from proxy_core.log import get_logger
 from proxy_core.metrics import BREAKER_STATES, Metrics
@@ -66,7 +67,7 @@ from proxy_core.prices import ModelPrice, PriceTable, chat_cost, embedding_cost
 from proxy_core.results import CacheStatus, ChatResult, EmbeddingResult
 from proxy_core.retry import RetryPolicy, call_with_retries, counts_against_breaker
 from proxy_core.settings import PennySettings
-from proxy_core.spool import SettleSpool, SpoolRecord, count_pending
+from proxy_core.spool import SettleSpool, SpoolRecord
 from proxy_core.stores import store_from_url
 from proxy_core.stores.base import (
     Admission,
@@ -84,9 +85,6 @@ from proxy_core.upstream import ChatResponse, EmbedResponse, OpenAIUpstream
 
 __all__ = ["AnswerStream", "ChatRequest", "EmbedRequest", "Gateway", "ReplayReport", "StreamingUpstream", "Upstream"]
 
-# A spooled write still pending after this many replay rounds and this long raises the alarm.
-_ALARM_AFTER_ATTEMPTS = 3
-_ALARM_AFTER_S = 60.0
 
 # Who the current chat call is for (user, workspace, request ID): the semantic cache's billed
 # embedder reads it, so a question's embedding is charged to the person who asked it.
@@ -144,17 +142,6 @@ class AnswerStream(Protocol):
     def delta(self, text: str) -> None: ...
 
     def restart(self) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayReport:
-    """What one replay of the spool did: writes ``applied``, writes the store ``already`` had
-    (a timed-out settle that went through after all), and writes still ``pending``."""
-
-    applied: int = 0
-    already: int = 0
-    pending: int = 0
-    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,17 +273,10 @@ class Gateway:
         self._log = get_logger()
         self._on_budget_alert = on_budget_alert
         self._alerter = BudgetAlerter(store) if on_budget_alert is not None else None
-        self.spool = spool if spool is not None else SettleSpool(settings.spool_directory())
-        self._replay_lock = threading.Lock()
-        self._replay_attempts: dict[str, tuple[int, float]] = {}  # record key -> (rounds, first seen)
-        self._alarmed: set[str] = set()
-        try:
-            self.spool.adopt()
-        except OSError as exc:
-            self._log.warning("spool_adopt_failed", path=str(self.spool.directory), error=str(exc))
-        self._maintenance = _Maintenance(self) if maintenance else None
-        if self._maintenance is not None:
-            self._maintenance.start()
+        self.ledger = LedgerKeeper(
+            store, spool if spool is not None else SettleSpool(settings.spool_directory()), metrics=self.metrics,
+            clock=clock, on_settled=self._replayed, maintenance=maintenance,
+        )
 
     @property
     def sleep(self) -> Sleep:
@@ -324,101 +304,29 @@ class Gateway:
             raise
 
     def close(self) -> None:
-        if self._maintenance is not None:
-            self._maintenance.stop()
         close_cache = getattr(self.cache, "close", None)
         if close_cache is not None:
             close_cache()
-        # Whatever the store has not taken yet stays on disk; the next start (or any other
-        # process, or ``penny ledger replay``) adopts and replays it.
-        self.replay_spool()
-        self.spool.close()
+        self.ledger.close()
         self.store.close()
 
     # -- nothing lost ---------------------------------------------------------------------------
 
     def replay_spool(self) -> ReplayReport:
-        """Apply the spooled writes the store has not confirmed, oldest first, through the same
-        idempotent store calls; stop at the first store failure. Adopts the spool files of exited
-        processes first. Raises the alarm (``ledger_entries_pending``) only for writes still
-        pending after several rounds and a minute."""
-        with self._replay_lock:
-            try:
-                self.spool.adopt()
-            except OSError as exc:
-                self._log.warning("spool_adopt_failed", path=str(self.spool.directory), error=str(exc))
-            applied = already = 0
-            error: str | None = None
-            records = self.spool.pending()
-            for i, record in enumerate(records):
-                try:
-                    written = self._apply(record)
-                except StoreError as exc:
-                    error = str(exc)
-                    self._note_pending(records[i:])
-                    break
-                self.spool.done(record)
-                self._replay_attempts.pop(record.key, None)
-                self._alarmed.discard(record.key)
-                if written:
-                    applied += 1
-                else:
-                    already += 1
-            pending = len(self.spool.pending())
-        self.metrics.spooled.set(pending)
-        if applied or already:
-            self._log.info("spool_replayed", applied=applied, already=already, pending=pending)
-        return ReplayReport(applied=applied, already=already, pending=pending, error=error)
-
-    def pending_ledger_writes(self) -> int:
-        """Spooled writes not yet in the store, across every process sharing this spool directory."""
-        return count_pending(self.spool.directory)
+        """Apply the spooled ledger writes now (see :class:`~proxy_core.keeper.LedgerKeeper`)."""
+        return self.ledger.replay()
 
     def reap_interrupted(self) -> list[LedgerEntry]:
         """Charge calls whose process died mid-call at their reserved worst case (unsettled)."""
-        reaped = self.store.reap_interrupted()
-        for entry in reaped:
-            self._log.warning("call_interrupted_charged", request_id=entry.request_id, user_id=entry.user_id,
-                              workspace_id=entry.workspace_id, cost_micros=entry.cost_micros)
-        return reaped
+        return self.ledger.reap()
 
-    def _apply(self, record: SpoolRecord) -> bool:
-        entry = record.entry
-        if record.op == "release":
-            self.store.release(entry.workspace_id, entry.request_id, record.lines)
-            self.store.release_request(entry.workspace_id, entry.request_id)
-            return True
-        written = self.store.settle(entry, reservation_id=record.reservation_id, lines=record.lines,
-                                    result=record.result, result_ttl_s=record.result_ttl_s)
-        if written:
-            self._log.info("ledger_replayed", request_id=entry.request_id, cost_micros=entry.cost_micros)
-            self._budget_alerts(entry.workspace_id, entry.user_id, entry.request_id, record.lines, entry.cost_micros)
-        return written
+    def pending_ledger_writes(self) -> int:
+        """Spooled writes not yet in the store, across every process sharing this spool directory."""
+        return self.ledger.pending_writes()
 
-    def _note_pending(self, records: Sequence[SpoolRecord]) -> None:
-        now = self._clock()
-        for record in records:
-            rounds, first = self._replay_attempts.get(record.key, (0, now))
-            rounds += 1
-            self._replay_attempts[record.key] = (rounds, first)
-            if rounds >= _ALARM_AFTER_ATTEMPTS and now - first >= _ALARM_AFTER_S and record.key not in self._alarmed:
-                self._alarmed.add(record.key)
-                self._log.error("ledger_entries_pending", request_id=record.entry.request_id, op=record.op,
-                                rounds=rounds, pending_s=round(now - first, 1), spool=str(self.spool.directory))
-
-    def _spool(self, record: SpoolRecord, exc: StoreError) -> None:
-        """Keep a write the store did not confirm; the maintenance thread replays it."""
-        try:
-            self.spool.append(record)
-        except OSError as spool_exc:
-            # Neither the store nor the local disk took it: the log line is the last record.
-            self._log.error("ledger_write_failed", error=str(exc), spool_error=str(spool_exc),
-                            op=record.op, **_entry_fields(record.entry))
-            return
-        self.metrics.spooled.inc()
-        self._log.warning("ledger_write_spooled", request_id=record.entry.request_id, op=record.op, error=str(exc))
-        if self._maintenance is not None:
-            self._maintenance.kick()
+    @property
+    def spool(self) -> SettleSpool:
+        return self.ledger.spool
 
     def _default_cache(self) -> CacheLayer:
         s = self.settings
@@ -837,7 +745,7 @@ class Gateway:
             cached_prompt_tokens=0, completion_tokens=0, cost_micros=0, saved_micros=0, cache_status="bypass",
             latency_ms=0, attempts=0,
         )
-        self._spool(SpoolRecord("release", entry, tuple(lines), spooled_at=entry.ts), exc)
+        self.ledger.keep(SpoolRecord("release", entry, tuple(lines), spooled_at=entry.ts), exc)
 
     def _chat_attempt(self, req: ChatRequest) -> Callable[[], ChatResponse]:
         """One upstream attempt at a chat completion, streamed into ``stream`` when both sides can."""
@@ -953,8 +861,8 @@ class Gateway:
                 breaker=self._breaker_ref if upstream_answered else None,
             )
         except StoreError as exc:
-            self._spool(SpoolRecord("settle", entry, tuple(lines), reservation_id=reservation_id, result=result,
-                                    result_ttl_s=self.settings.idempotency_ttl_s, spooled_at=self._wall()), exc)
+            self.ledger.keep(SpoolRecord("settle", entry, tuple(lines), reservation_id=reservation_id, result=result,
+                                         result_ttl_s=self.settings.idempotency_ttl_s, spooled_at=self._wall()), exc)
             return False
         if written:
             self._budget_alerts(entry.workspace_id, entry.user_id, entry.request_id, lines, entry.cost_micros)
@@ -967,6 +875,10 @@ class Gateway:
         claim = self.store.record_hit(entry, result=result, result_ttl_s=self.settings.idempotency_ttl_s)
         if claim.state != "claimed":
             raise _Held(claim)
+
+    def _replayed(self, record: SpoolRecord) -> None:
+        entry = record.entry
+        self._budget_alerts(entry.workspace_id, entry.user_id, entry.request_id, record.lines, entry.cost_micros)
 
     def _budget_alerts(
         self, workspace_id: str, user_id: str, request_id: str,
@@ -1058,56 +970,3 @@ _OUTCOMES: tuple[tuple[type[BaseException], str], ...] = (
 def _outcome(exc: BaseException) -> str:
     return next((label for kind, label in _OUTCOMES if isinstance(exc, kind)), "crash")
 
-
-def _entry_fields(entry: LedgerEntry) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(entry)
-
-
-class _Maintenance:
-    """The gateway's background duties, on one daemon thread: replay the spool as soon as the
-    store answers again (backing off from 0.5 s to 30 s while it does not), and reap interrupted
-    calls every ``reap_every_s``. Real time on purpose: this is the product's own pacing; tests
-    call ``replay_spool`` and ``reap_interrupted`` directly."""
-
-    def __init__(self, gateway: Gateway, *, reap_every_s: float = 30.0) -> None:
-        self._gateway = gateway
-        self._reap_every_s = reap_every_s
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="penny-maintenance", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def kick(self) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        log = get_logger()
-        backoff = 0.5
-        next_reap = time.monotonic()
-        while not self._stopping.is_set():
-            wait = self._reap_every_s
-            try:
-                if self._gateway.spool.pending():
-                    report = self._gateway.replay_spool()
-                    if report.pending:
-                        wait, backoff = backoff, min(backoff * 2, 30.0)
-                    else:
-                        backoff = 0.5
-                if time.monotonic() >= next_reap:
-                    next_reap = time.monotonic() + self._reap_every_s
-                    self._gateway.reap_interrupted()
-            except StoreError as exc:
-                log.warning("maintenance_store_unavailable", error=str(exc))
-            except Exception as exc:  # never let the thread die: it is what replays paid calls
-                log.error("maintenance_failed", error=repr(exc))
-            self._wake.wait(min(wait, max(0.0, next_reap - time.monotonic())) if wait else 0.0)
-            self._wake.clear()

@@ -93,7 +93,7 @@ def test_only_writes_pending_for_rounds_and_a_minute_raise_the_alarm(tmp_path: P
         gw.replay_spool()  # raised once per write, not every round
     assert [e["event"] for e in logs].count("ledger_entries_pending") == 1
     back = SqliteStore(tmp_path / "penny.db", clock=clock)
-    gw.store = back  # the store is back (same file)
+    gw.ledger.store = back  # the store is back (same file)
     assert gw.replay_spool().applied == 1
     entry = back.ledger_entry("T1", "late")
     assert entry is not None and entry.cost_micros == 250
