@@ -346,6 +346,31 @@ def test_a_thread_follow_up_without_a_mention_is_answered_with_the_thread_as_his
     assert first.params["thread_ts"] == root
 
 
+def test_a_long_thread_gives_its_root_and_its_latest_turns_as_history(
+    penny: Harness, fake: FakeSlack, answerer: ScriptedAnswerer
+) -> None:
+    root = "1700000100.000100"
+    penny.event(mention("<@UPENNY> how do I deploy?", ts=root))
+    fake.wait_for("reactions.remove")  # the thread is remembered once the answer is out
+    replies = [{"type": "message", "user": "U1", "text": "<@UPENNY> how do I deploy?", "ts": root}]
+    replies += [{"type": "message", "user": f"U{2 + i % 3}", "text": f"reply {i}", "ts": f"{1700000200 + i}.000100",
+                 "thread_ts": root} for i in range(450)]
+    asked = f"{1700000200 + 450}.000100"
+    replies.append({"type": "message", "user": "U1", "text": "and on staging?", "ts": asked, "thread_ts": root})
+    replies += [{"type": "message", "user": "U2", "text": "later", "ts": f"{1700000200 + 451 + i}.000100",
+                 "thread_ts": root} for i in range(300)]  # posted while Penny works: no more pages for them
+    fake.set_replies("C1", root, replies)
+
+    penny.event(message("and on staging?", ts=asked, thread_ts=root), event_id="EvLong")
+    fake.wait_for("chat.postMessage", 2)
+
+    latest = tuple(("user", f"reply {i}") for i in range(441, 450))
+    assert answerer.questions[-1].history == (("user", "how do I deploy?"), *latest)
+    pages = fake.calls("conversations.replies")
+    assert [call.params.get("cursor") is None for call in pages] == [True, False, False]  # up to the question
+    assert {call.params["limit"] for call in pages} == {"200"}
+
+
 def test_a_thread_penny_is_not_part_of_is_left_alone(
     penny: Harness, fake: FakeSlack, answerer: ScriptedAnswerer
 ) -> None:
@@ -365,6 +390,20 @@ def test_a_private_channel_thread_follow_up_is_answered(
     penny.event(message("and rollbacks?", channel="G1", channel_type="group", thread_ts=root))
     [_, second] = fake.wait_for("chat.postMessage", 2)
     assert (second.params["channel"], second.params["thread_ts"]) == ("G1", root)
+    assert [q.text for q in answerer.questions] == ["how do I deploy?", "and rollbacks?"]
+
+
+def test_a_group_dm_thread_follow_up_is_answered(
+    penny: Harness, fake: FakeSlack, answerer: ScriptedAnswerer
+) -> None:
+    root = "1700000100.000100"
+    penny.event({**mention("<@UPENNY> how do I deploy?", ts=root), "channel": "G2"})
+    fake.wait_for("reactions.remove")  # the thread is remembered once the answer is out
+    penny.event(message("and rollbacks?", channel="G2", channel_type="mpim", thread_ts=root))
+    penny.event(message("a group DM message without a mention", channel="G2", channel_type="mpim"))
+    penny.settle()
+    [_, second] = fake.calls("chat.postMessage")
+    assert (second.params["channel"], second.params["thread_ts"]) == ("G2", root)
     assert [q.text for q in answerer.questions] == ["how do I deploy?", "and rollbacks?"]
 
 
@@ -718,6 +757,20 @@ def test_thread_history_keeps_the_newest_turns_within_the_bounds() -> None:
     assert 0 < len(bounded[0][1]) < len(long_turns[0]["text"])
 
 
+def test_thread_history_keeps_the_root_question_and_the_newest_turns() -> None:
+    messages = [{"user": "U1", "text": f"turn {i}", "ts": f"1700000{i:03d}.000000"} for i in range(15)]
+    history = thread_history(messages, before_ts="1700000014.000000", bot_user_id=BOT_USER, bot_id=BOT_ID,
+                             root_ts="1700000000.000000")
+    assert [text for _, text in history] == ["turn 0"] + [f"turn {i}" for i in range(5, 14)]  # 10 turns
+
+    root = {"user": "U1", "text": "word " * 3000, "ts": "1700000000.0"}
+    replies = [{"user": "U2", "text": f"reply {i}", "ts": f"1700000{i:03d}.5"} for i in range(1, 4)]
+    bounded = thread_history([root, *replies], before_ts="1700000999.0", bot_user_id=BOT_USER, bot_id=BOT_ID,
+                             root_ts="1700000000.0", max_tokens=1000)
+    assert [text for _, text in bounded[1:]] == ["reply 1", "reply 2", "reply 3"]  # a long root takes half at most
+    assert 0 < len(bounded[0][1]) < len(root["text"]) // 2
+
+
 # ---------------------------------------------------------------------------------------------
 # The manifest
 
@@ -743,6 +796,7 @@ def test_every_subscribed_event_reaches_a_listener(penny: Harness, fake: FakeSla
         "app_mention": mention("<@UPENNY> how do I deploy?", ts=root),
         "message.channels": message("and staging?", thread_ts=root, ts="1700000200.0"),
         "message.groups": message("and rollbacks?", channel_type="group", thread_ts=root, ts="1700000300.0"),
+        "message.mpim": message("and on staging?", channel_type="mpim", thread_ts=root, ts="1700000350.0"),
         "message.im": message("hello", channel="D1", channel_type="im", ts="1700000400.0"),
         "app_home_opened": {"type": "app_home_opened", "user": "U1", "channel": "D1", "tab": "home", "event_ts": "1.2"},
     }
@@ -753,7 +807,7 @@ def test_every_subscribed_event_reaches_a_listener(penny: Harness, fake: FakeSla
             fake.wait_for("chat.postMessage")
             fake.wait_for("reactions.remove")  # the thread is remembered once the answer is out
     penny.settle()
-    assert fake.count("chat.postMessage") == 4
+    assert fake.count("chat.postMessage") == 5
     assert fake.count("views.publish") == 1
 
 

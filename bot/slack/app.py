@@ -5,12 +5,12 @@ What it answers:
 
 - an ``app_mention`` in a channel, in the thread of the mention;
 - a ``message`` in a DM (top level or in a DM thread);
-- a ``message`` in a channel thread Penny has already posted in, without a mention. Penny
-  remembers the threads it posted in through the store (``cache_put`` under
+- a ``message`` in a channel or group DM thread Penny has already posted in, without a mention.
+  Penny remembers the threads it posted in through the store (``cache_put`` under
   :data:`THREADS_SCOPE`, for :data:`THREAD_TTL_S`), so an unrelated thread reply costs no Slack
-  call; for a thread it knows, one ``conversations.replies`` call fetches the earlier turns, which
-  go to the service as ``history`` (at most :data:`HISTORY_TURNS` turns / :data:`HISTORY_TOKENS`
-  tokens).
+  call; for a thread it knows, ``conversations.replies`` (one call per 200 replies) fetches the
+  earlier turns, which go to the service as ``history``: the thread's root and its newest turns (at
+  most :data:`HISTORY_TURNS` turns / :data:`HISTORY_TOKENS` tokens).
 
 Every event is handled once: its event ID is claimed in the store (``slack:<event_id>``) before
 anything runs, so Slack's retries and duplicate deliveries never answer twice; the event ID is also
@@ -39,6 +39,7 @@ import json
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from contextlib import contextmanager
@@ -107,7 +108,9 @@ ADMIN_LOOKUP_TTL_S: Final = 300.0  # a users.info answer (admin or not) is trust
 _ADMIN_LOOKUPS_KEPT: Final = 10_000
 HISTORY_TURNS: Final = 10
 HISTORY_TOKENS: Final = 2000
-REPLIES_PAGE: Final = 200  # one conversations.replies page; longer threads keep their first 200
+REPLIES_PAGE: Final = 200  # messages per conversations.replies page (Slack recommends at most 200)
+REPLIES_MAX_PAGES: Final = 10  # a thread is paged through to its end, up to this many pages
+REPLIES_KEPT: Final = 50  # the newest replies kept while paging (bots and joins are left out later)
 
 EVENT_CLAIM_TTL_S: Final = 15 * 60.0  # Slack's last retry comes ~5 minutes after the first delivery
 EVENT_DONE_TTL_S: Final = 24 * 3600.0
@@ -124,7 +127,9 @@ TRUNCATED_NOTE: Final = f":scissors: Your message was long, so I read only its f
 FAILED_TEXT: Final = "Something went wrong on my side. Please try again in a minute."
 
 # The Slack events and scopes the manifest must declare (tests hold manifest.yml to these).
-BOT_EVENTS: Final = ("app_mention", "message.im", "message.channels", "message.groups", "app_home_opened")
+BOT_EVENTS: Final = (
+    "app_mention", "message.im", "message.channels", "message.groups", "message.mpim", "app_home_opened"
+)
 BOT_SCOPES: Final[Mapping[str, str]] = {
     "app_mentions:read": "app_mention events",
     "chat:write": "chat.postMessage, chat.postEphemeral, chat.update, chat.delete, "
@@ -132,7 +137,7 @@ BOT_SCOPES: Final[Mapping[str, str]] = {
     "channels:history": "message.channels events; conversations.replies in public channels",
     "groups:history": "message.groups events; conversations.replies in private channels",
     "im:history": "message.im events; conversations.replies in DMs",
-    "mpim:history": "conversations.replies for a mention in a group DM",
+    "mpim:history": "message.mpim events; conversations.replies in group DMs",
     "reactions:write": "reactions.add / reactions.remove (the eyes reaction while working)",
     "commands": "the /cost slash command",
     "users:read": "users.info (is the caller a workspace admin or owner, for /cost team)",
@@ -283,13 +288,16 @@ def thread_history(
     before_ts: str,
     bot_user_id: str | None,
     bot_id: str | None,
+    root_ts: str | None = None,
     max_turns: int = HISTORY_TURNS,
     max_tokens: int = HISTORY_TOKENS,
 ) -> tuple[tuple[str, str], ...]:
     """The turns of a thread before ``before_ts``, oldest first, as (role, text), keeping the newest
-    that fit ``max_turns`` and ``max_tokens``. Penny's messages are ``assistant``; other bots and
-    system messages are left out."""
+    that fit ``max_turns`` and ``max_tokens``. The thread's root (the message at ``root_ts``) is kept
+    first whatever the thread's length, in at most half the tokens: it is usually the question the
+    thread is about. Penny's messages are ``assistant``; other bots and system messages are left out."""
     turns: list[tuple[str, str]] = []
+    root: list[tuple[str, str]] = []
     for message in messages:
         ts = str(message.get("ts", ""))
         if _ts_key(ts) >= _ts_key(before_ts):
@@ -302,19 +310,73 @@ def thread_history(
             continue
         text = strip_mentions(str(message.get("text") or ""), bot_user_id)
         if text:
-            turns.append(("assistant" if penny else "user", text))
+            (root if root_ts is not None and ts == root_ts and not root else turns).append(
+                ("assistant" if penny else "user", text)
+            )
+    if root and max_turns > 1:
+        role, text = root[0]
+        root = [(role, _clip_tokens(text, max_tokens // 2))]
+        max_turns -= 1
+        max_tokens -= estimate_text_tokens(root[0][1])
+    else:
+        turns = root + turns
+        root = []
     kept: list[tuple[str, str]] = []
     total = 0
     for role, text in reversed(turns[-max_turns:]):
         tokens = estimate_text_tokens(text)
         if total + tokens > max_tokens:
             if not kept:  # the newest turn alone is too long: keep its start
-                cut = max(1, len(text) * max_tokens // max(tokens, 1))
-                kept.append((role, text[:cut]))
+                kept.append((role, _clip_tokens(text, max_tokens)))
             break
         kept.append((role, text))
         total += tokens
-    return tuple(reversed(kept))
+    return tuple(root + kept[::-1])
+
+
+def _clip_tokens(text: str, max_tokens: int) -> str:
+    """The start of ``text``, about ``max_tokens`` long (all of it when it fits)."""
+    tokens = estimate_text_tokens(text)
+    if tokens <= max_tokens:
+        return text
+    return text[: max(1, len(text) * max_tokens // max(tokens, 1))]
+
+
+def thread_messages(
+    client: WebClient,
+    channel: str,
+    thread_ts: str,
+    *,
+    before_ts: str,
+    page: int = REPLIES_PAGE,
+    max_pages: int = REPLIES_MAX_PAGES,
+    keep: int = REPLIES_KEPT,
+) -> list[Mapping[str, Any]]:
+    """The thread's root and its newest ``keep`` replies before ``before_ts``, oldest first.
+
+    ``conversations.replies`` pages from the root forward (later pages leave the root out), so a
+    long thread is paged through until ``before_ts`` or its end, keeping only the newest replies;
+    one page is one call. Past ``max_pages`` the newest replies read so far are used."""
+    root: Mapping[str, Any] | None = None
+    newest: deque[Mapping[str, Any]] = deque(maxlen=keep)
+    cursor = ""
+    for _ in range(max_pages):
+        response = client.conversations_replies(channel=channel, ts=thread_ts, limit=page, cursor=cursor or None)
+        done = False
+        for message in response.get("messages") or []:
+            ts = str(message.get("ts", ""))
+            if _ts_key(ts) >= _ts_key(before_ts):
+                done = True
+            elif ts == thread_ts:
+                root = message
+            else:
+                newest.append(message)
+        cursor = str((response.get("response_metadata") or {}).get("next_cursor") or "")
+        if done or not cursor:
+            break
+    else:
+        _log.warning("slack.thread_too_long", channel=channel, thread_ts=thread_ts, pages=max_pages)
+    return ([root] if root is not None else []) + list(newest)
 
 
 def _view_citations(answer: Answer) -> tuple[CitationTuple, ...]:
@@ -816,17 +878,18 @@ class _Penny:
     def _history(
         self, client: WebClient, target: _Target, thread_ts: str, context: BoltContext
     ) -> tuple[tuple[str, str], ...]:
+        before_ts = target.message_ts or "9999999999.999999"
         try:
-            response = client.conversations_replies(channel=target.channel, ts=thread_ts, limit=REPLIES_PAGE)
+            messages = thread_messages(client, target.channel, thread_ts, before_ts=before_ts)
         except Exception as exc:
             _log.warning("slack.replies_failed", channel=target.channel, error=exc)
             return ()
-        messages = response.get("messages") or []
         return thread_history(
             messages,
-            before_ts=target.message_ts or "9999999999.999999",
+            before_ts=before_ts,
             bot_user_id=context.bot_user_id,
             bot_id=context.bot_id,
+            root_ts=thread_ts,
         )
 
     @staticmethod
