@@ -1,22 +1,29 @@
 """Shared fixtures: a manual clock, and the stores the contract suite runs against.
 
-``store`` is parametrised over every backend; both share the test's :class:`ManualClock`, so tests
+``store`` is parametrised over SQLite and Redis; both share the test's :class:`ManualClock`, so tests
 move time with ``clock.advance(...)``. Redis runs against the real server at ``PENNY_TEST_REDIS_URL``
 (default ``redis://127.0.0.1:6379/0``) inside a private key namespace that is deleted afterwards;
 without a server those tests skip, or fail under ``CI=true``.
+
+The store contract modules override ``store`` with ``tests.redis_targets.EVERY_BACKEND``, which adds
+a Redis Cluster (3 primaries + 3 replicas, started once per session) and a TLS-only Redis with a
+client certificate (also once per session); both log Penny in as the README's ACL user.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import pytest
 
 from proxy_core.clock import ManualClock
 from proxy_core.stores.base import Store
+from proxy_core.stores.redis_connect import RedisOptions
 from proxy_core.stores.sqlite import SqliteStore
 
 
@@ -72,6 +79,80 @@ def redis_namespace() -> str:
     return f"penny-test-{uuid4().hex[:8]}"
 
 
+def _needs_redis_server() -> None:
+    from tests.redis_server import redis_server_binary
+
+    if redis_server_binary() is None or shutil.which("redis-cli") is None or shutil.which("openssl") is None:
+        message = "redis-server, redis-cli and openssl are needed for the cluster and TLS stores"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A local Redis Cluster (3 primaries + 3 replicas) for the session, with the README's ACL user."""
+    _needs_redis_server()
+    from tests.redis_targets import LocalCluster, readme_acl
+
+    with LocalCluster(tmp_path_factory.mktemp("cluster"), acl=readme_acl()) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_target(redis_cluster: Any) -> Any:
+    """Penny on the session's cluster: the ACL user, and every write that moves money waits for a replica."""
+    from tests.redis_targets import ACL_PASSWORD, ACL_USER, RedisTarget
+
+    return RedisTarget(redis_cluster.url(user=ACL_USER, password=ACL_PASSWORD), RedisOptions(wait_replicas=1))
+
+
+@pytest.fixture(scope="session")
+def redis_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A TLS-only Redis for the session (throwaway CA, client certificate, the README's ACL user)."""
+    _needs_redis_server()
+    from tests.redis_targets import TlsRedis, readme_acl
+
+    server = TlsRedis(tmp_path_factory.mktemp("tls"), acl=readme_acl())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_tls_target(redis_tls: Any) -> Any:
+    from tests.redis_targets import RedisTarget
+
+    return RedisTarget(redis_tls.url(), redis_tls.options())
+
+
+def _opened_in_namespace(request: pytest.FixtureRequest, backend: str, clock: ManualClock) -> Iterator[Store]:
+    from tests.redis_targets import redis_target
+
+    target = redis_target(request, backend)
+    namespace = request.getfixturevalue("redis_namespace")
+    store = target.open(clock=clock, namespace=namespace)
+    yield store
+    store.close()
+    cleanup = target.open(clock=clock, namespace=namespace)
+    try:
+        cleanup.delete_namespace()
+    finally:
+        cleanup.close()
+
+
+@pytest.fixture
+def redis_cluster_store(request: pytest.FixtureRequest, clock: ManualClock) -> Iterator[Store]:
+    yield from _opened_in_namespace(request, "redis_cluster", clock)
+
+
+@pytest.fixture
+def redis_tls_store(request: pytest.FixtureRequest, clock: ManualClock) -> Iterator[Store]:
+    yield from _opened_in_namespace(request, "redis_tls", clock)
+
+
 @pytest.fixture
 def redis_store(redis_url: str, redis_namespace: str, clock: ManualClock) -> Iterator[Store]:
     from proxy_core.stores.redis import RedisStore
@@ -109,13 +190,10 @@ def open_twin(request: pytest.FixtureRequest, store: Store, clock: ManualClock) 
         if backend == "sqlite":
             twin = SqliteStore(request.getfixturevalue("sqlite_path"), clock=clock)
         else:
-            from proxy_core.stores.redis import RedisStore
+            from tests.redis_targets import redis_target
 
-            twin = RedisStore.from_url(
-                request.getfixturevalue("redis_url"),
-                clock=clock,
-                namespace=request.getfixturevalue("redis_namespace"),
-            )
+            namespace = request.getfixturevalue("redis_namespace")
+            twin = redis_target(request, backend).open(clock=clock, namespace=namespace)
         opened.append(twin)
         return twin
 

@@ -1,5 +1,5 @@
-"""The semantic cache's storage contract, run against every backend (``store`` is parametrised in
-conftest).
+"""The semantic cache's storage contract, run against every backend: SQLite, Redis, Redis Cluster
+and Redis over TLS.
 
 Each bot replica keeps an in-process vector index: it takes the log's head with
 ``semantic_changes(None)``, loads everything with ``semantic_scan`` and then tails the change log.
@@ -23,8 +23,16 @@ from proxy_core.clock import ManualClock
 from proxy_core.errors import StoreError
 from proxy_core.stores.base import SemanticChange, SemanticChanges, SemanticEntry, Store
 from proxy_core.stores.sqlite import SCHEMA_VERSION, SqliteStore
+from tests.redis_targets import EVERY_BACKEND, redis_target
 
 DIMS = 8
+
+
+@pytest.fixture(params=EVERY_BACKEND)
+def store(request: pytest.FixtureRequest) -> Store:
+    """Every backend in turn, Redis Cluster and TLS included (conftest's ``store`` has SQLite and Redis)."""
+    result: Store = request.getfixturevalue(f"{request.param}_store")
+    return result
 
 
 def vector(seed: int, dims: int = DIMS) -> bytes:
@@ -90,13 +98,8 @@ def open_with_log(
         if backend == "sqlite":
             other = SqliteStore(request.getfixturevalue("sqlite_path"), clock=clock, semantic_log_retain=retain)
         else:
-            from proxy_core.stores.redis import RedisStore
-
-            other = RedisStore.from_url(
-                request.getfixturevalue("redis_url"),
-                clock=clock,
-                namespace=request.getfixturevalue("redis_namespace"),
-                semantic_log_retain=retain,
+            other = redis_target(request, backend).open(
+                clock=clock, namespace=request.getfixturevalue("redis_namespace"), semantic_log_retain=retain
             )
         opened.append(other)
         return other

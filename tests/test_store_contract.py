@@ -1,4 +1,4 @@
-"""The store contract, run against every backend (``store`` is parametrised in conftest).
+"""The store contract, run against every backend: SQLite, Redis, Redis Cluster and Redis over TLS.
 
 Time moves only through the shared ManualClock. Concurrency tests use real threads: what they test
 is the backend's atomicity, not the pure policies (those are in test_policies.py). SQLite-only
@@ -41,11 +41,19 @@ from proxy_core.stores.base import (
     UsageTotals,
 )
 from proxy_core.stores.sqlite import SCHEMA_VERSION, SqliteStore
+from tests.redis_targets import EVERY_BACKEND
 
 WS = "T01"
 OTHER_WS = "T02"
 DAY1 = "2026-01-01"  # ManualClock starts at 2026-01-01T00:00:00Z
 DAY2 = "2026-01-02"
+
+
+@pytest.fixture(params=EVERY_BACKEND)
+def store(request: pytest.FixtureRequest) -> Store:
+    """Every backend in turn, Redis Cluster and TLS included (conftest's ``store`` has SQLite and Redis)."""
+    result: Store = request.getfixturevalue(f"{request.param}_store")
+    return result
 
 
 def run_threads(n: int, work: Callable[[int], object]) -> list[object]:
@@ -870,11 +878,13 @@ def open_unreachable(backend: str, tmp_path: Path) -> Store:
         return SqliteStore(blocker / "penny.db", timeout_s=0.5)
     from proxy_core.stores.redis import RedisStore
 
+    if backend == "redis_cluster":
+        return RedisStore.from_url(f"redis+cluster://penny:{SECRET}@127.0.0.1:1,127.0.0.1:2", timeout_s=0.5)
     return RedisStore.from_url(f"redis://:{SECRET}@127.0.0.1:1/0", timeout_s=0.5)
 
 
 @pytest.mark.parametrize("operation", list(OPERATIONS))
-@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+@pytest.mark.parametrize("backend", ["sqlite", "redis", "redis_cluster"])
 def test_unreachable_backend_raises_store_error_quickly(backend: str, operation: str, tmp_path: Path) -> None:
     started = time.monotonic()
 

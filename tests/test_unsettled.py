@@ -1,6 +1,7 @@
-"""Owned claims and unsettled charges, on every store: a call admitted and never settled (its
-process died mid-call) is charged at its reserved worst case, budgets never count less than may
-have been spent, a late real settle replaces the charge, and the request ID is never run again.
+"""Owned claims and unsettled charges, on every store (Redis Cluster and TLS included): a call
+admitted and never settled (its process died mid-call) is charged at its reserved worst case,
+budgets never count less than may have been spent, a late real settle replaces the charge, and the
+request ID is never run again.
 """
 
 from __future__ import annotations
@@ -8,14 +9,24 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from proxy_core.budget import BudgetLine, budget_lines
 from proxy_core.clock import ManualClock
 from proxy_core.stores.base import REAP_GRACE_S, ClaimOwner, LedgerEntry, Store
 from proxy_core.stores.sqlite import SCHEMA_VERSION, SqliteStore
+from tests.redis_targets import EVERY_BACKEND
 
 WS = "T01"
 TTL = 90.0
 AMOUNT = 3_000
+
+
+@pytest.fixture(params=EVERY_BACKEND)
+def store(request: pytest.FixtureRequest) -> Store:
+    """Every backend in turn, Redis Cluster and TLS included (conftest's ``store`` has SQLite and Redis)."""
+    result: Store = request.getfixturevalue(f"{request.param}_store")
+    return result
 
 
 def lines_at(now: float, *, user_daily: int = 10_000, workspace_monthly: int = 0) -> list[BudgetLine]:

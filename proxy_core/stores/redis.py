@@ -39,6 +39,7 @@ Every redis-py error is translated here, once, into :class:`StoreError`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import struct
@@ -51,11 +52,10 @@ from typing import Any, ParamSpec, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
 import redis
-from redis.backoff import NoBackoff
 from redis.client import NEVER_DECODE
+from redis.cluster import ClusterNode, RedisCluster
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError, RedisClusterException
-from redis.retry import Retry
+from redis.exceptions import AskError, MovedError, NoScriptError, RedisClusterException, TryAgainError
 
 from proxy_core.breaker import BreakerPolicy, BreakerState, Permit
 from proxy_core.budget import BudgetLine, capped
@@ -81,11 +81,13 @@ from proxy_core.stores.base import (
 )
 from proxy_core.stores.claims import owner_json as _owner_json
 from proxy_core.stores.claims import unsettled_charge as _unsettled_charge
+from proxy_core.stores.redis_connect import RedisOptions, client_password, connect
 
 __all__ = ["SEMANTIC_LOG_RETAIN", "RedisStore"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+Call = tuple[str, Sequence[str], Sequence[str | int]]  # a script: its name, keys and arguments
 
 # Spent counters and reservations outlive their period by this much (late settles, reports).
 KEEP_AFTER_RESET_S = 3 * 86400
@@ -101,6 +103,11 @@ SEMANTIC_LOG_RETAIN = 10_000
 # Entries deleted per script call, so a mass delete never blocks the server for long.
 _SEMANTIC_DELETE_BATCH = 1000
 _BLOB_WATCH_ATTEMPTS = 20  # optimistic writes of the blobs hash retried when another write raced them
+# A confirmed write (WAIT) follows at most this many MOVED/ASK/TRYAGAIN answers (a slot on the move).
+_REDIRECTS = 5
+# After a node drops a confirmed write's connection, the cluster's layout is read again at most
+# this often (a failover: the slot's new primary is a promoted replica).
+_RELAYOUT_EVERY_S = 0.5
 
 _SEMANTIC_SCRIPTS = (
     "semantic_put",
@@ -182,26 +189,44 @@ def _translated(action: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     return decorate
 
 
+class _NotReplicated(redis.RedisError):
+    """A write the primary applied but fewer replicas than asked for acknowledged (``WAIT``)."""
+
+
 class RedisStore(Store):
-    """:class:`Store` on Redis (redis-py, sync). Thread-safe: redis-py pools connections."""
+    """:class:`Store` on Redis (redis-py, sync): one server or a cluster. Thread-safe: redis-py
+    pools connections.
+
+    ``wait_replicas`` > 0: a write that admits a call or moves money (admit, settle, an
+    interrupted call's charge) counts only once that many replicas acknowledged it (``WAIT``,
+    within ``wait_timeout_ms``); otherwise it raises :class:`StoreError`, so the gateway refuses
+    the call or spools the settle, as for any store failure.
+    """
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: redis.Redis | RedisCluster,
         *,
         clock: Clock | None = None,
         namespace: str = "penny",
         semantic_log_retain: int = SEMANTIC_LOG_RETAIN,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
     ) -> None:
         if not namespace or any(c in namespace for c in "{}"):
             raise ConfigurationError("Redis store: the namespace must be non-empty, without '{' or '}'")
         if semantic_log_retain < 1:
             raise ConfigurationError("Redis store: semantic_log_retain must be at least 1")
-        self._client = client
+        RedisOptions(wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms)  # validates them
+        # A cluster client has the same command methods; only the plumbing below tells them apart.
+        self._client = cast(redis.Redis, client)
+        self._cluster = client if isinstance(client, RedisCluster) else None
+        self._wait = (wait_replicas, wait_timeout_ms)
+        self._relayout_at = 0.0
         self._clock = clock
         self._ns = namespace
-        password = client.connection_pool.connection_kwargs.get("password")
-        self._secrets = [str(password)] if password else []
+        password = client_password(client)
+        self._secrets = [password] if password else []
         # Registering only hashes the text; each script is sent to the server on its first EVALSHA
         # miss (and again after a SCRIPT FLUSH or a failover to a server that never saw it).
         self._scripts: dict[str, Script] = {name: client.register_script(_load_script(name)) for name in _SCRIPTS}
@@ -223,34 +248,25 @@ class RedisStore(Store):
         namespace: str = "penny",
         semantic_log_retain: int = SEMANTIC_LOG_RETAIN,
         max_connections: int = 64,
+        options: RedisOptions | None = None,
     ) -> RedisStore:
-        """Connect to ``redis://[:password@]host:port/db`` (or ``rediss://``, ``unix://``)."""
-        try:
-            # A bot runs a thread per question in flight: they wait (up to the timeout) for one of
-            # a bounded set of connections instead of failing once the pool is full.
-            pool = redis.BlockingConnectionPool.from_url(
-                url,
-                max_connections=max_connections,
-                timeout=timeout_s,
-                socket_timeout=timeout_s,
-                socket_connect_timeout=timeout_s,
-                health_check_interval=30,
-                decode_responses=True,
-                # One immediate retry on a dropped connection (a pooled socket the server closed).
-                # Never on a timeout: the script may have run, and a store call must fail within
-                # its timeout rather than redis-py's default ten backed-off attempts.
-                retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
-            )
-            client = redis.Redis(connection_pool=pool)
-        except ValueError as exc:
-            # The URL is not echoed: it may carry a password.
-            raise ConfigurationError(
-                "PENNY_STORE_URL: not a valid Redis URL; expected redis://[:password@]host:port/db"
-            ) from exc
-        store = cls(client, clock=clock, namespace=namespace, semantic_log_retain=semantic_log_retain)
+        """Connect to ``redis://[user:password@]host:port/db`` (or ``rediss://``, ``unix://``), or to
+        a cluster at ``redis+cluster://[user:password@]host:port[,host:port…]`` (``rediss+cluster://``).
+        ``max_connections`` is per server."""
+        options = options or RedisOptions()
         password = urlsplit(url).password
-        if password:
-            store._secrets = list({*store._secrets, password, unquote(password)})
+        secrets = [password, unquote(password)] if password else []
+        try:
+            client = connect(url, options, timeout_s=timeout_s, max_connections=max_connections)
+        except (redis.RedisError, RedisClusterException, OSError) as exc:
+            # A cluster client reads the cluster's layout as it starts: no node answered.
+            text = f"{type(exc).__name__}: {exc}"
+            for secret in secrets:
+                text = text.replace(secret, "***")
+            raise StoreError(f"Redis store: cannot reach the cluster: {text}") from exc
+        store = cls(client, clock=clock, namespace=namespace, semantic_log_retain=semantic_log_retain,
+                    wait_replicas=options.wait_replicas, wait_timeout_ms=options.wait_timeout_ms)
+        store._secrets = list({*store._secrets, *secrets})
         return store
 
     # -- plumbing --------------------------------------------------------------------------
@@ -264,12 +280,16 @@ class RedisStore(Store):
         script = self._scripts[name]
         return script(keys=list(keys), args=[*self._clock_args(), *args])
 
-    def _pipelined(self, *calls: tuple[str, Sequence[str], Sequence[str | int]]) -> list[Any]:
+    def _pipelined(self, *calls: Call, confirm: int | None = None) -> list[Any]:
         """Run several scripts (name, keys, args) in one round trip; their replies, in order.
 
         Not a transaction: each script is atomic on its own. A script the server has forgotten
-        (NOSCRIPT: it did not run) is loaded and run again on its own.
+        (NOSCRIPT: it did not run) is loaded and run again on its own. On a cluster the pipeline
+        sends each script to its slot's primary (one round trip per node, all at once).
+        ``confirm``: the index of the call whose write must reach ``wait_replicas`` replicas.
         """
+        if confirm is not None and self._wait[0] > 0 and calls[confirm][1]:  # a script without keys writes nothing
+            return self._confirmed(calls, confirm)
         pipe = self._client.pipeline(transaction=False)
         clock = self._clock_args()
         for name, keys, args in calls:
@@ -283,6 +303,92 @@ class RedisStore(Store):
                 replies[i] = self._run(name, keys, args)
             elif isinstance(reply, Exception):
                 raise reply
+        return replies
+
+    def _run_confirmed(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        """:meth:`_run`, and the write reaches ``wait_replicas`` replicas before it counts."""
+        return self._pipelined((name, keys, args), confirm=0)[0]
+
+    def _confirmed(self, calls: Sequence[Call], confirm: int) -> list[Any]:
+        """:meth:`_pipelined` with ``WAIT`` behind the confirmed call, on the same connection (WAIT
+        answers for the writes sent on its own connection). One server: one round trip for all. A
+        cluster: the other calls first, then the confirmed one on its slot's primary."""
+        if self._cluster is None:
+            return self._on_node(self._client, calls)
+        others = [i for i in range(len(calls)) if i != confirm]
+        replies: list[Any] = [None] * len(calls)
+        if others:
+            for i, reply in zip(others, self._pipelined(*(calls[i] for i in others)), strict=True):
+                replies[i] = reply
+        replies[confirm] = self._confirmed_on_cluster(self._cluster, calls[confirm])
+        return replies
+
+    def _confirmed_on_cluster(self, cluster: RedisCluster, call: Call) -> Any:
+        """Run one script on its slot's primary with WAIT behind it, following the cluster's
+        redirections itself (MOVED: the slot has a new owner; ASK: its keys are on the move)."""
+        asked: ClusterNode | None = None
+        for _ in range(_REDIRECTS):
+            node = asked or cluster.get_node_from_key(call[1][0])  # type: ignore[no-untyped-call]
+            try:
+                return self._on_node(cluster.get_redis_connection(node), [call], asking=asked is not None)[0]
+            except MovedError as exc:
+                cluster.nodes_manager.move_slot(exc)
+                asked = None
+            except AskError as exc:
+                asked = (cluster.get_node(host=exc.host, port=exc.port)  # type: ignore[no-untyped-call]
+                         or ClusterNode(exc.host, exc.port))  # type: ignore[no-untyped-call]
+            except TryAgainError:
+                asked = None
+                time.sleep(0.05)  # a script needing keys that are half moved (or new): wait for the move
+            except (redis.ConnectionError, redis.TimeoutError):
+                # The node is gone or hung (a failover?): read the layout again, so the calls
+                # after this one reach the slot's new primary once a replica has taken over.
+                if time.monotonic() - self._relayout_at > _RELAYOUT_EVERY_S:
+                    self._relayout_at = time.monotonic()
+                    with contextlib.suppress(redis.RedisError, RedisClusterException):  # no node answers yet
+                        cluster.nodes_manager.initialize(last_failed_node_name=node.name)
+                raise
+        # TRYAGAIN: a script that creates keys in a slot whose keys are being moved waits for the move.
+        raise RedisClusterException(f"the cluster redirected the write {_REDIRECTS} times (its slot is being "
+                                    "moved to another node); it was not applied")
+
+    def _on_node(self, client: redis.Redis, calls: Sequence[Call], *, asking: bool = False) -> list[Any]:
+        """Run scripts on one server in one round trip with ``WAIT`` behind them: their replies,
+        or :class:`_NotReplicated` when fewer than ``wait_replicas`` replicas have their writes."""
+        pipe = client.pipeline(transaction=False)
+        clock = self._clock_args()
+        for name, keys, args in calls:
+            if asking:
+                pipe.execute_command("ASKING")  # type: ignore[no-untyped-call]
+            pipe.execute_command(  # type: ignore[no-untyped-call]
+                "EVALSHA", self._scripts[name].sha, len(keys), *keys, *clock, *args
+            )
+        replicas, timeout_ms = self._wait
+        pipe.execute_command("WAIT", replicas, timeout_ms)  # type: ignore[no-untyped-call]
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        waited = replies.pop()
+        if isinstance(waited, Exception):
+            raise waited
+        acked = int(waited)
+        if asking:
+            replies = replies[1::2]
+        forgotten = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if forgotten:
+            # This server never saw the scripts (a promoted replica, a SCRIPT FLUSH): they did not
+            # run. Load them here and run them again, confirmed by a WAIT of their own.
+            for name in {calls[i][0] for i in forgotten}:
+                client.script_load(self._scripts[name].script)
+            for i, reply in zip(forgotten, self._on_node(client, [calls[i] for i in forgotten], asking=asking),
+                                strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        if acked < replicas:
+            raise _NotReplicated(
+                f"only {acked} of {replicas} replica(s) acknowledged the write within {timeout_ms} ms "
+                "(PENNY_REDIS_WAIT_REPLICAS); it could be lost in a failover"
+            )
         return replies
 
     def _clock_args(self) -> list[str | int]:
@@ -341,7 +447,10 @@ class RedisStore(Store):
 
     @_translated("reach the server")
     def ping(self) -> None:
-        self._client.ping()
+        if self._cluster is not None:
+            self._cluster.ping(target_nodes=RedisCluster.PRIMARIES)  # every shard must answer
+        else:
+            self._client.ping()
 
     @_translated("close the connection")
     def close(self) -> None:
@@ -376,7 +485,7 @@ class RedisStore(Store):
 
     @_translated("release a request")
     def release_request(self, workspace_id: str, request_id: str) -> None:
-        self._run("release_request", [self._request_key(workspace_id, request_id)], [])
+        self._run_confirmed("release_request", [self._request_key(workspace_id, request_id)], [])
 
     @_translated("admit a request")
     def admit(
@@ -412,7 +521,7 @@ class RedisStore(Store):
         if breaker is not None:
             calls.append(("breaker", [self._breaker_key(breaker.name)], _breaker_args(breaker.policy, "peek", False)))
         calls.append(("admit", keys, args))
-        *peeked, reply = self._pipelined(*calls)
+        *peeked, reply = self._pipelined(*calls, confirm=len(calls) - 1)
         held = _held(reply)
         if held is not None:
             return _held_admission(held)
@@ -432,6 +541,7 @@ class RedisStore(Store):
             self._pipelined(
                 ("release_request", [keys[0]], []),
                 ("release", [k for line in lines for k in self._line_keys(workspace_id, line)[1:]], [request_id]),
+                confirm=0,
             )
             return Admission("circuit_open", limit=limit, permit=permit)
         return Admission("admitted", limit=limit, permit=permit)
@@ -471,7 +581,7 @@ class RedisStore(Store):
     @_translated("release a budget reservation")
     def release(self, workspace_id: str, reservation_id: str, lines: Sequence[BudgetLine]) -> None:
         keys = [k for line in capped(lines) for k in self._line_keys(workspace_id, line)[1:]]
-        self._run("release", keys, [reservation_id])
+        self._run_confirmed("release", keys, [reservation_id])
 
     @_translated("settle a request")
     def settle(
@@ -486,17 +596,18 @@ class RedisStore(Store):
     ) -> bool:
         keys, args = self._settle_call(entry, reservation_id, lines, result, result_ttl_s, claim=False)
         if breaker is None:
-            reply = self._run("settle", keys, args)
+            reply = self._run_confirmed("settle", keys, args)
         else:
             reply, _ = self._pipelined(
                 ("settle", keys, args),
                 ("breaker", [self._breaker_key(breaker.name)], _breaker_args(breaker.policy, "record", True)),
+                confirm=0,
             )
         if _text(reply[0]) == "replace_day":
             # The unsettled charge it replaces was counted on the day the call started: settle there.
             entry = replace(entry, day=_text(reply[1]))
             keys, args = self._settle_call(entry, reservation_id, lines, result, result_ttl_s, claim=False)
-            reply = self._run("settle", keys, args)
+            reply = self._run_confirmed("settle", keys, args)
         return _text(reply[0]) == "settled"
 
     @_translated("record a cache hit")
@@ -573,7 +684,7 @@ class RedisStore(Store):
         args: list[str | int] = [request_id, int(entry.cost_micros), KEEP_AFTER_RESET_S, _REAPED_KEEP_S,
                                  entry.user_id, entry.model, len(_METRICS)]
         args += [_num(line.resets_at) for line in lines]
-        written = int(self._run("unsettle", keys, args + _usage_and_entry_args(entry)))
+        written = int(self._run_confirmed("unsettle", keys, args + _usage_and_entry_args(entry)))
         return entry if written else None
 
     @_translated("read a budget")
@@ -754,7 +865,9 @@ class RedisStore(Store):
     def _wait_for_semantic_log(self, cursor: str, block_s: float) -> None:
         """Wait (XREAD BLOCK on a pooled connection of its own) until an event follows ``cursor``,
         at most ``block_s``. Each wait stays within the socket timeout, so it never trips it."""
-        socket_timeout = self._client.connection_pool.connection_kwargs.get("socket_timeout")
+        socket_timeout = (self._cluster.get_connection_kwargs()  # type: ignore[no-untyped-call]
+                          if self._cluster is not None else self._client.connection_pool.connection_kwargs
+                          ).get("socket_timeout")
         deadline = time.monotonic() + block_s
         while (remaining := deadline - time.monotonic()) > 0:
             wait = remaining if socket_timeout is None else min(remaining, float(socket_timeout) / 2)

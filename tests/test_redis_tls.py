@@ -1,0 +1,91 @@
+"""Redis over TLS with an ACL user: the CA, the client certificate and hostname checking as an
+operator sets them, what happens when one is wrong, and what the README's ACL user may not do.
+
+The server (``redis_tls``, once per session) speaks TLS only to Penny, asks for a client
+certificate, and has a throwaway CA made by the test with openssl. The store contract runs on it
+too (test_store_contract.py and friends).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from proxy_core.errors import ConfigurationError, StoreError
+from proxy_core.stores.redis import RedisStore
+from proxy_core.stores.redis_connect import RedisOptions
+from tests.redis_targets import ACL_PASSWORD, ACL_USER, TlsRedis
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def opened() -> Iterator[list[RedisStore]]:
+    stores: list[RedisStore] = []
+    yield stores
+    for store in stores:
+        store.close()
+
+
+def ping(url: str, options: RedisOptions, opened: list[RedisStore]) -> None:
+    store = RedisStore.from_url(url, options=options, timeout_s=2.0)
+    opened.append(store)
+    store.ping()
+
+
+def test_the_test_ca_and_a_client_certificate_reach_the_server(redis_tls: TlsRedis, opened: list[RedisStore]) -> None:
+    ping(redis_tls.url(), redis_tls.options(), opened)
+
+
+@pytest.mark.parametrize(("case", "changes"), [
+    ("an unknown CA", {"ca_file": "other-ca.crt"}),
+    ("no client certificate", {"cert_file": None, "key_file": None}),
+])  # fmt: skip
+def test_a_wrong_trust_setting_is_a_store_error_quickly_without_the_password(
+    redis_tls: TlsRedis, opened: list[RedisStore], case: str, changes: dict[str, Any]
+) -> None:
+    changes = {k: (str(redis_tls.certs[v]) if isinstance(v, str) else v) for k, v in changes.items()}
+    started = time.monotonic()
+    with pytest.raises(StoreError) as raised:
+        ping(redis_tls.url(), redis_tls.options(**changes), opened)
+    assert time.monotonic() - started < 5, case
+    assert ACL_PASSWORD not in str(raised.value)
+
+
+def test_the_hostname_is_checked_unless_turned_off(redis_tls: TlsRedis, opened: list[RedisStore]) -> None:
+    # The server's certificate names localhost only.
+    with pytest.raises(StoreError, match=r"match|certificate"):
+        ping(redis_tls.url("127.0.0.1"), redis_tls.options(), opened)
+    ping(redis_tls.url("127.0.0.1"), redis_tls.options(check_hostname=False), opened)
+
+
+def test_a_wrong_password_is_refused_and_never_shown(redis_tls: TlsRedis, opened: list[RedisStore]) -> None:
+    wrong = "n0t-the-p4ssword"
+    with pytest.raises(StoreError) as raised:
+        ping(redis_tls.url(password=wrong), redis_tls.options(), opened)
+    assert wrong not in str(raised.value) and "AuthenticationError" in str(raised.value)
+
+
+def test_tls_files_with_a_plain_url_are_refused_rather_than_ignored(redis_tls: TlsRedis) -> None:
+    with pytest.raises(ConfigurationError, match="not rediss"):
+        RedisStore.from_url(f"redis://localhost:{redis_tls.tls_port}/0", options=redis_tls.options())
+
+
+def test_the_readme_acl_user_can_do_nothing_else(redis_tls: TlsRedis) -> None:
+    options = redis_tls.options()
+    client = redis.Redis(host="localhost", port=redis_tls.tls_port, username=ACL_USER, password=ACL_PASSWORD,
+                         ssl=True, ssl_ca_certs=options.ca_file, ssl_certfile=options.cert_file,
+                         ssl_keyfile=options.key_file, socket_timeout=2)
+    try:
+        client.set("penny-test-acl:probe", "1")  # its own keys
+        for forbidden in (lambda: client.flushall(), lambda: client.config_get("*"), lambda: client.keys("*"),
+                          lambda: client.get("someone-else:key"), lambda: client.eval("return 1", 0)):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                forbidden()
+        client.delete("penny-test-acl:probe")
+    finally:
+        client.close()
