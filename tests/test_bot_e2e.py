@@ -25,7 +25,7 @@ from proxy_core.stores.sqlite import SqliteStore
 from proxy_core.upstream import OpenAIUpstream
 from tests.fake_openai import FakeOpenAI
 from tests.fake_slack import FakeSlack
-from tests.test_slack_app import SECRET, TEAM, TOKEN, Harness, block_action, mention
+from tests.test_slack_app import SECRET, TEAM, TOKEN, Harness, block_action, mention, message
 
 DOCS = Path(__file__).resolve().parents[1] / "examples" / "docs"
 KEY = "sk-test-e2e-0123456789abcdef"
@@ -123,6 +123,27 @@ def test_one_event_delivered_three_times_is_answered_and_charged_once(bot: Bot, 
     assert openai.count("chat") == 1
     usage = bot.gateway.usage(TEAM, "2000-01-01", "2100-01-01")
     assert usage.totals.requests == 1
+
+
+def test_chatter_in_a_thread_costs_nothing_and_a_follow_up_question_is_answered(
+    bot: Bot, slack: FakeSlack, openai: FakeOpenAI
+) -> None:
+    root = "1700000100.000100"
+    bot.event(mention("<@UPENNY> how do I start the dev server?", ts=root))
+    assert len(slack.messages()) == 1
+    slack_calls, llm_calls = slack.count(), openai.count()
+
+    chatter = ["thanks!", "lol", "ok cool, will do", "+1", ":pray:", "<@U2> can you check?",
+               "is it just me or is the VPN down again lol", "merci, ça marche"]
+    for i, text in enumerate(chatter):
+        assert bot.event(message(text, ts=f"{1700000200 + i}.000100", thread_ts=root, user="U2")).status == 200
+    assert (slack.count(), openai.count()) == (slack_calls, llm_calls)  # no reply, no Slack call, no LLM call
+
+    bot.event(message("ok but how do I deploy to staging?", ts="1700000300.000100", thread_ts=root))
+    assert len(slack.messages()) == 2
+    assert slack.messages()[-1]["thread_ts"] == root
+    assert openai.count("chat") == 2
+    assert bot.gateway.usage(TEAM, "2000-01-01", "2100-01-01").totals.requests == 2
 
 
 def test_a_question_the_docs_do_not_cover_is_answered_at_no_cost(bot: Bot, slack: FakeSlack,

@@ -36,6 +36,7 @@ from bot.slack.app import (
 )
 from bot.slack.render import ACTION_FEEDBACK_DOWN, ACTION_FEEDBACK_UP
 from bot.slack.working import WorkingIndicator
+from proxy_core.settings import ThreadReplies
 from proxy_core.stores.sqlite import SqliteStore
 from tests.fake_slack import FakeSlack, SlackCall
 
@@ -83,13 +84,14 @@ class Harness:
     """A Penny app wired to the fake Slack, a SQLite store and a scripted answerer."""
 
     def __init__(self, fake: FakeSlack, store: SqliteStore, answerer: ScriptedAnswerer,
-                 working: WorkingIndicator | None = None) -> None:
+                 working: WorkingIndicator | None = None, thread_replies: ThreadReplies = "questions") -> None:
         self.fake = fake
         self.store = store
         self.answerer = answerer
         self.feedback: list[tuple[str, str, bool]] = []
         self.executor = ThreadPoolExecutor(max_workers=4)
-        self.settings = SlackSettings(bot_token=TOKEN, signing_secret=SECRET, api_url=fake.base_url)
+        self.settings = SlackSettings(bot_token=TOKEN, signing_secret=SECRET, api_url=fake.base_url,
+                                      thread_replies=thread_replies)
         self.app: App = build_app(
             answerer=answerer,
             store=store,
@@ -371,6 +373,60 @@ def test_a_long_thread_gives_its_root_and_its_latest_turns_as_history(
     assert {call.params["limit"] for call in pages} == {"200"}
 
 
+def _answered_thread(penny: Harness, fake: FakeSlack) -> str:
+    root = "1700000100.000100"
+    penny.event(mention("<@UPENNY> how do I deploy?", ts=root))
+    fake.wait_for("reactions.remove")  # the thread is remembered once the answer is out
+    return root
+
+
+def test_chatter_in_a_thread_gets_no_reply_and_the_log_says_why(
+    penny: Harness, fake: FakeSlack, answerer: ScriptedAnswerer
+) -> None:
+    root = _answered_thread(penny, fake)
+    calls = fake.count()
+    with structlog.testing.capture_logs() as logs:
+        for i, text in enumerate(["thanks!", "lol", "ok cool, will do", "+1"]):
+            penny.event(message(text, ts=f"{1700000200 + i}.0", thread_ts=root, user="U2"), event_id=f"EvChat{i}")
+        penny.event(message("ok but how do I roll back?", ts="1700000300.0", thread_ts=root), event_id="EvAsk")
+        penny.settle()
+    assert sorted(q.text for q in answerer.questions) == ["how do I deploy?", "ok but how do I roll back?"]
+    assert fake.count("chat.postMessage") == 2
+    assert fake.count("conversations.replies") == 1  # for the question; chatter costs no Slack call
+    assert fake.count() - calls == 4  # its reactions, history and answer
+    decisions = [(e["event"], e["reason"], e["event_id"]) for e in logs if e["event"].startswith("slack.thread_reply")]
+    assert sorted(decisions) == sorted([
+        ("slack.thread_reply_skipped", "thanks", "EvChat0"),
+        ("slack.thread_reply_skipped", "laughter", "EvChat1"),
+        ("slack.thread_reply_skipped", "acknowledgement", "EvChat2"),
+        ("slack.thread_reply_skipped", "plus_one", "EvChat3"),
+        ("slack.thread_reply_answered", "question", "EvAsk"),
+    ])
+
+
+@pytest.mark.parametrize(
+    ("mode", "answered"),
+    [
+        pytest.param("questions", ["and on staging?"], id="questions"),
+        pytest.param("all", ["thanks!", "and on staging?"], id="all"),
+        pytest.param("mentions", [], id="mentions"),
+    ],
+)
+def test_thread_replies_setting_chooses_which_replies_are_answered(
+    fake: FakeSlack, sqlite_store: SqliteStore, mode: ThreadReplies, answered: list[str]
+) -> None:
+    answerer = ScriptedAnswerer()
+    penny = Harness(fake, sqlite_store, answerer, thread_replies=mode)
+    try:
+        root = _answered_thread(penny, fake)
+        for i, text in enumerate(["thanks!", "<@U2> can you check?", "and on staging?"]):
+            penny.event(message(text, ts=f"{1700000200 + i}.0", thread_ts=root))
+        penny.event(mention("<@UPENNY> and rollbacks?", ts="1700000300.0", thread_ts=root))
+    finally:
+        penny.settle()
+    assert sorted(q.text for q in answerer.questions) == sorted(["how do I deploy?", *answered, "and rollbacks?"])
+
+
 def test_a_thread_penny_is_not_part_of_is_left_alone(
     penny: Harness, fake: FakeSlack, answerer: ScriptedAnswerer
 ) -> None:
@@ -399,6 +455,7 @@ def test_a_group_dm_thread_follow_up_is_answered(
     root = "1700000100.000100"
     penny.event({**mention("<@UPENNY> how do I deploy?", ts=root), "channel": "G2"})
     fake.wait_for("reactions.remove")  # the thread is remembered once the answer is out
+    penny.event(message("thanks!", channel="G2", channel_type="mpim", thread_ts=root, ts="1700000150.0"))
     penny.event(message("and rollbacks?", channel="G2", channel_type="mpim", thread_ts=root))
     penny.event(message("a group DM message without a mention", channel="G2", channel_type="mpim"))
     penny.settle()

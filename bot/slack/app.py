@@ -5,8 +5,10 @@ What it answers:
 
 - an ``app_mention`` in a channel, in the thread of the mention;
 - a ``message`` in a DM (top level or in a DM thread);
-- a ``message`` in a channel or group DM thread Penny has already posted in, without a mention.
-  Penny remembers the threads it posted in through the store (``cache_put`` under
+- a ``message`` in a channel or group DM thread Penny has already posted in, without a mention,
+  when it asks her something (:mod:`bot.slack.addressing`; ``PENNY_THREAD_REPLIES``: ``questions``
+  by default, ``all`` or ``mentions``): thanks, emoji and talk between people get no reply and
+  no LLM call. Penny remembers the threads it posted in through the store (``cache_put`` under
   :data:`THREADS_SCOPE`, for :data:`THREAD_TTL_S`), so an unrelated thread reply costs no Slack
   call; for a thread it knows, ``conversations.replies`` (one call per 200 replies) fetches the
   earlier turns, which go to the service as ``history``: the thread's root and its newest turns (at
@@ -54,6 +56,7 @@ from slack_sdk.http_retry import ConnectionErrorRetryHandler, RateLimitErrorRetr
 from bot.answer_types import Answer, Answerer, Question
 from bot.cost import CostReport, TeamReport, cost_report, is_admin, team_report
 from bot.feedback import record_feedback
+from bot.slack.addressing import classify_thread_reply
 from bot.slack.cost_blocks import (
     cost_blocks,
     help_blocks,
@@ -80,7 +83,7 @@ from bot.slack.working import Working, WorkingIndicator
 from proxy_core.clock import Clock
 from proxy_core.errors import StoreError
 from proxy_core.log import get_logger
-from proxy_core.settings import PennySettings
+from proxy_core.settings import PennySettings, ThreadReplies
 from proxy_core.stores.base import CacheItem, Store
 from proxy_core.tokens import estimate_text_tokens
 
@@ -177,6 +180,7 @@ class SlackSettings:
     app_token: str | None = field(default=None, repr=False)  # xapp-…, for Socket Mode
     api_url: str | None = None  # overrides the Web API base URL (SLACK_API_URL)
     admin_user_ids: frozenset[str] = frozenset()
+    thread_replies: ThreadReplies = "questions"  # which unmentioned thread replies are answered
 
 
 def make_client(settings: SlackSettings) -> WebClient:
@@ -223,7 +227,8 @@ def build_app(
     admins = _Admins(frozenset(settings.admin_user_ids) | frozenset(costs.admin_user_ids))
     penny = _Penny(answerer=answerer, store=store, on_feedback=on_feedback, costs=costs, admins=admins, wall=wall,
                    clock=clock, stream_pacing=stream_pacing or StreamPacing(),
-                   working=working if working is not None else WorkingIndicator())
+                   working=working if working is not None else WorkingIndicator(),
+                   thread_replies=settings.thread_replies)
     app.event("app_mention")(penny.on_mention)
     app.event("message")(penny.on_message)
     app.event("app_home_opened")(penny.on_home_opened)
@@ -469,6 +474,7 @@ class _Penny:
         clock: Clock,
         stream_pacing: StreamPacing,
         working: WorkingIndicator,
+        thread_replies: ThreadReplies,
     ) -> None:
         self.answerer = answerer
         self.store = store
@@ -479,6 +485,7 @@ class _Penny:
         self.clock = clock
         self.stream_pacing = stream_pacing
         self.working = working
+        self.thread_replies = thread_replies
         self.streaming = True  # off for good after an error in STREAMING_UNAVAILABLE
         # (workspace, user) -> (is a Slack admin, known until): every Home open and /cost team
         # would otherwise ask users.info again.
@@ -522,11 +529,19 @@ class _Penny:
             mentioned = set(_MENTION.findall(str(event.get("text", ""))))
             if context.bot_user_id in mentioned:
                 return  # the app_mention copy of this message answers it
-            if mentioned:
-                return  # addressed to someone else in the thread
+            if mentioned or self.thread_replies == "mentions":
+                return  # addressed to someone else in the thread, or Penny answers only mentions
             workspace = self._workspace(body, context)
             if not self._knows_thread(workspace, str(event.get("channel", "")), str(thread_ts)):
                 return
+            addressing = classify_thread_reply(
+                str(event.get("text") or ""), bot_user_id=context.bot_user_id, mode=self.thread_replies
+            )
+            where = {"event_id": body.get("event_id"), "channel": event.get("channel"), "thread_ts": thread_ts}
+            if not addressing.for_penny:
+                _log.info("slack.thread_reply_skipped", reason=addressing.reason, **where)
+                return
+            _log.info("slack.thread_reply_answered", reason=addressing.reason, **where)
             self._handle(body, event, context, client, thread_ts=str(thread_ts), with_history=True)
         except Exception as exc:
             _log.exception("slack.message_failed", event_id=body.get("event_id"), error=exc)

@@ -35,6 +35,7 @@ def slack_settings(settings: PennySettings) -> SlackSettings:
         app_token=secret(settings.slack_app_token) or None,
         api_url=settings.slack_api_url,
         admin_user_ids=frozenset(settings.admin_user_ids),
+        thread_replies=settings.thread_replies,
     )
 
 
