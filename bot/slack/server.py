@@ -1,0 +1,549 @@
+"""``penny run --http``: Penny behind gunicorn, many worker processes, one store.
+
+Gunicorn's threaded (``gthread``) workers serve Bolt through its WSGI adapter
+(``slack_bolt.adapter.wsgi.SlackRequestHandler``): Penny's app is synchronous Bolt, so a WSGI server
+runs it unchanged, and gunicorn's pre-fork arbiter gives what one Python process cannot (one core, one
+GIL): N workers, each restarted when it dies, a graceful ``SIGTERM``, a bounded backlog and per-worker
+connection cap, keep-alive, and limits on the request line and headers.
+
+Each worker builds its own Penny after the fork (:meth:`_PennyServer.load`): gateway, store
+connection, maintenance thread, answering service and Bolt app. Nothing of that exists in the
+arbiter, so no thread or connection is ever copied into a child. Workers share everything else
+through the store: event claims (each event answered once, whichever worker or replica gets it),
+limits, budgets, ledger, answer cache, docs index.
+
+In front of Bolt, :class:`PennyWSGI` answers ``/healthz``, ``/readyz`` and ``/metrics`` itself, and
+runs :func:`~bot.slack.http_guard.check_request` on ``/slack/events``: a ``Content-Length`` over
+1 MiB is refused (413) before a byte of the body is read, malformed input gets its 4xx.
+:class:`PennyWorker` changes two things in gunicorn's gthread worker, both against clients that
+connect and then send slowly or nothing: a new connection waits for its first bytes in the worker's
+selector rather than on a thread, and a request's reads (headers and body) share one deadline.
+
+Shutdown: ``SIGTERM`` to the arbiter stops accepting, lets each worker finish its requests, then
+the answers its listeners are still writing (up to ``graceful_timeout_s``), closes the gateway (which
+writes its spool), and exits 0.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import math
+import os
+import re
+import selectors
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final, Protocol, TextIO
+
+from gunicorn.app.base import BaseApplication
+from gunicorn.workers.gthread import TConn, ThreadWorker
+
+from bot.answer_types import Answerer
+from bot.slack.http_guard import MAX_BODY_BYTES, Rejection, check_request, content_length
+from proxy_core.log import get_logger
+from proxy_core.settings import PennySettings
+from proxy_core.stores.base import Store
+
+if TYPE_CHECKING:
+    from wsgiref.types import StartResponse, WSGIEnvironment
+
+    from slack_bolt import App
+
+    from bot.slack.runner import AlertRelay
+    from proxy_core.gateway import Gateway
+
+__all__ = ["Backend", "DrainingExecutor", "HTTPOptions", "PennyWSGI", "PennyWorker", "serve"]
+
+EVENTS_PATH: Final = "/slack/events"
+_log = get_logger()
+
+
+@dataclass(frozen=True)
+class HTTPOptions:
+    """How ``penny run --http`` serves. ``host`` defaults to loopback: Slack only calls HTTPS URLs, so
+    a TLS reverse proxy on the same machine is always in front, and ``/metrics`` and ``/readyz`` stay
+    off the network (in a container, where the proxy is another host, use ``0.0.0.0``)."""
+
+    host: str = "127.0.0.1"
+    port: int = 3000
+    workers: int = 1
+    threads: int = 16  # per worker, for requests only: Bolt acks at once and answers on its own pool
+    backlog: int = 2048  # connections the kernel queues before a worker accepts them
+    connections: int = 1000  # per worker, open at once (idle keep-alive ones included)
+    keepalive_s: float = 75.0  # longer than a proxy's idle timeout (nginx and AWS ALB: 60 s)
+    read_timeout_s: float = 10.0  # a request's headers and body, from its first byte
+    graceful_timeout_s: float = 30.0  # after SIGTERM: the answers in flight, then the worker is killed
+    log_level: str = "info"
+    access_log: str | None = None  # a file, or "-" for stderr: one line per request, with the worker's pid
+
+
+class Backend(Protocol):
+    """What one worker answers with: the service, the store, the gateway (None: extractive answers)
+    and the alert relay; ``close`` ends them (the gateway writes its spool)."""
+
+    @property
+    def service(self) -> Answerer: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def gateway(self) -> Gateway | None: ...
+    @property
+    def alerts(self) -> AlertRelay: ...
+
+    def close(self) -> None: ...
+
+
+# -- the WSGI application ------------------------------------------------------------------------
+
+
+class PennyWSGI:
+    """One worker's WSGI application: ``POST /slack/events`` (guard, then Bolt), ``GET /healthz``
+    (the process answers), ``GET /readyz`` (``ready()`` returns no problem), ``GET /metrics``."""
+
+    def __init__(self, app: App, *, ready: Callable[[], str | None], metrics: Callable[[], bytes] | None = None,
+                 path: str = EVENTS_PATH) -> None:
+        from slack_bolt.adapter.wsgi import SlackRequestHandler
+
+        self._bolt = SlackRequestHandler(app, path)
+        self._ready = ready
+        self._metrics = metrics
+        self._path = path
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "")
+        if path == self._path and method == "POST":
+            return self._slack(environ, start_response)
+        if method in ("GET", "HEAD"):
+            if path == "/healthz":
+                return _reply(start_response, 200, b"ok\n")
+            if path == "/readyz":
+                problem = self._ready()
+                return _reply(start_response, 503 if problem else 200, f"{problem or 'ready'}\n".encode())
+            if path == "/metrics" and self._metrics is not None:
+                from prometheus_client import CONTENT_TYPE_LATEST
+
+                return _reply(start_response, 200, self._metrics(), CONTENT_TYPE_LATEST)
+        return _reply(start_response, 404, b"Not Found\n")
+
+    def _slack(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        length = content_length(environ.get("CONTENT_LENGTH"))
+        if isinstance(length, Rejection):
+            return _reject(start_response, length)  # the body is never read
+        stream = environ["wsgi.input"]
+        chunked = "chunked" in str(environ.get("HTTP_TRANSFER_ENCODING", "")).lower()
+        try:
+            body: bytes = stream.read(MAX_BODY_BYTES + 1) if chunked else stream.read(length)
+        except OSError:  # the read deadline passed, or the client went away
+            return _reject(start_response, Rejection(408, "the body did not arrive in time"))
+        if len(body) > MAX_BODY_BYTES:
+            return _reject(start_response, Rejection(413, f"the body is larger than {MAX_BODY_BYTES} bytes"))
+        if not chunked and len(body) < length:
+            return _reject(start_response, Rejection(400, "the body is shorter than its Content-Length"))
+        headers = {name[5:].replace("_", "-").lower(): str(value) for name, value in environ.items()
+                   if name.startswith("HTTP_")}
+        if "CONTENT_TYPE" in environ:
+            headers["content-type"] = str(environ["CONTENT_TYPE"])
+        rejection = check_request(headers, body)
+        if rejection is not None:
+            return _reject(start_response, rejection)
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        return self._bolt(environ, start_response)
+
+
+def _reply(start_response: StartResponse, status: int, body: bytes,
+           content_type: str = "text/plain; charset=utf-8") -> list[bytes]:
+    from http import HTTPStatus
+
+    start_response(f"{status} {HTTPStatus(status).phrase}",
+                   [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def _reject(start_response: StartResponse, rejection: Rejection) -> list[bytes]:
+    import json
+
+    _log.warning("slack.http_rejected", status=rejection.status, reason=rejection.message)
+    return _reply(start_response, rejection.status, json.dumps({"error": rejection.message}).encode(),
+                  "application/json")
+
+
+# -- answers still being written when the worker stops -------------------------------------------
+
+
+class DrainingExecutor(Executor):
+    """Bolt's listener pool, counting the listeners not finished yet so a stopping worker can wait
+    for them (:meth:`drain`) instead of cutting answers off."""
+
+    def __init__(self, max_workers: int, *, thread_name_prefix: str = "penny-slack") -> None:
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
+        self._idle = threading.Condition()
+        self._running = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        with self._idle:
+            self._running += 1
+        try:
+            future = self._pool.submit(fn, *args, **kwargs)
+        except BaseException:
+            self._finished(None)
+            raise
+        future.add_done_callback(self._finished)
+        return future
+
+    def drain(self, timeout_s: float) -> int:
+        """Wait until no listener runs, at most ``timeout_s``; the number still running."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._running == 0, timeout=timeout_s)
+            return self._running
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+    def _finished(self, _future: Future[Any] | None) -> None:
+        with self._idle:
+            self._running -= 1
+            if self._running == 0:
+                self._idle.notify_all()
+
+
+class _Worker:
+    """One worker process's Penny: its backend, its Bolt app and the pool answers are written on."""
+
+    def __init__(self, backend: Backend, settings: PennySettings, *, metrics: Callable[[], bytes] | None) -> None:
+        from bot.slack.runner import LISTENER_THREADS, penny_app, slack_settings
+
+        self.backend = backend
+        self.listeners = DrainingExecutor(LISTENER_THREADS)
+        app = penny_app(backend.service, backend.store, backend.gateway, slack_settings(settings),
+                        settings=settings, listener_executor=self.listeners)
+        backend.alerts.attach(app.client)
+        self.wsgi = PennyWSGI(app, ready=self.ready, metrics=metrics)
+
+    def ready(self) -> str | None:
+        """Why this worker cannot answer yet (store unreachable, no docs index), or None."""
+        from proxy_core.errors import StoreError
+
+        try:
+            self.backend.store.ping()
+        except StoreError as exc:
+            return f"store unreachable: {exc}"
+        index = getattr(self.backend.service, "index", None)
+        if index is not None and index.version == 0:
+            return "no docs index loaded yet"
+        return None
+
+    def close(self, timeout_s: float) -> None:
+        left = self.listeners.drain(timeout_s)
+        if left:
+            _log.warning("slack.http_shutdown_cut_answers", running=left, waited_s=timeout_s)
+        self.listeners.shutdown(wait=False)
+        self.backend.close()
+
+
+# -- gunicorn: the worker and the arbiter --------------------------------------------------------
+
+
+class _DeadlineSocket(socket.socket):
+    """A client connection whose blocking reads share one deadline, set each time gunicorn starts a
+    request on it (``setblocking(True)``): a client that trickles its headers or body a byte at a
+    time loses the connection when the deadline passes, instead of holding a thread."""
+
+    _limit_s: float
+    _deadline: float | None
+    expired: bool
+
+    @classmethod
+    def adopt(cls, sock: socket.socket, limit_s: float) -> _DeadlineSocket:
+        conn = cls(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        conn._limit_s = limit_s
+        conn._deadline = None
+        conn.expired = False
+        return conn
+
+    def setblocking(self, flag: bool) -> None:
+        if flag:
+            self._deadline = time.monotonic() + self._limit_s
+            super().settimeout(self._limit_s)
+        else:
+            self._deadline = None
+            super().setblocking(False)
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        self._arm()
+        try:
+            return super().recv(bufsize, flags)
+        except TimeoutError:
+            if self._deadline is not None and time.monotonic() >= self._deadline:
+                raise self._expire() from None
+            raise  # a shorter timeout of the caller's own (gunicorn's drains): theirs to handle
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        self._arm()
+        try:
+            return super().recv_into(buffer, nbytes, flags)
+        except TimeoutError:
+            if self._deadline is not None and time.monotonic() >= self._deadline:
+                raise self._expire() from None
+            raise
+
+    def _arm(self) -> None:
+        if self._deadline is None:
+            return
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise self._expire()
+        current = self.gettimeout()
+        if current is None or current > remaining:
+            super().settimeout(remaining)
+
+    def _expire(self) -> ConnectionResetError:
+        # gunicorn drops a reset connection quietly; one line of ours says why.
+        if not self.expired:
+            self.expired = True
+            _log.warning("slack.http_read_timeout", limit_s=self._limit_s)
+        return ConnectionResetError(errno.ECONNRESET, f"request not received within {self._limit_s:g} s")
+
+
+BUFFERED_REQUEST_BYTES: Final = 256 * 1024  # larger requests (never Slack's) are read on a thread
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
+
+
+def request_complete(data: bytes) -> bool:
+    """Whether ``data``, the bytes of a request received so far, can go to a thread: the whole
+    request is there, or it is one a thread must read itself (chunked, or over
+    :data:`BUFFERED_REQUEST_BYTES`), or it is malformed (the thread answers it with a 4xx)."""
+    head_end = data.find(b"\r\n\r\n")
+    if head_end < 0:
+        return len(data) > BUFFERED_REQUEST_BYTES  # gunicorn refuses headers this long
+    head = data[: head_end + 2]
+    if b"transfer-encoding:" in head.lower():
+        return True
+    lengths = _CONTENT_LENGTH.findall(head)
+    if len(lengths) != 1:
+        return True  # no body, or several lengths (which gunicorn refuses)
+    length = int(lengths[0])
+    return length > BUFFERED_REQUEST_BYTES or len(data) >= head_end + 4 + length
+
+
+class PennyWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn ships no type hints
+    """gunicorn's gthread worker, except that a request reaches a thread only once it has arrived
+    whole: the worker's selector collects its bytes (:func:`request_complete`) and closes the
+    connection if that takes longer than ``read_timeout_s`` (gunicorn waits for a first byte on a
+    pool thread, up to five seconds, then reads the rest there without a deadline). Idle or slow
+    clients hold a file descriptor, never a thread; what a thread still reads from the socket
+    (a chunked or unusually large body) it reads by the same deadline (:class:`_DeadlineSocket`)."""
+
+    read_timeout_s: float = HTTPOptions.read_timeout_s
+    _closer: ThreadPoolExecutor
+
+    def init_process(self) -> None:
+        self._closer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="penny-close")
+        super().init_process()  # runs the worker until it stops
+
+    def accept(self, listener: socket.socket) -> None:
+        try:
+            client, address = listener.accept()
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                return
+            raise
+        self.nr_conns += 1
+        conn = TConn(self.cfg, _DeadlineSocket.adopt(client, self.read_timeout_s), address,
+                     listener.getsockname())
+        self._collect(conn)
+
+    def on_client_socket_readable(self, conn: TConn, client: socket.socket) -> None:
+        """A kept-alive connection starts its next request: collect it like a new one's."""
+        self.poller.unregister(client)
+        self.keepalived_conns.remove(conn)
+        self._collect(conn)
+        self._receive(conn, client)
+
+    def _collect(self, conn: TConn) -> None:
+        conn.received = b""
+        conn.timeout = time.monotonic() + self.read_timeout_s  # murder_pending closes it after that
+        self.pending_conns.append(conn)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._receive, conn))
+
+    def _receive(self, conn: TConn, client: socket.socket) -> None:
+        try:
+            data = conn.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        conn.received += data
+        if data and not request_complete(conn.received):
+            return
+        self.poller.unregister(client)
+        self.pending_conns.remove(conn)
+        conn.data_ready = True
+        self.enqueue_req(conn)
+
+    def handle(self, conn: TConn) -> Any:
+        received, conn.received = getattr(conn, "received", b""), b""
+        if received:
+            conn.init()
+            conn.parser.unreader.unread(received)
+        return super().handle(conn)
+
+    def finish_request(self, conn: TConn, fs: Future[Any]) -> None:
+        # gunicorn closes a finished connection on its selector thread, lingering up to two seconds
+        # for the client to close first: a client that never does would stall every connection of
+        # this worker. That linger happens on a small pool here; a timed-out one is just closed.
+        try:
+            closing = fs.cancelled() or not fs.result()
+        except Exception:
+            closing = True
+        if not closing:
+            super().finish_request(conn, fs)
+            return
+        self.nr_conns -= 1
+        if getattr(conn.sock, "expired", False):
+            conn.close()
+        else:
+            self._closer.submit(conn.close, graceful=True)
+
+
+class _PennyServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
+    """The gunicorn arbiter's application: configuration in, and one :class:`_Worker` per worker
+    process, built in that process (``load`` runs after the fork)."""
+
+    def __init__(self, options: HTTPOptions, build: Callable[[], _Worker], on_ready: Callable[[str], None],
+                 metrics_dir: str) -> None:
+        self._options = options
+        self._build = build
+        self._on_ready = on_ready
+        self._metrics_dir = metrics_dir
+        self._worker: _Worker | None = None
+        super().__init__()
+
+    def load_config(self) -> None:
+        o = self._options
+        host = f"[{o.host}]" if ":" in o.host else o.host
+        worker = type("PennyWorker", (PennyWorker,), {"read_timeout_s": o.read_timeout_s})
+        for key, value in {
+            "bind": [f"{host}:{o.port}"],
+            "workers": o.workers,
+            "worker_class": worker,
+            "threads": o.threads,
+            "worker_connections": o.connections,
+            "backlog": o.backlog,
+            "keepalive": math.ceil(o.keepalive_s),
+            "graceful_timeout": math.ceil(o.graceful_timeout_s) + 15,  # the worker's own deadline comes first
+            "timeout": 30,
+            "limit_request_line": 4094,
+            "limit_request_fields": 100,
+            "limit_request_field_size": 8190,
+            "loglevel": o.log_level.lower(),
+            "proc_name": "penny",
+            "accesslog": o.access_log,
+            "access_log_format": '%(h)s %(p)s "%(r)s" %(s)s %(B)s %(M)sms',
+            "control_socket_disable": True,  # two Pennys on one host would share its default path
+            "when_ready": self._when_ready,
+            "worker_exit": self._worker_exit,
+            "child_exit": self._child_exit,
+        }.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> PennyWSGI:
+        self._worker = self._build()
+        return self._worker.wsgi
+
+    def _when_ready(self, arbiter: Any) -> None:
+        host, port = arbiter.LISTENERS[0].sock.getsockname()[:2]
+        self._on_ready(f"http://{host}:{port}{EVENTS_PATH}")
+
+    def _worker_exit(self, arbiter: Any, worker: Any) -> None:
+        if self._worker is not None:
+            self._worker.close(self._options.graceful_timeout_s)
+
+    def _child_exit(self, arbiter: Any, worker: Any) -> None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid, self._metrics_dir)  # type: ignore[no-untyped-call]
+
+
+def _multiprocess_metrics() -> tuple[str, Callable[[], bytes]]:
+    """Metrics summed over every worker (prometheus_client's multiprocess mode): values live in
+    files in a fresh directory, which must be chosen before any worker creates a metric."""
+    from prometheus_client import CollectorRegistry, generate_latest, multiprocess, values
+
+    directory = tempfile.mkdtemp(prefix="penny-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+
+    def render() -> bytes:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, directory)  # type: ignore[no-untyped-call]
+        return bytes(generate_latest(registry))
+
+    return directory, render
+
+
+def serve(settings: PennySettings, options: HTTPOptions, open_backend: Callable[[], Backend], *,
+          out: TextIO, metrics_port: int = 0) -> int:
+    """Run the arbiter until it stops; its exit status (0 after SIGTERM or SIGINT). Workers call
+    ``open_backend`` after the fork; ``metrics_port`` also serves the summed metrics from the
+    arbiter on 127.0.0.1."""
+    arbiter_pid = os.getpid()
+    metrics_dir, render = _multiprocess_metrics()
+
+    def build() -> _Worker:
+        return _Worker(open_backend(), settings, metrics=render)
+
+    def on_ready(url: str) -> None:
+        workers = f"{options.workers} worker{'s' if options.workers != 1 else ''}"
+        print(f"Penny is listening for Slack events on {url} ({workers}). SIGTERM stops it gracefully.",
+              file=out, flush=True)
+
+    try:
+        if metrics_port:
+            _serve_arbiter_metrics(render, metrics_port)
+            print(f"metrics on http://127.0.0.1:{metrics_port}/metrics", file=out, flush=True)
+        _PennyServer(options, build, on_ready, metrics_dir).run()
+        return 0
+    except SystemExit as exc:
+        if os.getpid() != arbiter_pid:
+            raise  # a worker process leaving: it must not run the arbiter's clean-up
+        return exc.code if isinstance(exc.code, int) else 1
+    finally:
+        if os.getpid() == arbiter_pid:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _serve_arbiter_metrics(render: Callable[[], bytes], port: int) -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from proxy_core.errors import ConfigurationError
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = render() if self.path.split("?")[0] == "/metrics" else b""
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet."""
+
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"PENNY_METRICS_PORT: cannot serve metrics on 127.0.0.1:{port} ({exc.strerror})"
+        ) from exc
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="penny-metrics", daemon=True).start()
+
