@@ -68,7 +68,6 @@ from proxy_core.results import CacheStatus, ChatResult, EmbeddingResult
 from proxy_core.retry import RetryPolicy, call_with_retries, counts_against_breaker
 from proxy_core.settings import PennySettings
 from proxy_core.spool import SettleSpool, SpoolRecord
-from proxy_core.stores import store_from_url
 from proxy_core.stores.base import (
     Admission,
     BreakerRef,
@@ -295,7 +294,7 @@ class Gateway:
                 base_url=settings.openai_base_url,
                 timeout_s=settings.request_timeout_s,
             )
-        store = store_from_url(settings.store_url, timeout_s=settings.store_timeout_s)
+        store = settings.open_store()
         kwargs.setdefault("maintenance", True)
         try:
             return cls(settings, store=store, upstream=upstream, **kwargs)

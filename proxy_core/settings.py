@@ -33,8 +33,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from proxy_core.clock import Clock
 from proxy_core.errors import ConfigurationError
-from proxy_core.stores import unknown_scheme_message
+from proxy_core.stores import Store, store_from_url, unknown_scheme_message
 
 __all__ = [
     "ENV_PREFIX", "LimitOverride", "Limits", "PennySettings", "ThreadReplies", "env_var", "load_settings", "micros",
@@ -96,9 +97,21 @@ class PennySettings(BaseSettings):
 
     # -- state and models ------------------------------------------------------------------------
     store_url: str = Field(
-        "sqlite:///penny.db", description="Where shared state lives: sqlite:///path or redis://host:port/db."
+        "sqlite:///penny.db",
+        description="Where shared state lives: sqlite:///path, redis://host:port/db or "
+        "redis+cluster://host:port[,host:port…] (rediss: TLS).",
     )
     store_timeout_s: PositiveSeconds = Field(2.0, description="Seconds before a store call fails.")
+    redis_ca_file: Path | None = Field(None, description="PEM file of the CA that signed Redis' certificate "
+                                       "(rediss://); unset = the system's CAs.")
+    redis_cert_file: Path | None = Field(None, description="Client certificate (PEM) for a Redis that asks for one.")
+    redis_key_file: Path | None = Field(None, description="Private key (PEM) of PENNY_REDIS_CERT_FILE.")
+    redis_check_hostname: bool = Field(True, description="Redis' certificate must name the host in the URL.")
+    redis_wait_replicas: int = Field(
+        0, ge=0, description="Replicas that must have each admission and ledger write (WAIT) before it counts; "
+        "0 = don't wait. Set 1 when every Redis primary has a replica: a failover then loses nothing.",
+    )
+    redis_wait_timeout_ms: int = Field(100, ge=1, description="How long a write waits for those replicas.")
     chat_model: str = Field("gpt-4.1-mini", min_length=1, description="Chat model used to answer.")
     embedding_model: str = Field(
         "text-embedding-3-small", min_length=1, description="Embedding model used for retrieval."
@@ -272,6 +285,13 @@ class PennySettings(BaseSettings):
             raise ValueError(f"price file {value} does not exist or is not a file")
         return value
 
+    @field_validator("redis_ca_file", "redis_cert_file", "redis_key_file")
+    @classmethod
+    def _tls_file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} does not exist or is not a file")
+        return value
+
     @field_validator("user_budget_overrides", "user_limit_overrides", mode="before")
     @classmethod
     def _json_object(cls, value: object) -> object:
@@ -314,7 +334,34 @@ class PennySettings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _redis_options(self) -> PennySettings:
+        tls_files = [self.redis_ca_file, self.redis_cert_file, self.redis_key_file]
+        if any(tls_files) and not self.store_url.lower().startswith("rediss"):
+            raise ValueError(f"{ENV_PREFIX}REDIS_CA_FILE/CERT_FILE/KEY_FILE are set but {ENV_PREFIX}STORE_URL is "
+                             "not rediss:// or rediss+cluster://: the connection would not use TLS")
+        if (self.redis_cert_file is None) != (self.redis_key_file is None):
+            raise ValueError(f"{ENV_PREFIX}REDIS_CERT_FILE and {ENV_PREFIX}REDIS_KEY_FILE go together")
+        if self.redis_wait_timeout_ms >= self.store_timeout_s * 1000:
+            raise ValueError(f"{ENV_PREFIX}REDIS_WAIT_TIMEOUT_MS ({self.redis_wait_timeout_ms}) must be below "
+                             f"{ENV_PREFIX}STORE_TIMEOUT_S ({self.store_timeout_s} s)")
+        return self
+
     # -- helpers ---------------------------------------------------------------------------------
+    def open_store(self, *, clock: Clock | None = None) -> Store:
+        """The store ``store_url`` names, with its timeout and (for Redis) TLS and WAIT settings."""
+        from proxy_core.stores.redis_connect import RedisOptions
+
+        def text(path: Path | None) -> str | None:
+            return None if path is None else str(path)
+
+        options = RedisOptions(
+            ca_file=text(self.redis_ca_file), cert_file=text(self.redis_cert_file), key_file=text(self.redis_key_file),
+            check_hostname=self.redis_check_hostname, wait_replicas=self.redis_wait_replicas,
+            wait_timeout_ms=self.redis_wait_timeout_ms,
+        )
+        return store_from_url(self.store_url, clock=clock, timeout_s=self.store_timeout_s, redis=options)
+
     def user_daily_budget_micros(self, user_id: str) -> int:
         """The daily budget of ``user_id`` in micro-dollars (an override, else the default); 0 = none."""
         return micros(self.user_budget_overrides.get(user_id, self.user_daily_budget_usd))

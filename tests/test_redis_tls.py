@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from proxy_core.errors import ConfigurationError, StoreError
+from proxy_core.settings import load_settings
 from proxy_core.stores.redis import RedisStore
 from proxy_core.stores.redis_connect import RedisOptions
 from tests.redis_targets import ACL_PASSWORD, ACL_USER, TlsRedis
@@ -89,3 +90,46 @@ def test_the_readme_acl_user_can_do_nothing_else(redis_tls: TlsRedis) -> None:
         client.delete("penny-test-acl:probe")
     finally:
         client.close()
+
+
+def test_the_settings_reach_the_store(redis_tls: TlsRedis, monkeypatch: pytest.MonkeyPatch) -> None:
+    options = redis_tls.options()
+    monkeypatch.setenv("PENNY_STORE_URL", redis_tls.url())
+    monkeypatch.setenv("PENNY_REDIS_CA_FILE", str(options.ca_file))
+    monkeypatch.setenv("PENNY_REDIS_CERT_FILE", str(options.cert_file))
+    monkeypatch.setenv("PENNY_REDIS_KEY_FILE", str(options.key_file))
+    settings = load_settings(_env_file=None)
+    assert ACL_PASSWORD not in repr(settings)
+    store = settings.open_store()
+    try:
+        store.ping()
+    finally:
+        store.close()
+    monkeypatch.setenv("PENNY_STORE_URL", redis_tls.url("127.0.0.1"))
+    monkeypatch.setenv("PENNY_REDIS_CHECK_HOSTNAME", "false")
+    store = load_settings(_env_file=None).open_store()
+    try:
+        store.ping()
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(("env", "problem"), [
+    ({"PENNY_STORE_URL": "redis://localhost:6379/0", "PENNY_REDIS_CA_FILE": "ca.crt"}, "not rediss"),
+    ({"PENNY_STORE_URL": "rediss://localhost:6379/0", "PENNY_REDIS_CERT_FILE": "client.crt"}, "go together"),
+    ({"PENNY_STORE_URL": "rediss://localhost:6379/0", "PENNY_REDIS_CA_FILE": "missing.crt"}, "does not exist"),
+    ({"PENNY_REDIS_WAIT_TIMEOUT_MS": "5000"}, "below PENNY_STORE_TIMEOUT_S"),
+    ({"PENNY_REDIS_WAIT_REPLICAS": "-1"}, "PENNY_REDIS_WAIT_REPLICAS"),
+])  # fmt: skip
+def test_bad_redis_settings_are_named(redis_tls: TlsRedis, monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
+                                      problem: str) -> None:
+    monkeypatch.chdir(redis_tls.certs["ca.crt"].parent)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError, match=problem):
+        load_settings(_env_file=None)
+
+
+def test_a_cluster_url_is_a_known_store_and_its_password_is_masked() -> None:
+    settings = load_settings(_env_file=None, store_url="rediss+cluster://penny:s3cret@10.0.0.1:7000,10.0.0.2:7000")
+    assert "s3cret" not in repr(settings) and "10.0.0.2:7000" in repr(settings)
