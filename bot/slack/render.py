@@ -31,6 +31,17 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, NamedTuple
 
+from bot.markdown_syntax import (
+    ATX_HEADING,
+    BULLET_ITEM,
+    HTML_BREAK,
+    ORDERED_ITEM,
+    THEMATIC_BREAK,
+    closes_fence,
+    fence_opening,
+    is_table_delimiter_row,
+)
+
 __all__ = [
     "ACTION_FEEDBACK_DOWN",
     "ACTION_FEEDBACK_UP",
@@ -123,7 +134,6 @@ _PUNCTUATION = frozenset(string.punctuation)
 # A Markdown autolink, ``<https://…>``: shown as its URL. Anything else in ``<…>`` (Slack's own
 # mentions and ``<url|label>`` links included) is escaped and shows as the text the model wrote.
 _AUTOLINK = re.compile(r"<((?:https?|mailto|ftp):[^\s<>|]+)>")
-_HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 
 
 @dataclass
@@ -187,7 +197,7 @@ def _tokenize(text: str, *, bold: str, links: bool) -> list[str | _Delimiter]:
             i = close + (run_end - i)
             continue
         if ch == "<":
-            match = _HTML_BREAK.match(text, i)
+            match = HTML_BREAK.match(text, i)
             if match:
                 plain.append("\n")
                 i = match.end()
@@ -382,15 +392,9 @@ def _visible_url(url: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # Markdown → mrkdwn: lines and blocks
 
-_FENCE_OPEN = re.compile(r"^(\s*)(`{3,}|~{3,})([^`]*)$")
-_FENCE_CLOSE = re.compile(r"^\s*(`{3,}|~{3,})\s*$")
-_HEADING = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
-_RULE = re.compile(r"^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$")
+# Block syntax the docs parser reads too comes from bot.markdown_syntax; only the renderer reads these.
 _QUOTE = re.compile(r"^ {0,3}>+ ?(.*)$")
-_BULLET = re.compile(r"^(\s*)[-*+][ \t]+(.*)$")
 _TASK = re.compile(r"^\[([ xX])\][ \t]+(.*)$")
-_ORDERED = re.compile(r"^(\s*)(\d{1,9})[.)][ \t]+(.*)$")
-_TABLE_SEPARATOR = re.compile(r"^\s*\|?\s*:?-+:?\s*(?:\|\s*:?-+:?\s*)*\|?\s*$")
 _TABLE_LINK = re.compile(r"!?\[([^\]]*)\]\(([^)\s]*)[^)]*\)")
 _TABLE_MARKUP = re.compile(r"\*\*|__|~~|`")
 
@@ -412,21 +416,20 @@ def markdown_to_mrkdwn(text: str) -> str:
     i = 0
     while i < len(lines):
         line = lines[i]
-        fence = _FENCE_OPEN.match(line)
+        fence = fence_opening(line)
         if fence:
             indent, marker = len(fence.group(1).expandtabs(4)), fence.group(2)
             body: list[str] = []
             i += 1
             while i < len(lines):
-                close = _FENCE_CLOSE.match(lines[i])
-                if close and close.group(1)[0] == marker[0] and len(close.group(1)) >= len(marker):
+                if closes_fence(lines[i], marker):
                     i += 1
                     break
                 body.append(escape_mrkdwn(_dedent(lines[i], indent)))
                 i += 1
             out.append("\n".join([FENCE, *body, FENCE]))
             continue
-        if "|" in line and i + 1 < len(lines) and "|" in lines[i + 1] and _TABLE_SEPARATOR.match(lines[i + 1]):
+        if "|" in line and i + 1 < len(lines) and is_table_delimiter_row(lines[i + 1]):
             header = line
             alignments = _table_cells(lines[i + 1])
             rows = [header]
@@ -451,9 +454,9 @@ def _convert_line(line: str) -> str:
     if not line.strip():
         return ""
     line = line.rstrip()
-    if _RULE.match(line):
+    if THEMATIC_BREAK.match(line):
         return "──────────"
-    heading = _HEADING.match(line)
+    heading = ATX_HEADING.match(line)
     if heading:
         content = _inline(heading.group(2) or "", bold="").strip()
         return f"*{content}*" if content else ""
@@ -461,7 +464,7 @@ def _convert_line(line: str) -> str:
     if quote:
         rest = _convert_line(quote.group(1))
         return f"> {rest}" if rest else ">"
-    bullet = _BULLET.match(line)
+    bullet = BULLET_ITEM.match(line)
     if bullet:
         indent, rest = bullet.group(1).expandtabs(4), bullet.group(2)
         task = _TASK.match(rest)
@@ -469,7 +472,7 @@ def _convert_line(line: str) -> str:
             box = "☐" if task.group(1) == " " else "☑"
             return f"{indent}• {box} {_inline(task.group(2))}"
         return f"{indent}• {_inline(rest)}"
-    ordered = _ORDERED.match(line)
+    ordered = ORDERED_ITEM.match(line)
     if ordered:
         indent = ordered.group(1).expandtabs(4)
         return f"{indent}{ordered.group(2)}. {_inline(ordered.group(3))}"
@@ -488,7 +491,7 @@ def _table_cells(row: str) -> list[str]:
 
 def _plain_cell(cell: str) -> str:
     cell = cell.strip().replace("\\|", "|")
-    cell = _HTML_BREAK.sub(" ", cell)
+    cell = HTML_BREAK.sub(" ", cell)
     cell = _TABLE_LINK.sub(lambda m: f"{m.group(1)} ({m.group(2)})" if m.group(2) else m.group(1), cell)
     return _TABLE_MARKUP.sub("", cell)
 

@@ -1,0 +1,205 @@
+"""HTML (``.html``, ``.htm``): headings h1-h6 with their ids, the text between them with lists,
+tables and ``<pre>`` kept readable, and navigation, scripts and hidden parts dropped."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+
+from bot.docs.parse._model import Block
+from bot.docs.parse._normalise import PLACEHOLDER, collapse
+
+__all__ = ["parse_html"]
+
+_DROPPED = frozenset({"script", "style", "nav", "noscript", "template", "svg", "iframe", "object"})
+_HEADINGS = {"h1": 1, "h2": 2, "h3": 3, "h4": 4, "h5": 5, "h6": 6}
+_VOID = frozenset(
+    {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source", "track", "wbr"}
+)
+_BLOCKS = frozenset(
+    {
+        "address", "article", "aside", "blockquote", "body", "caption", "dd", "details", "div", "dl", "dt",
+        "fieldset", "figcaption", "figure", "footer", "form", "header", "hr", "html", "main", "p", "section",
+        "summary", "table", "tbody", "tfoot", "thead",
+    }
+)  # fmt: skip
+
+
+# Break markers in the collected text (control characters never survive decoding): runs of them,
+# and the spaces between them, resolve to one line break or one blank line.
+_LINE, _PARAGRAPH = "\x01", "\x02"
+_BREAKS = re.compile(r"\s*[\x01\x02][\s\x01\x02]*")
+_ENDS_HEADING = frozenset({"article", "li", "ol", "p", "pre", "section", "table", "ul"})
+
+
+class _HtmlText(HTMLParser):
+    """Collects headings and the text between them; entities are decoded by ``convert_charrefs``."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.blocks: list[Block] = []
+        self.title = ""
+        self._level, self._heading, self._anchor = 0, "", ""
+        self._out: list[str] = []
+        self._verbatim: list[str] = []  # <pre> contents, referred to from _out by placeholder
+        self._dropping: str | None = None
+        self._drop_depth = 0
+        self._in_title = False
+        self._title_parts: list[str] = []
+        self._pre_depth = 0
+        self._pre_start = 0
+        self._heading_level = 0
+        self._heading_parts: list[str] = []
+        self._heading_anchor = ""
+        self._links: list[tuple[str, int]] = []
+        self._lists: list[list[int]] = []  # per open list: [is_ordered, items so far]
+        self._cell = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = {name: value or "" for name, value in attrs}
+        if self._dropping is not None:
+            if tag == self._dropping:
+                self._drop_depth += 1
+            return
+        if tag in _DROPPED or attributes.get("role") == "navigation" or "hidden" in attributes:
+            if tag not in _VOID:
+                self._dropping, self._drop_depth = tag, 1
+            return
+        if self._heading_level and tag in _ENDS_HEADING:
+            self._end_heading()  # an unclosed heading must not swallow the page
+        if tag == "title":
+            self._in_title = True
+        elif tag in _HEADINGS:
+            if self._heading_level:
+                self._end_heading()
+            self._heading_level, self._heading_parts = _HEADINGS[tag], []
+            self._heading_anchor = attributes.get("id", "")
+            self._links = []
+        elif self._heading_level:
+            if tag == "a":
+                self._heading_anchor = self._heading_anchor or attributes.get("id") or attributes.get("name", "")
+                self._links.append((attributes.get("href", ""), len(self._heading_parts)))
+            elif tag == "br":
+                self._heading_parts.append(" ")
+        elif tag == "pre":
+            self._pre_depth += 1
+            if self._pre_depth == 1:
+                self._out.append(_PARAGRAPH)
+                self._pre_start = len(self._out)
+        elif self._pre_depth:
+            return  # markup inside <pre> (syntax highlighting spans) adds nothing
+        elif tag == "br":
+            self._out.append(_LINE)
+        elif tag in ("ul", "ol"):
+            self._out.append(_LINE if self._lists else _PARAGRAPH)
+            self._lists.append([tag == "ol", 0])
+        elif tag == "li":
+            self._out.append(_LINE)
+            if self._lists and self._lists[-1][0]:
+                self._lists[-1][1] += 1
+                self._out.append(f"{self._lists[-1][1]}. ")
+            else:
+                self._out.append("- ")
+        elif tag == "tr":
+            self._out.append(_LINE)
+            self._cell = 0
+        elif tag in ("td", "th"):
+            if self._cell:
+                self._out.append(" | ")
+            self._cell += 1
+        elif tag in _BLOCKS:
+            self._out.append(_PARAGRAPH)
+        elif tag == "a":
+            self._links.append((attributes.get("href", ""), len(self._out)))
+        elif tag == "img" and attributes.get("alt"):
+            self._out.append(attributes["alt"])
+        elif tag == "code":
+            self._out.append("`")
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.handle_starttag(tag, attrs)
+        if tag not in _VOID:
+            self.handle_endtag(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._dropping is not None:
+            if tag == self._dropping:
+                self._drop_depth -= 1
+                if not self._drop_depth:
+                    self._dropping = None
+            return
+        if tag == "title":
+            self._in_title = False
+            self.title = self.title or collapse("".join(self._title_parts))
+        elif self._heading_level:
+            if tag in _HEADINGS:
+                self._end_heading()
+            elif tag == "a" and self._links:
+                href, start = self._links.pop()
+                if href.startswith("#") and not any(c.isalnum() for c in "".join(self._heading_parts[start:])):
+                    # a permalink ("¶", an icon) next to the heading: its target is the heading's anchor
+                    del self._heading_parts[start:]
+                    self._heading_anchor = self._heading_anchor or href[1:]
+        elif tag == "pre" and self._pre_depth:
+            self._pre_depth -= 1
+            if not self._pre_depth:
+                code = "".join(self._out[self._pre_start :])
+                del self._out[self._pre_start :]
+                self._verbatim.append("```\n" + code.removeprefix("\n").rstrip() + "\n```")
+                self._out.append(f"{_PARAGRAPH}\x00{len(self._verbatim) - 1}\x00{_PARAGRAPH}")
+        elif self._pre_depth:
+            return
+        elif tag in ("ul", "ol"):
+            if self._lists:
+                self._lists.pop()
+            self._out.append(_LINE if self._lists else _PARAGRAPH)
+        elif tag in ("li", "tr"):
+            self._out.append(_LINE)
+        elif tag in _BLOCKS:
+            self._out.append(_PARAGRAPH)
+        elif tag == "a" and self._links:
+            href, start = self._links.pop()
+            label = collapse("".join(self._out[start:]))
+            if href and not href.startswith(("#", "javascript:")) and href != label:
+                self._out.append(f" ({href})" if label else href)
+        elif tag == "code":
+            self._out.append("`")
+
+    def handle_data(self, data: str) -> None:
+        if self._dropping is not None:
+            return
+        if self._in_title:
+            self._title_parts.append(data)
+        elif self._heading_level:
+            self._heading_parts.append(data)
+        elif self._pre_depth:
+            self._out.append(data)
+        else:
+            self._out.append(re.sub(r"\s+", " ", data))
+
+    def close(self) -> None:
+        super().close()
+        if self._heading_level:
+            self._end_heading()
+        self.blocks.append(Block(self._level, self._heading, self._anchor or None, self._body()))
+
+    def _end_heading(self) -> None:
+        heading = collapse("".join(self._heading_parts))
+        if heading:
+            self.blocks.append(Block(self._level, self._heading, self._anchor or None, self._body()))
+            self._level, self._heading, self._anchor = self._heading_level, heading, self._heading_anchor
+            self._out = []
+        self._heading_level, self._links = 0, []
+
+    def _body(self) -> str:
+        text = _BREAKS.sub(lambda m: "\n\n" if _PARAGRAPH in m.group() else "\n", "".join(self._out))
+        lines = (collapse(line) for line in text.split("\n"))
+        return PLACEHOLDER.sub(lambda m: self._verbatim[int(m.group(1))], "\n".join(lines))
+
+
+def parse_html(text: str) -> tuple[list[Block], str | None]:
+    """Headings are h1-h6; script, style and nav are dropped; the ``<title>`` is the fallback title."""
+    parser = _HtmlText()
+    parser.feed(text)
+    parser.close()
+    return parser.blocks, parser.title or None

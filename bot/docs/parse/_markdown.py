@@ -1,0 +1,244 @@
+"""Markdown (``.md``, ``.markdown``): ATX and setext headings, front matter, and the inline markup
+(links, emphasis, HTML) reduced to the plain text an LLM reads well.
+
+The block syntax (fences, headings, rules, list items, table rows) comes from
+:mod:`bot.markdown_syntax`, which the Slack renderer reads too.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+from bot.docs.parse._model import Block
+from bot.docs.parse._normalise import collapse, restore
+from bot.markdown_syntax import (
+    ATX_HEADING,
+    FENCE_OPEN,
+    HTML_BREAK,
+    THEMATIC_BREAK,
+    closes_fence,
+    fence_opening,
+    is_list_item,
+    is_table_delimiter_row,
+)
+
+__all__ = ["parse_markdown"]
+
+_SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
+# Lines that cannot belong to the paragraph a setext underline would turn into a heading.
+_NOT_PARAGRAPH = re.compile(r"^(?: {4}|\t|\s*(?:[-*+]|\d+[.)])(?:\s|$)|\s*[>|<])")
+_REF_DEF = re.compile(r"""^ {0,3}\[([^\]]+)\]:\s*<?(\S+?)>?(?:\s+(?:"[^"]*"|'[^']*'|\([^)]*\)))?\s*$""")
+_HEADING_ID = re.compile(r"\s*\{#([\w:.-]+)[^}]*\}\s*$")
+_FRONT_TITLE = re.compile(r"""^title\s*[:=]\s*["']?(.*?)["']?\s*$""")
+
+_CODE_SPAN = re.compile(r"(`+)(?!`)(.+?)(?<!`)\1(?!`)", re.DOTALL)
+_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
+_IMAGE = re.compile(r"!\[([^\]]*)\]\((?:[^()]|\([^()]*\))*\)")
+_LINK = re.compile(
+    r"""\[([^\]]*)\]\(\s*(<[^<>\n]*>|(?:[^()\s]|\([^()\s]*\))*)(?:\s+(?:"[^"]*"|'[^']*'|\([^()]*\)))?\s*\)"""
+)
+_REF_LINK = re.compile(r"\[([^\]]+)\]\[([^\]]*)\]")
+_SHORTCUT_LINK = re.compile(r"\[([^\]]+)\](?![(\[:])")
+_AUTOLINK = re.compile(r"<((?:https?|ftp|mailto):[^<>\s]+|[^<>\s@]+@[^<>\s@]+\.[^<>\s@]+)>")
+_BARE_URL = re.compile(r"\b(?:https?|ftp)://[^\s<>()\x00]+")
+_HTML_COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
+_HTML_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>")
+_STRONG = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*|(?<!\w)__(?=\S)(.+?)(?<=\S)__(?!\w)", re.DOTALL)
+_EMPHASIS = re.compile(
+    r"(?<![\w*])\*(?=[^\s*])(.+?)(?<=[^\s*])\*(?![\w*])|(?<![\w_])_(?=[^\s_])(.+?)(?<=[^\s_])_(?![\w_])",
+    re.DOTALL,
+)
+_STRIKE = re.compile(r"~~(?=\S)(.+?)(?<=\S)~~", re.DOTALL)
+
+
+def parse_markdown(text: str) -> tuple[list[Block], str | None]:
+    """Headings: ATX (``#``) and setext (``===``/``---``) outside fenced code; front matter skipped.
+    Returns the blocks and the front matter's title, if any."""
+    lines = text.split("\n")
+    start, front_title = _front_matter(lines)
+    lines = lines[start:]
+    refs = _references(lines)
+    blocks: list[Block] = []
+    level, heading, anchor = 0, "", None
+    body: list[str] = []
+    paragraph_start: int | None = None  # index in body of the paragraph a setext line would turn into a heading
+    fence: str | None = None
+    in_comment = False
+
+    def open_block(new_level: int, raw_heading: str) -> None:
+        nonlocal level, heading, anchor, body, paragraph_start
+        new_heading, new_anchor = _heading(raw_heading, refs)
+        if not new_heading:
+            return
+        blocks.append(Block(level, heading, anchor, _body(body, refs)))
+        level, heading, anchor, body, paragraph_start = new_level, new_heading, new_anchor, [], None
+
+    for line in lines:
+        if fence is not None:
+            body.append(line)
+            if closes_fence(line, fence):
+                fence = None
+            continue
+        if in_comment:
+            in_comment = "-->" not in line
+            continue
+        opening = fence_opening(line)
+        if opening:
+            fence, paragraph_start = opening.group(2), None
+            body.append(line)
+            continue
+        if line.lstrip().startswith("<!--") and "-->" not in line:
+            in_comment = True
+            continue
+        atx = ATX_HEADING.match(line)
+        if atx:
+            open_block(len(atx.group(1)), atx.group(2) or "")
+            paragraph_start = None
+            continue
+        setext = _SETEXT.match(line)
+        if (
+            setext
+            and paragraph_start is not None
+            and not any(_NOT_PARAGRAPH.match(candidate) for candidate in body[paragraph_start:])
+        ):
+            raw_heading = " ".join(candidate.strip() for candidate in body[paragraph_start:])
+            del body[paragraph_start:]
+            open_block(1 if setext.group(1)[0] == "=" else 2, raw_heading)
+            paragraph_start = None
+            continue
+        if not line.strip():
+            paragraph_start = None
+        elif paragraph_start is None:
+            paragraph_start = len(body)
+        body.append(line)
+    blocks.append(Block(level, heading, anchor, _body(body, refs)))
+    return blocks, front_title
+
+
+def _front_matter(lines: list[str]) -> tuple[int, str | None]:
+    """Index of the first line after YAML (``---``) or TOML (``+++``) front matter, and its title."""
+    if not lines or lines[0].strip() not in ("---", "+++"):
+        return 0, None
+    closers = ("---", "...") if lines[0].strip() == "---" else ("+++",)
+    for index in range(1, len(lines)):
+        if lines[index].strip() in closers:
+            titles = (_FRONT_TITLE.match(line) for line in lines[1:index])
+            title = next((collapse(m.group(1)) for m in titles if m and m.group(1).strip()), None)
+            return index + 1, title
+    return 0, None
+
+
+def _references(lines: list[str]) -> dict[str, str]:
+    """Link reference definitions (``[label]: url``) outside code, by normalised label."""
+    refs: dict[str, str] = {}
+    fence: str | None = None
+    for line in lines:
+        if fence is not None:
+            if closes_fence(line, fence):
+                fence = None
+            continue
+        opening = FENCE_OPEN.match(line)
+        if opening:
+            fence = opening.group(2)
+            continue
+        definition = _REF_DEF.match(line)
+        if definition:
+            refs.setdefault(collapse(definition.group(1)).lower(), definition.group(2))
+    return refs
+
+
+def _heading(raw: str, refs: dict[str, str]) -> tuple[str, str | None]:
+    """The plain text of a heading, and its explicit ``{#id}`` if it has one."""
+    explicit = _HEADING_ID.search(raw)
+    if explicit:
+        raw = raw[: explicit.start()]
+    return collapse(_inline(raw, refs, plain=True)), explicit.group(1) if explicit else None
+
+
+def _body(lines: list[str], refs: dict[str, str]) -> str:
+    """Markdown body lines as plain-ish text: code kept verbatim, inline markup resolved."""
+    out: list[str] = []
+    prose: list[str] = []  # the lines of the current paragraph: links and emphasis may span them
+
+    def flush() -> None:
+        if prose:
+            out.append(_inline("\n".join(prose), refs, plain=False))
+            prose.clear()
+
+    fence: str | None = None
+    previous_blank = True
+    in_indented_code = False
+    for line in lines:
+        if fence is not None:
+            out.append(line)
+            if closes_fence(line, fence):
+                fence = None
+            continue
+        opening = fence_opening(line)
+        if opening:
+            flush()
+            fence = opening.group(2)
+            out.append(line)
+            continue
+        if not line.strip():
+            flush()
+            out.append("")
+            previous_blank = True
+            continue
+        indented = line.startswith(("    ", "\t")) and not is_list_item(line)
+        in_indented_code = indented and (previous_blank or in_indented_code)
+        previous_blank = False
+        if in_indented_code:
+            flush()
+            out.append(line)
+        elif not (_REF_DEF.match(line) or THEMATIC_BREAK.match(line) or is_table_delimiter_row(line)):
+            prose.append(line)
+    flush()
+    return "\n".join(out)
+
+
+def _code_span(code: str, plain: bool) -> str:
+    code = code.replace("\n", " ").strip()
+    return code if plain else f"`{code}`"
+
+
+def _inline(text: str, refs: dict[str, str], *, plain: bool) -> str:
+    """Inline Markdown as text. ``plain`` (for headings) also drops URLs and code backticks."""
+    stash: list[str] = []
+
+    def keep(value: str) -> str:
+        stash.append(value)
+        return f"\x00{len(stash) - 1}\x00"
+
+    def link(label: str, url: str) -> str:
+        label = label.strip()
+        if plain or not url or url.startswith("#") or url == label:
+            return label or url
+        return f"{label} ({keep(url)})" if label else keep(url)
+
+    def reference(match: re.Match[str]) -> str:
+        label = match.group(1)
+        url = refs.get(collapse(match.group(2) or label).lower())
+        return link(label, url) if url else label
+
+    def shortcut(match: re.Match[str]) -> str:
+        url = refs.get(collapse(match.group(1)).lower())
+        return link(match.group(1), url) if url else match.group(0)
+
+    text = _CODE_SPAN.sub(lambda m: keep(_code_span(m.group(2), plain)), text)
+    text = _ESCAPE.sub(lambda m: keep(m.group(1)), text)
+    text = _HTML_COMMENT.sub("", text)
+    text = _IMAGE.sub(lambda m: m.group(1), text)
+    text = _LINK.sub(lambda m: link(m.group(1), m.group(2).strip("<>")), text)
+    text = _REF_LINK.sub(reference, text)
+    text = _SHORTCUT_LINK.sub(shortcut, text)
+    text = _AUTOLINK.sub(lambda m: keep(m.group(1)), text)
+    text = _BARE_URL.sub(lambda m: keep(m.group(0)), text)
+    text = HTML_BREAK.sub(" ", text)
+    text = _HTML_TAG.sub("", text)
+    text = _STRONG.sub(lambda m: m.group(1) or m.group(2), text)
+    text = _EMPHASIS.sub(lambda m: m.group(1) or m.group(2), text)
+    text = _STRIKE.sub(r"\1", text)
+    text = html.unescape(text)
+    return restore(text, stash)

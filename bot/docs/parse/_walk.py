@@ -1,0 +1,77 @@
+"""Listing a docs folder's files: what :func:`walk` takes, what it skips (and logs), and why."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from bot.docs.parse._document import SUPPORTED_SUFFIXES
+from bot.docs.parse._pdf import pdf_support
+from proxy_core.log import get_logger
+
+__all__ = ["MAX_FILE_BYTES", "MAX_PDF_BYTES", "walk"]
+
+MAX_FILE_BYTES = 2 * 1024 * 1024
+"""Files larger than this are skipped by :func:`walk`: they are dumps, not docs."""
+MAX_PDF_BYTES = 32 * 1024 * 1024
+"""The same for PDFs, whose fonts and images make a few pages of text weigh megabytes."""
+
+_SKIPPED_DIRS = frozenset({"node_modules", "__pycache__"})
+
+_log = get_logger()
+
+
+def walk(root: Path) -> Iterator[Path]:
+    """Supported files under ``root`` in sorted order, following symlinks but never in a loop.
+
+    Hidden files and directories (``.git``, ``.venv``, …), ``node_modules`` and ``__pycache__``
+    are skipped; so are files over :data:`MAX_FILE_BYTES` and unreadable entries (each logged).
+    A directory reached twice through symlinks is walked once. Raises ``NotADirectoryError`` when
+    ``root`` is not a directory.
+    """
+    if not root.is_dir():
+        raise NotADirectoryError(f"not a directory: {root}")
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+
+    def rel(path: Path) -> str:
+        return path.relative_to(root).as_posix()
+
+    def visit(directory: Path) -> None:
+        try:
+            info = directory.stat()
+            entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+        except OSError as exc:
+            _log.warning("docs_dir_skipped", path=rel(directory), reason="unreadable", error=str(exc))
+            return
+        key = (info.st_dev, info.st_ino)
+        if key in seen:
+            _log.warning("docs_dir_skipped", path=rel(directory), reason="already_walked")
+            return
+        seen.add(key)
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            try:
+                if entry.is_dir():
+                    if entry.name not in _SKIPPED_DIRS:
+                        visit(path)
+                elif entry.is_file() and path.suffix.lower() in SUPPORTED_SUFFIXES:
+                    pdf = path.suffix.lower() == ".pdf"
+                    if pdf and not pdf_support():
+                        _log.warning("docs_file_skipped", path=rel(path), reason="no_pdf_support",
+                                     hint="pip install 'penny[pdf]'")
+                        continue
+                    stat = entry.stat()
+                    if stat.st_size > (MAX_PDF_BYTES if pdf else MAX_FILE_BYTES):
+                        _log.warning("docs_file_skipped", path=rel(path), reason="too_large", size=stat.st_size)
+                    elif (stat.st_dev, stat.st_ino) not in seen:
+                        seen.add((stat.st_dev, stat.st_ino))
+                        found.append(path)
+            except OSError as exc:
+                _log.warning("docs_file_skipped", path=rel(path), reason="unreadable", error=str(exc))
+
+    visit(root)
+    return iter(sorted(found))
