@@ -12,11 +12,9 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from proxy_core.budget import BudgetLine, budget_lines
-from proxy_core.limiter import Bucket
+from proxy_core.accounts import Accounts, BudgetStatus, Headroom
 from proxy_core.settings import PennySettings
-from proxy_core.spool import count_pending
-from proxy_core.stores.base import BucketSpec, Store, UsageTotals
+from proxy_core.stores.base import Store, UsageTotals
 
 __all__ = [
     "TREND_DAYS",
@@ -38,41 +36,6 @@ _BARS = "▁▂▃▄▅▆▇█"
 class _HasAdmins(Protocol):
     @property
     def admin_user_ids(self) -> Collection[str]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetStatus:
-    """One budget line now: its cap (0 = none), what is spent and reserved, and what is left."""
-
-    scope: str
-    limit: int
-    spent: int
-    reserved: int
-    resets_at: float
-
-    @property
-    def capped(self) -> bool:
-        return self.limit > 0
-
-    @property
-    def left(self) -> int | None:
-        """Micro-dollars left before the cap (never negative); None when there is no cap."""
-        if not self.capped:
-            return None
-        return max(0, self.limit - self.spent - self.reserved)
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "left": self.left}
-
-
-@dataclass(frozen=True, slots=True)
-class Headroom:
-    """Rate-limit room now: tokens left in the request and token buckets (None = unlimited)."""
-
-    requests_left: float | None
-    request_burst: float | None
-    tokens_left: float | None
-    token_burst: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,30 +134,22 @@ def is_admin(user_id: str, settings: _HasAdmins, slack_user_info: Mapping[str, A
 
 def cost_report(store: Store, settings: PennySettings, workspace_id: str, user_id: str, now: float) -> CostReport:
     """``user_id``'s report at ``now`` (UTC periods), every number from the ledger and the store."""
+    accounts = Accounts(store, settings)
     today, first_of_month, trend_days = _days(now)
-    day_usage = store.usage(workspace_id, today, today, user_id).totals
-    month_usage = store.usage(workspace_id, first_of_month, today, user_id).totals
-    trend = _trend(store, workspace_id, trend_days, user_id)
-    daily_line, monthly_line = budget_lines(
-        workspace_id,
-        user_id,
-        now,
-        user_daily=settings.user_daily_budget_micros(user_id),
-        workspace_monthly=settings.workspace_monthly_budget_micros(),
-    )
+    daily, monthly = accounts.budgets(workspace_id, user_id, now)
     return CostReport(
         workspace_id=workspace_id,
         user_id=user_id,
         now=now,
         day=today,
         month=first_of_month[:7],
-        today=day_usage,
-        this_month=month_usage,
-        user_daily=_status(store, workspace_id, daily_line),
-        workspace_monthly=_status(store, workspace_id, monthly_line),
-        headroom=headroom(store, settings, workspace_id, user_id),
+        today=accounts.usage(workspace_id, today, today, user_id).totals,
+        this_month=accounts.usage(workspace_id, first_of_month, today, user_id).totals,
+        user_daily=daily,
+        workspace_monthly=monthly,
+        headroom=accounts.headroom(workspace_id, user_id),
         trend_days=trend_days,
-        trend=trend,
+        trend=_trend(accounts, workspace_id, trend_days, user_id),
     )
 
 
@@ -202,47 +157,22 @@ def team_report(
     store: Store, settings: PennySettings, workspace_id: str, now: float, *, top: int = TOP_USERS
 ) -> TeamReport:
     """The workspace's report at ``now``: totals, top ``top`` users and models by this month's spend."""
+    accounts = Accounts(store, settings)
     today, first_of_month, trend_days = _days(now)
-    day_usage = store.usage(workspace_id, today, today).totals
-    month = store.usage(workspace_id, first_of_month, today)
-    trend = _trend(store, workspace_id, trend_days, None)
-    _, monthly_line = budget_lines(
-        workspace_id, "", now, user_daily=0, workspace_monthly=settings.workspace_monthly_budget_micros()
-    )
+    month = accounts.usage(workspace_id, first_of_month, today)
     return TeamReport(
         workspace_id=workspace_id,
         now=now,
         day=today,
         month=first_of_month[:7],
-        today=day_usage,
+        today=accounts.usage(workspace_id, today, today).totals,
         this_month=month.totals,
         top_users=_by_spend(month.by_user)[:top],
         by_model=_by_spend(month.by_model),
-        workspace_monthly=_status(store, workspace_id, monthly_line),
+        workspace_monthly=accounts.workspace_budget(workspace_id, now),
         trend_days=trend_days,
-        trend=trend,
-        pending_ledger_writes=count_pending(settings.spool_directory()),
-    )
-
-
-def headroom(store: Store, settings: PennySettings, workspace_id: str, user_id: str) -> Headroom:
-    """Tokens left now in the user's request and token buckets: a zero-cost peek, nothing taken."""
-    limits = settings.limits_for(user_id)
-    specs: list[BucketSpec] = []
-    if limits.requests_per_minute > 0:
-        specs.append(BucketSpec(f"user:{user_id}:requests",
-                                Bucket.per_minute(limits.requests_per_minute, limits.request_burst), 0))
-    if limits.tokens_per_minute > 0:
-        specs.append(BucketSpec(f"user:{user_id}:tokens",
-                                Bucket.per_minute(limits.tokens_per_minute, limits.token_burst), 0))
-    remaining = list(store.take_tokens(workspace_id, specs).remaining) if specs else []
-    requests_left = remaining.pop(0) if limits.requests_per_minute > 0 else None
-    tokens_left = remaining.pop(0) if limits.tokens_per_minute > 0 else None
-    return Headroom(
-        requests_left=requests_left,
-        request_burst=limits.request_burst if limits.requests_per_minute > 0 else None,
-        tokens_left=tokens_left,
-        token_burst=limits.token_burst if limits.tokens_per_minute > 0 else None,
+        trend=_trend(accounts, workspace_id, trend_days, None),
+        pending_ledger_writes=accounts.pending_ledger_writes(),
     )
 
 
@@ -252,14 +182,9 @@ def _days(now: float) -> tuple[str, str, tuple[str, ...]]:
     return today.isoformat(), today.replace(day=1).isoformat(), trend
 
 
-def _trend(store: Store, workspace_id: str, days: tuple[str, ...], user_id: str | None) -> tuple[int, ...]:
-    by_day = store.usage(workspace_id, days[0], days[-1], user_id).by_day
+def _trend(accounts: Accounts, workspace_id: str, days: tuple[str, ...], user_id: str | None) -> tuple[int, ...]:
+    by_day = accounts.usage(workspace_id, days[0], days[-1], user_id).by_day
     return tuple(by_day[d].cost_micros if d in by_day else 0 for d in days)
-
-
-def _status(store: Store, workspace_id: str, line: BudgetLine) -> BudgetStatus:
-    spent, reserved = store.spent(workspace_id, line)
-    return BudgetStatus(line.scope, line.limit, spent, reserved, line.resets_at)
 
 
 def _by_spend(groups: Mapping[str, UsageTotals]) -> tuple[tuple[str, UsageTotals], ...]:

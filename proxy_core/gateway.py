@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from proxy_core import budget as budget_math
+from proxy_core.accounts import Accounts, budget_lines_for, rate_limit_specs
 from proxy_core.alerts import BudgetAlert, BudgetAlerter
 from proxy_core.breaker import BreakerPolicy, BreakerState, Permit
 from proxy_core.breaker import cooldown as breaker_cooldown
@@ -60,7 +61,6 @@ from proxy_core.errors import (
 )
 from proxy_core.inflight import Attempt, InFlight
 from proxy_core.keeper import LedgerKeeper, ReplayReport
-from proxy_core.limiter import Bucket
 from proxy_core.log import get_logger
 from proxy_core.metrics import BREAKER_STATES, Metrics
 from proxy_core.prices import ModelPrice, PriceTable, chat_cost, embedding_cost
@@ -71,7 +71,6 @@ from proxy_core.spool import SettleSpool, SpoolRecord
 from proxy_core.stores.base import (
     Admission,
     BreakerRef,
-    BucketSpec,
     Claim,
     ClaimOwner,
     Kind,
@@ -272,6 +271,8 @@ class Gateway:
         self._log = get_logger()
         self._on_budget_alert = on_budget_alert
         self._alerter = BudgetAlerter(store) if on_budget_alert is not None else None
+        # The read side (usage, headroom, budgets) for /cost and the CLI, on the same store and keys.
+        self.accounts = Accounts(store, settings, wall=wall)
         self.ledger = LedgerKeeper(
             store, spool if spool is not None else SettleSpool(settings.spool_directory()), metrics=self.metrics,
             clock=clock, on_settled=self._replayed, maintenance=maintenance,
@@ -331,9 +332,8 @@ class Gateway:
         s = self.settings
         if not s.semantic_cache:
             return ExactCache(self.store, ttl_s=s.cache_ttl_s)
-        from proxy_core.semantic.decision import default_threshold
+        from proxy_core.semantic.decision import hit_policy
         from proxy_core.semantic.embedders import embedder_from_spec
-        from proxy_core.semantic.guard import NearMissGuard
         from proxy_core.semantic.layer import SemanticCache
 
         embedder = embedder_from_spec(s.embedder, openai_embed_fn=self._billed_embed)
@@ -344,8 +344,8 @@ class Gateway:
             embedder,
             ttl_s=s.cache_ttl_s,
             max_entries=s.cache_max_entries,
-            threshold=s.cache_threshold if s.cache_threshold is not None else default_threshold(embedder.name),
-            guard=NearMissGuard() if s.cache_guard else None,
+            policy=hit_policy(embedder.name, threshold=s.cache_threshold, max_wrong=s.cache_max_wrong,
+                              guard=s.cache_guard),
             top_k=s.cache_top_k,
             clock=self._wall,
         )
@@ -668,25 +668,11 @@ class Gateway:
         workspace_id, user_id, request_id = req.workspace_id, req.user_id, req.request_id
         kind: Kind = "chat" if isinstance(req, ChatRequest) else "embedding"
         model = req.model
-        limits = self.settings.limits_for(user_id)
-        specs: list[BucketSpec] = []
-        names: list[str] = []
-        if limits.requests_per_minute > 0:
-            specs.append(BucketSpec(f"user:{user_id}:requests",
-                                    Bucket.per_minute(limits.requests_per_minute, limits.request_burst), 1))
-            names.append("requests")
-        if limits.tokens_per_minute > 0:
-            specs.append(BucketSpec(f"user:{user_id}:tokens",
-                                    Bucket.per_minute(limits.tokens_per_minute, limits.token_burst), tokens))
-            names.append("tokens")
+        named = rate_limit_specs(self.settings, user_id, tokens=tokens)
+        specs = [spec for _, spec in named]
+        names = [name for name, _ in named]
         now = self._wall()
-        lines = budget_math.budget_lines(
-            workspace_id,
-            user_id,
-            now,
-            user_daily=self.settings.user_daily_budget_micros(user_id),
-            workspace_monthly=self.settings.workspace_monthly_budget_micros(),
-        )
+        lines = budget_lines_for(self.settings, workspace_id, user_id, now)
         owner = ClaimOwner(user_id=user_id, model=model, kind=kind, started_at=now)
         try:
             admission = self.store.admit(workspace_id, request_id, ttl_s=self._claim_ttl_s, buckets=specs,

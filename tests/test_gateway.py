@@ -559,3 +559,19 @@ def test_price_fixture_matches_hand_arithmetic() -> None:
     price = PriceTable.load(None).price_for("gpt-4.1-mini")
     # $0.40 in, $0.10 cached, $1.60 out per 1M: 1000×0.40 + 500×0.10 + 250×1.60 = 400 + 50 + 400 = 850 µ$
     assert chat_cost(price, 1500, 500, 250) == 850
+
+
+def test_accounts_read_the_very_buckets_and_budget_lines_the_gateway_charges(make_gateway: GatewayFactory,
+                                                                            clock: ManualClock) -> None:
+    gw = make_gateway(requests_per_minute=6, request_burst=4, tokens_per_minute=60_000,
+                      user_daily_budget_usd="1", cache_enabled=False)
+    before = gw.accounts.headroom("W1", "U1")
+    assert (before.requests_left, before.request_burst, before.tokens_left) == (4, 4, 60_000)
+    result = ask(gw, "How do I deploy?", "r1")
+    after = gw.accounts.headroom("W1", "U1")
+    assert after.requests_left == 3  # the gateway's own request bucket, one taken
+    assert after.tokens_left is not None and after.tokens_left < 60_000
+    daily, monthly = gw.accounts.budgets("W1", "U1")
+    assert (daily.limit, daily.spent, daily.reserved) == (1_000_000, result.cost_micros, 0)
+    assert (monthly.limit, monthly.spent) == (0, result.cost_micros)
+    assert gw.accounts.headroom("W1", "U2").requests_left == 4  # another user's buckets are their own
