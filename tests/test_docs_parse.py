@@ -143,6 +143,23 @@ def test_markdown_inline_markup_becomes_text_but_keeps_urls(tmp_path: Path) -> N
     assert "---" not in text and "[form]:" not in text
 
 
+@pytest.mark.parametrize(
+    ("markdown", "text"),
+    [
+        # The example docs' paragraph: "<name>" is an HTML tag (dropped), and it closes the emphasis.
+        ("under *Services → <name>* with p95. The *SLOs* dashboard", "under Services →  with p95. The SLOs dashboard"),
+        ("a *stray star and *SLOs* here", "a *stray star and SLOs here"),
+        ("a _stray and _SLOs_ here", "a _stray and SLOs here"),
+        ("a **stray and **SLOs** here", "a **stray and SLOs here"),
+        ("*SLOs* and *APIs*, **SLOs**, __APIs__, *x*", "SLOs and APIs, SLOs, APIs, x"),
+        ("2 * 3 * 4 and *SLOs*", "2 * 3 * 4 and SLOs"),
+        ("*italic with <b>bold</b>*", "italic with bold"),
+    ],
+)
+def test_markdown_emphasis_pairs_with_the_nearest_opener(tmp_path: Path, markdown: str, text: str) -> None:
+    assert parse(tmp_path, "a.md", f"# A\n\n{markdown}\n").sections[0].text == text
+
+
 def test_markdown_heading_details(tmp_path: Path) -> None:
     doc = parse(
         tmp_path,

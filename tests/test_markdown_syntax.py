@@ -69,3 +69,14 @@ def test_the_parser_and_the_renderer_read_the_same_code_block(tmp_path: Path) ->
     assert [section.heading_path for section in doc.sections] == [("Run",)]
     assert "# not a heading\n- not an item" in doc.sections[0].text
     assert markdown_to_mrkdwn(markdown) == "Run:\n\n```\n# not a heading\n- not an item\n```\n"
+
+
+def test_an_example_docs_passage_reaches_slack_without_a_lone_asterisk() -> None:
+    # "*Services → <name>*" then "*SLOs*" in one paragraph used to leave "The *SLOs dashboard" in the
+    # index, quoted as such by extractive answers and by the LLM.
+    docs = Path(__file__).resolve().parent.parent / "examples" / "docs"
+    doc = parse_document(docs / "engineering" / "logs-and-observability.md", docs)
+    text = next(section.text for section in doc.sections if "SLOs" in section.text)
+    assert "The SLOs dashboard" in text
+    assert "*" not in text
+    assert "The SLOs dashboard" in markdown_to_mrkdwn(text)

@@ -77,6 +77,12 @@ def sections(blocks: list[Block]) -> list[str]:
         ("2 * 3 * 4 = 24", "2 * 3 * 4 = 24"),
         ("costs ~5 or ~~6~~", "costs ~5 or ~6~"),
         (r"\*literal\* stars", "*literal* stars"),
+        ("*SLOs*", "_SLOs_"),
+        ("*APIs*", "_APIs_"),
+        ("**SLOs**", "*SLOs*"),
+        ("*x*", "_x_"),
+        ("The *SLOs* dashboard, the **APIs** list", "The _SLOs_ dashboard, the *APIs* list"),
+        ("a *stray star and *SLOs* here", "a *stray star and _SLOs_ here"),
     ],
 )
 def test_emphasis(markdown: str, mrkdwn: str) -> None:

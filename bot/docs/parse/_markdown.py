@@ -44,9 +44,17 @@ _AUTOLINK = re.compile(r"<((?:https?|ftp|mailto):[^<>\s]+|[^<>\s@]+@[^<>\s@]+\.[
 _BARE_URL = re.compile(r"\b(?:https?|ftp)://[^\s<>()\x00]+")
 _HTML_COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
 _HTML_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>")
-_STRONG = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*|(?<!\w)__(?=\S)(.+?)(?<=\S)__(?!\w)", re.DOTALL)
+# Emphasis pairs a closer with the nearest opener before it (CommonMark): a span never runs over
+# another delimiter that could open one, so a stray "*" earlier in a paragraph cannot swallow the
+# next "*word*" and leave "word" with a lone asterisk.
+_STRONG = re.compile(
+    r"\*\*(?=\S)((?:(?!\*\*\S).)+?)(?<=\S)\*\*"
+    r"|(?<!\w)__(?=\S)((?:(?!(?<!\w)__\S).)+?)(?<=\S)__(?!\w)",
+    re.DOTALL,
+)
 _EMPHASIS = re.compile(
-    r"(?<![\w*])\*(?=[^\s*])(.+?)(?<=[^\s*])\*(?![\w*])|(?<![\w_])_(?=[^\s_])(.+?)(?<=[^\s_])_(?![\w_])",
+    r"(?<![\w*])\*(?=[^\s*])((?:(?!(?<![\w*])\*[^\s*]).)+?)(?<=[^\s*])\*(?![\w*])"
+    r"|(?<![\w_])_(?=[^\s_])((?:(?!(?<![\w_])_[^\s_]).)+?)(?<=[^\s_])_(?![\w_])",
     re.DOTALL,
 )
 _STRIKE = re.compile(r"~~(?=\S)(.+?)(?<=\S)~~", re.DOTALL)
@@ -236,7 +244,7 @@ def _inline(text: str, refs: dict[str, str], *, plain: bool) -> str:
     text = _AUTOLINK.sub(lambda m: keep(m.group(1)), text)
     text = _BARE_URL.sub(lambda m: keep(m.group(0)), text)
     text = HTML_BREAK.sub(" ", text)
-    text = _HTML_TAG.sub("", text)
+    text = _HTML_TAG.sub(lambda m: keep(""), text)  # gone, but not before emphasis sees "*<name>*" closed
     text = _STRONG.sub(lambda m: m.group(1) or m.group(2), text)
     text = _EMPHASIS.sub(lambda m: m.group(1) or m.group(2), text)
     text = _STRIKE.sub(r"\1", text)
