@@ -126,6 +126,8 @@ def _parser() -> argparse.ArgumentParser:
 
     index = sub.add_parser("index", help="index a docs folder into the store (only changed passages are embedded)")
     index.add_argument("dir", metavar="DIR", help="the docs folder (Markdown, reStructuredText, HTML, text)")
+    index.add_argument("--allow-empty", action="store_true",
+                       help="index a folder with no docs, removing every document from the index")
     index.set_defaults(func=_cmd_index)
     return p
 
@@ -248,11 +250,15 @@ def _cmd_cache_clear(args: argparse.Namespace, settings: PennySettings, out: Tex
 def _cmd_index(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
     from pathlib import Path
 
+    from bot.docs.index import NoDocsFound
     from bot.service import index_docs
 
     root = Path(args.dir)
     if not root.is_dir():
-        raise ConfigurationError(f"penny index: {args.dir} is not a directory")
+        named = args.dir if root.is_absolute() else f"{args.dir} ({root.resolve()})"
+        what = "it is a file" if root.exists() else "it does not exist"
+        print(f"penny index: {named} is not a directory: {what}. Nothing was changed.", file=sys.stderr)
+        return 2
     # An openai: embedder embeds through the gateway: metered, in the ledger as penny:index. Indexing
     # asks no questions, so that gateway needs no answer cache (nor its load and sync threads).
     gateway = (_gateway(settings.model_copy(update={"cache_enabled": False}))
@@ -260,7 +266,12 @@ def _cmd_index(args: argparse.Namespace, settings: PennySettings, out: TextIO, _
     store = gateway.store if gateway is not None else store_from_url(settings.store_url,
                                                                      timeout_s=settings.store_timeout_s)
     try:
-        report = index_docs(settings, store, root, progress=_progress_bar(sys.stderr), gateway=gateway)
+        report = index_docs(settings, store, root, progress=_progress_bar(sys.stderr), gateway=gateway,
+                            allow_empty=args.allow_empty)
+    except NoDocsFound as exc:
+        print(f"penny index: {exc} To empty the index on purpose: penny index --allow-empty {args.dir}",
+              file=sys.stderr)
+        return 2
     finally:
         if gateway is not None:
             gateway.close()

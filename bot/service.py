@@ -67,16 +67,18 @@ def _waiting_out_rate_limits(embed: Callable[..., list[list[float]]], sleep: Cal
 
 def index_docs(
     settings: PennySettings, store: Store, root: Path, *, progress: Progress | None = None,
-    gateway: Gateway | None = None,
+    gateway: Gateway | None = None, allow_empty: bool = False,
 ) -> IndexReport:
     """Bring the shared docs index in line with ``root``. When the version moves, cached answers
     built on the old docs are dropped from every replica's cache. ``gateway`` embeds with an
-    ``openai:`` embedder (local embedders need none)."""
+    ``openai:`` embedder (local embedders need none). A folder with nothing to index raises
+    :class:`~bot.docs.index.NoDocsFound` and changes nothing, unless ``allow_empty``."""
     if not root.is_dir():
         raise ConfigurationError(f"PENNY_DOCS_DIR: {root} is not a directory")
     embedder = docs_embedder(settings, gateway)
     before = DocsIndex.load(store).version
-    report = DocsIndexer(store, embedder.embed, embedder_name=embedder.name).index(root, progress=progress)
+    indexer = DocsIndexer(store, embedder.embed, embedder_name=embedder.name)
+    report = indexer.index(root, progress=progress, allow_empty=allow_empty)
     if report.version != before and before:
         gone = store.semantic_delete_where(context_prefix=f"docs:v{before}|")
         get_logger().info("docs_reindexed", version=report.version, cache_entries_dropped=len(gone))

@@ -17,7 +17,7 @@ import structlog
 from numpy.typing import NDArray
 
 from bot.cli import main
-from bot.docs.index import EMBED_BATCH, DocsIndex, DocsIndexer, IndexConflict, IndexSnapshot
+from bot.docs.index import EMBED_BATCH, DocsIndex, DocsIndexer, IndexConflict, IndexSnapshot, NoDocsFound
 from bot.docs.retrieve import NO_MATCH_THRESHOLD, Retriever, search, tokenize
 from proxy_core.clock import ManualClock
 from proxy_core.semantic.embedders import WordLlamaEmbedder, embedder_from_spec
@@ -182,6 +182,23 @@ def test_indexing_embeds_only_what_changed(store: Store, docs: Path, embedder: W
     assert not list(store.blob_scan("docs:doc:people/"))
 
 
+def test_a_folder_with_nothing_to_index_changes_nothing(
+    store: Store, docs: Path, tmp_path: Path, embedder: WordLlamaEmbedder
+) -> None:
+    indexer = DocsIndexer(store, embedder.embed, embedder_name=embedder.name)
+    first = indexer.index(docs)
+    empty = tmp_path / "empty"
+    (empty / ".git").mkdir(parents=True)  # hidden entries are skipped: nothing here to index
+    (empty / "notes.docx").write_bytes(b"PK")
+    with pytest.raises(NoDocsFound, match="Nothing was changed; the index keeps its 4 documents") as refused:
+        indexer.index(empty)
+    assert str(empty) in str(refused.value)
+    assert DocsIndex.load(store).version == first.version and len(DocsIndex.load(store)) == first.passages
+    emptied = indexer.index(empty, allow_empty=True)
+    assert (emptied.files, emptied.passages, emptied.removed) == (0, 0, first.passages)
+    assert len(DocsIndex.load(store)) == 0
+
+
 def test_a_new_embedder_re_embeds_everything(store: Store, docs: Path, embedder: WordLlamaEmbedder) -> None:
     DocsIndexer(store, embedder.embed, embedder_name=embedder.name).index(docs)
     small = embedder_from_spec("local:wordllama?dims=64")
@@ -336,6 +353,37 @@ def test_penny_index(cli_env: Path, docs: Path, capsys: pytest.CaptureFixture[st
         assert DocsIndex.load(store).version == 1
     finally:
         store.close()
+
+
+def test_penny_index_refuses_an_empty_or_missing_folder_and_changes_nothing(
+    cli_env: Path, docs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["index", str(docs)]) == 0
+    capsys.readouterr()
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for folder, reason in (("empty", "no Markdown, reStructuredText, HTML, text or PDF files"),
+                           ("dcos", "is not a directory: it does not exist")):
+        assert main(["index", folder]) == 2
+        captured = capsys.readouterr()
+        assert captured.err.startswith("penny index: ") and f"{folder} ({tmp_path / folder})" in captured.err
+        assert reason in captured.err and "Nothing was changed" in captured.err
+        assert captured.out == "" and "removed" not in captured.err and "Traceback" not in captured.err
+    assert "--allow-empty" in main_err(["index", "empty"], capsys)
+    store = SqliteStore(cli_env)
+    try:
+        assert DocsIndex.load(store).version == 1 and len(DocsIndex.load(store)) > 0
+        assert main(["index", "dcos", "--allow-empty"]) == 2  # a folder that is not there is never "empty"
+        assert main(["index", "empty", "--allow-empty"]) == 0
+        assert "0 files" in capsys.readouterr().out
+        assert DocsIndex.load(store).version == 2 and len(DocsIndex.load(store)) == 0
+    finally:
+        store.close()
+
+
+def main_err(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    main(argv)
+    return capsys.readouterr().err
 
 
 def test_penny_index_refuses_what_it_cannot_do(

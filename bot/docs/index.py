@@ -3,7 +3,9 @@
 :class:`DocsIndexer` (``penny index``) walks a docs folder, parses and chunks it, embeds only the
 passages it has not embedded before, and writes the result in one atomic ``blob_put_many``, made
 only if the index's version is still the one it started from: of two runs at once, the one that
-finishes second writes nothing and raises :class:`IndexConflict`.
+finishes second writes nothing and raises :class:`IndexConflict`. A folder with nothing to index
+(empty, or the wrong one) raises :class:`NoDocsFound` and writes nothing, unless ``allow_empty``:
+indexing it would remove every document from the index.
 :class:`DocsIndex` is a replica's in-process copy: passages, their unit vectors as one matrix, and
 BM25 statistics; ``refresh_if_changed`` reloads it when another process re-indexed.
 
@@ -33,12 +35,13 @@ from numpy.typing import NDArray
 
 from bot.docs.parse import Passage, chunk, parse_document, walk
 from bot.docs.retrieve import Bm25
-from proxy_core.errors import StoreError
+from proxy_core.errors import ConfigurationError, StoreError
 from proxy_core.log import get_logger
 from proxy_core.stores.base import Store
 
 __all__ = [
-    "DEFAULT_NAMESPACE", "EMBED_BATCH", "DocsIndex", "DocsIndexer", "IndexConflict", "IndexReport", "IndexSnapshot"
+    "DEFAULT_NAMESPACE", "EMBED_BATCH", "DocsIndex", "DocsIndexer", "IndexConflict", "IndexReport", "IndexSnapshot",
+    "NoDocsFound",
 ]
 
 DEFAULT_NAMESPACE = "docs"
@@ -54,6 +57,18 @@ _log = get_logger()
 
 class IndexConflict(StoreError):
     """Another run wrote the index while this one was indexing; this run wrote nothing."""
+
+
+class NoDocsFound(ConfigurationError):
+    """The docs folder holds nothing to index (empty, or a mistyped path); this run wrote nothing."""
+
+    def __init__(self, root: Path, *, files: int, indexed: int) -> None:
+        shown = root if root.is_absolute() else f"{root} ({root.resolve()})"
+        found = (f"none of its {files} supported files could be read" if files else
+                 "no Markdown, reStructuredText, HTML, text or PDF files")
+        kept = f"; the index keeps its {indexed} documents" if indexed else ""
+        super().__init__(f"no docs to index in {shown}: {found}. Nothing was changed{kept}.")
+        self.root = root
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,8 +191,11 @@ class DocsIndexer:
         self._keys = _Keys(namespace)
         self._batch = batch_size
 
-    def index(self, root: Path, *, progress: Progress | None = None) -> IndexReport:
-        """Bring the index in line with the files under ``root``; see the module docstring."""
+    def index(self, root: Path, *, progress: Progress | None = None, allow_empty: bool = False) -> IndexReport:
+        """Bring the index in line with the files under ``root``; see the module docstring.
+
+        Raises :class:`NoDocsFound` when ``root`` has no document to index, unless ``allow_empty``
+        (then every indexed document is removed)."""
         started = time.perf_counter()
         # The version read first: a run that finishes after this one started makes it stale.
         seen_version = self._store.blob_get(self._keys.version)
@@ -207,6 +225,9 @@ class DocsIndexer:
                     docs[doc_path] = reusable[doc_path]
             if progress is not None:
                 progress(done, len(files))
+
+        if not docs and not allow_empty:
+            raise NoDocsFound(root, files=len(files), indexed=len(old.docs) if old is not None else 0)
 
         dims = old.dims if old is not None and reusable else 0
         pending = list(to_embed.values())
