@@ -20,7 +20,9 @@ headers and params hide the token in their ``repr`` so assertion output never pr
 
 Answers (``{"ok": true, ...}``):
 
-- ``auth.test``: ``team_id``, ``user_id`` (``UPENNY``), ``bot_id``, ``url``, ``team``, ``user``;
+- ``auth.test``: ``team_id``, ``user_id`` (``UPENNY``), ``bot_id``, ``app_id``, ``url``, ``team``, ``user``,
+  and like Slack the token's granted scopes in the ``x-oauth-scopes`` header (``scopes=``,
+  :meth:`FakeSlack.set_scopes`; every scope Penny's manifest declares by default);
 - ``chat.postMessage``: a ``ts`` unique per call, ``channel`` and the ``message`` as posted;
 - ``chat.postEphemeral``: ``message_ts``; ``chat.update`` / ``chat.delete``: ``channel``, ``ts``;
 - ``chat.startStream``: a new ``ts`` and ``channel``; ``chat.appendStream`` / ``chat.stopStream``:
@@ -31,7 +33,16 @@ Answers (``{"ok": true, ...}``):
 - ``views.publish``: the ``view``; ``users.info``: a user, ``is_admin`` only for configured admins;
 - ``conversations.replies``: the messages set with :meth:`FakeSlack.set_replies` (else none),
   paged like Slack by ``limit`` and ``cursor`` (``response_metadata.next_cursor``, ``has_more``);
-- anything else (``reactions.add``, ``assistant.threads.setStatus``, …): ``{"ok": true}``.
+- ``assistant.threads.setStatus`` (``channel_id``, ``thread_ts``, ``status``; ``""`` clears it, and
+  so does a message the app posts or streams in that thread, as in Slack), ``.setSuggestedPrompts``
+  (``channel_id``, at most 4 ``prompts`` of ``title`` and ``message``, ``thread_ts`` optional: without
+  it they sit at the top of the DM), ``.setTitle`` (``channel_id``, ``thread_ts``, ``title``): a
+  missing argument is ``invalid_arguments``; :meth:`FakeSlack.status`,
+  :meth:`FakeSlack.suggested_prompts` and :meth:`FakeSlack.title` show what a thread shows now;
+- ``views.open``: the ``view`` with an ``id``;
+- ``apps.connections.open``: a ``ws://`` URL of this server, where a WebSocket handshake succeeds
+  and pings get pongs (recorded as ``websocket``), so Bolt's Socket Mode client really connects;
+- anything else (``reactions.add``, …): ``{"ok": true}``.
 
 Faults are scripted per method and consumed one per call, in order: :meth:`FakeSlack.rate_limit`
 (HTTP 429 with ``Retry-After``), :meth:`FakeSlack.fail` (``{"ok": false, "error": ...}``, HTTP
@@ -48,7 +59,10 @@ import base64
 import dataclasses
 import email.parser
 import email.policy
+import hashlib
 import json
+import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -63,6 +77,12 @@ __all__ = ["FakeSlack", "SlackCall", "SlackFault"]
 
 _SECRET_HEADERS = frozenset({"authorization", "cookie"})
 _SECRET_PARAMS = frozenset({"token", "client_secret", "refresh_token"})
+# What auth.test reports as granted unless a test says otherwise: every scope Penny's manifest declares.
+DEFAULT_SCOPES = (
+    "app_mentions:read", "assistant:write", "channels:history", "chat:write", "commands", "groups:history",
+    "im:history", "mpim:history", "reactions:write", "users:read",
+)
+_WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455's key suffix for Sec-WebSocket-Accept
 
 Responder = Callable[["SlackCall"], Mapping[str, Any]]
 
@@ -152,6 +172,10 @@ class _State:
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
     admins: set[str] = field(default_factory=set)
     streaming: set[tuple[str, str]] = field(default_factory=set)  # (channel, ts) of open streams
+    statuses: dict[tuple[str, str], str] = field(default_factory=dict)  # (channel, thread_ts) -> status shown
+    prompts: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)  # (channel, thread_ts|"")
+    titles: dict[tuple[str, str], str] = field(default_factory=dict)
+    scopes: tuple[str, ...] = DEFAULT_SCOPES
     next_ts: int = 0
 
     def __post_init__(self) -> None:
@@ -169,7 +193,9 @@ class FakeSlack:
         bot_id: str = "B0PENNY",
         bot_user_id: str = "UPENNY",
         bot_name: str = "penny",
+        app_id: str = "A0PENNY",
         admins: Iterable[str] = (),
+        scopes: Iterable[str] = DEFAULT_SCOPES,
         first_ts: int = 1_700_000_000,
     ) -> None:
         self.team_id = team_id
@@ -177,12 +203,15 @@ class FakeSlack:
         self.bot_id = bot_id
         self.bot_user_id = bot_user_id
         self.bot_name = bot_name
+        self.app_id = app_id
         self._first_ts = first_ts
         self._state = _State()
         self._state.admins.update(admins)
+        self._state.scopes = tuple(scopes)
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.fake = self
         self._thread: threading.Thread | None = None
+        self.stopping = threading.Event()  # WebSocket connections end when it is set
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -195,6 +224,7 @@ class FakeSlack:
         return self
 
     def stop(self) -> None:
+        self.stopping.set()
         if self._thread is not None:
             self._server.shutdown()
             self._thread.join(timeout=5)
@@ -270,6 +300,25 @@ class FakeSlack:
             else:
                 self._state.admins.discard(user_id)
 
+    def set_scopes(self, scopes: Iterable[str]) -> None:
+        """The scopes auth.test reports as granted to the token from now on."""
+        with self._state.lock:
+            self._state.scopes = tuple(scopes)
+
+    def status(self, channel: str, thread_ts: str) -> str:
+        """The status the thread shows now (``""``: none)."""
+        with self._state.lock:
+            return self._state.statuses.get((channel, thread_ts), "")
+
+    def suggested_prompts(self, channel: str, thread_ts: str | None = None) -> list[dict[str, Any]]:
+        """The prompts set on the thread (or, with no ``thread_ts``, at the top of the DM)."""
+        with self._state.lock:
+            return list(self._state.prompts.get((channel, thread_ts or ""), []))
+
+    def title(self, channel: str, thread_ts: str) -> str | None:
+        with self._state.lock:
+            return self._state.titles.get((channel, thread_ts))
+
     def pending(self, method: str) -> int:
         """Scripted faults for ``method`` not consumed yet."""
         with self._state.lock:
@@ -284,6 +333,9 @@ class FakeSlack:
             self._state.replies.clear()
             self._state.users.clear()
             self._state.streaming.clear()
+            self._state.statuses.clear()
+            self._state.prompts.clear()
+            self._state.titles.clear()
 
     # -- inspection --------------------------------------------------------------------------
 
@@ -369,11 +421,17 @@ class FakeSlack:
         elif responder is not None:
             status, body, headers = 200, responder(call), ()
         else:
-            status, body, headers = 200, self._answer(call, serial), ()
+            status, body, headers = 200, self._answer(call, serial), self._headers(call)
         with self._state.changed:
             self._state.calls.append(dataclasses.replace(call, status=status, response=body))
             self._state.changed.notify_all()
         return status, body, headers
+
+    def _headers(self, call: SlackCall) -> tuple[tuple[str, str], ...]:
+        if call.method == "auth.test":
+            with self._state.lock:
+                return (("x-oauth-scopes", ",".join(self._state.scopes)),)
+        return ()
 
     def _ts(self, serial: int) -> str:
         return f"{self._first_ts + serial}.{serial:06d}"
@@ -390,10 +448,12 @@ class FakeSlack:
                 "team_id": self.team_id,
                 "user_id": self.bot_user_id,
                 "bot_id": self.bot_id,
+                "app_id": self.app_id,
                 "is_enterprise_install": False,
             }
         if method == "chat.postMessage":
             ts = self._ts(serial)
+            self._clear_status(p)
             return {"ok": True, "channel": p.get("channel"), "ts": ts, "message": self._message(call, ts)}
         if method == "chat.postEphemeral":
             return {"ok": True, "message_ts": self._ts(serial)}
@@ -413,6 +473,15 @@ class FakeSlack:
             return {"ok": True, "channel": p.get("channel"), "ts": p.get("ts")}
         if method in ("chat.startStream", "chat.appendStream", "chat.stopStream"):
             return self._stream_answer(call, serial)
+        if method.startswith("assistant.threads."):
+            return self._assistant_answer(call)
+        if method == "views.open":
+            view = call.json_param("view")
+            view = dict(view) if isinstance(view, dict) else {}
+            view.update({"id": f"V{serial:08d}", "team_id": self.team_id, "app_id": self.app_id})
+            return {"ok": True, "view": view}
+        if method == "apps.connections.open":
+            return {"ok": True, "url": f"ws://127.0.0.1:{self.port}/link/?ticket=t{serial}"}
         if method == "views.publish":
             view = call.json_param("view")
             view = dict(view) if isinstance(view, dict) else {}
@@ -427,6 +496,41 @@ class FakeSlack:
             return _replies_page(messages, limit=p.get("limit"), cursor=p.get("cursor"))
         return {"ok": True}
 
+    def _assistant_answer(self, call: SlackCall) -> dict[str, Any]:
+        p = call.params
+        channel, thread_ts = str(p.get("channel_id") or ""), str(p.get("thread_ts") or "")
+        if not channel:
+            return {"ok": False, "error": "invalid_arguments"}
+        if call.method == "assistant.threads.setStatus":
+            if not thread_ts or "status" not in p:
+                return {"ok": False, "error": "invalid_arguments"}
+            with self._state.lock:
+                self._state.statuses[(channel, thread_ts)] = str(p["status"])
+            return {"ok": True}
+        if call.method == "assistant.threads.setSuggestedPrompts":
+            prompts = call.json_param("prompts")
+            if not isinstance(prompts, list) or not 0 < len(prompts) <= 4 or not all(
+                isinstance(q, dict) and q.get("title") and q.get("message") for q in prompts
+            ):
+                return {"ok": False, "error": "invalid_arguments"}
+            with self._state.lock:
+                self._state.prompts[(channel, thread_ts)] = [dict(q) for q in prompts]
+            return {"ok": True}
+        if call.method == "assistant.threads.setTitle":
+            if not thread_ts or not p.get("title"):
+                return {"ok": False, "error": "invalid_arguments"}
+            with self._state.lock:
+                self._state.titles[(channel, thread_ts)] = str(p["title"])
+            return {"ok": True}
+        return {"ok": False, "error": "unknown_method"}
+
+    def _clear_status(self, params: Mapping[str, Any]) -> None:
+        """A message the app posts in a thread ends the status shown there, as in Slack."""
+        thread_ts = params.get("thread_ts")
+        if thread_ts:
+            with self._state.lock:
+                self._state.statuses.pop((str(params.get("channel", "")), str(thread_ts)), None)
+
     def _stream_answer(self, call: SlackCall, serial: int) -> dict[str, Any]:
         p = call.params
         channel = str(p.get("channel", ""))
@@ -440,6 +544,7 @@ class FakeSlack:
             ts = self._ts(serial)
             with self._state.lock:
                 self._state.streaming.add((channel, ts))
+            self._clear_status(p)
             return {"ok": True, "channel": channel, "ts": ts}
         ts = str(p.get("ts", ""))
         with self._state.lock:
@@ -484,6 +589,49 @@ class FakeSlack:
         }
         user.update(extra)
         return user
+
+
+class _WebSocketFrames:
+    """Client frames from ``sock`` (masked, per RFC 6455); ``next()`` is None while none is complete."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = b""
+
+    def next(self) -> tuple[int, bytes] | None:
+        try:
+            chunk = self._sock.recv(65536)
+        except TimeoutError:
+            chunk = b""
+        else:
+            if not chunk:
+                raise ConnectionResetError("the client closed the connection")
+        self._buffer += chunk
+        data = self._buffer
+        if len(data) < 2:
+            return None
+        opcode, length, at = data[0] & 0x0F, data[1] & 0x7F, 2
+        if length == 126:
+            if len(data) < 4:
+                return None
+            length, at = struct.unpack(">H", data[2:4])[0], 4
+        elif length == 127:
+            if len(data) < 10:
+                return None
+            length, at = struct.unpack(">Q", data[2:10])[0], 10
+        masked = bool(data[1] & 0x80)
+        end = at + (4 if masked else 0) + length
+        if len(data) < end:
+            return None
+        mask = data[at : at + 4] if masked else b"\0\0\0\0"
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(data[end - length : end]))
+        self._buffer = data[end:]
+        return opcode, payload
+
+
+def _ws_frame(opcode: int, payload: bytes) -> bytes:
+    """One unmasked server frame (payloads here are control frames: under 126 bytes)."""
+    return bytes([0x80 | opcode, len(payload)]) + payload
 
 
 def _replies_page(messages: list[dict[str, Any]], *, limit: Any, cursor: Any) -> dict[str, Any]:
@@ -560,7 +708,46 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle("POST")
 
     def do_GET(self) -> None:
+        if (self.headers.get("Upgrade") or "").lower() == "websocket":
+            self._websocket()
+            return
         self._handle("GET")
+
+    def _websocket(self) -> None:
+        """Accept a WebSocket (Socket Mode's connection) and answer pings until either side closes
+        or the fake stops. Nothing is sent unasked: tests hand envelopes to the handler directly."""
+        fake = self.server.fake
+        key = self.headers.get("Sec-WebSocket-Key") or ""
+        accept = base64.b64encode(hashlib.sha1((key + _WS_GUID).encode()).digest()).decode()  # RFC 6455
+        call = SlackCall(method="websocket", params=_RedactedParams(),
+                         headers=_RedactedHeaders(dict(self.headers.items())), http_method="GET",
+                         path=urlsplit(self.path).path, at=time.monotonic(), status=101)
+        with fake._state.changed:
+            fake._state.calls.append(call)
+            fake._state.changed.notify_all()
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.end_headers()
+        self.wfile.flush()
+        self.close_connection = True
+        sock = self.connection
+        sock.settimeout(0.1)
+        frames = _WebSocketFrames(sock)
+        while not fake.stopping.is_set():
+            try:
+                frame = frames.next()
+            except OSError:
+                return
+            if frame is None:
+                continue
+            opcode, payload = frame
+            if opcode == 0x8:  # close
+                sock.sendall(_ws_frame(0x8, payload[:2]))
+                return
+            if opcode == 0x9:  # ping
+                sock.sendall(_ws_frame(0xA, payload))
 
     def _handle(self, http_method: str) -> None:
         length = int(self.headers.get("Content-Length") or 0)

@@ -270,3 +270,45 @@ def test_a_bolt_app_runs_against_the_fake(fake: FakeSlack) -> None:
     assert posted.params["text"] == "hello <@U1>"
     assert posted.params["thread_ts"] == "1700000000.000100"
     assert fake.count("auth.test") >= 1
+
+
+def test_auth_test_reports_the_app_and_the_granted_scopes(fake: FakeSlack, client: WebClient) -> None:
+    response = client.auth_test()
+    assert response["app_id"] == "A0PENNY"
+    assert "assistant:write" in response.headers["x-oauth-scopes"].split(",")
+    fake.set_scopes(["chat:write"])
+    assert client.auth_test().headers["x-oauth-scopes"] == "chat:write"
+
+
+def test_assistant_status_prompts_and_title_like_slack(fake: FakeSlack, client: WebClient) -> None:
+    client.assistant_threads_setStatus(channel_id="C1", thread_ts="1.0", status="is searching the docs…")
+    assert fake.status("C1", "1.0") == "is searching the docs…"
+    client.chat_postMessage(channel="C1", thread_ts="1.0", text="the answer")
+    assert fake.status("C1", "1.0") == ""  # a reply in the thread ends the status
+    client.assistant_threads_setStatus(channel_id="C1", thread_ts="1.0", status="is writing…")
+    client.assistant_threads_setStatus(channel_id="C1", thread_ts="1.0", status="")
+    assert fake.status("C1", "1.0") == ""
+
+    prompts = [{"title": "Deploying", "message": "How do I deploy?"}]
+    client.assistant_threads_setSuggestedPrompts(channel_id="D1", prompts=prompts, title="Popular")
+    assert fake.suggested_prompts("D1") == prompts  # no thread: the top of the DM
+    client.assistant_threads_setTitle(channel_id="D1", thread_ts="2.0", title="How do I deploy?")
+    assert fake.title("D1", "2.0") == "How do I deploy?"
+
+    with pytest.raises(SlackApiError, match="invalid_arguments"):
+        client.assistant_threads_setSuggestedPrompts(channel_id="D1", prompts=prompts * 5)
+    with pytest.raises(SlackApiError, match="invalid_arguments"):
+        client.api_call("assistant.threads.setStatus", json={"channel_id": "C1", "status": "x"})
+
+
+def test_socket_mode_connects_to_the_fakes_websocket(fake: FakeSlack, client: WebClient) -> None:
+    from slack_sdk.socket_mode.builtin.client import SocketModeClient
+
+    socket_client = SocketModeClient(app_token="xapp-test-not-a-real-token", web_client=client)
+    try:
+        socket_client.connect()
+        assert socket_client.is_connected()
+        assert fake.count("apps.connections.open") == 1
+        assert fake.count("websocket") == 1
+    finally:
+        socket_client.close()
