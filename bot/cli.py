@@ -328,13 +328,25 @@ def _cmd_run(args: argparse.Namespace, settings: PennySettings, out: TextIO, std
         if session.gateway is None:
             print("OPENAI_API_KEY is not set: answers are extractive (the best passages, $0). Get a key at "
                   "https://platform.openai.com/api-keys.", file=out)
-        print("Ask a question about the docs, or an empty line to quit.", file=out)
+        print("Ask a question about the docs; exit, quit, an empty line or Ctrl-D ends the chat.", file=out)
         while True:
             print("you> ", end="", file=out, flush=True)
             line = stdin.readline()
-            if not line or not line.strip():
+            if not line:  # Ctrl-D: end the prompt's line before the shell's comes back
+                print(file=out)
+                return 0
+            if _ends_chat(line):
                 return 0
             session.ask(line.strip(), args.user, args.workspace, out, fresh=False)
+
+
+_CHAT_ENDINGS = frozenset({"exit", "exit()", "quit", "quit()", ":q", ":q!", "/exit", "/quit"})
+
+
+def _ends_chat(line: str) -> bool:
+    """Whether a line typed in the terminal chat ends it rather than asks the docs: an empty line,
+    or a word people type to leave a prompt (``exit``, ``quit``, ``:q``, …)."""
+    return not line.strip() or line.strip().lower() in _CHAT_ENDINGS
 
 
 def _cmd_feedback(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:

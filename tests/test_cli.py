@@ -344,6 +344,21 @@ def test_run_stops_at_end_of_input(fake: FakeOpenAI) -> None:
     assert code == 0
     assert f"penny> Answer to: {QUESTION}" in out
     assert fake.count("chat") == 1
+    assert out.endswith("you> \n")  # Ctrl-D: the shell's prompt starts on a line of its own
+
+
+@pytest.mark.parametrize("word", ["exit", "quit", "  Quit ", "EXIT", ":q", "/quit", "exit()"])
+def test_run_ends_the_chat_on_exit_or_quit(fake: FakeOpenAI, word: str) -> None:
+    code, out = penny("run", stdin=f"{QUESTION}\n{word}\nnever asked\n")
+    assert code == 0
+    assert "exit, quit, an empty line or Ctrl-D ends the chat" in out
+    assert f"penny> Answer to: {QUESTION}" in out and "never asked" not in out
+    assert out.count("penny> ") == 1 and fake.count("chat") == 1  # the word was not searched as a question
+
+
+def test_run_still_answers_questions_that_mention_exit() -> None:
+    code, out = penny("run", stdin="how do I exit the VPN?\nquit\n")
+    assert code == 0 and out.count("penny> ") == 1
 
 
 def test_prices_lists_the_default_model() -> None:
