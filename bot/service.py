@@ -59,7 +59,9 @@ def _waiting_out_rate_limits(embed: Callable[..., list[list[float]]], sleep: Cal
             except RateLimited as exc:
                 if attempt == attempts - 1:
                     raise
-                sleep(exc.retry_after)
+                # At least a millisecond: a shortfall of a few millionths of a token (float rounding at
+                # epoch-second timestamps) gets a wait too short to move the clock, and would retry forever.
+                sleep(max(exc.retry_after, 0.001))
         raise AssertionError("unreachable")
 
     return embed_patiently
