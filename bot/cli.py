@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
 from bot.answer_types import Question
+from bot.wording import counted
 from proxy_core.errors import ConfigurationError, StoreError
 from proxy_core.gateway import Gateway
 from proxy_core.log import configure_logging
@@ -231,7 +232,7 @@ def _cmd_cache_stats(args: argparse.Namespace, settings: PennySettings, out: Tex
     finally:
         store.close()
     mode = "semantic" if settings.semantic_cache else "exact only"
-    print(f"{count:,} cached answers · {mode} · embedder {settings.embedder} · "
+    print(f"{counted(count, 'cached answer')} · {mode} · embedder {settings.embedder} · "
           f"max {settings.cache_max_entries:,} · ttl {settings.cache_ttl_s:g}s", file=out)
     return 0
 
@@ -243,7 +244,8 @@ def _cmd_cache_clear(args: argparse.Namespace, settings: PennySettings, out: Tex
     finally:
         store.close()
     what = f"with context starting {args.context!r}" if args.context else "in total"
-    print(f"removed {len(gone):,} cached answers {what}; every replica drops them within a second", file=out)
+    print(f"removed {counted(len(gone), 'cached answer')} {what}; every replica drops them within a second",
+          file=out)
     return 0
 
 
@@ -277,8 +279,9 @@ def _cmd_index(args: argparse.Namespace, settings: PennySettings, out: TextIO, _
             gateway.close()
         else:
             store.close()
-    print(f"indexed {report.files:,} files · {report.passages:,} passages · {report.embedded:,} embedded · "
-          f"{report.removed:,} removed · version {report.version} · {report.seconds:.2f}s", file=out)
+    print(f"indexed {counted(report.files, 'file')} · {counted(report.passages, 'passage')} · "
+          f"{report.embedded:,} embedded · {report.removed:,} removed · version {report.version} · "
+          f"{report.seconds:.2f}s", file=out)
     return 0
 
 
@@ -375,7 +378,7 @@ def _cmd_usage(args: argparse.Namespace, settings: PennySettings, out: TextIO, _
         user = None if args.all_users else args.user
         today = datetime.now(UTC).date()
         if args.days > 0:
-            periods = {f"last {args.days} days": (today - timedelta(days=args.days - 1), today)}
+            periods = {f"last {counted(args.days, 'day')}": (today - timedelta(days=args.days - 1), today)}
         else:
             periods = {"today": (today, today), "this month": (today.replace(day=1), today)}
         report = {
@@ -567,7 +570,7 @@ def store_kind(url: str) -> str:
 
 def _totals_line(t: UsageTotals) -> str:
     return (
-        f"{t.requests} requests · {t.prompt_tokens + t.completion_tokens:,} tokens · "
+        f"{counted(t.requests, 'request')} · {counted(t.prompt_tokens + t.completion_tokens, 'token')} · "
         f"{format_usd(t.cost_micros)} spent · cache {t.hit_rate:.0%} hits, saved {format_usd(t.saved_micros)}"
     )
 

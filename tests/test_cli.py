@@ -306,6 +306,13 @@ def test_usage_text_shows_dollar_totals(fake: FakeOpenAI, isolated: str) -> None
     assert "user alice" in out
 
 
+def test_usage_counts_one_request_in_the_singular(fake: FakeOpenAI) -> None:
+    assert penny("ask", QUESTION, "--user", "alice")[0] == 0
+    code, out = penny("usage", "--user", "alice", "--days", "1")
+    assert code == 0
+    assert "last 1 day — alice in local" in out and "  1 request · " in out and "1 requests" not in out
+
+
 def test_usage_on_an_empty_ledger_is_zero() -> None:
     code, out = penny("usage", "--user", "nobody")
     assert code == 0
@@ -540,9 +547,9 @@ def test_cache_eval_rejects_a_bad_file(tmp_path: Path, capsys: pytest.CaptureFix
 def test_cache_stats_and_clear(fake: FakeOpenAI) -> None:
     assert penny("ask", QUESTION)[0] == 0
     code, out = penny("cache", "stats")
-    assert code == 0 and out.startswith("1 cached answers")
+    assert code == 0 and out.startswith("1 cached answer ·")
     code, out = penny("cache", "clear")
-    assert code == 0 and "removed 1 cached answers" in out
+    assert code == 0 and "removed 1 cached answer in total" in out
     assert penny("cache", "stats")[1].startswith("0 cached answers")
     penny("ask", QUESTION)
     assert fake.count("chat") == 2

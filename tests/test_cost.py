@@ -279,6 +279,32 @@ def test_blocks_stay_within_slack_limits_for_a_big_team(tmp_path: Path, clock: M
     assert "/cost team" in json.dumps(help_blocks())
 
 
+def test_one_of_a_thing_reads_one_thing(tmp_path: Path, clock: ManualClock) -> None:
+    store = SqliteStore(tmp_path / "one.db", clock=clock)
+    try:
+        settle(store, entry("o1", days_ago=0, user="U1", cost=1_000, prompt=1, completion=0))
+        team = team_report(store, make_settings(), WS, NOW)
+        own = cost_report(store, make_settings(), WS, "U1", NOW)
+    finally:
+        store.close()
+    own_text, team_text = ("\n".join(_texts(blocks)) for blocks in (cost_blocks(own), team_blocks(team)))
+    assert "1 question · 1 token · *$0.001* spent" in own_text
+    assert "<@U1> — $0.001 · 1 question · saved $0" in team_text
+    assert f"`{CHAT}` — $0.001 · 1 call · 1 token" in team_text
+    assert not any(plural in own_text + team_text for plural in ("1 questions", "1 calls", "1 tokens"))
+
+
+def test_by_model_calls_are_calls_to_the_provider_and_cached_answers_are_counted_apart(ledger: SqliteStore) -> None:
+    month = ledger.usage(WS, MONTH_START, TODAY).by_model
+    chat, embed = month[CHAT], month[EMBED]
+    assert (chat.requests, chat.cache_hits, embed.requests, embed.cache_hits) == (9, 2, 1, 0)
+    text = "\n".join(_texts(team_blocks(team_report(ledger, make_settings(), WS, NOW))))
+    chat_tokens = chat.prompt_tokens + chat.completion_tokens
+    assert (f"`{CHAT}` — {format_usd(chat.cost_micros)} · 7 calls · 2 answers from the cache · {chat_tokens:,} tokens"
+            in text)
+    assert f"`{EMBED}` — {format_usd(embed.cost_micros)} · 1 call · 400 tokens" in text
+
+
 # ---------------------------------------------------------------------------------------------
 # Slack: /cost and the App Home through the real Bolt app
 
@@ -533,3 +559,14 @@ def test_penny_cost_text(cli_store: SqliteStore) -> None:
     assert code == 0 and "Your Penny costs" in out and "$0.0013 spent" in out and "*" not in out
     code, out = _penny("cost", "--team", "--workspace", "W1")
     assert code == 0 and "Team Penny costs" in out and "1. U2 — $0.007" in out
+
+
+def test_penny_cost_team_says_which_answers_came_from_the_cache(cli_store: SqliteStore) -> None:
+    now = time.time()
+    hit = entry("hit", days_ago=0, user="U1", cost=0, saved=1_234, status="exact", prompt=0, completion=0,
+                workspace="W1")
+    settle(cli_store, dataclasses.replace(hit, ts=now, day=datetime.fromtimestamp(now, UTC).date().isoformat()))
+    code, out = _penny("cost", "--team", "--workspace", "W1")
+    assert code == 0
+    assert f"{CHAT} — $0.0082 · 2 calls · 1 answer from the cache ·" in out  # the same lines as /cost team
+    assert f"{EMBED} — $0.000056 · 1 call ·" in out

@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from bot.cost import BudgetStatus, CostReport, Headroom, TeamReport, sparkline
 from bot.slack.render import MAX_BLOCKS, SECTION_TEXT_LIMIT, Block
+from bot.wording import counted
 from proxy_core.money import format_usd
 from proxy_core.stores.base import UsageTotals
 
@@ -83,17 +84,13 @@ def team_blocks(report: TeamReport) -> list[Block]:
         blocks.append(_section("\n".join(notes)))
     if report.top_users:
         lines = [
-            f"{rank}. {_who(user)} — {format_usd(t.cost_micros)} · {t.requests:,} questions · "
+            f"{rank}. {_who(user)} — {format_usd(t.cost_micros)} · {counted(t.requests, 'question')} · "
             f"saved {format_usd(t.saved_micros)}"
             for rank, (user, t) in enumerate(report.top_users, 1)
         ]
         blocks.append(_section("*Top users this month*\n" + "\n".join(lines)))
     if report.by_model:
-        lines = [
-            f"`{model}` — {format_usd(t.cost_micros)} · {t.requests:,} calls · "
-            f"{t.prompt_tokens + t.completion_tokens:,} tokens"
-            for model, t in report.by_model
-        ]
+        lines = [_model_line(model, t) for model, t in report.by_model]
         blocks.append(_section("*By model this month*\n" + "\n".join(lines)))
     blocks.append(_trend_block(report.trend, report.trend_days))
     return _bounded(blocks)
@@ -157,9 +154,18 @@ def blocks_to_text(blocks: Sequence[Block]) -> str:
 def _totals(t: UsageTotals) -> str:
     tokens = t.prompt_tokens + t.completion_tokens
     return (
-        f"{t.requests:,} questions · {tokens:,} tokens · *{format_usd(t.cost_micros)}* spent · "
+        f"{counted(t.requests, 'question')} · {counted(tokens, 'token')} · *{format_usd(t.cost_micros)}* spent · "
         f"cache {t.hit_rate:.0%} hits, saved {format_usd(t.saved_micros)}"
     )
+
+
+def _model_line(model: str, t: UsageTotals) -> str:
+    """A model's month: calls are the ones made to the provider; an answer served from the cache
+    made none, so it is counted apart (its cost is in "saved")."""
+    line = f"`{model}` — {format_usd(t.cost_micros)} · {counted(t.requests - t.cache_hits, 'call')}"
+    if t.cache_hits:
+        line += f" · {counted(t.cache_hits, 'answer')} from the cache"
+    return f"{line} · {counted(t.prompt_tokens + t.completion_tokens, 'token')}"
 
 
 def _budget_line(label: str, status: BudgetStatus, now: float, *, show_spent: bool = True) -> str:
