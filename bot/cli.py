@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     usage = sub.add_parser("usage", help="spend, tokens and cache savings from the ledger")
     _who(usage)
     usage.add_argument("--all-users", action="store_true", help="workspace totals instead of one user")
-    usage.add_argument("--days", type=int, default=0, help="the last N days instead of today and this month")
+    usage.add_argument("--days", type=_days, default=0, help="the last N days instead of today and this month")
     usage.add_argument("--json", action="store_true", help="print JSON")
     usage.set_defaults(func=_cmd_usage)
 
@@ -136,6 +136,17 @@ def _parser() -> argparse.ArgumentParser:
 def _who(p: argparse.ArgumentParser) -> None:
     p.add_argument("--user", default=f"cli:{_login()}", help="the user to act as (default: cli:<login>)")
     p.add_argument("--workspace", default=LOCAL_WORKSPACE, help="the workspace (default: local)")
+
+
+def _days(value: str) -> int:
+    """``--days N``: a whole number of days, at least 1 (argparse turns a refusal into exit 2)."""
+    try:
+        days = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number of days, not {value!r}") from None
+    if days < 1:
+        raise argparse.ArgumentTypeError(f"at least 1 day, not {days}")
+    return days
 
 
 # -- commands ------------------------------------------------------------------------------------

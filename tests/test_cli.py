@@ -313,6 +313,15 @@ def test_usage_counts_one_request_in_the_singular(fake: FakeOpenAI) -> None:
     assert "last 1 day — alice in local" in out and "  1 request · " in out and "1 requests" not in out
 
 
+@pytest.mark.parametrize(("days", "why"), [("-3", "at least 1 day, not -3"), ("0", "at least 1 day, not 0"),
+                                          ("three", "a whole number of days, not 'three'")])
+def test_usage_refuses_days_below_one(days: str, why: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as refused:
+        penny("usage", "--days", days)
+    assert refused.value.code == 2
+    assert f"penny usage: error: argument --days: {why}" in capsys.readouterr().err
+
+
 def test_usage_on_an_empty_ledger_is_zero() -> None:
     code, out = penny("usage", "--user", "nobody")
     assert code == 0
