@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
 from bot.answer_types import Question
+from bot.slack.startup import SlackInstallation, SlackUnreachable
 from bot.wording import counted
 from proxy_core.errors import ConfigurationError, StoreError
 from proxy_core.gateway import Gateway
@@ -59,6 +60,9 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         return 2
     except StoreError as exc:
         print(f"penny: store error: {exc}", file=sys.stderr)
+        return 1
+    except SlackUnreachable as exc:
+        print(f"penny: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -171,12 +175,22 @@ def _cmd_check(args: argparse.Namespace, settings: PennySettings, out: TextIO, _
         print(f"ledger      nothing waiting (spool: {spool})", file=out)
     print(f"chat model  {settings.chat_model} (priced)", file=out)
     print(f"embeddings  {settings.embedding_model} (priced)", file=out)
+    for line in _slack_check(settings):
+        print(f"slack       {line}", file=out)
     if settings.openai_api_key is None:
         print("OPENAI_API_KEY is not set: Penny cannot call the LLM. Get a key at "
               "https://platform.openai.com/api-keys and put it in .env.", file=out)
         return 2
     print("OPENAI_API_KEY is set", file=out)
     return 0
+
+
+def _slack_check(settings: PennySettings) -> list[str]:
+    """The Slack tokens checked against Slack when they are set (bot.slack.startup.check_report)."""
+    from bot.slack.runner import slack_settings
+    from bot.slack.startup import check_report
+
+    return check_report(slack_settings(settings))
 
 
 def _cmd_ledger_replay(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
@@ -323,6 +337,7 @@ def _cmd_ask(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in
 
 
 def _cmd_run(args: argparse.Namespace, settings: PennySettings, out: TextIO, stdin: TextIO) -> int:
+    installation = _check_slack_first(settings)  # a bad token fails before the docs are indexed
     with _Session(settings) as session:
         if session.gateway is not None and settings.metrics_port:
             try:
@@ -334,7 +349,7 @@ def _cmd_run(args: argparse.Namespace, settings: PennySettings, out: TextIO, std
             print(f"metrics on http://127.0.0.1:{settings.metrics_port}/metrics", file=out)
         missing = _missing_slack_settings(settings, http=args.http)
         if not missing:
-            return _run_slack(session, settings, args, out)
+            return _run_slack(session, settings, args, out, installation)
         print("Slack is not configured, so Penny starts a terminal chat instead. To run it in Slack, set:",
               file=out)
         for line in missing:
@@ -568,11 +583,23 @@ def _missing_slack_settings(settings: PennySettings, *, http: bool) -> list[str]
     return missing
 
 
-def _run_slack(session: _Session, settings: PennySettings, args: argparse.Namespace, out: TextIO) -> int:
+def _check_slack_first(settings: PennySettings) -> SlackInstallation | None:
+    """When Slack is set up for Socket Mode: the bot token checked against Slack (auth.test, its
+    scopes), before anything slow starts; a failure raises the one message naming the setting."""
+    from bot.slack.runner import slack_settings
+    from bot.slack.startup import check_slack
+
+    if _missing_slack_settings(settings, http=False):
+        return None
+    return check_slack(slack_settings(settings))
+
+
+def _run_slack(session: _Session, settings: PennySettings, args: argparse.Namespace, out: TextIO,
+               installation: SlackInstallation | None = None) -> int:
     from bot.slack.runner import run_slack
 
     return run_slack(session.service, session.store, session.gateway, settings, http=args.http, port=args.port,
-                     out=out, alerts=session.alerts)
+                     out=out, alerts=session.alerts, installation=installation)
 
 
 def store_kind(url: str) -> str:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import re
 import threading
 import time
@@ -64,6 +65,7 @@ from bot.slack.cost_blocks import (
     team_refusal_blocks,
 )
 from bot.slack.cost_blocks import home_view as cost_home_view
+from bot.slack.middleware import InstalledWorkspaceOnly
 from bot.slack.render import (
     ACTION_FEEDBACK_DOWN,
     ACTION_FEEDBACK_UP,
@@ -78,6 +80,7 @@ from bot.slack.render import (
     message_text,
     refusal_blocks,
 )
+from bot.slack.startup import SlackInstallation
 from bot.slack.stream import SlackAnswerStream, StreamPacing
 from bot.slack.working import Working, WorkingIndicator
 from proxy_core.clock import Clock
@@ -99,7 +102,6 @@ __all__ = [
     "build_app",
     "make_client",
     "run_http",
-    "run_socket_mode",
     "socket_mode_handler",
 ]
 
@@ -205,6 +207,7 @@ def build_app(
     clock: Clock = time.monotonic,
     stream_pacing: StreamPacing | None = None,
     working: WorkingIndicator | None = None,
+    installation: SlackInstallation | None = None,
 ) -> App:
     """Penny's Bolt app. ``client`` defaults to :func:`make_client`; ``on_feedback`` gets 👍/👎 clicks.
 
@@ -214,8 +217,11 @@ def build_app(
     admins in ``settings``); ``wall`` is the clock that picks today and this month. ``clock``
     (monotonic) and ``stream_pacing`` set how often a streamed answer is appended to. ``working``
     puts the 👀 on slow questions (default: after half a second, on threads of its own).
+    ``installation`` is the workspace and app the bot token belongs to (from the start-up check;
+    looked up on the first request without it): requests from any other are dropped unanswered.
     """
     web_client = client if client is not None else make_client(settings)
+    _quiet_client_and_token_notice()
     # The bot's own IDs come from auth.test on the first request (Bolt caches it), not at start-up.
     app = App(
         client=web_client,
@@ -223,6 +229,7 @@ def build_app(
         token_verification_enabled=False,
         listener_executor=listener_executor,
     )
+    app.use(InstalledWorkspaceOnly(installation))  # before any listener: no store write, no LLM call
     costs = cost_settings if cost_settings is not None else PennySettings.model_construct()
     admins = _Admins(frozenset(settings.admin_user_ids) | frozenset(costs.admin_user_ids))
     penny = _Penny(answerer=answerer, store=store, on_feedback=on_feedback, costs=costs, admins=admins, wall=wall,
@@ -240,16 +247,25 @@ def build_app(
     return app
 
 
-def socket_mode_handler(app: App, app_token: str) -> Any:
-    """The Socket Mode handler for ``app`` (not connected yet)."""
+class _ClientAndTokenNotice(logging.Filter):
+    """Bolt warns that the token is unused when a client is given while SLACK_BOT_TOKEN is in the
+    environment: Penny gives its own client (with retry handlers) on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`token` will be unused" not in record.getMessage()
+
+
+def _quiet_client_and_token_notice() -> None:
+    bolt = logging.getLogger("slack_bolt.App")
+    if not any(isinstance(f, _ClientAndTokenNotice) for f in bolt.filters):
+        bolt.addFilter(_ClientAndTokenNotice())
+
+
+def socket_mode_handler(app: App, app_token: str, *, logger: logging.Logger | None = None) -> Any:
+    """The Socket Mode handler for ``app`` (not connected yet); ``logger`` is its client's."""
     from slack_bolt.adapter.socket_mode import SocketModeHandler
 
-    return SocketModeHandler(app, app_token, web_client=app.client)
-
-
-def run_socket_mode(app: App, app_token: str) -> None:
-    """Serve ``app`` over Socket Mode (blocks)."""
-    socket_mode_handler(app, app_token).start()
+    return SocketModeHandler(app, app_token, web_client=app.client, logger=logger)
 
 
 def run_http(app: App, port: int) -> None:

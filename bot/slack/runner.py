@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, TextIO
 
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
     from slack_sdk import WebClient
 
     from bot.slack.app import SlackSettings
+    from bot.slack.startup import SlackInstallation
     from bot.slack.working import WorkingIndicator
     from proxy_core.alerts import BudgetAlert
     from proxy_core.gateway import Gateway
@@ -49,11 +51,13 @@ def penny_app(
     listener_executor: Executor | None = None,
     settings: PennySettings | None = None,
     working: WorkingIndicator | None = None,
+    installation: SlackInstallation | None = None,
 ) -> App:
     """The Bolt app wired to the gateway: a 👎 evicts the cached answer it was given on, at once,
     for every replica. Listeners run on a wide pool: each waits on an LLM call, not on a CPU.
     ``settings`` gives ``/cost`` and the App Home the budgets, rate limits and admins; ``working``
-    puts the 👀 on slow questions (:class:`~bot.slack.working.WorkingIndicator`'s defaults)."""
+    puts the 👀 on slow questions (:class:`~bot.slack.working.WorkingIndicator`'s defaults);
+    ``installation`` is what the start-up check found (requests from elsewhere are dropped)."""
     from bot.slack.app import build_app
 
     def on_feedback(user_id: str, entry_id: str, up: bool) -> None:
@@ -68,6 +72,7 @@ def penny_app(
         on_feedback=on_feedback,
         cost_settings=settings,
         working=working,
+        installation=installation,
         listener_executor=listener_executor or ThreadPoolExecutor(max_workers=LISTENER_THREADS,
                                                                   thread_name_prefix="penny-slack"),
     )
@@ -116,20 +121,34 @@ class AlertRelay:
 
 def run_slack(
     answerer: Answerer, store: Store, gateway: Gateway | None, settings: PennySettings, *, http: bool, port: int,
-    out: TextIO, alerts: AlertRelay | None = None,
+    out: TextIO, alerts: AlertRelay | None = None, installation: SlackInstallation | None = None,
+    until: threading.Event | None = None,
 ) -> int:
-    """Serve Slack until interrupted. Tokens are never printed."""
-    from bot.slack.app import run_http, run_socket_mode
+    """Serve Slack until interrupted (or until ``until`` is set). Slack is checked first: the bot
+    token with ``auth.test`` and its scopes (unless ``installation`` says the caller did), and in
+    Socket Mode the connection is opened; only then does Penny say it is connected. A failure raises
+    :class:`~proxy_core.errors.ConfigurationError` or :class:`~bot.slack.startup.SlackUnreachable`
+    (see :mod:`bot.slack.startup`). Tokens are never printed."""
+    from bot.slack.app import run_http
+    from bot.slack.startup import check_slack, connect_socket_mode
 
     config = slack_settings(settings)
-    app = penny_app(answerer, store, gateway, config, settings=settings)
+    if installation is None:
+        installation = check_slack(config)
+    app = penny_app(answerer, store, gateway, config, settings=settings, installation=installation)
     if alerts is not None:
         alerts.attach(app.client)
+    where = f"as @{installation.bot_name or installation.bot_user_id} in {installation.team or installation.team_id}"
     if http:
-        print(f"Penny is listening for Slack events on http://0.0.0.0:{port}/slack/events", file=out, flush=True)
+        print(f"Penny ({where}) is listening for Slack events on http://0.0.0.0:{port}/slack/events",
+              file=out, flush=True)
         run_http(app, port)
-    else:
-        print("Penny is connected to Slack (Socket Mode). Ctrl-C stops it.", file=out, flush=True)
-        run_socket_mode(app, config.app_token or "")
+        return 0
+    handler = connect_socket_mode(app, config)
+    try:
+        print(f"Penny is connected to Slack {where} (Socket Mode). Ctrl-C stops it.", file=out, flush=True)
+        (until or threading.Event()).wait()
+    finally:
+        handler.close()
     return 0
 

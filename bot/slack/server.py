@@ -496,6 +496,10 @@ def serve(settings: PennySettings, options: HTTPOptions, open_backend: Callable[
     """Run the arbiter until it stops; its exit status (0 after SIGTERM or SIGINT). Workers call
     ``open_backend`` after the fork; ``metrics_port`` also serves the summed metrics from the
     arbiter on 127.0.0.1."""
+    from bot.slack.runner import slack_settings
+    from bot.slack.startup import check_slack
+
+    check_slack(slack_settings(settings))  # auth.test and the token's scopes, before a port is bound
     arbiter_pid = os.getpid()
     metrics_dir, render = _multiprocess_metrics()
 
