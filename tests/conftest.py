@@ -200,3 +200,20 @@ def open_twin(request: pytest.FixtureRequest, store: Store, clock: ManualClock) 
     yield open_
     for twin in opened:
         twin.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """One line per reason tests were skipped, with how many: without Redis that is one line, not one
+    per test (pyproject's ``-r`` flags report failures and errors in full, skips through this hook)."""
+    from collections import Counter
+
+    reportchars = str(config.getoption("reportchars", default="") or "")
+    if any(c in reportchars for c in "sSaA"):
+        return  # asked for pytest's own line per skipped test
+    reasons: Counter[str] = Counter()
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+        reasons[reason.removeprefix("Skipped: ")] += 1
+    for reason, count in reasons.most_common():
+        terminalreporter.write_line(f"SKIPPED [{count}] {reason}")
