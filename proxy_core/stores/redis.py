@@ -367,11 +367,14 @@ class RedisStore(Store):
         pipe.execute_command("WAIT", replicas, timeout_ms)  # type: ignore[no-untyped-call]
         replies: list[Any] = pipe.execute(raise_on_error=False)
         waited = replies.pop()
+        if asking:
+            replies = replies[1::2]
+        for reply in replies:
+            if isinstance(reply, (MovedError, AskError, TryAgainError)):
+                raise reply  # not run here (and a replica refuses the WAIT too): the caller follows it
         if isinstance(waited, Exception):
             raise waited
         acked = int(waited)
-        if asking:
-            replies = replies[1::2]
         forgotten = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if forgotten:
             # This server never saw the scripts (a promoted replica, a SCRIPT FLUSH): they did not
