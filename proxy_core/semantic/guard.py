@@ -2,30 +2,46 @@
 
 Sentence embeddings score "How do I enable 2FA?" and "How do I disable 2FA?" as near-identical,
 so a similarity threshold alone serves wrong answers. The guard compares the two questions word
-by word and rejects when they differ in something that changes the answer:
+by word. :meth:`NearMissGuard.compare` returns a *veto* when they differ in something that
+changes the answer, whatever the similarity:
 
-1. negation (not, n't, never, no, without, non-, …);
+1. negation (not, n't, never, no, without, non-, …), except where it negates nothing ("… or
+   not?", "why or why not?");
 2. numbers, amounts, dates, versions, periods and codes (digits, number words, "first quarter" =
    Q1, v2, weekdays, months, "last week", "monthly", 2FA, "Plan B"), compared as normalised values;
-3. the kind of question: why / when / where / who, and advice ("should I …?") vs fact;
-4. an antonym: a compact list of opposites plus morphology (un-/dis-/in-/de-/non- prefixes,
-   in/ex, en/dis, in/de, up/down swaps, -ful/-less), so lock/unlock and include/exclude need no
-   entry; and swapped roles ("km to miles" vs "miles to km");
-5. a named entity or code (capitalised mid-sentence, ALLCAPS, CamelCase) with no counterpart:
+3. a relation next to an amount or a time: at least / at most / over / under / before / until /
+   by / since / within … ("before Friday" vs "until Friday"); synonyms share a class ("no more
+   than 3" = "at most 3" = "up to 3");
+4. a quantifier class swapped: all / some / most ("all employees" vs "some employees");
+5. the asker's scope: the asker's own (my), a team's or the company's ("my budget" vs "our team's
+   budget");
+6. an opposite: a compact list of pairs plus morphology (un-/dis-/in-/de-/non- prefixes, in/ex,
+   en/dis, up/down swaps, -ful/-less), and opposition scales as classes — each scale has two sides
+   (mandatory / required / compulsory vs optional / voluntary / elective; public vs private; paid
+   vs unpaid; …) and any word of one side is the opposite of any word of the other; a word not
+   listed takes the side of a listed word its WordLlama vector is near (``scale_similarity``);
+   and swapped roles ("km to miles" vs "miles to km");
+7. a named entity or code (capitalised mid-sentence, ALLCAPS, CamelCase) with no counterpart:
    same word or stem, spelling variant, clipping (prod/production), abbreviation (DB/database) or
    acronym (PR/pull request) — never mere similarity, since Berlin and Toronto are "similar";
-6. a content word with no counterpart: as above, or a near-synonym by word-vector cosine
-   (WordLlama embeds single words; cohyponyms such as production/staging score near zero while
-   buy/purchase score high).
+8. in a minimal pair, a content word swapped for another ("production logs" / "staging logs"),
+   or a condition only one question adds ("… as a contractor?", "… on the kiosk?").
 
-Rule 6 is for minimal pairs — two questions that share most of their words, where the one word
-that differs is the point ("production logs" / "staging logs"). When the questions share less
-than half their words (Dice overlap of the token sets below ``rewording_overlap``) the new one is
-a rewording, and a word without a literal counterpart is expected; rules 1–5 still apply.
+Everything else is *evidence* for the calibrated decision (:mod:`proxy_core.semantic.calibrated`):
+another kind of question (why / when / where / who), advice vs fact, content words without a
+counterpart, how well each word is covered (its word-vector similarity to the nearest word of the
+other question), the overlap of the two questions' words. :meth:`NearMissGuard.check` is the
+strict form used with a fixed threshold: any veto, and any of that evidence in a minimal pair,
+rejects.
+
+Word vectors come from the bundled WordLlama model (it embeds single words): cohyponyms such as
+production/staging score near zero while buy/purchase score high. A pair sharing less than half
+its words (Dice overlap below ``rewording_overlap``) is a rewording, not a minimal pair, and a word
+without a literal counterpart is expected there.
 
 Question scaffolding ("how do I", "what is the best way to", "can you") and function words never
 count. :meth:`NearMissGuard.analyse` does the per-question work once (cache it with the entry);
-:meth:`NearMissGuard.check_analysed` compares two analyses in tens of microseconds.
+:meth:`NearMissGuard.compare` compares two analyses in tens of microseconds.
 """
 
 from __future__ import annotations
@@ -41,7 +57,9 @@ from functools import lru_cache
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["Analysis", "GuardSettings", "NearMissGuard", "Verdict", "Word", "WordVectors", "antonymous", "stem"]
+__all__ = [
+    "Analysis", "Comparison", "GuardSettings", "NearMissGuard", "Verdict", "Word", "WordVectors", "antonymous", "stem",
+]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +70,12 @@ class GuardSettings:
     numbers: bool = True  # numbers, amounts, dates, versions, periods and codes (2FA, Q3, v2)
     question_type: bool = True  # why / when / where / who must agree
     modality: bool = True  # advice (should, ought to) vs ability or fact (can, do, will)
-    antonyms: bool = True
+    antonyms: bool = True  # opposites: the list, morphology and the opposition scales
     roles: bool = True  # "miles to km" vs "km to miles"
+    relations: bool = True  # "at least 3" vs "at most 3", "before Friday" vs "until Friday"
+    quantifiers: bool = True  # "all employees" vs "some employees"
+    scope: bool = True  # whose thing is asked about: "my budget" vs "the team budget" vs "the company's"
+    conditions: bool = True  # one question adds a condition the other lacks: "… as a contractor?"
     entities: bool = True
     unmatched_words: bool = True
     # Cosine between two words' vectors from which a leftover word counts as the other's
@@ -65,6 +87,12 @@ class GuardSettings:
     # and words without a literal counterpart are expected: only the other checks apply. None:
     # every content word always needs a counterpart.
     rewording_overlap: float | None = 0.5
+    # In a minimal pair, a content word swapped for another ("production logs" / "staging logs") is
+    # a veto; False leaves it to the calibrated decision as evidence.
+    substitution_veto: bool = True
+    # Word-vector cosine from which a word not on an opposition scale takes the side of the scale
+    # word it is near (obligatory ~ mandatory); None: only the listed words are on the scales.
+    scale_similarity: float | None = 0.55
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +107,22 @@ class Verdict:
 
 
 @dataclass(frozen=True, slots=True)
+class Comparison:
+    """How two questions differ (:meth:`NearMissGuard.compare`): a veto, or evidence to weigh."""
+
+    veto: str | None  # a difference that changes the answer, whatever the similarity
+    question_type: str | None  # why / when / where / who differ
+    modality: str | None  # advice vs fact
+    unmatched_cached: tuple[str, ...]  # content words of the cached question with no counterpart
+    unmatched_new: tuple[str, ...]  # … and of the new one
+    overlap: float  # Dice overlap of the two token sets
+    reworded: bool  # overlap below ``rewording_overlap``: a rewording, not a minimal pair
+    coverage: float  # mean best match of every content word in the other question (1 = all found)
+    words: int  # content words of both questions
+    content_similarity: float  # cosine of the two questions' mean content-word vectors (0 if none)
+
+
+@dataclass(frozen=True, slots=True)
 class Word:
     """A content word or entity of a question."""
 
@@ -86,6 +130,7 @@ class Word:
     lower: str
     stem: str
     entity: bool
+    position: int = -1  # index of its token in ``Analysis.tokens``
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -103,6 +148,12 @@ class Analysis:
     stems: frozenset[str]  # stems of every token
     initials: str  # first letters of the content words, to find acronyms quickly
     vectors: NDArray[np.float32] | None = field(default=None, repr=False)  # one unit row per word
+    relations: dict[str, str] = field(default_factory=dict)  # "ge" ("at least") ... -> as written
+    quantifiers: dict[str, str] = field(default_factory=dict)  # "all" / "some" / "most" -> as written
+    scope: tuple[str, str] | None = None  # ("self" | "team" | "org", as written), if the question says
+    poles: dict[str, str] = field(default_factory=dict)  # word -> its side of an opposition scale
+    centroid: NDArray[np.float32] | None = field(default=None, repr=False)  # unit mean of the word vectors
+    tokens: tuple[str, ...] = ()  # every token lower-cased, in order
 
 
 # -- word lists (closed classes only; open-class behaviour comes from rules and vectors) ---------
@@ -184,6 +235,86 @@ _WH = frozenset({"how", "what", "which", "why", "when", "where", "who", "whom", 
 _ADVICE = frozenset({"should", "ought", "shall", "shouldn't"})
 # Prepositions whose object plays a role that must not move: "convert km to miles".
 _DIRECTIONAL = frozenset({"to", "from", "into", "against", "than", "toward", "towards", "onto"})
+
+# Prepositions whose object, added to one question only, narrows what it asks.
+_CONDITION_PREPOSITIONS = _words("for as on in at with from during after before under over via inside outside except")
+
+# Relations around a number, a date or a time: "at least 3", "before Friday", "3 or more". Words of
+# one line mean the same; any two lines differ ("before" excludes the day "until" includes, "since"
+# starts where "by" ends). Only counted next to an amount or a time, so "hand over" is no relation.
+_RELATION_LINES = {
+    "ge": "at least|no less than|no fewer than|not less than|not fewer than|minimum|minimum of|min|at minimum"
+          "|or more|and up|and above|or above|or over",
+    "le": "at most|no more than|not more than|no longer than|maximum|maximum of|max|at maximum|up to"
+          "|or less|or fewer|or under|or below|and under|and below",
+    "gt": "over|above|more than|greater than|longer than|older than|exceeding|beyond|upwards of",
+    "lt": "under|below|less than|fewer than|shorter than|younger than|lower than",
+    "before": "before|prior to|earlier than|ahead of",
+    "after": "after|later than|or later",
+    "until": "until|till|til|up until|up till|through|thru",
+    "by": "by|no later than|not later than",
+    "since": "since|as of|from|starting|starting from",
+    "within": "within|in under|in less than",
+    "between": "between",
+    "exactly": "exactly|precisely|exact",
+}  # fmt: skip
+_RELATIONS: dict[tuple[str, ...], str] = {
+    tuple(phrase.split()): code for code, line in _RELATION_LINES.items() for phrase in line.split("|")
+}
+_RELATION_MAX = max(len(k) for k in _RELATIONS)
+# Times that anchor a relation besides numbers and dates ("before the deadline", "by noon").
+_TIME_WORDS = _words("deadline deadlines noon midnight eod eow eom cutoff end start beginning payday morning evening")
+
+# Quantifiers, by what they claim: all, some or most. "any" is left out: in a question it can mean
+# either ("can any employee" = every, "do any employees" = some).
+_QUANTIFIERS = {
+    **dict.fromkeys(_words("all every each everyone everybody everything always entire"), "all"),
+    **dict.fromkeys(_words("some several few certain sometimes someone somebody something occasionally"), "some"),
+    **dict.fromkeys(_words("most mostly majority usually generally often"), "most"),
+}
+# Whose thing the question is about. The broadest one said counts ("my team's budget" is the team's).
+_SCOPE_SELF = _words("my mine myself")
+_SCOPE_WORDS = {
+    **dict.fromkeys(_words("team teams team's squad department departments dept teammates"), "team"),
+    **dict.fromkeys(_words("company company's companies companywide organization organisation org orgs orgwide "
+                           "organizationwide everyone everybody"), "org"),
+}
+_SCOPE_RANK = {"self": 0, "team": 1, "org": 2}
+
+# Opposition scales: each has two sides, and a word on one side is the opposite of a word on the
+# other whatever their morphology (mandatory / voluntary, public / private). Word vectors put an
+# unlisted word on the side of a listed word it is near (``GuardSettings.scale_similarity``).
+_SCALES = (
+    ("obligation", "mandatory required compulsory obligatory", "optional voluntary elective discretionary"),
+    ("visibility", "public publicly", "private privately confidential secret"),
+    ("permission", "allowed permitted authorized legal acceptable", "forbidden prohibited banned disallowed illegal"),
+    ("payment", "paid", "unpaid free"),
+    ("tenure", "permanent", "temporary interim"),
+    ("hours", "fulltime", "parttime"),
+    ("seniority", "senior", "junior"),
+    ("place", "remote", "onsite inperson inoffice"),
+    ("extreme", "maximum max highest upper ceiling", "minimum min lowest lower floor"),
+    ("size", "largest biggest big large", "smallest small tiny"),
+    ("age", "newest latest new", "oldest earliest old existing former"),
+    ("speed", "fast faster fastest quick", "slow slower slowest"),
+    ("price", "cheap cheaper cheapest inexpensive", "expensive costly priciest"),
+    ("outcome", "success successful pass passed succeed", "failure failed fail unsuccessful"),
+    ("verdict", "approve approved accept accepted grant granted",
+     "reject rejected deny denied decline declined revoke"),
+    ("truth", "true correct valid", "false wrong incorrect invalid"),
+    ("direction", "increase raise grow expand extend upgrade", "decrease reduce shrink cut downgrade"),
+    ("phase", "start begin launch open onboard join", "stop end finish close offboard quit"),
+    ("reach", "domestic local", "international foreign abroad"),
+    ("gross", "gross", "net"),
+    ("rank", "primary main", "secondary backup"),
+    ("ownership", "personal", "business corporate"),
+    ("frequency", "frequent frequently", "rare rarely seldom infrequent"),
+)  # fmt: skip
+_POLES: dict[str, str] = {}
+for _name, _plus, _minus in _SCALES:
+    for _sign, _side in (("+", _plus), ("-", _minus)):
+        for _w in _side.split():
+            _POLES[_w] = _name + _sign
 
 # Opposites that morphology cannot see. Symmetric; compared on stems.
 _ANTONYM_PAIRS = [
@@ -275,6 +406,15 @@ for _x, _y in _ANTONYM_PAIRS:
     for _f, _g in ((_x, _y), (_y, _x)):
         _ANTONYMS.setdefault(_f, set()).update((_g, stem(_g)))
         _ANTONYMS.setdefault(stem(_f), set()).update((_g, stem(_g)))
+for _w, _side_of_w in list(_POLES.items()):
+    _POLES.setdefault(stem(_w), _side_of_w)
+# Scale words whose vectors stand for the word (not for a glued compound like "inperson").
+_SCALE_WORDS = [w for _, plus, minus in _SCALES for w in (*plus.split(), *minus.split())
+                if w not in _words("fulltime parttime onsite inperson inoffice")]  # fmt: skip
+_SIDE_COLUMNS = {
+    pole: np.array([j for j, w in enumerate(_SCALE_WORDS) if _POLES[w] == pole]) for pole in set(_POLES.values())
+}
+_SIDE_MARGIN = 0.15  # how much nearer one side a word must be than the other to take it
 
 
 @lru_cache(maxsize=65_536)
@@ -428,6 +568,7 @@ class NearMissGuard:
         self._memo: OrderedDict[str, Analysis] = OrderedDict()
         self._memo_max = max_memo
         self._lock = threading.Lock()
+        self._scale_vectors: NDArray[np.float32] | None = None  # rows of _SCALE_WORDS, on first use
 
     # -- public API --------------------------------------------------------------------------------
 
@@ -450,93 +591,129 @@ class NearMissGuard:
         return analysis
 
     def check_analysed(self, cached: Analysis, new: Analysis) -> Verdict:
-        """:meth:`check` on two analyses (the cached one can be stored with its entry)."""
+        """:meth:`check` on two analyses (the cached one can be stored with its entry).
+
+        Every veto of :meth:`compare` rejects, and so do its soft differences: another kind of
+        question, another modality, and in a minimal pair a content word without a counterpart.
+        """
+        c = self.compare(cached, new)
+        if c.veto is not None:
+            return Verdict(False, c.veto)
+        if c.question_type is not None:
+            return Verdict(False, c.question_type)
+        if c.modality is not None:
+            return Verdict(False, c.modality)
+        if not c.reworded and (c.unmatched_cached or c.unmatched_new) and self.settings.unmatched_words:
+            if c.unmatched_cached and c.unmatched_new:
+                return Verdict(False, f"word differs: {c.unmatched_cached[0]} vs {c.unmatched_new[0]}")
+            return Verdict(False, f"unmatched word: {(c.unmatched_cached or c.unmatched_new)[0]}")
+        return Verdict(True, "reworded; no near-miss found" if c.reworded else "no near-miss found")
+
+    def compare(self, cached: Analysis, new: Analysis) -> Comparison:
+        """Everything the hit decision needs to know about how two questions differ.
+
+        ``veto`` is the first difference that changes the answer whatever the similarity:
+        negation, an amount or time, a relation around one, a quantifier, the asker's scope, an
+        opposite, swapped roles, an entity, or (in a minimal pair) a content word swapped for
+        another. The rest is evidence the calibrated decision weighs.
+        """
         s = self.settings
-        if s.negation and cached.negated != new.negated:
-            return Verdict(False, "negation differs")
-        if s.numbers and cached.quantities.keys() != new.quantities.keys():
-            return Verdict(False, _quantity_reason(cached.quantities, new.quantities))
+        veto = self._veto(cached, new)
+        question_type = None
         if s.question_type and cached.asks != new.asks:
             asked_c = "/".join(sorted(cached.asks - new.asks)) or "(any)"
             asked_n = "/".join(sorted(new.asks - cached.asks)) or "(any)"
-            return Verdict(False, f"question type differs: {asked_c} vs {asked_n}")
+            question_type = f"question type differs: {asked_c} vs {asked_n}"
+        modality = None
         if s.modality and cached.advice != new.advice:
             mood_c, mood_n = ("should", "can/do") if cached.advice else ("can/do", "should")
-            return Verdict(False, f"modality differs: {mood_c} vs {mood_n}")
-        if s.antonyms:
-            pair = _antonym_pair(cached.lowers - new.lowers, new.lowers - cached.lowers)
-            if pair:
-                return Verdict(False, f"antonym: {pair[0]}/{pair[1]}")
-        if s.roles:
-            swap = _role_swap(cached, new)
-            if swap:
-                return Verdict(False, f"roles differ: {swap}")
-        if not (s.entities or s.unmatched_words):
-            return Verdict(True, "no near-miss found")
-        left, right = self._align(cached, new)
-        if s.entities:
+            modality = f"modality differs: {mood_c} vs {mood_n}"
+        overlap = _overlap(cached, new)
+        reworded = s.rewording_overlap is not None and overlap < s.rewording_overlap
+        left, right, coverage = self._align(cached, new)
+        if veto is None and s.entities:
             ents_l = [cached.words[i].surface for i in left if cached.words[i].entity]
             ents_r = [new.words[i].surface for i in right if new.words[i].entity]
             if ents_l or ents_r:
                 a = (ents_l or [cached.words[i].surface for i in left] or ["(none)"])[0]
                 b = (ents_r or [new.words[i].surface for i in right] or ["(none)"])[0]
-                return Verdict(False, f"entity differs: {a} vs {b}")
-        if s.rewording_overlap is not None and _overlap(cached, new) < s.rewording_overlap:
-            return Verdict(True, "reworded; no near-miss found")
-        if s.unmatched_words and (left or right):
-            if left and right:
-                return Verdict(False, f"word differs: {cached.words[left[0]].lower} vs {new.words[right[0]].lower}")
-            word = cached.words[left[0]] if left else new.words[right[0]]
-            return Verdict(False, f"unmatched word: {word.lower}")
-        return Verdict(True, "no near-miss found")
+                veto = f"entity differs: {a} vs {b}"
+        if veto is None and s.substitution_veto and s.unmatched_words and not reworded and left and right:
+            veto = f"word differs: {cached.words[left[0]].lower} vs {new.words[right[0]].lower}"
+        if veto is None and s.conditions and not reworded and bool(left) != bool(right):
+            added = _added_condition(cached, left) if left else _added_condition(new, right)
+            if added is not None:
+                veto = f"condition added: {added}"
+        return Comparison(
+            veto=veto,
+            question_type=question_type,
+            modality=modality,
+            unmatched_cached=tuple(cached.words[i].lower for i in left),
+            unmatched_new=tuple(new.words[i].lower for i in right),
+            overlap=overlap,
+            reworded=reworded,
+            coverage=coverage,
+            words=len(cached.words) + len(new.words),
+            content_similarity=0.0 if cached.centroid is None or new.centroid is None
+            else float(cached.centroid @ new.centroid),
+        )
+
+    def _veto(self, cached: Analysis, new: Analysis) -> str | None:
+        """The first difference of a kind that changes the answer, before any word alignment."""
+        s = self.settings
+        if s.negation and cached.negated != new.negated:
+            return "negation differs"
+        if s.numbers and cached.quantities.keys() != new.quantities.keys():
+            return _quantity_reason(cached.quantities, new.quantities)
+        if s.relations and cached.relations.keys() != new.relations.keys():
+            return "relation differs: " + _sides(cached.relations, new.relations)
+        if s.quantifiers:
+            only_c = cached.quantifiers.keys() - new.quantifiers.keys()
+            only_n = new.quantifiers.keys() - cached.quantifiers.keys()
+            if only_c and only_n:
+                return "quantifier differs: " + _sides(cached.quantifiers, new.quantifiers)
+        if s.scope and cached.scope is not None and new.scope is not None and cached.scope[0] != new.scope[0]:
+            return f"scope differs: {cached.scope[1]} vs {new.scope[1]}"
+        if s.antonyms:
+            pair = _antonym_pair(cached.lowers - new.lowers, new.lowers - cached.lowers) or _opposite_sides(
+                cached, new
+            )
+            if pair:
+                return f"antonym: {pair[0]}/{pair[1]}"
+        if s.roles:
+            swap = _role_swap(cached, new)
+            if swap:
+                return f"roles differ: {swap}"
+        return None
 
     # -- matching ----------------------------------------------------------------------------------
 
-    def _align(self, a: Analysis, b: Analysis) -> tuple[list[int], list[int]]:
-        """Indexes of the words of ``a`` and of ``b`` that have no counterpart in the other.
+    def _align(self, a: Analysis, b: Analysis) -> tuple[list[int], list[int], float]:
+        """Indexes of the words of ``a`` and of ``b`` that have no counterpart in the other, and
+        how well the words are covered (the mean over both sides of each word's best match: 1 for
+        a word form, else the word-vector cosine of its nearest word in the other question).
 
-        Word forms first (same word or stem, abbreviation, acronym); then word vectors, only
-        between the words still left on both sides, so a word already accounted for cannot
-        absorb another ("x-files season" vs "season").
+        Word forms first (same word or stem, abbreviation, acronym); then word vectors: a word
+        still left is matched by a similar word anywhere in the other question (by default) or
+        only among the words left there, so a word already accounted for cannot absorb another
+        ("x-files season" vs "season"). Two different names are never the same thing, however
+        similar (Berlin ~ Toronto); nor are opposites (enable ~ disable).
         """
         left = _lexical_leftovers(a, b)
         right = _lexical_leftovers(b, a)
+        total = len(a.words) + len(b.words)
         threshold = self.settings.word_similarity
         if not (left or right) or threshold is None or a.vectors is None or b.vectors is None:
-            return left, right
+            return left, right, (total - len(left) - len(right)) / total if total else 1.0
+        sims = a.vectors @ b.vectors.T
         if self.settings.similar_to_any:
-            return self._similar_leftovers(a, b, left), self._similar_leftovers(b, a, right)
-        if not (left and right):
-            return left, right
-        sims = a.vectors[left] @ b.vectors[right].T
-        matched_l: set[int] = set()
-        matched_r: set[int] = set()
-        for x, y in zip(*np.nonzero(sims >= threshold), strict=True):
-            wa, wb = a.words[left[x]], b.words[right[y]]
-            if (wa.entity and wb.entity) or antonymous(wa.lower, wb.lower):
-                continue  # Berlin ~ Toronto and enable ~ disable are similar, not the same
-            matched_l.add(int(x))
-            matched_r.add(int(y))
-        return (
-            [i for k, i in enumerate(left) if k not in matched_l],
-            [j for k, j in enumerate(right) if k not in matched_r],
-        )
-
-    def _similar_leftovers(self, a: Analysis, b: Analysis, left: list[int]) -> list[int]:
-        """``left`` words of ``a`` with no similar word anywhere in ``b`` (two different names
-        are never the same thing, however similar; nor are opposites)."""
-        threshold = self.settings.word_similarity
-        if not left or not b.words or threshold is None or a.vectors is None or b.vectors is None:
-            return left
-        hits = (a.vectors[left] @ b.vectors.T) >= threshold
-        b_entities = np.fromiter((w.entity for w in b.words), dtype=bool, count=len(b.words))
-        out: list[int] = []
-        for k, i in enumerate(left):
-            row = hits[k] & ~b_entities if a.words[i].entity else hits[k]
-            cols = np.flatnonzero(row)
-            if not any(not antonymous(a.words[i].lower, b.words[j].lower) for j in cols):
-                out.append(i)
-        return out
+            new_left, best_l = _similar(a, b, left, sims, range(len(b.words)), threshold)
+            new_right, best_r = _similar(b, a, right, sims.T, range(len(a.words)), threshold)
+        else:
+            new_left, best_l = _similar(a, b, left, sims, right, threshold)
+            new_right, best_r = _similar(b, a, right, sims.T, left, threshold)
+        coverage = (total - len(left) - len(right) + best_l + best_r) / total
+        return new_left, new_right, coverage
 
     # -- analysis ----------------------------------------------------------------------------------
 
@@ -544,8 +721,13 @@ class NearMissGuard:
         tokens, starts, joined = _tokenise(question)
         lowers = [t.lower() for t in tokens]
         shouting = sum(t.isupper() for t in tokens) > 0.6 * max(1, len(tokens))
-        consumed = {i for i, low in enumerate(lowers) if low in _NEGATIONS}
+        consumed: set[int] = set()
         quantities = _quantities(tokens, lowers, starts, consumed)
+        anchors = consumed | {i for i, low in enumerate(lowers) if low in _TIME_WORDS}
+        relations, related = _relations(lowers, anchors, consumed)
+        negations = {i for i, low in enumerate(lowers) if low in _NEGATIONS}
+        negated = any(i not in related and not _neutral_negation(lowers, i) for i in negations)
+        consumed |= negations | related
         words: list[Word] = []
         for i, (tok, low) in enumerate(zip(tokens, lowers, strict=True)):
             if i in consumed or len(low) < 2 or not low[0].isalpha():
@@ -553,23 +735,83 @@ class NearMissGuard:
             caps = tok.isupper() and not shouting  # "US", "IT" are names, not pronouns
             if (low in _STOP or low in _FRAME) and not caps:
                 continue
-            words.append(Word(tok, low, stem(low), not shouting and _is_entity(tok, i in starts)))
+            words.append(Word(tok, low, stem(low), not shouting and _is_entity(tok, i in starts), i))
         vectors = None
         if self._vectors is not None and words:
             vectors = self._vectors.lookup([w.surface if w.entity else w.lower for w in words])
+        all_lowers = frozenset(lowers) | joined
+        poles = {low: pole for low in all_lowers if (pole := _pole(low)) is not None}
+        if vectors is not None:
+            self._extend_poles(words, vectors, poles)
         return Analysis(
             question=question,
-            negated=any(low in _NEGATIONS for low in lowers),
+            negated=negated,
             quantities=quantities,
             asks=frozenset(_ASKS[low] for low in lowers if low in _ASKS),
             advice=any(low in _ADVICE for low in lowers) and not any(low in _WH for low in lowers),
             roles=_roles(lowers),
             words=tuple(words),
-            lowers=frozenset(lowers) | joined,
+            lowers=all_lowers,
             stems=frozenset(stem(x) for x in lowers) | joined,
             initials="".join(w.lower[0] for w in words),
             vectors=vectors,
+            relations=relations,
+            quantifiers=_quantifiers(tokens, lowers, consumed),
+            scope=_scope(tokens, lowers),
+            poles=poles,
+            centroid=_unit_mean(vectors),
+            tokens=tuple(lowers),
         )
+
+    def _extend_poles(self, words: Sequence[Word], vectors: NDArray[np.float32], poles: dict[str, str]) -> None:
+        """Put each content word not on a scale on the side of the scale word it is nearest, when
+        that word is near enough and clearly nearer than any word of the other side."""
+        threshold = self.settings.scale_similarity
+        rows = [k for k, w in enumerate(words) if w.lower not in poles and not w.entity]
+        if threshold is None or not rows or self._vectors is None:
+            return
+        if self._scale_vectors is None:
+            self._scale_vectors = self._vectors.lookup(_SCALE_WORDS)
+        sims = vectors[rows] @ self._scale_vectors.T
+        for k, row in zip(rows, sims, strict=True):
+            j = int(row.argmax())
+            if row[j] < threshold:
+                continue
+            near = _SCALE_WORDS[j]
+            if near[:4] == words[k].lower[:4]:
+                continue  # WordLlama's vectors are built from word pieces: "passport" ~ "pass"
+            pole = _POLES[near]
+            other = float(row[_SIDE_COLUMNS[_other_side(pole)]].max())
+            if row[j] - other >= _SIDE_MARGIN:
+                poles[words[k].lower] = pole
+
+
+def _similar(
+    a: Analysis, b: Analysis, left: list[int], sims: NDArray[np.float32], among: Sequence[int], threshold: float
+) -> tuple[list[int], float]:
+    """The ``left`` words of ``a`` with no similar word (cosine >= ``threshold``) among the words
+    ``among`` of ``b``, and the sum of every ``left`` word's best admissible similarity."""
+    out: list[int] = []
+    total = 0.0
+    for i in left:
+        wa = a.words[i]
+        pole_a = a.poles.get(wa.lower)
+        best = 0.0
+        for j in among:
+            sim = float(sims[i, j])
+            if sim <= best:
+                continue
+            wb = b.words[j]
+            if (wa.entity and wb.entity) or antonymous(wa.lower, wb.lower):
+                continue
+            pole_b = b.poles.get(wb.lower)
+            if pole_a and pole_b and pole_a != pole_b and pole_a[:-1] == pole_b[:-1]:
+                continue  # the two sides of one scale
+            best = sim
+        total += best
+        if best < threshold:
+            out.append(i)
+    return out, total
 
 
 def _lexical_leftovers(a: Analysis, b: Analysis) -> list[int]:
@@ -609,12 +851,134 @@ def _antonym_pair(only_a: Iterable[str], only_b: Iterable[str]) -> tuple[str, st
 
 
 def _role_swap(a: Analysis, b: Analysis) -> str | None:
-    """A directional preposition whose object moved ("km to miles" vs "miles to km")."""
+    """A directional preposition whose object moved ("km to miles" vs "miles to km"); objects
+    both questions give it ("used to convert …") do not count."""
     for prep in sorted({p for p, _ in a.roles} & {p for p, _ in b.roles}):
         objs_a = {o for p, o in a.roles if p == prep}
         objs_b = {o for p, o in b.roles if p == prep}
-        if objs_a.isdisjoint(objs_b) and objs_a <= b.stems and objs_b <= a.stems:
-            return f"{prep} {min(objs_a)} vs {prep} {min(objs_b)}"
+        only_a, only_b = objs_a - objs_b, objs_b - objs_a
+        if only_a and only_b and only_a <= b.stems and only_b <= a.stems:
+            return f"{prep} {min(only_a)} vs {prep} {min(only_b)}"
+    return None
+
+
+def _sides(a: dict[str, str], b: dict[str, str]) -> str:
+    """ "at least vs at most": what each side says that the other does not."""
+    left = " ".join(v for k, v in sorted(a.items()) if k not in b) or "(none)"
+    right = " ".join(v for k, v in sorted(b.items()) if k not in a) or "(none)"
+    return f"{left} vs {right}"
+
+
+def _added_condition(a: Analysis, extra: Sequence[int]) -> str | None:
+    """The words of ``a`` that the other question lacks, when they follow a preposition that makes
+    them a condition on the question ("… for a contractor", "… on the kiosk", "… after discount"),
+    as written from the preposition on; None when they only rephrase ("… logs kept?")."""
+    for i in extra:
+        pos = a.words[i].position
+        for back in range(pos - 1, max(-1, pos - 4), -1):
+            tok = a.tokens[back]
+            if tok in _CONDITION_PREPOSITIONS:
+                return " ".join(a.tokens[back : pos + 1])
+            if tok not in _STOP:
+                break  # another content word between: not this preposition's object
+    return None
+
+
+def _unit_mean(vectors: NDArray[np.float32] | None) -> NDArray[np.float32] | None:
+    if vectors is None or not len(vectors):
+        return None
+    mean = vectors.mean(axis=0)
+    norm = float(np.linalg.norm(mean))
+    return None if norm == 0 else (mean / norm).astype(np.float32)
+
+
+def _pole(word: str) -> str | None:
+    """The side of an opposition scale a listed word (or its stem, or the adjective of an -ly
+    adverb: remotely, voluntarily) is on."""
+    adjective = word[:-3] + "y" if word.endswith("ily") else word[:-2] if word.endswith("ly") else ""
+    for form in (word, stem(word), adjective):
+        if form and form in _POLES:
+            return _POLES[form]
+    return None
+
+
+def _other_side(pole: str) -> str:
+    return pole[:-1] + ("-" if pole.endswith("+") else "+")
+
+
+def _neutral_negation(lowers: Sequence[str], i: int) -> bool:
+    """A negation word that negates nothing: "… or not?", "why or why not?", "not only"."""
+    prev = lowers[i - 1] if i > 0 else ""
+    if prev == "or" or (prev == "why" and i > 1 and lowers[i - 2] == "or"):
+        return True
+    return lowers[i] == "not" and i + 1 < len(lowers) and lowers[i + 1] == "only"
+
+
+def _relations(lowers: Sequence[str], anchors: set[int], skip: set[int]) -> tuple[dict[str, str], set[int]]:
+    """Relations written next to an amount or a time ("at least 3", "before Friday", "3 or
+    more"): relation -> as written, and the indexes of their words."""
+    out: dict[str, str] = {}
+    used: set[int] = set()
+    n = len(lowers)
+    i = 0
+    while i < n:
+        for size in range(min(_RELATION_MAX, n - i), 0, -1):
+            key = tuple(lowers[i : i + size])
+            code = _RELATIONS.get(key)
+            if code is None or any(j in skip for j in range(i, i + size)):
+                continue
+            end = i + size
+            if key[0] in ("or", "and"):  # after the amount: "3 or more"
+                anchored = i - 1 in anchors
+            else:
+                anchored = any(j in anchors for j in range(end, min(n, end + 3)))
+            if anchored:
+                out.setdefault(code, " ".join(key))
+                used.update(range(i, end))
+                i = end - 1
+            break
+        i += 1
+    return out, used
+
+
+def _quantifiers(tokens: Sequence[str], lowers: Sequence[str], consumed: set[int]) -> dict[str, str]:
+    """all / some / most, as written. Not "the most" (a superlative), "at all" or "how often"."""
+    out: dict[str, str] = {}
+    for i, low in enumerate(lowers):
+        code = _QUANTIFIERS.get(low)
+        if code is None or i in consumed:
+            continue
+        prev = lowers[i - 1] if i > 0 else ""
+        if (low == "most" and prev in ("the", "at")) or (low == "all" and prev == "at") or prev == "how":
+            continue
+        out.setdefault(code, tokens[i])
+    return out
+
+
+def _scope(tokens: Sequence[str], lowers: Sequence[str]) -> tuple[str, str] | None:
+    """Whose thing the question asks about, if it says: the asker's own (my), a team's or the
+    company's; the broadest wins ("my team's budget" is the team's)."""
+    found: tuple[str, str] | None = None
+    for i, low in enumerate(lowers):
+        kind = "self" if low in _SCOPE_SELF else _SCOPE_WORDS.get(low)
+        if kind is None or (found is not None and _SCOPE_RANK[kind] <= _SCOPE_RANK[found[0]]):
+            continue
+        prev = lowers[i - 1] if i > 0 else ""
+        said = f"{tokens[i - 1]} {tokens[i]}" if prev in ("my", "our", "the", "your", "whole", "entire") else tokens[i]
+        found = (kind, said)
+    return found
+
+
+def _opposite_sides(a: Analysis, b: Analysis) -> tuple[str, str] | None:
+    """A word only ``a`` says and a word only ``b`` says on the two sides of one scale."""
+    only_a = [(w, p) for w, p in sorted(a.poles.items()) if w not in b.lowers and stem(w) not in b.stems]
+    if not only_a:
+        return None
+    only_b = [(w, p) for w, p in sorted(b.poles.items()) if w not in a.lowers and stem(w) not in a.stems]
+    for x, px in only_a:
+        for y, py in only_b:
+            if px != py and px[:-1] == py[:-1]:
+                return x, y
     return None
 
 
