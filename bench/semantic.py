@@ -70,6 +70,7 @@ def bench_lookup(n: int, dims: int = 384, queries: int = 300) -> Row:
 def _rss_child(n: int, dims: int, path: str) -> None:
     """In a fresh process: load ``n`` entries from the SQLite file with the real SemanticCache and
     the bundled embedder loaded, then report peak RSS and load time."""
+    from proxy_core.semantic.decision import ThresholdPolicy
     from proxy_core.semantic.embedders import WordLlamaEmbedder
     from proxy_core.semantic.layer import SemanticCache
     from proxy_core.stores.sqlite import SqliteStore
@@ -87,7 +88,7 @@ def _rss_child(n: int, dims: int, path: str) -> None:
     WordLlamaEmbedder(256).embed(["warm up the bundled model"])
     embedder = Loader(dims)
     store = SqliteStore(path)
-    cache = SemanticCache(store, embedder, ttl_s=86400, max_entries=0, threshold=0.8, guard=None)
+    cache = SemanticCache(store, embedder, ttl_s=86400, max_entries=0, policy=ThresholdPolicy(0.8, None))
     started = time.perf_counter()
     loaded = cache.load()
     elapsed = time.perf_counter() - started
@@ -166,8 +167,7 @@ def bench_hit_path(make_store: Callable[[], Any], label: str, n: int = 2000) -> 
             t = time.perf_counter()
             vector = cache.embedder.embed([question])[0]
             found = cache.index.nearest(sid, vector, cache.top_k, time.time())
-            decision = decide(question, [Candidate(e.question, s, e) for e, s in found],
-                              threshold=cache.threshold, guard=cache.guard)
+            decision = decide(question, [Candidate(e.question, s, e) for e, s in found], policy=cache.policy)
             local.append(time.perf_counter() - t)
             assert decision.hit
         return ("gateway semantic-hit path", f"{statistics.median(times) * 1e3:.3f} ms p50",
@@ -190,8 +190,8 @@ def bench_naive(sizes: tuple[int, ...] = (1_000, 10_000), dims: int = 384) -> li
     import redis
 
     from proxy_core.cache import CacheScope
+    from proxy_core.semantic.decision import hit_policy
     from proxy_core.semantic.embedders import WordLlamaEmbedder
-    from proxy_core.semantic.guard import NearMissGuard
     from proxy_core.semantic.layer import SemanticCache
     from proxy_core.stores.redis import RedisStore
 
@@ -220,7 +220,7 @@ def bench_naive(sizes: tuple[int, ...] = (1_000, 10_000), dims: int = 384) -> li
             client.delete(*[f"{prefix}:cache:{i}" for i in range(start, min(n, start + 1000))])
 
         store = RedisStore.from_url(REDIS_URL, namespace=f"penny-bench-{uuid.uuid4().hex[:8]}")
-        cache = SemanticCache(store, embedder, ttl_s=86400, max_entries=0, threshold=0.8, guard=NearMissGuard())
+        cache = SemanticCache(store, embedder, ttl_s=86400, max_entries=0, policy=hit_policy(embedder.name))
         scope = CacheScope("m", "p", "c", "w:W1")
         texts = [f"How do I configure the {i} integration for team {i % 37}?" for i in range(n)]
         from proxy_core.cache import CachedAnswer

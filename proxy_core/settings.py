@@ -191,8 +191,15 @@ class PennySettings(BaseSettings):
         "local:wordllama", min_length=1,
         description="Embeds questions for the semantic cache: local:wordllama or openai:<model>[?dimensions=N].",
     )
+    cache_max_wrong: float = Field(
+        0.12, gt=0, lt=1,
+        description="Largest share of served rephrasing hits that may be wrong; Penny picks its operating point "
+        "from the embedder's calibration.",
+    )
     cache_threshold: float | None = Field(
-        None, gt=0, le=1, description="Cosine similarity a rephrasing needs; unset = the embedder's measured default."
+        None, gt=0, le=1,
+        description="Expert override: serve a rephrasing at this cosine (with the guard) instead of the calibrated "
+        "decision; unset = calibrated (or the embedder's measured threshold when it has no calibration).",
     )
     cache_guard: bool = Field(True, description="Reject near misses (negation, numbers, entities, antonyms...).")
     cache_max_entries: int = Field(100_000, ge=0, description="Cached answers kept; least recently used go first.")

@@ -17,6 +17,7 @@ from proxy_core.clock import ManualClock
 from proxy_core.errors import StoreError
 from proxy_core.gateway import Gateway
 from proxy_core.metrics import Metrics
+from proxy_core.semantic.decision import CalibratedPolicy, ThresholdPolicy
 from proxy_core.semantic.index import ScopeIndex, VectorIndex
 from proxy_core.semantic.layer import SemanticCache
 from proxy_core.settings import PennySettings
@@ -102,16 +103,37 @@ def test_a_rephrasing_is_a_semantic_hit_that_costs_nothing(make_gateway: Callabl
         ("What's the price?", "What's the price after discount?"),
         ("Is lunch provided on Fridays?", "Is lunch not provided on Fridays?"),
         ("What's the budget for team offsites in Q1?", "What's the budget for team offsites in Q3?"),
+        ("Is the security training mandatory?", "Is the security training voluntary?"),
+        ("Do I need at least 2 approvals to merge?", "Do I need at most 2 approvals to merge?"),
+        ("Can I submit expenses before Friday?", "Can I submit expenses until Friday?"),
+        ("Do all employees get a laptop?", "Do some employees get a laptop?"),
+        ("How do I see my usage?", "How do I see our team usage?"),
+        ("How do I get VPN access?", "How do I get VPN access as a contractor?"),
     ],
 )
+@pytest.mark.parametrize("decision", ["calibrated", "threshold 0.5"])
 def test_near_misses_are_never_served(make_gateway: Callable[..., Gateway], fake: FakeOpenAI,
-                                      cached: str, asked: str) -> None:
-    gw = make_gateway(cache_threshold=0.5)  # a low bar: the guard alone must refuse these
+                                      cached: str, asked: str, decision: str) -> None:
+    # the default calibrated decision at a loose budget, and a low cosine bar: the guard alone must refuse these
+    gw = make_gateway(cache_max_wrong=0.5) if decision == "calibrated" else make_gateway(cache_threshold=0.5)
     ask(gw, cached)
     result = ask(gw, asked)
     assert result.cache_status == "miss"
     assert fake.count("chat") == 2
     assert result.cache_reason.startswith(("rejected", "below threshold"))
+
+
+def test_the_budget_for_wrong_hits_picks_the_operating_point(make_gateway: Callable[..., Gateway]) -> None:
+    default = make_gateway().cache
+    assert isinstance(default, SemanticCache) and isinstance(default.policy, CalibratedPolicy)
+    assert default.policy.max_wrong == 0.12
+    loose = make_gateway(cache_max_wrong=0.25).cache
+    assert isinstance(loose, SemanticCache) and isinstance(loose.policy, CalibratedPolicy)
+    assert loose.policy.min_probability < default.policy.min_probability
+    assert loose.policy.floor <= default.policy.floor
+    expert = make_gateway(cache_threshold=0.7).cache
+    assert isinstance(expert, SemanticCache) and isinstance(expert.policy, ThresholdPolicy)
+    assert expert.policy.threshold == 0.7 and expert.policy.guard is not None
 
 
 def test_no_hit_crosses_workspaces_channels_system_prompts_or_contexts(make_gateway: Callable[..., Gateway],

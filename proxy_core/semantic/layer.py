@@ -7,9 +7,10 @@ replica is a hit on another within about a second — without scanning keys on t
 
 A lookup: exact match on the normalised question within the scope (no embedding needed), else the
 nearest cached questions of the scope, judged by :func:`~proxy_core.semantic.decision.decide` with
-the near-miss guard. The answer is fetched from the store only for a hit, and then kept in a
-bounded in-process copy (``answer_copies``), so a hot answer costs no store round trip: the copy
-goes whenever the entry leaves the index (a delete by any replica arrives through the change log,
+the hit policy (the near-miss guard's vetoes and the calibrated probability that the answer
+serves). The answer is fetched from the store only for a hit, and then kept in a bounded
+in-process copy (``answer_copies``), so a hot answer costs no store round trip: the copy goes
+whenever the entry leaves the index (a delete by any replica arrives through the change log,
 within one round trip of it), and the hits it serves are reported to the store in batches by the
 sync thread, which keeps the store's LRU order (eviction under ``max_entries``) true.
 
@@ -33,9 +34,8 @@ from proxy_core.cache import CachedAnswer, CacheDecision, CacheScope, normalize_
 from proxy_core.clock import Clock
 from proxy_core.errors import PennyError, StoreError
 from proxy_core.log import get_logger
-from proxy_core.semantic.decision import Candidate, decide
+from proxy_core.semantic.decision import Candidate, HitPolicy, decide
 from proxy_core.semantic.embedders import Embedder
-from proxy_core.semantic.guard import NearMissGuard
 from proxy_core.semantic.index import F32, IndexedEntry, VectorIndex
 from proxy_core.stores.base import SemanticChange, SemanticEntry, Store
 
@@ -52,8 +52,7 @@ class SemanticCache:
         *,
         ttl_s: float,
         max_entries: int,
-        threshold: float,
-        guard: NearMissGuard | None,
+        policy: HitPolicy,
         top_k: int = 4,
         clock: Clock = time.time,
         sync_block_s: float = 0.25,
@@ -65,8 +64,7 @@ class SemanticCache:
         self.embedder = embedder
         self.ttl_s = ttl_s
         self.max_entries = max_entries
-        self.threshold = threshold
-        self.guard = guard
+        self.policy = policy
         self.top_k = top_k
         self.index = VectorIndex(embedder.dims, ivf_min=ivf_min)
         self._clock = clock
@@ -246,8 +244,7 @@ class SemanticCache:
         decision = decide(
             question,
             [Candidate(e.question, sim, e) for e, sim in found],
-            threshold=self.threshold,
-            guard=self.guard,
+            policy=self.policy,
         )
         if decision.payload is not None:
             answer = self._fetch(decision.payload)

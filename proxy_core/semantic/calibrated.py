@@ -1,0 +1,196 @@
+"""How likely a cached answer serves a new question, and the operating point for a wrong-hit budget.
+
+The hit decision combines the embedder's cosine with the near-miss guard's evidence
+(:class:`~proxy_core.semantic.guard.Comparison`) in one logistic model per embedder::
+
+    p = 1 / (1 + exp(-(bias + weights · features(cosine, comparison))))
+
+fitted offline by ``python -m bench.calibrate`` on one part of the balanced QQP dev pairs and shipped
+as ``calibrations/<embedder>.json``. The same file holds the *operating points*: for each minimum
+probability, the share of served hits expected to be wrong (the mean of ``1 - p`` over the hits it
+serves, on held-apart folds of the fitting part) and the recall it reached there. Given the
+operator's ``PENNY_CACHE_MAX_WRONG``, :meth:`Calibration.operating_point` picks the loosest point
+whose expected share of wrong hits stays within it. The guard's vetoes are not features: a vetoed
+candidate is never served, whatever its probability.
+
+"Wrong" means what the calibration pairs' labels say: on random Quora question pairs, half of them
+duplicates. A workload with more true rephrasings among near questions sees fewer wrong hits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+from proxy_core.errors import ConfigurationError
+from proxy_core.semantic.guard import Comparison
+
+__all__ = ["FEATURES", "Calibration", "OperatingPoint", "calibration_for", "embedder_key", "expected_wrong", "features"]
+
+# The model's inputs, in order. Cheap on purpose: the cosine, and counts the guard already made.
+FEATURES = (
+    "cosine",  # the embedder's cosine between the two questions
+    "cosine_sq",  # its square: the evidence grows faster near 1
+    "question_type",  # 1 if why / when / where / who differ
+    "modality",  # 1 if one asks for advice and the other for a fact
+    "unmatched_cached",  # log(1 + content words of the cached question with no counterpart)
+    "unmatched_new",  # log(1 + … of the new question)
+    "coverage",  # mean best match of every content word in the other question
+    "overlap",  # Dice overlap of the token sets
+    "words",  # log(1 + content words of both)
+    "content_similarity",  # cosine of the mean word vectors of the two questions' content words
+)
+
+
+def features(similarity: float, c: Comparison) -> list[float]:
+    """The model's inputs for one candidate (see :data:`FEATURES`)."""
+    return [
+        similarity,
+        similarity * similarity,
+        0.0 if c.question_type is None else 1.0,
+        0.0 if c.modality is None else 1.0,
+        math.log1p(len(c.unmatched_cached)),
+        math.log1p(len(c.unmatched_new)),
+        c.coverage,
+        c.overlap,
+        math.log1p(c.words),
+        c.content_similarity,
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class OperatingPoint:
+    """Serve a candidate when its probability is at least ``min_probability``; on the calibration
+    pairs that served ``recall`` of the duplicates, of which ``expected_wrong`` were wrong."""
+
+    min_probability: float
+    expected_wrong: float
+    recall: float
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """One embedder's fitted model and operating points (loaded from package data)."""
+
+    embedder: str
+    features: tuple[str, ...]
+    weights: tuple[float, ...]
+    bias: float
+    bounds: tuple[tuple[float, float], ...]  # range of each feature seen in fitting
+    points: tuple[OperatingPoint, ...]  # by min_probability, highest first
+    guard: str  # repr of the GuardSettings the model was fitted with
+    source: str  # what it was fitted on, and how
+
+    def probability(self, similarity: float, comparison: Comparison) -> float:
+        """The estimated probability that the cached answer serves the new question."""
+        z = self.bias + sum(w * x for w, x in zip(self.weights, features(similarity, comparison), strict=True))
+        return _sigmoid(z)
+
+    def operating_point(self, max_wrong: float) -> OperatingPoint:
+        """The loosest point whose expected share of wrong hits is at most ``max_wrong`` (the
+        strictest point when none is)."""
+        best = self.points[0]
+        for point in self.points:
+            if point.expected_wrong <= max_wrong:
+                best = point
+            else:
+                break
+        return best
+
+    def min_similarity(self, min_probability: float) -> float:
+        """The lowest cosine at which any candidate could reach ``min_probability``, whatever the
+        guard's evidence (within the ranges seen in fitting): below it, no need to look."""
+        target = _logit(min_probability)
+        i_cos, i_sq = self.features.index("cosine"), self.features.index("cosine_sq")
+        rest = self.bias + sum(
+            max(w * lo, w * hi)
+            for k, (w, (lo, hi)) in enumerate(zip(self.weights, self.bounds, strict=True))
+            if k not in (i_cos, i_sq)
+        )
+        for step in range(0, 201):
+            cos = step / 200
+            if rest + self.weights[i_cos] * cos + self.weights[i_sq] * cos * cos >= target:
+                return cos
+        return 1.0
+
+    # -- package data ---------------------------------------------------------------------------
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "embedder": self.embedder,
+                "source": self.source,
+                "guard": self.guard,
+                "features": list(self.features),
+                "weights": [round(w, 6) for w in self.weights],
+                "bias": round(self.bias, 6),
+                "bounds": [[round(lo, 6), round(hi, 6)] for lo, hi in self.bounds],
+                "operating_points": [
+                    {"min_probability": p.min_probability, "expected_wrong": round(p.expected_wrong, 4),
+                     "recall": round(p.recall, 4)}
+                    for p in self.points
+                ],
+            },
+            indent=1,
+        ) + "\n"  # fmt: skip
+
+    @classmethod
+    def from_json(cls, text: str) -> Calibration:
+        raw: dict[str, Any] = json.loads(text)
+        names = tuple(str(n) for n in raw["features"])
+        if names != FEATURES:
+            raise ConfigurationError(f"calibration for {raw.get('embedder')} has features {names}, expected {FEATURES}")
+        points = tuple(
+            OperatingPoint(float(p["min_probability"]), float(p["expected_wrong"]), float(p["recall"]))
+            for p in raw["operating_points"]
+        )
+        return cls(
+            embedder=str(raw["embedder"]),
+            features=names,
+            weights=tuple(float(w) for w in raw["weights"]),
+            bias=float(raw["bias"]),
+            bounds=tuple((float(lo), float(hi)) for lo, hi in raw["bounds"]),
+            points=tuple(sorted(points, key=lambda p: -p.min_probability)),
+            guard=str(raw["guard"]),
+            source=str(raw["source"]),
+        )
+
+
+def embedder_key(embedder_name: str) -> str:
+    """The calibration file's name for an embedder: its spec without ``?…``, ``:`` as ``-``."""
+    return embedder_name.split("?", 1)[0].replace(":", "-").replace("/", "-")
+
+
+@lru_cache(maxsize=16)
+def calibration_for(embedder_name: str) -> Calibration | None:
+    """The shipped calibration of an embedder (by its spec, ``?dimensions=`` ignored), if any."""
+    if "?dims=" in embedder_name:  # a truncated WordLlama is another vector space
+        return None
+    path = resources.files("proxy_core.semantic").joinpath("calibrations", f"{embedder_key(embedder_name)}.json")
+    if not path.is_file():
+        return None
+    return Calibration.from_json(path.read_text(encoding="utf-8"))
+
+
+def _sigmoid(z: float) -> float:
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-9), 1 - 1e-9)
+    return math.log(p / (1 - p))
+
+
+def expected_wrong(probabilities: Sequence[float]) -> float | None:
+    """The share of hits expected to be wrong among hits with these probabilities."""
+    if not probabilities:
+        return None
+    return sum(1.0 - p for p in probabilities) / len(probabilities)
