@@ -182,6 +182,16 @@ def report(embedder: CachedEmbedder, calibration: Calibration, guard: NearMissGu
     return lines
 
 
+def _close(a: Calibration, b: Calibration, tol: float = 1e-4) -> bool:
+    """Same model up to float noise (a refit on another machine may differ in the last digits)."""
+    return (
+        (a.embedder, a.features, a.guard, len(a.points)) == (b.embedder, b.features, b.guard, len(b.points))
+        and np.allclose(a.weights, b.weights, atol=tol) and abs(a.bias - b.bias) <= tol
+        and all(p.min_probability == q.min_probability and abs(p.expected_wrong - q.expected_wrong) <= tol
+                and abs(p.recall - q.recall) <= tol for p, q in zip(a.points, b.points, strict=True))
+    )  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Fit the semantic cache's calibrated hit decision.")
     parser.add_argument("--minilm", action="store_true", help="also all-MiniLM-L6-v2 via bench/embed_server.py")
@@ -205,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             path = OUT / f"{embedder_key(embedder.name)}.json"
             if args.check:
-                same = path.is_file() and path.read_text() == calibration.to_json()
+                same = path.is_file() and _close(Calibration.from_json(path.read_text()), calibration)
                 print(f"{path.relative_to(ROOT)}: {'matches' if same else 'DIFFERS from'} a refit")
                 status |= 0 if same else 1
             else:

@@ -172,6 +172,26 @@ def test_calibrated_policy_vetoes_then_weighs(guard: NearMissGuard) -> None:
     assert d.reason == f"rejected: unlikely to serve: p = {p:.2f} < 0.80 (similarity 0.96)"
 
 
+@pytest.mark.parametrize(
+    ("cached", "new"),
+    [
+        ("Where are the production logs?", "Where can I find prod logs?"),
+        ("How do I start the dev server?", "What's the command to run the development server?"),
+        ("What's the memory limit for a worker?", "How much RAM can a worker use?"),
+        ("Who approves PTO?", "Who approves PTO requests for contractors in Berlin?"),
+    ],
+)
+def test_the_bound_before_aligning_words_never_undercuts_the_probability(guard: NearMissGuard, cached: str,
+                                                                          new: str) -> None:  # fmt: skip
+    cal = calibration_for("local:wordllama")
+    assert cal is not None
+    a, b = guard.analyse(cached), guard.analyse(new)
+    quick = guard.compare(a, b, align=False)
+    assert not quick.aligned and (quick.unmatched_cached, quick.unmatched_new, quick.coverage) == ((), (), 1.0)
+    for similarity in (0.5, 0.8, 0.95):
+        assert cal.upper_bound(similarity, quick) >= cal.probability(similarity, guard.compare(a, b)) - 1e-12
+
+
 def test_hit_policy_follows_the_settings() -> None:
     calibrated = hit_policy("local:wordllama")
     assert isinstance(calibrated, CalibratedPolicy) and calibrated.max_wrong == DEFAULT_MAX_WRONG

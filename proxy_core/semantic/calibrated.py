@@ -47,6 +47,9 @@ FEATURES = (
 )
 
 
+_ALIGNMENT = frozenset({"unmatched_cached", "unmatched_new", "coverage"})  # known only after aligning words
+
+
 def features(similarity: float, c: Comparison) -> list[float]:
     """The model's inputs for one candidate (see :data:`FEATURES`)."""
     return [
@@ -89,6 +92,19 @@ class Calibration:
     def probability(self, similarity: float, comparison: Comparison) -> float:
         """The estimated probability that the cached answer serves the new question."""
         z = self.bias + sum(w * x for w, x in zip(self.weights, features(similarity, comparison), strict=True))
+        return _sigmoid(z)
+
+    def upper_bound(self, similarity: float, comparison: Comparison) -> float:
+        """The highest probability the candidate could have once its words are aligned, from a
+        comparison made without the alignment (``aligned`` False): the alignment's features at
+        their most favourable values seen in fitting."""
+        if comparison.aligned:
+            return self.probability(similarity, comparison)
+        z = self.bias
+        for name, w, x, (lo, hi) in zip(
+            self.features, self.weights, features(similarity, comparison), self.bounds, strict=True
+        ):
+            z += max(w * lo, w * hi) if name in _ALIGNMENT else w * x
         return _sigmoid(z)
 
     def operating_point(self, max_wrong: float) -> OperatingPoint:

@@ -161,6 +161,13 @@ class CalibratedPolicy:
     def judge(self, similarity: float, cached: Analysis | None, new: Analysis | None) -> Judgement:
         if similarity < self.floor or cached is None or new is None:
             return Judgement(False, f"below threshold at {similarity:.2f} (< {self.floor:.2f})")
+        # The vetoes and evidence that need no word alignment first: most candidates end there.
+        quick = self.guard.compare(cached, new, align=False)
+        if quick.veto is not None:
+            return Judgement(False, quick.veto)
+        bound = self.calibration.upper_bound(similarity, quick)
+        if bound < self.min_probability:
+            return Judgement(False, f"unlikely to serve: p <= {bound:.2f} < {self.min_probability:.2f}", bound)
         p, veto = self.probability(similarity, cached, new)
         if p is None:
             return Judgement(False, veto or "vetoed")

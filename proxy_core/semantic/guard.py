@@ -46,6 +46,7 @@ count. :meth:`NearMissGuard.analyse` does the per-question work once (cache it w
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import unicodedata
@@ -120,6 +121,7 @@ class Comparison:
     coverage: float  # mean best match of every content word in the other question (1 = all found)
     words: int  # content words of both questions
     content_similarity: float  # cosine of the two questions' mean content-word vectors (0 if none)
+    aligned: bool = True  # False: the word alignment was skipped (compare(align=False), or a veto)
 
 
 @dataclass(frozen=True, slots=True)
@@ -569,6 +571,7 @@ class NearMissGuard:
         self._memo_max = max_memo
         self._lock = threading.Lock()
         self._scale_vectors: NDArray[np.float32] | None = None  # rows of _SCALE_WORDS, on first use
+        self._vector_poles: dict[str, str | None] = {}  # word -> the scale side its vector puts it on
 
     # -- public API --------------------------------------------------------------------------------
 
@@ -609,13 +612,17 @@ class NearMissGuard:
             return Verdict(False, f"unmatched word: {(c.unmatched_cached or c.unmatched_new)[0]}")
         return Verdict(True, "reworded; no near-miss found" if c.reworded else "no near-miss found")
 
-    def compare(self, cached: Analysis, new: Analysis) -> Comparison:
+    def compare(self, cached: Analysis, new: Analysis, *, align: bool = True) -> Comparison:
         """Everything the hit decision needs to know about how two questions differ.
 
         ``veto`` is the first difference that changes the answer whatever the similarity:
         negation, an amount or time, a relation around one, a quantifier, the asker's scope, an
         opposite, swapped roles, an entity, or (in a minimal pair) a content word swapped for
-        another. The rest is evidence the calibrated decision weighs.
+        another or a condition one adds. The rest is evidence the calibrated decision weighs.
+
+        ``align=False`` skips the word-by-word alignment (most of the cost): only the vetoes that
+        need none are checked, and the alignment's evidence is left at its best case (no word
+        without a counterpart, full coverage; ``aligned`` False) — enough to rule a candidate out.
         """
         s = self.settings
         veto = self._veto(cached, new)
@@ -630,7 +637,7 @@ class NearMissGuard:
             modality = f"modality differs: {mood_c} vs {mood_n}"
         overlap = _overlap(cached, new)
         reworded = s.rewording_overlap is not None and overlap < s.rewording_overlap
-        left, right, coverage = self._align(cached, new)
+        left, right, coverage = self._align(cached, new) if align and veto is None else ([], [], 1.0)
         if veto is None and s.entities:
             ents_l = [cached.words[i].surface for i in left if cached.words[i].entity]
             ents_r = [new.words[i].surface for i in right if new.words[i].entity]
@@ -656,6 +663,7 @@ class NearMissGuard:
             words=len(cached.words) + len(new.words),
             content_similarity=0.0 if cached.centroid is None or new.centroid is None
             else float(cached.centroid @ new.centroid),
+            aligned=align and veto is None,
         )
 
     def _veto(self, cached: Analysis, new: Analysis) -> str | None:
@@ -765,26 +773,24 @@ class NearMissGuard:
 
     def _extend_poles(self, words: Sequence[Word], vectors: NDArray[np.float32], poles: dict[str, str]) -> None:
         """Put each content word not on a scale on the side of the scale word it is nearest, when
-        that word is near enough and clearly nearer than any word of the other side."""
+        that word is near enough and clearly nearer than any word of the other side (once per word)."""
         threshold = self.settings.scale_similarity
-        rows = [k for k, w in enumerate(words) if w.lower not in poles and not w.entity]
-        if threshold is None or not rows or self._vectors is None:
+        if threshold is None or self._vectors is None:
             return
-        if self._scale_vectors is None:
-            self._scale_vectors = self._vectors.lookup(_SCALE_WORDS)
-        sims = vectors[rows] @ self._scale_vectors.T
-        for k, row in zip(rows, sims, strict=True):
-            j = int(row.argmax())
-            if row[j] < threshold:
-                continue
-            near = _SCALE_WORDS[j]
-            if near[:4] == words[k].lower[:4]:
-                continue  # WordLlama's vectors are built from word pieces: "passport" ~ "pass"
-            pole = _POLES[near]
-            other = float(row[_SIDE_COLUMNS[_other_side(pole)]].max())
-            if row[j] - other >= _SIDE_MARGIN:
+        rows = [k for k, w in enumerate(words) if w.lower not in poles and not w.entity]
+        unknown = [k for k in rows if words[k].lower not in self._vector_poles]
+        if unknown:
+            if self._scale_vectors is None:
+                self._scale_vectors = self._vectors.lookup(_SCALE_WORDS)
+            sims = vectors[unknown] @ self._scale_vectors.T
+            if len(self._vector_poles) > 50_000:
+                self._vector_poles.clear()
+            for k, row in zip(unknown, sims, strict=True):
+                self._vector_poles[words[k].lower] = _nearest_side(words[k].lower, row, threshold)
+        for k in rows:
+            pole = self._vector_poles.get(words[k].lower)
+            if pole is not None:
                 poles[words[k].lower] = pole
-
 
 def _similar(
     a: Analysis, b: Analysis, left: list[int], sims: NDArray[np.float32], among: Sequence[int], threshold: float
@@ -842,10 +848,11 @@ def _overlap(a: Analysis, b: Analysis) -> float:
 
 
 def _antonym_pair(only_a: Iterable[str], only_b: Iterable[str]) -> tuple[str, str] | None:
-    right = sorted(only_b)
+    right = [(y, _forms(y), _opposites(y)) for y in sorted(only_b)]
     for x in sorted(only_a):
-        for y in right:
-            if antonymous(x, y):
+        forms_x, opposites_x = _forms(x), _opposites(x)
+        for y, forms_y, opposites_y in right:
+            if x != y and not (opposites_x.isdisjoint(forms_y) and opposites_y.isdisjoint(forms_x)):
                 return x, y
     return None
 
@@ -887,9 +894,21 @@ def _added_condition(a: Analysis, extra: Sequence[int]) -> str | None:
 def _unit_mean(vectors: NDArray[np.float32] | None) -> NDArray[np.float32] | None:
     if vectors is None or not len(vectors):
         return None
-    mean = vectors.mean(axis=0)
-    norm = float(np.linalg.norm(mean))
-    return None if norm == 0 else (mean / norm).astype(np.float32)
+    total = vectors.sum(axis=0)
+    norm = math.sqrt(float(total @ total))
+    return None if norm == 0 else total / np.float32(norm)
+
+
+def _nearest_side(word: str, sims: NDArray[np.float32], threshold: float) -> str | None:
+    """The scale side of the scale word nearest ``word`` (``sims``: its cosine to each of
+    _SCALE_WORDS), if near enough and clearly nearer than the other side."""
+    j = int(sims.argmax())
+    near = _SCALE_WORDS[j]
+    if sims[j] < threshold or near[:4] == word[:4]:
+        return None  # WordLlama's vectors are built from word pieces: "passport" ~ "pass"
+    pole = _POLES[near]
+    other = float(sims[_SIDE_COLUMNS[_other_side(pole)]].max())
+    return pole if sims[j] - other >= _SIDE_MARGIN else None
 
 
 def _pole(word: str) -> str | None:
