@@ -43,6 +43,7 @@ L2 = 1e-3
 FOLDS = 5
 GRID = tuple(round(0.30 + 0.01 * i, 2) for i in range(70))  # minimum probabilities 0.30 … 0.99
 REPORT_MAX_WRONG = (0.05, 0.08, 0.10, 0.12, 0.15, 0.20, 0.25)
+FLOOR_MARGIN = 0.05  # below the least similar pair served at an operating point, the floor
 
 
 def cosines(embedder: CachedEmbedder, rows: Sequence[LabelledPair]) -> NDArray[np.float64]:
@@ -123,7 +124,8 @@ def calibrate(
             continue
         wrong = float((1 - oof[served]).sum() / n_served)  # an exact match counts as p = 1
         recall = float((y[served].sum() + y[exact].sum()) / y.sum())
-        points.append(OperatingPoint(t, wrong, recall))
+        lowest = float(sims[served].min()) - FLOOR_MARGIN if served.any() else 0.0
+        points.append(OperatingPoint(t, wrong, recall, max(0.0, round(lowest, 4))))
     lo, hi = x[usable].min(0), x[usable].max(0)
     diagnosis = ["Out-of-fold on the fit part:", "", "| max wrong | min p | recall | precision | plain cosine | lift |",
                  "|---|---|---|---|---|---|"]  # fmt: skip

@@ -150,7 +150,7 @@ def bench_hit_path(make_store: Callable[[], Any], label: str, n: int = 2000) -> 
                         messages=[{"role": "user", "content": asked.format(names[i % len(names)])}])
             times.append(time.perf_counter() - t)
             statuses.add(r.cache_status)
-        # The in-process part of that path: local embed + index lookup + guard decision.
+        # The in-process part of that path: local embed + index lookup + the hit decision (guard + calibration).
         from proxy_core.cache import CacheScope
         from proxy_core.semantic.decision import Candidate, decide
         from proxy_core.semantic.layer import SemanticCache
@@ -171,7 +171,7 @@ def bench_hit_path(make_store: Callable[[], Any], label: str, n: int = 2000) -> 
             local.append(time.perf_counter() - t)
             assert decision.hit
         return ("gateway semantic-hit path", f"{statistics.median(times) * 1e3:.3f} ms p50",
-                f"{label}; served as {'/'.join(sorted(statuses))}; embed+lookup+guard "
+                f"{label}; served as {'/'.join(sorted(statuses))}; embed+lookup+decision "
                 f"{statistics.median(local) * 1e3:.3f} ms", "≤ 1 ms")
     finally:
         namespace = getattr(store, "namespace", None)

@@ -151,6 +151,10 @@ def test_candidates_below_the_floor_could_never_reach_the_operating_point(guard:
     assert sigmoid(10 * floor - 8) >= 0.8 > sigmoid(10 * (floor - 0.01) - 8)
     policy = CalibratedPolicy(cal, guard, 0.10)
     assert (policy.min_probability, policy.expected_wrong, policy.floor) == (0.8, 0.1, floor)
+    # where the calibration pairs served nothing less similar, the floor rises to that
+    seen = replace(cal, points=(OperatingPoint(0.8, 0.1, 0.4, min_similarity=0.97),))
+    assert CalibratedPolicy(seen, guard, 0.10).floor == 0.97
+    assert Calibration.from_json(seen.to_json()).points[0].min_similarity == 0.97
 
 
 def test_calibrated_policy_vetoes_then_weighs(guard: NearMissGuard) -> None:

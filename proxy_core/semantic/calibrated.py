@@ -69,11 +69,16 @@ def features(similarity: float, c: Comparison) -> list[float]:
 @dataclass(frozen=True, slots=True)
 class OperatingPoint:
     """Serve a candidate when its probability is at least ``min_probability``; on the calibration
-    pairs that served ``recall`` of the duplicates, of which ``expected_wrong`` were wrong."""
+    pairs that served ``recall`` of the duplicates, of which ``expected_wrong`` were wrong.
+
+    ``min_similarity``: no calibration pair less similar than this was served here (less a margin),
+    so candidates below it are not examined — the cheap first cut, like the old threshold.
+    """
 
     min_probability: float
     expected_wrong: float
     recall: float
+    min_similarity: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +123,11 @@ class Calibration:
                 break
         return best
 
+    def floor(self, point: OperatingPoint) -> float:
+        """The cosine below which the decision at ``point`` does not look: the lower of what the
+        calibration pairs needed and what any candidate could need (``min_similarity``)."""
+        return max(point.min_similarity, self.min_similarity(point.min_probability))
+
     def min_similarity(self, min_probability: float) -> float:
         """The lowest cosine at which any candidate could reach ``min_probability``, whatever the
         guard's evidence (within the ranges seen in fitting): below it, no need to look."""
@@ -148,7 +158,7 @@ class Calibration:
                 "bounds": [[round(lo, 6), round(hi, 6)] for lo, hi in self.bounds],
                 "operating_points": [
                     {"min_probability": p.min_probability, "expected_wrong": round(p.expected_wrong, 4),
-                     "recall": round(p.recall, 4)}
+                     "recall": round(p.recall, 4), "min_similarity": round(p.min_similarity, 4)}
                     for p in self.points
                 ],
             },
@@ -162,7 +172,8 @@ class Calibration:
         if names != FEATURES:
             raise ConfigurationError(f"calibration for {raw.get('embedder')} has features {names}, expected {FEATURES}")
         points = tuple(
-            OperatingPoint(float(p["min_probability"]), float(p["expected_wrong"]), float(p["recall"]))
+            OperatingPoint(float(p["min_probability"]), float(p["expected_wrong"]), float(p["recall"]),
+                           float(p.get("min_similarity", 0.0)))
             for p in raw["operating_points"]
         )
         return cls(

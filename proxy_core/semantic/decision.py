@@ -149,7 +149,7 @@ class CalibratedPolicy:
         point = self.calibration.operating_point(self.max_wrong)
         object.__setattr__(self, "min_probability", point.min_probability)
         object.__setattr__(self, "expected_wrong", point.expected_wrong)
-        object.__setattr__(self, "floor", self.calibration.min_similarity(point.min_probability))
+        object.__setattr__(self, "floor", self.calibration.floor(point))
 
     def probability(self, similarity: float, cached: Analysis, new: Analysis) -> tuple[float | None, str | None]:
         """The probability that ``cached``'s answer serves ``new``, or None and the guard's veto."""
@@ -389,8 +389,9 @@ def evaluate(pairs: Sequence[LabelledPair], embedder: Embedder, *, policy: HitPo
         if exact[i]:
             score[i] = np.inf
         elif calibrated is not None:
-            prob, _ = calibrated.probability(sim, calibrated.guard.analyse(p.a), calibrated.guard.analyse(p.b))
-            score[i] = -np.inf if prob is None else prob
+            if sim >= calibrated.calibration.floor(calibrated.calibration.points[-1]):  # the loosest point's
+                prob, _ = calibrated.probability(sim, calibrated.guard.analyse(p.a), calibrated.guard.analyse(p.b))
+                score[i] = -np.inf if prob is None else prob
         elif guard is None or guard.check(p.a, p.b).ok:
             score[i] = sim
         if decision.hit and p.label == 0:

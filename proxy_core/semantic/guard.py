@@ -264,6 +264,7 @@ _RELATIONS: dict[tuple[str, ...], str] = {
     tuple(phrase.split()): code for code, line in _RELATION_LINES.items() for phrase in line.split("|")
 }
 _RELATION_MAX = max(len(k) for k in _RELATIONS)
+_RELATION_FIRST = frozenset(k[0] for k in _RELATIONS)
 # Times that anchor a relation besides numbers and dates ("before the deadline", "by noon").
 _TIME_WORDS = _words("deadline deadlines noon midnight eod eow eom cutoff end start beginning payday morning evening")
 
@@ -941,6 +942,9 @@ def _relations(lowers: Sequence[str], anchors: set[int], skip: set[int]) -> tupl
     n = len(lowers)
     i = 0
     while i < n:
+        if lowers[i] not in _RELATION_FIRST:
+            i += 1
+            continue
         for size in range(min(_RELATION_MAX, n - i), 0, -1):
             key = tuple(lowers[i : i + size])
             code = _RELATIONS.get(key)
