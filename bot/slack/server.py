@@ -37,8 +37,9 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, Protocol, TextIO
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
     from bot.slack.runner import AlertRelay
     from proxy_core.gateway import Gateway
 
-__all__ = ["Backend", "DrainingExecutor", "HTTPOptions", "PennyWSGI", "PennyWorker", "serve"]
+__all__ = ["AcksFirst", "Backend", "DrainingExecutor", "HTTPOptions", "PennyWSGI", "PennyWorker", "serve"]
 
 EVENTS_PATH: Final = "/slack/events"
 _log = get_logger()
@@ -109,10 +110,11 @@ class PennyWSGI:
     (the process answers), ``GET /readyz`` (``ready()`` returns no problem), ``GET /metrics``."""
 
     def __init__(self, app: App, *, ready: Callable[[], str | None], metrics: Callable[[], bytes] | None = None,
-                 path: str = EVENTS_PATH) -> None:
+                 path: str = EVENTS_PATH, acks_first: AcksFirst | None = None) -> None:
         from slack_bolt.adapter.wsgi import SlackRequestHandler
 
         self._bolt = SlackRequestHandler(app, path)
+        self.acks_first = acks_first or AcksFirst()
         self._ready = ready
         self._metrics = metrics
         self._path = path
@@ -121,7 +123,8 @@ class PennyWSGI:
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "")
         if path == self._path and method == "POST":
-            return self._slack(environ, start_response)
+            with self.acks_first.request():
+                return self._slack(environ, start_response)
         if method in ("GET", "HEAD"):
             if path == "/healthz":
                 return _reply(start_response, 200, b"ok\n")
@@ -177,23 +180,75 @@ def _reject(start_response: StartResponse, rejection: Rejection) -> list[bytes]:
                   "application/json")
 
 
-# -- answers still being written when the worker stops -------------------------------------------
+# -- acks before answers; answers still being written when the worker stops -----------------------
+
+
+class AcksFirst:
+    """Slack wants each delivery acked within 3 s; answering it can wait a moment. One process has
+    one GIL: a burst of events would otherwise be acked in turns with the answers of the events
+    before it. Requests are counted while Bolt handles them (:meth:`request`); a listener starting
+    its answer waits (:meth:`wait`) until no request has been in flight for ``quiet_s``, at most
+    ``max_wait_s``."""
+
+    def __init__(self, *, quiet_s: float = 0.02, max_wait_s: float = 1.0, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self._quiet_s = quiet_s
+        self._max_wait_s = max_wait_s
+        self._clock = clock
+        self._changed = threading.Condition()
+        self._active = 0
+        self._last = -quiet_s
+
+    @contextmanager
+    def request(self) -> Iterator[None]:
+        self.begin()
+        try:
+            yield
+        finally:
+            self.end()
+
+    def begin(self) -> None:
+        with self._changed:
+            self._active += 1
+
+    def end(self) -> None:
+        with self._changed:
+            self._active -= 1
+            self._last = self._clock()
+            if self._active == 0:
+                self._changed.notify_all()
+
+    def wait(self) -> None:
+        deadline = self._clock() + self._max_wait_s
+        with self._changed:
+            while True:
+                now = self._clock()
+                if now >= deadline or (self._active == 0 and now - self._last >= self._quiet_s):
+                    return
+                pause = deadline - now if self._active else min(deadline - now, self._last + self._quiet_s - now)
+                self._changed.wait(timeout=pause)
 
 
 class DrainingExecutor(Executor):
     """Bolt's listener pool, counting the listeners not finished yet so a stopping worker can wait
-    for them (:meth:`drain`) instead of cutting answers off."""
+    for them (:meth:`drain`) instead of cutting answers off. With ``acks_first``, a listener waits
+    for the requests being acked before it starts (:class:`AcksFirst`)."""
 
-    def __init__(self, max_workers: int, *, thread_name_prefix: str = "penny-slack") -> None:
+    def __init__(self, max_workers: int, *, thread_name_prefix: str = "penny-slack",
+                 acks_first: AcksFirst | None = None) -> None:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
         self._idle = threading.Condition()
         self._running = 0
+        self._acks_first = acks_first
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         with self._idle:
             self._running += 1
         try:
-            future = self._pool.submit(fn, *args, **kwargs)
+            if self._acks_first is not None:
+                future = self._pool.submit(self._after_acks, self._acks_first, fn, *args, **kwargs)
+            else:
+                future = self._pool.submit(fn, *args, **kwargs)
         except BaseException:
             self._finished(None)
             raise
@@ -209,6 +264,11 @@ class DrainingExecutor(Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
 
+    @staticmethod
+    def _after_acks(acks_first: AcksFirst, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        acks_first.wait()
+        return fn(*args, **kwargs)
+
     def _finished(self, _future: Future[Any] | None) -> None:
         with self._idle:
             self._running -= 1
@@ -223,11 +283,12 @@ class _Worker:
         from bot.slack.runner import LISTENER_THREADS, penny_app, slack_settings
 
         self.backend = backend
-        self.listeners = DrainingExecutor(LISTENER_THREADS)
+        acks_first = AcksFirst()
+        self.listeners = DrainingExecutor(LISTENER_THREADS, acks_first=acks_first)
         app = penny_app(backend.service, backend.store, backend.gateway, slack_settings(settings),
                         settings=settings, listener_executor=self.listeners)
         backend.alerts.attach(app.client)
-        self.wsgi = PennyWSGI(app, ready=self.ready, metrics=metrics)
+        self.wsgi = PennyWSGI(app, ready=self.ready, metrics=metrics, acks_first=acks_first)
 
     def ready(self) -> str | None:
         """Why this worker cannot answer yet (store unreachable, no docs index), or None."""
@@ -314,6 +375,7 @@ class _DeadlineSocket(socket.socket):
         return ConnectionResetError(errno.ECONNRESET, f"request not received within {self._limit_s:g} s")
 
 
+ACCEPTS_AT_ONCE: Final = 64
 BUFFERED_REQUEST_BYTES: Final = 256 * 1024  # larger requests (never Slack's) are read on a thread
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
 
@@ -351,16 +413,28 @@ class PennyWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn ships no type
         super().init_process()  # runs the worker until it stops
 
     def accept(self, listener: socket.socket) -> None:
-        try:
-            client, address = listener.accept()
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+        # A burst is taken from the backlog in one go (gunicorn takes one connection per wake-up).
+        for _ in range(ACCEPTS_AT_ONCE):
+            if self.nr_conns >= self.worker_connections:
                 return
-            raise
-        self.nr_conns += 1
-        conn = TConn(self.cfg, _DeadlineSocket.adopt(client, self.read_timeout_s), address,
-                     listener.getsockname())
-        self._collect(conn)
+            try:
+                client, address = listener.accept()
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                    return
+                raise
+            self.nr_conns += 1
+            conn = TConn(self.cfg, _DeadlineSocket.adopt(client, self.read_timeout_s), address,
+                         listener.getsockname())
+            self._collect(conn)
+
+    def enqueue_req(self, conn: TConn) -> None:
+        # From here until finish_request the request counts as being acked (AcksFirst), queued or not.
+        acks_first = getattr(self.wsgi, "acks_first", None)
+        if acks_first is not None:
+            acks_first.begin()
+            conn.acking = acks_first
+        super().enqueue_req(conn)
 
     def on_client_socket_readable(self, conn: TConn, client: socket.socket) -> None:
         """A kept-alive connection starts its next request: collect it like a new one's."""
@@ -398,6 +472,9 @@ class PennyWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn ships no type
         return super().handle(conn)
 
     def finish_request(self, conn: TConn, fs: Future[Any]) -> None:
+        acking, conn.acking = getattr(conn, "acking", None), None
+        if acking is not None:
+            acking.end()
         # gunicorn closes a finished connection on its selector thread, lingering up to two seconds
         # for the client to close first: a client that never does would stall every connection of
         # this worker. That linger happens on a small pool here; a timed-out one is just closed.
@@ -451,6 +528,7 @@ class _PennyServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships no 
             "access_log_format": '%(h)s %(p)s "%(r)s" %(s)s %(B)s %(M)sms',
             "control_socket_disable": True,  # two Pennys on one host would share its default path
             "when_ready": self._when_ready,
+            "post_worker_init": self._post_worker_init,
             "worker_exit": self._worker_exit,
             "child_exit": self._child_exit,
         }.items():
@@ -459,6 +537,9 @@ class _PennyServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships no 
     def load(self) -> PennyWSGI:
         self._worker = self._build()
         return self._worker.wsgi
+
+    def _post_worker_init(self, worker: Any) -> None:
+        self._on_ready(f"worker {worker.pid}")
 
     def _when_ready(self, arbiter: Any) -> None:
         host, port = arbiter.LISTENERS[0].sock.getsockname()[:2]
@@ -506,9 +587,12 @@ def serve(settings: PennySettings, options: HTTPOptions, open_backend: Callable[
     def build() -> _Worker:
         return _Worker(open_backend(), settings, metrics=render)
 
-    def on_ready(url: str) -> None:
+    def on_ready(what: str) -> None:
+        if what.startswith("worker "):
+            print(f"Penny {what} is ready", file=out, flush=True)
+            return
         workers = f"{options.workers} worker{'s' if options.workers != 1 else ''}"
-        print(f"Penny is listening for Slack events on {url} ({workers}). SIGTERM stops it gracefully.",
+        print(f"Penny is listening for Slack events on {what} ({workers}). SIGTERM stops it gracefully.",
               file=out, flush=True)
 
     try:
