@@ -70,3 +70,30 @@ def test_a_socket_mode_event_is_acked_and_answered_once(bot: Bot, slack: FakeSla
     assert answer["thread_ts"] == "1700000100.000100"
     assert "engineering/logs-and-observability.md" in json.dumps(answer["blocks"])
     assert openai.count("chat") == 1
+
+
+def test_two_socket_mode_replicas_answer_an_event_delivered_to_both_once(
+    slack: FakeSlack, openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """Slack spreads an app's events over its open connections (up to 10), and may redeliver one on
+    another: replicas sharing a store answer each event once, whichever connection carries it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    replicas = [make_bot(slack, openai, tmp_path) for _ in range(2)]  # two gateways, one store file
+    try:
+        handlers = [socket_mode_handler(bot.app, "xapp-test-not-a-real-token") for bot in replicas]
+        transports = [Transport(), Transport()]
+        events = [(mention(f"<@UPENNY> {question}", ts=f"17000002{i:02d}.000100", user=f"U{i}"), f"EvRep{i}")
+                  for i, question in enumerate(["where are the production logs?", "how do I deploy to staging?",
+                                                "how do I start the dev server?", "what is the on-call rotation?"])]
+        with ThreadPoolExecutor(8) as pool:
+            for i, (event, event_id) in enumerate(events):
+                for r, (handler, transport) in enumerate(zip(handlers, transports, strict=True)):
+                    pool.submit(handler.handle, transport, envelope(event, event_id, f"env-{i}-{r}"))
+        assert [len(t.acks) for t in transports] == [4, 4]  # every delivery acked on both connections
+        threads = [m["thread_ts"] for m in slack.messages()]
+        assert sorted(threads) == sorted(event["ts"] for event, _ in events)  # each answered once
+        assert openai.count("chat") <= 4
+    finally:
+        for bot in replicas:
+            bot.gateway.close()

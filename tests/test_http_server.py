@@ -1,0 +1,327 @@
+"""``penny run --http`` for real: the command in a subprocess (gunicorn, Bolt's WSGI adapter, Penny's
+guard), signed Slack events over loopback TCP, the fake Slack and fake OpenAI recording what it did,
+the store read back afterwards. Nothing of Penny is replaced; nothing here is timed beyond generous
+bounds (the load figures are ``python -m bench.http``'s)."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml  # type: ignore[import-untyped]  # PyYAML ships no stubs
+
+from bot.slack.server import BUFFERED_REQUEST_BYTES, AcksFirst, _DeadlineSocket, request_complete
+from proxy_core.stores import store_from_url
+from tests.fake_openai import FakeOpenAI, Fault
+from tests.fake_slack import FakeSlack
+from tests.penny_http import ROOT, PennyHTTP, penny_env, post_event, question_event, raw_request, signed_headers
+from tests.redis_server import RedisServer, redis_server_binary
+from tests.test_slack_app import BOT_ID, BOT_USER, TEAM
+
+pytestmark = pytest.mark.slow
+
+QUESTIONS = [json.loads(line)["question"] for line in
+             (ROOT / "examples" / "questions.jsonl").read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def openai() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def slack() -> Iterator[FakeSlack]:
+    with FakeSlack(team_id=TEAM, bot_user_id=BOT_USER, bot_id=BOT_ID) as server:
+        yield server
+
+
+@pytest.fixture
+def fakes(openai: FakeOpenAI, slack: FakeSlack) -> tuple[FakeOpenAI, FakeSlack]:
+    openai.reset()
+    slack.reset()
+    return openai, slack
+
+
+@pytest.fixture(scope="module")
+def server(openai: FakeOpenAI, slack: FakeSlack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PennyHTTP]:
+    """One worker on SQLite, shared by the tests that only talk to it."""
+    tmp = tmp_path_factory.mktemp("http")
+    env = penny_env(tmp, openai_url=openai.base_url, slack_url=slack.base_url)
+    with PennyHTTP(env, tmp) as penny:
+        yield penny
+
+
+def answers_by_thread(slack: FakeSlack) -> Counter[str]:
+    return Counter(str(m.get("thread_ts")) for m in slack.messages())
+
+
+def paid_calls(store_url: str) -> int:
+    """The ledger's LLM calls (its entries less its cache hits)."""
+    store = store_from_url(store_url)
+    try:
+        totals = store.usage(TEAM, "2000-01-01", "2100-01-01", None).totals
+    finally:
+        store.close()
+    return totals.requests - totals.cache_hits
+
+
+def workers_that_answered(access_log: Path) -> set[str]:
+    return set(re.findall(r"<(\d+)> \"POST /slack/events", access_log.read_text()))
+
+
+# -- start-up ------------------------------------------------------------------------------------
+
+
+def test_http_without_a_signing_secret_exits_2_naming_it(tmp_path: Path) -> None:
+    env = penny_env(tmp_path, openai_url="http://127.0.0.1:9/v1", slack_url="http://127.0.0.1:9/")
+    del env["SLACK_SIGNING_SECRET"]
+    done = subprocess.run([sys.executable, "-m", "bot.cli", "run", "--http", "--port", "0"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert done.returncode == 2
+    assert "SLACK_SIGNING_SECRET" in done.stderr
+    assert "SLACK_BOT_TOKEN" not in done.stderr  # only what is missing
+    assert "terminal chat" not in done.stdout
+    assert not (tmp_path / "penny.db").exists()  # refused before anything was opened
+
+
+# -- one worker ----------------------------------------------------------------------------------
+
+
+def test_health_readiness_and_metrics_are_served_beside_slack(server: PennyHTTP) -> None:
+    assert server.get("/healthz") == (200, "ok\n")
+    assert server.get("/readyz") == (200, "ready\n")
+    status, metrics = server.get("/metrics")
+    assert status == 200 and "penny_ledger_spooled" in metrics
+    assert server.get("/slack/events")[0] == 404  # Slack only POSTs
+
+
+def test_idle_and_slow_connections_do_not_hold_up_a_signed_event(server: PennyHTTP, fakes: tuple[FakeOpenAI, FakeSlack]
+                                                                  ) -> None:
+    _, slack = fakes
+    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(50)]
+    slow = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(30)]  # more than the 16 threads
+    try:
+        for sock in slow:
+            sock.sendall(b"POST /slack/events HTTP/1.1\r\nHost: penny\r\nContent-Length: 300\r\n\r\n{")
+        time.sleep(0.3)  # every slow request is being read by now
+        status, seconds = post_event(server.port, question_event("where are the production logs?", "EvIdle1",
+                                                                 user="U1", ts="1700000001.000100"))
+        assert status == 200
+        assert seconds < 2.0  # not 5 s (gunicorn's wait for a first byte) nor 10 s (the read deadline)
+        slack.wait_for(("chat.postMessage", "chat.update"), 1, timeout=30)
+    finally:
+        for sock in idle + slow:
+            sock.close()
+
+
+def test_an_oversized_body_is_refused_with_413_before_it_is_read(server: PennyHTTP) -> None:
+    head = (b"POST /slack/events HTTP/1.1\r\nHost: penny\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 104857600\r\n\r\n")
+    response = raw_request(server.port, head + b"{" * 65536)  # 64 KiB of a claimed 100 MB
+    assert response.status == 413
+    assert "larger than 1048576" in response.read().decode()
+    chunk = b"x" * 65536
+    chunked = (b"POST /slack/events HTTP/1.1\r\nHost: penny\r\nContent-Type: application/json\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n" + (b"10000\r\n" + chunk + b"\r\n") * 17 + b"0\r\n\r\n")
+    assert raw_request(server.port, chunked).status == 413  # no length given: still cut at 1 MiB
+    assert server.get("/healthz")[0] == 200
+
+
+def test_bad_input_gets_its_4xx_and_a_forged_signature_401(server: PennyHTTP, fakes: tuple[FakeOpenAI, FakeSlack]
+                                                           ) -> None:
+    openai, slack = fakes
+    body = question_event("how do I deploy?", "EvForged", user="U1", ts="1700000002.000100")
+    assert post_event(server.port, body, headers={"X-Slack-Request-Timestamp": "soon"})[0] == 401
+    assert post_event(server.port, "{not json", headers=signed_headers("{not json"))[0] == 400
+    assert post_event(server.port, body, headers={"X-Slack-Signature": "v0=" + "0" * 64})[0] == 401
+    assert openai.count() == 0 and slack.count("chat.postMessage") == 0
+
+
+def test_a_trickling_client_loses_its_connection_at_the_read_deadline() -> None:
+    ours, theirs = socket.socketpair()
+    conn = _DeadlineSocket.adopt(ours, 0.3)
+    try:
+        conn.setblocking(True)  # a request starts
+        started = time.monotonic()
+        reads = 0
+        try:
+            while True:
+                theirs.sendall(b"x")  # a byte every 50 ms: each read returns, the deadline still passes
+                reads += len(conn.recv(10))
+                time.sleep(0.05)
+        except ConnectionResetError:
+            pass
+        assert reads >= 3
+        assert 0.25 < time.monotonic() - started < 2.0
+        assert conn.expired
+    finally:
+        conn.close()
+        theirs.close()
+
+
+def test_a_request_goes_to_a_thread_once_it_has_arrived_whole() -> None:
+    head = b"POST /slack/events HTTP/1.1\r\nHost: penny\r\nContent-Length: 10\r\n"
+    assert not request_complete(b"POST /slack/ev")
+    assert not request_complete(head)
+    assert not request_complete(head + b"\r\n{\"a\": ")
+    assert request_complete(head + b"\r\n{\"a\": 123}")
+    assert request_complete(b"GET /healthz HTTP/1.1\r\nHost: penny\r\n\r\n")  # no body
+    assert request_complete(b"POST / HTTP/1.1\r\ncontent-length:  104857600\r\n\r\n")  # refused unread
+    assert request_complete(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")  # a thread reads it
+    assert request_complete(b"GET /" + b"x" * BUFFERED_REQUEST_BYTES)  # headers too long: gunicorn refuses them
+
+
+def test_a_listener_starts_its_answer_once_the_acks_in_flight_are_done() -> None:
+    acks_first = AcksFirst(quiet_s=0.0, max_wait_s=60.0)
+    started = threading.Event()
+    with acks_first.request():
+        waiter = threading.Thread(target=lambda: (acks_first.wait(), started.set()))
+        waiter.start()
+        assert not started.wait(0.1)  # held while a request is being acked
+    assert started.wait(5)  # and let go as soon as none is
+    waiter.join()
+
+
+def test_a_listener_waits_for_acks_at_most_max_wait() -> None:
+    ticks = iter(range(100, 200))  # each look at the clock finds a second gone
+    acks_first = AcksFirst(quiet_s=0.02, max_wait_s=1.0, clock=lambda: float(next(ticks)))
+    with acks_first.request():
+        acks_first.wait()  # returns at its deadline: under sustained traffic answers still start
+
+
+def test_the_http_manifest_is_the_socket_mode_one_with_request_urls() -> None:
+    socket_mode = yaml.safe_load((ROOT / "manifest.yml").read_text(encoding="utf-8"))
+    over_http = yaml.safe_load((ROOT / "manifest.http.yml").read_text(encoding="utf-8"))
+    url = "https://penny.example.com/slack/events"
+    settings = over_http["settings"]
+    assert settings["socket_mode_enabled"] is False and socket_mode["settings"]["socket_mode_enabled"] is True
+    assert settings["event_subscriptions"].pop("request_url") == url
+    assert settings["interactivity"].pop("request_url") == url
+    [cost] = over_http["features"]["slash_commands"]
+    assert cost.pop("url") == url
+    settings["socket_mode_enabled"] = True
+    assert over_http == socket_mode  # the same events, scopes and command: only the transport differs
+
+
+def test_the_readmes_systemd_unit_runs_exactly_the_documented_command() -> None:
+    from bot.cli import _parser
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    [documented] = re.findall(r"Run `(\.venv/bin/penny run --http[^`]*)`", readme)
+    [directory] = re.findall(r"^\s*WorkingDirectory=(\S+)$", readme, re.M)
+    [exec_start] = re.findall(r"^\s*ExecStart=(.+)$", readme, re.M)
+    assert exec_start == f"{directory}/{documented}"
+    args = _parser().parse_args(documented.split()[1:])
+    assert args.http and args.workers >= 1
+
+
+# -- stopping and restarting ---------------------------------------------------------------------
+
+
+def test_sigterm_with_answers_in_flight_delivers_each_once_and_a_restart_answers_no_retry(
+    fakes: tuple[FakeOpenAI, FakeSlack], tmp_path: Path
+) -> None:
+    openai, slack = fakes
+    openai.fail_all(Fault.ok(delay_s=1.5))
+    env = penny_env(tmp_path, openai_url=openai.base_url, slack_url=slack.base_url)
+    bodies = [question_event(QUESTIONS[i], f"EvTerm{i}", user=f"U{i}", ts=f"17000001{i:02d}.000100")
+              for i in range(6)]
+    first = PennyHTTP(env, tmp_path, workers=2).start()
+    with ThreadPoolExecutor(6) as pool:
+        assert [status for status, _ in pool.map(lambda b: post_event(first.port, b), bodies)] == [200] * 6
+    assert slack.count("chat.postMessage") + slack.count("chat.update") < 6  # answers in flight
+    assert first.stop(signal.SIGTERM) == 0  # waited for the answers in flight, then exited 0
+    assert sorted(answers_by_thread(slack).values()) == [1] * 6
+    assert openai.count("chat") == 6
+    with pytest.raises(OSError):  # the port is closed
+        socket.create_connection(("127.0.0.1", first.port), timeout=2).close()
+
+    with PennyHTTP(env, tmp_path) as second:  # Slack retries every event on the restarted server
+        retry = {"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"}
+        assert [post_event(second.port, b, headers=retry)[0] for b in bodies] == [200] * 6
+        post_event(second.port, question_event(QUESTIONS[7], "EvTermLast", user="U9", ts="1700000199.000100"))
+        slack.wait_for(("chat.postMessage", "chat.update"), 1, timeout=30)  # the new event's answer …
+        deadline = time.monotonic() + 30
+        while "1700000199.000100" not in answers_by_thread(slack) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert sorted(answers_by_thread(slack).values()) == [1] * 7  # … and none for the retries
+        assert openai.count("chat") == 7
+    assert paid_calls(env["PENNY_STORE_URL"]) == 7
+
+
+# -- many workers, many replicas -----------------------------------------------------------------
+
+
+def deliver_twice(port_a: int, port_b: int, bodies: list[str]) -> list[int]:
+    """Each body delivered twice at once (Slack's duplicate deliveries), to ``port_a`` and ``port_b``."""
+    with ThreadPoolExecutor(32) as pool:
+        futures = [pool.submit(post_event, port, body) for body in bodies for port in (port_a, port_b)]
+        return [future.result()[0] for future in futures]
+
+
+def test_two_workers_and_one_store_answer_each_event_once_and_keep_one_bill(
+    fakes: tuple[FakeOpenAI, FakeSlack], tmp_path: Path
+) -> None:
+    openai, slack = fakes
+    openai.fail_all(Fault.ok(delay_s=0.2))
+    env = penny_env(tmp_path, openai_url=openai.base_url, slack_url=slack.base_url, PENNY_CACHE_ENABLED="false",
+                    PENNY_REQUESTS_PER_MINUTE="3", PENNY_REQUEST_BURST="3")
+    bodies = [question_event(QUESTIONS[i], f"EvTwo{i}", user=f"U{i}", ts=f"17000002{i:02d}.000100")
+              for i in range(20)]
+    bodies += [question_event(QUESTIONS[20 + i], f"EvHot{i}", user="UHOT", ts=f"17000003{i:02d}.000100")
+               for i in range(6)]  # one user over the shared limit of 3 a minute
+    log = tmp_path / "access.log"
+    with PennyHTTP(env, tmp_path, workers=2, args=["--access-log", str(log)]) as penny:
+        assert deliver_twice(penny.port, penny.port, bodies) == [200] * 52
+        slack.wait_for(("chat.postMessage", "chat.update"), 23, timeout=60)
+        slack.wait_for("chat.postEphemeral", 3, timeout=30)
+        time.sleep(0.5)
+    answered = answers_by_thread(slack)
+    assert len(answered) == 23 and set(answered.values()) == {1}  # 20 + the hot user's 3; each once
+    assert slack.count("chat.postEphemeral") == 3  # the hot user's other 3: rate limited, whichever worker
+    assert openai.count("chat") == 23 == paid_calls(env["PENNY_STORE_URL"])
+    assert len(workers_that_answered(log)) == 2
+
+
+@pytest.mark.skipif(redis_server_binary() is None, reason="redis-server is not installed")
+def test_two_replicas_on_redis_are_one_penny(fakes: tuple[FakeOpenAI, FakeSlack], tmp_path: Path) -> None:
+    openai, slack = fakes
+    with RedisServer(tmp_path / "redis") as redis:
+        env = penny_env(tmp_path, openai_url=openai.base_url, slack_url=slack.base_url, store_url=redis.url,
+                        PENNY_REQUESTS_PER_MINUTE="2", PENNY_REQUEST_BURST="2")
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        with PennyHTTP(env, tmp_path / "a") as a, PennyHTTP(env, tmp_path / "b") as b:
+            # Every event delivered to both replicas at once: answered once.
+            bodies = [question_event(QUESTIONS[i], f"EvRep{i}", user=f"U{i}", ts=f"17000004{i:02d}.000100")
+                      for i in range(10)]
+            assert deliver_twice(a.port, b.port, bodies) == [200] * 20
+            slack.wait_for(("chat.postMessage", "chat.update"), 10, timeout=60)
+            # The answer cache is shared: a question answered through A is a hit through B.
+            post_event(b.port, question_event(QUESTIONS[0], "EvRepCached", user="U50", ts="1700000500.000100"))
+            slack.wait_for(("chat.postMessage", "chat.update"), 11, timeout=30)
+            # So are the limits: two a minute for U60, whichever replica asks.
+            for i, port in enumerate((a.port, b.port, a.port)):
+                post_event(port, question_event(QUESTIONS[30 + i], f"EvRepLim{i}", user="U60",
+                                                ts=f"17000006{i:02d}.000100"))
+            slack.wait_for("chat.postEphemeral", 1, timeout=30)
+            slack.wait_for(("chat.postMessage", "chat.update"), 13, timeout=30)
+            time.sleep(0.5)
+        answered = answers_by_thread(slack)
+        assert len(answered) == 13 and set(answered.values()) == {1}
+        assert slack.count("chat.postEphemeral") == 1
+        assert openai.count("chat") == 12  # the cached answer cost no call
+        assert paid_calls(redis.url) == openai.count("chat")
