@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml  # type: ignore[import-untyped]  # PyYAML ships no stubs
 
+from bot.docs.index import DocsIndex
 from bot.slack.server import BUFFERED_REQUEST_BYTES, AcksFirst, _DeadlineSocket, request_complete
 from proxy_core.stores import store_from_url
 from tests.fake_openai import FakeOpenAI, Fault
@@ -61,6 +62,9 @@ def server(openai: FakeOpenAI, slack: FakeSlack, tmp_path_factory: pytest.TempPa
     env = penny_env(tmp, openai_url=openai.base_url, slack_url=slack.base_url)
     with PennyHTTP(env, tmp) as penny:
         yield penny
+
+
+FINAL = ("chat.postMessage", "chat.update")  # an answer posted, or streamed and then replaced
 
 
 def answers_by_thread(slack: FakeSlack) -> Counter[str]:
@@ -299,9 +303,12 @@ def test_two_workers_and_one_store_answer_each_event_once_and_keep_one_bill(
 @pytest.mark.skipif(redis_server_binary() is None, reason="redis-server is not installed")
 def test_two_replicas_on_redis_are_one_penny(fakes: tuple[FakeOpenAI, FakeSlack], tmp_path: Path) -> None:
     openai, slack = fakes
+    openai.fail_all(Fault.ok(prompt_tokens=1000, completion_tokens=50))  # $0.00048 a call at gpt-4.1-mini
     with RedisServer(tmp_path / "redis") as redis:
         env = penny_env(tmp_path, openai_url=openai.base_url, slack_url=slack.base_url, store_url=redis.url,
-                        PENNY_REQUESTS_PER_MINUTE="2", PENNY_REQUEST_BURST="2")
+                        PENNY_USER_LIMIT_OVERRIDES=json.dumps({"U60": {"requests_per_minute": 2, "request_burst": 2}}),
+                        PENNY_USER_BUDGET_OVERRIDES=json.dumps({"U70": "0.004"}), PENNY_MAX_OUTPUT_TOKENS="60",
+                        PENNY_ALERT_CHANNEL="CALERTS")
         (tmp_path / "a").mkdir()
         (tmp_path / "b").mkdir()
         with PennyHTTP(env, tmp_path / "a") as a, PennyHTTP(env, tmp_path / "b") as b:
@@ -309,19 +316,41 @@ def test_two_replicas_on_redis_are_one_penny(fakes: tuple[FakeOpenAI, FakeSlack]
             bodies = [question_event(QUESTIONS[i], f"EvRep{i}", user=f"U{i}", ts=f"17000004{i:02d}.000100")
                       for i in range(10)]
             assert deliver_twice(a.port, b.port, bodies) == [200] * 20
-            slack.wait_for(("chat.postMessage", "chat.update"), 10, timeout=60)
+            answers = 10
+            slack.wait_for(FINAL, answers, timeout=60)
             # The answer cache is shared: a question answered through A is a hit through B.
             post_event(b.port, question_event(QUESTIONS[0], "EvRepCached", user="U50", ts="1700000500.000100"))
-            slack.wait_for(("chat.postMessage", "chat.update"), 11, timeout=30)
+            answers += 1
+            slack.wait_for(FINAL, answers, timeout=30)
             # So are the limits: two a minute for U60, whichever replica asks.
             for i, port in enumerate((a.port, b.port, a.port)):
                 post_event(port, question_event(QUESTIONS[30 + i], f"EvRepLim{i}", user="U60",
                                                 ts=f"17000006{i:02d}.000100"))
+            answers += 2
             slack.wait_for("chat.postEphemeral", 1, timeout=30)
-            slack.wait_for(("chat.postMessage", "chat.update"), 13, timeout=30)
-            time.sleep(0.5)
-        answered = answers_by_thread(slack)
-        assert len(answered) == 13 and set(answered.values()) == {1}
-        assert slack.count("chat.postEphemeral") == 1
-        assert openai.count("chat") == 12  # the cached answer cost no call
+            slack.wait_for(FINAL, answers, timeout=30)
+            # And the budgets and their alerts: U70 asks through A and B in turn until the budget refuses.
+            for i in range(12):
+                refusals, ts = slack.count("chat.postEphemeral"), f"17000007{i:02d}.000100"
+                post_event((a.port, b.port)[i % 2], question_event(QUESTIONS[40 + i], f"EvRepBudget{i}", user="U70",
+                                                                   ts=ts))
+                deadline = time.monotonic() + 30
+                while not any(m.get("thread_ts") == ts and not m.get("streaming") for m in slack.messages("C1")) \
+                        and slack.count("chat.postEphemeral") == refusals and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                if slack.count("chat.postEphemeral") > refusals:
+                    break
+                answers += 1
+            time.sleep(1.0)  # alerts go out from a thread of their own
+        answered = Counter(str(m.get("thread_ts")) for m in slack.messages("C1"))
+        assert len(answered) == answers and set(answered.values()) == {1}
+        assert slack.count("chat.postEphemeral") == 2  # U60's third question, and U70's last
+        assert openai.count("chat") == answers - 1  # the cached answer cost no call
         assert paid_calls(redis.url) == openai.count("chat")
+        alerts = Counter(re.findall(r"<@U70> has used (\d+)%", json.dumps(slack.messages("CALERTS"))))
+        assert alerts["50"] == 1 and set(alerts.values()) == {1}  # each threshold announced once, by one replica
+        store = store_from_url(redis.url)
+        try:
+            assert DocsIndex.load(store).version == 1  # indexed once, by the first replica to start
+        finally:
+            store.close()
