@@ -31,17 +31,26 @@ REAP_GRACE_S = 600.0
 __all__ = [
     "REAP_GRACE_S",
     "Admission",
+    "AnswerCacheStore",
+    "BlobStore",
     "BreakerRef",
+    "BreakerStore",
     "BucketSpec",
     "BudgetDecision",
+    "BudgetStore",
     "CacheItem",
     "Claim",
     "ClaimOwner",
     "LedgerEntry",
+    "LedgerStore",
     "LimitDecision",
+    "LimitStore",
+    "RecordStore",
+    "RequestStore",
     "SemanticChange",
     "SemanticChanges",
     "SemanticEntry",
+    "SemanticStore",
     "Store",
     "UsageSummary",
     "UsageTotals",
@@ -256,22 +265,9 @@ class SemanticChanges:
     reset: bool = False
 
 
-class Store(ABC):
-    """A backend for Penny's shared state. Thread-safe; may be shared by many processes."""
+class RequestStore(ABC):
+    """Requests, from admission to settlement: the gateway's one- and two-round-trip path."""
 
-    # -- lifecycle -------------------------------------------------------------------------
-    @abstractmethod
-    def now(self) -> float:
-        """The store's clock, in epoch seconds (shared state is timed by it, not by the caller)."""
-
-    @abstractmethod
-    def ping(self) -> None:
-        """Raise StoreError unless the backend answers."""
-
-    @abstractmethod
-    def close(self) -> None: ...
-
-    # -- idempotency ---------------------------------------------------------------------
     @abstractmethod
     def claim_request(self, workspace_id: str, request_id: str, ttl_s: float) -> Claim:
         """Claim ``request_id`` for ``ttl_s`` seconds (a crashed owner's claim expires then)."""
@@ -314,33 +310,6 @@ class Store(ABC):
         ``interrupted``: never admitted again.
         """
 
-    # -- rate limiting -------------------------------------------------------------------
-    @abstractmethod
-    def take_tokens(self, workspace_id: str, specs: Sequence[BucketSpec]) -> LimitDecision:
-        """Atomically debit every bucket or none (``limiter.take``). A cost of 0 only peeks."""
-
-    # -- budgets -------------------------------------------------------------------------
-    @abstractmethod
-    def reserve(
-        self,
-        workspace_id: str,
-        reservation_id: str,
-        lines: Sequence[BudgetLine],
-        amount: int,
-        ttl_s: float,
-    ) -> BudgetDecision:
-        """Atomically reserve ``amount`` on every line if it fits under each capped line.
-
-        Reservations older than their ``ttl_s`` (left by a crashed process) no longer count and
-        are purged. Uncapped lines (limit 0) hold no reservation: they can refuse nothing, and
-        their spend is still counted when the request settles. Nothing is written when any line
-        refuses.
-        """
-
-    @abstractmethod
-    def release(self, workspace_id: str, reservation_id: str, lines: Sequence[BudgetLine]) -> None:
-        """Drop a reservation without spending (the call failed or was refused later)."""
-
     @abstractmethod
     def settle(
         self,
@@ -378,11 +347,47 @@ class Store(ABC):
         the ledger already held the entry), else the claim or result that holds the request ID
         (``in_flight``, ``done``), with nothing written."""
 
+
+class LimitStore(ABC):
+    """Token buckets (``limiter``), applied atomically."""
+
+    @abstractmethod
+    def take_tokens(self, workspace_id: str, specs: Sequence[BucketSpec]) -> LimitDecision:
+        """Atomically debit every bucket or none (``limiter.take``). A cost of 0 only peeks."""
+
+
+class BudgetStore(ABC):
+    """Budget lines: reservations and what is spent (``budget``)."""
+
+    @abstractmethod
+    def reserve(
+        self,
+        workspace_id: str,
+        reservation_id: str,
+        lines: Sequence[BudgetLine],
+        amount: int,
+        ttl_s: float,
+    ) -> BudgetDecision:
+        """Atomically reserve ``amount`` on every line if it fits under each capped line.
+
+        Reservations older than their ``ttl_s`` (left by a crashed process) no longer count and
+        are purged. Uncapped lines (limit 0) hold no reservation: they can refuse nothing, and
+        their spend is still counted when the request settles. Nothing is written when any line
+        refuses.
+        """
+
+    @abstractmethod
+    def release(self, workspace_id: str, reservation_id: str, lines: Sequence[BudgetLine]) -> None:
+        """Drop a reservation without spending (the call failed or was refused later)."""
+
     @abstractmethod
     def spent(self, workspace_id: str, line: BudgetLine) -> tuple[int, int]:
         """(spent, reserved) micro-dollars on ``line`` now."""
 
-    # -- circuit breaker -----------------------------------------------------------------
+
+class BreakerStore(ABC):
+    """Circuit breakers (``breaker``), shared by every replica."""
+
     @abstractmethod
     def breaker_acquire(self, name: str, policy: BreakerPolicy) -> Permit:
         """Apply ``breaker.acquire`` atomically at the store's clock."""
@@ -395,7 +400,10 @@ class Store(ABC):
     @abstractmethod
     def breaker_state(self, name: str) -> BreakerState: ...
 
-    # -- exact cache ---------------------------------------------------------------------
+
+class AnswerCacheStore(ABC):
+    """The exact-match answer cache: JSON text by scope and key, with a TTL."""
+
     @abstractmethod
     def cache_get(self, scope: str, key: str) -> str | None:
         """The cached value (JSON text) for ``key`` within ``scope``, unless expired."""
@@ -407,7 +415,10 @@ class Store(ABC):
     def cache_delete(self, scope: str, key: str | None = None) -> int:
         """Delete one key, or the whole scope when ``key`` is None; returns how many went."""
 
-    # -- ledger --------------------------------------------------------------------------
+
+class LedgerStore(ABC):
+    """The ledger: one entry per settled call, and totals over days."""
+
     @abstractmethod
     def ledger_entry(self, workspace_id: str, request_id: str) -> LedgerEntry | None: ...
 
@@ -417,7 +428,10 @@ class Store(ABC):
     ) -> UsageSummary:
         """Totals over the UTC days ``first_day``..``last_day`` (inclusive, 'YYYY-MM-DD')."""
 
-    # -- semantic cache ----------------------------------------------------------------------
+
+class SemanticStore(ABC):
+    """The semantic cache's entries and change log."""
+
     # Entries are shared by every replica; each replica keeps an in-process vector index, loaded
     # with ``semantic_scan`` at start-up and kept in sync by tailing ``semantic_changes``. Every
     # mutation below appends to the change log in the same atomic step as the mutation.
@@ -463,7 +477,10 @@ class Store(ABC):
     def semantic_count(self) -> int:
         """How many entries are stored (expired ones not yet deleted included)."""
 
-    # -- blobs -------------------------------------------------------------------------------
+
+class BlobStore(ABC):
+    """Opaque bytes by key (the docs index)."""
+
     # A small generic key -> bytes space shared by every replica (the docs index lives here). Keys
     # are plain strings; callers group them by prefix. Values are opaque bytes, never expiring.
 
@@ -487,3 +504,38 @@ class Store(ABC):
     def blob_scan(self, prefix: str) -> Iterator[tuple[str, bytes]]:
         """Every (key, bytes) whose key starts with ``prefix`` (``""`` = all), in batches, in no
         promised order. Not a snapshot: keys changed during the scan may be seen old or new."""
+
+
+class RecordStore(ABC):
+    """Small keyed records with a TTL for a front end's own bookkeeping (the Slack bot: which threads
+    Penny is in, which answer a message carries). Not the answer cache: a record is never served
+    as an answer, and clearing the cache leaves records alone."""
+
+    @abstractmethod
+    def record_get(self, kind: str, key: str) -> str | None:
+        """The record ``key`` of ``kind``, unless missing or expired."""
+
+    @abstractmethod
+    def record_put(self, kind: str, key: str, value: str, ttl_s: float) -> None:
+        """Store (or replace) the record ``key`` of ``kind`` for ``ttl_s`` seconds."""
+
+
+class Store(
+    RequestStore, LimitStore, BudgetStore, BreakerStore, AnswerCacheStore, LedgerStore, SemanticStore, BlobStore,
+    RecordStore, ABC,
+):
+    """A backend for Penny's shared state: every capability above, on one SQLite file or one Redis.
+    Thread-safe; may be shared by many processes. A caller depends on the capability it uses
+    (``Accounts`` on ledger, limits and budgets; the docs index on blobs; the bot on records and
+    requests); each backend implements them all, with the fused one-round-trip operations."""
+
+    @abstractmethod
+    def now(self) -> float:
+        """The store's clock, in epoch seconds (shared state is timed by it, not by the caller)."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise StoreError unless the backend answers."""
+
+    @abstractmethod
+    def close(self) -> None: ...

@@ -20,6 +20,7 @@ Key layout (``<ns>`` is the namespace, ``penny`` by default)::
     <ns>:{w:<workspace>}:usage:<day>:user:<user>   HASH   the day's totals of one user, per model
     <ns>:breaker:{<name>}                          HASH   breaker state
     <ns>:cache:{<scope>}:<key>                     HASH   cache entry (expires)
+    <ns>:rec:{<kind>}:<key>                        HASH   a front end's record (expires)
     <ns>:{sem}:records                             HASH   semantic entry id -> entry without answer
     <ns>:{sem}:answers                             HASH   semantic entry id -> answer
     <ns>:{sem}:last-used                           ZSET   semantic entry id -> last use (LRU order)
@@ -733,6 +734,20 @@ class RedisStore(Store):
         if key is not None:
             return delete([self._cache_key(scope, key)])
         return self._unlink_matching(_glob_escape(self._cache_key(scope, "")) + "*", delete)
+
+    # -- records -------------------------------------------------------------------------
+    def _record_key(self, kind: str, key: str) -> str:
+        return f"{self._ns}:rec:{{{kind}}}:{key}"
+
+    @_translated("read a record")
+    def record_get(self, kind: str, key: str) -> str | None:
+        # The exact cache's scripts: a value with its logical expiry (the injected clock's, in tests).
+        value = self._run("cache_get", [self._record_key(kind, key)], [])
+        return None if value is None else _text(value)
+
+    @_translated("write a record")
+    def record_put(self, kind: str, key: str, value: str, ttl_s: float) -> None:
+        self._run("cache_put", [self._record_key(kind, key)], [value, _num(ttl_s)])
 
     # -- ledger --------------------------------------------------------------------------
     @_translated("read the ledger")

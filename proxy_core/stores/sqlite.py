@@ -54,7 +54,7 @@ from proxy_core.stores.claims import owner_json, unsettled_charge
 __all__ = ["SCHEMA_VERSION", "SEMANTIC_LOG_RETAIN", "SqliteStore"]
 
 # Version 2 added the semantic cache (semantic_entries, semantic_log), version 3 the blobs table,
-# version 4 the owned claims (requests.owner, requests.reaped) and unsettled ledger entries.
+# version 4 the owned claims (requests.owner, requests.reaped), unsettled ledger entries and records.
 # Every statement of _SCHEMA is idempotent, so opening an older file simply creates what it lacks
 # and bumps user_version.
 SCHEMA_VERSION = 4
@@ -171,6 +171,15 @@ CREATE TABLE IF NOT EXISTS semantic_log (
     expires_at REAL,
     vector     BLOB
 );
+
+-- A front end's own keyed records (the Slack bot's bookkeeping), apart from the answer cache.
+CREATE TABLE IF NOT EXISTS records (
+    kind       TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
 
 -- Opaque values shared by replicas (the docs index), grouped by key prefix.
 CREATE TABLE IF NOT EXISTS blobs (
@@ -666,6 +675,22 @@ class SqliteStore(Store):
             ).rowcount
             conn.execute("DELETE FROM cache WHERE scope = ?1 AND (?2 IS NULL OR key = ?2)", (scope, key))
         return int(live)
+
+    # -- records -------------------------------------------------------------------------
+    def record_get(self, kind: str, key: str) -> str | None:
+        with self._read("read a record") as conn:
+            row = conn.execute("SELECT value FROM records WHERE kind = ? AND key = ? AND expires_at > ?",
+                               (kind, key, self.now())).fetchone()
+        return None if row is None else str(row[0])
+
+    def record_put(self, kind: str, key: str, value: str, ttl_s: float) -> None:
+        with self._write("write a record") as conn:
+            now = self.now()
+            conn.execute("INSERT OR REPLACE INTO records (kind, key, value, expires_at) VALUES (?, ?, ?, ?)",
+                         (kind, key, value, now + ttl_s))
+            # Expired records of the kind go a few at a time, so the table stays the size of what lives.
+            conn.execute("DELETE FROM records WHERE (kind, key) IN "
+                         "(SELECT kind, key FROM records WHERE kind = ? AND expires_at <= ? LIMIT 16)", (kind, now))
 
     # -- ledger --------------------------------------------------------------------------
     def ledger_entry(self, workspace_id: str, request_id: str) -> LedgerEntry | None:
