@@ -3,14 +3,23 @@ clock: when text is started, appended and stopped, and how every failure ends st
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from bot.slack.stream import MARKDOWN_TEXT_LIMIT, SlackAnswerStream, StreamPacing, append_due, pieces
+from bot.slack.stream import (
+    MARKDOWN_TEXT_LIMIT,
+    SlackAnswerStream,
+    StreamPacing,
+    StreamStarts,
+    append_due,
+    pieces,
+    retry_after_s,
+)
 from proxy_core.clock import ManualClock
+from proxy_core.stores.base import Store
 from tests.fake_slack import FakeSlack
 
 TOKEN = "xoxb-test-penny-stream"
@@ -267,3 +276,71 @@ def test_the_fake_holds_streams_to_slacks_rules(fake: FakeSlack) -> None:
     with pytest.raises(SlackApiError, match="message_not_in_streaming_state"):
         client.chat_appendStream(channel="D1", ts=ts, markdown_text="late")
     assert [(m["markdown"], m["streaming"]) for m in fake.messages("D1")] == [("xyz", False)]
+
+
+# -- Slack's tiers: a shared budget of starts, a stop that waits out a throttle --------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [({"Retry-After": ["3"]}, 3.0), ({"retry-after": "12"}, 12.0), ({}, 1.0), ({"Retry-After": ["soon"]}, 1.0)],
+)
+def test_retry_after_s(headers: dict[str, object], seconds: float) -> None:
+    assert retry_after_s(headers) == seconds
+
+
+def sleeping_stream(fake: FakeSlack, clock: ManualClock, sleeps: list[float],
+                    may_start: Callable[[], bool] | None = None) -> SlackAnswerStream:
+    client = WebClient(token=TOKEN, base_url=fake.base_url, retry_handlers=[])
+    return SlackAnswerStream(client, channel="C1", thread_ts=THREAD, user_id="U1", team_id="T0PENNY", clock=clock,
+                             pacing=StreamPacing(start_after_s=0), may_start=may_start, sleep=sleeps.append)
+
+
+def test_a_throttled_stop_is_retried_after_the_wait_slack_asks_for(fake: FakeSlack, clock: ManualClock) -> None:
+    sleeps: list[float] = []
+    stream = sleeping_stream(fake, clock, sleeps)
+    stream.delta("Run `make deploy`.")
+    fake.rate_limit("chat.stopStream", retry_after=3)
+
+    ts = stream.close()
+
+    assert sleeps == [3.0]  # Slack's Retry-After, exactly, on the injected sleep
+    assert fake.count("chat.stopStream") == 2 and stream.stopped
+    assert [(m["ts"], m["streaming"]) for m in fake.messages()] == [(ts, False)]
+
+
+@pytest.mark.parametrize(("retry_after", "waited"), [(1, [1.0, 1.0]), (60, [])])
+def test_a_stop_that_stays_throttled_says_the_message_is_still_streaming(
+    fake: FakeSlack, clock: ManualClock, retry_after: int, waited: list[float]
+) -> None:
+    sleeps: list[float] = []
+    stream = sleeping_stream(fake, clock, sleeps)
+    stream.delta("Run `make deploy`.")
+    fake.rate_limit("chat.stopStream", retry_after=retry_after, times=3)
+
+    ts = stream.close()
+
+    assert sleeps == waited  # two retries at most, and a wait of a minute is not worth it
+    assert ts is not None and not stream.stopped  # the app deletes it and posts the answer whole
+
+
+def test_no_stream_starts_once_the_budget_is_spent(fake: FakeSlack, clock: ManualClock) -> None:
+    allowed = iter([False])
+    stream = sleeping_stream(fake, clock, [], may_start=lambda: next(allowed))
+
+    stream.delta("Run ")
+    stream.delta("`make deploy`.")
+
+    assert stream.failure == "stream_budget"
+    assert stream.close() is None and stream.stopped
+    assert fake.calls() == []  # asked once; the answer is posted whole
+
+
+def test_stream_starts_are_one_budget_for_every_replica(store: Store, open_twin: Callable[[], Store],
+                                                        clock: ManualClock) -> None:
+    replicas = [StreamStarts(store, per_minute=15, burst=2), StreamStarts(open_twin(), per_minute=15, burst=2)]
+    assert [replicas[0].take("T1"), replicas[1].take("T1"), replicas[0].take("T1"), replicas[1].take("T1")] == [
+        True, True, False, False]
+    assert replicas[1].take("T2")  # another workspace has its own Slack limits
+    clock.advance(4.0)  # 15 a minute: one more start every 4 s, on the store's clock
+    assert [replicas[1].take("T1"), replicas[0].take("T1")] == [True, False]

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from bot.service import index_docs, open_answer_service
 from bot.slack.app import ANSWERS_SCOPE, THREADS_SCOPE, SlackSettings, build_app
 from bot.slack.render import ACTION_FEEDBACK_DOWN, ACTION_FEEDBACK_UP
-from bot.slack.stream import StreamPacing
+from bot.slack.stream import StreamPacing, StreamStarts
 from bot.slack.working import WorkingIndicator
 from proxy_core.clock import ManualClock
 from proxy_core.gateway import Gateway
@@ -77,7 +77,7 @@ class StreamingBot(Harness):
     """Penny's Bolt app over the real service and gateway, its streams paced by a ticking clock."""
 
     def __init__(self, slack: FakeSlack, openai: FakeOpenAI, path: Path, pacing: StreamPacing | None = None,
-                 **overrides: Any) -> None:
+                 starts_burst: float = 5, **overrides: Any) -> None:
         params: dict[str, Any] = {"openai_api_key": KEY, "requests_per_minute": 0, "tokens_per_minute": 0,
                                   "docs_base_url": "https://docs.example.com"}
         params.update(overrides)
@@ -91,12 +91,14 @@ class StreamingBot(Harness):
                                upstream=OpenAIUpstream(api_key=KEY, base_url=openai.base_url, timeout_s=5.0),
                                clock=self.gateway_clock, sleep=self.gateway_clock.sleep, rand=lambda: 0.5)
         self.settings = SlackSettings(bot_token=TOKEN, signing_secret=SECRET, api_url=slack.base_url)
+        self.sleeps: list[float] = []  # what a throttled chat.stopStream waited
         # Streams start with the first text here (the fake writes an answer in no time); the
         # default start delay has a test of its own.
         self.app = build_app(answerer=open_answer_service(settings, self.store, self.gateway), store=self.store,
                              settings=self.settings, listener_executor=Inline(), clock=TickingClock(0.25),
                              stream_pacing=pacing or StreamPacing(start_after_s=0),
-                             working=WorkingIndicator(workers=0))
+                             working=WorkingIndicator(workers=0), sleep=self.sleeps.append,
+                             stream_starts=StreamStarts(self.store, burst=starts_burst))
         self._serial = 0
 
     def settle(self) -> None:
@@ -401,3 +403,54 @@ def test_a_long_streamed_answer_updates_the_first_part_and_posts_the_rest(
     last = str(posts[-1].response["ts"])  # type: ignore[index]
     assert {ACTION_FEEDBACK_UP, ACTION_FEEDBACK_DOWN} <= action_ids(posts[-1])
     assert bot.store.cache_get(ANSWERS_SCOPE, f"{TEAM}:C1:{last}") is not None
+
+
+# -- Slack's tiers ---------------------------------------------------------------------------------
+
+
+def test_a_throttled_stop_is_waited_out_and_the_stream_becomes_the_answer(bot: StreamingBot,
+                                                                         slack: FakeSlack) -> None:
+    slack.rate_limit("chat.stopStream", retry_after=2)
+
+    bot.event(mention(QUESTION, ts=ROOT))
+
+    assert bot.sleeps == [2.0]  # Slack's Retry-After, once
+    streamed = str(slack.last("chat.startStream").response["ts"])  # type: ignore[index]
+    assert slack.last("chat.update").params["ts"] == streamed
+    [shown] = slack.messages()
+    assert shown["ts"] == streamed and not shown["streaming"] and "gpt-4.1-mini" in json.dumps(shown["blocks"])
+
+
+@pytest.mark.parametrize(("retry_after", "waited"), [(1, [1.0, 1.0]), (60, [])])
+def test_a_stop_that_stays_throttled_leaves_no_message_mid_stream(bot: StreamingBot, slack: FakeSlack,
+                                                                 retry_after: int, waited: list[float]) -> None:
+    slack.rate_limit("chat.stopStream", retry_after=retry_after, times=3)
+
+    bot.event(mention(QUESTION, ts=ROOT))
+
+    assert bot.sleeps == waited
+    streamed = str(slack.last("chat.startStream").response["ts"])  # type: ignore[index]
+    assert slack.last("chat.delete").params["ts"] == streamed  # taken down, not left mid-stream
+    [shown] = slack.messages()
+    assert shown["ts"] != streamed and not shown["streaming"] and shown["thread_ts"] == ROOT
+    assert "gpt-4.1-mini" in json.dumps(shown["blocks"])  # the answer, posted whole
+    assert bot.ledger() == 1
+
+
+def test_once_the_shared_budget_of_streams_is_spent_answers_are_posted_whole(make_bot: Any,
+                                                                            slack: FakeSlack) -> None:
+    bot = make_bot(starts_burst=1)
+    bot.event(mention(QUESTION, ts=ROOT))
+    bot.event(mention("<@UPENNY> where are the production logs?", ts="1700000300.000100"))
+
+    assert slack.count("chat.startStream") == 1  # the second answer did not stream
+    assert slack.last("chat.postMessage").params["thread_ts"] == "1700000300.000100"
+    assert [m["thread_ts"] for m in slack.messages()] == [ROOT, "1700000300.000100"]
+    assert not any(m["streaming"] for m in slack.messages())
+
+
+def test_a_slack_connect_guest_is_the_streams_recipient(bot: StreamingBot, slack: FakeSlack) -> None:
+    bot.event({**mention(QUESTION, ts=ROOT, user="U0GUEST"), "user_team": "T0GUEST", "team": "T0GUEST"})
+
+    start = slack.last("chat.startStream")
+    assert (start.params["recipient_user_id"], start.params["recipient_team_id"]) == ("U0GUEST", "T0GUEST")

@@ -81,7 +81,7 @@ from bot.slack.render import (
     refusal_blocks,
 )
 from bot.slack.startup import SlackInstallation
-from bot.slack.stream import SlackAnswerStream, StreamPacing
+from bot.slack.stream import SlackAnswerStream, StreamPacing, StreamStarts
 from bot.slack.working import Working, WorkingIndicator
 from proxy_core.clock import Clock
 from proxy_core.errors import StoreError
@@ -208,6 +208,8 @@ def build_app(
     stream_pacing: StreamPacing | None = None,
     working: WorkingIndicator | None = None,
     installation: SlackInstallation | None = None,
+    stream_starts: StreamStarts | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> App:
     """Penny's Bolt app. ``client`` defaults to :func:`make_client`; ``on_feedback`` gets 👍/👎 clicks.
 
@@ -215,7 +217,9 @@ def build_app(
     pass theirs so they can wait for every listener to finish). ``cost_settings`` gives ``/cost`` and
     the App Home their budgets, rate limits and admins (defaults: no caps, default limits, only the
     admins in ``settings``); ``wall`` is the clock that picks today and this month. ``clock``
-    (monotonic) and ``stream_pacing`` set how often a streamed answer is appended to. ``working``
+    (monotonic) and ``stream_pacing`` set how often a streamed answer is appended to;
+    ``stream_starts`` is the shared budget of streams per minute (default: Slack's Tier 2, through
+    ``store``); ``sleep`` waits out a throttled ``chat.stopStream``. ``working``
     puts the 👀 on slow questions (default: after half a second, on threads of its own).
     ``installation`` is the workspace and app the bot token belongs to (from the start-up check;
     looked up on the first request without it): requests from any other are dropped unanswered.
@@ -235,7 +239,8 @@ def build_app(
     penny = _Penny(answerer=answerer, store=store, on_feedback=on_feedback, costs=costs, admins=admins, wall=wall,
                    clock=clock, stream_pacing=stream_pacing or StreamPacing(),
                    working=working if working is not None else WorkingIndicator(),
-                   thread_replies=settings.thread_replies)
+                   thread_replies=settings.thread_replies,
+                   stream_starts=stream_starts if stream_starts is not None else StreamStarts(store), sleep=sleep)
     app.event("app_mention")(penny.on_mention)
     app.event("message")(penny.on_message)
     app.event("app_home_opened")(penny.on_home_opened)
@@ -400,6 +405,16 @@ def thread_messages(
     return ([root] if root is not None else []) + list(newest)
 
 
+def asker_team(event: Mapping[str, Any], workspace: str) -> str:
+    """The team of the person who wrote ``event``: its ``user_team`` (or ``team``) when that is a
+    workspace ID (a Slack Connect guest's own workspace), else ``workspace``."""
+    for key in ("user_team", "team"):
+        team = str(event.get(key) or "")
+        if team.startswith("T"):
+            return team
+    return workspace
+
+
 def _view_citations(answer: Answer) -> tuple[CitationTuple, ...]:
     return tuple((c.number, c.title, c.section, c.url, c.path) for c in answer.citations)
 
@@ -475,6 +490,7 @@ class _Target:
     user: str
     message_ts: str | None  # the user's message (for the reaction); None for a button click
     thread_ts: str | None  # the thread to answer in; None = top level (a DM)
+    user_team: str | None = None  # the asker's team when it is not the workspace's (Slack Connect)
 
 
 class _Penny:
@@ -491,6 +507,8 @@ class _Penny:
         stream_pacing: StreamPacing,
         working: WorkingIndicator,
         thread_replies: ThreadReplies,
+        stream_starts: StreamStarts,
+        sleep: Callable[[float], None],
     ) -> None:
         self.answerer = answerer
         self.store = store
@@ -502,6 +520,8 @@ class _Penny:
         self.stream_pacing = stream_pacing
         self.working = working
         self.thread_replies = thread_replies
+        self.stream_starts = stream_starts
+        self.sleep = sleep
         self.streaming = True  # off for good after an error in STREAMING_UNAVAILABLE
         # (workspace, user) -> (is a Slack admin, known until): every Home open and /cost team
         # would otherwise ask users.info again.
@@ -672,7 +692,8 @@ class _Penny:
                         respond(delete_original=True)  # the offer is used up
                     except Exception as exc:
                         _log.warning("slack.fresh_offer_delete_failed", error=exc)
-                target = _Target(workspace, channel, user, None, thread_ts or None)
+                target = _Target(workspace, channel, user, None, thread_ts or None,
+                                 str(body["user"].get("team_id") or workspace))
                 self._ask(client, target, question, request_id=request_id, fresh=True)
         except Exception as exc:
             _log.exception("slack.fresh_answer_failed", error=exc)
@@ -700,7 +721,8 @@ class _Penny:
         if not self._claim(workspace, request_id):
             return
         with self._handling(workspace, request_id):
-            target = _Target(workspace, str(event.get("channel", "")), str(event["user"]), str(event["ts"]), thread_ts)
+            target = _Target(workspace, str(event.get("channel", "")), str(event["user"]), str(event["ts"]), thread_ts,
+                             asker_team(event, workspace))
             text = strip_mentions(str(event.get("text") or ""), context.bot_user_id)
             if not text:
                 self._post(client, target, [[{"type": "section", "text": {"type": "mrkdwn", "text": HELP_TEXT}}]])
@@ -740,7 +762,7 @@ class _Penny:
             except Exception as exc:
                 _log.exception("slack.answerer_failed", request_id=request_id, error=exc)
                 answer = Answer(kind="error", text=FAILED_TEXT, refusal="upstream_error")
-            streamed_ts = self._end_stream(stream)
+            streamed_ts = self._end_stream(client, target, stream)
             self._deliver(client, target, answer, question_text, note, streamed_ts)
             if working is not None:
                 working.answered()  # no 👀 from now on, even while the event's records are still stored
@@ -771,13 +793,17 @@ class _Penny:
             channel=target.channel,
             thread_ts=target.thread_ts,
             user_id=target.user,
-            team_id=target.workspace_id,
+            team_id=target.user_team or target.workspace_id,
             clock=self.clock,
             pacing=self.stream_pacing,
+            may_start=lambda: self.stream_starts.take(target.workspace_id),
+            sleep=self.sleep,
         )
 
-    def _end_stream(self, stream: SlackAnswerStream | None) -> str | None:
-        """Close ``stream``; the ts of the message it showed, which the answer must replace."""
+    def _end_stream(self, client: WebClient, target: _Target, stream: SlackAnswerStream | None) -> str | None:
+        """Close ``stream``; the ts of the message it showed, which the answer must replace. A
+        message whose stream could not be stopped is deleted (None then): the answer is posted
+        whole, and nothing is left looking unfinished."""
         if stream is None:
             return None
         streamed_ts = stream.close()
@@ -785,6 +811,8 @@ class _Penny:
             self.streaming = False
             _log.warning("slack.streaming_off", error=stream.failure,
                          note="answers are posted whole until Penny restarts (streaming needs chat:write)")
+        if streamed_ts is not None and not stream.stopped and self._delete(client, target, streamed_ts):
+            return None
         return streamed_ts
 
     def _deliver(
@@ -866,11 +894,13 @@ class _Penny:
         return False
 
     @staticmethod
-    def _delete(client: WebClient, target: _Target, ts: str) -> None:
+    def _delete(client: WebClient, target: _Target, ts: str) -> bool:
         try:
             client.chat_delete(channel=target.channel, ts=ts)
+            return True
         except Exception as exc:  # the partial answer stays; the full one still goes out
             _log.warning("slack.stream_delete_failed", channel=target.channel, error=exc)
+            return False
 
     def _feedback(self, body: dict[str, Any], client: WebClient, *, up: bool) -> None:
         try:

@@ -18,6 +18,15 @@ posted the usual way. :attr:`SlackAnswerStream.failure` names what failed. ``res
 retrying after text was shown) stops and deletes the streamed message, so the next text starts a
 fresh one; if it cannot be deleted, streaming ends and the final answer replaces that message.
 
+Slack's tiers: ``chat.startStream`` and ``chat.stopStream`` are Tier 2 (about 20 a minute per
+workspace, for all of Penny's replicas together), ``chat.appendStream`` Tier 4. A stream starts only
+when ``may_start`` allows it (:class:`StreamStarts`: a budget of starts per minute shared through the
+store, under Tier 2); otherwise the answer is posted whole. Starts and appends are not retried (a
+throttled start or append ends streaming; the answer is never held back). ``chat.stopStream`` is
+retried on HTTP 429 after Slack's ``Retry-After`` (:class:`RetryAfter`), because a message left
+streaming would look unfinished: :attr:`SlackAnswerStream.stopped` says whether it was stopped, and
+when it was not, the app deletes it before posting the answer.
+
 What goes out is the model's Markdown made safe first (:func:`~bot.slack.render.safe_markdown_text`):
 ``&<>`` as entities and no link syntax, so a streamed answer can no more ping a channel or hide a
 URL behind a label than the rendered answer that replaces it.
@@ -25,19 +34,43 @@ URL behind a label than the rendered answer that replaces it.
 
 from __future__ import annotations
 
+import copy
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry import HttpRequest, HttpResponse, RetryHandler, RetryState
 
 from bot.slack.render import safe_markdown_text
 from proxy_core.clock import Clock
+from proxy_core.errors import StoreError
+from proxy_core.limiter import Bucket
 from proxy_core.log import get_logger
+from proxy_core.stores.base import BucketSpec, Store
 
-__all__ = ["MARKDOWN_TEXT_LIMIT", "SlackAnswerStream", "StreamPacing", "append_due", "pieces"]
+__all__ = [
+    "MARKDOWN_TEXT_LIMIT",
+    "STREAM_STARTS_BURST",
+    "STREAM_STARTS_PER_MINUTE",
+    "RetryAfter",
+    "SlackAnswerStream",
+    "StreamPacing",
+    "StreamStarts",
+    "append_due",
+    "pieces",
+    "retry_after_s",
+]
 
 MARKDOWN_TEXT_LIMIT: Final = 12_000  # markdown_text per chat.startStream / appendStream / stopStream call
+# chat.startStream and chat.stopStream are Tier 2 (20+ a minute per workspace); every start needs a stop.
+STREAM_STARTS_PER_MINUTE: Final = 15
+STREAM_STARTS_BURST: Final = 5
+STOP_RETRIES: Final = 2
+STOP_MAX_WAIT_S: Final = 10.0  # a longer Retry-After is not waited out: the message is deleted instead
+STREAM_STARTS_KEY: Final = "slack:stream_starts"
 
 _log = get_logger()
 
@@ -60,6 +93,66 @@ def append_due(waiting_chars: int, since_last_s: float, pacing: StreamPacing) ->
     return since_last_s >= pacing.interval_s or waiting_chars >= pacing.burst_chars
 
 
+def retry_after_s(headers: Mapping[str, Any], default: float = 1.0) -> float:
+    """Slack's ``Retry-After`` (whole seconds) from response ``headers`` (values may be lists, as the
+    SDK gives them); ``default`` when it is missing or unreadable."""
+    for name, value in headers.items():
+        if name.lower() == "retry-after":
+            raw = value[0] if isinstance(value, list | tuple) and value else value
+            try:
+                return max(0.0, float(str(raw).strip()))
+            except ValueError:
+                return default
+    return default
+
+
+class RetryAfter(RetryHandler):
+    """Retries an HTTP 429 after exactly the ``Retry-After`` Slack sent, through ``sleep`` (the
+    SDK's own handler sleeps on ``time.sleep`` with jitter), and only when that wait is at most
+    ``max_wait_s``: a longer one is not worth holding a finished answer for."""
+
+    def __init__(self, *, max_retry_count: int = STOP_RETRIES, max_wait_s: float = STOP_MAX_WAIT_S,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        super().__init__(max_retry_count=max_retry_count)
+        self.max_wait_s = max_wait_s
+        self._sleep = sleep
+
+    def _can_retry(self, *, state: RetryState, request: HttpRequest, response: HttpResponse | None = None,
+                   error: Exception | None = None) -> bool:
+        return response is not None and response.status_code == 429 and \
+            retry_after_s(response.headers) <= self.max_wait_s
+
+    def prepare_for_next_attempt(self, *, state: RetryState, request: HttpRequest,
+                                 response: HttpResponse | None = None, error: Exception | None = None) -> None:
+        state.next_attempt_requested = True
+        self._sleep(retry_after_s(response.headers) if response is not None else 1.0)
+        state.increment_current_attempt()
+
+
+class StreamStarts:
+    """The budget of ``chat.startStream`` calls per minute for one workspace, shared by every
+    replica through the store's token buckets (the store's clock; atomic in SQLite and Redis).
+
+    :meth:`take` says whether one more stream may start now. When the budget is spent, or the
+    store cannot say, the answer is posted whole instead: never more streams than Slack allows."""
+
+    def __init__(self, store: Store, *, per_minute: float = STREAM_STARTS_PER_MINUTE,
+                 burst: float = STREAM_STARTS_BURST) -> None:
+        self._store = store
+        self._bucket = Bucket.per_minute(per_minute, burst)
+
+    def take(self, workspace_id: str) -> bool:
+        try:
+            decision = self._store.take_tokens(workspace_id, [BucketSpec(STREAM_STARTS_KEY, self._bucket, 1)])
+        except StoreError as exc:
+            _log.warning("slack.stream_budget_unknown", error=exc, note="posting whole")
+            return False
+        if not decision.allowed:
+            _log.info("slack.stream_budget_spent", workspace_id=workspace_id, retry_after=decision.retry_after,
+                      note="posting whole")
+        return decision.allowed
+
+
 def pieces(text: str, limit: int = MARKDOWN_TEXT_LIMIT) -> list[str]:
     """``text`` cut into parts Slack accepts in one ``markdown_text`` (never an empty part), never
     inside an ``&lt;``-style entity or between a backslash and the character it escapes."""
@@ -79,10 +172,13 @@ def pieces(text: str, limit: int = MARKDOWN_TEXT_LIMIT) -> list[str]:
 
 
 class SlackAnswerStream:
-    """Streams one answer into ``thread_ts`` of ``channel``, for ``user_id`` of ``team_id``.
+    """Streams one answer into ``thread_ts`` of ``channel``, for ``user_id`` of ``team_id`` (the
+    asker's team, which differs from the installed workspace in a Slack Connect channel).
 
     ``client`` should not wait out rate limits (a throttled stream gives up instead of holding the
-    answer back); ``clock`` is monotonic. Not thread-safe: one answer, one thread.
+    answer back); only ``chat.stopStream`` waits a throttle out (:class:`RetryAfter`, on ``sleep``).
+    ``may_start`` is asked once, when a stream would start (:meth:`StreamStarts.take`); ``clock`` is
+    monotonic. Not thread-safe: one answer, one thread.
     """
 
     def __init__(
@@ -95,8 +191,13 @@ class SlackAnswerStream:
         team_id: str,
         clock: Clock,
         pacing: StreamPacing | None = None,
+        may_start: Callable[[], bool] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._client = client
+        self._stop_client = copy.copy(client)
+        self._stop_client.retry_handlers = [*client.retry_handlers, RetryAfter(sleep=sleep)]
+        self._may_start = may_start
         self._channel = channel
         self._thread_ts = thread_ts
         self._user_id = user_id
@@ -111,6 +212,8 @@ class SlackAnswerStream:
         self._first_text: float | None = None  # when the first text arrived
         self._sent_tail = ""  # the last character of the model's text taken for the message shown
         self.failure: str | None = None  # the Slack error that ended streaming (e.g. "missing_scope")
+        self.stopped = True  # False while a started stream has not been stopped (or could not be)
+        self._last_error: str | None = None
 
     @property
     def ts(self) -> str | None:
@@ -142,7 +245,7 @@ class SlackAnswerStream:
             return
         self._stop(None)
         if self._call("chat_delete", channel=self._channel, ts=self._ts) is not None:
-            self._ts = None
+            self._ts, self.stopped = None, True
         elif self.failure is None:
             self.failure = "delete_failed"  # keep the message: the final answer replaces it
 
@@ -157,6 +260,10 @@ class SlackAnswerStream:
     # -- Slack calls -----------------------------------------------------------------------------
 
     def _start(self, now: float) -> None:
+        if self._may_start is not None and not self._may_start():
+            self.failure = "stream_budget"  # no more streams this minute: the answer is posted whole
+            self._take()
+            return
         first, *rest = pieces(self._take())
         response = self._call(
             "chat_startStream",
@@ -173,6 +280,7 @@ class SlackAnswerStream:
                 self.failure = "no_ts"
             return
         self._ts, self._open, self._last_append = ts, True, now
+        self.stopped = False
         self._send(rest)
 
     def _append(self, now: float) -> None:
@@ -193,7 +301,10 @@ class SlackAnswerStream:
         parts = pieces(text) if text and self.failure is None else []
         self._send(parts[:-1])
         kwargs = {"markdown_text": parts[-1]} if parts and self.failure is None else {}
-        self._call("chat_stopStream", channel=self._channel, ts=self._ts, **kwargs)
+        response = self._call("chat_stopStream", client=self._stop_client, channel=self._channel, ts=self._ts,
+                              **kwargs)
+        # Not streaming any more is stopped too (Slack ended it, or an earlier stop got through).
+        self.stopped = response is not None or self._last_error == "message_not_in_streaming_state"
 
     def _take(self) -> str:
         """The waiting text, made safe to show (see :func:`safe_markdown_text`), and no longer waiting."""
@@ -204,14 +315,15 @@ class SlackAnswerStream:
         self._sent_tail = text[-1:] or self._sent_tail
         return safe
 
-    def _call(self, method: str, **kwargs: Any) -> Any:
+    def _call(self, method: str, *, client: WebClient | None = None, **kwargs: Any) -> Any:
         """``client.<method>(**kwargs)``; on any failure: log it, remember it, and return None."""
         try:
-            return getattr(self._client, method)(**kwargs)
+            return getattr(client or self._client, method)(**kwargs)
         except SlackApiError as exc:
             error = str(exc.response.get("error") or f"http_{exc.response.status_code}")
         except Exception as exc:  # a connection failure: the answer still goes out without streaming
             error = type(exc).__name__
+        self._last_error = error
         if self.failure is None:
             self.failure = error
         _log.warning("slack.stream_failed", method=method, channel=self._channel, error=error)
