@@ -209,8 +209,9 @@ def plot(curves: dict[str, dict[str, EvalReport]], path: Path) -> str:
     fig, axes = plt.subplots(1, len(curves), figsize=(6.5 * len(curves), 5), squeeze=False)
     for ax, (name, reports) in zip(axes[0], curves.items(), strict=True):
         for (label, r), style in zip(reports.items(), ("-", "--"), strict=False):
-            penny = [(o.recall, o.precision) for o in r.curve if o.precision is not None]
-            base = [(o.recall, o.precision) for o in r.baseline_curve if o.precision is not None]
+            # points serving fewer than 20 pairs are noise, not a curve
+            penny = [(o.recall, o.precision) for o in r.curve if o.true_hits + o.false_hits >= 20]
+            base = [(o.recall, o.precision) for o in r.baseline_curve if o.true_hits + o.false_hits >= 20]
             ax.plot(*zip(*penny, strict=True), style, color="tab:blue", label=f"Penny, {label}")
             ax.plot(*zip(*base, strict=True), style, color="tab:gray", label=f"plain cosine, {label}")
             ax.plot([r.recall], [r.precision], "o", color="tab:red")
