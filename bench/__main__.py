@@ -156,14 +156,33 @@ def _pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(p * len(xs)))]
 
 
+def _cluster_stores(local: Any) -> list[tuple[str, Callable[[], Store]]]:
+    """The local cluster, as is and with every admission and settle waiting for a replica."""
+    from proxy_core.stores.redis import RedisStore
+    from proxy_core.stores.redis_connect import RedisOptions
+
+    def make(wait_replicas: int) -> Callable[[], Store]:
+        return lambda: RedisStore.from_url(local.url(), namespace=f"penny-bench-{uuid.uuid4().hex[:8]}",
+                                           options=RedisOptions(wait_replicas=wait_replicas))
+
+    return [("cluster", make(0)), ("cluster, WAIT 1", make(1))]
+
+
 def main() -> int:
+    from bench import cluster
+
     configure_logging("WARNING")  # one log line per request would be measured too
     rows: list[Row] = []
-    with tempfile.TemporaryDirectory() as d:
+    with tempfile.TemporaryDirectory() as d, cluster.local_cluster() as local:
         stores = _stores(Path(d))
+        if local is not None and any(name == "redis" for name, _ in stores):
+            stores += _cluster_stores(local)
         for name, make in stores:
             if name == "redis":
                 rows.append(Row("PING p50 (one round trip, the floor)", name, f"{bench_ping() * 1e3:.3f} ms", ""))
+            if name == "cluster":
+                floors = " / ".join(f"{f * 1e3:.3f}" for f in cluster.ping_primaries(local))
+                rows.append(Row("PING p50 on each primary (the floor)", name, f"{floors} ms", ""))
             rate = bench_limiter(make)
             rows.append(Row("limiter decisions/s, 1 client, 1 thread", name, f"{rate:,.0f}",
                             "≥ 5,000 on Redis" if name == "redis" else ""))
@@ -175,6 +194,11 @@ def main() -> int:
                 rows.append(Row(f"miss overhead p50 / p95, {label}", name, _ms(misses),
                                 "p50 ≤ 2 ms on Redis" if name == "redis" else ""))
                 rows.append(Row(f"exact hit p50 / p95, {label}", name, _ms(hits), "p50 ≤ 0.5 ms"))
+        if local is not None and any(name == "redis" for name, _ in stores):
+            for name, url in (("redis", REDIS_URL), ("cluster", local.url())):
+                rate = cluster.decisions_per_second(url)
+                rows.append(Row(f"limiter decisions/s, 4 processes, {cluster.WORKSPACES:,} workspaces", name,
+                                f"{rate:,.0f}", ""))
     widths = [max(len(getattr(r, f)) for r in rows) for f in ("name", "store", "value")]
     head = ("measure", "store", "result", "target")
     print(f"| {head[0]:{widths[0]}} | {head[1]:{widths[1]}} | {head[2]:{widths[2]}} | {head[3]} |")
