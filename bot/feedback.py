@@ -1,5 +1,6 @@
 """👍/👎 on answers: stored with the answer (its pages), one vote per person per answer, counted per
-page and per user. Votes live in the shared store, so every replica counts the same."""
+page and per user; a 👎 may carry a short reason, listed with the counts. Votes live in the shared
+store, so every replica counts the same."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass, field
 
 from proxy_core.stores.base import Store
 
-__all__ = ["FeedbackCounts", "Tally", "feedback_counts", "record_feedback"]
+__all__ = ["FeedbackCounts", "Reason", "Tally", "feedback_counts", "record_feedback"]
 
 PREFIX = "feedback:"
 
@@ -20,26 +21,45 @@ class Tally:
     down: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why someone voted 👎 on an answer, in their words."""
+
+    user: str
+    answer: str
+    pages: tuple[str, ...]
+    text: str
+    at: float
+
+
 @dataclass(slots=True)
 class FeedbackCounts:
     total: Tally = field(default_factory=Tally)
     by_page: dict[str, Tally] = field(default_factory=dict)
     by_user: dict[str, Tally] = field(default_factory=dict)
+    reasons: list[Reason] = field(default_factory=list)  # newest first
 
     def to_json(self) -> str:
         def t(x: Tally) -> dict[str, int]:
             return {"up": x.up, "down": x.down}
 
         return json.dumps({"total": t(self.total), "by_page": {k: t(v) for k, v in self.by_page.items()},
-                           "by_user": {k: t(v) for k, v in self.by_user.items()}}, indent=2)
+                           "by_user": {k: t(v) for k, v in self.by_user.items()},
+                           "reasons": [{"user": r.user, "answer": r.answer, "pages": list(r.pages), "reason": r.text,
+                                        "at": r.at} for r in self.reasons]}, indent=2)
 
 
 def record_feedback(
-    store: Store, workspace_id: str, answer_id: str, user_id: str, *, up: bool, pages: Sequence[str], at: float
+    store: Store, workspace_id: str, answer_id: str, user_id: str, *, up: bool, pages: Sequence[str], at: float,
+    reason: str | None = None,
 ) -> None:
-    """Store one person's vote on one answer (a second vote replaces the first)."""
+    """Store one person's vote on one answer (a second vote replaces the first), with the reason
+    they gave for a 👎, if any."""
     key = f"{PREFIX}{workspace_id}:{answer_id}:{user_id}"
-    value = {"up": up, "user": user_id, "answer": answer_id, "pages": list(dict.fromkeys(pages)), "at": at}
+    value: dict[str, object] = {"up": up, "user": user_id, "answer": answer_id, "pages": list(dict.fromkeys(pages)),
+                                "at": at}
+    if reason:
+        value["reason"] = reason
     store.blob_put_many({key: json.dumps(value).encode()})
 
 
@@ -55,4 +75,9 @@ def feedback_counts(store: Store, workspace_id: str) -> FeedbackCounts:
                 tally.up += 1
             else:
                 tally.down += 1
+        if not up and vote.get("reason"):
+            counts.reasons.append(Reason(str(vote.get("user")), str(vote.get("answer")),
+                                         tuple(str(p) for p in vote.get("pages") or ()), str(vote["reason"]),
+                                         float(vote.get("at") or 0)))
+    counts.reasons.sort(key=lambda r: -r.at)
     return counts

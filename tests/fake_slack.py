@@ -352,14 +352,16 @@ class FakeSlack:
             raise AssertionError(f"no call to {method}; calls so far: {self._summary()}")
         return found[-1]
 
-    def wait_for(self, method: str | tuple[str, ...], count: int = 1, timeout: float = 5.0) -> list[SlackCall]:
+    def wait_for(self, method: str | tuple[str, ...], count: int = 1, timeout: float = 5.0, *,
+                 where: Callable[[SlackCall], bool] | None = None) -> list[SlackCall]:
         """Block until ``method`` (or any of several) has been called ``count`` times (returns as
-        soon as it has); the calls so far. Raises AssertionError after ``timeout`` seconds."""
+        soon as it has), counting only calls ``where`` accepts; the calls so far. Raises
+        AssertionError after ``timeout`` seconds."""
         methods = (method,) if isinstance(method, str) else method
         deadline = time.monotonic() + timeout
         with self._state.changed:
             while True:
-                found = [c for c in self._state.calls if c.method in methods]
+                found = [c for c in self._state.calls if c.method in methods and (where is None or where(c))]
                 if len(found) >= count:
                     return found
                 remaining = deadline - time.monotonic()

@@ -15,7 +15,6 @@ from prometheus_client import CollectorRegistry
 
 from bot.service import index_docs, open_answer_service
 from bot.slack.app import SlackSettings
-from bot.slack.render import ACTION_FEEDBACK_DOWN
 from bot.slack.runner import penny_app
 from bot.slack.working import WorkingIndicator
 from proxy_core.gateway import Gateway
@@ -108,7 +107,8 @@ def test_a_mention_gets_a_threaded_answer_with_citations_and_its_cost(bot: Bot, 
     assert "engineering/local-dev-setup.md" in body  # the cited page
     assert "gpt-4.1-mini" in body and "$" in body  # the cost line
     assert openai.count("chat") == 1
-    assert slack.count("reactions.add") == 1 and slack.count("reactions.remove") == 1
+    assert [c.params["status"] for c in slack.calls("assistant.threads.setStatus")] == [
+        "is searching the docs…", "is writing…", ""]  # the thread's status line, cleared after the answer
 
 
 def test_one_event_delivered_three_times_is_answered_and_charged_once(bot: Bot, slack: FakeSlack,
@@ -175,10 +175,11 @@ def test_thumbs_down_on_a_cached_answer_evicts_it(bot: Bot, slack: FakeSlack, op
     bot.settle()
     assert openai.count("chat") == 1  # the second asker got the cached answer
     cached = slack.calls("chat.postMessage")[-1]
-    buttons = [e for b in json.loads(json.dumps(cached.params["blocks"])) if b["type"] == "actions"
-               for e in b["elements"]]
-    down = next(e for e in buttons if e["action_id"] == ACTION_FEEDBACK_DOWN)
-    bot.action(block_action({**down, "type": "button"}, message_ts="1700000300.000200", user="U2"))
+    [feedback] = [e for b in cached.blocks if b["type"] == "context_actions" for e in b["elements"]]
+    click = block_action({"action_id": feedback["action_id"], "block_id": "fb",
+                          "value": feedback["negative_button"]["value"]}, message_ts="1700000300.000200", user="U2")
+    click["actions"][0]["type"] = "feedback_buttons"
+    bot.action(click)
     bot.event(mention("<@UPENNY> where are the production logs?", ts="1700000500.000100", user="U3"))
     bot.settle()
     assert openai.count("chat") == 2  # evicted: the next asker gets a fresh LLM answer

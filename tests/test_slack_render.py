@@ -16,8 +16,7 @@ import pytest
 from slack_sdk.models.blocks import Block as SdkBlock
 
 from bot.slack.render import (
-    ACTION_FEEDBACK_DOWN,
-    ACTION_FEEDBACK_UP,
+    ACTION_FEEDBACK,
     MAX_BLOCKS,
     MAX_SOURCES,
     MESSAGE_BLOCKS_TEXT_BUDGET,
@@ -359,15 +358,16 @@ def test_short_answer_is_one_message_with_sources_footer_and_buttons() -> None:
     )
     [message] = answer_blocks(view)
     assert_valid_blocks(message)
-    assert block_types(message) == ["section", "section", "context", "actions"]
+    assert block_types(message) == ["section", "section", "context", "context_actions"]
     assert message[0]["text"] == {"type": "mrkdwn", "text": "Use *penny* with `--dry-run`."}
     assert message[1]["text"]["text"] == (
         "*Sources*\n<https://docs.example.com/setup|[1] Setup &amp; install › Tokens>\n[2] Runbook · `docs/runbook.md`"
     )
     assert message[2]["elements"] == [{"type": "mrkdwn", "text": "gpt-4o-mini · 812 tokens · $0.0004"}]
-    buttons = message[3]["elements"]
-    assert [b["action_id"] for b in buttons] == [ACTION_FEEDBACK_UP, ACTION_FEEDBACK_DOWN]
-    assert [b["value"] for b in buttons] == ["entry-7", "entry-7"]
+    [feedback] = message[3]["elements"]  # Slack's native feedback buttons: one action, the value says which
+    assert (feedback["type"], feedback["action_id"]) == ("feedback_buttons", ACTION_FEEDBACK)
+    buttons = [feedback["positive_button"], feedback["negative_button"]]
+    assert [b["value"] for b in buttons] == ["up:entry-7", "down:entry-7"]
     assert [b["text"]["text"] for b in buttons] == ["👍", "👎"]
 
 
@@ -409,7 +409,7 @@ def test_only_the_last_message_carries_sources_footer_and_buttons() -> None:
         assert set(block_types(message)) == {"section"}
         assert not any("*Sources*" in t for t in sections(message))
         assert_valid_blocks(message)
-    assert block_types(messages[-1])[-3:] == ["section", "context", "actions"]
+    assert block_types(messages[-1])[-3:] == ["section", "context", "context_actions"]
     assert sections(messages[-1])[-1].startswith("*Sources*")
     assert sections(messages[-1])[0].startswith("Paragraph")  # the tail does not travel alone
 
@@ -424,7 +424,7 @@ def test_many_citations_are_capped() -> None:
 
 def test_empty_answer_still_renders() -> None:
     [message] = answer_blocks(AnswerView(text="", entry_id="e"))
-    assert block_types(message) == ["actions"]
+    assert block_types(message) == ["context_actions"]
     assert answer_blocks(AnswerView(text="  ")) == [
         [{"type": "section", "text": {"type": "mrkdwn", "text": "_(empty answer)_"}}]
     ]

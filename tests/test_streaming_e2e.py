@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from bot.service import index_docs, open_answer_service
 from bot.slack.app import ANSWERS_SCOPE, THREADS_SCOPE, SlackSettings, build_app
-from bot.slack.render import ACTION_FEEDBACK_DOWN, ACTION_FEEDBACK_UP
+from bot.slack.render import ACTION_FEEDBACK
 from bot.slack.stream import StreamPacing, StreamStarts
 from bot.slack.working import WorkingIndicator
 from proxy_core.clock import ManualClock
@@ -157,7 +157,8 @@ def streamed_text(slack: FakeSlack, ts: str) -> str:
 
 
 def action_ids(call: SlackCall) -> set[str]:
-    return {e.get("action_id") for b in call.blocks if b.get("type") == "actions" for e in b.get("elements", [])}
+    return {e.get("action_id") for b in call.blocks if b.get("type") in ("actions", "context_actions")
+            for e in b.get("elements", [])}
 
 
 # -- the gateway streams a miss into any AnswerStream ----------------------------------------------
@@ -239,13 +240,17 @@ def test_a_threaded_mention_streams_then_becomes_the_rendered_answer(
     body = json.dumps(update.blocks)
     assert "<https://docs.example.com/engineering/local-dev-setup.md" in body  # the citation, as a link
     assert "gpt-4.1-mini" in body and "tokens" in body and "$" in body  # the cost line
-    assert {ACTION_FEEDBACK_UP, ACTION_FEEDBACK_DOWN} <= action_ids(update)
+    assert ACTION_FEEDBACK in action_ids(update)
     [shown] = slack.messages()
     assert (shown["ts"], shown["thread_ts"], shown["streaming"]) == (ts, ROOT, False)
     assert slack.count("chat.postMessage") == 0 and openai.count("chat") == 1
     assert bot.store.cache_get(ANSWERS_SCOPE, f"{TEAM}:C1:{ts}") is not None  # 👎 finds the question
     assert bot.store.cache_get(THREADS_SCOPE, f"{TEAM}:C1:{ROOT}") is not None  # follow-ups are heard
-    assert slack.count("reactions.add") == slack.count("reactions.remove") == 1
+    statuses = [c.params["status"] for c in slack.calls("assistant.threads.setStatus")]
+    assert statuses == ["is searching the docs…", "is writing…", ""]  # Slack's own "Penny is writing…"
+    assert slack.calls()[slack.calls().index(slack.calls("assistant.threads.setStatus")[1]) + 1].method == \
+        "chat.startStream"  # writing, then the text appears
+    assert slack.count("reactions.add") == 0
 
 
 def test_an_answer_written_within_the_start_delay_is_posted_whole(
@@ -332,7 +337,7 @@ def test_when_the_streamed_message_cannot_be_updated_it_is_replaced_by_one_post(
     assert slack.last("chat.delete").params["ts"] == streamed
     [shown] = slack.messages()
     assert shown["ts"] != streamed and shown["thread_ts"] == ROOT
-    assert {ACTION_FEEDBACK_UP, ACTION_FEEDBACK_DOWN} <= action_ids(slack.last("chat.postMessage"))
+    assert ACTION_FEEDBACK in action_ids(slack.last("chat.postMessage"))
     assert bot.store.cache_get(ANSWERS_SCOPE, f"{TEAM}:C1:{shown['ts']}") is not None
 
 
@@ -401,7 +406,7 @@ def test_a_long_streamed_answer_updates_the_first_part_and_posts_the_rest(
     assert [m["ts"] for m in shown] == [streamed] + [str(p.response["ts"]) for p in posts]  # type: ignore[index]
     assert all(m["thread_ts"] == ROOT for m in shown)
     last = str(posts[-1].response["ts"])  # type: ignore[index]
-    assert {ACTION_FEEDBACK_UP, ACTION_FEEDBACK_DOWN} <= action_ids(posts[-1])
+    assert ACTION_FEEDBACK in action_ids(posts[-1])
     assert bot.store.cache_get(ANSWERS_SCOPE, f"{TEAM}:C1:{last}") is not None
 
 

@@ -173,3 +173,56 @@ def test_negative_settings_are_refused() -> None:
         WorkingIndicator(grace_s=-1)
     with pytest.raises(ValueError):
         WorkingIndicator(workers=-1)
+
+
+# -- the status line in a thread -------------------------------------------------------------------
+
+
+def statuses(fake: FakeSlack) -> list[str]:
+    return [str(c.params["status"]) for c in fake.calls("assistant.threads.setStatus")]
+
+
+def test_in_a_thread_slacks_status_shows_searching_then_writing_and_is_cleared(fake: FakeSlack,
+                                                                              client: WebClient) -> None:
+    indicator = WorkingIndicator(grace_s=0, workers=2)
+    working = indicator.show(client, "C1", TS, thread_ts="1700000000.000001")
+    fake.wait_for("assistant.threads.setStatus")
+    working.writing()
+    fake.wait_for("assistant.threads.setStatus", 2)
+    working.writing()  # once is enough
+    working.done()
+    fake.wait_for("assistant.threads.setStatus", 3)
+    indicator.close()
+    assert statuses(fake) == ["is searching the docs…", "is writing…", ""]
+    assert {c.params["thread_ts"] for c in fake.calls("assistant.threads.setStatus")} == {"1700000000.000001"}
+    assert reactions(fake) == []
+
+
+def test_writing_while_the_status_is_being_set_never_outlives_the_answer(fake: FakeSlack,
+                                                                         client: WebClient) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_status(call: SlackCall) -> Mapping[str, Any]:
+        if call.params.get("status") == "is searching the docs…":
+            entered.set()
+            release.wait(5)
+        return {"ok": True}
+
+    fake.respond("assistant.threads.setStatus", slow_status)
+    indicator = WorkingIndicator(grace_s=0, workers=2)
+    working = indicator.show(client, "C1", TS, thread_ts="1700000000.000001")
+    assert entered.wait(5)
+    working.writing()  # the LLM writes, and the answer is out, while the status is on its way
+    working.done()
+    release.set()
+    fake.wait_for("assistant.threads.setStatus", 2)
+    indicator.close()
+    assert statuses(fake) == ["is searching the docs…", ""]  # cleared last; "writing" never shown after
+
+
+def test_without_a_thread_or_a_message_nothing_is_shown(fake: FakeSlack, client: WebClient) -> None:
+    indicator = WorkingIndicator(workers=0)
+    working = indicator.show(client, "D1", None)  # a button click answered at the top level
+    working.writing()
+    working.done()
+    assert fake.calls() == []

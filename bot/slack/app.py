@@ -21,9 +21,19 @@ the question's ``request_id``, on which the gateway dedupes charges. A mention a
 because it mentions Penny.
 
 Answers and ``no_match`` replies are posted in the thread; refusals and errors go to the asker
-alone (``chat.postEphemeral``). While the service works, the user's message carries an ``eyes``
-reaction. Every Web API call goes through a client with the SDK's retry handlers for Slack's rate
-limits (HTTP 429, honouring ``Retry-After``) and for connection errors.
+alone (``chat.postEphemeral``). While the service works, a thread shows Slack's status line
+("Penny is searching the docs…", then "…is writing…"); a top-level DM question carries an ``eyes``
+reaction instead (:mod:`bot.slack.working`). Every Web API call goes through a client with the
+SDK's retry handlers for Slack's rate limits (HTTP 429, honouring ``Retry-After``) and for
+connection errors.
+
+Slack's agent surfaces (:mod:`bot.slack.agent`): opening Penny's Messages tab (``app_home_opened``,
+``tab == "messages"``, the agent messaging experience of ``features.agent_view``) sets suggested
+prompts drawn from the docs on the DM; an assistant thread (the older ``assistant_view``) gets a
+greeting, the same prompts and, from its first question, a title, through Bolt's
+:class:`~slack_bolt.Assistant`; the context Slack reports (``assistant_thread_context_changed``,
+``app_context_changed``) is kept in the store. Answers carry Slack's native feedback buttons; a
+vote is acknowledged to the voter, and a 👎 may add a short reason, stored with the vote.
 
 An answer the LLM writes (a cache miss) to a question in a thread streams into that thread while it
 is written (:mod:`bot.slack.stream`); once it is done, the streamed message is replaced
@@ -50,14 +60,32 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from slack_bolt import Ack, App, BoltContext, Respond
+from slack_bolt import Ack, App, Assistant, BoltContext, Respond, SaveThreadContext, Say, SetSuggestedPrompts, SetTitle
 from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 
 from bot.answer_types import Answer, Answerer, Question
 from bot.cost import CostReport, TeamReport, cost_report, is_admin, team_report
 from bot.feedback import record_feedback
 from bot.slack.addressing import classify_thread_reply
+from bot.slack.agent import (
+    ACTION_FEEDBACK_REASON,
+    ASSISTANT_THREADS_SCOPE,
+    CONTEXT_SCOPE,
+    CONTEXT_TTL_S,
+    GREETING,
+    PROMPTS_TITLE,
+    REASON_CALLBACK,
+    AskedPages,
+    DocPage,
+    StoreThreadContext,
+    feedback_ack_blocks,
+    reason_modal,
+    reason_of,
+    suggested_prompts,
+    thread_title,
+)
 from bot.slack.cost_blocks import (
     cost_blocks,
     help_blocks,
@@ -67,6 +95,7 @@ from bot.slack.cost_blocks import (
 from bot.slack.cost_blocks import home_view as cost_home_view
 from bot.slack.middleware import InstalledWorkspaceOnly
 from bot.slack.render import (
+    ACTION_FEEDBACK,
     ACTION_FEEDBACK_DOWN,
     ACTION_FEEDBACK_UP,
     MAX_BLOCKS,
@@ -110,6 +139,9 @@ FRESH_BLOCK_PREFIX: Final = "penny_fresh:"  # + the thread_ts to answer in ("" f
 
 MAX_QUESTION_CHARS: Final = 4000
 ADMIN_LOOKUP_TTL_S: Final = 300.0  # a users.info answer (admin or not) is trusted this long
+PROMPTS_TTL_S: Final = 600.0  # suggested prompts are worked out again (and set again on a DM) this often
+# setSuggestedPrompts refusals that mean the app is not set up as an agent: stop asking until a restart
+PROMPTS_UNAVAILABLE: Final = frozenset({"not_agent_app", "missing_scope", "unknown_method", "not_allowed_token_type"})
 _ADMIN_LOOKUPS_KEPT: Final = 10_000
 HISTORY_TURNS: Final = 10
 HISTORY_TOKENS: Final = 2000
@@ -133,17 +165,21 @@ FAILED_TEXT: Final = "Something went wrong on my side. Please try again in a min
 
 # The Slack events and scopes the manifest must declare (tests hold manifest.yml to these).
 BOT_EVENTS: Final = (
-    "app_mention", "message.im", "message.channels", "message.groups", "message.mpim", "app_home_opened"
+    "app_mention", "message.im", "message.channels", "message.groups", "message.mpim", "app_home_opened",
+    "app_context_changed",
 )
 BOT_SCOPES: Final[Mapping[str, str]] = {
     "app_mentions:read": "app_mention events",
+    "assistant:write": "assistant.threads.setSuggestedPrompts / setTitle (the agent DM and assistant threads), "
+                       "app_context_changed events",
     "chat:write": "chat.postMessage, chat.postEphemeral, chat.update, chat.delete, "
-                  "chat.startStream / appendStream / stopStream (a streamed answer)",
+                  "chat.startStream / appendStream / stopStream (a streamed answer), "
+                  "assistant.threads.setStatus (the status line while Penny works)",
     "channels:history": "message.channels events; conversations.replies in public channels",
     "groups:history": "message.groups events; conversations.replies in private channels",
     "im:history": "message.im events; conversations.replies in DMs",
     "mpim:history": "message.mpim events; conversations.replies in group DMs",
-    "reactions:write": "reactions.add / reactions.remove (the eyes reaction while working)",
+    "reactions:write": "reactions.add / reactions.remove (the eyes reaction on a top-level DM question)",
     "commands": "the /cost slash command",
     "users:read": "users.info (is the caller a workspace admin or owner, for /cost team)",
 }
@@ -210,6 +246,7 @@ def build_app(
     installation: SlackInstallation | None = None,
     stream_starts: StreamStarts | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    doc_pages: Callable[[], Sequence[DocPage]] | None = None,
 ) -> App:
     """Penny's Bolt app. ``client`` defaults to :func:`make_client`; ``on_feedback`` gets 👍/👎 clicks.
 
@@ -220,9 +257,10 @@ def build_app(
     (monotonic) and ``stream_pacing`` set how often a streamed answer is appended to;
     ``stream_starts`` is the shared budget of streams per minute (default: Slack's Tier 2, through
     ``store``); ``sleep`` waits out a throttled ``chat.stopStream``. ``working``
-    puts the 👀 on slow questions (default: after half a second, on threads of its own).
+    shows the status (or 👀) on slow questions (default: after half a second, on threads of its own).
     ``installation`` is the workspace and app the bot token belongs to (from the start-up check;
     looked up on the first request without it): requests from any other are dropped unanswered.
+    ``doc_pages`` lists the docs' pages, for suggested prompts (:func:`bot.slack.agent.doc_pages_of`).
     """
     web_client = client if client is not None else make_client(settings)
     _quiet_client_and_token_notice()
@@ -240,13 +278,26 @@ def build_app(
                    clock=clock, stream_pacing=stream_pacing or StreamPacing(),
                    working=working if working is not None else WorkingIndicator(),
                    thread_replies=settings.thread_replies,
-                   stream_starts=stream_starts if stream_starts is not None else StreamStarts(store), sleep=sleep)
+                   stream_starts=stream_starts if stream_starts is not None else StreamStarts(store), sleep=sleep,
+                   doc_pages=doc_pages)
+    # Assistant threads (assistant_view): Bolt's Assistant handles their events, before the other
+    # listeners (which it hands its context store). A question in one goes to on_assistant_question
+    # when Penny knows the thread; any other DM thread message falls through to on_message.
+    assistant = Assistant(thread_context_store=StoreThreadContext(store))
+    assistant.thread_started(penny.on_thread_started)  # thread_context_changed: Bolt's default, saved in the store
+    # Bolt concatenates ``matchers`` to a list (its annotation says a single callable).
+    assistant.user_message(penny.on_assistant_question, matchers=[penny.in_assistant_thread])  # type: ignore[arg-type]
+    app.assistant(assistant)
     app.event("app_mention")(penny.on_mention)
     app.event("message")(penny.on_message)
     app.event("app_home_opened")(penny.on_home_opened)
+    app.event("app_context_changed")(penny.on_app_context_changed)
     app.command("/cost")(penny.on_cost)
-    app.action(ACTION_FEEDBACK_UP)(penny.on_feedback_up)
+    app.action(ACTION_FEEDBACK)(penny.on_feedback_buttons)
+    app.action(ACTION_FEEDBACK_UP)(penny.on_feedback_up)  # the buttons of answers posted before native ones
     app.action(ACTION_FEEDBACK_DOWN)(penny.on_feedback_down)
+    app.action(ACTION_FEEDBACK_REASON)(penny.on_feedback_reason)
+    app.view(REASON_CALLBACK)(penny.on_feedback_reason_sent)
     app.action(ACTION_FRESH_ANSWER)(penny.on_fresh_answer)
     app.error(penny.on_error)
     return app
@@ -493,6 +544,25 @@ class _Target:
     user_team: str | None = None  # the asker's team when it is not the workspace's (Slack Connect)
 
 
+class _Writing:
+    """The stream an answer is written into, which also tells the working indicator once the LLM
+    starts writing (the status moves on from searching to writing)."""
+
+    def __init__(self, stream: SlackAnswerStream, working: Working) -> None:
+        self._stream = stream
+        self._working = working
+        self._started = False
+
+    def delta(self, text: str) -> None:
+        if text and not self._started:
+            self._started = True
+            self._working.writing()
+        self._stream.delta(text)
+
+    def restart(self) -> None:
+        self._stream.restart()
+
+
 class _Penny:
     def __init__(
         self,
@@ -509,6 +579,7 @@ class _Penny:
         thread_replies: ThreadReplies,
         stream_starts: StreamStarts,
         sleep: Callable[[float], None],
+        doc_pages: Callable[[], Sequence[DocPage]] | None,
     ) -> None:
         self.answerer = answerer
         self.store = store
@@ -522,6 +593,12 @@ class _Penny:
         self.thread_replies = thread_replies
         self.stream_starts = stream_starts
         self.sleep = sleep
+        self.doc_pages = doc_pages
+        self.asked = AskedPages(store)
+        self.prompts_off = False  # Slack refused suggested prompts for good (not an agent app)
+        self._prompts: dict[str, tuple[list[dict[str, str]], float]] = {}  # workspace -> (prompts, until)
+        self._prompted: dict[str, float] = {}  # DM channel -> prompts set there until
+        self._prompts_lock = threading.Lock()
         self.streaming = True  # off for good after an error in STREAMING_UNAVAILABLE
         # (workspace, user) -> (is a Slack admin, known until): every Home open and /cost team
         # would otherwise ask users.info again.
@@ -584,7 +661,11 @@ class _Penny:
 
     def on_home_opened(self, body: dict[str, Any], event: dict[str, Any], context: BoltContext,
                        client: WebClient) -> None:
-        """Publish the viewer's cost dashboard (and the team's, for admins), fresh on every open."""
+        """The Home tab: publish the viewer's cost dashboard (and the team's, for admins), fresh on
+        every open. The Messages tab (Penny's agent DM): set suggested prompts on it."""
+        if event.get("tab") == "messages" and event.get("channel"):
+            self._suggest_in_dm(client, self._workspace(body, context), str(event["channel"]))
+            return
         if event.get("tab") != "home" or not event.get("user"):
             return
         user = str(event["user"])
@@ -599,6 +680,120 @@ class _Penny:
             client.views_publish(user_id=user, view=view)
         except Exception as exc:
             _log.warning("slack.home_failed", error=exc)
+
+    # -- agent surfaces ------------------------------------------------------------------
+
+    def on_thread_started(self, body: dict[str, Any], payload: dict[str, Any], context: BoltContext, say: Say,
+                          set_suggested_prompts: SetSuggestedPrompts, save_thread_context: SaveThreadContext) -> None:
+        """An assistant thread was opened: keep its context, greet, and suggest prompts (once per event)."""
+        try:
+            thread = payload.get("assistant_thread") or {}
+            workspace = self._workspace(body, context)
+            request_id = "slack:" + str(body.get("event_id") or "")
+            if not body.get("event_id") or not self._claim(workspace, request_id):
+                return
+            with self._handling(workspace, request_id):
+                if thread.get("context"):
+                    save_thread_context(thread["context"])
+                key = f"{workspace}:{thread.get('channel_id')}:{thread.get('thread_ts')}"
+                # Known at once, not with the event's completion: the first question may come right away.
+                self.store.cache_put(ASSISTANT_THREADS_SCOPE, key, "new", ANSWER_TTL_S)
+                say(text=GREETING)
+                prompts = self._suggestions(workspace)
+                if prompts:
+                    set_suggested_prompts(prompts=prompts, title=PROMPTS_TITLE)
+        except Exception as exc:
+            _log.exception("slack.thread_started_failed", event_id=body.get("event_id"), error=exc)
+
+    def in_assistant_thread(self, body: dict[str, Any]) -> bool:
+        """Listener matcher: the message is in an assistant thread Penny greeted."""
+        event = body.get("event") or {}
+        key = f"{body.get('team_id')}:{event.get('channel')}:{event.get('thread_ts')}"
+        try:
+            return self.store.cache_get(ASSISTANT_THREADS_SCOPE, key) is not None
+        except StoreError as exc:
+            _log.warning("slack.thread_lookup_failed", error=exc)
+            return False  # answered as a DM thread reply: the same answer, without a title
+
+    def on_assistant_question(self, body: dict[str, Any], event: dict[str, Any], context: BoltContext,
+                              client: WebClient, set_title: SetTitle) -> None:
+        """A question in an assistant thread: answered like a DM thread reply; the first one titles it."""
+        try:
+            if event.get("subtype") is not None or not event.get("user") or self._from_penny(event, context):
+                return
+            key = f"{self._workspace(body, context)}:{event.get('channel')}:{event.get('thread_ts')}"
+
+            def title(question: str) -> None:
+                try:
+                    if self.store.cache_get(ASSISTANT_THREADS_SCOPE, key) == "new":
+                        set_title(thread_title(question))
+                        self._remember(ASSISTANT_THREADS_SCOPE, key, "titled")
+                except Exception as exc:  # a thread without a title still gets its answer
+                    _log.warning("slack.title_failed", error=exc)
+
+            self._handle(body, event, context, client, thread_ts=str(event["thread_ts"]), with_history=True,
+                         on_question=title)
+        except Exception as exc:
+            _log.exception("slack.assistant_question_failed", event_id=body.get("event_id"), error=exc)
+
+    def on_app_context_changed(self, body: dict[str, Any], event: dict[str, Any], context: BoltContext) -> None:
+        """What the user looks at while Penny's agent view is open: kept for the user, no Slack call."""
+        user = str(event.get("user") or context.user_id or "")
+        if not user:
+            return
+        try:
+            self.store.cache_put(CONTEXT_SCOPE, f"user:{self._workspace(body, context)}:{user}",
+                                 json.dumps(event.get("context") or {}), CONTEXT_TTL_S)
+        except StoreError as exc:
+            _log.warning("slack.context_not_kept", error=exc)
+
+    def _suggestions(self, workspace: str) -> list[dict[str, str]]:
+        """The suggested prompts for ``workspace``, worked out at most every :data:`PROMPTS_TTL_S`."""
+        now = self.clock()
+        with self._prompts_lock:
+            known = self._prompts.get(workspace)
+        if known is not None and now < known[1]:
+            return known[0]
+        try:
+            pages = list(self.doc_pages()) if self.doc_pages is not None else []
+        except Exception as exc:
+            _log.warning("slack.doc_pages_failed", error=exc)
+            pages = []
+        prompts = suggested_prompts(self.asked.top(workspace), pages)
+        with self._prompts_lock:
+            self._prompts[workspace] = (prompts, now + PROMPTS_TTL_S)
+        return prompts
+
+    def _suggest_in_dm(self, client: WebClient, workspace: str, channel: str) -> None:
+        """Suggested prompts at the top of Penny's DM (the agent messaging experience)."""
+        now = self.clock()
+        with self._prompts_lock:
+            if self.prompts_off or now < self._prompted.get(channel, 0.0):
+                return
+            if len(self._prompted) >= _ADMIN_LOOKUPS_KEPT:
+                self._prompted = {c: t for c, t in self._prompted.items() if now < t}
+            self._prompted[channel] = now + PROMPTS_TTL_S
+        prompts = self._suggestions(workspace)
+        if not prompts:
+            return
+        try:
+            client.assistant_threads_setSuggestedPrompts(channel_id=channel, prompts=prompts, title=PROMPTS_TITLE)
+        except SlackApiError as exc:
+            error = str(exc.response.get("error") or "")
+            with self._prompts_lock:
+                self._prompted.pop(channel, None)
+                first = error in PROMPTS_UNAVAILABLE and not self.prompts_off
+                self.prompts_off = self.prompts_off or error in PROMPTS_UNAVAILABLE
+            if first:
+                _log.warning("slack.prompts_off", error=error,
+                             note="the app has no agent view (manifest.yml features.agent_view) or scope "
+                                  "assistant:write; no suggested prompts until Penny restarts")
+            else:
+                _log.warning("slack.prompts_failed", error=error)
+        except Exception as exc:
+            with self._prompts_lock:
+                self._prompted.pop(channel, None)
+            _log.warning("slack.prompts_failed", error=exc)
 
     # -- the /cost command ---------------------------------------------------------------
 
@@ -665,13 +860,54 @@ class _Penny:
 
     # -- actions -------------------------------------------------------------------------
 
+    def on_feedback_buttons(self, ack: Ack, body: dict[str, Any], client: WebClient) -> None:
+        """Slack's native feedback buttons: the value says which (``up:`` / ``down:``) and of what."""
+        ack()
+        value = str(((body.get("actions") or [{}])[0]).get("value") or "")
+        vote, _, entry_id = value.partition(":")
+        if vote in ("up", "down"):
+            self._feedback(body, client, up=vote == "up", entry_id=entry_id)
+
     def on_feedback_up(self, ack: Ack, body: dict[str, Any], client: WebClient) -> None:
         ack()
-        self._feedback(body, client, up=True)
+        self._feedback(body, client, up=True, entry_id=str(((body.get("actions") or [{}])[0]).get("value") or ""))
 
     def on_feedback_down(self, ack: Ack, body: dict[str, Any], client: WebClient) -> None:
         ack()
-        self._feedback(body, client, up=False)
+        self._feedback(body, client, up=False, entry_id=str(((body.get("actions") or [{}])[0]).get("value") or ""))
+
+    def on_feedback_reason(self, ack: Ack, body: dict[str, Any], client: WebClient) -> None:
+        """"Say what was wrong" under a 👎: the short form, in a modal (within the click's 3 s)."""
+        ack()
+        try:
+            value = str(((body.get("actions") or [{}])[0]).get("value") or "")
+            client.views_open(trigger_id=str(body.get("trigger_id") or ""), view=reason_modal(value))
+        except Exception as exc:
+            _log.warning("slack.reason_form_failed", error=exc)
+
+    def on_feedback_reason_sent(self, ack: Ack, body: dict[str, Any], view: dict[str, Any],
+                                client: WebClient) -> None:
+        """The 👎 reason submitted: stored with the vote, and the voter told so."""
+        ack()
+        try:
+            ref = json.loads(str(view.get("private_metadata") or "{}"))
+            reason = reason_of(view)
+            user = str(body["user"]["id"])
+            workspace = str((body.get("team") or {}).get("id") or body["user"].get("team_id") or "")
+            channel, message_ts, entry_id = str(ref.get("c") or ""), str(ref.get("m") or ""), str(ref.get("e") or "")
+            if not reason or not entry_id:
+                return
+            raw = self.store.cache_get(ANSWERS_SCOPE, f"{workspace}:{channel}:{message_ts}")
+            record = json.loads(raw) if raw else {}
+            pages = record.get("pages", []) if isinstance(record, dict) else []
+            record_feedback(self.store, workspace, entry_id, user, up=False, pages=pages, at=self.wall(), reason=reason)
+            if channel:
+                thread_ts = str(record.get("thread_ts") or "") if isinstance(record, dict) else ""
+                kwargs: dict[str, Any] = {"thread_ts": thread_ts} if thread_ts else {}
+                client.chat_postEphemeral(channel=channel, user=user, text="Thanks, your note is saved with your 👎.",
+                                          **kwargs)
+        except Exception as exc:
+            _log.exception("slack.reason_failed", error=exc)
 
     def on_fresh_answer(self, ack: Ack, body: dict[str, Any], client: WebClient, respond: Respond) -> None:
         ack()
@@ -712,6 +948,7 @@ class _Penny:
         *,
         thread_ts: str | None,
         with_history: bool,
+        on_question: Callable[[str], None] | None = None,
     ) -> None:
         workspace = self._workspace(body, context)
         event_id = str(body.get("event_id") or "")
@@ -727,6 +964,8 @@ class _Penny:
             if not text:
                 self._post(client, target, [[{"type": "section", "text": {"type": "mrkdwn", "text": HELP_TEXT}}]])
                 return
+            if on_question is not None:
+                on_question(text)
             history: tuple[tuple[str, str], ...] = ()
             if with_history and thread_ts:
                 history = self._history(client, target, thread_ts, context)
@@ -744,7 +983,7 @@ class _Penny:
     ) -> None:
         question_text, truncated = clip_question(text)
         note = TRUNCATED_NOTE if truncated else None
-        working = self.working.show(client, target.channel, target.message_ts) if target.message_ts else None
+        working = self.working.show(client, target.channel, target.message_ts, thread_ts=target.thread_ts)
         try:
             stream = self._answer_stream(client, target)
             question = Question(
@@ -755,7 +994,7 @@ class _Penny:
                 channel_id=target.channel,
                 history=history,
                 fresh=fresh,
-                stream=stream,
+                stream=_Writing(stream, working) if stream is not None else None,
             )
             try:
                 answer = self.answerer.answer(question)
@@ -764,11 +1003,9 @@ class _Penny:
                 answer = Answer(kind="error", text=FAILED_TEXT, refusal="upstream_error")
             streamed_ts = self._end_stream(client, target, stream)
             self._deliver(client, target, answer, question_text, note, streamed_ts)
-            if working is not None:
-                working.answered()  # no 👀 from now on, even while the event's records are still stored
+            working.answered()  # no 👀 or status from now on, even while the event's records are still stored
         finally:
-            if working is not None:
-                self._after_handling(working)
+            self._after_handling(working)
 
     @staticmethod
     def _after_handling(working: Working) -> None:
@@ -851,6 +1088,9 @@ class _Penny:
             texts = [fallback_text(answer.text)] if len(messages) == 1 else [message_text(m) for m in messages]
         messages[0] = _with_note(messages[0], note)
         last_ts = self._post(client, target, messages, texts, replace_ts=streamed_ts)
+        if answer.kind in ("answer", "extractive") and answer.citations:
+            first = answer.citations[0]
+            self.asked.add(target.workspace_id, first.path, first.title or first.path)
         if answer.entry_id is not None and last_ts:
             record = {"question": question, "cached": answer.cached, "thread_ts": target.thread_ts or "",
                       "pages": [c.path for c in answer.citations]}
@@ -902,10 +1142,10 @@ class _Penny:
             _log.warning("slack.stream_delete_failed", channel=target.channel, error=exc)
             return False
 
-    def _feedback(self, body: dict[str, Any], client: WebClient, *, up: bool) -> None:
+    def _feedback(self, body: dict[str, Any], client: WebClient, *, up: bool, entry_id: str) -> None:
+        """Store a vote, tell the voter it counted, and after a 👎 offer to say why (and, on a
+        cached answer, a fresh one)."""
         try:
-            action = body["actions"][0]
-            entry_id = str(action.get("value") or "")
             user = str(body["user"]["id"])
             channel = str((body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id"))
             message_ts = str((body.get("container") or {}).get("message_ts") or (body.get("message") or {}).get("ts"))
@@ -923,12 +1163,12 @@ class _Penny:
                     self.on_feedback(user, entry_id, up)
                 except Exception as exc:  # losing a vote must not lose the fresh-answer offer
                     _log.exception("slack.feedback_callback_failed", error=exc)
-            if up:
-                return
-            if not isinstance(record, dict) or not record.get("cached") or not record.get("question"):
-                return
-            thread_ts = str(record.get("thread_ts") or "")
-            blocks = fresh_answer_blocks(str(record["question"]), thread_ts or None)
+            thread_ts = str(record.get("thread_ts") or "") if isinstance(record, dict) else ""
+            fresh = (fresh_answer_blocks(str(record["question"]), thread_ts or None)
+                     if not up and isinstance(record, dict) and record.get("cached") and record.get("question")
+                     else None)
+            ref = json.dumps({"e": entry_id, "c": channel, "m": message_ts}) if entry_id else None
+            blocks = feedback_ack_blocks(up=up, reason_value=ref if ref and len(ref) <= 2000 else None, fresh=fresh)
             kwargs: dict[str, Any] = {"thread_ts": thread_ts} if thread_ts else {}
             client.chat_postEphemeral(channel=channel, user=user, blocks=blocks, text=message_text(blocks), **kwargs)
         except Exception as exc:

@@ -43,6 +43,7 @@ from bot.markdown_syntax import (
 )
 
 __all__ = [
+    "ACTION_FEEDBACK",
     "ACTION_FEEDBACK_DOWN",
     "ACTION_FEEDBACK_UP",
     "FEEDBACK_BLOCK_ID",
@@ -76,7 +77,8 @@ BUTTON_VALUE_LIMIT: Final = 2000
 MAX_SOURCES: Final = 20
 MAX_REFUSAL_LINKS: Final = 10
 
-ACTION_FEEDBACK_UP: Final = "penny_feedback_up"
+ACTION_FEEDBACK: Final = "penny_feedback"  # Slack's feedback buttons; value "up:<entry_id>" / "down:<entry_id>"
+ACTION_FEEDBACK_UP: Final = "penny_feedback_up"  # the plain buttons of answers posted before them
 ACTION_FEEDBACK_DOWN: Final = "penny_feedback_down"
 FEEDBACK_BLOCK_ID: Final = "penny_feedback"
 
@@ -684,25 +686,23 @@ def _sources_blocks(citations: Sequence[CitationTuple], shown: int) -> list[Bloc
 
 
 def _feedback_block(entry_id: str) -> Block:
-    if len(entry_id) > BUTTON_VALUE_LIMIT:
-        raise ValueError(f"entry_id is longer than Slack's {BUTTON_VALUE_LIMIT}-character button value")
+    """Slack's native feedback buttons (a ``feedback_buttons`` element in a ``context_actions``
+    block), one action whose value says the vote and the answer."""
+    if len("down:" + entry_id) > BUTTON_VALUE_LIMIT:
+        raise ValueError(f"entry_id is longer than Slack's {BUTTON_VALUE_LIMIT}-character button value allows")
 
-    def button(emoji: str, action_id: str, label: str) -> Block:
-        return {
-            "type": "button",
-            "text": {"type": "plain_text", "text": emoji, "emoji": True},
-            "action_id": action_id,
-            "value": entry_id,
-            "accessibility_label": label,
-        }
+    def button(emoji: str, vote: str, label: str) -> Block:
+        return {"text": {"type": "plain_text", "text": emoji}, "value": f"{vote}:{entry_id}",
+                "accessibility_label": label}
 
     return {
-        "type": "actions",
-        "block_id": FEEDBACK_BLOCK_ID,
-        "elements": [
-            button("👍", ACTION_FEEDBACK_UP, "Helpful answer"),
-            button("👎", ACTION_FEEDBACK_DOWN, "Unhelpful answer"),
-        ],
+        "type": "context_actions",
+        "elements": [{
+            "type": "feedback_buttons",
+            "action_id": ACTION_FEEDBACK,
+            "positive_button": button("👍", "up", "Helpful answer"),
+            "negative_button": button("👎", "down", "Unhelpful answer"),
+        }],
     }
 
 
@@ -734,8 +734,8 @@ def answer_blocks(answer: AnswerView) -> list[list[Block]]:
     """The message(s) for one answer, each a list of blocks within Slack's limits.
 
     The answer text (converted and split into section blocks) comes first, then a *Sources*
-    section, a context block with the footer (and a cached marker), then 👍 / 👎 buttons
-    (``penny_feedback_up`` / ``penny_feedback_down``, value = ``entry_id``). When it all does not
+    section, a context block with the footer (and a cached marker), then Slack's 👍 / 👎 feedback
+    buttons (``penny_feedback``, value ``up:``/``down:`` + ``entry_id``). When it all does not
     fit one message, the text spills over several; only the last carries sources, footer and buttons.
     """
     body = [_section(chunk.strip("\n")) for chunk in split_for_slack(markdown_to_mrkdwn(answer.text)) if chunk.strip()]

@@ -56,8 +56,9 @@ def penny_app(
     """The Bolt app wired to the gateway: a 👎 evicts the cached answer it was given on, at once,
     for every replica. Listeners run on a wide pool: each waits on an LLM call, not on a CPU.
     ``settings`` gives ``/cost`` and the App Home the budgets, rate limits and admins; ``working``
-    puts the 👀 on slow questions (:class:`~bot.slack.working.WorkingIndicator`'s defaults);
+    shows the status (or 👀) on slow questions (:class:`~bot.slack.working.WorkingIndicator`'s defaults);
     ``installation`` is what the start-up check found (requests from elsewhere are dropped)."""
+    from bot.slack.agent import doc_pages_of
     from bot.slack.app import build_app
 
     def on_feedback(user_id: str, entry_id: str, up: bool) -> None:
@@ -73,6 +74,7 @@ def penny_app(
         cost_settings=settings,
         working=working,
         installation=installation,
+        doc_pages=doc_pages_of(answerer),  # suggested prompts: the docs' pages
         listener_executor=listener_executor or ThreadPoolExecutor(max_workers=LISTENER_THREADS,
                                                                   thread_name_prefix="penny-slack"),
     )

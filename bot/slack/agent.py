@@ -1,0 +1,251 @@
+"""Penny's agent surfaces in Slack: suggested prompts drawn from the docs, the greeting, thread
+titles, the thread context Slack reports, and the 👎 reason form. Pure functions of data, and the
+two small store-backed records they read (what gets asked, the thread context).
+
+Slack has two agent experiences (https://docs.slack.dev/ai/migrating-to-agent-messaging/):
+
+- the *agent* messaging experience (manifest ``features.agent_view``, the only one for new apps):
+  conversations live in the app's Messages tab; opening it is an ``app_home_opened`` event with
+  ``tab == "messages"``, and suggested prompts are set on the DM itself (no thread);
+- the *assistant* experience (``features.assistant_view``, kept for existing apps until Slack
+  retires it): each conversation is an assistant thread, started with ``assistant_thread_started``
+  (Bolt's :class:`~slack_bolt.Assistant` handles it), with a greeting, prompts and a title.
+
+The prompts are the docs pages Penny's answers cite most in the workspace (:class:`AskedPages`),
+then the docs' largest pages, each asked as "What do the docs say about <title>?".
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from slack_bolt.context.assistant.thread_context import AssistantThreadContext
+from slack_bolt.context.assistant.thread_context_store.store import AssistantThreadContextStore
+
+from proxy_core.errors import StoreError
+from proxy_core.log import get_logger
+from proxy_core.stores.base import Store
+
+__all__ = [
+    "ACTION_FEEDBACK_REASON",
+    "ASSISTANT_THREADS_SCOPE",
+    "CONTEXT_SCOPE",
+    "GREETING",
+    "PROMPTS_TITLE",
+    "REASON_CALLBACK",
+    "AskedPages",
+    "DocPage",
+    "StoreThreadContext",
+    "doc_pages_of",
+    "feedback_ack_blocks",
+    "reason_modal",
+    "reason_of",
+    "suggested_prompts",
+    "thread_title",
+]
+
+MAX_PROMPTS: Final = 4  # Slack shows up to four suggested prompts
+PROMPT_TITLE_CHARS: Final = 60
+TITLE_CHARS: Final = 80
+REASON_CHARS: Final = 500
+ASKED_KEPT: Final = 50  # pages remembered per workspace in the tally of what gets asked
+ASKED_PREFIX: Final = "slack:asked:"  # + workspace: {path: [title, answers citing it first]}
+ASSISTANT_THREADS_SCOPE: Final = "slack:assistant_threads"  # channel:thread_ts -> "new" | "titled"
+CONTEXT_SCOPE: Final = "slack:context"  # what the user was looking at, as Slack last said
+CONTEXT_TTL_S: Final = 7 * 24 * 3600.0
+ACTION_FEEDBACK_REASON: Final = "penny_feedback_reason"
+REASON_CALLBACK: Final = "penny_feedback_reason"
+REASON_BLOCK: Final = "reason"
+REASON_INPUT: Final = "text"
+
+PROMPTS_TITLE: Final = "Popular in the docs"
+GREETING: Final = ("Hi! I answer questions about the team's docs, with links to the pages I used. "
+                   "Ask me anything, or start with one of the suggestions.")
+
+_log = get_logger()
+
+
+@dataclass(frozen=True, slots=True)
+class DocPage:
+    """One page of the docs index: its path, title, and how many passages it has (its size)."""
+
+    path: str
+    title: str
+    passages: int
+
+
+def suggested_prompts(asked: Mapping[str, tuple[str, int]], pages: Sequence[DocPage],
+                      limit: int = MAX_PROMPTS) -> list[dict[str, str]]:
+    """Up to ``limit`` prompts: the most asked pages first (``asked``: path -> (title, count)),
+    then the largest pages of the docs, one prompt per title."""
+    ranked = [title for _, (title, _) in sorted(asked.items(), key=lambda kv: (-kv[1][1], kv[0]))]
+    ranked += [p.title for p in sorted(pages, key=lambda p: (-p.passages, p.path))]
+    prompts: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for title in ranked:
+        title = " ".join(title.split())
+        if not title or title.lower() in seen:
+            continue
+        seen.add(title.lower())
+        prompts.append({"title": _clip(title, PROMPT_TITLE_CHARS),
+                        "message": f"What do the docs say about {title}?"})
+        if len(prompts) == limit:
+            break
+    return prompts
+
+
+def thread_title(question: str) -> str:
+    """An assistant thread's title: its first question on one line, cut at a word near 80 characters."""
+    text = " ".join(question.split())
+    if len(text) <= TITLE_CHARS:
+        return text
+    cut = text.rfind(" ", 0, TITLE_CHARS - 1)
+    return text[: cut if cut > TITLE_CHARS // 2 else TITLE_CHARS - 1] + "…"
+
+
+def doc_pages_of(answerer: object) -> Callable[[], list[DocPage]] | None:
+    """The pages of the docs index behind ``answerer`` (Penny's answering service keeps one in
+    memory, refreshed as the docs change), or None when it has none."""
+    index = getattr(answerer, "index", None)
+    if index is None or not hasattr(index, "snapshot"):
+        return None
+
+    def pages() -> list[DocPage]:
+        counts: dict[str, list[Any]] = {}
+        for passage in index.snapshot.passages:
+            entry = counts.setdefault(passage.doc_path, [passage.title or passage.doc_path, 0])
+            entry[1] += 1
+        return [DocPage(path, str(title), int(n)) for path, (title, n) in counts.items()]
+
+    return pages
+
+
+class AskedPages:
+    """Which pages Penny's answers cite first, counted per workspace in one shared record (a
+    compare-and-set write, retried a few times; a count lost to a race only makes the suggestions a
+    little less exact). Failures are logged, never raised: this is a nicety."""
+
+    def __init__(self, store: Store, *, kept: int = ASKED_KEPT) -> None:
+        self._store = store
+        self._kept = kept
+
+    def add(self, workspace_id: str, path: str, title: str) -> None:
+        key = ASKED_PREFIX + workspace_id
+        try:
+            for _ in range(3):
+                raw = self._store.blob_get(key)
+                tally = _parse_tally(raw)
+                _, count = tally.get(path, (title, 0))
+                tally[path] = (title, count + 1)
+                kept = dict(sorted(tally.items(), key=lambda kv: -kv[1][1])[: self._kept])
+                new = json.dumps({p: [t, n] for p, (t, n) in kept.items()}).encode()
+                if self._store.blob_put_many({key: new}, expect=(key, raw)):
+                    return
+        except StoreError as exc:
+            _log.warning("slack.asked_not_counted", error=exc)
+
+    def top(self, workspace_id: str) -> dict[str, tuple[str, int]]:
+        try:
+            return _parse_tally(self._store.blob_get(ASKED_PREFIX + workspace_id))
+        except StoreError as exc:
+            _log.warning("slack.asked_unreadable", error=exc)
+            return {}
+
+
+def _parse_tally(raw: bytes | None) -> dict[str, tuple[str, int]]:
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return {}
+    return {str(p): (str(v[0]), int(v[1])) for p, v in data.items() if isinstance(v, list) and len(v) == 2}
+
+
+class StoreThreadContext(AssistantThreadContextStore):
+    """Bolt's thread context store, in Penny's shared store: what the user was looking at when
+    they opened an assistant thread and each time it changed (``assistant_thread_context_changed``),
+    kept a week. Bolt's default keeps it in the metadata of Penny's first reply, which costs a
+    ``conversations.replies`` and a ``chat.update`` per change."""
+
+    def __init__(self, store: Store, *, ttl_s: float = CONTEXT_TTL_S) -> None:
+        self._store = store
+        self._ttl_s = ttl_s
+
+    def save(self, *, channel_id: str, thread_ts: str, context: dict[str, str]) -> None:
+        try:
+            self._store.cache_put(CONTEXT_SCOPE, f"{channel_id}:{thread_ts}", json.dumps(context), self._ttl_s)
+        except StoreError as exc:
+            _log.warning("slack.context_not_kept", error=exc)
+
+    def find(self, *, channel_id: str, thread_ts: str) -> AssistantThreadContext | None:
+        try:
+            raw = self._store.cache_get(CONTEXT_SCOPE, f"{channel_id}:{thread_ts}")
+        except StoreError as exc:
+            _log.warning("slack.context_unreadable", error=exc)
+            return None
+        context = json.loads(raw) if raw else None
+        return AssistantThreadContext(context) if isinstance(context, dict) and context.get("channel_id") else None
+
+
+def feedback_ack_blocks(*, up: bool, reason_value: str | None = None,
+                        fresh: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The ephemeral that acknowledges a vote: what was recorded, how to change it, and after a 👎
+    a button to say why (``reason_value`` carries the answer's reference) and the fresh-answer
+    offer's button (``fresh``, its ``actions`` block) when the answer came from the cache."""
+    text = (":thumbsup: Thanks, noted: this answer helped." if up
+            else ":thumbsdown: Thanks, noted: this answer did not help.")
+    text += " Click the other button on the answer to change your vote."
+    blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
+    if up:
+        return blocks
+    buttons: list[dict[str, Any]] = []
+    if reason_value is not None:
+        buttons.append({"type": "button", "text": {"type": "plain_text", "text": "Say what was wrong"},
+                        "action_id": ACTION_FEEDBACK_REASON, "value": reason_value})
+    if fresh:
+        actions = fresh[-1]
+        blocks.extend(fresh[:-1])
+        blocks.append({**actions, "elements": [*buttons, *actions["elements"]]})
+    elif buttons:
+        blocks.append({"type": "actions", "elements": buttons})
+    return blocks
+
+
+def reason_modal(private_metadata: str) -> dict[str, Any]:
+    """The form a 👎 voter may fill in: one optional short text, stored with the vote."""
+    return {
+        "type": "modal",
+        "callback_id": REASON_CALLBACK,
+        "private_metadata": private_metadata,
+        "title": {"type": "plain_text", "text": "What was wrong?"},
+        "submit": {"type": "plain_text", "text": "Send"},
+        "close": {"type": "plain_text", "text": "Skip"},
+        "blocks": [
+            {
+                "type": "input",
+                "block_id": REASON_BLOCK,
+                "optional": True,
+                "label": {"type": "plain_text", "text": "In a sentence (optional)"},
+                "element": {"type": "plain_text_input", "action_id": REASON_INPUT, "multiline": True,
+                            "max_length": REASON_CHARS,
+                            "placeholder": {"type": "plain_text", "text": "e.g. it cited an outdated page"}},
+            },
+            {"type": "context", "elements": [{"type": "mrkdwn", "text":
+                "Saved with your 👎 and read by the people who keep the docs and Penny. Never shown in a channel."}]},
+        ],
+    }
+
+
+def reason_of(view: Mapping[str, Any]) -> str:
+    """The reason typed into :func:`reason_modal`'s submitted ``view`` ("" when left empty)."""
+    values = ((view.get("state") or {}).get("values") or {}).get(REASON_BLOCK) or {}
+    text = str((values.get(REASON_INPUT) or {}).get("value") or "")
+    return " ".join(text.split())[:REASON_CHARS]
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

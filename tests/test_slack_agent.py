@@ -1,0 +1,218 @@
+"""Slack's agent surfaces, through the real Bolt app and the fake Slack Web API: the agent DM's
+suggested prompts (``app_home_opened`` on the Messages tab, ``features.agent_view``), an assistant
+thread's greeting, prompts, kept context and title (``assistant_thread_started`` and friends, via
+Bolt's Assistant), and the context Slack reports under agent_view (``app_context_changed``)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from bot.slack.agent import (
+    ASSISTANT_THREADS_SCOPE,
+    CONTEXT_SCOPE,
+    GREETING,
+    PROMPTS_TITLE,
+    DocPage,
+    StoreThreadContext,
+    suggested_prompts,
+    thread_title,
+)
+from proxy_core.stores.sqlite import SqliteStore
+from tests.fake_openai import FakeOpenAI
+from tests.fake_slack import FakeSlack
+from tests.test_bot_e2e import make_bot
+from tests.test_slack_app import (
+    ANSWER,
+    TEAM,
+    Harness,
+    ScriptedAnswerer,
+    mention,
+    message,
+    wait_cleared,
+)
+
+DM = "D0PENNY"
+THREAD = "1729999327.187299"
+CONTEXT = {"channel_id": "C0GENERAL", "team_id": TEAM, "enterprise_id": None}
+
+
+def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait for a listener running on another thread to have done something."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def messages_tab(user: str = "U1") -> dict[str, Any]:
+    return {"type": "app_home_opened", "user": user, "channel": DM, "tab": "messages", "event_ts": "1.1"}
+
+
+def thread_started(thread_ts: str = THREAD) -> dict[str, Any]:
+    return {"type": "assistant_thread_started", "event_ts": "1.2",
+            "assistant_thread": {"user_id": "U1", "context": CONTEXT, "channel_id": DM, "thread_ts": thread_ts}}
+
+
+def in_thread(text: str, ts: str, thread_ts: str = THREAD) -> dict[str, Any]:
+    return message(text, channel=DM, channel_type="im", ts=ts, thread_ts=thread_ts)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeSlack]:
+    with FakeSlack() as server:
+        yield server
+
+
+@pytest.fixture
+def penny(fake: FakeSlack, sqlite_store: SqliteStore) -> Iterator[Harness]:
+    harness = Harness(fake, sqlite_store, ScriptedAnswerer(ANSWER))
+    yield harness
+    harness.settle()
+
+
+# -- pure policies ---------------------------------------------------------------------------------
+
+
+def test_suggested_prompts_put_the_most_asked_pages_first_then_the_largest() -> None:
+    asked = {"ops/deploy.md": ("Deploying", 7), "ops/rollback.md": ("Rollbacks", 9)}
+    pages = [DocPage("people/benefits.md", "Benefits", 3), DocPage("ops/deploy.md", "Deploying", 12),
+             DocPage("policies/travel.rst", "Travel", 8), DocPage("pricing/plans.md", "Plans", 5)]
+    prompts = suggested_prompts(asked, pages)
+    assert [p["title"] for p in prompts] == ["Rollbacks", "Deploying", "Travel", "Plans"]  # four, no repeat
+    assert prompts[0]["message"] == "What do the docs say about Rollbacks?"
+    assert suggested_prompts({}, []) == []
+
+
+def test_thread_titles_are_the_question_on_one_line_cut_at_a_word() -> None:
+    assert thread_title("  how do I\n deploy?  ") == "how do I deploy?"
+    long = "how do I " + "really " * 30 + "deploy?"
+    title = thread_title(long)
+    assert len(title) <= 80 and title.endswith("…") and not title[:-1].endswith(" ")
+
+
+# -- the agent DM (agent_view) ---------------------------------------------------------------------
+
+
+def test_opening_pennys_dm_sets_prompts_drawn_from_the_docs(fake: FakeSlack, tmp_path: Path) -> None:
+    with FakeOpenAI() as openai:
+        bot = make_bot(fake, openai, tmp_path)
+        try:
+            assert bot.event(messages_tab()).status == 200
+            [call] = fake.calls("assistant.threads.setSuggestedPrompts")
+            assert call.params["channel_id"] == DM and not call.params.get("thread_ts")  # the DM itself
+            assert call.params["title"] == PROMPTS_TITLE
+            prompts = fake.suggested_prompts(DM)
+            assert len(prompts) == 4  # the example docs' largest pages, nothing asked yet
+            assert all(p["message"] == f"What do the docs say about {p['title']}?" for p in prompts)
+            assert fake.count("views.publish") == 0  # the Home tab is another tab
+
+            bot.event(messages_tab())  # opened again soon after: already set
+            assert fake.count("assistant.threads.setSuggestedPrompts") == 1
+        finally:
+            bot.gateway.close()
+
+
+def test_the_most_asked_page_becomes_the_first_prompt(penny: Harness, fake: FakeSlack) -> None:
+    penny.event(mention("<@UPENNY> how do I deploy?"))
+    wait_cleared(fake)  # answered: its first citation (ops/deploy.md, "Deploying") is counted
+    penny.event(messages_tab())
+    fake.wait_for("assistant.threads.setSuggestedPrompts")
+    assert [p["title"] for p in fake.suggested_prompts(DM)] == ["Deploying"]
+
+
+def test_an_app_without_the_agent_view_stops_asking_and_says_so_once(penny: Harness, fake: FakeSlack) -> None:
+    penny.event(mention("<@UPENNY> how do I deploy?"))  # something to suggest
+    wait_cleared(fake)
+    fake.fail("assistant.threads.setSuggestedPrompts", "not_agent_app", times=5)
+    with capture_logs() as logs:
+        penny.event(messages_tab("U1"))
+        until(lambda: any(e["event"] == "slack.prompts_off" for e in logs))
+        penny.event({**messages_tab("U2"), "channel": "D0OTHER"})
+        penny.settle()
+    assert fake.count("assistant.threads.setSuggestedPrompts") == 1
+    assert [e["error"] for e in logs if e["event"] == "slack.prompts_off"] == ["not_agent_app"]
+
+
+def test_app_context_changed_is_kept_without_a_slack_call(penny: Harness, fake: FakeSlack,
+                                                          sqlite_store: SqliteStore) -> None:
+    entities = {"entities": [{"type": "slack#/types/channel_id", "value": "C0GENERAL", "team_id": TEAM}]}
+    penny.event({"type": "app_context_changed", "user": "U1", "event_ts": "1.3", "context": entities})
+    penny.settle()
+    assert json.loads(sqlite_store.cache_get(CONTEXT_SCOPE, f"user:{TEAM}:U1") or "{}") == entities
+    assert [c.method for c in fake.calls() if c.method != "auth.test"] == []
+
+
+# -- assistant threads (assistant_view) ------------------------------------------------------------
+
+
+def test_an_assistant_thread_started_is_greeted_with_prompts_once(penny: Harness, fake: FakeSlack,
+                                                                  sqlite_store: SqliteStore) -> None:
+    penny.event(mention("<@UPENNY> how do I deploy?"))
+    wait_cleared(fake)
+    for retry in range(2):  # a redelivery greets nobody twice
+        headers = {"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"} if retry else None
+        assert penny.event(thread_started(), event_id="EvStarted", headers=headers).status == 200
+    penny.settle()
+    [greeting] = [c for c in fake.calls("chat.postMessage") if c.params["channel"] == DM]
+    assert (greeting.params["thread_ts"], greeting.params["text"]) == (THREAD, GREETING)
+    [prompts] = fake.calls("assistant.threads.setSuggestedPrompts")
+    assert (prompts.params["channel_id"], prompts.params["thread_ts"]) == (DM, THREAD)
+    assert [p["title"] for p in fake.suggested_prompts(DM, THREAD)] == ["Deploying"]
+    # the context Slack sent is kept (Bolt's thread context store, in Penny's store)
+    kept = StoreThreadContext(sqlite_store).find(channel_id=DM, thread_ts=THREAD)
+    assert kept is not None and kept.channel_id == "C0GENERAL"
+    assert sqlite_store.cache_get(ASSISTANT_THREADS_SCOPE, f"{TEAM}:{DM}:{THREAD}") == "new"
+
+
+def test_a_context_change_in_an_assistant_thread_is_kept(penny: Harness, sqlite_store: SqliteStore) -> None:
+    changed = {"type": "assistant_thread_context_changed", "event_ts": "1.4", "assistant_thread": {
+        "user_id": "U1", "context": {**CONTEXT, "channel_id": "C0RANDOM"}, "channel_id": DM, "thread_ts": THREAD}}
+    assert penny.event(changed).status == 200
+    penny.settle()
+    kept = StoreThreadContext(sqlite_store).find(channel_id=DM, thread_ts=THREAD)
+    assert kept is not None and kept.channel_id == "C0RANDOM"
+
+
+def test_the_first_question_titles_the_assistant_thread_and_gets_a_status_and_an_answer(
+    fake: FakeSlack, sqlite_store: SqliteStore
+) -> None:
+    answerer = ScriptedAnswerer(ANSWER)
+    penny = Harness(fake, sqlite_store, answerer)
+    try:
+        penny.event(thread_started())
+        fake.wait_for("chat.postMessage")  # the greeting
+        penny.event(in_thread("how do I deploy to staging?", ts="1729999400.000100"), event_id="EvQ1")
+        fake.wait_for("chat.postMessage", 2)
+        wait_cleared(fake)
+        penny.event(in_thread("and roll back?", ts="1729999500.000100"), event_id="EvQ2")
+        fake.wait_for("chat.postMessage", 3)
+        wait_cleared(fake, 2)
+    finally:
+        penny.settle()
+    [title] = fake.calls("assistant.threads.setTitle")  # the first question only
+    assert (title.params["channel_id"], title.params["thread_ts"]) == (DM, THREAD)
+    assert fake.title(DM, THREAD) == "how do I deploy to staging?"
+    assert [q.text for q in answerer.questions] == ["how do I deploy to staging?", "and roll back?"]
+    assert [q.request_id for q in answerer.questions] == ["EvQ1", "EvQ2"]
+    answers = [c for c in fake.calls("chat.postMessage") if c.params["text"] != GREETING]
+    assert {c.params["thread_ts"] for c in answers} == {THREAD}
+    statuses = [c.params["status"] for c in fake.calls("assistant.threads.setStatus")]
+    assert statuses == ["is searching the docs…", "", "is searching the docs…", ""]
+    assert fake.count("reactions.add") == 0
+
+
+def test_a_dm_thread_penny_did_not_greet_is_answered_as_before_without_a_title(
+    penny: Harness, fake: FakeSlack
+) -> None:
+    penny.event(in_thread("how do I deploy?", ts="1729999400.000100", thread_ts="1729999300.000100"))
+    fake.wait_for("chat.postMessage")
+    wait_cleared(fake)
+    assert fake.count("assistant.threads.setTitle") == 0
+    assert fake.last("chat.postMessage").params["thread_ts"] == "1729999300.000100"
