@@ -193,6 +193,14 @@ def test_check_fails_on_a_bad_slack_setting(capsys: pytest.CaptureFixture[str], 
     assert value not in err + out or value == "unreachable"
 
 
+def test_check_reports_a_throttled_app_token_check_at_once(capsys: pytest.CaptureFixture[str],
+                                                           slack: FakeSlack) -> None:
+    slack.rate_limit("apps.connections.open", retry_after=30)  # Tier 1: a check right after a start
+    code, _, err = penny(capsys, "check")
+    assert code == 1 and "slow down" in err and "Traceback" not in err
+    assert slack.count("apps.connections.open") == 1  # not waited out
+
+
 def test_check_without_slack_settings_says_so(capsys: pytest.CaptureFixture[str]) -> None:
     _, out, _ = penny(capsys, "check")
     assert "slack       not set up: penny run starts a terminal chat" in out

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.http_retry import RateLimitErrorRetryHandler
 
 from proxy_core.errors import ConfigurationError, PennyError
 
@@ -110,7 +111,10 @@ def slack_failure(setting: str, exc: BaseException, *, api_url: str | None = Non
         status = int(getattr(exc.response, "status_code", 200) or 200)
         error = str(exc.response.get("error") or f"HTTP {status}") if isinstance(exc.response.data, dict) \
             else f"HTTP {status}"
-        if status == 429 or status >= 500 or error in _TRANSIENT:
+        if status == 429 or error == "ratelimited":
+            return SlackUnreachable(f"Slack asks Penny to slow down ({setting}'s check was rate limited). Try "
+                                    "again in a minute.")
+        if status >= 500 or error in _TRANSIENT:
             return SlackUnreachable(f"Slack at {where} answered {error}: it is busy or down. Start Penny again "
                                     "in a minute (https://slack-status.com shows outages).")
         if setting == "SLACK_APP_TOKEN":
@@ -172,6 +176,8 @@ def check_report(settings: SlackSettings) -> list[str]:
                 f"(xoxb-…) from {APPS_URL} → OAuth & Permissions into .env.")
         return ["not set up: penny run starts a terminal chat (README: Slack set-up)"]
     client = make_client(settings)
+    # A check reports a throttle at once (apps.connections.open is Tier 1) rather than wait it out.
+    client.retry_handlers = [h for h in client.retry_handlers if not isinstance(h, RateLimitErrorRetryHandler)]
     installation = check_bot_token(client, BOT_SCOPES, api_url=settings.api_url)
     lines = [f"bot token ok: @{installation.bot_name or installation.bot_user_id} in {installation.team} "
              f"({installation.team_id}), app {installation.app_id or '?'}"]
