@@ -58,6 +58,7 @@ CLASSES: tuple[tuple[str, dict[str, object]], ...] = (
     ("entities", {"entities": False}),
     ("a word swapped in a minimal pair", {"substitution_veto": False}),
     ("a condition only one side adds", {"conditions": False}),
+    ("a qualifier only one side adds", {"modifiers": False}),
 )
 # The reasons each class gives (the first veto found is the one reported).
 REASONS = {
@@ -73,6 +74,7 @@ REASONS = {
     "entities": {"entity differs"},
     "a word swapped in a minimal pair": {"word differs"},
     "a condition only one side adds": {"condition added"},
+    "a qualifier only one side adds": {"modifier added"},
 }  # fmt: skip
 
 

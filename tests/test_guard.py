@@ -241,6 +241,31 @@ def test_a_condition_only_one_question_adds(guard: NearMissGuard, cached: str, n
     assert reason(guard, new, cached) == f"condition added: {added}"
 
 
+@pytest.mark.parametrize(
+    ("cached", "new", "added"),
+    [
+        ("Where is the style guide?", "Where is the old style guide?", "old style"),
+        ("How do I get a parking pass?", "How do I get a temporary parking pass?", "temporary parking"),
+        ("What is the travel policy?", "What is the international travel policy?", "international travel"),
+        ("How do I book a meeting room?", "How do I book a large meeting room?", "large meeting"),
+        ("How do I request a laptop?", "How do I request a second laptop?", "second laptop"),
+    ],
+)
+def test_a_qualifier_only_one_question_adds(guard: NearMissGuard, cached: str, new: str, added: str) -> None:
+    assert reason(guard, cached, new) == f"modifier added: {added}"
+
+
+def test_other_added_words_are_evidence_not_vetoes(guard: NearMissGuard) -> None:
+    for cached, new in [
+        ("How do I deploy the app?", "How do I deploy the mobile app?"),  # a noun, not a scale
+        ("How do I prepare for the exam?", "How do I start preparing for the exam?"),  # a verb
+        ("Where are the production logs?", "Where are the production logs kept?"),  # nothing narrowed
+    ]:
+        c = guard.compare(guard.analyse(cached), guard.analyse(new))
+        assert c.veto is None and c.unmatched_new, (cached, new)
+        assert not guard.check(cached, new).ok  # the strict guard still refuses them
+
+
 def test_negation_that_negates_nothing(guard: NearMissGuard) -> None:
     assert guard.check("Should smoking be banned in bars?", "Should smoking be banned in bars or not?").ok
     assert not guard.analyse("Is herpes a retrovirus? Why or why not?").negated
@@ -329,6 +354,7 @@ def test_checks_can_be_switched_off() -> None:
         ("quantifiers", "Do all employees get a laptop?", "Do some employees get a laptop?"),
         ("scope", "How do I see my usage?", "How do I see the company usage?"),
         ("conditions", "How do I get VPN access?", "How do I get VPN access as a contractor?"),
+        ("modifiers", "Where is the style guide?", "Where is the old style guide?"),
     ]:
         assert not NearMissGuard(GuardSettings(word_similarity=None)).check(cached, new).ok, flag
         off = NearMissGuard(GuardSettings(word_similarity=None, unmatched_words=False, **{flag: False}))

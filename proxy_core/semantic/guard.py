@@ -77,6 +77,7 @@ class GuardSettings:
     quantifiers: bool = True  # "all employees" vs "some employees"
     scope: bool = True  # whose thing is asked about: "my budget" vs "the team budget" vs "the company's"
     conditions: bool = True  # one question adds a condition the other lacks: "… as a contractor?"
+    modifiers: bool = True  # one question narrows a shared word by a scale or an order: "old style guide"
     entities: bool = True
     unmatched_words: bool = True
     # Cosine between two words' vectors from which a leftover word counts as the other's
@@ -313,6 +314,9 @@ _SCALES = (
     ("ownership", "personal", "business corporate"),
     ("frequency", "frequent frequently", "rare rarely seldom infrequent"),
 )  # fmt: skip
+# Scales whose words qualify a noun ("temporary pass", "international policy"); not the verbs and
+# judgements of the others ("start preparing", "true beauty").
+_QUALIFIER_SCALES = _words("obligation visibility payment tenure hours seniority place size age price reach ownership")
 _POLES: dict[str, str] = {}
 for _name, _plus, _minus in _SCALES:
     for _sign, _side in (("+", _plus), ("-", _minus)):
@@ -652,6 +656,10 @@ class NearMissGuard:
             added = _added_condition(cached, left) if left else _added_condition(new, right)
             if added is not None:
                 veto = f"condition added: {added}"
+        if veto is None and s.modifiers and not reworded and bool(left) != bool(right):
+            added = _added_modifier(cached, left) if left else _added_modifier(new, right)
+            if added is not None:
+                veto = f"modifier added: {added}"
         return Comparison(
             veto=veto,
             question_type=question_type,
@@ -875,6 +883,29 @@ def _sides(a: dict[str, str], b: dict[str, str]) -> str:
     left = " ".join(v for k, v in sorted(a.items()) if k not in b) or "(none)"
     right = " ".join(v for k, v in sorted(b.items()) if k not in a) or "(none)"
     return f"{left} vs {right}"
+
+
+def _added_modifier(a: Analysis, extra: Sequence[int]) -> str | None:
+    """The first word of ``a`` the other question lacks that picks a side of a scale or an order
+    ("old", "international", "temporary", "second") and stands right before a content word both
+    share, narrowing it ("old style guide", "second laptop"), as written with that word; None when
+    the extra words only rephrase ("… logs kept?", "PTO requests").
+
+    Any other added modifier ("email password", "mobile app") is evidence, not a veto: among
+    random Quora pairs nine in ten such pairs are duplicates."""
+    shared = {w.position for k, w in enumerate(a.words) if k not in set(extra)}
+    for i in extra:
+        word = a.words[i].lower
+        scale = a.poles.get(word, "")[:-1]
+        if scale not in _QUALIFIER_SCALES and not (word in _ORDINALS and word not in ("first", "last")):
+            continue
+        pos = a.words[i].position
+        nxt = pos + 1
+        while nxt in {a.words[k].position for k in extra}:
+            nxt += 1  # "large meeting room": the run of added words ends at a shared one
+        if nxt in shared:
+            return " ".join(a.tokens[pos : nxt + 1])
+    return None
 
 
 def _added_condition(a: Analysis, extra: Sequence[int]) -> str | None:
