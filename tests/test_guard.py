@@ -260,6 +260,7 @@ def test_other_added_words_are_evidence_not_vetoes(guard: NearMissGuard) -> None
         ("How do I deploy the app?", "How do I deploy the mobile app?"),  # a noun, not a scale
         ("How do I prepare for the exam?", "How do I start preparing for the exam?"),  # a verb
         ("Where are the production logs?", "Where are the production logs kept?"),  # nothing narrowed
+        ("Do we reimburse home internet?", "Does the company reimburse home internet?"),  # on a scale by vector only
     ]:
         c = guard.compare(guard.analyse(cached), guard.analyse(new))
         assert c.veto is None and c.unmatched_new, (cached, new)

@@ -896,7 +896,7 @@ def _added_modifier(a: Analysis, extra: Sequence[int]) -> str | None:
     shared = {w.position for k, w in enumerate(a.words) if k not in set(extra)}
     for i in extra:
         word = a.words[i].lower
-        scale = a.poles.get(word, "")[:-1]
+        scale = (_pole(word) or "")[:-1]  # listed words only: a vector's guess is not enough here
         if scale not in _QUALIFIER_SCALES and not (word in _ORDINALS and word not in ("first", "last")):
             continue
         pos = a.words[i].position
