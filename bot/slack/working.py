@@ -79,6 +79,7 @@ class Working:
         self.mode: _Mode = mode  # guarded by the owner's lock, like state and text
         self.state: _State = "pending"
         self.text = SEARCHING  # the status to show
+        self.sent = ""  # the status last sent to Slack
         self.calls = threading.Lock()  # one Slack call of this question at a time, in order
 
     def writing(self) -> None:
@@ -224,14 +225,18 @@ class WorkingIndicator:
         with self._lock:
             finishing = working.state == "finishing"
             working.state = "shown" if added and not finishing else "off"
+            # "writing" came while the status was on its way: show it now
+            stale = added and not finishing and working.mode == "status" and working.text != working.sent
         if added and finishing:
             self._remove(working)
+        elif stale:
+            self._retext(working)
 
     def _add_status(self, client: WebClient, working: Working) -> bool:
         """Show the status; on a refusal that means "not here", fall back to the reaction."""
         assert working.thread_ts is not None
         with self._lock:
-            text = working.text
+            text = working.sent = working.text
         try:
             client.assistant_threads_setStatus(channel_id=working.channel, thread_ts=working.thread_ts, status=text)
             return True
@@ -272,6 +277,7 @@ class WorkingIndicator:
                 if working.state != "shown" or working.mode != "status" or working.thread_ts is None:
                     return  # cleared meanwhile: a late "writing" would bring it back
                 text, thread_ts = working.text, working.thread_ts
+                working.sent = text
             try:
                 client.assistant_threads_setStatus(channel_id=working.channel, thread_ts=thread_ts, status=text)
             except Exception as exc:
