@@ -62,9 +62,10 @@ DecisionStatus = Literal["exact", "semantic", "miss"]
 COMMON_RULE_THRESHOLD = 0.95
 # The share of served hits that may be wrong when PENNY_CACHE_MAX_WRONG is not set.
 DEFAULT_MAX_WRONG = 0.12
-# Cosine thresholds for the threshold policy (PENNY_CACHE_GUARD off, or an embedder without a
-# calibration): the best F0.5 with the guard on the QQP dev pairs (bench/QUALITY.md). Other
-# embedders use FALLBACK_THRESHOLD, a cautious guess, not a measurement.
+# Cosine thresholds for the threshold policy when PENNY_CACHE_GUARD is off and no threshold is set:
+# the best F0.5 with the old strict guard on cache-pairs-dev.jsonl (issue 3; bench/QUALITY.md's
+# history). Embedders without a calibration use FALLBACK_THRESHOLD with the guard, a cautious
+# guess, not a measurement.
 DEFAULT_THRESHOLD: dict[str, float] = {
     "local:wordllama": 0.60,
     "openai:all-MiniLM-L6-v2": 0.68,
