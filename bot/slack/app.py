@@ -697,7 +697,10 @@ class _Penny:
                     save_thread_context(thread["context"])
                 key = f"{workspace}:{thread.get('channel_id')}:{thread.get('thread_ts')}"
                 # Known at once, not with the event's completion: the first question may come right away.
-                self.store.cache_put(ASSISTANT_THREADS_SCOPE, key, "new", ANSWER_TTL_S)
+                try:
+                    self.store.cache_put(ASSISTANT_THREADS_SCOPE, key, "new", ANSWER_TTL_S)
+                except StoreError as exc:  # its questions are answered as DM thread replies, untitled
+                    _log.warning("slack.remember_failed", scope=ASSISTANT_THREADS_SCOPE, error=exc)
                 say(text=GREETING)
                 prompts = self._suggestions(workspace)
                 if prompts:
