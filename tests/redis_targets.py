@@ -36,6 +36,7 @@ __all__ = [
     "LocalCluster",
     "RedisTarget",
     "TlsRedis",
+    "make_certificates",
     "readme_acl",
     "redis_target",
 ]
@@ -95,7 +96,9 @@ class LocalCluster:
 
     ``node_timeout_ms`` is how long a primary may be unreachable before its replica takes over.
     ``acl``: arguments of an ``ACL SETUSER`` applied on every node (the default user stays open
-    for the test's own administration).
+    for the test's own administration). ``tls``: certificates from :func:`make_certificates`; the
+    nodes then also listen on TLS ports, talk TLS among themselves, and announce their TLS ports
+    to clients (``url(tls=True)``); the plain ports stay for the test's own administration.
     """
 
     def __init__(
@@ -107,6 +110,7 @@ class LocalCluster:
         node_timeout_ms: int = 1000,
         acl: Sequence[str] = (),
         options: Sequence[str] = (),
+        tls: dict[str, Path] | None = None,
     ) -> None:
         if shutil.which("redis-cli") is None:
             raise RuntimeError("redis-cli is not installed")
@@ -118,6 +122,8 @@ class LocalCluster:
         self.primaries, self.replicas = primaries, replicas
         self.node_timeout_ms = node_timeout_ms
         self.acl = list(acl)
+        self.tls = tls
+        self.tls_ports = [free_port() for _ in range(primaries * (1 + replicas))] if tls else []
         self.nodes = [
             RedisServer(
                 directory / f"node{i}",
@@ -127,26 +133,40 @@ class LocalCluster:
                 "--cluster-port", str(free_port()),
                 # A replica starts syncing at once, not after the default 5 s wait for others.
                 "--repl-diskless-sync-delay", "0",
+                *(self._tls_options(i) if tls else ()),
                 *options,
             )
             for i in range(primaries * (1 + replicas))
         ]
 
+    def _tls_options(self, i: int) -> list[str]:
+        assert self.tls is not None
+        return ["--tls-port", str(self.tls_ports[i]), "--tls-cluster", "yes", "--tls-replication", "yes",
+                "--tls-cert-file", str(self.tls["server.crt"]), "--tls-key-file", str(self.tls["server.key"]),
+                "--tls-ca-cert-file", str(self.tls["ca.crt"]), "--tls-auth-clients", "optional"]
+
     @property
     def ports(self) -> list[int]:
         return [node.port for node in self.nodes if node.port is not None]
 
-    def url(self, *, user: str | None = None, password: str | None = None, nodes: int = 1) -> str:
-        """``redis+cluster://`` naming the first ``nodes`` nodes (one is enough to find the rest)."""
+    def url(self, *, user: str | None = None, password: str | None = None, nodes: int = 1, tls: bool = False) -> str:
+        """``redis+cluster://`` naming the first ``nodes`` nodes (one is enough to find the rest);
+        ``rediss+cluster://`` on their TLS ports with ``tls``."""
         auth = f"{user or ''}:{password}@" if password else ""
-        return "redis+cluster://" + auth + ",".join(f"127.0.0.1:{port}" for port in self.ports[:nodes])
+        scheme, ports = ("rediss+cluster", self.tls_ports) if tls else ("redis+cluster", self.ports)
+        return f"{scheme}://{auth}" + ",".join(f"127.0.0.1:{port}" for port in ports[:nodes])
 
     def start(self) -> None:
         for node in self.nodes:
             node.start()
+        tls_flags: list[str] = []
         addresses = [f"127.0.0.1:{port}" for port in self.ports]
+        if self.tls:
+            tls_flags = ["--tls", "--cacert", str(self.tls["ca.crt"]), "--cert", str(self.tls["client.crt"]),
+                         "--key", str(self.tls["client.key"])]
+            addresses = [f"127.0.0.1:{port}" for port in self.tls_ports]
         subprocess.run(
-            ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", str(self.replicas),
+            ["redis-cli", *tls_flags, "--cluster", "create", *addresses, "--cluster-replicas", str(self.replicas),
              "--cluster-yes"],
             check=True, capture_output=True, timeout=60,
         )  # fmt: skip

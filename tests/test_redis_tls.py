@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from proxy_core.errors import ConfigurationError, StoreError
 from proxy_core.settings import load_settings
 from proxy_core.stores.redis import RedisStore
 from proxy_core.stores.redis_connect import RedisOptions
-from tests.redis_targets import ACL_PASSWORD, ACL_USER, TlsRedis
+from tests.redis_targets import ACL_PASSWORD, ACL_USER, LocalCluster, TlsRedis, make_certificates
 
 pytestmark = pytest.mark.redis
 
@@ -133,3 +134,23 @@ def test_bad_redis_settings_are_named(redis_tls: TlsRedis, monkeypatch: pytest.M
 def test_a_cluster_url_is_a_known_store_and_its_password_is_masked() -> None:
     settings = load_settings(_env_file=None, store_url="rediss+cluster://penny:s3cret@10.0.0.1:7000,10.0.0.2:7000")
     assert "s3cret" not in repr(settings) and "10.0.0.2:7000" in repr(settings)
+
+
+def test_a_tls_cluster_is_reached_with_rediss_cluster(tmp_path: Path) -> None:
+    # A cluster announces its nodes by IP address: their certificate must name it (or, less safely,
+    # PENNY_REDIS_CHECK_HOSTNAME=false).
+    certs = make_certificates(tmp_path / "tls", server_names="DNS:localhost,IP:127.0.0.1")
+    with LocalCluster(tmp_path / "cluster", replicas=0, tls=certs) as cluster:
+        options = RedisOptions(ca_file=str(certs["ca.crt"]), cert_file=str(certs["client.crt"]),
+                               key_file=str(certs["client.key"]))
+        store = RedisStore.from_url(cluster.url(tls=True), options=options, namespace="penny-test-tls-cluster")
+        try:
+            store.ping()  # every primary, over TLS
+            for ws in ("T01", "T02", "T03", "T04"):
+                assert store.admit(ws, "r1", ttl_s=60, buckets=[], lines=[], amount=1, breaker=None).state == "admitted"
+            assert store.admit("T01", "r1", ttl_s=60, buckets=[], lines=[], amount=1,
+                               breaker=None).state == "in_flight"
+        finally:
+            store.close()
+        with pytest.raises(StoreError):  # the plain URL on the TLS ports: no TLS handshake, no cluster
+            RedisStore.from_url(cluster.url(tls=True).replace("rediss+", "redis+"), timeout_s=1.0).ping()
