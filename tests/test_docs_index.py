@@ -23,6 +23,7 @@ from proxy_core.clock import ManualClock
 from proxy_core.semantic.embedders import WordLlamaEmbedder, embedder_from_spec
 from proxy_core.stores.base import Store
 from proxy_core.stores.sqlite import SCHEMA_VERSION, SqliteStore
+from tests.redis_targets import EVERY_BACKEND
 from tests.test_docs_parse import make_pdf
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +60,7 @@ class CountingEmbed:
 # -- the blob contract, on every store ----------------------------------------------------------
 
 
+@pytest.mark.parametrize("store", EVERY_BACKEND, indirect=True)  # the docs index on a cluster too
 def test_blob_get_put_delete(store: Store) -> None:
     assert store.blob_get("docs:missing") is None
     store.blob_put_many({"docs:a": b"\x00\x01binary\xff", "docs:b": b"", "other:c": "ü".encode()})
@@ -71,6 +73,7 @@ def test_blob_get_put_delete(store: Store) -> None:
     store.blob_put_many({})  # nothing to do is fine
 
 
+@pytest.mark.parametrize("store", EVERY_BACKEND, indirect=True)  # the docs index on a cluster too
 def test_blob_scan_by_prefix_pages_through_everything(store: Store) -> None:
     many = {f"ix:vec:{i:04d}": i.to_bytes(4, "little") for i in range(700)}
     store.blob_put_many({**many, "ix:manifest": b"m", "ix;after": b"x", "iw:before": b"y", "ix*[?]:odd": b"z"})
@@ -81,6 +84,7 @@ def test_blob_scan_by_prefix_pages_through_everything(store: Store) -> None:
     assert list(store.blob_scan("nothing:")) == []
 
 
+@pytest.mark.parametrize("store", EVERY_BACKEND, indirect=True)  # the docs index on a cluster too
 def test_blob_writes_are_seen_by_another_instance(store: Store, open_twin: Callable[[], Store]) -> None:
     twin = open_twin()
     store.blob_put_many({"k:1": b"one", "k:2": b"two"})
@@ -89,6 +93,7 @@ def test_blob_writes_are_seen_by_another_instance(store: Store, open_twin: Calla
     assert store.blob_get("k:1") is None
 
 
+@pytest.mark.parametrize("store", EVERY_BACKEND, indirect=True)  # the docs index on a cluster too
 def test_a_conditional_blob_write_happens_only_from_the_expected_state(store: Store) -> None:
     assert store.blob_put_many({"ix:version": b"1", "ix:a": b"a"}, expect=("ix:version", None))
     # Someone else got there first: nothing of this write lands.
