@@ -24,7 +24,7 @@ from proxy_core.stores import store_from_url
 from proxy_core.stores.base import REAP_GRACE_S, BreakerRef, BucketSpec, ClaimOwner, LedgerEntry, SemanticEntry
 from proxy_core.stores.redis import RedisStore
 from proxy_core.stores.redis_connect import RedisOptions, parse_cluster_url
-from tests.redis_targets import ACL_PASSWORD, ACL_USER, LocalCluster, RedisTarget
+from tests.redis_targets import ACL_PASSWORD, ACL_USER, LocalCluster, RedisTarget, redis_target
 
 pytestmark = pytest.mark.redis
 
@@ -240,3 +240,39 @@ def test_a_workspace_whose_slot_moves_follows_ask_then_moved(
     assert not src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 10)
     src.close()
     dst.close()
+
+
+@pytest.mark.parametrize("backend", ["redis", "redis_cluster"])
+def test_an_admission_sent_twice_by_the_client_holds_once_and_is_admitted(
+    request: pytest.FixtureRequest, backend: str, redis_namespace: str, clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """redis-py sends a command again when its connection drops before the reply (and a cluster
+    client after a timeout): the first copy ran. The second must not find the call "in flight"
+    behind itself, nor take its tokens and budget twice."""
+    store = redis_target(request, backend).open(clock=clock, namespace=redis_namespace)
+    sent_twice = RedisStore._pipelined
+
+    def lost_reply(self: RedisStore, *calls: Any, **kwargs: Any) -> list[Any]:
+        if calls[-1][0] == "admit":
+            sent_twice(self, *calls, **kwargs)  # applied; its reply never arrives
+        return sent_twice(self, *calls, **kwargs)
+
+    bucket = BucketSpec("user:U1:requests", Bucket(rate=0.001, burst=2), 1)
+    owner = ClaimOwner("U1", "gpt-4.1-mini", "chat", clock())
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(RedisStore, "_pipelined", lost_reply)
+            first = store.admit("T01", "r1", ttl_s=60, buckets=[bucket], lines=[LINE], amount=5_000, breaker=BREAKER,
+                                owner=owner)
+        assert first.state == "admitted"
+        assert store.spent("T01", LINE) == (0, 5_000)  # reserved once
+        assert store.take_tokens("T01", [bucket]).remaining == (0.0,)  # one token taken by r1, this one now
+        # Another call of the same request ID (not a resend) is still held off.
+        again = store.admit("T01", "r1", ttl_s=60, buckets=[], lines=[LINE], amount=5_000, breaker=None, owner=owner)
+        assert again.state == "in_flight"
+        assert store.settle(entry("T01", "r1"), reservation_id="r1", lines=[LINE], result="{}", result_ttl_s=60)
+        assert store.spent("T01", LINE) == (1_000, 0)
+    finally:
+        store.delete_namespace()
+        store.close()

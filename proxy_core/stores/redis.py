@@ -51,6 +51,7 @@ from datetime import date, timedelta
 from importlib import resources
 from typing import Any, ParamSpec, TypeVar, cast
 from urllib.parse import unquote, urlsplit
+from uuid import uuid4
 
 import redis
 from redis.client import NEVER_DECODE
@@ -507,7 +508,9 @@ class RedisStore(Store):
         # One round trip: the breaker is peeked at (read only) beside the admit script, which
         # claims, takes tokens and reserves atomically. Only when the breaker would grant a probe
         # (after an outage) or refuses does a second round trip follow.
-        owner_json = "" if owner is None else _owner_json(owner, amount, lines)
+        # The nonce makes this call's claim its own: a resent admit (redis-py retries a command whose
+        # connection dropped) finds it and is admitted again rather than held "in flight" by itself.
+        owner_json = "" if owner is None else _owner_json(owner, amount, lines)[:-1] + f', "call": "{uuid4().hex}"}}'
         lines = capped(lines)  # only capped lines hold reservations
         keys = [self._request_key(workspace_id, request_id), self._owned_key(workspace_id),
                 *self._bucket_keys(workspace_id, buckets)]

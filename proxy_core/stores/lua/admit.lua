@@ -9,6 +9,13 @@
 -- Returns {'done', result}, {'in_flight'}, {'interrupted'}, {'rate_limited', <bucket reply>},
 -- {'over_budget', line, spent, reserved} or {'admitted', <bucket reply>}.
 local now = clock()
+-- This very admission again: the client sent it a second time after losing the first reply (a
+-- dropped connection, a cluster client's retry). Its owner JSON carries a nonce of the call, so
+-- only the same call matches; it holds everything already and is admitted without taking twice
+-- (the bucket reply then has no remaining tokens to tell).
+if ARGV[9] ~= '' and redis.call('HGET', KEYS[1], 'owner') == ARGV[9] then
+  return {'admitted', {1, '0', -1}}
+end
 local held = held_request(KEYS[1], now)
 if held then
   return held
