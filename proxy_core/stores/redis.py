@@ -35,6 +35,11 @@ share the ``{sem}`` tag so one script can change them all; they have no TTL: ent
 LRU eviction (``max_entries``) or ``semantic_delete_where``. Their values are binary (vectors), so
 those commands read replies undecoded.
 
+The same code serves a Redis Cluster (``redis+cluster://``, see ``redis_connect``): every script's
+keys share one slot, and calls on different slots travel in one pipeline that the cluster client
+splits by node. With ``wait_replicas`` the writes that admit a call or move money are sent to their
+slot's primary with ``WAIT`` behind them on the same connection (:meth:`RedisStore._confirmed`).
+
 Every redis-py error is translated here, once, into :class:`StoreError`.
 """
 
