@@ -195,7 +195,7 @@ def test_check_fails_on_a_bad_slack_setting(capsys: pytest.CaptureFixture[str], 
 
 def test_check_reports_a_throttled_app_token_check_at_once(capsys: pytest.CaptureFixture[str],
                                                            slack: FakeSlack) -> None:
-    slack.rate_limit("apps.connections.open", retry_after=30)  # Tier 1: a check right after a start
+    slack.rate_limit("apps.connections.open", retry_after=30)  # throttled: a check reports it at once
     code, _, err = penny(capsys, "check")
     assert code == 1 and "slow down" in err and "Traceback" not in err
     assert slack.count("apps.connections.open") == 1  # not waited out

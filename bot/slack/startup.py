@@ -3,7 +3,7 @@
 :func:`check_bot_token` calls ``auth.test`` (no scope needed; Slack's special tier, far above a
 start-up's one call) and compares the scopes the token was granted (the ``x-oauth-scopes`` header of
 that answer) with those the manifest declares (:data:`bot.slack.app.BOT_SCOPES`);
-:func:`check_app_token` asks ``apps.connections.open`` (Tier 1, app-level token with
+:func:`check_app_token` asks ``apps.connections.open`` (Tier 3, app-level token with
 ``connections:write``) for a Socket Mode URL, and :func:`connect_socket_mode` opens the connection
 itself. What goes wrong becomes one sentence naming the setting and what to do:
 
@@ -176,7 +176,7 @@ def check_report(settings: SlackSettings) -> list[str]:
                 f"(xoxb-…) from {APPS_URL} → OAuth & Permissions into .env.")
         return ["not set up: penny run starts a terminal chat (README: Slack set-up)"]
     client = make_client(settings)
-    # A check reports a throttle at once (apps.connections.open is Tier 1) rather than wait it out.
+    # A check reports a throttle at once (apps.connections.open is Tier 3) rather than wait it out.
     client.retry_handlers = [h for h in client.retry_handlers if not isinstance(h, RateLimitErrorRetryHandler)]
     installation = check_bot_token(client, BOT_SCOPES, api_url=settings.api_url)
     lines = [f"bot token ok: @{installation.bot_name or installation.bot_user_id} in {installation.team} "
