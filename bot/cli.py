@@ -116,7 +116,10 @@ def _parser() -> argparse.ArgumentParser:
     cache_sub = cache.add_subparsers(required=True, metavar="ACTION")
     ev = cache_sub.add_parser("eval", help="run the hit decision over labelled pairs (JSON Lines of a, b, label)")
     ev.add_argument("file")
-    ev.add_argument("--threshold", type=float, default=None, help="similarity threshold (default: configured)")
+    ev.add_argument("--threshold", type=float, default=None,
+                    help="judge by this cosine threshold and the guard instead of the calibrated decision")
+    ev.add_argument("--max-wrong", type=float, default=None,
+                    help="largest share of hits that may be wrong (default: PENNY_CACHE_MAX_WRONG)")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     _who(ev)
     ev.set_defaults(func=_cmd_cache_eval)
@@ -219,9 +222,8 @@ def _cmd_ledger_replay(args: argparse.Namespace, settings: PennySettings, out: T
 
 
 def _cmd_cache_eval(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
-    from proxy_core.semantic.decision import default_threshold, evaluate, format_report, load_pairs
+    from proxy_core.semantic.decision import evaluate, format_report, hit_policy, load_pairs
     from proxy_core.semantic.embedders import embedder_from_spec
-    from proxy_core.semantic.guard import NearMissGuard
 
     try:
         pairs = load_pairs(args.file)
@@ -231,6 +233,8 @@ def _cmd_cache_eval(args: argparse.Namespace, settings: PennySettings, out: Text
         raise ConfigurationError(str(exc)) from exc
     if args.threshold is not None and not 0 < args.threshold <= 1:
         raise ConfigurationError("--threshold must be in (0, 1]")
+    if args.max_wrong is not None and not 0 < args.max_wrong < 1:
+        raise ConfigurationError("--max-wrong must be in (0, 1)")
     gateway: Gateway | None = None
     try:
         if settings.embedder.startswith("openai:"):
@@ -241,8 +245,13 @@ def _cmd_cache_eval(args: argparse.Namespace, settings: PennySettings, out: Text
             )
         else:
             embedder = embedder_from_spec(settings.embedder)
-        threshold = args.threshold or settings.cache_threshold or default_threshold(embedder.name)
-        report = evaluate(pairs, embedder, threshold=threshold, guard=NearMissGuard() if settings.cache_guard else None)
+        policy = hit_policy(
+            embedder.name,
+            threshold=args.threshold if args.threshold is not None else settings.cache_threshold,
+            max_wrong=args.max_wrong if args.max_wrong is not None else settings.cache_max_wrong,
+            guard=settings.cache_guard,
+        )
+        report = evaluate(pairs, embedder, policy=policy)
     finally:
         if gateway is not None:
             gateway.close()

@@ -13,7 +13,6 @@ client certificate (also once per session); both log Penny in as the README's AC
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -79,21 +78,12 @@ def redis_namespace() -> str:
     return f"penny-test-{uuid4().hex[:8]}"
 
 
-def _needs_redis_server() -> None:
-    from tests.redis_server import redis_server_binary
-
-    if redis_server_binary() is None or shutil.which("redis-cli") is None or shutil.which("openssl") is None:
-        message = "redis-server, redis-cli and openssl are needed for the cluster and TLS stores"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-
-
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A local Redis Cluster (3 primaries + 3 replicas) for the session, with the README's ACL user."""
-    _needs_redis_server()
-    from tests.redis_targets import LocalCluster, readme_acl
+    from tests.redis_targets import LocalCluster, readme_acl, require_redis_tools
+
+    require_redis_tools()
 
     with LocalCluster(tmp_path_factory.mktemp("cluster"), acl=readme_acl()) as cluster:
         yield cluster
@@ -110,8 +100,9 @@ def redis_cluster_target(redis_cluster: Any) -> Any:
 @pytest.fixture(scope="session")
 def redis_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A TLS-only Redis for the session (throwaway CA, client certificate, the README's ACL user)."""
-    _needs_redis_server()
-    from tests.redis_targets import TlsRedis, readme_acl
+    from tests.redis_targets import TlsRedis, readme_acl, require_redis_tools
+
+    require_redis_tools()
 
     server = TlsRedis(tmp_path_factory.mktemp("tls"), acl=readme_acl())
     try:

@@ -471,8 +471,24 @@ def test_cache_eval_reports_the_production_decision_on_labelled_pairs(tmp_path: 
     assert (report["pairs"], report["positives"], report["negatives"]) == (4, 2, 2)
     assert report["false_hits"] == 0  # stop/start and the negation are refused
     assert report["true_hits"] == 2 and report["recall"] == 1.0 and report["precision"] == 1.0
+    # the default decision is the calibrated one, at PENNY_CACHE_MAX_WRONG, next to plain cosine
+    assert report["policy"].startswith("calibrated") and report["max_wrong"] == 0.12
+    assert report["expected_wrong"] is not None and report["measured_wrong"] == 0.0
+    assert report["baseline_precision_at_recall"] is not None and report["lift"] is not None
+    assert report["curve"] and report["baseline_curve"]
     code, text = penny("cache", "eval", str(_pairs_file(tmp_path)), "--threshold", "0.99")
-    assert code == 0 and "penny: cos >= 0.99 + guard" in text
+    assert code == 0 and "decision: cos >= 0.99 + guard" in text and "plain cosine, same recall" in text
+    code, text = penny("cache", "eval", str(_pairs_file(tmp_path)), "--max-wrong", "0.2")
+    assert code == 0 and "wrong hits: at most 20.0% allowed" in text
+
+
+def test_cache_eval_takes_the_budget_from_the_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("PENNY_CACHE_MAX_WRONG", "0.05")
+    code, out = penny("cache", "eval", str(_pairs_file(tmp_path)), "--json")
+    assert code == 0 and json.loads(out)["max_wrong"] == 0.05
+    assert penny("cache", "eval", str(_pairs_file(tmp_path)), "--max-wrong", "1.5")[0] == 2
+    assert "--max-wrong must be in (0, 1)" in capsys.readouterr().err
 
 
 def test_cache_eval_with_an_openai_embedder_is_billed_through_the_gateway(tmp_path: Path, fake: FakeOpenAI,

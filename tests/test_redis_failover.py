@@ -32,8 +32,7 @@ from proxy_core.stores.redis import RedisStore
 from proxy_core.stores.redis_connect import RedisOptions
 from proxy_core.upstream import ChatResponse, OpenAIUpstream
 from tests.fake_openai import FakeOpenAI, Fault, RecordedRequest
-from tests.redis_server import redis_server_binary
-from tests.redis_targets import LocalCluster
+from tests.redis_targets import LocalCluster, require_redis_tools
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
@@ -74,9 +73,8 @@ def start_worker(name: str, stop: Path, url: str, fake: FakeOpenAI, spool: Path)
                             text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-@pytest.mark.skipif(redis_server_binary() is None and os.environ.get("CI") != "true",
-                    reason="redis-server is not installed")
 def test_a_primary_killed_mid_run_fails_over_and_loses_no_paid_call(tmp_path: Path, fake: FakeOpenAI) -> None:
+    require_redis_tools()
     spool, stop = tmp_path / "spool", tmp_path / "stop"
     on_victim: list[str] = []
     armed, caught, lock = threading.Event(), threading.Event(), threading.Lock()
@@ -177,14 +175,13 @@ class CuttingUpstream:
         return self._inner.embed(**kwargs)
 
 
-@pytest.mark.skipif(redis_server_binary() is None and os.environ.get("CI") != "true",
-                    reason="redis-server is not installed")
 @pytest.mark.parametrize("wait_replicas", [0, 1])
 def test_what_a_failover_loses_without_wait_and_not_with_it(tmp_path: Path, fake: FakeOpenAI,
                                                             wait_replicas: int) -> None:
     """Redis replicates asynchronously: a write the primary acknowledged but had not yet sent on is
     lost when its replica takes over. Without WAIT that is a paid call's settle; with WAIT the settle
     is not confirmed, goes to the spool, and is replayed on the promoted replica."""
+    require_redis_tools()
     with LocalCluster(tmp_path / "cluster", options=("--cluster-require-full-coverage", "no")) as cluster:
         tester = ("ACL", "SETUSER", "tester", "on", ">t3st", "~*", "&*", "+@all")
         for port in cluster.ports:  # the test's own user: the default one is about to be locked on the primary

@@ -20,7 +20,14 @@ from proxy_core.errors import ConfigurationError, StoreError
 from proxy_core.settings import load_settings
 from proxy_core.stores.redis import RedisStore
 from proxy_core.stores.redis_connect import RedisOptions
-from tests.redis_targets import ACL_PASSWORD, ACL_USER, LocalCluster, TlsRedis, make_certificates
+from tests.redis_targets import (
+    ACL_PASSWORD,
+    ACL_USER,
+    LocalCluster,
+    TlsRedis,
+    make_certificates,
+    require_redis_tools,
+)
 
 pytestmark = pytest.mark.redis
 
@@ -137,6 +144,7 @@ def test_a_cluster_url_is_a_known_store_and_its_password_is_masked() -> None:
 
 
 def test_a_tls_cluster_is_reached_with_rediss_cluster(tmp_path: Path) -> None:
+    require_redis_tools()
     # A cluster announces its nodes by IP address: their certificate must name it (or, less safely,
     # PENNY_REDIS_CHECK_HOSTNAME=false).
     certs = make_certificates(tmp_path / "tls", server_names="DNS:localhost,IP:127.0.0.1")
