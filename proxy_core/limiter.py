@@ -11,6 +11,7 @@ Stores apply this atomically: ``stores/sqlite.py`` calls :func:`take` inside a w
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -74,7 +75,7 @@ def take(
     for i, (bucket, state, cost) in enumerate(zip(buckets, current, costs, strict=True)):
         need = min(cost, bucket.burst)
         if state.tokens < need:
-            wait = (need - state.tokens) / bucket.rate if bucket.rate > 0 else float("inf")
+            wait = _whole_ms((need - state.tokens) / bucket.rate) if bucket.rate > 0 else float("inf")
             if wait > retry_after:
                 retry_after, blocking = wait, i
     if blocking is not None:
@@ -84,3 +85,11 @@ def take(
         for b, s, c in zip(buckets, current, costs, strict=True)
     )
     return TakeResult(True, after, 0.0, tuple(s.tokens for s in after), None)
+
+
+def _whole_ms(seconds: float) -> float:
+    """``seconds`` rounded up to a whole millisecond. A shortfall of a few millionths of a token
+    (float rounding at epoch-second times) would otherwise say to wait nanoseconds, which do not
+    move an epoch clock: the caller would be refused again at the same instant. The 1e-6 keeps
+    float noise (4200.0000000000002 ms) from adding a millisecond; ``_request.lua`` does the same."""
+    return math.ceil(seconds * 1000 - 1e-6) / 1000

@@ -281,3 +281,15 @@ def test_budget_lines_for_a_user_and_the_workspace() -> None:
 )
 def test_fits(spent: int, reserved: int, amount: int, limit: int, expected: bool) -> None:
     assert fits(spent, reserved, amount, limit) is expected
+
+
+def test_a_wait_is_rounded_up_to_a_whole_millisecond_so_the_clock_can_reach_it() -> None:
+    from proxy_core import limiter
+
+    bucket = limiter.Bucket(rate=10.0, burst=10.0)
+    now = 1_767_225_600.123456
+    short = limiter.BucketState(tokens=1.0 - 6e-8, updated=now)  # a few millionths short of one token
+    decision = limiter.take([bucket], [short], [1.0], now)
+    assert not decision.allowed and decision.retry_after == 0.001
+    exact = limiter.take([limiter.Bucket(rate=1 / 6, burst=10.0)], [limiter.BucketState(0.3, now)], [1.0], now)
+    assert exact.retry_after == 4.2  # float noise does not add a millisecond

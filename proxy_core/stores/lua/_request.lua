@@ -92,7 +92,8 @@ local function take_buckets(keys, first, n, argv, at, now)
     if t.tokens[i] < need then
       local wait = math.huge
       if t.rate[i] > 0 then
-        wait = (need - t.tokens[i]) / t.rate[i]
+        -- Rounded up to a whole millisecond, as limiter.py's _whole_ms.
+        wait = math.ceil((need - t.tokens[i]) / t.rate[i] * 1000 - 1e-6) / 1000
       end
       if wait > t.retry_after then
         t.retry_after, t.blocking = wait, i - 1
