@@ -28,6 +28,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -35,6 +36,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from proxy_core.clock import Clock
 from proxy_core.errors import ConfigurationError
+from proxy_core.prices import PriceTable
 from proxy_core.stores import Store, store_from_url, unknown_scheme_message
 
 __all__ = [
@@ -112,6 +114,10 @@ class PennySettings(BaseSettings):
         "0 = don't wait. Set 1 when every Redis primary has a replica: a failover then loses nothing.",
     )
     redis_wait_timeout_ms: int = Field(100, ge=1, description="How long a write waits for those replicas.")
+    # Before the models: their validators price them against this file's table.
+    price_file: Path | None = Field(
+        None, description="JSON file of extra or changed model prices, merged over the shipped table."
+    )
     chat_model: str = Field("gpt-4.1-mini", min_length=1, description="Chat model used to answer.")
     embedding_model: str = Field(
         "text-embedding-3-small", min_length=1, description="Embedding model used for retrieval."
@@ -129,9 +135,6 @@ class PennySettings(BaseSettings):
         None,
         validation_alias=AliasChoices("OPENAI_BASE_URL", "openai_base_url"),
         description="Alternative OpenAI-compatible endpoint (OPENAI_BASE_URL).",
-    )
-    price_file: Path | None = Field(
-        None, description="JSON file of extra or changed model prices, merged over the shipped table."
     )
 
     # -- budgets ---------------------------------------------------------------------------------
@@ -288,8 +291,33 @@ class PennySettings(BaseSettings):
     @field_validator("price_file")
     @classmethod
     def _price_file_exists(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
+        if value is None:
+            return None
+        if not value.is_file():
             raise ValueError(f"price file {value} does not exist or is not a file")
+        try:
+            PriceTable.load(value)  # one that does not parse is reported with every other problem
+        except ConfigurationError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("chat_model", "embedding_model", "embedder")
+    @classmethod
+    def _priced(cls, value: str, info: ValidationInfo) -> str:
+        # A model without a price would be billed as $0: a bad setting even while no key is set, and
+        # reported here with every other problem rather than when the gateway starts.
+        if "price_file" not in info.data:  # the price file itself is bad, and reported on its own
+            return value
+        kind: Literal["chat", "embedding"] = "chat" if info.field_name == "chat_model" else "embedding"
+        model = value
+        if info.field_name == "embedder":
+            if not value.startswith("openai:"):
+                return value
+            model = value.split(":", 1)[1].split("?", 1)[0]
+        try:
+            PriceTable.load(info.data["price_file"]).price_for(model, kind)
+        except ConfigurationError as exc:
+            raise ValueError(str(exc)) from None
         return value
 
     @field_validator("redis_ca_file", "redis_cert_file", "redis_key_file")

@@ -500,10 +500,13 @@ def test_embeddings_are_billed_as_embedding_spend(make_gateway: GatewayFactory, 
 
 
 def test_unknown_model_is_refused_at_start_up(store: Store) -> None:
-    settings = PennySettings(openai_api_key=API_KEY, chat_model="gpt-imaginary-9")
+    # Settings refuse an unpriced model themselves (tests/test_settings.py); a gateway given a price
+    # table without the configured model refuses to start too, rather than bill it as $0.
+    settings = PennySettings(openai_api_key=API_KEY)
     with pytest.raises(ConfigurationError) as info:
-        Gateway(settings, store=store, upstream=OpenAIUpstream(api_key=API_KEY, base_url=None, timeout_s=1))
-    assert "gpt-imaginary-9" in str(info.value) and "PENNY_PRICE_FILE" in str(info.value)
+        Gateway(settings, store=store, upstream=OpenAIUpstream(api_key=API_KEY, base_url=None, timeout_s=1),
+                prices=PriceTable({}, version="empty"))
+    assert settings.chat_model in str(info.value) and "PENNY_PRICE_FILE" in str(info.value)
 
 
 def test_unreachable_store_is_a_clear_store_error(fake: FakeOpenAI) -> None:

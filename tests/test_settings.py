@@ -211,6 +211,36 @@ def test_price_file_must_exist(clean_env: Path) -> None:
     assert load_settings(price_file=present).price_file == present
 
 
+def test_an_unpriced_model_is_reported_with_every_other_problem_even_without_a_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PENNY_CHAT_MODEL", "gpt-imaginary-9")
+    monkeypatch.setenv("PENNY_EMBEDDING_MODEL", "gpt-4o")  # priced, but a chat model
+    monkeypatch.setenv("PENNY_EMBEDDER", "openai:embed-imaginary")
+    monkeypatch.setenv("PENNY_REQUESTS_PER_MINUTE", "-1")
+    message = _error()
+    assert "PENNY_CHAT_MODEL: No price for model 'gpt-imaginary-9'" in message
+    assert "PENNY_PRICE_FILE" in message  # says how to price it
+    assert "PENNY_EMBEDDING_MODEL: Model 'gpt-4o' is a chat model, not an embedding model" in message
+    assert "PENNY_EMBEDDER: No price for model 'embed-imaginary'" in message
+    assert "PENNY_REQUESTS_PER_MINUTE:" in message
+
+
+def test_a_model_priced_in_the_price_file_is_accepted(clean_env: Path) -> None:
+    prices = clean_env / "prices.json"
+    prices.write_text('{"models": {"gpt-imaginary-9": {"kind": "chat", "input": "1", "output": "2"}}}')
+    assert load_settings(price_file=prices, chat_model="gpt-imaginary-9").chat_model == "gpt-imaginary-9"
+
+
+def test_a_price_file_that_does_not_parse_is_one_problem_among_the_others(clean_env: Path) -> None:
+    prices = clean_env / "prices.json"
+    prices.write_text('{"models": {"gpt-x": {"kind": "chat", "input": "-1", "output": "2"}}}')
+    message = _error(price_file=prices, chat_model="gpt-x", requests_per_minute=-1)
+    assert "PENNY_PRICE_FILE: Price file" in message and "must not be negative" in message
+    assert "PENNY_REQUESTS_PER_MINUTE:" in message
+    assert "PENNY_CHAT_MODEL" not in message  # not priced against a table that does not load
+
+
 def test_secret_never_appears_in_str_repr_or_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     monkeypatch.setenv("PENNY_STORE_URL", "redis://:hunter2pass@redis.internal:6379/0")
