@@ -141,9 +141,8 @@ def bench_gateway(make: Callable[[], Store], n: int = 2000, *, semantic: bool) -
             assert r.cache_status == "exact"
         return misses, hits
     finally:
-        close_cache = getattr(gw.cache, "close", None)
-        if close_cache is not None:
-            close_cache()  # its sync thread must stop before the store goes
+        if gw.cache is not None:
+            gw.cache.close()  # its sync thread must stop before the store goes
         _cleanup(store)
 
 

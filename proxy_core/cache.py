@@ -133,13 +133,19 @@ class CacheDecision:
 
 
 class CacheLayer(Protocol):
+    """What the gateway asks of an answer cache (``ExactCache``, or ``SemanticCache``)."""
+
     def lookup(self, scope: CacheScope, question: str) -> CacheDecision: ...
 
     def put(
         self, scope: CacheScope, question: str, answer: CachedAnswer, decision: CacheDecision | None = None
     ) -> None: ...
 
-    def invalidate(self, scope: CacheScope, question: str | None = None) -> int: ...
+    def invalidate_entry(self, entry_id: str) -> bool:
+        """Forget one cached answer everywhere (a 👎 on it); False if it was not cached."""
+
+    def close(self) -> None:
+        """Stop any threads; called once, before the store closes."""
 
 
 class ExactCache:
@@ -160,8 +166,12 @@ class ExactCache:
     ) -> None:
         self._store.cache_put(scope.id(), _key(question), answer.to_json(), self._ttl_s)
 
-    def invalidate(self, scope: CacheScope, question: str | None = None) -> int:
-        return self._store.cache_delete(scope.id(), None if question is None else _key(question))
+    def invalidate_entry(self, entry_id: str) -> bool:
+        # Exact entries are found by their question, not by an entry ID: a 👎 cannot name one.
+        return False
+
+    def close(self) -> None:
+        return None
 
 
 def _key(question: str) -> str:

@@ -304,9 +304,8 @@ class Gateway:
             raise
 
     def close(self) -> None:
-        close_cache = getattr(self.cache, "close", None)
-        if close_cache is not None:
-            close_cache()
+        if self.cache is not None:
+            self.cache.close()
         self.ledger.close()
         self.store.close()
 
@@ -401,11 +400,7 @@ class Gateway:
 
     def invalidate_cache_entry(self, entry_id: str) -> bool:
         """Forget one cached answer everywhere (a 👎 on it). False if it was not cached."""
-        from proxy_core.semantic.layer import SemanticCache
-
-        if isinstance(self.cache, SemanticCache):
-            return self.cache.invalidate_entry(entry_id)
-        return False
+        return self.cache is not None and self.cache.invalidate_entry(entry_id)
 
     # -- public entry points -----------------------------------------------------------------
 

@@ -77,9 +77,8 @@ def make_gateway(store: Store, clock: ManualClock, fake: FakeOpenAI) -> Iterator
 
     yield make
     for gw in made:  # stop cache sync threads; the store fixture closes the store
-        close = getattr(gw.cache, "close", None)
-        if close is not None:
-            close()
+        if gw.cache is not None:
+            gw.cache.close()
 
 
 def _messages(question: str, system: str = "You are Penny.") -> list[dict[str, str]]:

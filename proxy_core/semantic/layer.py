@@ -73,6 +73,10 @@ class SemanticCache:
         self._cursor: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Lock order, outer first: _sync_lock (applying the change log) and _write_lock (writes and
+        # deletes reaching the store) are never held together; _pending_cv and _answers_lock are
+        # taken inside _write_lock, each briefly and never one inside the other; the index's own
+        # lock (VectorIndex) is innermost. No thread takes a lock listed before one it holds.
         self._sync_lock = threading.Lock()
         # Answers of recently served or stored entries (LRU, at most answer_copies), and the ids
         # served from them since the last report to the store.
@@ -336,16 +340,6 @@ class SemanticCache:
                 del self._pending[entry_id]
             self._pending_cv.notify_all()
         return gone
-
-    def invalidate(self, scope: CacheScope, question: str | None = None) -> int:
-        sid = self.scope_id(scope)
-        wanted = None if question is None else hash(normalize_question(question))
-        ids = [
-            e.entry_id
-            for e in self.index.entries()
-            if e.scope == sid and (wanted is None or e.key == wanted)
-        ]
-        return self._delete(ids)
 
     # -- invalidation beyond one scope --------------------------------------------------------------
 
