@@ -3,7 +3,8 @@
 The SDK's own retries are off (``max_retries=0``): :mod:`proxy_core.retry` decides whether to try
 again, so each method here makes exactly one HTTP request. Failures map as follows::
 
-    400/401/403/404/422          -> UpstreamRejected (never retried; the message says what to fix)
+    400/401/403/404/422          -> UpstreamRejected (never retried; the message says what to fix:
+                                    a 404 from a base URL not ending in /v1 says to try /v1)
     429 insufficient_quota       -> UpstreamRejected (out of credit: retrying cannot help)
     any other status             -> UpstreamError(kind="status", status, retry_after)
     openai.APITimeoutError       -> UpstreamError(kind="timeout")
@@ -17,7 +18,8 @@ event) is ``UpstreamError(kind="connection")`` (``"timeout"`` when it stalled pa
 a stream that ends without its usage chunk is ``malformed``, like a 200 without ``usage``.
 
 ``retry_after`` comes from ``retry-after-ms`` (milliseconds) or ``Retry-After`` (seconds or an HTTP
-date). Messages are meant for a Slack user or an operator and never contain the API key.
+date). Messages are meant for a Slack user or an operator and never contain the API key; a failed
+connection names the URL tried.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import openai
 from openai.types import CreateEmbeddingResponse
@@ -43,6 +46,7 @@ REJECTED_STATUSES = frozenset({400, 401, 403, 404, 422})
 _KEY_LIKE = re.compile(r"\b(?:sk|rk|pk|sess)-[A-Za-z0-9_\-*.]{4,}")
 _MAX_DETAIL = 300
 _CHAT_PATH = "/chat/completions"
+_EMBEDDINGS_PATH = "/embeddings"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,16 +123,21 @@ class OpenAIUpstream:
         if client is not None:
             self._client = client
             self._secrets = tuple(s for s in (api_key, client.api_key) if s)
-            return
-        self._secrets = tuple(s for s in (api_key,) if s)
-        if not api_key or not api_key.strip():
-            raise ConfigurationError(
-                "OPENAI_API_KEY is not set: Penny needs an OpenAI API key to answer questions."
-            )
-        try:
-            self._client = openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout_s)
-        except openai.OpenAIError as exc:
-            raise ConfigurationError(f"Could not set up the OpenAI client ({type(exc).__name__}).") from exc
+        else:
+            self._secrets = tuple(s for s in (api_key,) if s)
+            if not api_key or not api_key.strip():
+                raise ConfigurationError(
+                    "OPENAI_API_KEY is not set: Penny needs an OpenAI API key to answer questions."
+                )
+            try:
+                self._client = openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout_s)
+            except openai.OpenAIError as exc:
+                raise ConfigurationError(f"Could not set up the OpenAI client ({type(exc).__name__}).") from exc
+        # Where the calls go, for messages that must say what was tried (never with a password in it).
+        self._base_url = _shown_url(str(self._client.base_url)).rstrip("/")
+        self._base_url_set = base_url is not None
+        self._where = (f"OPENAI_BASE_URL={self._base_url}" if base_url is not None
+                       else f"the LLM provider at {self._base_url}")
 
     def close(self) -> None:
         self._client.close()
@@ -147,7 +156,7 @@ class OpenAIUpstream:
         try:
             completion = self._client.post(_CHAT_PATH, cast_to=object, body=body)
         except openai.OpenAIError as exc:
-            raise self._request_error(exc, model) from exc
+            raise self._request_error(exc, model, _CHAT_PATH) from exc
         except ValueError as exc:  # a 200 whose JSON does not parse
             raise self._malformed(exc, model) from exc
         try:
@@ -175,7 +184,7 @@ class OpenAIUpstream:
                 _CHAT_PATH, cast_to=object, body=body, stream=True, stream_cls=openai.Stream[object]
             )
         except openai.OpenAIError as exc:
-            raise self._request_error(exc, model) from exc
+            raise self._request_error(exc, model, _CHAT_PATH) from exc
         answer = _StreamedAnswer()
         for text in self._texts(stream, answer, model):
             on_delta(text)  # outside the translation: a failing sink is not a failing provider
@@ -192,7 +201,7 @@ class OpenAIUpstream:
                 if text:
                     yield text
         except openai.APITimeoutError as exc:
-            raise self._request_error(exc, model) from exc
+            raise self._request_error(exc, model, _CHAT_PATH) from exc
         except (openai.OpenAIError, _Malformed, ValueError) as exc:
             # The connection dropped mid-body, a chunk was unreadable, or the provider sent an error
             # event: the answer broke off, and a new attempt can fix that.
@@ -213,7 +222,7 @@ class OpenAIUpstream:
         try:
             raw = self._client.embeddings.with_raw_response.create(model=model, input=inputs, **kwargs)
         except openai.OpenAIError as exc:
-            raise self._request_error(exc, model) from exc
+            raise self._request_error(exc, model, _EMBEDDINGS_PATH) from exc
         try:
             return _embed_response(raw.parse(), len(inputs), dimensions)
         except (_Malformed, ValueError, openai.OpenAIError) as exc:
@@ -229,23 +238,30 @@ class OpenAIUpstream:
             kind="malformed",
         )
 
-    def _request_error(self, exc: openai.OpenAIError, model: str) -> UpstreamError:
-        """The Penny error for an SDK failure while sending the request or receiving the answer."""
+    def _request_error(self, exc: openai.OpenAIError, model: str, path: str) -> UpstreamError:
+        """The Penny error for an SDK failure while sending the request (to ``path`` under the base
+        URL) or receiving the answer."""
         if isinstance(exc, openai.APIStatusError):
-            return self._status_error(exc, model)
+            return self._status_error(exc, model, path)
         if isinstance(exc, openai.APITimeoutError):
             return UpstreamError(
-                f"The LLM provider did not answer within {self._timeout_s:g}s.", kind="timeout"
+                f"The LLM provider did not answer within {self._timeout_s:g}s ({self._where}).", kind="timeout"
             )
         if isinstance(exc, openai.APIConnectionError):
-            return UpstreamError("Could not reach the LLM provider.", kind="connection")
+            fix = ("check that the server is running and the URL is right" if self._base_url_set
+                   else "check this host's network, or set OPENAI_BASE_URL")
+            tried = _shown_url(str(exc.request.url))
+            return UpstreamError(
+                f"Could not reach {self._where} (tried {tried}: {_connection_failure(exc)}); {fix}.",
+                kind="connection",
+            )
         if isinstance(exc, openai.APIResponseValidationError):
             return self._malformed(exc, model)
         return UpstreamRejected(
             f"The OpenAI client refused the request ({type(exc).__name__}); check Penny's OpenAI settings."
         )
 
-    def _status_error(self, exc: openai.APIStatusError, model: str) -> UpstreamError:
+    def _status_error(self, exc: openai.APIStatusError, model: str, path: str) -> UpstreamError:
         status = exc.status_code
         detail = self._provider_detail(exc.body)
         suffix = f": {detail}" if detail else "."
@@ -258,10 +274,7 @@ class OpenAIUpstream:
                     f"project may use {model}."
                 )
             elif status == 404:
-                message = (
-                    f"The LLM provider does not know the model {model!r} (HTTP 404); "
-                    f"check the model name{suffix}"
-                )
+                message = self._not_found(exc, model, path, detail, suffix)
             else:
                 message = f"The LLM provider rejected the request (HTTP {status}){suffix}"
             return UpstreamRejected(message, kind="status", status=status)
@@ -281,6 +294,20 @@ class OpenAIUpstream:
         else:
             message = f"The LLM provider returned HTTP {status}{suffix}"
         return UpstreamError(message, kind="status", status=status, retry_after=retry_after)
+
+    def _not_found(self, exc: openai.APIStatusError, model: str, path: str, detail: str, suffix: str) -> str:
+        """A 404 says the model is unknown, or (from a server that is not OpenAI) that the URL is:
+        an OpenAI-compatible server serves under ``/v1``, and one without it answers 404 for every
+        route, which once read as "check the model name"."""
+        about_model = exc.code in ("model_not_found", "DeploymentNotFound") or (bool(detail) and model in detail)
+        if not about_model and not self._base_url.endswith("/v1"):
+            return (f"{self._where} answered 404 for {path}; OpenAI-compatible servers usually serve under /v1: "
+                    f"try {self._base_url}/v1")
+        openai_shaped = isinstance(exc.body, dict) and isinstance(exc.body.get("message"), str)
+        if not about_model and not openai_shaped:
+            return (f"{self._where} answered 404 for {path}, and not as an OpenAI-compatible API would: check "
+                    "that the URL is the API's root (it usually ends in /v1).")
+        return f"The LLM provider does not know the model {model!r} (HTTP 404); check the model name{suffix}"
 
     def _provider_detail(self, body: object) -> str:
         """The provider's own error message, shortened and scrubbed of anything key-like."""
@@ -449,6 +476,22 @@ class _StreamedAnswer:
             completion_tokens=completion_tokens,
             finish_reason=self._finish_reason,
         )
+
+
+def _shown_url(url: str) -> str:
+    """``url`` without a user name or password in it."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def _connection_failure(exc: openai.APIConnectionError) -> str:
+    """A short reason a connection failed ("Connection refused", "Name or service not known")."""
+    cause = exc.__cause__
+    reason = re.sub(r"^\[Errno -?\d+\]\s*", "", str(cause)).strip() if cause is not None else ""
+    reason = _KEY_LIKE.sub("[redacted]", reason)
+    return reason[:120] or "connection failed"
 
 
 def _stream_failure(exc: Exception) -> str:

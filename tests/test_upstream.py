@@ -264,6 +264,47 @@ def test_nothing_listening() -> None:
     err = chat_error(up)
 
     assert err.kind == "connection"
+    message = str(err)
+    assert f"OPENAI_BASE_URL=http://127.0.0.1:{port}/v1" in message
+    assert f"tried http://127.0.0.1:{port}/v1/chat/completions" in message
+    assert "refused" in message.lower() and API_KEY not in message
+
+
+def test_an_unreachable_default_provider_names_its_url_and_never_a_password() -> None:
+    client = openai.OpenAI(api_key=API_KEY, base_url="http://penny:hunter2@127.0.0.1:9/v1", max_retries=0,
+                           timeout=1.0)
+    up = OpenAIUpstream(api_key=API_KEY, base_url=None, timeout_s=1.0, client=client)
+
+    message = str(chat_error(up))
+
+    assert "the LLM provider at http://127.0.0.1:9/v1 (tried http://127.0.0.1:9/v1/chat/completions" in message
+    assert "hunter2" not in message and API_KEY not in message
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "embeddings"])
+def test_a_base_url_without_v1_is_told_to_try_v1(fake: FakeOpenAI, endpoint: str) -> None:
+    # The fake serves under /v1 only, like OpenAI-compatible servers: every other path is a 404.
+    root = fake.base_url.removesuffix("/v1")
+    up = OpenAIUpstream(api_key=API_KEY, base_url=root, timeout_s=2.0)
+    call = (lambda: ask(up)) if endpoint == "chat" else (lambda: up.embed(model="text-embedding-3-small",
+                                                                          inputs=["hello"]))
+    with pytest.raises(UpstreamRejected) as info:
+        call()
+    path = "/chat/completions" if endpoint == "chat" else "/embeddings"
+    assert str(info.value) == (f"OPENAI_BASE_URL={root} answered 404 for {path}; OpenAI-compatible servers "
+                               f"usually serve under /v1: try {root}/v1")
+    assert "model name" not in str(info.value)
+    assert fake.count() == 1  # the request reached the server, at the wrong path
+
+
+def test_a_404_that_is_not_an_openai_error_says_the_url_is_not_the_apis_root(fake: FakeOpenAI,
+                                                                               upstream: OpenAIUpstream) -> None:
+    fake.script(Fault.json({"detail": "Not Found"}, status=404))
+
+    message = str(chat_error(upstream))
+
+    assert f"OPENAI_BASE_URL={fake.base_url} answered 404 for /chat/completions" in message
+    assert "model name" not in message
 
 
 # -- malformed 200s --------------------------------------------------------------------------
