@@ -33,6 +33,7 @@ from proxy_core.money import format_usd
 from proxy_core.settings import PennySettings
 from proxy_core.stores.base import BucketSpec, LedgerEntry, Store, UsageTotals
 from proxy_core.stores.sqlite import SqliteStore
+from tests.budgeting import reserve
 from tests.fake_slack import FakeSlack, SlackCall
 from tests.test_slack_app import BOT_ID, BOT_USER, TEAM, Harness, ScriptedAnswerer, event_body
 
@@ -190,7 +191,7 @@ def test_budget_left_and_reset_with_budgets_set(ledger: SqliteStore) -> None:
 
     # An in-flight reservation is money already promised: it is not left.
     lines = budget_lines(WS, "U1", NOW, user_daily=10_000, workspace_monthly=500_000)
-    assert ledger.reserve(WS, "inflight", lines, 700, ttl_s=60).ok
+    assert reserve(ledger, WS, "inflight", lines, 700, ttl_s=60).ok
     again = cost_report(ledger, settings, WS, "U1", NOW)
     assert (again.user_daily.reserved, again.user_daily.left) == (700, 10_000 - 1_254 - 700)
 

@@ -41,6 +41,7 @@ from proxy_core.stores.base import (
     UsageTotals,
 )
 from proxy_core.stores.sqlite import SCHEMA_VERSION, SqliteStore
+from tests.budgeting import reserve
 from tests.redis_targets import EVERY_BACKEND
 
 WS = "T01"
@@ -257,20 +258,20 @@ def settle(store: Store, entry: LedgerEntry, lines: list[BudgetLine], reservatio
 
 def test_reservation_counts_on_every_line(store: Store) -> None:
     lines = lines_for(store, user_daily=1_000, workspace_monthly=10_000)
-    assert store.reserve(WS, "res1", lines, 300, ttl_s=60) == BudgetDecision(True)
+    assert reserve(store, WS, "res1", lines, 300, ttl_s=60) == BudgetDecision(True)
     assert [store.spent(WS, line) for line in lines] == [(0, 300), (0, 300)]
 
 
 def test_refusal_names_the_first_failing_line_and_writes_nothing(store: Store) -> None:
     lines = lines_for(store, user_daily=1_000, workspace_monthly=500)
-    assert store.reserve(WS, "res1", lines, 400, ttl_s=60).ok
+    assert reserve(store, WS, "res1", lines, 400, ttl_s=60).ok
 
-    refused = store.reserve(WS, "res2", lines, 200, ttl_s=60)
+    refused = reserve(store, WS, "res2", lines, 200, ttl_s=60)
     assert refused == BudgetDecision(False, lines[1], spent=0, reserved=400)
     assert [store.spent(WS, line) for line in lines] == [(0, 400), (0, 400)]
 
     tight_user = lines_for(store, user_daily=300, workspace_monthly=500)
-    assert store.reserve(WS, "res3", tight_user, 301, ttl_s=60) == BudgetDecision(
+    assert reserve(store, WS, "res3", tight_user, 301, ttl_s=60) == BudgetDecision(
         False, tight_user[0], spent=0, reserved=400
     )
 
@@ -278,15 +279,15 @@ def test_refusal_names_the_first_failing_line_and_writes_nothing(store: Store) -
 def test_refusal_reports_spent_and_reserved_separately(store: Store) -> None:
     lines = lines_for(store, user_daily=1_000, workspace_monthly=0)
     settle(store, ledger_entry("done1", cost_micros=250), lines)
-    assert store.reserve(WS, "res1", lines, 600, ttl_s=60).ok
+    assert reserve(store, WS, "res1", lines, 600, ttl_s=60).ok
 
-    assert store.reserve(WS, "res2", lines, 151, ttl_s=60) == BudgetDecision(False, lines[0], spent=250, reserved=600)
-    assert store.reserve(WS, "res3", lines, 150, ttl_s=60).ok  # exactly at the cap fits
+    assert reserve(store, WS, "res2", lines, 151, ttl_s=60) == BudgetDecision(False, lines[0], spent=250, reserved=600)
+    assert reserve(store, WS, "res3", lines, 150, ttl_s=60).ok  # exactly at the cap fits
 
 
 def test_uncapped_lines_hold_no_reservation_but_count_what_is_spent(store: Store) -> None:
     lines = lines_for(store, user_daily=2_000, workspace_monthly=0)  # a capped day, an uncapped month
-    assert store.reserve(WS, "res1", lines, 1_500, ttl_s=60).ok
+    assert reserve(store, WS, "res1", lines, 1_500, ttl_s=60).ok
     assert [store.spent(WS, line) for line in lines] == [(0, 1_500), (0, 0)]  # nothing to protect on the month
     assert settle(store, ledger_entry("res1", cost_micros=400), lines, reservation_id="res1")
     assert [store.spent(WS, line) for line in lines] == [(400, 0), (400, 0)]
@@ -296,34 +297,33 @@ def test_uncapped_lines_hold_no_reservation_but_count_what_is_spent(store: Store
 
 def test_reservations_of_a_crashed_process_expire(store: Store, clock: ManualClock) -> None:
     lines = lines_for(store, user_daily=1_000, workspace_monthly=0)
-    store.reserve(WS, "res1", lines, 800, ttl_s=30)
-    assert not store.reserve(WS, "res2", lines, 300, ttl_s=30).ok
+    reserve(store, WS, "res1", lines, 800, ttl_s=30)
+    assert not reserve(store, WS, "res2", lines, 300, ttl_s=30).ok
 
     clock.advance(31)
     assert store.spent(WS, lines[0]) == (0, 0)
-    assert store.reserve(WS, "res2", lines, 300, ttl_s=30).ok
+    assert reserve(store, WS, "res2", lines, 300, ttl_s=30).ok
     assert store.spent(WS, lines[0]) == (0, 300)
 
 
 def test_release_drops_a_reservation(store: Store) -> None:
     lines = lines_for(store, user_daily=1_000, workspace_monthly=0)
-    store.reserve(WS, "res1", lines, 1_000, ttl_s=60)
+    reserve(store, WS, "res1", lines, 1_000, ttl_s=60)
     store.release(WS, "res1", lines)
     assert store.spent(WS, lines[0]) == (0, 0)
-    assert store.reserve(WS, "res2", lines, 1_000, ttl_s=60).ok
+    assert reserve(store, WS, "res2", lines, 1_000, ttl_s=60).ok
 
 
 def test_budgets_are_scoped_by_workspace(store: Store) -> None:
     lines = lines_for(store, user_daily=1_000, workspace_monthly=0)
-    store.reserve(WS, "res1", lines, 1_000, ttl_s=60)
-    assert store.reserve(OTHER_WS, "res1", lines, 1_000, ttl_s=60).ok
+    reserve(store, WS, "res1", lines, 1_000, ttl_s=60)
+    assert reserve(store, OTHER_WS, "res1", lines, 1_000, ttl_s=60).ok
     assert store.spent(OTHER_WS, lines[0]) == (0, 1_000)
 
 
 def test_settle_spends_once_and_completes_the_request(store: Store) -> None:
     lines = lines_for(store, user_daily=1_000, workspace_monthly=5_000)
-    store.claim_request(WS, "req1", ttl_s=60)
-    store.reserve(WS, "req1", lines, 500, ttl_s=60)
+    reserve(store, WS, "req1", lines, 500, ttl_s=60)
     entry = ledger_entry("req1", cost_micros=320, prompt_tokens=1_200, completion_tokens=80)
 
     assert store.settle(entry, reservation_id="req1", lines=lines, result='{"text": "hi"}', result_ttl_s=600)
@@ -347,7 +347,7 @@ def test_settle_without_reservation_or_result(store: Store) -> None:
 
 def test_concurrent_reservations_never_exceed_the_cap(store: Store) -> None:
     lines = lines_for(store, user_daily=0, workspace_monthly=100)
-    decisions = run_threads(50, lambda i: store.reserve(WS, f"res{i}", lines, 10, ttl_s=60).ok)
+    decisions = run_threads(50, lambda i: reserve(store, WS, f"res{i}", lines, 10, ttl_s=60).ok)
     assert decisions.count(True) == 10
     assert store.spent(WS, lines[1]) == (0, 100)
     assert store.spent(WS, lines[0]) == (0, 0)  # uncapped: nothing reserved there
@@ -831,7 +831,7 @@ def test_usage_day_range_is_inclusive(team_month: Store) -> None:
 
 def test_state_survives_closing_and_reopening(store: Store, open_twin: Callable[[], Store], clock: ManualClock) -> None:
     lines = lines_for(store, user_daily=1_000, workspace_monthly=0)
-    store.reserve(WS, "res1", lines, 100, ttl_s=600)
+    reserve(store, WS, "res1", lines, 100, ttl_s=600)
     store.claim_request(WS, "req1", ttl_s=600)
     settle(store, ledger_entry("req0", cost_micros=400), lines)
     store.complete_request(WS, "req0", '{"ok": true}', ttl_s=600)
@@ -858,7 +858,6 @@ OPERATIONS: dict[str, Callable[[Store], object]] = {
     "ping": lambda s: s.ping(),
     "claim": lambda s: s.claim_request(WS, "r1", 60),
     "take": lambda s: s.take_tokens(WS, both()),
-    "reserve": lambda s: s.reserve(WS, "r1", [], 1, 60),
     "settle": lambda s: settle(s, ledger_entry("r1"), []),
     "admit": lambda s: s.admit(WS, "r1", ttl_s=60, buckets=both(), lines=[], amount=1, breaker=OPENAI),
     "record_hit": lambda s: s.record_hit(ledger_entry("r1"), result="{}", result_ttl_s=60),
@@ -1068,7 +1067,7 @@ JAN_1 = 1_767_225_600.0
 def _reserve_in_a_process(path: str, worker: int) -> int:
     store = SqliteStore(path, clock=lambda: JAN_1, timeout_s=10)
     lines = budget_lines(WS, "U1", JAN_1, user_daily=0, workspace_monthly=500)
-    granted = sum(store.reserve(WS, f"w{worker}-{i}", lines, 10, ttl_s=600).ok for i in range(30))
+    granted = sum(reserve(store, WS, f"w{worker}-{i}", lines, 10, ttl_s=600).ok for i in range(30))
     store.close()
     return granted
 

@@ -299,7 +299,7 @@ class RequestStore(ABC):
     ) -> Admission:
         """Everything a request needs before its upstream call, in one step (one round trip on
         Redis): claim ``request_id`` for ``ttl_s``, take ``buckets`` (``take_tokens``), reserve
-        ``amount`` on ``lines`` under the request ID (``reserve``), and acquire ``breaker``
+        ``amount`` on ``lines`` under the request ID, and acquire ``breaker``
         (``breaker_acquire``) — in that order, stopping at the first refusal. See
         :class:`Admission` for what each outcome holds.
 
@@ -358,23 +358,6 @@ class LimitStore(ABC):
 
 class BudgetStore(ABC):
     """Budget lines: reservations and what is spent (``budget``)."""
-
-    @abstractmethod
-    def reserve(
-        self,
-        workspace_id: str,
-        reservation_id: str,
-        lines: Sequence[BudgetLine],
-        amount: int,
-        ttl_s: float,
-    ) -> BudgetDecision:
-        """Atomically reserve ``amount`` on every line if it fits under each capped line.
-
-        Reservations older than their ``ttl_s`` (left by a crashed process) no longer count and
-        are purged. Uncapped lines (limit 0) hold no reservation: they can refuse nothing, and
-        their spend is still counted when the request settles. Nothing is written when any line
-        refuses.
-        """
 
     @abstractmethod
     def release(self, workspace_id: str, reservation_id: str, lines: Sequence[BudgetLine]) -> None:

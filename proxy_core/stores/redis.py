@@ -143,7 +143,6 @@ _SCRIPTS = (
     "complete_request",
     "release_request",
     "take_tokens",
-    "reserve",
     "release",
     "settle",
     "unsettle",
@@ -570,26 +569,6 @@ class RedisStore(Store):
         return _limit_decision(self._run("take_tokens", self._bucket_keys(workspace_id, specs), _bucket_args(specs)))
 
     # -- budgets -------------------------------------------------------------------------
-    @_translated("reserve budget")
-    def reserve(
-        self,
-        workspace_id: str,
-        reservation_id: str,
-        lines: Sequence[BudgetLine],
-        amount: int,
-        ttl_s: float,
-    ) -> BudgetDecision:
-        lines = capped(lines)  # only capped lines hold reservations
-        keys: list[str] = []
-        args: list[str | int] = [reservation_id, int(amount), _num(ttl_s), KEEP_AFTER_RESET_S]
-        for line in lines:
-            keys += self._line_keys(workspace_id, line)
-            args += [int(line.limit), _num(line.resets_at)]
-        reply = self._run("reserve", keys, args)
-        if int(reply[0]) == 1:
-            return BudgetDecision(True)
-        return BudgetDecision(False, lines[int(reply[1]) - 1], int(reply[2]), int(reply[3]))
-
     @_translated("release a budget reservation")
     def release(self, workspace_id: str, reservation_id: str, lines: Sequence[BudgetLine]) -> None:
         keys = [k for line in capped(lines) for k in self._line_keys(workspace_id, line)[1:]]

@@ -567,22 +567,6 @@ class SqliteStore(Store):
         return LimitDecision(taken.allowed, taken.retry_after, taken.remaining, taken.blocking)
 
     # -- budgets -------------------------------------------------------------------------
-    def reserve(
-        self,
-        workspace_id: str,
-        reservation_id: str,
-        lines: Sequence[BudgetLine],
-        amount: int,
-        ttl_s: float,
-    ) -> BudgetDecision:
-        with self._write("reserve budget") as conn:
-            now = self.now()
-            refusal = _check_budget(conn, workspace_id, reservation_id, lines, amount, now)
-            if refusal is not None:
-                return refusal
-            _write_reservation(conn, workspace_id, reservation_id, lines, amount, now + ttl_s)
-        return BudgetDecision(True)
-
     def release(self, workspace_id: str, reservation_id: str, lines: Sequence[BudgetLine]) -> None:
         with self._write("release a budget reservation") as conn:
             _drop_reservation(conn, workspace_id, reservation_id, lines)
