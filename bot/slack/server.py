@@ -15,9 +15,11 @@ limits, budgets, ledger, answer cache, docs index.
 In front of Bolt, :class:`PennyWSGI` answers ``/healthz``, ``/readyz`` and ``/metrics`` itself, and
 runs :func:`~bot.slack.http_guard.check_request` on ``/slack/events``: a ``Content-Length`` over
 1 MiB is refused (413) before a byte of the body is read, malformed input gets its 4xx.
-:class:`PennyWorker` changes two things in gunicorn's gthread worker, both against clients that
-connect and then send slowly or nothing: a new connection waits for its first bytes in the worker's
-selector rather than on a thread, and a request's reads (headers and body) share one deadline.
+:class:`PennyWorker` changes gunicorn's gthread worker against clients that connect and then send
+slowly or nothing: a request reaches a thread only once it has arrived whole (the worker's selector
+collects it, within a deadline), and what a thread still reads from a socket it reads by that deadline.
+Bolt acks an event as soon as it is verified; its answer starts once the worker has no request left
+to ack (:class:`AcksFirst`), so a burst is not acked in turns with the answers of the events before it.
 
 Shutdown: ``SIGTERM`` to the arbiter stops accepting, lets each worker finish its requests, then
 the answers its listeners are still writing (up to ``graceful_timeout_s``), closes the gateway (which
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
     from slack_bolt import App
 
     from bot.slack.runner import AlertRelay
+    from bot.slack.startup import SlackInstallation
     from proxy_core.gateway import Gateway
 
 __all__ = ["AcksFirst", "Backend", "DrainingExecutor", "HTTPOptions", "PennyWSGI", "PennyWorker", "serve"]
@@ -279,14 +282,16 @@ class DrainingExecutor(Executor):
 class _Worker:
     """One worker process's Penny: its backend, its Bolt app and the pool answers are written on."""
 
-    def __init__(self, backend: Backend, settings: PennySettings, *, metrics: Callable[[], bytes] | None) -> None:
+    def __init__(self, backend: Backend, settings: PennySettings, *, metrics: Callable[[], bytes] | None,
+                 installation: SlackInstallation | None = None) -> None:
         from bot.slack.runner import LISTENER_THREADS, penny_app, slack_settings
 
         self.backend = backend
         acks_first = AcksFirst()
         self.listeners = DrainingExecutor(LISTENER_THREADS, acks_first=acks_first)
         app = penny_app(backend.service, backend.store, backend.gateway, slack_settings(settings),
-                        settings=settings, listener_executor=self.listeners)
+                        settings=settings, listener_executor=self.listeners,
+                        installation=installation)
         backend.alerts.attach(app.client)
         self.wsgi = PennyWSGI(app, ready=self.ready, metrics=metrics, acks_first=acks_first)
 
@@ -573,10 +578,11 @@ def _multiprocess_metrics() -> tuple[str, Callable[[], bytes]]:
 
 
 def serve(settings: PennySettings, options: HTTPOptions, open_backend: Callable[[], Backend], *,
-          out: TextIO, metrics_port: int = 0) -> int:
+          out: TextIO, metrics_port: int = 0, installation: SlackInstallation | None = None) -> int:
     """Run the arbiter until it stops; its exit status (0 after SIGTERM or SIGINT). Workers call
     ``open_backend`` after the fork; ``metrics_port`` also serves the summed metrics from the
-    arbiter on 127.0.0.1."""
+    arbiter on 127.0.0.1; ``installation`` is what the start-up check of the bot token found
+    (requests from another workspace or app are dropped)."""
     from bot.slack.runner import slack_settings
     from bot.slack.startup import check_slack
 
@@ -585,7 +591,7 @@ def serve(settings: PennySettings, options: HTTPOptions, open_backend: Callable[
     metrics_dir, render = _multiprocess_metrics()
 
     def build() -> _Worker:
-        return _Worker(open_backend(), settings, metrics=render)
+        return _Worker(open_backend(), settings, metrics=render, installation=installation)
 
     def on_ready(what: str) -> None:
         if what.startswith("worker "):
