@@ -29,8 +29,7 @@ from proxy_core.money import format_usd
 from proxy_core.prices import PriceTable
 from proxy_core.settings import PennySettings, load_settings
 from proxy_core.spool import count_pending
-from proxy_core.stores import store_from_url
-from proxy_core.stores.base import UsageSummary, UsageTotals
+from proxy_core.stores.base import Store, UsageSummary, UsageTotals
 
 __all__ = ["main"]
 
@@ -73,8 +72,15 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="start Penny in Slack (Socket Mode, or --http), or a terminal chat")
-    run.add_argument("--http", action="store_true", help="serve /slack/events over HTTP instead of Socket Mode")
-    run.add_argument("--port", type=int, default=3000, help="HTTP port with --http (default 3000)")
+    run.add_argument("--http", action="store_true",
+                     help="serve /slack/events over HTTP (gunicorn) instead of Socket Mode")
+    run.add_argument("--host", default="127.0.0.1",
+                     help="address to listen on with --http (default 127.0.0.1: behind a TLS reverse proxy on "
+                          "this host; 0.0.0.0 in a container)")
+    run.add_argument("--port", type=int, default=3000, help="HTTP port with --http (default 3000; 0: any free port)")
+    run.add_argument("--workers", type=_positive, default=1,
+                     help="worker processes with --http (default 1; one per core uses them all)")
+    run.add_argument("--access-log", metavar="FILE", help="with --http: a line per request to FILE ('-': stderr)")
     _who(run)
     run.set_defaults(func=_cmd_run)
 
@@ -163,7 +169,7 @@ def _cmd_check(args: argparse.Namespace, settings: PennySettings, out: TextIO, _
     prices = PriceTable.load(settings.price_file)
     prices.price_for(settings.chat_model)
     prices.price_for(settings.embedding_model)
-    store = store_from_url(settings.store_url, timeout_s=settings.store_timeout_s)
+    store = settings.open_store()
     try:
         store.ping()
     finally:
@@ -260,7 +266,7 @@ def _cmd_cache_eval(args: argparse.Namespace, settings: PennySettings, out: Text
 
 
 def _cmd_cache_stats(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
-    store = store_from_url(settings.store_url, timeout_s=settings.store_timeout_s)
+    store = settings.open_store()
     try:
         count = store.semantic_count()
     finally:
@@ -272,7 +278,7 @@ def _cmd_cache_stats(args: argparse.Namespace, settings: PennySettings, out: Tex
 
 
 def _cmd_cache_clear(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
-    store = store_from_url(settings.store_url, timeout_s=settings.store_timeout_s)
+    store = settings.open_store()
     try:
         gone = store.semantic_delete_where(context_prefix=args.context)
     finally:
@@ -299,8 +305,7 @@ def _cmd_index(args: argparse.Namespace, settings: PennySettings, out: TextIO, _
     # asks no questions, so that gateway needs no answer cache (nor its load and sync threads).
     gateway = (_gateway(settings.model_copy(update={"cache_enabled": False}))
                if settings.embedder.startswith("openai:") else None)
-    store = gateway.store if gateway is not None else store_from_url(settings.store_url,
-                                                                     timeout_s=settings.store_timeout_s)
+    store = gateway.store if gateway is not None else settings.open_store()
     try:
         report = index_docs(settings, store, root, progress=_progress_bar(sys.stderr), gateway=gateway,
                             allow_empty=args.allow_empty)
@@ -346,6 +351,8 @@ def _cmd_ask(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in
 
 
 def _cmd_run(args: argparse.Namespace, settings: PennySettings, out: TextIO, stdin: TextIO) -> int:
+    if args.http:
+        return _run_http(settings, args, out)
     installation = _check_slack_first(settings)  # a bad token fails before the docs are indexed
     with _Session(settings) as session:
         if session.gateway is not None and settings.metrics_port:
@@ -390,7 +397,7 @@ def _ends_chat(line: str) -> bool:
 def _cmd_feedback(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
     from bot.feedback import feedback_counts
 
-    store = store_from_url(settings.store_url, timeout_s=settings.store_timeout_s)
+    store = settings.open_store()
     try:
         counts = feedback_counts(store, args.workspace)
     finally:
@@ -408,7 +415,7 @@ def _cmd_feedback(args: argparse.Namespace, settings: PennySettings, out: TextIO
 
 
 def _cmd_usage(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
-    store = store_from_url(settings.store_url, timeout_s=settings.store_timeout_s)
+    store = settings.open_store()
     try:
         user = None if args.all_users else args.user
         today = datetime.now(UTC).date()
@@ -443,7 +450,7 @@ def _cmd_cost(args: argparse.Namespace, settings: PennySettings, out: TextIO, _i
     from bot.cost import cost_report, team_report
     from bot.slack.cost_blocks import blocks_to_text, cost_blocks, team_blocks
 
-    store = store_from_url(settings.store_url, timeout_s=settings.store_timeout_s)
+    store = settings.open_store()
     try:
         now = time.time()
         if args.team:
@@ -497,23 +504,15 @@ class _Session:
     shared index is empty; with no OpenAI key, answers are extractive."""
 
     def __init__(self, settings: PennySettings) -> None:
-        from bot.docs.index import DocsIndex, IndexConflict
-        from bot.service import index_docs, open_answer_service
+        from bot.service import open_answer_service
         from bot.slack.runner import AlertRelay
 
         self.alerts = AlertRelay(settings)
         self.gateway = (Gateway.from_settings(settings, on_budget_alert=self.alerts)
                         if settings.openai_api_key is not None else None)
-        self.store = self.gateway.store if self.gateway is not None else store_from_url(
-            settings.store_url, timeout_s=settings.store_timeout_s)
+        self.store = self.gateway.store if self.gateway is not None else settings.open_store()
         try:
-            if DocsIndex.load(self.store).version == 0:
-                print(f"indexing {settings.docs_dir} (first run) …", file=sys.stderr)
-                try:
-                    index_docs(settings, self.store, settings.docs_dir, progress=_progress_bar(sys.stderr),
-                               gateway=self.gateway)
-                except IndexConflict:  # another replica starting beside this one indexed them first
-                    print("another Penny indexed the docs meanwhile; using its index", file=sys.stderr)
+            _index_first_run(settings, self.store, self.gateway)
             self.service = open_answer_service(settings, self.store, self.gateway)
         except BaseException:
             self.close()
@@ -590,6 +589,62 @@ def _missing_slack_settings(settings: PennySettings, *, http: bool) -> list[str]
         missing.append(f"SLACK_APP_TOKEN=xapp-…  {where} → Basic Information → App-Level Tokens, "
                        "scope connections:write)")
     return missing
+
+
+def _index_first_run(settings: PennySettings, store: Store, gateway: Gateway | None) -> None:
+    """Index the docs folder when the shared index is empty (a first run)."""
+    from bot.docs.index import DocsIndex, IndexConflict
+    from bot.service import index_docs
+
+    if DocsIndex.load(store).version != 0:
+        return
+    print(f"indexing {settings.docs_dir} (first run) …", file=sys.stderr)
+    try:
+        index_docs(settings, store, settings.docs_dir, progress=_progress_bar(sys.stderr), gateway=gateway)
+    except IndexConflict:  # another replica starting beside this one indexed them first
+        print("another Penny indexed the docs meanwhile; using its index", file=sys.stderr)
+
+
+def _run_http(settings: PennySettings, args: argparse.Namespace, out: TextIO) -> int:
+    """``penny run --http``: gunicorn's arbiter, each worker opening its own :class:`_Session` after
+    the fork. This process checks the settings and the store, and indexes a first run, then closes
+    everything it opened: no thread or connection of it reaches a worker."""
+    from bot.slack.runner import slack_settings
+    from bot.slack.server import HTTPOptions, serve
+    from bot.slack.startup import check_slack
+
+    missing = _missing_slack_settings(settings, http=True)
+    if missing:
+        raise ConfigurationError("penny run --http serves Slack and needs these settings:\n"
+                                 + "\n".join(f"  {line}" for line in missing))
+    installation = check_slack(slack_settings(settings))  # a bad token fails before anything starts
+    # Indexing needs no answer cache (nor its threads); an openai: embedder is billed through a gateway.
+    gateway = (Gateway.from_settings(settings.model_copy(update={"cache_enabled": False}), maintenance=False)
+               if settings.openai_api_key is not None and settings.embedder.startswith("openai:") else None)
+    store = gateway.store if gateway is not None else settings.open_store()
+    try:
+        store.ping()
+        _index_first_run(settings, store, gateway)
+    finally:
+        if gateway is not None:
+            gateway.close()
+        else:
+            store.close()
+    if settings.openai_api_key is None:
+        print("OPENAI_API_KEY is not set: answers are extractive (the best passages, $0).", file=out)
+    options = HTTPOptions(host=args.host, port=args.port, workers=args.workers, log_level=settings.log_level,
+                          access_log=args.access_log)
+    print(f"Slack: @{installation.bot_name or installation.bot_user_id} in {installation.team or installation.team_id}",
+          file=out, flush=True)
+    return serve(settings, options, lambda: _Session(settings), out=out, metrics_port=settings.metrics_port,
+                 installation=installation)
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return number
 
 
 def _check_slack_first(settings: PennySettings) -> SlackInstallation | None:

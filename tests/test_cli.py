@@ -342,10 +342,13 @@ def test_run_answers_each_line_until_an_empty_one(fake: FakeOpenAI) -> None:
     assert fake.count("chat") == 1
 
 
-def test_run_over_http_names_the_signing_secret(fake: FakeOpenAI) -> None:
+def test_run_over_http_without_the_signing_secret_exits_2_naming_it(fake: FakeOpenAI,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     code, out = penny("run", "--http", stdin="")
-    assert code == 0
-    assert "SLACK_SIGNING_SECRET=" in out and "SLACK_APP_TOKEN" not in out
+    assert code == 2  # a server has no terminal to fall back to
+    err = capsys.readouterr().err
+    assert "SLACK_SIGNING_SECRET=" in err and "SLACK_APP_TOKEN" not in err
+    assert "terminal chat" not in out
 
 
 def test_run_without_any_key_chats_extractively() -> None:
