@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
 from bot.answer_types import Question
+from bot.proxy.commands import add_commands as add_proxy_commands
 from bot.slack.startup import SlackInstallation, SlackUnreachable
 from bot.wording import counted
 from proxy_core.errors import ConfigurationError, StoreError
@@ -143,6 +144,8 @@ def _parser() -> argparse.ArgumentParser:
     index.add_argument("--allow-empty", action="store_true",
                        help="index a folder with no docs, removing every document from the index")
     index.set_defaults(func=_cmd_index)
+
+    add_proxy_commands(sub, default_workspace=LOCAL_WORKSPACE)
     return p
 
 

@@ -1,0 +1,106 @@
+"""``penny keys create|list|revoke`` (and ``penny proxy``, once served): the proxy's CLI commands,
+registered on ``penny``'s parser by :func:`add_commands`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import TextIO
+
+from bot.proxy.keys import KeyRing
+from proxy_core import PennySettings, PriceTable, format_usd
+
+__all__ = ["add_commands"]
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, default_workspace: str) -> None:
+    keys = sub.add_parser("keys", help="keys for penny proxy: one per person, mapped to their Slack user")
+    keys_sub = keys.add_subparsers(required=True, metavar="ACTION")
+    create = keys_sub.add_parser("create", help="create a key (printed once; only its hash is stored)")
+    create.add_argument("--user", required=True, help="the Slack user the key's calls are billed to")
+    create.add_argument("--workspace", default=default_workspace,
+                        help=f"the Slack workspace (default: {default_workspace})")
+    create.add_argument("--name", default="", help="what the key is for, e.g. notebook")
+    create.add_argument("--daily-budget-usd", type=_usd, default=None,
+                        help="cap the user's spend per UTC day through this key (narrows, never widens)")
+    create.add_argument("--models", type=_models, default=(),
+                        help="comma-separated models this key may call (default: every priced model)")
+    create.set_defaults(func=_cmd_create)
+    listing = keys_sub.add_parser("list", help="every key: ID, user, name, limits, revoked or not")
+    listing.set_defaults(func=_cmd_list)
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by ID (its calls get 401 from then on)")
+    revoke.add_argument("key_id", metavar="ID")
+    revoke.set_defaults(func=_cmd_revoke)
+
+
+def _usd(value: str) -> int:
+    """``--daily-budget-usd 2.50`` as micro-dollars."""
+    try:
+        usd = Decimal(value)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"an amount in USD, not {value!r}") from None
+    if not usd.is_finite() or usd < 0:
+        raise argparse.ArgumentTypeError(f"an amount of at least 0, not {value!r}")
+    return int(usd * 1_000_000)
+
+
+def _models(value: str) -> tuple[str, ...]:
+    return tuple(m.strip() for m in value.split(",") if m.strip())
+
+
+def _cmd_create(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
+    store = settings.open_store()
+    try:
+        unknown = [m for m in args.models if m not in _price_names(settings)]
+        if unknown:
+            print(f"penny: no price for model {', '.join(unknown)} (see penny prices)", file=sys.stderr)
+            return 2
+        secret, key = KeyRing(store).create(user_id=args.user, workspace_id=args.workspace, name=args.name,
+                                            daily_budget_micros=args.daily_budget_usd, models=args.models)
+    finally:
+        store.close()
+    print(f"Created {key.id} for {key.user_id} in {key.workspace_id}. The key (shown once, store it now):",
+          file=out)
+    print(secret, file=out)
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
+    store = settings.open_store()
+    try:
+        keys = KeyRing(store).list()
+    finally:
+        store.close()
+    if not keys:
+        print("No keys. Create one with: penny keys create --user U…", file=out)
+        return 0
+    for key in keys:
+        created = datetime.fromtimestamp(key.created_at, UTC).strftime("%Y-%m-%d")
+        limits = []
+        if key.daily_budget_micros is not None:
+            limits.append(f"{format_usd(key.daily_budget_micros)}/day")
+        if key.models:
+            limits.append("models " + ",".join(key.models))
+        state = "revoked" if key.revoked else "active"
+        print(f"{key.id}  {state:7}  {key.user_id}@{key.workspace_id}  {key.name or '-'}  created {created}"
+              + (f"  {'; '.join(limits)}" if limits else ""), file=out)
+    return 0
+
+
+def _cmd_revoke(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
+    store = settings.open_store()
+    try:
+        key = KeyRing(store).revoke(args.key_id)
+    finally:
+        store.close()
+    if key is None:
+        print(f"penny: no key {args.key_id} (see penny keys list)", file=sys.stderr)
+        return 1
+    print(f"Revoked {key.id} ({key.user_id}@{key.workspace_id}).", file=out)
+    return 0
+
+
+def _price_names(settings: PennySettings) -> set[str]:
+    return set(PriceTable.load(settings.price_file))

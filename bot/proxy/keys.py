@@ -1,0 +1,117 @@
+"""Proxy keys: a bearer token per person, stored as its SHA-256 hash only.
+
+A key record lives in the store's :class:`~proxy_core.BlobStore` at ``proxy-keys/<sha256 of the
+key>``. Blobs, not records: :class:`~proxy_core.RecordStore` has no listing and every record
+expires, while keys must be listed (``penny keys list``) and live until revoked; ``blob_scan`` over
+the prefix lists them on SQLite and Redis alike. Authenticating is one ``blob_get`` by hash.
+Revoking keeps the record (marked revoked) so ``penny keys list`` still shows who had it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+
+from proxy_core import BlobStore
+
+__all__ = ["KEY_PREFIX", "KeyRing", "ProxyKey", "hash_key"]
+
+KEY_PREFIX = "pk-"
+_BLOB_PREFIX = "proxy-keys/"
+
+
+def hash_key(secret: str) -> str:
+    """The stored form of a key: its SHA-256, hex. A key is 256 random bits, so no salt or
+    slow hash is needed; the hash cannot be turned back into the key."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyKey:
+    """Who a key belongs to and what it may do. Overrides only narrow the user's own limits:
+    ``daily_budget_micros`` caps the user's spend today while calling with this key, ``models``
+    (empty: every priced model) limits which models it may call."""
+
+    id: str
+    user_id: str
+    workspace_id: str
+    name: str
+    created_at: float
+    daily_budget_micros: int | None = None
+    models: tuple[str, ...] = ()
+    revoked_at: float | None = None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def allows_model(self, model: str) -> bool:
+        return not self.models or model in self.models
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> ProxyKey:
+        raw = json.loads(data)
+        raw["models"] = tuple(raw.get("models") or ())
+        return cls(**raw)
+
+
+class KeyRing:
+    """Create, find, list and revoke proxy keys in a store."""
+
+    def __init__(self, store: BlobStore, *, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._clock = clock
+
+    def create(
+        self,
+        *,
+        user_id: str,
+        workspace_id: str,
+        name: str = "",
+        daily_budget_micros: int | None = None,
+        models: Sequence[str] = (),
+    ) -> tuple[str, ProxyKey]:
+        """A new key for ``user_id``: the secret (shown once, never stored) and its record."""
+        if daily_budget_micros is not None and daily_budget_micros < 0:
+            raise ValueError("daily budget must not be negative")
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        key = ProxyKey(id="key_" + secrets.token_hex(6), user_id=user_id, workspace_id=workspace_id, name=name,
+                       created_at=self._clock(), daily_budget_micros=daily_budget_micros, models=tuple(models))
+        self._store.blob_put_many({_BLOB_PREFIX + hash_key(secret): key.to_json()})
+        return secret, key
+
+    def authenticate(self, secret: str) -> ProxyKey | None:
+        """The live key ``secret`` names, or None (unknown, malformed or revoked)."""
+        if not secret.startswith(KEY_PREFIX):
+            return None
+        data = self._store.blob_get(_BLOB_PREFIX + hash_key(secret))
+        if data is None:
+            return None
+        key = ProxyKey.from_json(data)
+        return None if key.revoked else key
+
+    def list(self) -> list[ProxyKey]:
+        """Every key, revoked ones included, oldest first."""
+        keys = [ProxyKey.from_json(data) for _, data in self._store.blob_scan(_BLOB_PREFIX)]
+        return sorted(keys, key=lambda k: (k.created_at, k.id))
+
+    def revoke(self, key_id: str) -> ProxyKey | None:
+        """Revoke the key with ``key_id``; its record, or None if there is no such key. Revoking
+        twice keeps the first revocation time."""
+        for blob_key, data in self._store.blob_scan(_BLOB_PREFIX):
+            key = ProxyKey.from_json(data)
+            if key.id != key_id:
+                continue
+            if key.revoked:
+                return key
+            revoked = replace(key, revoked_at=self._clock())
+            self._store.blob_put_many({blob_key: revoked.to_json()})
+            return revoked
+        return None

@@ -1,0 +1,91 @@
+"""Proxy keys: stored as a hash only, listed, revoked; ``penny keys create|list|revoke``."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from bot.cli import main
+from bot.proxy.keys import KeyRing, hash_key
+from proxy_core import ManualClock, Store, store_from_url
+
+
+def test_a_key_is_stored_as_its_hash_and_authenticates_until_revoked(store: Store, clock: ManualClock) -> None:
+    ring = KeyRing(store, clock=clock)
+    secret, key = ring.create(user_id="U123", workspace_id="T1", name="notebook", daily_budget_micros=2_000_000,
+                              models=["gpt-4.1-mini"])
+    assert secret.startswith("pk-") and len(secret) > 40
+    stored = b"".join(k.encode() + v for k, v in store.blob_scan(""))
+    assert secret.encode() not in stored and hash_key(secret).encode() in stored
+    assert ring.authenticate(secret) == key
+    assert key.allows_model("gpt-4.1-mini") and not key.allows_model("gpt-4o")
+    assert ring.authenticate("pk-unknown") is None and ring.authenticate("sk-" + secret[3:]) is None
+
+    clock.advance(5)
+    revoked = ring.revoke(key.id)
+    assert revoked is not None and revoked.revoked
+    assert ring.authenticate(secret) is None
+    assert ring.revoke(key.id) == revoked  # the first revocation time stays
+    assert ring.revoke("key_nope") is None
+    assert ring.list() == [revoked]
+
+
+def test_keys_are_listed_oldest_first(store: Store, clock: ManualClock) -> None:
+    ring = KeyRing(store, clock=clock)
+    _, first = ring.create(user_id="U1", workspace_id="T1")
+    clock.advance(1)
+    _, second = ring.create(user_id="U2", workspace_id="T1")
+    assert [k.id for k in ring.list()] == [first.id, second.id]
+
+
+@pytest.fixture
+def cli_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.upper().startswith(("PENNY_", "OPENAI_")):
+            monkeypatch.delenv(name)
+    url = f"sqlite:///{tmp_path / 'penny.db'}"
+    monkeypatch.setenv("PENNY_STORE_URL", url)
+    yield url
+    structlog.reset_defaults()
+
+
+def penny(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    return main(list(argv), stdout=out), out.getvalue()
+
+
+def test_penny_keys_create_prints_the_key_once_then_list_and_revoke(cli_store: str,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = penny("keys", "create", "--user", "U123", "--workspace", "T1", "--name", "notebook",
+                      "--daily-budget-usd", "2", "--models", "gpt-4.1-mini,gpt-4o-mini")
+    assert code == 0, out
+    secret = out.split()[-1]
+    assert secret.startswith("pk-")
+    store = store_from_url(cli_store)
+    try:
+        key = KeyRing(store).authenticate(secret)
+    finally:
+        store.close()
+    assert key is not None and key.user_id == "U123" and key.workspace_id == "T1"
+    assert key.daily_budget_micros == 2_000_000 and key.models == ("gpt-4.1-mini", "gpt-4o-mini")
+
+    code, listing = penny("keys", "list")
+    assert code == 0 and key.id in listing and "U123@T1" in listing and "active" in listing
+    assert secret not in listing and "$2" in listing
+
+    assert penny("keys", "revoke", key.id)[0] == 0
+    assert "revoked" in penny("keys", "list")[1]
+    assert penny("keys", "revoke", "key_nope")[0] == 1
+    assert "no key key_nope" in capsys.readouterr().err
+
+
+def test_penny_keys_create_refuses_an_unpriced_model(cli_store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = penny("keys", "create", "--user", "U1", "--models", "gpt-nope")
+    assert code == 2 and "pk-" not in out
+    assert "gpt-nope" in capsys.readouterr().err
