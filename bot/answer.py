@@ -22,23 +22,23 @@ from typing import Any, Literal
 from bot.answer_types import Answer, Citation, Question
 from bot.docs.index import DocsIndex
 from bot.docs.retrieve import NO_MATCH_THRESHOLD, Hit, Retriever
-from proxy_core.cache import CacheAs
-from proxy_core.clock import Clock
-from proxy_core.errors import (
+from proxy_core import (
     BudgetExceeded,
+    CacheAs,
+    ChatResult,
     CircuitOpen,
+    Clock,
+    Gateway,
     PennyError,
     RateLimited,
     RequestInFlight,
     StoreError,
     UpstreamError,
+    estimate_text_tokens,
+    format_usd,
     format_wait,
+    get_logger,
 )
-from proxy_core.gateway import Gateway
-from proxy_core.log import get_logger
-from proxy_core.money import format_usd
-from proxy_core.results import ChatResult
-from proxy_core.tokens import estimate_text_tokens
 
 __all__ = ["PROMPT_VERSION", "STORE_DOWN_TEXT", "AnswerService", "Fingerprint", "cost_line"]
 

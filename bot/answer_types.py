@@ -5,7 +5,7 @@ Edges (Slack listeners, CLI commands) parse their input into a :class:`Question`
 user can hit: a refusal (rate limit, budget, breaker) or an upstream error comes back as an Answer
 whose ``kind`` says so, with the closest doc links found at $0.
 
-A question may carry an :class:`~proxy_core.gateway.AnswerStream` (``Question.stream``): when the
+A question may carry an :class:`~proxy_core.AnswerStream` (``Question.stream``): when the
 answer comes from the LLM (a cache miss), its text is sent there as it is written, before the
 finished Answer comes back. Cached, extractive and no-match answers never touch it.
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
-    from proxy_core.gateway import AnswerStream
+    from proxy_core import AnswerStream
 
 __all__ = ["Answer", "AnswerKind", "Answerer", "Citation", "Question", "Refusal"]
 

@@ -12,9 +12,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from proxy_core.accounts import Accounts, BudgetStatus, Headroom
-from proxy_core.settings import PennySettings
-from proxy_core.stores.base import Store, UsageTotals
+from proxy_core import Accounts, BudgetStatus, Headroom, PennySettings, Store, UsageTotals
 
 __all__ = [
     "TREND_DAYS",
@@ -87,7 +85,7 @@ class TeamReport:
     workspace_monthly: BudgetStatus
     trend_days: tuple[str, ...]
     trend: tuple[int, ...]
-    # Paid calls whose ledger entry waits in this machine's spool for the store (see proxy_core.spool).
+    # Paid calls whose ledger entry waits in this machine's spool for the store (Accounts.pending_ledger_writes).
     pending_ledger_writes: int = 0
 
     def to_json(self) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from proxy_core.stores.base import Store
+from proxy_core import Store
 
 __all__ = ["FeedbackCounts", "Reason", "Tally", "feedback_counts", "record_feedback"]
 

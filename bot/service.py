@@ -12,12 +12,17 @@ from pathlib import Path
 from bot.answer import AnswerService
 from bot.docs.index import DocsIndex, DocsIndexer, IndexReport
 from bot.docs.retrieve import Retriever
-from proxy_core.errors import ConfigurationError, RateLimited
-from proxy_core.gateway import Gateway
-from proxy_core.log import get_logger
-from proxy_core.semantic.embedders import Embedder, embedder_from_spec
-from proxy_core.settings import PennySettings
-from proxy_core.stores.base import Store
+from proxy_core import (
+    CachedAnswers,
+    ConfigurationError,
+    Embedder,
+    Gateway,
+    PennySettings,
+    RateLimited,
+    Store,
+    embedder_from_spec,
+    get_logger,
+)
 
 __all__ = ["INDEX_USER", "docs_embedder", "index_docs", "open_answer_service"]
 
@@ -82,8 +87,8 @@ def index_docs(
     indexer = DocsIndexer(store, embedder.embed, embedder_name=embedder.name)
     report = indexer.index(root, progress=progress, allow_empty=allow_empty)
     if report.version != before and before:
-        gone = store.semantic_delete_where(context_prefix=f"docs:v{before}|")
-        get_logger().info("docs_reindexed", version=report.version, cache_entries_dropped=len(gone))
+        gone = CachedAnswers(store).forget(f"docs:v{before}|")
+        get_logger().info("docs_reindexed", version=report.version, cache_entries_dropped=gone)
     return report
 
 

@@ -3,8 +3,11 @@
 This package's public surface is what it exports here; the modules behind it are its implementation
 (as httpx exports its client from ``httpx/__init__.py``). The Slack bot (``bot/``) imports from
 ``proxy_core`` only: the gateway every LLM call goes through, its results and errors, the read side
-of the cost controls (:class:`Accounts`: usage, headroom, budget status), settings, stores by URL,
-and the few utilities a front end needs (logging, metrics, money formatting, token estimates).
+of the cost controls (:class:`Accounts`: usage, headroom, budget status), the cached answers
+(:class:`CachedAnswers`: count, forget), a rate shared by every replica (:class:`SharedRate`),
+settings, stores by URL and the store capabilities a front end keeps its own records in, the
+question embedders and the cache's calibration tools, and the few utilities a front end needs
+(logging, metrics, money and wait formatting, token estimates, budget alert text).
 
     from proxy_core import Gateway, load_settings
 
@@ -17,9 +20,10 @@ and the few utilities a front end needs (logging, metrics, money formatting, tok
 from __future__ import annotations
 
 from proxy_core.accounts import Accounts, BudgetStatus, Headroom
-from proxy_core.alerts import BudgetAlert
+from proxy_core.alerts import BudgetAlert, alert_text
 from proxy_core.budget import BudgetLine, budget_lines
 from proxy_core.cache import CacheAs
+from proxy_core.cached_answers import CachedAnswers
 from proxy_core.clock import Clock, ManualClock, monotonic
 from proxy_core.errors import (
     BudgetExceeded,
@@ -33,48 +37,71 @@ from proxy_core.errors import (
     StoreError,
     UpstreamError,
     UpstreamRejected,
+    format_wait,
 )
 from proxy_core.gateway import AnswerStream, ChatRequest, EmbedRequest, Gateway, ReplayReport
 from proxy_core.log import configure_logging, get_logger
 from proxy_core.metrics import Metrics, serve_metrics
 from proxy_core.money import format_usd
 from proxy_core.prices import PriceTable
+from proxy_core.rates import LimitDecision, SharedRate
 from proxy_core.results import ChatResult, EmbeddingResult
+from proxy_core.semantic.decision import EvalReport, evaluate, format_report, hit_policy, load_pairs
+from proxy_core.semantic.embedders import Embedder, embedder_from_spec
 from proxy_core.settings import PennySettings, ThreadReplies, load_settings
 from proxy_core.spool import count_pending
 from proxy_core.stores import store_from_url
-from proxy_core.stores.base import CacheItem, LedgerEntry, Store, UsageSummary, UsageTotals
+from proxy_core.stores.base import (
+    BlobStore,
+    CacheItem,
+    LedgerEntry,
+    LimitStore,
+    RecordStore,
+    RequestStore,
+    Store,
+    UsageSummary,
+    UsageTotals,
+)
 from proxy_core.tokens import estimate_text_tokens
 
 __all__ = [
     "Accounts",
     "AnswerStream",
+    "BlobStore",
     "BudgetAlert",
     "BudgetExceeded",
     "BudgetLine",
     "BudgetStatus",
     "CacheAs",
     "CacheItem",
+    "CachedAnswers",
     "ChatRequest",
     "ChatResult",
     "CircuitOpen",
     "Clock",
     "ConfigurationError",
     "EmbedRequest",
+    "Embedder",
     "EmbeddingResult",
+    "EvalReport",
     "Gateway",
     "Headroom",
     "LedgerEntry",
+    "LimitDecision",
+    "LimitStore",
     "ManualClock",
     "Metrics",
     "PennyError",
     "PennySettings",
     "PriceTable",
     "RateLimited",
+    "RecordStore",
     "Refused",
     "ReplayReport",
     "RequestInFlight",
     "RequestInterrupted",
+    "RequestStore",
+    "SharedRate",
     "Store",
     "StoreError",
     "ThreadReplies",
@@ -82,12 +109,19 @@ __all__ = [
     "UpstreamRejected",
     "UsageSummary",
     "UsageTotals",
+    "alert_text",
     "budget_lines",
     "configure_logging",
     "count_pending",
+    "embedder_from_spec",
     "estimate_text_tokens",
+    "evaluate",
+    "format_report",
     "format_usd",
+    "format_wait",
     "get_logger",
+    "hit_policy",
+    "load_pairs",
     "load_settings",
     "monotonic",
     "serve_metrics",

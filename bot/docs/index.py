@@ -35,9 +35,7 @@ from numpy.typing import NDArray
 
 from bot.docs.parse import Passage, chunk, parse_document, walk
 from bot.docs.retrieve import Bm25
-from proxy_core.errors import ConfigurationError, StoreError
-from proxy_core.log import get_logger
-from proxy_core.stores.base import Store
+from proxy_core import ConfigurationError, Store, StoreError, get_logger
 
 __all__ = [
     "DEFAULT_NAMESPACE", "EMBED_BATCH", "DocsIndex", "DocsIndexer", "IndexConflict", "IndexReport", "IndexSnapshot",

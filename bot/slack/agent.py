@@ -25,9 +25,7 @@ from typing import Any, Final
 from slack_bolt.context.assistant.thread_context import AssistantThreadContext
 from slack_bolt.context.assistant.thread_context_store.store import AssistantThreadContextStore
 
-from proxy_core.errors import StoreError
-from proxy_core.log import get_logger
-from proxy_core.stores.base import Store
+from proxy_core import Store, StoreError, get_logger
 
 __all__ = [
     "ACTION_FEEDBACK_REASON",

@@ -112,12 +112,16 @@ from bot.slack.render import (
 from bot.slack.startup import SlackInstallation
 from bot.slack.stream import SlackAnswerStream, StreamPacing, StreamStarts
 from bot.slack.working import Working, WorkingIndicator
-from proxy_core.clock import Clock
-from proxy_core.errors import StoreError
-from proxy_core.log import get_logger
-from proxy_core.settings import PennySettings, ThreadReplies
-from proxy_core.stores.base import CacheItem, Store
-from proxy_core.tokens import estimate_text_tokens
+from proxy_core import (
+    CacheItem,
+    Clock,
+    PennySettings,
+    Store,
+    StoreError,
+    ThreadReplies,
+    estimate_text_tokens,
+    get_logger,
+)
 
 __all__ = [
     "ACTION_FRESH_ANSWER",

@@ -14,8 +14,7 @@ from typing import Any, Final
 from bot.cost import BudgetStatus, CostReport, Headroom, TeamReport, sparkline
 from bot.slack.render import MAX_BLOCKS, SECTION_TEXT_LIMIT, Block
 from bot.wording import counted
-from proxy_core.money import format_usd
-from proxy_core.stores.base import UsageTotals
+from proxy_core import UsageTotals, format_usd
 
 __all__ = [
     "USAGE_TEXT",

@@ -23,7 +23,7 @@ from typing import Any, Final, NamedTuple
 
 from slack_bolt import App, BoltRequest
 
-from proxy_core.log import get_logger
+from proxy_core import get_logger
 
 __all__ = ["MAX_BODY_BYTES", "Rejection", "SlackHTTPServer", "check_request", "content_length"]
 

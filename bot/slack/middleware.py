@@ -18,7 +18,7 @@ from slack_bolt import BoltRequest, BoltResponse
 from slack_bolt.middleware import Middleware
 
 from bot.slack.startup import SlackInstallation
-from proxy_core.log import get_logger
+from proxy_core import get_logger
 
 __all__ = ["InstalledWorkspaceOnly", "foreign_request"]
 

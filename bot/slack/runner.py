@@ -7,8 +7,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, TextIO
 
 from bot.answer_types import Answerer
-from proxy_core.settings import PennySettings
-from proxy_core.stores.base import Store
+from proxy_core import BudgetAlert, Gateway, PennySettings, Store, alert_text, get_logger
 
 if TYPE_CHECKING:
     from slack_bolt import App
@@ -17,8 +16,6 @@ if TYPE_CHECKING:
     from bot.slack.app import SlackSettings
     from bot.slack.startup import SlackInstallation
     from bot.slack.working import WorkingIndicator
-    from proxy_core.alerts import BudgetAlert
-    from proxy_core.gateway import Gateway
 
 LISTENER_THREADS = 256
 
@@ -102,9 +99,6 @@ class AlertRelay:
     def _send(self, alert: BudgetAlert) -> None:
         from slack_sdk.errors import SlackApiError
 
-        from proxy_core.alerts import alert_text
-        from proxy_core.log import get_logger
-
         log = get_logger()
         if self._client is None:
             log.info("budget_alert_not_sent", reason="no Slack client", threshold=alert.threshold, scope=alert.scope)
@@ -129,7 +123,7 @@ def run_slack(
     """Serve Slack until interrupted (or until ``until`` is set). Slack is checked first: the bot
     token with ``auth.test`` and its scopes (unless ``installation`` says the caller did), and in
     Socket Mode the connection is opened; only then does Penny say it is connected. A failure raises
-    :class:`~proxy_core.errors.ConfigurationError` or :class:`~bot.slack.startup.SlackUnreachable`
+    :class:`~proxy_core.ConfigurationError` or :class:`~bot.slack.startup.SlackUnreachable`
     (see :mod:`bot.slack.startup`). Tokens are never printed."""
     from bot.slack.app import run_http
     from bot.slack.startup import check_slack, connect_socket_mode

@@ -8,7 +8,7 @@ that answer) with those the manifest declares (:data:`bot.slack.app.BOT_SCOPES`)
 itself. What goes wrong becomes one sentence naming the setting and what to do:
 
 - a token that is malformed, rejected or missing a scope is a
-  :class:`~proxy_core.errors.ConfigurationError` (``penny`` exits 2);
+  :class:`~proxy_core.ConfigurationError` (``penny`` exits 2);
 - Slack that cannot be reached (network, DNS, TLS, a proxy, Slack down, throttled) is
   :class:`SlackUnreachable` (``penny`` exits 1: the same settings may work in a minute).
 
@@ -28,7 +28,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry import RateLimitErrorRetryHandler
 
-from proxy_core.errors import ConfigurationError, PennyError
+from proxy_core import ConfigurationError, PennyError
 
 if TYPE_CHECKING:
     from slack_bolt import App

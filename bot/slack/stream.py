@@ -1,7 +1,7 @@
 """An answer shown in a Slack thread while the LLM writes it (Slack's ``chat.startStream`` /
 ``chat.appendStream`` / ``chat.stopStream``).
 
-:class:`SlackAnswerStream` is the :class:`~proxy_core.gateway.AnswerStream` the Slack app hands the
+:class:`SlackAnswerStream` is the :class:`~proxy_core.AnswerStream` the Slack app hands the
 answering service for a question asked in a thread. Text waits in a buffer; once the answer has
 been coming for a second (or much text is waiting) a streamed reply starts in that thread with it,
 so an answer written faster than that is simply posted whole, with no streaming calls at all. Later
@@ -45,11 +45,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry import HttpRequest, HttpResponse, RetryHandler, RetryState
 
 from bot.slack.render import safe_markdown_text
-from proxy_core.clock import Clock
-from proxy_core.errors import StoreError
-from proxy_core.limiter import Bucket
-from proxy_core.log import get_logger
-from proxy_core.stores.base import BucketSpec, Store
+from proxy_core import Clock, LimitStore, SharedRate, StoreError, get_logger
 
 __all__ = [
     "MARKDOWN_TEXT_LIMIT",
@@ -131,19 +127,18 @@ class RetryAfter(RetryHandler):
 
 class StreamStarts:
     """The budget of ``chat.startStream`` calls per minute for one workspace, shared by every
-    replica through the store's token buckets (the store's clock; atomic in SQLite and Redis).
+    replica (a :class:`~proxy_core.SharedRate`: the store's clock, atomic in SQLite and Redis).
 
     :meth:`take` says whether one more stream may start now. When the budget is spent, or the
     store cannot say, the answer is posted whole instead: never more streams than Slack allows."""
 
-    def __init__(self, store: Store, *, per_minute: float = STREAM_STARTS_PER_MINUTE,
+    def __init__(self, store: LimitStore, *, per_minute: float = STREAM_STARTS_PER_MINUTE,
                  burst: float = STREAM_STARTS_BURST) -> None:
-        self._store = store
-        self._bucket = Bucket.per_minute(per_minute, burst)
+        self._rate = SharedRate(store, STREAM_STARTS_KEY, per_minute=per_minute, burst=burst)
 
     def take(self, workspace_id: str) -> bool:
         try:
-            decision = self._store.take_tokens(workspace_id, [BucketSpec(STREAM_STARTS_KEY, self._bucket, 1)])
+            decision = self._rate.take(workspace_id)
         except StoreError as exc:
             _log.warning("slack.stream_budget_unknown", error=exc, note="posting whole")
             return False

@@ -41,8 +41,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry import RateLimitErrorRetryHandler
 
-from proxy_core.clock import Clock, monotonic
-from proxy_core.log import get_logger
+from proxy_core import Clock, get_logger, monotonic
 
 __all__ = ["GRACE_S", "REACTION", "SEARCHING", "WORKERS", "WRITING", "Working", "WorkingIndicator"]
 

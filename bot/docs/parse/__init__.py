@@ -9,7 +9,7 @@ Three pure steps, each usable on its own:
   the optional ``penny[pdf]`` extra, pypdf) becomes a section per page, headed "Page N" with the
   anchor ``page=N``, which PDF viewers open at that page;
 * :func:`chunk` cuts a document's sections into :class:`Passage` objects of at most ``max_tokens``
-  (counted with :func:`proxy_core.tokens.estimate_text_tokens`): long sections are split with some
+  (counted with :func:`proxy_core.estimate_text_tokens`): long sections are split with some
   overlap, tiny ones merged into the passage before them.
 
 The normalised text is each heading on a line of its own followed by its section's body, blocks

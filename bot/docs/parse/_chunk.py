@@ -1,7 +1,7 @@
 """Cutting a :class:`Document` into :class:`Passage` objects that fit an embedding and a prompt.
 
 Apart from the parsers because it knows nothing of formats: it works on the normalised text and
-the sections' offsets only, counting tokens with :func:`proxy_core.tokens.estimate_text_tokens`.
+the sections' offsets only, counting tokens with :func:`proxy_core.estimate_text_tokens`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 
 from bot.docs.parse._model import Document, Passage, Section
-from proxy_core.tokens import estimate_text_tokens
+from proxy_core import estimate_text_tokens
 
 __all__ = ["chunk"]
 

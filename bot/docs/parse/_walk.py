@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bot.docs.parse._document import SUPPORTED_SUFFIXES
 from bot.docs.parse._pdf import pdf_support
-from proxy_core.log import get_logger
+from proxy_core import get_logger
 
 __all__ = ["MAX_FILE_BYTES", "MAX_PDF_BYTES", "walk"]
 
