@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint install clean
+.PHONY: run demo test bench lint install clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -14,6 +14,9 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(VENV)/bin/penny run
+
+demo: $(STAMP)
+	$(VENV)/bin/penny demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

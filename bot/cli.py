@@ -85,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     _who(run)
     run.set_defaults(func=_cmd_run)
 
+    demo = sub.add_parser("demo", help="see the cost controls in a minute, offline: Penny against a simulated "
+                                       "LLM (no key, no real model, $0)")
+    demo.set_defaults(func=_cmd_demo)
+
     ask = sub.add_parser("ask", help="ask the docs one question: the answer, its sources and its cost")
     ask.add_argument("question")
     ask.add_argument("--fresh", action="store_true", help="skip the cache and ask the LLM")
@@ -346,6 +350,12 @@ def _cmd_prices(args: argparse.Namespace, settings: PennySettings, out: TextIO, 
     for name, price in sorted(table.models.items()):
         print(f"  {name:28} {price.describe()}", file=out)
     return 0
+
+
+def _cmd_demo(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
+    from bot.demo import run_demo
+
+    return run_demo(out, open_session=_Session)  # its own settings: the demo never reads the user's
 
 
 def _cmd_ask(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
