@@ -74,12 +74,12 @@ def ledger(store_url: str, user: str | None = None) -> UsageSummary:
 # -- check ---------------------------------------------------------------------------------------
 
 
-def test_check_without_api_key_exits_2_and_says_where_to_get_one() -> None:
+def test_check_without_api_key_warns_of_extractive_answers_and_exits_0() -> None:
     code, out = penny("check")
-    assert code == 2
+    assert code == 0  # extractive answers are a supported mode
     assert "store       sqlite ok" in out
-    assert "OPENAI_API_KEY is not set" in out
-    assert "https://platform.openai.com/api-keys" in out
+    assert "warning     OPENAI_API_KEY is not set: Penny answers extractively" in out
+    assert "https://platform.openai.com/api-keys" in out and "penny demo" in out
 
 
 def test_check_with_api_key_exits_0(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -101,7 +101,7 @@ def test_check_reads_the_key_from_dotenv(tmp_path: Path) -> None:
 def test_empty_key_in_dotenv_counts_as_missing(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("OPENAI_API_KEY=\n")
     code, out = penny("check")
-    assert code == 2
+    assert code == 0
     assert "OPENAI_API_KEY is not set" in out
 
 
@@ -148,6 +148,18 @@ def test_only_a_bad_store_scheme_is_a_configuration_error(
     assert code == 2
     assert err.count("PENNY_STORE_URL") == 1
     assert "Traceback" not in err
+
+
+def test_an_unpriced_chat_model_without_a_key_is_reported_with_the_other_problems(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PENNY_CHAT_MODEL", "gpt-imaginary-9")
+    monkeypatch.setenv("PENNY_MAX_OUTPUT_TOKENS", "0")
+    code, out = penny("check")
+    err = capsys.readouterr().err
+    assert code == 2 and out == ""
+    assert "PENNY_CHAT_MODEL: No price for model 'gpt-imaginary-9'" in err
+    assert "PENNY_MAX_OUTPUT_TOKENS" in err
 
 
 def test_ask_without_api_key_answers_extractively_at_no_cost(isolated: str, capsys: pytest.CaptureFixture[str]) -> None:

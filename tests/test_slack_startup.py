@@ -167,7 +167,7 @@ def test_connected_is_said_only_once_the_token_and_the_connection_are_checked(sl
 
 def test_check_verifies_the_slack_tokens_and_scopes(capsys: pytest.CaptureFixture[str], slack: FakeSlack) -> None:
     code, out, _ = penny(capsys, "check")
-    assert code == 2  # no OPENAI_API_KEY; the Slack part passed
+    assert code == 0  # the Slack part passed; no OPENAI_API_KEY is a warning (extractive answers)
     assert f"slack       bot token ok: @penny in Penny Test ({TEAM}), app A0PENNY" in out
     assert f"scopes ok: the token has all {len(BOT_SCOPES)}" in out
     assert "app-level token ok" in out
