@@ -7,6 +7,7 @@ the bot uses.
 
 from __future__ import annotations
 
+from bot.proxy.app import ProxyApp
 from bot.proxy.keys import KeyRing, ProxyKey
 
-__all__ = ["KeyRing", "ProxyKey"]
+__all__ = ["KeyRing", "ProxyApp", "ProxyKey"]

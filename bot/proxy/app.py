@@ -1,0 +1,393 @@
+"""The OpenAI-compatible endpoint as a WSGI app: ``/v1/models``, ``/v1/chat/completions``,
+``/v1/embeddings``, every call through the :class:`~proxy_core.Gateway` as the key's user.
+
+The app turns a WSGI environ into a :class:`ProxyRequest`, :meth:`ProxyApp.handle` turns that into a
+:class:`ProxyResponse` (a pure function of the request, the keys and the gateway), and the response
+goes back out. Refusals are OpenAI's error shape with the statuses its clients already handle:
+401 for a bad key, 400 naming the bad field, 429 with ``Retry-After`` for a rate limit, 429
+``insufficient_quota`` for a spent budget, 503 with ``Retry-After`` while upstream is down.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Literal
+
+from bot.proxy.keys import KeyRing, ProxyKey
+from proxy_core import (
+    BudgetExceeded,
+    ChatResult,
+    CircuitOpen,
+    EmbeddingResult,
+    Gateway,
+    RateLimited,
+    RequestInFlight,
+    RequestInterrupted,
+    StoreError,
+    UpstreamError,
+    UpstreamRejected,
+    get_logger,
+)
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+__all__ = ["ProxyApp", "ProxyError", "ProxyRequest", "ProxyResponse"]
+
+MAX_BODY_BYTES = 1_000_000
+MAX_TOKENS_CAP = 128_000
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+            405: "Method Not Allowed", 409: "Conflict", 413: "Payload Too Large", 429: "Too Many Requests",
+            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyRequest:
+    """One HTTP request as the proxy sees it: header names lower-case."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyResponse:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, status: int, payload: object, headers: Mapping[str, str] | None = None) -> ProxyResponse:
+        return cls(status, json.dumps(payload, separators=(",", ":")).encode("utf-8"),
+                   {"Content-Type": "application/json", **(headers or {})})
+
+
+class ProxyError(Exception):
+    """A refusal in OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = dict(headers or {})
+
+    def response(self) -> ProxyResponse:
+        return ProxyResponse.json(self.status, {"error": {"message": self.message, "type": self.type,
+                                                          "param": self.param, "code": self.code}}, self.headers)
+
+
+def _bad(param: str, message: str) -> ProxyError:
+    return ProxyError(400, message, param=param, code="invalid_value")
+
+
+class ProxyApp:
+    """The proxy's WSGI app. ``cache_scope="user"`` (the default) keeps each key's user's cached
+    answers to that user; ``"workspace"`` lets proxy callers in one workspace share them."""
+
+    def __init__(self, gateway: Gateway, keys: KeyRing, *, cache_scope: Literal["user", "workspace"] = "user",
+                 max_body_bytes: int = MAX_BODY_BYTES, clock: Callable[[], float] = time.time) -> None:
+        self.gateway = gateway
+        self.keys = keys
+        self.cache_scope = cache_scope
+        self.max_body_bytes = max_body_bytes
+        self._clock = clock
+        self._log = get_logger()
+
+    # -- WSGI ------------------------------------------------------------------------------------
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        response = self._from_environ(environ)
+        if response is None:
+            headers = {k[5:].replace("_", "-").lower(): str(v) for k, v in environ.items() if k.startswith("HTTP_")}
+            length = _content_length(environ)
+            body = environ["wsgi.input"].read(length) if length else b""
+            request = ProxyRequest(environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "/"), headers, body)
+            response = self.handle(request)
+        start_response(f"{response.status} {_REASONS.get(response.status, 'Error')}",
+                       [*response.headers.items(), ("Content-Length", str(len(response.body)))])
+        return [response.body]
+
+    def _from_environ(self, environ: WSGIEnvironment) -> ProxyResponse | None:
+        """A refusal decided before reading the body (one too large is never read)."""
+        try:
+            length = _content_length(environ)
+        except ValueError:
+            return ProxyError(400, "Content-Length is not a number.").response()
+        if length > self.max_body_bytes:
+            return ProxyError(413, f"The request body is over {self.max_body_bytes} bytes.",
+                              code="request_too_large").response()
+        return None
+
+    # -- the request, as a value -------------------------------------------------------------------
+
+    def handle(self, request: ProxyRequest) -> ProxyResponse:
+        key: ProxyKey | None = None
+        try:
+            route = _ROUTES.get(request.path.rstrip("/"))
+            if route is None:
+                raise ProxyError(404, f"Unknown URL {request.method} {request.path}.", code="unknown_url")
+            method, name = route
+            if request.method != method:
+                raise ProxyError(405, f"{request.path} takes {method}, not {request.method}.",
+                                 code="method_not_allowed")
+            key = self._authenticate(request)
+            handler: Callable[[ProxyRequest, ProxyKey], ProxyResponse] = getattr(self, name)
+            response = handler(request, key)
+        except ProxyError as exc:
+            response = exc.response()
+        response.headers.setdefault("x-penny-key-id", key.id if key else "")
+        self._log.info("proxy_request", method=request.method, path=request.path, status=response.status,
+                       key_id=key.id if key else None, user_id=key.user_id if key else None,
+                       cache=response.headers.get("x-penny-cache"), cost_usd=response.headers.get("x-penny-cost-usd"))
+        return response
+
+    def _authenticate(self, request: ProxyRequest) -> ProxyKey:
+        scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+        key = self.keys.authenticate(secret.strip()) if scheme.lower() == "bearer" else None
+        if key is None:
+            raise ProxyError(401, "Incorrect or revoked API key. Ask your Penny admin for a key "
+                             "(penny keys create).", code="invalid_api_key")
+        return key
+
+    def models(self, request: ProxyRequest, key: ProxyKey) -> ProxyResponse:
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "penny"}
+                for name in sorted(self.gateway.prices) if key.allows_model(name)]
+        return ProxyResponse.json(200, {"object": "list", "data": data})
+
+    def chat_completions(self, request: ProxyRequest, key: ProxyKey) -> ProxyResponse:
+        body = _json_body(request)
+        model = self._model(body, key, "chat")
+        messages = _messages(body.get("messages"))
+        max_tokens = _max_tokens(body)
+        temperature = _temperature(body.get("temperature"))
+        if body.get("n", 1) != 1:
+            raise _bad("n", "Penny answers with one choice: n must be 1.")
+        if body.get("stream"):
+            raise _bad("stream", "Streaming is not supported by this Penny yet; leave stream unset.")
+        self._within_key_budget(key)
+        request_id = self._request_id(request, key)
+        with _refusals(self._clock):
+            result = self.gateway.chat(user_id=key.user_id, workspace_id=key.workspace_id, request_id=request_id,
+                                       messages=messages, model=model, max_tokens=max_tokens,
+                                       temperature=temperature, context=self._cache_context(key),
+                                       use_cache=not _no_cache(request))
+        return ProxyResponse.json(200, _completion(result, self._clock()), _penny_headers(result))
+
+    def embeddings(self, request: ProxyRequest, key: ProxyKey) -> ProxyResponse:
+        body = _json_body(request)
+        model = self._model(body, key, "embedding")
+        raw = body.get("input")
+        inputs = [raw] if isinstance(raw, str) else raw
+        if not isinstance(inputs, list) or not inputs or not all(isinstance(i, str) and i for i in inputs):
+            raise _bad("input", "input must be a non-empty string or a non-empty list of non-empty strings.")
+        dimensions = body.get("dimensions")
+        if dimensions is not None and (not isinstance(dimensions, int) or isinstance(dimensions, bool)
+                                       or dimensions < 1):
+            raise _bad("dimensions", "dimensions must be a positive integer.")
+        if body.get("encoding_format", "float") != "float":
+            raise _bad("encoding_format", "Penny returns embeddings as floats: encoding_format must be float.")
+        self._within_key_budget(key)
+        request_id = self._request_id(request, key)
+        with _refusals(self._clock):
+            result = self.gateway.embed(user_id=key.user_id, workspace_id=key.workspace_id, request_id=request_id,
+                                        inputs=inputs, model=model, dimensions=dimensions)
+        return ProxyResponse.json(200, _embedding_list(result), _penny_headers(result))
+
+    # -- steps ------------------------------------------------------------------------------------
+
+    def _model(self, body: Mapping[str, Any], key: ProxyKey, kind: str) -> str:
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise _bad("model", "model is required.")
+        price = self.gateway.prices.get(model)
+        if price is None or price.kind != kind:
+            raise ProxyError(400, f"Penny has no {kind} price for model {model!r}; GET /v1/models lists them.",
+                             param="model", code="model_not_found")
+        if not key.allows_model(model):
+            raise ProxyError(403, f"This key may not call {model!r}; it may call {', '.join(key.models)}.",
+                             param="model", code="model_not_allowed")
+        return model
+
+    def _within_key_budget(self, key: ProxyKey) -> None:
+        """A key's own daily budget narrows the user's: counted on everything the user spent today."""
+        if key.daily_budget_micros is None:
+            return
+        now = self._clock()
+        today = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
+        spent = self.gateway.usage(key.workspace_id, today, today, key.user_id).totals.cost_micros
+        if spent >= key.daily_budget_micros:
+            resets_at = (math.floor(now / 86400) + 1) * 86400.0
+            raise _budget_refusal(BudgetExceeded(f"key {key.id}", key.daily_budget_micros, spent, resets_at), now)
+
+    def _request_id(self, request: ProxyRequest, key: ProxyKey) -> str:
+        """The gateway's request ID: the client's ``Idempotency-Key`` (scoped to the key, so one key
+        can never read another's results), else a fresh one."""
+        idempotency_key = request.headers.get("idempotency-key", "").strip()
+        if len(idempotency_key) > 200:
+            raise ProxyError(400, "Idempotency-Key is over 200 characters.", param="Idempotency-Key")
+        return f"proxy:{key.id}:{idempotency_key or uuid.uuid4().hex}"
+
+    def _cache_context(self, key: ProxyKey) -> str:
+        return f"proxy:user:{key.user_id}" if self.cache_scope == "user" else "proxy"
+
+
+_ROUTES: dict[str, tuple[str, str]] = {
+    "/v1/models": ("GET", "models"),
+    "/v1/chat/completions": ("POST", "chat_completions"),
+    "/v1/embeddings": ("POST", "embeddings"),
+}
+
+
+def _content_length(environ: WSGIEnvironment) -> int:
+    raw = environ.get("CONTENT_LENGTH") or "0"
+    return max(0, int(raw))
+
+
+def _json_body(request: ProxyRequest) -> dict[str, Any]:
+    try:
+        body = json.loads(request.body)
+    except (ValueError, UnicodeDecodeError):
+        raise ProxyError(400, "The request body is not valid JSON.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ProxyError(400, "The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def _messages(raw: object) -> list[dict[str, str]]:
+    if not isinstance(raw, list) or not raw:
+        raise _bad("messages", "messages must be a non-empty list.")
+    messages = []
+    for i, message in enumerate(raw):
+        if not isinstance(message, dict) or message.get("role") not in _ROLES:
+            raise _bad(f"messages[{i}].role", f"messages[{i}].role must be one of {', '.join(sorted(_ROLES))}.")
+        content = message.get("content")
+        if isinstance(content, list):  # content parts: Penny passes text on
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                       for p in content):
+                raise _bad(f"messages[{i}].content", "Penny passes on text content parts only.")
+            content = "".join(p["text"] for p in content)
+        if not isinstance(content, str):
+            raise _bad(f"messages[{i}].content", f"messages[{i}].content must be a string.")
+        messages.append({"role": message["role"], "content": content})
+    return messages
+
+
+def _max_tokens(body: Mapping[str, Any]) -> int | None:
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_TOKENS_CAP:
+            raise _bad(name, f"{name} must be a whole number from 1 to {MAX_TOKENS_CAP}.")
+        return value
+    return None
+
+
+def _temperature(value: object) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 2:
+        raise _bad("temperature", "temperature must be a number from 0 to 2.")
+    return float(value)
+
+
+def _no_cache(request: ProxyRequest) -> bool:
+    directives = {d.strip().lower() for d in request.headers.get("cache-control", "").split(",")}
+    return bool(directives & {"no-cache", "no-store"})
+
+
+def _usd(micros: int) -> str:
+    return format(Decimal(micros) / 1_000_000, "f")
+
+
+def _penny_headers(result: ChatResult | EmbeddingResult) -> dict[str, str]:
+    if isinstance(result, ChatResult):
+        cache = {"exact": "hit", "semantic": "hit"}.get(result.cache_status, result.cache_status)
+        saved = result.saved_micros
+    else:
+        cache, saved = "bypass", 0
+    return {"x-penny-cache": cache, "x-penny-cost-usd": _usd(result.cost_micros), "x-penny-saved-usd": _usd(saved),
+            "x-penny-request-id": result.request_id, "x-penny-replayed": "true" if result.replayed else "false"}
+
+
+def _completion(result: ChatResult, now: float) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-" + uuid.uuid5(uuid.NAMESPACE_URL, result.request_id).hex,
+        "object": "chat.completion",
+        "created": int(now),
+        "model": result.model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.content, "refusal": None},
+                     "finish_reason": result.finish_reason or "stop", "logprobs": None}],
+        "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+                  "total_tokens": result.prompt_tokens + result.completion_tokens,
+                  "prompt_tokens_details": {"cached_tokens": result.cached_prompt_tokens}},
+    }
+
+
+def _embedding_list(result: EmbeddingResult) -> dict[str, Any]:
+    return {"object": "list", "model": result.model,
+            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(result.vectors)],
+            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}}
+
+
+def _retry_after(seconds: float) -> str:
+    return str(max(1, math.ceil(seconds)))
+
+
+def _budget_refusal(exc: BudgetExceeded, now: float) -> ProxyError:
+    reset = datetime.fromtimestamp(exc.resets_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return ProxyError(429, f"{exc} The budget resets at {reset}.", type="insufficient_quota",
+                      code="insufficient_quota",
+                      headers={"Retry-After": _retry_after(exc.resets_at - now), "x-penny-budget-resets-at": reset})
+
+
+@contextmanager
+def _refusals(clock: Callable[[], float]) -> Iterator[None]:
+    """Translate the gateway's refusals and failures into OpenAI-shaped HTTP errors: the one place
+    the proxy maps proxy_core's error tree."""
+    try:
+        yield
+    except Exception as exc:
+        mapped = _map_error(exc, clock())
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
+def _map_error(exc: BaseException, now: float) -> ProxyError | None:
+    if isinstance(exc, RateLimited):
+        wait = _retry_after(exc.retry_after)
+        kind = "tokens" if exc.limit == "tokens" else "requests"
+        return ProxyError(429, str(exc), type="requests", code="rate_limit_exceeded",
+                          headers={"Retry-After": wait, f"x-ratelimit-reset-{kind}": f"{wait}s",
+                                   f"x-ratelimit-remaining-{kind}": "0"})
+    if isinstance(exc, BudgetExceeded):
+        return _budget_refusal(exc, now)
+    if isinstance(exc, CircuitOpen):
+        return ProxyError(503, str(exc), type="server_error", code="upstream_unavailable",
+                          headers={"Retry-After": _retry_after(exc.retry_after)})
+    if isinstance(exc, RequestInFlight | RequestInterrupted):
+        return ProxyError(409, str(exc), code="request_in_flight", headers={"Retry-After": "1"})
+    if isinstance(exc, UpstreamRejected):
+        return ProxyError(exc.status or 400, str(exc), code="upstream_rejected")
+    if isinstance(exc, UpstreamError):
+        return ProxyError(503, str(exc), type="server_error", code="upstream_error",
+                          headers={"Retry-After": _retry_after(exc.retry_after or 1)})
+    if isinstance(exc, StoreError):
+        return ProxyError(503, "Penny's store is unavailable; try again shortly.", type="server_error",
+                          code="store_unavailable", headers={"Retry-After": "1"})
+    return None

@@ -1,0 +1,210 @@
+"""``penny proxy``'s app: the real ``openai`` SDK against the proxy over a real gateway and the fake
+OpenAI upstream. Each refusal is OpenAI's error shape with the status its clients handle."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import openai
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from proxy_core import ManualClock, Store
+from tests.fake_openai import FakeOpenAI
+from tests.proxy_harness import API_KEY, Proxy, http, serve_proxy
+
+QUESTION = [{"role": "user", "content": "How do I deploy?"}]
+MODEL = "gpt-4o-mini"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(answer="Run `make deploy`.") as server:
+        yield server
+
+
+@pytest.fixture
+def proxy(sqlite_store: Store, fake: FakeOpenAI, clock: ManualClock) -> Iterator[Proxy]:
+    with serve_proxy(sqlite_store, fake, clock) as served:
+        yield served
+
+
+def today(clock: ManualClock) -> str:
+    return datetime.fromtimestamp(clock(), UTC).strftime("%Y-%m-%d")
+
+
+def test_a_completion_goes_through_the_gateway_as_the_keys_user_and_a_repeat_is_a_cache_hit(
+    proxy: Proxy, fake: FakeOpenAI, clock: ManualClock
+) -> None:
+    secret, key = proxy.keys.create(user_id="U123", workspace_id="T1")
+    client = proxy.client(secret)
+    raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=QUESTION)  # type: ignore[arg-type]
+    completion = raw.parse()
+    assert completion.choices[0].message.content == "Run `make deploy`."
+    assert completion.usage is not None and completion.usage.completion_tokens > 0
+    assert raw.headers["x-penny-cache"] == "miss" and float(raw.headers["x-penny-cost-usd"]) > 0
+    assert raw.headers["x-penny-key-id"] == key.id
+    assert fake.last("chat").header("authorization") == f"Bearer {API_KEY}"  # upstream sees Penny's key only
+
+    again = client.chat.completions.with_raw_response.create(model=MODEL, messages=QUESTION)  # type: ignore[arg-type]
+    assert again.headers["x-penny-cache"] == "hit" and again.headers["x-penny-cost-usd"] == "0"
+    assert float(again.headers["x-penny-saved-usd"]) > 0
+    assert again.parse().choices[0].message.content == "Run `make deploy`."
+    assert len(fake.requests_to("chat")) == 1
+
+    usage = proxy.gateway.usage("T1", today(clock), today(clock))
+    assert set(usage.by_user) == {"U123"} and usage.totals.requests == 2
+
+
+def test_the_cache_is_the_keys_users_own(proxy: Proxy, fake: FakeOpenAI) -> None:
+    mine, _ = proxy.keys.create(user_id="U1", workspace_id="T1")
+    theirs, _ = proxy.keys.create(user_id="U2", workspace_id="T1")
+    proxy.client(mine).chat.completions.create(model=MODEL, messages=QUESTION)  # type: ignore[arg-type]
+    raw = proxy.client(theirs).chat.completions.with_raw_response.create(
+        model=MODEL, messages=QUESTION)  # type: ignore[arg-type]
+    assert raw.headers["x-penny-cache"] == "miss" and len(fake.requests_to("chat")) == 2
+
+
+def test_cache_control_no_cache_bypasses_the_answer_cache(proxy: Proxy, fake: FakeOpenAI) -> None:
+    secret, _ = proxy.keys.create(user_id="U1", workspace_id="T1")
+    client = proxy.client(secret)
+    client.chat.completions.create(model=MODEL, messages=QUESTION)  # type: ignore[arg-type]
+    for directive in ("no-cache", "no-store"):
+        raw = client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=QUESTION, extra_headers={"Cache-Control": directive})  # type: ignore[arg-type]
+        assert raw.headers["x-penny-cache"] == "bypass"
+    assert len(fake.requests_to("chat")) == 3
+
+
+def test_a_repeated_idempotency_key_pays_once(proxy: Proxy, fake: FakeOpenAI, clock: ManualClock) -> None:
+    secret, _ = proxy.keys.create(user_id="U1", workspace_id="T1")
+    client = proxy.client(secret)
+    headers = {"Idempotency-Key": "retry-me-1", "Cache-Control": "no-cache"}
+    first = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=QUESTION, extra_headers=headers)  # type: ignore[arg-type]
+    second = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=QUESTION, extra_headers=headers)  # type: ignore[arg-type]
+    assert first.parse().choices[0].message.content == second.parse().choices[0].message.content
+    assert second.headers["x-penny-replayed"] == "true"
+    assert first.headers["x-penny-request-id"] == second.headers["x-penny-request-id"]
+    assert len(fake.requests_to("chat")) == 1
+    assert proxy.gateway.usage("T1", today(clock), today(clock)).totals.requests == 1
+
+
+def test_an_unknown_or_revoked_key_gets_401_in_openais_shape(proxy: Proxy) -> None:
+    secret, key = proxy.keys.create(user_id="U1", workspace_id="T1")
+    proxy.keys.revoke(key.id)
+    for bad in (secret, "pk-unknown", "sk-not-penny"):
+        with pytest.raises(openai.AuthenticationError) as caught:
+            proxy.client(bad).chat.completions.create(model=MODEL, messages=QUESTION)  # type: ignore[arg-type]
+        assert caught.value.code == "invalid_api_key"
+    status, reply = http("GET", proxy.base_url + "/models")
+    assert status == 401 and reply["error"]["type"] == "invalid_request_error"
+
+
+def test_models_lists_the_priced_models_this_key_may_use(proxy: Proxy) -> None:
+    every, _ = proxy.keys.create(user_id="U1", workspace_id="T1")
+    narrow, _ = proxy.keys.create(user_id="U1", workspace_id="T1", models=[MODEL])
+    assert [m.id for m in proxy.client(narrow).models.list()] == [MODEL]
+    listed = {m.id for m in proxy.client(every).models.list()}
+    assert MODEL in listed and set(proxy.gateway.prices) == listed
+
+
+def test_bad_input_is_a_400_naming_the_field_before_anything_is_reserved(proxy: Proxy, fake: FakeOpenAI) -> None:
+    secret, _ = proxy.keys.create(user_id="U1", workspace_id="T1", models=[MODEL])
+    client = proxy.client(secret)
+    cases: list[tuple[dict[str, object], str]] = [
+        ({"model": "gpt-nope", "messages": QUESTION}, "model"),
+        ({"model": MODEL, "messages": []}, "messages"),
+        ({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
+        ({"model": MODEL, "messages": QUESTION, "max_tokens": 0}, "max_tokens"),
+        ({"model": MODEL, "messages": QUESTION, "max_tokens": 10**9}, "max_tokens"),
+        ({"model": MODEL, "messages": QUESTION, "temperature": 7}, "temperature"),
+        ({"model": MODEL, "messages": QUESTION, "n": 3}, "n"),
+    ]
+    for body, param in cases:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(**body)  # type: ignore[call-overload]
+        assert caught.value.param == param, body
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        client.chat.completions.create(model="gpt-4o", messages=QUESTION)  # type: ignore[arg-type]
+    assert denied.value.code == "model_not_allowed"
+    auth = {"Authorization": f"Bearer {secret}"}
+    statuses: list[str] = []
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/v1/chat/completions", "CONTENT_LENGTH": "2000000",
+               "HTTP_AUTHORIZATION": f"Bearer {secret}", "wsgi.input": io.BytesIO(b"")}  # never read
+    reply_body = b"".join(proxy.app(environ, lambda status, headers: statuses.append(status)))  # type: ignore[arg-type]
+    assert statuses == ["413 Payload Too Large"] and json.loads(reply_body)["error"]["code"] == "request_too_large"
+    status, reply = http("POST", proxy.base_url + "/chat/completions", body=b"{nope", headers=auth)
+    assert status == 400 and reply["error"]["code"] == "invalid_json"
+    assert fake.requests == [] and proxy.gateway.usage("T1", "2000-01-01", "2100-01-01").totals.requests == 0
+
+
+def test_the_rate_limiter_is_a_429_with_retry_after(sqlite_store: Store, fake: FakeOpenAI,
+                                                     clock: ManualClock) -> None:
+    with serve_proxy(sqlite_store, fake, clock, requests_per_minute=1, request_burst=1) as proxy:
+        secret, _ = proxy.keys.create(user_id="U1", workspace_id="T1")
+        client = proxy.client(secret)
+        client.chat.completions.create(model=MODEL, messages=QUESTION)  # type: ignore[arg-type]
+        with pytest.raises(openai.RateLimitError) as caught:  # a cache hit is free: ask for a fresh answer
+            client.chat.completions.create(model=MODEL, messages=QUESTION,  # type: ignore[arg-type]
+                                           extra_headers={"Cache-Control": "no-cache"})
+        assert caught.value.code == "rate_limit_exceeded"
+        headers = caught.value.response.headers
+        assert int(headers["retry-after"]) >= 1 and headers["x-ratelimit-remaining-requests"] == "0"
+
+
+def test_a_spent_budget_is_a_429_insufficient_quota_with_the_reset_time(
+    sqlite_store: Store, fake: FakeOpenAI, clock: ManualClock
+) -> None:
+    with serve_proxy(sqlite_store, fake, clock, user_daily_budget_usd="0.000001") as proxy:
+        secret, _ = proxy.keys.create(user_id="U1", workspace_id="T1")
+        with pytest.raises(openai.RateLimitError) as caught:
+            proxy.client(secret).chat.completions.create(model=MODEL, messages=QUESTION)  # type: ignore[arg-type]
+        assert caught.value.code == "insufficient_quota" and caught.value.type == "insufficient_quota"
+        assert "resets at 2026-01-02T00:00:00Z" in caught.value.message
+        assert caught.value.response.headers["retry-after"] == str(24 * 3600)
+    assert fake.requests == []
+
+
+def test_a_keys_daily_budget_narrows_the_users(proxy: Proxy, fake: FakeOpenAI) -> None:
+    secret, _ = proxy.keys.create(user_id="U1", workspace_id="T1", daily_budget_micros=1)
+    client = proxy.client(secret)
+    client.chat.completions.create(model=MODEL, messages=QUESTION)  # type: ignore[arg-type]
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model=MODEL, messages=QUESTION,  # type: ignore[arg-type]
+                                       extra_headers={"Cache-Control": "no-cache"})
+    assert caught.value.code == "insufficient_quota"
+    assert len(fake.requests_to("chat")) == 1
+
+
+def test_upstream_down_is_a_503_with_retry_after(proxy: Proxy, fake: FakeOpenAI) -> None:
+    fake.fail_all(500)
+    secret, _ = proxy.keys.create(user_id="U1", workspace_id="T1")
+    with pytest.raises(openai.InternalServerError) as caught:
+        proxy.client(secret).chat.completions.create(model=MODEL, messages=QUESTION)  # type: ignore[arg-type]
+    assert caught.value.status_code == 503 and int(caught.value.response.headers["retry-after"]) >= 1
+
+
+def test_embeddings_are_billed_to_the_keys_user(proxy: Proxy, fake: FakeOpenAI, clock: ManualClock) -> None:
+    secret, _ = proxy.keys.create(user_id="U9", workspace_id="T1")
+    raw = proxy.client(secret).embeddings.with_raw_response.create(
+        model="text-embedding-3-small", input=["deploy", "rollback"], encoding_format="float")
+    result = raw.parse()
+    assert [d.index for d in result.data] == [0, 1] and len(result.data[0].embedding) == 1536
+    assert float(raw.headers["x-penny-cost-usd"]) > 0
+    assert set(proxy.gateway.usage("T1", today(clock), today(clock)).by_user) == {"U9"}
+
+
+def test_logs_carry_the_key_id_never_the_key(proxy: Proxy) -> None:
+    secret, key = proxy.keys.create(user_id="U1", workspace_id="T1")
+    with capture_logs() as logs:
+        proxy.client(secret).chat.completions.create(model=MODEL, messages=QUESTION)  # type: ignore[arg-type]
+    structlog.reset_defaults()
+    events = [e for e in logs if e.get("event") == "proxy_request"]
+    assert events and events[0]["key_id"] == key.id and events[0]["status"] == 200
+    assert secret not in repr(logs)
