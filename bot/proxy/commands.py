@@ -1,5 +1,5 @@
-"""``penny keys create|list|revoke`` (and ``penny proxy``, once served): the proxy's CLI commands,
-registered on ``penny``'s parser by :func:`add_commands`."""
+"""``penny proxy`` and ``penny keys create|list|revoke``: the proxy's CLI commands, registered on
+``penny``'s parser by :func:`add_commands`."""
 
 from __future__ import annotations
 
@@ -16,6 +16,17 @@ __all__ = ["add_commands"]
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, default_workspace: str) -> None:
+    proxy = sub.add_parser("proxy", help="an OpenAI-compatible endpoint with Penny's cost controls, for any "
+                                         "LLM client (keys from penny keys create)")
+    proxy.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1)")
+    proxy.add_argument("--port", type=int, default=8787, help="the port (default: 8787; 0: any free port)")
+    proxy.add_argument("--workers", type=_positive, default=1, help="worker processes (default: 1)")
+    proxy.add_argument("--cache-scope", choices=("user", "workspace"), default="user",
+                       help="who shares cached answers: the key's user only (default), or their workspace")
+    proxy.add_argument("--access-log", default=None, metavar="FILE",
+                       help="one line per request to FILE (- for stderr)")
+    proxy.set_defaults(func=_cmd_proxy)
+
     keys = sub.add_parser("keys", help="keys for penny proxy: one per person, mapped to their Slack user")
     keys_sub = keys.add_subparsers(required=True, metavar="ACTION")
     create = keys_sub.add_parser("create", help="create a key (printed once; only its hash is stored)")
@@ -33,6 +44,22 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, de
     revoke = keys_sub.add_parser("revoke", help="revoke a key by ID (its calls get 401 from then on)")
     revoke.add_argument("key_id", metavar="ID")
     revoke.set_defaults(func=_cmd_revoke)
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return number
+
+
+def _cmd_proxy(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
+    from bot.proxy.server import serve_proxy
+    from bot.slack.server import HTTPOptions
+
+    options = HTTPOptions(host=args.host, port=args.port, workers=args.workers, log_level=settings.log_level,
+                          access_log=args.access_log)
+    return serve_proxy(settings, options, out=out, cache_scope=args.cache_scope)
 
 
 def _usd(value: str) -> int:

@@ -64,7 +64,10 @@ if TYPE_CHECKING:
     from bot.slack.startup import SlackInstallation
     from proxy_core.gateway import Gateway
 
-__all__ = ["AcksFirst", "Backend", "DrainingExecutor", "HTTPOptions", "PennyWSGI", "PennyWorker", "serve"]
+__all__ = [
+    "AcksFirst", "Backend", "DrainingExecutor", "HTTPOptions", "PennyWSGI", "PennyWorker", "Served", "ops_reply",
+    "run_arbiter", "serve",
+]
 
 EVENTS_PATH: Final = "/slack/events"
 _log = get_logger()
@@ -105,7 +108,36 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+class Served(Protocol):
+    """What one worker process serves on this stack (the Slack bot, or ``penny proxy``): its WSGI
+    app, and how it stops (``close`` waits up to ``timeout_s`` for work still running)."""
+
+    @property
+    def wsgi(self) -> Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]]: ...
+
+    def close(self, timeout_s: float) -> None: ...
+
+
 # -- the WSGI application ------------------------------------------------------------------------
+
+
+def ops_reply(environ: WSGIEnvironment, start_response: StartResponse, *, ready: Callable[[], str | None],
+              metrics: Callable[[], bytes] | None) -> list[bytes] | None:
+    """``GET /healthz`` (the process answers), ``/readyz`` (``ready()`` returns no problem) and
+    ``/metrics``, answered; None for any other request."""
+    if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
+        return None
+    path = environ.get("PATH_INFO", "")
+    if path == "/healthz":
+        return _reply(start_response, 200, b"ok\n")
+    if path == "/readyz":
+        problem = ready()
+        return _reply(start_response, 503 if problem else 200, f"{problem or 'ready'}\n".encode())
+    if path == "/metrics" and metrics is not None:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return _reply(start_response, 200, metrics(), CONTENT_TYPE_LATEST)
+    return None
 
 
 class PennyWSGI:
@@ -128,17 +160,8 @@ class PennyWSGI:
         if path == self._path and method == "POST":
             with self.acks_first.request():
                 return self._slack(environ, start_response)
-        if method in ("GET", "HEAD"):
-            if path == "/healthz":
-                return _reply(start_response, 200, b"ok\n")
-            if path == "/readyz":
-                problem = self._ready()
-                return _reply(start_response, 503 if problem else 200, f"{problem or 'ready'}\n".encode())
-            if path == "/metrics" and self._metrics is not None:
-                from prometheus_client import CONTENT_TYPE_LATEST
-
-                return _reply(start_response, 200, self._metrics(), CONTENT_TYPE_LATEST)
-        return _reply(start_response, 404, b"Not Found\n")
+        ops = ops_reply(environ, start_response, ready=self._ready, metrics=self._metrics)
+        return ops if ops is not None else _reply(start_response, 404, b"Not Found\n")
 
     def _slack(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         length = content_length(environ.get("CONTENT_LENGTH"))
@@ -501,13 +524,14 @@ class _PennyServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships no 
     """The gunicorn arbiter's application: configuration in, and one :class:`_Worker` per worker
     process, built in that process (``load`` runs after the fork)."""
 
-    def __init__(self, options: HTTPOptions, build: Callable[[], _Worker], on_ready: Callable[[str], None],
-                 metrics_dir: str) -> None:
+    def __init__(self, options: HTTPOptions, build: Callable[[], Served], on_ready: Callable[[str], None],
+                 metrics_dir: str, *, url_path: str = EVENTS_PATH) -> None:
         self._options = options
         self._build = build
         self._on_ready = on_ready
         self._metrics_dir = metrics_dir
-        self._worker: _Worker | None = None
+        self._url_path = url_path
+        self._worker: Served | None = None
         super().__init__()
 
     def load_config(self) -> None:
@@ -539,7 +563,7 @@ class _PennyServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships no 
         }.items():
             self.cfg.set(key, value)
 
-    def load(self) -> PennyWSGI:
+    def load(self) -> Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]]:
         self._worker = self._build()
         return self._worker.wsgi
 
@@ -548,7 +572,7 @@ class _PennyServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships no 
 
     def _when_ready(self, arbiter: Any) -> None:
         host, port = arbiter.LISTENERS[0].sock.getsockname()[:2]
-        self._on_ready(f"http://{host}:{port}{EVENTS_PATH}")
+        self._on_ready(f"http://{host}:{port}{self._url_path}")
 
     def _worker_exit(self, arbiter: Any, worker: Any) -> None:
         if self._worker is not None:
@@ -587,10 +611,8 @@ def serve(settings: PennySettings, options: HTTPOptions, open_backend: Callable[
     from bot.slack.startup import check_slack
 
     check_slack(slack_settings(settings))  # auth.test and the token's scopes, before a port is bound
-    arbiter_pid = os.getpid()
-    metrics_dir, render = _multiprocess_metrics()
 
-    def build() -> _Worker:
+    def build(render: Callable[[], bytes]) -> _Worker:
         return _Worker(open_backend(), settings, metrics=render, installation=installation)
 
     def on_ready(what: str) -> None:
@@ -601,11 +623,23 @@ def serve(settings: PennySettings, options: HTTPOptions, open_backend: Callable[
         print(f"Penny is listening for Slack events on {what} ({workers}). SIGTERM stops it gracefully.",
               file=out, flush=True)
 
+    return run_arbiter(options, build, on_ready, out=out, metrics_port=metrics_port)
+
+
+def run_arbiter(options: HTTPOptions, build: Callable[[Callable[[], bytes]], Served],
+                on_ready: Callable[[str], None], *, out: TextIO, metrics_port: int = 0,
+                url_path: str = EVENTS_PATH) -> int:
+    """Run gunicorn's arbiter with Penny's worker until it stops; its exit status (0 after SIGTERM
+    or SIGINT). Each worker calls ``build`` after the fork, with the renderer of the metrics summed
+    over every worker; ``on_ready`` hears the listening URL (ending in ``url_path``), then
+    ``worker <pid>`` as each worker is ready."""
+    arbiter_pid = os.getpid()
+    metrics_dir, render = _multiprocess_metrics()
     try:
         if metrics_port:
             _serve_arbiter_metrics(render, metrics_port)
             print(f"metrics on http://127.0.0.1:{metrics_port}/metrics", file=out, flush=True)
-        _PennyServer(options, build, on_ready, metrics_dir).run()
+        _PennyServer(options, partial(build, render), on_ready, metrics_dir, url_path=url_path).run()
         return 0
     except SystemExit as exc:
         if os.getpid() != arbiter_pid:

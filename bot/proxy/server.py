@@ -1,0 +1,74 @@
+"""``penny proxy``: the OpenAI-compatible endpoint on the bot's production HTTP stack.
+
+The same gunicorn arbiter and gthread worker as ``penny run --http``
+(:func:`bot.slack.server.run_arbiter`): N pre-forked workers, each request collected whole before a
+thread takes it, bounded backlog and connections, a graceful ``SIGTERM``, ``/healthz``, ``/readyz``
+and ``/metrics`` (summed over workers). Each worker opens its own gateway after the fork; workers
+and replicas share keys, limits, budgets, the ledger and the answer cache through the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Literal, TextIO
+
+from bot.proxy.app import ProxyApp
+from bot.proxy.keys import KeyRing
+from bot.slack.server import HTTPOptions, ops_reply, run_arbiter
+from proxy_core import ConfigurationError, Gateway, PennySettings, StoreError
+
+if TYPE_CHECKING:
+    from wsgiref.types import StartResponse, WSGIEnvironment
+
+__all__ = ["DEFAULT_PORT", "ProxyWorker", "serve_proxy"]
+
+DEFAULT_PORT = 8787
+API_PATH = "/v1"
+
+
+class ProxyWorker:
+    """One worker process's proxy: its gateway, the key ring on the gateway's store, the app."""
+
+    def __init__(self, settings: PennySettings, *, metrics: Callable[[], bytes] | None,
+                 cache_scope: Literal["user", "workspace"] = "user") -> None:
+        self.gateway = Gateway.from_settings(settings)
+        self.app = ProxyApp(self.gateway, KeyRing(self.gateway.store), cache_scope=cache_scope)
+        self._metrics = metrics
+
+    def wsgi(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        ops = ops_reply(environ, start_response, ready=self.ready, metrics=self._metrics)
+        return ops if ops is not None else self.app(environ, start_response)
+
+    def ready(self) -> str | None:
+        try:
+            self.gateway.store.ping()
+        except StoreError as exc:
+            return f"store unreachable: {exc}"
+        return None
+
+    def close(self, timeout_s: float) -> None:
+        # Requests are answered on the request's own thread: gunicorn has finished them by now.
+        self.gateway.close()
+
+
+def serve_proxy(settings: PennySettings, options: HTTPOptions, *, out: TextIO,
+                cache_scope: Literal["user", "workspace"] = "user") -> int:
+    """Run the proxy until SIGTERM or SIGINT; the arbiter's exit status."""
+    if settings.openai_api_key is None:
+        raise ConfigurationError("OPENAI_API_KEY: penny proxy calls the LLM for its clients and needs the key")
+    store = settings.open_store()  # an unreachable store fails here, before a port is bound
+    try:
+        store.ping()
+    finally:
+        store.close()
+
+    def on_ready(what: str) -> None:
+        if what.startswith("worker "):
+            print(f"Penny {what} is ready", file=out, flush=True)
+            return
+        workers = f"{options.workers} worker{'s' if options.workers != 1 else ''}"
+        print(f"Penny proxy is listening on {what} ({workers}); point an OpenAI client's base_url there "
+              f"with a key from penny keys create. SIGTERM stops it gracefully.", file=out, flush=True)
+
+    return run_arbiter(options, lambda render: ProxyWorker(settings, metrics=render, cache_scope=cache_scope),
+                       on_ready, out=out, metrics_port=settings.metrics_port, url_path=API_PATH)

@@ -1,0 +1,135 @@
+"""``penny proxy`` in a subprocess, on the production HTTP stack, with the real ``openai`` SDK and the
+fake OpenAI upstream: completions, embeddings, a retried ``Idempotency-Key`` paid once, a revoked
+key refused, the operations endpoints, SIGTERM, and the spend under the key's user in ``penny cost``."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO
+
+import openai
+import pytest
+
+from bot.proxy.keys import KeyRing
+from proxy_core import store_from_url
+from tests.fake_openai import FakeOpenAI
+
+ROOT = Path(__file__).resolve().parents[1]
+UPSTREAM_KEY = "sk-test-proxy-0123456789abcdef"
+_LISTENING = re.compile(r"listening on (http://\S+)")
+
+
+def proxy_env(tmp: Path, openai_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PENNY_", "SLACK_", "OPENAI_"))}
+    env.update({"PYTHONPATH": str(ROOT), "OPENAI_API_KEY": UPSTREAM_KEY, "OPENAI_BASE_URL": openai_url,
+                "PENNY_STORE_URL": f"sqlite:///{tmp / 'penny.db'}", "PENNY_SPOOL_DIR": str(tmp / "spool"),
+                "PENNY_REQUESTS_PER_MINUTE": "0", "PENNY_TOKENS_PER_MINUTE": "0", "PENNY_LOG_LEVEL": "INFO"})
+    return env
+
+
+class ProxyProcess:
+    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+        self.err = cwd / "proxy.err"
+        with self.err.open("w") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "proxy", "--port", "0", "--workers", "2"],
+                                         env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=err,
+                                         stdin=subprocess.DEVNULL, text=True)
+        self.lines: queue.Queue[str] = queue.Queue()
+        assert self.proc.stdout is not None
+        threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
+        self.url = ""
+        deadline = time.monotonic() + 60
+        ready = 0
+        while not self.url or ready < 2:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"penny proxy did not start: {self.err.read_text()[-2000:]}") from None
+            found = _LISTENING.search(line)
+            self.url = found.group(1) if found else self.url
+            ready += line.startswith("Penny worker")
+        self.root = self.url.removesuffix("/v1")
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.lines.put(line)
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.root + path, timeout=10) as reply:
+                return reply.status, reply.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(answer="Run `make deploy`.") as server:
+        yield server
+
+
+def test_penny_proxy_serves_the_openai_sdk_through_the_gateway(tmp_path: Path, fake: FakeOpenAI) -> None:
+    env = proxy_env(tmp_path, fake.base_url)
+    store = store_from_url(env["PENNY_STORE_URL"])
+    try:
+        ring = KeyRing(store)
+        secret, key = ring.create(user_id="U123", workspace_id="T1", name="notebook")
+        revoked_secret, revoked = ring.create(user_id="U123", workspace_id="T1")
+        ring.revoke(revoked.id)
+    finally:
+        store.close()
+    server = ProxyProcess(env, tmp_path)
+    try:
+        assert server.get("/healthz") == (200, "ok\n")
+        assert server.get("/readyz") == (200, "ready\n")
+        client = openai.OpenAI(api_key=secret, base_url=server.url, max_retries=0, timeout=10.0)
+        question = [{"role": "user", "content": "How do I deploy?"}]
+        headers = {"Idempotency-Key": "notebook-cell-7"}
+        first = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=question, extra_headers=headers)  # type: ignore[arg-type]
+        assert first.parse().choices[0].message.content == "Run `make deploy`."
+        assert first.headers["x-penny-cache"] == "miss" and first.headers["x-penny-key-id"] == key.id
+        retried = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=question, extra_headers=headers)  # type: ignore[arg-type]
+        assert retried.headers["x-penny-replayed"] == "true"
+        vectors = client.embeddings.create(model="text-embedding-3-small", input="deploy", encoding_format="float")
+        assert len(vectors.data[0].embedding) == 1536
+        assert [m.id for m in client.models.list()]
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(api_key=revoked_secret, base_url=server.url, max_retries=0).models.list()
+        assert len(fake.requests_to("chat")) == 1
+        status, metrics = server.get("/metrics")
+        assert status == 200 and "penny_" in metrics
+    finally:
+        assert server.stop() == 0
+    assert secret not in server.err.read_text() and key.id in server.err.read_text()
+
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    store = store_from_url(env["PENNY_STORE_URL"])
+    try:
+        usage = store.usage("T1", day, day, None)
+    finally:
+        store.close()
+    assert set(usage.by_user) == {"U123"} and usage.totals.requests == 2  # one chat, one embedding
+    cost = subprocess.run([sys.executable, "-m", "bot.cli", "cost", "--user", "U123", "--workspace", "T1", "--json"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True)
+    report = json.loads(cost.stdout)
+    assert report["user_id"] == "U123" and report["today"]["cost_micros"] > 0, report
