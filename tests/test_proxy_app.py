@@ -11,10 +11,11 @@ from datetime import UTC, datetime
 import openai
 import pytest
 import structlog
+from openai.types.chat import ChatCompletionChunk
 from structlog.testing import capture_logs
 
 from proxy_core import ManualClock, Store
-from tests.fake_openai import FakeOpenAI
+from tests.fake_openai import FakeOpenAI, Fault
 from tests.proxy_harness import API_KEY, Proxy, http, serve_proxy
 
 QUESTION = [{"role": "user", "content": "How do I deploy?"}]
@@ -208,3 +209,58 @@ def test_logs_carry_the_key_id_never_the_key(proxy: Proxy) -> None:
     events = [e for e in logs if e.get("event") == "proxy_request"]
     assert events and events[0]["key_id"] == key.id and events[0]["status"] == 200
     assert secret not in repr(logs)
+
+
+ANSWER = "Run `make deploy`."
+
+
+def streamed(client: openai.OpenAI, **extra: object) -> tuple[list[ChatCompletionChunk], dict[str, str]]:
+    """The chunks of one streamed completion, and the response headers."""
+    raw = client.chat.completions.with_raw_response.create(  # type: ignore[call-overload]
+        model=MODEL, messages=QUESTION, stream=True, stream_options={"include_usage": True}, **extra)
+    return list(raw.parse()), dict(raw.headers)
+
+
+def text_of(chunks: list[ChatCompletionChunk]) -> str:
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_a_streamed_completion_arrives_in_pieces_with_usage_last(proxy: Proxy, fake: FakeOpenAI,
+                                                                 clock: ManualClock) -> None:
+    secret, _ = proxy.keys.create(user_id="U1", workspace_id="T1")
+    chunks, headers = streamed(proxy.client(secret))
+    assert text_of(chunks) == ANSWER and headers["x-penny-cache"] == "miss"
+    assert headers["content-type"].startswith("text/event-stream")
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 1
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None and last.usage.completion_tokens > 0
+    assert fake.last("chat").body["stream"] is True
+    assert proxy.gateway.usage("T1", today(clock), today(clock)).totals.requests == 1
+
+
+def test_a_streamed_cache_hit_is_one_chunk_and_free(proxy: Proxy, fake: FakeOpenAI) -> None:
+    secret, _ = proxy.keys.create(user_id="U1", workspace_id="T1")
+    streamed(proxy.client(secret))
+    chunks, headers = streamed(proxy.client(secret))
+    assert text_of(chunks) == ANSWER and headers["x-penny-cache"] == "hit"
+    assert headers["x-penny-cost-usd"] == "0" and len(fake.requests_to("chat")) == 1
+
+
+def test_a_stream_refused_before_any_text_is_an_ordinary_429(sqlite_store: Store, fake: FakeOpenAI,
+                                                              clock: ManualClock) -> None:
+    with serve_proxy(sqlite_store, fake, clock, requests_per_minute=1, request_burst=1) as proxy:
+        secret, _ = proxy.keys.create(user_id="U1", workspace_id="T1")
+        streamed(proxy.client(secret))
+        with pytest.raises(openai.RateLimitError) as caught:
+            streamed(proxy.client(secret), extra_headers={"Cache-Control": "no-cache"})
+        assert int(caught.value.response.headers["retry-after"]) >= 1
+
+
+def test_a_stream_dropped_mid_answer_still_delivers_the_whole_answer_billed_once(
+    proxy: Proxy, fake: FakeOpenAI, clock: ManualClock
+) -> None:
+    fake.script(Fault.stream_break(after=2), endpoint="chat")
+    secret, _ = proxy.keys.create(user_id="U1", workspace_id="T1")
+    chunks, _ = streamed(proxy.client(secret))
+    assert text_of(chunks) == ANSWER and len(fake.requests_to("chat")) == 2
+    assert proxy.gateway.usage("T1", today(clock), today(clock)).totals.requests == 1

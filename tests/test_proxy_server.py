@@ -1,5 +1,5 @@
 """``penny proxy`` in a subprocess, on the production HTTP stack, with the real ``openai`` SDK and the
-fake OpenAI upstream: completions, embeddings, a retried ``Idempotency-Key`` paid once, a revoked
+fake OpenAI upstream: completions (streamed too), embeddings, a retried ``Idempotency-Key`` paid once, a revoked
 key refused, the operations endpoints, SIGTERM, and the spend under the key's user in ``penny cost``."""
 
 from __future__ import annotations
@@ -110,12 +110,17 @@ def test_penny_proxy_serves_the_openai_sdk_through_the_gateway(tmp_path: Path, f
         retried = client.chat.completions.with_raw_response.create(
             model="gpt-4o-mini", messages=question, extra_headers=headers)  # type: ignore[arg-type]
         assert retried.headers["x-penny-replayed"] == "true"
+        chunks = list(client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "How do I roll back?"}],
+            stream=True, stream_options={"include_usage": True}))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Run `make deploy`."
+        assert chunks[-1].usage is not None
         vectors = client.embeddings.create(model="text-embedding-3-small", input="deploy", encoding_format="float")
         assert len(vectors.data[0].embedding) == 1536
         assert [m.id for m in client.models.list()]
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(api_key=revoked_secret, base_url=server.url, max_retries=0).models.list()
-        assert len(fake.requests_to("chat")) == 1
+        assert len(fake.requests_to("chat")) == 2
         status, metrics = server.get("/metrics")
         assert status == 200 and "penny_" in metrics
     finally:
@@ -128,7 +133,7 @@ def test_penny_proxy_serves_the_openai_sdk_through_the_gateway(tmp_path: Path, f
         usage = store.usage("T1", day, day, None)
     finally:
         store.close()
-    assert set(usage.by_user) == {"U123"} and usage.totals.requests == 2  # one chat, one embedding
+    assert set(usage.by_user) == {"U123"} and usage.totals.requests == 3  # two chats, one embedding
     cost = subprocess.run([sys.executable, "-m", "bot.cli", "cost", "--user", "U123", "--workspace", "T1", "--json"],
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True)
     report = json.loads(cost.stdout)

@@ -22,6 +22,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
 from bot.proxy.keys import KeyRing, ProxyKey
+from bot.proxy.streaming import QueuedStream, StreamEvents, run_streamed, sse_chunks
 from proxy_core import (
     BudgetExceeded,
     ChatResult,
@@ -65,6 +66,7 @@ class ProxyResponse:
     status: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    stream: Iterator[bytes] | None = None  # server-sent events, written as they come (body unused)
 
     @classmethod
     def json(cls, status: int, payload: object, headers: Mapping[str, str] | None = None) -> ProxyResponse:
@@ -117,8 +119,11 @@ class ProxyApp:
             body = environ["wsgi.input"].read(length) if length else b""
             request = ProxyRequest(environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "/"), headers, body)
             response = self.handle(request)
-        start_response(f"{response.status} {_REASONS.get(response.status, 'Error')}",
-                       [*response.headers.items(), ("Content-Length", str(len(response.body)))])
+        status = f"{response.status} {_REASONS.get(response.status, 'Error')}"
+        if response.stream is not None:
+            start_response(status, list(response.headers.items()))
+            return response.stream
+        start_response(status, [*response.headers.items(), ("Content-Length", str(len(response.body)))])
         return [response.body]
 
     def _from_environ(self, environ: WSGIEnvironment) -> ProxyResponse | None:
@@ -176,16 +181,49 @@ class ProxyApp:
         temperature = _temperature(body.get("temperature"))
         if body.get("n", 1) != 1:
             raise _bad("n", "Penny answers with one choice: n must be 1.")
-        if body.get("stream"):
-            raise _bad("stream", "Streaming is not supported by this Penny yet; leave stream unset.")
+        stream, include_usage = _stream_options(body)
         self._within_key_budget(key)
         request_id = self._request_id(request, key)
+        use_cache = not _no_cache(request)
+        if stream:
+            def call(answer_stream: QueuedStream) -> ChatResult:
+                return self.gateway.chat(
+                    user_id=key.user_id, workspace_id=key.workspace_id, request_id=request_id, messages=messages,
+                    model=model, max_tokens=max_tokens, temperature=temperature,
+                    context=self._cache_context(key), use_cache=use_cache, stream=answer_stream)
+
+            return self._streamed(run_streamed(call), model, request_id, include_usage, use_cache)
         with _refusals(self._clock):
             result = self.gateway.chat(user_id=key.user_id, workspace_id=key.workspace_id, request_id=request_id,
                                        messages=messages, model=model, max_tokens=max_tokens,
                                        temperature=temperature, context=self._cache_context(key),
-                                       use_cache=not _no_cache(request))
+                                       use_cache=use_cache)
         return ProxyResponse.json(200, _completion(result, self._clock()), _penny_headers(result))
+
+    def _streamed(self, events: StreamEvents, model: str, request_id: str, include_usage: bool,
+                  use_cache: bool) -> ProxyResponse:
+        """The event stream once the call has written text or finished; a refusal before any text
+        is an ordinary error response."""
+        headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "x-penny-request-id": request_id}
+        if events.done is not None:
+            if events.done.error is not None:
+                mapped = _map_error(events.done.error, self._clock())
+                if mapped is None:
+                    raise events.done.error
+                raise mapped
+            assert events.done.result is not None
+            headers.update(_penny_headers(events.done.result))
+        else:  # text is streaming: a miss (or a bypass); what it costs comes in the usage chunk
+            headers["x-penny-cache"] = "miss" if use_cache else "bypass"
+
+        def error_event(exc: BaseException) -> dict[str, Any]:
+            mapped = _map_error(exc, self._clock()) or ProxyError(500, "Penny failed while answering.",
+                                                                  type="server_error")
+            return {"error": {"message": mapped.message, "type": mapped.type, "param": None, "code": mapped.code}}
+
+        chunks = sse_chunks(events, model=model, request_id=request_id, created=int(self._clock()),
+                            include_usage=include_usage, error_event=error_event)
+        return ProxyResponse(200, b"", headers, stream=chunks)
 
     def embeddings(self, request: ProxyRequest, key: ProxyKey) -> ProxyResponse:
         body = _json_body(request)
@@ -303,6 +341,21 @@ def _temperature(value: object) -> float | None:
     if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 2:
         raise _bad("temperature", "temperature must be a number from 0 to 2.")
     return float(value)
+
+
+def _stream_options(body: Mapping[str, Any]) -> tuple[bool, bool]:
+    """``stream`` and ``stream_options.include_usage``."""
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise _bad("stream", "stream must be true or false.")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+        raise _bad("stream_options", "stream_options must be an object like {\"include_usage\": true}.")
+    if options and not stream:
+        raise _bad("stream_options", "stream_options is only allowed with stream: true.")
+    return stream, bool(options.get("include_usage", False))
 
 
 def _no_cache(request: ProxyRequest) -> bool:
