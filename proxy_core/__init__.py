@@ -53,9 +53,9 @@ from proxy_core.spool import count_pending
 from proxy_core.stores import store_from_url
 from proxy_core.stores.base import (
     BlobStore,
-    CacheItem,
     LedgerEntry,
     LimitStore,
+    Record,
     RecordStore,
     RequestStore,
     Store,
@@ -73,7 +73,6 @@ __all__ = [
     "BudgetLine",
     "BudgetStatus",
     "CacheAs",
-    "CacheItem",
     "CachedAnswers",
     "ChatRequest",
     "ChatResult",
@@ -95,6 +94,7 @@ __all__ = [
     "PennySettings",
     "PriceTable",
     "RateLimited",
+    "Record",
     "RecordStore",
     "Refused",
     "ReplayReport",

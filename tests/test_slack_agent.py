@@ -15,8 +15,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from bot.slack.agent import (
-    ASSISTANT_THREADS_SCOPE,
-    CONTEXT_SCOPE,
+    ASSISTANT_THREADS_KIND,
+    CONTEXT_KIND,
     GREETING,
     PROMPTS_TITLE,
     DocPage,
@@ -145,7 +145,7 @@ def test_app_context_changed_is_kept_without_a_slack_call(penny: Harness, fake: 
     entities = {"entities": [{"type": "slack#/types/channel_id", "value": "C0GENERAL", "team_id": TEAM}]}
     penny.event({"type": "app_context_changed", "user": "U1", "event_ts": "1.3", "context": entities})
     penny.settle()
-    assert json.loads(sqlite_store.cache_get(CONTEXT_SCOPE, f"user:{TEAM}:U1") or "{}") == entities
+    assert json.loads(sqlite_store.record_get(CONTEXT_KIND, f"user:{TEAM}:U1") or "{}") == entities
     assert [c.method for c in fake.calls() if c.method != "auth.test"] == []
 
 
@@ -168,7 +168,7 @@ def test_an_assistant_thread_started_is_greeted_with_prompts_once(penny: Harness
     # the context Slack sent is kept (Bolt's thread context store, in Penny's store)
     kept = StoreThreadContext(sqlite_store).find(channel_id=DM, thread_ts=THREAD)
     assert kept is not None and kept.channel_id == "C0GENERAL"
-    assert sqlite_store.cache_get(ASSISTANT_THREADS_SCOPE, f"{TEAM}:{DM}:{THREAD}") == "new"
+    assert sqlite_store.record_get(ASSISTANT_THREADS_KIND, f"{TEAM}:{DM}:{THREAD}") == "new"
 
 
 def test_a_context_change_in_an_assistant_thread_is_kept(penny: Harness, sqlite_store: SqliteStore) -> None:

@@ -31,11 +31,11 @@ from proxy_core.stores.base import (
     BreakerRef,
     BucketSpec,
     BudgetDecision,
-    CacheItem,
     CacheStatus,
     Claim,
     Kind,
     LedgerEntry,
+    Record,
     Store,
     UsageSummary,
     UsageTotals,
@@ -95,13 +95,17 @@ def test_claim_of_a_crashed_owner_expires(store: Store, clock: ManualClock) -> N
     assert store.claim_request(WS, "r1", ttl_s=30).state == "claimed"
 
 
-def test_completing_a_request_stores_its_cache_items_in_the_same_step(store: Store) -> None:
+def test_completing_a_request_stores_its_records_in_the_same_step(store: Store, clock: ManualClock) -> None:
     store.claim_request(WS, "ev1", ttl_s=60)
     store.complete_request(WS, "ev1", '{"handled": true}', ttl_s=600,
-                           cache=[CacheItem("threads", "T:C:1", "1", 60), CacheItem("answers", "T:C:2", "{}", 30)])
+                           records=[Record("threads", "T:C:1", "1", 60), Record("answers", "T:C:2", "{}", 30)])
     assert store.claim_request(WS, "ev1", ttl_s=60) == Claim("done", '{"handled": true}')
-    assert store.cache_get("threads", "T:C:1") == "1"
-    assert store.cache_get("answers", "T:C:2") == "{}"
+    assert store.record_get("threads", "T:C:1") == "1"
+    assert store.record_get("answers", "T:C:2") == "{}"
+    assert store.cache_get("threads", "T:C:1") is None  # records, not the answer cache
+    clock.advance(31)
+    assert store.record_get("answers", "T:C:2") is None
+    assert store.record_get("threads", "T:C:1") == "1"
 
 
 def test_release_lets_a_retry_claim_again(store: Store) -> None:

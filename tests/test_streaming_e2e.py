@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from bot.service import index_docs, open_answer_service
-from bot.slack.app import ANSWERS_SCOPE, THREADS_SCOPE, SlackSettings, build_app
+from bot.slack.app import ANSWERS_KIND, THREADS_KIND, SlackSettings, build_app
 from bot.slack.render import ACTION_FEEDBACK
 from bot.slack.stream import StreamPacing, StreamStarts
 from bot.slack.working import WorkingIndicator
@@ -244,8 +244,8 @@ def test_a_threaded_mention_streams_then_becomes_the_rendered_answer(
     [shown] = slack.messages()
     assert (shown["ts"], shown["thread_ts"], shown["streaming"]) == (ts, ROOT, False)
     assert slack.count("chat.postMessage") == 0 and openai.count("chat") == 1
-    assert bot.store.cache_get(ANSWERS_SCOPE, f"{TEAM}:C1:{ts}") is not None  # 👎 finds the question
-    assert bot.store.cache_get(THREADS_SCOPE, f"{TEAM}:C1:{ROOT}") is not None  # follow-ups are heard
+    assert bot.store.record_get(ANSWERS_KIND, f"{TEAM}:C1:{ts}") is not None  # 👎 finds the question
+    assert bot.store.record_get(THREADS_KIND, f"{TEAM}:C1:{ROOT}") is not None  # follow-ups are heard
     statuses = [c.params["status"] for c in slack.calls("assistant.threads.setStatus")]
     assert statuses == ["is searching the docs…", "is writing…", ""]  # Slack's own "Penny is writing…"
     assert slack.calls()[slack.calls().index(slack.calls("assistant.threads.setStatus")[1]) + 1].method == \
@@ -338,7 +338,7 @@ def test_when_the_streamed_message_cannot_be_updated_it_is_replaced_by_one_post(
     [shown] = slack.messages()
     assert shown["ts"] != streamed and shown["thread_ts"] == ROOT
     assert ACTION_FEEDBACK in action_ids(slack.last("chat.postMessage"))
-    assert bot.store.cache_get(ANSWERS_SCOPE, f"{TEAM}:C1:{shown['ts']}") is not None
+    assert bot.store.record_get(ANSWERS_KIND, f"{TEAM}:C1:{shown['ts']}") is not None
 
 
 def test_a_retried_stream_shows_only_the_answer_that_finished(bot: StreamingBot, slack: FakeSlack,
@@ -407,7 +407,7 @@ def test_a_long_streamed_answer_updates_the_first_part_and_posts_the_rest(
     assert all(m["thread_ts"] == ROOT for m in shown)
     last = str(posts[-1].response["ts"])  # type: ignore[index]
     assert ACTION_FEEDBACK in action_ids(posts[-1])
-    assert bot.store.cache_get(ANSWERS_SCOPE, f"{TEAM}:C1:{last}") is not None
+    assert bot.store.record_get(ANSWERS_KIND, f"{TEAM}:C1:{last}") is not None
 
 
 # -- Slack's tiers ---------------------------------------------------------------------------------

@@ -25,12 +25,12 @@ from typing import Any, Final
 from slack_bolt.context.assistant.thread_context import AssistantThreadContext
 from slack_bolt.context.assistant.thread_context_store.store import AssistantThreadContextStore
 
-from proxy_core import Store, StoreError, get_logger
+from proxy_core import BlobStore, RecordStore, StoreError, get_logger
 
 __all__ = [
     "ACTION_FEEDBACK_REASON",
-    "ASSISTANT_THREADS_SCOPE",
-    "CONTEXT_SCOPE",
+    "ASSISTANT_THREADS_KIND",
+    "CONTEXT_KIND",
     "GREETING",
     "PROMPTS_TITLE",
     "REASON_CALLBACK",
@@ -51,8 +51,8 @@ TITLE_CHARS: Final = 80
 REASON_CHARS: Final = 500
 ASKED_KEPT: Final = 50  # pages remembered per workspace in the tally of what gets asked
 ASKED_PREFIX: Final = "slack:asked:"  # + workspace: {path: [title, answers citing it first]}
-ASSISTANT_THREADS_SCOPE: Final = "slack:assistant_threads"  # channel:thread_ts -> "new" | "titled"
-CONTEXT_SCOPE: Final = "slack:context"  # what the user was looking at, as Slack last said
+ASSISTANT_THREADS_KIND: Final = "slack:assistant_threads"  # channel:thread_ts -> "new" | "titled"
+CONTEXT_KIND: Final = "slack:context"  # what the user was looking at, as Slack last said
 CONTEXT_TTL_S: Final = 7 * 24 * 3600.0
 ACTION_FEEDBACK_REASON: Final = "penny_feedback_reason"
 REASON_CALLBACK: Final = "penny_feedback_reason"
@@ -126,7 +126,7 @@ class AskedPages:
     compare-and-set write, retried a few times; a count lost to a race only makes the suggestions a
     little less exact). Failures are logged, never raised: this is a nicety."""
 
-    def __init__(self, store: Store, *, kept: int = ASKED_KEPT) -> None:
+    def __init__(self, store: BlobStore, *, kept: int = ASKED_KEPT) -> None:
         self._store = store
         self._kept = kept
 
@@ -169,19 +169,19 @@ class StoreThreadContext(AssistantThreadContextStore):
     kept a week. Bolt's default keeps it in the metadata of Penny's first reply, which costs a
     ``conversations.replies`` and a ``chat.update`` per change."""
 
-    def __init__(self, store: Store, *, ttl_s: float = CONTEXT_TTL_S) -> None:
+    def __init__(self, store: RecordStore, *, ttl_s: float = CONTEXT_TTL_S) -> None:
         self._store = store
         self._ttl_s = ttl_s
 
     def save(self, *, channel_id: str, thread_ts: str, context: dict[str, str]) -> None:
         try:
-            self._store.cache_put(CONTEXT_SCOPE, f"{channel_id}:{thread_ts}", json.dumps(context), self._ttl_s)
+            self._store.record_put(CONTEXT_KIND, f"{channel_id}:{thread_ts}", json.dumps(context), self._ttl_s)
         except StoreError as exc:
             _log.warning("slack.context_not_kept", error=exc)
 
     def find(self, *, channel_id: str, thread_ts: str) -> AssistantThreadContext | None:
         try:
-            raw = self._store.cache_get(CONTEXT_SCOPE, f"{channel_id}:{thread_ts}")
+            raw = self._store.record_get(CONTEXT_KIND, f"{channel_id}:{thread_ts}")
         except StoreError as exc:
             _log.warning("slack.context_unreadable", error=exc)
             return None

@@ -8,8 +8,8 @@ What it answers:
 - a ``message`` in a channel or group DM thread Penny has already posted in, without a mention,
   when it asks her something (:mod:`bot.slack.addressing`; ``PENNY_THREAD_REPLIES``: ``questions``
   by default, ``all`` or ``mentions``): thanks, emoji and talk between people get no reply and
-  no LLM call. Penny remembers the threads it posted in through the store (``cache_put`` under
-  :data:`THREADS_SCOPE`, for :data:`THREAD_TTL_S`), so an unrelated thread reply costs no Slack
+  no LLM call. Penny remembers the threads it posted in through the store (a record of
+  :data:`THREADS_KIND`, for :data:`THREAD_TTL_S`), so an unrelated thread reply costs no Slack
   call; for a thread it knows, ``conversations.replies`` (one call per 200 replies) fetches the
   earlier turns, which go to the service as ``history``: the thread's root and its newest turns (at
   most :data:`HISTORY_TURNS` turns / :data:`HISTORY_TOKENS` tokens).
@@ -71,8 +71,8 @@ from bot.feedback import record_feedback
 from bot.slack.addressing import classify_thread_reply
 from bot.slack.agent import (
     ACTION_FEEDBACK_REASON,
-    ASSISTANT_THREADS_SCOPE,
-    CONTEXT_SCOPE,
+    ASSISTANT_THREADS_KIND,
+    CONTEXT_KIND,
     CONTEXT_TTL_S,
     GREETING,
     PROMPTS_TITLE,
@@ -113,9 +113,9 @@ from bot.slack.startup import SlackInstallation
 from bot.slack.stream import SlackAnswerStream, StreamPacing, StreamStarts
 from bot.slack.working import Working, WorkingIndicator
 from proxy_core import (
-    CacheItem,
     Clock,
     PennySettings,
+    Record,
     Store,
     StoreError,
     ThreadReplies,
@@ -157,8 +157,9 @@ EVENT_CLAIM_TTL_S: Final = 15 * 60.0  # Slack's last retry comes ~5 minutes afte
 EVENT_DONE_TTL_S: Final = 24 * 3600.0
 THREAD_TTL_S: Final = 7 * 24 * 3600.0
 ANSWER_TTL_S: Final = 7 * 24 * 3600.0
-THREADS_SCOPE: Final = "slack:threads"  # channel:thread_ts → Penny posted there
-ANSWERS_SCOPE: Final = "slack:answers"  # channel:ts of an answer → its question, for 👎 → fresh answer
+# Penny's records in the store (RecordStore), by kind:
+THREADS_KIND: Final = "slack:threads"  # workspace:channel:thread_ts → Penny posted there
+ANSWERS_KIND: Final = "slack:answers"  # workspace:channel:ts of an answer → its question, for 👎 → fresh answer
 
 HELP_TEXT: Final = (
     "Hi! Ask me a question about the team's docs, e.g. `@Penny how do I rotate the API key?` "
@@ -206,7 +207,7 @@ class _Handling:
     """What the handling of one event leaves for its end (see _Penny._handling): records to store
     with its completion, and Slack calls to make once that is done (taking the 👀 off)."""
 
-    remembered: list[CacheItem] = field(default_factory=list)
+    remembered: list[Record] = field(default_factory=list)
     then: list[Callable[[], None]] = field(default_factory=list)
 
 
@@ -702,9 +703,9 @@ class _Penny:
                 key = f"{workspace}:{thread.get('channel_id')}:{thread.get('thread_ts')}"
                 # Known at once, not with the event's completion: the first question may come right away.
                 try:
-                    self.store.cache_put(ASSISTANT_THREADS_SCOPE, key, "new", ANSWER_TTL_S)
+                    self.store.record_put(ASSISTANT_THREADS_KIND, key, "new", ANSWER_TTL_S)
                 except StoreError as exc:  # its questions are answered as DM thread replies, untitled
-                    _log.warning("slack.remember_failed", scope=ASSISTANT_THREADS_SCOPE, error=exc)
+                    _log.warning("slack.remember_failed", kind=ASSISTANT_THREADS_KIND, error=exc)
                 say(text=GREETING)
                 prompts = self._suggestions(workspace)
                 if prompts:
@@ -717,7 +718,7 @@ class _Penny:
         event = body.get("event") or {}
         key = f"{body.get('team_id')}:{event.get('channel')}:{event.get('thread_ts')}"
         try:
-            return self.store.cache_get(ASSISTANT_THREADS_SCOPE, key) is not None
+            return self.store.record_get(ASSISTANT_THREADS_KIND, key) is not None
         except StoreError as exc:
             _log.warning("slack.thread_lookup_failed", error=exc)
             return False  # answered as a DM thread reply: the same answer, without a title
@@ -732,9 +733,9 @@ class _Penny:
 
             def title(question: str) -> None:
                 try:
-                    if self.store.cache_get(ASSISTANT_THREADS_SCOPE, key) == "new":
+                    if self.store.record_get(ASSISTANT_THREADS_KIND, key) == "new":
                         set_title(thread_title(question))
-                        self._remember(ASSISTANT_THREADS_SCOPE, key, "titled")
+                        self._remember(ASSISTANT_THREADS_KIND, key, "titled")
                 except Exception as exc:  # a thread without a title still gets its answer
                     _log.warning("slack.title_failed", error=exc)
 
@@ -749,7 +750,7 @@ class _Penny:
         if not user:
             return
         try:
-            self.store.cache_put(CONTEXT_SCOPE, f"user:{self._workspace(body, context)}:{user}",
+            self.store.record_put(CONTEXT_KIND, f"user:{self._workspace(body, context)}:{user}",
                                  json.dumps(event.get("context") or {}), CONTEXT_TTL_S)
         except StoreError as exc:
             _log.warning("slack.context_not_kept", error=exc)
@@ -904,7 +905,7 @@ class _Penny:
             channel, message_ts, entry_id = str(ref.get("c") or ""), str(ref.get("m") or ""), str(ref.get("e") or "")
             if not reason or not entry_id:
                 return
-            raw = self.store.cache_get(ANSWERS_SCOPE, f"{workspace}:{channel}:{message_ts}")
+            raw = self.store.record_get(ANSWERS_KIND, f"{workspace}:{channel}:{message_ts}")
             record = json.loads(raw) if raw else {}
             pages = record.get("pages", []) if isinstance(record, dict) else []
             record_feedback(self.store, workspace, entry_id, user, up=False, pages=pages, at=self.wall(), reason=reason)
@@ -1101,7 +1102,7 @@ class _Penny:
         if answer.entry_id is not None and last_ts:
             record = {"question": question, "cached": answer.cached, "thread_ts": target.thread_ts or "",
                       "pages": [c.path for c in answer.citations]}
-            self._remember(ANSWERS_SCOPE, f"{target.workspace_id}:{target.channel}:{last_ts}", json.dumps(record))
+            self._remember(ANSWERS_KIND, f"{target.workspace_id}:{target.channel}:{last_ts}", json.dumps(record))
 
     def _post(
         self,
@@ -1126,7 +1127,7 @@ class _Penny:
             )
             last_ts = str(response.get("ts") or "") or None
         if target.thread_ts:
-            self._remember(THREADS_SCOPE, f"{target.workspace_id}:{target.channel}:{target.thread_ts}", "1")
+            self._remember(THREADS_KIND, f"{target.workspace_id}:{target.channel}:{target.thread_ts}", "1")
         return last_ts
 
     def _replace(self, client: WebClient, target: _Target, ts: str, blocks: list[Block], text: str) -> bool:
@@ -1157,7 +1158,7 @@ class _Penny:
             channel = str((body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id"))
             message_ts = str((body.get("container") or {}).get("message_ts") or (body.get("message") or {}).get("ts"))
             workspace = str((body.get("team") or {}).get("id") or body["user"].get("team_id") or "")
-            raw = self.store.cache_get(ANSWERS_SCOPE, f"{workspace}:{channel}:{message_ts}")
+            raw = self.store.record_get(ANSWERS_KIND, f"{workspace}:{channel}:{message_ts}")
             record = json.loads(raw) if raw else None
             if entry_id:
                 pages = record.get("pages", []) if isinstance(record, dict) else []
@@ -1216,11 +1217,11 @@ class _Penny:
             _log.warning("slack.claim_failed", request_id=request_id, error=exc)
             return True
 
-    def _complete(self, workspace: str, request_id: str, remembered: Sequence[CacheItem] = ()) -> None:
+    def _complete(self, workspace: str, request_id: str, remembered: Sequence[Record] = ()) -> None:
         """Mark the event handled, and store what was remembered while handling it, in one step."""
         try:
             self.store.complete_request(workspace, request_id, '{"handled": true}', EVENT_DONE_TTL_S,
-                                        cache=remembered)
+                                        records=remembered)
         except StoreError as exc:
             _log.warning("slack.complete_failed", request_id=request_id, error=exc)
 
@@ -1241,18 +1242,18 @@ class _Penny:
 
     def _knows_thread(self, workspace: str, channel: str, thread_ts: str) -> bool:
         try:
-            return self.store.cache_get(THREADS_SCOPE, f"{workspace}:{channel}:{thread_ts}") is not None
+            return self.store.record_get(THREADS_KIND, f"{workspace}:{channel}:{thread_ts}") is not None
         except StoreError as exc:
             _log.warning("slack.thread_lookup_failed", error=exc)
             return False
 
-    def _remember(self, scope: str, key: str, value: str) -> None:
-        ttl = THREAD_TTL_S if scope == THREADS_SCOPE else ANSWER_TTL_S
+    def _remember(self, kind: str, key: str, value: str) -> None:
+        ttl = THREAD_TTL_S if kind == THREADS_KIND else ANSWER_TTL_S
         handling = _HANDLING.get()
         if handling is not None:  # written with the event's completion
-            handling.remembered.append(CacheItem(scope, key, value, ttl))
+            handling.remembered.append(Record(kind, key, value, ttl))
             return
         try:
-            self.store.cache_put(scope, key, value, ttl)
+            self.store.record_put(kind, key, value, ttl)
         except StoreError as exc:
-            _log.warning("slack.remember_failed", scope=scope, error=exc)
+            _log.warning("slack.remember_failed", kind=kind, error=exc)

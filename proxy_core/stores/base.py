@@ -38,13 +38,13 @@ __all__ = [
     "BucketSpec",
     "BudgetDecision",
     "BudgetStore",
-    "CacheItem",
     "Claim",
     "ClaimOwner",
     "LedgerEntry",
     "LedgerStore",
     "LimitDecision",
     "LimitStore",
+    "Record",
     "RecordStore",
     "RequestStore",
     "SemanticChange",
@@ -103,10 +103,10 @@ class BudgetDecision:
 
 
 @dataclass(frozen=True, slots=True)
-class CacheItem:
-    """One :meth:`Store.cache_put`, to be done together with something else."""
+class Record:
+    """One :meth:`RecordStore.record_put`, to be done together with something else."""
 
-    scope: str
+    kind: str
     key: str
     value: str
     ttl_s: float
@@ -274,11 +274,11 @@ class RequestStore(ABC):
 
     @abstractmethod
     def complete_request(
-        self, workspace_id: str, request_id: str, result: str, ttl_s: float, *, cache: Sequence[CacheItem] = ()
+        self, workspace_id: str, request_id: str, result: str, ttl_s: float, *, records: Sequence[Record] = ()
     ) -> None:
         """Record the finished result (JSON text) of a claimed request; kept ``ttl_s`` seconds.
-        ``cache`` entries are stored in the same step (one transaction on SQLite, one round trip
-        on Redis), as :meth:`cache_put` would: what the caller learned while handling it."""
+        ``records`` are stored in the same step (one transaction on SQLite, one round trip on
+        Redis), as :meth:`RecordStore.record_put` would: what the caller learned while handling it."""
 
     @abstractmethod
     def release_request(self, workspace_id: str, request_id: str) -> None:

@@ -74,11 +74,11 @@ from proxy_core.stores.base import (
     BreakerRef,
     BucketSpec,
     BudgetDecision,
-    CacheItem,
     Claim,
     ClaimOwner,
     LedgerEntry,
     LimitDecision,
+    Record,
     SemanticChange,
     SemanticChanges,
     SemanticEntry,
@@ -482,15 +482,15 @@ class RedisStore(Store):
 
     @_translated("record a request's result")
     def complete_request(
-        self, workspace_id: str, request_id: str, result: str, ttl_s: float, *, cache: Sequence[CacheItem] = ()
+        self, workspace_id: str, request_id: str, result: str, ttl_s: float, *, records: Sequence[Record] = ()
     ) -> None:
         complete = ("complete_request", [self._request_key(workspace_id, request_id)], [result, _num(ttl_s)])
-        if not cache:
+        if not records:
             self._run(*complete)
             return
-        # Cache keys live in their own slots: the same round trip, not the same script.
-        self._pipelined(complete, *(("cache_put", [self._cache_key(item.scope, item.key)],
-                                     [item.value, _num(item.ttl_s)]) for item in cache))
+        # Records live in their own slots: the same round trip, not the same script.
+        self._pipelined(complete, *(("cache_put", [self._record_key(record.kind, record.key)],
+                                     [record.value, _num(record.ttl_s)]) for record in records))
 
     @_translated("release a request")
     def release_request(self, workspace_id: str, request_id: str) -> None:

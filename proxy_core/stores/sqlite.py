@@ -37,11 +37,11 @@ from proxy_core.stores.base import (
     BreakerRef,
     BucketSpec,
     BudgetDecision,
-    CacheItem,
     Claim,
     ClaimOwner,
     LedgerEntry,
     LimitDecision,
+    Record,
     SemanticChange,
     SemanticChanges,
     SemanticEntry,
@@ -540,13 +540,13 @@ class SqliteStore(Store):
         return Admission("admitted", limit=limit, permit=permit)
 
     def complete_request(
-        self, workspace_id: str, request_id: str, result: str, ttl_s: float, *, cache: Sequence[CacheItem] = ()
+        self, workspace_id: str, request_id: str, result: str, ttl_s: float, *, records: Sequence[Record] = ()
     ) -> None:
-        with self._write("record a request's result", transaction=bool(cache)) as conn:
+        with self._write("record a request's result", transaction=bool(records)) as conn:
             now = self.now()
             _complete(conn, workspace_id, request_id, result, now + ttl_s)
-            for item in cache:
-                _cache_put(conn, item, now)
+            for record in records:
+                _record_put(conn, record, now)
 
     def release_request(self, workspace_id: str, request_id: str) -> None:
         with self._write("release a request") as conn:
@@ -647,7 +647,8 @@ class SqliteStore(Store):
 
     def cache_put(self, scope: str, key: str, value: str, ttl_s: float) -> None:
         with self._write("write the cache") as conn:
-            _cache_put(conn, CacheItem(scope, key, value, ttl_s), self.now())
+            conn.execute("INSERT OR REPLACE INTO cache (scope, key, value, expires_at) VALUES (?, ?, ?, ?)",
+                         (scope, key, value, self.now() + ttl_s))
 
     def cache_delete(self, scope: str, key: str | None = None) -> int:
         with self._write("delete from the cache") as conn:
@@ -669,12 +670,7 @@ class SqliteStore(Store):
 
     def record_put(self, kind: str, key: str, value: str, ttl_s: float) -> None:
         with self._write("write a record") as conn:
-            now = self.now()
-            conn.execute("INSERT OR REPLACE INTO records (kind, key, value, expires_at) VALUES (?, ?, ?, ?)",
-                         (kind, key, value, now + ttl_s))
-            # Expired records of the kind go a few at a time, so the table stays the size of what lives.
-            conn.execute("DELETE FROM records WHERE (kind, key) IN "
-                         "(SELECT kind, key FROM records WHERE kind = ? AND expires_at <= ? LIMIT 16)", (kind, now))
+            _record_put(conn, Record(kind, key, value, ttl_s), self.now())
 
     # -- ledger --------------------------------------------------------------------------
     def ledger_entry(self, workspace_id: str, request_id: str) -> LedgerEntry | None:
@@ -1156,11 +1152,12 @@ def _record_breaker(
     return new_state
 
 
-def _cache_put(conn: sqlite3.Connection, item: CacheItem, now: float) -> None:
-    conn.execute(
-        "INSERT OR REPLACE INTO cache (scope, key, value, expires_at) VALUES (?, ?, ?, ?)",
-        (item.scope, item.key, item.value, now + item.ttl_s),
-    )
+def _record_put(conn: sqlite3.Connection, record: Record, now: float) -> None:
+    conn.execute("INSERT OR REPLACE INTO records (kind, key, value, expires_at) VALUES (?, ?, ?, ?)",
+                 (record.kind, record.key, record.value, now + record.ttl_s))
+    # Expired records of the kind go a few at a time, so the table stays the size of what lives.
+    conn.execute("DELETE FROM records WHERE (kind, key) IN "
+                 "(SELECT kind, key FROM records WHERE kind = ? AND expires_at <= ? LIMIT 16)", (record.kind, now))
 
 
 def _complete(conn: sqlite3.Connection, workspace_id: str, request_id: str, result: str, expires_at: float) -> None:
