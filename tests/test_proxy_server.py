@@ -138,3 +138,33 @@ def test_penny_proxy_serves_the_openai_sdk_through_the_gateway(tmp_path: Path, f
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True)
     report = json.loads(cost.stdout)
     assert report["user_id"] == "U123" and report["today"]["cost_micros"] > 0, report
+
+
+def readme_example(kind: str) -> str:
+    """The fenced block after ``<!-- proxy-example: KIND -->`` in the README."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    found = re.search(rf"<!-- proxy-example: {kind} -->\n```\w+\n(.*?)\n```", readme, re.S)
+    assert found, f"README has no {kind} example for penny proxy"
+    return found.group(1)
+
+
+def test_the_readme_examples_run_against_penny_proxy(tmp_path: Path, fake: FakeOpenAI) -> None:
+    env = proxy_env(tmp_path, fake.base_url)
+    store = store_from_url(env["PENNY_STORE_URL"])
+    try:
+        secret, _ = KeyRing(store).create(user_id="U123", workspace_id="T1")
+    finally:
+        store.close()
+    server = ProxyProcess(env, tmp_path)
+    try:
+        client_env = {**env, "PENNY_KEY": secret}
+        curl = readme_example("curl").replace("http://127.0.0.1:8787", server.root)
+        reply = subprocess.run(["bash", "-c", curl], env=client_env, capture_output=True, text=True, timeout=30,
+                               check=True)
+        assert json.loads(reply.stdout)["choices"][0]["message"]["content"] == "Run `make deploy`."
+        python = readme_example("python").replace("http://127.0.0.1:8787", server.root)
+        ran = subprocess.run([sys.executable, "-c", python], env=client_env, capture_output=True, text=True,
+                             timeout=60, check=True)
+        assert ran.stdout == "Run `make deploy`.\nRun `make deploy`.\n", ran.stderr
+    finally:
+        assert server.stop() == 0
