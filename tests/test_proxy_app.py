@@ -157,6 +157,7 @@ def test_the_rate_limiter_is_a_429_with_retry_after(sqlite_store: Store, fake: F
         assert caught.value.code == "rate_limit_exceeded"
         headers = caught.value.response.headers
         assert int(headers["retry-after"]) >= 1 and headers["x-ratelimit-remaining-requests"] == "0"
+        assert headers["x-ratelimit-limit-requests"] == "1"
 
 
 def test_a_spent_budget_is_a_429_insufficient_quota_with_the_reset_time(

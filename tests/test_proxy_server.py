@@ -168,3 +168,42 @@ def test_the_readme_examples_run_against_penny_proxy(tmp_path: Path, fake: FakeO
         assert ran.stdout == "Run `make deploy`.\nRun `make deploy`.\n", ran.stderr
     finally:
         assert server.stop() == 0
+
+
+def test_penny_proxy_refuses_and_caches_as_openai_clients_expect(tmp_path: Path, fake: FakeOpenAI) -> None:
+    env = proxy_env(tmp_path, fake.base_url)
+    env["PENNY_USER_LIMIT_OVERRIDES"] = '{"U_RATE": {"requests_per_minute": 1, "request_burst": 1}}'
+    env["PENNY_USER_BUDGET_OVERRIDES"] = '{"U_BROKE": "0.000001"}'
+    store = store_from_url(env["PENNY_STORE_URL"])
+    try:
+        ring = KeyRing(store)
+        keys = {user: ring.create(user_id=user, workspace_id="T1")[0] for user in ("U_OK", "U_RATE", "U_BROKE")}
+    finally:
+        store.close()
+    question = [{"role": "user", "content": "How do I deploy?"}]
+    server = ProxyProcess(env, tmp_path)
+    try:
+        def client(user: str) -> openai.OpenAI:
+            return openai.OpenAI(api_key=keys[user], base_url=server.url, max_retries=0, timeout=10.0)
+
+        create = client("U_OK").chat.completions.with_raw_response.create
+        assert create(model="gpt-4o-mini", messages=question).headers["x-penny-cache"] == "miss"  # type: ignore[arg-type]
+        hit = create(model="gpt-4o-mini", messages=question)  # type: ignore[arg-type]
+        assert hit.headers["x-penny-cache"] == "hit" and float(hit.headers["x-penny-saved-usd"]) > 0
+        fresh = create(model="gpt-4o-mini", messages=question,  # type: ignore[arg-type]
+                       extra_headers={"Cache-Control": "no-cache"})
+        assert fresh.headers["x-penny-cache"] == "bypass"
+
+        client("U_RATE").chat.completions.create(model="gpt-4o-mini", messages=question)  # type: ignore[arg-type]
+        with pytest.raises(openai.RateLimitError) as limited:
+            client("U_RATE").chat.completions.create(model="gpt-4o-mini", messages=question,  # type: ignore[arg-type]
+                                                     extra_headers={"Cache-Control": "no-cache"})
+        assert limited.value.code == "rate_limit_exceeded"
+        assert int(limited.value.response.headers["retry-after"]) >= 1
+
+        with pytest.raises(openai.RateLimitError) as broke:
+            client("U_BROKE").chat.completions.create(model="gpt-4o-mini", messages=question)  # type: ignore[arg-type]
+        assert broke.value.code == "insufficient_quota" and "resets at" in broke.value.message
+    finally:
+        assert server.stop() == 0
+    assert len(fake.requests_to("chat")) == 3  # U_OK's miss and fresh answer, U_RATE's first question

@@ -193,7 +193,7 @@ class ProxyApp:
                     context=self._cache_context(key), use_cache=use_cache, stream=answer_stream)
 
             return self._streamed(run_streamed(call), model, request_id, include_usage, use_cache)
-        with _refusals(self._clock):
+        with self._refusals(key):
             result = self.gateway.chat(user_id=key.user_id, workspace_id=key.workspace_id, request_id=request_id,
                                        messages=messages, model=model, max_tokens=max_tokens,
                                        temperature=temperature, context=self._cache_context(key),
@@ -240,7 +240,7 @@ class ProxyApp:
             raise _bad("encoding_format", "Penny returns embeddings as floats: encoding_format must be float.")
         self._within_key_budget(key)
         request_id = self._request_id(request, key)
-        with _refusals(self._clock):
+        with self._refusals(key):
             result = self.gateway.embed(user_id=key.user_id, workspace_id=key.workspace_id, request_id=request_id,
                                         inputs=inputs, model=model, dimensions=dimensions)
         return ProxyResponse.json(200, _embedding_list(result), _penny_headers(result))
@@ -278,6 +278,22 @@ class ProxyApp:
         if len(idempotency_key) > 200:
             raise ProxyError(400, "Idempotency-Key is over 200 characters.", param="Idempotency-Key")
         return f"proxy:{key.id}:{idempotency_key or uuid.uuid4().hex}"
+
+    @contextmanager
+    def _refusals(self, key: ProxyKey) -> Iterator[None]:
+        """The gateway's refusals as OpenAI-shaped errors; a rate limit also says the user's limit
+        (``x-ratelimit-limit-requests`` / ``-tokens``, per minute, as OpenAI sends them)."""
+        try:
+            yield
+        except Exception as exc:
+            mapped = _map_error(exc, self._clock())
+            if mapped is None:
+                raise
+            if isinstance(exc, RateLimited):
+                limits = self.gateway.settings.limits_for(key.user_id)
+                mapped.headers["x-ratelimit-limit-requests"] = str(int(limits.requests_per_minute))
+                mapped.headers["x-ratelimit-limit-tokens"] = str(int(limits.tokens_per_minute))
+            raise mapped from exc
 
     def _cache_context(self, key: ProxyKey) -> str:
         return f"proxy:user:{key.user_id}" if self.cache_scope == "user" else "proxy"
@@ -408,20 +424,8 @@ def _budget_refusal(exc: BudgetExceeded, now: float) -> ProxyError:
                       headers={"Retry-After": _retry_after(exc.resets_at - now), "x-penny-budget-resets-at": reset})
 
 
-@contextmanager
-def _refusals(clock: Callable[[], float]) -> Iterator[None]:
-    """Translate the gateway's refusals and failures into OpenAI-shaped HTTP errors: the one place
-    the proxy maps proxy_core's error tree."""
-    try:
-        yield
-    except Exception as exc:
-        mapped = _map_error(exc, clock())
-        if mapped is None:
-            raise
-        raise mapped from exc
-
-
 def _map_error(exc: BaseException, now: float) -> ProxyError | None:
+    """The one place the proxy maps proxy_core's error tree to HTTP; None: not a refusal."""
     if isinstance(exc, RateLimited):
         wait = _retry_after(exc.retry_after)
         kind = "tokens" if exc.limit == "tokens" else "requests"
