@@ -1,15 +1,24 @@
-"""The proxy's WSGI app over a real gateway and the fake OpenAI upstream, served in-process on a
-loopback wsgiref server so the real ``openai`` SDK can talk to it."""
+"""``penny proxy`` for tests and benchmarks: the WSGI app over a real gateway and the fake OpenAI
+upstream, served in-process on a loopback wsgiref server (:class:`Proxy`), or the documented command
+in a subprocess on the production stack (:class:`ProxyProcess`); the real ``openai`` SDK talks to either."""
 
 from __future__ import annotations
 
 import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import openai
@@ -22,6 +31,7 @@ from proxy_core.upstream import OpenAIUpstream
 from tests.fake_openai import FakeOpenAI
 
 API_KEY = "sk-upstream-DoNotEcho-42"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class _Quiet(WSGIRequestHandler):
@@ -81,3 +91,61 @@ def http(method: str, url: str, *, body: bytes | None = None,
             return reply.status, json.loads(reply.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+ROOT = Path(__file__).resolve().parents[1]
+UPSTREAM_KEY = "sk-test-proxy-0123456789abcdef"
+_LISTENING = re.compile(r"listening on (http://\S+)")
+
+
+def proxy_env(tmp: Path, openai_url: str, store_url: str | None = None) -> dict[str, str]:
+    """The environment of a ``penny proxy`` process: the fake upstream, a store in ``tmp`` (or
+    ``store_url``), no rate limits; nothing of this process's Penny settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PENNY_", "SLACK_", "OPENAI_"))}
+    env.update({"PYTHONPATH": str(ROOT), "OPENAI_API_KEY": UPSTREAM_KEY, "OPENAI_BASE_URL": openai_url,
+                "PENNY_STORE_URL": store_url or f"sqlite:///{tmp / 'penny.db'}", "PENNY_SPOOL_DIR": str(tmp / "spool"),
+                "PENNY_REQUESTS_PER_MINUTE": "0", "PENNY_TOKENS_PER_MINUTE": "0", "PENNY_LOG_LEVEL": "INFO"})
+    return env
+
+
+class ProxyProcess:
+    """``penny proxy`` (the documented command) on a free port; returns once every worker is ready."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, *, workers: int = 1) -> None:
+        self.err = cwd / "proxy.err"
+        with self.err.open("w") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "proxy", "--port", "0",
+                                          "--workers", str(workers)],
+                                         env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=err,
+                                         stdin=subprocess.DEVNULL, text=True)
+        self.lines: queue.Queue[str] = queue.Queue()
+        assert self.proc.stdout is not None
+        threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
+        self.url = ""
+        deadline = time.monotonic() + 60
+        ready = 0
+        while not self.url or ready < workers:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"penny proxy did not start: {self.err.read_text()[-2000:]}") from None
+            found = _LISTENING.search(line)
+            self.url = found.group(1) if found else self.url
+            ready += line.startswith("Penny worker")
+        self.root = self.url.removesuffix("/v1")
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.lines.put(line)
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.root + path, timeout=10) as reply:
+                return reply.status, reply.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)

@@ -5,20 +5,12 @@ key refused, the operations endpoints, SIGTERM, and the spend under the key's us
 from __future__ import annotations
 
 import json
-import os
-import queue
 import re
-import signal
 import subprocess
 import sys
-import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
 
 import openai
 import pytest
@@ -26,58 +18,7 @@ import pytest
 from bot.proxy.keys import KeyRing
 from proxy_core import store_from_url
 from tests.fake_openai import FakeOpenAI
-
-ROOT = Path(__file__).resolve().parents[1]
-UPSTREAM_KEY = "sk-test-proxy-0123456789abcdef"
-_LISTENING = re.compile(r"listening on (http://\S+)")
-
-
-def proxy_env(tmp: Path, openai_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PENNY_", "SLACK_", "OPENAI_"))}
-    env.update({"PYTHONPATH": str(ROOT), "OPENAI_API_KEY": UPSTREAM_KEY, "OPENAI_BASE_URL": openai_url,
-                "PENNY_STORE_URL": f"sqlite:///{tmp / 'penny.db'}", "PENNY_SPOOL_DIR": str(tmp / "spool"),
-                "PENNY_REQUESTS_PER_MINUTE": "0", "PENNY_TOKENS_PER_MINUTE": "0", "PENNY_LOG_LEVEL": "INFO"})
-    return env
-
-
-class ProxyProcess:
-    def __init__(self, env: dict[str, str], cwd: Path) -> None:
-        self.err = cwd / "proxy.err"
-        with self.err.open("w") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "proxy", "--port", "0", "--workers", "2"],
-                                         env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=err,
-                                         stdin=subprocess.DEVNULL, text=True)
-        self.lines: queue.Queue[str] = queue.Queue()
-        assert self.proc.stdout is not None
-        threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
-        self.url = ""
-        deadline = time.monotonic() + 60
-        ready = 0
-        while not self.url or ready < 2:
-            try:
-                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"penny proxy did not start: {self.err.read_text()[-2000:]}") from None
-            found = _LISTENING.search(line)
-            self.url = found.group(1) if found else self.url
-            ready += line.startswith("Penny worker")
-        self.root = self.url.removesuffix("/v1")
-
-    def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            self.lines.put(line)
-
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(self.root + path, timeout=10) as reply:
-                return reply.status, reply.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
+from tests.proxy_harness import ROOT, ProxyProcess, proxy_env
 
 
 @pytest.fixture
@@ -96,7 +37,7 @@ def test_penny_proxy_serves_the_openai_sdk_through_the_gateway(tmp_path: Path, f
         ring.revoke(revoked.id)
     finally:
         store.close()
-    server = ProxyProcess(env, tmp_path)
+    server = ProxyProcess(env, tmp_path, workers=2)
     try:
         assert server.get("/healthz") == (200, "ok\n")
         assert server.get("/readyz") == (200, "ready\n")
@@ -155,7 +96,7 @@ def test_the_readme_examples_run_against_penny_proxy(tmp_path: Path, fake: FakeO
         secret, _ = KeyRing(store).create(user_id="U123", workspace_id="T1")
     finally:
         store.close()
-    server = ProxyProcess(env, tmp_path)
+    server = ProxyProcess(env, tmp_path, workers=2)
     try:
         client_env = {**env, "PENNY_KEY": secret}
         curl = readme_example("curl").replace("http://127.0.0.1:8787", server.root)
@@ -181,7 +122,7 @@ def test_penny_proxy_refuses_and_caches_as_openai_clients_expect(tmp_path: Path,
     finally:
         store.close()
     question = [{"role": "user", "content": "How do I deploy?"}]
-    server = ProxyProcess(env, tmp_path)
+    server = ProxyProcess(env, tmp_path, workers=2)
     try:
         def client(user: str) -> openai.OpenAI:
             return openai.OpenAI(api_key=keys[user], base_url=server.url, max_retries=0, timeout=10.0)
