@@ -126,6 +126,10 @@ def test_bad_input_is_a_400_naming_the_field_before_anything_is_reserved(proxy: 
         ({"model": MODEL, "messages": QUESTION, "max_tokens": 10**9}, "max_tokens"),
         ({"model": MODEL, "messages": QUESTION, "temperature": 7}, "temperature"),
         ({"model": MODEL, "messages": QUESTION, "n": 3}, "n"),
+        ({"model": MODEL, "messages": QUESTION, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"model": MODEL, "messages": QUESTION, "response_format": {"type": "json_object"}}, "response_format"),
+        ({"model": MODEL, "messages": QUESTION, "logprobs": True}, "logprobs"),
+        ({"model": MODEL, "messages": QUESTION, "stream_options": {"include_usage": True}}, "stream_options"),
     ]
     for body, param in cases:
         with pytest.raises(openai.BadRequestError) as caught:

@@ -181,6 +181,7 @@ class ProxyApp:
         temperature = _temperature(body.get("temperature"))
         if body.get("n", 1) != 1:
             raise _bad("n", "Penny answers with one choice: n must be 1.")
+        _refuse_unsupported(body)
         stream, include_usage = _stream_options(body)
         self._within_key_budget(key)
         request_id = self._request_id(request, key)
@@ -357,6 +358,24 @@ def _temperature(value: object) -> float | None:
     if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 2:
         raise _bad("temperature", "temperature must be a number from 0 to 2.")
     return float(value)
+
+
+# What the gateway does not pass on: a client relying on one would get a plain text answer, not
+# the tool call, JSON or log-probabilities it asked for, so it is told instead.
+_UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs", "audio",
+                "prediction")
+
+
+def _refuse_unsupported(body: Mapping[str, Any]) -> None:
+    for name in _UNSUPPORTED:
+        if body.get(name) not in (None, False, [], {}):
+            raise _bad(name, f"Penny does not pass {name} on to the model; leave it out.")
+    response_format = body.get("response_format")
+    if response_format is not None and response_format != {"type": "text"}:
+        raise _bad("response_format", "Penny answers in text only: response_format must be {\"type\": \"text\"}.")
+    modalities = body.get("modalities")
+    if modalities is not None and modalities != ["text"]:
+        raise _bad("modalities", "Penny answers in text only: modalities must be [\"text\"].")
 
 
 def _stream_options(body: Mapping[str, Any]) -> tuple[bool, bool]:
