@@ -21,19 +21,10 @@ from slack_sdk.http_retry import ConnectionErrorRetryHandler, RateLimitErrorRetr
 from slack_sdk.signature import SignatureVerifier
 
 from bot.answer_types import Answer, Citation, Question
-from bot.slack.app import (
-    ACTION_FRESH_ANSWER,
-    BOT_EVENTS,
-    BOT_SCOPES,
-    HELP_TEXT,
-    MAX_QUESTION_CHARS,
-    SlackSettings,
-    build_app,
-    make_client,
-    socket_mode_handler,
-    strip_mentions,
-    thread_history,
-)
+from bot.slack.answers import HELP_TEXT
+from bot.slack.app import BOT_EVENTS, BOT_SCOPES, SlackSettings, build_app, make_client, socket_mode_handler
+from bot.slack.conversation import MAX_QUESTION_CHARS, strip_mentions, thread_history
+from bot.slack.feedback import ACTION_FRESH_ANSWER
 from bot.slack.render import ACTION_FEEDBACK, ACTION_FEEDBACK_DOWN, ACTION_FEEDBACK_UP
 from bot.slack.working import WorkingIndicator
 from proxy_core.settings import ThreadReplies

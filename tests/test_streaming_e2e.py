@@ -13,7 +13,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from bot.service import index_docs, open_answer_service
-from bot.slack.app import ANSWERS_KIND, THREADS_KIND, SlackSettings, build_app
+from bot.slack.app import SlackSettings, build_app
+from bot.slack.delivery import ANSWERS_KIND, THREADS_KIND
 from bot.slack.render import ACTION_FEEDBACK
 from bot.slack.stream import StreamPacing, StreamStarts
 from bot.slack.working import WorkingIndicator

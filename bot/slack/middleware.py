@@ -1,28 +1,57 @@
-"""Bolt middleware that applies to every request before any listener runs.
+"""What runs around Penny's listeners, so that no listener repeats it.
 
-:class:`InstalledWorkspaceOnly`: Penny runs with one bot token, so it serves the one workspace (or,
-for an org-wide install, the one organization) that token belongs to, and the one app. A request
-from anywhere else (the app installed in a second workspace whose events reach this URL, a
-misrouted delivery) is acknowledged and dropped before any listener runs: no store write, no
-LLM call, no Slack call. The first drop from each workspace is logged; later ones are not, so a
-busy foreign workspace cannot flood the log.
+Bolt middleware, before any listener runs (in the request's thread, before the ack: pure checks, no
+store call):
+
+- :class:`InstalledWorkspaceOnly`: Penny runs with one bot token, so it serves the one workspace
+  (or, for an org-wide install, the one organization) that token belongs to, and the one app. A
+  request from anywhere else (the app installed in a second workspace whose events reach this URL,
+  a misrouted delivery) is acknowledged and dropped: no store write, no LLM call, no Slack call.
+  The first drop from each workspace is logged; later ones are not, so a busy foreign workspace
+  cannot flood the log.
+- :class:`FromPeopleOnly`: a ``message`` or ``app_mention`` no person wrote (another bot's, a join,
+  an edit, a deletion) is acknowledged and dropped. Penny's own messages are dropped by Bolt's
+  :class:`~slack_bolt.middleware.IgnoringSelfEvents` (on by default) and by their ``bot_id``.
+
+:class:`Once`, around the part of a listener that answers (after the ack, on the listener's
+thread): every event is handled once. Its event ID is claimed in the store (``slack:<event_id>``)
+before anything runs, so Slack's retries and duplicate deliveries never answer twice; what the
+handling remembers (:func:`remember`: the thread Penny answered in, the answer it posted) is
+written with the event's completion, one store write instead of three, and what must wait for
+that (:func:`after_handling`: taking the 👀 off) runs after it. It is not Bolt middleware because
+a claim is a store write, and a message that is not for Penny (most of a channel's) must cost none,
+and an ack must not wait for the store.
 """
-
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 from slack_bolt import BoltRequest, BoltResponse
 from slack_bolt.middleware import Middleware
 
+from bot.slack.conversation import USER_SUBTYPES
 from bot.slack.startup import SlackInstallation
-from proxy_core import get_logger
+from proxy_core import Record, RecordStore, RequestStore, StoreError, get_logger
 
-__all__ = ["InstalledWorkspaceOnly", "foreign_request"]
+__all__ = [
+    "EVENT_CLAIM_TTL_S",
+    "EVENT_DONE_TTL_S",
+    "FromPeopleOnly",
+    "InstalledWorkspaceOnly",
+    "Once",
+    "after_handling",
+    "foreign_request",
+    "remember",
+    "written_by_a_person",
+]
 
 LOGGED_TEAMS_KEPT: Final = 10_000  # workspaces whose first drop was logged, remembered per process
+EVENT_CLAIM_TTL_S: Final = 15 * 60.0  # Slack's last retry comes ~5 minutes after the first delivery
+EVENT_DONE_TTL_S: Final = 24 * 3600.0
 
 _log = get_logger()
 
@@ -86,3 +115,92 @@ class InstalledWorkspaceOnly(Middleware):
                 data = response.data if isinstance(response.data, dict) else {}
                 self._installation = SlackInstallation.from_auth_test(data, response.headers)
             return self._installation
+
+
+def written_by_a_person(event: Mapping[str, Any]) -> bool:
+    """A message someone wrote: it has a user and no ``bot_id``, and no subtype but the two that are
+    still a person writing (a reply also sent to the channel, a message with a file)."""
+    subtype = event.get("subtype")
+    return bool(event.get("user")) and not event.get("bot_id") and (subtype is None or subtype in USER_SUBTYPES)
+
+
+class FromPeopleOnly(Middleware):
+    """Drops ``message`` and ``app_mention`` events no person wrote (see the module doc)."""
+
+    def process(self, *, req: BoltRequest, resp: BoltResponse, next: Callable[[], BoltResponse]) -> BoltResponse:
+        event = req.body.get("event") if isinstance(req.body, dict) else None
+        if isinstance(event, dict) and event.get("type") in ("message", "app_mention") \
+                and not written_by_a_person(event):
+            return BoltResponse(status=200, body="")
+        return next()
+
+
+@dataclass
+class _Handling:
+    """What the handling of one event leaves for its end: records to store with its completion,
+    and what to do once that is done (taking the 👀 off)."""
+
+    records: list[Record] = field(default_factory=list)
+    then: list[Callable[[], None]] = field(default_factory=list)
+
+
+_HANDLING: ContextVar[_Handling | None] = ContextVar("penny_slack_handling", default=None)
+
+
+class Once:
+    """Handles each request ID once, through the store's claims (see the module doc)."""
+
+    def __init__(self, store: RequestStore) -> None:
+        self._store = store
+
+    def run(self, workspace_id: str, request_id: str, handle: Callable[[], None]) -> None:
+        """Run ``handle`` unless ``request_id`` was claimed before; then complete it with what it
+        remembered, and run what waited for that."""
+        if not self._claim(workspace_id, request_id):
+            return
+        handling = _Handling()
+        token = _HANDLING.set(handling)
+        try:
+            handle()
+        finally:
+            _HANDLING.reset(token)
+            self._complete(workspace_id, request_id, handling.records)
+            for then in handling.then:
+                then()
+
+    def _claim(self, workspace_id: str, request_id: str) -> bool:
+        try:
+            return self._store.claim_request(workspace_id, request_id, EVENT_CLAIM_TTL_S).state == "claimed"
+        except StoreError as exc:
+            # Without the store nothing can be deduplicated; answering once more beats not answering.
+            _log.warning("slack.claim_failed", request_id=request_id, error=exc)
+            return True
+
+    def _complete(self, workspace_id: str, request_id: str, records: list[Record]) -> None:
+        """Mark the request handled, and store what was remembered while handling it, in one step."""
+        try:
+            self._store.complete_request(workspace_id, request_id, '{"handled": true}', EVENT_DONE_TTL_S,
+                                         records=records)
+        except StoreError as exc:
+            _log.warning("slack.complete_failed", request_id=request_id, error=exc)
+
+
+def remember(store: RecordStore, record: Record) -> None:
+    """Keep ``record``: with the completion of the event being handled (:class:`Once`), or now."""
+    handling = _HANDLING.get()
+    if handling is not None:
+        handling.records.append(record)
+        return
+    try:
+        store.record_put(record.kind, record.key, record.value, record.ttl_s)
+    except StoreError as exc:
+        _log.warning("slack.remember_failed", kind=record.kind, error=exc)
+
+
+def after_handling(then: Callable[[], None]) -> None:
+    """Run ``then`` once the event being handled is complete (its records stored), or now."""
+    handling = _HANDLING.get()
+    if handling is not None:
+        handling.then.append(then)
+    else:
+        then()

@@ -1,0 +1,250 @@
+"""Answering questions in Slack: the listeners that take a question, ask the answering service, and
+hand the answer to :class:`~bot.slack.delivery.Delivery`.
+
+What it answers:
+
+- an ``app_mention`` in a channel, in the thread of the mention;
+- a ``message`` in a DM (top level or in a DM thread);
+- a ``message`` in a channel or group DM thread Penny has already posted in, without a mention,
+  when it asks her something (:mod:`bot.slack.addressing`; ``PENNY_THREAD_REPLIES``: ``questions``
+  by default, ``all`` or ``mentions``): thanks, emoji and talk between people get no reply and
+  no LLM call. Penny remembers the threads it posted in (:func:`~bot.slack.delivery.knows_thread`),
+  so an unrelated thread reply costs no Slack call; for a thread it knows, ``conversations.replies``
+  fetches the earlier turns, which go to the service as ``history``
+  (:func:`~bot.slack.conversation.thread_history`);
+- a click on "Get a fresh answer" (offered after a 👎 on a cached answer): the question again,
+  bypassing the cache.
+
+Which ``message`` events get here is decided by listener matchers (:func:`in_dm`,
+:meth:`Answers.is_unmentioned_thread_reply`); a mention arrives twice (as ``app_mention`` and as
+``message``) under different event IDs, and the ``message`` copy matches neither because it
+mentions Penny. Each question is handled once (:class:`~bot.slack.middleware.Once`); the event ID
+is also the question's ``request_id``, on which the gateway dedupes charges. While the service
+works, a thread shows Slack's status line, a top-level DM question an ``eyes`` reaction
+(:mod:`bot.slack.working`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from slack_bolt import Ack, BoltContext, Respond
+from slack_sdk import WebClient
+
+from bot.answer_types import Answer, Answerer, Question
+from bot.slack.addressing import classify_thread_reply
+from bot.slack.conversation import (
+    MAX_QUESTION_CHARS,
+    MENTION,
+    action_channel,
+    action_workspace,
+    asker_team,
+    clip_question,
+    strip_mentions,
+    thread_history,
+    thread_messages,
+    workspace_of,
+)
+from bot.slack.delivery import Delivery, Target, Writing, knows_thread
+from bot.slack.feedback import FRESH_BLOCK_PREFIX
+from bot.slack.middleware import Once, after_handling
+from bot.slack.working import WorkingIndicator
+from proxy_core import RecordStore, ThreadReplies, get_logger
+
+__all__ = ["FAILED_TEXT", "HELP_TEXT", "TRUNCATED_NOTE", "Answers", "in_dm"]
+
+HELP_TEXT: Final = (
+    "Hi! Ask me a question about the team's docs, e.g. `@Penny how do I rotate the API key?` "
+    "I answer in a thread, with links to the pages I used. Reply in the thread to follow up."
+)
+TRUNCATED_NOTE: Final = f":scissors: Your message was long, so I read only its first {MAX_QUESTION_CHARS:,} characters."
+FAILED_TEXT: Final = "Something went wrong on my side. Please try again in a minute."
+
+OnQuestion = Callable[[str], None]
+
+_log = get_logger()
+
+
+def in_dm(event: Mapping[str, Any]) -> bool:
+    """Listener matcher: a message in a DM with Penny."""
+    return event.get("channel_type") == "im"
+
+
+class Answers:
+    """The answering listeners (see the module doc). ``thread_replies`` says which unmentioned
+    thread replies are answered; ``working`` shows the status (or 👀) while the service works."""
+
+    def __init__(self, *, answerer: Answerer, store: RecordStore, once: Once, delivery: Delivery,
+                 working: WorkingIndicator, thread_replies: ThreadReplies) -> None:
+        self.answerer = answerer
+        self.store = store
+        self.once = once
+        self.delivery = delivery
+        self.working = working
+        self.thread_replies = thread_replies
+
+    # -- listeners -------------------------------------------------------------------------
+
+    def on_mention(self, body: dict[str, Any], event: dict[str, Any], context: BoltContext, client: WebClient) -> None:
+        try:
+            ts = str(event.get("ts", ""))
+            thread_ts = str(event.get("thread_ts") or ts)
+            self.answer_event(body, event, context, client, thread_ts=thread_ts, with_history=thread_ts != ts)
+        except Exception as exc:
+            _log.exception("slack.mention_failed", event_id=body.get("event_id"), error=exc)
+
+    def on_dm(self, body: dict[str, Any], event: dict[str, Any], context: BoltContext, client: WebClient) -> None:
+        """A DM: answered at the top level, or in its DM thread with the thread's history."""
+        try:
+            thread_ts = event.get("thread_ts")
+            in_thread = bool(thread_ts) and thread_ts != str(event.get("ts", ""))
+            self.answer_event(body, event, context, client, thread_ts=str(thread_ts) if in_thread else None,
+                              with_history=in_thread)
+        except Exception as exc:
+            _log.exception("slack.message_failed", event_id=body.get("event_id"), error=exc)
+
+    def is_unmentioned_thread_reply(self, event: Mapping[str, Any]) -> bool:
+        """Listener matcher: a reply in a channel or group DM thread that mentions no one, when
+        Penny answers more than mentions. (A reply that mentions Penny is answered as its
+        ``app_mention``; one that mentions someone else is for them.)"""
+        thread_ts = event.get("thread_ts")
+        if in_dm(event) or not thread_ts or thread_ts == str(event.get("ts", "")):
+            return False
+        return self.thread_replies != "mentions" and MENTION.search(str(event.get("text", ""))) is None
+
+    def on_thread_reply(self, body: dict[str, Any], event: dict[str, Any], context: BoltContext,
+                        client: WebClient) -> None:
+        """An unmentioned reply: answered when the thread is one Penny is in and the reply asks her."""
+        try:
+            thread_ts = str(event["thread_ts"])
+            if not knows_thread(self.store, workspace_of(body, context), str(event.get("channel", "")), thread_ts):
+                return
+            addressing = classify_thread_reply(
+                str(event.get("text") or ""), bot_user_id=context.bot_user_id, mode=self.thread_replies
+            )
+            where = {"event_id": body.get("event_id"), "channel": event.get("channel"), "thread_ts": thread_ts}
+            if not addressing.for_penny:
+                _log.info("slack.thread_reply_skipped", reason=addressing.reason, **where)
+                return
+            _log.info("slack.thread_reply_answered", reason=addressing.reason, **where)
+            self.answer_event(body, event, context, client, thread_ts=thread_ts, with_history=True)
+        except Exception as exc:
+            _log.exception("slack.message_failed", event_id=body.get("event_id"), error=exc)
+
+    def on_fresh_answer(self, ack: Ack, body: dict[str, Any], client: WebClient, respond: Respond) -> None:
+        """"Get a fresh answer": the question in the button, asked again past the cache, once per click."""
+        ack()
+        try:
+            action = body["actions"][0]
+            question = str(action.get("value") or "").strip()
+            block_id = str(action.get("block_id", ""))
+            thread_ts = block_id[len(FRESH_BLOCK_PREFIX) :] if block_id.startswith(FRESH_BLOCK_PREFIX) else ""
+            workspace = action_workspace(body)
+            request_id = "slack:fresh:" + str(action.get("action_ts") or body.get("trigger_id"))
+            if not question:
+                return
+            target = Target(workspace, action_channel(body), str(body["user"]["id"]), None, thread_ts or None,
+                            str(body["user"].get("team_id") or workspace))
+
+            def fresh() -> None:
+                if body.get("response_url"):
+                    try:
+                        respond(delete_original=True)  # the offer is used up
+                    except Exception as exc:
+                        _log.warning("slack.fresh_offer_delete_failed", error=exc)
+                self._ask(client, target, question, request_id=request_id, fresh=True)
+
+            self.once.run(workspace, request_id, fresh)
+        except Exception as exc:
+            _log.exception("slack.fresh_answer_failed", error=exc)
+
+    # -- the work --------------------------------------------------------------------------
+
+    def answer_event(
+        self,
+        body: dict[str, Any],
+        event: dict[str, Any],
+        context: BoltContext,
+        client: WebClient,
+        *,
+        thread_ts: str | None,
+        with_history: bool,
+        on_question: OnQuestion | None = None,
+    ) -> None:
+        """Answer the question ``event`` asks, once, in ``thread_ts`` (None: the top level of a DM);
+        ``on_question`` gets the question first (an assistant thread's title)."""
+        workspace = workspace_of(body, context)
+        event_id = str(body.get("event_id") or "")
+        if not event_id or not event.get("user"):
+            return
+        target = Target(workspace, str(event.get("channel", "")), str(event["user"]), str(event["ts"]), thread_ts,
+                        asker_team(event, workspace))
+        self.once.run(workspace, "slack:" + event_id,
+                      lambda: self._answer(client, target, event, context, event_id, with_history, on_question))
+
+    def _answer(self, client: WebClient, target: Target, event: dict[str, Any], context: BoltContext,
+                event_id: str, with_history: bool, on_question: OnQuestion | None) -> None:
+        text = strip_mentions(str(event.get("text") or ""), context.bot_user_id)
+        if not text:
+            self.delivery.post(client, target, [[{"type": "section", "text": {"type": "mrkdwn", "text": HELP_TEXT}}]])
+            return
+        if on_question is not None:
+            on_question(text)
+        history: tuple[tuple[str, str], ...] = ()
+        if with_history and target.thread_ts:
+            history = self._history(client, target, target.thread_ts, context)
+        self._ask(client, target, text, request_id=event_id, history=history)
+
+    def _ask(
+        self,
+        client: WebClient,
+        target: Target,
+        text: str,
+        *,
+        request_id: str,
+        history: tuple[tuple[str, str], ...] = (),
+        fresh: bool = False,
+    ) -> None:
+        question_text, truncated = clip_question(text)
+        note = TRUNCATED_NOTE if truncated else None
+        working = self.working.show(client, target.channel, target.message_ts, thread_ts=target.thread_ts)
+        try:
+            stream = self.delivery.stream_for(client, target)
+            question = Question(
+                text=question_text,
+                user_id=target.user,
+                workspace_id=target.workspace_id,
+                request_id=request_id,
+                channel_id=target.channel,
+                history=history,
+                fresh=fresh,
+                stream=Writing(stream, working) if stream is not None else None,
+            )
+            try:
+                answer = self.answerer.answer(question)
+            except Exception as exc:
+                _log.exception("slack.answerer_failed", request_id=request_id, error=exc)
+                answer = Answer(kind="error", text=FAILED_TEXT, refusal="upstream_error")
+            streamed_ts = self.delivery.end_stream(client, target, stream)
+            self.delivery.deliver(client, target, answer, question_text, note, streamed_ts)
+            working.answered()  # no 👀 or status from now on, even while the event's records are still stored
+        finally:
+            after_handling(working.done)  # the 👀 comes off once everything is stored
+
+    def _history(
+        self, client: WebClient, target: Target, thread_ts: str, context: BoltContext
+    ) -> tuple[tuple[str, str], ...]:
+        before_ts = target.message_ts or "9999999999.999999"
+        try:
+            messages = thread_messages(client, target.channel, thread_ts, before_ts=before_ts)
+        except Exception as exc:
+            _log.warning("slack.replies_failed", channel=target.channel, error=exc)
+            return ()
+        return thread_history(
+            messages,
+            before_ts=before_ts,
+            bot_user_id=context.bot_user_id,
+            bot_id=context.bot_id,
+            root_ts=thread_ts,
+        )

@@ -1,0 +1,139 @@
+"""Votes on Penny's answers in Slack: the feedback buttons, the 👎 reason form, and the offer of a
+fresh answer after a 👎 on a cached one (answered by :meth:`bot.slack.answers.Answers.on_fresh_answer`).
+
+A vote is stored with the pages the answer cited (:func:`bot.feedback.record_feedback`) and
+acknowledged to the voter alone; after a 👎 the voter may say why in a short form, stored with the
+vote. ``on_feedback`` hears every vote (the runner evicts a 👎'd answer from the cache).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, Final
+
+from slack_bolt import Ack
+from slack_sdk import WebClient
+
+from bot.feedback import record_feedback
+from bot.slack.agent import feedback_ack_blocks, reason_modal, reason_of
+from bot.slack.conversation import action_channel, action_value, action_workspace
+from bot.slack.delivery import in_thread, posted_answer
+from bot.slack.render import Block, message_text
+from proxy_core import Store, StoreError, get_logger
+
+__all__ = ["ACTION_FRESH_ANSWER", "FRESH_BLOCK_PREFIX", "Feedback", "FeedbackCallback", "fresh_answer_blocks"]
+
+ACTION_FRESH_ANSWER: Final = "penny_fresh_answer"
+FRESH_BLOCK_PREFIX: Final = "penny_fresh:"  # + the thread_ts to answer in ("" for none)
+
+FeedbackCallback = Callable[[str, str, bool], None]  # (user_id, entry_id, up)
+
+_log = get_logger()
+
+
+class Feedback:
+    """The vote listeners; ``wall`` dates each vote."""
+
+    def __init__(self, store: Store, on_feedback: FeedbackCallback | None, *, wall: Callable[[], float]) -> None:
+        self.store = store
+        self.on_feedback = on_feedback
+        self.wall = wall
+
+    def on_feedback_buttons(self, ack: Ack, body: dict[str, Any], client: WebClient) -> None:
+        """Slack's native feedback buttons: the value says which (``up:`` / ``down:``) and of what."""
+        ack()
+        vote, _, entry_id = action_value(body).partition(":")
+        if vote in ("up", "down"):
+            self._vote(body, client, up=vote == "up", entry_id=entry_id)
+
+    def on_feedback_up(self, ack: Ack, body: dict[str, Any], client: WebClient) -> None:
+        """👍 on an answer posted before the native buttons."""
+        ack()
+        self._vote(body, client, up=True, entry_id=action_value(body))
+
+    def on_feedback_down(self, ack: Ack, body: dict[str, Any], client: WebClient) -> None:
+        """👎 on an answer posted before the native buttons."""
+        ack()
+        self._vote(body, client, up=False, entry_id=action_value(body))
+
+    def on_feedback_reason(self, ack: Ack, body: dict[str, Any], client: WebClient) -> None:
+        """"Say what was wrong" under a 👎: the short form, in a modal (within the click's 3 s)."""
+        ack()
+        try:
+            client.views_open(trigger_id=str(body.get("trigger_id") or ""), view=reason_modal(action_value(body)))
+        except Exception as exc:
+            _log.warning("slack.reason_form_failed", error=exc)
+
+    def on_feedback_reason_sent(self, ack: Ack, body: dict[str, Any], view: dict[str, Any],
+                                client: WebClient) -> None:
+        """The 👎 reason submitted: stored with the vote, and the voter told so."""
+        ack()
+        try:
+            ref = json.loads(str(view.get("private_metadata") or "{}"))
+            reason = reason_of(view)
+            user = str(body["user"]["id"])
+            workspace = action_workspace(body)
+            channel, message_ts, entry_id = str(ref.get("c") or ""), str(ref.get("m") or ""), str(ref.get("e") or "")
+            if not reason or not entry_id:
+                return
+            record = posted_answer(self.store, workspace, channel, message_ts) or {}
+            record_feedback(self.store, workspace, entry_id, user, up=False, pages=record.get("pages", []),
+                            at=self.wall(), reason=reason)
+            if channel:
+                client.chat_postEphemeral(channel=channel, user=user, text="Thanks, your note is saved with your 👎.",
+                                          **in_thread(str(record.get("thread_ts") or "")))
+        except Exception as exc:
+            _log.exception("slack.reason_failed", error=exc)
+
+    def _vote(self, body: dict[str, Any], client: WebClient, *, up: bool, entry_id: str) -> None:
+        """Store a vote, tell the voter it counted, and after a 👎 offer to say why (and, on a
+        cached answer, a fresh one)."""
+        try:
+            user = str(body["user"]["id"])
+            channel = action_channel(body)
+            message_ts = str((body.get("container") or {}).get("message_ts") or (body.get("message") or {}).get("ts"))
+            workspace = action_workspace(body)
+            record = posted_answer(self.store, workspace, channel, message_ts) or {}
+            if entry_id:
+                try:
+                    record_feedback(self.store, workspace, entry_id, user, up=up, pages=record.get("pages", []),
+                                    at=self.wall())
+                except StoreError as exc:
+                    _log.warning("slack.feedback_not_stored", error=exc)
+            if self.on_feedback is not None and entry_id:
+                try:
+                    self.on_feedback(user, entry_id, up)
+                except Exception as exc:  # losing a vote must not lose the fresh-answer offer
+                    _log.exception("slack.feedback_callback_failed", error=exc)
+            thread_ts = str(record.get("thread_ts") or "")
+            fresh = (fresh_answer_blocks(str(record["question"]), thread_ts or None)
+                     if not up and record.get("cached") and record.get("question") else None)
+            ref = json.dumps({"e": entry_id, "c": channel, "m": message_ts}) if entry_id else None
+            blocks = feedback_ack_blocks(up=up, reason_value=ref if ref and len(ref) <= 2000 else None, fresh=fresh)
+            client.chat_postEphemeral(channel=channel, user=user, blocks=blocks, text=message_text(blocks),
+                                      **in_thread(thread_ts))
+        except Exception as exc:
+            _log.exception("slack.feedback_failed", error=exc)
+
+
+def fresh_answer_blocks(question: str, thread_ts: str | None) -> list[Block]:
+    """The ephemeral offer after 👎 on a cached answer: a button that asks again, bypassing the cache."""
+    return [
+        {
+            "type": "section",
+            "text": {"type": "mrkdwn", "text": "That answer came from the cache. Want me to work it out afresh?"},
+        },
+        {
+            "type": "actions",
+            "block_id": FRESH_BLOCK_PREFIX + (thread_ts or ""),
+            "elements": [
+                {
+                    "type": "button",
+                    "text": {"type": "plain_text", "text": "Get a fresh answer"},
+                    "action_id": ACTION_FRESH_ANSWER,
+                    "value": question[:2000],
+                }
+            ],
+        },
+    ]
