@@ -49,7 +49,15 @@ class ConfigurationError(PennyError):
 
 
 class StoreError(PennyError):
-    """The store failed or cannot be reached. Nothing was charged."""
+    """The store failed or cannot be reached. Nothing was charged.
+
+    ``maybe_applied``: the write may have taken effect all the same (a timeout, a connection lost
+    after the command went out). False when it surely did not (a refused connection, a rolled-back
+    transaction): then there is nothing to undo."""
+
+    def __init__(self, message: str, *, maybe_applied: bool = True) -> None:
+        super().__init__(message)
+        self.maybe_applied = maybe_applied
 
 
 class Refused(PennyError):

@@ -676,7 +676,8 @@ class Gateway:
             # The admission may have been applied before the store failed (a timeout, a crash before
             # the reply): nothing goes upstream now, so give back whatever it may hold, or its
             # claim would later be charged as an interrupted call.
-            self._spool_release(req, lines, exc)
+            if exc.maybe_applied:
+                self._spool_release(req, lines, exc)
             raise
         if admission.permit is not None:
             self.metrics.breaker_state.set(BREAKER_STATES[admission.permit.state])

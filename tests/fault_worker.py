@@ -41,6 +41,7 @@ def main() -> int:
         except PennyError as exc:
             refused += 1
             errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+            time.sleep(0.05)  # the next person asks a moment later: traffic goes on across an outage
         print(json.dumps({"progress": i + 1}), flush=True)
     pending = 0
     if args.drain:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 from structlog.testing import capture_logs
 
 from proxy_core.budget import budget_lines
@@ -106,3 +107,27 @@ class _NoUpstream:
 
     def embed(self, **_: object) -> object:
         raise AssertionError("no upstream call in this test")
+
+
+def test_an_admission_that_never_reached_the_store_leaves_nothing_to_release(tmp_path: Path) -> None:
+    """Connection refused: the admission surely did not happen, so nothing is spooled to undo it (a
+    timed-out one may have happened, and is released through the spool: see test_faults.py)."""
+    from proxy_core.errors import StoreError
+    from proxy_core.stores.redis import RedisStore
+    from tests.redis_server import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    store = RedisStore.from_url(url, timeout_s=0.3)
+    spool = SettleSpool(tmp_path / "spool")
+    gw = Gateway(PennySettings(store_url=url, cache_enabled=False), store=store, upstream=_NoUpstream(),
+                 spool=spool)
+    with pytest.raises(StoreError) as refused:
+        gw.chat(user_id="U1", workspace_id="T1", request_id="r1", messages=[{"role": "user", "content": "hi"}])
+    assert refused.value.maybe_applied is False
+    assert count_pending(tmp_path / "spool") == 0
+    sqlite = SqliteStore(tmp_path / "penny.db")
+    sqlite.close()
+    with pytest.raises(StoreError) as closed:
+        sqlite.ping()
+    assert closed.value.maybe_applied is False  # SQLite rolls back: a failed write never half-happens
+    gw.close()

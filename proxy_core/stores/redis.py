@@ -188,7 +188,8 @@ def _translated(action: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
                 return method(*args, **kwargs)
             except (redis.RedisError, RedisClusterException, OSError) as exc:
                 store = cast(RedisStore, args[0])
-                raise StoreError(f"Redis store: cannot {action}: {store._describe(exc)}") from exc
+                raise StoreError(f"Redis store: cannot {action}: {store._describe(exc)}",
+                                 maybe_applied=not _never_sent(exc)) from exc
 
         return wrapper
 
@@ -942,6 +943,14 @@ class RedisStore(Store):
     @_translated("count semantic-cache entries")
     def semantic_count(self) -> int:
         return int(self._client.hlen(self._semantic_keys[0]))
+
+def _never_sent(exc: BaseException) -> bool:
+    """The command surely never reached the server: redis-py could not even connect ("Error 111
+    connecting to host:port"), or the cluster had no node for it."""
+    if isinstance(exc, redis.ConnectionError) and "connecting to" in str(exc):
+        return True
+    return isinstance(exc, RedisClusterException)
+
 
 def _days(first_day: str, last_day: str) -> Iterator[str]:
     try:

@@ -378,7 +378,7 @@ class SqliteStore(Store):
 
     def _conn(self) -> _Connection:
         if self._closed:
-            raise StoreError(f"SQLite store {self.path} is closed")
+            raise StoreError(f"SQLite store {self.path} is closed", maybe_applied=False)
         pid = os.getpid()
         held: tuple[int, _Connection] | None = getattr(self._local, "conn", None)
         # A connection inherited through fork() belongs to the parent; the child opens its own.
@@ -395,7 +395,9 @@ class SqliteStore(Store):
         try:
             yield
         except sqlite3.Error as exc:
-            raise StoreError(f"SQLite store {self.path}: cannot {action}: {self._explain(exc)}") from exc
+            # A failed statement or transaction is rolled back: nothing of it was applied.
+            raise StoreError(f"SQLite store {self.path}: cannot {action}: {self._explain(exc)}",
+                             maybe_applied=False) from exc
         except OSError as exc:  # creating the parent directory
             reason = exc.strerror or type(exc).__name__
             where = f" (at {exc.filename})" if exc.filename else ""
@@ -421,7 +423,7 @@ class SqliteStore(Store):
         # timeout bounds how long one writer may hold it, not the queue (see _WriterLock).
         if not self._writer.acquire(timeout=self.timeout_s):
             raise StoreError(f"SQLite store {self.path}: cannot {action}: other writers held it for more than "
-                             f"{self.timeout_s:g}s")
+                             f"{self.timeout_s:g}s", maybe_applied=False)
         try:
             with self._translate(action), self._using() as conn:
                 if not transaction:
@@ -448,7 +450,7 @@ class SqliteStore(Store):
         conn = self._conn()
         with conn.in_use:
             if self._closed:  # closed while we waited: the connection may be gone
-                raise StoreError(f"SQLite store {self.path} is closed")
+                raise StoreError(f"SQLite store {self.path} is closed", maybe_applied=False)
             yield conn
 
     @contextmanager
