@@ -254,12 +254,14 @@ class RedisStore(Store):
         timeout_s: float = 2.0,
         namespace: str = "penny",
         semantic_log_retain: int = SEMANTIC_LOG_RETAIN,
-        max_connections: int = 64,
+        max_connections: int = 320,
         options: RedisOptions | None = None,
     ) -> RedisStore:
         """Connect to ``redis://[user:password@]host:port/db`` (or ``rediss://``, ``unix://``), or to
         a cluster at ``redis+cluster://[user:password@]host:port[,host:port…]`` (``rediss+cluster://``).
-        ``max_connections`` is per server."""
+        ``max_connections`` is per server: enough for every one of a bot process's 256 listener
+        threads to hold one at once, plus its background threads (opened lazily, so idle ones cost
+        nothing); at 64, a burst of cache hits waited for a connection until the store timed out."""
         options = options or RedisOptions()
         password = urlsplit(url).password
         secrets = [password, unquote(password)] if password else []
