@@ -22,6 +22,7 @@ from bot.answer_types import Question
 from bot.proxy.commands import add_commands as add_proxy_commands
 from bot.slack.startup import SlackInstallation, SlackUnreachable
 from bot.wording import counted
+from proxy_core import Accounts
 from proxy_core.errors import ConfigurationError, StoreError
 from proxy_core.gateway import Gateway
 from proxy_core.log import configure_logging
@@ -467,12 +468,12 @@ def _cmd_cost(args: argparse.Namespace, settings: PennySettings, out: TextIO, _i
 
     store = settings.open_store()
     try:
-        now = time.time()
+        now, accounts = time.time(), Accounts(store, settings)
         if args.team:
-            team = team_report(store, settings, args.workspace, now)
+            team = team_report(accounts, args.workspace, now)
             data, blocks = team.to_json(), team_blocks(team)
         else:
-            own = cost_report(store, settings, args.workspace, args.user, now)
+            own = cost_report(accounts, args.workspace, args.user, now)
             data, blocks = own.to_json(), cost_blocks(own)
     finally:
         store.close()

@@ -1,8 +1,9 @@
 """What Penny's answers cost, read from the ledger: one user's report and the team's report.
 
 Pure data, no Slack: the ``/cost`` command, the App Home and ``penny cost`` all render these.
-Every amount is the ledger's own integer micro-dollars (``Store.usage``); periods are UTC calendar
-days and months at the injected ``now``.
+Every number comes from :class:`proxy_core.Accounts` (the gateway's own, ``gateway.accounts``, or
+one over a store and settings), in the ledger's integer micro-dollars; periods are UTC calendar days
+and months at the injected ``now``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from proxy_core import Accounts, BudgetStatus, Headroom, PennySettings, Store, UsageTotals
+from proxy_core import Accounts, BudgetStatus, Headroom, UsageTotals
 
 __all__ = [
     "TREND_DAYS",
@@ -130,9 +131,8 @@ def is_admin(user_id: str, settings: _HasAdmins, slack_user_info: Mapping[str, A
     return any(bool(user.get(flag)) for flag in ("is_admin", "is_owner", "is_primary_owner"))
 
 
-def cost_report(store: Store, settings: PennySettings, workspace_id: str, user_id: str, now: float) -> CostReport:
+def cost_report(accounts: Accounts, workspace_id: str, user_id: str, now: float) -> CostReport:
     """``user_id``'s report at ``now`` (UTC periods), every number from the ledger and the store."""
-    accounts = Accounts(store, settings)
     today, first_of_month, trend_days = _days(now)
     daily, monthly = accounts.budgets(workspace_id, user_id, now)
     return CostReport(
@@ -151,11 +151,8 @@ def cost_report(store: Store, settings: PennySettings, workspace_id: str, user_i
     )
 
 
-def team_report(
-    store: Store, settings: PennySettings, workspace_id: str, now: float, *, top: int = TOP_USERS
-) -> TeamReport:
+def team_report(accounts: Accounts, workspace_id: str, now: float, *, top: int = TOP_USERS) -> TeamReport:
     """The workspace's report at ``now``: totals, top ``top`` users and models by this month's spend."""
-    accounts = Accounts(store, settings)
     today, first_of_month, trend_days = _days(now)
     month = accounts.usage(workspace_id, first_of_month, today)
     return TeamReport(

@@ -27,7 +27,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from bot.cost import cost_report, team_report
 from bot.simulated_llm import SimulatedLLM
 from bot.slack.cost_blocks import blocks_to_text, cost_blocks, team_blocks
-from proxy_core import ConfigurationError, PennySettings, Store
+from proxy_core import Accounts, ConfigurationError, PennySettings, Store
 
 __all__ = ["WORKSPACE", "demo_settings", "run_demo"]
 
@@ -139,11 +139,11 @@ def run_demo(out: TextIO, *, open_session: Callable[[PennySettings], Session],
                         "the rest are refused, at $0, with when to try again.")
             for question in CY_QUESTIONS:
                 ask(CY, question)
-            now = time.time()
+            now, accounts = time.time(), Accounts(session.store, settings)
             say.step(6, f"/cost for {ADA} (what `penny cost` prints, and Slack's /cost shows):")
-            say.block(blocks_to_text(cost_blocks(cost_report(session.store, settings, WORKSPACE, ADA, now))))
+            say.block(blocks_to_text(cost_blocks(cost_report(accounts, WORKSPACE, ADA, now))))
             say.step(7, "/cost team (for admins: who spent what, and what the cache saved):")
-            say.block(blocks_to_text(team_blocks(team_report(session.store, settings, WORKSPACE, now))))
+            say.block(blocks_to_text(team_blocks(team_report(accounts, WORKSPACE, now))))
         say.title(f"Done in {time.monotonic() - started:.0f}s. That was a simulated LLM: no real model, no real "
                   "money.")
         say.note("For real answers: put OPENAI_API_KEY=... in .env and run `make run` (or `penny ask \"...\"`).")

@@ -26,6 +26,7 @@ from bot.slack.app import build_app
 from bot.slack.cost_blocks import USAGE_TEXT, cost_blocks, help_blocks, home_view, team_blocks
 from bot.slack.render import MAX_BLOCKS, SECTION_TEXT_LIMIT
 from bot.slack.working import WorkingIndicator
+from proxy_core import Accounts
 from proxy_core.budget import budget_lines
 from proxy_core.clock import ManualClock
 from proxy_core.limiter import Bucket
@@ -131,7 +132,7 @@ def ledger(tmp_path: Path, clock: ManualClock) -> Iterator[SqliteStore]:
 
 
 def test_a_users_report_is_the_ledger_to_the_micro_dollar(ledger: SqliteStore) -> None:
-    report = cost_report(ledger, make_settings(), WS, "U1", NOW)
+    report = cost_report(Accounts(ledger, make_settings()), WS, "U1", NOW)
 
     assert (report.day, report.month) == (TODAY, "2026-01")
     assert report.today == ledger.usage(WS, TODAY, TODAY, "U1").totals
@@ -147,7 +148,7 @@ def test_a_users_report_is_the_ledger_to_the_micro_dollar(ledger: SqliteStore) -
 
 
 def test_the_team_report_is_the_ledger_to_the_micro_dollar(ledger: SqliteStore) -> None:
-    report = team_report(ledger, make_settings(), WS, NOW)
+    report = team_report(Accounts(ledger, make_settings()), WS, NOW)
     month = ledger.usage(WS, MONTH_START, TODAY)
 
     assert report.today == ledger.usage(WS, TODAY, TODAY).totals
@@ -159,14 +160,14 @@ def test_the_team_report_is_the_ledger_to_the_micro_dollar(ledger: SqliteStore) 
     assert list(report.trend) == [ledger.usage(WS, d, d).totals.cost_micros for d in report.trend_days]
     assert sum(report.trend) == month.totals.cost_micros - 999  # January 1st is before the 14 days
 
-    assert [u for u, _ in team_report(ledger, make_settings(), WS, NOW, top=2).top_users] == ["U3", "U2"]
+    assert [u for u, _ in team_report(Accounts(ledger, make_settings()), WS, NOW, top=2).top_users] == ["U3", "U2"]
 
 
 def test_an_empty_ledger_reports_zeros(tmp_path: Path, clock: ManualClock) -> None:
     store = SqliteStore(tmp_path / "empty.db", clock=clock)
     try:
-        report = cost_report(store, make_settings(), WS, "U9", NOW)
-        team = team_report(store, make_settings(), WS, NOW)
+        report = cost_report(Accounts(store, make_settings()), WS, "U9", NOW)
+        team = team_report(Accounts(store, make_settings()), WS, NOW)
     finally:
         store.close()
     assert report.today == UsageTotals() and report.this_month == UsageTotals()
@@ -182,7 +183,7 @@ def test_budget_left_and_reset_with_budgets_set(ledger: SqliteStore) -> None:
     )
     month_total = ledger.usage(WS, MONTH_START, TODAY).totals.cost_micros
 
-    u1 = cost_report(ledger, settings, WS, "U1", NOW)
+    u1 = cost_report(Accounts(ledger, settings), WS, "U1", NOW)
     assert (u1.user_daily.limit, u1.user_daily.spent, u1.user_daily.left) == (10_000, 1_254, 10_000 - 1_254)
     assert u1.user_daily.resets_at == datetime(2026, 1, 21, tzinfo=UTC).timestamp()
     assert u1.workspace_monthly.spent == month_total
@@ -192,22 +193,22 @@ def test_budget_left_and_reset_with_budgets_set(ledger: SqliteStore) -> None:
     # An in-flight reservation is money already promised: it is not left.
     lines = budget_lines(WS, "U1", NOW, user_daily=10_000, workspace_monthly=500_000)
     assert reserve(ledger, WS, "inflight", lines, 700, ttl_s=60).ok
-    again = cost_report(ledger, settings, WS, "U1", NOW)
+    again = cost_report(Accounts(ledger, settings), WS, "U1", NOW)
     assert (again.user_daily.reserved, again.user_daily.left) == (700, 10_000 - 1_254 - 700)
 
-    u2 = cost_report(ledger, settings, WS, "U2", NOW)  # spent 5,005 of an override of 5,000
+    u2 = cost_report(Accounts(ledger, settings), WS, "U2", NOW)  # spent 5,005 of an override of 5,000
     assert (u2.user_daily.limit, u2.user_daily.left) == (5_000, 0)
-    uncapped = cost_report(ledger, make_settings(), WS, "U1", NOW)
+    uncapped = cost_report(Accounts(ledger, make_settings()), WS, "U1", NOW)
     assert uncapped.user_daily.left is None and uncapped.workspace_monthly.left is None
     assert uncapped.user_daily.spent == 1_254  # the spend is shown even without a cap
 
-    team = team_report(ledger, settings, WS, NOW)
+    team = team_report(Accounts(ledger, settings), WS, NOW)
     assert team.workspace_monthly.left == 500_000 - month_total - 700
 
 
 def test_headroom_is_a_peek_that_takes_nothing(ledger: SqliteStore, clock: ManualClock) -> None:
     settings = make_settings(requests_per_minute=10, request_burst=5, tokens_per_minute=6_000)
-    fresh = cost_report(ledger, settings, WS, "U1", NOW).headroom
+    fresh = cost_report(Accounts(ledger, settings), WS, "U1", NOW).headroom
     assert (fresh.requests_left, fresh.request_burst, fresh.tokens_left, fresh.token_burst) == (5, 5, 6_000, 6_000)
 
     specs = [
@@ -217,15 +218,15 @@ def test_headroom_is_a_peek_that_takes_nothing(ledger: SqliteStore, clock: Manua
     for _ in range(2):
         assert ledger.take_tokens(WS, specs).allowed
     for _ in range(2):  # looking twice costs nothing
-        after = cost_report(ledger, settings, WS, "U1", NOW).headroom
+        after = cost_report(Accounts(ledger, settings), WS, "U1", NOW).headroom
         assert (after.requests_left, after.tokens_left) == pytest.approx((3, 4_000))
-    assert cost_report(ledger, settings, WS, "U2", NOW).headroom.requests_left == 5  # per user
+    assert cost_report(Accounts(ledger, settings), WS, "U2", NOW).headroom.requests_left == 5  # per user
 
     clock.advance(6.0)  # 10 a minute refills one request in 6 s; 6,000 a minute refills 600 tokens
-    later = cost_report(ledger, settings, WS, "U1", clock()).headroom
+    later = cost_report(Accounts(ledger, settings), WS, "U1", clock()).headroom
     assert (later.requests_left, later.tokens_left) == pytest.approx((4, 4_600))
 
-    unlimited = cost_report(ledger, make_settings(requests_per_minute=0, tokens_per_minute=0), WS, "U1", NOW)
+    unlimited = cost_report(Accounts(ledger, make_settings(requests_per_minute=0, tokens_per_minute=0)), WS, "U1", NOW)
     assert unlimited.headroom.requests_left is None and unlimited.headroom.tokens_left is None
 
 
@@ -269,8 +270,8 @@ def test_blocks_stay_within_slack_limits_for_a_big_team(tmp_path: Path, clock: M
     try:
         for i in range(120):
             settle(store, entry(f"b{i}", days_ago=i % 14, user=f"U{i:04d}", cost=1_000 + i, model=f"model-{i % 40}"))
-        team = team_report(store, make_settings(), WS, NOW)
-        own = cost_report(store, make_settings(), WS, "U0001", NOW)
+        team = team_report(Accounts(store, make_settings()), WS, NOW)
+        own = cost_report(Accounts(store, make_settings()), WS, "U0001", NOW)
     finally:
         store.close()
     assert len(team.top_users) == 10 and team.top_users[0][0] == "U0119"
@@ -284,8 +285,8 @@ def test_one_of_a_thing_reads_one_thing(tmp_path: Path, clock: ManualClock) -> N
     store = SqliteStore(tmp_path / "one.db", clock=clock)
     try:
         settle(store, entry("o1", days_ago=0, user="U1", cost=1_000, prompt=1, completion=0))
-        team = team_report(store, make_settings(), WS, NOW)
-        own = cost_report(store, make_settings(), WS, "U1", NOW)
+        team = team_report(Accounts(store, make_settings()), WS, NOW)
+        own = cost_report(Accounts(store, make_settings()), WS, "U1", NOW)
     finally:
         store.close()
     own_text, team_text = ("\n".join(_texts(blocks)) for blocks in (cost_blocks(own), team_blocks(team)))
@@ -299,7 +300,7 @@ def test_by_model_calls_are_calls_to_the_provider_and_cached_answers_are_counted
     month = ledger.usage(WS, MONTH_START, TODAY).by_model
     chat, embed = month[CHAT], month[EMBED]
     assert (chat.requests, chat.cache_hits, embed.requests, embed.cache_hits) == (9, 2, 1, 0)
-    text = "\n".join(_texts(team_blocks(team_report(ledger, make_settings(), WS, NOW))))
+    text = "\n".join(_texts(team_blocks(team_report(Accounts(ledger, make_settings()), WS, NOW))))
     chat_tokens = chat.prompt_tokens + chat.completion_tokens
     assert (f"`{CHAT}` — {format_usd(chat.cost_micros)} · 7 calls · 2 answers from the cache · {chat_tokens:,} tokens"
             in text)
@@ -316,12 +317,13 @@ class CostHarness(Harness):
     def __init__(self, fake: FakeSlack, store: SqliteStore, settings: PennySettings, now: float = NOW,
                  clock: ManualClock | None = None) -> None:
         super().__init__(fake, store, ScriptedAnswerer())
+        self.settings = dataclasses.replace(self.settings, admin_user_ids=frozenset(settings.admin_user_ids))
         self.app = build_app(
             answerer=self.answerer,
             store=store,
             settings=self.settings,
+            accounts=Accounts(store, settings),
             listener_executor=self.executor,
-            cost_settings=settings,
             wall=lambda: now,
             clock=clock or time.monotonic,
             working=WorkingIndicator(workers=0),
@@ -400,7 +402,7 @@ def test_cost_without_a_response_url_posts_an_ephemeral_message(fake: FakeSlack,
     [posted] = fake.wait_for("chat.postEphemeral")
     penny.settle()
     assert (posted.params["user"], posted.params["channel"]) == ("U2", "C9")
-    own = cost_report(ledger, make_settings(), WS, "U2", NOW)
+    own = cost_report(Accounts(ledger, make_settings()), WS, "U2", NOW)
     assert all(m in json.dumps(posted.blocks, ensure_ascii=False) for m in _money_of(own))
 
 
@@ -462,7 +464,7 @@ def test_cost_team_for_anyone_else_is_refused_with_only_their_own_numbers(
     penny = _harness(fake, ledger, admin_user_ids="U1")
     penny.slash("team", user="U2")
     text = _reply(penny, fake)
-    own = cost_report(ledger, make_settings(), WS, "U2", NOW)
+    own = cost_report(Accounts(ledger, make_settings()), WS, "U2", NOW)
     assert "admins" in text and "Team Penny costs" not in text
     assert all(m in text for m in _money_of(own))
     assert "U1" not in text and "U3" not in text
@@ -489,7 +491,7 @@ def test_app_home_shows_the_dashboard_and_the_team_only_to_admins(fake: FakeSlac
              for c in fake.calls("views.publish")}
     assert set(views) == {"U2", "U3"}
     for user, view in views.items():
-        own = cost_report(ledger, make_settings(), WS, user, NOW)
+        own = cost_report(Accounts(ledger, make_settings()), WS, user, NOW)
         assert all(m in view for m in _money_of(own))
         assert '"type": "home"' in view and "docs" in view
     assert "Team Penny costs" not in views["U2"] and "<@U1>" not in views["U2"]

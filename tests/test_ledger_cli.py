@@ -17,6 +17,7 @@ import structlog
 from bot.cli import main
 from bot.cost import team_report
 from bot.slack.cost_blocks import blocks_to_text, team_blocks
+from proxy_core import Accounts
 from proxy_core.budget import budget_lines, period_window
 from proxy_core.clock import ManualClock
 from proxy_core.settings import PennySettings
@@ -106,7 +107,7 @@ def test_cost_team_shows_interrupted_calls_as_worst_case_charges(tmp_path: Path)
                 owner=ClaimOwner("U1", "gpt-4.1-mini", "chat", time.time()))
     clock.advance(61)  # the worker answering it died: its claim expires unsettled
     assert len(store.reap_interrupted()) == 1
-    text = blocks_to_text(team_blocks(team_report(store, settings, WORKSPACE, time.time())))
+    text = blocks_to_text(team_blocks(team_report(Accounts(store, settings), WORKSPACE, time.time())))
     store.close()
     assert "1 call was interrupted while the LLM answered" in text
     assert "$0.0042 of this month's spend is their worst case" in text

@@ -27,6 +27,7 @@ from bot.slack.conversation import MAX_QUESTION_CHARS, strip_mentions, thread_hi
 from bot.slack.feedback import ACTION_FRESH_ANSWER
 from bot.slack.render import ACTION_FEEDBACK, ACTION_FEEDBACK_DOWN, ACTION_FEEDBACK_UP
 from bot.slack.working import WorkingIndicator
+from proxy_core import Accounts, PennySettings
 from proxy_core.settings import ThreadReplies
 from proxy_core.stores.sqlite import SqliteStore
 from tests.fake_slack import FakeSlack, SlackCall
@@ -87,6 +88,7 @@ class Harness:
             answerer=answerer,
             store=store,
             settings=self.settings,
+            accounts=Accounts(store, PennySettings(_env_file=None)),  # type: ignore[call-arg]  # defaults only
             on_feedback=lambda user, entry, up: self.feedback.append((user, entry, up)),
             listener_executor=self.executor,
             # 👀 at once and in order by default: these tests read the calls

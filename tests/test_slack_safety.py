@@ -40,6 +40,7 @@ from bot.slack.render import (
 )
 from bot.slack.stream import SlackAnswerStream, StreamPacing, pieces
 from bot.slack.working import WorkingIndicator
+from proxy_core import Accounts
 from proxy_core.clock import ManualClock
 from proxy_core.gateway import Gateway
 from proxy_core.metrics import Metrics
@@ -281,7 +282,8 @@ class ServiceBot(Harness):
         self.fake = slack
         self.settings = SlackSettings(bot_token=TOKEN, signing_secret=SECRET, api_url=slack.base_url)
         self.app = build_app(answerer=open_answer_service(settings, store, gateway), store=store,
-                             settings=self.settings, listener_executor=Inline(), working=WorkingIndicator(workers=0))
+                             settings=self.settings, accounts=Accounts(store, settings), listener_executor=Inline(),
+                             working=WorkingIndicator(workers=0))
         self._serial = 0
 
     def settle(self) -> None:

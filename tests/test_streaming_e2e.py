@@ -96,7 +96,8 @@ class StreamingBot(Harness):
         # Streams start with the first text here (the fake writes an answer in no time); the
         # default start delay has a test of its own.
         self.app = build_app(answerer=open_answer_service(settings, self.store, self.gateway), store=self.store,
-                             settings=self.settings, listener_executor=Inline(), clock=TickingClock(0.25),
+                             settings=self.settings, accounts=self.gateway.accounts, listener_executor=Inline(),
+                             clock=TickingClock(0.25),
                              stream_pacing=pacing or StreamPacing(start_after_s=0),
                              working=WorkingIndicator(workers=0), sleep=self.sleeps.append,
                              stream_starts=StreamStarts(self.store, burst=starts_burst))

@@ -43,7 +43,7 @@ from bot.slack.render import ACTION_FEEDBACK, ACTION_FEEDBACK_DOWN, ACTION_FEEDB
 from bot.slack.startup import SlackInstallation
 from bot.slack.stream import StreamPacing, StreamStarts
 from bot.slack.working import WorkingIndicator
-from proxy_core import Clock, PennySettings, Store, ThreadReplies, get_logger
+from proxy_core import Accounts, Clock, Store, ThreadReplies, get_logger
 
 __all__ = [
     "BOT_EVENTS",
@@ -106,9 +106,9 @@ def build_app(
     store: Store,
     settings: SlackSettings,
     client: WebClient | None = None,
+    accounts: Accounts,
     on_feedback: FeedbackCallback | None = None,
     listener_executor: Executor | None = None,
-    cost_settings: PennySettings | None = None,
     wall: Callable[[], float] = time.time,
     clock: Clock = time.monotonic,
     stream_pacing: StreamPacing | None = None,
@@ -120,10 +120,11 @@ def build_app(
 ) -> App:
     """Penny's Bolt app. ``client`` defaults to :func:`make_client`; ``on_feedback`` gets 👍/👎 clicks.
 
+    ``/cost`` and the App Home read spend, budgets and rate-limit headroom through ``accounts`` (the
+    gateway's own, ``gateway.accounts``); admins are ``settings.admin_user_ids`` and Slack's own.
     Listeners run after the ack, on ``listener_executor`` (Bolt's own thread pool by default; tests
-    pass theirs so they can wait for every listener to finish). ``cost_settings`` gives ``/cost`` and
-    the App Home their budgets, rate limits and admins (defaults: no caps, default limits, only the
-    admins in ``settings``); ``wall`` is the clock that picks today and this month. ``clock``
+    pass theirs so they can wait for every listener to finish). ``wall`` is the clock that picks
+    today and this month. ``clock``
     (monotonic) and ``stream_pacing`` set how often a streamed answer is appended to;
     ``stream_starts`` is the shared budget of streams per minute (default: Slack's Tier 2, through
     ``store``); ``sleep`` waits out a throttled ``chat.stopStream``. ``working``
@@ -145,7 +146,6 @@ def build_app(
     app.use(InstalledWorkspaceOnly(installation))
     app.use(FromPeopleOnly())
 
-    costs = cost_settings if cost_settings is not None else PennySettings.model_construct()
     once = Once(store)
     asked = AskedPages(store)
     delivery = Delivery(store, asked, clock=clock, stream_pacing=stream_pacing or StreamPacing(),
@@ -154,8 +154,7 @@ def build_app(
                       working=working if working is not None else WorkingIndicator(),
                       thread_replies=settings.thread_replies)
     prompts = SuggestedPrompts(asked, doc_pages, clock=clock)
-    admins = Admins(frozenset(settings.admin_user_ids) | frozenset(costs.admin_user_ids), clock=clock)
-    cost = CostCommand(store, costs, admins, wall=wall)
+    cost = CostCommand(accounts, Admins(frozenset(settings.admin_user_ids), clock=clock), wall=wall)
     _listen(app, answers, AssistantThreads(store, once, answers, prompts), StoreThreadContext(store),
             Home(cost, prompts), cost, Feedback(store, on_feedback, wall=wall))
     return app

@@ -20,7 +20,7 @@ from bot.cost import CostReport, TeamReport, cost_report, is_admin, team_report
 from bot.slack.answers import FAILED_TEXT
 from bot.slack.cost_blocks import cost_blocks, help_blocks, team_blocks, team_refusal_blocks
 from bot.slack.render import Block, message_text
-from proxy_core import Clock, PennySettings, Store, get_logger
+from proxy_core import Accounts, Clock, get_logger
 
 __all__ = ["ADMIN_LOOKUP_TTL_S", "Admins", "CostCommand"]
 
@@ -76,12 +76,11 @@ class Admins:
 
 
 class CostCommand:
-    """``/cost``, and the reports the App Home shows too. ``costs`` gives the budgets and rate
-    limits; ``wall`` is the clock that picks today and this month."""
+    """``/cost``, and the reports the App Home shows too, read through ``accounts``; ``wall`` is
+    the clock that picks today and this month."""
 
-    def __init__(self, store: Store, costs: PennySettings, admins: Admins, *, wall: Callable[[], float]) -> None:
-        self.store = store
-        self.costs = costs
+    def __init__(self, accounts: Accounts, admins: Admins, *, wall: Callable[[], float]) -> None:
+        self.accounts = accounts
         self.admins = admins
         self.wall = wall
 
@@ -109,8 +108,8 @@ class CostCommand:
         """The user's report, and with ``team`` the team's when the user is an admin."""
         admin = team and self.admins.is_admin(client, workspace, user)
         now = self.wall()
-        own = cost_report(self.store, self.costs, workspace, user, now)
-        return own, team_report(self.store, self.costs, workspace, now) if admin else None
+        own = cost_report(self.accounts, workspace, user, now)
+        return own, team_report(self.accounts, workspace, now) if admin else None
 
     def _reply(self, client: WebClient, workspace: str, user: str, text: str) -> list[Block]:
         words = text.strip().lower().split()

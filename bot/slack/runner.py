@@ -7,7 +7,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, TextIO
 
 from bot.answer_types import Answerer
-from proxy_core import BudgetAlert, Gateway, PennySettings, Store, alert_text, get_logger
+from proxy_core import Accounts, BudgetAlert, Gateway, PennySettings, Store, alert_text, get_logger, load_settings
 
 if TYPE_CHECKING:
     from slack_bolt import App
@@ -52,7 +52,8 @@ def penny_app(
 ) -> App:
     """The Bolt app wired to the gateway: a 👎 evicts the cached answer it was given on, at once,
     for every replica. Listeners run on a wide pool: each waits on an LLM call, not on a CPU.
-    ``settings`` gives ``/cost`` and the App Home the budgets, rate limits and admins; ``working``
+    ``/cost`` and the App Home read the gateway's accounts (without a gateway: ``settings``' budgets
+    and rate limits, by default the environment's); ``working``
     shows the status (or 👀) on slow questions (:class:`~bot.slack.working.WorkingIndicator`'s defaults);
     ``installation`` is what the start-up check found (requests from elsewhere are dropped)."""
     from bot.slack.agent import doc_pages_of
@@ -68,7 +69,7 @@ def penny_app(
         settings=config,
         client=client,
         on_feedback=on_feedback,
-        cost_settings=settings,
+        accounts=gateway.accounts if gateway is not None else Accounts(store, settings or load_settings()),
         working=working,
         installation=installation,
         doc_pages=doc_pages_of(answerer),  # suggested prompts: the docs' pages
