@@ -35,10 +35,10 @@ from prometheus_client import CollectorRegistry
 from bot.answer import AnswerService, Fingerprint
 from bot.answer_types import Question
 from bot.service import index_docs, open_answer_service
+from bot.settings import BotSettings
 from proxy_core.gateway import Gateway
 from proxy_core.log import configure_logging
 from proxy_core.metrics import Metrics
-from proxy_core.settings import PennySettings
 from proxy_core.stores import store_from_url
 from proxy_core.upstream import OpenAIUpstream
 from tests.fake_openai import FakeOpenAI
@@ -58,7 +58,7 @@ def _ask(service: AnswerService, text: str, workspace: str) -> bool:
 
 def measure(fingerprint: Fingerprint, fake: FakeOpenAI) -> tuple[str, str, str]:
     with tempfile.TemporaryDirectory() as d:
-        settings = PennySettings(openai_api_key="sk-bench-0000000000", requests_per_minute=0, tokens_per_minute=0)
+        settings = BotSettings(openai_api_key="sk-bench-0000000000", requests_per_minute=0, tokens_per_minute=0)
         store = store_from_url(f"sqlite:///{d}/bench.db")
         index_docs(settings, store, ROOT / "docs")
         gateway = Gateway(settings, store=store, metrics=Metrics(CollectorRegistry()),
@@ -155,7 +155,7 @@ def concurrency(questions: int, users: int, executor: Executor | None, label: st
     texts = [q["question"] for q in _load("questions.jsonl")]
     fakes = _Fakes()
     with tempfile.TemporaryDirectory() as d:
-        settings = PennySettings(openai_api_key="sk-bench-0000000000", requests_per_minute=0, tokens_per_minute=0,
+        settings = BotSettings(openai_api_key="sk-bench-0000000000", requests_per_minute=0, tokens_per_minute=0,
                                  cache_enabled=False)
         if redis_url is None:
             store = store_from_url(f"sqlite:///{d}/bench.db")

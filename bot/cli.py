@@ -20,6 +20,7 @@ from typing import TextIO
 
 from bot.answer_types import Question
 from bot.proxy.commands import add_commands as add_proxy_commands
+from bot.settings import BotSettings, load_settings
 from bot.slack.startup import SlackInstallation, SlackUnreachable
 from bot.wording import counted
 from proxy_core import Accounts
@@ -29,7 +30,7 @@ from proxy_core.log import configure_logging
 from proxy_core.metrics import serve_metrics
 from proxy_core.money import format_usd
 from proxy_core.prices import PriceTable
-from proxy_core.settings import PennySettings, load_settings
+from proxy_core.settings import PennySettings
 from proxy_core.spool import count_pending
 from proxy_core.stores.base import Store, UsageSummary, UsageTotals
 
@@ -47,7 +48,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         # A terminal user reads answers, not INFO events, unless they asked for a log level.
         level = settings.log_level if "log_level" in settings.model_fields_set else "WARNING"
         configure_logging(level, json=settings.log_json)
-        command: Callable[[argparse.Namespace, PennySettings, TextIO, TextIO], int] = args.func
+        command: Callable[[argparse.Namespace, BotSettings, TextIO, TextIO], int] = args.func
         code = command(args, settings, out, stdin or sys.stdin)
         out.flush()  # a closed pipe must show up here, not in the interpreter's flush at exit
         return code
@@ -173,7 +174,7 @@ def _days(value: str) -> int:
 # -- commands ------------------------------------------------------------------------------------
 
 
-def _cmd_check(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
+def _cmd_check(args: argparse.Namespace, settings: BotSettings, out: TextIO, _in: TextIO) -> int:
     prices = PriceTable.load(settings.price_file)
     prices.price_for(settings.chat_model)
     prices.price_for(settings.embedding_model)
@@ -204,7 +205,7 @@ def _cmd_check(args: argparse.Namespace, settings: PennySettings, out: TextIO, _
     return 0
 
 
-def _slack_check(settings: PennySettings) -> list[str]:
+def _slack_check(settings: BotSettings) -> list[str]:
     """The Slack tokens checked against Slack when they are set (bot.slack.startup.check_report)."""
     from bot.slack.runner import slack_settings
     from bot.slack.startup import check_report
@@ -355,18 +356,18 @@ def _cmd_prices(args: argparse.Namespace, settings: PennySettings, out: TextIO, 
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
+def _cmd_demo(args: argparse.Namespace, settings: BotSettings, out: TextIO, _in: TextIO) -> int:
     from bot.demo import run_demo
 
     return run_demo(out, open_session=_Session)  # its own settings: the demo never reads the user's
 
 
-def _cmd_ask(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
+def _cmd_ask(args: argparse.Namespace, settings: BotSettings, out: TextIO, _in: TextIO) -> int:
     with _Session(settings) as session:
         return session.ask(args.question, args.user, args.workspace, out, fresh=args.fresh)
 
 
-def _cmd_run(args: argparse.Namespace, settings: PennySettings, out: TextIO, stdin: TextIO) -> int:
+def _cmd_run(args: argparse.Namespace, settings: BotSettings, out: TextIO, stdin: TextIO) -> int:
     if args.http:
         return _run_http(settings, args, out)
     installation = _check_slack_first(settings)  # a bad token fails before the docs are indexed
@@ -519,7 +520,7 @@ class _Session:
     """The answering service over the configured store, indexing the docs folder first if the
     shared index is empty; with no OpenAI key, answers are extractive."""
 
-    def __init__(self, settings: PennySettings) -> None:
+    def __init__(self, settings: BotSettings) -> None:
         from bot.service import open_answer_service
         from bot.slack.runner import AlertRelay
 
@@ -594,7 +595,7 @@ class _TerminalStream:
             pass
 
 
-def _missing_slack_settings(settings: PennySettings, *, http: bool) -> list[str]:
+def _missing_slack_settings(settings: BotSettings, *, http: bool) -> list[str]:
     where = "(Slack app settings: https://api.slack.com/apps → your app"
     missing = []
     if settings.slack_bot_token is None:
@@ -607,7 +608,7 @@ def _missing_slack_settings(settings: PennySettings, *, http: bool) -> list[str]
     return missing
 
 
-def _index_first_run(settings: PennySettings, store: Store, gateway: Gateway | None) -> None:
+def _index_first_run(settings: BotSettings, store: Store, gateway: Gateway | None) -> None:
     """Index the docs folder when the shared index is empty (a first run)."""
     from bot.docs.index import DocsIndex, IndexConflict
     from bot.service import index_docs
@@ -621,7 +622,7 @@ def _index_first_run(settings: PennySettings, store: Store, gateway: Gateway | N
         print("another Penny indexed the docs meanwhile; using its index", file=sys.stderr)
 
 
-def _run_http(settings: PennySettings, args: argparse.Namespace, out: TextIO) -> int:
+def _run_http(settings: BotSettings, args: argparse.Namespace, out: TextIO) -> int:
     """``penny run --http``: gunicorn's arbiter, each worker opening its own :class:`_Session` after
     the fork. This process checks the settings and the store, and indexes a first run, then closes
     everything it opened: no thread or connection of it reaches a worker."""
@@ -663,7 +664,7 @@ def _positive(value: str) -> int:
     return number
 
 
-def _check_slack_first(settings: PennySettings) -> SlackInstallation | None:
+def _check_slack_first(settings: BotSettings) -> SlackInstallation | None:
     """When Slack is set up for Socket Mode: the bot token checked against Slack (auth.test, its
     scopes), before anything slow starts; a failure raises the one message naming the setting."""
     from bot.slack.runner import slack_settings
@@ -674,7 +675,7 @@ def _check_slack_first(settings: PennySettings) -> SlackInstallation | None:
     return check_slack(slack_settings(settings))
 
 
-def _run_slack(session: _Session, settings: PennySettings, args: argparse.Namespace, out: TextIO,
+def _run_slack(session: _Session, settings: BotSettings, args: argparse.Namespace, out: TextIO,
                installation: SlackInstallation | None = None) -> int:
     from bot.slack.runner import run_slack
 

@@ -25,9 +25,10 @@ from typing import Any, Protocol, TextIO
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from bot.cost import cost_report, team_report
+from bot.settings import BotSettings
 from bot.simulated_llm import SimulatedLLM
 from bot.slack.cost_blocks import blocks_to_text, cost_blocks, team_blocks
-from proxy_core import Accounts, ConfigurationError, PennySettings, Store
+from proxy_core import Accounts, ConfigurationError, Store
 
 __all__ = ["WORKSPACE", "demo_settings", "run_demo"]
 
@@ -69,7 +70,7 @@ class Session(Protocol):
                  tb: TracebackType | None) -> None: ...
 
 
-class _DemoSettings(PennySettings):
+class _DemoSettings(BotSettings):
     """Penny's defaults and the values given, and nothing from the environment or ``.env``."""
 
     @classmethod
@@ -84,7 +85,7 @@ class _DemoSettings(PennySettings):
         return (init_settings,)
 
 
-def demo_settings(state_dir: Path, base_url: str, docs_dir: Path) -> PennySettings:
+def demo_settings(state_dir: Path, base_url: str, docs_dir: Path) -> BotSettings:
     """The demo's settings: its store and spool in ``state_dir``, the simulated LLM at ``base_url``,
     a daily budget for everyone, a tiny one for :data:`BEN` and a low rate limit for :data:`CY`."""
     overrides: dict[str, Any] = {
@@ -106,7 +107,7 @@ def demo_settings(state_dir: Path, base_url: str, docs_dir: Path) -> PennySettin
     return _DemoSettings(**overrides)
 
 
-def run_demo(out: TextIO, *, open_session: Callable[[PennySettings], Session],
+def run_demo(out: TextIO, *, open_session: Callable[[BotSettings], Session],
              docs_dir: Path | None = None) -> int:
     """Play the demo to ``out``; ``open_session`` opens the CLI's answering session on settings."""
     docs = docs_dir if docs_dir is not None else example_docs()

@@ -12,6 +12,7 @@ from pathlib import Path
 from bot.answer import AnswerService
 from bot.docs.index import DocsIndex, DocsIndexer, IndexReport
 from bot.docs.retrieve import Retriever
+from bot.settings import BotSettings
 from proxy_core import (
     CachedAnswers,
     ConfigurationError,
@@ -92,7 +93,7 @@ def index_docs(
     return report
 
 
-def open_answer_service(settings: PennySettings, store: Store, gateway: Gateway | None) -> AnswerService:
+def open_answer_service(settings: BotSettings, store: Store, gateway: Gateway | None) -> AnswerService:
     """The answering service over the shared index (``gateway`` None: extractive answers only)."""
     embedder = docs_embedder(settings, gateway, purpose="search")
     index = DocsIndex.load(store)

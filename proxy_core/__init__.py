@@ -48,7 +48,7 @@ from proxy_core.rates import LimitDecision, SharedRate
 from proxy_core.results import ChatResult, EmbeddingResult
 from proxy_core.semantic.decision import EvalReport, evaluate, format_report, hit_policy, load_pairs
 from proxy_core.semantic.embedders import Embedder, embedder_from_spec
-from proxy_core.settings import PennySettings, ThreadReplies, load_settings
+from proxy_core.settings import PennySettings, load_settings, load_settings_as
 from proxy_core.spool import count_pending
 from proxy_core.stores import store_from_url
 from proxy_core.stores.base import (
@@ -104,7 +104,6 @@ __all__ = [
     "SharedRate",
     "Store",
     "StoreError",
-    "ThreadReplies",
     "UpstreamError",
     "UpstreamRejected",
     "UsageSummary",
@@ -123,6 +122,7 @@ __all__ = [
     "hit_policy",
     "load_pairs",
     "load_settings",
+    "load_settings_as",
     "monotonic",
     "serve_metrics",
     "store_from_url",

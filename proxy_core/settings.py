@@ -1,8 +1,12 @@
 """Penny's settings, from ``PENNY_*`` environment variables and an optional ``.env`` file.
 
+These are the cost-control engine's settings (store, models, budgets, rate limits, retries, cache,
+operations, logging). A front end adds its own by subclassing :class:`PennySettings` (the Slack
+bot's are in ``bot/settings.py``) and loads them with :func:`load_settings_as`.
+
 Every field is named by its environment variable in error messages (``PENNY_REQUESTS_PER_MINUTE``;
 the OpenAI client's own ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL`` have no prefix).
-:func:`load_settings` reports every bad field at once as one
+:func:`load_settings` (and :func:`load_settings_as`) reports every bad field at once as one
 :class:`~proxy_core.errors.ConfigurationError`, and never echoes a value: the API key is a
 :class:`~pydantic.SecretStr`, and the password of a store URL is masked in ``repr``.
 
@@ -18,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import (
@@ -40,7 +44,7 @@ from proxy_core.prices import PriceTable
 from proxy_core.stores import Store, store_from_url, unknown_scheme_message
 
 __all__ = [
-    "ENV_PREFIX", "LimitOverride", "Limits", "PennySettings", "ThreadReplies", "env_var", "load_settings", "micros",
+    "ENV_PREFIX", "LimitOverride", "Limits", "PennySettings", "env_var", "load_settings", "load_settings_as", "micros",
 ]
 
 ENV_PREFIX = "PENNY_"
@@ -51,7 +55,6 @@ Rate = Annotated[float, Field(ge=0)]
 Seconds = Annotated[float, Field(ge=0)]
 PositiveSeconds = Annotated[float, Field(gt=0)]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-ThreadReplies = Literal["questions", "all", "mentions"]  # what each means: bot/slack/addressing.py
 
 
 def micros(usd: Decimal) -> int:
@@ -220,43 +223,6 @@ class PennySettings(BaseSettings):
         "folder beside the SQLite file, or $XDG_STATE_HOME/penny/spool (~/.local/state/penny/spool) with Redis.",
     )
 
-    # -- Slack and docs (the bot) ------------------------------------------------------------------
-    slack_bot_token: SecretStr | None = Field(
-        None,
-        validation_alias=AliasChoices("SLACK_BOT_TOKEN", "slack_bot_token"),
-        description="Bot token xoxb-… (SLACK_BOT_TOKEN), from the app's OAuth & Permissions page.",
-    )
-    slack_app_token: SecretStr | None = Field(
-        None,
-        validation_alias=AliasChoices("SLACK_APP_TOKEN", "slack_app_token"),
-        description="App-level token xapp-… with connections:write (SLACK_APP_TOKEN), for Socket Mode.",
-    )
-    slack_signing_secret: SecretStr | None = Field(
-        None,
-        validation_alias=AliasChoices("SLACK_SIGNING_SECRET", "slack_signing_secret"),
-        description="Signing secret (SLACK_SIGNING_SECRET), for HTTP mode.",
-    )
-    slack_api_url: str | None = Field(
-        None,
-        validation_alias=AliasChoices("SLACK_API_URL", "slack_api_url"),
-        description="Override of the Slack Web API base URL (SLACK_API_URL).",
-    )
-    thread_replies: ThreadReplies = Field(
-        "questions",
-        description="Which replies without a mention Penny answers in a thread she is in: questions (those "
-                    "that ask her something; not thanks, emoji or talk between people), all, or mentions (none).",
-    )
-    admin_user_ids: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Slack user IDs allowed to see team-wide spend, comma-separated."
-    )
-    alert_channel: str | None = Field(
-        None,
-        description="Slack channel ID that gets budget alerts (50%, 80%, 100% of a budget); unset = DM each admin.",
-    )
-    docs_dir: Path = Field(Path("examples/docs"), description="The docs folder Penny answers from.")
-    docs_base_url: str | None = Field(
-        None, description="Base URL that turns a doc path into a link in citations (e.g. a repo or wiki)."
-    )
     log_level: LogLevel = Field("INFO", description="Least severe log level written.")
     log_json: bool = Field(False, description="Write logs as JSON lines instead of console text.")
 
@@ -274,11 +240,6 @@ class PennySettings(BaseSettings):
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
         return value.strip().upper() if isinstance(value, str) else value
-
-    @field_validator("thread_replies", mode="before")
-    @classmethod
-    def _lower_thread_replies(cls, value: object) -> object:
-        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("store_url")
     @classmethod
@@ -344,17 +305,7 @@ class PennySettings(BaseSettings):
             raise ValueError('must be a JSON object like {"U123": ...}')
         return decoded
 
-    @field_validator("admin_user_ids", mode="before")
-    @classmethod
-    def _comma_list(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
-    @field_validator(
-        "openai_base_url", "openai_api_key", "slack_bot_token", "slack_app_token", "slack_signing_secret",
-        "slack_api_url", "alert_channel", mode="before",
-    )
+    @field_validator("openai_base_url", "openai_api_key", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         # OPENAI_API_KEY= (empty) in a .env file means "not set", not an empty key.
@@ -425,35 +376,44 @@ class PennySettings(BaseSettings):
             yield name, (_mask_url_password(value) if name == "store_url" else value)
 
 
+S = TypeVar("S", bound=PennySettings)
+
+
 def load_settings(**overrides: Any) -> PennySettings:
     """Settings from the environment and ``.env``, with ``overrides`` (field names) on top.
 
     Raises one :class:`ConfigurationError` naming every bad field by its environment variable.
     """
+    return load_settings_as(PennySettings, **overrides)
+
+
+def load_settings_as(settings_class: type[S], /, **overrides: Any) -> S:
+    """:func:`load_settings` for a front end's subclass of :class:`PennySettings` (its own fields
+    beside Penny's), with the same single error naming every bad field."""
     try:
-        return PennySettings(**overrides)
+        return settings_class(**overrides)
     except ValidationError as exc:
-        problems = [_describe(error) for error in exc.errors(include_input=False, include_url=False)]
+        problems = [_describe(settings_class, error) for error in exc.errors(include_input=False, include_url=False)]
         raise ConfigurationError("Invalid settings:\n" + "\n".join(f"  {p}" for p in problems)) from exc
 
 
-def env_var(field: str) -> str:
-    """The environment variable that sets ``field``."""
-    info = PennySettings.model_fields.get(field)
+def env_var(field: str, settings_class: type[PennySettings] = PennySettings) -> str:
+    """The environment variable that sets ``field`` (of ``settings_class``)."""
+    info = settings_class.model_fields.get(field)
     alias = info.validation_alias if info is not None else None
     if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
         return alias.choices[0]
     return f"{ENV_PREFIX}{field.upper()}"
 
 
-def _describe(error: Any) -> str:
+def _describe(settings_class: type[PennySettings], error: Any) -> str:
     loc = tuple(error.get("loc", ()))
     message = str(error.get("msg", "invalid"))
     message = message.removeprefix("Value error, ")
     if not loc:
         return message
     head, rest = str(loc[0]), [str(part) for part in loc[1:]]
-    name = head if head.isupper() else env_var(head)
+    name = head if head.isupper() else env_var(head, settings_class)
     where = f"{name} [{'.'.join(rest)}]" if rest else name
     return f"{where}: {message}"
 

@@ -14,10 +14,10 @@ from prometheus_client import CollectorRegistry
 from bot.answer import AnswerService
 from bot.answer_types import Question
 from bot.service import index_docs, open_answer_service
+from bot.settings import BotSettings
 from proxy_core.clock import ManualClock
 from proxy_core.gateway import Gateway
 from proxy_core.metrics import Metrics
-from proxy_core.settings import PennySettings
 from proxy_core.stores.base import Store
 from proxy_core.upstream import OpenAIUpstream
 from tests.fake_openai import FakeOpenAI
@@ -33,11 +33,11 @@ def fake() -> Iterator[FakeOpenAI]:
         yield server
 
 
-def _settings(**kw: Any) -> PennySettings:
+def _settings(**kw: Any) -> BotSettings:
     params: dict[str, Any] = {"openai_api_key": KEY, "requests_per_minute": 0, "tokens_per_minute": 0,
                               "docs_base_url": "https://git.example/handbook/blob/main"}
     params.update(kw)
-    return PennySettings(**params)
+    return BotSettings(**params)
 
 
 @pytest.fixture

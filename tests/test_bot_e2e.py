@@ -14,12 +14,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from bot.service import index_docs, open_answer_service
+from bot.settings import BotSettings
 from bot.slack.app import SlackSettings
 from bot.slack.runner import penny_app
 from bot.slack.working import WorkingIndicator
 from proxy_core.gateway import Gateway
 from proxy_core.metrics import Metrics
-from proxy_core.settings import PennySettings
 from proxy_core.stores.sqlite import SqliteStore
 from proxy_core.upstream import OpenAIUpstream
 from tests.fake_openai import FakeOpenAI
@@ -46,7 +46,7 @@ class Inline(Executor):
 class Bot(Harness):
     """The slack-app harness, but with Penny's real service and gateway behind it."""
 
-    def __init__(self, slack: FakeSlack, store: SqliteStore, gateway: Gateway, settings: PennySettings) -> None:
+    def __init__(self, slack: FakeSlack, store: SqliteStore, gateway: Gateway, settings: BotSettings) -> None:
         self.fake = slack
         self.store = store
         self.gateway = gateway
@@ -75,7 +75,7 @@ def slack() -> Iterator[FakeSlack]:
 def make_bot(slack: FakeSlack, openai: FakeOpenAI, tmp_path: Path, **overrides: Any) -> Bot:
     params: dict[str, Any] = {"openai_api_key": KEY, "requests_per_minute": 0, "tokens_per_minute": 0}
     params.update(overrides)
-    settings = PennySettings(**params)
+    settings = BotSettings(**params)
     store = SqliteStore(tmp_path / "penny.db")
     index_docs(settings, store, DOCS)
     gateway = Gateway(settings, store=store, metrics=Metrics(CollectorRegistry()),

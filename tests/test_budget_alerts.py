@@ -301,15 +301,15 @@ def test_a_replayed_request_does_not_announce_again(make_gateway: GatewayFactory
 def test_the_slack_relay_dms_each_admin_off_the_request_thread() -> None:
     from slack_sdk import WebClient
 
+    from bot.settings import BotSettings
     from bot.slack.runner import AlertRelay
     from proxy_core.alerts import BudgetAlert
-    from proxy_core.settings import PennySettings
     from tests.fake_slack import FakeSlack
 
     alert = BudgetAlert(workspace_id="W1", user_id="U9", scope="daily", threshold=80, spent=800_000,
                         limit=1_000_000, resets_at=1_767_312_000.0, period="2026-01-01")
     with FakeSlack() as slack:
-        relay = AlertRelay(PennySettings(admin_user_ids=["UADMIN1", "UADMIN2"]))
+        relay = AlertRelay(BotSettings(admin_user_ids=["UADMIN1", "UADMIN2"]))
         relay.attach(WebClient(token="xoxb-test-not-real", base_url=slack.base_url))
         relay(alert)
         posts = slack.wait_for("chat.postMessage", 2)
@@ -321,15 +321,15 @@ def test_the_slack_relay_dms_each_admin_off_the_request_thread() -> None:
 def test_the_slack_relay_posts_once_in_the_alert_channel_when_set() -> None:
     from slack_sdk import WebClient
 
+    from bot.settings import BotSettings
     from bot.slack.runner import AlertRelay
     from proxy_core.alerts import BudgetAlert
-    from proxy_core.settings import PennySettings
     from tests.fake_slack import FakeSlack
 
     alert = BudgetAlert(workspace_id="W1", user_id=None, scope="workspace monthly", threshold=100, spent=5_000_000,
                         limit=5_000_000, resets_at=1_769_904_000.0, period="2026-01")
     with FakeSlack() as slack:
-        relay = AlertRelay(PennySettings(admin_user_ids=["UADMIN1"], alert_channel="C0ALERTS"))
+        relay = AlertRelay(BotSettings(admin_user_ids=["UADMIN1"], alert_channel="C0ALERTS"))
         relay.attach(WebClient(token="xoxb-test-not-real", base_url=slack.base_url))
         relay(alert)
         relay.close()

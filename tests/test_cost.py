@@ -22,6 +22,7 @@ from slack_bolt import BoltResponse
 
 from bot.cli import main
 from bot.cost import TREND_DAYS, CostReport, cost_report, is_admin, sparkline, team_report
+from bot.settings import BotSettings
 from bot.slack.app import build_app
 from bot.slack.cost_blocks import USAGE_TEXT, cost_blocks, help_blocks, home_view, team_blocks
 from bot.slack.render import MAX_BLOCKS, SECTION_TEXT_LIMIT
@@ -31,7 +32,6 @@ from proxy_core.budget import budget_lines
 from proxy_core.clock import ManualClock
 from proxy_core.limiter import Bucket
 from proxy_core.money import format_usd
-from proxy_core.settings import PennySettings
 from proxy_core.stores.base import BucketSpec, LedgerEntry, Store, UsageTotals
 from proxy_core.stores.sqlite import SqliteStore
 from tests.budgeting import reserve
@@ -47,9 +47,9 @@ CHAT = "gpt-4.1-mini"
 EMBED = "text-embedding-3-small"
 
 
-def make_settings(**fields: Any) -> PennySettings:
+def make_settings(**fields: Any) -> BotSettings:
     """Settings from these fields and defaults only: no .env file, no PENNY_* variables."""
-    return PennySettings(_env_file=None, **fields)  # type: ignore[call-arg]
+    return BotSettings(_env_file=None, **fields)  # type: ignore[call-arg]
 
 
 def entry(
@@ -314,7 +314,7 @@ def test_by_model_calls_are_calls_to_the_provider_and_cached_answers_are_counted
 class CostHarness(Harness):
     """The test_slack_app harness, with budgets/admins and a fixed wall clock for the cost views."""
 
-    def __init__(self, fake: FakeSlack, store: SqliteStore, settings: PennySettings, now: float = NOW,
+    def __init__(self, fake: FakeSlack, store: SqliteStore, settings: BotSettings, now: float = NOW,
                  clock: ManualClock | None = None) -> None:
         super().__init__(fake, store, ScriptedAnswerer())
         self.settings = dataclasses.replace(self.settings, admin_user_ids=frozenset(settings.admin_user_ids))

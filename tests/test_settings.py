@@ -55,7 +55,6 @@ def test_defaults() -> None:
     assert (s.cache_enabled, s.cache_ttl_s, s.cache_scope) == (True, 86_400, "workspace")
     assert (s.idempotency_ttl_s, s.inflight_wait_s) == (86_400, 30.0)
     assert (s.metrics_port, s.log_level, s.log_json) == (0, "INFO", False)
-    assert s.thread_replies == "questions"
     # 0 = no cap, and the token burst defaults to a minute's worth of tokens.
     assert s.user_daily_budget_micros("U1") == 0
     assert s.workspace_monthly_budget_micros() == 0
@@ -180,15 +179,6 @@ def test_every_bad_field_is_reported_once_by_its_environment_variable(
     assert len(lines) == 1 + 9
     assert "lots" not in message  # values are not echoed, only what is wrong with them
     assert SECRET not in message
-
-
-def test_thread_replies_is_one_of_three_modes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PENNY_THREAD_REPLIES", " All ")
-    assert load_settings().thread_replies == "all"
-    monkeypatch.setenv("PENNY_THREAD_REPLIES", "quiet")
-    message = _error()
-    assert "PENNY_THREAD_REPLIES: Input should be 'questions', 'all' or 'mentions'" in message
-    assert "quiet" not in message
 
 
 def test_budgets_finer_than_a_micro_dollar_are_refused() -> None:

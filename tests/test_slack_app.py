@@ -21,6 +21,7 @@ from slack_sdk.http_retry import ConnectionErrorRetryHandler, RateLimitErrorRetr
 from slack_sdk.signature import SignatureVerifier
 
 from bot.answer_types import Answer, Citation, Question
+from bot.settings import ThreadReplies
 from bot.slack.answers import HELP_TEXT
 from bot.slack.app import BOT_EVENTS, BOT_SCOPES, SlackSettings, build_app, make_client, socket_mode_handler
 from bot.slack.conversation import MAX_QUESTION_CHARS, strip_mentions, thread_history
@@ -28,7 +29,6 @@ from bot.slack.feedback import ACTION_FRESH_ANSWER
 from bot.slack.render import ACTION_FEEDBACK, ACTION_FEEDBACK_DOWN, ACTION_FEEDBACK_UP
 from bot.slack.working import WorkingIndicator
 from proxy_core import Accounts, PennySettings
-from proxy_core.settings import ThreadReplies
 from proxy_core.stores.sqlite import SqliteStore
 from tests.fake_slack import FakeSlack, SlackCall
 

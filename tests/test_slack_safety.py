@@ -28,6 +28,7 @@ from slack_sdk.signature import SignatureVerifier
 from bot.answer import STORE_DOWN_TEXT
 from bot.answer_types import Question
 from bot.service import index_docs, open_answer_service
+from bot.settings import BotSettings
 from bot.slack.app import SlackSettings, build_app
 from bot.slack.http_guard import MAX_BODY_BYTES, Rejection, SlackHTTPServer, check_request, content_length
 from bot.slack.render import (
@@ -44,7 +45,6 @@ from proxy_core import Accounts
 from proxy_core.clock import ManualClock
 from proxy_core.gateway import Gateway
 from proxy_core.metrics import Metrics
-from proxy_core.settings import PennySettings
 from proxy_core.stores.base import Store
 from proxy_core.stores.redis import RedisStore
 from proxy_core.stores.sqlite import SqliteStore
@@ -278,7 +278,7 @@ class ServiceBot(Harness):
     """Penny's Bolt app over the real answering service on ``store`` (any backend), through
     ``gateway``; without one (no OpenAI key) the answers are extractive."""
 
-    def __init__(self, slack: FakeSlack, store: Store, settings: PennySettings, gateway: Gateway | None = None) -> None:
+    def __init__(self, slack: FakeSlack, store: Store, settings: BotSettings, gateway: Gateway | None = None) -> None:
         self.fake = slack
         self.settings = SlackSettings(bot_token=TOKEN, signing_secret=SECRET, api_url=slack.base_url)
         self.app = build_app(answerer=open_answer_service(settings, store, gateway), store=store,
@@ -299,7 +299,7 @@ def docs(tmp_path: Path) -> Path:
 
 
 def extractive_bot(slack: FakeSlack, store: Store, docs: Path) -> ServiceBot:
-    settings = PennySettings(docs_base_url=DOCS_URL)
+    settings = BotSettings(docs_base_url=DOCS_URL)
     index_docs(settings, store, docs)
     return ServiceBot(slack, store, settings)
 
@@ -325,7 +325,7 @@ def test_an_extractive_answer_quotes_an_injected_doc_passage_as_text(slack: Fake
 def test_store_down_during_a_question_tells_the_asker_plainly_and_logs_the_detail(
     slack: FakeSlack, tmp_path: Path
 ) -> None:
-    settings = PennySettings(openai_api_key=KEY, requests_per_minute=0, tokens_per_minute=0, docs_base_url=DOCS_URL)
+    settings = BotSettings(openai_api_key=KEY, requests_per_minute=0, tokens_per_minute=0, docs_base_url=DOCS_URL)
     with FakeOpenAI() as openai, RedisServer(tmp_path / "redis") as server:
         store = RedisStore.from_url(server.url, timeout_s=0.5)
         index_docs(settings, store, DOCS)
@@ -356,7 +356,7 @@ def test_store_down_during_a_question_tells_the_asker_plainly_and_logs_the_detai
 def test_a_closed_sqlite_store_is_the_same_plain_sentence_from_the_service(sqlite_path: Path) -> None:
     """The answering service says it, so every edge (Slack, ``penny ask``, the chat) shows the same
     words; the store's own message (here its file path) stays in the log."""
-    settings = PennySettings(openai_api_key=KEY, requests_per_minute=0, tokens_per_minute=0)
+    settings = BotSettings(openai_api_key=KEY, requests_per_minute=0, tokens_per_minute=0)
     store = SqliteStore(sqlite_path)
     index_docs(settings, store, DOCS)
     with FakeOpenAI() as openai:

@@ -21,11 +21,11 @@ import structlog
 from structlog.testing import capture_logs
 
 from bot.cli import main
+from bot.settings import BotSettings
 from bot.slack.app import BOT_SCOPES
 from bot.slack.middleware import foreign_request
 from bot.slack.runner import run_slack
 from bot.slack.startup import SlackInstallation, missing_scopes
-from proxy_core.settings import PennySettings
 from proxy_core.stores.sqlite import SqliteStore
 from tests.fake_openai import FakeOpenAI
 from tests.fake_slack import FakeSlack
@@ -140,7 +140,7 @@ def test_a_refused_app_token_exits_2_naming_it(capsys: pytest.CaptureFixture[str
 
 def test_connected_is_said_only_once_the_token_and_the_connection_are_checked(slack: FakeSlack,
                                                                               tmp_path: Path) -> None:
-    settings = PennySettings(slack_bot_token=TOKEN, slack_app_token=APP_TOKEN, slack_api_url=slack.base_url)
+    settings = BotSettings(slack_bot_token=TOKEN, slack_app_token=APP_TOKEN, slack_api_url=slack.base_url)
     store = SqliteStore(tmp_path / "run.db")
     out, stop = io.StringIO(), threading.Event()
     result: list[int] = []

@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from bot.service import index_docs, open_answer_service
+from bot.settings import BotSettings
 from bot.slack.app import SlackSettings, build_app
 from bot.slack.delivery import ANSWERS_KIND, THREADS_KIND
 from bot.slack.render import ACTION_FEEDBACK
@@ -21,7 +22,6 @@ from bot.slack.working import WorkingIndicator
 from proxy_core.clock import ManualClock
 from proxy_core.gateway import Gateway
 from proxy_core.metrics import Metrics
-from proxy_core.settings import PennySettings
 from proxy_core.stores.sqlite import SqliteStore
 from proxy_core.upstream import OpenAIUpstream
 from tests.fake_openai import FakeOpenAI, Fault, stream_pieces
@@ -82,7 +82,7 @@ class StreamingBot(Harness):
         params: dict[str, Any] = {"openai_api_key": KEY, "requests_per_minute": 0, "tokens_per_minute": 0,
                                   "docs_base_url": "https://docs.example.com"}
         params.update(overrides)
-        settings = PennySettings(**params)
+        settings = BotSettings(**params)
         path.mkdir(parents=True, exist_ok=True)
         self.fake = slack
         self.store = SqliteStore(path / "penny.db")

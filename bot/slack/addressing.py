@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from proxy_core import ThreadReplies
+from bot.settings import ThreadReplies
 
 __all__ = ["Addressing", "ThreadReplies", "classify_thread_reply"]
 

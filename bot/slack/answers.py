@@ -33,6 +33,7 @@ from slack_bolt import Ack, BoltContext, Respond
 from slack_sdk import WebClient
 
 from bot.answer_types import Answer, Answerer, Question
+from bot.settings import ThreadReplies
 from bot.slack.addressing import classify_thread_reply
 from bot.slack.conversation import (
     MAX_QUESTION_CHARS,
@@ -50,7 +51,7 @@ from bot.slack.delivery import Delivery, Target, Writing, knows_thread
 from bot.slack.feedback import FRESH_BLOCK_PREFIX
 from bot.slack.middleware import Once, after_handling
 from bot.slack.working import WorkingIndicator
-from proxy_core import RecordStore, ThreadReplies, get_logger
+from proxy_core import RecordStore, get_logger
 
 __all__ = ["FAILED_TEXT", "HELP_TEXT", "TRUNCATED_NOTE", "Answers", "in_dm"]
 

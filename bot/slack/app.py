@@ -31,6 +31,7 @@ from slack_sdk import WebClient
 from slack_sdk.http_retry import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 
 from bot.answer_types import Answerer
+from bot.settings import ThreadReplies
 from bot.slack.agent import ACTION_FEEDBACK_REASON, REASON_CALLBACK, AskedPages, DocPage, StoreThreadContext
 from bot.slack.answers import Answers, in_dm
 from bot.slack.assistant import AssistantThreads, SuggestedPrompts
@@ -43,7 +44,7 @@ from bot.slack.render import ACTION_FEEDBACK, ACTION_FEEDBACK_DOWN, ACTION_FEEDB
 from bot.slack.startup import SlackInstallation
 from bot.slack.stream import StreamPacing, StreamStarts
 from bot.slack.working import WorkingIndicator
-from proxy_core import Accounts, Clock, Store, ThreadReplies, get_logger
+from proxy_core import Accounts, Clock, Store, get_logger
 
 __all__ = [
     "BOT_EVENTS",

@@ -6,8 +6,11 @@ import threading
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, TextIO
 
+from pydantic import SecretStr
+
 from bot.answer_types import Answerer
-from proxy_core import Accounts, BudgetAlert, Gateway, PennySettings, Store, alert_text, get_logger, load_settings
+from bot.settings import BotSettings, load_settings
+from proxy_core import Accounts, BudgetAlert, Gateway, PennySettings, Store, alert_text, get_logger
 
 if TYPE_CHECKING:
     from slack_bolt import App
@@ -22,11 +25,12 @@ LISTENER_THREADS = 256
 __all__ = ["AlertRelay", "penny_app", "run_slack", "slack_settings"]
 
 
-def slack_settings(settings: PennySettings) -> SlackSettings:
+def slack_settings(settings: BotSettings) -> SlackSettings:
+    """How the app talks to Slack, from the bot's settings."""
     from bot.slack.app import SlackSettings
 
-    def secret(value: object) -> str:
-        return "" if value is None else str(value.get_secret_value())  # type: ignore[attr-defined]
+    def secret(value: SecretStr | None) -> str:
+        return "" if value is None else value.get_secret_value()
 
     return SlackSettings(
         bot_token=secret(settings.slack_bot_token),
@@ -83,7 +87,7 @@ class AlertRelay:
     ``PENNY_ALERT_CHANNEL``. Posts go out from a worker thread, never the asker's request thread;
     until a Slack client is attached (terminal chat), alerts are only logged."""
 
-    def __init__(self, settings: PennySettings) -> None:
+    def __init__(self, settings: BotSettings) -> None:
         self._settings = settings
         self._client: WebClient | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="penny-alerts")
@@ -117,7 +121,7 @@ class AlertRelay:
 
 
 def run_slack(
-    answerer: Answerer, store: Store, gateway: Gateway | None, settings: PennySettings, *, http: bool, port: int,
+    answerer: Answerer, store: Store, gateway: Gateway | None, settings: BotSettings, *, http: bool, port: int,
     out: TextIO, alerts: AlertRelay | None = None, installation: SlackInstallation | None = None,
     until: threading.Event | None = None,
 ) -> int:

@@ -50,9 +50,9 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from bot.answer_types import Answerer
+from bot.settings import BotSettings
 from bot.slack.http_guard import MAX_BODY_BYTES, Rejection, check_request, content_length
 from proxy_core.log import get_logger
-from proxy_core.settings import PennySettings
 from proxy_core.stores.base import Store
 
 if TYPE_CHECKING:
@@ -305,7 +305,7 @@ class DrainingExecutor(Executor):
 class _Worker:
     """One worker process's Penny: its backend, its Bolt app and the pool answers are written on."""
 
-    def __init__(self, backend: Backend, settings: PennySettings, *, metrics: Callable[[], bytes] | None,
+    def __init__(self, backend: Backend, settings: BotSettings, *, metrics: Callable[[], bytes] | None,
                  installation: SlackInstallation | None = None) -> None:
         from bot.slack.runner import LISTENER_THREADS, penny_app, slack_settings
 
@@ -601,7 +601,7 @@ def _multiprocess_metrics() -> tuple[str, Callable[[], bytes]]:
     return directory, render
 
 
-def serve(settings: PennySettings, options: HTTPOptions, open_backend: Callable[[], Backend], *,
+def serve(settings: BotSettings, options: HTTPOptions, open_backend: Callable[[], Backend], *,
           out: TextIO, metrics_port: int = 0, installation: SlackInstallation | None = None) -> int:
     """Run the arbiter until it stops; its exit status (0 after SIGTERM or SIGINT). Workers call
     ``open_backend`` after the fork; ``metrics_port`` also serves the summed metrics from the
