@@ -1,6 +1,6 @@
 """The ``penny`` command line.
 
-Every command goes through the same :class:`~proxy_core.gateway.Gateway` the Slack bot will use.
+Every command goes through the same :class:`~proxy_core.Gateway` the Slack bot will use.
 Configuration problems print one clear message naming each bad setting and exit with status 2,
 never a traceback.
 """
@@ -23,16 +23,27 @@ from bot.proxy.commands import add_commands as add_proxy_commands
 from bot.settings import BotSettings, load_settings
 from bot.slack.startup import SlackInstallation, SlackUnreachable
 from bot.wording import counted
-from proxy_core import Accounts
-from proxy_core.errors import ConfigurationError, StoreError
-from proxy_core.gateway import Gateway
-from proxy_core.log import configure_logging
-from proxy_core.metrics import serve_metrics
-from proxy_core.money import format_usd
-from proxy_core.prices import PriceTable
-from proxy_core.settings import PennySettings
-from proxy_core.spool import count_pending
-from proxy_core.stores.base import Store, UsageSummary, UsageTotals
+from proxy_core import (
+    Accounts,
+    CachedAnswers,
+    ConfigurationError,
+    Gateway,
+    PennySettings,
+    PriceTable,
+    Store,
+    StoreError,
+    UsageSummary,
+    UsageTotals,
+    configure_logging,
+    count_pending,
+    embedder_from_spec,
+    evaluate,
+    format_report,
+    format_usd,
+    hit_policy,
+    load_pairs,
+    serve_metrics,
+)
 
 __all__ = ["main"]
 
@@ -239,9 +250,6 @@ def _cmd_ledger_replay(args: argparse.Namespace, settings: PennySettings, out: T
 
 
 def _cmd_cache_eval(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
-    from proxy_core.semantic.decision import evaluate, format_report, hit_policy, load_pairs
-    from proxy_core.semantic.embedders import embedder_from_spec
-
     try:
         pairs = load_pairs(args.file)
     except OSError as exc:
@@ -279,7 +287,7 @@ def _cmd_cache_eval(args: argparse.Namespace, settings: PennySettings, out: Text
 def _cmd_cache_stats(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
     store = settings.open_store()
     try:
-        count = store.semantic_count()
+        count = CachedAnswers(store).count()
     finally:
         store.close()
     mode = "semantic" if settings.semantic_cache else "exact only"
@@ -291,11 +299,11 @@ def _cmd_cache_stats(args: argparse.Namespace, settings: PennySettings, out: Tex
 def _cmd_cache_clear(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
     store = settings.open_store()
     try:
-        gone = store.semantic_delete_where(context_prefix=args.context)
+        gone = CachedAnswers(store).forget(args.context)
     finally:
         store.close()
     what = f"with context starting {args.context!r}" if args.context else "in total"
-    print(f"removed {counted(len(gone), 'cached answer')} {what}; every replica drops them within a second",
+    print(f"removed {counted(gone, 'cached answer')} {what}; every replica drops them within a second",
           file=out)
     return 0
 

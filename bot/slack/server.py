@@ -52,8 +52,7 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 from bot.answer_types import Answerer
 from bot.settings import BotSettings
 from bot.slack.http_guard import MAX_BODY_BYTES, Rejection, check_request, content_length
-from proxy_core.log import get_logger
-from proxy_core.stores.base import Store
+from proxy_core import ConfigurationError, Gateway, Store, StoreError, get_logger
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment
@@ -62,7 +61,6 @@ if TYPE_CHECKING:
 
     from bot.slack.runner import AlertRelay
     from bot.slack.startup import SlackInstallation
-    from proxy_core.gateway import Gateway
 
 __all__ = [
     "AcksFirst", "Backend", "DrainingExecutor", "HTTPOptions", "PennyWSGI", "PennyWorker", "Served", "ops_reply",
@@ -320,8 +318,6 @@ class _Worker:
 
     def ready(self) -> str | None:
         """Why this worker cannot answer yet (store unreachable, no docs index), or None."""
-        from proxy_core.errors import StoreError
-
         try:
             self.backend.store.ping()
         except StoreError as exc:
@@ -652,8 +648,6 @@ def run_arbiter(options: HTTPOptions, build: Callable[[Callable[[], bytes]], Ser
 
 def _serve_arbiter_metrics(render: Callable[[], bytes], port: int) -> None:
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    from proxy_core.errors import ConfigurationError
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:

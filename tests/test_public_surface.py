@@ -1,0 +1,41 @@
+"""The bot talks to proxy_core through one public surface: ``from proxy_core import ...`` of names in
+``proxy_core.__all__``, never a submodule (its modules are its implementation, as httpx's are)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import proxy_core
+
+BOT = Path(__file__).resolve().parent.parent / "bot"
+
+
+def _proxy_core_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, what) of every import of proxy_core in ``path``, anywhere in the file."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, f"import {a.name}") for a in node.names if a.name.split(".")[0] == "proxy_core"]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "proxy_core":
+            found += [(node.lineno, f"from {node.module} import {a.name}") for a in node.names]
+    return found
+
+
+def test_the_bot_imports_only_proxy_cores_public_names() -> None:
+    public = set(proxy_core.__all__)
+    files = sorted(BOT.rglob("*.py"))
+    assert files
+    wrong = [
+        f"{path.relative_to(BOT.parent)}:{line}: {what}"
+        for path in files
+        for line, what in _proxy_core_imports(path)
+        if not what.startswith("from proxy_core import ") or what.split()[-1] not in public
+    ]
+    assert wrong == [], "bot/ must import from proxy_core itself, names in its __all__:\n" + "\n".join(wrong)
+
+
+def test_every_public_name_is_there() -> None:
+    assert len(set(proxy_core.__all__)) == len(proxy_core.__all__)
+    for name in proxy_core.__all__:
+        assert hasattr(proxy_core, name), name
