@@ -8,7 +8,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from proxy_core import Store
+from proxy_core import BlobStore
 
 __all__ = ["FeedbackCounts", "Reason", "Tally", "feedback_counts", "record_feedback"]
 
@@ -50,7 +50,7 @@ class FeedbackCounts:
 
 
 def record_feedback(
-    store: Store, workspace_id: str, answer_id: str, user_id: str, *, up: bool, pages: Sequence[str], at: float,
+    store: BlobStore, workspace_id: str, answer_id: str, user_id: str, *, up: bool, pages: Sequence[str], at: float,
     reason: str | None = None,
 ) -> None:
     """Store one person's vote on one answer (a second vote replaces the first), with the reason
@@ -63,7 +63,7 @@ def record_feedback(
     store.blob_put_many({key: json.dumps(value).encode()})
 
 
-def feedback_counts(store: Store, workspace_id: str) -> FeedbackCounts:
+def feedback_counts(store: BlobStore, workspace_id: str) -> FeedbackCounts:
     counts = FeedbackCounts()
     for _, raw in store.blob_scan(f"{PREFIX}{workspace_id}:"):
         vote = json.loads(raw)

@@ -35,7 +35,7 @@ from numpy.typing import NDArray
 
 from bot.docs.parse import Passage, chunk, parse_document, walk
 from bot.docs.retrieve import Bm25
-from proxy_core import ConfigurationError, Store, StoreError, get_logger
+from proxy_core import BlobStore, ConfigurationError, StoreError, get_logger
 
 __all__ = [
     "DEFAULT_NAMESPACE", "EMBED_BATCH", "DocsIndex", "DocsIndexer", "IndexConflict", "IndexReport", "IndexSnapshot",
@@ -154,12 +154,12 @@ def _doc_passages(doc_path: str, raw: bytes) -> dict[str, Passage]:
     }
 
 
-def _read_manifest(store: Store, keys: _Keys) -> _Manifest | None:
+def _read_manifest(store: BlobStore, keys: _Keys) -> _Manifest | None:
     raw = store.blob_get(keys.manifest)
     return None if raw is None else _Manifest.from_json(raw)
 
 
-def _read_version(store: Store, keys: _Keys) -> int:
+def _read_version(store: BlobStore, keys: _Keys) -> int:
     raw = store.blob_get(keys.version)
     return 0 if raw is None else int(raw)
 
@@ -174,7 +174,7 @@ class DocsIndexer:
 
     def __init__(
         self,
-        store: Store,
+        store: BlobStore,
         embed: Embed,
         *,
         embedder_name: str,
@@ -305,13 +305,13 @@ class DocsIndex:
     so a query never sees half of two versions.
     """
 
-    def __init__(self, store: Store, snapshot: IndexSnapshot, *, namespace: str = DEFAULT_NAMESPACE) -> None:
+    def __init__(self, store: BlobStore, snapshot: IndexSnapshot, *, namespace: str = DEFAULT_NAMESPACE) -> None:
         self._store = store
         self._keys = _Keys(namespace)
         self._snapshot = snapshot
 
     @classmethod
-    def load(cls, store: Store, *, namespace: str = DEFAULT_NAMESPACE) -> DocsIndex:
+    def load(cls, store: BlobStore, *, namespace: str = DEFAULT_NAMESPACE) -> DocsIndex:
         """Load the index from ``store`` (an empty index, version 0, when nothing was indexed yet)."""
         return cls(store, _load_snapshot(store, _Keys(namespace)), namespace=namespace)
 
@@ -338,7 +338,7 @@ class DocsIndex:
         return True
 
 
-def _load_snapshot(store: Store, keys: _Keys) -> IndexSnapshot:
+def _load_snapshot(store: BlobStore, keys: _Keys) -> IndexSnapshot:
     # Writes are atomic but a load is several reads: read the version before and after, and retry
     # when a writer got in between, so the snapshot is exactly one version.
     for _ in range(_LOAD_ATTEMPTS):

@@ -27,6 +27,7 @@ works, a thread shows Slack's status line, a top-level DM question an ``eyes`` r
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 from slack_bolt import Ack, BoltContext, Respond
@@ -72,18 +73,17 @@ def in_dm(event: Mapping[str, Any]) -> bool:
     return event.get("channel_type") == "im"
 
 
+@dataclass(eq=False, kw_only=True)
 class Answers:
     """The answering listeners (see the module doc). ``thread_replies`` says which unmentioned
     thread replies are answered; ``working`` shows the status (or 👀) while the service works."""
 
-    def __init__(self, *, answerer: Answerer, store: RecordStore, once: Once, delivery: Delivery,
-                 working: WorkingIndicator, thread_replies: ThreadReplies) -> None:
-        self.answerer = answerer
-        self.store = store
-        self.once = once
-        self.delivery = delivery
-        self.working = working
-        self.thread_replies = thread_replies
+    answerer: Answerer
+    store: RecordStore
+    once: Once
+    delivery: Delivery
+    working: WorkingIndicator
+    thread_replies: ThreadReplies
 
     # -- listeners -------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 from slack_bolt import BoltContext, SaveThreadContext, Say, SetSuggestedPrompts, SetTitle
@@ -110,15 +111,15 @@ class SuggestedPrompts:
             _log.warning("slack.prompts_failed", error=exc)
 
 
+@dataclass(eq=False)
 class AssistantThreads:
     """The assistant thread listeners (handed to Bolt's :class:`~slack_bolt.Assistant`), and what
     Slack says the user is looking at (``app_context_changed``)."""
 
-    def __init__(self, store: RecordStore, once: Once, answers: Answers, prompts: SuggestedPrompts) -> None:
-        self.store = store
-        self.once = once
-        self.answers = answers
-        self.prompts = prompts
+    store: RecordStore
+    once: Once
+    answers: Answers
+    prompts: SuggestedPrompts
 
     def on_thread_started(self, body: dict[str, Any], payload: dict[str, Any], context: BoltContext, say: Say,
                           set_suggested_prompts: SetSuggestedPrompts, save_thread_context: SaveThreadContext) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, Final
 
 from slack_bolt import Ack, Respond
@@ -75,14 +75,15 @@ class Admins:
         return admin
 
 
+@dataclass(eq=False)
 class CostCommand:
     """``/cost``, and the reports the App Home shows too, read through ``accounts``; ``wall`` is
     the clock that picks today and this month."""
 
-    def __init__(self, accounts: Accounts, admins: Admins, *, wall: Callable[[], float]) -> None:
-        self.accounts = accounts
-        self.admins = admins
-        self.wall = wall
+    accounts: Accounts
+    admins: Admins
+    _: KW_ONLY
+    wall: Callable[[], float]
 
     def on_cost(self, ack: Ack, command: dict[str, Any], respond: Respond, client: WebClient) -> None:
         """``/cost`` (own numbers), ``/cost team`` (admins), ``/cost help``; ack first, then compute."""

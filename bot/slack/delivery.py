@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Final
 
 from slack_sdk import WebClient
@@ -100,20 +100,20 @@ class Writing:
         self._stream.restart()
 
 
+@dataclass(eq=False)
 class Delivery:
     """Streams and posts answers for the listeners (see the module doc). ``stream_starts`` is the
     shared budget of streams per minute; ``clock`` and ``stream_pacing`` set how often a stream is
     appended to; ``sleep`` waits out a throttled ``chat.stopStream``."""
 
-    def __init__(self, store: RecordStore, asked: AskedPages, *, clock: Clock, stream_pacing: StreamPacing,
-                 stream_starts: StreamStarts, sleep: Callable[[float], None]) -> None:
-        self.store = store
-        self.asked = asked
-        self.clock = clock
-        self.stream_pacing = stream_pacing
-        self.stream_starts = stream_starts
-        self.sleep = sleep
-        self.streaming = True  # off for good after an error in STREAMING_UNAVAILABLE
+    store: RecordStore
+    asked: AskedPages
+    _: KW_ONLY
+    clock: Clock
+    stream_pacing: StreamPacing
+    stream_starts: StreamStarts
+    sleep: Callable[[float], None]
+    streaming: bool = field(default=True, init=False)  # off for good after an error in STREAMING_UNAVAILABLE
 
     def stream_for(self, client: WebClient, target: Target) -> SlackAnswerStream | None:
         """Where the answer streams while it is written: its thread (Slack streams only replies)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, Final
 
 from slack_bolt import Ack
@@ -32,13 +33,14 @@ FeedbackCallback = Callable[[str, str, bool], None]  # (user_id, entry_id, up)
 _log = get_logger()
 
 
+@dataclass(eq=False)
 class Feedback:
-    """The vote listeners; ``wall`` dates each vote."""
+    """The vote listeners; ``on_feedback`` hears each vote, ``wall`` dates it."""
 
-    def __init__(self, store: Store, on_feedback: FeedbackCallback | None, *, wall: Callable[[], float]) -> None:
-        self.store = store
-        self.on_feedback = on_feedback
-        self.wall = wall
+    store: Store
+    on_feedback: FeedbackCallback | None
+    _: KW_ONLY
+    wall: Callable[[], float]
 
     def on_feedback_buttons(self, ack: Ack, body: dict[str, Any], client: WebClient) -> None:
         """Slack's native feedback buttons: the value says which (``up:`` / ``down:``) and of what."""

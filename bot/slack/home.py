@@ -3,6 +3,7 @@ fresh on every open; the Messages tab (Penny's agent DM) gets suggested prompts.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from slack_bolt import BoltContext
@@ -21,12 +22,12 @@ __all__ = ["Home", "home_view"]
 _log = get_logger()
 
 
+@dataclass(eq=False)
 class Home:
     """The ``app_home_opened`` listener."""
 
-    def __init__(self, costs: CostCommand, prompts: SuggestedPrompts) -> None:
-        self.costs = costs
-        self.prompts = prompts
+    costs: CostCommand
+    prompts: SuggestedPrompts
 
     def on_home_opened(self, body: dict[str, Any], event: dict[str, Any], context: BoltContext,
                        client: WebClient) -> None:
