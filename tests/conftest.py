@@ -34,6 +34,23 @@ def _spool_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
+def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """What the ``penny`` command sees in a test: an empty working directory, no Penny/OpenAI
+    variables, and a SQLite store in tmp_path (its URL is the value)."""
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.upper().startswith(("PENNY_", "OPENAI_")):
+            monkeypatch.delenv(name)
+    url = f"sqlite:///{tmp_path / 'penny.db'}"
+    monkeypatch.setenv("PENNY_STORE_URL", url)
+    yield url
+    # main() points structlog at the test's captured stderr; do not leave that to other tests.
+    import structlog
+
+    structlog.reset_defaults()
+
+
+@pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
 

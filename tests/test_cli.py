@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-import structlog
 
 from bot.cli import main
 from proxy_core.money import format_usd
@@ -33,18 +32,10 @@ WORKSPACE = "local"
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """An empty working directory, no Penny/OpenAI variables, and a SQLite store in tmp_path."""
-    monkeypatch.chdir(tmp_path)
-    for name in list(os.environ):
-        if name.upper().startswith(("PENNY_", "OPENAI_")):
-            monkeypatch.delenv(name)
-    url = f"sqlite:///{tmp_path / 'penny.db'}"
-    monkeypatch.setenv("PENNY_STORE_URL", url)
+def isolated(cli_env: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``cli_env``, with the example handbook as the docs folder."""
     monkeypatch.setenv("PENNY_DOCS_DIR", str(REPO / "examples" / "docs"))
-    yield url
-    # main() points structlog at this test's captured stderr; do not leave that to other tests.
-    structlog.reset_defaults()
+    return cli_env
 
 
 @pytest.fixture

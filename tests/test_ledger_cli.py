@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
 from bot.cli import main
 from bot.cost import team_report
@@ -30,16 +27,9 @@ WORKSPACE = "local"
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.chdir(tmp_path)
-    for name in list(os.environ):
-        if name.upper().startswith(("PENNY_", "OPENAI_")):
-            monkeypatch.delenv(name)
-    url = f"sqlite:///{tmp_path / 'penny.db'}"
-    monkeypatch.setenv("PENNY_STORE_URL", url)
+def isolated(cli_env: str, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-ledger-cli")
-    yield url
-    structlog.reset_defaults()
+    return cli_env
 
 
 def penny(*argv: str) -> tuple[int, str]:

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import io
-import os
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-import structlog
 
 from bot.cli import main
 from bot.proxy.keys import KeyRing, hash_key
@@ -44,15 +40,8 @@ def test_keys_are_listed_oldest_first(store: Store, clock: ManualClock) -> None:
 
 
 @pytest.fixture
-def cli_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.chdir(tmp_path)
-    for name in list(os.environ):
-        if name.upper().startswith(("PENNY_", "OPENAI_")):
-            monkeypatch.delenv(name)
-    url = f"sqlite:///{tmp_path / 'penny.db'}"
-    monkeypatch.setenv("PENNY_STORE_URL", url)
-    yield url
-    structlog.reset_defaults()
+def cli_store(cli_env: str) -> str:
+    return cli_env
 
 
 def penny(*argv: str) -> tuple[int, str]:
