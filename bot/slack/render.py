@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 import string
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, NamedTuple
 
@@ -167,81 +167,135 @@ def _inline(text: str, *, bold: str = "*", links: bool = True) -> str:
     return "".join(out)
 
 
+class _Tokens:
+    """The tokens of one line as they are found: plain characters gather into one escaped string
+    until a code span, link or delimiter run needs a token of its own."""
+
+    def __init__(self) -> None:
+        self.tokens: list[str | _Delimiter] = []
+        self._plain: list[str] = []
+
+    def plain(self, text: str) -> None:
+        self._plain.append(text)
+
+    def token(self, token: str | _Delimiter) -> None:
+        self._flush()
+        self.tokens.append(token)
+
+    def finish(self) -> list[str | _Delimiter]:
+        self._flush()
+        return self.tokens
+
+    def _flush(self) -> None:
+        if self._plain:
+            self.tokens.append(escape_mrkdwn("".join(self._plain)))
+            self._plain.clear()
+
+
+# A step reads the construct starting at ``text[i]`` into ``out`` and returns where it ends, or
+# None when there is none there (the character is then plain text).
+_Step = Callable[[str, int, _Tokens], int | None]
+
+
 def _tokenize(text: str, *, bold: str, links: bool) -> list[str | _Delimiter]:
-    tokens: list[str | _Delimiter] = []
-    plain: list[str] = []
+    """Split one line into escaped text, finished spans (code, autolinks, links) and emphasis
+    delimiter runs still to be paired. Each construct is told by its first character."""
+    steps: dict[str, _Step] = {
+        "\\": _escaped_punctuation,
+        "`": _code_span,
+        "<": _html_break_or_autolink,
+        "*": _emphasis_run,
+        "_": _emphasis_run,
+        "~": _emphasis_run,
+    }
+    if links:
+        pairs = _Pairs.of(text) if "[" in text else _Pairs({}, {})
 
-    def flush() -> None:
-        if plain:
-            tokens.append(escape_mrkdwn("".join(plain)))
-            plain.clear()
+        def link(text: str, i: int, out: _Tokens) -> int | None:
+            return _link_span(text, i, out, pairs=pairs, bold=bold)
 
-    pairs = _Pairs.of(text) if links and "[" in text else _Pairs({}, {})
+        steps["["] = steps["!"] = link
+    out = _Tokens()
     i, n = 0, len(text)
     while i < n:
-        ch = text[i]
-        if ch == "\\" and i + 1 < n and text[i + 1] in _PUNCTUATION:
-            plain.append(text[i + 1])
-            i += 2
-            continue
-        if ch == "`":
-            run_end = _run_end(text, i, "`")
-            close = _find_backtick_run(text, run_end, run_end - i)
-            if close < 0:
-                plain.append(text[i:run_end])
-                i = run_end
-                continue
-            content = text[run_end:close]
-            if len(content) > 2 and content[0] == " " and content[-1] == " " and content.strip():
-                content = content[1:-1]
-            flush()
-            tokens.append("`" + escape_mrkdwn(content) + "`")
-            i = close + (run_end - i)
-            continue
-        if ch == "<":
-            match = HTML_BREAK.match(text, i)
-            if match:
-                plain.append("\n")
-                i = match.end()
-                continue
-            match = _AUTOLINK.match(text, i)
-            if match:
-                flush()
-                tokens.append(_visible_url(match.group(1)))
-                i = match.end()
-                continue
-        if links and (ch == "[" or (ch == "!" and text.startswith("[", i + 1))):
-            parsed = _parse_link(text, i + 1 if ch == "!" else i, pairs)
-            if parsed is not None:
-                label, url, end = parsed
-                flush()
-                tokens.append(_render_link(label, url, bold=bold))
-                i = end
-                continue
-        if ch in "*_~":
-            run_end = _run_end(text, i, ch)
-            length = run_end - i
-            if ch == "~" and length != 2:
-                plain.append(text[i:run_end])
-                i = run_end
-                continue
-            before = text[i - 1] if i > 0 else " "
-            after = text[run_end] if run_end < n else " "
-            left = not after.isspace() and (after not in _PUNCTUATION or before.isspace() or before in _PUNCTUATION)
-            right = not before.isspace() and (before not in _PUNCTUATION or after.isspace() or after in _PUNCTUATION)
-            if ch == "_":  # no intraword emphasis with underscores: snake_case stays as written
-                can_open = left and (not right or before in _PUNCTUATION)
-                can_close = right and (not left or after in _PUNCTUATION)
-            else:
-                can_open, can_close = left, right
-            flush()
-            tokens.append(_Delimiter(ch, length, length, can_open, can_close))
-            i = run_end
-            continue
-        plain.append(ch)
+        step = steps.get(text[i])
+        end = step(text, i, out) if step is not None else None
+        if end is None:
+            out.plain(text[i])
+            end = i + 1
+        i = end
+    return out.finish()
+
+
+def _escaped_punctuation(text: str, i: int, out: _Tokens) -> int | None:
+    """``\\*``: the punctuation character itself, as plain text."""
+    if i + 1 < len(text) and text[i + 1] in _PUNCTUATION:
+        out.plain(text[i + 1])
+        return i + 2
+    return None
+
+
+def _code_span(text: str, i: int, out: _Tokens) -> int | None:
+    """A code span, kept in backticks with nothing converted inside; an unclosed run is plain."""
+    run_end = _run_end(text, i, "`")
+    close = _find_backtick_run(text, run_end, run_end - i)
+    if close < 0:
+        out.plain(text[i:run_end])
+        return run_end
+    content = text[run_end:close]
+    if len(content) > 2 and content[0] == " " and content[-1] == " " and content.strip():
+        content = content[1:-1]
+    out.token("`" + escape_mrkdwn(content) + "`")
+    return close + (run_end - i)
+
+
+def _html_break_or_autolink(text: str, i: int, out: _Tokens) -> int | None:
+    """``<br>`` as a line break, ``<https://…>`` as its visible URL; any other ``<`` is plain."""
+    match = HTML_BREAK.match(text, i)
+    if match:
+        out.plain("\n")
+        return match.end()
+    match = _AUTOLINK.match(text, i)
+    if match:
+        out.token(_visible_url(match.group(1)))
+        return match.end()
+    return None
+
+
+def _link_span(text: str, i: int, out: _Tokens, *, pairs: _Pairs, bold: str) -> int | None:
+    """``[label](url)`` or ``![alt](url)``, rendered with its URL visible (see :func:`_render_link`)."""
+    if text[i] == "!":
+        if not text.startswith("[", i + 1):
+            return None
         i += 1
-    flush()
-    return tokens
+    parsed = _parse_link(text, i, pairs)
+    if parsed is None:
+        return None
+    label, url, end = parsed
+    out.token(_render_link(label, url, bold=bold))
+    return end
+
+
+def _emphasis_run(text: str, i: int, out: _Tokens) -> int | None:
+    """A run of ``*``, ``_`` or ``~~``, as a delimiter that CommonMark's flanking rules say may open
+    or close emphasis; a ``~`` run of other than two is plain."""
+    ch = text[i]
+    run_end = _run_end(text, i, ch)
+    length = run_end - i
+    if ch == "~" and length != 2:
+        out.plain(text[i:run_end])
+        return run_end
+    before = text[i - 1] if i > 0 else " "
+    after = text[run_end] if run_end < len(text) else " "
+    left = not after.isspace() and (after not in _PUNCTUATION or before.isspace() or before in _PUNCTUATION)
+    right = not before.isspace() and (before not in _PUNCTUATION or after.isspace() or after in _PUNCTUATION)
+    if ch == "_":  # no intraword emphasis with underscores: snake_case stays as written
+        can_open = left and (not right or before in _PUNCTUATION)
+        can_close = right and (not left or after in _PUNCTUATION)
+    else:
+        can_open, can_close = left, right
+    out.token(_Delimiter(ch, length, length, can_open, can_close))
+    return run_end
 
 
 def _run_end(text: str, start: int, ch: str) -> int:
