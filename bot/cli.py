@@ -18,6 +18,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
+from bot._cli_common import opened_store, positive_int
 from bot.answer_types import Question
 from bot.proxy.commands import add_commands as add_proxy_commands
 from bot.settings import BotSettings, load_settings
@@ -92,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="address to listen on with --http (default 127.0.0.1: behind a TLS reverse proxy on "
                           "this host; 0.0.0.0 in a container)")
     run.add_argument("--port", type=int, default=3000, help="HTTP port with --http (default 3000; 0: any free port)")
-    run.add_argument("--workers", type=_positive, default=1,
+    run.add_argument("--workers", type=positive_int, default=1,
                      help="worker processes with --http (default 1; one per core uses them all)")
     run.add_argument("--access-log", metavar="FILE", help="with --http: a line per request to FILE ('-': stderr)")
     _who(run)
@@ -189,11 +190,8 @@ def _cmd_check(args: argparse.Namespace, settings: BotSettings, out: TextIO, _in
     prices = PriceTable.load(settings.price_file)
     prices.price_for(settings.chat_model)
     prices.price_for(settings.embedding_model)
-    store = settings.open_store()
-    try:
+    with opened_store(settings) as store:
         store.ping()
-    finally:
-        store.close()
     print(f"store       {store_kind(settings.store_url)} ok", file=out)
     spool = settings.spool_directory()
     pending = count_pending(spool)
@@ -285,11 +283,8 @@ def _cmd_cache_eval(args: argparse.Namespace, settings: PennySettings, out: Text
 
 
 def _cmd_cache_stats(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
-    store = settings.open_store()
-    try:
+    with opened_store(settings) as store:
         count = CachedAnswers(store).count()
-    finally:
-        store.close()
     mode = "semantic" if settings.semantic_cache else "exact only"
     print(f"{counted(count, 'cached answer')} · {mode} · embedder {settings.embedder} · "
           f"max {settings.cache_max_entries:,} · ttl {settings.cache_ttl_s:g}s", file=out)
@@ -297,11 +292,8 @@ def _cmd_cache_stats(args: argparse.Namespace, settings: PennySettings, out: Tex
 
 
 def _cmd_cache_clear(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
-    store = settings.open_store()
-    try:
+    with opened_store(settings) as store:
         gone = CachedAnswers(store).forget(args.context)
-    finally:
-        store.close()
     what = f"with context starting {args.context!r}" if args.context else "in total"
     print(f"removed {counted(gone, 'cached answer')} {what}; every replica drops them within a second",
           file=out)
@@ -324,19 +316,14 @@ def _cmd_index(args: argparse.Namespace, settings: PennySettings, out: TextIO, _
     # asks no questions, so that gateway needs no answer cache (nor its load and sync threads).
     gateway = (_gateway(settings.model_copy(update={"cache_enabled": False}))
                if settings.embedder.startswith("openai:") else None)
-    store = gateway.store if gateway is not None else settings.open_store()
-    try:
-        report = index_docs(settings, store, root, progress=_progress_bar(sys.stderr), gateway=gateway,
-                            allow_empty=args.allow_empty)
-    except NoDocsFound as exc:
-        print(f"penny index: {exc} To empty the index on purpose: penny index --allow-empty {args.dir}",
-              file=sys.stderr)
-        return 2
-    finally:
-        if gateway is not None:
-            gateway.close()
-        else:
-            store.close()
+    with opened_store(settings, gateway) as store:
+        try:
+            report = index_docs(settings, store, root, progress=_progress_bar(sys.stderr), gateway=gateway,
+                                allow_empty=args.allow_empty)
+        except NoDocsFound as exc:
+            print(f"penny index: {exc} To empty the index on purpose: penny index --allow-empty {args.dir}",
+                  file=sys.stderr)
+            return 2
     print(f"indexed {counted(report.files, 'file')} · {counted(report.passages, 'passage')} · "
           f"{report.embedded:,} embedded · {report.removed:,} removed · version {report.version} · "
           f"{report.seconds:.2f}s", file=out)
@@ -422,11 +409,8 @@ def _ends_chat(line: str) -> bool:
 def _cmd_feedback(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
     from bot.feedback import feedback_counts
 
-    store = settings.open_store()
-    try:
+    with opened_store(settings) as store:
         counts = feedback_counts(store, args.workspace)
-    finally:
-        store.close()
     if args.json:
         print(counts.to_json(), file=out)
         return 0
@@ -440,20 +424,17 @@ def _cmd_feedback(args: argparse.Namespace, settings: PennySettings, out: TextIO
 
 
 def _cmd_usage(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
-    store = settings.open_store()
-    try:
-        user = None if args.all_users else args.user
-        today = datetime.now(UTC).date()
-        if args.days > 0:
-            periods = {f"last {counted(args.days, 'day')}": (today - timedelta(days=args.days - 1), today)}
-        else:
-            periods = {"today": (today, today), "this month": (today.replace(day=1), today)}
+    user = None if args.all_users else args.user
+    today = datetime.now(UTC).date()
+    if args.days > 0:
+        periods = {f"last {counted(args.days, 'day')}": (today - timedelta(days=args.days - 1), today)}
+    else:
+        periods = {"today": (today, today), "this month": (today.replace(day=1), today)}
+    with opened_store(settings) as store:
         report = {
             label: store.usage(args.workspace, first.isoformat(), last.isoformat(), user)
             for label, (first, last) in periods.items()
         }
-    finally:
-        store.close()
     if args.json:
         print(json.dumps({k: _summary_json(v) for k, v in report.items()}, indent=2), file=out)
         return 0
@@ -475,8 +456,7 @@ def _cmd_cost(args: argparse.Namespace, settings: PennySettings, out: TextIO, _i
     from bot.cost import cost_report, team_report
     from bot.slack.cost_blocks import blocks_to_text, cost_blocks, team_blocks
 
-    store = settings.open_store()
-    try:
+    with opened_store(settings) as store:
         now, accounts = time.time(), Accounts(store, settings)
         if args.team:
             team = team_report(accounts, args.workspace, now)
@@ -484,8 +464,6 @@ def _cmd_cost(args: argparse.Namespace, settings: PennySettings, out: TextIO, _i
         else:
             own = cost_report(accounts, args.workspace, args.user, now)
             data, blocks = own.to_json(), cost_blocks(own)
-    finally:
-        store.close()
     print(json.dumps(data, indent=2) if args.json else blocks_to_text(blocks), file=out)
     return 0
 
@@ -646,15 +624,9 @@ def _run_http(settings: BotSettings, args: argparse.Namespace, out: TextIO) -> i
     # Indexing needs no answer cache (nor its threads); an openai: embedder is billed through a gateway.
     gateway = (Gateway.from_settings(settings.model_copy(update={"cache_enabled": False}), maintenance=False)
                if settings.openai_api_key is not None and settings.embedder.startswith("openai:") else None)
-    store = gateway.store if gateway is not None else settings.open_store()
-    try:
+    with opened_store(settings, gateway) as store:
         store.ping()
         _index_first_run(settings, store, gateway)
-    finally:
-        if gateway is not None:
-            gateway.close()
-        else:
-            store.close()
     if settings.openai_api_key is None:
         print("OPENAI_API_KEY is not set: answers are extractive (the best passages, $0).", file=out)
     options = HTTPOptions(host=args.host, port=args.port, workers=args.workers, log_level=settings.log_level,
@@ -663,13 +635,6 @@ def _run_http(settings: BotSettings, args: argparse.Namespace, out: TextIO) -> i
           file=out, flush=True)
     return serve(settings, options, lambda: _Session(settings), out=out, metrics_port=settings.metrics_port,
                  installation=installation)
-
-
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return number
 
 
 def _check_slack_first(settings: BotSettings) -> SlackInstallation | None:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import TextIO
 
+from bot._cli_common import opened_store, positive_int
 from bot.proxy.keys import KeyRing
 from proxy_core import PennySettings, PriceTable, format_usd
 
@@ -20,7 +21,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, de
                                          "LLM client (keys from penny keys create)")
     proxy.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1)")
     proxy.add_argument("--port", type=int, default=8787, help="the port (default: 8787; 0: any free port)")
-    proxy.add_argument("--workers", type=_positive, default=1, help="worker processes (default: 1)")
+    proxy.add_argument("--workers", type=positive_int, default=1, help="worker processes (default: 1)")
     proxy.add_argument("--cache-scope", choices=("user", "workspace"), default="user",
                        help="who shares cached answers: the key's user only (default), or their workspace")
     proxy.add_argument("--access-log", default=None, metavar="FILE",
@@ -44,13 +45,6 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, de
     revoke = keys_sub.add_parser("revoke", help="revoke a key by ID (its calls get 401 from then on)")
     revoke.add_argument("key_id", metavar="ID")
     revoke.set_defaults(func=_cmd_revoke)
-
-
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return number
 
 
 def _cmd_proxy(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
@@ -78,16 +72,13 @@ def _models(value: str) -> tuple[str, ...]:
 
 
 def _cmd_create(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
-    store = settings.open_store()
-    try:
+    with opened_store(settings) as store:
         unknown = [m for m in args.models if m not in _price_names(settings)]
         if unknown:
             print(f"penny: no price for model {', '.join(unknown)} (see penny prices)", file=sys.stderr)
             return 2
         secret, key = KeyRing(store).create(user_id=args.user, workspace_id=args.workspace, name=args.name,
                                             daily_budget_micros=args.daily_budget_usd, models=args.models)
-    finally:
-        store.close()
     print(f"Created {key.id} for {key.user_id} in {key.workspace_id}. The key (shown once, store it now):",
           file=out)
     print(secret, file=out)
@@ -95,11 +86,8 @@ def _cmd_create(args: argparse.Namespace, settings: PennySettings, out: TextIO, 
 
 
 def _cmd_list(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
-    store = settings.open_store()
-    try:
+    with opened_store(settings) as store:
         keys = KeyRing(store).list()
-    finally:
-        store.close()
     if not keys:
         print("No keys. Create one with: penny keys create --user U…", file=out)
         return 0
@@ -117,11 +105,8 @@ def _cmd_list(args: argparse.Namespace, settings: PennySettings, out: TextIO, _i
 
 
 def _cmd_revoke(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
-    store = settings.open_store()
-    try:
+    with opened_store(settings) as store:
         key = KeyRing(store).revoke(args.key_id)
-    finally:
-        store.close()
     if key is None:
         print(f"penny: no key {args.key_id} (see penny keys list)", file=sys.stderr)
         return 1
