@@ -49,10 +49,7 @@ def cost_blocks(report: CostReport) -> list[Block]:
     """One user's numbers: today, this month, budgets, headroom and the 14-day trend."""
     blocks: list[Block] = [
         _header("Your Penny costs"),
-        _section(
-            f"*Today* ({report.day})\n{_totals(report.today)}\n"
-            f"*This month* ({report.month})\n{_totals(report.this_month)}"
-        ),
+        _section(_spend_lines(report)),
         _section(
             "\n".join(
                 [
@@ -73,9 +70,7 @@ def team_blocks(report: TeamReport) -> list[Block]:
     blocks: list[Block] = [
         _header("Team Penny costs"),
         _section(
-            f"*Today* ({report.day})\n{_totals(report.today)}\n"
-            f"*This month* ({report.month})\n{_totals(report.this_month)}\n"
-            + _budget_line("Workspace monthly budget", report.workspace_monthly, report.now)
+            _spend_lines(report) + "\n" + _budget_line("Workspace monthly budget", report.workspace_monthly, report.now)
         ),
     ]
     notes = _ledger_notes(report)
@@ -93,6 +88,14 @@ def team_blocks(report: TeamReport) -> list[Block]:
         blocks.append(_section("*By model this month*\n" + "\n".join(lines)))
     blocks.append(_trend_block(report.trend, report.trend_days))
     return _bounded(blocks)
+
+
+def _spend_lines(report: CostReport | TeamReport) -> str:
+    """Today's and this month's totals, the first thing both reports show."""
+    return (
+        f"*Today* ({report.day})\n{_totals(report.today)}\n"
+        f"*This month* ({report.month})\n{_totals(report.this_month)}"
+    )
 
 
 def _ledger_notes(report: TeamReport) -> list[str]:
