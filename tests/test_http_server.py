@@ -6,6 +6,7 @@ bounds (the load figures are ``python -m bench.http``'s)."""
 from __future__ import annotations
 
 import json
+import operator
 import re
 import signal
 import socket
@@ -22,7 +23,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]  # PyYAML ships no stubs
 
 from bot.docs.index import DocsIndex
-from bot.slack.server import BUFFERED_REQUEST_BYTES, AcksFirst, _DeadlineSocket, request_complete
+from bot.slack.server import BUFFERED_REQUEST_BYTES, AcksFirst, DrainingExecutor, _DeadlineSocket, request_complete
 from proxy_core.stores import store_from_url
 from tests.fake_openai import FakeOpenAI, Fault
 from tests.fake_slack import FakeSlack
@@ -203,6 +204,36 @@ def test_a_listener_waits_for_acks_at_most_max_wait() -> None:
     acks_first = AcksFirst(quiet_s=0.02, max_wait_s=1.0, clock=lambda: float(next(ticks)))
     with acks_first.request():
         acks_first.wait()  # returns at its deadline: under sustained traffic answers still start
+
+
+def test_answers_wait_in_a_queue_while_acks_are_in_flight_then_run_on_the_pool() -> None:
+    acks_first = AcksFirst(quiet_s=0.0, max_wait_s=60.0)
+    pool = DrainingExecutor(4, acks_first=acks_first)
+    ran: list[int] = []
+    try:
+        with acks_first.request():
+            futures = [pool.submit(ran.append, i) for i in range(20)]
+            time.sleep(0.1)
+            assert ran == [] and not any(f.done() for f in futures)  # held: no thread ran an answer
+            assert pool.drain(0.0) == 20  # a stopping worker still waits for them
+        assert [f.result(timeout=5) for f in futures] == [None] * 20
+        assert sorted(ran) == list(range(20)) and pool.drain(5) == 0
+        failing = pool.submit(operator.truediv, 1, 0)
+        with pytest.raises(ZeroDivisionError):
+            failing.result(timeout=5)  # the answer's own error reaches its future
+    finally:
+        pool.shutdown()
+
+
+def test_answers_still_waiting_at_shutdown_are_cancelled_and_counted_done() -> None:
+    acks_first = AcksFirst(quiet_s=0.0, max_wait_s=60.0)
+    pool = DrainingExecutor(2, acks_first=acks_first)
+    with acks_first.request():
+        future = pool.submit(time.sleep, 0)
+        pool.shutdown(wait=False, cancel_futures=True)
+        assert future.cancelled() and pool.drain(0.0) == 0
+        with pytest.raises(RuntimeError):
+            pool.submit(time.sleep, 0)
 
 
 def test_the_http_manifest_is_the_socket_mode_one_with_request_urls() -> None:

@@ -39,6 +39,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -210,9 +211,9 @@ def _reject(start_response: StartResponse, rejection: Rejection) -> list[bytes]:
 class AcksFirst:
     """Slack wants each delivery acked within 3 s; answering it can wait a moment. One process has
     one GIL: a burst of events would otherwise be acked in turns with the answers of the events
-    before it. Requests are counted while Bolt handles them (:meth:`request`); a listener starting
-    its answer waits (:meth:`wait`) until no request has been in flight for ``quiet_s``, at most
-    ``max_wait_s``."""
+    before it. Requests are counted while Bolt handles them (:meth:`request`); the answers waiting
+    to start (:class:`DrainingExecutor`) wait (:meth:`wait`) until no request has been in flight for
+    ``quiet_s``, at most ``max_wait_s``."""
 
     def __init__(self, *, quiet_s: float = 0.02, max_wait_s: float = 1.0, clock: Callable[[], float] = time.monotonic
                  ) -> None:
@@ -255,24 +256,33 @@ class AcksFirst:
 
 class DrainingExecutor(Executor):
     """Bolt's listener pool, counting the listeners not finished yet so a stopping worker can wait
-    for them (:meth:`drain`) instead of cutting answers off. With ``acks_first``, a listener waits
-    for the requests being acked before it starts (:class:`AcksFirst`)."""
+    for them (:meth:`drain`) instead of cutting answers off.
+
+    With ``acks_first``, listeners are held back while requests are being acked (:class:`AcksFirst`):
+    they wait in a queue, and one dispatcher thread hands them to the pool once the acks are done.
+    Only the dispatcher waits on the acks, so a burst of events does not wake hundreds of waiting
+    threads at each ack, and the pool's threads are started off the ack's path."""
 
     def __init__(self, max_workers: int, *, thread_name_prefix: str = "penny-slack",
                  acks_first: AcksFirst | None = None) -> None:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
+        self._thread_name_prefix = thread_name_prefix
         self._idle = threading.Condition()
         self._running = 0
         self._acks_first = acks_first
+        self._waiting: deque[_WaitingListener] = deque()
+        self._arrived = threading.Condition()
+        self._dispatcher: threading.Thread | None = None
+        self._closed = False
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         with self._idle:
             self._running += 1
         try:
-            if self._acks_first is not None:
-                future = self._pool.submit(self._after_acks, self._acks_first, fn, *args, **kwargs)
-            else:
+            if self._acks_first is None:
                 future = self._pool.submit(fn, *args, **kwargs)
+            else:
+                future = self._hold(fn, args, kwargs)
         except BaseException:
             self._finished(None)
             raise
@@ -280,24 +290,80 @@ class DrainingExecutor(Executor):
         return future
 
     def drain(self, timeout_s: float) -> int:
-        """Wait until no listener runs, at most ``timeout_s``; the number still running."""
+        """Wait until no listener runs or waits, at most ``timeout_s``; the number still running."""
         with self._idle:
             self._idle.wait_for(lambda: self._running == 0, timeout=timeout_s)
             return self._running
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._arrived:
+            self._closed = True
+            cancelled = list(self._waiting) if cancel_futures else []
+            if cancel_futures:
+                self._waiting.clear()
+            self._arrived.notify_all()
+        for item in cancelled:
+            item.future.cancel()
+        if self._dispatcher is not None and wait:
+            self._dispatcher.join()
         self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
 
-    @staticmethod
-    def _after_acks(acks_first: AcksFirst, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        acks_first.wait()
-        return fn(*args, **kwargs)
+    def _hold(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
+        item = _WaitingListener(Future(), fn, args, kwargs)
+        with self._arrived:
+            if self._closed:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._waiting.append(item)
+            if self._dispatcher is None:
+                self._dispatcher = threading.Thread(target=self._dispatch, name=f"{self._thread_name_prefix}-dispatch",
+                                                    daemon=True)
+                self._dispatcher.start()
+            self._arrived.notify()
+        return item.future
+
+    def _dispatch(self) -> None:
+        assert self._acks_first is not None
+        while True:
+            with self._arrived:
+                self._arrived.wait_for(lambda: bool(self._waiting) or self._closed)
+                if not self._waiting:
+                    return  # closed, nothing left
+            if not self._closed:
+                self._acks_first.wait()
+            with self._arrived:
+                batch = list(self._waiting)
+                self._waiting.clear()
+            for item in batch:
+                try:
+                    self._pool.submit(item.run)
+                except RuntimeError:  # the pool was shut down without waiting: this answer is not written
+                    item.future.cancel()
 
     def _finished(self, _future: Future[Any] | None) -> None:
         with self._idle:
             self._running -= 1
             if self._running == 0:
                 self._idle.notify_all()
+
+
+@dataclass(frozen=True, slots=True)
+class _WaitingListener:
+    """A listener waiting for the acks in flight: run on the pool with its own future."""
+
+    future: Future[Any]
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+    def run(self) -> None:
+        if not self.future.set_running_or_notify_cancel():
+            return
+        try:
+            result = self.fn(*self.args, **self.kwargs)
+        except BaseException as exc:
+            self.future.set_exception(exc)
+        else:
+            self.future.set_result(result)
 
 
 class _Worker:
