@@ -150,7 +150,7 @@ def concurrency(questions: int, users: int, executor: Executor | None, label: st
     updated into the rendered answer)."""
     from bot.slack.app import SlackSettings
     from bot.slack.runner import penny_app
-    from tests.test_slack_app import SECRET, TOKEN, Harness, mention
+    from tests.slack_harness import SECRET, TOKEN, Harness, mention
 
     texts = [q["question"] for q in _load("questions.jsonl")]
     fakes = _Fakes()

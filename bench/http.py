@@ -30,7 +30,7 @@ from pathlib import Path
 
 from proxy_core.stores import store_from_url
 from tests.penny_http import PennyHTTP, penny_env, question_event, signed_headers
-from tests.test_slack_app import TEAM
+from tests.slack_harness import TEAM
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTIONS = [json.loads(line)["question"] for line in
@@ -63,7 +63,7 @@ def _serve_slack(conn: Connection) -> None:
     from collections import Counter
 
     from tests.fake_slack import FakeSlack
-    from tests.test_slack_app import BOT_ID, BOT_USER
+    from tests.slack_harness import BOT_ID, BOT_USER
 
     with FakeSlack(team_id=TEAM, bot_user_id=BOT_USER, bot_id=BOT_ID) as slack:
         conn.send(slack.base_url)

@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from slack_sdk.signature import SignatureVerifier
 
-from tests.test_slack_app import SECRET, TOKEN, event_body, mention
+from tests.slack_harness import SECRET, TOKEN, event_body, mention
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "examples" / "docs"

@@ -5,59 +5,16 @@ Web API recording what Penny posts. Nothing of ours is replaced."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from bot.service import index_docs, open_answer_service
-from bot.settings import BotSettings
-from bot.slack.app import SlackSettings
-from bot.slack.runner import penny_app
-from bot.slack.working import WorkingIndicator
-from proxy_core.gateway import Gateway
-from proxy_core.metrics import Metrics
-from proxy_core.stores.sqlite import SqliteStore
-from proxy_core.upstream import OpenAIUpstream
+from tests.bot_harness import Bot, make_bot
 from tests.fake_openai import FakeOpenAI
 from tests.fake_slack import FakeSlack
-from tests.test_slack_app import SECRET, TEAM, TOKEN, Harness, block_action, mention, message
-
-DOCS = Path(__file__).resolve().parents[1] / "examples" / "docs"
-KEY = "sk-test-e2e-0123456789abcdef"
-
-
-class Inline(Executor):
-    """Runs each listener as soon as Bolt hands it over (after the ack), so a test reads Slack's
-    state right after dispatch, in order, with no waiting."""
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        future: Future[Any] = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:
-            future.set_exception(exc)
-        return future
-
-
-class Bot(Harness):
-    """The slack-app harness, but with Penny's real service and gateway behind it."""
-
-    def __init__(self, slack: FakeSlack, store: SqliteStore, gateway: Gateway, settings: BotSettings) -> None:
-        self.fake = slack
-        self.store = store
-        self.gateway = gateway
-        self.settings = SlackSettings(bot_token=TOKEN, signing_secret=SECRET, api_url=slack.base_url)
-        service = open_answer_service(settings, store, gateway)
-        self.app = penny_app(service, store, gateway, self.settings, listener_executor=Inline(),
-                             working=WorkingIndicator(workers=0))
-        self._serial = 0
-
-    def settle(self) -> None:
-        """Listeners already ran inline."""
+from tests.slack_harness import TEAM, block_action, mention, message
 
 
 @pytest.fixture
@@ -70,17 +27,6 @@ def openai() -> Iterator[FakeOpenAI]:
 def slack() -> Iterator[FakeSlack]:
     with FakeSlack() as server:
         yield server
-
-
-def make_bot(slack: FakeSlack, openai: FakeOpenAI, tmp_path: Path, **overrides: Any) -> Bot:
-    params: dict[str, Any] = {"openai_api_key": KEY, "requests_per_minute": 0, "tokens_per_minute": 0}
-    params.update(overrides)
-    settings = BotSettings(**params)
-    store = SqliteStore(tmp_path / "penny.db")
-    index_docs(settings, store, DOCS)
-    gateway = Gateway(settings, store=store, metrics=Metrics(CollectorRegistry()),
-                      upstream=OpenAIUpstream(api_key=KEY, base_url=openai.base_url, timeout_s=5.0))
-    return Bot(slack, store, gateway, settings)
 
 
 @pytest.fixture

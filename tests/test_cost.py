@@ -36,7 +36,7 @@ from proxy_core.stores.base import BucketSpec, LedgerEntry, Store, UsageTotals
 from proxy_core.stores.sqlite import SqliteStore
 from tests.budgeting import reserve
 from tests.fake_slack import FakeSlack, SlackCall
-from tests.test_slack_app import BOT_ID, BOT_USER, TEAM, Harness, ScriptedAnswerer, event_body
+from tests.slack_harness import BOT_ID, BOT_USER, TEAM, Harness, ScriptedAnswerer, event_body
 
 WS = TEAM
 NOW = datetime(2026, 1, 20, 15, 30, tzinfo=UTC).timestamp()  # a Tuesday afternoon, mid-month

@@ -23,8 +23,8 @@ from proxy_core.clock import ManualClock
 from proxy_core.semantic.embedders import WordLlamaEmbedder, embedder_from_spec
 from proxy_core.stores.base import Store
 from proxy_core.stores.sqlite import SCHEMA_VERSION, SqliteStore
+from tests.pdf_builder import make_pdf
 from tests.redis_targets import EVERY_BACKEND
-from tests.test_docs_parse import make_pdf
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDBOOK = ROOT / "examples" / "docs"

@@ -29,7 +29,7 @@ from tests.fake_openai import FakeOpenAI, Fault
 from tests.fake_slack import FakeSlack
 from tests.penny_http import ROOT, PennyHTTP, penny_env, post_event, question_event, raw_request, signed_headers
 from tests.redis_server import RedisServer, redis_server_binary
-from tests.test_slack_app import BOT_ID, BOT_USER, TEAM
+from tests.slack_harness import BOT_ID, BOT_USER, TEAM
 
 pytestmark = pytest.mark.slow
 

@@ -1,5 +1,7 @@
 """The bot talks to proxy_core through one public surface: ``from proxy_core import ...`` of names in
-``proxy_core.__all__``, never a submodule (its modules are its implementation, as httpx's are)."""
+``proxy_core.__all__``, never a submodule (its modules are its implementation, as httpx's are).
+Tests share their helpers the same way: through harness modules (``tests/slack_harness.py``,
+``tests/bot_harness.py``, ...), never by importing a test module."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ from pathlib import Path
 
 import proxy_core
 
-BOT = Path(__file__).resolve().parent.parent / "bot"
+ROOT = Path(__file__).resolve().parent.parent
+BOT = ROOT / "bot"
 
 
 def _proxy_core_imports(path: Path) -> list[tuple[int, str]]:
@@ -39,3 +42,27 @@ def test_every_public_name_is_there() -> None:
     assert len(set(proxy_core.__all__)) == len(proxy_core.__all__)
     for name in proxy_core.__all__:
         assert hasattr(proxy_core, name), name
+
+
+def _imported_modules(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every absolute import in ``path``, ``from tests import x`` as ``tests.x``."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module))
+            found += [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
+    return found
+
+
+def test_no_module_imports_a_test_module() -> None:
+    files = sorted([*ROOT.joinpath("tests").glob("*.py"), *ROOT.joinpath("bench").glob("*.py")])
+    assert files
+    wrong = [
+        f"{path.relative_to(ROOT)}:{line}: {module}"
+        for path in files
+        for line, module in _imported_modules(path)
+        if module.startswith("tests.test_")
+    ]
+    assert wrong == [], "shared test helpers belong in a harness module, not a test module:\n" + "\n".join(wrong)

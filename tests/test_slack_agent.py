@@ -25,18 +25,10 @@ from bot.slack.agent import (
     thread_title,
 )
 from proxy_core.stores.sqlite import SqliteStore
+from tests.bot_harness import make_bot
 from tests.fake_openai import FakeOpenAI
 from tests.fake_slack import FakeSlack
-from tests.test_bot_e2e import make_bot
-from tests.test_slack_app import (
-    ANSWER,
-    TEAM,
-    Harness,
-    ScriptedAnswerer,
-    mention,
-    message,
-    wait_cleared,
-)
+from tests.slack_harness import ANSWER, TEAM, Harness, ScriptedAnswerer, mention, message, wait_cleared
 
 DM = "D0PENNY"
 THREAD = "1729999327.187299"

@@ -5,219 +5,47 @@ for the ``Answerer`` protocol; the store is a real SQLite file."""
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import pytest
 import structlog
 import yaml  # type: ignore[import-untyped]  # PyYAML ships no stubs; types-PyYAML is not installed
-from slack_bolt import App, BoltRequest, BoltResponse
 from slack_sdk.http_retry import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
-from slack_sdk.signature import SignatureVerifier
 
-from bot.answer_types import Answer, Citation, Question
+from bot.answer_types import Answer, Question
 from bot.settings import ThreadReplies
 from bot.slack.answers import HELP_TEXT
-from bot.slack.app import BOT_EVENTS, BOT_SCOPES, SlackSettings, build_app, make_client, socket_mode_handler
+from bot.slack.app import BOT_EVENTS, BOT_SCOPES, SlackSettings, make_client, socket_mode_handler
 from bot.slack.conversation import MAX_QUESTION_CHARS, strip_mentions, thread_history
 from bot.slack.feedback import ACTION_FRESH_ANSWER
 from bot.slack.render import ACTION_FEEDBACK, ACTION_FEEDBACK_DOWN, ACTION_FEEDBACK_UP
 from bot.slack.working import WorkingIndicator
-from proxy_core import Accounts, PennySettings
 from proxy_core.stores.sqlite import SqliteStore
 from tests.fake_slack import FakeSlack, SlackCall
+from tests.slack_harness import (
+    ANSWER,
+    BOT_ID,
+    BOT_USER,
+    CITATIONS,
+    SECRET,
+    TEAM,
+    TOKEN,
+    Harness,
+    ScriptedAnswerer,
+    block_action,
+    mention,
+    message,
+    wait_cleared,
+)
 
-TOKEN = "xoxb-test-penny-not-a-real-token"
-SECRET = "test-signing-secret-penny"
-TEAM = "T0PENNY"
-BOT_USER = "UPENNY"
-BOT_ID = "B0PENNY"
 MANIFEST = Path(__file__).resolve().parent.parent / "manifest.yml"
-
-DOCS = (
-    Citation(1, "Deploying", "Steps", "ops/deploy.md", "https://docs.example.com/ops/deploy"),
-    Citation(2, "Rollbacks", "", "ops/rollback.md", None),
-)
-ANSWER = Answer(
-    kind="answer",
-    text="Run `make deploy` from the **main** branch [1]. To undo, see [2].",
-    citations=DOCS,
-    footer="gpt-4.1-mini · 412 tokens · $0.0007",
-    entry_id="entry-1",
-    cost_micros=700,
-)
-
-
-class ScriptedAnswerer:
-    """Answers from a script (one prepared Answer per call, the last one repeating) and records
-    every Question. ``raises`` makes a call fail the way a bug in the service would."""
-
-    def __init__(self, *answers: Answer, raises: Exception | None = None) -> None:
-        self.script = list(answers) or [ANSWER]
-        self.raises = raises
-        self.questions: list[Question] = []
-        self._lock = threading.Lock()
-
-    def answer(self, question: Question) -> Answer:
-        with self._lock:
-            self.questions.append(question)
-            index = min(len(self.questions), len(self.script)) - 1
-        if self.raises is not None:
-            raise self.raises
-        return self.script[index]
-
-
-class Harness:
-    """A Penny app wired to the fake Slack, a SQLite store and a scripted answerer."""
-
-    def __init__(self, fake: FakeSlack, store: SqliteStore, answerer: ScriptedAnswerer,
-                 working: WorkingIndicator | None = None, thread_replies: ThreadReplies = "questions") -> None:
-        self.fake = fake
-        self.store = store
-        self.answerer = answerer
-        self.feedback: list[tuple[str, str, bool]] = []
-        self.executor = ThreadPoolExecutor(max_workers=4)
-        self.settings = SlackSettings(bot_token=TOKEN, signing_secret=SECRET, api_url=fake.base_url,
-                                      thread_replies=thread_replies)
-        self.app: App = build_app(
-            answerer=answerer,
-            store=store,
-            settings=self.settings,
-            accounts=Accounts(store, PennySettings(_env_file=None)),  # type: ignore[call-arg]  # defaults only
-            on_feedback=lambda user, entry, up: self.feedback.append((user, entry, up)),
-            listener_executor=self.executor,
-            # 👀 at once and in order by default: these tests read the calls
-            working=working if working is not None else WorkingIndicator(workers=0),
-        )
-        self._serial = 0
-
-    def settle(self) -> None:
-        """Wait until every listener dispatched so far has finished (no more can start)."""
-        self.executor.shutdown(wait=True)
-
-    # -- requests --------------------------------------------------------------------------
-
-    def dispatch(
-        self,
-        body: str,
-        *,
-        content_type: str = "application/json",
-        timestamp: int | None = None,
-        secret: str = SECRET,
-        headers: dict[str, str] | None = None,
-    ) -> BoltResponse:
-        stamp = str(int(time.time()) if timestamp is None else timestamp)
-        signature = SignatureVerifier(secret).generate_signature(timestamp=stamp, body=body)
-        assert signature is not None
-        all_headers: dict[str, str | Sequence[str]] = {
-            "content-type": [content_type],
-            "x-slack-signature": [signature],
-            "x-slack-request-timestamp": [stamp],
-        }
-        for name, value in (headers or {}).items():
-            all_headers[name.lower()] = [value]
-        return self.app.dispatch(BoltRequest(body=body, headers=all_headers))
-
-    def event(self, event: dict[str, Any], *, event_id: str | None = None, **kwargs: Any) -> BoltResponse:
-        if event_id is None:
-            self._serial += 1
-            event_id = f"Ev{self._serial:04d}"
-        return self.dispatch(event_body(event, event_id), **kwargs)
-
-    def action(self, payload: dict[str, Any]) -> BoltResponse:
-        body = urlencode({"payload": json.dumps(payload)})
-        return self.dispatch(body, content_type="application/x-www-form-urlencoded")
-
-
-def event_body(event: dict[str, Any], event_id: str) -> str:
-    return json.dumps(
-        {
-            "token": "legacy-verification-token",
-            "team_id": TEAM,
-            "api_app_id": "A0PENNY",
-            "type": "event_callback",
-            "event_id": event_id,
-            "event_time": 1_700_000_000,
-            "event": event,
-        }
-    )
-
-
-def mention(
-    text: str, *, ts: str = "1700000100.000100", thread_ts: str | None = None, user: str = "U1"
-) -> dict[str, Any]:
-    event = {
-        "type": "app_mention",
-        "user": user,
-        "text": text,
-        "ts": ts,
-        "channel": "C1",
-        "event_ts": ts,
-    }
-    if thread_ts:
-        event["thread_ts"] = thread_ts
-    return event
-
-
-def message(
-    text: str,
-    *,
-    ts: str = "1700000200.000100",
-    channel: str = "C1",
-    channel_type: str = "channel",
-    thread_ts: str | None = None,
-    user: str | None = "U1",
-    **extra: Any,
-) -> dict[str, Any]:
-    event: dict[str, Any] = {
-        "type": "message",
-        "text": text,
-        "ts": ts,
-        "channel": channel,
-        "channel_type": channel_type,
-        "event_ts": ts,
-    }
-    if user is not None:
-        event["user"] = user
-    if thread_ts:
-        event["thread_ts"] = thread_ts
-    event.update(extra)
-    return event
-
-
-def block_action(action: dict[str, Any], *, message_ts: str, channel: str = "C1", user: str = "U1") -> dict[str, Any]:
-    return {
-        "type": "block_actions",
-        "team": {"id": TEAM, "domain": "penny-test"},
-        "user": {"id": user, "team_id": TEAM, "username": user.lower()},
-        "api_app_id": "A0PENNY",
-        "token": "legacy-verification-token",
-        "trigger_id": f"trigger-{message_ts}-{action['action_id']}",
-        "container": {"type": "message", "message_ts": message_ts, "channel_id": channel, "is_ephemeral": False},
-        "channel": {"id": channel, "name": "general"},
-        "response_url": "",
-        "actions": [{"type": "button", "action_ts": f"{time.time():.6f}", **action}],
-    }
 
 
 def all_text(blocks: list[dict[str, Any]]) -> str:
     return json.dumps(blocks, ensure_ascii=False)
-
-
-def is_clear(call: SlackCall) -> bool:
-    """A call that takes off what showed Penny working: the empty status, or the 👀's removal."""
-    return call.method == "reactions.remove" or (
-        call.method == "assistant.threads.setStatus" and call.params.get("status") == "")
-
-
-def wait_cleared(fake: FakeSlack, count: int = 1) -> None:
-    """Wait until ``count`` questions were answered to the end (their status or 👀 taken off)."""
-    fake.wait_for(("reactions.remove", "assistant.threads.setStatus"), count, where=is_clear)
 
 
 def feedback_buttons(blocks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -642,7 +470,7 @@ def test_a_refusal_goes_to_the_asker_alone_with_the_closest_docs(
     fake: FakeSlack, sqlite_store: SqliteStore, answer: Answer, heading: str
 ) -> None:
     refused = Answer(
-        kind=answer.kind, text=answer.text, refusal=answer.refusal, retry_after=answer.retry_after, citations=DOCS
+        kind=answer.kind, text=answer.text, refusal=answer.refusal, retry_after=answer.retry_after, citations=CITATIONS
     )
     penny = Harness(fake, sqlite_store, ScriptedAnswerer(refused))
     try:
@@ -662,7 +490,7 @@ def test_a_refusal_goes_to_the_asker_alone_with_the_closest_docs(
 
 
 def test_no_match_is_an_ordinary_reply_in_the_thread(fake: FakeSlack, sqlite_store: SqliteStore) -> None:
-    no_match = Answer(kind="no_match", text="I found nothing in the docs about that.", citations=DOCS[:1])
+    no_match = Answer(kind="no_match", text="I found nothing in the docs about that.", citations=CITATIONS[:1])
     penny = Harness(fake, sqlite_store, ScriptedAnswerer(no_match))
     try:
         penny.event(mention("<@UPENNY> what's the wifi password?"))
@@ -822,12 +650,12 @@ def test_thumbs_down_on_a_cached_answer_offers_a_fresh_one(fake: FakeSlack, sqli
     cached = Answer(
         kind="answer",
         text="Run `make deploy` [1].",
-        citations=DOCS[:1],
+        citations=CITATIONS[:1],
         footer="cached (similar question, 0.97), saved $0.0012",
         entry_id="entry-7",
         cached=True,
     )
-    fresh = Answer(kind="answer", text="Run `make release` now [1].", citations=DOCS[:1], entry_id="entry-8")
+    fresh = Answer(kind="answer", text="Run `make release` now [1].", citations=CITATIONS[:1], entry_id="entry-8")
     answerer = ScriptedAnswerer(cached, fresh)
     penny = Harness(fake, sqlite_store, answerer)
     try:

@@ -49,12 +49,11 @@ from proxy_core.stores.base import Store
 from proxy_core.stores.redis import RedisStore
 from proxy_core.stores.sqlite import SqliteStore
 from proxy_core.upstream import OpenAIUpstream
+from tests.bot_harness import DOCS, KEY, Inline, StreamingBot, streamed_text
 from tests.fake_openai import FakeOpenAI
 from tests.fake_slack import FakeSlack, SlackCall
 from tests.redis_server import RedisServer, redis_server_binary
-from tests.test_bot_e2e import DOCS, KEY, Inline
-from tests.test_slack_app import SECRET, TEAM, TOKEN, Harness, event_body, mention, message
-from tests.test_streaming_e2e import ROOT, StreamingBot, streamed_text
+from tests.slack_harness import ROOT, SECRET, TEAM, TOKEN, Harness, event_body, mention, message
 
 # Every form the issue names, as the model (or a doc) might write it.
 INJECTIONS = (

@@ -27,10 +27,10 @@ from bot.slack.middleware import foreign_request
 from bot.slack.runner import run_slack
 from bot.slack.startup import SlackInstallation, missing_scopes
 from proxy_core.stores.sqlite import SqliteStore
+from tests.bot_harness import make_bot
 from tests.fake_openai import FakeOpenAI
 from tests.fake_slack import FakeSlack
-from tests.test_bot_e2e import make_bot
-from tests.test_slack_app import TEAM, TOKEN, Harness, ScriptedAnswerer, event_body, mention
+from tests.slack_harness import TEAM, TOKEN, Harness, ScriptedAnswerer, event_body, mention
 
 REPO = Path(__file__).resolve().parents[1]
 APP_TOKEN = "xapp-1-test-not-a-real-app-token"

@@ -15,10 +15,10 @@ from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 
 from bot.slack.app import socket_mode_handler
+from tests.bot_harness import Bot, make_bot
 from tests.fake_openai import FakeOpenAI
 from tests.fake_slack import FakeSlack
-from tests.test_bot_e2e import Bot, make_bot
-from tests.test_slack_app import event_body, mention
+from tests.slack_harness import event_body, mention
 
 
 class Transport:

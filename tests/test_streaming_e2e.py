@@ -10,24 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from bot.service import index_docs, open_answer_service
-from bot.settings import BotSettings
-from bot.slack.app import SlackSettings, build_app
 from bot.slack.delivery import ANSWERS_KIND, THREADS_KIND
 from bot.slack.render import ACTION_FEEDBACK
-from bot.slack.stream import StreamPacing, StreamStarts
-from bot.slack.working import WorkingIndicator
-from proxy_core.clock import ManualClock
-from proxy_core.gateway import Gateway
-from proxy_core.metrics import Metrics
-from proxy_core.stores.sqlite import SqliteStore
-from proxy_core.upstream import OpenAIUpstream
+from bot.slack.stream import StreamPacing
+from tests.bot_harness import StreamingBot, streamed_text
 from tests.fake_openai import FakeOpenAI, Fault, stream_pieces
 from tests.fake_slack import FakeSlack, SlackCall
-from tests.test_bot_e2e import DOCS, KEY, Inline
-from tests.test_slack_app import SECRET, TEAM, TOKEN, Harness, mention, message
+from tests.slack_harness import ROOT, TEAM, mention, message
 
 ANSWER = (
     "To start the dev server, run `make dev` from the repository root [1]. It serves the app on "
@@ -35,23 +25,8 @@ ANSWER = (
     "one before you run it [1]."
 )
 QUESTION = "<@UPENNY> how do I start the dev server?"
-ROOT = "1700000100.000100"
 STREAM_METHODS = ("chat.startStream", "chat.appendStream", "chat.stopStream", "chat.update", "chat.delete",
                   "chat.postMessage", "chat.postEphemeral")
-
-
-class TickingClock(ManualClock):
-    """A manual clock that moves ``step`` seconds each time it is read: the stream's pacing sees
-    time pass between the pieces of an answer while nothing sleeps."""
-
-    def __init__(self, step: float) -> None:
-        super().__init__()
-        self.step = step
-
-    def __call__(self) -> float:
-        now = super().__call__()
-        self.advance(self.step)
-        return now
 
 
 class Sink:
@@ -72,42 +47,6 @@ class Sink:
         for kind, piece in self.events:
             text = "" if kind == "restart" else text + piece
         return text
-
-
-class StreamingBot(Harness):
-    """Penny's Bolt app over the real service and gateway, its streams paced by a ticking clock."""
-
-    def __init__(self, slack: FakeSlack, openai: FakeOpenAI, path: Path, pacing: StreamPacing | None = None,
-                 starts_burst: float = 5, **overrides: Any) -> None:
-        params: dict[str, Any] = {"openai_api_key": KEY, "requests_per_minute": 0, "tokens_per_minute": 0,
-                                  "docs_base_url": "https://docs.example.com"}
-        params.update(overrides)
-        settings = BotSettings(**params)
-        path.mkdir(parents=True, exist_ok=True)
-        self.fake = slack
-        self.store = SqliteStore(path / "penny.db")
-        index_docs(settings, self.store, DOCS)
-        self.gateway_clock = ManualClock()
-        self.gateway = Gateway(settings, store=self.store, metrics=Metrics(CollectorRegistry()),
-                               upstream=OpenAIUpstream(api_key=KEY, base_url=openai.base_url, timeout_s=5.0),
-                               clock=self.gateway_clock, sleep=self.gateway_clock.sleep, rand=lambda: 0.5)
-        self.settings = SlackSettings(bot_token=TOKEN, signing_secret=SECRET, api_url=slack.base_url)
-        self.sleeps: list[float] = []  # what a throttled chat.stopStream waited
-        # Streams start with the first text here (the fake writes an answer in no time); the
-        # default start delay has a test of its own.
-        self.app = build_app(answerer=open_answer_service(settings, self.store, self.gateway), store=self.store,
-                             settings=self.settings, accounts=self.gateway.accounts, listener_executor=Inline(),
-                             clock=TickingClock(0.25),
-                             stream_pacing=pacing or StreamPacing(start_after_s=0),
-                             working=WorkingIndicator(workers=0), sleep=self.sleeps.append,
-                             stream_starts=StreamStarts(self.store, burst=starts_burst))
-        self._serial = 0
-
-    def settle(self) -> None:
-        """Listeners already ran inline."""
-
-    def ledger(self) -> int:
-        return self.gateway.usage(TEAM, "2000-01-01", "2100-01-01").totals.requests
 
 
 @pytest.fixture
@@ -145,17 +84,6 @@ def bot(make_bot: Any) -> StreamingBot:
 def sent(slack: FakeSlack) -> list[str]:
     """The message calls Penny made, in order."""
     return [c.method for c in slack.calls() if c.method in STREAM_METHODS]
-
-
-def streamed_text(slack: FakeSlack, ts: str) -> str:
-    """Everything sent into the stream whose message is ``ts``."""
-    text = ""
-    for call in slack.calls():
-        started = call.method == "chat.startStream" and (call.response or {}).get("ts") == ts
-        continued = call.method in ("chat.appendStream", "chat.stopStream") and call.params.get("ts") == ts
-        if started or continued:
-            text += str(call.params.get("markdown_text", ""))
-    return text
 
 
 def action_ids(call: SlackCall) -> set[str]:
