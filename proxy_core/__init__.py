@@ -3,7 +3,8 @@
 This package's public surface is what it exports here; the modules behind it are its implementation
 (as httpx exports its client from ``httpx/__init__.py``). The Slack bot (``bot/``) imports from
 ``proxy_core`` only: the gateway every LLM call goes through, its results and errors, the read side
-of the cost controls (:class:`Accounts`: usage, headroom, budget status), the cached answers
+of the cost controls (:class:`Accounts`: usage, spend by source, headroom, budget status), a call's
+source (:class:`CallSource`: a proxy key, with its own daily budget), the cached answers
 (:class:`CachedAnswers`: count, forget), a rate shared by every replica (:class:`SharedRate`),
 settings, stores by URL and the store capabilities a front end keeps its own records in, the
 question embedders and the cache's calibration tools, and the few utilities a front end needs
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from proxy_core.accounts import Accounts, BudgetStatus, Headroom
 from proxy_core.alerts import BudgetAlert, alert_text
-from proxy_core.budget import BudgetLine, budget_lines
+from proxy_core.budget import BudgetLine, CallSource, budget_lines
 from proxy_core.cache import CacheAs
 from proxy_core.cached_answers import CachedAnswers
 from proxy_core.clock import Clock, ManualClock, monotonic
@@ -74,6 +75,7 @@ __all__ = [
     "BudgetStatus",
     "CacheAs",
     "CachedAnswers",
+    "CallSource",
     "ChatRequest",
     "ChatResult",
     "CircuitOpen",

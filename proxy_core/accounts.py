@@ -13,11 +13,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from proxy_core.budget import BudgetLine, budget_lines
+from proxy_core.budget import BudgetLine, CallSource, budget_lines, source_day_line
 from proxy_core.limiter import Bucket
 from proxy_core.settings import PennySettings
 from proxy_core.spool import count_pending
-from proxy_core.stores.base import BucketSpec, Store, UsageSummary
+from proxy_core.stores.base import BucketSpec, Store, UsageSummary, UsageTotals
 
 __all__ = ["Accounts", "BudgetStatus", "Headroom", "budget_lines_for", "rate_limit_specs"]
 
@@ -73,10 +73,13 @@ def rate_limit_specs(
     return specs
 
 
-def budget_lines_for(settings: PennySettings, workspace_id: str, user_id: str, now: float) -> list[BudgetLine]:
-    """The budget lines a call by ``user_id`` counts against at ``now``: their day, the workspace's month."""
+def budget_lines_for(
+    settings: PennySettings, workspace_id: str, user_id: str, now: float, *, source: CallSource | None = None
+) -> list[BudgetLine]:
+    """The budget lines a call by ``user_id`` counts against at ``now``: their day, the workspace's
+    month, and the day of ``source`` when it has a budget of its own."""
     return budget_lines(workspace_id, user_id, now, user_daily=settings.user_daily_budget_micros(user_id),
-                        workspace_monthly=settings.workspace_monthly_budget_micros())
+                        workspace_monthly=settings.workspace_monthly_budget_micros(), source=source)
 
 
 class Accounts:
@@ -90,6 +93,19 @@ class Accounts:
     def usage(self, workspace_id: str, first_day: str, last_day: str, user_id: str | None = None) -> UsageSummary:
         """Ledger totals over the UTC days ``first_day``..``last_day`` (inclusive)."""
         return self.store.usage(workspace_id, first_day, last_day, user_id)
+
+    def spend_by_source(
+        self, workspace_id: str, first_day: str, last_day: str, user_id: str | None = None
+    ) -> dict[str, UsageTotals]:
+        """Ledger totals over the UTC days ``first_day``..``last_day`` (inclusive) by source: ``""``
+        for the front end's own calls (the Slack bot), else the source the caller named (a proxy
+        key's ID). Only sources with spend in the range appear; for one user with ``user_id``."""
+        return self.store.usage_by_source(workspace_id, first_day, last_day, user_id)
+
+    def source_budget(self, workspace_id: str, source: CallSource, now: float | None = None) -> BudgetStatus:
+        """``source``'s own daily budget at ``now`` (uncapped when it has none)."""
+        line = source_day_line(source, self._wall() if now is None else now)
+        return self._status(workspace_id, line)
 
     def headroom(self, workspace_id: str, user_id: str) -> Headroom:
         """Tokens left now in the user's request and token buckets: a peek, nothing taken."""

@@ -49,7 +49,7 @@ class BudgetAlert:
     """A budget line reached ``threshold`` percent of its limit. Money in micro-dollars.
 
     ``user_id`` is None for a workspace line. ``scope`` is the line's ("daily", "workspace
-    monthly"); ``period`` names the day or month ("2026-01-01", "2026-01").
+    monthly", "<source> daily"); ``period`` names the day or month ("2026-01-01", "2026-01").
     """
 
     workspace_id: str
@@ -115,7 +115,8 @@ class BudgetAlerter:
             return None
         alert = BudgetAlert(
             workspace_id=workspace_id,
-            user_id=user_id if line.key.startswith("user:") else None,
+            # A source's line (a proxy key's budget) is the user's too: they called with it.
+            user_id=user_id if line.key.startswith(("user:", "source:")) else None,
             scope=line.scope,
             threshold=threshold,
             spent=spent,

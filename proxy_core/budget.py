@@ -1,7 +1,8 @@
 """Budget arithmetic: periods, budget lines and the fit test. Pure; money in integer micro-dollars.
 
 A request reserves its worst-case cost against every budget line that applies to it (the user's
-day, the workspace's month). Periods are calendar periods in UTC. A limit of 0 means no cap.
+day, the workspace's month, and its source's day when the source has a budget of its own). Periods
+are calendar periods in UTC. A limit of 0 means no cap.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-__all__ = ["BudgetLine", "Period", "budget_lines", "fits", "period_window"]
+__all__ = ["BudgetLine", "CallSource", "Period", "budget_lines", "fits", "period_window", "source_day_line"]
 
 Period = Literal["day", "month"]
 
@@ -26,6 +27,17 @@ class BudgetLine:
     resets_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class CallSource:
+    """Where a call comes from besides whose it is (a ``penny proxy`` key), for the ledger's
+    spend by source, with a daily budget of its own (0 = none). That budget is one more line the
+    call reserves on, counting only this source's spend: it narrows the user's budgets, which
+    still apply, and never widens them."""
+
+    id: str
+    daily_budget_micros: int = 0
+
+
 def period_window(now: float, period: Period) -> tuple[str, float]:
     """The period containing ``now`` as (label, reset timestamp): ('2026-11-27', …) or ('2026-11', …)."""
     t = datetime.fromtimestamp(now, UTC)
@@ -38,15 +50,26 @@ def period_window(now: float, period: Period) -> tuple[str, float]:
 
 
 def budget_lines(
-    workspace_id: str, user_id: str, now: float, *, user_daily: int, workspace_monthly: int
+    workspace_id: str, user_id: str, now: float, *, user_daily: int, workspace_monthly: int,
+    source: CallSource | None = None,
 ) -> list[BudgetLine]:
-    """The budget lines a request from ``user_id`` in ``workspace_id`` counts against at ``now``."""
+    """The budget lines a request from ``user_id`` in ``workspace_id`` counts against at ``now``:
+    the user's day, the workspace's month, then ``source``'s day if it has a budget."""
     day, day_reset = period_window(now, "day")
     month, month_reset = period_window(now, "month")
-    return [
+    lines = [
         BudgetLine(f"user:{user_id}:day:{day}", user_daily, "daily", day_reset),
         BudgetLine(f"workspace:month:{month}", workspace_monthly, "workspace monthly", month_reset),
     ]
+    if source is not None and source.daily_budget_micros > 0:
+        lines.append(source_day_line(source, now))
+    return lines
+
+
+def source_day_line(source: CallSource, now: float) -> BudgetLine:
+    """``source``'s own daily budget line at ``now`` (only that source's calls count on it)."""
+    day, day_reset = period_window(now, "day")
+    return BudgetLine(f"source:{source.id}:day:{day}", source.daily_budget_micros, f"{source.id} daily", day_reset)
 
 
 def capped(lines: Sequence[BudgetLine]) -> list[BudgetLine]:

@@ -8,7 +8,8 @@ Pipeline, in order (each step may end the request; nothing is charged unless ups
 2. **Cache** — a hit is served before the limiter, the budget and the breaker: it costs $0 and
    records the money it saved. Users out of budget, or during an outage, still get known answers.
 3. **Rate limit** — per-user token buckets for requests and LLM tokens.
-4. **Budget** — the worst-case cost is reserved against the user's day and the workspace's month.
+4. **Budget** — the worst-case cost is reserved against the user's day and the workspace's month
+   (and the day of the call's source, a proxy key, when it has a budget of its own).
 5. **Circuit breaker** — checked before every attempt; shared through the store.
 6. **Upstream with retries** — one attempt at a time through the openai SDK; every failed attempt
    that signals an outage feeds the breaker.
@@ -45,6 +46,7 @@ from proxy_core.accounts import Accounts, budget_lines_for, rate_limit_specs
 from proxy_core.alerts import BudgetAlert, BudgetAlerter
 from proxy_core.breaker import BreakerPolicy, BreakerState, Permit
 from proxy_core.breaker import cooldown as breaker_cooldown
+from proxy_core.budget import CallSource
 from proxy_core.cache import CacheAs, CachedAnswer, CacheDecision, CacheLayer, CacheScope, ExactCache
 from proxy_core.clock import Clock, Sleep
 from proxy_core.errors import (
@@ -84,9 +86,9 @@ from proxy_core.upstream import ChatResponse, EmbedResponse, OpenAIUpstream
 __all__ = ["AnswerStream", "ChatRequest", "EmbedRequest", "Gateway", "ReplayReport", "StreamingUpstream", "Upstream"]
 
 
-# Who the current chat call is for (user, workspace, request ID): the semantic cache's billed
-# embedder reads it, so a question's embedding is charged to the person who asked it.
-_CALLER: ContextVar[tuple[str, str, str] | None] = ContextVar("penny_caller", default=None)
+# Who the current chat call is for (user, workspace, request ID, source): the semantic cache's
+# billed embedder reads it, so a question's embedding is charged to the person (and source) that asked.
+_CALLER: ContextVar[tuple[str, str, str, CallSource | None] | None] = ContextVar("penny_caller", default=None)
 
 T = TypeVar("T")
 R = TypeVar("R", ChatResult, EmbeddingResult)
@@ -160,6 +162,7 @@ class ChatRequest:
     use_cache: bool = True
     cache_as: CacheAs | None = None
     stream: AnswerStream | None = None
+    source: CallSource | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +176,7 @@ class EmbedRequest:
     model: str
     price: ModelPrice
     dimensions: int | None = None
+    source: CallSource | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,19 +363,22 @@ class Gateway:
         self, purpose: str, texts: list[str], model: str, dimensions: int | None
     ) -> list[list[float]]:
         caller = _CALLER.get()
+        source: CallSource | None = None
         if caller is None:
             user, workspace, request_id = "penny", "penny", f"penny:embed:{uuid.uuid4().hex}"
         else:
             # One embedding per purpose per request: a retried request replays it, never pays twice.
-            user, workspace, request_id = caller[0], caller[1], f"{caller[2]}:{purpose}"
+            user, workspace, request_id, source = caller[0], caller[1], f"{caller[2]}:{purpose}", caller[3]
         result = self.embed(user_id=user, workspace_id=workspace, request_id=request_id, inputs=texts,
-                            model=model, dimensions=dimensions)
+                            model=model, dimensions=dimensions, source=source)
         return result.vectors
 
     @contextmanager
-    def billed_to(self, user_id: str, workspace_id: str, request_id: str) -> Iterator[None]:
+    def billed_to(
+        self, user_id: str, workspace_id: str, request_id: str, source: CallSource | None = None
+    ) -> Iterator[None]:
         """Within the block, :meth:`caller_embed_fn` functions bill ``user_id`` for ``request_id``."""
-        token = _CALLER.set((user_id, workspace_id, request_id))
+        token = _CALLER.set((user_id, workspace_id, request_id, source))
         try:
             yield
         finally:
@@ -419,6 +426,7 @@ class Gateway:
         use_cache: bool = True,
         cache_as: CacheAs | None = None,
         stream: AnswerStream | None = None,
+        source: CallSource | None = None,
     ) -> ChatResult:
         """Answer a chat completion for ``user_id`` in ``workspace_id``.
 
@@ -427,7 +435,8 @@ class Gateway:
         cached (the fresh answer then replaces it). ``cache_as`` caches under a standalone question
         when the messages carry more than it (the bot's retrieved passages). ``stream`` receives
         the answer's text as upstream writes it, when upstream can stream (a miss only); the
-        result is the same either way.
+        result is the same either way. ``source`` names where the call comes from in the ledger
+        (a proxy key; None: the front end's own call) and may bring a daily budget of its own.
         """
         if not messages:
             raise ValueError("messages must not be empty")
@@ -436,9 +445,9 @@ class Gateway:
             user_id=user_id, workspace_id=workspace_id, request_id=request_id, messages=tuple(messages),
             model=model, price=self._price(model), max_tokens=max_tokens or self.settings.max_output_tokens,
             temperature=temperature, context=context, channel_id=channel_id, use_cache=use_cache,
-            cache_as=cache_as, stream=stream,
+            cache_as=cache_as, stream=stream, source=source,
         )
-        token = _CALLER.set((user_id, workspace_id, request_id))
+        token = _CALLER.set((user_id, workspace_id, request_id, source))
         try:
             return self._idempotent("chat", workspace_id, request_id, ChatResult.from_json,
                                     lambda: self._chat(request))
@@ -454,13 +463,15 @@ class Gateway:
         inputs: Sequence[str],
         model: str | None = None,
         dimensions: int | None = None,
+        source: CallSource | None = None,
     ) -> EmbeddingResult:
-        """Embed ``inputs`` for ``user_id``, billed as embedding spend."""
+        """Embed ``inputs`` for ``user_id``, billed as embedding spend (``source`` as for :meth:`chat`)."""
         if not inputs:
             raise ValueError("inputs must not be empty")
         model = model or self.settings.embedding_model
         request = EmbedRequest(user_id=user_id, workspace_id=workspace_id, request_id=request_id,
-                               inputs=tuple(inputs), model=model, price=self._price(model), dimensions=dimensions)
+                               inputs=tuple(inputs), model=model, price=self._price(model), dimensions=dimensions,
+                               source=source)
         return self._idempotent("embedding", workspace_id, request_id, EmbeddingResult.from_json,
                                 lambda: self._embed(request))
 
@@ -667,8 +678,8 @@ class Gateway:
         specs = [spec for _, spec in named]
         names = [name for name, _ in named]
         now = self._wall()
-        lines = budget_lines_for(self.settings, workspace_id, user_id, now)
-        owner = ClaimOwner(user_id=user_id, model=model, kind=kind, started_at=now)
+        lines = budget_lines_for(self.settings, workspace_id, user_id, now, source=req.source)
+        owner = ClaimOwner(user_id=user_id, model=model, kind=kind, started_at=now, source=_source_id(req))
         try:
             admission = self.store.admit(workspace_id, request_id, ttl_s=self._claim_ttl_s, buckets=specs,
                                          lines=lines, amount=amount, breaker=self._breaker_ref, owner=owner)
@@ -700,7 +711,7 @@ class Gateway:
             assert decision is not None
             assert decision.line is not None
             line = decision.line
-            self.metrics.refusals.labels("budget_" + line.scope.split()[0]).inc()
+            self.metrics.refusals.labels(_budget_label(line)).inc()
             raise BudgetExceeded(line.scope, line.limit, decision.spent + decision.reserved, line.resets_at)
         permit = admission.permit
         assert permit is not None
@@ -724,7 +735,7 @@ class Gateway:
             request_id=req.request_id, ts=self._wall(), day="", workspace_id=req.workspace_id, user_id=req.user_id,
             model=req.model, kind="chat" if isinstance(req, ChatRequest) else "embedding", prompt_tokens=0,
             cached_prompt_tokens=0, completion_tokens=0, cost_micros=0, saved_micros=0, cache_status="bypass",
-            latency_ms=0, attempts=0,
+            latency_ms=0, attempts=0, source=_source_id(req),
         )
         self.ledger.keep(SpoolRecord("release", entry, tuple(lines), spooled_at=entry.ts), exc)
 
@@ -921,7 +932,7 @@ class Gateway:
             completion_tokens=chat.completion_tokens if chat else 0,
             cost_micros=result.cost_micros, saved_micros=chat.saved_micros if chat else 0,
             cache_status=chat.cache_status if chat else "bypass", latency_ms=result.latency_ms,
-            attempts=result.attempts,
+            attempts=result.attempts, source=_source_id(req),
         )
 
     def _count_spend(self, kind: str, result: ChatResult | EmbeddingResult) -> None:
@@ -946,6 +957,16 @@ _OUTCOMES: tuple[tuple[type[BaseException], str], ...] = (
     (StoreError, "store_error"),
     (PennyError, "error"),
 )
+
+
+def _source_id(req: ChatRequest | EmbedRequest) -> str:
+    return "" if req.source is None else req.source.id
+
+
+def _budget_label(line: budget_math.BudgetLine) -> str:
+    """A refusal's metrics label: ``budget_daily``, ``budget_workspace``, or ``budget_source`` for
+    any source's own line (one label for them all: a label per key would grow without bound)."""
+    return "budget_source" if line.key.startswith("source:") else "budget_" + line.scope.split()[0]
 
 
 def _outcome(exc: BaseException) -> str:

@@ -129,6 +129,7 @@ class ClaimOwner:
     model: str
     kind: Kind
     started_at: float  # epoch seconds; the unsettled entry is dated by it
+    source: str = ""  # the ledger entry's source (see LedgerEntry)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +157,9 @@ class LedgerEntry:
 
     ``unsettled``: the call was admitted and never settled (its process died mid-call); the entry
     charges its reserved worst case until the real settle, if it ever arrives, replaces it.
+    ``source``: where the call came from besides whose it is: ``""`` for the front end's own calls
+    (the Slack bot's, and every entry written before sources existed), else a name the caller gave
+    (``penny proxy``: the key's ID), so a user's spend can be split by source.
     """
 
     request_id: str
@@ -174,6 +178,7 @@ class LedgerEntry:
     latency_ms: int
     attempts: int
     unsettled: bool = False
+    source: str = ""
 
 
 @dataclass(slots=True)
@@ -410,6 +415,13 @@ class LedgerStore(ABC):
         self, workspace_id: str, first_day: str, last_day: str, user_id: str | None = None
     ) -> UsageSummary:
         """Totals over the UTC days ``first_day``..``last_day`` (inclusive, 'YYYY-MM-DD')."""
+
+    @abstractmethod
+    def usage_by_source(
+        self, workspace_id: str, first_day: str, last_day: str, user_id: str | None = None
+    ) -> dict[str, UsageTotals]:
+        """Totals over the same days as :meth:`usage`, by the entries' ``source`` (``""``: the
+        front end's own calls); only sources with entries in the range appear."""
 
 
 class SemanticStore(ABC):

@@ -21,6 +21,7 @@ def owner_json(owner: ClaimOwner, amount: int, lines: Sequence[BudgetLine]) -> s
     return json.dumps({
         "user_id": owner.user_id, "model": owner.model, "kind": owner.kind, "amount": int(amount),
         "lines": [[line.key, line.limit, line.resets_at] for line in lines], "started_at": owner.started_at,
+        "source": owner.source,
     })
 
 
@@ -34,7 +35,7 @@ def unsettled_charge(workspace_id: str, request_id: str, owner: str) -> tuple[Le
         workspace_id=workspace_id, user_id=str(held["user_id"]), model=str(held["model"]), kind=held["kind"],
         prompt_tokens=0, cached_prompt_tokens=0, completion_tokens=0, cost_micros=int(held["amount"]),
         saved_micros=0, cache_status="miss" if held["kind"] == "chat" else "bypass", latency_ms=0, attempts=0,
-        unsettled=True,
+        unsettled=True, source=str(held.get("source", "")),
     )
     lines = [BudgetLine(str(key), int(limit), "", float(resets_at)) for key, limit, resets_at in held["lines"]]
     return entry, lines

@@ -16,8 +16,8 @@ Key layout (``<ns>`` is the namespace, ``penny`` by default)::
     <ns>:{w:<workspace>}:resv:<line key>           HASH   reservation id -> amount
     <ns>:{w:<workspace>}:resv-exp:<line key>       ZSET   reservation id -> expires_at
     <ns>:{w:<workspace>}:ledger:<request id>       HASH   one ledger entry (durable)
-    <ns>:{w:<workspace>}:usage:<day>               HASH   the day's totals, per user, per model
-    <ns>:{w:<workspace>}:usage:<day>:user:<user>   HASH   the day's totals of one user, per model
+    <ns>:{w:<workspace>}:usage:<day>               HASH   the day's totals, per user, model, source
+    <ns>:{w:<workspace>}:usage:<day>:user:<user>   HASH   the day's totals of one user, per model, source
     <ns>:breaker:{<name>}                          HASH   breaker state
     <ns>:cache:{<scope>}:<key>                     HASH   cache entry (expires)
     <ns>:rec:{<kind>}:<key>                        HASH   a front end's record (expires)
@@ -640,6 +640,7 @@ class RedisStore(Store):
             len(_METRICS),
             "1" if claim else "0",
             entry.day,
+            entry.source,
         ]
         args += [_num(line.resets_at) for line in lines]
         return keys, args + _usage_and_entry_args(entry)
@@ -676,7 +677,7 @@ class RedisStore(Store):
         for line in lines:
             keys += self._line_keys(workspace_id, line)
         args: list[str | int] = [request_id, int(entry.cost_micros), KEEP_AFTER_RESET_S, _REAPED_KEEP_S,
-                                 entry.user_id, entry.model, len(_METRICS)]
+                                 entry.user_id, entry.model, len(_METRICS), entry.source]
         args += [_num(line.resets_at) for line in lines]
         written = int(self._run_confirmed("unsettle", keys, args + _usage_and_entry_args(entry)))
         return entry if written else None
@@ -773,6 +774,36 @@ class RedisStore(Store):
                 if user_id is not None:
                     _merge(summary.by_user.setdefault(user_id, UsageTotals()), day_totals)
         return summary
+
+    @_translated("summarise the ledger by source")
+    def usage_by_source(
+        self, workspace_id: str, first_day: str, last_day: str, user_id: str | None = None
+    ) -> dict[str, UsageTotals]:
+        # The aggregates count a source's spend under 's:<metric>:<source>' (add_usage in
+        # _request.lua); the front end's own calls ('') have no fields: they are the rest.
+        days = list(_days(first_day, last_day))
+        ws = self._ws(workspace_id)
+        pipe = self._client.pipeline(transaction=False)
+        for day in days:
+            pipe.hgetall(f"{ws}:usage:{day}" if user_id is None else f"{ws}:usage:{day}:user:{user_id}")
+        summary = UsageSummary()
+        by_source: dict[str, UsageTotals] = {}
+        for raw in pipe.execute():
+            held = {_text(k): int(_text(v)) for k, v in raw.items()}
+            _merge(summary.totals, (_day_usage if user_id is None else _user_day_usage)(held, summary))
+            for name, value in held.items():
+                dimension, _, rest = name.partition(":")
+                metric, _, source = rest.partition(":")
+                if dimension == "s" and metric in _METRICS:
+                    totals = by_source.setdefault(source, UsageTotals())
+                    setattr(totals, metric, getattr(totals, metric) + value)
+        own = UsageTotals()
+        _merge(own, summary.totals)
+        for totals in by_source.values():
+            for metric in _METRICS:
+                setattr(own, metric, getattr(own, metric) - getattr(totals, metric))
+        by_source[""] = own
+        return {source: totals for source, totals in by_source.items() if totals.requests}
 
     # -- semantic cache ------------------------------------------------------------------
     @_translated("store a semantic-cache entry")

@@ -54,10 +54,11 @@ from proxy_core.stores.claims import owner_json, unsettled_charge
 __all__ = ["SCHEMA_VERSION", "SEMANTIC_LOG_RETAIN", "SqliteStore"]
 
 # Version 2 added the semantic cache (semantic_entries, semantic_log), version 3 the blobs table,
-# version 4 the owned claims (requests.owner, requests.reaped), unsettled ledger entries and records.
+# version 4 the owned claims (requests.owner, requests.reaped), unsettled ledger entries and records,
+# version 5 the ledger's source (ledger.source: '' for the front end's own calls, e.g. a proxy key's ID).
 # Every statement of _SCHEMA is idempotent, so opening an older file simply creates what it lacks
 # and bumps user_version.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # How many change-log events are kept for replicas that fall behind; one further back reloads.
 SEMANTIC_LOG_RETAIN = 10_000
@@ -193,19 +194,20 @@ _LEDGER_COLUMNS = tuple(f.name for f in fields(LedgerEntry))
 _INSERT_LEDGER = (
     "INSERT INTO ledger (request_id, ts, day, workspace_id, user_id, model, kind, prompt_tokens, "
     "cached_prompt_tokens, completion_tokens, cost_micros, saved_micros, cache_status, latency_ms, "
-    "attempts, unsettled) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "attempts, unsettled, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (workspace_id, request_id) DO NOTHING"
 )
 # The real settle of a call that was charged unsettled: the same row, every column replaced.
 _REPLACE_UNSETTLED = (
     "UPDATE ledger SET ts = ?, day = ?, user_id = ?, model = ?, kind = ?, prompt_tokens = ?, "
     "cached_prompt_tokens = ?, completion_tokens = ?, cost_micros = ?, saved_micros = ?, cache_status = ?, "
-    "latency_ms = ?, attempts = ?, unsettled = 0 WHERE workspace_id = ? AND request_id = ? AND unsettled = 1"
+    "latency_ms = ?, attempts = ?, source = ?, unsettled = 0 "
+    "WHERE workspace_id = ? AND request_id = ? AND unsettled = 1"
 )
 _SELECT_LEDGER = (
     "SELECT request_id, ts, day, workspace_id, user_id, model, kind, prompt_tokens, "
     "cached_prompt_tokens, completion_tokens, cost_micros, saved_micros, cache_status, latency_ms, "
-    "attempts, unsettled FROM ledger WHERE workspace_id = ? AND request_id = ?"
+    "attempts, unsettled, source FROM ledger WHERE workspace_id = ? AND request_id = ?"
 )
 _SELECT_BREAKER = (
     "SELECT state, consecutive_failures, window_start, window_calls, window_failures, opened_at, "
@@ -239,7 +241,9 @@ _ADDED_COLUMNS: dict[str, dict[str, str]] = {
     # owner: JSON {user_id, model, kind, amount, lines: [[key, resets_at], ...], started_at} of a
     # claim made by admit(owner=...); reaped: 1 once reap_interrupted turned it into a charge.
     "requests": {"owner": "TEXT", "reaped": "INTEGER NOT NULL DEFAULT 0"},
-    "ledger": {"unsettled": "INTEGER NOT NULL DEFAULT 0"},
+    # source: '' (the default) is also what every entry written before version 5 is: the front
+    # end's own calls (penny proxy's calls of that time cannot be told apart from them).
+    "ledger": {"unsettled": "INTEGER NOT NULL DEFAULT 0", "source": "TEXT NOT NULL DEFAULT ''"},
     "breakers": {"failed_probes": "INTEGER NOT NULL DEFAULT 0"},
 }
 # Statements that need the added columns, run after them.
@@ -681,13 +685,7 @@ class SqliteStore(Store):
         return None if row is None else _ledger_entry(row)
 
     def usage(self, workspace_id: str, first_day: str, last_day: str, user_id: str | None = None) -> UsageSummary:
-        query = (
-            "SELECT user_id, model, day, COUNT(*), "
-            "SUM(cache_status IN ('exact', 'semantic')), SUM(prompt_tokens), SUM(cached_prompt_tokens), "
-            "SUM(completion_tokens), SUM(cost_micros), SUM(saved_micros), SUM(unsettled), "
-            "SUM(CASE WHEN unsettled THEN cost_micros ELSE 0 END) "
-            "FROM ledger WHERE workspace_id = ? AND day BETWEEN ? AND ?"
-        )
+        query = f"SELECT user_id, model, day, {_TOTALS} FROM ledger WHERE workspace_id = ? AND day BETWEEN ? AND ?"  # noqa: S608
         params: tuple[str, ...] = (workspace_id, first_day, last_day)
         if user_id is not None:
             query += " AND user_id = ?"
@@ -695,18 +693,8 @@ class SqliteStore(Store):
         with self._read("summarise the ledger") as conn:
             groups = conn.execute(query + " GROUP BY user_id, model, day", params).fetchall()
         summary = UsageSummary()
-        for user, model, day, requests, hits, prompt, cached, completion, cost, saved, unsettled, owed in groups:
-            group = UsageTotals(
-                requests=int(requests),
-                cache_hits=int(hits),
-                prompt_tokens=int(prompt),
-                cached_prompt_tokens=int(cached),
-                completion_tokens=int(completion),
-                cost_micros=int(cost),
-                saved_micros=int(saved),
-                unsettled=int(unsettled),
-                unsettled_micros=int(owed),
-            )
+        for user, model, day, *sums in groups:
+            group = _group_totals(sums)
             for totals in (
                 summary.totals,
                 summary.by_user.setdefault(user, UsageTotals()),
@@ -715,6 +703,18 @@ class SqliteStore(Store):
             ):
                 _merge(totals, group)
         return summary
+
+    def usage_by_source(
+        self, workspace_id: str, first_day: str, last_day: str, user_id: str | None = None
+    ) -> dict[str, UsageTotals]:
+        query = f"SELECT source, {_TOTALS} FROM ledger WHERE workspace_id = ? AND day BETWEEN ? AND ?"  # noqa: S608
+        params: tuple[str, ...] = (workspace_id, first_day, last_day)
+        if user_id is not None:
+            query += " AND user_id = ?"
+            params += (user_id,)
+        with self._read("summarise the ledger by source") as conn:
+            groups = conn.execute(query + " GROUP BY source", params).fetchall()
+        return {str(source): _group_totals(sums) for source, *sums in groups}
 
     # -- semantic cache ------------------------------------------------------------------
     def semantic_put(self, entry: SemanticEntry, *, max_entries: int, touched: Sequence[str] = ()) -> list[str]:
@@ -1114,7 +1114,8 @@ def _settle(
         conn.execute(_REPLACE_UNSETTLED, (
             entry.ts, entry.day, entry.user_id, entry.model, entry.kind, entry.prompt_tokens,
             entry.cached_prompt_tokens, entry.completion_tokens, entry.cost_micros, entry.saved_micros,
-            entry.cache_status, entry.latency_ms, entry.attempts, entry.workspace_id, entry.request_id,
+            entry.cache_status, entry.latency_ms, entry.attempts, entry.source, entry.workspace_id,
+            entry.request_id,
         ))
     if reservation_id is not None:
         _drop_reservation(conn, entry.workspace_id, reservation_id, lines)
@@ -1203,6 +1204,18 @@ def _load_breaker(conn: sqlite3.Connection, name: str) -> BreakerState:
 
 def _save_breaker(conn: sqlite3.Connection, name: str, state: BreakerState) -> None:
     conn.execute(_SAVE_BREAKER, (name, *(getattr(state, column) for column in _BREAKER_COLUMNS)))
+
+
+# A group of ledger rows' UsageTotals, in field order (_group_totals reads them back).
+_TOTALS = (
+    "COUNT(*), SUM(cache_status IN ('exact', 'semantic')), SUM(prompt_tokens), SUM(cached_prompt_tokens), "
+    "SUM(completion_tokens), SUM(cost_micros), SUM(saved_micros), SUM(unsettled), "
+    "SUM(CASE WHEN unsettled THEN cost_micros ELSE 0 END)"
+)
+
+
+def _group_totals(sums: Sequence[Any]) -> UsageTotals:
+    return UsageTotals(*(int(value) for value in sums))
 
 
 def _merge(into: UsageTotals, group: UsageTotals) -> None:

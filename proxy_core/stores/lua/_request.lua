@@ -51,9 +51,11 @@ local function write_result(key, now, result, ttl)
 end
 
 -- Add one ledger entry's metrics to the day's aggregates: `day_key` (workspace, fields
--- 't:<metric>', 'u:<metric>:<user>', 'm:<metric>:<model>') and `user_day_key` ('<metric>:<model>').
+-- 't:<metric>', 'u:<metric>:<user>', 'm:<metric>:<model>', 's:<metric>:<source>') and
+-- `user_day_key` ('<metric>:<model>', 's:<metric>:<source>'). The source '' (the front end's own
+-- calls, and every entry from before sources) gets no fields: it is the total less the others.
 -- argv[at ..] holds `n` metric name/value pairs; `sign` is 1 or -1 (taking an entry back out).
-local function add_usage(day_key, user_day_key, user, model, argv, at, n, sign)
+local function add_usage(day_key, user_day_key, user, model, source, argv, at, n, sign)
   for i = 0, n - 1 do
     local metric, value = argv[at + 2 * i], tonumber(argv[at + 2 * i + 1])
     if value ~= 0 then
@@ -62,6 +64,10 @@ local function add_usage(day_key, user_day_key, user, model, argv, at, n, sign)
       redis.call('HINCRBY', day_key, 'u:' .. metric .. ':' .. user, value)
       redis.call('HINCRBY', day_key, 'm:' .. metric .. ':' .. model, value)
       redis.call('HINCRBY', user_day_key, metric .. ':' .. model, value)
+      if source ~= '' then
+        redis.call('HINCRBY', day_key, 's:' .. metric .. ':' .. source, value)
+        redis.call('HINCRBY', user_day_key, 's:' .. metric .. ':' .. source, value)
+      end
     end
   end
 end

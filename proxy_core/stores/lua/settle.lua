@@ -9,8 +9,8 @@
 -- ARGV[6]: result, ARGV[7]: result ttl_s, ARGV[8]: seconds a line's keys are kept after it resets,
 -- ARGV[9]: user id, ARGV[10]: model, ARGV[11]: number of metrics, ARGV[12]: '1' when the request
 -- is not claimed yet and must not be held by anyone (a cache hit, claimed and settled at once),
--- ARGV[13]: the entry's day; then resets_at per line, then metric name/value pairs, then the
--- entry's field/value pairs.
+-- ARGV[13]: the entry's day, ARGV[14]: its source; then resets_at per line, then metric name/value
+-- pairs, then the entry's field/value pairs.
 -- Returns {'settled'} when the entry was written, {'seen'} when the ledger already held it,
 -- {'replace_day', day} when an unsettled charge to replace is on another day (the caller settles
 -- again with that day), and, when claiming, the live claim or result that holds the request
@@ -23,11 +23,11 @@ if ARGV[12] == '1' then
   end
 end
 local reservation, cost, keep = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[8])
-local user, model, metrics = ARGV[9], ARGV[10], tonumber(ARGV[11])
+local user, model, metrics, source = ARGV[9], ARGV[10], tonumber(ARGV[11]), ARGV[14]
 local lines = (#KEYS - 4) / 3
 local added = cost
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  local old = redis.call('HMGET', KEYS[1], 'unsettled', 'cost_micros', 'day', 'model')
+  local old = redis.call('HMGET', KEYS[1], 'unsettled', 'cost_micros', 'day', 'model', 'source')
   if old[1] ~= '1' then
     return {'seen'}
   end
@@ -35,7 +35,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
     return {'replace_day', old[3]}
   end
   local charged = {'requests', '1', 'cost_micros', old[2], 'unsettled', '1', 'unsettled_micros', old[2]}
-  add_usage(KEYS[3], KEYS[4], user, old[4], charged, 1, 4, -1)
+  add_usage(KEYS[3], KEYS[4], user, old[4], old[5] or '', charged, 1, 4, -1)
   added = cost - tonumber(old[2])
 end
 
@@ -48,11 +48,11 @@ for i = 1, lines do
   if added ~= 0 then
     redis.call('INCRBY', spent_key, string.format('%d', added))
   end
-  expire_in(spent_key, math.max(0, tonumber(ARGV[13 + i]) - now) + keep)
+  expire_in(spent_key, math.max(0, tonumber(ARGV[14 + i]) - now) + keep)
 end
 
-local m = 14 + lines
-add_usage(KEYS[3], KEYS[4], user, model, ARGV, m, metrics, 1)
+local m = 15 + lines
+add_usage(KEYS[3], KEYS[4], user, model, source, ARGV, m, metrics, 1)
 m = m + 2 * metrics
 
 local entry = {}

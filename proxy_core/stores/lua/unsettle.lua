@@ -8,8 +8,8 @@
 -- three per line: spent (STRING), amounts (HASH), expiries (ZSET).
 -- ARGV[3]: request id, ARGV[4]: amount, ARGV[5]: seconds a line's keys are kept after it resets,
 -- ARGV[6]: seconds the reaped ID stays interrupted, ARGV[7]: user id, ARGV[8]: model, ARGV[9]:
--- number of metrics; then resets_at per line, then metric name/value pairs, then the entry's
--- field/value pairs.
+-- number of metrics, ARGV[10]: the entry's source; then resets_at per line, then metric name/value
+-- pairs, then the entry's field/value pairs.
 -- Called with KEYS[1..2] and ARGV[3] only, it just tidies the index (the caller saw no owner).
 -- Returns 1 when it wrote the unsettled entry, else 0.
 local now = clock()
@@ -33,13 +33,13 @@ for i = 1, lines do
   redis.call('ZREM', expiries, id)
   if fresh then
     redis.call('INCRBY', spent_key, amount)
-    expire_in(spent_key, math.max(0, tonumber(ARGV[9 + i]) - now) + keep)
+    expire_in(spent_key, math.max(0, tonumber(ARGV[10 + i]) - now) + keep)
   end
 end
 if fresh then
-  local m = 10 + lines
+  local m = 11 + lines
   local metrics = tonumber(ARGV[9])
-  add_usage(KEYS[4], KEYS[5], ARGV[7], ARGV[8], ARGV, m, metrics, 1)
+  add_usage(KEYS[4], KEYS[5], ARGV[7], ARGV[8], ARGV[10], ARGV, m, metrics, 1)
   local entry = {}
   for i = m + 2 * metrics, #ARGV do
     entry[#entry + 1] = ARGV[i]
