@@ -39,6 +39,38 @@ def test_keys_are_listed_oldest_first(store: Store, clock: ManualClock) -> None:
     assert [k.id for k in ring.list()] == [first.id, second.id]
 
 
+
+def test_a_remembered_key_is_refused_within_cache_s_of_a_revocation_elsewhere(store: Store,
+                                                                              clock: ManualClock) -> None:
+    reads: list[str] = []
+
+    class CountingStore:  # the store as the proxy's ring sees it, counting its reads
+        def __getattr__(self, name: str) -> object:
+            return getattr(store, name)
+
+        def blob_get(self, key: str) -> bytes | None:
+            reads.append(key)
+            return store.blob_get(key)
+
+    worker = KeyRing(CountingStore(), clock=clock, cache_s=2.0, monotonic=clock)  # type: ignore[arg-type]
+    admin = KeyRing(store, clock=clock)  # penny keys revoke, in another process
+    secret, key = admin.create(user_id="U1", workspace_id="T1")
+    assert worker.authenticate(secret) == key and worker.authenticate(secret) == key
+    assert len(reads) == 1
+    assert worker.authenticate("pk-unknown") is None and worker.authenticate("pk-unknown") is None
+    assert len(reads) == 3  # unknown keys are read each time: a key created later works at once
+
+    admin.revoke(key.id)
+    clock.advance(1.9)
+    assert worker.authenticate(secret) == key  # still trusted: within the 2 s bound
+    clock.advance(0.2)
+    assert worker.authenticate(secret) is None
+
+    other_secret, other = admin.create(user_id="U2", workspace_id="T1")
+    assert worker.authenticate(other_secret) == other
+    worker.revoke(other.id)  # revoked through the same ring: refused at once
+    assert worker.authenticate(other_secret) is None
+
 @pytest.fixture
 def cli_store(cli_env: str) -> str:
     return cli_env

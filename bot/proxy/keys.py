@@ -5,6 +5,11 @@ key>``. Blobs, not records: :class:`~proxy_core.RecordStore` has no listing and 
 expires, while keys must be listed (``penny keys list``) and live until revoked; ``blob_scan`` over
 the prefix lists them on SQLite and Redis alike. Authenticating is one ``blob_get`` by hash.
 Revoking keeps the record (marked revoked) so ``penny keys list`` still shows who had it.
+
+A ring may remember the keys it authenticated for ``cache_s`` seconds (``penny proxy`` does, see
+:data:`PROXY_KEY_CACHE_S`): a burst of calls with one key then costs one store read, not one each.
+A key revoked by another process (``penny keys revoke``) is refused within ``cache_s``; one revoked
+through the same ring at once. Unknown keys are never remembered, so a new key works at once.
 """
 
 from __future__ import annotations
@@ -12,16 +17,19 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 
 from proxy_core import BlobStore
 
-__all__ = ["KEY_PREFIX", "KeyRing", "ProxyKey", "hash_key"]
+__all__ = ["KEY_PREFIX", "PROXY_KEY_CACHE_S", "KeyRing", "ProxyKey", "hash_key"]
 
 KEY_PREFIX = "pk-"
 _BLOB_PREFIX = "proxy-keys/"
+PROXY_KEY_CACHE_S = 2.0  # how long a proxy worker trusts a key it read: the bound on a revocation
+_CACHED_KEYS_MAX = 10_000
 
 
 def hash_key(secret: str) -> str:
@@ -63,11 +71,17 @@ class ProxyKey:
 
 
 class KeyRing:
-    """Create, find, list and revoke proxy keys in a store."""
+    """Create, find, list and revoke proxy keys in a store. ``cache_s`` > 0 remembers each live key
+    read for that long (measured on ``monotonic``), at most 10,000 keys."""
 
-    def __init__(self, store: BlobStore, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: BlobStore, *, clock: Callable[[], float] = time.time, cache_s: float = 0.0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._store = store
         self._clock = clock
+        self._cache_s = cache_s
+        self._monotonic = monotonic
+        self._cached: dict[str, tuple[float, ProxyKey]] = {}  # blob key -> (trusted until, key)
+        self._cache_lock = threading.Lock()
 
     def create(
         self,
@@ -91,11 +105,32 @@ class KeyRing:
         """The live key ``secret`` names, or None (unknown, malformed or revoked)."""
         if not secret.startswith(KEY_PREFIX):
             return None
-        data = self._store.blob_get(_BLOB_PREFIX + hash_key(secret))
+        blob_key = _BLOB_PREFIX + hash_key(secret)
+        if self._cache_s > 0:
+            cached = self._cached.get(blob_key)
+            if cached is not None and self._monotonic() < cached[0]:
+                return cached[1]
+        data = self._store.blob_get(blob_key)
         if data is None:
             return None
         key = ProxyKey.from_json(data)
-        return None if key.revoked else key
+        if key.revoked:
+            self._forget(blob_key)
+            return None
+        if self._cache_s > 0:
+            self._remember(blob_key, key)
+        return key
+
+    def _remember(self, blob_key: str, key: ProxyKey) -> None:
+        with self._cache_lock:
+            self._cached.pop(blob_key, None)
+            while len(self._cached) >= _CACHED_KEYS_MAX:
+                del self._cached[next(iter(self._cached))]  # the longest remembered
+            self._cached[blob_key] = (self._monotonic() + self._cache_s, key)
+
+    def _forget(self, blob_key: str) -> None:
+        with self._cache_lock:
+            self._cached.pop(blob_key, None)
 
     def list(self) -> list[ProxyKey]:
         """Every key, revoked ones included, oldest first."""
@@ -110,8 +145,10 @@ class KeyRing:
             if key.id != key_id:
                 continue
             if key.revoked:
+                self._forget(blob_key)
                 return key
             revoked = replace(key, revoked_at=self._clock())
             self._store.blob_put_many({blob_key: revoked.to_json()})
+            self._forget(blob_key)
             return revoked
         return None

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Literal, TextIO
 
 from bot.proxy.app import ProxyApp
-from bot.proxy.keys import KeyRing
+from bot.proxy.keys import PROXY_KEY_CACHE_S, KeyRing
 from bot.slack.server import HTTPOptions, ops_reply, run_arbiter
 from proxy_core import ConfigurationError, Gateway, PennySettings, StoreError
 
@@ -32,7 +32,8 @@ class ProxyWorker:
     def __init__(self, settings: PennySettings, *, metrics: Callable[[], bytes] | None,
                  cache_scope: Literal["user", "workspace"] = "user") -> None:
         self.gateway = Gateway.from_settings(settings)
-        self.app = ProxyApp(self.gateway, KeyRing(self.gateway.store), cache_scope=cache_scope)
+        self.app = ProxyApp(self.gateway, KeyRing(self.gateway.store, cache_s=PROXY_KEY_CACHE_S),
+                            cache_scope=cache_scope)
         self._metrics = metrics
 
     def wsgi(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
