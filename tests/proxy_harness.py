@@ -9,6 +9,7 @@ import os
 import queue
 import re
 import signal
+import socketserver
 import subprocess
 import sys
 import threading
@@ -39,6 +40,13 @@ class _Quiet(WSGIRequestHandler):
         pass
 
 
+class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
+    """One thread per request, as gunicorn's threads serve concurrent clients (tests of concurrent calls)."""
+
+    daemon_threads = True
+    request_queue_size = 128  # socketserver's 5 would refuse a burst of concurrent clients
+
+
 class Proxy:
     """A gateway, a key ring and the proxy app on one store, served at :attr:`base_url`."""
 
@@ -50,11 +58,13 @@ class Proxy:
         self.store = store
         self.clock = clock
         self.gateway = Gateway(settings, store=store, metrics=Metrics(CollectorRegistry()),
-                               upstream=OpenAIUpstream(api_key=API_KEY, base_url=fake.base_url, timeout_s=2.0),
+                               upstream=OpenAIUpstream(api_key=API_KEY, base_url=fake.base_url,
+                                                        timeout_s=settings.request_timeout_s),
                                clock=clock, wall=clock, sleep=clock.sleep, rand=lambda: 0.5)
         self.keys = KeyRing(store, clock=clock)
         self.app = ProxyApp(self.gateway, self.keys, clock=clock)
-        self._server: WSGIServer = make_server("127.0.0.1", 0, self.app, handler_class=_Quiet)
+        self._server: WSGIServer = make_server("127.0.0.1", 0, self.app, server_class=_ThreadingServer,
+                                               handler_class=_Quiet)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.01},
                                         daemon=True)
         self._thread.start()

@@ -177,17 +177,6 @@ def test_a_spent_budget_is_a_429_insufficient_quota_with_the_reset_time(
     assert fake.requests == []
 
 
-def test_a_keys_daily_budget_narrows_the_users(proxy: Proxy, fake: FakeOpenAI) -> None:
-    secret, _ = proxy.keys.create(user_id="U1", workspace_id="T1", daily_budget_micros=1)
-    client = proxy.client(secret)
-    client.chat.completions.create(model=MODEL, messages=QUESTION)  # type: ignore[arg-type]
-    with pytest.raises(openai.RateLimitError) as caught:
-        client.chat.completions.create(model=MODEL, messages=QUESTION,  # type: ignore[arg-type]
-                                       extra_headers={"Cache-Control": "no-cache"})
-    assert caught.value.code == "insufficient_quota"
-    assert len(fake.requests_to("chat")) == 1
-
-
 def test_upstream_down_is_a_503_with_retry_after(proxy: Proxy, fake: FakeOpenAI) -> None:
     fake.fail_all(500)
     secret, _ = proxy.keys.create(user_id="U1", workspace_id="T1")

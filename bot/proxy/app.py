@@ -6,6 +6,11 @@ The app turns a WSGI environ into a :class:`ProxyRequest`, :meth:`ProxyApp.handl
 goes back out. Refusals are OpenAI's error shape with the statuses its clients already handle:
 401 for a bad key, 400 naming the bad field, 429 with ``Retry-After`` for a rate limit, 429
 ``insufficient_quota`` for a spent budget, 503 with ``Retry-After`` while upstream is down.
+
+Every call is the key's user's, with the key as its :class:`~proxy_core.CallSource`: the ledger
+records the key's ID (``/cost`` splits a person's spend by it), and a key's daily budget is one more
+budget line the gateway reserves on before the call, counting only that key's spend; the user's and
+the workspace's budgets still apply.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from bot.proxy.keys import KeyRing, ProxyKey
 from bot.proxy.streaming import QueuedStream, StreamEvents, run_streamed, sse_chunks
 from proxy_core import (
     BudgetExceeded,
+    CallSource,
     ChatResult,
     CircuitOpen,
     EmbeddingResult,
@@ -183,7 +189,7 @@ class ProxyApp:
             raise _bad("n", "Penny answers with one choice: n must be 1.")
         _refuse_unsupported(body)
         stream, include_usage = _stream_options(body)
-        self._within_key_budget(key)
+        source = self._source(key)
         request_id = self._request_id(request, key)
         use_cache = not _no_cache(request)
         if stream:
@@ -191,14 +197,14 @@ class ProxyApp:
                 return self.gateway.chat(
                     user_id=key.user_id, workspace_id=key.workspace_id, request_id=request_id, messages=messages,
                     model=model, max_tokens=max_tokens, temperature=temperature,
-                    context=self._cache_context(key), use_cache=use_cache, stream=answer_stream)
+                    context=self._cache_context(key), use_cache=use_cache, stream=answer_stream, source=source)
 
             return self._streamed(run_streamed(call), model, request_id, include_usage, use_cache)
         with self._refusals(key):
             result = self.gateway.chat(user_id=key.user_id, workspace_id=key.workspace_id, request_id=request_id,
                                        messages=messages, model=model, max_tokens=max_tokens,
                                        temperature=temperature, context=self._cache_context(key),
-                                       use_cache=use_cache)
+                                       use_cache=use_cache, source=source)
         return ProxyResponse.json(200, _completion(result, self._clock()), _penny_headers(result))
 
     def _streamed(self, events: StreamEvents, model: str, request_id: str, include_usage: bool,
@@ -239,11 +245,11 @@ class ProxyApp:
             raise _bad("dimensions", "dimensions must be a positive integer.")
         if body.get("encoding_format", "float") != "float":
             raise _bad("encoding_format", "Penny returns embeddings as floats: encoding_format must be float.")
-        self._within_key_budget(key)
+        source = self._source(key)
         request_id = self._request_id(request, key)
         with self._refusals(key):
             result = self.gateway.embed(user_id=key.user_id, workspace_id=key.workspace_id, request_id=request_id,
-                                        inputs=inputs, model=model, dimensions=dimensions)
+                                        inputs=inputs, model=model, dimensions=dimensions, source=source)
         return ProxyResponse.json(200, _embedding_list(result), _penny_headers(result))
 
     # -- steps ------------------------------------------------------------------------------------
@@ -261,16 +267,15 @@ class ProxyApp:
                              param="model", code="model_not_allowed")
         return model
 
-    def _within_key_budget(self, key: ProxyKey) -> None:
-        """A key's own daily budget narrows the user's: counted on everything the user spent today."""
-        if key.daily_budget_micros is None:
-            return
-        now = self._clock()
-        today = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
-        spent = self.gateway.usage(key.workspace_id, today, today, key.user_id).totals.cost_micros
-        if spent >= key.daily_budget_micros:
+    def _source(self, key: ProxyKey) -> CallSource:
+        """The key as the call's source: its ID in the ledger, its daily budget reserved on by the
+        gateway (a budget line of its own). A budget of $0 admits nothing, so it is refused here:
+        to the gateway a line of 0 has no cap."""
+        if key.daily_budget_micros == 0:
+            now = self._clock()
             resets_at = (math.floor(now / 86400) + 1) * 86400.0
-            raise _budget_refusal(BudgetExceeded(f"key {key.id}", key.daily_budget_micros, spent, resets_at), now)
+            raise _budget_refusal(BudgetExceeded(f"{key.id} daily", 0, 0, resets_at), now)
+        return CallSource(key.id, daily_budget_micros=key.daily_budget_micros or 0)
 
     def _request_id(self, request: ProxyRequest, key: ProxyKey) -> str:
         """The gateway's request ID: the client's ``Idempotency-Key`` (scoped to the key, so one key
