@@ -50,7 +50,7 @@ import functools
 import re
 import struct
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import fields, replace
 from datetime import date, timedelta
 from importlib import resources
@@ -68,6 +68,7 @@ from proxy_core.breaker import BreakerPolicy, BreakerState, Permit
 from proxy_core.budget import BudgetLine, capped
 from proxy_core.clock import Clock
 from proxy_core.errors import ConfigurationError, StoreError
+from proxy_core.stores import lua_argv as argv
 from proxy_core.stores.base import (
     REAP_GRACE_S,
     Admission,
@@ -88,13 +89,14 @@ from proxy_core.stores.base import (
 )
 from proxy_core.stores.claims import owner_json as _owner_json
 from proxy_core.stores.claims import unsettled_charge as _unsettled_charge
+from proxy_core.stores.lua_argv import Arg, ArgvLayout
 from proxy_core.stores.redis_connect import RedisOptions, client_password, connect
 
 __all__ = ["SEMANTIC_LOG_RETAIN", "RedisStore"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-Call = tuple[str, Sequence[str], Sequence[str | int]]  # a script: its name, keys and arguments
+Call = tuple[str, Sequence[str], Sequence[Arg]]  # a script: its name, keys and arguments (see _call)
 
 # Spent counters and reservations outlive their period by this much (late settles, reports).
 KEEP_AFTER_RESET_S = 3 * 86400
@@ -285,7 +287,7 @@ class RedisStore(Store):
             text = text.replace(secret, "***")
         return text
 
-    def _run(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+    def _run(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         script = self._scripts[name]
         return script(keys=list(keys), args=[*self._clock_args(), *args])
 
@@ -314,7 +316,7 @@ class RedisStore(Store):
                 raise reply
         return replies
 
-    def _run_confirmed(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+    def _run_confirmed(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         """:meth:`_run`, and the write reaches ``wait_replicas`` replicas before it counts."""
         return self._pipelined((name, keys, args), confirm=0)[0]
 
@@ -403,16 +405,16 @@ class RedisStore(Store):
             )
         return replies
 
-    def _clock_args(self) -> list[str | int]:
+    def _clock_args(self) -> list[Arg]:
         if self._clock is None:
             return ["", 0]
         return [_num(self._clock()), _INJECTED_CLOCK_SLACK_MS]
 
-    def _run_semantic(self, name: str, args: Sequence[str | bytes | int]) -> Any:
+    def _run_semantic(self, layout: ArgvLayout, rest: Iterable[Arg] = (), /, **named: Arg) -> Any:
         """Run a semantic script on the semantic keys; its reply comes back undecoded (bytes)."""
-        script = self._semantic_scripts[name]
+        script = self._semantic_scripts[layout.script]
         keys = self._semantic_keys
-        command = [len(keys), *keys, *self._clock_args(), self._semantic_retain, *args]
+        command = [len(keys), *keys, *self._clock_args(), self._semantic_retain, *layout.build(rest, **named)]
         # Script.__call__ would decode the reply, so this is its EVALSHA-then-reload, undecoded.
         try:
             return self._raw("EVALSHA", script.sha, *command)
@@ -480,24 +482,25 @@ class RedisStore(Store):
     # -- idempotency ---------------------------------------------------------------------
     @_translated("claim a request")
     def claim_request(self, workspace_id: str, request_id: str, ttl_s: float) -> Claim:
-        reply = self._run("claim_request", [self._request_key(workspace_id, request_id)], [_num(ttl_s)])
+        reply = self._run(*_call(argv.CLAIM_REQUEST, [self._request_key(workspace_id, request_id)], ttl_s=_num(ttl_s)))
         return _held(reply) or Claim("claimed")
 
     @_translated("record a request's result")
     def complete_request(
         self, workspace_id: str, request_id: str, result: str, ttl_s: float, *, records: Sequence[Record] = ()
     ) -> None:
-        complete = ("complete_request", [self._request_key(workspace_id, request_id)], [result, _num(ttl_s)])
+        complete = _call(argv.COMPLETE_REQUEST, [self._request_key(workspace_id, request_id)], result=result,
+                         ttl_s=_num(ttl_s))
         if not records:
             self._run(*complete)
             return
         # Records live in their own slots: the same round trip, not the same script.
-        self._pipelined(complete, *(("cache_put", [self._record_key(record.kind, record.key)],
-                                     [record.value, _num(record.ttl_s)]) for record in records))
+        self._pipelined(complete, *(_call(argv.CACHE_PUT, [self._record_key(record.kind, record.key)],
+                                          value=record.value, ttl_s=_num(record.ttl_s)) for record in records))
 
     @_translated("release a request")
     def release_request(self, workspace_id: str, request_id: str) -> None:
-        self._run_confirmed("release_request", [self._request_key(workspace_id, request_id)], [])
+        self._run_confirmed(*_call(argv.RELEASE_REQUEST, [self._request_key(workspace_id, request_id)]))
 
     @_translated("admit a request")
     def admit(
@@ -522,19 +525,20 @@ class RedisStore(Store):
         keys = [self._request_key(workspace_id, request_id), self._owned_key(workspace_id),
                 *self._bucket_keys(workspace_id, buckets)]
         held_for = ttl_s + (REAP_GRACE_S if owner is not None else 0.0)
-        args: list[str | int] = [_num(ttl_s), len(buckets), request_id, int(amount), KEEP_AFTER_RESET_S,
-                                 _num(held_for), owner_json, *_bucket_args(buckets)]
+        rest = _bucket_args(buckets)
         for line in lines:
             keys += self._line_keys(workspace_id, line)
-            args += [int(line.limit), _num(line.resets_at)]
+            rest += [int(line.limit), _num(line.resets_at)]
         if owner is not None and workspace_id not in self._owned_workspaces:
             # Once per workspace and process, so the reaper finds its index without a SCAN.
             self._client.sadd(f"{self._ns}:owned-workspaces", workspace_id)
             self._owned_workspaces.add(workspace_id)
-        calls: list[tuple[str, Sequence[str], Sequence[str | int]]] = []
+        calls: list[Call] = []
         if breaker is not None:
-            calls.append(("breaker", [self._breaker_key(breaker.name)], _breaker_args(breaker.policy, "peek", False)))
-        calls.append(("admit", keys, args))
+            calls.append(self._breaker_call(breaker.name, breaker.policy, "peek", False))
+        calls.append(_call(argv.ADMIT, keys, rest, ttl_s=_num(ttl_s), buckets=len(buckets), reservation_id=request_id,
+                           amount=int(amount), keep_s=KEEP_AFTER_RESET_S, reservation_ttl_s=_num(held_for),
+                           owner=owner_json))
         *peeked, reply = self._pipelined(*calls, confirm=len(calls) - 1)
         held = _held(reply)
         if held is not None:
@@ -553,8 +557,9 @@ class RedisStore(Store):
             permit = _permit(self._breaker(breaker.name, breaker.policy, "acquire", False))
         if not permit.allowed:
             self._pipelined(
-                ("release_request", [keys[0]], []),
-                ("release", [k for line in lines for k in self._line_keys(workspace_id, line)[1:]], [request_id]),
+                _call(argv.RELEASE_REQUEST, [keys[0]]),
+                _call(argv.RELEASE, [k for line in lines for k in self._line_keys(workspace_id, line)[1:]],
+                      reservation_id=request_id),
                 confirm=0,
             )
             return Admission("circuit_open", limit=limit, permit=permit)
@@ -569,13 +574,15 @@ class RedisStore(Store):
     def take_tokens(self, workspace_id: str, specs: Sequence[BucketSpec]) -> LimitDecision:
         if not specs:
             return LimitDecision(True, 0.0, (), None)
-        return _limit_decision(self._run("take_tokens", self._bucket_keys(workspace_id, specs), _bucket_args(specs)))
+        return _limit_decision(
+            self._run(*_call(argv.TAKE_TOKENS, self._bucket_keys(workspace_id, specs), _bucket_args(specs)))
+        )
 
     # -- budgets -------------------------------------------------------------------------
     @_translated("release a budget reservation")
     def release(self, workspace_id: str, reservation_id: str, lines: Sequence[BudgetLine]) -> None:
         keys = [k for line in capped(lines) for k in self._line_keys(workspace_id, line)[1:]]
-        self._run_confirmed("release", keys, [reservation_id])
+        self._run_confirmed(*_call(argv.RELEASE, keys, reservation_id=reservation_id))
 
     @_translated("settle a request")
     def settle(
@@ -588,26 +595,23 @@ class RedisStore(Store):
         result_ttl_s: float,
         breaker: BreakerRef | None = None,
     ) -> bool:
-        keys, args = self._settle_call(entry, reservation_id, lines, result, result_ttl_s, claim=False)
+        settle = self._settle_call(entry, reservation_id, lines, result, result_ttl_s, claim=False)
         if breaker is None:
-            reply = self._run_confirmed("settle", keys, args)
+            reply = self._run_confirmed(*settle)
         else:
-            reply, _ = self._pipelined(
-                ("settle", keys, args),
-                ("breaker", [self._breaker_key(breaker.name)], _breaker_args(breaker.policy, "record", True)),
-                confirm=0,
-            )
+            reply, _ = self._pipelined(settle, self._breaker_call(breaker.name, breaker.policy, "record", True),
+                                       confirm=0)
         if _text(reply[0]) == "replace_day":
             # The unsettled charge it replaces was counted on the day the call started: settle there.
             entry = replace(entry, day=_text(reply[1]))
-            keys, args = self._settle_call(entry, reservation_id, lines, result, result_ttl_s, claim=False)
-            reply = self._run_confirmed("settle", keys, args)
+            reply = self._run_confirmed(*self._settle_call(entry, reservation_id, lines, result, result_ttl_s,
+                                                           claim=False))
         return _text(reply[0]) == "settled"
 
     @_translated("record a cache hit")
     def record_hit(self, entry: LedgerEntry, *, result: str, result_ttl_s: float) -> Claim:
-        keys, args = self._settle_call(entry, None, (), result, result_ttl_s, claim=True)
-        return _held(self._run("settle", keys, args)) or Claim("claimed")
+        reply = self._run(*self._settle_call(entry, None, (), result, result_ttl_s, claim=True))
+        return _held(reply) or Claim("claimed")
 
     def _settle_call(
         self,
@@ -618,7 +622,7 @@ class RedisStore(Store):
         result_ttl_s: float,
         *,
         claim: bool,
-    ) -> tuple[list[str], list[str | int]]:
+    ) -> Call:
         ws = self._ws(entry.workspace_id)
         keys = [
             f"{ws}:ledger:{entry.request_id}",
@@ -628,22 +632,13 @@ class RedisStore(Store):
         ]
         for line in lines:
             keys += self._line_keys(entry.workspace_id, line)
-        args: list[str | int] = [
-            reservation_id or "",
-            int(entry.cost_micros),
-            "1" if result is not None else "0",
-            result or "",
-            _num(result_ttl_s),
-            KEEP_AFTER_RESET_S,
-            entry.user_id,
-            entry.model,
-            len(_METRICS),
-            "1" if claim else "0",
-            entry.day,
-            entry.source,
-        ]
-        args += [_num(line.resets_at) for line in lines]
-        return keys, args + _usage_and_entry_args(entry)
+        rest = [_num(line.resets_at) for line in lines] + _usage_and_entry_args(entry)
+        return _call(
+            argv.SETTLE, keys, rest, reservation_id=reservation_id or "", cost_micros=int(entry.cost_micros),
+            has_result="1" if result is not None else "0", result=result or "", result_ttl_s=_num(result_ttl_s),
+            keep_s=KEEP_AFTER_RESET_S, user_id=entry.user_id, model=entry.model, metrics=len(_METRICS),
+            claim="1" if claim else "0", day=entry.day, source=entry.source,
+        )
 
     def _owned_key(self, workspace_id: str) -> str:
         return f"{self._ws(workspace_id)}:owned"
@@ -668,7 +663,8 @@ class RedisStore(Store):
         request_key = self._request_key(workspace_id, request_id)
         owner = self._client.hget(request_key, "owner")
         if owner is None:  # settled, released or gone: only the index entry is left
-            self._run("unsettle", [request_key, self._owned_key(workspace_id)], [request_id])
+            self._run(*_call(argv.UNSETTLE_INDEX_ONLY, [request_key, self._owned_key(workspace_id)],
+                             request_id=request_id))
             return None
         entry, lines = _unsettled_charge(workspace_id, request_id, _text(owner))
         ws = self._ws(workspace_id)
@@ -676,23 +672,34 @@ class RedisStore(Store):
                 f"{ws}:usage:{entry.day}:user:{entry.user_id}"]
         for line in lines:
             keys += self._line_keys(workspace_id, line)
-        args: list[str | int] = [request_id, int(entry.cost_micros), KEEP_AFTER_RESET_S, _REAPED_KEEP_S,
-                                 entry.user_id, entry.model, len(_METRICS), entry.source]
-        args += [_num(line.resets_at) for line in lines]
-        written = int(self._run_confirmed("unsettle", keys, args + _usage_and_entry_args(entry)))
+        rest = [_num(line.resets_at) for line in lines] + _usage_and_entry_args(entry)
+        written = int(self._run_confirmed(*_call(
+            argv.UNSETTLE, keys, rest, request_id=request_id, amount=int(entry.cost_micros), keep_s=KEEP_AFTER_RESET_S,
+            reaped_keep_s=_REAPED_KEEP_S, user_id=entry.user_id, model=entry.model, metrics=len(_METRICS),
+            source=entry.source,
+        )))
         return entry if written else None
 
     @_translated("read a budget")
     def spent(self, workspace_id: str, line: BudgetLine) -> tuple[int, int]:
-        reply = self._run("spent", self._line_keys(workspace_id, line), [])
+        reply = self._run(*_call(argv.SPENT, self._line_keys(workspace_id, line)))
         return int(reply[0]), int(reply[1])
 
     # -- circuit breaker -----------------------------------------------------------------
     def _breaker_key(self, name: str) -> str:
         return f"{self._ns}:breaker:{{{name}}}"
 
+    def _breaker_call(self, name: str, policy: BreakerPolicy, op: str, success: bool, pending: int = 0) -> Call:
+        return _call(
+            argv.BREAKER, [self._breaker_key(name)], op=op, success="1" if success else "0",
+            failure_threshold=int(policy.failure_threshold), failure_ratio=_num(policy.failure_ratio),
+            min_calls=int(policy.min_calls), window_s=_num(policy.window_s), cooldown_s=_num(policy.cooldown_s),
+            probe_timeout_s=_num(policy.probe_timeout_s), max_cooldown_s=_num(policy.max_cooldown_s),
+            pending=int(pending),
+        )
+
     def _breaker(self, name: str, policy: BreakerPolicy, op: str, success: bool, pending: int = 0) -> Any:
-        return self._run("breaker", [self._breaker_key(name)], _breaker_args(policy, op, success, pending))
+        return self._run(*self._breaker_call(name, policy, op, success, pending))
 
     @_translated("check the circuit breaker")
     def breaker_acquire(self, name: str, policy: BreakerPolicy) -> Permit:
@@ -710,17 +717,17 @@ class RedisStore(Store):
     # -- exact cache ---------------------------------------------------------------------
     @_translated("read the cache")
     def cache_get(self, scope: str, key: str) -> str | None:
-        value = self._run("cache_get", [self._cache_key(scope, key)], [])
+        value = self._run(*_call(argv.CACHE_GET, [self._cache_key(scope, key)]))
         return None if value is None else _text(value)
 
     @_translated("write the cache")
     def cache_put(self, scope: str, key: str, value: str, ttl_s: float) -> None:
-        self._run("cache_put", [self._cache_key(scope, key)], [value, _num(ttl_s)])
+        self._run(*_call(argv.CACHE_PUT, [self._cache_key(scope, key)], value=value, ttl_s=_num(ttl_s)))
 
     @_translated("delete from the cache")
     def cache_delete(self, scope: str, key: str | None = None) -> int:
         def delete(keys: list[str]) -> int:
-            return int(self._run("cache_delete", keys, []))
+            return int(self._run(*_call(argv.CACHE_DELETE, keys)))
 
         if key is not None:
             return delete([self._cache_key(scope, key)])
@@ -733,12 +740,12 @@ class RedisStore(Store):
     @_translated("read a record")
     def record_get(self, kind: str, key: str) -> str | None:
         # The exact cache's scripts: a value with its logical expiry (the injected clock's, in tests).
-        value = self._run("cache_get", [self._record_key(kind, key)], [])
+        value = self._run(*_call(argv.CACHE_GET, [self._record_key(kind, key)]))
         return None if value is None else _text(value)
 
     @_translated("write a record")
     def record_put(self, kind: str, key: str, value: str, ttl_s: float) -> None:
-        self._run("cache_put", [self._record_key(kind, key)], [value, _num(ttl_s)])
+        self._run(*_call(argv.CACHE_PUT, [self._record_key(kind, key)], value=value, ttl_s=_num(ttl_s)))
 
     # -- ledger --------------------------------------------------------------------------
     @_translated("read the ledger")
@@ -810,14 +817,13 @@ class RedisStore(Store):
     def semantic_put(self, entry: SemanticEntry, *, max_entries: int, touched: Sequence[str] = ()) -> list[str]:
         if max_entries < 0:
             raise ValueError("max_entries must be 0 (no cap) or more")
-        evicted = self._run_semantic(
-            "semantic_put", [entry.entry_id, _pack_record(entry), entry.answer, max_entries, *touched]
-        )
+        evicted = self._run_semantic(argv.SEMANTIC_PUT, touched, entry_id=entry.entry_id, record=_pack_record(entry),
+                                     answer=entry.answer, max_entries=max_entries)
         return [_text(entry_id) for entry_id in evicted]
 
     @_translated("read a semantic-cache entry")
     def semantic_get(self, entry_id: str, *, touch: bool = True) -> SemanticEntry | None:
-        reply = self._run_semantic("semantic_get", [entry_id, "1" if touch else "0"])
+        reply = self._run_semantic(argv.SEMANTIC_GET, entry_id=entry_id, touch="1" if touch else "0")
         if reply is None:
             return None
         record, answer = reply
@@ -825,27 +831,28 @@ class RedisStore(Store):
 
     @_translated("mark semantic-cache entries used")
     def semantic_touch(self, entry_ids: Sequence[str]) -> int:
-        return self._per_batch("semantic_touch", entry_ids)
+        return self._per_batch(argv.SEMANTIC_TOUCH, entry_ids)
 
     @_translated("delete semantic-cache entries")
     def semantic_delete(self, entry_ids: Sequence[str]) -> int:
-        return self._per_batch("semantic_delete", entry_ids)
+        return self._per_batch(argv.SEMANTIC_DELETE, entry_ids)
 
-    def _per_batch(self, script: str, entry_ids: Sequence[str]) -> int:
+    def _per_batch(self, script: ArgvLayout, entry_ids: Sequence[str]) -> int:
         """Run ``script`` over the ids a batch at a time (never one long script); the sum of replies."""
         total = 0
         for start in range(0, len(entry_ids), _SEMANTIC_DELETE_BATCH):
-            total += int(self._run_semantic(script, list(entry_ids[start : start + _SEMANTIC_DELETE_BATCH])))
+            total += int(self._run_semantic(script, entry_ids[start : start + _SEMANTIC_DELETE_BATCH]))
         return total
 
     @_translated("delete semantic-cache entries")
     def semantic_delete_where(self, *, context_prefix: str | None = None, expired: bool = False) -> list[str]:
         if expired == (context_prefix is not None):  # both or neither
             raise ValueError("semantic_delete_where: give either context_prefix or expired=True")
-        args = ["expired", ""] if expired else ["prefix", context_prefix or ""]
+        mode, prefix = ("expired", "") if expired else ("prefix", context_prefix or "")
         deleted: list[str] = []
         while True:
-            looked_at, ids = self._run_semantic("semantic_delete_where", [*args, _SEMANTIC_DELETE_BATCH])
+            looked_at, ids = self._run_semantic(argv.SEMANTIC_DELETE_WHERE, mode=mode, prefix=prefix,
+                                                limit=_SEMANTIC_DELETE_BATCH)
             deleted += [_text(entry_id) for entry_id in ids]
             if int(looked_at) < _SEMANTIC_DELETE_BATCH:
                 return deleted
@@ -893,7 +900,8 @@ class RedisStore(Store):
         return self._read_semantic_log(epoch, stream_id, limit)
 
     def _read_semantic_log(self, epoch: str, stream_id: str | None, limit: int) -> SemanticChanges:
-        reset, head, events, current = self._run_semantic("semantic_changes", [stream_id or "", limit, epoch])
+        reset, head, events, current = self._run_semantic(argv.SEMANTIC_CHANGES, cursor=stream_id or "", limit=limit,
+                                                          cursor_epoch=epoch)
         current = _text(current)
         if stream_id is None or int(reset):
             return SemanticChanges(f"{current}/{_text(head)}", reset=bool(int(reset)))
@@ -1052,12 +1060,17 @@ def _held_admission(held: Claim) -> Admission:
     return Admission("interrupted" if held.state == "interrupted" else "in_flight")
 
 
-def _usage_and_entry_args(entry: LedgerEntry) -> list[str | int]:
+def _call(layout: ArgvLayout, keys: Sequence[str], rest: Iterable[Arg] = (), /, **named: Arg) -> Call:
+    """One call of ``layout``'s script: its name, ``keys``, and its arguments in the layout's order."""
+    return layout.script, keys, layout.build(rest, **named)
+
+
+def _usage_and_entry_args(entry: LedgerEntry) -> list[Arg]:
     """The entry's metrics (name/value pairs, every UsageTotals field), then its fields (name/value
     pairs), as settle.lua and unsettle.lua take them after their fixed arguments."""
     one = UsageTotals()
     one.add(entry)
-    args: list[str | int] = []
+    args: list[Arg] = []
     for metric in _METRICS:
         args += [metric, int(getattr(one, metric))]
     for name in _LEDGER_FIELDS:
@@ -1066,8 +1079,8 @@ def _usage_and_entry_args(entry: LedgerEntry) -> list[str | int]:
     return args
 
 
-def _bucket_args(specs: Sequence[BucketSpec]) -> list[str | int]:
-    args: list[str | int] = []
+def _bucket_args(specs: Sequence[BucketSpec]) -> list[Arg]:
+    args: list[Arg] = []
     for spec in specs:
         args += [_num(spec.bucket.rate), _num(spec.bucket.burst), _num(spec.cost)]
     return args
@@ -1081,21 +1094,6 @@ def _limit_decision(reply: Sequence[Any]) -> LimitDecision:
         remaining=tuple(float(_text(r)) for r in reply[3:]),
         blocking=None if blocking < 0 else blocking,
     )
-
-
-def _breaker_args(policy: BreakerPolicy, op: str, success: bool, pending: int = 0) -> list[str | int]:
-    return [
-        op,
-        "1" if success else "0",
-        int(policy.failure_threshold),
-        _num(policy.failure_ratio),
-        int(policy.min_calls),
-        _num(policy.window_s),
-        _num(policy.cooldown_s),
-        _num(policy.probe_timeout_s),
-        _num(policy.max_cooldown_s),
-        int(pending),
-    ]
 
 
 def _permit(reply: Sequence[Any]) -> Permit:

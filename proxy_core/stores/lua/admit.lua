@@ -2,12 +2,13 @@
 -- cost; all or nothing, in that order, so a refused request holds nothing.
 -- KEYS[1]: the request HASH, KEYS[2]: the workspace's owned claims (ZSET request id -> claim
 -- expiry, the reaper's index); then `buckets` bucket HASHes; then three keys per budget line.
--- ARGV[3]: claim ttl_s, ARGV[4]: number of buckets, ARGV[5]: reservation id, ARGV[6]: amount,
--- ARGV[7]: seconds a line's keys (and an owned claim) are kept after they expire, ARGV[8]: the
--- reservation's ttl_s, ARGV[9]: the owner JSON ('' = a plain claim); then rate, burst and cost per
--- bucket; then limit and resets_at per line.
+-- ARGV, layout ADMIT in proxy_core/stores/lua_argv.py: [3] ttl_s (the claim's), [4] buckets (how
+-- many), [5] reservation_id, [6] amount, [7] keep_s (seconds a line's keys, and an owned claim,
+-- are kept after they expire), [8] reservation_ttl_s, [9] owner (the owner JSON, '' = a plain
+-- claim); [10 ..] rate, burst and cost per bucket, then limit and resets_at per line.
 -- Returns {'done', result}, {'in_flight'}, {'interrupted'}, {'rate_limited', <bucket reply>},
 -- {'over_budget', line, spent, reserved} or {'admitted', <bucket reply>}.
+local rest = 10
 local now = clock()
 -- This very admission again: the client sent it a second time after losing the first reply (a
 -- dropped connection, a cluster client's retry). Its owner JSON carries a nonce of the call, so
@@ -23,11 +24,11 @@ end
 local ttl, buckets, id, amount = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
 local keep, reservation_ttl, owner = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
 local lines = (#KEYS - 2 - buckets) / 3
-local t = take_buckets(KEYS, 3, buckets, ARGV, 10, now)
+local t = take_buckets(KEYS, 3, buckets, ARGV, rest, now)
 if t.blocking >= 0 then
   return {'rate_limited', bucket_reply(t)}
 end
-local first_line, line_args = 3 + buckets, 10 + 3 * buckets
+local first_line, line_args = 3 + buckets, rest + 3 * buckets
 local refusal = check_budget(KEYS, first_line, lines, ARGV, line_args, id, amount, now)
 if refusal then
   return {'over_budget', refusal[2], refusal[3], refusal[4]}

@@ -1,8 +1,9 @@
 -- Circuit breaker transitions of proxy_core/breaker.py (acquire / record), at the store clock.
 -- KEYS[1]: the breaker, a HASH with the fields of BreakerState (a missing field is closed / zero).
--- ARGV[3]: 'acquire', 'peek' or 'record', ARGV[4]: '1' if the recorded call succeeded; then the policy:
--- failure_threshold, failure_ratio, min_calls, window_s, cooldown_s, probe_timeout_s, max_cooldown_s;
--- then ARGV[12]: pending, the recording process's other attempts still in flight.
+-- ARGV, layout BREAKER in proxy_core/stores/lua_argv.py: [3] op ('acquire', 'peek' or 'record'),
+-- [4] success ('1' if the recorded call succeeded); the policy: [5] failure_threshold,
+-- [6] failure_ratio, [7] min_calls, [8] window_s, [9] cooldown_s, [10] probe_timeout_s,
+-- [11] max_cooldown_s; [12] pending (the recording process's other attempts still in flight).
 -- acquire returns {allowed, probe, retry_after, state}; peek returns the same without writing,
 -- except that where acquire would grant a probe it returns allowed = 2 (acquire to get it);
 -- record returns the new state, fields in BreakerState order.

@@ -1,5 +1,6 @@
 -- Delete cache entries; returns how many were still live (expired ones were already gone as far
 -- as callers know). KEYS: the entries (HASH {value, expires_at}).
+-- ARGV, layout CACHE_DELETE in proxy_core/stores/lua_argv.py: none after the clock's.
 local now = clock()
 local live = 0
 for _, key in ipairs(KEYS) do

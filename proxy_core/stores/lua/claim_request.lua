@@ -1,5 +1,5 @@
 -- Claim a request ID unless a live claim or result holds it.
--- KEYS[1]: the request HASH. ARGV[3]: ttl_s.
+-- KEYS[1]: the request HASH. ARGV, layout CLAIM_REQUEST in proxy_core/stores/lua_argv.py: [3] ttl_s.
 -- Returns {'claimed'}, {'in_flight'} or {'done', result}.
 local now = clock()
 local held = held_request(KEYS[1], now)

@@ -1,5 +1,6 @@
--- Up to ARGV[5] change-log events after the cursor ARGV[4] (a stream id; '' = just the head) of
--- the log epoch ARGV[6]. Returns {reset (1/0), head, events, epoch}. reset = 1 when events after the
+-- Up to `limit` change-log events after `cursor` (a stream id; '' = just the head) of the log
+-- epoch `cursor_epoch`. ARGV, layout SEMANTIC_CHANGES in proxy_core/stores/lua_argv.py: [4] cursor,
+-- [5] limit, [6] cursor_epoch. Returns {reset (1/0), head, events, epoch}. reset = 1 when events after the
 -- cursor are gone (trimmed) or the cursor belongs to a log that was lost (deleted, flushed,
 -- recreated: another epoch): the caller reloads.
 local cursor, limit, cursor_epoch = ARGV[4], tonumber(ARGV[5]), ARGV[6]

@@ -1,6 +1,7 @@
--- Delete up to ARGV[6] entries, logging each: with ARGV[4] = 'prefix', those whose context starts
--- with ARGV[5] ('' = every entry); with ARGV[4] = 'expired', those with expires_at <= now.
--- Returns {how many index entries were looked at, {deleted ids}}; fewer than ARGV[6] looked at
+-- Delete up to `limit` entries, logging each: with `mode` 'prefix', those whose context starts
+-- with `prefix` ('' = every entry); with `mode` 'expired', those with expires_at <= now.
+-- ARGV, layout SEMANTIC_DELETE_WHERE in proxy_core/stores/lua_argv.py: [4] mode, [5] prefix, [6] limit.
+-- Returns {how many index entries were looked at, {deleted ids}}; fewer than `limit` looked at
 -- means none are left.
 local mode, prefix, limit = ARGV[4], ARGV[5], tonumber(ARGV[6])
 local deleted = {}

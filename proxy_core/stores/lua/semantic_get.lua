@@ -1,5 +1,6 @@
--- An entry with its answer unless missing or expired (expires_at <= now); ARGV[5] = '1' also
--- marks it most recently used. ARGV[4]: entry id. Returns {record, answer} or nil.
+-- An entry with its answer unless missing or expired (expires_at <= now); `touch` = '1' also
+-- marks it most recently used. ARGV, layout SEMANTIC_GET in proxy_core/stores/lua_argv.py: [4] entry_id,
+-- [5] touch. Returns {record, answer} or nil.
 local id = ARGV[4]
 local record = redis.call('HGET', RECORDS, id)
 if not record then

@@ -1,9 +1,11 @@
 -- Store (or replace) an entry as the most recently used, then evict least recently used entries
 -- while more than max_entries remain. Each step is logged: the put (record, no answer), then one
 -- delete per eviction.
--- ARGV[4]: entry id, ARGV[5]: record, ARGV[6]: answer, ARGV[7]: max_entries (0 = no cap);
--- ARGV[8 ..]: entries to mark used after the put, in order (hits served since the last report),
--- before anything is evicted. Returns the evicted ids, least recently used first.
+-- ARGV, layout SEMANTIC_PUT in proxy_core/stores/lua_argv.py: [4] entry_id, [5] record, [6] answer,
+-- [7] max_entries (0 = no cap); [8 ..] entries to mark used after the put, in order (hits served
+-- since the last report), before anything is evicted. Returns the evicted ids, least recently used
+-- first.
+local rest = 8
 local id, record, max_entries = ARGV[4], ARGV[5], tonumber(ARGV[7])
 
 local old = redis.call('HGET', RECORDS, id)
@@ -18,7 +20,7 @@ redis.call('ZADD', LAST_USED, next_use(), id)
 redis.call('ZADD', EXPIRIES, num(expires_at), id)
 redis.call('ZADD', CONTEXTS, 0, context_member(context, id))
 log('op', 'put', 'id', id, 'scope', scope, 'record', record)
-for i = 8, #ARGV do
+for i = rest, #ARGV do
   touch(ARGV[i])
 end
 

@@ -5,16 +5,17 @@
 -- KEYS[1]: ledger entry (HASH, durable), KEYS[2]: the request (HASH), KEYS[3]: the workspace's
 -- aggregates for the entry's day (HASH, see add_usage), KEYS[4]: the user's aggregates for that
 -- day (HASH); then three per line: spent (STRING), amounts (HASH), expiries (ZSET).
--- ARGV[3]: reservation id ('' = none), ARGV[4]: cost_micros, ARGV[5]: '1' if a result is given,
--- ARGV[6]: result, ARGV[7]: result ttl_s, ARGV[8]: seconds a line's keys are kept after it resets,
--- ARGV[9]: user id, ARGV[10]: model, ARGV[11]: number of metrics, ARGV[12]: '1' when the request
--- is not claimed yet and must not be held by anyone (a cache hit, claimed and settled at once),
--- ARGV[13]: the entry's day, ARGV[14]: its source; then resets_at per line, then metric name/value
--- pairs, then the entry's field/value pairs.
+-- ARGV, layout SETTLE in proxy_core/stores/lua_argv.py: [3] reservation_id ('' = none),
+-- [4] cost_micros, [5] has_result ('1' if a result is given), [6] result, [7] result_ttl_s,
+-- [8] keep_s (seconds a line's keys are kept after it resets), [9] user_id, [10] model, [11] metrics
+-- (how many), [12] claim ('1' when the request is not claimed yet and must not be held by anyone: a
+-- cache hit, claimed and settled at once), [13] day (the entry's), [14] source (the entry's);
+-- [15 ..] resets_at per line, then metric name/value pairs, then the entry's field/value pairs.
 -- Returns {'settled'} when the entry was written, {'seen'} when the ledger already held it,
 -- {'replace_day', day} when an unsettled charge to replace is on another day (the caller settles
 -- again with that day), and, when claiming, the live claim or result that holds the request
 -- ({'in_flight'}, {'done', result}, {'interrupted'}).
+local rest = 15
 local now = clock()
 if ARGV[12] == '1' then
   local held = held_request(KEYS[2], now)
@@ -48,10 +49,10 @@ for i = 1, lines do
   if added ~= 0 then
     redis.call('INCRBY', spent_key, string.format('%d', added))
   end
-  expire_in(spent_key, math.max(0, tonumber(ARGV[14 + i]) - now) + keep)
+  expire_in(spent_key, math.max(0, tonumber(ARGV[rest - 1 + i]) - now) + keep)
 end
 
-local m = 15 + lines
+local m = rest + lines
 add_usage(KEYS[3], KEYS[4], user, model, source, ARGV, m, metrics, 1)
 m = m + 2 * metrics
 

@@ -6,12 +6,14 @@
 -- KEYS[1]: the request HASH, KEYS[2]: the workspace's owned claims (ZSET), KEYS[3]: the ledger
 -- entry (HASH), KEYS[4]: the workspace's aggregates for the entry's day, KEYS[5]: the user's; then
 -- three per line: spent (STRING), amounts (HASH), expiries (ZSET).
--- ARGV[3]: request id, ARGV[4]: amount, ARGV[5]: seconds a line's keys are kept after it resets,
--- ARGV[6]: seconds the reaped ID stays interrupted, ARGV[7]: user id, ARGV[8]: model, ARGV[9]:
--- number of metrics, ARGV[10]: the entry's source; then resets_at per line, then metric name/value
--- pairs, then the entry's field/value pairs.
--- Called with KEYS[1..2] and ARGV[3] only, it just tidies the index (the caller saw no owner).
+-- ARGV, layout UNSETTLE in proxy_core/stores/lua_argv.py: [3] request_id, [4] amount, [5] keep_s
+-- (seconds a line's keys are kept after it resets), [6] reaped_keep_s (seconds the reaped ID stays
+-- interrupted), [7] user_id, [8] model, [9] metrics (how many), [10] source (the entry's);
+-- [11 ..] resets_at per line, then metric name/value pairs, then the entry's field/value pairs.
+-- Called with KEYS[1..2] and request_id only (UNSETTLE_INDEX_ONLY), it just tidies the index (the
+-- caller saw no owner).
 -- Returns 1 when it wrote the unsettled entry, else 0.
+local rest = 11
 local now = clock()
 local id = ARGV[3]
 local held = redis.call('HMGET', KEYS[1], 'state', 'expires_at', 'owner', 'reaped')
@@ -33,11 +35,11 @@ for i = 1, lines do
   redis.call('ZREM', expiries, id)
   if fresh then
     redis.call('INCRBY', spent_key, amount)
-    expire_in(spent_key, math.max(0, tonumber(ARGV[10 + i]) - now) + keep)
+    expire_in(spent_key, math.max(0, tonumber(ARGV[rest - 1 + i]) - now) + keep)
   end
 end
 if fresh then
-  local m = 11 + lines
+  local m = rest + lines
   local metrics = tonumber(ARGV[9])
   add_usage(KEYS[4], KEYS[5], ARGV[7], ARGV[8], ARGV[10], ARGV, m, metrics, 1)
   local entry = {}
