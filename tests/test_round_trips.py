@@ -15,6 +15,7 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
+from proxy_core.budget import CallSource
 from proxy_core.clock import ManualClock
 from proxy_core.errors import CircuitOpen
 from proxy_core.gateway import Gateway
@@ -141,5 +142,28 @@ def test_an_open_breaker_refuses_in_two_round_trips_without_calling_upstream(
         # cache read; admit with the breaker's peek; giving back the claim and the reservation
         assert TRIPS.take() == 3
         assert fake.count("chat") == calls
+    finally:
+        gw.close()
+
+
+def test_a_call_with_a_sources_own_budget_takes_no_more_round_trips(
+    counted_store: RedisStore, clock: ManualClock, fake: FakeOpenAI
+) -> None:
+    # A proxy key's daily budget is one more line in the same admit and settle scripts.
+    gw = gateway(counted_store, clock, fake)
+    key = CallSource("key_rt", daily_budget_micros=1_000_000)
+    try:
+        TRIPS.thread = threading.get_ident()
+        TRIPS.take()
+        miss = gw.chat(user_id="U1", workspace_id="W1", request_id="proxy:key_rt:1", source=key,
+                       messages=[{"role": "user", "content": "How do I rotate the signing keys?"}])
+        assert miss.cache_status == "miss"
+        assert TRIPS.take() == 2  # admit (three budget lines, + breaker peek), settle (+ breaker success)
+        assert gw.accounts.source_budget("W1", key).spent == miss.cost_micros > 0
+        TRIPS.take()
+        hit = gw.chat(user_id="U1", workspace_id="W1", request_id="proxy:key_rt:2", source=key,
+                      messages=[{"role": "user", "content": "how do I rotate the signing keys"}])
+        assert hit.cache_status == "exact"
+        assert TRIPS.take() == 1  # record_hit
     finally:
         gw.close()
