@@ -715,14 +715,22 @@ class RedisStore(Store):
         return _breaker_state(cast(Mapping[Any, Any], self._client.hgetall(self._breaker_key(name))))
 
     # -- exact cache ---------------------------------------------------------------------
+    # Cache entries and records are both a value with its logical expiry (the injected clock's, in
+    # tests), read and written by the same two scripts under their own keys.
+    def _get_value(self, key: str) -> str | None:
+        value = self._run(*_call(argv.CACHE_GET, [key]))
+        return None if value is None else _text(value)
+
+    def _put_value(self, key: str, value: str, ttl_s: float) -> None:
+        self._run(*_call(argv.CACHE_PUT, [key], value=value, ttl_s=_num(ttl_s)))
+
     @_translated("read the cache")
     def cache_get(self, scope: str, key: str) -> str | None:
-        value = self._run(*_call(argv.CACHE_GET, [self._cache_key(scope, key)]))
-        return None if value is None else _text(value)
+        return self._get_value(self._cache_key(scope, key))
 
     @_translated("write the cache")
     def cache_put(self, scope: str, key: str, value: str, ttl_s: float) -> None:
-        self._run(*_call(argv.CACHE_PUT, [self._cache_key(scope, key)], value=value, ttl_s=_num(ttl_s)))
+        self._put_value(self._cache_key(scope, key), value, ttl_s)
 
     @_translated("delete from the cache")
     def cache_delete(self, scope: str, key: str | None = None) -> int:
@@ -739,13 +747,11 @@ class RedisStore(Store):
 
     @_translated("read a record")
     def record_get(self, kind: str, key: str) -> str | None:
-        # The exact cache's scripts: a value with its logical expiry (the injected clock's, in tests).
-        value = self._run(*_call(argv.CACHE_GET, [self._record_key(kind, key)]))
-        return None if value is None else _text(value)
+        return self._get_value(self._record_key(kind, key))
 
     @_translated("write a record")
     def record_put(self, kind: str, key: str, value: str, ttl_s: float) -> None:
-        self._run(*_call(argv.CACHE_PUT, [self._record_key(kind, key)], value=value, ttl_s=_num(ttl_s)))
+        self._put_value(self._record_key(kind, key), value, ttl_s)
 
     # -- ledger --------------------------------------------------------------------------
     @_translated("read the ledger")
