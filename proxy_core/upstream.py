@@ -17,6 +17,11 @@ byte; once the answer is flowing, a broken stream (dropped connection, unreadabl
 event) is ``UpstreamError(kind="connection")`` (``"timeout"`` when it stalled past the timeout), and
 a stream that ends without its usage chunk is ``malformed``, like a 200 without ``usage``.
 
+A plain chat completion goes out on a kept-alive ``http.client`` connection per thread
+(:mod:`proxy_core._json_http`) with the headers the SDK would send: the SDK's own per-request work
+cost as much CPU as the rest of a cache miss. An injected client, a route through an HTTP(S) proxy,
+streaming and embeddings use the SDK. Both paths fail the same way (the table above).
+
 ``retry_after`` comes from ``retry-after-ms`` (milliseconds) or ``Retry-After`` (seconds or an HTTP
 date). Messages are meant for a Slack user or an operator and never contain the API key; a failed
 connection names the URL tried.
@@ -24,6 +29,7 @@ connection names the URL tried.
 
 from __future__ import annotations
 
+import http.client
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -35,6 +41,7 @@ from urllib.parse import urlsplit, urlunsplit
 import openai
 from openai.types import CreateEmbeddingResponse
 
+from proxy_core._json_http import JSONPoster, JSONStatus, direct_route
 from proxy_core.clock import Clock, wall
 from proxy_core.errors import ConfigurationError, UpstreamError, UpstreamRejected
 
@@ -68,6 +75,30 @@ class EmbedResponse:
 
 class _Malformed(Exception):
     """A 200 response we cannot use; carries a short reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Status:
+    """A non-2xx answer, whichever client received it: ``body`` is the provider's error object
+    (the ``error`` member of an OpenAI error body), ``code`` and ``type`` its fields."""
+
+    status: int
+    body: object
+    headers: Mapping[str, str]
+    code: str | None
+    type: str | None
+
+    @classmethod
+    def of_sdk(cls, exc: openai.APIStatusError) -> _Status:
+        return cls(exc.status_code, exc.body, exc.response.headers, exc.code, exc.type)
+
+    @classmethod
+    def of_poster(cls, exc: JSONStatus) -> _Status:
+        body = exc.body.get("error", exc.body) if isinstance(exc.body, dict) else exc.body
+        fields = body if isinstance(body, dict) else {}
+        code, kind = fields.get("code"), fields.get("type")
+        return cls(exc.status, body, exc.headers, None if code is None else str(code),
+                   kind if isinstance(kind, str) else None)
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
@@ -120,6 +151,7 @@ class OpenAIUpstream:
     ) -> None:
         self._timeout_s = timeout_s
         self._wall_clock = wall_clock
+        self._poster: JSONPoster | None = None
         if client is not None:
             self._client = client
             self._secrets = tuple(s for s in (api_key, client.api_key) if s)
@@ -133,6 +165,11 @@ class OpenAIUpstream:
                 self._client = openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout_s)
             except openai.OpenAIError as exc:
                 raise ConfigurationError(f"Could not set up the OpenAI client ({type(exc).__name__}).") from exc
+            if direct_route(str(self._client.base_url)):
+                headers = {k: v for k, v in {**self._client.default_headers, **self._client.auth_headers}.items()
+                           if isinstance(v, str)}
+                headers["X-Stainless-Retry-Count"] = "0"
+                self._poster = JSONPoster(str(self._client.base_url), headers=headers, timeout_s=timeout_s)
         # Where the calls go, for messages that must say what was tried (never with a password in it).
         self._base_url = _shown_url(str(self._client.base_url)).rstrip("/")
         self._base_url_set = base_url is not None
@@ -140,6 +177,8 @@ class OpenAIUpstream:
                        else f"the LLM provider at {self._base_url}")
 
     def close(self) -> None:
+        if self._poster is not None:
+            self._poster.close()
         self._client.close()
 
     def chat(
@@ -153,15 +192,32 @@ class OpenAIUpstream:
     ) -> ChatResponse:
         """One chat completion. ``max_tokens`` is sent as ``max_completion_tokens``."""
         body = _chat_body(model, messages, max_tokens, temperature, extra, stream=False)
-        try:
-            completion = self._client.post(_CHAT_PATH, cast_to=object, body=body)
-        except openai.OpenAIError as exc:
-            raise self._request_error(exc, model, _CHAT_PATH) from exc
-        except ValueError as exc:  # a 200 whose JSON does not parse
-            raise self._malformed(exc, model) from exc
+        completion = self._post(body, model) if self._poster is not None else self._sdk_post(body, model)
         try:
             return _chat_response(completion)
         except _Malformed as exc:
+            raise self._malformed(exc, model) from exc
+
+    def _post(self, body: dict[str, Any], model: str) -> object:
+        """The chat completion's decoded JSON, over the kept-alive connection."""
+        assert self._poster is not None
+        try:
+            return self._poster.post(_CHAT_PATH, body)
+        except JSONStatus as exc:
+            raise self._status_error(_Status.of_poster(exc), model, _CHAT_PATH) from exc
+        except TimeoutError as exc:
+            raise self._timeout() from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._unreachable(self._base_url + _CHAT_PATH, _failure_reason(exc)) from exc
+        except ValueError as exc:  # a 200 whose JSON does not parse
+            raise self._malformed(exc, model) from exc
+
+    def _sdk_post(self, body: dict[str, Any], model: str) -> object:
+        try:
+            return self._client.post(_CHAT_PATH, cast_to=object, body=body)
+        except openai.OpenAIError as exc:
+            raise self._request_error(exc, model, _CHAT_PATH) from exc
+        except ValueError as exc:  # a 200 whose JSON does not parse
             raise self._malformed(exc, model) from exc
 
     def chat_stream(
@@ -242,27 +298,30 @@ class OpenAIUpstream:
         """The Penny error for an SDK failure while sending the request (to ``path`` under the base
         URL) or receiving the answer."""
         if isinstance(exc, openai.APIStatusError):
-            return self._status_error(exc, model, path)
+            return self._status_error(_Status.of_sdk(exc), model, path)
         if isinstance(exc, openai.APITimeoutError):
-            return UpstreamError(
-                f"The LLM provider did not answer within {self._timeout_s:g}s ({self._where}).", kind="timeout"
-            )
+            return self._timeout()
         if isinstance(exc, openai.APIConnectionError):
-            fix = ("check that the server is running and the URL is right" if self._base_url_set
-                   else "check this host's network, or set OPENAI_BASE_URL")
-            tried = _shown_url(str(exc.request.url))
-            return UpstreamError(
-                f"Could not reach {self._where} (tried {tried}: {_connection_failure(exc)}); {fix}.",
-                kind="connection",
-            )
+            return self._unreachable(str(exc.request.url), _connection_failure(exc))
         if isinstance(exc, openai.APIResponseValidationError):
             return self._malformed(exc, model)
         return UpstreamRejected(
             f"The OpenAI client refused the request ({type(exc).__name__}); check Penny's OpenAI settings."
         )
 
-    def _status_error(self, exc: openai.APIStatusError, model: str, path: str) -> UpstreamError:
-        status = exc.status_code
+    def _timeout(self) -> UpstreamError:
+        return UpstreamError(
+            f"The LLM provider did not answer within {self._timeout_s:g}s ({self._where}).", kind="timeout"
+        )
+
+    def _unreachable(self, url: str, reason: str) -> UpstreamError:
+        fix = ("check that the server is running and the URL is right" if self._base_url_set
+               else "check this host's network, or set OPENAI_BASE_URL")
+        return UpstreamError(f"Could not reach {self._where} (tried {_shown_url(url)}: {reason}); {fix}.",
+                             kind="connection")
+
+    def _status_error(self, exc: _Status, model: str, path: str) -> UpstreamError:
+        status = exc.status
         detail = self._provider_detail(exc.body)
         suffix = f": {detail}" if detail else "."
         if status in REJECTED_STATUSES:
@@ -286,7 +345,7 @@ class OpenAIUpstream:
                 kind="status",
                 status=429,
             )
-        retry_after = parse_retry_after(exc.response.headers, self._wall_clock())
+        retry_after = parse_retry_after(exc.headers, self._wall_clock())
         if status == 429:
             message = f"The LLM provider is rate-limiting Penny (HTTP 429){suffix}"
         elif status >= 500:
@@ -295,7 +354,7 @@ class OpenAIUpstream:
             message = f"The LLM provider returned HTTP {status}{suffix}"
         return UpstreamError(message, kind="status", status=status, retry_after=retry_after)
 
-    def _not_found(self, exc: openai.APIStatusError, model: str, path: str, detail: str, suffix: str) -> str:
+    def _not_found(self, exc: _Status, model: str, path: str, detail: str, suffix: str) -> str:
         """A 404 says the model is unknown, or (from a server that is not OpenAI) that the URL is:
         an OpenAI-compatible server serves under ``/v1``, and one without it answers 404 for every
         route, which once read as "check the model name"."""
@@ -488,7 +547,12 @@ def _shown_url(url: str) -> str:
 
 def _connection_failure(exc: openai.APIConnectionError) -> str:
     """A short reason a connection failed ("Connection refused", "Name or service not known")."""
-    cause = exc.__cause__
+    return _failure_reason(exc.__cause__)
+
+
+def _failure_reason(cause: BaseException | None) -> str:
+    if isinstance(cause, http.client.RemoteDisconnected):  # worded as the SDK's client words it
+        return "Server disconnected without sending a response."
     reason = re.sub(r"^\[Errno -?\d+\]\s*", "", str(cause)).strip() if cause is not None else ""
     reason = _KEY_LIKE.sub("[redacted]", reason)
     return reason[:120] or "connection failed"

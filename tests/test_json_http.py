@@ -1,0 +1,80 @@
+"""OpenAIUpstream's plain chat over kept-alive connections: one connection for many calls, and a
+connection the server closed while idle replaced before it is used (never a failed call)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from proxy_core.upstream import OpenAIUpstream
+
+COMPLETION = {"id": "c1", "object": "chat.completion", "model": "gpt-4o-mini",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
+
+
+class CountingServer:
+    """Answers every POST with one completion; counts connections. ``close_after_reply`` closes each
+    connection right after its reply, without saying so (as a server's idle timeout does)."""
+
+    def __init__(self, *, close_after_reply: bool) -> None:
+        self.close_after_reply = close_after_reply
+        self.connections = 0
+        self.closed = threading.Semaphore(0)  # released as each connection is closed after its reply
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as reader:
+            while True:
+                head = [reader.readline()]
+                while head[-1] not in (b"\r\n", b""):
+                    head.append(reader.readline())
+                if head[-1] == b"":
+                    return
+                length = next(int(line.split(b":")[1]) for line in head if line.lower().startswith(b"content-length"))
+                reader.read(length)
+                body = json.dumps(COMPLETION).encode()
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                             + str(len(body)).encode() + b"\r\n\r\n" + body)
+                if self.close_after_reply:
+                    conn.shutdown(socket.SHUT_RDWR)
+                    self.closed.release()
+                    return
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+@pytest.fixture(params=[False, True], ids=["kept-alive", "closed-while-idle"])
+def server(request: pytest.FixtureRequest) -> Iterator[CountingServer]:
+    served = CountingServer(close_after_reply=request.param)
+    yield served
+    served.close()
+
+
+def test_calls_share_a_connection_and_one_closed_while_idle_is_replaced(server: CountingServer) -> None:
+    up = OpenAIUpstream(api_key="sk-test-keepalive", base_url=f"http://127.0.0.1:{server.port}/v1", timeout_s=2.0)
+    try:
+        for i in range(3):
+            if server.close_after_reply and i:  # the server has closed the idle connection by now
+                assert server.closed.acquire(timeout=5)
+            assert up.chat(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=5
+                           ).content == "hi"
+    finally:
+        up.close()
+    assert server.connections == (3 if server.close_after_reply else 1)
