@@ -340,8 +340,7 @@ class SqliteStore(Store):
             if self._schema_ready:
                 return
             self._enable_wal(conn)
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(conn, "BEGIN IMMEDIATE"):
                 version = int(conn.execute("PRAGMA user_version").fetchone()[0])
                 if version > SCHEMA_VERSION:
                     raise StoreError(
@@ -357,10 +356,6 @@ class SqliteStore(Store):
                     conn.execute(statement)
                 if version < SCHEMA_VERSION:
                     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback(conn)
-                raise
             self._schema_ready = True
 
     def _enable_wal(self, conn: sqlite3.Connection) -> None:
@@ -433,14 +428,8 @@ class SqliteStore(Store):
                 if not transaction:
                     yield conn
                     return
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with _transaction(conn, "BEGIN IMMEDIATE"):
                     yield conn
-                    conn.execute("COMMIT")
-                except BaseException:
-                    # Also after a failed COMMIT, so the connection is not left inside a transaction.
-                    _rollback(conn)
-                    raise
         finally:
             self._writer.release()
 
@@ -460,14 +449,8 @@ class SqliteStore(Store):
     @contextmanager
     def _snapshot(self, action: str) -> Iterator[sqlite3.Connection]:
         """Several reads of one consistent state (a deferred read transaction; WAL: never blocks)."""
-        with self._translate(action), self._using() as conn:
-            conn.execute("BEGIN")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback(conn)
-                raise
+        with self._translate(action), self._using() as conn, _transaction(conn, "BEGIN"):
+            yield conn
 
     # -- lifecycle -------------------------------------------------------------------------
     def now(self) -> float:
@@ -963,6 +946,20 @@ class _WriterLock:
     def release(self) -> None:
         self._releases += 1
         self._lock.release()
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection, begin: str) -> Iterator[None]:
+    """``begin`` (``BEGIN IMMEDIATE`` for writes, ``BEGIN`` for a consistent read), then ``COMMIT``
+    when the block ends; rolled back on any error, also after a failed COMMIT, so the connection is
+    never left inside a transaction."""
+    conn.execute(begin)
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
