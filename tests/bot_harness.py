@@ -48,7 +48,7 @@ class Bot(Harness):
     """The slack-app harness, but with Penny's real service and gateway behind it."""
 
     def __init__(self, slack: FakeSlack, store: SqliteStore, gateway: Gateway, settings: BotSettings) -> None:
-        self.fake = slack
+        self.slack = slack
         self.store = store
         self.gateway = gateway
         self.settings = SlackSettings(bot_token=TOKEN, signing_secret=SECRET, api_url=slack.base_url)
@@ -96,7 +96,7 @@ class StreamingBot(Harness):
         params.update(overrides)
         settings = BotSettings(**params)
         path.mkdir(parents=True, exist_ok=True)
-        self.fake = slack
+        self.slack = slack
         self.store = SqliteStore(path / "penny.db")
         index_docs(settings, self.store, DOCS)
         self.gateway_clock = ManualClock()

@@ -8,6 +8,10 @@ without a server those tests skip, or fail under ``CI=true``.
 The store contract modules override ``store`` with ``tests.redis_targets.EVERY_BACKEND``, which adds
 a Redis Cluster (3 primaries + 3 replicas, started once per session) and a TLS-only Redis with a
 client certificate (also once per session); both log Penny in as the README's ACL user.
+
+``fake`` is the fake OpenAI server and ``slack`` the fake Slack Web API, one each per test; ``make_gateway``
+builds gateways on the test's store, clock and ``fake``. A module changes what they start from by
+overriding a small fixture (``fake_answer``, ``gateway_settings``), never by redefining them.
 """
 
 from __future__ import annotations
@@ -15,15 +19,27 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
 import pytest
+from prometheus_client import CollectorRegistry
 
-from proxy_core.clock import ManualClock
+from proxy_core.alerts import BudgetAlert
+from proxy_core.clock import ManualClock, Sleep
+from proxy_core.gateway import Gateway
+from proxy_core.metrics import Metrics
+from proxy_core.settings import PennySettings
 from proxy_core.stores.base import Store
 from proxy_core.stores.redis_connect import RedisOptions
 from proxy_core.stores.sqlite import SqliteStore
+from proxy_core.upstream import OpenAIUpstream
+
+if TYPE_CHECKING:  # tests.* is imported where used: plain ``pytest`` puts tests/, not the repo, on sys.path
+    from tests.fake_openai import FakeOpenAI
+    from tests.fake_slack import FakeSlack
+
+GatewayFactory = Callable[..., Gateway]
 
 
 @pytest.fixture(autouse=True)
@@ -53,6 +69,75 @@ def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
+
+
+@pytest.fixture
+def fake_answer() -> str | None:
+    """What ``fake`` answers every chat with; None is its own echo of the question. Override per module."""
+    return None
+
+
+@pytest.fixture
+def fake(fake_answer: str | None) -> Iterator[FakeOpenAI]:
+    """The fake OpenAI server over loopback (``tests.fake_openai``)."""
+    from tests.fake_openai import FakeOpenAI
+
+    with FakeOpenAI(answer=fake_answer) as server:
+        yield server
+
+
+@pytest.fixture
+def slack() -> Iterator[FakeSlack]:
+    """The fake Slack Web API over loopback (``tests.fake_slack``), as workspace T0PENNY with bot UPENNY."""
+    from tests.fake_slack import FakeSlack
+
+    with FakeSlack() as server:
+        yield server
+
+
+@pytest.fixture
+def gateway_settings() -> dict[str, Any]:
+    """Settings ``make_gateway`` puts over its defaults (before the call's own). Override per module."""
+    return {}
+
+
+@pytest.fixture
+def make_gateway(store: Store, clock: ManualClock, fake: FakeOpenAI,
+                 gateway_settings: dict[str, Any]) -> Iterator[GatewayFactory]:
+    """``make_gateway(store_=None, *, sleep=None, on_budget_alert=None, **settings)``: a gateway on the
+    test's store (or ``store_``), clock and fake OpenAI, with no rate limits, a 2 s timeout and retry
+    jitter fixed at 0.5. After the test each one's cache is closed (its sync threads stop); the store
+    fixtures close the stores."""
+    from tests.fake_openai import API_KEY
+
+    made: list[Gateway] = []
+
+    def make(store_: Store | None = None, *, sleep: Sleep | None = None,
+             on_budget_alert: Callable[[BudgetAlert], None] | None = None, **overrides: Any) -> Gateway:
+        params: dict[str, Any] = {
+            "openai_api_key": API_KEY,
+            "openai_base_url": fake.base_url,
+            "request_timeout_s": 2.0,
+            "requests_per_minute": 0,
+            "tokens_per_minute": 0,
+            **gateway_settings,
+            **overrides,
+        }
+        settings = PennySettings(**params)
+        key = settings.openai_api_key
+        upstream = OpenAIUpstream(api_key=key.get_secret_value() if key is not None else None,
+                                  base_url=fake.base_url, timeout_s=settings.request_timeout_s)
+        gateway = Gateway(
+            settings, store=store_ or store, upstream=upstream, metrics=Metrics(CollectorRegistry()),
+            clock=clock, wall=clock, sleep=sleep or clock.sleep, rand=lambda: 0.5, on_budget_alert=on_budget_alert,
+        )
+        made.append(gateway)
+        return gateway
+
+    yield make
+    for gateway in made:
+        if gateway.cache is not None:
+            gateway.cache.close()
 
 
 @pytest.fixture

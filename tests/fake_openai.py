@@ -87,6 +87,7 @@ from types import TracebackType
 from typing import Any, Literal, cast
 
 __all__ = [
+    "API_KEY",
     "FakeOpenAI",
     "Fault",
     "Gate",
@@ -96,6 +97,8 @@ __all__ = [
     "fake_embedding",
     "stream_pieces",
 ]
+
+API_KEY = "sk-test-0123456789abcdef"  # what tests give Penny for the fake (it takes any key); never logged
 
 Endpoint = Literal["chat", "embeddings"]
 ScriptTarget = Literal["chat", "embeddings", "any"]

@@ -69,14 +69,14 @@ class ScriptedAnswerer:
 class Harness:
     """A Penny app wired to the fake Slack, a SQLite store and a scripted answerer."""
 
-    def __init__(self, fake: FakeSlack, store: SqliteStore, answerer: ScriptedAnswerer,
+    def __init__(self, slack: FakeSlack, store: SqliteStore, answerer: ScriptedAnswerer,
                  working: WorkingIndicator | None = None, thread_replies: ThreadReplies = "questions") -> None:
-        self.fake = fake
+        self.slack = slack
         self.store = store
         self.answerer = answerer
         self.feedback: list[tuple[str, str, bool]] = []
         self.executor = ThreadPoolExecutor(max_workers=4)
-        self.settings = SlackSettings(bot_token=TOKEN, signing_secret=SECRET, api_url=fake.base_url,
+        self.settings = SlackSettings(bot_token=TOKEN, signing_secret=SECRET, api_url=slack.base_url,
                                       thread_replies=thread_replies)
         self.app: App = build_app(
             answerer=answerer,
@@ -205,6 +205,6 @@ def is_clear(call: SlackCall) -> bool:
         call.method == "assistant.threads.setStatus" and call.params.get("status") == "")
 
 
-def wait_cleared(fake: FakeSlack, count: int = 1) -> None:
+def wait_cleared(slack: FakeSlack, count: int = 1) -> None:
     """Wait until ``count`` questions were answered to the end (their status or 👀 taken off)."""
-    fake.wait_for(("reactions.remove", "assistant.threads.setStatus"), count, where=is_clear)
+    slack.wait_for(("reactions.remove", "assistant.threads.setStatus"), count, where=is_clear)

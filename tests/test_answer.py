@@ -27,12 +27,6 @@ KEY = "sk-test-answers-0123456789"
 _n = iter(range(10**6))
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        yield server
-
-
 def _settings(**kw: Any) -> BotSettings:
     params: dict[str, Any] = {"openai_api_key": KEY, "requests_per_minute": 0, "tokens_per_minute": 0,
                               "docs_base_url": "https://git.example/handbook/blob/main"}

@@ -18,20 +18,8 @@ from tests.slack_harness import TEAM, block_action, mention, message
 
 
 @pytest.fixture
-def openai() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture
-def slack() -> Iterator[FakeSlack]:
-    with FakeSlack() as server:
-        yield server
-
-
-@pytest.fixture
-def bot(slack: FakeSlack, openai: FakeOpenAI, tmp_path: Path) -> Iterator[Bot]:
-    b = make_bot(slack, openai, tmp_path)
+def bot(slack: FakeSlack, fake: FakeOpenAI, tmp_path: Path) -> Iterator[Bot]:
+    b = make_bot(slack, fake, tmp_path)
     yield b
     b.gateway.close()
 
@@ -41,7 +29,7 @@ def _text(call: Any) -> str:
 
 
 def test_a_mention_gets_a_threaded_answer_with_citations_and_its_cost(bot: Bot, slack: FakeSlack,
-                                                                      openai: FakeOpenAI) -> None:
+                                                                      fake: FakeOpenAI) -> None:
     assert bot.event(mention("<@UPENNY> how do I start the dev server?", ts="1700000100.000100")).status == 200
     bot.settle()
     shown = slack.messages()  # streamed while written, then replaced by the rendered answer
@@ -52,13 +40,13 @@ def test_a_mention_gets_a_threaded_answer_with_citations_and_its_cost(bot: Bot, 
     body = json.dumps(answer["blocks"]) + answer["text"]
     assert "engineering/local-dev-setup.md" in body  # the cited page
     assert "gpt-4.1-mini" in body and "$" in body  # the cost line
-    assert openai.count("chat") == 1
+    assert fake.count("chat") == 1
     assert [c.params["status"] for c in slack.calls("assistant.threads.setStatus")] == [
         "is searching the docs…", "is writing…", ""]  # the thread's status line, cleared after the answer
 
 
 def test_one_event_delivered_three_times_is_answered_and_charged_once(bot: Bot, slack: FakeSlack,
-                                                                      openai: FakeOpenAI) -> None:
+                                                                      fake: FakeOpenAI) -> None:
     event = mention("<@UPENNY> where are the production logs?")
     bot.event(event, event_id="EvSame")
     bot.event(event, event_id="EvSame", headers={"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"})
@@ -66,43 +54,43 @@ def test_one_event_delivered_three_times_is_answered_and_charged_once(bot: Bot, 
     bot.settle()
     assert len(slack.messages()) == 1
     assert slack.count("chat.startStream") + slack.count("chat.postMessage") == 1  # one message, streamed or not
-    assert openai.count("chat") == 1
+    assert fake.count("chat") == 1
     usage = bot.gateway.usage(TEAM, "2000-01-01", "2100-01-01")
     assert usage.totals.requests == 1
 
 
 def test_chatter_in_a_thread_costs_nothing_and_a_follow_up_question_is_answered(
-    bot: Bot, slack: FakeSlack, openai: FakeOpenAI
+    bot: Bot, slack: FakeSlack, fake: FakeOpenAI
 ) -> None:
     root = "1700000100.000100"
     bot.event(mention("<@UPENNY> how do I start the dev server?", ts=root))
     assert len(slack.messages()) == 1
-    slack_calls, llm_calls = slack.count(), openai.count()
+    slack_calls, llm_calls = slack.count(), fake.count()
 
     chatter = ["thanks!", "lol", "ok cool, will do", "+1", ":pray:", "<@U2> can you check?",
                "is it just me or is the VPN down again lol", "merci, ça marche"]
     for i, text in enumerate(chatter):
         assert bot.event(message(text, ts=f"{1700000200 + i}.000100", thread_ts=root, user="U2")).status == 200
-    assert (slack.count(), openai.count()) == (slack_calls, llm_calls)  # no reply, no Slack call, no LLM call
+    assert (slack.count(), fake.count()) == (slack_calls, llm_calls)  # no reply, no Slack call, no LLM call
 
     bot.event(message("ok but how do I deploy to staging?", ts="1700000300.000100", thread_ts=root))
     assert len(slack.messages()) == 2
     assert slack.messages()[-1]["thread_ts"] == root
-    assert openai.count("chat") == 2
+    assert fake.count("chat") == 2
     assert bot.gateway.usage(TEAM, "2000-01-01", "2100-01-01").totals.requests == 2
 
 
 def test_a_question_the_docs_do_not_cover_is_answered_at_no_cost(bot: Bot, slack: FakeSlack,
-                                                                   openai: FakeOpenAI) -> None:
+                                                                   fake: FakeOpenAI) -> None:
     bot.event(mention("<@UPENNY> what's the capital of Peru?"))
     bot.settle()
     assert "couldn't find this in the docs" in _text(slack.last("chat.postMessage"))
-    assert openai.count() == 0
+    assert fake.count() == 0
 
 
-def test_over_budget_is_an_ephemeral_refusal_with_the_reset_time(slack: FakeSlack, openai: FakeOpenAI,
+def test_over_budget_is_an_ephemeral_refusal_with_the_reset_time(slack: FakeSlack, fake: FakeOpenAI,
                                                                   tmp_path: Path) -> None:
-    bot = make_bot(slack, openai, tmp_path, user_daily_budget_usd="0.000001")
+    bot = make_bot(slack, fake, tmp_path, user_daily_budget_usd="0.000001")
     try:
         bot.event(mention("<@UPENNY> how do I start the dev server?"))
         bot.settle()
@@ -110,16 +98,16 @@ def test_over_budget_is_an_ephemeral_refusal_with_the_reset_time(slack: FakeSlac
         refusal = slack.last("chat.postEphemeral")
         assert refusal.params["user"] == "U1"
         assert "resets at" in _text(refusal)
-        assert openai.count() == 0
+        assert fake.count() == 0
     finally:
         bot.gateway.close()
 
 
-def test_thumbs_down_on_a_cached_answer_evicts_it(bot: Bot, slack: FakeSlack, openai: FakeOpenAI) -> None:
+def test_thumbs_down_on_a_cached_answer_evicts_it(bot: Bot, slack: FakeSlack, fake: FakeOpenAI) -> None:
     bot.event(mention("<@UPENNY> where are the production logs?", ts="1700000100.000100"))
     bot.event(mention("<@UPENNY> where are the production logs?", ts="1700000300.000100", user="U2"))
     bot.settle()
-    assert openai.count("chat") == 1  # the second asker got the cached answer
+    assert fake.count("chat") == 1  # the second asker got the cached answer
     cached = slack.calls("chat.postMessage")[-1]
     [feedback] = [e for b in cached.blocks if b["type"] == "context_actions" for e in b["elements"]]
     click = block_action({"action_id": feedback["action_id"], "block_id": "fb",
@@ -128,4 +116,4 @@ def test_thumbs_down_on_a_cached_answer_evicts_it(bot: Bot, slack: FakeSlack, op
     bot.action(click)
     bot.event(mention("<@UPENNY> where are the production logs?", ts="1700000500.000100", user="U3"))
     bot.settle()
-    assert openai.count("chat") == 2  # evicted: the next asker gets a fresh LLM answer
+    assert fake.count("chat") == 2  # evicted: the next asker gets a fresh LLM answer

@@ -8,29 +8,33 @@ prompt tokens) cost exactly 1000 µ$: a tenth of a $0.01 budget.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import structlog
-from prometheus_client import CollectorRegistry
 
 from proxy_core.alerts import BudgetAlert, BudgetAlerter, alert_text, crossed, reached
 from proxy_core.budget import budget_lines
 from proxy_core.clock import ManualClock
 from proxy_core.errors import BudgetExceeded
 from proxy_core.gateway import Gateway
-from proxy_core.metrics import Metrics
-from proxy_core.settings import PennySettings
 from proxy_core.stores.base import Store
-from proxy_core.upstream import OpenAIUpstream
-from tests.fake_openai import FakeOpenAI, Fault
+from tests.fake_openai import API_KEY, FakeOpenAI, Fault
 
-API_KEY = "sk-test-0123456789abcdef"
 START = 1_767_225_600.0  # ManualClock's start: 2026-01-01T00:00:00Z
 TENTH = 625  # completion tokens costing 1000 µ$ on gpt-4.1-mini
 
-GatewayFactory = Callable[..., Gateway]
+GatewayFactory = Callable[..., Gateway]  # the make_gateway fixture (tests/conftest.py)
+
+
+@pytest.fixture
+def gateway_settings() -> dict[str, Any]:
+    return {
+        "cache_enabled": False,
+        "max_output_tokens": 10,  # a tiny reservation: the fake then bills what it is told to
+        "user_daily_budget_usd": "0.01",
+    }
 
 
 class Inbox:
@@ -49,37 +53,6 @@ class Inbox:
             thresholds = [a.threshold for a in self.alerts]
             self.alerts.clear()
         return thresholds
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture
-def make_gateway(store: Store, clock: ManualClock, fake: FakeOpenAI) -> GatewayFactory:
-    def make(store_: Store | None = None, *, on_budget_alert: Callable[[BudgetAlert], None] | None = None,
-             **overrides: Any) -> Gateway:
-        params: dict[str, Any] = {
-            "openai_api_key": API_KEY,
-            "openai_base_url": fake.base_url,
-            "request_timeout_s": 2.0,
-            "requests_per_minute": 0,
-            "tokens_per_minute": 0,
-            "cache_enabled": False,
-            "max_output_tokens": 10,  # a tiny reservation: the fake then bills what it is told to
-            "user_daily_budget_usd": "0.01",
-        }
-        params.update(overrides)
-        settings = PennySettings(**params)
-        upstream = OpenAIUpstream(api_key=API_KEY, base_url=fake.base_url, timeout_s=settings.request_timeout_s)
-        return Gateway(
-            settings, store=store_ or store, upstream=upstream, metrics=Metrics(CollectorRegistry()),
-            clock=clock, wall=clock, sleep=clock.sleep, rand=lambda: 0.5, on_budget_alert=on_budget_alert,
-        )
-
-    return make
 
 
 def ask(gw: Gateway, request_id: str, *, user: str = "U1", workspace: str = "W1") -> Any:

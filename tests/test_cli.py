@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,11 +38,11 @@ def isolated(cli_env: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        monkeypatch.setenv("OPENAI_API_KEY", SECRET_KEY)
-        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
-        yield server
+def fake(fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> FakeOpenAI:
+    """The shared fake OpenAI, which the ``penny`` command finds through its environment."""
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET_KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+    return fake
 
 
 def penny(*argv: str, stdin: str = "") -> tuple[int, str]:

@@ -14,19 +14,14 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import pytest
 import structlog
-from slack_bolt import BoltResponse
 
 from bot.cli import main
 from bot.cost import TREND_DAYS, CostReport, cost_report, is_admin, sparkline, team_report
-from bot.settings import BotSettings
-from bot.slack.app import build_app
 from bot.slack.cost_blocks import USAGE_TEXT, cost_blocks, help_blocks, home_view, team_blocks
 from bot.slack.render import MAX_BLOCKS, SECTION_TEXT_LIMIT
-from bot.slack.working import WorkingIndicator
 from proxy_core import Accounts
 from proxy_core.budget import budget_lines
 from proxy_core.clock import ManualClock
@@ -35,21 +30,16 @@ from proxy_core.money import format_usd
 from proxy_core.stores.base import BucketSpec, LedgerEntry, Store, UsageTotals
 from proxy_core.stores.sqlite import SqliteStore
 from tests.budgeting import reserve
+from tests.cost_harness import NOW, CostHarness, make_settings
 from tests.fake_slack import FakeSlack, SlackCall
-from tests.slack_harness import BOT_ID, BOT_USER, TEAM, Harness, ScriptedAnswerer, event_body
+from tests.slack_harness import TEAM
 
 WS = TEAM
-NOW = datetime(2026, 1, 20, 15, 30, tzinfo=UTC).timestamp()  # a Tuesday afternoon, mid-month
 DAY = 86_400.0
 TODAY = "2026-01-20"
 MONTH_START = "2026-01-01"
 CHAT = "gpt-4.1-mini"
 EMBED = "text-embedding-3-small"
-
-
-def make_settings(**fields: Any) -> BotSettings:
-    """Settings from these fields and defaults only: no .env file, no PENNY_* variables."""
-    return BotSettings(_env_file=None, **fields)  # type: ignore[call-arg]
 
 
 def entry(
@@ -311,66 +301,18 @@ def test_by_model_calls_are_calls_to_the_provider_and_cached_answers_are_counted
 # Slack: /cost and the App Home through the real Bolt app
 
 
-class CostHarness(Harness):
-    """The test_slack_app harness, with budgets/admins and a fixed wall clock for the cost views."""
-
-    def __init__(self, fake: FakeSlack, store: SqliteStore, settings: BotSettings, now: float = NOW,
-                 clock: ManualClock | None = None) -> None:
-        super().__init__(fake, store, ScriptedAnswerer())
-        self.settings = dataclasses.replace(self.settings, admin_user_ids=frozenset(settings.admin_user_ids))
-        self.app = build_app(
-            answerer=self.answerer,
-            store=store,
-            settings=self.settings,
-            accounts=Accounts(store, settings),
-            listener_executor=self.executor,
-            wall=lambda: now,
-            clock=clock or time.monotonic,
-            working=WorkingIndicator(workers=0),
-        )
-
-    def slash(self, text: str, *, user: str = "U1", channel: str = "C1", response_url: bool = True) -> BoltResponse:
-        self._serial += 1
-        form = {
-            "token": "legacy-verification-token",
-            "team_id": TEAM,
-            "team_domain": "penny-test",
-            "channel_id": channel,
-            "channel_name": "general",
-            "user_id": user,
-            "user_name": user.lower(),
-            "command": "/cost",
-            "text": text,
-            "api_app_id": "A0PENNY",
-            "response_url": f"{self.fake.base_url}commands/{TEAM}/{self._serial}/hook" if response_url else "",
-            "trigger_id": f"trigger-{self._serial}",
-        }
-        return self.dispatch(urlencode(form), content_type="application/x-www-form-urlencoded")
-
-    def home_opened(self, user: str) -> BoltResponse:
-        self._serial += 1
-        event = {"type": "app_home_opened", "user": user, "channel": "D1", "tab": "home", "event_ts": "1.1"}
-        return self.dispatch(event_body(event, f"EvHome{self._serial:04d}"))
+def _harness(slack: FakeSlack, ledger: SqliteStore, **settings: Any) -> CostHarness:
+    return CostHarness(slack, ledger, make_settings(**settings))
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeSlack]:
-    with FakeSlack(team_id=TEAM, bot_user_id=BOT_USER, bot_id=BOT_ID) as server:
-        yield server
+def _responses(slack: FakeSlack) -> list[SlackCall]:
+    return [c for c in slack.calls() if c.method.startswith("commands/")]
 
 
-def _harness(fake: FakeSlack, ledger: SqliteStore, **settings: Any) -> CostHarness:
-    return CostHarness(fake, ledger, make_settings(**settings))
-
-
-def _responses(fake: FakeSlack) -> list[SlackCall]:
-    return [c for c in fake.calls() if c.method.startswith("commands/")]
-
-
-def _reply(harness: CostHarness, fake: FakeSlack) -> str:
+def _reply(harness: CostHarness, slack: FakeSlack) -> str:
     """The one ephemeral reply to a /cost, as the text of its blocks."""
     harness.settle()
-    [call] = _responses(fake)
+    [call] = _responses(slack)
     assert call.params["response_type"] == "ephemeral"
     return json.dumps(call.blocks, ensure_ascii=False)
 
@@ -379,13 +321,13 @@ def _money_of(report: CostReport) -> tuple[str, str]:
     return f"*{format_usd(report.today.cost_micros)}* spent", f"*{format_usd(report.this_month.cost_micros)}* spent"
 
 
-def test_cost_shows_the_caller_their_own_numbers(fake: FakeSlack, ledger: SqliteStore) -> None:
-    penny = _harness(fake, ledger, user_daily_budget_usd=Decimal("0.01"))
+def test_cost_shows_the_caller_their_own_numbers(slack: FakeSlack, ledger: SqliteStore) -> None:
+    penny = _harness(slack, ledger, user_daily_budget_usd=Decimal("0.01"))
     started = time.monotonic()
     response = penny.slash("", user="U1")
     assert response.status == 200 and time.monotonic() - started < 3.0  # acked
 
-    text = _reply(penny, fake)
+    text = _reply(penny, slack)
     today = ledger.usage(WS, TODAY, TODAY, "U1").totals
     month = ledger.usage(WS, MONTH_START, TODAY, "U1").totals
     assert f"*{format_usd(today.cost_micros)}* spent" in text and f"{today.requests:,} questions" in text
@@ -393,77 +335,77 @@ def test_cost_shows_the_caller_their_own_numbers(fake: FakeSlack, ledger: Sqlite
     assert f"saved {format_usd(today.saved_micros)}" in text
     assert f"{format_usd(10_000 - today.cost_micros)} left of $0.01" in text
     assert "Team Penny costs" not in text
-    assert fake.count("chat.postEphemeral") == 0 and fake.count("chat.postMessage") == 0
+    assert slack.count("chat.postEphemeral") == 0 and slack.count("chat.postMessage") == 0
 
 
-def test_cost_without_a_response_url_posts_an_ephemeral_message(fake: FakeSlack, ledger: SqliteStore) -> None:
-    penny = _harness(fake, ledger)
+def test_cost_without_a_response_url_posts_an_ephemeral_message(slack: FakeSlack, ledger: SqliteStore) -> None:
+    penny = _harness(slack, ledger)
     penny.slash("", user="U2", channel="C9", response_url=False)
-    [posted] = fake.wait_for("chat.postEphemeral")
+    [posted] = slack.wait_for("chat.postEphemeral")
     penny.settle()
     assert (posted.params["user"], posted.params["channel"]) == ("U2", "C9")
     own = cost_report(Accounts(ledger, make_settings()), WS, "U2", NOW)
     assert all(m in json.dumps(posted.blocks, ensure_ascii=False) for m in _money_of(own))
 
 
-def test_cost_team_for_a_penny_admin_shows_the_workspace(fake: FakeSlack, ledger: SqliteStore) -> None:
-    penny = _harness(fake, ledger, admin_user_ids="U1")
+def test_cost_team_for_a_penny_admin_shows_the_workspace(slack: FakeSlack, ledger: SqliteStore) -> None:
+    penny = _harness(slack, ledger, admin_user_ids="U1")
     penny.slash("team", user="U1")
-    text = _reply(penny, fake)
+    text = _reply(penny, slack)
     month = ledger.usage(WS, MONTH_START, TODAY)
     assert "Team Penny costs" in text
     assert f"*{format_usd(month.totals.cost_micros)}* spent" in text
     for user, totals in month.by_user.items():
         assert f"<@{user}> — {format_usd(totals.cost_micros)}" in text
     assert f"`{CHAT}` — {format_usd(month.by_model[CHAT].cost_micros)}" in text
-    assert fake.count("users.info") == 0  # a Penny admin needs no Slack lookup
+    assert slack.count("users.info") == 0  # a Penny admin needs no Slack lookup
 
 
-def test_cost_team_for_a_slack_workspace_admin(fake: FakeSlack, ledger: SqliteStore) -> None:
-    fake.set_admin("U3")
-    penny = _harness(fake, ledger)
+def test_cost_team_for_a_slack_workspace_admin(slack: FakeSlack, ledger: SqliteStore) -> None:
+    slack.set_admin("U3")
+    penny = _harness(slack, ledger)
     penny.slash("TEAM", user="U3")
-    text = _reply(penny, fake)
+    text = _reply(penny, slack)
     assert "Team Penny costs" in text and "<@U1>" in text and "<@U2>" in text
-    assert fake.last("users.info").params["user"] == "U3"
+    assert slack.last("users.info").params["user"] == "U3"
 
 
-def _team_view(penny: CostHarness, fake: FakeSlack, user: str) -> bool:
+def _team_view(penny: CostHarness, slack: FakeSlack, user: str) -> bool:
     """Whether ``/cost team`` from ``user`` showed the team's numbers (one command at a time)."""
     penny.slash("team", user=user)
-    [reply] = fake.wait_for(f"commands/{TEAM}/{penny._serial}/hook")
+    [reply] = slack.wait_for(f"commands/{TEAM}/{penny._serial}/hook")
     return "Team Penny costs" in json.dumps(reply.blocks, ensure_ascii=False)
 
 
-def test_a_slack_admin_lookup_is_kept_for_five_minutes(fake: FakeSlack, ledger: SqliteStore) -> None:
-    fake.set_admin("U3")
+def test_a_slack_admin_lookup_is_kept_for_five_minutes(slack: FakeSlack, ledger: SqliteStore) -> None:
+    slack.set_admin("U3")
     clock = ManualClock()
-    penny = CostHarness(fake, ledger, make_settings(), clock=clock)
+    penny = CostHarness(slack, ledger, make_settings(), clock=clock)
     # An admin and someone who is not, twice each: Slack is asked once about each.
-    assert [_team_view(penny, fake, user) for user in ("U3", "U2", "U3", "U2")] == [True, False, True, False]
-    assert [c.params["user"] for c in fake.calls() if c.method == "users.info"] == ["U3", "U2"]
+    assert [_team_view(penny, slack, user) for user in ("U3", "U2", "U3", "U2")] == [True, False, True, False]
+    assert [c.params["user"] for c in slack.calls() if c.method == "users.info"] == ["U3", "U2"]
     clock.advance(301)
-    assert _team_view(penny, fake, "U3")
-    assert fake.count("users.info") == 3  # asked again once the answer is five minutes old
+    assert _team_view(penny, slack, "U3")
+    assert slack.count("users.info") == 3  # asked again once the answer is five minutes old
     penny.settle()
 
 
-def test_a_failed_admin_lookup_is_not_kept(fake: FakeSlack, ledger: SqliteStore) -> None:
-    fake.set_admin("U3")
-    fake.fail("users.info", "internal_error")
-    penny = _harness(fake, ledger)
-    assert not _team_view(penny, fake, "U3")  # unknown means no
-    assert _team_view(penny, fake, "U3")  # asked again, and an admin
-    assert fake.count("users.info") == 2
+def test_a_failed_admin_lookup_is_not_kept(slack: FakeSlack, ledger: SqliteStore) -> None:
+    slack.set_admin("U3")
+    slack.fail("users.info", "internal_error")
+    penny = _harness(slack, ledger)
+    assert not _team_view(penny, slack, "U3")  # unknown means no
+    assert _team_view(penny, slack, "U3")  # asked again, and an admin
+    assert slack.count("users.info") == 2
     penny.settle()
 
 
 def test_cost_team_for_anyone_else_is_refused_with_only_their_own_numbers(
-    fake: FakeSlack, ledger: SqliteStore
+    slack: FakeSlack, ledger: SqliteStore
 ) -> None:
-    penny = _harness(fake, ledger, admin_user_ids="U1")
+    penny = _harness(slack, ledger, admin_user_ids="U1")
     penny.slash("team", user="U2")
-    text = _reply(penny, fake)
+    text = _reply(penny, slack)
     own = cost_report(Accounts(ledger, make_settings()), WS, "U2", NOW)
     assert "admins" in text and "Team Penny costs" not in text
     assert all(m in text for m in _money_of(own))
@@ -473,22 +415,22 @@ def test_cost_team_for_anyone_else_is_refused_with_only_their_own_numbers(
 
 
 @pytest.mark.parametrize("argument", ["help", "bogus", "team now"])
-def test_cost_help_and_unknown_arguments_get_the_usage(fake: FakeSlack, ledger: SqliteStore, argument: str) -> None:
-    penny = _harness(fake, ledger, admin_user_ids="U1")
+def test_cost_help_and_unknown_arguments_get_the_usage(slack: FakeSlack, ledger: SqliteStore, argument: str) -> None:
+    penny = _harness(slack, ledger, admin_user_ids="U1")
     penny.slash(argument, user="U1")
-    text = _reply(penny, fake)
+    text = _reply(penny, slack)
     assert json.dumps(USAGE_TEXT, ensure_ascii=False)[1:-1] in text
     assert "spent" not in text
 
 
-def test_app_home_shows_the_dashboard_and_the_team_only_to_admins(fake: FakeSlack, ledger: SqliteStore) -> None:
-    fake.set_admin("U3")
-    penny = _harness(fake, ledger)
+def test_app_home_shows_the_dashboard_and_the_team_only_to_admins(slack: FakeSlack, ledger: SqliteStore) -> None:
+    slack.set_admin("U3")
+    penny = _harness(slack, ledger)
     penny.home_opened("U2")
     penny.home_opened("U3")
     penny.settle()
     views = {c.params["user_id"]: json.dumps(c.json_param("view"), ensure_ascii=False)
-             for c in fake.calls("views.publish")}
+             for c in slack.calls("views.publish")}
     assert set(views) == {"U2", "U3"}
     for user, view in views.items():
         own = cost_report(Accounts(ledger, make_settings()), WS, user, NOW)
@@ -499,15 +441,15 @@ def test_app_home_shows_the_dashboard_and_the_team_only_to_admins(fake: FakeSlac
     assert "Team Penny costs" in views["U3"] and f"*{format_usd(month.cost_micros)}* spent" in views["U3"]
 
 
-def test_app_home_is_fresh_each_time_it_is_opened(fake: FakeSlack, ledger: SqliteStore) -> None:
-    first_penny = _harness(fake, ledger)
+def test_app_home_is_fresh_each_time_it_is_opened(slack: FakeSlack, ledger: SqliteStore) -> None:
+    first_penny = _harness(slack, ledger)
     first_penny.home_opened("U2")
     first_penny.settle()
     settle(ledger, entry("new", days_ago=0, user="U2", cost=40_000))
-    second_penny = _harness(fake, ledger)
+    second_penny = _harness(slack, ledger)
     second_penny.home_opened("U2")
     second_penny.settle()
-    first, second = (json.dumps(c.json_param("view"), ensure_ascii=False) for c in fake.calls("views.publish"))
+    first, second = (json.dumps(c.json_param("view"), ensure_ascii=False) for c in slack.calls("views.publish"))
     today = ledger.usage(WS, TODAY, TODAY, "U2").totals.cost_micros
     assert f"*{format_usd(today)}* spent" in second and f"*{format_usd(today)}* spent" not in first
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -144,12 +143,6 @@ def test_openai_compatible_batches_checks_and_normalises() -> None:
     assert info.value.kind == "malformed"
     with pytest.raises(UpstreamError, match="expected 3-dimensional"):
         OpenAICompatibleEmbedder("openai:x", 3, lambda t: [[1.0, 0.0] for _ in t]).embed(["a"])
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        yield server
 
 
 def test_openai_sdk_embed_fn_over_http(fake: FakeOpenAI) -> None:

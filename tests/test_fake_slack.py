@@ -23,41 +23,42 @@ TOKEN = "xoxb-test-not-a-real-token"
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeSlack]:
+def slack() -> Iterator[FakeSlack]:
+    """The fake under test, built with an admin: its constructor is part of what this module tests."""
     with FakeSlack(admins=["UADMIN"]) as server:
         yield server
 
 
 @pytest.fixture
-def client(fake: FakeSlack) -> WebClient:
-    return WebClient(base_url=fake.base_url, token=TOKEN, timeout=5)
+def client(slack: FakeSlack) -> WebClient:
+    return WebClient(base_url=slack.base_url, token=TOKEN, timeout=5)
 
 
-def test_base_url_and_auth_test(fake: FakeSlack, client: WebClient) -> None:
-    assert fake.base_url == f"http://127.0.0.1:{fake.port}/"
+def test_base_url_and_auth_test(slack: FakeSlack, client: WebClient) -> None:
+    assert slack.base_url == f"http://127.0.0.1:{slack.port}/"
     response = client.auth_test()
     assert response["ok"] is True
     assert response["user_id"] == "UPENNY"
     assert (response["bot_id"], response["team_id"]) == ("B0PENNY", "T0PENNY")
     assert response["url"].startswith("https://")
-    call = fake.last("auth.test")
+    call = slack.last("auth.test")
     assert call.path == "/auth.test"
     assert call.token == TOKEN
     assert call.header("authorization") == f"Bearer {TOKEN}"
 
 
-def test_the_token_never_shows_in_reprs(fake: FakeSlack, client: WebClient) -> None:
+def test_the_token_never_shows_in_reprs(slack: FakeSlack, client: WebClient) -> None:
     client.auth_test()
     # the SDK moves a token in ``params`` into the header; one in ``data`` stays in the (multipart) body
     client.api_call("chat.postMessage", data={"channel": "C1", "text": "x", "token": "xoxb-in-the-body"})
-    for call in fake.calls():
-        shown = repr(call) + repr(call.headers) + repr(call.params) + repr(fake.calls())
+    for call in slack.calls():
+        shown = repr(call) + repr(call.headers) + repr(call.params) + repr(slack.calls())
         assert TOKEN not in shown and "xoxb-in-the-body" not in shown
-    assert fake.last("chat.postMessage").token == TOKEN  # the header wins; the body token is recorded too
-    assert fake.last("chat.postMessage").params["token"] == "xoxb-in-the-body"
+    assert slack.last("chat.postMessage").token == TOKEN  # the header wins; the body token is recorded too
+    assert slack.last("chat.postMessage").params["token"] == "xoxb-in-the-body"
 
 
-def test_post_message_records_json_body_and_answers_unique_ts(fake: FakeSlack, client: WebClient) -> None:
+def test_post_message_records_json_body_and_answers_unique_ts(slack: FakeSlack, client: WebClient) -> None:
     blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": "*hi*"}}]
     first = client.chat_postMessage(channel="C1", text="hi", blocks=blocks, thread_ts="1700.0001")
     second = client.chat_postMessage(channel="C1", text="again")
@@ -69,60 +70,60 @@ def test_post_message_records_json_body_and_answers_unique_ts(fake: FakeSlack, c
     assert first["message"]["blocks"] == blocks
     assert first["message"]["thread_ts"] == "1700.0001"
     assert first["message"]["bot_id"] == "B0PENNY"
-    call = fake.calls("chat.postMessage")[0]
+    call = slack.calls("chat.postMessage")[0]
     assert call.params["channel"] == "C1"
     assert call.blocks == blocks
     assert (call.header("content-type") or "").startswith("application/json")
-    assert fake.count("chat.postMessage") == 3
+    assert slack.count("chat.postMessage") == 3
 
 
-def test_form_encoded_methods(fake: FakeSlack, client: WebClient) -> None:
+def test_form_encoded_methods(slack: FakeSlack, client: WebClient) -> None:
     client.reactions_add(channel="C1", name="eyes", timestamp="1.2")
     client.reactions_remove(channel="C1", name="eyes", timestamp="1.2")
-    add = fake.last("reactions.add")
+    add = slack.last("reactions.add")
     assert add.params == {"channel": "C1", "name": "eyes", "timestamp": "1.2"}
     assert add.header("content-type") == "application/x-www-form-urlencoded"
-    assert fake.count("reactions.remove") == 1
+    assert slack.count("reactions.remove") == 1
     # blocks sent form-encoded arrive as a JSON string; json_param/blocks decode either way
     blocks = [{"type": "divider"}]
     client.api_call("chat.postMessage", params={"channel": "C1", "blocks": json.dumps(blocks)})
-    assert fake.last("chat.postMessage").blocks == blocks
+    assert slack.last("chat.postMessage").blocks == blocks
 
 
-def test_message_methods_answer_like_slack(fake: FakeSlack, client: WebClient) -> None:
+def test_message_methods_answer_like_slack(slack: FakeSlack, client: WebClient) -> None:
     assert client.chat_postEphemeral(channel="C1", user="U1", text="only you")["message_ts"]
     updated = client.chat_update(channel="C1", ts="1700.0002", text="edited")
     assert (updated["channel"], updated["ts"], updated["text"]) == ("C1", "1700.0002", "edited")
     assert client.chat_delete(channel="C1", ts="1700.0002")["ts"] == "1700.0002"
     status = client.assistant_threads_setStatus(channel_id="D1", thread_ts="1.1", status="is thinking…")
     assert status.data == {"ok": True}
-    assert fake.last("assistant.threads.setStatus").params["status"] == "is thinking…"
+    assert slack.last("assistant.threads.setStatus").params["status"] == "is thinking…"
     view = client.views_publish(user_id="U1", view={"type": "home", "blocks": []})["view"]
     assert view["type"] == "home" and view["id"].startswith("V")
     assert client.api_call("anything.else", params={"x": "1"}).data == {"ok": True}
-    assert fake.last("anything.else").params == {"x": "1"}
+    assert slack.last("anything.else").params == {"x": "1"}
 
 
-def test_users_info_admin_flag_and_overrides(fake: FakeSlack, client: WebClient) -> None:
+def test_users_info_admin_flag_and_overrides(slack: FakeSlack, client: WebClient) -> None:
     assert client.users_info(user="U1")["user"]["is_admin"] is False
     assert client.users_info(user="UADMIN")["user"]["is_admin"] is True
-    fake.set_admin("U1")
-    fake.set_user("U1", tz="Europe/Paris", real_name="Ada")
+    slack.set_admin("U1")
+    slack.set_user("U1", tz="Europe/Paris", real_name="Ada")
     user = client.users_info(user="U1")["user"]
     assert (user["is_admin"], user["tz"], user["real_name"], user["id"]) == (True, "Europe/Paris", "Ada", "U1")
 
 
-def test_conversations_replies_per_thread(fake: FakeSlack, client: WebClient) -> None:
+def test_conversations_replies_per_thread(slack: FakeSlack, client: WebClient) -> None:
     thread = [{"type": "message", "user": "U1", "text": "question", "ts": "1.1"}]
-    fake.set_replies("C1", "1.1", thread)
+    slack.set_replies("C1", "1.1", thread)
     assert client.conversations_replies(channel="C1", ts="1.1")["messages"] == thread
     assert client.conversations_replies(channel="C1", ts="9.9")["messages"] == []
     assert client.conversations_replies(channel="C2", ts="1.1")["messages"] == []
 
 
-def test_conversations_replies_pages_like_slack(fake: FakeSlack, client: WebClient) -> None:
+def test_conversations_replies_pages_like_slack(slack: FakeSlack, client: WebClient) -> None:
     thread = [{"type": "message", "user": "U1", "text": f"turn {i}", "ts": f"1.{i + 1}"} for i in range(5)]
-    fake.set_replies("C1", "1.1", thread)
+    slack.set_replies("C1", "1.1", thread)
     first = client.conversations_replies(channel="C1", ts="1.1", limit=2)
     assert (first["messages"], first["has_more"]) == (thread[:2], True)
     cursor = first["response_metadata"]["next_cursor"]
@@ -134,78 +135,78 @@ def test_conversations_replies_pages_like_slack(fake: FakeSlack, client: WebClie
     assert (last["messages"], last["has_more"], last["response_metadata"]["next_cursor"]) == (thread[4:], False, "")
 
 
-def test_scripted_error_then_success(fake: FakeSlack, client: WebClient) -> None:
-    fake.fail("chat.postMessage", "channel_not_found")
-    assert fake.pending("chat.postMessage") == 1
+def test_scripted_error_then_success(slack: FakeSlack, client: WebClient) -> None:
+    slack.fail("chat.postMessage", "channel_not_found")
+    assert slack.pending("chat.postMessage") == 1
     with pytest.raises(SlackApiError) as raised:
         client.chat_postMessage(channel="CNOPE", text="x")
     assert raised.value.response["error"] == "channel_not_found"
     assert raised.value.response.status_code == 200  # Slack reports API errors in a 200
     assert client.chat_postMessage(channel="C1", text="x")["ok"] is True
-    assert [c.status for c in fake.calls("chat.postMessage")] == [200, 200]
-    assert fake.pending("chat.postMessage") == 0
+    assert [c.status for c in slack.calls("chat.postMessage")] == [200, 200]
+    assert slack.pending("chat.postMessage") == 0
 
 
-def test_rate_limit_without_retry_handler_surfaces_retry_after(fake: FakeSlack, client: WebClient) -> None:
-    fake.rate_limit("chat.postMessage", retry_after=7)
+def test_rate_limit_without_retry_handler_surfaces_retry_after(slack: FakeSlack, client: WebClient) -> None:
+    slack.rate_limit("chat.postMessage", retry_after=7)
     with pytest.raises(SlackApiError) as raised:
         client.chat_postMessage(channel="C1", text="x")
     response = raised.value.response
     assert response.status_code == 429
     assert response["error"] == "ratelimited"
     assert response.headers["Retry-After"] == "7"
-    assert fake.count("chat.postMessage") == 1
+    assert slack.count("chat.postMessage") == 1
 
 
-def test_rate_limit_retry_handler_honours_the_scripted_429(fake: FakeSlack) -> None:
+def test_rate_limit_retry_handler_honours_the_scripted_429(slack: FakeSlack) -> None:
     # Retry-After: 0, so the SDK's handler waits only its own jitter (under a second).
-    client = WebClient(base_url=fake.base_url, token=TOKEN, timeout=5)
+    client = WebClient(base_url=slack.base_url, token=TOKEN, timeout=5)
     client.retry_handlers.append(RateLimitErrorRetryHandler(max_retry_count=1))
-    fake.rate_limit("chat.postMessage", retry_after=0, times=1)
+    slack.rate_limit("chat.postMessage", retry_after=0, times=1)
     response = client.chat_postMessage(channel="C1", text="retried")
     assert response["ok"] is True
-    calls = fake.calls("chat.postMessage")
+    calls = slack.calls("chat.postMessage")
     assert [c.status for c in calls] == [429, 200]
     assert [c.params["text"] for c in calls] == ["retried", "retried"]
     assert calls[1].at - calls[0].at < 1.5
 
 
-def test_rate_limit_more_times_than_retries_fails(fake: FakeSlack) -> None:
-    client = WebClient(base_url=fake.base_url, token=TOKEN, timeout=5)
+def test_rate_limit_more_times_than_retries_fails(slack: FakeSlack) -> None:
+    client = WebClient(base_url=slack.base_url, token=TOKEN, timeout=5)
     client.retry_handlers.append(RateLimitErrorRetryHandler(max_retry_count=1))
-    fake.rate_limit("reactions.add", retry_after=0, times=2)
+    slack.rate_limit("reactions.add", retry_after=0, times=2)
     with pytest.raises(SlackApiError) as raised:
         client.reactions_add(channel="C1", name="eyes", timestamp="1.1")
     assert raised.value.response.status_code == 429
-    assert fake.count("reactions.add") == 2
+    assert slack.count("reactions.add") == 2
 
 
-def test_respond_overrides_an_answer(fake: FakeSlack, client: WebClient) -> None:
-    fake.respond("team.info", {"ok": True, "team": {"id": "T0PENNY", "name": "Penny"}})
+def test_respond_overrides_an_answer(slack: FakeSlack, client: WebClient) -> None:
+    slack.respond("team.info", {"ok": True, "team": {"id": "T0PENNY", "name": "Penny"}})
     assert client.team_info()["team"]["name"] == "Penny"
-    fake.respond("users.info", lambda call: {"ok": True, "user": {"id": call.params["user"], "is_admin": True}})
+    slack.respond("users.info", lambda call: {"ok": True, "user": {"id": call.params["user"], "is_admin": True}})
     assert client.users_info(user="U9")["user"] == {"id": "U9", "is_admin": True}
-    fake.reset()
-    assert fake.count() == 0
+    slack.reset()
+    assert slack.count() == 0
     assert client.users_info(user="U9")["user"]["is_admin"] is False
 
 
-def test_api_prefixed_paths_webhooks_and_multipart(fake: FakeSlack) -> None:
-    api_client = WebClient(base_url=fake.base_url + "api/", token=TOKEN)
+def test_api_prefixed_paths_webhooks_and_multipart(slack: FakeSlack) -> None:
+    api_client = WebClient(base_url=slack.base_url + "api/", token=TOKEN)
     api_client.chat_postMessage(channel="C1", text="via /api/")
-    assert fake.last("chat.postMessage").path == "/api/chat.postMessage"
+    assert slack.last("chat.postMessage").path == "/api/chat.postMessage"
 
-    WebhookClient(fake.base_url + "hooks/response/123").send(text="replaced", replace_original=True)
-    hook = fake.last("hooks/response/123")
+    WebhookClient(slack.base_url + "hooks/response/123").send(text="replaced", replace_original=True)
+    hook = slack.last("hooks/response/123")
     assert hook.params == {"text": "replaced", "replace_original": True}
 
     api_client.api_call("files.test", files={"file": io.BytesIO(b"\x00bytes")}, data={"channel": "C1"})
-    upload = fake.last("files.test")
+    upload = slack.last("files.test")
     assert upload.params["channel"] == "C1"
     assert upload.params["file"] == b"\x00bytes"
 
 
-def test_wait_for_returns_as_soon_as_the_count_is_reached(fake: FakeSlack, client: WebClient) -> None:
+def test_wait_for_returns_as_soon_as_the_count_is_reached(slack: FakeSlack, client: WebClient) -> None:
     def post_three() -> None:
         for i in range(3):
             client.chat_postMessage(channel="C1", text=f"m{i}")
@@ -213,24 +214,24 @@ def test_wait_for_returns_as_soon_as_the_count_is_reached(fake: FakeSlack, clien
     started = time.monotonic()
     worker = threading.Thread(target=post_three)
     worker.start()
-    calls = fake.wait_for("chat.postMessage", 3, timeout=10)
+    calls = slack.wait_for("chat.postMessage", 3, timeout=10)
     elapsed = time.monotonic() - started
     worker.join()
     assert [c.params["text"] for c in calls] == ["m0", "m1", "m2"]
     assert elapsed < 5
 
 
-def test_wait_for_times_out_with_what_it_saw(fake: FakeSlack, client: WebClient) -> None:
+def test_wait_for_times_out_with_what_it_saw(slack: FakeSlack, client: WebClient) -> None:
     client.auth_test()
     with pytest.raises(AssertionError, match=r"chat\.postMessage, got 0; calls so far: auth\.test"):
-        fake.wait_for("chat.postMessage", 1, timeout=0.05)
+        slack.wait_for("chat.postMessage", 1, timeout=0.05)
     with pytest.raises(AssertionError, match=r"no call to views\.publish"):
-        fake.last("views.publish")
+        slack.last("views.publish")
 
 
-def test_a_bolt_app_runs_against_the_fake(fake: FakeSlack) -> None:
+def test_a_bolt_app_runs_against_the_fake(slack: FakeSlack) -> None:
     secret = "test-signing-secret"
-    app = App(signing_secret=secret, client=WebClient(base_url=fake.base_url, token=TOKEN))
+    app = App(signing_secret=secret, client=WebClient(base_url=slack.base_url, token=TOKEN))
 
     @app.event("app_mention")
     def on_mention(event: dict[str, Any], say: Say) -> None:
@@ -266,34 +267,34 @@ def test_a_bolt_app_runs_against_the_fake(fake: FakeSlack) -> None:
         },
     )
     assert app.dispatch(request).status == 200
-    [posted] = fake.wait_for("chat.postMessage", 1)
+    [posted] = slack.wait_for("chat.postMessage", 1)
     assert posted.params["text"] == "hello <@U1>"
     assert posted.params["thread_ts"] == "1700000000.000100"
-    assert fake.count("auth.test") >= 1
+    assert slack.count("auth.test") >= 1
 
 
-def test_auth_test_reports_the_app_and_the_granted_scopes(fake: FakeSlack, client: WebClient) -> None:
+def test_auth_test_reports_the_app_and_the_granted_scopes(slack: FakeSlack, client: WebClient) -> None:
     response = client.auth_test()
     assert response["app_id"] == "A0PENNY"
     assert "assistant:write" in response.headers["x-oauth-scopes"].split(",")
-    fake.set_scopes(["chat:write"])
+    slack.set_scopes(["chat:write"])
     assert client.auth_test().headers["x-oauth-scopes"] == "chat:write"
 
 
-def test_assistant_status_prompts_and_title_like_slack(fake: FakeSlack, client: WebClient) -> None:
+def test_assistant_status_prompts_and_title_like_slack(slack: FakeSlack, client: WebClient) -> None:
     client.assistant_threads_setStatus(channel_id="C1", thread_ts="1.0", status="is searching the docs…")
-    assert fake.status("C1", "1.0") == "is searching the docs…"
+    assert slack.status("C1", "1.0") == "is searching the docs…"
     client.chat_postMessage(channel="C1", thread_ts="1.0", text="the answer")
-    assert fake.status("C1", "1.0") == ""  # a reply in the thread ends the status
+    assert slack.status("C1", "1.0") == ""  # a reply in the thread ends the status
     client.assistant_threads_setStatus(channel_id="C1", thread_ts="1.0", status="is writing…")
     client.assistant_threads_setStatus(channel_id="C1", thread_ts="1.0", status="")
-    assert fake.status("C1", "1.0") == ""
+    assert slack.status("C1", "1.0") == ""
 
     prompts = [{"title": "Deploying", "message": "How do I deploy?"}]
     client.assistant_threads_setSuggestedPrompts(channel_id="D1", prompts=prompts, title="Popular")
-    assert fake.suggested_prompts("D1") == prompts  # no thread: the top of the DM
+    assert slack.suggested_prompts("D1") == prompts  # no thread: the top of the DM
     client.assistant_threads_setTitle(channel_id="D1", thread_ts="2.0", title="How do I deploy?")
-    assert fake.title("D1", "2.0") == "How do I deploy?"
+    assert slack.title("D1", "2.0") == "How do I deploy?"
 
     with pytest.raises(SlackApiError, match="invalid_arguments"):
         client.assistant_threads_setSuggestedPrompts(channel_id="D1", prompts=prompts * 5)
@@ -301,14 +302,14 @@ def test_assistant_status_prompts_and_title_like_slack(fake: FakeSlack, client: 
         client.api_call("assistant.threads.setStatus", json={"channel_id": "C1", "status": "x"})
 
 
-def test_socket_mode_connects_to_the_fakes_websocket(fake: FakeSlack, client: WebClient) -> None:
+def test_socket_mode_connects_to_the_fakes_websocket(slack: FakeSlack, client: WebClient) -> None:
     from slack_sdk.socket_mode.builtin.client import SocketModeClient
 
     socket_client = SocketModeClient(app_token="xapp-test-not-a-real-token", web_client=client)
     try:
         socket_client.connect()
         assert socket_client.is_connected()
-        assert fake.count("apps.connections.open") == 1
-        assert fake.count("websocket") == 1
+        assert slack.count("apps.connections.open") == 1
+        assert slack.count("websocket") == 1
     finally:
         socket_client.close()

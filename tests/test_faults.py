@@ -16,7 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +42,6 @@ WORKER = ROOT / "tests" / "fault_worker.py"
 WS = "T01"
 needs_redis_server = pytest.mark.skipif(redis_server_binary() is None and os.environ.get("CI") != "true",
                                         reason="redis-server is not installed")
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        yield server
 
 
 def worker_env(store_url: str, fake: FakeOpenAI, spool: Path, **extra: str) -> dict[str, str]:

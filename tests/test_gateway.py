@@ -7,14 +7,13 @@ recorded, never waited.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import structlog
-from prometheus_client import CollectorRegistry
 
-from proxy_core.clock import ManualClock, Sleep
+from proxy_core.clock import ManualClock
 from proxy_core.errors import (
     BudgetExceeded,
     CircuitOpen,
@@ -26,59 +25,17 @@ from proxy_core.errors import (
     UpstreamRejected,
 )
 from proxy_core.gateway import Gateway
-from proxy_core.metrics import Metrics
 from proxy_core.prices import PriceTable, chat_cost
 from proxy_core.settings import PennySettings
 from proxy_core.stores import store_from_url
 from proxy_core.stores.base import Store
 from proxy_core.tokens import estimate_chat_tokens
 from proxy_core.upstream import OpenAIUpstream
-from tests.fake_openai import FakeOpenAI, Fault, Gate, RecordedRequest
+from tests.fake_openai import API_KEY, FakeOpenAI, Fault, Gate, RecordedRequest
 
-API_KEY = "sk-test-0123456789abcdef"
 DAY = "2026-01-01"  # ManualClock starts at 2026-01-01T00:00:00Z
 
-GatewayFactory = Callable[..., Gateway]
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture
-def make_gateway(store: Store, clock: ManualClock, fake: FakeOpenAI) -> Iterator[GatewayFactory]:
-    made: list[Gateway] = []
-
-    def make(store_: Store | None = None, *, sleep: Sleep | None = None, **overrides: Any) -> Gateway:
-        params: dict[str, Any] = {
-            "openai_api_key": API_KEY,
-            "openai_base_url": fake.base_url,
-            "request_timeout_s": 2.0,
-            "requests_per_minute": 0,
-            "tokens_per_minute": 0,
-        }
-        params.update(overrides)
-        settings = PennySettings(**params)
-        upstream = OpenAIUpstream(api_key=API_KEY, base_url=fake.base_url, timeout_s=settings.request_timeout_s)
-        gw = Gateway(
-            settings,
-            store=store_ or store,
-            upstream=upstream,
-            metrics=Metrics(CollectorRegistry()),
-            clock=clock,
-            wall=clock,
-            sleep=sleep or clock.sleep,
-            rand=lambda: 0.5,
-        )
-        made.append(gw)
-        return gw
-
-    yield make
-    for gw in made:  # stop cache sync threads; the store fixture closes the store
-        if gw.cache is not None:
-            gw.cache.close()
+GatewayFactory = Callable[..., Gateway]  # the make_gateway fixture (tests/conftest.py)
 
 
 def _messages(question: str, system: str = "You are Penny.") -> list[dict[str, str]]:

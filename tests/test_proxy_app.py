@@ -23,9 +23,8 @@ MODEL = "gpt-4o-mini"
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(answer="Run `make deploy`.") as server:
-        yield server
+def fake_answer() -> str:
+    return "Run `make deploy`."
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,9 +21,8 @@ from tests.proxy_harness import ROOT, ProxyProcess, proxy_env
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(answer="Run `make deploy`.") as server:
-        yield server
+def fake_answer() -> str:
+    return "Run `make deploy`."
 
 
 def test_penny_proxy_serves_the_openai_sdk_through_the_gateway(tmp_path: Path, fake: FakeOpenAI) -> None:

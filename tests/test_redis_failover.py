@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +43,6 @@ USERS = [f"U{i}" for i in range(4)]
 # The longest a shard may stay unanswered after its primary dies: the cluster notices (node timeout
 # 1 s), a replica is elected, the dead node restarts and syncs, the clients read the new layout.
 RECOVERY_BOUND_S = 20.0
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        yield server
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:

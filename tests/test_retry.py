@@ -122,21 +122,10 @@ def test_next_wait_honours_retry_after_up_to_the_cap() -> None:
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture
 def upstream(fake: FakeOpenAI) -> Iterator[OpenAIUpstream]:
     up = OpenAIUpstream(api_key="sk-test-retry", base_url=fake.base_url, timeout_s=2.0)
     yield up
     up.close()
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
 
 
 def run(

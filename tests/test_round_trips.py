@@ -52,12 +52,6 @@ class CountingConnection(redis.Connection):
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture
 def counted_store(redis_url: str, redis_namespace: str, clock: ManualClock) -> Iterator[RedisStore]:
     pool = redis.BlockingConnectionPool.from_url(redis_url, connection_class=CountingConnection,
                                                  decode_responses=True)

@@ -5,7 +5,7 @@ OpenAI server over HTTP, a manual clock."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -31,40 +31,20 @@ DAY = "2026-01-01"
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        yield server
+def gateway_settings() -> dict[str, Any]:
+    return {"openai_api_key": API_KEY, "embedder": "local:wordllama"}
 
 
 @pytest.fixture
-def make_gateway(store: Store, clock: ManualClock, fake: FakeOpenAI) -> Iterator[Callable[..., Gateway]]:
-    made: list[Gateway] = []
+def make_gateway(make_gateway: Callable[..., Gateway]) -> Callable[..., Gateway]:
+    """The shared factory (tests/conftest.py); every gateway it makes here has the semantic cache."""
 
-    def make(store_: Store | None = None, **overrides: Any) -> Gateway:
-        params: dict[str, Any] = {
-            "openai_api_key": API_KEY,
-            "requests_per_minute": 0,
-            "tokens_per_minute": 0,
-            "embedder": "local:wordllama",
-        }
-        params.update(overrides)
-        settings = PennySettings(**params)
-        gw = Gateway(
-            settings,
-            store=store_ or store,
-            upstream=OpenAIUpstream(api_key=API_KEY, base_url=fake.base_url, timeout_s=2.0),
-            metrics=Metrics(CollectorRegistry()),
-            clock=clock,
-            wall=clock,
-            sleep=clock.sleep,
-        )
-        made.append(gw)
-        return gw
+    def make(*args: Any, **overrides: Any) -> Gateway:
+        gateway = make_gateway(*args, **overrides)
+        assert isinstance(gateway.cache, SemanticCache)
+        return gateway
 
-    yield make
-    for gw in made:
-        assert isinstance(gw.cache, SemanticCache)
-        gw.cache.close()
+    return make
 
 
 _ids = iter(range(1_000_000))

@@ -57,14 +57,8 @@ def in_thread(text: str, ts: str, thread_ts: str = THREAD) -> dict[str, Any]:
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeSlack]:
-    with FakeSlack() as server:
-        yield server
-
-
-@pytest.fixture
-def penny(fake: FakeSlack, sqlite_store: SqliteStore) -> Iterator[Harness]:
-    harness = Harness(fake, sqlite_store, ScriptedAnswerer(ANSWER))
+def penny(slack: FakeSlack, sqlite_store: SqliteStore) -> Iterator[Harness]:
+    harness = Harness(slack, sqlite_store, ScriptedAnswerer(ANSWER))
     yield harness
     harness.settle()
 
@@ -92,71 +86,71 @@ def test_thread_titles_are_the_question_on_one_line_cut_at_a_word() -> None:
 # -- the agent DM (agent_view) ---------------------------------------------------------------------
 
 
-def test_opening_pennys_dm_sets_prompts_drawn_from_the_docs(fake: FakeSlack, tmp_path: Path) -> None:
+def test_opening_pennys_dm_sets_prompts_drawn_from_the_docs(slack: FakeSlack, tmp_path: Path) -> None:
     with FakeOpenAI() as openai:
-        bot = make_bot(fake, openai, tmp_path)
+        bot = make_bot(slack, openai, tmp_path)
         try:
             assert bot.event(messages_tab()).status == 200
-            [call] = fake.calls("assistant.threads.setSuggestedPrompts")
+            [call] = slack.calls("assistant.threads.setSuggestedPrompts")
             assert call.params["channel_id"] == DM and not call.params.get("thread_ts")  # the DM itself
             assert call.params["title"] == PROMPTS_TITLE
-            prompts = fake.suggested_prompts(DM)
+            prompts = slack.suggested_prompts(DM)
             assert len(prompts) == 4  # the example docs' largest pages, nothing asked yet
             assert all(p["message"] == f"What do the docs say about {p['title']}?" for p in prompts)
-            assert fake.count("views.publish") == 0  # the Home tab is another tab
+            assert slack.count("views.publish") == 0  # the Home tab is another tab
 
             bot.event(messages_tab())  # opened again soon after: already set
-            assert fake.count("assistant.threads.setSuggestedPrompts") == 1
+            assert slack.count("assistant.threads.setSuggestedPrompts") == 1
         finally:
             bot.gateway.close()
 
 
-def test_the_most_asked_page_becomes_the_first_prompt(penny: Harness, fake: FakeSlack) -> None:
+def test_the_most_asked_page_becomes_the_first_prompt(penny: Harness, slack: FakeSlack) -> None:
     penny.event(mention("<@UPENNY> how do I deploy?"))
-    wait_cleared(fake)  # answered: its first citation (ops/deploy.md, "Deploying") is counted
+    wait_cleared(slack)  # answered: its first citation (ops/deploy.md, "Deploying") is counted
     penny.event(messages_tab())
-    fake.wait_for("assistant.threads.setSuggestedPrompts")
-    assert [p["title"] for p in fake.suggested_prompts(DM)] == ["Deploying"]
+    slack.wait_for("assistant.threads.setSuggestedPrompts")
+    assert [p["title"] for p in slack.suggested_prompts(DM)] == ["Deploying"]
 
 
-def test_an_app_without_the_agent_view_stops_asking_and_says_so_once(penny: Harness, fake: FakeSlack) -> None:
+def test_an_app_without_the_agent_view_stops_asking_and_says_so_once(penny: Harness, slack: FakeSlack) -> None:
     penny.event(mention("<@UPENNY> how do I deploy?"))  # something to suggest
-    wait_cleared(fake)
-    fake.fail("assistant.threads.setSuggestedPrompts", "not_agent_app", times=5)
+    wait_cleared(slack)
+    slack.fail("assistant.threads.setSuggestedPrompts", "not_agent_app", times=5)
     with capture_logs() as logs:
         penny.event(messages_tab("U1"))
         until(lambda: any(e["event"] == "slack.prompts_off" for e in logs))
         penny.event({**messages_tab("U2"), "channel": "D0OTHER"})
         penny.settle()
-    assert fake.count("assistant.threads.setSuggestedPrompts") == 1
+    assert slack.count("assistant.threads.setSuggestedPrompts") == 1
     assert [e["error"] for e in logs if e["event"] == "slack.prompts_off"] == ["not_agent_app"]
 
 
-def test_app_context_changed_is_kept_without_a_slack_call(penny: Harness, fake: FakeSlack,
+def test_app_context_changed_is_kept_without_a_slack_call(penny: Harness, slack: FakeSlack,
                                                           sqlite_store: SqliteStore) -> None:
     entities = {"entities": [{"type": "slack#/types/channel_id", "value": "C0GENERAL", "team_id": TEAM}]}
     penny.event({"type": "app_context_changed", "user": "U1", "event_ts": "1.3", "context": entities})
     penny.settle()
     assert json.loads(sqlite_store.record_get(CONTEXT_KIND, f"user:{TEAM}:U1") or "{}") == entities
-    assert [c.method for c in fake.calls() if c.method != "auth.test"] == []
+    assert [c.method for c in slack.calls() if c.method != "auth.test"] == []
 
 
 # -- assistant threads (assistant_view) ------------------------------------------------------------
 
 
-def test_an_assistant_thread_started_is_greeted_with_prompts_once(penny: Harness, fake: FakeSlack,
+def test_an_assistant_thread_started_is_greeted_with_prompts_once(penny: Harness, slack: FakeSlack,
                                                                   sqlite_store: SqliteStore) -> None:
     penny.event(mention("<@UPENNY> how do I deploy?"))
-    wait_cleared(fake)
+    wait_cleared(slack)
     for retry in range(2):  # a redelivery greets nobody twice
         headers = {"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"} if retry else None
         assert penny.event(thread_started(), event_id="EvStarted", headers=headers).status == 200
     penny.settle()
-    [greeting] = [c for c in fake.calls("chat.postMessage") if c.params["channel"] == DM]
+    [greeting] = [c for c in slack.calls("chat.postMessage") if c.params["channel"] == DM]
     assert (greeting.params["thread_ts"], greeting.params["text"]) == (THREAD, GREETING)
-    [prompts] = fake.calls("assistant.threads.setSuggestedPrompts")
+    [prompts] = slack.calls("assistant.threads.setSuggestedPrompts")
     assert (prompts.params["channel_id"], prompts.params["thread_ts"]) == (DM, THREAD)
-    assert [p["title"] for p in fake.suggested_prompts(DM, THREAD)] == ["Deploying"]
+    assert [p["title"] for p in slack.suggested_prompts(DM, THREAD)] == ["Deploying"]
     # the context Slack sent is kept (Bolt's thread context store, in Penny's store)
     kept = StoreThreadContext(sqlite_store).find(channel_id=DM, thread_ts=THREAD)
     assert kept is not None and kept.channel_id == "C0GENERAL"
@@ -173,38 +167,38 @@ def test_a_context_change_in_an_assistant_thread_is_kept(penny: Harness, sqlite_
 
 
 def test_the_first_question_titles_the_assistant_thread_and_gets_a_status_and_an_answer(
-    fake: FakeSlack, sqlite_store: SqliteStore
+    slack: FakeSlack, sqlite_store: SqliteStore
 ) -> None:
     answerer = ScriptedAnswerer(ANSWER)
-    penny = Harness(fake, sqlite_store, answerer)
+    penny = Harness(slack, sqlite_store, answerer)
     try:
         penny.event(thread_started())
-        fake.wait_for("chat.postMessage")  # the greeting
+        slack.wait_for("chat.postMessage")  # the greeting
         penny.event(in_thread("how do I deploy to staging?", ts="1729999400.000100"), event_id="EvQ1")
-        fake.wait_for("chat.postMessage", 2)
-        wait_cleared(fake)
+        slack.wait_for("chat.postMessage", 2)
+        wait_cleared(slack)
         penny.event(in_thread("and roll back?", ts="1729999500.000100"), event_id="EvQ2")
-        fake.wait_for("chat.postMessage", 3)
-        wait_cleared(fake, 2)
+        slack.wait_for("chat.postMessage", 3)
+        wait_cleared(slack, 2)
     finally:
         penny.settle()
-    [title] = fake.calls("assistant.threads.setTitle")  # the first question only
+    [title] = slack.calls("assistant.threads.setTitle")  # the first question only
     assert (title.params["channel_id"], title.params["thread_ts"]) == (DM, THREAD)
-    assert fake.title(DM, THREAD) == "how do I deploy to staging?"
+    assert slack.title(DM, THREAD) == "how do I deploy to staging?"
     assert [q.text for q in answerer.questions] == ["how do I deploy to staging?", "and roll back?"]
     assert [q.request_id for q in answerer.questions] == ["EvQ1", "EvQ2"]
-    answers = [c for c in fake.calls("chat.postMessage") if c.params["text"] != GREETING]
+    answers = [c for c in slack.calls("chat.postMessage") if c.params["text"] != GREETING]
     assert {c.params["thread_ts"] for c in answers} == {THREAD}
-    statuses = [c.params["status"] for c in fake.calls("assistant.threads.setStatus")]
+    statuses = [c.params["status"] for c in slack.calls("assistant.threads.setStatus")]
     assert statuses == ["is searching the docs…", "", "is searching the docs…", ""]
-    assert fake.count("reactions.add") == 0
+    assert slack.count("reactions.add") == 0
 
 
 def test_a_dm_thread_penny_did_not_greet_is_answered_as_before_without_a_title(
-    penny: Harness, fake: FakeSlack
+    penny: Harness, slack: FakeSlack
 ) -> None:
     penny.event(in_thread("how do I deploy?", ts="1729999400.000100", thread_ts="1729999300.000100"))
-    fake.wait_for("chat.postMessage")
-    wait_cleared(fake)
-    assert fake.count("assistant.threads.setTitle") == 0
-    assert fake.last("chat.postMessage").params["thread_ts"] == "1729999300.000100"
+    slack.wait_for("chat.postMessage")
+    wait_cleared(slack)
+    assert slack.count("assistant.threads.setTitle") == 0
+    assert slack.last("chat.postMessage").params["thread_ts"] == "1729999300.000100"

@@ -64,14 +64,8 @@ def feedback_click(vote: str, entry_id: str, *, message_ts: str, user: str = "U1
     return payload
 
 
-def methods(fake: FakeSlack) -> list[str]:
-    return [c.method for c in fake.calls() if c.method != "auth.test"]
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeSlack]:
-    with FakeSlack(team_id=TEAM, bot_user_id=BOT_USER, bot_id=BOT_ID) as server:
-        yield server
+def methods(slack: FakeSlack) -> list[str]:
+    return [c.method for c in slack.calls() if c.method != "auth.test"]
 
 
 @pytest.fixture
@@ -80,8 +74,8 @@ def answerer() -> ScriptedAnswerer:
 
 
 @pytest.fixture
-def penny(fake: FakeSlack, sqlite_store: SqliteStore, answerer: ScriptedAnswerer) -> Iterator[Harness]:
-    harness = Harness(fake, sqlite_store, answerer)
+def penny(slack: FakeSlack, sqlite_store: SqliteStore, answerer: ScriptedAnswerer) -> Iterator[Harness]:
+    harness = Harness(slack, sqlite_store, answerer)
     yield harness
     harness.settle()
 
@@ -91,12 +85,12 @@ def penny(fake: FakeSlack, sqlite_store: SqliteStore, answerer: ScriptedAnswerer
 
 
 def test_mention_is_answered_in_its_thread_with_sources_and_feedback_buttons(
-    penny: Harness, fake: FakeSlack, answerer: ScriptedAnswerer
+    penny: Harness, slack: FakeSlack, answerer: ScriptedAnswerer
 ) -> None:
     response = penny.event(mention("<@UPENNY> how do I deploy?"), event_id="EvMention1")
     assert response.status == 200
 
-    [posted] = fake.wait_for("chat.postMessage")
+    [posted] = slack.wait_for("chat.postMessage")
     assert posted.params["channel"] == "C1"
     assert posted.params["thread_ts"] == "1700000100.000100"
     text = all_text(posted.blocks)
@@ -124,23 +118,23 @@ def test_mention_is_answered_in_its_thread_with_sources_and_feedback_buttons(
 
 
 def test_a_thread_shows_slacks_status_while_penny_works_and_it_is_cleared_after(
-    penny: Harness, fake: FakeSlack
+    penny: Harness, slack: FakeSlack
 ) -> None:
     penny.event(mention("<@UPENNY> how do I deploy?"))
-    wait_cleared(fake)
-    assert methods(fake) == ["assistant.threads.setStatus", "chat.postMessage", "assistant.threads.setStatus"]
-    shown, cleared = fake.calls("assistant.threads.setStatus")
+    wait_cleared(slack)
+    assert methods(slack) == ["assistant.threads.setStatus", "chat.postMessage", "assistant.threads.setStatus"]
+    shown, cleared = slack.calls("assistant.threads.setStatus")
     assert (shown.params["channel_id"], shown.params["thread_ts"]) == ("C1", "1700000100.000100")
     assert shown.params["status"] == "is searching the docs…"  # Slack shows "Penny is searching the docs…"
-    assert cleared.params["status"] == "" and fake.status("C1", "1700000100.000100") == ""
-    assert fake.count("reactions.add") == 0  # no 👀 where the status applies
+    assert cleared.params["status"] == "" and slack.status("C1", "1700000100.000100") == ""
+    assert slack.count("reactions.add") == 0  # no 👀 where the status applies
 
 
-def test_a_top_level_dm_question_gets_the_eyes_reaction(penny: Harness, fake: FakeSlack) -> None:
+def test_a_top_level_dm_question_gets_the_eyes_reaction(penny: Harness, slack: FakeSlack) -> None:
     penny.event(message("how do I deploy?", channel="D1", channel_type="im", ts="1700000400.000100"))
-    wait_cleared(fake)
-    assert methods(fake) == ["reactions.add", "chat.postMessage", "reactions.remove"]
-    for call in (fake.last("reactions.add"), fake.last("reactions.remove")):
+    wait_cleared(slack)
+    assert methods(slack) == ["reactions.add", "chat.postMessage", "reactions.remove"]
+    for call in (slack.last("reactions.add"), slack.last("reactions.remove")):
         assert (call.params["channel"], call.params["timestamp"], call.params["name"]) == (
             "D1",
             "1700000400.000100",
@@ -150,54 +144,54 @@ def test_a_top_level_dm_question_gets_the_eyes_reaction(penny: Harness, fake: Fa
 
 @pytest.mark.parametrize("error", ["missing_scope", "channel_type_not_supported"])
 def test_where_slack_refuses_the_status_the_question_gets_the_eyes_instead(
-    penny: Harness, fake: FakeSlack, error: str
+    penny: Harness, slack: FakeSlack, error: str
 ) -> None:
-    fake.fail("assistant.threads.setStatus", error)
+    slack.fail("assistant.threads.setStatus", error)
     penny.event(mention("<@UPENNY> how do I deploy?", ts="1700000100.000100"))
-    wait_cleared(fake)
+    wait_cleared(slack)
     penny.event(mention("<@UPENNY> and rollbacks?", ts="1700000500.000100"))
-    wait_cleared(fake, 2)
-    statuses = fake.count("assistant.threads.setStatus")
+    wait_cleared(slack, 2)
+    statuses = slack.count("assistant.threads.setStatus")
     if error == "missing_scope":  # will not change: statuses are off until Penny restarts
-        assert methods(fake) == ["assistant.threads.setStatus", "reactions.add", "chat.postMessage",
+        assert methods(slack) == ["assistant.threads.setStatus", "reactions.add", "chat.postMessage",
                                  "reactions.remove", "reactions.add", "chat.postMessage", "reactions.remove"]
     else:  # this conversation only: the next question tries the status again
-        assert statuses == 3 and fake.count("reactions.add") == 1
+        assert statuses == 3 and slack.count("reactions.add") == 1
 
 
 def test_an_answer_out_within_the_grace_period_gets_no_eyes_reaction(
-    fake: FakeSlack, sqlite_store: SqliteStore, answerer: ScriptedAnswerer
+    slack: FakeSlack, sqlite_store: SqliteStore, answerer: ScriptedAnswerer
 ) -> None:
     working = WorkingIndicator(grace_s=60)  # Penny's own indicator; no answer here takes 60 s
-    harness = Harness(fake, sqlite_store, answerer, working=working)
+    harness = Harness(slack, sqlite_store, answerer, working=working)
     harness.event(mention("<@UPENNY> how do I deploy?"))
-    fake.wait_for("chat.postMessage")
+    slack.wait_for("chat.postMessage")
     harness.settle()
     working.close()
-    assert methods(fake) == ["chat.postMessage"]
+    assert methods(slack) == ["chat.postMessage"]
 
 
 @pytest.mark.parametrize("method", ["reactions.add", "assistant.threads.setStatus"])
-def test_a_throttled_reaction_or_status_does_not_hold_the_answer_back(penny: Harness, fake: FakeSlack,
+def test_a_throttled_reaction_or_status_does_not_hold_the_answer_back(penny: Harness, slack: FakeSlack,
                                                                       method: str) -> None:
-    fake.rate_limit(method, retry_after=30)  # reactions.add is Tier 3: a burst reaches it
+    slack.rate_limit(method, retry_after=30)  # reactions.add is Tier 3: a burst reaches it
     if method == "reactions.add":
         penny.event(message("how do I deploy?", channel="D1", channel_type="im"))
     else:
         penny.event(mention("<@UPENNY> how do I deploy?"))
-    fake.wait_for("chat.postMessage")  # not 30 s later
+    slack.wait_for("chat.postMessage")  # not 30 s later
     penny.settle()
-    assert methods(fake) == [method, "chat.postMessage"]  # skipped: nothing to take off
+    assert methods(slack) == [method, "chat.postMessage"]  # skipped: nothing to take off
 
 
 def test_a_thread_follow_up_without_a_mention_is_answered_with_the_thread_as_history(
-    penny: Harness, fake: FakeSlack, answerer: ScriptedAnswerer
+    penny: Harness, slack: FakeSlack, answerer: ScriptedAnswerer
 ) -> None:
     root = "1700000100.000100"
     penny.event(mention("<@UPENNY> how do I deploy?", ts=root))
-    [first] = fake.wait_for("chat.postMessage")
-    wait_cleared(fake)  # the thread is remembered once the answer is out
-    fake.set_replies(
+    [first] = slack.wait_for("chat.postMessage")
+    wait_cleared(slack)  # the thread is remembered once the answer is out
+    slack.set_replies(
         "C1",
         root,
         [
@@ -214,7 +208,7 @@ def test_a_thread_follow_up_without_a_mention_is_answered_with_the_thread_as_his
         ],
     )
     penny.event(message("and on staging?", thread_ts=root), event_id="EvFollow")
-    fake.wait_for("chat.postMessage", 2)
+    slack.wait_for("chat.postMessage", 2)
 
     follow_up = answerer.questions[-1]
     assert follow_up.text == "and on staging?"
@@ -224,18 +218,18 @@ def test_a_thread_follow_up_without_a_mention_is_answered_with_the_thread_as_his
         ("assistant", "Run make deploy [1]."),
         ("user", "thanks!"),
     )
-    replies = fake.last("conversations.replies")
+    replies = slack.last("conversations.replies")
     assert (replies.params["channel"], replies.params["ts"]) == ("C1", root)
-    assert fake.last("chat.postMessage").params["thread_ts"] == root
+    assert slack.last("chat.postMessage").params["thread_ts"] == root
     assert first.params["thread_ts"] == root
 
 
 def test_a_long_thread_gives_its_root_and_its_latest_turns_as_history(
-    penny: Harness, fake: FakeSlack, answerer: ScriptedAnswerer
+    penny: Harness, slack: FakeSlack, answerer: ScriptedAnswerer
 ) -> None:
     root = "1700000100.000100"
     penny.event(mention("<@UPENNY> how do I deploy?", ts=root))
-    wait_cleared(fake)  # the thread is remembered once the answer is out
+    wait_cleared(slack)  # the thread is remembered once the answer is out
     replies = [{"type": "message", "user": "U1", "text": "<@UPENNY> how do I deploy?", "ts": root}]
     replies += [{"type": "message", "user": f"U{2 + i % 3}", "text": f"reply {i}", "ts": f"{1700000200 + i}.000100",
                  "thread_ts": root} for i in range(450)]
@@ -243,39 +237,39 @@ def test_a_long_thread_gives_its_root_and_its_latest_turns_as_history(
     replies.append({"type": "message", "user": "U1", "text": "and on staging?", "ts": asked, "thread_ts": root})
     replies += [{"type": "message", "user": "U2", "text": "later", "ts": f"{1700000200 + 451 + i}.000100",
                  "thread_ts": root} for i in range(300)]  # posted while Penny works: no more pages for them
-    fake.set_replies("C1", root, replies)
+    slack.set_replies("C1", root, replies)
 
     penny.event(message("and on staging?", ts=asked, thread_ts=root), event_id="EvLong")
-    fake.wait_for("chat.postMessage", 2)
+    slack.wait_for("chat.postMessage", 2)
 
     latest = tuple(("user", f"reply {i}") for i in range(441, 450))
     assert answerer.questions[-1].history == (("user", "how do I deploy?"), *latest)
-    pages = fake.calls("conversations.replies")
+    pages = slack.calls("conversations.replies")
     assert [call.params.get("cursor") is None for call in pages] == [True, False, False]  # up to the question
     assert {call.params["limit"] for call in pages} == {"200"}
 
 
-def _answered_thread(penny: Harness, fake: FakeSlack) -> str:
+def _answered_thread(penny: Harness, slack: FakeSlack) -> str:
     root = "1700000100.000100"
     penny.event(mention("<@UPENNY> how do I deploy?", ts=root))
-    wait_cleared(fake)  # the thread is remembered once the answer is out
+    wait_cleared(slack)  # the thread is remembered once the answer is out
     return root
 
 
 def test_chatter_in_a_thread_gets_no_reply_and_the_log_says_why(
-    penny: Harness, fake: FakeSlack, answerer: ScriptedAnswerer
+    penny: Harness, slack: FakeSlack, answerer: ScriptedAnswerer
 ) -> None:
-    root = _answered_thread(penny, fake)
-    calls = fake.count()
+    root = _answered_thread(penny, slack)
+    calls = slack.count()
     with structlog.testing.capture_logs() as logs:
         for i, text in enumerate(["thanks!", "lol", "ok cool, will do", "+1"]):
             penny.event(message(text, ts=f"{1700000200 + i}.0", thread_ts=root, user="U2"), event_id=f"EvChat{i}")
         penny.event(message("ok but how do I roll back?", ts="1700000300.0", thread_ts=root), event_id="EvAsk")
         penny.settle()
     assert sorted(q.text for q in answerer.questions) == ["how do I deploy?", "ok but how do I roll back?"]
-    assert fake.count("chat.postMessage") == 2
-    assert fake.count("conversations.replies") == 1  # for the question; chatter costs no Slack call
-    assert fake.count() - calls == 4  # its reactions, history and answer
+    assert slack.count("chat.postMessage") == 2
+    assert slack.count("conversations.replies") == 1  # for the question; chatter costs no Slack call
+    assert slack.count() - calls == 4  # its reactions, history and answer
     decisions = [(e["event"], e["reason"], e["event_id"]) for e in logs if e["event"].startswith("slack.thread_reply")]
     assert sorted(decisions) == sorted([
         ("slack.thread_reply_skipped", "thanks", "EvChat0"),
@@ -295,12 +289,12 @@ def test_chatter_in_a_thread_gets_no_reply_and_the_log_says_why(
     ],
 )
 def test_thread_replies_setting_chooses_which_replies_are_answered(
-    fake: FakeSlack, sqlite_store: SqliteStore, mode: ThreadReplies, answered: list[str]
+    slack: FakeSlack, sqlite_store: SqliteStore, mode: ThreadReplies, answered: list[str]
 ) -> None:
     answerer = ScriptedAnswerer()
-    penny = Harness(fake, sqlite_store, answerer, thread_replies=mode)
+    penny = Harness(slack, sqlite_store, answerer, thread_replies=mode)
     try:
-        root = _answered_thread(penny, fake)
+        root = _answered_thread(penny, slack)
         for i, text in enumerate(["thanks!", "<@U2> can you check?", "and on staging?"]):
             penny.event(message(text, ts=f"{1700000200 + i}.0", thread_ts=root))
         penny.event(mention("<@UPENNY> and rollbacks?", ts="1700000300.0", thread_ts=root))
@@ -310,45 +304,45 @@ def test_thread_replies_setting_chooses_which_replies_are_answered(
 
 
 def test_a_thread_penny_is_not_part_of_is_left_alone(
-    penny: Harness, fake: FakeSlack, answerer: ScriptedAnswerer
+    penny: Harness, slack: FakeSlack, answerer: ScriptedAnswerer
 ) -> None:
     penny.event(message("what about staging?", thread_ts="1699999999.000001"))
     penny.settle()
     assert answerer.questions == []
-    assert methods(fake) == []  # not even conversations.replies: the store knows Penny's threads
+    assert methods(slack) == []  # not even conversations.replies: the store knows Penny's threads
 
 
 def test_a_private_channel_thread_follow_up_is_answered(
-    penny: Harness, fake: FakeSlack, answerer: ScriptedAnswerer
+    penny: Harness, slack: FakeSlack, answerer: ScriptedAnswerer
 ) -> None:
     root = "1700000100.000100"
     penny.event({**mention("<@UPENNY> how do I deploy?", ts=root), "channel": "G1"})
-    fake.wait_for("chat.postMessage")
-    wait_cleared(fake)  # the thread is remembered once the answer is out
+    slack.wait_for("chat.postMessage")
+    wait_cleared(slack)  # the thread is remembered once the answer is out
     penny.event(message("and rollbacks?", channel="G1", channel_type="group", thread_ts=root))
-    [_, second] = fake.wait_for("chat.postMessage", 2)
+    [_, second] = slack.wait_for("chat.postMessage", 2)
     assert (second.params["channel"], second.params["thread_ts"]) == ("G1", root)
     assert [q.text for q in answerer.questions] == ["how do I deploy?", "and rollbacks?"]
 
 
 def test_a_group_dm_thread_follow_up_is_answered(
-    penny: Harness, fake: FakeSlack, answerer: ScriptedAnswerer
+    penny: Harness, slack: FakeSlack, answerer: ScriptedAnswerer
 ) -> None:
     root = "1700000100.000100"
     penny.event({**mention("<@UPENNY> how do I deploy?", ts=root), "channel": "G2"})
-    wait_cleared(fake)  # the thread is remembered once the answer is out
+    wait_cleared(slack)  # the thread is remembered once the answer is out
     penny.event(message("thanks!", channel="G2", channel_type="mpim", thread_ts=root, ts="1700000150.0"))
     penny.event(message("and rollbacks?", channel="G2", channel_type="mpim", thread_ts=root))
     penny.event(message("a group DM message without a mention", channel="G2", channel_type="mpim"))
     penny.settle()
-    [_, second] = fake.calls("chat.postMessage")
+    [_, second] = slack.calls("chat.postMessage")
     assert (second.params["channel"], second.params["thread_ts"]) == ("G2", root)
     assert [q.text for q in answerer.questions] == ["how do I deploy?", "and rollbacks?"]
 
 
-def test_a_direct_message_is_answered(penny: Harness, fake: FakeSlack, answerer: ScriptedAnswerer) -> None:
+def test_a_direct_message_is_answered(penny: Harness, slack: FakeSlack, answerer: ScriptedAnswerer) -> None:
     penny.event(message("how do I deploy?", channel="D1", channel_type="im"), event_id="EvDM")
-    [posted] = fake.wait_for("chat.postMessage")
+    [posted] = slack.wait_for("chat.postMessage")
     assert posted.params["channel"] == "D1"
     assert "thread_ts" not in posted.params
     assert "*Sources*" in all_text(posted.blocks)
@@ -380,21 +374,21 @@ def test_a_direct_message_is_answered(penny: Harness, fake: FakeSlack, answerer:
     ],
 )
 def test_messages_not_for_penny_are_ignored(
-    penny: Harness, fake: FakeSlack, answerer: ScriptedAnswerer, event: dict[str, Any]
+    penny: Harness, slack: FakeSlack, answerer: ScriptedAnswerer, event: dict[str, Any]
 ) -> None:
     assert penny.event(event).status == 200
     penny.settle()
     assert answerer.questions == []
-    assert methods(fake) == []
+    assert methods(slack) == []
 
 
 def test_in_a_thread_a_mention_is_answered_once_and_a_reply_to_others_not_at_all(
-    penny: Harness, fake: FakeSlack, answerer: ScriptedAnswerer
+    penny: Harness, slack: FakeSlack, answerer: ScriptedAnswerer
 ) -> None:
     root = "1700000100.000100"
     penny.event(mention("<@UPENNY> how do I deploy?", ts=root))
-    fake.wait_for("chat.postMessage")
-    wait_cleared(fake)  # the thread is remembered once the answer is out
+    slack.wait_for("chat.postMessage")
+    wait_cleared(slack)  # the thread is remembered once the answer is out
     later = "1700000300.000100"
     # Slack delivers the same message as app_mention and as message, under different event IDs.
     penny.event(mention("<@UPENNY> and staging?", ts=later, thread_ts=root), event_id="EvAsMention")
@@ -402,12 +396,12 @@ def test_in_a_thread_a_mention_is_answered_once_and_a_reply_to_others_not_at_all
     # A reply in the thread addressed to someone else is not for Penny.
     penny.event(message("<@U2> can you check staging?", ts="1700000400.0", thread_ts=root), event_id="EvToU2")
     penny.settle()
-    assert fake.count("chat.postMessage") == 2
+    assert slack.count("chat.postMessage") == 2
     assert [q.request_id for q in answerer.questions][1:] == ["EvAsMention"]
 
 
 def test_the_same_event_delivered_three_times_is_answered_once(
-    penny: Harness, fake: FakeSlack, answerer: ScriptedAnswerer
+    penny: Harness, slack: FakeSlack, answerer: ScriptedAnswerer
 ) -> None:
     event = mention("<@UPENNY> how do I deploy?")
     assert penny.event(event, event_id="EvDup").status == 200
@@ -415,8 +409,8 @@ def test_the_same_event_delivered_three_times_is_answered_once(
     assert penny.event(event, event_id="EvDup", headers=retry).status == 200
     assert penny.event(event, event_id="EvDup", headers={**retry, "X-Slack-Retry-Num": "2"}).status == 200
     penny.settle()
-    assert fake.count("chat.postMessage") == 1
-    assert fake.count("assistant.threads.setStatus") == 2  # shown once, cleared once
+    assert slack.count("chat.postMessage") == 1
+    assert slack.count("assistant.threads.setStatus") == 2  # shown once, cleared once
     assert [q.request_id for q in answerer.questions] == ["EvDup"]
 
 
@@ -425,14 +419,14 @@ def test_the_same_event_delivered_three_times_is_answered_once(
     [pytest.param(0, "forged-secret", id="forged-signature"), pytest.param(-600, SECRET, id="expired-timestamp")],
 )
 def test_unsigned_or_stale_requests_are_rejected(
-    penny: Harness, fake: FakeSlack, answerer: ScriptedAnswerer, stamp_offset: int, secret: str
+    penny: Harness, slack: FakeSlack, answerer: ScriptedAnswerer, stamp_offset: int, secret: str
 ) -> None:
     response = penny.event(
         mention("<@UPENNY> how do I deploy?"), timestamp=int(time.time()) + stamp_offset, secret=secret
     )
     assert response.status == 401
     penny.settle()
-    assert fake.calls() == []
+    assert slack.calls() == []
     assert answerer.questions == []
 
 
@@ -467,16 +461,16 @@ def test_unsigned_or_stale_requests_are_rejected(
     ids=["rate_limited", "over_budget", "breaker_open", "in_flight", "upstream_error", "error-without-reason"],
 )
 def test_a_refusal_goes_to_the_asker_alone_with_the_closest_docs(
-    fake: FakeSlack, sqlite_store: SqliteStore, answer: Answer, heading: str
+    slack: FakeSlack, sqlite_store: SqliteStore, answer: Answer, heading: str
 ) -> None:
     refused = Answer(
         kind=answer.kind, text=answer.text, refusal=answer.refusal, retry_after=answer.retry_after, citations=CITATIONS
     )
-    penny = Harness(fake, sqlite_store, ScriptedAnswerer(refused))
+    penny = Harness(slack, sqlite_store, ScriptedAnswerer(refused))
     try:
         penny.event(mention("<@UPENNY> how do I deploy?"))
-        [ephemeral] = fake.wait_for("chat.postEphemeral")
-        wait_cleared(fake)
+        [ephemeral] = slack.wait_for("chat.postEphemeral")
+        wait_cleared(slack)
     finally:
         penny.settle()
     assert (ephemeral.params["channel"], ephemeral.params["user"]) == ("C1", "U1")
@@ -486,42 +480,42 @@ def test_a_refusal_goes_to_the_asker_alone_with_the_closest_docs(
     assert answer.text in text
     assert "Closest docs" in text and "https://docs.example.com/ops/deploy" in text and "ops/rollback.md" in text
     assert heading in ephemeral.params["text"]
-    assert fake.count("chat.postMessage") == 0
+    assert slack.count("chat.postMessage") == 0
 
 
-def test_no_match_is_an_ordinary_reply_in_the_thread(fake: FakeSlack, sqlite_store: SqliteStore) -> None:
+def test_no_match_is_an_ordinary_reply_in_the_thread(slack: FakeSlack, sqlite_store: SqliteStore) -> None:
     no_match = Answer(kind="no_match", text="I found nothing in the docs about that.", citations=CITATIONS[:1])
-    penny = Harness(fake, sqlite_store, ScriptedAnswerer(no_match))
+    penny = Harness(slack, sqlite_store, ScriptedAnswerer(no_match))
     try:
         penny.event(mention("<@UPENNY> what's the wifi password?"))
-        [posted] = fake.wait_for("chat.postMessage")
+        [posted] = slack.wait_for("chat.postMessage")
     finally:
         penny.settle()
     assert posted.params["thread_ts"] == "1700000100.000100"
     text = all_text(posted.blocks)
     assert "No docs match your question" in text and "I found nothing in the docs" in text
     assert "https://docs.example.com/ops/deploy" in text
-    assert fake.count("chat.postEphemeral") == 0
+    assert slack.count("chat.postEphemeral") == 0
 
 
 def test_an_empty_mention_gets_help_without_asking_the_service(
-    penny: Harness, fake: FakeSlack, answerer: ScriptedAnswerer
+    penny: Harness, slack: FakeSlack, answerer: ScriptedAnswerer
 ) -> None:
     penny.event(mention("<@UPENNY>   "))
-    [posted] = fake.wait_for("chat.postMessage")
+    [posted] = slack.wait_for("chat.postMessage")
     penny.settle()
     assert posted.params["thread_ts"] == "1700000100.000100"
     assert HELP_TEXT in all_text(posted.blocks)
     assert answerer.questions == []
-    assert methods(fake) == ["chat.postMessage"]
+    assert methods(slack) == ["chat.postMessage"]
 
 
 def test_a_40000_character_message_is_truncated_and_the_reply_says_so(
-    penny: Harness, fake: FakeSlack, answerer: ScriptedAnswerer
+    penny: Harness, slack: FakeSlack, answerer: ScriptedAnswerer
 ) -> None:
     huge = "why " * 10_000
     penny.event(mention("<@UPENNY> " + huge))
-    [posted] = fake.wait_for("chat.postMessage")
+    [posted] = slack.wait_for("chat.postMessage")
     [question] = answerer.questions
     assert len(question.text) == MAX_QUESTION_CHARS
     assert huge.strip().startswith(question.text.strip())
@@ -531,49 +525,49 @@ def test_a_40000_character_message_is_truncated_and_the_reply_says_so(
 
 
 def test_a_failing_service_gets_an_apology_and_the_reaction_still_goes(
-    fake: FakeSlack, sqlite_store: SqliteStore
+    slack: FakeSlack, sqlite_store: SqliteStore
 ) -> None:
-    penny = Harness(fake, sqlite_store, ScriptedAnswerer(raises=RuntimeError("a bug in the service")))
+    penny = Harness(slack, sqlite_store, ScriptedAnswerer(raises=RuntimeError("a bug in the service")))
     with structlog.testing.capture_logs() as logs:
         try:
             penny.event(mention("<@UPENNY> how do I deploy?"))
-            [ephemeral] = fake.wait_for("chat.postEphemeral")
-            wait_cleared(fake)
+            [ephemeral] = slack.wait_for("chat.postEphemeral")
+            wait_cleared(slack)
         finally:
             penny.settle()
     assert "try again" in all_text(ephemeral.blocks)
-    assert methods(fake) == ["assistant.threads.setStatus", "chat.postEphemeral", "assistant.threads.setStatus"]
+    assert methods(slack) == ["assistant.threads.setStatus", "chat.postEphemeral", "assistant.threads.setStatus"]
     assert any(entry["event"] == "slack.answerer_failed" for entry in logs)
 
 
-def test_a_429_on_post_message_is_retried_and_the_answer_arrives(penny: Harness, fake: FakeSlack) -> None:
-    fake.rate_limit("chat.postMessage", retry_after=0)
+def test_a_429_on_post_message_is_retried_and_the_answer_arrives(penny: Harness, slack: FakeSlack) -> None:
+    slack.rate_limit("chat.postMessage", retry_after=0)
     penny.event(mention("<@UPENNY> how do I deploy?"))
-    limited, delivered = fake.wait_for("chat.postMessage", 2)
+    limited, delivered = slack.wait_for("chat.postMessage", 2)
     assert (limited.status, delivered.status) == (429, 200)
     assert delivered.blocks == limited.blocks
-    wait_cleared(fake)
+    wait_cleared(slack)
 
 
 # ---------------------------------------------------------------------------------------------
 # Feedback and fresh answers
 
 
-def _answered(penny: Harness, fake: FakeSlack) -> SlackCall:
+def _answered(penny: Harness, slack: FakeSlack) -> SlackCall:
     penny.event(mention("<@UPENNY> how do I deploy?"))
-    [posted] = fake.wait_for("chat.postMessage")
+    [posted] = slack.wait_for("chat.postMessage")
     return posted
 
 
-def test_thumbs_up_is_recorded_and_acknowledged_to_the_voter_alone(fake: FakeSlack,
+def test_thumbs_up_is_recorded_and_acknowledged_to_the_voter_alone(slack: FakeSlack,
                                                                    sqlite_store: SqliteStore) -> None:
-    penny = Harness(fake, sqlite_store, ScriptedAnswerer(ANSWER))
+    penny = Harness(slack, sqlite_store, ScriptedAnswerer(ANSWER))
     try:
-        answer_ts = _answer_ts(fake)
-        _answered(penny, fake)
-        wait_cleared(fake)
+        answer_ts = _answer_ts(slack)
+        _answered(penny, slack)
+        wait_cleared(slack)
         assert penny.action(feedback_click("up", "entry-1", message_ts=answer_ts)).status == 200
-        [ack] = fake.wait_for("chat.postEphemeral")
+        [ack] = slack.wait_for("chat.postEphemeral")
     finally:
         penny.settle()
     assert penny.feedback == [("U1", "entry-1", True)]
@@ -583,18 +577,18 @@ def test_thumbs_up_is_recorded_and_acknowledged_to_the_voter_alone(fake: FakeSla
 
 
 def test_thumbs_down_on_a_fresh_answer_is_acknowledged_and_offers_to_say_why(
-    fake: FakeSlack, sqlite_store: SqliteStore
+    slack: FakeSlack, sqlite_store: SqliteStore
 ) -> None:
     from bot.feedback import feedback_counts
     from bot.slack.agent import ACTION_FEEDBACK_REASON, REASON_CALLBACK
 
-    penny = Harness(fake, sqlite_store, ScriptedAnswerer(ANSWER))
+    penny = Harness(slack, sqlite_store, ScriptedAnswerer(ANSWER))
     try:
-        answer_ts = _answer_ts(fake)
-        _answered(penny, fake)
-        wait_cleared(fake)
+        answer_ts = _answer_ts(slack)
+        _answered(penny, slack)
+        wait_cleared(slack)
         assert penny.action(feedback_click("down", "entry-1", message_ts=answer_ts)).status == 200
-        [ack] = fake.wait_for("chat.postEphemeral")
+        [ack] = slack.wait_for("chat.postEphemeral")
         assert "did not help" in all_text(ack.blocks)
         [actions] = [b for b in ack.blocks if b["type"] == "actions"]
         [why] = actions["elements"]  # a fresh answer is not offered: it was not from the cache
@@ -603,7 +597,7 @@ def test_thumbs_down_on_a_fresh_answer_is_acknowledged_and_offers_to_say_why(
         click = block_action({"action_id": ACTION_FEEDBACK_REASON, "block_id": "b", "value": why["value"]},
                              message_ts="1700000999.000001")
         assert penny.action(click).status == 200
-        [opened] = fake.wait_for("views.open")
+        [opened] = slack.wait_for("views.open")
         form = opened.json_param("view")
         assert opened.params["trigger_id"] == click["trigger_id"]
         assert form["callback_id"] == REASON_CALLBACK and form["blocks"][0]["optional"] is True
@@ -613,7 +607,7 @@ def test_thumbs_down_on_a_fresh_answer_is_acknowledged_and_offers_to_say_why(
                      "view": {**form, "id": "V1", "state": {"values": {"reason": {"text": {
                          "type": "plain_text_input", "value": "  It cited the old\nrunbook. "}}}}}}
         assert penny.action(submitted).status == 200
-        [_, thanks] = fake.wait_for("chat.postEphemeral", 2)
+        [_, thanks] = slack.wait_for("chat.postEphemeral", 2)
     finally:
         penny.settle()
     assert penny.feedback == [("U1", "entry-1", False)]
@@ -625,13 +619,13 @@ def test_thumbs_down_on_a_fresh_answer_is_acknowledged_and_offers_to_say_why(
     assert set(reason.pages) == {c.path for c in ANSWER.citations}
 
 
-def test_the_buttons_of_answers_posted_before_native_feedback_still_count(fake: FakeSlack,
+def test_the_buttons_of_answers_posted_before_native_feedback_still_count(slack: FakeSlack,
                                                                           sqlite_store: SqliteStore) -> None:
-    penny = Harness(fake, sqlite_store, ScriptedAnswerer(ANSWER))
+    penny = Harness(slack, sqlite_store, ScriptedAnswerer(ANSWER))
     try:
         click = {"action_id": ACTION_FEEDBACK_UP, "block_id": "penny_feedback", "value": "entry-1"}
         assert penny.action(block_action(click, message_ts="1700000001.000001")).status == 200
-        fake.wait_for("chat.postEphemeral")
+        slack.wait_for("chat.postEphemeral")
     finally:
         penny.settle()
     assert penny.feedback == [("U1", "entry-1", True)]
@@ -640,13 +634,13 @@ def test_the_buttons_of_answers_posted_before_native_feedback_still_count(fake: 
 ANSWER_TS = "1700000500.000500"
 
 
-def _answer_ts(fake: FakeSlack) -> str:
+def _answer_ts(slack: FakeSlack) -> str:
     """Pin the ts of every chat.postMessage so a test can click buttons on "that" message."""
-    fake.respond("chat.postMessage", lambda call: {"ok": True, "channel": call.params.get("channel"), "ts": ANSWER_TS})
+    slack.respond("chat.postMessage", lambda call: {"ok": True, "channel": call.params.get("channel"), "ts": ANSWER_TS})
     return ANSWER_TS
 
 
-def test_thumbs_down_on_a_cached_answer_offers_a_fresh_one(fake: FakeSlack, sqlite_store: SqliteStore) -> None:
+def test_thumbs_down_on_a_cached_answer_offers_a_fresh_one(slack: FakeSlack, sqlite_store: SqliteStore) -> None:
     cached = Answer(
         kind="answer",
         text="Run `make deploy` [1].",
@@ -657,14 +651,14 @@ def test_thumbs_down_on_a_cached_answer_offers_a_fresh_one(fake: FakeSlack, sqli
     )
     fresh = Answer(kind="answer", text="Run `make release` now [1].", citations=CITATIONS[:1], entry_id="entry-8")
     answerer = ScriptedAnswerer(cached, fresh)
-    penny = Harness(fake, sqlite_store, answerer)
+    penny = Harness(slack, sqlite_store, answerer)
     try:
-        answer_ts = _answer_ts(fake)
-        _answered(penny, fake)
-        wait_cleared(fake)
+        answer_ts = _answer_ts(slack)
+        _answered(penny, slack)
+        wait_cleared(slack)
         root = "1700000100.000100"
         assert penny.action(feedback_click("down", "entry-7", message_ts=answer_ts)).status == 200
-        [offer] = fake.wait_for("chat.postEphemeral")
+        [offer] = slack.wait_for("chat.postEphemeral")
         assert (offer.params["user"], offer.params["channel"], offer.params["thread_ts"]) == ("U1", "C1", root)
         assert "did not help" in all_text(offer.blocks)
         [actions] = [b for b in offer.blocks if b["type"] == "actions"]
@@ -676,10 +670,10 @@ def test_thumbs_down_on_a_cached_answer_offers_a_fresh_one(fake: FakeSlack, sqli
         click = {"action_id": ACTION_FRESH_ANSWER, "block_id": actions["block_id"], "value": button["value"]}
         payload = block_action(click, message_ts="1700000999.000001")
         payload["container"]["is_ephemeral"] = True
-        payload["response_url"] = fake.base_url + "respond/ephemeral-offer"
+        payload["response_url"] = slack.base_url + "respond/ephemeral-offer"
         assert penny.action(payload).status == 200
-        [_, again] = fake.wait_for("chat.postMessage", 2)
-        fake.wait_for("respond/ephemeral-offer")
+        [_, again] = slack.wait_for("chat.postMessage", 2)
+        slack.wait_for("respond/ephemeral-offer")
     finally:
         penny.settle()
     assert penny.feedback == [("U1", "entry-7", False)]
@@ -689,28 +683,28 @@ def test_thumbs_down_on_a_cached_answer_offers_a_fresh_one(fake: FakeSlack, sqli
     assert (first.fresh, second.fresh) == (False, True)
     assert second.text == "how do I deploy?" and second.user_id == "U1" and second.channel_id == "C1"
     assert second.request_id != first.request_id
-    assert fake.last("respond/ephemeral-offer").json_param("delete_original") in (True, "true")
+    assert slack.last("respond/ephemeral-offer").json_param("delete_original") in (True, "true")
 
 
 # ---------------------------------------------------------------------------------------------
 # App Home, settings, construction
 
 
-def test_app_home_opened_publishes_the_home_tab(penny: Harness, fake: FakeSlack) -> None:
+def test_app_home_opened_publishes_the_home_tab(penny: Harness, slack: FakeSlack) -> None:
     penny.event({"type": "app_home_opened", "user": "U1", "channel": "D1", "tab": "home", "event_ts": "1.1"})
-    [published] = fake.wait_for("views.publish")
+    [published] = slack.wait_for("views.publish")
     assert published.params["user_id"] == "U1"
     assert "docs" in json.dumps(published.json_param("view"))
 
 
-def test_settings_hide_secrets_and_the_client_retries_slack_rate_limits(fake: FakeSlack) -> None:
+def test_settings_hide_secrets_and_the_client_retries_slack_rate_limits(slack: FakeSlack) -> None:
     settings = SlackSettings(
-        bot_token=TOKEN, signing_secret=SECRET, app_token="xapp-1-secret-app-token", api_url=fake.base_url.rstrip("/")
+        bot_token=TOKEN, signing_secret=SECRET, app_token="xapp-1-secret-app-token", api_url=slack.base_url.rstrip("/")
     )
     shown = repr(settings)
     assert TOKEN not in shown and SECRET not in shown and "xapp-" not in shown
     client = make_client(settings)
-    assert client.base_url == fake.base_url
+    assert client.base_url == slack.base_url
     kinds = {type(h) for h in client.retry_handlers}
     assert {RateLimitErrorRetryHandler, ConnectionErrorRetryHandler} <= kinds
     default = make_client(SlackSettings(bot_token=TOKEN, signing_secret=SECRET))
@@ -776,7 +770,7 @@ def test_manifest_declares_exactly_what_the_app_uses() -> None:
     assert sorted(manifest["oauth_config"]["scopes"]["bot"]) == sorted(BOT_SCOPES)
 
 
-def test_every_subscribed_event_reaches_a_listener(penny: Harness, fake: FakeSlack) -> None:
+def test_every_subscribed_event_reaches_a_listener(penny: Harness, slack: FakeSlack) -> None:
     """Each bot event in the manifest is one the app acts on (and none is unhandled: Bolt would 404)."""
     root = "1700000100.000100"
     examples = {
@@ -793,23 +787,23 @@ def test_every_subscribed_event_reaches_a_listener(penny: Harness, fake: FakeSla
     for name, event in examples.items():
         assert penny.event(event).status == 200, name
         if name == "app_mention":
-            fake.wait_for("chat.postMessage")
-            wait_cleared(fake)  # the thread is remembered once the answer is out
+            slack.wait_for("chat.postMessage")
+            wait_cleared(slack)  # the thread is remembered once the answer is out
     penny.settle()
-    assert fake.count("chat.postMessage") == 5
-    assert fake.count("views.publish") == 1
+    assert slack.count("chat.postMessage") == 5
+    assert slack.count("views.publish") == 1
 
 
 def test_votes_are_stored_with_the_answer_pages_and_counted_per_page_and_user(
-    fake: FakeSlack, sqlite_store: SqliteStore
+    slack: FakeSlack, sqlite_store: SqliteStore
 ) -> None:
     from bot.feedback import feedback_counts
 
-    penny = Harness(fake, sqlite_store, ScriptedAnswerer(ANSWER))
+    penny = Harness(slack, sqlite_store, ScriptedAnswerer(ANSWER))
     try:
-        answer_ts = _answer_ts(fake)
-        _answered(penny, fake)
-        wait_cleared(fake)
+        answer_ts = _answer_ts(slack)
+        _answered(penny, slack)
+        wait_cleared(slack)
         up = {"action_id": ACTION_FEEDBACK_UP, "block_id": "penny_feedback", "value": "entry-1"}
         down = {"action_id": ACTION_FEEDBACK_DOWN, "block_id": "penny_feedback", "value": "entry-1"}
         penny.action(block_action(up, message_ts=answer_ts, user="U1"))

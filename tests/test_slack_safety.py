@@ -203,20 +203,13 @@ def test_random_text_never_yields_a_control_sequence() -> None:
 
 
 @pytest.fixture
-def slack() -> Iterator[FakeSlack]:
-    with FakeSlack() as server:
-        yield server
+def fake_answer() -> str:
+    return ANSWER
 
 
 @pytest.fixture
-def openai() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(answer=ANSWER) as server:
-        yield server
-
-
-@pytest.fixture
-def bot(slack: FakeSlack, openai: FakeOpenAI, tmp_path: Path) -> Iterator[StreamingBot]:
-    made = StreamingBot(slack, openai, tmp_path / "bot", docs_base_url=DOCS_URL)
+def bot(slack: FakeSlack, fake: FakeOpenAI, tmp_path: Path) -> Iterator[StreamingBot]:
+    made = StreamingBot(slack, fake, tmp_path / "bot", docs_base_url=DOCS_URL)
     yield made
     made.gateway.close()
 
@@ -251,12 +244,12 @@ def test_an_injected_llm_answer_streams_and_is_updated_as_text(bot: StreamingBot
 
 
 def test_a_cached_injected_answer_is_shown_as_text_too(bot: StreamingBot, slack: FakeSlack,
-                                                      openai: FakeOpenAI) -> None:
+                                                      fake: FakeOpenAI) -> None:
     bot.event(message("how do I start the dev server?", channel="D1", channel_type="im", ts=ROOT))
     bot.event(message("how do I start the dev server?", channel="D1", channel_type="im",
                       ts="1700000300.000100", user="U2"))
 
-    assert openai.count("chat") == 1  # the second came from the cache
+    assert fake.count("chat") == 1  # the second came from the cache
     cached = slack.calls("chat.postMessage")[-1]
     assert "cached" in shown_mrkdwn(cached)
     assert_shown_as_text(shown_mrkdwn(cached), *INJECTIONS)
@@ -278,7 +271,7 @@ class ServiceBot(Harness):
     ``gateway``; without one (no OpenAI key) the answers are extractive."""
 
     def __init__(self, slack: FakeSlack, store: Store, settings: BotSettings, gateway: Gateway | None = None) -> None:
-        self.fake = slack
+        self.slack = slack
         self.settings = SlackSettings(bot_token=TOKEN, signing_secret=SECRET, api_url=slack.base_url)
         self.app = build_app(answerer=open_answer_service(settings, store, gateway), store=store,
                              settings=self.settings, accounts=Accounts(store, settings), listener_executor=Inline(),
@@ -325,11 +318,11 @@ def test_store_down_during_a_question_tells_the_asker_plainly_and_logs_the_detai
     slack: FakeSlack, tmp_path: Path
 ) -> None:
     settings = BotSettings(openai_api_key=KEY, requests_per_minute=0, tokens_per_minute=0, docs_base_url=DOCS_URL)
-    with FakeOpenAI() as openai, RedisServer(tmp_path / "redis") as server:
+    with FakeOpenAI() as fake, RedisServer(tmp_path / "redis") as server:
         store = RedisStore.from_url(server.url, timeout_s=0.5)
         index_docs(settings, store, DOCS)
         gateway = Gateway(settings, store=store, metrics=Metrics(CollectorRegistry()),
-                          upstream=OpenAIUpstream(api_key=KEY, base_url=openai.base_url, timeout_s=5.0))
+                          upstream=OpenAIUpstream(api_key=KEY, base_url=fake.base_url, timeout_s=5.0))
         bot = ServiceBot(slack, store, settings, gateway)
         port = str(server.port)
         server.stop()  # Redis goes away while Penny is running
@@ -346,7 +339,7 @@ def test_store_down_during_a_question_tells_the_asker_plainly_and_logs_the_detai
         everything = json.dumps([c.params for c in slack.calls()], ensure_ascii=False)
         for internal in (port, "127.0.0.1", "ConnectionError", "Error 111", "Redis store", "Traceback"):
             assert internal not in everything
-        assert slack.count("chat.postMessage") == 0 and openai.count() == 0  # nothing asked, nothing charged
+        assert slack.count("chat.postMessage") == 0 and fake.count() == 0  # nothing asked, nothing charged
         [failure] = [e for e in logs if e["event"] == "answer_store_unavailable"]
         assert f"127.0.0.1:{port}" in failure["error"] and failure["request_id"]
         gateway.close()
@@ -358,15 +351,15 @@ def test_a_closed_sqlite_store_is_the_same_plain_sentence_from_the_service(sqlit
     settings = BotSettings(openai_api_key=KEY, requests_per_minute=0, tokens_per_minute=0)
     store = SqliteStore(sqlite_path)
     index_docs(settings, store, DOCS)
-    with FakeOpenAI() as openai:
+    with FakeOpenAI() as fake:
         gateway = Gateway(settings, store=store, metrics=Metrics(CollectorRegistry()),
-                          upstream=OpenAIUpstream(api_key=KEY, base_url=openai.base_url, timeout_s=5.0))
+                          upstream=OpenAIUpstream(api_key=KEY, base_url=fake.base_url, timeout_s=5.0))
         service = open_answer_service(settings, store, gateway)
         store.close()
         with structlog.testing.capture_logs() as logs:
             answer = service.answer(Question("how do I start the dev server?", "U1", TEAM, "r1"))
         gateway.close()
-        assert openai.count() == 0
+        assert fake.count() == 0
     assert (answer.kind, answer.refusal, answer.footer) == ("error", "store_unavailable", "nothing was charged")
     assert answer.text.startswith(STORE_DOWN_TEXT) and str(sqlite_path) not in answer.text
     assert answer.citations  # the closest docs, found without the store

@@ -50,12 +50,12 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.fixture
-def slack(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSlack]:
-    with FakeSlack() as server:
-        monkeypatch.setenv("SLACK_API_URL", server.base_url)
-        monkeypatch.setenv("SLACK_BOT_TOKEN", TOKEN)
-        monkeypatch.setenv("SLACK_APP_TOKEN", APP_TOKEN)
-        yield server
+def slack(slack: FakeSlack, monkeypatch: pytest.MonkeyPatch) -> FakeSlack:
+    """The shared fake Slack, which ``penny run`` and ``penny check`` find through their environment."""
+    monkeypatch.setenv("SLACK_API_URL", slack.base_url)
+    monkeypatch.setenv("SLACK_BOT_TOKEN", TOKEN)
+    monkeypatch.setenv("SLACK_APP_TOKEN", APP_TOKEN)
+    return slack
 
 
 def penny(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -3,7 +3,7 @@ clock: when text is started, appended and stopped, and how every failure ends st
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from slack_sdk import WebClient
@@ -27,21 +27,15 @@ THREAD = "1700000100.000100"
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeSlack]:
-    with FakeSlack() as server:
-        yield server
-
-
-@pytest.fixture
-def stream(fake: FakeSlack, clock: ManualClock) -> SlackAnswerStream:
-    client = WebClient(token=TOKEN, base_url=fake.base_url, retry_handlers=[])
+def stream(slack: FakeSlack, clock: ManualClock) -> SlackAnswerStream:
+    client = WebClient(token=TOKEN, base_url=slack.base_url, retry_handlers=[])
     # Streams start with the first text here; the start delay has a test of its own.
     return SlackAnswerStream(client, channel="C1", thread_ts=THREAD, user_id="U1", team_id="T0PENNY", clock=clock,
                              pacing=StreamPacing(start_after_s=0))
 
 
-def appended(fake: FakeSlack) -> list[str]:
-    return [str(c.params["markdown_text"]) for c in fake.calls("chat.appendStream")]
+def appended(slack: FakeSlack) -> list[str]:
+    return [str(c.params["markdown_text"]) for c in slack.calls("chat.appendStream")]
 
 
 # -- the pacing policy -------------------------------------------------------------------------
@@ -71,13 +65,14 @@ def test_pieces_respect_slacks_markdown_limit() -> None:
 # -- streaming -----------------------------------------------------------------------------------
 
 
-def test_the_first_text_starts_a_stream_in_the_thread_for_the_asker(fake: FakeSlack, stream: SlackAnswerStream) -> None:
+def test_the_first_text_starts_a_stream_in_the_thread_for_the_asker(slack: FakeSlack,
+                                                                     stream: SlackAnswerStream) -> None:
     stream.delta("")  # nothing to show yet
-    assert fake.count("chat.startStream") == 0
+    assert slack.count("chat.startStream") == 0
 
     stream.delta("Run ")
 
-    start = fake.last("chat.startStream")
+    start = slack.last("chat.startStream")
     assert start.params["channel"] == "C1"
     assert start.params["thread_ts"] == THREAD
     assert start.params["markdown_text"] == "Run "
@@ -86,119 +81,119 @@ def test_the_first_text_starts_a_stream_in_the_thread_for_the_asker(fake: FakeSl
     assert stream.failure is None
 
 
-def test_an_answer_written_within_the_start_delay_never_streams(fake: FakeSlack, clock: ManualClock) -> None:
-    client = WebClient(token=TOKEN, base_url=fake.base_url, retry_handlers=[])
+def test_an_answer_written_within_the_start_delay_never_streams(slack: FakeSlack, clock: ManualClock) -> None:
+    client = WebClient(token=TOKEN, base_url=slack.base_url, retry_handlers=[])
     stream = SlackAnswerStream(client, channel="C1", thread_ts=THREAD, user_id="U1", team_id="T0PENNY",
                                clock=clock, pacing=StreamPacing(start_after_s=1.0))
     for word in ("Run ", "`make ", "deploy`."):
         clock.advance(0.3)
         stream.delta(word)
     assert stream.close() is None  # done in 0.6 s: the app posts it whole
-    assert fake.count("chat.startStream") == 0
+    assert slack.count("chat.startStream") == 0
 
     slow = SlackAnswerStream(client, channel="C1", thread_ts=THREAD, user_id="U1", team_id="T0PENNY",
                              clock=clock, pacing=StreamPacing(start_after_s=1.0))
     for word in ("Run ", "`make ", "deploy` ", "from ", "main."):
         clock.advance(0.3)
         slow.delta(word)
-    start = fake.last("chat.startStream")  # 1.2 s after the first text: everything so far at once
+    start = slack.last("chat.startStream")  # 1.2 s after the first text: everything so far at once
     assert start.params["markdown_text"] == "Run `make deploy` from main."
     assert slow.close() == slow.ts
 
 
 def test_text_waits_for_the_interval_then_goes_out_in_one_append(
-    fake: FakeSlack, stream: SlackAnswerStream, clock: ManualClock
+    slack: FakeSlack, stream: SlackAnswerStream, clock: ManualClock
 ) -> None:
     stream.delta("Run ")
     for word in ("`make ", "deploy` ", "from "):
         clock.advance(0.25)
         stream.delta(word)
-    assert appended(fake) == []  # 0.75s since the stream started
+    assert appended(slack) == []  # 0.75s since the stream started
 
     clock.advance(0.25)
     stream.delta("main ")
-    assert appended(fake) == ["`make deploy` from main "]
+    assert appended(slack) == ["`make deploy` from main "]
 
     clock.advance(0.5)
     stream.delta("[1].")
-    assert appended(fake) == ["`make deploy` from main "]  # the interval restarts at each append
+    assert appended(slack) == ["`make deploy` from main "]  # the interval restarts at each append
 
 
-def test_a_burst_of_text_is_appended_without_waiting(fake: FakeSlack, stream: SlackAnswerStream) -> None:
+def test_a_burst_of_text_is_appended_without_waiting(slack: FakeSlack, stream: SlackAnswerStream) -> None:
     stream.delta("Steps:\n")
     stream.delta("a" * 999)
-    assert appended(fake) == []
+    assert appended(slack) == []
     stream.delta("b")
-    assert appended(fake) == ["a" * 999 + "b"]
+    assert appended(slack) == ["a" * 999 + "b"]
 
 
-def test_close_stops_the_stream_with_the_text_still_waiting(fake: FakeSlack, stream: SlackAnswerStream) -> None:
+def test_close_stops_the_stream_with_the_text_still_waiting(slack: FakeSlack, stream: SlackAnswerStream) -> None:
     for word in ("Run ", "`make ", "deploy`."):
         stream.delta(word)
 
     ts = stream.close()
 
     assert ts is not None and ts == stream.ts
-    assert fake.last("chat.stopStream").params["markdown_text"] == "`make deploy`."
-    [shown] = fake.messages("C1")
+    assert slack.last("chat.stopStream").params["markdown_text"] == "`make deploy`."
+    [shown] = slack.messages("C1")
     assert (shown["ts"], shown["markdown"], shown["streaming"]) == (ts, "Run `make deploy`.", False)
-    assert stream.close() == ts and fake.count("chat.stopStream") == 1  # closing twice is harmless
+    assert stream.close() == ts and slack.count("chat.stopStream") == 1  # closing twice is harmless
 
 
-def test_close_without_any_text_shows_nothing(fake: FakeSlack, stream: SlackAnswerStream) -> None:
+def test_close_without_any_text_shows_nothing(slack: FakeSlack, stream: SlackAnswerStream) -> None:
     assert stream.close() is None
-    assert fake.calls() == []
+    assert slack.calls() == []
 
 
-def test_long_text_goes_out_in_pieces_slack_accepts(fake: FakeSlack, stream: SlackAnswerStream) -> None:
+def test_long_text_goes_out_in_pieces_slack_accepts(slack: FakeSlack, stream: SlackAnswerStream) -> None:
     stream.delta("y" * (MARKDOWN_TEXT_LIMIT + 10))
     stream.delta("z" * (MARKDOWN_TEXT_LIMIT + 20))  # a burst: sent at once, in two appends
     stream.close()
 
-    assert len(fake.last("chat.startStream").params["markdown_text"]) == MARKDOWN_TEXT_LIMIT
-    assert [len(t) for t in appended(fake)] == [10, MARKDOWN_TEXT_LIMIT, 20]
-    assert fake.messages()[0]["markdown"] == "y" * (MARKDOWN_TEXT_LIMIT + 10) + "z" * (MARKDOWN_TEXT_LIMIT + 20)
+    assert len(slack.last("chat.startStream").params["markdown_text"]) == MARKDOWN_TEXT_LIMIT
+    assert [len(t) for t in appended(slack)] == [10, MARKDOWN_TEXT_LIMIT, 20]
+    assert slack.messages()[0]["markdown"] == "y" * (MARKDOWN_TEXT_LIMIT + 10) + "z" * (MARKDOWN_TEXT_LIMIT + 20)
 
 
 # -- restart ---------------------------------------------------------------------------------------
 
 
 def test_restart_removes_what_was_shown_and_the_next_text_starts_afresh(
-    fake: FakeSlack, stream: SlackAnswerStream
+    slack: FakeSlack, stream: SlackAnswerStream
 ) -> None:
     stream.delta("Run `make ")
     first = stream.ts
     stream.delta("depl")
     stream.restart()
 
-    assert fake.last("chat.stopStream").params["ts"] == first
-    assert "markdown_text" not in fake.last("chat.stopStream").params  # the void text is not sent
-    assert fake.last("chat.delete").params["ts"] == first
-    assert stream.ts is None and fake.messages() == []
+    assert slack.last("chat.stopStream").params["ts"] == first
+    assert "markdown_text" not in slack.last("chat.stopStream").params  # the void text is not sent
+    assert slack.last("chat.delete").params["ts"] == first
+    assert stream.ts is None and slack.messages() == []
 
     stream.delta("Run `make deploy`.")
     ts = stream.close()
     assert ts is not None and ts != first
-    assert [(m["ts"], m["markdown"]) for m in fake.messages()] == [(ts, "Run `make deploy`.")]
+    assert [(m["ts"], m["markdown"]) for m in slack.messages()] == [(ts, "Run `make deploy`.")]
 
 
-def test_restart_before_any_text_does_nothing(fake: FakeSlack, stream: SlackAnswerStream) -> None:
+def test_restart_before_any_text_does_nothing(slack: FakeSlack, stream: SlackAnswerStream) -> None:
     stream.restart()
-    assert fake.calls() == []
+    assert slack.calls() == []
 
 
 def test_a_restart_that_cannot_delete_ends_streaming_and_keeps_the_message_to_replace(
-    fake: FakeSlack, stream: SlackAnswerStream
+    slack: FakeSlack, stream: SlackAnswerStream
 ) -> None:
     stream.delta("Run `make ")
     first = stream.ts
-    fake.fail("chat.delete", "message_not_found")
+    slack.fail("chat.delete", "message_not_found")
 
     stream.restart()
     stream.delta("Run `make deploy`.")
 
     assert stream.failure == "message_not_found"
-    assert fake.count("chat.startStream") == 1  # no second message: the final answer replaces the first
+    assert slack.count("chat.startStream") == 1  # no second message: the final answer replaces the first
     assert stream.close() == first
 
 
@@ -207,33 +202,33 @@ def test_a_restart_that_cannot_delete_ends_streaming_and_keeps_the_message_to_re
 
 @pytest.mark.parametrize("error", ["unknown_method", "missing_scope", "channel_type_not_supported"])
 def test_a_stream_slack_refuses_to_start_shows_nothing_and_stops_trying(
-    fake: FakeSlack, stream: SlackAnswerStream, error: str
+    slack: FakeSlack, stream: SlackAnswerStream, error: str
 ) -> None:
-    fake.fail("chat.startStream", error)
+    slack.fail("chat.startStream", error)
 
     stream.delta("Run ")
     stream.delta("`make deploy`.")
 
     assert stream.failure == error
     assert stream.close() is None
-    assert fake.count("chat.startStream") == 1
-    assert fake.count("chat.appendStream") == fake.count("chat.stopStream") == 0
+    assert slack.count("chat.startStream") == 1
+    assert slack.count("chat.appendStream") == slack.count("chat.stopStream") == 0
 
 
-def test_a_rate_limited_start_gives_up_at_once(fake: FakeSlack, stream: SlackAnswerStream) -> None:
-    fake.rate_limit("chat.startStream", retry_after=30)
+def test_a_rate_limited_start_gives_up_at_once(slack: FakeSlack, stream: SlackAnswerStream) -> None:
+    slack.rate_limit("chat.startStream", retry_after=30)
 
     stream.delta("Run ")
 
     assert stream.failure == "ratelimited"
-    assert fake.count("chat.startStream") == 1  # no retry handler for 429s: nothing waited
+    assert slack.count("chat.startStream") == 1  # no retry handler for 429s: nothing waited
 
 
 def test_a_failed_append_stops_the_stream_and_keeps_the_message(
-    fake: FakeSlack, stream: SlackAnswerStream, clock: ManualClock
+    slack: FakeSlack, stream: SlackAnswerStream, clock: ManualClock
 ) -> None:
     stream.delta("Run ")
-    fake.fail("chat.appendStream", "ratelimited")
+    slack.fail("chat.appendStream", "ratelimited")
     clock.advance(1.0)
     stream.delta("`make ")
     clock.advance(1.0)
@@ -242,11 +237,11 @@ def test_a_failed_append_stops_the_stream_and_keeps_the_message(
     ts = stream.close()
 
     assert stream.failure == "ratelimited"
-    assert fake.count("chat.appendStream") == 1  # no append after the failure
+    assert slack.count("chat.appendStream") == 1  # no append after the failure
     assert ts is not None  # the app replaces it with the answer
-    stop = fake.last("chat.stopStream")
+    stop = slack.last("chat.stopStream")
     assert stop.params["ts"] == ts and "markdown_text" not in stop.params
-    assert fake.messages()[0]["streaming"] is False
+    assert slack.messages()[0]["streaming"] is False
 
 
 def test_a_dead_connection_is_a_failure_not_an_exception(clock: ManualClock) -> None:
@@ -262,8 +257,8 @@ def test_a_dead_connection_is_a_failure_not_an_exception(clock: ManualClock) -> 
     assert stream.close() is None
 
 
-def test_the_fake_holds_streams_to_slacks_rules(fake: FakeSlack) -> None:
-    client = WebClient(token=TOKEN, base_url=fake.base_url, retry_handlers=[])
+def test_the_fake_holds_streams_to_slacks_rules(slack: FakeSlack) -> None:
+    client = WebClient(token=TOKEN, base_url=slack.base_url, retry_handlers=[])
     with pytest.raises(SlackApiError, match="missing_recipient_user_id"):
         client.chat_startStream(channel="C1", thread_ts=THREAD, markdown_text="x")
     with pytest.raises(SlackApiError, match="invalid_arguments"):
@@ -275,7 +270,7 @@ def test_the_fake_holds_streams_to_slacks_rules(fake: FakeSlack) -> None:
     client.chat_stopStream(channel="D1", ts=ts, markdown_text="z")
     with pytest.raises(SlackApiError, match="message_not_in_streaming_state"):
         client.chat_appendStream(channel="D1", ts=ts, markdown_text="late")
-    assert [(m["markdown"], m["streaming"]) for m in fake.messages("D1")] == [("xyz", False)]
+    assert [(m["markdown"], m["streaming"]) for m in slack.messages("D1")] == [("xyz", False)]
 
 
 # -- Slack's tiers: a shared budget of starts, a stop that waits out a throttle --------------------
@@ -289,34 +284,34 @@ def test_retry_after_s(headers: dict[str, object], seconds: float) -> None:
     assert retry_after_s(headers) == seconds
 
 
-def sleeping_stream(fake: FakeSlack, clock: ManualClock, sleeps: list[float],
+def sleeping_stream(slack: FakeSlack, clock: ManualClock, sleeps: list[float],
                     may_start: Callable[[], bool] | None = None) -> SlackAnswerStream:
-    client = WebClient(token=TOKEN, base_url=fake.base_url, retry_handlers=[])
+    client = WebClient(token=TOKEN, base_url=slack.base_url, retry_handlers=[])
     return SlackAnswerStream(client, channel="C1", thread_ts=THREAD, user_id="U1", team_id="T0PENNY", clock=clock,
                              pacing=StreamPacing(start_after_s=0), may_start=may_start, sleep=sleeps.append)
 
 
-def test_a_throttled_stop_is_retried_after_the_wait_slack_asks_for(fake: FakeSlack, clock: ManualClock) -> None:
+def test_a_throttled_stop_is_retried_after_the_wait_slack_asks_for(slack: FakeSlack, clock: ManualClock) -> None:
     sleeps: list[float] = []
-    stream = sleeping_stream(fake, clock, sleeps)
+    stream = sleeping_stream(slack, clock, sleeps)
     stream.delta("Run `make deploy`.")
-    fake.rate_limit("chat.stopStream", retry_after=3)
+    slack.rate_limit("chat.stopStream", retry_after=3)
 
     ts = stream.close()
 
     assert sleeps == [3.0]  # Slack's Retry-After, exactly, on the injected sleep
-    assert fake.count("chat.stopStream") == 2 and stream.stopped
-    assert [(m["ts"], m["streaming"]) for m in fake.messages()] == [(ts, False)]
+    assert slack.count("chat.stopStream") == 2 and stream.stopped
+    assert [(m["ts"], m["streaming"]) for m in slack.messages()] == [(ts, False)]
 
 
 @pytest.mark.parametrize(("retry_after", "waited"), [(1, [1.0, 1.0]), (60, [])])
 def test_a_stop_that_stays_throttled_says_the_message_is_still_streaming(
-    fake: FakeSlack, clock: ManualClock, retry_after: int, waited: list[float]
+    slack: FakeSlack, clock: ManualClock, retry_after: int, waited: list[float]
 ) -> None:
     sleeps: list[float] = []
-    stream = sleeping_stream(fake, clock, sleeps)
+    stream = sleeping_stream(slack, clock, sleeps)
     stream.delta("Run `make deploy`.")
-    fake.rate_limit("chat.stopStream", retry_after=retry_after, times=3)
+    slack.rate_limit("chat.stopStream", retry_after=retry_after, times=3)
 
     ts = stream.close()
 
@@ -324,16 +319,16 @@ def test_a_stop_that_stays_throttled_says_the_message_is_still_streaming(
     assert ts is not None and not stream.stopped  # the app deletes it and posts the answer whole
 
 
-def test_no_stream_starts_once_the_budget_is_spent(fake: FakeSlack, clock: ManualClock) -> None:
+def test_no_stream_starts_once_the_budget_is_spent(slack: FakeSlack, clock: ManualClock) -> None:
     allowed = iter([False])
-    stream = sleeping_stream(fake, clock, [], may_start=lambda: next(allowed))
+    stream = sleeping_stream(slack, clock, [], may_start=lambda: next(allowed))
 
     stream.delta("Run ")
     stream.delta("`make deploy`.")
 
     assert stream.failure == "stream_budget"
     assert stream.close() is None and stream.stopped
-    assert fake.calls() == []  # asked once; the answer is posted whole
+    assert slack.calls() == []  # asked once; the answer is posted whole
 
 
 def test_stream_starts_are_one_budget_for_every_replica(store: Store, open_twin: Callable[[], Store],

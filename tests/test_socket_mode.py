@@ -33,20 +33,8 @@ class Transport:
 
 
 @pytest.fixture
-def openai() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture
-def slack() -> Iterator[FakeSlack]:
-    with FakeSlack() as server:
-        yield server
-
-
-@pytest.fixture
-def bot(slack: FakeSlack, openai: FakeOpenAI, tmp_path: Path) -> Iterator[Bot]:
-    b = make_bot(slack, openai, tmp_path)
+def bot(slack: FakeSlack, fake: FakeOpenAI, tmp_path: Path) -> Iterator[Bot]:
+    b = make_bot(slack, fake, tmp_path)
     yield b
     b.gateway.close()
 
@@ -57,7 +45,7 @@ def envelope(event: dict[str, Any], event_id: str, envelope_id: str, retry: int 
                              retry_attempt=retry, retry_reason="timeout" if retry else None)
 
 
-def test_a_socket_mode_event_is_acked_and_answered_once(bot: Bot, slack: FakeSlack, openai: FakeOpenAI) -> None:
+def test_a_socket_mode_event_is_acked_and_answered_once(bot: Bot, slack: FakeSlack, fake: FakeOpenAI) -> None:
     handler = socket_mode_handler(bot.app, "xapp-test-not-a-real-token")
     transport = Transport()
     event = mention("<@UPENNY> where are the production logs?", ts="1700000100.000100")
@@ -69,17 +57,17 @@ def test_a_socket_mode_event_is_acked_and_answered_once(bot: Bot, slack: FakeSla
     assert slack.count("chat.startStream") + slack.count("chat.postMessage") == 1  # one message, streamed or not
     assert answer["thread_ts"] == "1700000100.000100"
     assert "engineering/logs-and-observability.md" in json.dumps(answer["blocks"])
-    assert openai.count("chat") == 1
+    assert fake.count("chat") == 1
 
 
 def test_two_socket_mode_replicas_answer_an_event_delivered_to_both_once(
-    slack: FakeSlack, openai: FakeOpenAI, tmp_path: Path
+    slack: FakeSlack, fake: FakeOpenAI, tmp_path: Path
 ) -> None:
     """Slack spreads an app's events over its open connections (up to 10), and may redeliver one on
     another: replicas sharing a store answer each event once, whichever connection carries it."""
     from concurrent.futures import ThreadPoolExecutor
 
-    replicas = [make_bot(slack, openai, tmp_path) for _ in range(2)]  # two gateways, one store file
+    replicas = [make_bot(slack, fake, tmp_path) for _ in range(2)]  # two gateways, one store file
     try:
         handlers = [socket_mode_handler(bot.app, "xapp-test-not-a-real-token") for bot in replicas]
         transports = [Transport(), Transport()]
@@ -93,7 +81,7 @@ def test_two_socket_mode_replicas_answer_an_event_delivered_to_both_once(
         assert [len(t.acks) for t in transports] == [4, 4]  # every delivery acked on both connections
         threads = [m["thread_ts"] for m in slack.messages()]
         assert sorted(threads) == sorted(event["ts"] for event, _ in events)  # each answered once
-        assert openai.count("chat") == 4  # one LLM call per event, not per delivery
+        assert fake.count("chat") == 4  # one LLM call per event, not per delivery
     finally:
         for bot in replicas:
             bot.gateway.close()

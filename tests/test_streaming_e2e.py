@@ -50,23 +50,16 @@ class Sink:
 
 
 @pytest.fixture
-def openai() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(answer=ANSWER) as server:
-        yield server
+def fake_answer() -> str:
+    return ANSWER
 
 
 @pytest.fixture
-def slack() -> Iterator[FakeSlack]:
-    with FakeSlack() as server:
-        yield server
-
-
-@pytest.fixture
-def make_bot(slack: FakeSlack, openai: FakeOpenAI, tmp_path: Path) -> Iterator[Any]:
+def make_bot(slack: FakeSlack, fake: FakeOpenAI, tmp_path: Path) -> Iterator[Any]:
     made: list[StreamingBot] = []
 
     def make(name: str = "bot", pacing: StreamPacing | None = None, **overrides: Any) -> StreamingBot:
-        bot = StreamingBot(slack, openai, tmp_path / name, pacing, **overrides)
+        bot = StreamingBot(slack, fake, tmp_path / name, pacing, **overrides)
         made.append(bot)
         return bot
 
@@ -95,9 +88,9 @@ def action_ids(call: SlackCall) -> set[str]:
 
 
 def test_a_miss_streams_its_text_and_a_mid_stream_drop_restarts_it_and_is_billed_once(
-    bot: StreamingBot, openai: FakeOpenAI
+    bot: StreamingBot, fake: FakeOpenAI
 ) -> None:
-    openai.script(Fault.stream_break(3))  # the first attempt breaks after three words
+    fake.script(Fault.stream_break(3))  # the first attempt breaks after three words
     sink = Sink()
 
     result = bot.gateway.chat(user_id="U1", workspace_id=TEAM, request_id="ev1", stream=sink,
@@ -108,7 +101,7 @@ def test_a_miss_streams_its_text_and_a_mid_stream_drop_restarts_it_and_is_billed
                            + [("delta", p) for p in pieces])
     assert sink.shown() == result.content == ANSWER
     assert result.attempts == 2 and result.cost_micros > 0
-    assert openai.count("chat") == 2
+    assert fake.count("chat") == 2
     entry = bot.store.ledger_entry(TEAM, "ev1")
     assert entry is not None and (entry.attempts, entry.cost_micros) == (2, result.cost_micros)
     assert bot.ledger() == 1
@@ -124,7 +117,7 @@ class BrokenSink(Sink):
 
 
 def test_a_stream_that_fails_is_dropped_and_the_answer_is_still_returned_and_billed(
-    bot: StreamingBot, openai: FakeOpenAI
+    bot: StreamingBot, fake: FakeOpenAI
 ) -> None:
     sink = BrokenSink()
     result = bot.gateway.chat(user_id="U1", workspace_id=TEAM, request_id="ev1", stream=sink,
@@ -132,10 +125,10 @@ def test_a_stream_that_fails_is_dropped_and_the_answer_is_still_returned_and_bil
     assert result.content == ANSWER and result.cost_micros > 0
     assert len(sink.events) == 2  # nothing more was sent to it once it failed
     assert bot.ledger() == 1
-    assert openai.count("chat") == 1
+    assert fake.count("chat") == 1
 
 
-def test_a_cache_hit_does_not_touch_the_stream(bot: StreamingBot, openai: FakeOpenAI) -> None:
+def test_a_cache_hit_does_not_touch_the_stream(bot: StreamingBot, fake: FakeOpenAI) -> None:
     messages = [{"role": "user", "content": "How do I start the dev server?"}]
     bot.gateway.chat(user_id="U1", workspace_id=TEAM, request_id="ev1", messages=messages, stream=Sink())
     sink = Sink()
@@ -144,14 +137,14 @@ def test_a_cache_hit_does_not_touch_the_stream(bot: StreamingBot, openai: FakeOp
 
     assert hit.cache_status == "exact" and hit.content == ANSWER
     assert sink.events == []
-    assert openai.count("chat") == 1
+    assert fake.count("chat") == 1
 
 
 # -- Slack -------------------------------------------------------------------------------------------
 
 
 def test_a_threaded_mention_streams_then_becomes_the_rendered_answer(
-    bot: StreamingBot, slack: FakeSlack, openai: FakeOpenAI
+    bot: StreamingBot, slack: FakeSlack, fake: FakeOpenAI
 ) -> None:
     bot.event(mention(QUESTION, ts=ROOT))
 
@@ -173,7 +166,7 @@ def test_a_threaded_mention_streams_then_becomes_the_rendered_answer(
     assert ACTION_FEEDBACK in action_ids(update)
     [shown] = slack.messages()
     assert (shown["ts"], shown["thread_ts"], shown["streaming"]) == (ts, ROOT, False)
-    assert slack.count("chat.postMessage") == 0 and openai.count("chat") == 1
+    assert slack.count("chat.postMessage") == 0 and fake.count("chat") == 1
     assert bot.store.record_get(ANSWERS_KIND, f"{TEAM}:C1:{ts}") is not None  # 👎 finds the question
     assert bot.store.record_get(THREADS_KIND, f"{TEAM}:C1:{ROOT}") is not None  # follow-ups are heard
     statuses = [c.params["status"] for c in slack.calls("assistant.threads.setStatus")]
@@ -184,14 +177,14 @@ def test_a_threaded_mention_streams_then_becomes_the_rendered_answer(
 
 
 def test_an_answer_written_within_the_start_delay_is_posted_whole(
-    make_bot: Any, slack: FakeSlack, openai: FakeOpenAI
+    make_bot: Any, slack: FakeSlack, fake: FakeOpenAI
 ) -> None:
     # The answer's words all arrive well within the start delay (the ticking clock moves 0.25 s a
     # read), so no stream ever starts: the answer is one chat.postMessage, no streaming calls.
     bot = make_bot(pacing=StreamPacing(start_after_s=60))
     bot.event(mention(QUESTION, ts=ROOT))
     assert sent(slack) == ["chat.postMessage"]
-    assert openai.count("chat") == 1
+    assert fake.count("chat") == 1
 
 
 def test_the_final_message_is_the_same_streamed_or_not(make_bot: Any, slack: FakeSlack) -> None:
@@ -208,11 +201,11 @@ def test_the_final_message_is_the_same_streamed_or_not(make_bot: Any, slack: Fak
 
 
 def test_a_cache_hit_is_posted_whole_without_streaming(bot: StreamingBot, slack: FakeSlack,
-                                                        openai: FakeOpenAI) -> None:
+                                                        fake: FakeOpenAI) -> None:
     bot.event(mention(QUESTION, ts=ROOT))
     bot.event(mention(QUESTION, ts="1700000300.000100", user="U2"))
 
-    assert openai.count("chat") == 1
+    assert fake.count("chat") == 1
     assert slack.count("chat.startStream") == 1
     post = slack.last("chat.postMessage")
     assert post.params["thread_ts"] == "1700000300.000100"
@@ -272,8 +265,8 @@ def test_when_the_streamed_message_cannot_be_updated_it_is_replaced_by_one_post(
 
 
 def test_a_retried_stream_shows_only_the_answer_that_finished(bot: StreamingBot, slack: FakeSlack,
-                                                              openai: FakeOpenAI) -> None:
-    openai.script(Fault.stream_break(5))
+                                                              fake: FakeOpenAI) -> None:
+    fake.script(Fault.stream_break(5))
 
     bot.event(mention(QUESTION, ts=ROOT))
 
@@ -286,10 +279,10 @@ def test_a_retried_stream_shows_only_the_answer_that_finished(bot: StreamingBot,
 
 
 def test_an_error_after_streaming_began_leaves_no_streamed_message_and_tells_the_asker(
-    make_bot: Any, slack: FakeSlack, openai: FakeOpenAI
+    make_bot: Any, slack: FakeSlack, fake: FakeOpenAI
 ) -> None:
     bot = make_bot(retry_max_attempts=2)
-    openai.fail_all(Fault.stream_break(4))
+    fake.fail_all(Fault.stream_break(4))
 
     bot.event(mention(QUESTION, ts=ROOT))
 
@@ -317,11 +310,11 @@ def test_a_top_level_dm_is_posted_whole_and_a_dm_thread_streams(bot: StreamingBo
 
 
 def test_a_long_streamed_answer_updates_the_first_part_and_posts_the_rest(
-    make_bot: Any, slack: FakeSlack, openai: FakeOpenAI
+    make_bot: Any, slack: FakeSlack, fake: FakeOpenAI
 ) -> None:
     paragraph = ("Run `make dev` from the repository root and wait for the server to report that it "
                  "listens on port 8000 before you open the browser [1]. ") * 6
-    openai.answer = "\n\n".join([paragraph] * 25)
+    fake.answer = "\n\n".join([paragraph] * 25)
     bot = make_bot(max_output_tokens=8000)
 
     bot.event(mention(QUESTION, ts=ROOT))

@@ -29,12 +29,6 @@ MESSAGES = [
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture
 def upstream(fake: FakeOpenAI) -> Iterator[OpenAIUpstream]:
     up = OpenAIUpstream(api_key=API_KEY, base_url=fake.base_url, timeout_s=2.0)
     yield up

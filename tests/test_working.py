@@ -4,7 +4,7 @@ reaction never waited out. Against the fake Slack Web API, through the real slac
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,49 +21,43 @@ TS = "1700000100.000100"
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeSlack]:
-    with FakeSlack() as server:
-        yield server
-
-
-@pytest.fixture
-def client(fake: FakeSlack) -> WebClient:
+def client(slack: FakeSlack) -> WebClient:
     # Penny's own client: it retries Slack's rate limits, as every Slack call Penny makes does.
-    return make_client(SlackSettings(bot_token="xoxb-test-token", signing_secret="s", api_url=fake.base_url))
+    return make_client(SlackSettings(bot_token="xoxb-test-token", signing_secret="s", api_url=slack.base_url))
 
 
-def reactions(fake: FakeSlack) -> list[str]:
-    return [c.method for c in fake.calls() if c.method.startswith("reactions.")]
+def reactions(slack: FakeSlack) -> list[str]:
+    return [c.method for c in slack.calls() if c.method.startswith("reactions.")]
 
 
-def test_an_answer_out_within_the_grace_period_costs_no_reaction(fake: FakeSlack, client: WebClient) -> None:
+def test_an_answer_out_within_the_grace_period_costs_no_reaction(slack: FakeSlack, client: WebClient) -> None:
     indicator = WorkingIndicator(grace_s=60, workers=2)
     working = indicator.show(client, "C1", TS)
     working.done()
     indicator.close()
-    assert reactions(fake) == []
+    assert reactions(slack) == []
 
 
 def test_a_slow_answer_gets_the_reaction_once_the_grace_period_is_over_and_loses_it_after(
-    fake: FakeSlack, client: WebClient
+    slack: FakeSlack, client: WebClient
 ) -> None:
     clock = ManualClock()
     indicator = WorkingIndicator(grace_s=0.5, workers=2, clock=clock)
     working = indicator.show(client, "C1", TS)
     clock.advance(0.6)
     indicator.wake()
-    [add] = fake.wait_for("reactions.add")
+    [add] = slack.wait_for("reactions.add")
     assert (add.params["channel"], add.params["timestamp"], add.params["name"]) == ("C1", TS, "eyes")
     working.done()
-    fake.wait_for("reactions.remove")
+    slack.wait_for("reactions.remove")
     indicator.close()
-    assert reactions(fake) == ["reactions.add", "reactions.remove"]
+    assert reactions(slack) == ["reactions.add", "reactions.remove"]
     working.done()  # a second done() changes nothing
-    assert reactions(fake) == ["reactions.add", "reactions.remove"]
+    assert reactions(slack) == ["reactions.add", "reactions.remove"]
 
 
 def test_no_reaction_once_the_answer_is_out_even_before_the_handling_is_done(
-    fake: FakeSlack, client: WebClient
+    slack: FakeSlack, client: WebClient
 ) -> None:
     clock = ManualClock()
     indicator = WorkingIndicator(grace_s=0.5, workers=2, clock=clock)
@@ -72,16 +66,16 @@ def test_no_reaction_once_the_answer_is_out_even_before_the_handling_is_done(
     working.answered()  # posted; the event's records are still being stored
     clock.advance(1)
     indicator.wake()
-    fake.wait_for("reactions.add")  # the timer has handled both by now
+    slack.wait_for("reactions.add")  # the timer has handled both by now
     working.done()
     slow.done()
-    fake.wait_for("reactions.remove")
+    slack.wait_for("reactions.remove")
     indicator.close()
-    assert [(c.method, c.params["timestamp"]) for c in fake.calls()] == [
+    assert [(c.method, c.params["timestamp"]) for c in slack.calls()] == [
         ("reactions.add", "1.000002"), ("reactions.remove", "1.000002")]
 
 
-def test_reactions_come_due_in_order_of_their_grace_periods(fake: FakeSlack, client: WebClient) -> None:
+def test_reactions_come_due_in_order_of_their_grace_periods(slack: FakeSlack, client: WebClient) -> None:
     clock = ManualClock()
     indicator = WorkingIndicator(grace_s=0.5, workers=1, clock=clock)
     first = indicator.show(client, "C1", "1.000001")
@@ -89,19 +83,19 @@ def test_reactions_come_due_in_order_of_their_grace_periods(fake: FakeSlack, cli
     second = indicator.show(client, "C1", "1.000002")
     clock.advance(0.3)  # the first is due, the second not yet
     indicator.wake()
-    fake.wait_for("reactions.add")
+    slack.wait_for("reactions.add")
     second.done()  # out before its grace period ended: never shown
     clock.advance(1)
     indicator.wake()
     first.done()
-    fake.wait_for("reactions.remove")
+    slack.wait_for("reactions.remove")
     indicator.close()
-    assert [(c.method, c.params["timestamp"]) for c in fake.calls()] == [
+    assert [(c.method, c.params["timestamp"]) for c in slack.calls()] == [
         ("reactions.add", "1.000001"), ("reactions.remove", "1.000001")]
 
 
 def test_an_answer_out_while_the_reaction_is_being_added_takes_it_off_after(
-    fake: FakeSlack, client: WebClient
+    slack: FakeSlack, client: WebClient
 ) -> None:
     entered, release = threading.Event(), threading.Event()
 
@@ -110,62 +104,62 @@ def test_an_answer_out_while_the_reaction_is_being_added_takes_it_off_after(
         release.wait(5)
         return {"ok": True}
 
-    fake.respond("reactions.add", slow_add)
+    slack.respond("reactions.add", slow_add)
     indicator = WorkingIndicator(grace_s=0, workers=2)
     working = indicator.show(client, "C1", TS)
     assert entered.wait(5)
     working.done()  # while reactions.add is still on its way
     release.set()
-    fake.wait_for("reactions.remove")
+    slack.wait_for("reactions.remove")
     indicator.close()
-    assert reactions(fake) == ["reactions.add", "reactions.remove"]
+    assert reactions(slack) == ["reactions.add", "reactions.remove"]
 
 
-def test_a_throttled_reaction_is_skipped_not_waited_out(fake: FakeSlack, client: WebClient) -> None:
-    fake.rate_limit("reactions.add", retry_after=1)
+def test_a_throttled_reaction_is_skipped_not_waited_out(slack: FakeSlack, client: WebClient) -> None:
+    slack.rate_limit("reactions.add", retry_after=1)
     indicator = WorkingIndicator(grace_s=0, workers=2)
     working = indicator.show(client, "C1", TS)
-    fake.wait_for("reactions.add")
+    slack.wait_for("reactions.add")
     working.done()
     indicator.close()  # waits for the workers: a retried add would be a second call
-    assert reactions(fake) == ["reactions.add"]  # not retried, and nothing to take off
+    assert reactions(slack) == ["reactions.add"]  # not retried, and nothing to take off
 
 
 def test_a_throttled_removal_is_retried_so_no_reaction_is_left_behind(
-    fake: FakeSlack, client: WebClient, monkeypatch: pytest.MonkeyPatch
+    slack: FakeSlack, client: WebClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The SDK's handler sleeps Retry-After plus up to 1 s of jitter: recorded here, not waited out.
     waits: list[float] = []
     monkeypatch.setattr(builtin_handlers, "time", SimpleNamespace(sleep=waits.append))
-    fake.rate_limit("reactions.remove", retry_after=0)
+    slack.rate_limit("reactions.remove", retry_after=0)
     indicator = WorkingIndicator(grace_s=0, workers=2)
     working = indicator.show(client, "C1", TS)
-    fake.wait_for("reactions.add")
+    slack.wait_for("reactions.add")
     working.done()
-    fake.wait_for("reactions.remove", count=2)
+    slack.wait_for("reactions.remove", count=2)
     indicator.close()
-    assert [c.status for c in fake.calls() if c.method == "reactions.remove"] == [429, 200]
+    assert [c.status for c in slack.calls() if c.method == "reactions.remove"] == [429, 200]
     assert len(waits) == 1 and 0 <= waits[0] < 1  # Retry-After: 0, honoured once
 
 
-def test_closing_cancels_reactions_not_made_yet(fake: FakeSlack, client: WebClient) -> None:
+def test_closing_cancels_reactions_not_made_yet(slack: FakeSlack, client: WebClient) -> None:
     indicator = WorkingIndicator(grace_s=60, workers=2)
     working = indicator.show(client, "C1", TS)
     indicator.close()
     working.done()
     late = indicator.show(client, "C1", "1.000009")
     late.done()
-    assert reactions(fake) == []
+    assert reactions(slack) == []
 
 
 def test_without_workers_the_reaction_is_made_at_once_on_the_calling_thread(
-    fake: FakeSlack, client: WebClient
+    slack: FakeSlack, client: WebClient
 ) -> None:
     indicator = WorkingIndicator(workers=0)
     working = indicator.show(client, "C1", TS)
-    assert reactions(fake) == ["reactions.add"]
+    assert reactions(slack) == ["reactions.add"]
     working.done()
-    assert reactions(fake) == ["reactions.add", "reactions.remove"]
+    assert reactions(slack) == ["reactions.add", "reactions.remove"]
 
 
 def test_negative_settings_are_refused() -> None:
@@ -178,27 +172,27 @@ def test_negative_settings_are_refused() -> None:
 # -- the status line in a thread -------------------------------------------------------------------
 
 
-def statuses(fake: FakeSlack) -> list[str]:
-    return [str(c.params["status"]) for c in fake.calls("assistant.threads.setStatus")]
+def statuses(slack: FakeSlack) -> list[str]:
+    return [str(c.params["status"]) for c in slack.calls("assistant.threads.setStatus")]
 
 
-def test_in_a_thread_slacks_status_shows_searching_then_writing_and_is_cleared(fake: FakeSlack,
+def test_in_a_thread_slacks_status_shows_searching_then_writing_and_is_cleared(slack: FakeSlack,
                                                                               client: WebClient) -> None:
     indicator = WorkingIndicator(grace_s=0, workers=2)
     working = indicator.show(client, "C1", TS, thread_ts="1700000000.000001")
-    fake.wait_for("assistant.threads.setStatus")
+    slack.wait_for("assistant.threads.setStatus")
     working.writing()
-    fake.wait_for("assistant.threads.setStatus", 2)
+    slack.wait_for("assistant.threads.setStatus", 2)
     working.writing()  # once is enough
     working.done()
-    fake.wait_for("assistant.threads.setStatus", 3)
+    slack.wait_for("assistant.threads.setStatus", 3)
     indicator.close()
-    assert statuses(fake) == ["is searching the docs…", "is writing…", ""]
-    assert {c.params["thread_ts"] for c in fake.calls("assistant.threads.setStatus")} == {"1700000000.000001"}
-    assert reactions(fake) == []
+    assert statuses(slack) == ["is searching the docs…", "is writing…", ""]
+    assert {c.params["thread_ts"] for c in slack.calls("assistant.threads.setStatus")} == {"1700000000.000001"}
+    assert reactions(slack) == []
 
 
-def test_writing_while_the_status_is_being_set_never_outlives_the_answer(fake: FakeSlack,
+def test_writing_while_the_status_is_being_set_never_outlives_the_answer(slack: FakeSlack,
                                                                          client: WebClient) -> None:
     entered, release = threading.Event(), threading.Event()
 
@@ -208,21 +202,21 @@ def test_writing_while_the_status_is_being_set_never_outlives_the_answer(fake: F
             release.wait(5)
         return {"ok": True}
 
-    fake.respond("assistant.threads.setStatus", slow_status)
+    slack.respond("assistant.threads.setStatus", slow_status)
     indicator = WorkingIndicator(grace_s=0, workers=2)
     working = indicator.show(client, "C1", TS, thread_ts="1700000000.000001")
     assert entered.wait(5)
     working.writing()  # the LLM writes, and the answer is out, while the status is on its way
     working.done()
     release.set()
-    fake.wait_for("assistant.threads.setStatus", 2)
+    slack.wait_for("assistant.threads.setStatus", 2)
     indicator.close()
-    assert statuses(fake) == ["is searching the docs…", ""]  # cleared last; "writing" never shown after
+    assert statuses(slack) == ["is searching the docs…", ""]  # cleared last; "writing" never shown after
 
 
-def test_without_a_thread_or_a_message_nothing_is_shown(fake: FakeSlack, client: WebClient) -> None:
+def test_without_a_thread_or_a_message_nothing_is_shown(slack: FakeSlack, client: WebClient) -> None:
     indicator = WorkingIndicator(workers=0)
     working = indicator.show(client, "D1", None)  # a button click answered at the top level
     working.writing()
     working.done()
-    assert fake.calls() == []
+    assert slack.calls() == []
