@@ -118,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
 
     cost = sub.add_parser("cost", help="the /cost report in the terminal: spend, budgets, headroom, trend")
     _who(cost)
-    cost.add_argument("--team", action="store_true", help="the workspace's report (top users, models)")
+    cost.add_argument("--team", action="store_true", help="the workspace's report (top users, models, proxy keys)")
     cost.add_argument("--json", action="store_true", help="print one JSON object")
     cost.set_defaults(func=_cmd_cost)
 
@@ -454,15 +454,16 @@ def _cmd_cost(args: argparse.Namespace, settings: PennySettings, out: TextIO, _i
     import time
 
     from bot.cost import cost_report, team_report
+    from bot.proxy.keys import KeyRing
     from bot.slack.cost_blocks import blocks_to_text, cost_blocks, team_blocks
 
     with opened_store(settings) as store:
-        now, accounts = time.time(), Accounts(store, settings)
+        now, accounts, keys = time.time(), Accounts(store, settings), KeyRing(store).list()
         if args.team:
-            team = team_report(accounts, args.workspace, now)
+            team = team_report(accounts, args.workspace, now, keys=keys)
             data, blocks = team.to_json(), team_blocks(team)
         else:
-            own = cost_report(accounts, args.workspace, args.user, now)
+            own = cost_report(accounts, args.workspace, args.user, now, keys=keys)
             data, blocks = own.to_json(), cost_blocks(own)
     print(json.dumps(data, indent=2) if args.json else blocks_to_text(blocks), file=out)
     return 0

@@ -3,16 +3,18 @@
 Pure data, no Slack: the ``/cost`` command, the App Home and ``penny cost`` all render these.
 Every number comes from :class:`proxy_core.Accounts` (the gateway's own, ``gateway.accounts``, or
 one over a store and settings), in the ledger's integer micro-dollars; periods are UTC calendar days
-and months at the injected ``now``.
+and months at the injected ``now``. Spend is split by source: the Slack bot's own calls, and each
+``penny proxy`` key's (named from the :class:`~bot.proxy.keys.ProxyKey` records passed in).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from bot.proxy.keys import ProxyKey
 from proxy_core import Accounts, BudgetStatus, Headroom, UsageTotals
 
 __all__ = [
@@ -20,6 +22,8 @@ __all__ = [
     "BudgetStatus",
     "CostReport",
     "Headroom",
+    "KeySpend",
+    "SourceSpend",
     "TeamReport",
     "cost_report",
     "is_admin",
@@ -38,6 +42,45 @@ class _HasAdmins(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class SourceSpend:
+    """What one source of a person's spend cost: the Slack bot (``source == ""``) or a proxy key
+    (its ID; ``name`` and ``revoked`` from its record, if the key ring has it)."""
+
+    source: str
+    name: str
+    revoked: bool
+    today: UsageTotals
+    this_month: UsageTotals
+
+    @property
+    def is_slack(self) -> bool:
+        return self.source == ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source or "slack", "name": self.name, "revoked": self.revoked,
+                "today": totals_json(self.today), "this_month": totals_json(self.this_month)}
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpend:
+    """One proxy key of the workspace, for admins: whose it is, its name, state and daily budget
+    (None: none of its own), and what it spent today and this month."""
+
+    key_id: str
+    user_id: str
+    name: str
+    revoked: bool
+    daily_budget_micros: int | None
+    today: UsageTotals
+    this_month: UsageTotals
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key_id": self.key_id, "user_id": self.user_id, "name": self.name, "revoked": self.revoked,
+                "daily_budget_micros": self.daily_budget_micros, "today": totals_json(self.today),
+                "this_month": totals_json(self.this_month)}
+
+
+@dataclass(frozen=True, slots=True)
 class CostReport:
     """One user's spend today and this month, budgets, rate-limit headroom and 14-day trend."""
 
@@ -53,11 +96,20 @@ class CostReport:
     headroom: Headroom
     trend_days: tuple[str, ...]
     trend: tuple[int, ...]  # micro-dollars per day, oldest first
+    # This month's spend by source (Slack first, then keys by spend); empty when nothing was spent.
+    sources: tuple[SourceSpend, ...] = ()
+
+    @property
+    def split_by_source(self) -> bool:
+        """Worth showing the sources: some of the spend came through a proxy key (Slack only, the
+        common case, stays short)."""
+        return any(not s.is_slack for s in self.sources)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "workspace_id": self.workspace_id,
             "user_id": self.user_id,
+            "sources": [s.to_json() for s in self.sources],
             "now": self.now,
             "day": self.day,
             "month": self.month,
@@ -88,10 +140,13 @@ class TeamReport:
     trend: tuple[int, ...]
     # Paid calls whose ledger entry waits in this machine's spool for the store (Accounts.pending_ledger_writes).
     pending_ledger_writes: int = 0
+    # The workspace's proxy keys, revoked ones included, by user, then this month's spend.
+    keys: tuple[KeySpend, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
             "workspace_id": self.workspace_id,
+            "keys": [k.to_json() for k in self.keys],
             "pending_ledger_writes": self.pending_ledger_writes,
             "now": self.now,
             "day": self.day,
@@ -131,8 +186,11 @@ def is_admin(user_id: str, settings: _HasAdmins, slack_user_info: Mapping[str, A
     return any(bool(user.get(flag)) for flag in ("is_admin", "is_owner", "is_primary_owner"))
 
 
-def cost_report(accounts: Accounts, workspace_id: str, user_id: str, now: float) -> CostReport:
-    """``user_id``'s report at ``now`` (UTC periods), every number from the ledger and the store."""
+def cost_report(
+    accounts: Accounts, workspace_id: str, user_id: str, now: float, keys: Iterable[ProxyKey] = ()
+) -> CostReport:
+    """``user_id``'s report at ``now`` (UTC periods), every number from the ledger and the store.
+    ``keys`` name the proxy keys among the sources (only the user's own spend is read)."""
     today, first_of_month, trend_days = _days(now)
     daily, monthly = accounts.budgets(workspace_id, user_id, now)
     return CostReport(
@@ -148,11 +206,15 @@ def cost_report(accounts: Accounts, workspace_id: str, user_id: str, now: float)
         headroom=accounts.headroom(workspace_id, user_id),
         trend_days=trend_days,
         trend=_trend(accounts, workspace_id, trend_days, user_id),
+        sources=_sources(accounts, workspace_id, user_id, today, first_of_month, keys),
     )
 
 
-def team_report(accounts: Accounts, workspace_id: str, now: float, *, top: int = TOP_USERS) -> TeamReport:
-    """The workspace's report at ``now``: totals, top ``top`` users and models by this month's spend."""
+def team_report(
+    accounts: Accounts, workspace_id: str, now: float, *, top: int = TOP_USERS, keys: Iterable[ProxyKey] = ()
+) -> TeamReport:
+    """The workspace's report at ``now``: totals, top ``top`` users and models by this month's spend,
+    and each of the workspace's proxy ``keys`` with its spend."""
     today, first_of_month, trend_days = _days(now)
     month = accounts.usage(workspace_id, first_of_month, today)
     return TeamReport(
@@ -168,7 +230,40 @@ def team_report(accounts: Accounts, workspace_id: str, now: float, *, top: int =
         trend_days=trend_days,
         trend=_trend(accounts, workspace_id, trend_days, None),
         pending_ledger_writes=accounts.pending_ledger_writes(),
+        keys=_key_spend(accounts, workspace_id, today, first_of_month, keys),
     )
+
+
+def _sources(
+    accounts: Accounts, workspace_id: str, user_id: str, today: str, first_of_month: str, keys: Iterable[ProxyKey]
+) -> tuple[SourceSpend, ...]:
+    month = accounts.spend_by_source(workspace_id, first_of_month, today, user_id)
+    if not month:
+        return ()
+    day = accounts.spend_by_source(workspace_id, today, today, user_id)
+    known = {k.id: k for k in keys}
+    sources = [
+        SourceSpend(source, known[source].name if source in known else "",
+                    source in known and known[source].revoked, day.get(source, UsageTotals()), totals)
+        for source, totals in month.items()
+    ]
+    return tuple(sorted(sources, key=lambda s: (not s.is_slack, -s.this_month.cost_micros, s.source)))
+
+
+def _key_spend(
+    accounts: Accounts, workspace_id: str, today: str, first_of_month: str, keys: Iterable[ProxyKey]
+) -> tuple[KeySpend, ...]:
+    ours = [k for k in keys if k.workspace_id == workspace_id]
+    if not ours:
+        return ()
+    day = accounts.spend_by_source(workspace_id, today, today)
+    month = accounts.spend_by_source(workspace_id, first_of_month, today)
+    spends = [
+        KeySpend(k.id, k.user_id, k.name, k.revoked, k.daily_budget_micros, day.get(k.id, UsageTotals()),
+                 month.get(k.id, UsageTotals()))
+        for k in ours
+    ]
+    return tuple(sorted(spends, key=lambda k: (k.user_id, -k.this_month.cost_micros, k.key_id)))
 
 
 def _days(now: float) -> tuple[str, str, tuple[str, ...]]:

@@ -31,6 +31,7 @@ from slack_sdk import WebClient
 from slack_sdk.http_retry import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 
 from bot.answer_types import Answerer
+from bot.proxy.keys import KeyRing
 from bot.settings import ThreadReplies
 from bot.slack.agent import ACTION_FEEDBACK_REASON, REASON_CALLBACK, AskedPages, DocPage, StoreThreadContext
 from bot.slack.answers import Answers, in_dm
@@ -155,7 +156,8 @@ def build_app(
                       working=working if working is not None else WorkingIndicator(),
                       thread_replies=settings.thread_replies)
     prompts = SuggestedPrompts(asked, doc_pages, clock=clock)
-    cost = CostCommand(accounts, Admins(frozenset(settings.admin_user_ids), clock=clock), wall=wall)
+    cost = CostCommand(accounts, Admins(frozenset(settings.admin_user_ids), clock=clock), keys=KeyRing(store),
+                       wall=wall)
     _listen(app, answers, AssistantThreads(store, once, answers, prompts), StoreThreadContext(store),
             Home(cost, prompts), cost, Feedback(store, on_feedback, wall=wall))
     return app

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from bot.cost import BudgetStatus, CostReport, Headroom, TeamReport, sparkline
-from bot.slack.render import MAX_BLOCKS, SECTION_TEXT_LIMIT, Block
+from bot.cost import BudgetStatus, CostReport, Headroom, KeySpend, SourceSpend, TeamReport, sparkline
+from bot.slack.render import MAX_BLOCKS, SECTION_TEXT_LIMIT, Block, escape_mrkdwn
 from bot.wording import counted
 from proxy_core import UsageTotals, format_usd
 
@@ -27,10 +27,11 @@ __all__ = [
 ]
 
 USAGE_TEXT: Final = (
-    "*`/cost`* — what your questions to Penny cost today and this month, your budget left and your "
-    "rate-limit headroom (only you see it).\n"
-    "*`/cost team`* — the whole workspace: top spenders, models, money saved by the cache "
-    "(workspace admins and Penny admins only).\n"
+    "*`/cost`* — what your questions to Penny cost today and this month (split between Slack and "
+    "your `penny proxy` keys when you use any), your budget left and your rate-limit headroom "
+    "(only you see it).\n"
+    "*`/cost team`* — the whole workspace: top spenders, models, money saved by the cache, everyone's "
+    "proxy keys (workspace admins and Penny admins only).\n"
     "*`/cost help`* — this message.\n"
     "The same numbers are on Penny's *Home* tab."
 )
@@ -38,6 +39,7 @@ REFUSAL_TEXT: Final = (
     ":lock: The team view is for workspace admins and Penny admins. Here are your own numbers."
 )
 _SLACK_ID: Final = re.compile(r"[UW][A-Z0-9]+")
+KEYS_SHOWN: Final = 25  # proxy keys listed in /cost team; the rest are counted (penny keys list has all)
 _MENTION: Final = re.compile(r"<@([A-Z0-9]+)(?:\|[^>]*)?>")
 
 
@@ -46,10 +48,12 @@ def help_blocks() -> list[Block]:
 
 
 def cost_blocks(report: CostReport) -> list[Block]:
-    """One user's numbers: today, this month, budgets, headroom and the 14-day trend."""
+    """One user's numbers: today, this month (by source when a proxy key spent some), budgets,
+    headroom and the 14-day trend."""
     blocks: list[Block] = [
         _header("Your Penny costs"),
         _section(_spend_lines(report)),
+        *([_section(_sources_text(report.sources))] if report.split_by_source else []),
         _section(
             "\n".join(
                 [
@@ -86,6 +90,8 @@ def team_blocks(report: TeamReport) -> list[Block]:
     if report.by_model:
         lines = [_model_line(model, t) for model, t in report.by_model]
         blocks.append(_section("*By model this month*\n" + "\n".join(lines)))
+    if report.keys:
+        blocks.append(_section(_keys_text(report.keys)))
     blocks.append(_trend_block(report.trend, report.trend_days))
     return _bounded(blocks)
 
@@ -159,6 +165,50 @@ def _totals(t: UsageTotals) -> str:
         f"{counted(t.requests, 'question')} · {counted(tokens, 'token')} · *{format_usd(t.cost_micros)}* spent · "
         f"cache {t.hit_rate:.0%} hits, saved {format_usd(t.saved_micros)}"
     )
+
+
+def _sources_text(sources: Sequence[SourceSpend]) -> str:
+    """Where a person's spend came from: Slack, and each proxy key by its name and ID."""
+    lines = [
+        f"• {_source_name(s)} — {format_usd(s.today.cost_micros)} today · {format_usd(s.this_month.cost_micros)} "
+        f"this month · {counted(s.this_month.requests, 'question')}"
+        for s in sources
+    ]
+    return _listed("*By source*", lines, "more source")
+
+
+def _source_name(s: SourceSpend) -> str:
+    if s.is_slack:
+        return "Slack"
+    name = f"key *{escape_mrkdwn(s.name)}* `{s.source}`" if s.name else f"key `{s.source}`"
+    return name + (" (revoked)" if s.revoked else "")
+
+
+def _keys_text(keys: Sequence[KeySpend]) -> str:
+    """The workspace's proxy keys, by user: name, ID, state, own budget, spend today and this month."""
+    lines = []
+    for k in keys:
+        name = f"*{escape_mrkdwn(k.name)}* `{k.key_id}`" if k.name else f"`{k.key_id}`"
+        budget = f" · {format_usd(k.daily_budget_micros)}/day budget" if k.daily_budget_micros is not None else ""
+        lines.append(f"{_who(k.user_id)} {name} — {'revoked' if k.revoked else 'active'} · "
+                     f"{format_usd(k.today.cost_micros)} today · {format_usd(k.this_month.cost_micros)} this month"
+                     f"{budget}")
+    return _listed("*Proxy keys* (`penny proxy`)", lines, "more key", shown=KEYS_SHOWN,
+                   where=" (`penny keys list` shows them all)")
+
+
+def _listed(title: str, lines: Sequence[str], more: str, *, shown: int | None = None, where: str = "") -> str:
+    """``title`` and as many of ``lines`` as fit one section (at most ``shown``), then how many more."""
+    room = SECTION_TEXT_LIMIT - len(title) - 100  # the last line, "…and N more", fits in the rest
+    kept: list[str] = []
+    for line in lines[:shown]:
+        if len(line) + 1 > room:
+            break
+        kept.append(line)
+        room -= len(line) + 1
+    if len(kept) < len(lines):
+        kept.append(f"…and {counted(len(lines) - len(kept), more)}{where}")
+    return "\n".join([title, *kept])
 
 
 def _model_line(model: str, t: UsageTotals) -> str:

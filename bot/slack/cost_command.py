@@ -1,7 +1,8 @@
 """``/cost`` in Slack: what the caller's answers cost (:mod:`bot.cost`), and the team's for admins.
 
-``/cost`` shows the caller's own numbers, ``/cost team`` the workspace's (to admins; others are told
-why not, with their own), ``/cost help`` what it does. The command is acked at once and the reply
+``/cost`` shows the caller's own numbers (split by source when some came through a ``penny proxy``
+key), ``/cost team`` the workspace's with every proxy key (to admins; others are told why not, with
+their own), ``/cost help`` what it does. The command is acked at once and the reply
 computed after. Who is an admin (:class:`Admins`): a Penny admin (``PENNY_ADMIN_USER_IDS``), or a
 Slack workspace admin or owner (``users.info``, kept :data:`ADMIN_LOOKUP_TTL_S`).
 """
@@ -17,6 +18,7 @@ from slack_bolt import Ack, Respond
 from slack_sdk import WebClient
 
 from bot.cost import CostReport, TeamReport, cost_report, is_admin, team_report
+from bot.proxy.keys import KeyRing
 from bot.slack.answers import FAILED_TEXT
 from bot.slack.cost_blocks import cost_blocks, help_blocks, team_blocks, team_refusal_blocks
 from bot.slack.render import Block, message_text
@@ -77,12 +79,14 @@ class Admins:
 
 @dataclass(eq=False)
 class CostCommand:
-    """``/cost``, and the reports the App Home shows too, read through ``accounts``; ``wall`` is
-    the clock that picks today and this month."""
+    """``/cost``, and the reports the App Home shows too, read through ``accounts``; ``keys`` names
+    the proxy keys among a person's sources (and lists them to admins); ``wall`` is the clock that
+    picks today and this month."""
 
     accounts: Accounts
     admins: Admins
     _: KW_ONLY
+    keys: KeyRing
     wall: Callable[[], float]
 
     def on_cost(self, ack: Ack, command: dict[str, Any], respond: Respond, client: WebClient) -> None:
@@ -109,8 +113,9 @@ class CostCommand:
         """The user's report, and with ``team`` the team's when the user is an admin."""
         admin = team and self.admins.is_admin(client, workspace, user)
         now = self.wall()
-        own = cost_report(self.accounts, workspace, user, now)
-        return own, team_report(self.accounts, workspace, now) if admin else None
+        keys = self.keys.list()
+        own = cost_report(self.accounts, workspace, user, now, keys=[k for k in keys if k.user_id == user])
+        return own, team_report(self.accounts, workspace, now, keys=keys) if admin else None
 
     def _reply(self, client: WebClient, workspace: str, user: str, text: str) -> list[Block]:
         words = text.strip().lower().split()
