@@ -36,7 +36,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, de
                         help=f"the Slack workspace (default: {default_workspace})")
     create.add_argument("--name", default="", help="what the key is for, e.g. notebook")
     create.add_argument("--daily-budget-usd", type=_usd, default=None,
-                        help="cap the user's spend per UTC day through this key (narrows, never widens)")
+                        help="this key's own budget per UTC day, reserved before each call (the user's "
+                             "budgets still apply: it narrows, never widens)")
     create.add_argument("--models", type=_models, default=(),
                         help="comma-separated models this key may call (default: every priced model)")
     create.set_defaults(func=_cmd_create)

@@ -41,7 +41,8 @@ def hash_key(secret: str) -> str:
 @dataclass(frozen=True, slots=True)
 class ProxyKey:
     """Who a key belongs to and what it may do. Overrides only narrow the user's own limits:
-    ``daily_budget_micros`` caps the user's spend today while calling with this key, ``models``
+    ``daily_budget_micros`` is the key's own budget per UTC day (a budget line counting only this
+    key's calls, beside the user's, which still apply; None: none, 0: nothing may be spent), ``models``
     (empty: every priced model) limits which models it may call."""
 
     id: str
