@@ -667,14 +667,22 @@ class SqliteStore(Store):
             row = conn.execute(_SELECT_LEDGER, (workspace_id, request_id)).fetchone()
         return None if row is None else _ledger_entry(row)
 
-    def usage(self, workspace_id: str, first_day: str, last_day: str, user_id: str | None = None) -> UsageSummary:
-        query = f"SELECT user_id, model, day, {_TOTALS} FROM ledger WHERE workspace_id = ? AND day BETWEEN ? AND ?"  # noqa: S608
+    def _ledger_totals(
+        self, action: str, by: str, workspace_id: str, first_day: str, last_day: str, user_id: str | None
+    ) -> list[Any]:
+        """The ledger's totals (:data:`_TOTALS`) from ``first_day`` to ``last_day``, of one user when
+        ``user_id`` is given, grouped by the columns ``by``, which each row starts with."""
+        query = f"SELECT {by}, {_TOTALS} FROM ledger WHERE workspace_id = ? AND day BETWEEN ? AND ?"  # noqa: S608
         params: tuple[str, ...] = (workspace_id, first_day, last_day)
         if user_id is not None:
             query += " AND user_id = ?"
             params += (user_id,)
-        with self._read("summarise the ledger") as conn:
-            groups = conn.execute(query + " GROUP BY user_id, model, day", params).fetchall()
+        with self._read(action) as conn:
+            return conn.execute(f"{query} GROUP BY {by}", params).fetchall()
+
+    def usage(self, workspace_id: str, first_day: str, last_day: str, user_id: str | None = None) -> UsageSummary:
+        groups = self._ledger_totals("summarise the ledger", "user_id, model, day", workspace_id, first_day, last_day,
+                                     user_id)
         summary = UsageSummary()
         for user, model, day, *sums in groups:
             group = _group_totals(sums)
@@ -690,46 +698,20 @@ class SqliteStore(Store):
     def usage_by_source(
         self, workspace_id: str, first_day: str, last_day: str, user_id: str | None = None
     ) -> dict[str, UsageTotals]:
-        query = f"SELECT source, {_TOTALS} FROM ledger WHERE workspace_id = ? AND day BETWEEN ? AND ?"  # noqa: S608
-        params: tuple[str, ...] = (workspace_id, first_day, last_day)
-        if user_id is not None:
-            query += " AND user_id = ?"
-            params += (user_id,)
-        with self._read("summarise the ledger by source") as conn:
-            groups = conn.execute(query + " GROUP BY source", params).fetchall()
+        groups = self._ledger_totals("summarise the ledger by source", "source", workspace_id, first_day, last_day,
+                                     user_id)
         return {str(source): _group_totals(sums) for source, *sums in groups}
 
     # -- semantic cache ------------------------------------------------------------------
     def semantic_put(self, entry: SemanticEntry, *, max_entries: int, touched: Sequence[str] = ()) -> list[str]:
         if max_entries < 0:
             raise ValueError("max_entries must be 0 (no cap) or more")
+        # The entry's fields as both the table and its change log start with them.
+        head = (entry.entry_id, entry.scope, entry.context, entry.question, entry.created_at, entry.expires_at)
+        vector = bytes(entry.vector)
         with self._write("store a semantic-cache entry") as conn:
-            conn.execute(
-                _UPSERT_SEMANTIC,
-                (
-                    entry.entry_id,
-                    entry.scope,
-                    entry.context,
-                    entry.question,
-                    entry.created_at,
-                    entry.expires_at,
-                    _next_use(conn, self.now()),
-                    bytes(entry.vector),
-                    entry.answer,
-                ),
-            )
-            conn.execute(
-                _LOG_PUT,
-                (
-                    entry.entry_id,
-                    entry.scope,
-                    entry.context,
-                    entry.question,
-                    entry.created_at,
-                    entry.expires_at,
-                    bytes(entry.vector),
-                ),
-            )
+            conn.execute(_UPSERT_SEMANTIC, (*head, _next_use(conn, self.now()), vector, entry.answer))
+            conn.execute(_LOG_PUT, (*head, vector))
             _touch(conn, touched, self.now())
             evicted: list[tuple[str, str]] = []
             if max_entries:
