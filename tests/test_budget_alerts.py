@@ -15,7 +15,7 @@ import pytest
 import structlog
 
 from proxy_core.alerts import BudgetAlert, BudgetAlerter, alert_text, crossed, reached
-from proxy_core.budget import budget_lines
+from proxy_core.budget import CallSource, budget_lines
 from proxy_core.clock import ManualClock
 from proxy_core.errors import BudgetExceeded
 from proxy_core.gateway import Gateway
@@ -307,3 +307,16 @@ def test_the_slack_relay_posts_once_in_the_alert_channel_when_set() -> None:
         relay(alert)
         relay.close()
         assert [p.params["channel"] for p in slack.calls("chat.postMessage")] == ["C0ALERTS"]
+
+
+def test_a_proxy_keys_own_budget_is_announced_as_the_users(make_gateway: GatewayFactory, fake: FakeOpenAI) -> None:
+    # The user has no daily cap; their key has $0.01 a day of its own.
+    inbox = Inbox()
+    gw = make_gateway(on_budget_alert=inbox, user_daily_budget_usd="0")
+    fake.script(Fault.ok(prompt_tokens=0, completion_tokens=TENTH * 8))
+    gw.chat(user_id="U1", workspace_id="W1", request_id="proxy:key_nb:1", source=CallSource("key_nb", 10_000),
+            messages=[{"role": "user", "content": "question from a notebook"}])
+    assert [(a.user_id, a.scope, a.threshold, a.spent, a.limit) for a in inbox.alerts] == [
+        ("U1", "key_nb daily", 50, 8_000, 10_000), ("U1", "key_nb daily", 80, 8_000, 10_000)]
+    assert alert_text(inbox.alerts[-1]) == ("Heads-up: U1 has used 80% of their key_nb daily budget ($0.008 of "
+                                            "$0.01); it resets at 2026-01-02 00:00 UTC.")
