@@ -77,6 +77,8 @@ def test_penny_proxy_serves_the_openai_sdk_through_the_gateway(tmp_path: Path, f
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True)
     report = json.loads(cost.stdout)
     assert report["user_id"] == "U123" and report["today"]["cost_micros"] > 0, report
+    # All of it came through the notebook key: the ledger says so, and /cost names the key.
+    assert [(s["source"], s["name"], s["today"]["requests"]) for s in report["sources"]] == [(key.id, "notebook", 3)]
 
 
 def readme_example(kind: str) -> str:
