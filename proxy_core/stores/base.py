@@ -150,6 +150,13 @@ class Admission:
     budget: BudgetDecision | None = None
     permit: Permit | None = None
 
+    @classmethod
+    def held(cls, claim: Claim) -> Admission:
+        """The admission of a request ``claim`` (``done``, ``in_flight`` or ``interrupted``) already holds."""
+        if claim.state == "done":
+            return cls("done", result=claim.result)
+        return cls("interrupted" if claim.state == "interrupted" else "in_flight")
+
 
 @dataclass(frozen=True, slots=True)
 class LedgerEntry:

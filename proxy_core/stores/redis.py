@@ -542,7 +542,7 @@ class RedisStore(Store):
         *peeked, reply = self._pipelined(*calls, confirm=len(calls) - 1)
         held = _held(reply)
         if held is not None:
-            return _held_admission(held)
+            return Admission.held(held)
         state = _text(reply[0])
         if state == "over_budget":
             line = lines[int(reply[1]) - 1]
@@ -1058,12 +1058,6 @@ def _held(reply: Sequence[Any]) -> Claim | None:
     if state == "interrupted":
         return Claim("interrupted")
     return None
-
-
-def _held_admission(held: Claim) -> Admission:
-    if held.state == "done":
-        return Admission("done", result=held.result)
-    return Admission("interrupted" if held.state == "interrupted" else "in_flight")
 
 
 def _call(layout: ArgvLayout, keys: Sequence[str], rest: Iterable[Arg] = (), /, **named: Arg) -> Call:

@@ -507,7 +507,7 @@ class SqliteStore(Store):
             now = self.now()
             held = _held_request(conn, workspace_id, request_id, now)
             if held is not None:
-                return _held_admission(held)
+                return Admission.held(held)
             taken = _take(conn, workspace_id, buckets, now)
             limit = None if taken is None else LimitDecision(taken.allowed, taken.retry_after, taken.remaining,
                                                               taken.blocking)
@@ -975,12 +975,6 @@ def _held_request(conn: sqlite3.Connection, workspace_id: str, request_id: str, 
     if state == "claimed" and owner is not None:
         return Claim("interrupted")
     return None
-
-
-def _held_admission(held: Claim) -> Admission:
-    if held.state == "done":
-        return Admission("done", result=held.result)
-    return Admission("interrupted" if held.state == "interrupted" else "in_flight")
 
 
 # Claims the ID unless a live claim or result, or an interrupted owned claim, holds it; returns a
