@@ -132,17 +132,12 @@ def _load_wordllama(dims: int) -> Any:
     )
 
 
-class WordLlamaEmbedder:
-    """Mean of WordLlama's static token vectors (l2_supercat, bundled), unit length.
+class _Named:
+    """The read-only ``name`` and ``dims`` of an :class:`Embedder`, set once when it is made."""
 
-    Case is kept: the tokenizer is cased and "US" and "us" are different questions.
-    """
-
-    def __init__(self, dims: int = 256) -> None:
-        if dims not in _WORDLLAMA_DIMS:
-            raise ConfigurationError(f"{ENV_VAR}: WordLlama dims must be one of {_WORDLLAMA_DIMS}, got {dims}.")
+    def __init__(self, name: str, dims: int) -> None:
+        self._name = name
         self._dims = dims
-        self._name = "local:wordllama" if dims == 256 else f"local:wordllama?dims={dims}"
 
     @property
     def name(self) -> str:
@@ -151,6 +146,18 @@ class WordLlamaEmbedder:
     @property
     def dims(self) -> int:
         return self._dims
+
+
+class WordLlamaEmbedder(_Named):
+    """Mean of WordLlama's static token vectors (l2_supercat, bundled), unit length.
+
+    Case is kept: the tokenizer is cased and "US" and "us" are different questions.
+    """
+
+    def __init__(self, dims: int = 256) -> None:
+        if dims not in _WORDLLAMA_DIMS:
+            raise ConfigurationError(f"{ENV_VAR}: WordLlama dims must be one of {_WORDLLAMA_DIMS}, got {dims}.")
+        super().__init__("local:wordllama" if dims == 256 else f"local:wordllama?dims={dims}", dims)
 
     def load(self) -> None:
         """Load the weights now (e.g. at start-up) instead of on the first question."""
@@ -171,7 +178,7 @@ class WordLlamaEmbedder:
 # -- OpenAI-compatible -----------------------------------------------------------------------------
 
 
-class OpenAICompatibleEmbedder:
+class OpenAICompatibleEmbedder(_Named):
     """Vectors from an OpenAI-compatible embeddings endpoint, through ``embed_fn``.
 
     ``embed_fn`` takes a batch of texts and returns one vector per text; this class batches, checks
@@ -191,18 +198,9 @@ class OpenAICompatibleEmbedder:
             raise ConfigurationError(f"{ENV_VAR}: embedding dims must be positive, got {dims}.")
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
-        self._name = name
-        self._dims = dims
+        super().__init__(name, dims)
         self._embed_fn = embed_fn
         self._batch_size = batch_size
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def dims(self) -> int:
-        return self._dims
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         out = np.zeros((len(texts), self._dims), dtype=np.float32)
