@@ -103,7 +103,9 @@ class Accounts:
         return self.store.usage_by_source(workspace_id, first_day, last_day, user_id)
 
     def source_budget(self, workspace_id: str, source: CallSource, now: float | None = None) -> BudgetStatus:
-        """``source``'s own daily budget at ``now`` (uncapped when it has none)."""
+        """``source``'s own daily budget at ``now``: its spend and reservations today. A source
+        without a budget has no line (its calls count on none), so it reads uncapped and empty;
+        its spend is in :meth:`spend_by_source`."""
         line = source_day_line(source, self._wall() if now is None else now)
         return self._status(workspace_id, line)
 
