@@ -82,9 +82,9 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, Literal, cast
+
+from tests.fake_server import FakeServer, QuietHandler, RedactedHeaders
 
 __all__ = [
     "API_KEY",
@@ -281,30 +281,12 @@ class Gate:
             self._changed.notify_all()
 
 
-class _RedactedHeaders(dict[str, str]):
-    """Header dict whose repr hides credentials (pytest prints reprs on failed asserts)."""
-
-    def __repr__(self) -> str:
-        shown = {
-            k: ("<redacted>" if k.lower() in ("authorization", "api-key") else v) for k, v in self.items()
-        }
-        return repr(shown)
-
-    def get_ci(self, name: str) -> str | None:
-        """Case-insensitive lookup."""
-        lowered = name.lower()
-        for key, value in self.items():
-            if key.lower() == lowered:
-                return value
-        return None
-
-
 @dataclass(frozen=True)
 class RecordedRequest:
     endpoint: Endpoint | None
     method: str
     path: str
-    headers: _RedactedHeaders
+    headers: RedactedHeaders
     body: Any  # decoded JSON, or None when the body was not JSON
 
     def header(self, name: str) -> str | None:
@@ -348,8 +330,10 @@ class _State:
     gates: dict[Endpoint, Gate] = field(default_factory=dict)
 
 
-class FakeOpenAI:
+class FakeOpenAI(FakeServer):
     """A loopback OpenAI server; see the module docstring. Use as a context manager."""
+
+    url_path = "/v1"
 
     def __init__(
         self,
@@ -365,48 +349,15 @@ class FakeOpenAI:
         self.embed_dimensions = embed_dimensions
         self._state = _State()
         self._overrides: dict[str, list[float]] = {}
-        self._stopping = threading.Event()
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.fake = self
-        self._thread: threading.Thread | None = None
+        super().__init__(_Handler)
 
-    # -- lifecycle ---------------------------------------------------------------------------
+    # -- lifecycle (start, stop, base_url: FakeServer) -------------------------------------------
 
-    def start(self) -> FakeOpenAI:
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-            )
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
+    def _release_waiters(self) -> None:
         with self._state.lock:
             gates = list(self._state.gates.values())
         for gate in gates:
             gate.open()
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
-        self._server.server_close()
-
-    def __enter__(self) -> FakeOpenAI:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
 
     # -- scripting ---------------------------------------------------------------------------
 
@@ -511,8 +462,8 @@ class FakeOpenAI:
     def _wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds``; False when the server is stopping."""
         if seconds <= 0:
-            return not self._stopping.is_set()
-        return not self._stopping.wait(seconds)
+            return not self.stopping.is_set()
+        return not self.stopping.wait(seconds)
 
     def _chat_body(self, request: dict[str, Any], fault: Fault) -> dict[str, Any]:
         messages = request.get("messages") or []
@@ -648,29 +599,7 @@ def _last_user_message(messages: list[Any]) -> str:
     return ""
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    # socketserver's default backlog is 5: hundreds of clients connecting at once (the concurrency
-    # benchmark) would wait out SYN retransmits (a second each), which a real API never makes them do.
-    request_queue_size = 1024
-    fake: FakeOpenAI
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that timed out and hung up makes our late write fail; that is expected.
-        return
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in separate writes; with Nagle on, the body waits for the client's
-    # delayed ACK (40 ms on Linux), which no real API server makes its clients wait.
-    disable_nagle_algorithm = True
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return  # print nothing (requests carry credentials)
-
+class _Handler(QuietHandler):
     def do_GET(self) -> None:
         self._read_body()
         self._send_json(404, _error_body(404, f"Unknown path {self.path}"))
@@ -684,7 +613,7 @@ class _Handler(BaseHTTPRequestHandler):
             body: Any = json.loads(raw) if raw else None
         except ValueError:
             body = None
-        headers = _RedactedHeaders({k: v for k, v in self.headers.items()})
+        headers = RedactedHeaders({k: v for k, v in self.headers.items()})
         fault = fake._record_and_pick(RecordedRequest(endpoint, "POST", path, headers, body))
         if not fake._wait(fault.delay_s):
             self._drop()
@@ -715,10 +644,6 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(result[0], _error_body(result[0], result[1]))
             else:
                 self._send_json(200, result)
-
-    def _read_body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
 
     def _drop(self) -> None:
         self.close_connection = True
@@ -763,18 +688,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_raw(
         self, status: int, payload: bytes, content_type: str, headers: tuple[tuple[str, str], ...] = ()
     ) -> None:
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(payload)))
-            self.send_header("x-request-id", "req_fake")
-            for name, value in headers:
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(payload)
-            self.wfile.flush()
-        except OSError:
-            self.close_connection = True
+        super()._send_raw(status, payload, content_type, (("x-request-id", "req_fake"), *headers))
 
 
 def _error_body(status: int, message: str, code: str | None = None) -> dict[str, Any]:

@@ -68,14 +68,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.fake_server import FakeServer, QuietHandler, RedactedHeaders
+
 __all__ = ["FakeSlack", "SlackCall", "SlackFault"]
 
-_SECRET_HEADERS = frozenset({"authorization", "cookie"})
 _SECRET_PARAMS = frozenset({"token", "client_secret", "refresh_token"})
 # What auth.test reports as granted unless a test says otherwise: every scope Penny's manifest declares.
 DEFAULT_SCOPES = (
@@ -85,20 +84,6 @@ DEFAULT_SCOPES = (
 _WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455's key suffix for Sec-WebSocket-Accept
 
 Responder = Callable[["SlackCall"], Mapping[str, Any]]
-
-
-class _RedactedHeaders(dict[str, str]):
-    """Header dict whose repr hides credentials (pytest prints reprs on failed asserts)."""
-
-    def __repr__(self) -> str:
-        return repr({k: ("<redacted>" if k.lower() in _SECRET_HEADERS else v) for k, v in self.items()})
-
-    def get_ci(self, name: str) -> str | None:
-        lowered = name.lower()
-        for key, value in self.items():
-            if key.lower() == lowered:
-                return value
-        return None
 
 
 class _RedactedParams(dict[str, Any]):
@@ -114,7 +99,7 @@ class SlackCall:
 
     method: str
     params: _RedactedParams
-    headers: _RedactedHeaders
+    headers: RedactedHeaders
     http_method: str
     path: str
     at: float  # time.monotonic() when it arrived
@@ -182,7 +167,7 @@ class _State:
         self.changed = threading.Condition(self.lock)
 
 
-class FakeSlack:
+class FakeSlack(FakeServer):
     """A loopback Slack Web API; see the module docstring. Use as a context manager."""
 
     def __init__(
@@ -208,44 +193,7 @@ class FakeSlack:
         self._state = _State()
         self._state.admins.update(admins)
         self._state.scopes = tuple(scopes)
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.fake = self
-        self._thread: threading.Thread | None = None
-        self.stopping = threading.Event()  # WebSocket connections end when it is set
-
-    # -- lifecycle ---------------------------------------------------------------------------
-
-    def start(self) -> FakeSlack:
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-            )
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.stopping.set()
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
-        self._server.server_close()
-
-    def __enter__(self) -> FakeSlack:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
+        super().__init__(_Handler)  # WebSocket connections end when ``stopping`` is set
 
     @property
     def workspace_url(self) -> str:
@@ -684,28 +632,7 @@ def _method_of(path: str) -> str:
     return path.lstrip("/")
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    # socketserver's default backlog is 5: hundreds of clients connecting at once (the concurrency
-    # benchmark) would wait out SYN retransmits (a second each), which a real API never makes them do.
-    request_queue_size = 1024
-    fake: FakeSlack
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        return  # a client that hung up early is not the test's concern
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in separate writes; with Nagle on, the body waits for the client's
-    # delayed ACK (40 ms on Linux), which no real API server makes its clients wait.
-    disable_nagle_algorithm = True
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return  # print nothing (requests carry tokens)
-
+class _Handler(QuietHandler):
     def do_POST(self) -> None:
         self._handle("POST")
 
@@ -722,7 +649,7 @@ class _Handler(BaseHTTPRequestHandler):
         key = self.headers.get("Sec-WebSocket-Key") or ""
         accept = base64.b64encode(hashlib.sha1((key + _WS_GUID).encode()).digest()).decode()  # RFC 6455
         call = SlackCall(method="websocket", params=_RedactedParams(),
-                         headers=_RedactedHeaders(dict(self.headers.items())), http_method="GET",
+                         headers=RedactedHeaders(dict(self.headers.items())), http_method="GET",
                          path=urlsplit(self.path).path, at=time.monotonic(), status=101)
         with fake._state.changed:
             fake._state.calls.append(call)
@@ -752,29 +679,17 @@ class _Handler(BaseHTTPRequestHandler):
                 sock.sendall(_ws_frame(0xA, payload))
 
     def _handle(self, http_method: str) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length > 0 else b""
+        raw = self._read_body()
         parts = urlsplit(self.path)
         params = _RedactedParams(_flatten(parse_qs(parts.query, keep_blank_values=True)))
         params.update(_parse_body(self.headers.get("Content-Type", ""), raw))
         call = SlackCall(
             method=_method_of(parts.path),
             params=params,
-            headers=_RedactedHeaders(dict(self.headers.items())),
+            headers=RedactedHeaders(dict(self.headers.items())),
             http_method=http_method,
             path=parts.path,
             at=time.monotonic(),
         )
         status, body, headers = self.server.fake._record(call)
-        payload = json.dumps(body).encode()
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(payload)))
-            for name, value in headers:
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(payload)
-            self.wfile.flush()
-        except OSError:
-            self.close_connection = True
+        self._send_raw(status, json.dumps(body).encode(), "application/json; charset=utf-8", headers)
