@@ -6,70 +6,27 @@ the ledger's."""
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlencode
 
 import pytest
-from slack_bolt import BoltResponse
 
 from bot.cli import main
 from bot.cost import cost_report
 from bot.proxy.keys import KeyRing, ProxyKey
-from bot.settings import BotSettings
-from bot.slack.app import build_app
 from bot.slack.cost_blocks import blocks_to_text, cost_blocks
-from bot.slack.working import WorkingIndicator
 from proxy_core import Accounts, LedgerEntry, Store, budget_lines, format_usd
 from proxy_core.clock import ManualClock
 from proxy_core.stores.sqlite import SqliteStore
+from tests.cost_harness import NOW, CostHarness, make_settings
 from tests.fake_slack import FakeSlack
-from tests.slack_harness import BOT_ID, BOT_USER, TEAM, Harness, ScriptedAnswerer, event_body
+from tests.slack_harness import TEAM
 
-NOW = datetime(2026, 1, 20, 15, 30, tzinfo=UTC).timestamp()  # mid-month, as tests/test_cost.py
 DAY = 86_400.0
-TODAY, MONTH_START = "2026-01-20", "2026-01-01"
-
-
-def make_settings(**fields: Any) -> BotSettings:
-    """Settings from these fields and defaults only: no .env file, no PENNY_* variables."""
-    return BotSettings(_env_file=None, **fields)  # type: ignore[call-arg]
-
-
-class CostHarness(Harness):
-    """The Slack app on the fake Slack, with these settings' admins and the wall clock at NOW."""
-
-    def __init__(self, slack: FakeSlack, store: SqliteStore, settings: BotSettings) -> None:
-        super().__init__(slack, store, ScriptedAnswerer())
-        self.settings = dataclasses.replace(self.settings, admin_user_ids=frozenset(settings.admin_user_ids))
-        self.app = build_app(answerer=self.answerer, store=store, settings=self.settings,
-                             accounts=Accounts(store, settings), listener_executor=self.executor,
-                             wall=lambda: NOW, clock=time.monotonic, working=WorkingIndicator(workers=0))
-
-    def slash(self, text: str, *, user: str) -> BoltResponse:
-        self._serial += 1
-        form = {"token": "legacy-verification-token", "team_id": TEAM, "team_domain": "penny-test",
-                "channel_id": "C1", "channel_name": "general", "user_id": user, "user_name": user.lower(),
-                "command": "/cost", "text": text, "api_app_id": "A0PENNY",
-                "response_url": f"{self.settings.api_url}commands/{TEAM}/{self._serial}/hook",
-                "trigger_id": f"trigger-{self._serial}"}
-        return self.dispatch(urlencode(form), content_type="application/x-www-form-urlencoded")
-
-    def home_opened(self, user: str) -> BoltResponse:
-        self._serial += 1
-        event = {"type": "app_home_opened", "user": user, "channel": "D1", "tab": "home", "event_ts": "1.1"}
-        return self.dispatch(event_body(event, f"EvHome{self._serial:04d}"))
-
-@pytest.fixture
-def slack() -> Iterator[FakeSlack]:
-    with FakeSlack(team_id=TEAM, bot_user_id=BOT_USER, bot_id=BOT_ID) as server:
-        yield server
 
 
 def spend(store: Store, request_id: str, user: str, cost: int, *, source: str = "", days_ago: int = 0,
