@@ -24,7 +24,6 @@ from bot.docs.index import DocsIndex
 from bot.docs.retrieve import NO_MATCH_THRESHOLD, Hit, Retriever
 from proxy_core import (
     BudgetExceeded,
-    CacheAs,
     ChatResult,
     CircuitOpen,
     Clock,
@@ -32,6 +31,7 @@ from proxy_core import (
     PennyError,
     RateLimited,
     RequestInFlight,
+    StandaloneQuestion,
     StoreError,
     UpstreamError,
     estimate_text_tokens,
@@ -132,7 +132,7 @@ class AnswerService:
                 channel_id=question.channel_id,
                 messages=self._messages(text, hits, question.history),
                 context=self._context(hits),
-                cache_as=CacheAs(text, f"{PROMPT_VERSION}|{_digest(question.history)}"),
+                cache_as=StandaloneQuestion(text, f"{PROMPT_VERSION}|{_digest(question.history)}"),
                 use_cache=not question.fresh,
                 stream=question.stream,
             )

@@ -23,7 +23,7 @@ from __future__ import annotations
 from proxy_core.accounts import Accounts, BudgetStatus, Headroom
 from proxy_core.alerts import BudgetAlert, alert_text
 from proxy_core.budget import BudgetLine, CallSource, budget_lines
-from proxy_core.cache import CacheAs
+from proxy_core.cache import StandaloneQuestion
 from proxy_core.cached_answers import CachedAnswers
 from proxy_core.clock import Clock, ManualClock, monotonic
 from proxy_core.errors import (
@@ -73,7 +73,6 @@ __all__ = [
     "BudgetExceeded",
     "BudgetLine",
     "BudgetStatus",
-    "CacheAs",
     "CachedAnswers",
     "CallSource",
     "ChatRequest",
@@ -104,6 +103,7 @@ __all__ = [
     "RequestInterrupted",
     "RequestStore",
     "SharedRate",
+    "StandaloneQuestion",
     "Store",
     "StoreError",
     "UpstreamError",

@@ -22,12 +22,12 @@ from typing import Any, Literal, Protocol
 from proxy_core.stores.base import Store
 
 __all__ = [
-    "CacheAs",
     "CacheDecision",
     "CacheLayer",
     "CacheScope",
     "CachedAnswer",
     "ExactCache",
+    "StandaloneQuestion",
     "normalize_question",
 ]
 
@@ -88,8 +88,9 @@ class CacheScope:
 
 
 @dataclass(frozen=True, slots=True)
-class CacheAs:
-    """Cache a chat call under ``question`` (not its last message) and ``prompt`` (see
+class StandaloneQuestion:
+    """The question a chat call is cached under instead of its last message (a follow-up rewritten to
+    stand alone), with ``prompt``, the version of the prompt built around it (see
     :meth:`CacheScope.for_question`)."""
 
     question: str

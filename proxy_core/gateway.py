@@ -47,7 +47,7 @@ from proxy_core.alerts import BudgetAlert, BudgetAlerter
 from proxy_core.breaker import BreakerPolicy, BreakerState, Permit
 from proxy_core.breaker import cooldown as breaker_cooldown
 from proxy_core.budget import CallSource
-from proxy_core.cache import CacheAs, CachedAnswer, CacheDecision, CacheLayer, CacheScope, ExactCache
+from proxy_core.cache import CachedAnswer, CacheDecision, CacheLayer, CacheScope, ExactCache, StandaloneQuestion
 from proxy_core.clock import Clock, Sleep
 from proxy_core.errors import (
     BudgetExceeded,
@@ -160,7 +160,7 @@ class ChatRequest:
     context: str = ""
     channel_id: str | None = None
     use_cache: bool = True
-    cache_as: CacheAs | None = None
+    cache_as: StandaloneQuestion | None = None
     stream: AnswerStream | None = None
     source: CallSource | None = None
 
@@ -424,7 +424,7 @@ class Gateway:
         context: str = "",
         channel_id: str | None = None,
         use_cache: bool = True,
-        cache_as: CacheAs | None = None,
+        cache_as: StandaloneQuestion | None = None,
         stream: AnswerStream | None = None,
         source: CallSource | None = None,
     ) -> ChatResult:

@@ -241,7 +241,7 @@ class Gate:
         self.parties = parties
         self.timeout_s = timeout_s
         self.arrived = 0
-        self.held = 0  # callers that waited here (on a held endpoint: requests that reached the fake)
+        self.waited = 0  # callers that waited here (on a held endpoint: requests that reached the fake)
         self.broken = False
         self._open = False
         self._changed = threading.Condition()
@@ -267,7 +267,7 @@ class Gate:
         with self._changed:
             if self._open:
                 return
-            self.held += 1
+            self.waited += 1
             self._count_arrival()
             if not self._changed.wait_for(lambda: self._open, timeout=self.timeout_s):
                 self.broken = True

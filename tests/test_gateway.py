@@ -240,7 +240,7 @@ def test_fifty_concurrent_calls_never_settle_above_the_budget(make_gateway: Gate
         t.start()
     for t in threads:
         t.join()
-    assert not gate.broken and gate.held == fits
+    assert not gate.broken and gate.waited == fits
     assert (len(ok), len(refused)) == (fits, 50 - fits)
     assert {e.scope for e in refused} == {"daily"}
     usage = gw.usage("W1", DAY, DAY)
@@ -433,7 +433,7 @@ def test_an_outage_with_fifty_calls_in_flight_opens_at_half_of_them_and_sends_no
     assert [type(e) for e in errors] == [CircuitOpen] * n
     # The k-th failure is weighed against the 50 - k still in flight: the 25th opens the breaker.
     # The 24 before it each waited a backoff, and their retries were refused, not sent.
-    assert len(clock.sleeps) == backoff.held == 24
+    assert len(clock.sleeps) == backoff.waited == 24
     assert fake.count("chat") == n
     assert store.breaker_state("openai").state == "open"
     assert gw.metrics.registry.get_sample_value("penny_refusals_total", {"reason": "breaker"}) == n

@@ -87,30 +87,30 @@ def test_budgets_decide_alike_in_python_and_in_the_store(store: Store, clock: Ma
     lines = [BudgetLine(f"user:U{n}:day:x", user_cap, "daily", clock() + 86_400),
              BudgetLine(f"workspace:{n}:month:x", workspace_cap, "workspace monthly", clock() + 86_400)]
     spent = [0, 0]
-    held: list[tuple[str, int]] = []  # (reservation id, amount), oldest first
+    outstanding: list[tuple[str, int]] = []  # (reservation id, amount), oldest first
     for i, move in enumerate(sequence):
         if move.op == "admit":
             refusing = next((j for j, line in enumerate(lines)
-                             if not budget.fits(spent[j], sum(a for _, a in held) if line.limit else 0,
+                             if not budget.fits(spent[j], sum(a for _, a in outstanding) if line.limit else 0,
                                                 move.amount, line.limit)), None)
             admission = store.admit("T1", f"r{n}-{i}", ttl_s=60, buckets=[], lines=lines, amount=move.amount,
                                     breaker=None)
             if refusing is None:
                 assert admission.state == "admitted", (i, move)
-                held.append((f"r{n}-{i}", move.amount))
+                outstanding.append((f"r{n}-{i}", move.amount))
             else:
                 assert admission.state == "over_budget", (i, move)
                 assert admission.budget is not None and admission.budget.line == lines[refusing]
-        elif move.op == "settle" and held:
-            request_id, _ = held.pop(0)
+        elif move.op == "settle" and outstanding:
+            request_id, _ = outstanding.pop(0)
             entry = _entry(request_id, move.cost, clock())
             assert store.settle(entry, reservation_id=request_id, lines=lines, result=None, result_ttl_s=60)
             spent = [s + move.cost for s in spent]
-        elif move.op == "release" and held:
-            request_id, _ = held.pop()
+        elif move.op == "release" and outstanding:
+            request_id, _ = outstanding.pop()
             store.release("T1", request_id, lines)
             store.release_request("T1", request_id)
-        reserved = sum(a for _, a in held)
+        reserved = sum(a for _, a in outstanding)
         for j, line in enumerate(lines):
             assert store.spent("T1", line) == (spent[j], reserved if line.limit else 0), (i, move, line.key)
 

@@ -161,7 +161,7 @@ def test_fifty_concurrent_calls_with_one_key_never_settle_above_its_budget(
         t.start()
     for t in threads:
         t.join()
-    assert not gate.broken and gate.held == 7
+    assert not gate.broken and gate.waited == 7
     assert (len(costs), len(refused)) == (7, 43)
     assert {e.code for e in refused} == {"insufficient_quota"}
     spent = proxy.gateway.accounts.spend_by_source("T1", today(clock), today(clock), "U1")

@@ -118,12 +118,12 @@ def admit_and_settle(store: RedisStore, ws: str, request_id: str, cost: int = 1_
 
 def keys_by_port(cluster: LocalCluster, namespace: str) -> dict[int, list[str]]:
     """Every key of ``namespace``, by the port of the primary holding it."""
-    held: dict[int, list[str]] = {}
+    keys: dict[int, list[str]] = {}
     for port in cluster.primary_ports():
         client = redis.Redis(port=port, decode_responses=True)
-        held[port] = sorted(client.scan_iter(match=f"{namespace}:*", count=1000))
+        keys[port] = sorted(client.scan_iter(match=f"{namespace}:*", count=1000))
         client.close()
-    return held
+    return keys
 
 
 def test_one_node_is_enough_to_reach_every_primary_and_a_workspace_stays_in_one_slot(
@@ -136,16 +136,16 @@ def test_one_node_is_enough_to_reach_every_primary_and_a_workspace_stays_in_one_
         for ws in workspaces:
             admit_and_settle(store, ws, f"{ws}-r1")
             assert store.usage(ws, DAY, DAY).totals.requests == 1
-    held = keys_by_port(redis_cluster, redis_namespace)
+    keys_on = keys_by_port(redis_cluster, redis_namespace)
     for port, workspaces in by_primary.items():
         for ws in workspaces:
             tag = f"{redis_namespace}:{{w:{ws}}}:"
             # Claim, bucket, budget line, reservation, ledger entry, usage: all on the workspace's primary.
-            mine = [key for key in held[port] if key.startswith(tag)]
+            mine = [key for key in keys_on[port] if key.startswith(tag)]
             assert len(mine) >= 6
-            assert not any(key.startswith(tag) for other, keys in held.items() if other != port for key in keys)
+            assert not any(key.startswith(tag) for other, keys in keys_on.items() if other != port for key in keys)
     # The breaker has a slot of its own, on exactly one primary.
-    assert sum(f"{redis_namespace}:breaker:{{openai}}" in keys for keys in held.values()) == 1
+    assert sum(f"{redis_namespace}:breaker:{{openai}}" in keys for keys in keys_on.values()) == 1
 
 
 def test_a_primary_that_forgot_the_scripts_gets_them_again(redis_cluster: LocalCluster, open_store: Any) -> None:
