@@ -24,9 +24,8 @@ NO_CACHE = {"Cache-Control": "no-cache"}
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(answer="Run `make deploy`.") as server:
-        yield server
+def fake_answer() -> str:
+    return "Run `make deploy`."
 
 
 @pytest.fixture

@@ -66,3 +66,23 @@ def test_no_module_imports_a_test_module() -> None:
         if module.startswith("tests.test_")
     ]
     assert wrong == [], "shared test helpers belong in a harness module, not a test module:\n" + "\n".join(wrong)
+
+
+SHARED_FIXTURES = {"fake", "slack", "make_gateway"}  # tests/conftest.py
+OWN_FAKES = {  # modules that need a fake of their own, and why
+    ("test_fake_slack.py", "slack"): "the fake's constructor is what it tests",
+    ("test_http_server.py", "slack"): "one fake for the module, shared with its module-scoped server",
+}
+
+
+def test_test_modules_vary_the_shared_fixtures_instead_of_redefining_them() -> None:
+    """A module may override ``fake_answer``/``gateway_settings`` or extend a shared fixture (take it as
+    a parameter); a fixture of the same name built from scratch is a second copy."""
+    wrong = []
+    for path in sorted(ROOT.joinpath("tests").glob("test_*.py")):
+        for node in ast.parse(path.read_text(), filename=str(path)).body:
+            if (isinstance(node, ast.FunctionDef) and node.name in SHARED_FIXTURES
+                    and node.name not in {a.arg for a in node.args.args}
+                    and (path.name, node.name) not in OWN_FAKES):
+                wrong.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.name}")
+    assert wrong == [], "use the fixture in tests/conftest.py (see its docstring):\n" + "\n".join(wrong)
