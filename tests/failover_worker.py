@@ -12,15 +12,11 @@ happened, with the wall-clock times of its answers and refusals.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-from proxy_core.errors import PennyError
-from proxy_core.gateway import Gateway
-from proxy_core.log import configure_logging
-from proxy_core.settings import load_settings
+from tests.worker_gateway import ask, drain_spool, open_gateway, report
 
 
 def main() -> int:
@@ -31,33 +27,24 @@ def main() -> int:
     parser.add_argument("--pause", type=float, default=0.05)
     args = parser.parse_args()
 
-    settings = load_settings()
-    configure_logging(settings.log_level, json=settings.log_json)
-    gateway = Gateway.from_settings(settings)
+    gateway = open_gateway()
     answered: list[float] = []
     refused: list[float] = []
     errors: dict[str, int] = {}
     i = 0
     while not args.stop.exists():
         workspace = f"W{i % args.workspaces}"
-        try:
-            gateway.chat(user_id=f"U{i % 4}", workspace_id=workspace, request_id=f"{args.name}-{i}",
-                         messages=[{"role": "user", "content": f"question {i} from {args.name} in {workspace}"}])
+        if ask(gateway, f"{args.name}-{i}", f"question {i} from {args.name} in {workspace}", user=f"U{i % 4}",
+               workspace=workspace, errors=errors):
             answered.append(time.time())
-        except PennyError as exc:
+        else:
             refused.append(time.time())
-            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
             time.sleep(args.pause)  # asking again a moment later, as a person would
         i += 1
-        print(json.dumps({"progress": i}), flush=True)
-    deadline = time.monotonic() + 30
-    while True:
-        pending = gateway.replay_spool().pending
-        if pending == 0 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)  # the store is still coming back: poll it, bounded
+        report(progress=i)
+    pending = drain_spool(gateway)
     gateway.close()
-    print(json.dumps({"answered": answered, "refused": refused, "errors": errors, "pending": pending}), flush=True)
+    report(answered=answered, refused=refused, errors=errors, pending=pending)
     return 0
 
 

@@ -10,14 +10,10 @@ spool until it is empty (bounded) before it exits. Prints one JSON line: what ha
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
-from proxy_core.errors import PennyError
-from proxy_core.gateway import Gateway
-from proxy_core.log import configure_logging
-from proxy_core.settings import load_settings
+from tests.worker_gateway import ask, drain_spool, open_gateway, report
 
 
 def main() -> int:
@@ -28,31 +24,20 @@ def main() -> int:
     parser.add_argument("--drain", action="store_true")
     args = parser.parse_args()
 
-    settings = load_settings()
-    configure_logging(settings.log_level, json=settings.log_json)
-    gateway = Gateway.from_settings(settings)
+    gateway = open_gateway()
     answered = refused = 0
     errors: dict[str, int] = {}
     for i in range(args.count):
-        try:
-            gateway.chat(user_id=f"U{i % 4}", workspace_id=args.workspace, request_id=f"{args.name}-{i}",
-                         messages=[{"role": "user", "content": f"question {i} from {args.name}"}])
+        if ask(gateway, f"{args.name}-{i}", f"question {i} from {args.name}", user=f"U{i % 4}",
+               workspace=args.workspace, errors=errors):
             answered += 1
-        except PennyError as exc:
+        else:
             refused += 1
-            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
             time.sleep(0.05)  # the next person asks a moment later: traffic goes on across an outage
-        print(json.dumps({"progress": i + 1}), flush=True)
-    pending = 0
-    if args.drain:
-        deadline = time.monotonic() + 30
-        while True:
-            pending = gateway.replay_spool().pending
-            if pending == 0 or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)  # the store is still coming back: poll it, bounded
+        report(progress=i + 1)
+    pending = drain_spool(gateway) if args.drain else 0
     gateway.close()
-    print(json.dumps({"answered": answered, "refused": refused, "errors": errors, "pending": pending}), flush=True)
+    report(answered=answered, refused=refused, errors=errors, pending=pending)
     return 0
 
 
