@@ -51,11 +51,11 @@ def _spool_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """What the ``penny`` command sees in a test: an empty working directory, no Penny/OpenAI
-    variables, and a SQLite store in tmp_path (its URL is the value)."""
+    """What the ``penny`` command sees in a test: an empty working directory, no Penny, OpenAI or
+    Slack variables, and a SQLite store in tmp_path (its URL is the value)."""
     monkeypatch.chdir(tmp_path)
     for name in list(os.environ):
-        if name.upper().startswith(("PENNY_", "OPENAI_")):
+        if name.upper().startswith(("PENNY_", "OPENAI_", "SLACK_")):
             monkeypatch.delenv(name)
     url = f"sqlite:///{tmp_path / 'penny.db'}"
     monkeypatch.setenv("PENNY_STORE_URL", url)

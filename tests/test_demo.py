@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import io
 import json
-import os
 import socket
 import urllib.error
 import urllib.request
@@ -19,7 +18,6 @@ from pathlib import Path
 
 import openai
 import pytest
-import structlog
 
 import bot.demo
 from bot.cli import main
@@ -38,13 +36,8 @@ PROMPT = [
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.chdir(tmp_path)
-    for name in list(os.environ):
-        if name.upper().startswith(("PENNY_", "OPENAI_", "SLACK_")):
-            monkeypatch.delenv(name)
-    yield
-    structlog.reset_defaults()  # main() points structlog at this test's stderr
+def isolated(cli_env: str) -> None:
+    """Every test here runs in ``cli_env``."""
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ hybrid retrieval on the sample handbook, and ``penny index``."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -333,27 +332,19 @@ def test_bm25_mode_needs_no_vector(handbook: IndexSnapshot) -> None:
 
 
 @pytest.fixture
-def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """An empty working directory, no Penny/OpenAI variables, and a SQLite store in tmp_path."""
-    for name in list(os.environ):
-        if name.upper().startswith(("PENNY_", "OPENAI_")):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    db = tmp_path / "penny.db"
-    monkeypatch.setenv("PENNY_STORE_URL", f"sqlite:///{db}")
-    yield db
-    # main() points structlog at this test's captured stderr; do not leave that to other tests.
-    structlog.reset_defaults()
+def store_file(cli_env: str) -> Path:
+    """The SQLite file of ``cli_env``'s store, which ``penny index`` writes."""
+    return Path(cli_env.removeprefix("sqlite:///"))
 
 
-def test_penny_index(cli_env: Path, docs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_penny_index(store_file: Path, docs: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["index", str(docs)]) == 0
     captured = capsys.readouterr()
     assert "indexed 4 files" in captured.out and "version 1" in captured.out
     assert "4/4 files" in captured.err and "\r[" in captured.err
     assert main(["index", str(docs)]) == 0
     assert "0 embedded" in capsys.readouterr().out
-    store = SqliteStore(cli_env)
+    store = SqliteStore(store_file)
     try:
         assert DocsIndex.load(store).version == 1
     finally:
@@ -361,7 +352,7 @@ def test_penny_index(cli_env: Path, docs: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_penny_index_refuses_an_empty_or_missing_folder_and_changes_nothing(
-    cli_env: Path, docs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    store_file: Path, docs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["index", str(docs)]) == 0
     capsys.readouterr()
@@ -375,7 +366,7 @@ def test_penny_index_refuses_an_empty_or_missing_folder_and_changes_nothing(
         assert reason in captured.err and "Nothing was changed" in captured.err
         assert captured.out == "" and "removed" not in captured.err and "Traceback" not in captured.err
     assert "--allow-empty" in main_err(["index", "empty"], capsys)
-    store = SqliteStore(cli_env)
+    store = SqliteStore(store_file)
     try:
         assert DocsIndex.load(store).version == 1 and len(DocsIndex.load(store)) > 0
         assert main(["index", "dcos", "--allow-empty"]) == 2  # a folder that is not there is never "empty"
@@ -392,7 +383,7 @@ def main_err(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def test_penny_index_refuses_what_it_cannot_do(
-    cli_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    store_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["index", str(tmp_path / "nowhere")]) == 2
     assert "not a directory" in capsys.readouterr().err

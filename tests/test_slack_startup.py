@@ -9,15 +9,12 @@ by middleware before any store write, Slack call or LLM call."""
 from __future__ import annotations
 
 import io
-import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 from structlog.testing import capture_logs
 
 from bot.cli import main
@@ -37,16 +34,9 @@ APP_TOKEN = "xapp-1-test-not-a-real-app-token"
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No Penny, OpenAI or Slack variables but these; a SQLite store and the example docs."""
-    monkeypatch.chdir(tmp_path)
-    for name in list(os.environ):
-        if name.upper().startswith(("PENNY_", "OPENAI_", "SLACK_")):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("PENNY_STORE_URL", f"sqlite:///{tmp_path / 'penny.db'}")
+def isolated(cli_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cli_env`` (no Penny, OpenAI or Slack variables but these; a SQLite store), and the example docs."""
     monkeypatch.setenv("PENNY_DOCS_DIR", str(REPO / "examples" / "docs"))
-    yield
-    structlog.reset_defaults()
 
 
 @pytest.fixture
