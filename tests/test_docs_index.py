@@ -116,7 +116,7 @@ def test_sqlite_a_version_2_file_gains_the_blobs_table(tmp_path: Path, clock: Ma
     assert store.blob_get("a") == b"1"
     store.close()
     with sqlite3.connect(path) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     raw.close()
 
 
