@@ -205,6 +205,30 @@ class _Held(Exception):
         self.claim = claim
 
 
+def _breaker_policy(settings: PennySettings) -> BreakerPolicy:
+    """The circuit breaker's policy from the settings (a probe may take two request timeouts)."""
+    return BreakerPolicy(
+        failure_threshold=settings.breaker_failure_threshold,
+        failure_ratio=settings.breaker_failure_ratio,
+        min_calls=settings.breaker_min_calls,
+        window_s=settings.breaker_window_s,
+        cooldown_s=settings.breaker_cooldown_s,
+        probe_timeout_s=settings.request_timeout_s * 2,
+        max_cooldown_s=settings.breaker_max_cooldown_s,
+    )
+
+
+def _retry_policy(settings: PennySettings) -> RetryPolicy:
+    """Upstream retries' policy from the settings."""
+    return RetryPolicy(
+        max_attempts=settings.retry_max_attempts,
+        base_s=settings.retry_base_s,
+        cap_s=settings.retry_cap_s,
+        max_retry_after_s=settings.retry_max_wait_s,
+        deadline_s=settings.retry_deadline_s,
+    )
+
+
 class Gateway:
     """Runs every chat completion and embedding through Penny's cost controls.
 
@@ -252,24 +276,10 @@ class Gateway:
         self._sleep = sleep
         self._rand = rand
         self._breaker_name = breaker_name
-        self._breaker = BreakerPolicy(
-            failure_threshold=settings.breaker_failure_threshold,
-            failure_ratio=settings.breaker_failure_ratio,
-            min_calls=settings.breaker_min_calls,
-            window_s=settings.breaker_window_s,
-            cooldown_s=settings.breaker_cooldown_s,
-            probe_timeout_s=settings.request_timeout_s * 2,
-            max_cooldown_s=settings.breaker_max_cooldown_s,
-        )
+        self._breaker = _breaker_policy(settings)
         self._in_flight = InFlight()
         self._breaker_ref = BreakerRef(breaker_name, self._breaker)
-        self._retry = RetryPolicy(
-            max_attempts=settings.retry_max_attempts,
-            base_s=settings.retry_base_s,
-            cap_s=settings.retry_cap_s,
-            max_retry_after_s=settings.retry_max_wait_s,
-            deadline_s=settings.retry_deadline_s,
-        )
+        self._retry = _retry_policy(settings)
         # A claim must outlive the longest the pipeline can take, or a retry could run it twice.
         self._claim_ttl_s = settings.retry_deadline_s + settings.request_timeout_s + 30.0
         self._log = get_logger()
