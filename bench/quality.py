@@ -26,7 +26,6 @@ from bench.pairs import BALANCED, NEARMISS, STRESS, CachedEmbedder, embedders, p
 from proxy_core.cache import normalize_question
 from proxy_core.semantic.calibrated import calibration_for
 from proxy_core.semantic.decision import (
-    DEFAULT_MAX_WRONG,
     CalibratedPolicy,
     Candidate,
     EvalReport,
@@ -114,13 +113,14 @@ def budgets(embedder: CachedEmbedder, guard: NearMissGuard, held: Sequence[Label
         "Penny − cosine | wrong expected / measured | near-miss recall | near-miss false hits |",
         "|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
-    for budget in BUDGETS:
+    for budget in sorted({*BUDGETS, calibration.default_max_wrong}):
         policy = CalibratedPolicy(calibration, guard, budget)
         h = evaluate(held, embedder, policy=policy)
         n = evaluate(nearmiss, embedder, policy=policy)
-        mark = " (default)" if budget == DEFAULT_MAX_WRONG else ""
+        mark = " (default)" if budget == calibration.default_max_wrong else ""
+        label = f"{budget:.2f}" if round(budget, 2) == budget else f"{budget:.3f}"
         out.append(
-            f"| {budget:.2f}{mark} | {policy.min_probability:.2f} | {pct(h.recall)} | {pct(h.precision)} | "
+            f"| {label}{mark} | {policy.min_probability:.2f} | {pct(h.recall)} | {pct(h.precision)} | "
             f"{pct(h.baseline_precision_at_recall)} | {lift(h)} | {pct(h.expected_wrong)} / {pct(h.measured_wrong)} | "
             f"{n.true_hits} / {n.positives} | {n.false_hits} / {n.negatives} |"
         )
@@ -135,7 +135,7 @@ def classes(embedder: CachedEmbedder, vectors: WordVectors, files: dict[str, Seq
     calibration = calibration_for(embedder.name)
     assert calibration is not None
     base = GuardSettings()
-    floor = CalibratedPolicy(calibration, NearMissGuard(base, word_vectors=vectors), DEFAULT_MAX_WRONG).floor
+    floor = CalibratedPolicy(calibration, NearMissGuard(base, word_vectors=vectors)).floor
     guards = {label: NearMissGuard(replace(base, **change), word_vectors=vectors)  # type: ignore[arg-type]
               for label, change in CLASSES}  # fmt: skip
     default = NearMissGuard(base, word_vectors=vectors)
@@ -175,8 +175,8 @@ def speed(embedder: CachedEmbedder, held: Sequence[LabelledPair], n: int = 500) 
                       inner.embed(cached))  # fmt: skip
     out = ["| decision | new question: p50 / p95 | the same question again: p50 / p95 |", "|---|---|---|"]
     policies: list[tuple[str, HitPolicy]] = [
-        (f"calibrated (max wrong {DEFAULT_MAX_WRONG:.2f})", CalibratedPolicy(calibration_for(embedder.name),  # type: ignore[arg-type]
-                                                                             NearMissGuard(), DEFAULT_MAX_WRONG)),
+        (f"calibrated (max wrong {calibration_for(embedder.name).default_max_wrong:g})",  # type: ignore[union-attr]
+         CalibratedPolicy(calibration_for(embedder.name), NearMissGuard())),  # type: ignore[arg-type]
         (f"threshold {default_threshold(embedder.name):.2f} + guard",
          ThresholdPolicy(default_threshold(embedder.name), NearMissGuard())),
     ]  # fmt: skip
@@ -246,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     guard = NearMissGuard(GuardSettings(), word_vectors=vectors)
     lines = [
         "## Penny next to the plain cosine rule", "",
-        f"Defaults: `PENNY_CACHE_MAX_WRONG={DEFAULT_MAX_WRONG}`, guard `{GuardSettings()}`.", "",
+        "Defaults: `PENNY_CACHE_MAX_WRONG` unset, so each embedder's own default budget (below), guard "
+        f"`{GuardSettings()}`.", "",
         f"Files: the held-out part of `{BALANCED}` ({len(held)} pairs; fitted on the other {len(fit)}), "
         f"`{NEARMISS}` ({len(nearmiss)}), `{STRESS}` ({len(stress)}, hard negatives on purpose).", "",
     ]  # fmt: skip
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     with embedders(minilm=args.minilm, minilm_url=args.minilm_url) as models:
         for embedder in models:
             name = embedder.name.split("?")[0]
-            policy = CalibratedPolicy(calibration_for(name), guard, DEFAULT_MAX_WRONG)  # type: ignore[arg-type]
+            policy = CalibratedPolicy(calibration_for(name), guard)  # type: ignore[arg-type]
             reports = {
                 "held-out QQP": evaluate(held, embedder, policy=policy),
                 "near-miss dev": evaluate(nearmiss, embedder, policy=policy),

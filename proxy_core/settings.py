@@ -197,10 +197,11 @@ class PennySettings(BaseSettings):
         "local:wordllama", min_length=1,
         description="Embeds questions for the semantic cache: local:wordllama or openai:<model>[?dimensions=N].",
     )
-    cache_max_wrong: float = Field(
-        0.12, gt=0, lt=1,
+    cache_max_wrong: float | None = Field(
+        None, gt=0, lt=1,
         description="Largest share of served rephrasing hits that may be wrong; Penny picks its operating point "
-        "from the embedder's calibration.",
+        "from the embedder's calibration. Unset: the embedder's own default (0.15 for local:wordllama, 0.12 "
+        "for all-MiniLM-L6-v2).",
     )
     cache_threshold: float | None = Field(
         None, gt=0, le=1,

@@ -476,8 +476,8 @@ def test_cache_eval_reports_the_production_decision_on_labelled_pairs(tmp_path: 
     assert (report["pairs"], report["positives"], report["negatives"]) == (4, 2, 2)
     assert report["false_hits"] == 0  # stop/start and the negation are refused
     assert report["true_hits"] == 2 and report["recall"] == 1.0 and report["precision"] == 1.0
-    # the default decision is the calibrated one, at PENNY_CACHE_MAX_WRONG, next to plain cosine
-    assert report["policy"].startswith("calibrated") and report["max_wrong"] == 0.12
+    # the default decision is the calibrated one, at the embedder's default budget, next to plain cosine
+    assert report["policy"].startswith("calibrated") and report["max_wrong"] == 0.15
     assert report["expected_wrong"] is not None and report["measured_wrong"] == 0.0
     assert report["baseline_precision_at_recall"] is not None and report["lift"] is not None
     assert report["curve"] and report["baseline_curve"]

@@ -198,7 +198,9 @@ def test_the_bound_before_aligning_words_never_undercuts_the_probability(guard: 
 
 def test_hit_policy_follows_the_settings() -> None:
     calibrated = hit_policy("local:wordllama")
-    assert isinstance(calibrated, CalibratedPolicy) and calibrated.max_wrong == DEFAULT_MAX_WRONG
+    assert isinstance(calibrated, CalibratedPolicy) and calibrated.max_wrong == 0.15  # WordLlama's own default
+    minilm = hit_policy("openai:all-MiniLM-L6-v2?dimensions=384")
+    assert isinstance(minilm, CalibratedPolicy) and minilm.max_wrong == 0.12
     assert calibrated.describe().startswith("calibrated, p >= ")
     assert isinstance(hit_policy("openai:all-MiniLM-L6-v2?dimensions=384", max_wrong=0.05), CalibratedPolicy)
     expert = hit_policy("local:wordllama", threshold=0.7, max_wrong=0.05)
@@ -216,8 +218,20 @@ def test_default_thresholds() -> None:
     assert default_threshold("openai:text-embedding-3-small") == FALLBACK_THRESHOLD
 
 
-def test_the_settings_default_budget_is_the_decision_default() -> None:
-    assert PennySettings().cache_max_wrong == DEFAULT_MAX_WRONG
+def test_each_embedder_has_its_own_default_budget() -> None:
+    assert PennySettings().cache_max_wrong is None  # unset: the embedder's calibration says
+    wordllama, minilm = calibration_for("local:wordllama"), calibration_for("openai:all-MiniLM-L6-v2")
+    assert wordllama is not None and minilm is not None
+    assert (wordllama.default_max_wrong, minilm.default_max_wrong) == (0.15, 0.12)
+    assert wordllama.default_reason and minilm.default_reason
+    assert CalibratedPolicy(wordllama, NearMissGuard()).max_wrong == 0.15
+    assert CalibratedPolicy(wordllama, NearMissGuard(), 0.05).max_wrong == 0.05
+    # a calibration file without a default (written before there were per-embedder defaults)
+    raw = json.loads(wordllama.to_json())
+    del raw["default_max_wrong"], raw["default_reason"]
+    old = Calibration.from_json(json.dumps(raw))
+    assert old.default_max_wrong == DEFAULT_MAX_WRONG == 0.12
+    assert Calibration.from_json(wordllama.to_json()) == wordllama
 
 
 @pytest.mark.parametrize("name", ["local:wordllama", "openai:all-MiniLM-L6-v2"])
@@ -350,7 +364,7 @@ def test_evaluate_with_wordllama_and_the_default_policy(tmp_path: Path) -> None:
     report = evaluate(pairs, WordLlamaEmbedder(), policy=hit_policy("local:wordllama"))
     assert report.false_hits == 0
     assert report.embedder == "local:wordllama"
-    assert report.expected_wrong is not None and report.max_wrong == DEFAULT_MAX_WRONG
+    assert report.expected_wrong is not None and report.max_wrong == 0.15
 
 
 def test_load_pairs_names_the_bad_line(tmp_path: Path) -> None:

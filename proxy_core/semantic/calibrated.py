@@ -10,8 +10,9 @@ as ``calibrations/<embedder>.json``. The same file holds the *operating points*:
 probability, the share of served hits expected to be wrong (the mean of ``1 - p`` over the hits it
 serves, on held-apart folds of the fitting part) and the recall it reached there. Given the
 operator's ``PENNY_CACHE_MAX_WRONG``, :meth:`Calibration.operating_point` picks the loosest point
-whose expected share of wrong hits stays within it. The guard's vetoes are not features: a vetoed
-candidate is never served, whatever its probability.
+whose expected share of wrong hits stays within it; unset, the embedder's own default budget
+(``default_max_wrong``, chosen by ``bench.calibrate``) applies. The guard's vetoes are not
+features: a vetoed candidate is never served, whatever its probability.
 
 "Wrong" means what the calibration pairs' labels say: on random Quora question pairs, half of them
 duplicates. A workload with more true rephrasings among near questions sees fewer wrong hits.
@@ -30,7 +31,10 @@ from typing import Any
 from proxy_core.errors import ConfigurationError
 from proxy_core.semantic.guard import Comparison
 
-__all__ = ["FEATURES", "Calibration", "OperatingPoint", "calibration_for", "embedder_key", "expected_wrong", "features"]
+__all__ = [
+    "FALLBACK_MAX_WRONG", "FEATURES", "Calibration", "OperatingPoint", "calibration_for", "embedder_key",
+    "expected_wrong", "features",
+]  # fmt: skip
 
 # The model's inputs, in order. Cheap on purpose: the cosine, and counts the guard already made.
 FEATURES = (
@@ -48,6 +52,10 @@ FEATURES = (
 
 
 _ALIGNMENT = frozenset({"unmatched_cached", "unmatched_new", "coverage"})  # known only after aligning words
+
+# The budget for a calibration file that names no default of its own (files written before
+# per-embedder defaults).
+FALLBACK_MAX_WRONG = 0.12
 
 
 def features(similarity: float, c: Comparison) -> list[float]:
@@ -93,6 +101,10 @@ class Calibration:
     points: tuple[OperatingPoint, ...]  # by min_probability, highest first
     guard: str  # repr of the GuardSettings the model was fitted with
     source: str  # what it was fitted on, and how
+    # The budget when PENNY_CACHE_MAX_WRONG is not set: each embedder's own (bench/calibrate.py
+    # says how it was chosen), since one number does not suit both embedders' curves.
+    default_max_wrong: float = FALLBACK_MAX_WRONG
+    default_reason: str = ""
 
     def probability(self, similarity: float, comparison: Comparison) -> float:
         """The estimated probability that the cached answer serves the new question."""
@@ -152,6 +164,8 @@ class Calibration:
                 "embedder": self.embedder,
                 "source": self.source,
                 "guard": self.guard,
+                "default_max_wrong": self.default_max_wrong,
+                "default_reason": self.default_reason,
                 "features": list(self.features),
                 "weights": [round(w, 6) for w in self.weights],
                 "bias": round(self.bias, 6),
@@ -185,6 +199,8 @@ class Calibration:
             points=tuple(sorted(points, key=lambda p: -p.min_probability)),
             guard=str(raw["guard"]),
             source=str(raw["source"]),
+            default_max_wrong=float(raw.get("default_max_wrong", FALLBACK_MAX_WRONG)),
+            default_reason=str(raw.get("default_reason", "")),
         )
 
 

@@ -6,7 +6,7 @@ first), it returns an exact hit, a semantic hit, or a miss that says why. What c
 
 - :class:`CalibratedPolicy` (the default): the guard's vetoes, then the embedder's calibrated
   probability that the cached answer serves (:mod:`proxy_core.semantic.calibrated`) against the
-  operating point for ``PENNY_CACHE_MAX_WRONG``;
+  operating point for ``PENNY_CACHE_MAX_WRONG`` (unset: the embedder's own default budget);
 - :class:`ThresholdPolicy`: cosine at or above a threshold and the whole guard (the expert
   override ``PENNY_CACHE_THRESHOLD``, and embedders without a calibration); with no guard it is
   the plain cosine rule.
@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from proxy_core.cache import normalize_question
-from proxy_core.semantic.calibrated import Calibration, calibration_for
+from proxy_core.semantic.calibrated import FALLBACK_MAX_WRONG, Calibration, calibration_for
 from proxy_core.semantic.embedders import Embedder
 from proxy_core.semantic.guard import Analysis, NearMissGuard
 
@@ -60,8 +60,10 @@ P = TypeVar("P")
 DecisionStatus = Literal["exact", "semantic", "miss"]
 
 COMMON_RULE_THRESHOLD = 0.95
-# The share of served hits that may be wrong when PENNY_CACHE_MAX_WRONG is not set.
-DEFAULT_MAX_WRONG = 0.12
+# The share of served hits that may be wrong when PENNY_CACHE_MAX_WRONG is not set and the
+# embedder's calibration names no default budget of its own (each shipped one does:
+# Calibration.default_max_wrong).
+DEFAULT_MAX_WRONG = FALLBACK_MAX_WRONG
 # Cosine thresholds for the threshold policy when PENNY_CACHE_GUARD is off and no threshold is set:
 # the best F0.5 with the old strict guard on cache-pairs-dev.jsonl (issue 3; bench/QUALITY.md's
 # history). Embedders without a calibration use FALLBACK_THRESHOLD with the guard, a cautious
@@ -137,20 +139,28 @@ class ThresholdPolicy:
 @dataclass(frozen=True)
 class CalibratedPolicy:
     """The guard's vetoes, then the calibrated probability against the operating point for
-    ``max_wrong`` (the largest share of served hits that may be wrong)."""
+    ``max_wrong`` (the largest share of served hits that may be wrong; None: the calibration's
+    own default, which ``max_wrong`` then holds)."""
 
     calibration: Calibration
     guard: NearMissGuard
-    max_wrong: float
+    max_wrong: float | None = None
     min_probability: float = field(init=False)
     expected_wrong: float = field(init=False)  # at the operating point, on the calibration pairs
     floor: float = field(init=False)
 
     def __post_init__(self) -> None:
-        point = self.calibration.operating_point(self.max_wrong)
+        if self.max_wrong is None:
+            object.__setattr__(self, "max_wrong", self.calibration.default_max_wrong)
+        point = self.calibration.operating_point(self.budget)
         object.__setattr__(self, "min_probability", point.min_probability)
         object.__setattr__(self, "expected_wrong", point.expected_wrong)
         object.__setattr__(self, "floor", self.calibration.floor(point))
+
+    @property
+    def budget(self) -> float:
+        """``max_wrong`` as set, or the calibration's default."""
+        return self.calibration.default_max_wrong if self.max_wrong is None else self.max_wrong
 
     def probability(self, similarity: float, cached: Analysis, new: Analysis) -> tuple[float | None, str | None]:
         """The probability that ``cached``'s answer serves ``new``, or None and the guard's veto."""
@@ -177,14 +187,15 @@ class CalibratedPolicy:
         return Judgement(True, f"semantic match at {similarity:.2f} (p = {p:.2f})", p)
 
     def describe(self) -> str:
-        return f"calibrated, p >= {self.min_probability:.2f} (max wrong {self.max_wrong:.0%}) + guard"
+        return f"calibrated, p >= {self.min_probability:.2f} (max wrong {100 * self.budget:.3g}%) + guard"
 
 
 def hit_policy(
-    embedder_name: str, *, threshold: float | None = None, max_wrong: float = DEFAULT_MAX_WRONG, guard: bool = True
+    embedder_name: str, *, threshold: float | None = None, max_wrong: float | None = None, guard: bool = True
 ) -> HitPolicy:
     """The policy the settings ask for: a set threshold (or the guard switched off) is the
-    threshold policy; otherwise the embedder's calibration, if one ships, at ``max_wrong``."""
+    threshold policy; otherwise the embedder's calibration, if one ships, at ``max_wrong`` (None:
+    the calibration's own default budget)."""
     if not guard:
         return ThresholdPolicy(threshold if threshold is not None else default_threshold(embedder_name), None)
     if threshold is not None:
@@ -416,7 +427,7 @@ def evaluate(pairs: Sequence[LabelledPair], embedder: Embedder, *, policy: HitPo
         recall=penny.recall,
         precision=penny.precision,
         false_hit_rate=penny.false_hit_rate,
-        max_wrong=None if calibrated is None else calibrated.max_wrong,
+        max_wrong=None if calibrated is None else calibrated.budget,
         expected_wrong=None if calibrated is None or not served_p else sum(1 - x for x in served_p) / len(served_p),
         measured_wrong=None if penny.precision is None else 1 - penny.precision,
         baseline_precision_at_recall=base_precision,
