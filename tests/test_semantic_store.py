@@ -655,7 +655,7 @@ def test_sqlite_a_version_1_file_upgrades(tmp_path: Path, clock: ManualClock) ->
     assert ids(store.semantic_scan()) == ["a"]
     store.close()
     with sqlite3.connect(path) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     raw.close()
 
     reopened = SqliteStore(path, clock=clock)  # an up-to-date file opens as it is
