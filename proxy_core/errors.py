@@ -12,7 +12,8 @@ sqlite3, pydantic) are translated exactly once, at the boundary that talks to th
     │   ├── BudgetExceeded        a budget would be exceeded; ``scope``, ``limit``, ``spent``, ``resets_at``
     │   ├── CircuitOpen           upstream is failing; ``retry_after`` seconds
     │   ├── RequestInFlight       the same request ID is being answered elsewhere
-    │   └── RequestInterrupted    an earlier call of this request ID died mid-call; not run again
+    │   ├── RequestInterrupted    an earlier call of this request ID died mid-call; not run again
+    │   └── RequestAnswered       this request ID was answered before and its result is forgotten
     └── UpstreamError             the LLM provider failed after retries, or refused the request
         └── UpstreamRejected      the request itself is bad (400/401/403/404/422): never retried
 
@@ -32,6 +33,7 @@ __all__ = [
     "PennyError",
     "RateLimited",
     "Refused",
+    "RequestAnswered",
     "RequestInFlight",
     "RequestInterrupted",
     "StoreError",
@@ -119,6 +121,20 @@ class RequestInterrupted(Refused):
         super().__init__(
             f"Request {request_id} was interrupted while the provider was answering it, so it is not run "
             "again under the same ID (that could pay twice); ask again."
+        )
+
+
+class RequestAnswered(Refused):
+    """This request ID was answered (and paid for) before, and its result is no longer kept (a
+    result is replayed for ``idempotency_ttl_s``; the ledger entry is kept for good). It is not
+    called upstream again under the same ID: the ledger has one entry per request ID, so a second
+    paid call under it could not be recorded. Ask again under a new request ID."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        super().__init__(
+            f"Request {request_id} was answered before and its answer is no longer kept, so it is not run "
+            "again under the same ID (that call could not be recorded); ask again under a new ID."
         )
 
 

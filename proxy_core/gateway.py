@@ -22,7 +22,9 @@ Pipeline, in order (each step may end the request; nothing is charged unless ups
 A call whose process dies between admission and settle leaves an owned claim; when it expires,
 the reaper (``reap_interrupted``, run by every gateway's maintenance thread) charges it at its
 reserved worst case as an *unsettled* ledger entry, which a late real settle replaces. Its request
-ID is then refused (``RequestInterrupted``) rather than paid for twice.
+ID is then refused (``RequestInterrupted``) rather than paid for twice. A request ID is used once:
+after its recorded result is forgotten its ledger entry still holds it (``RequestAnswered``), since
+a second paid call under it could not be recorded.
 
 The store sees few round trips, because on Redis each costs more than the rest of the pipeline:
 a cache hit is looked up in process and recorded with one ``record_hit`` (claim, ledger and
@@ -56,6 +58,7 @@ from proxy_core.errors import (
     PennyError,
     RateLimited,
     Refused,
+    RequestAnswered,
     RequestInFlight,
     RequestInterrupted,
     StoreError,
@@ -513,10 +516,13 @@ class Gateway:
                     self.metrics.requests.labels(kind, "replayed", "none").inc()
                     self._log.info("request_replayed", request_id=request_id, kind=kind)
                     return parse(claim.result)
-                if claim.state == "interrupted":
-                    interrupted: BaseException = RequestInterrupted(request_id)
-                    self._count_failure(kind, request_id, interrupted)
-                    raise interrupted from None
+                if claim.state == "interrupted" or claim.state == "done":
+                    # done without a result: answered before, its result forgotten (the ledger entry
+                    # holds the ID, a second call under it could not be recorded)
+                    refused: BaseException = (RequestInterrupted(request_id) if claim.state == "interrupted"
+                                              else RequestAnswered(request_id))
+                    self._count_failure(kind, request_id, refused)
+                    raise refused from None
                 now = self._clock()
                 if deadline is None:
                     deadline = now + self.settings.inflight_wait_s

@@ -36,6 +36,7 @@ from proxy_core import (
     EmbeddingResult,
     Gateway,
     RateLimited,
+    RequestAnswered,
     RequestInFlight,
     RequestInterrupted,
     StoreError,
@@ -461,6 +462,8 @@ def _map_error(exc: BaseException, now: float) -> ProxyError | None:
     if isinstance(exc, CircuitOpen):
         return ProxyError(503, str(exc), type="server_error", code="upstream_unavailable",
                           headers={"Retry-After": _retry_after(exc.retry_after)})
+    if isinstance(exc, RequestAnswered):  # the same Idempotency-Key can never succeed: SDKs must not retry it
+        return ProxyError(409, str(exc), code="request_already_answered", headers={"x-should-retry": "false"})
     if isinstance(exc, RequestInFlight | RequestInterrupted):
         return ProxyError(409, str(exc), code="request_in_flight", headers={"Retry-After": "1"})
     if isinstance(exc, UpstreamRejected):

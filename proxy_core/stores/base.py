@@ -66,7 +66,8 @@ class Claim:
 
     ``claimed``: this caller owns the request and must ``complete_request`` or ``release_request``.
     ``in_flight``: another caller owns it and has not finished. ``done``: it finished; ``result``
-    is the JSON text recorded by ``complete_request``. ``interrupted``: an admitted call of it
+    is the JSON text recorded by ``complete_request`` (None from ``admit`` once it is forgotten
+    while the ledger still has the request's entry). ``interrupted``: an admitted call of it
     was never settled or released (its process died mid-call, see :meth:`Store.reap_interrupted`);
     it is charged at its reserved worst case and is not run again under this ID.
     """
@@ -319,7 +320,9 @@ class RequestStore(ABC):
         claim that expires neither settled nor released is turned into an unsettled charge by
         :meth:`reap_interrupted`, and until then its reservation keeps counting (it is held for
         ``ttl_s`` plus :data:`REAP_GRACE_S`). A request ID whose owned claim expired is
-        ``interrupted``: never admitted again.
+        ``interrupted``: never admitted again. Nor is one the ledger has an entry for once its
+        result is forgotten: ``interrupted`` while the entry is an unsettled charge, else ``done``
+        without a result (a second call under the ID could not be recorded).
         """
 
     @abstractmethod

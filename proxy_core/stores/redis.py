@@ -523,7 +523,7 @@ class RedisStore(Store):
         owner_json = "" if owner is None else _owner_json(owner, amount, lines)[:-1] + f', "call": "{uuid4().hex}"}}'
         lines = capped(lines)  # only capped lines hold reservations
         keys = [self._request_key(workspace_id, request_id), self._owned_key(workspace_id),
-                *self._bucket_keys(workspace_id, buckets)]
+                f"{self._ws(workspace_id)}:ledger:{request_id}", *self._bucket_keys(workspace_id, buckets)]
         held_for = ttl_s + (REAP_GRACE_S if owner is not None else 0.0)
         rest = _bucket_args(buckets)
         for line in lines:

@@ -505,7 +505,7 @@ class SqliteStore(Store):
     ) -> Admission:
         with self._write("admit a request") as conn:
             now = self.now()
-            held = _held_request(conn, workspace_id, request_id, now)
+            held = _held_request(conn, workspace_id, request_id, now) or _ledger_holds(conn, workspace_id, request_id)
             if held is not None:
                 return Admission.held(held)
             taken = _take(conn, workspace_id, buckets, now)
@@ -579,7 +579,8 @@ class SqliteStore(Store):
     def record_hit(self, entry: LedgerEntry, *, result: str, result_ttl_s: float) -> Claim:
         with self._write("record a cache hit") as conn:
             now = self.now()
-            held = _held_request(conn, entry.workspace_id, entry.request_id, now)
+            held = (_held_request(conn, entry.workspace_id, entry.request_id, now)
+                    or _ledger_holds(conn, entry.workspace_id, entry.request_id, unsettled_only=True))
             if held is not None:
                 return held
             _settle(conn, entry, None, (), result, now + result_ttl_s)
@@ -956,6 +957,22 @@ def _add_missing_columns(conn: sqlite3.Connection, table: str, columns: Mapping[
     for column, declaration in columns.items():
         if column not in have:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+
+
+def _ledger_holds(
+    conn: sqlite3.Connection, workspace_id: str, request_id: str, *, unsettled_only: bool = False
+) -> Claim | None:
+    """A request ID is used once: its ledger entry, kept for good, holds it after its result and
+    its interrupted mark are forgotten. ``interrupted`` while the entry is an unsettled charge, else
+    ``done`` without a result; None when the ledger has no entry for it. (Run again, the call
+    could not be recorded: the settle would find the entry and write nothing, or replace the charge.)
+    With ``unsettled_only`` (a cache hit, which costs nothing and is then simply not recorded
+    again) only an unsettled charge holds the ID."""
+    row = conn.execute("SELECT unsettled FROM ledger WHERE workspace_id = ? AND request_id = ?",
+                       (workspace_id, request_id)).fetchone()
+    if row is None or (unsettled_only and not row[0]):
+        return None
+    return Claim("interrupted") if row[0] else Claim("done")
 
 
 def _held_request(conn: sqlite3.Connection, workspace_id: str, request_id: str, now: float) -> Claim | None:

@@ -31,6 +31,25 @@ local function held_request(key, now)
   return nil
 end
 
+-- A request ID is used once: its ledger entry (`ledger_key`, HASH, kept for good) holds it after
+-- its result and its interrupted mark are forgotten, as the caller's reply: {'interrupted'} while
+-- the entry is an unsettled charge, else {'done', nil} (no result to replay); nil when the ledger
+-- has no entry for it. Run again, the call could not be recorded: the settle would find the entry
+-- and write nothing, or replace the unsettled charge. With `unsettled_only` (a cache hit, which
+-- costs nothing and is then simply not recorded again) only an unsettled charge holds the ID.
+local function ledger_holds(ledger_key, unsettled_only)
+  if redis.call('EXISTS', ledger_key) == 0 then
+    return nil
+  end
+  if redis.call('HGET', ledger_key, 'unsettled') == '1' then
+    return {'interrupted'}
+  end
+  if unsettled_only then
+    return nil
+  end
+  return {'done', false}
+end
+
 -- `owner` ('' = none): the JSON the reaper needs to charge the claim if it is never settled; an
 -- owned claim outlives its ttl by `keep` seconds so the reaper can find it.
 local function write_claim(key, now, ttl, owner, keep)

@@ -13,12 +13,12 @@
 -- [15 ..] resets_at per line, then metric name/value pairs, then the entry's field/value pairs.
 -- Returns {'settled'} when the entry was written, {'seen'} when the ledger already held it,
 -- {'replace_day', day} when an unsettled charge to replace is on another day (the caller settles
--- again with that day), and, when claiming, the live claim or result that holds the request
--- ({'in_flight'}, {'done', result}, {'interrupted'}).
+-- again with that day), and, when claiming, the live claim or result that holds the request, or
+-- its unsettled charge ({'in_flight'}, {'done', result}, {'interrupted'}): a hit never replaces it.
 local rest = 15
 local now = clock()
 if ARGV[12] == '1' then
-  local held = held_request(KEYS[2], now)
+  local held = held_request(KEYS[2], now) or ledger_holds(KEYS[1], true)
   if held then
     return held
   end
