@@ -625,7 +625,10 @@ class Gateway:
         )
         try:
             self.cache.put(lookup.scope, lookup.question, answer, lookup.decision)
-        except StoreError as exc:
+        except PennyError as exc:
+            # The answer is paid for and settled: it must reach the asker. Caching it may fail in
+            # the store, or in a billed embedding of its question (a call of its own, which a rate
+            # limit, a budget or the provider can refuse).
             self._log.warning("cache_put_failed", request_id=req.request_id, error=str(exc))
 
     def _serve_hit(self, req: ChatRequest, decision: CacheDecision, answer: CachedAnswer,
