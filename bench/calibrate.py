@@ -43,6 +43,7 @@ from numpy.typing import NDArray
 from bench.pairs import BALANCED, NEARMISS, STRESS, CachedEmbedder, embedders, pairs, split, write_split
 from proxy_core.cache import normalize_question
 from proxy_core.semantic.calibrated import (
+    BASE_FEATURES,
     FALLBACK_MAX_WRONG,
     FEATURES,
     Calibration,
@@ -62,6 +63,10 @@ REPORT_MAX_WRONG = (0.05, 0.08, 0.10, 0.12, 0.15, 0.20, 0.25)
 FLOOR_MARGIN = 0.05  # below the least similar pair served at an operating point, the floor
 MIN_RECALL = 0.32  # issue 13's target counts the lift at recall >= 0.30; 0.02 more for the sample's noise
 LIFT_SEEDS = 5  # fold assignments the default point's out-of-fold lift is averaged over
+# The inputs of each embedder's model: WordLlama's adds the alignment's similarities (out of fold
+# +0.3 pt lift over recall 0.30-0.55, averaged over five fold assignments); MiniLM's does not
+# (they cost it 0.5 pt there). bench/QUALITY.md has the measurements.
+MODEL_FEATURES = {"local:wordllama": FEATURES}
 # Each embedder's default budget and why (module docstring, step 3).
 DEFAULT_BUDGET = {
     "local:wordllama": (0.15, "bench/calibrate.py: out-of-fold lift over plain cosine is flat from recall 0.33 to "
@@ -182,7 +187,10 @@ def calibrate(
     features and settings are made from)."""
     y = np.array([p.label for p in fit])
     sims = cosines(embedder, fit)
+    name = embedder.name.split("?", 1)[0]
+    names = MODEL_FEATURES.get(name, BASE_FEATURES)
     x, vetoed, exact = design(fit, sims, guard)
+    x = x[:, [FEATURES.index(n) for n in names]]
     usable = ~vetoed & ~exact
     folds = np.array([fold_of(p) for p in fit])
     oof, scale, shift = out_of_fold(x, y, usable, folds)
@@ -199,7 +207,6 @@ def calibrate(
         lowest = float(sims[served].min()) - FLOOR_MARGIN if served.any() else 0.0
         points.append(OperatingPoint(t, wrong, recall, max(0.0, round(lowest, 4))))
     lo, hi = x[usable].min(0), x[usable].max(0)
-    name = embedder.name.split("?", 1)[0]
     budget, reason = DEFAULT_BUDGET.get(name, (FALLBACK_MAX_WRONG, "no default chosen for this embedder"))
     best = best_qqp_point(fit, x, y, usable, exact, sims, points)
     diagnosis = ["Out-of-fold on the fit part:", "", "| max wrong | min p | recall | precision | plain cosine | lift |",
@@ -220,7 +227,7 @@ def calibrate(
                          f"{base:.3f} | {100 * (prec - base):+.1f} |")  # fmt: skip
     calibration = Calibration(
         embedder=name,
-        features=FEATURES,
+        features=names,
         weights=tuple(float(v) for v in weights),
         bias=bias,
         bounds=tuple((float(a), float(b)) for a, b in zip(lo, hi, strict=True)),

@@ -288,6 +288,29 @@ def test_compare_separates_vetoes_from_evidence(guard: NearMissGuard) -> None:
     same = guard.compare(logs, logs)
     assert (same.veto, same.unmatched_cached, same.unmatched_new, same.coverage) == (None, (), (), 1.0)
     assert same.content_similarity == pytest.approx(1.0, abs=1e-5)
+    assert (same.worst_cached, same.worst_new, same.poorly_matched, same.lexical_share) == (1.0, 1.0, 0, 1.0)
+
+
+def test_compare_measures_the_worst_aligned_words(guard: NearMissGuard) -> None:
+    """Each content word's best match in the other question: 1 by word form, else its nearest
+    word's vector cosine. A rewording matches every word by something; a related question leaves
+    a word with nothing near it."""
+    logs, prod = guard.analyse("Where are the production logs?"), guard.analyse("Where can I find prod logs?")
+    clipped = guard.compare(logs, prod)
+    assert (clipped.worst_cached, clipped.worst_new, clipped.lexical_share) == (1.0, 1.0, 1.0)  # prod = production
+    assert clipped.poorly_matched == 0 and clipped.reworded_similarity == 1.0
+    memory = guard.analyse("What's the memory limit for a worker?")
+    ram_q = guard.analyse("How much RAM can a worker use?")
+    ram = guard.compare(memory, ram_q)
+    assert ram.veto is None and ram.lexical_share < 1.0
+    assert min(ram.worst_cached, ram.worst_new) < 0.5 and ram.poorly_matched >= 1
+    assert 0.0 <= ram.reworded_similarity < 1.0
+    # the mean of the best matches over all words is the coverage
+    words = len(memory.words) + len(ram_q.words)
+    inexact = round((1 - ram.lexical_share) * words)
+    assert ram.coverage == pytest.approx((words - inexact + inexact * ram.reworded_similarity) / words)
+    quick = guard.compare(memory, ram_q, align=False)
+    assert not quick.aligned and (quick.worst_cached, quick.poorly_matched) == (1.0, 0)  # the best case
 
 
 def test_question_type_and_modality(guard: NearMissGuard) -> None:

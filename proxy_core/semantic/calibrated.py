@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -32,11 +32,12 @@ from proxy_core.errors import ConfigurationError
 from proxy_core.semantic.guard import Comparison
 
 __all__ = [
-    "FALLBACK_MAX_WRONG", "FEATURES", "Calibration", "OperatingPoint", "calibration_for", "embedder_key",
-    "expected_wrong", "features",
+    "BASE_FEATURES", "FALLBACK_MAX_WRONG", "FEATURES", "Calibration", "OperatingPoint", "calibration_for",
+    "embedder_key", "expected_wrong", "features",
 ]  # fmt: skip
 
-# The model's inputs, in order. Cheap on purpose: the cosine, and counts the guard already made.
+# Every input a model may use, in order; a calibration names the ones it uses. Cheap on purpose:
+# the cosine, and counts and similarities the guard already made.
 FEATURES = (
     "cosine",  # the embedder's cosine between the two questions
     "cosine_sq",  # its square: the evidence grows faster near 1
@@ -48,10 +49,24 @@ FEATURES = (
     "overlap",  # Dice overlap of the token sets
     "words",  # log(1 + content words of both)
     "content_similarity",  # cosine of the mean word vectors of the two questions' content words
+    # From the word-by-word alignment: how well the worst-aligned words are matched (a rewording
+    # matches every word by something; a related question leaves one unmatched)
+    "worst_match",  # the lowest best match of any content word of either question (1 = all by form)
+    "worst_match_cached",  # … of the cached question's words
+    "worst_match_new",  # … of the new question's words
+    "poorly_matched",  # log(1 + content words whose best match is below 0.5)
+    "lexical_share",  # share of the content words matched by a word form
+    "reworded_similarity",  # mean best match of the words no word form matches (1 if none)
 )
+# The inputs of the models fitted before the alignment's similarities were added (and MiniLM's:
+# they did not help it out of fold, bench/QUALITY.md).
+BASE_FEATURES = FEATURES[:10]
 
-
-_ALIGNMENT = frozenset({"unmatched_cached", "unmatched_new", "coverage"})  # known only after aligning words
+# Known only after aligning words.
+_ALIGNMENT = frozenset(
+    {"unmatched_cached", "unmatched_new", "coverage", "worst_match", "worst_match_cached", "worst_match_new",
+     "poorly_matched", "lexical_share", "reworded_similarity"}
+)  # fmt: skip
 
 # The budget for a calibration file that names no default of its own (files written before
 # per-embedder defaults).
@@ -59,7 +74,7 @@ FALLBACK_MAX_WRONG = 0.12
 
 
 def features(similarity: float, c: Comparison) -> list[float]:
-    """The model's inputs for one candidate (see :data:`FEATURES`)."""
+    """Every input for one candidate, in the order of :data:`FEATURES`."""
     return [
         similarity,
         similarity * similarity,
@@ -71,6 +86,12 @@ def features(similarity: float, c: Comparison) -> list[float]:
         c.overlap,
         math.log1p(c.words),
         c.content_similarity,
+        min(c.worst_cached, c.worst_new),
+        c.worst_cached,
+        c.worst_new,
+        math.log1p(c.poorly_matched),
+        c.lexical_share,
+        c.reworded_similarity,
     ]
 
 
@@ -105,10 +126,25 @@ class Calibration:
     # says how it was chosen), since one number does not suit both embedders' curves.
     default_max_wrong: float = FALLBACK_MAX_WRONG
     default_reason: str = ""
+    columns: tuple[int, ...] = field(init=False, repr=False, compare=False)  # of each feature in FEATURES
+
+    def __post_init__(self) -> None:
+        unknown = [n for n in self.features if n not in FEATURES]
+        if unknown or len(self.weights) != len(self.features) or len(self.bounds) != len(self.features):
+            raise ConfigurationError(
+                f"calibration for {self.embedder}: features {self.features} ({len(self.weights)} weights, "
+                f"{len(self.bounds)} bounds); every feature must be one of {FEATURES}"
+            )
+        object.__setattr__(self, "columns", tuple(FEATURES.index(n) for n in self.features))
+
+    def inputs(self, similarity: float, comparison: Comparison) -> list[float]:
+        """This model's inputs for one candidate, in the order of ``features``."""
+        every = features(similarity, comparison)
+        return [every[k] for k in self.columns]
 
     def probability(self, similarity: float, comparison: Comparison) -> float:
         """The estimated probability that the cached answer serves the new question."""
-        z = self.bias + sum(w * x for w, x in zip(self.weights, features(similarity, comparison), strict=True))
+        z = self.bias + sum(w * x for w, x in zip(self.weights, self.inputs(similarity, comparison), strict=True))
         return _sigmoid(z)
 
     def upper_bound(self, similarity: float, comparison: Comparison) -> float:
@@ -119,7 +155,7 @@ class Calibration:
             return self.probability(similarity, comparison)
         z = self.bias
         for name, w, x, (lo, hi) in zip(
-            self.features, self.weights, features(similarity, comparison), self.bounds, strict=True
+            self.features, self.weights, self.inputs(similarity, comparison), self.bounds, strict=True
         ):
             z += max(w * lo, w * hi) if name in _ALIGNMENT else w * x
         return _sigmoid(z)
@@ -183,8 +219,6 @@ class Calibration:
     def from_json(cls, text: str) -> Calibration:
         raw: dict[str, Any] = json.loads(text)
         names = tuple(str(n) for n in raw["features"])
-        if names != FEATURES:
-            raise ConfigurationError(f"calibration for {raw.get('embedder')} has features {names}, expected {FEATURES}")
         points = tuple(
             OperatingPoint(float(p["min_probability"]), float(p["expected_wrong"]), float(p["recall"]),
                            float(p.get("min_similarity", 0.0)))

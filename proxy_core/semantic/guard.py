@@ -123,6 +123,14 @@ class Comparison:
     words: int  # content words of both questions
     content_similarity: float  # cosine of the two questions' mean content-word vectors (0 if none)
     aligned: bool = True  # False: the word alignment was skipped (compare(align=False), or a veto)
+    # How well the worst-aligned word is matched: each content word's best match in the other
+    # question (1 for a word form, else the word-vector cosine of its nearest admissible word),
+    # the lowest of the cached question's words and of the new one's (1 when all match by form).
+    worst_cached: float = 1.0
+    worst_new: float = 1.0
+    poorly_matched: int = 0  # content words of both whose best match is below 0.5
+    lexical_share: float = 1.0  # share of the content words matched by a word form
+    reworded_similarity: float = 1.0  # mean best match of the words not matched by a form (1 if none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +166,9 @@ class Analysis:
     centroid: NDArray[np.float32] | None = field(default=None, repr=False)  # unit mean of the word vectors
     tokens: tuple[str, ...] = ()  # every token lower-cased, in order
 
+
+# A content word whose best match in the other question is below this is poorly matched (evidence).
+_POOR_MATCH = 0.5
 
 # -- word lists (closed classes only; open-class behaviour comes from rules and vectors) ---------
 
@@ -642,7 +653,7 @@ class NearMissGuard:
             modality = f"modality differs: {mood_c} vs {mood_n}"
         overlap = _overlap(cached, new)
         reworded = s.rewording_overlap is not None and overlap < s.rewording_overlap
-        left, right, coverage = self._align(cached, new) if align and veto is None else ([], [], 1.0)
+        left, right, coverage, best = self._align(cached, new) if align and veto is None else ([], [], 1.0, ([], []))
         if veto is None and s.entities:
             ents_l = [cached.words[i].surface for i in left if cached.words[i].entity]
             ents_r = [new.words[i].surface for i in right if new.words[i].entity]
@@ -660,6 +671,8 @@ class NearMissGuard:
             added = _added_modifier(cached, left) if left else _added_modifier(new, right)
             if added is not None:
                 veto = f"modifier added: {added}"
+        total = len(cached.words) + len(new.words)
+        inexact = [*best[0], *best[1]]  # best matches of the words no word form matches
         return Comparison(
             veto=veto,
             question_type=question_type,
@@ -669,10 +682,15 @@ class NearMissGuard:
             overlap=overlap,
             reworded=reworded,
             coverage=coverage,
-            words=len(cached.words) + len(new.words),
+            words=total,
             content_similarity=0.0 if cached.centroid is None or new.centroid is None
             else float(cached.centroid @ new.centroid),
             aligned=align and veto is None,
+            worst_cached=min(best[0], default=1.0),
+            worst_new=min(best[1], default=1.0),
+            poorly_matched=sum(x < _POOR_MATCH for x in inexact),
+            lexical_share=1.0 - len(inexact) / total if total else 1.0,
+            reworded_similarity=sum(inexact) / len(inexact) if inexact else 1.0,
         )
 
     def _veto(self, cached: Analysis, new: Analysis) -> str | None:
@@ -705,10 +723,13 @@ class NearMissGuard:
 
     # -- matching ----------------------------------------------------------------------------------
 
-    def _align(self, a: Analysis, b: Analysis) -> tuple[list[int], list[int], float]:
-        """Indexes of the words of ``a`` and of ``b`` that have no counterpart in the other, and
-        how well the words are covered (the mean over both sides of each word's best match: 1 for
-        a word form, else the word-vector cosine of its nearest word in the other question).
+    def _align(
+        self, a: Analysis, b: Analysis
+    ) -> tuple[list[int], list[int], float, tuple[list[float], list[float]]]:
+        """Indexes of the words of ``a`` and of ``b`` that have no counterpart in the other, how
+        well the words are covered (the mean over both sides of each word's best match: 1 for a
+        word form, else the word-vector cosine of its nearest word in the other question), and the
+        best matches of the words of each side that no word form matches.
 
         Word forms first (same word or stem, abbreviation, acronym); then word vectors: a word
         still left is matched by a similar word anywhere in the other question (by default) or
@@ -721,7 +742,8 @@ class NearMissGuard:
         total = len(a.words) + len(b.words)
         threshold = self.settings.word_similarity
         if not (left or right) or threshold is None or a.vectors is None or b.vectors is None:
-            return left, right, (total - len(left) - len(right)) / total if total else 1.0
+            coverage = (total - len(left) - len(right)) / total if total else 1.0
+            return left, right, coverage, ([0.0] * len(left), [0.0] * len(right))
         sims = a.vectors @ b.vectors.T
         if self.settings.similar_to_any:
             new_left, best_l = _similar(a, b, left, sims, range(len(b.words)), threshold)
@@ -729,8 +751,8 @@ class NearMissGuard:
         else:
             new_left, best_l = _similar(a, b, left, sims, right, threshold)
             new_right, best_r = _similar(b, a, right, sims.T, left, threshold)
-        coverage = (total - len(left) - len(right) + best_l + best_r) / total
-        return new_left, new_right, coverage
+        coverage = (total - len(left) - len(right) + sum(best_l) + sum(best_r)) / total
+        return new_left, new_right, coverage, (best_l, best_r)
 
     # -- analysis ----------------------------------------------------------------------------------
 
@@ -803,11 +825,11 @@ class NearMissGuard:
 
 def _similar(
     a: Analysis, b: Analysis, left: list[int], sims: NDArray[np.float32], among: Sequence[int], threshold: float
-) -> tuple[list[int], float]:
+) -> tuple[list[int], list[float]]:
     """The ``left`` words of ``a`` with no similar word (cosine >= ``threshold``) among the words
-    ``among`` of ``b``, and the sum of every ``left`` word's best admissible similarity."""
+    ``among`` of ``b``, and every ``left`` word's best admissible similarity."""
     out: list[int] = []
-    total = 0.0
+    bests: list[float] = []
     for i in left:
         wa = a.words[i]
         pole_a = a.poles.get(wa.lower)
@@ -823,10 +845,10 @@ def _similar(
             if pole_a and pole_b and pole_a != pole_b and pole_a[:-1] == pole_b[:-1]:
                 continue  # the two sides of one scale
             best = sim
-        total += best
+        bests.append(best)
         if best < threshold:
             out.append(i)
-    return out, total
+    return out, bests
 
 
 def _lexical_leftovers(a: Analysis, b: Analysis) -> list[int]:
