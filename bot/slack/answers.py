@@ -18,8 +18,9 @@ What it answers:
 Which ``message`` events get here is decided by listener matchers (:func:`in_dm`,
 :meth:`Answers.is_unmentioned_thread_reply`); a mention arrives twice (as ``app_mention`` and as
 ``message``) under different event IDs, and the ``message`` copy matches neither because it
-mentions Penny. Each question is handled once (:class:`~bot.slack.middleware.Once`); the event ID
-is also the question's ``request_id``, on which the gateway dedupes charges. While the service
+mentions Penny. Each question is handled once (:class:`~bot.slack.middleware.Once`, under
+``slack:<event ID>``); the event ID (a fresh answer's ``fresh:<action ts>``) is the question's
+``request_id``, on which the gateway dedupes charges. While the service
 works, a thread shows Slack's status line, a top-level DM question an ``eyes`` reaction
 (:mod:`bot.slack.working`).
 """
@@ -142,7 +143,9 @@ class Answers:
             block_id = str(action.get("block_id", ""))
             thread_ts = block_id[len(FRESH_BLOCK_PREFIX) :] if block_id.startswith(FRESH_BLOCK_PREFIX) else ""
             workspace = action_workspace(body)
-            request_id = "slack:fresh:" + str(action.get("action_ts") or body.get("trigger_id"))
+            # The click is deduplicated under "slack:<id>" and answered under "<id>", as an event is:
+            # one ID for both, the gateway would find the click's own claim in flight and refuse.
+            request_id = "fresh:" + str(action.get("action_ts") or body.get("trigger_id"))
             if not question:
                 return
             target = Target(workspace, action_channel(body), str(body["user"]["id"]), None, thread_ts or None,
@@ -156,7 +159,7 @@ class Answers:
                         _log.warning("slack.fresh_offer_delete_failed", error=exc)
                 self._ask(client, target, question, request_id=request_id, fresh=True)
 
-            self.once.run(workspace, request_id, fresh)
+            self.once.run(workspace, "slack:" + request_id, fresh)
         except Exception as exc:
             _log.exception("slack.fresh_answer_failed", error=exc)
 
