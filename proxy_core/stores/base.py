@@ -139,7 +139,8 @@ class Admission:
 
     ``admitted``: the request is claimed, its tokens taken, its cost reserved, and ``permit``
     lets its first upstream attempt through. ``done`` / ``in_flight`` / ``interrupted``: the
-    request ID is held (``result`` is the recorded JSON when done); nothing was taken. ``rate_limited``: ``limit``
+    request ID is held (``result`` is the recorded JSON when done, None once it is forgotten and
+    only the ledger entry holds the ID); nothing was taken. ``rate_limited``: ``limit``
     says which bucket and when to retry; nothing was taken. ``over_budget``: ``budget`` names the
     line; nothing was taken. ``circuit_open``: ``permit`` says when to retry; the rate-limit tokens
     were taken (as if the breaker had been asked last, which it is), nothing else is held.
