@@ -238,7 +238,7 @@ _BLOB_SCAN_BATCH = 256
 # NOT EXISTS leaves an older file's table as it was, so each is added when missing (idempotent,
 # like every statement of _SCHEMA). A new column needs a DEFAULT so existing rows stay valid.
 _ADDED_COLUMNS: dict[str, dict[str, str]] = {
-    # owner: JSON {user_id, model, kind, amount, lines: [[key, resets_at], ...], started_at} of a
+    # owner: JSON {user_id, model, kind, amount, lines: [[key, limit, resets_at], ...], started_at, source} of a
     # claim made by admit(owner=...); reaped: 1 once reap_interrupted turned it into a charge.
     "requests": {"owner": "TEXT", "reaped": "INTEGER NOT NULL DEFAULT 0"},
     # source: '' (the default) is also what every entry written before version 5 is: the front
