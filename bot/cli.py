@@ -377,7 +377,7 @@ def _cmd_run(args: argparse.Namespace, settings: BotSettings, out: TextIO, stdin
             print(f"metrics on http://127.0.0.1:{settings.metrics_port}/metrics", file=out)
         missing = _missing_slack_settings(settings, http=args.http)
         if not missing:
-            return _run_slack(session, settings, args, out, installation)
+            return _run_slack(session, settings, out, installation)
         print("Slack is not configured, so Penny starts a terminal chat instead. To run it in Slack, set:",
               file=out)
         for line in missing:
@@ -649,11 +649,11 @@ def _check_slack_first(settings: BotSettings) -> SlackInstallation | None:
     return check_slack(slack_settings(settings))
 
 
-def _run_slack(session: _Session, settings: BotSettings, args: argparse.Namespace, out: TextIO,
+def _run_slack(session: _Session, settings: BotSettings, out: TextIO,
                installation: SlackInstallation | None = None) -> int:
     from bot.slack.runner import run_slack
 
-    return run_slack(session.service, session.store, session.gateway, settings, http=args.http, port=args.port,
+    return run_slack(session.service, session.store, session.gateway, settings,
                      out=out, alerts=session.alerts, installation=installation)
 
 

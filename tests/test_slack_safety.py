@@ -18,6 +18,9 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
 import structlog
@@ -30,7 +33,7 @@ from bot.answer_types import Question
 from bot.service import index_docs, open_answer_service
 from bot.settings import BotSettings
 from bot.slack.app import SlackSettings, build_app
-from bot.slack.http_guard import MAX_BODY_BYTES, Rejection, SlackHTTPServer, check_request, content_length
+from bot.slack.http_guard import MAX_BODY_BYTES, Rejection, check_request, content_length
 from bot.slack.render import (
     AnswerView,
     answer_blocks,
@@ -39,6 +42,7 @@ from bot.slack.render import (
     markdown_to_mrkdwn,
     safe_markdown_text,
 )
+from bot.slack.server import PennyWSGI
 from bot.slack.stream import SlackAnswerStream, StreamPacing, pieces
 from bot.slack.working import WorkingIndicator
 from proxy_core import Accounts
@@ -409,15 +413,26 @@ def test_content_length() -> None:
 
 @pytest.fixture
 def served(slack: FakeSlack, sqlite_store: SqliteStore, docs: Path) -> Iterator[tuple[ServiceBot, int]]:
-    """The extractive bot behind the HTTP server ``penny run --http`` uses, on a loopback port."""
+    """The extractive bot behind ``penny run --http``'s WSGI app (guard, then Bolt), on a loopback
+    port of a plain threaded WSGI server (gunicorn's own part is tests/test_http_server.py's)."""
     bot = extractive_bot(slack, sqlite_store, docs)
-    server = SlackHTTPServer(bot.app, ("127.0.0.1", 0))
+    server = make_server("127.0.0.1", 0, PennyWSGI(bot.app, ready=lambda: None), server_class=_ThreadingWSGIServer,
+                         handler_class=_QuietHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield bot, server.server_address[1]
     server.shutdown()
     server.server_close()
     thread.join()
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: wsgiref writes a line per request to stderr, which the tests read."""
 
 
 def post(port: int, body: bytes, headers: dict[str, str], path: str = "/slack/events") -> tuple[int, str]:

@@ -135,7 +135,7 @@ def test_connected_is_said_only_once_the_token_and_the_connection_are_checked(sl
     out, stop = io.StringIO(), threading.Event()
     result: list[int] = []
     runner = threading.Thread(target=lambda: result.append(
-        run_slack(ScriptedAnswerer(), store, None, settings, http=False, port=0, out=out, until=stop)))
+        run_slack(ScriptedAnswerer(), store, None, settings, out=out, until=stop)))
     runner.start()
     try:
         deadline = time.monotonic() + 10

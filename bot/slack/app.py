@@ -53,7 +53,6 @@ __all__ = [
     "SlackSettings",
     "build_app",
     "make_client",
-    "run_http",
     "socket_mode_handler",
 ]
 
@@ -218,12 +217,3 @@ def socket_mode_handler(app: App, app_token: str, *, logger: logging.Logger | No
     from slack_bolt.adapter.socket_mode import SocketModeHandler
 
     return SocketModeHandler(app, app_token, web_client=app.client, logger=logger)
-
-
-def run_http(app: App, port: int) -> None:
-    """Serve ``app`` over HTTP at ``/slack/events`` (blocks). Bad input (a non-numeric timestamp,
-    malformed JSON) gets a 4xx before Bolt sees it, never a traceback (:mod:`bot.slack.http_guard`)."""
-    from bot.slack.http_guard import SlackHTTPServer
-
-    with SlackHTTPServer(app, ("0.0.0.0", port), path="/slack/events") as server:  # noqa: S104  # Slack calls in
-        server.serve_forever()

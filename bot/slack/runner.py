@@ -121,16 +121,16 @@ class AlertRelay:
 
 
 def run_slack(
-    answerer: Answerer, store: Store, gateway: Gateway | None, settings: BotSettings, *, http: bool, port: int,
+    answerer: Answerer, store: Store, gateway: Gateway | None, settings: BotSettings, *,
     out: TextIO, alerts: AlertRelay | None = None, installation: SlackInstallation | None = None,
     until: threading.Event | None = None,
 ) -> int:
-    """Serve Slack until interrupted (or until ``until`` is set). Slack is checked first: the bot
-    token with ``auth.test`` and its scopes (unless ``installation`` says the caller did), and in
-    Socket Mode the connection is opened; only then does Penny say it is connected. A failure raises
+    """Serve Slack over Socket Mode until interrupted (or until ``until`` is set; over HTTP it is
+    :func:`bot.slack.server.serve`). Slack is checked first: the bot token with ``auth.test`` and its
+    scopes (unless ``installation`` says the caller did), and the connection is opened; only then
+    does Penny say it is connected. A failure raises
     :class:`~proxy_core.ConfigurationError` or :class:`~bot.slack.startup.SlackUnreachable`
     (see :mod:`bot.slack.startup`). Tokens are never printed."""
-    from bot.slack.app import run_http
     from bot.slack.startup import check_slack, connect_socket_mode
 
     config = slack_settings(settings)
@@ -140,11 +140,6 @@ def run_slack(
     if alerts is not None:
         alerts.attach(app.client)
     where = f"as @{installation.bot_name or installation.bot_user_id} in {installation.team or installation.team_id}"
-    if http:
-        print(f"Penny ({where}) is listening for Slack events on http://0.0.0.0:{port}/slack/events",
-              file=out, flush=True)
-        run_http(app, port)
-        return 0
     handler = connect_socket_mode(app, config)
     try:
         print(f"Penny is connected to Slack {where} (Socket Mode). Ctrl-C stops it.", file=out, flush=True)

@@ -13,7 +13,7 @@ through the store: event claims (each event answered once, whichever worker or r
 limits, budgets, ledger, answer cache, docs index.
 
 In front of Bolt, :class:`PennyWSGI` answers ``/healthz``, ``/readyz`` and ``/metrics`` itself, and
-runs :func:`~bot.slack.http_guard.check_request` on ``/slack/events``: a ``Content-Length`` over
+runs :func:`~bot.slack.http_guard.parse_request` on ``/slack/events``: a ``Content-Length`` over
 1 MiB is refused (413) before a byte of the body is read, malformed input gets its 4xx.
 :class:`PennyWorker` changes gunicorn's gthread worker against clients that connect and then send
 slowly or nothing: a request reaches a thread only once it has arrived whole (the worker's selector
@@ -29,7 +29,6 @@ writes its spool), and exits 0.
 from __future__ import annotations
 
 import errno
-import io
 import math
 import os
 import re
@@ -49,10 +48,11 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TextIO
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import TConn, ThreadWorker
+from slack_bolt.adapter.wsgi.http_response import WsgiHttpResponse
 
 from bot.answer_types import Answerer
 from bot.settings import BotSettings
-from bot.slack.http_guard import MAX_BODY_BYTES, Rejection, check_request, content_length
+from bot.slack.http_guard import MAX_BODY_BYTES, Rejection, content_length, parse_request
 from proxy_core import ConfigurationError, Gateway, Store, StoreError, get_logger
 
 if TYPE_CHECKING:
@@ -145,9 +145,7 @@ class PennyWSGI:
 
     def __init__(self, app: App, *, ready: Callable[[], str | None], metrics: Callable[[], bytes] | None = None,
                  path: str = EVENTS_PATH, acks_first: AcksFirst | None = None) -> None:
-        from slack_bolt.adapter.wsgi import SlackRequestHandler
-
-        self._bolt = SlackRequestHandler(app, path)
+        self._app = app
         self.acks_first = acks_first or AcksFirst()
         self._ready = ready
         self._metrics = metrics
@@ -180,12 +178,15 @@ class PennyWSGI:
                    if name.startswith("HTTP_")}
         if "CONTENT_TYPE" in environ:
             headers["content-type"] = str(environ["CONTENT_TYPE"])
-        rejection = check_request(headers, body)
-        if rejection is not None:
-            return _reject(start_response, rejection)
-        environ["wsgi.input"] = io.BytesIO(body)
-        environ["CONTENT_LENGTH"] = str(len(body))
-        return self._bolt(environ, start_response)
+        headers["content-length"] = str(len(body))
+        request = parse_request(headers, body, str(environ.get("QUERY_STRING", "")))
+        if isinstance(request, Rejection):
+            return _reject(start_response, request)
+        # What Bolt's WSGI adapter does with a POST to its path, without parsing the body again.
+        response = self._app.dispatch(request)
+        wsgi = WsgiHttpResponse(status=response.status, headers=response.headers, body=response.body)
+        start_response(wsgi.status, wsgi.get_headers())
+        return wsgi.get_body()
 
 
 def _reply(start_response: StartResponse, status: int, body: bytes,
