@@ -192,6 +192,91 @@ def test_unclosed_fence_runs_to_the_end(tmp_path: Path) -> None:
     assert "## still inside" in doc.sections[0].text
 
 
+# Code and HTML comments, read the CommonMark way by every pass over a Markdown file: the headings,
+# the link reference definitions and each section's body. "See [x]." resolves only if "[x]: …" is
+# read as a definition, outside code and comments.
+_SEE_X = "See [x].\n\n[x]: https://x.example\n"
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "````\n```\n## inside\n````",  # a shorter fence does not close a longer one
+        "```\n~~~\n## inside\n```",  # nor does the other character
+        "~~~\n```\n## inside\n~~~",
+        "```\n``` sh\n## inside\n```",  # nor a fence with an info string
+        "```\n    ```\n## inside\n```",  # nor one indented four spaces (that line is code)
+        "```\n<!--\n## inside\n```",  # "<!--" in code opens no comment
+    ],
+)
+def test_markdown_fenced_code_ends_only_at_its_own_closing_fence(tmp_path: Path, code: str) -> None:
+    doc = parse(tmp_path, "x.md", f"# T\n\n{code}\n\n## After\n\n{_SEE_X}")
+    assert paths(doc) == [("T",), ("T", "After")]
+    assert f"{code}" in body(doc, "T")
+    assert body(doc, "After") == "See x (https://x.example)."
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "```\n[x]: https://code.example\n```",
+        "~~~\n```\n[x]: https://code.example\n~~~",
+        "````\n[x]: https://code.example\n`````",
+    ],
+)
+def test_markdown_a_link_reference_definition_in_code_is_not_one(tmp_path: Path, code: str) -> None:
+    doc = parse(tmp_path, "x.md", f"# T\n\n{code}\n\nSee [x].\n")
+    assert "See [x]." in doc.sections[0].text
+    assert "[x]: https://code.example" in doc.sections[0].text  # kept verbatim, as code
+
+
+def test_markdown_inline_code_of_three_backticks_opens_no_fence(tmp_path: Path) -> None:
+    # "```a`b```" is inline code (a backtick fence's info string holds no backtick): every pass
+    # reads on, so the definition after it still counts.
+    doc = parse(tmp_path, "x.md", f"# T\n\n```a`b```\n\n## After\n\n{_SEE_X}")
+    assert paths(doc) == [("T",), ("T", "After")]
+    assert body(doc, "After") == "See x (https://x.example)."
+
+
+def test_markdown_a_fence_inside_an_html_comment_opens_nothing(tmp_path: Path) -> None:
+    doc = parse(tmp_path, "x.md", f"# T\n\nText.\n\n<!--\n```\n## hidden\n-->\n\n## After\n\n{_SEE_X}")
+    assert paths(doc) == [("T",), ("T", "After")]
+    assert "hidden" not in doc.text and "```" not in doc.text
+    assert body(doc, "After") == "See x (https://x.example)."
+
+
+def test_markdown_a_link_reference_definition_in_an_html_comment_is_not_one(tmp_path: Path) -> None:
+    doc = parse(tmp_path, "x.md", "# T\n\n<!--\n[x]: https://hidden.example\n-->\n\nSee [x].\n")
+    assert doc.sections[0].text == "See [x]."
+
+
+def test_markdown_an_unclosed_html_comment_runs_to_the_end(tmp_path: Path) -> None:
+    doc = parse(tmp_path, "x.md", "# T\n\nText.\n\n<!--\n## hidden\n\n[x]: https://hidden.example\n")
+    assert paths(doc) == [("T",)]
+    assert doc.sections[0].text == "Text."
+
+
+@pytest.mark.parametrize("indent", ["    ", "\t"])
+def test_markdown_a_fence_indented_four_columns_is_indented_code(tmp_path: Path, indent: str) -> None:
+    # At the top level a line indented four columns is indented code, "```" or "<!--" included: it
+    # opens neither a fence nor a comment that would swallow the rest of the file.
+    for code in ("```", "<!-- not a comment"):
+        doc = parse(tmp_path, "x.md", f"# T\n\nText.\n\n{indent}{code}\n\n## After\n\n{_SEE_X}")
+        assert paths(doc) == [("T",), ("T", "After")]
+        assert f"{indent}{code}" in body(doc, "T")
+        assert body(doc, "After") == "See x (https://x.example)."
+
+
+@pytest.mark.parametrize("item", ["1. Run:", "- Run:", "1. Run:\n"])
+def test_markdown_a_fence_in_a_list_item_may_be_indented_four_spaces(tmp_path: Path, item: str) -> None:
+    # Relative to the item's text that is fewer than four columns: still a fence (CommonMark).
+    code = "    ```sh\n    make\n\n    # a shell comment\n    ```"
+    doc = parse(tmp_path, "x.md", f"# T\n\n{item}\n{code}\n\n## After\n\n{_SEE_X}")
+    assert paths(doc) == [("T",), ("T", "After")]
+    assert code in body(doc, "T")
+    assert body(doc, "After") == "See x (https://x.example)."
+
+
 # --------------------------------------------------------------------------------------------
 # reStructuredText
 

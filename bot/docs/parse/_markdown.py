@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import html
 import re
+from typing import Literal
 
 from bot.docs.parse._model import Block
 from bot.docs.parse._normalise import collapse, restore
 from bot.markdown_syntax import (
     ATX_HEADING,
-    FENCE_OPEN,
     HTML_BREAK,
     THEMATIC_BREAK,
     closes_fence,
@@ -71,8 +71,7 @@ def parse_markdown(text: str) -> tuple[list[Block], str | None]:
     level, heading, anchor = 0, "", None
     body: list[str] = []
     paragraph_start: int | None = None  # index in body of the paragraph a setext line would turn into a heading
-    fence: str | None = None
-    in_comment = False
+    code = _CodeReader()
 
     def open_block(new_level: int, raw_heading: str) -> None:
         nonlocal level, heading, anchor, body, paragraph_start
@@ -83,21 +82,12 @@ def parse_markdown(text: str) -> tuple[list[Block], str | None]:
         level, heading, anchor, body, paragraph_start = new_level, new_heading, new_anchor, [], None
 
     for line in lines:
-        if fence is not None:
+        kind = code.read(line)
+        if kind == "comment":
+            continue
+        if kind == "code":
             body.append(line)
-            if closes_fence(line, fence):
-                fence = None
-            continue
-        if in_comment:
-            in_comment = "-->" not in line
-            continue
-        opening = fence_opening(line)
-        if opening:
-            fence, paragraph_start = opening.group(2), None
-            body.append(line)
-            continue
-        if line.lstrip().startswith("<!--") and "-->" not in line:
-            in_comment = True
+            paragraph_start = None
             continue
         atx = ATX_HEADING.match(line)
         if atx:
@@ -124,6 +114,58 @@ def parse_markdown(text: str) -> tuple[list[Block], str | None]:
     return blocks, front_title
 
 
+class _CodeReader:
+    """Which lines of a Markdown file are fenced code or an HTML comment, read line by line in order.
+
+    Every pass over a file (headings, link reference definitions, a section's body) reads it with
+    one of these, so they agree on what is code. CommonMark: a fence closes only at a line of its
+    own character, at least as many, alone; an unclosed fence or comment runs to the end. A fence
+    or ``<!--`` indented four columns is indented code (or a paragraph's text) at the top level,
+    but in a list item, whose text is indented, it is not. List items are not read as containers:
+    a list runs from an item to the next line at column 0 that is neither an item nor a comment.
+    """
+
+    def __init__(self) -> None:
+        self._fence: str | None = None
+        self._max_close_indent = 0
+        self._in_comment = False
+        self._in_list = False
+
+    def read(self, line: str) -> Literal["code", "comment", "text"]:
+        """The next line's kind: ``code`` for a fence and the lines in it, ``comment`` for the lines
+        of an HTML comment that spans lines, ``text`` for anything else."""
+        if self._fence is not None:
+            if closes_fence(line, self._fence) and _indent(line) <= self._max_close_indent:
+                self._fence = None
+            return "code"
+        if self._in_comment:
+            self._in_comment = "-->" not in line
+            return "comment"
+        if not line.strip():
+            return "text"
+        indent = _indent(line)
+        starts_block = indent < 4 or self._in_list
+        if starts_block and line.lstrip().startswith("<!--"):
+            self._in_comment = "-->" not in line
+            return "comment" if self._in_comment else "text"
+        if starts_block and is_list_item(line):
+            self._in_list = True
+        elif indent == 0:
+            self._in_list = False
+        opening = fence_opening(line) if starts_block else None
+        if opening is None:
+            return "text"
+        self._fence = opening.group(2)
+        self._max_close_indent = indent + 3 if self._in_list else 3
+        return "code"
+
+
+def _indent(line: str) -> int:
+    """How many columns ``line`` is indented, a tab reaching the next multiple of four."""
+    expanded = line.expandtabs(4)
+    return len(expanded) - len(expanded.lstrip(" "))
+
+
 def _front_matter(lines: list[str]) -> tuple[int, str | None]:
     """Index of the first line after YAML (``---``) or TOML (``+++``) front matter, and its title."""
     if not lines or lines[0].strip() not in ("---", "+++"):
@@ -138,19 +180,11 @@ def _front_matter(lines: list[str]) -> tuple[int, str | None]:
 
 
 def _references(lines: list[str]) -> dict[str, str]:
-    """Link reference definitions (``[label]: url``) outside code, by normalised label."""
+    """Link reference definitions (``[label]: url``) outside code and comments, by normalised label."""
     refs: dict[str, str] = {}
-    fence: str | None = None
+    code = _CodeReader()
     for line in lines:
-        if fence is not None:
-            if closes_fence(line, fence):
-                fence = None
-            continue
-        opening = FENCE_OPEN.match(line)
-        if opening:
-            fence = opening.group(2)
-            continue
-        definition = _REF_DEF.match(line)
+        definition = _REF_DEF.match(line) if code.read(line) == "text" else None
         if definition:
             refs.setdefault(collapse(definition.group(1)).lower(), definition.group(2))
     return refs
@@ -174,19 +208,12 @@ def _body(lines: list[str], refs: dict[str, str]) -> str:
             out.append(_inline("\n".join(prose), refs, plain=False))
             prose.clear()
 
-    fence: str | None = None
+    code = _CodeReader()
     previous_blank = True
     in_indented_code = False
     for line in lines:
-        if fence is not None:
-            out.append(line)
-            if closes_fence(line, fence):
-                fence = None
-            continue
-        opening = fence_opening(line)
-        if opening:
+        if code.read(line) != "text":  # comments never reach a body: parse_markdown drops them
             flush()
-            fence = opening.group(2)
             out.append(line)
             continue
         if not line.strip():
