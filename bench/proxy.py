@@ -244,7 +244,10 @@ def _litellm_binary(out: Callable[[str], None]) -> Path | None:
         out(f"LiteLLM: could not install litellm[proxy] into {LITELLM_VENV} ({type(exc).__name__}); "
             "Penny's table only.")
         return None
-    return binary if binary.exists() else None
+    if not binary.exists():
+        out(f"LiteLLM: pip installed litellm[proxy] into {LITELLM_VENV} but there is no {binary}; Penny's table only.")
+        return None
+    return binary
 
 
 def _free_port() -> int:
