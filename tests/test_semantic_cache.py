@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from proxy_core.cache import CacheScope
+from proxy_core.cache import CachedAnswer, CacheScope
 from proxy_core.clock import ManualClock
 from proxy_core.errors import StoreError
 from proxy_core.gateway import Gateway
@@ -293,6 +293,129 @@ def test_a_restarted_replica_loads_the_shared_entries(make_gateway: Callable[...
     later = make_gateway(open_twin())
     assert ask(later, "How do I rotate the API keys?").cache_status == "exact"
     assert fake.count("chat") == 1
+
+
+# -- following the change log: everyone else's writes, not our own -------------------------------------
+
+
+class _WordVectors:
+    """A tiny deterministic embedder: each text gets a unit vector seeded by its bytes."""
+
+    name = "test-words"
+    dims = 16
+
+    def embed(self, texts: Any) -> np.ndarray:
+        rows = [np.random.default_rng(list(text.encode())).standard_normal(self.dims) for text in texts]
+        out = np.asarray(rows, dtype=np.float32)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+SCOPE = CacheScope(model="gpt-4.1-mini", params="p", context="docs:v1", tenant="w:W1")
+
+
+def _cache(store: Store, clock: ManualClock) -> SemanticCache:
+    return SemanticCache(store, _WordVectors(), ttl_s=3600, max_entries=0, policy=ThresholdPolicy(0.99, None),
+                         clock=clock)
+
+
+def _answer(entry_id: str, content: str) -> CachedAnswer:
+    return CachedAnswer(entry_id, content, "gpt-4.1-mini", 10, 0, 5, 20, 0.0)
+
+
+def _count_applied(cache: SemanticCache, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    applied: list[str] = []
+    apply = cache._apply
+
+    def counting(change: Any) -> None:
+        applied.append(change.entry_id)
+        apply(change)
+
+    monkeypatch.setattr(cache, "_apply", counting)
+    return applied
+
+
+def test_a_replica_does_not_read_its_own_writes_back_but_applies_everyone_elses(
+    store: Store, open_twin: Callable[[], Store], clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = _cache(store, clock), _cache(open_twin(), clock)
+    b.put(SCOPE, "How do I file expenses?", _answer("b0", "in the portal"))  # the log exists before a loads
+    a.load()
+    b.load()
+    applied = _count_applied(a, monkeypatch)
+    for i in range(3):
+        a.put(SCOPE, f"How do I deploy service {i}?", _answer(f"a{i}", f"deploy {i}"))
+    assert a.sync_once() == 0 and applied == []  # stepped over, not read back
+    b.put(SCOPE, "Who approves vacation requests?", _answer("b1", "your manager"))
+    assert a.sync_once() == 1 and applied == ["b1"]
+    assert a.index.get("b1") is not None
+    a.put(SCOPE, "How do I deploy service 9?", _answer("a9", "deploy 9"))  # right after another's write
+    assert a.sync_once() == 0 and applied == ["b1"]
+    b.sync_once()  # the other replica has all of ours
+    assert {e.entry_id for e in b.index.entries()} == {"b0", "a0", "a1", "a2", "a9", "b1"}
+
+
+def test_another_replicas_later_overwrite_or_delete_of_our_entry_wins(
+    store: Store, open_twin: Callable[[], Store], clock: ManualClock
+) -> None:
+    a, b = _cache(store, clock), _cache(open_twin(), clock)
+    a.load()
+    b.load()
+    a.put(SCOPE, "How do I rotate the API keys?", _answer("k", "old way"))
+    b.put(SCOPE, "How do I rotate the API keys now?", _answer("k", "new way"))  # same id, later
+    a.sync_once()
+    known = a.index.get("k")
+    assert known is not None and known.question == "How do I rotate the API keys now?"
+    hit = a.lookup(SCOPE, "How do I rotate the API keys now?")
+    assert hit.status == "exact" and hit.answer is not None and hit.answer.content == "new way"
+    a.put(SCOPE, "Where is the wifi password?", _answer("w", "on the fridge"))
+    assert b.invalidate_entry("w")
+    a.sync_once()
+    assert a.index.get("w") is None and a.lookup(SCOPE, "Where is the wifi password?").status == "miss"
+
+
+def test_a_write_read_back_when_another_change_reached_the_index_first(
+    store: Store, open_twin: Callable[[], Store], clock: ManualClock
+) -> None:
+    """If the index no longer holds our entry as written (another replica's change for that id was
+    applied meanwhile), the follower reads our write back instead of stepping over it."""
+    a, b = _cache(store, clock), _cache(open_twin(), clock)
+    a.load()
+    b.load()
+    a.put(SCOPE, "How do I rotate the API keys?", _answer("k", "ours"))
+    a.index.remove("k")  # as if another replica's delete had been applied after our local put
+    assert a.sync_once() == 1
+    known = a.index.get("k")
+    assert known is not None and known.question == "How do I rotate the API keys?"
+
+
+def test_following_threads_converge_on_every_replicas_writes(
+    store: Store, open_twin: Callable[[], Store], clock: ManualClock
+) -> None:
+    a, b = _cache(store, clock), _cache(open_twin(), clock)
+    a.start()
+    b.start()
+    try:
+        for i in range(5):
+            a.put(SCOPE, f"How do I deploy service {i}?", _answer(f"a{i}", f"deploy {i}"))
+            b.put(SCOPE, f"Who owns team {i}?", _answer(f"b{i}", f"lead {i}"))
+        assert a.flush()  # a's writes reach the store (they are written behind) before b's overwrite
+        b.put(SCOPE, "How do I deploy service 0 today?", _answer("a0", "deploy 0 today"))  # overwrites ours
+        assert a.flush() and b.flush()
+        want = {f"a{i}" for i in range(5)} | {f"b{i}" for i in range(5)}
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and not all(
+            {e.entry_id for e in c.index.entries()} == want
+            and (known := c.index.get("a0")) is not None and known.question == "How do I deploy service 0 today?"
+            for c in (a, b)
+        ):
+            time.sleep(0.01)
+        for c in (a, b):
+            assert {e.entry_id for e in c.index.entries()} == want
+            known = c.index.get("a0")
+            assert known is not None and known.question == "How do I deploy service 0 today?"
+    finally:
+        a.close()
+        b.close()
 
 
 # -- the index itself ---------------------------------------------------------------------------------

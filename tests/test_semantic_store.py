@@ -444,6 +444,52 @@ def test_a_replica_index_converges_through_scan_and_log(store: Store, open_twin:
     assert sorted(index) == ids(store.semantic_scan()) == ["d", "e", "f"]
 
 
+def test_a_write_says_where_its_events_went_in_the_log(store: Store) -> None:
+    """A follower at ``logged_after`` that moves to ``logged_through`` has stepped over exactly this
+    write's put and evictions: reading from there gives nothing of it."""
+    put(store, "a", "b")
+    head = store.semantic_changes(None).cursor
+    written = store.semantic_write(entry(store, "c"), max_entries=2)
+    assert written.evicted == ["a"]
+    assert written.logged_after == head
+    read = store.semantic_changes(head)
+    assert ops(read) == [("put", "c"), ("delete", "a")]
+    assert read.cursor == written.logged_through
+    assert store.semantic_changes(written.logged_through).changes == ()
+
+
+def test_a_write_after_another_replicas_starts_where_that_one_ended(
+    store: Store, open_twin: Callable[[], Store]
+) -> None:
+    other = open_twin()
+    put(store, "a")
+    mine = store.semantic_write(entry(store, "b"), max_entries=0)
+    theirs = other.semantic_write(entry(other, "b", seed=1), max_entries=0)  # overwrites our key
+    assert theirs.logged_after == mine.logged_through
+    assert ops(store.semantic_changes(mine.logged_through)) == [("put", "b")]
+    again = store.semantic_write(entry(store, "c"), max_entries=0)
+    assert again.logged_after == theirs.logged_through
+
+
+def test_a_wait_returns_once_a_change_follows_the_cursor(store: Store, open_twin: Callable[[], Store]) -> None:
+    writer = open_twin()
+    cursor = store.semantic_changes(None).cursor
+    about_to_wait = threading.Event()
+
+    def tail() -> None:
+        about_to_wait.set()
+        store.semantic_wait(cursor, 10)
+
+    reader = threading.Thread(target=tail)
+    reader.start()
+    assert about_to_wait.wait(5)
+    put(writer, "a")
+    reader.join(15)
+    assert not reader.is_alive()
+    store.semantic_wait(cursor, 10)  # an event already follows: no wait at all
+    store.semantic_wait(store.semantic_changes(cursor).cursor, 0.05)  # nothing new: returns after the time
+
+
 def test_a_blocking_read_wakes_for_a_change_from_another_replica(
     store: Store, open_twin: Callable[[], Store]
 ) -> None:
@@ -550,6 +596,7 @@ SEMANTIC_OPERATIONS: dict[str, Callable[[Store], object]] = {
     "delete_where": lambda s: s.semantic_delete_where(expired=True),
     "scan": lambda s: list(s.semantic_scan()),
     "changes": lambda s: s.semantic_changes(None),
+    "wait": lambda s: s.semantic_wait("0", 0.01) if isinstance(s, SqliteStore) else s.semantic_wait("/0-0", 0.01),
     "count": lambda s: s.semantic_count(),
 }
 

@@ -16,6 +16,8 @@ sync thread, which keeps the store's LRU order (eviction under ``max_entries``) 
 
 A put is written behind: this replica's index and copy take the new answer at once (so it is a
 hit here immediately) and a writer thread stores it, so the request does not wait for the write.
+The store says where in the change log the write went; when nothing came between, the sync
+thread steps over those events instead of reading its own put (and evictions) back.
 Deletes wait for a write in progress and cancel queued ones, so nothing deleted comes back. A
 write that fails takes the entry out of this replica's index too (it never reached the others).
 """
@@ -40,6 +42,9 @@ from proxy_core.semantic.index import F32, IndexedEntry, VectorIndex
 from proxy_core.stores.base import SemanticChange, SemanticEntry, Store
 
 __all__ = ["SemanticCache"]
+
+# How many of this replica's stored writes it remembers for stepping over in the change log.
+_OWN_WRITES_KEPT = 1024
 
 
 class SemanticCache:
@@ -77,7 +82,12 @@ class SemanticCache:
         # deletes reaching the store) are never held together; _pending_cv and _answers_lock are
         # taken inside _write_lock, each briefly and never one inside the other; the index's own
         # lock (VectorIndex) is innermost. No thread takes a lock listed before one it holds.
+        # _own_lock guards _own_writes alone and is held only briefly, with no other lock taken inside.
         self._sync_lock = threading.Lock()
+        # This replica's stored writes by the log cursor just before them: (the cursor at their last
+        # event, the entry as indexed, the ids evicted). The sync thread steps over them.
+        self._own_writes: dict[str, tuple[str, SemanticEntry, list[str]]] = {}
+        self._own_lock = threading.Lock()
         # Answers of recently served or stored entries (LRU, at most answer_copies), and the ids
         # served from them since the last report to the store.
         self._answer_copies = answer_copies
@@ -89,6 +99,7 @@ class SemanticCache:
         self._pending: OrderedDict[str, SemanticEntry] = OrderedDict()
         self._pending_cv = threading.Condition()
         self._writing = False
+        self._writes_done = 0
         self._write_lock = threading.Lock()
         self._writer: threading.Thread | None = None
         self._writer_stop = False
@@ -122,6 +133,8 @@ class SemanticCache:
             self._forget_answers(None)
             self.index.upsert_many(rows, matrix[: len(rows)])
             self._cursor = head
+            with self._own_lock:
+                self._own_writes.clear()
             return len(rows)
 
     def start(self) -> None:
@@ -199,6 +212,7 @@ class SemanticCache:
         if self._cursor is None:  # never loaded (the store was down at start-up)
             return self.load()
         with self._sync_lock:
+            self._step_over_own_writes()
             batch = self.store.semantic_changes(self._cursor, block_s=block_s)
             if batch.reset:
                 self._log.warning("cache_sync_reset")
@@ -212,11 +226,60 @@ class SemanticCache:
             return self.load()
         return len(batch.changes)
 
+    def _wait_for_changes(self, block_s: float) -> None:
+        """Wait, at most ``block_s``, until the log may hold events this replica has not applied:
+        events of its own writes wake the wait, are stepped over, and it waits on."""
+        deadline = time.monotonic() + block_s
+        while (remaining := deadline - time.monotonic()) > 0 and not self._stop.is_set():
+            cursor = self._cursor
+            if cursor is None:
+                return
+            self.store.semantic_wait(cursor, remaining)
+            self._await_write_in_flight()
+            with self._sync_lock:
+                if not self._step_over_own_writes():
+                    return
+
+    def _await_write_in_flight(self, timeout_s: float = 0.1) -> None:
+        """Wait for the write being stored, if any, to finish: the change-log event that woke the
+        sync thread may be its own, and the writer then says where it went."""
+        with self._pending_cv:
+            done = self._writes_done
+
+            def finished() -> bool:
+                return not self._writing or self._writes_done != done
+
+            self._pending_cv.wait_for(finished, timeout=timeout_s)
+
+    def _step_over_own_writes(self) -> bool:
+        """Move the cursor past this replica's own stored writes that directly follow it (call
+        with the sync lock held); True if it moved. A write is read back instead when the index no
+        longer holds the entry as written (a change from elsewhere was applied meanwhile)."""
+        moved = False
+        while self._cursor is not None:
+            with self._own_lock:
+                own = self._own_writes.pop(self._cursor, None)
+            if own is None:
+                return moved
+            through, entry, evicted = own
+            known = self.index.get(entry.entry_id)
+            if known is None or (known.expires_at, known.question, known.scope) != (
+                entry.expires_at, entry.question, entry.scope
+            ):
+                return moved  # read back: the next read applies it
+            for entry_id in evicted:
+                self._remove(entry_id)
+            self._cursor = through
+            moved = True
+        return moved
+
     def _follow(self) -> None:
         next_sweep = self._clock() + self._sweep_every_s
         while not self._stop.is_set():
             try:
-                self.sync_once(self._sync_block_s)
+                if self._cursor is not None:
+                    self._wait_for_changes(self._sync_block_s)
+                self.sync_once()
                 if self._clock() >= next_sweep:
                     next_sweep = self._clock() + self._sweep_every_s
                     self.store.semantic_delete_where(expired=True)
@@ -310,6 +373,7 @@ class SemanticCache:
                 finally:
                     with self._pending_cv:
                         self._writing = False
+                        self._writes_done += 1
                         self._pending_cv.notify_all()
 
     def _store_put(self, entry: SemanticEntry) -> None:
@@ -323,14 +387,19 @@ class SemanticCache:
             with self._answers_lock:
                 served, self._served = list(self._served), {}
         try:
-            evicted = self.store.semantic_put(entry, max_entries=self.max_entries, touched=served)
+            written = self.store.semantic_write(entry, max_entries=self.max_entries, touched=served)
         except BaseException:
             with self._answers_lock:
                 self._served.update(dict.fromkeys(served))  # report them later
             self._remove(entry.entry_id)
             raise
-        for entry_id in evicted:
+        for entry_id in written.evicted:
             self._remove(entry_id)
+        if written.logged_after:
+            with self._own_lock:
+                self._own_writes[written.logged_after] = (written.logged_through, entry, written.evicted)
+                if len(self._own_writes) > _OWN_WRITES_KEPT:  # ones the sync thread read past instead
+                    del self._own_writes[next(iter(self._own_writes))]
 
     def _cancel_pending(self, wanted: Callable[[SemanticEntry], bool]) -> list[str]:
         """Drop queued writes of entries ``wanted`` says go (call with the write lock held)."""

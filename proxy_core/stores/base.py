@@ -51,6 +51,7 @@ __all__ = [
     "SemanticChanges",
     "SemanticEntry",
     "SemanticStore",
+    "SemanticWrite",
     "Store",
     "UsageSummary",
     "UsageTotals",
@@ -279,6 +280,18 @@ class SemanticChanges:
     reset: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class SemanticWrite:
+    """What :meth:`SemanticStore.semantic_write` did: the ids it evicted, and the change-log cursors
+    just before its events (``logged_after``) and at its last one (``logged_through``). Nothing
+    else was logged in between, so a follower whose cursor is ``logged_after`` can move to
+    ``logged_through`` without reading the writer's own put and evictions back."""
+
+    evicted: list[str]
+    logged_after: str
+    logged_through: str
+
+
 class RequestStore(ABC):
     """Requests, from admission to settlement: the gateway's one- and two-round-trip path."""
 
@@ -442,12 +455,17 @@ class SemanticStore(ABC):
     # with ``semantic_scan`` at start-up and kept in sync by tailing ``semantic_changes``. Every
     # mutation below appends to the change log in the same atomic step as the mutation.
 
-    @abstractmethod
     def semantic_put(self, entry: SemanticEntry, *, max_entries: int, touched: Sequence[str] = ()) -> list[str]:
         """Store (or replace) ``entry`` as the most recently used one, then evict least recently
         used entries while more than ``max_entries`` remain (0 = no cap). Returns evicted ids.
         ``touched`` are marked used after the put and before the eviction, as by
         :meth:`semantic_touch` (hits served since the last report, which came after the put)."""
+        return self.semantic_write(entry, max_entries=max_entries, touched=touched).evicted
+
+    @abstractmethod
+    def semantic_write(self, entry: SemanticEntry, *, max_entries: int, touched: Sequence[str] = ()) -> SemanticWrite:
+        """:meth:`semantic_put`, also saying where its events went in the change log, so the
+        writer's own follower can step over what it already applied."""
 
     @abstractmethod
     def semantic_get(self, entry_id: str, *, touch: bool = True) -> SemanticEntry | None:
@@ -478,6 +496,11 @@ class SemanticStore(ABC):
     def semantic_changes(self, cursor: str | None, *, block_s: float = 0.0, limit: int = 1000) -> SemanticChanges:
         """Changes after ``cursor``, waiting up to ``block_s`` for one. ``cursor=None`` returns the
         current head with no changes: take it before ``semantic_scan`` so nothing is missed."""
+
+    @abstractmethod
+    def semantic_wait(self, cursor: str, block_s: float) -> None:
+        """Return once the change log may hold events after ``cursor``, or after ``block_s``.
+        (A cheap wait, no read: :meth:`semantic_changes` reads, and says whether to reload.)"""
 
     @abstractmethod
     def semantic_count(self) -> int:

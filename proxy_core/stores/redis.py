@@ -83,6 +83,7 @@ from proxy_core.stores.base import (
     SemanticChange,
     SemanticChanges,
     SemanticEntry,
+    SemanticWrite,
     Store,
     UsageSummary,
     UsageTotals,
@@ -820,12 +821,16 @@ class RedisStore(Store):
 
     # -- semantic cache ------------------------------------------------------------------
     @_translated("store a semantic-cache entry")
-    def semantic_put(self, entry: SemanticEntry, *, max_entries: int, touched: Sequence[str] = ()) -> list[str]:
+    def semantic_write(self, entry: SemanticEntry, *, max_entries: int, touched: Sequence[str] = ()) -> SemanticWrite:
         if max_entries < 0:
             raise ValueError("max_entries must be 0 (no cap) or more")
-        evicted = self._run_semantic(argv.SEMANTIC_PUT, touched, entry_id=entry.entry_id, record=_pack_record(entry),
-                                     answer=entry.answer, max_entries=max_entries)
-        return [_text(entry_id) for entry_id in evicted]
+        epoch, after, through, evicted = self._run_semantic(
+            argv.SEMANTIC_PUT, touched, entry_id=entry.entry_id, record=_pack_record(entry), answer=entry.answer,
+            max_entries=max_entries)
+        epoch, after = _text(epoch), _text(after)
+        # An unknown id before (a new log) gives a cursor no follower holds: it reads the events.
+        return SemanticWrite([_text(entry_id) for entry_id in evicted], f"{epoch}/{after}" if after else "",
+                             f"{epoch}/{_text(through)}")
 
     @_translated("read a semantic-cache entry")
     def semantic_get(self, entry_id: str, *, touch: bool = True) -> SemanticEntry | None:
@@ -914,6 +919,13 @@ class RedisStore(Store):
         changes = tuple(_logged_change(fields) for _, fields in events)
         last = _text(events[-1][0]) if events else stream_id
         return SemanticChanges(f"{current}/{last}", changes)
+
+    @_translated("wait for the semantic change log")
+    def semantic_wait(self, cursor: str, block_s: float) -> None:
+        parsed = _CURSOR.fullmatch(cursor)
+        if parsed is None:
+            raise ValueError(f"not a cursor of the Redis semantic change log: {cursor!r}")
+        self._wait_for_semantic_log(parsed["id"], block_s)
 
     def _wait_for_semantic_log(self, cursor: str, block_s: float) -> None:
         """Wait (XREAD BLOCK on a pooled connection of its own) until an event follows ``cursor``,

@@ -45,6 +45,7 @@ from proxy_core.stores.base import (
     SemanticChange,
     SemanticChanges,
     SemanticEntry,
+    SemanticWrite,
     Store,
     UsageSummary,
     UsageTotals,
@@ -704,13 +705,14 @@ class SqliteStore(Store):
         return {str(source): _group_totals(sums) for source, *sums in groups}
 
     # -- semantic cache ------------------------------------------------------------------
-    def semantic_put(self, entry: SemanticEntry, *, max_entries: int, touched: Sequence[str] = ()) -> list[str]:
+    def semantic_write(self, entry: SemanticEntry, *, max_entries: int, touched: Sequence[str] = ()) -> SemanticWrite:
         if max_entries < 0:
             raise ValueError("max_entries must be 0 (no cap) or more")
         # The entry's fields as both the table and its change log start with them.
         head = (entry.entry_id, entry.scope, entry.context, entry.question, entry.created_at, entry.expires_at)
         vector = bytes(entry.vector)
         with self._write("store a semantic-cache entry") as conn:
+            logged_after = _log_head(conn)  # BEGIN IMMEDIATE: no other writer logs in between
             conn.execute(_UPSERT_SEMANTIC, (*head, _next_use(conn, self.now()), vector, entry.answer))
             conn.execute(_LOG_PUT, (*head, vector))
             _touch(conn, touched, self.now())
@@ -723,8 +725,9 @@ class SqliteStore(Store):
                     ).fetchall()
                     conn.executemany("DELETE FROM semantic_entries WHERE entry_id = ?", [(i,) for i, _ in evicted])
                     conn.executemany(_LOG_DELETE, evicted)
+            logged_through = _log_head(conn)
             self._trim_log(conn)
-        return [entry_id for entry_id, _ in evicted]
+        return SemanticWrite([entry_id for entry_id, _ in evicted], str(logged_after), str(logged_through))
 
     def semantic_get(self, entry_id: str, *, touch: bool = True) -> SemanticEntry | None:
         query = (
@@ -822,6 +825,19 @@ class SqliteStore(Store):
             remaining = deadline - time.monotonic()
             if changes.changes or changes.reset or remaining <= 0:
                 return changes
+            time.sleep(min(_CHANGES_POLL_S, remaining))
+
+    def semantic_wait(self, cursor: str, block_s: float) -> None:
+        if not _LOG_CURSOR.fullmatch(cursor):
+            raise ValueError(f"not a cursor of the SQLite semantic change log: {cursor!r}")
+        after = int(cursor)
+        deadline = time.monotonic() + block_s
+        while True:
+            with self._read("read the semantic change log") as conn:
+                head = _log_head(conn)
+            remaining = deadline - time.monotonic()
+            if head != after or remaining <= 0:
+                return
             time.sleep(min(_CHANGES_POLL_S, remaining))
 
     def semantic_count(self) -> int:

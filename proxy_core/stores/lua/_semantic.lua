@@ -44,14 +44,29 @@ local function next_use()
   return num(now)
 end
 
+-- Append one event; returns its stream id.
 local function log(...)
   if redis.call('EXISTS', LOG) == 0 then
     redis.call('SET', EPOCH, table.concat(redis.call('TIME'), '.'))
   end
-  redis.call('XADD', LOG, 'MAXLEN', '~', RETAIN, '*', ...)
+  return redis.call('XADD', LOG, 'MAXLEN', '~', RETAIN, '*', ...)
 end
 
--- Delete one entry and log it; false when it did not exist.
+-- The id of the log's newest event ever ('' when there is no log).
+local function log_head()
+  if redis.call('EXISTS', LOG) == 0 then
+    return ''
+  end
+  local raw = redis.call('XINFO', 'STREAM', LOG)
+  for i = 1, #raw, 2 do
+    if raw[i] == 'last-generated-id' then
+      return raw[i + 1]
+    end
+  end
+  return ''
+end
+
+-- Delete one entry and log it; returns the event's stream id, or false when it did not exist.
 local function remove(id)
   local record = redis.call('HGET', RECORDS, id)
   if not record then
@@ -63,8 +78,7 @@ local function remove(id)
   redis.call('ZREM', LAST_USED, id)
   redis.call('ZREM', EXPIRIES, id)
   redis.call('ZREM', CONTEXTS, context_member(context, id))
-  log('op', 'delete', 'id', id, 'scope', scope)
-  return true
+  return log('op', 'delete', 'id', id, 'scope', scope)
 end
 
 -- Mark an existing entry most recently used; returns 1 if it exists, else 0.

@@ -3,10 +3,13 @@
 -- delete per eviction.
 -- ARGV, layout SEMANTIC_PUT in proxy_core/stores/lua_argv.py: [4] entry_id, [5] record, [6] answer,
 -- [7] max_entries (0 = no cap); [8 ..] entries to mark used after the put, in order (hits served
--- since the last report), before anything is evicted. Returns the evicted ids, least recently used
--- first.
+-- since the last report), before anything is evicted. Returns {epoch, after, through, evicted}: the
+-- log's epoch and the stream ids just before this script's events and at its last one ('' when the
+-- id before is unknown: a new or emptied log), then the evicted ids, least recently used first.
 local rest = 8
 local id, record, max_entries = ARGV[4], ARGV[5], tonumber(ARGV[7])
+
+local after = log_head()
 
 local old = redis.call('HGET', RECORDS, id)
 if old then
@@ -19,7 +22,7 @@ redis.call('HSET', ANSWERS, id, ARGV[6])
 redis.call('ZADD', LAST_USED, next_use(), id)
 redis.call('ZADD', EXPIRIES, num(expires_at), id)
 redis.call('ZADD', CONTEXTS, 0, context_member(context, id))
-log('op', 'put', 'id', id, 'scope', scope, 'record', record)
+local through = log('op', 'put', 'id', id, 'scope', scope, 'record', record)
 for i = rest, #ARGV do
   touch(ARGV[i])
 end
@@ -29,9 +32,9 @@ if max_entries > 0 then
   local excess = redis.call('HLEN', RECORDS) - max_entries
   if excess > 0 then
     for _, victim in ipairs(redis.call('ZRANGE', LAST_USED, 0, excess - 1)) do
-      remove(victim)
+      through = remove(victim) or through
       evicted[#evicted + 1] = victim
     end
   end
 end
-return evicted
+return {redis.call('GET', EPOCH) or '', after, through, evicted}
