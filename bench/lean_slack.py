@@ -1,11 +1,11 @@
-"""A lean fake Slack Web API for the CPU-bound runs of ``python -m bench.http``.
+"""A lean fake Slack Web API for ``python -m bench.http``.
 
 ``tests.fake_slack.FakeSlack`` records every call in full (headers, parameters, answers, message
 history) on a thread per connection: right for tests, and about 4 ms of CPU per call. On a
 2-core machine that fake takes a good part of the core the second Penny worker needs, so a
 1-worker / 2-worker comparison would measure the fake. This one answers on one asyncio loop,
 keeps connections alive, and remembers only what the benchmark reads: when each final answer
-(``chat.postMessage`` / ``chat.update``) arrived, and in which thread.
+(``chat.postMessage`` / ``chat.update``) arrived, and how many messages each thread got.
 
 It answers ``auth.test`` (with the token's scopes in ``x-oauth-scopes``, as Slack does) and
 ``chat.postMessage`` with what Penny reads from them; any other method with ``{"ok": true}`` and
@@ -42,7 +42,7 @@ class LeanSlack:
         self._serial = itertools.count(1)
         self._changed = threading.Condition()
         self._arrivals: list[float] = []  # time.monotonic() of each final answer
-        self._threads: Counter[str] = Counter()
+        self._threads: Counter[str] = Counter()  # messages posted per thread_ts
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self.port = 0
@@ -62,7 +62,7 @@ class LeanSlack:
             return self._arrivals[count - 1]
 
     def answers(self) -> dict[str, int]:
-        """Final answers per thread."""
+        """Messages posted per thread (an update changes a message, it adds none)."""
         with self._changed:
             return dict(self._threads)
 
@@ -108,7 +108,8 @@ class LeanSlack:
         if method in self._final:
             with self._changed:
                 self._arrivals.append(time.monotonic())
-                self._threads[str(params.get("thread_ts"))] += 1
+                if method == "chat.postMessage":
+                    self._threads[str(params.get("thread_ts"))] += 1
                 self._changed.notify_all()
         return {"ok": True, "channel": params.get("channel"), "ts": ts, "message": {"ts": ts}}, b""
 
