@@ -29,10 +29,8 @@ from urllib.parse import unquote
 
 import hiredis
 import redis
-from redis._parsers import Encoder
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
-from redis.connection import HiredisRespSerializer, PythonRespSerializer
 from redis.retry import Retry
 
 from proxy_core.errors import ConfigurationError
@@ -138,6 +136,11 @@ class HiredisPacker:
     Anything else (bool, memoryview, …) goes to redis-py's own packer, with its errors."""
 
     def __init__(self) -> None:
+        # redis-py's own serializer, for what hiredis refuses: internals of redis-py (5.x-8.x), so
+        # ``hiredis_packer`` falls back to redis-py's default packer wherever they are missing.
+        from redis._parsers import Encoder
+        from redis.connection import HiredisRespSerializer, PythonRespSerializer
+
         encoder = Encoder("utf-8", "strict", True)  # type: ignore[no-untyped-call]  # every store client's encoding
         self._fallback = HiredisRespSerializer(  # type: ignore[no-untyped-call]
             PythonRespSerializer(6000, encoder.encode).pack, encoder.encode)
@@ -154,6 +157,15 @@ class HiredisPacker:
             return [hiredis.pack_command(head + args[1:])]
         except TypeError:
             return list(self._fallback.pack(*args))
+
+
+def hiredis_packer() -> HiredisPacker | None:
+    """A :class:`HiredisPacker`, or None (redis-py's default packer) where this redis-py lacks the
+    internals it builds on."""
+    try:
+        return HiredisPacker()
+    except (ImportError, AttributeError, TypeError):
+        return None
 
 
 def connect(url: str, options: RedisOptions, *, timeout_s: float, max_connections: int) -> redis.Redis | RedisCluster:
@@ -199,7 +211,7 @@ def connect(url: str, options: RedisOptions, *, timeout_s: float, max_connection
             # Never on a timeout: the script may have run, and a store call must fail within
             # its timeout rather than redis-py's default ten backed-off attempts.
             retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
-            command_packer=HiredisPacker(),  # a cluster client keeps redis-py's (it takes no packer)
+            **({"command_packer": packer} if (packer := hiredis_packer()) else {}),  # a cluster client takes none
             **_tls_kwargs(options, scheme in TLS_SCHEMES),
             **common,
         )
