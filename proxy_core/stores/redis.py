@@ -773,13 +773,8 @@ class RedisStore(Store):
     @_translated("summarise the ledger")
     def usage(self, workspace_id: str, first_day: str, last_day: str, user_id: str | None = None) -> UsageSummary:
         days = list(_days(first_day, last_day))
-        ws = self._ws(workspace_id)
-        pipe = self._client.pipeline(transaction=False)
-        for day in days:
-            pipe.hgetall(f"{ws}:usage:{day}" if user_id is None else f"{ws}:usage:{day}:user:{user_id}")
         summary = UsageSummary()
-        for day, raw in zip(days, pipe.execute(), strict=True):
-            held = {_text(k): int(_text(v)) for k, v in raw.items()}
+        for day, held in zip(days, self._day_aggregates(workspace_id, days, user_id), strict=True):
             fold = _day_usage if user_id is None else _user_day_usage
             day_totals = fold(held, summary)
             if day_totals.requests:
@@ -789,21 +784,23 @@ class RedisStore(Store):
                     _merge(summary.by_user.setdefault(user_id, UsageTotals()), day_totals)
         return summary
 
+    def _day_aggregates(self, workspace_id: str, days: list[str], user_id: str | None) -> list[dict[str, int]]:
+        """Each day's usage aggregate (the workspace's, or ``user_id``'s), in one round trip."""
+        ws = self._ws(workspace_id)
+        pipe = self._client.pipeline(transaction=False)
+        for day in days:
+            pipe.hgetall(f"{ws}:usage:{day}" if user_id is None else f"{ws}:usage:{day}:user:{user_id}")
+        return [{_text(k): int(_text(v)) for k, v in raw.items()} for raw in pipe.execute()]
+
     @_translated("summarise the ledger by source")
     def usage_by_source(
         self, workspace_id: str, first_day: str, last_day: str, user_id: str | None = None
     ) -> dict[str, UsageTotals]:
         # The aggregates count a source's spend under 's:<metric>:<source>' (add_usage in
         # _request.lua); the front end's own calls ('') have no fields: they are the rest.
-        days = list(_days(first_day, last_day))
-        ws = self._ws(workspace_id)
-        pipe = self._client.pipeline(transaction=False)
-        for day in days:
-            pipe.hgetall(f"{ws}:usage:{day}" if user_id is None else f"{ws}:usage:{day}:user:{user_id}")
         summary = UsageSummary()
         by_source: dict[str, UsageTotals] = {}
-        for raw in pipe.execute():
-            held = {_text(k): int(_text(v)) for k, v in raw.items()}
+        for held in self._day_aggregates(workspace_id, list(_days(first_day, last_day)), user_id):
             _merge(summary.totals, (_day_usage if user_id is None else _user_day_usage)(held, summary))
             for name, value in held.items():
                 dimension, _, rest = name.partition(":")
