@@ -106,6 +106,28 @@ def test_penny_keys_create_prints_the_key_once_then_list_and_revoke(cli_store: s
     assert "no key key_nope" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("amount", "micros"), [("0", 0), ("0.0000019", 1), ("2.5", 2_500_000)])
+def test_penny_keys_create_counts_a_budget_in_whole_micro_dollars_rounded_down(
+        cli_store: str, amount: str, micros: int) -> None:
+    code, out = penny("keys", "create", "--user", "U1", "--daily-budget-usd", amount)
+    assert code == 0, out
+    store = store_from_url(cli_store)
+    try:
+        key = KeyRing(store).authenticate(out.split()[-1])
+    finally:
+        store.close()
+    assert key is not None and key.daily_budget_micros == micros
+
+
+def test_penny_keys_create_refuses_a_budget_below_one_micro_dollar(cli_store: str,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # Rounded down it would be a $0 key, which refuses every call: the amount is refused instead.
+    with pytest.raises(SystemExit) as exit_info:
+        penny("keys", "create", "--user", "U1", "--daily-budget-usd", "0.0000001")
+    assert exit_info.value.code == 2
+    assert "less than $0.000001" in capsys.readouterr().err
+
+
 def test_penny_keys_create_refuses_an_unpriced_model(cli_store: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out = penny("keys", "create", "--user", "U1", "--models", "gpt-nope")
     assert code == 2 and "pk-" not in out

@@ -65,7 +65,11 @@ def _usd(value: str) -> int:
         raise argparse.ArgumentTypeError(f"an amount in USD, not {value!r}") from None
     if not usd.is_finite() or usd < 0:
         raise argparse.ArgumentTypeError(f"an amount of at least 0, not {value!r}")
-    return int(usd * 1_000_000)
+    micros = int(usd * 1_000_000)  # rounded down: a cap is never raised by rounding
+    if micros == 0 and usd > 0:
+        raise argparse.ArgumentTypeError(
+            f"{value} is less than $0.000001, the smallest budget Penny counts (0 allows nothing)")
+    return micros
 
 
 def _models(value: str) -> tuple[str, ...]:
