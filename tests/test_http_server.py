@@ -5,6 +5,7 @@ bounds (the load figures are ``python -m bench.http``'s)."""
 
 from __future__ import annotations
 
+import io
 import json
 import operator
 import re
@@ -15,21 +16,32 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml  # type: ignore[import-untyped]  # PyYAML ships no stubs
+from slack_bolt import App
+from slack_sdk import WebClient
 
 from bot.docs.index import DocsIndex
-from bot.slack.server import BUFFERED_REQUEST_BYTES, AcksFirst, DrainingExecutor, _DeadlineSocket, request_complete
+from bot.slack.server import (
+    BUFFERED_REQUEST_BYTES,
+    AcksFirst,
+    DrainingExecutor,
+    EarlyAcks,
+    PennyWSGI,
+    _DeadlineSocket,
+    request_complete,
+)
 from proxy_core.stores import store_from_url
 from tests.fake_openai import FakeOpenAI, Fault
 from tests.fake_slack import FakeSlack
 from tests.penny_http import ROOT, PennyHTTP, penny_env, post_event, question_event, raw_request, signed_headers
 from tests.redis_server import RedisServer, redis_server_binary
-from tests.slack_harness import BOT_ID, BOT_USER, TEAM
+from tests.slack_harness import BOT_ID, BOT_USER, SECRET, TEAM, TOKEN
 
 pytestmark = pytest.mark.slow
 
@@ -234,6 +246,59 @@ def test_answers_still_waiting_at_shutdown_are_cancelled_and_counted_done() -> N
         assert future.cancelled() and pool.drain(0.0) == 0
         with pytest.raises(RuntimeError):
             pool.submit(time.sleep, 0)
+
+
+class _Later(Executor):
+    """Holds what is submitted until the test runs it."""
+
+    def __init__(self) -> None:
+        self.held: list[Callable[[], Any]] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.held.append(lambda: fn(*args, **kwargs))
+        return Future()
+
+
+class _Inline(Executor):
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
+def _post(wsgi: PennyWSGI, body: str, headers: dict[str, str]) -> tuple[str, bytes]:
+    data = body.encode()
+    environ: dict[str, Any] = {"REQUEST_METHOD": "POST", "PATH_INFO": "/slack/events", "QUERY_STRING": "",
+                               "CONTENT_LENGTH": str(len(data)), "wsgi.input": io.BytesIO(data)}
+    for name, value in headers.items():
+        key = name.upper().replace("-", "_")
+        environ[key if key == "CONTENT_TYPE" else f"HTTP_{key}"] = value
+    answer: list[str] = []
+    chunks = wsgi(environ, lambda status, _headers, _exc=None: answer.append(status))  # type: ignore[arg-type]
+    return answer[0], b"".join(chunks)
+
+
+def test_an_event_delivery_is_acked_before_bolt_handles_it_and_anything_else_goes_to_bolt(slack: FakeSlack) -> None:
+    app = App(signing_secret=SECRET, client=WebClient(token=TOKEN, base_url=slack.base_url),
+              token_verification_enabled=False, listener_executor=_Inline())
+    heard: list[str] = []
+    app.event("app_mention")(lambda event: heard.append(event["text"]))
+    later = _Later()
+    wsgi = PennyWSGI(app, ready=lambda: None, early_acks=EarlyAcks(SECRET, later))
+
+    event = question_event("how do I deploy?", "EvEarly1", user="U1", ts="1700000000.000100")
+    assert _post(wsgi, event, signed_headers(event)) == ("200 OK", b"")
+    assert heard == [] and len(later.held) == 1  # acked; Bolt has not seen it yet
+    later.held.pop()()
+    assert heard == ["<@UPENNY> how do I deploy?"]
+
+    # A bad signature is Bolt's to refuse; nothing is acked early, nothing is held.
+    bad = {**signed_headers(event), "X-Slack-Signature": "v0=" + "0" * 64}
+    assert _post(wsgi, event, bad)[0].startswith("401") and not later.held
+    # A url_verification's ack carries the challenge: Bolt answers it.
+    challenge = json.dumps({"type": "url_verification", "challenge": "c-123", "token": "t"})
+    status, answer = _post(wsgi, challenge, {**signed_headers(challenge), "Content-Type": "application/json"})
+    assert status == "200 OK" and b"c-123" in answer and not later.held
 
 
 def test_the_http_manifest_is_the_socket_mode_one_with_request_urls() -> None:

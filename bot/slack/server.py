@@ -58,14 +58,14 @@ from proxy_core import ConfigurationError, Gateway, Store, StoreError, get_logge
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment
 
-    from slack_bolt import App
+    from slack_bolt import App, BoltRequest
 
     from bot.slack.runner import AlertRelay
     from bot.slack.startup import SlackInstallation
 
 __all__ = [
-    "AcksFirst", "Backend", "DrainingExecutor", "HTTPOptions", "PennyWSGI", "PennyWorker", "Served", "ops_reply",
-    "run_arbiter", "serve",
+    "AcksFirst", "Backend", "DrainingExecutor", "EarlyAcks", "HTTPOptions", "PennyWSGI", "PennyWorker", "Served",
+    "ops_reply", "run_arbiter", "serve",
 ]
 
 EVENTS_PATH: Final = "/slack/events"
@@ -144,12 +144,14 @@ class PennyWSGI:
     (the process answers), ``GET /readyz`` (``ready()`` returns no problem), ``GET /metrics``."""
 
     def __init__(self, app: App, *, ready: Callable[[], str | None], metrics: Callable[[], bytes] | None = None,
-                 path: str = EVENTS_PATH, acks_first: AcksFirst | None = None) -> None:
+                 path: str = EVENTS_PATH, acks_first: AcksFirst | None = None,
+                 early_acks: EarlyAcks | None = None) -> None:
         self._app = app
         self.acks_first = acks_first or AcksFirst()
         self._ready = ready
         self._metrics = metrics
         self._path = path
+        self._early_acks = early_acks
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
@@ -182,11 +184,46 @@ class PennyWSGI:
         request = parse_request(headers, body, str(environ.get("QUERY_STRING", "")))
         if isinstance(request, Rejection):
             return _reject(start_response, request)
+        if self._early_acks is not None and self._early_acks.take(request, body, headers, self._app):
+            return _reply(start_response, 200, b"")  # Bolt's own ack of an event: an empty 200
         # What Bolt's WSGI adapter does with a POST to its path, without parsing the body again.
         response = self._app.dispatch(request)
         wsgi = WsgiHttpResponse(status=response.status, headers=response.headers, body=response.body)
         start_response(wsgi.status, wsgi.get_headers())
         return wsgi.get_body()
+
+
+class EarlyAcks:
+    """Acks an Events API delivery before Bolt sees it, and has Bolt handle it after the acks.
+
+    Bolt acks every ``event_callback`` with an empty 200 whatever its listeners do, once it has
+    run its middleware and matched a listener: half of an ack's CPU. For a delivery whose signature
+    and timestamp :meth:`take` verifies itself (as Bolt's request verification does), that 200 is
+    sent at once and Bolt's whole dispatch runs on ``later`` (the listener pool, which holds it
+    until the worker has no more acks to send). Anything else — a bad signature, ``url_verification``,
+    slash commands and interactivity, whose acks can carry a body — goes to Bolt as before."""
+
+    def __init__(self, signing_secret: str, later: Executor) -> None:
+        from slack_sdk.signature import SignatureVerifier
+
+        self._verifier = SignatureVerifier(signing_secret)
+        self._later = later
+
+    def take(self, request: BoltRequest, body: bytes, headers: dict[str, str], app: App) -> bool:
+        """Whether the request was taken (the caller answers 200): a verified event delivery."""
+        payload = request.body
+        if not (isinstance(payload, dict) and payload.get("type") == "event_callback"):
+            return False
+        if not self._verifier.is_valid_request(body, headers):
+            return False  # Bolt answers it (401), and logs why
+        self._later.submit(_dispatch_acked, app, request)
+        return True
+
+
+def _dispatch_acked(app: App, request: BoltRequest) -> None:
+    response = app.dispatch(request)
+    if response.status != 200:  # Bolt's ack would have said so; it was sent as a 200
+        _log.warning("slack.event_not_handled", status=response.status, body=str(response.body)[:200])
 
 
 def _reply(start_response: StartResponse, status: int, body: bytes,
@@ -381,7 +418,9 @@ class _Worker:
                         settings=settings, listener_executor=self.listeners,
                         installation=installation)
         backend.alerts.attach(app.client)
-        self.wsgi = PennyWSGI(app, ready=self.ready, metrics=metrics, acks_first=acks_first)
+        config = slack_settings(settings)
+        early = EarlyAcks(config.signing_secret, self.listeners) if config.signing_secret else None
+        self.wsgi = PennyWSGI(app, ready=self.ready, metrics=metrics, acks_first=acks_first, early_acks=early)
 
     def ready(self) -> str | None:
         """Why this worker cannot answer yet (store unreachable, no docs index), or None."""
