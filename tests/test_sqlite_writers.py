@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,9 @@ def test_a_writer_waits_for_another_processes_writer_and_says_so_when_it_holds_o
         assert store.record_get("k", "second") == "2"
     finally:
         store.close()
+    lock_file = Path(f"{db}-writers").resolve()
+    assert not any(Path(f"/proc/self/fd/{fd}").resolve() == lock_file for fd in os.listdir("/proc/self/fd")
+                   if Path(f"/proc/self/fd/{fd}").exists())  # closed with the store
 
 
 def test_an_in_memory_database_takes_no_file_lock(tmp_path: Path) -> None:

@@ -473,6 +473,11 @@ class SqliteStore(Store):
             self._closed = True
             connections = list(self._connections)
             self._connections.clear()
+        if self._writer.acquire(timeout=self.timeout_s):  # no writer holds the lock file now
+            try:
+                self._processes.close()
+            finally:
+                self._writer.release()
         for conn in connections:
             # Wait for a query in flight on another thread; one that does not end in time is left
             # open (the OS reclaims the handle) rather than closed under it.
@@ -997,6 +1002,14 @@ class _ProcessWriters:
             import fcntl
 
             fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Close the lock file (call holding :class:`_WriterLock`); writes after it lock nothing
+        (the closed store refuses them)."""
+        self._path = None
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
 
 
 @contextmanager
