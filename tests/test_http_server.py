@@ -37,6 +37,7 @@ from bot.slack.server import (
     request_complete,
 )
 from proxy_core.stores import store_from_url
+from tests.bot_harness import Inline
 from tests.fake_openai import FakeOpenAI, Fault
 from tests.fake_slack import FakeSlack
 from tests.penny_http import ROOT, PennyHTTP, penny_env, post_event, question_event, raw_request, signed_headers
@@ -218,14 +219,26 @@ def test_a_listener_waits_for_acks_at_most_max_wait() -> None:
         acks_first.wait()  # returns at its deadline: under sustained traffic answers still start
 
 
+class _SeenWaiting(AcksFirst):
+    """AcksFirst that says when someone has started waiting on it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.waiting = threading.Event()
+
+    def wait(self) -> None:
+        self.waiting.set()
+        super().wait()
+
+
 def test_answers_wait_in_a_queue_while_acks_are_in_flight_then_run_on_the_pool() -> None:
-    acks_first = AcksFirst(quiet_s=0.0, max_wait_s=60.0)
+    acks_first = _SeenWaiting(quiet_s=0.0, max_wait_s=60.0)
     pool = DrainingExecutor(4, acks_first=acks_first)
     ran: list[int] = []
     try:
         with acks_first.request():
             futures = [pool.submit(ran.append, i) for i in range(20)]
-            time.sleep(0.1)
+            assert acks_first.waiting.wait(5)  # the dispatcher waits for the acks before it hands any over
             assert ran == [] and not any(f.done() for f in futures)  # held: no thread ran an answer
             assert pool.drain(0.0) == 20  # a stopping worker still waits for them
         assert [f.result(timeout=5) for f in futures] == [None] * 20
@@ -259,13 +272,6 @@ class _Later(Executor):
         return Future()
 
 
-class _Inline(Executor):
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        future: Future[Any] = Future()
-        future.set_result(fn(*args, **kwargs))
-        return future
-
-
 def _post(wsgi: PennyWSGI, body: str, headers: dict[str, str]) -> tuple[str, bytes]:
     data = body.encode()
     environ: dict[str, Any] = {"REQUEST_METHOD": "POST", "PATH_INFO": "/slack/events", "QUERY_STRING": "",
@@ -280,7 +286,7 @@ def _post(wsgi: PennyWSGI, body: str, headers: dict[str, str]) -> tuple[str, byt
 
 def test_an_event_delivery_is_acked_before_bolt_handles_it_and_anything_else_goes_to_bolt(slack: FakeSlack) -> None:
     app = App(signing_secret=SECRET, client=WebClient(token=TOKEN, base_url=slack.base_url),
-              token_verification_enabled=False, listener_executor=_Inline())
+              token_verification_enabled=False, listener_executor=Inline())
     heard: list[str] = []
     app.event("app_mention")(lambda event: heard.append(event["text"]))
     later = _Later()
