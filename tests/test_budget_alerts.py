@@ -21,6 +21,7 @@ from proxy_core.errors import BudgetExceeded
 from proxy_core.gateway import Gateway
 from proxy_core.stores.base import Store
 from tests.fake_openai import API_KEY, FakeOpenAI, Fault
+from tests.threads import run_together
 
 START = 1_767_225_600.0  # ManualClock's start: 2026-01-01T00:00:00Z
 TENTH = 625  # completion tokens costing 1000 µ$ on gpt-4.1-mini
@@ -156,11 +157,7 @@ def test_two_replicas_racing_never_both_announce_a_threshold(make_gateway: Gatew
         except BaseException as exc:  # reported below, not swallowed
             failures.append(exc)
 
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(10)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_together(10, call)
     assert failures == []
     assert sorted(inbox.take()) == [50, 80, 100]
 

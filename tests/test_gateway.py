@@ -32,6 +32,7 @@ from proxy_core.stores.base import Store
 from proxy_core.tokens import estimate_chat_tokens
 from proxy_core.upstream import OpenAIUpstream
 from tests.fake_openai import API_KEY, FakeOpenAI, Fault, Gate, RecordedRequest
+from tests.threads import run_together
 
 DAY = "2026-01-01"  # ManualClock starts at 2026-01-01T00:00:00Z
 
@@ -235,11 +236,7 @@ def test_fifty_concurrent_calls_never_settle_above_the_budget(make_gateway: Gate
                 refused.append(exc)
             gate.arrive()
 
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(50)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_together(50, call)
     assert not gate.broken and gate.waited == fits
     assert (len(ok), len(refused)) == (fits, 50 - fits)
     assert {e.scope for e in refused} == {"daily"}

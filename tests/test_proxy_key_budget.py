@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import openai
 import pytest
@@ -17,6 +18,7 @@ from proxy_core.prices import chat_cost
 from proxy_core.tokens import estimate_chat_tokens
 from tests.fake_openai import FakeOpenAI, Fault, Gate
 from tests.proxy_harness import Proxy, serve_proxy
+from tests.threads import run_together
 
 MODEL = "gpt-4o-mini"
 MAX_TOKENS = 100
@@ -43,11 +45,11 @@ def worst_case(proxy: Proxy, text: str) -> int:
     return chat_cost(proxy.gateway.prices.price_for(MODEL), estimate_chat_tokens(question(text)), 0, MAX_TOKENS)
 
 
-def ask(client: openai.OpenAI, text: str) -> float:
+def ask(client: openai.OpenAI, text: str) -> Decimal:
     """One fresh (uncached) completion; its cost in USD from ``x-penny-cost-usd``."""
     raw = client.chat.completions.with_raw_response.create(
         model=MODEL, messages=question(text), max_tokens=MAX_TOKENS, extra_headers=NO_CACHE)  # type: ignore[arg-type]
-    return float(raw.headers["x-penny-cost-usd"])
+    return Decimal(raw.headers["x-penny-cost-usd"])
 
 
 def today(clock: ManualClock) -> str:
@@ -140,7 +142,7 @@ def test_fifty_concurrent_calls_with_one_key_never_settle_above_its_budget(
     budget = 7 * one + one // 2
     secret, key = proxy.keys.create(user_id="U1", workspace_id="T1", daily_budget_micros=budget)
     gate = fake.hold(Gate(50))
-    costs: list[float] = []
+    costs: list[Decimal] = []
     refused: list[openai.RateLimitError] = []
     lock = threading.Lock()
 
@@ -155,11 +157,7 @@ def test_fifty_concurrent_calls_with_one_key_never_settle_above_its_budget(
                 refused.append(exc)
             gate.arrive()
 
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(50)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_together(50, call)
     assert not gate.broken and gate.waited == 7
     assert (len(costs), len(refused)) == (7, 43)
     assert {e.code for e in refused} == {"insufficient_quota"}
