@@ -19,6 +19,7 @@ from bot.slack.agent import (
     CONTEXT_KIND,
     GREETING,
     PROMPTS_TITLE,
+    AskedPages,
     DocPage,
     StoreThreadContext,
     suggested_prompts,
@@ -74,6 +75,24 @@ def test_suggested_prompts_put_the_most_asked_pages_first_then_the_largest() -> 
     assert [p["title"] for p in prompts] == ["Rollbacks", "Deploying", "Travel", "Plans"]  # four, no repeat
     assert prompts[0]["message"] == "What do the docs say about Rollbacks?"
     assert suggested_prompts({}, []) == []
+
+
+def test_asked_pages_are_written_at_most_once_a_window_and_top_adds_what_is_not_yet(
+    sqlite_store: SqliteStore,
+) -> None:
+    now = [100.0]
+    asked = AskedPages(sqlite_store, flush_s=2.0, clock=lambda: now[0])
+    other_worker = AskedPages(sqlite_store, flush_s=2.0, clock=lambda: now[0])
+    asked.add(TEAM, "ops/deploy.md", "Deploying")  # the first count is written at once
+    asked.add(TEAM, "ops/deploy.md", "Deploying")
+    asked.add(TEAM, "ops/rollback.md", "Rollbacks")
+    assert other_worker.top(TEAM) == {"ops/deploy.md": ("Deploying", 1)}
+    assert asked.top(TEAM) == {"ops/deploy.md": ("Deploying", 2), "ops/rollback.md": ("Rollbacks", 1)}
+    other_worker.add(TEAM, "ops/rollback.md", "Rollbacks")  # its own first write, merged with the record
+    now[0] = 102.0
+    asked.add(TEAM, "ops/rollback.md", "Rollbacks")  # the window is over: everything held is written
+    assert other_worker.top(TEAM) == {"ops/rollback.md": ("Rollbacks", 3), "ops/deploy.md": ("Deploying", 2)}
+    assert asked.top(TEAM) == other_worker.top(TEAM)
 
 
 def test_thread_titles_are_the_question_on_one_line_cut_at_a_word() -> None:
