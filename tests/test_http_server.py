@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import operator
+import os
 import re
 import signal
 import socket
@@ -19,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import yaml  # type: ignore[import-untyped]  # PyYAML ships no stubs
@@ -33,6 +34,7 @@ from bot.slack.server import (
     DrainingExecutor,
     EarlyAcks,
     PennyWSGI,
+    WorkerLoads,
     _DeadlineSocket,
     request_complete,
 )
@@ -46,6 +48,7 @@ from tests.slack_harness import BOT_ID, BOT_USER, SECRET, TEAM, TOKEN
 
 pytestmark = pytest.mark.slow
 
+T = TypeVar("T")
 QUESTIONS = [json.loads(line)["question"] for line in
              (ROOT / "examples" / "questions.jsonl").read_text().splitlines() if line.strip()]
 
@@ -400,6 +403,54 @@ def test_two_workers_and_one_store_answer_each_event_once_and_keep_one_bill(
     assert slack.count("chat.postEphemeral") == 3  # the hot user's other 3: rate limited, whichever worker
     assert openai.count("chat") == 23 == paid_calls(env["PENNY_STORE_URL"])
     assert len(workers_that_answered(log)) == 2
+
+
+def test_a_stopped_worker_slows_the_other_one_down_but_never_stops_it(
+    fakes: tuple[FakeOpenAI, FakeSlack], tmp_path: Path
+) -> None:
+    openai, slack = fakes
+    openai.fail_all(Fault.ok(delay_s=2.0))
+    env = penny_env(tmp_path, openai_url=openai.base_url, slack_url=slack.base_url, PENNY_CACHE_ENABLED="false")
+    bodies = [question_event(QUESTIONS[i], f"EvStop{i}", user=f"U{i}", ts=f"1700005{i:03d}.000100") for i in range(40)]
+    with PennyHTTP(env, tmp_path, workers=2) as penny:
+        assert penny.proc is not None
+        stopped = int(Path(f"/proc/{penny.proc.pid}/task/{penny.proc.pid}/children").read_text().split()[0])
+        os.kill(stopped, signal.SIGSTOP)  # its slot says idle, for ever: the other worker is the busier one
+        try:
+            acks = all_at_once(lambda body: post_event(penny.port, body), bodies)
+        finally:
+            os.kill(stopped, signal.SIGCONT)
+        assert [status for status, _ in acks] == [200] * 40
+        assert max(seconds for _, seconds in acks) < 3.0  # Slack's limit; paused a millisecond per connection
+        slack.wait_for(FINAL, 40, timeout=60)
+
+
+def all_at_once(send: Callable[[str], T], bodies: list[str]) -> list[T]:
+    """``send`` each body from a thread of its own, all released at once (a burst of new connections)."""
+    start = threading.Barrier(len(bodies))
+
+    def one(body: str) -> T:
+        start.wait(timeout=30)
+        return send(body)
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(one, bodies))
+
+
+def test_worker_loads_are_shared_with_forked_workers_and_name_the_least_busy_other() -> None:
+    loads = WorkerLoads(slots=4)
+    first, second = loads.claim(()), loads.claim({0})
+    assert (first, second) == (0, 1) and loads.claim({0, 1, 2, 3}) is None
+    assert loads.least_other(first) == 0 and loads.least_other(None) == 0
+    child = os.fork()
+    if child == 0:  # a worker: publishes its load, which the arbiter's memory shows
+        loads.publish(1, 7)
+        os._exit(0)
+    os.waitpid(child, 0)
+    loads.publish(0, 3)
+    assert loads.least_other(0) == 7 and loads.least_other(1) == 3
+    loads.release(1)  # that worker exited: no other worker to balance with
+    assert loads.least_other(0) is None and loads.claim({0}) == 1
 
 
 @pytest.mark.skipif(redis_server_binary() is None, reason="redis-server is not installed")

@@ -47,6 +47,9 @@ class ProxyWorker:
             return f"store unreachable: {exc}"
         return None
 
+    def pending(self) -> int:
+        return 0  # a request is answered on its own thread: gunicorn's open connections count it
+
     def close(self, timeout_s: float) -> None:
         # Requests are answered on the request's own thread: gunicorn has finished them by now.
         self.gateway.close()

@@ -30,16 +30,18 @@ from __future__ import annotations
 
 import errno
 import math
+import mmap
 import os
 import re
 import selectors
 import shutil
 import socket
+import struct
 import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -65,7 +67,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AcksFirst", "Backend", "DrainingExecutor", "EarlyAcks", "HTTPOptions", "PennyWSGI", "PennyWorker", "Served",
-    "ops_reply", "run_arbiter", "serve",
+    "WorkerLoads", "ops_reply", "run_arbiter", "serve",
 ]
 
 EVENTS_PATH: Final = "/slack/events"
@@ -113,6 +115,11 @@ class Served(Protocol):
 
     @property
     def wsgi(self) -> Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]]: ...
+
+    def pending(self) -> int:
+        """Work taken on and not finished beyond the requests gunicorn is serving (the answers
+        still being written after their acks): part of how busy the worker is (:class:`WorkerLoads`)."""
+        ...
 
     def close(self, timeout_s: float) -> None: ...
 
@@ -327,6 +334,10 @@ class DrainingExecutor(Executor):
         future.add_done_callback(self._finished)
         return future
 
+    def pending(self) -> int:
+        """Listeners submitted and not finished (waiting for the acks, queued or running)."""
+        return self._running
+
     def drain(self, timeout_s: float) -> int:
         """Wait until no listener runs or waits, at most ``timeout_s``; the number still running."""
         with self._idle:
@@ -433,6 +444,9 @@ class _Worker:
             return "no docs index loaded yet"
         return None
 
+    def pending(self) -> int:
+        return self.listeners.pending()
+
     def close(self, timeout_s: float) -> None:
         left = self.listeners.drain(timeout_s)
         if left:
@@ -506,6 +520,53 @@ class _DeadlineSocket(socket.socket):
 
 
 ACCEPTS_AT_ONCE: Final = 64
+BALANCE_SLACK: Final = 4  # how much busier than the least busy other worker a worker may get in one go
+ACCEPT_PAUSE_S: Final = 0.001  # how long a busier worker leaves the backlog to the others
+
+
+class WorkerLoads:
+    """How busy each worker is, in memory the arbiter maps before it forks them, so that every
+    worker sees the others' (one signed 64-bit slot each; -1: no worker).
+
+    All workers accept from one listening socket, and the kernel wakes them all for a connection:
+    left alone, whichever worker wins the wake-ups of a burst takes most of it (600 cache hits at
+    once on 2 workers split 445 : 155, and 2 workers answered 1.14× as fast as one). So a worker
+    takes connections only while it is no busier than the least busy other worker plus
+    :data:`BALANCE_SLACK`; past that it stops accepting for :data:`ACCEPT_PAUSE_S` and leaves the
+    backlog to the others (:class:`PennyWorker`). Busy is the worker's open connections plus its
+    answers not yet written (:meth:`Served.pending`): least connections, as a load balancer in front
+    would count. A slot is a hint, read without a lock: a worker publishes its load at each turn of
+    its loop and each connection it takes."""
+
+    ABSENT: Final = -1
+
+    def __init__(self, slots: int = 64) -> None:
+        self._slots = slots
+        self._all = struct.Struct(f"{slots}q")
+        self._memory = mmap.mmap(-1, self._all.size)  # anonymous and shared: forked workers see one copy
+        self._all.pack_into(self._memory, 0, *([self.ABSENT] * slots))
+
+    def claim(self, taken: Collection[int]) -> int | None:
+        """The arbiter, before forking a worker: a free slot (none when all are taken), set to 0."""
+        free = next((slot for slot in range(self._slots) if slot not in taken), None)
+        if free is not None:
+            self.publish(free, 0)
+        return free
+
+    def publish(self, slot: int, load: int) -> None:
+        struct.pack_into("q", self._memory, 8 * slot, load)
+
+    def release(self, slot: int) -> None:
+        """The arbiter, once the worker has exited."""
+        self.publish(slot, self.ABSENT)
+
+    def least_other(self, slot: int | None) -> int | None:
+        """The load of the least busy worker other than ``slot``'s; None if there is none."""
+        loads = [load for other, load in enumerate(self._all.unpack_from(self._memory))
+                 if other != slot and load != self.ABSENT]
+        return min(loads) if loads else None
+
+
 BUFFERED_REQUEST_BYTES: Final = 256 * 1024  # larger requests (never Slack's) are read on a thread
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
 
@@ -536,6 +597,8 @@ class PennyWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn ships no type
     (a chunked or unusually large body) it reads by the same deadline (:class:`_DeadlineSocket`)."""
 
     read_timeout_s: float = HTTPOptions.read_timeout_s
+    loads: WorkerLoads | None = None
+    penny_slot: int | None = None  # this worker's in ``loads``, given by the arbiter before the fork
     _closer: ThreadPoolExecutor
 
     def init_process(self) -> None:
@@ -543,20 +606,73 @@ class PennyWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn ships no type
         super().init_process()  # runs the worker until it stops
 
     def accept(self, listener: socket.socket) -> None:
-        # A burst is taken from the backlog in one go (gunicorn takes one connection per wake-up).
+        # A burst is taken from the backlog in one go (gunicorn takes one connection per wake-up),
+        # while this worker is no busier than the others (WorkerLoads); past that it pauses.
         for _ in range(ACCEPTS_AT_ONCE):
             if self.nr_conns >= self.worker_connections:
-                return
+                break
+            if self._busier_than_others() and not self._resumed:
+                self._pause_accepting()
+                break
+            self._resumed = False
             try:
                 client, address = listener.accept()
             except OSError as exc:
                 if exc.errno in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
-                    return
+                    break
                 raise
             self.nr_conns += 1
             conn = TConn(self.cfg, _DeadlineSocket.adopt(client, self.read_timeout_s), address,
                          listener.getsockname())
             self._collect(conn)
+            self._publish_load()
+
+    # -- sharing a burst with the other workers (WorkerLoads) ----------------------------------------
+
+    _paused_until: float = 0.0
+    _resumed: bool = False
+
+    def _busier_than_others(self) -> bool:
+        if self.loads is None:
+            return False
+        least = self.loads.least_other(self.penny_slot)
+        return least is not None and self._load() > least + BALANCE_SLACK
+
+    def _pause_accepting(self) -> None:
+        """Leave the backlog to the other workers for :data:`ACCEPT_PAUSE_S`; after it this worker
+        takes at least one connection whatever the loads say, so a stuck worker's stale load slows
+        the others down but never stops them."""
+        self._paused_until = time.monotonic() + ACCEPT_PAUSE_S
+        super().set_accept_enabled(False)
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        # gunicorn's loop re-enables accepting at each turn: not while paused.
+        if enabled and not self._accepting:
+            if time.monotonic() < self._paused_until:
+                return
+            self._resumed = self._paused_until > 0
+            self._paused_until = 0.0
+        if not enabled and not self.alive and self.loads is not None and self.penny_slot is not None:
+            self.loads.release(self.penny_slot)  # stopping: no longer one of the workers to balance with
+            self.penny_slot = None
+        super().set_accept_enabled(enabled)
+
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        if self._paused_until:
+            timeout = max(0.0, min(timeout, self._paused_until - time.monotonic()))
+        super().wait_for_and_dispatch_events(timeout)
+
+    def notify(self) -> None:
+        super().notify()  # once per turn of the worker's loop: the arbiter's heartbeat
+        self._publish_load()
+
+    def _load(self) -> int:
+        server: _PennyServer = self.app
+        return int(self.nr_conns) + server.pending()
+
+    def _publish_load(self) -> None:
+        if self.loads is not None and self.penny_slot is not None:
+            self.loads.publish(self.penny_slot, self._load())
 
     def enqueue_req(self, conn: TConn) -> None:
         # From here until finish_request the request counts as being acked (AcksFirst), queued or not.
@@ -634,12 +750,17 @@ class _PennyServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships no 
         self._metrics_dir = metrics_dir
         self._url_path = url_path
         self._worker: Served | None = None
+        self._loads = WorkerLoads()
         super().__init__()
+
+    def pending(self) -> int:
+        """This worker process's :meth:`Served.pending` (0 before it is built)."""
+        return self._worker.pending() if self._worker is not None else 0
 
     def load_config(self) -> None:
         o = self._options
         host = f"[{o.host}]" if ":" in o.host else o.host
-        worker = type("PennyWorker", (PennyWorker,), {"read_timeout_s": o.read_timeout_s})
+        worker = type("PennyWorker", (PennyWorker,), {"read_timeout_s": o.read_timeout_s, "loads": self._loads})
         for key, value in {
             "bind": [f"{host}:{o.port}"],
             "workers": o.workers,
@@ -659,6 +780,7 @@ class _PennyServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships no 
             "access_log_format": '%(h)s %(p)s "%(r)s" %(s)s %(B)s %(M)sms',
             "control_socket_disable": True,  # two Pennys on one host would share its default path
             "when_ready": self._when_ready,
+            "pre_fork": self._pre_fork,
             "post_worker_init": self._post_worker_init,
             "worker_exit": self._worker_exit,
             "child_exit": self._child_exit,
@@ -676,6 +798,10 @@ class _PennyServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships no 
         host, port = arbiter.LISTENERS[0].sock.getsockname()[:2]
         self._on_ready(f"http://{host}:{port}{self._url_path}")
 
+    def _pre_fork(self, arbiter: Any, worker: Any) -> None:
+        taken = {other.penny_slot for other in arbiter.WORKERS.values() if other.penny_slot is not None}
+        worker.penny_slot = self._loads.claim(taken)
+
     def _worker_exit(self, arbiter: Any, worker: Any) -> None:
         if self._worker is not None:
             self._worker.close(self._options.graceful_timeout_s)
@@ -684,6 +810,8 @@ class _PennyServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships no 
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid, self._metrics_dir)  # type: ignore[no-untyped-call]
+        if worker.penny_slot is not None:
+            self._loads.release(worker.penny_slot)
 
 
 def _multiprocess_metrics() -> tuple[str, Callable[[], bytes]]:
