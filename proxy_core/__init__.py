@@ -20,27 +20,15 @@ question embedders and the cache's calibration tools, and the few utilities a fr
 
 from __future__ import annotations
 
+from proxy_core import errors
 from proxy_core.accounts import Accounts, BudgetStatus, Headroom
 from proxy_core.alerts import BudgetAlert, alert_text
 from proxy_core.budget import BudgetLine, CallSource, budget_lines
 from proxy_core.cache import StandaloneQuestion
 from proxy_core.cached_answers import CachedAnswers
 from proxy_core.clock import Clock, ManualClock, monotonic
-from proxy_core.errors import (
-    BudgetExceeded,
-    CircuitOpen,
-    ConfigurationError,
-    PennyError,
-    RateLimited,
-    Refused,
-    RequestAnswered,
-    RequestInFlight,
-    RequestInterrupted,
-    StoreError,
-    UpstreamError,
-    UpstreamRejected,
-    format_wait,
-)
+from proxy_core.errors import *  # noqa: F403  (the error tree, whole: errors.__all__ is its one list)
+from proxy_core.errors import format_wait
 from proxy_core.gateway import AnswerStream, ChatRequest, EmbedRequest, Gateway, ReplayReport
 from proxy_core.log import configure_logging, get_logger
 from proxy_core.metrics import Metrics, serve_metrics
@@ -71,16 +59,13 @@ __all__ = [
     "AnswerStream",
     "BlobStore",
     "BudgetAlert",
-    "BudgetExceeded",
     "BudgetLine",
     "BudgetStatus",
     "CachedAnswers",
     "CallSource",
     "ChatRequest",
     "ChatResult",
-    "CircuitOpen",
     "Clock",
-    "ConfigurationError",
     "EmbedRequest",
     "Embedder",
     "EmbeddingResult",
@@ -92,24 +77,15 @@ __all__ = [
     "LimitStore",
     "ManualClock",
     "Metrics",
-    "PennyError",
     "PennySettings",
     "PriceTable",
-    "RateLimited",
     "Record",
     "RecordStore",
-    "Refused",
     "ReplayReport",
-    "RequestAnswered",
-    "RequestInFlight",
-    "RequestInterrupted",
     "RequestStore",
     "SharedRate",
     "StandaloneQuestion",
     "Store",
-    "StoreError",
-    "UpstreamError",
-    "UpstreamRejected",
     "UsageSummary",
     "UsageTotals",
     "alert_text",
@@ -131,3 +107,4 @@ __all__ = [
     "serve_metrics",
     "store_from_url",
 ]
+__all__ += errors.__all__
