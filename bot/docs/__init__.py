@@ -1,29 +1,11 @@
-"""Docs ingestion: find a docs folder's files, parse them, and cut them into passages to embed."""
+"""Docs ingestion: find a docs folder's files, parse them, and cut them into passages to embed.
+
+Its public names are :mod:`bot.docs.parse`'s, re-exported whole: that package's ``__all__`` is the one
+list of them."""
 
 from __future__ import annotations
 
-from bot.docs.parse import (
-    MAX_FILE_BYTES,
-    SUPPORTED_SUFFIXES,
-    Document,
-    Passage,
-    Section,
-    chunk,
-    parse_document,
-    passage_hash,
-    slugify,
-    walk,
-)
+from bot.docs import parse
+from bot.docs.parse import *  # noqa: F403
 
-__all__ = [
-    "MAX_FILE_BYTES",
-    "SUPPORTED_SUFFIXES",
-    "Document",
-    "Passage",
-    "Section",
-    "chunk",
-    "parse_document",
-    "passage_hash",
-    "slugify",
-    "walk",
-]
+__all__ = list(parse.__all__)
