@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from proxy_core.breaker import BreakerPolicy, BreakerState, Permit
@@ -216,6 +216,12 @@ class UsageTotals:
         self.saved_micros += e.saved_micros
         self.unsettled += e.unsettled
         self.unsettled_micros += e.cost_micros if e.unsettled else 0
+
+    def merge(self, more: UsageTotals) -> None:
+        """Add ``more``'s totals to these: how a store sums its per-group or per-day totals into a
+        summary, whatever fields the totals grow."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(more, f.name))
 
     @property
     def hit_rate(self) -> float:

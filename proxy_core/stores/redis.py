@@ -779,9 +779,9 @@ class RedisStore(Store):
             day_totals = fold(held, summary)
             if day_totals.requests:
                 summary.by_day[day] = day_totals
-                _merge(summary.totals, day_totals)
+                summary.totals.merge(day_totals)
                 if user_id is not None:
-                    _merge(summary.by_user.setdefault(user_id, UsageTotals()), day_totals)
+                    summary.by_user.setdefault(user_id, UsageTotals()).merge(day_totals)
         return summary
 
     def _day_aggregates(self, workspace_id: str, days: list[str], user_id: str | None) -> list[dict[str, int]]:
@@ -801,7 +801,7 @@ class RedisStore(Store):
         summary = UsageSummary()
         by_source: dict[str, UsageTotals] = {}
         for held in self._day_aggregates(workspace_id, list(_days(first_day, last_day)), user_id):
-            _merge(summary.totals, (_day_usage if user_id is None else _user_day_usage)(held, summary))
+            summary.totals.merge((_day_usage if user_id is None else _user_day_usage)(held, summary))
             for name, value in held.items():
                 dimension, _, rest = name.partition(":")
                 metric, _, source = rest.partition(":")
@@ -809,7 +809,7 @@ class RedisStore(Store):
                     totals = by_source.setdefault(source, UsageTotals())
                     setattr(totals, metric, getattr(totals, metric) + value)
         own = UsageTotals()
-        _merge(own, summary.totals)
+        own.merge(summary.totals)
         for totals in by_source.values():
             for metric in _METRICS:
                 setattr(own, metric, getattr(own, metric) - getattr(totals, metric))
@@ -1049,11 +1049,6 @@ def _user_day_usage(held: Mapping[str, int], summary: UsageSummary) -> UsageTota
         setattr(per_model, metric, getattr(per_model, metric) + value)
         setattr(totals, metric, getattr(totals, metric) + value)
     return totals
-
-
-def _merge(into: UsageTotals, more: UsageTotals) -> None:
-    for metric in _METRICS:
-        setattr(into, metric, getattr(into, metric) + getattr(more, metric))
 
 
 def _held(reply: Sequence[Any]) -> Claim | None:

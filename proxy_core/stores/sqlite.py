@@ -706,7 +706,7 @@ class SqliteStore(Store):
                 summary.by_model.setdefault(model, UsageTotals()),
                 summary.by_day.setdefault(day, UsageTotals()),
             ):
-                _merge(totals, group)
+                totals.merge(group)
         return summary
 
     def usage_by_source(
@@ -1289,16 +1289,6 @@ def _group_totals(sums: Sequence[Any]) -> UsageTotals:
     return UsageTotals(*(int(value) for value in sums))
 
 
-def _merge(into: UsageTotals, group: UsageTotals) -> None:
-    into.requests += group.requests
-    into.cache_hits += group.cache_hits
-    into.prompt_tokens += group.prompt_tokens
-    into.cached_prompt_tokens += group.cached_prompt_tokens
-    into.completion_tokens += group.completion_tokens
-    into.cost_micros += group.cost_micros
-    into.saved_micros += group.saved_micros
-    into.unsettled += group.unsettled
-    into.unsettled_micros += group.unsettled_micros
 
 
 def _next_use(conn: sqlite3.Connection, now: float) -> int:
