@@ -658,9 +658,10 @@ class PennyWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn ships no type
         super().set_accept_enabled(enabled)
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
-        if self._paused_until:
-            timeout = max(0.0, min(timeout, self._paused_until - time.monotonic()))
-        super().wait_for_and_dispatch_events(timeout)
+        # Paused: the loop turns again when the pause ends, and that turn accepts again. A pause
+        # already over (the worker is at its connection cap) waits as gunicorn would.
+        remaining = self._paused_until - time.monotonic() if self._paused_until else 0.0
+        super().wait_for_and_dispatch_events(min(timeout, remaining) if remaining > 0 else timeout)
 
     def notify(self) -> None:
         super().notify()  # once per turn of the worker's loop: the arbiter's heartbeat
