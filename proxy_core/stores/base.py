@@ -31,6 +31,7 @@ REAP_GRACE_S = 600.0
 __all__ = [
     "REAP_GRACE_S",
     "Admission",
+    "AdmitCall",
     "AnswerCacheStore",
     "BlobStore",
     "BreakerRef",
@@ -52,6 +53,7 @@ __all__ = [
     "SemanticEntry",
     "SemanticStore",
     "SemanticWrite",
+    "SettleCall",
     "Store",
     "UsageSummary",
     "UsageTotals",
@@ -298,6 +300,39 @@ class SemanticWrite:
     logged_through: str
 
 
+@dataclass(frozen=True, slots=True)
+class AdmitCall:
+    """One :meth:`RequestStore.admit` call as a value: the public method takes the long keyword
+    list once, here, and hands each backend this one object."""
+
+    workspace_id: str
+    request_id: str
+    ttl_s: float
+    buckets: Sequence[BucketSpec]
+    lines: Sequence[BudgetLine]
+    amount: int
+    breaker: BreakerRef | None
+    owner: ClaimOwner | None
+
+    @property
+    def reserved_for_s(self) -> float:
+        """How long the reservation is held: the claim's TTL, plus :data:`REAP_GRACE_S` for an owned claim."""
+        return self.ttl_s + (REAP_GRACE_S if self.owner is not None else 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class SettleCall:
+    """One :meth:`RequestStore.settle` call as a value (``breaker`` None, for a cache hit's
+    :meth:`RequestStore.record_hit` too), as the backends take it."""
+
+    entry: LedgerEntry
+    reservation_id: str | None
+    lines: Sequence[BudgetLine]
+    result: str | None
+    result_ttl_s: float
+    breaker: BreakerRef | None = None
+
+
 class RequestStore(ABC):
     """Requests, from admission to settlement: the gateway's one- and two-round-trip path."""
 
@@ -317,7 +352,6 @@ class RequestStore(ABC):
     def release_request(self, workspace_id: str, request_id: str) -> None:
         """Give up a claim without a result (the call failed), so a retry may run it again."""
 
-    @abstractmethod
     def admit(
         self,
         workspace_id: str,
@@ -344,8 +378,12 @@ class RequestStore(ABC):
         result is forgotten: ``interrupted`` while the entry is an unsettled charge, else ``done``
         without a result (a second call under the ID could not be recorded).
         """
+        return self._admit(AdmitCall(workspace_id, request_id, ttl_s, buckets, lines, amount, breaker, owner))
 
     @abstractmethod
+    def _admit(self, call: AdmitCall) -> Admission:
+        """:meth:`admit`, on this backend."""
+
     def settle(
         self,
         entry: LedgerEntry,
@@ -366,6 +404,11 @@ class RequestStore(ABC):
         True too. ``breaker``: also record a successful upstream call on it (``breaker_record``),
         in the same round trip.
         """
+        return self._settle(SettleCall(entry, reservation_id, lines, result, result_ttl_s, breaker))
+
+    @abstractmethod
+    def _settle(self, call: SettleCall) -> bool:
+        """:meth:`settle`, on this backend."""
 
     @abstractmethod
     def reap_interrupted(self, *, limit: int = 500) -> list[LedgerEntry]:

@@ -70,13 +70,11 @@ from proxy_core.clock import Clock
 from proxy_core.errors import ConfigurationError, StoreError
 from proxy_core.stores import lua_argv as argv
 from proxy_core.stores.base import (
-    REAP_GRACE_S,
     Admission,
-    BreakerRef,
+    AdmitCall,
     BucketSpec,
     BudgetDecision,
     Claim,
-    ClaimOwner,
     LedgerEntry,
     LimitDecision,
     Record,
@@ -84,6 +82,7 @@ from proxy_core.stores.base import (
     SemanticChanges,
     SemanticEntry,
     SemanticWrite,
+    SettleCall,
     Store,
     UsageSummary,
     UsageTotals,
@@ -504,28 +503,19 @@ class RedisStore(Store):
         self._run_confirmed(*_call(argv.RELEASE_REQUEST, [self._request_key(workspace_id, request_id)]))
 
     @_translated("admit a request")
-    def admit(
-        self,
-        workspace_id: str,
-        request_id: str,
-        *,
-        ttl_s: float,
-        buckets: Sequence[BucketSpec],
-        lines: Sequence[BudgetLine],
-        amount: int,
-        breaker: BreakerRef | None,
-        owner: ClaimOwner | None = None,
-    ) -> Admission:
+    def _admit(self, call: AdmitCall) -> Admission:
+        workspace_id, request_id, buckets, breaker, owner = (call.workspace_id, call.request_id, call.buckets,
+                                                             call.breaker, call.owner)
         # One round trip: the breaker is peeked at (read only) beside the admit script, which
         # claims, takes tokens and reserves atomically. Only when the breaker would grant a probe
         # (after an outage) or refuses does a second round trip follow.
         # The nonce makes this call's claim its own: a resent admit (redis-py retries a command whose
         # connection dropped) finds it and is admitted again rather than held "in flight" by itself.
-        owner_json = "" if owner is None else _owner_json(owner, amount, lines)[:-1] + f', "call": "{uuid4().hex}"}}'
-        lines = capped(lines)  # only capped lines hold reservations
+        owner_json = ("" if owner is None
+                      else _owner_json(owner, call.amount, call.lines)[:-1] + f', "call": "{uuid4().hex}"}}')
+        lines = capped(call.lines)  # only capped lines hold reservations
         keys = [self._request_key(workspace_id, request_id), self._owned_key(workspace_id),
                 f"{self._ws(workspace_id)}:ledger:{request_id}", *self._bucket_keys(workspace_id, buckets)]
-        held_for = ttl_s + (REAP_GRACE_S if owner is not None else 0.0)
         rest = _bucket_args(buckets)
         for line in lines:
             keys += self._line_keys(workspace_id, line)
@@ -537,9 +527,9 @@ class RedisStore(Store):
         calls: list[Call] = []
         if breaker is not None:
             calls.append(self._breaker_call(breaker.name, breaker.policy, "peek", False))
-        calls.append(_call(argv.ADMIT, keys, rest, ttl_s=_num(ttl_s), buckets=len(buckets), reservation_id=request_id,
-                           amount=int(amount), keep_s=KEEP_AFTER_RESET_S, reservation_ttl_s=_num(held_for),
-                           owner=owner_json))
+        calls.append(_call(argv.ADMIT, keys, rest, ttl_s=_num(call.ttl_s), buckets=len(buckets),
+                           reservation_id=request_id, amount=int(call.amount), keep_s=KEEP_AFTER_RESET_S,
+                           reservation_ttl_s=_num(call.reserved_for_s), owner=owner_json))
         *peeked, reply = self._pipelined(*calls, confirm=len(calls) - 1)
         held = _held(reply)
         if held is not None:
@@ -586,44 +576,27 @@ class RedisStore(Store):
         self._run_confirmed(*_call(argv.RELEASE, keys, reservation_id=reservation_id))
 
     @_translated("settle a request")
-    def settle(
-        self,
-        entry: LedgerEntry,
-        *,
-        reservation_id: str | None,
-        lines: Sequence[BudgetLine],
-        result: str | None,
-        result_ttl_s: float,
-        breaker: BreakerRef | None = None,
-    ) -> bool:
-        settle = self._settle_call(entry, reservation_id, lines, result, result_ttl_s, claim=False)
-        if breaker is None:
+    def _settle(self, call: SettleCall) -> bool:
+        settle = self._settle_call(call, claim=False)
+        if call.breaker is None:
             reply = self._run_confirmed(*settle)
         else:
-            reply, _ = self._pipelined(settle, self._breaker_call(breaker.name, breaker.policy, "record", True),
-                                       confirm=0)
+            reply, _ = self._pipelined(
+                settle, self._breaker_call(call.breaker.name, call.breaker.policy, "record", True), confirm=0
+            )
         if _text(reply[0]) == "replace_day":
             # The unsettled charge it replaces was counted on the day the call started: settle there.
-            entry = replace(entry, day=_text(reply[1]))
-            reply = self._run_confirmed(*self._settle_call(entry, reservation_id, lines, result, result_ttl_s,
-                                                           claim=False))
+            call = replace(call, entry=replace(call.entry, day=_text(reply[1])))
+            reply = self._run_confirmed(*self._settle_call(call, claim=False))
         return _text(reply[0]) == "settled"
 
     @_translated("record a cache hit")
     def record_hit(self, entry: LedgerEntry, *, result: str, result_ttl_s: float) -> Claim:
-        reply = self._run(*self._settle_call(entry, None, (), result, result_ttl_s, claim=True))
+        reply = self._run(*self._settle_call(SettleCall(entry, None, (), result, result_ttl_s), claim=True))
         return _held(reply) or Claim("claimed")
 
-    def _settle_call(
-        self,
-        entry: LedgerEntry,
-        reservation_id: str | None,
-        lines: Sequence[BudgetLine],
-        result: str | None,
-        result_ttl_s: float,
-        *,
-        claim: bool,
-    ) -> Call:
+    def _settle_call(self, call: SettleCall, *, claim: bool) -> Call:
+        entry, lines, result = call.entry, call.lines, call.result
         ws = self._ws(entry.workspace_id)
         keys = [
             f"{ws}:ledger:{entry.request_id}",
@@ -635,8 +608,8 @@ class RedisStore(Store):
             keys += self._line_keys(entry.workspace_id, line)
         rest = [_num(line.resets_at) for line in lines] + _usage_and_entry_args(entry)
         return _call(
-            argv.SETTLE, keys, rest, reservation_id=reservation_id or "", cost_micros=int(entry.cost_micros),
-            has_result="1" if result is not None else "0", result=result or "", result_ttl_s=_num(result_ttl_s),
+            argv.SETTLE, keys, rest, reservation_id=call.reservation_id or "", cost_micros=int(entry.cost_micros),
+            has_result="1" if result is not None else "0", result=result or "", result_ttl_s=_num(call.result_ttl_s),
             keep_s=KEEP_AFTER_RESET_S, user_id=entry.user_id, model=entry.model, metrics=len(_METRICS),
             claim="1" if claim else "0", day=entry.day, source=entry.source,
         )

@@ -32,13 +32,12 @@ from proxy_core.clock import Clock, wall
 from proxy_core.errors import ConfigurationError, StoreError
 from proxy_core.limiter import BucketState
 from proxy_core.stores.base import (
-    REAP_GRACE_S,
     Admission,
+    AdmitCall,
     BreakerRef,
     BucketSpec,
     BudgetDecision,
     Claim,
-    ClaimOwner,
     LedgerEntry,
     LimitDecision,
     Record,
@@ -46,6 +45,7 @@ from proxy_core.stores.base import (
     SemanticChanges,
     SemanticEntry,
     SemanticWrite,
+    SettleCall,
     Store,
     UsageSummary,
     UsageTotals,
@@ -504,18 +504,9 @@ class SqliteStore(Store):
                 if held is not None:
                     return held
 
-    def admit(
-        self,
-        workspace_id: str,
-        request_id: str,
-        *,
-        ttl_s: float,
-        buckets: Sequence[BucketSpec],
-        lines: Sequence[BudgetLine],
-        amount: int,
-        breaker: BreakerRef | None,
-        owner: ClaimOwner | None = None,
-    ) -> Admission:
+    def _admit(self, call: AdmitCall) -> Admission:
+        workspace_id, request_id, buckets, lines, amount = (call.workspace_id, call.request_id, call.buckets,
+                                                            call.lines, call.amount)
         with self._write("admit a request") as conn:
             now = self.now()
             held = _held_request(conn, workspace_id, request_id, now) or _ledger_holds(conn, workspace_id, request_id)
@@ -531,14 +522,13 @@ class SqliteStore(Store):
                 return Admission("over_budget", budget=refusal)
             if taken is not None:
                 _write_buckets(conn, workspace_id, buckets, taken)
-            permit = None if breaker is None else _acquire_breaker(conn, breaker, now)
+            permit = None if call.breaker is None else _acquire_breaker(conn, call.breaker, now)
             if permit is not None and not permit.allowed:
                 # Asked last, the breaker refuses after the tokens are taken; nothing else is held.
                 return Admission("circuit_open", limit=limit, permit=permit)
-            owned = None if owner is None else owner_json(owner, amount, lines)
-            _write_claim(conn, workspace_id, request_id, now + ttl_s, owned)
-            held_for = ttl_s + (REAP_GRACE_S if owner is not None else 0.0)
-            _write_reservation(conn, workspace_id, request_id, lines, amount, now + held_for)
+            owned = None if call.owner is None else owner_json(call.owner, amount, lines)
+            _write_claim(conn, workspace_id, request_id, now + call.ttl_s, owned)
+            _write_reservation(conn, workspace_id, request_id, lines, amount, now + call.reserved_for_s)
         return Admission("admitted", limit=limit, permit=permit)
 
     def complete_request(
@@ -573,21 +563,12 @@ class SqliteStore(Store):
         with self._write("release a budget reservation") as conn:
             _drop_reservation(conn, workspace_id, reservation_id, lines)
 
-    def settle(
-        self,
-        entry: LedgerEntry,
-        *,
-        reservation_id: str | None,
-        lines: Sequence[BudgetLine],
-        result: str | None,
-        result_ttl_s: float,
-        breaker: BreakerRef | None = None,
-    ) -> bool:
+    def _settle(self, call: SettleCall) -> bool:
         with self._write("settle a request") as conn:
             now = self.now()
-            if breaker is not None:
-                _record_breaker(conn, breaker, now, success=True)
-            return _settle(conn, entry, reservation_id, lines, result, now + result_ttl_s)
+            if call.breaker is not None:
+                _record_breaker(conn, call.breaker, now, success=True)
+            return _settle(conn, call.entry, call.reservation_id, call.lines, call.result, now + call.result_ttl_s)
 
     def record_hit(self, entry: LedgerEntry, *, result: str, result_ttl_s: float) -> Claim:
         with self._write("record a cache hit") as conn:
