@@ -114,8 +114,11 @@ def test_the_replacing_settle_lands_on_the_day_the_call_was_charged(store: Store
     real = real_entry(clock, "r1", cost=700)
     assert real.day == "2026-01-02"
     assert store.settle(real, reservation_id="r1", lines=lines, result=None, result_ttl_s=60) is True
-    both = store.usage(WS, "2026-01-01", "2026-01-02")
-    assert (both.totals.requests, both.totals.cost_micros, both.totals.unsettled) == (1, 700, 0)
+    charged = store.usage(WS, "2026-01-01", "2026-01-01")  # every store: the day of the charge, not the settle's
+    assert (charged.totals.requests, charged.totals.cost_micros, charged.totals.unsettled) == (1, 700, 0)
+    assert store.usage(WS, "2026-01-02", "2026-01-02").totals.requests == 0
+    entry = store.ledger_entry(WS, "r1")
+    assert entry is not None and entry.day == "2026-01-01" and entry.cost_micros == 700
     assert store.spent(WS, lines[0]) == (700, 0)
 
 

@@ -198,9 +198,10 @@ _INSERT_LEDGER = (
     "attempts, unsettled, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (workspace_id, request_id) DO NOTHING"
 )
-# The real settle of a call that was charged unsettled: the same row, every column replaced.
+# The real settle of a call that was charged unsettled: the same row, every column replaced but its day
+# (the day the call was charged on, as on Redis: a settle after midnight moves no spend to the next day).
 _REPLACE_UNSETTLED = (
-    "UPDATE ledger SET ts = ?, day = ?, user_id = ?, model = ?, kind = ?, prompt_tokens = ?, "
+    "UPDATE ledger SET ts = ?, user_id = ?, model = ?, kind = ?, prompt_tokens = ?, "
     "cached_prompt_tokens = ?, completion_tokens = ?, cost_micros = ?, saved_micros = ?, cache_status = ?, "
     "latency_ms = ?, attempts = ?, source = ?, unsettled = 0 "
     "WHERE workspace_id = ? AND request_id = ? AND unsettled = 1"
@@ -1164,7 +1165,7 @@ def _settle(
             return False
         added -= int(row[0])
         conn.execute(_REPLACE_UNSETTLED, (
-            entry.ts, entry.day, entry.user_id, entry.model, entry.kind, entry.prompt_tokens,
+            entry.ts, entry.user_id, entry.model, entry.kind, entry.prompt_tokens,
             entry.cached_prompt_tokens, entry.completion_tokens, entry.cost_micros, entry.saved_micros,
             entry.cache_status, entry.latency_ms, entry.attempts, entry.source, entry.workspace_id,
             entry.request_id,
