@@ -1271,8 +1271,6 @@ def _group_totals(sums: Sequence[Any]) -> UsageTotals:
     return UsageTotals(*(int(value) for value in sums))
 
 
-
-
 def _next_use(conn: sqlite3.Connection, now: float) -> int:
     """The store clock in integer microseconds, nudged past the last use so LRU order has no ties."""
     last = conn.execute("SELECT MAX(last_used) FROM semantic_entries").fetchone()[0]
