@@ -139,6 +139,13 @@ def _fill(conn: sqlite3.Connection) -> None:
                 conn.execute("INSERT INTO junk VALUES (zeroblob(?))", (size,))
 
 
+def next_connection(store: SqliteStore) -> sqlite3.Connection:
+    """The connection the store's next call from this (its only) thread will use: the pool's most
+    recently used one, which it hands out first."""
+    with store._using() as conn:
+        return conn
+
+
 def _unfill(conn: sqlite3.Connection) -> None:
     conn.execute("DELETE FROM junk")
     conn.execute("PRAGMA max_page_count = 1073741823")
@@ -168,7 +175,7 @@ def test_sqlite_full_spools_every_paid_call_and_replays_it_when_space_returns(tm
                              user_daily_budget_usd="5", requests_per_minute=0)
     store = SqliteStore(tmp_path / "penny.db")
     upstream = FillingUpstream(OpenAIUpstream(api_key="sk-test", base_url=fake.base_url, timeout_s=5),
-                               lambda: store._conn())
+                               lambda: next_connection(store))
     spool = SettleSpool(tmp_path / "spool")
     gw = Gateway(settings, store=store, upstream=upstream, spool=spool)
     costs = []
@@ -177,7 +184,7 @@ def test_sqlite_full_spools_every_paid_call_and_replays_it_when_space_returns(tm
             result = gw.chat(user_id="U0", workspace_id=WS, request_id=f"q{i}",
                              messages=[{"role": "user", "content": f"question {i}"}])
             costs.append(result.cost_micros)  # the user got the answer
-            _unfill(store._conn())
+            _unfill(next_connection(store))
     assert [e["event"] for e in logs].count("ledger_write_spooled") == 10
     assert count_pending(tmp_path / "spool") == 10
     assert gw.usage(WS, "2000-01-01", "2100-01-01").totals.requests == 0  # nothing reached the file
@@ -280,10 +287,10 @@ def test_a_spool_left_by_a_crashed_process_is_adopted_and_replayed(tmp_path: Pat
     settings = PennySettings(store_url=f"sqlite:///{db}", cache_enabled=False, requests_per_minute=0)
     store = SqliteStore(db)
     upstream = FillingUpstream(OpenAIUpstream(api_key="sk-test", base_url=fake.base_url, timeout_s=5),
-                               lambda: store._conn())
+                               lambda: next_connection(store))
     gw = Gateway(settings, store=store, upstream=upstream, spool=SettleSpool(tmp_path / "spool"))
     gw.chat(user_id="U0", workspace_id=WS, request_id="c1", messages=[{"role": "user", "content": "hi"}])
-    _unfill(store._conn())
+    _unfill(next_connection(store))
     own = gw.spool._own
     assert own is not None and count_pending(tmp_path / "spool") == 1
     own.handle.close()  # the process "dies": its lock goes, its file stays

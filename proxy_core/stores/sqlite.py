@@ -52,7 +52,7 @@ from proxy_core.stores.base import (
 )
 from proxy_core.stores.claims import owner_json, unsettled_charge
 
-__all__ = ["SCHEMA_VERSION", "SEMANTIC_LOG_RETAIN", "SqliteStore"]
+__all__ = ["MAX_CONNECTIONS", "SCHEMA_VERSION", "SEMANTIC_LOG_RETAIN", "SqliteStore"]
 
 # Version 2 added the semantic cache (semantic_entries, semantic_log), version 3 the blobs table,
 # version 4 the owned claims (requests.owner, requests.reaped), unsettled ledger entries and records,
@@ -63,6 +63,8 @@ SCHEMA_VERSION = 5
 
 # How many change-log events are kept for replicas that fall behind; one further back reloads.
 SEMANTIC_LOG_RETAIN = 10_000
+# Connections one process keeps open on the file, shared by its threads (see SqliteStore._using).
+MAX_CONNECTIONS = 16
 # How often a blocking ``semantic_changes`` looks at the log again (replicas share one machine).
 _CHANGES_POLL_S = 0.05
 
@@ -287,6 +289,12 @@ class SqliteStore(Store):
         self._writer = _WriterLock()
         self._processes = _ProcessWriters(self.path)
         self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        # The connection pool (see _using): idle connections, how many this process opened, for which pid.
+        self._pool_changed = threading.Condition()
+        self._idle: list[_Connection] = []
+        self._opened = 0
+        self._pool_pid = os.getpid()
+        self._max_connections = 1 if str(path) == ":memory:" else MAX_CONNECTIONS  # one in-memory database
         self._schema_ready = False
         self._closed = False
 
@@ -378,19 +386,37 @@ class SqliteStore(Store):
                     raise
                 time.sleep(0.01)
 
-    def _conn(self) -> _Connection:
-        if self._closed:
-            raise StoreError(f"SQLite store {self.path} is closed", maybe_applied=False)
-        pid = os.getpid()
-        held: tuple[int, _Connection] | None = getattr(self._local, "conn", None)
-        # A connection inherited through fork() belongs to the parent; the child opens its own.
-        if held is not None and held[0] == pid:
-            return held[1]
-        conn = self._connect()
-        self._local.conn = (pid, conn)
+    def _take(self) -> _Connection:
+        """An idle connection of this process, else a new one while fewer than the cap are open,
+        else the first one given back."""
+        with self._pool_changed:
+            if self._pool_pid != os.getpid():  # inherited through fork(): the parent's; the child opens its own
+                self._pool_pid, self._idle, self._opened = os.getpid(), [], 0
+            while True:
+                if self._closed:
+                    raise StoreError(f"SQLite store {self.path} is closed", maybe_applied=False)
+                if self._idle:
+                    return self._idle.pop()  # the most recently used: its pages are the warmest
+                if self._opened < self._max_connections:
+                    self._opened += 1
+                    break
+                self._pool_changed.wait()
+        try:
+            conn = self._connect()
+        except BaseException:
+            with self._pool_changed:
+                self._opened -= 1
+                self._pool_changed.notify()
+            raise
         with self._lock:
             self._connections.add(conn)
         return conn
+
+    def _give_back(self, conn: _Connection) -> None:
+        with self._pool_changed:
+            if self._pool_pid == os.getpid() and not self._closed:
+                self._idle.append(conn)
+            self._pool_changed.notify()
 
     @contextmanager
     def _translate(self, action: str) -> Iterator[None]:
@@ -449,11 +475,27 @@ class SqliteStore(Store):
 
     @contextmanager
     def _using(self) -> Iterator[_Connection]:
-        conn = self._conn()
-        with conn.in_use:
-            if self._closed:  # closed while we waited: the connection may be gone
-                raise StoreError(f"SQLite store {self.path} is closed", maybe_applied=False)
-            yield conn
+        """A connection of the process's pool for the block; a block inside another of the same
+        thread shares the outer one's. Threads share at most :data:`MAX_CONNECTIONS`: one per
+        thread (256 listener threads in a Slack worker) meant hundreds of connections on one WAL
+        file, each opened during the burst that first needed it — two workers answered 600 cache
+        hits at 334–349 answers/s with them, 422–465 with 16 shared."""
+        pid = os.getpid()
+        held: tuple[int, _Connection] | None = getattr(self._local, "held", None)
+        if held is not None and held[0] == pid:
+            with held[1].in_use:
+                yield held[1]
+            return
+        conn = self._take()
+        self._local.held = (pid, conn)
+        try:
+            with conn.in_use:
+                if self._closed:  # closed while we waited: the connection may be gone
+                    raise StoreError(f"SQLite store {self.path} is closed", maybe_applied=False)
+                yield conn
+        finally:
+            self._local.held = None
+            self._give_back(conn)
 
     @contextmanager
     def _snapshot(self, action: str) -> Iterator[sqlite3.Connection]:
@@ -470,8 +512,11 @@ class SqliteStore(Store):
             conn.execute("SELECT 1").fetchone()
 
     def close(self) -> None:
-        with self._lock:
+        with self._pool_changed:
             self._closed = True
+            self._idle.clear()
+            self._pool_changed.notify_all()  # threads waiting for a connection: closed
+        with self._lock:
             connections = list(self._connections)
             self._connections.clear()
         if self._writer.acquire(timeout=self.timeout_s):  # no writer holds the lock file now
