@@ -14,6 +14,7 @@ import os
 import sys
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import TextIO
@@ -507,12 +508,13 @@ class _Session:
     """The answering service over the configured store, indexing the docs folder first if the
     shared index is empty; with no OpenAI key, answers are extractive."""
 
-    def __init__(self, settings: BotSettings) -> None:
+    def __init__(self, settings: BotSettings, *, waiting: Callable[[], AbstractContextManager[object]] = nullcontext
+                 ) -> None:
         from bot.service import open_answer_service
         from bot.slack.runner import AlertRelay
 
         self.alerts = AlertRelay(settings)
-        self.gateway = (Gateway.from_settings(settings, on_budget_alert=self.alerts)
+        self.gateway = (Gateway.from_settings(settings, on_budget_alert=self.alerts, waiting=waiting)
                         if settings.openai_api_key is not None else None)
         self.store = self.gateway.store if self.gateway is not None else settings.open_store()
         try:
@@ -634,8 +636,8 @@ def _run_http(settings: BotSettings, args: argparse.Namespace, out: TextIO) -> i
                           access_log=args.access_log)
     print(f"Slack: @{installation.bot_name or installation.bot_user_id} in {installation.team or installation.team_id}",
           file=out, flush=True)
-    return serve(settings, options, lambda: _Session(settings), out=out, metrics_port=settings.metrics_port,
-                 installation=installation)
+    return serve(settings, options, lambda turns: _Session(settings, waiting=turns.waiting), out=out,
+                 metrics_port=settings.metrics_port, installation=installation)
 
 
 def _check_slack_first(settings: BotSettings) -> SlackInstallation | None:

@@ -38,7 +38,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -256,9 +256,14 @@ class Gateway:
         on_budget_alert: Callable[[BudgetAlert], None] | None = None,
         spool: SettleSpool | None = None,
         maintenance: bool = False,
+        waiting: Callable[[], AbstractContextManager[object]] = nullcontext,
     ) -> None:
         """``on_budget_alert`` is called (on the request's thread) once per period for each budget
         line reaching 50%, 80% and 100%; it must not block for long, and its failures are logged.
+        ``waiting()`` is entered around each wait on something slower than the store — the upstream
+        call with its retries' back-off, the wait for the same request running elsewhere — so a
+        caller that bounds how many requests run at once can let another one run meanwhile
+        (``bot.slack.server.WorkTurns``).
 
         ``spool`` keeps settles the store did not confirm (default: ``settings.spool_directory()``);
         spool files left by exited processes are adopted at once. ``maintenance`` starts a daemon
@@ -278,6 +283,7 @@ class Gateway:
         self.metrics = metrics if metrics is not None else Metrics()
         self._sleep = sleep
         self._rand = rand
+        self._waiting = waiting
         self._breaker_name = breaker_name
         self._breaker = _breaker_policy(settings)
         self._in_flight = InFlight()
@@ -530,7 +536,8 @@ class Gateway:
                     exc: BaseException = RequestInFlight(request_id)
                     self._count_failure(kind, request_id, exc)
                     raise exc from None
-                self._sleep(delay)
+                with self._waiting():
+                    self._sleep(delay)
                 delay = min(delay * 2, 1.0)
             except BaseException as exc:
                 self._count_failure(kind, request_id, exc)
@@ -812,7 +819,9 @@ class Gateway:
                     self._upstream_failed(kind, exc, sent)
                     raise
 
-        value, attempts = call_with_retries(guarded, self._retry, clock=self._clock, sleep=self._sleep, rand=self._rand)
+        with self._waiting():
+            value, attempts = call_with_retries(guarded, self._retry, clock=self._clock, sleep=self._sleep,
+                                                rand=self._rand)
         self.metrics.upstream_latency.labels(kind).observe(max(0.0, self._clock() - started))
         return value, attempts
 

@@ -7,7 +7,8 @@ recorded, never waited.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -531,3 +532,27 @@ def test_accounts_read_the_very_buckets_and_budget_lines_the_gateway_charges(mak
     assert (daily.limit, daily.spent, daily.reserved) == (1_000_000, result.cost_micros, 0)
     assert (monthly.limit, monthly.spent) == (0, result.cost_micros)
     assert gw.accounts.headroom("W1", "U2").requests_left == 4  # another user's buckets are their own
+
+
+def test_waiting_is_entered_around_the_upstream_call_and_a_hit_waits_on_nothing(
+    store: Store, clock: ManualClock, fake: FakeOpenAI
+) -> None:
+    around: list[tuple[str, int]] = []
+
+    @contextmanager
+    def waiting() -> Iterator[None]:
+        around.append(("enter", fake.count("chat")))
+        yield
+        around.append(("leave", fake.count("chat")))
+
+    settings = PennySettings(openai_api_key=API_KEY, openai_base_url=fake.base_url, request_timeout_s=2.0,
+                             requests_per_minute=0, tokens_per_minute=0, semantic_cache=False)
+    gw = Gateway(settings, store=store, upstream=OpenAIUpstream(api_key=API_KEY, base_url=fake.base_url, timeout_s=2),
+                 clock=clock, waiting=waiting)
+    try:
+        ask(gw, "How do I deploy?", "r1")
+        assert around == [("enter", 0), ("leave", 1)]  # the upstream call, and only it, inside
+        assert ask(gw, "How do I deploy?", "r2").cache_status == "exact"
+        assert around == [("enter", 0), ("leave", 1)]  # a cache hit waits on nothing
+    finally:
+        gw.close()

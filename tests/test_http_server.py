@@ -35,6 +35,7 @@ from bot.slack.server import (
     EarlyAcks,
     PennyWSGI,
     WorkerLoads,
+    WorkTurns,
     _DeadlineSocket,
     request_complete,
 )
@@ -251,6 +252,59 @@ def test_answers_wait_in_a_queue_while_acks_are_in_flight_then_run_on_the_pool()
             failing.result(timeout=5)  # the answer's own error reaches its future
     finally:
         pool.shutdown()
+
+
+def test_turns_bound_the_listeners_running_at_once() -> None:
+    listeners = DrainingExecutor(16, thread_name_prefix="penny-turns", turns=WorkTurns(2))
+    running, most, lock = [0], [0], threading.Lock()
+
+    def work() -> None:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+
+    try:
+        for future in [listeners.submit(work) for _ in range(8)]:
+            future.result(timeout=10)
+        assert most[0] == 2
+    finally:
+        listeners.shutdown()
+
+
+def test_a_listener_waiting_on_something_slow_lends_its_turn_and_gets_one_back() -> None:
+    turns = WorkTurns(1)
+    listeners = DrainingExecutor(4, thread_name_prefix="penny-turns", turns=turns)
+    answered = threading.Event()
+
+    def slow() -> str:
+        with turns.waiting():  # the LLM: the one turn goes to the other listener meanwhile
+            assert answered.wait(timeout=10)
+        return "slow"
+
+    try:
+        first = listeners.submit(slow)
+        second = listeners.submit(answered.set)  # runs only if the first lent its turn
+        assert second.result(timeout=10) is None and first.result(timeout=10) == "slow"
+        with turns.waiting():  # outside a listener's turn: nothing to lend, nothing taken
+            pass
+        assert listeners.submit(lambda: "again").result(timeout=10) == "again"  # still one turn, free
+    finally:
+        listeners.shutdown()
+
+
+def test_start_threads_starts_every_pool_thread_at_once() -> None:
+    listeners = DrainingExecutor(8, thread_name_prefix="penny-start")
+    try:
+        listeners.start_threads()
+        deadline = time.monotonic() + 10
+        while sum(t.name.startswith("penny-start") for t in threading.enumerate()) < 8:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        listeners.shutdown()
 
 
 def test_answers_still_waiting_at_shutdown_are_cancelled_and_counted_done() -> None:
