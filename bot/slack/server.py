@@ -299,7 +299,7 @@ class AcksFirst:
                 self._changed.wait(timeout=pause)
 
 
-ANSWER_TURNS: Final = 32  # a worker's listeners running at once; more wait for a turn
+ANSWER_TURNS: Final = 16  # a worker's listeners running at once; more wait for a turn
 
 
 class WorkTurns:
@@ -311,9 +311,10 @@ class WorkTurns:
     progress at once all run slower: 600 cache hits at once on Redis ran at 404–414 answers/s on
     2 workers with 256 threads and 496–565 with 32 (on SQLite 433 and 526), but with 32 threads
     200 one-second questions took 7.4 s. Turns keep the threads for waiting and bound the answers
-    that run (with the threads started at boot, :meth:`DrainingExecutor.start_threads`: 450–455
-    answers/s on Redis). A turn is kept across store calls and Slack's Web API: short, and Slack's
-    rate limits keep a worker far below 32 answers in flight on them."""
+    that run; with the threads started at boot (:meth:`DrainingExecutor.start_threads`), 8, 16 and
+    32 turns gave 476–536, 449–463 and 376–516 answers/s on Redis and 450–499, 483–524 and 455–522
+    on SQLite (three runs or more each). A turn is kept across store calls and Slack's Web API:
+    short, and Slack's rate limits keep a worker far below 16 answers in flight on them."""
 
     def __init__(self, turns: int = ANSWER_TURNS) -> None:
         self._free = threading.Semaphore(turns)
