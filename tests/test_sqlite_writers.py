@@ -1,5 +1,6 @@
 """SQLite writers of several processes take turns on a file lock beside the database
-(``<database>-writers``), then SQLite's own lock; one held past the store's timeout is a clear error."""
+(``<database>-writers``), then SQLite's own lock; one held past the store's timeout is a clear error.
+A process's threads share a pool of at most ``MAX_CONNECTIONS`` connections; a forked child opens its own."""
 
 from __future__ import annotations
 
