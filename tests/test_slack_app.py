@@ -4,9 +4,11 @@ for the ``Answerer`` protocol; the store is a real SQLite file."""
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -709,6 +711,23 @@ def test_settings_hide_secrets_and_the_client_retries_slack_rate_limits(slack: F
     assert {RateLimitErrorRetryHandler, ConnectionErrorRetryHandler} <= kinds
     default = make_client(SlackSettings(bot_token=TOKEN, signing_secret=SECRET))
     assert default.base_url == "https://slack.com/api/"
+
+
+def test_a_client_made_with_waiting_makes_each_call_and_its_retries_inside_it(slack: FakeSlack) -> None:
+    calls_inside: list[int] = []
+
+    @contextmanager
+    def waiting() -> Iterator[None]:
+        calls_inside.append(slack.count("chat.postMessage"))
+        yield
+        calls_inside.append(slack.count("chat.postMessage"))
+
+    settings = SlackSettings(bot_token=TOKEN, signing_secret=SECRET, api_url=slack.base_url)
+    client = make_client(settings, waiting=waiting)
+    client.chat_postMessage(channel="C1", text="hi")
+    assert calls_inside == [0, 1]  # the call, entered before it reached Slack and left after
+    assert {type(h) for h in client.retry_handlers} >= {RateLimitErrorRetryHandler, ConnectionErrorRetryHandler}
+    assert type(copy.copy(client)) is type(client)  # a stream's copy of it lends the turn too
 
 
 def test_socket_mode_handler_builds_without_connecting(penny: Harness) -> None:

@@ -23,12 +23,14 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from slack_bolt import App, Assistant
 from slack_sdk import WebClient
 from slack_sdk.http_retry import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
+from slack_sdk.web import SlackResponse
 
 from bot.answer_types import Answerer
 from bot.proxy.keys import KeyRing
@@ -92,13 +94,30 @@ class SlackSettings:
     thread_replies: ThreadReplies = "questions"  # which unmentioned thread replies are answered
 
 
-def make_client(settings: SlackSettings) -> WebClient:
-    """A WebClient that retries Slack's rate limits (honouring ``Retry-After``) and connection errors."""
+def make_client(settings: SlackSettings, *, waiting: Callable[[], AbstractContextManager[object]] | None = None
+                ) -> WebClient:
+    """A WebClient that retries Slack's rate limits (honouring ``Retry-After``) and connection errors.
+    With ``waiting``, each Web API call, its retries and their waits included, runs inside
+    ``waiting()``: an HTTP worker's listener lends its turn while Slack answers (``WorkTurns``), so
+    answers sleeping out a rate limit never hold every turn."""
     handlers = [RateLimitErrorRetryHandler(max_retry_count=2), ConnectionErrorRetryHandler(max_retry_count=2)]
+    options: dict[str, Any] = {"token": settings.bot_token, "retry_handlers": handlers}
     if settings.api_url:
-        base_url = settings.api_url if settings.api_url.endswith("/") else settings.api_url + "/"
-        return WebClient(token=settings.bot_token, base_url=base_url, retry_handlers=handlers)
-    return WebClient(token=settings.bot_token, retry_handlers=handlers)
+        options["base_url"] = settings.api_url if settings.api_url.endswith("/") else settings.api_url + "/"
+    return WebClient(**options) if waiting is None else _WaitingWebClient(waiting, **options)
+
+
+class _WaitingWebClient(WebClient):
+    """A WebClient whose every call (``api_call``, which each Web API method goes through) runs
+    inside ``waiting()``."""
+
+    def __init__(self, waiting: Callable[[], AbstractContextManager[object]], **options: Any) -> None:
+        super().__init__(**options)
+        self._waiting = waiting
+
+    def api_call(self, *args: Any, **kwargs: Any) -> SlackResponse:
+        with self._waiting():
+            return super().api_call(*args, **kwargs)
 
 
 def build_app(

@@ -313,8 +313,9 @@ class WorkTurns:
     200 one-second questions took 7.4 s. Turns keep the threads for waiting and bound the answers
     that run; with the threads started at boot (:meth:`DrainingExecutor.start_threads`), 8, 16 and
     32 turns gave 476–536, 449–463 and 376–516 answers/s on Redis and 450–499, 483–524 and 455–522
-    on SQLite (three runs or more each). A turn is kept across store calls and Slack's Web API:
-    short, and Slack's rate limits keep a worker far below 16 answers in flight on them."""
+    on SQLite (three runs or more each). A turn is kept across store calls (short); it is lent
+    during Slack's Web API calls too (``make_client(waiting=…)``), whose rate-limit retries sleep
+    out ``Retry-After``."""
 
     def __init__(self, turns: int = ANSWER_TURNS) -> None:
         self._free = threading.Semaphore(turns)
@@ -486,17 +487,18 @@ class _Worker:
 
     def __init__(self, backend: Backend, settings: BotSettings, *, metrics: Callable[[], bytes] | None,
                  installation: SlackInstallation | None = None, turns: WorkTurns | None = None) -> None:
+        from bot.slack.app import make_client
         from bot.slack.runner import LISTENER_THREADS, penny_app, slack_settings
 
         self.backend = backend
         acks_first = AcksFirst()
         self.listeners = DrainingExecutor(LISTENER_THREADS, acks_first=acks_first, turns=turns)
         self.listeners.start_threads()
-        app = penny_app(backend.service, backend.store, backend.gateway, slack_settings(settings),
-                        settings=settings, listener_executor=self.listeners,
-                        installation=installation)
-        backend.alerts.attach(app.client)
         config = slack_settings(settings)
+        client = make_client(config, waiting=turns.waiting if turns is not None else None)
+        app = penny_app(backend.service, backend.store, backend.gateway, config, settings=settings, client=client,
+                        listener_executor=self.listeners, installation=installation)
+        backend.alerts.attach(app.client)
         early = EarlyAcks(config.signing_secret, self.listeners) if config.signing_secret else None
         self.wsgi = PennyWSGI(app, ready=self.ready, metrics=metrics, acks_first=acks_first, early_acks=early)
 
