@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -77,6 +78,16 @@ class PennyHTTP:
                                          stdin=subprocess.DEVNULL, text=True)
         assert self.proc.stdout is not None
         threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
+        try:
+            self._wait_until_ready(timeout_s)
+        except BaseException:
+            with suppress(subprocess.TimeoutExpired):
+                self.stop(timeout_s=15)  # a server that did not come up is not left running
+            raise
+        return self
+
+    def _wait_until_ready(self, timeout_s: float) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout_s
         ready = 0
         while not self.url or ready < self.workers:  # the arbiter listens, then each worker is ready
@@ -93,7 +104,6 @@ class PennyHTTP:
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise AssertionError(f"penny run --http is not ready: {self.stderr()[-2000:]}")
             time.sleep(0.1)
-        return self
 
     def _read(self, stream: IO[str]) -> None:
         for line in stream:
