@@ -257,12 +257,15 @@ def test_answers_wait_in_a_queue_while_acks_are_in_flight_then_run_on_the_pool()
 def test_turns_bound_the_listeners_running_at_once() -> None:
     listeners = DrainingExecutor(16, thread_name_prefix="penny-turns", turns=WorkTurns(2))
     running, most, lock = [0], [0], threading.Lock()
+    two_running = threading.Event()  # each listener stays until two run at once: overlap without sleeping
 
     def work() -> None:
         with lock:
             running[0] += 1
             most[0] = max(most[0], running[0])
-        time.sleep(0.02)
+            if running[0] == 2:
+                two_running.set()
+        two_running.wait(timeout=5)
         with lock:
             running[0] -= 1
 

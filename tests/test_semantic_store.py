@@ -471,21 +471,27 @@ def test_a_write_after_another_replicas_starts_where_that_one_ended(
     assert again.logged_after == theirs.logged_through
 
 
-def test_a_wait_returns_once_a_change_follows_the_cursor(store: Store, open_twin: Callable[[], Store]) -> None:
-    writer = open_twin()
-    cursor = store.semantic_changes(None).cursor
+def blocked_until(wait: Callable[[], object], change: Callable[[], object]) -> None:
+    """Start ``wait`` (a blocking read) on a thread of its own, make ``change`` once it is about to
+    block, and check that the read has returned."""
     about_to_wait = threading.Event()
 
     def tail() -> None:
         about_to_wait.set()
-        store.semantic_wait(cursor, 10)
+        wait()
 
     reader = threading.Thread(target=tail)
     reader.start()
     assert about_to_wait.wait(5)
-    put(writer, "a")
+    change()
     reader.join(15)
     assert not reader.is_alive()
+
+
+def test_a_wait_returns_once_a_change_follows_the_cursor(store: Store, open_twin: Callable[[], Store]) -> None:
+    writer = open_twin()
+    cursor = store.semantic_changes(None).cursor
+    blocked_until(lambda: store.semantic_wait(cursor, 10), lambda: put(writer, "a"))
     store.semantic_wait(cursor, 10)  # an event already follows: no wait at all
     store.semantic_wait(store.semantic_changes(cursor).cursor, 0.05)  # nothing new: returns after the time
 
@@ -495,19 +501,8 @@ def test_a_blocking_read_wakes_for_a_change_from_another_replica(
 ) -> None:
     writer = open_twin()
     cursor = store.semantic_changes(None).cursor
-    about_to_wait = threading.Event()
     got: list[SemanticChanges] = []
-
-    def tail() -> None:
-        about_to_wait.set()
-        got.append(store.semantic_changes(cursor, block_s=10))
-
-    reader = threading.Thread(target=tail)
-    reader.start()
-    assert about_to_wait.wait(5)
-    put(writer, "a")
-    reader.join(15)
-    assert not reader.is_alive()
+    blocked_until(lambda: got.append(store.semantic_changes(cursor, block_s=10)), lambda: put(writer, "a"))
     assert ops(got[0]) == [("put", "a")]
 
 
