@@ -16,7 +16,7 @@ import json
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal, Protocol
 
 from proxy_core.stores.base import Store
@@ -111,11 +111,15 @@ class CachedAnswer:
     created_at: float
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        # Every field is a plain value: no deep copy (asdict) on a miss's path.
+        return json.dumps({f: getattr(self, f) for f in _ANSWER_FIELDS}, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> CachedAnswer:
         return cls(**json.loads(text))
+
+
+_ANSWER_FIELDS = tuple(f.name for f in fields(CachedAnswer))
 
 
 @dataclass(frozen=True, slots=True)

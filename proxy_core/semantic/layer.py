@@ -61,6 +61,7 @@ class SemanticCache:
         top_k: int = 4,
         clock: Clock = time.time,
         sync_block_s: float = 0.25,
+        own_writes_pause_s: float = 0.02,
         sweep_every_s: float = 60.0,
         ivf_min: int = 5_000,
         answer_copies: int = 2_048,
@@ -74,6 +75,7 @@ class SemanticCache:
         self.index = VectorIndex(embedder.dims, ivf_min=ivf_min)
         self._clock = clock
         self._sync_block_s = sync_block_s
+        self._own_writes_pause_s = own_writes_pause_s
         self._sweep_every_s = sweep_every_s
         self._cursor: str | None = None
         self._stop = threading.Event()
@@ -228,7 +230,10 @@ class SemanticCache:
 
     def _wait_for_changes(self, block_s: float) -> None:
         """Wait, at most ``block_s``, until the log may hold events this replica has not applied:
-        events of its own writes wake the wait, are stepped over, and it waits on."""
+        events of its own writes wake the wait, are stepped over, and it waits on — after a pause
+        of ``own_writes_pause_s``, so that a replica writing steadily (a miss, a write) wakes this
+        thread once per pause, not once per write. Other replicas' changes then arrive up to that
+        much later while this one writes."""
         deadline = time.monotonic() + block_s
         while (remaining := deadline - time.monotonic()) > 0 and not self._stop.is_set():
             cursor = self._cursor
@@ -239,6 +244,7 @@ class SemanticCache:
             with self._sync_lock:
                 if not self._step_over_own_writes():
                     return
+            self._stop.wait(self._own_writes_pause_s)
 
     def _await_write_in_flight(self, timeout_s: float = 0.1) -> None:
         """Wait for the write being stored, if any, to finish: the change-log event that woke the
