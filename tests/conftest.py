@@ -5,9 +5,10 @@ move time with ``clock.advance(...)``. Redis runs against the real server at ``P
 (default ``redis://127.0.0.1:6379/0``) inside a private key namespace that is deleted afterwards;
 without a server those tests skip, or fail under ``CI=true``.
 
-The store contract modules override ``store`` with ``tests.redis_targets.EVERY_BACKEND``, which adds
-a Redis Cluster (3 primaries + 3 replicas, started once per session) and a TLS-only Redis with a
-client certificate (also once per session); both log Penny in as the README's ACL user.
+The store contract modules set ``STORES = tests.redis_targets.EVERY_BACKEND`` (see
+:func:`pytest_generate_tests`), which adds a Redis Cluster (3 primaries + 3 replicas, started once
+per session) and a TLS-only Redis with a client certificate (also once per session); both log
+Penny in as the README's ACL user.
 
 ``fake`` is the fake OpenAI server and ``slack`` the fake Slack Web API, one each per test; ``make_gateway``
 builds gateways on the test's store, clock and ``fake``. A module changes what they start from by
@@ -259,6 +260,16 @@ def redis_store(redis_url: str, redis_namespace: str, clock: ManualClock) -> Ite
         cleanup.delete_namespace()
     finally:
         cleanup.close()
+
+
+@pytest.hookimpl(tryfirst=True)  # the mark must be there before pytest reads the parametrize marks
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module that sets ``STORES`` (e.g. ``tests.redis_targets.EVERY_BACKEND``) runs its tests that
+    take ``store`` on those backends instead of the default two (as if each were marked
+    ``@pytest.mark.parametrize("store", STORES, indirect=True)``)."""
+    stores = getattr(metafunc.module, "STORES", None)
+    if stores is not None and "store" in metafunc.fixturenames:
+        metafunc.definition.add_marker(pytest.mark.parametrize("store", stores, indirect=True))
 
 
 @pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])

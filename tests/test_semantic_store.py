@@ -28,11 +28,7 @@ from tests.redis_targets import EVERY_BACKEND, redis_target
 DIMS = 8
 
 
-@pytest.fixture(params=EVERY_BACKEND)
-def store(request: pytest.FixtureRequest) -> Store:
-    """Every backend in turn, Redis Cluster and TLS included (conftest's ``store`` has SQLite and Redis)."""
-    result: Store = request.getfixturevalue(f"{request.param}_store")
-    return result
+STORES = EVERY_BACKEND  # ``store`` is every backend in turn, Redis Cluster and TLS included (conftest)
 
 
 def vector(seed: int, dims: int = DIMS) -> bytes:

@@ -24,11 +24,7 @@ DAY1 = "2026-01-01"  # ManualClock starts at 2026-01-01T00:00:00Z
 DAY2 = "2026-01-02"
 
 
-@pytest.fixture(params=EVERY_BACKEND)
-def store(request: pytest.FixtureRequest) -> Store:
-    """Every backend in turn, Redis Cluster and TLS included (conftest's ``store`` has SQLite and Redis)."""
-    result: Store = request.getfixturevalue(f"{request.param}_store")
-    return result
+STORES = EVERY_BACKEND  # ``store`` is every backend in turn, Redis Cluster and TLS included (conftest)
 
 
 def entry(request_id: str, *, user: str = "U1", source: str = "", cost: int = 0, day: str = DAY1,

@@ -9,8 +9,6 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-import pytest
-
 from proxy_core.budget import BudgetLine, budget_lines
 from proxy_core.clock import ManualClock
 from proxy_core.stores.base import REAP_GRACE_S, ClaimOwner, LedgerEntry, Store
@@ -22,11 +20,7 @@ TTL = 90.0
 AMOUNT = 3_000
 
 
-@pytest.fixture(params=EVERY_BACKEND)
-def store(request: pytest.FixtureRequest) -> Store:
-    """Every backend in turn, Redis Cluster and TLS included (conftest's ``store`` has SQLite and Redis)."""
-    result: Store = request.getfixturevalue(f"{request.param}_store")
-    return result
+STORES = EVERY_BACKEND  # ``store`` is every backend in turn, Redis Cluster and TLS included (conftest)
 
 
 def lines_at(now: float, *, user_daily: int = 10_000, workspace_monthly: int = 0) -> list[BudgetLine]:
