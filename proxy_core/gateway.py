@@ -822,7 +822,8 @@ class Gateway:
         with self._waiting():
             value, attempts = call_with_retries(guarded, self._retry, clock=self._clock, sleep=self._sleep,
                                                 rand=self._rand)
-        self.metrics.upstream_latency.labels(kind).observe(max(0.0, self._clock() - started))
+            # Inside: leaving ``waiting`` can wait for a turn back, which is no part of upstream's latency.
+            self.metrics.upstream_latency.labels(kind).observe(max(0.0, self._clock() - started))
         return value, attempts
 
     def _upstream_failed(self, kind: str, exc: UpstreamError, sent: Attempt) -> None:
