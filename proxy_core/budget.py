@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Literal
 
 __all__ = ["BudgetLine", "CallSource", "Period", "budget_lines", "fits", "period_window", "source_day_line"]
@@ -40,7 +41,12 @@ class CallSource:
 
 def period_window(now: float, period: Period) -> tuple[str, float]:
     """The period containing ``now`` as (label, reset timestamp): ('2026-11-27', …) or ('2026-11', …)."""
-    t = datetime.fromtimestamp(now, UTC)
+    return _period_of_day(int(now // 86_400), period)  # every call and ledger entry asks: once a UTC day
+
+
+@lru_cache(maxsize=16)
+def _period_of_day(day: int, period: Period) -> tuple[str, float]:
+    t = datetime.fromtimestamp(day * 86_400, UTC)
     if period == "day":
         start = t.replace(hour=0, minute=0, second=0, microsecond=0)
         return start.strftime("%Y-%m-%d"), (start + timedelta(days=1)).timestamp()

@@ -49,6 +49,12 @@ def test_wordllama_truncated_dims_and_edge_inputs() -> None:
     assert small.embed([]).shape == (0, 128)
     blank = small.embed([""])
     assert blank.shape == (1, 128) and np.isfinite(blank).all()
+    # One text takes a shorter path than a batch: the same vector, bit for bit.
+    odd = ["", " \t\n", "😀 über straße", "x" * 5_000, "What's the CPU limit for a worker?"]
+    for embedder in (small, WordLlamaEmbedder()):
+        batch = embedder.embed_raw(odd)
+        for i, text in enumerate(odd):
+            np.testing.assert_array_equal(embedder.embed_raw([text])[0], batch[i])
     with pytest.raises(ConfigurationError, match="PENNY_EMBEDDER"):
         WordLlamaEmbedder(100)
 

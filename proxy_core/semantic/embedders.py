@@ -171,6 +171,15 @@ class WordLlamaEmbedder(_Named):
         if len(texts) == 0:
             return np.zeros((0, self._dims), dtype=np.float32)
         model = _wordllama_model(self._dims)
+        if len(texts) == 1:
+            # A cache lookup embeds one question: WordLlama's batch path (encode_batch, masks,
+            # padding) costs twice this. Same arithmetic: the token vectors' float32 sum over the count.
+            table = model.embedding
+            ids = np.clip(model.tokenizer.encode(texts[0], add_special_tokens=False).ids, 0, len(table) - 1)
+            out = np.zeros((1, self._dims), dtype=np.float32)
+            if len(ids):
+                out[0] = table[ids].sum(axis=0, dtype=np.float32) / np.float32(len(ids))
+            return out
         raw = model.embed(list(texts), norm=False, batch_size=256)
         return np.asarray(raw, dtype=np.float32)
 
