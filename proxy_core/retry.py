@@ -36,6 +36,7 @@ result comes back with that count (1 when the first attempt succeeded).
 
 from __future__ import annotations
 
+import functools
 import random
 import weakref
 from collections.abc import Callable
@@ -190,6 +191,15 @@ def call_with_retries(
                 on_failure(exc)
             raise
 
-    retrying = build_retrying(policy, clock=clock, sleep=sleep, rand=rand, before_sleep=before_sleep)
-    result = retrying(attempt)
+    result = _shared_retrying(policy, clock, sleep, rand, before_sleep)(attempt)
     return result, attempts
+
+
+@functools.lru_cache(maxsize=32)
+def _shared_retrying(
+    policy: RetryPolicy, clock: Clock, sleep: Sleep, rand: Rand, before_sleep: BeforeSleep | None
+) -> tenacity.Retrying:
+    """One ``Retrying`` per caller's set-up, shared by its calls (tenacity keeps each call's state
+    per thread, and :class:`_AttemptsAndDeadline` per call): building one per call was a tenth of
+    the retry machinery's cost on every upstream call."""
+    return build_retrying(policy, clock=clock, sleep=sleep, rand=rand, before_sleep=before_sleep)
