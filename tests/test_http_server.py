@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import pytest
@@ -33,10 +34,13 @@ from bot.slack.server import (
     AcksFirst,
     DrainingExecutor,
     EarlyAcks,
+    HTTPOptions,
     PennyWSGI,
+    Served,
     WorkerLoads,
     WorkTurns,
     _DeadlineSocket,
+    _PennyServer,
     request_complete,
 )
 from proxy_core.stores import store_from_url
@@ -498,7 +502,9 @@ def test_worker_loads_are_shared_with_forked_workers_and_name_the_least_busy_oth
     loads = WorkerLoads(slots=4)
     first, second = loads.claim(()), loads.claim({0})
     assert (first, second) == (0, 1) and loads.claim({0, 1, 2, 3}) is None
-    assert loads.least_other(first) == 0 and loads.least_other(None) == 0
+    assert loads.least_other(first) is None  # claimed, not counted: no worker has published yet
+    loads.publish(first, 0)
+    assert loads.least_other(second) == 0 and loads.least_other(None) == 0
     child = os.fork()
     if child == 0:  # a worker: publishes its load, which the arbiter's memory shows
         loads.publish(1, 7)
@@ -564,3 +570,29 @@ def test_two_replicas_on_redis_are_one_penny(fakes: tuple[FakeOpenAI, FakeSlack]
             assert DocsIndex.load(store).version == 1  # indexed once, by the first replica to start
         finally:
             store.close()
+
+
+def test_a_worker_counts_in_the_balance_from_its_first_load_until_it_has_exited(tmp_path: Path) -> None:
+    server = _PennyServer(HTTPOptions(), build=_never_built, on_ready=lambda _what: None, metrics_dir=str(tmp_path))
+    loads: WorkerLoads = server.cfg.worker_class.loads
+    arbiter = SimpleNamespace(WORKERS={})
+    survivor, respawned = SimpleNamespace(pid=4001, penny_slot=None), SimpleNamespace(pid=4002, penny_slot=None)
+    server._pre_fork(arbiter, survivor)
+    arbiter.WORKERS[survivor.pid] = survivor
+    loads.publish(survivor.penny_slot, 12)  # busy while the other worker is respawned
+    server._pre_fork(arbiter, respawned)
+    assert respawned.penny_slot not in (None, survivor.penny_slot)
+    assert loads.least_other(survivor.penny_slot) is None  # booting: not an idle worker to make way for
+    loads.publish(respawned.penny_slot, 0)  # its accept loop has started
+    assert loads.least_other(survivor.penny_slot) == 0
+
+    # Its metrics cannot be marked dead (a directory where prometheus_client removes a file): the
+    # slot is released all the same, before that fails.
+    (tmp_path / f"gauge_livesum_{respawned.pid}.db").mkdir()
+    with pytest.raises(OSError):
+        server._child_exit(arbiter, respawned)
+    assert loads.least_other(survivor.penny_slot) is None
+
+
+def _never_built() -> Served:
+    raise AssertionError("the arbiter builds no worker")

@@ -616,10 +616,13 @@ class WorkerLoads:
         self._all.pack_into(self._memory, 0, *([self.ABSENT] * slots))
 
     def claim(self, taken: Collection[int]) -> int | None:
-        """The arbiter, before forking a worker: a free slot (none when all are taken), set to 0."""
+        """The arbiter, before forking a worker: a free slot (none when all are taken). It stays
+        absent until the worker publishes its first load, as its accept loop starts: a booting worker
+        (building Penny, loading the index, starting its threads) takes no connection, and counted as
+        idle it would make the others pause for it through its whole boot."""
         free = next((slot for slot in range(self._slots) if slot not in taken), None)
         if free is not None:
-            self.publish(free, 0)
+            self.release(free)
         return free
 
     def publish(self, slot: int, load: int) -> None:
@@ -668,6 +671,7 @@ class PennyWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn ships no type
     read_timeout_s: float = HTTPOptions.read_timeout_s
     loads: WorkerLoads | None = None
     penny_slot: int | None = None  # this worker's in ``loads``, given by the arbiter before the fork
+    # The worker's first load is published as its loop starts (``notify``): not while it boots.
     _closer: ThreadPoolExecutor
 
     def init_process(self) -> None:
@@ -879,9 +883,10 @@ class _PennyServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships no 
     def _child_exit(self, arbiter: Any, worker: Any) -> None:
         from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(worker.pid, self._metrics_dir)  # type: ignore[no-untyped-call]
+        # The slot first: a dead worker left in the balance would slow the others down for good.
         if worker.penny_slot is not None:
             self._loads.release(worker.penny_slot)
+        multiprocess.mark_process_dead(worker.pid, self._metrics_dir)  # type: ignore[no-untyped-call]
 
 
 def _multiprocess_metrics() -> tuple[str, Callable[[], bytes]]:
