@@ -1,14 +1,21 @@
 """SQLite writers of several processes take turns on a file lock beside the database
 (``<database>-writers``), then SQLite's own lock; one held past the store's timeout is a clear error.
-A process's threads share a pool of at most ``MAX_CONNECTIONS`` connections; a forked child opens its own."""
+A process's threads share a pool of at most ``MAX_CONNECTIONS`` connections, first come first served,
+waited for at most the store's timeout; the writer holding the writers' locks never waits for it. A
+forked child opens its own connections and takes its own locks."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -110,5 +117,261 @@ def test_a_forked_child_opens_its_own_connections(tmp_path: Path) -> None:
         _, status = os.waitpid(child, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert store.record_get("k", "child") == "2"
+    finally:
+        store.close()
+
+
+@contextmanager
+def every_connection_held(
+    store: SqliteStore, then: Callable[[int], None] | None = None
+) -> Iterator[list[threading.Event]]:
+    """``MAX_CONNECTIONS`` threads each inside a read, holding its pooled connection until its event
+    (one per thread, yielded) is set, then calling ``then(its index)``; all are set when the block ends."""
+    holding = threading.Barrier(MAX_CONNECTIONS + 1)
+    releases = [threading.Event() for _ in range(MAX_CONNECTIONS)]
+
+    def hold(i: int) -> None:
+        with store._read("hold a connection"):
+            holding.wait(timeout=5)
+            releases[i].wait(timeout=10)
+        if then is not None:
+            then(i)
+
+    holders = [threading.Thread(target=hold, args=(i,)) for i in range(MAX_CONNECTIONS)]
+    for holder in holders:
+        holder.start()
+    try:
+        holding.wait(timeout=5)
+        yield releases
+    finally:
+        for release in releases:
+            release.set()
+        for holder in holders:
+            holder.join(timeout=10)
+
+
+def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Look again every millisecond until ``condition`` holds (a state another thread reaches)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "never happened"
+        time.sleep(0.001)
+
+
+def test_a_writer_never_waits_for_the_readers_connections(tmp_path: Path) -> None:
+    # 16 readers hold every pooled connection and 8 more queue for one (a cache-hit burst): the
+    # writer, holding the writers' locks that every other writer of every process waits behind,
+    # writes on a connection of its own instead of queueing with them.
+    store = SqliteStore(tmp_path / "penny.db")
+    store.record_put("k", "a", "1", 60)
+    read: list[str | None] = []
+    queued = [threading.Thread(target=lambda: read.append(store.record_get("k", "a"))) for _ in range(8)]
+    written = threading.Event()
+    failed: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            for i in range(50):
+                store.record_put("k", f"w{i}", str(i), 60)
+            with store._write("read inside a write") as conn:  # shares the writer's connection
+                assert store.record_get("k", "w49") == "49"
+                with store._using() as inner:
+                    assert inner is conn
+        except BaseException as exc:
+            failed.append(exc)
+        finally:
+            written.set()
+
+    try:
+        with every_connection_held(store):
+            for reader in queued:
+                reader.start()
+            writer = threading.Thread(target=write)
+            writer.start()
+            assert written.wait(timeout=2), "the writer waited for the readers' connections"
+            assert failed == []
+            assert store._opened == MAX_CONNECTIONS  # the pool stayed at its cap
+        writer.join(timeout=5)
+        for reader in queued:
+            reader.join(timeout=5)
+        assert read == ["1"] * 8
+        with store._read("a read") as conn:  # a write inside a read shares the reader's connection
+            store.record_put("k", "nested", "2", 60)
+            assert conn.execute("SELECT value FROM records WHERE key = 'nested'").fetchone() == ("2",)
+    finally:
+        store.close()
+
+
+def test_a_reader_waits_for_a_connection_no_longer_than_the_stores_timeout(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "penny.db", timeout_s=0.2)
+    store.record_put("k", "a", "1", 60)
+    outcome: list[tuple[StoreError, float]] = []
+
+    def read() -> None:
+        started = time.monotonic()
+        try:
+            store.record_get("k", "a")
+        except StoreError as exc:
+            outcome.append((exc, time.monotonic() - started))
+
+    try:
+        with every_connection_held(store):
+            reader = threading.Thread(target=read)
+            reader.start()
+            reader.join(timeout=3)
+            assert not reader.is_alive(), "the reader waited past the store's timeout"
+        [(refused, waited)] = outcome
+        assert f"all {MAX_CONNECTIONS} connections of this process were in use for more than 0.2s" in str(refused)
+        assert refused.maybe_applied is False and 0.15 < waited < 2
+        assert not store._waiters and store.record_get("k", "a") == "1"  # it left the queue
+    finally:
+        store.close()
+
+
+def test_connections_go_to_the_threads_waiting_for_them_in_the_order_they_came(tmp_path: Path) -> None:
+    # A thread giving its connection back and asking again at once queues behind the waiters
+    # instead of taking it back before the one it went to has woken.
+    store = SqliteStore(tmp_path / "penny.db")
+    store.ping()
+    order: list[str] = []
+
+    def read(name: str) -> None:
+        with store._read("a read"):
+            order.append(name)
+
+    def read_again(holder: int) -> None:
+        if holder == 0:
+            read("the first holder again")
+
+    try:
+        with every_connection_held(store, then=read_again) as releases:
+            first = threading.Thread(target=read, args=("first",))
+            second = threading.Thread(target=read, args=("second",))
+            first.start()
+            until(lambda: len(store._waiters) == 1)
+            second.start()
+            until(lambda: len(store._waiters) == 2)
+            releases[0].set()  # its holder gives its connection back and asks for one again at once
+            for waiter in (first, second):
+                waiter.join(timeout=5)
+        assert order == ["first", "second", "the first holder again"]
+    finally:
+        store.close()
+
+
+def test_closing_wakes_a_reader_waiting_for_a_connection_and_closes_the_writers_own_too(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "penny.db")
+    store.ping()
+    refused: list[StoreError] = []
+
+    def read() -> None:
+        try:
+            store.record_get("k", "a")
+        except StoreError as exc:
+            refused.append(exc)
+
+    closing = threading.Thread(target=store.close)  # which waits for the connections' reads to end
+    with every_connection_held(store):
+        store.record_put("k", "a", "1", 60)  # every pooled connection is busy: on the writers' own
+        spare = store._spare
+        assert spare is not None
+        reader = threading.Thread(target=read)
+        reader.start()
+        until(lambda: len(store._waiters) == 1)
+        closing.start()
+        reader.join(timeout=5)
+        assert [str(exc) for exc in refused] == [f"SQLite store {tmp_path / 'penny.db'} is closed"]
+    closing.join(timeout=5)
+    assert not closing.is_alive()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        spare.execute("SELECT 1")
+    with pytest.raises(StoreError, match="closed"):
+        store.record_put("k", "b", "2", 60)
+
+
+def test_an_in_memory_database_has_one_connection_for_readers_and_writers(tmp_path: Path) -> None:
+    store = SqliteStore(":memory:", timeout_s=5)
+    store.record_put("k", "a", "1", 60)
+    reading, release = threading.Event(), threading.Event()
+    written: list[str | None] = []
+
+    def hold() -> None:
+        with store._read("hold the connection"):
+            reading.set()
+            release.wait(timeout=5)
+
+    def write() -> None:  # waits for the one connection like a reader, holding no writers' lock meanwhile
+        store.record_put("k", "b", "2", 60)
+        written.append(store.record_get("k", "b"))
+
+    try:
+        holder, writer = threading.Thread(target=hold), threading.Thread(target=write)
+        holder.start()
+        reading.wait(timeout=5)
+        writer.start()
+        until(lambda: len(store._waiters) == 1)
+        release.set()
+        for thread in (holder, writer):
+            thread.join(timeout=5)
+        assert written == ["2"] and store.record_get("k", "a") == "1"
+        with store._write("a write") as conn, store._using() as inner:
+            assert inner is conn and store._opened == 1 and store._spare is None
+    finally:
+        store.close()
+
+
+def test_a_forked_child_takes_the_writers_locks_for_itself(tmp_path: Path) -> None:
+    # At fork() a thread of the parent holds both writers' locks. The child shares neither: its
+    # writer waits for the parent's flock like any other process's (sharing the parent's open lock
+    # file, it would take it at once, and its unlock would release the parent's), and the process
+    # lock it inherited held is not its own.
+    db = tmp_path / "penny.db"
+    store = SqliteStore(db, timeout_s=0.2)
+    store.record_put("k", "a", "1", 60)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store._write("hold the writers' locks"):
+            holding.set()
+            release.wait(timeout=10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(timeout=5)
+        report_from, report_to = os.pipe()
+        child = os.fork()
+        if child == 0:
+            report = "crashed"
+            try:
+                started = time.monotonic()
+                try:
+                    store.record_put("k", "child", "2", 60)
+                    report = "written at once"
+                except StoreError as exc:
+                    report = f"{time.monotonic() - started:.3f} {exc}"
+            finally:
+                os.write(report_to, report.encode())
+                os._exit(0)
+        os.close(report_to)
+        _, status = os.waitpid(child, 0)
+        with os.fdopen(report_from) as reports:
+            report = reports.read()
+        fd = os.open(f"{db}-writers", os.O_RDWR)
+        try:  # the parent's writer still holds its flock: the child released nothing of it
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+    finally:
+        release.set()
+        holder.join(timeout=10)
+    try:
+        assert os.waitstatus_to_exitcode(status) == 0
+        waited, _, message = report.partition(" ")
+        assert "another process's writer held it for more than 0.2s" in message, report
+        assert float(waited) >= 0.15
+        assert store.record_get("k", "child") is None
+        store.record_put("k", "parent", "3", 60)  # the parent's own locks are as they were
     finally:
         store.close()

@@ -1,10 +1,12 @@
 """The SQLite store: Penny's shared state in one local file, safe across threads and processes.
 
-Each thread gets its own connection. The file runs in WAL mode so readers never block the writer,
-and every read-modify-write runs in one ``BEGIN IMMEDIATE`` transaction, which takes the file's
-write lock up front: concurrent writers (threads or processes) queue for up to ``timeout_s`` instead
-of interleaving. The decisions themselves come from the pure policies in ``limiter``, ``budget`` and
-``breaker``; this module only loads state, applies them and writes the result back.
+A process's threads share a pool of at most ``MAX_CONNECTIONS`` connections, handed out first come
+first served; the one writer of the process at a time never waits for it (see ``SqliteStore._using``).
+The file runs in WAL mode so readers never block the writer, and every read-modify-write runs in one
+``BEGIN IMMEDIATE`` transaction, which takes the file's write lock up front: concurrent writers
+(threads or processes) queue for up to ``timeout_s`` instead of interleaving. The decisions
+themselves come from the pure policies in ``limiter``, ``budget`` and ``breaker``; this module only
+loads state, applies them and writes the result back.
 
 Every ``sqlite3`` (and filesystem) error is translated here, once, into :class:`StoreError`.
 """
@@ -18,8 +20,9 @@ import sqlite3
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -63,7 +66,8 @@ SCHEMA_VERSION = 5
 
 # How many change-log events are kept for replicas that fall behind; one further back reloads.
 SEMANTIC_LOG_RETAIN = 10_000
-# Connections one process keeps open on the file, shared by its threads (see SqliteStore._using).
+# Connections one process keeps open on the file, shared by its threads (see SqliteStore._using); a
+# writer that finds them all busy writes on one more, its own.
 MAX_CONNECTIONS = 16
 # How often a blocking ``semantic_changes`` looks at the log again (replicas share one machine).
 _CHANGES_POLL_S = 0.05
@@ -267,6 +271,37 @@ class _Connection(sqlite3.Connection):
         self.in_use = threading.RLock()
 
 
+class _Waiter:
+    """A thread queued for a pooled connection. Whoever frees one hands it over in ``conn`` (or, when
+    a connection failed to open, leaves it None: the right to open one) and releases ``ready``; the
+    waiter never races a newcomer for it."""
+
+    __slots__ = ("conn", "ready")
+
+    def __init__(self) -> None:
+        self.conn: _Connection | None = None
+        self.ready = threading.Lock()
+        self.ready.acquire()
+
+
+# Every open store, so a forked child can give each its own locks and connections (_after_fork).
+_STORES: weakref.WeakSet[SqliteStore] = weakref.WeakSet()
+# The connections a forked child inherited: kept and never closed there (SQLite: a connection must not
+# be used across fork(), and closing is a use). Only the forking thread lives on in the child.
+_INHERITED: list[_Connection] = []
+
+
+def _after_fork_in_child() -> None:
+    # Runs in the child before anything else, while it has one thread: nothing can race the reset,
+    # and a lock that another of the parent's threads held at fork() is replaced, not waited for.
+    for store in list(_STORES):
+        store._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class SqliteStore(Store):
     """:class:`Store` on a SQLite file. The directory and file are created on first use."""
 
@@ -287,16 +322,20 @@ class SqliteStore(Store):
         self._local = threading.local()
         self._lock = threading.Lock()
         self._writer = _WriterLock()
-        self._processes = _ProcessWriters(self.path)
+        self._processes = _ProcessWriters.beside(self.path)
         self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
-        # The connection pool (see _using): idle connections, how many this process opened, for which pid.
-        self._pool_changed = threading.Condition()
+        # The connection pool (see _using): idle connections, the threads queued for one (oldest first),
+        # how many this process opened; and the writers' spare connection, opened when first needed.
+        self._pool_lock = threading.Lock()
         self._idle: list[_Connection] = []
+        self._waiters: deque[_Waiter] = deque()
         self._opened = 0
-        self._pool_pid = os.getpid()
-        self._max_connections = 1 if str(path) == ":memory:" else MAX_CONNECTIONS  # one in-memory database
+        self._spare: _Connection | None = None
+        self._in_memory = str(path) == ":memory:"
+        self._max_connections = 1 if self._in_memory else MAX_CONNECTIONS  # one in-memory database
         self._schema_ready = False
         self._closed = False
+        _STORES.add(self)
 
     @classmethod
     def from_url(
@@ -333,7 +372,7 @@ class SqliteStore(Store):
             self.path,
             timeout=self.timeout_s,
             isolation_level=None,
-            check_same_thread=False,  # used by one thread only, but close() may run on another
+            check_same_thread=False,  # one thread at a time, but the pool moves it between threads
             factory=_Connection,
         )
         try:
@@ -386,37 +425,100 @@ class SqliteStore(Store):
                     raise
                 time.sleep(0.01)
 
-    def _take(self) -> _Connection:
-        """An idle connection of this process, else a new one while fewer than the cap are open,
-        else the first one given back."""
-        with self._pool_changed:
-            if self._pool_pid != os.getpid():  # inherited through fork(): the parent's; the child opens its own
-                self._pool_pid, self._idle, self._opened = os.getpid(), [], 0
-            while True:
-                if self._closed:
-                    raise StoreError(f"SQLite store {self.path} is closed", maybe_applied=False)
-                if self._idle:
-                    return self._idle.pop()  # the most recently used: its pages are the warmest
-                if self._opened < self._max_connections:
-                    self._opened += 1
-                    break
-                self._pool_changed.wait()
+    def _take(self, action: str) -> _Connection:
+        """A pooled connection, first come first served: an idle one, else a new one while fewer than
+        the cap are open, else the next one given back, waited for in turn for up to ``timeout_s``.
+        While anyone waits, a newcomer queues behind them (a thread that has just given one back and
+        asks again would otherwise take it before the waiter it went to has woken)."""
+        with self._pool_lock:
+            self._refuse_if_closed()
+            waiter = None
+            if self._waiters or (not self._idle and self._opened >= self._max_connections):
+                waiter = _Waiter()
+                self._waiters.append(waiter)
+            elif self._idle:
+                return self._idle.pop()  # the most recently used: its pages are the warmest
+            else:
+                self._opened += 1
+        if waiter is None:
+            return self._open_pooled()
+        handed = waiter.ready.acquire(timeout=self.timeout_s)
+        with self._pool_lock:
+            self._refuse_if_closed()
+            if not handed and waiter in self._waiters:  # nobody handed it anything in time
+                self._waiters.remove(waiter)
+                raise StoreError(
+                    f"SQLite store {self.path}: cannot {action}: all {self._max_connections} connections of this "
+                    f"process were in use for more than {self.timeout_s:g}s", maybe_applied=False)
+        # Handed a connection (perhaps just as the wait ran out), or the place of one that failed to open.
+        return waiter.conn if waiter.conn is not None else self._open_pooled()
+
+    def _open_pooled(self) -> _Connection:
+        """Open a connection for the pool, whose place (counted in ``_opened``) is already taken."""
         try:
-            conn = self._connect()
+            return self._register(self._connect())
         except BaseException:
-            with self._pool_changed:
-                self._opened -= 1
-                self._pool_changed.notify()
+            with self._pool_lock:
+                if self._waiters:  # the place goes to the oldest waiter, who tries in turn
+                    self._waiters.popleft().ready.release()
+                else:
+                    self._opened -= 1
             raise
+
+    def _give_back(self, conn: _Connection) -> None:
+        with self._pool_lock:
+            if self._closed:
+                return
+            if self._waiters:
+                waiter = self._waiters.popleft()
+                waiter.conn = conn
+                waiter.ready.release()
+            else:
+                self._idle.append(conn)
+
+    def _writer_connection(self) -> tuple[_Connection, bool]:
+        """The connection of the writer holding the writer locks, which must not wait for readers
+        (every other writer, of this process and of others, would wait behind it): an idle pooled one
+        when nobody waits for it, else a new pooled one under the cap, else the writers' spare, opened
+        when first needed (one writer at a time holds the locks). True when pooled (to give back)."""
+        with self._pool_lock:
+            self._refuse_if_closed()
+            if not self._waiters and self._idle:
+                return self._idle.pop(), True
+            grow = not self._waiters and self._opened < self._max_connections
+            if grow:
+                self._opened += 1
+        if grow:
+            return self._open_pooled(), True
+        if self._spare is None:
+            self._spare = self._register(self._connect())
+        return self._spare, False
+
+    def _register(self, conn: _Connection) -> _Connection:
+        """Record a new connection for close(), which may have begun while it was opening."""
         with self._lock:
+            if self._closed:
+                conn.close()
+                self._refuse_if_closed()
             self._connections.add(conn)
         return conn
 
-    def _give_back(self, conn: _Connection) -> None:
-        with self._pool_changed:
-            if self._pool_pid == os.getpid() and not self._closed:
-                self._idle.append(conn)
-            self._pool_changed.notify()
+    def _refuse_if_closed(self) -> None:
+        if self._closed:
+            raise StoreError(f"SQLite store {self.path} is closed", maybe_applied=False)
+
+    def _after_fork(self) -> None:
+        """In a forked child (see _after_fork_in_child): the parent's connections, locks and lock
+        file description are the parent's. Sharing the flock's description would let parent and
+        child write at once, and the child's unlock would release the parent's lock; a lock another
+        thread held at fork() would stay held for good. The child starts afresh."""
+        _INHERITED.extend(self._connections)
+        self._connections = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._pool_lock = threading.Lock()
+        self._idle, self._waiters, self._opened, self._spare = [], deque(), 0, None
+        self._writer = _WriterLock()
+        self._processes = self._processes.after_fork()
 
     @contextmanager
     def _translate(self, action: str) -> Iterator[None]:
@@ -449,58 +551,68 @@ class SqliteStore(Store):
         # Writers of this process queue on a lock instead of racing in SQLite's busy handler, whose
         # sleep-and-retry loop starves some threads under contention (50 threads, one budget). The
         # timeout bounds how long one writer may hold it, not the queue (see _WriterLock).
-        if not self._writer.acquire(timeout=self.timeout_s):
-            raise StoreError(f"SQLite store {self.path}: cannot {action}: other writers held it for more than "
-                             f"{self.timeout_s:g}s", maybe_applied=False)
-        try:
-            if not self._processes.acquire(timeout=self.timeout_s):
-                raise StoreError(f"SQLite store {self.path}: cannot {action}: another process's writer held it "
-                                 f"for more than {self.timeout_s:g}s", maybe_applied=False)
+        # The locks are the ones of this process even if it forks meanwhile (see _after_fork).
+        # An in-memory database's one connection is taken first, waiting in the pool like a reader:
+        # the writer then finds it held (a writer never waits for a connection holding the locks).
+        one_connection: AbstractContextManager[object] = self._using(action) if self._in_memory else nullcontext()
+        with self._translate(action), one_connection:
+            writer, processes = self._writer, self._processes
+            if not writer.acquire(timeout=self.timeout_s):
+                raise StoreError(f"SQLite store {self.path}: cannot {action}: other writers held it for more "
+                                 f"than {self.timeout_s:g}s", maybe_applied=False)
             try:
-                with self._translate(action), self._using() as conn:
-                    if not transaction:
-                        yield conn
-                        return
-                    with _transaction(conn, "BEGIN IMMEDIATE"):
-                        yield conn
+                if not processes.acquire(timeout=self.timeout_s):
+                    raise StoreError(f"SQLite store {self.path}: cannot {action}: another process's writer held "
+                                     f"it for more than {self.timeout_s:g}s", maybe_applied=False)
+                try:
+                    with self._using(action, writer=True) as conn:
+                        if not transaction:
+                            yield conn
+                            return
+                        with _transaction(conn, "BEGIN IMMEDIATE"):
+                            yield conn
+                finally:
+                    processes.release()
             finally:
-                self._processes.release()
-        finally:
-            self._writer.release()
+                writer.release()
 
     @contextmanager
     def _read(self, action: str) -> Iterator[sqlite3.Connection]:
-        with self._translate(action), self._using() as conn:
+        with self._translate(action), self._using(action) as conn:
             yield conn
 
     @contextmanager
-    def _using(self) -> Iterator[_Connection]:
+    def _using(self, action: str = "use the database", *, writer: bool = False) -> Iterator[_Connection]:
         """A connection of the process's pool for the block; a block inside another of the same
-        thread shares the outer one's. Threads share at most :data:`MAX_CONNECTIONS`: one per
-        thread (256 listener threads in a Slack worker) meant hundreds of connections on one WAL
-        file, each opened during the burst that first needed it — two workers answered 600 cache
-        hits at 334–349 answers/s with them, 422–465 with 16 shared."""
+        thread shares the outer one's (a write inside a read, a read inside a write's transaction).
+        Threads share at most :data:`MAX_CONNECTIONS`: one per thread (256 listener threads in a
+        Slack worker) meant hundreds of connections on one WAL file, each opened during the burst
+        that first needed it — two workers answered 600 cache hits at 334–349 answers/s with them,
+        422–465 with 16 shared. The ``writer`` (holding the writer locks) never waits for the pool:
+        when no connection is free it writes on its own spare one (see _writer_connection); with
+        16 threads reading back to back it waited for one for up to a second, and every writer of
+        every process waited behind it."""
         pid = os.getpid()
         held: tuple[int, _Connection] | None = getattr(self._local, "held", None)
         if held is not None and held[0] == pid:
             with held[1].in_use:
                 yield held[1]
             return
-        conn = self._take()
+        conn, pooled = self._writer_connection() if writer else (self._take(action), True)
         self._local.held = (pid, conn)
         try:
             with conn.in_use:
-                if self._closed:  # closed while we waited: the connection may be gone
-                    raise StoreError(f"SQLite store {self.path} is closed", maybe_applied=False)
+                self._refuse_if_closed()  # closed while we waited: the connection may be gone
                 yield conn
         finally:
             self._local.held = None
-            self._give_back(conn)
+            if pooled and os.getpid() == pid:  # not the parent's connection into a forked child's pool
+                self._give_back(conn)
 
     @contextmanager
     def _snapshot(self, action: str) -> Iterator[sqlite3.Connection]:
         """Several reads of one consistent state (a deferred read transaction; WAL: never blocks)."""
-        with self._translate(action), self._using() as conn, _transaction(conn, "BEGIN"):
+        with self._translate(action), self._using(action) as conn, _transaction(conn, "BEGIN"):
             yield conn
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -512,16 +624,19 @@ class SqliteStore(Store):
             conn.execute("SELECT 1").fetchone()
 
     def close(self) -> None:
-        with self._pool_changed:
+        with self._pool_lock:
             self._closed = True
             self._idle.clear()
-            self._pool_changed.notify_all()  # threads waiting for a connection: closed
+            waiters, self._waiters = self._waiters, deque()
+            for waiter in waiters:  # threads waiting for a connection: closed
+                waiter.ready.release()
         with self._lock:
-            connections = list(self._connections)
+            connections = list(self._connections)  # the writers' spare too
             self._connections.clear()
         if self._writer.acquire(timeout=self.timeout_s):  # no writer holds the lock file now
             try:
                 self._processes.close()
+                self._spare = None
             finally:
                 self._writer.release()
         for conn in connections:
@@ -996,9 +1111,13 @@ class _ProcessWriters:
     in-memory database has no other process: nothing to lock. SQLite's own lock still guards every
     write; this one only decides who tries first (a process killed holding it loses it with its fd)."""
 
-    def __init__(self, path: Path) -> None:
-        self._path = None if str(path) == ":memory:" else Path(f"{path}-writers")
+    def __init__(self, lock_path: Path | None) -> None:
+        self._path = lock_path
         self._fd: int | None = None
+
+    @classmethod
+    def beside(cls, database: Path) -> _ProcessWriters:
+        return cls(None if str(database) == ":memory:" else Path(f"{database}-writers"))
 
     def acquire(self, timeout: float) -> bool:
         if self._path is None:
@@ -1029,6 +1148,15 @@ class _ProcessWriters:
             import fcntl
 
             fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def after_fork(self) -> _ProcessWriters:
+        """A forked child's own lock, on a file description of its own: an flock belongs to the
+        description, which the child shares with its parent. The inherited descriptor is closed
+        (that releases nothing: the parent's stays open) and this object locks nothing any more, so
+        a write the fork caught in the child's one thread cannot unlock the parent's lock either."""
+        fresh = _ProcessWriters(self._path)
+        self.close()
+        return fresh
 
     def close(self) -> None:
         """Close the lock file (call holding :class:`_WriterLock`); writes after it lock nothing
