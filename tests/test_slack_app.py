@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -15,16 +16,29 @@ from typing import Any
 import pytest
 import structlog
 import yaml  # type: ignore[import-untyped]  # PyYAML ships no stubs; types-PyYAML is not installed
+from slack_bolt import App, BoltRequest
 from slack_sdk.http_retry import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
+from slack_sdk.signature import SignatureVerifier
 
 from bot.answer_types import Answer, Question
 from bot.settings import ThreadReplies
 from bot.slack.answers import HELP_TEXT
-from bot.slack.app import BOT_EVENTS, BOT_SCOPES, SlackSettings, make_client, socket_mode_handler
+from bot.slack.app import (
+    BOT_EVENTS,
+    BOT_SCOPES,
+    SlackSettings,
+    _WaitingClients,
+    build_app,
+    make_client,
+    socket_mode_handler,
+)
 from bot.slack.conversation import MAX_QUESTION_CHARS, strip_mentions, thread_history
 from bot.slack.feedback import ACTION_FRESH_ANSWER
+from bot.slack.middleware import InstalledWorkspaceOnly
 from bot.slack.render import ACTION_FEEDBACK, ACTION_FEEDBACK_DOWN, ACTION_FEEDBACK_UP
+from bot.slack.server import DrainingExecutor, WorkTurns
 from bot.slack.working import WorkingIndicator
+from proxy_core import Accounts, PennySettings
 from proxy_core.stores.sqlite import SqliteStore
 from tests.fake_slack import FakeSlack, SlackCall
 from tests.slack_harness import (
@@ -38,6 +52,7 @@ from tests.slack_harness import (
     Harness,
     ScriptedAnswerer,
     block_action,
+    event_body,
     mention,
     message,
     wait_cleared,
@@ -728,6 +743,82 @@ def test_a_client_made_with_waiting_makes_each_call_and_its_retries_inside_it(sl
     assert calls_inside == [0, 1]  # the call, entered before it reached Slack and left after
     assert {type(h) for h in client.retry_handlers} >= {RateLimitErrorRetryHandler, ConnectionErrorRetryHandler}
     assert type(copy.copy(client)) is type(client)  # a stream's copy of it lends the turn too
+
+
+def _signed(body: str, content_type: str = "application/json") -> BoltRequest:
+    stamp = str(int(time.time()))
+    signature = SignatureVerifier(SECRET).generate_signature(timestamp=stamp, body=body)
+    assert signature is not None
+    return BoltRequest(body=body, headers={"content-type": [content_type], "x-slack-signature": [signature],
+                                           "x-slack-request-timestamp": [stamp]})
+
+
+def _second_call_arrives(answer: dict[str, Any], *, within_s: float = 3.0) -> tuple[Callable[[SlackCall], Any],
+                                                                                     list[bool]]:
+    """A fake Slack responder that holds the first call until a second one has arrived (at most
+    ``within_s``), and the record of whether it did."""
+    arrived, lock, second, overlapped = [0], threading.Lock(), threading.Event(), []
+
+    def responder(_call: SlackCall) -> dict[str, Any]:
+        with lock:
+            arrived[0] += 1
+            first = arrived[0] == 1
+        if first:
+            overlapped.append(second.wait(timeout=within_s))
+        else:
+            second.set()
+        return answer
+
+    return responder, overlapped
+
+
+def test_in_an_http_worker_a_listeners_slack_calls_lend_its_turn(slack: FakeSlack, sqlite_store: SqliteStore) -> None:
+    turns = WorkTurns(1)
+    listeners = DrainingExecutor(4, thread_name_prefix="penny-lend", turns=turns)
+    settings = SlackSettings(bot_token=TOKEN, signing_secret=SECRET, api_url=slack.base_url)
+    app = build_app(answerer=ScriptedAnswerer(), store=sqlite_store, settings=settings,
+                    client=make_client(settings, waiting=turns.waiting), listener_executor=listeners,
+                    accounts=Accounts(sqlite_store, PennySettings(_env_file=None)),  # type: ignore[call-arg]
+                    working=WorkingIndicator(workers=0))
+    # The first answer's post reaches Slack and waits there: the second question's listener, on the
+    # one turn, gets as far as its own post only if the first listener lent its turn meanwhile.
+    post, overlapped = _second_call_arrives({"ok": True, "channel": "C1", "ts": "1700000999.000100"})
+    slack.respond("chat.postMessage", post)
+    try:
+        for i in range(2):
+            event = event_body(mention(f"<@UPENNY> question {i}", ts=f"170000010{i}.000100"), f"EvLend{i}")
+            assert app.dispatch(_signed(event)).status == 200  # Bolt's own dispatch: its per-request client
+        slack.wait_for("chat.postMessage", 2)
+        assert listeners.drain(10) == 0
+    finally:
+        listeners.shutdown()
+    assert overlapped == [True]
+
+
+def test_a_slow_installation_lookup_cannot_deadlock_listeners_that_lend_their_turn(slack: FakeSlack) -> None:
+    """InstalledWorkspaceOnly holds no lock across auth.test: were a lending client to make that call,
+    the requests waiting on the lock would hold every turn while the caller waited for one back."""
+    turns = WorkTurns(1)
+    listeners = DrainingExecutor(4, thread_name_prefix="penny-auth", turns=turns)
+    client = make_client(SlackSettings(bot_token=TOKEN, signing_secret=SECRET, api_url=slack.base_url),
+                         waiting=turns.waiting)
+    app = App(client=client, signing_secret=SECRET, listener_executor=listeners)  # Bolt's auth.test: done now
+    app.use(_WaitingClients(turns.waiting))  # before the installation check: its auth.test lends the turn
+    app.use(InstalledWorkspaceOnly())
+    heard: list[str] = []
+    app.event("app_mention")(lambda event: heard.append(event["text"]))
+    lookup, overlapped = _second_call_arrives({"ok": True, "team_id": TEAM, "team": "Penny Test", "user_id": BOT_USER,
+                                               "bot_id": BOT_ID, "app_id": "A0PENNY", "user": "penny"})
+    slack.respond("auth.test", lookup)
+    try:
+        # Two events' handling on the one turn, as EarlyAcks runs them (_dispatch_acked).
+        handled = [listeners.submit(app.dispatch, _signed(event_body(mention(f"<@UPENNY> q{i}"), f"EvAuth{i}")))
+                   for i in range(2)]
+        assert [future.result(timeout=5).status for future in handled] == [200, 200]
+        assert listeners.drain(5) == 0
+    finally:
+        listeners.shutdown(wait=False)
+    assert sorted(heard) == ["<@UPENNY> q0", "<@UPENNY> q1"] and overlapped == [True]
 
 
 def test_socket_mode_handler_builds_without_connecting(penny: Harness) -> None:

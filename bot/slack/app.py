@@ -14,7 +14,8 @@ Where things are:
 - :mod:`bot.slack.conversation`: what Penny reads of a payload and of a thread (pure).
 
 Every Web API call goes through a client with the SDK's retry handlers for Slack's rate limits
-(HTTP 429, honouring ``Retry-After``) and for connection errors (:func:`make_client`).
+(HTTP 429, honouring ``Retry-After``) and for connection errors (:func:`make_client`). In an HTTP
+worker, each listener's calls, those retries' waits included, lend its turn (``WorkTurns``).
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from slack_bolt import App, Assistant
+from slack_bolt import App, Assistant, BoltRequest, BoltResponse, Respond
+from slack_bolt.middleware import Middleware
 from slack_sdk import WebClient
 from slack_sdk.http_retry import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 from slack_sdk.web import SlackResponse
+from slack_sdk.webhook import WebhookResponse
 
 from bot.answer_types import Answerer
 from bot.proxy.keys import KeyRing
@@ -99,7 +102,8 @@ def make_client(settings: SlackSettings, *, waiting: Callable[[], AbstractContex
     """A WebClient that retries Slack's rate limits (honouring ``Retry-After``) and connection errors.
     With ``waiting``, each Web API call, its retries and their waits included, runs inside
     ``waiting()``: an HTTP worker's listener lends its turn while Slack answers (``WorkTurns``), so
-    answers sleeping out a rate limit never hold every turn."""
+    answers sleeping out a rate limit never hold every turn. :func:`build_app` gives each request's
+    listeners a client like it (:class:`_WaitingClients`)."""
     handlers = [RateLimitErrorRetryHandler(max_retry_count=2), ConnectionErrorRetryHandler(max_retry_count=2)]
     options: dict[str, Any] = {"token": settings.bot_token, "retry_handlers": handlers}
     if settings.api_url:
@@ -113,11 +117,48 @@ class _WaitingWebClient(WebClient):
 
     def __init__(self, waiting: Callable[[], AbstractContextManager[object]], **options: Any) -> None:
         super().__init__(**options)
-        self._waiting = waiting
+        self.waiting = waiting
 
     def api_call(self, *args: Any, **kwargs: Any) -> SlackResponse:
-        with self._waiting():
+        with self.waiting():
             return super().api_call(*args, **kwargs)
+
+
+class _WaitingRespond(Respond):
+    """Bolt's ``respond`` (a POST to the request's ``response_url``), inside ``waiting()``."""
+
+    def __init__(self, waiting: Callable[[], AbstractContextManager[object]], **options: Any) -> None:
+        super().__init__(**options)
+        self._waiting = waiting
+
+    def __call__(self, *args: Any, **kwargs: Any) -> WebhookResponse:
+        with self._waiting():
+            return super().__call__(*args, **kwargs)
+
+
+class _WaitingClients(Middleware):
+    """Gives each request's listeners a client whose calls run inside ``waiting()``, like the app's.
+
+    Bolt builds a plain WebClient for each request from the app client's settings
+    (``App._init_context``): that one, not the app's, is every listener's ``client`` and what
+    ``say``, ``set_status`` and the assistant helpers call through. This replaces it with a copy
+    that waits, and ``respond`` with one that waits too. It runs after Bolt's authorization and
+    Penny's installation check, whose ``auth.test`` keep the plain client."""
+
+    def __init__(self, waiting: Callable[[], AbstractContextManager[object]]) -> None:
+        self._waiting = waiting
+
+    def process(self, *, req: BoltRequest, resp: BoltResponse, next: Callable[[], BoltResponse]) -> BoltResponse:
+        context = req.context
+        plain = context.client
+        context["client"] = _WaitingWebClient(
+            self._waiting, token=plain.token, base_url=plain.base_url, timeout=plain.timeout, ssl=plain.ssl,
+            proxy=plain.proxy, headers=dict(plain.headers), team_id=context.team_id, logger=plain.logger,
+            retry_handlers=plain.retry_handlers,
+        )
+        context["respond"] = _WaitingRespond(self._waiting, response_url=context.response_url, proxy=plain.proxy,
+                                             ssl=plain.ssl)
+        return next()
 
 
 def build_app(
@@ -138,7 +179,9 @@ def build_app(
     sleep: Callable[[float], None] = time.sleep,
     doc_pages: Callable[[], Sequence[DocPage]] | None = None,
 ) -> App:
-    """Penny's Bolt app. ``client`` defaults to :func:`make_client`; ``on_feedback`` gets 👍/👎 clicks.
+    """Penny's Bolt app. ``client`` defaults to :func:`make_client`; one made with ``waiting`` makes
+    every listener's Slack calls (``client``, ``say``, ``respond``) run inside ``waiting()`` too.
+    ``on_feedback`` gets 👍/👎 clicks.
 
     ``/cost`` and the App Home read spend, budgets and rate-limit headroom through ``accounts`` (the
     gateway's own, ``gateway.accounts``); admins are ``settings.admin_user_ids`` and Slack's own.
@@ -165,6 +208,8 @@ def build_app(
     # Before any listener, on the ack's path: pure checks, no store write, no LLM call.
     app.use(InstalledWorkspaceOnly(installation))
     app.use(FromPeopleOnly())
+    if isinstance(web_client, _WaitingWebClient):  # listeners' Slack calls lend their turn too
+        app.use(_WaitingClients(web_client.waiting))
 
     once = Once(store)
     asked = AskedPages(store)

@@ -72,8 +72,8 @@ def foreign_request(installed: SlackInstallation, *, team_id: str | None, enterp
 class InstalledWorkspaceOnly(Middleware):
     """Drops requests not for the installation the bot token belongs to (see the module doc).
 
-    ``installation`` comes from Penny's start-up check; without one, the first request looks it up
-    with ``auth.test`` (once per process, again only after a failed lookup)."""
+    ``installation`` comes from Penny's start-up check; without one, the first requests look it up
+    with ``auth.test`` (until a lookup succeeds; then never again)."""
 
     def __init__(self, installation: SlackInstallation | None = None) -> None:
         self._installation = installation
@@ -105,16 +105,17 @@ class InstalledWorkspaceOnly(Middleware):
     def _installed(self, req: BoltRequest) -> SlackInstallation | None:
         if self._installation is not None:
             return self._installation
-        with self._lock:
-            if self._installation is None:
-                try:
-                    response = req.context.client.auth_test()
-                except Exception as exc:
-                    _log.warning("slack.auth_test_failed", error=exc)
-                    return None
-                data = response.data if isinstance(response.data, dict) else {}
-                self._installation = SlackInstallation.from_auth_test(data, response.headers)
-            return self._installation
+        # No lock is held across the call: in an HTTP worker a Slack call can lend the listener's
+        # turn (WorkTurns), and requests waiting on that lock would hold every turn while the
+        # caller waited for one back. Requests arriving before one lookup succeeds each look it up.
+        try:
+            response = req.context.client.auth_test()
+        except Exception as exc:
+            _log.warning("slack.auth_test_failed", error=exc)
+            return None
+        data = response.data if isinstance(response.data, dict) else {}
+        self._installation = SlackInstallation.from_auth_test(data, response.headers)
+        return self._installation
 
 
 def written_by_a_person(event: Mapping[str, Any]) -> bool:

@@ -314,8 +314,9 @@ class WorkTurns:
     that run; with the threads started at boot (:meth:`DrainingExecutor.start_threads`), 8, 16 and
     32 turns gave 476–536, 449–463 and 376–516 answers/s on Redis and 450–499, 483–524 and 455–522
     on SQLite (three runs or more each). A turn is kept across store calls (short); it is lent
-    during Slack's Web API calls too (``make_client(waiting=…)``), whose rate-limit retries sleep
-    out ``Retry-After``."""
+    during a listener's Slack calls too (``make_client(waiting=…)``, whose waiting client
+    ``build_app`` gives every request's listeners), whose rate-limit retries sleep out
+    ``Retry-After``."""
 
     def __init__(self, turns: int = ANSWER_TURNS) -> None:
         self._free = threading.Semaphore(turns)
