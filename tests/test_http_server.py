@@ -302,6 +302,48 @@ def test_a_listener_waiting_on_something_slow_lends_its_turn_and_gets_one_back()
         listeners.shutdown()
 
 
+def until(done: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Wait until ``done()`` (another thread's progress), at most ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.002)
+
+
+def test_a_listener_back_from_a_wait_gets_a_turn_before_listeners_that_have_not_started() -> None:
+    turns = WorkTurns(1)
+    listeners = DrainingExecutor(4, thread_name_prefix="penny-back", turns=turns)
+    order: list[str] = []
+    lent, answered, running, finish = threading.Event(), threading.Event(), threading.Event(), threading.Event()
+
+    def answer() -> None:
+        with turns.waiting():  # the LLM call
+            lent.set()
+            assert answered.wait(timeout=5)
+        order.append("answer written")
+
+    def busy() -> None:
+        running.set()
+        assert finish.wait(timeout=5)
+        order.append("busy")
+
+    try:
+        first = listeners.submit(answer)
+        assert lent.wait(timeout=5)
+        second = listeners.submit(busy)  # on the turn the answer lent
+        assert running.wait(timeout=5)
+        third = listeners.submit(order.append, "new arrival")
+        until(lambda: turns.queued() == 1)
+        answered.set()  # the LLM answered: the first listener wants a turn back, after the new arrival
+        until(lambda: turns.queued() == 2)
+        finish.set()
+        for future in (first, second, third):
+            future.result(timeout=5)
+    finally:
+        listeners.shutdown()
+    assert order == ["busy", "answer written", "new arrival"]
+
+
 def test_start_threads_starts_every_pool_thread_at_once() -> None:
     listeners = DrainingExecutor(8, thread_name_prefix="penny-start")
     try:

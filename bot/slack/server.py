@@ -319,33 +319,65 @@ class WorkTurns:
     ``Retry-After``."""
 
     def __init__(self, turns: int = ANSWER_TURNS) -> None:
-        self._free = threading.Semaphore(turns)
+        self._turns = turns
+        self._lock = threading.Lock()
+        self._taken = 0
+        # Listeners waiting for a turn, each on a lock of its own that a listener giving its turn
+        # up releases (handing the turn over). Those back from a wait go first: their answer is
+        # under way, and behind a burst of new arrivals it would wait for all of them.
+        self._returning: deque[threading.Lock] = deque()
+        self._arriving: deque[threading.Lock] = deque()
         self._mine = threading.local()
 
     def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        """``fn(*args, **kwargs)``, once a turn is free."""
-        self._free.acquire()
+        """``fn(*args, **kwargs)``, once a turn is free for it: after the listeners that arrived
+        before it and every one coming back from a wait."""
+        self._take(self._arriving)
         self._mine.held = True
         try:
             return fn(*args, **kwargs)
         finally:
             self._mine.held = False
-            self._free.release()
+            self._give()
+
+    def queued(self) -> int:
+        """Listeners waiting for a turn (arrived, or back from a wait)."""
+        with self._lock:
+            return len(self._returning) + len(self._arriving)
 
     @contextmanager
     def waiting(self) -> Iterator[None]:
         """A block that waits on something slow: the calling listener's turn goes to another one
-        meanwhile, and it waits for a turn again after. Outside a listener's turn, nothing."""
+        meanwhile, and it waits for a turn again after, ahead of listeners that have not started.
+        Outside a listener's turn, nothing."""
         if not getattr(self._mine, "held", False):
             yield
             return
         self._mine.held = False
-        self._free.release()
+        self._give()
         try:
             yield
         finally:
-            self._free.acquire()
+            self._take(self._returning)
             self._mine.held = True
+
+    def _take(self, queue: deque[threading.Lock]) -> None:
+        with self._lock:
+            if self._taken < self._turns:  # then nobody is queued: turns go to the queued first
+                self._taken += 1
+                return
+            handed = threading.Lock()
+            handed.acquire()
+            queue.append(handed)
+        handed.acquire()  # until _give hands this listener its turn
+
+    def _give(self) -> None:
+        with self._lock:
+            queue = self._returning or self._arriving
+            if queue:
+                queue.popleft().release()  # the turn changes hands; as many are taken
+            else:
+                self._taken -= 1
 
 
 class DrainingExecutor(Executor):
