@@ -22,14 +22,18 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import pytest
 import yaml  # type: ignore[import-untyped]  # PyYAML ships no stubs
 from slack_bolt import App
 from slack_sdk import WebClient
 
+from bot.answer_types import Answer, Question
 from bot.docs.index import DocsIndex
+from bot.slack.app import SlackSettings, build_app, make_client
 from bot.slack.server import (
+    ACK_LISTENERS,
     BUFFERED_REQUEST_BYTES,
     AcksFirst,
     DrainingExecutor,
@@ -43,13 +47,16 @@ from bot.slack.server import (
     _PennyServer,
     request_complete,
 )
+from bot.slack.working import WorkingIndicator
+from proxy_core import Accounts, PennySettings
 from proxy_core.stores import store_from_url
+from proxy_core.stores.sqlite import SqliteStore
 from tests.bot_harness import Inline
 from tests.fake_openai import FakeOpenAI, Fault
 from tests.fake_slack import FakeSlack
 from tests.penny_http import ROOT, PennyHTTP, penny_env, post_event, question_event, raw_request, signed_headers
 from tests.redis_server import RedisServer, redis_server_binary
-from tests.slack_harness import BOT_ID, BOT_USER, SECRET, TEAM, TOKEN
+from tests.slack_harness import ANSWER, BOT_ID, BOT_USER, SECRET, TEAM, TOKEN
 
 pytestmark = pytest.mark.slow
 
@@ -349,7 +356,8 @@ def test_start_threads_starts_every_pool_thread_at_once() -> None:
     try:
         listeners.start_threads()
         deadline = time.monotonic() + 10
-        while sum(t.name.startswith("penny-start") for t in threading.enumerate()) < 8:
+        while sum(t.name.startswith("penny-start_") for t in threading.enumerate()) < 8 or \
+                sum(t.name.startswith("penny-start-ack_") for t in threading.enumerate()) < ACK_LISTENERS:
             assert time.monotonic() < deadline
             time.sleep(0.01)
     finally:
@@ -411,6 +419,62 @@ def test_an_event_delivery_is_acked_before_bolt_handles_it_and_anything_else_goe
     challenge = json.dumps({"type": "url_verification", "challenge": "c-123", "token": "t"})
     status, answer = _post(wsgi, challenge, {**signed_headers(challenge), "Content-Type": "application/json"})
     assert status == "200 OK" and b"c-123" in answer and not later.held
+
+
+class HeldAnswers:
+    """An answering service whose answers run (holding their turns, busy, not waiting on the LLM)
+    until ``release`` is set; counts those running at once."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.running = self.most = self.started = 0
+        self._lock = threading.Lock()
+
+    def answer(self, question: Question) -> Answer:
+        with self._lock:
+            self.started += 1
+            self.running += 1
+            self.most = max(self.most, self.running)
+        assert self.release.wait(timeout=10)
+        with self._lock:
+            self.running -= 1
+        return ANSWER
+
+
+def test_with_every_turn_held_and_answers_queued_a_slash_command_is_acked_at_once(
+    slack: FakeSlack, sqlite_store: SqliteStore
+) -> None:
+    slack.reset()
+    turns, acks_first, answers = WorkTurns(2), AcksFirst(), HeldAnswers()
+    listeners = DrainingExecutor(4, thread_name_prefix="penny-held", acks_first=acks_first, turns=turns)
+    settings = SlackSettings(bot_token=TOKEN, signing_secret=SECRET, api_url=slack.base_url)
+    app = build_app(answerer=answers, store=sqlite_store, settings=settings,
+                    client=make_client(settings, waiting=turns.waiting), listener_executor=listeners,
+                    accounts=Accounts(sqlite_store, PennySettings(_env_file=None)),  # type: ignore[call-arg]
+                    working=WorkingIndicator(workers=0))
+    wsgi = PennyWSGI(app, ready=lambda: None, acks_first=acks_first, early_acks=EarlyAcks(SECRET, listeners))
+    try:
+        for i in range(8):  # two answers hold both turns; six more wait, more than the pool has threads
+            event = question_event(f"question {i}", f"EvHeld{i}", user=f"U{i}", ts=f"17000007{i:02d}.000100")
+            assert _post(wsgi, event, signed_headers(event)) == ("200 OK", b"")
+        until(lambda: answers.started == 2 and turns.queued() >= 2)  # every thread busy: nothing moves
+        in_progress = listeners.pending()
+
+        form = urlencode({"command": "/cost", "text": "", "team_id": TEAM, "user_id": "U1", "channel_id": "C1",
+                          "api_app_id": "A0PENNY", "trigger_id": "trigger-1",
+                          "response_url": f"{slack.base_url}commands/{TEAM}/1/hook"})
+        started = time.monotonic()
+        status, _ = _post(wsgi, form, signed_headers(form, content_type="application/x-www-form-urlencoded"))
+        assert status == "200 OK" and time.monotonic() - started < 1.0  # Slack allows 3 s
+        [reply] = slack.wait_for(f"commands/{TEAM}/1/hook")
+        assert reply.params["response_type"] == "ephemeral"
+        until(lambda: listeners.pending() == in_progress)  # and it finished, its reply's wait included
+        assert answers.started == 2  # the command's turn, past the bound, let no other answer start
+    finally:
+        answers.release.set()
+    slack.wait_for("chat.postMessage", 8)
+    assert listeners.drain(10) == 0 and answers.most == 2
+    listeners.shutdown()
 
 
 def test_the_http_manifest_is_the_socket_mode_one_with_request_urls() -> None:

@@ -194,7 +194,8 @@ class PennyWSGI:
         if self._early_acks is not None and self._early_acks.take(request, body, headers, self._app):
             return _reply(start_response, 200, b"")  # Bolt's own ack of an event: an empty 200
         # What Bolt's WSGI adapter does with a POST to its path, without parsing the body again.
-        response = self._app.dispatch(request)
+        with self.acks_first.awaiting_ack():
+            response = self._app.dispatch(request)
         wsgi = WsgiHttpResponse(status=response.status, headers=response.headers, body=response.body)
         start_response(wsgi.status, wsgi.get_headers())
         return wsgi.get_body()
@@ -268,6 +269,22 @@ class AcksFirst:
         self._changed = threading.Condition()
         self._active = 0
         self._last = -quiet_s
+        self._here = threading.local()
+
+    @contextmanager
+    def awaiting_ack(self) -> Iterator[None]:
+        """Bolt dispatches a request on this thread and waits (up to 3 s) for its listener to ack
+        it: a slash command, a button, a form. A listener started meanwhile is part of that ack
+        (:meth:`ack_awaited`), not an answer to hold back."""
+        self._here.awaiting = True
+        try:
+            yield
+        finally:
+            self._here.awaiting = False
+
+    def ack_awaited(self) -> bool:
+        """Whether this thread is in :meth:`awaiting_ack`."""
+        return bool(getattr(self._here, "awaiting", False))
 
     @contextmanager
     def request(self) -> Iterator[None]:
@@ -304,7 +321,9 @@ ANSWER_TURNS: Final = 16  # a worker's listeners running at once; more wait for 
 
 class WorkTurns:
     """At most ``turns`` of a worker's listeners run at once; one waiting on the LLM gives its turn
-    to another meanwhile (:meth:`waiting`, entered by the gateway around the upstream call).
+    to another meanwhile (:meth:`waiting`, entered by the gateway around the upstream call). Turns
+    go in order of arrival, except that a listener back from a wait goes first, and one Slack awaits
+    an ack from never waits (:meth:`run_now`).
 
     A worker keeps 256 listener threads so that 200 questions each waiting a second on the LLM
     are all in flight at once. When answers are CPU-bound instead (cache hits), 256 of them in
@@ -333,12 +352,14 @@ class WorkTurns:
         """``fn(*args, **kwargs)``, once a turn is free for it: after the listeners that arrived
         before it and every one coming back from a wait."""
         self._take(self._arriving)
-        self._mine.held = True
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            self._mine.held = False
-            self._give()
+        return self._hold(False, fn, args, kwargs)
+
+    def run_now(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` on a turn taken at once, past the bound if none is free, and
+        taken back the same way after each wait: a listener Slack awaits an ack from never waits
+        for a turn. While it holds one, other listeners start only once fewer than ``turns`` do."""
+        self._take_now()
+        return self._hold(True, fn, args, kwargs)
 
     def queued(self) -> int:
         """Listeners waiting for a turn (arrived, or back from a wait)."""
@@ -358,8 +379,19 @@ class WorkTurns:
         try:
             yield
         finally:
-            self._take(self._returning)
+            if self._mine.at_once:
+                self._take_now()
+            else:
+                self._take(self._returning)
             self._mine.held = True
+
+    def _hold(self, at_once: bool, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        self._mine.held, self._mine.at_once = True, at_once
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self._mine.held = False
+            self._give()
 
     def _take(self, queue: deque[threading.Lock]) -> None:
         with self._lock:
@@ -371,13 +403,20 @@ class WorkTurns:
             queue.append(handed)
         handed.acquire()  # until _give hands this listener its turn
 
+    def _take_now(self) -> None:
+        with self._lock:
+            self._taken += 1
+
     def _give(self) -> None:
         with self._lock:
             queue = self._returning or self._arriving
-            if queue:
+            if queue and self._taken <= self._turns:  # (over the bound after run_now: not handed over)
                 queue.popleft().release()  # the turn changes hands; as many are taken
             else:
                 self._taken -= 1
+
+
+ACK_LISTENERS: Final = 32  # a worker's listeners Slack awaits an ack from, running at once (16 request threads)
 
 
 class DrainingExecutor(Executor):
@@ -388,11 +427,21 @@ class DrainingExecutor(Executor):
     they wait in a queue, and one dispatcher thread hands them to the pool once the acks are done.
     Only the dispatcher waits on the acks, so a burst of events does not wake hundreds of waiting
     threads at each ack, and the pool's threads are started off the ack's path. With ``turns``, a
-    listener runs once it has a turn (:class:`WorkTurns`)."""
+    listener runs once it has a turn (:class:`WorkTurns`).
+
+    A listener Bolt starts while a request thread awaits its ack (:meth:`AcksFirst.awaiting_ack`:
+    ``/cost``, a button, a form) must ack within Slack's 3 s, and priority in a queue would not do:
+    every turn can be held by answers that are busy, not waiting. It is part of that ack: it runs at
+    once, on a pool of its own (the answers' threads may all be waiting for turns, with more queued
+    behind them) and a turn taken past the bound if none is free (:meth:`WorkTurns.run_now`). Answers
+    stay bounded: none starts while ``turns`` listeners, these included, hold a turn."""
 
     def __init__(self, max_workers: int, *, thread_name_prefix: str = "penny-slack",
-                 acks_first: AcksFirst | None = None, turns: WorkTurns | None = None) -> None:
+                 acks_first: AcksFirst | None = None, turns: WorkTurns | None = None,
+                 ack_workers: int = ACK_LISTENERS) -> None:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
+        self._acking = ThreadPoolExecutor(max_workers=ack_workers, thread_name_prefix=f"{thread_name_prefix}-ack")
+        self._ack_workers = ack_workers
         self._max_workers = max_workers
         self._turns = turns
         self._thread_name_prefix = thread_name_prefix
@@ -405,12 +454,15 @@ class DrainingExecutor(Executor):
         self._closed = False
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        acking = self._acks_first is not None and self._acks_first.ack_awaited()
         if self._turns is not None:
-            fn, args = self._turns.run, (fn, *args)
+            fn, args = (self._turns.run_now if acking else self._turns.run), (fn, *args)
         with self._idle:
             self._running += 1
         try:
-            if self._acks_first is None:
+            if acking:
+                future = self._acking.submit(fn, *args, **kwargs)
+            elif self._acks_first is None:
                 future = self._pool.submit(fn, *args, **kwargs)
             else:
                 future = self._hold(fn, args, kwargs)
@@ -425,13 +477,14 @@ class DrainingExecutor(Executor):
         return self._running
 
     def start_threads(self, timeout_s: float = 10.0) -> None:
-        """Start every thread of the pool now (a worker booting), not during the first burst:
+        """Start every thread of both pools now (a worker booting), not during the first burst:
         the pool starts one per task while none is idle, and ``Thread.start`` waits for the new
         thread to run, behind every busy thread's turn on the GIL. Together with turns, 600 cache
         hits at once on 2 workers (Redis) went from 393–411 to 450–455 answers/s."""
-        started = threading.Barrier(self._max_workers, timeout=timeout_s)
-        for _ in range(self._max_workers):
-            self._pool.submit(_arrive, started)
+        for pool, threads in ((self._pool, self._max_workers), (self._acking, self._ack_workers)):
+            started = threading.Barrier(threads, timeout=timeout_s)
+            for _ in range(threads):
+                pool.submit(_arrive, started)
 
     def drain(self, timeout_s: float) -> int:
         """Wait until no listener runs or waits, at most ``timeout_s``; the number still running."""
@@ -451,6 +504,7 @@ class DrainingExecutor(Executor):
         if self._dispatcher is not None and wait:
             self._dispatcher.join()
         self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+        self._acking.shutdown(wait=wait, cancel_futures=cancel_futures)
 
     def _hold(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
         item = _WaitingListener(Future(), fn, args, kwargs)
