@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "examples" / "docs"
 KEY = "sk-test-http-0123456789abcdef"
 _LISTENING = re.compile(r"listening for Slack events on (http://\S+)")
-_WORKER_READY = re.compile(r"^Penny worker \d+ is ready")
+_WORKER_READY = re.compile(r"Penny worker \d+ is ready")
 
 
 def penny_env(tmp: Path, *, openai_url: str, slack_url: str, store_url: str | None = None,
@@ -98,7 +98,7 @@ class PennyHTTP:
             found = _LISTENING.search(line)
             if found:
                 self.url = found.group(1)
-            ready += bool(_WORKER_READY.search(line))
+            ready += len(_WORKER_READY.findall(line))
         self.port = int(self.url.split(":")[2].split("/")[0])
         while self.get("/readyz")[0] != 200:
             if time.monotonic() > deadline or self.proc.poll() is not None:

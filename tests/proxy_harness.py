@@ -141,7 +141,7 @@ class ProxyProcess:
                 raise AssertionError(f"penny proxy did not start: {self.err.read_text()[-2000:]}") from None
             found = _LISTENING.search(line)
             self.url = found.group(1) if found else self.url
-            ready += line.startswith("Penny worker")
+            ready += line.count("Penny worker")
         self.root = self.url.removesuffix("/v1")
 
     def _read(self, stream: IO[str]) -> None:

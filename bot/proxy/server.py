@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Literal, TextIO
 
 from bot.proxy.app import ProxyApp
 from bot.proxy.keys import PROXY_KEY_CACHE_S, KeyRing
-from bot.slack.server import HTTPOptions, ops_reply, run_arbiter
+from bot.slack.server import HTTPOptions, announce, ops_reply, run_arbiter
 from proxy_core import ConfigurationError, Gateway, PennySettings, StoreError
 
 if TYPE_CHECKING:
@@ -68,11 +68,11 @@ def serve_proxy(settings: PennySettings, options: HTTPOptions, *, out: TextIO,
 
     def on_ready(what: str) -> None:
         if what.startswith("worker "):
-            print(f"Penny {what} is ready", file=out, flush=True)
+            announce(out, f"Penny {what} is ready")
             return
         workers = f"{options.workers} worker{'s' if options.workers != 1 else ''}"
-        print(f"Penny proxy is listening on {what} ({workers}); point an OpenAI client's base_url there "
-              f"with a key from penny keys create. SIGTERM stops it gracefully.", file=out, flush=True)
+        announce(out, f"Penny proxy is listening on {what} ({workers}); point an OpenAI client's base_url there "
+                      "with a key from penny keys create. SIGTERM stops it gracefully.")
 
     return run_arbiter(options, lambda render: ProxyWorker(settings, metrics=render, cache_scope=cache_scope),
                        on_ready, out=out, metrics_port=settings.metrics_port, url_path=API_PATH)

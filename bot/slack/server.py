@@ -67,7 +67,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AcksFirst", "Backend", "DrainingExecutor", "EarlyAcks", "HTTPOptions", "PennyWSGI", "PennyWorker", "Served",
-    "WorkTurns", "WorkerLoads", "ops_reply", "run_arbiter", "serve",
+    "WorkTurns", "WorkerLoads", "announce", "ops_reply", "run_arbiter", "serve",
 ]
 
 EVENTS_PATH: Final = "/slack/events"
@@ -1011,13 +1011,21 @@ def serve(settings: BotSettings, options: HTTPOptions, open_backend: Callable[[W
 
     def on_ready(what: str) -> None:
         if what.startswith("worker "):
-            print(f"Penny {what} is ready", file=out, flush=True)
+            announce(out, f"Penny {what} is ready")
             return
         workers = f"{options.workers} worker{'s' if options.workers != 1 else ''}"
-        print(f"Penny is listening for Slack events on {what} ({workers}). SIGTERM stops it gracefully.",
-              file=out, flush=True)
+        announce(out, f"Penny is listening for Slack events on {what} ({workers}). SIGTERM stops it gracefully.")
 
     return run_arbiter(options, build, on_ready, out=out, metrics_port=metrics_port)
+
+
+def announce(out: TextIO, line: str) -> None:
+    """Write one line of the server's own output in one write. The workers print theirs at the same
+    moment on the stdout they share, and ``print`` writes a line's text and its newline apart when
+    the stream is unbuffered (``PYTHONUNBUFFERED``): two workers' lines then interleaved into one,
+    and whatever read them (a supervisor, a test waiting for each worker) missed a worker."""
+    out.write(line + "\n")
+    out.flush()
 
 
 def run_arbiter(options: HTTPOptions, build: Callable[[Callable[[], bytes]], Served],
@@ -1032,7 +1040,7 @@ def run_arbiter(options: HTTPOptions, build: Callable[[Callable[[], bytes]], Ser
     try:
         if metrics_port:
             _serve_arbiter_metrics(render, metrics_port)
-            print(f"metrics on http://127.0.0.1:{metrics_port}/metrics", file=out, flush=True)
+            announce(out, f"metrics on http://127.0.0.1:{metrics_port}/metrics")
         _PennyServer(options, partial(build, render), on_ready, metrics_dir, url_path=url_path).run()
         return 0
     except SystemExit as exc:
