@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
@@ -105,7 +106,7 @@ def gateway_settings() -> dict[str, Any]:
 @pytest.fixture
 def make_gateway(store: Store, clock: ManualClock, fake: FakeOpenAI,
                  gateway_settings: dict[str, Any]) -> Iterator[GatewayFactory]:
-    """``make_gateway(store_=None, *, sleep=None, on_budget_alert=None, **settings)``: a gateway on the
+    """``make_gateway(store_=None, *, sleep=None, on_budget_alert=None, waiting=None, **settings)``: a gateway on the
     test's store (or ``store_``), clock and fake OpenAI, with no rate limits, a 2 s timeout and retry
     jitter fixed at 0.5. After the test each one's cache is closed (its sync threads stop); the store
     fixtures close the stores."""
@@ -114,7 +115,8 @@ def make_gateway(store: Store, clock: ManualClock, fake: FakeOpenAI,
     made: list[Gateway] = []
 
     def make(store_: Store | None = None, *, sleep: Sleep | None = None,
-             on_budget_alert: Callable[[BudgetAlert], None] | None = None, **overrides: Any) -> Gateway:
+             on_budget_alert: Callable[[BudgetAlert], None] | None = None,
+             waiting: Callable[[], AbstractContextManager[object]] = nullcontext, **overrides: Any) -> Gateway:
         params: dict[str, Any] = {
             "openai_api_key": API_KEY,
             "openai_base_url": fake.base_url,
@@ -131,6 +133,7 @@ def make_gateway(store: Store, clock: ManualClock, fake: FakeOpenAI,
         gateway = Gateway(
             settings, store=store_ or store, upstream=upstream, metrics=Metrics(CollectorRegistry()),
             clock=clock, wall=clock, sleep=sleep or clock.sleep, rand=lambda: 0.5, on_budget_alert=on_budget_alert,
+            waiting=waiting,
         )
         made.append(gateway)
         return gateway

@@ -535,7 +535,7 @@ def test_accounts_read_the_very_buckets_and_budget_lines_the_gateway_charges(mak
 
 
 def test_waiting_is_entered_around_the_upstream_call_and_a_hit_waits_on_nothing(
-    store: Store, clock: ManualClock, fake: FakeOpenAI
+    make_gateway: GatewayFactory, fake: FakeOpenAI
 ) -> None:
     around: list[tuple[str, int]] = []
 
@@ -545,35 +545,23 @@ def test_waiting_is_entered_around_the_upstream_call_and_a_hit_waits_on_nothing(
         yield
         around.append(("leave", fake.count("chat")))
 
-    settings = PennySettings(openai_api_key=API_KEY, openai_base_url=fake.base_url, request_timeout_s=2.0,
-                             requests_per_minute=0, tokens_per_minute=0, semantic_cache=False)
-    gw = Gateway(settings, store=store, upstream=OpenAIUpstream(api_key=API_KEY, base_url=fake.base_url, timeout_s=2),
-                 clock=clock, waiting=waiting)
-    try:
-        ask(gw, "How do I deploy?", "r1")
-        assert around == [("enter", 0), ("leave", 1)]  # the upstream call, and only it, inside
-        assert ask(gw, "How do I deploy?", "r2").cache_status == "exact"
-        assert around == [("enter", 0), ("leave", 1)]  # a cache hit waits on nothing
-    finally:
-        gw.close()
+    gw = make_gateway(semantic_cache=False, waiting=waiting)
+    ask(gw, "How do I deploy?", "r1")
+    assert around == [("enter", 0), ("leave", 1)]  # the upstream call, and only it, inside
+    assert ask(gw, "How do I deploy?", "r2").cache_status == "exact"
+    assert around == [("enter", 0), ("leave", 1)]  # a cache hit waits on nothing
 
 
 def test_upstream_latency_leaves_out_the_wait_after_the_call_to_get_a_turn_back(
-    store: Store, clock: ManualClock, fake: FakeOpenAI
+    make_gateway: GatewayFactory, clock: ManualClock
 ) -> None:
     @contextmanager
     def waiting() -> Iterator[None]:
         yield
         clock.advance(30.0)  # the caller waited half a minute for its turn back (WorkTurns)
 
-    settings = PennySettings(openai_api_key=API_KEY, openai_base_url=fake.base_url, request_timeout_s=2.0,
-                             requests_per_minute=0, tokens_per_minute=0, semantic_cache=False)
-    gw = Gateway(settings, store=store, upstream=OpenAIUpstream(api_key=API_KEY, base_url=fake.base_url, timeout_s=2),
-                 clock=clock, waiting=waiting)
-    try:
-        ask(gw, "How do I deploy?", "r1")
-        reg = gw.metrics.registry
-        assert reg.get_sample_value("penny_upstream_latency_seconds_count", {"kind": "chat"}) == 1
-        assert reg.get_sample_value("penny_upstream_latency_seconds_sum", {"kind": "chat"}) == 0.0  # the clock stood
-    finally:
-        gw.close()
+    gw = make_gateway(semantic_cache=False, waiting=waiting)
+    ask(gw, "How do I deploy?", "r1")
+    reg = gw.metrics.registry
+    assert reg.get_sample_value("penny_upstream_latency_seconds_count", {"kind": "chat"}) == 1
+    assert reg.get_sample_value("penny_upstream_latency_seconds_sum", {"kind": "chat"}) == 0.0  # the clock stood
