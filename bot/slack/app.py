@@ -156,8 +156,9 @@ class _WaitingClients(Middleware):
             proxy=plain.proxy, headers=dict(plain.headers), team_id=context.team_id, logger=plain.logger,
             retry_handlers=plain.retry_handlers,
         )
-        context["respond"] = _WaitingRespond(self._waiting, response_url=context.response_url, proxy=plain.proxy,
-                                             ssl=plain.ssl)
+        if context.response_url is not None:  # Bolt gives respond only to requests with one
+            context["respond"] = _WaitingRespond(self._waiting, response_url=context.response_url,
+                                                 proxy=plain.proxy, ssl=plain.ssl)
         return next()
 
 
