@@ -55,6 +55,7 @@ from tests.bot_harness import Inline
 from tests.fake_openai import FakeOpenAI, Fault
 from tests.fake_slack import FakeSlack
 from tests.penny_http import ROOT, PennyHTTP, penny_env, post_event, question_event, raw_request, signed_headers
+from tests.polling import until
 from tests.redis_server import RedisServer, redis_server_binary
 from tests.slack_harness import ANSWER, BOT_ID, BOT_USER, SECRET, TEAM, TOKEN
 
@@ -307,14 +308,6 @@ def test_a_listener_waiting_on_something_slow_lends_its_turn_and_gets_one_back()
         assert listeners.submit(lambda: "again").result(timeout=10) == "again"  # still one turn, free
     finally:
         listeners.shutdown()
-
-
-def until(done: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Wait until ``done()`` (another thread's progress), at most ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.002)
 
 
 def test_a_listener_back_from_a_wait_gets_a_turn_before_listeners_that_have_not_started() -> None:

@@ -6,8 +6,7 @@ Bolt's Assistant), and the context Slack reports under agent_view (``app_context
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +28,12 @@ from proxy_core.stores.sqlite import SqliteStore
 from tests.bot_harness import make_bot
 from tests.fake_openai import FakeOpenAI
 from tests.fake_slack import FakeSlack
+from tests.polling import until
 from tests.slack_harness import ANSWER, TEAM, Harness, ScriptedAnswerer, mention, message, wait_cleared
 
 DM = "D0PENNY"
 THREAD = "1729999327.187299"
 CONTEXT = {"channel_id": "C0GENERAL", "team_id": TEAM, "enterprise_id": None}
-
-
-def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait for a listener running on another thread to have done something."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
 
 
 def messages_tab(user: str = "U1") -> dict[str, Any]:

@@ -22,6 +22,7 @@ import pytest
 
 from proxy_core.errors import StoreError
 from proxy_core.stores.sqlite import MAX_CONNECTIONS, SqliteStore
+from tests.polling import until
 
 _HOLD = (
     "import fcntl, os, sys\n"
@@ -148,14 +149,6 @@ def every_connection_held(
             release.set()
         for holder in holders:
             holder.join(timeout=10)
-
-
-def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Look again every millisecond until ``condition`` holds (a state another thread reaches)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "never happened"
-        time.sleep(0.001)
 
 
 def test_a_writer_never_waits_for_the_readers_connections(tmp_path: Path) -> None:
