@@ -6,7 +6,7 @@ Bolt's Assistant), and the context Slack reports under agent_view (``app_context
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from bot.slack.agent import (
     suggested_prompts,
     thread_title,
 )
+from proxy_core import BlobStore, StoreError
 from proxy_core.stores.sqlite import SqliteStore
 from tests.bot_harness import make_bot
 from tests.fake_openai import FakeOpenAI
@@ -85,6 +86,60 @@ def test_asked_pages_are_written_at_most_once_a_window_and_top_adds_what_is_not_
     asked.add(TEAM, "ops/rollback.md", "Rollbacks")  # the window is over: everything held is written
     assert other_worker.top(TEAM) == {"ops/rollback.md": ("Rollbacks", 3), "ops/deploy.md": ("Deploying", 2)}
     assert asked.top(TEAM) == other_worker.top(TEAM)
+
+
+class Refusing(BlobStore):
+    """The real store behind a gate: the next ``refuse`` writes fail, each as ``failure`` says —
+    refused (nothing written), timed out (maybe written), or lost to another writer (the record
+    changes between the read and the compare-and-set)."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+        self.refuse = 0
+        self.failure = "refused"
+
+    def blob_get(self, key: str) -> bytes | None:
+        return self.store.blob_get(key)
+
+    def blob_scan(self, prefix: str) -> Iterator[tuple[str, bytes]]:
+        return self.store.blob_scan(prefix)
+
+    def blob_put_many(self, items: Mapping[str, bytes], delete: Sequence[str] = (), *,
+                      expect: tuple[str, bytes | None] | None = None) -> bool:
+        if self.refuse:
+            self.refuse -= 1
+            if self.failure == "raced":
+                self.store.blob_put_many({key: b"{}" + b" " * self.refuse for key in items})  # another writer
+            else:
+                raise StoreError("the store is down", maybe_applied=self.failure == "timed out")
+        return self.store.blob_put_many(items, delete, expect=expect)
+
+
+@pytest.mark.parametrize("failure", ["refused", "raced"])
+def test_asked_pages_a_write_surely_not_taken_keeps_its_counts_for_the_next(
+    sqlite_store: SqliteStore, failure: str
+) -> None:
+    now = [100.0]
+    gate = Refusing(sqlite_store)
+    asked = AskedPages(gate, flush_s=2.0, clock=lambda: now[0])
+    gate.refuse, gate.failure = (1 if failure == "refused" else 3), failure
+    asked.add(TEAM, "ops/deploy.md", "Deploying")  # written at once: refused, or lost three races
+    assert asked.top(TEAM)["ops/deploy.md"] == ("Deploying", 1)  # still counted here
+    now[0] = 102.0
+    asked.add(TEAM, "ops/deploy.md", "Deploying")
+    assert AskedPages(sqlite_store).top(TEAM) == {"ops/deploy.md": ("Deploying", 2)}  # both reached the store
+
+
+def test_asked_pages_a_write_that_may_have_been_taken_is_not_counted_again(sqlite_store: SqliteStore) -> None:
+    now = [100.0]
+    gate = Refusing(sqlite_store)
+    asked = AskedPages(gate, flush_s=2.0, clock=lambda: now[0])
+    gate.refuse, gate.failure = 1, "timed out"
+    asked.add(TEAM, "ops/deploy.md", "Deploying")
+    assert asked.top(TEAM) == {}  # dropped: a second write of it could count it twice
+    now[0] = 102.0
+    asked.add(TEAM, "ops/deploy.md", "Deploying")
+    assert AskedPages(sqlite_store).top(TEAM) == {"ops/deploy.md": ("Deploying", 1)}
 
 
 def test_thread_titles_are_the_question_on_one_line_cut_at_a_word() -> None:

@@ -130,9 +130,10 @@ class AskedPages:
     most once every ``flush_s`` per workspace, on the answer that comes after: one record that every
     answer of every worker rewrote was the busiest write of a burst of cache hits (600 answers at
     once on 2 workers and SQLite: 1,530 writes of it, 2.4 an answer, most of them lost races).
-    :meth:`top` adds the counts not written yet. Counts a process still holds when it stops, or that
-    lose the race three times, are dropped: these are suggestions, not a bill. Failures are logged,
-    never raised."""
+    :meth:`top` adds the counts not written yet. Counts a write surely did not take (the store
+    refused it, or the record changed under it three times) are held for the next write; counts a
+    process still holds when it stops, or that a write may have taken (a timeout), are dropped:
+    these are suggestions, not a bill. Failures are logged, never raised."""
 
     def __init__(self, store: BlobStore, *, kept: int = ASKED_KEPT, flush_s: float = ASKED_FLUSH_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -166,6 +167,15 @@ class AskedPages:
                     return
         except StoreError as exc:
             _log.warning("slack.asked_not_counted", error=exc)
+            if exc.maybe_applied:
+                return  # it may be in the record: adding it again could count it twice
+        self._hold_again(workspace_id, counts)  # not written: the next write takes them along
+
+    def _hold_again(self, workspace_id: str, counts: Mapping[str, tuple[str, int]]) -> None:
+        with self._lock:
+            held = self._unwritten.setdefault(workspace_id, {})
+            for path, (title, n) in counts.items():
+                held[path] = (title, held.get(path, (title, 0))[1] + n)
 
     def _kept_of(self, tally: dict[str, tuple[str, int]], counts: Mapping[str, tuple[str, int]]
                  ) -> dict[str, tuple[str, int]]:
