@@ -173,7 +173,7 @@ class WordLlamaEmbedder(_Named):
         model = _wordllama_model(self._dims)
         if len(texts) == 1:
             # A cache lookup embeds one question: WordLlama's batch path (encode_batch, masks,
-            # padding) costs twice this. Same arithmetic: the token vectors' float32 sum over the count.
+            # padding) costs ~40% more. Same arithmetic: the token vectors' float32 sum over the count.
             table = model.embedding
             ids = np.clip(model.tokenizer.encode(texts[0], add_special_tokens=False).ids, 0, len(table) - 1)
             out = np.zeros((1, self._dims), dtype=np.float32)
