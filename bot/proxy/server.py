@@ -66,13 +66,10 @@ def serve_proxy(settings: PennySettings, options: HTTPOptions, *, out: TextIO,
     finally:
         store.close()
 
-    def on_ready(what: str) -> None:
-        if what.startswith("worker "):
-            announce(out, f"Penny {what} is ready")
-            return
+    def on_listening(url: str) -> None:
         workers = f"{options.workers} worker{'s' if options.workers != 1 else ''}"
-        announce(out, f"Penny proxy is listening on {what} ({workers}); point an OpenAI client's base_url there "
+        announce(out, f"Penny proxy is listening on {url} ({workers}); point an OpenAI client's base_url there "
                       "with a key from penny keys create. SIGTERM stops it gracefully.")
 
     return run_arbiter(options, lambda render: ProxyWorker(settings, metrics=render, cache_scope=cache_scope),
-                       on_ready, out=out, metrics_port=settings.metrics_port, url_path=API_PATH)
+                       on_listening, out=out, metrics_port=settings.metrics_port, url_path=API_PATH)

@@ -1009,14 +1009,11 @@ def serve(settings: BotSettings, options: HTTPOptions, open_backend: Callable[[W
         turns = WorkTurns()
         return _Worker(open_backend(turns), settings, metrics=render, installation=installation, turns=turns)
 
-    def on_ready(what: str) -> None:
-        if what.startswith("worker "):
-            announce(out, f"Penny {what} is ready")
-            return
+    def on_listening(url: str) -> None:
         workers = f"{options.workers} worker{'s' if options.workers != 1 else ''}"
-        announce(out, f"Penny is listening for Slack events on {what} ({workers}). SIGTERM stops it gracefully.")
+        announce(out, f"Penny is listening for Slack events on {url} ({workers}). SIGTERM stops it gracefully.")
 
-    return run_arbiter(options, build, on_ready, out=out, metrics_port=metrics_port)
+    return run_arbiter(options, build, on_listening, out=out, metrics_port=metrics_port)
 
 
 def announce(out: TextIO, line: str) -> None:
@@ -1029,13 +1026,20 @@ def announce(out: TextIO, line: str) -> None:
 
 
 def run_arbiter(options: HTTPOptions, build: Callable[[Callable[[], bytes]], Served],
-                on_ready: Callable[[str], None], *, out: TextIO, metrics_port: int = 0,
+                on_listening: Callable[[str], None], *, out: TextIO, metrics_port: int = 0,
                 url_path: str = EVENTS_PATH) -> int:
     """Run gunicorn's arbiter with Penny's worker until it stops; its exit status (0 after SIGTERM
     or SIGINT). Each worker calls ``build`` after the fork, with the renderer of the metrics summed
-    over every worker; ``on_ready`` hears the listening URL (ending in ``url_path``), then
-    ``worker <pid>`` as each worker is ready."""
+    over every worker; ``on_listening`` hears the listening URL (ending in ``url_path``), and each
+    worker, once ready, says so on ``out`` ("Penny worker <pid> is ready")."""
     arbiter_pid = os.getpid()
+
+    def on_ready(what: str) -> None:
+        if what.startswith("worker "):
+            announce(out, f"Penny {what} is ready")
+        else:
+            on_listening(what)
+
     metrics_dir, render = _multiprocess_metrics()
     try:
         if metrics_port:
