@@ -263,7 +263,7 @@ class Gateway:
         ``waiting()`` is entered around each wait on something slower than the store — the upstream
         call with its retries' back-off, the wait for the same request running elsewhere — so a
         caller that bounds how many requests run at once can let another one run meanwhile
-        (``bot.slack.server.WorkTurns``).
+        (``bot.slack.pacing.WorkTurns``).
 
         ``spool`` keeps settles the store did not confirm (default: ``settings.spool_directory()``);
         spool files left by exited processes are adopted at once. ``maintenance`` starts a daemon

@@ -66,6 +66,26 @@ class ScriptedAnswerer:
         return self.script[index]
 
 
+class HeldAnswers:
+    """An answering service whose answers run (holding their turns, busy, not waiting on the LLM)
+    until ``release`` is set; counts those running at once."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.running = self.most = self.started = 0
+        self._lock = threading.Lock()
+
+    def answer(self, question: Question) -> Answer:
+        with self._lock:
+            self.started += 1
+            self.running += 1
+            self.most = max(self.most, self.running)
+        assert self.release.wait(timeout=10)
+        with self._lock:
+            self.running -= 1
+        return ANSWER
+
+
 class Harness:
     """A Penny app wired to the fake Slack, a SQLite store and a scripted answerer."""
 

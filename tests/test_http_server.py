@@ -29,20 +29,16 @@ import yaml  # type: ignore[import-untyped]  # PyYAML ships no stubs
 from slack_bolt import App
 from slack_sdk import WebClient
 
-from bot.answer_types import Answer, Question
 from bot.docs.index import DocsIndex
 from bot.slack.app import SlackSettings, build_app, make_client
+from bot.slack.pacing import ACK_LISTENERS, AcksFirst, DrainingExecutor, WorkTurns
 from bot.slack.server import (
-    ACK_LISTENERS,
     BUFFERED_REQUEST_BYTES,
-    AcksFirst,
-    DrainingExecutor,
     EarlyAcks,
     HTTPOptions,
     PennyWSGI,
     Served,
     WorkerLoads,
-    WorkTurns,
     _DeadlineSocket,
     _PennyServer,
     request_complete,
@@ -57,7 +53,7 @@ from tests.fake_slack import FakeSlack
 from tests.penny_http import ROOT, PennyHTTP, penny_env, post_event, question_event, raw_request, signed_headers
 from tests.polling import until
 from tests.redis_server import RedisServer, redis_server_binary
-from tests.slack_harness import ANSWER, BOT_ID, BOT_USER, SECRET, TEAM, TOKEN
+from tests.slack_harness import BOT_ID, BOT_USER, SECRET, TEAM, TOKEN, HeldAnswers
 
 pytestmark = pytest.mark.slow
 
@@ -412,26 +408,6 @@ def test_an_event_delivery_is_acked_before_bolt_handles_it_and_anything_else_goe
     challenge = json.dumps({"type": "url_verification", "challenge": "c-123", "token": "t"})
     status, answer = _post(wsgi, challenge, {**signed_headers(challenge), "Content-Type": "application/json"})
     assert status == "200 OK" and b"c-123" in answer and not later.held
-
-
-class HeldAnswers:
-    """An answering service whose answers run (holding their turns, busy, not waiting on the LLM)
-    until ``release`` is set; counts those running at once."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.running = self.most = self.started = 0
-        self._lock = threading.Lock()
-
-    def answer(self, question: Question) -> Answer:
-        with self._lock:
-            self.started += 1
-            self.running += 1
-            self.most = max(self.most, self.running)
-        assert self.release.wait(timeout=10)
-        with self._lock:
-            self.running -= 1
-        return ANSWER
 
 
 def test_with_every_turn_held_and_answers_queued_a_slash_command_is_acked_at_once(

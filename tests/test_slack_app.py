@@ -35,8 +35,8 @@ from bot.slack.app import (
 from bot.slack.conversation import MAX_QUESTION_CHARS, strip_mentions, thread_history
 from bot.slack.feedback import ACTION_FRESH_ANSWER
 from bot.slack.middleware import InstalledWorkspaceOnly
+from bot.slack.pacing import DrainingExecutor, WorkTurns
 from bot.slack.render import ACTION_FEEDBACK, ACTION_FEEDBACK_DOWN, ACTION_FEEDBACK_UP
-from bot.slack.server import DrainingExecutor, WorkTurns
 from bot.slack.working import WorkingIndicator
 from proxy_core import Accounts, PennySettings
 from proxy_core.stores.sqlite import SqliteStore
