@@ -23,6 +23,7 @@ from bot._cli_common import opened_store, positive_int
 from bot.answer_types import Question
 from bot.proxy.commands import add_commands as add_proxy_commands
 from bot.settings import BotSettings, load_settings
+from bot.slack.pacing import WorkTurns
 from bot.slack.startup import SlackInstallation, SlackUnreachable
 from bot.wording import counted
 from proxy_core import (
@@ -367,7 +368,8 @@ def _cmd_run(args: argparse.Namespace, settings: BotSettings, out: TextIO, stdin
     if args.http:
         return _run_http(settings, args, out)
     installation = _check_slack_first(settings)  # a bad token fails before the docs are indexed
-    with _Session(settings) as session:
+    turns = WorkTurns()  # Socket Mode's bound on answers running at once, lent during each LLM call
+    with _Session(settings, waiting=turns.waiting) as session:
         if session.gateway is not None and settings.metrics_port:
             try:
                 serve_metrics(session.gateway.metrics, settings.metrics_port)
@@ -378,7 +380,7 @@ def _cmd_run(args: argparse.Namespace, settings: BotSettings, out: TextIO, stdin
             print(f"metrics on http://127.0.0.1:{settings.metrics_port}/metrics", file=out)
         missing = _missing_slack_settings(settings, http=args.http)
         if not missing:
-            return _run_slack(session, settings, out, installation)
+            return _run_slack(session, settings, out, installation, turns)
         print("Slack is not configured, so Penny starts a terminal chat instead. To run it in Slack, set:",
               file=out)
         for line in missing:
@@ -651,12 +653,12 @@ def _check_slack_first(settings: BotSettings) -> SlackInstallation | None:
     return check_slack(slack_settings(settings))
 
 
-def _run_slack(session: _Session, settings: BotSettings, out: TextIO,
-               installation: SlackInstallation | None = None) -> int:
+def _run_slack(session: _Session, settings: BotSettings, out: TextIO, installation: SlackInstallation | None,
+               turns: WorkTurns) -> int:
     from bot.slack.runner import run_slack
 
     return run_slack(session.service, session.store, session.gateway, settings,
-                     out=out, alerts=session.alerts, installation=installation)
+                     out=out, alerts=session.alerts, installation=installation, turns=turns)
 
 
 def store_kind(url: str) -> str:

@@ -42,6 +42,8 @@ Answers (``{"ok": true, ...}``):
 - ``views.open``: the ``view`` with an ``id``;
 - ``apps.connections.open``: a ``ws://`` URL of this server, where a WebSocket handshake succeeds
   and pings get pongs (recorded as ``websocket``), so Bolt's Socket Mode client really connects;
+  :meth:`FakeSlack.deliver` sends it an envelope as Slack does, and each ack the client sends back is
+  recorded as a call ``socket_mode.ack`` (``envelope_id``, and ``payload`` when it carries one);
 - anything else (``reactions.add``, …): ``{"ok": true}``.
 
 Faults are scripted per method and consumed one per call, in order: :meth:`FakeSlack.rate_limit`
@@ -162,6 +164,7 @@ class _State:
     titles: dict[tuple[str, str], str] = field(default_factory=dict)
     scopes: tuple[str, ...] = DEFAULT_SCOPES
     next_ts: int = 0
+    websocket: tuple[socket.socket, threading.Lock] | None = None  # the open Socket Mode connection, if any
 
     def __post_init__(self) -> None:
         self.changed = threading.Condition(self.lock)
@@ -286,6 +289,20 @@ class FakeSlack(FakeServer):
             self._state.titles.clear()
 
     # -- inspection --------------------------------------------------------------------------
+
+    def deliver(self, envelope: dict[str, Any], timeout: float = 5.0) -> None:
+        """Send ``envelope`` (``envelope_id``, ``type``, ``payload``, …) over the open Socket Mode
+        connection, waiting up to ``timeout`` for one to open."""
+        deadline = time.monotonic() + timeout
+        with self._state.changed:
+            while self._state.websocket is None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError("no Socket Mode connection is open")
+                self._state.changed.wait(remaining)
+            sock, lock = self._state.websocket
+        with lock:
+            sock.sendall(_ws_frame(0x1, json.dumps(envelope).encode()))
 
     def calls(self, method: str | None = None) -> list[SlackCall]:
         with self._state.lock:
@@ -549,14 +566,19 @@ class _WebSocketFrames:
         self._buffer = b""
 
     def next(self) -> tuple[int, bytes] | None:
+        frame = self._parse()
+        if frame is not None:  # one that arrived with an earlier read
+            return frame
         try:
             chunk = self._sock.recv(65536)
         except TimeoutError:
-            chunk = b""
-        else:
-            if not chunk:
-                raise ConnectionResetError("the client closed the connection")
+            return None
+        if not chunk:
+            raise ConnectionResetError("the client closed the connection")
         self._buffer += chunk
+        return self._parse()
+
+    def _parse(self) -> tuple[int, bytes] | None:
         data = self._buffer
         if len(data) < 2:
             return None
@@ -580,8 +602,12 @@ class _WebSocketFrames:
 
 
 def _ws_frame(opcode: int, payload: bytes) -> bytes:
-    """One unmasked server frame (payloads here are control frames: under 126 bytes)."""
-    return bytes([0x80 | opcode, len(payload)]) + payload
+    """One unmasked server frame."""
+    if len(payload) < 126:
+        return bytes([0x80 | opcode, len(payload)]) + payload
+    if len(payload) < 1 << 16:
+        return bytes([0x80 | opcode, 126]) + struct.pack(">H", len(payload)) + payload
+    return bytes([0x80 | opcode, 127]) + struct.pack(">Q", len(payload)) + payload
 
 
 def _replies_page(messages: list[dict[str, Any]], *, limit: Any, cursor: Any) -> dict[str, Any]:
@@ -643,8 +669,8 @@ class _Handler(QuietHandler):
         self._handle("GET")
 
     def _websocket(self) -> None:
-        """Accept a WebSocket (Socket Mode's connection) and answer pings until either side closes
-        or the fake stops. Nothing is sent unasked: tests hand envelopes to the handler directly."""
+        """Accept a WebSocket (Socket Mode's connection), answer pings and record acks until either
+        side closes or the fake stops; :meth:`FakeSlack.deliver` sends envelopes on it."""
         fake = self.server.fake
         key = self.headers.get("Sec-WebSocket-Key") or ""
         accept = base64.b64encode(hashlib.sha1((key + _WS_GUID).encode()).digest()).decode()  # RFC 6455
@@ -664,6 +690,19 @@ class _Handler(QuietHandler):
         sock = self.connection
         sock.settimeout(0.1)
         frames = _WebSocketFrames(sock)
+        lock = threading.Lock()  # the handler's pongs and deliver()'s envelopes share the socket
+        with fake._state.changed:
+            fake._state.websocket = (sock, lock)
+            fake._state.changed.notify_all()
+        try:
+            self._websocket_frames(frames, sock, lock)
+        finally:
+            with fake._state.lock:
+                if fake._state.websocket == (sock, lock):
+                    fake._state.websocket = None
+
+    def _websocket_frames(self, frames: _WebSocketFrames, sock: socket.socket, lock: threading.Lock) -> None:
+        fake = self.server.fake
         while not fake.stopping.is_set():
             try:
                 frame = frames.next()
@@ -673,10 +712,19 @@ class _Handler(QuietHandler):
                 continue
             opcode, payload = frame
             if opcode == 0x8:  # close
-                sock.sendall(_ws_frame(0x8, payload[:2]))
+                with lock:
+                    sock.sendall(_ws_frame(0x8, payload[:2]))
                 return
             if opcode == 0x9:  # ping
-                sock.sendall(_ws_frame(0xA, payload))
+                with lock:
+                    sock.sendall(_ws_frame(0xA, payload))
+            elif opcode == 0x1:  # an envelope's ack
+                ack = json.loads(payload)
+                call = SlackCall(method="socket_mode.ack", params=_RedactedParams(ack), headers=RedactedHeaders({}),
+                                 http_method="WS", path="", at=time.monotonic(), status=0)
+                with fake._state.changed:
+                    fake._state.calls.append(call)
+                    fake._state.changed.notify_all()
 
     def _handle(self, http_method: str) -> None:
         raw = self._read_body()

@@ -4,8 +4,13 @@ WebSocket transport is replaced, by a recorder of the acknowledgements Penny sen
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
+import signal
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,11 +19,16 @@ import pytest
 from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 
+from bot.settings import BotSettings
 from bot.slack.app import socket_mode_handler
+from bot.slack.pacing import WorkTurns
+from bot.slack.runner import run_slack
+from proxy_core.stores.sqlite import SqliteStore
 from tests.bot_harness import Bot, make_bot
 from tests.fake_openai import FakeOpenAI
-from tests.fake_slack import FakeSlack
-from tests.slack_harness import event_body, mention
+from tests.fake_slack import FakeSlack, SlackCall
+from tests.polling import until
+from tests.slack_harness import TEAM, TOKEN, HeldAnswers, ScriptedAnswerer, event_body, mention
 
 
 class Transport:
@@ -85,3 +95,101 @@ def test_two_socket_mode_replicas_answer_an_event_delivered_to_both_once(
     finally:
         for bot in replicas:
             bot.gateway.close()
+
+
+# -- over a real Socket Mode connection: paced like an HTTP worker ----------------------------------
+
+APP_TOKEN = "xapp-1-test-not-a-real-app-token"
+
+
+def events_envelope(text: str, n: int) -> dict[str, Any]:
+    event = mention(f"<@UPENNY> {text}", ts=f"17000009{n:02d}.000100", user=f"U{n}")
+    return {"envelope_id": f"env-q{n}", "type": "events_api", "accepts_response_payload": False,
+            "payload": json.loads(event_body(event, f"EvSockHeld{n}"))}
+
+
+def cost_envelope(slack: FakeSlack) -> dict[str, Any]:
+    command = {"command": "/cost", "text": "", "team_id": TEAM, "user_id": "U1", "channel_id": "C1",
+               "api_app_id": "A0PENNY", "trigger_id": "trigger-1",
+               "response_url": f"{slack.base_url}commands/{TEAM}/1/hook"}
+    return {"envelope_id": "env-cost", "type": "slash_commands", "accepts_response_payload": True, "payload": command}
+
+
+def acked(slack: FakeSlack, envelope_id: str) -> list[SlackCall]:
+    return [c for c in slack.calls("socket_mode.ack") if c.params["envelope_id"] == envelope_id]
+
+
+def test_socket_mode_acks_events_before_answering_them_cost_at_once_with_every_turn_held_and_finishes_answers_on_stop(
+    slack: FakeSlack, sqlite_store: SqliteStore
+) -> None:
+    answers, turns, stop, out = HeldAnswers(), WorkTurns(2), threading.Event(), io.StringIO()
+    settings = BotSettings(slack_bot_token=TOKEN, slack_app_token=APP_TOKEN, slack_api_url=slack.base_url)
+    result: list[int] = []
+    runner = threading.Thread(target=lambda: result.append(
+        run_slack(answers, sqlite_store, None, settings, out=out, until=stop, turns=turns)))
+    runner.start()
+    try:
+        slack.wait_for("websocket")
+        for n in range(6):  # two answers hold both turns (busy, not waiting on the LLM); four wait for one
+            slack.deliver(events_envelope(f"question {n}", n))
+        slack.wait_for("socket_mode.ack", 6)  # every event acked, though most answers cannot start
+        until(lambda: answers.started == 2 and turns.queued() == 4)
+
+        sent = time.monotonic()
+        slack.deliver(cost_envelope(slack))
+        [ack] = slack.wait_for("socket_mode.ack", where=lambda c: c.params["envelope_id"] == "env-cost")
+        assert ack.at - sent < 1.0  # Slack allows 3 s
+        [reply] = slack.wait_for(f"commands/{TEAM}/1/hook")
+        assert reply.params["response_type"] == "ephemeral"
+        assert answers.started == 2  # the command's turn, past the bound, let no other answer start
+
+        stop.set()  # stopping with six answers unwritten: the connection closes, the answers are finished
+        until(lambda: "Stopping: finishing 6 answer(s)" in out.getvalue())
+        assert not slack.calls("chat.postMessage")
+    finally:
+        stop.set()
+        answers.release.set()
+        runner.join(timeout=20)
+    assert result == [0]
+    assert slack.count("chat.postMessage") == 6 and answers.most == 2  # all written before run_slack returned
+    assert [len(acked(slack, f"env-q{n}")) for n in range(6)] == [1] * 6
+
+
+def test_a_redelivered_socket_mode_event_is_acked_again_and_answered_once(slack: FakeSlack,
+                                                                         sqlite_store: SqliteStore) -> None:
+    stop = threading.Event()
+    settings = BotSettings(slack_bot_token=TOKEN, slack_app_token=APP_TOKEN, slack_api_url=slack.base_url)
+    runner = threading.Thread(target=run_slack, args=(ScriptedAnswerer(), sqlite_store, None, settings),
+                              kwargs={"out": io.StringIO(), "until": stop, "turns": WorkTurns(2)})
+    runner.start()
+    try:
+        slack.wait_for("websocket")
+        envelope = events_envelope("where are the logs?", 1)
+        slack.deliver(envelope)
+        slack.deliver({**envelope, "envelope_id": "env-q1-again", "retry_attempt": 1, "retry_reason": "timeout"})
+        slack.wait_for("socket_mode.ack", 2)
+        slack.wait_for("chat.postMessage")
+    finally:
+        stop.set()
+        runner.join(timeout=20)
+    assert slack.count("chat.postMessage") == 1
+
+
+def test_sigterm_stops_socket_mode_like_ctrl_c_and_restores_the_previous_handler(slack: FakeSlack,
+                                                                                sqlite_store: SqliteStore) -> None:
+    """``docker stop`` and systemd send SIGTERM: Penny closes the connection and returns 0 (Python's
+    default would end the process at once, answers under way and all)."""
+    settings = BotSettings(slack_bot_token=TOKEN, slack_app_token=APP_TOKEN, slack_api_url=slack.base_url)
+    before = signal.getsignal(signal.SIGTERM)
+
+    out = io.StringIO()
+
+    def terminate_once_connected() -> None:
+        until(lambda: "connected to Slack" in out.getvalue())  # said once SIGTERM is Penny's to handle
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    sender = threading.Thread(target=terminate_once_connected)
+    sender.start()
+    assert run_slack(ScriptedAnswerer(), sqlite_store, None, settings, out=out, turns=WorkTurns(2)) == 0  # main thread
+    sender.join(timeout=10)
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -46,6 +46,7 @@ from bot.slack.delivery import Delivery
 from bot.slack.feedback import ACTION_FRESH_ANSWER, Feedback, FeedbackCallback
 from bot.slack.home import Home
 from bot.slack.middleware import FromPeopleOnly, InstalledWorkspaceOnly, Once
+from bot.slack.pacing import AcksFirst
 from bot.slack.render import ACTION_FEEDBACK, ACTION_FEEDBACK_DOWN, ACTION_FEEDBACK_UP
 from bot.slack.startup import SlackInstallation
 from bot.slack.stream import StreamPacing, StreamStarts
@@ -277,8 +278,11 @@ def _quiet_client_and_token_notice() -> None:
         bolt.addFilter(_ClientAndTokenNotice())
 
 
-def socket_mode_handler(app: App, app_token: str, *, logger: logging.Logger | None = None) -> Any:
-    """The Socket Mode handler for ``app`` (not connected yet); ``logger`` is its client's."""
-    from slack_bolt.adapter.socket_mode import SocketModeHandler
+def socket_mode_handler(app: App, app_token: str, *, logger: logging.Logger | None = None,
+                        acks_first: AcksFirst | None = None, later: Executor | None = None) -> Any:
+    """The Socket Mode handler for ``app`` (not connected yet); ``logger`` is its client's. With
+    ``later`` (the listener pool), an event is acked before Bolt handles it there
+    (:class:`~bot.slack.socket_mode.PennySocketModeHandler`)."""
+    from bot.slack.socket_mode import PennySocketModeHandler
 
-    return SocketModeHandler(app, app_token, web_client=app.client, logger=logger)
+    return PennySocketModeHandler(app, app_token, logger=logger, acks_first=acks_first, later=later)

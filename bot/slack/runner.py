@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import signal
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, TextIO
 
 from pydantic import SecretStr
 
 from bot.answer_types import Answerer
 from bot.settings import BotSettings, load_settings
+from bot.slack.pacing import AcksFirst, DrainingExecutor, WorkTurns
 from proxy_core import Accounts, BudgetAlert, Gateway, PennySettings, Store, alert_text, get_logger
 
 if TYPE_CHECKING:
@@ -21,6 +25,7 @@ if TYPE_CHECKING:
     from bot.slack.working import WorkingIndicator
 
 LISTENER_THREADS = 256
+STOP_TIMEOUT_S = 30.0  # for the answers being written when Socket Mode stops (an HTTP worker's graceful timeout)
 
 __all__ = ["AlertRelay", "penny_app", "run_slack", "slack_settings"]
 
@@ -123,28 +128,70 @@ class AlertRelay:
 def run_slack(
     answerer: Answerer, store: Store, gateway: Gateway | None, settings: BotSettings, *,
     out: TextIO, alerts: AlertRelay | None = None, installation: SlackInstallation | None = None,
-    until: threading.Event | None = None,
+    until: threading.Event | None = None, turns: WorkTurns | None = None, stop_timeout_s: float = STOP_TIMEOUT_S,
 ) -> int:
     """Serve Slack over Socket Mode until interrupted (or until ``until`` is set; over HTTP it is
     :func:`bot.slack.server.serve`). Slack is checked first: the bot token with ``auth.test`` and its
     scopes (unless ``installation`` says the caller did), and the connection is opened; only then
     does Penny say it is connected. A failure raises
     :class:`~proxy_core.ConfigurationError` or :class:`~bot.slack.startup.SlackUnreachable`
-    (see :mod:`bot.slack.startup`). Tokens are never printed."""
+    (see :mod:`bot.slack.startup`). Tokens are never printed.
+
+    Paced as an HTTP worker is (:mod:`bot.slack.pacing`): events are acked before they are answered,
+    and at most ``turns`` answers run at once — the gateway's, whose ``waiting`` lends a turn during
+    each LLM call (without them, answers are not bounded). ``SIGTERM`` (from the main thread) or
+    Ctrl-C stops it: the connection is closed, then the answers being written are finished, for up to
+    ``stop_timeout_s`` (a second Ctrl-C cuts them off)."""
+    from bot.slack.app import make_client
     from bot.slack.startup import check_slack, connect_socket_mode
 
     config = slack_settings(settings)
     if installation is None:
         installation = check_slack(config)
-    app = penny_app(answerer, store, gateway, config, settings=settings, installation=installation)
+    acks_first = AcksFirst()
+    listeners = DrainingExecutor(LISTENER_THREADS, acks_first=acks_first, turns=turns)
+    listeners.start_threads()
+    client = make_client(config, waiting=turns.waiting if turns is not None else None)
+    app = penny_app(answerer, store, gateway, config, settings=settings, installation=installation, client=client,
+                    listener_executor=listeners)
     if alerts is not None:
         alerts.attach(app.client)
     where = f"as @{installation.bot_name or installation.bot_user_id} in {installation.team or installation.team_id}"
-    handler = connect_socket_mode(app, config)
+    stop = until or threading.Event()
     try:
-        print(f"Penny is connected to Slack {where} (Socket Mode). Ctrl-C stops it.", file=out, flush=True)
-        (until or threading.Event()).wait()
+        handler = connect_socket_mode(app, config, acks_first=acks_first, later=listeners)
+        with _stopped_by_sigterm(stop):
+            try:
+                print(f"Penny is connected to Slack {where} (Socket Mode). Ctrl-C stops it.", file=out, flush=True)
+                stop.wait()
+            finally:
+                handler.close()  # no more deliveries; the answers under way post through the Web API
+                _finish_answers(listeners, stop_timeout_s, out)
     finally:
-        handler.close()
+        listeners.shutdown(wait=False, cancel_futures=True)
     return 0
 
+
+def _finish_answers(listeners: DrainingExecutor, timeout_s: float, out: TextIO) -> None:
+    """Wait for the answers being written (and the events acked but not answered yet), at most ``timeout_s``."""
+    pending = listeners.pending()
+    if pending:
+        print(f"Stopping: finishing {pending} answer(s) being written (up to {timeout_s:g}s; Ctrl-C again cuts "
+              "them off).", file=out, flush=True)
+    left = listeners.drain(timeout_s)
+    if left:
+        get_logger().warning("slack.socket_mode_stop_cut_answers", running=left, waited_s=timeout_s)
+
+
+@contextmanager
+def _stopped_by_sigterm(stop: threading.Event) -> Iterator[None]:
+    """``SIGTERM`` (``docker stop``, systemd) sets ``stop`` while in the block, as Ctrl-C interrupts it;
+    only the main thread can take a signal, so elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

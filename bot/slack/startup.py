@@ -31,9 +31,12 @@ from slack_sdk.http_retry import RateLimitErrorRetryHandler
 from proxy_core import ConfigurationError, PennyError
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
     from slack_bolt import App
 
     from bot.slack.app import SlackSettings
+    from bot.slack.pacing import AcksFirst
 
 __all__ = [
     "SlackInstallation",
@@ -205,9 +208,11 @@ def check_app_token(client: WebClient, app_token: str, *, api_url: str | None = 
         raise slack_failure("SLACK_APP_TOKEN", exc, api_url=api_url) from None
 
 
-def connect_socket_mode(app: App, settings: SlackSettings) -> Any:
+def connect_socket_mode(app: App, settings: SlackSettings, *, acks_first: AcksFirst | None = None,
+                        later: Executor | None = None) -> Any:
     """Open Penny's Socket Mode connection and return its (connected) handler; raise the mapped error
-    when the app-level token is refused or the connection cannot be opened."""
+    when the app-level token is refused or the connection cannot be opened. ``acks_first`` and
+    ``later``: the handler's pacing (:func:`bot.slack.app.socket_mode_handler`)."""
     from bot.slack.app import socket_mode_handler
 
     app_token = settings.app_token or ""
@@ -216,7 +221,7 @@ def connect_socket_mode(app: App, settings: SlackSettings) -> Any:
     # connecting, Penny says what went wrong instead. Later reconnects log as usual.
     logger = logging.getLogger("penny.socket_mode")
     logger.setLevel(logging.CRITICAL)
-    handler = socket_mode_handler(app, app_token, logger=logger)
+    handler = socket_mode_handler(app, app_token, logger=logger, acks_first=acks_first, later=later)
     try:
         handler.connect()  # apps.connections.open, then the WebSocket handshake
     except (SlackClientError, OSError, urllib.error.URLError) as exc:
