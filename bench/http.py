@@ -20,6 +20,7 @@ workers (``--full-fake-slack`` runs on it anyway).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import multiprocessing
@@ -63,7 +64,10 @@ def _serve_openai(conn: Connection, delay_s: float) -> None:
 
 def _serve_slack(conn: Connection) -> None:
     """Commands: ("wait", count, timeout) → the time.monotonic() (system-wide) at which Slack held
-    ``count`` final answers, or an error string; ("answers",) → {thread_ts: messages}; ("reset",)."""
+    ``count`` final answers, or an error string; ("answers",) → {thread_ts: messages}; ("reset",);
+    Socket Mode: ("deliver", envelopes) → once each is sent over the connection, the times they
+    were; ("acks", envelope_ids, timeout) → {envelope_id: time.monotonic() of its first ack}, those
+    acked within the timeout."""
     from collections import Counter
 
     from tests.fake_slack import FakeSlack
@@ -72,7 +76,22 @@ def _serve_slack(conn: Connection) -> None:
     with FakeSlack(team_id=TEAM, bot_user_id=BOT_USER, bot_id=BOT_ID) as slack:
         conn.send(slack.base_url)
         while (command := conn.recv())[0] != "stop":
-            if command[0] == "wait":
+            if command[0] == "deliver":
+                sent = []
+                for envelope in command[1]:
+                    slack.deliver(envelope)
+                    sent.append(time.monotonic())
+                conn.send(sent)
+            elif command[0] == "acks":
+                ids = set(command[1])
+                with contextlib.suppress(AssertionError):
+                    slack.wait_for("socket_mode.ack", len(ids), timeout=command[2],
+                                   where=lambda c, ids=ids: c.params["envelope_id"] in ids)
+                first: dict[str, float] = {}
+                for call in slack.calls("socket_mode.ack"):
+                    first.setdefault(str(call.params["envelope_id"]), call.at)
+                conn.send({k: v for k, v in first.items() if k in ids})
+            elif command[0] == "wait":
                 try:
                     slack.wait_for(FINAL, command[1], timeout=command[2])
                     conn.send(time.monotonic())
@@ -136,6 +155,16 @@ class Fakes:
         if isinstance(reply, str):
             raise AssertionError(reply)
         return float(reply)
+
+    def deliver(self, envelopes: Sequence[dict[str, object]]) -> list[float]:
+        """Socket Mode (the full fake Slack): send each envelope; when each was sent (time.monotonic())."""
+        self._slack.send(("deliver", list(envelopes)))
+        return list(self._slack.recv())
+
+    def acks(self, envelope_ids: Sequence[str], timeout: float) -> dict[str, float]:
+        """Socket Mode: when each envelope was first acked, for those acked within ``timeout``."""
+        self._slack.send(("acks", list(envelope_ids), timeout))
+        return dict(self._slack.recv())
 
     def answers(self) -> dict[str, int]:
         self._slack.send(("answers",))
