@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -368,3 +369,93 @@ def test_a_forked_child_takes_the_writers_locks_for_itself(tmp_path: Path) -> No
         store.record_put("k", "parent", "3", 60)  # the parent's own locks are as they were
     finally:
         store.close()
+
+
+class _OpenFailsOnce(SqliteStore):
+    """A store whose next new connection, once ``armed``, fails to open (as a full disk or a file
+    descriptor limit would make it) after ``fail`` is set; ``opening`` is set while it waits."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.armed = False
+        self.opening, self.fail = threading.Event(), threading.Event()
+
+    def _connect(self) -> Any:
+        if self.armed:
+            self.armed = False
+            self.opening.set()
+            assert self.fail.wait(timeout=5)
+            raise sqlite3.OperationalError("unable to open database file")
+        return super()._connect()
+
+
+def test_a_connection_that_fails_to_open_gives_its_place_to_the_oldest_waiter(tmp_path: Path) -> None:
+    store = _OpenFailsOnce(tmp_path / "penny.db")
+    store.record_put("k", "a", "1", 60)
+    store._max_connections = 2  # one held below, one being opened: a third reader waits for a place
+    results: dict[str, object] = {}
+
+    def read(name: str) -> None:
+        try:
+            results[name] = store.record_get("k", "a")
+        except StoreError as exc:
+            results[name] = exc
+
+    release = threading.Event()
+
+    def hold() -> None:
+        with store._read("hold a connection"):
+            release.wait(timeout=10)
+
+    try:
+        holder = threading.Thread(target=hold)
+        holder.start()
+        until(lambda: store._opened == 1 and not store._idle)
+        store.armed = True
+        opener, waiter = (threading.Thread(target=read, args=(name,)) for name in ("opener", "waiter"))
+        opener.start()
+        assert store.opening.wait(timeout=5)
+        waiter.start()
+        until(lambda: len(store._waiters) == 1)
+        store.fail.set()  # the opener's connection fails: its place goes to the waiter, which opens its own
+        for thread in (opener, waiter):
+            thread.join(timeout=5)
+        assert isinstance(results["opener"], StoreError) and "unable to open database file" in str(results["opener"])
+        assert results["waiter"] == "1"
+        release.set()
+        holder.join(timeout=5)
+        assert store._opened == 2 and not store._waiters  # the failed one's place was not lost, nor counted twice
+    finally:
+        release.set()
+        store.close()
+
+
+def test_a_connection_that_fails_to_open_with_nobody_waiting_gives_its_place_back(tmp_path: Path) -> None:
+    store = _OpenFailsOnce(tmp_path / "penny.db")
+    store.ping()
+    store._max_connections = 2
+    try:
+        with store._read("hold the first connection"):
+            store.armed = True
+            store.fail.set()
+            outcome: list[BaseException] = []
+            refused = threading.Thread(target=lambda: outcome.extend(_raised(store.ping)))
+            refused.start()
+            refused.join(timeout=5)
+            [error] = outcome
+            assert isinstance(error, StoreError) and error.maybe_applied is False
+            assert store._opened == 1  # its place is free again: the next reader opens one
+            reader = threading.Thread(target=store.ping)
+            reader.start()
+            reader.join(timeout=5)
+            assert store._opened == 2
+    finally:
+        store.close()
+
+
+def _raised(fn: Callable[[], object]) -> list[BaseException]:
+    try:
+        fn()
+    except BaseException as exc:  # the test looks at what it was
+        return [exc]
+    return []
