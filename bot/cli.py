@@ -24,6 +24,7 @@ from bot.answer_types import Question
 from bot.proxy.commands import add_commands as add_proxy_commands
 from bot.settings import BotSettings, load_settings
 from bot.slack.pacing import WorkTurns
+from bot.slack.runner import STOP_TIMEOUT_S, AnswersCut
 from bot.slack.startup import SlackInstallation, SlackUnreachable
 from bot.wording import counted
 from proxy_core import (
@@ -98,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=positive_int, default=1,
                      help="worker processes with --http (default 1; one per core uses them all)")
     run.add_argument("--access-log", metavar="FILE", help="with --http: a line per request to FILE ('-': stderr)")
+    run.add_argument("--stop-timeout", type=_seconds, default=STOP_TIMEOUT_S, metavar="SECONDS",
+                     help="on SIGTERM or Ctrl-C, how long the answers being written may take to finish "
+                          f"(default {STOP_TIMEOUT_S:g}; below your supervisor's own: docker stop waits 10)")
     _who(run)
     run.set_defaults(func=_cmd_run)
 
@@ -172,6 +176,14 @@ def _parser() -> argparse.ArgumentParser:
 def _who(p: argparse.ArgumentParser) -> None:
     p.add_argument("--user", default=f"cli:{_login()}", help="the user to act as (default: cli:<login>)")
     p.add_argument("--workspace", default=LOCAL_WORKSPACE, help="the workspace (default: local)")
+
+
+def _seconds(value: str) -> float:
+    """``--stop-timeout S``: seconds, zero or more (argparse turns a refusal into exit 2)."""
+    seconds = float(value)
+    if not seconds >= 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, not {value}")
+    return seconds
 
 
 def _days(value: str) -> int:
@@ -369,6 +381,19 @@ def _cmd_run(args: argparse.Namespace, settings: BotSettings, out: TextIO, stdin
         return _run_http(settings, args, out)
     installation = _check_slack_first(settings)  # a bad token fails before the docs are indexed
     turns = WorkTurns()  # Socket Mode's bound on answers running at once, lent during each LLM call
+    try:
+        return _run_or_chat(args, settings, out, stdin, installation, turns)
+    except AnswersCut as cut:
+        # The session is closed (the gateway has written its spool); the listeners still running
+        # would keep the process alive until they end (the interpreter waits for its pool threads).
+        print(f"penny: stopped with {cut.left} answer(s) unfinished", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+def _run_or_chat(args: argparse.Namespace, settings: BotSettings, out: TextIO, stdin: TextIO,
+                 installation: SlackInstallation | None, turns: WorkTurns) -> int:
     with _Session(settings, waiting=turns.waiting) as session:
         if session.gateway is not None and settings.metrics_port:
             try:
@@ -380,7 +405,7 @@ def _cmd_run(args: argparse.Namespace, settings: BotSettings, out: TextIO, stdin
             print(f"metrics on http://127.0.0.1:{settings.metrics_port}/metrics", file=out)
         missing = _missing_slack_settings(settings, http=args.http)
         if not missing:
-            return _run_slack(session, settings, out, installation, turns)
+            return _run_slack(session, settings, out, installation, turns, args.stop_timeout)
         print("Slack is not configured, so Penny starts a terminal chat instead. To run it in Slack, set:",
               file=out)
         for line in missing:
@@ -635,7 +660,7 @@ def _run_http(settings: BotSettings, args: argparse.Namespace, out: TextIO) -> i
     if settings.openai_api_key is None:
         print("OPENAI_API_KEY is not set: answers are extractive (the best passages, $0).", file=out)
     options = HTTPOptions(host=args.host, port=args.port, workers=args.workers, log_level=settings.log_level,
-                          access_log=args.access_log)
+                          access_log=args.access_log, graceful_timeout_s=args.stop_timeout)
     print(f"Slack: @{installation.bot_name or installation.bot_user_id} in {installation.team or installation.team_id}",
           file=out, flush=True)
     return serve(settings, options, lambda turns: _Session(settings, waiting=turns.waiting), out=out,
@@ -654,11 +679,11 @@ def _check_slack_first(settings: BotSettings) -> SlackInstallation | None:
 
 
 def _run_slack(session: _Session, settings: BotSettings, out: TextIO, installation: SlackInstallation | None,
-               turns: WorkTurns) -> int:
+               turns: WorkTurns, stop_timeout_s: float) -> int:
     from bot.slack.runner import run_slack
 
-    return run_slack(session.service, session.store, session.gateway, settings,
-                     out=out, alerts=session.alerts, installation=installation, turns=turns)
+    return run_slack(session.service, session.store, session.gateway, settings, out=out, alerts=session.alerts,
+                     installation=installation, turns=turns, stop_timeout_s=stop_timeout_s)
 
 
 def store_kind(url: str) -> str:

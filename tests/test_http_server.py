@@ -18,7 +18,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar
@@ -338,6 +338,42 @@ def test_a_listener_back_from_a_wait_gets_a_turn_before_listeners_that_have_not_
     finally:
         listeners.shutdown()
     assert order == ["busy", "answer written", "new arrival"]
+
+
+def test_after_close_a_listener_not_started_never_starts_and_one_back_from_a_wait_finishes() -> None:
+    turns = WorkTurns(1)
+    listeners = DrainingExecutor(4, thread_name_prefix="penny-close", turns=turns)
+    lent, answered, busy_running, finish = threading.Event(), threading.Event(), threading.Event(), threading.Event()
+    started: list[str] = []
+
+    def answer() -> str:
+        with turns.waiting():  # the LLM call, under way when the worker gives up
+            lent.set()
+            assert answered.wait(timeout=5)
+        return "recorded"  # back from the wait: it goes on (a paid call to record)
+
+    def busy() -> None:
+        busy_running.set()
+        assert finish.wait(timeout=5)
+
+    try:
+        first = listeners.submit(answer)
+        assert lent.wait(timeout=5)
+        listeners.submit(busy)  # holds the one turn
+        assert busy_running.wait(timeout=5)
+        queued = listeners.submit(lambda: started.append("queued"))
+        until(lambda: turns.queued() == 1)
+        listeners.shutdown(wait=False, cancel_futures=True)
+        with pytest.raises(CancelledError):
+            queued.result(timeout=5)
+        answered.set()  # back while the one turn is still held: it does not wait for it
+        assert first.result(timeout=5) == "recorded"
+        with pytest.raises(CancelledError):  # and nothing new starts
+            turns.run(lambda: started.append("late"))
+        assert started == []
+    finally:
+        finish.set()
+        answered.set()
 
 
 def test_start_threads_starts_every_pool_thread_at_once() -> None:

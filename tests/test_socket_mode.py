@@ -9,6 +9,8 @@ import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,11 +24,12 @@ from slack_sdk.socket_mode.response import SocketModeResponse
 from bot.settings import BotSettings
 from bot.slack.app import socket_mode_handler
 from bot.slack.pacing import WorkTurns
-from bot.slack.runner import run_slack
+from bot.slack.runner import AnswersCut, run_slack
 from proxy_core.stores.sqlite import SqliteStore
 from tests.bot_harness import Bot, make_bot
-from tests.fake_openai import FakeOpenAI
+from tests.fake_openai import FakeOpenAI, Gate
 from tests.fake_slack import FakeSlack, SlackCall
+from tests.penny_http import penny_env
 from tests.polling import until
 from tests.slack_harness import TEAM, TOKEN, HeldAnswers, ScriptedAnswerer, event_body, mention
 
@@ -144,7 +147,7 @@ def test_socket_mode_acks_events_before_answering_them_cost_at_once_with_every_t
         assert answers.started == 2  # the command's turn, past the bound, let no other answer start
 
         stop.set()  # stopping with six answers unwritten: the connection closes, the answers are finished
-        until(lambda: "Stopping: finishing 6 answer(s)" in out.getvalue())
+        until(lambda: "Stopping: finishing the answers being written" in out.getvalue(), timeout_s=15)
         assert not slack.calls("chat.postMessage")
     finally:
         stop.set()
@@ -185,11 +188,81 @@ def test_sigterm_stops_socket_mode_like_ctrl_c_and_restores_the_previous_handler
     out = io.StringIO()
 
     def terminate_once_connected() -> None:
-        until(lambda: "connected to Slack" in out.getvalue())  # said once SIGTERM is Penny's to handle
-        os.kill(os.getpid(), signal.SIGTERM)
+        try:
+            until(lambda: "connected to Slack" in out.getvalue(), timeout_s=30)  # said once SIGTERM is Penny's
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)  # whatever happened, run_slack on the main thread must end
 
     sender = threading.Thread(target=terminate_once_connected)
     sender.start()
     assert run_slack(ScriptedAnswerer(), sqlite_store, None, settings, out=out, turns=WorkTurns(2)) == 0  # main thread
     sender.join(timeout=10)
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_answers_not_finished_by_the_stop_timeout_are_cut_and_those_not_started_never_start(
+    slack: FakeSlack, sqlite_store: SqliteStore
+) -> None:
+    answers, turns, stop = HeldAnswers(), WorkTurns(2), threading.Event()
+    settings = BotSettings(slack_bot_token=TOKEN, slack_app_token=APP_TOKEN, slack_api_url=slack.base_url)
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_slack(answers, sqlite_store, None, settings, out=io.StringIO(), until=stop, turns=turns,
+                      stop_timeout_s=0.2)
+        except BaseException as exc:  # the test looks at what it was
+            raised.append(exc)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    try:
+        slack.wait_for("websocket")
+        for n in range(5):  # two answers hold both turns, three wait for one
+            slack.deliver(events_envelope(f"question {n}", n))
+        until(lambda: answers.started == 2 and turns.queued() == 3)
+        stop.set()
+        runner.join(timeout=20)
+        [cut] = raised
+        assert isinstance(cut, AnswersCut) and cut.left == 5  # penny run then ends the process (below)
+    finally:
+        stop.set()
+        answers.release.set()
+        runner.join(timeout=20)
+    slack.wait_for("chat.postMessage", 2)  # the two running answers finished and gave their turns up:
+    assert answers.started == 2 and turns.queued() == 0  # to nobody (the three were dismissed, not handed one)
+
+
+def test_penny_run_past_its_stop_timeout_ends_at_once_and_says_how_many_answers_were_cut(
+    slack: FakeSlack, fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    """The documented command: SIGTERM while an answer waits on the LLM longer than ``--stop-timeout``
+    allows. The interpreter would wait for the listener's thread at exit; Penny ends instead."""
+    gate = fake.hold(Gate(2, timeout_s=60))  # the LLM call does not answer during the test
+    env = penny_env(tmp_path, openai_url=fake.base_url, slack_url=slack.base_url, SLACK_APP_TOKEN=APP_TOKEN)
+    proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "run", "--stop-timeout", "0.5"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    said: list[str] = []
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    reader = threading.Thread(target=lambda: said.extend(stdout), daemon=True)
+    reader.start()
+    try:
+        until(lambda: any("connected to Slack" in line for line in said) or proc.poll() is not None, timeout_s=60)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        slack.deliver(events_envelope("where are the production logs?", 1))
+        until(lambda: fake.count("chat") == 1, timeout_s=30)  # the answer waits on the LLM
+        stopped = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        took = time.monotonic() - stopped
+    finally:
+        gate.arrive()
+        gate.arrive()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert "stopped with 1 answer(s) unfinished" in err
+    assert took < 20  # not after the LLM call (held up to 60 s)
+    assert any("Stopping: finishing the answers being written" in line for line in said)

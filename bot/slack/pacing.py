@@ -10,7 +10,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -126,6 +126,8 @@ class WorkTurns:
         self._returning: deque[threading.Lock] = deque()
         self._arriving: deque[threading.Lock] = deque()
         self._mine = threading.local()
+        self._closed = False
+        self._dismissed: set[threading.Lock] = set()  # released by close(), not handed a turn
 
     def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)``, once a turn is free for it: after the listeners that arrived
@@ -139,6 +141,20 @@ class WorkTurns:
         for a turn. While it holds one, other listeners start only once fewer than ``turns`` do."""
         self._take_now()
         return self._hold(True, fn, args, kwargs)
+
+    def close(self) -> None:
+        """The process is stopping and gave up waiting for its answers: a listener that has not
+        started never will (:meth:`run` raises ``CancelledError``, now or when it would have had its
+        turn), and one back from a wait goes on without waiting for a turn (it may have a paid call
+        to record)."""
+        with self._lock:
+            self._closed = True
+            dismissed = [*self._returning, *self._arriving]
+            self._returning.clear()
+            self._arriving.clear()
+            self._dismissed.update(dismissed)
+        for handed in dismissed:
+            handed.release()
 
     def queued(self) -> int:
         """Listeners waiting for a turn (arrived, or back from a wait)."""
@@ -174,13 +190,25 @@ class WorkTurns:
 
     def _take(self, queue: deque[threading.Lock]) -> None:
         with self._lock:
+            if self._closed:
+                self._take_closed(queue)
+                return
             if self._taken < self._turns:  # then nobody is queued: turns go to the queued first
                 self._taken += 1
                 return
             handed = threading.Lock()
             handed.acquire()
             queue.append(handed)
-        handed.acquire()  # until _give hands this listener its turn
+        handed.acquire()  # until _give hands this listener its turn, or close() dismisses it
+        with self._lock:
+            if handed in self._dismissed:
+                self._dismissed.discard(handed)
+                self._take_closed(queue)
+
+    def _take_closed(self, queue: deque[threading.Lock]) -> None:
+        if queue is self._arriving:
+            raise CancelledError("the worker is stopping: this listener was not started")
+        self._taken += 1  # back from a wait: it finishes, past the bound
 
     def _take_now(self) -> None:
         with self._lock:
@@ -272,6 +300,11 @@ class DrainingExecutor(Executor):
             return self._running
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """As a pool's; with ``cancel_futures``, listeners waiting for the acks or for a turn never
+        start (:meth:`WorkTurns.close`): the pool's threads are all started, so they would otherwise
+        be waiting for a turn on one, and run when it came."""
+        if cancel_futures and self._turns is not None:
+            self._turns.close()
         with self._arrived:
             self._closed = True
             cancelled = list(self._waiting) if cancel_futures else []

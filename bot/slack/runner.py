@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 LISTENER_THREADS = 256
 STOP_TIMEOUT_S = 30.0  # for the answers being written when Socket Mode stops (an HTTP worker's graceful timeout)
 
-__all__ = ["AlertRelay", "penny_app", "run_slack", "slack_settings"]
+__all__ = ["AlertRelay", "AnswersCut", "penny_app", "run_slack", "slack_settings"]
 
 
 def slack_settings(settings: BotSettings) -> SlackSettings:
@@ -141,7 +141,7 @@ def run_slack(
     and at most ``turns`` answers run at once — the gateway's, whose ``waiting`` lends a turn during
     each LLM call (without them, answers are not bounded). ``SIGTERM`` (from the main thread) or
     Ctrl-C stops it: the connection is closed, then the answers being written are finished, for up to
-    ``stop_timeout_s`` (a second Ctrl-C cuts them off)."""
+    ``stop_timeout_s`` or until a second Ctrl-C; then returns 0, or raises :class:`AnswersCut`."""
     from bot.slack.app import make_client
     from bot.slack.startup import check_slack, connect_socket_mode
 
@@ -150,37 +150,59 @@ def run_slack(
         installation = check_slack(config)
     acks_first = AcksFirst()
     listeners = DrainingExecutor(LISTENER_THREADS, acks_first=acks_first, turns=turns)
-    listeners.start_threads()
-    client = make_client(config, waiting=turns.waiting if turns is not None else None)
-    app = penny_app(answerer, store, gateway, config, settings=settings, installation=installation, client=client,
-                    listener_executor=listeners)
-    if alerts is not None:
-        alerts.attach(app.client)
     where = f"as @{installation.bot_name or installation.bot_user_id} in {installation.team or installation.team_id}"
     stop = until or threading.Event()
+    left = 0
     try:
+        listeners.start_threads()
+        client = make_client(config, waiting=turns.waiting if turns is not None else None)
+        app = penny_app(answerer, store, gateway, config, settings=settings, installation=installation,
+                        client=client, listener_executor=listeners)
+        if alerts is not None:
+            alerts.attach(app.client)
         handler = connect_socket_mode(app, config, acks_first=acks_first, later=listeners)
         with _stopped_by_sigterm(stop):
             try:
                 print(f"Penny is connected to Slack {where} (Socket Mode). Ctrl-C stops it.", file=out, flush=True)
                 stop.wait()
+            except KeyboardInterrupt:
+                pass  # Ctrl-C: a stop, as SIGTERM's
             finally:
                 handler.close()  # no more deliveries; the answers under way post through the Web API
-                _finish_answers(listeners, stop_timeout_s, out)
+                left = _finish_answers(listeners, stop_timeout_s, out)
     finally:
-        listeners.shutdown(wait=False, cancel_futures=True)
+        listeners.shutdown(wait=False, cancel_futures=True)  # what has not started never will
+    if left:
+        raise AnswersCut(left)
     return 0
 
 
-def _finish_answers(listeners: DrainingExecutor, timeout_s: float, out: TextIO) -> None:
-    """Wait for the answers being written (and the events acked but not answered yet), at most ``timeout_s``."""
+class AnswersCut(Exception):
+    """Socket Mode stopped with ``left`` listeners unfinished (past the stop timeout, or a second
+    Ctrl-C): those not started never will; those running end with the process, which the caller
+    ends at once once its gateway is closed (``penny run`` does), as an HTTP worker's end past its
+    graceful timeout. A paid call they made and did not record is charged at its reserved worst case
+    when its claim expires (the gateway's maintenance), never lost."""
+
+    def __init__(self, left: int) -> None:
+        super().__init__(f"stopped with {left} answer(s) unfinished")
+        self.left = left
+
+
+def _finish_answers(listeners: DrainingExecutor, timeout_s: float, out: TextIO) -> int:
+    """Wait for the answers being written (and the events acked but not answered yet), at most
+    ``timeout_s`` or until a second Ctrl-C; how many listeners are left."""
     pending = listeners.pending()
     if pending:
-        print(f"Stopping: finishing {pending} answer(s) being written (up to {timeout_s:g}s; Ctrl-C again cuts "
-              "them off).", file=out, flush=True)
-    left = listeners.drain(timeout_s)
+        print(f"Stopping: finishing the answers being written ({pending} listener(s); up to {timeout_s:g}s, "
+              "Ctrl-C again cuts them off).", file=out, flush=True)
+    try:
+        left = listeners.drain(timeout_s)
+    except KeyboardInterrupt:
+        left = listeners.pending()
     if left:
         get_logger().warning("slack.socket_mode_stop_cut_answers", running=left, waited_s=timeout_s)
+    return left
 
 
 @contextmanager
@@ -190,7 +212,12 @@ def _stopped_by_sigterm(stop: threading.Event) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+    def on_sigterm(_signum: int, _frame: object) -> None:
+        # The handler runs on the main thread between two bytecodes, perhaps while that thread holds
+        # the event's lock (entering or leaving stop.wait()): set it from another thread.
+        threading.Thread(target=stop.set, name="penny-sigterm", daemon=True).start()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         yield
     finally:
