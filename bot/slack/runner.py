@@ -168,8 +168,12 @@ def run_slack(
             except KeyboardInterrupt:
                 pass  # Ctrl-C: a stop, as SIGTERM's
             finally:
-                handler.close()  # no more deliveries; the answers under way post through the Web API
-                left = _finish_answers(listeners, stop_timeout_s, out)
+                try:
+                    handler.close()  # no more deliveries; the answers under way post through the Web API
+                except KeyboardInterrupt:  # a second Ctrl-C while closing: cut them off
+                    left = listeners.pending()
+                else:
+                    left = _finish_answers(listeners, stop_timeout_s, out)
     finally:
         listeners.shutdown(wait=False, cancel_futures=True)  # what has not started never will
     if left:
@@ -180,7 +184,7 @@ def run_slack(
 class AnswersCut(Exception):
     """Socket Mode stopped with ``left`` listeners unfinished (past the stop timeout, or a second
     Ctrl-C): those not started never will; those running end with the process, which the caller
-    ends at once once its gateway is closed (``penny run`` does), as an HTTP worker's end past its
+    ends as soon as its gateway is closed (``penny run`` does), as an HTTP worker's end past its
     graceful timeout. A paid call they made and did not record is charged at its reserved worst case
     when its claim expires (the gateway's maintenance), never lost."""
 
@@ -212,6 +216,7 @@ def _stopped_by_sigterm(stop: threading.Event) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+
     def on_sigterm(_signum: int, _frame: object) -> None:
         # The handler runs on the main thread between two bytecodes, perhaps while that thread holds
         # the event's lock (entering or leaving stop.wait()): set it from another thread.
