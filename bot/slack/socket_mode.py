@@ -12,11 +12,11 @@ carry a body) goes to Bolt as before, and its listener runs at once on a turn of
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING
 
 from slack_bolt.adapter.socket_mode import SocketModeHandler
+from slack_bolt.adapter.socket_mode.internals import build_headers
 from slack_bolt.request import BoltRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 
@@ -45,19 +45,10 @@ class PennySocketModeHandler(SocketModeHandler):
             payload = req.payload
             if self._later is not None and req.type == "events_api" and payload.get("type") == "event_callback":
                 client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
+                # Bolt's own request for an envelope: a redelivery's attempt and reason as the HTTP headers.
                 self._later.submit(dispatch_acked, self.app, BoltRequest(mode="socket_mode", body=payload,
-                                                                          headers=_retry_headers(req)))
+                                                                          headers=build_headers(req)))
                 return
             with self.acks_first.awaiting_ack():
                 super().handle(client, req)
 
-
-def _retry_headers(req: SocketModeRequest) -> dict[str, str | Sequence[str]]:
-    """A redelivery's attempt and reason as the headers Slack sends over HTTP, as Bolt's own handler
-    passes them to listeners (Penny answers each event once by its claim in the store, whatever they say)."""
-    headers: dict[str, str | Sequence[str]] = {}
-    if req.retry_attempt is not None:
-        headers["x-slack-retry-num"] = str(req.retry_attempt)
-    if req.retry_reason is not None:
-        headers["x-slack-retry-reason"] = req.retry_reason
-    return headers
