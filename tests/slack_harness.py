@@ -68,16 +68,19 @@ class ScriptedAnswerer:
 
 class HeldAnswers:
     """An answering service whose answers run (holding their turns, busy, not waiting on the LLM)
-    until ``release`` is set; counts those running at once."""
+    until ``release`` is set; counts those running at once, and keeps each question with the name
+    of the thread that answered it."""
 
     def __init__(self) -> None:
         self.release = threading.Event()
         self.running = self.most = self.started = 0
+        self.asked: list[tuple[Question, str]] = []
         self._lock = threading.Lock()
 
     def answer(self, question: Question) -> Answer:
         with self._lock:
             self.started += 1
+            self.asked.append((question, threading.current_thread().name))
             self.running += 1
             self.most = max(self.most, self.running)
         assert self.release.wait(timeout=10)

@@ -31,6 +31,7 @@ from slack_sdk import WebClient
 
 from bot.docs.index import DocsIndex
 from bot.slack.app import SlackSettings, build_app, make_client
+from bot.slack.feedback import ACTION_FRESH_ANSWER, FRESH_BLOCK_PREFIX
 from bot.slack.pacing import ACK_LISTENERS, AcksFirst, DrainingExecutor, WorkTurns
 from bot.slack.server import (
     BUFFERED_REQUEST_BYTES,
@@ -53,7 +54,7 @@ from tests.fake_slack import FakeSlack
 from tests.penny_http import ROOT, PennyHTTP, penny_env, post_event, question_event, raw_request, signed_headers
 from tests.polling import until
 from tests.redis_server import RedisServer, redis_server_binary
-from tests.slack_harness import BOT_ID, BOT_USER, SECRET, TEAM, TOKEN, HeldAnswers
+from tests.slack_harness import BOT_ID, BOT_USER, SECRET, TEAM, TOKEN, HeldAnswers, block_action
 
 pytestmark = pytest.mark.slow
 
@@ -446,40 +447,76 @@ def test_an_event_delivery_is_acked_before_bolt_handles_it_and_anything_else_goe
     assert status == "200 OK" and b"c-123" in answer and not later.held
 
 
+class _Busy:
+    """A worker's Slack app on the HTTP front door with both turns held by answers that are busy
+    and six more answers queued, more than the pool has threads: nothing moves until ``release``."""
+
+    def __init__(self, slack: FakeSlack, store: SqliteStore) -> None:
+        slack.reset()
+        self.slack = slack
+        self.turns, acks_first, self.answers = WorkTurns(2), AcksFirst(), HeldAnswers()
+        self.listeners = DrainingExecutor(4, thread_name_prefix="penny-held", acks_first=acks_first, turns=self.turns)
+        settings = SlackSettings(bot_token=TOKEN, signing_secret=SECRET, api_url=slack.base_url)
+        app = build_app(answerer=self.answers, store=store, settings=settings,
+                        client=make_client(settings, waiting=self.turns.waiting), listener_executor=self.listeners,
+                        accounts=Accounts(store, PennySettings(_env_file=None)),  # type: ignore[call-arg]
+                        working=WorkingIndicator(workers=0))
+        self.wsgi = PennyWSGI(app, ready=lambda: None, acks_first=acks_first,
+                              early_acks=EarlyAcks(SECRET, self.listeners))
+        for i in range(8):
+            event = question_event(f"question {i}", f"EvHeld{i}", user=f"U{i}", ts=f"17000007{i:02d}.000100")
+            assert _post(self.wsgi, event, signed_headers(event)) == ("200 OK", b"")
+        until(lambda: self.answers.started == 2 and self.turns.queued() >= 2)
+        self.in_progress = self.listeners.pending()
+
+    def post_form(self, form: str) -> float:
+        """Post a signed form; how long its ack took."""
+        started = time.monotonic()
+        status, _ = _post(self.wsgi, form, signed_headers(form, content_type="application/x-www-form-urlencoded"))
+        assert status == "200 OK"
+        return time.monotonic() - started
+
+    def release(self, answers: int) -> None:
+        """Let the answers go; ``answers`` are posted, never more than two at once."""
+        self.answers.release.set()
+        self.slack.wait_for("chat.postMessage", answers)
+        assert self.listeners.drain(10) == 0 and self.answers.most == 2
+        self.listeners.shutdown()
+
+
 def test_with_every_turn_held_and_answers_queued_a_slash_command_is_acked_at_once(
     slack: FakeSlack, sqlite_store: SqliteStore
 ) -> None:
-    slack.reset()
-    turns, acks_first, answers = WorkTurns(2), AcksFirst(), HeldAnswers()
-    listeners = DrainingExecutor(4, thread_name_prefix="penny-held", acks_first=acks_first, turns=turns)
-    settings = SlackSettings(bot_token=TOKEN, signing_secret=SECRET, api_url=slack.base_url)
-    app = build_app(answerer=answers, store=sqlite_store, settings=settings,
-                    client=make_client(settings, waiting=turns.waiting), listener_executor=listeners,
-                    accounts=Accounts(sqlite_store, PennySettings(_env_file=None)),  # type: ignore[call-arg]
-                    working=WorkingIndicator(workers=0))
-    wsgi = PennyWSGI(app, ready=lambda: None, acks_first=acks_first, early_acks=EarlyAcks(SECRET, listeners))
+    busy = _Busy(slack, sqlite_store)
     try:
-        for i in range(8):  # two answers hold both turns; six more wait, more than the pool has threads
-            event = question_event(f"question {i}", f"EvHeld{i}", user=f"U{i}", ts=f"17000007{i:02d}.000100")
-            assert _post(wsgi, event, signed_headers(event)) == ("200 OK", b"")
-        until(lambda: answers.started == 2 and turns.queued() >= 2)  # every thread busy: nothing moves
-        in_progress = listeners.pending()
-
         form = urlencode({"command": "/cost", "text": "", "team_id": TEAM, "user_id": "U1", "channel_id": "C1",
                           "api_app_id": "A0PENNY", "trigger_id": "trigger-1",
                           "response_url": f"{slack.base_url}commands/{TEAM}/1/hook"})
-        started = time.monotonic()
-        status, _ = _post(wsgi, form, signed_headers(form, content_type="application/x-www-form-urlencoded"))
-        assert status == "200 OK" and time.monotonic() - started < 1.0  # Slack allows 3 s
+        assert busy.post_form(form) < 1.0  # Slack allows 3 s
         [reply] = slack.wait_for(f"commands/{TEAM}/1/hook")
         assert reply.params["response_type"] == "ephemeral"
-        until(lambda: listeners.pending() == in_progress)  # and it finished, its reply's wait included
-        assert answers.started == 2  # the command's turn, past the bound, let no other answer start
+        until(lambda: busy.listeners.pending() == busy.in_progress)  # and it finished, its reply's wait included
+        assert busy.answers.started == 2  # the command's turn, past the bound, let no other answer start
     finally:
-        answers.release.set()
-    slack.wait_for("chat.postMessage", 8)
-    assert listeners.drain(10) == 0 and answers.most == 2
-    listeners.shutdown()
+        busy.release(8)
+
+
+def test_with_every_turn_held_a_fresh_answer_click_is_acked_at_once_and_its_answer_waits_for_a_turn(
+    slack: FakeSlack, sqlite_store: SqliteStore
+) -> None:
+    busy = _Busy(slack, sqlite_store)
+    try:
+        click = block_action({"action_id": ACTION_FRESH_ANSWER, "block_id": FRESH_BLOCK_PREFIX + "1700000700.000100",
+                              "value": "question 0"}, message_ts="1700000799.000001")
+        assert busy.post_form(urlencode({"payload": json.dumps(click)})) < 1.0
+        until(lambda: busy.listeners.pending() == busy.in_progress + 1)  # acked; the answer is left
+        assert busy.answers.started == 2
+    finally:
+        busy.release(9)  # never more than two at once, the click's answer included
+    # The LLM call the click asks for is an answer like the others, on the answers' pool and
+    # turns: it ran at once, past the bound, on the pool that must stay free for acks.
+    [(fresh, thread)] = [(question, thread) for question, thread in busy.answers.asked if question.fresh]
+    assert fresh.text == "question 0" and thread.startswith("penny-held_")
 
 
 def test_the_http_manifest_is_the_socket_mode_one_with_request_urls() -> None:

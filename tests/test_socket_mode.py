@@ -23,6 +23,7 @@ from slack_sdk.socket_mode.response import SocketModeResponse
 
 from bot.settings import BotSettings
 from bot.slack.app import socket_mode_handler
+from bot.slack.feedback import ACTION_FRESH_ANSWER, FRESH_BLOCK_PREFIX
 from bot.slack.pacing import WorkTurns
 from bot.slack.runner import AnswersCut, run_slack
 from proxy_core.stores.sqlite import SqliteStore
@@ -31,7 +32,7 @@ from tests.fake_openai import FakeOpenAI, Gate
 from tests.fake_slack import FakeSlack, SlackCall
 from tests.penny_http import penny_env
 from tests.polling import until
-from tests.slack_harness import TEAM, TOKEN, HeldAnswers, ScriptedAnswerer, event_body, mention
+from tests.slack_harness import TEAM, TOKEN, HeldAnswers, ScriptedAnswerer, block_action, event_body, mention
 
 
 class Transport:
@@ -146,6 +147,15 @@ def test_socket_mode_acks_events_before_answering_them_cost_at_once_with_every_t
         assert reply.params["response_type"] == "ephemeral"
         assert answers.started == 2  # the command's turn, past the bound, let no other answer start
 
+        # A "Get a fresh answer" click is acked at once too; the answer it asks for waits its turn.
+        click = block_action({"action_id": ACTION_FRESH_ANSWER, "block_id": FRESH_BLOCK_PREFIX + "1700000900.000100",
+                              "value": "question 0"}, message_ts="1700000999.000001")
+        sent = time.monotonic()
+        slack.deliver({"envelope_id": "env-click", "type": "interactive", "accepts_response_payload": False,
+                       "payload": click})
+        [ack] = slack.wait_for("socket_mode.ack", where=lambda c: c.params["envelope_id"] == "env-click")
+        assert ack.at - sent < 1.0 and answers.started == 2
+
         stop.set()  # stopping with six answers unwritten: the connection closes, the answers are finished
         until(lambda: "Stopping: finishing the answers being written" in out.getvalue(), timeout_s=15)
         assert not slack.calls("chat.postMessage")
@@ -154,7 +164,9 @@ def test_socket_mode_acks_events_before_answering_them_cost_at_once_with_every_t
         answers.release.set()
         runner.join(timeout=20)
     assert result == [0]
-    assert slack.count("chat.postMessage") == 6 and answers.most == 2  # all written before run_slack returned
+    assert slack.count("chat.postMessage") == 7 and answers.most == 2  # all written before run_slack returned
+    [(fresh, thread)] = [(question, thread) for question, thread in answers.asked if question.fresh]
+    assert fresh.text == "question 0" and thread.startswith("penny-slack_")  # the answers' pool, not the acks'
     assert [len(acked(slack, f"env-q{n}")) for n in range(6)] == [1] * 6
 
 

@@ -134,9 +134,15 @@ class Answers:
         except Exception as exc:
             _log.exception("slack.message_failed", event_id=body.get("event_id"), error=exc)
 
-    def on_fresh_answer(self, ack: Ack, body: dict[str, Any], client: WebClient, respond: Respond) -> None:
-        """"Get a fresh answer": the question in the button, asked again past the cache, once per click."""
+    @staticmethod
+    def ack_fresh_answer(ack: Ack) -> None:
+        """The click on "Get a fresh answer", acked at once; the answer is :meth:`on_fresh_answer`'s,
+        a lazy listener Bolt starts after the ack, on the answers' pool and turns like any question
+        (not on the pool that runs acks, which must stay free for ``/cost`` and the buttons)."""
         ack()
+
+    def on_fresh_answer(self, body: dict[str, Any], client: WebClient, respond: Respond) -> None:
+        """"Get a fresh answer": the question in the button, asked again past the cache, once per click."""
         try:
             action = body["actions"][0]
             question = str(action.get("value") or "").strip()

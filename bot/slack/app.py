@@ -124,6 +124,11 @@ class _WaitingWebClient(WebClient):
         with self.waiting():
             return super().api_call(*args, **kwargs)
 
+    def __deepcopy__(self, memo: dict[int, object]) -> _WaitingWebClient:
+        """Itself: Bolt deep-copies a request's context for its lazy listeners, and ``waiting`` lends
+        this worker's turns, which a copy must share, not duplicate (its lock cannot be copied)."""
+        return self
+
 
 class _WaitingRespond(Respond):
     """Bolt's ``respond`` (a POST to the request's ``response_url``), inside ``waiting()``."""
@@ -135,6 +140,10 @@ class _WaitingRespond(Respond):
     def __call__(self, *args: Any, **kwargs: Any) -> WebhookResponse:
         with self._waiting():
             return super().__call__(*args, **kwargs)
+
+    def __deepcopy__(self, memo: dict[int, object]) -> _WaitingRespond:
+        """Itself, as :meth:`_WaitingWebClient.__deepcopy__`."""
+        return self
 
 
 class _WaitingClients(Middleware):
@@ -243,7 +252,7 @@ def _listen(app: App, answers: Answers, threads: AssistantThreads, thread_contex
     app.event("message", matchers=[in_dm])(answers.on_dm)
     app.event("message", matchers=[answers.is_unmentioned_thread_reply])(answers.on_thread_reply)
     app.event("message")(_not_for_penny)
-    app.action(ACTION_FRESH_ANSWER)(answers.on_fresh_answer)
+    app.action(ACTION_FRESH_ANSWER)(ack=answers.ack_fresh_answer, lazy=[answers.on_fresh_answer])
     app.event("app_home_opened")(home.on_home_opened)
     app.event("app_context_changed")(threads.on_app_context_changed)
     app.command("/cost")(cost.on_cost)

@@ -53,17 +53,23 @@ class AcksFirst:
     @contextmanager
     def awaiting_ack(self) -> Iterator[None]:
         """Bolt dispatches a request on this thread and waits (up to 3 s) for its listener to ack
-        it: a slash command, a button, a form. A listener started meanwhile is part of that ack
-        (:meth:`ack_awaited`), not an answer to hold back."""
+        it: a slash command, a button, a form. The listener it starts meanwhile is part of that ack
+        (:meth:`takes_the_ack`), not an answer to hold back."""
         self._here.awaiting = True
         try:
             yield
         finally:
             self._here.awaiting = False
 
-    def ack_awaited(self) -> bool:
-        """Whether this thread is in :meth:`awaiting_ack`."""
-        return bool(getattr(self._here, "awaiting", False))
+    def takes_the_ack(self) -> bool:
+        """Whether a listener started now, on this thread, is the one Bolt awaits the ack from: the
+        first started in :meth:`awaiting_ack`. Bolt starts a listener's lazy functions after its
+        ack function, from the same thread: they are work like an answer (the "Get a fresh answer"
+        click's LLM call), not part of the ack."""
+        if not getattr(self._here, "awaiting", False):
+            return False
+        self._here.awaiting = False
+        return True
 
     @contextmanager
     def request(self) -> Iterator[None]:
@@ -236,12 +242,14 @@ class DrainingExecutor(Executor):
     threads at each ack, and the pool's threads are started off the ack's path. With ``turns``, a
     listener runs once it has a turn (:class:`WorkTurns`).
 
-    A listener Bolt starts while a request thread awaits its ack (:meth:`AcksFirst.awaiting_ack`:
+    The listener Bolt starts while a request thread awaits its ack (:meth:`AcksFirst.awaiting_ack`:
     ``/cost``, a button, a form) must ack within Slack's 3 s, and priority in a queue would not do:
     every turn can be held by answers that are busy, not waiting. It is part of that ack: it runs at
     once, on a pool of its own (the answers' threads may all be waiting for turns, with more queued
     behind them) and a turn taken past the bound if none is free (:meth:`WorkTurns.run_now`). Answers
-    stay bounded: none starts while ``turns`` listeners, these included, hold a turn."""
+    stay bounded: none starts while ``turns`` listeners, these included, hold a turn. Work that a
+    click starts (Bolt's lazy listeners, which it starts after the ack listener) is not part of the
+    ack: it waits for the acks and for a turn as an answer does."""
 
     def __init__(self, max_workers: int, *, thread_name_prefix: str = "penny-slack",
                  acks_first: AcksFirst | None = None, turns: WorkTurns | None = None,
@@ -261,7 +269,7 @@ class DrainingExecutor(Executor):
         self._closed = False
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        acking = self._acks_first is not None and self._acks_first.ack_awaited()
+        acking = self._acks_first is not None and self._acks_first.takes_the_ack()
         if self._turns is not None:
             fn, args = (self._turns.run_now if acking else self._turns.run), (fn, *args)
         with self._idle:
