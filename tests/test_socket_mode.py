@@ -255,19 +255,24 @@ def test_penny_run_past_its_stop_timeout_ends_at_once_and_says_how_many_answers_
     proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "run", "--stop-timeout", "0.5"], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     said: list[str] = []
-    assert proc.stdout is not None
-    stdout = proc.stdout
-    reader = threading.Thread(target=lambda: said.extend(stdout), daemon=True)
-    reader.start()
+    errors: list[str] = []
+    assert proc.stdout is not None and proc.stderr is not None
+    # One reader per pipe, and nothing else reads them (communicate() would take lines from "said").
+    readers = [threading.Thread(target=lines.extend, args=(pipe,), daemon=True)
+               for lines, pipe in ((said, proc.stdout), (errors, proc.stderr))]
+    for reader in readers:
+        reader.start()
     try:
         until(lambda: any("connected to Slack" in line for line in said) or proc.poll() is not None, timeout_s=60)
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert proc.poll() is None, "".join(errors)
         slack.deliver(events_envelope("where are the production logs?", 1))
         until(lambda: fake.count("chat") == 1, timeout_s=30)  # the answer waits on the LLM
         stopped = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
         took = time.monotonic() - stopped
+        for reader in readers:
+            reader.join(timeout=10)  # the pipes close with the process
     finally:
         gate.arrive()
         gate.arrive()
@@ -275,6 +280,6 @@ def test_penny_run_past_its_stop_timeout_ends_at_once_and_says_how_many_answers_
             proc.kill()
             proc.wait()
     assert proc.returncode == 0
-    assert "stopped with 1 answer(s) unfinished" in err
+    assert "stopped with 1 answer(s) unfinished" in "".join(errors)
     assert took < 20  # not after the LLM call (held up to 60 s)
     assert any("Stopping: finishing the answers being written" in line for line in said)
