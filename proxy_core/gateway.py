@@ -632,11 +632,13 @@ class Gateway:
         )
         try:
             self.cache.put(lookup.scope, lookup.question, answer, lookup.decision)
-        except PennyError as exc:
-            # The answer is paid for and settled: it must reach the asker. Caching it may fail in
-            # the store, or in a billed embedding of its question (a call of its own, which a rate
-            # limit, a budget or the provider can refuse).
-            self._log.warning("cache_put_failed", request_id=req.request_id, error=str(exc))
+        except Exception as exc:
+            # The answer is paid for and settled: it must reach the asker, whatever caching it does.
+            # It may fail in the store, in a billed embedding of its question (a call of its own,
+            # which a rate limit, a budget or the provider can refuse), or on text the embedder
+            # cannot take; a client would otherwise retry, and pay again.
+            self._log.warning("cache_put_failed", request_id=req.request_id, error=repr(exc),
+                              exc_info=not isinstance(exc, PennyError))
 
     def _serve_hit(self, req: ChatRequest, decision: CacheDecision, answer: CachedAnswer,
                    started: float) -> ChatResult:

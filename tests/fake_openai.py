@@ -143,6 +143,7 @@ class Fault:
     cached_tokens: int | None = None
     finish_reason: str | None = None
     include_usage: bool = True
+    chunk_delay_s: float = 0.0  # a streamed answer: the pause before each word chunk
     # "stream_break": how many word chunks go out before the stream breaks, and how it breaks
     break_after: int = 0
     break_how: BreakHow = "drop"
@@ -158,8 +159,10 @@ class Fault:
         finish_reason: str | None = None,
         include_usage: bool = True,
         delay_s: float = 0.0,
+        chunk_delay_s: float = 0.0,
     ) -> Fault:
-        """A normal answer, with any field overridden (``include_usage=False`` drops ``usage``)."""
+        """A normal answer, with any field overridden (``include_usage=False`` drops ``usage``);
+        streamed, ``chunk_delay_s`` before each word (an answer still being written)."""
         return Fault(
             kind="ok",
             content=content,
@@ -170,6 +173,7 @@ class Fault:
             finish_reason=finish_reason,
             include_usage=include_usage,
             delay_s=delay_s,
+            chunk_delay_s=chunk_delay_s,
         )
 
     @staticmethod
@@ -662,6 +666,9 @@ class _Handler(QuietHandler):
             self.send_header("x-request-id", "req_fake")
             self.end_headers()
             for event in events:
+                if fault.chunk_delay_s and b'"content"' in event and not self.server.fake._wait(fault.chunk_delay_s):
+                    self._drop()
+                    return
                 self._write_chunk(event)
             if fault.kind == "stream_break":
                 if fault.break_how == "drop":

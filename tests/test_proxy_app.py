@@ -3,6 +3,7 @@ OpenAI upstream. Each refusal is OpenAI's error shape with the status its client
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections.abc import Iterator
@@ -257,3 +258,120 @@ def test_a_stream_dropped_mid_answer_still_delivers_the_whole_answer_billed_once
     chunks, _ = streamed(proxy.client(secret))
     assert text_of(chunks) == ANSWER and len(fake.requests_to("chat")) == 2
     assert proxy.gateway.usage("T1", today(clock), today(clock)).totals.requests == 1
+
+
+# -- what careless and hostile clients send ----------------------------------------------------------
+
+
+def test_text_no_encoding_can_carry_is_a_400_naming_the_field_before_anything_is_paid(
+    proxy: Proxy, fake: FakeOpenAI
+) -> None:
+    """JSON's ``\\ud800`` escape makes a lone surrogate (a client that cuts a string mid-emoji). The
+    call used to be paid for and then fail while caching it: a 500, which SDKs retry, paying again."""
+    secret, _ = proxy.keys.create(user_id="U1", workspace_id="T1")
+    auth = {"Authorization": f"Bearer {secret}", "Cache-Control": "no-cache"}
+    chat = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi \\ud800 there"}]}'
+    status, reply = http("POST", proxy.base_url + "/chat/completions", body=chat, headers=auth)
+    assert status == 400 and reply["error"]["param"] == "messages[0].content"
+    embed = b'{"model": "text-embedding-3-small", "input": ["fine", "cut \\udfff"]}'
+    status, reply = http("POST", proxy.base_url + "/embeddings", body=embed, headers=auth)
+    assert status == 400 and reply["error"]["param"] == "input[1]"
+    deep = b'{"model": "gpt-4o-mini", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    status, reply = http("POST", proxy.base_url + "/chat/completions", body=deep, headers=auth)
+    assert status == 400 and reply["error"]["code"] == "invalid_json"
+    assert fake.requests == [] and proxy.gateway.usage("T1", "2000-01-01", "2100-01-01").totals.requests == 0
+
+
+def test_an_idempotency_key_reused_for_another_request_is_refused_and_never_replays_the_first_answer(
+    proxy: Proxy, fake: FakeOpenAI, clock: ManualClock
+) -> None:
+    secret, _ = proxy.keys.create(user_id="U1", workspace_id="T1")
+    client = proxy.client(secret)
+    same = {"Idempotency-Key": "same", "Cache-Control": "no-cache"}
+    client.chat.completions.create(model=MODEL, messages=QUESTION, extra_headers=same)  # type: ignore[arg-type]
+    with pytest.raises(openai.UnprocessableEntityError) as caught:  # another question: 422, as the IETF draft says
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Who is on call?"}],
+                                       extra_headers=same)
+    assert caught.value.code == "idempotency_key_reused" and caught.value.response.headers["x-should-retry"] == "false"
+    # The other endpoint under the same key is another request (it was a 500: the chat result replayed as embeddings).
+    vectors = client.embeddings.create(model="text-embedding-3-small", input="deploy", encoding_format="float",
+                                       extra_headers=same)
+    assert len(vectors.data[0].embedding) == 1536
+    assert len(fake.requests_to("chat")) == 1 and len(fake.requests_to("embeddings")) == 1
+    # Two requests racing under one key both pass the check (the record is written by whichever
+    # comes first): each request's own ID still keeps their answers apart. The race, staged: the
+    # record names the second body.
+    other = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Who is on call?"}]}).encode()
+    [key] = proxy.keys.list()
+    proxy.gateway.store.record_put("proxy-idempotency", f"{key.id}:chat:same", hashlib.sha256(other).hexdigest()[:32],
+                                   60)
+    status, _ = http("POST", proxy.base_url + "/chat/completions", body=other,
+                     headers={"Authorization": f"Bearer {secret}", **same})
+    assert status == 200 and len(fake.requests_to("chat")) == 2  # answered itself, not given the first answer
+    assert fake.last("chat").body["messages"][-1]["content"] == "Who is on call?"
+
+
+def test_the_sdks_default_embeddings_call_gets_base64_vectors_equal_to_the_floats(proxy: Proxy) -> None:
+    """The openai SDK asks for ``encoding_format: "base64"`` unless told otherwise, and decodes it."""
+    secret, _ = proxy.keys.create(user_id="U1", workspace_id="T1")
+    client = proxy.client(secret)
+    default = client.embeddings.create(model="text-embedding-3-small", input="deploy")
+    floats = client.embeddings.create(model="text-embedding-3-small", input="deploy", encoding_format="float")
+    assert len(default.data[0].embedding) == 1536
+    assert default.data[0].embedding == pytest.approx(floats.data[0].embedding, abs=1e-7)  # float32 on the wire
+    body = json.dumps({"model": "text-embedding-3-small", "input": "deploy", "encoding_format": "base64"}).encode()
+    status, reply = http("POST", proxy.base_url + "/embeddings", body=body,
+                         headers={"Authorization": f"Bearer {secret}"})
+    assert status == 200 and isinstance(reply["data"][0]["embedding"], str)  # what the SDK decodes
+
+
+def test_sampling_settings_penny_does_not_pass_on_are_refused_unless_they_change_nothing(
+    proxy: Proxy, fake: FakeOpenAI
+) -> None:
+    secret, _ = proxy.keys.create(user_id="U1", workspace_id="T1")
+    client = proxy.client(secret)
+    for extra, param in (({"stop": ["\n"]}, "stop"), ({"top_p": 0.1}, "top_p"), ({"logit_bias": {"50256": -100}},
+                                                                                   "logit_bias"),
+                         ({"presence_penalty": 1.5}, "presence_penalty"), ({"n": True}, "n")):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model=MODEL, messages=QUESTION, **extra)  # type: ignore[call-overload]
+        assert caught.value.param == param
+    assert fake.requests == []
+    answer = client.chat.completions.create(  # type: ignore[call-overload]
+        model=MODEL, messages=QUESTION, top_p=1, presence_penalty=0, frequency_penalty=0, n=None, stop=None,
+        stream=True, stream_options={"include_usage": None}, user="someone")
+    assert "".join(c.choices[0].delta.content or "" for c in answer if c.choices) == ANSWER
+
+
+def test_upstream_failures_are_pennys_never_the_clients_key_and_never_show_pennys_settings(
+    proxy: Proxy, fake: FakeOpenAI
+) -> None:
+    secret, _ = proxy.keys.create(user_id="U1", workspace_id="T1")
+    client = proxy.client(secret).with_options(max_retries=0)
+    fake.fail_all(Fault.status(401, message="Incorrect API key provided"))
+    with pytest.raises(openai.APIStatusError) as caught:  # not AuthenticationError: the client's key is fine
+        client.chat.completions.create(model=MODEL, messages=QUESTION)  # type: ignore[arg-type]
+    assert caught.value.status_code == 502 and caught.value.code == "upstream_auth_failed"
+    assert caught.value.response.headers["x-should-retry"] == "false"
+    fake.fail_all(Fault.status(429, error_code="insufficient_quota"))
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model=MODEL, messages=QUESTION)  # type: ignore[arg-type]
+    assert caught.value.code == "upstream_quota_exhausted"
+    assert caught.value.response.headers["x-should-retry"] == "false"
+    fake.fail_all(Fault.ok(delay_s=3))  # past the proxy's 2 s request timeout
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model=MODEL, messages=QUESTION)  # type: ignore[arg-type]
+    assert caught.value.code == "upstream_error" and "127.0.0.1" not in caught.value.message
+    assert "OPENAI" not in caught.value.message
+
+
+def test_a_streamed_rate_limit_says_the_limit_like_one_not_streamed(sqlite_store: Store, fake: FakeOpenAI,
+                                                                     clock: ManualClock) -> None:
+    with serve_proxy(sqlite_store, fake, clock, requests_per_minute=1, request_burst=1) as proxy:
+        secret, _ = proxy.keys.create(user_id="U1", workspace_id="T1")
+        streamed(proxy.client(secret))
+        with pytest.raises(openai.RateLimitError) as caught:
+            streamed(proxy.client(secret), extra_headers={"Cache-Control": "no-cache"})
+        headers = caught.value.response.headers
+        assert headers["x-ratelimit-limit-requests"] == "1"
+        assert "x-ratelimit-limit-tokens" not in headers  # no such limit

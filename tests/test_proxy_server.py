@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import pytest
 
 from bot.proxy.keys import KeyRing
 from proxy_core import store_from_url
-from tests.fake_openai import FakeOpenAI
+from tests.fake_openai import FakeOpenAI, Fault
 from tests.proxy_harness import ROOT, ProxyProcess, proxy_env
 
 
@@ -148,3 +150,71 @@ def test_penny_proxy_refuses_and_caches_as_openai_clients_expect(tmp_path: Path,
     finally:
         assert server.stop() == 0
     assert len(fake.requests_to("chat")) == 3  # U_OK's miss and fresh answer, U_RATE's first question
+
+
+def _raw(port: int, request: bytes, *, until: bytes = b"\r\n\r\n", timeout_s: float = 10.0) -> tuple[socket.socket,
+                                                                                                        bytes]:
+    """Send ``request`` on a new connection; the socket and what came back up to ``until``."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
+    sock.sendall(request)
+    received = b""
+    while until not in received:
+        data = sock.recv(65536)
+        if not data:
+            break
+        received += data
+    return sock, received
+
+
+def test_penny_proxy_reads_chunked_bodies_never_reads_a_keyless_one_and_settles_a_stream_its_client_left(
+    tmp_path: Path, fake: FakeOpenAI
+) -> None:
+    env = proxy_env(tmp_path, fake.base_url)
+    store = store_from_url(env["PENNY_STORE_URL"])
+    try:
+        secret, _ = KeyRing(store).create(user_id="U7", workspace_id="T1")
+    finally:
+        store.close()
+    server = ProxyProcess(env, tmp_path)
+    port = int(server.root.rsplit(":", 1)[1])
+    try:
+        # A chunked body (Go's http.Client sends one for a reader of unknown length) is read, not taken for empty.
+        body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "How do I deploy?"}]})
+        half = len(body) // 2
+        parts = (body[:half], body[half:])
+        chunked = b"".join(f"{len(part):x}\r\n{part}\r\n".encode() for part in parts) + b"0\r\n\r\n"
+        sock, reply = _raw(port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           + f"Authorization: Bearer {secret}\r\n".encode() + b"Transfer-Encoding: chunked\r\n\r\n"
+                           + chunked)
+        sock.close()
+        assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+
+        # A large body without a key is refused before it is read: the client never has to send it,
+        # and cannot hold a request thread by sending it slowly.
+        started = time.monotonic()
+        sock, reply = _raw(port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\n\r\n{")
+        sock.close()
+        assert reply.startswith(b"HTTP/1.1 401") and time.monotonic() - started < 5
+
+        # A stream whose client leaves mid-answer while upstream is still writing it, then SIGTERM:
+        # the call outlives its request (the request's thread ends at its next write), and it is
+        # paid for, so the worker settles it before it stops.
+        fake.script(Fault.ok(content="Run the rollback script, then check the dashboard and tell the on-call channel.",
+                             chunk_delay_s=0.25), endpoint="chat")
+        streamed = json.dumps({"model": "gpt-4o-mini", "stream": True,
+                               "messages": [{"role": "user", "content": "How do I roll back?"}]}).encode()
+        sock, reply = _raw(port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           + f"Authorization: Bearer {secret}\r\nContent-Length: {len(streamed)}\r\n\r\n".encode()
+                           + streamed, until=b'"content":"Run')
+        sock.close()  # gone, with the answer's retry still on its way
+        assert b'"content":"Run' in reply
+    finally:
+        assert server.stop() == 0
+    assert len(fake.requests_to("chat")) == 2
+    store = store_from_url(env["PENNY_STORE_URL"])
+    try:
+        day = datetime.now(UTC).strftime("%Y-%m-%d")
+        totals = store.usage("T1", day, day, None).totals
+    finally:
+        store.close()
+    assert totals.requests == 2 and totals.unsettled == 0  # both answers in the ledger, at their real cost

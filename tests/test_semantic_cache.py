@@ -200,6 +200,18 @@ def test_a_fresh_answer_replaces_the_cached_one(make_gateway: Callable[..., Gate
     assert again.cache_status == "exact" and again.content == "Use the new pipeline."
 
 
+def test_an_answer_paid_for_reaches_the_asker_when_caching_it_fails_on_text_the_embedder_cannot_take(
+    make_gateway: Callable[..., Gateway], fake: FakeOpenAI
+) -> None:
+    """A lone surrogate (JSON's ``\\ud800``) goes upstream as JSON escapes it, and WordLlama's
+    tokenizer then refuses it (TypeError): the answer is settled, so it must be returned, not
+    raised (a client would retry, and pay again)."""
+    gw = make_gateway()
+    result = ask(gw, "hi \ud800 there", use_cache=False)
+    assert result.content and fake.count("chat") == 1
+    assert gw.usage("W1", "2000-01-01", "2100-01-01").totals.requests == 1
+
+
 @pytest.mark.redis
 def test_an_entry_stored_by_one_replica_is_a_hit_on_another_within_a_second(
     redis_url: str, redis_namespace: str, fake: FakeOpenAI

@@ -15,6 +15,8 @@ the workspace's budgets still apply.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import math
 import time
@@ -24,10 +26,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import numpy as np
 
 from bot.proxy.keys import KeyRing, ProxyKey
-from bot.proxy.streaming import QueuedStream, StreamEvents, run_streamed, sse_chunks
+from bot.proxy.streaming import QueuedStream, StreamCalls, StreamEvents, run_streamed, sse_chunks
 from proxy_core import (
     BudgetExceeded,
     CallSource,
@@ -51,10 +55,12 @@ if TYPE_CHECKING:
 __all__ = ["ProxyApp", "ProxyError", "ProxyRequest", "ProxyResponse"]
 
 MAX_BODY_BYTES = 1_000_000
+IDEMPOTENCY_RECORD: Final = "proxy-idempotency"  # records: "<key ID>:<endpoint>:<Idempotency-Key>" -> body digest
 MAX_TOKENS_CAP = 128_000
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            405: "Method Not Allowed", 409: "Conflict", 413: "Payload Too Large", 429: "Too Many Requests",
+            405: "Method Not Allowed", 409: "Conflict", 411: "Length Required", 413: "Payload Too Large",
+            422: "Unprocessable Content", 429: "Too Many Requests",
             500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
 
 
@@ -113,19 +119,24 @@ class ProxyApp:
         self.keys = keys
         self.cache_scope = cache_scope
         self.max_body_bytes = max_body_bytes
+        self.streams = StreamCalls()  # streamed calls still running (the worker waits for them when it stops)
         self._clock = clock
         self._log = get_logger()
 
     # -- WSGI ------------------------------------------------------------------------------------
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        response = self._from_environ(environ)
+        headers = {k[5:].replace("_", "-").lower(): str(v) for k, v in environ.items() if k.startswith("HTTP_")}
+        response = self._from_environ(environ, headers)
         if response is None:
-            headers = {k[5:].replace("_", "-").lower(): str(v) for k, v in environ.items() if k.startswith("HTTP_")}
-            length = _content_length(environ)
-            body = environ["wsgi.input"].read(length) if length else b""
-            request = ProxyRequest(environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "/"), headers, body)
-            response = self.handle(request)
+            try:
+                body = self._read_body(environ, headers)
+            except ProxyError as exc:
+                response = exc.response()
+            else:
+                request = ProxyRequest(environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "/"), headers,
+                                       body)
+                response = self.handle(request)
         status = f"{response.status} {_REASONS.get(response.status, 'Error')}"
         if response.stream is not None:
             start_response(status, list(response.headers.items()))
@@ -133,8 +144,9 @@ class ProxyApp:
         start_response(status, [*response.headers.items(), ("Content-Length", str(len(response.body)))])
         return [response.body]
 
-    def _from_environ(self, environ: WSGIEnvironment) -> ProxyResponse | None:
-        """A refusal decided before reading the body (one too large is never read)."""
+    def _from_environ(self, environ: WSGIEnvironment, headers: Mapping[str, str]) -> ProxyResponse | None:
+        """A refusal decided before reading the body: one too large, or sent without a valid key, is
+        never read (a client without a key cannot hold a request thread by sending a body slowly)."""
         try:
             length = _content_length(environ)
         except ValueError:
@@ -142,7 +154,24 @@ class ProxyApp:
         if length > self.max_body_bytes:
             return ProxyError(413, f"The request body is over {self.max_body_bytes} bytes.",
                               code="request_too_large").response()
+        if length or _chunked(headers):
+            try:
+                self._authenticate(ProxyRequest(environ.get("REQUEST_METHOD", "POST"), "", headers))
+            except ProxyError as exc:
+                return exc.response()
         return None
+
+    def _read_body(self, environ: WSGIEnvironment, headers: Mapping[str, str]) -> bytes:
+        """The request's body: ``Content-Length`` bytes, or a chunked body up to the size cap."""
+        length = _content_length(environ)
+        if length:
+            return bytes(environ["wsgi.input"].read(length))
+        if not _chunked(headers):
+            return b""
+        body = bytes(environ["wsgi.input"].read(self.max_body_bytes + 1))  # the server de-chunks it
+        if len(body) > self.max_body_bytes:
+            raise ProxyError(413, f"The request body is over {self.max_body_bytes} bytes.", code="request_too_large")
+        return body
 
     # -- the request, as a value -------------------------------------------------------------------
 
@@ -186,12 +215,13 @@ class ProxyApp:
         messages = _messages(body.get("messages"))
         max_tokens = _max_tokens(body)
         temperature = _temperature(body.get("temperature"))
-        if body.get("n", 1) != 1:
+        n = body.get("n")
+        if n is not None and (n != 1 or isinstance(n, bool)):
             raise _bad("n", "Penny answers with one choice: n must be 1.")
         _refuse_unsupported(body)
         stream, include_usage = _stream_options(body)
         source = self._source(key)
-        request_id = self._request_id(request, key)
+        request_id = self._request_id(request, key, "chat")
         use_cache = not _no_cache(request)
         if stream:
             def call(answer_stream: QueuedStream) -> ChatResult:
@@ -200,7 +230,8 @@ class ProxyApp:
                     model=model, max_tokens=max_tokens, temperature=temperature,
                     context=self._cache_context(key), use_cache=use_cache, stream=answer_stream, source=source)
 
-            return self._streamed(run_streamed(call), model, request_id, include_usage, use_cache)
+            with self._refusals(key):
+                return self._streamed(run_streamed(call, self.streams), model, request_id, include_usage, use_cache)
         with self._refusals(key):
             result = self.gateway.chat(user_id=key.user_id, workspace_id=key.workspace_id, request_id=request_id,
                                        messages=messages, model=model, max_tokens=max_tokens,
@@ -215,10 +246,7 @@ class ProxyApp:
         headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "x-penny-request-id": request_id}
         if events.done is not None:
             if events.done.error is not None:
-                mapped = _map_error(events.done.error, self._clock())
-                if mapped is None:
-                    raise events.done.error
-                raise mapped
+                raise events.done.error  # mapped by the caller's _refusals, as a call not streamed
             assert events.done.result is not None
             headers.update(_penny_headers(events.done.result))
         else:  # text is streaming: a miss (or a bypass); what it costs comes in the usage chunk
@@ -244,14 +272,18 @@ class ProxyApp:
         if dimensions is not None and (not isinstance(dimensions, int) or isinstance(dimensions, bool)
                                        or dimensions < 1):
             raise _bad("dimensions", "dimensions must be a positive integer.")
-        if body.get("encoding_format", "float") != "float":
-            raise _bad("encoding_format", "Penny returns embeddings as floats: encoding_format must be float.")
+        encoding = body.get("encoding_format") or "float"
+        if encoding not in ("float", "base64"):  # the openai SDK asks for base64 unless told otherwise
+            raise _bad("encoding_format", "encoding_format must be float or base64.")
+        for i, text in enumerate(inputs):
+            _unicode(text, "input" if isinstance(raw, str) else f"input[{i}]")
         source = self._source(key)
-        request_id = self._request_id(request, key)
+        request_id = self._request_id(request, key, "embeddings")
         with self._refusals(key):
             result = self.gateway.embed(user_id=key.user_id, workspace_id=key.workspace_id, request_id=request_id,
                                         inputs=inputs, model=model, dimensions=dimensions, source=source)
-        return ProxyResponse.json(200, _embedding_list(result), _penny_headers(result))
+        return ProxyResponse.json(200, _embedding_list(result, base64_vectors=encoding == "base64"),
+                                  _penny_headers(result))
 
     # -- steps ------------------------------------------------------------------------------------
 
@@ -278,13 +310,33 @@ class ProxyApp:
             raise _budget_refusal(BudgetExceeded(f"{key.id} daily", 0, 0, resets_at), now)
         return CallSource(key.id, daily_budget_micros=key.daily_budget_micros or 0)
 
-    def _request_id(self, request: ProxyRequest, key: ProxyKey) -> str:
-        """The gateway's request ID: the client's ``Idempotency-Key`` (scoped to the key, so one key
-        can never read another's results), else a fresh one."""
+    def _request_id(self, request: ProxyRequest, key: ProxyKey, endpoint: str) -> str:
+        """The gateway's request ID: the client's ``Idempotency-Key``, else a fresh one.
+
+        A key's ID is scoped to the key (one key can never read another's results) and to the
+        endpoint, and carries a digest of the body: a client that sends another request under a
+        key it used before gets that request answered, never the first one's answer. It is also
+        told (422, as the IETF Idempotency-Key draft says), when this worker can still see what
+        the key was first used for (:data:`IDEMPOTENCY_RECORD`, kept as long as results are)."""
         idempotency_key = request.headers.get("idempotency-key", "").strip()
         if len(idempotency_key) > 200:
             raise ProxyError(400, "Idempotency-Key is over 200 characters.", param="Idempotency-Key")
-        return f"proxy:{key.id}:{idempotency_key or uuid.uuid4().hex}"
+        if not idempotency_key:
+            return f"proxy:{key.id}:{endpoint}:{uuid.uuid4().hex}"
+        digest = hashlib.sha256(request.body).hexdigest()[:32]
+        scoped = f"{key.id}:{endpoint}:{idempotency_key}"
+        store, ttl_s = self.gateway.store, self.gateway.settings.idempotency_ttl_s
+        try:
+            first = store.record_get(IDEMPOTENCY_RECORD, scoped)
+            if first is None:
+                store.record_put(IDEMPOTENCY_RECORD, scoped, digest, ttl_s)
+        except StoreError as exc:
+            raise _map_error(exc, self._clock()) or exc from exc
+        if first is not None and first != digest:
+            raise ProxyError(422, "This Idempotency-Key was used for a different request body; use a new key for "
+                             "a new request.", param="Idempotency-Key", code="idempotency_key_reused",
+                             headers={"x-should-retry": "false"})
+        return f"proxy:{scoped}:{digest}"
 
     @contextmanager
     def _refusals(self, key: ProxyKey) -> Iterator[None]:
@@ -298,8 +350,12 @@ class ProxyApp:
                 raise
             if isinstance(exc, RateLimited):
                 limits = self.gateway.settings.limits_for(key.user_id)
-                mapped.headers["x-ratelimit-limit-requests"] = str(int(limits.requests_per_minute))
-                mapped.headers["x-ratelimit-limit-tokens"] = str(int(limits.tokens_per_minute))
+                for kind, per_minute in (("requests", limits.requests_per_minute),
+                                         ("tokens", limits.tokens_per_minute)):
+                    if per_minute > 0:  # 0: no such limit
+                        mapped.headers[f"x-ratelimit-limit-{kind}"] = str(int(per_minute))
+            if isinstance(exc, UpstreamError | StoreError):
+                self._log.warning("proxy_call_failed", key_id=key.id, error=str(exc))  # the details stay here
             raise mapped from exc
 
     def _cache_context(self, key: ProxyKey) -> str:
@@ -323,6 +379,8 @@ def _json_body(request: ProxyRequest) -> dict[str, Any]:
         body = json.loads(request.body)
     except (ValueError, UnicodeDecodeError):
         raise ProxyError(400, "The request body is not valid JSON.", code="invalid_json") from None
+    except RecursionError:
+        raise ProxyError(400, "The request body is nested too deeply.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ProxyError(400, "The request body must be a JSON object.", code="invalid_json")
     return body
@@ -343,8 +401,23 @@ def _messages(raw: object) -> list[dict[str, str]]:
             content = "".join(p["text"] for p in content)
         if not isinstance(content, str):
             raise _bad(f"messages[{i}].content", f"messages[{i}].content must be a string.")
-        messages.append({"role": message["role"], "content": content})
+        messages.append({"role": message["role"], "content": _unicode(content, f"messages[{i}].content")})
     return messages
+
+
+def _unicode(text: str, param: str) -> str:
+    """``text``, if it is text the model can be sent: JSON's ``\\ud800`` escapes can make a lone
+    surrogate, which no encoding can carry (the call would fail after being paid for, or in the
+    cache)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _bad(param, f"{param} is not valid Unicode text (it has a lone surrogate).") from None
+    return text
+
+
+def _chunked(headers: Mapping[str, str]) -> bool:
+    return "chunked" in headers.get("transfer-encoding", "").lower()
 
 
 def _max_tokens(body: Mapping[str, Any]) -> int | None:
@@ -369,13 +442,19 @@ def _temperature(value: object) -> float | None:
 # What the gateway does not pass on: a client relying on one would get a plain text answer, not
 # the tool call, JSON or log-probabilities it asked for, so it is told instead.
 _UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs", "audio",
-                "prediction")
+                "prediction", "stop", "logit_bias")
+# Sampling settings the gateway does not pass on either, accepted at the value that changes nothing.
+_DEFAULTS = {"top_p": 1, "presence_penalty": 0, "frequency_penalty": 0}
 
 
 def _refuse_unsupported(body: Mapping[str, Any]) -> None:
     for name in _UNSUPPORTED:
-        if body.get(name) not in (None, False, [], {}):
+        if body.get(name) not in (None, False, [], {}, ""):
             raise _bad(name, f"Penny does not pass {name} on to the model; leave it out.")
+    for name, default in _DEFAULTS.items():
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or value != default):
+            raise _bad(name, f"Penny does not pass {name} on to the model; leave it out (or {default}).")
     response_format = body.get("response_format")
     if response_format is not None and response_format != {"type": "text"}:
         raise _bad("response_format", "Penny answers in text only: response_format must be {\"type\": \"text\"}.")
@@ -392,11 +471,11 @@ def _stream_options(body: Mapping[str, Any]) -> tuple[bool, bool]:
     if not isinstance(stream, bool):
         raise _bad("stream", "stream must be true or false.")
     options = body.get("stream_options") or {}
-    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+    if not isinstance(options, dict) or not isinstance(options.get("include_usage") or False, bool):
         raise _bad("stream_options", "stream_options must be an object like {\"include_usage\": true}.")
     if options and not stream:
         raise _bad("stream_options", "stream_options is only allowed with stream: true.")
-    return stream, bool(options.get("include_usage", False))
+    return stream, bool(options.get("include_usage"))
 
 
 def _no_cache(request: ProxyRequest) -> bool:
@@ -432,9 +511,14 @@ def _completion(result: ChatResult, now: float) -> dict[str, Any]:
     }
 
 
-def _embedding_list(result: EmbeddingResult) -> dict[str, Any]:
-    return {"object": "list", "model": result.model,
-            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(result.vectors)],
+def _embedding_list(result: EmbeddingResult, *, base64_vectors: bool = False) -> dict[str, Any]:
+    """OpenAI's embedding list; ``base64_vectors``: each vector as base64 of its little-endian
+    float32s (``encoding_format: "base64"``, what the openai SDK asks for and decodes)."""
+    def encoded(vector: list[float]) -> list[float] | str:
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii") if base64_vectors else vector
+
+    data = [{"object": "embedding", "index": i, "embedding": encoded(v)} for i, v in enumerate(result.vectors)]
+    return {"object": "list", "model": result.model, "data": data,
             "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}}
 
 
@@ -446,7 +530,8 @@ def _budget_refusal(exc: BudgetExceeded, now: float) -> ProxyError:
     reset = datetime.fromtimestamp(exc.resets_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return ProxyError(429, f"{exc} The budget resets at {reset}.", type="insufficient_quota",
                       code="insufficient_quota",
-                      headers={"Retry-After": _retry_after(exc.resets_at - now), "x-penny-budget-resets-at": reset})
+                      headers={"Retry-After": _retry_after(exc.resets_at - now), "x-penny-budget-resets-at": reset,
+                               "x-should-retry": "false"})  # not before the reset: SDKs must not retry it
 
 
 def _map_error(exc: BaseException, now: float) -> ProxyError | None:
@@ -462,15 +547,29 @@ def _map_error(exc: BaseException, now: float) -> ProxyError | None:
     if isinstance(exc, CircuitOpen):
         return ProxyError(503, str(exc), type="server_error", code="upstream_unavailable",
                           headers={"Retry-After": _retry_after(exc.retry_after)})
-    if isinstance(exc, RequestAnswered):  # the same Idempotency-Key can never succeed: SDKs must not retry it
+    # The same Idempotency-Key can never succeed after these: SDKs must not retry them.
+    if isinstance(exc, RequestAnswered):
         return ProxyError(409, str(exc), code="request_already_answered", headers={"x-should-retry": "false"})
-    if isinstance(exc, RequestInFlight | RequestInterrupted):
+    if isinstance(exc, RequestInterrupted):
+        return ProxyError(409, str(exc), code="request_interrupted", headers={"x-should-retry": "false"})
+    if isinstance(exc, RequestInFlight):
         return ProxyError(409, str(exc), code="request_in_flight", headers={"Retry-After": "1"})
-    if isinstance(exc, UpstreamRejected):
+    # Upstream's failures are Penny's own, not the client's: said without Penny's settings or URLs
+    # (the proxy logs those), and a refusal of Penny's own key or account never as the client's 401/403/429.
+    if isinstance(exc, UpstreamRejected) and exc.status in (401, 403):
+        return ProxyError(502, "The model provider refused Penny's own credentials; tell your Penny admin.",
+                          type="server_error", code="upstream_auth_failed", headers={"x-should-retry": "false"})
+    if isinstance(exc, UpstreamRejected) and exc.status == 429:
+        return ProxyError(503, "The model provider account behind Penny is out of credit; tell your Penny admin.",
+                          type="server_error", code="upstream_quota_exhausted", headers={"x-should-retry": "false"})
+    if isinstance(exc, UpstreamRejected) and exc.status == 404:
+        return ProxyError(404, "The model provider does not know this model; GET /v1/models lists Penny's.",
+                          param="model", code="model_not_found")
+    if isinstance(exc, UpstreamRejected):  # the request itself (too long for the model, …): the provider's words
         return ProxyError(exc.status or 400, str(exc), code="upstream_rejected")
     if isinstance(exc, UpstreamError):
-        return ProxyError(503, str(exc), type="server_error", code="upstream_error",
-                          headers={"Retry-After": _retry_after(exc.retry_after or 1)})
+        return ProxyError(503, "The model provider did not answer; try again shortly.", type="server_error",
+                          code="upstream_error", headers={"Retry-After": _retry_after(exc.retry_after or 1)})
     if isinstance(exc, StoreError):
         return ProxyError(503, "Penny's store is unavailable; try again shortly.", type="server_error",
                           code="store_unavailable", headers={"Retry-After": "1"})

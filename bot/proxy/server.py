@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal, TextIO
 from bot.proxy.app import ProxyApp
 from bot.proxy.keys import PROXY_KEY_CACHE_S, KeyRing
 from bot.slack.server import HTTPOptions, announce, ops_reply, run_arbiter
-from proxy_core import ConfigurationError, Gateway, PennySettings, StoreError
+from proxy_core import ConfigurationError, Gateway, PennySettings, StoreError, get_logger
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment
@@ -48,10 +48,17 @@ class ProxyWorker:
         return None
 
     def pending(self) -> int:
-        return 0  # a request is answered on its own thread: gunicorn's open connections count it
+        # A request is answered on its own thread (gunicorn's open connections count it); a streamed
+        # call goes on after its client left.
+        return self.app.streams.running()
 
     def close(self, timeout_s: float) -> None:
-        # Requests are answered on the request's own thread: gunicorn has finished them by now.
+        """Requests are answered on the request's own thread, and gunicorn has finished them by now;
+        a streamed call whose client left may still be running: it is paid for, so it is waited
+        for (up to ``timeout_s``) to be settled before the gateway closes."""
+        left = self.app.streams.wait(timeout_s)
+        if left:
+            get_logger().warning("proxy_streams_cut", running=left)
         self.gateway.close()
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from proxy_core import ChatResult
 
-__all__ = ["QueuedStream", "StreamEvents", "run_streamed", "sse_chunks"]
+__all__ = ["QueuedStream", "StreamCalls", "StreamEvents", "run_streamed", "sse_chunks"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +71,47 @@ class StreamEvents:
     rest: queue.Queue[_Event]
 
 
-def run_streamed(call: Callable[[QueuedStream], ChatResult]) -> StreamEvents:
-    """Start ``call`` on a helper thread; return once it has written text or finished."""
+class StreamCalls:
+    """The streamed calls running on helper threads. A call outlives its request when the client
+    goes away mid-answer (it is paid for: it is settled and cached all the same), so a stopping
+    worker waits for them (:meth:`wait`) before it closes the gateway; the server no longer counts
+    them once their connection is gone."""
+
+    def __init__(self) -> None:
+        self._running = 0
+        self._changed = threading.Condition()
+
+    def start(self, run: Callable[[], None]) -> None:
+        def counted() -> None:
+            try:
+                run()
+            finally:
+                with self._changed:
+                    self._running -= 1
+                    self._changed.notify_all()
+
+        with self._changed:
+            self._running += 1
+        try:
+            threading.Thread(target=counted, name="penny-proxy-stream", daemon=True).start()
+        except BaseException:
+            with self._changed:
+                self._running -= 1
+            raise
+
+    def running(self) -> int:
+        return self._running
+
+    def wait(self, timeout_s: float) -> int:
+        """Wait until none runs, at most ``timeout_s``; how many still run."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._running == 0, timeout=timeout_s)
+            return self._running
+
+
+def run_streamed(call: Callable[[QueuedStream], ChatResult], calls: StreamCalls) -> StreamEvents:
+    """Start ``call`` on a helper thread (counted in ``calls``); return once it has written text or
+    finished."""
     stream = QueuedStream()
 
     def run() -> None:
@@ -81,7 +120,7 @@ def run_streamed(call: Callable[[QueuedStream], ChatResult]) -> StreamEvents:
         except BaseException as exc:  # handed to the request's thread, which maps or re-raises it
             stream.events.put(_Done(None, exc))
 
-    threading.Thread(target=run, name="penny-proxy-stream", daemon=True).start()
+    calls.start(run)
     while True:
         event = stream.events.get()
         if isinstance(event, _Delta):
