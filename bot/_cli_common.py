@@ -29,6 +29,24 @@ def opened_store(settings: PennySettings, gateway: Gateway | None = None) -> Ite
         store.close()
 
 
+def port(value: str) -> int:
+    """``--port N``: 0 (any free port) to 65535 (argparse turns a refusal into exit 2)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a port number, not {value!r}") from None
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"a port from 0 to 65535, not {value}")
+    return number
+
+
+def nonblank(value: str) -> str:
+    """A value that must say something (a Slack user ID, …)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value.strip()
+
+
 def positive_int(value: str) -> int:
     """``--workers N``: a whole number of at least 1 (argparse turns a refusal into exit 2)."""
     number = int(value)

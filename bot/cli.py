@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
-from typing import TextIO
+from typing import Final, TextIO
 
-from bot._cli_common import opened_store, positive_int
+from bot._cli_common import opened_store, port, positive_int
 from bot.answer_types import Question
 from bot.proxy.commands import add_commands as add_proxy_commands
 from bot.settings import BotSettings, load_settings
@@ -95,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--host", default="127.0.0.1",
                      help="address to listen on with --http (default 127.0.0.1: behind a TLS reverse proxy on "
                           "this host; 0.0.0.0 in a container)")
-    run.add_argument("--port", type=int, default=3000, help="HTTP port with --http (default 3000; 0: any free port)")
+    run.add_argument("--port", type=port, default=3000, help="HTTP port with --http (default 3000; 0: any free port)")
     run.add_argument("--workers", type=positive_int, default=1,
                      help="worker processes with --http (default 1; one per core uses them all)")
     run.add_argument("--access-log", metavar="FILE", help="with --http: a line per request to FILE ('-': stderr)")
@@ -186,14 +186,17 @@ def _seconds(value: str) -> float:
     return seconds
 
 
+MAX_DAYS: Final = 36_600  # a century: more is a typo
+
+
 def _days(value: str) -> int:
     """``--days N``: a whole number of days, at least 1 (argparse turns a refusal into exit 2)."""
     try:
         days = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"a whole number of days, not {value!r}") from None
-    if days < 1:
-        raise argparse.ArgumentTypeError(f"at least 1 day, not {days}")
+    if not 1 <= days <= MAX_DAYS:
+        raise argparse.ArgumentTypeError(f"from 1 to {MAX_DAYS} days, not {days}")
     return days
 
 
@@ -345,7 +348,14 @@ def _cmd_index(args: argparse.Namespace, settings: PennySettings, out: TextIO, _
 
 
 def _progress_bar(stream: TextIO, width: int = 30) -> Callable[[int, int], None]:
-    """An in-place ``[####....] 12/25 files`` line, ended with a newline when done."""
+    """An in-place ``[####....] 12/25 files`` line, ended with a newline when done; to a stream that
+    is not a terminal (a log, a pipe), only that last line."""
+    if not stream.isatty():
+        def done_only(done: int, total: int) -> None:
+            if done >= total:
+                print(f"{done}/{total} files", file=stream, flush=True)
+
+        return done_only
 
     def show(done: int, total: int) -> None:
         filled = width * done // total if total else width
@@ -379,6 +389,11 @@ def _cmd_ask(args: argparse.Namespace, settings: BotSettings, out: TextIO, _in: 
 def _cmd_run(args: argparse.Namespace, settings: BotSettings, out: TextIO, stdin: TextIO) -> int:
     if args.http:
         return _run_http(settings, args, out)
+    missing = _missing_slack_settings(settings, http=False)
+    if missing and (settings.slack_bot_token is not None or settings.slack_app_token is not None):
+        # Half set up is a mistake, not a wish for the terminal chat (which, under systemd or
+        # docker, would read no input and exit 0, never to be restarted).
+        raise ConfigurationError("Slack is half set up; also set " + "; ".join(missing))
     installation = _check_slack_first(settings)  # a bad token fails before the docs are indexed
     turns = WorkTurns()  # Socket Mode's bound on answers running at once, lent during each LLM call
     try:

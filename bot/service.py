@@ -97,4 +97,10 @@ def open_answer_service(settings: BotSettings, store: Store, gateway: Gateway | 
     """The answering service over the shared index (``gateway`` None: extractive answers only)."""
     embedder = docs_embedder(settings, gateway, purpose="search")
     index = DocsIndex.load(store)
-    return AnswerService(index, Retriever(index, embedder.embed), gateway, docs_base_url=settings.docs_base_url)
+    built_with = index.snapshot.embedder
+    if index.snapshot.passages and built_with != embedder.name:
+        raise ConfigurationError(
+            f"PENNY_EMBEDDER is {embedder.name!r}, but the docs index was built with {built_with!r}, whose vectors "
+            "it cannot search: run `penny index` to embed the docs again, or set PENNY_EMBEDDER back")
+    return AnswerService(index, Retriever(index, embedder.embed, embedder_name=embedder.name), gateway,
+                         docs_base_url=settings.docs_base_url)

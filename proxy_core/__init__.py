@@ -38,7 +38,7 @@ from proxy_core.rates import LimitDecision, SharedRate
 from proxy_core.results import ChatResult, EmbeddingResult
 from proxy_core.semantic.decision import EvalReport, evaluate, format_report, hit_policy, load_pairs
 from proxy_core.semantic.embedders import Embedder, embedder_from_spec
-from proxy_core.settings import PennySettings, load_settings, load_settings_as
+from proxy_core.settings import MAX_BUDGET_USD, PennySettings, load_settings, load_settings_as
 from proxy_core.spool import count_pending
 from proxy_core.stores import store_from_url
 from proxy_core.stores.base import (
@@ -55,6 +55,7 @@ from proxy_core.stores.base import (
 from proxy_core.tokens import estimate_text_tokens
 
 __all__ = [
+    "MAX_BUDGET_USD",
     "Accounts",
     "AnswerStream",
     "BlobStore",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Context, Decimal
 
 __all__ = ["MICROS_PER_USD", "format_usd"]
 
 MICROS_PER_USD = 1_000_000
+_WIDE = Context(prec=60)  # quantize's digits: any sum of micro-dollars, not the default context's 28
 
 
 def format_usd(micros: int) -> str:
@@ -28,4 +29,4 @@ def format_usd(micros: int) -> str:
 
 
 def _round(amount: Decimal, places: int) -> Decimal:
-    return amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+    return amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP, context=_WIDE)

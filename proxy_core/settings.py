@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import (
@@ -50,7 +50,8 @@ __all__ = [
 ENV_PREFIX = "PENNY_"
 MICROS_PER_USD = 1_000_000
 
-Usd = Annotated[Decimal, Field(ge=0, decimal_places=6)]
+MAX_BUDGET_USD: Final = Decimal(1_000_000_000)  # a budget above this is a typo, not a plan
+Usd = Annotated[Decimal, Field(ge=0, le=MAX_BUDGET_USD, decimal_places=6)]
 Rate = Annotated[float, Field(ge=0)]
 Seconds = Annotated[float, Field(ge=0)]
 PositiveSeconds = Annotated[float, Field(gt=0)]
@@ -311,6 +312,15 @@ class PennySettings(BaseSettings):
     def _blank_is_unset(cls, value: object) -> object:
         # OPENAI_API_KEY= (empty) in a .env file means "not set", not an empty key.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value.strip())
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"must be an http(s) URL such as https://api.openai.com/v1, not {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> PennySettings:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from prometheus_client import CollectorRegistry
 
 from bot.answer import AnswerService
@@ -16,6 +17,7 @@ from bot.answer_types import Question
 from bot.service import index_docs, open_answer_service
 from bot.settings import BotSettings
 from proxy_core.clock import ManualClock
+from proxy_core.errors import ConfigurationError
 from proxy_core.gateway import Gateway
 from proxy_core.metrics import Metrics
 from proxy_core.stores.base import Store
@@ -143,3 +145,22 @@ def test_an_empty_or_huge_question_gets_a_clear_answer(service: AnswerService) -
     assert huge.kind in ("answer", "no_match")
     if huge.kind == "answer":
         assert "first 4,000 characters" in huge.text
+
+
+def test_an_index_built_by_another_embedder_is_named_at_start_and_searched_by_its_words_while_running(
+    store: Store
+) -> None:
+    """``PENNY_EMBEDDER`` changed after indexing: the vectors cannot be compared (256 dimensions
+    against 64), which was a traceback on every question."""
+    index_docs(_settings(), store, DOCS)
+    other = _settings(openai_api_key=None, embedder="local:wordllama?dims=64")
+    with pytest.raises(ConfigurationError, match=r"PENNY_EMBEDDER is 'local:wordllama\?dims=64'.*run `penny index`"):
+        open_answer_service(other, store, None)
+    # Re-indexed under another embedder while a replica runs: it answers from the passages' words.
+    service = open_answer_service(_settings(openai_api_key=None), store, None)
+    index_docs(other, store, DOCS)
+    service.index.refresh_if_changed()
+    with structlog.testing.capture_logs() as logs:
+        answer = ask(service, "Where are the production logs?")
+    assert "engineering/logs-and-observability.md" in [c.path for c in answer.citations]
+    assert [log["index"] for log in logs if log["event"] == "docs_index_other_embedder"] == ["local:wordllama?dims=64"]

@@ -315,9 +315,12 @@ def test_usage_counts_one_request_in_the_singular(fake: FakeOpenAI) -> None:
     assert "last 1 day — alice in local" in out and "  1 request · " in out and "1 requests" not in out
 
 
-@pytest.mark.parametrize(("days", "why"), [("-3", "at least 1 day, not -3"), ("0", "at least 1 day, not 0"),
+@pytest.mark.parametrize(("days", "why"), [("-3", "from 1 to 36600 days, not -3"),
+                                          ("0", "from 1 to 36600 days, not 0"),
+                                          ("1000000", "from 1 to 36600 days, not 1000000"),
                                           ("three", "a whole number of days, not 'three'")])
-def test_usage_refuses_days_below_one(days: str, why: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_usage_refuses_days_below_one_or_past_a_century(days: str, why: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as refused:
         penny("usage", "--days", days)
     assert refused.value.code == 2
@@ -603,3 +606,56 @@ def test_feedback_lists_votes_per_page_and_user(isolated: str) -> None:
     assert set(report["by_user"]) == {"U1", "U2"}
     code, out = penny("feedback", "--workspace", "T1")
     assert code == 0 and "👍 1 · 👎 1" in out and "a.md" in out
+
+
+@pytest.mark.parametrize(("argv", "why"), [
+    (["proxy", "--port", "99999"], "argument --port: a port from 0 to 65535, not 99999"),
+    (["run", "--http", "--port", "-1"], "argument --port: a port from 0 to 65535, not -1"),
+    (["keys", "create", "--user", " "], "argument --user: must not be empty"),
+    (["keys", "create", "--user", "U1", "--daily-budget-usd", "1e999"], "at most 1,000,000,000 USD, not 1e999"),
+])
+def test_out_of_range_arguments_are_refused_by_name(argv: list[str], why: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as refused:
+        penny(*argv)
+    assert refused.value.code == 2 and why in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("name", "value", "why"), [
+    ("OPENAI_BASE_URL", "notaurl", "must be an http(s) URL"),
+    ("OPENAI_BASE_URL", "ftp://example.com/v1", "must be an http(s) URL"),
+    ("PENNY_USER_DAILY_BUDGET_USD", "1e999", "less than or equal to 1000000000"),
+])
+def test_settings_that_used_to_pass_check_and_fail_later_are_named_by_check(
+    name: str, value: str, why: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(name, value)
+    code, _ = penny("check")
+    err = capsys.readouterr().err
+    assert code == 2 and name in err and why in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("token", ["SLACK_BOT_TOKEN", "SLACK_APP_TOKEN"])
+def test_run_with_half_of_slack_set_up_exits_2_naming_what_is_missing(
+    token: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not the terminal chat: under systemd or docker it would read no input and exit 0, never restarted."""
+    monkeypatch.setenv(token, "xoxb-1-not-real" if token == "SLACK_BOT_TOKEN" else "xapp-1-not-real")
+    code, out = penny("run")
+    err = capsys.readouterr().err
+    other = "SLACK_APP_TOKEN" if token == "SLACK_BOT_TOKEN" else "SLACK_BOT_TOKEN"
+    assert code == 2 and "Slack is half set up" in err and other in err and "you>" not in out
+
+
+def test_progress_to_a_log_is_one_line_not_a_line_of_frames() -> None:
+    from bot.cli import _progress_bar
+
+    log = io.StringIO()
+    show = _progress_bar(log)
+    for done in range(4):
+        show(done, 3)
+    assert log.getvalue() == "3/3 files\n"
+
+
+def test_amounts_past_the_default_decimal_precision_are_formatted() -> None:
+    assert format_usd(10**32) == "$100,000,000,000,000,000,000,000,000.00"

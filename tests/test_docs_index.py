@@ -341,7 +341,7 @@ def test_penny_index(store_file: Path, docs: Path, capsys: pytest.CaptureFixture
     assert main(["index", str(docs)]) == 0
     captured = capsys.readouterr()
     assert "indexed 4 files" in captured.out and "version 1" in captured.out
-    assert "4/4 files" in captured.err and "\r[" in captured.err
+    assert captured.err == "4/4 files\n"  # not a terminal: the last line of the progress bar only
     assert main(["index", str(docs)]) == 0
     assert "0 embedded" in capsys.readouterr().out
     store = SqliteStore(store_file)

@@ -25,6 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bot.docs.parse import Passage
+from proxy_core import get_logger
 
 if TYPE_CHECKING:
     from bot.docs.index import DocsIndex, IndexSnapshot
@@ -230,16 +231,26 @@ def search(
 
 class Retriever:
     """Answers "which passages answer this?" against a :class:`DocsIndex`'s current snapshot.
-    ``embed`` must be the embedder the index was built with."""
+    ``embed`` must be the embedder the index was built with; with ``embedder_name``, an index built
+    by another (re-indexed under a new ``PENNY_EMBEDDER`` while this replica runs) is searched by
+    its words alone until this replica restarts, rather than failing every question."""
 
     def __init__(
-        self, index: DocsIndex, embed: Callable[[list[str]], NDArray[Any]], *, fusion: Fusion = "weighted"
+        self, index: DocsIndex, embed: Callable[[list[str]], NDArray[Any]], *, fusion: Fusion = "weighted",
+        embedder_name: str | None = None,
     ) -> None:
         self._index = index
         self._embed = embed
         self._fusion: Fusion = fusion
+        self._embedder_name = embedder_name
+        self._warned = False
 
     def search(self, question: str, *, k: int = 5, mode: Mode = "hybrid") -> list[Hit]:
         snapshot = self._index.snapshot
+        if self._embedder_name is not None and snapshot.passages and snapshot.embedder != self._embedder_name:
+            if not self._warned:
+                self._warned = True
+                get_logger().warning("docs_index_other_embedder", index=snapshot.embedder, ours=self._embedder_name)
+            mode = "bm25"
         vector = None if mode == "bm25" else np.asarray(self._embed([question]), dtype=np.float32)[0]
         return search(snapshot, question, vector, k=k, mode=mode, fusion=self._fusion)

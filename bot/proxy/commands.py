@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import TextIO
 
-from bot._cli_common import opened_store, positive_int
+from bot._cli_common import nonblank, opened_store, port, positive_int
 from bot.proxy.keys import KeyRing
-from proxy_core import PennySettings, PriceTable, format_usd
+from proxy_core import MAX_BUDGET_USD, PennySettings, PriceTable, format_usd
 
 __all__ = ["add_commands"]
 
@@ -20,7 +20,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, de
     proxy = sub.add_parser("proxy", help="an OpenAI-compatible endpoint with Penny's cost controls, for any "
                                          "LLM client (keys from penny keys create)")
     proxy.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1)")
-    proxy.add_argument("--port", type=int, default=8787, help="the port (default: 8787; 0: any free port)")
+    proxy.add_argument("--port", type=port, default=8787, help="the port (default: 8787; 0: any free port)")
     proxy.add_argument("--workers", type=positive_int, default=1, help="worker processes (default: 1)")
     proxy.add_argument("--cache-scope", choices=("user", "workspace"), default="user",
                        help="who shares cached answers: the key's user only (default), or their workspace")
@@ -31,13 +31,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, de
     keys = sub.add_parser("keys", help="keys for penny proxy: one per person, mapped to their Slack user")
     keys_sub = keys.add_subparsers(required=True, metavar="ACTION")
     create = keys_sub.add_parser("create", help="create a key (printed once; only its hash is stored)")
-    create.add_argument("--user", required=True, help="the Slack user the key's calls are billed to")
-    create.add_argument("--workspace", default=default_workspace,
+    create.add_argument("--user", required=True, type=nonblank, help="the Slack user the key's calls are billed to")
+    create.add_argument("--workspace", type=nonblank, default=default_workspace,
                         help=f"the Slack workspace (default: {default_workspace})")
     create.add_argument("--name", default="", help="what the key is for, e.g. notebook")
     create.add_argument("--daily-budget-usd", type=_usd, default=None,
                         help="this key's own budget per UTC day, reserved before each call (the user's "
-                             "budgets still apply: it narrows, never widens)")
+                             "budgets still apply: it narrows, never widens; 0 refuses every call)")
     create.add_argument("--models", type=_models, default=(),
                         help="comma-separated models this key may call (default: every priced model)")
     create.set_defaults(func=_cmd_create)
@@ -65,6 +65,8 @@ def _usd(value: str) -> int:
         raise argparse.ArgumentTypeError(f"an amount in USD, not {value!r}") from None
     if not usd.is_finite() or usd < 0:
         raise argparse.ArgumentTypeError(f"an amount of at least 0, not {value!r}")
+    if usd > MAX_BUDGET_USD:
+        raise argparse.ArgumentTypeError(f"at most {MAX_BUDGET_USD:,} USD, not {value}")
     micros = int(usd * 1_000_000)  # rounded down: a cap is never raised by rounding
     if micros == 0 and usd > 0:
         raise argparse.ArgumentTypeError(
