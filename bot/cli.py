@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
-from typing import Final, TextIO
+from typing import Final, NoReturn, TextIO
 
 from bot._cli_common import opened_store, port, positive_int
 from bot.answer_types import Question
@@ -239,11 +239,24 @@ def _slack_check(settings: BotSettings) -> list[str]:
     return check_report(slack_settings(settings))
 
 
+class _NoProvider:
+    """The :class:`~proxy_core.gateway.Upstream` of a command that never calls the provider."""
+
+    def chat(self, **_: object) -> NoReturn:
+        raise AssertionError("this command does not call the LLM provider")
+
+    def embed(self, **_: object) -> NoReturn:
+        raise AssertionError("this command does not call the LLM provider")
+
+
 def _cmd_ledger_replay(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
     """Replay every spool file in the spool directory whose process has exited (this command's
     own gateway adopts them), then charge interrupted calls. Exit 1 while writes remain pending."""
     # No answer cache: replaying writes needs none, and the semantic one loads an embedding model.
-    gateway = Gateway.from_settings(settings.model_copy(update={"cache_enabled": False}), maintenance=False)
+    # No provider either: it writes to the store only, so an operator who removed or rotated
+    # OPENAI_API_KEY can still write the paid calls it holds.
+    gateway = Gateway.from_settings(settings.model_copy(update={"cache_enabled": False}), maintenance=False,
+                                    upstream=_NoProvider())
     try:
         report = gateway.replay_spool()
         reaped = gateway.reap_interrupted() if report.error is None else []

@@ -274,13 +274,17 @@ class PennySettings(BaseSettings):
         kind: Literal["chat", "embedding"] = "chat" if info.field_name == "chat_model" else "embedding"
         model = value
         if info.field_name == "embedder":
-            if not value.startswith("openai:"):
-                return value
-            model = value.split(":", 1)[1].split("?", 1)[0]
+            model = value.split(":", 1)[1].split("?", 1)[0] if value.startswith("openai:") else ""  # local: free
         try:
-            PriceTable.load(info.data["price_file"]).price_for(model, kind)
+            if model:
+                PriceTable.load(info.data["price_file"]).price_for(model, kind)
+            if info.field_name == "embedder":
+                from proxy_core.semantic.embedders import embedder_from_spec
+
+                # Its form too (a local embedder loads nothing until it embeds).
+                embedder_from_spec(value, openai_embed_fn=lambda texts, **_: [])
         except ConfigurationError as exc:
-            raise ValueError(str(exc)) from None
+            raise ValueError(str(exc).removeprefix(f"{ENV_PREFIX}EMBEDDER=")) from None
         return value
 
     @field_validator("redis_ca_file", "redis_cert_file", "redis_key_file")

@@ -77,6 +77,14 @@ def test_check_and_cost_team_count_waiting_calls_and_replay_writes_them(tmp_path
     assert code == 0 and "replayed 0 ledger write(s)" in out
 
 
+def test_replay_needs_no_openai_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It only writes to the store: an operator who removed or rotated the key can still run it."""
+    leave_spooled_settle(tmp_path / "penny-spool", "lost-3", 500)
+    monkeypatch.delenv("OPENAI_API_KEY")
+    code, out = penny("ledger", "replay")
+    assert code == 0 and "replayed 1 ledger write(s)" in out
+
+
 def test_replay_with_the_store_down_keeps_the_writes_and_exits_1(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PENNY_STORE_URL", f"redis://127.0.0.1:{free_port()}/0")  # nobody listens there
