@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 
 from bot.cli import main
 from bot.docs.index import EMBED_BATCH, DocsIndex, DocsIndexer, IndexConflict, IndexSnapshot, NoDocsFound
+from bot.docs.parse import MAX_FILE_BYTES
 from bot.docs.retrieve import NO_MATCH_THRESHOLD, Retriever, search, tokenize
 from proxy_core.clock import ManualClock
 from proxy_core.semantic.embedders import WordLlamaEmbedder, embedder_from_spec
@@ -358,11 +359,14 @@ def test_penny_index_refuses_an_empty_or_missing_folder_and_changes_nothing(
     capsys.readouterr()
     (tmp_path / "empty").mkdir()
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "huge").mkdir()
+    (tmp_path / "huge" / "huge.md").write_bytes(b"# Huge\n\n" + b"word " * (MAX_FILE_BYTES // 5 + 1))
     for folder, reason in (("empty", "no Markdown, reStructuredText, HTML, text or PDF files"),
+                           ("huge", "its 1 supported file(s) are over the size limit (2 MB; a PDF 32 MB)"),
                            ("dcos", "is not a directory: it does not exist")):
         assert main(["index", folder]) == 2
         captured = capsys.readouterr()
-        assert captured.err.startswith("penny index: ") and f"{folder} ({tmp_path / folder})" in captured.err
+        assert "\npenny index: " in "\n" + captured.err and f"{folder} ({tmp_path / folder})" in captured.err
         assert reason in captured.err and "Nothing was changed" in captured.err
         assert captured.out == "" and "removed" not in captured.err and "Traceback" not in captured.err
     assert "--allow-empty" in main_err(["index", "empty"], capsys)
@@ -392,3 +396,20 @@ def test_penny_index_refuses_what_it_cannot_do(
     assert main(["index", str(tmp_path)]) == 2  # it embeds through the OpenAI API: it needs the key
     err = capsys.readouterr().err
     assert "OPENAI_API_KEY" in err and "Traceback" not in err
+
+
+def test_a_file_that_is_not_text_is_skipped_and_one_in_windows_1252_is_read(
+    store: Store, tmp_path: Path, embedder: WordLlamaEmbedder
+) -> None:
+    """Random bytes named ``.md`` were indexed as a thousand passages of garbage, and quoted."""
+    docs = tmp_path / "odd"
+    docs.mkdir()
+    (docs / "binary.md").write_bytes(bytes(range(256)) * 400)
+    (docs / "menu.md").write_bytes("# Café menu\n\nThe café serves crème brûlée on Fridays.\n".encode("cp1252"))
+    with structlog.testing.capture_logs() as logs:
+        report = DocsIndexer(store, embedder.embed, embedder_name=embedder.name).index(docs)
+    assert report.files == 1
+    assert [(log["path"], log["reason"]) for log in logs if log["event"] == "docs_file_skipped"] == [
+        ("binary.md", "unreadable")]
+    [hit, *_] = Retriever(DocsIndex.load(store), embedder.embed).search("what dessert does the cafe serve")
+    assert "crème brûlée" in hit.passage.text and hit.passage.title == "Café menu"

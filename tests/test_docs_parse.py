@@ -481,18 +481,20 @@ def test_txt_without_headings_is_one_section(tmp_path: Path) -> None:
 # Encodings, hashes, anchors
 
 
-def test_non_utf8_and_odd_bytes_never_crash(tmp_path: Path) -> None:
-    latin = parse(tmp_path, "latin.md", "# Caf\xe9\n\nCr\xe8me br\xfbl\xe9e.\n".encode("latin-1"))
-    assert latin.title == "Caf\ufffd"
-    assert "Cr\ufffdme" in latin.sections[0].text
+def test_non_utf8_is_read_as_windows_1252_and_odd_bytes_never_crash_and_binary_is_refused(tmp_path: Path) -> None:
+    latin = parse(tmp_path, "latin.md", "# Caf\xe9\n\nCr\xe8me br\xfbl\xe9e \u2013 \u20ac5.\n".encode("cp1252"))
+    assert latin.title == "Caf\xe9"
+    assert "Cr\xe8me br\xfbl\xe9e \u2013 \u20ac5." in latin.sections[0].text
     utf16 = parse(tmp_path, "wide.txt", "Hello There\n\nWide text.\n".encode("utf-16"))
     assert utf16.title == "Hello There" and utf16.sections[0].text == "Wide text."
     bom = parse(tmp_path, "bom.rst", b"\xef\xbb\xbfTitle\n=====\n\nBody\r\nline two\rthree\x00\x07.\n")
     assert bom.title == "Title" and bom.sections[0].text == "Body\nline two\nthree."
-    junk = bytes(random.Random(7).randrange(256) for _ in range(5000))
+    junk = bytes(random.Random(7).randrange(1, 256) for _ in range(5000))  # no NUL: maybe text
     for name in ("junk.md", "junk.rst", "junk.html", "junk.txt"):
         doc = parse(tmp_path, name, junk)
         assert_offsets(doc, chunk(doc))
+    with pytest.raises(ValueError, match="not a text file"):  # an image or an archive named .md
+        parse(tmp_path, "image.md", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + junk)
 
 
 def test_content_hashes_are_stable_and_follow_changes(tmp_path: Path) -> None:

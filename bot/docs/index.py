@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bot.docs.parse import Passage, chunk, parse_document, walk
+from bot.docs.parse import MAX_FILE_BYTES, MAX_PDF_BYTES, Passage, chunk, parse_document, walk
 from bot.docs.retrieve import Bm25
 from proxy_core import BlobStore, ConfigurationError, StoreError, get_logger
 
@@ -60,9 +60,11 @@ class IndexConflict(StoreError):
 class NoDocsFound(ConfigurationError):
     """The docs folder holds nothing to index (empty, or a mistyped path); this run wrote nothing."""
 
-    def __init__(self, root: Path, *, files: int, indexed: int) -> None:
+    def __init__(self, root: Path, *, files: int, indexed: int, too_large: int = 0) -> None:
         shown = root if root.is_absolute() else f"{root} ({root.resolve()})"
         found = (f"none of its {files} supported files could be read" if files else
+                 f"its {too_large} supported file(s) are over the size limit ({MAX_FILE_BYTES // 2**20} MB; a PDF "
+                 f"{MAX_PDF_BYTES // 2**20} MB)" if too_large else
                  "no Markdown, reStructuredText, HTML, text or PDF files")
         kept = f"; the index keeps its {indexed} documents" if indexed else ""
         super().__init__(f"no docs to index in {shown}: {found}. Nothing was changed{kept}.")
@@ -200,7 +202,8 @@ class DocsIndexer:
         old = _read_manifest(self._store, self._keys)
         reusable = old.docs if old is not None and old.embedder == self._embedder else {}
         reusable_ids = {pid for doc in reusable.values() for pid in doc.passages}
-        files = list(walk(root))
+        too_large: list[Path] = []
+        files = list(walk(root, too_large=too_large))
         docs: dict[str, _DocEntry] = {}
         puts: dict[str, bytes] = {}
         to_embed: dict[str, Passage] = {}
@@ -217,7 +220,7 @@ class DocsIndexer:
                     docs[doc_path] = _DocEntry(document.content_hash, tuple(p.content_hash for p in passages))
                     puts[self._keys.doc(doc_path)] = _doc_blob(passages, document.title)
                     to_embed.update((p.content_hash, p) for p in passages if p.content_hash not in reusable_ids)
-            except (OSError, ValueError) as exc:  # unreadable, or a PDF that cannot be read
+            except (OSError, ValueError) as exc:  # unreadable, not text, or a PDF that cannot be read
                 _log.warning("docs_file_skipped", path=doc_path, reason="unreadable", error=str(exc))
                 if doc_path in reusable:  # keep what was indexed rather than drop it on a transient error
                     docs[doc_path] = reusable[doc_path]
@@ -225,7 +228,8 @@ class DocsIndexer:
                 progress(done, len(files))
 
         if not docs and not allow_empty:
-            raise NoDocsFound(root, files=len(files), indexed=len(old.docs) if old is not None else 0)
+            raise NoDocsFound(root, files=len(files), indexed=len(old.docs) if old is not None else 0,
+                              too_large=len(too_large))
 
         dims = old.dims if old is not None and reusable else 0
         pending = list(to_embed.values())

@@ -16,16 +16,22 @@ _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9_.:-]+)"
 
 
 def decode(raw: bytes, *, html_charset: bool) -> str:
-    """Text of a file in any encoding, never raising; newlines normalised, control characters gone."""
+    """Text of a file in any encoding; newlines normalised, control characters gone. Raises
+    ``ValueError`` for a file that is not text at all (NUL bytes, which no text file in an 8-bit
+    encoding or UTF-8 has: an image or an archive named ``.md``), which would otherwise be indexed
+    as garbage and quoted in answers. Not UTF-8 and not declared otherwise: Windows-1252 (a superset
+    of Latin-1 for text, and what such files mostly are)."""
     if raw.startswith(codecs.BOM_UTF8):
         text = raw[3:].decode("utf-8", "replace")
     elif raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         text = raw.decode("utf-16", "replace")
+    elif b"\x00" in raw[:8192]:
+        raise ValueError("not a text file (it has NUL bytes)")
     else:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            encoding = "utf-8"
+            encoding = "utf-8" if html_charset else "cp1252"
             declared = _META_CHARSET.search(raw[:4096]) if html_charset else None
             if declared:
                 with contextlib.suppress(LookupError):  # an unknown charset: fall back to UTF-8

@@ -22,7 +22,7 @@ _SKIPPED_DIRS = frozenset({"node_modules", "__pycache__"})
 _log = get_logger()
 
 
-def walk(root: Path) -> Iterator[Path]:
+def walk(root: Path, *, too_large: list[Path] | None = None) -> Iterator[Path]:
     """Supported files under ``root`` in sorted order, following symlinks but never in a loop.
 
     Hidden files and directories (``.git``, ``.venv``, …), ``node_modules`` and ``__pycache__``
@@ -67,6 +67,8 @@ def walk(root: Path) -> Iterator[Path]:
                     stat = entry.stat()
                     if stat.st_size > (MAX_PDF_BYTES if pdf else MAX_FILE_BYTES):
                         _log.warning("docs_file_skipped", path=rel(path), reason="too_large", size=stat.st_size)
+                        if too_large is not None:
+                            too_large.append(path)
                     elif (stat.st_dev, stat.st_ino) not in seen:
                         seen.add((stat.st_dev, stat.st_ino))
                         found.append(path)
