@@ -130,6 +130,10 @@ def test_a_users_report_is_the_ledger_to_the_micro_dollar(ledger: SqliteStore) -
     assert report.today.cost_micros == 1_254 and report.today.requests == 3
     assert report.today.saved_micros == 1_100 and report.today.cache_hits == 1
     assert report.this_month.cost_micros == 1_254 + 2_500 + 7_777  # not last month's, not T0OTHER's
+    # Of today's three calls one is an embedding (an openai: embedder's): two questions, one from the cache.
+    assert report.today.questions == 2 and report.today.hit_rate == 0.5
+    assert "2 questions · " in "\n".join(_texts(cost_blocks(report))) and "cache 50% hits" in "\n".join(
+        _texts(cost_blocks(report)))
 
     assert len(report.trend) == len(report.trend_days) == TREND_DAYS
     assert (report.trend_days[0], report.trend_days[-1]) == ("2026-01-07", TODAY)
@@ -330,7 +334,7 @@ def test_cost_shows_the_caller_their_own_numbers(slack: FakeSlack, ledger: Sqlit
     text = _reply(penny, slack)
     today = ledger.usage(WS, TODAY, TODAY, "U1").totals
     month = ledger.usage(WS, MONTH_START, TODAY, "U1").totals
-    assert f"*{format_usd(today.cost_micros)}* spent" in text and f"{today.requests:,} questions" in text
+    assert f"*{format_usd(today.cost_micros)}* spent" in text and f"{today.questions:,} questions" in text
     assert f"*{format_usd(month.cost_micros)}* spent" in text
     assert f"saved {format_usd(today.saved_micros)}" in text
     assert f"{format_usd(10_000 - today.cost_micros)} left of $0.01" in text

@@ -754,8 +754,9 @@ def test_ledger_entry_round_trips_exactly(store: Store) -> None:
     assert store.ledger_entry(OTHER_WS, "req1") is None
 
 
-def totals(requests: int, hits: int, prompt: int, cached: int, completion: int, cost: int, saved: int) -> UsageTotals:
-    return UsageTotals(requests, hits, prompt, cached, completion, cost, saved)
+def totals(requests: int, hits: int, prompt: int, cached: int, completion: int, cost: int, saved: int, *,
+           embeddings: int = 0) -> UsageTotals:
+    return UsageTotals(requests, hits, prompt, cached, completion, cost, saved, embeddings=embeddings)
 
 
 @pytest.fixture
@@ -794,22 +795,22 @@ def team_month(store: Store) -> Store:
 def test_usage_adds_up_by_user_model_and_day(team_month: Store) -> None:
     usage = team_month.usage(WS, DAY1, DAY2)
     assert usage == UsageSummary(
-        totals=totals(5, 2, 530, 200, 150, 4_021, 5_900),
+        totals=totals(5, 2, 530, 200, 150, 4_021, 5_900, embeddings=1),
         by_user={
-            "U1": totals(3, 1, 130, 0, 50, 1_001, 900),
+            "U1": totals(3, 1, 130, 0, 50, 1_001, 900, embeddings=1),
             "U2": totals(2, 1, 400, 200, 100, 3_020, 5_000),
         },
         by_model={
             "gpt-4o-mini": totals(2, 1, 100, 0, 50, 1_000, 900),
             "gpt-4o": totals(2, 1, 400, 200, 100, 3_020, 5_000),
-            "text-embedding-3-small": totals(1, 0, 30, 0, 0, 1, 0),
+            "text-embedding-3-small": totals(1, 0, 30, 0, 0, 1, 0, embeddings=1),
         },
         by_day={
             DAY1: totals(3, 2, 100, 0, 50, 1_020, 5_900),
-            DAY2: totals(2, 0, 430, 200, 100, 3_001, 0),
+            DAY2: totals(2, 0, 430, 200, 100, 3_001, 0, embeddings=1),
         },
     )
-    assert usage.totals.hit_rate == pytest.approx(0.4)
+    assert usage.totals.questions == 4 and usage.totals.hit_rate == pytest.approx(0.5)  # of questions, not calls
 
 
 def test_usage_for_one_user(team_month: Store) -> None:

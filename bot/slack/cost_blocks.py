@@ -82,7 +82,7 @@ def team_blocks(report: TeamReport) -> list[Block]:
         blocks.append(_section("\n".join(notes)))
     if report.top_users:
         lines = [
-            f"{rank}. {_who(user)} — {format_usd(t.cost_micros)} · {counted(t.requests, 'question')} · "
+            f"{rank}. {_who(user)} — {format_usd(t.cost_micros)} · {counted(t.questions, 'question')} · "
             f"saved {format_usd(t.saved_micros)}"
             for rank, (user, t) in enumerate(report.top_users, 1)
         ]
@@ -162,7 +162,7 @@ def blocks_to_text(blocks: Sequence[Block]) -> str:
 def _totals(t: UsageTotals) -> str:
     tokens = t.prompt_tokens + t.completion_tokens
     return (
-        f"{counted(t.requests, 'question')} · {counted(tokens, 'token')} · *{format_usd(t.cost_micros)}* spent · "
+        f"{counted(t.questions, 'question')} · {counted(tokens, 'token')} · *{format_usd(t.cost_micros)}* spent · "
         f"cache {t.hit_rate:.0%} hits, saved {format_usd(t.saved_micros)}"
     )
 
@@ -171,7 +171,7 @@ def _sources_text(sources: Sequence[SourceSpend]) -> str:
     """Where a person's spend came from: Slack, and each proxy key by its name and ID."""
     lines = [
         f"• {_source_name(s)} — {format_usd(s.today.cost_micros)} today · {format_usd(s.this_month.cost_micros)} "
-        f"this month · {counted(s.this_month.requests, 'question')}"
+        f"this month · {counted(s.this_month.questions, 'question')}"
         for s in sources
     ]
     return _listed("*By source*", lines, "more source")

@@ -196,7 +196,9 @@ class LedgerEntry:
 @dataclass(slots=True)
 class UsageTotals:
     """Ledger totals. ``cost_micros`` includes unsettled charges (at their worst case);
-    ``unsettled`` / ``unsettled_micros`` say how many of the requests, and how much of the cost, they are."""
+    ``unsettled`` / ``unsettled_micros`` say how many of the requests, and how much of the cost, they are.
+    ``embeddings`` says how many of the requests were embedding calls (an ``openai:`` embedder's,
+    or a proxy client's): the rest are :attr:`questions`, which cache hits are a share of."""
 
     requests: int = 0
     cache_hits: int = 0
@@ -207,6 +209,7 @@ class UsageTotals:
     saved_micros: int = 0
     unsettled: int = 0
     unsettled_micros: int = 0
+    embeddings: int = 0
 
     def add(self, e: LedgerEntry) -> None:
         self.requests += 1
@@ -218,6 +221,7 @@ class UsageTotals:
         self.saved_micros += e.saved_micros
         self.unsettled += e.unsettled
         self.unsettled_micros += e.cost_micros if e.unsettled else 0
+        self.embeddings += e.kind == "embedding"
 
     def merge(self, more: UsageTotals) -> None:
         """Add ``more``'s totals to these: how a store sums its per-group or per-day totals into a
@@ -226,8 +230,13 @@ class UsageTotals:
             setattr(self, f.name, getattr(self, f.name) + getattr(more, f.name))
 
     @property
+    def questions(self) -> int:
+        """The chat requests: questions answered, from the cache or the model."""
+        return self.requests - self.embeddings
+
+    @property
     def hit_rate(self) -> float:
-        return self.cache_hits / self.requests if self.requests else 0.0
+        return self.cache_hits / self.questions if self.questions else 0.0
 
 
 @dataclass(slots=True)

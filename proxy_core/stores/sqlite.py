@@ -1436,7 +1436,7 @@ def _save_breaker(conn: sqlite3.Connection, name: str, state: BreakerState) -> N
 _TOTALS = (
     "COUNT(*), SUM(cache_status IN ('exact', 'semantic')), SUM(prompt_tokens), SUM(cached_prompt_tokens), "
     "SUM(completion_tokens), SUM(cost_micros), SUM(saved_micros), SUM(unsettled), "
-    "SUM(CASE WHEN unsettled THEN cost_micros ELSE 0 END)"
+    "SUM(CASE WHEN unsettled THEN cost_micros ELSE 0 END), SUM(kind = 'embedding')"
 )
 
 
