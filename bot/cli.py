@@ -8,6 +8,8 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
 import getpass
 import json
 import os
@@ -18,6 +20,8 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Final, NoReturn, TextIO
+
+from dotenv import dotenv_values
 
 from bot._cli_common import opened_store, port, positive_int
 from bot.answer_types import Question
@@ -52,6 +56,7 @@ from proxy_core import (
 __all__ = ["main"]
 
 LOCAL_WORKSPACE = "local"
+ENV_PREFIX: Final = "PENNY_"
 
 
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stdin: TextIO | None = None) -> int:
@@ -209,7 +214,9 @@ def _cmd_check(args: argparse.Namespace, settings: BotSettings, out: TextIO, _in
     prices.price_for(settings.embedding_model)
     with opened_store(settings) as store:
         store.ping()
+        docs, blocking = _docs_check(settings, store)
     print(f"store       {store_kind(settings.store_url)} ok", file=out)
+    print(f"docs        {docs}", file=out)
     spool = settings.spool_directory()
     pending = count_pending(spool)
     if pending:
@@ -221,14 +228,51 @@ def _cmd_check(args: argparse.Namespace, settings: BotSettings, out: TextIO, _in
     print(f"embeddings  {settings.embedding_model} (priced)", file=out)
     for line in _slack_check(settings):
         print(f"slack       {line}", file=out)
+    for line in _misspelled_settings(BotSettings):
+        print(f"warning     {line}", file=out)
+    if blocking:
+        print(f"problem     {blocking}", file=out)
     if settings.openai_api_key is None:
         # A supported mode, not a failure: a warning, and exit 0.
         print("warning     OPENAI_API_KEY is not set: Penny answers extractively (the best passages with "
               "citations, no LLM call, $0). For LLM answers get a key at https://platform.openai.com/api-keys "
               "and put OPENAI_API_KEY=... in .env; to see the cost controls without one: penny demo", file=out)
-        return 0
+        return 1 if blocking else 0
     print("OPENAI_API_KEY is set", file=out)
-    return 0
+    return 1 if blocking else 0
+
+
+def _docs_check(settings: BotSettings, store: Store) -> tuple[str, str | None]:
+    """What the docs index holds, and a problem that would stop ``penny run`` / ``ask`` (None: none)."""
+    from bot.docs.index import DocsIndex
+
+    snapshot = DocsIndex.load(store).snapshot
+    wanted = embedder_from_spec(settings.embedder, openai_embed_fn=lambda texts, **_: []).name
+    if not snapshot.passages:
+        if not settings.docs_dir.is_dir():
+            return ("index empty", f"PENNY_DOCS_DIR: {settings.docs_dir} is not a directory, and the index is empty: "
+                                   "set it to your docs folder (a first run indexes it)")
+        return f"index empty; a first run indexes {settings.docs_dir}", None
+    shown = f"{len(snapshot.passages):,} passages indexed (version {snapshot.version}, {snapshot.embedder})"
+    if snapshot.embedder != wanted:
+        return shown, (f"PENNY_EMBEDDER is {wanted!r}, but the index was built with {snapshot.embedder!r}: "
+                       "run penny index to embed the docs again, or set PENNY_EMBEDDER back")
+    return shown, None
+
+
+def _misspelled_settings(settings_type: type[PennySettings]) -> list[str]:
+    """``PENNY_…`` names in the environment or ``.env`` that are no setting but look like one: a
+    typo would otherwise be ignored in silence (``PENNY_USER_DAILY_BUDGET=1``: no budget at all)."""
+    known = {f"{ENV_PREFIX}{name}".upper() for name in settings_type.model_fields}
+    given = set(os.environ)
+    with contextlib.suppress(OSError):
+        given |= set(dotenv_values(".env"))
+    lines = []
+    for name in sorted(n for n in given if n.upper().startswith(ENV_PREFIX) and n.upper() not in known):
+        close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.85)
+        if close:
+            lines.append(f"{name} is not a setting and is ignored; did you mean {close[0]}?")
+    return lines
 
 
 def _slack_check(settings: BotSettings) -> list[str]:

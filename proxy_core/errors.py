@@ -85,8 +85,10 @@ class BudgetExceeded(Refused):
         self.resets_at = resets_at
         from proxy_core.money import format_usd
 
+        # Refused before the call at its worst case: what is left may be short of that, not gone.
+        state = "is used up" if spent >= limit else "has too little left for this request"
         super().__init__(
-            f"The {scope} budget of {format_usd(limit)} is used up "
+            f"The {scope} budget of {format_usd(limit)} {state} "
             f"({format_usd(spent)} spent or reserved); it resets at {_utc(resets_at)}."
         )
 

@@ -81,6 +81,34 @@ def test_check_with_api_key_exits_0(monkeypatch: pytest.MonkeyPatch) -> None:
     assert SECRET_KEY not in out
 
 
+def test_check_says_what_the_docs_index_holds_and_what_would_stop_a_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PENNY_DOCS_DIR", str(tmp_path / "no-such-docs"))
+    code, out = penny("check")
+    assert code == 1 and "problem     PENNY_DOCS_DIR: " in out and "is not a directory, and the index is empty" in out
+    monkeypatch.setenv("PENNY_DOCS_DIR", str(REPO / "examples" / "docs"))
+    assert penny("index", str(REPO / "examples" / "docs"))[0] == 0
+    code, out = penny("check")
+    assert code == 0 and "passages indexed (version 1, local:wordllama)" in out and "problem" not in out
+    monkeypatch.setenv("PENNY_EMBEDDER", "local:wordllama?dims=64")  # every question would fail
+    code, out = penny("check")
+    assert code == 1 and "problem     PENNY_EMBEDDER is 'local:wordllama?dims=64', but the index was built" in out
+
+
+def test_check_warns_of_a_setting_name_that_is_a_typo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ignored in silence, ``PENNY_USER_DAILY_BUDGET=1`` leaves a cost-control tool with no budget."""
+    (tmp_path / ".env").write_text("PENNY_USER_DAILY_BUDGET=1\n")
+    monkeypatch.setenv("PENNY_CHAT_MODLE", "gpt-4o")
+    monkeypatch.setenv("PENNY_KEY", "pk-not-a-setting-and-not-like-one")
+    code, out = penny("check")
+    assert code == 0
+    assert ("warning     PENNY_USER_DAILY_BUDGET is not a setting and is ignored; did you mean "
+            "PENNY_USER_DAILY_BUDGET_USD?") in out
+    assert "PENNY_CHAT_MODLE is not a setting and is ignored; did you mean PENNY_CHAT_MODEL?" in out
+    assert "PENNY_KEY" not in out
+
+
 def test_check_reads_the_key_from_dotenv(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text(f"OPENAI_API_KEY={SECRET_KEY}\n")
     code, out = penny("check")
@@ -228,7 +256,7 @@ def test_budget_refusal_exits_1_and_sends_nothing_upstream(
     err = capsys.readouterr().err
     assert code == 1
     assert out.startswith("penny> The daily budget of ")
-    assert "is used up" in out
+    assert "has too little left for this request ($0 spent or reserved)" in out  # its worst case does not fit
     assert "Traceback" not in err
     assert fake.count() == 0
     assert ledger(isolated).totals.requests == 0
@@ -661,3 +689,8 @@ def test_progress_to_a_log_is_one_line_not_a_line_of_frames() -> None:
 
 def test_amounts_past_the_default_decimal_precision_are_formatted() -> None:
     assert format_usd(10**32) == "$100,000,000,000,000,000,000,000,000.00"
+
+
+def test_what_is_left_of_a_budget_is_never_rounded_up_to_more_than_is_left() -> None:
+    assert format_usd(4_997_300) == "$5.00" and format_usd(4_997_300, down=True) == "$4.99"
+    assert format_usd(1_999, down=True) == "$0.0019" and format_usd(1_999) == "$0.002"

@@ -74,7 +74,8 @@ def test_penny_demo_shows_cost_lines_cache_hits_a_budget_a_rate_limit_and_cost_r
     assert "gpt-4.1-mini · " in text and " tokens · $0.000" in text  # a fresh answer's cost line
     assert "cached (same question), saved $0.000" in text
     assert "cached (similar question, 0." in text
-    assert f"The daily budget of ${BEN_DAILY_BUDGET} is used up" in text and "it resets at " in text
+    assert f"The daily budget of ${BEN_DAILY_BUDGET} has too little left for this request" in text
+    assert "it resets at " in text
     assert "You're asking faster than your limit allows (requests per minute). Try again in " in text
     assert "Your Penny costs" in text and "Your daily budget: $" in text
     assert "Team Penny costs" in text and "Top users this month" in text and BEN in text

@@ -225,7 +225,7 @@ def _budget_line(label: str, status: BudgetStatus, now: float, *, show_spent: bo
     if left is None:
         return f"*{label}:* no cap" + (f" ({format_usd(status.spent)} spent)" if show_spent else "")
     return (
-        f"*{label}:* {format_usd(left)} left of {format_usd(status.limit)} · "
+        f"*{label}:* {format_usd(left, down=True)} left of {format_usd(status.limit)} · "
         f"resets {_when(status.resets_at)} (in {_duration(status.resets_at - now)})"
     )
 
