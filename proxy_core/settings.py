@@ -249,6 +249,13 @@ class PennySettings(BaseSettings):
         problem = unknown_scheme_message(value)
         if problem is not None:
             raise ValueError(problem)
+        parts = urlsplit(value)
+        if parts.scheme.startswith("redis"):
+            try:
+                parts.port  # noqa: B018  (reading it checks it: "host:notaport" raises)
+            except ValueError:
+                host = parts.netloc.rpartition("@")[2]  # never the password
+                raise ValueError(f"not a valid Redis URL: its port is not a number from 0 to 65535 ({host})") from None
         return value
 
     @field_validator("price_file")
