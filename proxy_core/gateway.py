@@ -49,7 +49,15 @@ from proxy_core.alerts import BudgetAlert, BudgetAlerter
 from proxy_core.breaker import BreakerPolicy, BreakerState, Permit
 from proxy_core.breaker import cooldown as breaker_cooldown
 from proxy_core.budget import CallSource
-from proxy_core.cache import CachedAnswer, CacheDecision, CacheLayer, CacheScope, ExactCache, StandaloneQuestion
+from proxy_core.cache import (
+    CachedAnswer,
+    CacheDecision,
+    CacheLayer,
+    CacheScope,
+    ExactCache,
+    StandaloneQuestion,
+    normalize_question,
+)
 from proxy_core.clock import Clock, Sleep
 from proxy_core.errors import (
     BudgetExceeded,
@@ -71,6 +79,7 @@ from proxy_core.metrics import BREAKER_STATES, Metrics
 from proxy_core.prices import ModelPrice, PriceTable, chat_cost, embedding_cost
 from proxy_core.results import CacheStatus, ChatResult, EmbeddingResult
 from proxy_core.retry import RetryPolicy, call_with_retries, counts_against_breaker
+from proxy_core.same_question import SameQuestion
 from proxy_core.settings import PennySettings
 from proxy_core.spool import SettleSpool, SpoolRecord
 from proxy_core.stores.base import (
@@ -287,6 +296,7 @@ class Gateway:
         self._breaker_name = breaker_name
         self._breaker = _breaker_policy(settings)
         self._in_flight = InFlight()
+        self._same_question: SameQuestion[CachedAnswer] = SameQuestion()
         self._breaker_ref = BreakerRef(breaker_name, self._breaker)
         self._retry = _retry_policy(settings)
         # A claim must outlive the longest the pipeline can take, or a retry could run it twice.
@@ -549,11 +559,33 @@ class Gateway:
         self._log.info("request_failed", request_id=request_id, kind=kind, outcome=outcome, error=str(exc))
 
     def _chat(self, req: ChatRequest) -> ChatResult:
-        """A chat completion, step by step; a cache hit ends it at step 1."""
+        """A chat completion, step by step; a cache hit ends it at step 1, and so does the answer
+        to the same question that another caller in this process is asking right now."""
         started = self._clock()
         lookup = self._look_up(req)
         if lookup.decision.answer is not None:
             return self._serve_hit(req, lookup.decision, lookup.decision.answer, started)
+        asking = _asking_key(lookup)
+        if asking is not None:
+            ahead = self._same_question.ask(asking)
+            if ahead is not None:
+                with self._waiting():
+                    shared = self._same_question.wait(ahead, self._claim_ttl_s)
+                if shared is not None:
+                    return self._serve_hit(req, CacheDecision("exact", "asked at the same time", shared, 1.0),
+                                           shared, started)
+                asking = None  # the first asker failed, or its answer is not to be served again: ask
+        answer: CachedAnswer | None = None
+        try:
+            result, answer = self._miss(req, lookup, started)
+        finally:
+            if asking is not None:
+                self._same_question.answered(asking, answer)
+        return result
+
+    def _miss(self, req: ChatRequest, lookup: _Lookup, started: float) -> tuple[ChatResult, CachedAnswer | None]:
+        """Steps 2 to 7 of a chat completion the cache could not answer: the result, and the answer
+        as it was cached (None: not cacheable)."""
         estimated = estimate_chat_tokens(req.messages)
         admitted = self._admit(req, tokens=estimated + req.max_tokens,
                                amount=chat_cost(req.price, estimated, 0, req.max_tokens))
@@ -563,10 +595,10 @@ class Gateway:
                      result.to_json(), upstream_answered=True)
         self._count_spend("chat", result)
         self.metrics.requests.labels("chat", "ok", result.cache_status).inc()
-        self._remember(req, lookup, result)
+        answer = self._remember(req, lookup, result)
         self._log.info("chat_answered", request_id=req.request_id, model=result.model, cost_micros=result.cost_micros,
                        cache=result.cache_status, attempts=attempts, latency_ms=result.latency_ms)
-        return result
+        return result, answer
 
     def _look_up(self, req: ChatRequest) -> _Lookup:
         """Step 1, the cache: the question's scope, and the cache's decision on it."""
@@ -621,10 +653,11 @@ class Gateway:
             finish_reason=resp.finish_reason,
         )
 
-    def _remember(self, req: ChatRequest, lookup: _Lookup, result: ChatResult) -> None:
-        """The last step: cache the answer (one that may be served again), for the next asker."""
+    def _remember(self, req: ChatRequest, lookup: _Lookup, result: ChatResult) -> CachedAnswer | None:
+        """The last step: cache the answer (one that may be served again), for the next asker; the
+        answer as cached (None: not one to serve again)."""
         if self.cache is None or lookup.scope is None or lookup.question is None or result.cache_entry_id is None:
-            return
+            return None
         answer = CachedAnswer(
             entry_id=result.cache_entry_id, content=result.content, model=result.model,
             prompt_tokens=result.prompt_tokens, cached_prompt_tokens=result.cached_prompt_tokens,
@@ -639,6 +672,7 @@ class Gateway:
             # cannot take; a client would otherwise retry, and pay again.
             self._log.warning("cache_put_failed", request_id=req.request_id, error=repr(exc),
                               exc_info=not isinstance(exc, PennyError))
+        return answer
 
     def _serve_hit(self, req: ChatRequest, decision: CacheDecision, answer: CachedAnswer,
                    started: float) -> ChatResult:
@@ -988,6 +1022,14 @@ _OUTCOMES: tuple[tuple[type[BaseException], str], ...] = (
     (StoreError, "store_error"),
     (PennyError, "error"),
 )
+
+
+def _asking_key(lookup: _Lookup) -> str | None:
+    """What makes two cache misses the same question (an exact hit's key: scope and normalised
+    text); None for a call not looked up in the cache (a fresh answer, no cache, not a question)."""
+    if lookup.decision.status != "miss" or lookup.scope is None or lookup.question is None:
+        return None
+    return f"{lookup.scope.id()}\x00{normalize_question(lookup.question)}"
 
 
 def _source_id(req: ChatRequest | EmbedRequest) -> str:

@@ -565,3 +565,62 @@ def test_upstream_latency_leaves_out_the_wait_after_the_call_to_get_a_turn_back(
     reg = gw.metrics.registry
     assert reg.get_sample_value("penny_upstream_latency_seconds_count", {"kind": "chat"}) == 1
     assert reg.get_sample_value("penny_upstream_latency_seconds_sum", {"kind": "chat"}) == 0.0  # the clock stood
+
+
+def _ask_together(gw: Gateway, questions: list[str], tag: str = "Same") -> tuple[list[Any], list[BaseException]]:
+    """Each question asked on a thread of its own, by a user of its own; results in asking order."""
+    results: list[Any] = [None] * len(questions)
+    errors: list[BaseException] = []
+
+    def one(i: int) -> None:
+        try:
+            results[i] = ask(gw, questions[i], f"Ev{tag}{i}", user=f"U{i}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    run_together(len(questions), one)
+    return results, errors
+
+
+def _arriving(gate: Gate) -> Callable[[], Any]:
+    """A ``waiting`` hook: each wait of the gateway's (upstream, or another's answer) arrives at ``gate``."""
+    @contextmanager
+    def waiting() -> Iterator[None]:
+        gate.arrive()
+        yield
+
+    return waiting
+
+
+def test_the_same_question_asked_while_it_is_being_answered_is_paid_once(
+    make_gateway: GatewayFactory, fake: FakeOpenAI
+) -> None:
+    # The model answers only once the first asker waits on it (its hook and its request: two
+    # arrivals) and the second waits for the first's answer (the third): they overlap on every run.
+    gate = fake.hold(Gate(3, timeout_s=10))
+    gw = make_gateway(waiting=_arriving(gate))
+    (first, second), errors = _ask_together(gw, ["Where are the production logs?", "where are the Production logs"])
+    assert errors == [] and not gate.broken
+    assert fake.count("chat") == 1
+    miss, hit = sorted((first, second), key=lambda r: r.cache_status == "exact")
+    assert miss.cache_status == "miss" and hit.cache_status == "exact" and hit.cache_reason == "asked at the same time"
+    assert hit.content == miss.content and hit.cost_micros == 0 and hit.saved_micros == miss.cost_micros
+    usage = gw.usage("W1", DAY, DAY).totals
+    assert (usage.requests, usage.cache_hits, usage.cost_micros) == (2, 1, miss.cost_micros)
+
+
+def test_when_the_first_asker_fails_the_one_waiting_for_it_asks_for_itself(
+    make_gateway: GatewayFactory, fake: FakeOpenAI
+) -> None:
+    gate = fake.hold(Gate(3, timeout_s=10))
+    fake.script(Fault.status(400, message="This model's maximum context length is exceeded"), endpoint="chat")
+    gw = make_gateway(waiting=_arriving(gate))
+    results, errors = _ask_together(gw, ["Where are the production logs?"] * 2)
+    assert [type(e) for e in errors] == [UpstreamRejected] and not gate.broken
+    [answered] = [r for r in results if r is not None]
+    assert answered.cache_status == "miss" and fake.count("chat") == 2
+    # Different questions never wait for each other.
+    gate2 = fake.hold(Gate(4, timeout_s=10))
+    gw2 = make_gateway(waiting=_arriving(gate2))
+    _ask_together(gw2, ["How do I deploy?", "How do I roll back?"], tag="Other")
+    assert not gate2.broken and fake.count("chat") == 4
