@@ -763,15 +763,16 @@ def store_kind(url: str) -> str:
 
 
 def _totals_line(t: UsageTotals) -> str:
+    embeddings = f" ({counted(t.embeddings, 'embedding')})" if t.embeddings else ""  # the rest: questions
     return (
-        f"{counted(t.requests, 'request')} · {counted(t.prompt_tokens + t.completion_tokens, 'token')} · "
+        f"{counted(t.requests, 'request')}{embeddings} · {counted(t.prompt_tokens + t.completion_tokens, 'token')} · "
         f"{format_usd(t.cost_micros)} spent · cache {t.hit_rate:.0%} hits, saved {format_usd(t.saved_micros)}"
     )
 
 
 def _summary_json(s: UsageSummary) -> dict[str, object]:
     def tot(t: UsageTotals) -> dict[str, object]:
-        return {**asdict(t), "hit_rate": t.hit_rate}
+        return {**asdict(t), "questions": t.questions, "hit_rate": t.hit_rate}  # hit_rate: of the questions
 
     return {
         "totals": tot(s.totals),

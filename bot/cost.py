@@ -162,7 +162,8 @@ class TeamReport:
 
 
 def totals_json(t: UsageTotals) -> dict[str, Any]:
-    return {**asdict(t), "tokens": t.prompt_tokens + t.completion_tokens, "hit_rate": t.hit_rate}
+    return {**asdict(t), "tokens": t.prompt_tokens + t.completion_tokens, "questions": t.questions,
+            "hit_rate": t.hit_rate}
 
 
 def sparkline(values: list[int] | tuple[int, ...]) -> str:

@@ -251,11 +251,13 @@ class PennySettings(BaseSettings):
             raise ValueError(problem)
         parts = urlsplit(value)
         if parts.scheme.startswith("redis"):
-            try:
-                parts.port  # noqa: B018  (reading it checks it: "host:notaport" raises)
-            except ValueError:
-                host = parts.netloc.rpartition("@")[2]  # never the password
-                raise ValueError(f"not a valid Redis URL: its port is not a number from 0 to 65535 ({host})") from None
+            # Each host of the URL (a cluster's or Sentinel's name several: "h1:7000,h2:7001").
+            for host in parts.netloc.rpartition("@")[2].split(","):  # never the password
+                try:
+                    urlsplit(f"//{host}").port  # noqa: B018  (reading it checks it: "host:notaport" raises)
+                except ValueError:
+                    raise ValueError(f"not a valid Redis URL: its port is not a number from 0 to 65535 ({host})"
+                                     ) from None
         return value
 
     @field_validator("price_file")
@@ -330,7 +332,8 @@ class PennySettings(BaseSettings):
         if value is not None:
             parts = urlsplit(value.strip())
             if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"must be an http(s) URL such as https://api.openai.com/v1, not {value!r}")
+                # Not echoed: a mistyped URL may carry a key in its query.
+                raise ValueError("must be an http(s) URL with a host, such as https://api.openai.com/v1")
         return value
 
     @model_validator(mode="after")

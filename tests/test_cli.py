@@ -655,6 +655,7 @@ def test_out_of_range_arguments_are_refused_by_name(argv: list[str], why: str,
     ("PENNY_USER_DAILY_BUDGET_USD", "1e999", "less than or equal to 1000000000"),
     ("PENNY_EMBEDDER", "bogus", "'bogus': unknown embedder"),
     ("PENNY_STORE_URL", "redis://:hunter2@host:notaport/0", "its port is not a number from 0 to 65535 (host:notaport)"),
+    ("PENNY_STORE_URL", "redis+cluster://h1:7000,h2:70x1", "its port is not a number from 0 to 65535 (h2:70x1)"),
     ("PENNY_EMBEDDER", "local:wordllama?dims=999", "dims must be one of 64, 128, 256"),
 ])
 def test_settings_that_used_to_pass_check_and_fail_later_are_named_by_check(

@@ -6,6 +6,7 @@ request ID is never run again.
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from pathlib import Path
 
@@ -171,3 +172,21 @@ def test_an_older_sqlite_file_gains_owned_claims_and_unsettled_entries(tmp_path:
     raw.close()
 
 
+
+
+def test_a_late_settle_of_an_interrupted_embedding_replaces_its_charge_whole(store: Store, clock: ManualClock) -> None:
+    """The charge counted an embedding call (UsageTotals.embeddings); the real entry replaces it, so
+    the day holds one embedding call and no question (on Redis the charge's count stayed: two)."""
+    lines = lines_at(clock())
+    owner = ClaimOwner("U1", "text-embedding-3-small", "embedding", clock())
+    assert store.admit(WS, "e1", ttl_s=TTL, buckets=[], lines=lines, amount=AMOUNT, breaker=None,
+                       owner=owner).state == "admitted"
+    clock.advance(TTL + 1)
+    store.reap_interrupted()
+    charged = store.usage(WS, "2026-01-01", "2026-01-01").totals
+    assert (charged.requests, charged.embeddings, charged.unsettled) == (1, 1, 1)
+    real = dataclasses.replace(real_entry(clock, "e1", cost=7), kind="embedding", model="text-embedding-3-small",
+                               completion_tokens=0, cache_status="bypass")
+    assert store.settle(real, reservation_id="e1", lines=lines, result=None, result_ttl_s=60) is True
+    settled = store.usage(WS, "2026-01-01", "2026-01-01").totals
+    assert (settled.requests, settled.embeddings, settled.questions, settled.unsettled) == (1, 1, 0, 0)

@@ -48,9 +48,10 @@ class ProxyWorker:
         return None
 
     def pending(self) -> int:
-        # A request is answered on its own thread (gunicorn's open connections count it); a streamed
-        # call goes on after its client left.
-        return self.app.streams.running()
+        # A request is answered on its own thread: gunicorn's open connections count it (a streamed
+        # call whose client left is waited for in close(), not counted here: those whose client is
+        # still there would count twice in the workers' balance).
+        return 0
 
     def close(self, timeout_s: float) -> None:
         """Requests are answered on the request's own thread, and gunicorn has finished them by now;

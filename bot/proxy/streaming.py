@@ -74,8 +74,8 @@ class StreamEvents:
 class StreamCalls:
     """The streamed calls running on helper threads. A call outlives its request when the client
     goes away mid-answer (it is paid for: it is settled and cached all the same), so a stopping
-    worker waits for them (:meth:`wait`) before it closes the gateway; the server no longer counts
-    them once their connection is gone."""
+    worker waits for them (:meth:`wait`) before it closes the gateway: gunicorn, which counts
+    connections, no longer waits for one whose client is gone."""
 
     def __init__(self) -> None:
         self._running = 0

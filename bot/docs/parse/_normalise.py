@@ -31,10 +31,10 @@ def decode(raw: bytes, *, html_charset: bool) -> str:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            encoding = "utf-8" if html_charset else "cp1252"
+            encoding = "cp1252"  # HTML's default too, when a page declares none
             declared = _META_CHARSET.search(raw[:4096]) if html_charset else None
             if declared:
-                with contextlib.suppress(LookupError):  # an unknown charset: fall back to UTF-8
+                with contextlib.suppress(LookupError):  # an unknown charset: Windows-1252
                     encoding = codecs.lookup(declared.group(1).decode("ascii")).name
             text = raw.decode(encoding, "replace")
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\f", "\n")

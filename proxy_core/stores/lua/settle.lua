@@ -28,15 +28,17 @@ local user, model, metrics, source = ARGV[9], ARGV[10], tonumber(ARGV[11]), ARGV
 local lines = (#KEYS - 4) / 3
 local added = cost
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  local old = redis.call('HMGET', KEYS[1], 'unsettled', 'cost_micros', 'day', 'model', 'source')
+  local old = redis.call('HMGET', KEYS[1], 'unsettled', 'cost_micros', 'day', 'model', 'source', 'kind')
   if old[1] ~= '1' then
     return {'seen'}
   end
   if old[3] ~= ARGV[13] then
     return {'replace_day', old[3]}
   end
-  local charged = {'requests', '1', 'cost_micros', old[2], 'unsettled', '1', 'unsettled_micros', old[2]}
-  add_usage(KEYS[3], KEYS[4], user, old[4], old[5] or '', charged, 1, 4, -1)
+  -- What unsettle.lua counted for the charge (an unsettled entry has no tokens, hits or savings).
+  local charged = {'requests', '1', 'cost_micros', old[2], 'unsettled', '1', 'unsettled_micros', old[2],
+                   'embeddings', old[6] == 'embedding' and '1' or '0'}
+  add_usage(KEYS[3], KEYS[4], user, old[4], old[5] or '', charged, 1, 5, -1)
   added = cost - tonumber(old[2])
 end
 
