@@ -29,6 +29,7 @@ WORKSPACE = "local"
 @pytest.fixture(autouse=True)
 def isolated(cli_env: str, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-ledger-cli")
+    monkeypatch.setenv("PENNY_DOCS_DIR", str(Path(__file__).resolve().parents[1] / "examples" / "docs"))
     return cli_env
 
 

@@ -83,6 +83,15 @@ def test_penny_proxy_serves_the_openai_sdk_through_the_gateway(tmp_path: Path, f
     assert [(s["source"], s["name"], s["today"]["requests"]) for s in report["sources"]] == [(key.id, "notebook", 3)]
 
 
+def minted(env: dict[str, str], user_id: str) -> str:
+    """A key for ``user_id`` in workspace T1, made in the store the proxy of ``env`` uses."""
+    store = store_from_url(env["PENNY_STORE_URL"])
+    try:
+        return KeyRing(store).create(user_id=user_id, workspace_id="T1")[0]
+    finally:
+        store.close()
+
+
 def readme_example(kind: str) -> str:
     """The fenced block after ``<!-- proxy-example: KIND -->`` in the README."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -93,11 +102,7 @@ def readme_example(kind: str) -> str:
 
 def test_the_readme_examples_run_against_penny_proxy(tmp_path: Path, fake: FakeOpenAI) -> None:
     env = proxy_env(tmp_path, fake.base_url)
-    store = store_from_url(env["PENNY_STORE_URL"])
-    try:
-        secret, _ = KeyRing(store).create(user_id="U123", workspace_id="T1")
-    finally:
-        store.close()
+    secret = minted(env, "U123")
     server = ProxyProcess(env, tmp_path, workers=2)
     try:
         client_env = {**env, "PENNY_KEY": secret}
@@ -170,11 +175,7 @@ def test_penny_proxy_reads_chunked_bodies_never_reads_a_keyless_one_and_settles_
     tmp_path: Path, fake: FakeOpenAI
 ) -> None:
     env = proxy_env(tmp_path, fake.base_url)
-    store = store_from_url(env["PENNY_STORE_URL"])
-    try:
-        secret, _ = KeyRing(store).create(user_id="U7", workspace_id="T1")
-    finally:
-        store.close()
+    secret = minted(env, "U7")
     server = ProxyProcess(env, tmp_path)
     port = int(server.root.rsplit(":", 1)[1])
     try:
