@@ -34,6 +34,7 @@ from proxy_core import (
     StandaloneQuestion,
     StoreError,
     UpstreamError,
+    UpstreamRejected,
     estimate_text_tokens,
     format_usd,
     format_wait,
@@ -48,6 +49,12 @@ Fingerprint = Literal["top", "top3", "version"]
 # detail (a host:port, a driver's message) is for the log, not for Slack.
 STORE_DOWN_TEXT = "Penny's storage is unavailable right now; nothing was charged — try again in a minute."
 _COULD_NOT_ANSWER = "Penny couldn't answer this time; nothing was charged — try again in a minute."
+# The provider failing, for the asker: what it means to them. Its detail (the URL tried, the
+# provider's own message, advice about Penny's settings) is for the operator's log.
+_PROVIDER_DOWN = ("The LLM provider did not answer; nothing was charged. Try again in a moment — if it keeps "
+                  "happening, tell your Penny admin (the details are in Penny's log).")
+_PROVIDER_REFUSED = ("The LLM provider refused this question; nothing was charged. If it keeps happening, "
+                     "tell your Penny admin (the details are in Penny's log).")
 
 PROMPT_VERSION = "penny-docs-1"  # bump when the prompt changes: cached answers of the old one stop matching
 MAX_QUESTION_CHARS = 4000
@@ -263,8 +270,9 @@ class AnswerService:
         if isinstance(exc, RequestInFlight):
             return Answer("refused", "I'm already answering this message.", (), "", refusal="in_flight")
         if isinstance(exc, UpstreamError):
-            return Answer("error", f"The LLM call failed: {exc} Nothing was charged.{see}", closest,
-                          "nothing was charged", refusal="upstream_error")
+            self._log.warning("answer_upstream_failed", request_id=request_id, error=str(exc))
+            text = _PROVIDER_REFUSED if isinstance(exc, UpstreamRejected) else _PROVIDER_DOWN
+            return Answer("error", text + see, closest, "nothing was charged", refusal="upstream_error")
         if isinstance(exc, StoreError):
             self._log.error("answer_store_unavailable", request_id=request_id, error=str(exc))
             return Answer("error", STORE_DOWN_TEXT + see, closest, "nothing was charged", refusal="store_unavailable")

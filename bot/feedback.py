@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from proxy_core import BlobStore
 
-__all__ = ["FeedbackCounts", "Reason", "Tally", "feedback_counts", "record_feedback"]
+__all__ = ["FeedbackCounts", "Reason", "Tally", "add_reason", "feedback_counts", "record_feedback"]
 
 PREFIX = "feedback:"
 
@@ -61,6 +61,20 @@ def record_feedback(
     if reason:
         value["reason"] = reason
     store.blob_put_many({key: json.dumps(value).encode()})
+
+
+def add_reason(
+    store: BlobStore, workspace_id: str, answer_id: str, user_id: str, *, reason: str, pages: Sequence[str], at: float,
+) -> bool:
+    """Keep ``reason`` with this person's 👎 on the answer. False, and nothing changed, when their vote
+    is a 👍 by now (they changed their mind while the form was open): a reason never turns a vote
+    back. With no vote stored, the reason comes with a 👎 (the form is only offered after one)."""
+    key = f"{PREFIX}{workspace_id}:{answer_id}:{user_id}"
+    raw = store.blob_get(key)
+    if raw is not None and json.loads(raw).get("up"):
+        return False
+    record_feedback(store, workspace_id, answer_id, user_id, up=False, pages=pages, at=at, reason=reason)
+    return True
 
 
 def feedback_counts(store: BlobStore, workspace_id: str) -> FeedbackCounts:

@@ -625,15 +625,24 @@ def test_thumbs_down_on_a_fresh_answer_is_acknowledged_and_offers_to_say_why(
                          "type": "plain_text_input", "value": "  It cited the old\nrunbook. "}}}}}}
         assert penny.action(submitted).status == 200
         [_, thanks] = slack.wait_for("chat.postEphemeral", 2)
+        assert "saved with your 👎" in str(thanks.params["text"]) and thanks.params["thread_ts"] == "1700000100.000100"
+        counts = feedback_counts(sqlite_store, TEAM)
+        assert (counts.total.up, counts.total.down) == (0, 1)
+        [reason] = counts.reasons
+        assert (reason.user, reason.answer, reason.text) == ("U1", "entry-1", "It cited the old runbook.")
+        assert set(reason.pages) == {c.path for c in ANSWER.citations}
+
+        # A 👍 since, then the form (still open) sent again: the note does not turn the vote back.
+        assert penny.action(feedback_click("up", "entry-1", message_ts=answer_ts)).status == 200
+        slack.wait_for("chat.postEphemeral", 3)
+        assert penny.action(submitted).status == 200
+        [*_, refused] = slack.wait_for("chat.postEphemeral", 4)
     finally:
         penny.settle()
-    assert penny.feedback == [("U1", "entry-1", False)]
-    assert "saved with your 👎" in str(thanks.params["text"]) and thanks.params["thread_ts"] == "1700000100.000100"
+    assert penny.feedback == [("U1", "entry-1", False), ("U1", "entry-1", True)]
+    assert "not saved" in str(refused.params["text"]) and "👍" in str(refused.params["text"])
     counts = feedback_counts(sqlite_store, TEAM)
-    assert (counts.total.up, counts.total.down) == (0, 1)
-    [reason] = counts.reasons
-    assert (reason.user, reason.answer, reason.text) == ("U1", "entry-1", "It cited the old runbook.")
-    assert set(reason.pages) == {c.path for c in ANSWER.citations}
+    assert (counts.total.up, counts.total.down, counts.reasons) == (1, 0, [])
 
 
 def test_the_buttons_of_answers_posted_before_native_feedback_still_count(slack: FakeSlack,

@@ -54,7 +54,7 @@ from proxy_core.stores.redis import RedisStore
 from proxy_core.stores.sqlite import SqliteStore
 from proxy_core.upstream import OpenAIUpstream
 from tests.bot_harness import DOCS, KEY, Inline, StreamingBot, streamed_text
-from tests.fake_openai import FakeOpenAI
+from tests.fake_openai import FakeOpenAI, Fault
 from tests.fake_slack import FakeSlack, SlackCall
 from tests.redis_server import RedisServer, redis_server_binary
 from tests.slack_harness import ROOT, SECRET, TEAM, TOKEN, Harness, event_body, mention, message
@@ -349,6 +349,32 @@ def test_store_down_during_a_question_tells_the_asker_plainly_and_logs_the_detai
         gateway.close()
 
 
+@pytest.mark.parametrize("fault", [Fault.drop(), Fault.status(400, message="deployment eu-prod-llm-7 says no")])
+def test_the_llm_failing_tells_the_asker_plainly_and_logs_the_detail(slack: FakeSlack, sqlite_store: SqliteStore,
+                                                                     fault: Fault) -> None:
+    """The provider's URL (Penny's OPENAI_BASE_URL), its own error message and advice about
+    Penny's settings are the operator's, not the asker's."""
+    settings = BotSettings(openai_api_key=KEY, requests_per_minute=0, tokens_per_minute=0, docs_base_url=DOCS_URL,
+                           retry_max_attempts=1)
+    with FakeOpenAI() as fake:
+        fake.fail_all(fault)
+        index_docs(settings, sqlite_store, DOCS)
+        gateway = Gateway(settings, store=sqlite_store, metrics=Metrics(CollectorRegistry()),
+                          upstream=OpenAIUpstream(api_key=KEY, base_url=fake.base_url, timeout_s=5.0))
+        bot = ServiceBot(slack, sqlite_store, settings, gateway)
+        with structlog.testing.capture_logs() as logs:
+            bot.event(mention("<@UPENNY> how do I start the dev server?", ts=ROOT))
+        shown = shown_mrkdwn(slack.last("chat.postEphemeral"))
+        assert "The LLM provider" in shown and "nothing was charged" in shown
+        everything = json.dumps([c.params for c in slack.calls()], ensure_ascii=False)
+        port = fake.base_url.rsplit(":", 1)[1].split("/")[0]
+        for internal in (port, "127.0.0.1", "OPENAI_BASE_URL", "eu-prod-llm-7", "HTTP 400"):
+            assert internal not in everything
+        [failure] = [e for e in logs if e["event"] == "answer_upstream_failed"]
+        assert "127.0.0.1" in failure["error"] or "eu-prod-llm-7" in failure["error"]
+        gateway.close()
+
+
 def test_a_closed_sqlite_store_is_the_same_plain_sentence_from_the_service(sqlite_path: Path) -> None:
     """The answering service says it, so every edge (Slack, ``penny ask``, the chat) shows the same
     words; the store's own message (here its file path) stays in the log."""
@@ -466,6 +492,9 @@ FORM = "application/x-www-form-urlencoded"
         (EVENT, signed(EVENT, timestamp="soon"), 401, True),
         ('{"type": "event_callback", "event": ', signed('{"type": "event_callback", "event": '), 400, True),
         ("[]", signed("[]"), 400, True),
+        *[(body, signed(body), 400, True) for body in (  # signed, but the event is not an object
+            '{"type": "event_callback", "event": "x"}', '{"type": "event_callback", "event": null}',
+            '{"type": "event_callback", "event": [5]}')],
         ("payload=%7Bnot+json", signed("payload=%7Bnot+json", content_type=FORM), 400, True),
         (b"\xff{}", {"Content-Type": "application/json", "X-Slack-Request-Timestamp": GOOD_TS,
                      "X-Slack-Signature": "v0=00"}, 400, True),
@@ -474,7 +503,8 @@ FORM = "application/x-www-form-urlencoded"
         (EVENT, {"Content-Type": "application/json"}, 401, False),  # unsigned: Bolt's own answer
         (EVENT, signed(EVENT, timestamp="1000000000"), 401, False),  # stale: Bolt's own answer
     ],
-    ids=["non-numeric-timestamp", "malformed-json", "json-array", "bad-form-payload", "not-utf8",
+    ids=["non-numeric-timestamp", "malformed-json", "json-array", "event-a-string", "event-null", "event-a-list",
+         "bad-form-payload", "not-utf8",
          "bad-content-length", "too-large", "unsigned", "stale"],
 )
 def test_bad_http_input_gets_a_4xx_and_no_traceback(

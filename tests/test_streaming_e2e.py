@@ -292,7 +292,7 @@ def test_an_error_after_streaming_began_leaves_no_streamed_message_and_tells_the
     assert slack.count("chat.postMessage") == 0
     refusal = slack.last("chat.postEphemeral")
     assert (refusal.params["user"], refusal.params["thread_ts"]) == ("U1", ROOT)
-    assert "The LLM call failed" in json.dumps(refusal.blocks)
+    assert "The LLM provider did not answer" in json.dumps(refusal.blocks)
     assert bot.ledger() == 0  # nothing was charged
 
 

@@ -151,7 +151,11 @@ class Answers:
             workspace = action_workspace(body)
             # The click is deduplicated under "slack:<id>" and answered under "<id>", as an event is:
             # one ID for both, the gateway would find the click's own claim in flight and refuse.
-            request_id = "fresh:" + str(action.get("action_ts") or body.get("trigger_id"))
+            # The ID is the offer's (its message, and who clicked): a double click, or a second click
+            # before the offer is taken away, gets one fresh answer, paid once.
+            offer = str((body.get("container") or {}).get("message_ts") or "")
+            clicked = action.get("action_ts") or body.get("trigger_id")
+            request_id = f"fresh:{body['user']['id']}:{offer}" if offer else f"fresh:{clicked}"
             if not question:
                 return
             target = Target(workspace, action_channel(body), str(body["user"]["id"]), None, thread_ts or None,

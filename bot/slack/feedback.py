@@ -16,7 +16,7 @@ from typing import Any, Final
 from slack_bolt import Ack
 from slack_sdk import WebClient
 
-from bot.feedback import record_feedback
+from bot.feedback import add_reason, record_feedback
 from bot.slack.agent import feedback_ack_blocks, reason_modal, reason_of
 from bot.slack.conversation import action_channel, action_value, action_workspace
 from bot.slack.delivery import in_thread, posted_answer
@@ -80,10 +80,12 @@ class Feedback:
             if not reason or not entry_id:
                 return
             record = posted_answer(self.store, workspace, channel, message_ts) or {}
-            record_feedback(self.store, workspace, entry_id, user, up=False, pages=record.get("pages", []),
-                            at=self.wall(), reason=reason)
+            kept = add_reason(self.store, workspace, entry_id, user, reason=reason, pages=record.get("pages", []),
+                              at=self.wall())
             if channel:
-                client.chat_postEphemeral(channel=channel, user=user, text="Thanks, your note is saved with your 👎.",
+                said = ("Thanks, your note is saved with your 👎." if kept else
+                        "Your note was not saved: your vote on that answer is 👍 now.")
+                client.chat_postEphemeral(channel=channel, user=user, text=said,
                                           **in_thread(str(record.get("thread_ts") or "")))
         except Exception as exc:
             _log.exception("slack.reason_failed", error=exc)

@@ -45,7 +45,8 @@ def parse_request(headers: Mapping[str, str], body: bytes, query: str = "") -> B
     timestamp that is not a number, or a signature with non-ASCII characters, is 401: the request
     cannot be verified. A body that is not UTF-8, malformed JSON (in a JSON body or in a form's
     ``payload``), or JSON that is not an object is 400. The body is parsed once, by Bolt's own
-    parser, so the guard and Bolt can never disagree about what is malformed.
+    parser, so the guard and Bolt can never disagree about what is malformed. An ``event`` that is
+    not an object is 400 too (Bolt's listeners and middleware read it as one).
     """
     lowered = {name.lower(): value for name, value in headers.items()}
     timestamp = lowered.get("x-slack-request-timestamp")
@@ -68,6 +69,8 @@ def parse_request(headers: Mapping[str, str], body: bytes, query: str = "") -> B
         return Rejection(400, "the body is not a Slack payload")
     if not isinstance(request.body, dict):
         return Rejection(400, "the body is not a Slack payload")
+    if "event" in request.body and not isinstance(request.body["event"], dict):  # Bolt reads it as one
+        return Rejection(400, "the body's event is not an object")
     return request
 
 
