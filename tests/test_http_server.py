@@ -211,6 +211,8 @@ def test_a_request_goes_to_a_thread_once_it_has_arrived_whole() -> None:
     assert request_complete(b"GET /healthz HTTP/1.1\r\nHost: penny\r\n\r\n")  # no body
     assert request_complete(b"POST / HTTP/1.1\r\ncontent-length:  104857600\r\n\r\n")  # refused unread
     assert request_complete(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")  # a thread reads it
+    # The client sends its body only once told to go on (curl waited a second, then sent it anyway).
+    assert request_complete(head + b"Expect: 100-continue\r\n\r\n")
     assert request_complete(b"GET /" + b"x" * BUFFERED_REQUEST_BYTES)  # headers too long: gunicorn refuses them
 
 

@@ -301,6 +301,14 @@ def test_an_idempotency_key_reused_for_another_request_is_refused_and_never_repl
                                        extra_headers=same)
     assert len(vectors.data[0].embedding) == 1536
     assert len(fake.requests_to("chat")) == 1 and len(fake.requests_to("embeddings")) == 1
+    # A request refused upstream (charged nothing) leaves its key free for a corrected body.
+    fake.script(Fault.status(400, message="This model's maximum context length is exceeded"), endpoint="chat")
+    retry = {"Idempotency-Key": "fix-me", "Cache-Control": "no-cache"}
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x" * 5000}],
+                                       extra_headers=retry)
+    fixed = client.chat.completions.create(model=MODEL, messages=QUESTION, extra_headers=retry)  # type: ignore[arg-type]
+    assert fixed.choices[0].message.content
     # Two requests racing under one key both pass the check (the record is written by whichever
     # comes first): each request's own ID still keeps their answers apart. The race, staged: the
     # record names the second body.
@@ -310,7 +318,7 @@ def test_an_idempotency_key_reused_for_another_request_is_refused_and_never_repl
                                    60)
     status, _ = http("POST", proxy.base_url + "/chat/completions", body=other,
                      headers={"Authorization": f"Bearer {secret}", **same})
-    assert status == 200 and len(fake.requests_to("chat")) == 2  # answered itself, not given the first answer
+    assert status == 200 and len(fake.requests_to("chat")) == 4  # answered itself, not given the first answer
     assert fake.last("chat").body["messages"][-1]["content"] == "Who is on call?"
 
 

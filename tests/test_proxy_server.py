@@ -191,11 +191,31 @@ def test_penny_proxy_reads_chunked_bodies_never_reads_a_keyless_one_and_settles_
         assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
 
         # A large body without a key is refused before it is read: the client never has to send it,
-        # and cannot hold a request thread by sending it slowly.
+        # and cannot hold request threads by sending it slowly (gunicorn drained an unread body for
+        # up to 5 s on the thread; 20 such clients held all 16 for a keyed call's 4.7 s).
+        held = []
         started = time.monotonic()
-        sock, reply = _raw(port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\n\r\n{")
+        for _ in range(20):
+            sock, reply = _raw(port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\n"
+                               b"\r\n{")
+            assert reply.startswith(b"HTTP/1.1 401")
+            held.append(sock)  # still "sending" its body
+        probe = f"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\r\n\r\n"
+        sock, reply = _raw(port, probe.encode())
         sock.close()
-        assert reply.startswith(b"HTTP/1.1 401") and time.monotonic() - started < 5
+        assert reply.startswith(b"HTTP/1.1 200") and time.monotonic() - started < 3.0  # all 21 answered
+        for sock in held:
+            sock.close()
+
+        # A client that waits to be told to go on (Expect: 100-continue, as curl sends) is told at once.
+        sock, reply = _raw(port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           + f"Authorization: Bearer {secret}\r\nContent-Length: {len(body)}\r\n".encode()
+                           + b"Expect: 100-continue\r\n\r\n", timeout_s=3.0)
+        assert reply.startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(body.encode())
+        answer = sock.recv(65536)
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
 
         # A stream whose client leaves mid-answer while upstream is still writing it, then SIGTERM:
         # the call outlives its request (the request's thread ends at its next write), and it is
@@ -218,4 +238,5 @@ def test_penny_proxy_reads_chunked_bodies_never_reads_a_keyless_one_and_settles_
         totals = store.usage("T1", day, day, None).totals
     finally:
         store.close()
-    assert totals.requests == 2 and totals.unsettled == 0  # both answers in the ledger, at their real cost
+    # Both answers in the ledger at their real cost, and the hit the Expect request got.
+    assert (totals.requests, totals.cache_hits, totals.unsettled) == (3, 1, 0)

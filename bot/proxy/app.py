@@ -225,10 +225,12 @@ class ProxyApp:
         use_cache = not _no_cache(request)
         if stream:
             def call(answer_stream: QueuedStream) -> ChatResult:
-                return self.gateway.chat(
+                result = self.gateway.chat(
                     user_id=key.user_id, workspace_id=key.workspace_id, request_id=request_id, messages=messages,
                     model=model, max_tokens=max_tokens, temperature=temperature,
                     context=self._cache_context(key), use_cache=use_cache, stream=answer_stream, source=source)
+                self._answered_under(request, key, "chat")
+                return result
 
             with self._refusals(key):
                 return self._streamed(run_streamed(call, self.streams), model, request_id, include_usage, use_cache)
@@ -237,6 +239,7 @@ class ProxyApp:
                                        messages=messages, model=model, max_tokens=max_tokens,
                                        temperature=temperature, context=self._cache_context(key),
                                        use_cache=use_cache, source=source)
+        self._answered_under(request, key, "chat")
         return ProxyResponse.json(200, _completion(result, self._clock()), _penny_headers(result))
 
     def _streamed(self, events: StreamEvents, model: str, request_id: str, include_usage: bool,
@@ -282,6 +285,7 @@ class ProxyApp:
         with self._refusals(key):
             result = self.gateway.embed(user_id=key.user_id, workspace_id=key.workspace_id, request_id=request_id,
                                         inputs=inputs, model=model, dimensions=dimensions, source=source)
+        self._answered_under(request, key, "embeddings")
         return ProxyResponse.json(200, _embedding_list(result, base64_vectors=encoding == "base64"),
                                   _penny_headers(result))
 
@@ -316,8 +320,9 @@ class ProxyApp:
         A key's ID is scoped to the key (one key can never read another's results) and to the
         endpoint, and carries a digest of the body: a client that sends another request under a
         key it used before gets that request answered, never the first one's answer. It is also
-        told (422, as the IETF Idempotency-Key draft says), when this worker can still see what
-        the key was first used for (:data:`IDEMPOTENCY_RECORD`, kept as long as results are)."""
+        told (422, as the IETF Idempotency-Key draft says) once a request under the key was
+        answered (:data:`IDEMPOTENCY_RECORD`, kept as long as results are; a refused or failed
+        request charged nothing and leaves the key free)."""
         idempotency_key = request.headers.get("idempotency-key", "").strip()
         if len(idempotency_key) > 200:
             raise ProxyError(400, "Idempotency-Key is over 200 characters.", param="Idempotency-Key")
@@ -325,11 +330,8 @@ class ProxyApp:
             return f"proxy:{key.id}:{endpoint}:{uuid.uuid4().hex}"
         digest = hashlib.sha256(request.body).hexdigest()[:32]
         scoped = f"{key.id}:{endpoint}:{idempotency_key}"
-        store, ttl_s = self.gateway.store, self.gateway.settings.idempotency_ttl_s
         try:
-            first = store.record_get(IDEMPOTENCY_RECORD, scoped)
-            if first is None:
-                store.record_put(IDEMPOTENCY_RECORD, scoped, digest, ttl_s)
+            first = self.gateway.store.record_get(IDEMPOTENCY_RECORD, scoped)
         except StoreError as exc:
             raise _map_error(exc, self._clock()) or exc from exc
         if first is not None and first != digest:
@@ -337,6 +339,19 @@ class ProxyApp:
                              "a new request.", param="Idempotency-Key", code="idempotency_key_reused",
                              headers={"x-should-retry": "false"})
         return f"proxy:{scoped}:{digest}"
+
+    def _answered_under(self, request: ProxyRequest, key: ProxyKey, endpoint: str) -> None:
+        """Keep what the ``Idempotency-Key`` was used for, once a request under it is answered (a
+        request refused or failed, and charged nothing, leaves the key free for a corrected body)."""
+        idempotency_key = request.headers.get("idempotency-key", "").strip()
+        if not idempotency_key:
+            return
+        scoped = f"{key.id}:{endpoint}:{idempotency_key}"
+        try:
+            self.gateway.store.record_put(IDEMPOTENCY_RECORD, scoped, hashlib.sha256(request.body).hexdigest()[:32],
+                                          self.gateway.settings.idempotency_ttl_s)
+        except StoreError as exc:  # the answer is paid for and goes out; only the 422 check is lost
+            self._log.warning("proxy_idempotency_record_failed", key_id=key.id, error=str(exc))
 
     @contextmanager
     def _refusals(self, key: ProxyKey) -> Iterator[None]:

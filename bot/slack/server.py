@@ -403,18 +403,21 @@ class WorkerLoads:
 
 
 BUFFERED_REQUEST_BYTES: Final = 256 * 1024  # larger requests (never Slack's) are read on a thread
+UNREAD_BODY_DRAIN_S: Final = 0.1  # after a response, how long the rest of a body the app did not read may take
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
 
 
 def request_complete(data: bytes) -> bool:
     """Whether ``data``, the bytes of a request received so far, can go to a thread: the whole
-    request is there, or it is one a thread must read itself (chunked, or over
-    :data:`BUFFERED_REQUEST_BYTES`), or it is malformed (the thread answers it with a 4xx)."""
+    request is there, or it is one a thread must read itself (chunked, over
+    :data:`BUFFERED_REQUEST_BYTES`, or sent with ``Expect: 100-continue``, whose body comes only
+    once a thread says to go on), or it is malformed (the thread answers it with a 4xx)."""
     head_end = data.find(b"\r\n\r\n")
     if head_end < 0:
         return len(data) > BUFFERED_REQUEST_BYTES  # gunicorn refuses headers this long
     head = data[: head_end + 2]
-    if b"transfer-encoding:" in head.lower():
+    lowered = head.lower()
+    if b"transfer-encoding:" in lowered or b"\r\nexpect:" in lowered:
         return True
     lengths = _CONTENT_LENGTH.findall(head)
     if len(lengths) != 1:
@@ -440,6 +443,15 @@ class PennyWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn ships no type
     def init_process(self) -> None:
         self._closer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="penny-close")
         super().init_process()  # runs the worker until it stops
+
+    def _keepalive_after(self, conn: TConn, keepalive: bool) -> bool:
+        """Whether the connection serves another request. A body the app did not read (a request it
+        refused first: no valid key, too large) is drained only if it is already here: gunicorn
+        waits up to five seconds for the rest on one of the worker's threads, so a client without a
+        key that declares a large body and sends it slowly could hold every thread."""
+        if not keepalive:
+            return False
+        return bool(conn.parser.finish_body(deadline=time.monotonic() + UNREAD_BODY_DRAIN_S))
 
     def accept(self, listener: socket.socket) -> None:
         # A burst is taken from the backlog in one go (gunicorn takes one connection per wake-up),
