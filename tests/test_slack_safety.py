@@ -35,6 +35,7 @@ from bot.settings import BotSettings
 from bot.slack.app import SlackSettings, build_app
 from bot.slack.http_guard import MAX_BODY_BYTES, Rejection, check_request, content_length
 from bot.slack.render import (
+    WORD_JOINER,
     AnswerView,
     answer_blocks,
     escape_mrkdwn,
@@ -70,10 +71,13 @@ INJECTIONS = (
     "<https://evil.example/login|the IT portal>",
 )
 INJECTED = " ".join(INJECTIONS)
+# Plain words that Slack itself may turn into a channel-wide ping (a text object's ``verbatim`` is false).
+BROADCASTS = ("@here", "@channel", "@everyone", "@HERE", "@Everyone")
+LIVE_BROADCAST = re.compile(r"(?<!\w)@(?:here|channel|everyone)(?!\w)", re.IGNORECASE)
 PHISH = "[the IT portal](https://evil.example/login)"
 ANSWER = (
     f"To start the dev server, run `make dev` [1]. {INJECTED} Then log in at {PHISH} "
-    "and run `echo <!here>` there [1].\n\n```\nnotify <!channel> & <@U0ADMIN>\n```"
+    "and run `echo <!here>` there [1]. Tell @here and @channel!\n\n```\nnotify <!channel> & <@U0ADMIN>\n```"
 )
 DOCS_URL = "https://docs.example.com"
 # A control sequence Slack would act on: anything in <…> (what Penny's own citations look like).
@@ -109,16 +113,19 @@ def assert_shown_as_text(mrkdwn: str, *forms: str) -> None:
         assert target.startswith(DOCS_URL + "/"), f"<{target}> is not one of Penny's citation links"
 
 
+def assert_no_broadcast(text: str, *forms: str) -> None:
+    """No plain ``@here``/``@channel``/``@everyone`` is left in ``text``; each of ``forms`` is shown,
+    defused by an invisible word joiner."""
+    assert not LIVE_BROADCAST.search(text), LIVE_BROADCAST.findall(text)
+    for form in forms:
+        assert form.replace("@", "@" + WORD_JOINER) in text
+
+
 # -- the escaping itself (pure) ------------------------------------------------------------------
 
 
-def test_escape_mrkdwn_escapes_ampersand_first_then_angle_brackets() -> None:
-    assert escape_mrkdwn("<!channel> & <@U1>") == "&lt;!channel&gt; &amp; &lt;@U1&gt;"
-    assert escape_mrkdwn("&lt;") == "&amp;lt;"  # what the model wrote is what is shown
-    assert escape_mrkdwn("plain") == "plain"
-
-
-@pytest.mark.parametrize(
+# Every place in the model's Markdown where a form can be written.
+TEMPLATES = pytest.mark.parametrize(
     "template",
     [
         "{x}",
@@ -137,12 +144,50 @@ def test_escape_mrkdwn_escapes_ampersand_first_then_angle_brackets() -> None:
     ids=["line", "bullet", "ordered", "heading", "quote", "bold", "italic", "code", "fence", "table",
          "link-label", "task"],
 )
+
+
+def test_escape_mrkdwn_escapes_ampersand_first_then_angle_brackets() -> None:
+    assert escape_mrkdwn("<!channel> & <@U1>") == "&lt;!channel&gt; &amp; &lt;@U1&gt;"
+    assert escape_mrkdwn("&lt;") == "&amp;lt;"  # what the model wrote is what is shown
+    assert escape_mrkdwn("plain") == "plain"
+
+
+@TEMPLATES
 @pytest.mark.parametrize("form", INJECTIONS)
 def test_every_injection_renders_as_text_wherever_it_is_written(template: str, form: str) -> None:
     out = markdown_to_mrkdwn(template.format(x=form))
     assert "<" not in out  # no control sequence can start without one
     assert form not in out
     assert "&lt;" in out
+
+
+@TEMPLATES
+@pytest.mark.parametrize("form", BROADCASTS)
+def test_a_plain_broadcast_word_cannot_ping_wherever_it_is_written(template: str, form: str) -> None:
+    out = markdown_to_mrkdwn(template.format(x=f"tell {form}, please"))
+    assert_no_broadcast(out, form)
+    stand_in = form.replace("@", "Q")  # plain text of the same length: the same layout
+    assert out.replace(WORD_JOINER, "") == markdown_to_mrkdwn(template.format(x=f"tell {stand_in}, please")
+                                                              ).replace(stand_in, form)  # reads the same
+
+
+def test_only_broadcast_words_are_defused_not_addresses_or_other_words() -> None:
+    text = "Write to ops@here.com or @alice, @hereby @channels @everyones; a.b@channel.io"
+    assert escape_mrkdwn(text) == text
+    assert escape_mrkdwn("(@here)") == f"(@{WORD_JOINER}here)"
+    assert escape_mrkdwn("@channel.") == f"@{WORD_JOINER}channel."
+
+
+def test_a_broadcast_word_split_between_stream_pieces_is_defused_once() -> None:
+    text = "Ping @everyone, then @here and @Channel."
+    for cut in range(len(text) + 1):
+        for cut2 in range(cut, len(text) + 1):
+            parts = (text[:cut], text[cut:cut2], text[cut2:])
+            shown = "".join(safe_markdown_text(part, after="".join(parts[:i])[-16:])
+                            for i, part in enumerate(parts))
+            assert_no_broadcast(shown, "@everyone", "@here", "@Channel")
+            assert shown.count(WORD_JOINER) <= 3 + sum(1 for p in parts[:-1] if p.endswith("@")), (cut, cut2)
+            assert shown.replace(WORD_JOINER, "") == text
 
 
 def test_a_link_the_model_writes_shows_its_url_never_behind_a_label() -> None:
@@ -191,16 +236,19 @@ def test_stream_pieces_never_cut_an_entity_or_an_escape() -> None:
 
 
 def test_random_text_never_yields_a_control_sequence() -> None:
-    words = [*INJECTIONS, PHISH, "**b**", "`c <x>`", "```", "\n", "- ", "> ", "[1]", "]", "(", "&", "|", "x"]
+    words = [*INJECTIONS, *BROADCASTS, PHISH, "**b**", "`c <x>`", "```", "\n", "- ", "> ", "[1]", "]", "(", "&",
+             "|", "x", "@"]
     for seed in range(200):
         rng = random.Random(seed)
         text = "".join(rng.choice(words) + rng.choice(["", " ", "\n"]) for _ in range(rng.randint(1, 40)))
         assert "<" not in markdown_to_mrkdwn(text), text
+        assert not LIVE_BROADCAST.search(markdown_to_mrkdwn(text)), text
         streamed = "".join(
-            safe_markdown_text(piece, after=text[:i][-1:])
+            safe_markdown_text(piece, after=text[:i][-16:])
             for i, piece in ((i, text[i : i + 7]) for i in range(0, len(text), 7))
         )
         assert "<" not in streamed and "](" not in streamed and "]:" not in streamed, text
+        assert not LIVE_BROADCAST.search(streamed), text
 
 
 # -- the whole bot: posted, streamed, updated ----------------------------------------------------
@@ -224,6 +272,7 @@ def test_an_injected_llm_answer_is_posted_as_text(bot: StreamingBot, slack: Fake
     [post] = slack.calls("chat.postMessage")  # a top-level DM: posted whole, never streamed
     mrkdwn = shown_mrkdwn(post)
     assert_shown_as_text(mrkdwn, *INJECTIONS)
+    assert_no_broadcast(mrkdwn, "@here", "@channel")
     assert "the IT portal (https://evil.example/login)" in mrkdwn
     assert f"<{DOCS_URL}/engineering/local-dev-setup.md" in mrkdwn  # Penny's citation is a link
 
@@ -238,11 +287,13 @@ def test_an_injected_llm_answer_streams_and_is_updated_as_text(bot: StreamingBot
     assert "<" not in streamed and ">" not in streamed and "](" not in streamed
     for form in INJECTIONS:
         assert escaped(form) in streamed
+    assert_no_broadcast(streamed, "@here", "@channel")
     assert "[the IT portal]\\(https://evil.example/login)" in streamed
 
     update = slack.last("chat.update")  # the streamed message, replaced by the rendered answer
     assert update.params["ts"] == ts
     assert_shown_as_text(shown_mrkdwn(update), *INJECTIONS)
+    assert_no_broadcast(shown_mrkdwn(update), "@here", "@channel")
     assert f"<{DOCS_URL}/engineering/local-dev-setup.md" in shown_mrkdwn(update)
     assert slack.count("chat.postMessage") == 0
 

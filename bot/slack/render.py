@@ -58,6 +58,7 @@ __all__ = [
     "RefusalKind",
     "answer_blocks",
     "blocks_text_length",
+    "defuse_broadcasts",
     "escape_mrkdwn",
     "fallback_text",
     "markdown_to_mrkdwn",
@@ -93,9 +94,49 @@ Block = dict[str, Any]
 # Escaping and links
 
 
-def escape_mrkdwn(text: str) -> str:
-    """Escape the three characters Slack reserves for control sequences (``&``, ``<``, ``>``)."""
+def _escape_controls(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def escape_mrkdwn(text: str) -> str:
+    """Escape the three characters Slack reserves for control sequences (``&``, ``<``, ``>``), and
+    defuse a plain ``@here``, ``@channel`` or ``@everyone`` (see :func:`defuse_broadcasts`)."""
+    return _escape_controls(defuse_broadcasts(text))
+
+
+# The word joiner: invisible, and it keeps "@" and "here" from being read as one word.
+WORD_JOINER: Final = "\u2060"
+_BROADCAST_PREFIXES = "|".join(
+    re.escape(word[:n]) for word in ("here", "channel", "everyone") for n in range(len(word))
+)
+# "@" (not inside a word or an address) before a broadcast word, or before the start of one at the
+# end of the text (a streamed piece can end there: what follows it comes in the next piece).
+_BROADCAST = re.compile(
+    rf"(?<!\w)@(?=(?:here|channel|everyone)(?!\w)|(?:{_BROADCAST_PREFIXES})\Z)", re.IGNORECASE
+)
+
+
+def defuse_broadcasts(text: str, *, after: str = "") -> str:
+    """``text`` with a word joiner after the ``@`` of every ``@here``, ``@channel`` and ``@everyone``.
+
+    With ``verbatim`` left false (Slack's default for a text object, and what ``markdown_text``
+    gets), Slack parses some plain mentions itself, so escaping ``<…>`` alone does not keep a model
+    from pinging a whole channel with a plain ``@here``. The joiner is invisible; the words read the
+    same. ``after`` is the raw text sent just before ``text`` (a streamed piece's last dozen or so
+    characters): a broadcast word begun there was defused when it was sent (an ``@`` that ends a
+    piece, or ``@ch``, gets its joiner then: what follows may complete the word).
+    """
+    joined = after + text
+    cut = len(after)
+    points = [m.end() - cut for m in _BROADCAST.finditer(joined) if m.end() > cut]
+    if not points:
+        return text
+    parts, last = [], 0
+    for point in points:
+        parts.append(text[last:point])
+        last = point
+    parts.append(text[last:])
+    return WORD_JOINER.join(parts)
 
 
 _LINK_TARGET_AFTER_BRACKET = re.compile(r"(?<=\])([(:])")
@@ -107,10 +148,10 @@ def safe_markdown_text(text: str, *, after: str = "") -> str:
     ``&``, ``<`` and ``>`` become entities, as in mrkdwn, so no mention, Slack link, autolink or
     HTML can be written; and a ``(`` or ``:`` right after ``]`` is backslash-escaped, so
     ``[label](url)`` and ``[ref]: url`` show as written, the URL visible. Text is streamed in
-    pieces: ``after`` is what was sent just before ``text`` (its last character matters, for a
-    ``]`` that ended the previous piece).
+    pieces: ``after`` is what was sent just before ``text`` (its end matters: a ``]`` that ended the
+    previous piece, an ``@here`` split between two pieces).
     """
-    escaped = _LINK_TARGET_AFTER_BRACKET.sub(r"\\\1", escape_mrkdwn(text))
+    escaped = _LINK_TARGET_AFTER_BRACKET.sub(r"\\\1", _escape_controls(defuse_broadcasts(text, after=after)))
     if after.endswith("]") and escaped[:1] in ("(", ":"):
         escaped = "\\" + escaped
     return escaped
@@ -442,7 +483,7 @@ def _render_link(label: str, url: str, *, bold: str) -> str:
 def _visible_url(url: str) -> str:
     """``url`` as text a reader sees whole: spaces and ``|<>`` percent-encoded (Slack would end the
     link it makes of it there), ``&`` escaped."""
-    return escape_mrkdwn("".join(_URL_UNSAFE.get(ch, ch) for ch in url.strip()))
+    return _escape_controls("".join(_URL_UNSAFE.get(ch, ch) for ch in url.strip()))
 
 
 # ---------------------------------------------------------------------------------------------

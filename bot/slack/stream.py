@@ -60,6 +60,10 @@ __all__ = [
     "retry_after_s",
 ]
 
+# What the next piece's safety needs of the text before it: a "]" and a split "@everyone", with the
+# character before its "@".
+_TAIL_CHARS = 16
+
 MARKDOWN_TEXT_LIMIT: Final = 12_000  # markdown_text per chat.startStream / appendStream / stopStream call
 # chat.startStream and chat.stopStream are Tier 2 (20+ a minute per workspace); every start needs a stop.
 STREAM_STARTS_PER_MINUTE: Final = 15
@@ -205,7 +209,7 @@ class SlackAnswerStream:
         self._waiting_chars = 0
         self._last_append = 0.0
         self._first_text: float | None = None  # when the first text arrived
-        self._sent_tail = ""  # the last character of the model's text taken for the message shown
+        self._sent_tail = ""  # the end of the model's text taken for the message shown (see _take)
         self.failure: str | None = None  # the Slack error that ended streaming (e.g. "missing_scope")
         self.stopped = True  # False while a started stream has not been stopped (or could not be)
         self._last_error: str | None = None
@@ -307,7 +311,7 @@ class SlackAnswerStream:
         self._waiting.clear()
         self._waiting_chars = 0
         safe = safe_markdown_text(text, after=self._sent_tail)
-        self._sent_tail = text[-1:] or self._sent_tail
+        self._sent_tail = (self._sent_tail + text)[-_TAIL_CHARS:]
         return safe
 
     def _call(self, method: str, *, client: WebClient | None = None, **kwargs: Any) -> Any:
