@@ -50,6 +50,7 @@ from proxy_core import (
     format_usd,
     hit_policy,
     load_pairs,
+    redact,
     serve_metrics,
 )
 
@@ -63,6 +64,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     out = stdout or sys.stdout
     parser = _parser()
     args = parser.parse_args(argv)
+    settings: BotSettings | None = None
     try:
         settings = load_settings()
         # A terminal user reads answers, not INFO events, unless they asked for a log level.
@@ -82,6 +84,10 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         return 2
     except StoreError as exc:
         print(f"penny: store error: {exc}", file=sys.stderr)
+        if settings is not None:  # which store, without its password, and what to look at
+            print(f"The store is PENNY_STORE_URL={redact(settings.store_url)}: check that it is reachable and "
+                  "writable (for Redis, that the server is up; for SQLite, that the file's folder exists).",
+                  file=sys.stderr)
         return 1
     except SlackUnreachable as exc:
         print(f"penny: {exc}", file=sys.stderr)

@@ -30,7 +30,7 @@ from proxy_core.clock import Clock, ManualClock, monotonic
 from proxy_core.errors import *  # noqa: F403  (the error tree, whole: errors.__all__ is its one list)
 from proxy_core.errors import format_wait
 from proxy_core.gateway import AnswerStream, ChatRequest, EmbedRequest, Gateway, ReplayReport
-from proxy_core.log import configure_logging, get_logger
+from proxy_core.log import configure_logging, get_logger, redact
 from proxy_core.metrics import Metrics, serve_metrics
 from proxy_core.money import format_usd
 from proxy_core.prices import PriceTable
@@ -105,6 +105,7 @@ __all__ = [
     "load_settings",
     "load_settings_as",
     "monotonic",
+    "redact",
     "serve_metrics",
     "store_from_url",
 ]

@@ -696,3 +696,15 @@ def test_amounts_past_the_default_decimal_precision_are_formatted() -> None:
 def test_what_is_left_of_a_budget_is_never_rounded_up_to_more_than_is_left() -> None:
     assert format_usd(4_997_300) == "$5.00" and format_usd(4_997_300, down=True) == "$4.99"
     assert format_usd(1_999, down=True) == "$0.0019" and format_usd(1_999) == "$0.002"
+
+
+def test_an_unreachable_store_is_named_by_its_setting_without_its_password(
+    isolated: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], free_tcp_port: int
+) -> None:
+    monkeypatch.setenv("PENNY_STORE_URL", f"redis://penny:s3cret-pw@127.0.0.1:{free_tcp_port}/0")
+    code, _ = penny("ask", "Where are the production logs?")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "penny: store error:" in err and "Traceback" not in err
+    assert f"PENNY_STORE_URL=redis://[redacted]@127.0.0.1:{free_tcp_port}/0" in err
+    assert "s3cret-pw" not in err
