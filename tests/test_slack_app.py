@@ -22,7 +22,7 @@ from slack_sdk.signature import SignatureVerifier
 
 from bot.answer_types import Answer, Question
 from bot.settings import ThreadReplies
-from bot.slack.answers import HELP_TEXT
+from bot.slack.answers import FILES_NOTE, FILES_ONLY_TEXT, HELP_TEXT
 from bot.slack.app import (
     BOT_EVENTS,
     BOT_SCOPES,
@@ -525,6 +525,31 @@ def test_an_empty_mention_gets_help_without_asking_the_service(
     assert HELP_TEXT in all_text(posted.blocks)
     assert answerer.questions == []
     assert methods(slack) == ["chat.postMessage"]
+
+
+FILE = {"id": "F1", "name": "runbook.pdf", "mimetype": "application/pdf"}
+
+
+def test_a_file_shared_without_words_is_told_penny_reads_text_only(
+    penny: Harness, slack: FakeSlack, answerer: ScriptedAnswerer
+) -> None:
+    penny.event(message("", channel="D1", channel_type="im", subtype="file_share", files=[FILE]))
+    [posted] = slack.wait_for("chat.postMessage")
+    penny.settle()
+    assert FILES_ONLY_TEXT in all_text(posted.blocks) and HELP_TEXT not in all_text(posted.blocks)
+    assert answerer.questions == []
+
+
+def test_a_question_with_a_file_is_answered_from_its_words_and_says_the_file_was_not_read(
+    penny: Harness, slack: FakeSlack, answerer: ScriptedAnswerer
+) -> None:
+    penny.event(mention("<@UPENNY> how do I deploy? see attached") | {"files": [FILE]})
+    [posted] = slack.wait_for("chat.postMessage")
+    penny.settle()
+    [question] = answerer.questions
+    assert question.text == "how do I deploy? see attached"
+    assert posted.blocks[0]["type"] == "context" and FILES_NOTE in all_text(posted.blocks[:1])
+    assert "*Sources*" in all_text(posted.blocks)
 
 
 def test_a_40000_character_message_is_truncated_and_the_reply_says_so(

@@ -55,13 +55,19 @@ from bot.slack.middleware import Once, after_handling
 from bot.slack.working import WorkingIndicator
 from proxy_core import RecordStore, get_logger
 
-__all__ = ["FAILED_TEXT", "HELP_TEXT", "TRUNCATED_NOTE", "Answers", "in_dm"]
+__all__ = ["FAILED_TEXT", "FILES_NOTE", "FILES_ONLY_TEXT", "HELP_TEXT", "TRUNCATED_NOTE", "Answers", "in_dm"]
 
 HELP_TEXT: Final = (
     "Hi! Ask me a question about the team's docs, e.g. `@Penny how do I rotate the API key?` "
     "I answer in a thread, with links to the pages I used. Reply in the thread to follow up."
 )
 TRUNCATED_NOTE: Final = f":scissors: Your message was long, so I read only its first {MAX_QUESTION_CHARS:,} characters."
+# Penny searches the docs it indexed; it does not read files shared with a question.
+FILES_ONLY_TEXT: Final = (
+    "I can't read files shared with me, only text. Ask your question in words and I'll look it up in the "
+    "team's docs, e.g. `how do I rotate the API key?`"
+)
+FILES_NOTE: Final = ":paperclip: I read only your message's text, not the file you shared."
 FAILED_TEXT: Final = "Something went wrong on my side. Please try again in a minute."
 
 OnQuestion = Callable[[str], None]
@@ -200,15 +206,18 @@ class Answers:
     def _answer(self, client: WebClient, target: Target, event: dict[str, Any], context: BoltContext,
                 event_id: str, with_history: bool, on_question: OnQuestion | None) -> None:
         text = strip_mentions(str(event.get("text") or ""), context.bot_user_id)
+        shared_files = bool(event.get("files"))
         if not text:
-            self.delivery.post(client, target, [[{"type": "section", "text": {"type": "mrkdwn", "text": HELP_TEXT}}]])
+            help_text = FILES_ONLY_TEXT if shared_files else HELP_TEXT
+            self.delivery.post(client, target, [[{"type": "section", "text": {"type": "mrkdwn", "text": help_text}}]])
             return
         if on_question is not None:
             on_question(text)
         history: tuple[tuple[str, str], ...] = ()
         if with_history and target.thread_ts:
             history = self._history(client, target, target.thread_ts, context)
-        self._ask(client, target, text, request_id=event_id, history=history)
+        self._ask(client, target, text, request_id=event_id, history=history,
+                  note=FILES_NOTE if shared_files else None)
 
     def _ask(
         self,
@@ -219,9 +228,10 @@ class Answers:
         request_id: str,
         history: tuple[tuple[str, str], ...] = (),
         fresh: bool = False,
+        note: str | None = None,
     ) -> None:
         question_text, truncated = clip_question(text)
-        note = TRUNCATED_NOTE if truncated else None
+        note = "\n".join(n for n in (TRUNCATED_NOTE if truncated else None, note) if n) or None
         working = self.working.show(client, target.channel, target.message_ts, thread_ts=target.thread_ts)
         try:
             stream = self.delivery.stream_for(client, target)
