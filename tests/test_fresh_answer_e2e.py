@@ -56,3 +56,50 @@ def test_a_fresh_answer_offered_after_a_thumbs_down_is_answered_by_the_llm(
     assert len(fresh) == 1, "not one fresh answer"
     text = json.dumps(fresh[-1].params.get("blocks", "")) + str(fresh[-1].params.get("text", ""))
     assert "already being answered" not in text and "logs" in text.lower()
+
+
+def test_a_fresh_answer_to_a_follow_up_reads_the_thread_before_it_as_the_first_answer_did(
+    bot: Bot, slack: FakeSlack, fake: FakeOpenAI
+) -> None:
+    root, follow_up = "<@UPENNY> where are the production logs?", "<@UPENNY> how long are they kept?"
+    # Two people ask the same root question and the same follow-up in their own threads; each
+    # thread reads as the same conversation, so the second follow-up is served from the cache.
+    for user, root_ts, follow_ts in (("U1", "1700000100.000100", "1700000150.000100"),
+                                     ("U2", "1700000300.000100", "1700000350.000100")):
+        bot.event(mention(root, ts=root_ts, user=user))
+        bot.settle()
+        answered = str(slack.calls("chat.postMessage")[-1].params.get("text") or "")
+        slack.set_replies("C1", root_ts, [
+            {"ts": root_ts, "user": user, "text": root},
+            {"ts": f"{root_ts[:-6]}200100", "user": "UPENNY", "bot_id": "B0PENNY", "text": answered},
+            {"ts": follow_ts, "user": user, "text": follow_up},
+        ])
+        bot.event(mention(follow_up, ts=follow_ts, thread_ts=root_ts, user=user))
+        bot.settle()
+    assert fake.count("chat") == 2  # U2's root question and follow-up both came from the cache
+    first_follow_up = fake.requests_to("chat")[-1].body["messages"]
+    cached = slack.calls("chat.postMessage")[-1]
+    assert cached.response is not None and cached.params["thread_ts"] == "1700000300.000100"
+
+    [feedback] = [e for b in cached.blocks if b["type"] == "context_actions" for e in b["elements"]]
+    down = block_action({"action_id": feedback["action_id"], "block_id": "fb",
+                         "value": feedback["negative_button"]["value"]}, message_ts=str(cached.response["ts"]),
+                        user="U2")
+    down["actions"][0]["type"] = "feedback_buttons"
+    bot.action(down)
+    bot.settle()
+    [actions] = [b for b in slack.last("chat.postEphemeral").blocks if b["type"] == "actions"]
+    [button] = [e for e in actions["elements"] if e["action_id"] == ACTION_FRESH_ANSWER]
+    click = block_action({"action_id": ACTION_FRESH_ANSWER, "block_id": actions["block_id"], "value": button["value"]},
+                         message_ts="1700000999.000001", user="U2")
+    click["container"]["is_ephemeral"] = True
+    bot.action(click)
+    bot.settle()
+
+    assert fake.count("chat") == 3  # asked afresh
+    fresh_messages = fake.requests_to("chat")[-1].body["messages"]
+    # The same conversation as the first time: the root question and Penny's answer before it.
+    assert [m["role"] for m in fresh_messages] == [m["role"] for m in first_follow_up]
+    assert "where are the production logs?" in json.dumps(fresh_messages)
+    fresh = slack.calls("chat.postMessage")[-1]
+    assert fresh.params["thread_ts"] == "1700000300.000100"

@@ -28,7 +28,7 @@ works, a thread shows Slack's status line, a top-level DM question an ``eyes`` r
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from slack_bolt import Ack, BoltContext, Respond
@@ -147,13 +147,15 @@ class Answers:
         (not on the pool that runs acks, which must stay free for ``/cost`` and the buttons)."""
         ack()
 
-    def on_fresh_answer(self, body: dict[str, Any], client: WebClient, respond: Respond) -> None:
-        """"Get a fresh answer": the question in the button, asked again past the cache, once per click."""
+    def on_fresh_answer(self, body: dict[str, Any], client: WebClient, respond: Respond, context: BoltContext) -> None:
+        """"Get a fresh answer": the question in the button, asked again past the cache, once per click;
+        a follow-up in a thread with the thread before it, as it was asked the first time."""
         try:
             action = body["actions"][0]
             question = str(action.get("value") or "").strip()
             block_id = str(action.get("block_id", ""))
-            thread_ts = block_id[len(FRESH_BLOCK_PREFIX) :] if block_id.startswith(FRESH_BLOCK_PREFIX) else ""
+            where = block_id[len(FRESH_BLOCK_PREFIX) :] if block_id.startswith(FRESH_BLOCK_PREFIX) else ""
+            thread_ts, _, asked_ts = where.partition("/")
             workspace = action_workspace(body)
             # The click is deduplicated under "slack:<id>" and answered under "<id>", as an event is:
             # one ID for both, the gateway would find the click's own claim in flight and refuse.
@@ -173,7 +175,10 @@ class Answers:
                         respond(delete_original=True)  # the offer is used up
                     except Exception as exc:
                         _log.warning("slack.fresh_offer_delete_failed", error=exc)
-                self._ask(client, target, question, request_id=request_id, fresh=True)
+                history: tuple[tuple[str, str], ...] = ()
+                if thread_ts and asked_ts:
+                    history = self._history(client, replace(target, message_ts=asked_ts), thread_ts, context)
+                self._ask(client, target, question, request_id=request_id, history=history, fresh=True)
 
             self.once.run(workspace, "slack:" + request_id, fresh)
         except Exception as exc:

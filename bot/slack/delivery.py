@@ -185,7 +185,7 @@ class Delivery:
             self.asked.add(target.workspace_id, first.path, first.title or first.path)
         if answer.entry_id is not None and last_ts:
             record = {"question": question, "cached": answer.cached, "thread_ts": target.thread_ts or "",
-                      "pages": [c.path for c in answer.citations]}
+                      "asked_ts": target.message_ts or "", "pages": [c.path for c in answer.citations]}
             remember(self.store, Record(ANSWERS_KIND, f"{target.workspace_id}:{target.channel}:{last_ts}",
                                         json.dumps(record), ANSWER_TTL_S))
 

@@ -26,7 +26,9 @@ from proxy_core import Store, StoreError, get_logger
 __all__ = ["ACTION_FRESH_ANSWER", "FRESH_BLOCK_PREFIX", "Feedback", "FeedbackCallback", "fresh_answer_blocks"]
 
 ACTION_FRESH_ANSWER: Final = "penny_fresh_answer"
-FRESH_BLOCK_PREFIX: Final = "penny_fresh:"  # + the thread_ts to answer in ("" for none)
+# + the thread_ts to answer in ("" for none), and "/" + the question's ts when it followed up in that
+# thread (the fresh answer reads the thread before it, as the first answer did).
+FRESH_BLOCK_PREFIX: Final = "penny_fresh:"
 
 FeedbackCallback = Callable[[str, str, bool], None]  # (user_id, entry_id, up)
 
@@ -111,7 +113,8 @@ class Feedback:
                 except Exception as exc:  # losing a vote must not lose the fresh-answer offer
                     _log.exception("slack.feedback_callback_failed", error=exc)
             thread_ts = str(record.get("thread_ts") or "")
-            fresh = (fresh_answer_blocks(str(record["question"]), thread_ts or None)
+            fresh = (fresh_answer_blocks(str(record["question"]), thread_ts or None,
+                                         asked_ts=str(record.get("asked_ts") or "") or None)
                      if not up and record.get("cached") and record.get("question") else None)
             ref = json.dumps({"e": entry_id, "c": channel, "m": message_ts}) if entry_id else None
             blocks = feedback_ack_blocks(up=up, reason_value=ref if ref and len(ref) <= 2000 else None, fresh=fresh)
@@ -121,8 +124,11 @@ class Feedback:
             _log.exception("slack.feedback_failed", error=exc)
 
 
-def fresh_answer_blocks(question: str, thread_ts: str | None) -> list[Block]:
-    """The ephemeral offer after 👎 on a cached answer: a button that asks again, bypassing the cache."""
+def fresh_answer_blocks(question: str, thread_ts: str | None, *, asked_ts: str | None = None) -> list[Block]:
+    """The ephemeral offer after 👎 on a cached answer: a button that asks again, bypassing the cache.
+    ``asked_ts`` is the question's message: a follow-up in ``thread_ts`` is asked again with the
+    thread before it, as it was the first time."""
+    follow_up = "/" + asked_ts if thread_ts and asked_ts and asked_ts != thread_ts else ""
     return [
         {
             "type": "section",
@@ -130,7 +136,7 @@ def fresh_answer_blocks(question: str, thread_ts: str | None) -> list[Block]:
         },
         {
             "type": "actions",
-            "block_id": FRESH_BLOCK_PREFIX + (thread_ts or ""),
+            "block_id": FRESH_BLOCK_PREFIX + (thread_ts or "") + follow_up,
             "elements": [
                 {
                     "type": "button",
