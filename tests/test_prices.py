@@ -357,3 +357,15 @@ def test_describe_shows_prices_as_people_write_them(table: PriceTable) -> None:
 def test_a_chat_model_used_for_embeddings_is_named_plainly(table: PriceTable) -> None:
     with pytest.raises(ConfigurationError, match="'gpt-4o' is a chat model, not an embedding model"):
         table.price_for("gpt-4o", kind="embedding")
+
+
+def test_the_documented_price_file_example_loads(tmp_path: Path) -> None:
+    """docs/architecture.md's example: a chat model and an embedding model, as written there."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text(encoding="utf-8")
+    example = doc.split("`PENNY_PRICE_FILE` at a JSON file of the same shape:", 1)[1].split("```json", 1)[1]
+    path = tmp_path / "prices.json"
+    path.write_text(example.split("```", 1)[0], encoding="utf-8")
+    table = PriceTable.load(path)
+    assert table.price_for("my-finetune", "chat").output > 0
+    embedding = table.price_for("all-MiniLM-L6-v2", "embedding")
+    assert (embedding.input, embedding.cached_input, embedding.output) == (0, 0, 0)
