@@ -372,7 +372,8 @@ def test_evaluate_reports_expected_and_measured_wrong_hits(tmp_path: Path, guard
     assert report.measured_wrong == pytest.approx(1 / 3)
     assert report.reasons == {"unlikely to serve": 1}
     text = format_report(report)
-    assert "wrong hits: at most 10.0% allowed (PENNY_CACHE_MAX_WRONG)" in text and "measured 33.3%" in text
+    assert "wrong hits: at most 10.0% allowed (PENNY_CACHE_MAX_WRONG)" in text
+    assert "on this file: 3 hits served, expected" in text and "measured 33.3% (1 wrong)" in text
     penny = {o.threshold: o for o in report.curve}
     assert (penny[0.5].true_hits, penny[0.5].false_hits) == (3, 1)  # the badge pair joins at p >= 0.5
 

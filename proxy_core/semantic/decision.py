@@ -502,10 +502,14 @@ def format_report(report: EvalReport, *, curves: bool = True) -> str:
         f"{_pct(rule.false_hit_rate):>7} ({rule.false_hits:>4})"
     )
     if report.max_wrong is not None:
+        served = report.true_hits + report.false_hits
         lines += [
             "",
-            f"wrong hits: at most {_pct(report.max_wrong).strip()} allowed (PENNY_CACHE_MAX_WRONG), "
-            f"expected {_pct(report.expected_wrong).strip()}, measured {_pct(report.measured_wrong).strip()}",
+            f"wrong hits: at most {_pct(report.max_wrong).strip()} allowed (PENNY_CACHE_MAX_WRONG) "
+            "on the calibration's questions",
+            f"  on this file: {served:,} {'hit' if served == 1 else 'hits'} served, "
+            f"expected {_pct(report.expected_wrong).strip()} wrong (the mean of 1 - p over them), "
+            f"measured {_pct(report.measured_wrong).strip()} ({report.false_hits:,} wrong)",
         ]
     if curves:
         lines += ["", "precision/recall curves:", f"{'penny':>8}  {'recall':>7} {'precision':>9} | "
