@@ -190,4 +190,5 @@ def test_a_mention_of_penny_is_always_for_her_and_of_someone_else_never() -> Non
 
 def test_all_answers_every_reply_and_mentions_none() -> None:
     assert classify("thanks!", "all") == Addressing(True, "all_replies")
+    assert classify("  ", "all") == Addressing(False, "no_words")  # a file alone, dropped in for people
     assert classify("how do I reset it?", "mentions") == Addressing(False, "mentions_only")

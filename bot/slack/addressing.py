@@ -30,7 +30,8 @@ Penny something. The rules, in order; the first that decides wins:
    ``acknowledgement`` or ``statement``.
 
 ``all`` answers every reply but those that mention someone else (rule 1's first half: Penny's
-behaviour before this setting); ``mentions`` answers none (a mention reaches Penny as
+behaviour before this setting) and those with no words at all (a file dropped in the thread:
+``no_words``); ``mentions`` answers none (a mention reaches Penny as
 ``app_mention``). A reply that mentions Penny is always for her. The rules are measured on a
 labelled set of thread replies, ``tests/data/thread_replies.jsonl`` (see its README).
 """
@@ -65,6 +66,8 @@ def classify_thread_reply(text: str, *, bot_user_id: str | None, mode: ThreadRep
         return Addressing(False, "to_someone_else")
     if mode == "mentions":
         return Addressing(False, "mentions_only")
+    if not text.strip():
+        return Addressing(False, "no_words")  # a file or a shared message dropped in the thread, for people
     if mode == "all":
         return Addressing(True, "all_replies")
     if _GROUP_MENTION.search(text):
