@@ -4,6 +4,7 @@ hybrid retrieval on the sample handbook, and ``penny index``."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -247,7 +248,7 @@ def test_pdfs_are_indexed_by_page_and_a_damaged_one_is_skipped(
     with structlog.testing.capture_logs() as logs:
         report = DocsIndexer(store, embedder.embed, embedder_name=embedder.name).index(docs)
     assert report.files == 5  # the four pages of the fixture and the readable PDF
-    assert any(log.get("path") == "broken.pdf" and log.get("reason") == "unreadable" for log in logs)
+    assert any(log.get("path") == "broken.pdf" and log.get("reason") == "not_indexable" for log in logs)
     [hit, *_] = Retriever(DocsIndex.load(store), embedder.embed).search("how do I encrypt my laptop disk")
     assert (hit.passage.doc_path, hit.passage.anchor, hit.passage.title) == ("security.pdf", "page=2",
                                                                             "Security handbook")
@@ -410,6 +411,52 @@ def test_a_file_that_is_not_text_is_skipped_and_one_in_windows_1252_is_read(
         report = DocsIndexer(store, embedder.embed, embedder_name=embedder.name).index(docs)
     assert report.files == 1
     assert [(log["path"], log["reason"]) for log in logs if log["event"] == "docs_file_skipped"] == [
-        ("binary.md", "unreadable")]
+        ("binary.md", "not_indexable")]
     [hit, *_] = Retriever(DocsIndex.load(store), embedder.embed).search("what dessert does the cafe serve")
     assert "crème brûlée" in hit.passage.text and hit.passage.title == "Café menu"
+
+
+def test_a_hostile_folder_leaks_nothing_from_outside_and_one_bad_file_stops_nothing(
+    store: Store, docs: Path, tmp_path: Path, embedder: WordLlamaEmbedder
+) -> None:
+    """A docs repo's contributor adds links to Penny's own .env and to /etc, and a reST page whose
+    nesting overflows the parser's recursion: the rest is indexed, none of that is."""
+    (tmp_path / ".env").write_text("SLACK_BOT_TOKEN=xoxb-not-for-the-docs\n")
+    (docs / "settings.md").symlink_to(tmp_path / ".env")
+    (docs / "etc").symlink_to("/etc", target_is_directory=True)
+    nested = "".join(" " * i + ".. note::\n\n" for i in range(600))
+    (docs / "deep.rst").write_text("Deep\n====\n\n" + nested + " " * 600 + "deep text\n")
+    with structlog.testing.capture_logs() as logs:
+        report = DocsIndexer(store, embedder.embed, embedder_name=embedder.name).index(docs)
+    assert report.files == 4  # the four handbook pages
+    index = DocsIndex.load(store)
+    assert not any("xoxb" in p.text for p in index.snapshot.passages)
+    assert {p.doc_path for p in index.snapshot.passages} == {
+        "company-overview.md", "policies/expenses.md", "policies/travel.rst", "people/offices.html"}
+    skipped = {(log["path"], log["reason"]) for log in logs if log["event"] == "docs_file_skipped"}
+    assert {("settings.md", "link_outside_docs_folder"), ("etc", "link_outside_docs_folder"),
+            ("deep.rst", "parse_failed")} <= skipped
+
+
+def test_a_page_that_became_binary_leaves_the_index_but_an_unreadable_folder_keeps_its_pages(
+    store: Store, docs: Path, embedder: WordLlamaEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    indexer = DocsIndexer(store, embedder.embed, embedder_name=embedder.name)
+    indexer.index(docs)
+    (docs / "company-overview.md").write_bytes(bytes(range(256)) * 40)  # replaced by an image, say
+    # The folder's permissions are wrong for a moment (the OS refuses the listing; chmod 000 does
+    # not stop root, which the tests may run as).
+    listing = os.scandir
+
+    def scandir(path: Any) -> Any:
+        if Path(path) == docs / "policies":
+            raise PermissionError(13, "Permission denied", str(path))
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    report = indexer.index(docs)
+    monkeypatch.undo()
+    paths = {p.doc_path for p in DocsIndex.load(store).snapshot.passages}
+    assert "company-overview.md" not in paths  # not text any more: its old text is not quoted on
+    assert {"policies/expenses.md", "policies/travel.rst"} <= paths  # a permission that may pass: kept
+    assert report.files == 3

@@ -728,7 +728,7 @@ def test_walk_skips_large_files_and_logs_them(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
-def test_walk_survives_symlink_loops_and_walks_aliases_once(tmp_path: Path) -> None:
+def test_walk_survives_symlink_loops_walks_aliases_once_and_never_leaves_the_folder(tmp_path: Path) -> None:
     touch(tmp_path / "docs" / "a.md")
     touch(tmp_path / "docs" / "sub" / "b.md")
     touch(tmp_path / "elsewhere" / "c.md")
@@ -736,10 +736,18 @@ def test_walk_survives_symlink_loops_and_walks_aliases_once(tmp_path: Path) -> N
     (tmp_path / "docs" / "alias").symlink_to(tmp_path / "docs" / "sub", target_is_directory=True)
     (tmp_path / "docs" / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     (tmp_path / "docs" / "broken.md").symlink_to(tmp_path / "missing.md")
-    found = [p.relative_to(tmp_path / "docs").as_posix() for p in walk(tmp_path / "docs")]
-    assert found == ["a.md", "alias/b.md", "linked/c.md"]  # "alias" sorts before "sub": the alias is walked
-    doc = parse_document(tmp_path / "docs" / "linked" / "c.md", tmp_path / "docs")
-    assert doc.doc_path == "linked/c.md"
+    (tmp_path / "elsewhere" / ".env").write_text("OPENAI_API_KEY=sk-not-for-slack\n")
+    (tmp_path / "docs" / "settings.md").symlink_to(tmp_path / "elsewhere" / ".env")
+    with structlog.testing.capture_logs() as logs:
+        found = [p.relative_to(tmp_path / "docs").as_posix() for p in walk(tmp_path / "docs")]
+    assert found == ["a.md", "alias/b.md"]  # "alias" sorts before "sub": the alias is walked
+    # Links out of the folder are neither walked nor read: a docs repo must not publish a .env.
+    assert {(log["path"], log["reason"]) for log in logs if log["event"] == "docs_file_skipped"} == {
+        ("broken.md", "link_outside_docs_folder"), ("linked", "link_outside_docs_folder"),
+        ("settings.md", "link_outside_docs_folder")}
+    with pytest.raises(ValueError, match="outside the docs folder"):
+        parse_document(tmp_path / "docs" / "settings.md", tmp_path / "docs")
+    assert parse_document(tmp_path / "docs" / "alias" / "b.md", tmp_path / "docs").doc_path == "alias/b.md"
 
 
 def test_walk_refuses_a_file_or_missing_root(tmp_path: Path) -> None:
@@ -803,3 +811,71 @@ def test_pdfs_are_walked_only_where_they_can_be_read(tmp_path: Path, monkeypatch
     assert any(log.get("reason") == "no_pdf_support" and "penny[pdf]" in log.get("hint", "") for log in logs)
     with pytest.raises(ValueError, match=r"pip install 'penny\[pdf\]'"):
         parse_document(tmp_path / "b.pdf", tmp_path)
+
+
+# --------------------------------------------------------------------------------------------
+# Messy and hostile files (found by trying a real folder's worst): each is read, skipped or cut
+# as a reader would expect, and none stops the run.
+
+
+def test_a_declared_charset_that_is_no_text_encoding_falls_back_instead_of_crashing(tmp_path: Path) -> None:
+    for charset in ("base64", "rot13", "zlib", "idna"):
+        page = f'<meta charset="{charset}"><h1>Caf\xe9</h1><p>Cr\xe8me br\xfbl\xe9e.</p>'.encode("cp1252")
+        doc = parse(tmp_path, f"{charset}.html", page)
+        assert doc.title == "Café" and "Crème brûlée." in doc.text, charset
+
+
+def test_one_stray_byte_in_a_utf8_file_is_replaced_not_a_reason_for_mojibake(tmp_path: Path) -> None:
+    raw = "# Café menu\n\nCrème brûlée, 日本語 and a stray byte: ".encode() + b"\xff" + b".\n"
+    doc = parse(tmp_path, "menu.md", raw)
+    assert doc.title == "Café menu" and "Crème brûlée, 日本語" in doc.text and "\ufffd" in doc.text
+    latin = parse(tmp_path, "latin.md", "# Café\n\nCrème brûlée.\n".encode("cp1252"))
+    assert latin.title == "Café" and "Crème brûlée." in latin.text  # a Windows-1252 file is still read as one
+
+
+def test_a_nul_byte_anywhere_makes_a_file_not_text(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="NUL"):
+        parse(tmp_path, "notes.md", b"# Notes\n\n" + b"plain text " * 2000 + bytes(range(256)) * 80)
+
+
+def test_an_unterminated_html_comment_hides_the_rest_as_a_browser_does(tmp_path: Path) -> None:
+    doc = parse(tmp_path, "page.html", "<h1>Deploy</h1><p>Run make deploy.</p><!-- empty --><!-->"
+                "<p>Shown.</p><!-- TODO remove: <p>admin password is hunter2</p>")
+    assert "Run make deploy." in doc.text and "Shown." in doc.text
+    assert "hunter2" not in doc.text and "<!--" not in doc.text
+
+
+def test_a_hidden_element_left_open_hides_only_itself(tmp_path: Path) -> None:
+    doc = parse(tmp_path, "page.html", "<h1>Guide</h1><p hidden>draft<p>Visible paragraph."
+                "<ul><li hidden>secret item<li>Shown item</ul><div><p hidden>gone</div><p>After the div.</p>")
+    assert "Visible paragraph." in doc.text and "Shown item" in doc.text and "After the div." in doc.text
+    assert "draft" not in doc.text and "secret item" not in doc.text and "gone" not in doc.text
+
+
+def test_a_pdf_with_thousands_of_pages_is_cut_at_the_page_limit_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.docs.parse import _pdf
+
+    monkeypatch.setattr(_pdf, "MAX_PDF_PAGES", 3)
+    with structlog.testing.capture_logs() as logs:
+        doc = parse(tmp_path, "manual.pdf", make_pdf([[f"Page text {n}"] for n in range(1, 8)]))
+    assert [s.heading_path[-1] for s in doc.sections] == ["Page 1", "Page 2", "Page 3"]
+    assert [(log["path"], log["pages_read"], log["pages"]) for log in logs
+            if log["event"] == "docs_pdf_truncated"] == [("manual.pdf", 3, 7)]
+    monkeypatch.setattr(_pdf, "MAX_PDF_PAGES", 100)
+    monkeypatch.setattr(_pdf, "MAX_PDF_TEXT_CHARS", 20)  # "Page text N" is 11 characters
+    assert len(parse(tmp_path, "manual2.pdf", make_pdf([[f"Page text {n}"] for n in range(1, 8)])).sections) == 2
+
+
+def test_a_file_that_grew_past_the_limit_or_became_a_fifo_after_the_listing_is_refused(tmp_path: Path) -> None:
+    from bot.docs.parse import read_source
+
+    grown = tmp_path / "grown.md"
+    grown.write_bytes(b"# Grown\n\n" + b"x" * (MAX_FILE_BYTES + 10))
+    with pytest.raises(ValueError, match="larger than 2 MB"):
+        read_source(grown, tmp_path)
+    fifo = tmp_path / "swapped.md"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="not a regular file"):  # opened at once, never waits for a writer
+        read_source(fifo, tmp_path)

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bot.docs.parse import MAX_FILE_BYTES, MAX_PDF_BYTES, Passage, chunk, parse_document, walk
+from bot.docs.parse import MAX_FILE_BYTES, MAX_PDF_BYTES, Passage, chunk, parse_document, read_source, walk
 from bot.docs.retrieve import Bm25
 from proxy_core import BlobStore, ConfigurationError, StoreError, get_logger
 
@@ -203,29 +203,42 @@ class DocsIndexer:
         reusable = old.docs if old is not None and old.embedder == self._embedder else {}
         reusable_ids = {pid for doc in reusable.values() for pid in doc.passages}
         too_large: list[Path] = []
-        files = list(walk(root, too_large=too_large))
+        unreadable: list[Path] = []
+        files = list(walk(root, too_large=too_large, unreadable=unreadable))
         docs: dict[str, _DocEntry] = {}
         puts: dict[str, bytes] = {}
         to_embed: dict[str, Passage] = {}
         for done, path in enumerate(files, start=1):
             doc_path = path.relative_to(root).as_posix()
             try:
-                file_hash = hashlib.sha256(path.read_bytes()).hexdigest()
+                raw = read_source(path, root)
+                file_hash = hashlib.sha256(raw).hexdigest()
                 known = reusable.get(doc_path)
                 if known is not None and known.file_hash == file_hash:
                     docs[doc_path] = known
                 else:
-                    document = parse_document(path, root)
+                    document = parse_document(path, root, raw=raw)
                     passages = _unique(chunk(document))
                     docs[doc_path] = _DocEntry(document.content_hash, tuple(p.content_hash for p in passages))
                     puts[self._keys.doc(doc_path)] = _doc_blob(passages, document.title)
                     to_embed.update((p.content_hash, p) for p in passages if p.content_hash not in reusable_ids)
-            except (OSError, ValueError) as exc:  # unreadable, not text, or a PDF that cannot be read
+            except OSError as exc:  # cannot be read now (permissions, gone): an error that may pass
                 _log.warning("docs_file_skipped", path=doc_path, reason="unreadable", error=str(exc))
-                if doc_path in reusable:  # keep what was indexed rather than drop it on a transient error
-                    docs[doc_path] = reusable[doc_path]
+                unreadable.append(path)
+            except ValueError as exc:  # may not be indexed as it is now: not text, a damaged PDF, a link out
+                _log.warning("docs_file_skipped", path=doc_path, reason="not_indexable", error=str(exc),
+                             removed=doc_path in reusable)
+            except Exception as exc:  # a parser's failure on this file must not stop the others
+                _log.error("docs_file_skipped", path=doc_path, reason="parse_failed",
+                           error=f"{type(exc).__name__}: {str(exc)[:200]}", removed=doc_path in reusable)
             if progress is not None:
                 progress(done, len(files))
+        # What could not be read this time stays as it was indexed rather than vanish from answers.
+        for gone in unreadable:
+            prefix = gone.relative_to(root).as_posix()
+            for doc_path, known in reusable.items():
+                if doc_path not in docs and (doc_path == prefix or doc_path.startswith(prefix + "/") or prefix == "."):
+                    docs[doc_path] = known
 
         if not docs and not allow_empty:
             raise NoDocsFound(root, files=len(files), indexed=len(old.docs) if old is not None else 0,

@@ -3,7 +3,9 @@
 Three pure steps, each usable on its own:
 
 * :func:`walk` lists the supported files under a docs root: sorted, hidden entries, ``node_modules``,
-  symlink loops and files over :data:`MAX_FILE_BYTES` (:data:`MAX_PDF_BYTES` for a PDF) skipped;
+  symlink loops, links out of the root and files over :data:`MAX_FILE_BYTES` (:data:`MAX_PDF_BYTES`
+  for a PDF) skipped; :func:`read_source` reads one the same way (inside the root, a regular file,
+  within the limit, however the folder changed since);
 * :func:`parse_document` reads one Markdown, reStructuredText, HTML or plain-text file into a
   :class:`Document`: its title, its normalised text, and a :class:`Section` per heading. A PDF (with
   the optional ``penny[pdf]`` extra, pypdf) becomes a section per page, headed "Page N" with the
@@ -29,7 +31,7 @@ Markdown block syntax is shared with the Slack renderer in :mod:`bot.markdown_sy
 from __future__ import annotations
 
 from bot.docs.parse._chunk import chunk
-from bot.docs.parse._document import SUPPORTED_SUFFIXES, parse_document
+from bot.docs.parse._document import SUPPORTED_SUFFIXES, parse_document, read_source
 from bot.docs.parse._model import Document, Passage, Section, passage_hash, slugify
 from bot.docs.parse._pdf import pdf_support
 from bot.docs.parse._walk import MAX_FILE_BYTES, MAX_PDF_BYTES, walk
@@ -45,6 +47,7 @@ __all__ = [
     "parse_document",
     "passage_hash",
     "pdf_support",
+    "read_source",
     "slugify",
     "walk",
 ]

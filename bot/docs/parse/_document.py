@@ -8,7 +8,9 @@ nothing of titles, anchors or offsets; this module is the only place those are d
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import stat
 from pathlib import Path
 
 from bot.docs.parse._html import parse_html
@@ -19,7 +21,12 @@ from bot.docs.parse._pdf import parse_pdf
 from bot.docs.parse._rst import parse_rst
 from bot.docs.parse._text import parse_text
 
-__all__ = ["SUPPORTED_SUFFIXES", "parse_document"]
+__all__ = ["MAX_FILE_BYTES", "MAX_PDF_BYTES", "SUPPORTED_SUFFIXES", "parse_document", "read_source"]
+
+MAX_FILE_BYTES = 2 * 1024 * 1024
+"""Files larger than this are not indexed: they are dumps, not docs."""
+MAX_PDF_BYTES = 32 * 1024 * 1024
+"""The same for PDFs, whose fonts and images make a few pages of text weigh megabytes."""
 
 _FORMATS = {
     ".md": "markdown",
@@ -33,21 +40,56 @@ _FORMATS = {
 SUPPORTED_SUFFIXES = frozenset(_FORMATS)
 
 
-def parse_document(path: Path, root: Path) -> Document:
-    """Parse one supported file under ``root`` (see :data:`SUPPORTED_SUFFIXES`).
+def read_source(path: Path, root: Path) -> bytes:
+    """The bytes of ``path``, a file under ``root``, read as a docs file may be: its real location
+    (symlinks followed) inside ``root``'s, a regular file (never a FIFO or a device, which could block
+    the run), and no larger than :data:`MAX_FILE_BYTES` (:data:`MAX_PDF_BYTES` for a PDF) however
+    it grew since the folder was listed. Raises ``ValueError`` when it may not be read, ``OSError``
+    when it cannot."""
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise ValueError("a link to a file outside the docs folder (not read)")
+    limit = MAX_PDF_BYTES if path.suffix.lower() == ".pdf" else MAX_FILE_BYTES
+    # O_NOFOLLOW: the real path checked above cannot have become a link since; O_NONBLOCK: a FIFO
+    # put in the file's place opens at once (and is refused below) instead of waiting for a writer.
+    fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file")
+        parts: list[bytes] = []
+        size = 0
+        while size <= limit:
+            part = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not part:
+                break
+            parts.append(part)
+            size += len(part)
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise ValueError(f"larger than {limit // (1024 * 1024)} MB (it grew while the folder was indexed)")
+    return b"".join(parts)
+
+
+def parse_document(path: Path, root: Path, *, raw: bytes | None = None) -> Document:
+    """Parse one supported file under ``root`` (see :data:`SUPPORTED_SUFFIXES`); ``raw`` is its
+    content when the caller read it already (with :func:`read_source`).
 
     Bytes that are not valid UTF-8 are replaced (an HTML file's declared charset is honoured
     first), so any text file parses. Raises ``ValueError`` for an unsupported suffix, a ``path``
-    outside ``root`` or a PDF that cannot be read (damaged, password-protected, or no pypdf), and
-    ``OSError`` when the file cannot be read.
+    outside ``root``, a file :func:`read_source` refuses or a PDF that cannot be read (damaged,
+    password-protected, or no pypdf), and ``OSError`` when the file cannot be read.
     """
     kind = _FORMATS.get(path.suffix.lower())
     if kind is None:
         raise ValueError(f"unsupported document type {path.suffix!r}: {path.name}")
     doc_path = path.relative_to(root).as_posix()
-    raw = path.read_bytes()
+    if raw is None:
+        raw = read_source(path, root)
     if kind == "pdf":
-        blocks, fallback_title = parse_pdf(raw)
+        blocks, fallback_title = parse_pdf(raw, name=doc_path)
         title = fallback_title or _filename_title(doc_path)
         return _assemble(doc_path, title, blocks, hashlib.sha256(raw).hexdigest())
     text = decode(raw, html_charset=kind == "html")

@@ -30,6 +30,19 @@ _BLOCKS = frozenset(
 _LINE, _PARAGRAPH = "\x01", "\x02"
 _BREAKS = re.compile(r"\s*[\x01\x02][\s\x01\x02]*")
 _ENDS_HEADING = frozenset({"article", "li", "ol", "p", "pre", "section", "table", "ul"})
+# Elements whose end tag HTML lets a page leave out, with the start tags and the end tags that end
+# them then: a hidden one ends there too, not at an end tag that may never come.
+_CLOSES_P = _BLOCKS | _ENDS_HEADING | frozenset({"dl", "h1", "h2", "h3", "h4", "h5", "h6", "menu", "nav"})
+_IMPLIED_END: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "p": (_CLOSES_P, _CLOSES_P | frozenset({"li", "td", "th", "dd"})),
+    "li": (frozenset({"li"}), frozenset({"ul", "ol", "menu"})),
+    "dt": (frozenset({"dt", "dd"}), frozenset({"dl"})),
+    "dd": (frozenset({"dt", "dd"}), frozenset({"dl"})),
+    "tr": (frozenset({"tr", "tbody", "tfoot"}), frozenset({"table", "tbody", "thead", "tfoot"})),
+    "td": (frozenset({"td", "th", "tr", "tbody", "tfoot"}), frozenset({"tr", "table", "tbody", "thead", "tfoot"})),
+    "th": (frozenset({"td", "th", "tr", "tbody", "tfoot"}), frozenset({"tr", "table", "tbody", "thead", "tfoot"})),
+}
+_COMMENT_START, _COMMENT_END = "<!--", "-->"
 
 
 class _HtmlText(HTMLParser):
@@ -58,9 +71,12 @@ class _HtmlText(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         attributes = {name: value or "" for name, value in attrs}
         if self._dropping is not None:
-            if tag == self._dropping:
-                self._drop_depth += 1
-            return
+            if self._drop_depth == 1 and tag in _IMPLIED_END.get(self._dropping, ((), ()))[0]:
+                self._dropping = None  # a hidden <p> or <li> left open ends here; this tag is seen
+            else:
+                if tag == self._dropping:
+                    self._drop_depth += 1
+                return
         if tag in _DROPPED or attributes.get("role") == "navigation" or "hidden" in attributes:
             if tag not in _VOID:
                 self._dropping, self._drop_depth = tag, 1
@@ -127,7 +143,10 @@ class _HtmlText(HTMLParser):
                 self._drop_depth -= 1
                 if not self._drop_depth:
                     self._dropping = None
-            return
+                return
+            if not (self._drop_depth == 1 and tag in _IMPLIED_END.get(self._dropping, ((), ()))[1]):
+                return
+            self._dropping = None  # the parent of a hidden <p> or <li> left open ends: so does it
         if tag == "title":
             self._in_title = False
             self.title = self.title or collapse("".join(self._title_parts))
@@ -200,6 +219,22 @@ class _HtmlText(HTMLParser):
 def parse_html(text: str) -> tuple[list[Block], str | None]:
     """Headings are h1-h6; script, style and nav are dropped; the ``<title>`` is the fallback title."""
     parser = _HtmlText()
-    parser.feed(text)
+    parser.feed(_without_comments(text))
     parser.close()
     return parser.blocks, parser.title or None
+
+
+def _without_comments(text: str) -> str:
+    """``text`` without its comments, as a browser reads it: one that never ends hides the rest
+    (``html.parser`` would hand that over as text, markup and all), and ``<!-->`` is a whole, empty
+    one (which this Python's parser shows as text)."""
+    kept: list[str] = []
+    start = 0
+    while (opened := text.find(_COMMENT_START, start)) >= 0:
+        kept.append(text[start:opened])
+        closed = text.find(_COMMENT_END, opened + 2)
+        if closed < 0:
+            return "".join(kept)
+        start = closed + len(_COMMENT_END)
+    kept.append(text[start:])
+    return "".join(kept)

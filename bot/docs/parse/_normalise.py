@@ -4,7 +4,6 @@ placeholders an inline pass uses to set text aside (code, URLs) while it strips 
 from __future__ import annotations
 
 import codecs
-import contextlib
 import re
 
 __all__ = ["CONTROL_CHARS", "PLACEHOLDER", "collapse", "decode", "restore", "tidy"]
@@ -17,28 +16,44 @@ _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9_.:-]+)"
 
 def decode(raw: bytes, *, html_charset: bool) -> str:
     """Text of a file in any encoding; newlines normalised, control characters gone. Raises
-    ``ValueError`` for a file that is not text at all (NUL bytes, which no text file in an 8-bit
-    encoding or UTF-8 has: an image or an archive named ``.md``), which would otherwise be indexed
-    as garbage and quoted in answers. Not UTF-8 and not declared otherwise: Windows-1252 (a superset
+    ``ValueError`` for a file that is not text at all (NUL bytes anywhere, which no text file in an
+    8-bit encoding or UTF-8 has: an image or an archive named ``.md``), which would otherwise be
+    indexed as garbage and quoted in answers. Not UTF-8: the charset an HTML page declares (a text
+    encoding Python knows), else UTF-8 with the odd bad byte replaced when the file is mostly
+    UTF-8 (one stray byte must not turn every accent into mojibake), else Windows-1252 (a superset
     of Latin-1 for text, and what such files mostly are)."""
     if raw.startswith(codecs.BOM_UTF8):
         text = raw[3:].decode("utf-8", "replace")
     elif raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         text = raw.decode("utf-16", "replace")
-    elif b"\x00" in raw[:8192]:
+    elif b"\x00" in raw:
         raise ValueError("not a text file (it has NUL bytes)")
     else:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            encoding = "cp1252"  # HTML's default too, when a page declares none
-            declared = _META_CHARSET.search(raw[:4096]) if html_charset else None
-            if declared:
-                with contextlib.suppress(LookupError):  # an unknown charset: Windows-1252
-                    encoding = codecs.lookup(declared.group(1).decode("ascii")).name
-            text = raw.decode(encoding, "replace")
+            declared = _declared(raw) if html_charset else None
+            if declared is not None:
+                text = declared
+            else:
+                utf8 = raw.decode("utf-8", "replace")
+                bad = utf8.count("\ufffd")
+                good = sum(1 for ch in utf8 if ch > "\x7f") - bad
+                text = utf8 if good > bad else raw.decode("cp1252", "replace")
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\f", "\n")
     return CONTROL_CHARS.sub("", text)
+
+
+def _declared(raw: bytes) -> str | None:
+    """``raw`` decoded in the charset its ``<meta>`` declares; None when it declares none, or one that
+    is not a text encoding Python has (``base64`` is a codec, but not of text)."""
+    declared = _META_CHARSET.search(raw[:4096])
+    if not declared:
+        return None
+    try:
+        return raw.decode(codecs.lookup(declared.group(1).decode("ascii")).name, "replace")
+    except (LookupError, ValueError):  # not a text encoding; or one that fails even with "replace" (idna)
+        return None
 
 
 def tidy(body: str) -> str:

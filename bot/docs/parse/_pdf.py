@@ -8,8 +8,16 @@ import logging
 
 from bot.docs.parse._model import Block
 from bot.docs.parse._normalise import CONTROL_CHARS, collapse
+from proxy_core import get_logger
 
-__all__ = ["parse_pdf", "pdf_support"]
+__all__ = ["MAX_PDF_PAGES", "MAX_PDF_TEXT_CHARS", "parse_pdf", "pdf_support"]
+
+# A PDF yields no more text than a text file may hold (2 MB), from at most this many pages: a small
+# file can describe thousands of pages sharing one content stream, each slow to extract.
+MAX_PDF_TEXT_CHARS = 2 * 1024 * 1024
+MAX_PDF_PAGES = 2000
+
+_log = get_logger()
 
 
 def pdf_support() -> bool:
@@ -21,10 +29,11 @@ def pdf_support() -> bool:
     return True
 
 
-def parse_pdf(raw: bytes) -> tuple[list[Block], str | None]:
+def parse_pdf(raw: bytes, *, name: str = "") -> tuple[list[Block], str | None]:
     """A block per page with text ("Page N", anchor ``page=N``) and the title from the file's
     metadata. A PDF has no reliable headings: its outline, when there is one, points at pages, not
-    at places in the text."""
+    at places in the text. Past :data:`MAX_PDF_PAGES` pages or :data:`MAX_PDF_TEXT_CHARS` of text,
+    the rest is left out (logged with ``name``)."""
     try:
         from pypdf import PdfReader
     except ImportError as exc:
@@ -38,7 +47,17 @@ def parse_pdf(raw: bytes) -> tuple[list[Block], str | None]:
             raise ValueError("the PDF is password-protected")
         metadata = reader.metadata
         title = metadata.title if metadata is not None else None
-        pages = [page.extract_text() or "" for page in reader.pages]
+        pages: list[str] = []
+        chars = 0
+        for page in reader.pages:
+            if len(pages) >= MAX_PDF_PAGES or chars >= MAX_PDF_TEXT_CHARS:
+                # The pages read so far are indexed; the rest of a document this long is not.
+                _log.warning("docs_pdf_truncated", path=name, pages_read=len(pages), pages=len(reader.pages),
+                             max_pages=MAX_PDF_PAGES, max_chars=MAX_PDF_TEXT_CHARS)
+                break
+            text = page.extract_text() or ""
+            pages.append(text)
+            chars += len(text)
     except ValueError:
         raise
     except Exception as exc:  # pypdf raises many types on damaged files; none of them is a crash of ours

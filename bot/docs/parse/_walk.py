@@ -6,37 +6,39 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from bot.docs.parse._document import SUPPORTED_SUFFIXES
+from bot.docs.parse._document import MAX_FILE_BYTES, MAX_PDF_BYTES, SUPPORTED_SUFFIXES
 from bot.docs.parse._pdf import pdf_support
 from proxy_core import get_logger
 
 __all__ = ["MAX_FILE_BYTES", "MAX_PDF_BYTES", "walk"]
-
-MAX_FILE_BYTES = 2 * 1024 * 1024
-"""Files larger than this are skipped by :func:`walk`: they are dumps, not docs."""
-MAX_PDF_BYTES = 32 * 1024 * 1024
-"""The same for PDFs, whose fonts and images make a few pages of text weigh megabytes."""
 
 _SKIPPED_DIRS = frozenset({"node_modules", "__pycache__"})
 
 _log = get_logger()
 
 
-def walk(root: Path, *, too_large: list[Path] | None = None) -> Iterator[Path]:
-    """Supported files under ``root`` in sorted order, following symlinks but never in a loop.
+def walk(root: Path, *, too_large: list[Path] | None = None, unreadable: list[Path] | None = None) -> Iterator[Path]:
+    """Supported files under ``root`` in sorted order, following symlinks within ``root`` but never
+    in a loop.
 
     Hidden files and directories (``.git``, ``.venv``, …), ``node_modules`` and ``__pycache__``
-    are skipped; so are files over :data:`MAX_FILE_BYTES` and unreadable entries (each logged).
-    A directory reached twice through symlinks is walked once. Raises ``NotADirectoryError`` when
-    ``root`` is not a directory.
+    are skipped; so are files over :data:`MAX_FILE_BYTES` (added to ``too_large``), unreadable
+    files and directories (added to ``unreadable``: an error that may pass), a link to anything
+    outside ``root`` (a docs folder must not publish ``/etc`` or a ``.env`` through the answers)
+    and a name that is not UTF-8; each is logged. A directory reached twice through symlinks is
+    walked once. Raises ``NotADirectoryError`` when ``root`` is not a directory.
     """
     if not root.is_dir():
         raise NotADirectoryError(f"not a directory: {root}")
     found: list[Path] = []
     seen: set[tuple[int, int]] = set()
+    real_root = os.path.realpath(root)
 
     def rel(path: Path) -> str:
         return path.relative_to(root).as_posix()
+
+    def outside(path: Path) -> bool:
+        return os.path.commonpath([real_root, os.path.realpath(path)]) != real_root
 
     def visit(directory: Path) -> None:
         try:
@@ -44,6 +46,8 @@ def walk(root: Path, *, too_large: list[Path] | None = None) -> Iterator[Path]:
             entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
         except OSError as exc:
             _log.warning("docs_dir_skipped", path=rel(directory), reason="unreadable", error=str(exc))
+            if unreadable is not None:
+                unreadable.append(directory)
             return
         key = (info.st_dev, info.st_ino)
         if key in seen:
@@ -55,6 +59,16 @@ def walk(root: Path, *, too_large: list[Path] | None = None) -> Iterator[Path]:
                 continue
             path = Path(entry.path)
             try:
+                entry.name.encode("utf-8")
+            except UnicodeEncodeError:
+                shown = rel(path).encode("utf-8", "backslashreplace").decode("utf-8")  # the bad bytes as \xNN
+                _log.warning("docs_file_skipped", path=shown, reason="name_not_utf8",
+                             hint="rename it: its name is not valid UTF-8")
+                continue
+            try:
+                if entry.is_symlink() and outside(path):
+                    _log.warning("docs_file_skipped", path=rel(path), reason="link_outside_docs_folder")
+                    continue
                 if entry.is_dir():
                     if entry.name not in _SKIPPED_DIRS:
                         visit(path)
@@ -74,6 +88,8 @@ def walk(root: Path, *, too_large: list[Path] | None = None) -> Iterator[Path]:
                         found.append(path)
             except OSError as exc:
                 _log.warning("docs_file_skipped", path=rel(path), reason="unreadable", error=str(exc))
+                if unreadable is not None:
+                    unreadable.append(path)
 
     visit(root)
     return iter(sorted(found))
