@@ -40,6 +40,8 @@ from bot.markdown_syntax import (
     closes_fence,
     fence_opening,
     is_table_delimiter_row,
+    past_bracket,
+    sub_tried,
 )
 
 __all__ = [
@@ -492,7 +494,9 @@ def _visible_url(url: str) -> str:
 # Block syntax the docs parser reads too comes from bot.markdown_syntax; only the renderer reads these.
 _QUOTE = re.compile(r"^ {0,3}>+ ?(.*)$")
 _TASK = re.compile(r"^\[([ xX])\][ \t]+(.*)$")
-_TABLE_LINK = re.compile(r"!?\[([^\]]*)\]\(([^)\s]*)[^)]*\)")
+# Possessive runs, and tried only where a try can succeed (sub_tried): a cell is text the model wrote.
+_TABLE_LINK = re.compile(r"!?\[([^\]]*+)\]\(([^)\s]*+)[^)]*+\)")
+_TABLE_LINK_START = re.compile(r"!(?=\[)|\[")
 _TABLE_MARKUP = re.compile(r"\*\*|__|~~|`")
 
 
@@ -589,7 +593,13 @@ def _table_cells(row: str) -> list[str]:
 def _plain_cell(cell: str) -> str:
     cell = cell.strip().replace("\\|", "|")
     cell = HTML_BREAK.sub(" ", cell)
-    cell = _TABLE_LINK.sub(lambda m: f"{m.group(1)} ({m.group(2)})" if m.group(2) else m.group(1), cell)
+    cell = sub_tried(
+        _TABLE_LINK,
+        lambda m: f"{m.group(1)} ({m.group(2)})" if m.group(2) else m.group(1),
+        cell,
+        starts=_TABLE_LINK_START,
+        skip=past_bracket,
+    )
     return _TABLE_MARKUP.sub("", cell)
 
 

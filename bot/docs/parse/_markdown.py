@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import html
 import re
+from bisect import bisect_right
+from collections.abc import Callable
 from typing import Literal
 
 from bot.docs.parse._model import Block
@@ -19,8 +21,11 @@ from bot.markdown_syntax import (
     THEMATIC_BREAK,
     closes_fence,
     fence_opening,
+    give_up,
     is_list_item,
     is_table_delimiter_row,
+    past_bracket,
+    sub_tried,
 )
 
 __all__ = ["parse_markdown"]
@@ -29,20 +34,38 @@ _SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 # Lines that cannot belong to the paragraph a setext underline would turn into a heading.
 _NOT_PARAGRAPH = re.compile(r"^(?: {4}|\t|\s*(?:[-*+]|\d+[.)])(?:\s|$)|\s*[>|<])")
 _REF_DEF = re.compile(r"""^ {0,3}\[([^\]]+)\]:\s*<?(\S+?)>?(?:\s+(?:"[^"]*"|'[^']*'|\([^)]*\)))?\s*$""")
-_HEADING_ID = re.compile(r"\s*\{#([\w:.-]+)[^}]*\}\s*$")
-_FRONT_TITLE = re.compile(r"""^title\s*[:=]\s*["']?(.*?)["']?\s*$""")
+# "{#id}" ending a heading. Tried only after the heading's last "}" but one, and at the start of a
+# run of spaces, never inside it: see _heading_id.
+_HEADING_ID = re.compile(r"(?<!\s)\s*+\{#([\w:.-]++)[^}]*+\}\s*+$")
+# The title's value, its quotes and trailing spaces still on (_front_title strips those).
+_FRONT_TITLE = re.compile(r"""^title\s*[:=]\s*["']?(.*+)\s*+$""")
 
-_CODE_SPAN = re.compile(r"(`+)(?!`)(.+?)(?<!`)\1(?!`)", re.DOTALL)
+# The patterns below are all linear in the length of the text they read, and must stay so (a file is
+# text someone else wrote): nothing that can read a long run twice over, and where re.sub would try
+# a pattern again from every position of a long failing run, sub_tried skips the tries that must fail.
+_BACKTICKS = re.compile(r"`+")
 _ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
-_IMAGE = re.compile(r"!\[([^\]]*)\]\((?:[^()]|\([^()]*\))*\)")
+_IMAGE = re.compile(r"!\[([^\]]*+)\]\((?:[^()]|\([^()]*\))*\)")
+_IMAGE_START = re.compile(r"!\[")
+_TITLE = r"""(?:"[^"]*"|'[^']*'|\([^()]*\))"""
+# A title follows spaces, or the spaces the empty destination left (the lookbehind): "\s*" then "\s+"
+# around an empty destination would share a long run of spaces every possible way.
 _LINK = re.compile(
-    r"""\[([^\]]*)\]\(\s*(<[^<>\n]*>|(?:[^()\s]|\([^()\s]*\))*)(?:\s+(?:"[^"]*"|'[^']*'|\([^()]*\)))?\s*\)"""
+    r"\[([^\]]*+)\]\(\s*+(<[^<>\n]*>|(?:[^()\s]|\([^()\s]*\))*)"
+    rf"(?:\s++{_TITLE}|(?<=\s){_TITLE})?\s*+\)"
 )
-_REF_LINK = re.compile(r"\[([^\]]+)\]\[([^\]]*)\]")
-_SHORTCUT_LINK = re.compile(r"\[([^\]]+)\](?![(\[:])")
-_AUTOLINK = re.compile(r"<((?:https?|ftp|mailto):[^<>\s]+|[^<>\s@]+@[^<>\s@]+\.[^<>\s@]+)>")
+_REF_LINK = re.compile(r"\[([^\]]++)\]\[([^\]]*+)\]")
+_SHORTCUT_LINK = re.compile(r"\[([^\]]++)\](?![(\[:])")
+_BRACKET = re.compile(r"\[")
+# An email's domain holds a dot after its first character and before its last one (the lookahead),
+# read once: "[^@]+\.[^@]+" would try every dot of a long domain without a ">" after it.
+_AUTOLINK = re.compile(
+    r"<((?:https?|ftp|mailto):[^<>\s]++"
+    r"|[^<>\s@]++@(?=[^<>\s@][^<>\s@.]*+\.[^<>\s@])[^<>\s@]++)>"
+)
 _BARE_URL = re.compile(r"\b(?:https?|ftp)://[^\s<>()\x00]+")
 _HTML_COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
+_HTML_COMMENT_START = re.compile(r"<!--")
 _HTML_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>")
 # Emphasis pairs a closer with the nearest opener before it (CommonMark): a span never runs over
 # another delimiter that could open one, so a stray "*" earlier in a paragraph cannot swallow the
@@ -58,6 +81,7 @@ _EMPHASIS = re.compile(
     re.DOTALL,
 )
 _STRIKE = re.compile(r"~~(?=\S)(.+?)(?<=\S)~~", re.DOTALL)
+_STRIKE_START = re.compile(r"(?=~~\S)")
 
 
 def parse_markdown(text: str) -> tuple[list[Block], str | None]:
@@ -173,10 +197,19 @@ def _front_matter(lines: list[str]) -> tuple[int, str | None]:
     closers = ("---", "...") if lines[0].strip() == "---" else ("+++",)
     for index in range(1, len(lines)):
         if lines[index].strip() in closers:
-            titles = (_FRONT_TITLE.match(line) for line in lines[1:index])
-            title = next((collapse(m.group(1)) for m in titles if m and m.group(1).strip()), None)
+            titles = (_front_title(line) for line in lines[1:index])
+            title = next((collapse(value) for value in titles if value.strip()), None)
             return index + 1, title
     return 0, None
+
+
+def _front_title(line: str) -> str:
+    """The value of a ``title:`` (or ``title =``) line, without its quotes, or ``""``."""
+    match = _FRONT_TITLE.match(line)
+    if match is None:
+        return ""
+    value = match.group(1).rstrip()
+    return value[:-1] if value.endswith(("'", '"')) else value
 
 
 def _references(lines: list[str]) -> dict[str, str]:
@@ -192,10 +225,19 @@ def _references(lines: list[str]) -> dict[str, str]:
 
 def _heading(raw: str, refs: dict[str, str]) -> tuple[str, str | None]:
     """The plain text of a heading, and its explicit ``{#id}`` if it has one."""
-    explicit = _HEADING_ID.search(raw)
+    explicit = _heading_id(raw)
     if explicit:
         raw = raw[: explicit.start()]
     return collapse(_inline(raw, refs, plain=True)), explicit.group(1) if explicit else None
+
+
+def _heading_id(raw: str) -> re.Match[str] | None:
+    """``_HEADING_ID.search(raw)``: the ``{#id}`` must end the heading, so its ``}`` is the last
+    character but spaces and it holds no other; the search starts after the ``}`` before it."""
+    last = len(raw.rstrip()) - 1
+    if last < 0 or raw[last] != "}":
+        return None
+    return _HEADING_ID.search(raw, raw.rfind("}", 0, last) + 1)
 
 
 def _body(lines: list[str], refs: dict[str, str]) -> str:
@@ -238,6 +280,44 @@ def _code_span(code: str, plain: bool) -> str:
     return code if plain else f"`{code}`"
 
 
+def _code_spans(text: str, replace: Callable[[str], str]) -> str:
+    """``text`` with each code span's backticks and code replaced by ``replace(code)``.
+
+    A span opens with the end of a run of backticks, and closes at the next run of as many, whose
+    first backtick the span's code may not end with: the longest such opening wins, the backticks
+    before it stay. (What ``(`+)(?!`)(.+?)(?<!`)\\1(?!`)`` finds, read here run by run: that pattern
+    tries every backtick of a long run and reads on to the end of the text from each.)
+    """
+    runs = [(m.start(), m.end()) for m in _BACKTICKS.finditer(text)]
+    if len(runs) < 2:
+        return text
+    by_length: dict[int, list[int]] = {}  # a run length: the indexes of the runs that long, in order
+    for index, (start, end) in enumerate(runs):
+        by_length.setdefault(end - start, []).append(index)
+    out: list[str] = []
+    done = 0  # text[:done] is in out
+    index = 0
+    while index < len(runs):
+        start, end = runs[index]
+        closing = None
+        for length in range(end - start, 0, -1):
+            same = by_length.get(length, [])
+            after = bisect_right(same, index)
+            if after < len(same):
+                closing = same[after]
+                break
+        if closing is None:
+            index += 1
+            continue
+        close_start, close_end = runs[closing]
+        out.append(text[done : end - (close_end - close_start)])
+        out.append(replace(text[end:close_start]))
+        done = close_end
+        index = closing + 1
+    out.append(text[done:])
+    return "".join(out)
+
+
 def _inline(text: str, refs: dict[str, str], *, plain: bool) -> str:
     """Inline Markdown as text. ``plain`` (for headings) also drops URLs and code backticks."""
     stash: list[str] = []
@@ -261,19 +341,21 @@ def _inline(text: str, refs: dict[str, str], *, plain: bool) -> str:
         url = refs.get(collapse(match.group(1)).lower())
         return link(match.group(1), url) if url else match.group(0)
 
-    text = _CODE_SPAN.sub(lambda m: keep(_code_span(m.group(2), plain)), text)
+    text = _code_spans(text, lambda code: keep(_code_span(code, plain)))
     text = _ESCAPE.sub(lambda m: keep(m.group(1)), text)
-    text = _HTML_COMMENT.sub("", text)
-    text = _IMAGE.sub(lambda m: m.group(1), text)
-    text = _LINK.sub(lambda m: link(m.group(1), m.group(2).strip("<>")), text)
-    text = _REF_LINK.sub(reference, text)
-    text = _SHORTCUT_LINK.sub(shortcut, text)
+    text = sub_tried(_HTML_COMMENT, lambda m: "", text, starts=_HTML_COMMENT_START, skip=give_up)
+    text = sub_tried(_IMAGE, lambda m: m.group(1), text, starts=_IMAGE_START, skip=past_bracket)
+    text = sub_tried(
+        _LINK, lambda m: link(m.group(1), m.group(2).strip("<>")), text, starts=_BRACKET, skip=past_bracket
+    )
+    text = sub_tried(_REF_LINK, reference, text, starts=_BRACKET, skip=past_bracket)
+    text = sub_tried(_SHORTCUT_LINK, shortcut, text, starts=_BRACKET, skip=past_bracket)
     text = _AUTOLINK.sub(lambda m: keep(m.group(1)), text)
     text = _BARE_URL.sub(lambda m: keep(m.group(0)), text)
     text = HTML_BREAK.sub(" ", text)
     text = _HTML_TAG.sub(lambda m: keep(""), text)  # gone, but not before emphasis sees "*<name>*" closed
     text = _STRONG.sub(lambda m: m.group(1) or m.group(2), text)
     text = _EMPHASIS.sub(lambda m: m.group(1) or m.group(2), text)
-    text = _STRIKE.sub(r"\1", text)
+    text = sub_tried(_STRIKE, lambda m: m.group(1), text, starts=_STRIKE_START, skip=give_up)
     text = html.unescape(text)
     return restore(text, stash)

@@ -8,6 +8,7 @@ import textwrap
 
 from bot.docs.parse._model import Block
 from bot.docs.parse._normalise import collapse, restore
+from bot.markdown_syntax import give_up, sub_tried
 
 __all__ = ["parse_rst"]
 
@@ -35,15 +36,28 @@ _DROPPED = frozenset(
     }
 )  # fmt: skip
 
+# Inline markup. Every pattern is linear in the length of the text it reads, and must stay so (a
+# file is text someone else wrote): where re.sub would try a pattern again from every position of
+# a long failing run, sub_tried skips the tries that must fail.
 _LITERAL = re.compile(r"``(.+?)``", re.DOTALL)
-_ROLE = re.compile(r":[\w:.+-]+:`([^`]+)`")
-_EMBEDDED_LINK = re.compile(r"`([^`<]*?)\s*<([^<>`]+)>`__?")
+# ":role:`content`", tried only where a run of role characters starts: the role is that run from its
+# first ":" (the characters before it, group 1, are put back), and must end with ":". Tried from
+# each ":" of a long run, as ":[\w:.+-]+:`" was, it would read the rest of the run from each.
+_ROLE = re.compile(r"(?<![\w:.+-])([\w.+-]*+):(?=[\w:.+-]{2})[\w:.+-]*+(?<=:)`([^`]+)`")
+# An explicit target, "title <target>": the title ends at a character other than a space (the
+# lookbehind), so a long run of spaces is read once, not again after each of its spaces.
+_ROLE_TARGET = re.compile(r"(.*?)(?<!\s)\s*<([^<>]+)>", re.DOTALL)
+_EMBEDDED_LINK = re.compile(r"`([^`<]*?)(?<!\s)\s*<([^<>`]+)>`__?")
 _NAMED_REF = re.compile(r"`([^`]+)`__?")
 _INTERPRETED = re.compile(r"`([^`]+)`(?::[\w:.+-]+:)?")
 _SIMPLE_REF = re.compile(r"(?<![\w`])([A-Za-z0-9][\w.-]*?)__?(?=[\s.,;:!?)\]'\"]|$)")
+_SIMPLE_REF_START = re.compile(r"(?<![\w`])[A-Za-z0-9]")
+_REF_RUN = re.compile(r"[\w.-]+")
 _FOOTNOTE_REF = re.compile(r"\[([#*]?[\w-]*)\]_")
 _STRONG = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*", re.DOTALL)
+_STRONG_START = re.compile(r"(?=\*\*\S)")
 _EMPHASIS = re.compile(r"(?<![\w*])\*(?=[^\s*])(.+?)(?<=[^\s*])\*(?![\w*])", re.DOTALL)
+_EMPHASIS_START = re.compile(r"(?<![\w*])\*(?=[^\s*])")
 _ESCAPE = re.compile(r"\\(.)")
 
 
@@ -191,6 +205,13 @@ def _explicit(markup: str, content: list[str], targets: dict[str, str]) -> list[
     return [_inline(argument, targets, plain=False), body] if argument else [body]
 
 
+def _past_ref_run(text: str, i: int) -> int:
+    """A ``skip`` for :func:`sub_tried` with ``_SIMPLE_REF``: a reference that starts at ``i`` and
+    has no end there has none from anywhere else in the same run of name characters either."""
+    run = _REF_RUN.match(text, i)
+    return run.end() if run else i + 1
+
+
 def _inline(text: str, targets: dict[str, str], *, plain: bool) -> str:
     """Inline reST markup as text. ``plain`` (for titles) also drops URLs and code backticks."""
     stash: list[str] = []
@@ -206,8 +227,8 @@ def _inline(text: str, targets: dict[str, str], *, plain: bool) -> str:
         return f"{label} ({url})" if label else url
 
     def role(match: re.Match[str]) -> str:
-        content = match.group(1)
-        explicit = re.fullmatch(r"(.*?)\s*<([^<>]+)>", content, re.DOTALL)
+        content = match.group(2)
+        explicit = _ROLE_TARGET.fullmatch(content)
         if explicit:
             return explicit.group(1) or explicit.group(2)
         content = content.lstrip("!")
@@ -215,12 +236,18 @@ def _inline(text: str, targets: dict[str, str], *, plain: bool) -> str:
 
     text = _LITERAL.sub(lambda m: keep(m.group(1) if plain else f"`{m.group(1)}`"), text)
     text = _ESCAPE.sub(lambda m: keep(m.group(1)) if m.group(1) != " " else "", text)
-    text = _ROLE.sub(lambda m: keep(role(m)), text)
+    text = _ROLE.sub(lambda m: m.group(1) + keep(role(m)), text)
     text = _EMBEDDED_LINK.sub(lambda m: keep(link(m.group(1), m.group(2))), text)
     text = _NAMED_REF.sub(lambda m: keep(link(m.group(1), targets.get(m.group(1).lower()))), text)
     text = _INTERPRETED.sub(lambda m: keep(m.group(1)), text)
     text = _FOOTNOTE_REF.sub(r"[\1]", text)
-    text = _SIMPLE_REF.sub(lambda m: keep(link(m.group(1), targets.get(m.group(1).lower()))), text)
-    text = _STRONG.sub(r"\1", text)
-    text = _EMPHASIS.sub(r"\1", text)
+    text = sub_tried(
+        _SIMPLE_REF,
+        lambda m: keep(link(m.group(1), targets.get(m.group(1).lower()))),
+        text,
+        starts=_SIMPLE_REF_START,
+        skip=_past_ref_run,
+    )
+    text = sub_tried(_STRONG, lambda m: m.group(1), text, starts=_STRONG_START, skip=give_up)
+    text = sub_tried(_EMPHASIS, lambda m: m.group(1), text, starts=_EMPHASIS_START, skip=give_up)
     return restore(text, stash)
