@@ -116,3 +116,21 @@ def test_rendering_a_crafted_line_is_linear(text: str, check: Callable[[str], bo
     with _time_limit(LIMIT):
         out = markdown_to_mrkdwn(text)
     assert check(out), out[:80]
+
+
+# A thread reply is text anyone in the channel wrote; deciding whether it is for Penny reads it once.
+REPLY_CASES: list[tuple[str, str]] = [
+    ("blank-lines", "\n" * N + "how do I deploy?"),
+    ("open-angles", "<" * N + " how do I deploy?"),
+    ("unclosed-links", "<http:" * (N // 6) + " how do I deploy?"),
+    ("unclosed-group-mentions", "<!here|" * (N // 7) + " how do I deploy?"),
+]
+
+
+@pytest.mark.parametrize("text", [c[1] for c in REPLY_CASES], ids=[c[0] for c in REPLY_CASES])
+def test_classifying_a_crafted_thread_reply_is_linear(text: str) -> None:
+    from bot.slack.addressing import classify_thread_reply
+
+    with _time_limit(LIMIT):
+        addressing = classify_thread_reply(text, bot_user_id="UPENNY")
+    assert addressing.for_penny  # the question at its end is still read

@@ -94,12 +94,15 @@ def _questions(text: str) -> Addressing:
 # ---------------------------------------------------------------------------------------------
 # Slack's text made plain
 
-_USER_MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
-_GROUP_MENTION = re.compile(r"<!(?:here|channel|everyone|subteam\^[A-Z0-9]+)(?:\|[^>]*)?>")
-_LINK = re.compile(r"<[^>|]*\|([^>]*)>|<(?:https?|mailto):[^>]*>|<#[A-Z0-9]+>")
+# A Slack control sequence holds no "<" (Slack escapes the people's own): reading up to the next "<"
+# keeps a message of many "<" from being read again from each of them (and a line break never
+# starts a quote, so a message of many blank lines is read once).
+_USER_MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^<>]*)?>")
+_GROUP_MENTION = re.compile(r"<!(?:here|channel|everyone|subteam\^[A-Z0-9]+)(?:\|[^<>]*)?>")
+_LINK = re.compile(r"<[^<>|]*\|([^<>]*)>|<(?:https?|mailto):[^<>]*>|<#[A-Z0-9]+>")
 _CODE = re.compile(r"```.*?```|`[^`\n]*`", re.DOTALL)
 _SHORTCODE = re.compile(r":[a-z0-9_+'\-]+:")
-_QUOTE = re.compile(r"^\s*(?:&gt;|>).*$", re.MULTILINE)
+_QUOTE = re.compile(r"^[ \t]*(?:&gt;|>).*$", re.MULTILINE)
 # A sentence ends at . ! ? ; … or a line break; its "?" stays with it.
 _SENTENCE_END = re.compile(r"(?<=[.!?;\u2026])\s+|\n+|(?<=\?)(?=[^?\s!])")
 _WORD = re.compile(r"@?[\w$€£%+^]+(?:['\-]\w+)*|\?")
