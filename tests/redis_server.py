@@ -10,12 +10,15 @@ restart it. Tests that need to (persistence across a restart, ``SCRIPT FLUSH``) 
 
 The server listens on a free loopback port, keeps its files in the given directory (or a
 temporary one it removes), and is always stopped: on ``stop()``, on leaving the ``with`` block, and
-at interpreter exit as a last resort.
+at interpreter exit as a last resort. Options that take a port of their own (``--cluster-port``,
+``--tls-port``) are named in ``port_options``: they get free ports like the main one, picked again
+with it when a fresh start finds one taken, and kept across restarts.
 """
 
 from __future__ import annotations
 
 import atexit
+import random
 import shutil
 import signal
 import socket
@@ -38,18 +41,42 @@ def redis_server_binary() -> str | None:
     return shutil.which("redis-server")
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
+    """A loopback TCP port nobody uses right now, below the ephemeral range when it can be.
+
+    A port the kernel hands out for binding to 0 comes from the range it also gives every outgoing
+    connection, so between this probe and the server binding it, any client socket on the machine
+    (another test's, another run's) may take it: a cluster node then fails with "Address already
+    in use". Ports below that range are only ever taken by someone binding them on purpose.
+    """
+    low, _ = _ephemeral_range()
+    candidates = random.sample(range(10_000, low), k=min(64, max(low - 10_000, 0)))
+    for port in candidates:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+        chosen: int = probe.getsockname()[1]
+        return chosen
 
 
 class RedisServer:
-    """One ``redis-server`` process on 127.0.0.1; ``options`` are extra command-line arguments."""
+    """One ``redis-server`` process on 127.0.0.1; ``options`` are extra command-line arguments,
+    ``port_options`` options whose free port the server picks (read them in ``option_ports``)."""
 
-    def __init__(self, directory: Path | None = None, *options: str) -> None:
+    def __init__(self, directory: Path | None = None, *options: str, port_options: tuple[str, ...] = ()) -> None:
         binary = redis_server_binary()
         if binary is None:
             raise RuntimeError("redis-server is not installed")
@@ -60,7 +87,9 @@ class RedisServer:
             directory = Path(self._tmp.name)
         self.directory = directory
         self.options = options
+        self.port_options = port_options
         self.port: int | None = None
+        self.option_ports: dict[str, int] = {}
         self._process: subprocess.Popen[bytes] | None = None
         atexit.register(self.close)
 
@@ -79,14 +108,18 @@ class RedisServer:
         if self.running:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        # A fresh port may be taken between probing and binding; a reused one must be ours again.
-        attempts = 1 if self.port is not None else 3
+        # A fresh port may be taken between probing and binding, so a fresh start picks all its
+        # ports again on each attempt; a restart must get the same ones back.
+        attempts = 1 if self.port is not None else 5
         for attempt in range(attempts):
             port = self.port if self.port is not None else free_port()
+            option_ports = self.option_ports if self.port is not None else {
+                name: free_port() for name in self.port_options}
             self._process = subprocess.Popen(
                 [
                     self._binary,
                     "--port", str(port),
+                    *(item for name, value in option_ports.items() for item in (name, str(value))),
                     "--bind", "127.0.0.1",
                     "--dir", str(self.directory),
                     "--save", "",
@@ -100,7 +133,7 @@ class RedisServer:
                 stderr=subprocess.DEVNULL,
             )  # fmt: skip
             if self._wait_ready(port):
-                self.port = port
+                self.port, self.option_ports = port, option_ports
                 return
             self._terminate()
             if attempt == attempts - 1:

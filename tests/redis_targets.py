@@ -28,7 +28,7 @@ import redis
 from proxy_core.clock import Clock
 from proxy_core.stores.redis import RedisStore
 from proxy_core.stores.redis_connect import RedisOptions
-from tests.redis_server import RedisServer, free_port
+from tests.redis_server import RedisServer
 
 __all__ = [
     "ACL_PASSWORD",
@@ -134,25 +134,28 @@ class LocalCluster:
         self.node_timeout_ms = node_timeout_ms
         self.acl = list(acl)
         self.tls = tls
-        self.tls_ports = [free_port() for _ in range(primaries * (1 + replicas))] if tls else []
         self.nodes = [
             RedisServer(
                 directory / f"node{i}",
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", str(node_timeout_ms),
-                "--cluster-port", str(free_port()),
                 # A replica starts syncing at once, not after the default 5 s wait for others.
                 "--repl-diskless-sync-delay", "0",
-                *(self._tls_options(i) if tls else ()),
+                *(self._tls_options() if tls else ()),
                 *options,
+                port_options=("--cluster-port", "--tls-port") if tls else ("--cluster-port",),
             )
             for i in range(primaries * (1 + replicas))
         ]
 
-    def _tls_options(self, i: int) -> list[str]:
+    @property
+    def tls_ports(self) -> list[int]:
+        return [node.option_ports["--tls-port"] for node in self.nodes if "--tls-port" in node.option_ports]
+
+    def _tls_options(self) -> list[str]:
         assert self.tls is not None
-        return ["--tls-port", str(self.tls_ports[i]), "--tls-cluster", "yes", "--tls-replication", "yes",
+        return ["--tls-cluster", "yes", "--tls-replication", "yes",
                 "--tls-cert-file", str(self.tls["server.crt"]), "--tls-key-file", str(self.tls["server.key"]),
                 "--tls-ca-cert-file", str(self.tls["ca.crt"]), "--tls-auth-clients", "optional"]
 
@@ -289,16 +292,19 @@ class TlsRedis:
     def __init__(self, directory: Path, *, acl: Sequence[str] = ()) -> None:
         self.directory = directory
         self.certs = make_certificates(directory / "tls")
-        self.tls_port = free_port()
         self.acl = list(acl)
         self.server = RedisServer(
             directory / "redis",
-            "--tls-port", str(self.tls_port),
             "--tls-cert-file", str(self.certs["server.crt"]),
             "--tls-key-file", str(self.certs["server.key"]),
             "--tls-ca-cert-file", str(self.certs["ca.crt"]),
             "--tls-auth-clients", "yes",
+            port_options=("--tls-port",),
         )  # fmt: skip
+
+    @property
+    def tls_port(self) -> int:
+        return self.server.option_ports["--tls-port"]
 
     def start(self) -> None:
         self.server.start()

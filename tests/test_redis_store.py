@@ -443,3 +443,27 @@ def test_a_malformed_url_is_a_configuration_error(url: str) -> None:
 def test_a_namespace_cannot_break_the_hash_tags(redis_url: str) -> None:
     with pytest.raises(ConfigurationError):
         RedisStore.from_url(redis_url, namespace="pen{ny}")
+
+
+def test_a_private_server_whose_port_was_taken_starts_on_fresh_ports_and_keeps_them_across_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A port probed free can be taken before redis-server binds it (CI saw a cluster bus port taken
+    three times in a row, because the retries reused it). Every port is picked again per attempt."""
+    import redis_server as helper
+
+    if redis_server_binary() is None:
+        pytest.skip("redis-server is not installed")
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        picks = iter([free_port(), taken])  # the first attempt's main port, then its bus port
+        monkeypatch.setattr(helper, "free_port", lambda: next(picks, None) or free_port())
+        with RedisServer(tmp_path / "redis", "--cluster-enabled", "yes", port_options=("--cluster-port",)) as server:
+            bus = server.option_ports["--cluster-port"]
+            assert bus != taken
+            port = server.port
+            server.restart()
+            assert (server.port, server.option_ports["--cluster-port"]) == (port, bus)
+            assert redis.Redis.from_url(server.url).ping()
