@@ -166,6 +166,17 @@ def test_lists_quotes_and_rules() -> None:
     )
 
 
+def test_nested_quotes_keep_their_depth_however_deep() -> None:
+    """Each level of "> > x" was converted by a call within a call: ~1,000 levels (from a model's
+    answer or a docs page shown in Slack) raised RecursionError instead of rendering."""
+    assert markdown_to_mrkdwn("> > quoted **b**\n>> two\n> >\n>\n> # Title\n> - item") == (
+        "> > quoted *b*\n> two\n> >\n>\n> *Title*\n> • item"
+    )
+    deep = "> " * 5000
+    assert markdown_to_mrkdwn(deep + "x") == deep + "x"
+    assert markdown_to_mrkdwn(deep) == "> " * 4999 + ">"
+
+
 def test_tables_become_aligned_code_blocks() -> None:
     source = "Limits:\n| Plan | Cost |\n|------|-----:|\n| **Free** | 0 |\n| [Pro](https://x.io) & co | 1000 |\nDone"
     width = len("Pro (https://x.io) & co")

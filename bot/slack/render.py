@@ -552,6 +552,22 @@ def _dedent(line: str, width: int) -> str:
 
 
 def _convert_line(line: str) -> str:
+    # Quotes nest ("> > x"): each level is peeled off here, in a loop, since a model or a page can
+    # nest thousands of them (recursing once per level overflowed Python's stack at ~1,000).
+    depth = 0
+    while line.strip() and not THEMATIC_BREAK.match(line.rstrip()) and not ATX_HEADING.match(line.rstrip()):
+        quote = _QUOTE.match(line.rstrip())
+        if not quote:
+            break
+        depth += 1
+        line = quote.group(1)
+    rest = _convert_unquoted(line)
+    if not depth:
+        return rest
+    return "> " * depth + rest if rest else "> " * (depth - 1) + ">"
+
+
+def _convert_unquoted(line: str) -> str:
     if not line.strip():
         return ""
     line = line.rstrip()
@@ -561,10 +577,6 @@ def _convert_line(line: str) -> str:
     if heading:
         content = _inline(heading.group(2) or "", bold="").strip()
         return f"*{content}*" if content else ""
-    quote = _QUOTE.match(line)
-    if quote:
-        rest = _convert_line(quote.group(1))
-        return f"> {rest}" if rest else ">"
     bullet = BULLET_ITEM.match(line)
     if bullet:
         indent, rest = bullet.group(1).expandtabs(4), bullet.group(2)
