@@ -676,6 +676,44 @@ def test_random_documents_keep_every_invariant(tmp_path: Path, seed: int) -> Non
     assert_split_well(doc, chunk(doc, max_tokens=max_tokens, overlap_tokens=overlap), max_tokens, overlap)
 
 
+def test_a_search_from_a_hint_finds_what_a_search_from_the_start_finds() -> None:
+    """Cutting a long section searches from where the last pieces' density says the cut will be:
+    the answer must not depend on the hint, only the number of token counts it takes."""
+    from bot.docs.parse._chunk import _last_true
+
+    rng = random.Random(11)
+    for _ in range(3000):
+        low = rng.randint(0, 5)
+        high = low + rng.randint(0, 40)
+        answer = rng.randint(low - 1, high)  # predicate(i) is i <= answer: true, then false
+
+        def predicate(i: int, low: int = low, high: int = high, answer: int = answer) -> bool:
+            assert low <= i < high, (low, high, i)  # never probes outside the range
+            return i <= answer
+
+        expected = None if low >= high or answer < low else min(answer, high - 1)
+        assert _last_true(low, high, predicate) == expected
+        for hint in (None, low - 3, low, answer, answer + 1, rng.randint(low - 2, high + 2), high, high + 5):
+            assert _last_true(low, high, predicate, hint) == expected, (low, high, answer, hint)
+
+
+def test_a_long_page_of_one_paragraph_is_cut_in_few_token_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 2 MB page of one paragraph took 10-28 s to cut: each piece was searched for from its
+    start. Alike pieces now take about half the token counts."""
+    import bot.docs.parse._chunk as chunking
+
+    rng = random.Random(12)
+    doc = parse(tmp_path, "a.md", "# T\n\n" + " ".join(_prose(rng, 1) for _ in range(400)) + "\n")
+    counts: list[int] = []
+    monkeypatch.setattr(chunking, "estimate_text_tokens", lambda text: counts.append(1) or estimate_text_tokens(text))
+    passages = chunk(doc, max_tokens=120, overlap_tokens=30)
+    assert_split_well(doc, passages, 120, 30)
+    assert len(passages) > 30
+    assert len(counts) / len(passages) < 10  # 18 per piece searching from its start, 7.7 from the hint
+
+
 def test_chunk_rejects_unworkable_limits(tmp_path: Path) -> None:
     doc = parse(tmp_path, "a.md", "# A\n\nText.\n")
     with pytest.raises(ValueError, match="max_tokens"):
