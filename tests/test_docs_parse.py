@@ -434,6 +434,26 @@ def test_html_unclosed_heading_does_not_swallow_the_page(tmp_path: Path) -> None
     assert doc.sections[0].text == "Body text.\n\nMore."
 
 
+def test_html_unclosed_heading_ends_at_a_block_after_its_words(tmp_path: Path) -> None:
+    """An <h1> never closed, then the page in <div>s: the whole page became the title, and with
+    no body the file was indexed with no passages at all."""
+    doc = parse(tmp_path, "x.html", "<h1>Runbook<div>Restart the worker.</div>" + "<div>Then check it.</div>" * 3)
+    assert doc.title == "Runbook"
+    assert paths(doc) == [("Runbook",)]
+    assert doc.sections[0].text == "Restart the worker.\n\n" + "\n\n".join(["Then check it."] * 3)
+    wrapped = parse(tmp_path, "y.html", "<h1><div>Runbook</div></h1><p>Body.</p>")  # a block around a title
+    assert paths(wrapped) == [("Runbook",)] and wrapped.sections[0].text == "Body."
+
+
+def test_html_text_too_long_for_a_heading_is_body_text(tmp_path: Path) -> None:
+    words = " ".join(["restart"] * 80)
+    doc = parse(tmp_path, "x.html", f"<title>Ops</title><h2>{words}<br>and more")
+    assert doc.title == "Ops"
+    assert paths(doc) == [("Ops",)]  # a page's text before any heading is under its title
+    assert doc.sections[0].text == f"{words} and more"
+    assert chunk(doc)
+
+
 # --------------------------------------------------------------------------------------------
 # Plain text
 

@@ -43,6 +43,7 @@ _IMPLIED_END: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "th": (frozenset({"td", "th", "tr", "tbody", "tfoot"}), frozenset({"tr", "table", "tbody", "thead", "tfoot"})),
 }
 _COMMENT_START, _COMMENT_END = "<!--", "-->"
+_MAX_HEADING_CHARS = 300  # the longest headings in real docs are a long sentence
 
 
 class _HtmlText(HTMLParser):
@@ -81,8 +82,12 @@ class _HtmlText(HTMLParser):
             if tag not in _VOID:
                 self._dropping, self._drop_depth = tag, 1
             return
-        if self._heading_level and tag in _ENDS_HEADING:
-            self._end_heading()  # an unclosed heading must not swallow the page
+        if self._heading_level and (
+            tag in _ENDS_HEADING or (tag in _BLOCKS and "".join(self._heading_parts).strip())
+        ):
+            # An unclosed heading must not swallow the page; a block after its words ends it too
+            # (<h1><div>Title</div></h1> keeps its title).
+            self._end_heading()
         if tag == "title":
             self._in_title = True
         elif tag in _HEADINGS:
@@ -204,7 +209,9 @@ class _HtmlText(HTMLParser):
 
     def _end_heading(self) -> None:
         heading = collapse("".join(self._heading_parts))
-        if heading:
+        if len(heading) > _MAX_HEADING_CHARS:  # text left in a heading never closed: it is body text
+            self._out.extend([_PARAGRAPH, heading, _PARAGRAPH])
+        elif heading:
             self.blocks.append(Block(self._level, self._heading, self._anchor or None, self._body()))
             self._level, self._heading, self._anchor = self._heading_level, heading, self._heading_anchor
             self._out = []
