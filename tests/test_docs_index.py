@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -460,3 +461,23 @@ def test_a_page_that_became_binary_leaves_the_index_but_an_unreadable_folder_kee
     assert "company-overview.md" not in paths  # not text any more: its old text is not quoted on
     assert {"policies/expenses.md", "policies/travel.rst"} <= paths  # a permission that may pass: kept
     assert report.files == 3
+
+
+def test_a_file_with_no_text_is_skipped_not_indexed_as_a_document(
+    store: Store, docs: Path, tmp_path: Path, embedder: WordLlamaEmbedder
+) -> None:
+    """A blank file was counted as an indexed document with no passages: a folder of empty files
+    (a checkout gone wrong) "indexed 2 files" and emptied the index instead of being refused."""
+    indexer = DocsIndexer(store, embedder.embed, embedder_name=embedder.name)
+    first = indexer.index(docs)
+    (docs / "blank.md").write_text("  \n\n\t\n")
+    (docs / "markup.html").write_text("<html><body><div></div></body></html>")
+    again = indexer.index(docs)
+    assert (again.files, again.passages, again.version) == (first.files, first.passages, first.version)
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    (blank / "a.md").write_text("")
+    (blank / "b.txt").write_text("\n\n")
+    with pytest.raises(NoDocsFound, match=re.escape("its 2 supported file(s) have no text. Nothing was changed")):
+        indexer.index(blank)
+    assert len(DocsIndex.load(store)) == first.passages

@@ -60,9 +60,10 @@ class IndexConflict(StoreError):
 class NoDocsFound(ConfigurationError):
     """The docs folder holds nothing to index (empty, or a mistyped path); this run wrote nothing."""
 
-    def __init__(self, root: Path, *, files: int, indexed: int, too_large: int = 0) -> None:
+    def __init__(self, root: Path, *, files: int, indexed: int, too_large: int = 0, no_text: int = 0) -> None:
         shown = root if root.is_absolute() else f"{root} ({root.resolve()})"
-        found = (f"none of its {files} supported files could be read" if files else
+        found = (f"its {files} supported file(s) have no text" if files and no_text == files else
+                 f"none of its {files} supported files could be read" if files else
                  f"its {too_large} supported file(s) are over the size limit ({MAX_FILE_BYTES // 2**20} MB; a PDF "
                  f"{MAX_PDF_BYTES // 2**20} MB)" if too_large else
                  "no Markdown, reStructuredText, HTML, text or PDF files")
@@ -204,6 +205,7 @@ class DocsIndexer:
         reusable_ids = {pid for doc in reusable.values() for pid in doc.passages}
         too_large: list[Path] = []
         unreadable: list[Path] = []
+        no_text = 0
         files = list(walk(root, too_large=too_large, unreadable=unreadable))
         docs: dict[str, _DocEntry] = {}
         puts: dict[str, bytes] = {}
@@ -219,9 +221,13 @@ class DocsIndexer:
                 else:
                     document = parse_document(path, root, raw=raw)
                     passages = _unique(chunk(document))
-                    docs[doc_path] = _DocEntry(document.content_hash, tuple(p.content_hash for p in passages))
-                    puts[self._keys.doc(doc_path)] = _doc_blob(passages, document.title)
-                    to_embed.update((p.content_hash, p) for p in passages if p.content_hash not in reusable_ids)
+                    if passages:
+                        docs[doc_path] = _DocEntry(document.content_hash, tuple(p.content_hash for p in passages))
+                        puts[self._keys.doc(doc_path)] = _doc_blob(passages, document.title)
+                        to_embed.update((p.content_hash, p) for p in passages if p.content_hash not in reusable_ids)
+                    else:  # empty, blank, or only markup: nothing to answer from
+                        _log.info("docs_file_skipped", path=doc_path, reason="no_text", removed=doc_path in reusable)
+                        no_text += 1
             except OSError as exc:  # cannot be read now (permissions, gone): an error that may pass
                 _log.warning("docs_file_skipped", path=doc_path, reason="unreadable", error=str(exc))
                 unreadable.append(path)
@@ -242,7 +248,7 @@ class DocsIndexer:
 
         if not docs and not allow_empty:
             raise NoDocsFound(root, files=len(files), indexed=len(old.docs) if old is not None else 0,
-                              too_large=len(too_large))
+                              too_large=len(too_large), no_text=no_text)
 
         dims = old.dims if old is not None and reusable else 0
         pending = list(to_embed.values())
