@@ -23,7 +23,7 @@ from typing import Final, NoReturn, TextIO
 
 from dotenv import dotenv_values
 
-from bot._cli_common import opened_store, port, positive_int
+from bot._cli_common import nonblank, opened_store, port, positive_int
 from bot.answer_types import Question
 from bot.proxy.commands import add_commands as add_proxy_commands
 from bot.settings import BotSettings, load_settings
@@ -185,8 +185,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _who(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--user", default=f"cli:{_login()}", help="the user to act as (default: cli:<login>)")
-    p.add_argument("--workspace", default=LOCAL_WORKSPACE, help="the workspace (default: local)")
+    p.add_argument("--user", default=f"cli:{_login()}", type=nonblank,
+                   help="the user to act as (default: cli:<login>)")
+    p.add_argument("--workspace", default=LOCAL_WORKSPACE, type=nonblank, help="the workspace (default: local)")
 
 
 def _seconds(value: str) -> float:

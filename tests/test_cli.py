@@ -640,6 +640,8 @@ def test_feedback_lists_votes_per_page_and_user(isolated: str) -> None:
     (["proxy", "--port", "99999"], "argument --port: a port from 0 to 65535, not 99999"),
     (["run", "--http", "--port", "-1"], "argument --port: a port from 0 to 65535, not -1"),
     (["keys", "create", "--user", " "], "argument --user: must not be empty"),
+    (["cost", "--user", ""], "argument --user: must not be empty"),  # was a report on nobody
+    (["usage", "--workspace", " "], "argument --workspace: must not be empty"),
     (["keys", "create", "--user", "U1", "--daily-budget-usd", "1e999"], "at most 1,000,000,000 USD, not 1e999"),
 ])
 def test_out_of_range_arguments_are_refused_by_name(argv: list[str], why: str,
