@@ -733,6 +733,13 @@ def test_a_long_page_of_one_paragraph_is_cut_in_few_token_counts(
     assert len(passages) > 30
     assert len(counts) / len(passages) < 10  # 18 per piece searching from its start, 7.7 from the hint
 
+    counts.clear()  # a run with no spaces is cut between characters, from the hint too
+    giant = parse(tmp_path, "b.md", "# T\n\n" + "[a](" * 5000 + "\n")
+    passages = chunk(giant, max_tokens=120, overlap_tokens=30)
+    assert_offsets(giant, passages)
+    assert len(passages) > 30 and all(estimate_text_tokens(p.text) <= 120 for p in passages)
+    assert len(counts) / len(passages) < 10  # 17 per piece searching from its start
+
 
 def test_chunk_rejects_unworkable_limits(tmp_path: Path) -> None:
     doc = parse(tmp_path, "a.md", "# A\n\nText.\n")

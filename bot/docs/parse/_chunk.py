@@ -191,7 +191,10 @@ def _piece_end(
         return best
     found = _last_true(start + 1, min(len(text), reach) + 1, fits, likely)  # a word longer than the limit
     end = _trim_end(text, start, found) if found is not None else start
-    return end if end > min_end else None
+    if end <= min_end:
+        return None
+    density.measured(end - start, tokens(end))
+    return end
 
 
 def _farthest_fit(
