@@ -381,7 +381,7 @@ def _cmd_cache_clear(args: argparse.Namespace, settings: PennySettings, out: Tex
     return 0
 
 
-def _cmd_index(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
+def _cmd_index(args: argparse.Namespace, settings: BotSettings, out: TextIO, _in: TextIO) -> int:
     from pathlib import Path
 
     from bot.docs.index import NoDocsFound
@@ -400,7 +400,7 @@ def _cmd_index(args: argparse.Namespace, settings: PennySettings, out: TextIO, _
     with opened_store(settings, gateway) as store:
         try:
             report = index_docs(settings, store, root, progress=_progress_bar(sys.stderr), gateway=gateway,
-                                allow_empty=args.allow_empty)
+                                allow_empty=args.allow_empty, link_roots=settings.docs_link_roots)
         except NoDocsFound as exc:
             print(f"penny index: {exc} To empty the index on purpose: penny index --allow-empty {args.dir}",
                   file=sys.stderr)
@@ -712,7 +712,8 @@ def _index_first_run(settings: BotSettings, store: Store, gateway: Gateway | Non
         return
     print(f"indexing {settings.docs_dir} (first run) …", file=sys.stderr)
     try:
-        index_docs(settings, store, settings.docs_dir, progress=_progress_bar(sys.stderr), gateway=gateway)
+        index_docs(settings, store, settings.docs_dir, progress=_progress_bar(sys.stderr), gateway=gateway,
+                   link_roots=settings.docs_link_roots)
     except IndexConflict:  # another replica starting beside this one indexed them first
         print("another Penny indexed the docs meanwhile; using its index", file=sys.stderr)
 

@@ -6,7 +6,7 @@ same objects here, so the Slack bot and the CLI can never drift apart.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bot.answer import AnswerService
@@ -75,18 +75,22 @@ def _waiting_out_rate_limits(embed: Callable[..., list[list[float]]], sleep: Cal
 
 def index_docs(
     settings: PennySettings, store: Store, root: Path, *, progress: Progress | None = None,
-    gateway: Gateway | None = None, allow_empty: bool = False,
+    gateway: Gateway | None = None, allow_empty: bool = False, link_roots: Sequence[Path] = (),
 ) -> IndexReport:
     """Bring the shared docs index in line with ``root``. When the version moves, cached answers
     built on the old docs are dropped from every replica's cache. ``gateway`` embeds with an
     ``openai:`` embedder (local embedders need none). A folder with nothing to index raises
-    :class:`~bot.docs.index.NoDocsFound` and changes nothing, unless ``allow_empty``."""
+    :class:`~bot.docs.index.NoDocsFound` and changes nothing, unless ``allow_empty``.
+    ``link_roots`` (``PENNY_DOCS_LINK_ROOTS``): folders outside ``root`` its symlinks may lead into."""
     if not root.is_dir():
         raise ConfigurationError(f"PENNY_DOCS_DIR: {root} is not a directory")
+    for folder in link_roots:
+        if not folder.is_dir():
+            raise ConfigurationError(f"PENNY_DOCS_LINK_ROOTS: {folder} is not a directory")
     embedder = docs_embedder(settings, gateway)
     before = DocsIndex.load(store).version
     indexer = DocsIndexer(store, embedder.embed, embedder_name=embedder.name)
-    report = indexer.index(root, progress=progress, allow_empty=allow_empty)
+    report = indexer.index(root, progress=progress, allow_empty=allow_empty, link_roots=link_roots)
     if report.version != before and before:
         gone = CachedAnswers(store).forget(f"docs:v{before}|")
         get_logger().info("docs_reindexed", version=report.version, cache_entries_dropped=gone)

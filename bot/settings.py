@@ -56,13 +56,18 @@ class BotSettings(PennySettings):
     docs_base_url: str | None = Field(
         None, description="Base URL that turns a doc path into a link in citations (e.g. a repo or wiki)."
     )
+    docs_link_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Folders outside the docs folder that its symlinks may lead into, comma-separated (e.g. a "
+                    "monorepo's src for docs/api -> ../src/api/docs); any other link out of it is skipped.",
+    )
 
     @field_validator("thread_replies", mode="before")
     @classmethod
     def _lower_thread_replies(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("admin_user_ids", mode="before")
+    @field_validator("admin_user_ids", "docs_link_roots", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):

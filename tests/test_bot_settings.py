@@ -30,7 +30,7 @@ def test_defaults() -> None:
     s = load_settings()
     assert (s.slack_bot_token, s.slack_app_token, s.slack_signing_secret, s.slack_api_url) == (None,) * 4
     assert (s.thread_replies, s.admin_user_ids, s.alert_channel) == ("questions", [], None)
-    assert (s.docs_dir, s.docs_base_url) == (Path("examples/docs"), None)
+    assert (s.docs_dir, s.docs_base_url, s.docs_link_roots) == (Path("examples/docs"), None, [])
     assert s.store_url == "sqlite:///penny.db"  # and Penny's own, with the same defaults
     assert isinstance(s, PennySettings)
 
@@ -43,7 +43,8 @@ def test_every_field_is_described() -> None:
 def test_the_bots_settings_are_not_the_engines() -> None:
     bot_only = set(BotSettings.model_fields) - set(PennySettings.model_fields)
     assert bot_only == {"slack_bot_token", "slack_app_token", "slack_signing_secret", "slack_api_url",
-                        "thread_replies", "admin_user_ids", "alert_channel", "docs_dir", "docs_base_url"}
+                        "thread_replies", "admin_user_ids", "alert_channel", "docs_dir", "docs_base_url",
+                        "docs_link_roots"}
 
 
 def test_environment_and_dotenv(monkeypatch: pytest.MonkeyPatch, clean_env: Path) -> None:
@@ -52,7 +53,9 @@ def test_environment_and_dotenv(monkeypatch: pytest.MonkeyPatch, clean_env: Path
     monkeypatch.setenv("PENNY_ALERT_CHANNEL", "C0ALERTS")
     monkeypatch.setenv("PENNY_THREAD_REPLIES", " All ")
     monkeypatch.setenv("PENNY_REQUESTS_PER_MINUTE", "5")
+    monkeypatch.setenv("PENNY_DOCS_LINK_ROOTS", "/srv/repo/src, ../shared/docs,")
     s = load_settings()
+    assert s.docs_link_roots == [Path("/srv/repo/src"), Path("../shared/docs")]
     assert s.slack_bot_token is not None and s.slack_bot_token.get_secret_value() == TOKEN
     assert s.slack_app_token is None  # empty in .env means unset
     assert (s.admin_user_ids, s.alert_channel, s.thread_replies) == (["U1", "U2"], "C0ALERTS", "all")

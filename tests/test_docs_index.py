@@ -481,3 +481,25 @@ def test_a_file_with_no_text_is_skipped_not_indexed_as_a_document(
     with pytest.raises(NoDocsFound, match=re.escape("its 2 supported file(s) have no text. Nothing was changed")):
         indexer.index(blank)
     assert len(DocsIndex.load(store)) == first.passages
+
+
+def test_penny_index_follows_links_into_the_folders_penny_docs_link_roots_names(
+    store_file: Path, docs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api = tmp_path / "src" / "api" / "docs"
+    api.mkdir(parents=True)
+    (api / "reference.md").write_text("# API reference\n\nEvery endpoint takes a bearer token.\n")
+    (docs / "api").symlink_to(api, target_is_directory=True)
+    assert main(["index", str(docs)]) == 0
+    assert "indexed 4 files" in capsys.readouterr().out  # not followed unless allowed
+    monkeypatch.setenv("PENNY_DOCS_LINK_ROOTS", str(tmp_path / "src"))
+    assert main(["index", str(docs)]) == 0
+    assert "indexed 5 files" in capsys.readouterr().out
+    store = SqliteStore(store_file)
+    try:
+        assert "api/reference.md" in {p.doc_path for p in DocsIndex.load(store).snapshot.passages}
+    finally:
+        store.close()
+    monkeypatch.setenv("PENNY_DOCS_LINK_ROOTS", str(tmp_path / "nowhere"))
+    assert main(["index", str(docs)]) == 2
+    assert f"PENNY_DOCS_LINK_ROOTS: {tmp_path / 'nowhere'} is not a directory" in capsys.readouterr().err

@@ -22,6 +22,7 @@ from bot.docs import (
     slugify,
     walk,
 )
+from bot.docs.parse import read_source
 from proxy_core.tokens import estimate_text_tokens
 from tests.pdf_builder import make_pdf
 
@@ -813,6 +814,33 @@ def test_walk_survives_symlink_loops_walks_aliases_once_and_never_leaves_the_fol
     with pytest.raises(ValueError, match="outside the docs folder"):
         parse_document(tmp_path / "docs" / "settings.md", tmp_path / "docs")
     assert parse_document(tmp_path / "docs" / "alias" / "b.md", tmp_path / "docs").doc_path == "alias/b.md"
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
+def test_links_lead_only_into_the_folders_the_owner_allowed(tmp_path: Path) -> None:
+    """A monorepo keeps its API docs beside the code (docs/api -> ../src/api/docs): allowed by
+    name, that folder is walked and read; a link anywhere else still is not."""
+    touch(tmp_path / "docs" / "a.md")
+    touch(tmp_path / "src" / "api" / "docs" / "ref.md")
+    (tmp_path / "src" / ".env").write_text("OPENAI_API_KEY=sk-not-for-slack\n")
+    (tmp_path / "docs" / "api").symlink_to(tmp_path / "src" / "api" / "docs", target_is_directory=True)
+    (tmp_path / "docs" / "env.md").symlink_to(tmp_path / "src" / ".env")
+    allowed = [tmp_path / "src" / "api"]
+    with structlog.testing.capture_logs() as logs:
+        found = [p.relative_to(tmp_path / "docs").as_posix() for p in walk(tmp_path / "docs", link_roots=allowed)]
+    assert found == ["a.md", "api/ref.md"]
+    assert [(log["path"], log["reason"]) for log in logs if log["event"] == "docs_file_skipped"] == [
+        ("env.md", "link_outside_docs_folder")]
+    assert read_source(tmp_path / "docs" / "api" / "ref.md", tmp_path / "docs", allowed) == b"# Doc\n\nText.\n"
+    with pytest.raises(ValueError, match="PENNY_DOCS_LINK_ROOTS allows a folder"):
+        read_source(tmp_path / "docs" / "api" / "ref.md", tmp_path / "docs")
+    with pytest.raises(ValueError, match="outside the docs folder"):
+        read_source(tmp_path / "docs" / "env.md", tmp_path / "docs", allowed)
+    # A sibling whose name starts the same is not inside the allowed folder.
+    touch(tmp_path / "src" / "api-secrets" / "keys.md")
+    (tmp_path / "docs" / "keys").symlink_to(tmp_path / "src" / "api-secrets", target_is_directory=True)
+    assert "keys/keys.md" not in [p.relative_to(tmp_path / "docs").as_posix()
+                                  for p in walk(tmp_path / "docs", link_roots=allowed)]
 
 
 def test_walk_refuses_a_file_or_missing_root(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,8 +192,17 @@ class DocsIndexer:
         self._keys = _Keys(namespace)
         self._batch = batch_size
 
-    def index(self, root: Path, *, progress: Progress | None = None, allow_empty: bool = False) -> IndexReport:
+    def index(
+        self,
+        root: Path,
+        *,
+        progress: Progress | None = None,
+        allow_empty: bool = False,
+        link_roots: Sequence[Path] = (),
+    ) -> IndexReport:
         """Bring the index in line with the files under ``root``; see the module docstring.
+        ``link_roots``: folders outside ``root`` that its symlinks may lead into (any other link
+        out is skipped).
 
         Raises :class:`NoDocsFound` when ``root`` has no document to index, unless ``allow_empty``
         (then every indexed document is removed)."""
@@ -206,14 +215,14 @@ class DocsIndexer:
         too_large: list[Path] = []
         unreadable: list[Path] = []
         no_text = 0
-        files = list(walk(root, too_large=too_large, unreadable=unreadable))
+        files = list(walk(root, too_large=too_large, unreadable=unreadable, link_roots=link_roots))
         docs: dict[str, _DocEntry] = {}
         puts: dict[str, bytes] = {}
         to_embed: dict[str, Passage] = {}
         for done, path in enumerate(files, start=1):
             doc_path = path.relative_to(root).as_posix()
             try:
-                raw = read_source(path, root)
+                raw = read_source(path, root, link_roots)
                 file_hash = hashlib.sha256(raw).hexdigest()
                 known = reusable.get(doc_path)
                 if known is not None and known.file_hash == file_hash:

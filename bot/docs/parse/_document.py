@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 
 from bot.docs.parse._html import parse_html
@@ -21,7 +22,7 @@ from bot.docs.parse._pdf import parse_pdf
 from bot.docs.parse._rst import parse_rst
 from bot.docs.parse._text import parse_text
 
-__all__ = ["MAX_FILE_BYTES", "MAX_PDF_BYTES", "SUPPORTED_SUFFIXES", "parse_document", "read_source"]
+__all__ = ["MAX_FILE_BYTES", "MAX_PDF_BYTES", "SUPPORTED_SUFFIXES", "parse_document", "read_source", "within"]
 
 MAX_FILE_BYTES = 2 * 1024 * 1024
 """Files larger than this are not indexed: they are dumps, not docs."""
@@ -40,16 +41,29 @@ _FORMATS = {
 SUPPORTED_SUFFIXES = frozenset(_FORMATS)
 
 
-def read_source(path: Path, root: Path) -> bytes:
+def within(path: Path, root: Path, link_roots: Sequence[Path] = ()) -> bool:
+    """Whether ``path``'s real location (symlinks followed) is inside ``root``'s or one of the
+    ``link_roots``' (folders outside the docs folder that its owner allowed links into)."""
+    return _resolved_within(os.path.realpath(path), root, link_roots)
+
+
+def _resolved_within(real: str, root: Path, link_roots: Sequence[Path]) -> bool:
+    for allowed in (root, *link_roots):
+        real_allowed = os.path.realpath(allowed)
+        if os.path.commonpath([real_allowed, real]) == real_allowed:
+            return True
+    return False
+
+
+def read_source(path: Path, root: Path, link_roots: Sequence[Path] = ()) -> bytes:
     """The bytes of ``path``, a file under ``root``, read as a docs file may be: its real location
-    (symlinks followed) inside ``root``'s, a regular file (never a FIFO or a device, which could block
-    the run), and no larger than :data:`MAX_FILE_BYTES` (:data:`MAX_PDF_BYTES` for a PDF) however
-    it grew since the folder was listed. Raises ``ValueError`` when it may not be read, ``OSError``
-    when it cannot."""
-    real_root = os.path.realpath(root)
+    (symlinks followed) inside ``root``'s or a ``link_roots``', a regular file (never a FIFO or a
+    device, which could block the run), and no larger than :data:`MAX_FILE_BYTES`
+    (:data:`MAX_PDF_BYTES` for a PDF) however it grew since the folder was listed. Raises
+    ``ValueError`` when it may not be read, ``OSError`` when it cannot."""
     real = os.path.realpath(path)
-    if os.path.commonpath([real_root, real]) != real_root:
-        raise ValueError("a link to a file outside the docs folder (not read)")
+    if not _resolved_within(real, root, link_roots):
+        raise ValueError("a link to a file outside the docs folder (not read; PENNY_DOCS_LINK_ROOTS allows a folder)")
     limit = MAX_PDF_BYTES if path.suffix.lower() == ".pdf" else MAX_FILE_BYTES
     # O_NOFOLLOW: the real path checked above cannot have become a link since; O_NONBLOCK: a FIFO
     # put in the file's place opens at once (and is refused below) instead of waiting for a writer.

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from bot.docs.parse._document import MAX_FILE_BYTES, MAX_PDF_BYTES, SUPPORTED_SUFFIXES
+from bot.docs.parse._document import MAX_FILE_BYTES, MAX_PDF_BYTES, SUPPORTED_SUFFIXES, within
 from bot.docs.parse._pdf import pdf_support
 from proxy_core import get_logger
 
@@ -17,14 +17,21 @@ _SKIPPED_DIRS = frozenset({"node_modules", "__pycache__"})
 _log = get_logger()
 
 
-def walk(root: Path, *, too_large: list[Path] | None = None, unreadable: list[Path] | None = None) -> Iterator[Path]:
-    """Supported files under ``root`` in sorted order, following symlinks within ``root`` but never
-    in a loop.
+def walk(
+    root: Path,
+    *,
+    too_large: list[Path] | None = None,
+    unreadable: list[Path] | None = None,
+    link_roots: Sequence[Path] = (),
+) -> Iterator[Path]:
+    """Supported files under ``root`` in sorted order, following symlinks within ``root`` (and
+    within the ``link_roots`` its owner allowed links into) but never in a loop.
 
     Hidden files and directories (``.git``, ``.venv``, …), ``node_modules`` and ``__pycache__``
     are skipped; so are files over :data:`MAX_FILE_BYTES` (added to ``too_large``), unreadable
     files and directories (added to ``unreadable``: an error that may pass), a link to anything
-    outside ``root`` (a docs folder must not publish ``/etc`` or a ``.env`` through the answers)
+    outside ``root`` and ``link_roots`` (a docs folder must not publish ``/etc`` or a ``.env``
+    through the answers)
     and a name that is not UTF-8; each is logged. A directory reached twice through symlinks is
     walked once. Raises ``NotADirectoryError`` when ``root`` is not a directory.
     """
@@ -32,13 +39,12 @@ def walk(root: Path, *, too_large: list[Path] | None = None, unreadable: list[Pa
         raise NotADirectoryError(f"not a directory: {root}")
     found: list[Path] = []
     seen: set[tuple[int, int]] = set()
-    real_root = os.path.realpath(root)
 
     def rel(path: Path) -> str:
         return path.relative_to(root).as_posix()
 
     def outside(path: Path) -> bool:
-        return os.path.commonpath([real_root, os.path.realpath(path)]) != real_root
+        return not within(path, root, link_roots)
 
     def visit(directory: Path) -> None:
         try:
