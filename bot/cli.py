@@ -255,6 +255,10 @@ def _docs_check(settings: BotSettings, store: Store) -> tuple[str, str | None]:
 
     snapshot = DocsIndex.load(store).snapshot
     wanted = embedder_from_spec(settings.embedder, openai_embed_fn=lambda texts, **_: []).name
+    missing = [str(folder) for folder in settings.docs_link_roots if not folder.is_dir()]
+    if missing:
+        return (f"{len(snapshot.passages):,} passages indexed",
+                f"PENNY_DOCS_LINK_ROOTS: {', '.join(missing)} is not a directory: penny index would stop")
     if not snapshot.passages:
         if not settings.docs_dir.is_dir():
             return ("index empty", f"PENNY_DOCS_DIR: {settings.docs_dir} is not a directory, and the index is empty: "

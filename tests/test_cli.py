@@ -94,6 +94,10 @@ def test_check_says_what_the_docs_index_holds_and_what_would_stop_a_run(
     monkeypatch.setenv("PENNY_EMBEDDER", "local:wordllama?dims=64")  # every question would fail
     code, out = penny("check")
     assert code == 1 and "problem     PENNY_EMBEDDER is 'local:wordllama?dims=64', but the index was built" in out
+    monkeypatch.delenv("PENNY_EMBEDDER")
+    monkeypatch.setenv("PENNY_DOCS_LINK_ROOTS", f"{REPO}, {tmp_path / 'no-such-src'}")
+    code, out = penny("check")
+    assert code == 1 and f"problem     PENNY_DOCS_LINK_ROOTS: {tmp_path / 'no-such-src'} is not a directory" in out
 
 
 def test_check_warns_of_a_setting_name_that_is_a_typo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
