@@ -715,7 +715,7 @@ def test_thumbs_down_on_a_cached_answer_offers_a_fresh_one(slack: FakeSlack, sql
         [actions] = [b for b in offer.blocks if b["type"] == "actions"]
         [_why, button] = actions["elements"]
         assert button["action_id"] == ACTION_FRESH_ANSWER
-        assert button["value"] == "how do I deploy?"
+        assert json.loads(button["value"]) == {"answer": answer_ts}  # the question is read from its record
         assert button["text"]["text"] == "Get a fresh answer"
 
         click = {"action_id": ACTION_FRESH_ANSWER, "block_id": actions["block_id"], "value": button["value"]}
@@ -735,6 +735,61 @@ def test_thumbs_down_on_a_cached_answer_offers_a_fresh_one(slack: FakeSlack, sql
     assert second.text == "how do I deploy?" and second.user_id == "U1" and second.channel_id == "C1"
     assert second.request_id != first.request_id
     assert slack.last("respond/ephemeral-offer").json_param("delete_original") in (True, "true")
+
+
+def _fresh_click(slack: FakeSlack, penny: Harness, answer_ts: str, *, channel: str = "C1") -> dict[str, Any]:
+    """👎 the cached answer at ``answer_ts``; the click on the "Get a fresh answer" it offers, made in ``channel``."""
+    assert penny.action(feedback_click("down", "entry-7", message_ts=answer_ts)).status == 200
+    [offer] = slack.wait_for("chat.postEphemeral")
+    [actions] = [b for b in offer.blocks if b["type"] == "actions"]
+    [button] = [e for e in actions["elements"] if e["action_id"] == ACTION_FRESH_ANSWER]
+    click = {"action_id": ACTION_FRESH_ANSWER, "block_id": actions["block_id"], "value": button["value"]}
+    payload = block_action(click, message_ts="1700000999.000001", channel=channel)
+    payload["container"]["is_ephemeral"] = True
+    return payload
+
+
+def test_a_fresh_answer_asks_the_whole_question_not_the_first_2000_characters(
+    slack: FakeSlack, sqlite_store: SqliteStore
+) -> None:
+    cached = Answer(kind="answer", text="Run `make deploy` [1].", citations=CITATIONS[:1], entry_id="entry-7",
+                    cached=True)
+    answerer = ScriptedAnswerer(cached, ANSWER)
+    penny = Harness(slack, sqlite_store, answerer)
+    question = "how do I deploy " + "and then check each service, " * 100 + "at the end?"
+    assert 2000 < len(question) <= MAX_QUESTION_CHARS
+    try:
+        answer_ts = _answer_ts(slack)
+        penny.event(mention(f"<@UPENNY> {question}"))
+        slack.wait_for("chat.postMessage")
+        wait_cleared(slack)
+        assert penny.action(_fresh_click(slack, penny, answer_ts)).status == 200
+        slack.wait_for("chat.postMessage", 2)
+    finally:
+        penny.settle()
+    first, again = answerer.questions
+    assert first.text == question
+    assert (again.text, again.fresh) == (question, True)  # was cut to the button's 2,000 characters
+
+
+def test_a_fresh_answer_click_from_another_channel_asks_nothing(slack: FakeSlack, sqlite_store: SqliteStore) -> None:
+    """The button names an answer; its question is read from where the click is, never another channel's."""
+    cached = Answer(kind="answer", text="Run `make deploy` [1].", citations=CITATIONS[:1], entry_id="entry-7",
+                    cached=True)
+    answerer = ScriptedAnswerer(cached, ANSWER)
+    penny = Harness(slack, sqlite_store, answerer)
+    try:
+        answer_ts = _answer_ts(slack)
+        _answered(penny, slack)
+        wait_cleared(slack)
+        with structlog.testing.capture_logs() as logs:
+            assert penny.action(_fresh_click(slack, penny, answer_ts, channel="C2")).status == 200
+            penny.settle()
+    finally:
+        penny.settle()
+    assert len(answerer.questions) == 1
+    assert len(slack.calls("chat.postMessage")) == 1
+    assert any(log["event"] == "slack.fresh_answer_unknown" for log in logs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,8 +49,8 @@ from bot.slack.conversation import (
     thread_messages,
     workspace_of,
 )
-from bot.slack.delivery import Delivery, Target, Writing, knows_thread
-from bot.slack.feedback import FRESH_BLOCK_PREFIX
+from bot.slack.delivery import Delivery, Target, Writing, knows_thread, posted_answer
+from bot.slack.feedback import FRESH_BLOCK_PREFIX, fresh_offer_answer
 from bot.slack.middleware import Once, after_handling
 from bot.slack.working import WorkingIndicator
 from proxy_core import RecordStore, get_logger
@@ -148,15 +148,25 @@ class Answers:
         ack()
 
     def on_fresh_answer(self, body: dict[str, Any], client: WebClient, respond: Respond, context: BoltContext) -> None:
-        """"Get a fresh answer": the question in the button, asked again past the cache, once per click;
-        a follow-up in a thread with the thread before it, as it was asked the first time."""
+        """"Get a fresh answer": the question of the answer the button names, as Penny recorded it in
+        the clicked channel, asked again past the cache, once per click; a follow-up in a thread with
+        the thread before it, as it was asked the first time. (An offer made before buttons named
+        answers carries the question itself.)"""
         try:
             action = body["actions"][0]
-            question = str(action.get("value") or "").strip()
+            value = str(action.get("value") or "")
             block_id = str(action.get("block_id", ""))
             where = block_id[len(FRESH_BLOCK_PREFIX) :] if block_id.startswith(FRESH_BLOCK_PREFIX) else ""
             thread_ts, _, asked_ts = where.partition("/")
             workspace = action_workspace(body)
+            answer_ts = fresh_offer_answer(value)
+            if answer_ts is None:
+                question = value.strip()
+            else:
+                record = posted_answer(self.store, workspace, action_channel(body), answer_ts) or {}
+                question = str(record.get("question") or "").strip()
+                if not question:
+                    _log.warning("slack.fresh_answer_unknown", channel=action_channel(body), answer_ts=answer_ts)
             # The click is deduplicated under "slack:<id>" and answered under "<id>", as an event is:
             # one ID for both, the gateway would find the click's own claim in flight and refuse.
             # The ID is the offer's (its message, and who clicked): a double click, or a second click

@@ -23,7 +23,14 @@ from bot.slack.delivery import in_thread, posted_answer
 from bot.slack.render import Block, message_text
 from proxy_core import Store, StoreError, get_logger
 
-__all__ = ["ACTION_FRESH_ANSWER", "FRESH_BLOCK_PREFIX", "Feedback", "FeedbackCallback", "fresh_answer_blocks"]
+__all__ = [
+    "ACTION_FRESH_ANSWER",
+    "FRESH_BLOCK_PREFIX",
+    "Feedback",
+    "FeedbackCallback",
+    "fresh_answer_blocks",
+    "fresh_offer_answer",
+]
 
 ACTION_FRESH_ANSWER: Final = "penny_fresh_answer"
 # + the thread_ts to answer in ("" for none), and "/" + the question's ts when it followed up in that
@@ -113,7 +120,7 @@ class Feedback:
                 except Exception as exc:  # losing a vote must not lose the fresh-answer offer
                     _log.exception("slack.feedback_callback_failed", error=exc)
             thread_ts = str(record.get("thread_ts") or "")
-            fresh = (fresh_answer_blocks(str(record["question"]), thread_ts or None,
+            fresh = (fresh_answer_blocks(message_ts, thread_ts or None,
                                          asked_ts=str(record.get("asked_ts") or "") or None)
                      if not up and record.get("cached") and record.get("question") else None)
             ref = json.dumps({"e": entry_id, "c": channel, "m": message_ts}) if entry_id else None
@@ -124,10 +131,12 @@ class Feedback:
             _log.exception("slack.feedback_failed", error=exc)
 
 
-def fresh_answer_blocks(question: str, thread_ts: str | None, *, asked_ts: str | None = None) -> list[Block]:
+def fresh_answer_blocks(answer_ts: str, thread_ts: str | None, *, asked_ts: str | None = None) -> list[Block]:
     """The ephemeral offer after 👎 on a cached answer: a button that asks again, bypassing the cache.
-    ``asked_ts`` is the question's message: a follow-up in ``thread_ts`` is asked again with the
-    thread before it, as it was the first time."""
+    Its value names the answer (``answer_ts``), not the question: the click reads the question from
+    what Penny recorded of that answer in the clicked channel, whole (a button value holds 2,000
+    characters, a question up to 4,000). ``asked_ts`` is the question's message: a follow-up in
+    ``thread_ts`` is asked again with the thread before it, as it was the first time."""
     follow_up = "/" + asked_ts if thread_ts and asked_ts and asked_ts != thread_ts else ""
     return [
         {
@@ -142,8 +151,20 @@ def fresh_answer_blocks(question: str, thread_ts: str | None, *, asked_ts: str |
                     "type": "button",
                     "text": {"type": "plain_text", "text": "Get a fresh answer"},
                     "action_id": ACTION_FRESH_ANSWER,
-                    "value": question[:2000],
+                    "value": json.dumps({"answer": answer_ts}),
                 }
             ],
         },
     ]
+
+
+def fresh_offer_answer(value: str) -> str | None:
+    """The ts of the answer a "Get a fresh answer" button names (:func:`fresh_answer_blocks`), or
+    None for an offer made before buttons named answers, whose value is the question itself."""
+    try:
+        ref = json.loads(value)
+    except ValueError:
+        return None
+    if isinstance(ref, dict) and set(ref) == {"answer"} and isinstance(ref["answer"], str) and ref["answer"]:
+        return ref["answer"]
+    return None
