@@ -1024,3 +1024,39 @@ def test_a_second_vote_by_the_same_person_replaces_the_first(sqlite_store: Sqlit
     counts = feedback_counts(sqlite_store, TEAM)
     assert (counts.total.up, counts.total.down) == (0, 1)
     assert (counts.by_page["a.md"].up, counts.by_page["a.md"].down) == (0, 1)
+
+
+def _malformed_action(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    payload = block_action({"action_id": ACTION_FRESH_ANSWER, "block_id": "penny_fresh:1700000100.000100",
+                            "value": "how do I deploy?"}, message_ts="1700000999.000001")
+    change(payload)
+    return payload
+
+
+@pytest.mark.parametrize(("kind", "payload"), [
+    ("event", {"type": "app_mention", "user": ["U1"], "text": "<@UPENNY> hi", "channel": "C1", "ts": "1700000100.1"}),
+    ("event", {"type": "app_mention", "user": {"id": "U1"}, "text": "<@UPENNY> hi", "channel": "C1",
+               "ts": "1700000100.1"}),
+    ("event", {"type": "app_mention", "user": "U1", "text": ["<@UPENNY> hi"], "channel": "C1", "ts": "1700000100.1"}),
+    ("event", {"type": "app_mention", "user": "U1", "text": "<@UPENNY> hi", "ts": "1700000100.1"}),
+    ("event", {"type": "app_mention", "user": "U1", "text": "<@UPENNY> hi", "channel": "C1"}),
+    ("event", {"type": "message", "user": "U1", "text": "hi", "channel": "D1", "channel_type": "im",
+               "ts": "1700000200.1", "thread_ts": {"a": 1}}),
+    ("event", {"type": "app_home_opened", "user": ["U1"], "channel": "D1", "tab": "home"}),
+    ("action", _malformed_action(lambda p: (p.pop("channel"), p["container"].pop("channel_id")))),
+    ("action", _malformed_action(lambda p: p.update(user=["U1"]))),
+    ("action", _malformed_action(lambda p: p["user"].update(id=None))),
+    ("action", _malformed_action(lambda p: p.update(container="C1"))),
+])
+def test_a_signed_but_malformed_payload_is_dropped_with_a_log_line_and_nothing_is_asked_or_posted(
+    penny: Harness, slack: FakeSlack, answerer: ScriptedAnswerer, kind: str, payload: Any
+) -> None:
+    """Before, these were answered (and billed) as user "['U1']", in channel "None", in thread "{'a': 1}"."""
+    with structlog.testing.capture_logs() as logs:
+        response = penny.event(payload) if kind == "event" else penny.action(payload)
+        penny.settle()
+    assert response.status == 200
+    assert methods(slack) == []
+    assert answerer.questions == []
+    assert [log["event"] for log in logs if log["log_level"] in ("warning", "error")] == [
+        "slack.malformed_request_dropped"]

@@ -9,6 +9,11 @@ store call):
   a misrouted delivery) is acknowledged and dropped: no store write, no LLM call, no Slack call.
   The first drop from each workspace is logged; later ones are not, so a busy foreign workspace
   cannot flood the log.
+- :class:`WellFormedOnly`: a signed payload whose fields Penny acts on are missing or of the wrong
+  type (a list where a user ID goes, an event that is not an object, a click with no channel) is
+  acknowledged and dropped with one ``slack.malformed_request_dropped`` log line naming the fields:
+  otherwise it would be answered, billed and posted under ``str()`` of whatever was there (a user
+  ``"['U1']"``, a channel ``"None"``).
 - :class:`FromPeopleOnly`: a ``message`` or ``app_mention`` no person wrote (another bot's, a join,
   an edit, a deletion) is acknowledged and dropped. Penny's own messages are dropped by Bolt's
   :class:`~slack_bolt.middleware.IgnoringSelfEvents` (on by default) and by their ``bot_id``.
@@ -24,6 +29,7 @@ and an ack must not wait for the store.
 """
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
@@ -43,8 +49,10 @@ __all__ = [
     "FromPeopleOnly",
     "InstalledWorkspaceOnly",
     "Once",
+    "WellFormedOnly",
     "after_handling",
     "foreign_request",
+    "malformed_fields",
     "remember",
     "written_by_a_person",
 ]
@@ -116,6 +124,65 @@ class InstalledWorkspaceOnly(Middleware):
         data = response.data if isinstance(response.data, dict) else {}
         self._installation = SlackInstallation.from_auth_test(data, response.headers)
         return self._installation
+
+
+# A Slack ID (user, channel, team) or a message ts ("1700000100.000100"), as Slack writes them.
+_SLACK_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
+_EVENT_FIELDS: Final[Mapping[str, tuple[tuple[str, bool], ...]]] = {  # event type -> (field, required)
+    "message": (("user", False), ("channel", True), ("ts", True), ("thread_ts", False)),
+    "app_mention": (("user", False), ("channel", True), ("ts", True), ("thread_ts", False)),
+    "app_home_opened": (("user", True), ("channel", False)),
+}
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, str) and _SLACK_ID.match(value) is not None
+
+
+def malformed_fields(body: Mapping[str, Any]) -> list[str]:
+    """The fields Penny acts on that ``body`` lacks or holds in the wrong type (none: it is well formed).
+
+    Only what a listener would otherwise turn into a user, channel or thread with ``str()`` is
+    checked; a field Slack may leave out is checked only when present."""
+    kind = body.get("type")
+    if kind == "event_callback":
+        event = body.get("event")
+        if not isinstance(event, dict):
+            return ["event"]
+        bad = [f"event.{name}" for name, required in _EVENT_FIELDS.get(str(event.get("type")), ())
+               if (required or event.get(name) is not None) and not _is_id(event.get(name))]
+        if "text" in event and event["text"] is not None and not isinstance(event["text"], str):
+            bad.append("event.text")
+        return bad
+    if kind in ("block_actions", "view_submission"):
+        user = body.get("user")
+        bad = [] if isinstance(user, dict) and _is_id(user.get("id")) else ["user.id"]
+        for name in ("channel", "container", "team"):
+            if body.get(name) is not None and not isinstance(body.get(name), dict):
+                bad.append(name)
+        if kind == "block_actions":
+            actions = body.get("actions")
+            if not isinstance(actions, list) or not actions or not isinstance(actions[0], dict):
+                bad.append("actions")
+            channel, container = body.get("channel"), body.get("container")
+            where = (channel.get("id") if isinstance(channel, dict) else None) or (
+                container.get("channel_id") if isinstance(container, dict) else None)
+            if not _is_id(where):
+                bad.append("channel.id")
+        return bad
+    return []
+
+
+class WellFormedOnly(Middleware):
+    """Drops signed requests whose fields Penny acts on are missing or mistyped (see the module doc)."""
+
+    def process(self, *, req: BoltRequest, resp: BoltResponse, next: Callable[[], BoltResponse]) -> BoltResponse:
+        bad = malformed_fields(req.body) if isinstance(req.body, dict) else []
+        if not bad:
+            return next()
+        _log.warning("slack.malformed_request_dropped", type=req.body.get("type"), fields=bad,
+                     event_id=req.body.get("event_id"))
+        return BoltResponse(status=200, body="")
 
 
 def written_by_a_person(event: Mapping[str, Any]) -> bool:
