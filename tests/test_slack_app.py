@@ -22,7 +22,7 @@ from slack_sdk.signature import SignatureVerifier
 
 from bot.answer_types import Answer, Question
 from bot.settings import ThreadReplies
-from bot.slack.answers import FILES_NOTE, FILES_ONLY_TEXT, HELP_TEXT
+from bot.slack.answers import FILES_NOTE, FILES_ONLY_TEXT, FRESH_GONE_TEXT, HELP_TEXT
 from bot.slack.app import (
     BOT_EVENTS,
     BOT_SCOPES,
@@ -782,14 +782,18 @@ def test_a_fresh_answer_click_from_another_channel_asks_nothing(slack: FakeSlack
         answer_ts = _answer_ts(slack)
         _answered(penny, slack)
         wait_cleared(slack)
+        click = _fresh_click(slack, penny, answer_ts, channel="C2")
+        click["response_url"] = slack.base_url + "respond/ephemeral-offer"
         with structlog.testing.capture_logs() as logs:
-            assert penny.action(_fresh_click(slack, penny, answer_ts, channel="C2")).status == 200
+            assert penny.action(click).status == 200
             penny.settle()
     finally:
         penny.settle()
     assert len(answerer.questions) == 1
     assert len(slack.calls("chat.postMessage")) == 1
     assert any(log["event"] == "slack.fresh_answer_unknown" for log in logs)
+    told = slack.last("respond/ephemeral-offer")  # told plainly, not left with a button that does nothing
+    assert told.params["text"] == FRESH_GONE_TEXT
 
 
 # ---------------------------------------------------------------------------------------------

@@ -55,7 +55,16 @@ from bot.slack.middleware import Once, after_handling
 from bot.slack.working import WorkingIndicator
 from proxy_core import RecordStore, get_logger
 
-__all__ = ["FAILED_TEXT", "FILES_NOTE", "FILES_ONLY_TEXT", "HELP_TEXT", "TRUNCATED_NOTE", "Answers", "in_dm"]
+__all__ = [
+    "FAILED_TEXT",
+    "FILES_NOTE",
+    "FILES_ONLY_TEXT",
+    "FRESH_GONE_TEXT",
+    "HELP_TEXT",
+    "TRUNCATED_NOTE",
+    "Answers",
+    "in_dm",
+]
 
 HELP_TEXT: Final = (
     "Hi! Ask me a question about the team's docs, e.g. `@Penny how do I rotate the API key?` "
@@ -69,6 +78,10 @@ FILES_ONLY_TEXT: Final = (
 )
 FILES_NOTE: Final = ":paperclip: I read only your message's text, not the file you shared."
 FAILED_TEXT: Final = "Something went wrong on my side. Please try again in a minute."
+# A fresh-answer offer whose answer Penny no longer has a record of (kept a week), here.
+FRESH_GONE_TEXT: Final = (
+    "I no longer have that answer on record, so I can't ask it again. Please ask your question again."
+)
 
 OnQuestion = Callable[[str], None]
 
@@ -167,6 +180,9 @@ class Answers:
                 question = str(record.get("question") or "").strip()
                 if not question:
                     _log.warning("slack.fresh_answer_unknown", channel=action_channel(body), answer_ts=answer_ts)
+                    if body.get("response_url"):
+                        respond(text=FRESH_GONE_TEXT, replace_original=True, response_type="ephemeral")
+                    return
             # The click is deduplicated under "slack:<id>" and answered under "<id>", as an event is:
             # one ID for both, the gateway would find the click's own claim in flight and refuse.
             # The ID is the offer's (its message, and who clicked): a double click, or a second click
