@@ -46,6 +46,7 @@ from tests.slack_harness import (
     BOT_ID,
     BOT_USER,
     CITATIONS,
+    ROOT,
     SECRET,
     TEAM,
     TOKEN,
@@ -794,6 +795,30 @@ def test_a_fresh_answer_click_from_another_channel_asks_nothing(slack: FakeSlack
     assert any(log["event"] == "slack.fresh_answer_unknown" for log in logs)
     told = slack.last("respond/ephemeral-offer")  # told plainly, not left with a button that does nothing
     assert told.params["text"] == FRESH_GONE_TEXT
+
+
+def test_a_fresh_answer_goes_to_the_answers_thread_whatever_thread_the_offer_names(
+    slack: FakeSlack, sqlite_store: SqliteStore
+) -> None:
+    """The offer is ephemeral (Slack keeps no copy to check a click against): its block_id naming
+    another thread, or a follow-up that was not asked, changes nothing."""
+    cached = Answer(kind="answer", text="Run `make deploy` [1].", citations=CITATIONS[:1], entry_id="entry-7",
+                    cached=True)
+    answerer = ScriptedAnswerer(cached, ANSWER)
+    penny = Harness(slack, sqlite_store, answerer)
+    try:
+        answer_ts = _answer_ts(slack)
+        _answered(penny, slack)
+        wait_cleared(slack)
+        click = _fresh_click(slack, penny, answer_ts)
+        click["actions"][0]["block_id"] = "penny_fresh:1600000000.000001/1600000000.000002"
+        assert penny.action(click).status == 200
+        [_, again] = slack.wait_for("chat.postMessage", 2)
+    finally:
+        penny.settle()
+    assert again.params["thread_ts"] == ROOT
+    assert slack.calls("conversations.replies") == []  # no other thread read as history
+    assert answerer.questions[1].history == ()
 
 
 # ---------------------------------------------------------------------------------------------

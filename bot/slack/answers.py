@@ -178,6 +178,11 @@ class Answers:
             else:
                 record = posted_answer(self.store, workspace, action_channel(body), answer_ts) or {}
                 question = str(record.get("question") or "").strip()
+                # Where it was asked comes from the record too, not the offer's block_id: Slack keeps no
+                # copy of an ephemeral message to check a click against; the record is Penny's own.
+                thread_ts = str(record.get("thread_ts") or "")
+                asked_ts = str(record.get("asked_ts") or "")
+                asked_ts = asked_ts if thread_ts and asked_ts != thread_ts else ""
                 if not question:
                     _log.warning("slack.fresh_answer_unknown", channel=action_channel(body), answer_ts=answer_ts)
                     if body.get("response_url"):
