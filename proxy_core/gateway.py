@@ -438,6 +438,11 @@ class Gateway:
         """Forget one cached answer everywhere (a 👎 on it). False if it was not cached."""
         return self.cache is not None and self.cache.invalidate_entry(entry_id)
 
+    @property
+    def claim_ttl_s(self) -> float:
+        """Seconds a request's claim is held while it runs: the longest the pipeline can take."""
+        return self._claim_ttl_s
+
     # -- public entry points -----------------------------------------------------------------
 
     def chat(

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import openai
@@ -16,7 +17,8 @@ from openai.types.chat import ChatCompletionChunk
 from structlog.testing import capture_logs
 
 from proxy_core import ManualClock, Store
-from tests.fake_openai import FakeOpenAI, Fault
+from tests.fake_openai import FakeOpenAI, Fault, Gate
+from tests.polling import until
 from tests.proxy_harness import API_KEY, Proxy, http, serve_proxy
 
 QUESTION = [{"role": "user", "content": "How do I deploy?"}]
@@ -309,9 +311,8 @@ def test_an_idempotency_key_reused_for_another_request_is_refused_and_never_repl
                                        extra_headers=retry)
     fixed = client.chat.completions.create(model=MODEL, messages=QUESTION, extra_headers=retry)  # type: ignore[arg-type]
     assert fixed.choices[0].message.content
-    # Two requests racing under one key both pass the check (the record is written by whichever
-    # comes first): each request's own ID still keeps their answers apart. The race, staged: the
-    # record names the second body.
+    # Whatever the record says, each request's own ID keeps answers apart: a record naming the
+    # second body (written by hand) lets it through, and it is answered itself, never given the first answer.
     other = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Who is on call?"}]}).encode()
     [key] = proxy.keys.list()
     proxy.gateway.store.record_put("proxy-idempotency", f"{key.id}:chat:same", hashlib.sha256(other).hexdigest()[:32],
@@ -320,6 +321,64 @@ def test_an_idempotency_key_reused_for_another_request_is_refused_and_never_repl
                      headers={"Authorization": f"Bearer {secret}", **same})
     assert status == 200 and len(fake.requests_to("chat")) == 4  # answered itself, not given the first answer
     assert fake.last("chat").body["messages"][-1]["content"] == "Who is on call?"
+
+
+def test_another_body_under_an_idempotency_key_still_in_flight_is_a_409_never_a_second_paid_answer(
+    proxy: Proxy, fake: FakeOpenAI, clock: ManualClock
+) -> None:
+    """The key's body digest used to be recorded only once a request was answered: a second body
+    sent while the first was still upstream passed the check and was answered (and billed) too."""
+    secret, _ = proxy.keys.create(user_id="U1", workspace_id="T1")
+    client = proxy.client(secret)
+    racing = {"Idempotency-Key": "racing", "Cache-Control": "no-cache"}
+    other: list[dict[str, str]] = [{"role": "user", "content": "Who is on call?"}]
+    gate = fake.hold(Gate(2))  # the first request waits upstream until the gate is told the second is done
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = pool.submit(client.chat.completions.create, model=MODEL, messages=QUESTION, extra_headers=racing)
+        until(lambda: gate.waited == 1, what="the first request to reach upstream")
+        with pytest.raises(openai.ConflictError) as caught:  # 409, as the IETF draft says: still being processed
+            client.chat.completions.create(model=MODEL, messages=other, extra_headers=racing)  # type: ignore[arg-type]
+        assert caught.value.code == "idempotency_key_in_use"
+        assert caught.value.response.headers["retry-after"] == "1"
+        with pytest.raises(openai.ConflictError) as streaming:  # a stream is refused the same way
+            client.chat.completions.create(model=MODEL, messages=other, stream=True,  # type: ignore[arg-type]
+                                           extra_headers=racing)
+        assert streaming.value.code == "idempotency_key_in_use"
+        # The same body is not refused by the key: it goes on to the gateway, which waits for the
+        # first request (here, on the manual clock, until its in-flight wait runs out).
+        with pytest.raises(openai.ConflictError) as same:
+            client.chat.completions.create(model=MODEL, messages=QUESTION, extra_headers=racing)  # type: ignore[arg-type]
+        assert same.value.code == "request_in_flight"
+        gate.arrive()
+        answer = first.result(timeout=10)
+    assert not gate.broken and answer.choices[0].message.content == "Run `make deploy`."
+    with pytest.raises(openai.UnprocessableEntityError):  # answered now: 422 for another body
+        client.chat.completions.create(model=MODEL, messages=other, extra_headers=racing)  # type: ignore[arg-type]
+    replay = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=QUESTION, extra_headers=racing)  # type: ignore[arg-type]
+    assert replay.headers["x-penny-replayed"] == "true"
+    assert len(fake.requests_to("chat")) == 1
+    assert proxy.gateway.usage("T1", today(clock), today(clock)).totals.requests == 1
+
+
+def test_a_refused_request_under_an_idempotency_key_leaves_it_free_and_a_stream_claims_it_too(
+    sqlite_store: Store, fake: FakeOpenAI, clock: ManualClock
+) -> None:
+    with serve_proxy(sqlite_store, fake, clock, requests_per_minute=1, request_burst=1) as proxy:
+        secret, _ = proxy.keys.create(user_id="U1", workspace_id="T1")
+        client = proxy.client(secret)
+        client.chat.completions.create(model=MODEL, messages=QUESTION)  # type: ignore[arg-type]  # the one request
+        key = {"Idempotency-Key": "k1", "Cache-Control": "no-cache"}
+        with pytest.raises(openai.RateLimitError):
+            streamed(client, extra_headers=key)
+        clock.advance(60)
+        other: list[dict[str, str]] = [{"role": "user", "content": "Who is on call?"}]
+        raw = client.chat.completions.with_raw_response.create(  # type: ignore[call-overload]
+            model=MODEL, messages=other, stream=True, extra_headers=key)
+        assert "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+        with pytest.raises(openai.UnprocessableEntityError):  # the stream's answer holds the key now
+            client.chat.completions.create(model=MODEL, messages=QUESTION, extra_headers=key)  # type: ignore[arg-type]
+        assert len(fake.requests_to("chat")) == 2
 
 
 def test_the_sdks_default_embeddings_call_gets_base64_vectors_equal_to_the_floats(proxy: Proxy) -> None:

@@ -104,6 +104,37 @@ def test_completing_a_request_stores_its_records_in_the_same_step(store: Store, 
     assert store.record_get("threads", "T:C:1") == "1"
 
 
+def test_record_add_stores_only_where_no_live_record_is(store: Store, clock: ManualClock) -> None:
+    assert store.record_add("idem", "k", "busy:a", ttl_s=30) is None
+    assert store.record_get("idem", "k") == "busy:a"
+    assert store.record_add("idem", "k", "busy:b", ttl_s=30) == "busy:a"  # held: left as it was
+    assert store.record_get("idem", "k") == "busy:a"
+    assert store.record_add("other", "k", "x", ttl_s=30) is None  # kinds are apart
+    clock.advance(31)  # expired: free again
+    assert store.record_add("idem", "k", "busy:b", ttl_s=30) is None
+    assert store.record_get("idem", "k") == "busy:b"
+
+
+def test_concurrent_record_adds_store_exactly_once(store: Store) -> None:
+    held = run_threads(20, lambda i: store.record_add("idem", "race", f"v{i}", ttl_s=60))
+    winners = [i for i, h in enumerate(held) if h is None]
+    assert len(winners) == 1
+    assert set(held) == {None, f"v{winners[0]}"}
+    assert store.record_get("idem", "race") == f"v{winners[0]}"
+
+
+def test_record_drop_deletes_only_the_value_it_is_given(store: Store, clock: ManualClock) -> None:
+    store.record_add("idem", "k", "busy:a", ttl_s=30)
+    assert store.record_drop("idem", "k", "busy:b") is False  # someone else's claim stays
+    assert store.record_get("idem", "k") == "busy:a"
+    assert store.record_drop("idem", "k", "busy:a") is True
+    assert store.record_get("idem", "k") is None
+    assert store.record_drop("idem", "k", "busy:a") is False
+    store.record_put("idem", "k", "done", ttl_s=30)
+    assert store.record_drop("idem", "k", "busy:a") is False  # replaced since: left alone
+    assert store.record_add("idem", "k", "busy:c", ttl_s=30) == "done"
+
+
 def test_release_lets_a_retry_claim_again(store: Store) -> None:
     store.claim_request(WS, "r1", ttl_s=60)
     store.release_request(WS, "r1")

@@ -55,7 +55,10 @@ if TYPE_CHECKING:
 __all__ = ["ProxyApp", "ProxyError", "ProxyRequest", "ProxyResponse"]
 
 MAX_BODY_BYTES = 1_000_000
-IDEMPOTENCY_RECORD: Final = "proxy-idempotency"  # records: "<key ID>:<endpoint>:<Idempotency-Key>" -> body digest
+# records: "<key ID>:<endpoint>:<Idempotency-Key>" -> the body's digest once a request under it was
+# answered, "busy:<digest>" while the first request under it is in flight
+IDEMPOTENCY_RECORD: Final = "proxy-idempotency"
+_BUSY: Final = "busy:"
 MAX_TOKENS_CAP = 128_000
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
@@ -85,6 +88,17 @@ class ProxyResponse:
     def json(cls, status: int, payload: object, headers: Mapping[str, str] | None = None) -> ProxyResponse:
         return cls(status, json.dumps(payload, separators=(",", ":")).encode("utf-8"),
                    {"Content-Type": "application/json", **(headers or {})})
+
+
+@dataclass(frozen=True, slots=True)
+class _KeyUse:
+    """A request under a client's ``Idempotency-Key``: its record's key and the body's digest.
+    ``owner``: this request claimed the key (and gives the claim up if it is refused or fails);
+    else it is the same body as the key's first request, whose answer the gateway shares."""
+
+    scoped: str
+    digest: str
+    owner: bool
 
 
 class ProxyError(Exception):
@@ -221,25 +235,28 @@ class ProxyApp:
         _refuse_unsupported(body)
         stream, include_usage = _stream_options(body)
         source = self._source(key)
-        request_id = self._request_id(request, key, "chat")
         use_cache = not _no_cache(request)
+        request_id, use = self._request_id(request, key, "chat")
         if stream:
             def call(answer_stream: QueuedStream) -> ChatResult:
-                result = self.gateway.chat(
-                    user_id=key.user_id, workspace_id=key.workspace_id, request_id=request_id, messages=messages,
-                    model=model, max_tokens=max_tokens, temperature=temperature,
-                    context=self._cache_context(key), use_cache=use_cache, stream=answer_stream, source=source)
-                self._answered_under(request, key, "chat")
-                return result
+                with self._answering(use, key):
+                    return self.gateway.chat(
+                        user_id=key.user_id, workspace_id=key.workspace_id, request_id=request_id,
+                        messages=messages, model=model, max_tokens=max_tokens, temperature=temperature,
+                        context=self._cache_context(key), use_cache=use_cache, stream=answer_stream, source=source)
 
             with self._refusals(key):
-                return self._streamed(run_streamed(call, self.streams), model, request_id, include_usage, use_cache)
-        with self._refusals(key):
+                try:
+                    events = run_streamed(call, self.streams)
+                except BaseException:  # the call never started: nothing was asked, the key is free
+                    self._give_up(use, key)
+                    raise
+                return self._streamed(events, model, request_id, include_usage, use_cache)
+        with self._refusals(key), self._answering(use, key):
             result = self.gateway.chat(user_id=key.user_id, workspace_id=key.workspace_id, request_id=request_id,
                                        messages=messages, model=model, max_tokens=max_tokens,
                                        temperature=temperature, context=self._cache_context(key),
                                        use_cache=use_cache, source=source)
-        self._answered_under(request, key, "chat")
         return ProxyResponse.json(200, _completion(result, self._clock()), _penny_headers(result))
 
     def _streamed(self, events: StreamEvents, model: str, request_id: str, include_usage: bool,
@@ -281,11 +298,10 @@ class ProxyApp:
         for i, text in enumerate(inputs):
             _unicode(text, "input" if isinstance(raw, str) else f"input[{i}]")
         source = self._source(key)
-        request_id = self._request_id(request, key, "embeddings")
-        with self._refusals(key):
+        request_id, use = self._request_id(request, key, "embeddings")
+        with self._refusals(key), self._answering(use, key):
             result = self.gateway.embed(user_id=key.user_id, workspace_id=key.workspace_id, request_id=request_id,
                                         inputs=inputs, model=model, dimensions=dimensions, source=source)
-        self._answered_under(request, key, "embeddings")
         return ProxyResponse.json(200, _embedding_list(result, base64_vectors=encoding == "base64"),
                                   _penny_headers(result))
 
@@ -314,44 +330,62 @@ class ProxyApp:
             raise _budget_refusal(BudgetExceeded(f"{key.id} daily", 0, 0, resets_at), now)
         return CallSource(key.id, daily_budget_micros=key.daily_budget_micros or 0)
 
-    def _request_id(self, request: ProxyRequest, key: ProxyKey, endpoint: str) -> str:
-        """The gateway's request ID: the client's ``Idempotency-Key``, else a fresh one.
+    def _request_id(self, request: ProxyRequest, key: ProxyKey, endpoint: str) -> tuple[str, _KeyUse | None]:
+        """The gateway's request ID: the client's ``Idempotency-Key``, else a fresh one; and, under
+        a client's key, the claim on it (see :meth:`_answering`).
 
         A key's ID is scoped to the key (one key can never read another's results) and to the
         endpoint, and carries a digest of the body: a client that sends another request under a
-        key it used before gets that request answered, never the first one's answer. It is also
-        told (422, as the IETF Idempotency-Key draft says) once a request under the key was
-        answered (:data:`IDEMPOTENCY_RECORD`, kept as long as results are; a refused or failed
-        request charged nothing and leaves the key free)."""
+        key it used before gets that request answered, never the first one's answer. As the IETF
+        Idempotency-Key draft says, another body under the key is refused: 409 while the key's
+        first request is in flight, 422 once it was answered (:data:`IDEMPOTENCY_RECORD`, claimed
+        atomically by the first request, kept as long as results are once answered; a refused or
+        failed request charged nothing and leaves the key free). The same body again goes on to
+        the gateway, which waits for the first request's answer and shares it."""
         idempotency_key = request.headers.get("idempotency-key", "").strip()
         if len(idempotency_key) > 200:
             raise ProxyError(400, "Idempotency-Key is over 200 characters.", param="Idempotency-Key")
         if not idempotency_key:
-            return f"proxy:{key.id}:{endpoint}:{uuid.uuid4().hex}"
+            return f"proxy:{key.id}:{endpoint}:{uuid.uuid4().hex}", None
         digest = hashlib.sha256(request.body).hexdigest()[:32]
         scoped = f"{key.id}:{endpoint}:{idempotency_key}"
         try:
-            first = self.gateway.store.record_get(IDEMPOTENCY_RECORD, scoped)
+            held = self.gateway.store.record_add(IDEMPOTENCY_RECORD, scoped, _BUSY + digest,
+                                                 self.gateway.claim_ttl_s)
         except StoreError as exc:
             raise _map_error(exc, self._clock()) or exc from exc
-        if first is not None and first != digest:
-            raise ProxyError(422, "This Idempotency-Key was used for a different request body; use a new key for "
-                             "a new request.", param="Idempotency-Key", code="idempotency_key_reused",
-                             headers={"x-should-retry": "false"})
-        return f"proxy:{scoped}:{digest}"
+        if held is not None:
+            refusal = _key_refusal(held, digest)
+            if refusal is not None:
+                raise refusal
+        return f"proxy:{scoped}:{digest}", _KeyUse(scoped, digest, owner=held is None)
 
-    def _answered_under(self, request: ProxyRequest, key: ProxyKey, endpoint: str) -> None:
-        """Keep what the ``Idempotency-Key`` was used for, once a request under it is answered (a
-        request refused or failed, and charged nothing, leaves the key free for a corrected body)."""
-        idempotency_key = request.headers.get("idempotency-key", "").strip()
-        if not idempotency_key:
-            return
-        scoped = f"{key.id}:{endpoint}:{idempotency_key}"
+    @contextmanager
+    def _answering(self, use: _KeyUse | None, key: ProxyKey) -> Iterator[None]:
+        """The call under a client's ``Idempotency-Key``: once answered, the key is kept as used
+        for this body (422 for any other); refused or failed (charged nothing), the claim is
+        given up, leaving the key free for a corrected body."""
         try:
-            self.gateway.store.record_put(IDEMPOTENCY_RECORD, scoped, hashlib.sha256(request.body).hexdigest()[:32],
+            yield
+        except BaseException:
+            self._give_up(use, key)
+            raise
+        if use is None:
+            return
+        try:
+            self.gateway.store.record_put(IDEMPOTENCY_RECORD, use.scoped, use.digest,
                                           self.gateway.settings.idempotency_ttl_s)
-        except StoreError as exc:  # the answer is paid for and goes out; only the 422 check is lost
+        except StoreError as exc:  # the answer is paid for and goes out; only the 409/422 check is lost
             self._log.warning("proxy_idempotency_record_failed", key_id=key.id, error=str(exc))
+
+    def _give_up(self, use: _KeyUse | None, key: ProxyKey) -> None:
+        """Free the client's key of this request's claim (only its own: never an answered one's)."""
+        if use is None or not use.owner:
+            return
+        try:
+            self.gateway.store.record_drop(IDEMPOTENCY_RECORD, use.scoped, _BUSY + use.digest)
+        except StoreError as exc:  # the claim lapses with the gateway's own (claim_ttl_s)
+            self._log.warning("proxy_idempotency_release_failed", key_id=key.id, error=str(exc))
 
     @contextmanager
     def _refusals(self, key: ProxyKey) -> Iterator[None]:
@@ -382,6 +416,20 @@ _ROUTES: dict[str, tuple[str, str]] = {
     "/v1/chat/completions": ("POST", "chat_completions"),
     "/v1/embeddings": ("POST", "embeddings"),
 }
+
+
+def _key_refusal(held: str, digest: str) -> ProxyError | None:
+    """Why a request whose body has ``digest`` may not run under a key whose record is ``held``
+    (None: the same body, which the gateway replays or shares)."""
+    if held in (digest, _BUSY + digest):
+        return None
+    if held.startswith(_BUSY):
+        return ProxyError(409, "A request with another body under this Idempotency-Key is still being answered; "
+                          "use a new key for a new request.", param="Idempotency-Key",
+                          code="idempotency_key_in_use", headers={"Retry-After": "1"})
+    return ProxyError(422, "This Idempotency-Key was used for a different request body; use a new key for "
+                      "a new request.", param="Idempotency-Key", code="idempotency_key_reused",
+                      headers={"x-should-retry": "false"})
 
 
 def _content_length(environ: WSGIEnvironment) -> int:

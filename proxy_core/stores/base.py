@@ -606,6 +606,18 @@ class RecordStore(ABC):
     def record_put(self, kind: str, key: str, value: str, ttl_s: float) -> None:
         """Store (or replace) the record ``key`` of ``kind`` for ``ttl_s`` seconds."""
 
+    @abstractmethod
+    def record_add(self, kind: str, key: str, value: str, ttl_s: float) -> str | None:
+        """Store the record ``key`` of ``kind`` for ``ttl_s`` seconds unless a live one holds the
+        key, in one atomic step (two callers racing for a key: exactly one stores). Returns None
+        when it stored ``value``, else the live record's value, left as it was."""
+
+    @abstractmethod
+    def record_drop(self, kind: str, key: str, value: str) -> bool:
+        """Delete the record ``key`` of ``kind`` if it holds ``value`` (and is live), atomically:
+        a claim made with :meth:`record_add` is given up only by a holder of that claim, never
+        after someone else replaced it. Returns whether it deleted."""
+
 
 class Store(
     RequestStore, LimitStore, BudgetStore, BreakerStore, AnswerCacheStore, LedgerStore, SemanticStore, BlobStore,

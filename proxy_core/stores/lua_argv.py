@@ -85,6 +85,8 @@ BREAKER = ArgvLayout("breaker", ("op", "success", *_BREAKER_POLICY, "pending"))
 CACHE_GET = ArgvLayout("cache_get")
 CACHE_PUT = ArgvLayout("cache_put", ("value", "ttl_s"))
 CACHE_DELETE = ArgvLayout("cache_delete")
+CACHE_ADD = ArgvLayout("cache_add", ("value", "ttl_s"))
+CACHE_DROP = ArgvLayout("cache_drop", ("value",))
 
 SEMANTIC_PUT = ArgvLayout("semantic_put", ("entry_id", "record", "answer", "max_entries"),
                           rest="entry ids to mark used after the put", lead=SEMANTIC_ARGS)

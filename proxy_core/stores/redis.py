@@ -153,6 +153,8 @@ _SCRIPTS = (
     "cache_get",
     "cache_put",
     "cache_delete",
+    "cache_add",
+    "cache_drop",
 )
 
 
@@ -726,6 +728,15 @@ class RedisStore(Store):
     @_translated("write a record")
     def record_put(self, kind: str, key: str, value: str, ttl_s: float) -> None:
         self._put_value(self._record_key(kind, key), value, ttl_s)
+
+    @_translated("add a record")
+    def record_add(self, kind: str, key: str, value: str, ttl_s: float) -> str | None:
+        held = self._run(*_call(argv.CACHE_ADD, [self._record_key(kind, key)], value=value, ttl_s=_num(ttl_s)))
+        return None if held is None else _text(held)
+
+    @_translated("delete a record")
+    def record_drop(self, kind: str, key: str, value: str) -> bool:
+        return bool(self._run(*_call(argv.CACHE_DROP, [self._record_key(kind, key)], value=value)))
 
     # -- ledger --------------------------------------------------------------------------
     @_translated("read the ledger")

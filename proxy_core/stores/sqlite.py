@@ -817,6 +817,22 @@ class SqliteStore(Store):
         with self._write("write a record") as conn:
             _record_put(conn, Record(kind, key, value, ttl_s), self.now())
 
+    def record_add(self, kind: str, key: str, value: str, ttl_s: float) -> str | None:
+        with self._write("add a record") as conn:  # BEGIN IMMEDIATE: nobody writes between the read and the put
+            now = self.now()
+            row = conn.execute("SELECT value FROM records WHERE kind = ? AND key = ? AND expires_at > ?",
+                               (kind, key, now)).fetchone()
+            if row is not None:
+                return str(row[0])
+            _record_put(conn, Record(kind, key, value, ttl_s), now)
+        return None
+
+    def record_drop(self, kind: str, key: str, value: str) -> bool:
+        with self._write("delete a record", transaction=False) as conn:
+            deleted = conn.execute("DELETE FROM records WHERE kind = ? AND key = ? AND value = ? AND expires_at > ?",
+                                   (kind, key, value, self.now())).rowcount
+        return bool(deleted)
+
     # -- ledger --------------------------------------------------------------------------
     def ledger_entry(self, workspace_id: str, request_id: str) -> LedgerEntry | None:
         with self._read("read the ledger") as conn:
