@@ -16,6 +16,7 @@ import structlog
 from openai.types.chat import ChatCompletionChunk
 from structlog.testing import capture_logs
 
+from bot.proxy.keys import _BLOB_PREFIX, KEY_PREFIX, hash_key
 from proxy_core import ManualClock, Store
 from tests.fake_openai import FakeOpenAI, Fault, Gate
 from tests.polling import until
@@ -124,6 +125,8 @@ def test_bad_input_is_a_400_naming_the_field_before_anything_is_reserved(proxy: 
         ({"model": "gpt-nope", "messages": QUESTION}, "model"),
         ({"model": MODEL, "messages": []}, "messages"),
         ({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
+        ({"model": MODEL, "messages": [{"role": ["user"], "content": "hi"}]}, "messages[0].role"),  # was a 500
+        ({"model": MODEL, "messages": [{"role": {"user": 1}, "content": "hi"}]}, "messages[0].role"),
         ({"model": MODEL, "messages": QUESTION, "max_tokens": 0}, "max_tokens"),
         ({"model": MODEL, "messages": QUESTION, "max_tokens": 10**9}, "max_tokens"),
         ({"model": MODEL, "messages": QUESTION, "temperature": 7}, "temperature"),
@@ -379,6 +382,24 @@ def test_a_refused_request_under_an_idempotency_key_leaves_it_free_and_a_stream_
         with pytest.raises(openai.UnprocessableEntityError):  # the stream's answer holds the key now
             client.chat.completions.create(model=MODEL, messages=QUESTION, extra_headers=key)  # type: ignore[arg-type]
         assert len(fake.requests_to("chat")) == 2
+
+
+def test_a_failure_penny_did_not_foresee_is_a_500_in_openais_shape_without_details(
+    proxy: Proxy, fake: FakeOpenAI
+) -> None:
+    """An exception the app did not map used to escape to the WSGI server: its plain-text 500
+    (which SDKs retry, a new paid call each time without an Idempotency-Key). Staged here with a
+    key record the store holds but cannot be read (written half, by hand)."""
+    secret = KEY_PREFIX + "corrupt-record"
+    proxy.store.blob_put_many({_BLOB_PREFIX + hash_key(secret): b'{"id": "key_x"'})
+    with capture_logs() as logs:
+        status, reply = http("POST", proxy.base_url + "/chat/completions",
+                             body=json.dumps({"model": MODEL, "messages": QUESTION}).encode(),
+                             headers={"Authorization": f"Bearer {secret}"})
+    assert status == 500 and reply["error"]["code"] == "internal_error" and reply["error"]["type"] == "server_error"
+    assert "key_x" not in json.dumps(reply) and "Error" not in reply["error"]["message"]
+    assert [e["log_level"] for e in logs if e["event"] == "proxy_request_crashed"] == ["error"]
+    assert secret not in json.dumps(logs, default=str) and fake.requests == []
 
 
 def test_the_sdks_default_embeddings_call_gets_base64_vectors_equal_to_the_floats(proxy: Proxy) -> None:

@@ -141,7 +141,10 @@ class ProxyApp:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         headers = {k[5:].replace("_", "-").lower(): str(v) for k, v in environ.items() if k.startswith("HTTP_")}
-        response = self._from_environ(environ, headers)
+        try:
+            response = self._from_environ(environ, headers)
+        except Exception as exc:
+            response = self._crashed(exc, environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""), None)
         if response is None:
             try:
                 body = self._read_body(environ, headers)
@@ -204,11 +207,23 @@ class ProxyApp:
             response = handler(request, key)
         except ProxyError as exc:
             response = exc.response()
+        except Exception as exc:
+            response = self._crashed(exc, request.method, request.path, key)
         response.headers.setdefault("x-penny-key-id", key.id if key else "")
         self._log.info("proxy_request", method=request.method, path=request.path, status=response.status,
                        key_id=key.id if key else None, user_id=key.user_id if key else None,
                        cache=response.headers.get("x-penny-cache"), cost_usd=response.headers.get("x-penny-cost-usd"))
         return response
+
+    def _crashed(self, exc: Exception, method: str, path: str, key: ProxyKey | None) -> ProxyResponse:
+        """A failure Penny did not foresee (a bug, a record it cannot read): OpenAI's shape, no
+        details (they go to the log), never a WSGI server's plain-text 500. Not retried by SDKs:
+        it may have come after the call was paid for, and a retry without an Idempotency-Key is
+        a new call."""
+        self._log.exception("proxy_request_crashed", method=method, path=path, key_id=key.id if key else None,
+                            error=exc)
+        return ProxyError(500, "Penny failed while handling this request; tell your Penny admin.",
+                          type="server_error", code="internal_error", headers={"x-should-retry": "false"}).response()
 
     def _authenticate(self, request: ProxyRequest) -> ProxyKey:
         scheme, _, secret = request.headers.get("authorization", "").partition(" ")
@@ -454,7 +469,8 @@ def _messages(raw: object) -> list[dict[str, str]]:
         raise _bad("messages", "messages must be a non-empty list.")
     messages = []
     for i, message in enumerate(raw):
-        if not isinstance(message, dict) or message.get("role") not in _ROLES:
+        role = message.get("role") if isinstance(message, dict) else None
+        if not isinstance(role, str) or role not in _ROLES:  # a list or object as the role: unhashable
             raise _bad(f"messages[{i}].role", f"messages[{i}].role must be one of {', '.join(sorted(_ROLES))}.")
         content = message.get("content")
         if isinstance(content, list):  # content parts: Penny passes text on
