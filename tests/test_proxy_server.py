@@ -17,7 +17,8 @@ import openai
 import pytest
 
 from bot.proxy.keys import KeyRing
-from proxy_core import store_from_url
+from bot.proxy.server import ProxyWorker
+from proxy_core import PennySettings, store_from_url
 from tests.fake_openai import FakeOpenAI, Fault
 from tests.proxy_harness import ROOT, ProxyProcess, proxy_env
 
@@ -240,3 +241,22 @@ def test_penny_proxy_reads_chunked_bodies_never_reads_a_keyless_one_and_settles_
         store.close()
     # Both answers in the ledger at their real cost, and the hit the Expect request got.
     assert (totals.requests, totals.cache_hits, totals.unsettled) == (3, 1, 0)
+
+
+def test_readyz_says_the_store_is_unreachable_without_its_address(tmp_path: Path) -> None:
+    """``/readyz`` answers anyone on the API's port: it used to print the store's error, which names
+    its host and port (``Error 111 connecting to 10.0.0.5:6379``)."""
+    with socket.socket() as closed:  # bound, never listening: connecting is refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        settings = PennySettings(openai_api_key="sk-test-0123456789abcdef", store_url=f"redis://127.0.0.1:{port}/0",
+                                 spool_dir=tmp_path / "spool", store_timeout_s=0.5)
+        worker = ProxyWorker(settings, metrics=None)
+        try:
+            statuses: list[str] = []
+            environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/readyz"}
+            body = b"".join(worker.wsgi(environ, lambda status, headers: statuses.append(status)))  # type: ignore[arg-type]
+        finally:
+            worker.close(timeout_s=1)
+    assert statuses[0].startswith("503") and body == b"store unreachable\n"
+    assert str(port) not in body.decode()

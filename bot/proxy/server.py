@@ -44,7 +44,10 @@ class ProxyWorker:
         try:
             self.gateway.store.ping()
         except StoreError as exc:
-            return f"store unreachable: {exc}"
+            # /readyz is on the API's public port: the store's host, port and driver error go to
+            # the log, never to whoever asks.
+            get_logger().warning("proxy_not_ready", error=str(exc))
+            return "store unreachable"
         return None
 
     def pending(self) -> int:
