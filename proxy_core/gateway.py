@@ -175,6 +175,7 @@ class ChatRequest:
     cache_as: StandaloneQuestion | None = None
     stream: AnswerStream | None = None
     source: CallSource | None = None
+    store_answer: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -461,6 +462,7 @@ class Gateway:
         cache_as: StandaloneQuestion | None = None,
         stream: AnswerStream | None = None,
         source: CallSource | None = None,
+        store_answer: bool = True,
     ) -> ChatResult:
         """Answer a chat completion for ``user_id`` in ``workspace_id``.
 
@@ -471,6 +473,8 @@ class Gateway:
         the answer's text as upstream writes it, when upstream can stream (a miss only); the
         result is the same either way. ``source`` names where the call comes from in the ledger
         (a proxy key; None: the front end's own call) and may bring a daily budget of its own.
+        ``store_answer=False`` (with ``use_cache=False``: a client's ``Cache-Control: no-store``)
+        keeps the answer out of the cache, where the next asker in its scope would be served it.
         """
         if not messages:
             raise ValueError("messages must not be empty")
@@ -479,7 +483,7 @@ class Gateway:
             user_id=user_id, workspace_id=workspace_id, request_id=request_id, messages=tuple(messages),
             model=model, price=self._price(model), max_tokens=max_tokens or self.settings.max_output_tokens,
             temperature=temperature, context=context, channel_id=channel_id, use_cache=use_cache,
-            cache_as=cache_as, stream=stream, source=source,
+            cache_as=cache_as, stream=stream, source=source, store_answer=store_answer,
         )
         token = _CALLER.set((user_id, workspace_id, request_id, source))
         try:
@@ -610,6 +614,8 @@ class Gateway:
         question = req.messages[-1].get("content") if req.cache_as is None else req.cache_as.question
         if self.cache is None or not isinstance(question, str):
             return _Lookup(None, None, CacheDecision("bypass", "cache off"))
+        if not req.store_answer:  # no scope: not looked up, not stored, not shared with a concurrent asker
+            return _Lookup(None, None, CacheDecision("bypass", "not to be stored"))
         params = {"max_tokens": req.max_tokens, "temperature": req.temperature}
         tenant = self._tenant(req.workspace_id, req.channel_id, req.user_id)
         if req.cache_as is not None:

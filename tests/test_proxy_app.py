@@ -84,6 +84,28 @@ def test_cache_control_no_cache_bypasses_the_answer_cache(proxy: Proxy, fake: Fa
     assert len(fake.requests_to("chat")) == 3
 
 
+def test_cache_control_no_store_keeps_the_answer_out_of_the_cache(proxy: Proxy, fake: FakeOpenAI) -> None:
+    """``no-store`` skipped the cache's lookup but still stored the fresh answer, which the next
+    asker in the cache's scope (with ``--cache-scope workspace``: a colleague) was then served."""
+    proxy.app.cache_scope = "workspace"
+    mine, _ = proxy.keys.create(user_id="U1", workspace_id="T1")
+    theirs, _ = proxy.keys.create(user_id="U2", workspace_id="T1")
+    private = [{"role": "user", "content": "What is the salary band for L5?"}]
+    raw = proxy.client(mine).chat.completions.with_raw_response.create(
+        model=MODEL, messages=private, extra_headers={"Cache-Control": "no-store"})  # type: ignore[arg-type]
+    assert raw.headers["x-penny-cache"] == "bypass"
+    again = proxy.client(theirs).chat.completions.with_raw_response.create(
+        model=MODEL, messages=private)  # type: ignore[arg-type]
+    assert again.headers["x-penny-cache"] == "miss"
+    assert len(fake.requests_to("chat")) == 2
+    # no-cache still refreshes the cached answer: the next asker is served the fresh one.
+    proxy.client(mine).chat.completions.create(model=MODEL, messages=QUESTION,  # type: ignore[arg-type]
+                                               extra_headers={"Cache-Control": "no-cache"})
+    hit = proxy.client(theirs).chat.completions.with_raw_response.create(
+        model=MODEL, messages=QUESTION)  # type: ignore[arg-type]
+    assert hit.headers["x-penny-cache"] == "hit"
+
+
 def test_a_repeated_idempotency_key_pays_once(proxy: Proxy, fake: FakeOpenAI, clock: ManualClock) -> None:
     secret, _ = proxy.keys.create(user_id="U1", workspace_id="T1")
     client = proxy.client(secret)

@@ -250,7 +250,9 @@ class ProxyApp:
         _refuse_unsupported(body)
         stream, include_usage = _stream_options(body)
         source = self._source(key)
-        use_cache = not _no_cache(request)
+        directives = _cache_directives(request)
+        use_cache = not directives & {"no-cache", "no-store"}
+        store_answer = "no-store" not in directives
         request_id, use = self._request_id(request, key, "chat")
         if stream:
             def call(answer_stream: QueuedStream) -> ChatResult:
@@ -258,7 +260,8 @@ class ProxyApp:
                     return self.gateway.chat(
                         user_id=key.user_id, workspace_id=key.workspace_id, request_id=request_id,
                         messages=messages, model=model, max_tokens=max_tokens, temperature=temperature,
-                        context=self._cache_context(key), use_cache=use_cache, stream=answer_stream, source=source)
+                        context=self._cache_context(key), use_cache=use_cache, stream=answer_stream, source=source,
+                        store_answer=store_answer)
 
             with self._refusals(key):
                 try:
@@ -271,7 +274,7 @@ class ProxyApp:
             result = self.gateway.chat(user_id=key.user_id, workspace_id=key.workspace_id, request_id=request_id,
                                        messages=messages, model=model, max_tokens=max_tokens,
                                        temperature=temperature, context=self._cache_context(key),
-                                       use_cache=use_cache, source=source)
+                                       use_cache=use_cache, source=source, store_answer=store_answer)
         return ProxyResponse.json(200, _completion(result, self._clock()), _penny_headers(result))
 
     def _streamed(self, events: StreamEvents, model: str, request_id: str, include_usage: bool,
@@ -557,9 +560,10 @@ def _stream_options(body: Mapping[str, Any]) -> tuple[bool, bool]:
     return stream, bool(options.get("include_usage"))
 
 
-def _no_cache(request: ProxyRequest) -> bool:
-    directives = {d.strip().lower() for d in request.headers.get("cache-control", "").split(",")}
-    return bool(directives & {"no-cache", "no-store"})
+def _cache_directives(request: ProxyRequest) -> set[str]:
+    """``Cache-Control``'s directives, lower-case: ``no-cache`` asks upstream afresh (and caches the
+    fresh answer), ``no-store`` also keeps the answer out of the cache."""
+    return {d.strip().lower() for d in request.headers.get("cache-control", "").split(",")}
 
 
 def _usd(micros: int) -> str:
