@@ -348,11 +348,17 @@ def test_an_idempotency_key_reused_for_another_request_is_refused_and_never_repl
     assert fake.last("chat").body["messages"][-1]["content"] == "Who is on call?"
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_another_body_under_an_idempotency_key_still_in_flight_is_a_409_never_a_second_paid_answer(
-    proxy: Proxy, fake: FakeOpenAI, clock: ManualClock
+    backend: str, request: pytest.FixtureRequest, fake: FakeOpenAI, clock: ManualClock
 ) -> None:
     """The key's body digest used to be recorded only once a request was answered: a second body
     sent while the first was still upstream passed the check and was answered (and billed) too."""
+    with serve_proxy(request.getfixturevalue(f"{backend}_store"), fake, clock) as proxy:
+        _race_under_one_key(proxy, fake, clock)
+
+
+def _race_under_one_key(proxy: Proxy, fake: FakeOpenAI, clock: ManualClock) -> None:
     secret, _ = proxy.keys.create(user_id="U1", workspace_id="T1")
     client = proxy.client(secret)
     racing = {"Idempotency-Key": "racing", "Cache-Control": "no-cache"}
