@@ -392,6 +392,28 @@ def _race_under_one_key(proxy: Proxy, fake: FakeOpenAI, clock: ManualClock) -> N
     assert proxy.gateway.usage("T1", today(clock), today(clock)).totals.requests == 1
 
 
+def test_an_idempotency_key_stays_claimed_while_its_request_may_still_run(
+    proxy: Proxy, fake: FakeOpenAI, clock: ManualClock
+) -> None:
+    """A request may wait a claim's TTL for a concurrent asker of the same question before its own
+    call: a key claimed for one TTL would be free for another body while the first still ran."""
+    secret, _ = proxy.keys.create(user_id="U1", workspace_id="T1")
+    client = proxy.client(secret)
+    slow = {"Idempotency-Key": "slow", "Cache-Control": "no-cache"}
+    gate = fake.hold(Gate(2))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = pool.submit(client.chat.completions.create, model=MODEL, messages=QUESTION, extra_headers=slow)
+        until(lambda: gate.waited == 1, what="the first request to reach upstream")
+        clock.advance(proxy.gateway.claim_ttl_s + 1)
+        with pytest.raises(openai.ConflictError) as caught:
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Who is on call?"}],
+                                           extra_headers=slow)
+        assert caught.value.code == "idempotency_key_in_use"
+        gate.arrive()
+        assert first.result(timeout=10).choices[0].message.content
+    assert len(fake.requests_to("chat")) == 1
+
+
 def test_a_refused_request_under_an_idempotency_key_leaves_it_free_and_a_stream_claims_it_too(
     sqlite_store: Store, fake: FakeOpenAI, clock: ManualClock
 ) -> None:

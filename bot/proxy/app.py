@@ -368,8 +368,11 @@ class ProxyApp:
         digest = hashlib.sha256(request.body).hexdigest()[:32]
         scoped = f"{key.id}:{endpoint}:{idempotency_key}"
         try:
+            # Held as long as the request can run: waiting for a concurrent asker of the same
+            # question (at most a claim's TTL), then its own call (another); a worker that dies
+            # leaves the key refused (409) that long.
             held = self.gateway.store.record_add(IDEMPOTENCY_RECORD, scoped, _BUSY + digest,
-                                                 self.gateway.claim_ttl_s)
+                                                 2 * self.gateway.claim_ttl_s)
         except StoreError as exc:
             raise _map_error(exc, self._clock()) or exc from exc
         if held is not None:
@@ -402,7 +405,7 @@ class ProxyApp:
             return
         try:
             self.gateway.store.record_drop(IDEMPOTENCY_RECORD, use.scoped, _BUSY + use.digest)
-        except StoreError as exc:  # the claim lapses with the gateway's own (claim_ttl_s)
+        except StoreError as exc:  # the claim lapses on its own (twice the gateway's claim TTL)
             self._log.warning("proxy_idempotency_release_failed", key_id=key.id, error=str(exc))
 
     @contextmanager
