@@ -667,6 +667,24 @@ def test_worker_loads_are_shared_with_forked_workers_and_name_the_least_busy_oth
 
 
 @pytest.mark.skipif(redis_server_binary() is None, reason="redis-server is not installed")
+def test_readyz_says_the_store_is_unreachable_without_its_address(
+    fakes: tuple[FakeOpenAI, FakeSlack], tmp_path: Path
+) -> None:
+    """``/readyz`` answers whoever reaches the port (a load balancer, anyone behind it): it used to
+    print the store's error, which names its host and port (``Error 111 connecting to …``)."""
+    openai, slack = fakes
+    with RedisServer(tmp_path / "redis") as redis:
+        env = penny_env(tmp_path, openai_url=openai.base_url, slack_url=slack.base_url, store_url=redis.url,
+                        PENNY_STORE_TIMEOUT_S="0.5")
+        with PennyHTTP(env, tmp_path) as server:
+            assert server.get("/readyz") == (200, "ready\n")
+            redis.kill()
+            status, body = server.get("/readyz")
+    assert (status, body) == (503, "store unreachable\n")
+    assert str(redis.port) not in body
+
+
+@pytest.mark.skipif(redis_server_binary() is None, reason="redis-server is not installed")
 def test_two_replicas_on_redis_are_one_penny(fakes: tuple[FakeOpenAI, FakeSlack], tmp_path: Path) -> None:
     openai, slack = fakes
     openai.fail_all(Fault.ok(prompt_tokens=1000, completion_tokens=50))  # $0.00048 a call at gpt-4.1-mini

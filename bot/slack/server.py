@@ -270,7 +270,10 @@ class _Worker:
         try:
             self.backend.store.ping()
         except StoreError as exc:
-            return f"store unreachable: {exc}"
+            # /readyz answers whoever reaches the port: the store's host, port and driver error go
+            # to the log, never into the reply.
+            _log.warning("slack.not_ready", error=str(exc))
+            return "store unreachable"
         index = getattr(self.backend.service, "index", None)
         if index is not None and index.version == 0:
             return "no docs index loaded yet"
