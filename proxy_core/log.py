@@ -21,6 +21,7 @@ _SECRETS = re.compile(
     r"(sk-[A-Za-z0-9_\-]{8,}"  # OpenAI keys
     r"|xox[abposr]-[A-Za-z0-9\-]{8,}"  # Slack bot/user tokens
     r"|xapp-[A-Za-z0-9\-]{8,}"  # Slack app-level tokens
+    r"|pk-[A-Za-z0-9_\-]{16,}"  # penny proxy keys
     r"|(?<=://)[^/\s:@]*:[^/\s@]+(?=@))"  # user:password@ in URLs
 )
 

@@ -8,7 +8,7 @@ import pytest
 
 from bot.cli import main
 from bot.proxy.keys import KeyRing, hash_key
-from proxy_core import ManualClock, Store, store_from_url
+from proxy_core import ManualClock, Store, redact, store_from_url
 
 
 def test_a_key_is_stored_as_its_hash_and_authenticates_until_revoked(store: Store, clock: ManualClock) -> None:
@@ -29,6 +29,15 @@ def test_a_key_is_stored_as_its_hash_and_authenticates_until_revoked(store: Stor
     assert ring.revoke(key.id) == revoked  # the first revocation time stays
     assert ring.revoke("key_nope") is None
     assert ring.list() == [revoked]
+
+
+def test_a_key_that_reaches_a_log_line_is_redacted(store: Store, clock: ManualClock) -> None:
+    """Penny never logs a key on purpose; one in an exception's text or a URL (a client that put it
+    in the query string) is redacted like an OpenAI key or a Slack token."""
+    secret, key = KeyRing(store, clock=clock).create(user_id="U123", workspace_id="T1")
+    line = redact(f"GET /v1/models?api_key={secret} failed for {key.id}: bad key {secret!r}")
+    assert secret not in line and line.count("[redacted]") == 2 and key.id in line
+    assert redact("a pk-12 lookup, the pk-test column") == "a pk-12 lookup, the pk-test column"  # words stay
 
 
 def test_keys_are_listed_oldest_first(store: Store, clock: ManualClock) -> None:

@@ -629,7 +629,8 @@ class _PennyServer(BaseApplication):  # type: ignore[misc]  # gunicorn ships no 
             "loglevel": o.log_level.lower(),
             "proc_name": "penny",
             "accesslog": o.access_log,
-            "access_log_format": '%(h)s %(p)s "%(r)s" %(s)s %(B)s %(M)sms',
+            # The path without its query: a client may put a key there (?api_key=…), and no route reads one.
+            "access_log_format": '%(h)s %(p)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms',
             "control_socket_disable": True,  # two Pennys on one host would share its default path
             "when_ready": self._when_ready,
             "pre_fork": self._pre_fork,
