@@ -750,13 +750,26 @@ def _fresh_click(slack: FakeSlack, penny: Harness, answer_ts: str, *, channel: s
     return payload
 
 
-def test_a_fresh_answer_asks_the_whole_question_not_the_first_2000_characters(
-    slack: FakeSlack, sqlite_store: SqliteStore
-) -> None:
+def _cached_then_fresh(slack: FakeSlack, store: SqliteStore) -> tuple[ScriptedAnswerer, Harness]:
+    """A Penny whose first answer (entry-7) is a cached one, then a fresh one when asked again."""
     cached = Answer(kind="answer", text="Run `make deploy` [1].", citations=CITATIONS[:1], entry_id="entry-7",
                     cached=True)
     answerer = ScriptedAnswerer(cached, ANSWER)
-    penny = Harness(slack, sqlite_store, answerer)
+    return answerer, Harness(slack, store, answerer)
+
+
+def _offered_fresh(slack: FakeSlack, penny: Harness, *, channel: str = "C1") -> dict[str, Any]:
+    """The cached answer posted, 👎 on it, and the click on the fresh-answer offer, made in ``channel``."""
+    answer_ts = _answer_ts(slack)
+    _answered(penny, slack)
+    wait_cleared(slack)
+    return _fresh_click(slack, penny, answer_ts, channel=channel)
+
+
+def test_a_fresh_answer_asks_the_whole_question_not_the_first_2000_characters(
+    slack: FakeSlack, sqlite_store: SqliteStore
+) -> None:
+    answerer, penny = _cached_then_fresh(slack, sqlite_store)
     question = "how do I deploy " + "and then check each service, " * 100 + "at the end?"
     assert 2000 < len(question) <= MAX_QUESTION_CHARS
     try:
@@ -775,15 +788,9 @@ def test_a_fresh_answer_asks_the_whole_question_not_the_first_2000_characters(
 
 def test_a_fresh_answer_click_from_another_channel_asks_nothing(slack: FakeSlack, sqlite_store: SqliteStore) -> None:
     """The button names an answer; its question is read from where the click is, never another channel's."""
-    cached = Answer(kind="answer", text="Run `make deploy` [1].", citations=CITATIONS[:1], entry_id="entry-7",
-                    cached=True)
-    answerer = ScriptedAnswerer(cached, ANSWER)
-    penny = Harness(slack, sqlite_store, answerer)
+    answerer, penny = _cached_then_fresh(slack, sqlite_store)
     try:
-        answer_ts = _answer_ts(slack)
-        _answered(penny, slack)
-        wait_cleared(slack)
-        click = _fresh_click(slack, penny, answer_ts, channel="C2")
+        click = _offered_fresh(slack, penny, channel="C2")
         click["response_url"] = slack.base_url + "respond/ephemeral-offer"
         with structlog.testing.capture_logs() as logs:
             assert penny.action(click).status == 200
@@ -802,15 +809,9 @@ def test_a_fresh_answer_goes_to_the_answers_thread_whatever_thread_the_offer_nam
 ) -> None:
     """The offer is ephemeral (Slack keeps no copy to check a click against): its block_id naming
     another thread, or a follow-up that was not asked, changes nothing."""
-    cached = Answer(kind="answer", text="Run `make deploy` [1].", citations=CITATIONS[:1], entry_id="entry-7",
-                    cached=True)
-    answerer = ScriptedAnswerer(cached, ANSWER)
-    penny = Harness(slack, sqlite_store, answerer)
+    answerer, penny = _cached_then_fresh(slack, sqlite_store)
     try:
-        answer_ts = _answer_ts(slack)
-        _answered(penny, slack)
-        wait_cleared(slack)
-        click = _fresh_click(slack, penny, answer_ts)
+        click = _offered_fresh(slack, penny)
         click["actions"][0]["block_id"] = "penny_fresh:1600000000.000001/1600000000.000002"
         assert penny.action(click).status == 200
         [_, again] = slack.wait_for("chat.postMessage", 2)
