@@ -168,13 +168,13 @@ class Answers:
         try:
             action = body["actions"][0]
             value = str(action.get("value") or "")
-            block_id = str(action.get("block_id", ""))
-            where = block_id[len(FRESH_BLOCK_PREFIX) :] if block_id.startswith(FRESH_BLOCK_PREFIX) else ""
-            thread_ts, _, asked_ts = where.partition("/")
             workspace = action_workspace(body)
             answer_ts = fresh_offer_answer(value)
-            if answer_ts is None:
+            if answer_ts is None:  # an offer made before buttons named answers: all of it is in the offer
                 question = value.strip()
+                block_id = str(action.get("block_id", ""))
+                where = block_id[len(FRESH_BLOCK_PREFIX) :] if block_id.startswith(FRESH_BLOCK_PREFIX) else ""
+                thread_ts, _, asked_ts = where.partition("/")
             else:
                 record = posted_answer(self.store, workspace, action_channel(body), answer_ts) or {}
                 question = str(record.get("question") or "").strip()

@@ -33,8 +33,8 @@ __all__ = [
 ]
 
 ACTION_FRESH_ANSWER: Final = "penny_fresh_answer"
-# + the thread_ts to answer in ("" for none), and "/" + the question's ts when it followed up in that
-# thread (the fresh answer reads the thread before it, as the first answer did).
+# An offer made before buttons named answers adds the thread_ts to answer in ("" for none), and "/" +
+# the question's ts when it followed up in that thread; an offer now takes both from Penny's record.
 FRESH_BLOCK_PREFIX: Final = "penny_fresh:"
 
 FeedbackCallback = Callable[[str, str, bool], None]  # (user_id, entry_id, up)
@@ -120,8 +120,7 @@ class Feedback:
                 except Exception as exc:  # losing a vote must not lose the fresh-answer offer
                     _log.exception("slack.feedback_callback_failed", error=exc)
             thread_ts = str(record.get("thread_ts") or "")
-            fresh = (fresh_answer_blocks(message_ts, thread_ts or None,
-                                         asked_ts=str(record.get("asked_ts") or "") or None)
+            fresh = (fresh_answer_blocks(message_ts)
                      if not up and record.get("cached") and record.get("question") else None)
             ref = json.dumps({"e": entry_id, "c": channel, "m": message_ts}) if entry_id else None
             blocks = feedback_ack_blocks(up=up, reason_value=ref if ref and len(ref) <= 2000 else None, fresh=fresh)
@@ -131,13 +130,11 @@ class Feedback:
             _log.exception("slack.feedback_failed", error=exc)
 
 
-def fresh_answer_blocks(answer_ts: str, thread_ts: str | None, *, asked_ts: str | None = None) -> list[Block]:
+def fresh_answer_blocks(answer_ts: str) -> list[Block]:
     """The ephemeral offer after 👎 on a cached answer: a button that asks again, bypassing the cache.
-    Its value names the answer (``answer_ts``), not the question: the click reads the question from
-    what Penny recorded of that answer in the clicked channel, whole (a button value holds 2,000
-    characters, a question up to 4,000). ``asked_ts`` is the question's message: a follow-up in
-    ``thread_ts`` is asked again with the thread before it, as it was the first time."""
-    follow_up = "/" + asked_ts if thread_ts and asked_ts and asked_ts != thread_ts else ""
+    Its value names the answer (``answer_ts``), not the question: the click reads the question, its
+    thread and the message it followed up from what Penny recorded of that answer in the clicked
+    channel, whole (a button value holds 2,000 characters, a question up to 4,000)."""
     return [
         {
             "type": "section",
@@ -145,7 +142,7 @@ def fresh_answer_blocks(answer_ts: str, thread_ts: str | None, *, asked_ts: str 
         },
         {
             "type": "actions",
-            "block_id": FRESH_BLOCK_PREFIX + (thread_ts or "") + follow_up,
+            "block_id": FRESH_BLOCK_PREFIX,
             "elements": [
                 {
                     "type": "button",
