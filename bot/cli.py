@@ -252,13 +252,13 @@ def _cmd_check(args: argparse.Namespace, settings: BotSettings, out: TextIO, _in
 def _docs_check(settings: BotSettings, store: Store) -> tuple[str, str | None]:
     """What the docs index holds, and a problem that would stop ``penny run`` / ``ask`` (None: none)."""
     from bot.docs.index import DocsIndex
+    from bot.service import link_roots_problem
 
     snapshot = DocsIndex.load(store).snapshot
     wanted = embedder_from_spec(settings.embedder, openai_embed_fn=lambda texts, **_: []).name
-    missing = [str(folder) for folder in settings.docs_link_roots if not folder.is_dir()]
-    if missing:
-        return (f"{len(snapshot.passages):,} passages indexed",
-                f"PENNY_DOCS_LINK_ROOTS: {', '.join(missing)} is not a directory: penny index would stop")
+    link_roots = link_roots_problem(settings.docs_link_roots)
+    if link_roots:
+        return f"{len(snapshot.passages):,} passages indexed", f"{link_roots}: penny index would stop"
     if not snapshot.passages:
         if not settings.docs_dir.is_dir():
             return ("index empty", f"PENNY_DOCS_DIR: {settings.docs_dir} is not a directory, and the index is empty: "

@@ -25,7 +25,7 @@ from proxy_core import (
     get_logger,
 )
 
-__all__ = ["INDEX_USER", "docs_embedder", "index_docs", "open_answer_service"]
+__all__ = ["INDEX_USER", "docs_embedder", "index_docs", "link_roots_problem", "open_answer_service"]
 
 Progress = Callable[[int, int], None]
 
@@ -73,6 +73,12 @@ def _waiting_out_rate_limits(embed: Callable[..., list[list[float]]], sleep: Cal
     return embed_patiently
 
 
+def link_roots_problem(link_roots: Sequence[Path]) -> str | None:
+    """What is wrong with ``PENNY_DOCS_LINK_ROOTS`` (its folders that are not directories), or None."""
+    missing = [str(folder) for folder in link_roots if not folder.is_dir()]
+    return f"PENNY_DOCS_LINK_ROOTS: {', '.join(missing)} is not a directory" if missing else None
+
+
 def index_docs(
     settings: PennySettings, store: Store, root: Path, *, progress: Progress | None = None,
     gateway: Gateway | None = None, allow_empty: bool = False, link_roots: Sequence[Path] = (),
@@ -84,9 +90,9 @@ def index_docs(
     ``link_roots`` (``PENNY_DOCS_LINK_ROOTS``): folders outside ``root`` its symlinks may lead into."""
     if not root.is_dir():
         raise ConfigurationError(f"PENNY_DOCS_DIR: {root} is not a directory")
-    for folder in link_roots:
-        if not folder.is_dir():
-            raise ConfigurationError(f"PENNY_DOCS_LINK_ROOTS: {folder} is not a directory")
+    problem = link_roots_problem(link_roots)
+    if problem:
+        raise ConfigurationError(problem)
     embedder = docs_embedder(settings, gateway)
     before = DocsIndex.load(store).version
     indexer = DocsIndexer(store, embedder.embed, embedder_name=embedder.name)
