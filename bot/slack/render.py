@@ -555,8 +555,8 @@ def _convert_line(line: str) -> str:
     # Quotes nest ("> > x"): each level is peeled off here, in a loop, since a model or a page can
     # nest thousands of them (recursing once per level overflowed Python's stack at ~1,000).
     depth = 0
-    while line.strip() and not THEMATIC_BREAK.match(line.rstrip()) and not ATX_HEADING.match(line.rstrip()):
-        quote = _QUOTE.match(line.rstrip())
+    while (trimmed := line.rstrip()) and not THEMATIC_BREAK.match(trimmed) and not ATX_HEADING.match(trimmed):
+        quote = _QUOTE.match(trimmed)
         if not quote:
             break
         depth += 1
