@@ -53,6 +53,8 @@ _COULD_NOT_ANSWER = "Penny couldn't answer this time; nothing was charged — tr
 # provider's own message, advice about Penny's settings) is for the operator's log.
 _PROVIDER_DOWN = ("The LLM provider did not answer; nothing was charged. Try again in a moment — if it keeps "
                   "happening, tell your Penny admin (the details are in Penny's log).")
+_PROVIDER_BROKE_OFF = ("The LLM provider's answer kept breaking off before it was complete ({spent}). Try again "
+                       "in a moment — if it keeps happening, tell your Penny admin (the details are in Penny's log).")
 _PROVIDER_REFUSED = ("The LLM provider refused this question; nothing was charged. If it keeps happening, "
                      "tell your Penny admin (the details are in Penny's log).")
 
@@ -257,6 +259,10 @@ class AnswerService:
         """What the asker sees instead of an answer. A store failure or an unexpected error is a
         plain sentence: its detail (a host:port, a driver's message) goes to the log only."""
         see = " Meanwhile, these pages look closest:" if closest else ""
+        charged = exc.charged_micros  # streamed attempts that broke off: the provider bills their text
+        spent = (f"{format_usd(charged)} charged for what the provider wrote before its answer broke off"
+                 if charged else "nothing was charged")
+        paid = f" ({spent}.)" if charged else ""
         if isinstance(exc, RateLimited):
             return Answer("refused", f"You're asking faster than your limit allows ({exc.limit} per minute). "
                           f"Try again in {format_wait(exc.retry_after)}.{see}", closest, "nothing was charged",
@@ -265,14 +271,15 @@ class AnswerService:
             return Answer("refused", f"{exc}{see}", closest, "nothing was charged", refusal="over_budget")
         if isinstance(exc, CircuitOpen):
             return Answer("refused", f"The LLM provider is having trouble right now, so Penny is pausing calls "
-                          f"for {format_wait(exc.retry_after)}.{see}", closest, "nothing was charged",
-                          refusal="breaker_open", retry_after=exc.retry_after)
+                          f"for {format_wait(exc.retry_after)}.{paid}{see}", closest, spent,
+                          refusal="breaker_open", retry_after=exc.retry_after, cost_micros=charged)
         if isinstance(exc, RequestInFlight):
             return Answer("refused", "I'm already answering this message.", (), "", refusal="in_flight")
         if isinstance(exc, UpstreamError):
             self._log.warning("answer_upstream_failed", request_id=request_id, error=str(exc))
-            text = _PROVIDER_REFUSED if isinstance(exc, UpstreamRejected) else _PROVIDER_DOWN
-            return Answer("error", text + see, closest, "nothing was charged", refusal="upstream_error")
+            text = (_PROVIDER_REFUSED if isinstance(exc, UpstreamRejected)
+                    else _PROVIDER_BROKE_OFF.format(spent=spent) if charged else _PROVIDER_DOWN)
+            return Answer("error", text + see, closest, spent, refusal="upstream_error", cost_micros=charged)
         if isinstance(exc, StoreError):
             self._log.error("answer_store_unavailable", request_id=request_id, error=str(exc))
             return Answer("error", STORE_DOWN_TEXT + see, closest, "nothing was charged", refusal="store_unavailable")

@@ -43,7 +43,14 @@ __all__ = [
 
 
 class PennyError(Exception):
-    """Base class of every error Penny raises on purpose."""
+    """Base class of every error Penny raises on purpose.
+
+    ``charged_micros``: what the failed call was charged all the same. Only a chat completion whose
+    streamed attempts broke off after generating text has any (the provider bills that text); the
+    rest are 0, whatever the docstrings below say of "nothing was charged".
+    """
+
+    charged_micros: int = 0
 
 
 class ConfigurationError(PennyError):
@@ -144,11 +151,14 @@ UpstreamKind = Literal["status", "timeout", "connection", "malformed"]
 
 
 class UpstreamError(PennyError):
-    """The provider failed (after retries). Nothing was charged for it.
+    """The provider failed (after retries). Nothing was charged for it, except what a streamed attempt
+    generated before it broke off.
 
     ``kind`` says how: an HTTP ``status``, a ``timeout``, a ``connection`` failure, or a
     ``malformed`` response. ``retry_after`` is the provider's hint (Retry-After or
     retry-after-ms), in seconds, when it gave one. ``attempts`` is how many calls were made.
+    ``streamed``: the answer's text a streamed attempt had sent before it broke off ("" for none);
+    the provider bills what it generated, so the gateway charges it (estimated).
     """
 
     def __init__(
@@ -159,11 +169,13 @@ class UpstreamError(PennyError):
         status: int | None = None,
         retry_after: float | None = None,
         attempts: int = 1,
+        streamed: str = "",
     ) -> None:
         self.kind = kind
         self.status = status
         self.retry_after = retry_after
         self.attempts = attempts
+        self.streamed = streamed
         super().__init__(message)
 
 

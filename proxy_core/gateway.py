@@ -40,7 +40,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from proxy_core import budget as budget_math
@@ -208,6 +208,27 @@ class _Admitted:
 
     lines: list[budget_math.BudgetLine]
     permit: Permit | None
+
+
+@dataclass(slots=True)
+class _BrokenAttempts:
+    """Streamed attempts at one chat completion that broke off after generating text: the provider
+    bills what it generated, so Penny charges it, estimated (a broken stream carries no usage)."""
+
+    prompt_tokens: int
+    texts: list[str] = field(default_factory=list)
+
+    def add(self, streamed: str) -> None:
+        if streamed:
+            self.texts.append(streamed)
+
+    def completion_tokens(self) -> int:
+        return sum(estimate_text_tokens(text) for text in self.texts)
+
+    def cost(self, price: ModelPrice) -> int:
+        if not self.texts:
+            return 0
+        return chat_cost(price, self.prompt_tokens * len(self.texts), 0, self.completion_tokens())
 
 
 class _Held(Exception):
@@ -598,13 +619,20 @@ class Gateway:
         estimated = estimate_chat_tokens(req.messages)
         admitted = self._admit(req, tokens=estimated + req.max_tokens,
                                amount=chat_cost(req.price, estimated, 0, req.max_tokens))
-        resp, attempts = self._call_or_release(req, admitted, "chat", self._chat_attempt(req))
-        result = self._chat_result(req, resp, attempts, lookup, started)
+        broken = _BrokenAttempts(prompt_tokens=estimated)
+        try:
+            resp, attempts = self._call_or_release(req, admitted, "chat", self._chat_attempt(req, broken))
+        except BaseException as exc:
+            charged = self._charge_broken(req, admitted.lines, broken, started)
+            if charged and isinstance(exc, PennyError):
+                exc.charged_micros = charged
+            raise
+        result = self._chat_result(req, resp, attempts, lookup, started, extra_micros=broken.cost(req.price))
         self._settle(self._ledger_entry(req, result, kind="chat"), req.request_id, admitted.lines,
                      result.to_json(), upstream_answered=True)
         self._count_spend("chat", result)
         self.metrics.requests.labels("chat", "ok", result.cache_status).inc()
-        answer = self._remember(req, lookup, result)
+        answer = self._remember(req, lookup, result, answer_micros=result.cost_micros - broken.cost(req.price))
         self._log.info("chat_answered", request_id=req.request_id, model=result.model, cost_micros=result.cost_micros,
                        cache=result.cache_status, attempts=attempts, latency_ms=result.latency_ms)
         return result, answer
@@ -640,9 +668,11 @@ class Gateway:
             raise
 
     def _chat_result(
-        self, req: ChatRequest, resp: ChatResponse, attempts: int, lookup: _Lookup, started: float
+        self, req: ChatRequest, resp: ChatResponse, attempts: int, lookup: _Lookup, started: float,
+        *, extra_micros: int = 0,
     ) -> ChatResult:
-        """What upstream answered, priced by the model it says it ran."""
+        """What upstream answered, priced by the model it says it ran, plus ``extra_micros`` (what
+        streamed attempts that broke off before it cost)."""
         billed = self._billing_price(resp.model, req.price)
         # A truncated or empty answer is not worth serving again.
         cacheable = lookup.scope is not None and bool(resp.content) and resp.finish_reason in (None, "stop")
@@ -653,7 +683,8 @@ class Gateway:
             prompt_tokens=resp.prompt_tokens,
             cached_prompt_tokens=resp.cached_prompt_tokens,
             completion_tokens=resp.completion_tokens,
-            cost_micros=chat_cost(billed, resp.prompt_tokens, resp.cached_prompt_tokens, resp.completion_tokens),
+            cost_micros=chat_cost(billed, resp.prompt_tokens, resp.cached_prompt_tokens, resp.completion_tokens)
+            + extra_micros,
             saved_micros=0,
             cache_status="miss" if lookup.decision.status == "miss" else "bypass",
             cache_reason=lookup.decision.reason,
@@ -664,15 +695,17 @@ class Gateway:
             finish_reason=resp.finish_reason,
         )
 
-    def _remember(self, req: ChatRequest, lookup: _Lookup, result: ChatResult) -> CachedAnswer | None:
+    def _remember(self, req: ChatRequest, lookup: _Lookup, result: ChatResult, *,
+                  answer_micros: int) -> CachedAnswer | None:
         """The last step: cache the answer (one that may be served again), for the next asker; the
-        answer as cached (None: not one to serve again)."""
+        answer as cached (None: not one to serve again). ``answer_micros`` is what the answer
+        itself cost (what a hit on it saves: not the attempts that broke off before it)."""
         if self.cache is None or lookup.scope is None or lookup.question is None or result.cache_entry_id is None:
             return None
         answer = CachedAnswer(
             entry_id=result.cache_entry_id, content=result.content, model=result.model,
             prompt_tokens=result.prompt_tokens, cached_prompt_tokens=result.cached_prompt_tokens,
-            completion_tokens=result.completion_tokens, cost_micros=result.cost_micros, created_at=self._wall(),
+            completion_tokens=result.completion_tokens, cost_micros=answer_micros, created_at=self._wall(),
         )
         try:
             self.cache.put(lookup.scope, lookup.question, answer, lookup.decision)
@@ -812,8 +845,9 @@ class Gateway:
         )
         self.ledger.keep(SpoolRecord("release", entry, tuple(lines), spooled_at=entry.ts), exc)
 
-    def _chat_attempt(self, req: ChatRequest) -> Callable[[], ChatResponse]:
-        """One upstream attempt at a chat completion, streamed into ``stream`` when both sides can."""
+    def _chat_attempt(self, req: ChatRequest, broken: _BrokenAttempts) -> Callable[[], ChatResponse]:
+        """One upstream attempt at a chat completion, streamed into ``stream`` when both sides can;
+        a streamed attempt that breaks off after generating text is noted in ``broken``."""
         model, messages, max_tokens, temperature = req.model, req.messages, req.max_tokens, req.temperature
         chat_stream = getattr(self.upstream, "chat_stream", None)
         if req.stream is None or chat_stream is None:
@@ -841,11 +875,38 @@ class Gateway:
             if shown and sink is not None:
                 shown = False
                 call_sink(sink.restart)
-            response: ChatResponse = chat_stream(model=model, messages=messages, max_tokens=max_tokens,
-                                                 on_delta=on_delta, temperature=temperature)
+            try:
+                response: ChatResponse = chat_stream(model=model, messages=messages, max_tokens=max_tokens,
+                                                     on_delta=on_delta, temperature=temperature)
+            except UpstreamError as exc:
+                broken.add(exc.streamed)
+                raise
             return response
 
         return attempt
+
+    def _charge_broken(self, req: ChatRequest, lines: Sequence[budget_math.BudgetLine], broken: _BrokenAttempts,
+                       started: float) -> int:
+        """A chat completion failed after streamed attempts that broke off had generated text: the
+        provider bills that text, so it is settled as a ledger entry of its own (its tokens
+        estimated), under an ID derived from the request's, whose claim has been given back for a
+        retry to run. Returns what was charged."""
+        if not broken.texts:
+            return 0
+        ts = self._wall()
+        entry = LedgerEntry(
+            request_id=f"{req.request_id}:broken:{uuid.uuid4().hex[:12]}", ts=ts,
+            day=budget_math.period_window(ts, "day")[0], workspace_id=req.workspace_id, user_id=req.user_id,
+            model=req.model, kind="chat", prompt_tokens=broken.prompt_tokens * len(broken.texts),
+            cached_prompt_tokens=0, completion_tokens=broken.completion_tokens(), cost_micros=broken.cost(req.price),
+            saved_micros=0, cache_status="bypass", latency_ms=self._ms_since(started), attempts=len(broken.texts),
+            source=_source_id(req),
+        )
+        self._settle(entry, None, lines, None, upstream_answered=False)
+        self.metrics.spent.labels("chat", req.model).inc(entry.cost_micros)
+        self._log.info("broken_stream_charged", request_id=req.request_id, ledger_id=entry.request_id,
+                       attempts=entry.attempts, cost_micros=entry.cost_micros)
+        return entry.cost_micros
 
     def _call_upstream(self, kind: str, attempt: Callable[[], T], first_permit: Permit | None) -> tuple[T, int]:
         """Attempts with retries; ``first_permit`` is the breaker's answer for the first one (from
@@ -910,7 +971,7 @@ class Gateway:
         entry: LedgerEntry,
         reservation_id: str | None,
         lines: Sequence[budget_math.BudgetLine],
-        result: str,
+        result: str | None,
         *,
         upstream_answered: bool,
     ) -> bool:

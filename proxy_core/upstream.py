@@ -247,23 +247,28 @@ class OpenAIUpstream:
         try:
             return answer.response()
         except _Malformed as exc:
-            raise self._malformed(exc, model) from exc
+            error = self._malformed(exc, model)
+            error.streamed = answer.text()  # generated all the same: the gateway charges it
+            raise error from exc
 
     def _texts(self, stream: Iterable[object], answer: _StreamedAnswer, model: str) -> Iterator[str]:
-        """Feed ``stream``'s chunks into ``answer``, yielding the text each adds; failures translated."""
+        """Feed ``stream``'s chunks into ``answer``, yielding the text each adds; failures translated,
+        each carrying the text generated before it (``UpstreamError.streamed``)."""
         try:
             for chunk in stream:
                 text = answer.add(chunk)
                 if text:
                     yield text
         except openai.APITimeoutError as exc:
-            raise self._request_error(exc, model, _CHAT_PATH) from exc
+            error = self._request_error(exc, model, _CHAT_PATH)
+            error.streamed = answer.text()
+            raise error from exc
         except (openai.OpenAIError, _Malformed, ValueError) as exc:
             # The connection dropped mid-body, a chunk was unreadable, or the provider sent an error
             # event: the answer broke off, and a new attempt can fix that.
             raise UpstreamError(
                 f"The LLM provider's answer broke off while streaming ({_stream_failure(exc)}).",
-                kind="connection",
+                kind="connection", streamed=answer.text(),
             ) from exc
         finally:
             close = getattr(stream, "close", None)
@@ -516,6 +521,10 @@ class _StreamedAnswer:
             if isinstance(refusal, str):
                 self._refusal.append(refusal)
         return text
+
+    def text(self) -> str:
+        """The answer's text so far."""
+        return "".join(self._parts)
 
     def response(self) -> ChatResponse:
         """The whole response, once the stream has ended."""

@@ -30,7 +30,7 @@ from proxy_core.prices import PriceTable, chat_cost
 from proxy_core.settings import PennySettings
 from proxy_core.stores import store_from_url
 from proxy_core.stores.base import Store
-from proxy_core.tokens import estimate_chat_tokens
+from proxy_core.tokens import estimate_chat_tokens, estimate_text_tokens
 from proxy_core.upstream import OpenAIUpstream
 from tests.fake_openai import API_KEY, FakeOpenAI, Fault, Gate, RecordedRequest
 from tests.threads import run_together
@@ -256,6 +256,67 @@ def test_retry_after_is_honoured_and_every_attempt_recorded(make_gateway: Gatewa
     assert fake.count("chat") == 3
     assert clock.sleeps[0] == 2.0  # Retry-After, not the backoff
     assert len(clock.sleeps) == 2
+
+
+class _Shown:
+    """An AnswerStream that keeps the text on screen."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def delta(self, text: str) -> None:
+        self.text += text
+
+    def restart(self) -> None:
+        self.text = ""
+
+
+def test_a_streamed_attempt_that_broke_off_is_charged_for_what_it_generated(
+    make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store
+) -> None:
+    fake.script(Fault.stream_break(3), Fault.ok(prompt_tokens=40, completion_tokens=12))
+    gw = make_gateway(chat_model="gpt-4.1-mini")
+    shown = _Shown()
+
+    result = ask(gw, "How do I deploy?", "ev1", stream=shown)
+
+    price = PriceTable.load(None).price_for("gpt-4.1-mini")
+    answer_cost = chat_cost(price, 40, 0, 12)
+    # What the first attempt generated before it broke ("Answer to: How "), on the same prompt.
+    broken_cost = chat_cost(price, estimate_chat_tokens(_messages("How do I deploy?")), 0,
+                            estimate_text_tokens("Answer to: How "))
+    assert broken_cost > 0
+    assert (result.attempts, result.cost_micros, shown.text) == (2, answer_cost + broken_cost, result.content)
+    assert (result.prompt_tokens, result.completion_tokens) == (40, 12)  # the answer's own usage
+    entry = store.ledger_entry("W1", "ev1")
+    assert entry is not None and (entry.cost_micros, entry.attempts) == (answer_cost + broken_cost, 2)
+    # A hit on the answer saves what the answer cost, not the attempt that broke off before it.
+    hit = ask(gw, "How do I deploy?", "ev2", user="U2")
+    assert (hit.cache_status, hit.saved_micros) == ("exact", answer_cost)
+
+
+def test_a_call_whose_streamed_attempts_all_broke_off_is_charged_for_them_and_may_run_again(
+    make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store
+) -> None:
+    fake.script(Fault.stream_break(2), Fault.stream_break(2, how="error"), Fault.stream_break(0))
+    gw = make_gateway(chat_model="gpt-4.1-mini", retry_max_attempts=3, user_daily_budget_usd="1")
+
+    with pytest.raises(UpstreamError):
+        ask(gw, "How do I deploy?", "ev1", stream=_Shown())
+
+    price = PriceTable.load(None).price_for("gpt-4.1-mini")
+    # Two attempts generated "Answer to: " before breaking off; the third broke off before any text.
+    broken_cost = chat_cost(price, 2 * estimate_chat_tokens(_messages("How do I deploy?")), 0,
+                            2 * estimate_text_tokens("Answer to: "))
+    assert broken_cost > 0 and fake.count("chat") == 3
+    totals = gw.usage("W1", DAY, DAY).totals
+    assert (totals.requests, totals.cost_micros, totals.unsettled) == (1, broken_cost, 0)
+    assert store.ledger_entry("W1", "ev1") is None  # the request itself was never answered
+    assert store.spent("W1", _user_day_line(gw)) == (broken_cost, 0)  # charged; nothing left reserved
+    # Its claim was given back: the same request ID runs again, and is charged once more.
+    result = ask(gw, "How do I deploy?", "ev1", stream=_Shown())
+    assert result.attempts == 1 and fake.count("chat") == 4
+    assert gw.usage("W1", DAY, DAY).totals.cost_micros == broken_cost + result.cost_micros
 
 
 def test_bad_request_is_not_retried_and_nothing_is_charged(make_gateway: GatewayFactory, fake: FakeOpenAI,

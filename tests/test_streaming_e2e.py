@@ -14,6 +14,7 @@ import pytest
 from bot.slack.delivery import ANSWERS_KIND, THREADS_KIND
 from bot.slack.render import ACTION_FEEDBACK
 from bot.slack.stream import StreamPacing
+from proxy_core import format_usd
 from tests.bot_harness import StreamingBot, streamed_text
 from tests.fake_openai import FakeOpenAI, Fault, stream_pieces
 from tests.fake_slack import FakeSlack, SlackCall
@@ -278,7 +279,7 @@ def test_a_retried_stream_shows_only_the_answer_that_finished(bot: StreamingBot,
     assert bot.ledger() == 1
 
 
-def test_an_error_after_streaming_began_leaves_no_streamed_message_and_tells_the_asker(
+def test_an_error_after_streaming_began_leaves_no_streamed_message_and_tells_the_asker_what_it_cost(
     make_bot: Any, slack: FakeSlack, fake: FakeOpenAI
 ) -> None:
     bot = make_bot(retry_max_attempts=2)
@@ -292,8 +293,29 @@ def test_an_error_after_streaming_began_leaves_no_streamed_message_and_tells_the
     assert slack.count("chat.postMessage") == 0
     refusal = slack.last("chat.postEphemeral")
     assert (refusal.params["user"], refusal.params["thread_ts"]) == ("U1", ROOT)
-    assert "The LLM provider did not answer" in json.dumps(refusal.blocks)
-    assert bot.ledger() == 0  # nothing was charged
+    told = json.dumps(refusal.blocks)
+    assert "The LLM provider's answer kept breaking off" in told
+    # The provider bills what it wrote before breaking off: the asker is told, and the ledger has it.
+    assert "charged for what the provider wrote before its answer broke off" in told
+    assert "nothing was charged" not in told
+    totals = bot.gateway.usage(TEAM, "2000-01-01", "2100-01-01").totals
+    assert totals.requests == 1 and totals.cost_micros > 0
+
+
+def test_a_breaker_opened_by_answers_breaking_off_tells_the_asker_what_they_cost(
+    make_bot: Any, slack: FakeSlack, fake: FakeOpenAI
+) -> None:
+    bot = make_bot(retry_max_attempts=4, breaker_failure_threshold=2)
+    fake.fail_all(Fault.stream_break(4))
+
+    bot.event(mention(QUESTION, ts=ROOT))
+
+    assert fake.count("chat") == 2  # the second failure opened the breaker: no third attempt
+    told = json.dumps(slack.last("chat.postEphemeral").blocks)
+    assert "Penny is pausing calls" in told
+    assert "charged for what the provider wrote before its answer broke off" in told
+    totals = bot.gateway.usage(TEAM, "2000-01-01", "2100-01-01").totals
+    assert totals.requests == 1 and totals.cost_micros > 0 and format_usd(totals.cost_micros) in told
 
 
 def test_a_top_level_dm_is_posted_whole_and_a_dm_thread_streams(bot: StreamingBot, slack: FakeSlack) -> None:

@@ -636,6 +636,7 @@ def test_a_stream_that_breaks_midway_is_a_retryable_connection_error(
     assert (err.kind, err.status) == ("connection", None)
     assert is_retryable(err)
     assert deltas == ["Answer ", "to: ", "How "]  # what was shown before it broke
+    assert err.streamed == "Answer to: How "  # generated, so billed: the gateway charges it
     assert API_KEY not in str(err)
     assert ask_streaming(upstream).content  # the connection pool is fine afterwards
 
@@ -648,7 +649,7 @@ def test_a_stream_without_its_usage_chunk_is_malformed_not_free(fake: FakeOpenAI
 
     assert (type(err), err.kind) == (UpstreamError, "malformed")
     assert "usage" in str(err)
-    assert "".join(deltas) == "Answer to: How do I rotate the signing key?"
+    assert "".join(deltas) == err.streamed == "Answer to: How do I rotate the signing key?"
 
 
 def test_a_failing_sink_is_not_an_upstream_error(fake: FakeOpenAI, upstream: OpenAIUpstream) -> None:
