@@ -219,6 +219,11 @@ class PennySettings(BaseSettings):
 
     # -- operations ------------------------------------------------------------------------------
     metrics_port: int = Field(0, ge=0, le=65_535, description="Port for Prometheus metrics; 0 = off.")
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="Bearer token a Prometheus on another host sends to read /metrics on penny proxy's port; "
+        "unset = only a peer on the same host (loopback) may.",
+    )
     spool_dir: Path | None = Field(
         None,
         description="Where paid calls wait when the store cannot take their ledger entry; unset = a penny-spool "

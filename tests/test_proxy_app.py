@@ -173,6 +173,10 @@ def test_bad_input_is_a_400_naming_the_field_before_anything_is_reserved(proxy: 
     assert statuses == ["413 Payload Too Large"] and json.loads(reply_body)["error"]["code"] == "request_too_large"
     status, reply = http("POST", proxy.base_url + "/chat/completions", body=b"{nope", headers=auth)
     assert status == 400 and reply["error"]["code"] == "invalid_json"
+    anyone = proxy.client(proxy.keys.create(user_id="U1", workspace_id="T1")[0])
+    with pytest.raises(openai.BadRequestError) as too_many:  # OpenAI's own cap: 2,048 inputs a request
+        anyone.embeddings.create(model="text-embedding-3-small", input=["deploy"] * 2049)
+    assert too_many.value.param == "input" and "2,049" in str(too_many.value)
     assert fake.requests == [] and proxy.gateway.usage("T1", "2000-01-01", "2100-01-01").totals.requests == 0
 
 

@@ -4,6 +4,7 @@ key refused, the operations endpoints, SIGTERM, and the spend under the key's us
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import socket
@@ -260,3 +261,35 @@ def test_readyz_says_the_store_is_unreachable_without_its_address(tmp_path: Path
             worker.close(timeout_s=1)
     assert statuses[0].startswith("503") and body == b"store unreachable\n"
     assert str(port) not in body.decode()
+
+
+@pytest.mark.parametrize(("peer", "authorization", "served"), [
+    ("127.0.0.1", "", True),  # a Prometheus agent on this host
+    ("::1", "", True),
+    ("::ffff:127.0.0.1", "", True),
+    ("10.0.0.7", "", False),  # a key holder elsewhere: spend per model is not theirs to read
+    ("10.0.0.7", "Bearer scrape-0123456789", True),
+    ("10.0.0.7", "Bearer scrape-wrong", False),
+    ("10.0.0.7", "Bearer pk-any-client-key", False),
+    ("", "", False),  # no peer address (a Unix socket)
+])
+def test_metrics_on_the_api_port_are_for_this_host_or_the_metrics_token(
+    tmp_path: Path, peer: str, authorization: str, served: bool
+) -> None:
+    settings = PennySettings(openai_api_key="sk-test-0123456789abcdef", store_url=f"sqlite:///{tmp_path / 'p.db'}",
+                             spool_dir=tmp_path / "spool", metrics_token="scrape-0123456789")
+    worker = ProxyWorker(settings, metrics=lambda: b"penny_requests_total 1\n")
+    try:
+        statuses: list[str] = []
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics", "REMOTE_ADDR": peer,
+                   "HTTP_AUTHORIZATION": authorization, "wsgi.input": io.BytesIO(b"")}
+        body = b"".join(worker.wsgi(environ, lambda status, headers: statuses.append(status)))  # type: ignore[arg-type]
+        health = b"".join(worker.wsgi({"REQUEST_METHOD": "GET", "PATH_INFO": "/healthz", "REMOTE_ADDR": peer},
+                                      lambda status, headers: statuses.append(status)))  # type: ignore[arg-type]
+    finally:
+        worker.close(timeout_s=1)
+    assert health == b"ok\n"  # health is for anyone
+    if served:
+        assert statuses[0].startswith("200") and body == b"penny_requests_total 1\n"
+    else:
+        assert statuses[0].startswith("404") and b"penny_requests_total" not in body

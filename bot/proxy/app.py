@@ -60,6 +60,7 @@ MAX_BODY_BYTES = 1_000_000
 IDEMPOTENCY_RECORD: Final = "proxy-idempotency"
 _BUSY: Final = "busy:"
 MAX_TOKENS_CAP = 128_000
+MAX_EMBEDDING_INPUTS = 2048  # strings in one /v1/embeddings request, as OpenAI's API allows
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
             405: "Method Not Allowed", 409: "Conflict", 411: "Length Required", 413: "Payload Too Large",
@@ -306,6 +307,8 @@ class ProxyApp:
         inputs = [raw] if isinstance(raw, str) else raw
         if not isinstance(inputs, list) or not inputs or not all(isinstance(i, str) and i for i in inputs):
             raise _bad("input", "input must be a non-empty string or a non-empty list of non-empty strings.")
+        if len(inputs) > MAX_EMBEDDING_INPUTS:  # OpenAI's own limit: every provider-bound batch fits it
+            raise _bad("input", f"input holds {len(inputs):,} strings; at most {MAX_EMBEDDING_INPUTS:,} per request.")
         dimensions = body.get("dimensions")
         if dimensions is not None and (not isinstance(dimensions, int) or isinstance(dimensions, bool)
                                        or dimensions < 1):

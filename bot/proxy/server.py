@@ -9,6 +9,8 @@ and replicas share keys, limits, budgets, the ledger and the answer cache throug
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Literal, TextIO
 
@@ -35,10 +37,29 @@ class ProxyWorker:
         self.app = ProxyApp(self.gateway, KeyRing(self.gateway.store, cache_s=PROXY_KEY_CACHE_S),
                             cache_scope=cache_scope)
         self._metrics = metrics
+        self._metrics_token = settings.metrics_token
 
     def wsgi(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        ops = ops_reply(environ, start_response, ready=self.ready, metrics=self._metrics)
+        metrics = self._metrics if self._may_scrape(environ) else None  # else: the API's own 404
+        ops = ops_reply(environ, start_response, ready=self.ready, metrics=metrics)
         return ops if ops is not None else self.app(environ, start_response)
+
+    def _may_scrape(self, environ: WSGIEnvironment) -> bool:
+        """``/metrics`` on the API's port: the team's spend per model is not for every key holder,
+        so only a peer on this host (a Prometheus agent, ``curl`` in the container) or the bearer of
+        ``PENNY_METRICS_TOKEN`` reads it. A reverse proxy on the same host must forward ``/v1/``
+        only, or its clients would all be loopback peers."""
+        if environ.get("PATH_INFO") != "/metrics":
+            return True
+        if self._metrics_token is not None:
+            sent = str(environ.get("HTTP_AUTHORIZATION", ""))
+            expected = f"Bearer {self._metrics_token.get_secret_value()}"
+            if hmac.compare_digest(sent.encode(), expected.encode()):
+                return True
+        try:
+            return ipaddress.ip_address(str(environ.get("REMOTE_ADDR", "")).removeprefix("::ffff:")).is_loopback
+        except ValueError:  # a Unix socket, or no peer address at all
+            return False
 
     def ready(self) -> str | None:
         try:
