@@ -175,15 +175,25 @@ def sparkline(values: list[int] | tuple[int, ...]) -> str:
     return "".join(_BARS[(max(v, 0) * last + top - 1) // top] for v in values)
 
 
-def is_admin(user_id: str, settings: _HasAdmins, slack_user_info: Mapping[str, Any] | None) -> bool:
-    """A Penny admin (``PENNY_ADMIN_USER_IDS``) or a Slack workspace admin/owner (``users.info``)."""
+def is_admin(user_id: str, settings: _HasAdmins, slack_user_info: Mapping[str, Any] | None, *,
+             workspace: str = "") -> bool:
+    """A Penny admin (``PENNY_ADMIN_USER_IDS``) or a Slack admin/owner (``users.info``) of
+    ``workspace``. A Slack admin's flags count only at home: a person from another organisation
+    (Slack Connect: ``is_stranger``, or a ``team_id`` that is neither ``workspace`` nor one of their
+    Enterprise Grid workspaces) is an admin of their own organisation, not of this one's spend."""
     if user_id in settings.admin_user_ids:
         return True
     if not slack_user_info:
         return False
     user = slack_user_info.get("user", slack_user_info)
-    if not isinstance(user, Mapping) or user.get("id", user_id) != user_id:
+    if not isinstance(user, Mapping) or user.get("id", user_id) != user_id or user.get("is_stranger"):
         return False
+    home = user.get("team_id")
+    if workspace and isinstance(home, str) and home and home != workspace:
+        grid = user.get("enterprise_user")
+        teams = grid.get("teams") if isinstance(grid, Mapping) else None
+        if not isinstance(teams, list) or workspace not in teams:
+            return False
     return any(bool(user.get(flag)) for flag in ("is_admin", "is_owner", "is_primary_owner"))
 
 

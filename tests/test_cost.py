@@ -245,6 +245,20 @@ def test_is_admin() -> None:
     assert not is_admin("U2", settings, {"ok": True, "user": {"id": "U3", "is_admin": True}})  # someone else
 
 
+def test_a_slack_admin_is_an_admin_only_of_their_own_workspace() -> None:
+    settings = make_settings(admin_user_ids="U1")
+    home = {"id": "U2", "team_id": "T1", "is_admin": True}
+    assert is_admin("U2", settings, {"user": home}, workspace="T1")
+    # A Slack Connect guest who administers their own organisation, in a channel shared with T1.
+    assert not is_admin("U2", settings, {"user": {**home, "team_id": "TPARTNER"}}, workspace="T1")
+    assert not is_admin("U2", settings, {"user": {**home, "is_stranger": True}}, workspace="T1")
+    # Enterprise Grid: an org admin whose home workspace is another of the org's workspaces.
+    grid = {**home, "team_id": "T9", "enterprise_user": {"enterprise_id": "E1", "teams": ["T9", "T1"]}}
+    assert is_admin("U2", settings, {"user": grid}, workspace="T1")
+    assert not is_admin("U2", settings, {"user": grid}, workspace="T5")
+    assert is_admin("U1", settings, {"user": {**home, "team_id": "TPARTNER"}}, workspace="T1")  # Penny's own
+
+
 # ---------------------------------------------------------------------------------------------
 # Block Kit
 
@@ -372,6 +386,16 @@ def test_cost_team_for_a_slack_workspace_admin(slack: FakeSlack, ledger: SqliteS
     text = _reply(penny, slack)
     assert "Team Penny costs" in text and "<@U1>" in text and "<@U2>" in text
     assert slack.last("users.info").params["user"] == "U3"
+
+
+def test_cost_team_from_a_slack_connect_guest_who_administers_another_workspace_is_refused(
+    slack: FakeSlack, ledger: SqliteStore
+) -> None:
+    slack.set_user("U9", team_id="TPARTNER", is_admin=True, is_owner=True)  # an admin at home, a guest here
+    penny = _harness(slack, ledger)
+    penny.slash("team", user="U9")
+    text = _reply(penny, slack)
+    assert "admins" in text and "Team Penny costs" not in text and "<@U1>" not in text
 
 
 def _team_view(penny: CostHarness, slack: FakeSlack, user: str) -> bool:

@@ -67,7 +67,7 @@ class Admins:
         except Exception as exc:  # unknown means no, this time: a failed lookup is not kept
             _log.warning("slack.users_info_failed", error=exc)
             return False
-        admin = isinstance(info, dict) and is_admin(user, self._penny, info)
+        admin = isinstance(info, dict) and is_admin(user, self._penny, info, workspace=workspace)
         with self._lock:
             if len(self._slack) >= ADMIN_LOOKUPS_KEPT:
                 self._slack = {k: v for k, v in self._slack.items() if now < v[1]}
