@@ -568,8 +568,13 @@ def _stream_options(body: Mapping[str, Any]) -> tuple[bool, bool]:
 
 def _cache_directives(request: ProxyRequest) -> set[str]:
     """``Cache-Control``'s directives, lower-case: ``no-cache`` asks upstream afresh (and caches the
-    fresh answer), ``no-store`` also keeps the answer out of the cache."""
-    return {d.strip().lower() for d in request.headers.get("cache-control", "").split(",")}
+    fresh answer), ``no-store`` also keeps the answer out of the cache. Without ``Cache-Control``,
+    HTTP/1.0's ``Pragma: no-cache`` means ``no-cache`` (RFC 9111, 5.4)."""
+    control = request.headers.get("cache-control")
+    if control is None:
+        pragma = {d.strip().lower() for d in request.headers.get("pragma", "").split(",")}
+        return pragma & {"no-cache"}
+    return {d.strip().lower() for d in control.split(",")}
 
 
 def _usd(micros: int) -> str:
