@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -296,6 +297,27 @@ def test_a_stream_dropped_mid_answer_still_delivers_the_whole_answer_billed_once
     chunks, _ = streamed(proxy.client(secret))
     assert text_of(chunks) == ANSWER and len(fake.requests_to("chat")) == 2
     assert proxy.gateway.usage("T1", today(clock), today(clock)).totals.requests == 1
+
+
+def test_a_stream_whose_every_attempt_broke_off_says_what_they_cost_and_the_ledger_has_it(
+    sqlite_store: Store, fake: FakeOpenAI, clock: ManualClock
+) -> None:
+    with serve_proxy(sqlite_store, fake, clock, retry_max_attempts=2) as proxy:
+        fake.fail_all(Fault.stream_break(after=2))
+        secret, key = proxy.keys.create(user_id="U1", workspace_id="T1")
+        body = json.dumps({"model": MODEL, "messages": QUESTION, "stream": True}).encode()
+        request = urllib.request.Request(proxy.base_url + "/chat/completions", data=body, method="POST",
+                                         headers={"Authorization": f"Bearer {secret}"})
+        with urllib.request.urlopen(request, timeout=10) as reply:  # text went out: the status is 200
+            events = [json.loads(line[6:]) for line in reply.read().decode().splitlines()
+                      if line.startswith("data: {")]
+        totals = proxy.gateway.usage("T1", today(clock), today(clock)).totals
+        by_source = proxy.gateway.store.usage_by_source("T1", today(clock), today(clock), "U1")
+    assert len(fake.requests_to("chat")) == 2
+    assert totals.requests == 1 and totals.cost_micros > 0  # the provider bills what it wrote
+    assert events[-1]["error"]["code"] == "upstream_error"
+    assert events[-1]["penny"] == {"cost_micros": totals.cost_micros}
+    assert {s: t.cost_micros for s, t in by_source.items()} == {key.id: totals.cost_micros}  # under the key
 
 
 # -- what careless and hostile clients send ----------------------------------------------------------

@@ -39,6 +39,7 @@ from proxy_core import (
     CircuitOpen,
     EmbeddingResult,
     Gateway,
+    PennyError,
     RateLimited,
     RequestAnswered,
     RequestInFlight,
@@ -294,7 +295,11 @@ class ProxyApp:
         def error_event(exc: BaseException) -> dict[str, Any]:
             mapped = _map_error(exc, self._clock()) or ProxyError(500, "Penny failed while answering.",
                                                                   type="server_error")
-            return {"error": {"message": mapped.message, "type": mapped.type, "param": None, "code": mapped.code}}
+            event: dict[str, Any] = {"error": {"message": mapped.message, "type": mapped.type, "param": None,
+                                               "code": mapped.code}}
+            if isinstance(exc, PennyError) and exc.charged_micros:  # attempts that broke off, billed all the same
+                event["penny"] = {"cost_micros": exc.charged_micros}
+            return event
 
         chunks = sse_chunks(events, model=model, request_id=request_id, created=int(self._clock()),
                             include_usage=include_usage, error_event=error_event)
