@@ -29,12 +29,20 @@ __all__ = [
     "ExactCache",
     "StandaloneQuestion",
     "normalize_question",
+    "well_formed",
 ]
 
 Status = Literal["exact", "semantic", "miss", "bypass"]
 
 _SPACE = re.compile(r"\s+")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _EDGE_PUNCT = re.compile(r"^[\s\W_]+|[\s\W_]+$")
+
+
+def well_formed(text: str) -> str:
+    """``text`` with each lone surrogate (JSON's ``"\\ud800"`` decodes to one) replaced by U+FFFD, so
+    it can be encoded as UTF-8: for a key, a store or an embedder's tokenizer."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
 
 
 def normalize_question(text: str) -> str:
@@ -44,7 +52,7 @@ def normalize_question(text: str) -> str:
     ends ("How do I deploy?" == "how do i deploy"). Inner punctuation is kept: it can carry meaning
     ("v1.2", "C++").
     """
-    folded = unicodedata.normalize("NFKC", text).casefold()
+    folded = unicodedata.normalize("NFKC", well_formed(text)).casefold()
     return _EDGE_PUNCT.sub("", _SPACE.sub(" ", folded))
 
 

@@ -59,6 +59,18 @@ def test_wordllama_truncated_dims_and_edge_inputs() -> None:
         WordLlamaEmbedder(100)
 
 
+def test_a_lone_surrogate_is_embedded_not_refused() -> None:
+    """JSON's ``"\\ud800"`` decodes to a lone surrogate; the tokenizer raised TypeError on it."""
+    embedder = WordLlamaEmbedder()
+    one = embedder.embed(["hi \ud800 there"])
+    batch = embedder.embed(["hi \ud800 there", "\udfff"])
+    np.testing.assert_array_equal(one[0], batch[0])
+    np.testing.assert_array_equal(one[0], embedder.embed(["hi \ufffd there"])[0])
+    sent: list[list[str]] = []
+    OpenAICompatibleEmbedder("openai:x", 2, lambda t: sent.append(t) or [[1.0, 0.0]] * len(t)).embed(["a\udc80"])
+    assert sent == [["a\ufffd"]]  # valid UTF-8 on the wire
+
+
 def test_wordllama_loads_offline_and_leaves_logging_alone(tmp_path: Path) -> None:
     """In a fresh process with every socket connection refused and an empty HOME."""
     script = (

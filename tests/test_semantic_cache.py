@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from proxy_core.cache import CachedAnswer, CacheScope
+from proxy_core.cache import CachedAnswer, CacheScope, ExactCache
 from proxy_core.clock import ManualClock
 from proxy_core.errors import StoreError
 from proxy_core.gateway import Gateway
@@ -210,6 +210,26 @@ def test_an_answer_paid_for_reaches_the_asker_when_caching_it_fails_on_text_the_
     result = ask(gw, "hi \ud800 there", use_cache=False)
     assert result.content and fake.count("chat") == 1
     assert gw.usage("W1", "2000-01-01", "2100-01-01").totals.requests == 1
+
+
+def test_a_question_with_a_lone_surrogate_is_looked_up_cached_and_served(
+    make_gateway: Callable[..., Gateway], fake: FakeOpenAI, store: Store
+) -> None:
+    """A proxy client's JSON may carry a lone surrogate (``"\\ud800"``). The lookup used to raise
+    (WordLlama's tokenizer: TypeError; the exact key and the store: UnicodeEncodeError), failing
+    the request, and the answer could not be cached."""
+    gw = make_gateway()
+    first = ask(gw, "hi \ud800 there, how do I deploy?")
+    assert first.cache_status == "miss"
+    assert gw.cache.flush()  # type: ignore[union-attr]  # the store write is behind the answer
+    assert store.semantic_count() == 1
+    again = ask(gw, "hi \ud800 there, how do I deploy?")
+    assert again.cache_status == "exact" and again.content == first.content
+    assert fake.count("chat") == 1
+    exact = ExactCache(store, ttl_s=3600)
+    assert exact.lookup(SCOPE, "hi \udfff").status == "miss"
+    exact.put(SCOPE, "hi \udfff", _answer("e1", "hello"))
+    assert exact.lookup(SCOPE, "hi \udfff").status == "exact"
 
 
 @pytest.mark.redis

@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl
 import numpy as np
 from numpy.typing import NDArray
 
+from proxy_core.cache import well_formed
 from proxy_core.errors import ConfigurationError, UpstreamError
 
 if TYPE_CHECKING:
@@ -175,12 +176,14 @@ class WordLlamaEmbedder(_Named):
             # A cache lookup embeds one question: WordLlama's batch path (encode_batch, masks,
             # padding) costs ~40% more. Same arithmetic: the token vectors' float32 sum over the count.
             table = model.embedding
-            ids = np.clip(model.tokenizer.encode(texts[0], add_special_tokens=False).ids, 0, len(table) - 1)
+            # A lone surrogate would make the tokenizer raise TypeError: it reads U+FFFD instead.
+            ids = np.clip(model.tokenizer.encode(well_formed(texts[0]), add_special_tokens=False).ids,
+                          0, len(table) - 1)
             out = np.zeros((1, self._dims), dtype=np.float32)
             if len(ids):
                 out[0] = table[ids].sum(axis=0, dtype=np.float32) / np.float32(len(ids))
             return out
-        raw = model.embed(list(texts), norm=False, batch_size=256)
+        raw = model.embed([well_formed(t) for t in texts], norm=False, batch_size=256)
         return np.asarray(raw, dtype=np.float32)
 
 
@@ -214,7 +217,7 @@ class OpenAICompatibleEmbedder(_Named):
     def embed(self, texts: Sequence[str]) -> Vectors:
         out = np.zeros((len(texts), self._dims), dtype=np.float32)
         for start in range(0, len(texts), self._batch_size):
-            batch = [t if t.strip() else " " for t in texts[start : start + self._batch_size]]
+            batch = [well_formed(t) if t.strip() else " " for t in texts[start : start + self._batch_size]]
             rows = self._embed_fn(batch)
             if len(rows) != len(batch):
                 raise UpstreamError(

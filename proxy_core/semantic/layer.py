@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from proxy_core.cache import CachedAnswer, CacheDecision, CacheScope, normalize_question
+from proxy_core.cache import CachedAnswer, CacheDecision, CacheScope, normalize_question, well_formed
 from proxy_core.clock import Clock
 from proxy_core.errors import PennyError, StoreError
 from proxy_core.log import get_logger
@@ -329,6 +329,7 @@ class SemanticCache:
     def put(
         self, scope: CacheScope, question: str, answer: CachedAnswer, decision: CacheDecision | None = None
     ) -> None:
+        question = well_formed(question)  # stored as text: a lone surrogate cannot be encoded
         vector = decision.vector if decision is not None and decision.vector is not None else None
         if vector is None:
             vector = self.embedder.embed([question])[0]
