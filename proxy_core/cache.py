@@ -36,7 +36,10 @@ Status = Literal["exact", "semantic", "miss", "bypass"]
 
 _SPACE = re.compile(r"\s+")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-_EDGE_PUNCT = re.compile(r"^[\s\W_]+|[\s\W_]+$")
+# White space, invisible format characters and sentence punctuation, at either end. Not symbols:
+# "C++", "C#", "-1", "5€" and an emoji-only question keep them.
+_EDGE = "\\s\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff.,;:!?¿¡…'\"“”‘’«»()\\[\\]{}。、"
+_EDGE_PUNCT = re.compile(f"^[{_EDGE}]+|[{_EDGE}]+$")
 
 
 def well_formed(text: str) -> str:
@@ -48,12 +51,12 @@ def well_formed(text: str) -> str:
 def normalize_question(text: str) -> str:
     """The form under which two questions count as the same text.
 
-    Unicode-compatibility folding, case folding, collapsed white space, and no punctuation at the
-    ends ("How do I deploy?" == "how do i deploy"). Inner punctuation is kept: it can carry meaning
-    ("v1.2", "C++").
+    Unicode-compatibility folding, case folding, collapsed white space, and no sentence punctuation
+    at the ends ("How do I deploy?" == "how do i deploy"). Symbols are kept wherever they are: they
+    can carry meaning ("v1.2", "What is C++?", "-1", "🍕"). A question of punctuation alone keeps it.
     """
-    folded = unicodedata.normalize("NFKC", well_formed(text)).casefold()
-    return _EDGE_PUNCT.sub("", _SPACE.sub(" ", folded))
+    folded = _SPACE.sub(" ", unicodedata.normalize("NFKC", well_formed(text)).casefold())
+    return _EDGE_PUNCT.sub("", folded) or folded.strip()
 
 
 @dataclass(frozen=True, slots=True)

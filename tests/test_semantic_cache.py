@@ -212,6 +212,30 @@ def test_an_answer_paid_for_reaches_the_asker_when_caching_it_fails_on_text_the_
     assert gw.usage("W1", "2000-01-01", "2100-01-01").totals.requests == 1
 
 
+@pytest.mark.parametrize(
+    ("cached", "asked"),
+    [
+        ("What is C++?", "What is C?"),
+        ("How do I learn C#", "How do I learn C"),
+        ("-1?", "1?"),
+        ("Is the fee 5€?", "Is the fee 5$?"),
+        ("🍕", "🍔"),
+        ("???", "!!!"),
+    ],
+)
+def test_symbols_at_the_ends_of_a_question_are_not_dropped_by_the_exact_match(
+    make_gateway: Callable[..., Gateway], fake: FakeOpenAI, cached: str, asked: str
+) -> None:
+    """Only white space and sentence punctuation at the ends are dropped: "What is C++?" used to be
+    an exact match of "What is C?", and every emoji-only question of every other (both were "")."""
+    gw = make_gateway()
+    ask(gw, cached)
+    assert ask(gw, asked).cache_status != "exact"
+    assert ask(gw, f" {cached.upper()}  ").cache_status == "exact"
+    if cached[0].isalpha():
+        assert ask(gw, f"{cached.lower().rstrip('?')}.").cache_status == "exact"
+
+
 def test_a_question_with_a_lone_surrogate_is_looked_up_cached_and_served(
     make_gateway: Callable[..., Gateway], fake: FakeOpenAI, store: Store
 ) -> None:
