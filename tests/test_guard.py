@@ -41,6 +41,33 @@ def test_negation(guard: NearMissGuard, cached: str, new: str) -> None:
 @pytest.mark.parametrize(
     ("cached", "new", "expected"),
     [
+        ("这是免费的吗？", "这不是免费的吗？", "unread text differs: 这是免费的吗 vs 这不是免费的吗"),
+        ("如何启用双重认证？", "如何禁用双重认证？", "unread text differs: 如何启用双重认证 vs 如何禁用双重认证"),
+        ("Как включить 2FA?", "Как отключить 2FA?", "unread text differs: включить vs отключить"),
+        ("هل الاجتماع إلزامي؟", "هل الاجتماع ليس إلزاميا؟", "unread text differs: إلزامي vs إلزاميا ليس"),
+        ("Is latency < 100ms okay?", "Is latency > 100ms okay?", "unread text differs: < vs >"),
+        ("Is latency ≤ 100ms okay?", "Is latency ≥ 100ms okay?", "unread text differs: ≤ vs ≥"),
+        ("Is the fee ₹5?", "Is the fee $5?", "unread text differs: ₹ vs (none)"),
+        ("🍕 for lunch?", "🍔 for lunch?", "unread text differs: 🍕 vs 🍔"),
+    ],
+)  # fmt: skip
+def test_text_the_guard_cannot_read_must_be_the_same(guard: NearMissGuard, cached: str, new: str,
+                                                     expected: str) -> None:
+    """The tokens are Latin words, numbers and codes: another script, an emoji or a symbol used to be
+    invisible to every check, so "is it free?" and "is it not free?" in Chinese passed."""
+    assert reason(guard, cached, new) == expected
+
+
+def test_unread_text_that_is_the_same_is_no_veto(guard: NearMissGuard) -> None:
+    assert guard.check("Where is the café menu?", "Where can I find the café menu?").ok
+    assert guard.check("如何启用双重认证？", "如何启用双重认证").ok
+    assert guard.analyse("Is latency < 100ms?").unread == ("<",)
+    assert guard.analyse("How do I deploy C++ and C# on Node.js, $5?").unread == ()
+
+
+@pytest.mark.parametrize(
+    ("cached", "new", "expected"),
+    [
         ("What's the timeout for API calls, 30 seconds?", "What's the timeout for API calls, 60 seconds?",
          "number differs: 30 vs 60"),
         ("Can I expense $50 for lunch?", "Can I expense $500 for lunch?", "number differs: $50 vs $500"),

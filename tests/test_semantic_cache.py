@@ -89,6 +89,9 @@ def test_a_rephrasing_is_a_semantic_hit_that_costs_nothing(make_gateway: Callabl
         ("Do all employees get a laptop?", "Do some employees get a laptop?"),
         ("How do I see my usage?", "How do I see our team usage?"),
         ("How do I get VPN access?", "How do I get VPN access as a contractor?"),
+        ("这是免费的吗？", "这不是免费的吗？"),
+        ("Как включить 2FA?", "Как отключить 2FA?"),
+        ("Is latency < 100ms okay?", "Is latency > 100ms okay?"),
     ],
 )
 @pytest.mark.parametrize("decision", ["calibrated", "threshold 0.5"])

@@ -21,10 +21,12 @@ changes the answer, whatever the similarity:
    vs unpaid; …) and any word of one side is the opposite of any word of the other; a word not
    listed takes the side of a listed word its WordLlama vector is near (``scale_similarity``);
    and swapped roles ("km to miles" vs "miles to km");
-7. a named entity or code (capitalised mid-sentence, ALLCAPS, CamelCase) with no counterpart:
+7. text it cannot read — another script, an emoji, a symbol such as ``<`` or ``₹`` — that is not
+   the same on both sides (always on: the tokens are Latin words, numbers and codes);
+8. a named entity or code (capitalised mid-sentence, ALLCAPS, CamelCase) with no counterpart:
    same word or stem, spelling variant, clipping (prod/production), abbreviation (DB/database) or
    acronym (PR/pull request) — never mere similarity, since Berlin and Toronto are "similar";
-8. in a minimal pair, a content word swapped for another ("production logs" / "staging logs"),
+9. in a minimal pair, a content word swapped for another ("production logs" / "staging logs"),
    or a condition only one question adds ("… as a contractor?", "… on the kiosk?").
 
 Everything else is *evidence* for the calibrated decision (:mod:`proxy_core.semantic.calibrated`):
@@ -50,7 +52,7 @@ import math
 import re
 import threading
 import unicodedata
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -165,6 +167,7 @@ class Analysis:
     poles: dict[str, str] = field(default_factory=dict)  # word -> its side of an opposition scale
     centroid: NDArray[np.float32] | None = field(default=None, repr=False)  # unit mean of the word vectors
     tokens: tuple[str, ...] = ()  # every token lower-cased, in order
+    unread: tuple[str, ...] = ()  # words and symbols the tokens do not cover ("不是", "≤", "₹"), sorted
 
 
 # A content word whose best match in the other question is below this is poorly matched (evidence).
@@ -377,6 +380,7 @@ _TOKEN = re.compile(
     re.IGNORECASE,
 )
 _SENTENCE_END = re.compile(r"[.?!:;]\s+")
+_UNIT = re.compile(r"\w+|[^\w\s]")  # a run of word characters, or one other visible character
 _CONTRACTIONS = {"can't": ("can", "not"), "won't": ("will", "not"), "shan't": ("shall", "not"), "ain't": ("is", "not")}
 _NUM_TOKEN = re.compile(r"^[$€£¥]?(\d[\d,]*(?:\.\d+)*)([a-z%]*)$")
 _CODE_TOKEN = re.compile(r"^([a-z]+)(\d[a-z\d]*(?:\.\d+)*)$")
@@ -719,6 +723,12 @@ class NearMissGuard:
             swap = _role_swap(cached, new)
             if swap:
                 return f"roles differ: {swap}"
+        # Not a setting: the guard never vouches for text it cannot read (another script, an emoji,
+        # a symbol such as < or ₹): "这是免费的吗" / "这不是免费的吗" differ in a negation it cannot see.
+        if cached.unread != new.unread:
+            c, n = Counter(cached.unread), Counter(new.unread)
+            was, now = " ".join((c - n).elements()) or "(none)", " ".join((n - c).elements()) or "(none)"
+            return f"unread text differs: {was} vs {now}"
         return None
 
     # -- matching ----------------------------------------------------------------------------------
@@ -800,6 +810,7 @@ class NearMissGuard:
             poles=poles,
             centroid=_unit_mean(vectors),
             tokens=tuple(lowers),
+            unread=_unread(question),
         )
 
     def _extend_poles(self, words: Sequence[Word], vectors: NDArray[np.float32], poles: dict[str, str]) -> None:
@@ -1126,6 +1137,22 @@ def _tokenise(question: str) -> tuple[list[str], set[int], set[str]]:
                     first = False
                 tokens.append(part)
     return tokens, starts, joined
+
+
+def _unread(question: str) -> tuple[str, ...]:
+    """The words and symbols of ``question`` the tokens do not cover, case-folded and sorted: every
+    run of word characters or symbol holding a letter, digit, mark or symbol outside a token
+    (text in another script, an accented word, an emoji, ``<``, ``=``, ``₹``)."""
+    text = unicodedata.normalize("NFKC", question).translate(_APOSTROPHES)
+    covered = bytearray(len(text))
+    for match in _TOKEN.finditer(text):
+        covered[match.start() : match.end()] = b"\x01" * (match.end() - match.start())
+    found = [
+        unit.group(0).casefold()
+        for unit in _UNIT.finditer(text)
+        if any(not covered[i] and unicodedata.category(text[i])[0] in "LNMS" for i in range(unit.start(), unit.end()))
+    ]
+    return tuple(sorted(found))
 
 
 def _number(text: str) -> str:
