@@ -239,6 +239,32 @@ def test_symbols_at_the_ends_of_a_question_are_not_dropped_by_the_exact_match(
         assert ask(gw, f"{cached.lower().rstrip('?')}.").cache_status == "exact"
 
 
+def test_a_very_long_question_is_matched_exactly_and_never_compared_word_by_word(
+    make_gateway: Callable[..., Gateway], fake: FakeOpenAI, store: Store
+) -> None:
+    """A 100 kB question (a proxy body may hold 1 MB) used to be embedded and, next to a similar
+    cached one, analysed and aligned word by word: a 15,000 × 15,000 similarity matrix (900 MB and
+    seconds of CPU per lookup), and ~70 MB kept per analysis in the guard's memo."""
+    words = [f"{a}{b}{c}" for a in "bdfgklmnprst" for b in "aeiou" for c in "bdfgklmnprst"]
+    long_question = " ".join(words[(i * 7) % len(words)] for i in range(15_000))[:100_000]
+    from tests.fake_openai import Fault
+
+    gw = make_gateway(embedder="openai:text-embedding-3-small?dimensions=8")
+    fake.script(*[Fault.ok(content="A short answer.") for _ in range(3)], endpoint="chat")
+    first = ask(gw, long_question)
+    assert first.cache_status == "miss" and "too long" in first.cache_reason
+    assert gw.cache.flush()  # type: ignore[union-attr]
+    assert store.semantic_count() == 1
+    assert ask(gw, long_question).cache_status == "exact"
+    variant = ask(gw, long_question + " today")
+    assert variant.cache_status == "miss" and "too long" in variant.cache_reason
+    assert ask(gw, long_question[:200]).cache_status == "miss"  # a short question never meets the long one
+    assert fake.count("embeddings") == 1 and fake.count("chat") == 3  # the short question's embedding only
+    cache = gw.cache
+    assert isinstance(cache, SemanticCache) and cache.policy.guard is not None
+    assert all(len(q) <= cache.max_semantic_chars for q in cache.policy.guard._memo)
+
+
 def test_a_question_with_a_lone_surrogate_is_looked_up_cached_and_served(
     make_gateway: Callable[..., Gateway], fake: FakeOpenAI, store: Store
 ) -> None:

@@ -45,6 +45,10 @@ __all__ = ["SemanticCache"]
 
 # How many of this replica's stored writes it remembers for stepping over in the change log.
 _OWN_WRITES_KEPT = 1024
+# Longer questions are matched exactly only: never embedded, never compared word by word (the
+# guard's alignment grows with the product of the two questions' words). The longest question in
+# the labelled pair files has 354 characters.
+MAX_SEMANTIC_CHARS = 2_000
 
 
 class SemanticCache:
@@ -65,6 +69,7 @@ class SemanticCache:
         sweep_every_s: float = 60.0,
         ivf_min: int = 5_000,
         answer_copies: int = 2_048,
+        max_semantic_chars: int = MAX_SEMANTIC_CHARS,
     ) -> None:
         self.store = store
         self.embedder = embedder
@@ -72,6 +77,7 @@ class SemanticCache:
         self.max_entries = max_entries
         self.policy = policy
         self.top_k = top_k
+        self.max_semantic_chars = max_semantic_chars
         self.index = VectorIndex(embedder.dims, ivf_min=ivf_min)
         self._clock = clock
         self._sync_block_s = sync_block_s
@@ -308,6 +314,9 @@ class SemanticCache:
             answer = self._fetch(same)
             if answer is not None:
                 return CacheDecision("exact", "exact match", answer, 1.0)
+        if len(question) > self.max_semantic_chars:
+            return CacheDecision("miss", f"too long for a semantic match ({len(question):,} characters > "
+                                         f"{self.max_semantic_chars:,}): exact match only")
         try:
             vector = self.embedder.embed([question])[0]
         except PennyError as exc:
@@ -316,7 +325,7 @@ class SemanticCache:
         found = self.index.nearest(sid, vector, self.top_k, now)
         decision = decide(
             question,
-            [Candidate(e.question, sim, e) for e, sim in found],
+            [Candidate(e.question, sim, e) for e, sim in found if len(e.question) <= self.max_semantic_chars],
             policy=self.policy,
         )
         if decision.payload is not None:
@@ -331,7 +340,9 @@ class SemanticCache:
     ) -> None:
         question = well_formed(question)  # stored as text: a lone surrogate cannot be encoded
         vector = decision.vector if decision is not None and decision.vector is not None else None
-        if vector is None:
+        if vector is None and len(question) > self.max_semantic_chars:
+            vector = np.zeros(self.index.dims, dtype=np.float32)  # exact matches only: no embedding
+        elif vector is None:
             vector = self.embedder.embed([question])[0]
         now = self._clock()
         entry = SemanticEntry(
