@@ -429,6 +429,19 @@ def test_analysis_is_memoised_and_reusable(guard: NearMissGuard) -> None:
     assert bool(guard.check_analysed(a, b)) is True
 
 
+def test_the_memo_is_bounded_by_the_words_it_holds_not_only_by_count() -> None:
+    """An analysis keeps a vector per word: a 2,000-character question ~670 kB, a usual one ~9 kB.
+    20,000 long ones (the count cap alone) would have held some 13 GB."""
+    guard = NearMissGuard(GuardSettings(word_similarity=None), max_memo=1_000, max_memo_words=1_000)
+    words = [f"{a}{b}{c}" for a in "bdfgklmnprst" for b in "aeiou" for c in "bdfgklmnprst"]
+    for i in range(10):
+        guard.analyse(" ".join(words[(i + k * 11) % len(words)] for k in range(300)))
+    held = list(guard._memo.values())
+    assert sum(len(a.words) for a in held) <= 1_000 and len(held) == 3
+    short = guard.analyse("How do I deploy?")
+    assert guard.analyse("How do I deploy?") is short  # the newest stays
+
+
 def test_stem_makes_forms_meet() -> None:
     assert stem("refunds") == stem("refund")
     assert stem("provided") == stem("provide") == stem("providing")

@@ -582,6 +582,7 @@ class NearMissGuard:
         *,
         word_vectors: WordVectors | None = None,
         max_memo: int = 20_000,
+        max_memo_words: int = 200_000,
     ) -> None:
         self.settings = settings or GuardSettings()
         if word_vectors is None and self.settings.word_similarity is not None:
@@ -589,6 +590,10 @@ class NearMissGuard:
         self._vectors = word_vectors if self.settings.word_similarity is not None else None
         self._memo: OrderedDict[str, Analysis] = OrderedDict()
         self._memo_max = max_memo
+        # An analysis keeps a vector per word (~2 kB each at 256 dimensions): bound the words held
+        # too, or 20,000 long questions would hold gigabytes.
+        self._memo_words_max = max_memo_words
+        self._memo_words = 0
         self._lock = threading.Lock()
         self._scale_vectors: NDArray[np.float32] | None = None  # rows of _SCALE_WORDS, on first use
         self._vector_poles: dict[str, str | None] = {}  # word -> the scale side its vector puts it on
@@ -608,9 +613,12 @@ class NearMissGuard:
                 return found
         analysis = self._analyse(question)
         with self._lock:
-            self._memo[question] = analysis
-            while len(self._memo) > self._memo_max:
-                self._memo.popitem(last=False)
+            if question not in self._memo:
+                self._memo[question] = analysis
+                self._memo_words += len(analysis.words) + 1
+            while len(self._memo) > self._memo_max or (self._memo_words > self._memo_words_max and len(self._memo) > 1):
+                _, dropped = self._memo.popitem(last=False)
+                self._memo_words -= len(dropped.words) + 1
         return analysis
 
     def check_analysed(self, cached: Analysis, new: Analysis) -> Verdict:
