@@ -372,9 +372,10 @@ _PREFIX_SWAPS = (
 )  # fmt: skip
 _SUFFIX_SWAPS = (("ful", "less"),)
 
-_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'"})
+# Typographic apostrophes, and the minus sign (U+2212), read as their ASCII forms.
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'", "\u2212": "-"})
 _TOKEN = re.compile(
-    r"[$€£¥]?\d[\d,]*(?:\.\d+)*[a-z%]*"  # 30, 1,000, $5, 3.11, 2nd, 30s, 5gb, 50%
+    r"(?:(?<![\w.])-)?[$€£¥]?\d[\d,]*(?:\.\d+)*[a-z%]*"  # 30, -1, 1,000, $5, 3.11, 2nd, 30s, 5gb, 50%
     r"|[a-z]+\d[a-z\d]*(?:\.\d+)*"  # v2, q3, python3, ipv6, fy24, v1.2
     r"|[a-z][a-z+#]*(?:\.[a-z]+)*(?:-[a-z]+)*(?:'[a-z]+)?",  # words, c++, c#, node.js, e-mail, don't
     re.IGNORECASE,
@@ -382,7 +383,8 @@ _TOKEN = re.compile(
 _SENTENCE_END = re.compile(r"[.?!:;]\s+")
 _UNIT = re.compile(r"\w+|[^\w\s]")  # a run of word characters, or one other visible character
 _CONTRACTIONS = {"can't": ("can", "not"), "won't": ("will", "not"), "shan't": ("shall", "not"), "ain't": ("is", "not")}
-_NUM_TOKEN = re.compile(r"^[$€£¥]?(\d[\d,]*(?:\.\d+)*)([a-z%]*)$")
+_NUM_TOKEN = re.compile(r"^(?P<sign>-?)(?P<currency>[$€£¥]?)(?P<value>\d[\d,]*(?:\.\d+)*)(?P<suffix>[a-z%]*)$")
+_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _CODE_TOKEN = re.compile(r"^([a-z]+)(\d[a-z\d]*(?:\.\d+)*)$")
 _ORDINAL_SUFFIX = frozenset({"st", "nd", "rd", "th"})
 # Suffixes that keep "30s", "5gb", "2nd" an amount; any other letters make a code ("2fa").
@@ -1164,7 +1166,10 @@ def _unread(question: str) -> tuple[str, ...]:
 
 
 def _number(text: str) -> str:
-    """ "1,000" → "1000", "2.50" → "2.5"; dotted versions ("4.4.4") stay as written."""
+    """ "1,000" → "1000", "2.50" → "2.5", "-1" → "-1"; dotted versions ("4.4.4") and commas that are
+    not thousands separators ("1,5", a decimal comma: not 15) stay as written."""
+    if "," in text and not _THOUSANDS.fullmatch(text):
+        return text
     plain = text.replace(",", "")
     try:
         value = float(plain)
@@ -1191,12 +1196,13 @@ def _quantities(tokens: Sequence[str], lowers: Sequence[str], starts: set[int], 
         nxt = lowers[i + 1] if i + 1 < n else ""
         unit = _UNITS.get(stem(nxt)) if nxt else None
         num = _NUM_TOKEN.match(low)
-        if num and num.group(2) in _NUMBER_SUFFIXES:
-            value, suffix = num.groups()
+        if num and num["suffix"] in _NUMBER_SUFFIXES:
+            value, suffix = num["sign"] + num["value"], num["suffix"]
             if suffix in _ORDINAL_SUFFIX and unit in ("quarter", "half"):
                 take(f"period:{unit[0]}{_number(value)}", i, i + 1)
             else:
-                take(f"{'version' if value.count('.') > 1 else 'number'}:{_number(value)}", i)
+                kind = "version" if value.count(".") > 1 else "number"
+                take(f"{kind}:{num['currency']}{_number(value)}", i)  # €5 is not $5
             continue
         code = _CODE_TOKEN.match(low)
         if num or code:
