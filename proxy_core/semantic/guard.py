@@ -382,6 +382,7 @@ _TOKEN = re.compile(
 )
 _SENTENCE_END = re.compile(r"[.?!:;]\s+")
 _UNIT = re.compile(r"\w+|[^\w\s]")  # a run of word characters, or one other visible character
+_ASCII_READABLE = re.compile(r"[A-Za-z0-9$+<=>^`|~]")  # the ASCII letters, digits and symbols (Unicode L, N, S)
 _CONTRACTIONS = {"can't": ("can", "not"), "won't": ("will", "not"), "shan't": ("shall", "not"), "ain't": ("is", "not")}
 _NUM_TOKEN = re.compile(r"^(?P<sign>-?)(?P<currency>[$€£¥]?)(?P<value>\d[\d,]*(?:\.\d+)*)(?P<suffix>[a-z%]*)$")
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
@@ -1154,6 +1155,9 @@ def _unread(question: str) -> tuple[str, ...]:
     run of word characters or symbol holding a letter, digit, mark or symbol outside a token
     (text in another script, an accented word, an emoji, ``<``, ``=``, ``₹``)."""
     text = unicodedata.normalize("NFKC", question).translate(_APOSTROPHES)
+    rest = _TOKEN.sub(" ", text)  # the characters no token covers
+    if rest.isascii() and _ASCII_READABLE.search(rest) is None:
+        return ()  # nearly every question: its letters, digits and symbols are all in tokens
     covered = bytearray(len(text))
     for match in _TOKEN.finditer(text):
         covered[match.start() : match.end()] = b"\x01" * (match.end() - match.start())
