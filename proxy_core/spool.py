@@ -82,7 +82,7 @@ class SpoolRecord:
 @dataclass(slots=True)
 class _SpoolFile:
     path: Path
-    handle: IO[str]
+    handle: IO[bytes]
     pending: dict[str, SpoolRecord] = field(default_factory=dict)
 
 
@@ -102,7 +102,7 @@ class SettleSpool:
 
     def append(self, record: SpoolRecord) -> None:
         """Write ``record`` durably. Raises OSError when it cannot (the caller logs the record)."""
-        line = record.to_json() + "\n"
+        line = (record.to_json() + "\n").encode()
         with self._lock:
             own = self._own_file()
             own.handle.write(line)
@@ -172,7 +172,7 @@ class SettleSpool:
             self.directory.mkdir(parents=True, exist_ok=True)
             name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}{_SUFFIX}"
             path = self.directory / name
-            handle = path.open("a", encoding="utf-8")
+            handle = path.open("ab")
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             _fsync_dir(self.directory)  # the new file's name is durable too
             self._own = _SpoolFile(path, handle)
@@ -180,7 +180,7 @@ class SettleSpool:
 
     def _mark_done(self, spool_file: _SpoolFile, record: SpoolRecord) -> None:
         if spool_file.pending:
-            spool_file.handle.write(json.dumps({"done": record.key}) + "\n")
+            spool_file.handle.write((json.dumps({"done": record.key}) + "\n").encode())
             spool_file.handle.flush()
         elif spool_file is self._own:
             spool_file.handle.truncate(0)
@@ -198,7 +198,7 @@ def count_pending(directory: str | Path) -> int:
     total = 0
     for spool_path in path.glob("*" + _SUFFIX):
         try:
-            with spool_path.open(encoding="utf-8") as handle:
+            with spool_path.open("rb") as handle:
                 total += len(_read(handle, spool_path))
         except OSError:
             continue
@@ -208,7 +208,7 @@ def count_pending(directory: str | Path) -> int:
 def _take(path: Path) -> _SpoolFile | None:
     """Open and lock a spool file whose process has exited; None if its owner still holds it."""
     try:
-        handle = path.open("a+", encoding="utf-8")
+        handle = path.open("a+b")
     except OSError:
         return None
     try:
@@ -222,10 +222,12 @@ def _take(path: Path) -> _SpoolFile | None:
     return _SpoolFile(path, handle, pending)
 
 
-def _read(handle: IO[str], path: Path) -> dict[str, SpoolRecord]:
+def _read(handle: IO[bytes], path: Path) -> dict[str, SpoolRecord]:
+    """The records of a spool file not marked done. Read as bytes: a line that is not UTF-8 (a bad
+    sector, a torn page) is unreadable like any other, never an error for the whole file."""
     pending: dict[str, SpoolRecord] = {}
     for number, line in enumerate(handle, start=1):
-        if not line.endswith("\n"):  # a write cut short (the process died mid-line): never acknowledged
+        if not line.endswith(b"\n"):  # a write cut short (the process died mid-line): never acknowledged
             break
         try:
             item = json.loads(line)

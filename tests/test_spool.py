@@ -131,3 +131,23 @@ def test_an_admission_that_never_reached_the_store_leaves_nothing_to_release(tmp
         sqlite.ping()
     assert closed.value.maybe_applied is False  # SQLite rolls back: a failed write never half-happens
     gw.close()
+
+
+def test_a_corrupted_byte_neither_stops_start_up_nor_hides_the_records_around_it(tmp_path: Path) -> None:
+    """Power loss or a bad sector can leave bytes that are not UTF-8 in a spool file: that line is
+    unreadable, the records around it are replayed, and the process (``penny check``, a gateway
+    starting up and adopting the file) carries on."""
+    spool = SettleSpool(tmp_path)
+    spool.append(record("before"))
+    assert spool._own is not None
+    path = spool._own.path
+    crash(spool)
+    with path.open("ab") as handle:
+        handle.write(b'{"settle":\xff\xfe}\n')
+        handle.write(record("after").to_json().encode() + b"\n")
+    assert count_pending(tmp_path) == 2
+    with capture_logs() as logs:
+        heir = SettleSpool(tmp_path)
+        assert heir.adopt() == 2
+    assert [r.entry.request_id for r in heir.pending()] == ["before", "after"]
+    assert [e["event"] for e in logs].count("spool_line_unreadable") == 1
