@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 
 from proxy_core.clock import Clock
@@ -77,16 +78,20 @@ class LedgerKeeper:
             self._thread.start()
 
     def keep(self, record: SpoolRecord, exc: StoreError) -> None:
-        """Spool a write the store did not confirm; the maintenance thread replays it."""
+        """Spool a write the store did not confirm; the maintenance thread replays it. Should the
+        disk refuse it too (full, read-only), it is held in memory and replayed all the same, and
+        written to the spool as soon as the disk takes it; only until then can a crash lose it."""
         try:
             self.spool.append(record)
         except OSError as spool_exc:
-            # Neither the store nor the local disk took it: the log line is the last record.
+            # Neither the store nor the local disk took it: until one does, the log line is its
+            # only durable record.
             self._log.error("ledger_write_failed", error=str(exc), spool_error=str(spool_exc),
                             op=record.op, **asdict(record.entry))
-            return
+        else:
+            self._log.warning("ledger_write_spooled", request_id=record.entry.request_id, op=record.op,
+                              error=str(exc))
         self._metrics.spooled.inc()
-        self._log.warning("ledger_write_spooled", request_id=record.entry.request_id, op=record.op, error=str(exc))
         if self._thread is not None:
             self._thread.kick()
 
@@ -95,6 +100,8 @@ class LedgerKeeper:
         the first store failure. Adopts the spool files of exited processes first."""
         with self._lock:
             self._adopt()
+            with suppress(OSError):  # the disk is still full: they stay in memory
+                self.spool.write_unwritten()
             applied = already = 0
             error: str | None = None
             records = self.spool.pending()
@@ -128,7 +135,7 @@ class LedgerKeeper:
 
     def pending_writes(self) -> int:
         """Spooled writes not yet in the store, across every process sharing the spool directory."""
-        return count_pending(self.spool.directory)
+        return count_pending(self.spool.directory) + len(self.spool.pending_unwritten())
 
     def close(self) -> None:
         """Stop the thread and try once more; whatever the store has not taken stays on disk, for
@@ -136,6 +143,9 @@ class LedgerKeeper:
         if self._thread is not None:
             self._thread.stop()
         self.replay()
+        for record in self.spool.pending_unwritten():
+            # Neither the store nor the disk took it, and this process is going: the log is all that is left.
+            self._log.error("ledger_write_lost", op=record.op, **asdict(record.entry))
         self.spool.close()
 
     def _adopt(self) -> None:

@@ -25,6 +25,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -98,22 +99,36 @@ class SettleSpool:
         self._lock = threading.Lock()
         self._own: _SpoolFile | None = None
         self._adopted: list[_SpoolFile] = []
+        self._unwritten: dict[str, SpoolRecord] = {}  # refused by the disk: in memory only, for now
         self._log = get_logger()
 
     def append(self, record: SpoolRecord) -> None:
-        """Write ``record`` durably. Raises OSError when it cannot (the caller logs the record)."""
-        line = (record.to_json() + "\n").encode()
+        """Write ``record`` durably. Raises OSError when it cannot (the caller logs the record): the
+        record is then held in memory, still pending (replayed while this process lives), and
+        written with the next record the disk takes, or by :meth:`write_unwritten`."""
         with self._lock:
-            own = self._own_file()
-            own.handle.write(line)
-            own.handle.flush()
-            os.fsync(own.handle.fileno())
-            own.pending[record.key] = record
+            self._unwritten[record.key] = record
+            self._write_unwritten()
+
+    def write_unwritten(self) -> None:
+        """Write the records a full (or failing) disk refused earlier. Raises OSError if it still
+        cannot."""
+        with self._lock:
+            if self._unwritten:
+                self._write_unwritten()
+
+    def pending_unwritten(self) -> list[SpoolRecord]:
+        """The records pending in memory only (lost if this process ends before the disk or the
+        store takes them)."""
+        with self._lock:
+            return list(self._unwritten.values())
 
     def done(self, record: SpoolRecord) -> None:
         """Mark ``record`` applied. A file left with nothing pending is emptied (ours) or deleted
         (adopted). The mark needs no fsync: losing it only means one more, harmless, replay."""
         with self._lock:
+            if self._unwritten.pop(record.key, None) is not None:
+                return
             for spool_file in self._files():
                 if spool_file.pending.pop(record.key, None) is None:
                     continue
@@ -126,7 +141,7 @@ class SettleSpool:
     def pending(self) -> list[SpoolRecord]:
         """Every record not yet applied, oldest first."""
         with self._lock:
-            records = [r for f in self._files() for r in f.pending.values()]
+            records = [r for f in self._files() for r in f.pending.values()] + list(self._unwritten.values())
         return sorted(records, key=lambda r: r.spooled_at)
 
     def adopt(self) -> int:
@@ -167,6 +182,12 @@ class SettleSpool:
             yield self._own
         yield from self._adopted
 
+    def _write_unwritten(self) -> None:
+        own = self._own_file()
+        _append(own, b"".join((r.to_json() + "\n").encode() for r in self._unwritten.values()), sync=True)
+        own.pending.update(self._unwritten)
+        self._unwritten.clear()
+
     def _own_file(self) -> _SpoolFile:
         if self._own is None:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -180,10 +201,9 @@ class SettleSpool:
 
     def _mark_done(self, spool_file: _SpoolFile, record: SpoolRecord) -> None:
         if spool_file.pending:
-            spool_file.handle.write((json.dumps({"done": record.key}) + "\n").encode())
-            spool_file.handle.flush()
+            _append(spool_file, (json.dumps({"done": record.key}) + "\n").encode(), sync=False)
         elif spool_file is self._own:
-            spool_file.handle.truncate(0)
+            os.ftruncate(spool_file.handle.fileno(), 0)
         else:
             _discard(spool_file)
             self._adopted.remove(spool_file)
@@ -241,6 +261,24 @@ def _read(handle: IO[bytes], path: Path) -> dict[str, SpoolRecord]:
             continue
         pending[record.key] = record
     return pending
+
+
+def _append(spool_file: _SpoolFile, data: bytes, *, sync: bool) -> None:
+    """Append whole lines, or nothing: a write the disk cuts short (full) is cut off again, so the
+    next line never lands after half a record (which would leave both unreadable). Unbuffered, so
+    no half-written remainder lingers to land later. Only this process writes the file (its lock)."""
+    fd = spool_file.handle.fileno()
+    end = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if sync:
+            os.fsync(fd)
+    except OSError:
+        with suppress(OSError):
+            os.ftruncate(fd, end)
+        raise
 
 
 def _discard(spool_file: _SpoolFile) -> None:

@@ -12,6 +12,8 @@ from structlog.testing import capture_logs
 from proxy_core.budget import budget_lines
 from proxy_core.clock import ManualClock
 from proxy_core.gateway import Gateway
+from proxy_core.keeper import LedgerKeeper
+from proxy_core.metrics import Metrics
 from proxy_core.settings import PennySettings
 from proxy_core.spool import SettleSpool, SpoolRecord, count_pending
 from proxy_core.stores.base import LedgerEntry
@@ -151,3 +153,69 @@ def test_a_corrupted_byte_neither_stops_start_up_nor_hides_the_records_around_it
         assert heir.adopt() == 2
     assert [r.entry.request_id for r in heir.pending()] == ["before", "after"]
     assert [e["event"] for e in logs].count("spool_line_unreadable") == 1
+
+
+# A process whose disk fills up while it spools: the spool file may not grow past what it holds
+# after the first record (RLIMIT_FSIZE, SIGXFSZ ignored: the write fails with EFBIG part-way, as
+# it would with ENOSPC). A subprocess, so the limit binds nobody else.
+_DISK_FULL = """
+import os, resource, signal, sys
+from pathlib import Path
+from structlog.testing import capture_logs
+from proxy_core.errors import StoreError
+from proxy_core.keeper import LedgerKeeper
+from proxy_core.metrics import Metrics
+from proxy_core.spool import SettleSpool
+from proxy_core.stores.sqlite import SqliteStore
+from tests.test_spool import crash, record
+
+tmp, ending = Path(sys.argv[1]), sys.argv[2]
+keeper = LedgerKeeper(SqliteStore(tmp / "penny.db"), SettleSpool(tmp / "spool"), metrics=Metrics())
+down = StoreError("disk I/O error")
+keeper.keep(record("first"), down)
+own = keeper.spool._own
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (own.path.stat().st_size + 100, resource.RLIM_INFINITY))
+with capture_logs() as logs:
+    keeper.keep(record("second"), down)
+assert [e["event"] for e in logs] == ["ledger_write_failed"], logs
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+if ending == "replayed":  # space and the store are back: this process replays what it holds
+    report = keeper.replay()
+    assert (report.applied, report.pending) == (3 - 1, 0), report
+    keeper.close()
+else:  # the next paid call spools fine, then the process dies before any replay
+    keeper.keep(record("third"), down)
+    crash(keeper.spool)
+    os._exit(0)
+"""
+
+
+@pytest.mark.parametrize("ending", ["replayed", "crashed"])
+def test_a_paid_call_spooled_while_the_disk_is_full_still_reaches_the_ledger(tmp_path: Path, ending: str) -> None:
+    """Neither the store nor the disk takes the settle (the default spool sits beside penny.db, on
+    the same disk): the record stays in memory, is replayed once the store answers, and is written
+    to the spool file, whole, with the next record the disk takes; a line cut short by the full
+    disk never spoils the records after it."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, "-c", _DISK_FULL, str(tmp_path), ending], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    store = SqliteStore(tmp_path / "penny.db")
+    if ending == "crashed":
+        with capture_logs() as logs:
+            heir = SettleSpool(tmp_path / "spool")
+            assert heir.adopt() == 3
+        assert "spool_line_unreadable" not in [e["event"] for e in logs]
+        keeper = LedgerKeeper(store, heir, metrics=Metrics())
+        assert keeper.replay().applied == 3
+        keeper.close()
+    wanted = ["first", "second"] + (["third"] if ending == "crashed" else [])
+    assert [r for r in wanted if store.ledger_entry("T1", r) is None] == []
+    assert count_pending(tmp_path / "spool") == 0
+    store.close()
