@@ -37,6 +37,7 @@ from proxy_core.stores.base import LedgerEntry
 __all__ = ["SettleSpool", "SpoolRecord", "count_pending"]
 
 _SUFFIX = ".spool"
+_UNREADABLE = ".unreadable"  # an adopted file with lines no one could read, kept for the operator
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,7 @@ class _SpoolFile:
     path: Path
     handle: IO[bytes]
     pending: dict[str, SpoolRecord] = field(default_factory=dict)
+    unreadable: int = 0  # lines that could not be read: the file is kept for the operator
 
 
 class SettleSpool:
@@ -219,7 +221,7 @@ def count_pending(directory: str | Path) -> int:
     for spool_path in path.glob("*" + _SUFFIX):
         try:
             with spool_path.open("rb") as handle:
-                total += len(_read(handle, spool_path))
+                total += len(_read(handle, spool_path)[0])
         except OSError:
             continue
     return total
@@ -237,15 +239,17 @@ def _take(path: Path) -> _SpoolFile | None:
         handle.close()
         return None
     handle.seek(0)
-    pending = _read(handle, path)
+    pending, unreadable = _read(handle, path)
     handle.seek(0, os.SEEK_END)
-    return _SpoolFile(path, handle, pending)
+    return _SpoolFile(path, handle, pending, unreadable)
 
 
-def _read(handle: IO[bytes], path: Path) -> dict[str, SpoolRecord]:
-    """The records of a spool file not marked done. Read as bytes: a line that is not UTF-8 (a bad
-    sector, a torn page) is unreadable like any other, never an error for the whole file."""
+def _read(handle: IO[bytes], path: Path) -> tuple[dict[str, SpoolRecord], int]:
+    """The records of a spool file not marked done, and how many lines could not be read. Read as
+    bytes: a line that is not UTF-8 (a bad sector, a torn page) is unreadable like any other, never
+    an error for the whole file."""
     pending: dict[str, SpoolRecord] = {}
+    unreadable = 0
     for number, line in enumerate(handle, start=1):
         if not line.endswith(b"\n"):  # a write cut short (the process died mid-line): never acknowledged
             break
@@ -258,9 +262,10 @@ def _read(handle: IO[bytes], path: Path) -> dict[str, SpoolRecord]:
             record = SpoolRecord.from_json(op, item[op])
         except (ValueError, KeyError, TypeError) as exc:
             get_logger().error("spool_line_unreadable", path=str(path), line=number, error=str(exc))
+            unreadable += 1
             continue
         pending[record.key] = record
-    return pending
+    return pending, unreadable
 
 
 def _append(spool_file: _SpoolFile, data: bytes, *, sync: bool) -> None:
@@ -282,7 +287,17 @@ def _append(spool_file: _SpoolFile, data: bytes, *, sync: bool) -> None:
 
 
 def _discard(spool_file: _SpoolFile) -> None:
-    spool_file.path.unlink(missing_ok=True)
+    """Delete an adopted file with nothing left to replay; one with a line no one could read (maybe
+    a paid call, in a format this version does not know) is set aside instead, out of adoption's way."""
+    if spool_file.unreadable:
+        kept = spool_file.path.with_suffix(_UNREADABLE)
+        try:
+            spool_file.path.rename(kept)
+            get_logger().error("spool_file_kept_unreadable", path=str(kept), lines=spool_file.unreadable)
+        except OSError as exc:  # left as it is: the next adoption says so again
+            get_logger().error("spool_file_kept_unreadable", path=str(spool_file.path), error=str(exc))
+    else:
+        spool_file.path.unlink(missing_ok=True)
     spool_file.handle.close()
 
 

@@ -219,3 +219,26 @@ def test_a_paid_call_spooled_while_the_disk_is_full_still_reaches_the_ledger(tmp
     assert [r for r in wanted if store.ledger_entry("T1", r) is None] == []
     assert count_pending(tmp_path / "spool") == 0
     store.close()
+
+
+def test_a_line_no_one_could_read_is_kept_for_the_operator_not_deleted_with_its_file(tmp_path: Path) -> None:
+    """A record this version cannot read (written by a newer Penny before a roll-back, or
+    damaged) may be a paid call: once the rest of its file is replayed, the file is set aside as
+    ``.unreadable``, never deleted, and nobody adopts it again."""
+    spool = SettleSpool(tmp_path)
+    spool.append(record("readable"))
+    assert spool._own is not None
+    path = spool._own.path
+    crash(spool)
+    newer = record("newer").to_json().replace('"source":""', '"source":"","region":"eu"')
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(newer + "\n")
+    heir = SettleSpool(tmp_path)
+    assert heir.adopt() == 1
+    heir.done(heir.pending()[0])
+    kept = path.with_suffix(".unreadable")
+    assert newer in kept.read_text(encoding="utf-8")
+    assert not path.exists() and count_pending(tmp_path) == 0
+    with capture_logs() as logs:
+        assert SettleSpool(tmp_path).adopt() == 0
+    assert logs == []
