@@ -195,8 +195,12 @@ class SettleSpool:
             self.directory.mkdir(parents=True, exist_ok=True)
             name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}{_SUFFIX}"
             path = self.directory / name
-            handle = path.open("ab")
+            # Locked before it takes a name adoption looks for: an adopter that found it opened
+            # and not yet locked would take it for an exited process's empty file and delete it.
+            creating = path.with_name(name + ".new")
+            handle = creating.open("ab")
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            creating.rename(path)
             _fsync_dir(self.directory)  # the new file's name is durable too
             self._own = _SpoolFile(path, handle)
         return self._own
