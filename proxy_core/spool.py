@@ -19,6 +19,7 @@ reservation to be charged as an unsettled call later.
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 import socket
@@ -243,8 +244,13 @@ def _take(path: Path) -> _SpoolFile | None:
         handle.close()
         return None
     handle.seek(0)
-    pending, unreadable = _read(handle, path)
-    handle.seek(0, os.SEEK_END)
+    data = handle.read()
+    whole = data[: data.rfind(b"\n") + 1]
+    if len(whole) < len(data):
+        # A write its process died in, never acknowledged: cut off, or the first done mark
+        # appended here would join it into one unreadable line.
+        os.ftruncate(handle.fileno(), len(whole))
+    pending, unreadable = _read(io.BytesIO(whole), path)
     return _SpoolFile(path, handle, pending, unreadable)
 
 

@@ -283,3 +283,27 @@ def test_a_new_spool_file_is_never_adopted_before_its_process_locks_it(tmp_path:
         adopter.join()
     assert created > 100
     assert (unnamed, failed) == (0, 0)
+
+
+def test_a_torn_last_line_does_not_swallow_the_adopters_done_marks(tmp_path: Path) -> None:
+    """The adopter of a file that ends in half a line (its process died mid-write) appends its done
+    marks to that file: the first used to land on the half line, both unreadable, so the next
+    adopter replayed that record again and reported a damaged line."""
+    spool = SettleSpool(tmp_path)
+    spool.append(record("a"))
+    spool.append(record("b"))
+    assert spool._own is not None
+    path = spool._own.path
+    crash(spool)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(record("torn").to_json()[:40])
+    heir = SettleSpool(tmp_path)
+    assert heir.adopt() == 2
+    heir.done(record("a"))
+    for adopted in heir._adopted:  # the heir dies too
+        adopted.handle.close()
+    with capture_logs() as logs:
+        last = SettleSpool(tmp_path)
+        assert last.adopt() == 1
+    assert [r.entry.request_id for r in last.pending()] == ["b"]
+    assert "spool_line_unreadable" not in [e["event"] for e in logs]
