@@ -240,6 +240,10 @@ def _take(path: Path) -> _SpoolFile | None:
         return None
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # Another adopter may have replayed and deleted it between our open and our lock: its
+        # last record was never marked done, so it must not be replayed again from here.
+        if os.stat(path).st_ino != os.fstat(handle.fileno()).st_ino:
+            raise FileNotFoundError(path)
     except OSError:
         handle.close()
         return None

@@ -307,3 +307,49 @@ def test_a_torn_last_line_does_not_swallow_the_adopters_done_marks(tmp_path: Pat
         assert last.adopt() == 1
     assert [r.entry.request_id for r in last.pending()] == ["b"]
     assert "spool_line_unreadable" not in [e["event"] for e in logs]
+
+
+def test_two_adopters_at_once_replay_each_record_once(tmp_path: Path) -> None:
+    """Two processes adopting the same dead files: one that opened a file just before the other
+    replayed and deleted it used to lock the deleted file and replay its last record again (for a
+    spooled release, a second release, possibly of a retry's new claim). A race, so it runs for a
+    second: before the fix about one record in seven was replayed twice; now none may be."""
+    import collections
+    import threading
+
+    replays: collections.Counter[str] = collections.Counter()
+    counted = threading.Lock()
+    stop = threading.Event()
+
+    def adopt_and_replay() -> None:
+        while not stop.is_set():
+            spool = SettleSpool(tmp_path)
+            spool.adopt()
+            for r in spool.pending():
+                with counted:
+                    replays[r.entry.request_id] += 1
+                spool.done(r)
+
+    adopters = [threading.Thread(target=adopt_and_replay) for _ in range(2)]
+    for adopter in adopters:
+        adopter.start()
+    written = 0
+    deadline = time.monotonic() + 1.0
+    try:
+        while time.monotonic() < deadline:
+            dead = SettleSpool(tmp_path)
+            dead.append(record(f"r{written}"))
+            crash(dead)
+            written += 1
+    finally:
+        stop.set()
+        for adopter in adopters:
+            adopter.join()
+    adopt_and_replay_once = SettleSpool(tmp_path)  # what the two left: one more start-up takes it
+    adopt_and_replay_once.adopt()
+    for r in adopt_and_replay_once.pending():
+        replays[r.entry.request_id] += 1
+        adopt_and_replay_once.done(r)
+    assert written > 100
+    assert len(replays) == written
+    assert [r for r, n in replays.items() if n > 1] == []
