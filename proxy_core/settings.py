@@ -255,6 +255,11 @@ class PennySettings(BaseSettings):
         if problem is not None:
             raise ValueError(problem)
         parts = urlsplit(value)
+        if parts.scheme.startswith("redis") and "@" not in parts.netloc and "@" in value.partition("://")[2]:
+            # An unencoded / ? or # in the password ends the host part early: what follows it is no
+            # host, and a message naming one would print the start of the password.
+            raise ValueError("not a valid Redis URL: its password holds /, ? or #, which end the host part; "
+                             "percent-encode them (/ as %2F, ? as %3F, # as %23)")
         if parts.scheme.startswith("redis"):
             # Each host of the URL (a cluster's or Sentinel's name several: "h1:7000,h2:7001").
             for host in parts.netloc.rpartition("@")[2].split(","):  # never the password

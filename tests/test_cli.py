@@ -714,3 +714,23 @@ def test_an_unreachable_store_is_named_by_its_setting_without_its_password(
     assert "penny: store error:" in err and "Traceback" not in err
     assert f"PENNY_STORE_URL=redis://[redacted]@127.0.0.1:{free_tcp_port}/0" in err
     assert "s3cret-pw" not in err
+
+
+@pytest.mark.parametrize("url", [
+    "redis://penny:Ab3x/Kq9+Zz@127.0.0.1:6379/0",  # base64 passwords carry / and +
+    "redis://:Ab3x?Kq9Zz@127.0.0.1:6379/0",
+    "rediss://penny:Ab3x#Kq9Zz@127.0.0.1:6380/0",
+    "redis://penny:6379/Kq9Zz@127.0.0.1:6379/0",  # its first part even looks like host:port
+    "redis+cluster://penny:Ab3x/Kq9Zz@h1:7000,h2:7001",
+])
+def test_a_redis_password_with_a_slash_question_mark_or_hash_is_named_without_echoing_it(
+    url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Unencoded, / ? or # ends the URL's host part early: the password's first part was printed as a "port"."""
+    monkeypatch.setenv("PENNY_STORE_URL", url)
+    code, out = penny("check")
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "PENNY_STORE_URL" in err and "percent-encode" in err
+    for part in ("Ab3x", "Kq9Zz"):
+        assert part not in err + out
