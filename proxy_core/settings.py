@@ -427,6 +427,8 @@ def load_settings_as(settings_class: type[S], /, **overrides: Any) -> S:
     beside Penny's), with the same single error naming every bad field."""
     try:
         return settings_class(**overrides)
+    except UnicodeDecodeError as exc:  # only the settings sources read bytes: the .env file
+        raise ConfigurationError(_not_utf8(settings_class)) from exc
     except ValidationError as exc:
         problems = [_describe(settings_class, error) for error in exc.errors(include_input=False, include_url=False)]
         raise ConfigurationError("Invalid settings:\n" + "\n".join(f"  {p}" for p in problems)) from exc
@@ -451,6 +453,19 @@ def _describe(settings_class: type[PennySettings], error: Any) -> str:
     name = head if head.isupper() else env_var(head, settings_class)
     where = f"{name} [{'.'.join(rest)}]" if rest else name
     return f"{where}: {message}"
+
+
+def _not_utf8(settings_class: type[PennySettings]) -> str:
+    """Which line of the ``.env`` file is not UTF-8 (its bytes are not echoed: they may be a key)."""
+    path = Path(str(settings_class.model_config.get("env_file") or ".env"))
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        return f"{path}: line {line} is not UTF-8 text; save the file as UTF-8"
+    except OSError:
+        pass
+    return f"{path}: not UTF-8 text; save the file as UTF-8"
 
 
 def _first(*values: float | None) -> float:

@@ -734,3 +734,25 @@ def test_a_redis_password_with_a_slash_question_mark_or_hash_is_named_without_ec
     assert "PENNY_STORE_URL" in err and "percent-encode" in err
     for part in ("Ab3x", "Kq9Zz"):
         assert part not in err + out
+
+
+@pytest.mark.parametrize("content", [
+    b"PENNY_CHAT_MODEL=gpt-4.1-mini\nOPENAI_API_KEY=sk-caf\xe9-in-latin-1\n",  # saved as Latin-1
+    "OPENAI_API_KEY=sk-abc\n".encode("utf-16"),  # Windows' "Unicode"
+])
+def test_a_dotenv_that_is_not_utf8_is_named_with_its_line(
+    content: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / ".env").write_bytes(content)
+    code, _ = penny("check")
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    line = 2 if content.startswith(b"PENNY") else 1
+    assert f".env: line {line} is not UTF-8 text" in err
+    assert "sk-" not in err
+
+
+def test_a_dotenv_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(f"\ufeffOPENAI_API_KEY={SECRET_KEY}\n", encoding="utf-8")
+    code, out = penny("check")
+    assert code == 0 and "OPENAI_API_KEY is set" in out
