@@ -74,6 +74,11 @@ class BotSettings(PennySettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("slack_bot_token", "slack_app_token")
+    @classmethod
+    def _sendable_token(cls, value: SecretStr | None) -> SecretStr | None:
+        return cls._sendable(value)
+
     @field_validator(
         "slack_bot_token", "slack_app_token", "slack_signing_secret", "slack_api_url", "alert_channel", mode="before"
     )

@@ -336,6 +336,21 @@ class PennySettings(BaseSettings):
         # OPENAI_API_KEY= (empty) in a .env file means "not set", not an empty key.
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("openai_api_key", "metrics_token")
+    @classmethod
+    def _sendable(cls, value: SecretStr | None) -> SecretStr | None:
+        """A key or token travels in an HTTP header, which takes plain ASCII: one pasted with curly
+        quotes, a no-break space or an ellipsis would crash the first call, not be refused here.
+        Spaces around it are no part of it. Front ends run their own tokens through this too."""
+        if value is None:
+            return None
+        secret = value.get_secret_value().strip()
+        for position, char in enumerate(secret, start=1):
+            if not "!" <= char <= "~":
+                raise ValueError(f"not plain ASCII: character {position} of {len(secret)} is U+{ord(char):04X} (pasted "
+                                 "with quotes or spaces from a web page or a chat?); copy it again")
+        return SecretStr(secret)
+
     @field_validator("openai_base_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:

@@ -756,3 +756,28 @@ def test_a_dotenv_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text(f"\ufeffOPENAI_API_KEY={SECRET_KEY}\n", encoding="utf-8")
     code, out = penny("check")
     assert code == 0 and "OPENAI_API_KEY is set" in out
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("OPENAI_API_KEY", "\u201csk-test-pasted-with-its-quotes\u201d"),  # copied from a web page
+    ("OPENAI_API_KEY", "sk-test-with\u00a0a-no-break-space"),
+    ("SLACK_BOT_TOKEN", "xoxb-1-pasted\u2026"),
+    ("SLACK_APP_TOKEN", "xapp-1-\u00e9t\u00e9"),
+    ("PENNY_METRICS_TOKEN", "t\u00f6ken-for-prometheus"),
+])
+def test_a_key_or_token_that_cannot_go_in_an_http_header_is_named_at_start(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It used to pass every check and crash the first call to OpenAI or Slack with a UnicodeEncodeError."""
+    monkeypatch.setenv(name, value)
+    code, out = penny("ask", QUESTION)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"{name}: " in err and "not plain ASCII" in err
+    assert value not in err + out and value[3:12] not in err + out
+
+
+def test_spaces_around_a_key_are_not_part_of_it(fake: FakeOpenAI, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(f'OPENAI_API_KEY=" {SECRET_KEY} "\n')
+    code, out = penny("ask", QUESTION, "--fresh")
+    assert code == 0 and "$" in out
