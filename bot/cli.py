@@ -63,7 +63,15 @@ ENV_PREFIX: Final = "PENNY_"
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stdin: TextIO | None = None) -> int:
     out = stdout or sys.stdout
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit:  # --help printed to sys.stdout: a closed pipe shows up here, as below
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _discard_output(sys.stdout)
+            return 1
+        raise
     settings: BotSettings | None = None
     try:
         settings = load_settings()

@@ -461,6 +461,22 @@ def test_closed_pipe_ends_quietly_as_a_program(tmp_path: Path) -> None:
     assert proc.stderr == b""
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["keys", "create", "--help"]])
+def test_help_into_a_closed_pipe_ends_quietly(argv: list[str], tmp_path: Path) -> None:
+    """``penny --help | head -3``: argparse prints to sys.stdout and exits, and the interpreter's
+    last flush used to fail with "Exception ignored ... BrokenPipeError" and status 120."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env["PYTHONPATH"] = str(REPO)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "bot.cli", *argv], stdout=write_end, stderr=subprocess.PIPE,
+                              cwd=tmp_path, env=env, timeout=60, check=False)
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (1, b"")
+
+
 # -- formatting ------------------------------------------------------------------------------------
 
 
