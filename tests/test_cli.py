@@ -797,3 +797,23 @@ def test_spaces_around_a_key_are_not_part_of_it(fake: FakeOpenAI, tmp_path: Path
     (tmp_path / ".env").write_text(f'OPENAI_API_KEY=" {SECRET_KEY} "\n')
     code, out = penny("ask", QUESTION, "--fresh")
     assert code == 0 and "$" in out
+
+
+@pytest.mark.parametrize(("flag", "why"), [("--port", "in use"), ("--host", "nonexistent.invalid")])
+def test_a_port_in_use_or_an_unknown_host_is_named_by_its_flag_at_once(
+    flag: str, why: str, isolated: str, tmp_path: Path
+) -> None:
+    """gunicorn used to retry for five seconds, then exit 1 with "Can't connect to ('127.0.0.1', PORT)"."""
+    import socket
+    import time
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        argv = ["--port", port] if flag == "--port" else ["--host", "nonexistent.invalid", "--port", "0"]
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OPENAI_API_KEY": SECRET_KEY}
+        started = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "bot.cli", "proxy", *argv], capture_output=True, text=True,
+                              cwd=tmp_path, env=env, timeout=60, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"penny: configuration error\n{flag}" in proc.stderr and why in proc.stderr
+    assert "Listening at" not in proc.stderr and time.monotonic() - started < 4

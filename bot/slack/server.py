@@ -724,6 +724,7 @@ def run_arbiter(options: HTTPOptions, build: Callable[[Callable[[], bytes]], Ser
     or SIGINT). Each worker calls ``build`` after the fork, with the renderer of the metrics summed
     over every worker; ``on_listening`` hears the listening URL (ending in ``url_path``), and each
     worker, once ready, says so on ``out`` ("Penny worker <pid> is ready")."""
+    check_listen_address(options.host, options.port)
     arbiter_pid = os.getpid()
 
     def on_ready(what: str) -> None:
@@ -746,6 +747,32 @@ def run_arbiter(options: HTTPOptions, build: Callable[[Callable[[], bytes]], Ser
     finally:
         if os.getpid() == arbiter_pid:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """Raise a :class:`ConfigurationError` naming ``--host`` or ``--port`` when the server could not
+    listen there, before gunicorn tries: it would retry for five seconds, then exit naming neither."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ConfigurationError(f"--host {host!r}: not an address of this machine ({_reason(exc)})") from None
+    try:
+        socket.create_server((host, port), family=family).close()  # SO_REUSEADDR, as gunicorn binds
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigurationError(f"--port {port}: {host}:{port} is in use (another Penny, or another server); "
+                                     "stop it or choose another port") from None
+        if exc.errno == errno.EACCES:
+            raise ConfigurationError(f"--port {port}: this user may not listen on ports below 1024; choose "
+                                     "another port (a reverse proxy can serve 443)") from None
+        raise ConfigurationError(f"--host {host}: cannot listen on {host}:{port} ({_reason(exc)})") from None
+
+
+def _reason(exc: Exception) -> str:
+    number = getattr(exc, "errno", None)
+    if isinstance(number, int) and number > 0:
+        return os.strerror(number)  # without create_server's "(while attempting to bind …)"
+    return getattr(exc, "strerror", None) or str(exc)
 
 
 def _serve_arbiter_metrics(render: Callable[[], bytes], port: int) -> None:
