@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Final
 
 from proxy_core import Gateway, PennySettings, Store
 
@@ -47,9 +48,17 @@ def nonblank(value: str) -> str:
     return value.strip()
 
 
+MAX_WORKERS: Final = 64  # one per core is the rule; more is a typo that would fork until memory runs out
+
+
 def positive_int(value: str) -> int:
-    """``--workers N``: a whole number of at least 1 (argparse turns a refusal into exit 2)."""
-    number = int(value)
+    """``--workers N``: a whole number from 1 to :data:`MAX_WORKERS` (argparse turns a refusal into exit 2)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number, not {value!r}") from None
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    if number > MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_WORKERS} (one per core), not {value}")
     return number

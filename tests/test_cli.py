@@ -817,3 +817,17 @@ def test_a_port_in_use_or_an_unknown_host_is_named_by_its_flag_at_once(
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"penny: configuration error\n{flag}" in proc.stderr and why in proc.stderr
     assert "Listening at" not in proc.stderr and time.monotonic() - started < 4
+
+
+@pytest.mark.parametrize("argv", [
+    ["proxy", "--workers", "100000"],
+    ["run", "--http", "--workers", "99999999999999999999"],
+])
+def test_a_number_of_workers_no_machine_runs_is_refused_before_any_is_started(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An extra zero or two used to fork that many workers, until the machine ran out of memory."""
+    with pytest.raises(SystemExit) as refused:
+        penny(*argv)
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and "argument --workers: at most" in err
