@@ -53,8 +53,9 @@ MICROS_PER_USD = 1_000_000
 MAX_BUDGET_USD: Final = Decimal(1_000_000_000)  # a budget above this is a typo, not a plan
 Usd = Annotated[Decimal, Field(ge=0, le=MAX_BUDGET_USD, decimal_places=6)]
 Rate = Annotated[float, Field(ge=0)]
-Seconds = Annotated[float, Field(ge=0)]
-PositiveSeconds = Annotated[float, Field(gt=0)]
+MAX_SECONDS: Final = 10 * 365 * 86_400  # a duration above ten years is a typo, and past a clock's range
+Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS)]
+PositiveSeconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 

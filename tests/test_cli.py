@@ -831,3 +831,18 @@ def test_a_number_of_workers_no_machine_runs_is_refused_before_any_is_started(
         penny(*argv)
     err = capsys.readouterr().err
     assert refused.value.code == 2 and "argument --workers: at most" in err
+
+
+@pytest.mark.parametrize(("name", "argv"), [
+    ("PENNY_STORE_TIMEOUT_S", ["usage"]),
+    ("PENNY_REQUEST_TIMEOUT_S", ["ask", QUESTION]),
+    ("PENNY_CACHE_TTL_S", ["check"]),
+])
+def test_a_duration_past_what_a_clock_can_hold_is_named(
+    name: str, argv: list[str], fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """1e300 seconds used to pass the settings and crash the first lock or socket wait with an OverflowError."""
+    monkeypatch.setenv(name, "1e300")
+    code, _ = penny(*argv)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and f"{name}: Input should be less than or equal to" in err
