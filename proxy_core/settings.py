@@ -261,6 +261,10 @@ class PennySettings(BaseSettings):
             # host, and a message naming one would print the start of the password.
             raise ValueError("not a valid Redis URL: its password holds /, ? or #, which end the host part; "
                              "percent-encode them (/ as %2F, ? as %3F, # as %23)")
+        database = parts.path.removeprefix("/")
+        if parts.scheme in ("redis", "rediss") and database and not (database.isascii() and database.isdigit()):
+            # redis-py ignores a database it cannot read as a number, and uses 0.
+            raise ValueError("not a valid Redis URL: its database (after the last /) must be a number such as 0")
         if parts.scheme.startswith("redis"):
             # Each host of the URL (a cluster's or Sentinel's name several: "h1:7000,h2:7001").
             for host in parts.netloc.rpartition("@")[2].split(","):  # never the password

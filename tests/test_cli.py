@@ -846,3 +846,14 @@ def test_a_duration_past_what_a_clock_can_hold_is_named(
     code, _ = penny(*argv)
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and f"{name}: Input should be less than or equal to" in err
+
+
+@pytest.mark.parametrize("path", ["/O", "/penny", "/0/1"])
+def test_a_redis_database_that_is_not_a_number_is_named(
+    path: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """redis-py ignores a database it cannot read as a number: Penny used database 0 in silence."""
+    monkeypatch.setenv("PENNY_STORE_URL", f"redis://:s3cret-pw@127.0.0.1:6379{path}")
+    code, _ = penny("check")
+    err = capsys.readouterr().err
+    assert code == 2 and "PENNY_STORE_URL: not a valid Redis URL: its database" in err and "s3cret-pw" not in err
