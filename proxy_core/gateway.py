@@ -204,10 +204,12 @@ class _Lookup:
 
 @dataclass(frozen=True, slots=True)
 class _Admitted:
-    """What admission took: the budget lines reserved on, and the first attempt's breaker permit."""
+    """What admission took: the budget lines reserved on, the first attempt's breaker permit, and
+    the admission's own ID (what a release names)."""
 
     lines: list[budget_math.BudgetLine]
     permit: Permit | None
+    call_id: str
 
 
 @dataclass(slots=True)
@@ -664,7 +666,7 @@ class Gateway:
         try:
             return self._call_upstream(kind, attempt, admitted.permit)
         except BaseException:
-            self._release(req, admitted.lines)
+            self._release(req, admitted)
             raise
 
     def _chat_result(
@@ -794,12 +796,12 @@ class Gateway:
             # the reply): nothing goes upstream now, so give back whatever it may hold, or its
             # claim would later be charged as an interrupted call.
             if exc.maybe_applied:
-                self._spool_release(req, lines, exc)
+                self._spool_release(req, lines, owner.call_id, exc)
             raise
         if admission.permit is not None:
             self.metrics.breaker_state.set(BREAKER_STATES[admission.permit.state])
         self._refuse_unless_admitted(admission, names)
-        return _Admitted(lines, admission.permit)
+        return _Admitted(lines, admission.permit, owner.call_id)
 
     def _refuse_unless_admitted(self, admission: Admission, bucket_names: Sequence[str]) -> None:
         if admission.state == "admitted":
@@ -824,18 +826,20 @@ class Gateway:
         self.metrics.refusals.labels("breaker").inc()
         raise CircuitOpen(permit.retry_after)
 
-    def _release(self, req: ChatRequest | EmbedRequest, lines: Sequence[budget_math.BudgetLine]) -> None:
+    def _release(self, req: ChatRequest | EmbedRequest, admitted: _Admitted) -> None:
         """Give back an admitted request that was not settled: its reservation and its claim (so a
         retry may run it again). If the store fails, the release is spooled and replayed; should
-        its claim expire first, it is charged as an unsettled call (never an under-count)."""
+        its claim expire first, it is charged as an unsettled call (never an under-count). The
+        release names this admission: replayed late, it leaves a newer admission of the request
+        (a client's retry meanwhile) alone."""
         try:
-            self.store.release(req.workspace_id, req.request_id, lines)
-            self.store.release_request(req.workspace_id, req.request_id)
+            self.store.release_admission(req.workspace_id, req.request_id, admitted.lines, call_id=admitted.call_id)
         except StoreError as exc:
-            self._spool_release(req, lines, exc)
+            self._spool_release(req, admitted.lines, admitted.call_id, exc)
 
     def _spool_release(
-        self, req: ChatRequest | EmbedRequest, lines: Sequence[budget_math.BudgetLine], exc: StoreError
+        self, req: ChatRequest | EmbedRequest, lines: Sequence[budget_math.BudgetLine], call_id: str,
+        exc: StoreError,
     ) -> None:
         entry = LedgerEntry(
             request_id=req.request_id, ts=self._wall(), day="", workspace_id=req.workspace_id, user_id=req.user_id,
@@ -843,7 +847,7 @@ class Gateway:
             cached_prompt_tokens=0, completion_tokens=0, cost_micros=0, saved_micros=0, cache_status="bypass",
             latency_ms=0, attempts=0, source=_source_id(req),
         )
-        self.ledger.keep(SpoolRecord("release", entry, tuple(lines), spooled_at=entry.ts), exc)
+        self.ledger.keep(SpoolRecord("release", entry, tuple(lines), spooled_at=entry.ts, call_id=call_id), exc)
 
     def _chat_attempt(self, req: ChatRequest, broken: _BrokenAttempts) -> Callable[[], ChatResponse]:
         """One upstream attempt at a chat completion, streamed into ``stream`` when both sides can;

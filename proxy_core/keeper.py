@@ -157,8 +157,12 @@ class LedgerKeeper:
     def _apply(self, record: SpoolRecord) -> bool:
         entry = record.entry
         if record.op == "release":
-            self.store.release(entry.workspace_id, entry.request_id, record.lines)
-            self.store.release_request(entry.workspace_id, entry.request_id)
+            if record.call_id is not None:
+                self.store.release_admission(entry.workspace_id, entry.request_id, record.lines,
+                                             call_id=record.call_id)
+            else:  # spooled before releases named their admission
+                self.store.release(entry.workspace_id, entry.request_id, record.lines)
+                self.store.release_request(entry.workspace_id, entry.request_id)
             return True
         written = self.store.settle(entry, reservation_id=record.reservation_id, lines=record.lines,
                                     result=record.result, result_ttl_s=record.result_ttl_s)

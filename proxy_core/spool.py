@@ -44,7 +44,8 @@ _UNREADABLE = ".unreadable"  # an adopted file with lines no one could read, kep
 @dataclass(frozen=True, slots=True)
 class SpoolRecord:
     """One store write to replay: a ``settle`` (with everything ``Store.settle`` takes) or a
-    ``release`` (``entry`` then only names the request: workspace, request ID, user)."""
+    ``release`` (``entry`` then only names the request: workspace, request ID, user; ``call_id``
+    names the admission to give back, None in records spooled before releases named one)."""
 
     op: Literal["settle", "release"]
     entry: LedgerEntry
@@ -53,6 +54,7 @@ class SpoolRecord:
     result: str | None = None
     result_ttl_s: float = 0.0
     spooled_at: float = 0.0
+    call_id: str | None = None
 
     @property
     def key(self) -> str:
@@ -66,6 +68,7 @@ class SpoolRecord:
             "result": self.result,
             "result_ttl_s": self.result_ttl_s,
             "spooled_at": self.spooled_at,
+            "call_id": self.call_id,
         }
         return json.dumps({self.op: body}, separators=(",", ":"))
 
@@ -79,6 +82,7 @@ class SpoolRecord:
             result=body.get("result"),
             result_ttl_s=float(body.get("result_ttl_s", 0.0)),
             spooled_at=float(body.get("spooled_at", 0.0)),
+            call_id=body.get("call_id"),
         )
 
 

@@ -269,7 +269,8 @@ def test_an_admission_sent_twice_by_the_client_holds_once_and_is_admitted(
         assert store.spent("T01", LINE) == (0, 5_000)  # reserved once
         assert store.take_tokens("T01", [bucket]).remaining == (0.0,)  # one token taken by r1, this one now
         # Another call of the same request ID (not a resend) is still held off.
-        again = store.admit("T01", "r1", ttl_s=60, buckets=[], lines=[LINE], amount=5_000, breaker=None, owner=owner)
+        again = store.admit("T01", "r1", ttl_s=60, buckets=[], lines=[LINE], amount=5_000, breaker=None,
+                            owner=ClaimOwner("U1", "gpt-4.1-mini", "chat", clock()))  # a call of its own
         assert again.state == "in_flight"
         assert store.settle(entry("T01", "r1"), reservation_id="r1", lines=[LINE], result="{}", result_ttl_s=60)
         assert store.spent("T01", LINE) == (1_000, 0)

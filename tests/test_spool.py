@@ -3,6 +3,7 @@ pending: durable records, done marks, adoption of a dead process's file, and a t
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -349,3 +350,32 @@ def test_two_adopters_at_once_replay_each_record_once(tmp_path: Path) -> None:
         adopt_and_replay_once.done(r)
     assert len(replays) == written
     assert [r for r, n in replays.items() if n > 1] == []
+
+
+def test_a_spooled_release_replayed_after_a_retry_was_admitted_leaves_the_retry_alone(tmp_path: Path) -> None:
+    """An admit timed out (it may have been applied), so its release was spooled; it had not been
+    applied, and the client's retry of the request was admitted before the replay. The replay used
+    to delete the retry's claim and reservation while its call was in flight: a third try could
+    then run beside it and pay the provider again, and the budget no longer held its cost."""
+    from dataclasses import replace
+
+    from proxy_core.errors import StoreError
+    from proxy_core.stores.base import ClaimOwner
+
+    store = SqliteStore(tmp_path / "penny.db")
+    keeper = LedgerKeeper(store, SettleSpool(tmp_path / "spool"), metrics=Metrics())
+    lost = ClaimOwner("U1", "gpt-4.1-mini", "chat", 1_767_225_600.0)  # its admission never reached the store
+    spooled = replace(record("r1", op="release"), call_id=lost.call_id)
+    keeper.keep(spooled, StoreError("Redis store: cannot admit a request: timed out", maybe_applied=True))
+    retry = ClaimOwner("U1", "gpt-4.1-mini", "chat", 1_767_225_601.0)
+    lines = list(spooled.lines)
+    assert store.admit("T1", "r1", ttl_s=60, buckets=[], lines=lines, amount=500, breaker=None,
+                       owner=retry).state == "admitted"
+
+    assert keeper.replay().applied == 1
+
+    assert store.spent("T1", lines[0]) == (0, 500)  # the retry's reservation holds
+    assert store.claim_request("T1", "r1", ttl_s=60).state == "in_flight"  # and so does its claim
+    assert SpoolRecord.from_json("release", json.loads(spooled.to_json())["release"]) == spooled
+    keeper.close()
+    store.close()

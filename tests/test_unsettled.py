@@ -190,3 +190,47 @@ def test_a_late_settle_of_an_interrupted_embedding_replaces_its_charge_whole(sto
     assert store.settle(real, reservation_id="e1", lines=lines, result=None, result_ttl_s=60) is True
     settled = store.usage(WS, "2026-01-01", "2026-01-01").totals
     assert (settled.requests, settled.embeddings, settled.questions, settled.unsettled) == (1, 1, 0, 0)
+
+
+def test_a_release_gives_back_only_its_own_admission_so_a_late_one_never_undoes_a_retry(
+    store: Store, clock: ManualClock
+) -> None:
+    lines = lines_at(clock(), user_daily=AMOUNT)  # room for one call's reservation, not two
+    first = ClaimOwner("U1", "gpt-4.1-mini", "chat", clock())
+    assert store.admit(WS, "r1", ttl_s=TTL, buckets=[], lines=lines, amount=AMOUNT, breaker=None,
+                       owner=first).state == "admitted"
+    store.release_admission(WS, "r1", lines, call_id="another-call")  # not its admission: nothing
+    assert store.spent(WS, lines[0]) == (0, AMOUNT)
+    assert admit(store, clock, "r1", lines) == "in_flight"
+
+    store.release_admission(WS, "r1", lines, call_id=first.call_id)
+    assert store.spent(WS, lines[0]) == (0, 0)
+    # A retry of the request is admitted; then the first call's release arrives once more (replayed
+    # from a spool whose done mark was lost, or spooled when the first admit's reply was lost): the
+    # retry keeps its claim and its reservation, so nobody can run the request beside it, nor
+    # reserve the budget it holds.
+    assert admit(store, clock, "r1", lines) == "admitted"
+    store.release_admission(WS, "r1", lines, call_id=first.call_id)
+    assert store.spent(WS, lines[0]) == (0, AMOUNT)
+    assert admit(store, clock, "r1", lines) == "in_flight"
+    assert store.admit(WS, "r2", ttl_s=TTL, buckets=[], lines=lines, amount=1, breaker=None,
+                       owner=ClaimOwner("U1", "gpt-4.1-mini", "chat", clock())).state == "over_budget"
+
+
+def test_a_release_leaves_a_reaped_claim_and_a_settled_request_alone(store: Store, clock: ManualClock) -> None:
+    lines = lines_at(clock())
+    owner = ClaimOwner("U1", "gpt-4.1-mini", "chat", clock())
+    store.admit(WS, "r1", ttl_s=TTL, buckets=[], lines=lines, amount=AMOUNT, breaker=None, owner=owner)
+    clock.advance(TTL + 1)
+    store.reap_interrupted()
+    store.release_admission(WS, "r1", lines, call_id=owner.call_id)  # its process comes back, late
+    assert admit(store, clock, "r1", lines) == "interrupted"  # charged, and never run again
+    assert store.spent(WS, lines[0]) == (AMOUNT, 0)
+
+    settled = ClaimOwner("U1", "gpt-4.1-mini", "chat", clock())
+    store.admit(WS, "r2", ttl_s=TTL, buckets=[], lines=lines, amount=AMOUNT, breaker=None, owner=settled)
+    store.settle(real_entry(clock, "r2", 700), reservation_id="r2", lines=lines, result='{"ok": 1}',
+                 result_ttl_s=60)
+    store.release_admission(WS, "r2", lines, call_id=settled.call_id)
+    assert store.claim_request(WS, "r2", ttl_s=60).state == "done"
+    assert store.spent(WS, lines[0]) == (AMOUNT + 700, 0)

@@ -15,6 +15,7 @@ share a cluster slot (``{w:<workspace>}`` hash tag) and can be changed by one sc
 
 from __future__ import annotations
 
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -127,13 +128,18 @@ class BreakerRef:
 @dataclass(frozen=True, slots=True)
 class ClaimOwner:
     """Who an admitted request is for, kept with its claim: if the call is never settled, the
-    claim becomes an unsettled ledger entry for ``user_id`` at the reserved amount."""
+    claim becomes an unsettled ledger entry for ``user_id`` at the reserved amount. One per
+    admission: an admit sent again with the same owner is the same call (a resend after a lost
+    reply), admitted again rather than held off by itself."""
 
     user_id: str
     model: str
     kind: Kind
     started_at: float  # epoch seconds; the unsettled entry is dated by it
     source: str = ""  # the ledger entry's source (see LedgerEntry)
+    # This admission's own ID: a release names it (``release_admission``), so a release that comes
+    # late (replayed from the spool) never undoes a newer admission of the same request ID.
+    call_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,6 +398,16 @@ class RequestStore(ABC):
     @abstractmethod
     def _admit(self, call: AdmitCall) -> Admission:
         """:meth:`admit`, on this backend."""
+
+    @abstractmethod
+    def release_admission(self, workspace_id: str, request_id: str, lines: Sequence[BudgetLine], *,
+                          call_id: str) -> None:
+        """Give back what the admission ``call_id`` (its :attr:`ClaimOwner.call_id`) took: its
+        reservation on ``lines`` and its claim, so a retry may run the request again; in one step.
+        Only while that admission's own claim holds the ID: once the request was settled, released,
+        or admitted again by another call (a client's retry while this release waited in the
+        spool), nothing changes. A reaped claim stays (its unsettled charge is what may have been
+        spent), as with :meth:`release_request`."""
 
     def settle(
         self,

@@ -14,15 +14,26 @@ from collections.abc import Sequence
 from proxy_core.budget import BudgetLine, period_window
 from proxy_core.stores.base import ClaimOwner, LedgerEntry
 
-__all__ = ["owner_json", "unsettled_charge"]
+__all__ = ["owned_by", "owner_json", "unsettled_charge"]
 
 
 def owner_json(owner: ClaimOwner, amount: int, lines: Sequence[BudgetLine]) -> str:
     return json.dumps({
         "user_id": owner.user_id, "model": owner.model, "kind": owner.kind, "amount": int(amount),
         "lines": [[line.key, line.limit, line.resets_at] for line in lines], "started_at": owner.started_at,
-        "source": owner.source,
+        "source": owner.source, "call": owner.call_id,
     })
+
+
+def owned_by(owner: str | None, call_id: str) -> bool:
+    """Whether a claim's owner JSON (None: a plain claim) is the admission ``call_id``'s."""
+    if owner is None:
+        return False
+    try:
+        held = json.loads(owner)
+    except ValueError:
+        return False
+    return isinstance(held, dict) and held.get("call") == call_id
 
 
 def unsettled_charge(workspace_id: str, request_id: str, owner: str) -> tuple[LedgerEntry, list[BudgetLine]]:

@@ -67,6 +67,7 @@ ADMIT = ArgvLayout(
 )
 TAKE_TOKENS = ArgvLayout("take_tokens", rest="rate, burst and cost per bucket")
 RELEASE = ArgvLayout("release", ("reservation_id",))
+RELEASE_ADMISSION = ArgvLayout("release_admission", ("reservation_id", "call"))
 SETTLE = ArgvLayout(
     "settle",
     ("reservation_id", "cost_micros", "has_result", "result", "result_ttl_s", "keep_s", "user_id", "model",

@@ -56,7 +56,6 @@ from datetime import date, timedelta
 from importlib import resources
 from typing import Any, ParamSpec, TypeVar, cast
 from urllib.parse import unquote, urlsplit
-from uuid import uuid4
 
 import redis
 from redis.client import NEVER_DECODE
@@ -144,6 +143,7 @@ _SCRIPTS = (
     "claim_request",
     "complete_request",
     "release_request",
+    "release_admission",
     "take_tokens",
     "release",
     "settle",
@@ -504,6 +504,13 @@ class RedisStore(Store):
     def release_request(self, workspace_id: str, request_id: str) -> None:
         self._run_confirmed(*_call(argv.RELEASE_REQUEST, [self._request_key(workspace_id, request_id)]))
 
+    @_translated("release an admission")
+    def release_admission(self, workspace_id: str, request_id: str, lines: Sequence[BudgetLine], *,
+                          call_id: str) -> None:
+        keys = [self._request_key(workspace_id, request_id),
+                *(k for line in capped(lines) for k in self._line_keys(workspace_id, line)[1:])]
+        self._run_confirmed(*_call(argv.RELEASE_ADMISSION, keys, reservation_id=request_id, call=call_id))
+
     @_translated("admit a request")
     def _admit(self, call: AdmitCall) -> Admission:
         workspace_id, request_id, buckets, breaker, owner = (call.workspace_id, call.request_id, call.buckets,
@@ -511,10 +518,10 @@ class RedisStore(Store):
         # One round trip: the breaker is peeked at (read only) beside the admit script, which
         # claims, takes tokens and reserves atomically. Only when the breaker would grant a probe
         # (after an outage) or refuses does a second round trip follow.
-        # The nonce makes this call's claim its own: a resent admit (redis-py retries a command whose
-        # connection dropped) finds it and is admitted again rather than held "in flight" by itself.
-        owner_json = ("" if owner is None
-                      else _owner_json(owner, call.amount, call.lines)[:-1] + f', "call": "{uuid4().hex}"}}')
+        # The owner's call ID makes this call's claim its own: a resent admit (redis-py retries a
+        # command whose connection dropped) finds it and is admitted again rather than held "in
+        # flight" by itself.
+        owner_json = "" if owner is None else _owner_json(owner, call.amount, call.lines)
         lines = capped(call.lines)  # only capped lines hold reservations
         keys = [self._request_key(workspace_id, request_id), self._owned_key(workspace_id),
                 f"{self._ws(workspace_id)}:ledger:{request_id}", *self._bucket_keys(workspace_id, buckets)]

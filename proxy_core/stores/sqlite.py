@@ -53,7 +53,7 @@ from proxy_core.stores.base import (
     UsageSummary,
     UsageTotals,
 )
-from proxy_core.stores.claims import owner_json, unsettled_charge
+from proxy_core.stores.claims import owned_by, owner_json, unsettled_charge
 
 __all__ = ["MAX_CONNECTIONS", "SCHEMA_VERSION", "SEMANTIC_LOG_RETAIN", "SqliteStore"]
 
@@ -708,6 +708,20 @@ class SqliteStore(Store):
                 "DELETE FROM requests WHERE workspace_id = ? AND request_id = ? AND state = 'claimed' AND reaped = 0",
                 (workspace_id, request_id),
             )
+
+    def release_admission(self, workspace_id: str, request_id: str, lines: Sequence[BudgetLine], *,
+                          call_id: str) -> None:
+        with self._write("release an admission") as conn:
+            row = conn.execute(
+                "SELECT owner, state, reaped FROM requests WHERE workspace_id = ? AND request_id = ?",
+                (workspace_id, request_id),
+            ).fetchone()
+            if row is None or not owned_by(row[0], call_id):
+                return  # settled, released, or admitted again by another call since
+            _drop_reservation(conn, workspace_id, request_id, lines)
+            if row[1] == "claimed" and not row[2]:  # a reaped claim stays: its charge may have been spent
+                conn.execute("DELETE FROM requests WHERE workspace_id = ? AND request_id = ?",
+                             (workspace_id, request_id))
 
     # -- rate limiting -------------------------------------------------------------------
     def take_tokens(self, workspace_id: str, specs: Sequence[BucketSpec]) -> LimitDecision:
