@@ -79,6 +79,9 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         level = settings.log_level if "log_level" in settings.model_fields_set else "WARNING"
         configure_logging(level, json=settings.log_json)
         command: Callable[[argparse.Namespace, BotSettings, TextIO, TextIO], int] = args.func
+        if command is not _cmd_check:  # check lists them with the rest of its report
+            for line in _misspelled_settings(BotSettings):
+                print(f"penny: warning: {line}", file=sys.stderr)
         code = command(args, settings, out, stdin or sys.stdin)
         out.flush()  # a closed pipe must show up here, not in the interpreter's flush at exit
         return code

@@ -211,7 +211,9 @@ class PennySettings(BaseSettings):
         "decision; unset = calibrated (or the embedder's measured threshold when it has no calibration).",
     )
     cache_guard: bool = Field(True, description="Reject near misses (negation, numbers, entities, antonyms...).")
-    cache_max_entries: int = Field(100_000, ge=0, description="Cached answers kept; least recently used go first.")
+    cache_max_entries: int = Field(
+        100_000, ge=0, description="Cached answers kept; least recently used go first; 0 = no cap."
+    )
     cache_top_k: int = Field(4, ge=1, le=50, description="Nearest cached questions the guard examines.")
     idempotency_ttl_s: PositiveSeconds = Field(86_400.0, description="Seconds a request ID is remembered.")
     inflight_wait_s: Seconds = Field(

@@ -113,6 +113,17 @@ def test_check_warns_of_a_setting_name_that_is_a_typo(tmp_path: Path, monkeypatc
     assert "PENNY_KEY" not in out
 
 
+def test_every_other_command_warns_of_a_setting_name_that_is_a_typo_on_stderr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``penny run`` with ``PENNY_USER_DAILY_BUDGET=1`` would run with no budget at all, unsaid."""
+    (tmp_path / ".env").write_text("PENNY_USER_DAILY_BUDGET=1\n")
+    code, out = penny("prices")
+    assert code == 0 and "PENNY_USER_DAILY_BUDGET" not in out  # the report itself stays clean
+    assert capsys.readouterr().err == ("penny: warning: PENNY_USER_DAILY_BUDGET is not a setting and is ignored; "
+                                       "did you mean PENNY_USER_DAILY_BUDGET_USD?\n")
+
+
 def test_check_reads_the_key_from_dotenv(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text(f"OPENAI_API_KEY={SECRET_KEY}\n")
     code, out = penny("check")
