@@ -52,6 +52,7 @@ from proxy_core import (
     load_pairs,
     redact,
     serve_metrics,
+    unreadable_files,
 )
 
 __all__ = ["main"]
@@ -242,6 +243,11 @@ def _cmd_check(args: argparse.Namespace, settings: BotSettings, out: TextIO, _in
               "Penny replays them on its own, or run: penny ledger replay", file=out)
     else:
         print(f"ledger      nothing waiting (spool: {spool})", file=out)
+    set_aside = unreadable_files(spool)
+    if set_aside:
+        print(f"warning     {len(set_aside)} spool file(s) set aside with lines Penny could not read (a paid call "
+              f"may be among them; JSON lines, one call each): {', '.join(str(p) for p in set_aside)}; "
+              "account for them by hand, then delete them", file=out)
     print(f"chat model  {settings.chat_model} (priced)", file=out)
     print(f"embeddings  {settings.embedding_model} (priced)", file=out)
     for line in _slack_check(settings):

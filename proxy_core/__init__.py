@@ -39,7 +39,7 @@ from proxy_core.results import ChatResult, EmbeddingResult
 from proxy_core.semantic.decision import EvalReport, evaluate, format_report, hit_policy, load_pairs
 from proxy_core.semantic.embedders import Embedder, embedder_from_spec
 from proxy_core.settings import MAX_BUDGET_USD, PennySettings, load_settings, load_settings_as
-from proxy_core.spool import count_pending
+from proxy_core.spool import count_pending, unreadable_files
 from proxy_core.stores import store_from_url
 from proxy_core.stores.base import (
     BlobStore,
@@ -108,5 +108,6 @@ __all__ = [
     "redact",
     "serve_metrics",
     "store_from_url",
+    "unreadable_files",
 ]
 __all__ += errors.__all__

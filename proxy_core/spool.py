@@ -35,7 +35,7 @@ from proxy_core.budget import BudgetLine
 from proxy_core.log import get_logger
 from proxy_core.stores.base import LedgerEntry
 
-__all__ = ["SettleSpool", "SpoolRecord", "count_pending"]
+__all__ = ["SettleSpool", "SpoolRecord", "count_pending", "unreadable_files"]
 
 _SUFFIX = ".spool"
 _UNREADABLE = ".unreadable"  # an adopted file with lines no one could read, kept for the operator
@@ -218,6 +218,13 @@ class SettleSpool:
         else:
             _discard(spool_file)
             self._adopted.remove(spool_file)
+
+
+def unreadable_files(directory: str | Path) -> list[Path]:
+    """The spool files of ``directory`` set aside because a line in them could not be read (it may
+    be a paid call): for the operator, whom ``penny check`` tells."""
+    path = Path(directory)
+    return sorted(path.glob("*" + _UNREADABLE)) if path.is_dir() else []
 
 
 def count_pending(directory: str | Path) -> int:

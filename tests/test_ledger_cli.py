@@ -78,6 +78,22 @@ def test_check_and_cost_team_count_waiting_calls_and_replay_writes_them(tmp_path
     assert code == 0 and "replayed 0 ledger write(s)" in out
 
 
+def test_check_names_spool_files_set_aside_with_lines_no_one_could_read(tmp_path: Path) -> None:
+    """A dead process's spool file holding a line no one could read (damaged, or a newer format after
+    a roll-back) is replayed as far as it can be and then set aside: it may hold a paid call, which
+    only the operator can account for now, so ``penny check`` says where it is."""
+    spool = tmp_path / "penny-spool"
+    leave_spooled_settle(spool, "kept-1", 500)
+    [dead] = spool.glob("*.spool")
+    with dead.open("ab") as handle:
+        handle.write(b'{"settle": {"entry": "from a newer Penny"}}\n')
+    code, out = penny("ledger", "replay")
+    assert code == 0 and "replayed 1 ledger write(s)" in out
+    code, out = penny("check")
+    [kept] = spool.glob("*.unreadable")
+    assert code == 0 and "1 spool file(s) set aside with lines Penny could not read" in out and str(kept) in out
+
+
 def test_replay_needs_no_openai_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """It only writes to the store: an operator who removed or rotated the key can still run it."""
     leave_spooled_settle(tmp_path / "penny-spool", "lost-3", 500)
