@@ -115,6 +115,32 @@ def test_penny_keys_create_prints_the_key_once_then_list_and_revoke(cli_store: s
     assert "no key key_nope" in capsys.readouterr().err
 
 
+class _Unwritable(io.StringIO):
+    def __init__(self, error: OSError) -> None:
+        super().__init__()
+        self.error = error
+
+    def write(self, text: str) -> int:
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [BrokenPipeError(32, "Broken pipe"), OSError(28, "No space left on device")])
+def test_a_key_that_could_not_be_written_out_is_revoked_not_left_working_unseen(
+    cli_store: str, capsys: pytest.CaptureFixture[str], error: OSError
+) -> None:
+    """``penny keys create … | head -0`` (or a full disk): the key was stored, its secret shown to
+    nobody; a live key no one holds is one nobody can revoke by knowing it is there."""
+    code = main(["keys", "create", "--user", "U123", "--workspace", "T1"], stdout=_Unwritable(error))
+    assert code == 1
+    store = store_from_url(cli_store)
+    try:
+        [key] = KeyRing(store).list()
+    finally:
+        store.close()
+    assert key.revoked
+    assert f"so {key.id} was revoked; create another" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("amount", "micros"), [("0", 0), ("0.0000019", 1), ("2.5", 2_500_000)])
 def test_penny_keys_create_counts_a_budget_in_whole_micro_dollars_rounded_down(
         cli_store: str, amount: str, micros: int) -> None:

@@ -84,11 +84,21 @@ def _cmd_create(args: argparse.Namespace, settings: PennySettings, out: TextIO, 
         if unknown:
             print(f"penny: no price for model {', '.join(unknown)} (see penny prices)", file=sys.stderr)
             return 2
-        secret, key = KeyRing(store).create(user_id=args.user, workspace_id=args.workspace, name=args.name,
-                                            daily_budget_micros=args.daily_budget_usd, models=args.models)
-    print(f"Created {key.id} for {key.user_id} in {key.workspace_id}. The key (shown once, store it now):",
-          file=out)
-    print(secret, file=out)
+        ring = KeyRing(store)
+        secret, key = ring.create(user_id=args.user, workspace_id=args.workspace, name=args.name,
+                                  daily_budget_micros=args.daily_budget_usd, models=args.models)
+        try:
+            print(f"Created {key.id} for {key.user_id} in {key.workspace_id}. The key (shown once, store it now):",
+                  file=out)
+            print(secret, file=out)
+            out.flush()
+        except OSError as exc:  # a closed pipe, a full disk: nobody has the key, so nobody may use it
+            ring.revoke(key.id)
+            print(f"penny: the new key could not be written out, so {key.id} was revoked; create another",
+                  file=sys.stderr)
+            if isinstance(exc, BrokenPipeError):
+                raise  # penny's main ends a closed pipe quietly, as for every command
+            return 1
     return 0
 
 
