@@ -830,6 +830,17 @@ def test_a_port_in_use_or_an_unknown_host_is_named_by_its_flag_at_once(
     assert "Listening at" not in proc.stderr and time.monotonic() - started < 4
 
 
+def test_an_access_log_that_cannot_be_written_is_named_by_its_flag(isolated: str, tmp_path: Path) -> None:
+    """gunicorn used to stop with "Error: '…' isn't writable", naming no flag."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OPENAI_API_KEY": SECRET_KEY}
+    missing = tmp_path / "no-such-dir" / "access.log"
+    proc = subprocess.run([sys.executable, "-m", "bot.cli", "proxy", "--port", "0", "--access-log", str(missing)],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"penny: configuration error\n--access-log {missing}: cannot write there (No such file or directory)" \
+        in proc.stderr
+
+
 @pytest.mark.parametrize("argv", [
     ["proxy", "--workers", "100000"],
     ["run", "--http", "--workers", "99999999999999999999"],

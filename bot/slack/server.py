@@ -725,6 +725,7 @@ def run_arbiter(options: HTTPOptions, build: Callable[[Callable[[], bytes]], Ser
     over every worker; ``on_listening`` hears the listening URL (ending in ``url_path``), and each
     worker, once ready, says so on ``out`` ("Penny worker <pid> is ready")."""
     check_listen_address(options.host, options.port)
+    check_access_log(options.access_log)
     arbiter_pid = os.getpid()
 
     def on_ready(what: str) -> None:
@@ -766,6 +767,18 @@ def check_listen_address(host: str, port: int) -> None:
             raise ConfigurationError(f"--port {port}: this user may not listen on ports below 1024; choose "
                                      "another port (a reverse proxy can serve 443)") from None
         raise ConfigurationError(f"--host {host}: cannot listen on {host}:{port} ({_reason(exc)})") from None
+
+
+def check_access_log(path: str | None) -> None:
+    """Raise a :class:`ConfigurationError` naming ``--access-log`` when its file cannot be written
+    (gunicorn would stop with "Error: '…' isn't writable", naming no flag)."""
+    if path is None or path == "-":
+        return
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise ConfigurationError(f"--access-log {path}: cannot write there ({_reason(exc)})") from None
 
 
 def _reason(exc: Exception) -> str:
