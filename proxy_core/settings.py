@@ -448,6 +448,11 @@ def load_settings_as(settings_class: type[S], /, **overrides: Any) -> S:
     """:func:`load_settings` for a front end's subclass of :class:`PennySettings` (its own fields
     beside Penny's), with the same single error naming every bad field."""
     try:
+        unreadable = _unparsed_dotenv_lines(settings_class)
+        if unreadable:
+            # python-dotenv skips such a line with a log line naming no file: a key with an
+            # unclosed quote would leave Penny running without it, unsaid.
+            raise ConfigurationError(unreadable)
         return settings_class(**overrides)
     except UnicodeDecodeError as exc:  # only the settings sources read bytes: the .env file
         raise ConfigurationError(_not_utf8(settings_class)) from exc
@@ -475,6 +480,24 @@ def _describe(settings_class: type[PennySettings], error: Any) -> str:
     name = head if head.isupper() else env_var(head, settings_class)
     where = f"{name} [{'.'.join(rest)}]" if rest else name
     return f"{where}: {message}"
+
+
+def _unparsed_dotenv_lines(settings_class: type[PennySettings]) -> str | None:
+    """What to say of the ``.env`` lines python-dotenv cannot parse (an unclosed quote, a name with
+    a space), by line number only: their text may hold a key. None when every line parses."""
+    from dotenv.parser import parse_stream
+
+    path = Path(str(settings_class.model_config.get("env_file") or ".env"))
+    try:
+        with path.open(encoding="utf-8-sig") as handle:
+            bad = [binding.original.line for binding in parse_stream(handle) if binding.error]
+    except OSError:  # no .env (the usual case), or not a file: the settings sources say the same
+        return None
+    if not bad:
+        return None
+    lines = ", ".join(str(n) for n in bad)
+    return (f"{path}: line{'s' if len(bad) > 1 else ''} {lines} cannot be read as NAME=value (an unclosed quote?); "
+            "fix or remove them: the settings they hold would be ignored")
 
 
 def _not_utf8(settings_class: type[PennySettings]) -> str:

@@ -779,6 +779,19 @@ def test_a_dotenv_that_is_not_utf8_is_named_with_its_line(
     assert "sk-" not in err
 
 
+def test_a_dotenv_line_that_cannot_be_parsed_is_named_not_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """python-dotenv skips it with a log line naming no file: the key it holds was simply not there,
+    and Penny ran without it (extractive answers, with no word of why)."""
+    (tmp_path / ".env").write_text(f'# Penny\nexport PENNY_LOG_JSON=false\nOPENAI_API_KEY="{SECRET_KEY}\n'
+                                   "PENNY_CHAT_MODEL=gpt-4.1-mini\n", encoding="utf-8")
+    code, _ = penny("check")
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and SECRET_KEY not in err
+    assert ".env: line 3 cannot be read as NAME=value (an unclosed quote?)" in err
+
+
 def test_a_dotenv_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text(f"\ufeffOPENAI_API_KEY={SECRET_KEY}\n", encoding="utf-8")
     code, out = penny("check")
