@@ -196,6 +196,27 @@ def test_a_link_the_model_writes_shows_its_url_never_behind_a_label() -> None:
                    "&lt;https://evil.example/x|here&gt;.")
 
 
+# A broadcast word inside the URL of a link the model writes: after "/", "=", "(" or a Unicode space
+# (which ends the link Slack makes of the URL), it would be a plain word again.
+URL_BROADCASTS = (
+    "[x](https://evil.example/?to=@here)",
+    "[x](https://evil.example/(@channel))",
+    "[x](https://evil.example/\u00a0@here)",
+    "[x](<https://evil.example/\u3000@everyone>)",
+    "![x](https://evil.example/@here)",
+    "<https://evil.example/?to=@channel>",
+    "[https://evil.example](https://evil.example/@everyone)",
+)
+
+
+@pytest.mark.parametrize("link", URL_BROADCASTS)
+def test_a_broadcast_word_in_the_url_of_a_link_the_model_writes_cannot_ping(link: str) -> None:
+    out = markdown_to_mrkdwn(f"See {link} now.")
+    assert not LIVE_BROADCAST.search(out), out
+    assert not re.search(r"[^\S ]", out), out  # a Unicode space in the URL is percent-encoded: it stays one word
+    assert "%40" in out or "%C2%A0@" in out or "%E3%80%80@" in out  # the URL still leads where it did
+
+
 def test_in_an_answer_only_pennys_citations_are_links() -> None:
     view = AnswerView(text=ANSWER, citations=((1, "Local dev", "Start", f"{DOCS_URL}/dev.md", "dev.md"),),
                       footer="gpt-4.1-mini · <!here> & co")
@@ -308,6 +329,18 @@ def test_a_cached_injected_answer_is_shown_as_text_too(bot: StreamingBot, slack:
     cached = slack.calls("chat.postMessage")[-1]
     assert "cached" in shown_mrkdwn(cached)
     assert_shown_as_text(shown_mrkdwn(cached), *INJECTIONS)
+
+
+@pytest.mark.parametrize("fake_answer", ["Ask at [the desk](https://evil.example/\u00a0@here) [1]."])
+def test_a_broadcast_word_in_a_link_url_is_posted_and_updated_defused(bot: StreamingBot, slack: FakeSlack) -> None:
+    bot.event(message("how do I start the dev server?", channel="D1", channel_type="im", ts=ROOT))
+    bot.event(mention("<@UPENNY> how many vacation days do I get?", ts="1700000300.000100"))
+
+    [post] = slack.calls("chat.postMessage")
+    update = slack.last("chat.update")
+    for call in (post, update):
+        assert not LIVE_BROADCAST.search(shown_mrkdwn(call)), shown_mrkdwn(call)
+        assert "the desk (https://evil.example/%C2%A0@here)" in shown_mrkdwn(call)
 
 
 # -- the whole bot: an extractive answer quoting a doc ---------------------------------------------

@@ -482,10 +482,22 @@ def _render_link(label: str, url: str, *, bold: str) -> str:
     return f"{label_mrkdwn} ({shown})"
 
 
+# An "@" in a URL before a broadcast word: shown as "%40", which leads to the same place.
+_URL_BROADCAST = re.compile(r"(?<!\w)@(?=(?:here|channel|everyone)(?!\w))", re.IGNORECASE)
+
+
 def _visible_url(url: str) -> str:
-    """``url`` as text a reader sees whole: spaces and ``|<>`` percent-encoded (Slack would end the
-    link it makes of it there), ``&`` escaped."""
-    return _escape_controls("".join(_URL_UNSAFE.get(ch, ch) for ch in url.strip()))
+    """``url`` as text a reader sees whole: spaces (any Unicode space) and ``|<>`` percent-encoded
+    (Slack would end the link it makes of it there), ``&`` escaped, and the ``@`` of an ``@here``,
+    ``@channel`` or ``@everyone`` in it percent-encoded (``/?to=@here`` is a plain word to Slack
+    where its link ends, and the model chooses where that is)."""
+    encoded = "".join(_URL_UNSAFE[ch] if ch in _URL_UNSAFE else _percent(ch) if ch.isspace() else ch
+                      for ch in url.strip())
+    return _escape_controls(_URL_BROADCAST.sub("%40", encoded))
+
+
+def _percent(ch: str) -> str:
+    return "".join(f"%{byte:02X}" for byte in ch.encode("utf-8", "surrogatepass"))
 
 
 # ---------------------------------------------------------------------------------------------
