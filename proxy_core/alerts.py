@@ -145,18 +145,19 @@ def _period_label(line: BudgetLine) -> str:
     return period_window(line.resets_at - 1, period)[0]
 
 
-def alert_text(alert: BudgetAlert, *, mention: bool = False) -> str:
+def alert_text(alert: BudgetAlert, *, mention: bool = False, who: str | None = None) -> str:
     """The message admins read, e.g. "Heads-up: U123 has used 80% of their daily budget ($0.80 of
     $1.00); it resets at 2026-01-02 00:00 UTC."
 
     ``mention=True`` writes the user as ``<@U123>``, which Slack shows as their name (and, in a
-    channel they belong to, notifies them).
+    channel they belong to, notifies them); ``who`` writes the user as given instead (a front end's
+    own rendering of the user ID, which may be any text: a proxy key's ``--user``).
     """
     from datetime import UTC, datetime
 
     resets = datetime.fromtimestamp(alert.resets_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
     if alert.user_id is not None:
-        who, whose = (f"<@{alert.user_id}>" if mention else alert.user_id), "their"
+        who, whose = (who if who is not None else f"<@{alert.user_id}>" if mention else alert.user_id), "their"
     else:
         who, whose = "The workspace", "its"
     scope = alert.scope.removeprefix("workspace ")

@@ -317,3 +317,29 @@ def test_a_proxy_keys_own_budget_is_announced_as_the_users(make_gateway: Gateway
         ("U1", "key_nb daily", 50, 8_000, 10_000), ("U1", "key_nb daily", 80, 8_000, 10_000)]
     assert alert_text(inbox.alerts[-1]) == ("Heads-up: U1 has used 80% of their key_nb daily budget ($0.008 of "
                                             "$0.01); it resets at 2026-01-02 00:00 UTC.")
+
+
+def test_the_slack_relay_names_a_user_that_is_not_a_slack_id_as_text_in_the_alert_channel() -> None:
+    # A proxy key's user is whatever `penny keys create --user` was given, `penny ask`'s "cli:<login>".
+    import re
+
+    from slack_sdk import WebClient
+
+    from bot.settings import BotSettings
+    from bot.slack.runner import AlertRelay
+    from proxy_core.alerts import BudgetAlert
+    from tests.fake_slack import FakeSlack
+
+    alerts = [BudgetAlert(workspace_id="W1", user_id=user, scope="daily", threshold=80, spent=800_000,
+                          limit=1_000_000, resets_at=1_767_312_000.0, period="2026-01-01")
+              for user in ("cli:x> <!channel", "@here", "U9")]
+    with FakeSlack() as slack:
+        relay = AlertRelay(BotSettings(admin_user_ids=["UADMIN1"], alert_channel="C0ALERTS"))
+        relay.attach(WebClient(token="xoxb-test-not-real", base_url=slack.base_url))
+        for alert in alerts:
+            relay(alert)
+        relay.close()
+        texts = [str(p.params["text"]) for p in slack.calls("chat.postMessage")]
+    assert [t.split(" has used")[0] for t in texts] == [
+        "Heads-up: `cli:x&gt; &lt;!channel`", "Heads-up: `@\u2060here`", "Heads-up: <@U9>"]
+    assert not any(re.search(r"(?<!\w)@(?:here|channel|everyone)(?!\w)", t) for t in texts)

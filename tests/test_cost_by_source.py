@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -214,3 +215,20 @@ def test_penny_cost_splits_by_source_and_lists_keys_for_the_team(cli_env: str, t
     assert code == 0 and f"U1 notebook {key.id} — active · $0.000056 today · $0.000056 this month" in out
     code, out = penny("cost", "--team", "--json", "--workspace", "W1")
     assert [(k["key_id"], k["user_id"], k["revoked"]) for k in json.loads(out)["keys"]] == [(key.id, "U1", False)]
+
+
+def test_cost_team_shows_key_names_and_users_that_are_not_slack_ids_as_text(
+    slack: FakeSlack, ledger: SqliteStore
+) -> None:
+    # `penny keys create --user … --name …` takes any text: neither may ping, even in a report.
+    ring = KeyRing(ledger, clock=ManualClock(NOW - DAY))
+    _, key = ring.create(user_id="cli:<!channel> @here", workspace_id=TEAM, name="<!here> @everyone")
+    spend(ledger, f"proxy:{key.id}:1", key.user_id, 500, source=key.id)
+    penny = CostHarness(slack, ledger, make_settings(admin_user_ids="U3"))
+    penny.slash("team", user="U3")
+    penny.settle()
+    [call] = [c for c in slack.calls() if c.method.startswith("commands/")]
+    shown = json.dumps([call.params.get("text"), call.blocks], ensure_ascii=False)
+    assert "<!" not in shown
+    assert not re.search(r"(?<!\w)@(?:here|channel|everyone)(?!\w)", shown), shown
+    assert "`cli:&lt;!channel&gt; @\u2060here`" in shown and "*&lt;!here&gt; @\u2060everyone*" in shown

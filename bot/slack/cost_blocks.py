@@ -1,7 +1,8 @@
 """Block Kit for ``/cost`` and the App Home: pure functions of :mod:`bot.cost` reports.
 
 Every message stays within Slack's limits (at most 50 blocks, section text at most 3,000
-characters). Users appear as ``<@U…>`` mentions, which Slack shows as names to the reader.
+characters). Users appear as ``<@U…>`` mentions, which Slack shows as names to the reader; a user that is
+not a Slack ID (a proxy key's ``--user``) as escaped code (:func:`~bot.slack.render.user_mrkdwn`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from bot.cost import BudgetStatus, CostReport, Headroom, KeySpend, SourceSpend, TeamReport, sparkline
-from bot.slack.render import MAX_BLOCKS, SECTION_TEXT_LIMIT, Block, escape_mrkdwn
+from bot.slack.render import MAX_BLOCKS, SECTION_TEXT_LIMIT, Block, escape_mrkdwn, user_mrkdwn
 from bot.wording import counted
 from proxy_core import UsageTotals, format_usd
 
@@ -38,7 +39,6 @@ USAGE_TEXT: Final = (
 REFUSAL_TEXT: Final = (
     ":lock: The team view is for workspace admins and Penny admins. Here are your own numbers."
 )
-_SLACK_ID: Final = re.compile(r"[UW][A-Z0-9]+")
 KEYS_SHOWN: Final = 25  # proxy keys listed in /cost team; the rest are counted (penny keys list has all)
 _MENTION: Final = re.compile(r"<@([A-Z0-9]+)(?:\|[^>]*)?>")
 
@@ -82,7 +82,7 @@ def team_blocks(report: TeamReport) -> list[Block]:
         blocks.append(_section("\n".join(notes)))
     if report.top_users:
         lines = [
-            f"{rank}. {_who(user)} — {format_usd(t.cost_micros)} · {counted(t.questions, 'question')} · "
+            f"{rank}. {user_mrkdwn(user)} — {format_usd(t.cost_micros)} · {counted(t.questions, 'question')} · "
             f"saved {format_usd(t.saved_micros)}"
             for rank, (user, t) in enumerate(report.top_users, 1)
         ]
@@ -190,7 +190,7 @@ def _keys_text(keys: Sequence[KeySpend]) -> str:
     for k in keys:
         name = f"*{escape_mrkdwn(k.name)}* `{k.key_id}`" if k.name else f"`{k.key_id}`"
         budget = f" · {format_usd(k.daily_budget_micros)}/day budget" if k.daily_budget_micros is not None else ""
-        lines.append(f"{_who(k.user_id)} {name} — {'revoked' if k.revoked else 'active'} · "
+        lines.append(f"{user_mrkdwn(k.user_id)} {name} — {'revoked' if k.revoked else 'active'} · "
                      f"{format_usd(k.today.cost_micros)} today · {format_usd(k.this_month.cost_micros)} this month"
                      f"{budget}")
     return _listed("*Proxy keys* (`penny proxy`)", lines, "more key", shown=KEYS_SHOWN,
@@ -244,10 +244,6 @@ def _trend_block(trend: Sequence[int], days: Sequence[str]) -> Block:
     return _context(
         f"Last {len(trend)} days `{sparkline(tuple(trend))}` {format_usd(sum(trend))} ({first} → {last})"
     )
-
-
-def _who(user_id: str) -> str:
-    return f"<@{user_id}>" if _SLACK_ID.fullmatch(user_id) else f"`{user_id}`"
 
 
 def _when(ts: float) -> str:

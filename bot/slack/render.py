@@ -69,6 +69,7 @@ __all__ = [
     "safe_markdown_text",
     "split_chunks",
     "split_for_slack",
+    "user_mrkdwn",
 ]
 
 SECTION_TEXT_LIMIT: Final = 3000
@@ -139,6 +140,15 @@ def defuse_broadcasts(text: str, *, after: str = "") -> str:
         last = point
     parts.append(text[last:])
     return WORD_JOINER.join(parts)
+
+
+_SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]+")
+
+
+def user_mrkdwn(user_id: str) -> str:
+    """A user as mrkdwn: a Slack user ID as ``<@U…>`` (Slack shows their name), anything else (a
+    proxy key's user, ``cli:alice``) as escaped code, which neither mentions nor pings."""
+    return f"<@{user_id}>" if _SLACK_USER_ID.fullmatch(user_id) else f"`{escape_mrkdwn(user_id)}`"
 
 
 _LINK_TARGET_AFTER_BRACKET = re.compile(r"(?<=\])([(:])")

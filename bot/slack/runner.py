@@ -14,6 +14,7 @@ from pydantic import SecretStr
 from bot.answer_types import Answerer
 from bot.settings import BotSettings, load_settings
 from bot.slack.pacing import AcksFirst, DrainingExecutor, WorkTurns
+from bot.slack.render import user_mrkdwn
 from proxy_core import Accounts, BudgetAlert, Gateway, PennySettings, Store, alert_text, get_logger
 
 if TYPE_CHECKING:
@@ -117,7 +118,7 @@ class AlertRelay:
         targets = [channel] if channel else list(self._settings.admin_user_ids)
         if not targets:
             log.warning("budget_alert_not_sent", reason="no PENNY_ADMIN_USER_IDS or PENNY_ALERT_CHANNEL")
-        text = alert_text(alert, mention=True)
+        text = alert_text(alert, who=user_mrkdwn(alert.user_id) if alert.user_id is not None else None)
         for target in targets:
             try:
                 self._client.chat_postMessage(channel=target, text=text)
