@@ -15,7 +15,8 @@ store call):
   otherwise it would be answered, billed and posted under ``str()`` of whatever was there (a user
   ``"['U1']"``, a channel ``"None"``).
 - :class:`FromPeopleOnly`: a ``message`` or ``app_mention`` no person wrote (another bot's, a join,
-  an edit, a deletion) is acknowledged and dropped. Penny's own messages are dropped by Bolt's
+  an edit (a ``message_changed``, or an ``app_mention`` carrying ``edited``), a deletion) is
+  acknowledged and dropped. Penny's own messages are dropped by Bolt's
   :class:`~slack_bolt.middleware.IgnoringSelfEvents` (on by default) and by their ``bot_id``.
 
 :class:`Once`, around the part of a listener that answers (after the ack, on the listener's
@@ -187,9 +188,12 @@ class WellFormedOnly(Middleware):
 
 def written_by_a_person(event: Mapping[str, Any]) -> bool:
     """A message someone wrote: it has a user and no ``bot_id``, and no subtype but the two that are
-    still a person writing (a reply also sent to the channel, a message with a file)."""
+    still a person writing (a reply also sent to the channel, a message with a file). Not an edit:
+    Slack sends an edited message that mentions Penny as a new ``app_mention`` (with ``edited``),
+    and fixing a typo in a question must not get it answered twice."""
     subtype = event.get("subtype")
-    return bool(event.get("user")) and not event.get("bot_id") and (subtype is None or subtype in USER_SUBTYPES)
+    return (bool(event.get("user")) and not event.get("bot_id") and not event.get("edited")
+            and (subtype is None or subtype in USER_SUBTYPES))
 
 
 class FromPeopleOnly(Middleware):
