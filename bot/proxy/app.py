@@ -96,7 +96,7 @@ class ProxyResponse:
 class _KeyUse:
     """A request under a client's ``Idempotency-Key``: its record's key and the body's digest.
     ``owner``: this request claimed the key (and gives the claim up if it is refused or fails);
-    else it is the same body as the key's first request, whose answer the gateway shares."""
+    else the key was answered with this body, and the gateway replays that answer."""
 
     scoped: str
     digest: str
@@ -366,8 +366,8 @@ class ProxyApp:
         Idempotency-Key draft says, another body under the key is refused: 409 while the key's
         first request is in flight, 422 once it was answered (:data:`IDEMPOTENCY_RECORD`, claimed
         atomically by the first request, kept as long as results are once answered; a refused or
-        failed request charged nothing and leaves the key free). The same body again goes on to
-        the gateway, which waits for the first request's answer and shares it."""
+        failed request charged nothing and leaves the key free). The same body again waits for
+        the first request (:meth:`_claim_key`): answered, the gateway replays its answer."""
         idempotency_key = request.headers.get("idempotency-key", "").strip()
         if len(idempotency_key) > 200:
             raise ProxyError(400, "Idempotency-Key is over 200 characters.", param="Idempotency-Key")
@@ -375,19 +375,37 @@ class ProxyApp:
             return f"proxy:{key.id}:{endpoint}:{uuid.uuid4().hex}", None
         digest = hashlib.sha256(request.body).hexdigest()[:32]
         scoped = f"{key.id}:{endpoint}:{idempotency_key}"
-        try:
-            # Held as long as the request can run: waiting for a concurrent asker of the same
-            # question (at most a claim's TTL), then its own call (another); a worker that dies
-            # leaves the key refused (409) that long.
-            held = self.gateway.store.record_add(IDEMPOTENCY_RECORD, scoped, _BUSY + digest,
-                                                 2 * self.gateway.claim_ttl_s)
-        except StoreError as exc:
-            raise _map_error(exc, self._clock()) or exc from exc
-        if held is not None:
+        request_id = f"proxy:{scoped}:{digest}"
+        held = self._claim_key(scoped, digest, request_id)
+        return request_id, _KeyUse(scoped, digest, owner=held is None)
+
+    def _claim_key(self, scoped: str, digest: str, request_id: str) -> str | None:
+        """Claim the client's key for this body: None once claimed, else the key's record naming
+        this body answered (the gateway replays it). While this body is in flight under the key,
+        wait (up to ``inflight_wait_s``) and try again: when the first request fails it gives up
+        the key, and a waiting retry must claim it before it runs, or another body could claim it
+        meanwhile and both be answered and billed under one key (the later answer's record hiding
+        the other's). Another body in flight or answered is refused (:func:`_key_refusal`)."""
+        waited, delay = 0.0, 0.05
+        while True:
+            try:
+                # Held as long as the request can run: waiting for a concurrent asker of the same
+                # question (at most a claim's TTL), then its own call (another); a worker that dies
+                # leaves the key refused (409) that long.
+                held = self.gateway.store.record_add(IDEMPOTENCY_RECORD, scoped, _BUSY + digest,
+                                                     2 * self.gateway.claim_ttl_s)
+            except StoreError as exc:
+                raise _map_error(exc, self._clock()) or exc from exc
+            if held is None or held == digest:
+                return held
             refusal = _key_refusal(held, digest)
             if refusal is not None:
                 raise refusal
-        return f"proxy:{scoped}:{digest}", _KeyUse(scoped, digest, owner=held is None)
+            if waited >= self.gateway.settings.inflight_wait_s:
+                raise _map_error(RequestInFlight(request_id), self._clock()) or RequestInFlight(request_id)
+            self.gateway.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 1.0)
 
     @contextmanager
     def _answering(self, use: _KeyUse | None, key: ProxyKey) -> Iterator[None]:

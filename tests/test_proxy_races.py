@@ -1,0 +1,88 @@
+"""``penny proxy`` under concurrency and client misbehaviour: one request is never paid twice, a
+key's two bodies are never both answered, whatever fails or races. Overlaps are staged with real
+threads held at the fake upstream's :class:`~tests.fake_openai.Gate` and a clock whose ``sleep``
+parks the caller until the test lets it go (no real sleeps)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+import openai
+import pytest
+
+from proxy_core import ManualClock
+from tests.fake_openai import FakeOpenAI, Fault, Gate
+from tests.polling import until
+from tests.proxy_harness import serve_proxy
+
+MODEL = "gpt-4o-mini"
+QUESTION = [{"role": "user", "content": "How do I deploy?"}]
+OTHER = [{"role": "user", "content": "Who is on call?"}]
+
+
+class ParkingClock(ManualClock):
+    """A manual clock whose ``sleep`` parks its caller until :attr:`go` is set: a request waiting
+    for another stays waiting while the test acts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parked = threading.Event()
+        self.go = threading.Event()
+
+    def sleep(self, seconds: float) -> None:
+        self.parked.set()
+        self.go.wait(10)
+        super().sleep(seconds)
+
+
+@pytest.fixture
+def clock() -> Iterator[ManualClock]:
+    parking = ParkingClock()
+    yield parking
+    parking.go.set()
+
+
+def today(clock: ManualClock) -> str:
+    return datetime.fromtimestamp(clock(), UTC).strftime("%Y-%m-%d")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_a_retry_waiting_on_a_key_whose_first_request_fails_never_runs_beside_another_body(
+    backend: str, request: pytest.FixtureRequest, fake: FakeOpenAI, clock: ParkingClock
+) -> None:
+    """A retry (the same body) waited for the key's first request without holding the key; when
+    the first failed it freed the key, a corrected body claimed it and was answered, and the
+    waiting retry then ran too: two bodies answered and billed under one key, and the record left
+    naming the retry's body, so the corrected body's paid answer was a 422 to its own retries.
+    The freed key goes to whoever claims it first: here the corrected body, so the retry is the 422."""
+    store = request.getfixturevalue(f"{backend}_store")
+    with serve_proxy(store, fake, clock, retry_max_attempts=1) as proxy:
+        secret, _ = proxy.keys.create(user_id="U1", workspace_id="T1")
+        client = proxy.client(secret)
+        key = {"Idempotency-Key": "k", "Cache-Control": "no-cache"}
+        fake.script(Fault.status(500), endpoint="chat")  # the first request fails upstream
+        gate = fake.hold(Gate(2))
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            first = pool.submit(client.chat.completions.create, model=MODEL, messages=QUESTION, extra_headers=key)
+            until(lambda: gate.waited == 1, what="the first request to reach upstream")
+            retry = pool.submit(client.chat.completions.create, model=MODEL, messages=QUESTION, extra_headers=key)
+            assert clock.parked.wait(10), "the retry waits for the first request"
+            gate.arrive()
+            with pytest.raises(openai.InternalServerError):
+                first.result(timeout=10)
+            corrected = client.chat.completions.create(model=MODEL, messages=OTHER,  # type: ignore[arg-type]
+                                                       extra_headers=key)
+            clock.go.set()
+            with pytest.raises(openai.UnprocessableEntityError) as refused:
+                retry.result(timeout=10)
+        assert refused.value.code == "idempotency_key_reused"
+        bodies = [r.body["messages"][-1]["content"] for r in fake.requests_to("chat")]
+        assert bodies == ["How do I deploy?", "Who is on call?"]
+        assert proxy.gateway.usage("T1", today(clock), today(clock)).totals.requests == 1
+        replay = client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=OTHER, extra_headers=key)  # type: ignore[arg-type]
+        assert replay.headers["x-penny-replayed"] == "true"
+        assert replay.parse().choices[0].message.content == corrected.choices[0].message.content
