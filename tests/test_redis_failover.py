@@ -184,8 +184,12 @@ def test_what_a_failover_loses_without_wait_and_not_with_it(tmp_path: Path, fake
         info = redis.Redis(port=primary_port, decode_responses=True).info("replication")
         replica_port = int(info["slave0"]["port"])
         url = cluster.url(user="tester", password="t3st", nodes=2)
+        # WAIT's own 100 ms default is a production latency budget; a loaded 2-core CI host can
+        # take longer to get a linked replica's ack, which failed the admission before anything
+        # was cut. The cut settle waits the whole timeout, and is still not confirmed.
         settings = PennySettings(store_url=url, cache_enabled=False, user_daily_budget_usd="5", requests_per_minute=0,
-                                 tokens_per_minute=0, redis_wait_replicas=wait_replicas)
+                                 tokens_per_minute=0, redis_wait_replicas=wait_replicas, redis_wait_timeout_ms=1500,
+                                 store_timeout_s=5)
         primary = redis.Redis(port=primary_port, username="tester", password="t3st")
         upstream = CuttingUpstream(OpenAIUpstream(api_key="sk-test", base_url=fake.base_url, timeout_s=5), primary)
         gw = Gateway(settings, store=settings.open_store(), upstream=upstream, spool=SettleSpool(tmp_path / "spool"))
