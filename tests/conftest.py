@@ -197,10 +197,12 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def redis_cluster_target(redis_cluster: Any) -> Any:
-    """Penny on the session's cluster: the ACL user, and every write that moves money waits for a replica."""
+    """Penny on the session's cluster: the ACL user, and every write that moves money waits for a replica
+    (up to 1 s: production's 100 ms is a latency budget that a loaded 2-core CI host can miss)."""
     from tests.redis_targets import ACL_PASSWORD, ACL_USER, RedisTarget
 
-    return RedisTarget(redis_cluster.url(user=ACL_USER, password=ACL_PASSWORD), RedisOptions(wait_replicas=1))
+    return RedisTarget(redis_cluster.url(user=ACL_USER, password=ACL_PASSWORD),
+                       RedisOptions(wait_replicas=1, wait_timeout_ms=1000))
 
 
 @pytest.fixture(scope="session")

@@ -188,7 +188,7 @@ def test_a_write_fewer_replicas_acknowledged_is_not_counted_as_done(
     redis_cluster: LocalCluster, open_store: Any
 ) -> None:
     ws = next(iter(workspaces_by_primary(redis_cluster, 1).values()))[0]
-    strict = open_store(wait_replicas=2)  # each primary has one replica: never acknowledged by two
+    strict = open_store(wait_replicas=2, wait_timeout_ms=100)  # each primary has one replica: never two
     with pytest.raises(StoreError, match="1 of 2 replica"):
         strict.admit(ws, "r1", ttl_s=60, buckets=[], lines=[LINE], amount=5_000, breaker=BREAKER)
     # The primary did apply it: what the gateway's spool is for. Replaying the release (or, for a
