@@ -204,12 +204,13 @@ class _Lookup:
 
 @dataclass(frozen=True, slots=True)
 class _Admitted:
-    """What admission took: the budget lines reserved on, the first attempt's breaker permit, and
-    the admission's own ID (what a release names)."""
+    """What admission took: the budget lines reserved on, the first attempt's breaker permit, the
+    admission's own ID (what a release names) and the UTC day it was charged on (its ledger day)."""
 
     lines: list[budget_math.BudgetLine]
     permit: Permit | None
     call_id: str
+    day: str
 
 
 @dataclass(slots=True)
@@ -625,12 +626,12 @@ class Gateway:
         try:
             resp, attempts = self._call_or_release(req, admitted, "chat", self._chat_attempt(req, broken))
         except BaseException as exc:
-            charged = self._charge_broken(req, admitted.lines, broken, started)
+            charged = self._charge_broken(req, admitted, broken, started)
             if charged and isinstance(exc, PennyError):
                 exc.charged_micros = charged
             raise
         result = self._chat_result(req, resp, attempts, lookup, started, extra_micros=broken.cost(req.price))
-        self._settle(self._ledger_entry(req, result, kind="chat"), req.request_id, admitted.lines,
+        self._settle(self._ledger_entry(req, result, kind="chat", day=admitted.day), req.request_id, admitted.lines,
                      result.to_json(), upstream_answered=True)
         self._count_spend("chat", result)
         self.metrics.requests.labels("chat", "ok", result.cache_status).inc()
@@ -765,7 +766,8 @@ class Gateway:
             latency_ms=self._ms_since(started),
             attempts=attempts,
         )
-        self._settle(self._ledger_entry(req, result, kind="embedding"), req.request_id, admitted.lines,
+        self._settle(self._ledger_entry(req, result, kind="embedding", day=admitted.day), req.request_id,
+                     admitted.lines,
                      result.to_json(), upstream_answered=True)
         self._count_spend("embedding", result)
         self.metrics.requests.labels("embedding", "ok", "bypass").inc()
@@ -801,7 +803,7 @@ class Gateway:
         if admission.permit is not None:
             self.metrics.breaker_state.set(BREAKER_STATES[admission.permit.state])
         self._refuse_unless_admitted(admission, names)
-        return _Admitted(lines, admission.permit, owner.call_id)
+        return _Admitted(lines, admission.permit, owner.call_id, budget_math.period_window(now, "day")[0])
 
     def _refuse_unless_admitted(self, admission: Admission, bucket_names: Sequence[str]) -> None:
         if admission.state == "admitted":
@@ -889,8 +891,7 @@ class Gateway:
 
         return attempt
 
-    def _charge_broken(self, req: ChatRequest, lines: Sequence[budget_math.BudgetLine], broken: _BrokenAttempts,
-                       started: float) -> int:
+    def _charge_broken(self, req: ChatRequest, admitted: _Admitted, broken: _BrokenAttempts, started: float) -> int:
         """A chat completion failed after streamed attempts that broke off had generated text: the
         provider bills that text, so it is settled as a ledger entry of its own (its tokens
         estimated), under an ID derived from the request's, whose claim has been given back for a
@@ -900,13 +901,13 @@ class Gateway:
         ts = self._wall()
         entry = LedgerEntry(
             request_id=f"{req.request_id}:broken:{uuid.uuid4().hex[:12]}", ts=ts,
-            day=budget_math.period_window(ts, "day")[0], workspace_id=req.workspace_id, user_id=req.user_id,
+            day=admitted.day, workspace_id=req.workspace_id, user_id=req.user_id,
             model=req.model, kind="chat", prompt_tokens=broken.prompt_tokens * len(broken.texts),
             cached_prompt_tokens=0, completion_tokens=broken.completion_tokens(), cost_micros=broken.cost(req.price),
             saved_micros=0, cache_status="bypass", latency_ms=self._ms_since(started), attempts=len(broken.texts),
             source=_source_id(req),
         )
-        self._settle(entry, None, lines, None, upstream_answered=False)
+        self._settle(entry, None, admitted.lines, None, upstream_answered=False)
         self.metrics.spent.labels("chat", req.model).inc(entry.cost_micros)
         self._log.info("broken_stream_charged", request_id=req.request_id, ledger_id=entry.request_id,
                        attempts=entry.attempts, cost_micros=entry.cost_micros)
@@ -1060,13 +1061,15 @@ class Gateway:
         return f"w:{workspace_id}"
 
     def _ledger_entry(
-        self, req: ChatRequest | EmbedRequest, result: ChatResult | EmbeddingResult, *, kind: Kind
+        self, req: ChatRequest | EmbedRequest, result: ChatResult | EmbeddingResult, *, kind: Kind,
+        day: str | None = None,
     ) -> LedgerEntry:
-        """The ledger's line for ``result``, dated now."""
+        """The ledger's line for ``result``, stamped now, on ``day``: the day an admitted call was
+        charged on (its budget lines' day, even when it settles after midnight), else today."""
         ts = self._wall()
         chat = result if isinstance(result, ChatResult) else None
         return LedgerEntry(
-            request_id=req.request_id, ts=ts, day=budget_math.period_window(ts, "day")[0],
+            request_id=req.request_id, ts=ts, day=day or budget_math.period_window(ts, "day")[0],
             workspace_id=req.workspace_id, user_id=req.user_id, model=result.model, kind=kind,
             prompt_tokens=result.prompt_tokens,
             cached_prompt_tokens=chat.cached_prompt_tokens if chat else 0,

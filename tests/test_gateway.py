@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -593,6 +594,27 @@ def test_accounts_read_the_very_buckets_and_budget_lines_the_gateway_charges(mak
     assert (daily.limit, daily.spent, daily.reserved) == (1_000_000, result.cost_micros, 0)
     assert (monthly.limit, monthly.spent) == (0, result.cost_micros)
     assert gw.accounts.headroom("W1", "U2").requests_left == 4  # another user's buckets are their own
+
+
+def test_a_call_admitted_before_midnight_and_settled_after_is_in_the_ledger_on_the_day_it_was_charged(
+    make_gateway: GatewayFactory, fake: FakeOpenAI, clock: ManualClock
+) -> None:
+    # Admitted 0.1 s before February; a 503 and its backoff carry the settle into February. The
+    # budget lines it reserved on are January's, so its ledger entry must be January's too, or the
+    # report shows a February day (and month) with spend its budget never counted, and January's
+    # ledger misses money its budget did count.
+    feb = datetime(2026, 2, 1, tzinfo=UTC).timestamp()
+    clock.set(feb - 0.1)
+    gw = make_gateway(user_daily_budget_usd="5", workspace_monthly_budget_usd="100", cache_enabled=False)
+    fake.script(Fault.status(503), Fault.ok())
+    result = ask(gw, "How do I deploy?", "r1")
+    assert clock() > feb and result.cost_micros > 0
+    for now in (feb - 1, clock()):
+        daily, monthly = gw.accounts.budgets("W1", "U1", now)
+        day, month = (datetime.fromtimestamp(now, UTC).strftime(f) for f in ("%Y-%m-%d", "%Y-%m"))
+        assert gw.accounts.usage("W1", day, day, "U1").totals.cost_micros == daily.spent
+        assert gw.accounts.usage("W1", f"{month}-01", day).totals.cost_micros == monthly.spent
+    assert gw.accounts.usage("W1", "2026-01-31", "2026-01-31").totals.cost_micros == result.cost_micros
 
 
 def test_waiting_is_entered_around_the_upstream_call_and_a_hit_waits_on_nothing(

@@ -171,7 +171,9 @@ class Admission:
 
 @dataclass(frozen=True, slots=True)
 class LedgerEntry:
-    """One settled call. Money in integer micro-dollars; ``day`` is the UTC date of ``ts``.
+    """One settled call. Money in integer micro-dollars; ``ts`` is when it settled and ``day`` the
+    UTC day it was charged on: the day of the budget lines it counted against (a call admitted
+    before midnight that settles after is the earlier day's), else the date of ``ts``.
 
     ``unsettled``: the call was admitted and never settled (its process died mid-call); the entry
     charges its reserved worst case until the real settle, if it ever arrives, replaces it.
