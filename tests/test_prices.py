@@ -212,6 +212,16 @@ def test_dated_snapshots_are_priced_as_their_base_model(table: PriceTable) -> No
     assert chat_cost(snapshot, 1_000, 0, 100) == 2_800
 
 
+def test_a_snapshot_with_a_price_of_its_own_is_not_billed_as_its_base(table: PriceTable) -> None:
+    # gpt-4o-2024-05-13 still lists at $5 / $15 per 1M (no cached price) while gpt-4o is $2.50 /
+    # $10: billed as gpt-4o it would record half of what the provider charges, and a cap would let
+    # twice its money through.
+    snapshot = table.price_for("gpt-4o-2024-05-13")
+    assert (snapshot.input, snapshot.cached_input, snapshot.output) == (5_000_000, 5_000_000, 15_000_000)
+    assert chat_cost(snapshot, 1_000, 500, 100) == 6_500  # 1000 x $5 + 100 x $15 per 1M
+    assert table.price_for("gpt-4o-2024-08-06") == table.price_for("gpt-4o")
+
+
 def test_an_exact_snapshot_entry_wins_over_its_base(tmp_path: Path) -> None:
     path = _write(
         tmp_path / "p.json",
