@@ -33,6 +33,9 @@ CURRENCY = "USD"
 UNIT = "per 1M tokens"
 _TOKENS_PER_UNIT = 1_000_000
 _MICROS_PER_USD = 1_000_000
+# $1 a token, thousands of times any listed price: above it a price is a typo, and a call's cost
+# could pass what Redis's Lua numbers hold exactly (2^53) and SQLite's INTEGER holds at all.
+MAX_USD_PER_MILLION = Decimal(1_000_000)
 _SNAPSHOT = re.compile(r"-\d{4}-\d{2}-\d{2}$")
 _CHAT_FIELDS = frozenset({"kind", "input", "cached_input", "output", "source", "date"})
 _EMBEDDING_FIELDS = frozenset({"kind", "input", "source", "date"})
@@ -69,8 +72,9 @@ class ModelPrice:
 def usd_per_million_to_micros(value: Decimal | str | int) -> int:
     """Convert a USD-per-1M-tokens price to integer micro-dollars per 1M tokens, exactly.
 
-    Raises ``ValueError`` for a negative amount, a non-finite one, or one with more than six
-    decimal places (a fraction of a micro-dollar per 1M tokens cannot be represented exactly).
+    Raises ``ValueError`` for a negative amount, a non-finite one, one above
+    :data:`MAX_USD_PER_MILLION`, or one with more than six decimal places (a fraction of a
+    micro-dollar per 1M tokens cannot be represented exactly).
     """
     if isinstance(value, bool) or not isinstance(value, Decimal | str | int):
         raise ValueError(f'must be a decimal string like "0.15", got {type(value).__name__}')
@@ -82,6 +86,8 @@ def usd_per_million_to_micros(value: Decimal | str | int) -> int:
         raise ValueError(f"must be a finite amount, got {value!r}")
     if amount < 0:
         raise ValueError(f"must not be negative, got {value!r}")
+    if amount > MAX_USD_PER_MILLION:
+        raise ValueError(f"must be at most ${MAX_USD_PER_MILLION:,} per 1M tokens, got {value!r}")
     micros = amount * _MICROS_PER_USD
     if micros != micros.to_integral_value():
         raise ValueError(f"has more than 6 decimal places: {value!r}")

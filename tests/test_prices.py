@@ -123,6 +123,20 @@ def test_unrepresentable_or_invalid_prices_are_refused(bad: str) -> None:
         usd_per_million_to_micros(bad)
 
 
+def test_a_price_too_large_to_be_one_is_refused_and_the_largest_allowed_is_shown(tmp_path: Path) -> None:
+    # A typo such as "1e27" loaded, then crashed `penny prices` (a Decimal past 28 digits) and would
+    # have put costs past what Redis's Lua numbers hold exactly (2^53) and SQLite's INTEGER holds.
+    path = _write(tmp_path / "p.json", {"models": {"gpt-4o": {"input": "1e27"}}})
+    with pytest.raises(ConfigurationError, match=r"gpt-4o.*at most \$1,000,000 per 1M tokens"):
+        PriceTable.load(path)
+    with pytest.raises(ValueError, match="at most"):
+        usd_per_million_to_micros("1000000.000001")
+    path = _write(tmp_path / "p.json", {"models": {"gpt-4o": {"output": "1000000"}}})
+    price = PriceTable.load(path).price_for("gpt-4o")
+    assert price.output == 1_000_000_000_000
+    assert "out $1000000.00" in price.describe()
+
+
 def test_floats_are_refused() -> None:
     with pytest.raises(ValueError, match="decimal string"):
         usd_per_million_to_micros(0.1)  # type: ignore[arg-type]
