@@ -93,10 +93,12 @@ class BudgetExceeded(Refused):
         from proxy_core.money import format_usd
 
         # Refused before the call at its worst case: what is left may be short of that, not gone.
-        state = "is used up" if spent >= limit else "has too little left for this request"
+        # Not gone, the spend is rounded down, so it never reads as the whole budget ($4.999999 of $5).
+        used_up = spent >= limit
+        state = "is used up" if used_up else "has too little left for this request"
         super().__init__(
             f"The {scope} budget of {format_usd(limit)} {state} "
-            f"({format_usd(spent)} spent or reserved); it resets at {_utc(resets_at)}."
+            f"({format_usd(spent, down=not used_up)} spent or reserved); it resets at {_utc(resets_at)}."
         )
 
 

@@ -515,6 +515,16 @@ def test_format_usd(micros: int, text: str) -> None:
     assert format_usd(micros) == text
 
 
+def test_a_refusal_with_money_left_never_shows_the_budget_as_spent() -> None:
+    from proxy_core.errors import BudgetExceeded
+
+    # $4.999999 of $5 is not used up: rounded half up it read "$5.00 spent" beside "too little left".
+    short = str(BudgetExceeded("daily", 5_000_000, 4_999_999, 1_767_312_000.0))
+    assert "budget of $5.00 has too little left for this request ($4.99 spent or reserved)" in short
+    gone = str(BudgetExceeded("daily", 5_000_000, 5_004_999, 1_767_312_000.0))
+    assert "budget of $5.00 is used up ($5.00 spent or reserved)" in gone
+
+
 # -- cache ---------------------------------------------------------------------------------------
 
 PAIRS = [
