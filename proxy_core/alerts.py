@@ -161,7 +161,8 @@ def alert_text(alert: BudgetAlert, *, mention: bool = False, who: str | None = N
     else:
         who, whose = "The workspace", "its"
     scope = alert.scope.removeprefix("workspace ")
-    money = f"{format_usd(alert.spent)} of {format_usd(alert.limit)}"
+    # Short of the limit, the spend is rounded down: $0.999999 of $1 is not "$1.00 of $1.00".
+    money = f"{format_usd(alert.spent, down=alert.spent < alert.limit)} of {format_usd(alert.limit)}"
     if alert.threshold >= 100:
         return (f"Heads-up: {who} has used all of {whose} {scope} budget ({money}); "
                 f"new questions are refused (cached answers still work) until it resets at {resets}.")

@@ -100,6 +100,13 @@ def test_alert_text_for_a_user_and_for_the_workspace() -> None:
     assert "2026-02-01 00:00 UTC" in text
 
 
+
+def test_an_alert_below_the_whole_budget_never_shows_it_all_spent() -> None:
+    # One call took the day from under 80% to $0.999999 of $1: half up, "$1.00 of $1.00" at 80%.
+    alert = BudgetAlert(workspace_id="W1", user_id="U123", scope="daily", threshold=80, spent=999_999,
+                        limit=1_000_000, resets_at=START + 86_400, period="2026-01-01")
+    assert "has used 80% of their daily budget ($0.9999 of $1.00)" in alert_text(alert)
+
 # -- through the gateway --------------------------------------------------------------------------
 
 def test_a_user_is_announced_at_50_80_and_100_percent_each_once(make_gateway: GatewayFactory, fake: FakeOpenAI,
