@@ -1046,9 +1046,10 @@ class Gateway:
         return self.prices.price_for(model)
 
     def _billing_price(self, returned_model: str, requested: ModelPrice) -> ModelPrice:
-        """Bill what upstream says it ran (a dated snapshot), falling back to what was asked for."""
+        """Bill what upstream says it ran (a dated snapshot), falling back to what was asked for
+        when that model has no price or is of the other kind (no chat is billed as an embedding)."""
         try:
-            return self.prices.price_for(returned_model)
+            return self.prices.price_for(returned_model, requested.kind)
         except ConfigurationError:
             return requested
 

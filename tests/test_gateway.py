@@ -574,6 +574,18 @@ def _user_day_line(gw: Gateway) -> Any:
     return budget_lines("W1", "U1", 1_767_225_600.0, user_daily=1, workspace_monthly=0)[0]
 
 
+def test_an_answer_naming_a_model_of_the_other_kind_is_billed_at_the_model_asked_for(
+    make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store
+) -> None:
+    # A compatible server reporting an embedding model's name for a chat: billing at that price
+    # raised ValueError after the answer was paid for, and the call reached no ledger.
+    fake.script(Fault.ok(model="text-embedding-3-small", prompt_tokens=1_000, completion_tokens=100))
+    gw = make_gateway(chat_model="gpt-4.1-mini")
+    result = ask(gw, "How do I deploy?", "r1")
+    assert result.cost_micros == chat_cost(PriceTable.load(None).price_for("gpt-4.1-mini"), 1_000, 0, 100) == 560
+    assert store.usage("W1", DAY, DAY).totals.cost_micros == 560
+
+
 def test_price_fixture_matches_hand_arithmetic() -> None:
     price = PriceTable.load(None).price_for("gpt-4.1-mini")
     # $0.40 in, $0.10 cached, $1.60 out per 1M: 1000×0.40 + 500×0.10 + 250×1.60 = 400 + 50 + 400 = 850 µ$
