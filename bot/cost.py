@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any, Protocol
 
 from bot.proxy.keys import ProxyKey
-from proxy_core import Accounts, BudgetStatus, Headroom, UsageTotals
+from proxy_core import Accounts, BudgetStatus, Headroom, UsageTotals, period_window
 
 __all__ = [
     "TREND_DAYS",
@@ -278,7 +278,9 @@ def _key_spend(
 
 
 def _days(now: float) -> tuple[str, str, tuple[str, ...]]:
-    today = datetime.fromtimestamp(now, UTC).date()
+    # The budget lines' day (floored), not a datetime's, which rounds the last instant of a day
+    # up to the next one: the report's day must be the one its budgets and ledger entries are on.
+    today = date.fromisoformat(period_window(now, "day")[0])
     trend = tuple((today - timedelta(days=back)).isoformat() for back in range(TREND_DAYS - 1, -1, -1))
     return today.isoformat(), today.replace(day=1).isoformat(), trend
 

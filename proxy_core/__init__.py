@@ -23,7 +23,7 @@ from __future__ import annotations
 from proxy_core import errors
 from proxy_core.accounts import Accounts, BudgetStatus, Headroom
 from proxy_core.alerts import BudgetAlert, alert_text
-from proxy_core.budget import BudgetLine, CallSource, budget_lines
+from proxy_core.budget import BudgetLine, CallSource, budget_lines, period_window
 from proxy_core.cache import StandaloneQuestion
 from proxy_core.cached_answers import CachedAnswers
 from proxy_core.clock import Clock, ManualClock, monotonic
@@ -105,6 +105,7 @@ __all__ = [
     "load_settings",
     "load_settings_as",
     "monotonic",
+    "period_window",
     "redact",
     "serve_metrics",
     "store_from_url",

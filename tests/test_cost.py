@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from bot.cost import TREND_DAYS, CostReport, cost_report, is_admin, sparkline, t
 from bot.slack.cost_blocks import USAGE_TEXT, cost_blocks, help_blocks, home_view, team_blocks
 from bot.slack.render import MAX_BLOCKS, SECTION_TEXT_LIMIT
 from proxy_core import Accounts
-from proxy_core.budget import budget_lines
+from proxy_core.budget import budget_lines, period_window
 from proxy_core.clock import ManualClock
 from proxy_core.limiter import Bucket
 from proxy_core.money import format_usd
@@ -155,6 +156,27 @@ def test_the_team_report_is_the_ledger_to_the_micro_dollar(ledger: SqliteStore) 
     assert sum(report.trend) == month.totals.cost_micros - 999  # January 1st is before the 14 days
 
     assert [u for u, _ in team_report(Accounts(ledger, make_settings()), WS, NOW, top=2).top_users] == ["U3", "U2"]
+
+
+def test_the_last_instant_of_a_month_reports_that_day_and_month_as_its_budgets_and_ledger_do(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    # The last float before February: a datetime rounds it up to February 1st, the budget lines and
+    # the ledger's day (floored) say January 31st. The report showed February with January's budgets.
+    now = math.nextafter(datetime(2026, 2, 1, tzinfo=UTC).timestamp(), 0)
+    store = SqliteStore(tmp_path / "edge.db", clock=clock)
+    try:
+        e = dataclasses.replace(entry("late", days_ago=0, user="U1", cost=4_321), ts=now,
+                                day=period_window(now, "day")[0])  # as the gateway dates it
+        settle(store, e)
+        accounts = Accounts(store, make_settings(user_daily_budget_usd=Decimal("1")))
+        report, team = cost_report(accounts, WS, "U1", now), team_report(accounts, WS, now)
+    finally:
+        store.close()
+    assert e.day == "2026-01-31"
+    assert (report.day, report.month, team.day, team.month) == ("2026-01-31", "2026-01", "2026-01-31", "2026-01")
+    assert report.today.cost_micros == report.user_daily.spent == report.this_month.cost_micros == 4_321
+    assert team.this_month.cost_micros == team.workspace_monthly.spent == 4_321 and team.trend[-1] == 4_321
 
 
 def test_an_empty_ledger_reports_zeros(tmp_path: Path, clock: ManualClock) -> None:
