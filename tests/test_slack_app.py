@@ -1108,3 +1108,21 @@ def test_a_signed_but_malformed_payload_is_dropped_with_a_log_line_and_nothing_i
     assert answerer.questions == []
     assert [log["event"] for log in logs if log["log_level"] in ("warning", "error")] == [
         "slack.malformed_request_dropped"]
+
+
+def test_slacks_app_rate_limited_notice_is_acked_with_200_and_logged_once_as_a_warning(
+    penny: Harness, slack: FakeSlack, answerer: ScriptedAnswerer
+) -> None:
+    """Slack posts ``app_rate_limited`` to the events URL when it starts dropping the app's events, and
+    counts a delivery not answered 200 towards disabling its subscriptions; Bolt has no listener for
+    it and answered 404 ("unhandled request"), so nobody was told events were being dropped."""
+    notice = json.dumps({"token": "legacy-verification-token", "type": "app_rate_limited", "team_id": TEAM,
+                         "minute_rate_limited": 1_518_467_820, "api_app_id": "A0PENNY"})
+    with structlog.testing.capture_logs() as logs:
+        response = penny.dispatch(notice)
+        penny.settle()
+    assert response.status == 200
+    assert methods(slack) == [] and answerer.questions == []
+    [line] = [log for log in logs if log["log_level"] in ("warning", "error")]
+    assert line["event"] == "slack.events_rate_limited"
+    assert (line["team_id"], line["minute_rate_limited"]) == (TEAM, 1_518_467_820)

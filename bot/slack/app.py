@@ -45,7 +45,7 @@ from bot.slack.cost_command import Admins, CostCommand
 from bot.slack.delivery import Delivery
 from bot.slack.feedback import ACTION_FRESH_ANSWER, Feedback, FeedbackCallback
 from bot.slack.home import Home
-from bot.slack.middleware import FromPeopleOnly, InstalledWorkspaceOnly, Once, WellFormedOnly
+from bot.slack.middleware import FromPeopleOnly, InstalledWorkspaceOnly, Once, RateLimitNotices, WellFormedOnly
 from bot.slack.pacing import AcksFirst
 from bot.slack.render import ACTION_FEEDBACK, ACTION_FEEDBACK_DOWN, ACTION_FEEDBACK_UP
 from bot.slack.startup import SlackInstallation
@@ -218,6 +218,7 @@ def build_app(
     )
     # Before any listener, on the ack's path: pure checks, no store write, no LLM call.
     app.use(InstalledWorkspaceOnly(installation))
+    app.use(RateLimitNotices())
     app.use(WellFormedOnly())
     app.use(FromPeopleOnly())
     if isinstance(web_client, _WaitingWebClient):  # listeners' Slack calls lend their turn too

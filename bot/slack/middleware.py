@@ -14,6 +14,10 @@ store call):
   acknowledged and dropped with one ``slack.malformed_request_dropped`` log line naming the fields:
   otherwise it would be answered, billed and posted under ``str()`` of whatever was there (a user
   ``"['U1']"``, a channel ``"None"``).
+- :class:`RateLimitNotices`: Slack's ``app_rate_limited`` notice (posted to the events URL, with no
+  inner event, when Slack starts dropping the app's events for a workspace) is acknowledged with a 200
+  and logged as one ``slack.events_rate_limited`` warning. Bolt has no listener for it and answered
+  404, which Slack counts towards disabling the app's event subscriptions.
 - :class:`FromPeopleOnly`: a ``message`` or ``app_mention`` no person wrote (another bot's, a join,
   an edit (a ``message_changed``, or an ``app_mention`` carrying ``edited``), a deletion) is
   acknowledged and dropped. Penny's own messages are dropped by Bolt's
@@ -50,6 +54,7 @@ __all__ = [
     "FromPeopleOnly",
     "InstalledWorkspaceOnly",
     "Once",
+    "RateLimitNotices",
     "WellFormedOnly",
     "after_handling",
     "foreign_request",
@@ -183,6 +188,18 @@ class WellFormedOnly(Middleware):
             return next()
         _log.warning("slack.malformed_request_dropped", type=req.body.get("type"), fields=bad,
                      event_id=req.body.get("event_id"))
+        return BoltResponse(status=200, body="")
+
+
+class RateLimitNotices(Middleware):
+    """Acknowledges and logs Slack's ``app_rate_limited`` notices (see the module doc)."""
+
+    def process(self, *, req: BoltRequest, resp: BoltResponse, next: Callable[[], BoltResponse]) -> BoltResponse:
+        if not (isinstance(req.body, dict) and req.body.get("type") == "app_rate_limited"):
+            return next()
+        _log.warning("slack.events_rate_limited", team_id=req.body.get("team_id"),
+                     minute_rate_limited=req.body.get("minute_rate_limited"),
+                     note="Slack is dropping this app's events for the workspace (over 30,000 an hour)")
         return BoltResponse(status=200, body="")
 
 
