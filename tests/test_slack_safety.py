@@ -504,6 +504,13 @@ GOOD_TS = "1700000000"
         ({"content-type": "application/x-www-form-urlencoded"}, b"payload=%5B%5D", 400),
         ({"content-type": "application/x-www-form-urlencoded"}, b"command=%2Fcost&text=", None),
         ({"content-type": "application/json"}, b"\xff\xfe{}", 400),
+        # JSON objects Bolt's own payload readers index into and raise on (a 500 and a traceback)
+        ({"content-type": "application/json"}, b'{"view": "x"}', 400),
+        ({"content-type": "application/json"}, b'{"type": "view_submission", "view": {"callback_id": "x"}}', 400),
+        ({"content-type": "application/json"}, b'{"type": "workflow_step_edit", "callback_id": "x"}', 400),
+        ({"content-type": "application/json"}, b'{"type": "block_actions", "actions": []}', 400),
+        ({"content-type": "application/json"}, b'{"type": "view_submission", "view": {"callback_id": "x", '
+                                               b'"type": "modal"}}', None),
     ],
 )
 def test_check_request(headers: dict[str, str], body: bytes, expected: int | None) -> None:
@@ -582,13 +589,17 @@ FORM = "application/x-www-form-urlencoded"
         ("payload=%7Bnot+json", signed("payload=%7Bnot+json", content_type=FORM), 400, True),
         (b"\xff{}", {"Content-Type": "application/json", "X-Slack-Request-Timestamp": GOOD_TS,
                      "X-Slack-Signature": "v0=00"}, 400, True),
+        *[(body, signed(body), 400, True) for body in (  # signed, but Bolt's payload readers raise on them
+            '{"view": "x"}', json.dumps({"type": "view_submission", "team": {"id": TEAM}, "user": {"id": "U1"},
+                                          "view": {"callback_id": "penny_feedback_reason"}}),
+            '{"type": "workflow_step_edit", "callback_id": "x"}')],
         (EVENT, {**signed(EVENT), "Content-Length": "ten"}, 400, True),
         (EVENT, {**signed(EVENT), "Content-Length": str(MAX_BODY_BYTES + 1)}, 413, True),
         (EVENT, {"Content-Type": "application/json"}, 401, False),  # unsigned: Bolt's own answer
         (EVENT, signed(EVENT, timestamp="1000000000"), 401, False),  # stale: Bolt's own answer
     ],
     ids=["non-numeric-timestamp", "malformed-json", "json-array", "event-a-string", "event-null", "event-a-list",
-         "bad-form-payload", "not-utf8",
+         "bad-form-payload", "not-utf8", "view-a-string", "view-without-type", "step-edit-without-step",
          "bad-content-length", "too-large", "unsigned", "stale"],
 )
 def test_bad_http_input_gets_a_4xx_and_no_traceback(

@@ -15,9 +15,19 @@ and a short reason). It touches no server and no network: :class:`~bot.slack.ser
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from slack_bolt import BoltRequest
+from slack_bolt.request.payload_utils import (
+    to_action,
+    to_command,
+    to_event,
+    to_message,
+    to_options,
+    to_shortcut,
+    to_step,
+    to_view,
+)
 
 __all__ = ["MAX_BODY_BYTES", "Rejection", "check_request", "content_length", "parse_request"]
 
@@ -45,8 +55,10 @@ def parse_request(headers: Mapping[str, str], body: bytes, query: str = "") -> B
     timestamp that is not a number, or a signature with non-ASCII characters, is 401: the request
     cannot be verified. A body that is not UTF-8, malformed JSON (in a JSON body or in a form's
     ``payload``), or JSON that is not an object is 400. The body is parsed once, by Bolt's own
-    parser, so the guard and Bolt can never disagree about what is malformed. An ``event`` that is
-    not an object is 400 too (Bolt's listeners and middleware read it as one).
+    parser, so the guard and Bolt can never disagree about what is malformed. An ``event`` or a
+    ``view`` that is not an object is 400 too (Bolt's listeners and middleware read each as one), as
+    is a payload Bolt's own payload readers raise on (a ``view_submission`` whose view has no
+    ``type``, a ``block_actions`` with no actions).
     """
     lowered = {name.lower(): value for name, value in headers.items()}
     timestamp = lowered.get("x-slack-request-timestamp")
@@ -69,9 +81,22 @@ def parse_request(headers: Mapping[str, str], body: bytes, query: str = "") -> B
         return Rejection(400, "the body is not a Slack payload")
     if not isinstance(request.body, dict):
         return Rejection(400, "the body is not a Slack payload")
-    if "event" in request.body and not isinstance(request.body["event"], dict):  # Bolt reads it as one
-        return Rejection(400, "the body's event is not an object")
+    for name in ("event", "view"):  # Bolt reads each as an object wherever it appears
+        if name in request.body and not isinstance(request.body[name], dict):
+            return Rejection(400, f"the body's {name} is not an object")
+    try:
+        _read_as_bolt_does(request.body)
+    except (AttributeError, TypeError, KeyError, IndexError):
+        return Rejection(400, "the body is not a Slack payload")
     return request
+
+
+def _read_as_bolt_does(body: dict[str, Any]) -> None:
+    """Read ``body`` with Bolt's own payload readers, as Bolt does for every middleware and listener
+    it runs: they index into what they expect (a view's ``type``, an edited step's ``workflow_step``,
+    the first of the ``actions``) and raise out of ``App.dispatch`` when it is not there."""
+    for read in (to_options, to_shortcut, to_action, to_view, to_command, to_event, to_message, to_step):
+        read(body)
 
 
 def content_length(value: str | None) -> int | Rejection:
