@@ -148,12 +148,16 @@ def ops_reply(environ: WSGIEnvironment, start_response: StartResponse, *, ready:
 
 class PennyWSGI:
     """One worker's WSGI application: ``POST /slack/events`` (guard, then Bolt), ``GET /healthz``
-    (the process answers), ``GET /readyz`` (``ready()`` returns no problem), ``GET /metrics``."""
+    (the process answers), ``GET /readyz`` (``ready()`` returns no problem), ``GET /metrics``. With
+    ``signing_secret`` the guard verifies a request's signature before its body is parsed."""
 
     def __init__(self, app: App, *, ready: Callable[[], str | None], metrics: Callable[[], bytes] | None = None,
                  path: str = EVENTS_PATH, acks_first: AcksFirst | None = None,
-                 early_acks: EarlyAcks | None = None) -> None:
+                 early_acks: EarlyAcks | None = None, signing_secret: str | None = None) -> None:
+        from slack_sdk.signature import SignatureVerifier
+
         self._app = app
+        self._verifier = SignatureVerifier(signing_secret) if signing_secret else None
         self.acks_first = acks_first or AcksFirst()
         self._ready = ready
         self._metrics = metrics
@@ -188,7 +192,7 @@ class PennyWSGI:
         if "CONTENT_TYPE" in environ:
             headers["content-type"] = str(environ["CONTENT_TYPE"])
         headers["content-length"] = str(len(body))
-        request = parse_request(headers, body, str(environ.get("QUERY_STRING", "")))
+        request = parse_request(headers, body, str(environ.get("QUERY_STRING", "")), verifier=self._verifier)
         if isinstance(request, Rejection):
             return _reject(start_response, request)
         if self._early_acks is not None and self._early_acks.take(request, body, headers, self._app):
@@ -263,7 +267,8 @@ class _Worker:
                         listener_executor=self.listeners, installation=installation)
         backend.alerts.attach(app.client)
         early = EarlyAcks(config.signing_secret, self.listeners) if config.signing_secret else None
-        self.wsgi = PennyWSGI(app, ready=self.ready, metrics=metrics, acks_first=acks_first, early_acks=early)
+        self.wsgi = PennyWSGI(app, ready=self.ready, metrics=metrics, acks_first=acks_first, early_acks=early,
+                              signing_secret=config.signing_secret)
 
     def ready(self) -> str | None:
         """Why this worker cannot answer yet (store unreachable, no docs index), or None."""
