@@ -5,6 +5,7 @@ bounds (the load figures are ``python -m bench.http``'s)."""
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import operator
@@ -136,6 +137,20 @@ def test_health_readiness_and_metrics_are_served_beside_slack(server: PennyHTTP)
     status, metrics = server.get("/metrics")
     assert status == 200 and "penny_ledger_spooled" in metrics
     assert server.get("/slack/events")[0] == 404  # Slack only POSTs
+
+
+def test_a_head_request_gets_its_headers_and_no_body_and_no_warning(server: PennyHTTP) -> None:
+    """Load balancers check health with HEAD too: each one used to log gunicorn's "WSGI app sent body
+    bytes on a no-body response" warning, as the app wrote the GET's body for gunicorn to drop."""
+    before = server.stderr().count("no-body response")
+    for path, status in (("/healthz", 200), ("/readyz", 200), ("/slack/events", 404), ("/nowhere", 404)):
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        connection.request("HEAD", path)
+        response = connection.getresponse()
+        assert response.status == status and response.read() == b""
+        connection.close()
+    assert server.get("/healthz") == (200, "ok\n")
+    assert server.stderr().count("no-body response") == before
 
 
 def test_idle_and_slow_connections_do_not_hold_up_a_signed_event(server: PennyHTTP, fakes: tuple[FakeOpenAI, FakeSlack]

@@ -131,18 +131,20 @@ def ops_reply(environ: WSGIEnvironment, start_response: StartResponse, *, ready:
               metrics: Callable[[], bytes] | None) -> list[bytes] | None:
     """``GET /healthz`` (the process answers), ``/readyz`` (``ready()`` returns no problem) and
     ``/metrics``, answered; None for any other request."""
-    if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
+    method = environ.get("REQUEST_METHOD", "GET")
+    if method not in ("GET", "HEAD"):
         return None
+    head = method == "HEAD"
     path = environ.get("PATH_INFO", "")
     if path == "/healthz":
-        return _reply(start_response, 200, b"ok\n")
+        return _reply(start_response, 200, b"ok\n", head=head)
     if path == "/readyz":
         problem = ready()
-        return _reply(start_response, 503 if problem else 200, f"{problem or 'ready'}\n".encode())
+        return _reply(start_response, 503 if problem else 200, f"{problem or 'ready'}\n".encode(), head=head)
     if path == "/metrics" and metrics is not None:
         from prometheus_client import CONTENT_TYPE_LATEST
 
-        return _reply(start_response, 200, metrics(), CONTENT_TYPE_LATEST)
+        return _reply(start_response, 200, metrics(), CONTENT_TYPE_LATEST, head=head)
     return None
 
 
@@ -171,7 +173,7 @@ class PennyWSGI:
             with self.acks_first.request():
                 return self._slack(environ, start_response)
         ops = ops_reply(environ, start_response, ready=self._ready, metrics=self._metrics)
-        return ops if ops is not None else _reply(start_response, 404, b"Not Found\n")
+        return ops if ops is not None else _reply(start_response, 404, b"Not Found\n", head=method == "HEAD")
 
     def _slack(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         length = content_length(environ.get("CONTENT_LENGTH"))
@@ -233,12 +235,13 @@ class EarlyAcks:
 
 
 def _reply(start_response: StartResponse, status: int, body: bytes,
-           content_type: str = "text/plain; charset=utf-8") -> list[bytes]:
+           content_type: str = "text/plain; charset=utf-8", *, head: bool = False) -> list[bytes]:
+    """Answer ``body``; to a HEAD, its headers only (gunicorn logs a warning for every body it must drop)."""
     from http import HTTPStatus
 
     start_response(f"{status} {HTTPStatus(status).phrase}",
                    [("Content-Type", content_type), ("Content-Length", str(len(body)))])
-    return [body]
+    return [] if head else [body]
 
 
 def _reject(start_response: StartResponse, rejection: Rejection) -> list[bytes]:
