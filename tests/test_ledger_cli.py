@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from bot.cli import main
-from bot.cost import team_report
-from bot.slack.cost_blocks import blocks_to_text, team_blocks
+from bot.cost import cost_report, team_report
+from bot.slack.cost_blocks import blocks_to_text, cost_blocks, team_blocks
 from proxy_core import Accounts
 from proxy_core.budget import budget_lines, period_window
 from proxy_core.clock import ManualClock
@@ -126,6 +126,26 @@ def test_cost_team_shows_interrupted_calls_as_worst_case_charges(tmp_path: Path)
     store.close()
     assert "1 call was interrupted while the LLM answered" in text
     assert "$0.0042 of this month's spend is their worst case" in text
+
+
+def test_a_persons_own_cost_says_which_of_their_spend_is_an_interrupted_calls_worst_case(tmp_path: Path) -> None:
+    """Only /cost team used to say so: a person whose call was cut short saw $0.0042 more than they
+    may have spent, with no word of why."""
+    clock = ManualClock(time.time())
+    store = SqliteStore(tmp_path / "penny.db", clock=clock)
+    settings = PennySettings(store_url=f"sqlite:///{tmp_path / 'penny.db'}")
+    lines = budget_lines(WORKSPACE, "U1", time.time(), user_daily=0, workspace_monthly=0)
+    for request_id in ("cut-1", "cut-2"):
+        store.admit(WORKSPACE, request_id, ttl_s=60, buckets=[], lines=lines, amount=2_100, breaker=None,
+                    owner=ClaimOwner("U1", "gpt-4.1-mini", "chat", time.time()))
+    clock.advance(61)
+    assert len(store.reap_interrupted()) == 2
+    accounts = Accounts(store, settings)
+    mine = blocks_to_text(cost_blocks(cost_report(accounts, WORKSPACE, "U1", time.time())))
+    theirs = blocks_to_text(cost_blocks(cost_report(accounts, WORKSPACE, "U2", time.time())))
+    store.close()
+    assert "2 of your calls were interrupted while the LLM answered; $0.0042 of this month's spend" in mine
+    assert "interrupted" not in theirs
 
 
 def test_the_spool_sits_beside_the_sqlite_file_or_in_the_state_dir(tmp_path: Path,

@@ -66,6 +66,9 @@ def cost_blocks(report: CostReport) -> list[Block]:
         ),
         _trend_block(report.trend, report.trend_days),
     ]
+    unsettled = _unsettled_note(report.this_month, "of your calls")
+    if unsettled:
+        blocks.insert(2, _section(unsettled))  # right under the spend it is part of
     return _bounded(blocks)
 
 
@@ -104,18 +107,24 @@ def _spend_lines(report: CostReport | TeamReport) -> str:
     )
 
 
+def _unsettled_note(month: UsageTotals, whose: str) -> str:
+    """Interrupted calls in ``month``, charged at their worst case ("" for none); ``whose`` names
+    them ("calls", "of your calls")."""
+    if not month.unsettled:
+        return ""
+    were = "was" if month.unsettled == 1 else "were"
+    return (f":warning: {month.unsettled:,} {whose} {were} interrupted while the LLM answered; "
+            f"{format_usd(month.unsettled_micros)} of this month's spend is their worst case, "
+            "until their real cost arrives.")
+
+
 def _ledger_notes(report: TeamReport) -> list[str]:
     """What the numbers above may not show yet: interrupted calls charged at their worst case, and
     paid calls still on their way to the ledger."""
     notes = []
-    month = report.this_month
-    if month.unsettled:
-        calls = "call was" if month.unsettled == 1 else "calls were"
-        notes.append(
-            f":warning: {month.unsettled:,} {calls} interrupted while the LLM answered; "
-            f"{format_usd(month.unsettled_micros)} of this month's spend is their worst case, "
-            "until their real cost arrives."
-        )
+    unsettled = _unsettled_note(report.this_month, "calls" if report.this_month.unsettled != 1 else "call")
+    if unsettled:
+        notes.append(unsettled)
     if report.pending_ledger_writes:
         n = report.pending_ledger_writes
         notes.append(
