@@ -630,12 +630,13 @@ class Gateway:
             if charged and isinstance(exc, PennyError):
                 exc.charged_micros = charged
             raise
-        result = self._chat_result(req, resp, attempts, lookup, started, extra_micros=broken.cost(req.price))
+        broken_micros = broken.cost(req.price)  # 0 unless a streamed attempt broke off first
+        result = self._chat_result(req, resp, attempts, lookup, started, extra_micros=broken_micros)
         self._settle(self._ledger_entry(req, result, kind="chat", day=admitted.day), req.request_id, admitted.lines,
                      result.to_json(), upstream_answered=True)
         self._count_spend("chat", result)
         self.metrics.requests.labels("chat", "ok", result.cache_status).inc()
-        answer = self._remember(req, lookup, result, answer_micros=result.cost_micros - broken.cost(req.price))
+        answer = self._remember(req, lookup, result, answer_micros=result.cost_micros - broken_micros)
         self._log.info("chat_answered", request_id=req.request_id, model=result.model, cost_micros=result.cost_micros,
                        cache=result.cache_status, attempts=attempts, latency_ms=result.latency_ms)
         return result, answer
