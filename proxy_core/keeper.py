@@ -31,6 +31,8 @@ __all__ = ["LedgerKeeper", "ReplayReport"]
 # A spooled write still pending after this many replay rounds and this long raises the alarm.
 _ALARM_AFTER_ROUNDS = 3
 _ALARM_AFTER_S = 60.0
+# A replay round stops after the store refused writes of this many requests.
+_FAILURES_PER_ROUND = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,22 +98,37 @@ class LedgerKeeper:
             self._thread.kick()
 
     def replay(self) -> ReplayReport:
-        """Apply the spooled writes, oldest first, through the same idempotent store calls; stop at
-        the first store failure. Adopts the spool files of exited processes first."""
+        """Apply the spooled writes through the same idempotent store calls, oldest first, each
+        request's in the order they were spooled. Adopts the spool files of exited processes first.
+
+        A write the store refuses does not hold up the others: the request's later writes wait for
+        the next round, the rest go on, and writes that failed before go last. Only after
+        :data:`_FAILURES_PER_ROUND` refusals in one round does the round stop (the store is likely
+        down, and each further try could take a whole timeout)."""
         with self._lock:
             self._adopt()
             with suppress(OSError):  # the disk is still full: they stay in memory
                 self.spool.write_unwritten()
             applied = already = 0
             error: str | None = None
-            records = self.spool.pending()
+            failed: set[tuple[str, str]] = set()  # requests with a write refused this round
+            unapplied: list[SpoolRecord] = []
+            records = self._in_replay_order(self.spool.pending())
             for i, record in enumerate(records):
+                request = (record.entry.workspace_id, record.entry.request_id)
+                if request in failed:
+                    unapplied.append(record)
+                    continue
                 try:
                     written = self._apply(record)
                 except StoreError as exc:
                     error = str(exc)
-                    self._note_pending(records[i:])
-                    break
+                    failed.add(request)
+                    unapplied.append(record)
+                    if len(failed) >= _FAILURES_PER_ROUND:
+                        unapplied.extend(records[i + 1:])
+                        break
+                    continue
                 self.spool.done(record)
                 self._rounds.pop(record.key, None)
                 self._alarmed.discard(record.key)
@@ -119,11 +136,28 @@ class LedgerKeeper:
                     applied += 1
                 else:
                     already += 1
+            self._note_pending(unapplied)
             pending = len(self.spool.pending())
         self._metrics.spooled.set(pending)
         if applied or already:
             self._log.info("spool_replayed", applied=applied, already=already, pending=pending)
+        if failed:
+            self._log.warning("spool_replay_refused", refused=len(failed), pending=pending, error=error)
         return ReplayReport(applied=applied, already=already, pending=pending, error=error)
+
+    def _in_replay_order(self, records: Sequence[SpoolRecord]) -> list[SpoolRecord]:
+        """Oldest first, except that requests a replay failed on go after the others (fewest failed
+        rounds first), so one write the store keeps refusing cannot hold up every later paid call;
+        each request's own writes keep their order."""
+        groups: dict[tuple[str, str], list[SpoolRecord]] = {}
+        for record in records:
+            groups.setdefault((record.entry.workspace_id, record.entry.request_id), []).append(record)
+
+        def failed_rounds(group: list[SpoolRecord]) -> int:
+            return max(self._rounds.get(record.key, (0, 0.0))[0] for record in group)
+
+        ordered = sorted(groups.values(), key=failed_rounds)  # stable: oldest first among equals
+        return [record for group in ordered for record in group]
 
     def reap(self) -> list[LedgerEntry]:
         """Charge calls whose process died mid-call at their reserved worst case (unsettled)."""

@@ -12,12 +12,13 @@ from structlog.testing import capture_logs
 
 from proxy_core.budget import budget_lines
 from proxy_core.clock import ManualClock
+from proxy_core.errors import StoreError
 from proxy_core.gateway import Gateway
 from proxy_core.keeper import LedgerKeeper
 from proxy_core.metrics import Metrics
 from proxy_core.settings import PennySettings
 from proxy_core.spool import SettleSpool, SpoolRecord, count_pending
-from proxy_core.stores.base import LedgerEntry
+from proxy_core.stores.base import LedgerEntry, Store
 from proxy_core.stores.sqlite import SqliteStore
 
 
@@ -115,7 +116,6 @@ class _NoUpstream:
 def test_an_admission_that_never_reached_the_store_leaves_nothing_to_release(tmp_path: Path) -> None:
     """Connection refused: the admission surely did not happen, so nothing is spooled to undo it (a
     timed-out one may have happened, and is released through the spool: see test_faults.py)."""
-    from proxy_core.errors import StoreError
     from proxy_core.stores.redis import RedisStore
     from tests.redis_server import free_port
 
@@ -359,7 +359,6 @@ def test_a_spooled_release_replayed_after_a_retry_was_admitted_leaves_the_retry_
     then run beside it and pay the provider again, and the budget no longer held its cost."""
     from dataclasses import replace
 
-    from proxy_core.errors import StoreError
     from proxy_core.stores.base import ClaimOwner
 
     store = SqliteStore(tmp_path / "penny.db")
@@ -377,5 +376,63 @@ def test_a_spooled_release_replayed_after_a_retry_was_admitted_leaves_the_retry_
     assert store.spent("T1", lines[0]) == (0, 500)  # the retry's reservation holds
     assert store.claim_request("T1", "r1", ttl_s=60).state == "in_flight"  # and so does its claim
     assert SpoolRecord.from_json("release", json.loads(spooled.to_json())["release"]) == spooled
+    keeper.close()
+    store.close()
+
+
+@pytest.mark.redis
+def test_a_write_the_store_keeps_refusing_does_not_hold_up_the_paid_calls_spooled_after_it(
+        tmp_path: Path, redis_store: Store) -> None:
+    """One spooled settle the store refuses every time (here its ledger key holds the wrong type, as
+    a stray write by anything else in the namespace leaves it) used to stop each replay round at
+    itself: every paid call spooled after it stayed out of the ledger for good."""
+    from proxy_core.stores.redis import RedisStore
+
+    assert isinstance(redis_store, RedisStore)
+    keeper = LedgerKeeper(redis_store, SettleSpool(tmp_path / "spool"), metrics=Metrics())
+    refused = StoreError("Redis store: cannot settle a call: timed out")
+    for request_id in ("poison", "r1", "r2"):
+        keeper.keep(record(request_id), refused)
+    keeper.keep(record("poison", op="release"), refused)  # waits for its request's settle
+    stray = f"{redis_store._ws('T1')}:ledger:poison"
+    redis_store._client.lpush(stray, "not a ledger entry")
+
+    first = keeper.replay()
+
+    assert (first.applied, first.pending) == (2, 2)
+    assert first.error is not None and "WRONGTYPE" in first.error
+    assert all(redis_store.ledger_entry("T1", r) is not None for r in ("r1", "r2"))
+    keeper.keep(record("r3"), refused)  # spooled later: tried before the write that failed
+    with capture_logs() as logs:
+        second = keeper.replay()
+    assert (second.applied, second.pending) == (1, 2)
+    assert [e["event"] for e in logs] == ["ledger_replayed", "spool_replayed", "spool_replay_refused"]
+    redis_store._client.delete(stray)  # the operator clears it
+    assert keeper.replay().applied == 2
+    assert all(redis_store.ledger_entry("T1", r) is not None for r in ("poison", "r1", "r2", "r3"))
+    keeper.close()
+
+
+def test_a_replay_round_stops_after_three_refused_requests(
+        tmp_path: Path) -> None:
+    """A store that is down refuses everything: a round gives up after three requests (each try may
+    take a whole timeout) instead of trying every spooled write."""
+    store = SqliteStore(tmp_path / "penny.db")
+    keeper = LedgerKeeper(store, SettleSpool(tmp_path / "spool"), metrics=Metrics())
+    refused = StoreError("SQLite store: cannot settle a call: disk I/O error")
+    for request_id in ("r0", "r1", "r2", "r3", "r4"):
+        keeper.keep(record(request_id), refused)
+    tried: list[str] = []
+
+    def down(entry: LedgerEntry, **_: object) -> bool:
+        tried.append(entry.request_id)
+        raise StoreError("SQLite store: cannot settle a call: unable to open database file")
+
+    store.settle = down  # type: ignore[method-assign]
+    report = keeper.replay()
+    assert tried == ["r0", "r1", "r2"] and report.pending == 5
+    del store.settle  # the store is back: the round after takes all five
+    assert keeper.replay().applied == 5
+    assert all(store.ledger_entry("T1", f"r{i}") is not None for i in range(5))
     keeper.close()
     store.close()
