@@ -172,6 +172,39 @@ def test_idle_and_slow_connections_do_not_hold_up_a_signed_event(server: PennyHT
             sock.close()
 
 
+def test_a_client_holding_every_connection_idle_or_silent_does_not_keep_others_out(server: PennyHTTP) -> None:
+    """A worker takes ``HTTPOptions.connections`` at once. One client that opened that many and
+    left them idle after a request each (kept alive for 75 s) and then as many that send nothing
+    used to keep every other client waiting in the backlog; the connections that waited longest
+    without a request being served now make room, and the new client is answered at once."""
+    cap = HTTPOptions.connections
+    held: list[socket.socket] = []
+    try:
+        for _ in range(cap):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: penny\r\n\r\n")
+            held.append(sock)
+        for sock in held:  # each answered, then idle and kept alive
+            received = b""
+            while not received.endswith(b"ok\n"):
+                chunk = sock.recv(4096)
+                assert chunk, "the server closed a connection that was under its cap"
+                received += chunk
+        held += [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(cap)]
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        started = time.monotonic()
+        connection.request("GET", "/healthz")
+        response = connection.getresponse()
+        assert (response.status, response.read()) == (200, b"ok\n")
+        assert time.monotonic() - started < 3.0  # not 10 s (the silent ones' read deadline) nor 75 s
+        connection.close()
+    finally:
+        for sock in held:
+            sock.close()
+    assert "http.connections_full" in server.stderr()
+    assert server.get("/healthz") == (200, "ok\n")
+
+
 def test_an_oversized_body_is_refused_with_413_before_it_is_read(server: PennyHTTP) -> None:
     head = (b"POST /slack/events HTTP/1.1\r\nHost: penny\r\nContent-Type: application/json\r\n"
             b"Content-Length: 104857600\r\n\r\n")

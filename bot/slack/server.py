@@ -43,6 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, Protocol, TextIO
@@ -365,6 +366,7 @@ class _DeadlineSocket(socket.socket):
 ACCEPTS_AT_ONCE: Final = 64
 BALANCE_SLACK: Final = 4  # how much busier than the least busy other worker a worker may get in one go
 ACCEPT_PAUSE_S: Final = 0.001  # how long a busier worker leaves the backlog to the others
+MADE_ROOM_LOG_EVERY_S: Final = 10.0  # at the connection cap, one log line at most this often per worker
 
 
 class WorkerLoads:
@@ -468,7 +470,8 @@ class PennyWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn ships no type
         # A burst is taken from the backlog in one go (gunicorn takes one connection per wake-up),
         # while this worker is no busier than the others (WorkerLoads); past that it pauses.
         for _ in range(ACCEPTS_AT_ONCE):
-            if self.nr_conns >= self.worker_connections:
+            if self.nr_conns >= self.worker_connections and not self._make_room():
+                super().set_accept_enabled(False)  # every connection is a request being served
                 break
             if self._busier_than_others() and not self._resumed:
                 self._pause_accepting()
@@ -504,7 +507,39 @@ class PennyWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn ships no type
         self._paused_until = time.monotonic() + ACCEPT_PAUSE_S
         super().set_accept_enabled(False)
 
+    # -- at the connection cap (HTTPOptions.connections) ---------------------------------------------
+
+    _made_room: int = 0  # connections closed to make room since the last log line
+    _made_room_logged: float = 0.0
+
+    def _can_make_room(self) -> bool:
+        return bool(self.keepalived_conns or self.pending_conns)
+
+    def _make_room(self) -> bool:
+        """At the cap, close the connection that has waited longest without a request being served
+        on it: an idle kept-alive one first (a client may close those at any time, and reconnects),
+        else the one that has taken longest to send its request. Otherwise a client holding the cap's
+        worth of idle or trickling connections (a few hundred requests a minute) would keep every
+        other client out. As nginx does; a connection a thread is serving is never closed."""
+        waiting = self.keepalived_conns or self.pending_conns
+        if not waiting:
+            return False
+        conn = waiting.popleft()
+        with suppress(OSError, KeyError, ValueError):
+            self.poller.unregister(conn.sock)
+        self.nr_conns -= 1
+        conn.close()
+        self._made_room += 1
+        now = time.monotonic()
+        if now - self._made_room_logged >= MADE_ROOM_LOG_EVERY_S:
+            _log.warning("http.connections_full", closed_waiting=self._made_room, cap=self.worker_connections,
+                         pid=os.getpid())
+            self._made_room, self._made_room_logged = 0, now
+        return True
+
     def set_accept_enabled(self, enabled: bool) -> None:
+        if not enabled and self.alive and self._can_make_room():
+            enabled = True  # gunicorn's loop turns accepting off at the cap: room can be made (accept)
         # gunicorn's loop re-enables accepting at each turn: not while paused.
         if enabled and not self._accepting:
             if time.monotonic() < self._paused_until:
@@ -524,6 +559,8 @@ class PennyWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn ships no type
 
     def notify(self) -> None:
         super().notify()  # once per turn of the worker's loop: the arbiter's heartbeat
+        if not self._accepting and self.nr_conns >= self.worker_connections:
+            self.set_accept_enabled(False)  # stopped at the cap while every connection was busy: room now?
         self._publish_load()
 
     def _load(self) -> int:
