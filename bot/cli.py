@@ -573,7 +573,7 @@ def _cmd_usage(args: argparse.Namespace, settings: PennySettings, out: TextIO, _
         for model, t in sorted(summary.by_model.items()):
             print(f"  {model:24} {_totals_line(t)}", file=out)
         if user is None:
-            for uid, t in sorted(summary.by_user.items(), key=lambda kv: -kv[1].cost_micros):
+            for uid, t in sorted(summary.by_user.items(), key=lambda kv: (-kv[1].cost_micros, kv[0])):
                 print(f"  user {uid:19} {_totals_line(t)}", file=out)
     return 0
 

@@ -351,6 +351,15 @@ def test_usage_text_shows_dollar_totals(fake: FakeOpenAI, isolated: str) -> None
     assert "user alice" in out
 
 
+def test_usage_lists_users_by_spend_then_by_id(fake: FakeOpenAI) -> None:
+    for user in ("zed", "bob", "amy"):  # zed pays; bob and amy are served from the cache for $0
+        assert penny("ask", QUESTION, "--user", user)[0] == 0
+    code, out = penny("usage", "--all-users")
+    assert code == 0
+    today = out.split("this month")[0]
+    assert [line.split()[1] for line in today.splitlines() if line.startswith("  user ")] == ["zed", "amy", "bob"]
+
+
 def test_usage_counts_one_request_in_the_singular(fake: FakeOpenAI) -> None:
     assert penny("ask", QUESTION, "--user", "alice")[0] == 0
     code, out = penny("usage", "--user", "alice", "--days", "1")
