@@ -497,6 +497,31 @@ def test_help_into_a_closed_pipe_ends_quietly(argv: list[str], tmp_path: Path) -
     assert (proc.returncode, proc.stderr) == (1, b"")
 
 
+def test_ctrl_c_while_the_command_is_still_loading_ends_it_quietly(tmp_path: Path) -> None:
+    """Importing the CLI takes about a second; a Ctrl-C in it used to print a traceback. The
+    interrupt is delivered deterministically here: as the import of ``bot.cli`` starts."""
+    script = (
+        "import sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'bot.cli':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "from bot._entry import main\n"
+        "sys.exit(main())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60, check=False)
+    assert (proc.returncode, proc.stderr) == (130, b"")
+
+
+def test_the_penny_command_runs_through_its_quiet_entry_point() -> None:
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"penny": "bot._entry:main"}
+
+
 # -- formatting ------------------------------------------------------------------------------------
 
 
