@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 import openai
 import pytest
 
+from bot.proxy.app import IDEMPOTENCY_RECORD
 from proxy_core import ManualClock
 from tests.fake_openai import FakeOpenAI, Fault, Gate
 from tests.polling import until
@@ -113,7 +114,7 @@ def test_a_stream_whose_client_left_settles_once_and_its_retry_waits_for_it_and_
 ) -> None:
     store = request.getfixturevalue(f"{backend}_store")
     with serve_proxy(store, fake, clock) as proxy:
-        secret, _ = proxy.keys.create(user_id="U1", workspace_id="T1")
+        secret, made = proxy.keys.create(user_id="U1", workspace_id="T1")
         body = json.dumps({"model": MODEL, "messages": QUESTION, "stream": True}).encode()
         key = {"Idempotency-Key": "s", "Cache-Control": "no-cache"}
         gate = fake.hold(Gate(2))
@@ -127,6 +128,10 @@ def test_a_stream_whose_client_left_settles_once_and_its_retry_waits_for_it_and_
             gate.arrive()
             until(lambda: proxy.gateway.usage("T1", today(clock), today(clock)).totals.requests == 1,
                   what="the left stream to settle")
+            # The key's record says "answered" a moment after the settle; the retry's waits take no
+            # time once the clock lets it go, so it would give up (409) on a key still marked busy.
+            until(lambda: not (proxy.gateway.store.record_get(IDEMPOTENCY_RECORD, f"{made.id}:chat:s") or
+                               "busy:").startswith("busy:"), what="the key's record to say answered")
             clock.go.set()
             events = again.result(timeout=10)
         assert "data: [DONE]" in events
