@@ -167,3 +167,30 @@ def test_penny_keys_create_refuses_an_unpriced_model(cli_store: str, capsys: pyt
     code, out = penny("keys", "create", "--user", "U1", "--models", "gpt-nope")
     assert code == 2 and "pk-" not in out
     assert "gpt-nope" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("models", ["", ",", " , ,"])
+def test_penny_keys_create_refuses_a_models_list_naming_no_model(
+        cli_store: str, capsys: pytest.CaptureFixture[str], models: str) -> None:
+    """``--models "$MODELS"`` with the variable unset was a key for every model: the list meant to
+    narrow the key widened it."""
+    with pytest.raises(SystemExit) as exit_info:
+        penny("keys", "create", "--user", "U1", "--models", models)
+    assert exit_info.value.code == 2
+    assert "--models: names no model" in capsys.readouterr().err
+    store = store_from_url(cli_store)
+    try:
+        assert KeyRing(store).list() == []
+    finally:
+        store.close()
+
+
+def test_penny_keys_create_keeps_each_model_once(cli_store: str) -> None:
+    code, out = penny("keys", "create", "--user", "U1", "--models", "gpt-4o-mini, gpt-4o-mini,gpt-4.1-mini")
+    assert code == 0, out
+    store = store_from_url(cli_store)
+    try:
+        [key] = KeyRing(store).list()
+    finally:
+        store.close()
+    assert key.models == ("gpt-4o-mini", "gpt-4.1-mini")

@@ -75,7 +75,12 @@ def _usd(value: str) -> int:
 
 
 def _models(value: str) -> tuple[str, ...]:
-    return tuple(m.strip() for m in value.split(",") if m.strip())
+    """``--models a,b``: each model once. A list naming none is refused: a key's empty list means
+    every model, so ``--models "$UNSET"`` would widen the key it was meant to narrow."""
+    models = tuple(dict.fromkeys(m.strip() for m in value.split(",") if m.strip()))
+    if not models:
+        raise argparse.ArgumentTypeError(f"names no model ({value!r}); leave --models out for every priced model")
+    return models
 
 
 def _cmd_create(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
