@@ -4,13 +4,14 @@ command opens for itself, and an argument type."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
+import unicodedata
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Final
 
 from proxy_core import Gateway, PennySettings, Store
 
-__all__ = ["opened_store", "positive_int"]
+__all__ = ["one_line", "opened_store", "positive_int", "shown_on_one_line"]
 
 
 @contextmanager
@@ -46,6 +47,44 @@ def nonblank(value: str) -> str:
     if not value.strip():
         raise argparse.ArgumentTypeError("must not be empty")
     return value.strip()
+
+
+# Bidirectional overrides and isolates: they reverse how the rest of a line reads.
+_BIDI_CONTROLS: Final = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _unshowable(char: str) -> bool:
+    """A character that does not show as itself on a line: C0/C1 controls (newline, escape), line and
+    paragraph separators, bidi overrides."""
+    return unicodedata.category(char) in ("Cc", "Zl", "Zp") or char in _BIDI_CONTROLS
+
+
+def one_line(limit: int, *, blank: bool = False) -> Callable[[str], str]:
+    """An argument type for text Penny stores and shows one per line (a key's user, workspace and
+    name in ``penny keys list`` and ``/cost team``): stripped, at most ``limit`` characters, with no
+    character that would break the line or the terminal showing it (a newline forges a line, an
+    escape sequence rewrites the screen). ``blank``: an empty value is allowed."""
+
+    def parse(value: str) -> str:
+        text = value.strip() if blank else nonblank(value)
+        bad = next((c for c in text if _unshowable(c)), None)
+        if bad is not None:
+            raise argparse.ArgumentTypeError(f"must be one line of text, without {_escaped(bad)}")
+        if len(text) > limit:
+            raise argparse.ArgumentTypeError(f"at most {limit} characters, not {len(text):,}")
+        return text
+
+    return parse
+
+
+def shown_on_one_line(text: str) -> str:
+    """``text`` with every character :func:`one_line` refuses escaped (``\\n``, ``\\x1b``): a value
+    stored before it was refused still prints as one line that changes nothing on the terminal."""
+    return "".join(_escaped(c) if _unshowable(c) else c for c in text)
+
+
+def _escaped(char: str) -> str:
+    return repr(char)[1:-1] if char.isascii() else f"\\u{ord(char):04x}"
 
 
 MAX_WORKERS: Final = 64  # one per core is the rule; more is a typo that would fork until memory runs out

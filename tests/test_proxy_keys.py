@@ -194,3 +194,43 @@ def test_penny_keys_create_keeps_each_model_once(cli_store: str) -> None:
     finally:
         store.close()
     assert key.models == ("gpt-4o-mini", "gpt-4.1-mini")
+
+
+@pytest.mark.parametrize(("flag", "value"), [
+    ("--user", "U1\nkey_f00  active   U2@T1"),  # a forged line in penny keys list
+    ("--workspace", "T\r1"),
+    ("--name", "note\x1b[2Jbook"),  # an escape sequence: clears the terminal of whoever lists the keys
+    ("--name", "laptop\u202e"),  # a bidi override: the rest of the line shows reversed
+    ("--name", "n" * 10_240),  # one such name hid every key from /cost team
+    ("--user", "U" * 10_240),
+])
+def test_penny_keys_create_refuses_values_that_cannot_be_shown_on_one_line(
+        cli_store: str, capsys: pytest.CaptureFixture[str], flag: str, value: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        penny("keys", "create", "--user", "U1", flag, value)
+    assert exit_info.value.code == 2
+    assert f"argument {flag}:" in capsys.readouterr().err
+    store = store_from_url(cli_store)
+    try:
+        assert KeyRing(store).list() == []
+    finally:
+        store.close()
+
+
+def test_penny_keys_create_takes_unicode_and_slack_syntax_as_plain_text(cli_store: str) -> None:
+    code, out = penny("keys", "create", "--user", "<!channel>", "--workspace", "T1", "--name", "Zoë's 👩‍💻 notebook")
+    assert code == 0, out
+    code, listing = penny("keys", "list")
+    assert code == 0 and "<!channel>@T1  Zoë's 👩‍💻 notebook" in listing
+
+
+def test_penny_keys_list_shows_a_key_stored_with_control_characters_on_one_line(cli_store: str) -> None:
+    """Keys made before create refused them still list one line each, their control characters escaped."""
+    store = store_from_url(cli_store)
+    try:
+        KeyRing(store).create(user_id="U1\nkey_f00  active", workspace_id="T1", name="a\x1b[31mred")
+    finally:
+        store.close()
+    code, listing = penny("keys", "list")
+    assert code == 0 and len(listing.splitlines()) == 1
+    assert "U1\\nkey_f00  active@T1  a\\x1b[31mred" in listing and "\x1b" not in listing

@@ -9,11 +9,13 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import TextIO
 
-from bot._cli_common import nonblank, opened_store, port, positive_int
+from bot._cli_common import one_line, opened_store, port, positive_int, shown_on_one_line
 from bot.proxy.keys import KeyRing
 from proxy_core import MAX_BUDGET_USD, PennySettings, PriceTable, format_usd
 
 __all__ = ["add_commands"]
+
+MAX_LABEL_CHARS = 100  # a key's user, workspace and name: a Slack ID is 11, a name a few words
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, default_workspace: str) -> None:
@@ -31,10 +33,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, de
     keys = sub.add_parser("keys", help="keys for penny proxy: one per person, mapped to their Slack user")
     keys_sub = keys.add_subparsers(required=True, metavar="ACTION")
     create = keys_sub.add_parser("create", help="create a key (printed once; only its hash is stored)")
-    create.add_argument("--user", required=True, type=nonblank, help="the Slack user the key's calls are billed to")
-    create.add_argument("--workspace", type=nonblank, default=default_workspace,
+    create.add_argument("--user", required=True, type=one_line(MAX_LABEL_CHARS),
+                        help="the Slack user the key's calls are billed to")
+    create.add_argument("--workspace", type=one_line(MAX_LABEL_CHARS), default=default_workspace,
                         help=f"the Slack workspace (default: {default_workspace})")
-    create.add_argument("--name", default="", help="what the key is for, e.g. notebook")
+    create.add_argument("--name", type=one_line(MAX_LABEL_CHARS, blank=True), default="",
+                        help=f"what the key is for, e.g. notebook (at most {MAX_LABEL_CHARS} characters)")
     create.add_argument("--daily-budget-usd", type=_usd, default=None,
                         help="this key's own budget per UTC day, reserved before each call (the user's "
                              "budgets still apply: it narrows, never widens; 0 refuses every call)")
@@ -121,8 +125,9 @@ def _cmd_list(args: argparse.Namespace, settings: PennySettings, out: TextIO, _i
         if key.models:
             limits.append("models " + ",".join(key.models))
         state = "revoked" if key.revoked else "active"
-        print(f"{key.id}  {state:7}  {key.user_id}@{key.workspace_id}  {key.name or '-'}  created {created}"
-              + (f"  {'; '.join(limits)}" if limits else ""), file=out)
+        line = (f"{key.id}  {state:7}  {key.user_id}@{key.workspace_id}  {key.name or '-'}  created {created}"
+                + (f"  {'; '.join(limits)}" if limits else ""))
+        print(shown_on_one_line(line), file=out)
     return 0
 
 
