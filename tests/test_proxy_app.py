@@ -7,7 +7,7 @@ import hashlib
 import io
 import json
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -512,6 +512,38 @@ def test_sampling_settings_penny_does_not_pass_on_are_refused_unless_they_change
         model=MODEL, messages=QUESTION, top_p=1, presence_penalty=0, frequency_penalty=0, n=None, stop=None,
         stream=True, stream_options={"include_usage": None}, user="someone")
     assert "".join(c.choices[0].delta.content or "" for c in answer if c.choices) == ANSWER
+
+
+def test_a_field_openai_does_not_know_is_a_400_naming_it_never_silently_dropped(
+    proxy: Proxy, fake: FakeOpenAI
+) -> None:
+    """``max_token`` (a typo for ``max_tokens``) was dropped: the answer ran to the default length,
+    uncapped, and was billed so. OpenAI refuses such a field; so does Penny, naming it."""
+    secret, _ = proxy.keys.create(user_id="U1", workspace_id="T1")
+    client = proxy.client(secret)
+    calls: list[tuple[str, Callable[[], object]]] = [
+        ("max_token", lambda: client.chat.completions.create(
+            model=MODEL, messages=QUESTION, extra_body={"max_token": 5})),  # type: ignore[arg-type]
+        ("top_k", lambda: client.chat.completions.create(
+            model=MODEL, messages=QUESTION, extra_body={"top_k": 40})),  # type: ignore[arg-type]
+        ("dimension", lambda: client.embeddings.create(
+            model="text-embedding-3-small", input="deploy", extra_body={"dimension": 8})),
+    ]
+    for name, call in calls:
+        with pytest.raises(openai.BadRequestError) as caught:
+            call()
+        assert caught.value.param == name and caught.value.code == "unknown_parameter"
+        assert f"Unrecognized request argument supplied: {name}" in caught.value.message
+    auth = {"Authorization": f"Bearer {secret}"}
+    huge = json.dumps({"model": MODEL, "messages": QUESTION, "x" * 10_000: 1}).encode()
+    status, reply = http("POST", proxy.base_url + "/chat/completions", body=huge, headers=auth)
+    assert status == 400 and len(json.dumps(reply)) < 1_000  # the name is not echoed whole
+    assert fake.requests == []
+    # What OpenAI's API takes and Penny has no use for is still accepted.
+    client.chat.completions.create(model=MODEL, messages=QUESTION, seed=1, user="someone", store=False,  # type: ignore[arg-type]
+                                   metadata={"team": "docs"}, parallel_tool_calls=False, safety_identifier="h1",
+                                   prompt_cache_key="k")
+    client.embeddings.create(model="text-embedding-3-small", input="deploy", user="someone")
 
 
 def test_upstream_failures_are_pennys_never_the_clients_key_and_never_show_pennys_settings(

@@ -241,7 +241,7 @@ class ProxyApp:
         return ProxyResponse.json(200, {"object": "list", "data": data})
 
     def chat_completions(self, request: ProxyRequest, key: ProxyKey) -> ProxyResponse:
-        body = _json_body(request)
+        body = _json_body(request, _CHAT_FIELDS)
         model = self._model(body, key, "chat")
         messages = _messages(body.get("messages"))
         max_tokens = _max_tokens(body)
@@ -306,7 +306,7 @@ class ProxyApp:
         return ProxyResponse(200, b"", headers, stream=chunks)
 
     def embeddings(self, request: ProxyRequest, key: ProxyKey) -> ProxyResponse:
-        body = _json_body(request)
+        body = _json_body(request, _EMBEDDING_FIELDS)
         model = self._model(body, key, "embedding")
         raw = body.get("input")
         inputs = [raw] if isinstance(raw, str) else raw
@@ -484,7 +484,10 @@ def _content_length(environ: WSGIEnvironment) -> int:
     return max(0, int(raw))
 
 
-def _json_body(request: ProxyRequest) -> dict[str, Any]:
+def _json_body(request: ProxyRequest, fields: frozenset[str]) -> dict[str, Any]:
+    """The body, a JSON object of OpenAI's ``fields`` for the endpoint. A field OpenAI does not know
+    (``max_token``, another provider's ``top_k``) is refused, as OpenAI refuses it: dropped, a
+    misspelt cap would leave the answer uncapped."""
     try:
         body = json.loads(request.body)
     except (ValueError, UnicodeDecodeError):
@@ -493,6 +496,10 @@ def _json_body(request: ProxyRequest) -> dict[str, Any]:
         raise ProxyError(400, "The request body is nested too deeply.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ProxyError(400, "The request body must be a JSON object.", code="invalid_json")
+    unknown = next((name for name in body if name not in fields), None)
+    if unknown is not None:
+        name = unknown if len(unknown) <= 64 else unknown[:64] + "…"
+        raise ProxyError(400, f"Unrecognized request argument supplied: {name}", param=name, code="unknown_parameter")
     return body
 
 
@@ -549,6 +556,18 @@ def _temperature(value: object) -> float | None:
         raise _bad("temperature", "temperature must be a number from 0 to 2.")
     return float(value)
 
+
+# The fields of OpenAI's requests (openai-python's CompletionCreateParams, EmbeddingCreateParams):
+# every one is either passed on, refused unless it changes nothing, or accepted and ignored.
+_CHAT_FIELDS: Final = frozenset({
+    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "n", "stream", "stream_options",
+    "tools", "tool_choice", "functions", "function_call", "parallel_tool_calls", "response_format", "modalities",
+    "audio", "prediction", "logprobs", "top_logprobs", "logit_bias", "stop", "top_p", "presence_penalty",
+    "frequency_penalty", "reasoning_effort", "verbosity", "web_search_options", "service_tier", "seed", "user",
+    "store", "metadata", "safety_identifier", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options",
+    "moderation",
+})
+_EMBEDDING_FIELDS: Final = frozenset({"model", "input", "dimensions", "encoding_format", "user"})
 
 # What the gateway does not pass on: a client relying on one would get a plain text answer, not
 # the tool call, JSON or log-probabilities it asked for, so it is told instead.
