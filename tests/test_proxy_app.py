@@ -514,6 +514,22 @@ def test_sampling_settings_penny_does_not_pass_on_are_refused_unless_they_change
     assert "".join(c.choices[0].delta.content or "" for c in answer if c.choices) == ANSWER
 
 
+def test_asking_for_web_search_or_a_reasoning_effort_is_refused_not_answered_without_it(
+    proxy: Proxy, fake: FakeOpenAI
+) -> None:
+    """``web_search_options: {}`` (search, with the defaults), ``reasoning_effort`` and ``verbosity``
+    were dropped: the client got an answer made without what it asked for, and was not told."""
+    secret, _ = proxy.keys.create(user_id="U1", workspace_id="T1")
+    client = proxy.client(secret)
+    for name, value in (("web_search_options", {}), ("reasoning_effort", "high"), ("verbosity", "low")):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model=MODEL, messages=QUESTION, **{name: value})  # type: ignore[call-overload]
+        assert caught.value.param == name
+    assert fake.requests == []
+    client.chat.completions.create(model=MODEL, messages=QUESTION, reasoning_effort=None,  # type: ignore[call-overload]
+                                   extra_body={"web_search_options": None})
+
+
 def test_a_field_openai_does_not_know_is_a_400_naming_it_never_silently_dropped(
     proxy: Proxy, fake: FakeOpenAI
 ) -> None:

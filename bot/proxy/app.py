@@ -573,6 +573,8 @@ _EMBEDDING_FIELDS: Final = frozenset({"model", "input", "dimensions", "encoding_
 # the tool call, JSON or log-probabilities it asked for, so it is told instead.
 _UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs", "audio",
                 "prediction", "stop", "logit_bias")
+# Not passed on either, and asked for by any value but null: web_search_options {} is a search.
+_NEVER_WITHOUT = ("web_search_options", "reasoning_effort", "verbosity")
 # Sampling settings the gateway does not pass on either, accepted at the value that changes nothing.
 _DEFAULTS = {"top_p": 1, "presence_penalty": 0, "frequency_penalty": 0}
 
@@ -588,6 +590,9 @@ def _refuse_unsupported(body: Mapping[str, Any]) -> None:
     response_format = body.get("response_format")
     if response_format is not None and response_format != {"type": "text"}:
         raise _bad("response_format", "Penny answers in text only: response_format must be {\"type\": \"text\"}.")
+    for name in _NEVER_WITHOUT:
+        if body.get(name) is not None:
+            raise _bad(name, f"Penny does not pass {name} on to the model; leave it out.")
     modalities = body.get("modalities")
     if modalities is not None and modalities != ["text"]:
         raise _bad("modalities", "Penny answers in text only: modalities must be [\"text\"].")
