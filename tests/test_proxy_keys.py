@@ -234,3 +234,39 @@ def test_penny_keys_list_shows_a_key_stored_with_control_characters_on_one_line(
     code, listing = penny("keys", "list")
     assert code == 0 and len(listing.splitlines()) == 1
     assert "U1\\nkey_f00  active@T1  a\\x1b[31mred" in listing and "\x1b" not in listing
+
+
+def test_a_key_written_by_a_newer_penny_is_listed_and_revoked_whole_and_never_authenticated(
+        store: Store, clock: ManualClock, cli_store: str) -> None:
+    """A key record with a field this version does not know (a newer Penny wrote it, then was
+    rolled back) made ``penny keys list``, ``keys revoke`` of any key and ``/cost team`` end in a
+    traceback. It is now listed, revoked with the field kept, and refused when used: the field may
+    narrow what the key may do in a way this version cannot enforce."""
+    import json
+
+    from structlog.testing import capture_logs
+
+    ring = KeyRing(store, clock=clock)
+    secret, key = ring.create(user_id="U1", workspace_id="T1", name="notebook")
+    newer = {**json.loads(key.to_json()), "allowed_ips": ["10.0.0.0/8"]}
+    store.blob_put_many({"proxy-keys/" + hash_key(secret): json.dumps(newer).encode()})
+    clock.advance(1)
+    _, plain = ring.create(user_id="U2", workspace_id="T1")
+
+    assert [k.id for k in ring.list()] == [key.id, plain.id]
+    with capture_logs() as logs:
+        assert ring.authenticate(secret) is None
+    assert logs[0]["event"] == "proxy_key_from_a_newer_version" and logs[0]["fields"] == ["allowed_ips"]
+    assert ring.revoke(plain.id) is not None
+    revoked = ring.revoke(key.id)
+    assert revoked is not None and revoked.revoked
+    kept = json.loads(dict(store.blob_scan("proxy-keys/"))["proxy-keys/" + hash_key(secret)])
+    assert kept["allowed_ips"] == ["10.0.0.0/8"] and kept["revoked_at"] is not None
+
+    cli = store_from_url(cli_store)
+    try:
+        cli.blob_put_many({"proxy-keys/" + hash_key("pk-newer"): json.dumps(newer).encode()})
+    finally:
+        cli.close()
+    code, listing = penny("keys", "list")
+    assert code == 0 and "refused: written by a newer Penny (allowed_ips)" in listing

@@ -124,6 +124,8 @@ def _cmd_list(args: argparse.Namespace, settings: PennySettings, out: TextIO, _i
             limits.append(f"{format_usd(key.daily_budget_micros)}/day")
         if key.models:
             limits.append("models " + ",".join(key.models))
+        if key.unknown:
+            limits.append("refused: written by a newer Penny (" + ",".join(name for name, _ in key.unknown) + ")")
         state = "revoked" if key.revoked else "active"
         line = (f"{key.id}  {state:7}  {key.user_id}@{key.workspace_id}  {key.name or '-'}  created {created}"
                 + (f"  {'; '.join(limits)}" if limits else ""))

@@ -20,9 +20,9 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
-from proxy_core import BlobStore
+from proxy_core import BlobStore, get_logger
 
 __all__ = ["KEY_PREFIX", "PROXY_KEY_CACHE_S", "KeyRing", "ProxyKey", "hash_key"]
 
@@ -53,6 +53,10 @@ class ProxyKey:
     daily_budget_micros: int | None = None
     models: tuple[str, ...] = ()
     revoked_at: float | None = None
+    # Fields this version does not know (a newer Penny wrote the record, then was rolled back), as
+    # (name, JSON) pairs: kept when the record is written again, and the key is not authenticated,
+    # since one of them may narrow what it may do in a way this version cannot enforce.
+    unknown: tuple[tuple[str, str], ...] = ()
 
     @property
     def revoked(self) -> bool:
@@ -62,13 +66,18 @@ class ProxyKey:
         return not self.models or model in self.models
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode("utf-8")
+        record = asdict(self)
+        del record["unknown"]
+        record.update((name, json.loads(value)) for name, value in self.unknown)
+        return json.dumps(record, separators=(",", ":")).encode("utf-8")
 
     @classmethod
     def from_json(cls, data: bytes) -> ProxyKey:
         raw = json.loads(data)
         raw["models"] = tuple(raw.get("models") or ())
-        return cls(**raw)
+        known = {f.name for f in fields(cls)} - {"unknown"}
+        unknown = tuple(sorted((name, json.dumps(raw.pop(name))) for name in list(raw) if name not in known))
+        return cls(**raw, unknown=unknown)
 
 
 class KeyRing:
@@ -117,6 +126,10 @@ class KeyRing:
         key = ProxyKey.from_json(data)
         if key.revoked:
             self._forget(blob_key)
+            return None
+        if key.unknown:
+            get_logger().warning("proxy_key_from_a_newer_version", key_id=key.id,
+                                 fields=[name for name, _ in key.unknown])
             return None
         if self._cache_s > 0:
             self._remember(blob_key, key)
