@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal, Protocol
 
+from proxy_core.results import known_fields
 from proxy_core.stores.base import Store
 
 __all__ = [
@@ -127,7 +128,7 @@ class CachedAnswer:
 
     @classmethod
     def from_json(cls, text: str) -> CachedAnswer:
-        return cls(**json.loads(text))
+        return cls(**known_fields(json.loads(text), _ANSWER_FIELDS))
 
 
 _ANSWER_FIELDS = tuple(f.name for f in fields(CachedAnswer))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = ["ChatResult", "EmbeddingResult"]
 
@@ -40,7 +40,7 @@ class ChatResult:
 
     @classmethod
     def from_json(cls, text: str) -> ChatResult:
-        return replace(cls(**json.loads(text)), replayed=True)
+        return replace(cls(**known_fields(json.loads(text), _CHAT_FIELDS)), replayed=True)
 
 
 _CHAT_FIELDS = tuple(f.name for f in fields(ChatResult))
@@ -62,4 +62,14 @@ class EmbeddingResult:
 
     @classmethod
     def from_json(cls, text: str) -> EmbeddingResult:
-        return replace(cls(**json.loads(text)), replayed=True)
+        return replace(cls(**known_fields(json.loads(text), _EMBEDDING_FIELDS)), replayed=True)
+
+
+_EMBEDDING_FIELDS = tuple(f.name for f in fields(EmbeddingResult))
+
+
+def known_fields(raw: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """The fields of a stored record that this version knows: a newer replica (a rolling deploy,
+    or one rolled back) may have written more, and a reader that choked on them would fail every
+    request that meets such a record."""
+    return {name: raw[name] for name in names if name in raw}

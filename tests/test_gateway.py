@@ -719,3 +719,29 @@ def test_when_the_first_asker_fails_the_one_waiting_for_it_asks_for_itself(
     gw2 = make_gateway(waiting=_arriving(gate2))
     _ask_together(gw2, ["How do I deploy?", "How do I roll back?"], tag="Other")
     assert not gate2.broken and fake.count("chat") == 4
+
+
+def test_answers_and_results_a_newer_replica_wrote_with_more_fields_are_still_served(
+        make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store) -> None:
+    """In a rolling deploy replicas of two versions share the store: a newer one may store answers
+    and results with a field this one does not know. Reading them raised TypeError, so every retry
+    of such a request and every hit on such an answer failed; the field is now passed over."""
+    import json
+
+    from proxy_core.cache import CachedAnswer
+    from proxy_core.results import EmbeddingResult
+
+    gw = make_gateway(semantic_cache=False)
+    first = ask(gw, "How do I deploy?", "r1")
+    store.complete_request("W1", "r1", json.dumps({**json.loads(first.to_json()), "reasoning_tokens": 7}), 3600)
+    replayed = ask(gw, "How do I deploy?", "r1")
+    assert replayed.replayed and replayed.content == first.content
+    assert len(fake.requests_to("chat")) == 1
+
+    answer = CachedAnswer(entry_id="e1", content="Run make deploy.", model="gpt-4o-mini", prompt_tokens=10,
+                          cached_prompt_tokens=0, completion_tokens=5, cost_micros=9, created_at=1.0)
+    assert CachedAnswer.from_json(json.dumps({**json.loads(answer.to_json()), "annotations": []})) == answer
+    vectors = EmbeddingResult("e2", [[0.5]], "text-embedding-3-small", 3, 1, 2, 1)
+    newer = json.dumps({**json.loads(vectors.to_json()), "usage_tier": "x"})
+    assert EmbeddingResult.from_json(newer) == EmbeddingResult("e2", [[0.5]], "text-embedding-3-small", 3, 1, 2, 1,
+                                                               replayed=True)
