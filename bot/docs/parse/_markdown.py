@@ -95,6 +95,9 @@ def parse_markdown(text: str) -> tuple[list[Block], str | None]:
     level, heading, anchor = 0, "", None
     body: list[str] = []
     paragraph_start: int | None = None  # index in body of the paragraph a setext line would turn into a heading
+    # Whether no line of that paragraph is one that cannot belong to one (kept as lines come, not
+    # checked again over the whole paragraph at each candidate underline: a file of "-" lines).
+    paragraph_plain = True
     code = _CodeReader()
 
     def open_block(new_level: int, raw_heading: str) -> None:
@@ -119,11 +122,7 @@ def parse_markdown(text: str) -> tuple[list[Block], str | None]:
             paragraph_start = None
             continue
         setext = _SETEXT.match(line)
-        if (
-            setext
-            and paragraph_start is not None
-            and not any(_NOT_PARAGRAPH.match(candidate) for candidate in body[paragraph_start:])
-        ):
+        if setext and paragraph_start is not None and paragraph_plain:
             raw_heading = " ".join(candidate.strip() for candidate in body[paragraph_start:])
             del body[paragraph_start:]
             open_block(1 if setext.group(1)[0] == "=" else 2, raw_heading)
@@ -131,8 +130,10 @@ def parse_markdown(text: str) -> tuple[list[Block], str | None]:
             continue
         if not line.strip():
             paragraph_start = None
-        elif paragraph_start is None:
-            paragraph_start = len(body)
+        else:
+            if paragraph_start is None:
+                paragraph_start, paragraph_plain = len(body), True
+            paragraph_plain = paragraph_plain and not _NOT_PARAGRAPH.match(line)
         body.append(line)
     blocks.append(Block(level, heading, anchor, _body(body, refs)))
     return blocks, front_title
