@@ -86,6 +86,11 @@ DOC_CASES: list[tuple[str, str, str, Callable[[Document], bool]]] = [
         # Lines, not one line: each "-" could underline the paragraph above it, and every one of them
         # was checked against the whole paragraph so far (a 2 MB file of them hung penny index).
         ("md-setext-underline-lines", "a.md", "-\n" * (5 * N // 2), _unchanged("-\n" * (5 * N // 2))),
+        # Markup never closed at the end of a page: Python's HTML parser read to the end from each "<".
+        ("html-unclosed-start-tags", "a.html", "<p>kept</p>" + "<a" * (N // 2), _unchanged("kept")),
+        ("html-unclosed-attribute-values", "a.html", "<p>kept</p>" + "<a b='" * (N // 6), _unchanged("kept")),
+        ("html-unclosed-end-tags", "a.html", "<p>kept</p>" + "</" * (N // 2), _unchanged("kept")),
+        ("html-unclosed-instructions", "a.html", "<p>kept</p>" + "<?" * (N // 2), _unchanged("kept")),
         ("rst-role-colons", "a.rst", ":a" * (N // 2), None),
         ("rst-role-content-spaces", "a.rst", ":a:`b" + " " * N + "c`", lambda doc: doc.text == "b" + " " * N + "c"),
         ("rst-strong-openers", "a.rst", "**a " * (N // 4), None),

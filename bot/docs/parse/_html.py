@@ -43,6 +43,9 @@ _IMPLIED_END: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "th": (frozenset({"td", "th", "tr", "tbody", "tfoot"}), frozenset({"tr", "table", "tbody", "thead", "tfoot"})),
 }
 _COMMENT_START, _COMMENT_END = "<!--", "-->"
+# Where a tag, an end tag, a declaration or a processing instruction may start ("<" then anything
+# else is text).
+_MARKUP_START = re.compile(r"<[A-Za-z/!?]")
 _MAX_HEADING_CHARS = 300  # the longest headings in real docs are a long sentence
 
 
@@ -226,9 +229,19 @@ class _HtmlText(HTMLParser):
 def parse_html(text: str) -> tuple[list[Block], str | None]:
     """Headings are h1-h6; script, style and nav are dropped; the ``<title>`` is the fallback title."""
     parser = _HtmlText()
-    parser.feed(_without_comments(text))
+    parser.feed(_without_unclosed_markup(_without_comments(text)))
     parser.close()
     return parser.blocks, parser.title or None
+
+
+def _without_unclosed_markup(text: str) -> str:
+    """``text`` without the markup left open at its end, and what follows it, as a browser reads it:
+    a tag the file ends in is dropped, a declaration or instruction hides the rest. Python's parser
+    (before 3.13.5) shows it as text instead, trying again from each "<" and reading on to the end
+    every time: a few hundred KB of "<a" took minutes. Every "<" after the last ">" is left open."""
+    tail = text.rfind(">") + 1
+    opened = _MARKUP_START.search(text, tail)
+    return text if opened is None else text[: opened.start()]
 
 
 def _without_comments(text: str) -> str:
