@@ -503,3 +503,24 @@ def test_penny_index_follows_links_into_the_folders_penny_docs_link_roots_names(
     monkeypatch.setenv("PENNY_DOCS_LINK_ROOTS", str(tmp_path / "nowhere"))
     assert main(["index", str(docs)]) == 2
     assert f"PENNY_DOCS_LINK_ROOTS: {tmp_path / 'nowhere'} is not a directory" in capsys.readouterr().err
+
+
+def test_a_broken_link_in_the_docs_folder_is_named_in_a_warning(
+    store: Store, docs: Path, embedder: WordLlamaEmbedder
+) -> None:
+    """A page linked into the folder whose target moved (``latest.md -> v2/guide.md``) left the
+    index without a word: a dangling link was neither a file nor a folder, so nothing was said."""
+    (docs / "v2").mkdir()
+    (docs / "v2" / "guide.md").write_text("# Guide\n\nThe guide explains how refunds are approved.\n")
+    (docs / "latest.md").symlink_to(Path("v2") / "guide.md")
+    (docs / "api").symlink_to(Path("src") / "api", target_is_directory=True)  # src/ not checked out
+    indexer = DocsIndexer(store, embedder.embed, embedder_name=embedder.name)
+    indexer.index(docs)
+    assert "latest.md" in {p.doc_path for p in DocsIndex.load(store).snapshot.passages}
+    (docs / "v2").rename(docs / "v3")
+    with structlog.testing.capture_logs() as logs:
+        indexer.index(docs)
+    assert {p.doc_path for p in DocsIndex.load(store).snapshot.passages} >= {"v3/guide.md"}
+    broken = [(log["path"], log["target"], log["log_level"]) for log in logs
+              if log["event"] == "docs_file_skipped" and log["reason"] == "broken_link"]
+    assert sorted(broken) == [("api", "src/api", "warning"), ("latest.md", "v2/guide.md", "warning")]

@@ -31,7 +31,7 @@ def walk(
     are skipped; so are files over :data:`MAX_FILE_BYTES` (added to ``too_large``), unreadable
     files and directories (added to ``unreadable``: an error that may pass), a link to anything
     outside ``root`` and ``link_roots`` (a docs folder must not publish ``/etc`` or a ``.env``
-    through the answers)
+    through the answers), a link whose target is missing
     and a name that is not UTF-8; each is logged. A directory reached twice through symlinks is
     walked once. Raises ``NotADirectoryError`` when ``root`` is not a directory.
     """
@@ -92,6 +92,9 @@ def walk(
                     elif (stat.st_dev, stat.st_ino) not in seen:
                         seen.add((stat.st_dev, stat.st_ino))
                         found.append(path)
+                elif entry.is_symlink() and not os.path.exists(path):
+                    # Its target moved or is not checked out: say so, or its pages vanish unexplained.
+                    _log.warning("docs_file_skipped", path=rel(path), reason="broken_link", target=os.readlink(path))
             except OSError as exc:
                 _log.warning("docs_file_skipped", path=rel(path), reason="unreadable", error=str(exc))
                 if unreadable is not None:
