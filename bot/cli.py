@@ -423,8 +423,9 @@ def _cmd_index(args: argparse.Namespace, settings: BotSettings, out: TextIO, _in
             report = index_docs(settings, store, root, progress=_progress_bar(sys.stderr), gateway=gateway,
                                 allow_empty=args.allow_empty, link_roots=settings.docs_link_roots)
         except NoDocsFound as exc:
-            print(f"penny index: {exc} To empty the index on purpose: penny index --allow-empty {args.dir}",
-                  file=sys.stderr)
+            # Emptying the index is no answer to a folder (or part of one) this user may not read.
+            hint = "" if exc.unreadable else f" To empty the index on purpose: penny index --allow-empty {args.dir}"
+            print(f"penny index: {exc}{hint}", file=sys.stderr)
             return 2
     print(f"indexed {counted(report.files, 'file')} · {counted(report.passages, 'passage')} · "
           f"{report.embedded:,} embedded · {report.removed:,} removed · version {report.version} · "

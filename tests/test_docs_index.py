@@ -524,3 +524,26 @@ def test_a_broken_link_in_the_docs_folder_is_named_in_a_warning(
     broken = [(log["path"], log["target"], log["log_level"]) for log in logs
               if log["event"] == "docs_file_skipped" and log["reason"] == "broken_link"]
     assert sorted(broken) == [("api", "src/api", "warning"), ("latest.md", "v2/guide.md", "warning")]
+
+
+def test_penny_index_on_a_folder_it_cannot_read_says_so_and_does_not_offer_to_empty_the_index(
+    store_file: Path, docs: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A docs folder without read permission was reported as holding "no Markdown, reStructuredText,
+    HTML, text or PDF files", with the advice to empty the index with --allow-empty."""
+    (docs / "team" / "private").mkdir(parents=True)
+    (docs / "team" / "private" / "salaries.md").write_text("# Salaries\n\nBands are reviewed every April.\n")
+    listing = os.scandir
+
+    def scandir(path: Any) -> Any:  # chmod 000 does not stop root, which the tests may run as
+        if Path(path) in (docs, docs / "team" / "private"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    for folder, unread in ((docs, "it could not be read"), (docs / "team", "private could not be read")):
+        assert main(["index", str(folder)]) == 2
+        err = capsys.readouterr().err
+        assert f"no docs to index in {folder}: {unread} (the warning above says why)" in err, err
+        assert "Nothing was changed" in err and "Permission denied" in err  # in the warning, naming the folder
+        assert "no Markdown" not in err and "--allow-empty" not in err and "Traceback" not in err

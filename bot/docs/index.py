@@ -58,11 +58,19 @@ class IndexConflict(StoreError):
 
 
 class NoDocsFound(ConfigurationError):
-    """The docs folder holds nothing to index (empty, or a mistyped path); this run wrote nothing."""
+    """The docs folder holds nothing to index (empty, a mistyped path, or one it may not read); this
+    run wrote nothing. ``unreadable``: the folders and files under it that could not be read
+    (``"."`` for the folder itself), whose pages may be there."""
 
-    def __init__(self, root: Path, *, files: int, indexed: int, too_large: int = 0, no_text: int = 0) -> None:
+    def __init__(
+        self, root: Path, *, files: int, indexed: int, too_large: int = 0, no_text: int = 0,
+        unreadable: Sequence[str] = (),
+    ) -> None:
         shown = root if root.is_absolute() else f"{root} ({root.resolve()})"
-        found = (f"its {files} supported file(s) have no text" if files and no_text == files else
+        names = ", ".join(unreadable[:3]) + (f" and {len(unreadable) - 3} more" if len(unreadable) > 3 else "")
+        unread = "it could not be read" if "." in unreadable else f"{names} could not be read"
+        found = (f"{unread} (the warning above says why)" if unreadable and not files else
+                 f"its {files} supported file(s) have no text" if files and no_text == files else
                  f"none of its {files} supported files could be read" if files else
                  f"its {too_large} supported file(s) are over the size limit ({MAX_FILE_BYTES // 2**20} MB; a PDF "
                  f"{MAX_PDF_BYTES // 2**20} MB)" if too_large else
@@ -70,6 +78,7 @@ class NoDocsFound(ConfigurationError):
         kept = f"; the index keeps its {indexed} documents" if indexed else ""
         super().__init__(f"no docs to index in {shown}: {found}. Nothing was changed{kept}.")
         self.root = root
+        self.unreadable = tuple(unreadable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +266,8 @@ class DocsIndexer:
 
         if not docs and not allow_empty:
             raise NoDocsFound(root, files=len(files), indexed=len(old.docs) if old is not None else 0,
-                              too_large=len(too_large), no_text=no_text)
+                              too_large=len(too_large), no_text=no_text,
+                              unreadable=[path.relative_to(root).as_posix() for path in unreadable])
 
         dims = old.dims if old is not None and reusable else 0
         pending = list(to_embed.values())
