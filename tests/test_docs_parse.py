@@ -455,6 +455,24 @@ def test_html_text_too_long_for_a_heading_is_body_text(tmp_path: Path) -> None:
     assert chunk(doc)
 
 
+_OVERLONG = "&#" + "9" * 5000 + ";"
+_CAP = f"The cap is {_OVERLONG} a day, &#x10FFFF0; or &#0065; &amp; more."
+
+
+@pytest.mark.parametrize(
+    ("name", "page"),
+    [("a.md", f"# Limits\n\n{_CAP}\n"), ("a.html", f"<h1>Limits</h1><p title='{_OVERLONG}'>{_CAP}")],
+)
+def test_a_character_reference_thousands_of_digits_long_is_a_replacement_character(
+    tmp_path: Path, name: str, page: str
+) -> None:
+    """It skipped the whole page, logged as "not_indexable: Exceeds the limit (4300 digits) for
+    integer string conversion"; like any reference past the last character, it reads as U+FFFD."""
+    doc = parse(tmp_path, name, page)
+    assert doc.title == "Limits"
+    assert doc.sections[0].text == "The cap is \ufffd a day, \ufffd or A & more."
+
+
 # --------------------------------------------------------------------------------------------
 # Plain text
 

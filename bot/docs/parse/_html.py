@@ -7,7 +7,7 @@ import re
 from html.parser import HTMLParser
 
 from bot.docs.parse._model import Block
-from bot.docs.parse._normalise import PLACEHOLDER, collapse
+from bot.docs.parse._normalise import PLACEHOLDER, collapse, replace_overlong_charrefs
 
 __all__ = ["parse_html"]
 
@@ -229,7 +229,7 @@ class _HtmlText(HTMLParser):
 def parse_html(text: str) -> tuple[list[Block], str | None]:
     """Headings are h1-h6; script, style and nav are dropped; the ``<title>`` is the fallback title."""
     parser = _HtmlText()
-    parser.feed(_without_unclosed_markup(_without_comments(text)))
+    parser.feed(_without_unclosed_markup(_without_comments(replace_overlong_charrefs(text))))
     parser.close()
     return parser.blocks, parser.title or None
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from bot.docs.parse._model import Block
-from bot.docs.parse._normalise import collapse, restore
+from bot.docs.parse._normalise import collapse, replace_overlong_charrefs, restore
 from bot.markdown_syntax import (
     ATX_HEADING,
     HTML_BREAK,
@@ -358,5 +358,5 @@ def _inline(text: str, refs: dict[str, str], *, plain: bool) -> str:
     text = _STRONG.sub(lambda m: m.group(1) or m.group(2), text)
     text = _EMPHASIS.sub(lambda m: m.group(1) or m.group(2), text)
     text = sub_tried(_STRIKE, lambda m: m.group(1), text, starts=_STRIKE_START, skip=give_up)
-    text = html.unescape(text)
+    text = html.unescape(replace_overlong_charrefs(text))
     return restore(text, stash)

@@ -6,11 +6,13 @@ from __future__ import annotations
 import codecs
 import re
 
-__all__ = ["CONTROL_CHARS", "PLACEHOLDER", "collapse", "decode", "restore", "tidy"]
+__all__ = ["CONTROL_CHARS", "PLACEHOLDER", "collapse", "decode", "replace_overlong_charrefs", "restore", "tidy"]
 
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 # "\x00N\x00" stands for the N-th value an inline pass set aside; decoding removed every real \x00.
 PLACEHOLDER = re.compile(r"\x00(\d+)\x00")
+# A decimal character reference of more digits than the last character's (U+10FFFF is 1114111).
+_OVERLONG_CHARREF = re.compile(r"&#0*+[0-9]{8,}+;?")
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
 
 
@@ -54,6 +56,13 @@ def _declared(raw: bytes) -> str | None:
         return raw.decode(codecs.lookup(declared.group(1).decode("ascii")).name, "replace")
     except (LookupError, ValueError):  # not a text encoding; or one that fails even with "replace" (idna)
         return None
+
+
+def replace_overlong_charrefs(text: str) -> str:
+    """``text`` with each decimal character reference too long to name a character replaced by
+    U+FFFD, as ``html.unescape`` replaces any past U+10FFFF: it reads them as integers, and Python
+    refuses to read one of over 4,300 digits (a ``ValueError`` that lost the whole page)."""
+    return _OVERLONG_CHARREF.sub("\ufffd", text)
 
 
 def tidy(body: str) -> str:
