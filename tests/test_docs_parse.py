@@ -455,6 +455,16 @@ def test_html_text_too_long_for_a_heading_is_body_text(tmp_path: Path) -> None:
     assert chunk(doc)
 
 
+def test_html_a_stray_marked_section_is_a_bogus_comment_not_a_lost_page(tmp_path: Path) -> None:
+    """``<![`` not opening a CDATA or conditional section made Python's parser raise
+    ("expected name token"), and the whole page was skipped (``parse_failed``). A browser reads
+    any ``<![`` as a bogus comment up to the next ``>``, CDATA too."""
+    page = "<h1>Arrays</h1><p>Write <![ x ]> or <![if-x]> or <![1]> here; <![if !IE]>kept<![endif]>.</p>"
+    doc = parse(tmp_path, "a.html", page)
+    assert doc.title == "Arrays"
+    assert doc.sections[0].text == "Write or or here; kept."
+
+
 _OVERLONG = "&#" + "9" * 5000 + ";"
 _CAP = f"The cap is {_OVERLONG} a day, &#x10FFFF0; or &#0065; &amp; more."
 

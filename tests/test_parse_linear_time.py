@@ -91,6 +91,7 @@ DOC_CASES: list[tuple[str, str, str, Callable[[Document], bool]]] = [
         ("html-unclosed-attribute-values", "a.html", "<p>kept</p>" + "<a b='" * (N // 6), _unchanged("kept")),
         ("html-unclosed-end-tags", "a.html", "<p>kept</p>" + "</" * (N // 2), _unchanged("kept")),
         ("html-unclosed-instructions", "a.html", "<p>kept</p>" + "<?" * (N // 2), _unchanged("kept")),
+        ("html-unclosed-marked-sections", "a.html", "<p>kept</p>" + "<![if >" * (10 * N // 7), _unchanged("kept")),
         ("rst-role-colons", "a.rst", ":a" * (N // 2), None),
         ("rst-role-content-spaces", "a.rst", ":a:`b" + " " * N + "c`", lambda doc: doc.text == "b" + " " * N + "c"),
         ("rst-strong-openers", "a.rst", "**a " * (N // 4), None),

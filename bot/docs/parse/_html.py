@@ -229,7 +229,11 @@ class _HtmlText(HTMLParser):
 def parse_html(text: str) -> tuple[list[Block], str | None]:
     """Headings are h1-h6; script, style and nav are dropped; the ``<title>`` is the fallback title."""
     parser = _HtmlText()
-    parser.feed(_without_unclosed_markup(_without_comments(replace_overlong_charrefs(text))))
+    text = _without_unclosed_markup(_without_comments(replace_overlong_charrefs(text)))
+    # A browser reads "<![" (outside SVG and MathML) as a bogus comment up to the next ">"; "<! [" is
+    # one to Python's parser too, which reads "<![" as an SGML marked section instead: one it does
+    # not know ("<![ x ]>") raises, and each left unclosed is searched for to the end of the page.
+    parser.feed(text.replace("<![", "<! ["))
     parser.close()
     return parser.blocks, parser.title or None
 
