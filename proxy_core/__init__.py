@@ -53,6 +53,7 @@ from proxy_core.stores.base import (
     UsageTotals,
 )
 from proxy_core.tokens import estimate_text_tokens
+from proxy_core.upstream import openai_request_fields
 
 __all__ = [
     "MAX_BUDGET_USD",
@@ -105,6 +106,7 @@ __all__ = [
     "load_settings",
     "load_settings_as",
     "monotonic",
+    "openai_request_fields",
     "period_window",
     "redact",
     "serve_metrics",

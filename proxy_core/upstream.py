@@ -35,19 +35,29 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import openai
-from openai.types import CreateEmbeddingResponse
+from openai.types import CreateEmbeddingResponse, embedding_create_params
+from openai.types.chat import completion_create_params
 
 from proxy_core._json_http import JSONPoster, JSONStatus, direct_route
 from proxy_core.clock import Clock, wall
 from proxy_core.errors import ConfigurationError, UpstreamError, UpstreamRejected
 
-__all__ = ["ChatResponse", "EmbedResponse", "OpenAIUpstream", "parse_retry_after"]
+__all__ = ["ChatResponse", "EmbedResponse", "OpenAIUpstream", "openai_request_fields", "parse_retry_after"]
 
 REJECTED_STATUSES = frozenset({400, 401, 403, 404, 422})
+
+
+def openai_request_fields(endpoint: Literal["chat", "embeddings"]) -> frozenset[str]:
+    """The request fields of OpenAI's chat completions or embeddings, as the installed openai SDK
+    knows them (its request types); ``stream`` is the SDK's own argument, not a field of the type."""
+    params: Any = (completion_create_params.CompletionCreateParamsBase if endpoint == "chat"
+                   else embedding_create_params.EmbeddingCreateParams)
+    fields = frozenset(params.__required_keys__ | params.__optional_keys__)
+    return fields | {"stream"} if endpoint == "chat" else fields
 
 # Provider messages can quote (masked) keys; never pass anything key-shaped on.
 _KEY_LIKE = re.compile(r"\b(?:sk|rk|pk|sess)-[A-Za-z0-9_\-*.]{4,}")

@@ -562,6 +562,18 @@ def test_a_field_openai_does_not_know_is_a_400_naming_it_never_silently_dropped(
     client.embeddings.create(model="text-embedding-3-small", input="deploy", user="someone")
 
 
+def test_every_field_of_the_installed_openai_sdks_requests_is_known() -> None:
+    """A field OpenAI adds after Penny's list was written is accepted (and ignored) once the openai
+    SDK has it, never refused as a typo; and the SDK's fields are read from its request types."""
+    from bot.proxy.app import _CHAT_FIELDS, _EMBEDDING_FIELDS
+    from proxy_core import openai_request_fields
+
+    assert {"messages", "max_completion_tokens", "stream_options", "stream"} <= openai_request_fields("chat")
+    assert {"input", "dimensions"} <= openai_request_fields("embeddings")
+    assert openai_request_fields("chat") <= _CHAT_FIELDS
+    assert openai_request_fields("embeddings") <= _EMBEDDING_FIELDS
+
+
 def test_upstream_failures_are_pennys_never_the_clients_key_and_never_show_pennys_settings(
     proxy: Proxy, fake: FakeOpenAI
 ) -> None:

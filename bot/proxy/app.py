@@ -48,6 +48,7 @@ from proxy_core import (
     UpstreamError,
     UpstreamRejected,
     get_logger,
+    openai_request_fields,
 )
 
 if TYPE_CHECKING:
@@ -557,8 +558,10 @@ def _temperature(value: object) -> float | None:
     return float(value)
 
 
-# The fields of OpenAI's requests (openai-python's CompletionCreateParams, EmbeddingCreateParams):
-# every one is either passed on, refused unless it changes nothing, or accepted and ignored.
+# The fields of OpenAI's requests: every one is either passed on, refused unless it changes
+# nothing, or accepted and ignored. Those of the installed openai SDK's request types are added, so
+# a field OpenAI adds after this list was written is accepted (and ignored) once the SDK has it,
+# not refused as a typo.
 _CHAT_FIELDS: Final = frozenset({
     "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "n", "stream", "stream_options",
     "tools", "tool_choice", "functions", "function_call", "parallel_tool_calls", "response_format", "modalities",
@@ -566,8 +569,9 @@ _CHAT_FIELDS: Final = frozenset({
     "frequency_penalty", "reasoning_effort", "verbosity", "web_search_options", "service_tier", "seed", "user",
     "store", "metadata", "safety_identifier", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options",
     "moderation",
-})
-_EMBEDDING_FIELDS: Final = frozenset({"model", "input", "dimensions", "encoding_format", "user"})
+}) | openai_request_fields("chat")
+_EMBEDDING_FIELDS: Final = (frozenset({"model", "input", "dimensions", "encoding_format", "user"})
+                             | openai_request_fields("embeddings"))
 
 # What the gateway does not pass on: a client relying on one would get a plain text answer, not
 # the tool call, JSON or log-probabilities it asked for, so it is told instead.
