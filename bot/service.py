@@ -90,6 +90,10 @@ def index_docs(
     ``link_roots`` (``PENNY_DOCS_LINK_ROOTS``): folders outside ``root`` its symlinks may lead into."""
     if not root.is_dir():
         raise ConfigurationError(f"PENNY_DOCS_DIR: {root} is not a directory")
+    too_wide = _too_wide(root)
+    if too_wide:
+        raise ConfigurationError(f"{root} is {too_wide}: Penny would answer from every file under it, notes and "
+                                 "keys included. Point it at the docs folder. Nothing was changed.")
     problem = link_roots_problem(link_roots)
     if problem:
         raise ConfigurationError(problem)
@@ -101,6 +105,19 @@ def index_docs(
         gone = CachedAnswers(store).forget(f"docs:v{before}|")
         get_logger().info("docs_reindexed", version=report.version, cache_entries_dropped=gone)
     return report
+
+
+def _too_wide(root: Path) -> str | None:
+    """What ``root`` is, if it is no docs folder but the whole filesystem or a home folder (a typo
+    or a slip: ``penny index /``, ``penny index ~``)."""
+    resolved = root.resolve()
+    if resolved == Path(resolved.anchor):
+        return "the whole filesystem"
+    try:
+        home = Path.home().resolve()
+    except (RuntimeError, KeyError):  # no home folder to compare with
+        return None
+    return "your home folder" if resolved == home else None
 
 
 def open_answer_service(settings: BotSettings, store: Store, gateway: Gateway | None) -> AnswerService:

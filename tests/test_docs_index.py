@@ -383,6 +383,28 @@ def test_penny_index_refuses_an_empty_or_missing_folder_and_changes_nothing(
         store.close()
 
 
+def test_penny_index_refuses_the_whole_filesystem_or_a_home_folder(
+    store_file: Path, docs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``penny index /`` (or ``~``, a slip for ``~/docs``) walked everything under it and would have
+    answered Slack questions from every text file it found there."""
+    assert main(["index", str(docs)]) == 0
+    capsys.readouterr()
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.md").write_text("# My notes\n\nThe staging password is in the vault.\n")
+    monkeypatch.setenv("HOME", str(home))
+    for folder, what in (("/", "the whole filesystem"), (str(home), "your home folder")):
+        assert main(["index", folder]) == 2
+        err = capsys.readouterr().err
+        assert f"{folder} is {what}" in err and "Nothing was changed" in err and "Traceback" not in err
+    store = SqliteStore(store_file)
+    try:
+        assert DocsIndex.load(store).version == 1
+    finally:
+        store.close()
+
+
 def main_err(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     main(argv)
     return capsys.readouterr().err
