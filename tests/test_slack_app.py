@@ -840,6 +840,35 @@ def test_a_fresh_answer_goes_to_the_answers_thread_whatever_thread_the_offer_nam
     assert answerer.questions[1].history == ()
 
 
+
+@pytest.mark.parametrize("refused", [False, True], ids=["answer", "refusal"])
+def test_a_fresh_answer_penny_cannot_post_where_it_was_asked_goes_to_the_clicker_alone(
+    slack: FakeSlack, sqlite_store: SqliteStore, refused: bool
+) -> None:
+    """Penny was removed from the channel (or it was archived) after the offer: the answer the click
+    paid for reaches the clicker through the click's response URL, in its thread, never silently lost."""
+    fresh = (Answer(kind="refused", text="You're over your daily budget.", refusal="budget_exceeded") if refused
+             else Answer(kind="answer", text="Run `make release` now [1].", citations=CITATIONS[:1], entry_id="e8"))
+    cached = Answer(kind="answer", text="Run `make deploy` [1].", citations=CITATIONS[:1], entry_id="entry-7",
+                    cached=True)
+    answerer = ScriptedAnswerer(cached, fresh)
+    penny = Harness(slack, sqlite_store, answerer)
+    try:
+        click = _offered_fresh(slack, penny)
+        click["response_url"] = slack.base_url + "respond/ephemeral-offer"
+        slack.fail("chat.postMessage", "not_in_channel", times=3)
+        slack.fail("chat.postEphemeral", "not_in_channel", times=3)
+        assert penny.action(click).status == 200
+        [_, shown] = slack.wait_for("respond/ephemeral-offer", 2)
+    finally:
+        penny.settle()
+    assert len(answerer.questions) == 2  # asked (and paid for) once
+    assert shown.params["response_type"] == "ephemeral" and shown.params["thread_ts"] == ROOT
+    assert shown.json_param("replace_original") in (False, "false")
+    text = all_text(shown.blocks)
+    assert ("over your daily budget" if refused else "make release") in text
+    assert refused or "only you can see" in text
+
 # ---------------------------------------------------------------------------------------------
 # App Home, settings, construction
 

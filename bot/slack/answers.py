@@ -209,7 +209,8 @@ class Answers:
                 history: tuple[tuple[str, str], ...] = ()
                 if thread_ts and asked_ts:
                     history = self._history(client, replace(target, message_ts=asked_ts), thread_ts, context)
-                self._ask(client, target, question, request_id=request_id, history=history, fresh=True)
+                self._ask(client, target, question, request_id=request_id, history=history, fresh=True,
+                          privately=respond if body.get("response_url") else None)
 
             self.once.run(workspace, "slack:" + request_id, fresh)
         except Exception as exc:
@@ -265,6 +266,7 @@ class Answers:
         history: tuple[tuple[str, str], ...] = (),
         fresh: bool = False,
         note: str | None = None,
+        privately: Respond | None = None,
     ) -> None:
         question_text, truncated = clip_question(text)
         note = "\n".join(n for n in (TRUNCATED_NOTE if truncated else None, note) if n) or None
@@ -287,7 +289,7 @@ class Answers:
                 _log.exception("slack.answerer_failed", request_id=request_id, error=exc)
                 answer = Answer(kind="error", text=FAILED_TEXT, refusal="upstream_error")
             streamed_ts = self.delivery.end_stream(client, target, stream)
-            self.delivery.deliver(client, target, answer, question_text, note, streamed_ts)
+            self.delivery.deliver(client, target, answer, question_text, note, streamed_ts, privately=privately)
             working.answered()  # no 👀 or status from now on, even while the event's records are still stored
         finally:
             after_handling(working.done)  # the 👀 comes off once everything is stored

@@ -24,7 +24,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Final
 
+from slack_bolt import Respond
 from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry import RateLimitErrorRetryHandler
 
 from bot.answer_types import Answer
@@ -48,6 +50,7 @@ from proxy_core import Clock, Record, RecordStore, StoreError, get_logger
 __all__ = [
     "ANSWERS_KIND",
     "ANSWER_TTL_S",
+    "NOT_POSTED_NOTE",
     "THREADS_KIND",
     "THREAD_TTL_S",
     "Delivery",
@@ -63,6 +66,9 @@ THREAD_TTL_S: Final = 7 * 24 * 3600.0
 ANSWER_TTL_S: Final = 7 * 24 * 3600.0
 THREADS_KIND: Final = "slack:threads"  # workspace:channel:thread_ts → Penny posted there
 ANSWERS_KIND: Final = "slack:answers"  # workspace:channel:ts of an answer → its question, for 👎 → fresh answer
+# On an answer Slack would not post where it was asked, shown to the clicker alone instead.
+NOT_POSTED_NOTE: Final = (":lock: I can't post in this channel any more (I may have been removed from it), "
+                          "so only you can see this answer.")
 # Streaming errors no later answer can get past: streaming stays off until Penny restarts.
 STREAMING_UNAVAILABLE: Final = frozenset({"unknown_method", "missing_scope", "not_allowed_token_type"})
 
@@ -159,16 +165,28 @@ class Delivery:
         question: str,
         note: str | None,
         streamed_ts: str | None = None,
+        *,
+        privately: Respond | None = None,
     ) -> None:
         """Post ``answer``; ``streamed_ts`` is the message it was streamed into, replaced by the
-        answer's first message (or deleted, for a refusal)."""
+        answer's first message (or deleted, for a refusal). With ``privately`` (a click's
+        ``respond``), an answer Slack refuses to post where it was asked (Penny was removed from the
+        channel, or it was archived, since the click's offer) goes to the clicker alone through it:
+        it was paid for, so it is not lost."""
         if answer.kind in ("refused", "error"):
             if streamed_ts is not None:
                 _delete(client, target, streamed_ts)
             kind = answer.refusal or "upstream_error"
             blocks = _with_note(refusal_blocks(kind, answer.text, _doc_links(answer)), note)
-            client.chat_postEphemeral(channel=target.channel, user=target.user, blocks=blocks,
-                                      text=message_text(blocks), **in_thread(target.thread_ts))
+            try:
+                client.chat_postEphemeral(channel=target.channel, user=target.user, blocks=blocks,
+                                          text=message_text(blocks), **in_thread(target.thread_ts))
+            except SlackApiError as exc:
+                if privately is None:
+                    raise
+                _log.warning("slack.answer_not_posted", channel=target.channel, error=exc, shown_to="clicker")
+                privately(blocks=blocks, text=message_text(blocks), response_type="ephemeral",
+                          replace_original=False, **in_thread(target.thread_ts))
             return
         if answer.kind == "no_match":
             messages = [refusal_blocks("no_match", answer.text, _doc_links(answer))]
@@ -179,7 +197,17 @@ class Delivery:
                                                 entry_id=answer.entry_id, cached=answer.cached))
             texts = [fallback_text(answer.text)] if len(messages) == 1 else [message_text(m) for m in messages]
         messages[0] = _with_note(messages[0], note)
-        last_ts = self.post(client, target, messages, texts, replace_ts=streamed_ts)
+        try:
+            last_ts = self.post(client, target, messages, texts, replace_ts=streamed_ts)
+        except SlackApiError as exc:
+            if privately is None:
+                raise
+            _log.warning("slack.answer_not_posted", channel=target.channel, error=exc, shown_to="clicker")
+            messages[0] = _with_note(messages[0], NOT_POSTED_NOTE)
+            for blocks in messages:
+                privately(blocks=blocks, text=message_text(blocks), response_type="ephemeral",
+                          replace_original=False, **in_thread(target.thread_ts))
+            return
         if answer.kind in ("answer", "extractive") and answer.citations:
             first = answer.citations[0]
             self.asked.add(target.workspace_id, first.path, first.title or first.path)
