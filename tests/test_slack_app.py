@@ -701,6 +701,24 @@ def test_the_buttons_of_answers_posted_before_native_feedback_still_count(slack:
     assert penny.feedback == [("U1", "entry-1", True)]
 
 
+
+def test_a_vote_in_a_channel_penny_has_left_is_still_acknowledged_to_the_voter(slack: FakeSlack,
+                                                                              sqlite_store: SqliteStore) -> None:
+    """Slack refuses Penny's ephemeral where she is no longer a member: the vote's acknowledgement
+    (and the offers under it) comes through the click's response URL instead."""
+    penny = Harness(slack, sqlite_store, ScriptedAnswerer(ANSWER))
+    try:
+        click = feedback_click("down", "entry-1", message_ts="1700000001.000001")
+        click["response_url"] = slack.base_url + "respond/vote"
+        slack.fail("chat.postEphemeral", "not_in_channel")
+        assert penny.action(click).status == 200
+        [shown] = slack.wait_for("respond/vote")
+    finally:
+        penny.settle()
+    assert penny.feedback == [("U1", "entry-1", False)]
+    assert shown.params["response_type"] == "ephemeral" and shown.json_param("replace_original") in (False, "false")
+    assert "did not help" in all_text(shown.blocks)
+
 ANSWER_TS = "1700000500.000500"
 
 

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass
 from typing import Any, Final
 
-from slack_bolt import Ack
+from slack_bolt import Ack, Respond
 from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
 
 from bot.feedback import add_reason, record_feedback
 from bot.slack.agent import feedback_ack_blocks, reason_modal, reason_of
@@ -51,22 +52,22 @@ class Feedback:
     _: KW_ONLY
     wall: Callable[[], float]
 
-    def on_feedback_buttons(self, ack: Ack, body: dict[str, Any], client: WebClient) -> None:
+    def on_feedback_buttons(self, ack: Ack, body: dict[str, Any], client: WebClient, respond: Respond) -> None:
         """Slack's native feedback buttons: the value says which (``up:`` / ``down:``) and of what."""
         ack()
         vote, _, entry_id = action_value(body).partition(":")
         if vote in ("up", "down"):
-            self._vote(body, client, up=vote == "up", entry_id=entry_id)
+            self._vote(body, client, respond, up=vote == "up", entry_id=entry_id)
 
-    def on_feedback_up(self, ack: Ack, body: dict[str, Any], client: WebClient) -> None:
+    def on_feedback_up(self, ack: Ack, body: dict[str, Any], client: WebClient, respond: Respond) -> None:
         """👍 on an answer posted before the native buttons."""
         ack()
-        self._vote(body, client, up=True, entry_id=action_value(body))
+        self._vote(body, client, respond, up=True, entry_id=action_value(body))
 
-    def on_feedback_down(self, ack: Ack, body: dict[str, Any], client: WebClient) -> None:
+    def on_feedback_down(self, ack: Ack, body: dict[str, Any], client: WebClient, respond: Respond) -> None:
         """👎 on an answer posted before the native buttons."""
         ack()
-        self._vote(body, client, up=False, entry_id=action_value(body))
+        self._vote(body, client, respond, up=False, entry_id=action_value(body))
 
     def on_feedback_reason(self, ack: Ack, body: dict[str, Any], client: WebClient) -> None:
         """"Say what was wrong" under a 👎: the short form, in a modal (within the click's 3 s)."""
@@ -99,9 +100,10 @@ class Feedback:
         except Exception as exc:
             _log.exception("slack.reason_failed", error=exc)
 
-    def _vote(self, body: dict[str, Any], client: WebClient, *, up: bool, entry_id: str) -> None:
+    def _vote(self, body: dict[str, Any], client: WebClient, respond: Respond, *, up: bool, entry_id: str) -> None:
         """Store a vote, tell the voter it counted, and after a 👎 offer to say why (and, on a
-        cached answer, a fresh one)."""
+        cached answer, a fresh one). Where Slack refuses Penny's ephemeral (she is no longer in the
+        channel), the click's ``respond`` says it instead."""
         try:
             user = str(body["user"]["id"])
             channel = action_channel(body)
@@ -124,8 +126,15 @@ class Feedback:
                      if not up and record.get("cached") and record.get("question") else None)
             ref = json.dumps({"e": entry_id, "c": channel, "m": message_ts}) if entry_id else None
             blocks = feedback_ack_blocks(up=up, reason_value=ref if ref and len(ref) <= 2000 else None, fresh=fresh)
-            client.chat_postEphemeral(channel=channel, user=user, blocks=blocks, text=message_text(blocks),
-                                      **in_thread(thread_ts))
+            try:
+                client.chat_postEphemeral(channel=channel, user=user, blocks=blocks, text=message_text(blocks),
+                                          **in_thread(thread_ts))
+            except SlackApiError as exc:
+                if not body.get("response_url"):
+                    raise
+                _log.warning("slack.feedback_ack_not_posted", channel=channel, error=exc)
+                respond(blocks=blocks, text=message_text(blocks), response_type="ephemeral", replace_original=False,
+                        **in_thread(thread_ts))
         except Exception as exc:
             _log.exception("slack.feedback_failed", error=exc)
 
