@@ -802,6 +802,32 @@ def _offered_fresh(slack: FakeSlack, penny: Harness, *, channel: str = "C1") -> 
     return _fresh_click(slack, penny, answer_ts, channel=channel)
 
 
+def test_two_offers_of_a_fresh_answer_to_one_answer_ask_and_post_once(slack: FakeSlack,
+                                                                      sqlite_store: SqliteStore) -> None:
+    """👎 twice on the same cached answer (a second click, another device) gives two offers; clicking
+    both once paid and posted two fresh answers. One person gets one fresh answer per answer; the
+    other offer says where it is."""
+    answerer, penny = _cached_then_fresh(slack, sqlite_store)
+    try:
+        answer_ts = _answer_ts(slack)
+        _answered(penny, slack)
+        wait_cleared(slack)
+        first = _fresh_click(slack, penny, answer_ts)
+        assert penny.action(feedback_click("down", "entry-7", message_ts=answer_ts)).status == 200
+        slack.wait_for("chat.postEphemeral", 2)
+        second = copy.deepcopy(first)
+        second["container"]["message_ts"] = "1700000999.000002"  # the second offer
+        second["response_url"] = slack.base_url + "respond/second-offer"
+        assert penny.action(first).status == 200
+        slack.wait_for("chat.postMessage", 2)
+        assert penny.action(second).status == 200
+        [told] = slack.wait_for("respond/second-offer")
+    finally:
+        penny.settle()
+    assert len(answerer.questions) == 2  # the question, then one fresh answer
+    assert len(slack.calls("chat.postMessage")) == 2
+    assert told.json_param("replace_original") in (True, "true") and "already" in str(told.params["text"])
+
 def test_a_fresh_answer_asks_the_whole_question_not_the_first_2000_characters(
     slack: FakeSlack, sqlite_store: SqliteStore
 ) -> None:

@@ -59,6 +59,7 @@ __all__ = [
     "FAILED_TEXT",
     "FILES_NOTE",
     "FILES_ONLY_TEXT",
+    "FRESH_ASKED_TEXT",
     "FRESH_GONE_TEXT",
     "HELP_TEXT",
     "TRUNCATED_NOTE",
@@ -82,6 +83,9 @@ FAILED_TEXT: Final = "Something went wrong on my side. Please try again in a min
 FRESH_GONE_TEXT: Final = (
     "I no longer have that answer on record, so I can't ask it again. Please ask your question again."
 )
+
+# A second offer of a fresh answer to an answer the clicker already had one for.
+FRESH_ASKED_TEXT: Final = "You already asked for a fresh answer to that one: it is in the thread (or on its way)."
 
 OnQuestion = Callable[[str], None]
 
@@ -190,14 +194,17 @@ class Answers:
                     return
             # The click is deduplicated under "slack:<id>" and answered under "<id>", as an event is:
             # one ID for both, the gateway would find the click's own claim in flight and refuse.
-            # The ID is the offer's (its message, and who clicked): a double click, or a second click
-            # before the offer is taken away, gets one fresh answer, paid once.
+            # The ID is who clicked and the answer the offer names: a double click, a second click
+            # before the offer is taken away, or the offer of a second 👎 on the same answer, gets
+            # one fresh answer, paid once. (An old offer names no answer: its own message then.)
+            user = str(body["user"]["id"])
             offer = str((body.get("container") or {}).get("message_ts") or "")
             clicked = action.get("action_ts") or body.get("trigger_id")
-            request_id = f"fresh:{body['user']['id']}:{offer}" if offer else f"fresh:{clicked}"
+            request_id = (f"fresh:{user}:{action_channel(body)}:{answer_ts}" if answer_ts is not None
+                          else f"fresh:{user}:{offer}" if offer else f"fresh:{clicked}")
             if not question:
                 return
-            target = Target(workspace, action_channel(body), str(body["user"]["id"]), None, thread_ts or None,
+            target = Target(workspace, action_channel(body), user, None, thread_ts or None,
                             str(body["user"].get("team_id") or workspace))
 
             def fresh() -> None:
@@ -212,7 +219,8 @@ class Answers:
                 self._ask(client, target, question, request_id=request_id, history=history, fresh=True,
                           privately=respond if body.get("response_url") else None)
 
-            self.once.run(workspace, "slack:" + request_id, fresh)
+            if not self.once.run(workspace, "slack:" + request_id, fresh) and body.get("response_url"):
+                respond(text=FRESH_ASKED_TEXT, replace_original=True, response_type="ephemeral")
         except Exception as exc:
             _log.exception("slack.fresh_answer_failed", error=exc)
 

@@ -242,11 +242,11 @@ class Once:
     def __init__(self, store: RequestStore) -> None:
         self._store = store
 
-    def run(self, workspace_id: str, request_id: str, handle: Callable[[], None]) -> None:
-        """Run ``handle`` unless ``request_id`` was claimed before; then complete it with what it
-        remembered, and run what waited for that."""
+    def run(self, workspace_id: str, request_id: str, handle: Callable[[], None]) -> bool:
+        """Run ``handle`` unless ``request_id`` was claimed before (False then); then complete it
+        with what it remembered, and run what waited for that."""
         if not self._claim(workspace_id, request_id):
-            return
+            return False
         handling = _Handling()
         token = _HANDLING.set(handling)
         try:
@@ -256,6 +256,7 @@ class Once:
             self._complete(workspace_id, request_id, handling.records)
             for then in handling.then:
                 then()
+        return True
 
     def _claim(self, workspace_id: str, request_id: str) -> bool:
         try:
