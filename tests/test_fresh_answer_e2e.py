@@ -103,3 +103,29 @@ def test_a_fresh_answer_to_a_follow_up_reads_the_thread_before_it_as_the_first_a
     assert "where are the production logs?" in json.dumps(fresh_messages)
     fresh = slack.calls("chat.postMessage")[-1]
     assert fresh.params["thread_ts"] == "1700000300.000100"
+
+
+def test_a_fresh_answer_to_someone_elses_answer_is_paid_by_the_person_who_clicks(
+    bot: Bot, slack: FakeSlack, fake: FakeOpenAI
+) -> None:
+    question = "<@UPENNY> where are the production logs?"
+    bot.event(mention(question, ts="1700000100.000100", user="U1"))
+    bot.event(mention(question, ts="1700000300.000100", user="U2"))  # served from the cache
+    cached = slack.calls("chat.postMessage")[-1]
+    assert cached.response is not None
+    [feedback] = [e for b in cached.blocks if b["type"] == "context_actions" for e in b["elements"]]
+    down = block_action({"action_id": feedback["action_id"], "block_id": "fb",
+                         "value": feedback["negative_button"]["value"]}, message_ts=str(cached.response["ts"]),
+                        user="U3")
+    down["actions"][0]["type"] = "feedback_buttons"
+    bot.action(down)  # U3 did not ask; U3 👎 U2's answer
+    [actions] = [b for b in slack.last("chat.postEphemeral").blocks if b["type"] == "actions"]
+    [button] = [e for e in actions["elements"] if e["action_id"] == ACTION_FRESH_ANSWER]
+    click = block_action({"action_id": ACTION_FRESH_ANSWER, "block_id": actions["block_id"], "value": button["value"]},
+                         message_ts="1700000999.000001", user="U3")
+    click["container"]["is_ephemeral"] = True
+    bot.action(click)
+    assert fake.count("chat") == 2
+    by_user = bot.store.usage("T0PENNY", "2000-01-01", "2999-12-31").by_user
+    assert by_user["U3"].cost_micros > 0 and by_user["U3"].requests == 1
+    assert by_user["U2"].cost_micros == 0 and by_user["U1"].requests == 1  # the others paid nothing more
