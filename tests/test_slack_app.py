@@ -20,6 +20,7 @@ from slack_bolt import App, BoltRequest
 from slack_sdk.http_retry import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 from slack_sdk.signature import SignatureVerifier
 
+from bot.answer import STORE_DOWN_TEXT
 from bot.answer_types import Answer, Question
 from bot.settings import ThreadReplies
 from bot.slack.answers import FILES_NOTE, FILES_ONLY_TEXT, FRESH_GONE_TEXT, HELP_TEXT
@@ -827,6 +828,33 @@ def test_two_offers_of_a_fresh_answer_to_one_answer_ask_and_post_once(slack: Fak
     assert len(answerer.questions) == 2  # the question, then one fresh answer
     assert len(slack.calls("chat.postMessage")) == 2
     assert told.json_param("replace_original") in (True, "true") and "already" in str(told.params["text"])
+
+def test_clicks_while_the_store_is_down_say_so_plainly_and_keep_the_offer(slack: FakeSlack, tmp_path: Path) -> None:
+    """The store goes away after the offer: the 👎 no longer says "Thanks, noted" for a vote that was
+    not saved, and the fresh-answer click is no longer silent; its offer stays, to try again."""
+    store = SqliteStore(tmp_path / "down.db")
+    answerer, penny = _cached_then_fresh(slack, store)
+    try:
+        answer_ts = _answer_ts(slack)
+        click = _offered_fresh(slack, penny)
+        click["response_url"] = slack.base_url + "respond/offer"
+        penny.settle()
+        store.close()
+        penny = Harness(slack, store, answerer)
+        with structlog.testing.capture_logs():
+            assert penny.action(feedback_click("down", "entry-7", message_ts=answer_ts)).status == 200
+            [_, vote] = slack.wait_for("chat.postEphemeral", 2)
+            assert penny.action(click).status == 200
+            [told] = slack.wait_for("respond/offer")
+            penny.settle()
+    finally:
+        penny.settle()
+    assert "not saved" in str(vote.params["text"]) and "Thanks, noted" not in all_text(vote.blocks)
+    assert not [b for b in vote.blocks if b["type"] == "actions"]  # nothing offered on a vote not saved
+    assert told.params["text"] == STORE_DOWN_TEXT and told.json_param("replace_original") in (False, "false")
+    assert len(answerer.questions) == 1
+    everything = json.dumps([c.params for c in slack.calls()], ensure_ascii=False)
+    assert "down.db" not in everything and "Error" not in everything
 
 def test_a_fresh_answer_asks_the_whole_question_not_the_first_2000_characters(
     slack: FakeSlack, sqlite_store: SqliteStore

@@ -34,6 +34,7 @@ from typing import Any, Final
 from slack_bolt import Ack, BoltContext, Respond
 from slack_sdk import WebClient
 
+from bot.answer import STORE_DOWN_TEXT
 from bot.answer_types import Answer, Answerer, Question
 from bot.settings import ThreadReplies
 from bot.slack.addressing import classify_thread_reply
@@ -53,7 +54,7 @@ from bot.slack.delivery import Delivery, Target, Writing, knows_thread, posted_a
 from bot.slack.feedback import FRESH_BLOCK_PREFIX, fresh_offer_answer
 from bot.slack.middleware import Once, after_handling
 from bot.slack.working import WorkingIndicator
-from proxy_core import RecordStore, get_logger
+from proxy_core import RecordStore, StoreError, get_logger
 
 __all__ = [
     "FAILED_TEXT",
@@ -180,7 +181,13 @@ class Answers:
                 where = block_id[len(FRESH_BLOCK_PREFIX) :] if block_id.startswith(FRESH_BLOCK_PREFIX) else ""
                 thread_ts, _, asked_ts = where.partition("/")
             else:
-                record = posted_answer(self.store, workspace, action_channel(body), answer_ts) or {}
+                try:
+                    record = posted_answer(self.store, workspace, action_channel(body), answer_ts) or {}
+                except StoreError as exc:  # said plainly; the offer stays, to try again
+                    _log.warning("slack.fresh_answer_store_unavailable", error=exc)
+                    if body.get("response_url"):
+                        respond(text=STORE_DOWN_TEXT, replace_original=False, response_type="ephemeral")
+                    return
                 question = str(record.get("question") or "").strip()
                 # Where it was asked comes from the record too, not the offer's block_id: Slack keeps no
                 # copy of an ephemeral message to check a click against; the record is Penny's own.

@@ -27,6 +27,7 @@ from proxy_core import Store, StoreError, get_logger
 __all__ = [
     "ACTION_FRESH_ANSWER",
     "FRESH_BLOCK_PREFIX",
+    "VOTE_NOT_SAVED_TEXT",
     "Feedback",
     "FeedbackCallback",
     "fresh_answer_blocks",
@@ -37,6 +38,9 @@ ACTION_FRESH_ANSWER: Final = "penny_fresh_answer"
 # An offer made before buttons named answers adds the thread_ts to answer in ("" for none), and "/" +
 # the question's ts when it followed up in that thread; an offer now takes both from Penny's record.
 FRESH_BLOCK_PREFIX: Final = "penny_fresh:"
+
+VOTE_NOT_SAVED_TEXT: Final = ("Your vote was not saved: Penny's storage is unavailable right now. "
+                               "Please try again in a minute.")
 
 FeedbackCallback = Callable[[str, str, bool], None]  # (user_id, entry_id, up)
 
@@ -109,13 +113,16 @@ class Feedback:
             channel = action_channel(body)
             message_ts = str((body.get("container") or {}).get("message_ts") or (body.get("message") or {}).get("ts"))
             workspace = action_workspace(body)
-            record = posted_answer(self.store, workspace, channel, message_ts) or {}
-            if entry_id:
-                try:
+            try:
+                record = posted_answer(self.store, workspace, channel, message_ts) or {}
+                if entry_id:
                     record_feedback(self.store, workspace, entry_id, user, up=up, pages=record.get("pages", []),
                                     at=self.wall())
-                except StoreError as exc:
-                    _log.warning("slack.feedback_not_stored", error=exc)
+            except StoreError as exc:  # saying "Thanks, noted" would be untrue: the voter may try again
+                _log.warning("slack.feedback_not_stored", error=exc)
+                said = [{"type": "section", "text": {"type": "mrkdwn", "text": VOTE_NOT_SAVED_TEXT}}]
+                _show(client, respond, body, channel, user, said, thread_ts="")
+                return
             if self.on_feedback is not None and entry_id:
                 try:
                     self.on_feedback(user, entry_id, up)
@@ -126,17 +133,24 @@ class Feedback:
                      if not up and record.get("cached") and record.get("question") else None)
             ref = json.dumps({"e": entry_id, "c": channel, "m": message_ts}) if entry_id else None
             blocks = feedback_ack_blocks(up=up, reason_value=ref if ref and len(ref) <= 2000 else None, fresh=fresh)
-            try:
-                client.chat_postEphemeral(channel=channel, user=user, blocks=blocks, text=message_text(blocks),
-                                          **in_thread(thread_ts))
-            except SlackApiError as exc:
-                if not body.get("response_url"):
-                    raise
-                _log.warning("slack.feedback_ack_not_posted", channel=channel, error=exc)
-                respond(blocks=blocks, text=message_text(blocks), response_type="ephemeral", replace_original=False,
-                        **in_thread(thread_ts))
+            _show(client, respond, body, channel, user, blocks, thread_ts=thread_ts)
         except Exception as exc:
             _log.exception("slack.feedback_failed", error=exc)
+
+
+def _show(client: WebClient, respond: Respond, body: dict[str, Any], channel: str, user: str, blocks: list[Block],
+          *, thread_ts: str) -> None:
+    """``blocks`` to the clicker alone; through the click's ``respond`` where Slack refuses Penny's
+    ephemeral (she is no longer in the channel)."""
+    try:
+        client.chat_postEphemeral(channel=channel, user=user, blocks=blocks, text=message_text(blocks),
+                                  **in_thread(thread_ts))
+    except SlackApiError as exc:
+        if not body.get("response_url"):
+            raise
+        _log.warning("slack.feedback_ack_not_posted", channel=channel, error=exc)
+        respond(blocks=blocks, text=message_text(blocks), response_type="ephemeral", replace_original=False,
+                **in_thread(thread_ts))
 
 
 def fresh_answer_blocks(answer_ts: str) -> list[Block]:
