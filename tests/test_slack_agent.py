@@ -70,6 +70,15 @@ def test_suggested_prompts_put_the_most_asked_pages_first_then_the_largest() -> 
     assert suggested_prompts({}, []) == []
 
 
+def test_a_huge_doc_title_makes_a_short_prompt_not_a_10_kb_question() -> None:
+    """A page whose heading is a whole paragraph (10 KB, lines and all): its prompt, once clicked,
+    was a 10 KB question that Penny then said was too long and cut, to someone who only clicked."""
+    title = "Deploying\nthe " + "really " * 1500 + "big service"
+    [prompt] = suggested_prompts({}, [DocPage("ops/deploy.md", title, 3)])
+    assert len(prompt["title"]) <= 60 and "\n" not in prompt["message"]
+    assert len(prompt["message"]) <= 150 and prompt["message"].startswith("What do the docs say about Deploying the ")
+    assert prompt["message"].endswith("…?")
+
 def test_asked_pages_are_written_at_most_once_a_window_and_top_adds_what_is_not_yet(
     sqlite_store: SqliteStore,
 ) -> None:

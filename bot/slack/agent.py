@@ -49,6 +49,8 @@ __all__ = [
 
 MAX_PROMPTS: Final = 4  # Slack shows up to four suggested prompts
 PROMPT_TITLE_CHARS: Final = 60
+# A page's title in a prompt's question: a heading that is a whole paragraph is not sent as a question.
+PROMPT_SUBJECT_CHARS: Final = 120
 TITLE_CHARS: Final = 80
 REASON_CHARS: Final = 500
 ASKED_KEPT: Final = 50  # pages remembered per workspace in the tally of what gets asked
@@ -92,7 +94,7 @@ def suggested_prompts(asked: Mapping[str, tuple[str, int]], pages: Sequence[DocP
             continue
         seen.add(title.lower())
         prompts.append({"title": _clip(title, PROMPT_TITLE_CHARS),
-                        "message": f"What do the docs say about {title}?"})
+                        "message": f"What do the docs say about {_cut_at_word(title, PROMPT_SUBJECT_CHARS)}?"})
         if len(prompts) == limit:
             break
     return prompts
@@ -100,11 +102,15 @@ def suggested_prompts(asked: Mapping[str, tuple[str, int]], pages: Sequence[DocP
 
 def thread_title(question: str) -> str:
     """An assistant thread's title: its first question on one line, cut at a word near 80 characters."""
-    text = " ".join(question.split())
-    if len(text) <= TITLE_CHARS:
+    return _cut_at_word(" ".join(question.split()), TITLE_CHARS)
+
+
+def _cut_at_word(text: str, limit: int) -> str:
+    """``text`` when it fits ``limit`` characters, else its start cut at a word, with "…"."""
+    if len(text) <= limit:
         return text
-    cut = text.rfind(" ", 0, TITLE_CHARS - 1)
-    return text[: cut if cut > TITLE_CHARS // 2 else TITLE_CHARS - 1] + "…"
+    cut = text.rfind(" ", 0, limit - 1)
+    return text[: cut if cut > limit // 2 else limit - 1] + "…"
 
 
 def doc_pages_of(answerer: object) -> Callable[[], list[DocPage]] | None:
