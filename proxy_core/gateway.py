@@ -947,7 +947,8 @@ class Gateway:
         if not counts_against_breaker(exc):
             self._record_breaker(success=True)  # an error caused by the request proves upstream alive
             return
-        state = sent.report_failure(lambda pending: self._record_breaker(success=False, pending=pending))
+        state = sent.report_failure(lambda pending: self._record_breaker(success=False, pending=pending,
+                                                                         error=str(exc)))
         self.metrics.upstream_failures.labels(kind, exc.kind if exc.status is None else str(exc.status)).inc()
         if state is not None and state.state == "open":
             self.metrics.refusals.labels("breaker").inc()
@@ -960,7 +961,9 @@ class Gateway:
         self.metrics.breaker_state.set(BREAKER_STATES[permit.state])
         return permit
 
-    def _record_breaker(self, *, success: bool, pending: int = 0) -> BreakerState | None:
+    def _record_breaker(self, *, success: bool, pending: int = 0, error: str | None = None) -> BreakerState | None:
+        """Record an attempt on the breaker; one that opens it is logged with the ``error`` that did,
+        since a call refused while it is open never reaches upstream to say why."""
         try:
             state = self.store.breaker_record(self._breaker_name, self._breaker, success=success, pending=pending)
         except StoreError as exc:
@@ -968,7 +971,7 @@ class Gateway:
             return None
         if state.state == "open" and not success:
             self._log.warning("breaker_open", cooldown_s=breaker_cooldown(state, self._breaker), pending=pending,
-                              failed_probes=state.failed_probes)
+                              failed_probes=state.failed_probes, error=error)
         self.metrics.breaker_state.set(BREAKER_STATES[state.state])
         return state
 

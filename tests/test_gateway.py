@@ -364,9 +364,12 @@ def test_retries_feed_the_breaker_and_stop_when_it_opens(make_gateway: GatewayFa
                                                          clock: ManualClock) -> None:
     fake.fail_all(500)
     gw = make_gateway(retry_max_attempts=10, breaker_failure_threshold=3)
-    with pytest.raises(CircuitOpen):
+    with structlog.testing.capture_logs() as logs, pytest.raises(CircuitOpen):
         ask(gw, "q", "r")
     assert fake.count("chat") == 3
+    # What opened it is in the log: the calls it refuses from now on never reach upstream to say.
+    (opened,) = [e for e in logs if e["event"] == "breaker_open"]
+    assert "500" in opened["error"]
 
 
 def run_concurrently(n: int, call: Callable[[int], Any],
