@@ -249,7 +249,10 @@ def _cmd_check(args: argparse.Namespace, settings: BotSettings, out: TextIO, _in
               f"may be among them; JSON lines, one call each): {', '.join(str(p) for p in set_aside)}; "
               "account for them by hand, then delete them", file=out)
     print(f"chat model  {settings.chat_model} (priced)", file=out)
-    print(f"embeddings  {settings.embedding_model} (priced)", file=out)
+    # The embedder is what embeds the docs and the questions; PENNY_EMBEDDING_MODEL names no call Penny makes.
+    local = not settings.embedder.startswith("openai:")
+    print(f"embeddings  {settings.embedder} ({'bundled, runs here: $0' if local else 'priced, billed to the asker'})",
+          file=out)
     for line in _slack_check(settings):
         print(f"slack       {line}", file=out)
     for line in _misspelled_settings(BotSettings):

@@ -125,7 +125,8 @@ class PennySettings(BaseSettings):
     )
     chat_model: str = Field("gpt-4.1-mini", min_length=1, description="Chat model used to answer.")
     embedding_model: str = Field(
-        "text-embedding-3-small", min_length=1, description="Embedding model used for retrieval."
+        "text-embedding-3-small", min_length=1,
+        description="Embedding model of Gateway.embed calls that name none (retrieval uses PENNY_EMBEDDER).",
     )
     max_output_tokens: int = Field(800, ge=1, description="Cap on completion tokens per answer.")
     request_timeout_s: PositiveSeconds = Field(

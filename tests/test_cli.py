@@ -70,6 +70,14 @@ def test_check_without_api_key_warns_of_extractive_answers_and_exits_0() -> None
     assert "store       sqlite ok" in out
     assert "warning     OPENAI_API_KEY is not set: Penny answers extractively" in out
     assert "https://platform.openai.com/api-keys" in out and "penny demo" in out
+    # The embedder that runs, not an OpenAI model no call uses.
+    assert "embeddings  local:wordllama (bundled, runs here: $0)" in out and "text-embedding" not in out
+
+
+def test_check_names_an_openai_embedder_as_billed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PENNY_EMBEDDER", "openai:text-embedding-3-large")
+    _, out = penny("check")
+    assert "embeddings  openai:text-embedding-3-large (priced, billed to the asker)" in out
 
 
 def test_check_with_api_key_exits_0(monkeypatch: pytest.MonkeyPatch) -> None:
