@@ -49,12 +49,15 @@ class BudgetStatus:
 
 @dataclass(frozen=True, slots=True)
 class Headroom:
-    """Rate-limit room now: tokens left in the request and token buckets (None = unlimited)."""
+    """Rate-limit room now: tokens left in the request and token buckets (None = unlimited), and
+    how fast each refills (the per-minute limits a reader knows from the settings)."""
 
     requests_left: float | None
     request_burst: float | None
     tokens_left: float | None
     token_burst: float | None
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
 
 
 def rate_limit_specs(
@@ -122,6 +125,8 @@ class Accounts:
             request_burst=limits.request_burst if "requests" in left else None,
             tokens_left=left.get("tokens"),
             token_burst=limits.token_burst if "tokens" in left else None,
+            requests_per_minute=limits.requests_per_minute if "requests" in left else None,
+            tokens_per_minute=limits.tokens_per_minute if "tokens" in left else None,
         )
 
     def budgets(self, workspace_id: str, user_id: str, now: float | None = None) -> tuple[BudgetStatus, BudgetStatus]:

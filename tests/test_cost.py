@@ -244,6 +244,18 @@ def test_headroom_is_a_peek_that_takes_nothing(ledger: SqliteStore, clock: Manua
 
     unlimited = cost_report(Accounts(ledger, make_settings(requests_per_minute=0, tokens_per_minute=0)), WS, "U1", NOW)
     assert unlimited.headroom.requests_left is None and unlimited.headroom.tokens_left is None
+    assert "*Rate limit now:* unlimited" in "\n".join(_texts(cost_blocks(unlimited)))
+
+
+def test_the_rate_limit_line_says_the_per_minute_limit_beside_the_burst(ledger: SqliteStore) -> None:
+    # "5 of 5 requests" alone read as a limit of 5 to someone who had set 10 a minute.
+    settings = make_settings(requests_per_minute=10, request_burst=5, tokens_per_minute=6_000)
+    text = "\n".join(_texts(cost_blocks(cost_report(Accounts(ledger, settings), WS, "U1", NOW))))
+    assert ("*Rate limit now:* 5 of 5 requests left (refills 10 a minute) · "
+            "6,000 of 6,000 tokens left (refills 6,000 a minute)") in text
+    slow = make_settings(requests_per_minute=0.5, request_burst=1, tokens_per_minute=0)
+    text = "\n".join(_texts(cost_blocks(cost_report(Accounts(ledger, slow), WS, "U1", NOW))))
+    assert "*Rate limit now:* 1 of 1 requests left (refills 0.5 a minute)" in text
 
 
 def test_sparkline() -> None:

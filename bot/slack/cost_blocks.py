@@ -240,12 +240,22 @@ def _budget_line(label: str, status: BudgetStatus, now: float, *, show_spent: bo
 
 
 def _headroom_line(h: Headroom) -> str:
+    """What may be asked at once now, with the per-minute refill: "10 of 10" alone reads as a limit
+    of 10 to someone who set 20 a minute (the 10 is the burst)."""
     parts = []
-    if h.requests_left is not None and h.request_burst is not None:
-        parts.append(f"{int(h.requests_left):,} of {int(h.request_burst):,} requests")
-    if h.tokens_left is not None and h.token_burst is not None:
-        parts.append(f"{int(h.tokens_left):,} of {int(h.token_burst):,} tokens")
+    for kind, left, burst, per_minute in (("requests", h.requests_left, h.request_burst, h.requests_per_minute),
+                                          ("tokens", h.tokens_left, h.token_burst, h.tokens_per_minute)):
+        if left is None or burst is None:
+            continue
+        part = f"{int(left):,} of {int(burst):,} {kind} left"
+        if per_minute is not None:
+            part += f" (refills {_per_minute(per_minute)} a minute)"
+        parts.append(part)
     return "*Rate limit now:* " + (" · ".join(parts) if parts else "unlimited")
+
+
+def _per_minute(rate: float) -> str:
+    return f"{int(rate):,}" if rate == int(rate) else f"{rate:,.2f}".rstrip("0")
 
 
 def _trend_block(trend: Sequence[int], days: Sequence[str]) -> Block:
