@@ -684,6 +684,11 @@ def test_cache_eval_rejects_a_bad_file(tmp_path: Path, capsys: pytest.CaptureFix
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"a": "x"}\n')
     assert penny("cache", "eval", str(bad))[0] == 2
+    # The README's handbook questions are no pairs: the message says what a line must hold.
+    assert penny("cache", "eval", str(REPO / "examples" / "paraphrases.jsonl"))[0] == 2
+    err = capsys.readouterr().err
+    assert 'paraphrases.jsonl:1: each line is {"a": "a question", "b": "another", "label": 1}' in err
+    assert "it has no 'a' (its keys: question, paraphrase_of, page)" in err
     assert penny("cache", "eval", str(tmp_path / "missing.jsonl"))[0] == 2
     assert "Traceback" not in capsys.readouterr().err
 

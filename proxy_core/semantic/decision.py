@@ -308,7 +308,10 @@ def load_pairs(path: str | Path) -> list[LabelledPair]:
                 row = json.loads(line)
                 pairs.append(LabelledPair(str(row["a"]), str(row["b"]), int(row["label"])))
             except (ValueError, KeyError, TypeError) as exc:
-                raise ValueError(f"{path}:{n}: expected {{'a', 'b', 'label'}} ({exc})") from exc
+                why = (f"it has no {exc} (its keys: {', '.join(row)})" if isinstance(exc, KeyError)
+                       and isinstance(row, dict) else str(exc))
+                raise ValueError(f'{path}:{n}: each line is {{"a": "a question", "b": "another", "label": 1}} '
+                                 f"(1: an answer to a also answers b, 0: it does not); {why}") from exc
     return pairs
 
 
