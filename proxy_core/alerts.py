@@ -1,9 +1,11 @@
 """Budget alerts: tell admins once per period when a budget line reaches 50%, 80% and 100%.
 
 After a billed call settles, :class:`BudgetAlerter` reads what each capped line has spent and, for
-every threshold it has reached, claims ``alert:<line key>:<threshold>`` in the store. The store's
-claim is "first one wins" across threads and replicas, so exactly one caller emits each alert; the
-key carries the period (the line key names the day or month), so the next period alerts afresh.
+every threshold it has reached, claims ``alert:<line key>:<limit>:<threshold>`` in the store. The
+store's claim is "first one wins" across threads and replicas, so exactly one caller emits each
+alert; the key carries the period (the line key names the day or month), so the next period alerts
+afresh, and the limit, so a budget the operator changes mid-period is announced as it fills: its
+100% is news even when the old budget's was announced.
 
 Which thresholds a call crossed is decided from the spend *now*, not from ``now - cost``: two calls
 settling at once could each read the other's spend and both conclude that neither crossed 50%.
@@ -73,7 +75,7 @@ class BudgetAlerter:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._handled: dict[tuple[str, str, int], float] = {}  # (workspace, line key, t) -> resets_at
+        self._handled: dict[tuple[str, str, int, int], float] = {}  # (workspace, line key, limit, t) -> resets_at
         self._lock = threading.Lock()
 
     def after_settle(
@@ -105,7 +107,7 @@ class BudgetAlerter:
     def _claim(
         self, workspace_id: str, user_id: str, line: BudgetLine, threshold: int, spent: int
     ) -> BudgetAlert | None:
-        dedupe_id = f"alert:{line.key}:{threshold}"
+        dedupe_id = f"alert:{line.key}:{line.limit}:{threshold}"
         now = self.store.now()
         ttl_s = max(line.resets_at - now, 0.0) + _GRACE_S
         claim = self.store.claim_request(workspace_id, dedupe_id, ttl_s)
@@ -129,7 +131,7 @@ class BudgetAlerter:
 
     def _is_handled(self, workspace_id: str, line: BudgetLine, threshold: int) -> bool:
         with self._lock:
-            return (workspace_id, line.key, threshold) in self._handled
+            return (workspace_id, line.key, line.limit, threshold) in self._handled
 
     def _mark_handled(self, workspace_id: str, line: BudgetLine, threshold: int, now: float) -> None:
         with self._lock:
@@ -137,7 +139,7 @@ class BudgetAlerter:
             stale = [k for k, resets_at in self._handled.items() if resets_at <= now]
             for key in stale:
                 del self._handled[key]
-            self._handled[(workspace_id, line.key, threshold)] = line.resets_at
+            self._handled[(workspace_id, line.key, line.limit, threshold)] = line.resets_at
 
 
 def _period_label(line: BudgetLine) -> str:

@@ -215,6 +215,25 @@ def test_the_next_day_announces_again(make_gateway: GatewayFactory, fake: FakeOp
     assert inbox.take() == [80, 100]
 
 
+def test_a_budget_raised_mid_day_is_announced_again_as_the_new_budget_fills(
+        make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store) -> None:
+    # The day's $0.01 is used up and announced; the operator raises it to $0.02 (a restart with new
+    # settings, same store): reaching 80% and 100% of the new budget must be announced too.
+    inbox = Inbox()
+    gw = make_gateway(on_budget_alert=inbox)
+    fake.script(*[Fault.ok(prompt_tokens=0, completion_tokens=TENTH) for _ in range(20)])
+    for i in range(10):
+        ask(gw, f"old{i}")
+    assert inbox.take() == [50, 80, 100]
+    raised = make_gateway(on_budget_alert=inbox, user_daily_budget_usd="0.02")
+    per_call = []
+    for i in range(10):
+        ask(raised, f"new{i}")
+        per_call.append([(a.threshold, a.limit) for a in inbox.alerts])
+        inbox.take()
+    assert per_call == [[(50, 20_000)], [], [], [], [], [(80, 20_000)], [], [], [], [(100, 20_000)]]
+
+
 def test_the_workspace_month_is_announced_without_a_user(make_gateway: GatewayFactory, fake: FakeOpenAI) -> None:
     inbox = Inbox()
     gw = make_gateway(on_budget_alert=inbox, user_daily_budget_usd="0", workspace_monthly_budget_usd="0.01")
