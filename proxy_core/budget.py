@@ -85,5 +85,8 @@ def capped(lines: Sequence[BudgetLine]) -> list[BudgetLine]:
 
 
 def fits(spent: int, reserved: int, amount: int, limit: int) -> bool:
-    """Does ``amount`` more fit under ``limit`` given what is spent and reserved? 0 = no cap."""
-    return limit <= 0 or spent + reserved + amount <= limit
+    """Does ``amount`` more fit under ``limit`` given what is spent and reserved? 0 = no cap.
+
+    Nothing more (a model priced at $0) always fits: it spends nothing, whether the line is at its
+    cap or over it (a budget lowered below its spend, a charge past the worst case)."""
+    return limit <= 0 or amount <= 0 or spent + reserved + amount <= limit

@@ -195,6 +195,25 @@ def test_budget_refusal_names_scope_limit_and_reset(make_gateway: GatewayFactory
     assert store.ledger_entry("W1", "b1") is None
 
 
+def test_a_model_priced_at_zero_still_answers_after_the_budget_is_lowered_below_the_spend(
+        make_gateway: GatewayFactory, fake: FakeOpenAI, tmp_path: Any) -> None:
+    # A self-hosted model priced at $0 in PENNY_PRICE_FILE costs nothing: it answered when the day
+    # was spent exactly to its cap, and must still answer when the operator lowers the cap below it.
+    prices = tmp_path / "prices.json"
+    prices.write_text('{"models": {"local-llm": {"kind": "chat", "input": "0", "cached_input": "0", '
+                      '"output": "0", "source": "self-hosted", "date": "2026-01-01"}}}')
+    gw = make_gateway(user_daily_budget_usd="0.01", max_output_tokens=100, price_file=str(prices),
+                      cache_enabled=False)
+    fake.script(Fault.ok(prompt_tokens=0, completion_tokens=5_000), Fault.ok(), Fault.ok())
+    assert ask(gw, "paid", "p1").cost_micros == 8_000  # 8000 µ$ of the $0.01 day (5000 × $1.60 per 1M)
+    lowered = make_gateway(user_daily_budget_usd="0.005", max_output_tokens=100, price_file=str(prices),
+                           cache_enabled=False)
+    with pytest.raises(BudgetExceeded):
+        ask(lowered, "paid again", "p2")
+    free = ask(lowered, "free", "f1", model="local-llm")
+    assert free.cost_micros == 0 and free.model == "local-llm"
+
+
 def test_workspace_monthly_budget_is_shared_by_users(make_gateway: GatewayFactory, fake: FakeOpenAI) -> None:
     # Each call reserves its worst case (≈20 prompt tokens × $0.40 + 100 × $1.60 per 1M ≈ 170 µ$)
     # and settles about that much, so a $0.001 month admits five or so calls, whoever asks.

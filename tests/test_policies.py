@@ -277,6 +277,8 @@ def test_budget_lines_for_a_user_and_the_workspace() -> None:
         (50, 40, 11, 100, False),
         (50, 40, 10, 100, True),
         (10**15, 10**15, 10**15, 0, True),  # 0 = no cap
+        (1_000, 0, 0, 500, True),  # nothing more to spend fits a budget lowered below its spend
+        (1_000, 0, 1, 500, False),
     ],
 )
 def test_fits(spent: int, reserved: int, amount: int, limit: int, expected: bool) -> None:

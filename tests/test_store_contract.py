@@ -316,6 +316,18 @@ def test_refusal_reports_spent_and_reserved_separately(store: Store) -> None:
     assert reserve(store, WS, "res3", lines, 150, ttl_s=60).ok  # exactly at the cap fits
 
 
+def test_a_call_that_costs_nothing_fits_even_over_a_lowered_budget(store: Store) -> None:
+    # $900 spent, then the operator lowers the day to $500: a model priced at $0 costs nothing, so
+    # it fits, as it did when the spend was exactly at the cap; a micro-dollar more does not.
+    spent = lines_for(store, user_daily=1_000, workspace_monthly=0)
+    settle(store, ledger_entry("done1", cost_micros=900), spent)
+    lowered = lines_for(store, user_daily=500, workspace_monthly=0)
+    assert reserve(store, WS, "free", lowered, 0, ttl_s=60).ok
+    assert admit(store, "free-call", lowered, 0).state == "admitted"
+    assert reserve(store, WS, "paid", lowered, 1, ttl_s=60) == BudgetDecision(False, lowered[0], spent=900,
+                                                                              reserved=0)
+
+
 def test_uncapped_lines_hold_no_reservation_but_count_what_is_spent(store: Store) -> None:
     lines = lines_for(store, user_daily=2_000, workspace_monthly=0)  # a capped day, an uncapped month
     assert reserve(store, WS, "res1", lines, 1_500, ttl_s=60).ok

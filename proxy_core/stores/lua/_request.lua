@@ -177,7 +177,8 @@ local function check_budget(keys, first, n, argv, at, id, amount, now)
     redis.call('ZREMRANGEBYSCORE', expiries, '-inf', num(now))
 
     local limit = tonumber(argv[at + 2 * (i - 1)])
-    if limit > 0 then
+    -- Nothing more (amount 0: a model priced at $0) fits even a line over its cap (budget.fits).
+    if limit > 0 and amount > 0 then
       local spent = tonumber(redis.call('GET', spent_key)) or 0
       local reserved = 0
       for _, held in ipairs(redis.call('HVALS', amounts)) do
