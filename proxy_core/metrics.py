@@ -42,13 +42,17 @@ class Metrics:
             "Failed upstream attempts that signal an outage (retried while allowed), by reason.",
             ["kind", "reason"], registry=r,
         )
+        # Summed over live workers: a dead worker's spool is adopted by another, so its count must
+        # go with it (in multiprocess mode; one process ignores the mode).
         self.spooled = Gauge(
-            "penny_ledger_spooled", "Paid calls' ledger writes waiting in this process's spool for the store.",
-            registry=r,
+            "penny_ledger_spooled", "Paid calls' ledger writes waiting in the spools of live processes for the store.",
+            registry=r, multiprocess_mode="livesum",
         )
+        # The breaker is one, shared through the store: the newest state any live worker saw, never a
+        # dead worker's last (an "open" that would outlive it).
         self.breaker_state = Gauge(
             "penny_breaker_state", "Circuit breaker state as last seen: 0 closed, 1 half-open, 2 open.",
-            registry=r,
+            registry=r, multiprocess_mode="livemostrecent",
         )
         self.refusals = Counter(
             "penny_refusals", "Requests refused before upstream, by reason.", ["reason"], registry=r

@@ -812,3 +812,35 @@ def test_a_worker_counts_in_the_balance_from_its_first_load_until_it_has_exited(
 
 def _never_built() -> Served:
     raise AssertionError("the arbiter builds no worker")
+
+
+def _worker_metrics(directory: Path, script: str) -> int:
+    """Run ``script`` (with ``m``, a :class:`~proxy_core.metrics.Metrics`) in a process of its own
+    writing multiprocess metrics into ``directory``, as a worker does; its pid."""
+    code = "import os\nfrom proxy_core.metrics import Metrics\nm = Metrics()\n" + script + "\nprint(os.getpid())\n"
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)},
+                          cwd=ROOT, capture_output=True, text=True, check=True, timeout=60)
+    return int(done.stdout.strip())
+
+
+def test_a_dead_workers_gauges_leave_metrics_and_its_counters_stay(tmp_path: Path) -> None:
+    """A worker that died with the breaker open and a write in its spool: its respawn sees the
+    breaker closed and has nothing spooled (the dead worker's spool is adopted). The summed metrics
+    must say so, not keep the dead worker's open breaker and spool for as long as the server runs."""
+    from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+    def scrape() -> str:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, str(tmp_path))  # type: ignore[no-untyped-call]
+        return generate_latest(registry).decode()
+
+    counted = "m.requests.labels('chat', 'ok', 'miss').inc()"
+    dead = _worker_metrics(tmp_path, f"m.breaker_state.set(2); m.spooled.inc(); {counted}")
+    server = _PennyServer(HTTPOptions(), build=_never_built, on_ready=lambda _what: None, metrics_dir=str(tmp_path))
+    server._child_exit(SimpleNamespace(WORKERS={}), SimpleNamespace(pid=dead, penny_slot=None))
+    _worker_metrics(tmp_path, f"m.breaker_state.set(0); m.spooled.set(0); {counted}")
+
+    text = scrape()
+    assert re.findall(r"^penny_breaker_state\S* (\S+)$", text, re.M) == ["0.0"]
+    assert re.findall(r"^penny_ledger_spooled\S* (\S+)$", text, re.M) == ["0.0"]
+    assert 'penny_requests_total{cache="miss",kind="chat",outcome="ok"} 2.0' in text  # the dead one's still count
