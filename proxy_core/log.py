@@ -22,7 +22,9 @@ _SECRETS = re.compile(
     r"|xox[abposr]-[A-Za-z0-9\-]{8,}"  # Slack bot/user tokens
     r"|xapp-[A-Za-z0-9\-]{8,}"  # Slack app-level tokens
     r"|pk-[A-Za-z0-9_\-]{16,}"  # penny proxy keys
-    r"|(?<=://)[^/\s:@]*:[^/\s@]+(?=@))"  # user:password@ in URLs
+    # user:password@ in URLs, up to the host's @ (the last before the path: an unencoded @ in a
+    # password still works, the host being what follows the last one)
+    r"|(?<=://)[^/?#\s:@]*:[^/?#\s]+(?=@))"
 )
 
 

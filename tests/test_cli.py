@@ -800,6 +800,18 @@ def test_an_unreachable_store_is_named_by_its_setting_without_its_password(
     assert "s3cret-pw" not in err
 
 
+def test_an_unreachable_stores_password_with_an_at_sign_is_never_echoed(
+    isolated: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], free_tcp_port: int
+) -> None:
+    """Unencoded, @ is still a working password (the host is after the last @): all of it is redacted."""
+    monkeypatch.setenv("PENNY_STORE_URL", f"redis://penny:Ab3x@Kq9Zz@127.0.0.1:{free_tcp_port}/0")
+    code, _ = penny("ask", "Where are the production logs?")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"PENNY_STORE_URL=redis://[redacted]@127.0.0.1:{free_tcp_port}/0" in err
+    assert "Ab3x" not in err and "Kq9Zz" not in err
+
+
 @pytest.mark.parametrize("url", [
     "redis://penny:Ab3x/Kq9+Zz@127.0.0.1:6379/0",  # base64 passwords carry / and +
     "redis://:Ab3x?Kq9Zz@127.0.0.1:6379/0",
