@@ -338,6 +338,18 @@ class PennySettings(BaseSettings):
             raise ValueError('must be a JSON object like {"U123": ...}')
         return decoded
 
+    @field_validator("user_budget_overrides", mode="after")
+    @classmethod
+    def _no_zero_override(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:
+        # 0 is "no cap" for the default budget, so {"U123": "0"} would lift U123's cap: most likely
+        # written to stop U123's spend instead. Either way it is not to be guessed.
+        zero = sorted(user for user, usd in value.items() if usd == 0)
+        if zero:
+            raise ValueError(f"{', '.join(zero)}: a budget of 0 would mean no cap at all (as 0 does for "
+                             "PENNY_USER_DAILY_BUDGET_USD); to exempt a user, give them a large budget, and "
+                             'to stop their spend, the smallest one ("0.000001")')
+        return value
+
     @field_validator("openai_base_url", "openai_api_key", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:

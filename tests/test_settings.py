@@ -120,14 +120,25 @@ def test_keyword_overrides_beat_the_environment(monkeypatch: pytest.MonkeyPatch)
 def test_json_budget_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PENNY_USER_DAILY_BUDGET_USD", "1.00")
     monkeypatch.setenv("PENNY_WORKSPACE_MONTHLY_BUDGET_USD", "250")
-    monkeypatch.setenv("PENNY_USER_BUDGET_OVERRIDES", '{"U123": "5.00", "U456": "0.000001", "U789": 0}')
+    monkeypatch.setenv("PENNY_USER_BUDGET_OVERRIDES", '{"U123": "5.00", "U456": "0.000001"}')
     s = load_settings()
     assert s.user_budget_overrides["U123"] == Decimal("5.00")
     assert s.user_daily_budget_micros("U123") == 5_000_000
     assert s.user_daily_budget_micros("U456") == 1
-    assert s.user_daily_budget_micros("U789") == 0  # an override of 0 lifts the cap for that user
     assert s.user_daily_budget_micros("someone-else") == 1_000_000
     assert s.workspace_monthly_budget_micros() == 250_000_000
+
+
+def test_a_budget_override_of_zero_is_refused_not_read_as_no_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """0 is "no cap" for the default budget, so {"U789": 0} lifted U789's cap: the operator who wrote
+    it to stop U789's spend gave them an unlimited one. It is now refused, saying what to write."""
+    monkeypatch.setenv("PENNY_USER_DAILY_BUDGET_USD", "1.00")
+    monkeypatch.setenv("PENNY_USER_BUDGET_OVERRIDES", '{"U123": "5.00", "U789": 0, "U456": "0.00"}')
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings()
+    message = str(refused.value)
+    assert "PENNY_USER_BUDGET_OVERRIDES: U456, U789: a budget of 0 would mean no cap at all" in message
+    assert '"0.000001"' in message
 
 
 def test_json_limit_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
