@@ -788,28 +788,19 @@ def test_what_is_left_of_a_budget_is_never_rounded_up_to_more_than_is_left() -> 
     assert format_usd(1_999, down=True) == "$0.0019" and format_usd(1_999) == "$0.002"
 
 
+# Unencoded, an @ in a password still works (the host is after the last @): all of it is redacted.
+@pytest.mark.parametrize("password", ["s3cret-pw", "Ab3x@Kq9Zz"])
 def test_an_unreachable_store_is_named_by_its_setting_without_its_password(
-    isolated: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], free_tcp_port: int
+    password: str, isolated: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    free_tcp_port: int,
 ) -> None:
-    monkeypatch.setenv("PENNY_STORE_URL", f"redis://penny:s3cret-pw@127.0.0.1:{free_tcp_port}/0")
+    monkeypatch.setenv("PENNY_STORE_URL", f"redis://penny:{password}@127.0.0.1:{free_tcp_port}/0")
     code, _ = penny("ask", "Where are the production logs?")
     err = capsys.readouterr().err
     assert code == 1
     assert "penny: store error:" in err and "Traceback" not in err
     assert f"PENNY_STORE_URL=redis://[redacted]@127.0.0.1:{free_tcp_port}/0" in err
-    assert "s3cret-pw" not in err
-
-
-def test_an_unreachable_stores_password_with_an_at_sign_is_never_echoed(
-    isolated: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], free_tcp_port: int
-) -> None:
-    """Unencoded, @ is still a working password (the host is after the last @): all of it is redacted."""
-    monkeypatch.setenv("PENNY_STORE_URL", f"redis://penny:Ab3x@Kq9Zz@127.0.0.1:{free_tcp_port}/0")
-    code, _ = penny("ask", "Where are the production logs?")
-    err = capsys.readouterr().err
-    assert code == 1
-    assert f"PENNY_STORE_URL=redis://[redacted]@127.0.0.1:{free_tcp_port}/0" in err
-    assert "Ab3x" not in err and "Kq9Zz" not in err
+    assert all(part not in err for part in password.split("@"))
 
 
 @pytest.mark.parametrize("url", [
