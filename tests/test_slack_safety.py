@@ -43,7 +43,7 @@ from bot.slack.render import (
     markdown_to_mrkdwn,
     safe_markdown_text,
 )
-from bot.slack.server import PennyWSGI
+from bot.slack.server import LogBudget, PennyWSGI
 from bot.slack.stream import SlackAnswerStream, StreamPacing, pieces
 from bot.slack.working import WorkingIndicator
 from proxy_core import Accounts
@@ -624,6 +624,28 @@ def test_bad_http_input_gets_a_4xx_and_no_traceback(
     captured = capfd.readouterr()
     assert "Traceback" not in captured.err + captured.out
     assert slack.count("chat.postMessage") == 0
+
+
+def test_a_flood_of_rejected_requests_logs_at_most_a_hundred_lines_a_window(served: tuple[ServiceBot, int]) -> None:
+    """Anyone who reaches the port could make one warning line per forged request: a flood filled
+    the disk the ledger's spool shares. Past 100 lines in 10 s they are counted, not written."""
+    _, port = served
+    forged = {**signed(EVENT), "X-Slack-Signature": "v0=" + "0" * 64}
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(130):
+            assert post(port, EVENT.encode(), forged)[0] == 401
+    assert 100 <= len([e for e in logs if e["event"] == "slack.http_rejected"]) < 130
+
+
+def test_a_log_budget_says_how_many_lines_it_left_out() -> None:
+    clock = ManualClock()
+    budget = LogBudget(lines=2, window_s=10.0, clock=clock)
+    assert [budget.take() for _ in range(4)] == [{}, {}, None, None]
+    clock.advance(9.9)
+    assert budget.take() is None
+    clock.advance(0.1)
+    assert budget.take() == {"left_out": 3}
+    assert budget.take() == {}
 
 
 def test_a_signed_request_over_http_is_served_by_bolt(served: tuple[ServiceBot, int], slack: FakeSlack) -> None:

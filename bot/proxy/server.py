@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Literal, TextIO
 
 from bot.proxy.app import ProxyApp
 from bot.proxy.keys import PROXY_KEY_CACHE_S, KeyRing
-from bot.slack.server import HTTPOptions, announce, ops_reply, run_arbiter
+from bot.slack.server import NOT_READY_LINES, HTTPOptions, LogBudget, announce, ops_reply, run_arbiter
 from proxy_core import ConfigurationError, Gateway, PennySettings, StoreError, get_logger
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ class ProxyWorker:
                             cache_scope=cache_scope)
         self._metrics = metrics
         self._metrics_token = settings.metrics_token
+        self._not_ready_lines = LogBudget(lines=NOT_READY_LINES)
 
     def wsgi(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         metrics = self._metrics if self._may_scrape(environ) else None  # else: the API's own 404
@@ -67,7 +68,9 @@ class ProxyWorker:
         except StoreError as exc:
             # /readyz is on the API's public port: the store's host, port and driver error go to
             # the log, never to whoever asks.
-            get_logger().warning("proxy_not_ready", error=str(exc))
+            logged = self._not_ready_lines.take()
+            if logged is not None:
+                get_logger().warning("proxy_not_ready", error=str(exc), **logged)
             return "store unreachable"
         return None
 

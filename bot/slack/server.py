@@ -67,8 +67,8 @@ if TYPE_CHECKING:
     from bot.slack.startup import SlackInstallation
 
 __all__ = [
-    "Backend", "EarlyAcks", "HTTPOptions", "PennyWSGI", "PennyWorker", "Served", "WorkerLoads", "announce", "ops_reply",
-    "run_arbiter", "serve",
+    "NOT_READY_LINES", "Backend", "EarlyAcks", "HTTPOptions", "LogBudget", "PennyWSGI", "PennyWorker", "Served",
+    "WorkerLoads", "announce", "ops_reply", "run_arbiter", "serve",
 ]
 
 EVENTS_PATH: Final = "/slack/events"
@@ -166,6 +166,7 @@ class PennyWSGI:
         self._metrics = metrics
         self._path = path
         self._early_acks = early_acks
+        self._rejected_lines = LogBudget()  # anyone who reaches the port can cause these
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
@@ -179,17 +180,19 @@ class PennyWSGI:
     def _slack(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         length = content_length(environ.get("CONTENT_LENGTH"))
         if isinstance(length, Rejection):
-            return _reject(start_response, length)  # the body is never read
+            return _reject(start_response, length, self._rejected_lines)  # the body is never read
         stream = environ["wsgi.input"]
         chunked = "chunked" in str(environ.get("HTTP_TRANSFER_ENCODING", "")).lower()
         try:
             body: bytes = stream.read(MAX_BODY_BYTES + 1) if chunked else stream.read(length)
         except OSError:  # the read deadline passed, or the client went away
-            return _reject(start_response, Rejection(408, "the body did not arrive in time"))
+            return _reject(start_response, Rejection(408, "the body did not arrive in time"), self._rejected_lines)
         if len(body) > MAX_BODY_BYTES:
-            return _reject(start_response, Rejection(413, f"the body is larger than {MAX_BODY_BYTES} bytes"))
+            return _reject(start_response, Rejection(413, f"the body is larger than {MAX_BODY_BYTES} bytes"),
+                           self._rejected_lines)
         if not chunked and len(body) < length:
-            return _reject(start_response, Rejection(400, "the body is shorter than its Content-Length"))
+            return _reject(start_response, Rejection(400, "the body is shorter than its Content-Length"),
+                           self._rejected_lines)
         headers = {name[5:].replace("_", "-").lower(): str(value) for name, value in environ.items()
                    if name.startswith("HTTP_")}
         if "CONTENT_TYPE" in environ:
@@ -197,7 +200,7 @@ class PennyWSGI:
         headers["content-length"] = str(len(body))
         request = parse_request(headers, body, str(environ.get("QUERY_STRING", "")), verifier=self._verifier)
         if isinstance(request, Rejection):
-            return _reject(start_response, request)
+            return _reject(start_response, request, self._rejected_lines)
         if self._early_acks is not None and self._early_acks.take(request, body, headers, self._app):
             return _reply(start_response, 200, b"")  # Bolt's own ack of an event: an empty 200
         # What Bolt's WSGI adapter does with a POST to its path, without parsing the body again.
@@ -245,10 +248,46 @@ def _reply(start_response: StartResponse, status: int, body: bytes,
     return [] if head else [body]
 
 
-def _reject(start_response: StartResponse, rejection: Rejection) -> list[bytes]:
+class LogBudget:
+    """At most ``lines`` log lines of one kind per ``window_s`` seconds: lines that anyone who can
+    reach the port can cause (a rejected request, a readiness probe while the store is down) must
+    not let a flood of requests fill the disk that the ledger's spool shares. Past the budget they
+    are counted, and the next line logged says how many were left out. Thread-safe."""
+
+    def __init__(self, lines: int = 100, window_s: float = 10.0, *, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self._lines = lines
+        self._window_s = window_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._window_end = 0.0
+        self._logged = 0
+        self._left_out = 0
+
+    def take(self) -> dict[str, int] | None:
+        """The fields to add to a line that may be logged now (``left_out``, if lines were), or None
+        when this one is over the budget (it is counted)."""
+        with self._lock:
+            now = self._clock()
+            if now >= self._window_end:
+                self._window_end, self._logged = now + self._window_s, 0
+            if self._logged >= self._lines:
+                self._left_out += 1
+                return None
+            self._logged += 1
+            left_out, self._left_out = self._left_out, 0
+            return {"left_out": left_out} if left_out else {}
+
+
+NOT_READY_LINES: Final = 1  # per LogBudget window: a load balancer probes every few seconds; one line says it
+
+
+def _reject(start_response: StartResponse, rejection: Rejection, budget: LogBudget) -> list[bytes]:
     import json
 
-    _log.warning("slack.http_rejected", status=rejection.status, reason=rejection.message)
+    logged = budget.take()
+    if logged is not None:
+        _log.warning("slack.http_rejected", status=rejection.status, reason=rejection.message, **logged)
     return _reply(start_response, rejection.status, json.dumps({"error": rejection.message}).encode(),
                   "application/json")
 
@@ -262,6 +301,7 @@ class _Worker:
         from bot.slack.runner import LISTENER_THREADS, penny_app, slack_settings
 
         self.backend = backend
+        self._not_ready_lines = LogBudget(lines=NOT_READY_LINES)
         acks_first = AcksFirst()
         self.listeners = DrainingExecutor(LISTENER_THREADS, acks_first=acks_first, turns=turns)
         self.listeners.start_threads()
@@ -281,7 +321,9 @@ class _Worker:
         except StoreError as exc:
             # /readyz answers whoever reaches the port: the store's host, port and driver error go
             # to the log, never into the reply.
-            _log.warning("slack.not_ready", error=str(exc))
+            logged = self._not_ready_lines.take()
+            if logged is not None:
+                _log.warning("slack.not_ready", error=str(exc), **logged)
             return "store unreachable"
         index = getattr(self.backend.service, "index", None)
         if index is not None and index.version == 0:
