@@ -115,6 +115,26 @@ def test_penny_keys_create_prints_the_key_once_then_list_and_revoke(cli_store: s
     assert "no key key_nope" in capsys.readouterr().err
 
 
+def test_a_leaked_key_is_revoked_by_the_key_itself_and_never_echoed(cli_store: str,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Whoever reports a leaked key may have only the key, not its ID: ``keys revoke pk-…`` finds it
+    by its hash. An unknown one used to be printed back whole ("no key pk-…")."""
+    code, out = penny("keys", "create", "--user", "U123", "--workspace", "T1")
+    assert code == 0
+    secret = out.split()[-1]
+    code, said = penny("keys", "revoke", secret)
+    assert code == 0 and said.startswith("Revoked key_") and secret not in said
+    store = store_from_url(cli_store)
+    try:
+        assert KeyRing(store).authenticate(secret) is None
+    finally:
+        store.close()
+    unknown = "pk-" + "x" * 43
+    assert penny("keys", "revoke", unknown)[0] == 1
+    err = capsys.readouterr().err
+    assert "no key matches the pk-… key given" in err and unknown not in err
+
+
 class _Unwritable(io.StringIO):
     def __init__(self, error: OSError) -> None:
         super().__init__()

@@ -10,7 +10,7 @@ from decimal import Decimal, InvalidOperation
 from typing import TextIO
 
 from bot._cli_common import one_line, opened_store, port, positive_int, shown_on_one_line
-from bot.proxy.keys import KeyRing
+from bot.proxy.keys import KEY_PREFIX, KeyRing
 from proxy_core import MAX_BUDGET_USD, PennySettings, PriceTable, format_usd
 
 __all__ = ["add_commands"]
@@ -47,8 +47,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, de
     create.set_defaults(func=_cmd_create)
     listing = keys_sub.add_parser("list", help="every key: ID, user, name, limits, revoked or not")
     listing.set_defaults(func=_cmd_list)
-    revoke = keys_sub.add_parser("revoke", help="revoke a key by ID (its calls get 401 from then on)")
-    revoke.add_argument("key_id", metavar="ID")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by ID, or by the key itself if it leaked "
+                                                "(its calls get 401 from then on)")
+    revoke.add_argument("key_id", metavar="ID", help="key_… from penny keys list, or the pk-… key")
     revoke.set_defaults(func=_cmd_revoke)
 
 
@@ -137,7 +138,8 @@ def _cmd_revoke(args: argparse.Namespace, settings: PennySettings, out: TextIO, 
     with opened_store(settings) as store:
         key = KeyRing(store).revoke(args.key_id)
     if key is None:
-        print(f"penny: no key {args.key_id} (see penny keys list)", file=sys.stderr)
+        named = "matches the pk-… key given" if args.key_id.startswith(KEY_PREFIX) else f"{args.key_id}"
+        print(f"penny: no key {named} (see penny keys list)", file=sys.stderr)  # a key is never echoed
         return 1
     print(f"Revoked {key.id} ({key.user_id}@{key.workspace_id}).", file=out)
     return 0

@@ -152,17 +152,24 @@ class KeyRing:
         return sorted(keys, key=lambda k: (k.created_at, k.id))
 
     def revoke(self, key_id: str) -> ProxyKey | None:
-        """Revoke the key with ``key_id``; its record, or None if there is no such key. Revoking
-        twice keeps the first revocation time."""
+        """Revoke the key with ``key_id``, or the key itself (``pk-…``: one that leaked, whose ID
+        its holder may not know); its record, or None if there is no such key. Revoking twice
+        keeps the first revocation time."""
+        if key_id.startswith(KEY_PREFIX):
+            blob_key = _BLOB_PREFIX + hash_key(key_id)
+            data = self._store.blob_get(blob_key)
+            return None if data is None else self._revoked(blob_key, ProxyKey.from_json(data))
         for blob_key, data in self._store.blob_scan(_BLOB_PREFIX):
             key = ProxyKey.from_json(data)
-            if key.id != key_id:
-                continue
-            if key.revoked:
-                self._forget(blob_key)
-                return key
-            revoked = replace(key, revoked_at=self._clock())
-            self._store.blob_put_many({blob_key: revoked.to_json()})
-            self._forget(blob_key)
-            return revoked
+            if key.id == key_id:
+                return self._revoked(blob_key, key)
         return None
+
+    def _revoked(self, blob_key: str, key: ProxyKey) -> ProxyKey:
+        if key.revoked:
+            self._forget(blob_key)
+            return key
+        revoked = replace(key, revoked_at=self._clock())
+        self._store.blob_put_many({blob_key: revoked.to_json()})
+        self._forget(blob_key)
+        return revoked
