@@ -29,6 +29,7 @@ __all__ = [
     "CachedAnswer",
     "ExactCache",
     "StandaloneQuestion",
+    "compatibility_form",
     "normalize_question",
     "well_formed",
 ]
@@ -41,12 +42,28 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # "C++", "C#", "-1", "5€" and an emoji-only question keep them.
 _EDGE = "\\s\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff.,;:!?¿¡…'\"“”‘’«»()\\[\\]{}。、"
 _EDGE_PUNCT = re.compile(f"^[{_EDGE}]+|[{_EDGE}]+$")
+# Superscripts and subscripts keep a mark under compatibility folding: NFKC alone makes "2³" the
+# text "23" and "x₁" "x1", other questions. "2³" is then "2^3", as one would type it.
+_RAISED_LOWERED = {
+    code: ("^" if tag == "<super>" else "_") + unicodedata.normalize("NFKC", chr(code))
+    for code in range(0x80, 0x20000)
+    if (tag := unicodedata.decomposition(chr(code)).partition(" ")[0]) in ("<super>", "<sub>")
+}
 
 
 def well_formed(text: str) -> str:
     """``text`` with each lone surrogate (JSON's ``"\\ud800"`` decodes to one) replaced by U+FFFD, so
     it can be encoded as UTF-8: for a key, a store or an embedder's tokenizer."""
     return _LONE_SURROGATE.sub("\ufffd", text)
+
+
+def compatibility_form(text: str) -> str:
+    """``text`` under Unicode compatibility folding (NFKC: full-width letters, ligatures, "①" are
+    their plain forms), except that a superscript or subscript keeps a mark: "2³" is "2^3", never
+    "23"."""
+    if not text.isascii():
+        text = text.translate(_RAISED_LOWERED)
+    return unicodedata.normalize("NFKC", text)
 
 
 def normalize_question(text: str) -> str:
@@ -56,7 +73,7 @@ def normalize_question(text: str) -> str:
     at the ends ("How do I deploy?" == "how do i deploy"). Symbols are kept wherever they are: they
     can carry meaning ("v1.2", "What is C++?", "-1", "🍕"). A question of punctuation alone keeps it.
     """
-    folded = _SPACE.sub(" ", unicodedata.normalize("NFKC", well_formed(text)).casefold())
+    folded = _SPACE.sub(" ", compatibility_form(well_formed(text)).casefold())
     return _EDGE_PUNCT.sub("", folded) or folded.strip()
 
 

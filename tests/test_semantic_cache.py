@@ -239,6 +239,25 @@ def test_symbols_at_the_ends_of_a_question_are_not_dropped_by_the_exact_match(
         assert ask(gw, f"{cached.lower().rstrip('?')}.").cache_status == "exact"
 
 
+@pytest.mark.parametrize(
+    ("cached", "asked"),
+    [
+        ("What is 23?", "What is 2³?"),
+        ("Is the flat 50 m2?", "Is the flat 50 m²?"),
+    ],
+)
+def test_questions_that_differ_in_meaning_but_fold_to_the_same_text_are_not_served(
+    make_gateway: Callable[..., Gateway], fake: FakeOpenAI, cached: str, asked: str
+) -> None:
+    """Unicode compatibility folding made a superscript a plain digit: "What is 2³?" was an exact
+    match of "What is 23?", and got its answer."""
+    gw = make_gateway()
+    ask(gw, cached)
+    assert ask(gw, asked).cache_status == "miss"
+    assert ask(gw, asked).cache_status == "exact"  # still the same text as itself
+    assert fake.count("chat") == 2
+
+
 def test_a_very_long_question_is_matched_exactly_and_never_compared_word_by_word(
     make_gateway: Callable[..., Gateway], fake: FakeOpenAI, store: Store
 ) -> None:

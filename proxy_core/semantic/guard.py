@@ -60,6 +60,8 @@ from functools import lru_cache
 import numpy as np
 from numpy.typing import NDArray
 
+from proxy_core.cache import compatibility_form
+
 __all__ = [
     "Analysis", "Comparison", "GuardSettings", "NearMissGuard", "Verdict", "Word", "WordVectors", "antonymous", "stem",
 ]  # fmt: skip
@@ -1117,7 +1119,7 @@ def _is_entity(token: str, sentence_start: bool) -> bool:
 def _tokenise(question: str) -> tuple[list[str], set[int], set[str]]:
     """Tokens as written (contractions and hyphenated words split), the indexes that start a
     sentence, and hyphenated words joined ("e-mail" → "email") to match either spelling."""
-    text = unicodedata.normalize("NFKC", question).translate(_APOSTROPHES)
+    text = compatibility_form(question).translate(_APOSTROPHES)
     tokens: list[str] = []
     starts: set[int] = set()
     joined: set[str] = set()
@@ -1154,7 +1156,7 @@ def _unread(question: str) -> tuple[str, ...]:
     """The words and symbols of ``question`` the tokens do not cover, case-folded and sorted: every
     run of word characters or symbol holding a letter, digit, mark or symbol outside a token
     (text in another script, an accented word, an emoji, ``<``, ``=``, ``₹``)."""
-    text = unicodedata.normalize("NFKC", question).translate(_APOSTROPHES)
+    text = compatibility_form(question).translate(_APOSTROPHES)
     rest = _TOKEN.sub(" ", text)  # the characters no token covers
     if rest.isascii() and _ASCII_READABLE.search(rest) is None:
         return ()  # nearly every question: its letters, digits and symbols are all in tokens
