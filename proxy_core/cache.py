@@ -69,12 +69,21 @@ def compatibility_form(text: str) -> str:
 def normalize_question(text: str) -> str:
     """The form under which two questions count as the same text.
 
-    Unicode-compatibility folding, case folding, collapsed white space, and no sentence punctuation
-    at the ends ("How do I deploy?" == "how do i deploy"). Symbols are kept wherever they are: they
-    can carry meaning ("v1.2", "What is C++?", "-1", "🍕"). A question of punctuation alone keeps it.
+    Unicode-compatibility folding (:func:`compatibility_form`), case folding (keeping "ß"), collapsed
+    white space, and no sentence punctuation at the ends ("How do I deploy?" == "how do i deploy").
+    Symbols are kept wherever they are: they can carry meaning ("v1.2", "What is C++?", "-1", "🍕").
+    A question of punctuation alone keeps it.
     """
-    folded = _SPACE.sub(" ", compatibility_form(well_formed(text)).casefold())
+    folded = _SPACE.sub(" ", _case_folded(compatibility_form(well_formed(text))))
     return _EDGE_PUNCT.sub("", folded) or folded.strip()
+
+
+def _case_folded(text: str) -> str:
+    """Case folding that keeps "ß": casefold() makes it "ss", and "in Maßen" (in moderation) the
+    text of "in Massen" (in crowds). Capital "ẞ" is its upper case."""
+    if "ß" not in text and "ẞ" not in text:
+        return text.casefold()
+    return "ß".join(part.casefold() for part in text.replace("ẞ", "ß").split("ß"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -244,13 +244,15 @@ def test_symbols_at_the_ends_of_a_question_are_not_dropped_by_the_exact_match(
     [
         ("What is 23?", "What is 2³?"),
         ("Is the flat 50 m2?", "Is the flat 50 m²?"),
+        ("Darf ich Bier in Massen trinken?", "Darf ich Bier in Maßen trinken?"),
     ],
 )
 def test_questions_that_differ_in_meaning_but_fold_to_the_same_text_are_not_served(
     make_gateway: Callable[..., Gateway], fake: FakeOpenAI, cached: str, asked: str
 ) -> None:
     """Unicode compatibility folding made a superscript a plain digit: "What is 2³?" was an exact
-    match of "What is 23?", and got its answer."""
+    match of "What is 23?", and got its answer. Case folding made "ß" "ss": beer "in Maßen" (in
+    moderation) was served the answer about beer "in Massen" (by the crate)."""
     gw = make_gateway()
     ask(gw, cached)
     assert ask(gw, asked).cache_status == "miss"
