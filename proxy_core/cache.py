@@ -40,8 +40,12 @@ _SPACE = re.compile(r"\s+")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # White space, invisible format characters and sentence punctuation, at either end. Not symbols:
 # "C++", "C#", "-1", "5€" and an emoji-only question keep them.
-_EDGE = "\\s\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff.,;:!?¿¡…'\"“”‘’«»()\\[\\]{}。、"
+_EDGE = "\\s\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff.,;:!?¿¡…。、"
 _EDGE_PUNCT = re.compile(f"^[{_EDGE}]+|[{_EDGE}]+$")
+# Quotes and brackets go only in pairs around the whole question: a closing one alone can be what
+# is asked about ("What is []?" is not "What is {}?").
+_ENCLOSING = {"(": ")", "[": "]", "{": "}", '"': '"”', "'": "'’", "“": "”\"", "‘": "’'",
+              "«": "»", "„": "“”"}
 # Superscripts and subscripts keep a mark under compatibility folding: NFKC alone makes "2³" the
 # text "23" and "x₁" "x1", other questions. "2³" is then "2^3", as one would type it.
 _RAISED_LOWERED = {
@@ -75,7 +79,13 @@ def normalize_question(text: str) -> str:
     A question of punctuation alone keeps it.
     """
     folded = _SPACE.sub(" ", _case_folded(compatibility_form(well_formed(text))))
-    return _EDGE_PUNCT.sub("", folded) or folded.strip()
+    bare = _EDGE_PUNCT.sub("", folded)
+    while len(bare) > 2 and bare[-1] in _ENCLOSING.get(bare[0], ""):
+        inner = _EDGE_PUNCT.sub("", bare[1:-1])
+        if not inner:
+            break
+        bare = inner
+    return bare or folded.strip()
 
 
 def _case_folded(text: str) -> str:

@@ -224,13 +224,15 @@ def test_an_answer_paid_for_reaches_the_asker_when_caching_it_fails_on_text_the_
         ("Is the fee 5€?", "Is the fee 5$?"),
         ("🍕", "🍔"),
         ("???", "!!!"),
+        ("What is []?", "What is {}?"),
     ],
 )
 def test_symbols_at_the_ends_of_a_question_are_not_dropped_by_the_exact_match(
     make_gateway: Callable[..., Gateway], fake: FakeOpenAI, cached: str, asked: str
 ) -> None:
     """Only white space and sentence punctuation at the ends are dropped: "What is C++?" used to be
-    an exact match of "What is C?", and every emoji-only question of every other (both were "")."""
+    an exact match of "What is C?", and every emoji-only question of every other (both were "");
+    and "What is {}?" of "What is []?" (brackets and quotes at an end went too)."""
     gw = make_gateway()
     ask(gw, cached)
     assert ask(gw, asked).cache_status != "exact"
