@@ -34,6 +34,7 @@ from bot.slack.app import (
     socket_mode_handler,
 )
 from bot.slack.conversation import MAX_QUESTION_CHARS, strip_mentions, thread_history
+from bot.slack.delivery import ANSWER_NOT_POSTED_NOTE, REST_NOT_POSTED_NOTE, THREADS_KIND
 from bot.slack.feedback import ACTION_FRESH_ANSWER
 from bot.slack.middleware import InstalledWorkspaceOnly
 from bot.slack.pacing import DrainingExecutor, WorkTurns
@@ -41,7 +42,7 @@ from bot.slack.render import ACTION_FEEDBACK, ACTION_FEEDBACK_DOWN, ACTION_FEEDB
 from bot.slack.working import WorkingIndicator
 from proxy_core import Accounts, PennySettings
 from proxy_core.stores.sqlite import SqliteStore
-from tests.fake_slack import FakeSlack, SlackCall
+from tests.fake_slack import FakeSlack, SlackCall, SlackFault
 from tests.slack_harness import (
     ANSWER,
     BOT_ID,
@@ -609,6 +610,45 @@ def test_a_429_on_post_message_is_retried_and_the_answer_arrives(penny: Harness,
     assert (limited.status, delivered.status) == (429, 200)
     assert delivered.blocks == limited.blocks
     wait_cleared(slack)
+
+
+LONG_ANSWER = Answer(kind="answer", text="\n\n".join(f"Step {n}: " + "run the deploy script. " * 200
+                                                     for n in range(1, 13)),
+                     citations=CITATIONS, footer="gpt-4.1-mini · 9,000 tokens · $0.0100", entry_id="entry-long")
+
+
+@pytest.mark.parametrize("fault", [SlackFault(500, {"ok": False, "error": "internal_error"}),
+                                   SlackFault(200, {"ok": False, "error": "msg_too_long"})],
+                         ids=["http_500", "msg_too_long"])
+@pytest.mark.parametrize("posted_first", [False, True], ids=["first_message", "second_message"])
+def test_an_answer_slack_will_not_post_in_the_thread_goes_to_the_asker_alone(
+    slack: FakeSlack, sqlite_store: SqliteStore, fault: SlackFault, posted_first: bool
+) -> None:
+    """A paid answer (or the rest of a long one) Slack refuses is shown to the asker privately,
+    saying so, once: it used to vanish, leaving nothing (or half an answer without its sources)."""
+    penny = Harness(slack, sqlite_store, ScriptedAnswerer(LONG_ANSWER))
+    if posted_first:
+        slack.script("chat.postMessage", SlackFault(200, {"ok": True, "channel": "C1", "ts": "1700000200.000001"}))
+    slack.script("chat.postMessage", fault)
+    try:
+        penny.event(mention("<@UPENNY> how do I deploy?"))
+        wait_cleared(slack)
+    finally:
+        penny.settle()
+    posts = slack.calls("chat.postMessage")
+    assert len(posts) == 1 + posted_first  # nothing posted twice, nothing after the refused one
+    shown = slack.calls("chat.postEphemeral")
+    assert shown, "the answer was lost"
+    assert all(c.params["user"] == "U1" and c.params["thread_ts"] == ROOT for c in shown)
+    assert shown[0].blocks[0] == {"type": "context", "elements": [{"type": "mrkdwn", "text": (
+        REST_NOT_POSTED_NOTE if posted_first else ANSWER_NOT_POSTED_NOTE)}]}
+    assert shown[0].blocks[1:] == posts[-1].blocks  # from the refused message on, nothing skipped
+    last = all_text(shown[-1].blocks)
+    assert "Step 12" in last and "$0.0100" in last  # the end of the answer, with its cost line
+    everything = " ".join(all_text(c.blocks) for c in shown)
+    assert "127.0.0.1" not in everything and "internal_error" not in everything and "msg_too_long" not in everything
+    if posted_first:  # Penny did post in the thread: a later reply there is heard
+        assert sqlite_store.record_get(THREADS_KIND, f"{TEAM}:C1:{ROOT}") == "1"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,8 +49,10 @@ from proxy_core import Clock, Record, RecordStore, StoreError, get_logger
 
 __all__ = [
     "ANSWERS_KIND",
+    "ANSWER_NOT_POSTED_NOTE",
     "ANSWER_TTL_S",
     "NOT_POSTED_NOTE",
+    "REST_NOT_POSTED_NOTE",
     "THREADS_KIND",
     "THREAD_TTL_S",
     "Delivery",
@@ -69,6 +71,10 @@ ANSWERS_KIND: Final = "slack:answers"  # workspace:channel:ts of an answer → i
 # On an answer Slack would not post where it was asked, shown to the clicker alone instead.
 NOT_POSTED_NOTE: Final = (":lock: I can't post in this channel any more (I may have been removed from it), "
                           "so only you can see this answer.")
+# On an answer (or the rest of one) Slack would not take in the thread, shown to the asker alone instead.
+ANSWER_NOT_POSTED_NOTE: Final = ":warning: Slack would not post my answer in the thread, so only you can see it."
+REST_NOT_POSTED_NOTE: Final = (":warning: Slack would not post the rest of my answer in the thread, "
+                               "so only you can see it.")
 # Streaming errors no later answer can get past: streaming stays off until Penny restarts.
 STREAMING_UNAVAILABLE: Final = frozenset({"unknown_method", "missing_scope", "not_allowed_token_type"})
 
@@ -172,7 +178,8 @@ class Delivery:
         answer's first message (or deleted, for a refusal). With ``privately`` (a click's
         ``respond``), an answer Slack refuses to post where it was asked (Penny was removed from the
         channel, or it was archived, since the click's offer) goes to the clicker alone through it:
-        it was paid for, so it is not lost."""
+        it was paid for, so it is not lost. Without it, what Slack would not post goes to the asker
+        alone (``chat.postEphemeral``)."""
         if answer.kind in ("refused", "error"):
             if streamed_ts is not None:
                 _delete(client, target, streamed_ts)
@@ -197,17 +204,11 @@ class Delivery:
                                                 entry_id=answer.entry_id, cached=answer.cached))
             texts = [fallback_text(answer.text)] if len(messages) == 1 else [message_text(m) for m in messages]
         messages[0] = _with_note(messages[0], note)
-        try:
-            last_ts = self.post(client, target, messages, texts, replace_ts=streamed_ts)
-        except SlackApiError as exc:
-            if privately is None:
-                raise
-            _log.warning("slack.answer_not_posted", channel=target.channel, error=exc, shown_to="clicker")
-            messages[0] = _with_note(messages[0], NOT_POSTED_NOTE)
-            for blocks in messages:
-                privately(blocks=blocks, text=message_text(blocks), response_type="ephemeral",
-                          replace_original=False, **in_thread(target.thread_ts))
+        posted = self._post(client, target, messages, texts, replace_ts=streamed_ts)
+        if posted.error is not None:
+            self._show_unposted(client, target, messages[posted.count:], posted, privately)
             return
+        last_ts = posted.last_ts
         if answer.kind in ("answer", "extractive") and answer.citations:
             first = answer.citations[0]
             self.asked.add(target.workspace_id, first.path, first.title or first.path)
@@ -227,20 +228,72 @@ class Delivery:
         replace_ts: str | None = None,
     ) -> str | None:
         """Post ``messages`` in order (in the thread, if any); the last message's ts. With
-        ``replace_ts`` (a streamed message), the first message replaces that one instead."""
-        last_ts: str | None = None
+        ``replace_ts`` (a streamed message), the first message replaces that one instead. Raises
+        what the first post Slack refused raised."""
+        posted = self._post(client, target, messages, texts, replace_ts=replace_ts)
+        if posted.error is not None:
+            raise posted.error
+        return posted.last_ts
+
+    def _post(
+        self,
+        client: WebClient,
+        target: Target,
+        messages: list[list[Block]],
+        texts: Sequence[str] | None,
+        *,
+        replace_ts: str | None,
+    ) -> _Posted:
+        """Post ``messages`` in order until one fails (see :meth:`post`): how many went out."""
+        posted = _Posted()
         for index, blocks in enumerate(messages):
             text = texts[index] if texts is not None and index < len(texts) else message_text(blocks)
             if index == 0 and replace_ts is not None and _replace(client, target, replace_ts, blocks, text):
-                last_ts = replace_ts
+                posted.last_ts, posted.count = replace_ts, 1
                 continue
-            response = client.chat_postMessage(channel=target.channel, blocks=blocks, text=text, unfurl_links=False,
-                                               unfurl_media=False, **in_thread(target.thread_ts))
-            last_ts = str(response.get("ts") or "") or None
-        if target.thread_ts:
+            try:
+                response = client.chat_postMessage(channel=target.channel, blocks=blocks, text=text,
+                                                   unfurl_links=False, unfurl_media=False,
+                                                   **in_thread(target.thread_ts))
+            except Exception as exc:
+                posted.error = exc
+                break
+            posted.last_ts, posted.count = str(response.get("ts") or "") or None, index + 1
+        if target.thread_ts and posted.count:
             remember(self.store, Record(THREADS_KIND, f"{target.workspace_id}:{target.channel}:{target.thread_ts}",
                                         "1", THREAD_TTL_S))
-        return last_ts
+        return posted
+
+    def _show_unposted(self, client: WebClient, target: Target, messages: list[list[Block]], posted: _Posted,
+                       privately: Respond | None) -> None:
+        """Show the asker alone the ``messages`` of an answer Slack would not post in the thread
+        (after ``posted.count`` that it did post), through ``privately`` (a click's ``respond``) or
+        ``chat.postEphemeral``; logged when that fails too."""
+        _log.warning("slack.answer_not_posted", channel=target.channel, posted=posted.count, error=posted.error,
+                     shown_to="clicker" if privately is not None else "asker")
+        note = (NOT_POSTED_NOTE if privately is not None
+                else REST_NOT_POSTED_NOTE if posted.count else ANSWER_NOT_POSTED_NOTE)
+        messages = [_with_note(messages[0], note), *messages[1:]]
+        try:
+            for blocks in messages:
+                if privately is not None:
+                    privately(blocks=blocks, text=message_text(blocks), response_type="ephemeral",
+                              replace_original=False, **in_thread(target.thread_ts))
+                else:
+                    client.chat_postEphemeral(channel=target.channel, user=target.user, blocks=blocks,
+                                              text=message_text(blocks), **in_thread(target.thread_ts))
+        except Exception as exc:
+            _log.error("slack.answer_lost", channel=target.channel, error=exc, first_error=posted.error)
+
+
+@dataclass
+class _Posted:
+    """How far posting an answer's messages got: ``count`` posted, the last at ``last_ts``, and
+    the ``error`` that stopped the next one (None: all were posted)."""
+
+    count: int = 0
+    last_ts: str | None = None
+    error: Exception | None = None
 
 
 def knows_thread(store: RecordStore, workspace: str, channel: str, thread_ts: str) -> bool:
