@@ -48,8 +48,9 @@ Answers (``{"ok": true, ...}``):
 
 Faults are scripted per method and consumed one per call, in order: :meth:`FakeSlack.rate_limit`
 (HTTP 429 with ``Retry-After``), :meth:`FakeSlack.fail` (``{"ok": false, "error": ...}``, HTTP
-200 like Slack, or another status). :meth:`FakeSlack.respond` overrides a method's answer for
-good. The server prints nothing and is thread-safe.
+200 like Slack, or another status), :meth:`FakeSlack.hang_up` (the call takes effect, then the
+connection closes before the answer, as when a connection drops once Slack has the request).
+:meth:`FakeSlack.respond` overrides a method's answer for good. The server prints nothing and is thread-safe.
 
 :meth:`FakeSlack.messages` replays the recorded calls into what a channel would show now: posted
 and streamed messages, with appends, stops, updates and deletions applied.
@@ -146,6 +147,7 @@ class SlackFault:
     status: int = 200
     body: Mapping[str, Any] = field(default_factory=lambda: {"ok": False, "error": "internal_error"})
     headers: tuple[tuple[str, str], ...] = ()
+    hang_up: bool = False  # answer as usual (the call takes effect), but close without sending it
 
 
 @dataclass
@@ -212,6 +214,10 @@ class FakeSlack(FakeServer):
     def fail(self, method: str, error: str = "internal_error", *, times: int = 1, status: int = 200) -> None:
         """Answer the next ``times`` calls to ``method`` with ``{"ok": false, "error": error}``."""
         self._script(method, SlackFault(status, {"ok": False, "error": error}), times)
+
+    def hang_up(self, method: str, *, times: int = 1) -> None:
+        """Carry out the next ``times`` calls to ``method``, then close their connections unanswered."""
+        self._script(method, SlackFault(hang_up=True), times)
 
     def script(self, method: str, *faults: SlackFault) -> None:
         """Queue arbitrary faults for ``method``, one per call."""
@@ -375,15 +381,15 @@ class FakeSlack(FakeServer):
 
     # -- request handling (server threads) ---------------------------------------------------
 
-    def _record(self, call: SlackCall) -> tuple[int, Mapping[str, Any], tuple[tuple[str, str], ...]]:
-        """Record ``call`` and decide the answer: (status, body, headers)."""
+    def _record(self, call: SlackCall) -> tuple[int, Mapping[str, Any], tuple[tuple[str, str], ...], bool]:
+        """Record ``call`` and decide the answer: (status, body, headers, whether to hang up instead)."""
         with self._state.changed:
             faults = self._state.faults.get(call.method)
             fault = faults.popleft() if faults else None
             responder = self._state.responders.get(call.method)
             self._state.next_ts += 1
             serial = self._state.next_ts
-        if fault is not None:
+        if fault is not None and not fault.hang_up:
             status, body, headers = fault.status, fault.body, fault.headers
         elif responder is not None:
             status, body, headers = 200, responder(call), ()
@@ -392,7 +398,7 @@ class FakeSlack(FakeServer):
         with self._state.changed:
             self._state.calls.append(dataclasses.replace(call, status=status, response=body))
             self._state.changed.notify_all()
-        return status, body, headers
+        return status, body, headers, fault is not None and fault.hang_up
 
     def _headers(self, call: SlackCall) -> tuple[tuple[str, str], ...]:
         if call.method == "auth.test":
@@ -739,5 +745,8 @@ class _Handler(QuietHandler):
             path=parts.path,
             at=time.monotonic(),
         )
-        status, body, headers = self.server.fake._record(call)
+        status, body, headers, hang_up = self.server.fake._record(call)
+        if hang_up:
+            self.close_connection = True
+            return
         self._send_raw(status, json.dumps(body).encode(), "application/json; charset=utf-8", headers)

@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import copy
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from http.client import RemoteDisconnected
 from pathlib import Path
 from typing import Any
+from urllib.error import URLError
 
 import pytest
 import structlog
 import yaml  # type: ignore[import-untyped]  # PyYAML ships no stubs; types-PyYAML is not installed
 from slack_bolt import App, BoltRequest
-from slack_sdk.http_retry import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
+from slack_sdk.http_retry import ConnectionErrorRetryHandler, HttpRequest, RateLimitErrorRetryHandler, RetryState
 from slack_sdk.signature import SignatureVerifier
 
 from bot.answer import STORE_DOWN_TEXT
@@ -27,6 +30,7 @@ from bot.slack.answers import FILES_NOTE, FILES_ONLY_TEXT, FRESH_GONE_TEXT, HELP
 from bot.slack.app import (
     BOT_EVENTS,
     BOT_SCOPES,
+    ConnectionRetry,
     SlackSettings,
     _WaitingClients,
     build_app,
@@ -651,6 +655,38 @@ def test_an_answer_slack_will_not_post_in_the_thread_goes_to_the_asker_alone(
         assert sqlite_store.record_get(THREADS_KIND, f"{TEAM}:C1:{ROOT}") == "1"
 
 
+def test_an_answer_whose_connection_drops_after_slack_posted_it_is_not_posted_again(
+    penny: Harness, slack: FakeSlack
+) -> None:
+    """The connection drops once Slack has the post: the SDK's connection retry sent it again, and the
+    answer showed twice in the thread. Now it is posted once, and the asker alone gets a copy."""
+    slack.hang_up("chat.postMessage")
+    penny.event(mention("<@UPENNY> how do I deploy?"))
+    wait_cleared(slack)
+    penny.settle()
+    assert slack.count("chat.postMessage") == 1
+    assert len(slack.messages("C1")) == 1
+    [copy_] = slack.calls("chat.postEphemeral")
+    assert copy_.blocks[0]["elements"][0]["text"] == ANSWER_NOT_POSTED_NOTE
+
+
+@pytest.mark.parametrize(("method", "error", "retried"), [
+    ("chat.postMessage", URLError(ConnectionRefusedError(111, "Connection refused")), True),
+    ("chat.postMessage", URLError(socket.gaierror(-2, "Name or service not known")), True),
+    ("chat.postMessage", RemoteDisconnected("Remote end closed connection without response"), False),
+    ("chat.postMessage", ConnectionResetError(104, "Connection reset by peer"), False),
+    ("chat.startStream", ConnectionResetError(104, "Connection reset by peer"), False),
+    ("chat.appendStream", URLError(ConnectionResetError(104, "Connection reset by peer")), False),
+    ("chat.update", RemoteDisconnected("Remote end closed connection without response"), True),
+    ("reactions.remove", ConnectionResetError(104, "Connection reset by peer"), True),
+])
+def test_a_post_is_retried_after_a_connection_error_only_when_it_never_reached_slack(
+    method: str, error: Exception, retried: bool
+) -> None:
+    request = HttpRequest(method="POST", url=f"https://slack.com/api/{method}", headers={})
+    assert ConnectionRetry(max_retry_count=2).can_retry(state=RetryState(), request=request, error=error) is retried
+
+
 # ---------------------------------------------------------------------------------------------
 # Feedback and fresh answers
 
@@ -1001,7 +1037,7 @@ def test_settings_hide_secrets_and_the_client_retries_slack_rate_limits(slack: F
     client = make_client(settings)
     assert client.base_url == slack.base_url
     kinds = {type(h) for h in client.retry_handlers}
-    assert {RateLimitErrorRetryHandler, ConnectionErrorRetryHandler} <= kinds
+    assert RateLimitErrorRetryHandler in kinds and any(issubclass(k, ConnectionErrorRetryHandler) for k in kinds)
     default = make_client(SlackSettings(bot_token=TOKEN, signing_secret=SECRET))
     assert default.base_url == "https://slack.com/api/"
 
@@ -1019,7 +1055,7 @@ def test_a_client_made_with_waiting_makes_each_call_and_its_retries_inside_it(sl
     client = make_client(settings, waiting=waiting)
     client.chat_postMessage(channel="C1", text="hi")
     assert calls_inside == [0, 1]  # the call, entered before it reached Slack and left after
-    assert {type(h) for h in client.retry_handlers} >= {RateLimitErrorRetryHandler, ConnectionErrorRetryHandler}
+    assert {type(h) for h in client.retry_handlers} >= {RateLimitErrorRetryHandler, ConnectionRetry}
     assert type(copy.copy(client)) is type(client)  # a stream's copy of it lends the turn too
 
 

@@ -14,24 +14,34 @@ Where things are:
 - :mod:`bot.slack.conversation`: what Penny reads of a payload and of a thread (pure).
 
 Every Web API call goes through a client with the SDK's retry handlers for Slack's rate limits
-(HTTP 429, honouring ``Retry-After``) and for connection errors (:func:`make_client`). In an HTTP
+(HTTP 429, honouring ``Retry-After``) and for connection errors (:func:`make_client`; a post or
+append only when it never reached Slack, :class:`ConnectionRetry`). In an HTTP
 worker, each listener's calls, those retries' waits included, lend its turn (``WorkTurns``).
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Final
+from urllib.error import URLError
+from urllib.parse import urlsplit
 
 from slack_bolt import App, Assistant, BoltRequest, BoltResponse, Respond
 from slack_bolt.middleware import Middleware
 from slack_sdk import WebClient
-from slack_sdk.http_retry import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
+from slack_sdk.http_retry import (
+    ConnectionErrorRetryHandler,
+    HttpRequest,
+    HttpResponse,
+    RateLimitErrorRetryHandler,
+    RetryState,
+)
 from slack_sdk.web import SlackResponse
 from slack_sdk.webhook import WebhookResponse
 
@@ -56,6 +66,8 @@ from proxy_core import Accounts, Clock, Store, get_logger
 __all__ = [
     "BOT_EVENTS",
     "BOT_SCOPES",
+    "NOT_REPEATABLE",
+    "ConnectionRetry",
     "SlackSettings",
     "build_app",
     "make_client",
@@ -105,11 +117,34 @@ def make_client(settings: SlackSettings, *, waiting: Callable[[], AbstractContex
     ``waiting()``: an HTTP worker's listener lends its turn while Slack answers (``WorkTurns``), so
     answers sleeping out a rate limit never hold every turn. :func:`build_app` gives each request's
     listeners a client like it (:class:`_WaitingClients`)."""
-    handlers = [RateLimitErrorRetryHandler(max_retry_count=2), ConnectionErrorRetryHandler(max_retry_count=2)]
+    handlers = [RateLimitErrorRetryHandler(max_retry_count=2), ConnectionRetry(max_retry_count=2)]
     options: dict[str, Any] = {"token": settings.bot_token, "retry_handlers": handlers}
     if settings.api_url:
         options["base_url"] = settings.api_url if settings.api_url.endswith("/") else settings.api_url + "/"
     return WebClient(**options) if waiting is None else _WaitingWebClient(waiting, **options)
+
+
+# Web API methods that show something each time they are called: sent twice, it shows twice.
+NOT_REPEATABLE: Final = frozenset({"chat.postMessage", "chat.postEphemeral", "chat.startStream", "chat.appendStream"})
+
+
+class ConnectionRetry(ConnectionErrorRetryHandler):
+    """The SDK's retry of a call whose connection failed, except for a :data:`NOT_REPEATABLE` one
+    that may have reached Slack: a connection that drops once Slack has the request (reset, closed
+    unanswered) leaves it posted, and a retry posted it again. Those are retried only when the
+    connection was never made (refused, or no address for Slack's host)."""
+
+    def _can_retry(self, *, state: RetryState, request: HttpRequest, response: HttpResponse | None = None,
+                   error: Exception | None = None) -> bool:
+        if not super()._can_retry(state=state, request=request, response=response, error=error):
+            return False
+        return urlsplit(request.url).path.rsplit("/", 1)[-1] not in NOT_REPEATABLE or _never_sent(error)
+
+
+def _never_sent(error: Exception | None) -> bool:
+    """Whether ``error`` means the request never left: the connection was refused or had no address."""
+    reason = error.reason if isinstance(error, URLError) else None
+    return isinstance(reason, ConnectionRefusedError | socket.gaierror)
 
 
 class _WaitingWebClient(WebClient):

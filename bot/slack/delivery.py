@@ -72,9 +72,11 @@ ANSWERS_KIND: Final = "slack:answers"  # workspace:channel:ts of an answer → i
 NOT_POSTED_NOTE: Final = (":lock: I can't post in this channel any more (I may have been removed from it), "
                           "so only you can see this answer.")
 # On an answer (or the rest of one) Slack would not take in the thread, shown to the asker alone instead.
-ANSWER_NOT_POSTED_NOTE: Final = ":warning: Slack would not post my answer in the thread, so only you can see it."
-REST_NOT_POSTED_NOTE: Final = (":warning: Slack would not post the rest of my answer in the thread, "
-                               "so only you can see it.")
+# (Slack refused it, or the connection failed, when the post may have gone through after all.)
+ANSWER_NOT_POSTED_NOTE: Final = (":warning: Slack did not confirm it posted my answer in the thread, "
+                                 "so here it is, for you alone.")
+REST_NOT_POSTED_NOTE: Final = (":warning: Slack did not confirm it posted the rest of my answer in the thread, "
+                               "so here it is, for you alone.")
 # Streaming errors no later answer can get past: streaming stays off until Penny restarts.
 STREAMING_UNAVAILABLE: Final = frozenset({"unknown_method", "missing_scope", "not_allowed_token_type"})
 
