@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Literal, TextIO
 
 from bot.proxy.app import ProxyApp
 from bot.proxy.keys import PROXY_KEY_CACHE_S, KeyRing
-from bot.slack.server import NOT_READY_LINES, HTTPOptions, LogBudget, announce, ops_reply, run_arbiter
-from proxy_core import ConfigurationError, Gateway, PennySettings, StoreError, get_logger
+from bot.slack.server import HTTPOptions, StoreReadiness, announce, ops_reply, run_arbiter
+from proxy_core import ConfigurationError, Gateway, PennySettings, get_logger
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment
@@ -38,7 +38,7 @@ class ProxyWorker:
                             cache_scope=cache_scope)
         self._metrics = metrics
         self._metrics_token = settings.metrics_token
-        self._not_ready_lines = LogBudget(lines=NOT_READY_LINES)
+        self._store_ready = StoreReadiness(self.gateway.store, "proxy_not_ready")
 
     def wsgi(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         metrics = self._metrics if self._may_scrape(environ) else None  # else: the API's own 404
@@ -63,16 +63,7 @@ class ProxyWorker:
             return False
 
     def ready(self) -> str | None:
-        try:
-            self.gateway.store.ping()
-        except StoreError as exc:
-            # /readyz is on the API's public port: the store's host, port and driver error go to
-            # the log, never to whoever asks.
-            logged = self._not_ready_lines.take()
-            if logged is not None:
-                get_logger().warning("proxy_not_ready", error=str(exc), **logged)
-            return "store unreachable"
-        return None
+        return self._store_ready.problem()
 
     def pending(self) -> int:
         # A request is answered on its own thread: gunicorn's open connections count it (a streamed

@@ -67,8 +67,8 @@ if TYPE_CHECKING:
     from bot.slack.startup import SlackInstallation
 
 __all__ = [
-    "NOT_READY_LINES", "Backend", "EarlyAcks", "HTTPOptions", "LogBudget", "PennyWSGI", "PennyWorker", "Served",
-    "WorkerLoads", "announce", "ops_reply", "run_arbiter", "serve",
+    "Backend", "EarlyAcks", "HTTPOptions", "LogBudget", "PennyWSGI", "PennyWorker", "Served",
+    "StoreReadiness", "WorkerLoads", "announce", "ops_reply", "run_arbiter", "serve",
 ]
 
 EVENTS_PATH: Final = "/slack/events"
@@ -279,7 +279,25 @@ class LogBudget:
             return {"left_out": left_out} if left_out else {}
 
 
-NOT_READY_LINES: Final = 1  # per LogBudget window: a load balancer probes every few seconds; one line says it
+class StoreReadiness:
+    """``/readyz``'s store check: the store answers, or "store unreachable". The reply goes to
+    whoever reaches the port, so the store's host, port and driver error go to the log as ``event``,
+    one line per 10 s (a load balancer probes every few seconds; one line says it)."""
+
+    def __init__(self, store: Store, event: str) -> None:
+        self._store = store
+        self._event = event
+        self._lines = LogBudget(lines=1)
+
+    def problem(self) -> str | None:
+        try:
+            self._store.ping()
+        except StoreError as exc:
+            logged = self._lines.take()
+            if logged is not None:
+                _log.warning(self._event, error=str(exc), **logged)
+            return "store unreachable"
+        return None
 
 
 def _reject(start_response: StartResponse, rejection: Rejection, budget: LogBudget) -> list[bytes]:
@@ -301,7 +319,7 @@ class _Worker:
         from bot.slack.runner import LISTENER_THREADS, penny_app, slack_settings
 
         self.backend = backend
-        self._not_ready_lines = LogBudget(lines=NOT_READY_LINES)
+        self._store_ready = StoreReadiness(backend.store, "slack.not_ready")
         acks_first = AcksFirst()
         self.listeners = DrainingExecutor(LISTENER_THREADS, acks_first=acks_first, turns=turns)
         self.listeners.start_threads()
@@ -316,15 +334,9 @@ class _Worker:
 
     def ready(self) -> str | None:
         """Why this worker cannot answer yet (store unreachable, no docs index), or None."""
-        try:
-            self.backend.store.ping()
-        except StoreError as exc:
-            # /readyz answers whoever reaches the port: the store's host, port and driver error go
-            # to the log, never into the reply.
-            logged = self._not_ready_lines.take()
-            if logged is not None:
-                _log.warning("slack.not_ready", error=str(exc), **logged)
-            return "store unreachable"
+        problem = self._store_ready.problem()
+        if problem is not None:
+            return problem
         index = getattr(self.backend.service, "index", None)
         if index is not None and index.version == 0:
             return "no docs index loaded yet"
