@@ -420,7 +420,6 @@ class _DeadlineSocket(socket.socket):
 ACCEPTS_AT_ONCE: Final = 64
 BALANCE_SLACK: Final = 4  # how much busier than the least busy other worker a worker may get in one go
 ACCEPT_PAUSE_S: Final = 0.001  # how long a busier worker leaves the backlog to the others
-MADE_ROOM_LOG_EVERY_S: Final = 10.0  # at the connection cap, one log line at most this often per worker
 
 
 class WorkerLoads:
@@ -506,9 +505,11 @@ class PennyWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn ships no type
     penny_slot: int | None = None  # this worker's in ``loads``, given by the arbiter before the fork
     # The worker's first load is published as its loop starts (``notify``): not while it boots.
     _closer: ThreadPoolExecutor
+    _made_room_lines: LogBudget  # at the connection cap: one line per 10 s, counting the connections closed
 
     def init_process(self) -> None:
         self._closer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="penny-close")
+        self._made_room_lines = LogBudget(lines=1)
         super().init_process()  # runs the worker until it stops
 
     def _keepalive_after(self, conn: TConn, keepalive: bool) -> bool:
@@ -563,9 +564,6 @@ class PennyWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn ships no type
 
     # -- at the connection cap (HTTPOptions.connections) ---------------------------------------------
 
-    _made_room: int = 0  # connections closed to make room since the last log line
-    _made_room_logged: float = 0.0
-
     def _can_make_room(self) -> bool:
         return bool(self.keepalived_conns or self.pending_conns)
 
@@ -583,12 +581,10 @@ class PennyWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn ships no type
             self.poller.unregister(conn.sock)
         self.nr_conns -= 1
         conn.close()
-        self._made_room += 1
-        now = time.monotonic()
-        if now - self._made_room_logged >= MADE_ROOM_LOG_EVERY_S:
-            _log.warning("http.connections_full", closed_waiting=self._made_room, cap=self.worker_connections,
-                         pid=os.getpid())
-            self._made_room, self._made_room_logged = 0, now
+        logged = self._made_room_lines.take()
+        if logged is not None:
+            _log.warning("http.connections_full", closed_waiting=1 + logged.get("left_out", 0),
+                         cap=self.worker_connections, pid=os.getpid())
         return True
 
     def set_accept_enabled(self, enabled: bool) -> None:
