@@ -9,13 +9,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import structlog
 from slack_sdk import WebClient
 from slack_sdk.http_retry import builtin_handlers
 
 from bot.slack.app import SlackSettings, make_client
 from bot.slack.working import WorkingIndicator
 from proxy_core.clock import ManualClock
-from tests.fake_slack import FakeSlack, SlackCall
+from tests.fake_slack import FakeSlack, SlackCall, SlackFault
 
 TS = "1700000100.000100"
 
@@ -142,6 +143,50 @@ def test_a_throttled_removal_is_retried_so_no_reaction_is_left_behind(
     assert len(waits) == 1 and 0 <= waits[0] < 1  # Retry-After: 0, honoured once
 
 
+def test_a_reaction_slack_answered_with_a_5xx_may_be_on_so_it_is_taken_off_after(
+    slack: FakeSlack, client: WebClient
+) -> None:
+    # A 5xx does not say the reaction was not added: left on, the 👀 would say Penny still works.
+    slack.fail("reactions.add", status=500)
+    slack.fail("reactions.remove", "no_reaction")  # it had not been added after all
+    indicator = WorkingIndicator(workers=0)
+    working = indicator.show(client, "C1", TS)
+    with structlog.testing.capture_logs() as logs:
+        working.done()
+    assert [(c.method, c.status) for c in slack.calls()] == [("reactions.add", 500), ("reactions.remove", 200)]
+    assert [e["event"] for e in logs] == []  # nothing to warn about: it was off already
+
+
+def test_a_reaction_whose_connection_broke_after_slack_added_it_is_taken_off(
+    slack: FakeSlack, client: WebClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The client's connection retry adds it again; Slack says it is on already: it is.
+    monkeypatch.setattr(builtin_handlers, "time", SimpleNamespace(sleep=lambda _s: None))
+    slack.script("reactions.add", SlackFault(hang_up=True), SlackFault(body={"ok": False, "error": "already_reacted"}))
+    indicator = WorkingIndicator(workers=0)
+    working = indicator.show(client, "C1", TS)
+    working.done()
+    assert reactions(slack) == ["reactions.add", "reactions.add", "reactions.remove"]
+
+
+def test_a_reaction_slack_refused_is_not_taken_off(slack: FakeSlack, client: WebClient) -> None:
+    slack.fail("reactions.add", "too_many_reactions")  # a refusal that says it was not added
+    indicator = WorkingIndicator(workers=0)
+    working = indicator.show(client, "C1", TS)
+    working.done()
+    assert reactions(slack) == ["reactions.add"]
+
+
+def test_a_removal_slack_answered_with_a_5xx_is_retried(slack: FakeSlack, client: WebClient) -> None:
+    waits: list[float] = []
+    slack.fail("reactions.remove", status=503, times=2)
+    indicator = WorkingIndicator(workers=0, sleep=waits.append)
+    working = indicator.show(client, "C1", TS)
+    working.done()
+    assert [c.status for c in slack.calls("reactions.remove")] == [503, 503, 200]
+    assert waits == [0.5, 1.0]
+
+
 def test_closing_cancels_reactions_not_made_yet(slack: FakeSlack, client: WebClient) -> None:
     indicator = WorkingIndicator(grace_s=60, workers=2)
     working = indicator.show(client, "C1", TS)
@@ -212,6 +257,16 @@ def test_writing_while_the_status_is_being_set_never_outlives_the_answer(slack: 
     slack.wait_for("assistant.threads.setStatus", 2)
     indicator.close()
     assert statuses(slack) == ["is searching the docs…", ""]  # cleared last; "writing" never shown after
+
+
+def test_a_status_slack_answered_with_a_5xx_is_cleared_after_the_answer(slack: FakeSlack,
+                                                                        client: WebClient) -> None:
+    slack.fail("assistant.threads.setStatus", status=500)
+    indicator = WorkingIndicator(workers=0)
+    working = indicator.show(client, "C1", TS, thread_ts="1700000000.000001")
+    working.done()
+    assert statuses(slack) == ["is searching the docs…", ""]
+    assert reactions(slack) == []
 
 
 def test_without_a_thread_or_a_message_nothing_is_shown(slack: FakeSlack, client: WebClient) -> None:

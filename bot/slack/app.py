@@ -22,14 +22,12 @@ worker, each listener's calls, those retries' waits included, lend its turn (``W
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Final
-from urllib.error import URLError
 from urllib.parse import urlsplit
 
 from slack_bolt import App, Assistant, BoltRequest, BoltResponse, Respond
@@ -60,6 +58,7 @@ from bot.slack.pacing import AcksFirst
 from bot.slack.render import ACTION_FEEDBACK, ACTION_FEEDBACK_DOWN, ACTION_FEEDBACK_UP
 from bot.slack.startup import SlackInstallation
 from bot.slack.stream import StreamPacing, StreamStarts
+from bot.slack.web_outcome import never_sent
 from bot.slack.working import WorkingIndicator
 from proxy_core import Accounts, Clock, Store, get_logger
 
@@ -138,13 +137,7 @@ class ConnectionRetry(ConnectionErrorRetryHandler):
                    error: Exception | None = None) -> bool:
         if not super()._can_retry(state=state, request=request, response=response, error=error):
             return False
-        return urlsplit(request.url).path.rsplit("/", 1)[-1] not in NOT_REPEATABLE or _never_sent(error)
-
-
-def _never_sent(error: Exception | None) -> bool:
-    """Whether ``error`` means the request never left: the connection was refused or had no address."""
-    reason = error.reason if isinstance(error, URLError) else None
-    return isinstance(reason, ConnectionRefusedError | socket.gaierror)
+        return urlsplit(request.url).path.rsplit("/", 1)[-1] not in NOT_REPEATABLE or never_sent(error)
 
 
 class _WaitingWebClient(WebClient):

@@ -19,8 +19,10 @@ Slack calls are made on worker threads, never on the thread that answers, so Sla
 not added to every answer, and a throttled ``reactions.add`` (Tier 3: about 50 a minute, which a
 burst of questions reaches) or status never holds an answer back: a throttled or failed
 ``reactions.add`` or status is skipped, not retried (it is cosmetic; the answer matters). Taking it
-off (``reactions.remove``, the empty status) keeps the client's retry handlers: a 👀 or status left
-on an answered question would say Penny is still working. The calls of one question are made one at
+off (``reactions.remove``, the empty status) keeps the client's retry handlers and retries a 5xx too:
+a 👀 or status left on an answered question would say Penny is still working. For the same reason an
+add that failed in a way that may have taken effect all the same (a 5xx, a connection broken after
+the request went out) is taken off after the answer like one that succeeded. The calls of one question are made one at
 a time, so "writing" never lands after the status was cleared.
 
 ``workers=0`` makes every call at once on the calling thread, in order (shown before the answer,
@@ -34,6 +36,8 @@ import copy
 import heapq
 import itertools
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final, Literal
 
@@ -41,6 +45,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry import RateLimitErrorRetryHandler
 
+from bot.slack.web_outcome import ServerErrorRetry, may_have_taken_effect
 from proxy_core import Clock, get_logger, monotonic
 
 __all__ = ["GRACE_S", "REACTION", "SEARCHING", "WORKERS", "WRITING", "Working", "WorkingIndicator"]
@@ -94,15 +99,18 @@ class Working:
 class WorkingIndicator:
     """Shows slow questions' status (or 👀) and takes it off after their answers (see the module doc).
 
-    ``clock`` (monotonic) times the grace period. :meth:`close` cancels reactions not made yet and
-    waits for those under way, removals included.
+    ``clock`` (monotonic) times the grace period; ``sleep`` waits between the retries of a removal
+    Slack answered with a 5xx. :meth:`close` cancels reactions not made yet and waits for those
+    under way, removals included.
     """
 
-    def __init__(self, *, grace_s: float = GRACE_S, workers: int = WORKERS, clock: Clock = monotonic) -> None:
+    def __init__(self, *, grace_s: float = GRACE_S, workers: int = WORKERS, clock: Clock = monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         if grace_s < 0 or workers < 0:
             raise ValueError("grace_s and workers must not be negative")
         self.grace_s = grace_s
         self._clock = clock
+        self._sleep = sleep
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="penny-working") if workers else None
         self._lock = threading.Condition()
         self._due: list[tuple[float, int, Working]] = []
@@ -249,10 +257,11 @@ class WorkingIndicator:
                     _log.warning("slack.status_off", error=error,
                                  note="the eyes reaction shows Penny is working until Penny restarts")
             elif error not in STATUS_NOT_HERE:
-                return False  # throttled or failing: skipped, like a reaction
+                # Throttled or failing: skipped, like a reaction (cleared after, if it may be on).
+                return may_have_taken_effect(exc)
         except Exception as exc:  # cosmetic: the answer matters
             _log.warning("slack.status_failed", error=exc)
-            return False
+            return may_have_taken_effect(exc)
         with self._lock:
             working.mode = "reaction" if working.ts else "none"
         return working.mode == "reaction" and self._add_reaction(client, working)
@@ -265,8 +274,12 @@ class WorkingIndicator:
             client.reactions_add(channel=working.channel, timestamp=working.ts, name=REACTION)
             return True
         except Exception as exc:  # cosmetic: the answer matters
+            if isinstance(exc, SlackApiError) and exc.response.get("error") == "already_reacted":
+                return True  # a retry of an add that went through: it is on
             _log.warning("slack.reaction_failed", method="reactions.add", error=exc)
-            return False
+            # A 5xx or a broken connection may have put it on all the same: then it is taken off
+            # after the answer like any other (Slack says ``no_reaction`` if it was not).
+            return may_have_taken_effect(exc)
 
     def _retext(self, working: Working) -> None:
         client = copy.copy(working._client)
@@ -283,12 +296,18 @@ class WorkingIndicator:
                 _log.warning("slack.status_failed", error=exc)
 
     def _remove(self, working: Working) -> None:
+        # Taking it off is safe to repeat, so a 5xx is retried too: left on, it would say Penny is
+        # still working on a question it has answered.
+        client = copy.copy(working._client)
+        client.retry_handlers = [*client.retry_handlers, ServerErrorRetry(sleep=self._sleep)]
         with working.calls:
             try:
                 if working.mode == "status" and working.thread_ts is not None:
-                    working._client.assistant_threads_setStatus(channel_id=working.channel,
-                                                                thread_ts=working.thread_ts, status="")
+                    client.assistant_threads_setStatus(channel_id=working.channel, thread_ts=working.thread_ts,
+                                                       status="")
                 else:
-                    working._client.reactions_remove(channel=working.channel, timestamp=working.ts, name=REACTION)
+                    client.reactions_remove(channel=working.channel, timestamp=working.ts, name=REACTION)
             except Exception as exc:
+                if isinstance(exc, SlackApiError) and exc.response.get("error") == "no_reaction":
+                    return  # an add that failed in a way that might have put it on had not
                 _log.warning("slack.working_clear_failed", mode=working.mode, error=exc)
