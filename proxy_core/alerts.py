@@ -1,10 +1,12 @@
 """Budget alerts: tell admins once per period when a budget line reaches 50%, 80% and 100%.
 
-After a billed call settles, :class:`BudgetAlerter` reads what each capped line has spent and, for
-every threshold it has reached, claims ``alert:<line key>:<limit>:<threshold>`` in the store. The
-store's claim is "first one wins" across threads and replicas, so exactly one caller emits each
-alert; the key carries the period (the line key names the day or month), so the next period alerts
-afresh, and the limit, so a budget the operator changes mid-period is announced as it fills: its
+After a billed call settles, or a call is refused by a line already all spent (a budget lowered
+below what its period had spent refuses every call, so none settles to announce it),
+:class:`BudgetAlerter` reads what each capped line has spent and, for every threshold it has
+reached, claims ``alert:<line key>:<limit>:<threshold>`` in the store. The store's claim is "first
+one wins" across threads and replicas, so exactly one caller emits each alert; the key carries the
+period (the line key names the day or month), so the next period alerts afresh, and the limit, so a
+budget the operator changes mid-period is announced as it fills (or, lowered, at once): its
 100% is news even when the old budget's was announced.
 
 Which thresholds a call crossed is decided from the spend *now*, not from ``now - cost``: two calls
@@ -88,6 +90,17 @@ class BudgetAlerter:
         """
         if cost <= 0:
             return []
+        return self._announce(workspace_id, user_id, lines)
+
+    def after_refusal(self, workspace_id: str, user_id: str, line: BudgetLine) -> list[BudgetAlert]:
+        """The alert a call refused by ``line`` (already all spent) must deliver: a budget lowered
+        below what was spent in its period is refused at once and never settles, so its 100% is
+        announced here. One alert, the highest threshold news for this limit: the lower ones are
+        claimed with it, not announced three at once. Raises StoreError as :meth:`after_settle`."""
+        return self._announce(workspace_id, user_id, [line])[-1:]
+
+    def _announce(self, workspace_id: str, user_id: str, lines: Sequence[BudgetLine]) -> list[BudgetAlert]:
+        """Claim each threshold the lines' spend has reached and no caller has announced yet."""
         alerts: list[BudgetAlert] = []
         for line in lines:
             if line.limit <= 0:

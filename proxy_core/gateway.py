@@ -803,8 +803,20 @@ class Gateway:
             raise
         if admission.permit is not None:
             self.metrics.breaker_state.set(BREAKER_STATES[admission.permit.state])
+        self._alert_if_spent(req, admission)
         self._refuse_unless_admitted(admission, names)
         return _Admitted(lines, admission.permit, owner.call_id, budget_math.period_window(now, "day")[0])
+
+    def _alert_if_spent(self, req: ChatRequest | EmbedRequest, admission: Admission) -> None:
+        """A call refused by a budget line already all spent may be the first news of it: a budget
+        lowered below what its period has spent refuses every call, so none settles to announce it."""
+        decision = admission.budget
+        if admission.state != "over_budget" or decision is None or decision.line is None \
+                or decision.spent < decision.line.limit:
+            return
+        line = decision.line
+        self._deliver_alerts(req.request_id, req.workspace_id,
+                             lambda alerter: alerter.after_refusal(req.workspace_id, req.user_id, line))
 
     def _refuse_unless_admitted(self, admission: Admission, bucket_names: Sequence[str]) -> None:
         if admission.state == "admitted":
@@ -1023,10 +1035,17 @@ class Gateway:
         lines: Sequence[budget_math.BudgetLine], cost: int,
     ) -> None:
         """Deliver the budget alerts this settled call triggered. Never raises into the request."""
-        if self._alerter is None or self._on_budget_alert is None or cost <= 0:
+        if cost > 0:
+            self._deliver_alerts(request_id, workspace_id,
+                                 lambda alerter: alerter.after_settle(workspace_id, user_id, lines, cost))
+
+    def _deliver_alerts(self, request_id: str, workspace_id: str,
+                        find: Callable[[BudgetAlerter], list[BudgetAlert]]) -> None:
+        """Deliver the budget alerts ``find`` claims. Never raises into the request."""
+        if self._alerter is None or self._on_budget_alert is None:
             return
         try:
-            alerts = self._alerter.after_settle(workspace_id, user_id, lines, cost)
+            alerts = find(self._alerter)
         except Exception as exc:
             self._log.warning("budget_alert_failed", request_id=request_id, error=str(exc))
             return

@@ -20,6 +20,7 @@ from proxy_core.clock import ManualClock
 from proxy_core.errors import BudgetExceeded
 from proxy_core.gateway import Gateway
 from proxy_core.stores.base import Store
+from tests.budgeting import reserve
 from tests.fake_openai import API_KEY, FakeOpenAI, Fault
 from tests.threads import run_together
 
@@ -232,6 +233,41 @@ def test_a_budget_raised_mid_day_is_announced_again_as_the_new_budget_fills(
         per_call.append([(a.threshold, a.limit) for a in inbox.alerts])
         inbox.take()
     assert per_call == [[(50, 20_000)], [], [], [], [], [(80, 20_000)], [], [], [], [(100, 20_000)]]
+
+
+def test_a_budget_lowered_below_the_days_spend_is_announced_spent_by_the_first_refusal(
+        make_gateway: GatewayFactory, fake: FakeOpenAI) -> None:
+    # $0.006 spent of $0.01 (50% announced); the operator lowers the day's budget to $0.005: every
+    # call is refused from now on, none settles, and the admins must still hear it is all spent.
+    inbox = Inbox()
+    gw = make_gateway(on_budget_alert=inbox)
+    fake.script(*[Fault.ok(prompt_tokens=0, completion_tokens=TENTH) for _ in range(6)])
+    for i in range(6):
+        ask(gw, f"old{i}")
+    assert inbox.take() == [50]
+    lowered = make_gateway(on_budget_alert=inbox, user_daily_budget_usd="0.005")
+    with pytest.raises(BudgetExceeded):
+        ask(lowered, "refused1")
+    assert [(a.threshold, a.limit, a.spent) for a in inbox.alerts] == [(100, 5_000, 6_000)]  # one alert, not three
+    inbox.take()
+    with pytest.raises(BudgetExceeded):
+        ask(lowered, "refused2")
+    with pytest.raises(BudgetExceeded):
+        ask(make_gateway(on_budget_alert=inbox, user_daily_budget_usd="0.005"), "refused3")  # another replica
+    assert inbox.take() == []  # once per limit and period, across replicas
+    assert fake.count("chat") == 6
+
+
+def test_a_refusal_while_calls_in_flight_hold_the_rest_announces_nothing(
+        make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store) -> None:
+    # Refused because what is reserved fills the budget, not because it is spent: no alert is news.
+    inbox = Inbox()
+    gw = make_gateway(on_budget_alert=inbox, max_output_tokens=5_000)  # a reservation of 8000 µ$
+    line = budget_lines("W1", "U1", START, user_daily=10_000, workspace_monthly=0)[0]
+    assert reserve(store, "W1", "held", [line], 8_000, ttl_s=60).ok
+    with pytest.raises(BudgetExceeded):
+        ask(gw, "refused")
+    assert inbox.take() == []
 
 
 def test_the_workspace_month_is_announced_without_a_user(make_gateway: GatewayFactory, fake: FakeOpenAI) -> None:
