@@ -292,9 +292,12 @@ def test_keys_expire_when_they_stop_mattering_and_the_ledger_never(
     store = RedisStore.from_url(redis_url, clock=clock, namespace=redis_namespace)
     ws = f"{redis_namespace}:{{w:{WS}}}"
     try:
-        # A bucket is forgotten once it would be full again (plus the injected-clock slack).
+        # A bucket is forgotten once it would be full again, and not before a day (plus the
+        # injected-clock slack): a rate lowered meanwhile would refill it slower.
         store.take_tokens(WS, [BucketSpec("b", Bucket(rate=1.0, burst=10.0), 4)])
-        assert 60_000 + 3_000 < raw.pttl(f"{ws}:bucket:b") <= 60_000 + 4_000
+        assert 86_400_000 + 59_000 < raw.pttl(f"{ws}:bucket:b") <= 86_400_000 + 60_000
+        store.take_tokens(WS, [BucketSpec("slow", Bucket(rate=1e-4, burst=10.0), 10)])  # ~28 h to refill
+        assert 100_000_000 + 60_000 - 1_000 < raw.pttl(f"{ws}:bucket:slow") <= 100_000_000 + 60_000
 
         lines = lines_at(clock())
         day_line = lines[0]

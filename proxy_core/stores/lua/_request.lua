@@ -136,6 +136,12 @@ local function take_buckets(keys, first, n, argv, at, now)
   return t
 end
 
+-- A bucket's state is kept at least this long. Once full again a bucket equals a missing one, but
+-- "full again" is reckoned at the rate it was written under: lowered meanwhile (a new setting, a
+-- key's own narrower limit), the bucket refills slower, and one forgotten on the old schedule would
+-- hand out a whole burst early. SQLite keeps every bucket; a day's worth of small hashes is enough.
+local BUCKET_KEEP_S = 86400
+
 -- Write an allowing decision. A refusal or a pure peek debits nothing, so it writes nothing.
 local function write_buckets(t)
   if t.blocking >= 0 or not t.debits then
@@ -144,8 +150,7 @@ local function write_buckets(t)
   for i = 1, #t.keys do
     redis.call('HSET', t.keys[i], 'tokens', num(t.tokens[i]), 'updated', num(t.updated[i]))
     if t.rate[i] > 0 then
-      -- Once full again the bucket equals a missing one, so it may be forgotten then.
-      expire_in(t.keys[i], (t.burst[i] - t.tokens[i]) / t.rate[i])
+      expire_in(t.keys[i], math.max((t.burst[i] - t.tokens[i]) / t.rate[i], BUCKET_KEEP_S))
     else
       redis.call('PERSIST', t.keys[i])
     end
