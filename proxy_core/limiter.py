@@ -30,10 +30,6 @@ class Bucket:
         """A bucket allowing ``per_minute`` on average and ``burst`` at once (default: one minute's worth)."""
         return cls(rate=per_minute / 60.0, burst=float(burst if burst is not None else per_minute))
 
-    def ttl(self) -> float:
-        """Seconds after which an untouched bucket is full again, so its state may be forgotten."""
-        return self.burst / self.rate if self.rate > 0 else 0.0
-
 
 @dataclass(frozen=True, slots=True)
 class BucketState:

@@ -30,11 +30,6 @@ def test_per_minute_spreads_the_rate_and_defaults_burst_to_a_minute() -> None:
     assert Bucket.per_minute(60, burst=5) == Bucket(rate=1.0, burst=5.0)
 
 
-def test_ttl_is_the_time_to_refill_from_empty() -> None:
-    assert Bucket(rate=0.5, burst=10).ttl() == 20
-    assert Bucket(rate=0, burst=10).ttl() == 0
-
-
 def test_a_new_bucket_is_full() -> None:
     assert refill(None, FAST, T0) == BucketState(4.0, T0)
 
