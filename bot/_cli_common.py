@@ -1,5 +1,5 @@
 """What the ``penny`` commands of :mod:`bot.cli` and :mod:`bot.proxy.commands` share: the store a
-command opens for itself, and an argument type."""
+command opens for itself, the workspace it works in, and argument types."""
 
 from __future__ import annotations
 
@@ -7,11 +7,31 @@ import argparse
 import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Final
+from dataclasses import dataclass
+from typing import Final, Literal
 
+from bot.workspaces import served_workspaces
 from proxy_core import Gateway, PennySettings, Store
 
-__all__ = ["one_line", "opened_store", "positive_int", "shown_on_one_line"]
+__all__ = [
+    "LOCAL_WORKSPACE",
+    "UsageError",
+    "WorkspaceChoice",
+    "chosen_workspace",
+    "one_line",
+    "opened_store",
+    "positive_int",
+    "shown_on_one_line",
+]
+
+# The workspace of the terminal's own calls (penny ask, the terminal chat), and of everything on a
+# store no Slack bot has run on.
+LOCAL_WORKSPACE: Final = "local"
+
+
+class UsageError(Exception):
+    """The command line leaves out something Penny will not guess; ``penny`` prints the message and
+    exits 2, as for a bad argument."""
 
 
 @contextmanager
@@ -29,6 +49,46 @@ def opened_store(settings: PennySettings, gateway: Gateway | None = None) -> Ite
         yield store
     finally:
         store.close()
+
+
+@dataclass(frozen=True, slots=True)
+class WorkspaceChoice:
+    """The workspace a command works in, and why: ``given`` (``--workspace``), ``served`` (the one
+    Penny's Slack app serves, recorded in the store; ``name`` is its name) or ``local``."""
+
+    id: str
+    why: Literal["given", "served", "local"]
+    name: str = ""
+
+
+def chosen_workspace(store: Store, given: str | None, *, terminal_user: bool = False) -> WorkspaceChoice:
+    """The workspace for a command's ``--workspace`` (None: not given). What is given always wins;
+    the terminal user's own numbers (``terminal_user``: a ``cli:…`` user) are ``local``, where their
+    ``penny ask`` calls are; else the one Slack workspace Penny's app serves on this store, where its
+    ledger, budgets and ``/cost`` are (:mod:`bot.workspaces`); ``local`` when it serves none
+    (Penny never ran in Slack on this store). Several, or an org-wide install, raise
+    :class:`UsageError`: whose spend to show or bill is the user's to say."""
+    if given is not None:
+        return WorkspaceChoice(given, "given")
+    if terminal_user:
+        return WorkspaceChoice(LOCAL_WORKSPACE, "local")
+    served = served_workspaces(store)
+    if not served:
+        return WorkspaceChoice(LOCAL_WORKSPACE, "local")
+    if len(served) == 1 and not served[0].org_wide:
+        return WorkspaceChoice(served[0].id, "served", served[0].name)
+    if len(served) == 1:
+        org = served[0]
+        raise UsageError(
+            f"Penny's Slack app is installed across the organization {_named(org.id, org.name)}, whose spend is "
+            "kept under each of its workspaces' IDs: say which with --workspace T… (the workspace's team ID)")
+    listed = ", ".join(_named(w.id, w.name) for w in served)
+    raise UsageError(f"Penny's Slack app serves several workspaces on this store: {listed}. Say which with "
+                     f"--workspace, e.g. --workspace {served[-1].id}")
+
+
+def _named(workspace_id: str, name: str) -> str:
+    return f"{workspace_id} ({name})" if name else workspace_id
 
 
 def port(value: str) -> int:

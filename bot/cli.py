@@ -23,7 +23,7 @@ from typing import Final, NoReturn, TextIO
 
 from dotenv import dotenv_values
 
-from bot._cli_common import nonblank, opened_store, port, positive_int
+from bot._cli_common import LOCAL_WORKSPACE, UsageError, chosen_workspace, nonblank, opened_store, port, positive_int
 from bot.answer_types import Question
 from bot.proxy.commands import add_commands as add_proxy_commands
 from bot.settings import BotSettings, load_settings
@@ -57,7 +57,7 @@ from proxy_core import (
 
 __all__ = ["main"]
 
-LOCAL_WORKSPACE = "local"
+TERMINAL_USER_PREFIX: Final = "cli:"  # the default --user: whoever is at the terminal
 ENV_PREFIX: Final = "PENNY_"
 
 
@@ -93,6 +93,9 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         return 1
     except ConfigurationError as exc:
         print(f"penny: configuration error\n{exc}", file=sys.stderr)
+        return 2
+    except UsageError as exc:
+        print(f"penny: {exc}", file=sys.stderr)
         return 2
     except StoreError as exc:
         print(f"penny: store error: {exc}", file=sys.stderr)
@@ -139,20 +142,21 @@ def _parser() -> argparse.ArgumentParser:
     ask.set_defaults(func=_cmd_ask)
 
     usage = sub.add_parser("usage", help="spend, tokens and cache savings from the ledger")
-    _who(usage)
+    _who(usage, served=True)
     usage.add_argument("--all-users", action="store_true", help="workspace totals instead of one user")
     usage.add_argument("--days", type=_days, default=0, help="the last N days instead of today and this month")
     usage.add_argument("--json", action="store_true", help="print JSON")
     usage.set_defaults(func=_cmd_usage)
 
     cost = sub.add_parser("cost", help="the /cost report in the terminal: spend, budgets, headroom, trend")
-    _who(cost)
+    _who(cost, served=True)
     cost.add_argument("--team", action="store_true", help="the workspace's report (top users, models, proxy keys)")
     cost.add_argument("--json", action="store_true", help="print one JSON object")
     cost.set_defaults(func=_cmd_cost)
 
     feedback = sub.add_parser("feedback", help="👍/👎 on answers, counted per page and per user")
-    feedback.add_argument("--workspace", default=LOCAL_WORKSPACE, help="the Slack workspace (team) ID")
+    feedback.add_argument("--workspace", default=None, type=nonblank,
+                          help=f"the Slack workspace (team) ID {SERVED_DEFAULT}")
     feedback.add_argument("--json", action="store_true", help="print JSON")
     feedback.set_defaults(func=_cmd_feedback)
 
@@ -192,14 +196,24 @@ def _parser() -> argparse.ArgumentParser:
                        help="index a folder with no docs, removing every document from the index")
     index.set_defaults(func=_cmd_index)
 
-    add_proxy_commands(sub, default_workspace=LOCAL_WORKSPACE)
+    add_proxy_commands(sub)
     return p
 
 
-def _who(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--user", default=f"cli:{_login()}", type=nonblank,
-                   help="the user to act as (default: cli:<login>)")
-    p.add_argument("--workspace", default=LOCAL_WORKSPACE, type=nonblank, help="the workspace (default: local)")
+SERVED_DEFAULT: Final = ("(default: the Slack workspace Penny serves, as its start-up recorded in the store; "
+                         "local when Penny never ran in Slack on it)")
+
+
+def _who(p: argparse.ArgumentParser, *, served: bool = False) -> None:
+    """``--user`` and ``--workspace``. ``served``: a report, whose workspace defaults to the one Penny's
+    Slack app serves (``chosen_workspace``), except for the terminal user's own numbers."""
+    p.add_argument("--user", default=f"{TERMINAL_USER_PREFIX}{_login()}", type=nonblank,
+                   help=f"the user to act as (default: {TERMINAL_USER_PREFIX}<login>)")
+    if served:
+        p.add_argument("--workspace", default=None, type=nonblank,
+                       help=f"the workspace {SERVED_DEFAULT}; the terminal user's own numbers are under local")
+    else:
+        p.add_argument("--workspace", default=LOCAL_WORKSPACE, type=nonblank, help="the workspace (default: local)")
 
 
 def _seconds(value: str) -> float:
@@ -542,11 +556,12 @@ def _cmd_feedback(args: argparse.Namespace, settings: PennySettings, out: TextIO
     from bot.feedback import feedback_counts
 
     with opened_store(settings) as store:
-        counts = feedback_counts(store, args.workspace)
+        workspace = chosen_workspace(store, args.workspace).id
+        counts = feedback_counts(store, workspace)
     if args.json:
         print(counts.to_json(), file=out)
         return 0
-    print(f"feedback in {args.workspace}: 👍 {counts.total.up} · 👎 {counts.total.down}", file=out)
+    print(f"feedback in {workspace}: 👍 {counts.total.up} · 👎 {counts.total.down}", file=out)
     for title, table in (("pages", counts.by_page), ("users", counts.by_user)):
         if table:
             print(f"  by {title[:-1]}:", file=out)
@@ -563,8 +578,9 @@ def _cmd_usage(args: argparse.Namespace, settings: PennySettings, out: TextIO, _
     else:
         periods = {"today": (today, today), "this month": (today.replace(day=1), today)}
     with opened_store(settings) as store:
+        workspace = chosen_workspace(store, args.workspace, terminal_user=_terminal_user(user)).id
         report = {
-            label: store.usage(args.workspace, first.isoformat(), last.isoformat(), user)
+            label: store.usage(workspace, first.isoformat(), last.isoformat(), user)
             for label, (first, last) in periods.items()
         }
     if args.json:
@@ -572,7 +588,7 @@ def _cmd_usage(args: argparse.Namespace, settings: PennySettings, out: TextIO, _
         return 0
     who = "all users" if user is None else user
     for label, summary in report.items():
-        print(f"{label} — {who} in {args.workspace}", file=out)
+        print(f"{label} — {who} in {workspace}", file=out)
         print("  " + _totals_line(summary.totals), file=out)
         for model, t in sorted(summary.by_model.items()):
             print(f"  {model:24} {_totals_line(t)}", file=out)
@@ -590,18 +606,25 @@ def _cmd_cost(args: argparse.Namespace, settings: PennySettings, out: TextIO, _i
     from bot.slack.cost_blocks import blocks_to_text, cost_blocks, team_blocks
 
     with opened_store(settings) as store:
+        workspace = chosen_workspace(store, args.workspace,
+                                     terminal_user=not args.team and _terminal_user(args.user)).id
         now, accounts, keys = time.time(), Accounts(store, settings), KeyRing(store).list()
         if args.team:
-            team = team_report(accounts, args.workspace, now, keys=keys)
+            team = team_report(accounts, workspace, now, keys=keys)
             data, blocks = team.to_json(), team_blocks(team)
         else:
-            own = cost_report(accounts, args.workspace, args.user, now, keys=keys)
+            own = cost_report(accounts, workspace, args.user, now, keys=keys)
             data, blocks = own.to_json(), cost_blocks(own)
     print(json.dumps(data, indent=2) if args.json else blocks_to_text(blocks), file=out)
     return 0
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
+
+def _terminal_user(user: str | None) -> bool:
+    """Whether ``user`` is someone at the terminal (the default ``--user``), whose calls are ``local``'s."""
+    return user is not None and user.startswith(TERMINAL_USER_PREFIX)
 
 
 def _login() -> str:
@@ -750,6 +773,7 @@ def _run_http(settings: BotSettings, args: argparse.Namespace, out: TextIO) -> i
     from bot.slack.runner import slack_settings
     from bot.slack.server import HTTPOptions, serve
     from bot.slack.startup import check_slack
+    from bot.workspaces import record_served
 
     missing = _missing_slack_settings(settings, http=True)
     if missing:
@@ -761,6 +785,7 @@ def _run_http(settings: BotSettings, args: argparse.Namespace, out: TextIO) -> i
                if settings.openai_api_key is not None and settings.embedder.startswith("openai:") else None)
     with opened_store(settings, gateway) as store:
         store.ping()
+        record_served(store, installation)  # the CLI's commands default to this workspace
         _index_first_run(settings, store, gateway)
     if settings.openai_api_key is None:
         print("OPENAI_API_KEY is not set: answers are extractive (the best passages, $0).", file=out)

@@ -46,6 +46,7 @@ from bot.slack.server import (
     request_complete,
 )
 from bot.slack.working import WorkingIndicator
+from bot.workspaces import served_workspaces
 from proxy_core import Accounts, PennySettings
 from proxy_core.stores import store_from_url
 from proxy_core.stores.sqlite import SqliteStore
@@ -129,6 +130,14 @@ def test_http_without_a_signing_secret_exits_2_naming_it(tmp_path: Path) -> None
 
 
 # -- one worker ----------------------------------------------------------------------------------
+
+
+def test_the_workspace_served_is_recorded_for_the_cli(server: PennyHTTP) -> None:
+    store = store_from_url(server.env["PENNY_STORE_URL"])
+    try:
+        assert [(w.id, w.name) for w in served_workspaces(store)] == [(TEAM, "Penny Test")]
+    finally:
+        store.close()
 
 
 def test_health_readiness_and_metrics_are_served_beside_slack(server: PennyHTTP) -> None:

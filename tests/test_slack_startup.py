@@ -23,6 +23,7 @@ from bot.slack.app import BOT_SCOPES
 from bot.slack.middleware import foreign_request
 from bot.slack.runner import run_slack
 from bot.slack.startup import SlackInstallation, missing_scopes
+from bot.workspaces import served_workspaces
 from proxy_core.stores.sqlite import SqliteStore
 from tests.bot_harness import make_bot
 from tests.fake_openai import FakeOpenAI
@@ -130,6 +131,7 @@ def test_a_refused_app_token_exits_2_naming_it(capsys: pytest.CaptureFixture[str
 
 def test_connected_is_said_only_once_the_token_and_the_connection_are_checked(slack: FakeSlack,
                                                                               tmp_path: Path) -> None:
+    """… and the workspace is recorded in the store by then, for the CLI's commands to default to."""
     settings = BotSettings(slack_bot_token=TOKEN, slack_app_token=APP_TOKEN, slack_api_url=slack.base_url)
     store = SqliteStore(tmp_path / "run.db")
     out, stop = io.StringIO(), threading.Event()
@@ -145,6 +147,7 @@ def test_connected_is_said_only_once_the_token_and_the_connection_are_checked(sl
         assert said.startswith("Penny is connected to Slack as @penny in Penny Test (Socket Mode)")
         methods = [c.method for c in slack.calls()]
         assert methods[:3] == ["auth.test", "apps.connections.open", "websocket"]
+        assert [(w.id, w.name) for w in served_workspaces(store)] == [("T0PENNY", "Penny Test")]
     finally:
         stop.set()
         runner.join(timeout=10)

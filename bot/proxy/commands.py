@@ -9,7 +9,16 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import TextIO
 
-from bot._cli_common import one_line, opened_store, port, positive_int, shown_on_one_line
+from bot._cli_common import (
+    LOCAL_WORKSPACE,
+    WorkspaceChoice,
+    chosen_workspace,
+    one_line,
+    opened_store,
+    port,
+    positive_int,
+    shown_on_one_line,
+)
 from bot.proxy.keys import KEY_PREFIX, KeyRing
 from proxy_core import MAX_BUDGET_USD, PennySettings, PriceTable, format_usd
 
@@ -18,7 +27,7 @@ __all__ = ["add_commands"]
 MAX_LABEL_CHARS = 100  # a key's user, workspace and name: a Slack ID is 11, a name a few words
 
 
-def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, default_workspace: str) -> None:
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     proxy = sub.add_parser("proxy", help="an OpenAI-compatible endpoint with Penny's cost controls, for any "
                                          "LLM client (keys from penny keys create)")
     proxy.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1)")
@@ -35,8 +44,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser], *, de
     create = keys_sub.add_parser("create", help="create a key (printed once; only its hash is stored)")
     create.add_argument("--user", required=True, type=one_line(MAX_LABEL_CHARS),
                         help="the Slack user the key's calls are billed to")
-    create.add_argument("--workspace", type=one_line(MAX_LABEL_CHARS), default=default_workspace,
-                        help=f"the Slack workspace (default: {default_workspace})")
+    create.add_argument("--workspace", type=one_line(MAX_LABEL_CHARS), default=None,
+                        help="the Slack workspace (team) ID the key's calls are billed in (default: the one "
+                             "Penny's Slack app serves, as its start-up recorded in the store; "
+                             f"{LOCAL_WORKSPACE} when Penny never ran in Slack on it)")
     create.add_argument("--name", type=one_line(MAX_LABEL_CHARS, blank=True), default="",
                         help=f"what the key is for, e.g. notebook (at most {MAX_LABEL_CHARS} characters)")
     create.add_argument("--daily-budget-usd", type=_usd, default=None,
@@ -94,11 +105,14 @@ def _cmd_create(args: argparse.Namespace, settings: PennySettings, out: TextIO, 
         if unknown:
             print(f"penny: no price for model {', '.join(unknown)} (see penny prices)", file=sys.stderr)
             return 2
+        workspace = chosen_workspace(store, args.workspace)
         ring = KeyRing(store)
-        secret, key = ring.create(user_id=args.user, workspace_id=args.workspace, name=args.name,
+        secret, key = ring.create(user_id=args.user, workspace_id=workspace.id, name=args.name,
                                   daily_budget_micros=args.daily_budget_usd, models=args.models)
         try:
-            print(f"Created {key.id} for {key.user_id} in {key.workspace_id}. The key (shown once, store it now):",
+            if workspace.why == "local":
+                print(_LOCAL_NOTE, file=out)
+            print(f"Created {key.id} for {key.user_id} in {_where(workspace)}. The key (shown once, store it now):",
                   file=out)
             print(secret, file=out)
             out.flush()
@@ -110,6 +124,19 @@ def _cmd_create(args: argparse.Namespace, settings: PennySettings, out: TextIO, 
                 raise  # penny's main ends a closed pipe quietly, as for every command
             return 1
     return 0
+
+
+# Before the key, which stays the last line (``penny keys create … | tail -1``).
+_LOCAL_NOTE = (f"No Slack workspace is recorded in this store (Penny has not run in Slack on it), so this key's spend "
+               f"will show under workspace {LOCAL_WORKSPACE}, not in Slack's /cost. To bill a Slack workspace, revoke "
+               "it and create the key with --workspace T… (the team ID penny check shows).")
+
+
+def _where(workspace: WorkspaceChoice) -> str:
+    if workspace.why != "served":
+        return workspace.id
+    named = f"{workspace.name}, " if workspace.name else ""
+    return f"{workspace.id} ({named}the workspace Penny's Slack app serves)"
 
 
 def _cmd_list(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:

@@ -134,7 +134,7 @@ def run_slack(
     """Serve Slack over Socket Mode until interrupted (or until ``until`` is set; over HTTP it is
     :func:`bot.slack.server.serve`). Slack is checked first: the bot token with ``auth.test`` and its
     scopes (unless ``installation`` says the caller did), and the connection is opened; only then
-    does Penny say it is connected. A failure raises
+    does Penny say it is connected, having recorded its workspace in the store (:mod:`bot.workspaces`). A failure raises
     :class:`~proxy_core.ConfigurationError` or :class:`~bot.slack.startup.SlackUnreachable`
     (see :mod:`bot.slack.startup`). Tokens are never printed.
 
@@ -145,6 +145,7 @@ def run_slack(
     ``stop_timeout_s`` or until a second Ctrl-C; then returns 0, or raises :class:`AnswersCut`."""
     from bot.slack.app import make_client
     from bot.slack.startup import check_slack, connect_socket_mode
+    from bot.workspaces import record_served
 
     config = slack_settings(settings)
     if installation is None:
@@ -162,6 +163,7 @@ def run_slack(
         if alerts is not None:
             alerts.attach(app.client)
         handler = connect_socket_mode(app, config, acks_first=acks_first, later=listeners)
+        record_served(store, installation)  # the CLI's commands default to this workspace
         with _stopped_by_sigterm(stop):
             try:
                 print(f"Penny is connected to Slack {where} (Socket Mode). Ctrl-C stops it.", file=out, flush=True)
