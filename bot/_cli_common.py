@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from bot.workspaces import served_workspaces
-from proxy_core import Gateway, PennySettings, Store
+from proxy_core import Gateway, PennySettings, Store, get_logger, missing_store
 
 __all__ = [
     "LOCAL_WORKSPACE",
     "UsageError",
     "WorkspaceChoice",
+    "announce_new_store",
     "chosen_workspace",
     "one_line",
     "opened_store",
@@ -28,6 +29,8 @@ __all__ = [
 # store no Slack bot has run on.
 LOCAL_WORKSPACE: Final = "local"
 
+_log = get_logger()
+
 
 class UsageError(Exception):
     """The command line leaves out something Penny will not guess; ``penny`` prints the message and
@@ -35,16 +38,18 @@ class UsageError(Exception):
 
 
 @contextmanager
-def opened_store(settings: PennySettings, gateway: Gateway | None = None) -> Iterator[Store]:
+def opened_store(settings: PennySettings, gateway: Gateway | None = None, *, create: bool = False) -> Iterator[Store]:
     """The store one command works on, closed when the command is done: ``gateway``'s own store
-    when the command runs through a gateway (closing the gateway closes it), else the configured one."""
+    when the command runs through a gateway (closing the gateway closes it), else the configured one.
+    Only a command that writes what a team starts from (``create``) may create a SQLite store; for
+    the others a store that does not exist is a mistyped path, refused with its name."""
     if gateway is not None:
         try:
             yield gateway.store
         finally:
             gateway.close()
         return
-    store = settings.open_store()
+    store = settings.open_store(create=create)
     try:
         yield store
     finally:
@@ -89,6 +94,16 @@ def chosen_workspace(store: Store, given: str | None, *, terminal_user: bool = F
 
 def _named(workspace_id: str, name: str) -> str:
     return f"{workspace_id} ({name})" if name else workspace_id
+
+
+def announce_new_store(settings: PennySettings) -> None:
+    """Before a server (``penny run``, ``penny proxy``) opens its store: when it is a SQLite file that
+    does not exist yet, log one line, so that a typo in a service's PENNY_STORE_URL shows in its log
+    rather than only as reports of nothing spent."""
+    path = missing_store(settings.store_url)
+    if path is not None:
+        _log.warning("store_created", path=path,
+                     note="a new, empty store; if Penny has run before, PENNY_STORE_URL names the wrong file")
 
 
 def port(value: str) -> int:

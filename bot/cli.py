@@ -23,7 +23,16 @@ from typing import Final, NoReturn, TextIO
 
 from dotenv import dotenv_values
 
-from bot._cli_common import LOCAL_WORKSPACE, UsageError, chosen_workspace, nonblank, opened_store, port, positive_int
+from bot._cli_common import (
+    LOCAL_WORKSPACE,
+    UsageError,
+    announce_new_store,
+    chosen_workspace,
+    nonblank,
+    opened_store,
+    port,
+    positive_int,
+)
 from bot.answer_types import Question
 from bot.proxy.commands import add_commands as add_proxy_commands
 from bot.settings import BotSettings, load_settings
@@ -50,6 +59,7 @@ from proxy_core import (
     format_usd,
     hit_policy,
     load_pairs,
+    missing_store,
     redact,
     serve_metrics,
     unreadable_files,
@@ -245,10 +255,16 @@ def _cmd_check(args: argparse.Namespace, settings: BotSettings, out: TextIO, _in
     prices = PriceTable.load(settings.price_file)
     prices.price_for(settings.chat_model)
     prices.price_for(settings.embedding_model)
-    with opened_store(settings) as store:
-        store.ping()
-        docs, blocking = _docs_check(settings, store)
-    print(f"store       {store_kind(settings.store_url)} ok", file=out)
+    new = missing_store(settings.store_url)
+    if new is None:
+        with opened_store(settings) as store:
+            store.ping()
+            docs, blocking = _docs_check(settings, store)
+        print(f"store       {store_kind(settings.store_url)} ok", file=out)
+    else:  # a check creates nothing: a mistyped path must not become a store
+        docs, blocking = _docs_check(settings, None)
+        print(f"store       {store_kind(settings.store_url)}: none yet at {new}; penny run, penny proxy or penny "
+              "index creates it (if Penny has run before, PENNY_STORE_URL names the wrong file)", file=out)
     print(f"docs        {docs}", file=out)
     spool = settings.spool_directory()
     pending = count_pending(spool)
@@ -283,17 +299,19 @@ def _cmd_check(args: argparse.Namespace, settings: BotSettings, out: TextIO, _in
     return 1 if blocking else 0
 
 
-def _docs_check(settings: BotSettings, store: Store) -> tuple[str, str | None]:
-    """What the docs index holds, and a problem that would stop ``penny run`` / ``ask`` (None: none)."""
+def _docs_check(settings: BotSettings, store: Store | None) -> tuple[str, str | None]:
+    """What the docs index holds (``store`` None: no store yet, so nothing), and a problem that would
+    stop ``penny run`` / ``ask`` (None: none)."""
     from bot.docs.index import DocsIndex
     from bot.service import link_roots_problem
 
-    snapshot = DocsIndex.load(store).snapshot
+    snapshot = DocsIndex.load(store).snapshot if store is not None else None
+    passages = len(snapshot.passages) if snapshot is not None else 0
     wanted = embedder_from_spec(settings.embedder, openai_embed_fn=lambda texts, **_: []).name
     link_roots = link_roots_problem(settings.docs_link_roots)
     if link_roots:
-        return f"{len(snapshot.passages):,} passages indexed", f"{link_roots}: penny index would stop"
-    if not snapshot.passages:
+        return f"{passages:,} passages indexed", f"{link_roots}: penny index would stop"
+    if snapshot is None or not snapshot.passages:
         if not settings.docs_dir.is_dir():
             return ("index empty", f"PENNY_DOCS_DIR: {settings.docs_dir} is not a directory, and the index is empty: "
                                    "set it to your docs folder (a first run indexes it)")
@@ -345,7 +363,7 @@ def _cmd_ledger_replay(args: argparse.Namespace, settings: PennySettings, out: T
     # No provider either: it writes to the store only, so an operator who removed or rotated
     # OPENAI_API_KEY can still write the paid calls it holds.
     gateway = Gateway.from_settings(settings.model_copy(update={"cache_enabled": False}), maintenance=False,
-                                    upstream=_NoProvider())
+                                    upstream=_NoProvider(), create_store=False)  # spooled calls go to the real one
     try:
         report = gateway.replay_spool()
         reaped = gateway.reap_interrupted() if report.error is None else []
@@ -435,7 +453,7 @@ def _cmd_index(args: argparse.Namespace, settings: BotSettings, out: TextIO, _in
     # asks no questions, so that gateway needs no answer cache (nor its load and sync threads).
     gateway = (_gateway(settings.model_copy(update={"cache_enabled": False}))
                if settings.embedder.startswith("openai:") else None)
-    with opened_store(settings, gateway) as store:
+    with opened_store(settings, gateway, create=True) as store:
         try:
             report = index_docs(settings, store, root, progress=_progress_bar(sys.stderr), gateway=gateway,
                                 allow_empty=args.allow_empty, link_roots=settings.docs_link_roots)
@@ -512,6 +530,7 @@ def _cmd_run(args: argparse.Namespace, settings: BotSettings, out: TextIO, stdin
 
 def _run_or_chat(args: argparse.Namespace, settings: BotSettings, out: TextIO, stdin: TextIO,
                  installation: SlackInstallation | None, turns: WorkTurns) -> int:
+    announce_new_store(settings)
     with _Session(settings, waiting=turns.waiting) as session:
         if session.gateway is not None and settings.metrics_port:
             try:
@@ -780,10 +799,11 @@ def _run_http(settings: BotSettings, args: argparse.Namespace, out: TextIO) -> i
         raise ConfigurationError("penny run --http serves Slack and needs these settings:\n"
                                  + "\n".join(f"  {line}" for line in missing))
     installation = check_slack(slack_settings(settings))  # a bad token fails before anything starts
+    announce_new_store(settings)
     # Indexing needs no answer cache (nor its threads); an openai: embedder is billed through a gateway.
     gateway = (Gateway.from_settings(settings.model_copy(update={"cache_enabled": False}), maintenance=False)
                if settings.openai_api_key is not None and settings.embedder.startswith("openai:") else None)
-    with opened_store(settings, gateway) as store:
+    with opened_store(settings, gateway, create=True) as store:
         store.ping()
         record_served(store, installation)  # the CLI's commands default to this workspace
         _index_first_run(settings, store, gateway)

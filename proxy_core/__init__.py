@@ -40,7 +40,7 @@ from proxy_core.semantic.decision import EvalReport, evaluate, format_report, hi
 from proxy_core.semantic.embedders import Embedder, embedder_from_spec
 from proxy_core.settings import MAX_BUDGET_USD, PennySettings, load_settings, load_settings_as
 from proxy_core.spool import count_pending, unreadable_files
-from proxy_core.stores import store_from_url
+from proxy_core.stores import missing_store, store_from_url
 from proxy_core.stores.base import (
     BlobStore,
     LedgerEntry,
@@ -105,6 +105,7 @@ __all__ = [
     "load_pairs",
     "load_settings",
     "load_settings_as",
+    "missing_store",
     "monotonic",
     "openai_request_fields",
     "period_window",

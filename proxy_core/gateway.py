@@ -343,9 +343,10 @@ class Gateway:
 
     @classmethod
     def from_settings(
-        cls, settings: PennySettings, *, upstream: Upstream | None = None, **kwargs: Any
+        cls, settings: PennySettings, *, upstream: Upstream | None = None, create_store: bool = True, **kwargs: Any
     ) -> Gateway:
-        """Open the configured store and provider. Raises ConfigurationError naming what is missing."""
+        """Open the configured store and provider. Raises ConfigurationError naming what is missing
+        (``create_store=False``: also a SQLite store that does not exist yet, see ``store_from_url``)."""
         if upstream is None:
             key = settings.openai_api_key
             upstream = OpenAIUpstream(
@@ -353,7 +354,7 @@ class Gateway:
                 base_url=settings.openai_base_url,
                 timeout_s=settings.request_timeout_s,
             )
-        store = settings.open_store()
+        store = settings.open_store(create=create_store)
         kwargs.setdefault("maintenance", True)
         try:
             return cls(settings, store=store, upstream=upstream, **kwargs)

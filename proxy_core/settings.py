@@ -404,8 +404,9 @@ class PennySettings(BaseSettings):
         return self
 
     # -- helpers ---------------------------------------------------------------------------------
-    def open_store(self, *, clock: Clock | None = None) -> Store:
-        """The store ``store_url`` names, with its timeout and (for Redis) TLS and WAIT settings."""
+    def open_store(self, *, clock: Clock | None = None, create: bool = True) -> Store:
+        """The store ``store_url`` names, with its timeout and (for Redis) TLS and WAIT settings.
+        ``create=False``: a SQLite file that does not exist is refused (``store_from_url``)."""
         from proxy_core.stores.redis_connect import RedisOptions
 
         def text(path: Path | None) -> str | None:
@@ -416,7 +417,8 @@ class PennySettings(BaseSettings):
             check_hostname=self.redis_check_hostname, wait_replicas=self.redis_wait_replicas,
             wait_timeout_ms=self.redis_wait_timeout_ms,
         )
-        return store_from_url(self.store_url, clock=clock, timeout_s=self.store_timeout_s, redis=options)
+        return store_from_url(self.store_url, clock=clock, timeout_s=self.store_timeout_s, redis=options,
+                              create=create)
 
     def user_daily_budget_micros(self, user_id: str) -> int:
         """The daily budget of ``user_id`` in micro-dollars (an override, else the default); 0 = none."""

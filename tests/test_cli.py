@@ -51,6 +51,15 @@ def penny(*argv: str, stdin: str = "") -> tuple[int, str]:
     return code, out.getvalue()
 
 
+def created(store_url: str) -> None:
+    """The store made, as by a first ``penny run``: commands that only read refuse a missing one."""
+    store = store_from_url(store_url)
+    try:
+        store.ping()
+    finally:
+        store.close()
+
+
 def ledger(store_url: str, user: str | None = None) -> UsageSummary:
     """Today's (UTC) usage straight from the store the CLI wrote to."""
     today = datetime.now(UTC).date().isoformat()
@@ -64,10 +73,14 @@ def ledger(store_url: str, user: str | None = None) -> UsageSummary:
 # -- check ---------------------------------------------------------------------------------------
 
 
-def test_check_without_api_key_warns_of_extractive_answers_and_exits_0() -> None:
+def test_check_without_api_key_warns_of_extractive_answers_and_exits_0(isolated: str) -> None:
     code, out = penny("check")
-    assert code == 0  # extractive answers are a supported mode
-    assert "store       sqlite ok" in out
+    assert code == 0  # extractive answers are a supported mode; no store yet is a first run's state
+    path = isolated.removeprefix("sqlite:///")
+    assert f"store       sqlite: none yet at {path}; penny run, penny proxy or penny index creates it" in out
+    assert not Path(path).exists()  # a check creates nothing: a mistyped path must not become a store
+    created(isolated)
+    assert "store       sqlite ok" in penny("check")[1]
     assert "warning     OPENAI_API_KEY is not set: Penny answers extractively" in out
     assert "https://platform.openai.com/api-keys" in out and "penny demo" in out
     # The embedder that runs, not an OpenAI model no call uses.
@@ -387,7 +400,8 @@ def test_usage_refuses_days_below_one_or_past_a_century(days: str, why: str,
     assert f"penny usage: error: argument --days: {why}" in capsys.readouterr().err
 
 
-def test_usage_on_an_empty_ledger_is_zero() -> None:
+def test_usage_on_an_empty_ledger_is_zero(isolated: str) -> None:
+    created(isolated)
     code, out = penny("usage", "--user", "nobody")
     assert code == 0
     assert "0 requests · 0 tokens · $0 spent · cache 0% hits, saved $0" in out
@@ -452,7 +466,8 @@ def test_prices_lists_the_default_model() -> None:
     assert any(line.split()[:1] == ["gpt-4.1-mini"] for line in out.splitlines())
 
 
-def test_default_user_survives_a_missing_login(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_user_survives_a_missing_login(monkeypatch: pytest.MonkeyPatch, isolated: str) -> None:
+    created(isolated)
     def no_login() -> str:
         raise OSError("no login name")  # what getpass does for a uid without a passwd entry
 

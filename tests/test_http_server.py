@@ -132,8 +132,10 @@ def test_http_without_a_signing_secret_exits_2_naming_it(tmp_path: Path) -> None
 # -- one worker ----------------------------------------------------------------------------------
 
 
-def test_the_workspace_served_is_recorded_for_the_cli(server: PennyHTTP) -> None:
-    store = store_from_url(server.env["PENNY_STORE_URL"])
+def test_the_store_it_created_is_logged_and_the_workspace_served_recorded_for_the_cli(server: PennyHTTP) -> None:
+    path = server.env["PENNY_STORE_URL"].removeprefix("sqlite:///")
+    assert [line for line in server.stderr().splitlines() if "store_created" in line and path in line]
+    store = store_from_url(server.env["PENNY_STORE_URL"], create=False)
     try:
         assert [(w.id, w.name) for w in served_workspaces(store)] == [(TEAM, "Penny Test")]
     finally:

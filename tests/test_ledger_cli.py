@@ -30,6 +30,9 @@ WORKSPACE = "local"
 def isolated(cli_env: str, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-ledger-cli")
     monkeypatch.setenv("PENNY_DOCS_DIR", str(Path(__file__).resolve().parents[1] / "examples" / "docs"))
+    store = SqliteStore.from_url(cli_env)  # the store the Penny that spooled the calls ran on
+    store.ping()
+    store.close()
     return cli_env
 
 

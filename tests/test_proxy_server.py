@@ -102,6 +102,18 @@ def readme_example(kind: str) -> str:
     return found.group(1)
 
 
+def test_penny_proxy_logs_the_store_it_creates(tmp_path: Path, fake: FakeOpenAI) -> None:
+    """A typo in a service's PENNY_STORE_URL shows in its log, not only as spend that never adds up."""
+    env = proxy_env(tmp_path, fake.base_url)
+    server = ProxyProcess(env, tmp_path)
+    try:
+        assert server.get("/readyz") == (200, "ready\n")
+    finally:
+        assert server.stop() == 0
+    created = [line for line in server.err.read_text().splitlines() if "store_created" in line]
+    assert len(created) == 1 and str(tmp_path / "penny.db") in created[0]
+
+
 def test_the_readme_examples_run_against_penny_proxy(tmp_path: Path, fake: FakeOpenAI) -> None:
     env = proxy_env(tmp_path, fake.base_url)
     secret = minted(env, "U123")

@@ -115,7 +115,8 @@ def test_a_key_made_without_workspace_is_billed_where_penny_serves_slack(cli_env
 def test_a_key_made_on_a_store_penny_never_served_slack_from_is_local_and_says_so(cli_env: str) -> None:
     code, out = penny("keys", "create", "--user", "U123")
     assert code == 0, out
-    note, created, secret = out.strip().splitlines()
+    new_store, note, created, secret = out.strip().splitlines()  # the first key makes the store too
+    assert new_store.startswith("Created a new store at ")
     assert "No Slack workspace is recorded" in note and "not in Slack's /cost" in note and "--workspace T" in note
     assert "for U123 in local." in created
     assert key_workspace(cli_env, secret) == "local"  # the key is still the last line

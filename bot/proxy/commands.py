@@ -20,7 +20,7 @@ from bot._cli_common import (
     shown_on_one_line,
 )
 from bot.proxy.keys import KEY_PREFIX, KeyRing
-from proxy_core import MAX_BUDGET_USD, PennySettings, PriceTable, format_usd
+from proxy_core import MAX_BUDGET_USD, PennySettings, PriceTable, format_usd, missing_store
 
 __all__ = ["add_commands"]
 
@@ -100,7 +100,9 @@ def _models(value: str) -> tuple[str, ...]:
 
 
 def _cmd_create(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
-    with opened_store(settings) as store:
+    # A proxy-only team's first step: it may create the store, and says so (a typo shows at once).
+    new = missing_store(settings.store_url)
+    with opened_store(settings, create=True) as store:
         unknown = [m for m in args.models if m not in _price_names(settings)]
         if unknown:
             print(f"penny: no price for model {', '.join(unknown)} (see penny prices)", file=sys.stderr)
@@ -110,6 +112,9 @@ def _cmd_create(args: argparse.Namespace, settings: PennySettings, out: TextIO, 
         secret, key = ring.create(user_id=args.user, workspace_id=workspace.id, name=args.name,
                                   daily_budget_micros=args.daily_budget_usd, models=args.models)
         try:
+            if new is not None:
+                print(f"Created a new store at {new} (PENNY_STORE_URL). If Penny has run before, the setting "
+                      "names the wrong file: fix it and create the key again.", file=out)
             if workspace.why == "local":
                 print(_LOCAL_NOTE, file=out)
             print(f"Created {key.id} for {key.user_id} in {_where(workspace)}. The key (shown once, store it now):",

@@ -14,6 +14,7 @@ import ipaddress
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Literal, TextIO
 
+from bot._cli_common import announce_new_store
 from bot.proxy.app import ProxyApp
 from bot.proxy.keys import PROXY_KEY_CACHE_S, KeyRing
 from bot.slack.server import HTTPOptions, StoreReadiness, announce, ops_reply, run_arbiter
@@ -86,6 +87,7 @@ def serve_proxy(settings: PennySettings, options: HTTPOptions, *, out: TextIO,
     """Run the proxy until SIGTERM or SIGINT; the arbiter's exit status."""
     if settings.openai_api_key is None:
         raise ConfigurationError("OPENAI_API_KEY: penny proxy calls the LLM for its clients and needs the key")
+    announce_new_store(settings)
     store = settings.open_store()  # an unreachable store fails here, before a port is bound
     try:
         store.ping()

@@ -347,6 +347,11 @@ class SqliteStore(Store):
         semantic_log_retain: int = SEMANTIC_LOG_RETAIN,
     ) -> SqliteStore:
         """Open ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``."""
+        return cls(cls.path_of_url(url), clock=clock, timeout_s=timeout_s, semantic_log_retain=semantic_log_retain)
+
+    @staticmethod
+    def path_of_url(url: str) -> str:
+        """The database file ``url`` names; a URL that names none is a ConfigurationError."""
         parts = urlsplit(url)
         if parts.scheme != "sqlite":
             raise ConfigurationError(f"PENNY_STORE_URL: expected a sqlite:// URL, got scheme {parts.scheme!r}")
@@ -361,7 +366,7 @@ class SqliteStore(Store):
                 "PENNY_STORE_URL: the sqlite URL needs a database file path, "
                 "e.g. sqlite:///data/penny.db (in-memory databases cannot be shared)"
             )
-        return cls(path, clock=clock, timeout_s=timeout_s, semantic_log_retain=semantic_log_retain)
+        return path
 
     # -- connections and transactions ------------------------------------------------------
     def _connect(self) -> _Connection:
