@@ -53,8 +53,8 @@ _COULD_NOT_ANSWER = "Penny couldn't answer this time; nothing was charged — tr
 # provider's own message, advice about Penny's settings) is for the operator's log.
 _PROVIDER_DOWN = ("The LLM provider did not answer; nothing was charged. Try again in a moment — if it keeps "
                   "happening, tell your Penny admin (the details are in Penny's log).")
-_PROVIDER_BROKE_OFF = ("The LLM provider's answer kept breaking off before it was complete ({spent}). Try again "
-                       "in a moment — if it keeps happening, tell your Penny admin (the details are in Penny's log).")
+_PROVIDER_UNFINISHED = ("The LLM provider took this question but did not finish answering it ({spent}). Try again "
+                        "in a moment — if it keeps happening, tell your Penny admin (the details are in Penny's log).")
 _PROVIDER_REFUSED = ("The LLM provider refused this question; nothing was charged. If it keeps happening, "
                      "tell your Penny admin (the details are in Penny's log).")
 
@@ -259,8 +259,8 @@ class AnswerService:
         """What the asker sees instead of an answer. A store failure or an unexpected error is a
         plain sentence: its detail (a host:port, a driver's message) goes to the log only."""
         see = " Meanwhile, these pages look closest:" if closest else ""
-        charged = exc.charged_micros  # streamed attempts that broke off: the provider bills their text
-        spent = (f"{format_usd(charged)} charged for what the provider wrote before its answer broke off"
+        charged = exc.charged_micros  # attempts the provider took and did not finish: it bills them
+        spent = (f"{format_usd(charged)} charged for the attempts the provider started and did not finish"
                  if charged else "nothing was charged")
         paid = f" ({spent}.)" if charged else ""
         if isinstance(exc, RateLimited):
@@ -278,7 +278,7 @@ class AnswerService:
         if isinstance(exc, UpstreamError):
             self._log.warning("answer_upstream_failed", request_id=request_id, error=str(exc))
             text = (_PROVIDER_REFUSED if isinstance(exc, UpstreamRejected)
-                    else _PROVIDER_BROKE_OFF.format(spent=spent) if charged else _PROVIDER_DOWN)
+                    else _PROVIDER_UNFINISHED.format(spent=spent) if charged else _PROVIDER_DOWN)
             return Answer("error", text + see, closest, spent, refusal="upstream_error", cost_micros=charged)
         if isinstance(exc, StoreError):
             self._log.error("answer_store_unavailable", request_id=request_id, error=str(exc))

@@ -45,9 +45,9 @@ __all__ = [
 class PennyError(Exception):
     """Base class of every error Penny raises on purpose.
 
-    ``charged_micros``: what the failed call was charged all the same. Only a chat completion whose
-    streamed attempts broke off after generating text has any (the provider bills that text); the
-    rest are 0, whatever the docstrings below say of "nothing was charged".
+    ``charged_micros``: what the failed call was charged all the same. Only a chat completion has
+    any, for attempts the provider accepted and then failed (see ``UpstreamError.accepted``): it
+    bills them. The rest are 0, whatever the docstrings below say of "nothing was charged".
     """
 
     charged_micros: int = 0
@@ -153,14 +153,17 @@ UpstreamKind = Literal["status", "timeout", "connection", "malformed"]
 
 
 class UpstreamError(PennyError):
-    """The provider failed (after retries). Nothing was charged for it, except what a streamed attempt
-    generated before it broke off.
+    """The provider failed (after retries). Nothing was charged for it, except the attempts the
+    provider had accepted (``accepted``).
 
     ``kind`` says how: an HTTP ``status``, a ``timeout``, a ``connection`` failure, or a
     ``malformed`` response. ``retry_after`` is the provider's hint (Retry-After or
     retry-after-ms), in seconds, when it gave one. ``attempts`` is how many calls were made.
-    ``streamed``: the answer's text a streamed attempt had sent before it broke off ("" for none);
-    the provider bills what it generated, so the gateway charges it (estimated).
+    ``accepted``: the provider had taken the request in when the attempt failed: its streamed
+    answer had begun (a 200, then a stream that broke off, before or after text). The provider
+    bills such an attempt (it processed the prompt), so the gateway charges it: the prompt plus
+    ``streamed``, estimated. A status answer (429, 5xx, 4xx) is not billed: False.
+    ``streamed``: the answer's text a streamed attempt had sent before it broke off ("" for none).
     """
 
     def __init__(
@@ -171,12 +174,14 @@ class UpstreamError(PennyError):
         status: int | None = None,
         retry_after: float | None = None,
         attempts: int = 1,
+        accepted: bool = False,
         streamed: str = "",
     ) -> None:
         self.kind = kind
         self.status = status
         self.retry_after = retry_after
         self.attempts = attempts
+        self.accepted = accepted
         self.streamed = streamed
         super().__init__(message)
 

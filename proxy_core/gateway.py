@@ -214,24 +214,30 @@ class _Admitted:
 
 
 @dataclass(slots=True)
-class _BrokenAttempts:
-    """Streamed attempts at one chat completion that broke off after generating text: the provider
-    bills what it generated, so Penny charges it, estimated (a broken stream carries no usage)."""
+class _FailedAttempts:
+    """Attempts at one chat completion that the provider accepted and then failed
+    (``UpstreamError.accepted``): a stream that broke off, before or after text, or a request sent
+    whole that got no answer. The provider bills each one's prompt and whatever it generated, so
+    Penny charges them: the prompt as ``prompt_tokens`` (Penny's estimate, or the count the provider
+    reported for the same prompt when a retry answered) and the text a stream had shown, estimated.
+    What an unanswered request generated is never seen: it is charged its prompt only."""
 
     prompt_tokens: int
-    texts: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)  # one per accepted attempt: the text it showed ("" for none)
 
-    def add(self, streamed: str) -> None:
-        if streamed:
-            self.texts.append(streamed)
+    def add(self, exc: UpstreamError) -> None:
+        if exc.accepted:
+            self.texts.append(exc.streamed)
 
     def completion_tokens(self) -> int:
         return sum(estimate_text_tokens(text) for text in self.texts)
 
-    def cost(self, price: ModelPrice) -> int:
+    def cost(self, price: ModelPrice, *, prompt_tokens: int | None = None) -> int:
+        """What they cost at ``price``, each with ``prompt_tokens`` (default: the estimate) of prompt."""
         if not self.texts:
             return 0
-        return chat_cost(price, self.prompt_tokens * len(self.texts), 0, self.completion_tokens())
+        prompt = self.prompt_tokens if prompt_tokens is None else prompt_tokens
+        return chat_cost(price, prompt * len(self.texts), 0, self.completion_tokens())
 
 
 class _Held(Exception):
@@ -623,21 +629,27 @@ class Gateway:
         estimated = estimate_chat_tokens(req.messages)
         admitted = self._admit(req, tokens=estimated + req.max_tokens,
                                amount=chat_cost(req.price, estimated, 0, req.max_tokens))
-        broken = _BrokenAttempts(prompt_tokens=estimated)
+        failed = _FailedAttempts(prompt_tokens=estimated)
         try:
-            resp, attempts = self._call_or_release(req, admitted, "chat", self._chat_attempt(req, broken))
+            resp, attempts = self._call_upstream("chat", self._chat_attempt(req, failed), admitted.permit)
         except BaseException as exc:
-            charged = self._charge_broken(req, admitted, broken, started)
+            try:
+                # Charged before the claim is given back: should the process die in between, the
+                # claim is reaped at its worst case (an over-count), never lost.
+                charged = self._charge_failed(req, admitted, failed, started)
+            finally:
+                self._release(req, admitted)
             if charged and isinstance(exc, PennyError):
                 exc.charged_micros = charged
             raise
-        broken_micros = broken.cost(req.price)  # 0 unless a streamed attempt broke off first
-        result = self._chat_result(req, resp, attempts, lookup, started, extra_micros=broken_micros)
+        # 0 unless accepted attempts failed first; their prompt is this one, as the provider counted it.
+        failed_micros = failed.cost(self._billing_price(resp.model, req.price), prompt_tokens=resp.prompt_tokens)
+        result = self._chat_result(req, resp, attempts, lookup, started, extra_micros=failed_micros)
         self._settle(self._ledger_entry(req, result, kind="chat", day=admitted.day), req.request_id, admitted.lines,
                      result.to_json(), upstream_answered=True)
         self._count_spend("chat", result)
         self.metrics.requests.labels("chat", "ok", result.cache_status).inc()
-        answer = self._remember(req, lookup, result, answer_micros=result.cost_micros - broken_micros)
+        answer = self._remember(req, lookup, result, answer_micros=result.cost_micros - failed_micros)
         self._log.info("chat_answered", request_id=req.request_id, model=result.model, cost_micros=result.cost_micros,
                        cache=result.cache_status, attempts=attempts, latency_ms=result.latency_ms)
         return result, answer
@@ -865,14 +877,21 @@ class Gateway:
         )
         self.ledger.keep(SpoolRecord("release", entry, tuple(lines), spooled_at=entry.ts, call_id=call_id), exc)
 
-    def _chat_attempt(self, req: ChatRequest, broken: _BrokenAttempts) -> Callable[[], ChatResponse]:
+    def _chat_attempt(self, req: ChatRequest, failed: _FailedAttempts) -> Callable[[], ChatResponse]:
         """One upstream attempt at a chat completion, streamed into ``stream`` when both sides can;
-        a streamed attempt that breaks off after generating text is noted in ``broken``."""
+        an attempt that fails after the provider accepted it is noted in ``failed``."""
         model, messages, max_tokens, temperature = req.model, req.messages, req.max_tokens, req.temperature
         chat_stream = getattr(self.upstream, "chat_stream", None)
         if req.stream is None or chat_stream is None:
-            return lambda: self.upstream.chat(model=model, messages=messages, max_tokens=max_tokens,
+            def plain() -> ChatResponse:
+                try:
+                    return self.upstream.chat(model=model, messages=messages, max_tokens=max_tokens,
                                               temperature=temperature)
+                except UpstreamError as exc:
+                    failed.add(exc)
+                    raise
+
+            return plain
         sink: AnswerStream | None = req.stream
         shown = False  # whether an earlier attempt already sent text that a retry must void
 
@@ -899,31 +918,33 @@ class Gateway:
                 response: ChatResponse = chat_stream(model=model, messages=messages, max_tokens=max_tokens,
                                                      on_delta=on_delta, temperature=temperature)
             except UpstreamError as exc:
-                broken.add(exc.streamed)
+                failed.add(exc)
                 raise
             return response
 
         return attempt
 
-    def _charge_broken(self, req: ChatRequest, admitted: _Admitted, broken: _BrokenAttempts, started: float) -> int:
-        """A chat completion failed after streamed attempts that broke off had generated text: the
-        provider bills that text, so it is settled as a ledger entry of its own (its tokens
-        estimated), under an ID derived from the request's, whose claim has been given back for a
-        retry to run. Returns what was charged."""
-        if not broken.texts:
+    def _charge_failed(self, req: ChatRequest, admitted: _Admitted, failed: _FailedAttempts, started: float) -> int:
+        """A chat completion failed after attempts the provider had accepted: it bills them, so they
+        are settled as a ledger entry of their own (their tokens estimated) on the budget lines the
+        admission reserved on, under an ID derived from the request's: ``<request ID>:broken:<random>``
+        for streamed attempts, ``:unanswered:`` for plain ones, whose answer (and its completion
+        tokens) never came. The request's own claim is then given back for a retry to run; that
+        retry's attempts are new calls, billed anew. Returns what was charged."""
+        if not failed.texts:
             return 0
-        ts = self._wall()
+        streamed = req.stream is not None and getattr(self.upstream, "chat_stream", None) is not None
         entry = LedgerEntry(
-            request_id=f"{req.request_id}:broken:{uuid.uuid4().hex[:12]}", ts=ts,
-            day=admitted.day, workspace_id=req.workspace_id, user_id=req.user_id,
-            model=req.model, kind="chat", prompt_tokens=broken.prompt_tokens * len(broken.texts),
-            cached_prompt_tokens=0, completion_tokens=broken.completion_tokens(), cost_micros=broken.cost(req.price),
-            saved_micros=0, cache_status="bypass", latency_ms=self._ms_since(started), attempts=len(broken.texts),
+            request_id=f"{req.request_id}:{'broken' if streamed else 'unanswered'}:{uuid.uuid4().hex[:12]}",
+            ts=self._wall(), day=admitted.day, workspace_id=req.workspace_id, user_id=req.user_id,
+            model=req.model, kind="chat", prompt_tokens=failed.prompt_tokens * len(failed.texts),
+            cached_prompt_tokens=0, completion_tokens=failed.completion_tokens(), cost_micros=failed.cost(req.price),
+            saved_micros=0, cache_status="bypass", latency_ms=self._ms_since(started), attempts=len(failed.texts),
             source=_source_id(req),
         )
         self._settle(entry, None, admitted.lines, None, upstream_answered=False)
         self.metrics.spent.labels("chat", req.model).inc(entry.cost_micros)
-        self._log.info("broken_stream_charged", request_id=req.request_id, ledger_id=entry.request_id,
+        self._log.info("failed_attempts_charged", request_id=req.request_id, ledger_id=entry.request_id,
                        attempts=entry.attempts, cost_micros=entry.cost_micros)
         return entry.cost_micros
 

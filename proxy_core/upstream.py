@@ -17,6 +17,11 @@ byte; once the answer is flowing, a broken stream (dropped connection, unreadabl
 event) is ``UpstreamError(kind="connection")`` (``"timeout"`` when it stalled past the timeout), and
 a stream that ends without its usage chunk is ``malformed``, like a 200 without ``usage``.
 
+Whether the provider had **accepted** the attempt (``UpstreamError.accepted``: it bills it) is
+decided here, and only here, from what the HTTP exchange got to: True once a streamed 200 began
+(a stream that broke off, before or after text); False for a status answer and for a request that
+got no answer.
+
 A plain chat completion goes out on a kept-alive ``http.client`` connection per thread
 (:mod:`proxy_core._json_http`) with the headers the SDK would send: the SDK's own per-request work
 cost as much CPU as the rest of a cache miss. An injected client, a route through an HTTP(S) proxy,
@@ -258,7 +263,7 @@ class OpenAIUpstream:
             return answer.response()
         except _Malformed as exc:
             error = self._malformed(exc, model)
-            error.streamed = answer.text()  # generated all the same: the gateway charges it
+            error.accepted, error.streamed = True, answer.text()  # generated all the same: the gateway charges it
             raise error from exc
 
     def _texts(self, stream: Iterable[object], answer: _StreamedAnswer, model: str) -> Iterator[str]:
@@ -270,7 +275,7 @@ class OpenAIUpstream:
                 if text:
                     yield text
         except openai.APITimeoutError as exc:
-            error = self._request_error(exc, model, _CHAT_PATH)
+            error = self._timeout(accepted=True)  # the 200 had begun: the provider is answering, and bills it
             error.streamed = answer.text()
             raise error from exc
         except (openai.OpenAIError, _Malformed, ValueError) as exc:
@@ -278,7 +283,7 @@ class OpenAIUpstream:
             # event: the answer broke off, and a new attempt can fix that.
             raise UpstreamError(
                 f"The LLM provider's answer broke off while streaming ({_stream_failure(exc)}).",
-                kind="connection", streamed=answer.text(),
+                kind="connection", accepted=True, streamed=answer.text(),
             ) from exc
         finally:
             close = getattr(stream, "close", None)
@@ -324,9 +329,10 @@ class OpenAIUpstream:
             f"The OpenAI client refused the request ({type(exc).__name__}); check Penny's OpenAI settings."
         )
 
-    def _timeout(self) -> UpstreamError:
+    def _timeout(self, *, accepted: bool = False) -> UpstreamError:
         return UpstreamError(
-            f"The LLM provider did not answer within {self._timeout_s:g}s ({self._where}).", kind="timeout"
+            f"The LLM provider did not answer within {self._timeout_s:g}s ({self._where}).", kind="timeout",
+            accepted=accepted,
         )
 
     def _unreachable(self, url: str, reason: str) -> UpstreamError:

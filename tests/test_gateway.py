@@ -6,6 +6,7 @@ recorded, never waited.
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -302,9 +303,9 @@ def test_a_streamed_attempt_that_broke_off_is_charged_for_what_it_generated(
 
     price = PriceTable.load(None).price_for("gpt-4.1-mini")
     answer_cost = chat_cost(price, 40, 0, 12)
-    # What the first attempt generated before it broke ("Answer to: How "), on the same prompt.
-    broken_cost = chat_cost(price, estimate_chat_tokens(_messages("How do I deploy?")), 0,
-                            estimate_text_tokens("Answer to: How "))
+    # What the first attempt generated before it broke ("Answer to: How "), on the same prompt: the
+    # 40 tokens the provider counted for it when the retry answered.
+    broken_cost = chat_cost(price, 40, 0, estimate_text_tokens("Answer to: How "))
     assert broken_cost > 0
     assert (result.attempts, result.cost_micros, shown.text) == (2, answer_cost + broken_cost, result.content)
     assert (result.prompt_tokens, result.completion_tokens) == (40, 12)  # the answer's own usage
@@ -321,14 +322,16 @@ def test_a_call_whose_streamed_attempts_all_broke_off_is_charged_for_them_and_ma
     fake.script(Fault.stream_break(2), Fault.stream_break(2, how="error"), Fault.stream_break(0))
     gw = make_gateway(chat_model="gpt-4.1-mini", retry_max_attempts=3, user_daily_budget_usd="1")
 
-    with pytest.raises(UpstreamError):
+    with pytest.raises(UpstreamError) as failed:
         ask(gw, "How do I deploy?", "ev1", stream=_Shown())
 
     price = PriceTable.load(None).price_for("gpt-4.1-mini")
-    # Two attempts generated "Answer to: " before breaking off; the third broke off before any text.
-    broken_cost = chat_cost(price, 2 * estimate_chat_tokens(_messages("How do I deploy?")), 0,
+    # Two attempts generated "Answer to: " before breaking off; the third broke off before any text,
+    # its prompt taken all the same: three prompts (estimated), two texts.
+    broken_cost = chat_cost(price, 3 * estimate_chat_tokens(_messages("How do I deploy?")), 0,
                             2 * estimate_text_tokens("Answer to: "))
     assert broken_cost > 0 and fake.count("chat") == 3
+    assert failed.value.charged_micros == broken_cost
     totals = gw.usage("W1", DAY, DAY).totals
     assert (totals.requests, totals.cost_micros, totals.unsettled) == (1, broken_cost, 0)
     assert store.ledger_entry("W1", "ev1") is None  # the request itself was never answered
@@ -337,6 +340,122 @@ def test_a_call_whose_streamed_attempts_all_broke_off_is_charged_for_them_and_ma
     result = ask(gw, "How do I deploy?", "ev1", stream=_Shown())
     assert result.attempts == 1 and fake.count("chat") == 4
     assert gw.usage("W1", DAY, DAY).totals.cost_micros == broken_cost + result.cost_micros
+
+
+def _failed_charges(logs: list[dict[str, Any]]) -> list[str]:
+    """The ledger IDs of the failed attempts' charges the gateway logged."""
+    return [e["ledger_id"] for e in logs if e["event"] == "failed_attempts_charged"]
+
+
+def test_a_stream_that_broke_before_any_text_is_charged_its_prompt_when_a_retry_answers(
+    make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store
+) -> None:
+    """The 200 had begun, so the provider had the prompt: it bills it, and the retry pays again."""
+    fake.script(Fault.stream_break(0), Fault.ok(prompt_tokens=40, completion_tokens=12))
+    gw = make_gateway(chat_model="gpt-4.1-mini", user_daily_budget_usd="1")
+    shown = _Shown()
+
+    result = ask(gw, "How do I deploy?", "ev1", stream=shown)
+
+    price = PriceTable.load(None).price_for("gpt-4.1-mini")
+    answer_cost, prompt_only = chat_cost(price, 40, 0, 12), chat_cost(price, 40, 0, 0)
+    assert fake.count("chat") == 2 and shown.text == result.content
+    assert (result.attempts, result.cost_micros) == (2, answer_cost + prompt_only)
+    entry = store.ledger_entry("W1", "ev1")
+    assert entry is not None and (entry.cost_micros, entry.attempts) == (answer_cost + prompt_only, 2)
+    # The user's spend is both, on the lines the admission reserved on, with nothing left reserved.
+    assert store.spent("W1", _user_day_line(gw)) == (answer_cost + prompt_only, 0)
+    assert gw.usage("W1", DAY, DAY).totals.cost_micros == answer_cost + prompt_only
+    assert gw.metrics.registry.get_sample_value("penny_spent_microdollars_total",
+                                                {"kind": "chat", "model": "gpt-4.1-mini"}) == answer_cost + prompt_only
+
+
+def test_streams_that_all_broke_before_any_text_are_charged_one_prompt_each(
+    make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store
+) -> None:
+    fake.fail_all(Fault.stream_break(0))
+    gw = make_gateway(chat_model="gpt-4.1-mini", retry_max_attempts=3, user_daily_budget_usd="1")
+
+    with structlog.testing.capture_logs() as logs, pytest.raises(UpstreamError) as failed:
+        ask(gw, "How do I deploy?", "ev1", stream=_Shown())
+
+    price = PriceTable.load(None).price_for("gpt-4.1-mini")
+    estimated = estimate_chat_tokens(_messages("How do I deploy?"))
+    charged = chat_cost(price, 3 * estimated, 0, 0)
+    assert fake.count("chat") == 3 and failed.value.charged_micros == charged > 0
+    [ledger_id] = _failed_charges(logs)
+    assert ledger_id.startswith("ev1:broken:")
+    entry = store.ledger_entry("W1", ledger_id)
+    assert entry is not None
+    assert (entry.attempts, entry.prompt_tokens, entry.completion_tokens, entry.cost_micros, entry.cache_status) == (
+        3, 3 * estimated, 0, charged, "bypass")
+    assert store.ledger_entry("W1", "ev1") is None
+    assert store.spent("W1", _user_day_line(gw)) == (charged, 0)
+    # A client's retry of the same request ID runs again: its attempts are new calls, and the
+    # charge above is not made twice.
+    fake.clear()
+    result = ask(gw, "How do I deploy?", "ev1", stream=_Shown())
+    assert gw.usage("W1", DAY, DAY).totals.cost_micros == charged + result.cost_micros
+    assert store.spent("W1", _user_day_line(gw)) == (charged + result.cost_micros, 0)
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "plain"])
+@pytest.mark.parametrize("fault", [Fault.status(500), Fault.status(429, retry_after="1"), Fault.status(503)],
+                         ids=["500", "429", "503"])
+def test_answers_the_provider_does_not_bill_are_charged_nothing(
+    make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store, fault: Fault, stream: bool
+) -> None:
+    fake.script(fault, fault)
+    gw = make_gateway(chat_model="gpt-4.1-mini", user_daily_budget_usd="1")
+
+    result = ask(gw, "How do I deploy?", "ev1", stream=_Shown() if stream else None)
+
+    assert fake.count("chat") == 3 and result.attempts == 3
+    price = PriceTable.load(None).price_for("gpt-4.1-mini")
+    answer = chat_cost(price, result.prompt_tokens, 0, result.completion_tokens)
+    assert result.cost_micros == answer  # the answer alone
+    assert store.spent("W1", _user_day_line(gw)) == (answer, 0)
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "plain"])
+def test_a_provider_never_reached_is_charged_nothing(make_gateway: GatewayFactory, store: Store,
+                                                     stream: bool) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    gw = make_gateway(retry_max_attempts=2, user_daily_budget_usd="1")
+    gw.upstream = OpenAIUpstream(api_key=API_KEY, base_url=f"http://127.0.0.1:{port}/v1", timeout_s=1.0)
+
+    with pytest.raises(UpstreamError) as failed:
+        ask(gw, "How do I deploy?", "ev1", stream=_Shown() if stream else None)
+
+    assert (failed.value.kind, failed.value.attempts, failed.value.charged_micros) == ("connection", 2, 0)
+    assert gw.usage("W1", DAY, DAY).totals.requests == 0
+    assert store.spent("W1", _user_day_line(gw)) == (0, 0)
+
+
+def test_failed_attempts_count_against_the_daily_budget(make_gateway: GatewayFactory, fake: FakeOpenAI,
+                                                        store: Store) -> None:
+    """A budget that fits the call's worst case, and the charges for its failed attempts, but not
+    both: once they are charged the next call is refused."""
+    price = PriceTable.load(None).price_for("gpt-4.1-mini")
+    estimated = estimate_chat_tokens(_messages("How do I deploy?"))
+    worst_case = chat_cost(price, estimated, 0, 10)
+    charged = chat_cost(price, 2 * estimated, 0, 0)
+    budget = worst_case + charged - 1
+    gw = make_gateway(chat_model="gpt-4.1-mini", retry_max_attempts=2, max_output_tokens=10,
+                      user_daily_budget_usd=f"{budget / 1_000_000:.6f}")
+    fake.fail_all(Fault.stream_break(0))
+
+    with pytest.raises(UpstreamError):
+        ask(gw, "How do I deploy?", "ev1", stream=_Shown())
+
+    assert store.spent("W1", _user_day_line(gw)) == (charged, 0)
+    fake.clear()
+    with pytest.raises(BudgetExceeded) as refused:
+        ask(gw, "How do I deploy?", "ev2")
+    assert refused.value.spent == charged
+    assert fake.count("chat") == 2
 
 
 def test_bad_request_is_not_retried_and_nothing_is_charged(make_gateway: GatewayFactory, fake: FakeOpenAI,

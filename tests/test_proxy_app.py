@@ -10,6 +10,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import openai
 import pytest
@@ -19,6 +20,7 @@ from structlog.testing import capture_logs
 
 from bot.proxy.keys import _BLOB_PREFIX, KEY_PREFIX, hash_key
 from proxy_core import ManualClock, Store
+from proxy_core.prices import PriceTable, chat_cost
 from tests.fake_openai import FakeOpenAI, Fault, Gate
 from tests.polling import until
 from tests.proxy_harness import API_KEY, Proxy, http, serve_proxy
@@ -318,6 +320,41 @@ def test_a_stream_whose_every_attempt_broke_off_says_what_they_cost_and_the_ledg
     assert events[-1]["error"]["code"] == "upstream_error"
     assert events[-1]["penny"] == {"cost_micros": totals.cost_micros}
     assert {s: t.cost_micros for s, t in by_source.items()} == {key.id: totals.cost_micros}  # under the key
+
+
+def test_a_stream_that_broke_before_any_text_is_charged_its_prompt_with_the_answer(
+    proxy: Proxy, fake: FakeOpenAI, clock: ManualClock
+) -> None:
+    """The provider had the first attempt's prompt (its 200 had begun): the answer's cost, in the
+    usage chunk and the ledger, carries that prompt as well."""
+    fake.script(Fault.stream_break(after=0), Fault.ok(prompt_tokens=1000, completion_tokens=10), endpoint="chat")
+    secret, key = proxy.keys.create(user_id="U1", workspace_id="T1")
+
+    chunks, _ = streamed(proxy.client(secret))
+
+    price = PriceTable.load(None).price_for(MODEL)
+    charged = chat_cost(price, 1000, 0, 10) + chat_cost(price, 1000, 0, 0)
+    assert text_of(chunks) == ANSWER and len(fake.requests_to("chat")) == 2
+    usage = chunks[-1].model_extra or {}
+    assert usage["penny"]["cost_micros"] == charged
+    by_source = proxy.gateway.store.usage_by_source("T1", today(clock), today(clock), "U1")
+    assert {s: (t.requests, t.cost_micros) for s, t in by_source.items()} == {key.id: (1, charged)}
+
+
+def test_a_call_whose_every_stream_broke_before_any_text_says_what_it_cost(
+    sqlite_store: Store, fake: FakeOpenAI, clock: ManualClock
+) -> None:
+    """No text went out, so the refusal is an ordinary 503; it says what the attempts cost."""
+    with serve_proxy(sqlite_store, fake, clock, retry_max_attempts=2) as proxy:
+        fake.fail_all(Fault.stream_break(after=0))
+        secret, key = proxy.keys.create(user_id="U1", workspace_id="T1")
+        with pytest.raises(openai.APIStatusError) as caught:
+            streamed(proxy.client(secret))
+        by_source = proxy.gateway.store.usage_by_source("T1", today(clock), today(clock), "U1")
+    assert caught.value.status_code == 503 and len(fake.requests_to("chat")) == 2
+    [(source, totals)] = by_source.items()
+    assert source == key.id and totals.requests == 1 and totals.cost_micros > 0
+    assert caught.value.response.headers["x-penny-cost-usd"] == format(Decimal(totals.cost_micros) / 1_000_000, "f")
 
 
 # -- what careless and hostile clients send ----------------------------------------------------------

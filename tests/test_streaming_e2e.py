@@ -294,9 +294,9 @@ def test_an_error_after_streaming_began_leaves_no_streamed_message_and_tells_the
     refusal = slack.last("chat.postEphemeral")
     assert (refusal.params["user"], refusal.params["thread_ts"]) == ("U1", ROOT)
     told = json.dumps(refusal.blocks)
-    assert "The LLM provider's answer kept breaking off" in told
+    assert "The LLM provider took this question but did not finish answering it" in told
     # The provider bills what it wrote before breaking off: the asker is told, and the ledger has it.
-    assert "charged for what the provider wrote before its answer broke off" in told
+    assert "charged for the attempts the provider started and did not finish" in told
     assert "nothing was charged" not in told
     totals = bot.gateway.usage(TEAM, "2000-01-01", "2100-01-01").totals
     assert totals.requests == 1 and totals.cost_micros > 0
@@ -313,7 +313,7 @@ def test_a_breaker_opened_by_answers_breaking_off_tells_the_asker_what_they_cost
     assert fake.count("chat") == 2  # the second failure opened the breaker: no third attempt
     told = json.dumps(slack.last("chat.postEphemeral").blocks)
     assert "Penny is pausing calls" in told
-    assert "charged for what the provider wrote before its answer broke off" in told
+    assert "charged for the attempts the provider started and did not finish" in told
     totals = bot.gateway.usage(TEAM, "2000-01-01", "2100-01-01").totals
     assert totals.requests == 1 and totals.cost_micros > 0 and format_usd(totals.cost_micros) in told
 

@@ -611,6 +611,7 @@ def test_chat_stream_failures_before_the_first_byte_are_translated_like_chat(
     assert str(streamed) == str(plain)
     assert streamed.retry_after == plain.retry_after
     assert isinstance(streamed, UpstreamRejected) is rejected
+    assert not streamed.accepted and not plain.accepted  # an answer the provider does not bill
     assert deltas == []
 
 
@@ -637,8 +638,22 @@ def test_a_stream_that_breaks_midway_is_a_retryable_connection_error(
     assert is_retryable(err)
     assert deltas == ["Answer ", "to: ", "How "]  # what was shown before it broke
     assert err.streamed == "Answer to: How "  # generated, so billed: the gateway charges it
+    assert err.accepted  # the provider had the prompt: it bills it
     assert API_KEY not in str(err)
     assert ask_streaming(upstream).content  # the connection pool is fine afterwards
+
+
+@pytest.mark.parametrize("how", ["drop", "garbage", "error"])
+def test_a_stream_that_breaks_before_any_text_was_accepted_all_the_same(
+    fake: FakeOpenAI, upstream: OpenAIUpstream, how: Literal["drop", "garbage", "error"]
+) -> None:
+    """The 200 and its first chunk came back: the provider had the prompt, and bills it."""
+    fake.script(Fault.stream_break(0, how=how))
+    deltas: list[str] = []
+
+    err = stream_error(upstream, deltas)
+
+    assert (type(err), err.kind, err.accepted, err.streamed, deltas) == (UpstreamError, "connection", True, "", [])
 
 
 def test_a_stream_without_its_usage_chunk_is_malformed_not_free(fake: FakeOpenAI, upstream: OpenAIUpstream) -> None:
@@ -647,7 +662,7 @@ def test_a_stream_without_its_usage_chunk_is_malformed_not_free(fake: FakeOpenAI
 
     err = stream_error(upstream, deltas)
 
-    assert (type(err), err.kind) == (UpstreamError, "malformed")
+    assert (type(err), err.kind, err.accepted) == (UpstreamError, "malformed", True)
     assert "usage" in str(err)
     assert "".join(deltas) == err.streamed == "Answer to: How do I rotate the signing key?"
 

@@ -298,7 +298,7 @@ class ProxyApp:
                                                                   type="server_error")
             event: dict[str, Any] = {"error": {"message": mapped.message, "type": mapped.type, "param": None,
                                                "code": mapped.code}}
-            if isinstance(exc, PennyError) and exc.charged_micros:  # attempts that broke off, billed all the same
+            if isinstance(exc, PennyError) and exc.charged_micros:  # attempts not finished, billed all the same
                 event["penny"] = {"cost_micros": exc.charged_micros}
             return event
 
@@ -451,6 +451,9 @@ class ProxyApp:
                                          ("tokens", limits.tokens_per_minute)):
                     if per_minute > 0:  # 0: no such limit
                         mapped.headers[f"x-ratelimit-limit-{kind}"] = str(int(per_minute))
+            if isinstance(exc, PennyError) and exc.charged_micros:
+                # Attempts the provider took and did not finish: billed all the same, and charged.
+                mapped.headers["x-penny-cost-usd"] = _usd(exc.charged_micros)
             if isinstance(exc, UpstreamError | StoreError):
                 self._log.warning("proxy_call_failed", key_id=key.id, error=str(exc))  # the details stay here
             raise mapped from exc
