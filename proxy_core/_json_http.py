@@ -7,9 +7,14 @@ sends and receives: the caller (:mod:`proxy_core.upstream`) translates every fai
 does the SDK's. What it raises:
 
     JSONStatus            a response outside 2xx (status, headers, decoded body or its text)
-    TimeoutError          connect or read took longer than ``timeout_s``
-    OSError, HTTPException the connection failed, or dropped before a whole response
+    Unanswered            the whole request was sent and no whole response came back: a read
+                          timeout, or the connection dropped (``__cause__`` says which)
+    TimeoutError          connecting or sending took longer than ``timeout_s``
+    OSError, HTTPException the connection failed before the request was wholly sent
     ValueError            a 2xx whose body is not JSON
+
+``Unanswered`` is told apart because the provider bills such a request: it has the prompt and may
+be writing the answer when the connection gives up on it. One that was never wholly sent it never saw.
 """
 
 from __future__ import annotations
@@ -24,7 +29,17 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["JSONPoster", "JSONStatus", "direct_route"]
+__all__ = ["JSONPoster", "JSONStatus", "Unanswered", "direct_route"]
+
+
+class Unanswered(Exception):
+    """The whole request went out and no whole response came back (``__cause__``: the timeout or
+    the dropped connection). ``status`` is the response's status when its head arrived before the
+    body broke off, else None."""
+
+    def __init__(self, status: int | None) -> None:
+        super().__init__("no answer" if status is None else f"HTTP {status}, body cut off")
+        self.status = status
 
 
 class JSONStatus(Exception):
@@ -71,10 +86,19 @@ class JSONPoster:
         """The decoded JSON of a 2xx answer to ``body`` POSTed at ``path``."""
         data = json.dumps(body, separators=(",", ":")).encode("utf-8")
         connection = self._connection()
+        status: int | None = None
         try:
             connection.request("POST", self._prefix + path, body=data, headers=self._headers)
+        except BaseException:
+            self._drop(connection)
+            raise
+        try:
             response = connection.getresponse()
+            status = response.status
             payload = response.read()
+        except (OSError, http.client.HTTPException) as exc:  # TimeoutError is an OSError
+            self._drop(connection)
+            raise Unanswered(status) from exc
         except BaseException:
             self._drop(connection)
             raise

@@ -159,10 +159,14 @@ class UpstreamError(PennyError):
     ``kind`` says how: an HTTP ``status``, a ``timeout``, a ``connection`` failure, or a
     ``malformed`` response. ``retry_after`` is the provider's hint (Retry-After or
     retry-after-ms), in seconds, when it gave one. ``attempts`` is how many calls were made.
-    ``accepted``: the provider had taken the request in when the attempt failed: its streamed
-    answer had begun (a 200, then a stream that broke off, before or after text). The provider
-    bills such an attempt (it processed the prompt), so the gateway charges it: the prompt plus
-    ``streamed``, estimated. A status answer (429, 5xx, 4xx) is not billed: False.
+    ``accepted``: the provider had taken the whole request in when the attempt failed: its answer
+    had begun (a 200, then a stream that broke off or a body Penny could not use), or the request
+    was sent and no answer came (a read timeout, a connection dropped after the request went out).
+    The provider bills such an attempt (it processed the prompt, and may still be writing the
+    answer), so the gateway charges it: the prompt plus ``streamed``, estimated (a chat completion's;
+    an embedding's, a fraction of a cent, is not charged yet). A status answer
+    (429, 5xx, 4xx) is not billed, nor is a request that was never wholly sent (a refused
+    connection, a connect timeout): those are False.
     ``streamed``: the answer's text a streamed attempt had sent before it broke off ("" for none).
     """
 

@@ -1,6 +1,7 @@
 """The gateway: the one path every LLM call takes.
 
-Pipeline, in order (each step may end the request; nothing is charged unless upstream answered):
+Pipeline, in order (each step may end the request; nothing is charged unless upstream answered, or
+took an attempt it did not finish: see step 7):
 
 1. **Idempotency** — a request ID already settled returns its recorded result; one in flight is
    waited for (``inflight_wait_s``) and then refused. One request ID never makes two upstream
@@ -17,7 +18,10 @@ Pipeline, in order (each step may end the request; nothing is charged unless ups
    recorded under the request ID, and the answer is cached. A settle the store does not confirm
    (down, full, timed out) goes to the ledger's keeper (``keeper.py``), which spools it durably
    before the answer is returned and replays it once the store answers: a paid call always
-   reaches the ledger.
+   reaches the ledger. Failed attempts of a chat completion that the provider had taken (a stream
+   that broke off, a request sent whole and never answered: ``UpstreamError.accepted``) are billed
+   by it, so they are charged too, estimated (:class:`_FailedAttempts`): with the answer when a
+   retry answers, else as an entry of their own before the claim is given back.
 
 A call whose process dies between admission and settle leaves an owned claim; when it expires,
 the reaper (``reap_interrupted``, run by every gateway's maintenance thread) charges it at its

@@ -18,9 +18,10 @@ event) is ``UpstreamError(kind="connection")`` (``"timeout"`` when it stalled pa
 a stream that ends without its usage chunk is ``malformed``, like a 200 without ``usage``.
 
 Whether the provider had **accepted** the attempt (``UpstreamError.accepted``: it bills it) is
-decided here, and only here, from what the HTTP exchange got to: True once a streamed 200 began
-(a stream that broke off, before or after text); False for a status answer and for a request that
-got no answer.
+decided here, and only here, from what the HTTP exchange got to: True once a 200 began (a stream
+that broke off, a body Penny could not use) or once the whole request was sent and no answer came
+(a read timeout, a connection dropped after the request went out); False for a status answer and
+for a request never wholly sent (refused, unresolvable, a connect or write timeout).
 
 A plain chat completion goes out on a kept-alive ``http.client`` connection per thread
 (:mod:`proxy_core._json_http`) with the headers the SDK would send: the SDK's own per-request work
@@ -47,7 +48,7 @@ import openai
 from openai.types import CreateEmbeddingResponse, embedding_create_params
 from openai.types.chat import completion_create_params
 
-from proxy_core._json_http import JSONPoster, JSONStatus, direct_route
+from proxy_core._json_http import JSONPoster, JSONStatus, Unanswered, direct_route
 from proxy_core.clock import Clock, wall
 from proxy_core.errors import ConfigurationError, UpstreamError, UpstreamRejected
 
@@ -220,6 +221,12 @@ class OpenAIUpstream:
             return self._poster.post(_CHAT_PATH, body)
         except JSONStatus as exc:
             raise self._status_error(_Status.of_poster(exc), model, _CHAT_PATH) from exc
+        except Unanswered as exc:  # sent whole: the provider has it, unless it had begun a refusal
+            accepted = exc.status is None or 200 <= exc.status < 300
+            if isinstance(exc.__cause__, TimeoutError):
+                raise self._timeout(accepted=accepted) from exc
+            raise self._unreachable(self._base_url + _CHAT_PATH, _failure_reason(exc.__cause__),
+                                    accepted=accepted) from exc
         except TimeoutError as exc:
             raise self._timeout() from exc
         except (OSError, http.client.HTTPException) as exc:
@@ -263,7 +270,7 @@ class OpenAIUpstream:
             return answer.response()
         except _Malformed as exc:
             error = self._malformed(exc, model)
-            error.accepted, error.streamed = True, answer.text()  # generated all the same: the gateway charges it
+            error.streamed = answer.text()  # generated all the same: the gateway charges it
             raise error from exc
 
     def _texts(self, stream: Iterable[object], answer: _StreamedAnswer, model: str) -> Iterator[str]:
@@ -311,7 +318,7 @@ class OpenAIUpstream:
         reason = str(exc) if isinstance(exc, _Malformed) else "unreadable body"
         return UpstreamError(
             f"The LLM provider sent a response Penny could not use for {model} ({reason}).",
-            kind="malformed",
+            kind="malformed", accepted=True,  # a 200: the provider ran the call, and bills it
         )
 
     def _request_error(self, exc: openai.OpenAIError, model: str, path: str) -> UpstreamError:
@@ -320,9 +327,9 @@ class OpenAIUpstream:
         if isinstance(exc, openai.APIStatusError):
             return self._status_error(_Status.of_sdk(exc), model, path)
         if isinstance(exc, openai.APITimeoutError):
-            return self._timeout()
+            return self._timeout(accepted=_sent_unanswered(exc))
         if isinstance(exc, openai.APIConnectionError):
-            return self._unreachable(str(exc.request.url), _connection_failure(exc))
+            return self._unreachable(str(exc.request.url), _connection_failure(exc), accepted=_sent_unanswered(exc))
         if isinstance(exc, openai.APIResponseValidationError):
             return self._malformed(exc, model)
         return UpstreamRejected(
@@ -335,7 +342,11 @@ class OpenAIUpstream:
             accepted=accepted,
         )
 
-    def _unreachable(self, url: str, reason: str) -> UpstreamError:
+    def _unreachable(self, url: str, reason: str, *, accepted: bool = False) -> UpstreamError:
+        if accepted:  # it was reached: the request went out whole, the answer never came back
+            return UpstreamError(f"{self._where[0].upper()}{self._where[1:]} took the request and the connection "
+                                 f"dropped before its answer (tried {_shown_url(url)}: {reason}).",
+                                 kind="connection", accepted=True)
         fix = ("check that the server is running and the URL is right" if self._base_url_set
                else "check this host's network, or set OPENAI_BASE_URL")
         return UpstreamError(f"Could not reach {self._where} (tried {_shown_url(url)}: {reason}); {fix}.",
@@ -568,6 +579,20 @@ def _shown_url(url: str) -> str:
     if parts.username is None and parts.password is None:
         return url
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+# The SDK's HTTP client's failures (httpx's, or httpx2's: the names are the same) that come after the
+# request was written whole, while waiting for or reading the answer. A connect, pool or write
+# failure did not get the request to the provider.
+_AFTER_SENDING = frozenset({"ReadTimeout", "ReadError", "RemoteProtocolError"})
+
+
+def _sent_unanswered(exc: openai.APIConnectionError) -> bool:
+    """Whether the SDK's timeout or connection failure came after the whole request was sent: the
+    provider has it (and bills it) though no answer came back. By class name, since the SDK's
+    HTTP client is httpx or httpx2 depending on its version."""
+    cause = exc.__cause__
+    return cause is not None and any(cls.__name__ in _AFTER_SENDING for cls in type(cause).__mro__)
 
 
 def _connection_failure(exc: openai.APIConnectionError) -> str:

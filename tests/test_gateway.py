@@ -399,6 +399,47 @@ def test_streams_that_all_broke_before_any_text_are_charged_one_prompt_each(
     assert store.spent("W1", _user_day_line(gw)) == (charged + result.cost_micros, 0)
 
 
+def test_a_plain_call_that_timed_out_after_it_was_sent_is_charged_its_prompt_when_a_retry_answers(
+    make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store
+) -> None:
+    """The request went out whole and the read timed out: the provider goes on and bills it."""
+    fake.script(Fault.delay(1.0), Fault.ok(prompt_tokens=40, completion_tokens=12))
+    gw = make_gateway(chat_model="gpt-4.1-mini", request_timeout_s=0.2, user_daily_budget_usd="1")
+
+    result = ask(gw, "How do I deploy?", "ev1")
+
+    price = PriceTable.load(None).price_for("gpt-4.1-mini")
+    answer_cost, prompt_only = chat_cost(price, 40, 0, 12), chat_cost(price, 40, 0, 0)
+    assert fake.count("chat") == 2
+    assert (result.attempts, result.cost_micros) == (2, answer_cost + prompt_only)
+    entry = store.ledger_entry("W1", "ev1")
+    assert entry is not None and (entry.cost_micros, entry.attempts) == (answer_cost + prompt_only, 2)
+    assert store.spent("W1", _user_day_line(gw)) == (answer_cost + prompt_only, 0)
+
+
+def test_plain_calls_that_all_went_unanswered_are_charged_one_prompt_each_marked_unanswered(
+    make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store
+) -> None:
+    """Sent whole, then the connection dropped: billed, but the answer (and its length) never came,
+    so each is charged its estimated prompt alone, under ``:unanswered:``."""
+    fake.fail_all(Fault.drop())
+    gw = make_gateway(chat_model="gpt-4.1-mini", retry_max_attempts=2, user_daily_budget_usd="1")
+
+    with structlog.testing.capture_logs() as logs, pytest.raises(UpstreamError) as failed:
+        ask(gw, "How do I deploy?", "ev1")
+
+    estimated = estimate_chat_tokens(_messages("How do I deploy?"))
+    charged = chat_cost(PriceTable.load(None).price_for("gpt-4.1-mini"), 2 * estimated, 0, 0)
+    assert fake.count("chat") == 2 and failed.value.charged_micros == charged > 0
+    [ledger_id] = _failed_charges(logs)
+    assert ledger_id.startswith("ev1:unanswered:")
+    entry = store.ledger_entry("W1", ledger_id)
+    assert entry is not None
+    assert (entry.attempts, entry.prompt_tokens, entry.completion_tokens, entry.cost_micros) == (
+        2, 2 * estimated, 0, charged)
+    assert store.spent("W1", _user_day_line(gw)) == (charged, 0)
+
+
 @pytest.mark.parametrize("stream", [True, False], ids=["streamed", "plain"])
 @pytest.mark.parametrize("fault", [Fault.status(500), Fault.status(429, retry_after="1"), Fault.status(503)],
                          ids=["500", "429", "503"])

@@ -341,15 +341,20 @@ def test_a_stream_that_broke_before_any_text_is_charged_its_prompt_with_the_answ
     assert {s: (t.requests, t.cost_micros) for s, t in by_source.items()} == {key.id: (1, charged)}
 
 
-def test_a_call_whose_every_stream_broke_before_any_text_says_what_it_cost(
-    sqlite_store: Store, fake: FakeOpenAI, clock: ManualClock
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "plain"])
+def test_a_call_the_provider_took_and_never_answered_says_what_it_cost(
+    sqlite_store: Store, fake: FakeOpenAI, clock: ManualClock, stream: bool
 ) -> None:
-    """No text went out, so the refusal is an ordinary 503; it says what the attempts cost."""
+    """Every stream broke before any text (a plain request: sent whole, then dropped unanswered). No
+    text went out, so the refusal is an ordinary 503; it says what the attempts cost."""
     with serve_proxy(sqlite_store, fake, clock, retry_max_attempts=2) as proxy:
-        fake.fail_all(Fault.stream_break(after=0))
+        fake.fail_all(Fault.stream_break(after=0))  # a plain request gets Fault.drop's behaviour
         secret, key = proxy.keys.create(user_id="U1", workspace_id="T1")
+        client = proxy.client(secret)
+        call: Callable[[], object] = ((lambda: streamed(client)) if stream else
+                                      (lambda: client.chat.completions.create(model=MODEL, messages=QUESTION)))  # type: ignore[arg-type]
         with pytest.raises(openai.APIStatusError) as caught:
-            streamed(proxy.client(secret))
+            call()
         by_source = proxy.gateway.store.usage_by_source("T1", today(clock), today(clock), "U1")
     assert caught.value.status_code == 503 and len(fake.requests_to("chat")) == 2
     [(source, totals)] = by_source.items()

@@ -434,9 +434,12 @@ def test_store_down_during_a_question_tells_the_asker_plainly_and_logs_the_detai
         gateway.close()
 
 
-@pytest.mark.parametrize("fault", [Fault.drop(), Fault.status(400, message="deployment eu-prod-llm-7 says no")])
+@pytest.mark.parametrize(("fault", "spent"), [
+    (Fault.drop(), "charged for the attempts the provider started"),  # sent whole, then dropped: billed
+    (Fault.status(400, message="deployment eu-prod-llm-7 says no"), "nothing was charged"),
+])
 def test_the_llm_failing_tells_the_asker_plainly_and_logs_the_detail(slack: FakeSlack, sqlite_store: SqliteStore,
-                                                                     fault: Fault) -> None:
+                                                                     fault: Fault, spent: str) -> None:
     """The provider's URL (Penny's OPENAI_BASE_URL), its own error message and advice about
     Penny's settings are the operator's, not the asker's."""
     settings = BotSettings(openai_api_key=KEY, requests_per_minute=0, tokens_per_minute=0, docs_base_url=DOCS_URL,
@@ -450,7 +453,7 @@ def test_the_llm_failing_tells_the_asker_plainly_and_logs_the_detail(slack: Fake
         with structlog.testing.capture_logs() as logs:
             bot.event(mention("<@UPENNY> how do I start the dev server?", ts=ROOT))
         shown = shown_mrkdwn(slack.last("chat.postEphemeral"))
-        assert "The LLM provider" in shown and "nothing was charged" in shown
+        assert "The LLM provider" in shown and spent in shown
         everything = json.dumps([c.params for c in slack.calls()], ensure_ascii=False)
         port = fake.base_url.rsplit(":", 1)[1].split("/")[0]
         for internal in (port, "127.0.0.1", "OPENAI_BASE_URL", "eu-prod-llm-7", "HTTP 400"):

@@ -237,6 +237,7 @@ def test_timeout(fake: FakeOpenAI) -> None:
     assert type(err) is UpstreamError
     assert (err.kind, err.status) == ("timeout", None)
     assert "0.2s" in str(err)
+    assert err.accepted  # sent whole, then no answer: the provider has it (and bills it)
     assert fake.count("chat") == 1
 
 
@@ -246,7 +247,54 @@ def test_dropped_connection(fake: FakeOpenAI, upstream: OpenAIUpstream) -> None:
     err = chat_error(upstream)
 
     assert (err.kind, err.status) == ("connection", None)
+    assert err.accepted and "took the request" in str(err)  # it was reached: not "could not reach"
     assert fake.count("chat") == 1
+
+
+def sdk_upstream(base_url: str, timeout_s: float) -> OpenAIUpstream:
+    """A plain chat completion through the SDK (an injected client), not the kept-alive poster."""
+    client = openai.OpenAI(api_key=API_KEY, base_url=base_url, max_retries=0, timeout=timeout_s)
+    return OpenAIUpstream(api_key=API_KEY, base_url=base_url, timeout_s=timeout_s, client=client)
+
+
+@pytest.mark.parametrize("client", ["poster", "sdk"])
+@pytest.mark.parametrize(
+    ("fault", "kind", "accepted"),
+    [
+        (Fault.drop(), "connection", True),  # the request went out whole; the answer never came
+        (Fault.delay(0.6), "timeout", True),  # read timeout: the provider is still on it
+        (Fault.garbage(), "malformed", True),  # a 200: the provider ran it
+        (Fault.status(429), "status", False),  # refusals are not billed
+        (Fault.status(500), "status", False),
+        (Fault.status(503), "status", False),
+    ],
+    ids=["drop", "read-timeout", "garbage", "429", "500", "503"],
+)
+def test_whether_the_provider_took_the_request_is_the_same_through_either_client(
+    fake: FakeOpenAI, client: str, fault: Fault, kind: str, accepted: bool
+) -> None:
+    up = (OpenAIUpstream(api_key=API_KEY, base_url=fake.base_url, timeout_s=0.2) if client == "poster"
+          else sdk_upstream(fake.base_url, 0.2))
+    fake.script(fault)
+
+    err = chat_error(up)
+
+    assert (err.kind, err.accepted) == (kind, accepted)
+    assert fake.count("chat") == 1
+
+
+@pytest.mark.parametrize("client", ["poster", "sdk"])
+def test_a_provider_never_reached_did_not_take_the_request(client: str) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1"
+    up = OpenAIUpstream(api_key=API_KEY, base_url=url, timeout_s=1.0) if client == "poster" else sdk_upstream(url, 1.0)
+
+    err = chat_error(up)
+
+    assert (err.kind, err.accepted) == ("connection", False)
+    assert "Could not reach" in str(err)
 
 
 def test_nothing_listening() -> None:
@@ -601,6 +649,7 @@ def test_chat_stream_reports_cached_tokens_model_and_length(fake: FakeOpenAI, up
 def test_chat_stream_failures_before_the_first_byte_are_translated_like_chat(
     fake: FakeOpenAI, upstream: OpenAIUpstream, fault: Fault, kind: str, status: int | None, rejected: bool
 ) -> None:
+    """A status answer is not billed; a request sent whole and dropped unanswered is (``accepted``)."""
     fake.script(fault, fault)
     deltas: list[str] = []
 
@@ -611,7 +660,7 @@ def test_chat_stream_failures_before_the_first_byte_are_translated_like_chat(
     assert str(streamed) == str(plain)
     assert streamed.retry_after == plain.retry_after
     assert isinstance(streamed, UpstreamRejected) is rejected
-    assert not streamed.accepted and not plain.accepted  # an answer the provider does not bill
+    assert streamed.accepted == plain.accepted == (fault.kind == "drop")
     assert deltas == []
 
 
@@ -621,7 +670,7 @@ def test_chat_stream_timeout_before_the_first_byte(fake: FakeOpenAI) -> None:
 
     err = stream_error(up)
 
-    assert (type(err), err.kind) == (UpstreamError, "timeout")
+    assert (type(err), err.kind, err.accepted) == (UpstreamError, "timeout", True)  # sent whole: billed
 
 
 @pytest.mark.parametrize("how", ["drop", "garbage", "error"])
