@@ -770,6 +770,28 @@ def test_cache_delete_a_whole_scope(store: Store) -> None:
     assert store.cache_delete("answers") == 0
 
 
+def test_a_cache_put_stores_its_records_in_the_same_step(store: Store, clock: ManualClock) -> None:
+    store.cache_put("answers", "k1", "v1", ttl_s=60, records=[Record("cache:where", "e1", "answers/k1", 60)])
+    assert store.cache_get("answers", "k1") == "v1"
+    assert store.record_get("cache:where", "e1") == "answers/k1"
+    assert store.cache_get("cache:where", "e1") is None  # a record, not an answer
+    clock.advance(61)
+    assert store.record_get("cache:where", "e1") is None
+
+
+def test_cache_drop_deletes_only_the_value_it_is_given(store: Store, clock: ManualClock) -> None:
+    store.cache_put("answers", "k1", "old", ttl_s=60)
+    store.cache_put("answers", "k1", "new", ttl_s=60)
+    assert store.cache_drop("answers", "k1", "old") is False  # replaced since: the newer one stays
+    assert store.cache_get("answers", "k1") == "new"
+    assert store.cache_drop("answers", "k1", "new") is True
+    assert store.cache_get("answers", "k1") is None
+    assert store.cache_drop("answers", "k1", "new") is False
+    store.cache_put("answers", "k2", "v", ttl_s=60)
+    clock.advance(61)
+    assert store.cache_drop("answers", "k2", "v") is False  # expired: already gone to a caller
+
+
 def test_cache_scopes_are_isolated(store: Store) -> None:
     store.cache_put("T01:answers", "k", "one", ttl_s=60)
     store.cache_put("T02:answers", "k", "two", ttl_s=60)

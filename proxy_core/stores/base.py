@@ -497,11 +497,19 @@ class AnswerCacheStore(ABC):
         """The cached value (JSON text) for ``key`` within ``scope``, unless expired."""
 
     @abstractmethod
-    def cache_put(self, scope: str, key: str, value: str, ttl_s: float) -> None: ...
+    def cache_put(self, scope: str, key: str, value: str, ttl_s: float, *, records: Sequence[Record] = ()) -> None:
+        """Store (or replace) ``value`` for ``ttl_s`` seconds. ``records`` are stored in the same
+        step (one transaction on SQLite, one round trip on Redis), as :meth:`RecordStore.record_put`
+        would: where the cache keeps the entry, so it can be found again by something else than its key."""
 
     @abstractmethod
     def cache_delete(self, scope: str, key: str | None = None) -> int:
         """Delete one key, or the whole scope when ``key`` is None; returns how many went."""
+
+    @abstractmethod
+    def cache_drop(self, scope: str, key: str, value: str) -> bool:
+        """Delete the entry ``key`` if it is live and holds ``value``, atomically: what was read
+        is evicted, never a newer value put there since. Returns whether it deleted."""
 
 
 class LedgerStore(ABC):

@@ -497,8 +497,7 @@ class RedisStore(Store):
             self._run(*complete)
             return
         # Records live in their own slots: the same round trip, not the same script.
-        self._pipelined(complete, *(_call(argv.CACHE_PUT, [self._record_key(record.kind, record.key)],
-                                          value=record.value, ttl_s=_num(record.ttl_s)) for record in records))
+        self._pipelined(complete, *(self._record_put_call(record) for record in records))
 
     @_translated("release a request")
     def release_request(self, workspace_id: str, request_id: str) -> None:
@@ -712,8 +711,13 @@ class RedisStore(Store):
         return self._get_value(self._cache_key(scope, key))
 
     @_translated("write the cache")
-    def cache_put(self, scope: str, key: str, value: str, ttl_s: float) -> None:
-        self._put_value(self._cache_key(scope, key), value, ttl_s)
+    def cache_put(self, scope: str, key: str, value: str, ttl_s: float, *, records: Sequence[Record] = ()) -> None:
+        if not records:
+            self._put_value(self._cache_key(scope, key), value, ttl_s)
+            return
+        # Records live in their own slots: the same round trip, not the same script.
+        self._pipelined(_call(argv.CACHE_PUT, [self._cache_key(scope, key)], value=value, ttl_s=_num(ttl_s)),
+                        *(self._record_put_call(record) for record in records))
 
     @_translated("delete from the cache")
     def cache_delete(self, scope: str, key: str | None = None) -> int:
@@ -724,9 +728,17 @@ class RedisStore(Store):
             return delete([self._cache_key(scope, key)])
         return self._unlink_matching(_glob_escape(self._cache_key(scope, "")) + "*", delete)
 
+    @_translated("delete from the cache")
+    def cache_drop(self, scope: str, key: str, value: str) -> bool:
+        return bool(self._run(*_call(argv.CACHE_DROP, [self._cache_key(scope, key)], value=value)))
+
     # -- records -------------------------------------------------------------------------
     def _record_key(self, kind: str, key: str) -> str:
         return f"{self._ns}:rec:{{{kind}}}:{key}"
+
+    def _record_put_call(self, record: Record) -> Call:
+        return _call(argv.CACHE_PUT, [self._record_key(record.kind, record.key)], value=record.value,
+                     ttl_s=_num(record.ttl_s))
 
     @_translated("read a record")
     def record_get(self, kind: str, key: str) -> str | None:

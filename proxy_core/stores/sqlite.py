@@ -809,10 +809,13 @@ class SqliteStore(Store):
             ).fetchone()
         return None if row is None else str(row[0])
 
-    def cache_put(self, scope: str, key: str, value: str, ttl_s: float) -> None:
-        with self._write("write the cache") as conn:
+    def cache_put(self, scope: str, key: str, value: str, ttl_s: float, *, records: Sequence[Record] = ()) -> None:
+        with self._write("write the cache", transaction=bool(records)) as conn:
+            now = self.now()
             conn.execute("INSERT OR REPLACE INTO cache (scope, key, value, expires_at) VALUES (?, ?, ?, ?)",
-                         (scope, key, value, self.now() + ttl_s))
+                         (scope, key, value, now + ttl_s))
+            for record in records:
+                _record_put(conn, record, now)
 
     def cache_delete(self, scope: str, key: str | None = None) -> int:
         with self._write("delete from the cache") as conn:
@@ -824,6 +827,12 @@ class SqliteStore(Store):
             ).rowcount
             conn.execute("DELETE FROM cache WHERE scope = ?1 AND (?2 IS NULL OR key = ?2)", (scope, key))
         return int(live)
+
+    def cache_drop(self, scope: str, key: str, value: str) -> bool:
+        with self._write("delete from the cache", transaction=False) as conn:
+            deleted = conn.execute("DELETE FROM cache WHERE scope = ? AND key = ? AND value = ? AND expires_at > ?",
+                                   (scope, key, value, self.now())).rowcount
+        return bool(deleted)
 
     # -- records -------------------------------------------------------------------------
     def record_get(self, kind: str, key: str) -> str | None:

@@ -1,5 +1,6 @@
--- Delete the entry if it is live and holds the value (a record's compare-and-delete): a claim
--- made with cache_add is given up only by its holder. Returns 1 when deleted, else 0.
+-- Delete the entry if it is live and holds the value (compare-and-delete): a record's claim made
+-- with cache_add is given up only by its holder, and a cached answer a 👎 names is evicted only
+-- while it is still the one cached under its key. Returns 1 when deleted, else 0.
 -- KEYS[1]: the entry HASH {value, expires_at}.
 -- ARGV, layout CACHE_DROP in proxy_core/stores/lua_argv.py: [3] value.
 local held = redis.call('HMGET', KEYS[1], 'value', 'expires_at')
