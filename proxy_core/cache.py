@@ -17,10 +17,10 @@ import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 from proxy_core.results import known_fields
-from proxy_core.stores.base import Store
+from proxy_core.stores.base import Record, Store
 
 __all__ = [
     "CacheDecision",
@@ -35,6 +35,9 @@ __all__ = [
 ]
 
 Status = Literal["exact", "semantic", "miss", "bypass"]
+
+# The record kind under which the exact cache keeps where each entry lives, by entry ID.
+_ENTRY_RECORD: Final = "cache:exact_entry"
 
 _SPACE = re.compile(r"\s+")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -202,7 +205,12 @@ class CacheLayer(Protocol):
 
 
 class ExactCache:
-    """Exact match on the normalised question within the scope, stored in the shared store."""
+    """Exact match on the normalised question within the scope, stored in the shared store.
+
+    An entry is found by its question; a 👎 names it by its entry ID, so each put also keeps a
+    record of where that entry lives (``_ENTRY_RECORD``, for as long as the entry), written in
+    the same step. There is nothing in process: an eviction is seen by every replica at once.
+    """
 
     def __init__(self, store: Store, *, ttl_s: float) -> None:
         self._store = store
@@ -217,11 +225,24 @@ class ExactCache:
     def put(
         self, scope: CacheScope, question: str, answer: CachedAnswer, decision: CacheDecision | None = None
     ) -> None:
-        self._store.cache_put(scope.id(), _key(question), answer.to_json(), self._ttl_s)
+        sid, key = scope.id(), _key(question)
+        where = json.dumps({"scope": sid, "key": key}, separators=(",", ":"))
+        self._store.cache_put(sid, key, answer.to_json(), self._ttl_s,
+                              records=[Record(_ENTRY_RECORD, answer.entry_id, where, self._ttl_s)])
 
     def invalidate_entry(self, entry_id: str) -> bool:
-        # Exact entries are found by their question, not by an entry ID: a 👎 cannot name one.
-        return False
+        """Evict the answer ``entry_id`` (a 👎 on it), unless its question has a newer answer since
+        (a fresh one replaced it): the 👎 was on the old one."""
+        where = self._store.record_get(_ENTRY_RECORD, entry_id)
+        if where is None:
+            return False
+        place = json.loads(where)
+        sid, key = str(place["scope"]), str(place["key"])
+        raw = self._store.cache_get(sid, key)
+        evicted = (raw is not None and CachedAnswer.from_json(raw).entry_id == entry_id
+                   and self._store.cache_drop(sid, key, raw))
+        self._store.record_drop(_ENTRY_RECORD, entry_id, where)
+        return evicted
 
     def close(self) -> None:
         return None

@@ -21,6 +21,7 @@ from bot.slack.working import WorkingIndicator
 from proxy_core.clock import ManualClock
 from proxy_core.gateway import Gateway
 from proxy_core.metrics import Metrics
+from proxy_core.stores.base import Store
 from proxy_core.stores.sqlite import SqliteStore
 from proxy_core.upstream import OpenAIUpstream
 from tests.fake_openai import FakeOpenAI
@@ -47,7 +48,7 @@ class Inline(Executor):
 class Bot(Harness):
     """The slack-app harness, but with Penny's real service and gateway behind it."""
 
-    def __init__(self, slack: FakeSlack, store: SqliteStore, gateway: Gateway, settings: BotSettings) -> None:
+    def __init__(self, slack: FakeSlack, store: Store, gateway: Gateway, settings: BotSettings) -> None:
         self.slack = slack
         self.store = store
         self.gateway = gateway
@@ -61,11 +62,13 @@ class Bot(Harness):
         """Listeners already ran inline."""
 
 
-def make_bot(slack: FakeSlack, openai: FakeOpenAI, tmp_path: Path, **overrides: Any) -> Bot:
+def make_bot(slack: FakeSlack, openai: FakeOpenAI, tmp_path: Path, *, store: Store | None = None,
+             **overrides: Any) -> Bot:
+    """A bot on ``store`` (by default a new SQLite file in ``tmp_path``) with the docs indexed."""
     params: dict[str, Any] = {"openai_api_key": KEY, "requests_per_minute": 0, "tokens_per_minute": 0}
     params.update(overrides)
     settings = BotSettings(**params)
-    store = SqliteStore(tmp_path / "penny.db")
+    store = store or SqliteStore(tmp_path / "penny.db")
     index_docs(settings, store, DOCS)
     gateway = Gateway(settings, store=store, metrics=Metrics(CollectorRegistry()),
                       upstream=OpenAIUpstream(api_key=KEY, base_url=openai.base_url, timeout_s=5.0))

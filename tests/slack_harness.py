@@ -2,7 +2,7 @@
 app (``Harness``), and builders for the events and payloads Slack sends.
 
 The answering service is a scripted stand-in for the ``Answerer`` protocol (``ScriptedAnswerer``);
-the store is whatever SQLite store the test hands in. ``tests.bot_harness`` builds on ``Harness``
+the store is whatever store the test hands in. ``tests.bot_harness`` builds on ``Harness``
 with Penny's real service and gateway."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from bot.settings import ThreadReplies
 from bot.slack.app import SlackSettings, build_app
 from bot.slack.working import WorkingIndicator
 from proxy_core import Accounts, PennySettings
-from proxy_core.stores.sqlite import SqliteStore
+from proxy_core.stores.base import Store
 from tests.fake_slack import FakeSlack, SlackCall
 
 TOKEN = "xoxb-test-penny-not-a-real-token"
@@ -90,9 +90,9 @@ class HeldAnswers:
 
 
 class Harness:
-    """A Penny app wired to the fake Slack, a SQLite store and a scripted answerer."""
+    """A Penny app wired to the fake Slack, a store and a scripted answerer."""
 
-    def __init__(self, slack: FakeSlack, store: SqliteStore, answerer: ScriptedAnswerer,
+    def __init__(self, slack: FakeSlack, store: Store, answerer: ScriptedAnswerer,
                  working: WorkingIndicator | None = None, thread_replies: ThreadReplies = "questions") -> None:
         self.slack = slack
         self.store = store

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from proxy_core.stores.base import Store
 from tests.bot_harness import Bot, make_bot
 from tests.fake_openai import FakeOpenAI
 from tests.fake_slack import FakeSlack
@@ -103,17 +104,44 @@ def test_over_budget_is_an_ephemeral_refusal_with_the_reset_time(slack: FakeSlac
         bot.gateway.close()
 
 
+def _thumbs_down(bot: Bot, answer: Any, *, user: str) -> None:
+    """Click 👎 under the answer ``answer`` (a recorded chat.postMessage), as ``user``."""
+    assert answer.response is not None
+    [feedback] = [e for b in answer.blocks if b["type"] == "context_actions" for e in b["elements"]]
+    click = block_action({"action_id": feedback["action_id"], "block_id": "fb",
+                          "value": feedback["negative_button"]["value"]}, message_ts=str(answer.response["ts"]),
+                         user=user)
+    click["actions"][0]["type"] = "feedback_buttons"
+    bot.action(click)
+
+
 def test_thumbs_down_on_a_cached_answer_evicts_it(bot: Bot, slack: FakeSlack, fake: FakeOpenAI) -> None:
     bot.event(mention("<@UPENNY> where are the production logs?", ts="1700000100.000100"))
     bot.event(mention("<@UPENNY> where are the production logs?", ts="1700000300.000100", user="U2"))
     bot.settle()
     assert fake.count("chat") == 1  # the second asker got the cached answer
-    cached = slack.calls("chat.postMessage")[-1]
-    [feedback] = [e for b in cached.blocks if b["type"] == "context_actions" for e in b["elements"]]
-    click = block_action({"action_id": feedback["action_id"], "block_id": "fb",
-                          "value": feedback["negative_button"]["value"]}, message_ts="1700000300.000200", user="U2")
-    click["actions"][0]["type"] = "feedback_buttons"
-    bot.action(click)
+    _thumbs_down(bot, slack.calls("chat.postMessage")[-1], user="U2")
     bot.event(mention("<@UPENNY> where are the production logs?", ts="1700000500.000100", user="U3"))
     bot.settle()
     assert fake.count("chat") == 2  # evicted: the next asker gets a fresh LLM answer
+
+
+def test_thumbs_down_evicts_the_answer_from_the_exact_cache_alone(slack: FakeSlack, fake: FakeOpenAI,
+                                                                   tmp_path: Path, store: Store) -> None:
+    """``PENNY_SEMANTIC_CACHE=false``: the exact cache used to keep a 👎'd answer for its whole TTL.
+    A late 👎 on an answer already replaced leaves the newer one cached."""
+    bot = make_bot(slack, fake, tmp_path, store=store, semantic_cache=False)
+    try:
+        question = "<@UPENNY> where are the production logs?"
+        bot.event(mention(question, ts="1700000100.000100"))
+        first = slack.calls("chat.postMessage")[-1]
+        bot.event(mention(question, ts="1700000300.000100", user="U2"))
+        assert fake.count("chat") == 1  # the second asker got the cached answer
+        _thumbs_down(bot, slack.calls("chat.postMessage")[-1], user="U2")
+        bot.event(mention(question, ts="1700000500.000100", user="U3"))
+        assert fake.count("chat") == 2  # evicted: the next asker gets a fresh LLM answer
+        _thumbs_down(bot, first, user="U4")  # the same answer, 👎'd again under the first message
+        bot.event(mention(question, ts="1700000700.000100", user="U5"))
+        assert fake.count("chat") == 2  # U3's newer answer is still cached
+    finally:
+        bot.gateway.close()

@@ -105,6 +105,35 @@ def test_fresh_answer_bypasses_and_replaces_the_cached_one(make_gateway: Gateway
     assert fake.count("chat") == 2
 
 
+def test_exact_cache_alone_a_thumbs_down_evicts_the_answer_for_every_replica(
+    make_gateway: GatewayFactory, fake: FakeOpenAI, open_twin: Callable[[], Store]
+) -> None:
+    """With ``PENNY_SEMANTIC_CACHE=false`` a 👎 evicted nothing ("exact entries are found by their
+    question"): the answer everyone 👎'd was served for the whole TTL."""
+    a = make_gateway(semantic_cache=False)
+    first = ask(a, "How do I deploy?", "r1")
+    assert ask(a, "how do I deploy", "r2").cache_status == "exact"
+    b = make_gateway(open_twin(), semantic_cache=False)
+    assert b.invalidate_cache_entry(first.cache_entry_id)  # the 👎, on another replica
+    assert not b.invalidate_cache_entry(first.cache_entry_id)  # already gone
+    assert ask(a, "How do I deploy?", "r3").cache_status == "miss"
+    assert fake.count("chat") == 2
+    assert not a.invalidate_cache_entry("never-cached")
+
+
+def test_exact_cache_alone_a_thumbs_down_on_a_replaced_answer_leaves_the_newer_one(
+    make_gateway: GatewayFactory, fake: FakeOpenAI
+) -> None:
+    gw = make_gateway(semantic_cache=False)
+    old = ask(gw, "How do I deploy?", "r1")
+    fake.script(Fault.ok(content="Use the new pipeline."))
+    ask(gw, "How do I deploy?", "r2", use_cache=False)  # a fresh answer replaces it
+    assert not gw.invalidate_cache_entry(old.cache_entry_id)  # a late 👎 on the old answer
+    again = ask(gw, "How do I deploy?", "r3")
+    assert again.cache_status == "exact" and again.content == "Use the new pipeline."
+    assert fake.count("chat") == 2
+
+
 def test_repeated_request_id_gives_one_call_and_one_ledger_entry(make_gateway: GatewayFactory,
                                                                  fake: FakeOpenAI, store: Store) -> None:
     gw = make_gateway(cache_enabled=False)

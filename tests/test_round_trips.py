@@ -112,7 +112,7 @@ def test_exact_cache_alone_a_hit_is_two_round_trips(
         TRIPS.thread = threading.get_ident()
         TRIPS.take()
         assert ask(gw, "How do I deploy the API?", "ev1").cache_status == "miss"
-        assert TRIPS.take() == 4  # cache read, admit (with the rate limit), settle, cache write
+        assert TRIPS.take() == 4  # cache read, admit (with the rate limit), settle, cache write (with its entry record)
         assert ask(gw, "How do I deploy the API?", "ev2").cache_status == "exact"
         assert TRIPS.take() == 2  # cache read, record_hit
     finally:
