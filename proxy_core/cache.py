@@ -44,7 +44,8 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # White space, invisible format characters and sentence punctuation, at either end. Not symbols:
 # "C++", "C#", "-1", "5€" and an emoji-only question keep them.
 _EDGE = "\\s\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff.,;:!?¿¡…。、"
-_EDGE_PUNCT = re.compile(f"^[{_EDGE}]+|[{_EDGE}]+$")
+_LEADING_EDGE = re.compile(f"^[{_EDGE}]+")
+_TRAILING_EDGE = re.compile(f"[{_EDGE}]+$")
 # Quotes and brackets go only in pairs around the whole question: a closing one alone can be what
 # is asked about ("What is []?" is not "What is {}?").
 _ENCLOSING = {"(": ")", "[": "]", "{": "}", '"': '"”', "'": "'’", "“": "”\"", "‘": "’'",
@@ -77,18 +78,33 @@ def normalize_question(text: str) -> str:
     """The form under which two questions count as the same text.
 
     Unicode-compatibility folding (:func:`compatibility_form`), case folding (keeping "ß"), collapsed
-    white space, and no sentence punctuation at the ends ("How do I deploy?" == "how do i deploy").
+    white space, and no sentence punctuation at the ends ("How do I deploy?" == "how do i deploy"),
+    but a "!" right after a digit stays ("What is 10!" may be a factorial: not "What is 10?").
     Symbols are kept wherever they are: they can carry meaning ("v1.2", "What is C++?", "-1", "🍕").
     A question of punctuation alone keeps it.
     """
     folded = _SPACE.sub(" ", _case_folded(compatibility_form(well_formed(text))))
-    bare = _EDGE_PUNCT.sub("", folded)
+    bare = _unedged(folded)
     while len(bare) > 2 and bare[-1] in _ENCLOSING.get(bare[0], ""):
-        inner = _EDGE_PUNCT.sub("", bare[1:-1])
+        inner = _unedged(bare[1:-1])
         if not inner:
             break
         bare = inner
     return bare or folded.strip()
+
+
+def _unedged(text: str) -> str:
+    """``text`` without white space, invisible characters and sentence punctuation at either end,
+    except a "!" right after a digit: "What is 10!" may ask for a factorial, not for "What is 10"
+    (the guard reads "10!" as another number too)."""
+    text = _LEADING_EDGE.sub("", text)
+    end = _TRAILING_EDGE.search(text)
+    if end is None:
+        return text
+    cut = end.start()
+    if text[cut] == "!" and cut > 0 and text[cut - 1].isdecimal():
+        cut += 1
+    return text[:cut]
 
 
 def _case_folded(text: str) -> str:

@@ -134,6 +134,23 @@ def test_exact_cache_alone_a_thumbs_down_on_a_replaced_answer_leaves_the_newer_o
     assert fake.count("chat") == 2
 
 
+@pytest.mark.parametrize(
+    ("cached", "asked", "status"),
+    [
+        ("What is 10?", "What is 10!", "miss"),  # 10 factorial
+        ("What is 10!", "what is 10!?", "exact"),
+        ("What is 10?", "What is 10 !", "exact"),  # not right after the number: punctuation
+        ("How do I deploy?", "How do I deploy!", "exact"),
+    ],
+)
+def test_exact_cache_alone_keeps_a_factorial_apart_and_drops_other_exclamation_marks(
+    make_gateway: GatewayFactory, fake: FakeOpenAI, cached: str, asked: str, status: str
+) -> None:
+    gw = make_gateway(semantic_cache=False)
+    ask(gw, cached, "r1")
+    assert ask(gw, asked, "r2").cache_status == status
+
+
 def test_repeated_request_id_gives_one_call_and_one_ledger_entry(make_gateway: GatewayFactory,
                                                                  fake: FakeOpenAI, store: Store) -> None:
     gw = make_gateway(cache_enabled=False)

@@ -104,6 +104,31 @@ def test_a_sign_a_decimal_comma_or_a_currency_changes_the_amount(guard: NearMiss
     assert reason(guard, cached, new) == expected
 
 
+@pytest.mark.parametrize(
+    ("cached", "new", "expected"),
+    [
+        ("What is 10?", "What is 10!", "number differs: 10 vs 10!"),
+        ("What is 10 / 8?", "Compute 10! / 8!", "number differs: 10 8 vs 10! 8!"),
+        ("Is 3! more than 5?", "Is 3 more than 5?", "number differs: 3! vs 3"),
+        ("I have 10! What now?", "I have 10. What now?", "number differs: 10! vs 10"),  # read as a factorial too
+    ],
+)  # fmt: skip
+def test_a_factorial_is_another_number(guard: NearMissGuard, cached: str, new: str, expected: str) -> None:
+    """"10!" read as 10 (its "!" as sentence punctuation): "What is 10!" was served the answer to
+    "What is 10?"."""
+    assert reason(guard, cached, new) == expected
+
+
+def test_an_exclamation_mark_that_is_no_factorial_is_punctuation(guard: NearMissGuard) -> None:
+    assert guard.check("How do I deploy!", "How do I deploy?").ok
+    assert guard.check("What is 10! ", "what is 10!?").ok
+    assert guard.check("Compute 10! / 8!", "compute 10!/8!").ok
+    assert guard.check("Is x!=10 allowed?", "Is x != 10 allowed?").ok  # "not equal", not 10 factorial
+    assert guard.check("How do I upgrade to v2!", "How do I upgrade to v2?").ok  # a code, not a number
+    assert guard.check("I have 10 ! What now?", "I have 10. What now?").ok  # not right after the number
+    assert guard.analyse("Wow! 10 users. Done!").quantities == {"number:10": "10"}
+
+
 def test_equal_amounts_written_differently_match(guard: NearMissGuard) -> None:
     assert guard.check("What is covid-19?", "What is covid 19?").ok  # a hyphen, not a minus
     assert guard.check("Is it 1-2 days?", "Is it 1 - 2 days?").ok

@@ -247,6 +247,8 @@ def test_symbols_at_the_ends_of_a_question_are_not_dropped_by_the_exact_match(
         ("What is 23?", "What is 2³?"),
         ("Is the flat 50 m2?", "Is the flat 50 m²?"),
         ("Darf ich Bier in Massen trinken?", "Darf ich Bier in Maßen trinken?"),
+        ("What is 10?", "What is 10!"),
+        ("Compute 10 / 8", "Compute 10! / 8!"),
     ],
 )
 def test_questions_that_differ_in_meaning_but_fold_to_the_same_text_are_not_served(
@@ -254,7 +256,8 @@ def test_questions_that_differ_in_meaning_but_fold_to_the_same_text_are_not_serv
 ) -> None:
     """Unicode compatibility folding made a superscript a plain digit: "What is 2³?" was an exact
     match of "What is 23?", and got its answer. Case folding made "ß" "ss": beer "in Maßen" (in
-    moderation) was served the answer about beer "in Massen" (by the crate)."""
+    moderation) was served the answer about beer "in Massen" (by the crate). A "!" after a number was
+    sentence punctuation, at the end and to the guard: "What is 10!" (a factorial) got "What is 10?"'s."""
     gw = make_gateway()
     ask(gw, cached)
     assert ask(gw, asked).cache_status == "miss"

@@ -376,17 +376,21 @@ _SUFFIX_SWAPS = (("ful", "less"),)
 
 # Typographic apostrophes, and the minus sign (U+2212), read as their ASCII forms.
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'", "\u2212": "-"})
+# A "!" right after a digit is a factorial ("What is 10!", "10! / 8!"), not sentence punctuation: the
+# exact key keeps it too (proxy_core.cache.normalize_question). Not "!=" ("x!=10"), nor "!" before a word.
 _TOKEN = re.compile(
-    r"(?:(?<![\w.])-)?[$€£¥]?\d[\d,]*(?:\.\d+)*[a-z%]*"  # 30, -1, 1,000, $5, 3.11, 2nd, 30s, 5gb, 50%
+    r"(?:(?<![\w.])-)?[$€£¥]?\d[\d,]*(?:\.\d+)*(?:[a-z%]+|!(?![=\w]))?"  # 30, -1, 1,000, $5, 3.11, 2nd, 30s, 50%, 10!
     r"|[a-z]+\d[a-z\d]*(?:\.\d+)*"  # v2, q3, python3, ipv6, fy24, v1.2
     r"|[a-z][a-z+#]*(?:\.[a-z]+)*(?:-[a-z]+)*(?:'[a-z]+)?",  # words, c++, c#, node.js, e-mail, don't
     re.IGNORECASE,
 )
-_SENTENCE_END = re.compile(r"[.?!:;]\s+")
+_SENTENCE_END = re.compile(r"(?<=[.?!:;])\s+")  # the mark stays with its sentence: "10! is" keeps its "!"
 _UNIT = re.compile(r"\w+|[^\w\s]")  # a run of word characters, or one other visible character
 _ASCII_READABLE = re.compile(r"[A-Za-z0-9$+<=>^`|~]")  # the ASCII letters, digits and symbols (Unicode L, N, S)
 _CONTRACTIONS = {"can't": ("can", "not"), "won't": ("will", "not"), "shan't": ("shall", "not"), "ain't": ("is", "not")}
-_NUM_TOKEN = re.compile(r"^(?P<sign>-?)(?P<currency>[$€£¥]?)(?P<value>\d[\d,]*(?:\.\d+)*)(?P<suffix>[a-z%]*)$")
+_NUM_TOKEN = re.compile(
+    r"^(?P<sign>-?)(?P<currency>[$€£¥]?)(?P<value>\d[\d,]*(?:\.\d+)*)(?P<suffix>[a-z%]*)(?P<factorial>!?)$"
+)
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _CODE_TOKEN = re.compile(r"^([a-z]+)(\d[a-z\d]*(?:\.\d+)*)$")
 _ORDINAL_SUFFIX = frozenset({"st", "nd", "rd", "th"})
@@ -1208,7 +1212,7 @@ def _quantities(tokens: Sequence[str], lowers: Sequence[str], starts: set[int], 
                 take(f"period:{unit[0]}{_number(value)}", i, i + 1)
             else:
                 kind = "version" if value.count(".") > 1 else "number"
-                take(f"{kind}:{num['currency']}{_number(value)}", i)  # €5 is not $5
+                take(f"{kind}:{num['currency']}{_number(value)}{num['factorial']}", i)  # €5 is not $5, 10! not 10
             continue
         code = _CODE_TOKEN.match(low)
         if num or code:
