@@ -194,7 +194,8 @@ def _parser() -> argparse.ArgumentParser:
     stats = cache_sub.add_parser("stats", help="how many answers are cached")
     stats.set_defaults(func=_cmd_cache_stats)
     clear = cache_sub.add_parser("clear", help="forget cached answers (all, or by context prefix)")
-    clear.add_argument("--context", default="", help="only entries whose context starts with this")
+    clear.add_argument("--context", default="", help="only semantic entries whose context starts with this "
+                                                     "(without it: every answer, exact ones included)")
     clear.set_defaults(func=_cmd_cache_clear)
 
     prices = sub.add_parser("prices", help="list the price table in use")

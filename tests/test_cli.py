@@ -719,6 +719,20 @@ def test_cache_stats_and_clear(fake: FakeOpenAI) -> None:
     assert fake.count("chat") == 2
 
 
+def test_cache_stats_and_clear_count_and_clear_the_exact_cache_too(fake: FakeOpenAI,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PENNY_SEMANTIC_CACHE", "false")
+    assert penny("ask", QUESTION)[0] == 0
+    assert penny("ask", QUESTION)[0] == 0
+    assert fake.count("chat") == 1  # served from the exact cache
+    code, out = penny("cache", "stats")
+    assert code == 0 and out.startswith("1 cached answer · exact only")
+    code, out = penny("cache", "clear")
+    assert code == 0 and "removed 1 cached answer in total" in out
+    penny("ask", QUESTION)
+    assert fake.count("chat") == 2
+
+
 def test_feedback_lists_votes_per_page_and_user(isolated: str) -> None:
     from bot.feedback import record_feedback
 

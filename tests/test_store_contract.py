@@ -792,6 +792,18 @@ def test_cache_drop_deletes_only_the_value_it_is_given(store: Store, clock: Manu
     assert store.cache_drop("answers", "k2", "v") is False  # expired: already gone to a caller
 
 
+def test_cache_clear_and_count_span_every_scope_and_leave_records(store: Store) -> None:
+    assert store.cache_count() == 0
+    store.cache_put("s1", "k1", "v", ttl_s=60, records=[Record("cache:where", "e1", "s1/k1", 60)])
+    store.cache_put("s2", "k2", "v", ttl_s=60)
+    store.cache_put("s2", "k3", "v", ttl_s=60)
+    assert store.cache_count() == 3
+    assert store.cache_clear() == 3
+    assert store.cache_count() == 0
+    assert store.cache_get("s1", "k1") is None and store.cache_get("s2", "k2") is None
+    assert store.record_get("cache:where", "e1") == "s1/k1"  # records are not answers
+
+
 def test_cache_scopes_are_isolated(store: Store) -> None:
     store.cache_put("T01:answers", "k", "one", ttl_s=60)
     store.cache_put("T02:answers", "k", "two", ttl_s=60)

@@ -511,6 +511,14 @@ class AnswerCacheStore(ABC):
         """Delete the entry ``key`` if it is live and holds ``value``, atomically: what was read
         is evicted, never a newer value put there since. Returns whether it deleted."""
 
+    @abstractmethod
+    def cache_clear(self) -> int:
+        """Delete every entry of every scope (``penny cache clear``); returns how many went."""
+
+    @abstractmethod
+    def cache_count(self) -> int:
+        """How many entries there are, in every scope (expired ones not yet swept included)."""
+
 
 class LedgerStore(ABC):
     """The ledger: one entry per settled call, and totals over days."""

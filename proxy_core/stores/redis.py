@@ -728,6 +728,17 @@ class RedisStore(Store):
             return delete([self._cache_key(scope, key)])
         return self._unlink_matching(_glob_escape(self._cache_key(scope, "")) + "*", delete)
 
+    @_translated("clear the cache")
+    def cache_clear(self) -> int:
+        # Plain UNLINK: the entries are in many slots, which one script cannot span.
+        return self._unlink_matching(_glob_escape(f"{self._ns}:cache:") + "*",
+                                     lambda keys: int(self._client.unlink(*keys)))
+
+    @_translated("count cache entries")
+    def cache_count(self) -> int:
+        return sum(1 for _ in self._client.scan_iter(match=_glob_escape(f"{self._ns}:cache:") + "*",
+                                                      count=_SCAN_BATCH))
+
     @_translated("delete from the cache")
     def cache_drop(self, scope: str, key: str, value: str) -> bool:
         return bool(self._run(*_call(argv.CACHE_DROP, [self._cache_key(scope, key)], value=value)))

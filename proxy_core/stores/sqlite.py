@@ -828,6 +828,14 @@ class SqliteStore(Store):
             conn.execute("DELETE FROM cache WHERE scope = ?1 AND (?2 IS NULL OR key = ?2)", (scope, key))
         return int(live)
 
+    def cache_clear(self) -> int:
+        with self._write("clear the cache") as conn:
+            return int(conn.execute("DELETE FROM cache").rowcount)
+
+    def cache_count(self) -> int:
+        with self._read("count cache entries") as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM cache").fetchone()[0])
+
     def cache_drop(self, scope: str, key: str, value: str) -> bool:
         with self._write("delete from the cache", transaction=False) as conn:
             deleted = conn.execute("DELETE FROM cache WHERE scope = ? AND key = ? AND value = ? AND expires_at > ?",
