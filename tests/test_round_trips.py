@@ -45,8 +45,21 @@ TRIPS = _Trips()
 
 
 class CountingConnection(redis.Connection):
+    """Counts the commands the measured thread sends, not a new connection's handshake (HELLO,
+    CLIENT SETINFO): the pool opens one whenever the gateway's own threads hold the others, which
+    depends on timing, not on the path being measured."""
+
+    _connecting = False
+
+    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        self._connecting = True
+        try:
+            super().connect_check_health(check_health, retry_socket_connect)
+        finally:
+            self._connecting = False
+
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        if threading.get_ident() == TRIPS.thread:
+        if threading.get_ident() == TRIPS.thread and not self._connecting:
             TRIPS.count += 1
         super().send_packed_command(command, check_health)
 
