@@ -837,10 +837,8 @@ class SqliteStore(Store):
             return int(conn.execute("SELECT COUNT(*) FROM cache").fetchone()[0])
 
     def cache_drop(self, scope: str, key: str, value: str) -> bool:
-        with self._write("delete from the cache", transaction=False) as conn:
-            deleted = conn.execute("DELETE FROM cache WHERE scope = ? AND key = ? AND value = ? AND expires_at > ?",
-                                   (scope, key, value, self.now())).rowcount
-        return bool(deleted)
+        return self._drop("delete from the cache", "DELETE FROM cache WHERE scope = ? AND key = ? AND value = ? "
+                                                   "AND expires_at > ?", scope, key, value)
 
     # -- records -------------------------------------------------------------------------
     def record_get(self, kind: str, key: str) -> str | None:
@@ -864,10 +862,14 @@ class SqliteStore(Store):
         return None
 
     def record_drop(self, kind: str, key: str, value: str) -> bool:
-        with self._write("delete a record", transaction=False) as conn:
-            deleted = conn.execute("DELETE FROM records WHERE kind = ? AND key = ? AND value = ? AND expires_at > ?",
-                                   (kind, key, value, self.now())).rowcount
-        return bool(deleted)
+        return self._drop("delete a record", "DELETE FROM records WHERE kind = ? AND key = ? AND value = ? "
+                                             "AND expires_at > ?", kind, key, value)
+
+    def _drop(self, action: str, delete: str, group: str, key: str, value: str) -> bool:
+        """Compare-and-delete: ``delete`` removes the live row of ``group`` and ``key`` only while it
+        holds ``value`` (one statement, so nothing written since is taken)."""
+        with self._write(action, transaction=False) as conn:
+            return bool(conn.execute(delete, (group, key, value, self.now())).rowcount)
 
     # -- ledger --------------------------------------------------------------------------
     def ledger_entry(self, workspace_id: str, request_id: str) -> LedgerEntry | None:
