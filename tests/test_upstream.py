@@ -297,6 +297,56 @@ def test_a_provider_never_reached_did_not_take_the_request(client: str) -> None:
     assert "Could not reach" in str(err)
 
 
+def embed_error(up: OpenAIUpstream) -> UpstreamError:
+    with pytest.raises(UpstreamError) as info:
+        up.embed(model="text-embedding-3-small", inputs=["How do I rotate the signing key?"])
+    return info.value
+
+
+@pytest.mark.parametrize("client", ["default", "sdk"])
+@pytest.mark.parametrize(
+    ("fault", "kind", "accepted"),
+    [
+        (Fault.drop(), "connection", True),  # the inputs went out whole; the vectors never came
+        (Fault.delay(0.6), "timeout", True),  # read timeout: the provider is still on it
+        (Fault.garbage(), "malformed", True),  # a 200: the provider ran it
+        (Fault.ok(include_usage=False), "malformed", True),  # a 200 Penny cannot bill from its usage
+        (Fault.status(429), "status", False),  # refusals are not billed
+        (Fault.status(500), "status", False),
+        (Fault.status(503), "status", False),
+    ],
+    ids=["drop", "read-timeout", "garbage", "no-usage", "429", "500", "503"],
+)
+def test_whether_the_provider_took_an_embedding_request_is_decided_as_for_chat(
+    fake: FakeOpenAI, client: str, fault: Fault, kind: str, accepted: bool
+) -> None:
+    """Embeddings go through the SDK whichever way the upstream was built (``default``: the one
+    that posts chat completions itself); both must tell 'sent, no answer' from 'refused'."""
+    up = (OpenAIUpstream(api_key=API_KEY, base_url=fake.base_url, timeout_s=0.2) if client == "default"
+          else sdk_upstream(fake.base_url, 0.2))
+    fake.script(fault, endpoint="embeddings")
+
+    err = embed_error(up)
+
+    assert (err.kind, err.accepted) == (kind, accepted)
+    assert fake.count("embeddings") == 1
+    up.close()
+
+
+@pytest.mark.parametrize("client", ["default", "sdk"])
+def test_an_embedding_request_that_never_reached_the_provider_was_not_taken(client: str) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1"
+    up = OpenAIUpstream(api_key=API_KEY, base_url=url, timeout_s=1.0) if client == "default" else sdk_upstream(url, 1.0)
+
+    err = embed_error(up)
+
+    assert (err.kind, err.accepted) == ("connection", False)
+    assert "Could not reach" in str(err) and "/embeddings" in str(err)
+
+
 def test_nothing_listening() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
