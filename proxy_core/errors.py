@@ -45,9 +45,10 @@ __all__ = [
 class PennyError(Exception):
     """Base class of every error Penny raises on purpose.
 
-    ``charged_micros``: what the failed call was charged all the same. Only a chat completion has
-    any, for attempts the provider accepted and then failed (see ``UpstreamError.accepted``): it
-    bills them. The rest are 0, whatever the docstrings below say of "nothing was charged".
+    ``charged_micros``: what the failed call was charged all the same. Only a call that reached the
+    provider has any (a chat completion or an embedding call), for attempts the provider accepted
+    and then failed (see ``UpstreamError.accepted``): it bills them. The rest are 0, whatever the
+    docstrings below say of "nothing was charged".
     """
 
     charged_micros: int = 0
@@ -163,10 +164,10 @@ class UpstreamError(PennyError):
     had begun (a 200, then a stream that broke off or a body Penny could not use), or the request
     was sent and no answer came (a read timeout, a connection dropped after the request went out).
     The provider bills such an attempt (it processed the prompt, and may still be writing the
-    answer), so the gateway charges it: the prompt plus ``streamed``, estimated (a chat completion's;
-    an embedding's, a fraction of a cent, is not charged yet). A status answer
-    (429, 5xx, 4xx) is not billed, nor is a request that was never wholly sent (a refused
-    connection, a connect timeout): those are False.
+    answer), so the gateway charges it: the prompt (a chat completion's messages, an embedding
+    call's inputs) plus ``streamed``, estimated. A status answer (429, 5xx, 4xx) is not billed,
+    nor is a request that was never wholly sent (a refused connection, a connect timeout): those
+    are False.
     ``streamed``: the answer's text a streamed attempt had sent before it broke off ("" for none).
     """
 

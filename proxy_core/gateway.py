@@ -18,10 +18,11 @@ took an attempt it did not finish: see step 7):
    recorded under the request ID, and the answer is cached. A settle the store does not confirm
    (down, full, timed out) goes to the ledger's keeper (``keeper.py``), which spools it durably
    before the answer is returned and replays it once the store answers: a paid call always
-   reaches the ledger. Failed attempts of a chat completion that the provider had taken (a stream
-   that broke off, a request sent whole and never answered: ``UpstreamError.accepted``) are billed
-   by it, so they are charged too, estimated (:class:`_FailedAttempts`): with the answer when a
-   retry answers, else as an entry of their own before the claim is given back.
+   reaches the ledger. Failed attempts that the provider had taken (a stream that broke off, a
+   request sent whole and never answered, a 200 Penny could not use: ``UpstreamError.accepted``),
+   of a chat completion or an embedding call alike, are billed by it, so they are charged too,
+   estimated (:class:`_FailedAttempts`): with the answer when a retry answers, else as an entry of
+   their own before the claim is given back.
 
 A call whose process dies between admission and settle leaves an owned claim; when it expires,
 the reaper (``reap_interrupted``, run by every gateway's maintenance thread) charges it at its
@@ -219,12 +220,13 @@ class _Admitted:
 
 @dataclass(slots=True)
 class _FailedAttempts:
-    """Attempts at one chat completion that the provider accepted and then failed
-    (``UpstreamError.accepted``): a stream that broke off, before or after text, or a request sent
-    whole that got no answer. The provider bills each one's prompt and whatever it generated, so
-    Penny charges them: the prompt as ``prompt_tokens`` (Penny's estimate, or the count the provider
-    reported for the same prompt when a retry answered) and the text a stream had shown, estimated.
-    What an unanswered request generated is never seen: it is charged its prompt only."""
+    """Attempts at one call that the provider accepted and then failed (``UpstreamError.accepted``):
+    a stream that broke off, before or after text, a request sent whole that got no answer, or a 200
+    Penny could not use. The provider bills each one's prompt (a chat completion's messages, an
+    embedding call's inputs) and whatever it generated, so Penny charges them: the prompt as
+    ``prompt_tokens`` (Penny's estimate, or the count the provider reported for the same prompt when
+    a retry answered) and the text a stream had shown, estimated. What an unanswered request
+    generated is never seen: it is charged its prompt only (all an embedding call is billed for)."""
 
     prompt_tokens: int
     texts: list[str] = field(default_factory=list)  # one per accepted attempt: the text it showed ("" for none)
@@ -233,15 +235,30 @@ class _FailedAttempts:
         if exc.accepted:
             self.texts.append(exc.streamed)
 
+    def noting(self, attempt: Callable[[], T]) -> Callable[[], T]:
+        """``attempt``, with each failure it raises noted here."""
+
+        def noted() -> T:
+            try:
+                return attempt()
+            except UpstreamError as exc:
+                self.add(exc)
+                raise
+
+        return noted
+
     def completion_tokens(self) -> int:
         return sum(estimate_text_tokens(text) for text in self.texts)
 
     def cost(self, price: ModelPrice, *, prompt_tokens: int | None = None) -> int:
-        """What they cost at ``price``, each with ``prompt_tokens`` (default: the estimate) of prompt."""
+        """What they cost at ``price`` (a chat or an embedding model's), each with ``prompt_tokens``
+        (default: the estimate) of prompt."""
         if not self.texts:
             return 0
-        prompt = self.prompt_tokens if prompt_tokens is None else prompt_tokens
-        return chat_cost(price, prompt * len(self.texts), 0, self.completion_tokens())
+        prompt = (self.prompt_tokens if prompt_tokens is None else prompt_tokens) * len(self.texts)
+        if price.kind == "embedding":
+            return embedding_cost(price, prompt)
+        return chat_cost(price, prompt, 0, self.completion_tokens())
 
 
 class _Held(Exception):
@@ -634,18 +651,7 @@ class Gateway:
         admitted = self._admit(req, tokens=estimated + req.max_tokens,
                                amount=chat_cost(req.price, estimated, 0, req.max_tokens))
         failed = _FailedAttempts(prompt_tokens=estimated)
-        try:
-            resp, attempts = self._call_upstream("chat", self._chat_attempt(req, failed), admitted.permit)
-        except BaseException as exc:
-            try:
-                # Charged before the claim is given back: should the process die in between, the
-                # claim is reaped at its worst case (an over-count), never lost.
-                charged = self._charge_failed(req, admitted, failed, started)
-            finally:
-                self._release(req, admitted)
-            if charged and isinstance(exc, PennyError):
-                exc.charged_micros = charged
-            raise
+        resp, attempts = self._call_or_release(req, admitted, self._chat_attempt(req, failed), failed, started)
         # 0 unless accepted attempts failed first; their prompt is this one, as the provider counted it.
         failed_micros = failed.cost(self._billing_price(resp.model, req.price), prompt_tokens=resp.prompt_tokens)
         result = self._chat_result(req, resp, attempts, lookup, started, extra_micros=failed_micros)
@@ -679,13 +685,22 @@ class Gateway:
             return _Lookup(scope, question, CacheDecision("bypass", "fresh answer requested"))
         return _Lookup(scope, question, self.cache.lookup(scope, question))
 
-    def _call_or_release(self, req: ChatRequest | EmbedRequest, admitted: _Admitted, kind: str,
-                         attempt: Callable[[], T]) -> tuple[T, int]:
-        """Steps 5 and 6: upstream with retries. A call that fails gives back what admit took."""
+    def _call_or_release(self, req: ChatRequest | EmbedRequest, admitted: _Admitted, attempt: Callable[[], T],
+                         failed: _FailedAttempts, started: float) -> tuple[T, int]:
+        """Steps 5 and 6: upstream with retries. A call that fails gives back what admit took, after
+        charging the attempts the provider took (``failed``, which ``attempt`` fills): the error
+        says what they cost (``charged_micros``)."""
         try:
-            return self._call_upstream(kind, attempt, admitted.permit)
-        except BaseException:
-            self._release(req, admitted)
+            return self._call_upstream(_kind_of(req), attempt, admitted.permit)
+        except BaseException as exc:
+            try:
+                # Charged before the claim is given back: should the process die in between, the
+                # claim is reaped at its worst case (an over-count), never lost.
+                charged = self._charge_failed(req, admitted, failed, started)
+            finally:
+                self._release(req, admitted)
+            if charged and isinstance(exc, PennyError):
+                exc.charged_micros = charged
             raise
 
     def _chat_result(
@@ -767,26 +782,31 @@ class Gateway:
         return result
 
     def _embed(self, req: EmbedRequest) -> EmbeddingResult:
+        """An embedding call: admitted, called, settled. Its ``prompt_tokens`` are the answer's own
+        (what the client's ``usage`` says); its cost adds the attempts the provider took and did
+        not answer, each the same inputs, as many tokens as the answer counted."""
         started = self._clock()
         estimated = sum(estimate_text_tokens(t) for t in req.inputs)
         admitted = self._admit(req, tokens=estimated, amount=embedding_cost(req.price, estimated))
+        failed = _FailedAttempts(prompt_tokens=estimated)
 
         def attempt() -> EmbedResponse:
             return self.upstream.embed(model=req.model, inputs=list(req.inputs), dimensions=req.dimensions)
 
-        resp, attempts = self._call_or_release(req, admitted, "embedding", attempt)
+        resp, attempts = self._call_or_release(req, admitted, failed.noting(attempt), failed, started)
+        billed = self._billing_price(resp.model, req.price)
         result = EmbeddingResult(
             request_id=req.request_id,
             vectors=resp.vectors,
             model=resp.model,
             prompt_tokens=resp.prompt_tokens,
-            cost_micros=embedding_cost(self._billing_price(resp.model, req.price), resp.prompt_tokens),
+            cost_micros=embedding_cost(billed, resp.prompt_tokens)
+            + failed.cost(billed, prompt_tokens=resp.prompt_tokens),
             latency_ms=self._ms_since(started),
             attempts=attempts,
         )
         self._settle(self._ledger_entry(req, result, kind="embedding", day=admitted.day), req.request_id,
-                     admitted.lines,
-                     result.to_json(), upstream_answered=True)
+                     admitted.lines, result.to_json(), upstream_answered=True)
         self._count_spend("embedding", result)
         self.metrics.requests.labels("embedding", "ok", "bypass").inc()
         self._log.info("embedding_done", request_id=req.request_id, model=resp.model, inputs=len(req.inputs),
@@ -800,7 +820,7 @@ class Gateway:
         and ask the breaker, in one store call. Returns the budget lines and the first attempt's
         permit."""
         workspace_id, user_id, request_id = req.workspace_id, req.user_id, req.request_id
-        kind: Kind = "chat" if isinstance(req, ChatRequest) else "embedding"
+        kind = _kind_of(req)
         model = req.model
         named = rate_limit_specs(self.settings, user_id, tokens=tokens)
         specs = [spec for _, spec in named]
@@ -875,7 +895,7 @@ class Gateway:
     ) -> None:
         entry = LedgerEntry(
             request_id=req.request_id, ts=self._wall(), day="", workspace_id=req.workspace_id, user_id=req.user_id,
-            model=req.model, kind="chat" if isinstance(req, ChatRequest) else "embedding", prompt_tokens=0,
+            model=req.model, kind=_kind_of(req), prompt_tokens=0,
             cached_prompt_tokens=0, completion_tokens=0, cost_micros=0, saved_micros=0, cache_status="bypass",
             latency_ms=0, attempts=0, source=_source_id(req),
         )
@@ -888,14 +908,10 @@ class Gateway:
         chat_stream = getattr(self.upstream, "chat_stream", None)
         if req.stream is None or chat_stream is None:
             def plain() -> ChatResponse:
-                try:
-                    return self.upstream.chat(model=model, messages=messages, max_tokens=max_tokens,
-                                              temperature=temperature)
-                except UpstreamError as exc:
-                    failed.add(exc)
-                    raise
+                return self.upstream.chat(model=model, messages=messages, max_tokens=max_tokens,
+                                          temperature=temperature)
 
-            return plain
+            return failed.noting(plain)
         sink: AnswerStream | None = req.stream
         shown = False  # whether an earlier attempt already sent text that a retry must void
 
@@ -928,26 +944,30 @@ class Gateway:
 
         return attempt
 
-    def _charge_failed(self, req: ChatRequest, admitted: _Admitted, failed: _FailedAttempts, started: float) -> int:
-        """A chat completion failed after attempts the provider had accepted: it bills them, so they
-        are settled as a ledger entry of their own (their tokens estimated) on the budget lines the
+    def _charge_failed(self, req: ChatRequest | EmbedRequest, admitted: _Admitted, failed: _FailedAttempts,
+                       started: float) -> int:
+        """A call failed after attempts the provider had accepted: it bills them, so they are
+        settled as a ledger entry of their own (their tokens estimated) on the budget lines the
         admission reserved on, under an ID derived from the request's: ``<request ID>:broken:<random>``
-        for streamed attempts, ``:unanswered:`` for plain ones, whose answer (and its completion
-        tokens) never came. The request's own claim is then given back for a retry to run; that
-        retry's attempts are new calls, billed anew. Returns what was charged."""
+        for a chat completion's streamed attempts, ``:unanswered:`` for plain ones and for embedding
+        calls, whose answer (and a chat's completion tokens) never came. The request's own claim is
+        then given back for a retry to run; that retry's attempts are new calls, billed anew.
+        Returns what was charged."""
         if not failed.texts:
             return 0
-        streamed = req.stream is not None and getattr(self.upstream, "chat_stream", None) is not None
+        kind = _kind_of(req)
+        streamed = (isinstance(req, ChatRequest) and req.stream is not None
+                    and getattr(self.upstream, "chat_stream", None) is not None)
         entry = LedgerEntry(
             request_id=f"{req.request_id}:{'broken' if streamed else 'unanswered'}:{uuid.uuid4().hex[:12]}",
             ts=self._wall(), day=admitted.day, workspace_id=req.workspace_id, user_id=req.user_id,
-            model=req.model, kind="chat", prompt_tokens=failed.prompt_tokens * len(failed.texts),
+            model=req.model, kind=kind, prompt_tokens=failed.prompt_tokens * len(failed.texts),
             cached_prompt_tokens=0, completion_tokens=failed.completion_tokens(), cost_micros=failed.cost(req.price),
             saved_micros=0, cache_status="bypass", latency_ms=self._ms_since(started), attempts=len(failed.texts),
             source=_source_id(req),
         )
         self._settle(entry, None, admitted.lines, None, upstream_answered=False)
-        self.metrics.spent.labels("chat", req.model).inc(entry.cost_micros)
+        self.metrics.spent.labels(kind, req.model).inc(entry.cost_micros)
         self._log.info("failed_attempts_charged", request_id=req.request_id, ledger_id=entry.request_id,
                        attempts=entry.attempts, cost_micros=entry.cost_micros)
         return entry.cost_micros
@@ -1159,6 +1179,10 @@ def _asking_key(lookup: _Lookup) -> str | None:
     if lookup.decision.status != "miss" or lookup.scope is None or lookup.question is None:
         return None
     return f"{lookup.scope.id()}\x00{normalize_question(lookup.question)}"
+
+
+def _kind_of(req: ChatRequest | EmbedRequest) -> Kind:
+    return "chat" if isinstance(req, ChatRequest) else "embedding"
 
 
 def _source_id(req: ChatRequest | EmbedRequest) -> str:

@@ -28,7 +28,7 @@ from proxy_core.errors import (
     UpstreamRejected,
 )
 from proxy_core.gateway import Gateway
-from proxy_core.prices import PriceTable, chat_cost
+from proxy_core.prices import PriceTable, chat_cost, embedding_cost
 from proxy_core.settings import PennySettings
 from proxy_core.stores import store_from_url
 from proxy_core.stores.base import Store
@@ -741,6 +741,181 @@ def test_embeddings_are_billed_as_embedding_spend(make_gateway: GatewayFactory, 
     again = gw.embed(user_id="U1", workspace_id="W1", request_id="e1", inputs=["alpha beta", "gamma"],
                      dimensions=64)
     assert again.replayed and fake.count("embeddings") == 1
+
+
+# A proxy client's batch of long inputs: what a lost embedding attempt costs is no rounding error.
+_BATCH = [f"Section {i}. " + "Rotate the signing key before it expires, then redeploy every service. " * 40
+          for i in range(200)]
+_LARGE = "text-embedding-3-large"
+
+
+def _embed(gw: Gateway, request_id: str, inputs: list[str] = _BATCH) -> Any:
+    return gw.embed(user_id="U1", workspace_id="W1", request_id=request_id, inputs=inputs, dimensions=8)
+
+
+def test_an_embedding_call_that_timed_out_after_it_was_sent_is_charged_its_inputs_when_a_retry_answers(
+    make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store
+) -> None:
+    """The inputs went out whole and the read timed out: the provider goes on, embeds them and
+    bills them, and the retry pays again. The answer's entry carries both."""
+    fake.script(Fault.delay(1.0), Fault.ok(prompt_tokens=100_000), endpoint="embeddings")
+    gw = make_gateway(embedding_model=_LARGE, request_timeout_s=0.2, user_daily_budget_usd="1")
+
+    result = _embed(gw, "e1")
+
+    price = PriceTable.load(None).price_for(_LARGE)
+    each = embedding_cost(price, 100_000)  # the lost attempt had the same inputs the answer counted
+    assert fake.count("embeddings") == 2 and each > 0
+    assert (result.attempts, result.prompt_tokens, result.cost_micros) == (2, 100_000, 2 * each)
+    entry = store.ledger_entry("W1", "e1")
+    assert entry is not None
+    assert (entry.kind, entry.prompt_tokens, entry.cost_micros, entry.attempts) == ("embedding", 100_000, 2 * each, 2)
+    assert store.spent("W1", _user_day_line(gw)) == (2 * each, 0)
+    assert gw.metrics.registry.get_sample_value("penny_spent_microdollars_total",
+                                                {"kind": "embedding", "model": _LARGE}) == 2 * each
+
+
+def test_embedding_calls_that_all_went_unanswered_are_charged_their_estimated_inputs_each(
+    make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store
+) -> None:
+    fake.fail_all(Fault.drop())
+    gw = make_gateway(embedding_model=_LARGE, retry_max_attempts=3, user_daily_budget_usd="1")
+
+    with structlog.testing.capture_logs() as logs, pytest.raises(UpstreamError) as failed:
+        _embed(gw, "e1")
+
+    estimated = sum(estimate_text_tokens(text) for text in _BATCH)
+    charged = embedding_cost(PriceTable.load(None).price_for(_LARGE), 3 * estimated)
+    assert fake.count("embeddings") == 3 and failed.value.charged_micros == charged > 0
+    [ledger_id] = _failed_charges(logs)
+    assert ledger_id.startswith("e1:unanswered:")
+    entry = store.ledger_entry("W1", ledger_id)
+    assert entry is not None
+    assert (entry.kind, entry.user_id, entry.attempts, entry.prompt_tokens, entry.cost_micros, entry.cache_status) == (
+        "embedding", "U1", 3, 3 * estimated, charged, "bypass")
+    assert store.ledger_entry("W1", "e1") is None
+    assert store.spent("W1", _user_day_line(gw)) == (charged, 0)
+    # The request ID was given back: a client's retry runs, and the charge above is not made twice.
+    fake.clear()
+    result = _embed(gw, "e1")
+    assert gw.usage("W1", DAY, DAY).totals.cost_micros == charged + result.cost_micros
+    assert store.spent("W1", _user_day_line(gw)) == (charged + result.cost_micros, 0)
+
+
+@pytest.mark.parametrize("fault", [Fault.status(429, retry_after="1"), Fault.status(500), Fault.status(503)],
+                         ids=["429", "500", "503"])
+def test_embedding_answers_the_provider_does_not_bill_are_charged_nothing(
+    make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store, fault: Fault
+) -> None:
+    fake.script(fault, fault, endpoint="embeddings")
+    gw = make_gateway(embedding_model=_LARGE, user_daily_budget_usd="1")
+
+    result = _embed(gw, "e1")
+
+    answer = embedding_cost(PriceTable.load(None).price_for(_LARGE), result.prompt_tokens)
+    assert fake.count("embeddings") == 3 and result.attempts == 3
+    assert result.cost_micros == answer  # the answer alone
+    assert store.spent("W1", _user_day_line(gw)) == (answer, 0)
+
+
+def test_an_embedding_call_that_never_reached_the_provider_is_charged_nothing(make_gateway: GatewayFactory,
+                                                                               store: Store) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    gw = make_gateway(retry_max_attempts=2, user_daily_budget_usd="1")
+    gw.upstream = OpenAIUpstream(api_key=API_KEY, base_url=f"http://127.0.0.1:{port}/v1", timeout_s=1.0)
+
+    with pytest.raises(UpstreamError) as failed:
+        _embed(gw, "e1")
+
+    assert (failed.value.kind, failed.value.attempts, failed.value.charged_micros) == ("connection", 2, 0)
+    assert gw.usage("W1", DAY, DAY).totals.requests == 0
+    assert store.spent("W1", _user_day_line(gw)) == (0, 0)
+
+
+def test_unanswered_embedding_attempts_count_against_the_daily_budget(
+    make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store
+) -> None:
+    """A budget that fits the call's worst case and the charges for its lost attempts, but not
+    both: once they are charged the next call is refused."""
+    price = PriceTable.load(None).price_for(_LARGE)
+    estimated = sum(estimate_text_tokens(text) for text in _BATCH)
+    charged = embedding_cost(price, 2 * estimated)
+    budget = embedding_cost(price, estimated) + charged - 1
+    gw = make_gateway(embedding_model=_LARGE, retry_max_attempts=2, user_daily_budget_usd=f"{budget / 1_000_000:.6f}")
+    fake.fail_all(Fault.drop())
+
+    with pytest.raises(UpstreamError):
+        _embed(gw, "e1")
+
+    assert store.spent("W1", _user_day_line(gw)) == (charged, 0)
+    fake.clear()
+    with pytest.raises(BudgetExceeded) as refused:
+        _embed(gw, "e2")
+    assert refused.value.spent == charged
+    assert fake.count("embeddings") == 2
+
+
+def test_the_semantic_caches_own_embedding_lost_unanswered_is_charged_to_the_asker(
+    make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store
+) -> None:
+    """The question's embedding (billed to whoever asks) was dropped after it went out: the lookup
+    goes on without it, and the lost attempt is charged to the asker, under the embedding's ID."""
+    gw = make_gateway(embedder="openai:text-embedding-3-small?dimensions=8", retry_max_attempts=1,
+                      user_daily_budget_usd="1")
+    fake.script(Fault.drop(), endpoint="embeddings")
+
+    with structlog.testing.capture_logs() as logs:
+        result = ask(gw, "How do I deploy?", "ev1")
+
+    assert result.cache_status == "miss" and fake.count("embeddings") == 2  # the lookup's, then the cache write's
+    [ledger_id] = _failed_charges(logs)
+    assert ledger_id.startswith("ev1:question-embedding:unanswered:")
+    lost = store.ledger_entry("W1", ledger_id)
+    paid = store.ledger_entry("W1", "ev1:question-embedding")
+    assert lost is not None and paid is not None
+    expected = embedding_cost(PriceTable.load(None).price_for("text-embedding-3-small"),
+                              estimate_text_tokens("How do I deploy?"))
+    assert (lost.kind, lost.user_id, lost.attempts, lost.cost_micros) == ("embedding", "U1", 1, expected)
+    assert store.spent("W1", _user_day_line(gw)) == (result.cost_micros + paid.cost_micros + expected, 0)
+
+
+def test_an_embedding_billed_to_a_caller_is_charged_for_its_lost_attempts(
+    make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store
+) -> None:
+    """The docs search of a question (``billed_to``): charged to the asker, and the error says how much."""
+    gw = make_gateway(embedding_model=_LARGE, retry_max_attempts=2, user_daily_budget_usd="1")
+    fake.fail_all(Fault.drop())
+    search = gw.caller_embed_fn("search-embedding")
+
+    with structlog.testing.capture_logs() as logs, gw.billed_to("U1", "W1", "ev1"), \
+            pytest.raises(UpstreamError) as failed:
+        search(_BATCH, model=_LARGE, dimensions=8)
+
+    charged = embedding_cost(PriceTable.load(None).price_for(_LARGE),
+                             2 * sum(estimate_text_tokens(text) for text in _BATCH))
+    assert failed.value.charged_micros == charged > 0
+    [ledger_id] = _failed_charges(logs)
+    assert ledger_id.startswith("ev1:search-embedding:unanswered:")
+    assert store.spent("W1", _user_day_line(gw)) == (charged, 0)
+
+
+def test_penny_index_pays_for_a_batch_it_lost_after_sending(make_gateway: GatewayFactory, fake: FakeOpenAI,
+                                                              store: Store) -> None:
+    """``penny index`` embeds the docs through the gateway as ``penny:index``: a batch whose answer
+    timed out was billed, and its retry was billed again; the index's ledger has both."""
+    from bot.service import INDEX_USER, INDEX_WORKSPACE, docs_embedder
+
+    gw = make_gateway(embedder=f"openai:{_LARGE}?dimensions=8", request_timeout_s=0.2, cache_enabled=False)
+    fake.script(Fault.delay(1.0), Fault.ok(prompt_tokens=100_000), endpoint="embeddings")
+
+    vectors = docs_embedder(gw.settings, gw).embed(_BATCH)
+
+    each = embedding_cost(PriceTable.load(None).price_for(_LARGE), 100_000)
+    assert len(vectors) == len(_BATCH) and fake.count("embeddings") == 2
+    totals = gw.usage(INDEX_WORKSPACE, DAY, DAY, INDEX_USER).totals
+    assert (totals.requests, totals.cost_micros) == (1, 2 * each)
 
 
 def test_unknown_model_is_refused_at_start_up(store: Store) -> None:
