@@ -341,25 +341,42 @@ def test_a_stream_that_broke_before_any_text_is_charged_its_prompt_with_the_answ
     assert {s: (t.requests, t.cost_micros) for s, t in by_source.items()} == {key.id: (1, charged)}
 
 
-@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "plain"])
+@pytest.mark.parametrize("call", ["streamed", "plain", "embeddings"])
 def test_a_call_the_provider_took_and_never_answered_says_what_it_cost(
-    sqlite_store: Store, fake: FakeOpenAI, clock: ManualClock, stream: bool
+    sqlite_store: Store, fake: FakeOpenAI, clock: ManualClock, call: str
 ) -> None:
-    """Every stream broke before any text (a plain request: sent whole, then dropped unanswered). No
-    text went out, so the refusal is an ordinary 503; it says what the attempts cost."""
+    """Every stream broke before any text (a plain request, chat or embeddings: sent whole, then
+    dropped unanswered). No text went out, so the refusal is an ordinary 503; it says what the
+    attempts cost, in its header and in its JSON body (``penny.cost_micros``, as a streamed error
+    event does), which the SDK reads as any other error."""
     with serve_proxy(sqlite_store, fake, clock, retry_max_attempts=2) as proxy:
-        fake.fail_all(Fault.stream_break(after=0))  # a plain request gets Fault.drop's behaviour
+        fake.fail_all(Fault.stream_break(after=0))  # a request not streamed gets Fault.drop's behaviour
         secret, key = proxy.keys.create(user_id="U1", workspace_id="T1")
         client = proxy.client(secret)
-        call: Callable[[], object] = ((lambda: streamed(client)) if stream else
-                                      (lambda: client.chat.completions.create(model=MODEL, messages=QUESTION)))  # type: ignore[arg-type]
+        calls: dict[str, Callable[[], object]] = {
+            "streamed": lambda: streamed(client),
+            "plain": lambda: client.chat.completions.create(model=MODEL, messages=QUESTION),  # type: ignore[arg-type]
+            "embeddings": lambda: client.embeddings.create(model="text-embedding-3-small", input=["deploy"] * 100),
+        }
         with pytest.raises(openai.APIStatusError) as caught:
-            call()
+            calls[call]()
         by_source = proxy.gateway.store.usage_by_source("T1", today(clock), today(clock), "U1")
-    assert caught.value.status_code == 503 and len(fake.requests_to("chat")) == 2
+    assert caught.value.status_code == 503 and len(fake.requests) == 2
     [(source, totals)] = by_source.items()
     assert source == key.id and totals.requests == 1 and totals.cost_micros > 0
     assert caught.value.response.headers["x-penny-cost-usd"] == format(Decimal(totals.cost_micros) / 1_000_000, "f")
+    body = caught.value.response.json()
+    assert body["error"]["code"] == "upstream_error" == caught.value.code
+    assert body["penny"] == {"cost_micros": totals.cost_micros}
+
+
+def test_an_error_that_cost_nothing_has_no_penny_member(proxy: Proxy, fake: FakeOpenAI) -> None:
+    fake.fail_all(Fault.status(503))
+    secret, _ = proxy.keys.create(user_id="U1", workspace_id="T1")
+    with pytest.raises(openai.APIStatusError) as caught:
+        proxy.client(secret).embeddings.create(model="text-embedding-3-small", input="deploy")
+    assert caught.value.status_code == 503 and "x-penny-cost-usd" not in caught.value.response.headers
+    assert set(caught.value.response.json()) == {"error"}
 
 
 # -- what careless and hostile clients send ----------------------------------------------------------

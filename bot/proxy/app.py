@@ -105,7 +105,10 @@ class _KeyUse:
 
 
 class ProxyError(Exception):
-    """A refusal in OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``."""
+    """A refusal in OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``, plus
+    ``"penny": {"cost_micros"}`` when the failed call was charged all the same (``cost_micros``:
+    attempts the provider took and did not finish). OpenAI's clients ignore a member they do not
+    know, as they do in a streamed error event, which carries the same body."""
 
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
                  code: str | None = None, headers: Mapping[str, str] | None = None) -> None:
@@ -116,10 +119,22 @@ class ProxyError(Exception):
         self.param = param
         self.code = code
         self.headers = dict(headers or {})
+        self.cost_micros = 0
+
+    def charged(self, micros: int) -> None:
+        """Say, in the body and in ``x-penny-cost-usd``, that the failed call cost ``micros``."""
+        self.cost_micros = micros
+        self.headers["x-penny-cost-usd"] = _usd(micros)
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": {"message": self.message, "type": self.type, "param": self.param,
+                                          "code": self.code}}
+        if self.cost_micros:
+            body["penny"] = {"cost_micros": self.cost_micros}
+        return body
 
     def response(self) -> ProxyResponse:
-        return ProxyResponse.json(self.status, {"error": {"message": self.message, "type": self.type,
-                                                          "param": self.param, "code": self.code}}, self.headers)
+        return ProxyResponse.json(self.status, self.body(), self.headers)
 
 
 def _bad(param: str, message: str) -> ProxyError:
@@ -296,11 +311,7 @@ class ProxyApp:
         def error_event(exc: BaseException) -> dict[str, Any]:
             mapped = _map_error(exc, self._clock()) or ProxyError(500, "Penny failed while answering.",
                                                                   type="server_error")
-            event: dict[str, Any] = {"error": {"message": mapped.message, "type": mapped.type, "param": None,
-                                               "code": mapped.code}}
-            if isinstance(exc, PennyError) and exc.charged_micros:  # attempts not finished, billed all the same
-                event["penny"] = {"cost_micros": exc.charged_micros}
-            return event
+            return mapped.body()
 
         chunks = sse_chunks(events, model=model, request_id=request_id, created=int(self._clock()),
                             include_usage=include_usage, error_event=error_event)
@@ -451,9 +462,6 @@ class ProxyApp:
                                          ("tokens", limits.tokens_per_minute)):
                     if per_minute > 0:  # 0: no such limit
                         mapped.headers[f"x-ratelimit-limit-{kind}"] = str(int(per_minute))
-            if isinstance(exc, PennyError) and exc.charged_micros:
-                # Attempts the provider took and did not finish: billed all the same, and charged.
-                mapped.headers["x-penny-cost-usd"] = _usd(exc.charged_micros)
             if isinstance(exc, UpstreamError | StoreError):
                 self._log.warning("proxy_call_failed", key_id=key.id, error=str(exc))  # the details stay here
             raise mapped from exc
@@ -683,7 +691,16 @@ def _budget_refusal(exc: BudgetExceeded, now: float) -> ProxyError:
 
 
 def _map_error(exc: BaseException, now: float) -> ProxyError | None:
-    """The one place the proxy maps proxy_core's error tree to HTTP; None: not a refusal."""
+    """The one place the proxy maps proxy_core's error tree to HTTP; None: not a refusal. A failed
+    call charged all the same (attempts the provider took and did not finish: it bills them) says
+    what it cost."""
+    mapped = _refusal_for(exc, now)
+    if mapped is not None and isinstance(exc, PennyError) and exc.charged_micros:
+        mapped.charged(exc.charged_micros)
+    return mapped
+
+
+def _refusal_for(exc: BaseException, now: float) -> ProxyError | None:
     if isinstance(exc, RateLimited):
         wait = _retry_after(exc.retry_after)
         kind = "tokens" if exc.limit == "tokens" else "requests"
