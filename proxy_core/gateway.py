@@ -708,7 +708,7 @@ class Gateway:
         *, extra_micros: int = 0,
     ) -> ChatResult:
         """What upstream answered, priced by the model it says it ran, plus ``extra_micros`` (what
-        streamed attempts that broke off before it cost)."""
+        the attempts the provider took and did not finish before it cost)."""
         billed = self._billing_price(resp.model, req.price)
         # A truncated or empty answer is not worth serving again.
         cacheable = lookup.scope is not None and bool(resp.content) and resp.finish_reason in (None, "stop")

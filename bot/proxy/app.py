@@ -378,7 +378,8 @@ class ProxyApp:
         Idempotency-Key draft says, another body under the key is refused: 409 while the key's
         first request is in flight, 422 once it was answered (:data:`IDEMPOTENCY_RECORD`, claimed
         atomically by the first request, kept as long as results are once answered; a refused or
-        failed request charged nothing and leaves the key free). The same body again waits for
+        failed request leaves the key free: it has no answer to replay, and what its attempts cost
+        the provider, if anything, is charged under IDs of their own). The same body again waits for
         the first request (:meth:`_claim_key`): answered, the gateway replays its answer."""
         idempotency_key = request.headers.get("idempotency-key", "").strip()
         if len(idempotency_key) > 200:
@@ -422,8 +423,9 @@ class ProxyApp:
     @contextmanager
     def _answering(self, use: _KeyUse | None, key: ProxyKey) -> Iterator[None]:
         """The call under a client's ``Idempotency-Key``: once answered, the key is kept as used
-        for this body (422 for any other); refused or failed (charged nothing), the claim is
-        given up, leaving the key free for a corrected body."""
+        for this body (422 for any other); refused or failed (with no answer to replay: attempts the
+        provider took are charged under IDs of their own), the claim is given up, leaving the key
+        free for a corrected body."""
         try:
             yield
         except BaseException:
