@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 from bot.cli import main
 from bot.settings import BotSettings
 from bot.slack.app import BOT_SCOPES
-from bot.slack.middleware import foreign_request
+from bot.slack.middleware import foreign_request, message_request_id
 from bot.slack.runner import run_slack
 from bot.slack.startup import SlackInstallation, missing_scopes
 from bot.workspaces import served_workspaces
@@ -28,7 +28,7 @@ from proxy_core.stores.sqlite import SqliteStore
 from tests.bot_harness import make_bot
 from tests.fake_openai import FakeOpenAI
 from tests.fake_slack import FakeSlack
-from tests.slack_harness import TEAM, TOKEN, Harness, ScriptedAnswerer, event_body, mention
+from tests.slack_harness import ROOT, TEAM, TOKEN, Harness, ScriptedAnswerer, event_body, mention
 
 REPO = Path(__file__).resolve().parents[1]
 APP_TOKEN = "xapp-1-test-not-a-real-app-token"
@@ -256,9 +256,9 @@ def test_an_event_from_another_workspace_is_dropped_before_any_store_write_and_l
 
         assert [q.text for q in answerer.questions] == ["a question from home"]  # only home was asked
         assert {c.params.get("thread_ts") for c in fake.calls("chat.postMessage")} == {"1700000900.000100"}
-        for event_id in ("EvForeign0", "EvForeign1", "EvOtherApp"):  # never claimed, so nothing stored
-            assert store.claim_request("T0OTHER", f"slack:{event_id}", 60).state == "claimed"
-            assert store.claim_request(TEAM, f"slack:{event_id}", 60).state == "claimed"
+        asked = message_request_id("C1", ROOT)  # never claimed, so nothing stored
+        assert store.claim_request("T0OTHER", asked, 60).state == "claimed"
+        assert store.claim_request(TEAM, asked, 60).state == "claimed"
         dropped = [entry for entry in logs if entry["event"] == "slack.foreign_request_dropped"]
         assert [(d["team_id"], d["reason"]) for d in dropped] == [("T0OTHER", "workspace"), (TEAM, "app")]
         store.close()

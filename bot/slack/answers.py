@@ -18,9 +18,11 @@ What it answers:
 Which ``message`` events get here is decided by listener matchers (:func:`in_dm`,
 :meth:`Answers.is_unmentioned_thread_reply`); a mention arrives twice (as ``app_mention`` and as
 ``message``) under different event IDs, and the ``message`` copy matches neither because it
-mentions Penny. Each question is handled once (:class:`~bot.slack.middleware.Once`, under
-``slack:<event ID>``); the event ID (a fresh answer's ``fresh:<action ts>``) is the question's
-``request_id``, on which the gateway dedupes charges. While the service
+mentions Penny. Each message is answered once (:class:`~bot.slack.middleware.Once`, under
+``slack:message:<channel>:<ts>``): Slack's retries of its event, and any other event about the
+same message (the ``app_mention`` Slack sends again when it is edited), find it answered. The
+event ID (a fresh answer's ``fresh:…``) is the question's ``request_id``, on which the gateway
+dedupes charges. While the service
 works, a thread shows Slack's status line, a top-level DM question an ``eyes`` reaction
 (:mod:`bot.slack.working`).
 """
@@ -52,7 +54,7 @@ from bot.slack.conversation import (
 )
 from bot.slack.delivery import Delivery, Target, Writing, knows_thread, posted_answer
 from bot.slack.feedback import FRESH_BLOCK_PREFIX, fresh_offer_answer
-from bot.slack.middleware import Once, after_handling
+from bot.slack.middleware import Once, after_handling, message_request_id
 from bot.slack.working import WorkingIndicator
 from proxy_core import RecordStore, StoreError, get_logger
 
@@ -252,7 +254,9 @@ class Answers:
             return
         target = Target(workspace, str(event.get("channel", "")), str(event["user"]), str(event["ts"]), thread_ts,
                         asker_team(event, workspace))
-        self.once.run(workspace, "slack:" + event_id,
+        # Claimed as the message, not the event: the app_mention of an edit comes under an event ID
+        # of its own, and must find a message answered already (a typo fixed) answered.
+        self.once.run(workspace, message_request_id(target.channel, str(event["ts"])),
                       lambda: self._answer(client, target, event, context, event_id, with_history, on_question))
 
     def _answer(self, client: WebClient, target: Target, event: dict[str, Any], context: BoltContext,

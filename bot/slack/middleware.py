@@ -24,13 +24,14 @@ store call):
   :class:`~slack_bolt.middleware.IgnoringSelfEvents` (on by default) and by their ``bot_id``.
 
 :class:`Once`, around the part of a listener that answers (after the ack, on the listener's
-thread): every event is handled once. Its event ID is claimed in the store (``slack:<event_id>``)
-before anything runs, so Slack's retries and duplicate deliveries never answer twice; what the
-handling remembers (:func:`remember`: the thread Penny answered in, the answer it posted) is
-written with the event's completion, one store write instead of three, and what must wait for
-that (:func:`after_handling`: taking the 👀 off) runs after it. It is not Bolt middleware because
-a claim is a store write, and a message that is not for Penny (most of a channel's) must cost none,
-and an ack must not wait for the store.
+thread): every request is handled once. Its ID is claimed in the store before anything runs: for a
+message, the message itself (:func:`message_request_id`: its channel and ts, the same in every
+event about it), so Slack's retries and duplicate deliveries, and the ``app_mention`` of an edit of
+a message answered already, never answer twice; what the handling remembers (:func:`remember`: the
+thread Penny answered in, the answer it posted) is written with the event's completion, one store
+write instead of three, and what must wait for that (:func:`after_handling`: taking the 👀 off)
+runs after it. It is not Bolt middleware because a claim is a store write, and a message that is
+not for Penny (most of a channel's) must cost none, and an ack must not wait for the store.
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ __all__ = [
     "after_handling",
     "foreign_request",
     "malformed_fields",
+    "message_request_id",
     "remember",
     "written_by_a_person",
 ]
@@ -222,6 +224,12 @@ class FromPeopleOnly(Middleware):
                 and not written_by_a_person(event):
             return BoltResponse(status=200, body="")
         return next()
+
+
+def message_request_id(channel: str, ts: str) -> str:
+    """The ID a message is answered under in :class:`Once` (with its workspace): the same in every
+    event Slack sends about it (an edit keeps the message's ts), unlike their event IDs."""
+    return f"slack:message:{channel}:{ts}"
 
 
 @dataclass
