@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlencode
@@ -93,7 +93,8 @@ class Harness:
     """A Penny app wired to the fake Slack, a store and a scripted answerer."""
 
     def __init__(self, slack: FakeSlack, store: Store, answerer: ScriptedAnswerer,
-                 working: WorkingIndicator | None = None, thread_replies: ThreadReplies = "questions") -> None:
+                 working: WorkingIndicator | None = None, thread_replies: ThreadReplies = "questions",
+                 wall: Callable[[], float] = time.time) -> None:
         self.slack = slack
         self.store = store
         self.answerer = answerer
@@ -110,6 +111,7 @@ class Harness:
             listener_executor=self.executor,
             # 👀 at once and in order by default: these tests read the calls
             working=working if working is not None else WorkingIndicator(workers=0),
+            wall=wall,  # how old an edited message is; a test of edits passes a manual clock
         )
         self._serial = 0
 

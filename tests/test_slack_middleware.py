@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from bot.slack.middleware import Once, after_handling, remember, written_by_a_person
+from bot.slack.middleware import EDIT_WINDOW_S, Once, after_handling, edit_in_time, remember, written_by_a_person
 from proxy_core import Record, Store
 
 
@@ -20,11 +20,37 @@ from proxy_core import Record, Store
         ({"user": "U1", "subtype": "channel_join"}, False),
         ({"user": "U1", "bot_id": "B1"}, False),
         ({"subtype": "message_changed"}, False),
+        ({"user": "U1", "edited": {"user": "U1", "ts": "1700000160.000000"}}, False),  # see edit_in_time
         ({"bot_id": "B1", "subtype": "bot_message"}, False),
     ],
 )
 def test_who_counts_as_a_person_writing(event: dict[str, Any], person: bool) -> None:
     assert written_by_a_person(event) is person
+
+
+POSTED = 1_700_000_100.0
+EDITED = {"user": "U1", "ts": "1700000160.000000"}
+
+
+@pytest.mark.parametrize(
+    ("event", "age", "in_time"),
+    [
+        ({"type": "app_mention", "user": "U1", "edited": EDITED}, 60.0, True),
+        ({"type": "app_mention", "user": "U1", "edited": EDITED}, EDIT_WINDOW_S, True),
+        ({"type": "app_mention", "user": "U1", "edited": EDITED}, EDIT_WINDOW_S + 1, False),
+        ({"type": "app_mention", "user": "U1", "edited": EDITED}, -5.0, True),  # Slack's clock a little ahead
+        ({"type": "app_mention", "user": "U1"}, 60.0, False),  # not an edit: written_by_a_person's
+        ({"type": "message", "user": "U1", "edited": EDITED}, 60.0, False),  # the app_mention is enough
+        ({"type": "app_mention", "user": "U1", "bot_id": "B1", "edited": EDITED}, 60.0, False),
+        ({"type": "app_mention", "edited": EDITED}, 60.0, False),
+    ],
+)
+def test_which_edits_may_be_answered(event: dict[str, Any], age: float, in_time: bool) -> None:
+    assert edit_in_time({**event, "ts": f"{POSTED:.6f}"}, POSTED + age) is in_time
+
+
+def test_an_edit_whose_ts_is_not_a_time_is_not_answered() -> None:
+    assert not edit_in_time({"type": "app_mention", "user": "U1", "edited": EDITED, "ts": "p1700000100"}, POSTED)
 
 
 def test_an_event_is_handled_once_and_its_records_come_with_its_completion(store: Store) -> None:

@@ -19,10 +19,11 @@ Which ``message`` events get here is decided by listener matchers (:func:`in_dm`
 :meth:`Answers.is_unmentioned_thread_reply`); a mention arrives twice (as ``app_mention`` and as
 ``message``) under different event IDs, and the ``message`` copy matches neither because it
 mentions Penny. Each message is answered once (:class:`~bot.slack.middleware.Once`, under
-``slack:message:<channel>:<ts>``): Slack's retries of its event, and any other event about the
-same message (the ``app_mention`` Slack sends again when it is edited), find it answered. The
-event ID (a fresh answer's ``fresh:…``) is the question's ``request_id``, on which the gateway
-dedupes charges. While the service
+``slack:message:<channel>:<ts>``): Slack's retries of its event, and the ``app_mention`` Slack
+sends again when it is edited (a typo fixed), find it answered, while an edit that adds the
+mention to a message Penny never answered is answered as if posted with it. The event ID (a
+fresh answer's ``fresh:…``) is the question's ``request_id``, on which the gateway dedupes
+charges. While the service
 works, a thread shows Slack's status line, a top-level DM question an ``eyes`` reaction
 (:mod:`bot.slack.working`).
 """
@@ -256,8 +257,12 @@ class Answers:
                         asker_team(event, workspace))
         # Claimed as the message, not the event: the app_mention of an edit comes under an event ID
         # of its own, and must find a message answered already (a typo fixed) answered.
-        self.once.run(workspace, message_request_id(target.channel, str(event["ts"])),
-                      lambda: self._answer(client, target, event, context, event_id, with_history, on_question))
+        answered = self.once.run(workspace, message_request_id(target.channel, str(event["ts"])),
+                                 lambda: self._answer(client, target, event, context, event_id, with_history,
+                                                      on_question))
+        if not answered and event.get("edited"):
+            _log.info("slack.edit_already_answered", event_id=event_id, channel=target.channel,
+                      ts=target.message_ts)
 
     def _answer(self, client: WebClient, target: Target, event: dict[str, Any], context: BoltContext,
                 event_id: str, with_history: bool, on_question: OnQuestion | None) -> None:

@@ -5,7 +5,8 @@ Bolt. The listeners are thin: they parse an event, ask a service, and post what
 Where things are:
 
 - :mod:`bot.slack.middleware`: what runs around every listener: only the installed workspace is
-  served, only what people write is heard, each event is handled once;
+  served, only what people write is heard (and a mention added by a recent edit), each message is
+  answered once;
 - :mod:`bot.slack.answers`: mentions, DMs, thread replies and "Get a fresh answer", answered
   through :mod:`bot.slack.delivery` (streaming, posting, the records of what Penny posted);
 - :mod:`bot.slack.assistant`: suggested prompts and assistant threads (Slack's agent surfaces);
@@ -226,7 +227,7 @@ def build_app(
     gateway's own, ``gateway.accounts``); admins are ``settings.admin_user_ids`` and Slack's own.
     Listeners run after the ack, on ``listener_executor`` (Bolt's own thread pool by default; tests
     pass theirs so they can wait for every listener to finish). ``wall`` is the clock that picks
-    today and this month. ``clock``
+    today and this month, and tells an edit made in time to be answered from a late one. ``clock``
     (monotonic) and ``stream_pacing`` set how often a streamed answer is appended to;
     ``stream_starts`` is the shared budget of streams per minute (default: Slack's Tier 2, through
     ``store``); ``sleep`` waits out a throttled ``chat.stopStream``. ``working``
@@ -248,7 +249,7 @@ def build_app(
     app.use(InstalledWorkspaceOnly(installation))
     app.use(RateLimitNotices())
     app.use(WellFormedOnly())
-    app.use(FromPeopleOnly())
+    app.use(FromPeopleOnly(wall))
     if isinstance(web_client, _WaitingWebClient):  # listeners' Slack calls lend their turn too
         app.use(_WaitingClients(web_client.waiting))
 

@@ -19,9 +19,15 @@ store call):
   and logged as one ``slack.events_rate_limited`` warning. Bolt has no listener for it and answered
   404, which Slack counts towards disabling the app's event subscriptions.
 - :class:`FromPeopleOnly`: a ``message`` or ``app_mention`` no person wrote (another bot's, a join,
-  an edit (a ``message_changed``, or an ``app_mention`` carrying ``edited``), a deletion) is
-  acknowledged and dropped. Penny's own messages are dropped by Bolt's
-  :class:`~slack_bolt.middleware.IgnoringSelfEvents` (on by default) and by their ``bot_id``.
+  an edit, a deletion) is acknowledged and dropped, but for one kind of edit: an ``app_mention``
+  carrying ``edited`` within :data:`EDIT_WINDOW_S` of its message. Slack sends one whenever a
+  message that mentions Penny is edited, whether the edit added the mention (someone forgot it:
+  a question to answer) or only fixed a typo (answered already): which one it is, only the
+  message's claim in the store can tell (:func:`message_request_id`, below). Every other edit is
+  dropped: a ``message_changed`` (the ``app_mention`` is enough; in a DM, where none comes, an
+  edited question was answered as first written) and an edit long after its message (nobody
+  expects an answer to a week-old message someone re-edited). Penny's own messages are dropped by
+  Bolt's :class:`~slack_bolt.middleware.IgnoringSelfEvents` (on by default) and by their ``bot_id``.
 
 :class:`Once`, around the part of a listener that answers (after the ack, on the listener's
 thread): every request is handled once. Its ID is claimed in the store before anything runs: for a
@@ -37,6 +43,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -50,6 +57,7 @@ from bot.slack.startup import SlackInstallation
 from proxy_core import Record, RecordStore, RequestStore, StoreError, get_logger
 
 __all__ = [
+    "EDIT_WINDOW_S",
     "EVENT_CLAIM_TTL_S",
     "EVENT_DONE_TTL_S",
     "FromPeopleOnly",
@@ -58,6 +66,7 @@ __all__ = [
     "RateLimitNotices",
     "WellFormedOnly",
     "after_handling",
+    "edit_in_time",
     "foreign_request",
     "malformed_fields",
     "message_request_id",
@@ -68,6 +77,9 @@ __all__ = [
 LOGGED_TEAMS_KEPT: Final = 10_000  # workspaces whose first drop was logged, remembered per process
 EVENT_CLAIM_TTL_S: Final = 15 * 60.0  # Slack's last retry comes ~5 minutes after the first delivery
 EVENT_DONE_TTL_S: Final = 24 * 3600.0
+# An edit adding a mention is answered this long after its message (the ts); it must stay well
+# under EVENT_DONE_TTL_S, for the message's claim to outlive every edit that could be answered.
+EDIT_WINDOW_S: Final = 15 * 60.0
 
 _log = get_logger()
 
@@ -205,23 +217,42 @@ class RateLimitNotices(Middleware):
         return BoltResponse(status=200, body="")
 
 
-def written_by_a_person(event: Mapping[str, Any]) -> bool:
-    """A message someone wrote: it has a user and no ``bot_id``, and no subtype but the two that are
-    still a person writing (a reply also sent to the channel, a message with a file). Not an edit:
-    Slack sends an edited message that mentions Penny as a new ``app_mention`` (with ``edited``),
-    and fixing a typo in a question must not get it answered twice."""
+def _a_person_wrote(event: Mapping[str, Any]) -> bool:
+    """It has a user and no ``bot_id``, and no subtype but the two that are still a person writing
+    (a reply also sent to the channel, a message with a file)."""
     subtype = event.get("subtype")
-    return (bool(event.get("user")) and not event.get("bot_id") and not event.get("edited")
-            and (subtype is None or subtype in USER_SUBTYPES))
+    return bool(event.get("user")) and not event.get("bot_id") and (subtype is None or subtype in USER_SUBTYPES)
+
+
+def written_by_a_person(event: Mapping[str, Any]) -> bool:
+    """A message someone wrote, as first written: not an edit (see :func:`edit_in_time`)."""
+    return _a_person_wrote(event) and not event.get("edited")
+
+
+def edit_in_time(event: Mapping[str, Any], now: float) -> bool:
+    """An ``app_mention`` Slack sent for an edit someone made, at most :data:`EDIT_WINDOW_S` after
+    the message (its ``ts``) at ``now`` (epoch seconds). It may be a question the edit addressed to
+    Penny, or a typo fixed in one she answered: the message's claim tells them apart, not this."""
+    if event.get("type") != "app_mention" or not event.get("edited") or not _a_person_wrote(event):
+        return False
+    try:
+        posted = float(str(event.get("ts")))
+    except ValueError:
+        return False
+    return now - posted <= EDIT_WINDOW_S
 
 
 class FromPeopleOnly(Middleware):
-    """Drops ``message`` and ``app_mention`` events no person wrote (see the module doc)."""
+    """Drops ``message`` and ``app_mention`` events no person wrote, and edits but a recent mention's
+    (see the module doc); ``wall`` is the clock (epoch seconds) an edit's age is read on."""
+
+    def __init__(self, wall: Callable[[], float] = time.time) -> None:
+        self._wall = wall
 
     def process(self, *, req: BoltRequest, resp: BoltResponse, next: Callable[[], BoltResponse]) -> BoltResponse:
         event = req.body.get("event") if isinstance(req.body, dict) else None
         if isinstance(event, dict) and event.get("type") in ("message", "app_mention") \
-                and not written_by_a_person(event):
+                and not written_by_a_person(event) and not edit_in_time(event, self._wall()):
             return BoltResponse(status=200, body="")
         return next()
 
