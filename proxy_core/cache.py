@@ -252,8 +252,11 @@ class ExactCache:
         where = self._store.record_get(_ENTRY_RECORD, entry_id)
         if where is None:
             return False
-        place = json.loads(where)
-        sid, key = str(place["scope"]), str(place["key"])
+        try:
+            place = json.loads(where)
+            sid, key = str(place["scope"]), str(place["key"])
+        except (ValueError, TypeError, KeyError):  # not a record this version wrote: nothing it can find
+            return False
         raw = self._store.cache_get(sid, key)
         evicted = (raw is not None and CachedAnswer.from_json(raw).entry_id == entry_id
                    and self._store.cache_drop(sid, key, raw))

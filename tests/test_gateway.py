@@ -119,6 +119,8 @@ def test_exact_cache_alone_a_thumbs_down_evicts_the_answer_for_every_replica(
     assert ask(a, "How do I deploy?", "r3").cache_status == "miss"
     assert fake.count("chat") == 2
     assert not a.invalidate_cache_entry("never-cached")
+    a.store.record_put("cache:exact_entry", "from-a-newer-version", '["not", "this", "shape"]', 60)
+    assert not a.invalidate_cache_entry("from-a-newer-version")  # nothing it can find, and no error
 
 
 def test_exact_cache_alone_a_thumbs_down_on_a_replaced_answer_leaves_the_newer_one(
