@@ -15,6 +15,14 @@ does the SDK's. What it raises:
 
 ``Unanswered`` is told apart because the provider bills such a request: it has the prompt and may
 be writing the answer when the connection gives up on it. One that was never wholly sent it never saw.
+
+A kept-alive connection idle longer than ``KEEPALIVE_S`` is not reused: a server closes idle
+connections after its own keep-alive timeout (5 s for uvicorn or Node, more for nginx, load
+balancers and OpenAI's edge), and a request sent as that close crosses it on the wire is never read,
+yet fails as ``Unanswered``, charged for a prompt the provider never saw. The SDK's httpx expires
+idle connections the same way (after 5 s). A POST that fails so is not sent again here, as browsers
+do: it is not idempotent, and within the window a connection that ends unanswered was not closed
+for idleness, so the server had the request; the gateway's retry policy decides on another attempt.
 """
 
 from __future__ import annotations
@@ -29,7 +37,13 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["JSONPoster", "JSONStatus", "Unanswered", "direct_route"]
+from proxy_core.clock import Clock, monotonic
+
+__all__ = ["KEEPALIVE_S", "JSONPoster", "JSONStatus", "Unanswered", "direct_route"]
+
+# Seconds a connection may sit idle and still be reused: under the shortest common server
+# keep-alive timeout (5 s), with room for the request's way there.
+KEEPALIVE_S = 4.0
 
 
 class Unanswered(Exception):
@@ -65,9 +79,11 @@ def direct_route(url: str) -> bool:
 
 class JSONPoster:
     """POSTs JSON to ``base_url`` + a path; one kept-alive connection per calling thread. A pooled
-    connection the server has closed (or that has unread bytes) is replaced before it is used."""
+    connection the server has closed (or that has unread bytes), or one idle longer than
+    ``KEEPALIVE_S`` by ``clock`` (monotonic), is replaced before it is used."""
 
-    def __init__(self, base_url: str, *, headers: Mapping[str, str], timeout_s: float) -> None:
+    def __init__(self, base_url: str, *, headers: Mapping[str, str], timeout_s: float,
+                 clock: Clock = monotonic) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url}")
@@ -77,6 +93,7 @@ class JSONPoster:
         self._prefix = parts.path.rstrip("/")
         self._headers = {**headers, "Content-Type": "application/json", "Accept": "application/json"}
         self._timeout_s = timeout_s
+        self._clock = clock
         self._ssl: ssl.SSLContext | None = _ssl_context() if self._https else None
         self._local = threading.local()
         self._open: set[http.client.HTTPConnection] = set()
@@ -102,6 +119,7 @@ class JSONPoster:
         except BaseException:
             self._drop(connection)
             raise
+        self._local.idle_since = self._clock()
         if not 200 <= response.status < 300:
             raise JSONStatus(response.status, {k.lower(): v for k, v in response.getheaders()}, _decoded(payload))
         return json.loads(payload)
@@ -114,7 +132,9 @@ class JSONPoster:
 
     def _connection(self) -> http.client.HTTPConnection:
         connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
-        if connection is not None and connection.sock is not None and _closed_by_peer(connection.sock):
+        if connection is not None and connection.sock is not None and (
+            self._clock() - self._local.idle_since > KEEPALIVE_S or _closed_by_peer(connection.sock)
+        ):
             connection.close()  # reopened by the next request
         if connection is None:
             if self._https:

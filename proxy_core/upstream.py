@@ -49,7 +49,7 @@ from openai.types import CreateEmbeddingResponse, embedding_create_params
 from openai.types.chat import completion_create_params
 
 from proxy_core._json_http import JSONPoster, JSONStatus, Unanswered, direct_route
-from proxy_core.clock import Clock, wall
+from proxy_core.clock import Clock, monotonic, wall
 from proxy_core.errors import ConfigurationError, UpstreamError, UpstreamRejected
 
 __all__ = ["ChatResponse", "EmbedResponse", "OpenAIUpstream", "openai_request_fields", "parse_retry_after"]
@@ -164,7 +164,9 @@ class OpenAIUpstream:
         timeout_s: float,
         client: openai.OpenAI | None = None,
         wall_clock: Clock = wall,
+        clock: Clock = monotonic,
     ) -> None:
+        """``clock`` (monotonic) times how long the plain chat's kept-alive connections sit idle."""
         self._timeout_s = timeout_s
         self._wall_clock = wall_clock
         self._poster: JSONPoster | None = None
@@ -185,7 +187,8 @@ class OpenAIUpstream:
                 headers = {k: v for k, v in {**self._client.default_headers, **self._client.auth_headers}.items()
                            if isinstance(v, str)}
                 headers["X-Stainless-Retry-Count"] = "0"
-                self._poster = JSONPoster(str(self._client.base_url), headers=headers, timeout_s=timeout_s)
+                self._poster = JSONPoster(str(self._client.base_url), headers=headers, timeout_s=timeout_s,
+                                          clock=clock)
         # Where the calls go, for messages that must say what was tried (never with a password in it).
         self._base_url = _shown_url(str(self._client.base_url)).rstrip("/")
         self._base_url_set = base_url is not None

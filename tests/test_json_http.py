@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from proxy_core.clock import ManualClock
 from proxy_core.upstream import OpenAIUpstream
 
 COMPLETION = {"id": "c1", "object": "chat.completion", "model": "gpt-4o-mini",
@@ -78,3 +79,62 @@ def test_calls_share_a_connection_and_one_closed_while_idle_is_replaced(server: 
     finally:
         up.close()
     assert server.connections == (3 if server.close_after_reply else 1)
+
+
+class IdleClosingServer(CountingServer):
+    """Keeps connections alive until ``idle_timer_fired()``: then the next request on a connection
+    that has answered before finds it closed by the server's idle timer, whose close crossed the
+    request on the wire (as a server's keep-alive timeout does when a client reuses the connection
+    at that moment): the request is never read, never answered."""
+
+    def __init__(self) -> None:
+        super().__init__(close_after_reply=False)
+        self.fired = threading.Event()
+        self.lost = 0  # requests that arrived on a connection the idle timer had closed
+
+    def idle_timer_fired(self) -> None:
+        self.fired.set()
+
+    def _serve(self, conn: socket.socket) -> None:
+        answered = False
+        with conn, conn.makefile("rb") as reader:
+            while True:
+                first = reader.readline()
+                if first == b"":
+                    return
+                if answered and self.fired.is_set():
+                    self.lost += 1
+                    return  # closed with the request unread: the client sees a reset or an EOF
+                head = [first]
+                while head[-1] not in (b"\r\n", b""):
+                    head.append(reader.readline())
+                length = next(int(line.split(b":")[1]) for line in head if line.lower().startswith(b"content-length"))
+                reader.read(length)
+                body = json.dumps(COMPLETION).encode()
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                             + str(len(body)).encode() + b"\r\n\r\n" + body)
+                answered = True
+
+
+def test_a_connection_idle_past_the_keep_alive_window_is_not_reused() -> None:
+    """A connection idle as long as a server's keep-alive timeout (5 s for uvicorn or Node) may be
+    closed by the server just as Penny sends on it: the request is lost, and looks sent whole and
+    unanswered, which the gateway charges (the provider never saw it). One idle past the window is
+    replaced before it is used, as the SDK's httpx does; one idle less is kept."""
+    server = IdleClosingServer()
+    clock = ManualClock()
+    up = OpenAIUpstream(api_key="sk-test-keepalive", base_url=f"http://127.0.0.1:{server.port}/v1", timeout_s=2.0,
+                        clock=clock)
+    ask = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    try:
+        assert up.chat(**ask).content == "hi"  # type: ignore[arg-type]
+        clock.advance(3.0)
+        assert up.chat(**ask).content == "hi"  # type: ignore[arg-type]
+        assert server.connections == 1  # idle 3 s: kept
+        clock.advance(5.0)
+        server.idle_timer_fired()
+        assert up.chat(**ask).content == "hi"  # type: ignore[arg-type]
+    finally:
+        up.close()
+        server.close()
+    assert (server.connections, server.lost) == (2, 0)
