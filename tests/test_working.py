@@ -187,6 +187,32 @@ def test_a_removal_slack_answered_with_a_5xx_is_retried(slack: FakeSlack, client
     assert waits == [0.5, 1.0]
 
 
+def test_a_reaction_queued_behind_a_retried_removal_is_not_made_once_its_answer_is_out(
+    slack: FakeSlack, client: WebClient
+) -> None:
+    # A removal Slack answered with a 5xx holds its worker through the waits between its retries;
+    # a reaction queued behind it whose answer is out meanwhile must not be put on (and taken off).
+    waiting, go_on = threading.Event(), threading.Event()
+
+    def sleep(_s: float) -> None:
+        waiting.set()
+        go_on.wait(5)
+
+    slack.fail("reactions.remove", status=503, times=1)
+    indicator = WorkingIndicator(grace_s=0, workers=1, sleep=sleep)
+    first = indicator.show(client, "C1", TS)
+    slack.wait_for("reactions.add")
+    first.done()
+    assert waiting.wait(5)  # the removal's worker is waiting to retry
+    second = indicator.show(client, "C1", "1700000200.000200")  # queued behind it
+    second.answered()
+    second.done()
+    go_on.set()
+    indicator.close()
+    assert [(c.method, c.params["timestamp"]) for c in slack.calls()] == [
+        ("reactions.add", TS), ("reactions.remove", TS), ("reactions.remove", TS)]
+
+
 def test_closing_cancels_reactions_not_made_yet(slack: FakeSlack, client: WebClient) -> None:
     indicator = WorkingIndicator(grace_s=60, workers=2)
     working = indicator.show(client, "C1", TS)

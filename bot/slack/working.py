@@ -224,6 +224,8 @@ class WorkingIndicator:
         # would hold up every reaction behind it.
         client = copy.copy(working._client)
         client.retry_handlers = [h for h in client.retry_handlers if not isinstance(h, RateLimitErrorRetryHandler)]
+        if self._done_before_added(working):  # done while queued behind other calls: nothing to show now
+            return
         with working.calls:
             if working.mode == "status":
                 added = self._add_status(client, working)  # falls back to the reaction where it does not apply
@@ -238,6 +240,14 @@ class WorkingIndicator:
             self._remove(working)
         elif stale:
             self._retext(working)
+
+    def _done_before_added(self, working: Working) -> bool:
+        """Whether ``working`` was done before its add started (then it is off)."""
+        with self._lock:
+            if working.state != "finishing":
+                return False
+            working.state = "off"
+            return True
 
     def _add_status(self, client: WebClient, working: Working) -> bool:
         """Show the status; on a refusal that means "not here", fall back to the reaction."""
