@@ -74,6 +74,22 @@ def test_a_mention_added_by_an_edit_is_answered_in_the_messages_thread(
         "how do I deploy?", "U1", "C1", "EvEdited")
 
 
+def test_a_bare_mention_edited_to_ask_a_question_is_answered_after_its_help(
+    penny: Harness, slack: FakeSlack, answerer: ScriptedAnswerer
+) -> None:
+    # "@Penny" alone gets how to ask; the asker then edits the question in: that is a question.
+    penny.event(mention("<@UPENNY>"), event_id="EvBare")
+    slack.wait_for("chat.postMessage")
+    penny.event(edit(mention("<@UPENNY> how do I deploy?")), event_id="EvEdited")
+    slack.wait_for("chat.postMessage", 2)
+    penny.settle()
+    [question] = answerer.questions
+    assert (question.text, question.request_id) == ("how do I deploy?", "EvEdited")
+    penny.event(mention("<@UPENNY>"), event_id="EvBare")  # Slack's retry of the bare mention
+    penny.settle()
+    assert len(slack.calls("chat.postMessage")) == 2  # its help is posted once
+
+
 def test_a_mention_added_by_an_edit_in_a_thread_is_answered_there_with_the_thread(
     penny: Harness, slack: FakeSlack, answerer: ScriptedAnswerer
 ) -> None:

@@ -255,23 +255,29 @@ class Answers:
             return
         target = Target(workspace, str(event.get("channel", "")), str(event["user"]), str(event["ts"]), thread_ts,
                         asker_team(event, workspace))
+        text = strip_mentions(str(event.get("text") or ""), context.bot_user_id)
+        if not text:
+            # Help, not an answer: claimed as the event, so that an edit that adds a question to a
+            # bare mention is still answered, under the message's claim.
+            self.once.run(workspace, "slack:" + event_id, lambda: self._help(client, target, event))
+            return
         # Claimed as the message, not the event: the app_mention of an edit comes under an event ID
         # of its own, and must find a message answered already (a typo fixed) answered.
         answered = self.once.run(workspace, message_request_id(target.channel, str(event["ts"])),
-                                 lambda: self._answer(client, target, event, context, event_id, with_history,
+                                 lambda: self._answer(client, target, text, event, context, event_id, with_history,
                                                       on_question))
         if not answered and event.get("edited"):
             _log.info("slack.edit_already_answered", event_id=event_id, channel=target.channel,
                       ts=target.message_ts)
 
-    def _answer(self, client: WebClient, target: Target, event: dict[str, Any], context: BoltContext,
+    def _help(self, client: WebClient, target: Target, event: dict[str, Any]) -> None:
+        """What a mention with no question gets: how to ask (or, with files alone, that Penny does not read them)."""
+        help_text = FILES_ONLY_TEXT if event.get("files") else HELP_TEXT
+        self.delivery.post(client, target, [[{"type": "section", "text": {"type": "mrkdwn", "text": help_text}}]])
+
+    def _answer(self, client: WebClient, target: Target, text: str, event: dict[str, Any], context: BoltContext,
                 event_id: str, with_history: bool, on_question: OnQuestion | None) -> None:
-        text = strip_mentions(str(event.get("text") or ""), context.bot_user_id)
         shared_files = bool(event.get("files"))
-        if not text:
-            help_text = FILES_ONLY_TEXT if shared_files else HELP_TEXT
-            self.delivery.post(client, target, [[{"type": "section", "text": {"type": "mrkdwn", "text": help_text}}]])
-            return
         if on_question is not None:
             on_question(text)
         history: tuple[tuple[str, str], ...] = ()
