@@ -506,14 +506,20 @@ def test_answers_the_provider_does_not_bill_are_charged_nothing(
     assert store.spent("W1", _user_day_line(gw)) == (answer, 0)
 
 
-@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "plain"])
-def test_a_provider_never_reached_is_charged_nothing(make_gateway: GatewayFactory, store: Store,
-                                                     stream: bool) -> None:
+def _gateway_to_nowhere(make_gateway: GatewayFactory) -> Gateway:
+    """A gateway whose provider is a loopback port nothing listens on: every attempt is refused."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     gw = make_gateway(retry_max_attempts=2, user_daily_budget_usd="1")
     gw.upstream = OpenAIUpstream(api_key=API_KEY, base_url=f"http://127.0.0.1:{port}/v1", timeout_s=1.0)
+    return gw
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "plain"])
+def test_a_provider_never_reached_is_charged_nothing(make_gateway: GatewayFactory, store: Store,
+                                                     stream: bool) -> None:
+    gw = _gateway_to_nowhere(make_gateway)
 
     with pytest.raises(UpstreamError) as failed:
         ask(gw, "How do I deploy?", "ev1", stream=_Shown() if stream else None)
@@ -822,11 +828,7 @@ def test_embedding_answers_the_provider_does_not_bill_are_charged_nothing(
 
 def test_an_embedding_call_that_never_reached_the_provider_is_charged_nothing(make_gateway: GatewayFactory,
                                                                                store: Store) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    gw = make_gateway(retry_max_attempts=2, user_daily_budget_usd="1")
-    gw.upstream = OpenAIUpstream(api_key=API_KEY, base_url=f"http://127.0.0.1:{port}/v1", timeout_s=1.0)
+    gw = _gateway_to_nowhere(make_gateway)
 
     with pytest.raises(UpstreamError) as failed:
         _embed(gw, "e1")
