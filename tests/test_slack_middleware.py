@@ -32,13 +32,19 @@ POSTED = 1_700_000_100.0
 EDITED = {"user": "U1", "ts": "1700000160.000000"}
 
 
+def edited_after(age: float) -> dict[str, str]:
+    return {"user": "U1", "ts": f"{POSTED + age:.6f}"}
+
+
 @pytest.mark.parametrize(
     ("event", "age", "in_time"),
     [
-        ({"type": "app_mention", "user": "U1", "edited": EDITED}, 60.0, True),
-        ({"type": "app_mention", "user": "U1", "edited": EDITED}, EDIT_WINDOW_S, True),
-        ({"type": "app_mention", "user": "U1", "edited": EDITED}, EDIT_WINDOW_S + 1, False),
-        ({"type": "app_mention", "user": "U1", "edited": EDITED}, -5.0, True),  # Slack's clock a little ahead
+        ({"type": "app_mention", "user": "U1", "edited": edited_after(60.0)}, 60.0, True),
+        ({"type": "app_mention", "user": "U1", "edited": edited_after(EDIT_WINDOW_S)}, 3600.0, True),  # delivered late
+        ({"type": "app_mention", "user": "U1", "edited": edited_after(EDIT_WINDOW_S + 1)}, 60.0, False),
+        ({"type": "app_mention", "user": "U1", "edited": {"user": "U1"}}, 60.0, True),  # no edit time: this clock's
+        ({"type": "app_mention", "user": "U1", "edited": {"user": "U1"}}, EDIT_WINDOW_S + 1, False),
+        ({"type": "app_mention", "user": "U1", "edited": {"user": "U1", "ts": "nan"}}, EDIT_WINDOW_S + 1, False),
         ({"type": "app_mention", "user": "U1"}, 60.0, False),  # not an edit: written_by_a_person's
         ({"type": "message", "user": "U1", "edited": EDITED}, 60.0, False),  # the app_mention is enough
         ({"type": "app_mention", "user": "U1", "bot_id": "B1", "edited": EDITED}, 60.0, False),
@@ -46,6 +52,8 @@ EDITED = {"user": "U1", "ts": "1700000160.000000"}
     ],
 )
 def test_which_edits_may_be_answered(event: dict[str, Any], age: float, in_time: bool) -> None:
+    """``age``: how long after the message this replica hears the edit; the window is from the
+    message to the edit, as Slack dates them."""
     assert edit_in_time({**event, "ts": f"{POSTED:.6f}"}, POSTED + age) is in_time
 
 

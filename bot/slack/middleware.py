@@ -41,6 +41,7 @@ not for Penny (most of a channel's) must cost none, and an ack must not wait for
 """
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
@@ -230,16 +231,28 @@ def written_by_a_person(event: Mapping[str, Any]) -> bool:
 
 
 def edit_in_time(event: Mapping[str, Any], now: float) -> bool:
-    """An ``app_mention`` Slack sent for an edit someone made, at most :data:`EDIT_WINDOW_S` after
-    the message (its ``ts``) at ``now`` (epoch seconds). It may be a question the edit addressed to
-    Penny, or a typo fixed in one she answered: the message's claim tells them apart, not this."""
-    if event.get("type") != "app_mention" or not event.get("edited") or not _a_person_wrote(event):
+    """An ``app_mention`` Slack sent for an edit someone made at most :data:`EDIT_WINDOW_S` after
+    the message (its ``ts``): when the edit was made is Slack's ``edited.ts`` (so a retried delivery
+    near the end of the window, or this replica's clock, changes nothing), else ``now`` (epoch
+    seconds). It may be a question the edit addressed to Penny, or a typo fixed in one she
+    answered: the message's claim tells them apart, not this."""
+    edited = event.get("edited")
+    if event.get("type") != "app_mention" or not edited or not _a_person_wrote(event):
         return False
+    posted = _seconds(event.get("ts"))
+    if posted is None:
+        return False
+    made = _seconds(edited.get("ts")) if isinstance(edited, Mapping) else None
+    return (now if made is None else made) - posted <= EDIT_WINDOW_S
+
+
+def _seconds(ts: object) -> float | None:
+    """A Slack ts ("1700000100.000200") as epoch seconds; None if it is not one."""
     try:
-        posted = float(str(event.get("ts")))
+        value = float(str(ts))
     except ValueError:
-        return False
-    return now - posted <= EDIT_WINDOW_S
+        return None
+    return value if math.isfinite(value) else None
 
 
 class FromPeopleOnly(Middleware):
