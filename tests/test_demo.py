@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import io
 import json
-import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from bot.cli import main
 from bot.demo import BEN, BEN_DAILY_BUDGET, demo_settings
 from bot.simulated_llm import LABEL, SimulatedLLM, simulated_answer
 from proxy_core.upstream import OpenAIUpstream
+from tests.redis_server import free_port
 
 PROMPT = [
     {"role": "system", "content": "Answer from the passages.\n\nPassages:\n"
@@ -46,13 +46,6 @@ def llm() -> Iterator[SimulatedLLM]:
         yield server
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 def test_penny_demo_shows_cost_lines_cache_hits_a_budget_a_rate_limit_and_cost_reports(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -62,7 +55,7 @@ def test_penny_demo_shows_cost_lines_cache_hits_a_budget_a_rate_limit_and_cost_r
     (tmp_path / ".env").write_text(f"PENNY_STORE_URL=sqlite:///{mine}\nPENNY_CACHE_ENABLED=false\n")
     monkeypatch.setenv("PENNY_REQUESTS_PER_MINUTE", "1")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-never-sent-0123456789")
-    monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{_closed_port()}/v1")
+    monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{free_port()}/v1")
     out = io.StringIO()
 
     code = main(["demo"], stdout=out, stdin=io.StringIO())

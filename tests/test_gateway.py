@@ -6,7 +6,6 @@ recorded, never waited.
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,6 +34,7 @@ from proxy_core.stores.base import Store
 from proxy_core.tokens import estimate_chat_tokens, estimate_text_tokens
 from proxy_core.upstream import OpenAIUpstream
 from tests.fake_openai import API_KEY, FakeOpenAI, Fault, Gate, RecordedRequest
+from tests.redis_server import free_port
 from tests.threads import run_together
 
 DAY = "2026-01-01"  # ManualClock starts at 2026-01-01T00:00:00Z
@@ -508,9 +508,7 @@ def test_answers_the_provider_does_not_bill_are_charged_nothing(
 
 def _gateway_to_nowhere(make_gateway: GatewayFactory) -> Gateway:
     """A gateway whose provider is a loopback port nothing listens on: every attempt is refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens there
     gw = make_gateway(retry_max_attempts=2, user_daily_budget_usd="1")
     gw.upstream = OpenAIUpstream(api_key=API_KEY, base_url=f"http://127.0.0.1:{port}/v1", timeout_s=1.0)
     return gw

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import math
-import socket
 import struct
 import threading
 import time
@@ -20,6 +19,7 @@ from proxy_core.errors import ConfigurationError, UpstreamError, UpstreamRejecte
 from proxy_core.retry import is_retryable
 from proxy_core.upstream import ChatResponse, OpenAIUpstream, parse_retry_after
 from tests.fake_openai import FakeOpenAI, Fault, count_tokens, fake_embedding, stream_pieces
+from tests.redis_server import free_port
 
 API_KEY = "sk-test-penny-0123456789abcdef"
 MESSAGES = [
@@ -285,9 +285,7 @@ def test_whether_the_provider_took_the_request_is_the_same_through_either_client
 
 @pytest.mark.parametrize("client", ["poster", "sdk"])
 def test_a_provider_never_reached_did_not_take_the_request(client: str) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens there
     url = f"http://127.0.0.1:{port}/v1"
     up = OpenAIUpstream(api_key=API_KEY, base_url=url, timeout_s=1.0) if client == "poster" else sdk_upstream(url, 1.0)
 
@@ -335,9 +333,7 @@ def test_whether_the_provider_took_an_embedding_request_is_decided_as_for_chat(
 
 @pytest.mark.parametrize("client", ["default", "sdk"])
 def test_an_embedding_request_that_never_reached_the_provider_was_not_taken(client: str) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens there
     url = f"http://127.0.0.1:{port}/v1"
     up = OpenAIUpstream(api_key=API_KEY, base_url=url, timeout_s=1.0) if client == "default" else sdk_upstream(url, 1.0)
 
@@ -348,9 +344,7 @@ def test_an_embedding_request_that_never_reached_the_provider_was_not_taken(clie
 
 
 def test_nothing_listening() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens there
     up = OpenAIUpstream(api_key=API_KEY, base_url=f"http://127.0.0.1:{port}/v1", timeout_s=1.0)
 
     err = chat_error(up)
