@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bot.slack.feedback import ACTION_FRESH_ANSWER
 from tests.bot_harness import Bot, make_bot
 from tests.fake_openai import FakeOpenAI
-from tests.fake_slack import FakeSlack
+from tests.fake_slack import FakeSlack, SlackCall
 from tests.slack_harness import block_action, mention
 
 
@@ -22,6 +23,27 @@ def bot(slack: FakeSlack, fake: FakeOpenAI, tmp_path: Path) -> Iterator[Bot]:
     b = make_bot(slack, fake, tmp_path)
     yield b
     b.gateway.close()
+
+
+def thumbs_down(bot: Bot, cached: SlackCall, user: str) -> None:
+    """Click 👎 under the answer ``cached`` posted, as ``user``."""
+    assert cached.response is not None
+    [feedback] = [e for b in cached.blocks if b["type"] == "context_actions" for e in b["elements"]]
+    down = block_action({"action_id": feedback["action_id"], "block_id": "fb",
+                         "value": feedback["negative_button"]["value"]}, message_ts=str(cached.response["ts"]),
+                        user=user)
+    down["actions"][0]["type"] = "feedback_buttons"
+    bot.action(down)
+
+
+def fresh_answer_click(slack: FakeSlack, user: str) -> dict[str, Any]:
+    """A click by ``user`` on "Get a fresh answer" in the last private offer."""
+    [actions] = [b for b in slack.last("chat.postEphemeral").blocks if b["type"] == "actions"]
+    [button] = [e for e in actions["elements"] if e["action_id"] == ACTION_FRESH_ANSWER]
+    click = block_action({"action_id": ACTION_FRESH_ANSWER, "block_id": actions["block_id"], "value": button["value"]},
+                         message_ts="1700000999.000001", user=user)
+    click["container"]["is_ephemeral"] = True
+    return click
 
 
 def test_a_fresh_answer_offered_after_a_thumbs_down_is_answered_by_the_llm(
@@ -34,19 +56,9 @@ def test_a_fresh_answer_offered_after_a_thumbs_down_is_answered_by_the_llm(
     assert fake.count("chat") == 1  # the second asker got the cached answer
     cached = slack.calls("chat.postMessage")[-1]
     assert cached.response is not None
-    cached_ts = str(cached.response["ts"])
-    [feedback] = [e for b in cached.blocks if b["type"] == "context_actions" for e in b["elements"]]
-    down = block_action({"action_id": feedback["action_id"], "block_id": "fb",
-                         "value": feedback["negative_button"]["value"]}, message_ts=cached_ts, user="U2")
-    down["actions"][0]["type"] = "feedback_buttons"
-    bot.action(down)
+    thumbs_down(bot, cached, "U2")
     bot.settle()
-    offer = slack.last("chat.postEphemeral")
-    [actions] = [b for b in offer.blocks if b["type"] == "actions"]
-    [button] = [e for e in actions["elements"] if e["action_id"] == ACTION_FRESH_ANSWER]
-    click = block_action({"action_id": ACTION_FRESH_ANSWER, "block_id": actions["block_id"], "value": button["value"]},
-                         message_ts="1700000999.000001", user="U2")
-    click["container"]["is_ephemeral"] = True
+    click = fresh_answer_click(slack, "U2")
     posted = len(slack.calls("chat.postMessage"))
     bot.action(click)
     bot.action({**click, "actions": [{**click["actions"][0], "action_ts": "1700001000.000002"}]})  # a double click
@@ -81,19 +93,9 @@ def test_a_fresh_answer_to_a_follow_up_reads_the_thread_before_it_as_the_first_a
     cached = slack.calls("chat.postMessage")[-1]
     assert cached.response is not None and cached.params["thread_ts"] == "1700000300.000100"
 
-    [feedback] = [e for b in cached.blocks if b["type"] == "context_actions" for e in b["elements"]]
-    down = block_action({"action_id": feedback["action_id"], "block_id": "fb",
-                         "value": feedback["negative_button"]["value"]}, message_ts=str(cached.response["ts"]),
-                        user="U2")
-    down["actions"][0]["type"] = "feedback_buttons"
-    bot.action(down)
+    thumbs_down(bot, cached, "U2")
     bot.settle()
-    [actions] = [b for b in slack.last("chat.postEphemeral").blocks if b["type"] == "actions"]
-    [button] = [e for e in actions["elements"] if e["action_id"] == ACTION_FRESH_ANSWER]
-    click = block_action({"action_id": ACTION_FRESH_ANSWER, "block_id": actions["block_id"], "value": button["value"]},
-                         message_ts="1700000999.000001", user="U2")
-    click["container"]["is_ephemeral"] = True
-    bot.action(click)
+    bot.action(fresh_answer_click(slack, "U2"))
     bot.settle()
 
     assert fake.count("chat") == 3  # asked afresh
@@ -113,18 +115,8 @@ def test_a_fresh_answer_to_someone_elses_answer_is_paid_by_the_person_who_clicks
     bot.event(mention(question, ts="1700000300.000100", user="U2"))  # served from the cache
     cached = slack.calls("chat.postMessage")[-1]
     assert cached.response is not None
-    [feedback] = [e for b in cached.blocks if b["type"] == "context_actions" for e in b["elements"]]
-    down = block_action({"action_id": feedback["action_id"], "block_id": "fb",
-                         "value": feedback["negative_button"]["value"]}, message_ts=str(cached.response["ts"]),
-                        user="U3")
-    down["actions"][0]["type"] = "feedback_buttons"
-    bot.action(down)  # U3 did not ask; U3 👎 U2's answer
-    [actions] = [b for b in slack.last("chat.postEphemeral").blocks if b["type"] == "actions"]
-    [button] = [e for e in actions["elements"] if e["action_id"] == ACTION_FRESH_ANSWER]
-    click = block_action({"action_id": ACTION_FRESH_ANSWER, "block_id": actions["block_id"], "value": button["value"]},
-                         message_ts="1700000999.000001", user="U3")
-    click["container"]["is_ephemeral"] = True
-    bot.action(click)
+    thumbs_down(bot, cached, "U3")  # U3 did not ask; U3 👎 U2's answer
+    bot.action(fresh_answer_click(slack, "U3"))
     assert fake.count("chat") == 2
     by_user = bot.store.usage("T0PENNY", "2000-01-01", "2999-12-31").by_user
     assert by_user["U3"].cost_micros > 0 and by_user["U3"].requests == 1
