@@ -233,3 +233,14 @@ def is_clear(call: SlackCall) -> bool:
 def wait_cleared(slack: FakeSlack, count: int = 1) -> None:
     """Wait until ``count`` questions were answered to the end (their status or 👀 taken off)."""
     slack.wait_for(("reactions.remove", "assistant.threads.setStatus"), count, where=is_clear)
+
+
+def thumbs_down(harness: Harness, answer: SlackCall, *, user: str) -> None:
+    """Click 👎 under the answer ``answer`` (a recorded chat.postMessage), as ``user``."""
+    assert answer.response is not None
+    [feedback] = [e for b in answer.blocks if b["type"] == "context_actions" for e in b["elements"]]
+    click = block_action({"action_id": feedback["action_id"], "block_id": "fb",
+                          "value": feedback["negative_button"]["value"]}, message_ts=str(answer.response["ts"]),
+                         user=user)
+    click["actions"][0]["type"] = "feedback_buttons"
+    harness.action(click)

@@ -15,7 +15,7 @@ from proxy_core.stores.base import Store
 from tests.bot_harness import Bot, make_bot
 from tests.fake_openai import FakeOpenAI
 from tests.fake_slack import FakeSlack
-from tests.slack_harness import TEAM, block_action, mention, message
+from tests.slack_harness import TEAM, mention, message, thumbs_down
 
 
 @pytest.fixture
@@ -104,23 +104,12 @@ def test_over_budget_is_an_ephemeral_refusal_with_the_reset_time(slack: FakeSlac
         bot.gateway.close()
 
 
-def _thumbs_down(bot: Bot, answer: Any, *, user: str) -> None:
-    """Click 👎 under the answer ``answer`` (a recorded chat.postMessage), as ``user``."""
-    assert answer.response is not None
-    [feedback] = [e for b in answer.blocks if b["type"] == "context_actions" for e in b["elements"]]
-    click = block_action({"action_id": feedback["action_id"], "block_id": "fb",
-                          "value": feedback["negative_button"]["value"]}, message_ts=str(answer.response["ts"]),
-                         user=user)
-    click["actions"][0]["type"] = "feedback_buttons"
-    bot.action(click)
-
-
 def test_thumbs_down_on_a_cached_answer_evicts_it(bot: Bot, slack: FakeSlack, fake: FakeOpenAI) -> None:
     bot.event(mention("<@UPENNY> where are the production logs?", ts="1700000100.000100"))
     bot.event(mention("<@UPENNY> where are the production logs?", ts="1700000300.000100", user="U2"))
     bot.settle()
     assert fake.count("chat") == 1  # the second asker got the cached answer
-    _thumbs_down(bot, slack.calls("chat.postMessage")[-1], user="U2")
+    thumbs_down(bot, slack.calls("chat.postMessage")[-1], user="U2")
     bot.event(mention("<@UPENNY> where are the production logs?", ts="1700000500.000100", user="U3"))
     bot.settle()
     assert fake.count("chat") == 2  # evicted: the next asker gets a fresh LLM answer
@@ -137,10 +126,10 @@ def test_thumbs_down_evicts_the_answer_from_the_exact_cache_alone(slack: FakeSla
         first = slack.calls("chat.postMessage")[-1]
         bot.event(mention(question, ts="1700000300.000100", user="U2"))
         assert fake.count("chat") == 1  # the second asker got the cached answer
-        _thumbs_down(bot, slack.calls("chat.postMessage")[-1], user="U2")
+        thumbs_down(bot, slack.calls("chat.postMessage")[-1], user="U2")
         bot.event(mention(question, ts="1700000500.000100", user="U3"))
         assert fake.count("chat") == 2  # evicted: the next asker gets a fresh LLM answer
-        _thumbs_down(bot, first, user="U4")  # the same answer, 👎'd again under the first message
+        thumbs_down(bot, first, user="U4")  # the same answer, 👎'd again under the first message
         bot.event(mention(question, ts="1700000700.000100", user="U5"))
         assert fake.count("chat") == 2  # U3's newer answer is still cached
     finally:

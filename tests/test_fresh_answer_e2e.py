@@ -14,8 +14,8 @@ import pytest
 from bot.slack.feedback import ACTION_FRESH_ANSWER
 from tests.bot_harness import Bot, make_bot
 from tests.fake_openai import FakeOpenAI
-from tests.fake_slack import FakeSlack, SlackCall
-from tests.slack_harness import block_action, mention
+from tests.fake_slack import FakeSlack
+from tests.slack_harness import block_action, mention, thumbs_down
 
 
 @pytest.fixture
@@ -23,17 +23,6 @@ def bot(slack: FakeSlack, fake: FakeOpenAI, tmp_path: Path) -> Iterator[Bot]:
     b = make_bot(slack, fake, tmp_path)
     yield b
     b.gateway.close()
-
-
-def thumbs_down(bot: Bot, cached: SlackCall, user: str) -> None:
-    """Click 👎 under the answer ``cached`` posted, as ``user``."""
-    assert cached.response is not None
-    [feedback] = [e for b in cached.blocks if b["type"] == "context_actions" for e in b["elements"]]
-    down = block_action({"action_id": feedback["action_id"], "block_id": "fb",
-                         "value": feedback["negative_button"]["value"]}, message_ts=str(cached.response["ts"]),
-                        user=user)
-    down["actions"][0]["type"] = "feedback_buttons"
-    bot.action(down)
 
 
 def fresh_answer_click(slack: FakeSlack, user: str) -> dict[str, Any]:
@@ -56,7 +45,7 @@ def test_a_fresh_answer_offered_after_a_thumbs_down_is_answered_by_the_llm(
     assert fake.count("chat") == 1  # the second asker got the cached answer
     cached = slack.calls("chat.postMessage")[-1]
     assert cached.response is not None
-    thumbs_down(bot, cached, "U2")
+    thumbs_down(bot, cached, user="U2")
     bot.settle()
     click = fresh_answer_click(slack, "U2")
     posted = len(slack.calls("chat.postMessage"))
@@ -93,7 +82,7 @@ def test_a_fresh_answer_to_a_follow_up_reads_the_thread_before_it_as_the_first_a
     cached = slack.calls("chat.postMessage")[-1]
     assert cached.response is not None and cached.params["thread_ts"] == "1700000300.000100"
 
-    thumbs_down(bot, cached, "U2")
+    thumbs_down(bot, cached, user="U2")
     bot.settle()
     bot.action(fresh_answer_click(slack, "U2"))
     bot.settle()
@@ -115,7 +104,7 @@ def test_a_fresh_answer_to_someone_elses_answer_is_paid_by_the_person_who_clicks
     bot.event(mention(question, ts="1700000300.000100", user="U2"))  # served from the cache
     cached = slack.calls("chat.postMessage")[-1]
     assert cached.response is not None
-    thumbs_down(bot, cached, "U3")  # U3 did not ask; U3 👎 U2's answer
+    thumbs_down(bot, cached, user="U3")  # U3 did not ask; U3 👎 U2's answer
     bot.action(fresh_answer_click(slack, "U3"))
     assert fake.count("chat") == 2
     by_user = bot.store.usage("T0PENNY", "2000-01-01", "2999-12-31").by_user
