@@ -10,7 +10,9 @@ the ``openai`` SDK (what most callers use; about a millisecond of its own per ca
 ``http.client`` client on a kept-alive connection (what the proxy itself costs shows). The
 overhead is the difference per percentile, for a miss (a new question each time); a hit (the same
 question) is end to end. Throughput: cache hits per second from 1, 8 and 32 ``http.client``
-threads on kept-alive connections.
+threads on kept-alive connections. Cost: the CPU time the proxy's processes (arbiter and workers,
+from Linux's /proc; Redis's own is not counted) spent per sequential miss and per hit, which the
+host's other work moves far less than it moves the latencies.
 
 Redis: ``PENNY_BENCH_PROXY_REDIS_URL`` (default redis://127.0.0.1:6379/14); Penny's keys there
 (namespace ``penny``) and LiteLLM's (a namespace of this run) are deleted before and after.
@@ -70,15 +72,36 @@ def _ms3(values: Percentiles) -> str:
     return " / ".join(f"{v:.2f}" for v in values)
 
 
-def _timed(call: Callable[[int], object], n: int) -> list[float]:
+def _timed(call: Callable[[int], object], n: int, cpu: Callable[[], float] | None = None) -> tuple[list[float], float]:
+    """``n`` timed calls after a warm-up: their latencies (s), and the CPU the server spent per call
+    (ms, by ``cpu``: its processes' CPU seconds so far; 0 without it)."""
     for i in range(20):  # warm-up: connections, first-call imports
         call(-1 - i)
     samples = []
+    cpu_before = cpu() if cpu is not None else 0.0
     for i in range(n):
         started = time.perf_counter()
         call(i)
         samples.append(time.perf_counter() - started)
-    return samples
+    cpu_ms = (cpu() - cpu_before) / n * 1000 if cpu is not None else 0.0
+    return samples, cpu_ms
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user and system) that process ``pid`` and its live descendants have used, from
+    Linux's /proc: a server's own cost per call, which the host's other work moves far less than it
+    moves latencies (Redis's is not in it). 0 where /proc is not there."""
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            for task in os.listdir(f"/proc/{current}/task"):
+                todo += [int(child) for child in Path(f"/proc/{current}/task/{task}/children").read_text().split()]
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or no /proc
+    return total
 
 
 # -- clients ---------------------------------------------------------------------------------------
@@ -125,16 +148,17 @@ class LeanClient:
 CLIENT_KINDS: tuple[type[SDKClient] | type[LeanClient], ...] = (SDKClient, LeanClient)
 
 
-def _latencies(kind: type[SDKClient] | type[LeanClient], base_url: str, api_key: str, tag: str
-               ) -> tuple[list[float], list[float]]:
-    """Sequential misses (a new question each) and hits (the same question) through ``base_url``."""
+def _latencies(kind: type[SDKClient] | type[LeanClient], base_url: str, api_key: str, tag: str,
+               cpu: Callable[[], float] | None = None) -> tuple[list[float], list[float], tuple[float, float]]:
+    """Sequential misses (a new question each) and hits (the same question) through ``base_url``;
+    and the server's CPU ms per miss and per hit (by ``cpu``, see :func:`_timed`)."""
     client = kind(base_url, api_key)
     try:
-        miss = _timed(lambda i: client.ask(f"question {tag} {i} {uuid.uuid4().hex}"), CALLS)
-        hit = _timed(lambda _i: client.ask(QUESTION), CALLS)
+        miss, miss_cpu = _timed(lambda i: client.ask(f"question {tag} {i} {uuid.uuid4().hex}"), CALLS, cpu)
+        hit, hit_cpu = _timed(lambda _i: client.ask(QUESTION), CALLS, cpu)
     finally:
         client.close()
-    return miss, hit
+    return miss, hit, (miss_cpu, hit_cpu)
 
 
 def _hits_per_second(base_url: str, key: str, clients: int) -> float:
@@ -173,16 +197,19 @@ class Measured:
 
     miss_overhead: dict[str, Percentiles] = field(default_factory=dict)
     hit: dict[str, Percentiles] = field(default_factory=dict)
+    cpu_ms: dict[str, tuple[float, float]] = field(default_factory=dict)  # the server's, per miss and per hit
     hits_per_s: dict[int, float] = field(default_factory=dict)
     upstream_calls_during_hits: int = 0
 
 
-def _measure(base_url: str, key: str, tag: str, fake: FakeOpenAI, direct: dict[str, Percentiles]) -> Measured:
+def _measure(base_url: str, key: str, tag: str, fake: FakeOpenAI, direct: dict[str, Percentiles],
+             server_pid: int) -> Measured:
     result = Measured()
     for kind in CLIENT_KINDS:
         LeanClient(base_url, key).ask(QUESTION)  # the hit's answer is cached before any hit is timed
         before = fake.count("chat")
-        miss, hit = _latencies(kind, base_url, key, f"{tag} {kind.name}")
+        miss, hit, result.cpu_ms[kind.name] = _latencies(kind, base_url, key, f"{tag} {kind.name}",
+                                                         lambda: _tree_cpu_s(server_pid))
         result.upstream_calls_during_hits += fake.count("chat") - before - (CALLS + 20)
         miss_p = _percentiles(miss)
         result.miss_overhead[kind.name] = (miss_p[0] - direct[kind.name][0], miss_p[1] - direct[kind.name][1],
@@ -217,7 +244,7 @@ def _penny(fake: FakeOpenAI, tmp: Path, workers: int, direct: dict[str, Percenti
         store.close()
     server = ProxyProcess(env, tmp, workers=workers)
     try:
-        return _measure(server.url, key, f"penny w{workers}", fake, direct)
+        return _measure(server.url, key, f"penny w{workers}", fake, direct, server.proc.pid)
     finally:
         server.stop()
         _clear_penny()
@@ -258,8 +285,9 @@ def _free_port() -> int:
 
 @contextmanager
 def _litellm_server(binary: Path, fake: FakeOpenAI, tmp: Path, workers: int, namespace: str
-                    ) -> Iterator[tuple[str, str]]:
-    """The LiteLLM proxy (its documented command) with ``workers`` workers; its base URL and master key."""
+                    ) -> Iterator[tuple[str, str, int]]:
+    """The LiteLLM proxy (its documented command) with ``workers`` workers; its base URL, master key
+    and process ID."""
     redis_url = urlsplit(REDIS_URL)
     master_key = "sk-bench-" + uuid.uuid4().hex
     config = tmp / f"litellm-{workers}.yaml"
@@ -286,7 +314,7 @@ def _litellm_server(binary: Path, fake: FakeOpenAI, tmp: Path, workers: int, nam
                 tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
                 raise RuntimeError(f"the LiteLLM proxy did not start ({tail[0][:160]})")
             time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1", master_key
+        yield f"http://127.0.0.1:{port}/v1", master_key, proc.pid
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -308,8 +336,8 @@ def _clear_litellm(namespace: str) -> None:
 def _litellm(binary: Path, fake: FakeOpenAI, tmp: Path, workers: int, direct: dict[str, Percentiles]) -> Measured:
     namespace = f"penny-bench-litellm-{uuid.uuid4().hex[:8]}"
     try:
-        with _litellm_server(binary, fake, tmp, workers, namespace) as (url, key):
-            return _measure(url, key, f"litellm w{workers}", fake, direct)
+        with _litellm_server(binary, fake, tmp, workers, namespace) as (url, key, pid):
+            return _measure(url, key, f"litellm w{workers}", fake, direct, pid)
     finally:
         _clear_litellm(namespace)
 
@@ -347,6 +375,9 @@ def _table(direct: dict[str, Percentiles], runs: dict[str, Measured]) -> list[st
                      *[_ms3(runs[c].miss_overhead[kind.name]) for c in columns]])
     for kind in CLIENT_KINDS:
         rows.append(["hit, end to end, p50/p95/p99 ms", kind.name, *[_ms3(runs[c].hit[kind.name]) for c in columns]])
+    for kind in CLIENT_KINDS:
+        rows.append(["server CPU per call, miss / hit ms", kind.name,
+                     *[" / ".join(f"{v:.2f}" for v in runs[c].cpu_ms[kind.name]) for c in columns]])
     for clients in CLIENTS:
         rows.append([f"hits/s, {clients} client thread{'s' if clients > 1 else ''}", "http.client",
                      *[f"{runs[c].hits_per_s[clients]:,.0f}" for c in columns]])
