@@ -234,3 +234,95 @@ def test_a_release_leaves_a_reaped_claim_and_a_settled_request_alone(store: Stor
     store.release_admission(WS, "r2", lines, call_id=settled.call_id)
     assert store.claim_request(WS, "r2", ttl_s=60).state == "done"
     assert store.spent(WS, lines[0]) == (AMOUNT + 700, 0)
+
+
+def admit_owned(store: Store, clock: ManualClock, request_id: str, lines: list[BudgetLine]) -> ClaimOwner:
+    owner = ClaimOwner("U1", "gpt-4.1-mini", "chat", clock())
+    assert store.admit(WS, request_id, ttl_s=TTL, buckets=[], lines=lines, amount=AMOUNT, breaker=None,
+                       owner=owner).state == "admitted"
+    return owner
+
+
+def test_a_top_up_raises_the_reservation_on_every_capped_line_and_never_lowers_it(
+    store: Store, clock: ManualClock
+) -> None:
+    lines = lines_at(clock(), user_daily=10_000, workspace_monthly=20_000)
+    owner = admit_owned(store, clock, "r1", lines)
+    assert store.top_up_admission(WS, "r1", lines, owner=owner, amount=AMOUNT + 2_000).state == "topped_up"
+    assert store.spent(WS, lines[0]) == (0, AMOUNT + 2_000)
+    assert store.spent(WS, lines[1]) == (0, AMOUNT + 2_000)
+    # Sent again (a resend after a lost reply), or with less: it holds as much already.
+    assert store.top_up_admission(WS, "r1", lines, owner=owner, amount=AMOUNT + 2_000).state == "topped_up"
+    assert store.top_up_admission(WS, "r1", lines, owner=owner, amount=AMOUNT).state == "topped_up"
+    assert store.spent(WS, lines[0]) == (0, AMOUNT + 2_000)
+    # The settle drops the whole (raised) reservation.
+    assert store.settle(real_entry(clock, "r1", 4_000), reservation_id="r1", lines=lines, result="{}",
+                        result_ttl_s=60)
+    assert store.spent(WS, lines[0]) == (4_000, 0)
+    assert store.spent(WS, lines[1]) == (4_000, 0)
+
+
+def test_a_top_up_that_a_line_cannot_hold_is_refused_and_changes_nothing(store: Store, clock: ManualClock) -> None:
+    lines = lines_at(clock(), user_daily=10_000, workspace_monthly=8_000)
+    owner = admit_owned(store, clock, "r1", lines)
+    other = admit_owned(store, clock, "r2", lines)
+    assert store.settle(real_entry(clock, "r0", 1_000), reservation_id=None, lines=lines, result=None,
+                        result_ttl_s=60)
+    # The workspace holds 1000 spent + 3000 (r2's) + 3000 (r1's): r1 may grow to 4000, not beyond.
+    refused = store.top_up_admission(WS, "r1", lines, owner=owner, amount=4_001)
+    assert refused.state == "over_budget" and refused.budget is not None
+    assert (refused.budget.line, refused.budget.spent, refused.budget.reserved) == (lines[1], 1_000, AMOUNT)
+    assert store.spent(WS, lines[1]) == (1_000, 2 * AMOUNT)
+    assert store.top_up_admission(WS, "r1", lines, owner=owner, amount=4_000).state == "topped_up"
+    assert store.spent(WS, lines[1]) == (1_000, AMOUNT + 4_000)
+    # Released, the whole raised reservation goes: the other call's stays.
+    store.release_admission(WS, "r1", lines, call_id=owner.call_id)
+    assert store.spent(WS, lines[1]) == (1_000, AMOUNT)
+    assert store.top_up_admission(WS, "r2", lines, owner=other, amount=7_000).state == "topped_up"
+
+
+def test_a_top_up_acts_only_for_the_admission_that_holds_the_claim(store: Store, clock: ManualClock) -> None:
+    lines = lines_at(clock())
+    first = admit_owned(store, clock, "r1", lines)
+    stale = ClaimOwner("U1", "gpt-4.1-mini", "chat", clock())  # another call's ID: a stale or foreign one
+    assert store.top_up_admission(WS, "r1", lines, owner=stale, amount=9_000).state == "not_held"
+    assert store.spent(WS, lines[0]) == (0, AMOUNT)
+    # Released, then admitted again by a retry: the first call's top-up, late, leaves it alone.
+    store.release_admission(WS, "r1", lines, call_id=first.call_id)
+    assert store.top_up_admission(WS, "r1", lines, owner=first, amount=9_000).state == "not_held"
+    retry = admit_owned(store, clock, "r1", lines)
+    assert store.top_up_admission(WS, "r1", lines, owner=first, amount=9_000).state == "not_held"
+    assert store.spent(WS, lines[0]) == (0, AMOUNT)
+    # Settled: nothing left to raise.
+    store.settle(real_entry(clock, "r1", 700), reservation_id="r1", lines=lines, result="{}", result_ttl_s=60)
+    assert store.top_up_admission(WS, "r1", lines, owner=retry, amount=9_000).state == "not_held"
+    assert store.spent(WS, lines[0]) == (700, 0)
+    # Never admitted at all.
+    assert store.top_up_admission(WS, "nobody", lines, owner=retry, amount=9_000).state == "not_held"
+
+
+def test_an_expired_or_reaped_claim_is_not_topped_up(store: Store, clock: ManualClock) -> None:
+    lines = lines_at(clock())
+    owner = admit_owned(store, clock, "r1", lines)
+    clock.advance(TTL + 1)
+    assert store.top_up_admission(WS, "r1", lines, owner=owner, amount=9_000).state == "not_held"  # the reaper's
+    [reaped] = store.reap_interrupted()
+    assert reaped.cost_micros == AMOUNT
+    assert store.top_up_admission(WS, "r1", lines, owner=owner, amount=9_000).state == "not_held"
+    assert store.spent(WS, lines[0]) == (AMOUNT, 0)
+
+
+def test_a_call_that_dies_after_a_top_up_is_reaped_at_the_raised_amount(store: Store, clock: ManualClock) -> None:
+    lines = lines_at(clock())  # the workspace line is uncapped: no reservation, charged all the same
+    owner = admit_owned(store, clock, "r1", lines)
+    assert store.top_up_admission(WS, "r1", lines, owner=owner, amount=AMOUNT + 2_500).state == "topped_up"
+    clock.advance(TTL + 1)
+    assert store.spent(WS, lines[0]) == (0, AMOUNT + 2_500)  # expired, not reaped yet: still counted whole
+    [reaped] = store.reap_interrupted()
+    assert (reaped.request_id, reaped.cost_micros, reaped.unsettled) == ("r1", AMOUNT + 2_500, True)
+    assert store.spent(WS, lines[0]) == (AMOUNT + 2_500, 0)
+    assert store.spent(WS, lines[1]) == (AMOUNT + 2_500, 0)
+    # A late real settle replaces the charge by what the call cost.
+    assert store.settle(real_entry(clock, "r1", 4_200), reservation_id="r1", lines=lines, result=None,
+                        result_ttl_s=60)
+    assert store.spent(WS, lines[0]) == (4_200, 0)

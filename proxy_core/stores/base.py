@@ -56,6 +56,7 @@ __all__ = [
     "SemanticWrite",
     "SettleCall",
     "Store",
+    "TopUp",
     "UsageSummary",
     "UsageTotals",
 ]
@@ -167,6 +168,20 @@ class Admission:
         if claim.state == "done":
             return cls("done", result=claim.result)
         return cls("interrupted" if claim.state == "interrupted" else "in_flight")
+
+
+@dataclass(frozen=True, slots=True)
+class TopUp:
+    """The outcome of :meth:`RequestStore.top_up_admission`.
+
+    ``topped_up``: the admission's reservation (and its owner record) now holds the new amount, or
+    already held as much. ``over_budget``: ``budget`` names the line the new amount would exceed;
+    nothing changed. ``not_held``: the admission's own claim no longer holds the request ID
+    (settled, released, expired or reaped, or admitted again by another call); nothing changed.
+    """
+
+    state: Literal["topped_up", "over_budget", "not_held"]
+    budget: BudgetDecision | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,6 +425,19 @@ class RequestStore(ABC):
         or admitted again by another call (a client's retry while this release waited in the
         spool), nothing changes. A reaped claim stays (its unsettled charge is what may have been
         spent), as with :meth:`release_request`."""
+
+    @abstractmethod
+    def top_up_admission(self, workspace_id: str, request_id: str, lines: Sequence[BudgetLine], *,
+                         owner: ClaimOwner, amount: int) -> TopUp:
+        """Raise what the admission of ``owner`` (its :attr:`ClaimOwner.call_id`) reserves on
+        ``lines`` to ``amount`` in all, in one step, checking every line as :meth:`admit` does: the
+        whole ``amount`` must fit beside what is spent and what other calls reserve, or nothing
+        changes (``over_budget``). The amount in the claim's owner record rises with it, so a call
+        whose process dies afterwards is reaped (:meth:`reap_interrupted`) at the raised amount, and
+        :meth:`settle` and :meth:`release_admission` drop the whole of it. Only while that
+        admission's own live claim holds the ID (``not_held`` otherwise: an expired claim is the
+        reaper's). Never lowers a reservation, so a resend changes nothing: how a call that
+        retries after attempts the provider billed keeps its reservation above what it may spend."""
 
     def settle(
         self,

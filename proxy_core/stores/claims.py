@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from proxy_core.budget import BudgetLine, period_window
 from proxy_core.stores.base import ClaimOwner, LedgerEntry
 
-__all__ = ["owned_by", "owner_json", "unsettled_charge"]
+__all__ = ["owned_by", "owner_json", "reserved_amount", "unsettled_charge"]
 
 
 def owner_json(owner: ClaimOwner, amount: int, lines: Sequence[BudgetLine]) -> str:
@@ -34,6 +34,11 @@ def owned_by(owner: str | None, call_id: str) -> bool:
     except ValueError:
         return False
     return isinstance(held, dict) and held.get("call") == call_id
+
+
+def reserved_amount(owner: str) -> int:
+    """The amount an owned claim's owner JSON says its admission reserves (what it is reaped at)."""
+    return int(json.loads(owner)["amount"])
 
 
 def unsettled_charge(workspace_id: str, request_id: str, owner: str) -> tuple[LedgerEntry, list[BudgetLine]]:

@@ -68,6 +68,9 @@ ADMIT = ArgvLayout(
 TAKE_TOKENS = ArgvLayout("take_tokens", rest="rate, burst and cost per bucket")
 RELEASE = ArgvLayout("release", ("reservation_id",))
 RELEASE_ADMISSION = ArgvLayout("release_admission", ("reservation_id", "call"))
+TOP_UP_ADMISSION = ArgvLayout(
+    "top_up_admission", ("reservation_id", "amount", "call", "owner"), rest="limit and resets_at per budget line",
+)
 SETTLE = ArgvLayout(
     "settle",
     ("reservation_id", "cost_micros", "has_result", "result", "result_ttl_s", "keep_s", "user_id", "model",

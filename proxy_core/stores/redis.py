@@ -74,6 +74,7 @@ from proxy_core.stores.base import (
     BucketSpec,
     BudgetDecision,
     Claim,
+    ClaimOwner,
     LedgerEntry,
     LimitDecision,
     Record,
@@ -83,6 +84,7 @@ from proxy_core.stores.base import (
     SemanticWrite,
     SettleCall,
     Store,
+    TopUp,
     UsageSummary,
     UsageTotals,
 )
@@ -144,6 +146,7 @@ _SCRIPTS = (
     "complete_request",
     "release_request",
     "release_admission",
+    "top_up_admission",
     "take_tokens",
     "release",
     "settle",
@@ -509,6 +512,24 @@ class RedisStore(Store):
         keys = [self._request_key(workspace_id, request_id),
                 *(k for line in capped(lines) for k in self._line_keys(workspace_id, line)[1:])]
         self._run_confirmed(*_call(argv.RELEASE_ADMISSION, keys, reservation_id=request_id, call=call_id))
+
+    @_translated("top up an admission")
+    def top_up_admission(self, workspace_id: str, request_id: str, lines: Sequence[BudgetLine], *,
+                         owner: ClaimOwner, amount: int) -> TopUp:
+        held = capped(lines)  # only capped lines hold reservations
+        keys = [self._request_key(workspace_id, request_id)]
+        rest: list[Arg] = []
+        for line in held:
+            keys += self._line_keys(workspace_id, line)
+            rest += [int(line.limit), _num(line.resets_at)]
+        reply = self._run_confirmed(*_call(argv.TOP_UP_ADMISSION, keys, rest, reservation_id=request_id,
+                                           amount=int(amount), call=owner.call_id,
+                                           owner=_owner_json(owner, amount, lines)))
+        state = _text(reply[0])
+        if state == "over_budget":
+            line = held[int(reply[1]) - 1]
+            return TopUp("over_budget", BudgetDecision(False, line, int(reply[2]), int(reply[3])))
+        return TopUp("topped_up" if state == "topped_up" else "not_held")
 
     @_translated("admit a request")
     def _admit(self, call: AdmitCall) -> Admission:

@@ -41,6 +41,7 @@ from proxy_core.stores.base import (
     BucketSpec,
     BudgetDecision,
     Claim,
+    ClaimOwner,
     LedgerEntry,
     LimitDecision,
     Record,
@@ -50,10 +51,11 @@ from proxy_core.stores.base import (
     SemanticWrite,
     SettleCall,
     Store,
+    TopUp,
     UsageSummary,
     UsageTotals,
 )
-from proxy_core.stores.claims import owned_by, owner_json, unsettled_charge
+from proxy_core.stores.claims import owned_by, owner_json, reserved_amount, unsettled_charge
 
 __all__ = ["MAX_CONNECTIONS", "SCHEMA_VERSION", "SEMANTIC_LOG_RETAIN", "SqliteStore"]
 
@@ -727,6 +729,30 @@ class SqliteStore(Store):
             if row[1] == "claimed" and not row[2]:  # a reaped claim stays: its charge may have been spent
                 conn.execute("DELETE FROM requests WHERE workspace_id = ? AND request_id = ?",
                              (workspace_id, request_id))
+
+    def top_up_admission(self, workspace_id: str, request_id: str, lines: Sequence[BudgetLine], *,
+                         owner: ClaimOwner, amount: int) -> TopUp:
+        with self._write("top up an admission") as conn:
+            now = self.now()
+            row = conn.execute(
+                "SELECT owner FROM requests WHERE workspace_id = ? AND request_id = ? AND state = 'claimed' "
+                "AND reaped = 0 AND expires_at > ?",
+                (workspace_id, request_id, now),
+            ).fetchone()
+            if row is None or not owned_by(row[0], owner.call_id):
+                return TopUp("not_held")  # settled, released, expired (the reaper's), or another call's
+            refusal = _check_budget(conn, workspace_id, request_id, lines, amount, now)
+            if refusal is not None:
+                return TopUp("over_budget", refusal)
+            conn.executemany(
+                "UPDATE budget_reservations SET amount = ? "
+                "WHERE workspace_id = ? AND line_key = ? AND reservation_id = ? AND amount < ?",
+                [(amount, workspace_id, line.key, request_id, amount) for line in budget.capped(lines)],
+            )
+            if reserved_amount(row[0]) < amount:
+                conn.execute("UPDATE requests SET owner = ? WHERE workspace_id = ? AND request_id = ?",
+                             (owner_json(owner, amount, lines), workspace_id, request_id))
+        return TopUp("topped_up")
 
     # -- rate limiting -------------------------------------------------------------------
     def take_tokens(self, workspace_id: str, specs: Sequence[BucketSpec]) -> LimitDecision:
