@@ -10,7 +10,9 @@ took an attempt it did not finish: see step 7):
    records the money it saved. Users out of budget, or during an outage, still get known answers.
 3. **Rate limit** — per-user token buckets for requests and LLM tokens.
 4. **Budget** — the worst-case cost is reserved against the user's day and the workspace's month
-   (and the day of the call's source, a proxy key, when it has a budget of its own).
+   (and the day of the call's source, a proxy key, when it has a budget of its own). A retry that
+   follows attempts the provider billed (see step 7) first tops the reservation up by what they
+   cost, checked on every line as admission is; a line that cannot hold it refuses the retry.
 5. **Circuit breaker** — checked before every attempt; shared through the store.
 6. **Upstream with retries** — one attempt at a time through the openai SDK; every failed attempt
    that signals an outage feeds the breaker.
@@ -34,7 +36,8 @@ a second paid call under it could not be recorded.
 The store sees few round trips, because on Redis each costs more than the rest of the pipeline:
 a cache hit is looked up in process and recorded with one ``record_hit`` (claim, ledger and
 result at once); a miss takes one ``admit`` (steps 1, 3, 4 and 5 for its first attempt) and one
-``settle`` (step 7 with the breaker's success), plus the cache's own write.
+``settle`` (step 7 with the breaker's success), plus the cache's own write, and one
+``top_up_admission`` before each retry that follows an attempt the provider billed.
 """
 
 from __future__ import annotations
@@ -210,12 +213,18 @@ class _Lookup:
 @dataclass(frozen=True, slots=True)
 class _Admitted:
     """What admission took: the budget lines reserved on, the first attempt's breaker permit, the
-    admission's own ID (what a release names) and the UTC day it was charged on (its ledger day)."""
+    claim's owner (whose ``call_id`` a release or a top-up names), the UTC day it was charged on
+    (its ledger day) and the amount it reserved (one attempt's worst case)."""
 
     lines: list[budget_math.BudgetLine]
     permit: Permit | None
-    call_id: str
+    owner: ClaimOwner
     day: str
+    amount: int
+
+    @property
+    def call_id(self) -> str:
+        return self.owner.call_id
 
 
 @dataclass(slots=True)
@@ -230,6 +239,7 @@ class _FailedAttempts:
 
     prompt_tokens: int
     texts: list[str] = field(default_factory=list)  # one per accepted attempt: the text it showed ("" for none)
+    covered: int = 0  # how many of them the call's reservation has been topped up for
 
     def add(self, exc: UpstreamError) -> None:
         if exc.accepted:
@@ -687,11 +697,13 @@ class Gateway:
 
     def _call_or_release(self, req: ChatRequest | EmbedRequest, admitted: _Admitted, attempt: Callable[[], T],
                          failed: _FailedAttempts, started: float) -> tuple[T, int]:
-        """Steps 5 and 6: upstream with retries. A call that fails gives back what admit took, after
-        charging the attempts the provider took (``failed``, which ``attempt`` fills): the error
-        says what they cost (``charged_micros``)."""
+        """Steps 5 and 6: upstream with retries, each retry after attempts the provider took
+        (``failed``, which ``attempt`` fills) reserved for first (:meth:`_top_up`). A call that
+        fails, or whose retry the budget or the store refuses, gives back what admit took after
+        charging those attempts: the error says what they cost (``charged_micros``)."""
         try:
-            return self._call_upstream(_kind_of(req), attempt, admitted.permit)
+            return self._call_upstream(_kind_of(req), attempt, admitted.permit,
+                                       before=lambda: self._top_up(req, admitted, failed))
         except BaseException as exc:
             try:
                 # Charged before the claim is given back: should the process die in between, the
@@ -842,7 +854,7 @@ class Gateway:
             self.metrics.breaker_state.set(BREAKER_STATES[admission.permit.state])
         self._alert_if_spent(req, admission)
         self._refuse_unless_admitted(admission, names)
-        return _Admitted(lines, admission.permit, owner.call_id, budget_math.period_window(now, "day")[0])
+        return _Admitted(lines, admission.permit, owner, budget_math.period_window(now, "day")[0], amount)
 
     def _alert_if_spent(self, req: ChatRequest | EmbedRequest, admission: Admission) -> None:
         """A call refused by a budget line already all spent may be the first news of it: a budget
@@ -972,14 +984,51 @@ class Gateway:
                        attempts=entry.attempts, cost_micros=entry.cost_micros)
         return entry.cost_micros
 
-    def _call_upstream(self, kind: str, attempt: Callable[[], T], first_permit: Permit | None) -> tuple[T, int]:
+    def _top_up(self, req: ChatRequest | EmbedRequest, admitted: _Admitted, failed: _FailedAttempts) -> None:
+        """Before an attempt that follows attempts the provider accepted and billed (``failed``):
+        raise the call's reservation to its admitted worst case plus what they cost, so it covers
+        what is owed already and one more whole attempt, on every budget line. A line that cannot
+        hold it refuses the retry (``BudgetExceeded``, not retried): the caller charges the failed
+        attempts and gives the claim back. So a call settles no more than it reserved, and spend
+        never passes a cap, however many of its attempts the provider billed."""
+        if failed.covered == len(failed.texts):
+            return
+        owed = failed.cost(req.price)
+        top_up = self.store.top_up_admission(req.workspace_id, req.request_id, admitted.lines, owner=admitted.owner,
+                                             amount=admitted.amount + owed)
+        if top_up.state == "topped_up":
+            failed.covered = len(failed.texts)
+            self._log.info("reservation_topped_up", request_id=req.request_id, failed_attempts=failed.covered,
+                           reserved_micros=admitted.amount + owed)
+            return
+        if top_up.state == "over_budget":
+            decision = top_up.budget
+            assert decision is not None
+            assert decision.line is not None
+            line = decision.line
+            self.metrics.refusals.labels(_budget_label(line)).inc()
+            self._log.info("retry_refused_by_budget", request_id=req.request_id, scope=line.scope,
+                           failed_attempts=len(failed.texts), owed_micros=owed)
+            # What the line holds once the failed attempts are charged, as the refusal is read after.
+            raise BudgetExceeded(line.scope, line.limit, decision.spent + decision.reserved + owed, line.resets_at)
+        # The claim is gone (expired or reaped: the call outlived its TTL, or the store lost it): a
+        # retry would have no reservation behind it.
+        self._log.warning("retry_not_reserved", request_id=req.request_id, failed_attempts=len(failed.texts))
+        raise RequestInterrupted(req.request_id)
+
+    def _call_upstream(self, kind: str, attempt: Callable[[], T], first_permit: Permit | None, *,
+                       before: Callable[[], None] | None = None) -> tuple[T, int]:
         """Attempts with retries; ``first_permit`` is the breaker's answer for the first one (from
-        the admission). A failure is recorded on the breaker as it comes back, with the number of
-        this process's other attempts still in flight; a success by the settle that follows."""
+        the admission). ``before`` runs ahead of each attempt, before the breaker is asked, and may
+        end the call by raising (a refusal is not retried). A failure is recorded on the breaker as
+        it comes back, with the number of this process's other attempts still in flight; a success
+        by the settle that follows."""
         started = self._clock()
         permits = [first_permit] if first_permit is not None else []
 
         def guarded() -> T:
+            if before is not None:
+                before()
             permit = permits.pop() if permits else self._acquire_breaker()
             if not permit.allowed:
                 self.metrics.refusals.labels("breaker").inc()

@@ -22,6 +22,7 @@ from proxy_core.errors import (
     ConfigurationError,
     RateLimited,
     RequestInFlight,
+    RequestInterrupted,
     StoreError,
     UpstreamError,
     UpstreamRejected,
@@ -30,7 +31,7 @@ from proxy_core.gateway import Gateway
 from proxy_core.prices import PriceTable, chat_cost, embedding_cost
 from proxy_core.settings import PennySettings
 from proxy_core.stores import store_from_url
-from proxy_core.stores.base import Store
+from proxy_core.stores.base import Store, TopUp
 from proxy_core.tokens import estimate_chat_tokens, estimate_text_tokens
 from proxy_core.upstream import OpenAIUpstream
 from tests.fake_openai import API_KEY, FakeOpenAI, Fault, Gate, RecordedRequest
@@ -551,6 +552,142 @@ def test_failed_attempts_count_against_the_daily_budget(make_gateway: GatewayFac
     assert fake.count("chat") == 2
 
 
+def _budget_usd(micros: int) -> str:
+    return f"{micros / 1_000_000:.6f}"
+
+
+# A plain attempt sent whole that got no answer, or a stream that broke off after "Answer to: ":
+# either way the provider bills it; what Penny charges for it (besides its prompt).
+_BILLED_FAILURES = {"plain": (Fault.drop(), ""), "streamed": (Fault.stream_break(2), "Answer to: ")}
+
+
+@pytest.mark.parametrize("how", ["plain", "streamed"])
+def test_a_retry_the_budget_cannot_hold_after_a_billed_failure_is_refused_and_the_failure_charged(
+    make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store, how: str
+) -> None:
+    """Room for the call's worst case, not for it and the attempt the provider billed: the retry
+    would have settled past the cap (its answer on top of the lost attempt), so it is not sent."""
+    fault, shown = _BILLED_FAILURES[how]
+    price = PriceTable.load(None).price_for("gpt-4.1-mini")
+    estimated = estimate_chat_tokens(_messages("How do I deploy?"))
+    worst_case = chat_cost(price, estimated, 0, 10)
+    owed = chat_cost(price, estimated, 0, estimate_text_tokens(shown))
+    budget = worst_case + owed - 1
+    gw = make_gateway(chat_model="gpt-4.1-mini", max_output_tokens=10, cache_enabled=False,
+                      user_daily_budget_usd=_budget_usd(budget))
+    fake.script(fault, Fault.ok(prompt_tokens=estimated, completion_tokens=10))
+
+    with structlog.testing.capture_logs() as logs, pytest.raises(BudgetExceeded) as refused:
+        ask(gw, "How do I deploy?", "ev1", stream=_Shown() if how == "streamed" else None)
+
+    assert fake.count("chat") == 1 and fake.pending() == 1  # the retry never went out
+    err = refused.value
+    assert (err.scope, err.limit, err.spent, err.charged_micros) == ("daily", budget, owed, owed)
+    assert "2026-01-02 00:00 UTC" in str(err)  # when the budget resets, as any budget refusal says
+    [ledger_id] = _failed_charges(logs)
+    assert ledger_id.startswith("ev1:broken:" if how == "streamed" else "ev1:unanswered:")
+    entry = store.ledger_entry("W1", ledger_id)
+    assert entry is not None and (entry.cost_micros, entry.attempts) == (owed, 1)
+    assert store.ledger_entry("W1", "ev1") is None
+    assert store.spent("W1", _user_day_line(gw)) == (owed, 0)  # charged, nothing left reserved, under the cap
+    assert gw.metrics.registry.get_sample_value("penny_refusals_total", {"reason": "budget_daily"}) == 1
+    # Its claim was given back: a retry of the request once there is room is admitted again.
+    assert store.claim_request("W1", "ev1", 60).state == "claimed"
+
+
+def test_each_retry_after_billed_failures_is_reserved_for_and_the_call_settles_once(
+    make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store
+) -> None:
+    """Two attempts dropped after they went out, then an answer. Before each retry the reservation
+    grows by what the lost attempts cost, so a concurrent call that would have fit beside the first
+    reservation is refused while the third attempt runs; the call settles one entry, as before."""
+    price = PriceTable.load(None).price_for("gpt-4.1-mini")
+    estimated = estimate_chat_tokens(_messages("How do I deploy? 0"))  # its question, and the other call's
+    worst_case = chat_cost(price, estimated, 0, 10)
+    one_lost, two_lost = chat_cost(price, estimated, 0, 0), chat_cost(price, 2 * estimated, 0, 0)
+    budget = 2 * worst_case + two_lost - 1  # a second call fits beside the first reservation, not the topped-up one
+    gw = make_gateway(chat_model="gpt-4.1-mini", max_output_tokens=10, cache_enabled=False,
+                      user_daily_budget_usd=_budget_usd(budget))
+    line = _user_day_line(gw)
+    reserved: list[int] = []
+    beside: list[BaseException] = []
+
+    def upstream(request: RecordedRequest, earlier: int) -> Fault | None:
+        if _question_number(request) != 0:
+            return None
+        reserved.append(store.spent("W1", line)[1])  # what the call holds as this attempt arrives
+        if earlier < 2:
+            return Fault.drop()
+        try:
+            ask(gw, "How do I deploy? 1", "ev2")  # another call of the same user, meanwhile
+        except BudgetExceeded as exc:
+            beside.append(exc)
+        return Fault.ok(prompt_tokens=estimated, completion_tokens=10)
+
+    fake.decide(upstream)
+    result = ask(gw, "How do I deploy? 0", "ev1")
+
+    assert reserved == [worst_case, worst_case + one_lost, worst_case + two_lost]
+    assert [type(e) for e in beside] == [BudgetExceeded] and fake.count("chat") == 3
+    assert (result.attempts, result.cost_micros) == (3, worst_case + two_lost)
+    entry = store.ledger_entry("W1", "ev1")
+    assert entry is not None and (entry.cost_micros, entry.attempts) == (worst_case + two_lost, 3)
+    assert gw.usage("W1", DAY, DAY).totals.requests == 1  # one entry: no separate charge for the lost attempts
+    assert store.spent("W1", line) == (worst_case + two_lost, 0)  # nothing left reserved
+
+
+def test_a_store_failing_the_top_up_ends_the_call_with_the_billed_attempt_charged(
+    make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the top-up the retry would run with nothing reserved for it: it is not sent, and the
+    lost attempt is charged and the claim given back, as when the last attempt fails."""
+    fake.script(Fault.drop(), Fault.ok())
+    gw = make_gateway(chat_model="gpt-4.1-mini", user_daily_budget_usd="1", cache_enabled=False)
+
+    def store_down(*args: Any, **kwargs: Any) -> Any:
+        raise StoreError("Redis store: cannot top up an admission: timed out")
+
+    monkeypatch.setattr(store, "top_up_admission", store_down)
+    with pytest.raises(StoreError) as failed:
+        ask(gw, "How do I deploy?", "ev1")
+
+    owed = chat_cost(PriceTable.load(None).price_for("gpt-4.1-mini"),
+                     estimate_chat_tokens(_messages("How do I deploy?")), 0, 0)
+    assert fake.count("chat") == 1 and failed.value.charged_micros == owed > 0
+    assert store.spent("W1", _user_day_line(gw)) == (owed, 0)
+    assert store.claim_request("W1", "ev1", 60).state == "claimed"
+
+
+def test_a_retry_whose_claim_is_gone_is_not_sent(
+    make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim no longer holds the request (expired or reaped: the reaper's now): nothing could
+    be reserved for a retry, so none is sent; the lost attempt is charged as when the last one fails."""
+    fake.script(Fault.drop(), Fault.ok())
+    gw = make_gateway(chat_model="gpt-4.1-mini", user_daily_budget_usd="1", cache_enabled=False)
+    monkeypatch.setattr(store, "top_up_admission", lambda *a, **kw: TopUp("not_held"))
+
+    with pytest.raises(RequestInterrupted) as failed:
+        ask(gw, "How do I deploy?", "ev1")
+
+    owed = chat_cost(PriceTable.load(None).price_for("gpt-4.1-mini"),
+                     estimate_chat_tokens(_messages("How do I deploy?")), 0, 0)
+    assert fake.count("chat") == 1 and failed.value.charged_micros == owed > 0
+    assert store.spent("W1", _user_day_line(gw)) == (owed, 0)
+
+
+def test_failures_the_provider_does_not_bill_need_no_top_up(
+    make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.script(Fault.status(503), Fault.status(429, retry_after="1"))
+    gw = make_gateway(chat_model="gpt-4.1-mini", user_daily_budget_usd="1", cache_enabled=False)
+    topped_up: list[int] = []
+    monkeypatch.setattr(store, "top_up_admission", lambda *a, **kw: topped_up.append(kw["amount"]))
+
+    assert ask(gw, "How do I deploy?", "ev1").attempts == 3
+    assert topped_up == []
+
+
 def test_bad_request_is_not_retried_and_nothing_is_charged(make_gateway: GatewayFactory, fake: FakeOpenAI,
                                                            store: Store) -> None:
     fake.script(Fault.status(400))
@@ -857,6 +994,30 @@ def test_unanswered_embedding_attempts_count_against_the_daily_budget(
         _embed(gw, "e2")
     assert refused.value.spent == charged
     assert fake.count("embeddings") == 2
+
+
+def test_an_embedding_retry_the_budget_cannot_hold_after_a_lost_attempt_is_refused(
+    make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store
+) -> None:
+    """Room for one attempt's inputs, not for the lost attempt's and the retry's: the retry is not sent."""
+    price = PriceTable.load(None).price_for(_LARGE)
+    estimated = sum(estimate_text_tokens(text) for text in _BATCH)
+    each = embedding_cost(price, estimated)
+    budget = 2 * each - 1
+    gw = make_gateway(embedding_model=_LARGE, user_daily_budget_usd=f"{budget / 1_000_000:.6f}")
+    fake.script(Fault.drop(), Fault.ok(prompt_tokens=estimated), endpoint="embeddings")
+
+    with structlog.testing.capture_logs() as logs, pytest.raises(BudgetExceeded) as refused:
+        _embed(gw, "e1")
+
+    assert fake.count("embeddings") == 1
+    assert (refused.value.scope, refused.value.spent, refused.value.charged_micros) == ("daily", each, each)
+    [ledger_id] = _failed_charges(logs)
+    assert ledger_id.startswith("e1:unanswered:")
+    entry = store.ledger_entry("W1", ledger_id)
+    assert entry is not None and (entry.kind, entry.cost_micros) == ("embedding", each)
+    assert store.ledger_entry("W1", "e1") is None
+    assert store.spent("W1", _user_day_line(gw)) == (each, 0)
 
 
 def test_the_semantic_caches_own_embedding_lost_unanswered_is_charged_to_the_asker(
