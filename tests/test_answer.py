@@ -16,13 +16,15 @@ from bot.answer import AnswerService
 from bot.answer_types import Question
 from bot.service import index_docs, open_answer_service
 from bot.settings import BotSettings
+from proxy_core import format_usd
+from proxy_core.accounts import budget_lines_for
 from proxy_core.clock import ManualClock
 from proxy_core.errors import ConfigurationError
 from proxy_core.gateway import Gateway
 from proxy_core.metrics import Metrics
-from proxy_core.stores.base import Store
+from proxy_core.stores.base import LedgerEntry, Store
 from proxy_core.upstream import OpenAIUpstream
-from tests.fake_openai import FakeOpenAI
+from tests.fake_openai import FakeOpenAI, Fault, RecordedRequest
 
 DOCS = Path(__file__).resolve().parents[1] / "examples" / "docs"
 KEY = "sk-test-answers-0123456789"
@@ -126,6 +128,41 @@ def test_refusals_are_answers_with_the_closest_pages(store: Store, clock: Manual
         assert answer.kind == "refused" and answer.refusal == "over_budget"
         assert "resets at" in answer.text and answer.citations
         assert fake.count() == 0
+    finally:
+        gateway.cache.close()  # type: ignore[union-attr]
+
+
+def test_a_retry_the_budget_refuses_after_a_billed_attempt_tells_the_asker_what_it_cost(
+    store: Store, clock: ManualClock, fake: FakeOpenAI
+) -> None:
+    """The question went out whole and no answer came (the provider bills it); meanwhile the asker's
+    other questions filled the day, so the retry is refused: the refusal says when the budget resets
+    and what the lost attempt cost."""
+    settings = _settings(user_daily_budget_usd="1")
+    index_docs(settings, store, DOCS)
+    gateway = Gateway(settings, store=store, metrics=Metrics(CollectorRegistry()), clock=clock, wall=clock,
+                      sleep=clock.sleep, upstream=OpenAIUpstream(api_key=KEY, base_url=fake.base_url, timeout_s=2.0))
+    day = budget_lines_for(settings, "W1", "U1", clock())[0]
+
+    def meanwhile(request: RecordedRequest, earlier: int) -> Fault | None:
+        if request.endpoint == "chat" and earlier == 0:
+            spent, reserved = store.spent("W1", day)
+            other = LedgerEntry(request_id="other", ts=clock(), day="2026-01-01", workspace_id="W1", user_id="U1",
+                                model="gpt-4.1-mini", kind="chat", prompt_tokens=0, cached_prompt_tokens=0,
+                                completion_tokens=0, cost_micros=day.limit - spent - reserved, saved_micros=0,
+                                cache_status="miss", latency_ms=0, attempts=1)
+            store.settle(other, reservation_id=None, lines=[day], result=None, result_ttl_s=60)
+            return Fault.drop()
+        return None
+
+    fake.decide(meanwhile)
+    try:
+        answer = ask(open_answer_service(settings, store, gateway), "How do I start the dev server?")
+        assert answer.kind == "refused" and answer.refusal == "over_budget"
+        assert "resets at" in answer.text and answer.citations
+        assert answer.cost_micros > 0 and format_usd(answer.cost_micros) in answer.text
+        assert "charged for the attempts the provider started and did not finish" in answer.footer
+        assert fake.count("chat") == 1
     finally:
         gateway.cache.close()  # type: ignore[union-attr]
 
