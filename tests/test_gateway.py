@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import structlog
 
+from proxy_core.budget import CallSource, source_day_line
 from proxy_core.clock import ManualClock
 from proxy_core.errors import (
     BudgetExceeded,
@@ -593,6 +594,28 @@ def test_a_retry_the_budget_cannot_hold_after_a_billed_failure_is_refused_and_th
     assert gw.metrics.registry.get_sample_value("penny_refusals_total", {"reason": "budget_daily"}) == 1
     # Its claim was given back: a retry of the request once there is room is admitted again.
     assert store.claim_request("W1", "ev1", 60).state == "claimed"
+
+
+def test_a_proxy_keys_own_budget_refuses_the_retry_after_a_billed_failure(
+    make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store
+) -> None:
+    """Every line the call reserved on is checked by the top-up: here the key's day, not the user's."""
+    price = PriceTable.load(None).price_for("gpt-4.1-mini")
+    estimated = estimate_chat_tokens(_messages("How do I deploy?"))
+    owed = chat_cost(price, estimated, 0, 0)
+    key = CallSource("key-1", daily_budget_micros=chat_cost(price, estimated, 0, 10) + owed - 1)
+    gw = make_gateway(chat_model="gpt-4.1-mini", max_output_tokens=10, cache_enabled=False,
+                      user_daily_budget_usd="1")
+    fake.script(Fault.drop(), Fault.ok())
+
+    with pytest.raises(BudgetExceeded) as refused:
+        ask(gw, "How do I deploy?", "ev1", source=key)
+
+    assert fake.count("chat") == 1
+    assert (refused.value.scope, refused.value.charged_micros) == ("key-1 daily", owed)
+    assert store.spent("W1", source_day_line(key, 1_767_225_600.0)) == (owed, 0)
+    assert store.spent("W1", _user_day_line(gw)) == (owed, 0)
+    assert gw.metrics.registry.get_sample_value("penny_refusals_total", {"reason": "budget_source"}) == 1
 
 
 def test_each_retry_after_billed_failures_is_reserved_for_and_the_call_settles_once(
