@@ -235,9 +235,12 @@ class _FailedAttempts:
     embedding call's inputs) and whatever it generated, so Penny charges them: the prompt as
     ``prompt_tokens`` (Penny's estimate, or the count the provider reported for the same prompt when
     a retry answered) and the text a stream had shown, estimated. What an unanswered request
-    generated is never seen: it is charged its prompt only (all an embedding call is billed for)."""
+    generated is never seen: it is charged its prompt only (all an embedding call is billed for).
+    What a stream showed is estimated no higher than ``max_completion_tokens`` (a chat's
+    ``max_tokens``: the provider stops there and bills no more)."""
 
     prompt_tokens: int
+    max_completion_tokens: int = 0  # a chat's max_tokens; 0 for an embedding call, which generates nothing
     texts: list[str] = field(default_factory=list)  # one per accepted attempt: the text it showed ("" for none)
     covered: int = 0  # how many of them the call's reservation has been topped up for
 
@@ -258,7 +261,7 @@ class _FailedAttempts:
         return noted
 
     def completion_tokens(self) -> int:
-        return sum(estimate_text_tokens(text) for text in self.texts)
+        return sum(min(estimate_text_tokens(text), self.max_completion_tokens) for text in self.texts)
 
     def cost(self, price: ModelPrice, *, prompt_tokens: int | None = None) -> int:
         """What they cost at ``price`` (a chat or an embedding model's), each with ``prompt_tokens``
@@ -660,7 +663,7 @@ class Gateway:
         estimated = estimate_chat_tokens(req.messages)
         admitted = self._admit(req, tokens=estimated + req.max_tokens,
                                amount=chat_cost(req.price, estimated, 0, req.max_tokens))
-        failed = _FailedAttempts(prompt_tokens=estimated)
+        failed = _FailedAttempts(prompt_tokens=estimated, max_completion_tokens=req.max_tokens)
         resp, attempts = self._call_or_release(req, admitted, self._chat_attempt(req, failed), failed, started)
         # 0 unless accepted attempts failed first; their prompt is this one, as the provider counted it.
         failed_micros = failed.cost(self._billing_price(resp.model, req.price), prompt_tokens=resp.prompt_tokens)

@@ -392,6 +392,27 @@ def test_a_call_whose_streamed_attempts_all_broke_off_is_charged_for_them_and_ma
     assert gw.usage("W1", DAY, DAY).totals.cost_micros == broken_cost + result.cost_micros
 
 
+def test_the_text_a_broken_stream_showed_is_charged_no_more_than_max_tokens(
+    make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store
+) -> None:
+    """Penny's estimate of the text a stream showed is an upper bound, well above the truth on long
+    words; the provider stops at ``max_tokens`` and bills no more, so neither does Penny (nor past
+    what the call reserved)."""
+    question = " ".join(["internationalization"] * 30)  # echoed: "Answer to: internationalization …"
+    fake.fail_all(Fault.stream_break(15))  # 15 of the 20 words max_tokens allows
+    gw = make_gateway(chat_model="gpt-4.1-mini", retry_max_attempts=1, user_daily_budget_usd="1")
+    shown = _Shown()
+
+    with pytest.raises(UpstreamError) as failed:
+        ask(gw, question, "ev1", stream=shown, max_tokens=20)
+
+    assert estimate_text_tokens(shown.text) > 20  # the text it showed, estimated, is past the cap
+    price = PriceTable.load(None).price_for("gpt-4.1-mini")
+    charged = chat_cost(price, estimate_chat_tokens(_messages(question)), 0, 20)
+    assert failed.value.charged_micros == charged
+    assert store.spent("W1", _user_day_line(gw)) == (charged, 0)
+
+
 def _failed_charges(logs: list[dict[str, Any]]) -> list[str]:
     """The ledger IDs of the failed attempts' charges the gateway logged."""
     return [e["ledger_id"] for e in logs if e["event"] == "failed_attempts_charged"]
