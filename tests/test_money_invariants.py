@@ -16,6 +16,7 @@ budgets that run out — and checks what must hold whatever happened, on both st
 from __future__ import annotations
 
 import itertools
+import threading
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -24,12 +25,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from proxy_core.budget import budget_lines
-from proxy_core.errors import PennyError
+from proxy_core.errors import BudgetExceeded, PennyError
+from proxy_core.prices import PriceTable, chat_cost
 from proxy_core.results import ChatResult, EmbeddingResult
 from proxy_core.settings import micros
 from proxy_core.stores.base import Store
+from proxy_core.tokens import estimate_chat_tokens
 from tests.conftest import GatewayFactory
-from tests.fake_openai import FakeOpenAI, Fault
+from tests.fake_openai import FakeOpenAI, Fault, Gate
+from tests.threads import run_together
 
 DAY = "2026-01-01"  # ManualClock starts at 2026-01-01T00:00:00Z
 START = 1_767_225_600.0
@@ -136,3 +140,52 @@ class _Sink:
 
     def restart(self) -> None:
         pass
+
+
+def test_concurrent_calls_whose_first_attempts_were_billed_and_lost_never_pass_the_cap(
+    make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store
+) -> None:
+    """20 calls at once on a budget with room for 8 worst cases. Every admitted call's first attempt
+    is held at the provider until all 20 were admitted or refused (so exactly 8 are admitted), then
+    dropped after it went out (billed); the retries compete for what room is left. However the
+    top-ups interleave, what was charged is what the callers were told, and the cap holds."""
+    context = "passage " * 300
+    messages = [[{"role": "system", "content": context}, {"role": "user", "content": f"Question {i:02d}?"}]
+                for i in range(20)]
+    price = PriceTable.load(None).price_for("gpt-4.1-mini")
+    prompt = {estimate_chat_tokens(m) for m in messages}
+    assert len(prompt) == 1  # every call has the same worst case
+    worst = {chat_cost(price, p, 0, 50) for p in prompt}
+    cap = 8 * worst.pop() + 50
+    gw = make_gateway(chat_model="gpt-4.1-mini", max_output_tokens=50, cache_enabled=False, request_timeout_s=30.0,
+                      breaker_failure_threshold=1_000_000, breaker_min_calls=1_000_000,
+                      user_daily_budget_usd=f"{cap / 1_000_000:.6f}")
+    gate = fake.hold(Gate(20))
+    # The retry is answered in full, the prompt counted as Penny estimated it: the call costs its
+    # worst case and the lost attempt's prompt on top, more than admission reserved.
+    answer = Fault.ok(prompt_tokens=next(iter(prompt)), completion_tokens=50)
+    fake.decide(lambda request, earlier: Fault.drop() if earlier == 0 else answer)
+    told: list[int] = []
+    admitted: list[int] = []
+    lock = threading.Lock()
+
+    def call(i: int) -> None:
+        try:
+            result = gw.chat(user_id="U1", workspace_id="WC", request_id=f"c{i}", messages=messages[i])
+            charged = result.cost_micros
+        except BudgetExceeded as exc:
+            charged = exc.charged_micros
+            if not charged:  # refused at admission: it never reaches the provider
+                gate.arrive()
+        with lock:
+            told.append(charged)
+            if charged:
+                admitted.append(i)
+
+    run_together(20, call)
+
+    assert not gate.broken and len(admitted) == 8 == gate.waited
+    ledger = gw.usage("WC", DAY, DAY).totals
+    user_day = budget_lines("WC", "U1", START, user_daily=0, workspace_monthly=0)[0]
+    assert ledger.cost_micros == sum(told) == store.spent("WC", user_day)[0] <= cap
+    assert store.spent("WC", user_day)[1] == 0
