@@ -93,6 +93,7 @@ from proxy_core.spool import SettleSpool, SpoolRecord
 from proxy_core.stores.base import (
     Admission,
     BreakerRef,
+    BudgetDecision,
     Claim,
     ClaimOwner,
     Kind,
@@ -859,6 +860,15 @@ class Gateway:
         self._refuse_unless_admitted(admission, names)
         return _Admitted(lines, admission.permit, owner, budget_math.period_window(now, "day")[0], amount)
 
+    def _budget_refusal(self, decision: BudgetDecision | None, *, owed: int = 0) -> BudgetExceeded:
+        """The refusal of a line that could not hold a reservation (counted in the refusals
+        metric); it says what the line holds, with ``owed`` not yet settled on it."""
+        assert decision is not None
+        assert decision.line is not None
+        line = decision.line
+        self.metrics.refusals.labels(_budget_label(line)).inc()
+        return BudgetExceeded(line.scope, line.limit, decision.spent + decision.reserved + owed, line.resets_at)
+
     def _alert_if_spent(self, req: ChatRequest | EmbedRequest, admission: Admission) -> None:
         """A call refused by a budget line already all spent may be the first news of it: a budget
         lowered below what its period has spent refuses every call, so none settles to announce it."""
@@ -882,12 +892,7 @@ class Gateway:
             self.metrics.refusals.labels(f"rate_limit_{which}").inc()
             raise RateLimited(limit.retry_after, limit=which)
         if admission.state == "over_budget":
-            decision = admission.budget
-            assert decision is not None
-            assert decision.line is not None
-            line = decision.line
-            self.metrics.refusals.labels(_budget_label(line)).inc()
-            raise BudgetExceeded(line.scope, line.limit, decision.spent + decision.reserved, line.resets_at)
+            raise self._budget_refusal(admission.budget)
         permit = admission.permit
         assert permit is not None
         self.metrics.refusals.labels("breaker").inc()
@@ -1005,15 +1010,11 @@ class Gateway:
                            reserved_micros=admitted.amount + owed)
             return
         if top_up.state == "over_budget":
-            decision = top_up.budget
-            assert decision is not None
-            assert decision.line is not None
-            line = decision.line
-            self.metrics.refusals.labels(_budget_label(line)).inc()
-            self._log.info("retry_refused_by_budget", request_id=req.request_id, scope=line.scope,
-                           failed_attempts=len(failed.texts), owed_micros=owed)
             # What the line holds once the failed attempts are charged, as the refusal is read after.
-            raise BudgetExceeded(line.scope, line.limit, decision.spent + decision.reserved + owed, line.resets_at)
+            refused = self._budget_refusal(top_up.budget, owed=owed)
+            self._log.info("retry_refused_by_budget", request_id=req.request_id, scope=refused.scope,
+                           failed_attempts=len(failed.texts), owed_micros=owed)
+            raise refused
         # The claim is gone (expired or reaped: the call outlived its TTL, or the store lost it): a
         # retry would have no reservation behind it.
         self._log.warning("retry_not_reserved", request_id=req.request_id, failed_attempts=len(failed.texts))
