@@ -21,6 +21,7 @@ from proxy_core.errors import (
     BudgetExceeded,
     CircuitOpen,
     ConfigurationError,
+    PennyError,
     RateLimited,
     RequestInFlight,
     RequestInterrupted,
@@ -680,44 +681,36 @@ def test_each_retry_after_billed_failures_is_reserved_for_and_the_call_settles_o
     assert store.spent("W1", line) == (worst_case + two_lost, 0)  # nothing left reserved
 
 
-def test_a_store_failing_the_top_up_ends_the_call_with_the_billed_attempt_charged(
-    make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store, monkeypatch: pytest.MonkeyPatch
+def _store_down(*args: Any, **kwargs: Any) -> TopUp:
+    raise StoreError("Redis store: cannot top up an admission: timed out")
+
+
+def _claim_gone(*args: Any, **kwargs: Any) -> TopUp:
+    return TopUp("not_held")  # expired or reaped: the reaper's now
+
+
+@pytest.mark.parametrize(("top_up", "error"), [(_store_down, StoreError), (_claim_gone, RequestInterrupted)],
+                         ids=["store down", "claim gone"])
+def test_a_retry_that_cannot_be_reserved_for_is_not_sent_and_the_billed_attempt_is_charged(
+    make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store, monkeypatch: pytest.MonkeyPatch,
+    top_up: Callable[..., TopUp], error: type[Exception],
 ) -> None:
     """Without the top-up the retry would run with nothing reserved for it: it is not sent, and the
     lost attempt is charged and the claim given back, as when the last attempt fails."""
     fake.script(Fault.drop(), Fault.ok())
     gw = make_gateway(chat_model="gpt-4.1-mini", user_daily_budget_usd="1", cache_enabled=False)
+    monkeypatch.setattr(store, "top_up_admission", top_up)
 
-    def store_down(*args: Any, **kwargs: Any) -> Any:
-        raise StoreError("Redis store: cannot top up an admission: timed out")
-
-    monkeypatch.setattr(store, "top_up_admission", store_down)
-    with pytest.raises(StoreError) as failed:
+    with pytest.raises(error) as failed:
         ask(gw, "How do I deploy?", "ev1")
 
     owed = chat_cost(PriceTable.load(None).price_for("gpt-4.1-mini"),
                      estimate_chat_tokens(_messages("How do I deploy?")), 0, 0)
+    assert isinstance(failed.value, PennyError)
     assert fake.count("chat") == 1 and failed.value.charged_micros == owed > 0
     assert store.spent("W1", _user_day_line(gw)) == (owed, 0)
-    assert store.claim_request("W1", "ev1", 60).state == "claimed"
-
-
-def test_a_retry_whose_claim_is_gone_is_not_sent(
-    make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The claim no longer holds the request (expired or reaped: the reaper's now): nothing could
-    be reserved for a retry, so none is sent; the lost attempt is charged as when the last one fails."""
-    fake.script(Fault.drop(), Fault.ok())
-    gw = make_gateway(chat_model="gpt-4.1-mini", user_daily_budget_usd="1", cache_enabled=False)
-    monkeypatch.setattr(store, "top_up_admission", lambda *a, **kw: TopUp("not_held"))
-
-    with pytest.raises(RequestInterrupted) as failed:
-        ask(gw, "How do I deploy?", "ev1")
-
-    owed = chat_cost(PriceTable.load(None).price_for("gpt-4.1-mini"),
-                     estimate_chat_tokens(_messages("How do I deploy?")), 0, 0)
-    assert fake.count("chat") == 1 and failed.value.charged_micros == owed > 0
-    assert store.spent("W1", _user_day_line(gw)) == (owed, 0)
+    if top_up is _store_down:
+        assert store.claim_request("W1", "ev1", 60).state == "claimed"  # given back for a retry
 
 
 def test_failures_the_provider_does_not_bill_need_no_top_up(
