@@ -157,6 +157,18 @@ def test_a_reaction_slack_answered_with_a_5xx_may_be_on_so_it_is_taken_off_after
     assert [e["event"] for e in logs] == []  # nothing to warn about: it was off already
 
 
+@pytest.mark.parametrize("error", ["internal_error", "fatal_error"])
+def test_a_reaction_slack_answered_with_an_error_that_may_follow_it_being_added_is_taken_off_after(
+    slack: FakeSlack, client: WebClient, error: str
+) -> None:
+    # A 200 with one of these: Slack's docs say part of the call may have been done before it.
+    slack.fail("reactions.add", error)
+    indicator = WorkingIndicator(workers=0)
+    working = indicator.show(client, "C1", TS)
+    working.done()
+    assert reactions(slack) == ["reactions.add", "reactions.remove"]
+
+
 def test_a_reaction_whose_connection_broke_after_slack_added_it_is_taken_off(
     slack: FakeSlack, client: WebClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -285,9 +297,12 @@ def test_writing_while_the_status_is_being_set_never_outlives_the_answer(slack: 
     assert statuses(slack) == ["is searching the docs…", ""]  # cleared last; "writing" never shown after
 
 
-def test_a_status_slack_answered_with_a_5xx_is_cleared_after_the_answer(slack: FakeSlack,
-                                                                        client: WebClient) -> None:
-    slack.fail("assistant.threads.setStatus", status=500)
+@pytest.mark.parametrize(("status", "error"), [(500, "internal_error"), (200, "internal_error"),
+                                               (200, "fatal_error")])
+def test_a_status_slack_answered_with_a_5xx_or_a_maybe_done_error_is_cleared_after_the_answer(
+    slack: FakeSlack, client: WebClient, status: int, error: str
+) -> None:
+    slack.fail("assistant.threads.setStatus", error, status=status)
     indicator = WorkingIndicator(workers=0)
     working = indicator.show(client, "C1", TS, thread_ts="1700000000.000001")
     working.done()

@@ -2,10 +2,11 @@
 that are safe to repeat.
 
 A call whose connection was refused, or whose host had no address, never reached Slack. One that
-Slack answered with a 5xx, or whose connection broke or timed out once the request was out, may
-have been carried out all the same: repeating it may do it twice (a message posted twice, see
-:class:`~bot.slack.app.ConnectionRetry`), and giving up on it may leave it done (a 👀 that nobody
-takes off, see :mod:`bot.slack.working`).
+Slack answered with a 5xx, or with ``internal_error`` or ``fatal_error`` (a 200 whose error Slack's
+docs say may follow part of the call done), or whose connection broke or timed out once the
+request was out, may have been carried out all the same: repeating it may do it twice (a message
+posted twice, see :class:`~bot.slack.app.ConnectionRetry`), and giving up on it may leave it done
+(a 👀 that nobody takes off, see :mod:`bot.slack.working`).
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from urllib.error import URLError
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry import HttpRequest, HttpResponse, RetryHandler, RetryState
 
-__all__ = ["ServerErrorRetry", "may_have_taken_effect", "never_sent"]
+__all__ = ["MAYBE_DONE_ERRORS", "ServerErrorRetry", "may_have_taken_effect", "never_sent"]
 
+# Errors every Web API method may answer with HTTP 200, of which Slack's docs say "It's possible
+# some aspect of the operation succeeded before the error was raised".
+MAYBE_DONE_ERRORS: Final = frozenset({"internal_error", "fatal_error"})
 SERVER_ERROR_RETRIES: Final = 2
 SERVER_ERROR_DELAY_S: Final = 0.5  # then twice that: Slack's 5xx are brief
 
@@ -33,9 +37,12 @@ def never_sent(error: BaseException | None) -> bool:
 
 def may_have_taken_effect(error: BaseException) -> bool:
     """Whether Slack may have carried out a call that failed with ``error``: it answered with a 5xx,
-    or the connection failed after the request was sent (reset, closed unanswered, timed out)."""
+    or with an error its docs say may come after part of the call was done
+    (:data:`MAYBE_DONE_ERRORS`), or the connection failed after the request was sent (reset, closed
+    unanswered, timed out)."""
     if isinstance(error, SlackApiError):
-        return int(getattr(error.response, "status_code", 200)) >= 500
+        return (int(getattr(error.response, "status_code", 200)) >= 500
+                or error.response.get("error") in MAYBE_DONE_ERRORS)
     return isinstance(error, OSError) and not never_sent(error)  # URLError and timeouts are OSErrors
 
 
