@@ -6,8 +6,10 @@ The Slack bot records its workspace at each start-up (:func:`record_served`, fro
 The record store cannot list the records of a kind, and the list is tiny, so one record holds them
 all: a JSON object ``{id: {"name": …, "seen_at": epoch s, "org_wide": bool}}``, kept
 :data:`SERVED_TTL_S` and refreshed by every start; a workspace no start has seen for that long (the
-app moved to another one) is dropped. Two bots of different workspaces starting on one store in
-the same instant may each miss the other's entry until its next start.
+app moved to another one) is dropped. A start replaces the record only if it still holds what the
+start read (:meth:`~proxy_core.stores.base.RecordStore.record_drop`, then
+:meth:`~proxy_core.stores.base.RecordStore.record_add`), else reads it again and merges, so bots of
+different workspaces starting on one store at the same instant keep each other's entry.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ __all__ = ["SERVED_KIND", "SERVED_TTL_S", "ServedWorkspace", "record_served", "s
 SERVED_KIND: Final = "slack:workspaces"
 SERVED_KEY: Final = "served"
 SERVED_TTL_S: Final = 365 * 24 * 3600.0
+_WRITE_TRIES: Final = 5  # bots starting at once on one store: each try that loses merges the winner's entry
 
 _log = get_logger()
 
@@ -59,12 +62,22 @@ def record_served(store: Store, installation: SlackInstallation) -> None:
     if not workspace_id:
         return
     try:
-        now = store.now()
-        raw = store.record_get(SERVED_KIND, SERVED_KEY)
-        served = {w.id: w for w in (_parsed(raw) if raw is not None else {}).values() if now - w.seen_at < SERVED_TTL_S}
-        served[workspace_id] = ServedWorkspace(workspace_id, installation.team, now, org_wide)
-        value = {w.id: {"name": w.name, "seen_at": w.seen_at, "org_wide": w.org_wide} for w in served.values()}
-        store.record_put(SERVED_KIND, SERVED_KEY, json.dumps(value, sort_keys=True), SERVED_TTL_S)
+        known: dict[str, ServedWorkspace] = {}  # every entry read so far: one dropped is written back
+        for _ in range(_WRITE_TRIES):
+            now = store.now()
+            raw = store.record_get(SERVED_KIND, SERVED_KEY)
+            for w in (_parsed(raw) if raw is not None else {}).values():
+                if w.id not in known or w.seen_at > known[w.id].seen_at:
+                    known[w.id] = w
+            known[workspace_id] = ServedWorkspace(workspace_id, installation.team, now, org_wide)
+            value = json.dumps({w.id: {"name": w.name, "seen_at": w.seen_at, "org_wide": w.org_wide}
+                                for w in known.values() if now - w.seen_at < SERVED_TTL_S}, sort_keys=True)
+            # Replaced only if it still holds what was read; else (another start wrote meanwhile)
+            # read again and merge.
+            if (raw is None or store.record_drop(SERVED_KIND, SERVED_KEY, raw)) \
+                    and store.record_add(SERVED_KIND, SERVED_KEY, value, SERVED_TTL_S) is None:
+                return
+        _log.warning("slack.workspace_not_recorded", workspace_id=workspace_id, error="the record kept changing")
     except StoreError as exc:
         _log.warning("slack.workspace_not_recorded", workspace_id=workspace_id, error=exc)
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,6 +58,49 @@ def test_each_start_records_its_workspace_and_a_year_unseen_drops_it(store: Stor
     record_served(store, installed("T0ABC", "Acme Inc"))
     assert store.record_get(SERVED_KIND, SERVED_KEY) is not None
     assert "T0DEF" not in (store.record_get(SERVED_KIND, SERVED_KEY) or "")
+
+
+class _Interleaved:
+    """The test's store, where another bot's whole start-up runs at a chosen step of this one's:
+    right after this one reads the record (``after_get``), or right before it adds it
+    (``before_add``), once."""
+
+    def __init__(self, store: Store, *, after_get: Callable[[], None] | None = None,
+                 before_add: Callable[[], None] | None = None) -> None:
+        self._store, self._after_get, self._before_add = store, after_get, before_add
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def record_get(self, kind: str, key: str) -> str | None:
+        value = self._store.record_get(kind, key)
+        hook, self._after_get = self._after_get, None
+        if hook is not None:
+            hook()
+        return value
+
+    def record_add(self, kind: str, key: str, value: str, ttl_s: float) -> str | None:
+        hook, self._before_add = self._before_add, None
+        if hook is not None:
+            hook()
+        return self._store.record_add(kind, key, value, ttl_s)
+
+
+def test_two_bots_starting_at_once_keep_each_others_workspace(store: Store) -> None:
+    # Beta's start runs whole between Acme's read and Acme's write: Acme's write, made from what it
+    # read, used to replace the record and drop Beta until Beta's next start.
+    racing = _Interleaved(store, after_get=lambda: record_served(store, installed("T0DEF", "Beta")))
+    record_served(racing, installed("T0ABC", "Acme"))  # type: ignore[arg-type]
+    assert sorted(w.id for w in served_workspaces(store)) == ["T0ABC", "T0DEF"]
+
+
+def test_a_start_that_loses_the_record_between_its_drop_and_its_add_keeps_every_entry(store: Store) -> None:
+    record_served(store, installed("T0GHI", "Gamma"))
+    # Acme has dropped the record it read (Gamma's) to replace it; Beta, starting then, finds none
+    # and adds its own alone. Acme's add fails: it merges Beta's with what it read before.
+    racing = _Interleaved(store, before_add=lambda: record_served(store, installed("T0DEF", "Beta")))
+    record_served(racing, installed("T0ABC", "Acme"))  # type: ignore[arg-type]
+    assert sorted(w.id for w in served_workspaces(store)) == ["T0ABC", "T0DEF", "T0GHI"]
 
 
 def test_an_org_wide_install_is_recorded_as_its_organization(store: Store) -> None:
