@@ -923,7 +923,8 @@ class Gateway:
 
     def _chat_attempt(self, req: ChatRequest, failed: _FailedAttempts) -> Callable[[], ChatResponse]:
         """One upstream attempt at a chat completion, streamed into ``stream`` when both sides can;
-        an attempt that fails after the provider accepted it is noted in ``failed``."""
+        an attempt that fails after the provider accepted it is noted in ``failed``, and so is a
+        streamed one interrupted (``KeyboardInterrupt`` included) once its text had begun."""
         model, messages, max_tokens, temperature = req.model, req.messages, req.max_tokens, req.temperature
         chat_stream = getattr(self.upstream, "chat_stream", None)
         if req.stream is None or chat_stream is None:
@@ -934,6 +935,7 @@ class Gateway:
             return failed.noting(plain)
         sink: AnswerStream | None = req.stream
         shown = False  # whether an earlier attempt already sent text that a retry must void
+        received: list[str] = []  # the text this attempt has received so far
 
         def call_sink(method: Callable[..., None], *args: str) -> None:
             nonlocal sink
@@ -945,6 +947,7 @@ class Gateway:
 
         def on_delta(text: str) -> None:
             nonlocal shown
+            received.append(text)
             if text and sink is not None:
                 shown = True
                 call_sink(sink.delta, text)
@@ -954,11 +957,18 @@ class Gateway:
             if shown and sink is not None:
                 shown = False
                 call_sink(sink.restart)
+            received.clear()
             try:
                 response: ChatResponse = chat_stream(model=model, messages=messages, max_tokens=max_tokens,
                                                      on_delta=on_delta, temperature=temperature)
             except UpstreamError as exc:
                 failed.add(exc)
+                raise
+            except BaseException:
+                # Cut short once the provider was writing (Ctrl-C in the terminal chat, a bug): it
+                # bills what it generated, as for a stream that broke off.
+                if received:
+                    failed.texts.append("".join(received))
                 raise
             return response
 

@@ -393,6 +393,38 @@ def test_a_call_whose_streamed_attempts_all_broke_off_is_charged_for_them_and_ma
     assert gw.usage("W1", DAY, DAY).totals.cost_micros == broken_cost + result.cost_micros
 
 
+class _CtrlC(_Shown):
+    """The terminal chat's reader pressing Ctrl-C as the second piece of the answer is printed."""
+
+    def delta(self, text: str) -> None:
+        super().delta(text)
+        if self.text != text:
+            raise KeyboardInterrupt
+
+
+def test_a_streamed_answer_interrupted_by_ctrl_c_is_charged_for_what_it_generated(
+    make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store
+) -> None:
+    """The provider was writing the answer: it bills the prompt and what it generated, so the
+    interrupted call is charged as a stream that broke off, and its claim and reservation given back."""
+    gw = make_gateway(chat_model="gpt-4.1-mini", user_daily_budget_usd="1")
+    shown = _CtrlC()
+
+    with structlog.testing.capture_logs() as logs, pytest.raises(KeyboardInterrupt):
+        ask(gw, "How do I deploy?", "ev1", stream=shown)
+
+    assert fake.count("chat") == 1 and shown.text == "Answer to: "
+    price = PriceTable.load(None).price_for("gpt-4.1-mini")
+    charged = chat_cost(price, estimate_chat_tokens(_messages("How do I deploy?")), 0,
+                        estimate_text_tokens("Answer to: "))
+    [ledger_id] = _failed_charges(logs)
+    assert ledger_id.startswith("ev1:broken:")
+    entry = store.ledger_entry("W1", ledger_id)
+    assert entry is not None and entry.cost_micros == charged > 0
+    assert store.spent("W1", _user_day_line(gw)) == (charged, 0)
+    assert store.claim_request("W1", "ev1", 60).state == "claimed"  # asked again, it runs again
+
+
 def test_the_text_a_broken_stream_showed_is_charged_no_more_than_max_tokens(
     make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store
 ) -> None:
