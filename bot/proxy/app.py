@@ -313,8 +313,18 @@ class ProxyApp:
                                                                   type="server_error")
             return mapped.body()
 
+        def restarted_event(result: ChatResult) -> dict[str, Any]:
+            # Settled at its cost like any answer; a retry under the same Idempotency-Key replays it
+            # (the answer is recorded), one without a key is a new request.
+            refusal = ProxyError(500, "The answer was interrupted and started again with other text, so it cannot "
+                                 "be continued. It was paid for (penny.cost_micros): a retry under the same "
+                                 "Idempotency-Key gets it whole at no second charge.", type="server_error",
+                                 code="stream_restarted")
+            refusal.charged(result.cost_micros)
+            return refusal.body()
+
         chunks = sse_chunks(events, model=model, request_id=request_id, created=int(self._clock()),
-                            include_usage=include_usage, error_event=error_event)
+                            include_usage=include_usage, error_event=error_event, restarted_event=restarted_event)
         return ProxyResponse(200, b"", headers, stream=chunks)
 
     def embeddings(self, request: ProxyRequest, key: ProxyKey) -> ProxyResponse:

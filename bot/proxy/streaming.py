@@ -131,8 +131,12 @@ def run_streamed(call: Callable[[QueuedStream], ChatResult], calls: StreamCalls)
 
 
 def sse_chunks(events: StreamEvents, *, model: str, request_id: str, created: int, include_usage: bool,
-               error_event: Callable[[BaseException], dict[str, Any]]) -> Iterator[bytes]:
-    """The event stream's bytes, from the first text (or the finished result) to ``[DONE]``."""
+               error_event: Callable[[BaseException], dict[str, Any]],
+               restarted_event: Callable[[ChatResult], dict[str, Any]]) -> Iterator[bytes]:
+    """The event stream's bytes, from the first text (or the finished result) to ``[DONE]``.
+    ``error_event`` is the last event of a call that failed after text went out;
+    ``restarted_event`` that of an answer which cannot follow the text sent before a restart (it
+    was paid for: the event says what it cost)."""
     chunk_id = "chatcmpl-" + uuid.uuid5(uuid.NAMESPACE_URL, request_id).hex
 
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
@@ -162,9 +166,7 @@ def sse_chunks(events: StreamEvents, *, model: str, request_id: str, created: in
     result = done.result
     assert result is not None
     if not result.content.startswith(sent):
-        yield _data({"error": {"message": "The answer was interrupted and started again; retry with the same "
-                                          "Idempotency-Key to get it whole (it is not charged twice).",
-                               "type": "server_error", "param": None, "code": "stream_restarted"}})
+        yield _data(restarted_event(result))
         return
     if len(result.content) > len(sent):
         yield chunk({"content": result.content[len(sent):]})
