@@ -48,7 +48,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 from proxy_core import budget as budget_math
@@ -110,6 +110,9 @@ __all__ = ["AnswerStream", "ChatRequest", "EmbedRequest", "Gateway", "ReplayRepo
 # Who the current chat call is for (user, workspace, request ID, source): the semantic cache's
 # billed embedder reads it, so a question's embedding is charged to the person (and source) that asked.
 _CALLER: ContextVar[tuple[str, str, str, CallSource | None] | None] = ContextVar("penny_caller", default=None)
+# What the embeddings billed to the current chat call have cost so far (each a ledger entry of its
+# own), so that the caller is told the whole of what its request was charged.
+_EMBEDDED: ContextVar[list[int] | None] = ContextVar("penny_embedded", default=None)
 
 T = TypeVar("T")
 R = TypeVar("R", ChatResult, EmbeddingResult)
@@ -465,8 +468,16 @@ class Gateway:
         else:
             # One embedding per purpose per request: a retried request replays it, never pays twice.
             user, workspace, request_id, source = caller[0], caller[1], f"{caller[2]}:{purpose}", caller[3]
-        result = self.embed(user_id=user, workspace_id=workspace, request_id=request_id, inputs=texts,
-                            model=model, dimensions=dimensions, source=source)
+        embedded = _EMBEDDED.get() if caller is not None else None
+        try:
+            result = self.embed(user_id=user, workspace_id=workspace, request_id=request_id, inputs=texts,
+                                model=model, dimensions=dimensions, source=source)
+        except PennyError as exc:  # refused, or failed after attempts the provider billed
+            if embedded is not None:
+                embedded.append(exc.charged_micros)
+            raise
+        if embedded is not None and not result.replayed:  # a replay was charged, and told, before
+            embedded.append(result.cost_micros)
         return result.vectors
 
     @contextmanager
@@ -552,11 +563,22 @@ class Gateway:
             cache_as=cache_as, stream=stream, source=source, store_answer=store_answer,
         )
         token = _CALLER.set((user_id, workspace_id, request_id, source))
+        embedded: list[int] = []
+        embedded_token = _EMBEDDED.set(embedded)
         try:
-            return self._idempotent("chat", workspace_id, request_id, ChatResult.from_json,
-                                    lambda: self._chat(request))
+            result = self._idempotent("chat", workspace_id, request_id, ChatResult.from_json,
+                                      lambda: self._chat(request))
+        except PennyError as exc:
+            exc.charged_micros += sum(embedded)  # the question's embedding was billed all the same
+            raise
         finally:
+            _EMBEDDED.reset(embedded_token)
             _CALLER.reset(token)
+        if result.replayed or sum(embedded) == result.embedding_micros:
+            return result
+        # The answer's cache write embedded the question after the answer was recorded (a fresh
+        # answer, not looked up): this asker was billed that too. A replay says what was recorded.
+        return replace(result, embedding_micros=sum(embedded))
 
     def embed(
         self,
@@ -745,6 +767,7 @@ class Gateway:
             latency_ms=self._ms_since(started),
             attempts=attempts,
             finish_reason=resp.finish_reason,
+            embedding_micros=_embedded_so_far(),
         )
 
     def _remember(self, req: ChatRequest, lookup: _Lookup, result: ChatResult, *,
@@ -789,6 +812,7 @@ class Gateway:
             latency_ms=self._ms_since(started),
             attempts=0,
             finish_reason="stop",
+            embedding_micros=_embedded_so_far(),
         )
         self._record_hit(self._ledger_entry(req, result, kind="chat"), result.to_json())
         self.metrics.saved.labels("chat").inc(answer.cost_micros)
@@ -1242,6 +1266,11 @@ def _asking_key(lookup: _Lookup) -> str | None:
     if lookup.decision.status != "miss" or lookup.scope is None or lookup.question is None:
         return None
     return f"{lookup.scope.id()}\x00{normalize_question(lookup.question)}"
+
+
+def _embedded_so_far() -> int:
+    """What the embeddings billed to the current chat call have cost so far."""
+    return sum(_EMBEDDED.get() or ())
 
 
 def _kind_of(req: ChatRequest | EmbedRequest) -> Kind:

@@ -33,6 +33,15 @@ class ChatResult:
     attempts: int
     finish_reason: str | None = None
     replayed: bool = False
+    # What embeddings billed to this request cost: the semantic cache's question embedding through
+    # an ``openai:`` embedder, ledger entries of their own (``<request ID>:question-embedding``);
+    # not in ``cost_micros``, which is this request's own entry.
+    embedding_micros: int = 0
+
+    @property
+    def charged_micros(self) -> int:
+        """What the asker was charged for this request in all: its own entry and its embeddings."""
+        return self.cost_micros + self.embedding_micros
 
     def to_json(self) -> str:
         # Every field is a plain value: no deep copy (asdict) needed on the hot path.

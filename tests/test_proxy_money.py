@@ -265,3 +265,46 @@ def test_clients_racing_on_a_few_idempotency_keys_are_each_told_what_the_ledger_
     charged = by_source[key.id].cost_micros if by_source else 0
     assert charged == sum(told) == line.spent <= 1_500
     assert line.reserved == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_with_a_billed_embedder_each_answer_says_what_its_questions_embedding_cost_too(
+    store: Store, fake: FakeOpenAI, clock: ManualClock, stream: bool
+) -> None:
+    """With an ``openai:`` embedder the semantic cache embeds each question through the provider,
+    billed to the key (a ledger entry of its own, ``<request ID>:question-embedding``). A miss, a
+    rephrasing served from the cache and a fresh answer (``no-cache``) each tell the client what
+    the request cost, the embedding included: what the key's ledger holds for it."""
+    with serve_proxy(store, fake, clock, embedder="openai:text-embedding-3-small") as proxy:
+        secret, key = proxy.keys.create(user_id="U1", workspace_id="T1")
+        told = 0
+        for text, headers in (("How do I deploy the service?", {}),
+                              ("How do I deploy the service to production?", {}),
+                              ("How do I deploy the service?", {"Cache-Control": "no-cache"})):
+            before = ledger(proxy, clock, key.id)
+            body: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": text}]}
+            if stream:
+                body.update(stream=True, stream_options={"include_usage": True})
+            status, got, payloads = post(proxy, secret, "/chat/completions", body, headers)
+            assert status == 200
+            assert told_micros(got, payloads) == ledger(proxy, clock, key.id) - before, text
+            told += told_micros(got, payloads)
+        assert fake.count("embeddings") >= 2
+        assert told == ledger(proxy, clock, key.id)
+
+
+def test_with_a_billed_embedder_a_refused_answer_says_what_its_questions_embedding_cost(
+    store: Store, fake: FakeOpenAI, clock: ManualClock
+) -> None:
+    """The key's budget holds the question's embedding, not the answer's worst case: the embedding
+    is made and billed (the semantic lookup runs before admission), the answer refused. The 429
+    says what the request cost, as every error that cost something does."""
+    with serve_proxy(store, fake, clock, embedder="openai:text-embedding-3-small") as proxy:
+        secret, key = proxy.keys.create(user_id="U1", workspace_id="T1", daily_budget_micros=20)
+        status, headers, payloads = post(proxy, secret, "/chat/completions",
+                                         {"model": MODEL, "messages": QUESTION, "max_tokens": 1000})
+        assert status == 429 and payloads[0]["error"]["code"] == "insufficient_quota"
+        assert fake.count("embeddings") == 1 and fake.count("chat") == 0
+        charged = ledger(proxy, clock, key.id)
+        assert charged > 0
+        assert told_micros(headers, payloads) == charged == payloads[0]["penny"]["cost_micros"]

@@ -320,7 +320,7 @@ class ProxyApp:
                                  "be continued. It was paid for (penny.cost_micros): a retry under the same "
                                  "Idempotency-Key gets it whole at no second charge.", type="server_error",
                                  code="stream_restarted")
-            refusal.charged(result.cost_micros)
+            refusal.charged(result.charged_micros)
             return refusal.body()
 
         chunks = sse_chunks(events, model=model, request_id=request_id, created=int(self._clock()),
@@ -658,10 +658,10 @@ def _usd(micros: int) -> str:
 def _penny_headers(result: ChatResult | EmbeddingResult) -> dict[str, str]:
     if isinstance(result, ChatResult):
         cache = {"exact": "hit", "semantic": "hit"}.get(result.cache_status, result.cache_status)
-        saved = result.saved_micros
+        saved, cost = result.saved_micros, result.charged_micros  # its question's embedding included
     else:
-        cache, saved = "bypass", 0
-    return {"x-penny-cache": cache, "x-penny-cost-usd": _usd(result.cost_micros), "x-penny-saved-usd": _usd(saved),
+        cache, saved, cost = "bypass", 0, result.cost_micros
+    return {"x-penny-cache": cache, "x-penny-cost-usd": _usd(cost), "x-penny-saved-usd": _usd(saved),
             "x-penny-request-id": result.request_id, "x-penny-replayed": "true" if result.replayed else "false"}
 
 

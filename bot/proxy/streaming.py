@@ -177,7 +177,7 @@ def sse_chunks(events: StreamEvents, *, model: str, request_id: str, created: in
                  "prompt_tokens_details": {"cached_tokens": result.cached_prompt_tokens}}
         yield _data({"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model,
                      "choices": [], "usage": usage,
-                     "penny": {"cache": result.cache_status, "cost_micros": result.cost_micros,
+                     "penny": {"cache": result.cache_status, "cost_micros": result.charged_micros,
                                "saved_micros": result.saved_micros}})
     yield b"data: [DONE]\n\n"
 
