@@ -268,7 +268,9 @@ class AnswerService:
                           f"Try again in {format_wait(exc.retry_after)}.{see}", closest, "nothing was charged",
                           refusal="rate_limited", retry_after=exc.retry_after)
         if isinstance(exc, BudgetExceeded):  # charged: a retry refused after attempts the provider billed
-            return Answer("refused", f"{exc}{paid}{see}", closest, spent, refusal="over_budget", cost_micros=charged)
+            ask_admin = " Ask your Penny admin for a larger budget." if exc.never_fits else ""
+            return Answer("refused", f"{exc}{ask_admin}{paid}{see}", closest, spent, refusal="over_budget",
+                          cost_micros=charged)
         if isinstance(exc, CircuitOpen):
             return Answer("refused", f"The LLM provider is having trouble right now, so Penny is pausing calls "
                           f"for {format_wait(exc.retry_after)}.{paid}{see}", closest, spent,

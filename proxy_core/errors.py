@@ -84,15 +84,26 @@ class RateLimited(Refused):
 
 
 class BudgetExceeded(Refused):
-    """The request does not fit in a budget. Amounts are integer micro-dollars."""
+    """The request does not fit in a budget. Amounts are integer micro-dollars; ``needed`` is what
+    the request reserves (its worst case), when known. One whose worst case is more than the whole
+    budget (:attr:`never_fits`) would be refused after the reset too: the message says so, and a
+    front end says what to change."""
 
-    def __init__(self, scope: str, limit: int, spent: int, resets_at: float) -> None:
+    def __init__(self, scope: str, limit: int, spent: int, resets_at: float, *, needed: int | None = None) -> None:
         self.scope = scope
         self.limit = limit
         self.spent = spent
         self.resets_at = resets_at
+        self.needed = needed
         from proxy_core.money import format_usd
 
+        if self.never_fits:
+            assert needed is not None
+            super().__init__(
+                f"This request could cost up to {format_usd(needed)}, more than the whole {scope} budget of "
+                f"{format_usd(limit)}: it would not fit even after the budget resets at {_utc(resets_at)}."
+            )
+            return
         # Refused before the call at its worst case: what is left may be short of that, not gone.
         # Not gone, the spend is rounded down, so it never reads as the whole budget ($4.999999 of $5).
         used_up = spent >= limit
@@ -101,6 +112,11 @@ class BudgetExceeded(Refused):
             f"The {scope} budget of {format_usd(limit)} {state} "
             f"({format_usd(spent, down=not used_up)} spent or reserved); it resets at {_utc(resets_at)}."
         )
+
+    @property
+    def never_fits(self) -> bool:
+        """The request's worst case is more than the whole budget: no reset makes room for it."""
+        return self.needed is not None and self.needed > self.limit > 0
 
 
 class CircuitOpen(Refused):

@@ -881,17 +881,18 @@ class Gateway:
         if admission.permit is not None:
             self.metrics.breaker_state.set(BREAKER_STATES[admission.permit.state])
         self._alert_if_spent(req, admission)
-        self._refuse_unless_admitted(admission, names)
+        self._refuse_unless_admitted(admission, names, amount)
         return _Admitted(lines, admission.permit, owner, budget_math.period_window(now, "day")[0], amount)
 
-    def _budget_refusal(self, decision: BudgetDecision | None, *, owed: int = 0) -> BudgetExceeded:
-        """The refusal of a line that could not hold a reservation (counted in the refusals
-        metric); it says what the line holds, with ``owed`` not yet settled on it."""
+    def _budget_refusal(self, decision: BudgetDecision | None, *, needed: int, owed: int = 0) -> BudgetExceeded:
+        """The refusal of a line that could not hold a reservation of ``needed`` (counted in the
+        refusals metric); it says what the line holds, with ``owed`` not yet settled on it."""
         assert decision is not None
         assert decision.line is not None
         line = decision.line
         self.metrics.refusals.labels(_budget_label(line)).inc()
-        return BudgetExceeded(line.scope, line.limit, decision.spent + decision.reserved + owed, line.resets_at)
+        return BudgetExceeded(line.scope, line.limit, decision.spent + decision.reserved + owed, line.resets_at,
+                              needed=needed)
 
     def _alert_if_spent(self, req: ChatRequest | EmbedRequest, admission: Admission) -> None:
         """A call refused by a budget line already all spent may be the first news of it: a budget
@@ -904,7 +905,7 @@ class Gateway:
         self._deliver_alerts(req.request_id, req.workspace_id,
                              lambda alerter: alerter.after_refusal(req.workspace_id, req.user_id, line))
 
-    def _refuse_unless_admitted(self, admission: Admission, bucket_names: Sequence[str]) -> None:
+    def _refuse_unless_admitted(self, admission: Admission, bucket_names: Sequence[str], amount: int) -> None:
         if admission.state == "admitted":
             return
         if admission.state in ("done", "in_flight", "interrupted"):
@@ -916,7 +917,7 @@ class Gateway:
             self.metrics.refusals.labels(f"rate_limit_{which}").inc()
             raise RateLimited(limit.retry_after, limit=which)
         if admission.state == "over_budget":
-            raise self._budget_refusal(admission.budget)
+            raise self._budget_refusal(admission.budget, needed=amount)
         permit = admission.permit
         assert permit is not None
         self.metrics.refusals.labels("breaker").inc()
@@ -1045,7 +1046,7 @@ class Gateway:
             return
         if top_up.state == "over_budget":
             # What the line holds once the failed attempts are charged, as the refusal is read after.
-            refused = self._budget_refusal(top_up.budget, owed=owed)
+            refused = self._budget_refusal(top_up.budget, needed=admitted.amount + owed, owed=owed)
             self._log.info("retry_refused_by_budget", request_id=req.request_id, scope=refused.scope,
                            failed_attempts=len(failed.texts), owed_micros=owed)
             raise refused

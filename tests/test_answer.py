@@ -127,6 +127,8 @@ def test_refusals_are_answers_with_the_closest_pages(store: Store, clock: Manual
         answer = ask(open_answer_service(settings, store, gateway), "How do I start the dev server?")
         assert answer.kind == "refused" and answer.refusal == "over_budget"
         assert "resets at" in answer.text and answer.citations
+        # A micro-dollar a day holds no question: the asker is told who can change that.
+        assert "more than the whole daily budget" in answer.text and "Ask your Penny admin" in answer.text
         assert fake.count() == 0
     finally:
         gateway.cache.close()  # type: ignore[union-attr]

@@ -291,8 +291,10 @@ def test_budget_refusal_exits_1_and_sends_nothing_upstream(
     code, out = penny("ask", QUESTION, "--user", "U1")
     err = capsys.readouterr().err
     assert code == 1
-    assert out.startswith("penny> The daily budget of ")
-    assert "has too little left for this request ($0 spent or reserved)" in out  # its worst case does not fit
+    # A micro-dollar a day holds no question's worst case: no reset helps, and the asker is told so.
+    assert out.startswith("penny> This request could cost up to $")
+    assert "more than the whole daily budget of $0.000001: it would not fit even after the budget resets at" in out
+    assert "Ask your Penny admin for a larger budget." in out
     assert "Traceback" not in err
     assert fake.count() == 0
     assert ledger(isolated).totals.requests == 0

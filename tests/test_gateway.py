@@ -243,8 +243,19 @@ def test_budget_refusal_names_scope_limit_and_reset(make_gateway: GatewayFactory
     assert err.scope == "daily" and err.limit == 1000 and err.spent == 0
     assert err.resets_at == 1_767_225_600.0 + 86_400
     assert "2026-01-02 00:00 UTC" in str(err)
+    # Its worst case is more than the whole day's budget: it would not fit after the reset either.
+    worst = chat_cost(PriceTable.load(None).price_for("gpt-4.1-mini"), estimate_chat_tokens(_messages("hello")), 0, 800)
+    assert err.needed == worst and err.never_fits
+    assert f"could cost up to ${worst / 1e6:.4f}, more than the whole daily budget of $0.001" in str(err)
     assert fake.count("chat") == 0
     assert store.ledger_entry("W1", "b1") is None
+
+    fits = make_gateway(user_daily_budget_usd="0.002", max_output_tokens=800, cache_enabled=False)
+    fake.script(Fault.ok(prompt_tokens=1_000, completion_tokens=600))  # spends most of the day
+    ask(fits, "hello", "b2")
+    with pytest.raises(BudgetExceeded) as info:
+        ask(fits, "hello", "b3")
+    assert not info.value.never_fits and "has too little left for this request" in str(info.value)
 
 
 def test_a_model_priced_at_zero_still_answers_after_the_budget_is_lowered_below_the_spend(

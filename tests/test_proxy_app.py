@@ -205,13 +205,34 @@ def test_the_rate_limiter_is_a_429_with_retry_after(sqlite_store: Store, fake: F
 def test_a_spent_budget_is_a_429_insufficient_quota_with_the_reset_time(
     sqlite_store: Store, fake: FakeOpenAI, clock: ManualClock
 ) -> None:
+    with serve_proxy(sqlite_store, fake, clock, user_daily_budget_usd="0.001") as proxy:
+        secret, _ = proxy.keys.create(user_id="U1", workspace_id="T1")
+        client = proxy.client(secret)
+        fake.script(Fault.ok(prompt_tokens=2_000, completion_tokens=800))  # most of the day's budget
+        client.chat.completions.create(model=MODEL, messages=QUESTION)  # type: ignore[arg-type]
+        with pytest.raises(openai.RateLimitError) as caught:
+            client.chat.completions.create(model=MODEL, messages=QUESTION, extra_headers={"Cache-Control": "no-cache"})  # type: ignore[arg-type]
+        assert caught.value.code == "insufficient_quota" and caught.value.type == "insufficient_quota"
+        assert "has too little left for this request" in caught.value.message
+        assert "resets at 2026-01-02T00:00:00Z" in caught.value.message
+        assert caught.value.response.headers["retry-after"] == str(24 * 3600)
+    assert len(fake.requests) == 1
+
+
+def test_a_request_bigger_than_the_whole_budget_says_what_to_change_and_not_to_wait(
+    sqlite_store: Store, fake: FakeOpenAI, clock: ManualClock
+) -> None:
+    """Its worst case (the prompt and max_tokens of answer) is more than the whole day's budget: no
+    reset makes room, so the refusal says what would fit instead of when to come back."""
     with serve_proxy(sqlite_store, fake, clock, user_daily_budget_usd="0.000001") as proxy:
         secret, _ = proxy.keys.create(user_id="U1", workspace_id="T1")
         with pytest.raises(openai.RateLimitError) as caught:
             proxy.client(secret).chat.completions.create(model=MODEL, messages=QUESTION)  # type: ignore[arg-type]
         assert caught.value.code == "insufficient_quota" and caught.value.type == "insufficient_quota"
-        assert "resets at 2026-01-02T00:00:00Z" in caught.value.message
-        assert caught.value.response.headers["retry-after"] == str(24 * 3600)
+        assert "more than the whole daily budget of $0.000001" in caught.value.message
+        assert "Lower max_tokens or shorten the prompt" in caught.value.message
+        assert "retry-after" not in caught.value.response.headers
+        assert caught.value.response.headers["x-should-retry"] == "false"
     assert fake.requests == []
 
 

@@ -109,7 +109,7 @@ def test_the_users_own_budget_still_applies_to_a_key_with_a_larger_one(
         with pytest.raises(openai.RateLimitError) as caught:
             ask(proxy.client(secret), "How do I deploy?")
         assert caught.value.code == "insufficient_quota"
-        assert "- The daily budget of $0.000001 has too little left" in caught.value.message  # the user's line refused
+        assert "more than the whole daily budget of $0.000001" in caught.value.message  # the user's line refused
     assert fake.requests == []
 
 

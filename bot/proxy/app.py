@@ -696,6 +696,10 @@ def _retry_after(seconds: float) -> str:
 
 def _budget_refusal(exc: BudgetExceeded, now: float) -> ProxyError:
     reset = datetime.fromtimestamp(exc.resets_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if exc.never_fits:  # no reset makes room: the request itself must change (the answer's length, mostly)
+        return ProxyError(429, f"{exc} Lower max_tokens or shorten the prompt, or ask your Penny admin for a "
+                          "larger budget.", type="insufficient_quota", code="insufficient_quota",
+                          headers={"x-penny-budget-resets-at": reset, "x-should-retry": "false"})
     return ProxyError(429, f"{exc} The budget resets at {reset}.", type="insufficient_quota",
                       code="insufficient_quota",
                       headers={"Retry-After": _retry_after(exc.resets_at - now), "x-penny-budget-resets-at": reset,
