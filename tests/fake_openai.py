@@ -88,6 +88,7 @@ from tests.fake_server import FakeServer, QuietHandler, RedactedHeaders
 
 __all__ = [
     "API_KEY",
+    "ATTEMPT_FAULTS",
     "FakeOpenAI",
     "Fault",
     "Gate",
@@ -230,6 +231,20 @@ class Fault:
         ending the body (``"drop"``), an unreadable chunk arrives (``"garbage"``), or an OpenAI
         error event (``"error"``). A request that does not stream gets :meth:`drop`'s behaviour."""
         return Fault(kind="stream_break", break_after=after, break_how=how, delay_s=delay_s)
+
+
+# What the provider may do with one attempt, by name, for the property tests that draw sequences of
+# them: free refusals (429, 503), attempts it took and did not finish (billed), and answers.
+ATTEMPT_FAULTS: dict[str, Fault] = {
+    "ok": Fault.ok(),
+    "503": Fault.status(503),
+    "429": Fault.status(429, retry_after="1"),
+    "dropped after it was sent": Fault.drop(),
+    "stream broke before any text": Fault.stream_break(0),
+    "stream broke after text": Fault.stream_break(2),
+    "stream ended with an error event": Fault.stream_break(1, how="error"),
+    "200 that is not JSON": Fault.garbage(),
+}
 
 
 class Gate:

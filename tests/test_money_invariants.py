@@ -32,22 +32,15 @@ from proxy_core.settings import micros
 from proxy_core.stores.base import Store
 from proxy_core.tokens import estimate_chat_tokens
 from tests.conftest import GatewayFactory
-from tests.fake_openai import FakeOpenAI, Fault, Gate
+from tests.fake_openai import ATTEMPT_FAULTS, FakeOpenAI, Fault, Gate
 from tests.threads import run_together
 
 DAY = "2026-01-01"  # ManualClock starts at 2026-01-01T00:00:00Z
 START = 1_767_225_600.0
 
 FAULTS: dict[str, Fault] = {
-    "ok": Fault.ok(),
+    **ATTEMPT_FAULTS,
     "500": Fault.status(500),
-    "503": Fault.status(503),
-    "429": Fault.status(429, retry_after="1"),
-    "dropped after it was sent": Fault.drop(),
-    "stream broke before any text": Fault.stream_break(0),
-    "stream broke after text": Fault.stream_break(2),
-    "stream ended with an error event": Fault.stream_break(1, how="error"),
-    "200 that is not JSON": Fault.garbage(),
     "200 without usage": Fault.json({"id": "x", "object": "chat.completion", "model": "gpt-4.1-mini",
                                      "choices": [{"index": 0, "finish_reason": "stop",
                                                   "message": {"role": "assistant", "content": "hi"}}]}),

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from proxy_core import CallSource, ManualClock, Store
 from proxy_core.prices import chat_cost
 from proxy_core.tokens import estimate_chat_tokens
-from tests.fake_openai import FakeOpenAI, Fault, Gate
+from tests.fake_openai import ATTEMPT_FAULTS, FakeOpenAI, Fault, Gate
 from tests.proxy_harness import Proxy, serve_proxy
 from tests.threads import run_together
 
@@ -106,14 +106,7 @@ def test_a_stream_restarted_with_other_text_says_what_the_answer_cost(
 # -- the promises over random sequences of what clients send and the provider does -------------------
 
 FAULTS: dict[str, Fault] = {
-    "ok": Fault.ok(),
-    "503": Fault.status(503),
-    "429": Fault.status(429, retry_after="1"),
-    "dropped after it was sent": Fault.drop(),
-    "stream broke before any text": Fault.stream_break(0),
-    "stream broke after text": Fault.stream_break(2),
-    "stream ended with an error event": Fault.stream_break(1, how="error"),
-    "200 that is not JSON": Fault.garbage(),
+    **ATTEMPT_FAULTS,
     "another wording": Fault.ok(content="Use the deploy button on the release page."),
 }
 
