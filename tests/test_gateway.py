@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -604,7 +605,7 @@ def test_failed_attempts_count_against_the_daily_budget(make_gateway: GatewayFac
     charged = chat_cost(price, 2 * estimated, 0, 0)
     budget = worst_case + charged - 1
     gw = make_gateway(chat_model="gpt-4.1-mini", retry_max_attempts=2, max_output_tokens=10,
-                      user_daily_budget_usd=f"{budget / 1_000_000:.6f}")
+                      user_daily_budget_usd=_budget_usd(budget))
     fake.fail_all(Fault.stream_break(0))
 
     with pytest.raises(UpstreamError):
@@ -619,7 +620,8 @@ def test_failed_attempts_count_against_the_daily_budget(make_gateway: GatewayFac
 
 
 def _budget_usd(micros: int) -> str:
-    return f"{micros / 1_000_000:.6f}"
+    """A budget setting of exactly ``micros`` micro-dollars."""
+    return str(Decimal(micros) / 1_000_000)
 
 
 # A plain attempt sent whole that got no answer, or a stream that broke off after "Answer to: ":
@@ -1062,7 +1064,7 @@ def test_unanswered_embedding_attempts_count_against_the_daily_budget(
     estimated = sum(estimate_text_tokens(text) for text in _BATCH)
     charged = embedding_cost(price, 2 * estimated)
     budget = embedding_cost(price, estimated) + charged - 1
-    gw = make_gateway(embedding_model=_LARGE, retry_max_attempts=2, user_daily_budget_usd=f"{budget / 1_000_000:.6f}")
+    gw = make_gateway(embedding_model=_LARGE, retry_max_attempts=2, user_daily_budget_usd=_budget_usd(budget))
     fake.fail_all(Fault.drop())
 
     with pytest.raises(UpstreamError):
@@ -1084,7 +1086,7 @@ def test_an_embedding_retry_the_budget_cannot_hold_after_a_lost_attempt_is_refus
     estimated = sum(estimate_text_tokens(text) for text in _BATCH)
     each = embedding_cost(price, estimated)
     budget = 2 * each - 1
-    gw = make_gateway(embedding_model=_LARGE, user_daily_budget_usd=f"{budget / 1_000_000:.6f}")
+    gw = make_gateway(embedding_model=_LARGE, user_daily_budget_usd=_budget_usd(budget))
     fake.script(Fault.drop(), Fault.ok(prompt_tokens=estimated), endpoint="embeddings")
 
     with structlog.testing.capture_logs() as logs, pytest.raises(BudgetExceeded) as refused:

@@ -251,10 +251,13 @@ def test_dropped_connection(fake: FakeOpenAI, upstream: OpenAIUpstream) -> None:
     assert fake.count("chat") == 1
 
 
-def sdk_upstream(base_url: str, timeout_s: float) -> OpenAIUpstream:
-    """A plain chat completion through the SDK (an injected client), not the kept-alive poster."""
-    client = openai.OpenAI(api_key=API_KEY, base_url=base_url, max_retries=0, timeout=timeout_s)
-    return OpenAIUpstream(api_key=API_KEY, base_url=base_url, timeout_s=timeout_s, client=client)
+def upstream_through(client: str, base_url: str, timeout_s: float) -> OpenAIUpstream:
+    """``sdk``: plain chat completions through the SDK (an injected client); else the upstream as
+    Penny builds it, which posts them itself on a kept-alive connection."""
+    if client != "sdk":
+        return OpenAIUpstream(api_key=API_KEY, base_url=base_url, timeout_s=timeout_s)
+    sdk = openai.OpenAI(api_key=API_KEY, base_url=base_url, max_retries=0, timeout=timeout_s)
+    return OpenAIUpstream(api_key=API_KEY, base_url=base_url, timeout_s=timeout_s, client=sdk)
 
 
 @pytest.mark.parametrize("client", ["poster", "sdk"])
@@ -273,8 +276,7 @@ def sdk_upstream(base_url: str, timeout_s: float) -> OpenAIUpstream:
 def test_whether_the_provider_took_the_request_is_the_same_through_either_client(
     fake: FakeOpenAI, client: str, fault: Fault, kind: str, accepted: bool
 ) -> None:
-    up = (OpenAIUpstream(api_key=API_KEY, base_url=fake.base_url, timeout_s=0.2) if client == "poster"
-          else sdk_upstream(fake.base_url, 0.2))
+    up = upstream_through(client, fake.base_url, 0.2)
     fake.script(fault)
 
     err = chat_error(up)
@@ -287,7 +289,7 @@ def test_whether_the_provider_took_the_request_is_the_same_through_either_client
 def test_a_provider_never_reached_did_not_take_the_request(client: str) -> None:
     port = free_port()  # nothing listens there
     url = f"http://127.0.0.1:{port}/v1"
-    up = OpenAIUpstream(api_key=API_KEY, base_url=url, timeout_s=1.0) if client == "poster" else sdk_upstream(url, 1.0)
+    up = upstream_through(client, url, 1.0)
 
     err = chat_error(up)
 
@@ -320,8 +322,7 @@ def test_whether_the_provider_took_an_embedding_request_is_decided_as_for_chat(
 ) -> None:
     """Embeddings go through the SDK whichever way the upstream was built (``default``: the one
     that posts chat completions itself); both must tell 'sent, no answer' from 'refused'."""
-    up = (OpenAIUpstream(api_key=API_KEY, base_url=fake.base_url, timeout_s=0.2) if client == "default"
-          else sdk_upstream(fake.base_url, 0.2))
+    up = upstream_through(client, fake.base_url, 0.2)
     fake.script(fault, endpoint="embeddings")
 
     err = embed_error(up)
@@ -335,7 +336,7 @@ def test_whether_the_provider_took_an_embedding_request_is_decided_as_for_chat(
 def test_an_embedding_request_that_never_reached_the_provider_was_not_taken(client: str) -> None:
     port = free_port()  # nothing listens there
     url = f"http://127.0.0.1:{port}/v1"
-    up = OpenAIUpstream(api_key=API_KEY, base_url=url, timeout_s=1.0) if client == "default" else sdk_upstream(url, 1.0)
+    up = upstream_through(client, url, 1.0)
 
     err = embed_error(up)
 
