@@ -519,8 +519,8 @@ def test_a_plain_call_that_timed_out_after_it_was_sent_is_charged_its_prompt_whe
     make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store
 ) -> None:
     """The request went out whole and the read timed out: the provider goes on and bills it."""
-    fake.script(Fault.delay(1.0), Fault.ok(prompt_tokens=40, completion_tokens=12))
-    gw = make_gateway(chat_model="gpt-4.1-mini", request_timeout_s=0.2, user_daily_budget_usd="1")
+    fake.script(Fault.delay(30.0), Fault.ok(prompt_tokens=40, completion_tokens=12))
+    gw = make_gateway(chat_model="gpt-4.1-mini", request_timeout_s=1.0, user_daily_budget_usd="1")
 
     result = ask(gw, "How do I deploy?", "ev1")
 
@@ -983,8 +983,8 @@ def test_an_embedding_call_that_timed_out_after_it_was_sent_is_charged_its_input
 ) -> None:
     """The inputs went out whole and the read timed out: the provider goes on, embeds them and
     bills them, and the retry pays again. The answer's entry carries both."""
-    fake.script(Fault.delay(1.0), Fault.ok(prompt_tokens=100_000), endpoint="embeddings")
-    gw = make_gateway(embedding_model=_LARGE, request_timeout_s=0.2, user_daily_budget_usd="1")
+    fake.script(Fault.delay(30.0), Fault.ok(prompt_tokens=100_000), endpoint="embeddings")
+    gw = make_gateway(embedding_model=_LARGE, request_timeout_s=1.0, user_daily_budget_usd="1")
 
     result = _embed(gw, "e1")
 
@@ -1152,8 +1152,8 @@ def test_penny_index_pays_for_a_batch_it_lost_after_sending(make_gateway: Gatewa
     timed out was billed, and its retry was billed again; the index's ledger has both."""
     from bot.service import INDEX_USER, INDEX_WORKSPACE, docs_embedder
 
-    gw = make_gateway(embedder=f"openai:{_LARGE}?dimensions=8", request_timeout_s=0.2, cache_enabled=False)
-    fake.script(Fault.delay(1.0), Fault.ok(prompt_tokens=100_000), endpoint="embeddings")
+    gw = make_gateway(embedder=f"openai:{_LARGE}?dimensions=8", request_timeout_s=1.0, cache_enabled=False)
+    fake.script(Fault.delay(30.0), Fault.ok(prompt_tokens=100_000), endpoint="embeddings")
 
     vectors = docs_embedder(gw.settings, gw).embed(_BATCH)
 

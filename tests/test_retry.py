@@ -208,8 +208,10 @@ def test_two_503s_then_ok(fake: FakeOpenAI, upstream: OpenAIUpstream, clock: Man
 
 
 def test_every_retryable_fault_kind_is_retried(fake: FakeOpenAI, clock: ManualClock) -> None:
-    up = OpenAIUpstream(api_key="sk-test-retry", base_url=fake.base_url, timeout_s=0.1)
-    fake.script(Fault.drop(), Fault.garbage(), Fault.delay(0.4))
+    # The timeout must leave the answering attempt ample time on a loaded machine (0.1 s did not):
+    # the delayed attempt times out after 1 s, and the fake's wait ends when the fake stops.
+    up = OpenAIUpstream(api_key="sk-test-retry", base_url=fake.base_url, timeout_s=1.0)
+    fake.script(Fault.drop(), Fault.garbage(), Fault.delay(30.0))
     policy = RetryPolicy(max_attempts=5)
 
     _, attempts = run(up, clock, policy)
