@@ -253,13 +253,18 @@ class _FailedAttempts:
             self.texts.append(exc.streamed)
 
     def noting(self, attempt: Callable[[], T]) -> Callable[[], T]:
-        """``attempt``, with each failure it raises noted here."""
+        """``attempt``, with each failure it raises noted here. An attempt interrupted while it
+        waited for the provider (Ctrl-C in the terminal chat) is noted as one the provider took:
+        the request had most likely gone out, and Penny over-counts rather than loses a charge."""
 
         def noted() -> T:
             try:
                 return attempt()
             except UpstreamError as exc:
                 self.add(exc)
+                raise
+            except KeyboardInterrupt:
+                self.texts.append("")
                 raise
 
         return noted
@@ -948,8 +953,8 @@ class Gateway:
 
     def _chat_attempt(self, req: ChatRequest, failed: _FailedAttempts) -> Callable[[], ChatResponse]:
         """One upstream attempt at a chat completion, streamed into ``stream`` when both sides can;
-        an attempt that fails after the provider accepted it is noted in ``failed``, and so is a
-        streamed one interrupted (``KeyboardInterrupt`` included) once its text had begun."""
+        an attempt that fails after the provider accepted it is noted in ``failed``, and so is one
+        interrupted by Ctrl-C (``KeyboardInterrupt``), and a streamed one cut short once its text had begun."""
         model, messages, max_tokens, temperature = req.model, req.messages, req.max_tokens, req.temperature
         chat_stream = getattr(self.upstream, "chat_stream", None)
         if req.stream is None or chat_stream is None:
@@ -989,10 +994,11 @@ class Gateway:
             except UpstreamError as exc:
                 failed.add(exc)
                 raise
-            except BaseException:
-                # Cut short once the provider was writing (Ctrl-C in the terminal chat, a bug): it
-                # bills what it generated, as for a stream that broke off.
-                if received:
+            except BaseException as exc:
+                # Cut short once the provider was writing (Ctrl-C in the terminal chat, a bug), or
+                # by Ctrl-C while it was being waited for: it bills the prompt and what it
+                # generated, as for a stream that broke off.
+                if received or isinstance(exc, KeyboardInterrupt):
                     failed.texts.append("".join(received))
                 raise
             return response

@@ -6,6 +6,8 @@ recorded, never waited.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,6 +40,7 @@ from proxy_core.stores.base import Store, TopUp
 from proxy_core.tokens import estimate_chat_tokens, estimate_text_tokens
 from proxy_core.upstream import OpenAIUpstream
 from tests.fake_openai import API_KEY, FakeOpenAI, Fault, Gate, RecordedRequest
+from tests.polling import until
 from tests.redis_server import free_port
 from tests.threads import run_together
 
@@ -431,6 +434,38 @@ def test_a_streamed_answer_interrupted_by_ctrl_c_is_charged_for_what_it_generate
                         estimate_text_tokens("Answer to: "))
     [ledger_id] = _failed_charges(logs)
     assert ledger_id.startswith("ev1:broken:")
+    entry = store.ledger_entry("W1", ledger_id)
+    assert entry is not None and entry.cost_micros == charged > 0
+    assert store.spent("W1", _user_day_line(gw)) == (charged, 0)
+    assert store.claim_request("W1", "ev1", 60).state == "claimed"  # asked again, it runs again
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["plain", "streamed"])
+def test_an_answer_awaited_when_ctrl_c_is_pressed_is_charged_its_prompt(
+    make_gateway: GatewayFactory, fake: FakeOpenAI, store: Store, streamed: bool
+) -> None:
+    """Ctrl-C (a real SIGINT to this process) while the provider holds the request: it had the
+    prompt and bills it, so the interrupted call is charged its prompt, and its claim and
+    reservation are given back. Before, a plain call interrupted so was charged nothing."""
+    fake.script(Fault.delay(30.0))  # the provider takes the request and is still working on it
+    gw = make_gateway(chat_model="gpt-4.1-mini", user_daily_budget_usd="1")
+
+    def press_ctrl_c() -> None:
+        until(lambda: fake.count("chat") == 1, what="the request at the provider")
+        os.kill(os.getpid(), signal.SIGINT)
+
+    presser = threading.Thread(target=press_ctrl_c)
+    presser.start()
+    try:
+        with structlog.testing.capture_logs() as logs, pytest.raises(KeyboardInterrupt):
+            ask(gw, "How do I deploy?", "ev1", stream=_Shown() if streamed else None)
+    finally:
+        presser.join()
+
+    price = PriceTable.load(None).price_for("gpt-4.1-mini")
+    charged = chat_cost(price, estimate_chat_tokens(_messages("How do I deploy?")), 0, 0)
+    [ledger_id] = _failed_charges(logs)
+    assert ledger_id.startswith("ev1:broken:" if streamed else "ev1:unanswered:")
     entry = store.ledger_entry("W1", ledger_id)
     assert entry is not None and entry.cost_micros == charged > 0
     assert store.spent("W1", _user_day_line(gw)) == (charged, 0)
