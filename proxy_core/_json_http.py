@@ -19,10 +19,11 @@ be writing the answer when the connection gives up on it. One that was never who
 A kept-alive connection idle longer than ``KEEPALIVE_S`` is not reused: a server closes idle
 connections after its own keep-alive timeout (5 s for uvicorn or Node, more for nginx, load
 balancers and OpenAI's edge), and a request sent as that close crosses it on the wire is never read,
-yet fails as ``Unanswered``, charged for a prompt the provider never saw. The SDK's httpx expires
-idle connections the same way (after 5 s). A POST that fails so is not sent again here, as browsers
-do: it is not idempotent, and within the window a connection that ends unanswered was not closed
-for idleness, so the server had the request; the gateway's retry policy decides on another attempt.
+yet fails as ``Unanswered``, charged for a prompt the provider never saw. The SDK's client, which
+carries streams and embeddings, is given the same expiry (:mod:`proxy_core.upstream`). A POST that
+fails so is not sent again here, as browsers do: it is not idempotent, and within the window a
+connection that ends unanswered was not closed for idleness, so the server had the request; the
+gateway's retry policy decides on another attempt.
 """
 
 from __future__ import annotations

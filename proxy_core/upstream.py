@@ -48,7 +48,7 @@ import openai
 from openai.types import CreateEmbeddingResponse, embedding_create_params
 from openai.types.chat import completion_create_params
 
-from proxy_core._json_http import JSONPoster, JSONStatus, Unanswered, direct_route
+from proxy_core._json_http import KEEPALIVE_S, JSONPoster, JSONStatus, Unanswered, direct_route
 from proxy_core.clock import Clock, monotonic, wall
 from proxy_core.errors import ConfigurationError, UpstreamError, UpstreamRejected
 
@@ -153,6 +153,18 @@ def _finite_non_negative(raw: str | None) -> float | None:
     return value if math.isfinite(value) and value >= 0 else None
 
 
+def _sdk_http_client() -> openai.DefaultHttpxClient:
+    """The SDK's own HTTP client (streams and embeddings go through it), its idle connections
+    expired as the lean poster's are (``KEEPALIVE_S``, under the common 5 s server keep-alive): its
+    default, 5 s, lets a request cross a server's idle close on the wire, fail unanswered, and be
+    charged for a prompt the provider never saw."""
+    defaults = openai.DEFAULT_CONNECTION_LIMITS
+    limits = type(defaults)(max_connections=defaults.max_connections,
+                            max_keepalive_connections=defaults.max_keepalive_connections,
+                            keepalive_expiry=KEEPALIVE_S)
+    return openai.DefaultHttpxClient(limits=limits)
+
+
 class OpenAIUpstream:
     """The OpenAI API, one HTTP attempt per call. Thread-safe (the SDK client is)."""
 
@@ -180,7 +192,8 @@ class OpenAIUpstream:
                     "OPENAI_API_KEY is not set: Penny needs an OpenAI API key to answer questions."
                 )
             try:
-                self._client = openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout_s)
+                self._client = openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout_s,
+                                             http_client=_sdk_http_client())
             except openai.OpenAIError as exc:
                 raise ConfigurationError(f"Could not set up the OpenAI client ({type(exc).__name__}).") from exc
             if direct_route(str(self._client.base_url)):

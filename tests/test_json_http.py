@@ -8,8 +8,10 @@ import socket
 import threading
 from collections.abc import Iterator
 
+import openai
 import pytest
 
+from proxy_core._json_http import KEEPALIVE_S
 from proxy_core.clock import ManualClock
 from proxy_core.upstream import OpenAIUpstream
 
@@ -138,3 +140,20 @@ def test_a_connection_idle_past_the_keep_alive_window_is_not_reused() -> None:
         up.close()
         server.close()
     assert (server.connections, server.lost) == (2, 0)
+
+
+def test_the_sdk_client_for_streams_and_embeddings_expires_idle_connections_as_the_poster_does() -> None:
+    """Streams and embeddings go through the openai SDK's client, whose pool expires idle
+    connections after 5 s by default: as long as a common server keep-alive timeout, so a request
+    could cross the server's idle close (the race the test above shows for the poster). Its pool is
+    given ``KEEPALIVE_S``. The pool's clock cannot be injected, so its setting is read (an httpx2
+    internal: should it move, this test fails rather than passing unchecked)."""
+    up = OpenAIUpstream(api_key="sk-test-keepalive", base_url="http://127.0.0.1:9/v1", timeout_s=2.0)
+    try:
+        pool = up._client._client._transport._pool  # type: ignore[attr-defined]
+        assert pool._keepalive_expiry == KEEPALIVE_S < 5.0
+        defaults = openai.DEFAULT_CONNECTION_LIMITS
+        assert (pool._max_connections, pool._max_keepalive_connections) == (
+            defaults.max_connections, defaults.max_keepalive_connections)
+    finally:
+        up.close()
