@@ -228,12 +228,12 @@ def test_400_passes_on_the_providers_reason(fake: FakeOpenAI, upstream: OpenAIUp
 
 def test_timeout(fake: FakeOpenAI) -> None:
     up = OpenAIUpstream(api_key=API_KEY, base_url=fake.base_url, timeout_s=0.2)
-    fake.script(Fault.delay(0.6))
+    fake.script(Fault.delay(30.0))  # answers only when the fake stops
 
     started = time.monotonic()
     err = chat_error(up)
 
-    assert time.monotonic() - started < 0.6
+    assert time.monotonic() - started < 5.0  # the timeout ended it, not the answer
     assert type(err) is UpstreamError
     assert (err.kind, err.status) == ("timeout", None)
     assert "0.2s" in str(err)
@@ -624,7 +624,7 @@ def test_fake_stops_promptly_with_a_delayed_request_in_flight() -> None:
     server.stop()
     caller.join(timeout=5)
 
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 3.0  # the stop ended it, not the 5 s timeout
     assert not caller.is_alive()
     assert [type(e) for e in errors] == [UpstreamError]
 
