@@ -1,38 +1,60 @@
-"""Conservative offline token estimates, used to reserve budget and rate before a call.
+"""Offline upper bounds of the tokens a text encodes to, used to reserve budget and rate before a call.
 
-The real count comes back in the provider's ``usage`` and is what gets billed; these estimates
-only size the worst-case reservation, so they must not come out *below* the true count for
-realistic text, or a budget cap could be overshot. tiktoken is not used because it downloads its
-BPE files at run time, which Penny's hosts cannot do.
+The real count comes back in the provider's ``usage`` and is what gets billed; these estimates size the
+worst-case reservation, so they must never come out *below* the true count, or a budget cap could be
+overshot by a client who chooses its text. tiktoken is not used because it downloads its BPE files at
+run time, which Penny's hosts cannot do. The bound holds for OpenAI's byte-level BPE tokenizers
+``o200k_base`` (gpt-4o, gpt-4.1, gpt-5, o-series) and ``cl100k_base`` (the text-embedding models), for
+*any* text, and this is why.
 
-The rule mirrors how OpenAI's tokenizers (``o200k_base`` for the gpt-4o, gpt-4.1, gpt-5 and
-o-series chat models, ``cl100k_base`` for the text-embedding models) first split text into
-pieces, then prices each piece by what it is:
+Each tokenizer splits the text into pieces with a regex, then merges each piece's UTF-8 bytes: it
+keeps merging two neighbouring parts while their concatenation is a token. So in the result, **no two
+neighbouring tokens of one piece concatenate to a token.** The text is cut into segments here, and every
+token is charged to the segment holding its first byte; each segment gets a bound of the tokens that can
+start in it, whatever the pieces around it are:
 
-* a lowercase or Capitalised word: 1 token up to 4 letters, + 1 per 4 more up to 8, and 1 per 3
-  letters beyond that (long words are often rare words that split into many tokens);
-* a run of digits: 1 per group of 3 (both tokenizers split digits into groups of at most 3), and
-  1 more for a space in front of it (which the tokenizers keep as a token of its own);
-* an ALL-CAPS run: 1 + 1 per 2.5 letters beyond 2; camelCase is split into its parts;
-* a letter-and-digit run of 10+ characters that mixes digits in, or is at least 30 % upper case
-  with lower case too (hashes, base64, keys, IDs): 0.75 per character, because such noise barely
-  merges (measured 0.6-0.71 tokens per character);
-* ASCII punctuation: 1 per character; whitespace: 1 per stretch of one repeated character (a newline
-  then indentation is 2) plus 1 per 24 characters;
-* other characters by their UTF-8 length: 1 per 2-byte character (accented Latin, Greek,
-  Cyrillic, Hebrew, Arabic), 2.5 per 3-byte one (CJK, kana, Hangul, Indic, Thai, most symbols)
-  and 3.5 per 4-byte one (emoji, rare ideographs): cl100k spends up to ~2.5 tokens on a rare
-  ideograph and ~2.75 on an emoji, and these must never be underestimated.
+* any segment of n bytes: n (every token has a byte);
+* a stretch of bytes inside one piece (``_run_bound``): two single-byte tokens can sit side by side only
+  where their 2-byte pair is not a token (counted: every pair missing from either vocabulary) or a piece
+  boundary falls between them (counted: every place one can - o200k's lower-to-Upper cut, cl100k's "'s"),
+  so with b such places in the stretch, and e = 1 unless the stretch is known to end its piece (the last
+  token may run on), at most floor((2n + 1 + b + e) / 3) tokens start in it. Random letters cost about
+  0.7 per letter this way (the true count is 0.5-0.6); a pair table ships with the word table below;
+* a stretch of k copies of one ASCII whitespace character c, where every run of 1..K_c of c is a token
+  in both vocabularies (K = 79 for space, 20 tab, 10 newline, 1 for CR, VT and FF): neighbouring tokens
+  inside it must together be longer than K_c, so at most 1 + e + 2 * floor(k / (K_c + 1)) (and at most k).
+  The space, tab, VT or FF just before a non-space is a segment of its own or goes with what follows (the
+  pre-tokenizers glue it there), so no piece boundary falls inside a stretch, and e = 0 only for the
+  last stretch before an ASCII non-space (a line break or ``\\s+(?!\\S)`` ends its piece there);
+* a run of ASCII digits: both tokenizers cut digits into groups of 3 from the left and every 1-3 digit
+  string is a token, so 1 per group (plus 2 at an edge next to a non-ASCII character, which could be a
+  digit shifting the groups), plus 1 for a space in front (a piece of its own);
+* a known ASCII word (lowercase, Capitalised or, for the ``upper`` table, ALL-CAPS) standing as a whole
+  piece - followed by an ASCII non-letter other than an apostrophe, and preceded by a space (which every
+  pre-tokenizer glues to it), nothing, a digit, a line break, or one ASCII punctuation or
+  tab/VT/FF character (charged 1 on its own, glued to the word or not): its entry in
+  ``proxy_core/data/token_words.json``, the largest true count of that word over both encodings, both
+  cases and all those prefixes, measured by ``python -m bench.token_words`` with the real tokenizers.
+  This keeps prose tight (about 1.3x its true count); a contracted word ("don't") is one entry;
+* any other character (non-ASCII runs, controls): the stretch bound over its bytes, counting every
+  character boundary as a place singles may meet (a Cyrillic or Greek letter about 1.7, a CJK ideograph
+  2.3-3, an emoji 3-4; bytes is the ceiling).
 
-The total is rounded up. Checked against both real tokenizers on English prose, licence text,
-Python source, JSON, Markdown, URLs, numbers, CSV, UUIDs, hashes, base64, random keys, CJK,
-Hangul, kana, Cyrillic, Arabic, Hindi, Thai, emoji (including ZWJ sequences) and whitespace: it
-is never below the larger of the two counts, and on English prose it is 1.1-1.8x the true count
-(code and JSON 1.2-2x; CJK and other scripts up to ~2.7x of cl100k and more of o200k, the price
-of never undercounting rare characters). The one known undercount is long random lowercase
-letters with no digits or case changes (about 0.65x), which no realistic text contains.
+Everything else falls back to those rules: an unknown word, camelCase, a word touching a non-ASCII
+character or an apostrophe, hashes and keys. The bound is checked against both real tokenizers on prose,
+code, JSON and a catalogue of hostile texts (random letters in every case, gibberish, glued punctuation,
+whitespace runs, digits, every script, emoji) in ``tests/test_tokens.py``; ``python -m bench.token_bounds``
+prints the ratios. English prose comes out at about 1.3x the larger true count (1.0-1.7x on short
+samples; rare words no vocabulary or source has, like legal terms or German compounds, about 2x), code
+and JSON 1.3-1.6x (camelCase identifiers, which o200k cuts at each hump, up to 4x), hostile ASCII
+1.0-1.7x, hostile text in other scripts 1.05-1.45x, and non-Latin prose 1.6-3.2x (the price of a bound
+that no text can break: a Cyrillic letter is never charged less than 1.7).
 
-It is one regex pass with a little work per piece; no per-character Python loop over long text.
+It rests on two facts about the tokenizers, not on measurements of text: their pre-tokenizer regexes
+(OpenAI's published ``pat_str``) and BPE's stopping rule (tiktoken's and bpe-openai's merge loop), plus
+the word table, which is measured. Other tokenizers (non-OpenAI models behind a compatible endpoint) are
+not covered. Long texts are estimated paragraph by paragraph, each memoised (see
+:func:`estimate_text_tokens`).
 """
 
 from __future__ import annotations
@@ -41,7 +63,10 @@ import functools
 import json
 import math
 import re
+import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
 
 __all__ = [
     "MESSAGE_OVERHEAD",
@@ -55,39 +80,37 @@ MESSAGE_OVERHEAD = 4  # tokens wrapping each chat message (OpenAI documents 3; o
 NAME_OVERHEAD = 1  # extra token when a message carries a "name"
 REPLY_PRIMING = 3  # tokens priming the assistant's reply
 
+_WS = r"\t\n\r\x0b\x0c\ "  # ASCII whitespace (the tokenizers' \s also has non-ASCII spaces, handled as "other")
 _PIECES = re.compile(
-    r"""
-     (?P<alnum>\ ?[A-Za-z0-9]+)
-    |(?P<punct>\ ?[!-/:-@\[-`{-~]+)
-    |(?P<space>\s+)
-    |(?P<control>[\x00-\x1f\x7f]+)
-    |(?P<utf8_2>[\u0080-\u07ff]+)
-    |(?P<utf8_3>[\u0800-\uffff]+)
-    |(?P<utf8_4>[\U00010000-\U0010ffff]+)
+    rf"""
+     (?P<word>\ ?[A-Za-z]+(?:'(?i:[sdmt]|ll|ve|re)(?![A-Za-z]))?)
+    |(?P<digits>\ ?[0-9]+)
+    |(?P<punct>\ ?[!-/:-@\[-`{{-~]+)
+    |(?P<space>[{_WS}]+?(?=[\t\x0b\x0c\ ](?![{_WS}])|(?![{_WS}])))
+    |(?P<control>[\x00-\x08\x0e-\x1f\x7f]+)
+    |(?P<other>[^\x00-\x7f]+)
     """,
     re.VERBOSE,
 )
-_SUBWORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
-_UPPER = re.compile(r"[A-Z]")
-_DIGIT = re.compile(r"[0-9]")
-_SAME_SPACE = re.compile(r"(\s)\1*")
-
-_NOISE_MIN_LENGTH = 10
-_NOISE_PER_CHAR = 0.75
-_PER_CHAR_BY_UTF8_LENGTH = {"utf8_2": 1.0, "utf8_3": 2.5, "utf8_4": 3.5}
-
+# A space alone before a non-whitespace character is left to it (the tokenizers glue it there), so a
+# whitespace segment is followed by that character, by one such trailing space/tab/VT/FF, or by nothing.
+_STRETCHES = re.compile(r"(.)\1*", re.DOTALL)
+_CONTRACTIONS = ("s", "d", "m", "t", "ll", "ve", "re")  # both tokenizers split "'s" etc. off after a "'"
+# ASCII characters a known word may follow: the word's entry covers them glued on (they cost 1 apart).
+_WORD_MAY_FOLLOW = frozenset("0123456789\n\r\t\x0b\x0c!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
 
 _PARAGRAPH_BREAK = "\n\n"
 _SPLIT_FROM = 2_000  # characters: shorter texts are estimated in one pass
-_PARAGRAPH_SEPARATOR_TOKENS = 2  # a "\n\n" is at most this many tokens wherever it falls
+_PARAGRAPH_SEPARATOR_TOKENS = 2  # a "\n\n" is 2 bytes: at most 2 tokens start in it
 
 
 def estimate_text_tokens(text: str) -> int:
-    """An upper bound, for realistic text, of the tokens ``text`` encodes to (see the module doc).
+    """An upper bound of the tokens ``text`` encodes to under o200k_base and cl100k_base (module doc).
 
     Long texts are estimated paragraph by paragraph, each paragraph's estimate memoised: a docs
     bot's prompts are made of the same passages in different combinations, so this is the hot path.
-    The paragraphs' bounds plus a bound for each break are a bound for the whole.
+    Every token is charged to the segment its first byte is in, so the paragraphs' bounds (each
+    assuming nothing about what follows it) plus 2 for each 2-byte break bound the whole.
     """
     if len(text) < _SPLIT_FROM or _PARAGRAPH_BREAK not in text:
         return _estimate(text)
@@ -100,26 +123,160 @@ def _estimate_paragraph(paragraph: str) -> int:
     return _estimate(paragraph)
 
 
+@dataclass(frozen=True)
+class _Vocabulary:
+    """What ``proxy_core/data/token_words.json`` says about the two vocabularies (bench/token_words.py)."""
+
+    words: dict[str, int]  # lowercase word -> worst count of it and its Capitalised form, bare or glued
+    upper: dict[str, int]  # ALL-CAPS word -> the same for that form
+    ascii_pairs: frozenset[str]  # 2-character ASCII strings that are a token in both vocabularies
+    byte_pairs: frozenset[bytes]  # the same for every 2-byte token
+    runs: dict[str, int]  # ASCII whitespace character -> K: every run of 1..K of it is a token in both
+
+
+_vocabulary: _Vocabulary | None = None
+_vocabulary_lock = threading.Lock()
+
+
+def _load() -> _Vocabulary:
+    global _vocabulary
+    if _vocabulary is None:
+        with _vocabulary_lock:
+            if _vocabulary is None:
+                text = resources.files("proxy_core").joinpath("data", "token_words.json").read_text(encoding="ascii")
+                data = json.loads(text)
+                hex_pairs: str = data["pairs"]
+                byte_pairs = frozenset(bytes.fromhex(hex_pairs[i : i + 4]) for i in range(0, len(hex_pairs), 4))
+                _vocabulary = _Vocabulary(
+                    words={w: int(n) for n, ws in data["words"].items() for w in ws.split()},
+                    upper={w: int(n) for n, ws in data["upper"].items() for w in ws.split()},
+                    ascii_pairs=frozenset(p.decode() for p in byte_pairs if p.isascii()),
+                    byte_pairs=byte_pairs,
+                    runs={str(c): int(k) for c, k in data["runs"].items()},
+                )
+    return _vocabulary
+
+
 def _estimate(text: str) -> int:
-    total = 0.0
+    vocabulary = _vocabulary or _load()
+    words = vocabulary.words
+    pairs = vocabulary.ascii_pairs
+    total = 0
+    length = len(text)
     for match in _PIECES.finditer(text):
         kind = match.lastgroup
         piece = match.group()
-        if kind == "alnum":
-            if piece[0] == " ":
-                piece = piece[1:]
-                if piece[0].isdigit():
-                    total += 1  # " 42" is " " + "42": the space does not merge into digits
-            total += _alnum_tokens(piece)
+        if kind == "word":
+            end = match.end()
+            after = text[end] if end < length else ""
+            if piece[0] == " " and (after == "" or (after < "\x80" and after != "'")) and piece.islower():
+                known = words.get(piece[1:])  # the common case, a known lowercase word after a space
+                total += known if known is not None else _run_bound(piece, pairs, 0, "'" in piece)
+                continue
+            start = match.start()
+            total += _word_tokens(piece, text[start - 1] if start else "", after, vocabulary)
         elif kind == "punct":
-            total += len(piece) - (piece[0] == " ")
+            if len(piece) == 1:
+                total += 1
+                continue
+            # The run is one piece (a lone character may be glued to a word after it); it runs on
+            # into line breaks, controls and non-ASCII symbols.
+            end = match.end()
+            after = text[end] if end < length else ""
+            ends = after != "" and after < "\x80" and after not in "\r\n" and after.isprintable()
+            if len(piece) == 2:  # " (", "),": (4 + 1 + lone pairs + runs on) // 3
+                total += 1 if ends and piece in pairs else 2
+            else:
+                total += _run_bound(piece, pairs, 0 if ends else 1)
+        elif kind == "digits":
+            start, end = match.span()
+            total += _digits_tokens(piece, text[start - 1] if start else "", text[end] if end < length else "")
         elif kind == "space":
-            total += len(_SAME_SPACE.findall(piece)) + len(piece) / 24
+            total += _space_tokens(piece, text, match.end(), vocabulary.runs)
         elif kind == "control":
             total += len(piece)
         else:
-            total += _PER_CHAR_BY_UTF8_LENGTH[str(kind)] * len(piece)
-    return math.ceil(total)
+            total += _other_tokens(piece, vocabulary.byte_pairs)
+    return total
+
+
+def _word_tokens(piece: str, before: str, after: str, vocabulary: _Vocabulary) -> int:
+    """A run of ASCII letters, with the space in front of it if there is one."""
+    spaced = piece[0] == " "
+    run = piece[1:] if spaced else piece
+    ends_piece = after == "" or (after < "\x80" and after != "'")
+    # cl100k cuts "'s", "'ll" ... off the letters after an apostrophe (o200k glues them to the letters
+    # before it): a piece boundary inside the run, so not a known word's piece, and one more place
+    # where single-byte tokens may meet. A contracted word ("don't") is two pieces in cl100k too.
+    boundaries = (not spaced and before == "'" and run.lower().startswith(_CONTRACTIONS)) + ("'" in run)
+    if ends_piece and boundaries == ("'" in run) and (spaced or before == "" or before in _WORD_MAY_FOLLOW):
+        if run.islower():
+            known = vocabulary.words.get(run)
+        elif run[0].isupper() and run[1:].islower():
+            known = vocabulary.words.get(run.lower())
+        elif run.isupper() and len(run) > 1:
+            known = vocabulary.upper.get(run)
+        else:
+            known = vocabulary.words.get(run.lower()) if len(run) == 1 else None
+        if known is not None:
+            return known
+    return _run_bound(piece, vocabulary.ascii_pairs, 0 if ends_piece else 1, boundaries)
+
+
+def _run_bound(run: str, pairs: frozenset[str], runs_on: int, boundaries: int = 0) -> int:
+    """Tokens that can start in an ASCII stretch of one piece (see the module doc)."""
+    n = len(run)
+    if n <= 1:
+        return n
+    lone = boundaries + runs_on
+    for i in range(n - 1):
+        if run[i : i + 2] not in pairs:
+            lone += 1
+    return min(n, (2 * n + 1 + lone) // 3)
+
+
+def _digits_tokens(piece: str, before: str, after: str) -> int:
+    spaced = piece[0] == " "
+    digits = len(piece) - spaced
+    total = spaced + math.ceil(digits / 3)  # " 42" is " " + "42": the space is a piece of its own
+    # A non-ASCII neighbour may be a digit too (\p{N}), shifting the groups of 3: up to 2 more.
+    if not spaced and before >= "\x80":
+        total += 2
+    if after >= "\x80":
+        total += 2
+    return min(total, len(piece))
+
+
+def _space_tokens(piece: str, text: str, end: int, runs: Mapping[str, int]) -> int:
+    # The piece's last stretch ends a tokenizer piece when an ASCII character other than whitespace or
+    # "/" (which o200k lets run on after punctuation and line breaks) follows, directly or after the
+    # one space/tab left to it.
+    follower = text[end : end + 2]
+    follower = follower[1:] if follower[:1] in ("\t", "\x0b", "\x0c", " ") else follower[:1]
+    last_ends = follower != "" and "!" <= follower < "\x7f" and follower != "/"
+    if len(piece) == 1:
+        return 1
+    stretches = [m.group() for m in _STRETCHES.finditer(piece)]
+    total = 0
+    for i, stretch in enumerate(stretches):
+        k = len(stretch)
+        runs_on = 0 if (last_ends and i == len(stretches) - 1) else 1
+        total += min(k, 1 + runs_on + 2 * (k // (runs[stretch[0]] + 1)))
+    return total
+
+
+@functools.lru_cache(maxsize=4096)
+def _char_weight(char: str, pairs: frozenset[bytes]) -> int:
+    """3x a character's share of the stretch bound: 2 per byte, 1 for the boundary after it, 1 per
+    pair of its own bytes that is not a token of both vocabularies."""
+    data = char.encode("utf-8")
+    lone = sum(1 for i in range(len(data) - 1) if data[i : i + 2] not in pairs)
+    return 2 * len(data) + 1 + lone
+
+
+def _other_tokens(piece: str, pairs: frozenset[bytes]) -> int:
+    weight = sum(_char_weight(char, pairs) for char in piece)
+    return min(len(piece.encode("utf-8")), (weight + 1) // 3)
 
 
 def estimate_chat_tokens(messages: Sequence[Mapping[str, object]]) -> int:
@@ -166,33 +323,3 @@ def _content_tokens(content: object) -> int:
             )
         total += estimate_text_tokens(text)
     return total
-
-
-def _alnum_tokens(run: str) -> float:
-    """Tokens for a run of ASCII letters and digits (no leading space)."""
-    if run.isalpha() and (run.islower() or run.istitle()):
-        return _word_tokens(len(run))
-    if run.isdigit():
-        return math.ceil(len(run) / 3)
-    length = len(run)
-    if length >= _NOISE_MIN_LENGTH:
-        digits = len(_DIGIT.findall(run))
-        upper = len(_UPPER.findall(run))
-        letters = length - digits
-        if 0 < digits < length or 0.3 * letters <= upper < letters:
-            return _NOISE_PER_CHAR * length
-    total = 0.0
-    for part in _SUBWORDS.findall(run):
-        if part.isdigit():
-            total += math.ceil(len(part) / 3)
-        elif part.isupper():
-            total += 1 + max(0, len(part) - 2) / 2.5
-        else:
-            total += _word_tokens(len(part))
-    return total
-
-
-def _word_tokens(length: int) -> float:
-    if length <= 8:
-        return 1 + max(0, length - 4) / 4
-    return length / 3

@@ -1,20 +1,26 @@
 """Token estimates are upper bounds of the real counts, and not wildly above them for prose.
 
-Ground truth: tiktoken cannot load its encodings here (it downloads them), so each sample below
-carries its true token count, measured once with the real tokenizers: ``cl100k_base`` with tiktoken
-0.14 on the published BPE file (sha256 223921b7…, the file tiktoken itself pins) and ``o200k_base``
-with js-tiktoken. Spot checks anyone can verify: "hello world" is [15339, 1917] in cl100k_base and
-[24912, 2375] in o200k_base; "Hello, world!" is 4 tokens in both. To re-measure a new sample, run
-``len(tiktoken.get_encoding("o200k_base").encode(text))`` on a machine that can download encodings.
+The samples below carry their true token counts, measured once with the real tokenizers:
+``cl100k_base`` with tiktoken 0.14 on the published BPE file (sha256 223921b7…, the file tiktoken
+itself pins) and ``o200k_base`` with js-tiktoken. Spot checks anyone can verify: "hello world" is
+[15339, 1917] in cl100k_base and [24912, 2375] in o200k_base; "Hello, world!" is 4 tokens in both.
+The hostile-text tests further down count with the real tokenizers at test time, through
+``bpe-openai`` (the dev extra, offline; tests/true_tokens.py): a client chooses its prompt, so the
+estimate must bound any text, not only realistic text.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import string
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from proxy_core.tokens import (
     MESSAGE_OVERHEAD,
@@ -22,6 +28,7 @@ from proxy_core.tokens import (
     estimate_chat_tokens,
     estimate_text_tokens,
 )
+from tests.true_tokens import counter as true_token_counter
 
 # (name, text, cl100k_base count, o200k_base count)
 SAMPLES: list[tuple[str, str, int, int]] = [
@@ -455,3 +462,138 @@ def test_parts_that_cannot_be_bounded_offline_are_refused() -> None:
         estimate_chat_tokens([{"role": "user", "content": [image]}])
     with pytest.raises(ValueError, match="string or a list"):
         estimate_chat_tokens([{"role": "user", "content": 42}])
+
+
+# -- hostile text, against the real tokenizers ---------------------------------------------------
+# A client chooses its prompt: the estimate must bound the true count of any text, not only of prose.
+# These use bpe-openai (tests/true_tokens.py), which skips locally without it and fails under CI=true.
+
+LOWER = string.ascii_lowercase
+_SCRIPTS = {
+    "accented": "àáâãäåçèéêëìíîïñòóôõöùúûüýÿāăąćčďđēėęěğīįıķĺļľłńņňōőœŕřśşšţťūůűųźżžǅǈǋ",
+    "greek": "".join(chr(c) for c in range(0x370, 0x400) if chr(c).isprintable()),
+    "cyrillic": "".join(chr(c) for c in range(0x400, 0x530) if chr(c).isprintable()),
+    "arabic": "".join(chr(c) for c in range(0x600, 0x700) if chr(c).isprintable()),
+    "cjk": "".join(chr(c) for c in range(0x4E00, 0xA000, 7)),
+    "emoji": "".join(chr(c) for c in range(0x1F300, 0x1FA00, 3)) + "\u200d\ufe0f🏽",
+    "two_byte": "".join(chr(c) for c in range(0x80, 0x800) if chr(c).isprintable()),
+    "unicode_spaces": "\u00a0\u1680\u2000\u2003\u2009\u200a\u202f\u205f\u3000\u0085",
+}
+
+
+def _hostile_catalogue() -> dict[str, str]:
+    rng = random.Random(20261208)
+
+    def word(lo: int, hi: int, alphabet: str = LOWER) -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(lo, hi)))
+
+    def words(lo: int, hi: int, case: Callable[[str], str] = str.lower, size: int = 4000) -> str:
+        out: list[str] = []
+        while sum(map(len, out)) < size:
+            out.append(case(word(lo, hi)))
+        return " ".join(out)
+
+    def chars(alphabet: str, n: int) -> str:
+        return "".join(rng.choice(alphabet) for _ in range(n))
+
+    def syllables() -> str:
+        return "".join(rng.choice("bcdfghjklmnprstvwz") + rng.choice("aeiou") for _ in range(rng.randint(2, 4)))
+
+    punct = string.punctuation
+    catalogue = {
+        "lower_3_12": words(3, 12),
+        "lower_5_8": words(5, 8),
+        "lower_1_4": words(1, 4),
+        "title_5_8": words(5, 8, str.title),
+        "upper_3_8": words(3, 8, str.upper),
+        "gibberish": " ".join(syllables() for _ in range(900)),
+        "lower_nospace": chars(LOWER, 4000),
+        "upper_nospace": chars(string.ascii_uppercase, 4000),
+        "mixed_case_nospace": chars(string.ascii_letters, 4000),
+        "glued_punct": " ".join(rng.choice(punct) + word(2, 9) + rng.choice(punct) for _ in range(500)),
+        "contractions": " ".join(word(1, 6) + rng.choice(["'s", "'t", "'ll", "'re", "'sx", "'"]) for _ in range(600)),
+        "punct_whitespace": chars(punct + " \t\n\r\x0b\x0c", 3000),
+        "whitespace_runs": "".join(
+            rng.choice(" \t\n\r\x0b\x0c") * rng.randint(1, 120) + rng.choice("x(7") for _ in range(80)
+        ),
+        "cr_run": "\r" * 3000,
+        "vt_run": "x\x0b" + "\x0b" * 3000,
+        "digits": chars(string.digits, 3000),
+        "digits_spaced": chars(string.digits + " ", 3000),
+        "alnum": chars(string.ascii_letters + string.digits, 3000),
+        "controls": chars("".join(map(chr, range(32))) + "a ", 2000),
+        "paragraphs": "\n\n".join(words(2, 10) for _ in range(3)) + "\n\n\n\n" + chars(LOWER + "\n", 3000),
+        "mixture": chars(string.printable + "".join(_SCRIPTS.values()), 4000),
+    }
+    for name, alphabet in _SCRIPTS.items():
+        catalogue[name] = chars(alphabet, 1500)
+        catalogue[name + "_words"] = " ".join(chars(alphabet, rng.randint(1, 8)) for _ in range(300))
+    return catalogue
+
+
+HOSTILE = _hostile_catalogue()
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_text_is_never_underestimated(name: str) -> None:
+    true_tokens = true_token_counter()
+    text = HOSTILE[name]
+    assert estimate_text_tokens(text) >= true_tokens(text)
+
+
+def test_hostile_chat_is_never_underestimated() -> None:
+    true_tokens = true_token_counter()
+    for name, text in HOSTILE.items():
+        messages = [
+            {"role": "system", "content": "You are Penny."},
+            {"role": "user", "content": text, "name": "mallory"},
+        ]
+        # OpenAI's accounting: 3 per message, its role, content and name (+1), and 3 priming the reply.
+        documented = 3 + sum(3 + 1 + true_tokens(str(m["content"])) for m in messages) + 1 + true_tokens("mallory")
+        assert estimate_chat_tokens(messages) >= documented, name
+
+
+_hostile_alphabets = [
+    LOWER, LOWER + " ", string.ascii_uppercase + " ", string.ascii_letters + " ", string.digits + " ",
+    string.ascii_letters + string.digits, string.punctuation + " \t\n\r\x0b\x0c", string.printable,
+    LOWER + "'", *_SCRIPTS.values(),
+]
+
+
+@st.composite
+def _hostile_text(draw: st.DrawFn) -> str:
+    parts = draw(st.lists(st.one_of(
+        st.sampled_from(_hostile_alphabets).flatmap(lambda a: st.text(a, max_size=80)),
+        st.text(max_size=40),  # anything
+        st.builds(lambda pre, w, post: pre + w + post, st.sampled_from(["", " ", "(", "'", "\t", "_", "\u201c", "\n"]),
+                  st.text(LOWER, min_size=1, max_size=12).map(lambda w: w.title() if len(w) % 3 == 0 else w),
+                  st.sampled_from(["", " ", ")", "'s", "'ll", ".", "\u2019", "\u00e9", "\n\n"])),
+        st.sampled_from(["\r" * 30, " " * 100, "\n" * 25, "\t" * 41, "\u3000" * 9, "\n\n"]),
+    ), max_size=12))
+    return "".join(parts)
+
+
+@settings(derandomize=True, database=None, max_examples=400, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(text=_hostile_text())
+def test_any_text_is_bounded(text: str) -> None:
+    assert estimate_text_tokens(text) >= true_token_counter()(text)
+
+
+def test_long_hostile_text_is_bounded_across_paragraph_splits() -> None:
+    # Past _SPLIT_FROM a text is estimated per "\n\n" paragraph: the split must stay a bound.
+    true_tokens = true_token_counter()
+    rng = random.Random(5)
+    for _ in range(20):
+        pieces = [rng.choice(list(HOSTILE.values()))[: rng.randint(0, 600)] for _ in range(8)]
+        text = rng.choice(["\n\n", "\n\n\n", " \n\n ", "\n\n\t"]).join(pieces)
+        assert estimate_text_tokens(text) >= true_tokens(text)
+
+
+def test_readme_prose_and_source_stay_tight() -> None:
+    true_tokens = true_token_counter()
+    root = Path(__file__).resolve().parent.parent
+    prose = (root / "README.md").read_text(encoding="utf-8")[:8000]
+    code = (root / "proxy_core" / "gateway.py").read_text(encoding="utf-8")[:8000]
+    assert true_tokens(prose) <= estimate_text_tokens(prose) <= 1.5 * true_tokens(prose)
+    assert true_tokens(code) <= estimate_text_tokens(code) <= 2 * true_tokens(code)
