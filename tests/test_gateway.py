@@ -7,6 +7,7 @@ recorded, never waited.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -260,6 +261,34 @@ def test_budget_refusal_names_scope_limit_and_reset(make_gateway: GatewayFactory
     with pytest.raises(BudgetExceeded) as info:
         ask(fits, "hello", "b3")
     assert not info.value.never_fits and "has too little left for this request" in str(info.value)
+
+
+def test_a_prompt_of_random_letters_cannot_spend_past_the_budget(make_gateway: GatewayFactory,
+                                                                  fake: FakeOpenAI) -> None:
+    # Random lowercase words encode to ~2.3x the tokens the estimate used to reserve for them, so a
+    # client sending such a prompt with max_tokens 1 was admitted on an estimate under the cap and then
+    # billed (the provider's true usage) past it. The estimate is now an upper bound of any text.
+    from tests.true_tokens import counter
+
+    rng = random.Random(11)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    prompt = " ".join("".join(rng.choice(letters) for _ in range(rng.randint(5, 8))) for _ in range(600))
+    messages = _messages(prompt)
+    true_o200k = counter("o200k_base")  # what gpt-4.1-mini is billed in
+    prompt_tokens = 3 + sum(3 + 1 + true_o200k(m["content"]) for m in messages)  # OpenAI's accounting
+    price = PriceTable.load(None).price_for("gpt-4.1-mini")
+    true_cost = chat_cost(price, prompt_tokens, 0, 1)
+    budget = true_cost // 2  # micro-dollars; the old estimate's worst case (~0.44x) fit under it
+    gw = make_gateway(user_daily_budget_usd=str(Decimal(budget) / 1_000_000), cache_enabled=False)
+    fake.script(Fault.ok(prompt_tokens=prompt_tokens, completion_tokens=1))
+    refusals: list[BudgetExceeded] = []
+    try:
+        ask(gw, prompt, "r1", max_tokens=1)
+    except BudgetExceeded as exc:
+        refusals.append(exc)
+    assert gw.usage("W1", DAY, DAY).totals.cost_micros <= budget  # the old estimate: 860 µ$ on a 430 µ$ cap
+    assert [r.never_fits for r in refusals] == [True] and refusals[0].needed >= true_cost
+    assert estimate_chat_tokens(messages) >= prompt_tokens
 
 
 def test_a_model_priced_at_zero_still_answers_after_the_budget_is_lowered_below_the_spend(
