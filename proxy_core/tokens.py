@@ -22,7 +22,8 @@ start in it, whatever the pieces around it are:
   0.7 per letter this way (the true count is 0.5-0.6); a pair table ships with the word table below;
 * a stretch of k copies of one ASCII whitespace character c, where every run of 1..K_c of c is a token
   in both vocabularies (K = 79 for space, 20 tab, 10 newline, 1 for CR, VT and FF): neighbouring tokens
-  inside it must together be longer than K_c, so at most 1 + e + 2 * floor(k / (K_c + 1)) (and at most k).
+  inside it must together be longer than K_c, so at most 1 + e + 2 * floor(k / (K_c + 1)) (and at most k;
+  charged at least k / 24, the density the document chunker counts on).
   The space, tab, VT or FF just before a non-space is a segment of its own or goes with what follows (the
   pre-tokenizers glue it there), so no piece boundary falls inside a stretch, and e = 0 only for the
   last stretch before an ASCII non-space (a line break or ``\\s+(?!\\S)`` ends its piece there);
@@ -261,7 +262,8 @@ def _space_tokens(piece: str, text: str, end: int, runs: Mapping[str, int]) -> i
     for i, stretch in enumerate(stretches):
         k = len(stretch)
         runs_on = 0 if (last_ends and i == len(stretches) - 1) else 1
-        total += min(k, 1 + runs_on + 2 * (k // (runs[stretch[0]] + 1)))
+        # The last term keeps at least 1 per 24 characters, which bot/docs/parse/_chunk.py relies on.
+        total += min(k, max(1 + runs_on + 2 * (k // (runs[stretch[0]] + 1)), -(-k // 24)))
     return total
 
 

@@ -597,3 +597,9 @@ def test_readme_prose_and_source_stay_tight() -> None:
     code = (root / "proxy_core" / "gateway.py").read_text(encoding="utf-8")[:8000]
     assert true_tokens(prose) <= estimate_text_tokens(prose) <= 1.5 * true_tokens(prose)
     assert true_tokens(code) <= estimate_text_tokens(code) <= 2 * true_tokens(code)
+
+
+def test_at_least_one_token_per_24_characters() -> None:
+    # bot/docs/parse/_chunk.py prunes its search on this density (_MAX_CHARS_PER_TOKEN).
+    for text in [" " * 5000, "\t" * 999, "\n" * 3001, "x" + " " * 2000 + "y", *HOSTILE.values(), LONG_EN]:
+        assert estimate_text_tokens(text) >= len(text) / 24, repr(text[:20])
