@@ -75,6 +75,7 @@ __all__ = [
     "REPLY_PRIMING",
     "estimate_chat_tokens",
     "estimate_text_tokens",
+    "load_word_table",
 ]
 
 MESSAGE_OVERHEAD = 4  # tokens wrapping each chat message (OpenAI documents 3; one spare)
@@ -137,6 +138,12 @@ class _Vocabulary:
 
 _vocabulary: _Vocabulary | None = None
 _vocabulary_lock = threading.Lock()
+
+
+def load_word_table() -> None:
+    """Read the word table now (tens of milliseconds, once per process), so that the first estimate
+    a server makes, on a user's first question, does not wait for it."""
+    _load()
 
 
 def _load() -> _Vocabulary:
@@ -271,6 +278,10 @@ def _space_tokens(piece: str, text: str, end: int, runs: Mapping[str, int]) -> i
 def _char_weight(char: str, pairs: frozenset[bytes]) -> int:
     """3x a character's share of the stretch bound: 2 per byte, 1 for the boundary after it, 1 per
     pair of its own bytes that is not a token of both vocabularies."""
+    if _SURROGATE.match(char):
+        # A lone surrogate (JSON can carry one) reaches the tokenizer as U+FFFD (3 bytes) or, at the
+        # most, as its 6-character escape: counted as 6 bytes none of whose pairs merge.
+        return 2 * _SURROGATE_BYTES + 1 + (_SURROGATE_BYTES - 1)
     data = char.encode("utf-8")
     lone = sum(1 for i in range(len(data) - 1) if data[i : i + 2] not in pairs)
     return 2 * len(data) + 1 + lone
@@ -278,7 +289,12 @@ def _char_weight(char: str, pairs: frozenset[bytes]) -> int:
 
 def _other_tokens(piece: str, pairs: frozenset[bytes]) -> int:
     weight = sum(_char_weight(char, pairs) for char in piece)
-    return min(len(piece.encode("utf-8")), (weight + 1) // 3)
+    size = len(piece.encode("utf-8", "surrogatepass")) + (_SURROGATE_BYTES - 3) * len(_SURROGATE.findall(piece))
+    return min(size, (weight + 1) // 3)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_BYTES = 6  # "\\udxxx"
 
 
 def estimate_chat_tokens(messages: Sequence[Mapping[str, object]]) -> int:

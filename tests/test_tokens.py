@@ -603,3 +603,11 @@ def test_at_least_one_token_per_24_characters() -> None:
     # bot/docs/parse/_chunk.py prunes its search on this density (_MAX_CHARS_PER_TOKEN).
     for text in [" " * 5000, "\t" * 999, "\n" * 3001, "x" + " " * 2000 + "y", *HOSTILE.values(), LONG_EN]:
         assert estimate_text_tokens(text) >= len(text) / 24, repr(text[:20])
+
+
+def test_a_lone_surrogate_is_counted_as_its_escape_at_the_most_and_never_raises() -> None:
+    """JSON can carry a lone surrogate ("\\ud800"), which UTF-8 cannot encode: the provider sees U+FFFD
+    or, at the most, the 6-character escape. It is bounded as 6 bytes that never merge (6 tokens)."""
+    assert estimate_text_tokens("\ud800") == 6
+    assert estimate_text_tokens("ok \udfff then") >= 6 + estimate_text_tokens("ok  then") - 1
+    assert estimate_chat_tokens([{"role": "user", "content": "\ud83d" * 10}]) >= 60
