@@ -101,7 +101,7 @@ from proxy_core.stores.base import (
     Store,
     UsageSummary,
 )
-from proxy_core.tokens import estimate_chat_tokens, estimate_text_tokens
+from proxy_core.tokens import estimate_chat_tokens, estimate_text_tokens, load_word_table
 from proxy_core.upstream import ChatResponse, EmbedResponse, OpenAIUpstream
 
 __all__ = ["AnswerStream", "ChatRequest", "EmbedRequest", "Gateway", "ReplayReport", "StreamingUpstream", "Upstream"]
@@ -358,6 +358,7 @@ class Gateway:
         # Refuse to start with a model we cannot price: it would otherwise be billed as $0.
         self._chat_price = self.prices.price_for(settings.chat_model)
         self._embed_price = self.prices.price_for(settings.embedding_model)
+        load_word_table()  # what every reservation's token estimate reads, read before the first call
         self._clock = clock
         self._wall = wall
         self.cache: CacheLayer | None = cache
