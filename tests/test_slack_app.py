@@ -1257,6 +1257,9 @@ def _malformed_action(change: Callable[[dict[str, Any]], None]) -> dict[str, Any
     ("action", _malformed_action(lambda p: p.update(user=["U1"]))),
     ("action", _malformed_action(lambda p: p["user"].update(id=None))),
     ("action", _malformed_action(lambda p: p.update(container="C1"))),
+    # Bolt's action matchers index action_id: without one, Bolt answered 500 and logged a listener error.
+    ("action", _malformed_action(lambda p: p["actions"][0].pop("action_id"))),
+    ("action", _malformed_action(lambda p: p["actions"][0].update(action_id=None))),
 ])
 def test_a_signed_but_malformed_payload_is_dropped_with_a_log_line_and_nothing_is_asked_or_posted(
     penny: Harness, slack: FakeSlack, answerer: ScriptedAnswerer, kind: str, payload: Any

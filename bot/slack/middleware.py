@@ -13,7 +13,8 @@ store call):
   type (a list where a user ID goes, an event that is not an object, a click with no channel) is
   acknowledged and dropped with one ``slack.malformed_request_dropped`` log line naming the fields:
   otherwise it would be answered, billed and posted under ``str()`` of whatever was there (a user
-  ``"['U1']"``, a channel ``"None"``).
+  ``"['U1']"``, a channel ``"None"``), or Bolt itself would raise matching it (a click whose
+  action has no ``action_id``: a 500 and a listener error).
 - :class:`RateLimitNotices`: Slack's ``app_rate_limited`` notice (posted to the events URL, with no
   inner event, when Slack starts dropping the app's events for a workspace) is acknowledged with a 200
   and logged as one ``slack.events_rate_limited`` warning. Bolt has no listener for it and answered
@@ -185,6 +186,10 @@ def malformed_fields(body: Mapping[str, Any]) -> list[str]:
             actions = body.get("actions")
             if not isinstance(actions, list) or not actions or not isinstance(actions[0], dict):
                 bad.append("actions")
+            elif not isinstance(actions[0].get("action_id"), str):
+                # Bolt's action matchers index ``action_id`` (and compare it as a string): without
+                # one, matching raised and Bolt answered 500 with a listener error in the log.
+                bad.append("actions.action_id")
             channel, container = body.get("channel"), body.get("container")
             where = (channel.get("id") if isinstance(channel, dict) else None) or (
                 container.get("channel_id") if isinstance(container, dict) else None)
