@@ -751,6 +751,36 @@ def test_thumbs_down_on_a_fresh_answer_is_acknowledged_and_offers_to_say_why(
     assert (counts.total.up, counts.total.down, counts.reasons) == (1, 0, [])
 
 
+@pytest.mark.parametrize("view", [
+    {"private_metadata": "up:entry-1"},  # not JSON: json.loads raised
+    {"private_metadata": "[]"},  # JSON, not an object: .get raised
+    {"private_metadata": json.dumps({"e": ["entry-1"], "c": {"id": "C1"}, "m": None})},  # posted to channel "{...}"
+    {"private_metadata": json.dumps({"e": "entry-1", "c": "C1", "m": "1.1"}), "state": "x"},  # state not an object
+    {"private_metadata": json.dumps({"e": "entry-1", "c": "C1", "m": "1.1"}),
+     "state": {"values": {"reason": {"text": {"value": {"text": "it was wrong"}}}}}},  # a value that is not text
+], ids=["metadata-not-json", "metadata-a-list", "metadata-fields-not-text", "state-a-string", "value-an-object"])
+def test_a_reason_form_penny_did_not_write_is_acked_and_dropped_without_a_traceback(
+    penny: Harness, slack: FakeSlack, sqlite_store: SqliteStore, view: dict[str, Any]
+) -> None:
+    """The 👎 reason form carries what Penny wrote into it (its ``private_metadata``) back; a
+    submission whose metadata or state is not that shape logged a traceback as ``slack.reason_failed``
+    (an error, as for a bug), or posted the thanks to a channel named ``str()`` of an object."""
+    from bot.feedback import feedback_counts
+    from bot.slack.agent import REASON_CALLBACK
+
+    state = {"values": {"reason": {"text": {"type": "plain_text_input", "value": "It cited the old runbook."}}}}
+    submitted = {"type": "view_submission", "team": {"id": TEAM}, "user": {"id": "U1", "team_id": TEAM},
+                 "api_app_id": "A0PENNY", "trigger_id": "t2",
+                 "view": {"id": "V1", "type": "modal", "callback_id": REASON_CALLBACK, "state": state, **view}}
+    with structlog.testing.capture_logs() as logs:
+        assert penny.action(submitted).status == 200
+        penny.settle()
+    assert [log for log in logs if log["log_level"] in ("error", "critical")] == []
+    assert methods(slack) == []
+    counts = feedback_counts(sqlite_store, TEAM)
+    assert (counts.total.down, counts.reasons) == (0, [])
+
+
 def test_the_buttons_of_answers_posted_before_native_feedback_still_count(slack: FakeSlack,
                                                                           sqlite_store: SqliteStore) -> None:
     penny = Harness(slack, sqlite_store, ScriptedAnswerer(ANSWER))

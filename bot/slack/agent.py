@@ -287,9 +287,12 @@ def reason_modal(private_metadata: str) -> dict[str, Any]:
 
 def reason_of(view: Mapping[str, Any]) -> str:
     """The reason typed into :func:`reason_modal`'s submitted ``view`` ("" when left empty)."""
-    values = ((view.get("state") or {}).get("values") or {}).get(REASON_BLOCK) or {}
-    text = str((values.get(REASON_INPUT) or {}).get("value") or "")
-    return " ".join(text.split())[:REASON_CHARS]
+    # Read defensively: a submitted view is input, and a mangled one (a state that is not an
+    # object, a value that is not text) is no reason, not an AttributeError.
+    value: object = view
+    for key in ("state", "values", REASON_BLOCK, REASON_INPUT, "value"):
+        value = value.get(key) if isinstance(value, Mapping) else None
+    return " ".join(value.split())[:REASON_CHARS] if isinstance(value, str) else ""
 
 
 def _clip(text: str, limit: int) -> str:

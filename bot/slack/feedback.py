@@ -32,6 +32,7 @@ __all__ = [
     "FeedbackCallback",
     "fresh_answer_blocks",
     "fresh_offer_answer",
+    "reason_ref",
 ]
 
 ACTION_FRESH_ANSWER: Final = "penny_fresh_answer"
@@ -86,11 +87,16 @@ class Feedback:
         """The 👎 reason submitted: stored with the vote, and the voter told so."""
         ack()
         try:
-            ref = json.loads(str(view.get("private_metadata") or "{}"))
+            ref = reason_ref(view.get("private_metadata"))
+            if ref is None:
+                # Not what Penny wrote into the form (see on_feedback_reason): a forged or mangled
+                # payload. Logged as a warning, not a traceback: it is bad input, not a bug.
+                _log.warning("slack.reason_metadata_unreadable", view_id=view.get("id"))
+                return
             reason = reason_of(view)
             user = str(body["user"]["id"])
             workspace = action_workspace(body)
-            channel, message_ts, entry_id = str(ref.get("c") or ""), str(ref.get("m") or ""), str(ref.get("e") or "")
+            channel, message_ts, entry_id = ref
             if not reason or not entry_id:
                 return
             record = posted_answer(self.store, workspace, channel, message_ts) or {}
@@ -151,6 +157,19 @@ def _show(client: WebClient, respond: Respond, body: dict[str, Any], channel: st
         _log.warning("slack.feedback_ack_not_posted", channel=channel, error=exc)
         respond(blocks=blocks, text=message_text(blocks), response_type="ephemeral", replace_original=False,
                 **in_thread(thread_ts))
+
+
+def reason_ref(private_metadata: object) -> tuple[str, str, str] | None:
+    """The (channel, message ts, entry ID) a 👎 reason form names in its ``private_metadata``, as
+    :meth:`Feedback._vote` wrote it (``{"e": …, "c": …, "m": …}``, each a string); None for anything
+    else, which Penny never wrote: it is not parsed further, nor posted to as a channel."""
+    try:
+        ref = json.loads(private_metadata) if isinstance(private_metadata, str) else None
+    except ValueError:
+        return None
+    if not isinstance(ref, dict) or not all(isinstance(ref.get(k, ""), str) for k in ("c", "m", "e")):
+        return None
+    return ref.get("c", ""), ref.get("m", ""), ref.get("e", "")
 
 
 def fresh_answer_blocks(answer_ts: str) -> list[Block]:
