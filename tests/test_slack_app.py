@@ -1290,6 +1290,12 @@ def _malformed_action(change: Callable[[dict[str, Any]], None]) -> dict[str, Any
     # Bolt's action matchers index action_id: without one, Bolt answered 500 and logged a listener error.
     ("action", _malformed_action(lambda p: p["actions"][0].pop("action_id"))),
     ("action", _malformed_action(lambda p: p["actions"][0].update(action_id=None))),
+    # A lone surrogate (escaped in the JSON) failed to encode in a store key, a Slack post or a log line.
+    ("action", _malformed_action(lambda p: p["actions"][0].update(value="\ud800"))),
+    ("event", {"type": "app_mention", "user": "U1", "text": "<@UPENNY> how do I deploy? \udfff", "channel": "C1",
+               "ts": "1700000100.1"}),
+    ("event", {"type": "app_mention", "user": "U1", "text": "<@UPENNY> hi", "channel": "C1", "ts": "1700000100.1",
+               "blocks": [{"type": "rich_text", "\ud83d": 1}]}),
 ])
 def test_a_signed_but_malformed_payload_is_dropped_with_a_log_line_and_nothing_is_asked_or_posted(
     penny: Harness, slack: FakeSlack, answerer: ScriptedAnswerer, kind: str, payload: Any

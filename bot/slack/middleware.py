@@ -14,7 +14,9 @@ store call):
   acknowledged and dropped with one ``slack.malformed_request_dropped`` log line naming the fields:
   otherwise it would be answered, billed and posted under ``str()`` of whatever was there (a user
   ``"['U1']"``, a channel ``"None"``), or Bolt itself would raise matching it (a click whose
-  action has no ``action_id``: a 500 and a listener error).
+  action has no ``action_id``: a 500 and a listener error). So is one with a string that is not
+  valid Unicode anywhere in it (a lone surrogate, escaped in its JSON), which failed to encode
+  wherever Penny wrote it down.
 - :class:`RateLimitNotices`: Slack's ``app_rate_limited`` notice (posted to the events URL, with no
   inner event, when Slack starts dropping the app's events for a workspace) is acknowledged with a 200
   and logged as one ``slack.events_rate_limited`` warning. Bolt has no listener for it and answered
@@ -46,7 +48,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -165,7 +167,11 @@ def malformed_fields(body: Mapping[str, Any]) -> list[str]:
     """The fields Penny acts on that ``body`` lacks or holds in the wrong type (none: it is well formed).
 
     Only what a listener would otherwise turn into a user, channel or thread with ``str()`` is
-    checked; a field Slack may leave out is checked only when present."""
+    checked; a field Slack may leave out is checked only when present. Anywhere in the body, a
+    string holding a lone surrogate (JSON's ``"\\ud800"``) is malformed too (:func:`_unencodable`)."""
+    unencodable = _unencodable(body)
+    if unencodable is not None:
+        return [unencodable]
     kind = body.get("type")
     if kind == "event_callback":
         event = body.get("event")
@@ -199,6 +205,30 @@ def malformed_fields(body: Mapping[str, Any]) -> list[str]:
     return []
 
 
+def _unencodable(value: object, path: str = "") -> str | None:
+    """The path of the first string (key or value) in ``value`` that is not valid Unicode (a lone
+    surrogate, which JSON can escape but UTF-8 cannot encode), or None.
+
+    Slack never sends one (its clients pair surrogates, and a pair decodes to one character); one
+    passed on failed wherever Penny encodes it (a store key, a Slack form post, a log line) with a
+    UnicodeEncodeError and a traceback, after the question may have been paid for."""
+    if isinstance(value, str):
+        return path or "body" if _SURROGATE.search(value) else None
+    items: Iterable[tuple[object, object]] = (
+        value.items() if isinstance(value, Mapping) else enumerate(value) if isinstance(value, list) else ())
+    for key, item in items:
+        where = f"{path}.{key}" if path else str(key)
+        if isinstance(key, str) and _SURROGATE.search(key):
+            return _SURROGATE.sub("?", where)
+        found = _unencodable(item, where)
+        if found is not None:
+            return _SURROGATE.sub("?", found)
+    return None
+
+
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
 class WellFormedOnly(Middleware):
     """Drops signed requests whose fields Penny acts on are missing or mistyped (see the module doc)."""
 
@@ -206,9 +236,14 @@ class WellFormedOnly(Middleware):
         bad = malformed_fields(req.body) if isinstance(req.body, dict) else []
         if not bad:
             return next()
-        _log.warning("slack.malformed_request_dropped", type=req.body.get("type"), fields=bad,
-                     event_id=req.body.get("event_id"))
+        _log.warning("slack.malformed_request_dropped", type=_loggable(req.body.get("type")), fields=bad,
+                     event_id=_loggable(req.body.get("event_id")))
         return BoltResponse(status=200, body="")
+
+
+def _loggable(value: object) -> object:
+    """``value`` as a log line can carry it: a lone surrogate in a string is written escaped."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(value, str) else value
 
 
 class RateLimitNotices(Middleware):
