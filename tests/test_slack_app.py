@@ -1296,6 +1296,12 @@ def _malformed_action(change: Callable[[dict[str, Any]], None]) -> dict[str, Any
                "ts": "1700000100.1"}),
     ("event", {"type": "app_mention", "user": "U1", "text": "<@UPENNY> hi", "channel": "C1", "ts": "1700000100.1",
                "blocks": [{"type": "rich_text", "\ud83d": 1}]}),
+    # Bolt's Assistant indexes the thread's channel_id, thread_ts and context: a 500 and a listener error.
+    ("event", {"type": "assistant_thread_started", "event_ts": "1.2",
+               "assistant_thread": {"user_id": "U1", "channel_id": "D1"}}),
+    ("event", {"type": "assistant_thread_context_changed", "event_ts": "1.2"}),
+    ("event", {"type": "assistant_thread_context_changed", "event_ts": "1.2",
+               "assistant_thread": {"user_id": "U1", "channel_id": "D1", "thread_ts": "1.1", "context": "C1"}}),
 ])
 def test_a_signed_but_malformed_payload_is_dropped_with_a_log_line_and_nothing_is_asked_or_posted(
     penny: Harness, slack: FakeSlack, answerer: ScriptedAnswerer, kind: str, payload: Any

@@ -10,7 +10,8 @@ store call):
   The first drop from each workspace is logged; later ones are not, so a busy foreign workspace
   cannot flood the log.
 - :class:`WellFormedOnly`: a signed payload whose fields Penny acts on are missing or of the wrong
-  type (a list where a user ID goes, an event that is not an object, a click with no channel) is
+  type (a list where a user ID goes, an event that is not an object, a click with no channel, an
+  assistant thread with no thread_ts) is
   acknowledged and dropped with one ``slack.malformed_request_dropped`` log line naming the fields:
   otherwise it would be answered, billed and posted under ``str()`` of whatever was there (a user
   ``"['U1']"``, a channel ``"None"``), or Bolt itself would raise matching it (a click whose
@@ -159,6 +160,24 @@ _EVENT_FIELDS: Final[Mapping[str, tuple[tuple[str, bool], ...]]] = {  # event ty
 }
 
 
+# Bolt's Assistant reads these events' thread (``assistant_thread``: its channel_id, thread_ts and
+# context) by indexing it: a thread missing one raised there, a 500 and a listener error.
+_ASSISTANT_THREAD_EVENTS: Final = frozenset({"assistant_thread_started", "assistant_thread_context_changed"})
+
+
+def _assistant_thread_fields(event: Mapping[str, Any]) -> list[str]:
+    """The fields of an assistant thread event's ``assistant_thread`` that are missing or mistyped."""
+    thread = event.get("assistant_thread")
+    if not isinstance(thread, dict):
+        return ["event.assistant_thread"]
+    bad = [f"event.assistant_thread.{name}" for name in ("channel_id", "thread_ts") if not _is_id(thread.get(name))]
+    context = thread.get("context")
+    changed = event.get("type") == "assistant_thread_context_changed"
+    if (changed or context is not None) and not isinstance(context, dict):
+        bad.append("event.assistant_thread.context")
+    return bad
+
+
 def _is_id(value: object) -> bool:
     return isinstance(value, str) and _SLACK_ID.match(value) is not None
 
@@ -181,6 +200,8 @@ def malformed_fields(body: Mapping[str, Any]) -> list[str]:
                if (required or event.get(name) is not None) and not _is_id(event.get(name))]
         if "text" in event and event["text"] is not None and not isinstance(event["text"], str):
             bad.append("event.text")
+        if event.get("type") in _ASSISTANT_THREAD_EVENTS:
+            bad += _assistant_thread_fields(event)
         return bad
     if kind in ("block_actions", "view_submission"):
         user = body.get("user")
