@@ -1302,6 +1302,11 @@ def _malformed_action(change: Callable[[dict[str, Any]], None]) -> dict[str, Any
     ("event", {"type": "assistant_thread_context_changed", "event_ts": "1.2"}),
     ("event", {"type": "assistant_thread_context_changed", "event_ts": "1.2",
                "assistant_thread": {"user_id": "U1", "channel_id": "D1", "thread_ts": "1.1", "context": "C1"}}),
+    # Bolt's event matchers raised on a type that is not a string.
+    ("event", {"type": [], "user": "U1", "text": "<@UPENNY> hi", "channel": "C1", "ts": "1700000100.1"}),
+    ("event", {"type": {"app_mention": 1}, "user": "U1", "text": "<@UPENNY> hi", "channel": "C1",
+               "ts": "1700000100.1"}),
+    ("event", {"user": "U1", "text": "<@UPENNY> hi", "channel": "C1", "ts": "1700000100.1"}),
 ])
 def test_a_signed_but_malformed_payload_is_dropped_with_a_log_line_and_nothing_is_asked_or_posted(
     penny: Harness, slack: FakeSlack, answerer: ScriptedAnswerer, kind: str, payload: Any

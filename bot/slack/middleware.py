@@ -196,6 +196,10 @@ def malformed_fields(body: Mapping[str, Any]) -> list[str]:
         event = body.get("event")
         if not isinstance(event, dict):
             return ["event"]
+        if not isinstance(event.get("type"), str):
+            # Bolt's event matchers compare and look up the type as a string: a list or an object
+            # there raised in them, a 500 and a listener error.
+            return ["event.type"]
         bad = [f"event.{name}" for name, required in _EVENT_FIELDS.get(str(event.get("type")), ())
                if (required or event.get(name) is not None) and not _is_id(event.get(name))]
         if "text" in event and event["text"] is not None and not isinstance(event["text"], str):
