@@ -1307,6 +1307,9 @@ def _malformed_action(change: Callable[[dict[str, Any]], None]) -> dict[str, Any
     ("event", {"type": {"app_mention": 1}, "user": "U1", "text": "<@UPENNY> hi", "channel": "C1",
                "ts": "1700000100.1"}),
     ("event", {"user": "U1", "text": "<@UPENNY> hi", "channel": "C1", "ts": "1700000100.1"}),
+    # FromPeopleOnly looked the subtype up in a set: a list raised there (a 500).
+    ("event", {"type": "message", "subtype": ["file_share"], "user": "U1", "text": "hi", "channel": "D1",
+               "channel_type": "im", "ts": "1700000200.1"}),
 ])
 def test_a_signed_but_malformed_payload_is_dropped_with_a_log_line_and_nothing_is_asked_or_posted(
     penny: Harness, slack: FakeSlack, answerer: ScriptedAnswerer, kind: str, payload: Any

@@ -204,6 +204,8 @@ def malformed_fields(body: Mapping[str, Any]) -> list[str]:
                if (required or event.get(name) is not None) and not _is_id(event.get(name))]
         if "text" in event and event["text"] is not None and not isinstance(event["text"], str):
             bad.append("event.text")
+        if event.get("subtype") is not None and not isinstance(event["subtype"], str):
+            bad.append("event.subtype")  # looked up in sets of subtypes: a list there raised (a 500)
         if event.get("type") in _ASSISTANT_THREAD_EVENTS:
             bad += _assistant_thread_fields(event)
         return bad
