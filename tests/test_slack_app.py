@@ -15,6 +15,7 @@ from http.client import RemoteDisconnected
 from pathlib import Path
 from typing import Any
 from urllib.error import URLError
+from urllib.parse import urlencode
 
 import pytest
 import structlog
@@ -1310,13 +1311,23 @@ def _malformed_action(change: Callable[[dict[str, Any]], None]) -> dict[str, Any
     # FromPeopleOnly looked the subtype up in a set: a list raised there (a 500).
     ("event", {"type": "message", "subtype": ["file_share"], "user": "U1", "text": "hi", "channel": "D1",
                "channel_type": "im", "ts": "1700000200.1"}),
+    # Bolt's respond posts to the response_url: to one that is no URL, the SDK logged an error and raised.
+    ("action", _malformed_action(lambda p: p.update(response_url={"id": "U1"}))),
+    ("action", _malformed_action(lambda p: p.update(response_url="hooks.slack.com/actions/1"))),
+    ("command", {"command": "/cost", "text": "", "team_id": TEAM, "user_id": "U1", "channel_id": "C1",
+                 "api_app_id": "A0PENNY", "response_url": '{"id": "U1"}'}),
+    ("command", {"command": "/cost", "text": "", "team_id": TEAM, "user_id": "U1", "channel_id": "C1",
+                 "api_app_id": "A0PENNY", "response_url": "http://[::1"}),
 ])
 def test_a_signed_but_malformed_payload_is_dropped_with_a_log_line_and_nothing_is_asked_or_posted(
     penny: Harness, slack: FakeSlack, answerer: ScriptedAnswerer, kind: str, payload: Any
 ) -> None:
     """Before, these were answered (and billed) as user "['U1']", in channel "None", in thread "{'a': 1}"."""
     with structlog.testing.capture_logs() as logs:
-        response = penny.event(payload) if kind == "event" else penny.action(payload)
+        if kind == "command":
+            response = penny.dispatch(urlencode(payload), content_type="application/x-www-form-urlencoded")
+        else:
+            response = penny.event(payload) if kind == "event" else penny.action(payload)
         penny.settle()
     assert response.status == 200
     assert methods(slack) == []

@@ -548,6 +548,8 @@ def _reason_form(metadata: str) -> Sent:
 @example(sent=_event(type="assistant_thread_started", assistant_thread={"channel_id": "D1"}))  # Bolt's Assistant: a 500
 @example(sent=_event(type=[]))  # Bolt's event matchers raised: a 500
 @example(sent=_event(type="message", channel_type="im", subtype=["file_share"]))  # unhashable in FromPeopleOnly: a 500
+@example(sent=Sent("command", {"command": "/cost", "text": "", "team_id": TEAM, "user_id": "U1", "channel_id": "C1",
+                               "api_app_id": APP, "response_url": '{"id": "U1"}'}, FORM))  # the SDK logged an error
 def test_a_malformed_or_hostile_request_is_acked_or_refused_and_shows_nothing_it_should_not(
     front: Front, sent: Sent
 ) -> None:

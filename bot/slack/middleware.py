@@ -15,7 +15,8 @@ store call):
   acknowledged and dropped with one ``slack.malformed_request_dropped`` log line naming the fields:
   otherwise it would be answered, billed and posted under ``str()`` of whatever was there (a user
   ``"['U1']"``, a channel ``"None"``), or Bolt itself would raise matching it (a click whose
-  action has no ``action_id``: a 500 and a listener error). So is one with a string that is not
+  action has no ``action_id``: a 500 and a listener error), or a ``response_url`` that is no
+  http(s) URL (replies to it failed with an error logged). So is one with a string that is not
   valid Unicode anywhere in it (a lone surrogate, escaped in its JSON), which failed to encode
   wherever Penny wrote it down.
 - :class:`RateLimitNotices`: Slack's ``app_rate_limited`` notice (posted to the events URL, with no
@@ -53,6 +54,7 @@ from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from slack_bolt import BoltRequest, BoltResponse
 from slack_bolt.middleware import Middleware
@@ -178,6 +180,17 @@ def _assistant_thread_fields(event: Mapping[str, Any]) -> list[str]:
     return bad
 
 
+def _is_web_url(value: object) -> bool:
+    """An http(s) URL with a host: what Slack's ``response_url`` always is."""
+    if not isinstance(value, str):
+        return False
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # "http://[::1": an IPv6 host not closed
+        return False
+    return parts.scheme in ("https", "http") and bool(parts.netloc)
+
+
 def _is_id(value: object) -> bool:
     return isinstance(value, str) and _SLACK_ID.match(value) is not None
 
@@ -191,6 +204,10 @@ def malformed_fields(body: Mapping[str, Any]) -> list[str]:
     unencodable = _unencodable(body)
     if unencodable is not None:
         return [unencodable]
+    if body.get("response_url") and not _is_web_url(body["response_url"]):
+        # Bolt gives listeners a ``respond`` that posts there: to a value that is no URL, the
+        # SDK's webhook client logged an error and raised, and the reply was lost all the same.
+        return ["response_url"]
     kind = body.get("type")
     if kind == "event_callback":
         event = body.get("event")
