@@ -1303,6 +1303,9 @@ def _malformed_action(change: Callable[[dict[str, Any]], None]) -> dict[str, Any
     ("event", {"type": "assistant_thread_context_changed", "event_ts": "1.2"}),
     ("event", {"type": "assistant_thread_context_changed", "event_ts": "1.2",
                "assistant_thread": {"user_id": "U1", "channel_id": "D1", "thread_ts": "1.1", "context": "C1"}}),
+    # A null context raised in Bolt's thread context lookup when Penny greeted the thread (a traceback).
+    ("event", {"type": "assistant_thread_started", "event_ts": "1.2",
+               "assistant_thread": {"user_id": "U1", "channel_id": "D1", "thread_ts": "1.1", "context": None}}),
     # Bolt's event matchers raised on a type that is not a string.
     ("event", {"type": [], "user": "U1", "text": "<@UPENNY> hi", "channel": "C1", "ts": "1700000100.1"}),
     ("event", {"type": {"app_mention": 1}, "user": "U1", "text": "<@UPENNY> hi", "channel": "C1",

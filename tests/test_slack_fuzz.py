@@ -547,6 +547,8 @@ def _reason_form(metadata: str) -> Sent:
 @example(sent=_click(lambda action: action.update(value="\ud800")))  # a UnicodeEncodeError storing the vote
 @example(sent=_event(type="assistant_thread_started", assistant_thread={"channel_id": "D1"}))  # Bolt's Assistant: a 500
 @example(sent=_event(type=[]))  # Bolt's event matchers raised: a 500
+@example(sent=_event(type="assistant_thread_started", assistant_thread={  # Bolt's say raised: a traceback
+    "user_id": "U1", "channel_id": "D1", "thread_ts": FRESH_TS, "context": None}))
 @example(sent=_event(type="message", channel_type="im", subtype=["file_share"]))  # unhashable in FromPeopleOnly: a 500
 @example(sent=Sent("command", {"command": "/cost", "text": "", "team_id": TEAM, "user_id": "U1", "channel_id": "C1",
                                "api_app_id": APP, "response_url": '{"id": "U1"}'}, FORM))  # the SDK logged an error

@@ -173,9 +173,10 @@ def _assistant_thread_fields(event: Mapping[str, Any]) -> list[str]:
     if not isinstance(thread, dict):
         return ["event.assistant_thread"]
     bad = [f"event.assistant_thread.{name}" for name in ("channel_id", "thread_ts") if not _is_id(thread.get(name))]
-    context = thread.get("context")
+    # Bolt reads a context that is there as an object (``thread.get("context", {}).get(…)``): a
+    # null one raised when Penny greeted the thread.
     changed = event.get("type") == "assistant_thread_context_changed"
-    if (changed or context is not None) and not isinstance(context, dict):
+    if (changed or "context" in thread) and not isinstance(thread.get("context"), dict):
         bad.append("event.assistant_thread.context")
     return bad
 
