@@ -158,6 +158,15 @@ def test_thread_titles_are_the_question_on_one_line_cut_at_a_word() -> None:
     assert len(title) <= 80 and title.endswith("…") and not title[:-1].endswith(" ")
 
 
+def test_a_thread_title_shows_slack_markup_as_it_reads_and_pings_nobody() -> None:
+    """The title was the question verbatim: ``<!channel>``, ``<@U…>`` or ``<!subteam^…>`` a user
+    wrote went back to Slack as live markup."""
+    title = thread_title("<!channel> <!here|@here> <@U0BOSS> <@U0ANA|ana> <!subteam^S0ENG|@eng> <!subteam^S0OPS> "
+                         "<#C0GEN|general> <https://evil.example|the portal> @everyone deploy?")
+    assert "<" not in title and ">" not in title
+    assert title == "@\u2060channel @\u2060here @U0BOSS ana @eng @S0OPS general the portal @\u2060everyone deploy?"
+
+
 # -- the agent DM (agent_view) ---------------------------------------------------------------------
 
 

@@ -135,6 +135,7 @@ class Sent:
     encoding: str = "plain"  # "plain", "as-form", "as-json", "payload-not-json", "text-plain"
     headers: dict[str, str] = field(default_factory=dict)
     ignore: str | None = None  # why Penny must show nothing and ask no LLM, when the strategy knows
+    first: Sent | None = None  # delivered (and checked) just before: the assistant thread a question is in
 
     def body(self) -> str:
         if self.kind == "raw":
@@ -179,6 +180,7 @@ hostile_value = st.one_of(
 # each delivery replaces FRESH_TS by a ts of its own, and FRESH_EVENT by an event ID of its own.
 FRESH_TS = "1799999999.999999"
 FRESH_EVENT = "EvFRESH"
+FRESH_THREAD = "1699999999.999999"  # an assistant thread of the example's own (its title is its first question)
 timestamps = st.one_of(
     st.just(FRESH_TS),
     st.sampled_from([ROOT, "1700000200.000100", "", "now", "1e309", "-1", "1700000100", "NaN",
@@ -473,10 +475,13 @@ class Front:
     def __post_init__(self) -> None:
         self.wsgi = PennyWSGI(self.bot.app, ready=lambda: None, signing_secret=SECRET)
 
-    def deliver(self, sent: Sent) -> None:
+    def deliver(self, sent: Sent, thread: str | None = None) -> None:
         """Send ``sent`` (and again as Slack's retry, when it says so) and check every property."""
         self.serial += 1
-        body = sent.body().replace(FRESH_TS, f"{1_700_001_000 + self.serial}.000100")
+        thread = thread or f"{1_600_001_000 + self.serial}.000300"
+        if sent.first is not None:
+            self.deliver(sent.first, thread)
+        body = sent.body().replace(FRESH_TS, f"{1_700_001_000 + self.serial}.000100").replace(FRESH_THREAD, thread)
         body = body.replace(FRESH_EVENT, f"EvFresh{self.serial:05d}")
         retries = [{"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"}] if sent.retry else []
         for attempt, extra in enumerate([{}, *retries]):
@@ -558,29 +563,44 @@ def test_a_malformed_or_hostile_request_is_acked_or_refused_and_shows_nothing_it
     front.deliver(sent)
 
 
+def assistant_question(text: str, user: str = "U1", *, retry: bool = False) -> Sent:
+    """The first question in an assistant thread of its own, started just before (which titles it)."""
+    event = {"type": "message", "channel_type": "im", "user": user, "text": text, "ts": FRESH_TS, "channel": "D1",
+             "event_ts": FRESH_TS, "thread_ts": FRESH_THREAD}
+    started = {"type": "assistant_thread_started", "event_ts": FRESH_THREAD, "assistant_thread": {
+        "user_id": user, "channel_id": "D1", "thread_ts": FRESH_THREAD, "context": {"channel_id": "C1"}}}
+    first = Sent("event", event_callback(started, FRESH_EVENT))
+    return Sent("event", event_callback(event, FRESH_EVENT), retry=retry, first=first)
+
+
 @st.composite
 def questions(draw: st.DrawFn) -> Sent:
     """A well-formed question (a mention, a DM, a follow-up in a thread Penny answered in) whose
     words carry broadcasts, mentions and unicode oddities: the model echoes them back."""
-    text = " ".join(draw(st.lists(st.one_of(st.sampled_from(QUESTIONS), hostile_text), min_size=1, max_size=4)))
-    text = draw(st.sampled_from(QUESTIONS)) + " " + text
+    words = st.one_of(st.sampled_from(INJECTIONS), st.sampled_from(QUESTIONS), hostile_text)
+    text = " ".join(draw(st.permutations([draw(st.sampled_from(QUESTIONS)),
+                                           *draw(st.lists(words, min_size=1, max_size=4))])))
     ts = FRESH_TS
     user = draw(st.sampled_from(["U1", "U2", "W0GUEST"]))
-    where = draw(st.sampled_from(["mention", "mention-in-thread", "dm", "dm-thread", "thread-reply"]))
+    where = draw(st.sampled_from(["mention", "mention-in-thread", "dm", "dm-thread", "thread-reply", "assistant"]))
     if where.startswith("mention"):
         event = {"type": "app_mention", "user": user, "text": f"<@{BOT_USER}> {text}", "ts": ts, "channel": "C1",
                  "event_ts": ts, **({"thread_ts": ROOT} if where == "mention-in-thread" else {})}
     elif where.startswith("dm"):
         event = {"type": "message", "channel_type": "im", "user": user, "text": text, "ts": ts, "channel": "D1",
                  "event_ts": ts, **({"thread_ts": ROOT} if where == "dm-thread" else {})}
+    elif where == "assistant":
+        return assistant_question(text, user, retry=draw(st.booleans()))
     else:
         event = {"type": "message", "channel_type": "channel", "user": user, "text": text.replace("<@", "<#"),
                  "ts": ts, "channel": "C1", "event_ts": ts, "thread_ts": ROOT}
     return Sent("event", event_callback(event, FRESH_EVENT), retry=draw(st.booleans()))
 
 
-@settings(_RUNS, max_examples=60)
+@settings(_RUNS, max_examples=80)
 @given(sent=questions())
+# The thread title was the question verbatim: <!channel> and <@U…> went back to Slack as live markup.
+@example(sent=assistant_question(f"<!channel> <@U0BOSS> <!subteam^S0ENG> {QUESTION}"))
 def test_hostile_words_in_a_question_come_back_as_text_never_as_a_ping(front: Front, sent: Sent) -> None:
     front.deliver(sent)
 

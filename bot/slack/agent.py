@@ -18,6 +18,7 @@ then the docs' largest pages, each asked as "What do the docs say about <title>?
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +28,7 @@ from typing import Any, Final
 from slack_bolt.context.assistant.thread_context import AssistantThreadContext
 from slack_bolt.context.assistant.thread_context_store.store import AssistantThreadContextStore
 
+from bot.slack.render import defuse_broadcasts
 from proxy_core import BlobStore, RecordStore, StoreError, get_logger
 
 __all__ = [
@@ -101,8 +103,30 @@ def suggested_prompts(asked: Mapping[str, tuple[str, int]], pages: Sequence[DocP
 
 
 def thread_title(question: str) -> str:
-    """An assistant thread's title: its first question on one line, cut at a word near 80 characters."""
-    return _cut_at_word(" ".join(question.split()), TITLE_CHARS)
+    """An assistant thread's title: its first question on one line, cut at a word near 80 characters.
+
+    The question's Slack markup shows as it reads (``<@U1|ana>`` as ``@ana``, ``<!here>`` as
+    ``@here``, a link as its label), and a broadcast word is defused (:func:`defuse_broadcasts`):
+    the title went out verbatim, so ``<!channel>`` or ``<@U…>`` a user wrote was sent back to Slack
+    as live markup, a ping wherever Slack renders the title."""
+    plain = _SLACK_MARKUP.sub(_as_read, " ".join(question.split()))
+    return defuse_broadcasts(_cut_at_word(plain, TITLE_CHARS))
+
+
+# Slack's control sequences in message text: <@U…>, <!here>, <!subteam^S…|@eng>, <#C…|name>, <url|label>.
+_SLACK_MARKUP: Final = re.compile(r"<([^<>]*)>")
+
+
+def _as_read(markup: re.Match[str]) -> str:
+    """A control sequence as a reader sees it: its label, else its target made plain."""
+    target, _, label = markup.group(1).partition("|")
+    if label:
+        return label
+    if target.startswith("!subteam^"):
+        return "@" + target.removeprefix("!subteam^")
+    if target.startswith("!"):
+        return "@" + target[1:]
+    return target
 
 
 def _cut_at_word(text: str, limit: int) -> str:
