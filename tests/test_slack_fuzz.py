@@ -203,7 +203,9 @@ values = st.one_of(
 
 def event_callback(event: dict[str, Any], event_id: str) -> dict[str, Any]:
     return {"token": "legacy-verification-token", "team_id": TEAM, "api_app_id": APP, "type": "event_callback",
-            "event_id": event_id, "event_time": 1_700_000_000, "event": event}
+            "event_id": event_id, "event_time": 1_700_000_000, "event": event, "is_ext_shared_channel": False,
+            "authorizations": [{"enterprise_id": None, "team_id": TEAM, "user_id": BOT_USER, "is_bot": True,
+                                "is_enterprise_install": False}]}
 
 
 @st.composite
@@ -267,6 +269,7 @@ def block_action_payload(action_id: str, value: Any, user: str, channel: str, me
             "token": "legacy-verification-token", "trigger_id": "trigger-1",
             "container": {"type": "message", "message_ts": message_ts, "channel_id": channel, "is_ephemeral": False},
             "channel": {"id": channel, "name": "general"}, "response_url": "",
+            "message": {"type": "message", "ts": message_ts, "text": "an answer", "user": BOT_USER},
             "actions": [{"type": "button", "action_id": action_id, "block_id": "b", "value": value,
                          "action_ts": "1700000300.000001"}]}
 
@@ -282,7 +285,7 @@ def interactions(draw: st.DrawFn) -> Sent:
     if kind == "view":
         metadata = draw(values)
         payload = {"type": "view_submission", "team": {"id": TEAM}, "user": {"id": user, "team_id": TEAM},
-                   "api_app_id": APP, "trigger_id": "t2",
+                   "api_app_id": APP, "trigger_id": "t2", "response_urls": [],
                    "view": {"id": "V1", "type": "modal",
                             "callback_id": draw(st.sampled_from([REASON_CALLBACK, "other"])),
                             "private_metadata": metadata,
@@ -343,6 +346,9 @@ def mutated(draw: st.DrawFn, sent: st.SearchStrategy[Sent]) -> Sent:
                 request.payload[key] = "T0OTHER" if key == "team_id" else "A0OTHER"
         if isinstance(request.payload.get("team"), dict) and draw(st.booleans()):
             request.payload["team"]["id"] = "T0OTHER"
+        installation = first_authorization(request.payload)
+        if installation is not None and draw(st.booleans()):
+            installation["team_id"] = "T0OTHER"
     wrongly = ["as-form", "as-json", "payload-not-json", "text-plain"]
     request.encoding = draw(st.sampled_from(["plain"] * 12 + wrongly))
     if draw(st.integers(0, 9)) == 0:
@@ -357,6 +363,14 @@ requests = mutated(st.one_of(events(), events(), interactions()))
 # -- what Penny must ignore ---------------------------------------------------------------------
 
 
+def first_authorization(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The installation an event is delivered to, as Bolt reads it (``authorizations[0]``), if any."""
+    authorizations = body.get("authorizations")
+    if isinstance(authorizations, list) and authorizations and isinstance(authorizations[0], dict):
+        return authorizations[0]
+    return None
+
+
 HEARD_EVENTS = frozenset({"app_mention", "message", "app_home_opened", "app_context_changed",
                           "assistant_thread_started", "assistant_thread_context_changed"})
 KNOWN_ACTIONS = frozenset(ACTION_IDS[:5])
@@ -367,8 +381,13 @@ def must_ignore(sent: Sent) -> str | None:
     body = sent.payload
     if sent.kind == "raw" or not isinstance(body, dict) or sent.encoding != "plain":
         return None  # refused or acked by the guard or Bolt; checked by the 2xx/4xx and no-error properties
-    team = body.get("team_id") if sent.kind in ("event", "command") else (body.get("team") or {}).get("id") \
-        if isinstance(body.get("team"), dict) else None
+    installation = first_authorization(body)
+    if sent.kind == "event" and installation is not None:
+        team = installation.get("team_id")  # the installation an event is for (a Slack Connect one: not team_id)
+    elif sent.kind in ("event", "command"):
+        team = body.get("team_id")
+    else:
+        team = body["team"].get("id") if isinstance(body.get("team"), dict) else None
     if team == "T0OTHER" or body.get("api_app_id") == "A0OTHER":
         return "another workspace or app"
     if sent.kind == "action" and body.get("type") in ("shortcut", "message_action"):
@@ -607,6 +626,7 @@ def test_hostile_words_in_a_question_come_back_as_text_never_as_a_ping(front: Fr
 
 def _foreign(body: dict[str, Any], event: dict[str, Any]) -> None:
     body["team_id"] = "T0OTHER"
+    body["authorizations"][0]["team_id"] = "T0OTHER"
 
 
 def _other_app(body: dict[str, Any], event: dict[str, Any]) -> None:
