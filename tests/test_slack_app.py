@@ -1288,6 +1288,9 @@ def _malformed_action(change: Callable[[dict[str, Any]], None]) -> dict[str, Any
     ("action", _malformed_action(lambda p: p.update(user=["U1"]))),
     ("action", _malformed_action(lambda p: p["user"].update(id=None))),
     ("action", _malformed_action(lambda p: p.update(container="C1"))),
+    # A vote read the message's ts from the message when the container had none: .get on a string raised.
+    ("action", (lambda p: (p["container"].pop("message_ts"), p.update(message="an answer"), p)[-1])(
+        feedback_click("down", "entry-1", message_ts="1700000500.000500"))),
     # Bolt's action matchers index action_id: without one, Bolt answered 500 and logged a listener error.
     ("action", _malformed_action(lambda p: p["actions"][0].pop("action_id"))),
     ("action", _malformed_action(lambda p: p["actions"][0].update(action_id=None))),

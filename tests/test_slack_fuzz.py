@@ -545,9 +545,10 @@ _RUNS = settings(max_examples=200, deadline=None, derandomize=True, database=Non
                                         HealthCheck.data_too_large])
 
 
-def _click(change: Callable[[dict[str, Any]], None], action_id: str = ACTION_FEEDBACK) -> Sent:
-    payload = block_action_payload(action_id, "up:entry-1", "U1", "C1", ROOT)
+def _click(change: Callable[[dict[str, Any]], None], **fields: Any) -> Sent:
+    payload = block_action_payload(ACTION_FEEDBACK, "up:entry-1", "U1", "C1", ROOT)
     change(payload["actions"][0])
+    payload.update(fields)
     return Sent("action", payload, FORM)
 
 
@@ -568,6 +569,7 @@ def _reason_form(metadata: str) -> Sent:
 # What this test found (each has a named test in test_slack_app.py too):
 @example(sent=_click(lambda action: action.pop("action_id")))  # Bolt's matcher raised: a 500
 @example(sent=_reason_form("up:entry-1"))  # json.loads raised: a traceback logged as slack.reason_failed
+@example(sent=_click(lambda action: None, message="an answer", container={"type": "message", "channel_id": "C1"}))
 @example(sent=_click(lambda action: action.update(value="\ud800")))  # a UnicodeEncodeError storing the vote
 @example(sent=_event(type="assistant_thread_started", assistant_thread={"channel_id": "D1"}))  # Bolt's Assistant: a 500
 @example(sent=_event(type=[]))  # Bolt's event matchers raised: a 500

@@ -230,7 +230,7 @@ def malformed_fields(body: Mapping[str, Any]) -> list[str]:
     if kind in ("block_actions", "view_submission"):
         user = body.get("user")
         bad = [] if isinstance(user, dict) and _is_id(user.get("id")) else ["user.id"]
-        for name in ("channel", "container", "team"):
+        for name in ("channel", "container", "team", "message"):  # a vote reads the message's ts from either
             if body.get(name) is not None and not isinstance(body.get(name), dict):
                 bad.append(name)
         if kind == "block_actions":
