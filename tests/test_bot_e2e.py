@@ -15,7 +15,7 @@ from proxy_core.stores.base import Store
 from tests.bot_harness import Bot, make_bot
 from tests.fake_openai import FakeOpenAI
 from tests.fake_slack import FakeSlack
-from tests.slack_harness import TEAM, mention, message, thumbs_down
+from tests.slack_harness import TEAM, event_body, mention, message, thumbs_down
 
 
 @pytest.fixture
@@ -134,3 +134,22 @@ def test_thumbs_down_evicts_the_answer_from_the_exact_cache_alone(slack: FakeSla
         assert fake.count("chat") == 2  # U3's newer answer is still cached
     finally:
         bot.gateway.close()
+
+
+def test_a_question_from_a_slack_connect_guest_is_billed_to_the_workspace_penny_is_installed_in(
+    bot: Bot, slack: FakeSlack, fake: FakeOpenAI
+) -> None:
+    """In a Slack Connect channel an event's ``team_id`` can be the sender's workspace; the installation
+    it is delivered to is ``authorizations[0]`` (as Bolt reads it, and as Penny's installed-workspace
+    check does). The question is the installing workspace's to pay for and to see in ``/cost``: billed
+    under the guest's workspace, it ran on a budget line of its own, which no cap of the host's held."""
+    body = json.loads(event_body(mention("<@UPENNY> where are the production logs?", user="UGUEST"), "EvGuest"))
+    body["team_id"] = "T0GUEST"
+    body["authorizations"] = [{"enterprise_id": None, "team_id": TEAM, "user_id": "UPENNY", "is_bot": True,
+                               "is_enterprise_install": False}]
+    assert bot.dispatch(json.dumps(body)).status == 200
+    bot.settle()
+
+    assert len(slack.messages()) == 1 and fake.count("chat") == 1
+    assert bot.gateway.usage(TEAM, "2000-01-01", "2100-01-01").totals.requests == 1
+    assert bot.gateway.usage("T0GUEST", "2000-01-01", "2100-01-01").totals.requests == 0

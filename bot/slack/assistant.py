@@ -151,7 +151,7 @@ class AssistantThreads:
     def in_assistant_thread(self, body: dict[str, Any]) -> bool:
         """Listener matcher: the message is in an assistant thread Penny greeted."""
         event = body.get("event") or {}
-        key = f"{body.get('team_id')}:{event.get('channel')}:{event.get('thread_ts')}"
+        key = f"{workspace_of(body)}:{event.get('channel')}:{event.get('thread_ts')}"
         try:
             return self.store.record_get(ASSISTANT_THREADS_KIND, key) is not None
         except StoreError as exc:

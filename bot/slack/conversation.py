@@ -180,13 +180,26 @@ def asker_team(event: Mapping[str, Any], workspace: str) -> str:
     return workspace
 
 
-def workspace_of(body: Mapping[str, Any], context: BoltContext) -> str:
-    """The workspace an event came from."""
-    return str(body.get("team_id") or context.team_id or "")
+def workspace_of(body: Mapping[str, Any], context: BoltContext | None = None) -> str:
+    """The workspace an event is delivered to: the installation it names (``authorizations[0]``), as
+    Bolt and the installed-workspace check read it. In a Slack Connect channel the event's own
+    ``team_id`` can be the sender's workspace; billed and recorded under it, a guest's question ran
+    on budget lines of its own, and the host's ``/cost`` never saw it."""
+    authorizations = body.get("authorizations")
+    if isinstance(authorizations, list) and authorizations and isinstance(authorizations[0], Mapping):
+        installed = authorizations[0].get("team_id")
+        if isinstance(installed, str) and installed:
+            return installed
+    return str(body.get("team_id") or (context.team_id if context is not None else None) or "")
 
 
 def action_workspace(body: Mapping[str, Any]) -> str:
-    """The workspace a button click or a form came from."""
+    """The workspace a button click or a form is for: the installation's when a form opened from a
+    Slack Connect channel says so (``view.app_installed_team_id``, as Bolt reads it), else the
+    clicking user's workspace."""
+    view = body.get("view")
+    if isinstance(view, Mapping) and isinstance(view.get("app_installed_team_id"), str):
+        return str(view["app_installed_team_id"])
     return str((body.get("team") or {}).get("id") or body["user"].get("team_id") or "")
 
 
