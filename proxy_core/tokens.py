@@ -48,7 +48,7 @@ whitespace runs, digits, every script, emoji) in ``tests/test_tokens.py``; ``pyt
 prints the ratios. English prose comes out at about 1.3x the larger true count (1.0-1.7x on short
 samples; rare words no vocabulary or source has, like legal terms or German compounds, about 2x), code
 and JSON 1.3-1.6x (camelCase identifiers, which o200k cuts at each hump, up to 4x), hostile ASCII
-1.0-1.7x, hostile text in other scripts 1.05-1.45x, and non-Latin prose 1.6-3.2x (the price of a bound
+1.0-1.7x, hostile text in other scripts 1.05-1.5x, and non-Latin prose 1.6-3.2x (the price of a bound
 that no text can break: a Cyrillic letter is never charged less than 1.7).
 
 It rests on two facts about the tokenizers, not on measurements of text: their pre-tokenizer regexes
