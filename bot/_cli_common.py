@@ -15,6 +15,7 @@ from proxy_core import Gateway, PennySettings, Store, get_logger, missing_store
 
 __all__ = [
     "LOCAL_WORKSPACE",
+    "NOT_UTF8",
     "UsageError",
     "WorkspaceChoice",
     "announce_new_store",
@@ -23,6 +24,8 @@ __all__ = [
     "opened_store",
     "positive_int",
     "shown_on_one_line",
+    "text",
+    "undecodable",
 ]
 
 # The workspace of the terminal's own calls (penny ask, the terminal chat), and of everything on a
@@ -117,9 +120,29 @@ def port(value: str) -> int:
     return number
 
 
+NOT_UTF8: Final = ("is not UTF-8 text (the shell passed bytes in another encoding: check the terminal's locale, "
+                   "e.g. LANG=C.UTF-8)")
+
+
+def undecodable(value: str) -> bool:
+    """Whether ``value`` holds bytes that were not UTF-8: Python hands argv and (in a C locale) stdin
+    over with each such byte as a lone surrogate (PEP 383)."""
+    return any(0xD800 <= ord(c) <= 0xDFFF for c in value)
+
+
+def text(value: str) -> str:
+    """An argument Penny stores, looks up or sends on as text (a question, a user ID, a cache
+    context): refused when it carries bytes that are not UTF-8. Python hands such argv bytes over as
+    lone surrogates, which no store, hash or JSON body can encode: each command failed on
+    them with a traceback, or stored a user ID no Slack user has."""
+    if undecodable(value):
+        raise argparse.ArgumentTypeError(NOT_UTF8)
+    return value
+
+
 def nonblank(value: str) -> str:
     """A value that must say something (a Slack user ID, …)."""
-    if not value.strip():
+    if not text(value).strip():
         raise argparse.ArgumentTypeError("must not be empty")
     return value.strip()
 
@@ -141,13 +164,13 @@ def one_line(limit: int, *, blank: bool = False) -> Callable[[str], str]:
     escape sequence rewrites the screen). ``blank``: an empty value is allowed."""
 
     def parse(value: str) -> str:
-        text = value.strip() if blank else nonblank(value)
-        bad = next((c for c in text if _unshowable(c)), None)
+        line = text(value).strip() if blank else nonblank(value)
+        bad = next((c for c in line if _unshowable(c)), None)
         if bad is not None:
             raise argparse.ArgumentTypeError(f"must be one line of text, without {_escaped(bad)}")
-        if len(text) > limit:
-            raise argparse.ArgumentTypeError(f"at most {limit} characters, not {len(text):,}")
-        return text
+        if len(line) > limit:
+            raise argparse.ArgumentTypeError(f"at most {limit} characters, not {len(line):,}")
+        return line
 
     return parse
 

@@ -25,6 +25,7 @@ from dotenv import dotenv_values
 
 from bot._cli_common import (
     LOCAL_WORKSPACE,
+    NOT_UTF8,
     UsageError,
     announce_new_store,
     chosen_workspace,
@@ -32,6 +33,8 @@ from bot._cli_common import (
     opened_store,
     port,
     positive_int,
+    text,
+    undecodable,
 )
 from bot.answer_types import Question
 from bot.proxy.commands import add_commands as add_proxy_commands
@@ -146,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     ask = sub.add_parser("ask", help="ask the docs one question: the answer, its sources and its cost")
-    ask.add_argument("question")
+    ask.add_argument("question", type=text)
     ask.add_argument("--fresh", action="store_true", help="skip the cache and ask the LLM")
     _who(ask)
     ask.set_defaults(func=_cmd_ask)
@@ -194,7 +197,7 @@ def _parser() -> argparse.ArgumentParser:
     stats = cache_sub.add_parser("stats", help="how many answers are cached")
     stats.set_defaults(func=_cmd_cache_stats)
     clear = cache_sub.add_parser("clear", help="forget cached answers (all, or by context prefix)")
-    clear.add_argument("--context", default="", help="only semantic entries whose context starts with this "
+    clear.add_argument("--context", default="", type=text, help="only semantic entries whose context starts with this "
                                                      "(without it: every answer, exact ones included)")
     clear.set_defaults(func=_cmd_cache_clear)
 
@@ -560,6 +563,9 @@ def _run_or_chat(args: argparse.Namespace, settings: BotSettings, out: TextIO, s
                 return 0
             if _ends_chat(line):
                 return 0
+            if undecodable(line):  # no LLM request or store can carry it: it failed with a traceback
+                print(f"penny> That line {NOT_UTF8}. Ask again.", file=out)
+                continue
             session.ask(line.strip(), args.user, args.workspace, out, fresh=False)
 
 

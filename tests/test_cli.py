@@ -983,3 +983,38 @@ def test_a_redis_database_that_is_not_a_number_is_named(
     code, _ = penny("check")
     err = capsys.readouterr().err
     assert code == 2 and "PENNY_STORE_URL: not a valid Redis URL: its database" in err and "s3cret-pw" not in err
+
+
+UNDECODABLE = os.fsdecode(b"U\xff")  # what Python makes of argv bytes that are not UTF-8 (PEP 383)
+
+
+@pytest.mark.parametrize("argv", [
+    ["usage", "--user", UNDECODABLE],
+    ["cost", "--team", "--workspace", UNDECODABLE],
+    ["feedback", "--workspace", UNDECODABLE],
+    ["cache", "clear", "--context", UNDECODABLE],
+    ["keys", "revoke", f"pk-{UNDECODABLE}"],
+    ["keys", "create", "--user", UNDECODABLE],
+    ["keys", "create", "--user", "U1", "--models", UNDECODABLE],
+    ["ask", UNDECODABLE],
+])
+def test_arguments_that_are_not_utf8_are_refused_by_name(argv: list[str], isolated: str,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Each was a UnicodeEncodeError traceback from the store or the key hash, or (keys create) a
+    key billed to a user ID no Slack user has."""
+    created(isolated)
+    with pytest.raises(SystemExit) as refused:
+        penny(*argv)
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and "is not UTF-8 text" in err and "LANG=C.UTF-8" in err
+    assert "Traceback" not in err
+
+
+def test_a_chat_line_that_is_not_utf8_is_refused_and_the_chat_goes_on(fake: FakeOpenAI) -> None:
+    """In a C locale Python reads stdin's non-UTF-8 bytes as lone surrogates: the LLM request
+    failed to encode and the chat ended in a traceback."""
+    code, out = penny("run", stdin=f"How do I {UNDECODABLE} deploy?\n{QUESTION}\nquit\n")
+    assert code == 0
+    assert "penny> That line is not UTF-8 text" in out and "LANG=C.UTF-8" in out
+    assert out.count("you> ") == 3 and "penny> " in out.split("Ask again.")[1]
+    assert fake.count("chat") == 1  # only the question that could be sent

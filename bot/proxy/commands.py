@@ -18,6 +18,7 @@ from bot._cli_common import (
     port,
     positive_int,
     shown_on_one_line,
+    text,
 )
 from bot.proxy.keys import KEY_PREFIX, KeyRing
 from proxy_core import MAX_BUDGET_USD, PennySettings, PriceTable, format_usd, missing_store
@@ -60,7 +61,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     listing.set_defaults(func=_cmd_list)
     revoke = keys_sub.add_parser("revoke", help="revoke a key by ID, or by the key itself if it leaked "
                                                 "(its calls get 401 from then on)")
-    revoke.add_argument("key_id", metavar="ID", help="key_… from penny keys list, or the pk-… key")
+    revoke.add_argument("key_id", metavar="ID", type=text, help="key_… from penny keys list, or the pk-… key")
     revoke.set_defaults(func=_cmd_revoke)
 
 
@@ -93,7 +94,7 @@ def _usd(value: str) -> int:
 def _models(value: str) -> tuple[str, ...]:
     """``--models a,b``: each model once. A list naming none is refused: a key's empty list means
     every model, so ``--models "$UNSET"`` would widen the key it was meant to narrow."""
-    models = tuple(dict.fromkeys(m.strip() for m in value.split(",") if m.strip()))
+    models = tuple(dict.fromkeys(m.strip() for m in text(value).split(",") if m.strip()))
     if not models:
         raise argparse.ArgumentTypeError(f"names no model ({value!r}); leave --models out for every priced model")
     return models
