@@ -205,7 +205,8 @@ def _parser() -> argparse.ArgumentParser:
     prices.set_defaults(func=_cmd_prices)
 
     index = sub.add_parser("index", help="index a docs folder into the store (only changed passages are embedded)")
-    index.add_argument("dir", metavar="DIR", help="the docs folder (Markdown, reStructuredText, HTML, text)")
+    index.add_argument("dir", metavar="DIR", type=_folder,
+                       help="the docs folder (Markdown, reStructuredText, HTML, text)")
     index.add_argument("--allow-empty", action="store_true",
                        help="index a folder with no docs, removing every document from the index")
     index.set_defaults(func=_cmd_index)
@@ -230,9 +231,20 @@ def _who(p: argparse.ArgumentParser, *, served: bool = False) -> None:
         p.add_argument("--workspace", default=LOCAL_WORKSPACE, type=nonblank, help="the workspace (default: local)")
 
 
+def _folder(value: str) -> str:
+    """``penny index DIR``: an empty DIR is refused, not read as the working directory: ``penny index
+    "$DOCS"`` with DOCS unset replaced the team's index with whatever files were under the shell's cwd."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must name the docs folder, not be empty (use . for this folder)")
+    return value
+
+
 def _seconds(value: str) -> float:
     """``--stop-timeout S``: seconds, zero or more (argparse turns a refusal into exit 2)."""
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except ValueError:  # argparse's own message named the function: "invalid _seconds value"
+        raise argparse.ArgumentTypeError(f"a number of seconds, not {value!r}") from None
     if not seconds >= 0 or seconds == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, not {value}")
     return seconds

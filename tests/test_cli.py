@@ -707,7 +707,10 @@ def test_cache_eval_rejects_a_bad_file(tmp_path: Path, capsys: pytest.CaptureFix
     assert 'paraphrases.jsonl:1: each line is {"a": "a question", "b": "another", "label": 1}' in err
     assert "it has no 'a' (its keys: question, paraphrase_of, page)" in err
     assert penny("cache", "eval", str(tmp_path / "missing.jsonl"))[0] == 2
-    assert "Traceback" not in capsys.readouterr().err
+    (tmp_path / "empty.jsonl").write_text("")  # was a report of nothing, every rate 0%, and exit 0
+    assert penny("cache", "eval", str(tmp_path / "empty.jsonl"))[0] == 2
+    err = capsys.readouterr().err
+    assert "empty.jsonl: no pairs to evaluate" in err and "Traceback" not in err
 
 
 def test_cache_stats_and_clear(fake: FakeOpenAI) -> None:
@@ -762,6 +765,10 @@ def test_feedback_lists_votes_per_page_and_user(isolated: str) -> None:
     (["cost", "--user", ""], "argument --user: must not be empty"),  # was a report on nobody
     (["usage", "--workspace", " "], "argument --workspace: must not be empty"),
     (["keys", "create", "--user", "U1", "--daily-budget-usd", "1e999"], "at most 1,000,000,000 USD, not 1e999"),
+    # was "invalid _seconds value", naming a function of Penny's rather than what a value must be
+    (["run", "--stop-timeout", "abc"], "argument --stop-timeout: a number of seconds, not 'abc'"),
+    # was the working directory: `penny index "$DOCS"` with DOCS unset replaced the index with its files
+    (["index", ""], "argument DIR: must name the docs folder, not be empty"),
 ])
 def test_out_of_range_arguments_are_refused_by_name(argv: list[str], why: str,
                                                      capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -410,3 +411,17 @@ def load_pairs_from(tmp_path: Path, rows: Sequence[tuple[str, str, int, float]])
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps({"a": a, "b": b, "label": y}) + "\n" for a, b, y, _ in rows))
     return load_pairs(path)
+
+
+@pytest.mark.parametrize(("content", "why"), [
+    (b"", "pairs.jsonl: no pairs to evaluate"),  # was an evaluation of nothing: every rate 0%, exit 0
+    (b"\n  \n", "pairs.jsonl: no pairs to evaluate"),
+    (b'{"a": "x", "b": "y", "label": 1}\n\xff\xfe\n', "pairs.jsonl:2: not UTF-8 text"),  # named no file or line
+    (b'{"a": "x", "b": "y", "label": 2}\n', "pairs.jsonl:1: each line is"),  # was counted as a 0
+])
+def test_load_pairs_refuses_a_file_with_no_pairs_or_unreadable_lines(content: bytes, why: str,
+                                                                     tmp_path: Path) -> None:
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=re.escape(why)):
+        load_pairs(path)

@@ -297,22 +297,40 @@ class LabelledPair(NamedTuple):
     label: int
 
 
+_PAIR_LINE = ('each line is {"a": "a question", "b": "another", "label": 1} '
+              "(1: an answer to a also answers b, 0: it does not)")
+
+
 def load_pairs(path: str | Path) -> list[LabelledPair]:
-    """Pairs from a JSON Lines file of ``{"a", "b", "label"}``."""
+    """Pairs from a JSON Lines file of ``{"a", "b", "label"}``. ``ValueError`` names the file and
+    line of anything else, and a file with no pair: an evaluation of nothing reported every rate
+    as 0% and passed."""
     pairs: list[LabelledPair] = []
-    with Path(path).open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
+    with Path(path).open("rb") as fh:
+        for n, raw in enumerate(fh, 1):
             try:
-                row = json.loads(line)
-                pairs.append(LabelledPair(str(row["a"]), str(row["b"]), int(row["label"])))
-            except (ValueError, KeyError, TypeError) as exc:
-                why = (f"it has no {exc} (its keys: {', '.join(row)})" if isinstance(exc, KeyError)
-                       and isinstance(row, dict) else str(exc))
-                raise ValueError(f'{path}:{n}: each line is {{"a": "a question", "b": "another", "label": 1}} '
-                                 f"(1: an answer to a also answers b, 0: it does not); {why}") from exc
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:  # the bytes are not echoed: this is the user's data
+                raise ValueError(f"{path}:{n}: not UTF-8 text; save the file as UTF-8") from None
+            if line.strip():
+                pairs.append(_pair(line, f"{path}:{n}"))
+    if not pairs:
+        raise ValueError(f"{path}: no pairs to evaluate; {_PAIR_LINE}")
     return pairs
+
+
+def _pair(line: str, where: str) -> LabelledPair:
+    row: object = None
+    try:
+        row = json.loads(line)
+        pair = LabelledPair(str(row["a"]), str(row["b"]), int(row["label"]))  # type: ignore[index]
+    except (ValueError, KeyError, TypeError) as exc:
+        why = (f"it has no {exc} (its keys: {', '.join(row)})" if isinstance(exc, KeyError)
+               and isinstance(row, dict) else str(exc))
+        raise ValueError(f"{where}: {_PAIR_LINE}; {why}") from exc
+    if pair.label not in (0, 1):  # any other number counted as a label of 0 in every rate
+        raise ValueError(f"{where}: {_PAIR_LINE}; its label is {pair.label}")
+    return pair
 
 
 @dataclass(frozen=True, slots=True)
