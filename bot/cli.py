@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Final, NoReturn, TextIO
 
 from dotenv import dotenv_values
@@ -289,11 +290,9 @@ def _cmd_check(args: argparse.Namespace, settings: BotSettings, out: TextIO, _in
               "Penny replays them on its own, or run: penny ledger replay", file=out)
     else:
         print(f"ledger      nothing waiting (spool: {spool})", file=out)
-    set_aside = unreadable_files(spool)
+    set_aside = _set_aside(spool)
     if set_aside:
-        print(f"warning     {len(set_aside)} spool file(s) set aside with lines Penny could not read (a paid call "
-              f"may be among them; JSON lines, one call each): {', '.join(str(p) for p in set_aside)}; "
-              "account for them by hand, then delete them", file=out)
+        print(f"warning     {set_aside}", file=out)
     print(f"chat model  {settings.chat_model} (priced)", file=out)
     # The embedder is what embeds the docs and the questions; PENNY_EMBEDDING_MODEL names no call Penny makes.
     local = not settings.embedder.startswith("openai:")
@@ -395,9 +394,24 @@ def _cmd_ledger_replay(args: argparse.Namespace, settings: PennySettings, out: T
         if elsewhere > 0:
             print(f"{elsewhere} more wait in spool files of running Penny processes, which replay them "
                   "themselves", file=out)
+        # What no replay can write: before, it showed only as log events, and the replay exited 0
+        # ("0 still waiting"), so a `penny ledger replay || alert` never told anyone.
+        set_aside = _set_aside(settings.spool_directory())
+        if set_aside:
+            print(set_aside, file=out)
     finally:
         gateway.close()
-    return 1 if report.pending else 0
+    return 1 if report.pending or set_aside else 0
+
+
+def _set_aside(spool: Path) -> str | None:
+    """The spool files set aside with lines no one could read, for the operator (None: none)."""
+    files = unreadable_files(spool)
+    if not files:
+        return None
+    return (f"{len(files)} spool file(s) set aside with lines Penny could not read (a paid call may be among them; "
+            f"JSON lines, one call each): {', '.join(str(p) for p in files)}; account for them by hand, then "
+            "delete them")
 
 
 def _cmd_cache_eval(args: argparse.Namespace, settings: PennySettings, out: TextIO, _in: TextIO) -> int:
@@ -454,8 +468,6 @@ def _cmd_cache_clear(args: argparse.Namespace, settings: PennySettings, out: Tex
 
 
 def _cmd_index(args: argparse.Namespace, settings: BotSettings, out: TextIO, _in: TextIO) -> int:
-    from pathlib import Path
-
     from bot.docs.index import NoDocsFound
     from bot.service import index_docs
 
