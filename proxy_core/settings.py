@@ -278,6 +278,19 @@ class PennySettings(BaseSettings):
                                      ) from None
         return value
 
+    @field_validator("spool_dir")
+    @classmethod
+    def _spool_dir_can_be_a_folder(cls, value: Path | None) -> Path | None:
+        # A file there (or above it) refuses every spooled paid call: each waited in memory only, lost
+        # at exit, while penny check and ledger replay said "nothing waiting" and exited 0.
+        if value is None:
+            return None
+        blocked = next((p for p in (value, *value.parents) if p.exists() and not p.is_dir()), None)
+        if blocked is not None:
+            named = "it" if blocked == value else f"{blocked}"
+            raise ValueError(f"{value} cannot be the spool folder: {named} is a file; name a folder (Penny creates it)")
+        return value
+
     @field_validator("price_file")
     @classmethod
     def _price_file_exists(cls, value: Path | None) -> Path | None:

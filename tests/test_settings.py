@@ -212,6 +212,18 @@ def test_price_file_must_exist(clean_env: Path) -> None:
     assert load_settings(price_file=present).price_file == present
 
 
+def test_a_spool_dir_that_is_a_file_is_refused_by_name(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every paid call it had to hold waited in memory only (lost at exit), while penny check and
+    ledger replay said nothing was waiting."""
+    (clean_env / "a-file").write_text("x")
+    monkeypatch.setenv("PENNY_SPOOL_DIR", str(clean_env / "a-file"))
+    assert f"PENNY_SPOOL_DIR: {clean_env / 'a-file'} cannot be the spool folder: it is a file" in _error()
+    monkeypatch.setenv("PENNY_SPOOL_DIR", str(clean_env / "a-file" / "spool"))
+    assert f"cannot be the spool folder: {clean_env / 'a-file'} is a file" in _error()
+    monkeypatch.setenv("PENNY_SPOOL_DIR", str(clean_env / "new" / "spool"))  # a folder Penny creates
+    assert load_settings().spool_directory() == clean_env / "new" / "spool"
+
+
 def test_an_unpriced_model_is_reported_with_every_other_problem_even_without_a_key(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
