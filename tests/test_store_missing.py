@@ -96,3 +96,22 @@ def test_the_store_api_refuses_to_create_only_when_asked(tmp_path: Path) -> None
     assert missing_store(url) is None
     store_from_url(url, create=False).close()
     assert missing_store("redis://127.0.0.1:6379/0") is None  # a server's store: Penny never creates one
+
+
+@pytest.mark.parametrize("argv", [["usage"], ["check"], ["keys", "create", "--user", "U1"], ["run"]], ids=" ".join)
+def test_a_store_path_that_is_a_folder_or_under_a_file_is_a_setting_to_fix(
+        argv: list[str], cli_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Both were SQLite's "unable to open database file", shown as a store error (exit 1) asking
+    whether the store is reachable."""
+    monkeypatch.setenv("PENNY_DOCS_DIR", str(REPO / "examples" / "docs"))
+    monkeypatch.setenv("PENNY_STORE_URL", f"sqlite:///{tmp_path}")
+    assert penny(*argv)[0] == 2
+    err = capsys.readouterr().err
+    assert f"PENNY_STORE_URL: {tmp_path} is a folder, not a database file; name a file in it, " \
+           f"e.g. sqlite:///{tmp_path / 'penny.db'}" in err and "Traceback" not in err
+    (tmp_path / "a-file").write_text("x")
+    monkeypatch.setenv("PENNY_STORE_URL", f"sqlite:///{tmp_path / 'a-file' / 'penny.db'}")
+    assert penny(*argv)[0] == 2
+    err = capsys.readouterr().err
+    assert f"cannot be a database file: {tmp_path / 'a-file'} is a file, not a folder" in err

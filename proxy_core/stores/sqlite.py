@@ -368,6 +368,7 @@ class SqliteStore(Store):
                 "PENNY_STORE_URL: the sqlite URL needs a database file path, "
                 "e.g. sqlite:///data/penny.db (in-memory databases cannot be shared)"
             )
+        _refuse_what_is_no_file(path)
         return path
 
     # -- connections and transactions ------------------------------------------------------
@@ -1139,6 +1140,19 @@ class SqliteStore(Store):
 
     def _trim_log(self, conn: sqlite3.Connection) -> None:
         conn.execute("DELETE FROM semantic_log WHERE id <= ?", (_log_head(conn) - self.semantic_log_retain,))
+
+def _refuse_what_is_no_file(path: str) -> None:
+    """A ConfigurationError naming the path when it is a folder, or lies under a file: SQLite only
+    said "unable to open database file", which read as a store that is down (exit 1, "check that it
+    is reachable"), not as a setting to fix."""
+    if os.path.isdir(path):
+        raise ConfigurationError(f"PENNY_STORE_URL: {path} is a folder, not a database file; name a file in it, "
+                                 f"e.g. sqlite:///{os.path.join(path, 'penny.db')}")
+    above = next((p for p in Path(path).parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise ConfigurationError(f"PENNY_STORE_URL: {path} cannot be a database file: {above} is a file, "
+                                 "not a folder")
+
 
 def _prefix_end(prefix: str) -> str | None:
     """The least string above every string starting with ``prefix`` (None: no bound, ``""``)."""
