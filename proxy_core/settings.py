@@ -53,6 +53,7 @@ MICROS_PER_USD = 1_000_000
 MAX_BUDGET_USD: Final = Decimal(1_000_000_000)  # a budget above this is a typo, not a plan
 Usd = Annotated[Decimal, Field(ge=0, le=MAX_BUDGET_USD, decimal_places=6)]
 Rate = Annotated[float, Field(ge=0)]
+MAX_OUTPUT_TOKENS: Final = 1_000_000
 MAX_SECONDS: Final = 10 * 365 * 86_400  # a duration above ten years is a typo, and past a clock's range
 Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS)]
 PositiveSeconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
@@ -128,7 +129,9 @@ class PennySettings(BaseSettings):
         "text-embedding-3-small", min_length=1,
         description="Embedding model of Gateway.embed calls that name none (retrieval uses PENNY_EMBEDDER).",
     )
-    max_output_tokens: int = Field(800, ge=1, description="Cap on completion tokens per answer.")
+    # No model writes a million tokens in one answer: more is a typo, which every call would carry to
+    # the provider (refused there) and reserve as its worst case (refused by any budget).
+    max_output_tokens: int = Field(800, ge=1, le=MAX_OUTPUT_TOKENS, description="Cap on completion tokens per answer.")
     request_timeout_s: PositiveSeconds = Field(
         30.0, description="Seconds before one upstream call times out."
     )

@@ -212,6 +212,14 @@ def test_price_file_must_exist(clean_env: Path) -> None:
     assert load_settings(price_file=present).price_file == present
 
 
+def test_an_output_cap_no_model_could_reach_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 30-digit cap passed penny check; every call then carried it to the provider and reserved it."""
+    monkeypatch.setenv("PENNY_MAX_OUTPUT_TOKENS", "9" * 30)
+    assert "PENNY_MAX_OUTPUT_TOKENS: Input should be less than or equal to 1000000" in _error()
+    monkeypatch.setenv("PENNY_MAX_OUTPUT_TOKENS", "1000000")
+    assert load_settings().max_output_tokens == 1_000_000
+
+
 def test_a_spool_dir_that_is_a_file_is_refused_by_name(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every paid call it had to hold waited in memory only (lost at exit), while penny check and
     ledger replay said nothing was waiting."""
