@@ -769,6 +769,7 @@ def test_feedback_lists_votes_per_page_and_user(isolated: str) -> None:
     (["run", "--stop-timeout", "abc"], "argument --stop-timeout: a number of seconds, not 'abc'"),
     # was the working directory: `penny index "$DOCS"` with DOCS unset replaced the index with its files
     (["index", ""], "argument DIR: must name the docs folder, not be empty"),
+    (["keys", "revoke", " "], "argument ID: must not be empty"),  # was "penny: no key   (see penny keys list)"
 ])
 def test_out_of_range_arguments_are_refused_by_name(argv: list[str], why: str,
                                                      capsys: pytest.CaptureFixture[str]) -> None:

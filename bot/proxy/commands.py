@@ -13,6 +13,7 @@ from bot._cli_common import (
     LOCAL_WORKSPACE,
     WorkspaceChoice,
     chosen_workspace,
+    nonblank,
     one_line,
     opened_store,
     port,
@@ -61,7 +62,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     listing.set_defaults(func=_cmd_list)
     revoke = keys_sub.add_parser("revoke", help="revoke a key by ID, or by the key itself if it leaked "
                                                 "(its calls get 401 from then on)")
-    revoke.add_argument("key_id", metavar="ID", type=text, help="key_… from penny keys list, or the pk-… key")
+    revoke.add_argument("key_id", metavar="ID", type=nonblank, help="key_… from penny keys list, or the pk-… key")
     revoke.set_defaults(func=_cmd_revoke)
 
 
