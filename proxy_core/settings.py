@@ -395,6 +395,11 @@ class PennySettings(BaseSettings):
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 # Not echoed: a mistyped URL may carry a key in its query.
                 raise ValueError("must be an http(s) URL with a host, such as https://api.openai.com/v1")
+            if parts.query or parts.fragment:
+                # The client puts /chat/completions after it, into the query: every call missed, and
+                # each failure's message printed the query, a token in it included.
+                raise ValueError("must have no ?query or #fragment, such as https://api.openai.com/v1 (the key "
+                                 "goes in OPENAI_API_KEY)")
         return value
 
     @model_validator(mode="after")

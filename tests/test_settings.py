@@ -212,6 +212,14 @@ def test_price_file_must_exist(clean_env: Path) -> None:
     assert load_settings(price_file=present).price_file == present
 
 
+@pytest.mark.parametrize("url", [f"http://127.0.0.1:9/v1?api-key={SECRET}", f"https://example.com/v1#{SECRET}"])
+def test_a_base_url_with_a_query_is_refused_without_echoing_it(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calls went to /v1?api-key=…chat/completions, and every failure printed the URL, token and all."""
+    monkeypatch.setenv("OPENAI_BASE_URL", url)
+    message = _error()
+    assert "OPENAI_BASE_URL: must have no ?query or #fragment" in message and SECRET not in message
+
+
 def test_an_output_cap_no_model_could_reach_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """A 30-digit cap passed penny check; every call then carried it to the provider and reserved it."""
     monkeypatch.setenv("PENNY_MAX_OUTPUT_TOKENS", "9" * 30)
