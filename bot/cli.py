@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
+import errno
 import getpass
+import io
 import json
 import os
 import sys
@@ -77,16 +79,25 @@ ENV_PREFIX: Final = "PENNY_"
 
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stdin: TextIO | None = None) -> int:
     out = stdout or sys.stdout
+    # `penny run 0<&-`: with no stdin at all Python sets sys.stdin to None; read it as at its end.
+    given_in = stdin or sys.stdin or io.StringIO()
     parser = _parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit:  # --help printed to sys.stdout: a closed pipe shows up here, as below
         try:
-            sys.stdout.flush()
+            if sys.stdout is not None:
+                sys.stdout.flush()
         except BrokenPipeError:
             _discard_output(sys.stdout)
             return 1
         raise
+    if out is None:
+        # `penny … >&-`: Python sets sys.stdout to None and print() to it writes nothing, so a
+        # command "succeeded" showing nothing (a new key included) and then died on a traceback.
+        print("penny: standard output is closed: run it with its output to a terminal, a file or a pipe",
+              file=sys.stderr)
+        return 1
     settings: BotSettings | None = None
     try:
         settings = load_settings()
@@ -97,13 +108,18 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         if command is not _cmd_check:  # check lists them with the rest of its report
             for line in _misspelled_settings(BotSettings):
                 print(f"penny: warning: {line}", file=sys.stderr)
-        code = command(args, settings, out, stdin or sys.stdin)
+        code = command(args, settings, out, given_in)
         out.flush()  # a closed pipe must show up here, not in the interpreter's flush at exit
         return code
     except BrokenPipeError:
         # The reader went away (`penny prices | head -1`): stop quietly, as the Python docs' "Note on
         # SIGPIPE" advises, pointing the stream at devnull so the interpreter's last flush cannot fail.
         _discard_output(out)
+        return 1
+    except OSError as exc:
+        if not _output_failed(exc):
+            raise
+        print(f"penny: could not write the output: {exc.strerror}", file=sys.stderr)
         return 1
     except ConfigurationError as exc:
         print(f"penny: configuration error\n{exc}", file=sys.stderr)
@@ -684,6 +700,16 @@ def _login() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "local"
+
+
+# What writing to stdout raises when its file cannot take more (`penny prices > /dev/full`, a full
+# disk, a quota). Such an error names no file; every command's own file errors do (or are turned
+# into messages of their own), so one of these reaching main is the output's.
+_OUTPUT_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+
+
+def _output_failed(exc: OSError) -> bool:
+    return exc.errno in _OUTPUT_ERRNOS and exc.filename is None
 
 
 def _discard_output(stream: TextIO) -> None:

@@ -522,6 +522,31 @@ def test_help_into_a_closed_pipe_ends_quietly(argv: list[str], tmp_path: Path) -
     assert (proc.returncode, proc.stderr) == (1, b"")
 
 
+def test_output_that_cannot_be_written_is_said_on_stderr_without_a_traceback(tmp_path: Path) -> None:
+    """``penny prices > /dev/full`` (a full disk) died with an OSError traceback; with stdout closed
+    (``>&-``) Python has no sys.stdout, so each command printed nothing and then died on
+    ``None.flush()``: ``keys create`` after storing a key nobody was shown. No stdin at all (``0<&-``)
+    is the end of the terminal chat's input, as ``</dev/null`` is, not an AttributeError."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PENNY_", "OPENAI_", "SLACK_"))},
+           "PYTHONPATH": str(REPO), "PENNY_STORE_URL": f"sqlite:///{tmp_path / 'penny.db'}",
+           "PENNY_DOCS_DIR": str(REPO / "examples" / "docs")}
+
+    def run(argv: list[str], **streams: object) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([sys.executable, "-m", "bot.cli", *argv], stderr=subprocess.PIPE, cwd=tmp_path,
+                              env=env, timeout=120, check=False, **streams)  # type: ignore[call-overload]
+
+    with open("/dev/full", "wb") as full:
+        proc = run(["prices"], stdout=full)
+    assert proc.returncode == 1 and b"Traceback" not in proc.stderr
+    assert b"penny: could not write the output: No space left on device" in proc.stderr
+    proc = run(["keys", "create", "--user", "U1"], preexec_fn=lambda: os.close(1))
+    assert proc.returncode == 1 and b"Traceback" not in proc.stderr
+    assert b"penny: standard output is closed" in proc.stderr
+    assert not (tmp_path / "penny.db").exists()  # refused before anything was made
+    proc = run(["run"], stdin=None, stdout=subprocess.PIPE, preexec_fn=lambda: os.close(0))
+    assert proc.returncode == 0 and b"Traceback" not in proc.stderr and b"you> " in proc.stdout
+
+
 def test_ctrl_c_while_the_command_is_still_loading_ends_it_quietly(tmp_path: Path) -> None:
     """Importing the CLI takes about a second; a Ctrl-C in it used to print a traceback. The
     interrupt is delivered deterministically here: as the import of ``bot.cli`` starts."""
