@@ -520,15 +520,21 @@ def _describe(settings_class: type[PennySettings], error: Any) -> str:
 
 def _unparsed_dotenv_lines(settings_class: type[PennySettings]) -> str | None:
     """What to say of the ``.env`` lines python-dotenv cannot parse (an unclosed quote, a name with
-    a space), by line number only: their text may hold a key. None when every line parses."""
+    a space), by line number only: their text may hold a key, or of a ``.env`` that cannot be read.
+    None when every line parses."""
     from dotenv.parser import parse_stream
 
     path = Path(str(settings_class.model_config.get("env_file") or ".env"))
     try:
         with path.open(encoding="utf-8-sig") as handle:
             bad = [binding.original.line for binding in parse_stream(handle) if binding.error]
-    except OSError:  # no .env (the usual case), or not a file: the settings sources say the same
-        return None
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None  # no .env (the usual case), or not a file: the settings sources pass it over too
+    except OSError as exc:
+        # One this user may not read (written by root, say): the settings sources raised the
+        # PermissionError itself, a traceback on every command.
+        return (f"{path}: cannot be read ({exc.strerror}), so the settings in it would be ignored; let this user "
+                "read it or remove it")
     if not bad:
         return None
     lines = ", ".join(str(n) for n in bad)

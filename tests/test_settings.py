@@ -104,6 +104,26 @@ def test_dotenv_file_and_environment_precedence(monkeypatch: pytest.MonkeyPatch,
     assert s.openai_api_key.get_secret_value() == SECRET
 
 
+def test_a_dotenv_file_this_user_may_not_read_is_named(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It was python-dotenv's PermissionError, a traceback on every penny command. (The tests may run
+    as root, whom no file mode stops: the refusal is the operating system's, stood in for here.)"""
+    import builtins
+
+    (clean_env / ".env").write_text(f"OPENAI_API_KEY={SECRET}\n")
+    real_open = builtins.open
+
+    def refusing_open(file: object, *args: object, **kwargs: object) -> object:
+        if str(file).endswith(".env"):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(builtins, "open", refusing_open)
+    monkeypatch.setattr(Path, "open", lambda self, *a, **k: refusing_open(self, *a, **k))
+    message = _error()
+    assert message == ".env: cannot be read (Permission denied), so the settings in it would be ignored; " \
+                      "let this user read it or remove it"
+
+
 def test_empty_api_key_means_unset(clean_env: Path) -> None:
     (clean_env / ".env").write_text("OPENAI_API_KEY=\n")
     assert load_settings().openai_api_key is None
