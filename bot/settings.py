@@ -67,6 +67,16 @@ class BotSettings(PennySettings):
     def _lower_thread_replies(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
 
+    @field_validator("docs_dir", mode="before")
+    @classmethod
+    def _docs_dir_named(cls, value: object) -> object:
+        # PENNY_DOCS_DIR= (empty, as in a .env template) was the working directory: a first run
+        # indexed whatever files were under it, and Slack users could ask about them.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("empty: set it to your docs folder (. for the working directory), or remove the "
+                             "line for the bundled example handbook")
+        return value
+
     @field_validator("admin_user_ids", "docs_link_roots", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:

@@ -78,6 +78,15 @@ def test_every_bad_field_of_bot_and_engine_is_reported_at_once(monkeypatch: pyte
     assert "quiet" not in str(info.value) and TOKEN not in str(info.value)
 
 
+def test_an_empty_docs_dir_is_refused_not_read_as_the_working_directory(clean_env: Path) -> None:
+    """``PENNY_DOCS_DIR=`` (as left in a .env template) was Path(""), the working directory: a first
+    run indexed every file under it, for anyone in Slack to ask about."""
+    (clean_env / ".env").write_text("PENNY_DOCS_DIR=\n")
+    with pytest.raises(ConfigurationError) as info:
+        load_settings()
+    assert "PENNY_DOCS_DIR: empty: set it to your docs folder (. for the working directory)" in str(info.value)
+
+
 def test_env_var_names() -> None:
     assert env_var("slack_bot_token", BotSettings) == "SLACK_BOT_TOKEN"
     assert env_var("slack_signing_secret", BotSettings) == "SLACK_SIGNING_SECRET"
