@@ -366,10 +366,13 @@ class PennySettings(BaseSettings):
                              'to stop their spend, the smallest one ("0.000001")')
         return value
 
-    @field_validator("openai_base_url", "openai_api_key", mode="before")
+    @field_validator("openai_base_url", "openai_api_key", "spool_dir", "price_file", "redis_ca_file",
+                     "redis_cert_file", "redis_key_file", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
-        # OPENAI_API_KEY= (empty) in a .env file means "not set", not an empty key.
+        # OPENAI_API_KEY= (empty) in a .env file means "not set", not an empty key. A path left empty
+        # was Path(""), the working directory: PENNY_SPOOL_DIR= spooled paid calls into whichever
+        # folder Penny started in, where a start from another folder never looked for them.
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("openai_api_key", "metrics_token")

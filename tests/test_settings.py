@@ -240,6 +240,17 @@ def test_a_base_url_with_a_query_is_refused_without_echoing_it(url: str, monkeyp
     assert "OPENAI_BASE_URL: must have no ?query or #fragment" in message and SECRET not in message
 
 
+@pytest.mark.parametrize("name", ["PENNY_SPOOL_DIR", "PENNY_PRICE_FILE", "PENNY_REDIS_CA_FILE"])
+def test_an_empty_path_setting_means_unset_not_the_working_directory(
+        name: str, clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``PENNY_SPOOL_DIR=`` spooled paid calls into the folder Penny started in (``.``), where a start
+    from elsewhere never looked; the file settings said ". does not exist or is not a file"."""
+    (clean_env / ".env").write_text(f"{name}=\n")
+    settings = load_settings()
+    assert getattr(settings, name.removeprefix("PENNY_").lower()) is None
+    assert settings.spool_directory() != Path(".")
+
+
 def test_an_output_cap_no_model_could_reach_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """A 30-digit cap passed penny check; every call then carried it to the provider and reserved it."""
     monkeypatch.setenv("PENNY_MAX_OUTPUT_TOKENS", "9" * 30)
