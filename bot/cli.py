@@ -130,8 +130,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     except StoreError as exc:
         print(f"penny: store error: {exc}", file=sys.stderr)
         if settings is not None:  # which store, without its password, and what to look at
-            print(f"The store is PENNY_STORE_URL={redact(settings.store_url)}: check that it is reachable and "
-                  "writable (for Redis, that the server is up; for SQLite, that the file's folder exists).",
+            print(f"The store is PENNY_STORE_URL={redact(settings.store_url)}: {_store_hint(settings.store_url)}.",
                   file=sys.stderr)
         return 1
     except SlackUnreachable as exc:
@@ -891,6 +890,16 @@ def _run_slack(session: _Session, settings: BotSettings, out: TextIO, installati
 
     return run_slack(session.service, session.store, session.gateway, settings, out=out, alerts=session.alerts,
                      installation=installation, turns=turns, stop_timeout_s=stop_timeout_s)
+
+
+def _store_hint(url: str) -> str:
+    """What to look at when the store fails. One hint for both kinds named a SQLite file's folder only,
+    which led nowhere for a file that is no store ("file is not a database"), a read-only one or a
+    full disk."""
+    if store_kind(url) == "sqlite":
+        return ("check that it names Penny's store (a SQLite file; any other file reads as \"file is not a "
+                "database\"), that this user may write the file and its folder, and that the disk has room")
+    return "check that the server is up and reachable from here, and the URL's host, port and password"
 
 
 def store_kind(url: str) -> str:

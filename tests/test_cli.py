@@ -1051,3 +1051,13 @@ def test_a_chat_line_that_is_not_utf8_is_refused_and_the_chat_goes_on(fake: Fake
     assert "penny> That line is not UTF-8 text" in out and "LANG=C.UTF-8" in out
     assert out.count("you> ") == 3 and "penny> " in out.split("Ask again.")[1]
     assert fake.count("chat") == 1  # only the question that could be sent
+
+
+def test_a_store_file_that_is_no_store_is_named_with_what_to_check(isolated: str,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The hint was for both kinds at once, and for SQLite named only the file's folder."""
+    Path(isolated.removeprefix("sqlite:///")).write_bytes(b"not a database, some other file\n" * 200)
+    code, _ = penny("usage")
+    err = capsys.readouterr().err
+    assert code == 1 and "file is not a database" in err and "Traceback" not in err
+    assert "check that it names Penny's store (a SQLite file" in err and "Redis" not in err
