@@ -1141,6 +1141,7 @@ class SqliteStore(Store):
     def _trim_log(self, conn: sqlite3.Connection) -> None:
         conn.execute("DELETE FROM semantic_log WHERE id <= ?", (_log_head(conn) - self.semantic_log_retain,))
 
+
 def _refuse_what_is_no_file(path: str) -> None:
     """A ConfigurationError naming the path when it is a folder, or lies under a file: SQLite only
     said "unable to open database file", which read as a store that is down (exit 1, "check that it
