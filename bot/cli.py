@@ -100,6 +100,13 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         return 1
     settings: BotSettings | None = None
     try:
+        if args.func is _cmd_demo:
+            # The demo's settings are its own (bot/demo.py): a broken .env or PENNY_* setting, which
+            # a newcomer is the most likely to have, must not keep them from seeing what Penny does.
+            configure_logging("WARNING")
+            demo: int = _cmd_demo(args, None, out, given_in)
+            out.flush()
+            return demo
         settings = load_settings()
         # A terminal user reads answers, not INFO events, unless they asked for a log level.
         level = settings.log_level if "log_level" in settings.model_fields_set else "WARNING"
@@ -539,7 +546,7 @@ def _cmd_prices(args: argparse.Namespace, settings: PennySettings, out: TextIO, 
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace, settings: BotSettings, out: TextIO, _in: TextIO) -> int:
+def _cmd_demo(args: argparse.Namespace, settings: BotSettings | None, out: TextIO, _in: TextIO) -> int:
     from bot.demo import run_demo
 
     return run_demo(out, open_session=_Session)  # its own settings: the demo never reads the user's

@@ -54,6 +54,7 @@ def test_penny_demo_shows_cost_lines_cache_hits_a_budget_a_rate_limit_and_cost_r
     mine = tmp_path / "mine.db"
     (tmp_path / ".env").write_text(f"PENNY_STORE_URL=sqlite:///{mine}\nPENNY_CACHE_ENABLED=false\n")
     monkeypatch.setenv("PENNY_REQUESTS_PER_MINUTE", "1")
+    monkeypatch.setenv("PENNY_USER_DAILY_BUDGET_USD", "two dollars")  # a broken setting stops every command but this
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-never-sent-0123456789")
     monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{free_port()}/v1")
     out = io.StringIO()
