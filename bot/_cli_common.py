@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from bot.workspaces import served_workspaces
-from proxy_core import Gateway, PennySettings, Store, get_logger, missing_store
+from proxy_core import Gateway, PennySettings, Store, get_logger, has_lone_surrogate, missing_store
 
 __all__ = [
     "LOCAL_WORKSPACE",
@@ -25,7 +25,6 @@ __all__ = [
     "positive_int",
     "shown_on_one_line",
     "text",
-    "undecodable",
 ]
 
 # The workspace of the terminal's own calls (penny ask, the terminal chat), and of everything on a
@@ -124,18 +123,12 @@ NOT_UTF8: Final = ("is not UTF-8 text (the shell passed bytes in another encodin
                    "e.g. LANG=C.UTF-8)")
 
 
-def undecodable(value: str) -> bool:
-    """Whether ``value`` holds bytes that were not UTF-8: Python hands argv and (in a C locale) stdin
-    over with each such byte as a lone surrogate (PEP 383)."""
-    return any(0xD800 <= ord(c) <= 0xDFFF for c in value)
-
-
 def text(value: str) -> str:
     """An argument Penny stores, looks up or sends on as text (a question, a user ID, a cache
     context): refused when it carries bytes that are not UTF-8. Python hands such argv bytes over as
     lone surrogates, which no store, hash or JSON body can encode: each command failed on
     them with a traceback, or stored a user ID no Slack user has."""
-    if undecodable(value):
+    if has_lone_surrogate(value):
         raise argparse.ArgumentTypeError(NOT_UTF8)
     return value
 

@@ -37,7 +37,6 @@ from bot._cli_common import (
     port,
     positive_int,
     text,
-    undecodable,
 )
 from bot.answer_types import Question
 from bot.proxy.commands import add_commands as add_proxy_commands
@@ -63,6 +62,7 @@ from proxy_core import (
     evaluate,
     format_report,
     format_usd,
+    has_lone_surrogate,
     hit_policy,
     load_pairs,
     missing_store,
@@ -609,7 +609,7 @@ def _run_or_chat(args: argparse.Namespace, settings: BotSettings, out: TextIO, s
                 return 0
             if _ends_chat(line):
                 return 0
-            if undecodable(line):  # no LLM request or store can carry it: it failed with a traceback
+            if has_lone_surrogate(line):  # no LLM request or store can carry it: it failed with a traceback
                 print(f"penny> That line {NOT_UTF8}. Ask again.", file=out)
                 continue
             session.ask(line.strip(), args.user, args.workspace, out, fresh=False)

@@ -24,7 +24,7 @@ from proxy_core import errors
 from proxy_core.accounts import Accounts, BudgetStatus, Headroom
 from proxy_core.alerts import BudgetAlert, alert_text
 from proxy_core.budget import BudgetLine, CallSource, budget_lines, period_window
-from proxy_core.cache import StandaloneQuestion
+from proxy_core.cache import StandaloneQuestion, has_lone_surrogate
 from proxy_core.cached_answers import CachedAnswers
 from proxy_core.clock import Clock, ManualClock, monotonic
 from proxy_core.errors import *  # noqa: F403  (the error tree, whole: errors.__all__ is its one list)
@@ -101,6 +101,7 @@ __all__ = [
     "format_usd",
     "format_wait",
     "get_logger",
+    "has_lone_surrogate",
     "hit_policy",
     "load_pairs",
     "load_settings",

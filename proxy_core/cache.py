@@ -30,6 +30,7 @@ __all__ = [
     "ExactCache",
     "StandaloneQuestion",
     "compatibility_form",
+    "has_lone_surrogate",
     "normalize_question",
     "well_formed",
 ]
@@ -57,6 +58,12 @@ _RAISED_LOWERED = {
     for code in range(0x80, 0x20000)
     if (tag := unicodedata.decomposition(chr(code)).partition(" ")[0]) in ("<super>", "<sub>")
 }
+
+
+def has_lone_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a lone surrogate, which UTF-8 cannot encode: JSON's ``"\\ud800"`` decodes to
+    one, and Python hands argv bytes that are not UTF-8 over as such (PEP 383)."""
+    return _LONE_SURROGATE.search(text) is not None
 
 
 def well_formed(text: str) -> str:

@@ -61,7 +61,7 @@ from slack_bolt.middleware import Middleware
 
 from bot.slack.conversation import USER_SUBTYPES
 from bot.slack.startup import SlackInstallation
-from proxy_core import Record, RecordStore, RequestStore, StoreError, get_logger
+from proxy_core import Record, RecordStore, RequestStore, StoreError, get_logger, has_lone_surrogate
 
 __all__ = [
     "EDIT_WINDOW_S",
@@ -258,20 +258,22 @@ def _unencodable(value: object, path: str = "") -> str | None:
     passed on failed wherever Penny encodes it (a store key, a Slack form post, a log line) with a
     UnicodeEncodeError and a traceback, after the question may have been paid for."""
     if isinstance(value, str):
-        return path or "body" if _SURROGATE.search(value) else None
+        return path or "body" if has_lone_surrogate(value) else None
     items: Iterable[tuple[object, object]] = (
         value.items() if isinstance(value, Mapping) else enumerate(value) if isinstance(value, list) else ())
     for key, item in items:
         where = f"{path}.{key}" if path else str(key)
-        if isinstance(key, str) and _SURROGATE.search(key):
-            return _SURROGATE.sub("?", where)
+        if isinstance(key, str) and has_lone_surrogate(key):
+            return _shown(where)
         found = _unencodable(item, where)
         if found is not None:
-            return _SURROGATE.sub("?", found)
+            return _shown(found)
     return None
 
 
-_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+def _shown(path: str) -> str:
+    """``path`` as a log line can carry it: each lone surrogate in it written "?"."""
+    return path.encode("utf-8", "replace").decode("utf-8")
 
 
 class WellFormedOnly(Middleware):
